@@ -1,0 +1,99 @@
+/* Shared helpers of the test guest: port and MMIO access, console, failure, interrupt
+ * waits. Freestanding: the guest has no libc. */
+#ifndef MITOS_TESTGUEST_TG_H
+#define MITOS_TESTGUEST_TG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Exit codes written to the debug-exit port: the VMM exits with them. They start at 16
+ * so they cannot be mistaken for mitos-vmm's own statuses (1 VMM error, 2 usage,
+ * 3 guest crash) or for a signal (128+N). */
+enum tg_exit {
+	TG_EXIT_PASS = 0,
+	TG_EXIT_CMDLINE = 16,    /* malformed or unknown command-line value */
+	TG_EXIT_MPTABLE = 17,    /* MP table missing/corrupt or wrong CPU count */
+	TG_EXIT_TRANSPORT = 18,  /* virtio-mmio: magic, version, features, queue set-up */
+	TG_EXIT_REQUEST = 19,    /* a virtio-blk request failed or completed wrongly */
+	TG_EXIT_DATA = 20,       /* data read back differs from the expected pattern */
+	TG_EXIT_TIMEOUT = 21,    /* no completion / no interrupt in time */
+	TG_EXIT_EXCEPTION = 22,  /* unhandled CPU exception */
+	TG_EXIT_NO_DEVICE = 23,  /* mode=blk but no virtio-blk device given */
+	TG_EXIT_INTERRUPT = 24,  /* LAPIC/IOAPIC set-up or an unexpected interrupt */
+};
+
+static inline void outb(uint16_t port, uint8_t v)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port) : "memory");
+}
+
+static inline uint8_t inb(uint16_t port)
+{
+	uint8_t v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port) : "memory");
+	return v;
+}
+
+static inline uint32_t mmio_read32(uint64_t addr)
+{
+	return *(volatile uint32_t *)(uintptr_t)addr;
+}
+
+static inline void mmio_write32(uint64_t addr, uint32_t v)
+{
+	*(volatile uint32_t *)(uintptr_t)addr = v;
+}
+
+static inline void barrier(void)
+{
+	__asm__ volatile("" : : : "memory");
+}
+
+/* Full barrier without mfence (an SSE2 encoding the emulator may not take); the
+ * store->load ordering the virtqueue notification checks need. */
+static inline void mb(void)
+{
+	__asm__ volatile("lock; addl $0, (%%rsp)" : : : "memory", "cc");
+}
+
+#define READ_ONCE(x)     (*(const volatile __typeof__(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
+
+/* Console: %s %c %d %u %x (32-bit), %ld %lu %lx (64-bit); %0Nx zero-pads hex. Each
+ * tg_printf call writes its text after the "testguest: " prefix; end with \n. */
+void tg_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Continues a line started with tg_printf (no prefix). */
+void tg_cprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void tg_putc(char c);
+_Noreturn void tg_fail(enum tg_exit code, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+void *memset(void *d, int c, size_t n);
+void *memcpy(void *d, const void *s, size_t n);
+
+/* Interrupts. */
+#define TG_VECTOR_IRQ_BASE 0x30   /* IOAPIC pin n -> vector 0x30 + n */
+#define TG_VECTOR_TIMER    0xec
+#define TG_VECTOR_SPURIOUS 0xff
+
+/* Called from the interrupt handler for a device's IOAPIC pin. */
+typedef void (*tg_irq_handler)(void *arg);
+void tg_irq_route(unsigned irq, tg_irq_handler fn, void *arg);
+/* Sleeps (sti; hlt) until an interrupt arrives; returns the watchdog ticks since boot
+ * (the LAPIC timer ticks every ~10 ms). */
+uint64_t tg_wait_interrupt(void);
+uint64_t tg_ticks(void);
+#define TG_TICKS_PER_SECOND 100
+
+/* The block test (blk.c). */
+struct tg_virtio_dev {
+	uint64_t base;
+	uint64_t size;
+	unsigned irq;
+};
+/* Probes one virtio-mmio window; returns its device id (0: no device). */
+uint32_t tg_virtio_probe(const struct tg_virtio_dev *d);
+void tg_blk_test(const struct tg_virtio_dev *d);
+
+#endif

@@ -1,0 +1,606 @@
+#include "machine.h"
+#include "boot.h"
+#include "io_bus.h"
+#include "kvm_probe.h"
+#include "kvm_vm.h"
+#include "layout.h"
+#include "loader.h"
+#include "vcpu.h"
+#include "../devices/i8042.h"
+#include "../devices/serial.h"
+#include "../devices/virtio_mmio.h"
+
+#include <errno.h>
+#include <ev.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_HOST_FDS 4
+#define CONSOLE_ESCAPE 0x01 /* Ctrl-A, then 'x' */
+
+struct machine;
+
+struct vcpu_thread {
+	struct machine *m;
+	struct vcpu vcpu;
+	pthread_t thread;
+	bool started;
+};
+
+struct virtio_slot {
+	struct virtio_device *dev;
+	struct machine *m;
+	ev_io notify[VIRTIO_MAX_QUEUES];
+	ev_io host[MAX_HOST_FDS];
+	unsigned nhost;
+};
+
+struct machine {
+	struct machine_config cfg;
+	struct kvm_vm vm;
+	struct guest_mem mem;
+	unsigned nvcpus;
+	struct vcpu_thread vcpus[LAYOUT_MAX_VCPUS];
+	struct io_bus pio, mmio;
+	struct serial *serial;
+	struct i8042 i8042;
+	unsigned ndevs;
+	struct virtio_slot devs[LAYOUT_VIRTIO_MAX_DEVICES];
+	bool emulation_only;
+
+	struct ev_loop *loop;
+	ev_async stop_async;
+	ev_io console_io;
+	ev_timer console_retry;
+	ev_signal sigint, sigterm;
+	uint8_t console_pending[256];
+	size_t console_npending;
+	bool console_escape_seen;
+
+	atomic_bool stopping;
+	atomic_uint_fast64_t first_exit_ns;
+	atomic_uint_fast64_t exits[MEXIT_KINDS];
+	pthread_mutex_t result_lock;
+	struct machine_result result;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+const char *machine_exit_kind_name(enum machine_exit_kind k)
+{
+	static const char *names[MEXIT_KINDS] = {
+		"io", "mmio", "hlt", "shutdown", "system_event", "internal_error", "intr", "other" };
+	return k < MEXIT_KINDS ? names[k] : "?";
+}
+
+/* Ends the VM once: the first reason wins. Safe from any thread. */
+static void machine_stop(struct machine *m, enum machine_end how, int status, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void machine_stop(struct machine *m, enum machine_end how, int status, const char *fmt, ...)
+{
+	bool expected = false;
+	if (!atomic_compare_exchange_strong(&m->stopping, &expected, true))
+		return;
+	pthread_mutex_lock(&m->result_lock);
+	m->result.how = how;
+	m->result.status = status;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m->result.why, sizeof(m->result.why), fmt, ap);
+	va_end(ap);
+	m->result.end_ns = now_ns();
+	pthread_mutex_unlock(&m->result_lock);
+	/* immediate_exit first, then the signal: a vCPU between its stopping check and
+	 * KVM_RUN returns at once, one inside KVM_RUN is kicked out by SIGUSR1. */
+	pthread_t self = pthread_self();
+	for (unsigned i = 0; i < m->nvcpus; i++) {
+		struct vcpu_thread *t = &m->vcpus[i];
+		if (!t->started)
+			continue;
+		t->vcpu.run->immediate_exit = 1;
+		if (!pthread_equal(t->thread, self))
+			pthread_kill(t->thread, SIGUSR1);
+	}
+	ev_async_send(m->loop, &m->stop_async);
+}
+
+/* ---- legacy ports ------------------------------------------------------------------ */
+
+static void debug_exit_pio(void *ctx, uint64_t off, bool is_write, void *data, unsigned len)
+{
+	(void)off;
+	if (!is_write) {
+		memset(data, 0, len);
+		return;
+	}
+	uint8_t v = *(uint8_t *)data;
+	machine_stop(ctx, MACHINE_END_DEBUG_EXIT, v, "guest wrote %u to the debug-exit port", v);
+}
+
+/* POST codes on port 0x80 (and Linux's io_delay writes there) mean nothing to us. */
+static void post_pio(void *ctx, uint64_t off, bool is_write, void *data, unsigned len)
+{
+	(void)ctx; (void)off;
+	if (!is_write)
+		memset(data, 0xff, len);
+}
+
+static void i8042_reset(void *ctx)
+{
+	machine_stop(ctx, MACHINE_END_RESET, 0, "guest reset through the i8042 controller");
+}
+
+static void serial_pio(void *ctx, uint64_t off, bool is_write, void *data, unsigned len)
+{
+	uint8_t *b = data;
+	for (unsigned i = 0; i < len; i++) {
+		if (is_write)
+			serial_pio_write(ctx, (unsigned)off + i, b[i]);
+		else
+			b[i] = serial_pio_read(ctx, (unsigned)off + i);
+	}
+}
+
+static void serial_set_irq(void *ctx, int level)
+{
+	struct machine *m = ctx;
+	kvm_vm_irq_line(&m->vm, LAYOUT_COM1_IRQ, level);
+}
+
+/* ---- virtio-mmio plumbing ---------------------------------------------------------- */
+
+static void virtio_mmio_access(void *ctx, uint64_t off, bool is_write, void *data, unsigned len)
+{
+	if (is_write)
+		virtio_mmio_write(ctx, off, data, len);
+	else
+		virtio_mmio_read(ctx, off, data, len);
+}
+
+static void drain_eventfd(int fd)
+{
+	eventfd_t v;
+	(void)eventfd_read(fd, &v);
+}
+
+static void on_queue_kick(struct ev_loop *loop, ev_io *w, int revents)
+{
+	(void)loop; (void)revents;
+	struct virtio_slot *s = w->data;
+	drain_eventfd(w->fd);
+	virtio_device_kick(s->dev, (unsigned)(w - s->notify));
+}
+
+static void on_device_host_fd(struct ev_loop *loop, ev_io *w, int revents)
+{
+	(void)loop; (void)revents;
+	struct virtio_slot *s = w->data;
+	virtio_device_host_fd_ready(s->dev, (unsigned)(w - s->host));
+}
+
+static int attach_virtio(struct machine *m, struct virtio_device *d, struct mitos_err *e)
+{
+	struct virtio_slot *s = &m->devs[m->ndevs++];
+	s->dev = d;
+	s->m = m;
+	int r = io_bus_add(&m->mmio, d->mmio_base, VIRTIO_MMIO_WINDOW, virtio_mmio_access, d);
+	if (r)
+		return mitos_err_set(e, r, "%s: cannot map its MMIO window: %s", d->ops->name, strerror(-r));
+	if ((r = kvm_vm_irqfd(&m->vm, d->irq, &d->irqfd)))
+		return mitos_err_set(e, r, "%s: KVM_IRQFD: %s", d->ops->name, strerror(-r));
+	for (unsigned q = 0; q < d->ops->num_queues; q++) {
+		r = kvm_vm_ioeventfd(&m->vm, d->mmio_base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, q,
+				     &d->notify_fd[q]);
+		if (r)
+			return mitos_err_set(e, r, "%s: KVM_IOEVENTFD: %s", d->ops->name, strerror(-r));
+		ev_io_init(&s->notify[q], on_queue_kick, d->notify_fd[q], EV_READ);
+		s->notify[q].data = s;
+		ev_io_start(m->loop, &s->notify[q]);
+	}
+	int fds[MAX_HOST_FDS];
+	s->nhost = d->ops->host_fds ? d->ops->host_fds(d, fds, MAX_HOST_FDS) : 0;
+	for (unsigned i = 0; i < s->nhost; i++) {
+		ev_io_init(&s->host[i], on_device_host_fd, fds[i], EV_READ);
+		s->host[i].data = s;
+		ev_io_start(m->loop, &s->host[i]);
+	}
+	return 0;
+}
+
+static void close_virtio(struct virtio_slot *s)
+{
+	struct virtio_device *d = s->dev;
+	if (d->irqfd >= 0)
+		close(d->irqfd);
+	for (unsigned q = 0; q < VIRTIO_MAX_QUEUES; q++)
+		if (d->notify_fd[q] >= 0)
+			close(d->notify_fd[q]);
+	d->irqfd = -1;
+	for (unsigned q = 0; q < VIRTIO_MAX_QUEUES; q++)
+		d->notify_fd[q] = -1;
+	virtio_blk_destroy(d);
+}
+
+/* ---- console ----------------------------------------------------------------------- */
+
+static void console_flush_pending(struct machine *m)
+{
+	size_t n = serial_input(m->serial, m->console_pending, m->console_npending);
+	memmove(m->console_pending, m->console_pending + n, m->console_npending - n);
+	m->console_npending -= n;
+	/* Hold stdin until the guest drains its FIFO; poll for room meanwhile. */
+	if (m->console_npending) {
+		ev_io_stop(m->loop, &m->console_io);
+		ev_timer_again(m->loop, &m->console_retry);
+	} else {
+		ev_timer_stop(m->loop, &m->console_retry);
+		ev_io_start(m->loop, &m->console_io);
+	}
+}
+
+static void on_console_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop; (void)revents;
+	console_flush_pending(w->data);
+}
+
+static void on_console_input(struct ev_loop *loop, ev_io *w, int revents)
+{
+	(void)revents;
+	struct machine *m = w->data;
+	uint8_t buf[sizeof(m->console_pending)];
+	ssize_t n = read(w->fd, buf, sizeof(buf) - m->console_npending);
+	if (n <= 0) {
+		if (n == 0 || (errno != EINTR && errno != EAGAIN))
+			ev_io_stop(loop, w);  /* EOF: the guest simply gets no more input */
+		return;
+	}
+	for (ssize_t i = 0; i < n; i++) {
+		if (m->cfg.console_escape) {
+			if (m->console_escape_seen) {
+				m->console_escape_seen = false;
+				if (buf[i] == 'x') {
+					machine_stop(m, MACHINE_END_HOST, 0, "ended from the console (Ctrl-A x)");
+					return;
+				}
+				if (buf[i] != CONSOLE_ESCAPE)
+					m->console_pending[m->console_npending++] = CONSOLE_ESCAPE;
+			} else if (buf[i] == CONSOLE_ESCAPE) {
+				m->console_escape_seen = true;
+				continue;
+			}
+		}
+		if (m->console_npending < sizeof(m->console_pending))
+			m->console_pending[m->console_npending++] = buf[i];
+	}
+	console_flush_pending(m);
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	(void)loop; (void)revents;
+	machine_stop(w->data, MACHINE_END_HOST, w->signum, "stopped by signal %d (%s)", w->signum,
+		     strsignal(w->signum));
+}
+
+static void on_stop(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)w; (void)revents;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+/* ---- vCPU threads ------------------------------------------------------------------ */
+
+static void count_exit(struct machine *m, enum machine_exit_kind k)
+{
+	uint_fast64_t zero = 0;
+	if (atomic_load_explicit(&m->first_exit_ns, memory_order_relaxed) == 0)
+		atomic_compare_exchange_strong(&m->first_exit_ns, &zero, now_ns());
+	atomic_fetch_add_explicit(&m->exits[k], 1, memory_order_relaxed);
+}
+
+static void report_emulation_failure(struct machine *m, struct vcpu *v, struct kvm_run *run)
+{
+	uint64_t rip = 0;
+	uint8_t insn[15];
+	int n = vcpu_read_insn(v, &m->mem, &rip, insn);
+	char bytes[15 * 3 + 1] = "";
+	for (int i = 0; i < n; i++)
+		snprintf(bytes + 3 * i, sizeof(bytes) - 3 * i, "%02x ", insn[i]);
+	if (n > 0)
+		bytes[3 * n - 1] = '\0';
+	machine_stop(m, MACHINE_END_CRASH, 0,
+		     "vCPU %u: KVM could not emulate the instruction at RIP 0x%llx (bytes: %s; "
+		     "KVM internal error, suberror %u)%s", v->id, (unsigned long long)rip,
+		     n > 0 ? bytes : "unreadable", run->internal.suberror,
+		     m->emulation_only ?
+		     ". This host's KVM is emulation-only (no VT-x/AMD-V): guest kernel code runs "
+		     "through KVM's instruction emulator, which lacks this instruction. Run on "
+		     "hardware KVM; `mitos-vmm check` explains" : "");
+}
+
+static void handle_exit(struct machine *m, struct vcpu *v)
+{
+	struct kvm_run *run = v->run;
+	switch (run->exit_reason) {
+	case KVM_EXIT_IO: {
+		count_exit(m, MEXIT_IO);
+		uint8_t *data = (uint8_t *)run + run->io.data_offset;
+		for (uint32_t i = 0; i < run->io.count; i++)
+			io_bus_access(&m->pio, run->io.port, run->io.direction == KVM_EXIT_IO_OUT,
+				      data + (size_t)i * run->io.size, run->io.size);
+		break;
+	}
+	case KVM_EXIT_MMIO:
+		count_exit(m, MEXIT_MMIO);
+		io_bus_access(&m->mmio, run->mmio.phys_addr, run->mmio.is_write, run->mmio.data,
+			      run->mmio.len);
+		break;
+	case KVM_EXIT_HLT:
+		/* Only without an in-kernel LAPIC; ours has one, so a halt here is final. */
+		count_exit(m, MEXIT_HLT);
+		machine_stop(m, MACHINE_END_POWEROFF, 0, "vCPU %u halted", v->id);
+		break;
+	case KVM_EXIT_SHUTDOWN: {
+		count_exit(m, MEXIT_SHUTDOWN);
+		struct kvm_regs r = { 0 };
+		ioctl(v->fd, KVM_GET_REGS, &r);
+		machine_stop(m, MACHINE_END_CRASH, 0, "vCPU %u: guest triple fault (shutdown) near RIP 0x%llx",
+			     v->id, (unsigned long long)r.rip);
+		break;
+	}
+	case KVM_EXIT_SYSTEM_EVENT:
+		count_exit(m, MEXIT_SYSTEM_EVENT);
+		if (run->system_event.type == KVM_SYSTEM_EVENT_RESET)
+			machine_stop(m, MACHINE_END_RESET, 0, "guest rebooted");
+		else if (run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN)
+			machine_stop(m, MACHINE_END_POWEROFF, 0, "guest powered off");
+		else
+			machine_stop(m, MACHINE_END_CRASH, 0, "guest system event %u (crash)",
+				     run->system_event.type);
+		break;
+	case KVM_EXIT_INTERNAL_ERROR:
+		count_exit(m, MEXIT_INTERNAL_ERROR);
+		if (run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION)
+			report_emulation_failure(m, v, run);
+		else
+			machine_stop(m, MACHINE_END_CRASH, 0, "vCPU %u: KVM internal error, suberror %u",
+				     v->id, run->internal.suberror);
+		break;
+	case KVM_EXIT_FAIL_ENTRY:
+		count_exit(m, MEXIT_OTHER);
+		machine_stop(m, MACHINE_END_CRASH, 0, "vCPU %u: VM entry failed, hardware reason 0x%llx",
+			     v->id, (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+		break;
+	case KVM_EXIT_INTR:
+		count_exit(m, MEXIT_INTR);
+		break;
+	default:
+		count_exit(m, MEXIT_OTHER);
+		machine_stop(m, MACHINE_END_CRASH, 0, "vCPU %u: unexpected KVM exit reason %u", v->id,
+			     run->exit_reason);
+		break;
+	}
+}
+
+static void *vcpu_main(void *arg)
+{
+	struct vcpu_thread *t = arg;
+	struct machine *m = t->m;
+	while (!atomic_load(&m->stopping)) {
+		if (ioctl(t->vcpu.fd, KVM_RUN, 0) < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			machine_stop(m, MACHINE_END_VMM_ERROR, 0, "vCPU %u: KVM_RUN: %s", t->vcpu.id,
+				     strerror(errno));
+			break;
+		}
+		handle_exit(m, &t->vcpu);
+	}
+	return NULL;
+}
+
+static void on_sigusr1(int sig)
+{
+	(void)sig;
+}
+
+static int start_vcpus(struct machine *m, struct mitos_err *e)
+{
+	struct sigaction sa = { .sa_handler = on_sigusr1 };  /* no SA_RESTART: KVM_RUN returns */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR1, &sa, NULL);
+	/* vCPU threads take only SIGUSR1; SIGINT/SIGTERM go to the device loop. */
+	sigset_t block, old;
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	int r = 0;
+	for (unsigned i = 0; i < m->nvcpus && !r; i++) {
+		m->vcpus[i].m = m;
+		r = -pthread_create(&m->vcpus[i].thread, NULL, vcpu_main, &m->vcpus[i]);
+		if (!r)
+			m->vcpus[i].started = true;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return r ? mitos_err_set(e, r, "cannot start vCPU thread: %s", strerror(-r)) : 0;
+}
+
+/* ---- assembly ---------------------------------------------------------------------- */
+
+static int build_cmdline(const struct machine *m, char *out, size_t outlen, struct mitos_err *e)
+{
+	const char *base = m->cfg.cmdline ? m->cfg.cmdline : MACHINE_DEFAULT_CMDLINE;
+	size_t n = (size_t)snprintf(out, outlen, "%s", base);
+	for (unsigned i = 0; i < m->ndevs && n < outlen; i++)
+		n += (size_t)snprintf(out + n, outlen - n, " virtio_mmio.device=4K@0x%llx:%u",
+				      (unsigned long long)m->devs[i].dev->mmio_base, m->devs[i].dev->irq);
+	if (n >= outlen || n >= LAYOUT_CMDLINE_MAX)
+		return mitos_err_set(e, -E2BIG, "kernel command line too long (%zu bytes, at most %llu)",
+				     n, LAYOUT_CMDLINE_MAX - 1);
+	return 0;
+}
+
+static int setup_legacy(struct machine *m, struct mitos_err *e)
+{
+	m->serial = serial_create(m->cfg.console_out, serial_set_irq, m);
+	if (!m->serial)
+		return mitos_err_set(e, -ENOMEM, "cannot create the serial port");
+	m->i8042 = (struct i8042){ .reset = i8042_reset, .ctx = m };
+	int r;
+	if ((r = io_bus_add(&m->pio, LAYOUT_COM1_PORT, 8, serial_pio, m->serial)) ||
+	    (r = io_bus_add(&m->pio, LAYOUT_I8042_DATA_PORT, 5, i8042_pio, &m->i8042)) ||
+	    (r = io_bus_add(&m->pio, LAYOUT_DEBUG_EXIT_PORT, 1, debug_exit_pio, m)) ||
+	    (r = io_bus_add(&m->pio, LAYOUT_POST_PORT, 1, post_pio, m)))
+		return mitos_err_set(e, r, "port map: %s", strerror(-r));
+	return 0;
+}
+
+static int setup_console(struct machine *m)
+{
+	ev_timer_init(&m->console_retry, on_console_retry, 0., 0.005);
+	m->console_retry.data = m;
+	if (m->cfg.console_in < 0)
+		return 0;
+	ev_io_init(&m->console_io, on_console_input, m->cfg.console_in, EV_READ);
+	m->console_io.data = m;
+	ev_io_start(m->loop, &m->console_io);
+	return 0;
+}
+
+int machine_create(struct machine **out, const struct machine_config *c, struct mitos_err *e)
+{
+	if (c->vcpus == 0 || c->vcpus > LAYOUT_MAX_VCPUS)
+		return mitos_err_set(e, -EINVAL, "--vcpus must be 1..%d", LAYOUT_MAX_VCPUS);
+	if (c->ndisks > MACHINE_MAX_DISKS)
+		return mitos_err_set(e, -EINVAL, "at most %d disks", MACHINE_MAX_DISKS);
+	struct machine *m = calloc(1, sizeof(*m));
+	if (!m)
+		return mitos_err_set(e, -ENOMEM, "out of memory");
+	m->cfg = *c;
+	m->vm.kvm_fd = m->vm.vm_fd = -1;
+	pthread_mutex_init(&m->result_lock, NULL);
+	m->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	int r = -ENOMEM;
+	if (!m->loop) {
+		mitos_err_set(e, r, "cannot create the device loop");
+		goto fail;
+	}
+	ev_async_init(&m->stop_async, on_stop);
+	ev_async_start(m->loop, &m->stop_async);
+
+	if ((r = guest_mem_alloc(&m->mem, c->mem_bytes))) {
+		mitos_err_set(e, r, "cannot allocate %llu MiB of guest RAM: %s",
+			      (unsigned long long)(c->mem_bytes >> 20), strerror(-r));
+		goto fail;
+	}
+	struct kernel_image k;
+	if ((r = loader_load_kernel_file(&m->mem, c->kernel, &k, e)))
+		goto fail;
+	struct boot_config bc = { .ncpus = c->vcpus };
+	if (c->initrd && (r = loader_load_initrd_file(&m->mem, c->initrd, &k, &bc.initrd_gpa,
+						       &bc.initrd_size, e)))
+		goto fail;
+	if ((r = kvm_vm_create(&m->vm, e)) || (r = kvm_vm_map_memory(&m->vm, &m->mem, e)))
+		goto fail;
+	m->emulation_only = kvm_probe_is_emulation_only();
+	if ((r = setup_legacy(m, e)))
+		goto fail;
+	for (unsigned i = 0; i < c->ndisks; i++) {
+		struct virtio_device *d = virtio_blk_create(&m->mem,
+			LAYOUT_VIRTIO_MMIO_BASE + m->ndevs * LAYOUT_VIRTIO_MMIO_STRIDE,
+			LAYOUT_VIRTIO_IRQ_BASE + m->ndevs, &c->disks[i], e);
+		if (!d) {
+			r = e && e->code ? e->code : -EIO;
+			goto fail;
+		}
+		if ((r = attach_virtio(m, d, e)))
+			goto fail;
+	}
+	char cmdline[LAYOUT_CMDLINE_MAX + 256];
+	if ((r = build_cmdline(m, cmdline, sizeof(cmdline), e)))
+		goto fail;
+	bc.cmdline = cmdline;
+	if ((r = boot_write(&m->mem, &k, &bc, e)))
+		goto fail;
+	m->nvcpus = c->vcpus;
+	for (unsigned i = 0; i < c->vcpus; i++)
+		m->vcpus[i].vcpu.fd = -1;
+	for (unsigned i = 0; i < c->vcpus; i++)
+		if ((r = vcpu_create(&m->vm, i, c->vcpus, &m->vcpus[i].vcpu, e)))
+			goto fail;
+	/* Application processors wait for INIT/SIPI from the boot CPU, as on hardware. */
+	if ((r = vcpu_set_boot_state(&m->vcpus[0].vcpu, k.entry, e)))
+		goto fail;
+	setup_console(m);
+	*out = m;
+	return 0;
+fail:
+	machine_destroy(m);
+	return r;
+}
+
+int machine_run(struct machine *m, struct machine_result *res, struct mitos_err *e)
+{
+	ev_signal_init(&m->sigint, on_signal, SIGINT);
+	ev_signal_init(&m->sigterm, on_signal, SIGTERM);
+	m->sigint.data = m->sigterm.data = m;
+	ev_signal_start(m->loop, &m->sigint);
+	ev_signal_start(m->loop, &m->sigterm);
+
+	m->result.run_start_ns = now_ns();
+	int r = start_vcpus(m, e);
+	if (r)
+		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e ? e->msg : "cannot start vCPUs");
+	else
+		ev_run(m->loop, 0);
+	for (unsigned i = 0; i < m->nvcpus; i++)
+		if (m->vcpus[i].started) {
+			pthread_join(m->vcpus[i].thread, NULL);
+			m->vcpus[i].started = false;
+		}
+	ev_signal_stop(m->loop, &m->sigint);
+	ev_signal_stop(m->loop, &m->sigterm);
+	pthread_mutex_lock(&m->result_lock);
+	*res = m->result;
+	pthread_mutex_unlock(&m->result_lock);
+	res->first_exit_ns = atomic_load(&m->first_exit_ns);
+	for (int k = 0; k < MEXIT_KINDS; k++)
+		res->exits[k] = atomic_load(&m->exits[k]);
+	return r;
+}
+
+void machine_destroy(struct machine *m)
+{
+	if (!m)
+		return;
+	for (unsigned i = 0; i < m->nvcpus; i++)
+		if (m->vcpus[i].vcpu.fd >= 0)
+			vcpu_destroy(&m->vm, &m->vcpus[i].vcpu);
+	for (unsigned i = 0; i < m->ndevs; i++)
+		close_virtio(&m->devs[i]);
+	if (m->serial)
+		serial_destroy(m->serial);
+	kvm_vm_destroy(&m->vm);
+	guest_mem_free(&m->mem);
+	if (m->loop)
+		ev_loop_destroy(m->loop);
+	pthread_mutex_destroy(&m->result_lock);
+	free(m);
+}

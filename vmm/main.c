@@ -1,0 +1,50 @@
+/* mitos-vmm: the Mitos node's one binary. */
+#include "commands.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#ifndef MITOS_VERSION
+#define MITOS_VERSION "0.1.0"
+#endif
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: mitos-vmm <command> [options]\n"
+		"\n"
+		"commands:\n"
+		"  run     boot one guest with its serial console on this terminal\n"
+		"  check   tell what this host's KVM can do and which engine `serve` would use\n"
+		"  help    this text; `mitos-vmm <command> --help` describes a command\n"
+		"  version print the version\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t start_ns = (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	const char *cmd = argv[1];
+	if (!strcmp(cmd, "run"))
+		return cmd_run(argc - 1, argv + 1, start_ns);
+	if (!strcmp(cmd, "check"))
+		return cmd_check(argc - 1, argv + 1);
+	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+		usage(stdout);
+		return 0;
+	}
+	if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+		printf("mitos-vmm %s\n", MITOS_VERSION);
+		return 0;
+	}
+	fprintf(stderr, "mitos-vmm: unknown command '%s'\n", cmd);
+	usage(stderr);
+	return EXIT_USAGE;
+}
