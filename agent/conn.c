@@ -1,6 +1,7 @@
 #include "agent/conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -511,6 +512,11 @@ int conn_start(int fd, bool exit_on_close)
 	struct conn *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+		free(c);
+		return -errno;
+	}
 	c->fd = fd;
 	c->exit_on_close = exit_on_close;
 	proto_parser_init(&c->parser, PROTO_MAX_PAYLOAD);

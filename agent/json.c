@@ -523,6 +523,34 @@ void jw_null(struct jw *w)
 	put(w, "null", 4);
 }
 
+void jw_value(struct jw *w, const struct json *v)
+{
+	char tmp[32];
+	switch (v ? v->kind : JSON_NULL) {
+	case JSON_NULL: jw_null(w); break;
+	case JSON_BOOL: jw_bool(w, v->boolean); break;
+	case JSON_STR: jw_strn(w, v->str, v->len); break;
+	case JSON_NUM:
+		if (v->is_int) {
+			jw_int(w, v->i);
+		} else {
+			snprintf(tmp, sizeof(tmp), "%.17g", v->num);
+			jw_raw(w, tmp, strlen(tmp));
+		}
+		break;
+	case JSON_ARR:
+	case JSON_OBJ:
+		v->kind == JSON_ARR ? jw_arr(w) : jw_obj(w);
+		for (size_t i = 0; i < v->n; i++) {
+			if (v->kind == JSON_OBJ)
+				jw_key(w, v->keys[i]);
+			jw_value(w, v->items[i]);
+		}
+		v->kind == JSON_ARR ? jw_arr_end(w) : jw_obj_end(w);
+		break;
+	}
+}
+
 void jw_raw(struct jw *w, const char *json, size_t n)
 {
 	before_value(w);

@@ -58,9 +58,11 @@ void jw_str(struct jw *w, const char *s);
 void jw_int(struct jw *w, int64_t v);
 void jw_bool(struct jw *w, bool v);
 void jw_null(struct jw *w);
+/* Writes a parsed value back out. */
+void jw_value(struct jw *w, const struct json *v);
 /* Inserts an already-encoded JSON value verbatim. */
 void jw_raw(struct jw *w, const char *json, size_t n);
-/* Returns 0 or the first error; on success *out/*len stay owned by w. */
+/* Returns 0 or the first error; on success *out and *len stay owned by w. */
 int jw_finish(struct jw *w, const char **out, size_t *len);
 
 #endif

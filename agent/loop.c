@@ -27,13 +27,20 @@ uint64_t loop_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static void cancel_pending(struct watch *w)
+{
+	for (int i = batch_i; i < batch_n; i++)
+		if (batch[i].data.ptr == w)
+			batch[i].data.ptr = NULL;
+}
+
 int watch_add(struct watch *w, int fd, uint32_t events, watch_fn fn)
 {
 	struct epoll_event ev = { .events = events, .data.ptr = w };
 	w->fd = fd;
 	w->fn = fn;
 	w->events = events;
-	if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+	if (events && epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
 		return -errno;
 	w->added = true;
 	return 0;
@@ -45,10 +52,15 @@ int watch_set(struct watch *w, uint32_t events)
 		return -EINVAL;
 	if (w->events == events)
 		return 0;
+	/* A parked fd leaves the epoll set entirely: epoll reports ERR/HUP even
+	 * with an empty interest mask, which would spin a level-triggered loop. */
 	struct epoll_event ev = { .events = events, .data.ptr = w };
-	if (epoll_ctl(epfd, EPOLL_CTL_MOD, w->fd, &ev) < 0)
+	int op = !events ? EPOLL_CTL_DEL : !w->events ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+	if (epoll_ctl(epfd, op, w->fd, &ev) < 0)
 		return -errno;
 	w->events = events;
+	if (!events)
+		cancel_pending(w);
 	return 0;
 }
 
@@ -56,11 +68,10 @@ void watch_del(struct watch *w)
 {
 	if (!w->added)
 		return;
-	epoll_ctl(epfd, EPOLL_CTL_DEL, w->fd, NULL);
+	if (w->events)
+		epoll_ctl(epfd, EPOLL_CTL_DEL, w->fd, NULL);
 	w->added = false;
-	for (int i = batch_i; i < batch_n; i++)
-		if (batch[i].data.ptr == w)
-			batch[i].data.ptr = NULL;
+	cancel_pending(w);
 }
 
 void timer_arm(struct timer *t, uint64_t deadline_ms, timer_fn fn)

@@ -95,7 +95,7 @@ struct proto_parser {
 
 int proto_parser_init(struct proto_parser *p, uint32_t max_payload);
 void proto_parser_free(struct proto_parser *p);
-/* Consumes bytes from *buf (advancing *buf/*len) until one event is produced. */
+/* Consumes bytes from *buf (advancing *buf and *len) until one event is produced. */
 enum proto_parse_event proto_parse(struct proto_parser *p, const uint8_t **buf, size_t *len,
 				   struct proto_header *hdr, const uint8_t **payload);
 

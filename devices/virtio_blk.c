@@ -60,7 +60,7 @@ struct blk_req {
 	uint8_t *status;
 	uint64_t offset;      /* file offset of the next byte to transfer */
 	uint64_t left;        /* bytes still to transfer */
-	uint64_t done;
+	uint64_t done;        /* bytes already transferred */
 	unsigned iov_first;   /* iov[iov_first..niov) is what is left */
 	unsigned niov;
 	struct iovec iov[VIRTQ_MAX_CHAIN];

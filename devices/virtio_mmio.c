@@ -1,5 +1,6 @@
 #include "virtio_mmio.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -267,4 +268,56 @@ void virtio_device_host_fd_ready(struct virtio_device *d, unsigned i)
 	if (d->ops->host_fd_ready)
 		d->ops->host_fd_ready(d, i);
 	pthread_mutex_unlock(&d->lock);
+}
+
+void virtio_transport_save(const struct virtio_device *d, struct virtio_transport_state *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->device_id = d->ops->device_id;
+	s->status = d->status;
+	s->device_features_sel = d->device_features_sel;
+	s->driver_features_sel = d->driver_features_sel;
+	s->queue_sel = d->queue_sel;
+	s->interrupt_status = d->interrupt_status;
+	s->config_generation = d->config_generation;
+	s->num_queues = d->ops->num_queues;
+	s->driver_features = d->driver_features;
+	for (unsigned i = 0; i < d->ops->num_queues; i++) {
+		const struct virtq *q = &d->vqs[i];
+		s->q[i] = (struct virtio_queue_state){
+			.desc_gpa = q->desc_gpa, .avail_gpa = q->avail_gpa, .used_gpa = q->used_gpa,
+			.size = q->size, .last_avail_idx = q->last_avail_idx, .used_idx = q->used_idx,
+			.signalled_used = q->signalled_used, .ready = q->ready,
+			.event_idx = q->event_idx, .signalled_used_valid = q->signalled_used_valid };
+	}
+}
+
+int virtio_transport_restore(struct virtio_device *d, const struct virtio_transport_state *s)
+{
+	if (s->device_id != d->ops->device_id || s->num_queues != d->ops->num_queues ||
+	    (s->driver_features & ~virtio_device_features(d)) || (s->status & ~0xffU))
+		return -EINVAL;
+	struct virtq vqs[VIRTIO_MAX_QUEUES];
+	memset(vqs, 0, sizeof(vqs));
+	for (unsigned i = 0; i < s->num_queues; i++) {
+		const struct virtio_queue_state *qs = &s->q[i];
+		struct virtq *q = &vqs[i];
+		*q = (struct virtq){
+			.size = qs->size, .ready = qs->ready, .desc_gpa = qs->desc_gpa,
+			.avail_gpa = qs->avail_gpa, .used_gpa = qs->used_gpa, .event_idx = qs->event_idx,
+			.last_avail_idx = qs->last_avail_idx, .used_idx = qs->used_idx,
+			.signalled_used = qs->signalled_used,
+			.signalled_used_valid = qs->signalled_used_valid };
+		if (q->size > d->ops->queue_max_size || (q->ready && virtq_validate(q, d->mem)))
+			return -EINVAL;
+	}
+	memcpy(d->vqs, vqs, sizeof(vqs));
+	d->status = s->status;
+	d->device_features_sel = s->device_features_sel;
+	d->driver_features_sel = s->driver_features_sel;
+	d->queue_sel = s->queue_sel;
+	d->interrupt_status = s->interrupt_status;
+	d->config_generation = s->config_generation;
+	d->driver_features = s->driver_features;
+	return 0;
 }

@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "virtq.h"
@@ -83,6 +84,17 @@ struct virtio_device_ops {
 	 * Both may be NULL. */
 	unsigned (*host_fds)(struct virtio_device *d, int *fds, unsigned max);
 	void (*host_fd_ready)(struct virtio_device *d, unsigned i);
+	/* Snapshots (vCPUs are paused, lock held). quiesce() completes or cancels in-flight
+	 * host work so the rings in guest memory are consistent; save_state() writes the
+	 * device-specific state (the transport saves its own) into buf and returns its
+	 * length or -errno; restore_state() takes it back in a fresh device of the same
+	 * configuration, after the transport state, and resumes serving if DRIVER_OK.
+	 * All may be NULL for a device without host work or state of its own. */
+	int (*quiesce)(struct virtio_device *d);
+	int (*save_state)(struct virtio_device *d, void *buf, size_t len);
+	int (*restore_state)(struct virtio_device *d, const void *buf, size_t len);
+	/* Frees the device (and its priv) after the VM stopped. */
+	void (*destroy)(struct virtio_device *d);
 };
 
 struct virtio_device {
@@ -130,6 +142,28 @@ void virtio_mmio_write(struct virtio_device *d, uint64_t off, const void *data, 
 void virtio_device_kick(struct virtio_device *d, unsigned q);
 /* Host fd i of the device's host_fds() became readable (device loop; takes the lock). */
 void virtio_device_host_fd_ready(struct virtio_device *d, unsigned i);
+
+/* Transport state in a snapshot: registers and every queue's layout and progress. */
+struct virtio_queue_state {
+	uint64_t desc_gpa, avail_gpa, used_gpa;
+	uint16_t size, last_avail_idx, used_idx, signalled_used;
+	uint8_t ready, event_idx, signalled_used_valid, pad[5];
+};
+
+struct virtio_transport_state {
+	uint32_t device_id;      /* checked on restore: the same kind of device */
+	uint32_t status;
+	uint32_t device_features_sel, driver_features_sel, queue_sel;
+	uint32_t interrupt_status, config_generation, num_queues;
+	uint64_t driver_features;
+	struct virtio_queue_state q[VIRTIO_MAX_QUEUES];
+};
+
+/* Lock held by the caller for both. restore validates everything against this device
+ * and its guest RAM (-EINVAL otherwise) and, when the driver had said DRIVER_OK, leaves
+ * the device active without calling activate() again (restore_state() does that part). */
+void virtio_transport_save(const struct virtio_device *d, struct virtio_transport_state *s);
+int virtio_transport_restore(struct virtio_device *d, const struct virtio_transport_state *s);
 
 /* Device side, lock held: raise the used-ring interrupt for queue q if the driver wants
  * one; raise the config-change interrupt; mark the device broken. */

@@ -120,18 +120,34 @@ int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *c)
 	return 1;
 }
 
-int virtq_push(struct virtq *q, const struct guest_mem *m, uint16_t head, uint32_t len)
+int virtq_push_n(struct virtq *q, const struct guest_mem *m, const struct virtq_used_elem *e,
+		 unsigned n)
 {
-	uint32_t *elem = used_field(q, m, 4 + 8ULL * (q->used_idx % q->size), 8);
-	uint16_t *idx = used_field(q, m, 2, 2);
-	if (!elem || !idx)
+	if (!q->ready || q->size == 0)   /* reset under a late completion */
 		return -EINVAL;
-	elem[0] = head;
-	elem[1] = len;
-	q->used_idx++;
-	/* The element must be visible before the index that publishes it. */
+	if (n > q->size)
+		return -EINVAL;
+	uint16_t *idx = used_field(q, m, 2, 2);
+	if (!idx)
+		return -EINVAL;
+	for (unsigned i = 0; i < n; i++) {
+		uint16_t slot = (uint16_t)(q->used_idx + i) % q->size;
+		uint32_t *elem = used_field(q, m, 4 + 8ULL * slot, 8);
+		if (!elem)
+			return -EINVAL;
+		elem[0] = e[i].id;
+		elem[1] = e[i].len;
+	}
+	q->used_idx = (uint16_t)(q->used_idx + n);
+	/* The elements must be visible before the index that publishes them. */
 	__atomic_store_n(idx, q->used_idx, __ATOMIC_RELEASE);
 	return 0;
+}
+
+int virtq_push(struct virtq *q, const struct guest_mem *m, uint16_t head, uint32_t len)
+{
+	struct virtq_used_elem e = { .id = head, .len = len };
+	return virtq_push_n(q, m, &e, 1);
 }
 
 bool virtq_should_notify(struct virtq *q, const struct guest_mem *m)

@@ -60,6 +60,16 @@ int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *c)
 /* Returns a chain with `len` bytes written into its writable buffers. */
 int virtq_push(struct virtq *q, const struct guest_mem *m, uint16_t head, uint32_t len);
 
+struct virtq_used_elem {
+	uint32_t id;    /* head of the chain */
+	uint32_t len;   /* bytes written into its writable buffers */
+};
+/* Returns n (at most the queue size) chains at once: the used index moves after all of
+ * their elements are written, so the driver sees all of them or none (the buffers of one
+ * mergeable receive frame must arrive together). */
+int virtq_push_n(struct virtq *q, const struct guest_mem *m, const struct virtq_used_elem *e,
+		 unsigned n);
+
 /* Whether the driver wants an interrupt for what was pushed since the last one
  * (VIRTQ_AVAIL_F_NO_INTERRUPT, or used_event under VIRTIO_RING_F_EVENT_IDX). */
 bool virtq_should_notify(struct virtq *q, const struct guest_mem *m);

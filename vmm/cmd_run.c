@@ -1,3 +1,4 @@
+#include "cli.h"
 #include "commands.h"
 #include "machine.h"
 
@@ -27,6 +28,8 @@ static void usage(FILE *f)
 		"  --vcpus N          number of vCPUs, 1..64 (default 1)\n"
 		"  --disk PATH[,ro]   a virtio-blk disk (raw image); ',ro' attaches it read-only;\n"
 		"                     repeatable, up to %d\n"
+		"  --control PATH     serve a JSON-lines control socket at PATH (pause, resume,\n"
+		"                     snapshot, status, stop; see `mitos-vmm snapshot`)\n"
 		"  --stats            print exit counts and boot timings to stderr at the end\n"
 		"  --help             this text\n"
 		"\n"
@@ -39,105 +42,6 @@ static void usage(FILE *f)
 		MACHINE_DEFAULT_CMDLINE, MACHINE_DEFAULT_MEM_MIB, MACHINE_MAX_DISKS);
 }
 
-static int parse_uint(const char *flag, const char *s, unsigned long min, unsigned long max,
-		      unsigned long *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long v = strtoul(s, &end, 10);
-	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-		fprintf(stderr, "mitos-vmm run: %s wants a number from %lu to %lu, not '%s'\n",
-			flag, min, max, s);
-		return -EINVAL;
-	}
-	*out = v;
-	return 0;
-}
-
-/* Splits PATH[,ro] in place (argv strings are ours to modify). */
-static int parse_disk(char *arg, struct virtio_blk_opts *d)
-{
-	char *comma = strchr(arg, ',');
-	d->read_only = false;
-	if (comma) {
-		if (strcmp(comma + 1, "ro")) {
-			fprintf(stderr, "mitos-vmm run: --disk %s: unknown option '%s' (only 'ro')\n",
-				arg, comma + 1);
-			return -EINVAL;
-		}
-		d->read_only = true;
-		*comma = '\0';
-	}
-	d->path = arg;
-	if (!d->path[0]) {
-		fprintf(stderr, "mitos-vmm run: --disk needs a path\n");
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static struct termios saved_tio;
-static bool tio_saved;
-
-static void restore_terminal(void)
-{
-	if (tio_saved)
-		tcsetattr(STDIN_FILENO, TCSANOW, &saved_tio);
-}
-
-/* Raw input so keys reach the guest as typed; output processing stays on. */
-static void raw_terminal(void)
-{
-	if (!isatty(STDIN_FILENO) || tcgetattr(STDIN_FILENO, &saved_tio))
-		return;
-	struct termios t = saved_tio;
-	t.c_iflag &= ~(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON);
-	t.c_lflag &= ~(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
-	t.c_cc[VMIN] = 1;
-	t.c_cc[VTIME] = 0;
-	if (tcsetattr(STDIN_FILENO, TCSANOW, &t) == 0) {
-		tio_saved = true;
-		atexit(restore_terminal);
-	}
-}
-
-static double ms(uint64_t a, uint64_t b)
-{
-	return b > a ? (double)(b - a) / 1e6 : 0.0;
-}
-
-static void print_stats(const struct machine_result *r, uint64_t start_ns)
-{
-	fprintf(stderr, "stats: first-guest-exit: %.3f ms after process start\n",
-		ms(start_ns, r->first_exit_ns));
-	fprintf(stderr, "stats: vcpus-started: %.3f ms after process start\n",
-		ms(start_ns, r->run_start_ns));
-	fprintf(stderr, "stats: end: %.3f ms after process start\n", ms(start_ns, r->end_ns));
-	fprintf(stderr, "stats: first-guest-exit-monotonic-ns: %" PRIu64 "\n", r->first_exit_ns);
-	fprintf(stderr, "stats: exits:");
-	for (int k = 0; k < MEXIT_KINDS; k++)
-		fprintf(stderr, " %s=%" PRIu64, machine_exit_kind_name(k), r->exits[k]);
-	fprintf(stderr, "\n");
-}
-
-static int exit_status(const struct machine_result *r)
-{
-	switch (r->how) {
-	case MACHINE_END_POWEROFF:
-	case MACHINE_END_RESET:
-		return 0;
-	case MACHINE_END_DEBUG_EXIT:
-		return r->status;
-	case MACHINE_END_CRASH:
-		return EXIT_GUEST_CRASH;
-	case MACHINE_END_HOST:
-		return r->status ? 128 + r->status : 0;
-	case MACHINE_END_VMM_ERROR:
-	default:
-		return EXIT_VMM_ERROR;
-	}
-}
-
 int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 {
 	static const struct option opts[] = {
@@ -148,6 +52,7 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		{ "vcpus", required_argument, NULL, 'n' },
 		{ "disk", required_argument, NULL, 'd' },
 		{ "stats", no_argument, NULL, 's' },
+		{ "control", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -167,12 +72,12 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		case 'c': cfg.cmdline = optarg; break;
 		case 'm':
 			/* Up to 1 TiB; at least 16 MiB so a kernel and its boot data fit. */
-			if (parse_uint("--mem", optarg, 16, 1UL << 20, &v))
+			if (cli_parse_uint("run", "--mem", optarg, 16, 1UL << 20, &v))
 				return EXIT_USAGE;
 			cfg.mem_bytes = (uint64_t)v << 20;
 			break;
 		case 'n':
-			if (parse_uint("--vcpus", optarg, 1, 64, &v))
+			if (cli_parse_uint("run", "--vcpus", optarg, 1, 64, &v))
 				return EXIT_USAGE;
 			cfg.vcpus = (unsigned)v;
 			break;
@@ -181,10 +86,11 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 				fprintf(stderr, "mitos-vmm run: at most %d --disk\n", MACHINE_MAX_DISKS);
 				return EXIT_USAGE;
 			}
-			if (parse_disk(optarg, &cfg.disks[cfg.ndisks++]))
+			if (cli_parse_disk("run", optarg, &cfg.disks[cfg.ndisks++]))
 				return EXIT_USAGE;
 			break;
 		case 's': stats = true; break;
+		case 'C': cfg.control_path = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}
@@ -205,19 +111,5 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		fprintf(stderr, "mitos-vmm run: %s\n", e.msg);
 		return EXIT_VMM_ERROR;
 	}
-	raw_terminal();
-	struct machine_result res;
-	int r = machine_run(m, &res, &e);
-	restore_terminal();
-	machine_destroy(m);
-	if (r && res.how != MACHINE_END_VMM_ERROR) {
-		fprintf(stderr, "mitos-vmm run: %s\n", e.msg);
-		return EXIT_VMM_ERROR;
-	}
-	if (res.how != MACHINE_END_POWEROFF && res.how != MACHINE_END_RESET &&
-	    !(res.how == MACHINE_END_DEBUG_EXIT && res.status == 0))
-		fprintf(stderr, "mitos-vmm run: %s\n", res.why);
-	if (stats)
-		print_stats(&res, process_start_ns);
-	return exit_status(&res);
+	return cli_run_machine("run", m, stats, process_start_ns);
 }

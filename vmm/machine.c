@@ -5,13 +5,19 @@
 #include "kvm_vm.h"
 #include "layout.h"
 #include "loader.h"
+#include "control.h"
 #include "vcpu.h"
 #include "../devices/i8042.h"
 #include "../devices/serial.h"
 #include "../devices/virtio_mmio.h"
+#include "../snapshot/memory_file.h"
+#include "../snapshot/snapshot_config.h"
+#include "../snapshot/state_file.h"
+#include "../snapshot/vm_state.h"
 
 #include <errno.h>
 #include <ev.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -21,6 +27,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,6 +74,19 @@ struct machine {
 	bool console_escape_seen;
 
 	atomic_bool stopping;
+	/* Pausing: vCPU threads park on `parked_cond` while pause_requested is set. */
+	pthread_mutex_t pause_lock;
+	pthread_cond_t pause_cond;
+	bool pause_requested;
+	unsigned nparked;
+	bool paused;
+	struct control_server *control;
+	/* Set when RAM is mapped from snapshot files: the directory it came from, which a
+	 * later snapshot of this VM names as its parent. */
+	char *snapshot_parent;
+	unsigned snapshot_depth;
+	struct msr_set msrs;
+	char cmdline[LAYOUT_CMDLINE_MAX];
 	atomic_uint_fast64_t first_exit_ns;
 	atomic_uint_fast64_t exits[MEXIT_KINDS];
 	pthread_mutex_t result_lock;
@@ -104,6 +124,9 @@ static void machine_stop(struct machine *m, enum machine_end how, int status, co
 	va_end(ap);
 	m->result.end_ns = now_ns();
 	pthread_mutex_unlock(&m->result_lock);
+	pthread_mutex_lock(&m->pause_lock);
+	pthread_cond_broadcast(&m->pause_cond);
+	pthread_mutex_unlock(&m->pause_lock);
 	/* immediate_exit first, then the signal: a vCPU between its stopping check and
 	 * KVM_RUN returns at once, one inside KVM_RUN is kicked out by SIGUSR1. */
 	pthread_t self = pthread_self();
@@ -397,11 +420,31 @@ static void handle_exit(struct machine *m, struct vcpu *v)
 	}
 }
 
+/* Parks a vCPU while a pause is requested. KVM_RUN with immediate_exit first completes
+ * any I/O the last exit left pending, so the registers saved meanwhile are final. */
+static void vcpu_park(struct machine *m, struct vcpu_thread *t)
+{
+	t->vcpu.run->immediate_exit = 1;
+	ioctl(t->vcpu.fd, KVM_RUN, 0);
+	pthread_mutex_lock(&m->pause_lock);
+	m->nparked++;
+	pthread_cond_broadcast(&m->pause_cond);
+	while (m->pause_requested && !atomic_load(&m->stopping))
+		pthread_cond_wait(&m->pause_cond, &m->pause_lock);
+	m->nparked--;
+	pthread_mutex_unlock(&m->pause_lock);
+	t->vcpu.run->immediate_exit = 0;
+}
+
 static void *vcpu_main(void *arg)
 {
 	struct vcpu_thread *t = arg;
 	struct machine *m = t->m;
 	while (!atomic_load(&m->stopping)) {
+		if (__atomic_load_n(&m->pause_requested, __ATOMIC_ACQUIRE)) {
+			vcpu_park(m, t);
+			continue;
+		}
 		if (ioctl(t->vcpu.fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
@@ -442,18 +485,241 @@ static int start_vcpus(struct machine *m, struct mitos_err *e)
 	return r ? mitos_err_set(e, r, "cannot start vCPU thread: %s", strerror(-r)) : 0;
 }
 
+/* ---- pause, resume, snapshot ------------------------------------------------------- */
+
+int machine_pause(struct machine *m)
+{
+	if (m->paused)
+		return 0;
+	pthread_mutex_lock(&m->pause_lock);
+	__atomic_store_n(&m->pause_requested, true, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&m->pause_lock);
+	unsigned running = 0;
+	for (unsigned i = 0; i < m->nvcpus; i++) {
+		struct vcpu_thread *t = &m->vcpus[i];
+		if (!t->started)
+			continue;
+		running++;
+		t->vcpu.run->immediate_exit = 1;
+		pthread_kill(t->thread, SIGUSR1);
+	}
+	pthread_mutex_lock(&m->pause_lock);
+	while (m->nparked < running && !atomic_load(&m->stopping))
+		pthread_cond_wait(&m->pause_cond, &m->pause_lock);
+	pthread_mutex_unlock(&m->pause_lock);
+	if (atomic_load(&m->stopping))
+		return -ESHUTDOWN;
+	m->paused = true;
+	return 0;
+}
+
+void machine_resume(struct machine *m)
+{
+	pthread_mutex_lock(&m->pause_lock);
+	__atomic_store_n(&m->pause_requested, false, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&m->pause_cond);
+	pthread_mutex_unlock(&m->pause_lock);
+	m->paused = false;
+}
+
+bool machine_paused(const struct machine *m)
+{
+	return m->paused;
+}
+
+static int save_devices(struct machine *m, struct state_writer *w, struct mitos_err *e)
+{
+	struct serial_state ss;
+	serial_save(m->serial, &ss);
+	state_add(w, SS_DEV_SERIAL, 0, &ss, sizeof(ss));
+	uint8_t *buf = malloc(STATE_DEVICE_MAX);
+	if (!buf)
+		return mitos_err_set(e, -ENOMEM, "out of memory");
+	int r = 0;
+	for (unsigned i = 0; i < m->ndevs && !r; i++) {
+		struct virtio_device *d = m->devs[i].dev;
+		pthread_mutex_lock(&d->lock);
+		if (d->ops->quiesce && (r = d->ops->quiesce(d)))
+			mitos_err_set(e, r, "%s: cannot quiesce: %s", d->ops->name, strerror(-r));
+		struct virtio_transport_state ts;
+		virtio_transport_save(d, &ts);
+		state_add(w, SS_DEV_VIRTIO_TRANSPORT, i, &ts, sizeof(ts));
+		int len = !r && d->ops->save_state ? d->ops->save_state(d, buf, STATE_DEVICE_MAX) : 0;
+		if (len < 0)
+			r = mitos_err_set(e, len, "%s: cannot save its state: %s", d->ops->name, strerror(-len));
+		else if (len > 0)
+			state_add(w, SS_DEV_VIRTIO_DEVICE, i, buf, (size_t)len);
+		pthread_mutex_unlock(&d->lock);
+	}
+	free(buf);
+	return r;
+}
+
+static int restore_devices(struct machine *m, const struct state_blob *b, struct mitos_err *e)
+{
+	struct serial_state ss;
+	int r = state_get(b, "serial", SS_DEV_SERIAL, 0, &ss, sizeof(ss), e);
+	if (r)
+		return r;
+	if (serial_restore(m->serial, &ss))
+		return mitos_err_set(e, -EINVAL, "state file: serial port state is invalid");
+	for (unsigned i = 0; i < m->ndevs && !r; i++) {
+		struct virtio_device *d = m->devs[i].dev;
+		struct virtio_transport_state ts;
+		if ((r = state_get(b, "virtio transport", SS_DEV_VIRTIO_TRANSPORT, i, &ts, sizeof(ts), e)))
+			break;
+		size_t len = 0;
+		const void *dev_state = state_find(b, SS_DEV_VIRTIO_DEVICE, i, &len);
+		pthread_mutex_lock(&d->lock);
+		if (virtio_transport_restore(d, &ts))
+			r = mitos_err_set(e, -EINVAL, "state file: virtio device %u (%s) does not match "
+					  "this machine's or its queues lie outside RAM", i, d->ops->name);
+		else if (d->ops->restore_state && (r = d->ops->restore_state(d, dev_state, len)))
+			mitos_err_set(e, r, "state file: %s state rejected: %s", d->ops->name, strerror(-r));
+		pthread_mutex_unlock(&d->lock);
+	}
+	return r;
+}
+
+static int make_snapshot_dir(const char *dir, struct mitos_err *e)
+{
+	if (mkdir(dir, 0755) == 0)
+		return 0;
+	if (errno != EEXIST)
+		return mitos_err_set(e, -errno, "cannot create %s: %s", dir, strerror(errno));
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_CONFIG_NAME);
+	if (access(path, F_OK) == 0)
+		return mitos_err_set(e, -EEXIST, "%s already holds a snapshot; snapshots are never "
+				     "overwritten (children may be mapping its files): pick a new directory",
+				     dir);
+	return 0;
+}
+
+int machine_snapshot(struct machine *m, const char *dir, struct mitos_err *e)
+{
+	bool was_paused = m->paused;
+	int r = machine_pause(m);
+	if (r)
+		return mitos_err_set(e, r, "the VM is stopping");
+	struct state_writer w;
+	state_writer_init(&w);
+	struct mem_extents x = { 0 };
+	struct snapshot_config sc = { 0 };
+	if (!m->msrs.index && (r = vm_state_msr_set(&m->vm, &m->vcpus[0].vcpu, &m->msrs, e)))
+		goto out;
+	if ((r = make_snapshot_dir(dir, e)) ||
+	    (r = vm_state_save(&m->vm, &m->vcpus[0].vcpu, m->nvcpus, &m->msrs, &w, e)) ||
+	    (r = save_devices(m, &w, e)) ||
+	    (r = memory_dirty_extents(&m->mem, &x, e)))
+		goto out;
+	if (x.n > MEMORY_MAX_EXTENTS) {
+		r = mitos_err_set(e, -E2BIG, "%llu changed memory extents: too fragmented for a layer",
+				  (unsigned long long)x.n);
+		goto out;
+	}
+	sc = (struct snapshot_config){
+		.mem_bytes = m->mem.size, .vcpus = m->nvcpus, .cmdline = m->cmdline,
+		.has_vsock = m->cfg.vsock_path != NULL,
+		.vsock_cid = m->cfg.vsock_cid, .parent = m->snapshot_parent,
+		.depth = m->snapshot_parent ? m->snapshot_depth + 1 : 0,
+	};
+	for (unsigned i = 0; i < m->cfg.ndisks; i++) {
+		struct stat st;
+		if (stat(m->cfg.disks[i].path, &st)) {
+			r = mitos_err_set(e, -errno, "disk %s: %s", m->cfg.disks[i].path, strerror(errno));
+			goto out;
+		}
+		/* Absolute, so the snapshot means the same from any working directory. */
+		char *abs = realpath(m->cfg.disks[i].path, NULL);
+		if (!abs) {
+			r = mitos_err_set(e, -errno, "disk %s: %s", m->cfg.disks[i].path, strerror(errno));
+			goto out;
+		}
+		sc.disks[i] = (struct snapshot_disk){ .path = abs, .read_only = m->cfg.disks[i].read_only,
+						      .bytes = (uint64_t)st.st_size };
+		sc.ndisks = i + 1;
+	}
+	char state_path[PATH_MAX];
+	snprintf(state_path, sizeof(state_path), "%s/%s", dir, SNAPSHOT_STATE_NAME);
+	/* config.json last: its presence says the snapshot is complete. */
+	if ((r = memory_file_write(dir, &m->mem, &x, e)) ||
+	    (r = state_file_write(state_path, &w, e)) ||
+	    (r = snapshot_config_write(dir, &sc, e)))
+		goto out;
+out:
+	for (unsigned i = 0; i < sc.ndisks; i++)
+		free(sc.disks[i].path);
+	memory_extents_free(&x);
+	state_writer_free(&w);
+	if (!was_paused)
+		machine_resume(m);
+	return r;
+}
+
+/* ---- control socket ---------------------------------------------------------------- */
+
+static cJSON *control_handle(void *ctx, const cJSON *req)
+{
+	struct machine *m = ctx;
+	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(req, "cmd");
+	if (!cJSON_IsString(cmd))
+		return control_reply_error("invalid_request", "missing \"cmd\"");
+	const char *c = cmd->valuestring;
+	struct mitos_err e = { 0 };
+	if (!strcmp(c, "status")) {
+		cJSON *o = control_reply_ok();
+		cJSON_AddStringToObject(o, "state", m->paused ? "paused" : "running");
+		cJSON_AddNumberToObject(o, "vcpus", m->nvcpus);
+		cJSON_AddNumberToObject(o, "mem_bytes", (double)m->mem.size);
+		cJSON_AddNumberToObject(o, "first_exit_ns", (double)atomic_load(&m->first_exit_ns));
+		cJSON_AddNumberToObject(o, "run_start_ns", (double)m->result.run_start_ns);
+		if (m->snapshot_parent)
+			cJSON_AddStringToObject(o, "restored_from", m->snapshot_parent);
+		return o;
+	}
+	if (!strcmp(c, "pause")) {
+		if (machine_pause(m))
+			return control_reply_error("stopping", "the VM is stopping");
+		return control_reply_ok();
+	}
+	if (!strcmp(c, "resume")) {
+		machine_resume(m);
+		return control_reply_ok();
+	}
+	if (!strcmp(c, "stop")) {
+		machine_stop(m, MACHINE_END_HOST, 0, "stopped through the control socket");
+		return control_reply_ok();
+	}
+	if (!strcmp(c, "snapshot")) {
+		const cJSON *dir = cJSON_GetObjectItemCaseSensitive(req, "dir");
+		if (!cJSON_IsString(dir) || !dir->valuestring[0])
+			return control_reply_error("invalid_request", "snapshot needs \"dir\"");
+		uint64_t t0 = now_ns();
+		if (machine_snapshot(m, dir->valuestring, &e))
+			return control_reply_error("snapshot_failed", "%s", e.msg);
+		cJSON *o = control_reply_ok();
+		cJSON_AddStringToObject(o, "dir", dir->valuestring);
+		cJSON_AddNumberToObject(o, "ms", (double)(now_ns() - t0) / 1e6);
+		return o;
+	}
+	return control_reply_error("unknown_command", "unknown command \"%s\" (status, pause, "
+				   "resume, snapshot, stop)", c);
+}
+
 /* ---- assembly ---------------------------------------------------------------------- */
 
-static int build_cmdline(const struct machine *m, char *out, size_t outlen, struct mitos_err *e)
+static int build_cmdline(struct machine *m, struct mitos_err *e)
 {
 	const char *base = m->cfg.cmdline ? m->cfg.cmdline : MACHINE_DEFAULT_CMDLINE;
-	size_t n = (size_t)snprintf(out, outlen, "%s", base);
+	size_t outlen = sizeof(m->cmdline);
+	size_t n = (size_t)snprintf(m->cmdline, outlen, "%s", base);
 	for (unsigned i = 0; i < m->ndevs && n < outlen; i++)
-		n += (size_t)snprintf(out + n, outlen - n, " virtio_mmio.device=4K@0x%llx:%u",
+		n += (size_t)snprintf(m->cmdline + n, outlen - n, " virtio_mmio.device=4K@0x%llx:%u",
 				      (unsigned long long)m->devs[i].dev->mmio_base, m->devs[i].dev->irq);
-	if (n >= outlen || n >= LAYOUT_CMDLINE_MAX)
-		return mitos_err_set(e, -E2BIG, "kernel command line too long (%zu bytes, at most %llu)",
-				     n, LAYOUT_CMDLINE_MAX - 1);
+	if (n >= outlen)
+		return mitos_err_set(e, -E2BIG, "kernel command line too long (at most %llu bytes "
+				     "with the virtio_mmio.device= entries)", LAYOUT_CMDLINE_MAX - 1);
 	return 0;
 }
 
@@ -472,19 +738,44 @@ static int setup_legacy(struct machine *m, struct mitos_err *e)
 	return 0;
 }
 
-static int setup_console(struct machine *m)
+static void setup_console(struct machine *m)
 {
 	ev_timer_init(&m->console_retry, on_console_retry, 0., 0.005);
 	m->console_retry.data = m;
 	if (m->cfg.console_in < 0)
-		return 0;
+		return;
 	ev_io_init(&m->console_io, on_console_input, m->cfg.console_in, EV_READ);
 	m->console_io.data = m;
 	ev_io_start(m->loop, &m->console_io);
-	return 0;
 }
 
-int machine_create(struct machine **out, const struct machine_config *c, struct mitos_err *e)
+static uint64_t next_mmio_base(const struct machine *m)
+{
+	return LAYOUT_VIRTIO_MMIO_BASE + m->ndevs * LAYOUT_VIRTIO_MMIO_STRIDE;
+}
+
+static unsigned next_irq(const struct machine *m)
+{
+	return LAYOUT_VIRTIO_IRQ_BASE + m->ndevs;
+}
+
+/* Devices in a fixed order (disks, then the rest) so a restored machine's device i is
+ * the snapshotted machine's device i. */
+static int setup_devices(struct machine *m, struct mitos_err *e)
+{
+	int r = setup_legacy(m, e);
+	for (unsigned i = 0; !r && i < m->cfg.ndisks; i++) {
+		struct virtio_device *d = virtio_blk_create(&m->mem, next_mmio_base(m), next_irq(m),
+							    &m->cfg.disks[i], e);
+		if (!d)
+			return e && e->code ? e->code : -EIO;
+		r = attach_virtio(m, d, e);
+	}
+	return r;
+}
+
+/* Everything but guest RAM and what goes into it. */
+static int machine_alloc(struct machine **out, const struct machine_config *c, struct mitos_err *e)
 {
 	if (c->vcpus == 0 || c->vcpus > LAYOUT_MAX_VCPUS)
 		return mitos_err_set(e, -EINVAL, "--vcpus must be 1..%d", LAYOUT_MAX_VCPUS);
@@ -495,16 +786,47 @@ int machine_create(struct machine **out, const struct machine_config *c, struct 
 		return mitos_err_set(e, -ENOMEM, "out of memory");
 	m->cfg = *c;
 	m->vm.kvm_fd = m->vm.vm_fd = -1;
+	m->nvcpus = c->vcpus;
+	for (unsigned i = 0; i < c->vcpus; i++)
+		m->vcpus[i].vcpu.fd = -1;
 	pthread_mutex_init(&m->result_lock, NULL);
+	pthread_mutex_init(&m->pause_lock, NULL);
+	pthread_cond_init(&m->pause_cond, NULL);
+	*out = m;
 	m->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
-	int r = -ENOMEM;
-	if (!m->loop) {
-		mitos_err_set(e, r, "cannot create the device loop");
-		goto fail;
-	}
+	if (!m->loop)
+		return mitos_err_set(e, -ENOMEM, "cannot create the device loop");
 	ev_async_init(&m->stop_async, on_stop);
 	ev_async_start(m->loop, &m->stop_async);
+	m->emulation_only = kvm_probe_is_emulation_only();
+	return kvm_vm_create(&m->vm, e);
+}
 
+static int create_vcpus(struct machine *m, struct mitos_err *e)
+{
+	for (unsigned i = 0; i < m->nvcpus; i++) {
+		int r = vcpu_create(&m->vm, i, m->nvcpus, &m->vcpus[i].vcpu, e);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+static int finish_setup(struct machine *m, struct mitos_err *e)
+{
+	setup_console(m);
+	if (m->cfg.control_path)
+		return control_server_start(&m->control, m->loop, m->cfg.control_path,
+					    control_handle, m, e);
+	return 0;
+}
+
+int machine_create(struct machine **out, const struct machine_config *c, struct mitos_err *e)
+{
+	struct machine *m = NULL;
+	int r = machine_alloc(&m, c, e);
+	if (r)
+		goto fail;
 	if ((r = guest_mem_alloc(&m->mem, c->mem_bytes))) {
 		mitos_err_set(e, r, "cannot allocate %llu MiB of guest RAM: %s",
 			      (unsigned long long)(c->mem_bytes >> 20), strerror(-r));
@@ -517,42 +839,58 @@ int machine_create(struct machine **out, const struct machine_config *c, struct 
 	if (c->initrd && (r = loader_load_initrd_file(&m->mem, c->initrd, &k, &bc.initrd_gpa,
 						       &bc.initrd_size, e)))
 		goto fail;
-	if ((r = kvm_vm_create(&m->vm, e)) || (r = kvm_vm_map_memory(&m->vm, &m->mem, e)))
+	if ((r = kvm_vm_map_memory(&m->vm, &m->mem, e)) || (r = setup_devices(m, e)) ||
+	    (r = build_cmdline(m, e)))
 		goto fail;
-	m->emulation_only = kvm_probe_is_emulation_only();
-	if ((r = setup_legacy(m, e)))
+	bc.cmdline = m->cmdline;
+	if ((r = boot_write(&m->mem, &k, &bc, e)) || (r = create_vcpus(m, e)))
 		goto fail;
-	for (unsigned i = 0; i < c->ndisks; i++) {
-		struct virtio_device *d = virtio_blk_create(&m->mem,
-			LAYOUT_VIRTIO_MMIO_BASE + m->ndevs * LAYOUT_VIRTIO_MMIO_STRIDE,
-			LAYOUT_VIRTIO_IRQ_BASE + m->ndevs, &c->disks[i], e);
-		if (!d) {
-			r = e && e->code ? e->code : -EIO;
-			goto fail;
-		}
-		if ((r = attach_virtio(m, d, e)))
-			goto fail;
-	}
-	char cmdline[LAYOUT_CMDLINE_MAX + 256];
-	if ((r = build_cmdline(m, cmdline, sizeof(cmdline), e)))
-		goto fail;
-	bc.cmdline = cmdline;
-	if ((r = boot_write(&m->mem, &k, &bc, e)))
-		goto fail;
-	m->nvcpus = c->vcpus;
-	for (unsigned i = 0; i < c->vcpus; i++)
-		m->vcpus[i].vcpu.fd = -1;
-	for (unsigned i = 0; i < c->vcpus; i++)
-		if ((r = vcpu_create(&m->vm, i, c->vcpus, &m->vcpus[i].vcpu, e)))
-			goto fail;
 	/* Application processors wait for INIT/SIPI from the boot CPU, as on hardware. */
-	if ((r = vcpu_set_boot_state(&m->vcpus[0].vcpu, k.entry, e)))
+	if ((r = vcpu_set_boot_state(&m->vcpus[0].vcpu, k.entry, e)) || (r = finish_setup(m, e)))
 		goto fail;
-	setup_console(m);
 	*out = m;
 	return 0;
 fail:
 	machine_destroy(m);
+	return r;
+}
+
+int machine_restore(struct machine **out, const char *dir, const struct machine_config *c,
+		    struct mitos_err *e)
+{
+	char **chain = NULL;
+	unsigned depth = 0;
+	struct state_blob b = { 0 };
+	struct machine *m = NULL;
+	int r = snapshot_chain(dir, &chain, &depth, e);
+	if (r)
+		return r;
+	char state_path[PATH_MAX];
+	snprintf(state_path, sizeof(state_path), "%s/%s", chain[depth - 1], SNAPSHOT_STATE_NAME);
+	/* Validate the whole state before creating anything: nothing half-starts. */
+	if ((r = state_file_read(state_path, &b, e)) || (r = machine_alloc(&m, c, e)))
+		goto out;
+	if ((r = memory_map_chain(&m->mem, c->mem_bytes, chain, depth, e)))
+		goto out;
+	m->snapshot_parent = chain[depth - 1];
+	chain[depth - 1] = NULL;
+	m->snapshot_depth = depth - 1;
+	if ((r = kvm_vm_map_memory(&m->vm, &m->mem, e)) || (r = setup_devices(m, e)) ||
+	    (r = build_cmdline(m, e)) || (r = create_vcpus(m, e)) ||
+	    (r = vm_state_restore(&m->vm, &m->vcpus[0].vcpu, m->nvcpus, &b, e)) ||
+	    (r = restore_devices(m, &b, e)) || (r = finish_setup(m, e)))
+		goto out;
+	*out = m;
+	m = NULL;
+out:
+	if (r && e && !strstr(e->msg, dir)) {
+		char msg[sizeof(e->msg)];
+		memcpy(msg, e->msg, sizeof(msg));
+		mitos_err_set(e, r, "restore %s: %.400s", dir, msg);
+	}
+	machine_destroy(m);
+	state_blob_free(&b);
+	snapshot_chain_free(chain, depth);
 	return r;
 }
 
@@ -564,6 +902,10 @@ int machine_run(struct machine *m, struct machine_result *res, struct mitos_err 
 	ev_signal_start(m->loop, &m->sigint);
 	ev_signal_start(m->loop, &m->sigterm);
 
+	if (m->cfg.start_paused) {
+		m->pause_requested = true;
+		m->paused = true;
+	}
 	m->result.run_start_ns = now_ns();
 	int r = start_vcpus(m, e);
 	if (r)
@@ -590,9 +932,11 @@ void machine_destroy(struct machine *m)
 {
 	if (!m)
 		return;
+	control_server_stop(m->control);
 	for (unsigned i = 0; i < m->nvcpus; i++)
 		if (m->vcpus[i].vcpu.fd >= 0)
 			vcpu_destroy(&m->vm, &m->vcpus[i].vcpu);
+	/* Devices before RAM: in-flight I/O points into it. */
 	for (unsigned i = 0; i < m->ndevs; i++)
 		close_virtio(&m->devs[i]);
 	if (m->serial)
@@ -601,6 +945,10 @@ void machine_destroy(struct machine *m)
 	guest_mem_free(&m->mem);
 	if (m->loop)
 		ev_loop_destroy(m->loop);
+	vm_state_msr_set_free(&m->msrs);
+	free(m->snapshot_parent);
 	pthread_mutex_destroy(&m->result_lock);
+	pthread_mutex_destroy(&m->pause_lock);
+	pthread_cond_destroy(&m->pause_cond);
 	free(m);
 }

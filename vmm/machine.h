@@ -22,9 +22,13 @@ struct machine_config {
 	unsigned vcpus;
 	unsigned ndisks;
 	struct virtio_blk_opts disks[MACHINE_MAX_DISKS];
+	const char *vsock_path; /* virtio-vsock host socket, NULL for none */
+	uint32_t vsock_cid;
 	int console_in;         /* guest serial input, -1 for none */
 	int console_out;        /* guest serial output */
 	bool console_escape;    /* Ctrl-A x on console_in ends the VM (interactive terminals) */
+	const char *control_path; /* JSON-lines control socket, NULL for none */
+	bool start_paused;      /* vCPUs wait for a "resume" on the control socket */
 };
 
 enum machine_end {
@@ -54,11 +58,24 @@ struct machine_result {
 
 struct machine;
 
+/* Boots c->kernel. */
 int machine_create(struct machine **out, const struct machine_config *c, struct mitos_err *e);
+/* Restores the snapshot in dir (and the layers under it): RAM is mapped MAP_PRIVATE from
+ * the snapshot files, so children share every page they do not write. c gives RAM size
+ * and vCPUs (which must match the snapshot's) and the devices (disk paths may differ). */
+int machine_restore(struct machine **out, const char *dir, const struct machine_config *c,
+		    struct mitos_err *e);
 /* Runs the guest until it ends; the device loop runs on the calling thread. */
 int machine_run(struct machine *m, struct machine_result *r, struct mitos_err *e);
 void machine_destroy(struct machine *m);
 
 const char *machine_exit_kind_name(enum machine_exit_kind k);
+
+/* Device loop thread only. pause() returns once every vCPU is out of KVM_RUN with its
+ * pending I/O completed; snapshot() pauses, writes dir, and resumes if it paused. */
+int machine_pause(struct machine *m);
+void machine_resume(struct machine *m);
+bool machine_paused(const struct machine *m);
+int machine_snapshot(struct machine *m, const char *dir, struct mitos_err *e);
 
 #endif

@@ -1,6 +1,7 @@
 /* mitos-vmm: the Mitos node's one binary. */
 #include "commands.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -15,14 +16,18 @@ static void usage(FILE *f)
 		"usage: mitos-vmm <command> [options]\n"
 		"\n"
 		"commands:\n"
-		"  run     boot one guest with its serial console on this terminal\n"
-		"  check   tell what this host's KVM can do and which engine `serve` would use\n"
-		"  help    this text; `mitos-vmm <command> --help` describes a command\n"
-		"  version print the version\n");
+		"  run       boot one guest with its serial console on this terminal\n"
+		"  snapshot  write a snapshot of a running VM (through its control socket)\n"
+		"  restore   start a VM from a snapshot, copy-on-write\n"
+		"  check     tell what this host's KVM can do and which engine `serve` would use\n"
+		"  help      this text; `mitos-vmm <command> --help` describes a command\n"
+		"  version   print the version\n");
 }
 
 int main(int argc, char **argv)
 {
+	/* The console and sockets may be pipes whose reader left: report, don't die. */
+	signal(SIGPIPE, SIG_IGN);
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	uint64_t start_ns = (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
@@ -36,6 +41,10 @@ int main(int argc, char **argv)
 		return cmd_run(argc - 1, argv + 1, start_ns);
 	if (!strcmp(cmd, "check"))
 		return cmd_check(argc - 1, argv + 1);
+	if (!strcmp(cmd, "snapshot"))
+		return cmd_snapshot(argc - 1, argv + 1);
+	if (!strcmp(cmd, "restore"))
+		return cmd_restore(argc - 1, argv + 1, start_ns);
 	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
 		usage(stdout);
 		return 0;

@@ -538,3 +538,26 @@ void tg_blk_test(const struct tg_virtio_dev *d)
 		tg_cprintf(", %u config change, %u with no status", b.config_irqs, b.empty_irqs);
 	tg_cprintf(")\n");
 }
+
+/* ---- a disk kept open for other modes ------------------------------------------------ */
+
+static struct blk kept;
+
+void tg_blk_open(const struct tg_virtio_dev *d)
+{
+	kept = (struct blk){ .dev = d };
+	blk_init(&kept);
+}
+
+bool tg_blk_read_only(void)
+{
+	return has(&kept, F_BLK_RO);
+}
+
+void tg_blk_io(bool write, uint64_t sector, void *buf, uint32_t len)
+{
+	blk_one(&kept, write ? BLK_T_OUT : BLK_T_IN, sector, buf, len, BLK_S_OK,
+		write ? "WRITE" : "READ");
+	if (write)
+		flush(&kept);
+}

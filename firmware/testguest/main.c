@@ -127,7 +127,7 @@ void tg_cprintf(const char *fmt, ...)
 	va_end(ap);
 }
 
-static _Noreturn void tg_exit(enum tg_exit code)
+_Noreturn void tg_exit(enum tg_exit code)
 {
 	outb(LAYOUT_DEBUG_EXIT_PORT, (uint8_t)code);
 	/* The VMM should have stopped us; park the CPU instead of running on. */
@@ -170,8 +170,10 @@ void *memcpy(void *d, const void *s, size_t n)
 #define BP_CMD_LINE_PTR     0x228
 #define MAX_DEVICES         LAYOUT_VIRTIO_MAX_DEVICES
 
+enum tg_mode { TG_MODE_BLK, TG_MODE_NONE, TG_MODE_SNAP };
+
 struct config {
-	bool mode_none;
+	enum tg_mode mode;
 	unsigned cpus;   /* 0: not asked to check */
 	unsigned ndev;
 	struct tg_virtio_dev dev[MAX_DEVICES];
@@ -284,11 +286,13 @@ static void parse_cmdline(struct config *cfg, const char *cmd)
 		if (has_prefix(tok, p, "testguest.mode=", &v)) {
 			const char *r;
 			if (has_prefix(v, p, "none", &r) && r == p)
-				cfg->mode_none = true;
+				cfg->mode = TG_MODE_NONE;
 			else if (has_prefix(v, p, "blk", &r) && r == p)
-				cfg->mode_none = false;
+				cfg->mode = TG_MODE_BLK;
+			else if (has_prefix(v, p, "snap", &r) && r == p)
+				cfg->mode = TG_MODE_SNAP;
 			else
-				tg_fail(TG_EXIT_CMDLINE, "unknown testguest.mode (want blk or none)");
+				tg_fail(TG_EXIT_CMDLINE, "unknown testguest.mode (want blk, none or snap)");
 		} else if (has_prefix(tok, p, "testguest.cpus=", &v)) {
 			uint64_t n;
 			if (!parse_u64(&v, p, 10, &n) || v != p || n == 0 || n > LAYOUT_MAX_VCPUS)
@@ -561,12 +565,11 @@ void tg_irq_route(unsigned irq, tg_irq_handler fn, void *arg)
 		tg_fail(TG_EXIT_INTERRUPT, "IOAPIC entry %u reads back 0x%x", irq, lo);
 }
 
-uint64_t tg_wait_interrupt(void)
+void tg_wait_interrupt(void)
 {
 	/* sti's one-instruction shadow makes sti;hlt atomic: an interrupt that became
 	 * pending before it still wakes the hlt. */
 	__asm__ volatile("sti; hlt; cli" : : : "memory");
-	return ticks;
 }
 
 uint64_t tg_ticks(void)
@@ -600,8 +603,11 @@ void tg_main(const uint8_t *boot_params)
 	if (cfg.cpus)
 		check_mptable(cfg.cpus);
 
-	if (cfg.mode_none) {
+	if (cfg.mode == TG_MODE_NONE) {
 		tg_printf("mode none: nothing more to check\n");
+	} else if (cfg.mode == TG_MODE_SNAP) {
+		interrupts_init();
+		tg_snap_run(cfg.dev, cfg.ndev);
 	} else {
 		interrupts_init();
 		unsigned nblk = 0;

@@ -80,9 +80,10 @@ void *memcpy(void *d, const void *s, size_t n);
 /* Called from the interrupt handler for a device's IOAPIC pin. */
 typedef void (*tg_irq_handler)(void *arg);
 void tg_irq_route(unsigned irq, tg_irq_handler fn, void *arg);
-/* Sleeps (sti; hlt) until an interrupt arrives; returns the watchdog ticks since boot
- * (the LAPIC timer ticks every ~10 ms). */
-uint64_t tg_wait_interrupt(void);
+/* Sleeps (sti; hlt) until an interrupt arrives: a device's, or the LAPIC timer's, which
+ * ticks every ~10 ms so that every wait can time out. */
+void tg_wait_interrupt(void);
+/* Timer ticks since the interrupts were set up. */
 uint64_t tg_ticks(void);
 #define TG_TICKS_PER_SECOND 100
 
@@ -95,5 +96,15 @@ struct tg_virtio_dev {
 /* Probes one virtio-mmio window; returns its device id (0: no device). */
 uint32_t tg_virtio_probe(const struct tg_virtio_dev *d);
 void tg_blk_test(const struct tg_virtio_dev *d);
+/* One disk kept open for the other modes: requests fail the test unless they succeed;
+ * a write is flushed before it returns. */
+void tg_blk_open(const struct tg_virtio_dev *d);
+bool tg_blk_read_only(void);
+void tg_blk_io(bool write, uint64_t sector, void *buf, uint32_t len);
+
+/* The snapshot mode (snap.c): runs until told to quit on the serial port. */
+_Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n);
+/* Exits the VM through the debug-exit port. */
+_Noreturn void tg_exit(enum tg_exit code);
 
 #endif

@@ -225,11 +225,8 @@ static void device_loop_once(void)
 	int fd;
 	ck_assert_uint_eq(F.d->ops->host_fds(F.d, &fd, 1), 1);
 	struct pollfd p = { .fd = fd, .events = POLLIN };
-	if (poll(&p, 1, 50) == 1) {
-		pthread_mutex_lock(&F.d->lock);
-		F.d->ops->host_fd_ready(F.d, 0);
-		pthread_mutex_unlock(&F.d->lock);
-	}
+	if (poll(&p, 1, 50) == 1)
+		virtio_device_host_fd_ready(F.d, 0);
 }
 
 /* Runs the device loop until the used ring reaches `target`, for at most 5 s. */

@@ -1,0 +1,647 @@
+#include "api/http.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/router.h"
+#include "api/server.h"
+
+static const http_parser_settings settings;
+
+static void conn_note_err(struct conn *c, enum api_err e, const char *msg)
+{
+	if (c->err < 0) {
+		c->err = (int)e;
+		snprintf(c->err_msg, sizeof(c->err_msg), "%s", msg);
+	}
+}
+
+static void req_free(struct http_req *r)
+{
+	if (!r)
+		return;
+	free(r->arena);
+	free(r->path);
+	free(r->body);
+	free(r->early_msg);
+	free(r);
+}
+
+static int arena_add(struct conn *c, struct http_req *r, const char *p, size_t n)
+{
+	if (r->alen + n + 1 > HTTP_MAX_HEADER_BYTES) {
+		conn_note_err(c, AE_HEADERS_TOO_LARGE, "request line and headers exceed 16 KiB");
+		return -1;
+	}
+	if (r->alen + n + 1 > r->acap) {
+		size_t cap = r->acap ? r->acap : 1024;
+		while (cap < r->alen + n + 1)
+			cap *= 2;
+		char *na = realloc(r->arena, cap);
+		if (!na) {
+			conn_note_err(c, AE_INTERNAL, "out of memory");
+			return -1;
+		}
+		r->arena = na;
+		r->acap = cap;
+	}
+	memcpy(r->arena + r->alen, p, n);
+	r->alen += n;
+	return 0;
+}
+
+static int arena_nul(struct conn *c, struct http_req *r)
+{
+	return arena_add(c, r, "", 1);
+}
+
+/* ---- parser callbacks ---- */
+
+static int on_message_begin(http_parser *p)
+{
+	struct conn *c = p->data;
+	struct http_req *r = calloc(1, sizeof(*r));
+	if (!r) {
+		conn_note_err(c, AE_INTERNAL, "out of memory");
+		return -1;
+	}
+	r->c = c;
+	r->early_err = -1;
+	r->content_length = ULLONG_MAX;
+	r->start_ms = ur_now_ms();
+	c->req = r;
+	return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+	struct conn *c = p->data;
+	return arena_add(c, c->req, at, n);
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+	struct conn *c = p->data;
+	struct http_req *r = c->req;
+	if (!r->url_done) {
+		if (arena_nul(c, r))
+			return -1;
+		r->url_done = true;
+	}
+	if (r->nh == 0 || r->last_was_value) {
+		if (r->last_was_value && arena_nul(c, r))
+			return -1;
+		if (r->nh >= HTTP_MAX_HEADERS) {
+			conn_note_err(c, AE_HEADERS_TOO_LARGE, "more than 100 headers");
+			return -1;
+		}
+		r->hdr_off[r->nh][0] = r->alen;
+		r->hdr_off[r->nh][1] = 0;
+		r->nh++;
+		r->last_was_value = false;
+	}
+	return arena_add(c, r, at, n);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+	struct conn *c = p->data;
+	struct http_req *r = c->req;
+	if (!r->nh)
+		return -1;
+	if (!r->last_was_value) {
+		if (arena_nul(c, r))
+			return -1;
+		r->hdr_off[r->nh - 1][1] = r->alen;
+		r->last_was_value = true;
+	}
+	return arena_add(c, r, at, n);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+	struct conn *c = p->data;
+	struct http_req *r = c->req;
+	if (!r->url_done) {
+		if (arena_nul(c, r))
+			return -1;
+		r->url_done = true;
+	}
+	if (r->nh) {
+		if (!r->last_was_value) {
+			if (arena_nul(c, r))
+				return -1;
+			r->hdr_off[r->nh - 1][1] = r->alen;
+		}
+		if (arena_nul(c, r))
+			return -1;
+	}
+	for (unsigned i = 0; i < r->nh; i++) {
+		char *name = r->arena + r->hdr_off[i][0];
+		for (char *q = name; *q; q++)
+			*q = (char)tolower((unsigned char)*q);
+		r->h[i].name = name;
+		r->h[i].value = r->arena + r->hdr_off[i][1];
+	}
+	r->method = p->method;
+	r->keep_alive = http_should_keep_alive(p);
+	if (p->flags & F_CONTENTLENGTH)
+		r->content_length = p->content_length;
+	r->headers_done = true;
+	http_parser_pause(p, 1);
+	return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+	struct conn *c = p->data;
+	struct http_req *r = c->req;
+	r->body_seen += n;
+	if (r->body_seen > r->body_limit) {
+		conn_note_err(c, AE_PAYLOAD_TOO_LARGE, "request body exceeds the limit for this endpoint");
+		return -1;
+	}
+	if (r->early_err >= 0 || r->finished)
+		return 0;
+	if (r->body_streamed) {
+		if (r->ops && r->ops->body)
+			r->ops->body(r, (const uint8_t *)at, n);
+		if (r->body_paused)
+			http_parser_pause(p, 1);
+		return 0;
+	}
+	if (r->body_len + n > r->body_cap) {
+		size_t cap = r->body_cap ? r->body_cap : 4096;
+		while (cap < r->body_len + n)
+			cap *= 2;
+		uint8_t *nb = realloc(r->body, cap + 1);
+		if (!nb) {
+			conn_note_err(c, AE_INTERNAL, "out of memory");
+			return -1;
+		}
+		r->body = nb;
+		r->body_cap = cap;
+	}
+	memcpy(r->body + r->body_len, at, n);
+	r->body_len += n;
+	r->body[r->body_len] = 0;
+	return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+	struct conn *c = p->data;
+	c->req->complete = true;
+	http_parser_pause(p, 1);
+	return 0;
+}
+
+static const http_parser_settings settings = {
+	.on_message_begin = on_message_begin,
+	.on_url = on_url,
+	.on_header_field = on_header_field,
+	.on_header_value = on_header_value,
+	.on_headers_complete = on_headers_complete,
+	.on_body = on_body,
+	.on_message_complete = on_message_complete,
+};
+
+/* ---- helpers ---- */
+
+const char *http_req_header(const struct http_req *r, const char *lname)
+{
+	for (unsigned i = 0; i < r->nh; i++)
+		if (!strcmp(r->h[i].name, lname))
+			return r->h[i].value;
+	return NULL;
+}
+
+static int hexval(int ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+int http_pct_decode(char *s)
+{
+	char *o = s;
+	for (char *i = s; *i; i++) {
+		if (*i == '%') {
+			int hi = hexval((unsigned char)i[1]), lo = hi < 0 ? -1 : hexval((unsigned char)i[2]);
+			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+				return -EINVAL;
+			*o++ = (char)(hi << 4 | lo);
+			i += 2;
+		} else {
+			*o++ = *i;
+		}
+	}
+	*o = 0;
+	return 0;
+}
+
+char *http_query_get(const char *query, const char *key)
+{
+	size_t kl = strlen(key);
+	for (const char *q = query; q && *q;) {
+		const char *amp = strchr(q, '&');
+		size_t len = amp ? (size_t)(amp - q) : strlen(q);
+		if (len >= kl && !strncmp(q, key, kl) && (len == kl || q[kl] == '=')) {
+			const char *v = len > kl ? q + kl + 1 : q + len;
+			size_t vl = len > kl ? len - kl - 1 : 0;
+			char *out = strndup(v, vl);
+			if (!out)
+				return NULL;
+			for (char *x = out; *x; x++)
+				if (*x == '+')
+					*x = ' ';
+			if (http_pct_decode(out)) {
+				free(out);
+				return NULL;
+			}
+			return out;
+		}
+		q = amp ? amp + 1 : NULL;
+	}
+	return NULL;
+}
+
+static int req_parse_target(struct http_req *r)
+{
+	const char *url = r->arena;
+	size_t n = strlen(url);
+	if (!n || url[0] != '/')
+		return -EINVAL;
+	const char *qm = memchr(url, '?', n);
+	size_t plen = qm ? (size_t)(qm - url) : n;
+	r->path = strndup(url, plen);
+	if (!r->path)
+		return -ENOMEM;
+	r->query = qm ? (char *)qm + 1 : (char *)"";
+	if (http_pct_decode(r->path))
+		return -EINVAL;
+	return 0;
+}
+
+static const char *status_text(int s)
+{
+	switch (s) {
+	case 100: return "Continue";
+	case 200: return "OK";
+	case 201: return "Created";
+	case 204: return "No Content";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 409: return "Conflict";
+	case 413: return "Payload Too Large";
+	case 415: return "Unsupported Media Type";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 499: return "Client Closed Request";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return "Unknown";
+	}
+}
+
+static void write_head(struct http_req *r, int status, const char *ctype, long long clen,
+		       const char *extra)
+{
+	struct conn *c = r->c;
+	char head[1024];
+	/* A request whose body we have not read to the end cannot be followed by
+	 * another on this connection. */
+	bool close = !r->keep_alive || !r->complete || c->close_after || ur_stopping();
+	int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n%s%s%s", status, status_text(status),
+			 ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "");
+	if (clen >= 0)
+		n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Length: %lld\r\n", clen);
+	else
+		n += snprintf(head + n, sizeof(head) - (size_t)n, "Transfer-Encoding: chunked\r\n");
+	if (close)
+		n += snprintf(head + n, sizeof(head) - (size_t)n, "Connection: close\r\n");
+	if (extra && strlen(extra) < sizeof(head) - (size_t)n - 3)
+		n += snprintf(head + n, sizeof(head) - (size_t)n, "%s", extra);
+	n += snprintf(head + n, sizeof(head) - (size_t)n, "\r\n");
+	conn_out(c, head, (size_t)n);
+	if (close)
+		conn_close_after(c);
+	r->resp_started = true;
+	r->status = status;
+}
+
+static void req_finished(struct http_req *r)
+{
+	r->finished = true;
+	conn_flush(r->c);
+	conn_kick(r->c);
+}
+
+void http_reply(struct http_req *r, int status, const char *ctype, const void *body, size_t n,
+		const char *extra)
+{
+	if (r->finished || r->resp_started)
+		return;
+	write_head(r, status, ctype, (long long)n, extra);
+	if (n)
+		conn_out(r->c, body, n);
+	req_finished(r);
+}
+
+void http_reply_json(struct http_req *r, int status, const char *json)
+{
+	http_reply(r, status, "application/json", json, strlen(json), NULL);
+}
+
+void http_reply_error_status(struct http_req *r, int status, enum api_err e, const char *message,
+			     const char *cause, const char *remediation)
+{
+	char *j = api_error_json(e, message, cause, remediation);
+	if (!j) {
+		http_reply_json(r, 500, "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\","
+				"\"cause\":\"\",\"remediation\":\"retry\"}}");
+		return;
+	}
+	http_reply_json(r, status, j);
+	free(j);
+}
+
+void http_reply_error(struct http_req *r, enum api_err e, const char *message, const char *cause,
+		      const char *remediation)
+{
+	http_reply_error_status(r, api_err_status(e), e, message, cause, remediation);
+}
+
+void http_stream_start(struct http_req *r, int status, const char *ctype, const char *extra)
+{
+	if (r->finished || r->resp_started)
+		return;
+	write_head(r, status, ctype, -1, extra);
+	r->chunked = true;
+	conn_flush(r->c);
+}
+
+void http_stream_write2(struct http_req *r, const void *a, size_t an, const void *b, size_t bn)
+{
+	if (r->finished || !r->chunked || !(an + bn))
+		return;
+	char hdr[24];
+	int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", an + bn);
+	conn_out(r->c, hdr, (size_t)n);
+	if (an)
+		conn_out(r->c, a, an);
+	if (bn)
+		conn_out(r->c, b, bn);
+	conn_out(r->c, "\r\n", 2);
+	conn_flush(r->c);
+}
+
+void http_stream_write(struct http_req *r, const void *p, size_t n)
+{
+	http_stream_write2(r, p, n, NULL, 0);
+}
+
+void http_stream_finish(struct http_req *r)
+{
+	if (r->finished)
+		return;
+	if (r->chunked)
+		conn_out(r->c, "0\r\n\r\n", 5);
+	req_finished(r);
+}
+
+size_t http_stream_room(const struct http_req *r)
+{
+	const struct conn *c = r->c;
+	if (c->dead)
+		return 0;
+	return c->oq >= HTTP_OUT_HIGH ? 0 : HTTP_OUT_HIGH - c->oq;
+}
+
+void http_req_pause_body(struct http_req *r)
+{
+	r->body_paused = true;
+}
+
+void http_req_resume_body(struct http_req *r)
+{
+	if (!r->body_paused)
+		return;
+	r->body_paused = false;
+	conn_kick(r->c);
+}
+
+/* ---- connection driving ---- */
+
+void http_conn_init(struct conn *c)
+{
+	http_parser_init(&c->parser, HTTP_REQUEST);
+	c->parser.data = c;
+	c->err = -1;
+}
+
+static void fail_conn(struct conn *c)
+{
+	enum api_err e = c->err >= 0 ? (enum api_err)c->err : AE_BAD_REQUEST;
+	const char *msg = c->err >= 0 ? c->err_msg : http_errno_description(HTTP_PARSER_ERRNO(&c->parser));
+	struct http_req *r = c->req;
+	c->pend_len = 0;
+	if (r && r->dispatched && !r->finished && r->ops && r->ops->abort) {
+		/* The handler owns a response in progress: it cannot also get an error
+		 * response, so it is told the request is gone. */
+		r->ops->abort(r);
+		r->ops = NULL;
+	}
+	if (!r || !r->resp_started) {
+		if (!r) {
+			r = calloc(1, sizeof(*r));
+			if (!r) {
+				conn_close_after(c);
+				return;
+			}
+			r->c = c;
+			c->req = r;
+		}
+		r->keep_alive = false;
+		r->finished = false;
+		r->complete = false;
+		http_reply_error(r, e, msg, NULL, NULL);
+	}
+	conn_close_after(c);
+}
+
+static void headers_ready(struct conn *c, struct http_req *r)
+{
+	if (req_parse_target(r)) {
+		r->early_err = AE_BAD_REQUEST;
+		r->early_msg = strdup("request target must be an absolute path");
+		r->body_limit = srv_cfg.max_json_body;
+	} else {
+		router_headers(r);
+	}
+	if (r->content_length != ULLONG_MAX && r->content_length > r->body_limit) {
+		conn_note_err(c, AE_PAYLOAD_TOO_LARGE, "Content-Length exceeds the limit for this endpoint");
+		fail_conn(c);
+		return;
+	}
+	if (r->early_err < 0) {
+		const char *expect = http_req_header(r, "expect");
+		if (expect && !strcasecmp(expect, "100-continue"))
+			conn_out(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		if (r->body_streamed) {
+			r->dispatched = true;
+			router_dispatch(r);
+		}
+	}
+}
+
+static void message_ready(struct http_req *r)
+{
+	if (r->early_err >= 0) {
+		http_reply_error(r, (enum api_err)r->early_err, r->early_msg, NULL, NULL);
+		return;
+	}
+	if (r->body_streamed) {
+		if (!r->finished && r->ops && r->ops->body_end)
+			r->ops->body_end(r);
+		return;
+	}
+	r->dispatched = true;
+	router_dispatch(r);
+}
+
+void http_conn_process(struct conn *c)
+{
+	while (!c->dead) {
+		struct http_req *r = c->req;
+		if (r && r->headers_done && !r->hdrs_handled_) {
+			r->hdrs_handled_ = true;
+			c->hdr_deadline_ms = 0;
+			headers_ready(c, r);
+			continue;
+		}
+		if (r && r->complete && !r->msg_handled_) {
+			r->msg_handled_ = true;
+			message_ready(r);
+			continue;
+		}
+		if (r && r->complete) {
+			if (!r->finished)
+				break;
+			c->req = NULL;
+			req_free(r);
+			if (c->close_after)
+				break;
+			continue;
+		}
+		if (r && (r->body_paused || (r->finished && !r->complete && c->close_after)))
+			break;
+		if (c->close_after && !r)
+			break;
+		if (!c->pend_len)
+			break;
+		if (!r && !c->hdr_deadline_ms)
+			c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;
+		size_t n = http_parser_execute(&c->parser, &settings, (const char *)c->pend + c->pend_off,
+					       c->pend_len);
+		c->pend_off += n;
+		c->pend_len -= n;
+		enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+		if (e == HPE_PAUSED) {
+			http_parser_pause(&c->parser, 0);
+			continue;
+		}
+		if (e != HPE_OK) {
+			fail_conn(c);
+			break;
+		}
+	}
+	if (!c->pend_len) {
+		c->pend_off = 0;
+		if (c->pend_cap > 4096) {
+			free(c->pend);
+			c->pend = NULL;
+			c->pend_cap = 0;
+		}
+	}
+	if (!c->req && !c->pend_len) {
+		c->hdr_deadline_ms = 0;
+		if (c->read_eof)
+			conn_close_after(c);
+	}
+}
+
+void http_conn_eof(struct conn *c)
+{
+	struct http_req *r = c->req;
+	if (!r || r->complete)
+		return;
+	/* Tells the parser the stream ended: a body cut short is an error. */
+	http_parser_execute(&c->parser, &settings, NULL, 0);
+	if (r->resp_started || r->finished) {
+		conn_close_after(c);
+		return;
+	}
+	conn_note_err(c, AE_BAD_REQUEST, r->headers_done ? "connection closed before the request body ended"
+							 : "connection closed inside the request headers");
+	fail_conn(c);
+}
+
+void http_conn_abort(struct conn *c)
+{
+	struct http_req *r = c->req;
+	c->req = NULL;
+	if (r && r->dispatched && !r->finished && r->ops && r->ops->abort)
+		r->ops->abort(r);
+	req_free(r);
+}
+
+void http_conn_writable(struct conn *c)
+{
+	struct http_req *r = c->req;
+	if (r && r->dispatched && !r->finished && r->ops && r->ops->writable)
+		r->ops->writable(r);
+}
+
+bool http_conn_check_deadlines(struct conn *c, uint64_t now)
+{
+	struct http_req *r = c->req;
+	if (c->hdr_deadline_ms && now > c->hdr_deadline_ms && (!r || !r->headers_done)) {
+		c->hdr_deadline_ms = 0;
+		if (!r && !c->pend_len)
+			return true;
+		conn_note_err(c, AE_REQUEST_TIMEOUT, "request headers did not arrive in time");
+		fail_conn(c);
+		return false;
+	}
+	if (r && r->headers_done && !r->complete && !r->body_paused &&
+	    now - c->last_rx_ms > srv_cfg.body_timeout_ms) {
+		if (r->resp_started)
+			return true;
+		conn_note_err(c, AE_REQUEST_TIMEOUT, "request body stalled");
+		fail_conn(c);
+		return false;
+	}
+	if (!r && !c->pend_len && now - c->last_rx_ms > srv_cfg.idle_timeout_ms &&
+	    now - c->last_tx_ms > srv_cfg.idle_timeout_ms)
+		return true;
+	/* A client that stopped reading its response: give up on it. */
+	if (c->oq && now - c->last_tx_ms > srv_cfg.idle_timeout_ms)
+		return true;
+	return false;
+}

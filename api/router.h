@@ -1,0 +1,28 @@
+/* Maps a request to its handler, and checks what every request must pass first
+ * (sandbox id syntax, then the bearer token). */
+#ifndef MITOS_API_ROUTER_H
+#define MITOS_API_ROUTER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct http_req;
+
+typedef void (*route_fn)(struct http_req *r);
+
+struct route {
+	const char *name;
+	route_fn fn;
+	bool stream_body;     /* fn runs at headers-complete and installs body ops */
+	bool big_body;        /* body limit is --max-file-body instead of --max-json-body */
+};
+
+/* At headers-complete: sets r->route, r->body_limit, r->body_streamed, or
+ * r->early_err (answered once the body has been read and discarded). */
+void router_headers(struct http_req *r);
+void router_dispatch(struct http_req *r);
+
+/* Checks Authorization against srv_cfg.token in constant time. */
+bool router_authorized(const struct http_req *r);
+
+#endif

@@ -1,0 +1,369 @@
+#include "api/server.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "api/http.h"
+#include "api/listener.h"
+
+#define OBUF_MIN (16u << 10)
+#define LINGER_MS 2000u
+
+static struct conn *conns;
+static unsigned nconns;
+static struct conn *bufwait_head; /* reads that found no provided buffer */
+
+static void conn_arm_rx(struct conn *c);
+static void conn_teardown(struct conn *c);
+
+unsigned listener_conn_count(void) { return nconns; }
+
+static void conn_maybe_free(struct conn *c)
+{
+	if (!c->dead || c->inflight)
+		return;
+	close(c->fd);
+	free(c->pend);
+	free(c);
+}
+
+static void obuf_free_all(struct conn *c)
+{
+	for (struct obuf *b = c->oh, *n; b; b = n) {
+		n = b->next;
+		free(b);
+	}
+	c->oh = c->ot = NULL;
+	c->oq = 0;
+}
+
+void conn_out(struct conn *c, const void *p, size_t n)
+{
+	if (c->dead || !n)
+		return;
+	const uint8_t *src = p;
+	struct obuf *t = c->ot;
+	if (t && t->cap - t->off - t->len > 0) {
+		size_t k = t->cap - t->off - t->len;
+		if (k > n)
+			k = n;
+		memcpy(t->data + t->off + t->len, src, k);
+		t->len += k;
+		src += k;
+		n -= k;
+		c->oq += k;
+	}
+	if (!n)
+		return;
+	size_t cap = n > OBUF_MIN ? n : OBUF_MIN;
+	struct obuf *b = malloc(sizeof(*b) + cap);
+	if (!b) {
+		conn_teardown(c);
+		return;
+	}
+	b->next = NULL;
+	b->off = 0;
+	b->len = n;
+	b->cap = cap;
+	memcpy(b->data, src, n);
+	if (c->ot)
+		c->ot->next = b;
+	else
+		c->oh = b;
+	c->ot = b;
+	c->oq += n;
+}
+
+static void tx_done(struct uop *op, int res, uint32_t flags)
+{
+	(void)flags;
+	struct conn *c = (struct conn *)((char *)op - offsetof(struct conn, tx_op));
+	c->inflight--;
+	c->tx_armed = false;
+	if (c->dead) {
+		conn_maybe_free(c);
+		return;
+	}
+	if (res < 0) {
+		if (res == -EINTR || res == -EAGAIN) {
+			conn_flush(c);
+			return;
+		}
+		conn_teardown(c);
+		return;
+	}
+	c->last_tx_ms = ur_now_ms();
+	size_t left = (size_t)res;
+	while (left && c->oh) {
+		struct obuf *b = c->oh;
+		size_t k = b->len < left ? b->len : left;
+		b->off += k;
+		b->len -= k;
+		left -= k;
+		c->oq -= k;
+		if (!b->len) {
+			c->oh = b->next;
+			if (!c->oh)
+				c->ot = NULL;
+			free(b);
+		}
+	}
+	bool was_high = c->was_writable_blocked;
+	if (c->oq < HTTP_OUT_LOW && was_high) {
+		c->was_writable_blocked = false;
+		http_conn_writable(c);
+		if (c->dead)
+			return;
+	}
+	conn_flush(c);
+}
+
+void conn_flush(struct conn *c)
+{
+	if (c->dead || c->tx_armed)
+		return;
+	if (c->oq >= HTTP_OUT_HIGH)
+		c->was_writable_blocked = true;
+	if (!c->oq) {
+		if (c->close_after && (!c->req || c->req->finished)) {
+			/* Half-close, then read and drop what the client still sends, so
+			 * our response is not lost to a reset. */
+			if (!c->read_eof && shutdown(c->fd, SHUT_WR) == 0) {
+				if (!c->hdr_deadline_ms || c->hdr_deadline_ms > ur_now_ms() + LINGER_MS)
+					c->hdr_deadline_ms = ur_now_ms() + LINGER_MS;
+				c->pend_len = 0;
+				conn_arm_rx(c);
+				if (c->rx_armed)
+					return;
+			}
+			conn_teardown(c);
+		}
+		return;
+	}
+	int n = 0;
+	for (struct obuf *b = c->oh; b && n < CONN_IOV; b = b->next, n++) {
+		c->iov[n].iov_base = b->data + b->off;
+		c->iov[n].iov_len = b->len;
+	}
+	memset(&c->msg, 0, sizeof(c->msg));
+	c->msg.msg_iov = c->iov;
+	c->msg.msg_iovlen = (size_t)n;
+	struct io_uring_sqe *sqe = ur_sqe(&c->tx_op);
+	io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+	c->tx_armed = true;
+	c->inflight++;
+}
+
+void conn_close_after(struct conn *c)
+{
+	c->close_after = true;
+}
+
+static void conn_kick_fn(struct ur_kick *k)
+{
+	struct conn *c = (struct conn *)((char *)k - offsetof(struct conn, kick));
+	if (c->dead)
+		return;
+	http_conn_process(c);
+	if (c->dead)
+		return;
+	conn_flush(c);
+	conn_arm_rx(c);
+}
+
+void conn_kick(struct conn *c)
+{
+	if (!c->dead)
+		ur_kick(&c->kick);
+}
+
+static bool conn_lingering(const struct conn *c)
+{
+	return c->close_after && !c->oq && !c->tx_armed;
+}
+
+static void rx_done(struct uop *op, int res, uint32_t flags)
+{
+	struct conn *c = (struct conn *)((char *)op - offsetof(struct conn, rx_op));
+	c->inflight--;
+	c->rx_armed = false;
+	unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+	bool has_buf = flags & IORING_CQE_F_BUFFER;
+	if (c->dead) {
+		if (has_buf)
+			ur_buf_return(bid);
+		conn_maybe_free(c);
+		return;
+	}
+	if (res == -ENOBUFS) {
+		c->rx_wait_buf = true;
+		return;
+	}
+	if (res <= 0) {
+		if (has_buf)
+			ur_buf_return(bid);
+		if (res == 0 && !conn_lingering(c)) {
+			c->read_eof = true;
+			http_conn_process(c);
+			if (c->dead)
+				return;
+			if (c->req && !c->req->complete && !c->req->body_paused)
+				http_conn_eof(c);
+			if (c->dead)
+				return;
+			if (!c->req || c->req->finished)
+				conn_close_after(c);
+			conn_flush(c);
+			return;
+		}
+		conn_teardown(c);
+		return;
+	}
+	c->last_rx_ms = ur_now_ms();
+	if (conn_lingering(c)) {
+		ur_buf_return(bid);
+		conn_arm_rx(c);
+		return;
+	}
+	const uint8_t *data = ur_buf_ptr(bid);
+	size_t n = (size_t)res;
+	if (c->pend_off + c->pend_len + n > c->pend_cap) {
+		if (c->pend_off) {
+			memmove(c->pend, c->pend + c->pend_off, c->pend_len);
+			c->pend_off = 0;
+		}
+		if (c->pend_len + n > c->pend_cap) {
+			size_t cap = c->pend_cap ? c->pend_cap : 4096;
+			while (cap < c->pend_len + n)
+				cap *= 2;
+			uint8_t *np = realloc(c->pend, cap);
+			if (!np) {
+				ur_buf_return(bid);
+				conn_teardown(c);
+				return;
+			}
+			c->pend = np;
+			c->pend_cap = cap;
+		}
+	}
+	memcpy(c->pend + c->pend_off + c->pend_len, data, n);
+	c->pend_len += n;
+	ur_buf_return(bid);
+	http_conn_process(c);
+	if (c->dead)
+		return;
+	conn_flush(c);
+	conn_arm_rx(c);
+}
+
+static void conn_arm_rx(struct conn *c)
+{
+	if (c->dead || c->rx_armed || c->read_eof || c->rx_wait_buf)
+		return;
+	if (!conn_lingering(c)) {
+		if (c->close_after)
+			return;
+		if (c->pend_len >= HTTP_PEND_MAX)
+			return;
+		if (c->req && c->req->body_paused)
+			return;
+	}
+	struct io_uring_sqe *sqe = ur_sqe(&c->rx_op);
+	io_uring_prep_recv(sqe, c->fd, NULL, ur_buf_size(), 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = UR_BGID;
+	c->rx_armed = true;
+	c->inflight++;
+}
+
+static void conn_teardown(struct conn *c)
+{
+	if (c->dead)
+		return;
+	c->dead = true;
+	ur_kick_cancel(&c->kick);
+	http_conn_abort(c);
+	obuf_free_all(c);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	nconns--;
+	/* Makes a pending read complete so the connection can be freed. */
+	shutdown(c->fd, SHUT_RDWR);
+	conn_maybe_free(c);
+}
+
+int listener_conn_new(int fd)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c->fd = fd;
+	c->rx_op.fn = rx_done;
+	c->tx_op.fn = tx_done;
+	c->kick.fn = conn_kick_fn;
+	c->last_rx_ms = c->last_tx_ms = ur_now_ms();
+	c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;
+	http_conn_init(c);
+	c->next = conns;
+	if (conns)
+		conns->prev = c;
+	conns = c;
+	nconns++;
+	conn_arm_rx(c);
+	return 0;
+}
+
+void listener_tick(uint64_t now)
+{
+	for (struct conn *c = conns, *next; c; c = next) {
+		next = c->next;
+		if (conn_lingering(c)) {
+			if (c->hdr_deadline_ms && now > c->hdr_deadline_ms)
+				conn_teardown(c);
+			continue;
+		}
+		if (c->rx_wait_buf) {
+			c->rx_wait_buf = false;
+			conn_arm_rx(c);
+		}
+		if (http_conn_check_deadlines(c, now)) {
+			conn_teardown(c);
+			continue;
+		}
+		if (!c->dead) {
+			conn_flush(c);
+			conn_arm_rx(c);
+		}
+	}
+}
+
+/* Connections with no request in progress are closed at once on shutdown;
+ * busy ones are closed after their response (keep-alive is off from now on). */
+void listener_close_idle(void)
+{
+	for (struct conn *c = conns, *next; c; c = next) {
+		next = c->next;
+		if (!c->req && !c->oq)
+			conn_teardown(c);
+		else
+			conn_close_after(c);
+	}
+}
+
+void listener_close_all(void)
+{
+	while (conns)
+		conn_teardown(conns);
+}

@@ -1,0 +1,192 @@
+/* run_code: IPython state, context isolation, rich results, errors. The kernel
+ * imports IPython (and matplotlib when asked), so these take seconds. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "agent_test.h"
+
+/* Runs code in ctx and returns the collected stream (END must be "done"). */
+static void run(struct ac *c, const char *ctx, const char *code, struct ac_result *r)
+{
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "op", "run_code");
+	cJSON_AddStringToObject(req, "code", code);
+	if (ctx)
+		cJSON_AddStringToObject(req, "context", ctx);
+	char *s = cJSON_PrintUnformatted(req);
+	ck_assert_int_eq(ac_call(c, s, r, T_LONG), 0);
+	free(s);
+	cJSON_Delete(req);
+}
+
+/* The events of r as a JSON array. */
+static cJSON *events(const struct ac_result *r)
+{
+	cJSON *arr = cJSON_CreateArray();
+	char *copy = strdup(r->events.p ? (char *)r->events.p : "");
+	for (char *line = strtok(copy, "\n"); line; line = strtok(NULL, "\n"))
+		cJSON_AddItemToArray(arr, cJSON_Parse(line));
+	free(copy);
+	return arr;
+}
+
+static cJSON *main_result(cJSON *evs)
+{
+	cJSON *e;
+	cJSON_ArrayForEach(e, evs)
+		if (cJSON_IsTrue(cJSON_GetObjectItem(e, "is_main_result")))
+			return cJSON_GetObjectItem(e, "data");
+	return NULL;
+}
+
+START_TEST(code_state_and_isolation)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	run(&c, NULL, "x = 41\nprint('hello')\nx + 1", &r);
+	ck_assert_str_eq((char *)r.ch[1].p, "hello\n");
+	cJSON *evs = events(&r);
+	cJSON *data = main_result(evs);
+	ck_assert_ptr_nonnull(data);
+	ck_assert_str_eq(cJSON_GetObjectItem(data, "text/plain")->valuestring, "42");
+	cJSON *end = end_json(&r);
+	ck_assert_str_eq(cJSON_GetObjectItem(end, "status")->valuestring, "ok");
+	ck_assert_int_eq(json_int(end, "execution_count"), 1);
+	cJSON_Delete(end);
+	cJSON_Delete(evs);
+	ac_result_free(&r);
+
+	run(&c, "default", "import sys\nprint(x * 2)\nprint('to stderr', file=sys.stderr)", &r);
+	ck_assert_str_eq((char *)r.ch[1].p, "82\n");
+	ck_assert_str_eq((char *)r.ch[2].p, "to stderr\n");
+	ac_result_free(&r);
+
+	call_expect(&c, "{\"op\":\"context_create\",\"id\":\"other\"}", "");
+	call_expect(&c, "{\"op\":\"context_create\",\"id\":\"other\"}", "exists");
+	run(&c, "other", "x", &r);
+	evs = events(&r);
+	cJSON *err = cJSON_GetArrayItem(evs, 0);
+	ck_assert_str_eq(cJSON_GetObjectItem(err, "type")->valuestring, "error");
+	ck_assert_str_eq(cJSON_GetObjectItem(err, "name")->valuestring, "NameError");
+	cJSON_Delete(evs);
+	ac_result_free(&r);
+
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"context_list\"}", &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"id\":\"other\""));
+	ck_assert_ptr_nonnull(strstr(r.end, "\"id\":\"default\""));
+	ac_result_free(&r);
+	call_expect(&c, "{\"op\":\"run_code\",\"code\":\"1\",\"context\":\"nope\"}", "not_found");
+	call_expect(&c, "{\"op\":\"context_restart\",\"id\":\"default\"}", "");
+	run(&c, NULL, "'x' in dir()", &r); /* state is gone after a restart */
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"text/plain\": \"False\""));
+	ac_result_free(&r);
+	call_expect(&c, "{\"op\":\"context_remove\",\"id\":\"other\"}", "");
+	call_expect(&c, "{\"op\":\"context_remove\",\"id\":\"other\"}", "not_found");
+	ac_stop(&c);
+}
+END_TEST
+
+START_TEST(code_exception)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	run(&c, NULL, "def f():\n    raise ValueError('bad value')\nprint('before')\nf()", &r);
+	ck_assert_str_eq((char *)r.ch[1].p, "before\n");
+	cJSON *evs = events(&r);
+	cJSON *err = cJSON_GetArrayItem(evs, 0);
+	ck_assert_str_eq(cJSON_GetObjectItem(err, "name")->valuestring, "ValueError");
+	ck_assert_str_eq(cJSON_GetObjectItem(err, "value")->valuestring, "bad value");
+	ck_assert_ptr_nonnull(strstr(cJSON_GetObjectItem(err, "traceback")->valuestring, "raise ValueError"));
+	cJSON *end = end_json(&r);
+	ck_assert_str_eq(cJSON_GetObjectItem(end, "status")->valuestring, "error");
+	cJSON_Delete(end);
+	cJSON_Delete(evs);
+	ac_result_free(&r);
+	ac_stop(&c);
+}
+END_TEST
+
+START_TEST(code_rich_results)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	run(&c, NULL,
+	    "import matplotlib.pyplot as plt\n"
+	    "from IPython.display import display, HTML, JSON\n"
+	    "plt.plot([1, 3, 2])\n"
+	    "plt.title('t')\n"
+	    "display(HTML('<b>bold</b>'))\n"
+	    "{'a': 1}", &r);
+	cJSON *evs = events(&r), *e;
+	bool png = false, html = false;
+	cJSON_ArrayForEach(e, evs) {
+		cJSON *data = cJSON_GetObjectItem(e, "data");
+		cJSON *p = cJSON_GetObjectItem(data, "image/png");
+		if (cJSON_IsString(p)) {
+			/* base64 of the PNG signature \x89PNG\r\n\x1a\n */
+			ck_assert_int_eq(strncmp(p->valuestring, "iVBORw0KGgo", 11), 0);
+			ck_assert(cJSON_IsFalse(cJSON_GetObjectItem(e, "is_main_result")));
+			png = true;
+		}
+		cJSON *h = cJSON_GetObjectItem(data, "text/html");
+		if (cJSON_IsString(h) && !strcmp(h->valuestring, "<b>bold</b>"))
+			html = true;
+	}
+	ck_assert(png && html);
+	ck_assert_str_eq(cJSON_GetObjectItem(main_result(evs), "text/plain")->valuestring, "{'a': 1}");
+	cJSON_Delete(evs);
+	ac_result_free(&r);
+	/* the figure was closed: a cell without plotting brings no image */
+	run(&c, NULL, "plt.figure(); plt.plot([1]); plt.show(); print('after')", &r);
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "image/png"));
+	ck_assert_str_eq((char *)r.ch[1].p, "after\n");
+	ac_result_free(&r);
+	run(&c, NULL, "1", &r);
+	ck_assert_ptr_null(strstr((char *)r.events.p, "image/png"));
+	ac_result_free(&r);
+	ac_stop(&c);
+}
+END_TEST
+
+START_TEST(code_timeout_and_busy)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	run(&c, NULL, "n = 1", &r); /* start the kernel */
+	ac_result_free(&r);
+	uint32_t id = ac_new_id(&c);
+	ac_open(&c, id, "{\"op\":\"run_code\",\"code\":\"import time\\ntime.sleep(20)\",\"timeout_ms\":500}");
+	call_expect(&c, "{\"op\":\"run_code\",\"code\":\"2\"}", "busy");
+	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
+	cJSON *j = end_json(&r);
+	ck_assert_str_eq(end_error_code(j), "timeout");
+	cJSON_Delete(j);
+	ac_result_free(&r);
+	/* interrupted, not killed: the state survives */
+	run(&c, NULL, "n + 1", &r);
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"text/plain\": \"2\""));
+	ac_result_free(&r);
+	ac_stop(&c);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("agent_code");
+	TCase *tc = tcase_create("code");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, code_state_and_isolation);
+	tcase_add_test(tc, code_exception);
+	tcase_add_test(tc, code_rich_results);
+	tcase_add_test(tc, code_timeout_and_busy);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

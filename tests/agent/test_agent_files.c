@@ -1,0 +1,284 @@
+/* File operations: streamed read/write (binary, 100 MiB), metadata, errors. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent_test.h"
+
+static char dir[64];
+
+static void make_dir(void)
+{
+	snprintf(dir, sizeof(dir), "/tmp/mitos-agent-files-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void remove_dir(void)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+static void write_file(struct ac *c, const char *path, const void *p, size_t n)
+{
+	char req[512];
+	struct ac_result r;
+	uint32_t id = ac_new_id(c);
+	snprintf(req, sizeof(req), "{\"op\":\"write\",\"path\":\"%s\"}", path);
+	ac_open(c, id, req);
+	ck_assert_int_eq(ac_write_data(c, id, p, n, true, T_LONG), 0);
+	ck_assert_int_eq(ac_collect(c, id, &r, T_LONG), 0);
+	cJSON *j = end_json(&r);
+	ck_assert_msg(!*end_error_code(j), "write failed: %s", r.end);
+	ck_assert_int_eq(json_int(j, "bytes"), (int)n);
+	cJSON_Delete(j);
+	ac_result_free(&r);
+}
+
+START_TEST(files_binary_roundtrip)
+{
+	struct ac c;
+	struct ac_result r;
+	char path[128], req[256];
+	static const char data[] = "a\0b\0\0\xff\xfe\n\r end";
+	make_dir();
+	agent_up(&c);
+	snprintf(path, sizeof(path), "%s/sub/dir/nul.bin", dir); /* parents are created */
+	write_file(&c, path, data, sizeof(data));
+	snprintf(req, sizeof(req), "{\"op\":\"read\",\"path\":\"%s\"}", path);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_uint_eq(r.ch[0].len, sizeof(data));
+	ck_assert_int_eq(memcmp(r.ch[0].p, data, sizeof(data)), 0);
+	ck_assert(r.fin[0]);
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"size\":"));
+	ac_result_free(&r);
+	/* offset + length */
+	snprintf(req, sizeof(req), "{\"op\":\"read\",\"path\":\"%s\",\"offset\":2,\"length\":3}", path);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_uint_eq(r.ch[0].len, 3);
+	ck_assert_int_eq(memcmp(r.ch[0].p, "b\0\0", 3), 0);
+	ac_result_free(&r);
+	ac_stop(&c);
+	remove_dir();
+}
+END_TEST
+
+/* FNV-1a over a deterministic pseudo-random stream: cheap and order-sensitive. */
+static uint64_t fnv(uint64_t h, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	return h;
+}
+
+START_TEST(files_100mib_streamed)
+{
+	struct ac c;
+	char path[128], req[256];
+	const size_t total = 100u << 20, chunk = 1u << 20;
+	uint8_t *buf = malloc(chunk);
+	uint64_t h_in = 0xcbf29ce484222325ull, h_out = h_in, x = 42;
+	make_dir();
+	agent_up(&c);
+	snprintf(path, sizeof(path), "%s/big.bin", dir);
+	uint32_t id = ac_new_id(&c);
+	snprintf(req, sizeof(req), "{\"op\":\"write\",\"path\":\"%s\"}", path);
+	ac_open(&c, id, req);
+	for (size_t off = 0; off < total; off += chunk) {
+		for (size_t i = 0; i < chunk; i += 8) {
+			x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+			memcpy(buf + i, &x, 8);
+		}
+		h_in = fnv(h_in, buf, chunk);
+		ck_assert_int_eq(ac_write_data(&c, id, buf, chunk, off + chunk == total, T_LONG), 0);
+	}
+	struct ac_result r;
+	ck_assert_int_eq(ac_collect(&c, id, &r, T_LONG), 0);
+	ck_assert_msg(strstr(r.end, "\"bytes\":104857600"), "%s", r.end);
+	ac_result_free(&r);
+	struct stat st;
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_int_eq(st.st_size, (off_t)total);
+
+	/* read back frame by frame, hashing as we go (no 100 MiB buffer) */
+	id = ac_new_id(&c);
+	snprintf(req, sizeof(req), "{\"op\":\"read\",\"path\":\"%s\"}", path);
+	ac_open(&c, id, req);
+	size_t got = 0;
+	for (;;) {
+		struct ac_frame *f;
+		ck_assert_int_eq(ac_recv(&c, id, &f, T_LONG), 0);
+		if (f->h.type == PROTO_DATA) {
+			h_out = fnv(h_out, f->p, f->h.length);
+			got += f->h.length;
+		}
+		int type = f->h.type;
+		ac_frame_free(f);
+		if (type == PROTO_END)
+			break;
+	}
+	ck_assert_uint_eq(got, total);
+	ck_assert(h_in == h_out);
+	free(buf);
+	ac_stop(&c);
+	remove_dir();
+}
+END_TEST
+
+START_TEST(files_metadata_ops)
+{
+	struct ac c;
+	struct ac_result r;
+	char req[512], a[128], b[128];
+	make_dir();
+	agent_up(&c);
+	snprintf(a, sizeof(a), "%s/x/y/z", dir);
+	snprintf(req, sizeof(req), "{\"op\":\"mkdir\",\"path\":\"%s\"}", a);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_msg(strstr(r.end, "\"type\":\"dir\""), "%s", r.end);
+	ac_result_free(&r);
+	call_expect(&c, req, "exists");
+	snprintf(a, sizeof(a), "%s/x/y/f.txt", dir);
+	write_file(&c, a, "hello", 5);
+	snprintf(req, sizeof(req), "{\"op\":\"stat\",\"path\":\"%s\"}", a);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	cJSON *j = end_json(&r);
+	cJSON *e = cJSON_GetObjectItem(j, "entry");
+	ck_assert_str_eq(cJSON_GetObjectItem(e, "type")->valuestring, "file");
+	ck_assert_str_eq(cJSON_GetObjectItem(e, "name")->valuestring, "f.txt");
+	ck_assert_int_eq(json_int(e, "size"), 5);
+	ck_assert_str_eq(cJSON_GetObjectItem(e, "permissions")->valuestring, "-rw-r--r--");
+	ck_assert(cJSON_IsString(cJSON_GetObjectItem(e, "mtime")));
+	cJSON_Delete(j);
+	ac_result_free(&r);
+
+	snprintf(req, sizeof(req), "{\"op\":\"exists\",\"path\":\"%s\"}", a);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"exists\":true"));
+	ac_result_free(&r);
+	snprintf(req, sizeof(req), "{\"op\":\"exists\",\"path\":\"%s/nope\"}", dir);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"exists\":false"));
+	ac_result_free(&r);
+
+	/* list depth 1 sees x; depth 3 sees x, y, z and f.txt */
+	snprintf(req, sizeof(req), "{\"op\":\"list\",\"path\":\"%s\"}", dir);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"count\":1"));
+	ac_result_free(&r);
+	snprintf(req, sizeof(req), "{\"op\":\"list\",\"path\":\"%s\",\"depth\":3}", dir);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"count\":4"));
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"name\":\"f.txt\""));
+	ac_result_free(&r);
+
+	snprintf(b, sizeof(b), "%s/renamed.txt", dir);
+	snprintf(req, sizeof(req), "{\"op\":\"rename\",\"from\":\"%s\",\"to\":\"%s\"}", a, b);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"name\":\"renamed.txt\""));
+	ac_result_free(&r);
+	call_expect(&c, req, "not_found");
+
+	snprintf(req, sizeof(req), "{\"op\":\"remove\",\"path\":\"%s/x\"}", dir);
+	call_expect(&c, req, "not_empty");
+	snprintf(req, sizeof(req), "{\"op\":\"remove\",\"path\":\"%s/x\",\"recursive\":true}", dir);
+	call_expect(&c, req, "");
+	call_expect(&c, req, "not_found");
+	snprintf(req, sizeof(req), "{\"op\":\"remove\",\"path\":\"%s\"}", b);
+	call_expect(&c, req, "");
+	ac_stop(&c);
+	remove_dir();
+}
+END_TEST
+
+START_TEST(files_error_codes)
+{
+	struct ac c;
+	char req[512];
+	make_dir();
+	agent_up(&c);
+	snprintf(req, sizeof(req), "{\"op\":\"read\",\"path\":\"%s/missing\"}", dir);
+	call_expect(&c, req, "not_found");
+	snprintf(req, sizeof(req), "{\"op\":\"read\",\"path\":\"%s\"}", dir);
+	call_expect(&c, req, "is_a_directory");
+	snprintf(req, sizeof(req), "{\"op\":\"list\",\"path\":\"/etc/passwd\"}");
+	call_expect(&c, req, "not_a_directory");
+	snprintf(req, sizeof(req), "{\"op\":\"stat\",\"path\":\"/etc/passwd/x\"}");
+	call_expect(&c, req, "not_a_directory");
+	call_expect(&c, "{\"op\":\"stat\"}", "invalid_argument");
+	call_expect(&c, "{\"op\":\"list\",\"path\":\"/\",\"depth\":0}", "invalid_argument");
+	snprintf(req, sizeof(req), "{\"op\":\"write\",\"path\":\"%s\"}", dir);
+	call_expect(&c, req, "is_a_directory");
+	if (geteuid() == 0) {
+		/* as nobody: /root is 0700 */
+		call_expect(&c, "{\"op\":\"list\",\"path\":\"/root\",\"user\":\"nobody\"}", "permission_denied");
+		call_expect(&c, "{\"op\":\"stat\",\"path\":\"/root/.x\",\"user\":\"nobody\"}", "permission_denied");
+	} else {
+		call_expect(&c, "{\"op\":\"list\",\"path\":\"/root\"}", "permission_denied");
+	}
+	/* a filesystem with no room: a 64 KiB tmpfs if we may mount, else /dev/full */
+	char mnt[128], cmd[256];
+	snprintf(mnt, sizeof(mnt), "%s/small", dir);
+	mkdir(mnt, 0755);
+	snprintf(cmd, sizeof(cmd), "mount -t tmpfs -o size=64k tmpfs %s 2>/dev/null", mnt);
+	if (system(cmd) == 0) {
+		char path[160];
+		static char big[1 << 20];
+		struct ac_result r;
+		snprintf(path, sizeof(path), "%s/fill", mnt);
+		uint32_t id = ac_new_id(&c);
+		snprintf(req, sizeof(req), "{\"op\":\"write\",\"path\":\"%s\"}", path);
+		ac_open(&c, id, req);
+		ac_write_data(&c, id, big, sizeof(big), true, 2000); /* may stop early: stream ended */
+		ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
+		cJSON *j = end_json(&r);
+		ck_assert_str_eq(end_error_code(j), "no_space");
+		cJSON_Delete(j);
+		ac_result_free(&r);
+		snprintf(cmd, sizeof(cmd), "umount %s", mnt);
+		ck_assert_int_eq(system(cmd), 0);
+	}
+	ac_stop(&c);
+	remove_dir();
+}
+END_TEST
+
+START_TEST(files_relative_to_home)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	char req[256];
+	const char *home = getenv("HOME");
+	if (!home)
+		return;
+	snprintf(req, sizeof(req), "{\"op\":\"stat\",\"path\":\"~\"}");
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	char want[300];
+	snprintf(want, sizeof(want), "\"path\":\"%s\"", home);
+	ck_assert_msg(strstr(r.end, want), "%s", r.end);
+	ac_result_free(&r);
+	ac_stop(&c);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("agent_files");
+	TCase *tc = tcase_create("files");
+	tcase_set_timeout(tc, 50);
+	tcase_add_test(tc, files_binary_roundtrip);
+	tcase_add_test(tc, files_100mib_streamed);
+	tcase_add_test(tc, files_metadata_ops);
+	tcase_add_test(tc, files_error_codes);
+	tcase_add_test(tc, files_relative_to_home);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""KVM integration: snapshot, restore and copy-on-write fork of the test guest.
+
+usage: test_snapshot.py MITOS_VMM TESTGUEST_ELF TESTGUEST_MKDISK
+
+The test guest's snap mode ticks at 100 Hz and prints "tick <seq> counter <n>" every
+50 ticks (n == 50 * seq); it takes commands on its serial port (w<c> mark, p RAM mark,
+r disk mark, q quit). Exits 77 where /dev/kvm is absent.
+"""
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+VMM, TESTGUEST, MKDISK = sys.argv[1:4]
+TICKS_PER_LINE = 50
+failures, passed = [], 0
+
+
+def case(name, ok, detail=""):
+    global passed
+    if ok:
+        passed += 1
+        print(f"ok   {name}", flush=True)
+    else:
+        failures.append(name)
+        print(f"FAIL {name}\n{detail}", flush=True)
+
+
+class VM:
+    """A mitos-vmm process whose serial console we type into and read line by line."""
+
+    def __init__(self, args, control=None):
+        self.control = control
+        self.p = subprocess.Popen([VMM] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        self.lines = queue.Queue()
+        self.seen = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for raw in self.p.stdout:
+            self.lines.put(raw.decode(errors="replace").rstrip("\r\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern, timeout=60):
+        rx = re.compile(pattern)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.time()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            m = rx.search(line)
+            if m:
+                return m
+        return None
+
+    def send(self, text):
+        self.p.stdin.write(text.encode())
+        self.p.stdin.flush()
+
+    def call(self, req):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(60)
+        s.connect(self.control)
+        s.sendall((json.dumps(req) + "\n").encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        s.close()
+        return json.loads(buf)
+
+    def finish(self, timeout=60):
+        try:
+            self.p.stdin.close()
+        except OSError:
+            pass
+        try:
+            rc = self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            rc = self.p.wait()
+        err = self.p.stderr.read().decode(errors="replace")
+        return rc, err
+
+
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def snapshot_hashes(d):
+    return {n: sha(os.path.join(d, n)) for n in sorted(os.listdir(d))}
+
+
+def restore(tmp, snap, name, control=False, extra=()):
+    disk = os.path.join(tmp, f"{name}.img")
+    shutil.copyfile(os.path.join(tmp, "parent.img"), disk)
+    args = ["restore", "--snapshot", snap, "--disk", f"0={disk}"] + list(extra)
+    ctl = None
+    if control:
+        ctl = os.path.join(tmp, f"{name}.sock")
+        args += ["--control", ctl]
+    vm = VM(args, ctl)
+    if ctl:
+        for _ in range(500):
+            if os.path.exists(ctl):
+                break
+            time.sleep(0.01)
+    return vm
+
+
+def snapshot_of(vm, out):
+    r = subprocess.run([VMM, "snapshot", "--control", vm.control, "--out", out],
+                       capture_output=True, timeout=120)
+    return r.returncode, r.stdout.decode() + r.stderr.decode()
+
+
+def main():
+    try:
+        os.close(os.open(os.environ.get("MITOS_KVM_DEVICE", "/dev/kvm"), os.O_RDWR))
+    except OSError as e:
+        print(f"SKIP: no usable /dev/kvm ({e.strerror})")
+        return 77
+    tmp = tempfile.mkdtemp(prefix="mitos-snap-")
+    try:
+        run_cases(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{passed} passed, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+def run_cases(tmp):
+    disk = os.path.join(tmp, "parent.img")
+    subprocess.run([MKDISK, disk, "2048"], check=True)
+    ctl = os.path.join(tmp, "parent.sock")
+    parent = VM(["run", "--kernel", TESTGUEST, "--disk", disk, "--mem", "64", "--control", ctl,
+                 "--cmdline", "testguest.mode=snap"], ctl)
+    case("parent boots into snap mode", parent.wait_for(r"tick 2 counter") is not None,
+         "\n".join(parent.seen))
+    parent.send("wP")
+    case("parent writes its mark", parent.wait_for(r"wrote mark P") is not None)
+    # Pause, note the last tick printed, snapshot while paused, stop: the child must print
+    # exactly the next tick.
+    case("pause", parent.call({"cmd": "pause"}).get("ok") is True)
+    time.sleep(0.3)
+    while not parent.lines.empty():
+        line = parent.lines.get()
+        if line:
+            parent.seen.append(line)
+    ticks = [int(m.group(1)) for m in (re.search(r"tick (\d+) ", x) for x in parent.seen) if m]
+    last = ticks[-1] if ticks else 0
+    base = os.path.join(tmp, "base")
+    rc, out = snapshot_of(parent, base)
+    case("snapshot of a paused VM", rc == 0 and os.path.exists(os.path.join(base, "config.json")), out)
+    st = parent.call({"cmd": "status"})
+    case("status says paused after a snapshot of a paused VM", st.get("state") == "paused", str(st))
+    rc, out = snapshot_of(parent, base)
+    case("snapshot refuses to overwrite a snapshot", rc == 1 and "already holds" in out, out)
+    parent.call({"cmd": "stop"})
+    rc, err = parent.finish()
+    case("parent stops through the control socket", rc == 0, err)
+    before = snapshot_hashes(base)
+    mem_blocks = os.stat(os.path.join(base, "memory")).st_blocks * 512
+    case("memory file is sparse", mem_blocks < 16 << 20, f"{mem_blocks} bytes allocated")
+
+    # 1. The vCPU continues exactly where it stopped.
+    c = restore(tmp, base, "c0")
+    m = c.wait_for(r"tick (\d+) counter (\d+)")
+    case("child continues the tick sequence exactly",
+         m is not None and int(m.group(1)) == last + 1 and int(m.group(2)) == (last + 1) * TICKS_PER_LINE,
+         f"parent's last tick {last}, child printed {m.group(0) if m else c.seen}")
+    c.send("p")
+    case("child has the parent's RAM mark", c.wait_for(r"ram mark P counter \d+ page ok") is not None,
+         "\n".join(c.seen))
+    c.send("r")
+    case("child's disk copy has the parent's mark", c.wait_for(r"disk mark P") is not None)
+    c.send("q")
+    rc, err = c.finish()
+    case("child quits with 0", rc == 0, err)
+
+    # 2. Siblings do not see each other's writes, and the snapshot never changes.
+    a, b = restore(tmp, base, "a"), restore(tmp, base, "b")
+    a.send("wA")
+    b.send("wB")
+    ok = a.wait_for(r"wrote mark A") and b.wait_for(r"wrote mark B")
+    a.send("pr")
+    b.send("pr")
+    ok = ok and a.wait_for(r"ram mark A .* page ok") and a.wait_for(r"disk mark A")
+    ok = ok and b.wait_for(r"ram mark B .* page ok") and b.wait_for(r"disk mark B")
+    case("siblings keep their own RAM and disk", bool(ok), "\n".join(a.seen + ["--"] + b.seen))
+    a.send("q")
+    b.send("q")
+    a.finish()
+    b.finish()
+    case("snapshot files unchanged by children", snapshot_hashes(base) == before)
+
+    # 3. A chain of three layers.
+    snaps = [base]
+    for depth, mark in enumerate("123", start=1):
+        vm = restore(tmp, snaps[-1], f"l{depth}", control=True)
+        vm.send("w" + mark)
+        ok = vm.wait_for(rf"wrote mark {mark}") is not None
+        layer = os.path.join(tmp, f"layer{depth}")
+        rc, out = snapshot_of(vm, layer)
+        vm.call({"cmd": "stop"})
+        vm.finish()
+        cfg = json.load(open(os.path.join(layer, "config.json"))) if rc == 0 else {}
+        case(f"layer {depth} names its parent",
+             ok and rc == 0 and cfg.get("depth") == depth and cfg.get("parent") == os.path.realpath(snaps[-1]),
+             out + str(cfg))
+        layer_blocks = os.stat(os.path.join(layer, "memory")).st_blocks * 512
+        case(f"layer {depth} holds only changed pages", layer_blocks < mem_blocks,
+             f"layer {layer_blocks} vs base {mem_blocks}")
+        snaps.append(layer)
+    top = restore(tmp, snaps[-1], "top")
+    top.send("p")
+    case("restoring a depth-3 chain sees the newest mark",
+         top.wait_for(r"ram mark 3 counter \d+ page ok") is not None, "\n".join(top.seen))
+    top.send("q")
+    rc, err = top.finish()
+    case("depth-3 child quits with 0", rc == 0, err)
+    case("base unchanged by layers", snapshot_hashes(base) == before)
+
+    # 4. Fifty children of one snapshot at once.
+    kids = [restore(tmp, base, f"k{i}") for i in range(50)]
+    ticking = sum(1 for k in kids if k.wait_for(r"tick \d+ counter", timeout=120))
+    for i, k in enumerate(kids):
+        k.send("w" + chr(ord("a") + i % 26) + "q")
+    codes = [k.finish(timeout=120)[0] for k in kids]
+    case("50 children run at once", ticking == 50 and codes == [0] * 50,
+         f"{ticking} ticking, exit codes {codes}")
+
+    # 5. Bad snapshots: a clear error naming the file, nothing starts.
+    bad_cases(tmp, base)
+
+
+def corrupt_copy(tmp, base, name, mutate):
+    d = os.path.join(tmp, name)
+    shutil.copytree(base, d)
+    for n in os.listdir(d):
+        os.chmod(os.path.join(d, n), 0o644)
+    mutate(d)
+    return d
+
+
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xff]))
+
+
+def bad_cases(tmp, base):
+    def truncate(p, n):
+        with open(p, "r+b") as f:
+            f.truncate(n)
+
+    def set_version(d):
+        with open(os.path.join(d, "state"), "r+b") as f:
+            f.seek(8)
+            f.write((99).to_bytes(4, "little"))
+
+    def set_format(d):
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        cfg["format"] = 7
+        json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+
+    bad = [
+        ("truncated state", lambda d: truncate(os.path.join(d, "state"), 100), "state", "truncated"),
+        ("corrupt state", lambda d: flip_byte(os.path.join(d, "state"), 2000), "state", "CRC"),
+        ("wrong state version", set_version, "state", "version"),
+        ("wrong-size memory", lambda d: truncate(os.path.join(d, "memory"), 4096), "memory", "bytes"),
+        ("missing config", lambda d: os.unlink(os.path.join(d, "config.json")), "config.json", "No such file"),
+        ("wrong config format", set_format, "config.json", "format"),
+    ]
+    for name, mutate, fname, why in bad:
+        d = corrupt_copy(tmp, base, name.replace(" ", "-"), mutate)
+        vm = restore(tmp, d, "bad")
+        rc, err = vm.finish(timeout=30)
+        case(f"{name}: clear error", rc == 1 and fname in err and why in err, f"rc={rc} {err}")
+
+    vm = VM(["restore", "--snapshot", base])
+    rc, err = vm.finish(timeout=30)
+    case("read-write disk without its own copy is refused", rc == 1 and "--disk 0=PATH" in err, err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+/* What the VM-running subcommands (run, restore) share: argument parsing, the raw
+ * terminal, the end-of-run statistics and the exit status. */
+#include "cli.h"
+#include "commands.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+int cli_parse_uint(const char *cmd, const char *flag, const char *s, unsigned long min, unsigned long max,
+		      unsigned long *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
+		fprintf(stderr, "mitos-vmm %s: %s wants a number from %lu to %lu, not '%s'\n",
+			cmd, flag, min, max, s);
+		return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+/* Splits PATH[,ro] in place (argv strings are ours to modify). */
+int cli_parse_disk(const char *cmd, char *arg, struct virtio_blk_opts *d)
+{
+	char *comma = strchr(arg, ',');
+	d->read_only = false;
+	if (comma) {
+		if (strcmp(comma + 1, "ro")) {
+			fprintf(stderr, "mitos-vmm %s: --disk %s: unknown option '%s' (only 'ro')\n",
+				cmd, arg, comma + 1);
+			return -EINVAL;
+		}
+		d->read_only = true;
+		*comma = '\0';
+	}
+	d->path = arg;
+	if (!d->path[0]) {
+		fprintf(stderr, "mitos-vmm %s: --disk needs a path\n", cmd);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static struct termios saved_tio;
+static bool tio_saved;
+
+void cli_restore_terminal(void)
+{
+	if (tio_saved)
+		tcsetattr(STDIN_FILENO, TCSANOW, &saved_tio);
+}
+
+/* Raw input so keys reach the guest as typed; output processing stays on. */
+void cli_raw_terminal(void)
+{
+	if (!isatty(STDIN_FILENO) || tcgetattr(STDIN_FILENO, &saved_tio))
+		return;
+	struct termios t = saved_tio;
+	t.c_iflag &= ~(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON);
+	t.c_lflag &= ~(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
+	t.c_cc[VMIN] = 1;
+	t.c_cc[VTIME] = 0;
+	if (tcsetattr(STDIN_FILENO, TCSANOW, &t) == 0) {
+		tio_saved = true;
+		atexit(cli_restore_terminal);
+	}
+}
+
+static double ms(uint64_t a, uint64_t b)
+{
+	return b > a ? (double)(b - a) / 1e6 : 0.0;
+}
+
+void cli_print_stats(const struct machine_result *r, uint64_t start_ns)
+{
+	fprintf(stderr, "stats: first-guest-exit: %.3f ms after process start\n",
+		ms(start_ns, r->first_exit_ns));
+	fprintf(stderr, "stats: vcpus-started: %.3f ms after process start\n",
+		ms(start_ns, r->run_start_ns));
+	fprintf(stderr, "stats: end: %.3f ms after process start\n", ms(start_ns, r->end_ns));
+	fprintf(stderr, "stats: first-guest-exit-monotonic-ns: %" PRIu64 "\n", r->first_exit_ns);
+	fprintf(stderr, "stats: exits:");
+	for (int k = 0; k < MEXIT_KINDS; k++)
+		fprintf(stderr, " %s=%" PRIu64, machine_exit_kind_name(k), r->exits[k]);
+	fprintf(stderr, "\n");
+}
+
+int cli_exit_status(const struct machine_result *r)
+{
+	switch (r->how) {
+	case MACHINE_END_POWEROFF:
+	case MACHINE_END_RESET:
+		return 0;
+	case MACHINE_END_DEBUG_EXIT:
+		return r->status;
+	case MACHINE_END_CRASH:
+		return EXIT_GUEST_CRASH;
+	case MACHINE_END_HOST:
+		return r->status ? 128 + r->status : 0;
+	case MACHINE_END_VMM_ERROR:
+	default:
+		return EXIT_VMM_ERROR;
+	}
+}
+
+int cli_run_machine(const char *cmd, struct machine *m, bool stats, uint64_t start_ns)
+{
+	struct mitos_err e = { 0 };
+	struct machine_result res;
+	cli_raw_terminal();
+	int r = machine_run(m, &res, &e);
+	cli_restore_terminal();
+	machine_destroy(m);
+	if (r && res.how != MACHINE_END_VMM_ERROR) {
+		fprintf(stderr, "mitos-vmm %s: %s\n", cmd, e.msg);
+		return EXIT_VMM_ERROR;
+	}
+	if (res.how != MACHINE_END_POWEROFF && res.how != MACHINE_END_RESET &&
+	    !(res.how == MACHINE_END_DEBUG_EXIT && res.status == 0))
+		fprintf(stderr, "mitos-vmm %s: %s\n", cmd, res.why);
+	if (stats)
+		cli_print_stats(&res, start_ns);
+	return cli_exit_status(&res);
+}

@@ -1,0 +1,172 @@
+#include "cli.h"
+#include "commands.h"
+#include "machine.h"
+#include "../snapshot/snapshot_config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: mitos-vmm restore --snapshot DIR [options]\n"
+		"\n"
+		"Starts a VM from a snapshot (and the layers under it) made by `mitos-vmm snapshot`.\n"
+		"Guest RAM is mapped copy-on-write from the snapshot's memory files: any number of\n"
+		"VMs restored from one snapshot share every page none of them writes, and the\n"
+		"snapshot's files never change.\n"
+		"\n"
+		"  --snapshot DIR       the snapshot directory (required)\n"
+		"  --disk N=PATH[,ro]   give disk N its own image. A disk snapshotted read-write must\n"
+		"                       get one: children never share a writable disk (copy it first,\n"
+		"                       e.g. cp --reflink=auto). Read-only disks reopen their path.\n"
+		"  --vsock PATH         host socket of the virtio-vsock device (required when the\n"
+		"                       snapshot has one)\n"
+		"  --control PATH       serve a JSON-lines control socket at PATH\n"
+		"  --paused             do not run the vCPUs until a \"resume\" on the control socket\n"
+		"  --stats              print exit counts and timings to stderr at the end\n"
+		"  --help               this text\n"
+		"\n"
+		"Exit status: as for `mitos-vmm run`.\n");
+}
+
+/* N=PATH[,ro] */
+static int parse_disk_override(char *arg, unsigned *index, struct virtio_blk_opts *d)
+{
+	char *eq = strchr(arg, '=');
+	unsigned long n;
+	if (!eq) {
+		fprintf(stderr, "mitos-vmm restore: --disk wants N=PATH[,ro], not '%s'\n", arg);
+		return -EINVAL;
+	}
+	*eq = '\0';
+	if (cli_parse_uint("restore", "--disk N", arg, 0, SNAPSHOT_MAX_DISKS - 1, &n))
+		return -EINVAL;
+	*index = (unsigned)n;
+	return cli_parse_disk("restore", eq + 1, d);
+}
+
+/* A child gets the snapshot's machine; each disk must be safe to hand to it. */
+static int config_from_snapshot(const struct snapshot_config *sc, struct machine_config *cfg,
+				const bool *overridden)
+{
+	cfg->mem_bytes = sc->mem_bytes;
+	cfg->vcpus = sc->vcpus;
+	cfg->ndisks = sc->ndisks;
+	for (unsigned i = 0; i < sc->ndisks; i++) {
+		if (!overridden[i]) {
+			if (!sc->disks[i].read_only) {
+				fprintf(stderr, "mitos-vmm restore: disk %u (%s) was attached read-write: "
+					"restored VMs never share a writable disk. Give this one its own "
+					"image with --disk %u=PATH (for example a copy made with "
+					"cp --reflink=auto %s PATH)\n", i, sc->disks[i].path, i,
+					sc->disks[i].path);
+				return -EINVAL;
+			}
+			cfg->disks[i] = (struct virtio_blk_opts){ .path = sc->disks[i].path, .read_only = true };
+		}
+		struct stat st;
+		if (stat(cfg->disks[i].path, &st)) {
+			fprintf(stderr, "mitos-vmm restore: disk %u: %s: %s\n", i, cfg->disks[i].path,
+				strerror(errno));
+			return -errno;
+		}
+		if ((uint64_t)st.st_size != sc->disks[i].bytes) {
+			fprintf(stderr, "mitos-vmm restore: disk %u: %s is %lld bytes, the snapshot's "
+				"disk was %llu: the guest would see a different disk\n", i,
+				cfg->disks[i].path, (long long)st.st_size,
+				(unsigned long long)sc->disks[i].bytes);
+			return -EINVAL;
+		}
+	}
+	if (sc->has_vsock && !cfg->vsock_path) {
+		fprintf(stderr, "mitos-vmm restore: the snapshot has a vsock device: give its host "
+			"socket with --vsock PATH\n");
+		return -EINVAL;
+	}
+	if (!sc->has_vsock && cfg->vsock_path) {
+		fprintf(stderr, "mitos-vmm restore: the snapshot has no vsock device; drop --vsock\n");
+		return -EINVAL;
+	}
+	cfg->vsock_cid = sc->vsock_cid;
+	return 0;
+}
+
+int cmd_restore(int argc, char **argv, uint64_t process_start_ns)
+{
+	static const struct option opts[] = {
+		{ "snapshot", required_argument, NULL, 'S' },
+		{ "disk", required_argument, NULL, 'd' },
+		{ "vsock", required_argument, NULL, 'v' },
+		{ "control", required_argument, NULL, 'C' },
+		{ "paused", no_argument, NULL, 'p' },
+		{ "stats", no_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct machine_config cfg = { .console_in = STDIN_FILENO, .console_out = STDOUT_FILENO };
+	bool overridden[SNAPSHOT_MAX_DISKS] = { false };
+	const char *dir = NULL;
+	bool stats = false;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'S': dir = optarg; break;
+		case 'd': {
+			unsigned idx;
+			struct virtio_blk_opts d;
+			if (parse_disk_override(optarg, &idx, &d))
+				return EXIT_USAGE;
+			cfg.disks[idx] = d;
+			overridden[idx] = true;
+			break;
+		}
+		case 'v': cfg.vsock_path = optarg; break;
+		case 'C': cfg.control_path = optarg; break;
+		case 'p': cfg.start_paused = true; break;
+		case 's': stats = true; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "mitos-vmm restore: unexpected argument '%s'\n", argv[optind]);
+		return EXIT_USAGE;
+	}
+	if (!dir) {
+		fprintf(stderr, "mitos-vmm restore: --snapshot is required (see --help)\n");
+		return EXIT_USAGE;
+	}
+	if (cfg.start_paused && !cfg.control_path) {
+		fprintf(stderr, "mitos-vmm restore: --paused needs --control (nothing could resume it)\n");
+		return EXIT_USAGE;
+	}
+	struct mitos_err e = { 0 };
+	struct snapshot_config sc;
+	if (snapshot_config_read(dir, &sc, &e)) {
+		fprintf(stderr, "mitos-vmm restore: %s\n", e.msg);
+		return EXIT_VMM_ERROR;
+	}
+	for (unsigned i = 0; i < SNAPSHOT_MAX_DISKS; i++)
+		if (overridden[i] && i >= sc.ndisks) {
+			fprintf(stderr, "mitos-vmm restore: --disk %u: the snapshot has %u disk(s)\n", i,
+				sc.ndisks);
+			snapshot_config_free(&sc);
+			return EXIT_USAGE;
+		}
+	int r = config_from_snapshot(&sc, &cfg, overridden);
+	cfg.console_escape = isatty(STDIN_FILENO);
+	struct machine *m = NULL;
+	if (!r && machine_restore(&m, dir, &cfg, &e)) {
+		fprintf(stderr, "mitos-vmm restore: %s\n", e.msg);
+		r = -EIO;
+	}
+	int status = r ? EXIT_VMM_ERROR : cli_run_machine("restore", m, stats, process_start_ns);
+	snapshot_config_free(&sc);
+	return status;
+}

@@ -1,0 +1,264 @@
+#include "control.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+struct control_client {
+	struct control_server *srv;
+	ev_io io;
+	size_t len;
+	char buf[CONTROL_MAX_LINE + 1];
+};
+
+struct control_server {
+	struct ev_loop *loop;
+	ev_io listen_io;
+	char *path;
+	control_handler_fn handler;
+	void *ctx;
+	struct control_client *clients[CONTROL_MAX_CLIENTS];
+};
+
+cJSON *control_reply_ok(void)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddBoolToObject(o, "ok", 1);
+	return o;
+}
+
+cJSON *control_reply_error(const char *code, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddBoolToObject(o, "ok", 0);
+	cJSON *err = cJSON_AddObjectToObject(o, "error");
+	cJSON_AddStringToObject(err, "code", code);
+	cJSON_AddStringToObject(err, "message", msg);
+	return o;
+}
+
+static int make_addr(const char *path, struct sockaddr_un *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(a->sun_path))
+		return -ENAMETOOLONG;
+	strcpy(a->sun_path, path);
+	return 0;
+}
+
+static void client_close(struct control_client *c)
+{
+	struct control_server *s = c->srv;
+	ev_io_stop(s->loop, &c->io);
+	close(c->io.fd);
+	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
+		if (s->clients[i] == c)
+			s->clients[i] = NULL;
+	free(c);
+}
+
+/* Replies are small; a client that does not read them is dropped rather than buffered. */
+static bool client_send(struct control_client *c, cJSON *reply)
+{
+	char *text = cJSON_PrintUnformatted(reply);
+	cJSON_Delete(reply);
+	if (!text)
+		return false;
+	size_t len = strlen(text);
+	text[len] = '\n';  /* overwrites the terminator; length is known */
+	bool ok = send(c->io.fd, text, len + 1, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)(len + 1);
+	free(text);
+	return ok;
+}
+
+static bool handle_line(struct control_client *c, char *line)
+{
+	cJSON *req = cJSON_Parse(line);
+	cJSON *reply;
+	if (!req || !cJSON_IsObject(req))
+		reply = control_reply_error("invalid_request", "each line must be one JSON object");
+	else
+		reply = c->srv->handler(c->srv->ctx, req);
+	cJSON_Delete(req);
+	return client_send(c, reply);
+}
+
+static void on_client(struct ev_loop *loop, ev_io *w, int revents)
+{
+	(void)loop; (void)revents;
+	struct control_client *c = w->data;
+	ssize_t n = recv(w->fd, c->buf + c->len, CONTROL_MAX_LINE - c->len, MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		client_close(c);
+		return;
+	}
+	c->len += (size_t)n;
+	char *nl;
+	while ((nl = memchr(c->buf, '\n', c->len))) {
+		*nl = '\0';
+		size_t used = (size_t)(nl - c->buf) + 1;
+		bool ok = handle_line(c, c->buf);
+		memmove(c->buf, c->buf + used, c->len - used);
+		c->len -= used;
+		if (!ok) {
+			client_close(c);
+			return;
+		}
+	}
+	if (c->len == CONTROL_MAX_LINE) {
+		client_send(c, control_reply_error("invalid_request", "line longer than %d bytes",
+						   CONTROL_MAX_LINE));
+		client_close(c);
+	}
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+	(void)revents;
+	struct control_server *s = w->data;
+	int fd = accept4(w->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0)
+		return;
+	int slot = -1;
+	for (int i = 0; i < CONTROL_MAX_CLIENTS && slot < 0; i++)
+		if (!s->clients[i])
+			slot = i;
+	struct control_client *c = slot >= 0 ? calloc(1, sizeof(*c)) : NULL;
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->srv = s;
+	ev_io_init(&c->io, on_client, fd, EV_READ);
+	c->io.data = c;
+	ev_io_start(loop, &c->io);
+	s->clients[slot] = c;
+}
+
+int control_server_start(struct control_server **out, struct ev_loop *loop, const char *path,
+			 control_handler_fn handler, void *ctx, struct mitos_err *e)
+{
+	struct sockaddr_un a;
+	if (make_addr(path, &a))
+		return mitos_err_set(e, -ENAMETOOLONG, "control socket path too long: %s", path);
+	struct stat st;
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			return mitos_err_set(e, -EEXIST, "%s exists and is not a socket", path);
+		unlink(path);
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return mitos_err_set(e, -errno, "socket: %s", strerror(errno));
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 16)) {
+		int r = -errno;
+		close(fd);
+		return mitos_err_set(e, r, "control socket %s: %s", path, strerror(-r));
+	}
+	struct control_server *s = calloc(1, sizeof(*s));
+	if (!s || !(s->path = strdup(path))) {
+		free(s);
+		close(fd);
+		unlink(path);
+		return mitos_err_set(e, -ENOMEM, "out of memory");
+	}
+	s->loop = loop;
+	s->handler = handler;
+	s->ctx = ctx;
+	ev_io_init(&s->listen_io, on_accept, fd, EV_READ);
+	s->listen_io.data = s;
+	ev_io_start(loop, &s->listen_io);
+	*out = s;
+	return 0;
+}
+
+void control_server_stop(struct control_server *s)
+{
+	if (!s)
+		return;
+	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
+		if (s->clients[i])
+			client_close(s->clients[i]);
+	ev_io_stop(s->loop, &s->listen_io);
+	close(s->listen_io.fd);
+	unlink(s->path);
+	free(s->path);
+	free(s);
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+cJSON *control_call(const char *path, const cJSON *request, int timeout_ms, struct mitos_err *e)
+{
+	struct sockaddr_un a;
+	if (make_addr(path, &a)) {
+		mitos_err_set(e, -ENAMETOOLONG, "control socket path too long: %s", path);
+		return NULL;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a))) {
+		mitos_err_set(e, -errno, "cannot connect to %s: %s (is the VM running with --control?)",
+			      path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	char *text = cJSON_PrintUnformatted(request);
+	size_t len = text ? strlen(text) : 0;
+	bool sent = text && send(fd, text, len, MSG_NOSIGNAL) == (ssize_t)len &&
+		    send(fd, "\n", 1, MSG_NOSIGNAL) == 1;
+	free(text);
+	char *buf = malloc(CONTROL_MAX_LINE + 1);
+	size_t have = 0;
+	cJSON *reply = NULL;
+	long long deadline = now_ms() + timeout_ms;
+	while (sent && buf && have < CONTROL_MAX_LINE) {
+		long long left = deadline - now_ms();
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
+			mitos_err_set(e, -ETIMEDOUT, "%s: no reply within %d ms", path, timeout_ms);
+			break;
+		}
+		ssize_t n = recv(fd, buf + have, CONTROL_MAX_LINE - have, 0);
+		if (n <= 0) {
+			mitos_err_set(e, -ECONNRESET, "%s: connection closed before the reply", path);
+			break;
+		}
+		have += (size_t)n;
+		char *nl = memchr(buf, '\n', have);
+		if (nl) {
+			*nl = '\0';
+			reply = cJSON_Parse(buf);
+			if (!reply)
+				mitos_err_set(e, -EPROTO, "%s: reply is not JSON", path);
+			break;
+		}
+	}
+	if (!sent)
+		mitos_err_set(e, -EIO, "%s: cannot send the request", path);
+	free(buf);
+	close(fd);
+	return reply;
+}

@@ -1,0 +1,34 @@
+/* A control socket: a Unix stream listener on the device loop that takes one JSON
+ * object per line and answers each with one JSON object per line. Requests are parsed
+ * with cJSON; the handler returns the reply object (the server frees it). */
+#ifndef MITOS_CONTROL_H
+#define MITOS_CONTROL_H
+
+#include <cjson/cJSON.h>
+#include <ev.h>
+
+#include "error.h"
+
+#define CONTROL_MAX_LINE   (64 * 1024)
+#define CONTROL_MAX_CLIENTS 16
+
+typedef cJSON *(*control_handler_fn)(void *ctx, const cJSON *request);
+
+struct control_server;
+
+/* Listens at path (an existing socket file there is replaced; anything else there is an
+ * error). */
+int control_server_start(struct control_server **out, struct ev_loop *loop, const char *path,
+			 control_handler_fn handler, void *ctx, struct mitos_err *e);
+void control_server_stop(struct control_server *s);
+
+/* Replies the handlers build. */
+cJSON *control_reply_ok(void);
+cJSON *control_reply_error(const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Client side: connects to path, sends one request line, waits for one reply line
+ * (timeout_ms). Returns the parsed reply or NULL with a message in e. */
+cJSON *control_call(const char *path, const cJSON *request, int timeout_ms, struct mitos_err *e);
+
+#endif
