@@ -16,6 +16,7 @@ struct engine_start {
 	const char *dir;           /* the sandbox's own directory in the state dir */
 	const char *template_root; /* read-only lower layer */
 	const char *copy_from;     /* a parent's writable layer to copy, or NULL */
+	int ready_fd;              /* gets one byte once the agent accepts connections */
 };
 
 struct engine_proc {

@@ -24,15 +24,6 @@ static void conn_teardown(struct conn *c);
 
 unsigned listener_conn_count(void) { return nconns; }
 
-static void conn_maybe_free(struct conn *c)
-{
-	if (!c->dead || c->inflight)
-		return;
-	close(c->fd);
-	free(c->pend);
-	free(c);
-}
-
 static void obuf_free_all(struct conn *c)
 {
 	for (struct obuf *b = c->oh, *n; b; b = n) {
@@ -41,6 +32,16 @@ static void obuf_free_all(struct conn *c)
 	}
 	c->oh = c->ot = NULL;
 	c->oq = 0;
+}
+
+static void conn_maybe_free(struct conn *c)
+{
+	if (!c->dead || c->inflight)
+		return;
+	close(c->fd);
+	obuf_free_all(c);
+	free(c->pend);
+	free(c);
 }
 
 void conn_out(struct conn *c, const void *p, size_t n)
@@ -289,7 +290,6 @@ static void conn_teardown(struct conn *c)
 	c->dead = true;
 	ur_kick_cancel(&c->kick);
 	http_conn_abort(c);
-	obuf_free_all(c);
 	if (c->prev)
 		c->prev->next = c->next;
 	else

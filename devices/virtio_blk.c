@@ -417,6 +417,7 @@ static const struct virtio_device_ops blk_ops = {
 	.queue_notify = blk_queue_notify,
 	.host_fds = blk_host_fds,
 	.host_fd_ready = blk_host_fd_ready,
+	.destroy = virtio_blk_destroy,
 };
 
 static int image_size(int fd, const char *path, uint64_t *size, struct stat *st,

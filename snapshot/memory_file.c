@@ -226,8 +226,8 @@ static int map_file(uint8_t *at, uint64_t len, int fd, uint64_t off, bool fixed)
 	return p == MAP_FAILED ? -errno : 0;
 }
 
-int memory_map_chain(struct guest_mem *m, uint64_t size, char *const *dirs, unsigned n,
-		     struct mitos_err *e)
+int memory_map_chain(struct guest_mem *m, uint8_t *at, uint64_t size, char *const *dirs,
+		     unsigned n, struct mitos_err *e)
 {
 	char path[4096];
 	uint8_t *base = NULL;
@@ -237,14 +237,18 @@ int memory_map_chain(struct guest_mem *m, uint64_t size, char *const *dirs, unsi
 		if (fd < 0)
 			return mitos_err_set(e, fd, "%s/%s: %s", dirs[i], MEMORY_FILE_NAME, strerror(-fd));
 		struct stat st;
-		if (fstat(fd, &st) || (uint64_t)st.st_size != size) {
-			close(fd);
+		if (fstat(fd, &st))
+			r = mitos_err_set(e, -errno, "%s: %s", path, strerror(errno));
+		else if ((uint64_t)st.st_size != size)
 			r = mitos_err_set(e, -EINVAL, "%s: %lld bytes, but the snapshot's RAM is %llu bytes",
 					  path, (long long)st.st_size, (unsigned long long)size);
+		if (r) {
+			close(fd);
 			break;
 		}
 		if (i == 0) {
-			base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+			base = mmap(at, size, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_NORESERVE | (at ? MAP_FIXED : 0), fd, 0);
 			if (base == MAP_FAILED) {
 				r = mitos_err_set(e, -errno, "%s: mmap: %s", path, strerror(errno));
 				base = NULL;
@@ -268,11 +272,16 @@ int memory_map_chain(struct guest_mem *m, uint64_t size, char *const *dirs, unsi
 		close(fd);
 	}
 	if (r) {
-		if (base)
+		/* A reservation stays reserved (the caller owns it) but holds nothing now. */
+		if (base && at)
+			mmap(at, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+		else if (base)
 			munmap(base, size);
 		return r;
 	}
-	guest_mem_layout(m, base, size);
-	m->owned = true;
+	if (!at) {
+		guest_mem_layout(m, base, size);
+		m->owned = true;
+	}
 	return 0;
 }

@@ -46,8 +46,10 @@ int memory_extents_parse(const char *name, const uint8_t *buf, size_t len, struc
 void memory_extents_free(struct mem_extents *x);
 
 /* Maps RAM of `size` bytes from a chain of snapshot dirs, base first: the base's memory
- * file whole, then each layer's extents over it, all MAP_PRIVATE. Reads no page. */
-int memory_map_chain(struct guest_mem *m, uint64_t size, char *const *dirs, unsigned n,
-		     struct mitos_err *e);
+ * file whole, then each layer's extents over it, all MAP_PRIVATE. Reads no page. With
+ * `at`, the mapping replaces what is there (a reservation KVM already has as a memslot);
+ * on failure that range is left as an inaccessible reservation. */
+int memory_map_chain(struct guest_mem *m, uint8_t *at, uint64_t size, char *const *dirs,
+		     unsigned n, struct mitos_err *e);
 
 #endif

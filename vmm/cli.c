@@ -3,6 +3,9 @@
 #include "cli.h"
 #include "commands.h"
 
+#include "../devices/tap.h"
+
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -48,6 +51,56 @@ int cli_parse_disk(const char *cmd, char *arg, struct virtio_blk_opts *d)
 	return 0;
 }
 
+static int parse_mac(const char *s, uint8_t mac[VIRTIO_NET_MAC_LEN])
+{
+	for (unsigned i = 0; i < VIRTIO_NET_MAC_LEN; i++, s += 3) {
+		char hex[3] = { s[0], s[0] ? s[1] : 0, 0 };
+		if (!isxdigit((unsigned char)hex[0]) || !isxdigit((unsigned char)hex[1]) ||
+		    s[2] != (i + 1 < VIRTIO_NET_MAC_LEN ? ':' : '\0'))
+			return -EINVAL;
+		mac[i] = (uint8_t)strtoul(hex, NULL, 16);
+	}
+	return 0;
+}
+
+/* Splits tap=NAME[,mac=MAC] in place. */
+int cli_parse_net(const char *cmd, char *arg, bool allow_mac, struct virtio_net_opts *o)
+{
+	static const uint8_t default_mac[] = VIRTIO_NET_DEFAULT_MAC;
+	const char *form = allow_mac ? "tap=NAME[,mac=MAC]" : "tap=NAME";
+	bool have_mac = false;
+	o->tap = NULL;
+	memcpy(o->mac, default_mac, sizeof(o->mac));
+	for (char *kv; (kv = strsep(&arg, ","));) {
+		if (!strncmp(kv, "tap=", 4) && !o->tap) {
+			o->tap = kv + 4;
+			if (!tap_name_valid(o->tap)) {
+				fprintf(stderr, "mitos-vmm %s: --net: '%s' is not an interface name (1 "
+					"to 15 characters, no '/', ':' or spaces)\n", cmd, o->tap);
+				return -EINVAL;
+			}
+		} else if (!strncmp(kv, "mac=", 4) && allow_mac && !have_mac) {
+			have_mac = true;
+			if (parse_mac(kv + 4, o->mac) || (o->mac[0] & 1) ||
+			    !memcmp(o->mac, (uint8_t[VIRTIO_NET_MAC_LEN]){ 0 }, VIRTIO_NET_MAC_LEN)) {
+				fprintf(stderr, "mitos-vmm %s: --net: mac=%s: want a unicast address "
+					"like 06:00:ac:10:00:02 (six hex pairs, first octet even, not "
+					"all zero)\n", cmd, kv + 4);
+				return -EINVAL;
+			}
+		} else {
+			fprintf(stderr, "mitos-vmm %s: --net wants %s: '%s' is unknown or repeated\n",
+				cmd, form, kv);
+			return -EINVAL;
+		}
+	}
+	if (!o->tap) {
+		fprintf(stderr, "mitos-vmm %s: --net wants %s: tap= is missing\n", cmd, form);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static struct termios saved_tio;
 static bool tio_saved;
 
@@ -80,6 +133,12 @@ static double ms(uint64_t a, uint64_t b)
 
 void cli_print_stats(const struct machine_result *r, uint64_t start_ns)
 {
+	uint64_t prev = start_ns;
+	for (unsigned i = 0; i < r->nphases; i++) {
+		fprintf(stderr, "stats: phase %s: %.3f ms\n", r->phases[i].name,
+			ms(prev, r->phases[i].end_ns));
+		prev = r->phases[i].end_ns;
+	}
 	fprintf(stderr, "stats: first-guest-exit: %.3f ms after process start\n",
 		ms(start_ns, r->first_exit_ns));
 	fprintf(stderr, "stats: vcpus-started: %.3f ms after process start\n",

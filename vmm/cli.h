@@ -12,6 +12,9 @@ int cli_parse_uint(const char *cmd, const char *flag, const char *s, unsigned lo
 		   unsigned long max, unsigned long *out);
 /* PATH[,ro], split in place. */
 int cli_parse_disk(const char *cmd, char *arg, struct virtio_blk_opts *d);
+/* tap=NAME[,mac=MAC] (mac= only when allow_mac), split in place; the MAC defaults to
+ * VIRTIO_NET_DEFAULT_MAC. */
+int cli_parse_net(const char *cmd, char *arg, bool allow_mac, struct virtio_net_opts *o);
 /* Raw keyboard input for the guest while it runs on a terminal; restored at exit. */
 void cli_raw_terminal(void);
 void cli_restore_terminal(void);

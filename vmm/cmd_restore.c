@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 static void usage(FILE *f)
@@ -49,52 +48,6 @@ static int parse_disk_override(char *arg, unsigned *index, struct virtio_blk_opt
 		return -EINVAL;
 	*index = (unsigned)n;
 	return cli_parse_disk("restore", eq + 1, d);
-}
-
-/* A child gets the snapshot's machine; each disk must be safe to hand to it. */
-static int config_from_snapshot(const struct snapshot_config *sc, struct machine_config *cfg,
-				const bool *overridden)
-{
-	cfg->mem_bytes = sc->mem_bytes;
-	cfg->vcpus = sc->vcpus;
-	cfg->ndisks = sc->ndisks;
-	for (unsigned i = 0; i < sc->ndisks; i++) {
-		if (!overridden[i]) {
-			if (!sc->disks[i].read_only) {
-				fprintf(stderr, "mitos-vmm restore: disk %u (%s) was attached read-write: "
-					"restored VMs never share a writable disk. Give this one its own "
-					"image with --disk %u=PATH (for example a copy made with "
-					"cp --reflink=auto %s PATH)\n", i, sc->disks[i].path, i,
-					sc->disks[i].path);
-				return -EINVAL;
-			}
-			cfg->disks[i] = (struct virtio_blk_opts){ .path = sc->disks[i].path, .read_only = true };
-		}
-		struct stat st;
-		if (stat(cfg->disks[i].path, &st)) {
-			fprintf(stderr, "mitos-vmm restore: disk %u: %s: %s\n", i, cfg->disks[i].path,
-				strerror(errno));
-			return -errno;
-		}
-		if ((uint64_t)st.st_size != sc->disks[i].bytes) {
-			fprintf(stderr, "mitos-vmm restore: disk %u: %s is %lld bytes, the snapshot's "
-				"disk was %llu: the guest would see a different disk\n", i,
-				cfg->disks[i].path, (long long)st.st_size,
-				(unsigned long long)sc->disks[i].bytes);
-			return -EINVAL;
-		}
-	}
-	if (sc->has_vsock && !cfg->vsock_path) {
-		fprintf(stderr, "mitos-vmm restore: the snapshot has a vsock device: give its host "
-			"socket with --vsock PATH\n");
-		return -EINVAL;
-	}
-	if (!sc->has_vsock && cfg->vsock_path) {
-		fprintf(stderr, "mitos-vmm restore: the snapshot has no vsock device; drop --vsock\n");
-		return -EINVAL;
-	}
-	cfg->vsock_cid = sc->vsock_cid;
-	return 0;
 }
 
 int cmd_restore(int argc, char **argv, uint64_t process_start_ns)
@@ -159,13 +112,13 @@ int cmd_restore(int argc, char **argv, uint64_t process_start_ns)
 			snapshot_config_free(&sc);
 			return EXIT_USAGE;
 		}
-	int r = config_from_snapshot(&sc, &cfg, overridden);
 	cfg.console_escape = isatty(STDIN_FILENO);
 	struct machine *m = NULL;
-	if (!r && machine_restore(&m, dir, &cfg, &e)) {
+	int r = machine_config_from_snapshot(&sc, &cfg, overridden, &e);
+	if (!r)
+		r = machine_restore(&m, dir, &cfg, &e);
+	if (r)
 		fprintf(stderr, "mitos-vmm restore: %s\n", e.msg);
-		r = -EIO;
-	}
 	int status = r ? EXIT_VMM_ERROR : cli_run_machine("restore", m, stats, process_start_ns);
 	snapshot_config_free(&sc);
 	return status;

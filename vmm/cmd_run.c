@@ -1,6 +1,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "machine.h"
+#include "../devices/virtio_vsock.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -23,11 +24,20 @@ static void usage(FILE *f)
 		"  --kernel PATH      guest kernel (required)\n"
 		"  --initrd PATH      initial ramdisk\n"
 		"  --cmdline STR      kernel command line (default: \"%s\");\n"
-		"                     virtio_mmio.device= entries for the disks are appended\n"
+		"                     virtio_mmio.device= entries for the devices are appended\n"
 		"  --mem MIB          guest RAM in MiB (default %d)\n"
 		"  --vcpus N          number of vCPUs, 1..64 (default 1)\n"
 		"  --disk PATH[,ro]   a virtio-blk disk (raw image); ',ro' attaches it read-only;\n"
 		"                     repeatable, up to %d\n"
+		"  --vsock PATH[,cid=N]\n"
+		"                     a virtio-vsock device, guest CID N (%d..%u, default %d):\n"
+		"                     host clients connect to the Unix socket PATH and write\n"
+		"                     \"CONNECT <port>\\n\"; guest connections to host port P go\n"
+		"                     to the Unix socket PATH_P (Firecracker's convention)\n"
+		"  --net tap=NAME[,mac=MAC]\n"
+		"                     a virtio-net device on the existing TAP NAME of this network\n"
+		"                     namespace (see tools/netns-sandbox); MAC defaults to\n"
+		"                     06:00:ac:10:00:02\n"
 		"  --control PATH     serve a JSON-lines control socket at PATH (pause, resume,\n"
 		"                     snapshot, status, stop; see `mitos-vmm snapshot`)\n"
 		"  --stats            print exit counts and boot timings to stderr at the end\n"
@@ -39,7 +49,33 @@ static void usage(FILE *f)
 		"the debug-exit port 0xf4, if it did; 1 when the VMM fails (bad kernel, no KVM);\n"
 		"2 for bad arguments; 3 when the guest crashes (triple fault, emulation failure);\n"
 		"128+N when stopped by signal N.\n",
-		MACHINE_DEFAULT_CMDLINE, MACHINE_DEFAULT_MEM_MIB, MACHINE_MAX_DISKS);
+		MACHINE_DEFAULT_CMDLINE, MACHINE_DEFAULT_MEM_MIB, MACHINE_MAX_DISKS,
+		VIRTIO_VSOCK_MIN_CID, VIRTIO_VSOCK_MAX_CID, VIRTIO_VSOCK_DEFAULT_CID);
+}
+
+/* PATH[,cid=N], split in place (argv strings are ours to modify). */
+static int parse_vsock(char *arg, struct machine_config *cfg)
+{
+	char *comma = strchr(arg, ',');
+	unsigned long cid = VIRTIO_VSOCK_DEFAULT_CID;
+	if (comma) {
+		*comma = '\0';
+		if (strncmp(comma + 1, "cid=", 4)) {
+			fprintf(stderr, "mitos-vmm run: --vsock: unknown option '%s' (only cid=N)\n",
+				comma + 1);
+			return -EINVAL;
+		}
+		if (cli_parse_uint("run", "--vsock cid", comma + 5, VIRTIO_VSOCK_MIN_CID,
+				   VIRTIO_VSOCK_MAX_CID, &cid))
+			return -EINVAL;
+	}
+	if (!arg[0]) {
+		fprintf(stderr, "mitos-vmm run: --vsock needs a path\n");
+		return -EINVAL;
+	}
+	cfg->vsock_path = arg;
+	cfg->vsock_cid = (uint32_t)cid;
+	return 0;
 }
 
 int cmd_run(int argc, char **argv, uint64_t process_start_ns)
@@ -51,6 +87,8 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		{ "mem", required_argument, NULL, 'm' },
 		{ "vcpus", required_argument, NULL, 'n' },
 		{ "disk", required_argument, NULL, 'd' },
+		{ "vsock", required_argument, NULL, 'V' },
+		{ "net", required_argument, NULL, 'N' },
 		{ "stats", no_argument, NULL, 's' },
 		{ "control", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
@@ -88,6 +126,19 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 			}
 			if (cli_parse_disk("run", optarg, &cfg.disks[cfg.ndisks++]))
 				return EXIT_USAGE;
+			break;
+		case 'V':
+			if (parse_vsock(optarg, &cfg))
+				return EXIT_USAGE;
+			break;
+		case 'N':
+			if (cfg.has_net) {
+				fprintf(stderr, "mitos-vmm run: at most one --net\n");
+				return EXIT_USAGE;
+			}
+			if (cli_parse_net("run", optarg, true, &cfg.net))
+				return EXIT_USAGE;
+			cfg.has_net = true;
 			break;
 		case 's': stats = true; break;
 		case 'C': cfg.control_path = optarg; break;

@@ -14,5 +14,6 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns);
 int cmd_check(int argc, char **argv);
 int cmd_restore(int argc, char **argv, uint64_t process_start_ns);
 int cmd_snapshot(int argc, char **argv);
+int cmd_vm(int argc, char **argv, uint64_t process_start_ns);
 
 #endif

@@ -14,7 +14,10 @@
 
 struct kernel_image {
 	uint64_t entry;                 /* 64-bit entry point, guest physical */
-	uint64_t load_start, load_end;  /* guest-physical range the kernel occupies */
+	/* Guest-physical range the kernel occupies; for a bzImage it runs to the end of the
+	 * init_size bytes it decompresses into at pref_address (or the load address rounded
+	 * up to kernel_alignment, if higher). */
+	uint64_t load_start, load_end;
 	bool bzimage;
 	/* bzImage only: the setup header as found in the file (protocol >= 2.12 and
 	 * XLF_KERNEL_64 checked), zero past the header's own length; boot_write() copies it
@@ -22,8 +25,10 @@ struct kernel_image {
 	struct setup_header setup;
 };
 
-/* Validates an ELF or bzImage held in memory and copies it into guest RAM.
- * 0, or -ENOEXEC (not a kernel we can boot, or corrupt) / -ENOMEM (does not fit). */
+/* Validates an ELF or bzImage held in memory and copies it into guest RAM; nothing is
+ * written unless it all checks out. 0, or -ENOEXEC (not a kernel we can boot, or
+ * corrupt) / -ENOMEM (does not fit in guest RAM). The _file variant adds open/mmap
+ * errors and -EINVAL for a file that is empty or not a regular file. */
 int loader_load_kernel(const struct guest_mem *m, const uint8_t *file, size_t len,
 		       struct kernel_image *k, struct mitos_err *e);
 int loader_load_kernel_file(const struct guest_mem *m, const char *path,

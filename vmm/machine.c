@@ -10,6 +10,7 @@
 #include "../devices/i8042.h"
 #include "../devices/serial.h"
 #include "../devices/virtio_mmio.h"
+#include "../devices/virtio_vsock.h"
 #include "../snapshot/memory_file.h"
 #include "../snapshot/snapshot_config.h"
 #include "../snapshot/state_file.h"
@@ -87,6 +88,10 @@ struct machine {
 	unsigned snapshot_depth;
 	struct msr_set msrs;
 	char cmdline[LAYOUT_CMDLINE_MAX];
+	bool loaded;            /* a guest is in RAM: booted, or restored into a prepared VM */
+	/* Strings the machine keeps for its config (paths that came in control requests). */
+	char *kept[MACHINE_MAX_DISKS + 1];
+	unsigned nkept;
 	atomic_uint_fast64_t first_exit_ns;
 	atomic_uint_fast64_t exits[MEXIT_KINDS];
 	pthread_mutex_t result_lock;
@@ -105,6 +110,13 @@ const char *machine_exit_kind_name(enum machine_exit_kind k)
 	static const char *names[MEXIT_KINDS] = {
 		"io", "mmio", "hlt", "shutdown", "system_event", "internal_error", "intr", "other" };
 	return k < MEXIT_KINDS ? names[k] : "?";
+}
+
+/* Marks the end of a set-up phase, for --stats and the fork benchmark. */
+static void phase(struct machine *m, const char *name)
+{
+	if (m->result.nphases < MACHINE_MAX_PHASES)
+		m->result.phases[m->result.nphases++] = (typeof(m->result.phases[0])){ name, now_ns() };
 }
 
 /* Ends the VM once: the first reason wins. Safe from any thread. */
@@ -255,7 +267,7 @@ static void close_virtio(struct virtio_slot *s)
 	d->irqfd = -1;
 	for (unsigned q = 0; q < VIRTIO_MAX_QUEUES; q++)
 		d->notify_fd[q] = -1;
-	virtio_blk_destroy(d);
+	d->ops->destroy(d);
 }
 
 /* ---- console ----------------------------------------------------------------------- */
@@ -464,6 +476,7 @@ static void on_sigusr1(int sig)
 
 static int start_vcpus(struct machine *m, struct mitos_err *e)
 {
+	m->result.run_start_ns = now_ns();
 	struct sigaction sa = { .sa_handler = on_sigusr1 };  /* no SA_RESTART: KVM_RUN returns */
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGUSR1, &sa, NULL);
@@ -659,6 +672,67 @@ out:
 
 /* ---- control socket ---------------------------------------------------------------- */
 
+static cJSON *phases_json(const struct machine *m)
+{
+	cJSON *a = cJSON_CreateArray();
+	for (unsigned i = 0; i < m->result.nphases; i++) {
+		cJSON *p = cJSON_CreateObject();
+		cJSON_AddStringToObject(p, "name", m->result.phases[i].name);
+		cJSON_AddNumberToObject(p, "end_ns", (double)m->result.phases[i].end_ns);
+		cJSON_AddItemToArray(a, p);
+	}
+	return a;
+}
+
+/* {"cmd":"restore","snapshot":DIR,"disks":[{"index":N,"path":P,"read_only":B}],
+ *  "vsock":PATH}: a prepared VM (`mitos-vmm vm`) takes a snapshot and starts. */
+static cJSON *control_restore(struct machine *m, const cJSON *req)
+{
+	const cJSON *dir = cJSON_GetObjectItemCaseSensitive(req, "snapshot");
+	const cJSON *disks = cJSON_GetObjectItemCaseSensitive(req, "disks");
+	const cJSON *vsock = cJSON_GetObjectItemCaseSensitive(req, "vsock");
+	if (!cJSON_IsString(dir) || (disks && !cJSON_IsArray(disks)) || (vsock && !cJSON_IsString(vsock)))
+		return control_reply_error("invalid_request", "restore needs \"snapshot\", and "
+					   "optionally \"disks\" (array) and \"vsock\" (string)");
+	struct machine_config c = { .vsock_path = vsock ? vsock->valuestring : NULL };
+	bool overridden[SNAPSHOT_MAX_DISKS] = { false };
+	const cJSON *d;
+	cJSON_ArrayForEach(d, disks) {
+		const cJSON *idx = cJSON_GetObjectItemCaseSensitive(d, "index");
+		const cJSON *path = cJSON_GetObjectItemCaseSensitive(d, "path");
+		const cJSON *ro = cJSON_GetObjectItemCaseSensitive(d, "read_only");
+		if (!cJSON_IsNumber(idx) || idx->valueint < 0 || idx->valueint >= SNAPSHOT_MAX_DISKS ||
+		    !cJSON_IsString(path))
+			return control_reply_error("invalid_request", "each disk needs \"index\" "
+						   "(0..%d) and \"path\"", SNAPSHOT_MAX_DISKS - 1);
+		c.disks[idx->valueint] = (struct virtio_blk_opts){ .path = path->valuestring,
+								   .read_only = cJSON_IsTrue(ro) };
+		overridden[idx->valueint] = true;
+	}
+	struct mitos_err e = { 0 };
+	struct snapshot_config sc;
+	if (snapshot_config_read(dir->valuestring, &sc, &e))
+		return control_reply_error("restore_failed", "%s", e.msg);
+	int r = 0;
+	for (unsigned i = 0; i < SNAPSHOT_MAX_DISKS && !r; i++)
+		if (overridden[i] && i >= sc.ndisks)
+			r = mitos_err_set(&e, -EINVAL, "disk %u: the snapshot has %u disk(s)", i, sc.ndisks);
+	if (!r)
+		r = machine_config_from_snapshot(&sc, &c, overridden, &e);
+	snapshot_config_free(&sc);
+	if (r)
+		return control_reply_error("restore_failed", "%s", e.msg);
+	/* From here a failure may leave the VM half-loaded: it is single-use, so it ends. */
+	if ((r = machine_load_snapshot(m, dir->valuestring, &c, &e)) || (r = start_vcpus(m, &e))) {
+		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e.msg);
+		return control_reply_error("restore_failed", "%s", e.msg);
+	}
+	cJSON *o = control_reply_ok();
+	cJSON_AddItemToObject(o, "phases", phases_json(m));
+	cJSON_AddNumberToObject(o, "run_start_ns", (double)m->result.run_start_ns);
+	return o;
+}
+
 static cJSON *control_handle(void *ctx, const cJSON *req)
 {
 	struct machine *m = ctx;
@@ -672,6 +746,7 @@ static cJSON *control_handle(void *ctx, const cJSON *req)
 		cJSON_AddStringToObject(o, "state", m->paused ? "paused" : "running");
 		cJSON_AddNumberToObject(o, "vcpus", m->nvcpus);
 		cJSON_AddNumberToObject(o, "mem_bytes", (double)m->mem.size);
+		cJSON_AddBoolToObject(o, "loaded", m->loaded);
 		cJSON_AddNumberToObject(o, "first_exit_ns", (double)atomic_load(&m->first_exit_ns));
 		cJSON_AddNumberToObject(o, "run_start_ns", (double)m->result.run_start_ns);
 		if (m->snapshot_parent)
@@ -691,6 +766,8 @@ static cJSON *control_handle(void *ctx, const cJSON *req)
 		machine_stop(m, MACHINE_END_HOST, 0, "stopped through the control socket");
 		return control_reply_ok();
 	}
+	if (!strcmp(c, "restore"))
+		return control_restore(m, req);
 	if (!strcmp(c, "snapshot")) {
 		const cJSON *dir = cJSON_GetObjectItemCaseSensitive(req, "dir");
 		if (!cJSON_IsString(dir) || !dir->valuestring[0])
@@ -708,6 +785,18 @@ static cJSON *control_handle(void *ctx, const cJSON *req)
 }
 
 /* ---- assembly ---------------------------------------------------------------------- */
+
+/* A copy of s that lives as long as the machine (NULL when out of room or memory: the
+ * callers' paths then stay NULL and device creation reports it). */
+static const char *machine_keep(struct machine *m, const char *s)
+{
+	if (m->nkept == sizeof(m->kept) / sizeof(m->kept[0]))
+		return NULL;
+	char *copy = strdup(s);
+	if (copy)
+		m->kept[m->nkept++] = copy;
+	return copy;
+}
 
 static int build_cmdline(struct machine *m, struct mitos_err *e)
 {
@@ -761,12 +850,27 @@ static unsigned next_irq(const struct machine *m)
 
 /* Devices in a fixed order (disks, then the rest) so a restored machine's device i is
  * the snapshotted machine's device i. */
-static int setup_devices(struct machine *m, struct mitos_err *e)
+static int setup_virtio(struct machine *m, struct mitos_err *e)
 {
-	int r = setup_legacy(m, e);
+	int r = 0;
 	for (unsigned i = 0; !r && i < m->cfg.ndisks; i++) {
 		struct virtio_device *d = virtio_blk_create(&m->mem, next_mmio_base(m), next_irq(m),
 							    &m->cfg.disks[i], e);
+		if (!d)
+			return e && e->code ? e->code : -EIO;
+		r = attach_virtio(m, d, e);
+	}
+	if (!r && m->cfg.vsock_path) {
+		struct virtio_vsock_opts o = { .path = m->cfg.vsock_path, .cid = m->cfg.vsock_cid };
+		struct virtio_device *d = virtio_vsock_create(&m->mem, next_mmio_base(m), next_irq(m),
+							      &o, e);
+		if (!d)
+			return e && e->code ? e->code : -EIO;
+		r = attach_virtio(m, d, e);
+	}
+	if (!r && m->cfg.has_net) {
+		struct virtio_device *d = virtio_net_create(&m->mem, next_mmio_base(m), next_irq(m),
+							    &m->cfg.net, e);
 		if (!d)
 			return e && e->code ? e->code : -EIO;
 		r = attach_virtio(m, d, e);
@@ -799,7 +903,9 @@ static int machine_alloc(struct machine **out, const struct machine_config *c, s
 	ev_async_init(&m->stop_async, on_stop);
 	ev_async_start(m->loop, &m->stop_async);
 	m->emulation_only = kvm_probe_is_emulation_only();
-	return kvm_vm_create(&m->vm, e);
+	int r = kvm_vm_create(&m->vm, e);
+	phase(m, "create-vm");
+	return r;
 }
 
 static int create_vcpus(struct machine *m, struct mitos_err *e)
@@ -839,8 +945,8 @@ int machine_create(struct machine **out, const struct machine_config *c, struct 
 	if (c->initrd && (r = loader_load_initrd_file(&m->mem, c->initrd, &k, &bc.initrd_gpa,
 						       &bc.initrd_size, e)))
 		goto fail;
-	if ((r = kvm_vm_map_memory(&m->vm, &m->mem, e)) || (r = setup_devices(m, e)) ||
-	    (r = build_cmdline(m, e)))
+	if ((r = kvm_vm_map_memory(&m->vm, &m->mem, e)) || (r = setup_legacy(m, e)) ||
+	    (r = setup_virtio(m, e)) || (r = build_cmdline(m, e)))
 		goto fail;
 	bc.cmdline = m->cmdline;
 	if ((r = boot_write(&m->mem, &k, &bc, e)) || (r = create_vcpus(m, e)))
@@ -848,6 +954,7 @@ int machine_create(struct machine **out, const struct machine_config *c, struct 
 	/* Application processors wait for INIT/SIPI from the boot CPU, as on hardware. */
 	if ((r = vcpu_set_boot_state(&m->vcpus[0].vcpu, k.entry, e)) || (r = finish_setup(m, e)))
 		goto fail;
+	m->loaded = true;
 	*out = m;
 	return 0;
 fail:
@@ -855,43 +962,129 @@ fail:
 	return r;
 }
 
-int machine_restore(struct machine **out, const char *dir, const struct machine_config *c,
-		    struct mitos_err *e)
+int machine_prepare(struct machine **out, const struct machine_config *c, struct mitos_err *e)
+{
+	struct machine *m = NULL;
+	int r = machine_alloc(&m, c, e);
+	/* RAM is reserved, not touched: a snapshot's files get mapped over it later, and
+	 * KVM follows the new mapping through its MMU notifier without a memslot change. */
+	if (!r && (r = guest_mem_alloc(&m->mem, c->mem_bytes)))
+		mitos_err_set(e, r, "cannot reserve %llu MiB of guest RAM: %s",
+			      (unsigned long long)(c->mem_bytes >> 20), strerror(-r));
+	if (!r && !(r = kvm_vm_map_memory(&m->vm, &m->mem, e)))
+		phase(m, "memslots");
+	if (!r && !(r = setup_legacy(m, e)) && !(r = create_vcpus(m, e)))
+		phase(m, "create-vcpus");
+	if (!r)
+		r = finish_setup(m, e);
+	if (r) {
+		machine_destroy(m);
+		return r;
+	}
+	*out = m;
+	return 0;
+}
+
+int machine_config_from_snapshot(const struct snapshot_config *sc, struct machine_config *c,
+				 const bool *overridden, struct mitos_err *e)
+{
+	c->mem_bytes = sc->mem_bytes;
+	c->vcpus = sc->vcpus;
+	c->ndisks = sc->ndisks;
+	for (unsigned i = 0; i < sc->ndisks; i++) {
+		if (!overridden[i]) {
+			if (!sc->disks[i].read_only)
+				return mitos_err_set(e, -EINVAL, "disk %u (%s) was attached read-write: "
+						     "restored VMs never share a writable disk. Give this one "
+						     "its own image with --disk %u=PATH (for example a copy made "
+						     "with cp --reflink=auto %s PATH)", i, sc->disks[i].path, i,
+						     sc->disks[i].path);
+			c->disks[i] = (struct virtio_blk_opts){ .path = sc->disks[i].path, .read_only = true };
+		}
+		struct stat st;
+		if (stat(c->disks[i].path, &st))
+			return mitos_err_set(e, -errno, "disk %u: %s: %s", i, c->disks[i].path,
+					     strerror(errno));
+		if ((uint64_t)st.st_size != sc->disks[i].bytes)
+			return mitos_err_set(e, -EINVAL, "disk %u: %s is %lld bytes, the snapshot's disk "
+					     "was %llu: the guest would see a different disk", i,
+					     c->disks[i].path, (long long)st.st_size,
+					     (unsigned long long)sc->disks[i].bytes);
+	}
+	if (sc->has_vsock && !c->vsock_path)
+		return mitos_err_set(e, -EINVAL, "the snapshot has a vsock device: give its host "
+				     "socket (--vsock PATH)");
+	if (!sc->has_vsock && c->vsock_path)
+		return mitos_err_set(e, -EINVAL, "the snapshot has no vsock device");
+	c->vsock_cid = sc->vsock_cid;
+	return 0;
+}
+
+int machine_load_snapshot(struct machine *m, const char *dir, const struct machine_config *c,
+			  struct mitos_err *e)
 {
 	char **chain = NULL;
 	unsigned depth = 0;
 	struct state_blob b = { 0 };
-	struct machine *m = NULL;
+	if (m->loaded)
+		return mitos_err_set(e, -EBUSY, "this VM already runs a guest");
+	if (c->mem_bytes != m->mem.size || c->vcpus != m->nvcpus)
+		return mitos_err_set(e, -EINVAL, "snapshot %s needs %llu MiB and %u vCPUs; this VM "
+				     "has %llu MiB and %u", dir, (unsigned long long)(c->mem_bytes >> 20),
+				     c->vcpus, (unsigned long long)(m->mem.size >> 20), m->nvcpus);
 	int r = snapshot_chain(dir, &chain, &depth, e);
 	if (r)
 		return r;
 	char state_path[PATH_MAX];
 	snprintf(state_path, sizeof(state_path), "%s/%s", chain[depth - 1], SNAPSHOT_STATE_NAME);
-	/* Validate the whole state before creating anything: nothing half-starts. */
-	if ((r = state_file_read(state_path, &b, e)) || (r = machine_alloc(&m, c, e)))
+	/* Read and check everything before the first change to the VM. */
+	if ((r = state_file_read(state_path, &b, e)))
 		goto out;
-	if ((r = memory_map_chain(&m->mem, c->mem_bytes, chain, depth, e)))
+	phase(m, "read-state");
+	if ((r = memory_map_chain(&m->mem, m->mem.base, m->mem.size, chain, depth, e)))
 		goto out;
+	phase(m, "map-memory");
 	m->snapshot_parent = chain[depth - 1];
 	chain[depth - 1] = NULL;
 	m->snapshot_depth = depth - 1;
-	if ((r = kvm_vm_map_memory(&m->vm, &m->mem, e)) || (r = setup_devices(m, e)) ||
-	    (r = build_cmdline(m, e)) || (r = create_vcpus(m, e)) ||
-	    (r = vm_state_restore(&m->vm, &m->vcpus[0].vcpu, m->nvcpus, &b, e)) ||
-	    (r = restore_devices(m, &b, e)) || (r = finish_setup(m, e)))
+	m->cfg.ndisks = c->ndisks;
+	for (unsigned i = 0; i < c->ndisks; i++)
+		m->cfg.disks[i] = (struct virtio_blk_opts){ .path = machine_keep(m, c->disks[i].path),
+							    .read_only = c->disks[i].read_only };
+	m->cfg.vsock_path = c->vsock_path ? machine_keep(m, c->vsock_path) : NULL;
+	m->cfg.vsock_cid = c->vsock_cid;
+	if ((r = setup_virtio(m, e)) || (r = build_cmdline(m, e)))
 		goto out;
-	*out = m;
-	m = NULL;
+	phase(m, "devices");
+	if ((r = vm_state_restore(&m->vm, &m->vcpus[0].vcpu, m->nvcpus, &b, e)) ||
+	    (r = restore_devices(m, &b, e)))
+		goto out;
+	phase(m, "restore-state");
+	m->loaded = true;
 out:
 	if (r && e && !strstr(e->msg, dir)) {
 		char msg[sizeof(e->msg)];
 		memcpy(msg, e->msg, sizeof(msg));
 		mitos_err_set(e, r, "restore %s: %.400s", dir, msg);
 	}
-	machine_destroy(m);
 	state_blob_free(&b);
 	snapshot_chain_free(chain, depth);
 	return r;
+}
+
+int machine_restore(struct machine **out, const char *dir, const struct machine_config *c,
+		    struct mitos_err *e)
+{
+	struct machine *m;
+	int r = machine_prepare(&m, c, e);
+	if (r)
+		return r;
+	if ((r = machine_load_snapshot(m, dir, c, e))) {
+		machine_destroy(m);
+		return r;
+	}
+	*out = m;
+	return 0;
 }
 
 int machine_run(struct machine *m, struct machine_result *res, struct mitos_err *e)
@@ -906,8 +1099,7 @@ int machine_run(struct machine *m, struct machine_result *res, struct mitos_err 
 		m->pause_requested = true;
 		m->paused = true;
 	}
-	m->result.run_start_ns = now_ns();
-	int r = start_vcpus(m, e);
+	int r = m->loaded ? start_vcpus(m, e) : 0;
 	if (r)
 		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e ? e->msg : "cannot start vCPUs");
 	else
@@ -947,6 +1139,8 @@ void machine_destroy(struct machine *m)
 		ev_loop_destroy(m->loop);
 	vm_state_msr_set_free(&m->msrs);
 	free(m->snapshot_parent);
+	for (unsigned i = 0; i < m->nkept; i++)
+		free(m->kept[i]);
 	pthread_mutex_destroy(&m->result_lock);
 	pthread_mutex_destroy(&m->pause_lock);
 	pthread_cond_destroy(&m->pause_cond);

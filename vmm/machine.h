@@ -8,8 +8,10 @@
 
 #include "error.h"
 #include "../devices/virtio_blk.h"
+#include "../devices/virtio_net.h"
 
 #define MACHINE_MAX_DISKS 8
+#define MACHINE_MAX_PHASES 16
 #define MACHINE_DEFAULT_MEM_MIB 256
 #define MACHINE_DEFAULT_CMDLINE \
 	"console=ttyS0 reboot=k panic=1 pci=off nomodules i8042.noaux i8042.nomux i8042.dumbkbd"
@@ -24,6 +26,8 @@ struct machine_config {
 	struct virtio_blk_opts disks[MACHINE_MAX_DISKS];
 	const char *vsock_path; /* virtio-vsock host socket, NULL for none */
 	uint32_t vsock_cid;
+	bool has_net;           /* a virtio-net device on the TAP net.tap */
+	struct virtio_net_opts net;
 	int console_in;         /* guest serial input, -1 for none */
 	int console_out;        /* guest serial output */
 	bool console_escape;    /* Ctrl-A x on console_in ends the VM (interactive terminals) */
@@ -54,6 +58,9 @@ struct machine_result {
 				 * first instruction has run by then */
 	uint64_t end_ns;
 	uint64_t exits[MEXIT_KINDS];
+	/* Set-up phases in order, each with the CLOCK_MONOTONIC time it ended. */
+	unsigned nphases;
+	struct { const char *name; uint64_t end_ns; } phases[MACHINE_MAX_PHASES];
 };
 
 struct machine;
@@ -65,6 +72,17 @@ int machine_create(struct machine **out, const struct machine_config *c, struct 
  * and vCPUs (which must match the snapshot's) and the devices (disk paths may differ). */
 int machine_restore(struct machine **out, const char *dir, const struct machine_config *c,
 		    struct mitos_err *e);
+/* machine_restore() in two steps, so the first can run before anyone asks for a VM:
+ * prepare() creates the VM, its vCPUs and RAM of c's shape (the expensive, snapshot-
+ * independent part); load_snapshot() maps a snapshot into it and restores its state. */
+int machine_prepare(struct machine **out, const struct machine_config *c, struct mitos_err *e);
+int machine_load_snapshot(struct machine *m, const char *dir, const struct machine_config *c,
+			  struct mitos_err *e);
+struct snapshot_config;
+/* The machine a snapshot needs, with c's overrides for disks (overridden[i]) and its
+ * vsock path: refuses to share a read-write disk, and a disk of another size. */
+int machine_config_from_snapshot(const struct snapshot_config *sc, struct machine_config *c,
+				 const bool *overridden, struct mitos_err *e);
 /* Runs the guest until it ends; the device loop runs on the calling thread. */
 int machine_run(struct machine *m, struct machine_result *r, struct mitos_err *e);
 void machine_destroy(struct machine *m);

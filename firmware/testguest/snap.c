@@ -7,6 +7,9 @@
  *     w<c>  put mark <c> in RAM (a page of words derived from it) and on disk sector 100
  *     p     print the RAM mark and check the page still matches it
  *     r     read sector 100 back and print the disk mark
+ *     b     spin forever writing port 0x80 between short delays, so that a copy restored
+ *           from a snapshot of this state exits to the VMM within microseconds (the
+ *           fork benchmark times restore to that first exit)
  *     q     PASS and exit 0 */
 #include "tg.h"
 #include "firmware/testguest/pattern.h"
@@ -100,6 +103,13 @@ _Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n)
 				print_ram_mark();
 			} else if (c == 'r') {
 				print_disk_mark();
+			} else if (c == 'b') {
+				tg_printf("spinning on port 0x80\n");
+				for (;;) {
+					outb(LAYOUT_POST_PORT, 0x42);
+					for (volatile unsigned i = 0; i < 16; i++)
+						;
+				}
 			} else if (c == 'q') {
 				tg_printf("PASS\n");
 				tg_exit(TG_EXIT_PASS);

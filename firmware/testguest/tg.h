@@ -104,6 +104,9 @@ void tg_blk_io(bool write, uint64_t sector, void *buf, uint32_t len);
 
 /* The snapshot mode (snap.c): runs until told to quit on the serial port. */
 _Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n);
+/* The network mode (net.c): answers ARP and ping until the host ends the VM or for
+ * testguest.net_seconds=N; reads its own options from the command line cmd. */
+_Noreturn void tg_net_run(const char *cmd, const struct tg_virtio_dev *devs, unsigned n);
 /* Exits the VM through the debug-exit port. */
 _Noreturn void tg_exit(enum tg_exit code);
 

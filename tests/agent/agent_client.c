@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -255,14 +256,15 @@ int ac_start(struct ac *c, const char *const *extra_args)
 	if (pid < 0)
 		return -errno;
 	if (pid == 0) {
-		char fdarg[16];
-		const char *argv[16] = { agent, "--fd", fdarg };
+		/* The agent gets the socket as fd 3 and nothing else the test holds
+		 * (a listening socket it inherited would answer connects itself). */
+		const char *argv[16] = { agent, "--fd", "3" };
 		int n = 3;
-		snprintf(fdarg, sizeof(fdarg), "%d", sv[1]);
 		for (int i = 0; extra_args && extra_args[i] && n < 15; i++)
 			argv[n++] = extra_args[i];
-		int fl = fcntl(sv[1], F_GETFD);
-		fcntl(sv[1], F_SETFD, fl & ~FD_CLOEXEC);
+		if (dup2(sv[1], 3) < 0)
+			_exit(127);
+		syscall(SYS_close_range, 4, ~0u, 0);
 		execv(agent, (char *const *)argv);
 		_exit(127);
 	}
@@ -282,16 +284,17 @@ int ac_start(struct ac *c, const char *const *extra_args)
 	return rc;
 }
 
-void ac_stop(struct ac *c)
+int ac_stop(struct ac *c)
 {
+	int status = -1, rc = -1;
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
 	if (c->pid > 0) {
-		int status;
-		for (int i = 0; i < 200; i++) {
+		for (int i = 0; i < 500; i++) {
 			if (waitpid(c->pid, &status, WNOHANG) == c->pid) {
 				c->pid = 0;
+				rc = WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 				break;
 			}
 			usleep(10000);
@@ -308,4 +311,5 @@ void ac_stop(struct ac *c)
 	}
 	c->queue_tail = NULL;
 	proto_parser_free(&c->parser);
+	return rc;
 }

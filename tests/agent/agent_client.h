@@ -43,7 +43,9 @@ struct ac_result {
 
 /* Starts the agent (path from $MITOS_AGENT or the build) and does HELLO. */
 int ac_start(struct ac *c, const char *const *extra_args);
-void ac_stop(struct ac *c);
+/* Closes the connection and reaps the agent: 0 when it exited cleanly
+ * (sanitizer reports make it exit non-zero), -1 otherwise. */
+int ac_stop(struct ac *c);
 uint32_t ac_new_id(struct ac *c);
 
 int ac_send(struct ac *c, uint8_t type, uint8_t flags, uint8_t channel, uint32_t id,

@@ -17,6 +17,9 @@ static inline struct ac *agent_up(struct ac *c)
 	return c;
 }
 
+/* Stops the agent; it must exit cleanly (no sanitizer report, no crash). */
+#define agent_down(c) ck_assert_msg(ac_stop(c) == 0, "agent did not exit cleanly")
+
 /* END payload of r parsed (freed by the caller). */
 static inline cJSON *end_json(const struct ac_result *r)
 {

@@ -83,7 +83,7 @@ START_TEST(code_state_and_isolation)
 	ac_result_free(&r);
 	call_expect(&c, "{\"op\":\"context_remove\",\"id\":\"other\"}", "");
 	call_expect(&c, "{\"op\":\"context_remove\",\"id\":\"other\"}", "not_found");
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -104,7 +104,7 @@ START_TEST(code_exception)
 	cJSON_Delete(end);
 	cJSON_Delete(evs);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -147,7 +147,7 @@ START_TEST(code_rich_results)
 	run(&c, NULL, "1", &r);
 	ck_assert_ptr_null(strstr((char *)r.events.p, "image/png"));
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -170,7 +170,7 @@ START_TEST(code_timeout_and_busy)
 	run(&c, NULL, "n + 1", &r);
 	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"text/plain\": \"2\""));
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 

@@ -20,7 +20,7 @@ START_TEST(exec_output_and_exit_code)
 	ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "exited")));
 	cJSON_Delete(j);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -37,7 +37,7 @@ START_TEST(exec_argv_env_cwd)
 	call_expect(&c, "{\"op\":\"exec\",\"argv\":[\"/no/such/binary\"]}", "not_found");
 	call_expect(&c, "{\"op\":\"exec\"}", "invalid_argument");
 	call_expect(&c, "{\"op\":\"exec\",\"argv\":[\"true\"],\"user\":\"no-such-user-xyz\"}", "invalid_argument");
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -51,7 +51,7 @@ START_TEST(exec_as_user)
 	ck_assert_int_eq(ac_call(&c, "{\"op\":\"exec\",\"argv\":[\"id\",\"-u\"],\"user\":\"nobody\"}", &r, T_SHORT), 0);
 	ck_assert_str_eq((char *)r.ch[1].p, "65534\n");
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -66,7 +66,7 @@ START_TEST(exec_killed_by_signal)
 	ck_assert_int_eq(json_int(j, "exit_code"), -1);
 	cJSON_Delete(j);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -85,7 +85,7 @@ START_TEST(exec_stdin_streamed)
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
 	ck_assert_int_eq(atoi((char *)r.ch[1].p), (1 << 20) + 3);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -112,7 +112,7 @@ START_TEST(exec_twenty_concurrent)
 		cJSON_Delete(j);
 		ac_result_free(&r);
 	}
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -128,7 +128,7 @@ START_TEST(exec_timeout)
 	ck_assert_int_eq(json_int(j, "signal"), SIGKILL);
 	cJSON_Delete(j);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -173,7 +173,7 @@ START_TEST(exec_signal_and_event_kill)
 	ck_assert_int_eq(json_int(j, "signal"), SIGTERM);
 	cJSON_Delete(j);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -184,10 +184,11 @@ START_TEST(exec_background_reattach)
 	char req[160];
 	agent_up(&c);
 	uint32_t id = ac_new_id(&c);
-	ac_open(&c, id, "{\"op\":\"exec\",\"cmd\":\"echo early; sleep 0.3; echo late; echo warn >&2\","
+	ac_open(&c, id, "{\"op\":\"exec\",\"cmd\":\"sleep 0.2; echo early; sleep 0.2; echo late; echo warn >&2\","
 			"\"background\":true,\"tag\":\"job\"}");
 	int pid = started_pid(&c, id);
-	/* Leave the stream: the process must keep running and keep its output. */
+	/* Leave the stream before it prints: the process must keep running and
+	 * keep its output for a later attach. */
 	ac_send(&c, PROTO_CANCEL, 0, 0, id, NULL, 0);
 	ck_assert_int_eq(ac_call(&c, "{\"op\":\"processes\"}", &r, T_SHORT), 0);
 	snprintf(req, sizeof(req), "\"pid\":%d,\"tag\":\"job\"", pid);
@@ -204,7 +205,7 @@ START_TEST(exec_background_reattach)
 	ac_result_free(&r);
 	/* collected: it is gone now */
 	call_expect(&c, req, "not_found");
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -224,7 +225,7 @@ START_TEST(exec_background_stdin_op)
 	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
 	ck_assert_str_eq((char *)r.ch[1].p, "hello\n");
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -244,7 +245,7 @@ START_TEST(exec_foreground_killed_on_cancel)
 	ck_assert_ptr_null(strstr(r.end, req));
 	ac_result_free(&r);
 	ck_assert_int_ne(kill(pid, 0), 0);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -273,7 +274,7 @@ START_TEST(exec_slow_reader_bounded)
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
 	ck_assert_uint_eq(got + r.ch[1].len, 4000000);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 
@@ -313,7 +314,7 @@ START_TEST(pty_echo_and_resize)
 	cJSON_Delete(j);
 	ac_result_free(&r);
 	free(out.p);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 

@@ -61,7 +61,7 @@ START_TEST(files_binary_roundtrip)
 	ck_assert_uint_eq(r.ch[0].len, 3);
 	ck_assert_int_eq(memcmp(r.ch[0].p, "b\0\0", 3), 0);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 	remove_dir();
 }
 END_TEST
@@ -123,7 +123,7 @@ START_TEST(files_100mib_streamed)
 	ck_assert_uint_eq(got, total);
 	ck_assert(h_in == h_out);
 	free(buf);
-	ac_stop(&c);
+	agent_down(&c);
 	remove_dir();
 }
 END_TEST
@@ -189,7 +189,7 @@ START_TEST(files_metadata_ops)
 	call_expect(&c, req, "not_found");
 	snprintf(req, sizeof(req), "{\"op\":\"remove\",\"path\":\"%s\"}", b);
 	call_expect(&c, req, "");
-	ac_stop(&c);
+	agent_down(&c);
 	remove_dir();
 }
 END_TEST
@@ -241,7 +241,7 @@ START_TEST(files_error_codes)
 		snprintf(cmd, sizeof(cmd), "umount %s", mnt);
 		ck_assert_int_eq(system(cmd), 0);
 	}
-	ac_stop(&c);
+	agent_down(&c);
 	remove_dir();
 }
 END_TEST
@@ -261,7 +261,7 @@ START_TEST(files_relative_to_home)
 	snprintf(want, sizeof(want), "\"path\":\"%s\"", home);
 	ck_assert_msg(strstr(r.end, want), "%s", r.end);
 	ac_result_free(&r);
-	ac_stop(&c);
+	agent_down(&c);
 }
 END_TEST
 

@@ -10,17 +10,22 @@ r disk mark, q quit). Exits 77 where /dev/kvm is absent.
 import hashlib
 import json
 import os
-import queue
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "pylib"))
+from mitosvm import VM as _VM, wait_for_socket  # noqa: E402
+
 VMM, TESTGUEST, MKDISK = sys.argv[1:4]
+
+
+def VM(args, control=None):
+    return _VM(VMM, args, control)
+
 TICKS_PER_LINE = 50
 failures, passed = [], 0
 
@@ -33,70 +38,6 @@ def case(name, ok, detail=""):
     else:
         failures.append(name)
         print(f"FAIL {name}\n{detail}", flush=True)
-
-
-class VM:
-    """A mitos-vmm process whose serial console we type into and read line by line."""
-
-    def __init__(self, args, control=None):
-        self.control = control
-        self.p = subprocess.Popen([VMM] + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-        self.lines = queue.Queue()
-        self.seen = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for raw in self.p.stdout:
-            self.lines.put(raw.decode(errors="replace").rstrip("\r\n"))
-        self.lines.put(None)
-
-    def wait_for(self, pattern, timeout=60):
-        rx = re.compile(pattern)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.time()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.seen.append(line)
-            m = rx.search(line)
-            if m:
-                return m
-        return None
-
-    def send(self, text):
-        self.p.stdin.write(text.encode())
-        self.p.stdin.flush()
-
-    def call(self, req):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(60)
-        s.connect(self.control)
-        s.sendall((json.dumps(req) + "\n").encode())
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        s.close()
-        return json.loads(buf)
-
-    def finish(self, timeout=60):
-        try:
-            self.p.stdin.close()
-        except OSError:
-            pass
-        try:
-            rc = self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            rc = self.p.wait()
-        err = self.p.stderr.read().decode(errors="replace")
-        return rc, err
 
 
 def sha(path):
@@ -121,10 +62,7 @@ def restore(tmp, snap, name, control=False, extra=()):
         args += ["--control", ctl]
     vm = VM(args, ctl)
     if ctl:
-        for _ in range(500):
-            if os.path.exists(ctl):
-                break
-            time.sleep(0.01)
+        wait_for_socket(ctl)
     return vm
 
 
@@ -163,10 +101,7 @@ def run_cases(tmp):
     # exactly the next tick.
     case("pause", parent.call({"cmd": "pause"}).get("ok") is True)
     time.sleep(0.3)
-    while not parent.lines.empty():
-        line = parent.lines.get()
-        if line:
-            parent.seen.append(line)
+    parent.drain()
     ticks = [int(m.group(1)) for m in (re.search(r"tick (\d+) ", x) for x in parent.seen) if m]
     last = ticks[-1] if ticks else 0
     base = os.path.join(tmp, "base")

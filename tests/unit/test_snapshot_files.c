@@ -223,7 +223,7 @@ START_TEST(chain_maps_copy_on_write)
 
 	/* A "restored VM" writes page 1 and page 100; its layer holds exactly those. */
 	char *chain[2] = { base, layer };
-	ck_assert_int_eq(memory_map_chain(&m, MEM, chain, 1, &e), 0);
+	ck_assert_int_eq(memory_map_chain(&m, NULL, MEM, chain, 1, &e), 0);
 	ck_assert_uint_eq(m.base[4096], 'b');
 	m.base[4096] = 'L';
 	m.base[100 * 4096] = 'L';
@@ -237,7 +237,7 @@ START_TEST(chain_maps_copy_on_write)
 	memory_extents_free(&x);
 	guest_mem_free(&m);
 
-	ck_assert_int_eq(memory_map_chain(&m, MEM, chain, 2, &e), 0);
+	ck_assert_int_eq(memory_map_chain(&m, NULL, MEM, chain, 2, &e), 0);
 	ck_assert_uint_eq(m.base[0], 'b');
 	ck_assert_uint_eq(m.base[4096], 'L');
 	ck_assert_uint_eq(m.base[2 * 4096], 'b');
@@ -252,7 +252,7 @@ START_TEST(chain_maps_copy_on_write)
 	ck_assert_uint_eq(f[0], 'b');
 	free(f);
 
-	ck_assert_int_eq(memory_map_chain(&m, MEM * 2, chain, 2, &e), -EINVAL);
+	ck_assert_int_eq(memory_map_chain(&m, NULL, MEM * 2, chain, 2, &e), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(e.msg, "memory"));
 }
 END_TEST

@@ -1,0 +1,432 @@
+#include "api/agent_client.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "agent/proto.h"
+#include "api/uring.h"
+
+#define AC_RBUF (64u << 10)
+#define AC_WCHUNK (64u << 10)
+/* Grant credit back once this much was consumed. */
+#define AC_WINDOW_STEP (PROTO_INITIAL_WINDOW / 4)
+
+struct abuf {
+	struct abuf *next;
+	size_t off, len, cap;
+	uint8_t data[];
+};
+
+struct agent_conn {
+	int fd;
+	struct uop rx_op, tx_op;
+	unsigned inflight;
+	bool rx_armed, tx_armed, dead, ready;
+	uint8_t *rbuf;
+	struct proto_parser parser;
+	struct abuf *oh, *ot;
+	struct iovec iov[16];
+	struct msghdr msg;
+	struct astream *streams;
+	unsigned nstreams;
+	uint32_t next_id;
+	const struct agent_conn_cbs *cbs;
+	void *ctx;
+};
+
+static void ac_fail(struct agent_conn *ac, const char *why);
+static void ac_flush(struct agent_conn *ac);
+static void free_out(struct agent_conn *ac);
+
+static void ac_maybe_free(struct agent_conn *ac)
+{
+	if (!ac->dead || ac->inflight)
+		return;
+	close(ac->fd);
+	free_out(ac);
+	free(ac->rbuf);
+	proto_parser_free(&ac->parser);
+	free(ac);
+}
+
+static void ac_queue(struct agent_conn *ac, const void *p, size_t n)
+{
+	const uint8_t *src = p;
+	while (n) {
+		struct abuf *t = ac->ot;
+		if (!t || t->cap == t->off + t->len) {
+			size_t cap = n > AC_WCHUNK ? n : AC_WCHUNK;
+			t = malloc(sizeof(*t) + cap);
+			if (!t) {
+				ac_fail(ac, "out of memory");
+				return;
+			}
+			t->next = NULL;
+			t->off = t->len = 0;
+			t->cap = cap;
+			if (ac->ot)
+				ac->ot->next = t;
+			else
+				ac->oh = t;
+			ac->ot = t;
+		}
+		size_t k = t->cap - t->off - t->len;
+		if (k > n)
+			k = n;
+		memcpy(t->data + t->off + t->len, src, k);
+		t->len += k;
+		src += k;
+		n -= k;
+	}
+}
+
+static void ac_frame(struct agent_conn *ac, uint8_t type, uint8_t flags, uint8_t ch, uint32_t id,
+		     const void *p, size_t n)
+{
+	if (ac->dead)
+		return;
+	uint8_t hdr[PROTO_HEADER_SIZE];
+	struct proto_header h = { .length = (uint32_t)n, .stream = id, .type = type, .flags = flags,
+				  .channel = ch };
+	proto_header_encode(&h, hdr);
+	ac_queue(ac, hdr, sizeof(hdr));
+	if (n)
+		ac_queue(ac, p, n);
+	ac_flush(ac);
+}
+
+static void tx_done(struct uop *op, int res, uint32_t flags)
+{
+	(void)flags;
+	struct agent_conn *ac = (struct agent_conn *)((char *)op - offsetof(struct agent_conn, tx_op));
+	ac->inflight--;
+	ac->tx_armed = false;
+	if (ac->dead) {
+		ac_maybe_free(ac);
+		return;
+	}
+	if (res < 0) {
+		ac_fail(ac, "write to the agent failed");
+		return;
+	}
+	size_t left = (size_t)res;
+	while (left && ac->oh) {
+		struct abuf *b = ac->oh;
+		size_t k = b->len < left ? b->len : left;
+		b->off += k;
+		b->len -= k;
+		left -= k;
+		if (!b->len) {
+			ac->oh = b->next;
+			if (!ac->oh)
+				ac->ot = NULL;
+			free(b);
+		}
+	}
+	ac_flush(ac);
+}
+
+static void ac_flush(struct agent_conn *ac)
+{
+	if (ac->dead || ac->tx_armed || !ac->oh)
+		return;
+	int n = 0;
+	for (struct abuf *b = ac->oh; b && n < 16; b = b->next, n++) {
+		ac->iov[n].iov_base = b->data + b->off;
+		ac->iov[n].iov_len = b->len;
+	}
+	memset(&ac->msg, 0, sizeof(ac->msg));
+	ac->msg.msg_iov = ac->iov;
+	ac->msg.msg_iovlen = (size_t)n;
+	io_uring_prep_sendmsg(ur_sqe(&ac->tx_op), ac->fd, &ac->msg, MSG_NOSIGNAL);
+	ac->tx_armed = true;
+	ac->inflight++;
+}
+
+static struct astream *find_stream(struct agent_conn *ac, uint32_t id)
+{
+	for (struct astream *s = ac->streams; s; s = s->next)
+		if (s->id == id)
+			return s;
+	return NULL;
+}
+
+static void stream_unlink(struct astream *s)
+{
+	struct agent_conn *ac = s->ac;
+	for (struct astream **pp = &ac->streams; *pp; pp = &(*pp)->next)
+		if (*pp == s) {
+			*pp = s->next;
+			ac->nstreams--;
+			return;
+		}
+}
+
+static void stream_end(struct astream *s, cJSON *payload, const char *why)
+{
+	stream_unlink(s);
+	if (s->ops && s->ops->end)
+		s->ops->end(s, payload, why);
+	free(s);
+}
+
+static void end_all(struct agent_conn *ac, const char *why)
+{
+	while (ac->streams)
+		stream_end(ac->streams, NULL, why);
+}
+
+static void free_out(struct agent_conn *ac)
+{
+	for (struct abuf *b = ac->oh, *n; b; b = n) {
+		n = b->next;
+		free(b);
+	}
+	ac->oh = ac->ot = NULL;
+}
+
+static void ac_teardown(struct agent_conn *ac)
+{
+	ac->dead = true;
+	shutdown(ac->fd, SHUT_RDWR);
+	ac_maybe_free(ac);
+}
+
+static void ac_fail(struct agent_conn *ac, const char *why)
+{
+	if (ac->dead)
+		return;
+	ac->dead = true; /* no new frames from callbacks below */
+	end_all(ac, why);
+	if (ac->cbs && ac->cbs->closed)
+		ac->cbs->closed(ac, ac->ctx, why);
+	ac_teardown(ac);
+}
+
+void agent_conn_close(struct agent_conn *ac)
+{
+	if (!ac || ac->dead)
+		return;
+	ac->dead = true;
+	end_all(ac, "the sandbox is gone");
+	ac_teardown(ac);
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void dispatch(struct agent_conn *ac, const struct proto_header *h, const uint8_t *p)
+{
+	if (h->type == PROTO_HELLO) {
+		if (ac->ready)
+			return;
+		cJSON *j = cJSON_ParseWithLength((const char *)p, h->length);
+		cJSON *v = j ? cJSON_GetObjectItemCaseSensitive(j, "version") : NULL;
+		bool ok = cJSON_IsNumber(v) && v->valueint == PROTO_VERSION;
+		cJSON_Delete(j);
+		if (!ok) {
+			ac_fail(ac, "the agent speaks another protocol version");
+			return;
+		}
+		ac->ready = true;
+		if (ac->cbs && ac->cbs->ready)
+			ac->cbs->ready(ac, ac->ctx);
+		return;
+	}
+	if (h->type == PROTO_ERROR) {
+		fprintf(stderr, "mitos-vmm serve: agent notice: %.*s\n", (int)(h->length > 300 ? 300 : h->length),
+			(const char *)p);
+		return;
+	}
+	struct astream *s = h->stream ? find_stream(ac, h->stream) : NULL;
+	if (!s)
+		return; /* raced with our CANCEL */
+	switch (h->type) {
+	case PROTO_DATA:
+		if (s->ops && s->ops->data)
+			s->ops->data(s, h->channel, h->flags & PROTO_FLAG_FIN, p, h->length);
+		else
+			agent_consumed(s, h->length);
+		break;
+	case PROTO_EVENT: {
+		cJSON *ev = cJSON_ParseWithLength((const char *)p, h->length);
+		if (ev && s->ops && s->ops->event)
+			s->ops->event(s, ev);
+		cJSON_Delete(ev);
+		break;
+	}
+	case PROTO_WINDOW:
+		if (h->length == 4) {
+			s->tx_credit += be32(p);
+			if (s->ops && s->ops->writable)
+				s->ops->writable(s);
+		}
+		break;
+	case PROTO_END: {
+		cJSON *res = cJSON_ParseWithLength((const char *)p, h->length);
+		if (!res)
+			res = cJSON_CreateObject();
+		stream_end(s, res, NULL);
+		cJSON_Delete(res);
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+static void ac_arm_rx(struct agent_conn *ac)
+{
+	if (ac->dead || ac->rx_armed)
+		return;
+	io_uring_prep_recv(ur_sqe(&ac->rx_op), ac->fd, ac->rbuf, AC_RBUF, 0);
+	ac->rx_armed = true;
+	ac->inflight++;
+}
+
+static void rx_done(struct uop *op, int res, uint32_t flags)
+{
+	(void)flags;
+	struct agent_conn *ac = (struct agent_conn *)((char *)op - offsetof(struct agent_conn, rx_op));
+	ac->inflight--;
+	ac->rx_armed = false;
+	if (ac->dead) {
+		ac_maybe_free(ac);
+		return;
+	}
+	if (res <= 0) {
+		ac_fail(ac, res == 0 ? "the agent closed the connection" : "reading from the agent failed");
+		return;
+	}
+	const uint8_t *p = ac->rbuf;
+	size_t len = (size_t)res;
+	/* Holds ac while callbacks run: one of them may close it. */
+	ac->inflight++;
+	while (len && !ac->dead) {
+		struct proto_header h;
+		const uint8_t *payload = NULL;
+		enum proto_parse_event ev = proto_parse(&ac->parser, &p, &len, &h, &payload);
+		if (ev == PROTO_PARSE_FRAME)
+			dispatch(ac, &h, payload);
+		else if (ev == PROTO_PARSE_OVERSIZED)
+			ac_fail(ac, "the agent sent an oversized frame");
+	}
+	ac->inflight--;
+	if (ac->dead) {
+		ac_maybe_free(ac);
+		return;
+	}
+	ac_arm_rx(ac);
+}
+
+int agent_connect(const char *path, const struct agent_conn_cbs *cbs, void *ctx, struct agent_conn **out)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	struct agent_conn *ac = calloc(1, sizeof(*ac));
+	uint8_t *rbuf = malloc(AC_RBUF);
+	if (!ac || !rbuf || proto_parser_init(&ac->parser, PROTO_MAX_PAYLOAD)) {
+		free(ac);
+		free(rbuf);
+		close(fd);
+		return -ENOMEM;
+	}
+	ac->fd = fd;
+	ac->rbuf = rbuf;
+	ac->rx_op.fn = rx_done;
+	ac->tx_op.fn = tx_done;
+	ac->cbs = cbs;
+	ac->ctx = ctx;
+	ac->next_id = 1;
+	static const char hello[] = "{\"min_version\":1,\"max_version\":1}";
+	ac_frame(ac, PROTO_HELLO, 0, 0, 0, hello, sizeof(hello) - 1);
+	ac_arm_rx(ac);
+	*out = ac;
+	return 0;
+}
+
+bool agent_conn_ready(const struct agent_conn *ac)
+{
+	return ac && ac->ready && !ac->dead;
+}
+
+unsigned agent_conn_streams(const struct agent_conn *ac)
+{
+	return ac ? ac->nstreams : 0;
+}
+
+struct astream *agent_open(struct agent_conn *ac, const char *open_json, const struct astream_ops *ops, void *ctx)
+{
+	if (!agent_conn_ready(ac) || ac->next_id > PROTO_MAX_STREAM_ID)
+		return NULL;
+	struct astream *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->ac = ac;
+	s->id = ac->next_id++;
+	s->ops = ops;
+	s->ctx = ctx;
+	s->tx_credit = PROTO_INITIAL_WINDOW;
+	s->next = ac->streams;
+	ac->streams = s;
+	ac->nstreams++;
+	ac_frame(ac, PROTO_OPEN, 0, 0, s->id, open_json, strlen(open_json));
+	return s;
+}
+
+size_t agent_send_room(const struct astream *s)
+{
+	if (s->ac->dead)
+		return 0;
+	uint64_t r = s->tx_credit < PROTO_DATA_CHUNK ? s->tx_credit : PROTO_DATA_CHUNK;
+	return (size_t)r;
+}
+
+void agent_send_data(struct astream *s, uint8_t channel, bool fin, const void *p, size_t n)
+{
+	s->tx_credit -= n <= s->tx_credit ? n : s->tx_credit;
+	ac_frame(s->ac, PROTO_DATA, fin ? PROTO_FLAG_FIN : 0, channel, s->id, p, n);
+}
+
+void agent_send_event(struct astream *s, const char *json)
+{
+	ac_frame(s->ac, PROTO_EVENT, 0, 0, s->id, json, strlen(json));
+}
+
+void agent_consumed(struct astream *s, size_t n)
+{
+	s->rx_unacked += n;
+	if (s->rx_unacked >= AC_WINDOW_STEP) {
+		uint8_t inc[4] = { (uint8_t)(s->rx_unacked >> 24), (uint8_t)(s->rx_unacked >> 16),
+				   (uint8_t)(s->rx_unacked >> 8), (uint8_t)s->rx_unacked };
+		ac_frame(s->ac, PROTO_WINDOW, 0, 0, s->id, inc, 4);
+		s->rx_unacked = 0;
+	}
+}
+
+void agent_cancel(struct astream *s)
+{
+	struct agent_conn *ac = s->ac;
+	stream_unlink(s);
+	ac_frame(ac, PROTO_CANCEL, 0, 0, s->id, NULL, 0);
+	free(s);
+}

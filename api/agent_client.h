@@ -1,0 +1,58 @@
+/* The host side of the agent protocol (agent/PROTOCOL.md) on the server's
+ * io_uring: one connection per sandbox, many streams on it, per-stream credit
+ * in both directions. Stream callbacks run from the event loop. */
+#ifndef MITOS_API_AGENT_CLIENT_H
+#define MITOS_API_AGENT_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cJSON;
+struct agent_conn;
+struct astream;
+
+struct astream_ops {
+	/* DATA from the agent; call agent_consumed() once the bytes are passed on. */
+	void (*data)(struct astream *s, uint8_t channel, bool fin, const uint8_t *p, size_t n);
+	void (*event)(struct astream *s, struct cJSON *ev);
+	/* END (payload) or the connection died (payload NULL, why says what).
+	 * The stream is freed right after this returns. */
+	void (*end)(struct astream *s, struct cJSON *payload, const char *why);
+	/* More send credit. */
+	void (*writable)(struct astream *s);
+};
+
+struct astream {
+	struct agent_conn *ac;
+	uint32_t id;
+	const struct astream_ops *ops;
+	void *ctx;
+	uint64_t tx_credit;
+	uint64_t rx_unacked;
+	struct astream *next;
+};
+
+struct agent_conn_cbs {
+	void (*ready)(struct agent_conn *ac, void *ctx);
+	/* The connection failed or closed; ac is freed after this returns. */
+	void (*closed)(struct agent_conn *ac, void *ctx, const char *why);
+};
+
+/* Connects to a Unix socket and says HELLO. -errno when nobody listens yet. */
+int agent_connect(const char *path, const struct agent_conn_cbs *cbs, void *ctx, struct agent_conn **out);
+/* Closes without calling closed(); every open stream gets end(NULL). */
+void agent_conn_close(struct agent_conn *ac);
+bool agent_conn_ready(const struct agent_conn *ac);
+unsigned agent_conn_streams(const struct agent_conn *ac);
+
+/* Opens a stream with {"op":...} JSON; NULL when the connection is not usable. */
+struct astream *agent_open(struct agent_conn *ac, const char *open_json, const struct astream_ops *ops, void *ctx);
+size_t agent_send_room(const struct astream *s);
+void agent_send_data(struct astream *s, uint8_t channel, bool fin, const void *p, size_t n);
+void agent_send_event(struct astream *s, const char *json);
+void agent_consumed(struct astream *s, size_t n);
+/* Abandons the stream: CANCEL is sent, s is freed, no callback follows. */
+void agent_cancel(struct astream *s);
+
+#endif

@@ -1,0 +1,18 @@
+/* The registry's files: one JSON object per template and per sandbox in the
+ * state dir, written atomically (temp file + rename) so a crash never leaves
+ * half a record. */
+#ifndef MITOS_API_REGISTRY_H
+#define MITOS_API_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cJSON;
+
+int registry_write_json(const char *path, const struct cJSON *o);
+/* NULL when missing or not a JSON object. */
+struct cJSON *registry_read_json(const char *path);
+/* "2024-01-02T03:04:05.123Z" */
+void registry_rfc3339(uint64_t wall_ms, char *out, size_t n);
+
+#endif

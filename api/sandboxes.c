@@ -1,0 +1,979 @@
+#include "api/sandboxes.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/agent_client.h"
+#include "api/registry.h"
+#include "api/server.h"
+#include "vmm/kvm_probe.h"
+
+#define START_TIMEOUT_MS 30000
+#define MAX_FORK_N 64
+
+struct sb_job {
+	unsigned n, pending;
+	struct sandbox **sbs;
+	bool failed;
+	enum api_err err;
+	char msg[600];
+	char parent_id[ID_MAX + 1];
+	bool resume_parent;
+	sb_done_fn done;
+	void *ctx;
+};
+
+struct sb_waiter {
+	void (*done)(void *ctx);
+	void *ctx;
+	struct sb_waiter *next;
+};
+
+static const struct engine_ops *eng;
+static struct sandbox *sandboxes;
+static unsigned nsandboxes;
+static struct template_rec *templates;
+static struct sandbox *zombies; /* freed sandboxes whose ring operations are still pending */
+static bool shutting_down;
+static struct ur_ticker ticker;
+static char sb_root[1100], tpl_root[1100];
+
+static void sb_exit_done(struct uop *op, int res, uint32_t flags);
+static void sb_ready_done(struct uop *op, int res, uint32_t flags);
+static void sb_kill(struct sandbox *sb, const char *why);
+static void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const char *why);
+
+const char *sandboxes_engine_name(void) { return eng ? eng->name : "none"; }
+
+/* ---- registry ---- */
+
+struct template_rec *templates_find(const char *name)
+{
+	for (struct template_rec *t = templates; t; t = t->next)
+		if (!strcmp(t->name, name))
+			return t;
+	return NULL;
+}
+
+struct template_rec *templates_first(void) { return templates; }
+
+struct sandbox *sandbox_find(const char *id)
+{
+	for (struct sandbox *sb = sandboxes; sb; sb = sb->next)
+		if (!strcmp(sb->id, id))
+			return sb;
+	return NULL;
+}
+
+struct sandbox *sandboxes_first(void) { return sandboxes; }
+unsigned sandboxes_count(void) { return nsandboxes; }
+
+static void sb_link(struct sandbox *sb)
+{
+	sb->next = sandboxes;
+	sandboxes = sb;
+	nsandboxes++;
+}
+
+static void sb_unlink(struct sandbox *sb)
+{
+	for (struct sandbox **pp = &sandboxes; *pp; pp = &(*pp)->next)
+		if (*pp == sb) {
+			*pp = sb->next;
+			nsandboxes--;
+			return;
+		}
+}
+
+static const char *state_name(enum sb_state s)
+{
+	switch (s) {
+	case SB_STARTING: return "starting";
+	case SB_RUNNING: return "running";
+	case SB_PAUSED: return "paused";
+	case SB_STOPPING: return "stopping";
+	}
+	return "unknown";
+}
+
+cJSON *template_json(const struct template_rec *t)
+{
+	cJSON *o = cJSON_CreateObject();
+	char ts[40];
+	cJSON_AddStringToObject(o, "name", t->name);
+	cJSON_AddStringToObject(o, "image", t->image);
+	cJSON_AddStringToObject(o, "engine", eng->name);
+	cJSON_AddStringToObject(o, "root", t->root);
+	registry_rfc3339(t->created_ms, ts, sizeof(ts));
+	cJSON_AddStringToObject(o, "created_at", ts);
+	cJSON_AddStringToObject(o, "state", "ready");
+	return o;
+}
+
+cJSON *sandbox_json(const struct sandbox *sb)
+{
+	cJSON *o = cJSON_CreateObject();
+	char ts[40];
+	cJSON_AddStringToObject(o, "id", sb->id);
+	cJSON_AddStringToObject(o, "template", sb->template_name);
+	if (sb->parent[0])
+		cJSON_AddStringToObject(o, "parent", sb->parent);
+	else
+		cJSON_AddNullToObject(o, "parent");
+	cJSON_AddStringToObject(o, "state", state_name(sb->state));
+	cJSON_AddStringToObject(o, "engine", eng->name);
+	registry_rfc3339(sb->created_ms, ts, sizeof(ts));
+	cJSON_AddStringToObject(o, "created_at", ts);
+	registry_rfc3339(sb->deadline_ms, ts, sizeof(ts));
+	cJSON_AddStringToObject(o, "expires_at", ts);
+	cJSON_AddNumberToObject(o, "deadline", (double)(sb->deadline_ms / 1000));
+	uint64_t now = ur_wall_ms();
+	cJSON_AddNumberToObject(o, "timeout", sb->deadline_ms > now ? (double)((sb->deadline_ms - now + 999) / 1000) : 0);
+	cJSON_AddItemToObject(o, "metadata", sb->metadata ? cJSON_Duplicate(sb->metadata, 1) : cJSON_CreateObject());
+	return o;
+}
+
+static void sb_save(const struct sandbox *sb)
+{
+	cJSON *o = sandbox_json(sb);
+	cJSON_AddNumberToObject(o, "created_ms", (double)sb->created_ms);
+	cJSON_AddNumberToObject(o, "deadline_ms", (double)sb->deadline_ms);
+	cJSON_AddNumberToObject(o, "pid", sb->proc.pid);
+	cJSON_AddNumberToObject(o, "start_time", (double)sb->proc.start_time);
+	char path[1200];
+	snprintf(path, sizeof(path), "%s/sandbox.json", sb->dir);
+	int rc = registry_write_json(path, o);
+	if (rc)
+		fprintf(stderr, "mitos-vmm serve: cannot save %s: %s\n", path, strerror(-rc));
+	cJSON_Delete(o);
+}
+
+/* ---- templates ---- */
+
+static const char *image_root(const char *image)
+{
+	/* The Debian image builder is later work: until then the one image is the
+	 * host's own root, read-only under every sandbox's overlay. */
+	if (!strcmp(image, "python") || !strcmp(image, "default") || !strcmp(image, "base"))
+		return "/";
+	return NULL;
+}
+
+int templates_create(const char *name, const char *image, struct template_rec **out, bool *created,
+		     enum api_err *e, char *msg, size_t msglen)
+{
+	*created = false;
+	if (!api_valid_id(name)) {
+		*e = AE_INVALID_ARGUMENT;
+		snprintf(msg, msglen, "template names match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$");
+		return -EINVAL;
+	}
+	if (!image)
+		image = name;
+	struct template_rec *t = templates_find(name);
+	if (t) {
+		if (strcmp(t->image, image)) {
+			*e = AE_CONFLICT;
+			snprintf(msg, msglen, "template %s exists with image %s", name, t->image);
+			return -EEXIST;
+		}
+		*out = t;
+		return 0;
+	}
+	const char *root = image_root(image);
+	if (!root) {
+		*e = AE_INVALID_ARGUMENT;
+		snprintf(msg, msglen, "image '%.64s' is not available on the %s engine (available: python)", image,
+			 eng->name);
+		return -ENOENT;
+	}
+	t = calloc(1, sizeof(*t));
+	if (!t) {
+		*e = AE_INTERNAL;
+		snprintf(msg, msglen, "out of memory");
+		return -ENOMEM;
+	}
+	snprintf(t->name, sizeof(t->name), "%s", name);
+	snprintf(t->image, sizeof(t->image), "%.64s", image);
+	snprintf(t->root, sizeof(t->root), "%s", root);
+	t->created_ms = ur_wall_ms();
+	cJSON *o = template_json(t);
+	cJSON_AddNumberToObject(o, "created_ms", (double)t->created_ms);
+	char path[1300];
+	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, name);
+	int rc = registry_write_json(path, o);
+	cJSON_Delete(o);
+	if (rc) {
+		free(t);
+		*e = AE_INTERNAL;
+		snprintf(msg, msglen, "cannot save the template in the state dir: %s", strerror(-rc));
+		return rc;
+	}
+	t->next = templates;
+	templates = t;
+	*out = t;
+	*created = true;
+	return 0;
+}
+
+static void templates_load(void)
+{
+	DIR *d = opendir(tpl_root);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		if (n < 6 || strcmp(de->d_name + n - 5, ".json"))
+			continue;
+		char path[1400];
+		snprintf(path, sizeof(path), "%s/%s", tpl_root, de->d_name);
+		cJSON *o = registry_read_json(path);
+		const char *name = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "name")) : NULL;
+		const char *image = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "image")) : NULL;
+		const char *root = image ? image_root(image) : NULL;
+		if (name && root && api_valid_id(name) && !templates_find(name)) {
+			struct template_rec *t = calloc(1, sizeof(*t));
+			if (t) {
+				snprintf(t->name, sizeof(t->name), "%s", name);
+				snprintf(t->image, sizeof(t->image), "%.64s", image);
+				snprintf(t->root, sizeof(t->root), "%s", root);
+				cJSON *cm = cJSON_GetObjectItem(o, "created_ms");
+				t->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
+				t->next = templates;
+				templates = t;
+			}
+		}
+		cJSON_Delete(o);
+	}
+	closedir(d);
+}
+
+/* ---- sandbox lifecycle ---- */
+
+static struct sandbox *sb_new(const char *id)
+{
+	struct sandbox *sb = calloc(1, sizeof(*sb));
+	if (!sb)
+		return NULL;
+	snprintf(sb->id, sizeof(sb->id), "%s", id);
+	snprintf(sb->dir, sizeof(sb->dir), "%s/%s", sb_root, id);
+	sb->proc.pidfd = -1;
+	sb->ready_fd = -1;
+	sb->exit_op.fn = sb_exit_done;
+	sb->ready_op.fn = sb_ready_done;
+	return sb;
+}
+
+static void sb_free(struct sandbox *sb)
+{
+	if (sb->inflight) {
+		sb->next = zombies;
+		zombies = sb;
+		return;
+	}
+	cJSON_Delete(sb->metadata);
+	free(sb);
+}
+
+/* After a ring operation of a sandbox that already left the registry. */
+static void sb_release(struct sandbox *sb)
+{
+	if (sb->inflight)
+		return;
+	for (struct sandbox **pp = &zombies; *pp; pp = &(*pp)->next)
+		if (*pp == sb) {
+			*pp = sb->next;
+			break;
+		}
+	cJSON_Delete(sb->metadata);
+	free(sb);
+}
+
+static void sb_arm_exit(struct sandbox *sb)
+{
+	io_uring_prep_poll_add(ur_sqe(&sb->exit_op), sb->proc.pidfd, POLLIN);
+	sb->inflight++;
+}
+
+static void agent_ready(struct agent_conn *ac, void *ctx)
+{
+	(void)ac;
+	struct sandbox *sb = ctx;
+	if (sb->state != SB_STARTING)
+		return;
+	sb->state = SB_RUNNING;
+	if (sb->adopted) {
+		/* A re-adopted sandbox keeps the state it had. */
+		char path[1200];
+		snprintf(path, sizeof(path), "%s/sandbox.json", sb->dir);
+		cJSON *o = registry_read_json(path);
+		const char *st = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "state")) : NULL;
+		bool paused = st && !strcmp(st, "paused");
+		cJSON_Delete(o);
+		if (paused && eng->pause(&sb->proc) == 0)
+			sb->state = SB_PAUSED;
+	}
+	sb_save(sb);
+	if (sb->job)
+		job_child_resolved(sb->job, sb, true, NULL);
+}
+
+static void agent_closed(struct agent_conn *ac, void *ctx, const char *why)
+{
+	(void)ac;
+	struct sandbox *sb = ctx;
+	sb->agent = NULL;
+	if (sb->state != SB_STOPPING) {
+		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "agent connection lost: %s", why);
+		sb_kill(sb, sb->fail_reason);
+	}
+}
+
+static const struct agent_conn_cbs agent_cbs = { agent_ready, agent_closed };
+
+static int sb_connect(struct sandbox *sb)
+{
+	char sock[1200];
+	int rc = eng->agent_socket(sb->dir, sock, sizeof(sock));
+	if (!rc)
+		rc = agent_connect(sock, &agent_cbs, sb, &sb->agent);
+	return rc;
+}
+
+static void sb_ready_done(struct uop *op, int res, uint32_t flags)
+{
+	(void)flags;
+	struct sandbox *sb = (struct sandbox *)((char *)op - offsetof(struct sandbox, ready_op));
+	sb->inflight--;
+	close(sb->ready_fd);
+	sb->ready_fd = -1;
+	if (sb->freed_from_registry) {
+		sb_release(sb);
+		return;
+	}
+	if (sb->exited)
+		return;
+	if (res == 1 && sb->state == SB_STARTING) {
+		int rc = sb_connect(sb);
+		if (rc) {
+			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot connect to the agent: %s", strerror(-rc));
+			sb_kill(sb, sb->fail_reason);
+		}
+	}
+	/* Anything else: the sandbox died before its agent was up; the exit
+	 * watch reports why. */
+}
+
+static void sb_finish(struct sandbox *sb)
+{
+	/* Everything of the sandbox is gone: files, registry, waiters. */
+	if (sb->agent) {
+		struct agent_conn *ac = sb->agent;
+		sb->agent = NULL;
+		agent_conn_close(ac);
+	}
+	if (sb->proc.pidfd >= 0) {
+		close(sb->proc.pidfd);
+		sb->proc.pidfd = -1;
+	}
+	int rc = eng->cleanup(sb->dir);
+	if (rc)
+		fprintf(stderr, "mitos-vmm serve: sandbox %s: cannot remove %s: %s\n", sb->id, sb->dir, strerror(-rc));
+	sb_unlink(sb);
+	sb->freed_from_registry = true;
+	struct sb_job *job = sb->job;
+	sb->job = NULL;
+	if (job)
+		job_child_resolved(job, sb, false, sb->fail_reason[0] ? sb->fail_reason : "the sandbox exited");
+	for (struct sb_waiter *w = sb->stop_waiters, *n; w; w = n) {
+		n = w->next;
+		if (w->done)
+			w->done(w->ctx);
+		free(w);
+	}
+	sb->stop_waiters = NULL;
+	sb_free(sb);
+}
+
+static void sb_exit_done(struct uop *op, int res, uint32_t flags)
+{
+	(void)res; (void)flags;
+	struct sandbox *sb = (struct sandbox *)((char *)op - offsetof(struct sandbox, exit_op));
+	sb->inflight--;
+	if (sb->freed_from_registry) {
+		sb_release(sb);
+		return;
+	}
+	sb->exited = true;
+	if (sb->proc.child) {
+		siginfo_t si;
+		memset(&si, 0, sizeof(si));
+		waitid(P_PIDFD, (id_t)sb->proc.pidfd, &si, WEXITED | WNOHANG);
+	}
+	if (sb->state == SB_STARTING && !sb->fail_reason[0]) {
+		char why[400];
+		eng->exit_reason(sb->dir, why, sizeof(why));
+		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "the sandbox failed to start: %s",
+			 why[0] ? why : "it exited before its agent answered");
+	}
+	if (sb->state != SB_STOPPING)
+		fprintf(stderr, "mitos-vmm serve: sandbox %s exited%s%s\n", sb->id, sb->fail_reason[0] ? ": " : "",
+			sb->fail_reason);
+	sb->state = SB_STOPPING;
+	sb_finish(sb);
+}
+
+static void sb_kill(struct sandbox *sb, const char *why)
+{
+	if (sb->state == SB_STOPPING)
+		return;
+	if (why && !sb->fail_reason[0])
+		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why);
+	sb->state = SB_STOPPING;
+	if (sb->agent) {
+		struct agent_conn *ac = sb->agent;
+		sb->agent = NULL;
+		agent_conn_close(ac);
+	}
+	if (sb->proc.pidfd < 0 || eng->kill(&sb->proc) < 0) {
+		/* Already gone (or never started): finish now. */
+		if (!sb->exited && sb->proc.pidfd < 0)
+			sb_finish(sb);
+	}
+	/* A stopped process dies of SIGKILL too; nothing else to do. */
+}
+
+void sandbox_destroy(struct sandbox *sb, const char *why, void (*done)(void *ctx), void *ctx,
+		     struct sb_waiter **wout)
+{
+	if (wout)
+		*wout = NULL;
+	if (done) {
+		struct sb_waiter *w = calloc(1, sizeof(*w));
+		if (w) {
+			w->done = done;
+			w->ctx = ctx;
+			w->next = sb->stop_waiters;
+			sb->stop_waiters = w;
+			if (wout)
+				*wout = w;
+		}
+	}
+	sb_kill(sb, why);
+}
+
+void sb_waiter_detach(struct sb_waiter *w)
+{
+	if (w)
+		w->done = NULL;
+}
+
+int sandbox_set_timeout(struct sandbox *sb, uint32_t seconds)
+{
+	sb->deadline_ms = ur_wall_ms() + (uint64_t)seconds * 1000u;
+	sb_save(sb);
+	return 0;
+}
+
+int sandbox_pause(struct sandbox *sb)
+{
+	if (sb->state == SB_PAUSED)
+		return 0;
+	if (sb->state != SB_RUNNING)
+		return -EBUSY;
+	int rc = eng->pause(&sb->proc);
+	if (rc)
+		return rc;
+	sb->state = SB_PAUSED;
+	sb_save(sb);
+	return 0;
+}
+
+int sandbox_resume(struct sandbox *sb)
+{
+	if (sb->state == SB_RUNNING)
+		return 0;
+	if (sb->state != SB_PAUSED)
+		return -EBUSY;
+	int rc = eng->resume(&sb->proc);
+	if (rc)
+		return rc;
+	sb->state = SB_RUNNING;
+	sb_save(sb);
+	return 0;
+}
+
+/* ---- fork jobs ---- */
+
+static void job_finish(struct sb_job *job)
+{
+	struct sandbox *parent = job->parent_id[0] ? sandbox_find(job->parent_id) : NULL;
+	if (job->resume_parent && parent && parent->state == SB_PAUSED)
+		sandbox_resume(parent);
+	if (job->failed) {
+		for (unsigned i = 0; i < job->n; i++)
+			if (job->sbs[i]) {
+				job->sbs[i]->job = NULL;
+				sb_kill(job->sbs[i], "a sibling of this fork failed");
+			}
+		if (job->done)
+			job->done(job->ctx, job->err, job->msg, NULL, 0);
+	} else if (job->done) {
+		job->done(job->ctx, 0, NULL, job->sbs, job->n);
+	}
+	for (unsigned i = 0; i < job->n; i++)
+		if (job->sbs[i])
+			job->sbs[i]->job = NULL;
+	free(job->sbs);
+	free(job);
+}
+
+static void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const char *why)
+{
+	if (!ok) {
+		for (unsigned i = 0; i < job->n; i++)
+			if (job->sbs[i] == sb)
+				job->sbs[i] = NULL;
+		if (!job->failed) {
+			job->failed = true;
+			job->err = AE_ENGINE_UNAVAILABLE;
+			snprintf(job->msg, sizeof(job->msg), "sandbox %s: %s", sb->id, why ? why : "failed");
+		}
+	}
+	sb->job = NULL;
+	if (--job->pending == 0)
+		job_finish(job);
+}
+
+void sb_job_detach(struct sb_job *job)
+{
+	if (job)
+		job->done = NULL;
+}
+
+static void random_id(char *out, size_t n)
+{
+	uint8_t b[8];
+	if (getrandom(b, sizeof(b), 0) != sizeof(b)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		memcpy(b, &ts.tv_nsec, sizeof(b));
+	}
+	snprintf(out, n, "sb-%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
+}
+
+static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, char *err, size_t errlen)
+{
+	if (mkdir(sb->dir, 0700) < 0) {
+		snprintf(err, errlen, "mkdir %s: %s", sb->dir, strerror(errno));
+		return -errno;
+	}
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		eng->cleanup(sb->dir);
+		return -errno;
+	}
+	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
+				   .copy_from = copy_from, .ready_fd = pfd[1] };
+	int rc = eng->start(&es, &sb->proc, err, errlen);
+	close(pfd[1]);
+	if (rc) {
+		close(pfd[0]);
+		eng->cleanup(sb->dir);
+		return rc;
+	}
+	sb->ready_fd = pfd[0];
+	sb->state = SB_STARTING;
+	sb->started_mono_ms = ur_now_ms();
+	sb->start_deadline_ms = ur_now_ms() + START_TIMEOUT_MS;
+	io_uring_prep_read(ur_sqe(&sb->ready_op), sb->ready_fd, &sb->ready_byte, 1, 0);
+	sb->inflight++;
+	sb_arm_exit(sb);
+	return 0;
+}
+
+int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct sb_job **jobout,
+		   enum api_err *e, char *msg, size_t msglen)
+{
+	*jobout = NULL;
+	if (shutting_down) {
+		*e = AE_UNAVAILABLE;
+		snprintf(msg, msglen, "the server is shutting down");
+		return -ESHUTDOWN;
+	}
+	if (!!fr->template_name == !!fr->sandbox_id) {
+		*e = AE_INVALID_ARGUMENT;
+		snprintf(msg, msglen, "give exactly one of \"template\" and \"sandbox_id\"");
+		return -EINVAL;
+	}
+	if (fr->n < 1 || fr->n > MAX_FORK_N) {
+		*e = AE_INVALID_ARGUMENT;
+		snprintf(msg, msglen, "n must be between 1 and %d", MAX_FORK_N);
+		return -EINVAL;
+	}
+	if (nsandboxes + fr->n > srv_cfg.max_sandboxes) {
+		*e = AE_LIMIT_EXCEEDED;
+		snprintf(msg, msglen, "this server runs at most %u sandboxes (%u exist)", srv_cfg.max_sandboxes, nsandboxes);
+		return -ENOSPC;
+	}
+	for (unsigned i = 0; fr->ids && i < fr->n; i++) {
+		if (!api_valid_id(fr->ids[i])) {
+			*e = AE_INVALID_SANDBOX_ID;
+			snprintf(msg, msglen, "ids[%u] is not a valid sandbox id", i);
+			return -EINVAL;
+		}
+		if (sandbox_find(fr->ids[i])) {
+			*e = AE_CONFLICT;
+			snprintf(msg, msglen, "a sandbox with id %s exists", fr->ids[i]);
+			return -EEXIST;
+		}
+		for (unsigned j = 0; j < i; j++)
+			if (!strcmp(fr->ids[i], fr->ids[j])) {
+				*e = AE_INVALID_ARGUMENT;
+				snprintf(msg, msglen, "ids must be distinct");
+				return -EINVAL;
+			}
+	}
+	const struct template_rec *t;
+	struct sandbox *parent = NULL;
+	char layer[1200];
+	const char *copy_from = NULL;
+	if (fr->template_name) {
+		t = templates_find(fr->template_name);
+		if (!t) {
+			*e = AE_NOT_FOUND;
+			snprintf(msg, msglen, "no template named %s; create it with POST /v1/templates", fr->template_name);
+			return -ENOENT;
+		}
+	} else {
+		parent = sandbox_find(fr->sandbox_id);
+		if (!parent) {
+			*e = AE_NOT_FOUND;
+			snprintf(msg, msglen, "no sandbox %s", fr->sandbox_id);
+			return -ENOENT;
+		}
+		if (parent->state != SB_RUNNING && parent->state != SB_PAUSED) {
+			*e = AE_SANDBOX_NOT_RUNNING;
+			snprintf(msg, msglen, "sandbox %s is %s", parent->id, state_name(parent->state));
+			return -EBUSY;
+		}
+		t = templates_find(parent->template_name);
+		if (!t) {
+			*e = AE_INTERNAL;
+			snprintf(msg, msglen, "the template of sandbox %s is gone", parent->id);
+			return -ENOENT;
+		}
+		eng->writable_layer(parent->dir, layer, sizeof(layer));
+		copy_from = layer;
+	}
+	struct sb_job *job = calloc(1, sizeof(*job));
+	struct sandbox **sbs = calloc(fr->n, sizeof(*sbs));
+	if (!job || !sbs) {
+		free(job);
+		free(sbs);
+		*e = AE_INTERNAL;
+		snprintf(msg, msglen, "out of memory");
+		return -ENOMEM;
+	}
+	job->n = fr->n;
+	job->sbs = sbs;
+	job->done = done;
+	job->ctx = ctx;
+	if (parent) {
+		snprintf(job->parent_id, sizeof(job->parent_id), "%s", parent->id);
+		/* The copy must see one consistent state of the parent's files. */
+		if (parent->state == SB_RUNNING && eng->pause(&parent->proc) == 0) {
+			parent->state = SB_PAUSED;
+			job->resume_parent = true;
+		}
+	}
+	uint64_t now = ur_wall_ms();
+	uint32_t timeout_s = fr->timeout_s ? fr->timeout_s : srv_cfg.default_timeout_s;
+	unsigned started = 0;
+	for (unsigned i = 0; i < fr->n; i++) {
+		char id[ID_MAX + 1];
+		if (fr->ids) {
+			snprintf(id, sizeof(id), "%s", fr->ids[i]);
+		} else {
+			do
+				random_id(id, sizeof(id));
+			while (sandbox_find(id));
+		}
+		struct sandbox *sb = sb_new(id);
+		if (!sb) {
+			job->failed = true;
+			job->err = AE_INTERNAL;
+			snprintf(job->msg, sizeof(job->msg), "out of memory");
+			break;
+		}
+		snprintf(sb->template_name, sizeof(sb->template_name), "%s", t->name);
+		if (parent)
+			snprintf(sb->parent, sizeof(sb->parent), "%s", parent->id);
+		sb->created_ms = now;
+		sb->deadline_ms = now + (uint64_t)timeout_s * 1000u;
+		if (fr->metadata)
+			sb->metadata = cJSON_Duplicate(fr->metadata, 1);
+		char err[512];
+		int rc = sb_start(sb, t, copy_from, err, sizeof(err));
+		if (rc) {
+			job->failed = true;
+			job->err = AE_ENGINE_UNAVAILABLE;
+			snprintf(job->msg, sizeof(job->msg), "cannot start sandbox %s: %s", id, err);
+			sb_free(sb);
+			break;
+		}
+		sb_link(sb);
+		sb_save(sb);
+		sb->job = job;
+		sbs[i] = sb;
+		started++;
+	}
+	job->pending = started;
+	*jobout = job;
+	if (!started) {
+		*jobout = NULL;
+		job->done = NULL;
+		*e = job->err;
+		snprintf(msg, msglen, "%s", job->msg);
+		job_finish(job);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* ---- ticks: expiry, start deadlines ---- */
+
+static void sandboxes_tick(struct ur_ticker *tk, uint64_t now)
+{
+	(void)tk;
+	uint64_t wall = ur_wall_ms();
+	for (struct sandbox *sb = sandboxes, *next; sb; sb = next) {
+		next = sb->next;
+		if (sb->state == SB_STOPPING)
+			continue;
+		if (sb->state == SB_STARTING && now > sb->start_deadline_ms) {
+			sb_kill(sb, "the agent did not answer within 30 s");
+			continue;
+		}
+		if (wall >= sb->deadline_ms) {
+			fprintf(stderr, "mitos-vmm serve: sandbox %s expired\n", sb->id);
+			sb_kill(sb, "the sandbox expired");
+		}
+	}
+}
+
+/* ---- start-up and shutdown ---- */
+
+static int mkdir_p(const char *path)
+{
+	char tmp[1100];
+	snprintf(tmp, sizeof(tmp), "%s", path);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+int sandboxes_init(char *err, size_t errlen)
+{
+	if (srv_cfg.engine && !strcmp(srv_cfg.engine, "kvm")) {
+		snprintf(err, errlen, "engine_unavailable: the kvm engine is not implemented yet "
+			 "(remediation: use --engine process, or leave --engine out; see api/API.md)");
+		return -ENOSYS;
+	}
+	char why[700];
+	if (!srv_cfg.engine) {
+		struct kvm_probe_result pr;
+		kvm_probe_run(&pr);
+		if (pr.hardware)
+			snprintf(why, sizeof(why), "KVM runs guests on hardware here, but the kvm engine is not "
+				 "implemented yet");
+		else
+			snprintf(why, sizeof(why), "%s", pr.reason);
+	} else {
+		snprintf(why, sizeof(why), "requested with --engine process");
+	}
+	char unavail[400];
+	if (engine_process_available(unavail, sizeof(unavail))) {
+		snprintf(err, errlen, "engine_unavailable: %s", unavail);
+		return -ENODEV;
+	}
+	eng = &engine_process_ops;
+	int rc = mkdir_p(srv_cfg.state_dir);
+	if (rc) {
+		snprintf(err, errlen, "cannot create the state dir %s: %s", srv_cfg.state_dir, strerror(-rc));
+		return rc;
+	}
+	rc = engine_process_configure(srv_cfg.agent_path, srv_cfg.state_dir, srv_cfg.token_file, err, errlen);
+	if (rc)
+		return rc;
+	char real[1024];
+	if (!realpath(srv_cfg.state_dir, real))
+		snprintf(real, sizeof(real), "%s", srv_cfg.state_dir);
+	snprintf(sb_root, sizeof(sb_root), "%s/sandboxes", real);
+	snprintf(tpl_root, sizeof(tpl_root), "%s/templates", real);
+	if ((rc = mkdir_p(sb_root)) || (rc = mkdir_p(tpl_root))) {
+		snprintf(err, errlen, "cannot create %s: %s", sb_root, strerror(-rc));
+		return rc;
+	}
+	templates_load();
+	printf("engine: process (%s)\n", why);
+	printf("WARNING: the process engine isolates sandboxes with Linux namespaces and an overlay only, "
+	       "not a VM; the 'python' template's root is this host's own / (read-only). "
+	       "Do not run untrusted code with it.\n");
+	printf("state dir: %s\n", real);
+	fflush(stdout);
+	return 0;
+}
+
+/* Sandboxes a previous serve left running are taken over; the rest of what it
+ * left is removed. */
+static void adopt_all(void)
+{
+	DIR *d = opendir(sb_root);
+	if (!d)
+		return;
+	unsigned adopted = 0, cleaned = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char dir[1400], path[1500];
+		snprintf(dir, sizeof(dir), "%s/%s", sb_root, de->d_name);
+		snprintf(path, sizeof(path), "%s/sandbox.json", dir);
+		cJSON *o = registry_read_json(path);
+		const char *id = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "id")) : NULL;
+		const char *tpl = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "template")) : NULL;
+		cJSON *jpid = o ? cJSON_GetObjectItem(o, "pid") : NULL;
+		cJSON *jst = o ? cJSON_GetObjectItem(o, "start_time") : NULL;
+		pid_t pid = cJSON_IsNumber(jpid) ? (pid_t)jpid->valuedouble : 0;
+		uint64_t st = cJSON_IsNumber(jst) ? (uint64_t)jst->valuedouble : 0;
+		bool alive = pid > 0 && st && engine_proc_start_time(pid) == st;
+		int pidfd = alive ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+		if (!id || strcmp(id, de->d_name) || !api_valid_id(id) || !tpl || pidfd < 0 || sandbox_find(id)) {
+			if (pidfd >= 0) {
+				syscall(SYS_pidfd_send_signal, pidfd, 9, NULL, 0);
+				close(pidfd);
+			}
+			struct engine_proc ep = { .pid = pid, .pidfd = -1, .start_time = st };
+			if (alive)
+				eng->kill(&ep);
+			eng->cleanup(dir);
+			cleaned++;
+			cJSON_Delete(o);
+			continue;
+		}
+		fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+		struct sandbox *sb = sb_new(id);
+		if (!sb) {
+			close(pidfd);
+			cJSON_Delete(o);
+			continue;
+		}
+		snprintf(sb->template_name, sizeof(sb->template_name), "%s", tpl);
+		const char *par = cJSON_GetStringValue(cJSON_GetObjectItem(o, "parent"));
+		if (par)
+			snprintf(sb->parent, sizeof(sb->parent), "%s", par);
+		cJSON *cm = cJSON_GetObjectItem(o, "created_ms"), *dm = cJSON_GetObjectItem(o, "deadline_ms");
+		sb->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
+		sb->deadline_ms = cJSON_IsNumber(dm) ? (uint64_t)dm->valuedouble : ur_wall_ms();
+		cJSON *md = cJSON_GetObjectItem(o, "metadata");
+		if (cJSON_IsObject(md))
+			sb->metadata = cJSON_Duplicate(md, 1);
+		sb->proc.pid = pid;
+		sb->proc.pidfd = pidfd;
+		sb->proc.start_time = st;
+		sb->proc.child = false;
+		sb->adopted = true;
+		sb->state = SB_STARTING;
+		sb->start_deadline_ms = ur_now_ms() + START_TIMEOUT_MS;
+		cJSON_Delete(o);
+		sb_link(sb);
+		sb_arm_exit(sb);
+		/* A paused sandbox's agent cannot answer HELLO until it runs again;
+		 * agent_ready() pauses it again. */
+		eng->resume(&sb->proc);
+		int rc = sb_connect(sb);
+		if (rc) {
+			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot reconnect to its agent: %s", strerror(-rc));
+			sb_kill(sb, sb->fail_reason);
+		}
+		adopted++;
+	}
+	closedir(d);
+	if (adopted || cleaned) {
+		printf("re-adopted %u sandbox(es) left running by a previous serve; removed %u stale one(s)\n",
+		       adopted, cleaned);
+		fflush(stdout);
+	}
+}
+
+void sandboxes_start(void)
+{
+	ticker.fn = sandboxes_tick;
+	ur_add_ticker(&ticker);
+	adopt_all();
+}
+
+void sandboxes_shutdown(void)
+{
+	shutting_down = true;
+	for (struct sandbox *sb = sandboxes, *next; sb; sb = next) {
+		next = sb->next;
+		sb_kill(sb, "the server is shutting down");
+	}
+}
+
+bool sandboxes_idle(void)
+{
+	return !sandboxes;
+}
+
+void sandboxes_exit(void)
+{
+	/* After the loop: whatever is left is killed and removed synchronously. */
+	while (sandboxes) {
+		struct sandbox *sb = sandboxes;
+		if (sb->proc.pidfd >= 0 || sb->proc.pid > 0) {
+			eng->kill(&sb->proc);
+			if (sb->proc.child && sb->proc.pidfd >= 0) {
+				siginfo_t si;
+				waitid(P_PIDFD, (id_t)sb->proc.pidfd, &si, WEXITED);
+			}
+		}
+		sb->inflight = 0;
+		sb_finish(sb);
+	}
+	for (struct sandbox *z = zombies, *n; z; z = n) {
+		n = z->next;
+		cJSON_Delete(z->metadata);
+		free(z);
+	}
+	zombies = NULL;
+	for (struct template_rec *t = templates, *n; t; t = n) {
+		n = t->next;
+		free(t);
+	}
+	templates = NULL;
+}

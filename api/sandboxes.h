@@ -1,0 +1,104 @@
+/* Templates and sandboxes: the registry (in memory, persisted as one JSON file
+ * per object in the state dir) and the lifecycle on top of an engine: create by
+ * fork, readiness, TTL expiry, pause/resume, delete, re-adoption after a restart
+ * of serve. */
+#ifndef MITOS_API_SANDBOXES_H
+#define MITOS_API_SANDBOXES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api/engine.h"
+#include "api/errors.h"
+#include "api/uring.h"
+
+struct cJSON;
+struct agent_conn;
+
+#define ID_MAX 64
+
+struct template_rec {
+	char name[ID_MAX + 1];
+	char image[ID_MAX + 1];
+	char root[1024];
+	uint64_t created_ms;
+	struct template_rec *next;
+};
+
+enum sb_state { SB_STARTING, SB_RUNNING, SB_PAUSED, SB_STOPPING };
+
+struct sb_job;
+struct sb_waiter;
+
+struct sandbox {
+	char id[ID_MAX + 1];
+	char template_name[ID_MAX + 1];
+	char parent[ID_MAX + 1];
+	enum sb_state state;
+	uint64_t created_ms;   /* wall clock */
+	uint64_t deadline_ms;  /* wall clock; the server terminates it then */
+	uint64_t start_deadline_ms; /* monotonic; must be ready by then */
+	uint64_t started_mono_ms;
+	struct cJSON *metadata;
+	struct engine_proc proc;
+	struct agent_conn *agent;
+	char dir[1024];
+	struct uop exit_op, ready_op;
+	int ready_fd;
+	char ready_byte;
+	unsigned inflight;
+	bool exited, adopted, freed_from_registry;
+	struct sb_job *job;
+	struct sb_waiter *stop_waiters;
+	char fail_reason[512];
+	struct sandbox *next;
+};
+
+typedef void (*sb_done_fn)(void *ctx, enum api_err err, const char *msg, struct sandbox **sbs, unsigned n);
+
+struct fork_req {
+	const char *template_name;  /* either this */
+	const char *sandbox_id;     /* or this */
+	unsigned n;
+	uint32_t timeout_s;
+	const char *const *ids;     /* NULL or n explicit ids */
+	const struct cJSON *metadata;
+};
+
+/* Startup, before and after the event loop exists. */
+int sandboxes_init(char *err, size_t errlen);
+void sandboxes_start(void);
+void sandboxes_shutdown(void);
+bool sandboxes_idle(void);
+void sandboxes_exit(void);
+const char *sandboxes_engine_name(void);
+
+struct template_rec *templates_find(const char *name);
+struct template_rec *templates_first(void);
+/* *created tells a new template from an existing one with the same name. */
+int templates_create(const char *name, const char *image, struct template_rec **out, bool *created,
+		     enum api_err *e, char *msg, size_t msglen);
+struct cJSON *template_json(const struct template_rec *t);
+
+struct sandbox *sandbox_find(const char *id);
+struct sandbox *sandboxes_first(void);
+unsigned sandboxes_count(void);
+struct cJSON *sandbox_json(const struct sandbox *sb);
+
+/* Starts n sandboxes; done runs once all are ready, or with an error once one
+ * failed (the others are then removed). Returns a job handle. */
+int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct sb_job **job,
+		   enum api_err *e, char *msg, size_t msglen);
+/* The requester is gone: the job completes without calling done. */
+void sb_job_detach(struct sb_job *job);
+
+/* Kills and removes sb; done (may be NULL) runs when nothing of it is left. */
+void sandbox_destroy(struct sandbox *sb, const char *why, void (*done)(void *ctx), void *ctx,
+		     struct sb_waiter **w);
+void sb_waiter_detach(struct sb_waiter *w);
+int sandbox_set_timeout(struct sandbox *sb, uint32_t seconds);
+int sandbox_pause(struct sandbox *sb);
+int sandbox_resume(struct sandbox *sb);
+
+#endif

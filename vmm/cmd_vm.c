@@ -1,0 +1,91 @@
+#include "cli.h"
+#include "commands.h"
+#include "machine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: mitos-vmm vm --control PATH [--mem MIB] [--vcpus N] [--console FILE] [--stats]\n"
+		"\n"
+		"One microVM, prepared ahead of need: creates the KVM VM, its vCPUs and guest RAM\n"
+		"of the given shape, then waits on its control socket. A request\n"
+		"  {\"cmd\":\"restore\",\"snapshot\":DIR,\"disks\":[{\"index\":0,\"path\":P}],\"vsock\":S}\n"
+		"maps the snapshot into it and starts the guest at once; after that the socket takes\n"
+		"the same commands as `mitos-vmm run --control` (status, pause, resume, snapshot,\n"
+		"stop). This is how `serve` keeps forks fast: the expensive part happens before the\n"
+		"fork is asked for.\n"
+		"\n"
+		"  --control PATH   control socket (required)\n"
+		"  --mem MIB        guest RAM; must equal the snapshot's (default %d)\n"
+		"  --vcpus N        vCPUs; must equal the snapshot's (default 1)\n"
+		"  --console FILE   where the guest's serial output goes (default: stdout)\n"
+		"  --stats          print timings and exit counts to stderr at the end\n",
+		MACHINE_DEFAULT_MEM_MIB);
+}
+
+int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
+{
+	static const struct option opts[] = {
+		{ "control", required_argument, NULL, 'C' },
+		{ "mem", required_argument, NULL, 'm' },
+		{ "vcpus", required_argument, NULL, 'n' },
+		{ "console", required_argument, NULL, 'o' },
+		{ "stats", no_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct machine_config cfg = {
+		.mem_bytes = (uint64_t)MACHINE_DEFAULT_MEM_MIB << 20,
+		.vcpus = 1,
+		.console_in = -1,
+		.console_out = STDOUT_FILENO,
+	};
+	const char *console = NULL;
+	bool stats = false;
+	unsigned long v;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'C': cfg.control_path = optarg; break;
+		case 'm':
+			if (cli_parse_uint("vm", "--mem", optarg, 16, 1UL << 20, &v))
+				return EXIT_USAGE;
+			cfg.mem_bytes = (uint64_t)v << 20;
+			break;
+		case 'n':
+			if (cli_parse_uint("vm", "--vcpus", optarg, 1, 64, &v))
+				return EXIT_USAGE;
+			cfg.vcpus = (unsigned)v;
+			break;
+		case 'o': console = optarg; break;
+		case 's': stats = true; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return EXIT_USAGE;
+		}
+	}
+	if (optind < argc || !cfg.control_path) {
+		fprintf(stderr, "mitos-vmm vm: --control is required (see --help)\n");
+		return EXIT_USAGE;
+	}
+	if (console) {
+		cfg.console_out = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+		if (cfg.console_out < 0) {
+			fprintf(stderr, "mitos-vmm vm: --console %s: %s\n", console, strerror(errno));
+			return EXIT_VMM_ERROR;
+		}
+	}
+	struct mitos_err e = { 0 };
+	struct machine *m;
+	if (machine_prepare(&m, &cfg, &e)) {
+		fprintf(stderr, "mitos-vmm vm: %s\n", e.msg);
+		return EXIT_VMM_ERROR;
+	}
+	return cli_run_machine("vm", m, stats, process_start_ns);
+}
