@@ -404,6 +404,38 @@ static void blk_config_read(struct virtio_device *d, uint32_t off, void *data, u
 	memcpy(data, (const uint8_t *)&cfg + off, len);
 }
 
+/* Snapshots: finish every request in flight and put it on the used ring, so the rings
+ * in guest memory tell the whole story. Chains not yet popped stay in the avail ring. */
+static int blk_quiesce(struct virtio_device *d)
+{
+	struct blk *b = d->priv;
+	struct blk_batch bt = { 0 };
+	while (blk_inflight(b)) {
+		int r = io_uring_submit_and_wait(&b->ring, 1);
+		if (r < 0 && r != -EINTR && r != -EAGAIN)
+			return r;
+		blk_reap(b, &bt, true);
+	}
+	blk_end_batch(b, &bt);
+	return 0;
+}
+
+/* A restored copy serves what the driver made available before the snapshot: its kick
+ * was consumed by the VM the snapshot came from. */
+static int blk_restore_state(struct virtio_device *d, const void *buf, size_t len)
+{
+	(void)buf;
+	if (len)
+		return -EINVAL;
+	struct blk *b = d->priv;
+	if (virtio_device_active(d)) {
+		struct blk_batch bt = { 0 };
+		blk_pop_all(b, &bt);
+		blk_end_batch(b, &bt);
+	}
+	return 0;
+}
+
 static const struct virtio_device_ops blk_ops = {
 	.name = "virtio-blk",
 	.device_id = VIRTIO_ID_BLOCK,
@@ -417,6 +449,8 @@ static const struct virtio_device_ops blk_ops = {
 	.queue_notify = blk_queue_notify,
 	.host_fds = blk_host_fds,
 	.host_fd_ready = blk_host_fd_ready,
+	.quiesce = blk_quiesce,
+	.restore_state = blk_restore_state,
 	.destroy = virtio_blk_destroy,
 };
 
