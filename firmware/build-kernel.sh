@@ -128,29 +128,37 @@ config_value() {
 	awk -v name="$2" 'index($0, name "=") == 1 { print substr($0, length(name) + 2); exit }' "$1"
 }
 
-# Checks the final .config against the fragment; prints every mismatch.
+# Checks the final .config against the fragment (the last setting of an option wins,
+# as in merge_config.sh); prints every mismatch.
 verify_config() {
-	local frag=$1 cfg=$2 line name want got bad=0
+	local frag=$1 cfg=$2 line name got bad=0
+	local -A want=()
+	local -a order=()
 	while IFS= read -r line; do
 		if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
 			name=${BASH_REMATCH[1]}
-			want=${BASH_REMATCH[2]}
-			got=$(config_value "$cfg" "$name")
-			if [[ $got != "$want" ]]; then
-				printf '  %s: fragment says %s, final .config has %s\n' \
-					"$name" "$want" "${got:-not set}" >&2
-				bad=1
-			fi
+			[[ -v "want[$name]" ]] || order+=("$name")
+			want[$name]=${BASH_REMATCH[2]}
 		elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
 			name=${BASH_REMATCH[1]}
-			got=$(config_value "$cfg" "$name")
+			[[ -v "want[$name]" ]] || order+=("$name")
+			want[$name]=n
+		fi
+	done <"$frag"
+	for name in "${order[@]}"; do
+		got=$(config_value "$cfg" "$name")
+		if [[ ${want[$name]} == n ]]; then
 			if [[ -n $got && $got != n ]]; then
 				printf '  %s: fragment says not set, final .config has %s (selected by another option?)\n' \
 					"$name" "$got" >&2
 				bad=1
 			fi
+		elif [[ $got != "${want[$name]}" ]]; then
+			printf '  %s: fragment says %s, final .config has %s\n' \
+				"$name" "${want[$name]}" "${got:-not set}" >&2
+			bad=1
 		fi
-	done <"$frag"
+	done
 	return "$bad"
 }
 
@@ -275,5 +283,5 @@ cp "$build_dir/.config" "$key_dir.tmp/config"
 } >"$key_dir.tmp/build-info.txt"
 rm -rf "$key_dir"
 mv -T "$key_dir.tmp" "$key_dir"
-log "done: $key_dir ($(du -h "$key_dir/vmlinux" | cut -f1) vmlinux, $(du -h "$key_dir/bzImage" | cut -f1) bzImage)"
+log "done: $key_dir ($(du -h --apparent-size "$key_dir/vmlinux" | cut -f1) vmlinux, $(du -h --apparent-size "$key_dir/bzImage" | cut -f1) bzImage)"
 finish "$key_dir"
