@@ -56,7 +56,10 @@ static void conn_notify_writable(struct conn *c)
 	}
 }
 
-static void conn_flush(struct conn *c)
+/* notify: tell throttled streams that they may send again. Only the EPOLLOUT
+ * path does: from inside an operation's callback, re-entering other streams'
+ * callbacks could free what the caller still uses. */
+static void conn_flush(struct conn *c, bool notify)
 {
 	while (c->wlen && !c->dead) {
 		ssize_t n = write(c->fd, c->wbuf + c->woff, c->wlen);
@@ -73,7 +76,7 @@ static void conn_flush(struct conn *c)
 	if (!c->wlen)
 		c->woff = 0;
 	conn_update_interest(c);
-	if (c->throttled && c->wlen < WBUF_LOW) {
+	if (notify && c->throttled && c->wlen < WBUF_LOW) {
 		c->throttled = false;
 		conn_notify_writable(c);
 	}
@@ -116,7 +119,7 @@ static void conn_frame(struct conn *c, uint8_t type, uint8_t flags, uint8_t chan
 	/* Write at once when nothing is queued: lowest latency, and a busy socket
 	 * falls back to EPOLLOUT batching by itself. */
 	if (was_empty)
-		conn_flush(c);
+		conn_flush(c, false);
 	else
 		conn_update_interest(c);
 }
@@ -178,6 +181,11 @@ size_t stream_send_space(const struct stream *s)
 	if (c->dead || c->throttled)
 		return 0;
 	return s->tx_credit < PROTO_DATA_CHUNK ? (size_t)s->tx_credit : PROTO_DATA_CHUNK;
+}
+
+bool stream_congested(const struct stream *s)
+{
+	return s->conn->dead || s->conn->throttled;
 }
 
 void stream_data(struct stream *s, uint8_t channel, bool fin, const void *p, size_t n)
@@ -497,7 +505,7 @@ static void conn_event(struct watch *w, uint32_t events)
 {
 	struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, w));
 	if (events & EPOLLOUT)
-		conn_flush(c);
+		conn_flush(c, true);
 	if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->dead && !c->closing)
 		conn_read(c);
 	if (c->dead || (c->closing && !c->wlen)) {

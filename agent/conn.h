@@ -43,6 +43,9 @@ int conn_start(int fd, bool exit_on_close);
 /* DATA bytes that may be sent on s right now (0 while the connection's output
  * buffer is above its high-water mark). Never more than PROTO_DATA_CHUNK. */
 size_t stream_send_space(const struct stream *s);
+/* True while the connection's output is above its high-water mark: producers
+ * of EVENTs (which are not flow-controlled) pause and resume from writable. */
+bool stream_congested(const struct stream *s);
 /* n must not exceed stream_send_space(), except n == 0 for a bare FIN. */
 void stream_data(struct stream *s, uint8_t channel, bool fin, const void *p, size_t n);
 void stream_event(struct stream *s, const char *json, size_t n);

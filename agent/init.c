@@ -168,7 +168,8 @@ int init_setup(void)
 		setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
 	if (!getenv("HOME"))
 		setenv("HOME", "/root", 1);
-	chdir("/");
+	if (chdir("/") < 0)
+		note(-errno, "chdir /");
 	return first_err;
 }
 

@@ -15,7 +15,7 @@ static int epfd = -1;
 static bool stopping;
 static struct timer *timers;
 static struct child *children;
-static struct watch sigchld_watch;
+static struct watch signal_watch;
 /* Events of the batch being dispatched, so watch_del can cancel pending ones. */
 static struct epoll_event batch[MAX_EVENTS];
 static int batch_n, batch_i;
@@ -118,12 +118,13 @@ void child_unwatch(struct child *c)
 	}
 }
 
-static void reap_children(struct watch *w, uint32_t events)
+static void on_signal(struct watch *w, uint32_t events)
 {
 	struct signalfd_siginfo si;
 	(void)events;
 	while (read(w->fd, &si, sizeof(si)) == sizeof(si))
-		;
+		if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+			loop_stop(); /* main then kills what we started (and powers off as PID 1) */
 	for (;;) {
 		int status;
 		pid_t pid = waitpid(-1, &status, WNOHANG);
@@ -144,6 +145,8 @@ int loop_init(void)
 	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
 	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
 		return -errno;
 	signal(SIGPIPE, SIG_IGN);
@@ -153,7 +156,7 @@ int loop_init(void)
 	int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (sfd < 0)
 		return -errno;
-	return watch_add(&sigchld_watch, sfd, EPOLLIN, reap_children);
+	return watch_add(&signal_watch, sfd, EPOLLIN, on_signal);
 }
 
 void loop_stop(void)

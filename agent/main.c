@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -146,6 +147,9 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* Orphans of the sessions we start (daemonized servers) are re-parented to
+	 * us and reaped by the loop, as they would be by PID 1. */
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	int rc = loop_init();
 	if (rc) {
 		fprintf(stderr, "mitos-agent: event loop: %s\n", strerror(-rc));

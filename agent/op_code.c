@@ -40,9 +40,10 @@ struct kernel {
 	size_t evlen;
 	struct stream *s;    /* the run_code stream being served */
 	uint64_t run_id;     /* id of the latest request */
-	uint64_t busy_id;    /* request still executing in the kernel, 0 if none */
+	uint64_t stuck_id;   /* a timed-out request that was interrupted, 0 if none */
 	char *done;          /* done event of the current run, until output drains */
-	struct timer timer;
+	struct timer timer;      /* the current run's timeout */
+	struct timer kill_timer; /* kills the kernel if stuck_id does not finish */
 	struct kernel *next;
 };
 
@@ -62,6 +63,8 @@ static struct kernel *kernel_find(const char *id)
 static void kernel_detach(struct kernel *k)
 {
 	k->s = NULL;
+	if (k->ev_w.added)
+		watch_set(&k->ev_w, EPOLLIN); /* a parked pipe would block the kernel */
 	for (int i = 0; i < 2; i++) {
 		k->out[i].s = NULL;
 		k->out[i].discard_detached = true;
@@ -97,8 +100,9 @@ static void kernel_stop(struct kernel *k, const char *why, bool reaped)
 	free(k->evbuf);
 	k->evbuf = NULL;
 	k->evlen = 0;
-	k->busy_id = 0;
+	k->stuck_id = 0;
 	timer_disarm(&k->timer);
+	timer_disarm(&k->kill_timer);
 }
 
 static void kernel_exited(struct child *c, int status)
@@ -153,9 +157,10 @@ static void kernel_event(struct kernel *k, const char *p, size_t n)
 	const char *type = json_get_str(ev, "type");
 	bool done = type && !strcmp(type, "done");
 	json_free(ev);
-	if (done && (uint64_t)id == k->busy_id) {
-		k->busy_id = 0;
-		timer_disarm(&k->timer);
+	/* Requests run in order: any later done means the stuck one finished. */
+	if (done && k->stuck_id && (uint64_t)id >= k->stuck_id) {
+		k->stuck_id = 0;
+		timer_disarm(&k->kill_timer);
 	}
 	if ((uint64_t)id != k->run_id || !k->s)
 		return; /* a run whose client is gone */
@@ -182,6 +187,10 @@ static void kernel_read_events(struct watch *w, uint32_t events)
 	struct kernel *k = (struct kernel *)((char *)w - offsetof(struct kernel, ev_w));
 	uint8_t buf[64 * 1024];
 	(void)events;
+	if (k->s && stream_congested(k->s)) {
+		watch_set(&k->ev_w, 0); /* results wait in the pipe; code_writable resumes */
+		return;
+	}
 	ssize_t n = read(k->ev_fd, buf, sizeof(buf));
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
@@ -365,6 +374,8 @@ static void code_event(struct stream *s, const struct json *ev)
 static void code_writable(struct stream *s)
 {
 	struct kernel *k = s->ctx;
+	if (k->ev_w.added)
+		watch_set(&k->ev_w, EPOLLIN);
 	for (int i = 0; i < 2; i++)
 		relay_out_flush(&k->out[i]);
 	kernel_check_finish(k);
@@ -374,7 +385,9 @@ static void code_cancel(struct stream *s)
 {
 	struct kernel *k = s->ctx;
 	kernel_detach(k);
-	if (k->busy_id && k->pid)
+	timer_disarm(&k->timer);
+	/* If the cell already finished, the kernel ignores the interrupt. */
+	if (k->pid)
 		kill(k->pid, SIGINT);
 }
 
@@ -384,7 +397,7 @@ static const struct stream_ops code_ops = {
 
 static void kernel_kill_stuck(struct timer *t)
 {
-	struct kernel *k = (struct kernel *)((char *)t - offsetof(struct kernel, timer));
+	struct kernel *k = (struct kernel *)((char *)t - offsetof(struct kernel, kill_timer));
 	kernel_stop(k, "python kernel did not stop after an interrupt", false);
 }
 
@@ -396,9 +409,10 @@ static void run_timeout(struct timer *t)
 		kernel_detach(k);
 		stream_end_error(s, PERR_TIMEOUT, "execution timed out; interrupted");
 	}
-	if (k->pid && k->busy_id) {
+	if (k->pid) {
 		kill(k->pid, SIGINT);
-		timer_arm(&k->timer, loop_now_ms() + INTERRUPT_GRACE_MS, kernel_kill_stuck);
+		k->stuck_id = k->run_id;
+		timer_arm(&k->kill_timer, loop_now_ms() + INTERRUPT_GRACE_MS, kernel_kill_stuck);
 	}
 }
 
@@ -469,7 +483,6 @@ void op_run_code_open(struct stream *s, const struct json *req)
 		stream_end_errno(s, rc, "send code to the kernel");
 		return;
 	}
-	k->busy_id = k->run_id;
 	k->s = s;
 	s->ctx = k;
 	s->ops = &code_ops;

@@ -544,7 +544,9 @@ static void exec_start(struct stream *s, const struct json *req, bool pty)
 		a.has_user = true;
 	}
 	if (pty) {
-		const struct json *size = json_get(req, "size");
+		const struct json *size = json_get(req, "size"), *spec = json_get(req, "pty");
+		if (!size && spec && spec->kind == JSON_OBJ)
+			size = spec; /* exec's "pty": {"rows", "cols"} */
 		a.ws.ws_row = 24;
 		a.ws.ws_col = 80;
 		if (size && parse_winsize(size, &a.ws)) {
@@ -566,7 +568,8 @@ static void exec_start(struct stream *s, const struct json *req, bool pty)
 		stream_end_error(s, PERR_INVALID_ARGUMENT, "need argv (array of strings) or cmd (string)");
 		return;
 	}
-	evict_exited(MAX_PROCS / 2 < MAX_EXITED_KEPT ? MAX_PROCS / 2 : MAX_EXITED_KEPT);
+	if (nprocs >= MAX_PROCS)
+		evict_exited(0); /* full: uncollected output goes before new work is refused */
 	if (nprocs >= MAX_PROCS) {
 		free_argv(a.argv);
 		stream_end_error(s, PERR_BUSY, "too many processes (max %d)", MAX_PROCS);

@@ -7,11 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/fs_ctx.h"
 #include "agent/ops.h"
 #include "agent/users.h"
 
@@ -19,77 +19,6 @@
 #define LIST_MAX_ENTRIES 100000
 #define LIST_BATCH_BYTES (64u << 10)
 #define REMOVE_MAX_DEPTH 256
-
-/* ---- identity and paths ---- */
-
-/* File operations run with the requested user's filesystem identity, so
- * permissions are checked as for that user and new files belong to them. */
-struct fs_ctx {
-	struct user_info user;
-	bool has_user;
-	bool switched;
-	char path[PATH_MAX];
-};
-
-static int fs_enter(struct stream *s, const struct json *req, struct fs_ctx *fc)
-{
-	const char *name = json_get_str(req, "user");
-	memset(fc, 0, sizeof(*fc));
-	if (name) {
-		if (user_lookup(name, &fc->user)) {
-			stream_end_error(s, PERR_INVALID_ARGUMENT, "unknown user '%s'", name);
-			return -EINVAL;
-		}
-		fc->has_user = true;
-		if (fc->user.uid != geteuid()) {
-			if (geteuid() != 0) {
-				stream_end_error(s, PERR_PERMISSION_DENIED,
-						 "the agent is not root and cannot act as '%s'", name);
-				return -EPERM;
-			}
-			setfsgid(fc->user.gid);
-			setfsuid(fc->user.uid);
-			fc->switched = true;
-		}
-	}
-	return 0;
-}
-
-static void fs_leave(struct fs_ctx *fc)
-{
-	if (fc->switched) {
-		setfsuid(geteuid());
-		setfsgid(getegid());
-		fc->switched = false;
-	}
-}
-
-/* Resolves key's path into out: absolute as given, "~" and relative paths
- * against the user's home. Ends s on error. */
-static int resolve_path(struct stream *s, const struct json *req, const char *key,
-			const struct fs_ctx *fc, char *out)
-{
-	const struct json *v = json_get(req, key);
-	if (!v || v->kind != JSON_STR || !v->len || strlen(v->str) != v->len) {
-		stream_end_error(s, PERR_INVALID_ARGUMENT, "%s must be a non-empty string without NUL", key);
-		return -EINVAL;
-	}
-	const char *p = v->str, *home = fc->has_user ? fc->user.home : getenv("HOME");
-	int n;
-	if (!home || !*home)
-		home = "/";
-	if (p[0] == '/')
-		n = snprintf(out, PATH_MAX, "%s", p);
-	else if (p[0] == '~' && (p[1] == 0 || p[1] == '/'))
-		n = snprintf(out, PATH_MAX, "%s%s", home, p + 1);
-	else
-		n = snprintf(out, PATH_MAX, "%s/%s", home, p);
-	if (n < 0 || n >= PATH_MAX) {
-		stream_end_error(s, PERR_INVALID_ARGUMENT, "%s is too long", key);
-		return -ENAMETOOLONG;
-	}
-	return 0;
-}
 
 static int mkdir_parents(const char *path, mode_t mode)
 {
@@ -468,24 +397,38 @@ void op_exists_open(struct stream *s, const struct json *req)
 	fs_leave(&fc);
 }
 
+/* A listing walks the tree from the loop and pauses whenever the connection is
+ * congested, so a huge tree never piles up in the output buffer. */
 struct lister {
-	struct stream *s;
+	struct fs_ctx fc;     /* fc.path: the directory being read */
 	struct jw batch;
 	size_t count;
 	bool truncated;
+	int max_depth;
+	int depth;            /* open directories in dirs[] */
+	DIR *dirs[LIST_MAX_DEPTH];
+	size_t plen[LIST_MAX_DEPTH]; /* fc.path length at each level */
 };
 
-static void list_flush(struct lister *l)
+static void lister_free(struct lister *l)
 {
-	if (!l->count && !l->batch.buf)
-		return;
+	while (l->depth)
+		closedir(l->dirs[--l->depth]);
+	jw_free(&l->batch);
+	free(l);
+}
+
+static void list_flush(struct stream *s, struct lister *l)
+{
+	if (!l->batch.buf)
+		return; /* nothing since the last batch */
 	jw_arr_end(&l->batch);
 	jw_obj_end(&l->batch);
-	stream_event_jw(l->s, &l->batch);
+	stream_event_jw(s, &l->batch);
 	jw_init(&l->batch);
 }
 
-static void list_add(struct lister *l, const char *path, const struct stat *st)
+static void list_add(struct stream *s, struct lister *l, const char *path, const struct stat *st)
 {
 	if (!l->batch.buf) {
 		jw_obj(&l->batch);
@@ -495,78 +438,114 @@ static void list_add(struct lister *l, const char *path, const struct stat *st)
 	write_entry(&l->batch, path, st);
 	l->count++;
 	if (l->batch.len >= LIST_BATCH_BYTES)
-		list_flush(l);
+		list_flush(s, l);
 }
 
-static int list_dir(struct lister *l, const char *dir, int depth)
+static int list_push(struct lister *l)
 {
-	DIR *d = opendir(dir);
+	DIR *d = opendir(l->fc.path);
 	if (!d)
 		return -errno;
-	struct dirent *e;
-	while ((e = readdir(d))) {
+	l->plen[l->depth] = strlen(l->fc.path);
+	l->dirs[l->depth++] = d;
+	return 0;
+}
+
+static void list_step(struct stream *s)
+{
+	struct lister *l = s->ctx;
+	fs_switch(&l->fc);
+	while (l->depth && !stream_congested(s)) {
+		struct dirent *e = readdir(l->dirs[l->depth - 1]);
+		size_t base = l->plen[l->depth - 1];
+		if (!e) {
+			closedir(l->dirs[--l->depth]);
+			if (l->depth)
+				l->fc.path[l->plen[l->depth - 1]] = 0;
+			continue;
+		}
 		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
 			continue;
 		if (l->count >= LIST_MAX_ENTRIES) {
 			l->truncated = true;
+			while (l->depth)
+				closedir(l->dirs[--l->depth]);
 			break;
 		}
-		char path[PATH_MAX];
 		struct stat st;
-		if (snprintf(path, sizeof(path), "%s/%s", strcmp(dir, "/") ? dir : "", e->d_name) >= PATH_MAX)
-			continue;
-		if (lstat(path, &st) < 0)
-			continue; /* vanished while listing */
-		list_add(l, path, &st);
-		if (S_ISDIR(st.st_mode) && depth > 1)
-			list_dir(l, path, depth - 1); /* unreadable subdirectories are skipped */
+		l->fc.path[base] = 0;
+		int n = snprintf(l->fc.path + base, PATH_MAX - base, "%s%s", base > 1 ? "/" : "", e->d_name);
+		if (n < 0 || (size_t)n >= PATH_MAX - base || lstat(l->fc.path, &st) < 0) {
+			l->fc.path[base] = 0;
+			continue; /* too long, or vanished while listing */
+		}
+		list_add(s, l, l->fc.path, &st);
+		/* unreadable subdirectories are listed but not entered */
+		if (!S_ISDIR(st.st_mode) || l->depth >= l->max_depth || list_push(l))
+			l->fc.path[base] = 0;
 	}
-	closedir(d);
-	return 0;
-}
-
-void op_list_open(struct stream *s, const struct json *req)
-{
-	struct fs_ctx fc;
-	int64_t depth = 1;
-	if (fs_enter(s, req, &fc))
-		return;
-	if (resolve_path(s, req, "path", &fc, fc.path))
-		goto out;
-	if (json_get_int(req, "depth", 1, LIST_MAX_DEPTH, &depth) == -EINVAL) {
-		stream_end_error(s, PERR_INVALID_ARGUMENT, "depth must be in 1..%d", LIST_MAX_DEPTH);
-		goto out;
-	}
-	struct stat st;
-	if (stat(fc.path, &st) < 0) {
-		stream_end_errno(s, -errno, fc.path);
-		goto out;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		stream_end_error(s, PERR_NOT_A_DIRECTORY, "%s is not a directory", fc.path);
-		goto out;
-	}
-	struct lister l = { .s = s };
-	jw_init(&l.batch);
-	int rc = list_dir(&l, fc.path, (int)depth);
-	if (rc) {
-		jw_free(&l.batch);
-		stream_end_errno(s, rc, fc.path);
-		goto out;
-	}
-	list_flush(&l);
-	jw_free(&l.batch);
+	fs_leave(&l->fc);
+	if (l->depth)
+		return; /* resumed by list_writable */
+	list_flush(s, l);
 	struct jw w;
 	jw_init(&w);
 	jw_obj(&w);
 	jw_key(&w, "count");
-	jw_int(&w, (int64_t)l.count);
+	jw_int(&w, (int64_t)l->count);
 	jw_key(&w, "truncated");
-	jw_bool(&w, l.truncated);
+	jw_bool(&w, l->truncated);
 	jw_obj_end(&w);
+	lister_free(l);
 	stream_end_jw(s, &w);
-out:
-	fs_leave(&fc);
+}
+
+static void list_cancel(struct stream *s)
+{
+	lister_free(s->ctx);
+}
+
+static const struct stream_ops list_ops = { .writable = list_step, .cancel = list_cancel };
+
+void op_list_open(struct stream *s, const struct json *req)
+{
+	int64_t depth = 1;
+	struct lister *l = calloc(1, sizeof(*l));
+	if (!l) {
+		stream_end_errno(s, -ENOMEM, "list");
+		return;
+	}
+	if (fs_enter(s, req, &l->fc)) {
+		free(l);
+		return;
+	}
+	int rc = resolve_path(s, req, "path", &l->fc, l->fc.path);
+	for (size_t n = strlen(l->fc.path); !rc && n > 1 && l->fc.path[n - 1] == '/'; n--)
+		l->fc.path[n - 1] = 0; /* entries are joined with one '/' */
+	if (!rc && json_get_int(req, "depth", 1, LIST_MAX_DEPTH, &depth) == -EINVAL) {
+		stream_end_error(s, PERR_INVALID_ARGUMENT, "depth must be in 1..%d", LIST_MAX_DEPTH);
+		rc = -EINVAL;
+	}
+	struct stat st;
+	if (!rc && stat(l->fc.path, &st) < 0) {
+		rc = -errno;
+		stream_end_errno(s, rc, l->fc.path);
+	} else if (!rc && !S_ISDIR(st.st_mode)) {
+		rc = -ENOTDIR;
+		stream_end_error(s, PERR_NOT_A_DIRECTORY, "%s is not a directory", l->fc.path);
+	} else if (!rc && (rc = list_push(l))) {
+		stream_end_errno(s, rc, l->fc.path);
+	}
+	fs_leave(&l->fc);
+	if (rc) {
+		lister_free(l);
+		return;
+	}
+	l->max_depth = (int)depth;
+	jw_init(&l->batch);
+	s->ctx = l;
+	s->ops = &list_ops;
+	list_step(s);
 }
 
 /* Removes name under dirfd without following symlinks anywhere in the tree. */

@@ -21,6 +21,7 @@ static const struct {
 	{ "remove", op_remove_open },
 	{ "mkdir", op_mkdir_open },
 	{ "rename", op_rename_open },
+	{ "watch", op_watch_open },
 	{ "run_code", op_run_code_open },
 	{ "context_create", op_context_create_open },
 	{ "context_list", op_context_list_open },

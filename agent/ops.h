@@ -22,6 +22,7 @@ void op_list_open(struct stream *s, const struct json *req);
 void op_remove_open(struct stream *s, const struct json *req);
 void op_mkdir_open(struct stream *s, const struct json *req);
 void op_rename_open(struct stream *s, const struct json *req);
+void op_watch_open(struct stream *s, const struct json *req);
 
 void op_run_code_open(struct stream *s, const struct json *req);
 void op_context_create_open(struct stream *s, const struct json *req);

@@ -32,7 +32,7 @@ static void cloexec_from(int lowfd)
 		fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
-/* Runs in the child: only async-signal-safe calls until exec. */
+/* Runs in the vforked child: async-signal-safe calls only, no returning. */
 static void __attribute__((noreturn)) child_setup(const struct spawn_req *r, int errfd)
 {
 	struct spawn_failure f = { STEP_FDS, 0 };
@@ -90,7 +90,10 @@ int spawn_process(const struct spawn_req *r, pid_t *pid, const char **failed)
 		return -EINVAL;
 	if (pipe2(ep, O_CLOEXEC) < 0)
 		return -errno;
-	pid_t p = fork();
+	/* vfork: nothing of the agent is copied, and the parent sleeps until the
+	 * exec. The child only makes syscalls that change its own kernel state
+	 * (fds, mask, dispositions, ids) and never returns from here. */
+	pid_t p = vfork();
 	if (p < 0) {
 		int err = errno;
 		close(ep[0]);

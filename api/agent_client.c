@@ -29,6 +29,11 @@ struct agent_conn {
 	struct uop rx_op, tx_op;
 	unsigned inflight;
 	bool rx_armed, tx_armed, dead, ready;
+	/* A vsock host socket answers "OK <port>\n" to our CONNECT line before the agent
+	 * speaks; the line is read into here. */
+	bool vsock_handshake;
+	uint8_t hs_len;
+	char hs_line[32];
 	uint8_t *rbuf;
 	struct proto_parser parser;
 	struct abuf *oh, *ot;
@@ -39,7 +44,10 @@ struct agent_conn {
 	uint32_t next_id;
 	const struct agent_conn_cbs *cbs;
 	void *ctx;
+	struct agent_conn *all_prev, *all_next;
 };
+
+static struct agent_conn *all_conns;
 
 static void ac_fail(struct agent_conn *ac, const char *why);
 static void ac_flush(struct agent_conn *ac);
@@ -49,6 +57,12 @@ static void ac_maybe_free(struct agent_conn *ac)
 {
 	if (!ac->dead || ac->inflight)
 		return;
+	if (ac->all_prev)
+		ac->all_prev->all_next = ac->all_next;
+	else
+		all_conns = ac->all_next;
+	if (ac->all_next)
+		ac->all_next->all_prev = ac->all_prev;
 	close(ac->fd);
 	free_out(ac);
 	free(ac->rbuf);
@@ -304,11 +318,31 @@ static void rx_done(struct uop *op, int res, uint32_t flags)
 		return;
 	}
 	if (res <= 0) {
-		ac_fail(ac, res == 0 ? "the agent closed the connection" : "reading from the agent failed");
+		ac_fail(ac, res < 0 ? "reading from the agent failed"
+			: ac->vsock_handshake ? "nobody listens on the agent's vsock port in the guest "
+						"(the VM closed the connection)"
+			: "the agent closed the connection");
 		return;
 	}
 	const uint8_t *p = ac->rbuf;
 	size_t len = (size_t)res;
+	while (ac->vsock_handshake && len) {
+		char ch = (char)*p++;
+		len--;
+		if (ch == '\n') {
+			ac->hs_line[ac->hs_len] = 0;
+			ac->vsock_handshake = false;
+		} else if (ac->hs_len + 1u < sizeof(ac->hs_line)) {
+			ac->hs_line[ac->hs_len++] = ch;
+		} else {
+			ac_fail(ac, "the VM's vsock socket answered CONNECT with an overlong line");
+			return;
+		}
+		if (!ac->vsock_handshake && strncmp(ac->hs_line, "OK ", 3)) {
+			ac_fail(ac, "the VM's vsock socket did not answer CONNECT with OK");
+			return;
+		}
+	}
 	/* Holds ac while callbacks run: one of them may close it. */
 	ac->inflight++;
 	while (len && !ac->dead) {
@@ -329,6 +363,12 @@ static void rx_done(struct uop *op, int res, uint32_t flags)
 }
 
 int agent_connect(const char *path, const struct agent_conn_cbs *cbs, void *ctx, struct agent_conn **out)
+{
+	return agent_connect_vsock(path, 0, cbs, ctx, out);
+}
+
+int agent_connect_vsock(const char *path, uint32_t vsock_port, const struct agent_conn_cbs *cbs, void *ctx,
+			struct agent_conn **out)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(sa.sun_path))
@@ -357,6 +397,18 @@ int agent_connect(const char *path, const struct agent_conn_cbs *cbs, void *ctx,
 	ac->cbs = cbs;
 	ac->ctx = ctx;
 	ac->next_id = 1;
+	ac->all_next = all_conns;
+	if (all_conns)
+		all_conns->all_prev = ac;
+	all_conns = ac;
+	if (vsock_port) {
+		/* HELLO may follow at once: the VMM peeks the line and holds what comes after
+		 * it until the guest accepts. */
+		char line[32];
+		int k = snprintf(line, sizeof(line), "CONNECT %u\n", vsock_port);
+		ac_queue(ac, line, (size_t)k);
+		ac->vsock_handshake = true;
+	}
 	static const char hello[] = "{\"min_version\":1,\"max_version\":1}";
 	ac_frame(ac, PROTO_HELLO, 0, 0, 0, hello, sizeof(hello) - 1);
 	ac_arm_rx(ac);
@@ -429,4 +481,15 @@ void agent_cancel(struct astream *s)
 	stream_unlink(s);
 	ac_frame(ac, PROTO_CANCEL, 0, 0, s->id, NULL, 0);
 	free(s);
+}
+
+void agent_conn_free_all(void)
+{
+	while (all_conns) {
+		struct agent_conn *ac = all_conns;
+		if (!ac->dead)
+			agent_conn_close(ac);
+		ac->inflight = 0;
+		ac_maybe_free(ac);
+	}
 }

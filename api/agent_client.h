@@ -41,9 +41,16 @@ struct agent_conn_cbs {
 
 /* Connects to a Unix socket and says HELLO. -errno when nobody listens yet. */
 int agent_connect(const char *path, const struct agent_conn_cbs *cbs, void *ctx, struct agent_conn **out);
+/* The same through a VM's Firecracker-style vsock host socket (devices/virtio_vsock.h):
+ * "CONNECT <vsock_port>\n" first, and the "OK <n>\n" answer is checked before the
+ * agent's frames; vsock_port 0 is agent_connect(). */
+int agent_connect_vsock(const char *path, uint32_t vsock_port, const struct agent_conn_cbs *cbs, void *ctx,
+			struct agent_conn **out);
 /* Closes without calling closed(); every open stream gets end(NULL). */
 void agent_conn_close(struct agent_conn *ac);
 bool agent_conn_ready(const struct agent_conn *ac);
+/* After the ring is gone: frees every connection. */
+void agent_conn_free_all(void);
 unsigned agent_conn_streams(const struct agent_conn *ac);
 
 /* Opens a stream with {"op":...} JSON; NULL when the connection is not usable. */

@@ -11,11 +11,14 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+struct cJSON;
+struct agent_conn;
+
 struct engine_start {
 	const char *id;
 	const char *dir;           /* the sandbox's own directory in the state dir */
-	const char *template_root; /* read-only lower layer */
-	const char *copy_from;     /* a parent's writable layer to copy, or NULL */
+	const char *template_root; /* process: read-only lower layer; kvm: the template's dir */
+	const char *copy_from;     /* what fork_source() gave for the parent, or NULL */
 	int ready_fd;              /* gets one byte once the agent accepts connections */
 };
 
@@ -24,10 +27,17 @@ struct engine_proc {
 	int pidfd;                 /* readable when it exits */
 	uint64_t start_time;       /* /proc/PID/stat field 22: tells a reused pid apart */
 	bool child;                /* ours to reap */
+	void *priv;                /* the engine's own record of the sandbox (kvm), or NULL */
 };
+
+/* Runs on the event loop once a template build has ended: rc 0 or -errno, msg says why. */
+typedef void (*engine_build_done_fn)(void *ctx, int rc, const char *msg);
+typedef void (*engine_connected_fn)(void *ctx, int rc, const char *why);
 
 struct engine_ops {
 	const char *name;
+	/* Non-zero: agent_socket is a VM's vsock host socket, reached with "CONNECT <port>". */
+	uint32_t agent_vsock_port;
 	/* Where the agent of a sandbox in dir listens (a Unix socket path). */
 	int (*agent_socket)(const char *dir, char *out, size_t outlen);
 	/* Where its writable layer is, for fork. */
@@ -40,9 +50,37 @@ struct engine_ops {
 	void (*exit_reason)(const char *dir, char *out, size_t outlen);
 	/* Removes dir and everything in it. */
 	int (*cleanup)(const char *dir);
+
+	/* Optional hooks; NULL where an engine has nothing to do. */
+	/* What the children of a fork of the running sandbox in dir start from (their
+	 * engine_start.copy_from); replaces writable_layer() and pausing the parent. */
+	int (*fork_source)(const char *dir, const struct engine_proc *p, char *out, size_t outlen,
+			   char *err, size_t errlen);
+	/* On a new sandbox's first agent connection, before it counts as ready (kvm:
+	 * post_fork). done runs once, on the loop, also when the connection dies first. */
+	int (*after_connect)(struct engine_proc *p, struct agent_conn *ac, engine_connected_fn done, void *ctx);
+	/* A sandbox a previous serve left running (p has pid, pidfd and start time):
+	 * fills p->priv, or fails when it cannot be taken over. */
+	int (*adopt)(const char *dir, struct engine_proc *p, char *err, size_t errlen);
+	/* After cleanup(): frees p->priv. */
+	void (*release)(struct engine_proc *p);
+	/* Templates the engine builds itself (kvm: boot, wait for the agent, snapshot):
+	 * validates spec (the POST /v1/templates body) and starts building into dir;
+	 * done runs later unless it fails at once. */
+	int (*template_build)(const char *dir, const struct cJSON *spec, engine_build_done_fn done, void *ctx,
+			      char *err, size_t errlen);
+	/* A template of this engine found in the state dir at start: still usable? */
+	bool (*template_usable)(const char *dir);
+	/* The event loop runs and every sandbox left by a previous serve was adopted. */
+	void (*started)(void);
+	/* Graceful stop: ends template builds and prepared VMs. */
+	void (*shutdown)(void);
+	/* After the loop: frees the engine's own state. */
+	void (*exit)(void);
 };
 
 extern const struct engine_ops engine_process_ops;
+extern const struct engine_ops engine_kvm_ops;
 
 /* Checks that the process engine can run here; fills why if not. */
 int engine_process_available(char *why, size_t whylen);
@@ -50,6 +88,13 @@ int engine_process_available(char *why, size_t whylen);
  * must not see (the state dir, the token file). */
 int engine_process_configure(const char *agent_path, const char *state_dir, const char *token_file,
 			     char *err, size_t errlen);
+
+/* Checks that the kvm engine can run here (/dev/kvm); fills why if not. */
+int engine_kvm_available(char *why, size_t whylen);
+/* The state dir and the number of prepared VMs kept per VM shape; prints (into info)
+ * what the jail of each VM can and cannot do on this host. */
+int engine_kvm_configure(const char *state_dir, unsigned pool_size, char *info, size_t infolen,
+			 char *err, size_t errlen);
 
 /* Reads field 22 of /proc/PID/stat (0 when the process is gone). */
 uint64_t engine_proc_start_time(pid_t pid);

@@ -248,7 +248,7 @@ static void bind_dev(struct child_ctx *c, const char *root, const char *name)
 {
 	char src[64], dst[4200];
 	snprintf(src, sizeof(src), "/dev/%s", name);
-	snprintf(dst, sizeof(dst), "%s/dev/%s", root, name);
+	snprintf(dst, sizeof(dst), "%.1200s/dev/%s", root, name);
 	int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
 	if (fd >= 0)
 		close(fd);
@@ -316,10 +316,11 @@ static __attribute__((noreturn)) void sandbox_child(const struct engine_start *s
 	signal(SIGINT, SIG_DFL);
 	signal(SIGTERM, SIG_DFL);
 	setsid();
+	prctl(PR_SET_NAME, "mitos-init", 0, 0, 0);
 
-	snprintf(p, sizeof(p), "%s/start-error", s->dir);
+	snprintf(p, sizeof(p), "%.1200s/start-error", s->dir);
 	cc.errfd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	snprintf(p, sizeof(p), "%s/agent.log", s->dir);
+	snprintf(p, sizeof(p), "%.1200s/agent.log", s->dir);
 	cc.logfd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (nullfd >= 0)
@@ -341,58 +342,58 @@ static __attribute__((noreturn)) void sandbox_child(const struct engine_start *s
 	if (mount("overlay", root, "overlay", 0, opts) < 0)
 		child_fail(c, errno, "mount overlay (%s)", opts);
 
-	snprintf(p, sizeof(p), "%s/proc", root);
+	snprintf(p, sizeof(p), "%.1200s/proc", root);
 	mkdir_p(p, 0555);
 	if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 		child_fail(c, errno, "mount /proc");
-	snprintf(p, sizeof(p), "%s/sys", root);
+	snprintf(p, sizeof(p), "%.1200s/sys", root);
 	mkdir_p(p, 0555);
 	mount("sysfs", p, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-	snprintf(p, sizeof(p), "%s/tmp", root);
+	snprintf(p, sizeof(p), "%.1200s/tmp", root);
 	mkdir_p(p, 01777);
 	if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
 		child_fail(c, errno, "mount /tmp");
-	snprintf(p, sizeof(p), "%s/run", root);
+	snprintf(p, sizeof(p), "%.1200s/run", root);
 	mkdir_p(p, 0755);
 	if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
 		child_fail(c, errno, "mount /run");
-	snprintf(p, sizeof(p), "%s" SANDBOX_RUN, root);
+	snprintf(p, sizeof(p), "%.1200s" SANDBOX_RUN, root);
 	mkdir_p(p, 0755);
 	if (mount(run, p, NULL, MS_BIND, NULL) < 0)
 		child_fail(c, errno, "bind %s", run);
 
 	/* A /dev with the harmless devices only, and a private devpts. */
-	snprintf(p, sizeof(p), "%s/dev", root);
+	snprintf(p, sizeof(p), "%.1200s/dev", root);
 	mkdir_p(p, 0755);
 	if (mount("tmpfs", p, "tmpfs", MS_NOSUID, "mode=0755") < 0)
 		child_fail(c, errno, "mount /dev");
 	static const char *devs[] = { "null", "zero", "full", "random", "urandom", "tty" };
 	for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++)
 		bind_dev(c, root, devs[i]);
-	snprintf(p, sizeof(p), "%s/dev/pts", root);
+	snprintf(p, sizeof(p), "%.1200s/dev/pts", root);
 	mkdir_p(p, 0755);
 	if (mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0) {
-		snprintf(p, sizeof(p), "%s/dev/ptmx", root);
+		snprintf(p, sizeof(p), "%.1200s/dev/ptmx", root);
 		symlink("pts/ptmx", p);
 	}
-	snprintf(p, sizeof(p), "%s/dev/shm", root);
+	snprintf(p, sizeof(p), "%.1200s/dev/shm", root);
 	mkdir_p(p, 01777);
 	mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	static const char *links[][2] = { { "/proc/self/fd", "fd" }, { "/proc/self/fd/0", "stdin" },
 					  { "/proc/self/fd/1", "stdout" }, { "/proc/self/fd/2", "stderr" } };
 	for (size_t i = 0; i < 4; i++) {
-		snprintf(p, sizeof(p), "%s/dev/%s", root, links[i][1]);
+		snprintf(p, sizeof(p), "%.1200s/dev/%s", root, links[i][1]);
 		symlink(links[i][0], p);
 	}
 
 	/* The template is the host's own root for now: hide what is the server's. */
 	struct stat st;
-	snprintf(p, sizeof(p), "%s%s", root, state_dir_real);
+	snprintf(p, sizeof(p), "%.1200s%.2900s", root, state_dir_real);
 	if (!stat(p, &st) && S_ISDIR(st.st_mode))
 		if (mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0") < 0)
 			child_fail(c, errno, "hide the state dir");
 	if (token_file_real[0]) {
-		snprintf(p, sizeof(p), "%s%s", root, token_file_real);
+		snprintf(p, sizeof(p), "%.1200s%.2900s", root, token_file_real);
 		if (!stat(p, &st) && mount("/dev/null", p, NULL, MS_BIND, NULL) < 0)
 			child_fail(c, errno, "hide the token file");
 	}

@@ -1,5 +1,7 @@
 #include "api/http.h"
 
+#include <cjson/cJSON.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -371,7 +373,23 @@ void http_reply_json(struct http_req *r, int status, const char *json)
 void http_reply_error_status(struct http_req *r, int status, enum api_err e, const char *message,
 			     const char *cause, const char *remediation)
 {
-	char *j = api_error_json(e, message, cause, remediation);
+	cJSON *root = cJSON_CreateObject();
+	cJSON *o = api_error_object(e, message, cause, remediation, 0);
+	if (root && o && r->connect_errors) {
+		/* Connect clients read code/message; Mitos clients read error. */
+		char *red = api_redact(message ? message : api_err_code(e));
+		cJSON_AddStringToObject(root, "code", api_err_connect_code(e));
+		cJSON_AddStringToObject(root, "message", red ? red : "");
+		free(red);
+	}
+	char *j = NULL;
+	if (root && o) {
+		cJSON_AddItemToObject(root, "error", o);
+		o = NULL;
+		j = cJSON_PrintUnformatted(root);
+	}
+	cJSON_Delete(root);
+	cJSON_Delete(o);
 	if (!j) {
 		http_reply_json(r, 500, "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\","
 				"\"cause\":\"\",\"remediation\":\"retry\"}}");
@@ -444,6 +462,42 @@ void http_req_resume_body(struct http_req *r)
 		return;
 	r->body_paused = false;
 	conn_kick(r->c);
+}
+
+void http_raw_begin(struct http_req *r)
+{
+	if (r->finished || r->resp_started)
+		return;
+	r->resp_started = true;
+	r->keep_alive = false;
+}
+
+void http_raw_write(struct http_req *r, const void *p, size_t n)
+{
+	if (r->finished || !r->resp_started)
+		return;
+	conn_out(r->c, p, n);
+	conn_flush(r->c);
+}
+
+void http_raw_input(struct http_req *r)
+{
+	if (r->finished || r->raw_in)
+		return;
+	r->raw_in = true;
+	r->abort_on_eof = true;
+	conn_kick(r->c);
+}
+
+void http_raw_finish(struct http_req *r)
+{
+	if (r->finished)
+		return;
+	/* What the client sent after this request was meant for the upgraded
+	 * protocol or the upstream: it cannot be parsed as HTTP. */
+	r->keep_alive = false;
+	conn_close_after(r->c);
+	req_finished(r);
 }
 
 /* ---- connection driving ---- */
@@ -529,6 +583,16 @@ void http_conn_process(struct conn *c)
 {
 	while (!c->dead) {
 		struct http_req *r = c->req;
+		if (r && r->raw_in && !r->finished) {
+			if (r->body_paused || !c->pend_len || !r->ops || !r->ops->raw)
+				break;
+			const uint8_t *p = c->pend + c->pend_off;
+			size_t n = c->pend_len;
+			c->pend_off += n;
+			c->pend_len = 0;
+			r->ops->raw(r, p, n);
+			continue;
+		}
 		if (r && r->headers_done && !r->hdrs_handled_) {
 			r->hdrs_handled_ = true;
 			c->hdr_deadline_ms = 0;

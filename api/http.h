@@ -31,6 +31,9 @@ struct http_req_ops {
 	void (*writable)(struct http_req *r);
 	/* The connection is gone: forget r (it is freed after this returns). */
 	void (*abort)(struct http_req *r);
+	/* After http_raw_input(): every byte the client sends after the request. The
+	 * handler must take all n bytes (it may pause further input). */
+	void (*raw)(struct http_req *r, const uint8_t *p, size_t n);
 };
 
 struct http_header {
@@ -53,6 +56,9 @@ struct http_req {
 	bool keep_alive;
 	bool headers_done, dispatched, complete, finished;
 	bool body_paused, body_streamed;
+	bool connect_errors;       /* error bodies also carry Connect's code/message */
+	bool abort_on_eof;         /* the client closing means nobody wants the rest */
+	bool raw_in;               /* bytes after the request go to ops->raw (upgrades) */
 	uint64_t content_length;   /* ULLONG_MAX when absent */
 	uint8_t *body;             /* buffered body (non-streamed routes) */
 	size_t body_len, body_cap, body_limit;
@@ -104,6 +110,16 @@ size_t http_stream_room(const struct http_req *r);
 
 void http_req_pause_body(struct http_req *r);
 void http_req_resume_body(struct http_req *r);
+
+/* Raw responses, for proxies and protocol upgrades: the handler writes the status
+ * line, headers and body bytes itself, and the connection closes once
+ * http_raw_finish() was called and the output drained. http_raw_input() hands
+ * every later client byte to ops->raw (pause it with http_req_pause_body()); the
+ * client closing its side then aborts the request. */
+void http_raw_begin(struct http_req *r);
+void http_raw_write(struct http_req *r, const void *p, size_t n);
+void http_raw_input(struct http_req *r);
+void http_raw_finish(struct http_req *r);
 
 /* Percent-decodes in place ('+' stays '+'); returns -EINVAL on bad escapes or NUL. */
 int http_pct_decode(char *s);

@@ -7,6 +7,8 @@
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/preview.h"
+#include "api/pty.h"
 #include "api/server.h"
 
 static const struct route r_health = { "health", rest_health, false, false };
@@ -21,6 +23,9 @@ static const struct route r_pause = { "pause", rest_pause, false, false };
 static const struct route r_resume = { "resume", rest_resume, false, false };
 static const struct route r_rpc = { "rpc", rpc_dispatch, false, false };
 static const struct route r_rpc_write = { "rpc.WriteFile", rpc_write_file, true, true };
+static const struct route r_preview_create = { "preview.create", rest_preview_create, false, false };
+static const struct route r_preview_proxy = { "preview.proxy", preview_proxy, true, true };
+static const struct route r_pty = { "pty", pty_handle, false, false };
 
 #define RPC_PREFIX "/sandbox.v1.Sandbox/"
 
@@ -88,13 +93,22 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 		return m == HTTP_POST ? &r_pause : NULL;
 	if (!strcmp(p, "/v1/resume"))
 		return m == HTTP_POST ? &r_resume : NULL;
+	if (!strcmp(p, "/v1/preview"))
+		return m == HTTP_POST ? &r_preview_create : NULL;
+	if (!strcmp(p, "/v1/pty"))
+		return m == HTTP_GET ? &r_pty : NULL;
+	/* Any method: it is the sandbox's server that answers. */
+	if (!strncmp(p, "/preview/", 9))
+		return &r_preview_proxy;
 	if (!strncmp(p, RPC_PREFIX, strlen(RPC_PREFIX))) {
 		const char *meth = p + strlen(RPC_PREFIX);
+		r->connect_errors = true;
 		if (strlen(meth) >= sizeof(r->param) || !rpc_method_known(meth)) {
 			*known_path = false;
 			return NULL;
 		}
 		snprintf(r->param, sizeof(r->param), "%s", meth);
+		r->connect_errors = true;
 		if (m != HTTP_POST)
 			return NULL;
 		return !strcmp(meth, "WriteFile") ? &r_rpc_write : &r_rpc;
@@ -105,8 +119,9 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 
 void router_headers(struct http_req *r)
 {
-	bool known, has_id;
-	const struct route *rt = match(r, &known, &has_id);
+	bool known = true, has_id = false;
+	/* A preview host is the sandbox's whole site, whatever the path. */
+	const struct route *rt = preview_host_matches(r) ? &r_preview_proxy : match(r, &known, &has_id);
 	r->body_limit = srv_cfg.max_json_body;
 	/* The sandbox id is checked before anything else, the token included: a
 	 * malformed id is a client bug that says nothing about the server. */
@@ -115,16 +130,17 @@ void router_headers(struct http_req *r)
 		if (!api_valid_id(r->param))
 			set_early(r, AE_INVALID_SANDBOX_ID, "the sandbox id in the path is not a valid sandbox id");
 		else
-			snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%s", r->param);
+			snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%.64s", r->param);
 	} else if (rt == &r_rpc || rt == &r_rpc_write) {
 		if (!hid || !*hid)
 			set_early(r, AE_INVALID_SANDBOX_ID, "the X-Sandbox-Id header is required for sandbox.v1.Sandbox calls");
 		else if (!api_valid_id(hid))
 			set_early(r, AE_INVALID_SANDBOX_ID, "the X-Sandbox-Id header is not a valid sandbox id");
 		else
-			snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%s", hid);
+			snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%.64s", hid);
 	}
-	if (!router_authorized(r))
+	/* Previews carry their own signed token; the proxy checks it. */
+	if (rt != &r_preview_proxy && !router_authorized(r))
 		set_early(r, AE_UNAUTHENTICATED, srv_cfg.token && http_req_header(r, "authorization")
 			  ? "the bearer token does not match" : "this server requires a bearer token");
 	if (!rt) {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "api/agent_client.h"
+#include "api/images.h"
 #include "api/registry.h"
 #include "api/server.h"
 #include "vmm/kvm_probe.h"
@@ -164,11 +165,7 @@ static void sb_save(const struct sandbox *sb)
 
 static const char *image_root(const char *image)
 {
-	/* The Debian image builder is later work: until then the one image is the
-	 * host's own root, read-only under every sandbox's overlay. */
-	if (!strcmp(image, "python") || !strcmp(image, "default") || !strcmp(image, "base"))
-		return "/";
-	return NULL;
+	return images_root(image);
 }
 
 int templates_create(const char *name, const char *image, struct template_rec **out, bool *created,
@@ -269,7 +266,7 @@ static struct sandbox *sb_new(const char *id)
 	if (!sb)
 		return NULL;
 	snprintf(sb->id, sizeof(sb->id), "%s", id);
-	snprintf(sb->dir, sizeof(sb->dir), "%s/%s", sb_root, id);
+	snprintf(sb->dir, sizeof(sb->dir), "%.900s/%.64s", sb_root, id);
 	sb->proc.pidfd = -1;
 	sb->ready_fd = -1;
 	sb->exit_op.fn = sb_exit_done;
@@ -578,7 +575,7 @@ static void random_id(char *out, size_t n)
 static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, char *err, size_t errlen)
 {
 	if (mkdir(sb->dir, 0700) < 0) {
-		snprintf(err, errlen, "mkdir %s: %s", sb->dir, strerror(errno));
+		snprintf(err, errlen, "mkdir %.300s: %s", sb->dir, strerror(errno));
 		return -errno;
 	}
 	int pfd[2];
@@ -840,8 +837,10 @@ int sandboxes_init(char *err, size_t errlen)
 	templates_load();
 	printf("engine: process (%s)\n", why);
 	printf("WARNING: the process engine isolates sandboxes with Linux namespaces and an overlay only, "
-	       "not a VM; the 'python' template's root is this host's own / (read-only). "
-	       "Do not run untrusted code with it.\n");
+	       "not a VM%s. Do not run untrusted code with it.\n", images_host_root()
+	       ? "; the 'python' template's root is this host's own / (read-only)" : "");
+	if (!images_host_root())
+		printf("template image: python = %s\n", images_root("python"));
 	printf("state dir: %s\n", real);
 	fflush(stdout);
 	return 0;

@@ -14,8 +14,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/agent_client.h"
 #include "api/errors.h"
+#include "api/images.h"
 #include "api/listener.h"
+#include "api/preview.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
 #include "api/uring.h"
@@ -38,9 +41,11 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: mitos-vmm serve [--listen HOST:PORT] [--engine kvm|process] [--state-dir DIR]\n"
 		"                       [--token-file FILE] [--preview-domain DOMAIN] [--insecure-no-auth]\n"
+		"                       [--images DIR|none]\n"
 		"\n"
-		"Runs the node's API server: the Mitos REST API (/v1/...) and the Connect service\n"
-		"sandbox.v1.Sandbox, on one HTTP/1.1 listener (api/API.md).\n"
+		"Runs the node's API server: the Mitos REST API (/v1/...), the Connect service\n"
+		"sandbox.v1.Sandbox, the preview proxy and /v1/pty, on one HTTP/1.1 listener\n"
+		"(api/API.md).\n"
 		"\n"
 		"  --listen HOST:PORT   default 127.0.0.1:8080; port 0 picks a free port\n"
 		"  --engine NAME        kvm (microVMs; not available yet) or process (namespaces);\n"
@@ -48,7 +53,11 @@ static void usage(FILE *f)
 		"  --state-dir DIR      sandbox registry and writable layers (default /var/lib/mitos)\n"
 		"  --token-file FILE    every request must carry Authorization: Bearer <token>\n"
 		"  --insecure-no-auth   allow a non-loopback listener without a token\n"
-		"  --preview-domain D   domain for preview URLs (preview is not available yet)\n"
+		"  --preview-domain D   preview URLs are http://<id>-<port>.D/ (a wildcard DNS name\n"
+		"                       pointing here); without it, http://HOST/preview/<id>/<port>/\n"
+		"  --images DIR         template images of tools/build-image (default\n"
+		"                       ${MITOS_CACHE:-$HOME/.cache/mitos}/images); 'none': the python\n"
+		"                       template runs on this host's / (read-only)\n"
 		"  --agent PATH         mitos-agent binary (default: next to mitos-vmm)\n"
 		"  --header-timeout-ms N, --idle-timeout-ms N, --body-timeout-ms N,\n"
 		"  --keepalive-ms N     Connect stream keepalive interval (default 15000)\n"
@@ -228,6 +237,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_MAX_CONNS 1007
 #define OPT_MAX_SB 1008
 #define OPT_DEF_TIMEOUT 1009
+#define OPT_IMAGES 1010
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -259,6 +269,7 @@ int cmd_serve(int argc, char **argv)
 		{ "max-conns", required_argument, NULL, OPT_MAX_CONNS },
 		{ "max-sandboxes", required_argument, NULL, OPT_MAX_SB },
 		{ "default-timeout", required_argument, NULL, OPT_DEF_TIMEOUT },
+		{ "images", required_argument, NULL, OPT_IMAGES },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -292,6 +303,7 @@ int cmd_serve(int argc, char **argv)
 		case 'p': srv_cfg.preview_domain = optarg; break;
 		case 'i': srv_cfg.insecure_no_auth = true; break;
 		case OPT_AGENT: srv_cfg.agent_path = optarg; break;
+		case OPT_IMAGES: srv_cfg.images_dir = optarg; break;
 		case OPT_HDR_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.header_timeout_ms = (uint32_t)v; break;
 		case OPT_IDLE_TIMEOUT: bad = parse_u64(optarg, 100, 86400000, &v); srv_cfg.idle_timeout_ms = (uint32_t)v; break;
 		case OPT_BODY_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.body_timeout_ms = (uint32_t)v; break;
@@ -352,9 +364,18 @@ int cmd_serve(int argc, char **argv)
 	}
 
 	char engine_err[512];
-	int rc = sandboxes_init(engine_err, sizeof(engine_err));
+	int rc = images_init(srv_cfg.images_dir, srv_cfg.agent_path, engine_err, sizeof(engine_err));
+	if (!rc)
+		rc = sandboxes_init(engine_err, sizeof(engine_err));
 	if (rc) {
 		fprintf(stderr, "mitos-vmm serve: %s\n", engine_err);
+		close(listen_fd);
+		return EXIT_VMM_ERROR;
+	}
+	rc = preview_init(srv_cfg.state_dir, engine_err, sizeof(engine_err));
+	if (rc) {
+		fprintf(stderr, "mitos-vmm serve: %s\n", engine_err);
+		sandboxes_exit();
 		close(listen_fd);
 		return EXIT_VMM_ERROR;
 	}
@@ -399,11 +420,14 @@ int cmd_serve(int argc, char **argv)
 	listener_close_all();
 	sandboxes_exit();
 	ur_exit();
+	listener_free_zombies();
+	agent_conn_free_all();
 	close(sig_fd);
 	if (listen_fd >= 0)
 		close(listen_fd);
 	free(srv_cfg.token);
 	api_redact_set_token(NULL);
+	preview_exit();
 	fprintf(stderr, "mitos-vmm serve: stopped\n");
 	return rc ? EXIT_VMM_ERROR : 0;
 }

@@ -17,7 +17,7 @@
 
 static struct conn *conns;
 static unsigned nconns;
-static struct conn *bufwait_head; /* reads that found no provided buffer */
+static struct conn *zombies; /* torn down, waiting for their ring operations */
 
 static void conn_arm_rx(struct conn *c);
 static void conn_teardown(struct conn *c);
@@ -34,10 +34,20 @@ static void obuf_free_all(struct conn *c)
 	c->oq = 0;
 }
 
+static void zombie_unlink(struct conn *c)
+{
+	for (struct conn **pp = &zombies; *pp; pp = &(*pp)->next)
+		if (*pp == c) {
+			*pp = c->next;
+			return;
+		}
+}
+
 static void conn_maybe_free(struct conn *c)
 {
 	if (!c->dead || c->inflight)
 		return;
+	zombie_unlink(c);
 	close(c->fd);
 	obuf_free_all(c);
 	free(c->pend);
@@ -210,6 +220,13 @@ static void rx_done(struct uop *op, int res, uint32_t flags)
 		if (has_buf)
 			ur_buf_return(bid);
 		if (res == 0 && !conn_lingering(c)) {
+			struct http_req *r = c->req;
+			if (r && r->dispatched && !r->finished && r->abort_on_eof && r->complete) {
+				/* A stream whose reader left: stop the work behind it now,
+				 * not at the next failed write. */
+				conn_teardown(c);
+				return;
+			}
 			c->read_eof = true;
 			http_conn_process(c);
 			if (c->dead)
@@ -297,6 +314,9 @@ static void conn_teardown(struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	nconns--;
+	c->prev = NULL;
+	c->next = zombies;
+	zombies = c;
 	/* Makes a pending read complete so the connection can be freed. */
 	shutdown(c->fd, SHUT_RDWR);
 	conn_maybe_free(c);
@@ -366,4 +386,13 @@ void listener_close_all(void)
 {
 	while (conns)
 		conn_teardown(conns);
+}
+
+void listener_free_zombies(void)
+{
+	while (zombies) {
+		struct conn *c = zombies;
+		c->inflight = 0;
+		conn_maybe_free(c);
+	}
 }

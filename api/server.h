@@ -23,6 +23,7 @@ struct server_config {
 	const char *token_file;
 	char *token;              /* loaded from token_file */
 	const char *preview_domain;
+	const char *images_dir;   /* --images, or NULL for the default */
 	const char *agent_path;
 	bool insecure_no_auth;
 	bool loopback;

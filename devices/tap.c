@@ -42,9 +42,10 @@ static int attach_error(const char *name, int err, struct mitos_err *e)
 
 int tap_open(const char *name, struct mitos_err *e)
 {
-	if (!tap_name_valid(name))
+	if (!name || !tap_name_valid(name))
 		return mitos_err_set(e, -EINVAL, "'%s' is not a valid interface name (1 to %d "
-				     "characters, no '/', ':' or spaces)", name, IFNAMSIZ - 1);
+				     "characters, no '/', ':' or spaces)", name ? name : "",
+				     IFNAMSIZ - 1);
 	if (if_nametoindex(name) == 0)
 		return mitos_err_set(e, -ENODEV, "no network interface %s in this network "
 				     "namespace: create it first (tools/netns-sandbox create NAME, "

@@ -155,30 +155,6 @@ static struct blk_req *blk_req_new(struct blk *b, const struct virtq_chain *c, u
 	return r;
 }
 
-/* Describes bytes [skip, skip+len) of the chain's readable or writable part as iovecs on
- * the guest buffers themselves; empty pieces are left out. */
-static unsigned chain_iov(const struct virtq_chain *c, bool writable, uint64_t skip,
-			  uint64_t len, struct iovec *iov)
-{
-	unsigned n = 0;
-	for (unsigned i = 0; i < c->nbufs && len; i++) {
-		const struct virtq_buf *buf = &c->bufs[i];
-		if (buf->writable != writable)
-			continue;
-		if (skip >= buf->len) {
-			skip -= buf->len;
-			continue;
-		}
-		uint64_t take = buf->len - skip;
-		if (take > len)
-			take = len;
-		iov[n++] = (struct iovec){ .iov_base = buf->host + skip, .iov_len = take };
-		len -= take;
-		skip = 0;
-	}
-	return n;
-}
-
 /* The status byte is the last byte of the writable part (any layout: it may share a
  * buffer with IN data). Writable buffers come last, so it ends the last non-empty one. */
 static uint8_t *chain_status(const struct virtq_chain *c)
@@ -212,7 +188,7 @@ static void blk_start_rw(struct blk *b, struct blk_batch *bt, const struct virtq
 	struct blk_req *r = blk_req_new(b, c, type, status);
 	r->offset = sector * SECTOR;
 	r->left = len;
-	r->niov = chain_iov(c, !out, out ? HDR_BYTES : 0, len, r->iov);
+	r->niov = virtq_chain_iov(c, !out, out ? HDR_BYTES : 0, len, r->iov);
 	blk_submit(b, bt, r);
 }
 

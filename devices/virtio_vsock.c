@@ -23,9 +23,10 @@
 /* Host ports handed to host-initiated connections ("OK <port>"). */
 #define FIRST_LOCAL_PORT 1024U
 #define LAST_LOCAL_PORT  0x7fffffffU
-/* RSTs owed for packets that match no connection wait here while the guest has no
- * receive buffer posted; past this many they are dropped (the guest would have to send
- * that many bad packets without posting a single receive buffer). */
+/* RSTs owed to the guest (for packets that match no connection, and for connections we
+ * end) wait here while it has no receive buffer posted; past this many they are dropped
+ * (the guest would have to send that many bad packets without posting a single receive
+ * buffer). */
 #define RST_QUEUE    (2 * MAX_CONNS)
 #define EPOLL_BATCH  64
 #define ACCEPT_BATCH 16
@@ -334,28 +335,6 @@ static bool conn_settle(struct vsock *v, struct conn *c)
 
 /* ---- host socket I/O ---------------------------------------------------------------- */
 
-/* Describes bytes [off, off+len) of the chain's readable or writable part as iovecs on
- * the guest buffers themselves, in v->iov. */
-static unsigned chain_iov(struct vsock *v, const struct virtq_chain *ch, bool writable,
-			  uint64_t off, uint64_t len)
-{
-	unsigned n = 0;
-	for (unsigned i = 0; i < ch->nbufs && len; i++) {
-		const struct virtq_buf *b = &ch->bufs[i];
-		if (b->writable != writable)
-			continue;
-		if (off >= b->len) {
-			off -= b->len;
-			continue;
-		}
-		uint64_t take = b->len - off < len ? b->len - off : len;
-		v->iov[n++] = (struct iovec){ .iov_base = b->host + off, .iov_len = take };
-		len -= take;
-		off = 0;
-	}
-	return n;
-}
-
 static ssize_t send_iov(int fd, struct iovec *iov, unsigned n)
 {
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n };
@@ -394,7 +373,7 @@ static int conn_to_host(struct vsock *v, struct conn *c, const struct virtq_chai
 	if (len == 0)
 		return 0;
 	if (!c->host_no_rx && c->buf_len == 0) {
-		ssize_t w = send_iov(c->fd, v->iov, chain_iov(v, ch, false, HDR_BYTES, len));
+		ssize_t w = send_iov(c->fd, v->iov, virtq_chain_iov(ch, false, HDR_BYTES, len, v->iov));
 		if (w > 0) {
 			done = (uint32_t)w;
 			forwarded(c, done);
@@ -428,7 +407,7 @@ static uint32_t conn_read_host(struct vsock *v, struct conn *c, const struct vir
 			      ch->writable_len - HDR_BYTES);
 	ssize_t r;
 	do
-		r = readv(c->fd, v->iov, (int)chain_iov(v, ch, true, HDR_BYTES, want));
+		r = readv(c->fd, v->iov, (int)virtq_chain_iov(ch, true, HDR_BYTES, want, v->iov));
 	while (r < 0 && errno == EINTR);
 	if (r > 0) {
 		c->tx_cnt += (uint32_t)r;
@@ -608,7 +587,7 @@ static void guest_connect(struct vsock *v, uint32_t host_port, uint32_t guest_po
 			  const struct virtio_vsock_hdr *h)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	/* Never truncated: create() left room for the longest suffix. */
+	/* create() left room for "_4294967295"; checked anyway rather than dial a cut name. */
 	int n = snprintf(a.sun_path, sizeof(a.sun_path), "%s_%u", v->path, host_port);
 	int fd = n < (int)sizeof(a.sun_path) ?
 		 socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) : -1;

@@ -186,11 +186,11 @@ bool virtq_arm_and_recheck(struct virtq *q, const struct guest_mem *m)
 	return avail_idx_p && __atomic_load_n(avail_idx_p, __ATOMIC_ACQUIRE) != q->last_avail_idx;
 }
 
-static uint64_t chain_copy(const struct virtq_chain *c, bool writable, uint64_t off,
-			   void *dst, const void *src, uint64_t len)
+unsigned virtq_chain_iov(const struct virtq_chain *c, bool writable, uint64_t off, uint64_t len,
+			struct iovec *iov)
 {
-	uint64_t done = 0;
-	for (unsigned i = 0; i < c->nbufs && done < len; i++) {
+	unsigned n = 0;
+	for (unsigned i = 0; i < c->nbufs && len; i++) {
 		const struct virtq_buf *b = &c->bufs[i];
 		if (b->writable != writable)
 			continue;
@@ -198,25 +198,34 @@ static uint64_t chain_copy(const struct virtq_chain *c, bool writable, uint64_t 
 			off -= b->len;
 			continue;
 		}
-		uint64_t n = b->len - off;
-		if (n > len - done)
-			n = len - done;
-		if (writable)
-			memcpy(b->host + off, (const uint8_t *)src + done, n);
-		else
-			memcpy((uint8_t *)dst + done, b->host + off, n);
-		done += n;
+		uint64_t take = b->len - off < len ? b->len - off : len;
+		iov[n++] = (struct iovec){ .iov_base = b->host + off, .iov_len = take };
+		len -= take;
 		off = 0;
 	}
-	return done;
+	return n;
 }
 
 uint64_t virtq_chain_read(const struct virtq_chain *c, uint64_t off, void *dst, uint64_t len)
 {
-	return chain_copy(c, false, off, dst, NULL, len);
+	struct iovec iov[VIRTQ_MAX_CHAIN];
+	unsigned n = virtq_chain_iov(c, false, off, len, iov);
+	uint64_t done = 0;
+	for (unsigned i = 0; i < n; i++) {
+		memcpy((uint8_t *)dst + done, iov[i].iov_base, iov[i].iov_len);
+		done += iov[i].iov_len;
+	}
+	return done;
 }
 
 uint64_t virtq_chain_write(const struct virtq_chain *c, uint64_t off, const void *src, uint64_t len)
 {
-	return chain_copy(c, true, off, NULL, src, len);
+	struct iovec iov[VIRTQ_MAX_CHAIN];
+	unsigned n = virtq_chain_iov(c, true, off, len, iov);
+	uint64_t done = 0;
+	for (unsigned i = 0; i < n; i++) {
+		memcpy(iov[i].iov_base, (const uint8_t *)src + done, iov[i].iov_len);
+		done += iov[i].iov_len;
+	}
+	return done;
 }

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "../vmm/guest_mem.h"
 
@@ -77,6 +78,11 @@ bool virtq_should_notify(struct virtq *q, const struct guest_mem *m);
 /* Before the device stops polling: publish where it wants the next kick (avail_event)
  * and report whether more buffers arrived meanwhile (then keep polling). */
 bool virtq_arm_and_recheck(struct virtq *q, const struct guest_mem *m);
+
+/* iovecs for up to `len` bytes of the chain's writable (or readable) buffers, starting
+ * `off` bytes into that part; iov must hold VIRTQ_MAX_CHAIN entries. Returns how many. */
+unsigned virtq_chain_iov(const struct virtq_chain *c, bool writable, uint64_t off, uint64_t len,
+			 struct iovec *iov);
 
 /* Copies up to `len` bytes of the chain's readable part starting at `off` into dst;
  * returns the number copied. */

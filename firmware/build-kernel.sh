@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Build the Mitos guest kernel (vmlinux + bzImage) from Debian's linux-source-6.1
-# with firmware/guest.config applied on top of tinyconfig. See firmware/README.md.
+# with firmware/guest.config applied on top of tinyconfig (and, for a variant, its
+# fragment and patches on top of that). See firmware/README.md.
 set -euo pipefail
 
 readonly SRC_PKG=linux-source-6.1
 # Host tools the build needs besides the source package. bc: kernel/time/timeconst;
 # bison/flex: kconfig; libelf-dev: objtool; xz-utils: the source tarball and the
-# xz-compressed bzImage; libc6-dev: host programs.
-readonly BUILD_DEPS=(make gcc libc6-dev binutils bc bison flex libelf-dev xz-utils)
+# xz-compressed bzImage; libc6-dev: host programs; patch: a variant's patches.
+readonly BUILD_DEPS=(make gcc libc6-dev binutils bc bison flex libelf-dev xz-utils patch)
 
 script_path=$(readlink -f "${BASH_SOURCE[0]}")
 script_dir=$(dirname "$script_path")
 fragment=$script_dir/guest.config
+# Variants: NAME -> firmware/guest-NAME.config merged after guest.config, and the
+# patches under firmware/patches applied to their own copy of the source.
+readonly VARIANTS=(pvm)
 
 usage() {
 	cat <<EOF
-Usage: firmware/build-kernel.sh [--out DIR] [--jobs N] [--force] [--verbose]
+Usage: firmware/build-kernel.sh [--variant NAME] [--out DIR] [--jobs N] [--force] [--verbose]
 
 Builds the Mitos guest kernel from Debian's $SRC_PKG package: make tinyconfig,
 merge firmware/guest.config (scripts/kconfig/merge_config.sh), make olddefconfig,
@@ -27,13 +31,20 @@ are installed with apt-get (as root, or through sudo).
 
 Outputs (vmlinux, bzImage, System.map, config, build-info.txt) land in
   \${MITOS_CACHE:-\$HOME/.cache/mitos}/kernel/<key>/
-with the symlink .../kernel/current pointing at the last one built or reused.
-<key> is a hash of guest.config, this script and the $SRC_PKG package version;
-if that directory already exists the script returns at once without building.
-The unpacked source and the object tree are kept under .../kernel/src and
-.../kernel/build, so a rebuild after a config change is incremental.
+with the symlink .../kernel/current (current-NAME for a variant) pointing at the
+last one built or reused. <key> is a hash of guest.config, the variant's fragment and
+patches, this script and the $SRC_PKG package version; if that directory already
+exists the script returns at once without building. The unpacked source and the
+object tree are kept under .../kernel/src and .../kernel/build (one of each per
+variant), so a rebuild after a config change is incremental.
+
+Variants:
+  pvm          for emulation-only KVM hosts (nested "PVM", no VT-x/AMD-V):
+               firmware/guest-pvm.config and firmware/patches/*.patch; boot it with
+               the command line in firmware/guest-pvm.cmdline (firmware/PVM-STATUS.md)
 
 Options:
+  --variant NAME  build a variant (see above) instead of the plain kernel
   --out DIR    also copy the outputs into DIR (created if missing)
   --jobs N     parallel make jobs (default: nproc, here $(nproc))
   --force      rebuild even if outputs for this key exist
@@ -46,6 +57,7 @@ EOF
 }
 
 out_dir=""
+variant=""
 jobs=$(nproc)
 force=0
 verbose=0
@@ -57,6 +69,12 @@ while (($#)); do
 		shift 2
 		;;
 	--out=*) out_dir=${1#--out=}; shift ;;
+	--variant)
+		(($# >= 2)) || { echo "build-kernel: --variant needs a name" >&2; exit 2; }
+		variant=$2
+		shift 2
+		;;
+	--variant=*) variant=${1#--variant=}; shift ;;
 	--jobs | -j)
 		(($# >= 2)) || { echo "build-kernel: --jobs needs a number" >&2; exit 2; }
 		jobs=$2
@@ -70,6 +88,16 @@ while (($#)); do
 	esac
 done
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "build-kernel: --jobs must be a positive integer" >&2; exit 2; }
+variant_fragment=""
+patches=()
+if [[ -n $variant ]]; then
+	[[ " ${VARIANTS[*]} " == *" $variant "* ]] ||
+		{ echo "build-kernel: unknown variant '$variant' (known: ${VARIANTS[*]})" >&2; exit 2; }
+	variant_fragment=$script_dir/guest-$variant.config
+	shopt -s nullglob
+	patches=("$script_dir"/patches/*.patch)
+	shopt -u nullglob
+fi
 
 start_time=$(date +%s)
 log() {
@@ -81,6 +109,7 @@ die() {
 }
 
 [[ -f $fragment ]] || die "config fragment not found: $fragment"
+[[ -z $variant_fragment || -f $variant_fragment ]] || die "config fragment not found: $variant_fragment"
 [[ $(uname -m) == x86_64 ]] || die "this script builds an x86_64 guest on an x86_64 host only (host: $(uname -m))"
 command -v dpkg-query >/dev/null || die "needs a Debian-based host (dpkg/apt) for $SRC_PKG"
 
@@ -165,8 +194,9 @@ verify_config() {
 # Publishes the outputs: the "current" symlink and, with --out, a copy in DIR.
 finish() {
 	local key_dir=$1 f
-	ln -sfn "$key" "$cache_root/.current.tmp"
-	mv -T "$cache_root/.current.tmp" "$cache_root/current"
+	local link=current${variant:+-$variant}
+	ln -sfn "$key" "$cache_root/.$link.tmp"
+	mv -T "$cache_root/.$link.tmp" "$cache_root/$link"
 	if [[ -n $out_dir ]]; then
 		mkdir -p "$out_dir"
 		for f in vmlinux bzImage System.map config build-info.txt; do
@@ -187,13 +217,19 @@ key=$(
 	{
 		printf 'fragment '
 		sha256sum <"$fragment"
+		if [[ -n $variant ]]; then
+			printf 'variant %s ' "$variant"
+			sha256sum <"$variant_fragment"
+			printf 'patches '
+			cat "${patches[@]}" /dev/null | sha256sum
+		fi
 		printf 'script '
 		sha256sum <"$script_path"
 		printf '%s %s\n' "$SRC_PKG" "$src_version"
 	} | sha256sum | cut -c1-16
 )
 key_dir=$cache_root/$key
-log "$SRC_PKG $src_version, cache key $key"
+log "$SRC_PKG $src_version${variant:+, variant $variant}, cache key $key"
 
 if ((!force)) && [[ -f $key_dir/vmlinux && -f $key_dir/build-info.txt ]]; then
 	log "cached: $key_dir (unchanged fragment, script and source; nothing to build)"
@@ -207,19 +243,34 @@ ensure_packages "${BUILD_DEPS[@]}"
 log "stage 3/6: source tree"
 tarball=$(dpkg -L "$SRC_PKG" | grep -m1 -E "^/usr/src/$SRC_PKG\.tar\.(xz|bz2|gz)$" || true)
 [[ -n $tarball && -f $tarball ]] || die "no source tarball listed by dpkg -L $SRC_PKG"
-src_dir=$cache_root/src/$SRC_PKG-$src_version
-build_dir=$cache_root/build/$SRC_PKG-$src_version
-if [[ ! -f $src_dir/.mitos-unpacked ]]; then
+# A variant has its own source copy (its patches must not reach the plain kernel) and
+# object tree (switching configs in one tree would rebuild nearly everything).
+src_dir=$cache_root/src/$SRC_PKG-$src_version${variant:+-$variant}
+build_dir=$cache_root/build/$SRC_PKG-$src_version${variant:+-$variant}
+# The marker names the patches applied (empty for none), so a changed patch set
+# unpacks afresh.
+unpacked_id=""
+((${#patches[@]} == 0)) || unpacked_id=$(cat "${patches[@]}" | sha256sum | cut -d' ' -f1)
+if [[ ! -f $src_dir/.mitos-unpacked || $(cat "$src_dir/.mitos-unpacked") != "$unpacked_id" ]]; then
 	log "unpacking $tarball into $src_dir"
 	rm -rf "$src_dir" "$src_dir.tmp"
 	mkdir -p "$src_dir.tmp"
 	tar -xf "$tarball" -C "$src_dir.tmp" --strip-components=1
-	touch "$src_dir.tmp/.mitos-unpacked"
+	for p in "${patches[@]}"; do
+		log "applying $(basename "$p")"
+		patch -d "$src_dir.tmp" -p1 --forward --batch --quiet <"$p" >&2 ||
+			die "patch $p does not apply to $SRC_PKG $src_version"
+	done
+	printf '%s' "$unpacked_id" >"$src_dir.tmp/.mitos-unpacked"
 	mv -T "$src_dir.tmp" "$src_dir"
 else
 	log "reusing unpacked source $src_dir"
 fi
 mkdir -p "$build_dir"
+# guest.config, then the variant's fragment: merge_config.sh and verify_config both
+# let the last setting of an option win.
+merged_fragment=$build_dir/mitos-fragment.config
+cat "$fragment" ${variant_fragment:+"$variant_fragment"} >"$merged_fragment"
 
 # A clean, reproducible-ish make environment: no cross compiler or kconfig overrides
 # inherited from the caller.
@@ -231,19 +282,19 @@ kmake() {
 build_log=$build_dir/mitos-build.log
 : >"$build_log"
 
-log "stage 4/6: configuring (tinyconfig + guest.config + olddefconfig)"
+log "stage 4/6: configuring (tinyconfig + guest.config${variant:+ + guest-$variant.config} + olddefconfig)"
 {
 	kmake tinyconfig
 	(cd "$build_dir" && "$src_dir/scripts/kconfig/merge_config.sh" -m -O "$build_dir" \
-		"$build_dir/.config" "$fragment")
+		"$build_dir/.config" "$merged_fragment")
 	kmake olddefconfig
 } >>"$build_log" 2>&1 || { tail -n 30 "$build_log" >&2; die "configuration failed; log: $build_log"; }
 
-log "stage 5/6: verifying the final .config against guest.config"
-if ! verify_config "$fragment" "$build_dir/.config"; then
-	die "Kconfig dropped or changed the options above (unmet dependencies or selects); fix guest.config. Inspect with: make -C $src_dir O=$build_dir ARCH=x86_64 menuconfig"
+log "stage 5/6: verifying the final .config against the fragments"
+if ! verify_config "$merged_fragment" "$build_dir/.config"; then
+	die "Kconfig dropped or changed the options above (unmet dependencies or selects); fix guest.config${variant:+ or guest-$variant.config}. Inspect with: make -C $src_dir O=$build_dir ARCH=x86_64 menuconfig"
 fi
-log "all options of guest.config are in effect"
+log "all options of the fragments are in effect"
 
 log "stage 6/6: building vmlinux and bzImage (make -j$jobs); log: $build_log"
 heartbeat_pid=""
@@ -277,6 +328,12 @@ cp "$build_dir/.config" "$key_dir.tmp/config"
 	echo "source: $SRC_PKG $src_version"
 	echo "kernel release: $(cat "$build_dir/include/config/kernel.release")"
 	echo "fragment sha256: $(sha256sum <"$fragment" | cut -d' ' -f1)"
+	if [[ -n $variant ]]; then
+		echo "variant: $variant ($(basename "$variant_fragment") sha256 $(sha256sum <"$variant_fragment" | cut -d' ' -f1))"
+		for p in "${patches[@]}"; do
+			echo "patch: $(basename "$p") sha256 $(sha256sum <"$p" | cut -d' ' -f1)"
+		done
+	fi
 	echo "script sha256: $(sha256sum <"$script_path" | cut -d' ' -f1)"
 	echo "compiler: gcc $(gcc -dumpfullversion)"
 	echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(($(date +%s) - start_time)) s with -j$jobs"

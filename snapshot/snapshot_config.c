@@ -39,6 +39,7 @@ int snapshot_config_write(const char *dir, const struct snapshot_config *c, stru
 		cJSON *v = cJSON_AddObjectToObject(o, "vsock");
 		cJSON_AddNumberToObject(v, "cid", c->vsock_cid);
 	}
+	cJSON_AddBoolToObject(o, "net", c->has_net);
 	if (c->parent)
 		cJSON_AddStringToObject(o, "parent", c->parent);
 	else
@@ -141,6 +142,7 @@ int snapshot_config_parse(const char *name, const char *text, struct snapshot_co
 		c->has_vsock = true;
 		c->vsock_cid = (uint32_t)v;
 	}
+	c->has_net = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "net"));
 	const cJSON *parent = cJSON_GetObjectItemCaseSensitive(o, "parent");
 	if (cJSON_IsString(parent)) {
 		if (parent->valuestring[0] != '/' || c->depth == 0) {

@@ -28,6 +28,7 @@ struct snapshot_config {
 	struct snapshot_disk disks[SNAPSHOT_MAX_DISKS];
 	bool has_vsock;
 	uint32_t vsock_cid;
+	bool has_net;     /* a virtio-net device (its MAC is in the device state) */
 	char *parent;     /* absolute path of the parent snapshot, NULL for a base */
 	unsigned depth;   /* 0 for a base, parent's + 1 for a layer */
 };

@@ -148,6 +148,9 @@ void cli_print_stats(const struct machine_result *r, uint64_t start_ns)
 	fprintf(stderr, "stats: exits:");
 	for (int k = 0; k < MEXIT_KINDS; k++)
 		fprintf(stderr, " %s=%" PRIu64, machine_exit_kind_name(k), r->exits[k]);
+	fprintf(stderr, "\nstats: emulated:");
+	for (int k = 0; k < EMULATE_KINDS; k++)
+		fprintf(stderr, " %s=%" PRIu64, emulate_kind_name(k), r->emulated[k]);
 	fprintf(stderr, "\n");
 }
 

@@ -26,6 +26,10 @@ static void usage(FILE *f)
 		"                       e.g. cp --reflink=auto). Read-only disks reopen their path.\n"
 		"  --vsock PATH         host socket of the virtio-vsock device (required when the\n"
 		"                       snapshot has one)\n"
+		"  --net tap=NAME       the TAP of the network device (required when the snapshot\n"
+		"                       has one); the guest keeps its MAC and addresses, so each\n"
+		"                       child needs a network namespace of its own\n"
+		"                       (tools/netns-sandbox)\n"
 		"  --control PATH       serve a JSON-lines control socket at PATH\n"
 		"  --paused             do not run the vCPUs until a \"resume\" on the control socket\n"
 		"  --stats              print exit counts and timings to stderr at the end\n"
@@ -56,6 +60,7 @@ int cmd_restore(int argc, char **argv, uint64_t process_start_ns)
 		{ "snapshot", required_argument, NULL, 'S' },
 		{ "disk", required_argument, NULL, 'd' },
 		{ "vsock", required_argument, NULL, 'v' },
+		{ "net", required_argument, NULL, 'N' },
 		{ "control", required_argument, NULL, 'C' },
 		{ "paused", no_argument, NULL, 'p' },
 		{ "stats", no_argument, NULL, 's' },
@@ -80,6 +85,15 @@ int cmd_restore(int argc, char **argv, uint64_t process_start_ns)
 			break;
 		}
 		case 'v': cfg.vsock_path = optarg; break;
+		case 'N':
+			if (cfg.has_net) {
+				fprintf(stderr, "mitos-vmm restore: at most one --net\n");
+				return EXIT_USAGE;
+			}
+			if (cli_parse_net("restore", optarg, false, &cfg.net))
+				return EXIT_USAGE;
+			cfg.has_net = true;
+			break;
 		case 'C': cfg.control_path = optarg; break;
 		case 'p': cfg.start_paused = true; break;
 		case 's': stats = true; break;

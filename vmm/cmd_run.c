@@ -40,7 +40,10 @@ static void usage(FILE *f)
 		"                     06:00:ac:10:00:02\n"
 		"  --control PATH     serve a JSON-lines control socket at PATH (pause, resume,\n"
 		"                     snapshot, status, stop; see `mitos-vmm snapshot`)\n"
-		"  --stats            print exit counts and boot timings to stderr at the end\n"
+		"  --stats            print exit counts, instructions the VMM emulated for KVM\n"
+		"                     and boot timings to stderr at the end\n"
+		"  --profile PATH     sample each vCPU's RIP 100 times a second into PATH\n"
+		"                     (tools/guest-profile maps them to kernel symbols)\n"
 		"  --help             this text\n"
 		"\n"
 		"On a terminal, Ctrl-A x ends the VM (Ctrl-A Ctrl-A sends a Ctrl-A).\n"
@@ -91,6 +94,7 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		{ "net", required_argument, NULL, 'N' },
 		{ "stats", no_argument, NULL, 's' },
 		{ "control", required_argument, NULL, 'C' },
+		{ "profile", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -142,6 +146,7 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 			break;
 		case 's': stats = true; break;
 		case 'C': cfg.control_path = optarg; break;
+		case 'P': cfg.profile_path = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}

@@ -15,5 +15,6 @@ int cmd_check(int argc, char **argv);
 int cmd_restore(int argc, char **argv, uint64_t process_start_ns);
 int cmd_snapshot(int argc, char **argv);
 int cmd_vm(int argc, char **argv, uint64_t process_start_ns);
+int cmd_serve(int argc, char **argv);
 
 #endif

@@ -1,10 +1,12 @@
 #include "machine.h"
 #include "boot.h"
+#include "emulate.h"
 #include "io_bus.h"
 #include "kvm_probe.h"
 #include "kvm_vm.h"
 #include "layout.h"
 #include "loader.h"
+#include "profile.h"
 #include "control.h"
 #include "vcpu.h"
 #include "../devices/i8042.h"
@@ -42,6 +44,7 @@ struct vcpu_thread {
 	struct vcpu vcpu;
 	pthread_t thread;
 	bool started;
+	atomic_bool sample_due; /* --profile: record RIP before the next KVM_RUN */
 };
 
 struct virtio_slot {
@@ -64,6 +67,8 @@ struct machine {
 	unsigned ndevs;
 	struct virtio_slot devs[LAYOUT_VIRTIO_MAX_DEVICES];
 	bool emulation_only;
+	struct profile profile;
+	ev_timer profile_timer;
 
 	struct ev_loop *loop;
 	ev_async stop_async;
@@ -90,10 +95,11 @@ struct machine {
 	char cmdline[LAYOUT_CMDLINE_MAX];
 	bool loaded;            /* a guest is in RAM: booted, or restored into a prepared VM */
 	/* Strings the machine keeps for its config (paths that came in control requests). */
-	char *kept[MACHINE_MAX_DISKS + 1];
+	char *kept[MACHINE_MAX_DISKS + 2];   /* disks, vsock socket, TAP name */
 	unsigned nkept;
 	atomic_uint_fast64_t first_exit_ns;
 	atomic_uint_fast64_t exits[MEXIT_KINDS];
+	atomic_uint_fast64_t emulated[EMULATE_KINDS];
 	pthread_mutex_t result_lock;
 	struct machine_result result;
 };
@@ -410,8 +416,14 @@ static void handle_exit(struct machine *m, struct vcpu *v)
 		break;
 	case KVM_EXIT_INTERNAL_ERROR:
 		count_exit(m, MEXIT_INTERNAL_ERROR);
-		if (run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION)
-			report_emulation_failure(m, v, run);
+		if (run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) {
+			enum emulate_kind k;
+			/* Emulation-only KVM lacks a few instructions Linux uses: do them here. */
+			if (m->emulation_only && emulate_assist(v, &m->mem, &k) == 0)
+				atomic_fetch_add_explicit(&m->emulated[k], 1, memory_order_relaxed);
+			else
+				report_emulation_failure(m, v, run);
+		}
 		else
 			machine_stop(m, MACHINE_END_CRASH, 0, "vCPU %u: KVM internal error, suberror %u",
 				     v->id, run->internal.suberror);
@@ -457,6 +469,8 @@ static void *vcpu_main(void *arg)
 			vcpu_park(m, t);
 			continue;
 		}
+		if (atomic_exchange(&t->sample_due, false))
+			profile_sample(&m->profile, &t->vcpu, now_ns());
 		if (ioctl(t->vcpu.fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
@@ -472,6 +486,20 @@ static void *vcpu_main(void *arg)
 static void on_sigusr1(int sig)
 {
 	(void)sig;
+}
+
+/* The SIGUSR1 takes the vCPU out of KVM_RUN, where its thread can read its registers. */
+static void on_profile_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop; (void)revents;
+	struct machine *m = w->data;
+	for (unsigned i = 0; i < m->nvcpus; i++) {
+		struct vcpu_thread *t = &m->vcpus[i];
+		if (!t->started)
+			continue;
+		atomic_store(&t->sample_due, true);
+		pthread_kill(t->thread, SIGUSR1);
+	}
 }
 
 static int start_vcpus(struct machine *m, struct mitos_err *e)
@@ -495,6 +523,12 @@ static int start_vcpus(struct machine *m, struct mitos_err *e)
 			m->vcpus[i].started = true;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!r && m->profile.fd >= 0) {
+		m->profile.start_ns = m->result.run_start_ns;
+		ev_timer_init(&m->profile_timer, on_profile_timer, 1.0 / PROFILE_HZ, 1.0 / PROFILE_HZ);
+		m->profile_timer.data = m;
+		ev_timer_start(m->loop, &m->profile_timer);
+	}
 	return r ? mitos_err_set(e, r, "cannot start vCPU thread: %s", strerror(-r)) : 0;
 }
 
@@ -634,7 +668,8 @@ int machine_snapshot(struct machine *m, const char *dir, struct mitos_err *e)
 	sc = (struct snapshot_config){
 		.mem_bytes = m->mem.size, .vcpus = m->nvcpus, .cmdline = m->cmdline,
 		.has_vsock = m->cfg.vsock_path != NULL,
-		.vsock_cid = m->cfg.vsock_cid, .parent = m->snapshot_parent,
+		.vsock_cid = m->cfg.vsock_cid, .has_net = m->cfg.has_net,
+		.parent = m->snapshot_parent,
 		.depth = m->snapshot_parent ? m->snapshot_depth + 1 : 0,
 	};
 	for (unsigned i = 0; i < m->cfg.ndisks; i++) {
@@ -903,7 +938,11 @@ static int machine_alloc(struct machine **out, const struct machine_config *c, s
 	ev_async_init(&m->stop_async, on_stop);
 	ev_async_start(m->loop, &m->stop_async);
 	m->emulation_only = kvm_probe_is_emulation_only();
-	int r = kvm_vm_create(&m->vm, e);
+	m->profile.fd = -1;
+	int r = c->profile_path ? profile_open(&m->profile, c->profile_path, e) : 0;
+	if (r)
+		return r;
+	r = kvm_vm_create(&m->vm, e);
 	phase(m, "create-vm");
 	return r;
 }
@@ -1017,6 +1056,12 @@ int machine_config_from_snapshot(const struct snapshot_config *sc, struct machin
 	if (!sc->has_vsock && c->vsock_path)
 		return mitos_err_set(e, -EINVAL, "the snapshot has no vsock device");
 	c->vsock_cid = sc->vsock_cid;
+	/* The MAC comes back with the device's state; only the TAP is the child's own. */
+	if (sc->has_net && !c->has_net)
+		return mitos_err_set(e, -EINVAL, "the snapshot has a network device: give the "
+				     "child its own TAP (--net tap=NAME)");
+	if (!sc->has_net && c->has_net)
+		return mitos_err_set(e, -EINVAL, "the snapshot has no network device");
 	return 0;
 }
 
@@ -1053,6 +1098,9 @@ int machine_load_snapshot(struct machine *m, const char *dir, const struct machi
 							    .read_only = c->disks[i].read_only };
 	m->cfg.vsock_path = c->vsock_path ? machine_keep(m, c->vsock_path) : NULL;
 	m->cfg.vsock_cid = c->vsock_cid;
+	m->cfg.has_net = c->has_net;
+	m->cfg.net = c->net;
+	m->cfg.net.tap = c->has_net ? machine_keep(m, c->net.tap) : NULL;
 	if ((r = setup_virtio(m, e)) || (r = build_cmdline(m, e)))
 		goto out;
 	phase(m, "devices");
@@ -1117,6 +1165,8 @@ int machine_run(struct machine *m, struct machine_result *res, struct mitos_err 
 	res->first_exit_ns = atomic_load(&m->first_exit_ns);
 	for (int k = 0; k < MEXIT_KINDS; k++)
 		res->exits[k] = atomic_load(&m->exits[k]);
+	for (int k = 0; k < EMULATE_KINDS; k++)
+		res->emulated[k] = atomic_load(&m->emulated[k]);
 	return r;
 }
 
@@ -1138,6 +1188,7 @@ void machine_destroy(struct machine *m)
 	if (m->loop)
 		ev_loop_destroy(m->loop);
 	vm_state_msr_set_free(&m->msrs);
+	profile_close(&m->profile);
 	free(m->snapshot_parent);
 	for (unsigned i = 0; i < m->nkept; i++)
 		free(m->kept[i]);

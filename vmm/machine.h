@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "emulate.h"
 #include "error.h"
 #include "../devices/virtio_blk.h"
 #include "../devices/virtio_net.h"
@@ -33,6 +34,7 @@ struct machine_config {
 	bool console_escape;    /* Ctrl-A x on console_in ends the VM (interactive terminals) */
 	const char *control_path; /* JSON-lines control socket, NULL for none */
 	bool start_paused;      /* vCPUs wait for a "resume" on the control socket */
+	const char *profile_path; /* sample vCPU RIPs into this file (profile.h), NULL: no */
 };
 
 enum machine_end {
@@ -58,6 +60,7 @@ struct machine_result {
 				 * first instruction has run by then */
 	uint64_t end_ns;
 	uint64_t exits[MEXIT_KINDS];
+	uint64_t emulated[EMULATE_KINDS]; /* instructions the VMM performed for KVM */
 	/* Set-up phases in order, each with the CLOCK_MONOTONIC time it ended. */
 	unsigned nphases;
 	struct { const char *name; uint64_t end_ns; } phases[MACHINE_MAX_PHASES];

@@ -20,6 +20,7 @@ static void usage(FILE *f)
 		"  snapshot  write a snapshot of a running VM (through its control socket)\n"
 		"  restore   start a VM from a snapshot, copy-on-write\n"
 		"  vm        one VM prepared ahead, restored from a snapshot on request\n"
+		"  serve     the node's API server (REST + Connect; see api/API.md)\n"
 		"  check     tell what this host's KVM can do and which engine `serve` would use\n"
 		"  help      this text; `mitos-vmm <command> --help` describes a command\n"
 		"  version   print the version\n");
@@ -48,6 +49,8 @@ int main(int argc, char **argv)
 		return cmd_restore(argc - 1, argv + 1, start_ns);
 	if (!strcmp(cmd, "vm"))
 		return cmd_vm(argc - 1, argv + 1, start_ns);
+	if (!strcmp(cmd, "serve"))
+		return cmd_serve(argc - 1, argv + 1);
 	if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
 		usage(stdout);
 		return 0;

@@ -3,51 +3,12 @@
  * descriptors, interrupt-driven completion), then checking the disk's known pattern. */
 #include "firmware/testguest/pattern.h"
 #include "firmware/testguest/tg.h"
-
-/* virtio-mmio registers (virtio 1.2, 4.2.2). Our own copy: devices/virtio_mmio.h pulls
- * in host headers. */
-#define VM_MAGIC            0x000
-#define VM_VERSION          0x004
-#define VM_DEVICE_ID        0x008
-#define VM_VENDOR_ID        0x00c
-#define VM_DEVICE_FEATURES  0x010
-#define VM_DEVICE_FEAT_SEL  0x014
-#define VM_DRIVER_FEATURES  0x020
-#define VM_DRIVER_FEAT_SEL  0x024
-#define VM_QUEUE_SEL        0x030
-#define VM_QUEUE_NUM_MAX    0x034
-#define VM_QUEUE_NUM        0x038
-#define VM_QUEUE_READY      0x044
-#define VM_QUEUE_NOTIFY     0x050
-#define VM_INT_STATUS       0x060
-#define VM_INT_ACK          0x064
-#define VM_STATUS           0x070
-#define VM_QUEUE_DESC_LO    0x080
-#define VM_QUEUE_DESC_HI    0x084
-#define VM_QUEUE_AVAIL_LO   0x090
-#define VM_QUEUE_AVAIL_HI   0x094
-#define VM_QUEUE_USED_LO    0x0a0
-#define VM_QUEUE_USED_HI    0x0a4
-#define VM_CONFIG_GEN       0x0fc
-#define VM_CONFIG           0x100
-
-#define VIRTIO_MAGIC        0x74726976u
-#define ST_ACKNOWLEDGE      1u
-#define ST_DRIVER           2u
-#define ST_DRIVER_OK        4u
-#define ST_FEATURES_OK      8u
-#define ST_NEEDS_RESET      0x40u
-#define ST_FAILED           0x80u
-#define INT_USED_RING       1u
-#define INT_CONFIG          2u
+#include "firmware/testguest/virtio.h"
 
 #define F_BLK_SEG_MAX       (1ULL << 2)
 #define F_BLK_RO            (1ULL << 5)
 #define F_BLK_BLK_SIZE      (1ULL << 6)
 #define F_BLK_FLUSH         (1ULL << 9)
-#define F_INDIRECT_DESC     (1ULL << 28)
-#define F_EVENT_IDX         (1ULL << 29)
-#define F_VERSION_1         (1ULL << 32)
 #define F_WANTED (F_BLK_SEG_MAX | F_BLK_RO | F_BLK_BLK_SIZE | F_BLK_FLUSH | \
 		  F_INDIRECT_DESC | F_EVENT_IDX | F_VERSION_1)
 
@@ -64,25 +25,10 @@
 #define BLK_S_UNSUPP        2
 #define BLK_ID_BYTES        20
 
-#define DESC_F_NEXT         1
-#define DESC_F_WRITE        2
-#define DESC_F_INDIRECT     4
-#define USED_F_NO_NOTIFY    1
-
 #define QSZ_MAX             64
 #define MAX_BATCH           8
 #define NO_OP               0xff
 #define TIMEOUT_TICKS       (10 * TG_TICKS_PER_SECOND)
-
-struct vdesc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags, next;
-};
-
-struct used_elem {
-	uint32_t id, len;
-};
 
 /* Ring memory, sized for the largest queue we use; the avail/used layouts depend on
  * the negotiated size, hence the accessors below. */
@@ -186,12 +132,6 @@ uint32_t tg_virtio_probe(const struct tg_virtio_dev *d)
 }
 
 /* ---- the queue ---------------------------------------------------------------------- */
-
-/* vring_need_event(): did the device ask for a kick somewhere in (old, new]? */
-static bool need_event(uint16_t event, uint16_t new_idx, uint16_t old)
-{
-	return (uint16_t)(new_idx - event - 1) < (uint16_t)(new_idx - old);
-}
 
 static bool op_device_writes(const struct blk_op *op)
 {

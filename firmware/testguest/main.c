@@ -170,11 +170,12 @@ void *memcpy(void *d, const void *s, size_t n)
 #define BP_CMD_LINE_PTR     0x228
 #define MAX_DEVICES         LAYOUT_VIRTIO_MAX_DEVICES
 
-enum tg_mode { TG_MODE_BLK, TG_MODE_NONE, TG_MODE_SNAP, TG_MODE_NET };
+enum tg_mode { TG_MODE_BLK, TG_MODE_NONE, TG_MODE_SNAP, TG_MODE_NET, TG_MODE_VSOCK, TG_MODE_AGENT };
 
 struct config {
 	enum tg_mode mode;
 	unsigned cpus;   /* 0: not asked to check */
+	uint32_t vsock_port;
 	unsigned ndev;
 	struct tg_virtio_dev dev[MAX_DEVICES];
 };
@@ -293,14 +294,24 @@ static void parse_cmdline(struct config *cfg, const char *cmd)
 				cfg->mode = TG_MODE_SNAP;
 			else if (has_prefix(v, p, "net", &r) && r == p)
 				cfg->mode = TG_MODE_NET;
+			else if (has_prefix(v, p, "vsock", &r) && r == p)
+				cfg->mode = TG_MODE_VSOCK;
+			else if (has_prefix(v, p, "agent", &r) && r == p)
+				cfg->mode = TG_MODE_AGENT;
 			else
-				tg_fail(TG_EXIT_CMDLINE, "unknown testguest.mode (want blk, none, snap or net)");
+				tg_fail(TG_EXIT_CMDLINE,
+					"unknown testguest.mode (want blk, none, snap, net, vsock or agent)");
 		} else if (has_prefix(tok, p, "testguest.cpus=", &v)) {
 			uint64_t n;
 			if (!parse_u64(&v, p, 10, &n) || v != p || n == 0 || n > LAYOUT_MAX_VCPUS)
 				tg_fail(TG_EXIT_CMDLINE, "bad testguest.cpus (want 1..%u)",
 					(unsigned)LAYOUT_MAX_VCPUS);
 			cfg->cpus = (unsigned)n;
+		} else if (has_prefix(tok, p, "testguest.vsock_port=", &v)) {
+			uint64_t n;
+			if (!parse_u64(&v, p, 10, &n) || v != p || n >= 0xffffffffULL)
+				tg_fail(TG_EXIT_CMDLINE, "bad testguest.vsock_port (want 0..4294967294)");
+			cfg->vsock_port = (uint32_t)n;
 		} else if (has_prefix(tok, p, "virtio_mmio.device=", &v)) {
 			parse_virtio_device(cfg, v, p);
 		}
@@ -594,7 +605,7 @@ uint64_t tg_ticks(void)
 void tg_main(const uint8_t *boot_params);
 void tg_main(const uint8_t *boot_params)
 {
-	static struct config cfg;
+	static struct config cfg = { .vsock_port = TG_VSOCK_DEFAULT_PORT };
 	idt_init();
 	tg_printf("hello from the Mitos test guest (boot_params at 0x%lx)\n",
 		  (uint64_t)(uintptr_t)boot_params);
@@ -623,6 +634,12 @@ void tg_main(const uint8_t *boot_params)
 	} else if (cfg.mode == TG_MODE_NET) {
 		interrupts_init();
 		tg_net_run((const char *)(uintptr_t)cmd_addr, cfg.dev, cfg.ndev);
+	} else if (cfg.mode == TG_MODE_VSOCK) {
+		interrupts_init();
+		tg_vsock_run(cfg.dev, cfg.ndev, cfg.vsock_port);
+	} else if (cfg.mode == TG_MODE_AGENT) {
+		interrupts_init();
+		tg_agent_run(cfg.dev, cfg.ndev);
 	} else {
 		interrupts_init();
 		unsigned nblk = 0;

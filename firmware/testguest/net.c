@@ -41,8 +41,14 @@ enum { IN_RX = 1, IN_TX = 2 };
 
 struct vq {
 	struct vdesc desc[QSZ];
-	uint16_t avail[2 + QSZ + 1];       /* flags, idx, ring, used_event */
-	uint32_t used[1 + 2 * QSZ + 1];    /* flags+idx, ring, avail_event */
+	struct {
+		uint16_t flags, idx, ring[QSZ], used_event;
+	} avail;
+	struct {
+		uint16_t flags, idx;
+		struct used_elem ring[QSZ];
+		uint16_t avail_event;
+	} used __attribute__((aligned(4)));
 	uint16_t avail_idx;                /* next avail slot to fill */
 	uint16_t published;                /* avail idx the device has seen */
 	uint16_t last_used;                /* used entries consumed */
@@ -66,19 +72,17 @@ static uint32_t vr(const struct net *n, unsigned off) { return mmio_read32(n->de
 static void vw(const struct net *n, unsigned off, uint32_t v) { mmio_write32(n->dev->base + off, v); }
 static bool has(const struct net *n, uint64_t f) { return (n->features & f) != 0; }
 
-static volatile uint16_t *used_idx_p(struct vq *q) { return (volatile uint16_t *)q->used + 1; }
-static volatile uint16_t *used_event_p(struct vq *q) { return &q->avail[2 + QSZ]; }
-static volatile uint16_t *avail_event_p(struct vq *q)
+static uint16_t used_idx(const struct vq *q)
 {
-	return (volatile uint16_t *)&q->used[1 + 2 * QSZ];
+	return READ_ONCE(q->used.idx);
 }
 
 static struct used_elem take_used(struct vq *q)
 {
-	volatile struct used_elem *e =
-		(volatile struct used_elem *)&q->used[1 + 2 * (q->last_used % QSZ)];
+	struct used_elem e = { READ_ONCE(q->used.ring[q->last_used % QSZ].id),
+			       READ_ONCE(q->used.ring[q->last_used % QSZ].len) };
 	q->last_used++;
-	return (struct used_elem){ e->id, e->len };
+	return e;
 }
 
 static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
@@ -102,7 +106,7 @@ static bool same(const uint8_t *a, const uint8_t *b, unsigned n)
 static void post(unsigned qi, unsigned id)
 {
 	struct vq *q = &vqs[qi];
-	q->avail[2 + q->avail_idx % QSZ] = (uint16_t)id;
+	q->avail.ring[q->avail_idx % QSZ] = (uint16_t)id;
 	q->avail_idx++;
 	where[id] = qi == RXQ ? IN_RX : IN_TX;
 }
@@ -116,11 +120,12 @@ static void publish(struct net *n, unsigned qi)
 		return;
 	uint16_t old = q->published;
 	barrier(); /* ring slots before the index (x86 keeps stores in order) */
-	WRITE_ONCE(q->avail[1], q->avail_idx);
+	WRITE_ONCE(q->avail.idx, q->avail_idx);
 	q->published = q->avail_idx;
 	mb(); /* publish idx before reading the device's suppression state */
-	bool kick = has(n, F_EVENT_IDX) ? need_event(*avail_event_p(q), q->avail_idx, old)
-					: !(*(volatile uint16_t *)q->used & USED_F_NO_NOTIFY);
+	bool kick = has(n, F_EVENT_IDX)
+		? need_event(READ_ONCE(q->used.avail_event), q->avail_idx, old)
+		: !(READ_ONCE(q->used.flags) & USED_F_NO_NOTIFY);
 	if (kick)
 		vw(n, VM_QUEUE_NOTIFY, qi);
 }
@@ -204,7 +209,7 @@ static bool rx_poll(struct net *n)
 {
 	struct vq *q = &vqs[RXQ];
 	bool worked = false;
-	while (q->last_used != *used_idx_p(q)) {
+	while (q->last_used != used_idx(q)) {
 		barrier(); /* the index before the entries (x86 keeps loads in order) */
 		struct used_elem e = take_used(q);
 		unsigned id = check_used(e, IN_RX, "rx");
@@ -221,7 +226,7 @@ static bool rx_poll(struct net *n)
 			n->ignored++;
 			post(RXQ, id);
 			for (unsigned k = 1; k < nbuf; k++) {
-				if (q->last_used == *used_idx_p(q))
+				if (q->last_used == used_idx(q))
 					tg_fail(TG_EXIT_REQUEST, "rx frame of %u buffers published "
 						"without all of them", nbuf);
 				post(RXQ, check_used(take_used(q), IN_RX, "rx"));
@@ -245,7 +250,7 @@ static bool tx_reclaim(void)
 {
 	struct vq *q = &vqs[TXQ];
 	bool worked = false;
-	while (q->last_used != *used_idx_p(q)) {
+	while (q->last_used != used_idx(q)) {
 		barrier();
 		post(RXQ, check_used(take_used(q), IN_TX, "tx"));
 		worked = true;
@@ -275,7 +280,8 @@ static void setup_queue(struct net *n, unsigned qi)
 		tg_fail(TG_EXIT_TRANSPORT, "net queue %u: QueueNumMax %u, want at least %u", qi, max,
 			QSZ);
 	vw(n, VM_QUEUE_NUM, QSZ);
-	uint64_t desc = (uintptr_t)q->desc, avail = (uintptr_t)q->avail, used = (uintptr_t)q->used;
+	uint64_t desc = (uintptr_t)q->desc, avail = (uintptr_t)&q->avail;
+	uint64_t used = (uintptr_t)&q->used;
 	vw(n, VM_QUEUE_DESC_LO, (uint32_t)desc);
 	vw(n, VM_QUEUE_DESC_HI, (uint32_t)(desc >> 32));
 	vw(n, VM_QUEUE_AVAIL_LO, (uint32_t)avail);
@@ -331,7 +337,7 @@ static void net_init(struct net *n)
 	setup_queue(n, RXQ);
 	setup_queue(n, TXQ);
 	/* Completions on the transmit queue need no interrupt: the loop reclaims them. */
-	vqs[TXQ].avail[0] = AVAIL_F_NO_INTERRUPT;
+	vqs[TXQ].avail.flags = AVAIL_F_NO_INTERRUPT;
 	for (unsigned i = 0; i < QSZ; i++) {
 		vqs[RXQ].desc[i] = (struct vdesc){ (uint64_t)(uintptr_t)bufs[i], BUF_LEN,
 						   DESC_F_WRITE, 0 };
@@ -447,10 +453,10 @@ void tg_net_run(const char *cmd, const struct tg_virtio_dev *devs, unsigned ndev
 		if (seconds && tg_ticks() >= end)
 			break;
 		/* An interrupt for the next received frame; sent ones are reclaimed here. */
-		WRITE_ONCE(*used_event_p(rx), rx->last_used);
-		WRITE_ONCE(*used_event_p(tx), (uint16_t)(tx->last_used + 0x8000));
+		WRITE_ONCE(rx->avail.used_event, rx->last_used);
+		WRITE_ONCE(tx->avail.used_event, (uint16_t)(tx->last_used + 0x8000));
 		mb();
-		if (*used_idx_p(rx) == rx->last_used && *used_idx_p(tx) == tx->last_used)
+		if (used_idx(rx) == rx->last_used && used_idx(tx) == tx->last_used)
 			tg_wait_interrupt();
 	}
 	tg_printf("net: %lu frames in, %lu ARP replies, %lu echo replies, %lu ignored\n",

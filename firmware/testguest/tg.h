@@ -107,6 +107,27 @@ _Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n);
 /* The network mode (net.c): answers ARP and ping until the host ends the VM or for
  * testguest.net_seconds=N; reads its own options from the command line cmd. */
 _Noreturn void tg_net_run(const char *cmd, const struct tg_virtio_dev *devs, unsigned n);
+/* The vsock mode (vsock.c): an echo server on stream port `port` (testguest.vsock_port=)
+ * until the host ends the VM or sends a packet whose payload is "MITOS-QUIT". */
+#define TG_VSOCK_DEFAULT_PORT 1234
+_Noreturn void tg_vsock_run(const struct tg_virtio_dev *devs, unsigned n, uint32_t port);
+/* The same driver with another application on the port: it is handed each connection's
+ * bytes (and may answer with tg_vsock_send) instead of echoing them. */
+#define TG_VSOCK_MAX_CONNS 8
+#define TG_VSOCK_SEND_MAX  4000u
+struct tg_vsock_app {
+	void (*open)(unsigned conn);   /* conn: 0..TG_VSOCK_MAX_CONNS-1, reused once closed */
+	void (*data)(unsigned conn, const uint8_t *p, uint32_t len);
+};
+_Noreturn void tg_vsock_serve(const struct tg_virtio_dev *devs, unsigned n, uint32_t port,
+			      const struct tg_vsock_app *app);
+/* Copies len bytes out on conn; false when it is closed, len is too big or the host has
+ * no room for them. */
+bool tg_vsock_send(unsigned conn, const void *p, uint32_t len);
+/* testguest.mode=agent (agent_stub.c): answers the agent protocol's HELLO, health and
+ * post_fork on vsock port 52 (agent/PROTOCOL.md) and `unsupported` to everything else. */
+#define TG_AGENT_PORT 52
+_Noreturn void tg_agent_run(const struct tg_virtio_dev *devs, unsigned n);
 /* Exits the VM through the debug-exit port. */
 _Noreturn void tg_exit(enum tg_exit code);
 

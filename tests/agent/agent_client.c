@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -240,18 +241,68 @@ int ac_call(struct ac *c, const char *json, struct ac_result *r, int timeout_ms)
 	return rc ? rc : ac_collect(c, id, r, timeout_ms);
 }
 
-int ac_start(struct ac *c, const char *const *extra_args)
+static void client_init(struct ac *c)
 {
-	int sv[2];
 	memset(c, 0, sizeof(*c));
 	c->auto_window = true;
 	c->next_id = 1;
 	proto_parser_init(&c->parser, PROTO_MAX_PAYLOAD);
+}
+
+static const char *agent_path(void)
+{
+	const char *agent = getenv("MITOS_AGENT");
+	return agent ? agent : MITOS_AGENT_PATH;
+}
+
+static int hello(struct ac *c)
+{
+	const char *hello = "{\"min_version\":1,\"max_version\":1}";
+	int rc = ac_send(c, PROTO_HELLO, 0, 0, 0, hello, strlen(hello));
+	struct ac_frame *f;
+	if (!rc)
+		rc = ac_recv(c, 0, &f, 5000);
+	if (rc)
+		return rc;
+	snprintf(c->hello, sizeof(c->hello), "%s", (char *)f->p);
+	rc = f->h.type == PROTO_HELLO ? 0 : -EPROTO;
+	ac_frame_free(f);
+	return rc;
+}
+
+pid_t ac_spawn_unix(const char *path)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		syscall(SYS_close_range, 3, ~0u, 0);
+		execl(agent_path(), agent_path(), "--unix", path, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; pid > 0 && i < 500 && access(path, F_OK); i++)
+		usleep(10000);
+	return pid;
+}
+
+int ac_connect_unix(struct ac *c, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	client_init(c);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->fd < 0)
+		return -errno;
+	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return -errno;
+	return hello(c);
+}
+
+int ac_start(struct ac *c, const char *const *extra_args)
+{
+	int sv[2];
+	client_init(c);
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		return -errno;
-	const char *agent = getenv("MITOS_AGENT");
-	if (!agent)
-		agent = MITOS_AGENT_PATH;
+	const char *agent = agent_path();
 	pid_t pid = fork();
 	if (pid < 0)
 		return -errno;
@@ -271,22 +322,12 @@ int ac_start(struct ac *c, const char *const *extra_args)
 	close(sv[1]);
 	c->fd = sv[0];
 	c->pid = pid;
-	const char *hello = "{\"min_version\":1,\"max_version\":1}";
-	int rc = ac_send(c, PROTO_HELLO, 0, 0, 0, hello, strlen(hello));
-	struct ac_frame *f;
-	if (!rc)
-		rc = ac_recv(c, 0, &f, 5000);
-	if (rc)
-		return rc;
-	snprintf(c->hello, sizeof(c->hello), "%s", (char *)f->p);
-	rc = f->h.type == PROTO_HELLO ? 0 : -EPROTO;
-	ac_frame_free(f);
-	return rc;
+	return hello(c);
 }
 
 int ac_stop(struct ac *c)
 {
-	int status = -1, rc = -1;
+	int status = -1, rc = c->pid ? -1 : 0;
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;

@@ -43,6 +43,12 @@ struct ac_result {
 
 /* Starts the agent (path from $MITOS_AGENT or the build) and does HELLO. */
 int ac_start(struct ac *c, const char *const *extra_args);
+/* Starts an agent listening on the Unix socket path (pid returned), and
+ * connects a client to it (HELLO included); ac_stop on such a client only
+ * closes the connection. */
+pid_t ac_spawn_unix(const char *path);
+int ac_connect_unix(struct ac *c, const char *path);
+
 /* Closes the connection and reaps the agent: 0 when it exited cleanly
  * (sanitizer reports make it exit non-zero), -1 otherwise. */
 int ac_stop(struct ac *c);

@@ -2,6 +2,7 @@
  * imports IPython (and matplotlib when asked), so these take seconds. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "agent_test.h"
 
@@ -174,6 +175,28 @@ START_TEST(code_timeout_and_busy)
 }
 END_TEST
 
+START_TEST(code_stuck_kernel_is_replaced)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	run(&c, NULL, "state = 1", &r);
+	ac_result_free(&r);
+	call_expect(&c, "{\"op\":\"run_code\",\"timeout_ms\":300,\"code\":\"import signal, time\\n"
+		    "signal.signal(signal.SIGINT, signal.SIG_IGN)\\ntime.sleep(30)\"}", "timeout");
+	/* The cell ignores the interrupt: after the grace period the kernel is
+	 * killed, and the next run gets a fresh one (or is told it died). */
+	usleep(3500 * 1000);
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"context_list\"}", &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"running\":false"));
+	ac_result_free(&r);
+	run(&c, NULL, "'state' in dir()", &r);
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"text/plain\": \"False\""));
+	ac_result_free(&r);
+	agent_down(&c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("agent_code");
@@ -183,6 +206,7 @@ int main(void)
 	tcase_add_test(tc, code_exception);
 	tcase_add_test(tc, code_rich_results);
 	tcase_add_test(tc, code_timeout_and_busy);
+	tcase_add_test(tc, code_stuck_kernel_is_replaced);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

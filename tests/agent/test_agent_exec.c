@@ -284,7 +284,7 @@ START_TEST(pty_echo_and_resize)
 	struct ac_result r;
 	agent_up(&c);
 	uint32_t id = ac_new_id(&c);
-	ac_open(&c, id, "{\"op\":\"pty\",\"argv\":[\"/bin/sh\"],\"size\":{\"rows\":30,\"cols\":100},"
+	ac_open(&c, id, "{\"op\":\"exec\",\"argv\":[\"/bin/sh\"],\"pty\":{\"rows\":30,\"cols\":100},"
 			"\"env\":{\"PS1\":\"$ \"}}");
 	int pid = started_pid(&c, id);
 	const char *in = "stty size; echo tty-$((6*7))\n";
@@ -318,6 +318,25 @@ START_TEST(pty_echo_and_resize)
 }
 END_TEST
 
+START_TEST(pty_default_shell)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	uint32_t id = ac_new_id(&c);
+	ac_open(&c, id, "{\"op\":\"pty\"}");
+	const char *in = "echo sum=$((2+3))\nexit 4\n";
+	ck_assert_int_eq(ac_write_data(&c, id, in, strlen(in), false, T_SHORT), 0);
+	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr((char *)r.ch[1].p, "sum=5"));
+	cJSON *j = end_json(&r);
+	ck_assert_int_eq(json_int(j, "exit_code"), 4);
+	cJSON_Delete(j);
+	ac_result_free(&r);
+	agent_down(&c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("agent_exec");
@@ -336,6 +355,7 @@ int main(void)
 	tcase_add_test(tc, exec_foreground_killed_on_cancel);
 	tcase_add_test(tc, exec_slow_reader_bounded);
 	tcase_add_test(tc, pty_echo_and_resize);
+	tcase_add_test(tc, pty_default_shell);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -246,6 +246,87 @@ START_TEST(files_error_codes)
 }
 END_TEST
 
+START_TEST(files_list_many_batches)
+{
+	struct ac c;
+	struct ac_result r;
+	char path[160], req[256];
+	make_dir();
+	for (int i = 0; i < 700; i++) {
+		snprintf(path, sizeof(path), "%s/file-with-a-longish-name-%04d", dir, i);
+		close(open(path, O_CREAT | O_WRONLY, 0644));
+	}
+	agent_up(&c);
+	snprintf(req, sizeof(req), "{\"op\":\"list\",\"path\":\"%s\"}", dir);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"count\":700"));
+	int batches = 0, entries = 0;
+	for (char *line = strtok((char *)r.events.p, "\n"); line; line = strtok(NULL, "\n"), batches++) {
+		cJSON *j = cJSON_Parse(line);
+		ck_assert_msg(j != NULL, "bad batch: %.80s", line);
+		entries += cJSON_GetArraySize(cJSON_GetObjectItem(j, "entries"));
+		cJSON_Delete(j);
+	}
+	ck_assert_int_gt(batches, 1);
+	ck_assert_int_eq(entries, 700);
+	ac_result_free(&r);
+	agent_down(&c);
+	remove_dir();
+}
+END_TEST
+
+/* Waits until the events seen on id contain want. */
+static void wait_event(struct ac *c, uint32_t id, struct ac_buf *seen, const char *want)
+{
+	while (!seen->p || !strstr((char *)seen->p, want)) {
+		struct ac_frame *f;
+		ck_assert_msg(ac_recv(c, id, &f, T_SHORT) == 0, "no %s in %s", want, seen->p ? (char *)seen->p : "");
+		ck_assert_int_eq(f->h.type, PROTO_EVENT);
+		ac_buf_put(seen, f->p, f->h.length);
+		ac_frame_free(f);
+	}
+}
+
+START_TEST(files_watch_recursive)
+{
+	struct ac c;
+	struct ac_result r;
+	struct ac_buf seen = { 0 };
+	char req[256], path[160], path2[160];
+	make_dir();
+	agent_up(&c);
+	uint32_t id = ac_new_id(&c);
+	snprintf(req, sizeof(req), "{\"op\":\"watch\",\"path\":\"%s\",\"recursive\":true}", dir);
+	ac_open(&c, id, req);
+	wait_event(&c, id, &seen, "\"started\":true");
+	snprintf(path, sizeof(path), "%s/a.txt", dir);
+	write_file(&c, path, "x", 1);
+	wait_event(&c, id, &seen, "{\"name\":\"a.txt\",\"type\":\"create\",\"is_dir\":false}");
+	wait_event(&c, id, &seen, "{\"name\":\"a.txt\",\"type\":\"write\"");
+	snprintf(path, sizeof(path), "%s/sub", dir);
+	mkdir(path, 0755);
+	wait_event(&c, id, &seen, "{\"name\":\"sub\",\"type\":\"create\",\"is_dir\":true}");
+	snprintf(path, sizeof(path), "%s/sub/b.txt", dir);
+	write_file(&c, path, "y", 1); /* inside a directory created after the start */
+	wait_event(&c, id, &seen, "\"name\":\"sub/b.txt\",\"type\":\"create\"");
+	snprintf(path2, sizeof(path2), "%s/sub/c.txt", dir);
+	ck_assert_int_eq(rename(path, path2), 0);
+	wait_event(&c, id, &seen, "\"name\":\"sub/b.txt\",\"type\":\"rename\"");
+	unlink(path2);
+	wait_event(&c, id, &seen, "\"name\":\"sub/c.txt\",\"type\":\"remove\"");
+	remove_dir(); /* the watched directory itself goes: the stream ends */
+	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
+	cJSON *j = end_json(&r);
+	ck_assert_str_eq(end_error_code(j), "not_found");
+	cJSON_Delete(j);
+	ac_result_free(&r);
+	free(seen.p);
+	call_expect(&c, "{\"op\":\"watch\",\"path\":\"/etc/passwd\"}", "not_a_directory");
+	call_expect(&c, "{\"op\":\"watch\",\"path\":\"/no/such/dir\"}", "not_found");
+	agent_down(&c);
+}
+END_TEST
+
 START_TEST(files_relative_to_home)
 {
 	struct ac c;
@@ -274,6 +355,8 @@ int main(void)
 	tcase_add_test(tc, files_100mib_streamed);
 	tcase_add_test(tc, files_metadata_ops);
 	tcase_add_test(tc, files_error_codes);
+	tcase_add_test(tc, files_list_many_batches);
+	tcase_add_test(tc, files_watch_recursive);
 	tcase_add_test(tc, files_relative_to_home);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);

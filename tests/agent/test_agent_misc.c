@@ -4,7 +4,12 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -207,6 +212,54 @@ START_TEST(bad_frames_leave_other_streams_alone)
 }
 END_TEST
 
+/* Mutated requests of harmless operations: every one gets exactly one END
+ * (or an ERROR notice when the mutation broke nothing but the op name), and
+ * the agent survives to exit cleanly. */
+START_TEST(open_payload_fuzz)
+{
+	static const char *const corpus[] = {
+		"{\"op\":\"health\"}",
+		"{\"op\":\"stat\",\"path\":\"/etc/hostname\",\"user\":\"root\"}",
+		"{\"op\":\"exists\",\"path\":\"~/x\"}",
+		"{\"op\":\"list\",\"path\":\"/etc\",\"depth\":1}",
+		"{\"op\":\"read\",\"path\":\"/etc/hostname\",\"offset\":1,\"length\":3}",
+		"{\"op\":\"processes\"}",
+		"{\"op\":\"context_list\"}",
+		"{\"op\":\"attach\",\"pid\":1234567}",
+		"{\"op\":\"post_fork\",\"entropy\":\"AAAA\"}",
+	};
+	struct ac c;
+	agent_up(&c);
+	srand(42);
+	for (int i = 0; i < 3000; i++) {
+		char buf[256];
+		const char *base = corpus[rand() % (int)(sizeof(corpus) / sizeof(corpus[0]))];
+		size_t n = strlen(base);
+		memcpy(buf, base, n);
+		for (int m = rand() % 4; m >= 0; m--) {
+			switch (rand() % 3) {
+			case 0: buf[rand() % (int)n] = (char)rand(); break;
+			case 1: n = (size_t)(rand() % (int)n) + 1; break;
+			case 2:
+				if (n < sizeof(buf) - 1) {
+					size_t at = (size_t)(rand() % (int)n);
+					memmove(buf + at + 1, buf + at, n - at);
+					buf[at] = "{}[]\",:0\\u"[rand() % 11];
+					n++;
+				}
+			}
+		}
+		uint32_t id = ac_new_id(&c);
+		ac_send(&c, PROTO_OPEN, 0, 0, id, buf, n);
+		struct ac_result r;
+		ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
+		ac_result_free(&r);
+	}
+	call_expect(&c, "{\"op\":\"health\"}", "");
+	agent_down(&c);
+}
+END_TEST
+
 START_TEST(hello_required_and_versioned)
 {
 	struct ac c;
@@ -219,6 +272,158 @@ START_TEST(hello_required_and_versioned)
 }
 END_TEST
 
+/* On a listening transport, processes outlive connections: a background
+ * process started on one connection is attached from the next one, and a
+ * foreground one dies with its connection. */
+START_TEST(unix_reconnect_reattach)
+{
+	char path[64], req[128];
+	struct ac c;
+	struct ac_result r;
+	snprintf(path, sizeof(path), "/tmp/mitos-agent-test-%d.sock", (int)getpid());
+	pid_t agent = ac_spawn_unix(path);
+	ck_assert_int_gt(agent, 0);
+	ck_assert_int_eq(ac_connect_unix(&c, path), 0);
+	uint32_t bg = ac_new_id(&c), fg = ac_new_id(&c);
+	ac_open(&c, bg, "{\"op\":\"exec\",\"cmd\":\"sleep 0.3; echo survived\",\"background\":true}");
+	ac_open(&c, fg, "{\"op\":\"exec\",\"argv\":[\"sleep\",\"30\"]}");
+	int pids[2];
+	for (int i = 0; i < 2; i++) {
+		struct ac_frame *f;
+		ck_assert_int_eq(ac_recv(&c, i ? fg : bg, &f, T_SHORT), 0);
+		cJSON *j = cJSON_Parse((char *)f->p);
+		pids[i] = json_int(j, "pid");
+		cJSON_Delete(j);
+		ac_frame_free(f);
+	}
+	ck_assert_int_eq(ac_stop(&c), 0); /* drops the connection */
+	ck_assert_int_eq(ac_connect_unix(&c, path), 0);
+	snprintf(req, sizeof(req), "{\"op\":\"attach\",\"pid\":%d}", pids[0]);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_str_eq((char *)r.ch[1].p, "survived\n");
+	ac_result_free(&r);
+	snprintf(req, sizeof(req), "{\"op\":\"attach\",\"pid\":%d}", pids[1]);
+	call_expect(&c, req, "not_found");
+	ac_stop(&c);
+	int status;
+	kill(agent, SIGTERM); /* a clean shutdown, which the sanitizers check */
+	ck_assert_int_eq(waitpid(agent, &status, 0), agent);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	unlink(path);
+}
+END_TEST
+
+static long rss_kib(pid_t pid)
+{
+	char path[64], line[256];
+	long kib = -1;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kib;
+}
+
+/* Events are not flow-controlled, so their producers must pause while the
+ * connection is congested: a client that stops reading a huge listing and a
+ * chatty cell does not make the agent grow. */
+START_TEST(events_pause_for_slow_reader)
+{
+	struct ac c;
+	struct ac_result r;
+	/* A sanitized agent keeps freed memory in quarantine: keep that small so
+	 * RSS measures what the agent holds. */
+	char asan[512];
+	snprintf(asan, sizeof(asan), "%s:quarantine_size_mb=1", getenv("ASAN_OPTIONS") ? getenv("ASAN_OPTIONS") : "");
+	setenv("ASAN_OPTIONS", asan, 1);
+	agent_up(&c);
+	call_expect(&c, "{\"op\":\"health\"}", "");
+	long before = rss_kib(c.pid);
+	uint32_t list = ac_new_id(&c), code = ac_new_id(&c);
+	ac_open(&c, list, "{\"op\":\"list\",\"path\":\"/usr\",\"depth\":64}");
+	ac_open(&c, code, "{\"op\":\"run_code\",\"code\":\"from IPython.display import display, HTML\\n"
+		"for i in range(3000): display(HTML('x' * 20000))\"}");
+	sleep(3); /* read nothing meanwhile */
+	long during = rss_kib(c.pid);
+	ck_assert_msg(during - before < 16 * 1024, "agent grew by %ld KiB", during - before);
+	ck_assert_int_eq(ac_collect(&c, list, &r, T_LONG), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"count\":"));
+	ac_result_free(&r);
+	ck_assert_int_eq(ac_collect(&c, code, &r, T_LONG), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"status\": \"ok\""));
+	ac_result_free(&r);
+	agent_down(&c);
+}
+END_TEST
+
+/* Starts the agent as PID 1 of new pid and mount namespaces, listening on
+ * path. Returns the pid of the helper that waits for it, or -1 when this host
+ * does not allow namespaces. */
+static pid_t spawn_as_pid1(const char *path)
+{
+	pid_t helper = fork();
+	if (helper == 0) {
+		if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0 ||
+		    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+			_exit(77);
+		pid_t init = fork();
+		if (init == 0) {
+			syscall(SYS_close_range, 3, ~0u, 0);
+			const char *agent = getenv("MITOS_AGENT") ? getenv("MITOS_AGENT") : MITOS_AGENT_PATH;
+			execl(agent, agent, "--unix", path, (char *)NULL);
+			_exit(127);
+		}
+		int status;
+		waitpid(init, &status, 0);
+		_exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+	}
+	for (int i = 0; i < 300 && access(path, F_OK); i++) {
+		int status;
+		if (waitpid(helper, &status, WNOHANG) == helper)
+			return -1;
+		usleep(10000);
+	}
+	return helper;
+}
+
+/* The PID 1 path a guest takes, minus the overlay (the host root is writable):
+ * early mounts, reaping orphans, pty on the mounted devpts, poweroff. */
+START_TEST(init_as_pid1_in_namespace)
+{
+	char path[64];
+	struct ac c;
+	struct ac_result r;
+	snprintf(path, sizeof(path), "/var/tmp/mitos-agent-init-%d.sock", (int)getpid());
+	unlink(path);
+	pid_t helper = spawn_as_pid1(path);
+	if (helper < 0)
+		return; /* no namespaces here (unprivileged): nothing to test */
+	ck_assert_int_eq(ac_connect_unix(&c, path), 0);
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"health\"}", &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "\"pid\":1,\"init\":true"));
+	ac_result_free(&r);
+	/* the background sleep is orphaned to PID 1, which must reap it */
+	call_expect(&c, "{\"op\":\"exec\",\"cmd\":\"sleep 0.1 & exit 0\"}", "");
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"exec\",\"cmd\":\"sleep 0.4; "
+				     "cat /proc/[0-9]*/stat | awk '$3 == \\\"Z\\\"' | wc -l; "
+				     "grep -q ' /tmp tmpfs ' /proc/mounts && echo tmpfs\"}",
+				     &r, T_SHORT), 0);
+	ck_assert_str_eq((char *)r.ch[1].p, "0\ntmpfs\n");
+	ac_result_free(&r);
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"pty\",\"argv\":[\"tty\"]}", &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr((char *)r.ch[1].p, "/dev/pts/"));
+	ac_result_free(&r);
+	call_expect(&c, "{\"op\":\"poweroff\"}", "");
+	int status;
+	ck_assert_int_eq(waitpid(helper, &status, 0), helper); /* the namespace's init is gone */
+	ac_stop(&c);
+	unlink(path);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("agent_misc");
@@ -228,6 +433,10 @@ int main(void)
 	tcase_add_test(tc, health_and_post_fork);
 	tcase_add_test(tc, bad_frames_leave_other_streams_alone);
 	tcase_add_test(tc, hello_required_and_versioned);
+	tcase_add_test(tc, open_payload_fuzz);
+	tcase_add_test(tc, unix_reconnect_reattach);
+	tcase_add_test(tc, events_pause_for_slow_reader);
+	tcase_add_test(tc, init_as_pid1_in_namespace);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -2,12 +2,19 @@
  * through the MMIO registers and lays out both rings, and one end of a SOCK_SEQPACKET
  * socketpair standing in for the TAP (one frame per read and write, as a TAP with
  * IFF_VNET_HDR gives), so that no root and no /dev/net/tun are needed. */
+#include <arpa/inet.h>
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -151,6 +158,7 @@ static void teardown(void)
 	virtio_net_destroy(F.d);
 	close(F.peer);
 	free(F.ram);
+	F.d = NULL;
 }
 
 static void put_desc(struct dq *q, uint16_t idx, uint64_t addr, uint32_t len, uint16_t flags,
@@ -822,6 +830,252 @@ START_TEST(test_push_n_publishes_once)
 }
 END_TEST
 
+/* ---- a real TAP, with offloads (root only) ------------------------------------------- */
+
+/* The host's TCP stack talks to the fake guest through a TAP in a network namespace of
+ * this test's own (Check runs each test in a child process): a large send must reach the
+ * guest as one TSO frame in mergeable buffers, and a TSO frame from the guest must reach
+ * the host's socket whole. */
+#define TAP_NAME   "mitosut0"
+#define HOST_ADDR  0x0a090001u  /* 10.9.0.1 */
+#define GUEST_ADDR 0x0a090002u  /* 10.9.0.2 */
+#define GUEST_PORT 7
+#define GUEST_ISN  1000u
+#define MSS        1448
+#define OFFLOADS   ((1ULL << VIRTIO_NET_F_CSUM) | (1ULL << VIRTIO_NET_F_GUEST_CSUM) | \
+		    (1ULL << VIRTIO_NET_F_GUEST_TSO4) | (1ULL << VIRTIO_NET_F_HOST_TSO4))
+
+/* struct virtio_net_hdr_v1 */
+struct vnet_hdr {
+	uint8_t flags, gso_type;
+	uint16_t hdr_len, gso_size, csum_start, csum_offset, num_buffers;
+};
+
+struct frame {
+	struct vnet_hdr h;
+	size_t len;
+	uint8_t b[70000];
+};
+
+static bool tap_start(void)
+{
+	if (geteuid() != 0 || access("/dev/net/tun", R_OK | W_OK) || unshare(CLONE_NEWNET)) {
+		fprintf(stderr, "skipped: a real TAP needs root, /dev/net/tun and a network "
+			"namespace of its own\n");
+		return false;
+	}
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI };
+	strcpy(ifr.ifr_name, TAP_NAME);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ioctl(fd, TUNSETIFF, &ifr), 0);
+	ck_assert_int_eq(ioctl(fd, TUNSETPERSIST, 1), 0);
+	close(fd);
+	F.ram = aligned_alloc(4096, RAM_SIZE);
+	ck_assert_ptr_nonnull(F.ram);
+	memset(F.ram, 0, RAM_SIZE);
+	guest_mem_layout(&F.mem, F.ram, RAM_SIZE);
+	struct virtio_net_opts o = { .tap = TAP_NAME, .mac = { 0x06, 0, 0xac, 0x10, 0, 0x02 } };
+	struct mitos_err e = { 0 };
+	F.d = virtio_net_create(&F.mem, 0xd0000000, 5, &o, &e);
+	ck_assert_msg(F.d != NULL, "virtio_net_create: %s", e.msg);
+	F.peer = -1;
+	ck_assert((virtio_device_features(F.d) & OFFLOADS) == OFFLOADS);
+	if (system("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 && "
+		   "ip addr add 10.9.0.1/24 dev " TAP_NAME " && ip link set " TAP_NAME " up && "
+		   "ip neigh add 10.9.0.2 lladdr 06:00:ac:10:00:02 dev " TAP_NAME " nud permanent")) {
+		fprintf(stderr, "skipped: cannot configure %s with ip and sysctl\n", TAP_NAME);
+		return false;
+	}
+	negotiate(BASE_FEATURES | MRG | OFFLOADS, 256);
+	post_rx(256, BUF_LEN);
+	return true;
+}
+
+static void tap_stop(void)
+{
+	if (F.d)
+		teardown();
+}
+
+static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t len)
+{
+	for (size_t i = 0; i + 1 < len; i += 2)
+		sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+	if (len & 1)
+		sum += (uint32_t)p[len - 1] << 8;
+	return sum;
+}
+
+static uint16_t csum_fold(uint32_t sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
+static void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	put16(p, (uint16_t)(v >> 16));
+	put16(p + 2, (uint16_t)v);
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)get16(p) << 16 | get16(p + 2);
+}
+
+/* The next IPv4 TCP frame the device hands the guest (others are skipped), within 3 s. */
+static bool next_tcp_frame(struct frame *f)
+{
+	static uint16_t seen;
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		while (seen != used_idx(RXQ)) {
+			uint32_t id, len;
+			used_elem(RXQ, seen, &id, &len);
+			memcpy(&f->h, host(F.rxbuf[id]), HDR);
+			f->len = 0;
+			for (unsigned k = 0; k < f->h.num_buffers; k++) {
+				used_elem(RXQ, seen++, &id, &len);
+				size_t skip = k ? 0 : HDR;
+				memcpy(f->b + f->len, (uint8_t *)host(F.rxbuf[id]) + skip, len - skip);
+				f->len += len - skip;
+			}
+			if (f->len >= 54 && get16(f->b + 12) == 0x0800 && f->b[23] == 6)
+				return true;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if (t.tv_sec - t0.tv_sec >= 3)
+			return false;
+		loop_once(50);
+	}
+}
+
+/* Ethernet, IPv4 and TCP headers from the guest to the host; returns their length. */
+static size_t tcp_headers(uint8_t *f, const uint8_t *host_mac, uint16_t host_port, uint32_t seq,
+			  uint32_t ack, uint8_t flags, size_t payload, bool mss_option)
+{
+	size_t tcp_len = mss_option ? 24 : 20;
+	memcpy(f, host_mac, 6);
+	memcpy(f + 6, test_mac, 6);
+	put16(f + 12, 0x0800);
+	uint8_t *ip = f + 14, *tcp = ip + 20;
+	memset(ip, 0, 20 + tcp_len);
+	ip[0] = 0x45;
+	put16(ip + 2, (uint16_t)(20 + tcp_len + payload));
+	put16(ip + 6, 0x4000);
+	ip[8] = 64;
+	ip[9] = 6;
+	put32(ip + 12, GUEST_ADDR);
+	put32(ip + 16, HOST_ADDR);
+	put16(ip + 10, csum_fold(csum_add(0, ip, 20)));
+	put16(tcp, GUEST_PORT);
+	put16(tcp + 2, host_port);
+	put32(tcp + 4, seq);
+	put32(tcp + 8, ack);
+	tcp[12] = (uint8_t)(tcp_len / 4) << 4;
+	tcp[13] = flags;
+	put16(tcp + 14, 65535);
+	if (mss_option) {
+		tcp[20] = 2;
+		tcp[21] = 4;
+		put16(tcp + 22, MSS + 12);
+	}
+	return 14 + 20 + tcp_len;
+}
+
+START_TEST(test_tap_tso_both_ways)
+{
+	if (!tap_start())
+		return;
+	static struct frame f;
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(GUEST_PORT),
+				 .sin_addr.s_addr = htonl(GUEST_ADDR) };
+	ck_assert_int_eq(connect(s, (struct sockaddr *)&a, sizeof(a)), -1);
+	ck_assert_int_eq(errno, EINPROGRESS);
+	ck_assert_msg(next_tcp_frame(&f), "no SYN came through the TAP");
+	const uint8_t *tcp = f.b + 34;
+	ck_assert_uint_eq(tcp[13], 0x02);
+	uint8_t host_mac[6];
+	memcpy(host_mac, f.b + 6, 6);
+	uint16_t host_port = get16(tcp);
+	uint32_t host_seq = get32(tcp + 4) + 1;
+
+	/* SYN-ACK with a whole checksum, computed here. */
+	uint64_t g = ram_alloc(HDR + 70000);
+	uint8_t *p = host(g);
+	memset(p, 0, HDR);
+	size_t n = tcp_headers(p + HDR, host_mac, host_port, GUEST_ISN, host_seq, 0x12, 0, true);
+	uint8_t pseudo[12];
+	put32(pseudo, GUEST_ADDR);
+	put32(pseudo + 4, HOST_ADDR);
+	put16(pseudo + 8, 6);
+	put16(pseudo + 10, 24);
+	put16(p + HDR + 34 + 16, csum_fold(csum_add(csum_add(0, pseudo, 12), p + HDR + 34, 24)));
+	struct seg syn_ack = { g, (uint32_t)(HDR + n), false };
+	add_chain(TXQ, &syn_ack, 1);
+	kick(TXQ);
+	struct pollfd pf = { .fd = s, .events = POLLOUT };
+	ck_assert_int_eq(poll(&pf, 1, 3000), 1);
+	int err = -1;
+	socklen_t elen = sizeof(err);
+	ck_assert_int_eq(getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &elen), 0);
+	ck_assert_int_eq(err, 0);
+
+	/* Host to guest: the stack's first flight leaves as TSO frames, each one read. */
+	static uint8_t data[60000];
+	ck_assert_int_gt(send(s, data, sizeof(data), 0), 10 * MSS);
+	bool tso = false;
+	while (!tso && next_tcp_frame(&f))
+		tso = f.h.gso_type == 1 && f.len > 2 * MSS && f.h.num_buffers > 1;
+	ck_assert_msg(tso, "no TCPv4 TSO frame reached the guest (last: gso_type %u, %zu bytes, "
+		      "%u buffers)", f.h.gso_type, f.len, f.h.num_buffers);
+	ck_assert_uint_lt(stats().rx_frames, stats().rx_bytes / MSS);
+
+	/* Guest to host: one 20000-byte segment with TSO and checksum offload. */
+	enum { SEG = 20000 };
+	uint64_t g2 = ram_alloc(HDR + 54 + SEG);
+	p = host(g2);
+	n = tcp_headers(p + HDR, host_mac, host_port, GUEST_ISN + 1, host_seq, 0x18, SEG, false);
+	for (size_t i = 0; i < SEG; i++)
+		p[HDR + n + i] = pat(50, i);
+	/* NEEDS_CSUM from the TCP header on, GSO_TCPV4 in MSS-sized segments. */
+	struct vnet_hdr h = { 1, 1, (uint16_t)n, MSS, 34, 16, 0 };
+	memcpy(p, &h, HDR);
+	struct seg seg[2] = { { g2, (uint32_t)(HDR + n), false }, { g2 + HDR + n, SEG, false } };
+	add_chain(TXQ, seg, 2);
+	kick(TXQ);
+	static uint8_t got[SEG];
+	size_t have = 0;
+	while (have < SEG) {
+		pf = (struct pollfd){ .fd = s, .events = POLLIN };
+		ck_assert_msg(poll(&pf, 1, 3000) == 1, "the host got %zu of %d bytes", have, SEG);
+		ssize_t r = recv(s, got + have, SEG - have, 0);
+		ck_assert_int_gt(r, 0);
+		have += (size_t)r;
+	}
+	for (size_t i = 0; i < SEG; i++)
+		ck_assert_msg(got[i] == pat(50, i), "host byte %zu", i);
+	ck_assert_uint_eq(stats().tx_frames, 2);
+	ck_assert_uint_eq(stats().tx_dropped, 0);
+	close(s);
+}
+END_TEST
+
 static Suite *virtio_net_suite(void)
 {
 	Suite *s = suite_create("virtio_net");
@@ -859,6 +1113,12 @@ static Suite *virtio_net_suite(void)
 	tcase_add_test(p, test_rx_without_mrg_uses_one_chain);
 	tcase_add_test(p, test_rx_waits_for_buffers);
 	suite_add_tcase(s, p);
+
+	TCase *t = tcase_create("tap");
+	tcase_add_checked_fixture(t, NULL, tap_stop);
+	tcase_set_timeout(t, 30);
+	tcase_add_test(t, test_tap_tso_both_ways);
+	suite_add_tcase(s, t);
 	return s;
 }
 

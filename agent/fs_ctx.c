@@ -1,0 +1,75 @@
+#include "agent/fs_ctx.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fsuid.h>
+#include <unistd.h>
+
+/* Takes on fc's identity (again, for operations resumed from the loop). */
+void fs_switch(const struct fs_ctx *fc)
+{
+	if (fc->switched) {
+		setfsgid(fc->user.gid);
+		setfsuid(fc->user.uid);
+	}
+}
+
+int fs_enter(struct stream *s, const struct json *req, struct fs_ctx *fc)
+{
+	const char *name = json_get_str(req, "user");
+	memset(fc, 0, sizeof(*fc));
+	if (name) {
+		if (user_lookup(name, &fc->user)) {
+			stream_end_error(s, PERR_INVALID_ARGUMENT, "unknown user '%s'", name);
+			return -EINVAL;
+		}
+		fc->has_user = true;
+		if (fc->user.uid != geteuid()) {
+			if (geteuid() != 0) {
+				stream_end_error(s, PERR_PERMISSION_DENIED,
+						 "the agent is not root and cannot act as '%s'", name);
+				return -EPERM;
+			}
+			fc->switched = true;
+		}
+	}
+	fs_switch(fc);
+	return 0;
+}
+
+void fs_leave(const struct fs_ctx *fc)
+{
+	if (fc->switched) {
+		setfsuid(geteuid());
+		setfsgid(getegid());
+	}
+}
+
+/* Resolves key's path into out: absolute as given, "~" and relative paths
+ * against the user's home. Ends s on error. */
+int resolve_path(struct stream *s, const struct json *req, const char *key,
+			const struct fs_ctx *fc, char *out)
+{
+	const struct json *v = json_get(req, key);
+	if (!v || v->kind != JSON_STR || !v->len || strlen(v->str) != v->len) {
+		stream_end_error(s, PERR_INVALID_ARGUMENT, "%s must be a non-empty string without NUL", key);
+		return -EINVAL;
+	}
+	const char *p = v->str, *home = fc->has_user ? fc->user.home : getenv("HOME");
+	int n;
+	if (!home || !*home)
+		home = "/";
+	if (p[0] == '/')
+		n = snprintf(out, PATH_MAX, "%s", p);
+	else if (p[0] == '~' && (p[1] == 0 || p[1] == '/'))
+		n = snprintf(out, PATH_MAX, "%s%s", home, p + 1);
+	else
+		n = snprintf(out, PATH_MAX, "%s/%s", home, p);
+	if (n < 0 || n >= PATH_MAX) {
+		stream_end_error(s, PERR_INVALID_ARGUMENT, "%s is too long", key);
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}

@@ -1,0 +1,30 @@
+/* Identity and path resolution shared by the file operations: they run with
+ * the requested user's filesystem uid/gid, so permissions are checked as for
+ * that user and new files belong to them; "~" and relative paths resolve
+ * against that user's home. */
+#ifndef MITOS_AGENT_FS_CTX_H
+#define MITOS_AGENT_FS_CTX_H
+
+#include <limits.h>
+#include <stdbool.h>
+
+#include "agent/conn.h"
+#include "agent/users.h"
+
+struct fs_ctx {
+	struct user_info user;
+	bool has_user;
+	bool switched;
+	char path[PATH_MAX];
+};
+
+/* Looks up req's "user" and takes on its identity. Ends s on error. */
+int fs_enter(struct stream *s, const struct json *req, struct fs_ctx *fc);
+/* Takes on fc's identity again, for work resumed from the event loop. */
+void fs_switch(const struct fs_ctx *fc);
+void fs_leave(const struct fs_ctx *fc);
+/* Resolves req's member key into out (PATH_MAX bytes). Ends s on error. */
+int resolve_path(struct stream *s, const struct json *req, const char *key,
+		 const struct fs_ctx *fc, char *out);
+
+#endif

@@ -1,0 +1,25 @@
+/* Template images built by tools/build-image: IMAGES/<key>/{rootfs/,rootfs.ext4}
+ * and the symlink IMAGES/current-<name>. Resolved once at start, so a rebuild
+ * while serve runs changes nothing under running sandboxes; the next start
+ * picks it up. */
+#ifndef MITOS_API_IMAGES_H
+#define MITOS_API_IMAGES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* dir: --images (NULL: ${MITOS_CACHE:-$HOME/.cache/mitos}/images; "none": no
+ * images, the python template runs on the host's /). agent_path: --agent or NULL
+ * (a dynamic agent, as sanitizer builds make, cannot run in the image). An image
+ * missing from an explicit dir is an error; from the default dir, a warning and
+ * the host's / as before. */
+int images_init(const char *dir, const char *agent_path, char *err, size_t errlen);
+
+/* The root directory of an image name (python, default, base), or NULL. */
+const char *images_root(const char *image);
+/* The ext4 file of the python image for the kvm engine, or NULL when none. */
+const char *images_disk(const char *image);
+/* True when the python template is the host's own /. */
+bool images_host_root(void);
+
+#endif

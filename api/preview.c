@@ -1,0 +1,856 @@
+/* The preview proxy. Every proxied request gets its own forward stream (one TCP
+ * connection inside the sandbox): the request head is rebuilt for the upstream
+ * (our token removed, hop-by-hop headers dropped, "Connection: close"), the body
+ * streamed after it; the response is relayed byte for byte after its head (so
+ * chunked bodies, SSE and anything else stream through unchanged), and the client
+ * connection closes when the upstream does. An upgrade request (WebSocket) keeps
+ * relaying both ways after the upstream's 101. Bytes are credited to the agent
+ * only as the client takes them, and read from the client only as the agent
+ * takes them. */
+#include "api/preview.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/agent_client.h"
+#include "api/errors.h"
+#include "api/handlers.h"
+#include "api/http.h"
+#include "api/preview_token.h"
+#include "api/registry.h"
+#include "api/router.h"
+#include "api/sandboxes.h"
+#include "api/server.h"
+
+#define PV_HEAD_MAX (16u << 10)
+#define PV_TX_HIGH (1u << 20)       /* client bytes waiting for agent credit: stop reading */
+#define PV_TTL_DEFAULT 3600u
+#define PV_TTL_MAX (7u * 86400u)
+#define PV_PREFIX "/preview/"
+
+struct bbuf {
+	uint8_t *p;
+	size_t off, len, cap;
+};
+
+struct pv {
+	struct http_req *r;
+	struct astream *as;
+	char sid[ID_MAX + 1];
+	unsigned port;
+	bool connected, upgrade, chunked_in, set_cookie, head_done, fin_sent;
+	char token[PREVIEW_TOKEN_MAX];
+	uint64_t expires_s;
+	char cookie_path[ID_MAX + 40];
+	struct bbuf head;  /* the upstream's response head, until complete */
+	struct bbuf tx;    /* bytes for the upstream waiting for credit */
+	size_t owed;       /* upstream bytes to credit once the client catches up */
+};
+
+int preview_init(const char *state_dir, char *err, size_t errlen)
+{
+	return preview_key_load(state_dir, err, errlen);
+}
+
+void preview_exit(void)
+{
+	preview_key_wipe();
+}
+
+/* ---- small helpers ---- */
+
+static int bbuf_add(struct bbuf *b, const void *p, size_t n)
+{
+	if (!n)
+		return 0;
+	if (b->off && b->off == b->len)
+		b->off = b->len = 0;
+	if (b->len + n > b->cap) {
+		if (b->off) {
+			memmove(b->p, b->p + b->off, b->len - b->off);
+			b->len -= b->off;
+			b->off = 0;
+		}
+		if (b->len + n > b->cap) {
+			size_t cap = b->cap ? b->cap : 4096;
+			while (cap < b->len + n)
+				cap *= 2;
+			uint8_t *np = realloc(b->p, cap);
+			if (!np)
+				return -ENOMEM;
+			b->p = np;
+			b->cap = cap;
+		}
+	}
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+static int bbuf_str(struct bbuf *b, const char *s)
+{
+	return bbuf_add(b, s, strlen(s));
+}
+
+static size_t bbuf_pending(const struct bbuf *b)
+{
+	return b->len - b->off;
+}
+
+static void bbuf_free(struct bbuf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Does the comma-separated header value list hold token (case-insensitive)? */
+static bool list_has(const char *v, const char *token)
+{
+	size_t tl = strlen(token);
+	while (v && *v) {
+		while (*v == ' ' || *v == '\t' || *v == ',')
+			v++;
+		size_t n = strcspn(v, ",");
+		size_t k = n;
+		while (k && (v[k - 1] == ' ' || v[k - 1] == '\t'))
+			k--;
+		if (k == tl && !strncasecmp(v, token, tl))
+			return true;
+		v += n;
+	}
+	return false;
+}
+
+/* "<id>-<port>" from a host label; the id is everything before the last '-'. */
+static int parse_label(const char *label, size_t n, char *id, unsigned *port)
+{
+	const char *dash = NULL;
+	for (size_t i = 0; i < n; i++)
+		if (label[i] == '-')
+			dash = label + i;
+	if (!dash || dash == label || (size_t)(dash - label) > ID_MAX)
+		return -EINVAL;
+	size_t dl = (size_t)(label + n - dash - 1);
+	if (!dl || dl > 5)
+		return -EINVAL;
+	unsigned p = 0;
+	for (size_t i = 0; i < dl; i++) {
+		if (!isdigit((unsigned char)dash[1 + i]))
+			return -EINVAL;
+		p = p * 10 + (unsigned)(dash[1 + i] - '0');
+	}
+	if (!p || p > 65535)
+		return -EINVAL;
+	memcpy(id, label, (size_t)(dash - label));
+	id[dash - label] = 0;
+	*port = p;
+	return api_valid_id(id) ? 0 : -EINVAL;
+}
+
+/* The Host header without its port, and the length of that. */
+static const char *host_name(const struct http_req *r, size_t *n)
+{
+	const char *h = http_req_header(r, "host");
+	if (!h)
+		return NULL;
+	const char *colon = strrchr(h, ':');
+	*n = colon && !strchr(h, ']') ? (size_t)(colon - h) : strlen(h);
+	while (*n && h[*n - 1] == '.')
+		(*n)--;
+	return h;
+}
+
+/* Length of the preview label when the Host is <label>.<domain>, else 0. */
+static size_t host_label_len(const struct http_req *r)
+{
+	const char *dom = srv_cfg.preview_domain;
+	size_t hl, dl = dom ? strlen(dom) : 0;
+	const char *h = dl ? host_name(r, &hl) : NULL;
+	if (!h || hl < dl + 2 || h[hl - dl - 1] != '.' || strncasecmp(h + hl - dl, dom, dl))
+		return 0;
+	size_t ll = hl - dl - 1;
+	return memchr(h, '.', ll) ? 0 : ll;
+}
+
+bool preview_host_matches(const struct http_req *r)
+{
+	return host_label_len(r) > 0;
+}
+
+/* The sandbox with this id; hosts arrive lower-cased, so that is tried too. */
+static struct sandbox *find_sandbox(const char *id)
+{
+	struct sandbox *sb = sandbox_find(id);
+	for (struct sandbox *s = sandboxes_first(); s && !sb; s = s->next)
+		if (!strcasecmp(s->id, id))
+			sb = s;
+	return sb;
+}
+
+/* ---- POST /v1/preview ---- */
+
+void rest_preview_create(struct http_req *r)
+{
+	cJSON *b = handler_json_body(r);
+	if (!b)
+		return;
+	const cJSON *jid = cJSON_GetObjectItemCaseSensitive(b, "sandbox_id");
+	if (!jid)
+		jid = cJSON_GetObjectItemCaseSensitive(b, "sandbox");
+	const char *id = cJSON_IsString(jid) ? jid->valuestring : http_req_header(r, "x-sandbox-id");
+	const cJSON *jport = cJSON_GetObjectItemCaseSensitive(b, "port");
+	const cJSON *jttl = cJSON_GetObjectItemCaseSensitive(b, "ttl");
+	if (!jttl)
+		jttl = cJSON_GetObjectItemCaseSensitive(b, "ttl_seconds");
+	if (!id || !api_valid_id(id)) {
+		cJSON_Delete(b);
+		http_reply_error(r, AE_INVALID_SANDBOX_ID, id ? "sandbox_id is not a valid sandbox id"
+						      : "give sandbox_id (or the X-Sandbox-Id header)", NULL, NULL);
+		return;
+	}
+	double port = cJSON_IsNumber(jport) ? jport->valuedouble : -1;
+	double ttl = jttl ? (cJSON_IsNumber(jttl) ? jttl->valuedouble : -1) : PV_TTL_DEFAULT;
+	if (port < 1 || port > 65535 || port != (double)(unsigned)port) {
+		cJSON_Delete(b);
+		http_reply_error(r, AE_INVALID_ARGUMENT, "port must be a whole number from 1 to 65535", NULL, NULL);
+		return;
+	}
+	if (ttl < 1 || ttl > PV_TTL_MAX || ttl != (double)(unsigned)ttl) {
+		cJSON_Delete(b);
+		http_reply_error(r, AE_INVALID_ARGUMENT, "ttl must be a whole number of seconds from 1 to 604800",
+				 NULL, NULL);
+		return;
+	}
+	struct sandbox *sb = sandbox_find(id);
+	char msg[160];
+	if (!sb) {
+		snprintf(msg, sizeof(msg), "no sandbox %.64s", id);
+		cJSON_Delete(b);
+		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
+		return;
+	}
+	cJSON_Delete(b);
+	unsigned p = (unsigned)port;
+	uint64_t exp = ur_wall_ms() / 1000 + (uint64_t)ttl;
+	char token[PREVIEW_TOKEN_MAX];
+	preview_token_make(sb->id, p, exp, token);
+
+	/* The path URL names this server as the client reached it. */
+	const char *host = http_req_header(r, "host");
+	char hostbuf[300];
+	if (!host || !*host || strlen(host) > 255 || strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+							   "0123456789.-:[]") != strlen(host)) {
+		snprintf(hostbuf, sizeof(hostbuf), strchr(srv_cfg.listen_host, ':') ? "[%s]:%u" : "%s:%u",
+			 srv_cfg.listen_host, srv_cfg.listen_port);
+		host = hostbuf;
+	}
+	char url[800], path_url[800], ts[40];
+	snprintf(path_url, sizeof(path_url), "http://%s" PV_PREFIX "%s/%u/?" PREVIEW_QUERY_PARAM "=%s", host, sb->id,
+		 p, token);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "sandbox_id", sb->id);
+	cJSON_AddNumberToObject(o, "port", p);
+	cJSON_AddStringToObject(o, "token", token);
+	if (srv_cfg.preview_domain) {
+		const char *colon = strrchr(host, ':');
+		snprintf(url, sizeof(url), "http://%s-%u.%s%s/?" PREVIEW_QUERY_PARAM "=%s", sb->id, p,
+			 srv_cfg.preview_domain, colon && !strchr(colon, ']') ? colon : "", token);
+		cJSON_AddStringToObject(o, "url", url);
+		cJSON_AddStringToObject(o, "host_url", url);
+	} else {
+		cJSON_AddStringToObject(o, "url", path_url);
+	}
+	cJSON_AddStringToObject(o, "path_url", path_url);
+	cJSON_AddNumberToObject(o, "expires", (double)exp);
+	registry_rfc3339(exp * 1000, ts, sizeof(ts));
+	cJSON_AddStringToObject(o, "expires_at", ts);
+	handler_reply_cjson(r, 200, o);
+}
+
+/* ---- the proxy ---- */
+
+static void pv_tx_pump(struct pv *pv);
+
+static void pv_free(struct pv *pv)
+{
+	if (pv->as) {
+		struct astream *as = pv->as;
+		pv->as = NULL;
+		agent_cancel(as);
+	}
+	if (pv->r) {
+		pv->r->ctx = NULL;
+		pv->r->ops = NULL;
+	}
+	bbuf_free(&pv->head);
+	bbuf_free(&pv->tx);
+	explicit_bzero(pv->token, sizeof(pv->token));
+	free(pv);
+}
+
+/* Ends the exchange: an error answer if nothing was relayed yet, else the close
+ * that tells the client the response is complete. */
+static void pv_end(struct pv *pv, int status, enum api_err e, const char *msg, const char *cause)
+{
+	struct http_req *r = pv->r;
+	if (r) {
+		/* 502s are about the server in the sandbox, not about this one. */
+		const char *fix = status == 502 && e == AE_UNAVAILABLE
+			? "check the server inside the sandbox: it must listen on 127.0.0.1 (or 0.0.0.0) at this "
+			  "port and answer HTTP/1.x" : NULL;
+		if (!r->resp_started && msg)
+			http_reply_error_status(r, status, e, msg, cause, fix);
+		else if (!r->resp_started)
+			http_reply_error_status(r, 502, AE_UNAVAILABLE, "the preview's server closed the connection "
+						"without answering", NULL, fix);
+		else
+			http_raw_finish(r);
+	}
+	pv_free(pv);
+}
+
+static void pv_abort(struct http_req *r)
+{
+	struct pv *pv = r->ctx;
+	pv->r = NULL;
+	pv_free(pv);
+}
+
+static void pv_writable(struct http_req *r)
+{
+	struct pv *pv = r->ctx;
+	if (pv->owed && pv->as && http_stream_room(r)) {
+		agent_consumed(pv->as, pv->owed);
+		pv->owed = 0;
+	}
+}
+
+static void pv_client_bytes(struct pv *pv, const uint8_t *p, size_t n)
+{
+	if (bbuf_add(&pv->tx, p, n)) {
+		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
+		return;
+	}
+	if (bbuf_pending(&pv->tx) > PV_TX_HIGH)
+		http_req_pause_body(pv->r);
+	pv_tx_pump(pv);
+}
+
+static void pv_body(struct http_req *r, const uint8_t *p, size_t n)
+{
+	struct pv *pv = r->ctx;
+	if (!pv->chunked_in) {
+		pv_client_bytes(pv, p, n);
+		return;
+	}
+	/* http_parser took the client's chunking apart; the upstream gets our own. */
+	char h[24];
+	int k = snprintf(h, sizeof(h), "%zx\r\n", n);
+	if (bbuf_add(&pv->tx, h, (size_t)k)) {
+		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
+		return;
+	}
+	if (bbuf_add(&pv->tx, p, n) || bbuf_add(&pv->tx, "\r\n", 2)) {
+		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
+		return;
+	}
+	pv_client_bytes(pv, NULL, 0);
+}
+
+static void pv_body_end(struct http_req *r)
+{
+	struct pv *pv = r->ctx;
+	if (pv->chunked_in && bbuf_str(&pv->tx, "0\r\n\r\n")) {
+		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
+		return;
+	}
+	if (pv->upgrade)
+		http_raw_input(r);
+	pv_tx_pump(pv);
+}
+
+static void pv_raw(struct http_req *r, const uint8_t *p, size_t n)
+{
+	pv_client_bytes(r->ctx, p, n);
+}
+
+static const struct http_req_ops pv_ops = { .body = pv_body, .body_end = pv_body_end, .writable = pv_writable,
+					    .abort = pv_abort, .raw = pv_raw };
+
+static void pv_tx_pump(struct pv *pv)
+{
+	if (!pv->as || !pv->connected)
+		return;
+	while (bbuf_pending(&pv->tx)) {
+		size_t room = agent_send_room(pv->as);
+		if (!room)
+			break;
+		size_t k = bbuf_pending(&pv->tx);
+		if (k > room)
+			k = room;
+		agent_send_data(pv->as, 0, false, pv->tx.p + pv->tx.off, k);
+		pv->tx.off += k;
+	}
+	if (pv->r && pv->r->body_paused && bbuf_pending(&pv->tx) < PV_TX_HIGH / 4)
+		http_req_resume_body(pv->r);
+}
+
+/* Header lines of a response head that go to the client: hop-by-hop ones are
+ * ours to set, except on a 101 where they carry the upgrade. */
+static bool resp_header_dropped(const char *line, size_t n, bool upgrade101)
+{
+	static const char *const drop[] = { "connection", "keep-alive", "proxy-connection" };
+	if (upgrade101)
+		return false;
+	const char *colon = memchr(line, ':', n);
+	size_t nl = colon ? (size_t)(colon - line) : n;
+	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
+		if (nl == strlen(drop[i]) && !strncasecmp(line, drop[i], nl))
+			return true;
+	return false;
+}
+
+/* Sends the complete response head h[0..n) (ending in CRLF CRLF) to the client. */
+static int pv_send_head(struct pv *pv, const uint8_t *h, size_t n, int status)
+{
+	struct http_req *r = pv->r;
+	bool is101 = status == 101;
+	struct bbuf out = { 0 };
+	const char *s = (const char *)h;
+	const char *end = s + n - 2; /* the last CRLF ends the head */
+	const char *eol = memchr(s, '\n', (size_t)(end - s));
+	int rc = bbuf_add(&out, s, (size_t)(eol - s + 1));
+	bool dropping = false;
+	for (const char *l = eol + 1; !rc && l < end;) {
+		const char *nl = memchr(l, '\n', (size_t)(end - l));
+		size_t len = nl ? (size_t)(nl - l + 1) : (size_t)(end - l);
+		if (*l == ' ' || *l == '\t') {
+			/* A folded continuation belongs to the line before it. */
+			if (!dropping)
+				rc = bbuf_add(&out, l, len);
+		} else {
+			dropping = resp_header_dropped(l, len, is101);
+			if (!dropping)
+				rc = bbuf_add(&out, l, len);
+		}
+		l += len;
+	}
+	if (!rc && !is101)
+		rc = bbuf_str(&out, "Connection: close\r\n");
+	if (!rc && pv->set_cookie && !is101) {
+		char c[400];
+		uint64_t now = ur_wall_ms() / 1000;
+		snprintf(c, sizeof(c), "Set-Cookie: " PREVIEW_COOKIE "=%s; Path=%s; Max-Age=%llu; HttpOnly; "
+			 "SameSite=Lax\r\n", pv->token, pv->cookie_path,
+			 (unsigned long long)(pv->expires_s > now ? pv->expires_s - now : 0));
+		rc = bbuf_str(&out, c);
+		pv->set_cookie = false;
+	}
+	if (!rc)
+		rc = bbuf_str(&out, "\r\n");
+	if (!rc) {
+		http_raw_begin(r);
+		http_raw_write(r, out.p, out.len);
+	}
+	bbuf_free(&out);
+	return rc;
+}
+
+/* Upstream bytes before the end of the response head. Returns -1 when pv is gone. */
+static int pv_head_bytes(struct pv *pv, const uint8_t *p, size_t n)
+{
+	if (bbuf_add(&pv->head, p, n)) {
+		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
+		return -1;
+	}
+	for (;;) {
+		const uint8_t *h = pv->head.p + pv->head.off;
+		size_t hn = bbuf_pending(&pv->head);
+		const uint8_t *e = hn >= 4 ? memmem(h, hn, "\r\n\r\n", 4) : NULL;
+		if (!e) {
+			if (hn > PV_HEAD_MAX) {
+				pv_end(pv, 502, AE_UNAVAILABLE, "the preview's server sent a response head over 16 KiB",
+				       NULL);
+				return -1;
+			}
+			return 0;
+		}
+		size_t headlen = (size_t)(e - h) + 4;
+		int status = 0;
+		if (headlen < 14 || memcmp(h, "HTTP/1.", 7) || !isdigit(h[7]) || h[8] != ' ' ||
+		    sscanf((const char *)h + 9, "%3d", &status) != 1 || status < 100 || status > 999) {
+			pv_end(pv, 502, AE_UNAVAILABLE, "the preview's server did not answer with HTTP/1.x", NULL);
+			return -1;
+		}
+		if (status < 200 && status != 101) {
+			/* Interim answers (103 Early Hints...) go through as they are. */
+			http_raw_begin(pv->r);
+			http_raw_write(pv->r, h, headlen);
+			pv->head.off += headlen;
+			continue;
+		}
+		if (pv_send_head(pv, h, headlen, status)) {
+			pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
+			return -1;
+		}
+		pv->head_done = true;
+		if (hn > headlen)
+			http_raw_write(pv->r, h + headlen, hn - headlen);
+		bbuf_free(&pv->head);
+		return 0;
+	}
+}
+
+static void as_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p, size_t n)
+{
+	struct pv *pv = s->ctx;
+	(void)ch;
+	if (n) {
+		if (!pv->head_done) {
+			if (pv_head_bytes(pv, p, n))
+				return;
+		} else {
+			http_raw_write(pv->r, p, n);
+		}
+		if (http_stream_room(pv->r))
+			agent_consumed(s, n + pv->owed), pv->owed = 0;
+		else
+			pv->owed += n;
+	}
+	if (fin)
+		pv_end(pv, 502, AE_UNAVAILABLE, NULL, NULL);
+}
+
+static void as_event(struct astream *s, cJSON *ev)
+{
+	struct pv *pv = s->ctx;
+	if (!cJSON_IsTrue(cJSON_GetObjectItem(ev, "connected")) || pv->connected)
+		return;
+	pv->connected = true;
+	pv_tx_pump(pv);
+}
+
+static void as_end(struct astream *s, cJSON *payload, const char *why)
+{
+	struct pv *pv = s->ctx;
+	pv->as = NULL;
+	char msg[200];
+	if (!payload) {
+		snprintf(msg, sizeof(msg), "sandbox %s stopped", pv->sid);
+		pv_end(pv, 502, AE_SANDBOX_NOT_RUNNING, msg, why);
+		return;
+	}
+	const cJSON *err = cJSON_GetObjectItem(payload, "error");
+	const char *code = cJSON_GetStringValue(cJSON_GetObjectItem(err, "code"));
+	if (code && !strcmp(code, "connection_refused")) {
+		snprintf(msg, sizeof(msg), "nothing listens on port %u in sandbox %s", pv->port, pv->sid);
+		pv_end(pv, 502, AE_UNAVAILABLE, msg, "agent: connection_refused");
+		return;
+	}
+	if (code) {
+		char cause[80];
+		snprintf(cause, sizeof(cause), "agent: %.60s", code);
+		snprintf(msg, sizeof(msg), "cannot reach port %u in sandbox %s", pv->port, pv->sid);
+		pv_end(pv, 502, AE_UNAVAILABLE, msg, cause);
+		return;
+	}
+	pv_end(pv, 502, AE_UNAVAILABLE, NULL, NULL);
+}
+
+static void as_writable(struct astream *s)
+{
+	pv_tx_pump(s->ctx);
+}
+
+static const struct astream_ops pv_stream_ops = { as_data, as_event, as_end, as_writable };
+
+/* The query without our token parameter (malloc'd, possibly empty). */
+static char *query_without_token(const char *q)
+{
+	char *out = malloc(strlen(q) + 1);
+	if (!out)
+		return NULL;
+	size_t o = 0, kl = strlen(PREVIEW_QUERY_PARAM);
+	while (*q) {
+		size_t n = strcspn(q, "&");
+		if (!(n >= kl && !strncmp(q, PREVIEW_QUERY_PARAM, kl) && (n == kl || q[kl] == '=')) && n) {
+			if (o)
+				out[o++] = '&';
+			memcpy(out + o, q, n);
+			o += n;
+		}
+		q += n;
+		if (*q == '&')
+			q++;
+	}
+	out[o] = 0;
+	return out;
+}
+
+/* A Cookie header value without our cookie; NULL when nothing is left. */
+static char *cookies_without_ours(const char *v)
+{
+	char *out = malloc(strlen(v) + 1);
+	if (!out)
+		return NULL;
+	size_t o = 0, cl = strlen(PREVIEW_COOKIE);
+	while (*v) {
+		while (*v == ' ' || *v == ';')
+			v++;
+		size_t n = strcspn(v, ";");
+		if (n && !(n > cl && !strncmp(v, PREVIEW_COOKIE, cl) && v[cl] == '=')) {
+			if (o) {
+				out[o++] = ';';
+				out[o++] = ' ';
+			}
+			memcpy(out + o, v, n);
+			o += n;
+		}
+		v += n;
+	}
+	out[o] = 0;
+	if (!o) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+/* Checks the token from the query, else every cookie of ours. */
+static int check_token(struct pv *pv, const struct http_req *r, const char *sid)
+{
+	uint64_t now = ur_wall_ms() / 1000;
+	char *qt = http_query_get(r->query, PREVIEW_QUERY_PARAM);
+	int rc = -EACCES;
+	if (qt) {
+		rc = preview_token_check(sid, pv->port, qt, now, &pv->expires_s);
+		if (!rc && strlen(qt) < sizeof(pv->token)) {
+			snprintf(pv->token, sizeof(pv->token), "%s", qt);
+			pv->set_cookie = true;
+		}
+		explicit_bzero(qt, strlen(qt));
+		free(qt);
+		return rc;
+	}
+	size_t cl = strlen(PREVIEW_COOKIE);
+	for (unsigned i = 0; i < r->nh && rc; i++) {
+		if (strcmp(r->h[i].name, "cookie"))
+			continue;
+		for (const char *v = r->h[i].value; *v && rc;) {
+			while (*v == ' ' || *v == ';')
+				v++;
+			size_t n = strcspn(v, ";");
+			if (n > cl && !strncmp(v, PREVIEW_COOKIE, cl) && v[cl] == '=' && n - cl - 1 < PREVIEW_TOKEN_MAX) {
+				char t[PREVIEW_TOKEN_MAX];
+				memcpy(t, v + cl + 1, n - cl - 1);
+				t[n - cl - 1] = 0;
+				int k = preview_token_check(sid, pv->port, t, now, &pv->expires_s);
+				/* An expired cookie must not hide a valid one; report expiry
+				 * only if nothing better turns up. */
+				if (k == 0 || rc == -EACCES)
+					rc = k;
+			}
+			v += n;
+		}
+	}
+	return rc;
+}
+
+static bool hop_by_hop(const char *name, const char *connection)
+{
+	static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
+					   "transfer-encoding", "upgrade", "expect", "content-length", "host",
+					   "cookie", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix" };
+	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+		if (!strcmp(name, hop[i]))
+			return true;
+	return connection && list_has(connection, name);
+}
+
+static int build_request(struct pv *pv, struct http_req *r, const char *path, const char *prefix)
+{
+	struct bbuf *b = &pv->tx;
+	const char *connection = http_req_header(r, "connection");
+	const char *upgrade = http_req_header(r, "upgrade");
+	const char *te = http_req_header(r, "transfer-encoding");
+	pv->upgrade = upgrade && connection && list_has(connection, "upgrade");
+	pv->chunked_in = te && list_has(te, "chunked");
+	char *q = query_without_token(r->query);
+	if (!q)
+		return -ENOMEM;
+	int rc = bbuf_str(b, http_method_str((enum http_method)r->method));
+	rc = rc ?: bbuf_str(b, " ");
+	rc = rc ?: bbuf_str(b, *path ? path : "/");
+	if (*q) {
+		rc = rc ?: bbuf_str(b, "?");
+		rc = rc ?: bbuf_str(b, q);
+	}
+	free(q);
+	rc = rc ?: bbuf_str(b, " HTTP/1.1\r\n");
+	const char *host = http_req_header(r, "host");
+	if (host) {
+		rc = rc ?: bbuf_str(b, "Host: ");
+		rc = rc ?: bbuf_str(b, host);
+		rc = rc ?: bbuf_str(b, "\r\nX-Forwarded-Host: ");
+		rc = rc ?: bbuf_str(b, host);
+		rc = rc ?: bbuf_str(b, "\r\n");
+	}
+	/* The node's own bearer token never reaches a sandbox. */
+	bool drop_auth = srv_cfg.token && router_authorized(r);
+	for (unsigned i = 0; i < r->nh && !rc; i++) {
+		const char *name = r->h[i].name, *v = r->h[i].value;
+		if (hop_by_hop(name, connection) || (drop_auth && !strcmp(name, "authorization")))
+			continue;
+		rc = bbuf_str(b, name);
+		rc = rc ?: bbuf_str(b, ": ");
+		rc = rc ?: bbuf_str(b, v);
+		rc = rc ?: bbuf_str(b, "\r\n");
+	}
+	for (unsigned i = 0; i < r->nh && !rc; i++) {
+		if (strcmp(r->h[i].name, "cookie"))
+			continue;
+		char *c = cookies_without_ours(r->h[i].value);
+		if (c) {
+			rc = bbuf_str(b, "Cookie: ");
+			rc = rc ?: bbuf_str(b, c);
+			rc = rc ?: bbuf_str(b, "\r\n");
+			free(c);
+		}
+	}
+	char line[300];
+	if (prefix) {
+		snprintf(line, sizeof(line), "X-Forwarded-Prefix: %s\r\n", prefix);
+		rc = rc ?: bbuf_str(b, line);
+	}
+	rc = rc ?: bbuf_str(b, "X-Forwarded-Proto: http\r\n");
+	if (pv->upgrade) {
+		rc = rc ?: bbuf_str(b, "Connection: Upgrade\r\nUpgrade: ");
+		rc = rc ?: bbuf_str(b, upgrade);
+		rc = rc ?: bbuf_str(b, "\r\n");
+	} else {
+		rc = rc ?: bbuf_str(b, "Connection: close\r\n");
+	}
+	if (pv->chunked_in) {
+		rc = rc ?: bbuf_str(b, "Transfer-Encoding: chunked\r\n");
+	} else if (r->content_length != ULLONG_MAX) {
+		snprintf(line, sizeof(line), "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
+		rc = rc ?: bbuf_str(b, line);
+	}
+	rc = rc ?: bbuf_str(b, "\r\n");
+	return rc;
+}
+
+void preview_proxy(struct http_req *r)
+{
+	struct pv *pv = calloc(1, sizeof(*pv));
+	if (!pv) {
+		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
+		return;
+	}
+	/* Where to: the Host names it, or the path does (/preview/<id>/<port>/rest,
+	 * parsed from the URL as received so the rest reaches the upstream as sent). */
+	char id[ID_MAX + 1];
+	const char *path = NULL;
+	char prefix[ID_MAX + 32];
+	bool by_host = false;
+	size_t ll = host_label_len(r);
+	if (ll) {
+		by_host = true;
+		const char *h = http_req_header(r, "host");
+		if (parse_label(h, ll, id, &pv->port))
+			goto not_found;
+		path = r->arena;
+		snprintf(pv->cookie_path, sizeof(pv->cookie_path), "/");
+	} else {
+		const char *u = r->arena;
+		if (strncmp(u, PV_PREFIX, strlen(PV_PREFIX)))
+			goto not_found;
+		u += strlen(PV_PREFIX);
+		size_t il = strcspn(u, "/?");
+		if (!il || il > ID_MAX || u[il] != '/')
+			goto not_found;
+		memcpy(id, u, il);
+		id[il] = 0;
+		u += il + 1;
+		size_t pl = strspn(u, "0123456789");
+		if (!pl || pl > 5 || (u[pl] && u[pl] != '/' && u[pl] != '?') || !api_valid_id(id))
+			goto not_found;
+		pv->port = (unsigned)strtoul(u, NULL, 10);
+		if (!pv->port || pv->port > 65535)
+			goto not_found;
+		path = u + pl;
+	}
+	struct sandbox *sb = find_sandbox(id);
+	const char *sid = sb ? sb->id : id;
+	snprintf(pv->sid, sizeof(pv->sid), "%s", sid);
+	if (!by_host) {
+		snprintf(prefix, sizeof(prefix), PV_PREFIX "%.64s/%u", sid, pv->port);
+		snprintf(pv->cookie_path, sizeof(pv->cookie_path), "%s/", prefix);
+	}
+	int rc = check_token(pv, r, sid);
+	if (rc) {
+		pv_free(pv);
+		http_reply_error(r, AE_UNAUTHENTICATED, rc == -ETIME ? "this preview URL has expired"
+					: "this preview needs a valid token",
+				 rc == -ETIME ? "token expired" : "the " PREVIEW_QUERY_PARAM " parameter or the "
+				 PREVIEW_COOKIE " cookie is missing, malformed, or not for this sandbox and port",
+				 "ask for a new preview URL: POST /v1/preview {\"sandbox_id\", \"port\"}");
+		return;
+	}
+	if (!by_host && (!*path || *path == '?')) {
+		/* /preview/<id>/<port> must end in '/' for relative links to resolve
+		 * under the prefix. */
+		char loc[600];
+		snprintf(loc, sizeof(loc), "Location: %s/%s\r\n", prefix, path);
+		pv_free(pv);
+		http_reply(r, 308, "text/plain", "", 0, loc);
+		return;
+	}
+	char msg[160];
+	if (!sb) {
+		pv_free(pv);
+		snprintf(msg, sizeof(msg), "no sandbox %s", id);
+		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
+		return;
+	}
+	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
+		pv_free(pv);
+		snprintf(msg, sizeof(msg), "sandbox %s is %s", sb->id, sb->state == SB_PAUSED ? "paused"
+				 : sb->state == SB_STARTING ? "starting" : "stopping");
+		http_reply_error(r, AE_SANDBOX_NOT_RUNNING, msg, NULL, NULL);
+		return;
+	}
+	size_t qpos = strcspn(path, "?");
+	char *p = strndup(path, qpos);
+	if (!p || build_request(pv, r, p, by_host ? NULL : prefix)) {
+		free(p);
+		pv_free(pv);
+		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
+		return;
+	}
+	free(p);
+	char open[64];
+	snprintf(open, sizeof(open), "{\"op\":\"forward\",\"port\":%u}", pv->port);
+	pv->as = agent_open(sb->agent, open, &pv_stream_ops, pv);
+	if (!pv->as) {
+		pv_free(pv);
+		http_reply_error(r, AE_INTERNAL, "cannot open a stream to the sandbox's agent", NULL, NULL);
+		return;
+	}
+	pv->r = r;
+	r->ctx = pv;
+	r->ops = &pv_ops;
+	/* Nothing of the body is read until the upstream connection exists. */
+	http_req_pause_body(r);
+	return;
+
+not_found:
+	pv_free(pv);
+	http_reply_error(r, AE_NOT_FOUND, by_host ? "a preview host is <sandbox id>-<port>.<preview domain>"
+			 : "a preview path is /preview/<sandbox id>/<port>/...", NULL, NULL);
+}

@@ -1,0 +1,28 @@
+/* Previews: POST /v1/preview mints a signed, expiring URL for one port of one
+ * sandbox; requests to /preview/<id>/<port>/... or to the host
+ * <id>-<port>.<--preview-domain> are proxied over the agent's forward stream to
+ * that port inside the sandbox (plain HTTP, streaming responses, WebSocket and
+ * other upgrades). */
+#ifndef MITOS_API_PREVIEW_H
+#define MITOS_API_PREVIEW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct http_req;
+
+#define PREVIEW_QUERY_PARAM "mitos_token"
+#define PREVIEW_COOKIE "mitos_preview_token"
+
+/* Loads or creates the signing key in the state dir. */
+int preview_init(const char *state_dir, char *err, size_t errlen);
+void preview_exit(void);
+
+/* True when the Host header names a preview host of --preview-domain. */
+bool preview_host_matches(const struct http_req *r);
+
+void rest_preview_create(struct http_req *r);
+/* The proxy; runs at headers-complete and streams the request body. */
+void preview_proxy(struct http_req *r);
+
+#endif

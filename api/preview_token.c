@@ -1,0 +1,143 @@
+#include "api/preview_token.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <nettle/hmac.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static uint8_t secret[PREVIEW_KEY_BYTES];
+static bool have_secret;
+
+void preview_key_set(const uint8_t key[PREVIEW_KEY_BYTES])
+{
+	memcpy(secret, key, PREVIEW_KEY_BYTES);
+	have_secret = true;
+}
+
+void preview_key_wipe(void)
+{
+	explicit_bzero(secret, sizeof(secret));
+	have_secret = false;
+}
+
+static int read_key(int fd)
+{
+	uint8_t k[PREVIEW_KEY_BYTES + 1];
+	ssize_t n = pread(fd, k, sizeof(k), 0);
+	if (n != PREVIEW_KEY_BYTES) {
+		explicit_bzero(k, sizeof(k));
+		return -EINVAL;
+	}
+	preview_key_set(k);
+	explicit_bzero(k, sizeof(k));
+	return 0;
+}
+
+int preview_key_load(const char *state_dir, char *err, size_t errlen)
+{
+	char path[4096];
+	if (snprintf(path, sizeof(path), "%s/preview.key", state_dir) >= (int)sizeof(path)) {
+		snprintf(err, errlen, "state dir path too long");
+		return -ENAMETOOLONG;
+	}
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd >= 0) {
+		uint8_t k[PREVIEW_KEY_BYTES];
+		if (getrandom(k, sizeof(k), 0) != (ssize_t)sizeof(k) || write(fd, k, sizeof(k)) != (ssize_t)sizeof(k) ||
+		    fsync(fd)) {
+			int e = errno ? errno : EIO;
+			explicit_bzero(k, sizeof(k));
+			close(fd);
+			unlink(path);
+			snprintf(err, errlen, "cannot create the preview key %s: %s", path, strerror(e));
+			return -e;
+		}
+		preview_key_set(k);
+		explicit_bzero(k, sizeof(k));
+		close(fd);
+		return 0;
+	}
+	if (errno != EEXIST) {
+		int e = errno;
+		snprintf(err, errlen, "cannot create the preview key %s: %s", path, strerror(e));
+		return -e;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st)) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		snprintf(err, errlen, "cannot read the preview key %s: %s", path, strerror(e));
+		return -e;
+	}
+	/* Anyone who can read the key can mint preview URLs. */
+	if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+		close(fd);
+		snprintf(err, errlen, "the preview key %s must be a regular file owned by this user with mode 0600 "
+			 "(remediation: chmod 600 it, or delete it to make a new one; existing preview URLs then stop "
+			 "working)", path);
+		return -EPERM;
+	}
+	int rc = read_key(fd);
+	close(fd);
+	if (rc)
+		snprintf(err, errlen, "the preview key %s is not %d bytes (remediation: delete it; serve makes a new "
+			 "one and existing preview URLs stop working)", path, PREVIEW_KEY_BYTES);
+	return rc;
+}
+
+static void mac_hex(const char *sandbox_id, unsigned port, uint64_t expires_s, char hex[65])
+{
+	char msg[160];
+	int n = snprintf(msg, sizeof(msg), "mitos-preview-v1\n%.64s\n%u\n%llu", sandbox_id, port,
+			 (unsigned long long)expires_s);
+	struct hmac_sha256_ctx ctx;
+	uint8_t d[SHA256_DIGEST_SIZE];
+	hmac_sha256_set_key(&ctx, sizeof(secret), secret);
+	hmac_sha256_update(&ctx, (size_t)n, (const uint8_t *)msg);
+	hmac_sha256_digest(&ctx, sizeof(d), d);
+	explicit_bzero(&ctx, sizeof(ctx));
+	static const char hx[] = "0123456789abcdef";
+	for (size_t i = 0; i < sizeof(d); i++) {
+		hex[2 * i] = hx[d[i] >> 4];
+		hex[2 * i + 1] = hx[d[i] & 15];
+	}
+	hex[64] = 0;
+}
+
+void preview_token_make(const char *sandbox_id, unsigned port, uint64_t expires_s, char out[PREVIEW_TOKEN_MAX])
+{
+	char hex[65];
+	mac_hex(sandbox_id, port, expires_s, hex);
+	snprintf(out, PREVIEW_TOKEN_MAX, "%llu.%s", (unsigned long long)expires_s, hex);
+}
+
+int preview_token_check(const char *sandbox_id, unsigned port, const char *token, uint64_t now_s,
+			uint64_t *expires_s)
+{
+	if (!have_secret || !token)
+		return -EACCES;
+	const char *dot = strchr(token, '.');
+	size_t dl = dot ? (size_t)(dot - token) : 0;
+	if (!dl || dl > 12 || strspn(token, "0123456789") != dl || strlen(dot + 1) != 64)
+		return -EACCES;
+	uint64_t exp = strtoull(token, NULL, 10);
+	char hex[65];
+	mac_hex(sandbox_id, port, exp, hex);
+	/* Constant time: how much of a forged MAC is right must not show. */
+	unsigned char diff = 0;
+	for (size_t i = 0; i < 64; i++)
+		diff |= (unsigned char)(hex[i] ^ dot[1 + i]);
+	if (diff)
+		return -EACCES;
+	if (expires_s)
+		*expires_s = exp;
+	return exp <= now_s ? -ETIME : 0;
+}

@@ -1,0 +1,27 @@
+/* Preview tokens: HMAC-SHA256 over (sandbox id, port, expiry) with a secret that
+ * serve generates once and keeps in its state dir. A token is
+ * "<expiry unix seconds>.<64 hex digits>"; it opens one port of one sandbox until
+ * it expires, and says nothing about any other. */
+#ifndef MITOS_API_PREVIEW_TOKEN_H
+#define MITOS_API_PREVIEW_TOKEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PREVIEW_KEY_BYTES 32
+#define PREVIEW_TOKEN_MAX 96 /* with the NUL */
+
+/* Loads STATE_DIR/preview.key, creating it (0600, random) when missing. */
+int preview_key_load(const char *state_dir, char *err, size_t errlen);
+/* For tests: use this secret instead. */
+void preview_key_set(const uint8_t key[PREVIEW_KEY_BYTES]);
+void preview_key_wipe(void);
+
+void preview_token_make(const char *sandbox_id, unsigned port, uint64_t expires_s,
+			char out[PREVIEW_TOKEN_MAX]);
+/* 0, -EACCES for a token that is malformed or was not made for this sandbox and
+ * port (or with another secret), -ETIME for one that expired. */
+int preview_token_check(const char *sandbox_id, unsigned port, const char *token, uint64_t now_s,
+			uint64_t *expires_s);
+
+#endif

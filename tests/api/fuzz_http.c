@@ -1,0 +1,238 @@
+/* Fuzz target of the HTTP parser glue (api/http.c): feeds arbitrary bytes, cut
+ * into arbitrary pieces, through the same path server.c uses, with the socket
+ * layer and the router replaced by stubs. Built two ways:
+ *  - with clang -fsanitize=fuzzer: a libFuzzer target (LLVMFuzzerTestOneInput);
+ *  - with -DFUZZ_STANDALONE: a randomized test that mutates valid requests
+ *    (argv[1] iterations, fixed seed), run by `meson test --suite api`. */
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/http.h"
+#include "api/router.h"
+#include "api/server.h"
+
+struct server_config srv_cfg;
+
+static size_t out_bytes;
+static char out_head[16];
+static size_t out_head_len;
+static int kicked;
+
+void conn_out(struct conn *c, const void *p, size_t n)
+{
+	(void)c;
+	if (out_head_len < sizeof(out_head)) {
+		size_t k = sizeof(out_head) - out_head_len;
+		if (k > n)
+			k = n;
+		memcpy(out_head + out_head_len, p, k);
+		out_head_len += k;
+	}
+	out_bytes += n;
+	c->oq += n;
+}
+
+void conn_flush(struct conn *c) { c->oq = 0; }
+void conn_close_after(struct conn *c) { c->close_after = true; }
+void conn_kick(struct conn *c) { (void)c; kicked = 1; }
+
+uint64_t ur_now_ms(void) { return 1000; }
+bool ur_stopping(void) { return false; }
+
+/* A streamed-body handler that pauses after every chunk, and an async one. */
+static void sink_body(struct http_req *r, const uint8_t *p, size_t n)
+{
+	(void)p;
+	(void)n;
+	http_req_pause_body(r);
+}
+
+static void sink_end(struct http_req *r)
+{
+	http_reply_json(r, 200, "{}");
+}
+
+static void abort_cb(struct http_req *r) { r->ctx = NULL; }
+
+static const struct http_req_ops sink_ops = { .body = sink_body, .body_end = sink_end, .abort = abort_cb };
+static const struct http_req_ops async_ops = { .abort = abort_cb };
+static struct http_req *pending_async;
+
+static void h_plain(struct http_req *r) { http_reply_json(r, 200, "{\"ok\":true}"); }
+static void h_stream(struct http_req *r) { r->ops = &sink_ops; }
+static void h_async(struct http_req *r)
+{
+	r->ops = &async_ops;
+	pending_async = r;
+}
+static void h_chunked(struct http_req *r)
+{
+	http_stream_start(r, 200, "application/connect+json", NULL);
+	http_stream_write(r, "abc", 3);
+	http_stream_finish(r);
+}
+
+static const struct route rt_plain = { "plain", h_plain, false, false };
+static const struct route rt_stream = { "stream", h_stream, true, true };
+static const struct route rt_async = { "async", h_async, false, false };
+static const struct route rt_chunked = { "chunked", h_chunked, false, false };
+
+void router_headers(struct http_req *r)
+{
+	r->body_limit = 4096;
+	if (!strncmp(r->path, "/stream", 7)) {
+		r->route = &rt_stream;
+		r->body_limit = 1 << 20;
+		r->body_streamed = true;
+	} else if (!strncmp(r->path, "/async", 6)) {
+		r->route = &rt_async;
+	} else if (!strncmp(r->path, "/chunked", 8)) {
+		r->route = &rt_chunked;
+	} else if (!strncmp(r->path, "/err", 4)) {
+		r->early_err = AE_NOT_FOUND;
+	} else {
+		r->route = &rt_plain;
+	}
+	(void)http_req_header(r, "x-sandbox-id");
+}
+
+void router_dispatch(struct http_req *r) { r->route->fn(r); }
+
+static void pend_add(struct conn *c, const uint8_t *p, size_t n)
+{
+	if (c->pend_off + c->pend_len + n > c->pend_cap) {
+		if (c->pend_off) {
+			memmove(c->pend, c->pend + c->pend_off, c->pend_len);
+			c->pend_off = 0;
+		}
+		size_t cap = c->pend_cap ? c->pend_cap : 64;
+		while (cap < c->pend_len + n)
+			cap *= 2;
+		c->pend = realloc(c->pend, cap);
+		assert(c->pend);
+		c->pend_cap = cap;
+	}
+	memcpy(c->pend + c->pend_off + c->pend_len, p, n);
+	c->pend_len += n;
+}
+
+static void drive(struct conn *c)
+{
+	for (int i = 0; i < 10000; i++) {
+		kicked = 0;
+		http_conn_process(c);
+		if (c->req && c->req->body_paused)
+			http_req_resume_body(c->req);
+		if (pending_async && c->req == pending_async && !pending_async->finished) {
+			struct http_req *r = pending_async;
+			pending_async = NULL;
+			http_reply_json(r, 200, "{}");
+		}
+		if (!kicked)
+			break;
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (!size)
+		return 0;
+	srv_cfg.max_json_body = 4096;
+	srv_cfg.header_timeout_ms = 10;
+	srv_cfg.body_timeout_ms = 10;
+	srv_cfg.idle_timeout_ms = 10;
+	struct conn *c = calloc(1, sizeof(*c));
+	assert(c);
+	http_conn_init(c);
+	out_bytes = out_head_len = 0;
+	pending_async = NULL;
+	/* The first byte picks how the rest is cut into reads. */
+	size_t piece = 1 + data[0] % 64;
+	data++;
+	size--;
+	for (size_t off = 0; off < size && !c->close_after; off += piece) {
+		size_t n = size - off < piece ? size - off : piece;
+		pend_add(c, data + off, n);
+		drive(c);
+		c->oq = 0;
+	}
+	if (!c->close_after) {
+		c->read_eof = true;
+		drive(c);
+		if (c->req && !c->req->complete)
+			http_conn_eof(c);
+	}
+	http_conn_check_deadlines(c, 1000000);
+	if (out_head_len >= 9)
+		assert(!memcmp(out_head, "HTTP/1.1 ", 9));
+	http_conn_abort(c);
+	free(c->pend);
+	free(c);
+	return 0;
+}
+
+#ifdef FUZZ_STANDALONE
+static const char *const seeds[] = {
+	"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n",
+	"POST /plain HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /chunked HTTP/1.1\r\n\r\n",
+	"POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n",
+	"POST /async HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /err HTTP/1.1\r\n\r\nGET /plain HTTP/1.0\r\n\r\n",
+	"POST /err HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+	"GET /plain?x=%41%42 HTTP/1.1\r\nA: b\r\nA: c\r\n\r\n",
+};
+
+int main(int argc, char **argv)
+{
+	long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 100000;
+	uint64_t x = 0x9E3779B97F4A7C15ull;
+	uint8_t buf[4096];
+	for (long it = 0; it < iters; it++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		const char *s = seeds[x % (sizeof(seeds) / sizeof(seeds[0]))];
+		size_t n = strlen(s);
+		buf[0] = (uint8_t)(x >> 8);
+		memcpy(buf + 1, s, n);
+		n++;
+		int muts = (int)((x >> 16) % 8);
+		for (int m = 0; m < muts; m++) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			size_t pos = 1 + (x >> 20) % (n - 1);
+			switch ((x >> 4) % 4) {
+			case 0:
+				buf[pos] = (uint8_t)(x >> 32);
+				break;
+			case 1:
+				if (n > 2) {
+					memmove(buf + pos, buf + pos + 1, n - pos - 1);
+					n--;
+				}
+				break;
+			case 2:
+				if (n < sizeof(buf) - 1) {
+					memmove(buf + pos + 1, buf + pos, n - pos);
+					buf[pos] = (uint8_t)(x >> 40);
+					n++;
+				}
+				break;
+			default: {
+				size_t k = (x >> 44) % 64;
+				if (n + k < sizeof(buf)) {
+					memmove(buf + pos + k, buf + pos, n - pos);
+					memset(buf + pos, 'a' + (int)(x % 26), k);
+					n += k;
+				}
+			}
+			}
+		}
+		LLVMFuzzerTestOneInput(buf, n);
+	}
+	printf("fuzz-http: %ld inputs, no crash\n", iters);
+	return 0;
+}
+#endif

@@ -1,0 +1,230 @@
+"""Helpers for the API end-to-end tests: start a real `mitos-vmm serve` on an
+ephemeral port with a temporary state dir, and talk to it with raw sockets and
+http.client (stdlib only)."""
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+
+class Server:
+    def __init__(self, vmm, agent, extra=(), state_dir=None, token=None, env=None):
+        self.vmm, self.agent = vmm, agent
+        self.own_state = state_dir is None
+        self.state_dir = state_dir or tempfile.mkdtemp(prefix="mitos-api-test-", dir="/var/tmp")
+        self.token = token
+        self.token_file = None
+        args = [vmm, "serve", "--listen", "127.0.0.1:0", "--state-dir", self.state_dir,
+                "--agent", agent] + list(extra)
+        # Tests choose their template root; a built image must not change them.
+        if "--images" not in extra:
+            args += ["--images", "none"]
+        if token:
+            fd, self.token_file = tempfile.mkstemp(prefix="mitos-token-", dir="/var/tmp")
+            os.write(fd, (token + "\n").encode())
+            os.close(fd)
+            args += ["--token-file", self.token_file]
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log,
+                                     env=env or os.environ.copy())
+        self.port = None
+        self.stdout = []
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                break
+            self.stdout.append(line)
+            m = re.match(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        if not self.port:
+            self.proc.kill()
+            raise RuntimeError("serve did not start: %s %s" % ("".join(self.stdout), self.stderr()))
+
+    def stderr(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def conn(self, timeout=30):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def headers(self, extra=None):
+        h = {}
+        if self.token:
+            h["Authorization"] = "Bearer " + self.token
+        if extra:
+            h.update(extra)
+        return h
+
+    def request(self, method, path, body=None, headers=None, raw=False):
+        c = self.conn()
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        c.request(method, path, body=body, headers=self.headers(headers))
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        if raw:
+            return r.status, r, data
+        try:
+            return r.status, json.loads(data) if data else None
+        except ValueError:
+            return r.status, data
+
+    def unary(self, method, sid, msg):
+        return self.request("POST", "/sandbox.v1.Sandbox/" + method, body=json.dumps(msg),
+                            headers={"Content-Type": "application/json", "X-Sandbox-Id": sid})
+
+    def stream(self, method, sid, msg, headers=None, timeout=60):
+        c = self.conn(timeout)
+        h = {"Content-Type": "application/connect+json", "X-Sandbox-Id": sid,
+             "Connect-Protocol-Version": "1"}
+        if headers:
+            h.update(headers)
+        c.request("POST", "/sandbox.v1.Sandbox/" + method, body=envelope(msg),
+                  headers=self.headers(h))
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, r.getheader("Content-Type"), parse_envelopes(data)
+
+    def pid(self):
+        return self.proc.pid
+
+    def rss_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def cleanup(self):
+        self.stop()
+        if self.token_file:
+            os.unlink(self.token_file)
+        if self.own_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def envelope(obj, flags=0):
+    b = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return struct.pack(">BI", flags, len(b)) + b
+
+
+def parse_envelopes(data):
+    out, i = [], 0
+    while i + 5 <= len(data):
+        flags, n = struct.unpack(">BI", data[i:i + 5])
+        out.append((flags, json.loads(data[i + 5:i + 5 + n])))
+        i += 5 + n
+    if i != len(data):
+        raise AssertionError("trailing bytes after envelopes: %r" % data[i:i + 40])
+    return out
+
+
+def raw_exchange(port, payload, timeout=10, shut=False, read=True):
+    """Sends bytes, returns everything the server sends until it closes or times out."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(payload)
+    if shut:
+        s.shutdown(socket.SHUT_WR)
+    data = b""
+    if read:
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            pass
+    s.close()
+    return data
+
+
+def status_of(raw):
+    m = re.match(rb"HTTP/1\.1 (\d{3})", raw)
+    return int(m.group(1)) if m else None
+
+
+def body_of(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return json.loads(body) if body else None
+
+
+def sandbox_init_pids():
+    """PIDs of every process engine sandbox init on this host."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/comm" % d) as f:
+                    if f.read().strip() == "mitos-init":
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+class Runner:
+    def __init__(self):
+        self.passed = self.failed = self.skipped = 0
+
+    def run(self, name, fn, *args):
+        t0 = time.time()
+        try:
+            fn(*args)
+        except Skip as e:
+            self.skipped += 1
+            print("SKIP %s: %s" % (name, e), flush=True)
+            return
+        except Exception:
+            self.failed += 1
+            print("FAIL %s (%.2fs)" % (name, time.time() - t0), flush=True)
+            traceback.print_exc()
+            return
+        self.passed += 1
+        print("ok   %s (%.2fs)" % (name, time.time() - t0), flush=True)
+
+    def finish(self):
+        print("%d passed, %d failed, %d skipped" % (self.passed, self.failed, self.skipped), flush=True)
+        return 1 if self.failed else 0
+
+
+class Skip(Exception):
+    pass
+
+
+def eq(a, b, what=""):
+    if a != b:
+        raise AssertionError("%s: expected %r, got %r" % (what, b, a))
+
+
+def wait_until(pred, timeout=10, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)

@@ -1,0 +1,715 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `mitos-vmm serve` with the process engine: every REST
+endpoint and Connect method over real HTTP, malformed and hostile requests,
+auth, restart re-adoption and cleanup. Stdlib only.
+
+usage: test_api.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]"""
+import base64
+import json
+import os
+import random
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mitos_test import (Runner, Server, Skip, body_of, envelope, eq, parse_envelopes,  # noqa: E402
+                        raw_exchange, sandbox_init_pids, status_of, wait_until)
+
+VMM, AGENT = sys.argv[1], sys.argv[2]
+ONLY = sys.argv[3:]
+
+
+def new_sandbox(s, **kw):
+    s.request("POST", "/v1/templates", {"name": "python"})
+    body = {"template": "python"}
+    body.update(kw)
+    st, r = s.request("POST", "/v1/fork", body)
+    eq(st, 201, "fork status (%r)" % (r,))
+    return r["sandboxes"]
+
+
+def sh(s, sid, cmd, **kw):
+    msg = {"command": cmd}
+    msg.update(kw)
+    st, ct, msgs = s.stream("ExecStream", sid, msg)
+    eq(st, 200, "ExecStream status")
+    eq(ct, "application/connect+json", "content type")
+    out = b"".join(base64.b64decode(m["stdout"]) for f, m in msgs if f == 0 and "stdout" in m)
+    err = b"".join(base64.b64decode(m["stderr"]) for f, m in msgs if f == 0 and "stderr" in m)
+    end = [m["end"] for f, m in msgs if f == 0 and "end" in m]
+    eos = msgs[-1]
+    eq(eos[0], 2, "last envelope is end-of-stream")
+    return out, err, end[0] if end else None, eos[1]
+
+
+def write_file(s, sid, path, data, chunks=1):
+    step = max(1, (len(data) + chunks - 1) // chunks)
+    body = b""
+    for i in range(0, max(len(data), 1), step):
+        m = {"data": base64.b64encode(data[i:i + step]).decode()}
+        if i == 0:
+            m["path"] = path
+        body += envelope(m)
+    c = s.conn()
+    c.request("POST", "/sandbox.v1.Sandbox/WriteFile", body=body,
+              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
+    r = c.getresponse()
+    msgs = parse_envelopes(r.read())
+    c.close()
+    return r.status, msgs
+
+
+def read_file(s, sid, path):
+    st, ct, msgs = s.stream("ReadFile", sid, {"path": path})
+    eq(st, 200, "ReadFile status")
+    data = b"".join(base64.b64decode(m["data"]) for f, m in msgs if f == 0 and "data" in m)
+    return data, msgs[-1]
+
+
+# ---------------------------------------------------------------- REST
+
+def t_health(s):
+    st, r = s.request("GET", "/v1/health")
+    eq(st, 200, "status")
+    eq(r["engine"], "process", "engine")
+
+
+def t_templates(s):
+    st, r = s.request("POST", "/v1/templates", {"name": "tpl-a", "image": "python"})
+    eq(st, 201, "create")
+    eq(r["template"]["name"], "tpl-a", "name")
+    st, r = s.request("POST", "/v1/templates", {"name": "tpl-a", "image": "python"})
+    eq(st, 200, "get-or-create returns the existing one")
+    eq(r["created"], False, "created flag")
+    st, r = s.request("POST", "/v1/templates", {"name": "bad name!"})
+    eq((st, r["error"]["code"]), (400, "invalid_argument"), "bad name")
+    st, r = s.request("POST", "/v1/templates", {"name": "x", "image": "no-such-image"})
+    eq((st, r["error"]["code"]), (400, "invalid_argument"), "unknown image")
+    assert r["error"]["remediation"], "remediation present"
+    st, r = s.request("GET", "/v1/templates")
+    assert any(t["name"] == "tpl-a" for t in r["templates"]), r
+
+
+def t_fork_and_list(s):
+    sbs = new_sandbox(s, n=2, timeout=120, metadata={"owner": "tests"})
+    eq(len(sbs), 2, "n")
+    for sb in sbs:
+        eq(sb["state"], "running", "state")
+        eq(sb["metadata"], {"owner": "tests"}, "metadata")
+        assert sb["deadline"] > time.time() + 100, sb
+    st, r = s.request("GET", "/v1/sandboxes")
+    ids = {x["id"] for x in r["sandboxes"]}
+    assert {sb["id"] for sb in sbs} <= ids, (ids, sbs)
+    st, r = s.request("GET", "/v1/sandboxes/" + sbs[0]["id"])
+    eq((st, r["id"]), (200, sbs[0]["id"]), "get")
+    for sb in sbs:
+        eq(s.request("DELETE", "/v1/sandboxes/" + sb["id"])[0], 200, "delete")
+
+
+def t_fork_errors(s):
+    s.request("POST", "/v1/templates", {"name": "python"})
+    cases = [
+        ({"template": "nope"}, 404, "not_found"),
+        ({"template": "python", "n": 0}, 400, "invalid_argument"),
+        ({"template": "python", "n": 65}, 400, "invalid_argument"),
+        ({"template": "python", "id": "-bad"}, 400, "invalid_sandbox_id"),
+        ({"template": "python", "ids": ["ok", "no/slash"]}, 400, "invalid_sandbox_id"),
+        ({"sandbox_id": "../etc"}, 400, "invalid_sandbox_id"),
+        ({"sandbox_id": "x" * 65}, 400, "invalid_sandbox_id"),
+        ({"sandbox_id": "does-not-exist"}, 404, "not_found"),
+        ({}, 400, "invalid_argument"),
+        ({"template": "python", "timeout": -5}, 400, "invalid_argument"),
+        ({"template": "python", "sandbox_id": "a"}, 400, "invalid_argument"),
+    ]
+    for body, want_st, want_code in cases:
+        st, r = s.request("POST", "/v1/fork", body)
+        eq((st, r["error"]["code"]), (want_st, want_code), "fork %r" % (body,))
+        assert set(r["error"]) == {"code", "message", "cause", "remediation"}, r
+    sb = new_sandbox(s, id="dup-id")[0]
+    st, r = s.request("POST", "/v1/fork", {"template": "python", "id": "dup-id"})
+    eq((st, r["error"]["code"]), (409, "conflict"), "duplicate id")
+    s.request("DELETE", "/v1/sandboxes/" + sb["id"])
+
+
+def t_bad_ids(s):
+    for path in ["/v1/sandboxes/bad.id", "/v1/sandboxes/-x", "/v1/sandboxes/" + "a" * 65,
+                 "/v1/sandboxes/%2e%2e", "/v1/sandboxes/a%00b"]:
+        st, r = s.request("GET", path)
+        eq(st, 400, path)
+        if r and isinstance(r, dict):
+            assert r["error"]["code"] in ("invalid_sandbox_id", "bad_request"), r
+    st, r = s.request("GET", "/v1/sandboxes/valid-but-missing")
+    eq((st, r["error"]["code"]), (404, "not_found"), "missing")
+    st, r = s.unary("Stat", "bad id", {"path": "/"})
+    eq((st, r["error"]["code"]), (400, "invalid_sandbox_id"), "X-Sandbox-Id checked")
+    eq(r["code"], "invalid_argument", "Connect code")
+    st, r = s.request("POST", "/sandbox.v1.Sandbox/Stat", body="{}", headers={"Content-Type": "application/json"})
+    eq((st, r["error"]["code"]), (400, "invalid_sandbox_id"), "X-Sandbox-Id required")
+
+
+def t_set_timeout_expiry(s):
+    sb = new_sandbox(s)[0]
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sb["id"], "timeout": 600})
+    eq(st, 200, "set_timeout")
+    assert abs(r["deadline"] - (time.time() + 600)) < 5, r
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sb["id"], "timeout": 0})
+    eq((st, r["error"]["code"]), (400, "invalid_argument"), "zero timeout")
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": "no/pe", "timeout": 5})
+    eq((st, r["error"]["code"]), (400, "invalid_sandbox_id"), "bad id")
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sb["id"], "timeout": 1})
+    eq(st, 200, "short timeout")
+    d = os.path.join(s.state_dir, "sandboxes", sb["id"])
+    wait_until(lambda: s.request("GET", "/v1/sandboxes/" + sb["id"])[0] == 404, 10, "expiry")
+    wait_until(lambda: not os.path.exists(d), 5, "expired sandbox's files removed")
+
+
+def t_pause_resume(s):
+    sb = new_sandbox(s)[0]
+    sid = sb["id"]
+    st, r = s.request("POST", "/v1/pause", {"sandbox_id": sid})
+    eq((st, r["state"]), (200, "paused"), "pause")
+    eq(s.request("GET", "/v1/sandboxes/" + sid)[1]["state"], "paused", "listed paused")
+    st, ct, msgs = s.stream("ExecStream", sid, {"command": "true"})
+    eq(msgs[-1][1]["error"]["mitos_code"], "sandbox_not_running", "exec while paused")
+    st, r = s.request("POST", "/v1/resume", {"sandbox_id": sid})
+    eq((st, r["state"]), (200, "running"), "resume")
+    out, err, end, eos = sh(s, sid, "echo back")
+    eq(out, b"back\n", "exec after resume")
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def t_delete_cleans_up(s):
+    before = set(sandbox_init_pids())
+    s.request("POST", "/v1/templates", {"name": "python"})
+    fds = len(os.listdir("/proc/%d/fd" % s.pid()))
+    sb = new_sandbox(s)[0]
+    sid = sb["id"]
+    sh(s, sid, "sleep 300 > /dev/null 2>&1 &")
+    d = os.path.join(s.state_dir, "sandboxes", sid)
+    assert os.path.isdir(d)
+    new = set(sandbox_init_pids()) - before
+    eq(len(new), 1, "one new sandbox init")
+    st, r = s.request("DELETE", "/v1/sandboxes/" + sid)
+    eq((st, r["deleted"]), (200, True), "delete")
+    assert not os.path.exists(d), "files removed"
+    for pid in new:
+        assert not os.path.exists("/proc/%d" % pid), "sandbox init %d still running" % pid
+    with open("/proc/self/mountinfo") as f:
+        assert s.state_dir not in f.read(), "no host mount left under the state dir"
+    eq(s.request("GET", "/v1/sandboxes/" + sid)[0], 404, "gone")
+    eq(s.request("DELETE", "/v1/sandboxes/" + sid)[0], 404, "second delete")
+    wait_until(lambda: len(os.listdir("/proc/%d/fd" % s.pid())) <= fds, 5, "serve's descriptors back to %d" % fds)
+
+
+# ---------------------------------------------------------------- Connect
+
+def t_exec(s):
+    sid = new_sandbox(s)[0]["id"]
+    out, err, end, eos = sh(s, sid, "echo out; echo err >&2; exit 7")
+    eq(out, b"out\n", "stdout")
+    eq(err, b"err\n", "stderr")
+    eq((end["exitCode"], end["exited"]), (7, True), "exit")
+    eq(eos, {}, "eos")
+    # Every byte value survives the trip.
+    out, _, end, _ = sh(s, sid, "python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256))*4)'")
+    eq(out, bytes(range(256)) * 4, "binary stdout")
+    out, _, _, _ = sh(s, sid, "cat", stdin=base64.b64encode(b"\x00\xffin\n").decode())
+    eq(out, b"\x00\xffin\n", "stdin")
+    out, _, _, _ = sh(s, sid, "echo $FOO; pwd", envs={"FOO": "bar"}, cwd="/etc")
+    eq(out, b"bar\n/etc\n", "env and cwd")
+    out, _, _, _ = sh(s, sid, "hostname; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'")
+    lines = out.decode().split()
+    eq(lines[0], sid, "hostname is the sandbox id")
+    eq(lines[1], "mitos-init", "own pid namespace")
+    assert int(lines[2]) < 10, "only the sandbox's processes are visible: %r" % out
+    out, _, _, _ = sh(s, sid, "ip -o link 2>/dev/null | wc -l || cat /proc/net/dev | wc -l")
+    out, _, end, eos = sh(s, sid, "sleep 30", timeout=1)
+    eq(end["timedOut"], True, "timedOut")
+    eq(eos["error"]["code"], "deadline_exceeded", "timeout code")
+    eq(eos["error"]["mitos_code"], "timeout", "mitos timeout code")
+    out, _, end, eos = sh(s, sid, "no-such-command-xyz")
+    eq(end["exitCode"], 127, "missing command")
+    st, ct, msgs = s.stream("ExecStream", sid, {})
+    eq(msgs[-1][1]["error"]["mitos_code"], "invalid_argument", "no command")
+    st, ct, msgs = s.stream("ExecStream", "nosuchsandbox", {"command": "true"})
+    eq((st, msgs[-1][1]["error"]["code"]), (200, "not_found"), "unknown sandbox in stream")
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def t_exec_keepalive_and_deadline(s):
+    sid = new_sandbox(s)[0]["id"]
+    # serve runs with --keepalive-ms 300
+    st, ct, msgs = s.stream("ExecStream", sid, {"command": "sleep 1.2; echo done"})
+    kas = [m for f, m in msgs if "keepalive" in m]
+    assert len(kas) >= 2, msgs
+    st, ct, msgs = s.stream("ExecStream", sid, {"command": "sleep 10", "timeout": 0},
+                            headers={"Connect-Timeout-Ms": "500"})
+    eq(msgs[-1][1]["error"]["code"], "deadline_exceeded", "Connect-Timeout-Ms")
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def t_run_code(s):
+    sid = new_sandbox(s)[0]["id"]
+    st, ct, msgs = s.stream("RunCodeStream", sid, {"code": "import math; print('hi'); math.sqrt(144)"})
+    data = [m for f, m in msgs if f == 0]
+    assert {"stdout": "hi\n"} in data, data
+    res = [m["result"] for m in data if "result" in m]
+    eq(res[0]["data"]["text/plain"], "12.0", "result")
+    eq(res[0]["is_main_result"], True, "main result")
+    eq(msgs[-1], (2, {}), "eos")
+    st, ct, msgs = s.stream("RunCodeStream", sid, {"code": "x = 41"})
+    st, ct, msgs = s.stream("RunCodeStream", sid, {"code": "x + 1"})
+    res = [m["result"] for f, m in msgs if "result" in m]
+    eq(res[0]["data"]["text/plain"], "42", "state is kept")
+    st, ct, msgs = s.stream("RunCodeStream", sid, {"code": "1/0"})
+    errs = [m["error"] for f, m in msgs if f == 0 and "error" in m]
+    eq(errs[0]["name"], "ZeroDivisionError", "exception")
+    st, ct, msgs = s.stream("RunCodeStream", sid, {"code": "1", "language": "cobol"})
+    eq(msgs[-1][1]["error"]["mitos_code"], "invalid_argument", "language")
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def t_files(s):
+    sid = new_sandbox(s)[0]["id"]
+    st, r = s.unary("Mkdir", sid, {"path": "/workspace"})
+    eq((st, r["entry"]["type"]), (200, "dir"), "mkdir")
+    st, r = s.unary("Mkdir", sid, {"path": "/workspace"})
+    eq((st, r["error"]["code"]), (409, "conflict"), "mkdir exists")
+    blob = bytes(range(256)) * 3 + os.urandom(3 * 1024 * 1024 + 17)
+    st, msgs = write_file(s, sid, "/workspace/blob.bin", blob, chunks=7)
+    eq(st, 200, "WriteFile status")
+    eq(msgs[0][1]["bytes"], len(blob), "bytes written")
+    eq(msgs[-1], (2, {}), "WriteFile eos")
+    data, eos = read_file(s, sid, "/workspace/blob.bin")
+    eq(len(data), len(blob), "read length")
+    assert data == blob, "binary file survives byte for byte"
+    # Unary WriteFile (application/json) for simple clients.
+    st, r = s.unary("WriteFile", sid, {"path": "/workspace/a.txt", "data": base64.b64encode(b"draft").decode()})
+    eq((st, r["bytes"]), (200, 5), "unary write")
+    eq(read_file(s, sid, "/workspace/a.txt")[0], b"draft", "read back")
+    st, r = s.unary("List", sid, {"path": "/workspace"})
+    eq(sorted(e["name"] for e in r["entries"]), ["a.txt", "blob.bin"], "list")
+    st, r = s.unary("Stat", sid, {"path": "/workspace/a.txt"})
+    eq((r["entry"]["size"], r["entry"]["type"]), (5, "file"), "stat")
+    st, r = s.unary("Rename", sid, {"from": "/workspace/a.txt", "to": "/workspace/b.txt"})
+    eq(st, 200, "rename")
+    st, r = s.unary("Remove", sid, {"path": "/workspace/b.txt"})
+    eq(st, 200, "remove")
+    st, r = s.unary("Stat", sid, {"path": "/workspace/b.txt"})
+    eq((st, r["error"]["code"]), (404, "not_found"), "stat removed")
+    eq(r["code"], "not_found", "Connect code")
+    st, r = s.unary("Remove", sid, {"path": "/workspace"})
+    eq((st, r["error"]["code"]), (400, "file_failed"), "remove non-empty dir")
+    st, r = s.unary("Remove", sid, {"path": "/workspace", "recursive": True})
+    eq(st, 200, "recursive remove")
+    data, eos = read_file(s, sid, "/does/not/exist")
+    eq(eos[1]["error"]["mitos_code"], "not_found", "read missing")
+    st, r = s.unary("Stat", sid, {})
+    eq((st, r["error"]["code"]), (400, "invalid_argument"), "missing path")
+    st, r = s.request("POST", "/sandbox.v1.Sandbox/Stat", body="{not json",
+                      headers={"Content-Type": "application/json", "X-Sandbox-Id": sid})
+    eq((st, r["error"]["code"]), (400, "invalid_argument"), "bad JSON message")
+    st, r = s.request("POST", "/sandbox.v1.Sandbox/Stat", body="{}",
+                      headers={"Content-Type": "text/plain", "X-Sandbox-Id": sid})
+    eq(st, 415, "content type")
+    st, r = s.request("POST", "/sandbox.v1.Sandbox/NoSuchMethod", body="{}",
+                      headers={"Content-Type": "application/json", "X-Sandbox-Id": sid})
+    eq(st, 404, "unknown method")
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def t_path_traversal(s):
+    sid = new_sandbox(s)[0]["id"]
+    marker = "mitos-escape-%d" % random.randrange(1 << 30)
+    secret = os.path.join(s.state_dir, "secret-" + marker)
+    with open(secret, "w") as f:
+        f.write("host secret")
+    st, msgs = write_file(s, sid, "/../../../../../../tmp/" + marker, b"x")
+    eq(st, 200, "write through ..")
+    assert not os.path.exists("/tmp/" + marker), "a write escaped to the host's /tmp"
+    eq(read_file(s, sid, "/tmp/" + marker)[0], b"x", "it landed inside the sandbox")
+    for p in ["/../../../../.." + secret, "../../../../../../../" + secret.lstrip("/"), secret]:
+        data, eos = read_file(s, sid, p)
+        assert data != b"host secret", "read the server's state dir through %s" % p
+        eq(eos[1]["error"]["mitos_code"], "not_found", "state dir hidden (%s)" % p)
+    st, r = s.unary("List", sid, {"path": s.state_dir})
+    eq(r.get("entries", []), [], "state dir is empty inside")
+    out, _, _, _ = sh(s, sid, "cat /proc/1/root/" + secret + " 2>&1; ls /var/tmp | grep -c mitos-api-test || true")
+    assert b"host secret" not in out, out
+    st, msgs = write_file(s, sid, "/etc/passwd-mitos-test", b"y")
+    assert not os.path.exists("/etc/passwd-mitos-test"), "writes land in the overlay"
+    os.unlink(secret)
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def t_fork_sandbox(s):
+    sb = new_sandbox(s)[0]
+    sid = sb["id"]
+    write_file(s, sid, "/workspace/plan.txt", b"draft")
+    sh(s, sid, "mkdir -p /workspace/d && echo gone > /workspace/d/x && rm /workspace/d/x")
+    st, r = s.request("POST", "/v1/fork", {"sandbox_id": sid, "n": 2})
+    eq(st, 201, "fork a sandbox: %r" % (r,))
+    a, b = r["sandboxes"]
+    eq(a["parent"], sid, "parent")
+    for c in (a, b):
+        eq(read_file(s, c["id"], "/workspace/plan.txt")[0], b"draft", "child sees the parent's file")
+        data, eos = read_file(s, c["id"], "/workspace/d/x")
+        eq(eos[1]["error"]["mitos_code"], "not_found", "whiteouts are copied")
+    sh(s, a["id"], "echo a > /workspace/a.txt")
+    _, eos = read_file(s, b["id"], "/workspace/a.txt")
+    eq(eos[1]["error"]["mitos_code"], "not_found", "b does not see a's write")
+    _, eos = read_file(s, sid, "/workspace/a.txt")
+    eq(eos[1]["error"]["mitos_code"], "not_found", "parent does not see a's write")
+    eq(s.request("GET", "/v1/sandboxes/" + sid)[1]["state"], "running", "parent resumed")
+    for x in (sid, a["id"], b["id"]):
+        s.request("DELETE", "/v1/sandboxes/" + x)
+
+
+def t_backpressure(s):
+    sid = new_sandbox(s)[0]["id"]
+    total = 64 * 1024 * 1024
+    c = s.conn(120)
+    c.request("POST", "/sandbox.v1.Sandbox/ExecStream",
+              body=envelope({"command": "head -c %d /dev/zero" % total, "timeout": 120}),
+              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
+    r = c.getresponse()
+    rss0 = s.rss_kib()
+    time.sleep(1.5)  # the client reads nothing: the producer must stop
+    rss1 = s.rss_kib()
+    assert rss1 - rss0 < 48 * 1024, "serve grew %d KiB for a client that does not read" % (rss1 - rss0)
+    data = r.read()
+    c.close()
+    msgs = parse_envelopes(data)
+    n = sum(len(base64.b64decode(m["stdout"])) for f, m in msgs if "stdout" in m)
+    eq(n, total, "every byte arrives")
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def t_client_disconnect_mid_stream(s):
+    sid = new_sandbox(s)[0]["id"]
+    sock = socket.create_connection(("127.0.0.1", s.port))
+    body = envelope({"command": "sleep 60; echo never"})
+    req = ("POST /sandbox.v1.Sandbox/ExecStream HTTP/1.1\r\nHost: x\r\nContent-Type: application/connect+json\r\n"
+           "X-Sandbox-Id: %s\r\nContent-Length: %d\r\n\r\n" % (sid, len(body))).encode() + body
+    sock.sendall(req)
+    wait_until(lambda: sh(s, sid, "ps -eo comm | grep -c '^sleep$' || true")[0].strip() == b"1", 5, "exec runs")
+    sock.close()
+    wait_until(lambda: sh(s, sid, "ps -eo comm | grep -c '^sleep$' || true")[0].strip() == b"0", 5,
+               "a cancelled exec is killed")
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+# ---------------------------------------------------------------- HTTP hostility
+
+def t_http_basics(s):
+    # Keep-alive: several requests on one connection.
+    c = s.conn()
+    for _ in range(5):
+        c.request("GET", "/v1/health")
+        r = c.getresponse()
+        r.read()
+        eq(r.status, 200, "keep-alive")
+    c.close()
+    # Pipelining: three requests in one write, three answers in order.
+    raw = raw_exchange(s.port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+                       b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                       b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    codes = [int(x) for x in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+    eq(codes, [200, 404, 200], "pipelined")
+    # A chunked request body.
+    body = json.dumps({"name": "chunked", "image": "python"}).encode()
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 5]), body[i:i + 5]) for i in range(0, len(body), 5))
+    raw = raw_exchange(s.port, b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                       b"Connection: close\r\n\r\n" + chunked + b"0\r\n\r\n")
+    eq(status_of(raw), 201, "chunked body: %r" % raw[:200])
+    # HTTP/1.0 without keep-alive is answered and closed.
+    raw = raw_exchange(s.port, b"GET /v1/health HTTP/1.0\r\n\r\n")
+    eq(status_of(raw), 200, "HTTP/1.0")
+
+
+def t_malformed(s):
+    def check(payload, want, code=None, shut=True):
+        raw = raw_exchange(s.port, payload, shut=shut)
+        eq(status_of(raw), want, "status for %r -> %r" % (payload[:60], raw[:120]))
+        if code:
+            eq(body_of(raw)["error"]["code"], code, "code for %r" % payload[:60])
+    check(b"BREW /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request")
+    check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431, "payload_too_large")
+    check(b"GET /v1/health HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n", 431)
+    check(b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\n\r\n", 431)
+    check(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64), 400)  # TLS on plain HTTP
+    check(b"GET /v1/health HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", 400)
+    check(b"POST /v1/fork HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n{{{{", 400, "invalid_argument")
+    check(b"POST /v1/fork HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413, "payload_too_large")
+    big = b"{\"template\":\"" + b"a" * (2 << 20) + b"\"}"
+    check(b"POST /v1/fork HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big) + big, 413)
+    check(b"POST /v1/fork HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+          b"".join(b"10000\r\n" + b"a" * 0x10000 + b"\r\n" for _ in range(20)), 413)
+    # Truncated bodies: the client gives up half-way and says so (FIN).
+    check(b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"name\":", 400,
+          "bad_request", shut=True)
+    check(b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{\"name\":", 400, shut=True)
+    check(b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400)
+    check(b"GET /v1/sandboxes/..%2f..%2fetc HTTP/1.1\r\n\r\n", 400)
+    check(b"GET v1/health HTTP/1.1\r\n\r\n", 400)
+    check(b"DELETE /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed")
+    check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 200)
+
+
+def t_slowloris(s):
+    # serve runs with --header-timeout-ms 1500
+    slow = socket.create_connection(("127.0.0.1", s.port))
+    slow.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+    idle = socket.create_connection(("127.0.0.1", s.port))
+    t0 = time.time()
+    served = 0
+    while time.time() - t0 < 1.0:
+        eq(s.request("GET", "/v1/health")[0], 200, "others are served meanwhile")
+        served += 1
+        slow.sendall(b"X-Drip: 1\r\n")
+        time.sleep(0.1)
+    slow.settimeout(5)
+    data = b""
+    try:
+        while True:
+            chunk = slow.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    elapsed = time.time() - t0
+    assert elapsed < 4, "slow client dropped after %.1fs" % elapsed
+    eq(status_of(data), 408, "slowloris answer %r" % data[:100])
+    idle.settimeout(5)
+    eq(idle.recv(100), b"", "an idle connection with no request is closed")
+    slow.close()
+    idle.close()
+
+
+def t_many_connections(s):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 12000)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    n = min(10000, want - 200)
+    socks = []
+    try:
+        for _ in range(n):
+            socks.append(socket.create_connection(("127.0.0.1", s.port)))
+        # Half of them send a request at once.
+        for sk in socks[::2]:
+            sk.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        ok = 0
+        for sk in socks[::2]:
+            sk.settimeout(20)
+            if sk.recv(12).startswith(b"HTTP/1.1 200"):
+                ok += 1
+        eq(ok, len(socks[::2]), "answers")
+        eq(s.request("GET", "/v1/health")[0], 200, "a new client is served with %d open" % n)
+    finally:
+        for sk in socks:
+            sk.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def t_fuzz_requests(s):
+    """Random mutations of valid requests: every one gets an answer or a close,
+    and the server keeps serving."""
+    rng = random.Random(1234)
+    seeds = [b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+             b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n{\"name\":\"fuzz1\"}",
+             b"POST /v1/fork HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"n\"\r\n0\r\n\r\n",
+             b"POST /sandbox.v1.Sandbox/Stat HTTP/1.1\r\nX-Sandbox-Id: a\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 2\r\n\r\n{}"]
+    for i in range(300):
+        p = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            op = rng.randint(0, 3)
+            pos = rng.randrange(len(p))
+            if op == 0:
+                p[pos] = rng.randrange(256)
+            elif op == 1:
+                del p[pos:pos + rng.randint(1, 8)]
+            elif op == 2:
+                p[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            elif p:
+                p[pos:pos] = p[: rng.randint(1, len(p))]
+        try:
+            raw_exchange(s.port, bytes(p), timeout=3, shut=True)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    eq(s.request("GET", "/v1/health")[0], 200, "still serving")
+
+
+# ---------------------------------------------------------------- auth, startup, restart
+
+def t_auth(env):
+    token = "tok-" + os.urandom(12).hex()
+    s = Server(VMM, AGENT, token=token)
+    try:
+        s.token = None
+        st, r = s.request("GET", "/v1/health")
+        eq((st, r["error"]["code"]), (401, "unauthenticated"), "no token")
+        st, r = s.request("GET", "/v1/health", headers={"Authorization": "Bearer wrong-" + token})
+        eq((st, r["error"]["code"]), (401, "unauthenticated"), "wrong token")
+        st, r = s.request("GET", "/v1/health", headers={"Authorization": "Bearer " + token[:-1]})
+        eq(st, 401, "prefix of the token")
+        st, r = s.request("GET", "/v1/health", headers={"Authorization": "Bearer " + token})
+        eq(st, 200, "right token")
+        # The token, wherever a client puts it, never comes back.
+        h = {"Authorization": "Bearer " + token}
+        probes = [("POST", "/v1/templates", {"name": "t", "image": token}),
+                  ("POST", "/v1/templates", {"name": token}),
+                  ("POST", "/v1/fork", {"template": token}),
+                  ("GET", "/v1/sandboxes/" + token, None),
+                  ("POST", "/v1/set_timeout", {"sandbox_id": token, "timeout": 1})]
+        for m, p, b in probes:
+            st, resp, data = s.request(m, p, body=b, headers=h, raw=True)
+            assert token.encode() not in data, "token reflected by %s %s: %r" % (m, p, data)
+        st, resp, data = s.request("POST", "/v1/templates", body={"name": "t", "image": "Bearer " + token}, headers=h,
+                                   raw=True)
+        assert token.encode() not in data, data
+        # Sandbox processes cannot read the token file.
+        s.token = token
+        sid = new_sandbox(s)[0]["id"]
+        data, eos = read_file(s, sid, s.token_file)
+        assert token.encode() not in data, "a sandbox read the token file"
+        s.request("DELETE", "/v1/sandboxes/" + sid)
+    finally:
+        s.cleanup()
+
+
+def t_startup_checks(env):
+    p = subprocess.run([VMM, "serve", "--listen", "0.0.0.0:0", "--state-dir", "/var/tmp/mitos-never"],
+                       capture_output=True, timeout=30)
+    eq(p.returncode, 2, "non-loopback without a token is refused")
+    assert b"token" in p.stderr and b"--insecure-no-auth" in p.stderr, p.stderr
+    p = subprocess.run([VMM, "serve", "--engine", "kvm", "--listen", "127.0.0.1:0", "--state-dir",
+                        "/var/tmp/mitos-never"], capture_output=True, timeout=30)
+    eq(p.returncode, 1, "--engine kvm fails")
+    assert b"engine_unavailable" in p.stderr, p.stderr
+    p = subprocess.run([VMM, "serve", "--bogus"], capture_output=True, timeout=30)
+    eq(p.returncode, 2, "bad flag")
+    s = Server(VMM, AGENT, extra=["--insecure-no-auth"])
+    s.cleanup()
+    s = Server(VMM, AGENT)
+    try:
+        assert any(l.startswith("engine: process (") for l in s.stdout), s.stdout
+    finally:
+        s.cleanup()
+
+
+def t_restart_readopt_and_shutdown(env):
+    s = Server(VMM, AGENT)
+    state = s.state_dir
+    try:
+        sid = new_sandbox(s, id="keeper", timeout=300)[0]["id"]
+        write_file(s, sid, "/workspace/note.md", b"# findings")
+        sh(s, sid, "sleep 1000 >/dev/null 2>&1 &")
+        paused = new_sandbox(s, id="sleeper")[0]["id"]
+        s.request("POST", "/v1/pause", {"sandbox_id": paused})
+        s.stop(signal.SIGKILL)
+        # A crashed serve leaves its sandboxes running; the next one takes them over.
+        s2 = Server(VMM, AGENT, state_dir=state)
+        try:
+            assert any("re-adopted 2" in l for l in s2.stdout), s2.stdout
+            st, r = s2.request("GET", "/v1/sandboxes/keeper")
+            eq((st, r["state"]), (200, "running"), "re-adopted")
+            eq(read_file(s2, "keeper", "/workspace/note.md")[0], b"# findings", "its files")
+            out, _, _, _ = sh(s2, "keeper", "pgrep -c sleep")
+            eq(out.strip(), b"1", "its processes")
+            eq(s2.request("GET", "/v1/sandboxes/sleeper")[1]["state"], "paused", "still paused")
+            eq(s2.request("POST", "/v1/resume", {"sandbox_id": "sleeper"})[0], 200, "resume")
+            eq(sh(s2, "sleeper", "echo up")[0], b"up\n", "exec after re-adoption")
+            inits = sandbox_init_pids()
+            # Graceful shutdown removes everything.
+            eq(s2.stop(signal.SIGTERM), 0, "exit status after SIGTERM")
+            eq(os.listdir(os.path.join(state, "sandboxes")), [], "no sandbox left in the state dir")
+            for pid in inits:
+                wait_until(lambda: not os.path.exists("/proc/%d" % pid), 5, "sandbox %d gone" % pid)
+        finally:
+            s2.stop(signal.SIGKILL)
+    finally:
+        s.cleanup()
+
+
+def t_stale_state_cleaned(env):
+    s = Server(VMM, AGENT)
+    state = s.state_dir
+    try:
+        new_sandbox(s, id="victim")
+        s.stop(signal.SIGKILL)
+        # The sandbox dies while no serve runs; the next serve removes its remains.
+        for pid in sandbox_init_pids():
+            try:
+                with open("/proc/%d/environ" % pid, "rb"):
+                    pass
+            except OSError:
+                pass
+        d = os.path.join(state, "sandboxes", "victim")
+        with open(os.path.join(d, "sandbox.json")) as f:
+            rec = json.load(f)
+        os.kill(rec["pid"], signal.SIGKILL)
+        wait_until(lambda: not os.path.exists("/proc/%d" % rec["pid"]) or
+                   open("/proc/%d/stat" % rec["pid"]).read().split(")")[1].split()[0] == "Z", 5, "victim dies")
+        s2 = Server(VMM, AGENT, state_dir=state)
+        try:
+            wait_until(lambda: not os.path.exists(d), 5, "stale sandbox dir removed")
+            eq(s2.request("GET", "/v1/sandboxes/victim")[0], 404, "not listed")
+        finally:
+            s2.stop()
+    finally:
+        s.cleanup()
+
+
+def main():
+    r = Runner()
+    if os.geteuid() != 0:
+        print("SKIP: the process engine needs root")
+        print("0 passed, 0 failed, 1 skipped")
+        return 77
+    shared = Server(VMM, AGENT, extra=["--header-timeout-ms", "1500", "--keepalive-ms", "300",
+                                       "--idle-timeout-ms", "20000"])
+    tests = [
+        ("health", t_health), ("templates", t_templates), ("fork_and_list", t_fork_and_list),
+        ("fork_errors", t_fork_errors), ("bad_ids", t_bad_ids), ("set_timeout_expiry", t_set_timeout_expiry),
+        ("pause_resume", t_pause_resume), ("delete_cleans_up", t_delete_cleans_up),
+        ("exec", t_exec), ("exec_keepalive_and_deadline", t_exec_keepalive_and_deadline),
+        ("run_code", t_run_code), ("files", t_files), ("path_traversal", t_path_traversal),
+        ("fork_sandbox", t_fork_sandbox), ("backpressure", t_backpressure),
+        ("client_disconnect_mid_stream", t_client_disconnect_mid_stream),
+        ("http_basics", t_http_basics), ("malformed", t_malformed), ("slowloris", t_slowloris),
+        ("many_connections", t_many_connections), ("fuzz_requests", t_fuzz_requests),
+    ]
+    own = [("auth", t_auth), ("startup_checks", t_startup_checks),
+           ("restart_readopt_and_shutdown", t_restart_readopt_and_shutdown),
+           ("stale_state_cleaned", t_stale_state_cleaned)]
+    try:
+        for name, fn in tests:
+            if not ONLY or any(o in name for o in ONLY):
+                r.run(name, fn, shared)
+        eq(shared.proc.poll(), None, "serve is still running")
+    finally:
+        rc = shared.stop()
+        if rc not in (0, None):
+            print("FAIL serve exited with %s; its stderr:\n%s" % (rc, shared.stderr()[-4000:]))
+            r.failed += 1
+        leftovers = os.listdir(os.path.join(shared.state_dir, "sandboxes"))
+        if leftovers:
+            print("FAIL sandboxes left after shutdown: %r" % leftovers)
+            r.failed += 1
+        shared.cleanup()
+    for name, fn in own:
+        if not ONLY or any(o in name for o in ONLY):
+            r.run(name, fn, None)
+    return r.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
