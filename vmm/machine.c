@@ -94,6 +94,7 @@ struct machine {
 	struct msr_set msrs;
 	char cmdline[LAYOUT_CMDLINE_MAX];
 	bool loaded;            /* a guest is in RAM: booted, or restored into a prepared VM */
+	struct virtio_device *net; /* the network device, if any (link state control) */
 	/* Strings the machine keeps for its config (paths that came in control requests). */
 	char *kept[MACHINE_MAX_DISKS + 2];   /* disks, vsock socket, TAP name */
 	unsigned nkept;
@@ -726,10 +727,14 @@ static cJSON *control_restore(struct machine *m, const cJSON *req)
 	const cJSON *dir = cJSON_GetObjectItemCaseSensitive(req, "snapshot");
 	const cJSON *disks = cJSON_GetObjectItemCaseSensitive(req, "disks");
 	const cJSON *vsock = cJSON_GetObjectItemCaseSensitive(req, "vsock");
-	if (!cJSON_IsString(dir) || (disks && !cJSON_IsArray(disks)) || (vsock && !cJSON_IsString(vsock)))
+	const cJSON *tap = cJSON_GetObjectItemCaseSensitive(req, "tap");
+	if (!cJSON_IsString(dir) || (disks && !cJSON_IsArray(disks)) ||
+	    (vsock && !cJSON_IsString(vsock)) || (tap && !cJSON_IsString(tap)))
 		return control_reply_error("invalid_request", "restore needs \"snapshot\", and "
-					   "optionally \"disks\" (array) and \"vsock\" (string)");
-	struct machine_config c = { .vsock_path = vsock ? vsock->valuestring : NULL };
+					   "optionally \"disks\" (array), \"vsock\" and \"tap\" (strings)");
+	struct machine_config c = { .vsock_path = vsock ? vsock->valuestring : NULL,
+				    .has_net = tap != NULL,
+				    .net = { .tap = tap ? tap->valuestring : NULL } };
 	bool overridden[SNAPSHOT_MAX_DISKS] = { false };
 	const cJSON *d;
 	cJSON_ArrayForEach(d, disks) {
@@ -803,6 +808,15 @@ static cJSON *control_handle(void *ctx, const cJSON *req)
 	}
 	if (!strcmp(c, "restore"))
 		return control_restore(m, req);
+	if (!strcmp(c, "link")) {
+		const cJSON *up = cJSON_GetObjectItemCaseSensitive(req, "up");
+		if (!m->net)
+			return control_reply_error("no_device", "this VM has no network device");
+		if (!cJSON_IsBool(up))
+			return control_reply_error("invalid_request", "link needs \"up\": true or false");
+		virtio_net_set_link(m->net, cJSON_IsTrue(up));
+		return control_reply_ok();
+	}
 	if (!strcmp(c, "snapshot")) {
 		const cJSON *dir = cJSON_GetObjectItemCaseSensitive(req, "dir");
 		if (!cJSON_IsString(dir) || !dir->valuestring[0])
@@ -816,7 +830,7 @@ static cJSON *control_handle(void *ctx, const cJSON *req)
 		return o;
 	}
 	return control_reply_error("unknown_command", "unknown command \"%s\" (status, pause, "
-				   "resume, snapshot, stop)", c);
+				   "resume, snapshot, stop, restore, link)", c);
 }
 
 /* ---- assembly ---------------------------------------------------------------------- */
@@ -909,6 +923,7 @@ static int setup_virtio(struct machine *m, struct mitos_err *e)
 		if (!d)
 			return e && e->code ? e->code : -EIO;
 		r = attach_virtio(m, d, e);
+		m->net = d;
 	}
 	return r;
 }
