@@ -1,78 +1,31 @@
-/* virtio-blk against a fake guest: malloc'd RAM, a temporary image, a driver written
- * here that negotiates through the MMIO registers and lays out rings and requests. */
+/* virtio-blk against the fake guest of fake_driver.h and a temporary image. */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "devices/virtio_blk.h"
-#include "devices/virtio_mmio.h"
-#include "vmm/guest_mem.h"
+#include "fake_driver.h"
 
 #define RAM_SIZE    (8ULL << 20)
-#define DESC_GPA    0x1000ULL   /* 256 descriptors: 4 KiB */
-#define AVAIL_GPA   0x3000ULL
-#define USED_GPA    0x4000ULL
-#define INDIR_GPA   0x6000ULL
-#define HEAP_GPA    0x10000ULL
 #define IMG_SECTORS 128ULL
 #define IMG_BYTES   (IMG_SECTORS * 512)
-
-struct seg {
-	uint64_t gpa;
-	uint32_t len;
-	bool w;
-};
 
 struct req {
 	uint16_t head;
 	uint64_t hdr, data, status;
 };
 
-static struct {
-	uint8_t *ram;
-	struct guest_mem mem;
-	char path[64];
-	struct virtio_device *d;
-	uint16_t qsize;
-	uint16_t next_desc;
-	uint16_t avail_idx;
-	uint64_t brk;
-} F;
+static struct fake_guest G;
+static struct fake_queue *const Q = &G.q[0];
+static char img_path[64];
 
 static uint8_t pat(uint64_t off)
 {
 	return (uint8_t)(off ^ (off >> 9) * 37);
-}
-
-static void *host(uint64_t gpa)
-{
-	return F.ram + gpa;
-}
-
-static uint64_t ram_alloc(uint64_t len)
-{
-	uint64_t g = F.brk;
-	F.brk += (len + 15) & ~15ULL;
-	ck_assert_uint_le(F.brk, RAM_SIZE);
-	return g;
-}
-
-static void w32(uint64_t off, uint32_t v)
-{
-	virtio_mmio_write(F.d, off, &v, 4);
-}
-
-static uint32_t r32(uint64_t off)
-{
-	uint32_t v;
-	virtio_mmio_read(F.d, off, &v, 4);
-	return v;
 }
 
 static void write_image(const char *path, uint64_t bytes)
@@ -90,7 +43,7 @@ static void write_image(const char *path, uint64_t bytes)
 
 static void read_file(uint64_t off, void *dst, size_t len)
 {
-	int fd = open(F.path, O_RDONLY);
+	int fd = open(img_path, O_RDONLY);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(pread(fd, dst, len, (off_t)off), (ssize_t)len);
 	close(fd);
@@ -106,145 +59,39 @@ static bool file_is_pristine(void)
 	return true;
 }
 
-/* What a driver does (virtio 1.2 section 3.1.1), queue 0 only. */
 static void negotiate(uint16_t qsize)
 {
-	memset(F.ram, 0, HEAP_GPA);
-	F.qsize = qsize;
-	F.next_desc = F.avail_idx = 0;
-	w32(VIRTIO_MMIO_STATUS, 0);
-	w32(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
-	w32(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
-	w32(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-	uint32_t lo = r32(VIRTIO_MMIO_DEVICE_FEATURES);
-	w32(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
-	uint32_t hi = r32(VIRTIO_MMIO_DEVICE_FEATURES);
-	w32(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-	w32(VIRTIO_MMIO_DRIVER_FEATURES, lo);
-	w32(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-	w32(VIRTIO_MMIO_DRIVER_FEATURES, hi);
-	uint32_t st = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK;
-	w32(VIRTIO_MMIO_STATUS, st);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_STATUS), st);
-	w32(VIRTIO_MMIO_QUEUE_SEL, 0);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_QUEUE_NUM_MAX), VIRTIO_BLK_QUEUE_SIZE);
-	w32(VIRTIO_MMIO_QUEUE_NUM, qsize);
-	w32(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC_GPA);
-	w32(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-	w32(VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL_GPA);
-	w32(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-	w32(VIRTIO_MMIO_QUEUE_USED_LOW, USED_GPA);
-	w32(VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
-	w32(VIRTIO_MMIO_QUEUE_READY, 1);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_QUEUE_READY), 1);
-	w32(VIRTIO_MMIO_STATUS, st | VIRTIO_STATUS_DRIVER_OK);
-	ck_assert(virtio_device_active(F.d));
+	fake_negotiate(&G, UINT64_MAX, 1, qsize, VIRTIO_BLK_QUEUE_SIZE);
 }
 
-static void start(bool read_only, uint16_t qsize)
+static void start(bool read_only)
 {
-	F.ram = aligned_alloc(4096, RAM_SIZE);
-	ck_assert_ptr_nonnull(F.ram);
-	memset(F.ram, 0, RAM_SIZE);
-	guest_mem_layout(&F.mem, F.ram, RAM_SIZE);
-	F.brk = HEAP_GPA;
-	snprintf(F.path, sizeof(F.path), "/tmp/mitos-blk-XXXXXX");
-	int fd = mkstemp(F.path);
+	fake_guest_init(&G, RAM_SIZE);
+	snprintf(img_path, sizeof(img_path), "/tmp/mitos-blk-XXXXXX");
+	int fd = mkstemp(img_path);
 	ck_assert_int_ge(fd, 0);
 	close(fd);
-	write_image(F.path, IMG_BYTES);
-	struct virtio_blk_opts o = { .path = F.path, .read_only = read_only };
+	write_image(img_path, IMG_BYTES);
+	struct virtio_blk_opts o = { .path = img_path, .read_only = read_only };
 	struct mitos_err e = { 0 };
-	F.d = virtio_blk_create(&F.mem, 0xd0000000, 5, &o, &e);
-	ck_assert_msg(F.d != NULL, "virtio_blk_create: %s", e.msg);
-	negotiate(qsize);
+	G.dev = virtio_blk_create(&G.mem, 0xd0000000, 5, &o, &e);
+	ck_assert_msg(G.dev != NULL, "virtio_blk_create: %s", e.msg);
+	negotiate(256);
 }
 
-static void setup_rw(void) { start(false, 256); }
-static void setup_ro(void) { start(true, 256); }
+static void setup_rw(void) { start(false); }
+static void setup_ro(void) { start(true); }
 
 static void teardown(void)
 {
-	virtio_blk_destroy(F.d);
-	unlink(F.path);
-	free(F.ram);
-}
-
-static void put_desc(uint16_t idx, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
-{
-	uint8_t *p = host(DESC_GPA + 16ULL * idx);
-	memcpy(p, &addr, 8);
-	memcpy(p + 8, &len, 4);
-	memcpy(p + 12, &flags, 2);
-	memcpy(p + 14, &next, 2);
-}
-
-/* Publishes head in the next avail slot; the index goes out with kick(). */
-static void offer(uint16_t head)
-{
-	uint16_t *ring = host(AVAIL_GPA + 4);
-	ring[F.avail_idx % F.qsize] = head;
-	F.avail_idx++;
-}
-
-static uint16_t add_chain(const struct seg *s, unsigned n)
-{
-	uint16_t head = F.next_desc;
-	for (unsigned i = 0; i < n; i++) {
-		uint16_t idx = (uint16_t)((head + i) % F.qsize);
-		uint16_t next = (uint16_t)((idx + 1) % F.qsize);
-		uint16_t flags = (uint16_t)((s[i].w ? VIRTQ_DESC_F_WRITE : 0) |
-					    (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0));
-		put_desc(idx, s[i].gpa, s[i].len, flags, next);
-	}
-	F.next_desc = (uint16_t)((head + n) % F.qsize);
-	offer(head);
-	return head;
-}
-
-static uint16_t used_idx(void)
-{
-	return __atomic_load_n((uint16_t *)host(USED_GPA + 2), __ATOMIC_ACQUIRE);
-}
-
-static void used_elem(uint16_t i, uint32_t *id, uint32_t *len)
-{
-	uint32_t *e = host(USED_GPA + 4 + 8ULL * (i % F.qsize));
-	*id = e[0];
-	*len = e[1];
-}
-
-static void kick(void)
-{
-	__atomic_store_n((uint16_t *)host(AVAIL_GPA + 2), F.avail_idx, __ATOMIC_RELEASE);
-	virtio_device_kick(F.d, 0);
-}
-
-static void device_loop_once(void)
-{
-	int fd;
-	ck_assert_uint_eq(F.d->ops->host_fds(F.d, &fd, 1), 1);
-	struct pollfd p = { .fd = fd, .events = POLLIN };
-	if (poll(&p, 1, 50) == 1)
-		virtio_device_host_fd_ready(F.d, 0);
-}
-
-/* Runs the device loop until the used ring reaches `target`, for at most 5 s. */
-static void wait_used(uint16_t target)
-{
-	struct timespec t0, t;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (used_idx() != target) {
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		ck_assert_msg(t.tv_sec - t0.tv_sec < 5, "used idx stuck at %u, want %u",
-			      used_idx(), target);
-		device_loop_once();
-	}
+	virtio_blk_destroy(G.dev);
+	unlink(img_path);
+	fake_guest_free(&G);
 }
 
 static void put_hdr(uint64_t gpa, uint32_t type, uint64_t sector)
 {
-	uint8_t *p = host(gpa);
+	uint8_t *p = fake_host(&G, gpa);
 	memset(p, 0, 16);
 	memcpy(p, &type, 4);
 	memcpy(p + 8, &sector, 8);
@@ -253,39 +100,39 @@ static void put_hdr(uint64_t gpa, uint32_t type, uint64_t sector)
 /* The usual shape: header, one data buffer (device-writable unless OUT), status. */
 static struct req simple_req(uint32_t type, uint64_t sector, uint32_t len)
 {
-	struct req r = { .hdr = ram_alloc(16), .data = ram_alloc(len ? len : 1),
-			 .status = ram_alloc(1) };
+	struct req r = { .hdr = fake_alloc(&G, 16), .data = fake_alloc(&G, len ? len : 1),
+			 .status = fake_alloc(&G, 1) };
 	put_hdr(r.hdr, type, sector);
-	*(uint8_t *)host(r.status) = 0xff;
-	struct seg s[3];
+	*fake_host(&G, r.status) = 0xff;
+	struct fake_buf s[3];
 	unsigned n = 0;
-	s[n++] = (struct seg){ r.hdr, 16, false };
+	s[n++] = (struct fake_buf){ r.hdr, 16, false };
 	if (len)
-		s[n++] = (struct seg){ r.data, len, type != VIRTIO_BLK_T_OUT };
-	s[n++] = (struct seg){ r.status, 1, true };
-	r.head = add_chain(s, n);
+		s[n++] = (struct fake_buf){ r.data, len, type != VIRTIO_BLK_T_OUT };
+	s[n++] = (struct fake_buf){ r.status, 1, true };
+	r.head = fake_queue_add(Q, s, n);
 	return r;
 }
 
 /* Kicks, waits for the one outstanding chain, checks it came back, returns its len. */
 static uint32_t run1(uint16_t head)
 {
-	kick();
-	wait_used(F.avail_idx);
-	uint32_t id, len;
-	used_elem((uint16_t)(F.avail_idx - 1), &id, &len);
-	ck_assert_uint_eq(id, head);
-	return len;
+	fake_kick(Q);
+	fake_wait_used(Q, Q->avail_idx);
+	struct fake_chain c;
+	ck_assert(fake_used_next(Q, &c));
+	ck_assert_uint_eq(c.head, head);
+	return c.len;
 }
 
 static uint8_t status_of(const struct req *r)
 {
-	return *(uint8_t *)host(r->status);
+	return *fake_host(&G, r->status);
 }
 
 static void check_pattern(uint64_t gpa, uint64_t file_off, uint64_t len)
 {
-	const uint8_t *p = host(gpa);
+	const uint8_t *p = fake_host(&G, gpa);
 	for (uint64_t i = 0; i < len; i++)
 		ck_assert_msg(p[i] == pat(file_off + i), "byte %llu", (unsigned long long)i);
 }
@@ -298,56 +145,52 @@ static void expect(uint32_t type, uint64_t sector, uint32_t len, uint8_t status,
 	ck_assert_uint_eq(status_of(&r), status);
 }
 
-static bool needs_reset(void)
-{
-	return r32(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET;
-}
-
 START_TEST(test_identity_and_config)
 {
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_MAGIC_VALUE), VIRTIO_MMIO_MAGIC);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_BLOCK);
-	w32(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-	uint32_t f = r32(VIRTIO_MMIO_DEVICE_FEATURES);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_MAGIC_VALUE), VIRTIO_MMIO_MAGIC);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_BLOCK);
+	fake_w32(&G, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+	uint32_t f = fake_r32(&G, VIRTIO_MMIO_DEVICE_FEATURES);
 	ck_assert(f & (1u << VIRTIO_BLK_F_SEG_MAX));
 	ck_assert(f & (1u << VIRTIO_BLK_F_BLK_SIZE));
 	ck_assert(f & (1u << VIRTIO_BLK_F_FLUSH));
 	ck_assert(!(f & (1u << VIRTIO_BLK_F_RO)));
 
 	uint64_t cap = 0;
-	virtio_mmio_read(F.d, VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_CAPACITY, &cap, 8);
+	virtio_mmio_read(G.dev, VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_CAPACITY, &cap, 8);
 	ck_assert_uint_eq(cap, IMG_SECTORS);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_CAPACITY), IMG_SECTORS);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_CAPACITY + 4), 0);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_BLK_SIZE), 512);
-	uint32_t seg_max = r32(VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_SEG_MAX);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_CAPACITY),
+			  IMG_SECTORS);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_CAPACITY + 4), 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_BLK_SIZE), 512);
+	uint32_t seg_max = fake_r32(&G, VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_SEG_MAX);
 	ck_assert_uint_gt(seg_max, 0);
 	ck_assert_uint_le(seg_max, VIRTQ_MAX_CHAIN - 2);
 	/* Unaligned, odd-sized windows read the same bytes. */
 	uint8_t b = 0xff;
-	virtio_mmio_read(F.d, VIRTIO_MMIO_CONFIG_OFFSET + 0, &b, 1);
+	virtio_mmio_read(G.dev, VIRTIO_MMIO_CONFIG_OFFSET + 0, &b, 1);
 	ck_assert_uint_eq(b, IMG_SECTORS & 0xff);
-	virtio_mmio_read(F.d, VIRTIO_MMIO_CONFIG_OFFSET + 1, &b, 1);
+	virtio_mmio_read(G.dev, VIRTIO_MMIO_CONFIG_OFFSET + 1, &b, 1);
 	ck_assert_uint_eq(b, 0);
 	uint16_t h = 0xffff;
-	virtio_mmio_read(F.d, VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_BLK_SIZE + 1, &h, 2);
+	virtio_mmio_read(G.dev, VIRTIO_MMIO_CONFIG_OFFSET + VIRTIO_BLK_CFG_BLK_SIZE + 1, &h, 2);
 	ck_assert_uint_eq(h, 512 >> 8);
 	/* The last byte of the config structure, and past it. */
 	b = 0xff;
-	virtio_mmio_read(F.d, VIRTIO_MMIO_CONFIG_OFFSET + 71, &b, 1);
+	virtio_mmio_read(G.dev, VIRTIO_MMIO_CONFIG_OFFSET + 71, &b, 1);
 	ck_assert_uint_eq(b, 0);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_CONFIG_OFFSET + 72), 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_CONFIG_OFFSET + 72), 0);
 }
 END_TEST
 
 START_TEST(test_read)
 {
-	unsigned long irqs = F.d->irq_count;
+	unsigned long irqs = G.dev->irq_count;
 	struct req r = simple_req(VIRTIO_BLK_T_IN, 3, 1024);
 	ck_assert_uint_eq(run1(r.head), 1025);
 	ck_assert_uint_eq(status_of(&r), VIRTIO_BLK_S_OK);
 	check_pattern(r.data, 3 * 512, 1024);
-	ck_assert_uint_gt(F.d->irq_count, irqs);
+	ck_assert_uint_gt(G.dev->irq_count, irqs);
 	/* The last sector is in range. */
 	r = simple_req(VIRTIO_BLK_T_IN, IMG_SECTORS - 1, 512);
 	ck_assert_uint_eq(run1(r.head), 513);
@@ -359,20 +202,19 @@ END_TEST
 START_TEST(test_write_read_back)
 {
 	/* Two sectors spread over three buffers, one of them shared with the header. */
-	uint64_t hdr = ram_alloc(16 + 100), d2 = ram_alloc(412), d3 = ram_alloc(512);
-	uint64_t st = ram_alloc(1);
+	uint64_t hdr = fake_alloc(&G, 16 + 100), d2 = fake_alloc(&G, 412), d3 = fake_alloc(&G, 512);
+	uint64_t st = fake_alloc(&G, 1);
 	put_hdr(hdr, VIRTIO_BLK_T_OUT, 5);
 	uint8_t src[1024];
 	for (unsigned i = 0; i < sizeof(src); i++)
 		src[i] = (uint8_t)(0xa5 ^ i);
-	memcpy(host(hdr + 16), src, 100);
-	memcpy(host(d2), src + 100, 412);
-	memcpy(host(d3), src + 512, 512);
-	struct seg s[] = { { hdr, 116, false }, { d2, 412, false }, { d3, 512, false },
-			   { st, 1, true } };
-	uint16_t head = add_chain(s, 4);
+	memcpy(fake_host(&G, hdr + 16), src, 100);
+	memcpy(fake_host(&G, d2), src + 100, 412);
+	memcpy(fake_host(&G, d3), src + 512, 512);
+	uint16_t head = fake_add(Q, { hdr, 116, false }, { d2, 412, false }, { d3, 512, false },
+				 { st, 1, true });
 	ck_assert_uint_eq(run1(head), 1);
-	ck_assert_uint_eq(*(uint8_t *)host(st), VIRTIO_BLK_S_OK);
+	ck_assert_uint_eq(*fake_host(&G, st), VIRTIO_BLK_S_OK);
 
 	uint8_t file[1024];
 	read_file(5 * 512, file, sizeof(file));
@@ -383,13 +225,12 @@ START_TEST(test_write_read_back)
 		ck_assert_uint_eq(around[i], pat(4 * 512 + i));
 
 	/* Back through the device, data and status sharing the last buffer. */
-	uint64_t rh = ram_alloc(16), rd = ram_alloc(1025);
+	uint64_t rh = fake_alloc(&G, 16), rd = fake_alloc(&G, 1025);
 	put_hdr(rh, VIRTIO_BLK_T_IN, 5);
-	struct seg rs[] = { { rh, 16, false }, { rd, 1025, true } };
-	head = add_chain(rs, 2);
+	head = fake_add(Q, { rh, 16, false }, { rd, 1025, true });
 	ck_assert_uint_eq(run1(head), 1025);
-	ck_assert_mem_eq(host(rd), src, 1024);
-	ck_assert_uint_eq(*(uint8_t *)host(rd + 1024), VIRTIO_BLK_S_OK);
+	ck_assert_mem_eq(fake_host(&G, rd), src, 1024);
+	ck_assert_uint_eq(*fake_host(&G, rd + 1024), VIRTIO_BLK_S_OK);
 }
 END_TEST
 
@@ -402,11 +243,11 @@ END_TEST
 START_TEST(test_get_id)
 {
 	struct req r = simple_req(VIRTIO_BLK_T_GET_ID, 0, VIRTIO_BLK_ID_BYTES);
-	memset(host(r.data), 0xee, VIRTIO_BLK_ID_BYTES);
+	memset(fake_host(&G, r.data), 0xee, VIRTIO_BLK_ID_BYTES);
 	ck_assert_uint_eq(run1(r.head), VIRTIO_BLK_ID_BYTES + 1);
 	ck_assert_uint_eq(status_of(&r), VIRTIO_BLK_S_OK);
 	char id[VIRTIO_BLK_ID_BYTES + 1] = { 0 };
-	memcpy(id, host(r.data), VIRTIO_BLK_ID_BYTES);
+	memcpy(id, fake_host(&G, r.data), VIRTIO_BLK_ID_BYTES);
 	ck_assert_int_eq(strncmp(id, "mitos-", 6), 0);
 	size_t n = strlen(id);
 	ck_assert_uint_gt(n, 6);
@@ -415,23 +256,23 @@ START_TEST(test_get_id)
 
 	/* A short buffer gets a prefix, never more than it holds. */
 	struct req s = simple_req(VIRTIO_BLK_T_GET_ID, 0, 8);
-	memset(host(s.data), 0xee, 8 + 1);
+	memset(fake_host(&G, s.data), 0xee, 8 + 1);
 	ck_assert_uint_eq(run1(s.head), 9);
 	ck_assert_uint_eq(status_of(&s), VIRTIO_BLK_S_OK);
-	ck_assert_mem_eq(host(s.data), id, 8);
+	ck_assert_mem_eq(fake_host(&G, s.data), id, 8);
 
 	/* Same image, same id. */
-	struct virtio_blk_opts o = { .path = F.path, .read_only = true };
+	struct virtio_blk_opts o = { .path = img_path, .read_only = true };
 	struct mitos_err e = { 0 };
-	struct virtio_device *d2 = virtio_blk_create(&F.mem, 0xd0001000, 6, &o, &e);
+	struct virtio_device *d2 = virtio_blk_create(&G.mem, 0xd0001000, 6, &o, &e);
 	ck_assert_ptr_nonnull(d2);
-	struct virtio_device *d1 = F.d;
-	F.d = d2;
+	struct virtio_device *d1 = G.dev;
+	G.dev = d2;
 	negotiate(256);
 	struct req t = simple_req(VIRTIO_BLK_T_GET_ID, 0, VIRTIO_BLK_ID_BYTES);
 	run1(t.head);
-	ck_assert_mem_eq(host(t.data), id, VIRTIO_BLK_ID_BYTES);
-	F.d = d1;
+	ck_assert_mem_eq(fake_host(&G, t.data), id, VIRTIO_BLK_ID_BYTES);
+	G.dev = d1;
 	virtio_blk_destroy(d2);
 }
 END_TEST
@@ -446,30 +287,28 @@ END_TEST
 
 START_TEST(test_short_header)
 {
-	uint64_t hdr = ram_alloc(16), data = ram_alloc(512), st = ram_alloc(1);
+	uint64_t hdr = fake_alloc(&G, 16), data = fake_alloc(&G, 512), st = fake_alloc(&G, 1);
 	put_hdr(hdr, VIRTIO_BLK_T_IN, 0);
-	*(uint8_t *)host(st) = 0xff;
-	struct seg s[] = { { hdr, 8, false }, { data, 512, true }, { st, 1, true } };
-	uint16_t head = add_chain(s, 3);
+	*fake_host(&G, st) = 0xff;
+	uint16_t head = fake_add(Q, { hdr, 8, false }, { data, 512, true }, { st, 1, true });
 	ck_assert_uint_eq(run1(head), 1);
-	ck_assert_uint_eq(*(uint8_t *)host(st), VIRTIO_BLK_S_IOERR);
-	ck_assert(!needs_reset());
+	ck_assert_uint_eq(*fake_host(&G, st), VIRTIO_BLK_S_IOERR);
+	ck_assert(!fake_needs_reset(&G));
 }
 END_TEST
 
 START_TEST(test_split_header)
 {
-	uint64_t hdr = ram_alloc(32), data = ram_alloc(512), st = ram_alloc(1);
+	uint64_t hdr = fake_alloc(&G, 32), data = fake_alloc(&G, 512), st = fake_alloc(&G, 1);
 	/* The header's 16 bytes at hdr, shown to the device as 5 + 11 from two places. */
-	uint64_t tail = ram_alloc(16);
+	uint64_t tail = fake_alloc(&G, 16);
 	put_hdr(hdr, VIRTIO_BLK_T_IN, 7);
-	memcpy(host(tail), host(hdr + 5), 11);
-	*(uint8_t *)host(st) = 0xff;
-	struct seg s[] = { { hdr, 5, false }, { tail, 11, false }, { data, 512, true },
-			   { st, 1, true } };
-	uint16_t head = add_chain(s, 4);
+	memcpy(fake_host(&G, tail), fake_host(&G, hdr + 5), 11);
+	*fake_host(&G, st) = 0xff;
+	uint16_t head = fake_add(Q, { hdr, 5, false }, { tail, 11, false }, { data, 512, true },
+				 { st, 1, true });
 	ck_assert_uint_eq(run1(head), 513);
-	ck_assert_uint_eq(*(uint8_t *)host(st), VIRTIO_BLK_S_OK);
+	ck_assert_uint_eq(*fake_host(&G, st), VIRTIO_BLK_S_OK);
 	check_pattern(data, 7 * 512, 512);
 }
 END_TEST
@@ -507,29 +346,27 @@ END_TEST
 START_TEST(test_wrong_direction)
 {
 	/* IN whose data buffer is device-readable: only the status is writable. */
-	uint64_t hdr = ram_alloc(16), data = ram_alloc(512), st = ram_alloc(1);
+	uint64_t hdr = fake_alloc(&G, 16), data = fake_alloc(&G, 512), st = fake_alloc(&G, 1);
 	put_hdr(hdr, VIRTIO_BLK_T_IN, 0);
-	struct seg in[] = { { hdr, 16, false }, { data, 512, false }, { st, 1, true } };
-	uint16_t head = add_chain(in, 3);
+	uint16_t head = fake_add(Q, { hdr, 16, false }, { data, 512, false }, { st, 1, true });
 	ck_assert_uint_eq(run1(head), 1);
-	ck_assert_uint_eq(*(uint8_t *)host(st), VIRTIO_BLK_S_IOERR);
+	ck_assert_uint_eq(*fake_host(&G, st), VIRTIO_BLK_S_IOERR);
 	/* OUT whose data buffer is device-writable. */
 	put_hdr(hdr, VIRTIO_BLK_T_OUT, 0);
-	memset(host(data), 0, 512);
-	struct seg out[] = { { hdr, 16, false }, { data, 512, true }, { st, 1, true } };
-	head = add_chain(out, 3);
+	memset(fake_host(&G, data), 0, 512);
+	head = fake_add(Q, { hdr, 16, false }, { data, 512, true }, { st, 1, true });
 	ck_assert_uint_eq(run1(head), 1);
-	ck_assert_uint_eq(*(uint8_t *)host(st), VIRTIO_BLK_S_IOERR);
+	ck_assert_uint_eq(*fake_host(&G, st), VIRTIO_BLK_S_IOERR);
 	ck_assert(file_is_pristine());
 }
 END_TEST
 
 START_TEST(test_read_only)
 {
-	w32(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-	ck_assert(r32(VIRTIO_MMIO_DEVICE_FEATURES) & (1u << VIRTIO_BLK_F_RO));
+	fake_w32(&G, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+	ck_assert(fake_r32(&G, VIRTIO_MMIO_DEVICE_FEATURES) & (1u << VIRTIO_BLK_F_RO));
 	struct req w = simple_req(VIRTIO_BLK_T_OUT, 2, 512);
-	memset(host(w.data), 0x5a, 512);
+	memset(fake_host(&G, w.data), 0x5a, 512);
 	ck_assert_uint_eq(run1(w.head), 1);
 	ck_assert_uint_eq(status_of(&w), VIRTIO_BLK_S_IOERR);
 	/* Reads and flushes still work. */
@@ -545,13 +382,12 @@ END_TEST
 START_TEST(test_missing_status)
 {
 	/* Nothing device-writable: no status byte to report through. */
-	uint64_t hdr = ram_alloc(16), data = ram_alloc(512);
+	uint64_t hdr = fake_alloc(&G, 16), data = fake_alloc(&G, 512);
 	put_hdr(hdr, VIRTIO_BLK_T_OUT, 0);
-	memset(host(data), 0x77, 512);
-	struct seg s[] = { { hdr, 16, false }, { data, 512, false } };
-	uint16_t head = add_chain(s, 2);
+	memset(fake_host(&G, data), 0x77, 512);
+	uint16_t head = fake_add(Q, { hdr, 16, false }, { data, 512, false });
 	ck_assert_uint_eq(run1(head), 0);
-	ck_assert(!needs_reset());
+	ck_assert(!fake_needs_reset(&G));
 	ck_assert(file_is_pristine());
 	/* The queue still works. */
 	expect(VIRTIO_BLK_T_FLUSH, 0, 0, VIRTIO_BLK_S_OK, 1);
@@ -560,20 +396,19 @@ END_TEST
 
 START_TEST(test_buffer_outside_ram)
 {
-	uint64_t hdr = ram_alloc(16), st = ram_alloc(1);
+	uint64_t hdr = fake_alloc(&G, 16), st = fake_alloc(&G, 1);
 	put_hdr(hdr, VIRTIO_BLK_T_IN, 0);
-	struct seg s[] = { { hdr, 16, false }, { RAM_SIZE - 100, 512, true }, { st, 1, true } };
-	add_chain(s, 3);
-	kick();
-	ck_assert(needs_reset());
-	ck_assert_uint_eq(used_idx(), 0);
+	fake_add(Q, { hdr, 16, false }, { RAM_SIZE - 100, 512, true }, { st, 1, true });
+	fake_kick(Q);
+	ck_assert(fake_needs_reset(&G));
+	ck_assert_uint_eq(fake_used_idx(Q), 0);
 	/* Further kicks are ignored until the driver resets; then the device works again. */
-	kick();
+	fake_kick(Q);
 	for (int i = 0; i < 3; i++)
-		device_loop_once();
-	ck_assert_uint_eq(used_idx(), 0);
+		fake_device_poll(&G, 50);
+	ck_assert_uint_eq(fake_used_idx(Q), 0);
 	negotiate(256);
-	ck_assert(!needs_reset());
+	ck_assert(!fake_needs_reset(&G));
 	struct req r = simple_req(VIRTIO_BLK_T_IN, 1, 512);
 	ck_assert_uint_eq(run1(r.head), 513);
 	check_pattern(r.data, 512, 512);
@@ -585,13 +420,12 @@ START_TEST(test_zero_length)
 	expect(VIRTIO_BLK_T_IN, 0, 0, VIRTIO_BLK_S_OK, 1);
 	expect(VIRTIO_BLK_T_OUT, IMG_SECTORS, 0, VIRTIO_BLK_S_OK, 1);
 	/* Empty descriptors between real ones are skipped. */
-	uint64_t hdr = ram_alloc(16), data = ram_alloc(512), st = ram_alloc(1);
+	uint64_t hdr = fake_alloc(&G, 16), data = fake_alloc(&G, 512), st = fake_alloc(&G, 1);
 	put_hdr(hdr, VIRTIO_BLK_T_IN, 9);
-	struct seg s[] = { { hdr, 16, false }, { data, 0, true }, { data, 512, true },
-			   { st, 0, true }, { st, 1, true } };
-	uint16_t head = add_chain(s, 5);
+	uint16_t head = fake_add(Q, { hdr, 16, false }, { data, 0, true }, { data, 512, true },
+				 { st, 0, true }, { st, 1, true });
 	ck_assert_uint_eq(run1(head), 513);
-	ck_assert_uint_eq(*(uint8_t *)host(st), VIRTIO_BLK_S_OK);
+	ck_assert_uint_eq(*fake_host(&G, st), VIRTIO_BLK_S_OK);
 	check_pattern(data, 9 * 512, 512);
 	ck_assert(file_is_pristine());
 }
@@ -599,20 +433,11 @@ END_TEST
 
 START_TEST(test_indirect)
 {
-	uint64_t hdr = ram_alloc(16), data = ram_alloc(1024), st = ram_alloc(1);
+	uint64_t hdr = fake_alloc(&G, 16), data = fake_alloc(&G, 1024), st = fake_alloc(&G, 1);
 	put_hdr(hdr, VIRTIO_BLK_T_IN, 20);
-	struct { uint64_t a; uint32_t l; uint16_t f, n; } t[3] = {
-		{ hdr, 16, VIRTQ_DESC_F_NEXT, 1 },
-		{ data, 1024, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 2 },
-		{ st, 1, VIRTQ_DESC_F_WRITE, 0 },
-	};
-	memcpy(host(INDIR_GPA), t, sizeof(t));
-	uint16_t head = F.next_desc;
-	put_desc(head, INDIR_GPA, sizeof(t), VIRTQ_DESC_F_INDIRECT, 0);
-	F.next_desc++;
-	offer(head);
-	ck_assert_uint_eq(run1(head), 1025);
-	ck_assert_uint_eq(*(uint8_t *)host(st), VIRTIO_BLK_S_OK);
+	struct fake_buf t[] = { { hdr, 16, false }, { data, 1024, true }, { st, 1, true } };
+	ck_assert_uint_eq(run1(fake_queue_add_indirect(Q, t, 3)), 1025);
+	ck_assert_uint_eq(*fake_host(&G, st), VIRTIO_BLK_S_OK);
 	check_pattern(data, 20 * 512, 1024);
 }
 END_TEST
@@ -626,14 +451,14 @@ START_TEST(test_batch)
 		uint64_t sector = w ? i / 2 : 64 + i / 2;
 		reqs[i] = simple_req(w ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, sector, 512);
 		if (w)
-			memset(host(reqs[i].data), (int)i, 512);
+			memset(fake_host(&G, reqs[i].data), (int)i, 512);
 	}
-	kick();
-	wait_used(64);
+	fake_kick(Q);
+	fake_wait_used(Q, 64);
 	bool seen[64] = { false };
 	for (uint16_t u = 0; u < 64; u++) {
 		uint32_t id, len;
-		used_elem(u, &id, &len);
+		fake_used_elem(Q, u, &id, &len);
 		unsigned i = 0;
 		while (i < 64 && reqs[i].head != id)
 			i++;
@@ -661,22 +486,21 @@ START_TEST(test_inflight_cap)
 	/* A driver that republishes a chain still in flight: the device must stop at the
 	 * queue size and resume when completions free slots. */
 	negotiate(4);
-	uint64_t hdr = ram_alloc(16), data = ram_alloc(513);
+	uint64_t hdr = fake_alloc(&G, 16), data = fake_alloc(&G, 513);
 	put_hdr(hdr, VIRTIO_BLK_T_IN, 1);
-	struct seg s[] = { { hdr, 16, false }, { data, 513, true } };
-	uint16_t head = add_chain(s, 2);
+	uint16_t head = fake_add(Q, { hdr, 16, false }, { data, 513, true });
 	for (int i = 0; i < 3; i++)
-		offer(head);
-	kick();
-	ck_assert_uint_eq(F.d->vqs[0].last_avail_idx, 4);
+		fake_avail_put(Q, head);
+	fake_kick(Q);
+	ck_assert_uint_eq(G.dev->vqs[0].last_avail_idx, 4);
 	for (int i = 0; i < 4; i++)
-		offer(head);
-	kick();
-	ck_assert_uint_eq(F.d->vqs[0].last_avail_idx, 4);
-	wait_used(8);
-	ck_assert_uint_eq(F.d->vqs[0].last_avail_idx, 8);
+		fake_avail_put(Q, head);
+	fake_kick(Q);
+	ck_assert_uint_eq(G.dev->vqs[0].last_avail_idx, 4);
+	fake_wait_used(Q, 8);
+	ck_assert_uint_eq(G.dev->vqs[0].last_avail_idx, 8);
 	check_pattern(data, 512, 512);
-	ck_assert_uint_eq(*(uint8_t *)host(data + 512), VIRTIO_BLK_S_OK);
+	ck_assert_uint_eq(*fake_host(&G, data + 512), VIRTIO_BLK_S_OK);
 }
 END_TEST
 
@@ -684,16 +508,17 @@ START_TEST(test_short_read)
 {
 	/* The image shrinks under the device: the read comes back short, the rest is asked
 	 * for again, hits end of file and fails. */
-	int fd = open(F.path, O_WRONLY);
+	int fd = open(img_path, O_WRONLY);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(ftruncate(fd, 100 * 512 + 256), 0);
 	close(fd);
-	uint64_t hdr = ram_alloc(16), d1 = ram_alloc(512), d2 = ram_alloc(512), st = ram_alloc(1);
+	uint64_t hdr = fake_alloc(&G, 16), d1 = fake_alloc(&G, 512), d2 = fake_alloc(&G, 512);
+	uint64_t st = fake_alloc(&G, 1);
 	put_hdr(hdr, VIRTIO_BLK_T_IN, 99);
-	struct seg s[] = { { hdr, 16, false }, { d1, 512, true }, { d2, 512, true }, { st, 1, true } };
-	uint16_t head = add_chain(s, 4);
+	uint16_t head = fake_add(Q, { hdr, 16, false }, { d1, 512, true }, { d2, 512, true },
+				 { st, 1, true });
 	ck_assert_uint_eq(run1(head), 512 + 256 + 1);
-	ck_assert_uint_eq(*(uint8_t *)host(st), VIRTIO_BLK_S_IOERR);
+	ck_assert_uint_eq(*fake_host(&G, st), VIRTIO_BLK_S_IOERR);
 	check_pattern(d1, 99 * 512, 512);
 	check_pattern(d2, 100 * 512, 256);
 }
@@ -703,10 +528,10 @@ START_TEST(test_reset_with_io_in_flight)
 {
 	for (unsigned i = 0; i < 32; i++)
 		simple_req(VIRTIO_BLK_T_IN, i, 4096 - 512 * (i % 8 == 7));
-	kick();
-	w32(VIRTIO_MMIO_STATUS, 0);
-	ck_assert_uint_eq(used_idx(), 0);
-	device_loop_once();
+	fake_kick(Q);
+	fake_w32(&G, VIRTIO_MMIO_STATUS, 0);
+	ck_assert_uint_eq(fake_used_idx(Q), 0);
+	fake_device_poll(&G, 50);
 	negotiate(256);
 	struct req r = simple_req(VIRTIO_BLK_T_IN, 4, 512);
 	ck_assert_uint_eq(run1(r.head), 513);
@@ -714,7 +539,7 @@ START_TEST(test_reset_with_io_in_flight)
 	/* And destroy (teardown) with I/O in flight. */
 	for (unsigned i = 0; i < 16; i++)
 		simple_req(VIRTIO_BLK_T_IN, i, 512);
-	kick();
+	fake_kick(Q);
 }
 END_TEST
 
@@ -722,7 +547,7 @@ static void expect_create_fails(const char *path, bool read_only)
 {
 	struct virtio_blk_opts o = { .path = path, .read_only = read_only };
 	struct mitos_err e = { 0 };
-	ck_assert_ptr_null(virtio_blk_create(&F.mem, 0xd0001000, 6, &o, &e));
+	ck_assert_ptr_null(virtio_blk_create(&G.mem, 0xd0001000, 6, &o, &e));
 	ck_assert_int_lt(e.code, 0);
 	ck_assert_uint_gt(strlen(e.msg), 0);
 }

@@ -3,79 +3,51 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "devices/virtio_mmio.h"
+#include "fake_driver.h"
 
 #define RAM_SIZE (1 << 20)
+#define V1 (1ULL << VIRTIO_F_VERSION_1)
 
-static uint8_t *ram;
-static struct guest_mem mem;
+static struct fake_guest G;
 static struct virtio_device dev;
 static int activations, resets, notifies;
 static uint8_t config[12] = "0123456789a";
 
-static void fake_config_read(struct virtio_device *d, uint32_t off, void *data, uint32_t len)
+static void stub_config_read(struct virtio_device *d, uint32_t off, void *data, uint32_t len)
 {
 	(void)d;
 	memcpy(data, config + off, len);
 }
 
-static int fake_activate(struct virtio_device *d) { (void)d; activations++; return 0; }
-static void fake_reset(struct virtio_device *d) { (void)d; resets++; }
-static void fake_notify(struct virtio_device *d, unsigned q) { (void)d; (void)q; notifies++; }
+static int stub_activate(struct virtio_device *d) { (void)d; activations++; return 0; }
+static void stub_reset(struct virtio_device *d) { (void)d; resets++; }
+static void stub_notify(struct virtio_device *d, unsigned q) { (void)d; (void)q; notifies++; }
 
-static const struct virtio_device_ops fake_ops = {
+static const struct virtio_device_ops stub_ops = {
 	.name = "fake", .device_id = 42, .features = 1ULL << 3, .num_queues = 2,
-	.queue_max_size = 64, .config_size = sizeof(config), .config_read = fake_config_read,
-	.activate = fake_activate, .reset = fake_reset, .queue_notify = fake_notify,
+	.queue_max_size = 64, .config_size = sizeof(config), .config_read = stub_config_read,
+	.activate = stub_activate, .reset = stub_reset, .queue_notify = stub_notify,
 };
-
-static uint32_t rd(uint64_t off)
-{
-	uint32_t v;
-	virtio_mmio_read(&dev, off, &v, 4);
-	return v;
-}
-
-static void wr(uint64_t off, uint32_t v) { virtio_mmio_write(&dev, off, &v, 4); }
 
 static void setup(void)
 {
-	ram = calloc(1, RAM_SIZE);
-	guest_mem_layout(&mem, ram, RAM_SIZE);
-	virtio_device_init(&dev, &fake_ops, NULL, &mem, 0xd0000000, 5);
+	fake_guest_init(&G, RAM_SIZE);
+	virtio_device_init(&dev, &stub_ops, NULL, &G.mem, 0xd0000000, 5);
+	G.dev = &dev;
 	activations = resets = notifies = 0;
 }
 
 static void teardown(void)
 {
 	virtio_device_destroy(&dev);
-	free(ram);
+	fake_guest_free(&G);
 }
 
+/* Features as given, offered or not, so that the device's refusals show. */
 static void negotiate(uint64_t features)
 {
-	wr(VIRTIO_MMIO_STATUS, 0);
-	wr(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
-	wr(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
-	wr(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-	wr(VIRTIO_MMIO_DRIVER_FEATURES, (uint32_t)features);
-	wr(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-	wr(VIRTIO_MMIO_DRIVER_FEATURES, (uint32_t)(features >> 32));
-	wr(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
-	   VIRTIO_STATUS_FEATURES_OK);
-}
-
-static void setup_queue(unsigned q, uint32_t num, uint64_t desc, uint64_t avail, uint64_t used)
-{
-	wr(VIRTIO_MMIO_QUEUE_SEL, q);
-	wr(VIRTIO_MMIO_QUEUE_NUM, num);
-	wr(VIRTIO_MMIO_QUEUE_DESC_LOW, (uint32_t)desc);
-	wr(VIRTIO_MMIO_QUEUE_DESC_HIGH, (uint32_t)(desc >> 32));
-	wr(VIRTIO_MMIO_QUEUE_AVAIL_LOW, (uint32_t)avail);
-	wr(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, (uint32_t)(avail >> 32));
-	wr(VIRTIO_MMIO_QUEUE_USED_LOW, (uint32_t)used);
-	wr(VIRTIO_MMIO_QUEUE_USED_HIGH, (uint32_t)(used >> 32));
-	wr(VIRTIO_MMIO_QUEUE_READY, 1);
+	fake_ack(&G);
+	fake_write_features(&G, features);
 }
 
 #define OK_STATUS (VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | \
@@ -83,16 +55,16 @@ static void setup_queue(unsigned q, uint32_t num, uint64_t desc, uint64_t avail,
 
 START_TEST(identity_registers)
 {
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_MAGIC_VALUE), VIRTIO_MMIO_MAGIC);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_VERSION_REG), 2);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_DEVICE_ID), 42);
-	wr(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_DEVICE_FEATURES),
-			  (1U << 3) | (1U << VIRTIO_F_RING_EVENT_IDX) | (1U << VIRTIO_F_RING_INDIRECT_DESC));
-	wr(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_DEVICE_FEATURES), 1);  /* VERSION_1 */
-	wr(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 7);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_DEVICE_FEATURES), 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_MAGIC_VALUE), VIRTIO_MMIO_MAGIC);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_VERSION_REG), 2);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_DEVICE_ID), 42);
+	fake_w32(&G, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_DEVICE_FEATURES), (1U << 3) |
+			  (1U << VIRTIO_F_RING_EVENT_IDX) | (1U << VIRTIO_F_RING_INDIRECT_DESC));
+	fake_w32(&G, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_DEVICE_FEATURES), 1);  /* VERSION_1 */
+	fake_w32(&G, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 7);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_DEVICE_FEATURES), 0);
 }
 END_TEST
 
@@ -101,38 +73,38 @@ START_TEST(bad_widths_read_zero_and_are_ignored)
 	uint8_t b = 0xaa;
 	virtio_mmio_read(&dev, VIRTIO_MMIO_MAGIC_VALUE, &b, 1);
 	ck_assert_uint_eq(b, 0);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_MAGIC_VALUE + 2), 0);   /* unaligned */
-	ck_assert_uint_eq(rd(0x0f0), 0);                          /* unknown register */
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_MAGIC_VALUE + 2), 0);   /* unaligned */
+	ck_assert_uint_eq(fake_r32(&G, 0x0f0), 0);                          /* unknown register */
 	uint16_t h = 4;
 	virtio_mmio_write(&dev, VIRTIO_MMIO_STATUS, &h, 2);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_STATUS), 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_STATUS), 0);
 }
 END_TEST
 
 START_TEST(features_need_version_1)
 {
 	negotiate(1ULL << 3);
-	ck_assert(!(rd(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK));
+	ck_assert(!(fake_r32(&G, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK));
 }
 END_TEST
 
 START_TEST(unoffered_features_are_refused)
 {
-	negotiate((1ULL << VIRTIO_F_VERSION_1) | (1ULL << 4));
-	ck_assert(!(rd(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK));
+	negotiate(V1 | (1ULL << 4));
+	ck_assert(!(fake_r32(&G, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK));
 }
 END_TEST
 
 START_TEST(full_bring_up_activates)
 {
-	negotiate((1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_F_RING_EVENT_IDX));
-	ck_assert(rd(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK);
-	wr(VIRTIO_MMIO_QUEUE_SEL, 0);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_QUEUE_NUM_MAX), 64);
-	setup_queue(0, 64, 0x1000, 0x2000, 0x3000);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_QUEUE_READY), 1);
-	wr(VIRTIO_MMIO_STATUS, OK_STATUS);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_STATUS), OK_STATUS);
+	negotiate(V1 | (1ULL << VIRTIO_F_RING_EVENT_IDX));
+	ck_assert(fake_r32(&G, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK);
+	fake_w32(&G, VIRTIO_MMIO_QUEUE_SEL, 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_QUEUE_NUM_MAX), 64);
+	fake_queue_setup(&G, 0, 64, 0x1000, 0x2000, 0x3000);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_QUEUE_READY), 1);
+	fake_w32(&G, VIRTIO_MMIO_STATUS, OK_STATUS);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_STATUS), OK_STATUS);
 	ck_assert_int_eq(activations, 1);
 	ck_assert(virtio_device_active(&dev));
 	ck_assert(dev.vqs[0].event_idx);
@@ -145,72 +117,66 @@ END_TEST
 
 START_TEST(queue_outside_ram_is_not_ready)
 {
-	negotiate(1ULL << VIRTIO_F_VERSION_1);
-	setup_queue(0, 64, RAM_SIZE - 16, 0x2000, 0x3000);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_QUEUE_READY), 0);
-	setup_queue(1, 48, 0x1000, 0x2000, 0x3000);  /* not a power of two */
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_QUEUE_READY), 0);
-	setup_queue(1, 128, 0x1000, 0x2000, 0x3000); /* above QueueNumMax */
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_QUEUE_READY), 0);
+	negotiate(V1);
+	fake_queue_setup(&G, 0, 64, RAM_SIZE - 16, 0x2000, 0x3000);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_QUEUE_READY), 0);
+	fake_queue_setup(&G, 1, 48, 0x1000, 0x2000, 0x3000);  /* not a power of two */
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_QUEUE_READY), 0);
+	fake_queue_setup(&G, 1, 128, 0x1000, 0x2000, 0x3000); /* above QueueNumMax */
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_QUEUE_READY), 0);
 }
 END_TEST
 
 START_TEST(queue_config_frozen_after_driver_ok)
 {
-	negotiate(1ULL << VIRTIO_F_VERSION_1);
-	setup_queue(0, 64, 0x1000, 0x2000, 0x3000);
-	wr(VIRTIO_MMIO_STATUS, OK_STATUS);
-	wr(VIRTIO_MMIO_QUEUE_SEL, 0);
-	wr(VIRTIO_MMIO_QUEUE_DESC_LOW, 0x50000);
-	ck_assert_uint_eq(dev.vqs[0].desc_gpa, 0x1000);
+	fake_negotiate(&G, V1, 1, 64, 64);
+	fake_w32(&G, VIRTIO_MMIO_QUEUE_SEL, 0);
+	fake_w32(&G, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x50000);
+	ck_assert_uint_eq(dev.vqs[0].desc_gpa, G.q[0].desc);
 }
 END_TEST
 
 START_TEST(driver_ok_without_features_ok_is_ignored)
 {
-	wr(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
-	   VIRTIO_STATUS_DRIVER_OK);
-	ck_assert(!(rd(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_DRIVER_OK));
+	fake_w32(&G, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
+		 VIRTIO_STATUS_DRIVER_OK);
+	ck_assert(!(fake_r32(&G, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_DRIVER_OK));
 	ck_assert_int_eq(activations, 0);
 }
 END_TEST
 
 START_TEST(status_bits_cannot_be_cleared)
 {
-	negotiate(1ULL << VIRTIO_F_VERSION_1);
-	wr(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
-	ck_assert(rd(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK);
+	negotiate(V1);
+	fake_w32(&G, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
+	ck_assert(fake_r32(&G, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_FEATURES_OK);
 }
 END_TEST
 
 START_TEST(reset_clears_everything)
 {
-	negotiate(1ULL << VIRTIO_F_VERSION_1);
-	setup_queue(0, 64, 0x1000, 0x2000, 0x3000);
-	wr(VIRTIO_MMIO_STATUS, OK_STATUS);
+	fake_negotiate(&G, V1, 1, 64, 64);
 	resets = 0;
-	wr(VIRTIO_MMIO_STATUS, 0);
+	fake_w32(&G, VIRTIO_MMIO_STATUS, 0);
 	ck_assert_int_eq(resets, 1);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_STATUS), 0);
-	wr(VIRTIO_MMIO_QUEUE_SEL, 0);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_QUEUE_READY), 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_STATUS), 0);
+	fake_w32(&G, VIRTIO_MMIO_QUEUE_SEL, 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_QUEUE_READY), 0);
 	ck_assert(!virtio_device_active(&dev));
 }
 END_TEST
 
 START_TEST(failed_device_needs_reset_and_interrupts)
 {
-	negotiate(1ULL << VIRTIO_F_VERSION_1);
-	setup_queue(0, 64, 0x1000, 0x2000, 0x3000);
-	wr(VIRTIO_MMIO_STATUS, OK_STATUS);
+	fake_negotiate(&G, V1, 1, 64, 64);
 	virtio_device_fail(&dev, "test");
-	ck_assert(rd(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
-	ck_assert(rd(VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_INT_CONFIG);
+	ck_assert(fake_r32(&G, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
+	ck_assert(fake_r32(&G, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_INT_CONFIG);
 	ck_assert(!virtio_device_active(&dev));
 	virtio_device_kick(&dev, 0);
 	ck_assert_int_eq(notifies, 0);
-	wr(VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_INT_CONFIG);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+	fake_w32(&G, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_INT_CONFIG);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
 }
 END_TEST
 
@@ -230,13 +196,11 @@ END_TEST
 
 START_TEST(used_notification_raises_interrupt)
 {
-	negotiate(1ULL << VIRTIO_F_VERSION_1);
-	setup_queue(0, 64, 0x1000, 0x2000, 0x3000);
-	wr(VIRTIO_MMIO_STATUS, OK_STATUS);
-	virtq_push(&dev.vqs[0], &mem, 0, 0);
+	fake_negotiate(&G, V1, 1, 64, 64);
+	virtq_push(&dev.vqs[0], &G.mem, 0, 0);
 	virtio_device_notify_used(&dev, 0);
 	ck_assert_uint_eq(dev.irq_count, 1);
-	ck_assert_uint_eq(rd(VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_INT_USED_RING);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_INT_USED_RING);
 }
 END_TEST
 

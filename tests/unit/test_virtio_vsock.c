@@ -1,41 +1,24 @@
-/* virtio-vsock against a fake guest (malloc'd RAM, a driver written here that sets the
- * queues up through the MMIO registers) and real Unix sockets in a temporary directory
- * for the host side. */
+/* virtio-vsock against the fake guest of fake_driver.h and real Unix sockets in a
+ * temporary directory for the host side. */
 #include <check.h>
 #include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "devices/virtio_mmio.h"
 #include "devices/virtio_vsock.h"
-#include "vmm/guest_mem.h"
+#include "fake_driver.h"
 
 #define RAM_SIZE  (16ULL << 20)
-#define HEAP_GPA  0x10000ULL
 #define QSZ       64
 #define CID       3
 #define HDR       ((uint32_t)sizeof(struct virtio_vsock_hdr))
 #define RX        VIRTIO_VSOCK_QUEUE_RX
 #define TX        VIRTIO_VSOCK_QUEUE_TX
 #define EVQ       VIRTIO_VSOCK_QUEUE_EVENT
-
-struct tq {
-	uint64_t desc, avail, used;
-	uint16_t next, avail_idx, used_seen, outstanding;
-};
-
-/* Where the device may write for each posted receive chain (by head). */
-struct rxb {
-	uint64_t gpa[2];
-	uint32_t len[2];
-	unsigned n;
-};
 
 /* Header and payload back to back, as the device wrote them. */
 struct pkt {
@@ -44,180 +27,45 @@ struct pkt {
 	uint32_t used_len;
 };
 
+static struct fake_guest G;
+static struct fake_queue *const rxq = &G.q[RX], *const txq = &G.q[TX], *const evq = &G.q[EVQ];
 static struct {
-	uint8_t *ram;
-	struct guest_mem mem;
-	struct virtio_device *d;
 	char dir[64];
 	char path[128];
-	uint64_t brk;
-	struct tq q[3];
-	struct rxb rxb[QSZ];
 } F;
 
 static struct pkt P;
 
-static void *host(uint64_t gpa)
-{
-	return F.ram + gpa;
-}
-
-static uint64_t ram_alloc(uint64_t len)
-{
-	uint64_t g = F.brk;
-	F.brk += (len + 15) & ~15ULL;
-	ck_assert_uint_le(F.brk, RAM_SIZE);
-	return g;
-}
-
-static void w32(uint64_t off, uint32_t v)
-{
-	virtio_mmio_write(F.d, off, &v, 4);
-}
-
-static uint32_t r32(uint64_t off)
-{
-	uint32_t v;
-	virtio_mmio_read(F.d, off, &v, 4);
-	return v;
-}
-
-/* ---- the fake driver ----------------------------------------------------------------- */
+/* ---- the guest side ------------------------------------------------------------------- */
 
 static void negotiate(void)
 {
-	for (unsigned i = 0; i < 3; i++) {
-		F.q[i] = (struct tq){ .desc = 0x1000 + 0x1000ULL * i, .avail = 0x1400 + 0x1000ULL * i,
-				      .used = 0x1800 + 0x1000ULL * i };
-		memset(host(F.q[i].desc), 0, 0x1000);
-	}
-	memset(F.rxb, 0, sizeof(F.rxb));
-	w32(VIRTIO_MMIO_STATUS, 0);
-	w32(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
-	w32(VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
-	w32(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-	uint32_t lo = r32(VIRTIO_MMIO_DEVICE_FEATURES);
-	w32(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
-	uint32_t hi = r32(VIRTIO_MMIO_DEVICE_FEATURES);
-	w32(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-	w32(VIRTIO_MMIO_DRIVER_FEATURES, lo);
-	w32(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-	w32(VIRTIO_MMIO_DRIVER_FEATURES, hi);
-	uint32_t st = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK;
-	w32(VIRTIO_MMIO_STATUS, st);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_STATUS), st);
-	for (unsigned i = 0; i < 3; i++) {
-		w32(VIRTIO_MMIO_QUEUE_SEL, i);
-		ck_assert_uint_eq(r32(VIRTIO_MMIO_QUEUE_NUM_MAX), VIRTIO_VSOCK_QUEUE_SIZE);
-		w32(VIRTIO_MMIO_QUEUE_NUM, QSZ);
-		w32(VIRTIO_MMIO_QUEUE_DESC_LOW, (uint32_t)F.q[i].desc);
-		w32(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-		w32(VIRTIO_MMIO_QUEUE_AVAIL_LOW, (uint32_t)F.q[i].avail);
-		w32(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-		w32(VIRTIO_MMIO_QUEUE_USED_LOW, (uint32_t)F.q[i].used);
-		w32(VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
-		w32(VIRTIO_MMIO_QUEUE_READY, 1);
-		ck_assert_uint_eq(r32(VIRTIO_MMIO_QUEUE_READY), 1);
-	}
-	w32(VIRTIO_MMIO_STATUS, st | VIRTIO_STATUS_DRIVER_OK);
-	ck_assert(virtio_device_active(F.d));
-}
-
-struct seg {
-	uint64_t gpa;
-	uint32_t len;
-	bool w;
-};
-
-static void put_desc(struct tq *q, uint16_t idx, uint64_t addr, uint32_t len, uint16_t flags,
-		     uint16_t next)
-{
-	uint8_t *p = host(q->desc + 16ULL * idx);
-	memcpy(p, &addr, 8);
-	memcpy(p + 8, &len, 4);
-	memcpy(p + 12, &flags, 2);
-	memcpy(p + 14, &next, 2);
-}
-
-/* Makes the chain available; the index goes out with kick(). */
-static uint16_t add_chain(struct tq *q, const struct seg *s, unsigned n)
-{
-	ck_assert_uint_le(q->outstanding + n, QSZ);
-	uint16_t head = q->next;
-	for (unsigned i = 0; i < n; i++) {
-		uint16_t idx = (uint16_t)((head + i) % QSZ);
-		uint16_t flags = (uint16_t)((s[i].w ? VIRTQ_DESC_F_WRITE : 0) |
-					    (i + 1 < n ? VIRTQ_DESC_F_NEXT : 0));
-		put_desc(q, idx, s[i].gpa, s[i].len, flags, (uint16_t)((idx + 1) % QSZ));
-	}
-	q->next = (uint16_t)((head + n) % QSZ);
-	q->outstanding = (uint16_t)(q->outstanding + n);
-	uint16_t *ring = host(q->avail + 4);
-	ring[q->avail_idx % QSZ] = head;
-	q->avail_idx++;
-	return head;
-}
-
-static void kick(unsigned qi)
-{
-	__atomic_store_n((uint16_t *)host(F.q[qi].avail + 2), F.q[qi].avail_idx, __ATOMIC_RELEASE);
-	virtio_device_kick(F.d, qi);
-}
-
-static uint16_t used_idx(unsigned qi)
-{
-	return __atomic_load_n((uint16_t *)host(F.q[qi].used + 2), __ATOMIC_ACQUIRE);
-}
-
-static void used_elem(unsigned qi, uint16_t i, uint32_t *id, uint32_t *len)
-{
-	uint32_t *e = host(F.q[qi].used + 4 + 8ULL * (i % QSZ));
-	*id = e[0];
-	*len = e[1];
+	fake_negotiate(&G, UINT64_MAX, 3, QSZ, VIRTIO_VSOCK_QUEUE_SIZE);
 }
 
 /* Receive buffers the way Linux 6.1 posts them (header and data apart) or as one. */
 static void post_rx(unsigned n, uint32_t data_len, bool split)
 {
 	for (unsigned i = 0; i < n; i++) {
-		struct rxb b = { .n = split ? 2 : 1 };
-		b.len[0] = split ? HDR : HDR + data_len;
-		b.gpa[0] = ram_alloc(b.len[0]);
-		if (split) {
-			b.len[1] = data_len;
-			b.gpa[1] = ram_alloc(data_len);
-		}
-		struct seg s[2] = { { b.gpa[0], b.len[0], true }, { b.gpa[1], b.len[1], true } };
-		uint16_t head = add_chain(&F.q[RX], s, b.n);
-		F.rxb[head] = b;
+		if (split)
+			fake_add(rxq, { fake_alloc(&G, HDR), HDR, true },
+				 { fake_alloc(&G, data_len), data_len, true });
+		else
+			fake_add(rxq, { fake_alloc(&G, HDR + data_len), HDR + data_len, true });
 	}
-	kick(RX);
+	fake_kick(rxq);
 }
 
 /* Takes the next used receive buffer, if any, into P. */
 static bool rx_next(void)
 {
-	struct tq *q = &F.q[RX];
-	if (used_idx(RX) == q->used_seen)
+	struct fake_chain c;
+	if (!fake_used_next(rxq, &c))
 		return false;
-	uint32_t id, len;
-	used_elem(RX, q->used_seen++, &id, &len);
-	ck_assert_uint_lt(id, QSZ);
-	struct rxb *b = &F.rxb[id];
-	ck_assert_uint_ne(b->n, 0);
-	ck_assert_uint_le(len, b->len[0] + b->len[1]);
-	ck_assert_uint_ge(len, HDR);
-	ck_assert_uint_le(len, sizeof(P.h) + sizeof(P.data));
-	uint32_t done = 0;
-	for (unsigned i = 0; i < b->n && done < len; i++) {
-		uint32_t k = len - done < b->len[i] ? len - done : b->len[i];
-		memcpy((uint8_t *)&P.h + done, host(b->gpa[i]), k);
-		done += k;
-	}
-	q->outstanding = (uint16_t)(q->outstanding - b->n);
-	b->n = 0;
-	P.used_len = len;
-	ck_assert_uint_eq(P.h.len, len - HDR);
+	ck_assert_uint_ge(c.len, HDR);
+	fake_chain_read(rxq, &c, &P.h, sizeof(P.h) + sizeof(P.data));
+	P.used_len = c.len;
+	ck_assert_uint_eq(P.h.len, c.len - HDR);
 	ck_assert_uint_eq(P.h.src_cid, VIRTIO_VSOCK_HOST_CID);
 	ck_assert_uint_eq(P.h.dst_cid, CID);
 	ck_assert_uint_eq(P.h.type, VIRTIO_VSOCK_TYPE_STREAM);
@@ -240,30 +88,31 @@ static struct virtio_vsock_hdr mkhdr(uint16_t op, uint32_t src_port, uint32_t ds
 static void tx_add(const void *hdr, uint32_t hlen, const void *payload, uint32_t plen,
 		   uint32_t split)
 {
-	struct seg s[3];
+	struct fake_buf s[3];
 	unsigned n = 0;
-	uint64_t g = ram_alloc(hlen + plen);
-	memcpy(host(g), hdr, hlen);
+	uint64_t g = fake_alloc(&G, hlen + plen);
+	memcpy(fake_host(&G, g), hdr, hlen);
 	if (plen)
-		memcpy(host(g + hlen), payload, plen);
+		memcpy(fake_host(&G, g + hlen), payload, plen);
 	if (split) {
-		s[n++] = (struct seg){ g, split, false };
-		s[n++] = (struct seg){ g + split, hlen - split, false };
+		s[n++] = (struct fake_buf){ g, split, false };
+		s[n++] = (struct fake_buf){ g + split, hlen - split, false };
 		if (plen)
-			s[n++] = (struct seg){ g + hlen, plen, false };
+			s[n++] = (struct fake_buf){ g + hlen, plen, false };
 	} else {
-		s[n++] = (struct seg){ g, hlen + plen, false };
+		s[n++] = (struct fake_buf){ g, hlen + plen, false };
 	}
-	add_chain(&F.q[TX], s, n);
+	fake_queue_add(txq, s, n);
 }
 
 /* Transmit buffers come back at once: the device never holds them. */
 static void tx_kick(void)
 {
-	kick(TX);
-	ck_assert_uint_eq(used_idx(TX), F.q[TX].avail_idx);
-	F.q[TX].used_seen = used_idx(TX);
-	F.q[TX].outstanding = 0;
+	fake_kick(txq);
+	ck_assert_uint_eq(fake_used_idx(txq), txq->avail_idx);
+	struct fake_chain c;
+	while (fake_used_next(txq, &c))
+		;
 }
 
 static void tx_raw(const void *hdr, uint32_t hlen, const void *payload, uint32_t plen,
@@ -280,29 +129,13 @@ static void tx(struct virtio_vsock_hdr h, const void *payload)
 
 /* ---- the device loop and the host side -------------------------------------------------- */
 
-static void device_loop(int ms)
-{
-	int fd;
-	ck_assert_uint_eq(F.d->ops->host_fds(F.d, &fd, 1), 1);
-	struct pollfd p = { .fd = fd, .events = POLLIN };
-	if (poll(&p, 1, ms) == 1)
-		virtio_device_host_fd_ready(F.d, 0);
-}
-
-static uint64_t ms_now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
-}
-
 /* Runs the device loop until a packet arrives in P; fails after 3 s. */
 static void wait_rx(void)
 {
-	uint64_t t0 = ms_now();
+	uint64_t t0 = fake_ms();
 	while (!rx_next()) {
-		ck_assert_msg(ms_now() - t0 < 3000, "no packet from the device");
-		device_loop(10);
+		ck_assert_msg(fake_ms() - t0 < 3000, "no packet from the device");
+		fake_device_poll(&G, 10);
 	}
 }
 
@@ -316,10 +149,10 @@ static void expect_rx(uint16_t op, uint32_t host_port, uint32_t guest_port)
 
 static void expect_no_rx(int ms)
 {
-	uint64_t t0 = ms_now();
-	while (ms_now() - t0 < (uint64_t)ms) {
+	uint64_t t0 = fake_ms();
+	while (fake_ms() - t0 < (uint64_t)ms) {
 		ck_assert_msg(!rx_next(), "unexpected packet op %u", P.h.op);
-		device_loop(5);
+		fake_device_poll(&G, 5);
 	}
 	ck_assert(!rx_next());
 }
@@ -361,7 +194,7 @@ static void host_write(int fd, const void *p, size_t n)
 static void host_read(int fd, void *buf, size_t n)
 {
 	size_t got = 0;
-	uint64_t t0 = ms_now();
+	uint64_t t0 = fake_ms();
 	while (got < n) {
 		ssize_t r = recv(fd, (uint8_t *)buf + got, n - got, MSG_DONTWAIT);
 		if (r > 0) {
@@ -370,14 +203,15 @@ static void host_read(int fd, void *buf, size_t n)
 		}
 		ck_assert_msg(r < 0 && errno == EAGAIN, "host read: %zd (%s) after %zu of %zu", r,
 			      r ? strerror(errno) : "EOF", got, n);
-		ck_assert_msg(ms_now() - t0 < 3000, "host read timed out after %zu of %zu", got, n);
-		device_loop(5);
+		ck_assert_msg(fake_ms() - t0 < 3000, "host read timed out after %zu of %zu", got,
+			      n);
+		fake_device_poll(&G, 5);
 	}
 }
 
 static void host_expect_eof(int fd)
 {
-	uint64_t t0 = ms_now();
+	uint64_t t0 = fake_ms();
 	for (;;) {
 		char buf[65536];
 		ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
@@ -386,19 +220,19 @@ static void host_expect_eof(int fd)
 		if (r > 0)
 			continue;   /* data sent before the close */
 		ck_assert_msg(errno == EAGAIN, "expected EOF: %s", strerror(errno));
-		ck_assert_msg(ms_now() - t0 < 3000, "socket not closed");
-		device_loop(5);
+		ck_assert_msg(fake_ms() - t0 < 3000, "socket not closed");
+		fake_device_poll(&G, 5);
 	}
 }
 
 /* Runs the device loop for a while; fails on any packet but CREDIT_UPDATEs. */
 static void expect_only_credit_updates(int ms)
 {
-	uint64_t t0 = ms_now();
-	while (ms_now() - t0 < (uint64_t)ms) {
+	uint64_t t0 = fake_ms();
+	while (fake_ms() - t0 < (uint64_t)ms) {
 		while (rx_next())
 			ck_assert_uint_eq(P.h.op, VIRTIO_VSOCK_OP_CREDIT_UPDATE);
-		device_loop(5);
+		fake_device_poll(&G, 5);
 	}
 }
 
@@ -420,6 +254,15 @@ static int guest_conn(uint32_t gp, uint32_t hp, uint32_t buf_alloc, int lfd)
 	int fd = accept(lfd, NULL, NULL);
 	ck_assert_int_ge(fd, 0);
 	return fd;
+}
+
+/* The device ended guest_conn(gp, 5000, ...) on both sides: the guest hears an RST, the
+ * host reads EOF. */
+static void expect_conn_reset(int fd, uint32_t gp)
+{
+	expect_rx(VIRTIO_VSOCK_OP_RST, 5000, gp);
+	host_expect_eof(fd);
+	close(fd);
 }
 
 /* A host client's CONNECT to guest port gp, accepted by the guest; returns the client
@@ -454,50 +297,46 @@ static void fill(uint8_t *p, size_t n, unsigned seed)
 static struct virtio_device *create(const char *path, uint32_t cid, struct mitos_err *e)
 {
 	struct virtio_vsock_opts o = { .path = path, .cid = cid };
-	return virtio_vsock_create(&F.mem, 0xd0000000, 5, &o, e);
+	return virtio_vsock_create(&G.mem, 0xd0000000, 5, &o, e);
 }
 
 static void setup(void)
 {
-	F.ram = aligned_alloc(4096, RAM_SIZE);
-	ck_assert_ptr_nonnull(F.ram);
-	memset(F.ram, 0, HEAP_GPA);
-	guest_mem_layout(&F.mem, F.ram, RAM_SIZE);
-	F.brk = HEAP_GPA;
+	fake_guest_init(&G, RAM_SIZE);
 	snprintf(F.dir, sizeof(F.dir), "/tmp/mitos-vsock-XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(F.dir));
 	snprintf(F.path, sizeof(F.path), "%s/v.sock", F.dir);
 	struct mitos_err e = { 0 };
-	F.d = create(F.path, CID, &e);
-	ck_assert_msg(F.d != NULL, "virtio_vsock_create: %s", e.msg);
+	G.dev = create(F.path, CID, &e);
+	ck_assert_msg(G.dev != NULL, "virtio_vsock_create: %s", e.msg);
 	negotiate();
 	post_rx(32, VIRTIO_VSOCK_MAX_PAYLOAD, false);
 }
 
 static void teardown(void)
 {
-	virtio_vsock_destroy(F.d);
+	virtio_vsock_destroy(G.dev);
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", F.dir);
 	ck_assert_int_eq(system(cmd), 0);
-	free(F.ram);
+	fake_guest_free(&G);
 }
 
 /* ---- tests ----------------------------------------------------------------------------------- */
 
 START_TEST(identity_and_config)
 {
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_VSOCK);
-	w32(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_VSOCK);
+	fake_w32(&G, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
 	/* Only the transport's bits: STREAM is implied, SEQPACKET not offered. */
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_DEVICE_FEATURES),
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_DEVICE_FEATURES),
 			  (1U << VIRTIO_F_RING_EVENT_IDX) | (1U << VIRTIO_F_RING_INDIRECT_DESC));
 	uint64_t cid = 0;
-	virtio_mmio_read(F.d, VIRTIO_MMIO_CONFIG_OFFSET, &cid, 8);
+	virtio_mmio_read(G.dev, VIRTIO_MMIO_CONFIG_OFFSET, &cid, 8);
 	ck_assert_uint_eq(cid, CID);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_CONFIG_OFFSET), CID);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_CONFIG_OFFSET + 4), 0);
-	ck_assert_uint_eq(r32(VIRTIO_MMIO_CONFIG_OFFSET + 8), 0);  /* past the end */
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_CONFIG_OFFSET), CID);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_CONFIG_OFFSET + 4), 0);
+	ck_assert_uint_eq(fake_r32(&G, VIRTIO_MMIO_CONFIG_OFFSET + 8), 0);  /* past the end */
 	/* The socket is there; nothing was sent yet. */
 	ck_assert_int_eq(access(F.path, F_OK), 0);
 	expect_no_rx(20);
@@ -560,9 +399,7 @@ START_TEST(guest_connects_to_host)
 	/* A full close: the device answers with the RST the guest's close() waits for. */
 	fd = guest_conn(40001, 5000, 65536, lfd);
 	tx(mkhdr(VIRTIO_VSOCK_OP_SHUTDOWN, 40001, 5000, 0, 3, 65536, 0), NULL);
-	expect_rx(VIRTIO_VSOCK_OP_RST, 5000, 40001);
-	host_expect_eof(fd);
-	close(fd);
+	expect_conn_reset(fd, 40001);
 	close(lfd);
 }
 END_TEST
@@ -725,27 +562,23 @@ START_TEST(malformed_packets)
 	int lfd = host_listen(5000), fd = guest_conn(40000, 5000, 65536, lfd);
 	h = mkhdr(VIRTIO_VSOCK_OP_RW, 40000, 5000, 10, 0, 65536, 0);
 	tx_raw(&h, HDR, "abc", 3, 0);
-	expect_rx(VIRTIO_VSOCK_OP_RST, 5000, 40000);
-	host_expect_eof(fd);
-	close(fd);
+	expect_conn_reset(fd, 40000);
 	/* So does a second REQUEST for it. */
 	fd = guest_conn(40000, 5000, 65536, lfd);
 	tx(mkhdr(VIRTIO_VSOCK_OP_REQUEST, 40000, 5000, 0, 0, 65536, 0), NULL);
-	expect_rx(VIRTIO_VSOCK_OP_RST, 5000, 40000);
-	host_expect_eof(fd);
-	close(fd);
+	expect_conn_reset(fd, 40000);
 	close(lfd);
-	ck_assert(virtio_device_active(F.d));
+	ck_assert(virtio_device_active(G.dev));
 }
 END_TEST
 
 START_TEST(broken_ring_fails_the_device)
 {
 	/* An avail index more than a queue ahead: the driver is broken. */
-	*(uint16_t *)host(F.q[TX].avail + 2) = (uint16_t)(F.q[TX].avail_idx + QSZ + 1);
-	virtio_device_kick(F.d, TX);
-	ck_assert(r32(VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_NEEDS_RESET);
-	ck_assert(!virtio_device_active(F.d));
+	txq->avail_idx = (uint16_t)(txq->avail_idx + QSZ + 1);
+	fake_kick(txq);
+	ck_assert(fake_needs_reset(&G));
+	ck_assert(!virtio_device_active(G.dev));
 	/* A reset brings it back. */
 	negotiate();
 	post_rx(4, 4096, false);
@@ -754,36 +587,35 @@ START_TEST(broken_ring_fails_the_device)
 }
 END_TEST
 
+/* The host's data for the connection of guest_conn(40000, 5000, ...) from offset n of got
+ * on, until `until` bytes; returns how far it got. */
+static uint32_t host_data(uint8_t *got, uint32_t n, uint32_t until)
+{
+	while (n < until) {
+		expect_rx(VIRTIO_VSOCK_OP_RW, 5000, 40000);
+		memcpy(got + n, P.data, P.h.len);
+		n += P.h.len;
+	}
+	return n;
+}
+
 START_TEST(host_respects_guest_credit)
 {
 	int lfd = host_listen(5000), fd = guest_conn(40000, 5000, 1000, lfd);
 	static uint8_t data[5000], got[5000];
 	fill(data, sizeof(data), 1);
 	host_write(fd, data, sizeof(data));
-	uint32_t n = 0;
-	while (n < 1000) {
-		expect_rx(VIRTIO_VSOCK_OP_RW, 5000, 40000);
-		memcpy(got + n, P.data, P.h.len);
-		n += P.h.len;
-	}
+	uint32_t n = host_data(got, 0, 1000);
 	ck_assert_uint_eq(n, 1000);
 	expect_no_rx(30);
 	/* The guest read 600: room for 600 more. */
 	tx(mkhdr(VIRTIO_VSOCK_OP_CREDIT_UPDATE, 40000, 5000, 0, 0, 1000, 600), NULL);
-	while (n < 1600) {
-		expect_rx(VIRTIO_VSOCK_OP_RW, 5000, 40000);
-		memcpy(got + n, P.data, P.h.len);
-		n += P.h.len;
-	}
+	n = host_data(got, n, 1600);
 	ck_assert_uint_eq(n, 1600);
 	expect_no_rx(30);
 	/* A bigger buffer advertised on any packet counts too. */
 	tx(mkhdr(VIRTIO_VSOCK_OP_RW, 40000, 5000, 0, 0, 100000, 1600), NULL);
-	while (n < 5000) {
-		expect_rx(VIRTIO_VSOCK_OP_RW, 5000, 40000);
-		memcpy(got + n, P.data, P.h.len);
-		n += P.h.len;
-	}
+	host_data(got, n, 5000);
 	ck_assert_mem_eq(got, data, sizeof(data));
 	close(fd);
 	close(lfd);
@@ -822,9 +654,7 @@ START_TEST(guest_exceeding_credit_is_reset)
 	fill(data, sizeof(data), 3);
 	/* One packet beyond the whole buffer. */
 	tx(mkhdr(VIRTIO_VSOCK_OP_RW, 40000, 5000, VIRTIO_VSOCK_BUF_ALLOC + 1, 0, 65536, 0), data);
-	expect_rx(VIRTIO_VSOCK_OP_RST, 5000, 40000);
-	host_expect_eof(fd);
-	close(fd);
+	expect_conn_reset(fd, 40000);
 
 	/* Two that together exceed it, sent before any credit update could come back. */
 	fd = guest_conn(40001, 5000, 65536, lfd);
@@ -833,9 +663,7 @@ START_TEST(guest_exceeding_credit_is_reset)
 	h.len = VIRTIO_VSOCK_BUF_ALLOC - 200000 + 1;
 	tx_add(&h, HDR, data, h.len, 0);
 	tx_kick();
-	expect_rx(VIRTIO_VSOCK_OP_RST, 5000, 40001);
-	host_expect_eof(fd);
-	close(fd);
+	expect_conn_reset(fd, 40001);
 
 	/* Exactly the credit is fine, with nobody reading on the host for now. */
 	fd = guest_conn(40002, 5000, 65536, lfd);
@@ -935,16 +763,14 @@ END_TEST
 START_TEST(tiny_receive_buffer_comes_back_empty)
 {
 	negotiate();
-	struct seg s = { ram_alloc(HDR), HDR, true };
-	uint16_t tiny = add_chain(&F.q[RX], &s, 1);
+	uint16_t tiny = fake_add(rxq, { fake_alloc(&G, HDR), HDR, true });
 	post_rx(1, 4096, false);
 	tx(mkhdr(VIRTIO_VSOCK_OP_RW, 7001, 7000, 0, 0, 0, 0), NULL);
-	ck_assert_uint_eq(used_idx(RX), 2);
-	uint32_t id, len;
-	used_elem(RX, 0, &id, &len);
-	ck_assert_uint_eq(id, tiny);
-	ck_assert_uint_eq(len, 0);
-	F.q[RX].used_seen = 1;
+	ck_assert_uint_eq(fake_used_idx(rxq), 2);
+	struct fake_chain c;
+	ck_assert(fake_used_next(rxq, &c));
+	ck_assert_uint_eq(c.head, tiny);
+	ck_assert_uint_eq(c.len, 0);
 	expect_rx(VIRTIO_VSOCK_OP_RST, 7000, 7001);
 }
 END_TEST
@@ -954,7 +780,7 @@ START_TEST(driver_reset_closes_host_sockets)
 	int lfd = host_listen(5000), fd = guest_conn(40000, 5000, 65536, lfd);
 	uint32_t hp;
 	int fd2 = host_conn(1234, 65536, &hp);
-	w32(VIRTIO_MMIO_STATUS, 0);
+	fake_w32(&G, VIRTIO_MMIO_STATUS, 0);
 	host_expect_eof(fd);
 	host_expect_eof(fd2);
 	close(fd);
@@ -982,24 +808,24 @@ START_TEST(timeouts)
 	close(c);
 	expect_rx(VIRTIO_VSOCK_OP_SHUTDOWN, 5000, 40000);
 	ck_assert_uint_eq(P.h.flags, VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND);
-	uint64_t t0 = ms_now(), a_at = 0, b_at = 0, rst_b_at = 0, rst_c_at = 0;
+	uint64_t t0 = fake_ms(), a_at = 0, b_at = 0, rst_b_at = 0, rst_c_at = 0;
 	while (!a_at || !b_at || !rst_b_at || !rst_c_at) {
-		uint64_t t = ms_now() - t0;
+		uint64_t t = fake_ms() - t0;
 		ck_assert_msg(t < 12000, "after %llu ms: A %llu, B %llu, RST B %llu, RST C %llu",
 			      (unsigned long long)t, (unsigned long long)a_at,
 			      (unsigned long long)b_at, (unsigned long long)rst_b_at,
 			      (unsigned long long)rst_c_at);
-		device_loop(20);
+		fake_device_poll(&G, 20);
 		if (!a_at && host_eof_now(a))
-			a_at = ms_now() - t0;
+			a_at = fake_ms() - t0;
 		if (!b_at && host_eof_now(b))
-			b_at = ms_now() - t0;
+			b_at = fake_ms() - t0;
 		while (rx_next()) {
 			ck_assert_uint_eq(P.h.op, VIRTIO_VSOCK_OP_RST);
 			if (P.h.src_port == hp_b && P.h.dst_port == 1234)
-				rst_b_at = ms_now() - t0;
+				rst_b_at = fake_ms() - t0;
 			else if (P.h.src_port == 5000 && P.h.dst_port == 40000)
-				rst_c_at = ms_now() - t0;
+				rst_c_at = fake_ms() - t0;
 			else
 				ck_abort_msg("RST for %u -> %u", P.h.src_port, P.h.dst_port);
 		}
@@ -1016,47 +842,46 @@ END_TEST
 
 static void post_event(void)
 {
-	struct seg s = { ram_alloc(8), 8, true };
-	memset(host(s.gpa), 0xff, 8);
-	add_chain(&F.q[EVQ], &s, 1);
-	kick(EVQ);
+	uint64_t g = fake_alloc(&G, 8);
+	memset(fake_host(&G, g), 0xff, 8);
+	fake_add(evq, { g, 8, true });
+	fake_kick(evq);
 }
 
 static void expect_transport_reset(void)
 {
-	struct tq *q = &F.q[EVQ];
-	ck_assert_uint_eq(used_idx(EVQ), (uint16_t)(q->used_seen + 1));
-	uint32_t id, len;
-	used_elem(EVQ, q->used_seen++, &id, &len);
-	ck_assert_uint_eq(len, 4);
-	uint64_t gpa;
-	memcpy(&gpa, host(q->desc + 16ULL * id), 8);
-	ck_assert_uint_eq(*(uint32_t *)host(gpa), VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
+	ck_assert_uint_eq(fake_used_idx(evq), (uint16_t)(evq->used_seen + 1));
+	struct fake_chain c;
+	ck_assert(fake_used_next(evq, &c));
+	ck_assert_uint_eq(c.len, 4);
+	uint32_t event;
+	fake_chain_read(evq, &c, &event, sizeof(event));
+	ck_assert_uint_eq(event, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
 }
 
 START_TEST(save_restore_sends_transport_reset)
 {
 	post_event();
-	ck_assert_uint_eq(used_idx(EVQ), 0);   /* no event without a reason */
+	ck_assert_uint_eq(fake_used_idx(evq), 0);   /* no event without a reason */
 	uint8_t buf[64];
-	int n = F.d->ops->save_state(F.d, buf, sizeof(buf));
+	int n = G.dev->ops->save_state(G.dev, buf, sizeof(buf));
 	ck_assert_int_gt(n, 0);
-	ck_assert_int_eq(F.d->ops->save_state(F.d, buf, 4), -ENOSPC);
+	ck_assert_int_eq(G.dev->ops->save_state(G.dev, buf, 4), -ENOSPC);
 
 	/* A fresh device with the same configuration, its queues as the snapshot left them. */
 	int lfd = host_listen(5000), fd = guest_conn(40000, 5000, 65536, lfd);
-	virtio_vsock_destroy(F.d);
+	virtio_vsock_destroy(G.dev);
 	host_expect_eof(fd);
 	close(fd);
 	struct mitos_err e = { 0 };
-	F.d = create(F.path, CID, &e);
-	ck_assert_ptr_nonnull(F.d);
-	ck_assert_int_eq(F.d->ops->restore_state(F.d, buf, 4), -EINVAL);
-	ck_assert_int_eq(F.d->ops->restore_state(F.d, NULL, 0), -EINVAL);
+	G.dev = create(F.path, CID, &e);
+	ck_assert_ptr_nonnull(G.dev);
+	ck_assert_int_eq(G.dev->ops->restore_state(G.dev, buf, 4), -EINVAL);
+	ck_assert_int_eq(G.dev->ops->restore_state(G.dev, NULL, 0), -EINVAL);
 	negotiate();
 	post_event();
 	post_rx(4, 4096, false);
-	ck_assert_int_eq(F.d->ops->restore_state(F.d, buf, (size_t)n), 0);
+	ck_assert_int_eq(G.dev->ops->restore_state(G.dev, buf, (size_t)n), 0);
 	expect_transport_reset();
 	/* The guest's old connections are unknown here. */
 	tx(mkhdr(VIRTIO_VSOCK_OP_RW, 40000, 5000, 1, 0, 65536, 0), "x");
@@ -1075,21 +900,21 @@ START_TEST(save_restore_sends_transport_reset)
 	ck_assert_int_eq(other->ops->restore_state(other, buf, (size_t)n), -EINVAL);
 	other->ops->destroy(other);
 	buf[0] ^= 0xff;  /* version */
-	ck_assert_int_eq(F.d->ops->restore_state(F.d, buf, (size_t)n), -EINVAL);
+	ck_assert_int_eq(G.dev->ops->restore_state(G.dev, buf, (size_t)n), -EINVAL);
 }
 END_TEST
 
 START_TEST(transport_reset_waits_for_an_event_buffer)
 {
 	int lfd = host_listen(5000), fd = guest_conn(40000, 5000, 65536, lfd);
-	ck_assert_int_eq(virtio_vsock_send_transport_reset(F.d), 0);
+	ck_assert_int_eq(virtio_vsock_send_transport_reset(G.dev), 0);
 	host_expect_eof(fd);
 	close(fd);
-	ck_assert_uint_eq(used_idx(EVQ), 0);
+	ck_assert_uint_eq(fake_used_idx(evq), 0);
 	post_event();
 	expect_transport_reset();
 	post_event();
-	ck_assert_uint_eq(used_idx(EVQ), 1);   /* one reset, one event */
+	ck_assert_uint_eq(fake_used_idx(evq), 1);   /* one reset, one event */
 	close(lfd);
 }
 END_TEST
