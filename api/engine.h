@@ -98,5 +98,9 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, char *info, 
 
 /* Reads field 22 of /proc/PID/stat (0 when the process is gone). */
 uint64_t engine_proc_start_time(pid_t pid);
+/* What a sandbox's start wrote into dir/start-error ("" when nothing). */
+void engine_start_error(const char *dir, char *out, size_t outlen);
+/* Removes dir and everything under it, not crossing mounts; -ENOTEMPTY if it stays. */
+int engine_remove_tree(const char *dir);
 
 #endif

@@ -29,7 +29,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <linux/sched.h>
 #include <poll.h>
@@ -137,7 +136,7 @@ static struct {
 	int cg;                           /* 0 none, 1 v2, 2 v1 */
 	char cg_parent[2][PLEN];          /* v2: [0]; v1: memory [0], cpu [1] */
 	unsigned serial;
-	volatile bool stopping;
+	_Atomic bool stopping;
 	struct shape_pool pools[MAX_SHAPES];
 	struct kvm_layer *layers;
 	struct ur_ticker ticker;
@@ -179,27 +178,15 @@ static int write_str(const char *path, const char *s)
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-	ssize_t n = write(fd, s, strlen(s));
+	/* cgroup v1's memory limit gives up with EINTR whenever the writer has work pending
+	 * (io_uring's task work counts), even with no signal in sight: retry. */
+	ssize_t n;
+	int tries = 0;
+	while ((n = write(fd, s, strlen(s))) < 0 && errno == EINTR && ++tries < 1000)
+		;
 	int rc = n == (ssize_t)strlen(s) ? 0 : n < 0 ? -errno : -EIO;
 	close(fd);
 	return rc;
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st; (void)ftw;
-	if (flag == FTW_DP)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
-}
-
-static int rm_tree(const char *dir)
-{
-	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-	struct stat st;
-	return lstat(dir, &st) == 0 ? -ENOTEMPTY : 0;
 }
 
 static bool is_socket(const char *path)
@@ -277,7 +264,7 @@ static int cg_own_dir(bool v2, const char *want, char *out)
 		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
 		if (!c2)
 			continue;
-		*c2 = 0;
+		*c1 = *c2 = 0;
 		const char *ctrls = c1 + 1;
 		if (v2 ? !strcmp(line, "0") && !*ctrls : false) {
 			found = true;
@@ -486,7 +473,6 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
 		if (v1fds[i] >= 0)
 			syscall(SYS_write, v1fds[i], "0", 1);
 	syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-	syscall(SYS_prctl, PR_SET_NAME, (unsigned long)"mitos-vm", 0, 0, 0);
 	if (K.ns) {
 		/* Nothing mounted here reaches the host; /proc shows this VM only. */
 		syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
@@ -605,6 +591,13 @@ static int vm_record(const char *dir, const struct vm_proc *vp, const char *base
 	return rc;
 }
 
+/* Only cgroups under our own parents are ever removed on a record's word. */
+static bool cg_owned(const char *dir, int i)
+{
+	size_t n = strlen(K.cg_parent[i]);
+	return n && !strncmp(dir, K.cg_parent[i], n) && dir[n] == '/';
+}
+
 /* Kills what a vm.json names if it still runs (pid and start time both match) and
  * removes its cgroups: for whatever a crashed serve left behind. */
 static void vm_record_kill(const char *dir)
@@ -636,8 +629,7 @@ static void vm_record_kill(const char *dir)
 	int i = 0;
 	cJSON_ArrayForEach(it, a)
 		if (cJSON_IsString(it) && i < 2 && strlen(it->valuestring) < PLEN &&
-		    (!strncmp(it->valuestring, K.cg_parent[0], strlen(K.cg_parent[0])) ||
-		     (K.cg_parent[1][0] && !strncmp(it->valuestring, K.cg_parent[1], strlen(K.cg_parent[1])))))
+		    (cg_owned(it->valuestring, 0) || cg_owned(it->valuestring, 1)))
 			snprintf(cg.dir[i++], PLEN, "%s", it->valuestring);
 	cg_remove(&cg);
 	cJSON_Delete(o);
@@ -746,7 +738,7 @@ static int ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms
 		}
 		bool not_yet = e.code == -ENOENT || e.code == -ECONNREFUSED;
 		if (!not_yet || mono_ms() > give_up || K.stopping || proc_exited(pidfd)) {
-			snprintf(err, errlen, "%s", not_yet && proc_exited(pidfd) ? "the VM process exited" :
+			snprintf(err, errlen, "%.300s", not_yet && proc_exited(pidfd) ? "the VM process exited" :
 				 not_yet ? "the VM did not open its control socket in time" : e.msg);
 			return e.code ? e.code : -EIO;
 		}
@@ -793,7 +785,11 @@ static int agent_health(const char *vsock, int timeout_ms, char *err, size_t err
 	if (fd < 0)
 		return -errno;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", vsock);
+	if (strlen(vsock) >= sizeof(sa.sun_path)) {
+		close(fd);
+		return -ENAMETOOLONG;
+	}
+	strcpy(sa.sun_path, vsock);
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		int e = -errno;
 		close(fd);
@@ -911,7 +907,7 @@ static void layer_unref(struct kvm_layer *l)
 				*pp = l->next;
 				break;
 			}
-		rm_tree(l->dir);
+		engine_remove_tree(l->dir);
 		pthread_mutex_destroy(&l->mu);
 		pthread_cond_destroy(&l->cv);
 		free(l);
@@ -1050,12 +1046,12 @@ static int pool_spawn(struct shape_pool *sp, char *err, size_t errlen)
 	if (!rc && mkdir(pv->dir, 0700) < 0)
 		rc = -errno;
 	if (rc) {
-		snprintf(err, errlen, "cannot make %s: %s", pv->dir, strerror(-rc));
+		snprintf(err, errlen, "cannot make %.200s: %s", pv->dir, strerror(-rc));
 		free(pv);
 		return rc;
 	}
 	if ((rc = vm_spawn(a.v, a.console, name, &sp->sh, &pv->p, err, errlen))) {
-		rm_tree(pv->dir);
+		engine_remove_tree(pv->dir);
 		free(pv);
 		return rc;
 	}
@@ -1078,7 +1074,7 @@ static void pool_drop(struct shape_pool *sp, struct pool_vm *pv)
 			break;
 		}
 	vm_reap(&pv->p);
-	rm_tree(pv->dir);
+	engine_remove_tree(pv->dir);
 	free(pv);
 }
 
@@ -1123,8 +1119,6 @@ static void pool_fill(void)
 			spawned++;
 		}
 	}
-	if (spawned)
-		ur_kick(&K.refill);
 }
 
 static void refill_kick(struct ur_kick *k)
@@ -1167,7 +1161,7 @@ static int vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc 
 				break;
 			}
 		*vp = pv->p;
-		rm_tree(pv->dir);
+		engine_remove_tree(pv->dir);
 		free(pv);
 		sp->fails = 0;
 		ur_kick(&K.refill);
@@ -1253,12 +1247,15 @@ static void build_run(struct kjob *kj)
 		if (mono_ms() > give_up) {
 			rc = -ETIMEDOUT;
 			snprintf(err, sizeof(err), "no agent answered on vsock port %u within %" PRIu64 " s of boot "
-				 "(see %s)", AGENT_PORT, b->boot_ms / 1000, b->console);
+				 "(see %.200s)", AGENT_PORT, b->boot_ms / 1000, b->console);
 			break;
 		}
 		usleep(20000);
 	}
 	if (!rc) {
+		/* Our health connection is closed: let the guest retire it, so the snapshot
+		 * holds a listening agent and nothing half-open. */
+		usleep(100000);
 		cJSON *req = cJSON_CreateObject();
 		cJSON_AddStringToObject(req, "cmd", "snapshot");
 		cJSON_AddStringToObject(req, "dir", b->snap);
@@ -1328,13 +1325,20 @@ static int spec_uint(const cJSON *spec, const char *key, unsigned lo, unsigned h
 	return 0;
 }
 
-static int spec_file(const cJSON *spec, const char *key, char *out, char *err, size_t errlen)
+/* An absolute path of a readable file in spec[key] (absent: out "", an error unless
+ * optional). */
+static int spec_file(const cJSON *spec, const char *key, bool optional, char *out, char *err, size_t errlen)
 {
-	const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spec, key));
+	const cJSON *j = cJSON_GetObjectItemCaseSensitive(spec, key);
+	const char *v = cJSON_GetStringValue(j);
 	struct stat st;
+	out[0] = 0;
+	if (!j && optional)
+		return 0;
 	if (!v || v[0] != '/') {
 		snprintf(err, errlen, "the kvm engine builds a template from a guest kernel and a root "
-			 "filesystem image: give \"kernel\" and \"rootfs\" as absolute paths on this host");
+			 "filesystem image (or an initramfs): give \"kernel\" and \"rootfs\" (or \"initrd\") as "
+			 "absolute paths on this host");
 		return -EINVAL;
 	}
 	char real[PATH_MAX];
@@ -1353,10 +1357,12 @@ static int spec_file(const cJSON *spec, const char *key, char *out, char *err, s
 static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn done, void *ctx,
 			      char *err, size_t errlen)
 {
-	char kernel[PLEN], rootfs[PLEN];
+	char kernel[PLEN], rootfs[PLEN], initrd[PLEN];
 	unsigned mem, vcpus, mem_max, cpu_pct, boot_s;
 	int rc;
-	if ((rc = spec_file(spec, "kernel", kernel, err, errlen)) || (rc = spec_file(spec, "rootfs", rootfs, err, errlen)) ||
+	if ((rc = spec_file(spec, "kernel", false, kernel, err, errlen)) ||
+	    (rc = spec_file(spec, "initrd", true, initrd, err, errlen)) ||
+	    (rc = spec_file(spec, "rootfs", initrd[0] != 0, rootfs, err, errlen)) ||
 	    (rc = spec_uint(spec, "mem_mib", 16, 1u << 20, 256, &mem, err, errlen)) ||
 	    (rc = spec_uint(spec, "vcpus", 1, 64, 1, &vcpus, err, errlen)) ||
 	    (rc = spec_uint(spec, "memory_max_mib", mem, 1u << 21, mem + MEM_OVERHEAD_MIB, &mem_max, err, errlen)) ||
@@ -1395,6 +1401,7 @@ static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_d
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "kernel", kernel);
 	cJSON_AddStringToObject(o, "rootfs", rootfs);
+	cJSON_AddStringToObject(o, "initrd", initrd);
 	cJSON_AddStringToObject(o, "cmdline", cmdline);
 	cJSON_AddNumberToObject(o, "mem_mib", mem);
 	cJSON_AddNumberToObject(o, "vcpus", vcpus);
@@ -1409,14 +1416,24 @@ static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_d
 	snprintf(mems, sizeof(mems), "%u", mem);
 	snprintf(cpus, sizeof(cpus), "%u", vcpus);
 	snprintf(vsockarg, sizeof(vsockarg), "%s", b->vsock);
-	char *argv[] = { "mitos-vmm", "run", "--kernel", kernel, "--disk", disk, "--cmdline", (char *)cmdline,
-			 "--mem", mems, "--vcpus", cpus, "--vsock", vsockarg, "--control", b->control, NULL };
+	char *argv[24] = { "mitos-vmm", "run", "--kernel", kernel, "--cmdline", (char *)cmdline, "--mem", mems,
+			   "--vcpus", cpus, "--vsock", vsockarg, "--control", b->control };
+	int argc = 14;
+	if (rootfs[0]) {
+		argv[argc++] = "--disk";
+		argv[argc++] = disk;
+	}
+	if (initrd[0]) {
+		argv[argc++] = "--initrd";
+		argv[argc++] = initrd;
+	}
+	argv[argc] = NULL;
 	char name[64];
 	snprintf(name, sizeof(name), "tpl-%d-%u", (int)getpid(), ++K.serial);
 	if (rc || (rc = vm_spawn(argv, b->console, name, &sh, &b->vp, err, errlen))) {
 		if (!err[0])
 			snprintf(err, errlen, "cannot write the template's files: %s", strerror(-rc));
-		rm_tree(dir);
+		engine_remove_tree(dir);
 		free(b);
 		return rc;
 	}
@@ -1464,11 +1481,14 @@ static void restore_run(struct kjob *kj)
 		cJSON_AddStringToObject(req, "snapshot", j->snapshot);
 		cJSON_AddStringToObject(req, "vsock", j->vsock);
 		cJSON *disks = cJSON_AddArrayToObject(req, "disks");
-		cJSON *d = cJSON_CreateObject();
-		cJSON_AddNumberToObject(d, "index", 0);
-		cJSON_AddStringToObject(d, "path", j->rootfs);
-		cJSON_AddBoolToObject(d, "read_only", 1);
-		cJSON_AddItemToArray(disks, d);
+		if (j->rootfs[0]) {
+			/* Shared by every sandbox: their writes go to the guest's overlay. */
+			cJSON *d = cJSON_CreateObject();
+			cJSON_AddNumberToObject(d, "index", 0);
+			cJSON_AddStringToObject(d, "path", j->rootfs);
+			cJSON_AddBoolToObject(d, "read_only", 1);
+			cJSON_AddItemToArray(disks, d);
+		}
 		char why[400] = "";
 		rc = ctl_request(j->control, req, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS, j->pidfd, why, sizeof(why));
 		cJSON_Delete(req);
@@ -1478,7 +1498,8 @@ static void restore_run(struct kjob *kj)
 	if (!rc) {
 		/* The guest's listeners survived the snapshot: the agent takes connections now. */
 		(void)!write(j->ready_fd, "R", 1);
-	} else {
+	} else if (!proc_exited(j->pidfd)) {
+		/* Still ours to report (a sandbox killed meanwhile has its dir removed). */
 		write_error_file(j->dir, err);
 		syscall(SYS_pidfd_send_signal, j->pidfd, SIGKILL, NULL, 0);
 	}
@@ -1552,8 +1573,10 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 			close(j->ready_fd);
 		if (j->pidfd >= 0)
 			close(j->pidfd);
-		if (j->layer)
-			j->layer->refs -= 2;
+		if (j->layer) {
+			layer_unref(j->layer);
+			layer_unref(j->layer);
+		}
 		free(j);
 		free(ksb);
 		return rc;
@@ -1602,15 +1625,7 @@ static int kvm_kill(const struct engine_proc *p)
 static void kvm_exit_reason(const char *dir, char *out, size_t outlen)
 {
 	char path[PLEN];
-	out[0] = 0;
-	if (pathf(path, "%s/start-error", dir))
-		return;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		ssize_t n = read(fd, out, outlen - 1);
-		close(fd);
-		out[n > 0 ? n : 0] = 0;
-	}
+	engine_start_error(dir, out, outlen);
 	if (!out[0] && !pathf(path, "%s/console.log", dir)) {
 		char tail[300];
 		console_tail(path, tail, sizeof(tail));
@@ -1622,7 +1637,7 @@ static void kvm_exit_reason(const char *dir, char *out, size_t outlen)
 static int kvm_cleanup(const char *dir)
 {
 	vm_record_kill(dir);
-	return rm_tree(dir);
+	return engine_remove_tree(dir);
 }
 
 static void kvm_release(struct engine_proc *p)
@@ -1781,7 +1796,7 @@ static void sweep_dir(const char *root, bool keep_adopted_layers)
 		if (keep_adopted_layers && layer_find(p))
 			continue;
 		vm_record_kill(p);
-		rm_tree(p);
+		engine_remove_tree(p);
 	}
 	closedir(d);
 }
@@ -1790,10 +1805,14 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, char *info, 
 			 size_t errlen)
 {
 	char real[PATH_MAX];
-	if (!realpath(state_dir, real) || strlen(real) > 200) {
-		snprintf(err, errlen, "state dir %s: %s", state_dir,
-			 errno ? strerror(errno) : "longer than 200 characters (VM sockets live under it)");
-		return -EINVAL;
+	if (!realpath(state_dir, real)) {
+		snprintf(err, errlen, "state dir %s: %s", state_dir, strerror(errno));
+		return -errno;
+	}
+	if (strlen(real) > 200) {
+		snprintf(err, errlen, "state dir %s: longer than 200 characters (the VMs' Unix sockets live "
+			 "under it)", real);
+		return -ENAMETOOLONG;
 	}
 	snprintf(K.state, sizeof(K.state), "%s", real);
 	pathf(K.pool_dir, "%s/kvm/pool", real);
@@ -1835,11 +1854,18 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, char *info, 
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));
 		return -errno;
 	}
+	/* Signals are serve's main thread's business (its signalfd). */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
 	for (K.nth = 0; K.nth < WORKERS; K.nth++)
-		if (pthread_create(&K.th[K.nth], NULL, worker_main, NULL)) {
-			snprintf(err, errlen, "cannot start the engine's threads");
-			return -EAGAIN;
-		}
+		if (pthread_create(&K.th[K.nth], NULL, worker_main, NULL))
+			break;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (K.nth < WORKERS) {
+		snprintf(err, errlen, "cannot start the engine's threads");
+		return -EAGAIN;
+	}
 	/* Prepared VMs of a previous serve are nobody's now. */
 	sweep_dir(K.pool_dir, false);
 	K.configured = true;

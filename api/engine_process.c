@@ -64,6 +64,9 @@ uint64_t engine_proc_start_time(pid_t pid)
 	char *p = strrchr(buf, ')');
 	if (!p)
 		return 0;
+	/* A zombie is gone too: nothing of it can be re-adopted or signalled. */
+	if (p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
+		return 0;
 	int field = 2;
 	for (p++; *p && field < 22; p++)
 		if (*p == ' ')
@@ -582,7 +585,7 @@ static int proc_kill(const struct engine_proc *p)
 	return -ESRCH;
 }
 
-static void proc_exit_reason(const char *dir, char *out, size_t outlen)
+void engine_start_error(const char *dir, char *out, size_t outlen)
 {
 	char path[4200];
 	out[0] = 0;
@@ -605,15 +608,25 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 	return 0;
 }
 
+int engine_remove_tree(const char *dir)
+{
+	struct stat st;
+	/* Again if something was created in it meanwhile (an engine's last word). */
+	for (int pass = 0; pass < 3; pass++) {
+		nftw(dir, rm_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+		if (lstat(dir, &st) < 0)
+			return 0;
+	}
+	return -ENOTEMPTY;
+}
+
 static int proc_cleanup(const char *dir)
 {
 	/* A mount left on the root (a crashed start) would stop the walk. */
 	char root[4200];
 	snprintf(root, sizeof(root), "%s/root", dir);
 	umount2(root, MNT_DETACH);
-	nftw(dir, rm_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-	struct stat st;
-	return stat(dir, &st) == 0 ? -ENOTEMPTY : 0;
+	return engine_remove_tree(dir);
 }
 
 const struct engine_ops engine_process_ops = {
@@ -624,6 +637,6 @@ const struct engine_ops engine_process_ops = {
 	.pause = proc_pause,
 	.resume = proc_resume,
 	.kill = proc_kill,
-	.exit_reason = proc_exit_reason,
+	.exit_reason = engine_start_error,
 	.cleanup = proc_cleanup,
 };

@@ -497,7 +497,10 @@ void http_raw_finish(struct http_req *r)
 	 * protocol or the upstream: it cannot be parsed as HTTP. */
 	r->keep_alive = false;
 	conn_close_after(r->c);
-	req_finished(r);
+	r->finished = true;
+	/* Flushed from the kick, not here: with nothing left to send, the flush
+	 * closes the connection and frees r under the caller. */
+	conn_kick(r->c);
 }
 
 /* ---- connection driving ---- */

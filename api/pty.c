@@ -346,7 +346,9 @@ static void as_end(struct astream *s, cJSON *payload, const char *why)
 		cJSON_Delete(o);
 		if (j) {
 			struct wslay_event_msg m = { WSLAY_TEXT_FRAME, (const uint8_t *)j, strlen(j) };
-			wslay_event_queue_msg(pt->ws, &m);
+			/* Sent now: wslay sends queued control frames (the close) first. */
+			if (!wslay_event_queue_msg(pt->ws, &m))
+				wslay_event_send(pt->ws);
 			free(j);
 		}
 		static const char bye[] = "the terminal ended";
@@ -434,8 +436,11 @@ void pty_handle(struct http_req *r)
 	cJSON *size = cJSON_AddObjectToObject(open, "size");
 	cJSON_AddNumberToObject(size, "rows", rows);
 	cJSON_AddNumberToObject(size, "cols", cols);
-	if (cmd)
+	if (cmd) {
+		/* The same shell as ExecStream's commands. */
 		cJSON_AddStringToObject(open, "cmd", cmd);
+		cJSON_AddStringToObject(open, "shell", "/bin/bash");
+	}
 	free(cmd);
 	char *o = cJSON_PrintUnformatted(open);
 	cJSON_Delete(open);

@@ -84,6 +84,45 @@ void rest_health(struct http_req *r)
 	handler_reply_cjson(r, 200, o);
 }
 
+struct tpl_ctx {
+	struct http_req *r;
+	struct tpl_waiter *w;
+	bool created;
+};
+
+static void tpl_reply(struct http_req *r, struct template_rec *t, bool created)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddItemToObject(o, "template", template_json(t));
+	cJSON_AddBoolToObject(o, "created", created);
+	handler_reply_cjson(r, created ? 201 : 200, o);
+}
+
+static void tpl_abort(struct http_req *r)
+{
+	struct tpl_ctx *tc = r->ctx;
+	/* The build goes on; only its answer has nobody to go to. */
+	tpl_waiter_detach(tc->w);
+	free(tc);
+	r->ctx = NULL;
+}
+
+static const struct http_req_ops tpl_ops = { .abort = tpl_abort };
+
+static void tpl_done(void *ctx, enum api_err err, const char *msg, struct template_rec *t)
+{
+	struct tpl_ctx *tc = ctx;
+	struct http_req *r = tc->r;
+	bool created = tc->created;
+	r->ctx = NULL;
+	r->ops = NULL;
+	free(tc);
+	if (!t)
+		http_reply_error(r, err, msg, NULL, NULL);
+	else
+		tpl_reply(r, t, created);
+}
+
 void rest_templates_create(struct http_req *r)
 {
 	cJSON *b = handler_json_body(r);
@@ -101,17 +140,29 @@ void rest_templates_create(struct http_req *r)
 	struct template_rec *t;
 	bool created;
 	enum api_err e;
-	char msg[300];
-	int rc = templates_create(name, image, &t, &created, &e, msg, sizeof(msg));
+	char msg[700];
+	struct tpl_ctx *tc = calloc(1, sizeof(*tc));
+	if (!tc) {
+		cJSON_Delete(b);
+		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
+		return;
+	}
+	int rc = templates_create(name, image, b, &t, &created, tpl_done, tc, &tc->w, &e, msg, sizeof(msg));
 	cJSON_Delete(b);
+	if (rc == 1) {
+		/* The engine builds it (kvm): the answer comes when it is ready. */
+		tc->r = r;
+		tc->created = created;
+		r->ctx = tc;
+		r->ops = &tpl_ops;
+		return;
+	}
+	free(tc);
 	if (rc) {
 		http_reply_error(r, e, msg, NULL, NULL);
 		return;
 	}
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddItemToObject(o, "template", template_json(t));
-	cJSON_AddBoolToObject(o, "created", created);
-	handler_reply_cjson(r, created ? 201 : 200, o);
+	tpl_reply(r, t, created);
 }
 
 void rest_templates_list(struct http_req *r)

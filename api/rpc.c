@@ -184,7 +184,10 @@ static enum api_err map_agent_code(const char *code, bool file_op)
 		return AE_LIMIT_EXCEEDED;
 	if (!strcmp(code, "exists"))
 		return AE_CONFLICT;
-	if (!strcmp(code, "internal") || !strcmp(code, "protocol_error") || !strcmp(code, "unsupported"))
+	/* The agent in this sandbox cannot do it at all (a stand-in agent, an older one). */
+	if (!strcmp(code, "unsupported"))
+		return AE_UNIMPLEMENTED;
+	if (!strcmp(code, "internal") || !strcmp(code, "protocol_error"))
 		return AE_INTERNAL;
 	return file_op ? AE_FILE_FAILED : AE_EXEC_FAILED;
 }

@@ -53,6 +53,7 @@ static char sb_root[1100], tpl_root[1100];
 
 static void sb_exit_done(struct uop *op, int res, uint32_t flags);
 static void sb_ready_done(struct uop *op, int res, uint32_t flags);
+static void sb_retry_done(struct uop *op, int res, uint32_t flags);
 static void sb_kill(struct sandbox *sb, const char *why);
 static void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const char *why);
 
@@ -119,7 +120,9 @@ cJSON *template_json(const struct template_rec *t)
 	cJSON_AddStringToObject(o, "root", t->root);
 	registry_rfc3339(t->created_ms, ts, sizeof(ts));
 	cJSON_AddStringToObject(o, "created_at", ts);
-	cJSON_AddStringToObject(o, "state", "ready");
+	cJSON_AddStringToObject(o, "state", t->building ? "building" : "ready");
+	if (t->spec)
+		cJSON_AddItemToObject(o, "spec", cJSON_Duplicate(t->spec, 1));
 	return o;
 }
 
@@ -168,10 +171,138 @@ static const char *image_root(const char *image)
 	return images_root(image);
 }
 
-int templates_create(const char *name, const char *image, struct template_rec **out, bool *created,
+struct tpl_waiter {
+	tpl_done_fn done;
+	void *ctx;
+	struct tpl_waiter *next;
+};
+
+void tpl_waiter_detach(struct tpl_waiter *w)
+{
+	if (w)
+		w->done = NULL;
+}
+
+static int tpl_save(const struct template_rec *t)
+{
+	cJSON *o = template_json(t);
+	cJSON_AddNumberToObject(o, "created_ms", (double)t->created_ms);
+	char path[1300];
+	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
+	int rc = registry_write_json(path, o);
+	cJSON_Delete(o);
+	return rc;
+}
+
+static void tpl_free(struct template_rec *t)
+{
+	for (struct tpl_waiter *w = t->waiters, *n; w; w = n) {
+		n = w->next;
+		free(w);
+	}
+	cJSON_Delete(t->spec);
+	free(t);
+}
+
+static int tpl_wait(struct template_rec *t, tpl_done_fn done, void *ctx, struct tpl_waiter **wout,
+		    enum api_err *e, char *msg, size_t msglen)
+{
+	struct tpl_waiter *w = calloc(1, sizeof(*w));
+	if (!w) {
+		*e = AE_INTERNAL;
+		snprintf(msg, msglen, "out of memory");
+		return -ENOMEM;
+	}
+	w->done = done;
+	w->ctx = ctx;
+	w->next = t->waiters;
+	t->waiters = w;
+	if (wout)
+		*wout = w;
+	return 1;
+}
+
+/* The engine finished building t (on the loop). */
+static void tpl_built(void *ctx, int rc, const char *why)
+{
+	struct template_rec *t = ctx;
+	t->building = false;
+	struct tpl_waiter *ws = t->waiters;
+	t->waiters = NULL;
+	char msg[800];
+	if (!rc && (rc = tpl_save(t)))
+		why = "cannot save the template in the state dir";
+	if (rc) {
+		snprintf(msg, sizeof(msg), "building template %s failed: %s", t->name, why ? why : strerror(-rc));
+		fprintf(stderr, "mitos-vmm serve: %s\n", msg);
+		char path[1300];
+		snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
+		unlink(path);
+		eng->cleanup(t->root);
+		for (struct template_rec **pp = &templates; *pp; pp = &(*pp)->next)
+			if (*pp == t) {
+				*pp = t->next;
+				break;
+			}
+	} else {
+		printf("template %s: %s\n", t->name, why ? why : "ready");
+		fflush(stdout);
+	}
+	for (struct tpl_waiter *w = ws, *n; w; w = n) {
+		n = w->next;
+		if (w->done)
+			w->done(w->ctx, rc ? AE_ENGINE_UNAVAILABLE : 0, rc ? msg : NULL, rc ? NULL : t);
+		free(w);
+	}
+	if (rc)
+		tpl_free(t);
+}
+
+/* Engines that build templates (kvm): the record exists (state "building") from now on. */
+static int template_build(const char *name, const char *image, const cJSON *spec, struct template_rec **out,
+			  tpl_done_fn done, void *ctx, struct tpl_waiter **wout, enum api_err *e, char *msg,
+			  size_t msglen)
+{
+	struct template_rec *t = calloc(1, sizeof(*t));
+	cJSON *sp = spec ? cJSON_Duplicate(spec, 1) : cJSON_CreateObject();
+	if (!t || !sp) {
+		free(t);
+		cJSON_Delete(sp);
+		*e = AE_INTERNAL;
+		snprintf(msg, msglen, "out of memory");
+		return -ENOMEM;
+	}
+	static const char *not_spec[] = { "name", "image", "template" };
+	for (size_t i = 0; i < sizeof(not_spec) / sizeof(not_spec[0]); i++)
+		cJSON_DeleteItemFromObjectCaseSensitive(sp, not_spec[i]);
+	snprintf(t->name, sizeof(t->name), "%s", name);
+	snprintf(t->image, sizeof(t->image), "%.64s", image);
+	snprintf(t->root, sizeof(t->root), "%.900s/%s", tpl_root, name);
+	t->created_ms = ur_wall_ms();
+	t->building = true;
+	t->spec = sp;
+	char err[600] = "";
+	int rc = eng->template_build(t->root, sp, tpl_built, t, err, sizeof(err));
+	if (rc) {
+		*e = rc == -EINVAL || rc == -ENOENT || rc == -ENAMETOOLONG ? AE_INVALID_ARGUMENT : AE_ENGINE_UNAVAILABLE;
+		snprintf(msg, msglen, "%s", err[0] ? err : strerror(-rc));
+		tpl_free(t);
+		return rc;
+	}
+	t->next = templates;
+	templates = t;
+	tpl_save(t);
+	*out = t;
+	return tpl_wait(t, done, ctx, wout, e, msg, msglen);
+}
+
+int templates_create(const char *name, const char *image, const cJSON *spec, struct template_rec **out,
+		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **wout,
 		     enum api_err *e, char *msg, size_t msglen)
 {
 	*created = false;
+	if (wout)
+		*wout = NULL;
 	if (!api_valid_id(name)) {
 		*e = AE_INVALID_ARGUMENT;
 		snprintf(msg, msglen, "template names match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$");
@@ -187,7 +318,12 @@ int templates_create(const char *name, const char *image, struct template_rec **
 			return -EEXIST;
 		}
 		*out = t;
-		return 0;
+		return t->building ? tpl_wait(t, done, ctx, wout, e, msg, msglen) : 0;
+	}
+	if (eng->template_build) {
+		int rc = template_build(name, image, spec, out, done, ctx, wout, e, msg, msglen);
+		*created = rc >= 0;
+		return rc;
 	}
 	const char *root = image_root(image);
 	if (!root) {
@@ -206,12 +342,7 @@ int templates_create(const char *name, const char *image, struct template_rec **
 	snprintf(t->image, sizeof(t->image), "%.64s", image);
 	snprintf(t->root, sizeof(t->root), "%s", root);
 	t->created_ms = ur_wall_ms();
-	cJSON *o = template_json(t);
-	cJSON_AddNumberToObject(o, "created_ms", (double)t->created_ms);
-	char path[1300];
-	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, name);
-	int rc = registry_write_json(path, o);
-	cJSON_Delete(o);
+	int rc = tpl_save(t);
 	if (rc) {
 		free(t);
 		*e = AE_INTERNAL;
@@ -240,8 +371,31 @@ static void templates_load(void)
 		cJSON *o = registry_read_json(path);
 		const char *name = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "name")) : NULL;
 		const char *image = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "image")) : NULL;
-		const char *root = image ? image_root(image) : NULL;
-		if (name && root && api_valid_id(name) && !templates_find(name)) {
+		const char *ename = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "engine")) : NULL;
+		/* Another engine's templates stay on disk for it. */
+		if (ename && strcmp(ename, eng->name)) {
+			cJSON_Delete(o);
+			continue;
+		}
+		char built_root[1100] = "";
+		const char *root = NULL;
+		if (eng->template_build && name && api_valid_id(name) && n == strlen(name) + 5 &&
+		    !strncmp(de->d_name, name, n - 5)) {
+			snprintf(built_root, sizeof(built_root), "%.900s/%s", tpl_root, name);
+			const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(o, "state"));
+			if (st && !strcmp(st, "ready") && eng->template_usable(built_root)) {
+				root = built_root;
+			} else {
+				/* Its build never finished (serve stopped during it). */
+				fprintf(stderr, "mitos-vmm serve: removing template %s: %s\n", name,
+					st && !strcmp(st, "ready") ? "its snapshot is missing" : "it was never completed");
+				eng->cleanup(built_root);
+				unlink(path);
+			}
+		} else if (!eng->template_build) {
+			root = image ? image_root(image) : NULL;
+		}
+		if (name && image && root && api_valid_id(name) && !templates_find(name)) {
 			struct template_rec *t = calloc(1, sizeof(*t));
 			if (t) {
 				snprintf(t->name, sizeof(t->name), "%s", name);
@@ -249,6 +403,9 @@ static void templates_load(void)
 				snprintf(t->root, sizeof(t->root), "%s", root);
 				cJSON *cm = cJSON_GetObjectItem(o, "created_ms");
 				t->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
+				cJSON *sp = cJSON_GetObjectItem(o, "spec");
+				if (cJSON_IsObject(sp))
+					t->spec = cJSON_Duplicate(sp, 1);
 				t->next = templates;
 				templates = t;
 			}
@@ -256,6 +413,19 @@ static void templates_load(void)
 		cJSON_Delete(o);
 	}
 	closedir(d);
+	if (!eng->template_build)
+		return;
+	/* Directories of builds that left no record. */
+	d = opendir(tpl_root);
+	while (d && (de = readdir(d))) {
+		if (de->d_name[0] == '.' || de->d_type != DT_DIR || templates_find(de->d_name))
+			continue;
+		char dir[1400];
+		snprintf(dir, sizeof(dir), "%s/%s", tpl_root, de->d_name);
+		eng->cleanup(dir);
+	}
+	if (d)
+		closedir(d);
 }
 
 /* ---- sandbox lifecycle ---- */
@@ -271,6 +441,7 @@ static struct sandbox *sb_new(const char *id)
 	sb->ready_fd = -1;
 	sb->exit_op.fn = sb_exit_done;
 	sb->ready_op.fn = sb_ready_done;
+	sb->retry_op.fn = sb_retry_done;
 	return sb;
 }
 
@@ -305,13 +476,10 @@ static void sb_arm_exit(struct sandbox *sb)
 	sb->inflight++;
 }
 
-static void agent_ready(struct agent_conn *ac, void *ctx)
+static void sb_running(struct sandbox *sb)
 {
-	(void)ac;
-	struct sandbox *sb = ctx;
-	if (sb->state != SB_STARTING)
-		return;
 	sb->state = SB_RUNNING;
+	sb->fail_reason[0] = 0; /* a connection retried on the way is history */
 	if (sb->adopted) {
 		/* A re-adopted sandbox keeps the state it had. */
 		char path[1200];
@@ -328,11 +496,54 @@ static void agent_ready(struct agent_conn *ac, void *ctx)
 		job_child_resolved(sb->job, sb, true, NULL);
 }
 
+static void engine_connected(void *ctx, int rc, const char *why)
+{
+	struct sandbox *sb = ctx;
+	/* A lost connection is agent_closed()'s to handle (it may connect again). */
+	if (sb->state != SB_STARTING || rc == -ECONNRESET)
+		return;
+	if (rc) {
+		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why ? why : strerror(-rc));
+		sb_kill(sb, sb->fail_reason);
+		return;
+	}
+	sb_running(sb);
+}
+
+static void agent_ready(struct agent_conn *ac, void *ctx)
+{
+	struct sandbox *sb = ctx;
+	if (sb->state != SB_STARTING)
+		return;
+	/* A new clone first hears what the engine has to tell it (kvm: post_fork); a
+	 * re-adopted sandbox heard it long ago. */
+	if (eng->after_connect && !sb->adopted) {
+		int rc = eng->after_connect(&sb->proc, ac, engine_connected, sb);
+		if (rc)
+			engine_connected(sb, rc, "cannot send the agent its post-fork message");
+		return;
+	}
+	sb_running(sb);
+}
+
 static void agent_closed(struct agent_conn *ac, void *ctx, const char *why)
 {
 	(void)ac;
 	struct sandbox *sb = ctx;
 	sb->agent = NULL;
+	/* A restored VM's guest drops a connection that raced its vsock transport reset:
+	 * connect again (backing off) until the start deadline. */
+	if (sb->state == SB_STARTING && eng->agent_vsock_port && !sb->exited) {
+		/* Said if the start deadline passes first. */
+		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "agent connection lost: %s", why);
+		unsigned ms = sb->connect_tries < 5 ? 2u << sb->connect_tries : 50u;
+		sb->connect_tries++;
+		sb->retry_ts.tv_sec = 0;
+		sb->retry_ts.tv_nsec = (long long)ms * 1000000;
+		io_uring_prep_timeout(ur_sqe(&sb->retry_op), &sb->retry_ts, 0, 0);
+		sb->inflight++;
+		return;
+	}
 	if (sb->state != SB_STOPPING) {
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "agent connection lost: %s", why);
 		sb_kill(sb, sb->fail_reason);
@@ -341,12 +552,32 @@ static void agent_closed(struct agent_conn *ac, void *ctx, const char *why)
 
 static const struct agent_conn_cbs agent_cbs = { agent_ready, agent_closed };
 
+static int sb_connect(struct sandbox *sb);
+
+static void sb_retry_done(struct uop *op, int res, uint32_t flags)
+{
+	(void)res; (void)flags;
+	struct sandbox *sb = (struct sandbox *)((char *)op - offsetof(struct sandbox, retry_op));
+	sb->inflight--;
+	if (sb->freed_from_registry) {
+		sb_release(sb);
+		return;
+	}
+	if (sb->state != SB_STARTING || sb->exited || sb->agent)
+		return;
+	int rc = sb_connect(sb);
+	if (rc) {
+		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot connect to the agent: %s", strerror(-rc));
+		sb_kill(sb, sb->fail_reason);
+	}
+}
+
 static int sb_connect(struct sandbox *sb)
 {
 	char sock[1200];
 	int rc = eng->agent_socket(sb->dir, sock, sizeof(sock));
 	if (!rc)
-		rc = agent_connect(sock, &agent_cbs, sb, &sb->agent);
+		rc = agent_connect_vsock(sock, eng->agent_vsock_port, &agent_cbs, sb, &sb->agent);
 	return rc;
 }
 
@@ -389,6 +620,8 @@ static void sb_finish(struct sandbox *sb)
 	int rc = eng->cleanup(sb->dir);
 	if (rc)
 		fprintf(stderr, "mitos-vmm serve: sandbox %s: cannot remove %s: %s\n", sb->id, sb->dir, strerror(-rc));
+	if (eng->release)
+		eng->release(&sb->proc);
 	sb_unlink(sb);
 	sb->freed_from_registry = true;
 	struct sb_job *job = sb->job;
@@ -656,6 +889,12 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 			snprintf(msg, msglen, "no template named %s; create it with POST /v1/templates", fr->template_name);
 			return -ENOENT;
 		}
+		if (t->building) {
+			*e = AE_UNAVAILABLE;
+			snprintf(msg, msglen, "template %s is still being built; retry when POST /v1/templates "
+				 "has answered", t->name);
+			return -EAGAIN;
+		}
 	} else {
 		parent = sandbox_find(fr->sandbox_id);
 		if (!parent) {
@@ -674,7 +913,17 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 			snprintf(msg, msglen, "the template of sandbox %s is gone", parent->id);
 			return -ENOENT;
 		}
-		eng->writable_layer(parent->dir, layer, sizeof(layer));
+		if (eng->fork_source) {
+			char err[400];
+			int rc = eng->fork_source(parent->dir, &parent->proc, layer, sizeof(layer), err, sizeof(err));
+			if (rc) {
+				*e = AE_ENGINE_UNAVAILABLE;
+				snprintf(msg, msglen, "cannot fork sandbox %s: %s", parent->id, err);
+				return rc;
+			}
+		} else {
+			eng->writable_layer(parent->dir, layer, sizeof(layer));
+		}
 		copy_from = layer;
 	}
 	struct sb_job *job = calloc(1, sizeof(*job));
@@ -692,8 +941,9 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 	job->ctx = ctx;
 	if (parent) {
 		snprintf(job->parent_id, sizeof(job->parent_id), "%s", parent->id);
-		/* The copy must see one consistent state of the parent's files. */
-		if (parent->state == SB_RUNNING && eng->pause(&parent->proc) == 0) {
+		/* The copy must see one consistent state of the parent's files (an engine
+		 * with its own fork_source takes care of that itself). */
+		if (!eng->fork_source && parent->state == SB_RUNNING && eng->pause(&parent->proc) == 0) {
 			parent->state = SB_PAUSED;
 			job->resume_parent = true;
 		}
@@ -794,35 +1044,39 @@ static int mkdir_p(const char *path)
 
 int sandboxes_init(char *err, size_t errlen)
 {
-	if (srv_cfg.engine && !strcmp(srv_cfg.engine, "kvm")) {
-		snprintf(err, errlen, "engine_unavailable: the kvm engine is not implemented yet "
-			 "(remediation: use --engine process, or leave --engine out; see api/API.md)");
-		return -ENOSYS;
-	}
-	char why[700];
-	if (!srv_cfg.engine) {
-		struct kvm_probe_result pr;
+	char why[700], unavail[400];
+	bool kvm = srv_cfg.engine && !strcmp(srv_cfg.engine, "kvm");
+	struct kvm_probe_result pr;
+	memset(&pr, 0, sizeof(pr));
+	if (!srv_cfg.engine || kvm)
 		kvm_probe_run(&pr);
-		if (pr.hardware)
-			snprintf(why, sizeof(why), "KVM runs guests on hardware here, but the kvm engine is not "
-				 "implemented yet");
-		else
-			snprintf(why, sizeof(why), "%s", pr.reason);
+	if (kvm) {
+		snprintf(why, sizeof(why), "requested with --engine kvm");
+	} else if (!srv_cfg.engine && pr.hardware) {
+		if (!engine_kvm_available(unavail, sizeof(unavail))) {
+			kvm = true;
+			snprintf(why, sizeof(why), "KVM runs guests on hardware here");
+		} else {
+			snprintf(why, sizeof(why), "KVM runs guests on hardware here, but %s", unavail);
+		}
+	} else if (!srv_cfg.engine) {
+		snprintf(why, sizeof(why), "%s", pr.reason);
 	} else {
 		snprintf(why, sizeof(why), "requested with --engine process");
 	}
-	char unavail[400];
-	if (engine_process_available(unavail, sizeof(unavail))) {
+	if (kvm ? engine_kvm_available(unavail, sizeof(unavail)) : engine_process_available(unavail, sizeof(unavail))) {
 		snprintf(err, errlen, "engine_unavailable: %s", unavail);
 		return -ENODEV;
 	}
-	eng = &engine_process_ops;
+	eng = kvm ? &engine_kvm_ops : &engine_process_ops;
 	int rc = mkdir_p(srv_cfg.state_dir);
 	if (rc) {
 		snprintf(err, errlen, "cannot create the state dir %s: %s", srv_cfg.state_dir, strerror(-rc));
 		return rc;
 	}
-	rc = engine_process_configure(srv_cfg.agent_path, srv_cfg.state_dir, srv_cfg.token_file, err, errlen);
+	char jail[700] = "";
+	rc = kvm ? engine_kvm_configure(srv_cfg.state_dir, srv_cfg.kvm_pool, jail, sizeof(jail), err, errlen)
+		 : engine_process_configure(srv_cfg.agent_path, srv_cfg.state_dir, srv_cfg.token_file, err, errlen);
 	if (rc)
 		return rc;
 	char real[1024];
@@ -835,12 +1089,19 @@ int sandboxes_init(char *err, size_t errlen)
 		return rc;
 	}
 	templates_load();
-	printf("engine: process (%s)\n", why);
-	printf("WARNING: the process engine isolates sandboxes with Linux namespaces and an overlay only, "
-	       "not a VM%s. Do not run untrusted code with it.\n", images_host_root()
-	       ? "; the 'python' template's root is this host's own / (read-only)" : "");
-	if (!images_host_root())
-		printf("template image: python = %s\n", images_root("python"));
+	printf("engine: %s (%s)\n", eng->name, why);
+	if (kvm) {
+		if (!pr.hardware)
+			printf("WARNING: KVM on this host is emulation-only (%s): only guests built for it run "
+			       "(the test guest, the PVM kernel), slowly\n", pr.kvm_usable ? "no VT-x/AMD-V" : pr.kvm_error);
+		printf("kvm isolation: %s\n", jail);
+	} else {
+		printf("WARNING: the process engine isolates sandboxes with Linux namespaces and an overlay only, "
+		       "not a VM%s. Do not run untrusted code with it.\n", images_host_root()
+		       ? "; the 'python' template's root is this host's own / (read-only)" : "");
+		if (!images_host_root())
+			printf("template image: python = %s\n", images_root("python"));
+	}
 	printf("state dir: %s\n", real);
 	fflush(stdout);
 	return 0;
@@ -910,10 +1171,18 @@ static void adopt_all(void)
 		cJSON_Delete(o);
 		sb_link(sb);
 		sb_arm_exit(sb);
+		char why[300];
+		int rc;
+		if (eng->adopt && (rc = eng->adopt(dir, &sb->proc, why, sizeof(why)))) {
+			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot re-adopt it: %s", why);
+			sb_kill(sb, sb->fail_reason);
+			cleaned++;
+			continue;
+		}
 		/* A paused sandbox's agent cannot answer HELLO until it runs again;
 		 * agent_ready() pauses it again. */
 		eng->resume(&sb->proc);
-		int rc = sb_connect(sb);
+		rc = sb_connect(sb);
 		if (rc) {
 			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot reconnect to its agent: %s", strerror(-rc));
 			sb_kill(sb, sb->fail_reason);
@@ -933,11 +1202,15 @@ void sandboxes_start(void)
 	ticker.fn = sandboxes_tick;
 	ur_add_ticker(&ticker);
 	adopt_all();
+	if (eng->started)
+		eng->started();
 }
 
 void sandboxes_shutdown(void)
 {
 	shutting_down = true;
+	if (eng->shutdown)
+		eng->shutdown();
 	for (struct sandbox *sb = sandboxes, *next; sb; sb = next) {
 		next = sb->next;
 		sb_kill(sb, "the server is shutting down");
@@ -970,9 +1243,12 @@ void sandboxes_exit(void)
 		free(z);
 	}
 	zombies = NULL;
+	/* Builds still running end here, and call back while the templates exist. */
+	if (eng && eng->exit)
+		eng->exit();
 	for (struct template_rec *t = templates, *n; t; t = n) {
 		n = t->next;
-		free(t);
+		tpl_free(t);
 	}
 	templates = NULL;
 }

@@ -18,13 +18,21 @@ struct agent_conn;
 
 #define ID_MAX 64
 
+struct tpl_waiter;
+
 struct template_rec {
 	char name[ID_MAX + 1];
 	char image[ID_MAX + 1];
 	char root[1024];
 	uint64_t created_ms;
+	bool building;               /* the engine is still building it (kvm) */
+	struct cJSON *spec;          /* what the engine built it from (kvm), or NULL */
+	struct tpl_waiter *waiters;  /* requests waiting for the build */
 	struct template_rec *next;
 };
+
+/* A template build ended: t is ready, or err/msg say why not (t is then gone). */
+typedef void (*tpl_done_fn)(void *ctx, enum api_err err, const char *msg, struct template_rec *t);
 
 enum sb_state { SB_STARTING, SB_RUNNING, SB_PAUSED, SB_STOPPING };
 
@@ -44,7 +52,9 @@ struct sandbox {
 	struct engine_proc proc;
 	struct agent_conn *agent;
 	char dir[1024];
-	struct uop exit_op, ready_op;
+	struct uop exit_op, ready_op, retry_op;
+	struct __kernel_timespec retry_ts;
+	unsigned connect_tries;
 	int ready_fd;
 	char ready_byte;
 	unsigned inflight;
@@ -76,9 +86,13 @@ const char *sandboxes_engine_name(void);
 
 struct template_rec *templates_find(const char *name);
 struct template_rec *templates_first(void);
-/* *created tells a new template from an existing one with the same name. */
-int templates_create(const char *name, const char *image, struct template_rec **out, bool *created,
+/* *created tells a new template from an existing one with the same name. spec is the
+ * request (engines that build templates read it). Returns 1 when the template is being
+ * built: done runs once it is ready or failed (detach *w if the requester goes away). */
+int templates_create(const char *name, const char *image, const struct cJSON *spec, struct template_rec **out,
+		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **w,
 		     enum api_err *e, char *msg, size_t msglen);
+void tpl_waiter_detach(struct tpl_waiter *w);
 struct cJSON *template_json(const struct template_rec *t);
 
 struct sandbox *sandbox_find(const char *id);

@@ -48,8 +48,9 @@ static void usage(FILE *f)
 		"(api/API.md).\n"
 		"\n"
 		"  --listen HOST:PORT   default 127.0.0.1:8080; port 0 picks a free port\n"
-		"  --engine NAME        kvm (microVMs; not available yet) or process (namespaces);\n"
-		"                       default: what `mitos-vmm check` says this host supports\n"
+		"  --engine NAME        kvm (microVMs) or process (namespaces); default: kvm where\n"
+		"                       `mitos-vmm check` finds hardware virtualization, else process\n"
+		"  --kvm-pool N         kvm: VMs prepared ahead per VM shape (default 2, 0..64)\n"
 		"  --state-dir DIR      sandbox registry and writable layers (default /var/lib/mitos)\n"
 		"  --token-file FILE    every request must carry Authorization: Bearer <token>\n"
 		"  --insecure-no-auth   allow a non-loopback listener without a token\n"
@@ -238,6 +239,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_MAX_SB 1008
 #define OPT_DEF_TIMEOUT 1009
 #define OPT_IMAGES 1010
+#define OPT_KVM_POOL 1011
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -270,6 +272,7 @@ int cmd_serve(int argc, char **argv)
 		{ "max-sandboxes", required_argument, NULL, OPT_MAX_SB },
 		{ "default-timeout", required_argument, NULL, OPT_DEF_TIMEOUT },
 		{ "images", required_argument, NULL, OPT_IMAGES },
+		{ "kvm-pool", required_argument, NULL, OPT_KVM_POOL },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -286,6 +289,7 @@ int cmd_serve(int argc, char **argv)
 	srv_cfg.max_conns = 16384;
 	srv_cfg.max_sandboxes = 1024;
 	srv_cfg.default_timeout_s = 300;
+	srv_cfg.kvm_pool = 2;
 	optind = 1;
 	int c;
 	uint64_t v;
@@ -304,6 +308,7 @@ int cmd_serve(int argc, char **argv)
 		case 'i': srv_cfg.insecure_no_auth = true; break;
 		case OPT_AGENT: srv_cfg.agent_path = optarg; break;
 		case OPT_IMAGES: srv_cfg.images_dir = optarg; break;
+		case OPT_KVM_POOL: bad = parse_u64(optarg, 0, 64, &v); srv_cfg.kvm_pool = (unsigned)v; break;
 		case OPT_HDR_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.header_timeout_ms = (uint32_t)v; break;
 		case OPT_IDLE_TIMEOUT: bad = parse_u64(optarg, 100, 86400000, &v); srv_cfg.idle_timeout_ms = (uint32_t)v; break;
 		case OPT_BODY_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.body_timeout_ms = (uint32_t)v; break;

@@ -21,6 +21,7 @@ static struct conn *zombies; /* torn down, waiting for their ring operations */
 
 static void conn_arm_rx(struct conn *c);
 static void conn_teardown(struct conn *c);
+static void conn_free_kick(struct ur_kick *k);
 
 unsigned listener_conn_count(void) { return nconns; }
 
@@ -47,6 +48,7 @@ static void conn_maybe_free(struct conn *c)
 {
 	if (!c->dead || c->inflight)
 		return;
+	ur_kick_cancel(&c->kick);
 	zombie_unlink(c);
 	close(c->fd);
 	obuf_free_all(c);
@@ -174,6 +176,11 @@ void conn_flush(struct conn *c)
 void conn_close_after(struct conn *c)
 {
 	c->close_after = true;
+}
+
+static void conn_free_kick(struct ur_kick *k)
+{
+	conn_maybe_free((struct conn *)((char *)k - offsetof(struct conn, kick)));
 }
 
 static void conn_kick_fn(struct ur_kick *k)
@@ -319,7 +326,10 @@ static void conn_teardown(struct conn *c)
 	zombies = c;
 	/* Makes a pending read complete so the connection can be freed. */
 	shutdown(c->fd, SHUT_RDWR);
-	conn_maybe_free(c);
+	/* Freed from a kick, never here: the caller may still hold c (a flush that
+	 * finds the connection done tears it down inside a callback). */
+	c->kick.fn = conn_free_kick;
+	ur_kick(&c->kick);
 }
 
 int listener_conn_new(int fd)

@@ -24,6 +24,7 @@ struct server_config {
 	char *token;              /* loaded from token_file */
 	const char *preview_domain;
 	const char *images_dir;   /* --images, or NULL for the default */
+	unsigned kvm_pool;        /* kvm: prepared VMs per VM shape */
 	const char *agent_path;
 	bool insecure_no_auth;
 	bool loopback;

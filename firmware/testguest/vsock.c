@@ -290,6 +290,8 @@ static void accept_conn(struct vsock *v, const struct hdr *h)
 			  c->local_port);
 }
 
+static bool event_poll(struct vsock *v);
+
 static bool is_quit(const uint8_t *p, uint32_t len)
 {
 	static const char quit[] = "MITOS-QUIT";
@@ -328,6 +330,10 @@ static bool handle(struct vsock *v, unsigned b, uint32_t len)
 		return false;
 	}
 	if (h->op == OP_REQUEST && !c) {
+		/* A transport reset queued at a restore predates this REQUEST: it must end the
+		 * old connections now, not the new one a moment later (the vCPU may have been
+		 * anywhere in the main loop when the snapshot was taken). */
+		event_poll(v);
 		accept_conn(v, h);
 		return false;
 	}

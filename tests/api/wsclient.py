@@ -62,8 +62,9 @@ class WebSocket:
             self.headers.setdefault(k.strip().lower(), v.strip())
         if status != 101:
             body = self.buf
+            want = int(self.headers.get("content-length", "-1"))
             try:
-                while True:
+                while want < 0 or len(body) < want:
                     chunk = self.sock.recv(65536)
                     if not chunk:
                         break

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Template images and serve: which root the python template gets (--images DIR,
+the default image directory, 'none'), the errors that say to run
+tools/build-image, and, when tools/build-image has built the python image on this
+host, a sandbox on it: Debian bookworm with IPython, matplotlib and numpy, and
+none of the host's files.
+
+usage: test_image.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]"""
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mitos_test import Runner, Server, Skip, envelope, eq, parse_envelopes  # noqa: E402
+
+VMM, AGENT = sys.argv[1], sys.argv[2]
+ONLY = sys.argv[3:]
+
+
+def images_dir():
+    cache = os.environ.get("MITOS_CACHE") or os.path.join(os.environ.get("HOME", "/root"), ".cache/mitos")
+    return os.path.join(cache, "images")
+
+
+def dynamic(path):
+    out = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True).stdout
+    return "Requesting program interpreter" in out
+
+
+def start_fails(args, env=None):
+    state = tempfile.mkdtemp(prefix="mitos-img-test-", dir="/var/tmp")
+    try:
+        p = subprocess.run([VMM, "serve", "--listen", "127.0.0.1:0", "--state-dir", state] + args,
+                           capture_output=True, text=True, timeout=30, env=env)
+        return p.returncode, p.stdout + p.stderr
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def fake_image(d):
+    root = os.path.join(d, "k1", "rootfs")
+    os.makedirs(os.path.join(root, "usr", "bin"))
+    os.symlink("python3.11", os.path.join(root, "usr", "bin", "python3"))
+    os.symlink("k1", os.path.join(d, "current-python"))
+    return root
+
+
+def template_root(s):
+    st, r = s.request("POST", "/v1/templates", {"name": "python"})
+    eq(st, 201, "template (%r)" % (r,))
+    return r["template"]["root"]
+
+
+def t_explicit_dir_without_image(vmm, agent):
+    d = tempfile.mkdtemp(prefix="mitos-images-", dir="/var/tmp")
+    try:
+        rc, out = start_fails(["--agent", agent, "--images", d])
+        eq(rc, 1, "exit status (%s)" % out)
+        assert "no python image in " + d in out and "tools/build-image" in out, out
+    finally:
+        shutil.rmtree(d)
+
+
+def t_default_dir_falls_back(vmm, agent):
+    cache = tempfile.mkdtemp(prefix="mitos-cache-", dir="/var/tmp")
+    env = dict(os.environ, MITOS_CACHE=cache)
+    try:
+        # Server() pins --images none; this starts serve without the flag.
+        state = tempfile.mkdtemp(prefix="mitos-img-test-", dir="/var/tmp")
+        p = subprocess.Popen([vmm, "serve", "--listen", "127.0.0.1:0", "--state-dir", state, "--agent", agent],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("listening on"):
+                break
+        p.terminate()
+        p.wait(30)
+        shutil.rmtree(state, ignore_errors=True)
+        out = "".join(lines)
+        assert "listening on" in out, out + p.stderr.read()
+        assert "WARNING: no python image in %s/images" % cache in out and "tools/build-image" in out, out
+    finally:
+        shutil.rmtree(cache)
+
+
+def t_fake_image_root(vmm, agent):
+    d = tempfile.mkdtemp(prefix="mitos-images-", dir="/var/tmp")
+    try:
+        root = fake_image(d)
+        if dynamic(agent):
+            rc, out = start_fails(["--agent", agent, "--images", d])
+            eq(rc, 1, "exit status with a dynamic agent (%s)" % out)
+            assert "dynamically linked" in out, out
+            return
+        s = Server(vmm, agent, extra=["--images", d])
+        try:
+            eq(template_root(s), os.path.realpath(root), "template root")
+            assert "template image: python = " + os.path.realpath(root) in "".join(s.stdout), s.stdout
+        finally:
+            s.cleanup()
+    finally:
+        shutil.rmtree(d)
+
+
+def t_images_none(vmm, agent):
+    s = Server(vmm, agent, extra=["--images", "none"])
+    try:
+        eq(template_root(s), "/", "template root with --images none")
+    finally:
+        s.cleanup()
+
+
+def exec_out(s, sid, cmd):
+    c = s.conn(120)
+    c.request("POST", "/sandbox.v1.Sandbox/ExecStream", body=envelope({"command": cmd, "timeout": 120}),
+              headers={"Content-Type": "application/connect+json", "X-Sandbox-Id": sid})
+    msgs = parse_envelopes(c.getresponse().read())
+    c.close()
+    end = [m["end"] for f, m in msgs if "end" in m]
+    out = b"".join(base64.b64decode(m["stdout"]) for f, m in msgs if "stdout" in m).decode()
+    err = b"".join(base64.b64decode(m["stderr"]) for f, m in msgs if "stderr" in m).decode()
+    return end[0]["exitCode"] if end else None, out, err
+
+
+def t_real_image(vmm, agent):
+    d = images_dir()
+    root = os.path.join(d, "current-python", "rootfs")
+    if not os.path.isdir(root):
+        raise Skip("no python image in %s (tools/build-image builds it)" % d)
+    # A sanitizer build's agent is dynamic and cannot run in the image; the image
+    # carries its own static agent.
+    if dynamic(agent):
+        agent = os.path.join(root, "usr/local/bin/mitos-agent")
+    s = Server(vmm, agent, extra=["--images", d])
+    try:
+        eq(template_root(s), os.path.realpath(root), "template root")
+        st, r = s.request("POST", "/v1/fork", {"template": "python", "ids": ["img-1"]})
+        eq(st, 201, "fork (%r)" % (r,))
+        rc, out, err = exec_out(s, "img-1", "grep VERSION_CODENAME /etc/os-release; "
+                                "python3 -c 'import IPython, matplotlib, numpy; print(\"imports ok\")'; "
+                                "test -e /work || echo no-host-files; test -d /workspace && echo workspace; "
+                                "getent passwd user | cut -d: -f1,3,6")
+        eq(rc, 0, "exec (%s)" % err)
+        eq(out.split("\n")[:5], ["VERSION_CODENAME=bookworm", "imports ok", "no-host-files", "workspace",
+                                 "user:1000:/home/user"], "inside the image")
+        c = s.conn(120)
+        code = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('image test')\n"
+        c.request("POST", "/sandbox.v1.Sandbox/RunCodeStream", body=envelope({"code": code}),
+                  headers={"Content-Type": "application/connect+json", "X-Sandbox-Id": "img-1"})
+        msgs = parse_envelopes(c.getresponse().read())
+        c.close()
+        pngs = [m["result"]["data"]["image/png"] for f, m in msgs if "result" in m
+                and "image/png" in m["result"]["data"]]
+        eq(len(pngs), 1, "one figure (%r)" % ([m for f, m in msgs if "result" not in m],))
+        assert base64.b64decode(pngs[0]).startswith(b"\x89PNG\r\n"), "a PNG"
+    finally:
+        s.cleanup()
+
+
+def main():
+    run = Runner()
+    for name, fn in [("explicit_dir_without_image", t_explicit_dir_without_image),
+                     ("default_dir_falls_back", t_default_dir_falls_back), ("fake_image_root", t_fake_image_root),
+                     ("images_none", t_images_none), ("real_image", t_real_image)]:
+        if not ONLY or any(o in name for o in ONLY):
+            run.run(name, fn, VMM, AGENT)
+    sys.exit(run.finish())
+
+
+if __name__ == "__main__":
+    main()

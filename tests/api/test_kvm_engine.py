@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `mitos-vmm serve --engine kvm` with the project's test guest as the
+template's kernel (`testguest.mode=agent`: a stand-in agent that answers HELLO, health and
+post_fork over vsock, and `unsupported` to everything else). The whole sandbox lifecycle
+runs on real microVMs: template build (boot, agent health, snapshot), sandboxes restored
+into prepared VMs, post_fork, pause/resume, fork of a running sandbox through a layer,
+expiry, delete, a VM crash, re-adoption after serve is killed, graceful stop; plus the
+jail of each VM and create-sandbox latency with the pool warm. Stdlib only.
+
+usage: test_kvm_engine.py MITOS_VMM MITOS_AGENT TESTGUEST_ELF TESTGUEST_MKDISK [NAME...]
+Exits 77 without /dev/kvm or root."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "pylib"))
+from mitos_test import Runner, Server, eq, wait_until  # noqa: E402
+from mitosvm import control_call  # noqa: E402
+
+VMM, AGENT, TESTGUEST, MKDISK = (os.path.abspath(a) for a in sys.argv[1:5])
+ONLY = sys.argv[5:]
+MEM = 32
+
+
+def kvm_server(state_dir=None, extra=()):
+    return Server(VMM, AGENT, extra=["--engine", "kvm"] + list(extra), state_dir=state_dir)
+
+
+def make_disk(d):
+    path = os.path.join(d, "rootfs.img")
+    if not os.path.exists(path):
+        subprocess.check_call([MKDISK, path, "64"])
+    return path
+
+
+def spec(s, **kw):
+    body = {"name": "tg", "kernel": TESTGUEST, "rootfs": make_disk(s.state_dir + "-disk"),
+            "cmdline": "testguest.mode=agent", "mem_mib": MEM, "memory_max_mib": MEM + 96,
+            "cpu_percent": 50}
+    body.update(kw)
+    return body
+
+
+def template(s, **kw):
+    os.makedirs(s.state_dir + "-disk", exist_ok=True)
+    st, r = s.request("POST", "/v1/templates", spec(s, **kw))
+    if st not in (200, 201):
+        raise AssertionError("template: %s %r\n%s" % (st, r, s.stderr()[-2000:]))
+    return r
+
+
+def fork(s, **kw):
+    st, r = s.request("POST", "/v1/fork", kw)
+    eq(st, 201, "fork status (%r)" % (r,))
+    return r["sandboxes"]
+
+
+def sb_dir(s, sid):
+    return os.path.join(s.state_dir, "sandboxes", sid)
+
+
+def vm_pid(s, sid):
+    with open(os.path.join(sb_dir(s, sid), "sandbox.json")) as f:
+        return json.load(f)["pid"]
+
+
+def console(s, sid):
+    with open(os.path.join(sb_dir(s, sid), "console.log"), errors="replace") as f:
+        return f.read()
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def vm_pids(state_dir):
+    """Every mitos-vmm process that names a path in state_dir."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if state_dir in cmd and "\0serve\0" not in cmd and alive(int(d)):
+            out.append(int(d))
+    return out
+
+
+def cgroup_dirs(pid):
+    """The VM's v1 memory/cpu or v2 cgroup directories."""
+    dirs = {}
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            hid, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in ctrls.split(",") if ctrls else ["unified"]:
+                if c in ("memory", "cpu"):
+                    dirs[c] = "/sys/fs/cgroup/%s%s" % (c, path)
+                elif c == "unified" and "mitos-vms" in path:
+                    for mnt in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                        if os.path.exists(mnt + path + "/memory.max"):
+                            dirs["v2"] = mnt + path
+    return dirs
+
+
+def pool_ready(s):
+    pool = os.path.join(s.state_dir, "kvm", "pool")
+    return sum(1 for d in os.listdir(pool) if os.path.exists(os.path.join(pool, d, "control")))
+
+
+# ---------------------------------------------------------------- tests
+
+def t_startup_message(s):
+    out = "".join(s.stdout)
+    if "engine: kvm (requested with --engine kvm)" not in out or "kvm isolation:" not in out:
+        raise AssertionError("start-up lines: %r" % out)
+    st, r = s.request("GET", "/v1/health")
+    eq(r["engine"], "kvm", "health engine")
+
+
+def t_template_build(s):
+    t0 = time.time()
+    r = template(s)
+    eq(r["created"], True, "created")
+    t = r["template"]
+    eq((t["engine"], t["state"]), ("kvm", "ready"), "engine, state")
+    eq(t["spec"]["mem_mib"], MEM, "spec kept")
+    snap = os.path.join(t["root"], "snapshot")
+    for f in ("memory", "state", "config.json"):
+        if not os.path.exists(os.path.join(snap, f)):
+            raise AssertionError("snapshot lacks " + f)
+    for f in ("vsock", "control", "vm.json"):
+        if os.path.exists(os.path.join(t["root"], f)):
+            raise AssertionError("template build left " + f)
+    print("     template built in %.0f ms" % ((time.time() - t0) * 1000))
+    # Again: the same template, not a second build.
+    r = template(s)
+    eq(r["created"], False, "second POST")
+    st, r = s.request("GET", "/v1/templates")
+    eq([x["name"] for x in r["templates"]], ["tg"], "listed")
+    # The pool fills for the template's shape.
+    wait_until(lambda: pool_ready(s) >= 2, 20, "two prepared VMs")
+
+
+def t_template_errors(s):
+    os.makedirs(s.state_dir + "-disk", exist_ok=True)
+    for body, code in [({"name": "x1"}, "invalid_argument"),
+                       ({"name": "x2", "kernel": "/nonexistent", "rootfs": "/nonexistent"}, "invalid_argument"),
+                       (spec(s, name="x3", mem_mib=1), "invalid_argument"),
+                       (spec(s, name="x4", vcpus=0), "invalid_argument"),
+                       (spec(s, name="x5", cmdline=5), "invalid_argument")]:
+        st, r = s.request("POST", "/v1/templates", body)
+        eq((st, r["error"]["code"]), (400, code), "template %r" % body)
+    # A guest that never runs an agent: mode none exits at once.
+    t0 = time.time()
+    st, r = s.request("POST", "/v1/templates", spec(s, name="noagent", cmdline="testguest.mode=none"))
+    eq((st, r["error"]["code"]), (503, "engine_unavailable"), "no agent: %r" % r)
+    if "console ended with" not in r["error"]["message"]:
+        raise AssertionError("no console tail in %r" % r)
+    # One that runs, but nothing on the agent's port (the vsock echo mode): times out.
+    # While it is being built, forks from it are refused.
+    res = []
+    th = threading.Thread(target=lambda: res.append(s.request(
+        "POST", "/v1/templates", spec(s, name="deaf", cmdline="testguest.mode=vsock", boot_timeout=2))))
+    th.start()
+    wait_until(lambda: os.path.exists(os.path.join(s.state_dir, "templates", "deaf.json")), 5, "the build")
+    st, r = s.request("POST", "/v1/fork", {"template": "deaf"})
+    eq((st, r["error"]["code"]), (503, "unavailable"), "fork from a template being built")
+    st, r = s.request("GET", "/v1/templates")
+    eq({x["name"]: x["state"] for x in r["templates"]}.get("deaf"), "building", "listed as building")
+    th.join()
+    st, r = res[0]
+    eq((st, r["error"]["code"]), (503, "engine_unavailable"), "no agent on the port: %r" % r)
+    if "within 2 s" not in r["error"]["message"]:
+        raise AssertionError("no timeout message in %r" % r)
+    print("     failed builds answered in %.1f s" % (time.time() - t0))
+    st, r = s.request("GET", "/v1/templates")
+    eq([x["name"] for x in r["templates"]], ["tg"], "failed templates are gone")
+    for n in ("noagent", "deaf"):
+        for p in (n, n + ".json"):
+            if os.path.exists(os.path.join(s.state_dir, "templates", p)):
+                raise AssertionError("left " + p)
+
+
+def t_concurrent_template(s):
+    res = []
+
+    def post():
+        res.append(s.request("POST", "/v1/templates", spec(s, name="tg2")))
+    th = [threading.Thread(target=post) for _ in range(3)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    codes = sorted(st for st, r in res)
+    eq(codes, [200, 200, 201], "one build, two waiters (%r)" % res)
+    st, r = s.request("GET", "/v1/templates")
+    eq(sorted(x["name"] for x in r["templates"]), ["tg", "tg2"], "both listed")
+
+
+def t_fork_template(s):
+    sbs = fork(s, template="tg", n=3)
+    eq([x["state"] for x in sbs], ["running"] * 3, "states")
+    pids = set()
+    for x in sbs:
+        eq(x["engine"], "kvm", "engine")
+        # The guest heard post_fork before the sandbox counted as ready.
+        if "agent-stub: post_fork 1" not in console(s, x["id"]):
+            raise AssertionError("no post_fork in %s's console:\n%s" % (x["id"], console(s, x["id"])))
+        for f in ("vsock", "control", "vm.json", "console.log"):
+            if not os.path.exists(os.path.join(sb_dir(s, x["id"]), f)):
+                raise AssertionError("%s lacks %s" % (x["id"], f))
+        pids.add(vm_pid(s, x["id"]))
+    eq(len(pids), 3, "one VM process each")
+    st, r = s.request("GET", "/v1/sandboxes/" + sbs[0]["id"])
+    eq((st, r["state"]), (200, "running"), "get")
+    st, r = s.request("GET", "/v1/sandboxes?template=tg")
+    eq(sorted(x["id"] for x in r["sandboxes"]), sorted(x["id"] for x in sbs), "list")
+    for x in sbs:
+        st, _ = s.request("DELETE", "/v1/sandboxes/" + x["id"])
+        eq(st, 200, "delete")
+    for p in pids:
+        if alive(p):
+            raise AssertionError("VM %d still runs after DELETE" % p)
+    eq(os.listdir(os.path.join(s.state_dir, "sandboxes")), [], "sandbox dirs after DELETE")
+
+
+def t_jail(s):
+    (sb,) = fork(s, template="tg")
+    pid = vm_pid(s, sb["id"])
+    for ns in ("mnt", "pid", "ipc", "uts", "net"):
+        if os.readlink("/proc/%d/ns/%s" % (pid, ns)) == os.readlink("/proc/self/ns/" + ns):
+            raise AssertionError("the VM shares the host's %s namespace" % ns)
+    with open("/proc/%d/status" % pid) as f:
+        if "NoNewPrivs:\t1" not in f.read():
+            raise AssertionError("no_new_privs is not set")
+    out = "".join(s.stdout)
+    dirs = cgroup_dirs(pid)
+    if "; cgroup v2 " in out:
+        with open(dirs["v2"] + "/memory.max") as f:
+            eq(int(f.read()), (MEM + 96) << 20, "memory.max")
+        with open(dirs["v2"] + "/cpu.max") as f:
+            eq(f.read().split(), ["50000", "100000"], "cpu.max")
+    elif "; cgroup v1 " in out:
+        with open(dirs["memory"] + "/memory.limit_in_bytes") as f:
+            eq(int(f.read()), (MEM + 96) << 20, "memory.limit_in_bytes")
+        with open(dirs["cpu"] + "/cpu.cfs_quota_us") as f:
+            eq(int(f.read()), 50000, "cpu.cfs_quota_us")
+        if "mitos-vms" not in dirs["memory"] or "mitos-vms" not in dirs["cpu"]:
+            raise AssertionError("not in a mitos-vms cgroup: %r" % dirs)
+    else:
+        print("     no cgroup limits on this host: %s" % [l for l in out.split("\n") if "isolation" in l])
+    st, _ = s.request("DELETE", "/v1/sandboxes/" + sb["id"])
+    eq(st, 200, "delete")
+    for d in dirs.values():
+        if os.path.exists(d):
+            raise AssertionError("cgroup %s left after DELETE" % d)
+
+
+def t_pause_resume(s):
+    (sb,) = fork(s, template="tg")
+    ctl = os.path.join(sb_dir(s, sb["id"]), "control")
+    for action, want in (("pause", "paused"), ("pause", "paused"), ("resume", "running")):
+        st, r = s.request("POST", "/v1/" + action, {"sandbox_id": sb["id"]})
+        eq((st, r["state"]), (200, want), action)
+        eq(control_call(ctl, {"cmd": "status"})["state"], want, "the VM itself after " + action)
+    st, _ = s.request("DELETE", "/v1/sandboxes/" + sb["id"])
+    eq(st, 200, "delete")
+
+
+def t_fork_sandbox(s):
+    (parent,) = fork(s, template="tg")
+    layers = os.path.join(s.state_dir, "kvm", "layers")
+    kids = fork(s, sandbox_id=parent["id"], n=2)
+    eq([k["parent"] for k in kids], [parent["id"]] * 2, "parent")
+    eq([k["state"] for k in kids], ["running"] * 2, "states")
+    eq(len(os.listdir(layers)), 1, "one layer")
+    for k in kids:
+        # The stub counts post_forks in its own memory: a child continues the parent's.
+        c = console(s, k["id"])
+        if "agent-stub: post_fork 2" not in c:
+            raise AssertionError("child %s did not inherit the parent's memory:\n%s" % (k["id"], c))
+    # The parent keeps running; grandchildren through a second layer.
+    st, r = s.request("GET", "/v1/sandboxes/" + parent["id"])
+    eq(r["state"], "running", "parent after the fork")
+    (grand,) = fork(s, sandbox_id=kids[0]["id"])
+    if "agent-stub: post_fork 3" not in console(s, grand["id"]):
+        raise AssertionError("grandchild:\n" + console(s, grand["id"]))
+    eq(len(os.listdir(layers)), 2, "two layers")
+    # A paused parent forks and stays paused.
+    s.request("POST", "/v1/pause", {"sandbox_id": parent["id"]})
+    (k3,) = fork(s, sandbox_id=parent["id"])
+    st, r = s.request("GET", "/v1/sandboxes/" + parent["id"])
+    eq(r["state"], "paused", "paused parent after a fork")
+    # Layers go with the last sandbox that needs them.
+    for x in (parent, k3, kids[1]):
+        s.request("DELETE", "/v1/sandboxes/" + x["id"])
+    eq(len(os.listdir(layers)), 2, "layers the grandchild needs stay")
+    s.request("DELETE", "/v1/sandboxes/" + kids[0]["id"])
+    eq(len(os.listdir(layers)), 2, "still needed by the grandchild")
+    s.request("DELETE", "/v1/sandboxes/" + grand["id"])
+    eq(os.listdir(layers), [], "layers after the last delete")
+
+
+def t_unsupported_ops(s):
+    (sb,) = fork(s, template="tg")
+    t0 = time.time()
+    st, r = s.unary("Stat", sb["id"], {"path": "/"})
+    eq((st, r["error"]["code"], r["error"]["cause"]), (501, "unimplemented", "agent: unsupported"), "Stat")
+    st, ct, msgs = s.stream("ExecStream", sb["id"], {"command": "true"}, timeout=10)
+    eq(msgs[-1][1]["error"]["mitos_code"], "unimplemented", "ExecStream")
+    st, ct, msgs = s.stream("ReadFile", sb["id"], {"path": "/etc/hostname"}, timeout=10)
+    eq(msgs[-1][1]["error"]["mitos_code"], "unimplemented", "ReadFile")
+    if time.time() - t0 > 5:
+        raise AssertionError("unsupported operations took %.1f s" % (time.time() - t0))
+    st, r = s.request("GET", "/v1/sandboxes/" + sb["id"])
+    eq(r["state"], "running", "still running")
+    s.request("DELETE", "/v1/sandboxes/" + sb["id"])
+
+
+def t_expiry_and_crash(s):
+    a, b = fork(s, template="tg", n=2)
+    pa, pb = vm_pid(s, a["id"]), vm_pid(s, b["id"])
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": a["id"], "timeout": 1})
+    eq(st, 200, "set_timeout")
+    wait_until(lambda: s.request("GET", "/v1/sandboxes/" + a["id"])[0] == 404, 5, "expiry")
+    wait_until(lambda: not alive(pa), 5, "the expired VM to go")
+    # A VM that dies on its own takes its sandbox with it.
+    os.kill(pb, signal.SIGKILL)
+    wait_until(lambda: s.request("GET", "/v1/sandboxes/" + b["id"])[0] == 404, 5, "the crashed sandbox to go")
+    eq(os.listdir(os.path.join(s.state_dir, "sandboxes")), [], "nothing left")
+    eq(os.listdir(os.path.join(s.state_dir, "kvm", "layers")), [], "no layers")
+
+
+def t_many(s):
+    # More at once than the pool holds: the rest get VMs started on demand.
+    sbs = fork(s, template="tg", n=8)
+    eq(len(set(vm_pid(s, x["id"]) for x in sbs)), 8, "8 VMs")
+    for x in sbs:
+        s.request("DELETE", "/v1/sandboxes/" + x["id"])
+    eq(os.listdir(os.path.join(s.state_dir, "sandboxes")), [], "all gone")
+
+
+def percentile(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
+
+
+def t_latency(s):
+    n = int(os.environ.get("MITOS_KVM_LATENCY_RUNS", "40"))
+    lat = []
+    c = s.conn()
+    for i in range(n):
+        wait_until(lambda: pool_ready(s) >= 2, 20, "a warm pool")
+        t0 = time.perf_counter()
+        c.request("POST", "/v1/fork", body=json.dumps({"template": "tg"}),
+                  headers={"Content-Type": "application/json"})
+        resp = c.getresponse()
+        body = json.loads(resp.read())
+        lat.append((time.perf_counter() - t0) * 1000)
+        eq(resp.status, 201, "fork %d" % i)
+        c.request("DELETE", "/v1/sandboxes/" + body["sandboxes"][0]["id"])
+        c.getresponse().read()
+    c.close()
+    print("     create-sandbox-warm-p50: %.2f ms" % percentile(lat, 50))
+    print("     create-sandbox-warm-p99: %.2f ms (%d runs, POST /v1/fork from the template until it "
+          "answered: restored, agent connected, post_fork done)" % (percentile(lat, 99), n))
+    t0 = time.perf_counter()
+    sbs = fork(s, template="tg", n=8)
+    print("     create-8-at-once: %.2f ms" % ((time.perf_counter() - t0) * 1000))
+    for x in sbs:
+        s.request("DELETE", "/v1/sandboxes/" + x["id"])
+
+
+def t_restart_and_stop(_):
+    s = kvm_server()
+    try:
+        template(s)
+        a, b, c = fork(s, template="tg", n=3)
+        s.request("POST", "/v1/pause", {"sandbox_id": b["id"]})
+        (k,) = fork(s, sandbox_id=a["id"])
+        wait_until(lambda: pool_ready(s) >= 2, 20, "a warm pool")
+        old_pool = [p for p in vm_pids(s.state_dir) if p not in
+                    [vm_pid(s, x["id"]) for x in (a, b, c, k)]]
+        pc = vm_pid(s, c["id"])
+        s.stop(signal.SIGKILL)
+        # While serve is away one VM dies: its record must go, the rest stay.
+        os.kill(pc, signal.SIGKILL)
+        s2 = kvm_server(state_dir=s.state_dir)
+        try:
+            if not any("re-adopted 3 sandbox(es)" in l for l in s2.stdout):
+                raise AssertionError("start-up: %r" % s2.stdout)
+            def states():
+                return {x["id"]: x["state"] for x in s2.request("GET", "/v1/sandboxes")[1]["sandboxes"]}
+            wait_until(lambda: "starting" not in states().values(), 10, "the agents to answer again")
+            eq(states(), {a["id"]: "running", b["id"]: "paused", k["id"]: "running"}, "re-adopted")
+            wait_until(lambda: not any(alive(p) for p in old_pool), 5, "the old pool to be gone")
+            # The re-adopted ones work: fork one (its layer chain was taken over), resume one.
+            (k2,) = fork(s2, sandbox_id=k["id"])
+            if "agent-stub: post_fork 3" not in console(s2, k2["id"]):
+                raise AssertionError("fork of a re-adopted child:\n" + console(s2, k2["id"]))
+            st, r = s2.request("POST", "/v1/resume", {"sandbox_id": b["id"]})
+            eq(r["state"], "running", "resume after re-adoption")
+            # A graceful stop leaves no VM, sandbox, layer, prepared VM or cgroup.
+            pids = vm_pids(s2.state_dir)
+            cgs = [d for p in pids for d in cgroup_dirs(p).values()]
+            eq(s2.stop(), 0, "graceful stop")
+            wait_until(lambda: not vm_pids(s2.state_dir), 5, "every VM to end")
+            for sub in ("sandboxes", "kvm/pool", "kvm/layers"):
+                eq(os.listdir(os.path.join(s2.state_dir, sub)), [], sub + " after stop")
+            left = [d for d in cgs if os.path.exists(d)]
+            eq(left, [], "cgroups after stop")
+        finally:
+            s2.stop()
+        # The template survives restarts.
+        s3 = kvm_server(state_dir=s.state_dir)
+        try:
+            st, r = s3.request("GET", "/v1/templates")
+            eq([(x["name"], x["state"]) for x in r["templates"]], [("tg", "ready")], "template after restart")
+            (x,) = fork(s3, template="tg")
+            eq(x["state"], "running", "fork after restart")
+            eq(s3.stop(), 0, "graceful stop")
+        finally:
+            s3.stop()
+    finally:
+        s.cleanup()
+        subprocess.call(["rm", "-rf", s.state_dir + "-disk"])
+
+
+def t_linux_guest(_):
+    """The same lifecycle with a real Linux guest and mitos-agent as its init, when a guest
+    kernel is already built (firmware/build-kernel.sh; not built here: it takes minutes)."""
+    from mitos_test import Skip
+    root = os.path.join(HERE, "..", "..")
+    r = subprocess.run(["readelf", "-l", AGENT], capture_output=True, text=True)
+    if r.returncode != 0 or "INTERP" in r.stdout:
+        raise Skip("the agent is dynamically linked (sanitizer build); the guest needs a static one")
+    s = kvm_server(extra=["--kvm-pool", "1"])
+    try:
+        pvm = any("emulation-only" in l for l in s.stdout)
+        cache = os.environ.get("MITOS_CACHE") or os.path.join(os.environ.get("HOME", "/root"), ".cache", "mitos")
+        kernel = os.path.join(cache, "kernel", "current-pvm" if pvm else "current", "vmlinux")
+        if not os.path.exists(kernel):
+            raise Skip("no guest kernel at %s (firmware/build-kernel.sh%s builds it)" %
+                       (kernel, " --variant pvm" if pvm else ""))
+        initrd = s.state_dir + "-initrd.cpio"
+        subprocess.run([os.path.join(root, "firmware", "build-initramfs.sh"), "--agent", AGENT, "--out", initrd],
+                       check=True, timeout=600, capture_output=True)
+        if pvm:
+            with open(os.path.join(root, "firmware", "guest-pvm.cmdline")) as f:
+                cmdline = " ".join(l.strip() for l in f if l.strip() and not l.startswith("#"))
+        else:
+            cmdline = "console=ttyS0 panic=-1 reboot=k rdinit=/init"
+        t0 = time.time()
+        # The boot takes half a minute on emulation-only KVM: wait longer than request() does.
+        c = s.conn(timeout=400)
+        c.request("POST", "/v1/templates", body=json.dumps({
+            "name": "linux", "kernel": kernel, "initrd": initrd, "cmdline": cmdline, "mem_mib": 128,
+            "boot_timeout": 300}), headers={"Content-Type": "application/json"})
+        resp = c.getresponse()
+        st, r = resp.status, json.loads(resp.read())
+        c.close()
+        eq(st, 201, "template (%r)" % (r,))
+        print("     linux template built in %.1f s" % (time.time() - t0))
+        t0 = time.time()
+        (sb,) = fork(s, template="linux")
+        print("     linux sandbox created in %.0f ms" % ((time.time() - t0) * 1000))
+
+        def sh(sid, cmd):
+            st, ct, msgs = s.stream("ExecStream", sid, {"argv": ["/bin/sh", "-c", cmd]}, timeout=120)
+            out = b"".join(__import__("base64").b64decode(m["stdout"]) for f, m in msgs if "stdout" in m)
+            ends = [m["end"] for f, m in msgs if "end" in m]
+            eq(ends and ends[0]["exitCode"], 0, "exit code of %r (%r)" % (cmd, msgs))
+            return out.decode()
+        out = sh(sb["id"], "echo hello; echo kept > /tmp/f; cat /proc/sys/kernel/random/uuid; date +%s")
+        lines = out.split()
+        eq(lines[0], "hello", "exec output")
+        if abs(int(lines[2]) - time.time()) > 30:
+            raise AssertionError("the guest's clock is off: %s" % lines[2])
+        kids = fork(s, sandbox_id=sb["id"], n=2)
+        outs = [sh(k["id"], "cat /tmp/f; cat /proc/sys/kernel/random/uuid").split() for k in kids]
+        eq([o[0] for o in outs], ["kept", "kept"], "children see the parent's files")
+        if len({lines[1], outs[0][1], outs[1][1]}) != 3:
+            raise AssertionError("clones share random numbers: %r %r" % (lines, outs))
+        eq(s.stop(), 0, "graceful stop")
+        eq(vm_pids(s.state_dir), [], "VMs after stop")
+    finally:
+        s.cleanup()
+        for p in (s.state_dir + "-initrd.cpio",):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def main():
+    if os.geteuid() != 0 or not os.path.exists("/dev/kvm"):
+        print("SKIP: the kvm engine tests need root and /dev/kvm")
+        return 77
+    r = Runner()
+    shared = kvm_server()
+    tests = [("startup_message", t_startup_message), ("template_build", t_template_build),
+             ("template_errors", t_template_errors), ("concurrent_template", t_concurrent_template),
+             ("fork_template", t_fork_template), ("jail", t_jail), ("pause_resume", t_pause_resume),
+             ("fork_sandbox", t_fork_sandbox), ("unsupported_ops", t_unsupported_ops),
+             ("expiry_and_crash", t_expiry_and_crash), ("many", t_many), ("latency", t_latency)]
+    try:
+        for name, fn in tests:
+            if not ONLY or any(o in name for o in ONLY):
+                r.run(name, fn, shared)
+        eq(shared.proc.poll(), None, "serve is still running")
+    finally:
+        state = shared.state_dir
+        rc = shared.stop()
+        if rc not in (0, None):
+            print("FAIL serve exited with %s; its stderr:\n%s" % (rc, shared.stderr()[-4000:]))
+            r.failed += 1
+        left = vm_pids(state)
+        if left:
+            print("FAIL VM processes left after shutdown: %r" % left)
+            r.failed += 1
+        shared.cleanup()
+        subprocess.call(["rm", "-rf", state + "-disk"])
+    for name, fn in (("restart_and_stop", t_restart_and_stop), ("linux_guest", t_linux_guest)):
+        if not ONLY or any(o in name for o in ONLY):
+            r.run(name, fn, None)
+    return r.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

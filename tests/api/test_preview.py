@@ -1,0 +1,410 @@
+#!/usr/bin/env python3
+"""End-to-end tests of previews: POST /v1/preview and the proxy, by path and by
+Host, against servers running inside a process-engine sandbox (python3 -m
+http.server, and preview_app.py: streaming, echo, headers, a WebSocket echo).
+
+usage: test_preview.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]"""
+import base64
+import hashlib
+import json
+import os
+import socket
+import stat
+import sys
+import time
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mitos_test import (Runner, Server, envelope, eq, parse_envelopes, raw_exchange, status_of,  # noqa: E402
+                        wait_until)
+from wsclient import OP_BINARY, OP_CLOSE, OP_TEXT, HandshakeError, WebSocket  # noqa: E402
+
+VMM, AGENT = sys.argv[1], sys.argv[2]
+ONLY = sys.argv[3:]
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOMAIN = "preview.test"
+SID = "pv-main"
+ctx = {}
+
+
+def sh(s, sid, cmd):
+    c = s.conn()
+    c.request("POST", "/sandbox.v1.Sandbox/ExecStream", body=envelope({"command": cmd, "timeout": 60}),
+              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
+    msgs = parse_envelopes(c.getresponse().read())
+    c.close()
+    end = [m["end"] for f, m in msgs if "end" in m]
+    eq(end and end[0]["exitCode"], 0, "exit code of %r (%r)" % (cmd, msgs))
+    return b"".join(base64.b64decode(m["stdout"]) for f, m in msgs if "stdout" in m).decode()
+
+
+def fork(s, sid):
+    s.request("POST", "/v1/templates", {"name": "python"})
+    st, r = s.request("POST", "/v1/fork", {"template": "python", "ids": [sid], "timeout": 900})
+    eq(st, 201, "fork (%r)" % (r,))
+
+
+def setup(s):
+    fork(s, SID)
+    with open(os.path.join(HERE, "preview_app.py"), "rb") as f:
+        app = f.read()
+    st, r = s.unary("WriteFile", SID, {"path": "/srv/app.py", "data": base64.b64encode(app).decode()})
+    eq(st, 200, "write app.py (%r)" % (r,))
+    out = sh(s, SID, "mkdir -p /srv/www && cd /srv/www && printf 'hello from the sandbox\\n' > index.html && "
+                     "head -c 1048576 /dev/urandom > big.bin && sha256sum big.bin && "
+                     "(setsid python3 -m http.server 8000 --bind 127.0.0.1 >/tmp/http.log 2>&1 </dev/null &) && "
+                     "(setsid python3 /srv/app.py 8001 >/tmp/app.log 2>&1 </dev/null &) && "
+                     "for p in 8000 8001; do for i in $(seq 100); do "
+                     "(exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done; done")
+    ctx["big_sha"] = out.split()[0]
+
+
+def mint(s, sid=SID, port=8000, ttl=None, headers=None):
+    body = {"sandbox_id": sid, "port": port}
+    if ttl is not None:
+        body["ttl"] = ttl
+    st, r = s.request("POST", "/v1/preview", body, headers=headers)
+    eq(st, 200, "mint (%r)" % (r,))
+    return r
+
+
+def get(s, target, headers=None, method="GET", body=None):
+    c = s.conn()
+    c.request(method, target, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, r, data
+
+
+def error_code(data):
+    return json.loads(data)["error"]["code"]
+
+
+def path_of(url):
+    u = urllib.parse.urlsplit(url)
+    return u.path + ("?" + u.query if u.query else "")
+
+
+def t_mint(s):
+    r = mint(s, ttl=120)
+    for k in ("url", "path_url", "host_url", "token", "expires", "expires_at"):
+        assert k in r, (k, r)
+    eq(r["port"], 8000, "port")
+    assert abs(r["expires"] - time.time() - 120) < 5, r
+    assert r["host_url"].startswith("http://%s-8000.%s:%d/?mitos_token=" % (SID, DOMAIN, s.port)), r
+    assert r["path_url"] == "http://127.0.0.1:%d/preview/%s/8000/?mitos_token=%s" % (s.port, SID, r["token"]), r
+    eq(r["url"], r["host_url"], "url is the host URL when --preview-domain is set")
+    cases = [({"sandbox_id": SID, "port": 0}, 400, "invalid_argument"),
+             ({"sandbox_id": SID, "port": 65536}, 400, "invalid_argument"),
+             ({"sandbox_id": SID, "port": "80"}, 400, "invalid_argument"),
+             ({"sandbox_id": SID, "port": 80, "ttl": 0}, 400, "invalid_argument"),
+             ({"sandbox_id": SID, "port": 80, "ttl": 10 ** 9}, 400, "invalid_argument"),
+             ({"sandbox_id": "no-such", "port": 80}, 404, "not_found"),
+             ({"sandbox_id": "bad id", "port": 80}, 400, "invalid_sandbox_id"),
+             ({"port": 80}, 400, "invalid_sandbox_id")]
+    for body, st, code in cases:
+        got, r = s.request("POST", "/v1/preview", body)
+        eq((got, r["error"]["code"]), (st, code), repr(body))
+    eq(s.request("GET", "/v1/preview")[0], 405, "GET /v1/preview")
+
+
+def t_by_path(s):
+    r = mint(s)
+    st, resp, data = get(s, path_of(r["path_url"]))
+    eq((st, data), (200, b"hello from the sandbox\n"), "index through the proxy")
+    cookie = resp.getheader("Set-Cookie")
+    assert cookie and cookie.startswith("mitos_preview_token=" + r["token"] + ";"), cookie
+    assert "Path=/preview/%s/8000/" % SID in cookie and "HttpOnly" in cookie, cookie
+    eq(resp.getheader("Connection"), "close", "Connection")
+    # Subresources carry the cookie only.
+    ck = {"Cookie": cookie.split(";")[0]}
+    st, resp, data = get(s, "/preview/%s/8000/big.bin" % SID, ck)
+    eq(st, 200, "big.bin")
+    eq(len(data), 1 << 20, "big.bin length")
+    eq(hashlib.sha256(data).hexdigest(), ctx["big_sha"], "big.bin bytes")
+    assert resp.getheader("Set-Cookie") is None, "no new cookie for a cookie request"
+    st, _, data = get(s, "/preview/%s/8000/nope" % SID, ck)
+    eq(st, 404, "the upstream's own 404 goes through")
+    # Without the trailing slash: a redirect that keeps the query.
+    st, resp, _ = get(s, "/preview/%s/8000?mitos_token=%s" % (SID, r["token"]))
+    eq((st, resp.getheader("Location")), (308, "/preview/%s/8000/?mitos_token=%s" % (SID, r["token"])), "redirect")
+    for bad in ("/preview/", "/preview/%s" % SID, "/preview/%s/" % SID, "/preview/%s/0/" % SID,
+                "/preview/%s/99999/" % SID, "/preview/%s/80x/" % SID, "/preview/bad%20id/8000/"):
+        st, _, data = get(s, bad, ck)
+        eq((st, error_code(data)), (404, "not_found"), bad)
+
+
+def t_by_host(s):
+    r = mint(s)
+    host = "%s-8000.%s:%d" % (SID, DOMAIN, s.port)
+    st, resp, data = get(s, path_of(r["host_url"]), {"Host": host})
+    eq((st, data), (200, b"hello from the sandbox\n"), "index by Host")
+    cookie = resp.getheader("Set-Cookie")
+    assert "Path=/;" in cookie, cookie
+    ck = cookie.split(";")[0]
+    # Any path, the API's included, belongs to the sandbox on its host.
+    st, _, data = get(s, "/index.html", {"Host": host, "Cookie": ck})
+    eq((st, data), (200, b"hello from the sandbox\n"), "cookie by Host")
+    st, _, data = get(s, "/v1/health", {"Host": host, "Cookie": ck})
+    eq(st, 404, "/v1/health on a preview host is the upstream's")
+    # Hosts are case-insensitive.
+    st, _, data = get(s, "/index.html", {"Host": host.upper(), "Cookie": ck})
+    eq(st, 200, "upper-case Host")
+    st, _, data = get(s, "/", {"Host": "%s-8000.%s" % (SID, DOMAIN)})
+    eq((st, error_code(data)), (401, "unauthenticated"), "no token by Host")
+    for bad in ("%s.%s" % (SID, DOMAIN), "%s-0.%s" % (SID, DOMAIN), "x.%s-8000.%s" % (SID, DOMAIN)):
+        st, _, data = get(s, "/", {"Host": bad, "Cookie": ck})
+        assert st in (401, 404), (bad, st, data)
+
+
+def t_bad_tokens(s):
+    r = mint(s)
+    tok = r["token"]
+    flipped = tok[:-1] + ("0" if tok[-1] != "0" else "1")
+    exp, mac = tok.split(".")
+    later = "%d.%s" % (int(exp) + 3600, mac)
+    other_port = mint(s, port=8001)["token"]
+    base = "/preview/%s/8000/" % SID
+    for what, target, h in [("tampered MAC", base + "?mitos_token=" + flipped, {}),
+                            ("extended expiry", base + "?mitos_token=" + later, {}),
+                            ("token of another port", base + "?mitos_token=" + other_port, {}),
+                            ("garbage", base + "?mitos_token=xyz", {}),
+                            ("empty", base + "?mitos_token=", {}),
+                            ("no token", base, {}),
+                            ("tampered cookie", base, {"Cookie": "mitos_preview_token=" + flipped}),
+                            ("bearer is not a preview token", base, {"Authorization": "Bearer " + tok})]:
+        st, _, data = get(s, target, h)
+        eq((st, error_code(data)), (401, "unauthenticated"), what)
+        assert tok not in data.decode(), "the token comes back in an error"
+    # A token of another sandbox.
+    fork(s, "pv-other")
+    theirs = mint(s, sid="pv-other")["token"]
+    st, _, data = get(s, base + "?mitos_token=" + theirs)
+    eq(st, 401, "token of another sandbox")
+    s.request("DELETE", "/v1/sandboxes/pv-other")
+    # Expiry.
+    short = mint(s, ttl=1)["token"]
+    st, _, _ = get(s, base + "?mitos_token=" + short)
+    eq(st, 200, "fresh short token")
+    time.sleep(2.1)
+    st, _, data = get(s, base + "?mitos_token=" + short)
+    eq((st, error_code(data)), (401, "unauthenticated"), "expired")
+    assert "expired" in json.loads(data)["error"]["message"], data
+    # A good cookie next to an expired one still works.
+    st, _, _ = get(s, base, {"Cookie": "mitos_preview_token=%s; mitos_preview_token=%s" % (short, tok)})
+    eq(st, 200, "expired and valid cookies")
+
+
+def t_unknown_sandbox(s):
+    fork(s, "pv-gone")
+    r = mint(s, sid="pv-gone")
+    eq(s.request("DELETE", "/v1/sandboxes/pv-gone")[0], 200, "delete")
+    st, _, data = get(s, path_of(r["path_url"]))
+    eq((st, error_code(data)), (404, "not_found"), "deleted sandbox by path")
+    st, _, data = get(s, path_of(r["host_url"]), {"Host": "pv-gone-8000." + DOMAIN})
+    eq((st, error_code(data)), (404, "not_found"), "deleted sandbox by Host")
+
+
+def t_no_listener(s):
+    r = mint(s, port=8009)
+    st, _, data = get(s, path_of(r["path_url"]))
+    eq((st, error_code(data)), (502, "unavailable"), "nothing on the port")
+    assert "8009" in json.loads(data)["error"]["message"], data
+
+
+def timed_get(s, target, headers=""):
+    """Sends a GET on a raw socket; returns [(seconds since sent, bytes)]."""
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=20)
+    t0 = time.time()
+    sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n" % (target, headers)).encode())
+    got = []
+    while True:
+        b = sock.recv(65536)
+        if not b:
+            break
+        got.append((time.time() - t0, b))
+    sock.close()
+    return got
+
+
+def t_streaming(s):
+    tok = mint(s, port=8001)["token"]
+    got = timed_get(s, "/preview/%s/8001/stream?mitos_token=%s" % (SID, tok))
+    data = b"".join(b for _, b in got)
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    assert b"Transfer-Encoding: chunked" in data, data[:400]
+    seen, first = b"", None
+    for t, b in got:
+        seen += b
+        if first is None and b"tick 0" in seen:
+            first = t
+    last = got[-1][0]
+    assert b"tick 4" in data and data.endswith(b"0\r\n\r\n"), data[-100:]
+    assert last - first > 1.2, "the chunks came at once (first %.2fs, last %.2fs)" % (first, last)
+    got = timed_get(s, "/preview/%s/8001/sse?mitos_token=%s" % (SID, tok))
+    data = b"".join(b for _, b in got)
+    assert b"text/event-stream" in data and b"data: event 3" in data, data
+    arrivals = [t for t, b in got if b"data: event" in b]
+    assert len(arrivals) >= 3 and arrivals[-1] - arrivals[0] > 0.8, got
+
+
+def t_post(s):
+    tok = mint(s, port=8001)["token"]
+    body = os.urandom(300000)
+    st, _, data = get(s, "/preview/%s/8001/echo?mitos_token=%s" % (SID, tok), method="POST", body=body)
+    eq((st, data == body), (200, True), "POST with Content-Length")
+    chunks = [os.urandom(n) for n in (1, 5000, 70000, 3)]
+    req = ("POST /preview/%s/8001/echo?mitos_token=%s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           % (SID, tok)).encode()
+    req += b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    raw = raw_exchange(s.port, req, timeout=20)
+    eq(status_of(raw), 200, "chunked POST")
+    eq(raw.partition(b"\r\n\r\n")[2], b"".join(chunks), "chunked POST echo")
+
+
+def t_headers(s):
+    tok = mint(s, port=8001)["token"]
+    st, _, data = get(s, "/preview/%s/8001/headers?x=1&mitos_token=%s&y=%%2F" % (SID, tok),
+                      {"Cookie": "a=1; mitos_preview_token=%s; b=2" % tok, "X-Custom": "kept",
+                       "Connection": "close, X-Drop-Me", "X-Drop-Me": "hop-by-hop"})
+    eq(st, 200, "headers")
+    r = json.loads(data)
+    eq(r["path"], "/headers?x=1&y=%2F", "upstream path: prefix and token gone, escapes kept")
+    h = r["headers"]
+    eq(h.get("cookie"), "a=1; b=2", "our cookie removed, others kept")
+    eq(h.get("x-custom"), "kept", "end-to-end header")
+    eq(h.get("x-forwarded-prefix"), "/preview/%s/8001" % SID, "prefix")
+    eq(h.get("connection"), "close", "upstream connection")
+    assert "x-drop-me" not in h, h
+    assert tok not in json.dumps(r), "the token reached the sandbox"
+    st, _, data = get(s, "/headers?mitos_token=" + tok, {"Host": "%s-8001.%s" % (SID, DOMAIN)})
+    h = json.loads(data)["headers"]
+    assert "x-forwarded-prefix" not in h, h
+    eq(h.get("x-forwarded-host"), "%s-8001.%s" % (SID, DOMAIN), "forwarded host")
+
+
+def ws_echo(ws):
+    ws.send("hello")
+    eq(ws.recv(), (OP_TEXT, b"hello"), "text echo")
+    blob = os.urandom(100000)
+    ws.send(blob)
+    eq(ws.recv(), (OP_BINARY, blob), "binary echo")
+    ws.close(1000)
+    op, _ = ws.recv()
+    eq(op, OP_CLOSE, "close echoed")
+    ws.shut()
+
+
+def t_websocket(s):
+    tok = mint(s, port=8001)["token"]
+    ws = WebSocket("127.0.0.1", s.port, "/preview/%s/8001/ws?mitos_token=%s" % (SID, tok))
+    assert "set-cookie" not in ws.headers, ws.head
+    ws_echo(ws)
+    ws = WebSocket("127.0.0.1", s.port, "/ws?mitos_token=" + tok,
+                   headers={"Host": "%s-8001.%s:%d" % (SID, DOMAIN, s.port)})
+    ws_echo(ws)
+    try:
+        WebSocket("127.0.0.1", s.port, "/preview/%s/8001/ws" % SID)
+        raise AssertionError("upgraded without a token")
+    except HandshakeError as e:
+        eq(e.status, 401, "WebSocket without a token")
+
+
+def t_paused(s):
+    tok = mint(s)["token"]
+    s.request("POST", "/v1/pause", {"sandbox_id": SID})
+    try:
+        st, _, data = get(s, "/preview/%s/8000/?mitos_token=%s" % (SID, tok))
+        eq((st, error_code(data)), (409, "sandbox_not_running"), "paused")
+    finally:
+        s.request("POST", "/v1/resume", {"sandbox_id": SID})
+    st, _, _ = get(s, "/preview/%s/8000/?mitos_token=%s" % (SID, tok))
+    eq(st, 200, "resumed")
+
+
+def t_key(s):
+    path = os.path.join(s.state_dir, "preview.key")
+    st = os.stat(path)
+    eq(stat.S_IMODE(st.st_mode), 0o600, "key mode")
+    eq(st.st_size, 32, "key size")
+    with open(path, "rb") as f:
+        key = f.read()
+    log = s.stderr() + "".join(s.stdout)
+    assert key.hex() not in log and base64.b64encode(key).decode() not in log, "the key was logged"
+
+
+def t_token_server(vmm, agent):
+    """With a bearer token: minting needs it, previews do not, and it never reaches
+    the sandbox; the key survives a restart, so do URLs."""
+    state = None
+    s = Server(vmm, agent, token="node-secret-token", extra=["--preview-domain", DOMAIN])
+    try:
+        state = s.state_dir
+        fork(s, "pv-auth")
+        with open(os.path.join(HERE, "preview_app.py"), "rb") as f:
+            s.unary("WriteFile", "pv-auth", {"path": "/srv/app.py", "data": base64.b64encode(f.read()).decode()})
+        sh(s, "pv-auth", "(setsid python3 /srv/app.py 8001 >/dev/null 2>&1 </dev/null &); for i in $(seq 100); do "
+                         "(exec 3<>/dev/tcp/127.0.0.1/8001) 2>/dev/null && break; sleep 0.1; done")
+        c = s.conn()
+        c.request("POST", "/v1/preview", body=json.dumps({"sandbox_id": "pv-auth", "port": 8001}))
+        eq(c.getresponse().status, 401, "minting without the bearer token")
+        c.close()
+        tok = mint(s, sid="pv-auth", port=8001)["token"]
+        st, _, data = get(s, "/preview/pv-auth/8001/headers?mitos_token=" + tok,
+                          {"Authorization": "Bearer node-secret-token"})
+        eq(st, 200, "preview with the node's bearer")
+        assert "authorization" not in json.loads(data)["headers"], data
+        assert b"node-secret-token" not in data, data
+        st, _, data = get(s, "/preview/pv-auth/8001/headers?mitos_token=" + tok, {"Authorization": "Basic dXNlcg=="})
+        eq(json.loads(data)["headers"].get("authorization"), "Basic dXNlcg==", "the app's own Authorization")
+        with open(os.path.join(state, "preview.key"), "rb") as f:
+            key1 = f.read()
+        s.stop(sig=9)
+        s.proc.wait()
+        s2 = Server(vmm, agent, token="node-secret-token", state_dir=state, extra=["--preview-domain", DOMAIN])
+        try:
+            with open(os.path.join(state, "preview.key"), "rb") as f:
+                eq(f.read(), key1, "the key survives a restart")
+            # Re-adoption reconnects to the agent after serve starts listening.
+            wait_until(lambda: s2.request("GET", "/v1/sandboxes/pv-auth")[1].get("state") == "running", 10,
+                       "pv-auth re-adopted")
+            st, _, data = get(s2, "/preview/pv-auth/8001/headers?mitos_token=" + tok)
+            eq(st, 200, "a URL minted before the restart")
+        finally:
+            s2.stop()
+    finally:
+        s.cleanup()
+        if state:
+            import shutil
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def main():
+    run = Runner()
+    s = Server(VMM, AGENT, extra=["--preview-domain", DOMAIN])
+    tests = [("mint", t_mint), ("by_path", t_by_path), ("by_host", t_by_host), ("bad_tokens", t_bad_tokens),
+             ("unknown_sandbox", t_unknown_sandbox), ("no_listener", t_no_listener), ("streaming", t_streaming),
+             ("post", t_post), ("headers", t_headers), ("websocket", t_websocket), ("paused", t_paused),
+             ("key", t_key)]
+    try:
+        run.run("setup", setup, s)
+        if run.failed:
+            raise SystemExit(run.finish())
+        for name, fn in tests:
+            if not ONLY or any(o in name for o in ONLY):
+                run.run(name, fn, s)
+    finally:
+        rc = s.stop()
+        log = s.stderr()
+        s.cleanup()
+    if rc != 0:
+        print("serve exited with %r\n%s" % (rc, log))
+        run.failed += 1
+    if not ONLY or any(o in "token_server" for o in ONLY):
+        run.run("token_server", t_token_server, VMM, AGENT)
+    sys.exit(run.finish())
+
+
+if __name__ == "__main__":
+    main()
