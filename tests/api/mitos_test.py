@@ -173,17 +173,17 @@ def body_of(raw):
     return json.loads(body) if body else None
 
 
-def sandbox_init_pids():
-    """PIDs of every process engine sandbox init on this host."""
+def server_sandbox_pids(state_dir):
+    """PIDs of the sandbox inits one serve's registry records: other suites run their
+    own servers and sandboxes at the same time, so a host-wide scan would see theirs."""
     pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open("/proc/%s/comm" % d) as f:
-                    if f.read().strip() == "mitos-init":
-                        pids.append(int(d))
-            except OSError:
-                pass
+    root = os.path.join(state_dir, "sandboxes")
+    for sid in os.listdir(root) if os.path.isdir(root) else []:
+        try:
+            with open(os.path.join(root, sid, "sandbox.json")) as f:
+                pids.append(int(json.load(f)["pid"]))
+        except (OSError, ValueError, KeyError):
+            pass
     return pids
 
 

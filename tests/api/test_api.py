@@ -14,12 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import (Runner, Server, Skip, body_of, envelope, eq, parse_envelopes,  # noqa: E402
-                        raw_exchange, sandbox_init_pids, status_of, wait_until)
+from mitos_test import (Runner, Server, body_of, envelope, eq, parse_envelopes,  # noqa: E402
+                        raw_exchange, server_sandbox_pids, status_of, wait_until)
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
@@ -185,7 +184,6 @@ def t_pause_resume(s):
 
 
 def t_delete_cleans_up(s):
-    before = set(sandbox_init_pids())
     s.request("POST", "/v1/templates", {"name": "python"})
     fds = len(os.listdir("/proc/%d/fd" % s.pid()))
     sb = new_sandbox(s)[0]
@@ -193,8 +191,8 @@ def t_delete_cleans_up(s):
     sh(s, sid, "sleep 300 > /dev/null 2>&1 &")
     d = os.path.join(s.state_dir, "sandboxes", sid)
     assert os.path.isdir(d)
-    new = set(sandbox_init_pids()) - before
-    eq(len(new), 1, "one new sandbox init")
+    new = server_sandbox_pids(s.state_dir)
+    eq(len(new), 1, "one sandbox init")
     st, r = s.request("DELETE", "/v1/sandboxes/" + sid)
     eq((st, r["deleted"]), (200, True), "delete")
     assert not os.path.exists(d), "files removed"
@@ -638,7 +636,7 @@ def t_restart_readopt_and_shutdown(env):
             eq(s2.request("GET", "/v1/sandboxes/sleeper")[1]["state"], "paused", "still paused")
             eq(s2.request("POST", "/v1/resume", {"sandbox_id": "sleeper"})[0], 200, "resume")
             eq(sh(s2, "sleeper", "echo up")[0], b"up\n", "exec after re-adoption")
-            inits = sandbox_init_pids()
+            inits = server_sandbox_pids(state)
             # Graceful shutdown removes everything.
             eq(s2.stop(signal.SIGTERM), 0, "exit status after SIGTERM")
             eq(os.listdir(os.path.join(state, "sandboxes")), [], "no sandbox left in the state dir")
@@ -657,12 +655,6 @@ def t_stale_state_cleaned(env):
         new_sandbox(s, id="victim")
         s.stop(signal.SIGKILL)
         # The sandbox dies while no serve runs; the next serve removes its remains.
-        for pid in sandbox_init_pids():
-            try:
-                with open("/proc/%d/environ" % pid, "rb"):
-                    pass
-            except OSError:
-                pass
         d = os.path.join(state, "sandboxes", "victim")
         with open(os.path.join(d, "sandbox.json")) as f:
             rec = json.load(f)
