@@ -176,7 +176,10 @@ int init_setup(void)
 void init_halt(void)
 {
 	sync();
-	reboot(RB_POWER_OFF);
+	/* A microVM has no ACPI, so a power-off would only halt the vCPU and the VMM would
+	 * never learn the guest is done. A reboot goes out through the i8042 reset line
+	 * (`reboot=k`), which mitos-vmm takes as the end of the VM. */
+	reboot(RB_AUTOBOOT);
 	for (;;)
 		pause();
 }

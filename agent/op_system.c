@@ -6,12 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/reboot.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "agent/agent.h"
 #include "agent/base64.h"
+#include "agent/init.h"
 #include "agent/loop.h"
 #include "agent/ops.h"
 
@@ -115,8 +115,7 @@ static struct timer poweroff_timer;
 static void poweroff_now(struct timer *t)
 {
 	(void)t;
-	sync();
-	reboot(RB_POWER_OFF);
+	init_halt();
 }
 
 void op_poweroff_open(struct stream *s, const struct json *req)
