@@ -134,8 +134,6 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (!agent_cfg.python_helper)
-		agent_cfg.python_helper = find_helper();
 	if (agent_cfg.init) {
 		int rc = init_setup();
 		if (rc)
@@ -143,6 +141,10 @@ int main(int argc, char **argv)
 		if (vsock_port < 0 && fd < 0 && !unix_path)
 			vsock_port = DEFAULT_VSOCK_PORT;
 	}
+	/* After init_setup(): as PID 1 there is no /proc (to find ourselves) before it, and
+	 * the root it switches to is where the helper lives. */
+	if (!agent_cfg.python_helper)
+		agent_cfg.python_helper = find_helper();
 	if ((vsock_port >= 0) + (fd >= 0) + (unix_path != NULL) != 1) {
 		usage(stderr);
 		return 2;

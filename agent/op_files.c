@@ -174,6 +174,28 @@ static void file_op_free(struct file_op *f)
 	free(f);
 }
 
+/* Also frees f. A write's result names the file it wrote. */
+static void file_op_end(struct stream *s, struct file_op *f, int err, bool with_path)
+{
+	s->ctx = NULL;
+	if (err) {
+		stream_end_errno(s, err, f->path);
+	} else {
+		struct jw w;
+		jw_init(&w);
+		jw_obj(&w);
+		jw_key(&w, "bytes");
+		jw_int(&w, (int64_t)f->done);
+		if (with_path) {
+			jw_key(&w, "path");
+			jw_str(&w, f->path);
+		}
+		jw_obj_end(&w);
+		stream_end_jw(s, &w);
+	}
+	file_op_free(f);
+}
+
 static void read_pump(struct stream *s)
 {
 	static uint8_t buf[PROTO_DATA_CHUNK];
@@ -185,22 +207,12 @@ static void read_pump(struct stream *s)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			int err = -errno;
-			s->ctx = NULL;
-			stream_end_errno(s, err, f->path);
-			file_op_free(f);
+			file_op_end(s, f, -errno, false);
 			return;
 		}
 		if (n == 0) {
 			stream_data(s, PROTO_CH_MAIN, true, NULL, 0);
-			struct jw w;
-			jw_init(&w);
-			jw_obj(&w);
-			jw_key(&w, "bytes");
-			jw_int(&w, (int64_t)f->done);
-			jw_obj_end(&w);
-			file_op_free(f);
-			stream_end_jw(s, &w);
+			file_op_end(s, f, 0, false);
 			return;
 		}
 		stream_data(s, PROTO_CH_MAIN, false, buf, (size_t)n);
@@ -285,10 +297,7 @@ static void write_data(struct stream *s, uint8_t channel, bool fin, const uint8_
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0) {
-			int err = -errno;
-			s->ctx = NULL;
-			stream_end_errno(s, err, f->path);
-			file_op_free(f);
+			file_op_end(s, f, -errno, true);
 			return;
 		}
 		p += w;
@@ -300,22 +309,8 @@ static void write_data(struct stream *s, uint8_t channel, bool fin, const uint8_
 		return;
 	int fd = f->fd;
 	f->fd = -1;
-	s->ctx = NULL;
 	/* close() reports deferred write errors (quota, NFS-like filesystems). */
-	if (close(fd) < 0) {
-		stream_end_errno(s, -errno, f->path);
-	} else {
-		struct jw w;
-		jw_init(&w);
-		jw_obj(&w);
-		jw_key(&w, "bytes");
-		jw_int(&w, (int64_t)f->done);
-		jw_key(&w, "path");
-		jw_str(&w, f->path);
-		jw_obj_end(&w);
-		stream_end_jw(s, &w);
-	}
-	file_op_free(f);
+	file_op_end(s, f, close(fd) < 0 ? -errno : 0, true);
 }
 
 static const struct stream_ops write_ops = { .data = write_data, .cancel = file_cancel };

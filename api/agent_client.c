@@ -11,18 +11,15 @@
 #include <unistd.h>
 
 #include "agent/proto.h"
+#include "api/bytebuf.h"
+#include "api/sendq.h"
 #include "api/uring.h"
 
 #define AC_RBUF (64u << 10)
 #define AC_WCHUNK (64u << 10)
+#define AC_IOV 16
 /* Grant credit back once this much was consumed. */
 #define AC_WINDOW_STEP (PROTO_INITIAL_WINDOW / 4)
-
-struct abuf {
-	struct abuf *next;
-	size_t off, len, cap;
-	uint8_t data[];
-};
 
 struct agent_conn {
 	int fd;
@@ -36,8 +33,8 @@ struct agent_conn {
 	char hs_line[32];
 	uint8_t *rbuf;
 	struct proto_parser parser;
-	struct abuf *oh, *ot;
-	struct iovec iov[16];
+	struct sendq out;
+	struct iovec iov[AC_IOV];
 	struct msghdr msg;
 	struct astream *streams;
 	unsigned nstreams;
@@ -51,7 +48,6 @@ static struct agent_conn *all_conns;
 
 static void ac_fail(struct agent_conn *ac, const char *why);
 static void ac_flush(struct agent_conn *ac);
-static void free_out(struct agent_conn *ac);
 
 static void ac_maybe_free(struct agent_conn *ac)
 {
@@ -64,7 +60,7 @@ static void ac_maybe_free(struct agent_conn *ac)
 	if (ac->all_next)
 		ac->all_next->all_prev = ac->all_prev;
 	close(ac->fd);
-	free_out(ac);
+	sendq_free(&ac->out);
 	free(ac->rbuf);
 	proto_parser_free(&ac->parser);
 	free(ac);
@@ -72,33 +68,8 @@ static void ac_maybe_free(struct agent_conn *ac)
 
 static void ac_queue(struct agent_conn *ac, const void *p, size_t n)
 {
-	const uint8_t *src = p;
-	while (n) {
-		struct abuf *t = ac->ot;
-		if (!t || t->cap == t->off + t->len) {
-			size_t cap = n > AC_WCHUNK ? n : AC_WCHUNK;
-			t = malloc(sizeof(*t) + cap);
-			if (!t) {
-				ac_fail(ac, "out of memory");
-				return;
-			}
-			t->next = NULL;
-			t->off = t->len = 0;
-			t->cap = cap;
-			if (ac->ot)
-				ac->ot->next = t;
-			else
-				ac->oh = t;
-			ac->ot = t;
-		}
-		size_t k = t->cap - t->off - t->len;
-		if (k > n)
-			k = n;
-		memcpy(t->data + t->off + t->len, src, k);
-		t->len += k;
-		src += k;
-		n -= k;
-	}
+	if (sendq_append(&ac->out, p, n, AC_WCHUNK))
+		ac_fail(ac, "out of memory");
 }
 
 static void ac_frame(struct agent_conn *ac, uint8_t type, uint8_t flags, uint8_t ch, uint32_t id,
@@ -130,36 +101,15 @@ static void tx_done(struct uop *op, int res, uint32_t flags)
 		ac_fail(ac, "write to the agent failed");
 		return;
 	}
-	size_t left = (size_t)res;
-	while (left && ac->oh) {
-		struct abuf *b = ac->oh;
-		size_t k = b->len < left ? b->len : left;
-		b->off += k;
-		b->len -= k;
-		left -= k;
-		if (!b->len) {
-			ac->oh = b->next;
-			if (!ac->oh)
-				ac->ot = NULL;
-			free(b);
-		}
-	}
+	sendq_consume(&ac->out, (size_t)res);
 	ac_flush(ac);
 }
 
 static void ac_flush(struct agent_conn *ac)
 {
-	if (ac->dead || ac->tx_armed || !ac->oh)
+	if (ac->dead || ac->tx_armed || !ac->out.head)
 		return;
-	int n = 0;
-	for (struct abuf *b = ac->oh; b && n < 16; b = b->next, n++) {
-		ac->iov[n].iov_base = b->data + b->off;
-		ac->iov[n].iov_len = b->len;
-	}
-	memset(&ac->msg, 0, sizeof(ac->msg));
-	ac->msg.msg_iov = ac->iov;
-	ac->msg.msg_iovlen = (size_t)n;
-	io_uring_prep_sendmsg(ur_sqe(&ac->tx_op), ac->fd, &ac->msg, MSG_NOSIGNAL);
+	sendq_prep_sendmsg(&ac->out, ur_sqe(&ac->tx_op), ac->fd, &ac->msg, ac->iov, AC_IOV);
 	ac->tx_armed = true;
 	ac->inflight++;
 }
@@ -195,15 +145,6 @@ static void end_all(struct agent_conn *ac, const char *why)
 {
 	while (ac->streams)
 		stream_end(ac->streams, NULL, why);
-}
-
-static void free_out(struct agent_conn *ac)
-{
-	for (struct abuf *b = ac->oh, *n; b; b = n) {
-		n = b->next;
-		free(b);
-	}
-	ac->oh = ac->ot = NULL;
 }
 
 static void ac_teardown(struct agent_conn *ac)
@@ -457,6 +398,23 @@ void agent_send_data(struct astream *s, uint8_t channel, bool fin, const void *p
 {
 	s->tx_credit -= n <= s->tx_credit ? n : s->tx_credit;
 	ac_frame(s->ac, PROTO_DATA, fin ? PROTO_FLAG_FIN : 0, channel, s->id, p, n);
+}
+
+bool agent_send_buffered(struct astream *s, uint8_t channel, struct bytebuf *b, bool fin)
+{
+	bool fin_sent = false;
+	while (bytebuf_pending(b)) {
+		size_t room = agent_send_room(s);
+		if (!room)
+			break;
+		size_t k = bytebuf_pending(b);
+		if (k > room)
+			k = room;
+		fin_sent = fin && k == bytebuf_pending(b);
+		agent_send_data(s, channel, fin_sent, b->p + b->off, k);
+		b->off += k;
+	}
+	return fin_sent;
 }
 
 void agent_send_event(struct astream *s, const char *json)

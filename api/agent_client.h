@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct bytebuf;
 struct cJSON;
 struct agent_conn;
 struct astream;
@@ -57,6 +58,9 @@ unsigned agent_conn_streams(const struct agent_conn *ac);
 struct astream *agent_open(struct agent_conn *ac, const char *open_json, const struct astream_ops *ops, void *ctx);
 size_t agent_send_room(const struct astream *s);
 void agent_send_data(struct astream *s, uint8_t channel, bool fin, const void *p, size_t n);
+/* Sends as much of b as the stream's credit allows. With fin, the frame that
+ * empties b carries FIN; returns whether one did. */
+bool agent_send_buffered(struct astream *s, uint8_t channel, struct bytebuf *b, bool fin);
 void agent_send_event(struct astream *s, const char *json);
 void agent_consumed(struct astream *s, size_t n);
 /* Abandons the stream: CANCEL is sent, s is freed, no callback follows. */

@@ -19,6 +19,7 @@ struct engine_start {
 	const char *dir;           /* the sandbox's own directory in the state dir */
 	const char *template_root; /* process: read-only lower layer; kvm: the template's dir */
 	const char *copy_from;     /* what fork_source() gave for the parent, or NULL */
+	const struct cJSON *spec;  /* what template_spec() kept for the template, or NULL */
 	int ready_fd;              /* gets one byte once the agent accepts connections */
 };
 
@@ -69,6 +70,10 @@ struct engine_ops {
 	 * done runs later unless it fails at once. */
 	int (*template_build)(const char *dir, const struct cJSON *spec, engine_build_done_fn done, void *ctx,
 			      char *err, size_t errlen);
+	/* Engines whose templates are just records (process): checks spec (the POST
+	 * /v1/templates body) and returns what the template keeps, its defaults filled in
+	 * (resource limits); NULL with err filled when spec is invalid. */
+	struct cJSON *(*template_spec)(const struct cJSON *spec, char *err, size_t errlen);
 	/* A template of this engine found in the state dir at start: still usable? */
 	bool (*template_usable)(const char *dir);
 	/* The event loop runs and every sandbox left by a previous serve was adopted. */
@@ -85,15 +90,17 @@ extern const struct engine_ops engine_kvm_ops;
 /* Checks that the process engine can run here; fills why if not. */
 int engine_process_available(char *why, size_t whylen);
 /* Sets the mitos-agent binary and its run_code helper, and the paths sandboxes
- * must not see (the state dir, the token file). */
+ * must not see (the state dir, the token file); prints (into info) what resource
+ * limits sandboxes get on this host. */
 int engine_process_configure(const char *agent_path, const char *state_dir, const char *token_file,
-			     char *err, size_t errlen);
+			     char *info, size_t infolen, char *err, size_t errlen);
 
 /* Checks that the kvm engine can run here (/dev/kvm); fills why if not. */
 int engine_kvm_available(char *why, size_t whylen);
-/* The state dir and the number of prepared VMs kept per VM shape; prints (into info)
- * what the jail of each VM can and cannot do on this host. */
-int engine_kvm_configure(const char *state_dir, unsigned pool_size, char *info, size_t infolen,
+/* The state dir and the number of prepared VMs kept per VM shape; emulated: KVM has no
+ * hardware virtualization here (default templates boot the pvm kernel variant); prints
+ * (into info) what the jail of each VM can and cannot do on this host. */
+int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulated, char *info, size_t infolen,
 			 char *err, size_t errlen);
 
 /* Reads field 22 of /proc/PID/stat (0 when the process is gone). */

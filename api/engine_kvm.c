@@ -16,9 +16,10 @@
  *   sandboxes restored from them and by their own child layers; the last one to go
  *   removes it.
  * - Each VM process is jailed as far as the host allows: new mount (private, own /proc),
- *   pid, ipc, uts and net namespaces, no_new_privs, and a cgroup with memory and CPU
- *   limits (v2, or v1 where the controllers are only there). What is missing is listed
- *   in api/API.md.
+ *   pid, ipc, uts and net namespaces, no capabilities (uid 0 without privilege),
+ *   no_new_privs, a seccomp allowlist it installs itself once prepared (`--seccomp`,
+ *   vmm/seccomp.c), and a cgroup with memory and CPU limits (api/cgroup.c). What is
+ *   missing is listed in api/API.md.
  *
  * Everything that waits on a guest (restore, layer snapshots, template boots) runs on a
  * few worker threads; they touch no state of the event loop and report back through an
@@ -31,6 +32,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/sched.h>
+#include <linux/securebits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -50,9 +52,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/base64.h"
 #include "agent/proto.h"
 #include "api/agent_client.h"
-#include "api/b64.h"
+#include "api/cgroup.h"
+#include "api/kvm_guest.h"
 #include "api/registry.h"
 #include "api/uring.h"
 #include "vmm/control.h"
@@ -73,13 +77,7 @@
 
 struct vm_shape {
 	unsigned mem_mib, vcpus;
-	unsigned mem_max_mib;  /* cgroup memory limit */
-	unsigned cpu_pct;      /* cgroup CPU limit, percent of one CPU */
-};
-
-/* The cgroups one VM runs in (v2: one; v1: memory and cpu); removed after it exits. */
-struct vm_cgroups {
-	char dir[2][PLEN];
+	struct cg_limits lim;
 };
 
 /* One mitos-vmm process. */
@@ -87,7 +85,7 @@ struct vm_proc {
 	pid_t pid;
 	int pidfd;
 	uint64_t start_time;
-	struct vm_cgroups cg;
+	struct cg_set cg;      /* removed after it exits */
 };
 
 struct pool_vm {
@@ -133,8 +131,6 @@ static struct {
 	int vmm_fd;
 	unsigned pool_size;
 	bool ns;                          /* namespaces: needs root */
-	int cg;                           /* 0 none, 1 v2, 2 v1 */
-	char cg_parent[2][PLEN];          /* v2: [0]; v1: memory [0], cpu [1] */
 	unsigned serial;
 	_Atomic bool stopping;
 	struct shape_pool pools[MAX_SHAPES];
@@ -171,22 +167,6 @@ static uint64_t mono_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static int write_str(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	/* cgroup v1's memory limit gives up with EINTR whenever the writer has work pending
-	 * (io_uring's task work counts), even with no signal in sight: retry. */
-	ssize_t n;
-	int tries = 0;
-	while ((n = write(fd, s, strlen(s))) < 0 && errno == EINTR && ++tries < 1000)
-		;
-	int rc = n == (ssize_t)strlen(s) ? 0 : n < 0 ? -errno : -EIO;
-	close(fd);
-	return rc;
 }
 
 static bool is_socket(const char *path)
@@ -248,236 +228,34 @@ static void write_error_file(const char *dir, const char *msg)
 	}
 }
 
-/* ---- cgroups ---- */
-
-/* Where the hierarchy holding `want` (a controller, or "" for v2) is mounted and where
- * this process sits in it. */
-static int cg_own_dir(bool v2, const char *want, char *out)
-{
-	char line[1024], rel[PLEN] = "", mnt[PLEN] = "", mroot[PLEN] = "";
-	bool found = false;
-	FILE *f = fopen("/proc/self/cgroup", "re");
-	if (!f)
-		return -errno;
-	while (!found && fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = 0;
-		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-		if (!c2)
-			continue;
-		*c1 = *c2 = 0;
-		const char *ctrls = c1 + 1;
-		if (v2 ? !strcmp(line, "0") && !*ctrls : false) {
-			found = true;
-		} else if (!v2) {
-			char tmp[256];
-			snprintf(tmp, sizeof(tmp), "%s", ctrls);
-			for (char *s = tmp, *tok; (tok = strsep(&s, ","));)
-				if (!strcmp(tok, want))
-					found = true;
-		}
-		if (found)
-			snprintf(rel, sizeof(rel), "%s", c2 + 1);
-	}
-	fclose(f);
-	if (!found)
-		return -ENOENT;
-	f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return -errno;
-	found = false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		/* id parent maj:min root mountpoint opts... - fstype source superopts */
-		char *sep = strstr(line, " - ");
-		if (!sep)
-			continue;
-		char fstype[32], src[256], sopts[512], root[PLEN], mp[PLEN];
-		if (sscanf(sep + 3, "%31s %255s %511s", fstype, src, sopts) != 3 ||
-		    sscanf(line, "%*s %*s %*s %511s %511s", root, mp) != 2)
-			continue;
-		if (v2 ? strcmp(fstype, "cgroup2") : strcmp(fstype, "cgroup"))
-			continue;
-		bool ok = v2;
-		for (char *s = sopts, *tok; !ok && (tok = strsep(&s, ","));)
-			if (!strcmp(tok, want))
-				ok = true;
-		if (ok) {
-			snprintf(mnt, sizeof(mnt), "%s", mp);
-			snprintf(mroot, sizeof(mroot), "%s", root);
-			found = true;
-		}
-	}
-	fclose(f);
-	if (!found)
-		return -ENOENT;
-	/* A mount of a subtree (cgroup namespaces, containers) shows paths below its root. */
-	const char *r = rel;
-	size_t rl = strlen(mroot);
-	if (strcmp(mroot, "/") && !strncmp(rel, mroot, rl))
-		r = rel + rl;
-	if (!strcmp(r, "/"))
-		r = "";
-	return pathf(out, "%s%s", mnt, r);
-}
-
-static bool has_token(const char *path, const char *tok)
-{
-	char buf[512];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return false;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	buf[n > 0 ? n : 0] = 0;
-	for (char *s = buf, *t; (t = strsep(&s, " \n"));)
-		if (!strcmp(t, tok))
-			return true;
-	return false;
-}
-
-static int cg_setup_v2(char *why, size_t whylen)
-{
-	char own[PLEN], p[PLEN];
-	if (cg_own_dir(true, "", own)) {
-		snprintf(why, whylen, "no cgroup v2 hierarchy");
-		return -ENOENT;
-	}
-	if (pathf(p, "%s/cgroup.controllers", own) || !has_token(p, "memory") || !has_token(p, "cpu")) {
-		snprintf(why, whylen, "cgroup v2 at %.200s has no memory and cpu controllers", own);
-		return -ENOENT;
-	}
-	if (pathf(K.cg_parent[0], "%s/mitos-vms", own))
-		return -ENAMETOOLONG;
-	if (mkdir(K.cg_parent[0], 0755) < 0 && errno != EEXIST) {
-		snprintf(why, whylen, "cannot create %.200s: %s", K.cg_parent[0], strerror(errno));
-		return -errno;
-	}
-	pathf(p, "%s/cgroup.subtree_control", own);
-	int rc = write_str(p, "+memory +cpu");
-	if (rc == -EBUSY) {
-		/* No controllers for children of a cgroup that has processes of its own (the
-		 * v2 rule): serve moves into a leaf of its own subtree first. */
-		char leaf[PLEN], procs[PLEN];
-		if (!pathf(leaf, "%s/mitos-serve", own) && (mkdir(leaf, 0755) == 0 || errno == EEXIST) &&
-		    !pathf(procs, "%s/cgroup.procs", leaf) && !write_str(procs, "0"))
-			rc = write_str(p, "+memory +cpu");
-	}
-	if (!rc) {
-		pathf(p, "%s/cgroup.subtree_control", K.cg_parent[0]);
-		rc = write_str(p, "+memory +cpu");
-	}
-	if (rc) {
-		snprintf(why, whylen, "cannot enable the memory and cpu controllers under %.200s: %s", own,
-			 strerror(-rc));
-		return rc;
-	}
-	return 0;
-}
-
-static int cg_setup_v1(char *why, size_t whylen)
-{
-	static const char *ctl[2] = { "memory", "cpu" };
-	for (int i = 0; i < 2; i++) {
-		char own[PLEN];
-		if (cg_own_dir(false, ctl[i], own) || pathf(K.cg_parent[i], "%s/mitos-vms", own)) {
-			snprintf(why, whylen, "no cgroup v1 %s hierarchy either", ctl[i]);
-			return -ENOENT;
-		}
-		if (mkdir(K.cg_parent[i], 0755) < 0 && errno != EEXIST) {
-			snprintf(why, whylen, "cannot create %.200s: %s", K.cg_parent[i], strerror(errno));
-			return -errno;
-		}
-	}
-	return 0;
-}
-
-static void cg_remove(struct vm_cgroups *cg)
-{
-	for (int i = 0; i < 2; i++) {
-		if (!cg->dir[i][0])
-			continue;
-		/* The last process may still be leaving the cgroup for a moment after its exit. */
-		for (int tries = 0; tries < 50 && rmdir(cg->dir[i]) < 0 && errno == EBUSY; tries++)
-			usleep(2000);
-		cg->dir[i][0] = 0;
-	}
-}
-
-/* Makes the cgroup(s) of one VM with sh's limits. *v2fd: for CLONE_INTO_CGROUP;
- * v1fds: cgroup.procs files the child writes itself into. */
-static int cg_create(const char *name, const struct vm_shape *sh, struct vm_cgroups *cg, int *v2fd, int v1fds[2])
-{
-	char p[PLEN], v[64];
-	memset(cg, 0, sizeof(*cg));
-	*v2fd = v1fds[0] = v1fds[1] = -1;
-	if (!K.cg)
-		return 0;
-	uint64_t mem = (uint64_t)sh->mem_max_mib << 20;
-	int n = K.cg == 1 ? 1 : 2;
-	for (int i = 0; i < n; i++) {
-		if (pathf(cg->dir[i], "%s/%s", K.cg_parent[i], name))
-			return -ENAMETOOLONG;
-		if (mkdir(cg->dir[i], 0755) < 0) {
-			int e = -errno;
-			cg->dir[i][0] = 0;
-			cg_remove(cg);
-			return e;
-		}
-	}
-	int rc = 0;
-	if (K.cg == 1) {
-		snprintf(v, sizeof(v), "%" PRIu64, mem);
-		pathf(p, "%s/memory.max", cg->dir[0]);
-		rc = write_str(p, v);
-		pathf(p, "%s/memory.swap.max", cg->dir[0]);
-		write_str(p, "0");
-		snprintf(v, sizeof(v), "%u 100000", sh->cpu_pct * 1000u);
-		pathf(p, "%s/cpu.max", cg->dir[0]);
-		if (!rc)
-			rc = write_str(p, v);
-		if (!rc && (*v2fd = open(cg->dir[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
-			rc = -errno;
-	} else {
-		snprintf(v, sizeof(v), "%" PRIu64, mem);
-		pathf(p, "%s/memory.limit_in_bytes", cg->dir[0]);
-		rc = write_str(p, v);
-		pathf(p, "%s/cpu.cfs_period_us", cg->dir[1]);
-		if (!rc)
-			rc = write_str(p, "100000");
-		snprintf(v, sizeof(v), "%u", sh->cpu_pct * 1000u);
-		pathf(p, "%s/cpu.cfs_quota_us", cg->dir[1]);
-		if (!rc)
-			rc = write_str(p, v);
-		for (int i = 0; i < 2 && !rc; i++) {
-			pathf(p, "%s/cgroup.procs", cg->dir[i]);
-			if ((v1fds[i] = open(p, O_WRONLY | O_CLOEXEC)) < 0)
-				rc = -errno;
-		}
-	}
-	if (rc) {
-		for (int i = 0; i < 2; i++)
-			if (v1fds[i] >= 0)
-				close(v1fds[i]), v1fds[i] = -1;
-		if (*v2fd >= 0)
-			close(*v2fd), *v2fd = -1;
-		cg_remove(cg);
-	}
-	return rc;
-}
-
 /* ---- spawning a jailed mitos-vmm ---- */
 
-/* The child between clone3 and exec: serve has threads, so only raw system calls here. */
-static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, const int v1fds[2])
+/* The VMM needs no privilege: /dev/kvm, the snapshots and the disks are root's files,
+ * which uid 0 reaches without capabilities. exec as root would grant every capability
+ * back unless root's special status is switched off first (securebits), and then the
+ * bounding and ambient sets are emptied for good. Raw system calls (see vm_child). */
+static void drop_capabilities(void)
 {
-	for (int i = 0; i < 2; i++)
-		if (v1fds[i] >= 0)
-			syscall(SYS_write, v1fds[i], "0", 1);
+	syscall(SYS_prctl, PR_SET_SECUREBITS,
+		SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
+		SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED, 0, 0, 0);
+	syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	/* Past the last capability this kernel knows, PR_CAPBSET_DROP fails harmlessly. */
+	for (int cap = 0; cap < 64; cap++)
+		syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0);
+}
+
+/* The child between clone3 and exec: serve has threads, so only raw system calls here. */
+static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, const struct cg_entry *ce)
+{
+	cgroup_enter_child(ce);
 	syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	if (K.ns) {
 		/* Nothing mounted here reaches the host; /proc shows this VM only. */
 		syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
 		syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 		syscall(SYS_sethostname, "mitos-vm", 8);
+		drop_capabilities();
 	}
 	syscall(SYS_setsid);
 	syscall(SYS_dup2, nullfd, 0);
@@ -511,8 +289,8 @@ static int vm_spawn(char *const argv[], const char *console, const char *name, c
 		return -errno;
 	}
 	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
-	int v2fd, v1fds[2];
-	int rc = cg_create(name, sh, &vp->cg, &v2fd, v1fds);
+	struct cg_entry ce;
+	int rc = cgroup_create(name, &sh->lim, &vp->cg, &ce);
 	if (rc) {
 		snprintf(err, errlen, "cannot create the VM's cgroup: %s", strerror(-rc));
 		close(logfd);
@@ -524,27 +302,23 @@ static int vm_spawn(char *const argv[], const char *console, const char *name, c
 	memset(&ca, 0, sizeof(ca));
 	int pidfd = -1;
 	ca.flags = CLONE_PIDFD | (K.ns ? CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET : 0);
-	if (v2fd >= 0) {
+	if (ce.v2fd >= 0) {
 		ca.flags |= CLONE_INTO_CGROUP;
-		ca.cgroup = (uint64_t)v2fd;
+		ca.cgroup = (uint64_t)ce.v2fd;
 	}
 	ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
 	ca.exit_signal = SIGCHLD;
 	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
 	if (pid == 0)
-		vm_child(argv, logfd, nullfd, v1fds);
+		vm_child(argv, logfd, nullfd, &ce);
 	int e = errno;
 	close(logfd);
 	if (nullfd >= 0)
 		close(nullfd);
-	if (v2fd >= 0)
-		close(v2fd);
-	for (int i = 0; i < 2; i++)
-		if (v1fds[i] >= 0)
-			close(v1fds[i]);
+	cgroup_entry_close(&ce);
 	if (pid < 0) {
 		snprintf(err, errlen, "cannot start mitos-vmm (clone3): %s", strerror(e));
-		cg_remove(&vp->cg);
+		cgroup_remove(&vp->cg);
 		return -e;
 	}
 	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
@@ -564,7 +338,7 @@ static void vm_reap(struct vm_proc *vp)
 		close(vp->pidfd);
 		vp->pidfd = -1;
 	}
-	cg_remove(&vp->cg);
+	cgroup_remove(&vp->cg);
 }
 
 /* vm.json: what a later serve needs to clean up after this VM (and re-adopt it). */
@@ -573,10 +347,7 @@ static int vm_record(const char *dir, const struct vm_proc *vp, const char *base
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddNumberToObject(o, "pid", vp->pid);
 	cJSON_AddNumberToObject(o, "start_time", (double)vp->start_time);
-	cJSON *a = cJSON_AddArrayToObject(o, "cgroups");
-	for (int i = 0; i < 2; i++)
-		if (vp->cg.dir[i][0])
-			cJSON_AddItemToArray(a, cJSON_CreateString(vp->cg.dir[i]));
+	cgroup_record(&vp->cg, o);
 	if (base)
 		cJSON_AddStringToObject(o, "base", base);
 	if (sh) {
@@ -589,13 +360,6 @@ static int vm_record(const char *dir, const struct vm_proc *vp, const char *base
 		rc = registry_write_json(path, o);
 	cJSON_Delete(o);
 	return rc;
-}
-
-/* Only cgroups under our own parents are ever removed on a record's word. */
-static bool cg_owned(const char *dir, int i)
-{
-	size_t n = strlen(K.cg_parent[i]);
-	return n && !strncmp(dir, K.cg_parent[i], n) && dir[n] == '/';
 }
 
 /* Kills what a vm.json names if it still runs (pid and start time both match) and
@@ -623,15 +387,9 @@ static void vm_record_kill(const char *dir)
 			close(fd);
 		}
 	}
-	struct vm_cgroups cg;
-	memset(&cg, 0, sizeof(cg));
-	cJSON *a = cJSON_GetObjectItem(o, "cgroups"), *it;
-	int i = 0;
-	cJSON_ArrayForEach(it, a)
-		if (cJSON_IsString(it) && i < 2 && strlen(it->valuestring) < PLEN &&
-		    (cg_owned(it->valuestring, 0) || cg_owned(it->valuestring, 1)))
-			snprintf(cg.dir[i++], PLEN, "%s", it->valuestring);
-	cg_remove(&cg);
+	struct cg_set cg;
+	cgroup_from_record(o, &cg);
+	cgroup_remove(&cg);
 	cJSON_Delete(o);
 }
 
@@ -992,8 +750,8 @@ static void snap_complete(struct kjob *kj)
 
 static bool shape_eq(const struct vm_shape *a, const struct vm_shape *b)
 {
-	return a->mem_mib == b->mem_mib && a->vcpus == b->vcpus && a->mem_max_mib == b->mem_max_mib &&
-	       a->cpu_pct == b->cpu_pct;
+	return a->mem_mib == b->mem_mib && a->vcpus == b->vcpus && a->lim.memory_max_mib == b->lim.memory_max_mib &&
+	       a->lim.cpu_percent == b->lim.cpu_percent;
 }
 
 static struct shape_pool *pool_for(const struct vm_shape *sh, bool add)
@@ -1015,7 +773,7 @@ static struct shape_pool *pool_for(const struct vm_shape *sh, bool add)
 
 /* argv of `mitos-vmm vm` for sh, with its control socket and console in dir. */
 struct vm_argv {
-	char *v[12];
+	char *v[14];
 	char ctl[PLEN], mem[16], cpus[16], console[PLEN];
 };
 
@@ -1025,7 +783,7 @@ static int vm_argv_make(struct vm_argv *a, const char *dir, const struct vm_shap
 		return -ENAMETOOLONG;
 	snprintf(a->mem, sizeof(a->mem), "%u", sh->mem_mib);
 	snprintf(a->cpus, sizeof(a->cpus), "%u", sh->vcpus);
-	char *v[] = { "mitos-vmm", "vm", "--control", a->ctl, "--mem", a->mem, "--vcpus", a->cpus,
+	char *v[] = { "mitos-vmm", "vm", "--seccomp", "--control", a->ctl, "--mem", a->mem, "--vcpus", a->cpus,
 		      "--console", a->console, NULL };
 	memcpy(a->v, v, sizeof(v));
 	return 0;
@@ -1196,8 +954,8 @@ static int shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_
 	if (!rc) {
 		sh->mem_mib = (unsigned)m->valuedouble;
 		sh->vcpus = (unsigned)c->valuedouble;
-		sh->mem_max_mib = (unsigned)mm->valuedouble;
-		sh->cpu_pct = (unsigned)cp->valuedouble;
+		sh->lim.memory_max_mib = (unsigned)mm->valuedouble;
+		sh->lim.cpu_percent = (unsigned)cp->valuedouble;
 		snprintf(rootfs, rootfslen, "%s", r);
 	}
 	cJSON_Delete(o);
@@ -1308,23 +1066,6 @@ static void build_complete(struct kjob *kj)
 	free(b);
 }
 
-static int spec_uint(const cJSON *spec, const char *key, unsigned lo, unsigned hi, unsigned dflt, unsigned *out,
-		     char *err, size_t errlen)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(spec, key);
-	if (!v) {
-		*out = dflt;
-		return 0;
-	}
-	if (!cJSON_IsNumber(v) || v->valuedouble != (double)(unsigned)v->valuedouble || v->valuedouble < lo ||
-	    v->valuedouble > hi) {
-		snprintf(err, errlen, "%s must be a whole number from %u to %u", key, lo, hi);
-		return -EINVAL;
-	}
-	*out = (unsigned)v->valuedouble;
-	return 0;
-}
-
 /* An absolute path of a readable file in spec[key] (absent: out "", an error unless
  * optional). */
 static int spec_file(const cJSON *spec, const char *key, bool optional, char *out, char *err, size_t errlen)
@@ -1357,26 +1098,42 @@ static int spec_file(const cJSON *spec, const char *key, bool optional, char *ou
 static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn done, void *ctx,
 			      char *err, size_t errlen)
 {
-	char kernel[PLEN], rootfs[PLEN], initrd[PLEN];
-	unsigned mem, vcpus, mem_max, cpu_pct, boot_s;
+	char kernel[PLEN], rootfs[PLEN], initrd[PLEN] = "";
+	unsigned mem, vcpus, boot_s;
+	struct cg_limits lim;
 	int rc;
-	if ((rc = spec_file(spec, "kernel", false, kernel, err, errlen)) ||
-	    (rc = spec_file(spec, "initrd", true, initrd, err, errlen)) ||
-	    (rc = spec_file(spec, "rootfs", initrd[0] != 0, rootfs, err, errlen)) ||
-	    (rc = spec_uint(spec, "mem_mib", 16, 1u << 20, 256, &mem, err, errlen)) ||
-	    (rc = spec_uint(spec, "vcpus", 1, 64, 1, &vcpus, err, errlen)) ||
-	    (rc = spec_uint(spec, "memory_max_mib", mem, 1u << 21, mem + MEM_OVERHEAD_MIB, &mem_max, err, errlen)) ||
-	    (rc = spec_uint(spec, "cpu_percent", 1, 6400, vcpus * 100, &cpu_pct, err, errlen)) ||
-	    (rc = spec_uint(spec, "boot_timeout", 1, 3600, BOOT_TIMEOUT_DEFAULT_S, &boot_s, err, errlen)))
+	/* A request that names no guest gets its image's (tools/build-image, build-kernel.sh). */
+	struct kvm_guest g = { .cmdline = KVM_GUEST_CMDLINE, .mem_mib = 256, .boot_timeout_s = BOOT_TIMEOUT_DEFAULT_S };
+	static const char *guest_keys[] = { "kernel", "rootfs", "initrd" };
+	bool builtin = true;
+	for (size_t i = 0; i < sizeof(guest_keys) / sizeof(guest_keys[0]); i++)
+		if (cJSON_GetObjectItemCaseSensitive(spec, guest_keys[i]))
+			builtin = false;
+	if (builtin) {
+		const char *image = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spec, "image"));
+		if ((rc = kvm_guest_default(image ? image : "", &g, err, errlen)))
+			return rc;
+		if (pathf(kernel, "%s", g.kernel) || pathf(rootfs, "%s", g.rootfs)) {
+			snprintf(err, errlen, "the image's kernel or disk path is too long");
+			return -ENAMETOOLONG;
+		}
+	} else if ((rc = spec_file(spec, "kernel", false, kernel, err, errlen)) ||
+		   (rc = spec_file(spec, "initrd", true, initrd, err, errlen)) ||
+		   (rc = spec_file(spec, "rootfs", initrd[0] != 0, rootfs, err, errlen))) {
+		return rc;
+	}
+	if ((rc = registry_uint_field(spec, "mem_mib", 16, 1u << 20, g.mem_mib, &mem, err, errlen)) ||
+	    (rc = registry_uint_field(spec, "vcpus", 1, 64, 1, &vcpus, err, errlen)) ||
+	    (rc = cgroup_limits_parse(spec, mem, &(struct cg_limits){ mem + MEM_OVERHEAD_MIB, vcpus * 100 }, &lim,
+				      err, errlen)) ||
+	    (rc = registry_uint_field(spec, "boot_timeout", 1, 3600, g.boot_timeout_s, &boot_s, err, errlen)))
 		return rc;
 	const cJSON *jc = cJSON_GetObjectItemCaseSensitive(spec, "cmdline");
 	if (jc && (!cJSON_IsString(jc) || strlen(jc->valuestring) > 2048)) {
 		snprintf(err, errlen, "cmdline must be a string of at most 2048 characters");
 		return -EINVAL;
 	}
-	const char *cmdline = jc ? jc->valuestring
-				 : "console=ttyS0 reboot=k panic=1 pci=off nomodules i8042.noaux i8042.nomux "
-				   "i8042.dumbkbd root=/dev/vda ro";
+	const char *cmdline = jc ? jc->valuestring : g.cmdline;
 	struct build *b = calloc(1, sizeof(*b));
 	if (!b) {
 		snprintf(err, errlen, "out of memory");
@@ -1397,7 +1154,7 @@ static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_d
 		free(b);
 		return rc;
 	}
-	struct vm_shape sh = { .mem_mib = mem, .vcpus = vcpus, .mem_max_mib = mem_max, .cpu_pct = cpu_pct };
+	struct vm_shape sh = { .mem_mib = mem, .vcpus = vcpus, .lim = lim };
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "kernel", kernel);
 	cJSON_AddStringToObject(o, "rootfs", rootfs);
@@ -1405,8 +1162,8 @@ static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_d
 	cJSON_AddStringToObject(o, "cmdline", cmdline);
 	cJSON_AddNumberToObject(o, "mem_mib", mem);
 	cJSON_AddNumberToObject(o, "vcpus", vcpus);
-	cJSON_AddNumberToObject(o, "memory_max_mib", mem_max);
-	cJSON_AddNumberToObject(o, "cpu_percent", cpu_pct);
+	cJSON_AddNumberToObject(o, "memory_max_mib", lim.memory_max_mib);
+	cJSON_AddNumberToObject(o, "cpu_percent", lim.cpu_percent);
 	char path[PLEN];
 	pathf(path, "%s/kvm.json", dir);
 	rc = registry_write_json(path, o);
@@ -1416,9 +1173,9 @@ static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_d
 	snprintf(mems, sizeof(mems), "%u", mem);
 	snprintf(cpus, sizeof(cpus), "%u", vcpus);
 	snprintf(vsockarg, sizeof(vsockarg), "%s", b->vsock);
-	char *argv[24] = { "mitos-vmm", "run", "--kernel", kernel, "--cmdline", (char *)cmdline, "--mem", mems,
-			   "--vcpus", cpus, "--vsock", vsockarg, "--control", b->control };
-	int argc = 14;
+	char *argv[24] = { "mitos-vmm", "run", "--seccomp", "--kernel", kernel, "--cmdline", (char *)cmdline,
+			   "--mem", mems, "--vcpus", cpus, "--vsock", vsockarg, "--control", b->control };
+	int argc = 15;
 	if (rootfs[0]) {
 		argv[argc++] = "--disk";
 		argv[argc++] = disk;
@@ -1709,8 +1466,8 @@ static int kvm_after_connect(struct engine_proc *p, struct agent_conn *ac, engin
 	uint8_t ent[64];
 	if (getrandom(ent, sizeof(ent), 0) != (ssize_t)sizeof(ent))
 		return -EIO;
-	char b64[b64_encoded_len(sizeof(ent)) + 1], open[256];
-	b64_encode(ent, sizeof(ent), b64);
+	char b64[base64_encoded_len(sizeof(ent)) + 1], open[256];
+	base64_encode(ent, sizeof(ent), b64);
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	snprintf(open, sizeof(open), "{\"op\":\"post_fork\",\"entropy\":\"%s\",\"realtime_ns\":%" PRIu64 "}", b64,
@@ -1801,8 +1558,8 @@ static void sweep_dir(const char *root, bool keep_adopted_layers)
 	closedir(d);
 }
 
-int engine_kvm_configure(const char *state_dir, unsigned pool_size, char *info, size_t infolen, char *err,
-			 size_t errlen)
+int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulated, char *info, size_t infolen,
+			 char *err, size_t errlen)
 {
 	char real[PATH_MAX];
 	if (!realpath(state_dir, real)) {
@@ -1830,25 +1587,13 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, char *info, 
 		return -errno;
 	}
 	K.pool_size = pool_size > MAX_POOL ? MAX_POOL : pool_size;
+	kvm_guest_init(emulated);
 	K.ns = geteuid() == 0;
-	char why2[300] = "", why1[300] = "";
-	if (!cg_setup_v2(why2, sizeof(why2)))
-		K.cg = 1;
-	else if (K.ns && !cg_setup_v1(why1, sizeof(why1)))
-		K.cg = 2;
-	size_t n = 0;
-	n += (size_t)snprintf(info + n, infolen - n, "each VM: %s, no_new_privs; ",
-			      K.ns ? "own mount (private, own /proc), pid, ipc, uts and net namespaces"
-				   : "NO namespaces (serve is not root)");
-	if (n < infolen) {
-		if (K.cg == 1)
-			snprintf(info + n, infolen - n, "cgroup v2 %s/VM with memory.max and cpu.max", K.cg_parent[0]);
-		else if (K.cg == 2)
-			snprintf(info + n, infolen - n, "cgroup v1 memory.limit_in_bytes and cpu.cfs_quota_us "
-				 "under %s and %s (%s)", K.cg_parent[0], K.cg_parent[1], why2);
-		else
-			snprintf(info + n, infolen - n, "NO memory or CPU limits (%s%s%s)", why2, why1[0] ? "; " : "", why1);
-	}
+	char limits[700];
+	cgroup_init("mitos-vms", K.ns, limits, sizeof(limits));
+	snprintf(info, infolen, "each VM: %s, no_new_privs, seccomp allowlist; %s",
+		 K.ns ? "own mount (private, own /proc), pid, ipc, uts and net namespaces, no capabilities"
+		      : "NO namespaces (serve is not root)", limits);
 	K.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (K.efd < 0) {
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));

@@ -4,10 +4,13 @@
  * directory in the state dir. Its PID 1 is a small reaper (a fork of serve that
  * never execs); the agent is PID 2 and listens on a Unix socket that the host
  * reaches through a bind-mounted directory, so sandboxes outlive a restart of
- * serve and are re-adopted by the next one. */
+ * serve and are re-adopted by the next one. Each sandbox has a cgroup with the
+ * template's memory and CPU limits (api/cgroup.h); its init enters it before it runs
+ * anything, so everything the sandbox starts is inside. */
 
 #include "api/engine.h"
 
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -29,12 +32,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "api/cgroup.h"
+#include "api/registry.h"
+
 #ifndef MITOS_SOURCE_ROOT
 #define MITOS_SOURCE_ROOT "."
 #endif
 
 #define SANDBOX_RUN "/run/mitos"
 #define AGENT_SOCK_NAME "agent.sock"
+#define CGROUP_RECORD "/cgroup.json"
+
+/* Limits of a template that names none: a python session with numpy and matplotlib
+ * needs a few hundred MiB; one CPU keeps a busy sandbox from starving the node. */
+static const struct cg_limits default_limits = { .memory_max_mib = 1024, .cpu_percent = 100 };
 
 static int agent_exe_fd = -1;
 static char *helper_buf;
@@ -132,7 +143,7 @@ static bool file_ok(const char *p, int mode)
 }
 
 int engine_process_configure(const char *agent_path, const char *state_dir, const char *token_file,
-			     char *err, size_t errlen)
+			     char *info, size_t infolen, char *err, size_t errlen)
 {
 	char exe[3072], path[4096];
 	char agent[4096];
@@ -193,7 +204,20 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 	token_file_real[0] = 0;
 	if (token_file && !realpath(token_file, token_file_real))
 		token_file_real[0] = 0;
+	cgroup_init("mitos-sandboxes", true, info, infolen);
 	return 0;
+}
+
+static cJSON *proc_template_spec(const cJSON *spec, char *err, size_t errlen)
+{
+	struct cg_limits l;
+	/* The agent and a python interpreter need some room before any user code runs. */
+	if (cgroup_limits_parse(spec, 32, &default_limits, &l, err, errlen))
+		return NULL;
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddNumberToObject(o, "memory_max_mib", l.memory_max_mib);
+	cJSON_AddNumberToObject(o, "cpu_percent", l.cpu_percent);
+	return o;
 }
 
 static int proc_agent_socket(const char *dir, char *out, size_t outlen)
@@ -295,11 +319,13 @@ static void loopback_up(void)
 	close(fd);
 }
 
-static __attribute__((noreturn)) void sandbox_child(const struct engine_start *s)
+static __attribute__((noreturn)) void sandbox_child(const struct engine_start *s, const struct cg_entry *ce)
 {
 	struct child_ctx cc = { .s = s, .errfd = -1, .logfd = -1 };
 	struct child_ctx *c = &cc;
 	char p[4200], root[4200], upper[4200], work[4200], run[4200], opts[13000];
+
+	cgroup_enter_child(ce);
 
 	/* Nothing of serve's may stay open here: its listener would outlive it. */
 	int a = fcntl(agent_exe_fd, F_DUPFD_CLOEXEC, 100), r = fcntl(s->ready_fd, F_DUPFD_CLOEXEC, 100);
@@ -485,6 +511,33 @@ static __attribute__((noreturn)) void sandbox_child(const struct engine_start *s
 
 /* ---- the host side ---- */
 
+/* The sandbox's cgroup with its template's limits, recorded in its dir so that
+ * whichever serve cleans the sandbox up removes it. */
+static int cgroup_prepare(const struct engine_start *s, struct cg_set *cg, struct cg_entry *ce)
+{
+	static unsigned serial;
+	struct cg_limits l;
+	char err[200], name[128], path[4200];
+	if (cgroup_limits_parse(s->spec, 32, &default_limits, &l, err, sizeof(err)))
+		l = default_limits;
+	snprintf(name, sizeof(name), "%d-%u-%s", (int)getpid(), ++serial, s->id);
+	int rc = cgroup_create(name, &l, cg, ce);
+	if (rc || !cg->dir[0][0])
+		return rc;
+	cJSON *o = cJSON_CreateObject();
+	cgroup_record(cg, o);
+	cJSON_AddNumberToObject(o, "memory_max_mib", l.memory_max_mib);
+	cJSON_AddNumberToObject(o, "cpu_percent", l.cpu_percent);
+	snprintf(path, sizeof(path), "%s" CGROUP_RECORD, s->dir);
+	rc = registry_write_json(path, o);
+	cJSON_Delete(o);
+	if (rc) {
+		cgroup_entry_close(ce);
+		cgroup_remove(cg);
+	}
+	return rc;
+}
+
 static int proc_start(const struct engine_start *s, struct engine_proc *p, char *err, size_t errlen)
 {
 	char path[4200];
@@ -496,20 +549,33 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, char 
 			return -errno;
 		}
 	}
+	struct cg_set cg;
+	struct cg_entry ce;
+	int rc = cgroup_prepare(s, &cg, &ce);
+	if (rc) {
+		snprintf(err, errlen, "cannot create the sandbox's cgroup: %s", strerror(-rc));
+		return rc;
+	}
 	int pidfd = -1;
 	struct clone_args ca;
 	memset(&ca, 0, sizeof(ca));
 	ca.flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_PIDFD;
+	if (ce.v2fd >= 0) {
+		ca.flags |= CLONE_INTO_CGROUP;
+		ca.cgroup = (uint64_t)ce.v2fd;
+	}
 	ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
 	ca.exit_signal = SIGCHLD;
 	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+	if (pid == 0)
+		sandbox_child(s, &ce);
+	int e = errno;
+	cgroup_entry_close(&ce);
 	if (pid < 0) {
-		int e = errno;
 		snprintf(err, errlen, "clone3 with new namespaces: %s", strerror(e));
+		cgroup_remove(&cg);
 		return -e;
 	}
-	if (pid == 0)
-		sandbox_child(s);
 	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
 	p->pid = (pid_t)pid;
 	p->pidfd = pidfd;
@@ -623,9 +689,17 @@ int engine_remove_tree(const char *dir)
 static int proc_cleanup(const char *dir)
 {
 	/* A mount left on the root (a crashed start) would stop the walk. */
-	char root[4200];
-	snprintf(root, sizeof(root), "%s/root", dir);
-	umount2(root, MNT_DETACH);
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/root", dir);
+	umount2(path, MNT_DETACH);
+	snprintf(path, sizeof(path), "%s" CGROUP_RECORD, dir);
+	cJSON *o = registry_read_json(path);
+	if (o) {
+		struct cg_set cg;
+		cgroup_from_record(o, &cg);
+		cgroup_remove(&cg);
+		cJSON_Delete(o);
+	}
 	return engine_remove_tree(dir);
 }
 
@@ -639,4 +713,5 @@ const struct engine_ops engine_process_ops = {
 	.kill = proc_kill,
 	.exit_reason = engine_start_error,
 	.cleanup = proc_cleanup,
+	.template_spec = proc_template_spec,
 };

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/bytebuf.h"
 #include "api/router.h"
 #include "api/server.h"
 
@@ -39,18 +40,12 @@ static int arena_add(struct conn *c, struct http_req *r, const char *p, size_t n
 		conn_note_err(c, AE_HEADERS_TOO_LARGE, "request line and headers exceed 16 KiB");
 		return -1;
 	}
-	if (r->alen + n + 1 > r->acap) {
-		size_t cap = r->acap ? r->acap : 1024;
-		while (cap < r->alen + n + 1)
-			cap *= 2;
-		char *na = realloc(r->arena, cap);
-		if (!na) {
-			conn_note_err(c, AE_INTERNAL, "out of memory");
-			return -1;
-		}
-		r->arena = na;
-		r->acap = cap;
+	char *na = buf_reserve(r->arena, &r->acap, r->alen + n + 1, 1024);
+	if (!na) {
+		conn_note_err(c, AE_INTERNAL, "out of memory");
+		return -1;
 	}
+	r->arena = na;
 	memcpy(r->arena + r->alen, p, n);
 	r->alen += n;
 	return 0;
@@ -176,18 +171,13 @@ static int on_body(http_parser *p, const char *at, size_t n)
 			http_parser_pause(p, 1);
 		return 0;
 	}
-	if (r->body_len + n > r->body_cap) {
-		size_t cap = r->body_cap ? r->body_cap : 4096;
-		while (cap < r->body_len + n)
-			cap *= 2;
-		uint8_t *nb = realloc(r->body, cap + 1);
-		if (!nb) {
-			conn_note_err(c, AE_INTERNAL, "out of memory");
-			return -1;
-		}
-		r->body = nb;
-		r->body_cap = cap;
+	/* + 1: the body is kept NUL-terminated. */
+	uint8_t *nb = buf_reserve(r->body, &r->body_cap, r->body_len + n + 1, 4096);
+	if (!nb) {
+		conn_note_err(c, AE_INTERNAL, "out of memory");
+		return -1;
 	}
+	r->body = nb;
 	memcpy(r->body + r->body_len, at, n);
 	r->body_len += n;
 	r->body[r->body_len] = 0;
@@ -448,7 +438,7 @@ size_t http_stream_room(const struct http_req *r)
 	const struct conn *c = r->c;
 	if (c->dead)
 		return 0;
-	return c->oq >= HTTP_OUT_HIGH ? 0 : HTTP_OUT_HIGH - c->oq;
+	return c->out.bytes >= HTTP_OUT_HIGH ? 0 : HTTP_OUT_HIGH - c->out.bytes;
 }
 
 void http_req_pause_body(struct http_req *r)
@@ -708,7 +698,7 @@ bool http_conn_check_deadlines(struct conn *c, uint64_t now)
 	    now - c->last_tx_ms > srv_cfg.idle_timeout_ms)
 		return true;
 	/* A client that stopped reading its response: give up on it. */
-	if (c->oq && now - c->last_tx_ms > srv_cfg.idle_timeout_ms)
+	if (c->out.bytes && now - c->last_tx_ms > srv_cfg.idle_timeout_ms)
 		return true;
 	return false;
 }

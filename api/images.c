@@ -80,23 +80,55 @@ static int open_agent(const char *agent_path)
 	return -1;
 }
 
-int images_init(const char *dir, const char *agent_path, char *err, size_t errlen)
+int images_cache_dir(char *out, size_t outlen)
+{
+	const char *cache = getenv("MITOS_CACHE"), *home = getenv("HOME");
+	int n;
+	if (cache && *cache)
+		n = snprintf(out, outlen, "%s", cache);
+	else if (home && *home)
+		n = snprintf(out, outlen, "%s/.cache/mitos", home);
+	else
+		return -ENOENT;
+	return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}
+
+/* The kvm engine boots IMAGES/current-python/rootfs.ext4 with the image's own agent as
+ * init: nothing of the host's agent matters, and without the file only the python
+ * template is missing (its creation says how to build it). */
+static void init_disk(const char *dir)
+{
+	char path[PATH_MAX + 64], real[PATH_MAX];
+	struct stat st;
+	snprintf(path, sizeof(path), "%s/current-python/rootfs.ext4", dir);
+	if (realpath(path, real) && !stat(real, &st) && S_ISREG(st.st_mode))
+		snprintf(python_disk, sizeof(python_disk), "%s", real);
+	if (python_disk[0])
+		printf("template image: python = %s\n", python_disk);
+	else
+		printf("no python image in %s: POST /v1/templates {\"name\": \"python\"} needs one "
+		       "(remediation: tools/build-image)\n", dir);
+	fflush(stdout);
+}
+
+int images_init(const char *dir, const char *agent_path, bool disk, char *err, size_t errlen)
 {
 	bool explicit_dir = dir != NULL;
 	char def[PATH_MAX], path[PATH_MAX + 64], real[PATH_MAX];
 	if (dir && !strcmp(dir, "none"))
 		return 0;
 	if (!dir) {
-		const char *cache = getenv("MITOS_CACHE"), *home = getenv("HOME");
-		if (cache && *cache)
-			snprintf(def, sizeof(def), "%.4000s/images", cache);
-		else if (home && *home)
-			snprintf(def, sizeof(def), "%.4000s/.cache/mitos/images", home);
-		else {
-			fall_back("neither MITOS_CACHE nor HOME is set, so there is no image directory");
+		if (images_cache_dir(def, sizeof(def) - 8)) {
+			if (!disk)
+				fall_back("neither MITOS_CACHE nor HOME is set, so there is no image directory");
 			return 0;
 		}
+		strcat(def, "/images");
 		dir = def;
+	}
+	if (disk) {
+		init_disk(dir);
+		return 0;
 	}
 	snprintf(path, sizeof(path), "%s/current-python/rootfs", dir);
 	struct stat st;
@@ -132,8 +164,5 @@ int images_init(const char *dir, const char *agent_path, char *err, size_t errle
 	}
 	snprintf(python_root, sizeof(python_root), "%s", real);
 	host_root = false;
-	snprintf(path, sizeof(path), "%s/current-python/rootfs.ext4", dir);
-	if (realpath(path, real) && !stat(real, &st) && S_ISREG(st.st_mode))
-		snprintf(python_disk, sizeof(python_disk), "%s", real);
 	return 0;
 }

@@ -12,8 +12,12 @@
  * images, the python template runs on the host's /). agent_path: --agent or NULL
  * (a dynamic agent, as sanitizer builds make, cannot run in the image). An image
  * missing from an explicit dir is an error; from the default dir, a warning and
- * the host's / as before. */
-int images_init(const char *dir, const char *agent_path, char *err, size_t errlen);
+ * the host's / as before. disk: for the kvm engine, which needs only the ext4 (it
+ * boots the image's own agent): never an error, the python template is then missing. */
+int images_init(const char *dir, const char *agent_path, bool disk, char *err, size_t errlen);
+/* ${MITOS_CACHE:-$HOME/.cache/mitos}, where the image and kernel builders cache; -ENOENT
+ * when neither is set. */
+int images_cache_dir(char *out, size_t outlen);
 
 /* The root directory of an image name (python, default, base), or NULL. */
 const char *images_root(const char *image);

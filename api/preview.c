@@ -17,7 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/proto.h"
 #include "api/agent_client.h"
+#include "api/bytebuf.h"
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
@@ -33,11 +35,6 @@
 #define PV_TTL_MAX (7u * 86400u)
 #define PV_PREFIX "/preview/"
 
-struct bbuf {
-	uint8_t *p;
-	size_t off, len, cap;
-};
-
 struct pv {
 	struct http_req *r;
 	struct astream *as;
@@ -47,9 +44,9 @@ struct pv {
 	char token[PREVIEW_TOKEN_MAX];
 	uint64_t expires_s;
 	char cookie_path[ID_MAX + 40];
-	struct bbuf head;  /* the upstream's response head, until complete */
-	struct bbuf tx;    /* bytes for the upstream waiting for credit */
-	size_t owed;       /* upstream bytes to credit once the client catches up */
+	struct bytebuf head;  /* the upstream's response head, until complete */
+	struct bytebuf tx;    /* bytes for the upstream waiting for credit */
+	size_t owed;          /* upstream bytes to credit once the client catches up */
 };
 
 int preview_init(const char *state_dir, char *err, size_t errlen)
@@ -63,50 +60,6 @@ void preview_exit(void)
 }
 
 /* ---- small helpers ---- */
-
-static int bbuf_add(struct bbuf *b, const void *p, size_t n)
-{
-	if (!n)
-		return 0;
-	if (b->off && b->off == b->len)
-		b->off = b->len = 0;
-	if (b->len + n > b->cap) {
-		if (b->off) {
-			memmove(b->p, b->p + b->off, b->len - b->off);
-			b->len -= b->off;
-			b->off = 0;
-		}
-		if (b->len + n > b->cap) {
-			size_t cap = b->cap ? b->cap : 4096;
-			while (cap < b->len + n)
-				cap *= 2;
-			uint8_t *np = realloc(b->p, cap);
-			if (!np)
-				return -ENOMEM;
-			b->p = np;
-			b->cap = cap;
-		}
-	}
-	memcpy(b->p + b->len, p, n);
-	b->len += n;
-	return 0;
-}
-
-static int bbuf_str(struct bbuf *b, const char *s)
-{
-	return bbuf_add(b, s, strlen(s));
-}
-
-static size_t bbuf_pending(const struct bbuf *b)
-{
-	return b->len - b->off;
-}
-
-static void bbuf_free(struct bbuf *b)
-{
-	free(b->p);
-	memset(b, 0, sizeof(*b));
-}
 
 /* Does the comma-separated header value list hold token (case-insensitive)? */
 static bool list_has(const char *v, const char *token)
@@ -287,8 +240,8 @@ static void pv_free(struct pv *pv)
 		pv->r->ctx = NULL;
 		pv->r->ops = NULL;
 	}
-	bbuf_free(&pv->head);
-	bbuf_free(&pv->tx);
+	bytebuf_free(&pv->head);
+	bytebuf_free(&pv->tx);
 	explicit_bzero(pv->token, sizeof(pv->token));
 	free(pv);
 }
@@ -332,11 +285,11 @@ static void pv_writable(struct http_req *r)
 
 static void pv_client_bytes(struct pv *pv, const uint8_t *p, size_t n)
 {
-	if (bbuf_add(&pv->tx, p, n)) {
+	if (bytebuf_add(&pv->tx, p, n)) {
 		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
 		return;
 	}
-	if (bbuf_pending(&pv->tx) > PV_TX_HIGH)
+	if (bytebuf_pending(&pv->tx) > PV_TX_HIGH)
 		http_req_pause_body(pv->r);
 	pv_tx_pump(pv);
 }
@@ -351,11 +304,11 @@ static void pv_body(struct http_req *r, const uint8_t *p, size_t n)
 	/* http_parser took the client's chunking apart; the upstream gets our own. */
 	char h[24];
 	int k = snprintf(h, sizeof(h), "%zx\r\n", n);
-	if (bbuf_add(&pv->tx, h, (size_t)k)) {
+	if (bytebuf_add(&pv->tx, h, (size_t)k)) {
 		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
 		return;
 	}
-	if (bbuf_add(&pv->tx, p, n) || bbuf_add(&pv->tx, "\r\n", 2)) {
+	if (bytebuf_add(&pv->tx, p, n) || bytebuf_add(&pv->tx, "\r\n", 2)) {
 		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
 		return;
 	}
@@ -365,7 +318,7 @@ static void pv_body(struct http_req *r, const uint8_t *p, size_t n)
 static void pv_body_end(struct http_req *r)
 {
 	struct pv *pv = r->ctx;
-	if (pv->chunked_in && bbuf_str(&pv->tx, "0\r\n\r\n")) {
+	if (pv->chunked_in && bytebuf_str(&pv->tx, "0\r\n\r\n")) {
 		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
 		return;
 	}
@@ -386,17 +339,8 @@ static void pv_tx_pump(struct pv *pv)
 {
 	if (!pv->as || !pv->connected)
 		return;
-	while (bbuf_pending(&pv->tx)) {
-		size_t room = agent_send_room(pv->as);
-		if (!room)
-			break;
-		size_t k = bbuf_pending(&pv->tx);
-		if (k > room)
-			k = room;
-		agent_send_data(pv->as, 0, false, pv->tx.p + pv->tx.off, k);
-		pv->tx.off += k;
-	}
-	if (pv->r && pv->r->body_paused && bbuf_pending(&pv->tx) < PV_TX_HIGH / 4)
+	agent_send_buffered(pv->as, PROTO_CH_MAIN, &pv->tx, false);
+	if (pv->r && pv->r->body_paused && bytebuf_pending(&pv->tx) < PV_TX_HIGH / 4)
 		http_req_resume_body(pv->r);
 }
 
@@ -420,11 +364,11 @@ static int pv_send_head(struct pv *pv, const uint8_t *h, size_t n, int status)
 {
 	struct http_req *r = pv->r;
 	bool is101 = status == 101;
-	struct bbuf out = { 0 };
+	struct bytebuf out = { 0 };
 	const char *s = (const char *)h;
 	const char *end = s + n - 2; /* the last CRLF ends the head */
 	const char *eol = memchr(s, '\n', (size_t)(end - s));
-	int rc = bbuf_add(&out, s, (size_t)(eol - s + 1));
+	int rc = bytebuf_add(&out, s, (size_t)(eol - s + 1));
 	bool dropping = false;
 	for (const char *l = eol + 1; !rc && l < end;) {
 		const char *nl = memchr(l, '\n', (size_t)(end - l));
@@ -432,45 +376,45 @@ static int pv_send_head(struct pv *pv, const uint8_t *h, size_t n, int status)
 		if (*l == ' ' || *l == '\t') {
 			/* A folded continuation belongs to the line before it. */
 			if (!dropping)
-				rc = bbuf_add(&out, l, len);
+				rc = bytebuf_add(&out, l, len);
 		} else {
 			dropping = resp_header_dropped(l, len, is101);
 			if (!dropping)
-				rc = bbuf_add(&out, l, len);
+				rc = bytebuf_add(&out, l, len);
 		}
 		l += len;
 	}
 	if (!rc && !is101)
-		rc = bbuf_str(&out, "Connection: close\r\n");
+		rc = bytebuf_str(&out, "Connection: close\r\n");
 	if (!rc && pv->set_cookie && !is101) {
 		char c[400];
 		uint64_t now = ur_wall_ms() / 1000;
 		snprintf(c, sizeof(c), "Set-Cookie: " PREVIEW_COOKIE "=%s; Path=%s; Max-Age=%llu; HttpOnly; "
 			 "SameSite=Lax\r\n", pv->token, pv->cookie_path,
 			 (unsigned long long)(pv->expires_s > now ? pv->expires_s - now : 0));
-		rc = bbuf_str(&out, c);
+		rc = bytebuf_str(&out, c);
 		pv->set_cookie = false;
 	}
 	if (!rc)
-		rc = bbuf_str(&out, "\r\n");
+		rc = bytebuf_str(&out, "\r\n");
 	if (!rc) {
 		http_raw_begin(r);
 		http_raw_write(r, out.p, out.len);
 	}
-	bbuf_free(&out);
+	bytebuf_free(&out);
 	return rc;
 }
 
 /* Upstream bytes before the end of the response head. Returns -1 when pv is gone. */
 static int pv_head_bytes(struct pv *pv, const uint8_t *p, size_t n)
 {
-	if (bbuf_add(&pv->head, p, n)) {
+	if (bytebuf_add(&pv->head, p, n)) {
 		pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
 		return -1;
 	}
 	for (;;) {
 		const uint8_t *h = pv->head.p + pv->head.off;
-		size_t hn = bbuf_pending(&pv->head);
+		size_t hn = bytebuf_pending(&pv->head);
 		const uint8_t *e = hn >= 4 ? memmem(h, hn, "\r\n\r\n", 4) : NULL;
 		if (!e) {
 			if (hn > PV_HEAD_MAX) {
@@ -501,7 +445,7 @@ static int pv_head_bytes(struct pv *pv, const uint8_t *p, size_t n)
 		pv->head_done = true;
 		if (hn > headlen)
 			http_raw_write(pv->r, h + headlen, hn - headlen);
-		bbuf_free(&pv->head);
+		bytebuf_free(&pv->head);
 		return 0;
 	}
 }
@@ -674,7 +618,7 @@ static bool hop_by_hop(const char *name, const char *connection)
 
 static int build_request(struct pv *pv, struct http_req *r, const char *path, const char *prefix)
 {
-	struct bbuf *b = &pv->tx;
+	struct bytebuf *b = &pv->tx;
 	const char *connection = http_req_header(r, "connection");
 	const char *upgrade = http_req_header(r, "upgrade");
 	const char *te = http_req_header(r, "transfer-encoding");
@@ -683,22 +627,22 @@ static int build_request(struct pv *pv, struct http_req *r, const char *path, co
 	char *q = query_without_token(r->query);
 	if (!q)
 		return -ENOMEM;
-	int rc = bbuf_str(b, http_method_str((enum http_method)r->method));
-	rc = rc ?: bbuf_str(b, " ");
-	rc = rc ?: bbuf_str(b, *path ? path : "/");
+	int rc = bytebuf_str(b, http_method_str((enum http_method)r->method));
+	rc = rc ?: bytebuf_str(b, " ");
+	rc = rc ?: bytebuf_str(b, *path ? path : "/");
 	if (*q) {
-		rc = rc ?: bbuf_str(b, "?");
-		rc = rc ?: bbuf_str(b, q);
+		rc = rc ?: bytebuf_str(b, "?");
+		rc = rc ?: bytebuf_str(b, q);
 	}
 	free(q);
-	rc = rc ?: bbuf_str(b, " HTTP/1.1\r\n");
+	rc = rc ?: bytebuf_str(b, " HTTP/1.1\r\n");
 	const char *host = http_req_header(r, "host");
 	if (host) {
-		rc = rc ?: bbuf_str(b, "Host: ");
-		rc = rc ?: bbuf_str(b, host);
-		rc = rc ?: bbuf_str(b, "\r\nX-Forwarded-Host: ");
-		rc = rc ?: bbuf_str(b, host);
-		rc = rc ?: bbuf_str(b, "\r\n");
+		rc = rc ?: bytebuf_str(b, "Host: ");
+		rc = rc ?: bytebuf_str(b, host);
+		rc = rc ?: bytebuf_str(b, "\r\nX-Forwarded-Host: ");
+		rc = rc ?: bytebuf_str(b, host);
+		rc = rc ?: bytebuf_str(b, "\r\n");
 	}
 	/* The node's own bearer token never reaches a sandbox. */
 	bool drop_auth = srv_cfg.token && router_authorized(r);
@@ -706,42 +650,42 @@ static int build_request(struct pv *pv, struct http_req *r, const char *path, co
 		const char *name = r->h[i].name, *v = r->h[i].value;
 		if (hop_by_hop(name, connection) || (drop_auth && !strcmp(name, "authorization")))
 			continue;
-		rc = bbuf_str(b, name);
-		rc = rc ?: bbuf_str(b, ": ");
-		rc = rc ?: bbuf_str(b, v);
-		rc = rc ?: bbuf_str(b, "\r\n");
+		rc = bytebuf_str(b, name);
+		rc = rc ?: bytebuf_str(b, ": ");
+		rc = rc ?: bytebuf_str(b, v);
+		rc = rc ?: bytebuf_str(b, "\r\n");
 	}
 	for (unsigned i = 0; i < r->nh && !rc; i++) {
 		if (strcmp(r->h[i].name, "cookie"))
 			continue;
 		char *c = cookies_without_ours(r->h[i].value);
 		if (c) {
-			rc = bbuf_str(b, "Cookie: ");
-			rc = rc ?: bbuf_str(b, c);
-			rc = rc ?: bbuf_str(b, "\r\n");
+			rc = bytebuf_str(b, "Cookie: ");
+			rc = rc ?: bytebuf_str(b, c);
+			rc = rc ?: bytebuf_str(b, "\r\n");
 			free(c);
 		}
 	}
 	char line[300];
 	if (prefix) {
 		snprintf(line, sizeof(line), "X-Forwarded-Prefix: %s\r\n", prefix);
-		rc = rc ?: bbuf_str(b, line);
+		rc = rc ?: bytebuf_str(b, line);
 	}
-	rc = rc ?: bbuf_str(b, "X-Forwarded-Proto: http\r\n");
+	rc = rc ?: bytebuf_str(b, "X-Forwarded-Proto: http\r\n");
 	if (pv->upgrade) {
-		rc = rc ?: bbuf_str(b, "Connection: Upgrade\r\nUpgrade: ");
-		rc = rc ?: bbuf_str(b, upgrade);
-		rc = rc ?: bbuf_str(b, "\r\n");
+		rc = rc ?: bytebuf_str(b, "Connection: Upgrade\r\nUpgrade: ");
+		rc = rc ?: bytebuf_str(b, upgrade);
+		rc = rc ?: bytebuf_str(b, "\r\n");
 	} else {
-		rc = rc ?: bbuf_str(b, "Connection: close\r\n");
+		rc = rc ?: bytebuf_str(b, "Connection: close\r\n");
 	}
 	if (pv->chunked_in) {
-		rc = rc ?: bbuf_str(b, "Transfer-Encoding: chunked\r\n");
+		rc = rc ?: bytebuf_str(b, "Transfer-Encoding: chunked\r\n");
 	} else if (r->content_length != ULLONG_MAX) {
 		snprintf(line, sizeof(line), "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
-		rc = rc ?: bbuf_str(b, line);
+		rc = rc ?: bytebuf_str(b, line);
 	}
-	rc = rc ?: bbuf_str(b, "\r\n");
+	rc = rc ?: bytebuf_str(b, "\r\n");
 	return rc;
 }
 

@@ -15,9 +15,10 @@
 #include <string.h>
 #include <wslay/wslay.h>
 
+#include "agent/base64.h"
 #include "agent/proto.h"
 #include "api/agent_client.h"
-#include "api/b64.h"
+#include "api/bytebuf.h"
 #include "api/errors.h"
 #include "api/http.h"
 #include "api/sandboxes.h"
@@ -30,11 +31,6 @@
 
 static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-struct buf {
-	uint8_t *p;
-	size_t off, len, cap;
-};
-
 struct pt {
 	struct http_req *r;
 	struct astream *as;
@@ -42,49 +38,17 @@ struct pt {
 	char accept[29];
 	char sid[ID_MAX + 1];
 	bool upgraded, finished;
-	struct buf in;   /* client bytes not yet taken by wslay */
-	struct buf tx;   /* terminal input waiting for agent credit */
+	struct bytebuf in;  /* client bytes not yet taken by wslay */
+	struct bytebuf tx;  /* terminal input waiting for agent credit */
 	size_t owed;
 };
-
-static int buf_add(struct buf *b, const void *p, size_t n)
-{
-	if (!n)
-		return 0;
-	if (b->off && b->off == b->len)
-		b->off = b->len = 0;
-	if (b->len + n > b->cap) {
-		if (b->off) {
-			memmove(b->p, b->p + b->off, b->len - b->off);
-			b->len -= b->off;
-			b->off = 0;
-		}
-		if (b->len + n > b->cap) {
-			size_t cap = b->cap ? b->cap : 4096;
-			while (cap < b->len + n)
-				cap *= 2;
-			uint8_t *np = realloc(b->p, cap);
-			if (!np)
-				return -ENOMEM;
-			b->p = np;
-			b->cap = cap;
-		}
-	}
-	memcpy(b->p + b->len, p, n);
-	b->len += n;
-	return 0;
-}
-
-static size_t buf_pending(const struct buf *b)
-{
-	return b->len - b->off;
-}
 
 int ws_accept_key(const char *key, char out[29])
 {
 	size_t n = key ? strlen(key) : 0;
 	uint8_t raw[24];
-	if (n != 24 || b64_decode(key, n, raw) != 16)
+	size_t raw_len;
+	if (n != 24 || base64_decode(key, n, raw, &raw_len) || raw_len != 16)
 		return -EINVAL;
 	struct sha1_ctx ctx;
 	uint8_t d[SHA1_DIGEST_SIZE];
@@ -92,7 +56,7 @@ int ws_accept_key(const char *key, char out[29])
 	sha1_update(&ctx, n, (const uint8_t *)key);
 	sha1_update(&ctx, sizeof(ws_guid) - 1, (const uint8_t *)ws_guid);
 	sha1_digest(&ctx, sizeof(d), d);
-	b64_encode(d, sizeof(d), out);
+	base64_encode(d, sizeof(d), out);
 	return 0;
 }
 
@@ -109,8 +73,8 @@ static void pt_free(struct pt *pt)
 	}
 	if (pt->ws)
 		wslay_event_context_free(pt->ws);
-	free(pt->in.p);
-	free(pt->tx.p);
+	bytebuf_free(&pt->in);
+	bytebuf_free(&pt->tx);
 	free(pt);
 }
 
@@ -129,17 +93,9 @@ static void pt_end(struct pt *pt, enum api_err e, const char *msg, const char *c
 
 static void pt_tx_pump(struct pt *pt)
 {
-	while (pt->as && buf_pending(&pt->tx)) {
-		size_t room = agent_send_room(pt->as);
-		if (!room)
-			break;
-		size_t k = buf_pending(&pt->tx);
-		if (k > room)
-			k = room;
-		agent_send_data(pt->as, PROTO_CH_MAIN, false, pt->tx.p + pt->tx.off, k);
-		pt->tx.off += k;
-	}
-	if (pt->r && pt->r->body_paused && buf_pending(&pt->tx) < PTY_TX_HIGH / 4)
+	if (pt->as)
+		agent_send_buffered(pt->as, PROTO_CH_MAIN, &pt->tx, false);
+	if (pt->r && pt->r->body_paused && bytebuf_pending(&pt->tx) < PTY_TX_HIGH / 4)
 		http_req_resume_body(pt->r);
 }
 
@@ -149,7 +105,7 @@ static ssize_t ws_recv(wslay_event_context_ptr ctx, uint8_t *out, size_t len, in
 {
 	(void)flags;
 	struct pt *pt = user;
-	size_t k = buf_pending(&pt->in);
+	size_t k = bytebuf_pending(&pt->in);
 	if (!k) {
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
 		return -1;
@@ -205,7 +161,7 @@ static void ws_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 		return; /* ping, pong and close are wslay's */
 	if (a->opcode == WSLAY_TEXT_FRAME && control_msg(pt, a->msg, a->msg_length))
 		return;
-	if (buf_add(&pt->tx, a->msg, a->msg_length))
+	if (bytebuf_add(&pt->tx, a->msg, a->msg_length))
 		wslay_event_shutdown_read(ctx);
 }
 
@@ -221,7 +177,7 @@ static void pt_ws_pump(struct pt *pt)
 {
 	if (!pt->ws)
 		return;
-	if (wslay_event_want_read(pt->ws) && buf_pending(&pt->in) && wslay_event_recv(pt->ws)) {
+	if (wslay_event_want_read(pt->ws) && bytebuf_pending(&pt->in) && wslay_event_recv(pt->ws)) {
 		pt_end(pt, AE_INTERNAL, NULL, NULL);
 		return;
 	}
@@ -238,7 +194,7 @@ static void pt_ws_pump(struct pt *pt)
 		return;
 	}
 	pt_tx_pump(pt);
-	if (pt->r && buf_pending(&pt->tx) > PTY_TX_HIGH)
+	if (pt->r && bytebuf_pending(&pt->tx) > PTY_TX_HIGH)
 		http_req_pause_body(pt->r);
 }
 
@@ -247,7 +203,7 @@ static void pt_ws_pump(struct pt *pt)
 static void pty_raw(struct http_req *r, const uint8_t *p, size_t n)
 {
 	struct pt *pt = r->ctx;
-	if (buf_add(&pt->in, p, n)) {
+	if (bytebuf_add(&pt->in, p, n)) {
 		pt_end(pt, AE_INTERNAL, NULL, NULL);
 		return;
 	}

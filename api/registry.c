@@ -84,3 +84,20 @@ void registry_rfc3339(uint64_t wall_ms, char *out, size_t n)
 	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(out, n, "%s.%03uZ", base, (unsigned)(wall_ms % 1000));
 }
+
+int registry_uint_field(const cJSON *o, const char *key, unsigned lo, unsigned hi, unsigned dflt, unsigned *out,
+			char *err, size_t errlen)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	if (!v) {
+		*out = dflt;
+		return 0;
+	}
+	if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi ||
+	    v->valuedouble != (double)(unsigned)v->valuedouble) {
+		snprintf(err, errlen, "%s must be a whole number from %u to %u", key, lo, hi);
+		return -EINVAL;
+	}
+	*out = (unsigned)v->valuedouble;
+	return 0;
+}

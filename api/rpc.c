@@ -9,9 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/base64.h"
 #include "agent/proto.h"
 #include "api/agent_client.h"
-#include "api/b64.h"
+#include "api/bytebuf.h"
 #include "api/connect.h"
 #include "api/errors.h"
 #include "api/handlers.h"
@@ -45,8 +46,7 @@ struct rpc_call {
 	uint64_t deadline;     /* monotonic ms, 0: none */
 	uint64_t next_ka;
 	size_t owed;           /* agent bytes to credit once the client catches up */
-	uint8_t *tx;           /* bytes for the agent waiting for credit */
-	size_t tx_off, tx_len, tx_cap;
+	struct bytebuf tx;     /* bytes for the agent waiting for credit */
 	bool tx_fin, tx_fin_sent;
 	uint8_t utf8_carry[2][4];
 	size_t utf8_carry_len[2];
@@ -256,7 +256,7 @@ static void call_free(struct rpc_call *c)
 	connect_dec_free(&c->dec);
 	cJSON_Delete(c->entries);
 	cJSON_Delete(c->wf_open);
-	free(c->tx);
+	bytebuf_free(&c->tx);
 	free(c);
 }
 
@@ -362,54 +362,32 @@ static bool call_open(struct rpc_call *c, cJSON *open, const struct astream_ops 
 
 /* ---- bytes to the agent (stdin, file content) ---- */
 
-static int tx_append(struct rpc_call *c, const uint8_t *p, size_t n)
+/* -EINVAL when text is not base64 (or cannot be decoded for lack of memory),
+ * -ENOMEM when the decoded bytes cannot be queued. */
+static int tx_add_base64(struct rpc_call *c, const char *text, size_t *added)
 {
-	if (c->tx_off && c->tx_off == c->tx_len)
-		c->tx_off = c->tx_len = 0;
-	if (c->tx_len + n > c->tx_cap) {
-		if (c->tx_off) {
-			memmove(c->tx, c->tx + c->tx_off, c->tx_len - c->tx_off);
-			c->tx_len -= c->tx_off;
-			c->tx_off = 0;
-		}
-		if (c->tx_len + n > c->tx_cap) {
-			size_t cap = c->tx_cap ? c->tx_cap : 65536;
-			while (cap < c->tx_len + n)
-				cap *= 2;
-			uint8_t *nb = realloc(c->tx, cap);
-			if (!nb)
-				return -ENOMEM;
-			c->tx = nb;
-			c->tx_cap = cap;
-		}
+	size_t n = strlen(text);
+	uint8_t *buf = malloc(base64_decoded_max(n));
+	if (!buf || base64_decode(text, n, buf, added)) {
+		free(buf);
+		return -EINVAL;
 	}
-	memcpy(c->tx + c->tx_len, p, n);
-	c->tx_len += n;
-	return 0;
+	int rc = bytebuf_add(&c->tx, buf, *added);
+	free(buf);
+	return rc;
 }
 
 static void tx_pump(struct rpc_call *c)
 {
 	if (!c->as)
 		return;
-	while (c->tx_len > c->tx_off) {
-		size_t room = agent_send_room(c->as);
-		if (!room)
-			break;
-		size_t k = c->tx_len - c->tx_off;
-		if (k > room)
-			k = room;
-		bool last = c->tx_fin && k == c->tx_len - c->tx_off;
-		agent_send_data(c->as, PROTO_CH_MAIN, last, c->tx + c->tx_off, k);
-		c->tx_off += k;
-		if (last)
-			c->tx_fin_sent = true;
-	}
-	if (c->tx_fin && !c->tx_fin_sent && c->tx_len == c->tx_off) {
+	if (agent_send_buffered(c->as, PROTO_CH_MAIN, &c->tx, c->tx_fin))
+		c->tx_fin_sent = true;
+	if (c->tx_fin && !c->tx_fin_sent && !bytebuf_pending(&c->tx)) {
 		agent_send_data(c->as, PROTO_CH_MAIN, true, NULL, 0);
 		c->tx_fin_sent = true;
 	}
-	if (c->r && c->r->body_paused && c->tx_len - c->tx_off < TX_PAUSE_BODY / 4)
+	if (c->r && c->r->body_paused && bytebuf_pending(&c->tx) < TX_PAUSE_BODY / 4)
 		http_req_resume_body(c->r);
 }
 
@@ -471,13 +449,13 @@ static bool add_path(struct rpc_call *c, cJSON *open, const cJSON *req, const ch
 static void data_msg(struct rpc_call *c, const char *key, const uint8_t *p, size_t n)
 {
 	size_t kl = strlen(key);
-	size_t cap = b64_encoded_len(n) + kl + 8;
+	size_t cap = base64_encoded_len(n) + kl + 8;
 	char *buf = malloc(cap);
 	if (!buf)
 		return;
 	int o = snprintf(buf, cap, "{\"%s\":\"", key);
-	b64_encode(p, n, buf + o);
-	size_t len = (size_t)o + b64_encoded_len(n);
+	base64_encode(p, n, buf + o);
+	size_t len = (size_t)o + base64_encoded_len(n);
 	buf[len++] = '"';
 	buf[len++] = '}';
 	stream_msg(c, buf, len, 0);
@@ -608,16 +586,12 @@ static void exec_start(struct rpc_call *c, cJSON *req)
 	}
 	const char *in = jstr(req, "stdin", NULL);
 	if (in) {
-		size_t n = strlen(in);
-		uint8_t *buf = malloc(n / 4 * 3 + 4);
-		long k = buf ? b64_decode(in, n, buf) : -ENOMEM;
-		if (k < 0 || tx_append(c, buf, (size_t)k)) {
-			free(buf);
+		size_t k;
+		if (tx_add_base64(c, in, &k)) {
 			cJSON_Delete(open);
 			call_fail(c, AE_INVALID_ARGUMENT, "stdin must be base64", NULL);
 			return;
 		}
-		free(buf);
 		c->tx_fin = true;
 		cJSON_AddBoolToObject(open, "stdin", 1);
 	}
@@ -983,20 +957,12 @@ static int wf_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 		return -EINVAL;
 	}
 	if (cJSON_IsString(d) && *d->valuestring) {
-		size_t n = strlen(d->valuestring);
-		uint8_t *buf = malloc(n / 4 * 3 + 4);
-		long k = buf ? b64_decode(d->valuestring, n, buf) : -ENOMEM;
-		if (k < 0) {
-			free(buf);
-			cJSON_Delete(m);
-			call_fail(c, AE_INVALID_ARGUMENT, "data must be base64", NULL);
-			return -EINVAL;
-		}
-		int rc = tx_append(c, buf, (size_t)k);
-		free(buf);
+		size_t k;
+		int rc = tx_add_base64(c, d->valuestring, &k);
 		if (rc) {
 			cJSON_Delete(m);
-			call_fail(c, AE_INTERNAL, "out of memory", NULL);
+			call_fail(c, rc == -ENOMEM ? AE_INTERNAL : AE_INVALID_ARGUMENT,
+				  rc == -ENOMEM ? "out of memory" : "data must be base64", NULL);
 			return rc;
 		}
 		c->wf_bytes += (uint64_t)k;
@@ -1013,7 +979,7 @@ static void wf_body(struct http_req *r, const uint8_t *p, size_t n)
 		return;
 	if (c->wf_unary) {
 		/* One JSON message: gather it whole (bounded by the body limit). */
-		if (tx_append(c, p, n))
+		if (bytebuf_add(&c->tx, p, n))
 			call_fail(c, AE_INTERNAL, "out of memory", NULL);
 		return;
 	}
@@ -1033,7 +999,7 @@ static void wf_body(struct http_req *r, const uint8_t *p, size_t n)
 		if (wf_message(c, msg, len))
 			return;
 	}
-	if (!c->done && c->tx_len - c->tx_off > TX_PAUSE_BODY)
+	if (!c->done && bytebuf_pending(&c->tx) > TX_PAUSE_BODY)
 		http_req_pause_body(r);
 }
 
@@ -1044,12 +1010,10 @@ static void wf_body_end(struct http_req *r)
 		return;
 	c->wf_body_done = true;
 	if (c->wf_unary) {
-		uint8_t *body = c->tx;
-		size_t len = c->tx_len;
-		c->tx = NULL;
-		c->tx_len = c->tx_off = c->tx_cap = 0;
-		int rc = wf_message(c, body ? body : (const uint8_t *)"", body ? len : 0);
-		free(body);
+		struct bytebuf body = c->tx;
+		c->tx = (struct bytebuf){ 0 };
+		int rc = wf_message(c, body.p ? body.p : (const uint8_t *)"", body.len);
+		bytebuf_free(&body);
 		if (rc)
 			return;
 	} else if (!connect_dec_idle(&c->dec)) {
@@ -1111,6 +1075,7 @@ void rpc_dispatch(struct http_req *r)
 	}
 	const uint8_t *msg = r->body ? r->body : (const uint8_t *)"";
 	size_t len = r->body_len;
+	cJSON *req;
 	if (stream_ct) {
 		struct connect_dec d;
 		connect_dec_init(&d, (uint32_t)srv_cfg.max_json_body);
@@ -1123,18 +1088,11 @@ void rpc_dispatch(struct http_req *r)
 			call_fail(c, AE_INVALID_ARGUMENT, "the request body must be exactly one envelope", NULL);
 			return;
 		}
-		cJSON *req = cJSON_ParseWithLength((const char *)msg, len);
+		req = cJSON_ParseWithLength((const char *)msg, len);
 		connect_dec_free(&d);
-		if (!cJSON_IsObject(req)) {
-			cJSON_Delete(req);
-			call_fail(c, AE_INVALID_ARGUMENT, "the request message must be a JSON object", NULL);
-			return;
-		}
-		m->start(c, req);
-		cJSON_Delete(req);
-		return;
+	} else {
+		req = len ? cJSON_ParseWithLength((const char *)msg, len) : cJSON_CreateObject();
 	}
-	cJSON *req = len ? cJSON_ParseWithLength((const char *)msg, len) : cJSON_CreateObject();
 	if (!cJSON_IsObject(req)) {
 		cJSON_Delete(req);
 		call_fail(c, AE_INVALID_ARGUMENT, "the request message must be a JSON object", NULL);

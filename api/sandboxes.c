@@ -275,6 +275,8 @@ static int template_build(const char *name, const char *image, const cJSON *spec
 	static const char *not_spec[] = { "name", "image", "template" };
 	for (size_t i = 0; i < sizeof(not_spec) / sizeof(not_spec[0]); i++)
 		cJSON_DeleteItemFromObjectCaseSensitive(sp, not_spec[i]);
+	/* The image names the engine's default guest when the request gives none. */
+	cJSON_AddStringToObject(sp, "image", image);
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	snprintf(t->image, sizeof(t->image), "%.64s", image);
 	snprintf(t->root, sizeof(t->root), "%.900s/%s", tpl_root, name);
@@ -332,8 +334,16 @@ int templates_create(const char *name, const char *image, const cJSON *spec, str
 			 eng->name);
 		return -ENOENT;
 	}
+	char err[300] = "";
+	cJSON *kept = eng->template_spec ? eng->template_spec(spec, err, sizeof(err)) : NULL;
+	if (eng->template_spec && !kept) {
+		*e = AE_INVALID_ARGUMENT;
+		snprintf(msg, msglen, "%s", err[0] ? err : "out of memory");
+		return -EINVAL;
+	}
 	t = calloc(1, sizeof(*t));
 	if (!t) {
+		cJSON_Delete(kept);
 		*e = AE_INTERNAL;
 		snprintf(msg, msglen, "out of memory");
 		return -ENOMEM;
@@ -342,9 +352,10 @@ int templates_create(const char *name, const char *image, const cJSON *spec, str
 	snprintf(t->image, sizeof(t->image), "%.64s", image);
 	snprintf(t->root, sizeof(t->root), "%s", root);
 	t->created_ms = ur_wall_ms();
+	t->spec = kept;
 	int rc = tpl_save(t);
 	if (rc) {
-		free(t);
+		tpl_free(t);
 		*e = AE_INTERNAL;
 		snprintf(msg, msglen, "cannot save the template in the state dir: %s", strerror(-rc));
 		return rc;
@@ -658,6 +669,10 @@ static void sb_exit_done(struct uop *op, int res, uint32_t flags)
 		eng->exit_reason(sb->dir, why, sizeof(why));
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "the sandbox failed to start: %s",
 			 why[0] ? why : "it exited before its agent answered");
+	} else if (sb->state != SB_STOPPING && !sb->fail_reason[0]) {
+		/* A crash (a VM killed by its seccomp filter, say): its last words go to serve's
+		 * log, the one trace of it left once its directory is removed. */
+		eng->exit_reason(sb->dir, sb->fail_reason, sizeof(sb->fail_reason));
 	}
 	if (sb->state != SB_STOPPING)
 		fprintf(stderr, "mitos-vmm serve: sandbox %s exited%s%s\n", sb->id, sb->fail_reason[0] ? ": " : "",
@@ -818,7 +833,7 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 		return -errno;
 	}
 	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
-				   .copy_from = copy_from, .ready_fd = pfd[1] };
+				   .copy_from = copy_from, .spec = t->spec, .ready_fd = pfd[1] };
 	int rc = eng->start(&es, &sb->proc, err, errlen);
 	close(pfd[1]);
 	if (rc) {
@@ -1069,14 +1084,18 @@ int sandboxes_init(char *err, size_t errlen)
 		return -ENODEV;
 	}
 	eng = kvm ? &engine_kvm_ops : &engine_process_ops;
-	int rc = mkdir_p(srv_cfg.state_dir);
+	int rc = images_init(srv_cfg.images_dir, srv_cfg.agent_path, kvm, err, errlen);
+	if (rc)
+		return rc;
+	rc = mkdir_p(srv_cfg.state_dir);
 	if (rc) {
 		snprintf(err, errlen, "cannot create the state dir %s: %s", srv_cfg.state_dir, strerror(-rc));
 		return rc;
 	}
-	char jail[700] = "";
-	rc = kvm ? engine_kvm_configure(srv_cfg.state_dir, srv_cfg.kvm_pool, jail, sizeof(jail), err, errlen)
-		 : engine_process_configure(srv_cfg.agent_path, srv_cfg.state_dir, srv_cfg.token_file, err, errlen);
+	char jail[1000] = "";
+	rc = kvm ? engine_kvm_configure(srv_cfg.state_dir, srv_cfg.kvm_pool, !pr.hardware, jail, sizeof(jail), err, errlen)
+		 : engine_process_configure(srv_cfg.agent_path, srv_cfg.state_dir, srv_cfg.token_file, jail,
+					    sizeof(jail), err, errlen);
 	if (rc)
 		return rc;
 	char real[1024];
@@ -1101,6 +1120,7 @@ int sandboxes_init(char *err, size_t errlen)
 		       ? "; the 'python' template's root is this host's own / (read-only)" : "");
 		if (!images_host_root())
 			printf("template image: python = %s\n", images_root("python"));
+		printf("sandbox limits: %s\n", jail);
 	}
 	printf("state dir: %s\n", real);
 	fflush(stdout);

@@ -26,7 +26,7 @@ struct template_rec {
 	char root[1024];
 	uint64_t created_ms;
 	bool building;               /* the engine is still building it (kvm) */
-	struct cJSON *spec;          /* what the engine built it from (kvm), or NULL */
+	struct cJSON *spec;          /* kvm: the request it was built from; process: its limits; or NULL */
 	struct tpl_waiter *waiters;  /* requests waiting for the build */
 	struct template_rec *next;
 };

@@ -16,7 +16,6 @@
 
 #include "api/agent_client.h"
 #include "api/errors.h"
-#include "api/images.h"
 #include "api/listener.h"
 #include "api/preview.h"
 #include "api/sandboxes.h"
@@ -369,9 +368,7 @@ int cmd_serve(int argc, char **argv)
 	}
 
 	char engine_err[512];
-	int rc = images_init(srv_cfg.images_dir, srv_cfg.agent_path, engine_err, sizeof(engine_err));
-	if (!rc)
-		rc = sandboxes_init(engine_err, sizeof(engine_err));
+	int rc = sandboxes_init(engine_err, sizeof(engine_err));
 	if (rc) {
 		fprintf(stderr, "mitos-vmm serve: %s\n", engine_err);
 		close(listen_fd);

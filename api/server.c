@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "api/bytebuf.h"
 #include "api/http.h"
 #include "api/listener.h"
 
@@ -24,16 +25,6 @@ static void conn_teardown(struct conn *c);
 static void conn_free_kick(struct ur_kick *k);
 
 unsigned listener_conn_count(void) { return nconns; }
-
-static void obuf_free_all(struct conn *c)
-{
-	for (struct obuf *b = c->oh, *n; b; b = n) {
-		n = b->next;
-		free(b);
-	}
-	c->oh = c->ot = NULL;
-	c->oq = 0;
-}
 
 static void zombie_unlink(struct conn *c)
 {
@@ -51,7 +42,7 @@ static void conn_maybe_free(struct conn *c)
 	ur_kick_cancel(&c->kick);
 	zombie_unlink(c);
 	close(c->fd);
-	obuf_free_all(c);
+	sendq_free(&c->out);
 	free(c->pend);
 	free(c);
 }
@@ -60,37 +51,8 @@ void conn_out(struct conn *c, const void *p, size_t n)
 {
 	if (c->dead || !n)
 		return;
-	const uint8_t *src = p;
-	struct obuf *t = c->ot;
-	if (t && t->cap - t->off - t->len > 0) {
-		size_t k = t->cap - t->off - t->len;
-		if (k > n)
-			k = n;
-		memcpy(t->data + t->off + t->len, src, k);
-		t->len += k;
-		src += k;
-		n -= k;
-		c->oq += k;
-	}
-	if (!n)
-		return;
-	size_t cap = n > OBUF_MIN ? n : OBUF_MIN;
-	struct obuf *b = malloc(sizeof(*b) + cap);
-	if (!b) {
+	if (sendq_append(&c->out, p, n, OBUF_MIN))
 		conn_teardown(c);
-		return;
-	}
-	b->next = NULL;
-	b->off = 0;
-	b->len = n;
-	b->cap = cap;
-	memcpy(b->data, src, n);
-	if (c->ot)
-		c->ot->next = b;
-	else
-		c->oh = b;
-	c->ot = b;
-	c->oq += n;
 }
 
 static void tx_done(struct uop *op, int res, uint32_t flags)
@@ -112,23 +74,9 @@ static void tx_done(struct uop *op, int res, uint32_t flags)
 		return;
 	}
 	c->last_tx_ms = ur_now_ms();
-	size_t left = (size_t)res;
-	while (left && c->oh) {
-		struct obuf *b = c->oh;
-		size_t k = b->len < left ? b->len : left;
-		b->off += k;
-		b->len -= k;
-		left -= k;
-		c->oq -= k;
-		if (!b->len) {
-			c->oh = b->next;
-			if (!c->oh)
-				c->ot = NULL;
-			free(b);
-		}
-	}
+	sendq_consume(&c->out, (size_t)res);
 	bool was_high = c->was_writable_blocked;
-	if (c->oq < HTTP_OUT_LOW && was_high) {
+	if (c->out.bytes < HTTP_OUT_LOW && was_high) {
 		c->was_writable_blocked = false;
 		http_conn_writable(c);
 		if (c->dead)
@@ -141,9 +89,9 @@ void conn_flush(struct conn *c)
 {
 	if (c->dead || c->tx_armed)
 		return;
-	if (c->oq >= HTTP_OUT_HIGH)
+	if (c->out.bytes >= HTTP_OUT_HIGH)
 		c->was_writable_blocked = true;
-	if (!c->oq) {
+	if (!c->out.bytes) {
 		if (c->close_after && (!c->req || c->req->finished)) {
 			/* Half-close, then read and drop what the client still sends, so
 			 * our response is not lost to a reset. */
@@ -159,16 +107,7 @@ void conn_flush(struct conn *c)
 		}
 		return;
 	}
-	int n = 0;
-	for (struct obuf *b = c->oh; b && n < CONN_IOV; b = b->next, n++) {
-		c->iov[n].iov_base = b->data + b->off;
-		c->iov[n].iov_len = b->len;
-	}
-	memset(&c->msg, 0, sizeof(c->msg));
-	c->msg.msg_iov = c->iov;
-	c->msg.msg_iovlen = (size_t)n;
-	struct io_uring_sqe *sqe = ur_sqe(&c->tx_op);
-	io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+	sendq_prep_sendmsg(&c->out, ur_sqe(&c->tx_op), c->fd, &c->msg, c->iov, CONN_IOV);
 	c->tx_armed = true;
 	c->inflight++;
 }
@@ -203,7 +142,7 @@ void conn_kick(struct conn *c)
 
 static bool conn_lingering(const struct conn *c)
 {
-	return c->close_after && !c->oq && !c->tx_armed;
+	return c->close_after && !c->out.bytes && !c->tx_armed;
 }
 
 static void rx_done(struct uop *op, int res, uint32_t flags)
@@ -263,19 +202,13 @@ static void rx_done(struct uop *op, int res, uint32_t flags)
 			memmove(c->pend, c->pend + c->pend_off, c->pend_len);
 			c->pend_off = 0;
 		}
-		if (c->pend_len + n > c->pend_cap) {
-			size_t cap = c->pend_cap ? c->pend_cap : 4096;
-			while (cap < c->pend_len + n)
-				cap *= 2;
-			uint8_t *np = realloc(c->pend, cap);
-			if (!np) {
-				ur_buf_return(bid);
-				conn_teardown(c);
-				return;
-			}
-			c->pend = np;
-			c->pend_cap = cap;
+		uint8_t *np = buf_reserve(c->pend, &c->pend_cap, c->pend_len + n, 4096);
+		if (!np) {
+			ur_buf_return(bid);
+			conn_teardown(c);
+			return;
 		}
+		c->pend = np;
 	}
 	memcpy(c->pend + c->pend_off + c->pend_len, data, n);
 	c->pend_len += n;
@@ -385,7 +318,7 @@ void listener_close_idle(void)
 {
 	for (struct conn *c = conns, *next; c; c = next) {
 		next = c->next;
-		if (!c->req && !c->oq)
+		if (!c->req && !c->out.bytes)
 			conn_teardown(c);
 		else
 			conn_close_after(c);

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "api/sendq.h"
 #include "api/uring.h"
 
 struct http_req;
@@ -41,12 +42,6 @@ struct server_config {
 
 extern struct server_config srv_cfg;
 
-struct obuf {
-	struct obuf *next;
-	size_t off, len, cap;
-	uint8_t data[];
-};
-
 #define CONN_IOV 32
 
 struct conn {
@@ -58,8 +53,7 @@ struct conn {
 	bool close_after;  /* close once the queue drains */
 	bool read_eof;
 	bool rx_wait_buf;  /* a read failed for lack of provided buffers */
-	struct obuf *oh, *ot;
-	size_t oq;         /* queued bytes */
+	struct sendq out;
 	struct iovec iov[CONN_IOV];
 	struct msghdr msg;
 	struct ur_kick kick;

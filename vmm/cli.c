@@ -2,6 +2,7 @@
  * terminal, the end-of-run statistics and the exit status. */
 #include "cli.h"
 #include "commands.h"
+#include "seccomp.h"
 
 #include "../devices/tap.h"
 
@@ -172,10 +173,15 @@ int cli_exit_status(const struct machine_result *r)
 	}
 }
 
-int cli_run_machine(const char *cmd, struct machine *m, bool stats, uint64_t start_ns)
+int cli_run_machine(const char *cmd, struct machine *m, bool seccomp, bool stats, uint64_t start_ns)
 {
 	struct mitos_err e = { 0 };
 	struct machine_result res;
+	if (seccomp && vmm_seccomp_install(e.msg, sizeof(e.msg))) {
+		fprintf(stderr, "mitos-vmm %s: %s\n", cmd, e.msg);
+		machine_destroy(m);
+		return EXIT_VMM_ERROR;
+	}
 	cli_raw_terminal();
 	int r = machine_run(m, &res, &e);
 	cli_restore_terminal();

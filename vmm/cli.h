@@ -21,7 +21,9 @@ void cli_restore_terminal(void);
 void cli_print_stats(const struct machine_result *r, uint64_t start_ns);
 /* The documented exit status for how the VM ended. */
 int cli_exit_status(const struct machine_result *r);
-/* Runs a created or restored machine to its end; prints why it ended; returns the exit status. */
-int cli_run_machine(const char *cmd, struct machine *m, bool stats, uint64_t start_ns);
+/* Runs a created or restored machine to its end (first confining the process to the
+ * system calls of vmm/seccomp.c when seccomp); prints why it ended; returns the exit
+ * status. */
+int cli_run_machine(const char *cmd, struct machine *m, bool seccomp, bool stats, uint64_t start_ns);
 
 #endif

@@ -133,7 +133,7 @@ int cmd_restore(int argc, char **argv, uint64_t process_start_ns)
 		r = machine_restore(&m, dir, &cfg, &e);
 	if (r)
 		fprintf(stderr, "mitos-vmm restore: %s\n", e.msg);
-	int status = r ? EXIT_VMM_ERROR : cli_run_machine("restore", m, stats, process_start_ns);
+	int status = r ? EXIT_VMM_ERROR : cli_run_machine("restore", m, false, stats, process_start_ns);
 	snapshot_config_free(&sc);
 	return status;
 }

@@ -44,6 +44,8 @@ static void usage(FILE *f)
 		"                     and boot timings to stderr at the end\n"
 		"  --profile PATH     sample each vCPU's RIP 100 times a second into PATH\n"
 		"                     (tools/guest-profile maps them to kernel symbols)\n"
+		"  --seccomp          once the VM is built, allow only the system calls a VM\n"
+		"                     process needs (vmm/seccomp.c); any other kills it\n"
 		"  --help             this text\n"
 		"\n"
 		"On a terminal, Ctrl-A x ends the VM (Ctrl-A Ctrl-A sends a Ctrl-A).\n"
@@ -93,6 +95,7 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		{ "vsock", required_argument, NULL, 'V' },
 		{ "net", required_argument, NULL, 'N' },
 		{ "stats", no_argument, NULL, 's' },
+		{ "seccomp", no_argument, NULL, 'S' },
 		{ "control", required_argument, NULL, 'C' },
 		{ "profile", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
@@ -104,7 +107,7 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		.console_in = STDIN_FILENO,
 		.console_out = STDOUT_FILENO,
 	};
-	bool stats = false;
+	bool stats = false, filter = false;
 	unsigned long v;
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -145,6 +148,7 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 			cfg.has_net = true;
 			break;
 		case 's': stats = true; break;
+		case 'S': filter = true; break;
 		case 'C': cfg.control_path = optarg; break;
 		case 'P': cfg.profile_path = optarg; break;
 		case 'h': usage(stdout); return 0;
@@ -167,5 +171,5 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		fprintf(stderr, "mitos-vmm run: %s\n", e.msg);
 		return EXIT_VMM_ERROR;
 	}
-	return cli_run_machine("run", m, stats, process_start_ns);
+	return cli_run_machine("run", m, filter, stats, process_start_ns);
 }

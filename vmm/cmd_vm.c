@@ -1,6 +1,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "machine.h"
+#include "seccomp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +13,8 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: mitos-vmm vm --control PATH [--mem MIB] [--vcpus N] [--console FILE] [--stats]\n"
+		"usage: mitos-vmm vm --control PATH [--mem MIB] [--vcpus N] [--console FILE] [--seccomp]\n"
+		"                    [--stats]\n"
 		"\n"
 		"One microVM, prepared ahead of need: creates the KVM VM, its vCPUs and guest RAM\n"
 		"of the given shape, then waits on its control socket. A request\n"
@@ -26,6 +28,8 @@ static void usage(FILE *f)
 		"  --mem MIB        guest RAM; must equal the snapshot's (default %d)\n"
 		"  --vcpus N        vCPUs; must equal the snapshot's (default 1)\n"
 		"  --console FILE   where the guest's serial output goes (default: stdout)\n"
+		"  --seccomp        once prepared, allow only the system calls a VM process needs\n"
+		"                   (vmm/seccomp.c); any other kills it, naming the call on stderr\n"
 		"  --stats          print timings and exit counts to stderr at the end\n",
 		MACHINE_DEFAULT_MEM_MIB);
 }
@@ -38,6 +42,7 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 		{ "vcpus", required_argument, NULL, 'n' },
 		{ "console", required_argument, NULL, 'o' },
 		{ "stats", no_argument, NULL, 's' },
+		{ "seccomp", no_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -48,7 +53,7 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 		.console_out = STDOUT_FILENO,
 	};
 	const char *console = NULL;
-	bool stats = false;
+	bool stats = false, filter = false;
 	unsigned long v;
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -66,6 +71,7 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 			break;
 		case 'o': console = optarg; break;
 		case 's': stats = true; break;
+		case 'S': filter = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}
@@ -87,5 +93,5 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 		fprintf(stderr, "mitos-vmm vm: %s\n", e.msg);
 		return EXIT_VMM_ERROR;
 	}
-	return cli_run_machine("vm", m, stats, process_start_ns);
+	return cli_run_machine("vm", m, filter, stats, process_start_ns);
 }

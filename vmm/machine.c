@@ -847,14 +847,25 @@ static const char *machine_keep(struct machine *m, const char *s)
 	return copy;
 }
 
+/* Linux hands everything after a "--" word to init: the kernel's own part ends there. */
+static size_t kernel_params_len(const char *s)
+{
+	for (const char *p = s; (p = strstr(p, "--")); p += 2)
+		if ((p == s || p[-1] == ' ') && (p[2] == ' ' || p[2] == '\0'))
+			return (size_t)(p - s);
+	return strlen(s);
+}
+
 static int build_cmdline(struct machine *m, struct mitos_err *e)
 {
 	const char *base = m->cfg.cmdline ? m->cfg.cmdline : MACHINE_DEFAULT_CMDLINE;
-	size_t outlen = sizeof(m->cmdline);
-	size_t n = (size_t)snprintf(m->cmdline, outlen, "%s", base);
+	size_t outlen = sizeof(m->cmdline), split = kernel_params_len(base);
+	size_t n = (size_t)snprintf(m->cmdline, outlen, "%.*s", (int)split, base);
 	for (unsigned i = 0; i < m->ndevs && n < outlen; i++)
 		n += (size_t)snprintf(m->cmdline + n, outlen - n, " virtio_mmio.device=4K@0x%llx:%u",
 				      (unsigned long long)m->devs[i].dev->mmio_base, m->devs[i].dev->irq);
+	if (base[split] && n < outlen)
+		n += (size_t)snprintf(m->cmdline + n, outlen - n, " %s", base + split);
 	if (n >= outlen)
 		return mitos_err_set(e, -E2BIG, "kernel command line too long (at most %llu bytes "
 				     "with the virtio_mmio.device= entries)", LAYOUT_CMDLINE_MAX - 1);

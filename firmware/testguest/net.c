@@ -39,28 +39,11 @@
 /* Where each buffer is: the device's receive ring, its transmit ring. */
 enum { IN_RX = 1, IN_TX = 2 };
 
-struct vq {
-	struct vdesc desc[QSZ];
-	struct {
-		uint16_t flags, idx, ring[QSZ], used_event;
-	} avail;
-	struct {
-		uint16_t flags, idx;
-		struct used_elem ring[QSZ];
-		uint16_t avail_event;
-	} used __attribute__((aligned(4)));
-	uint16_t avail_idx;                /* next avail slot to fill */
-	uint16_t published;                /* avail idx the device has seen */
-	uint16_t last_used;                /* used entries consumed */
-} __attribute__((aligned(64)));
-
 struct net {
-	const struct tg_virtio_dev *dev;
+	struct vdev vd;
 	uint64_t features;
 	uint8_t mac[6];
 	uint8_t ip[4];
-	volatile unsigned config_irqs;
-	unsigned config_seen;
 	uint64_t frames, arp_replies, echo_replies, ignored;
 };
 
@@ -68,22 +51,7 @@ static struct vq vqs[2];
 static uint8_t bufs[QSZ][BUF_STRIDE] __attribute__((aligned(64)));
 static uint8_t where[QSZ];
 
-static uint32_t vr(const struct net *n, unsigned off) { return mmio_read32(n->dev->base + off); }
-static void vw(const struct net *n, unsigned off, uint32_t v) { mmio_write32(n->dev->base + off, v); }
 static bool has(const struct net *n, uint64_t f) { return (n->features & f) != 0; }
-
-static uint16_t used_idx(const struct vq *q)
-{
-	return READ_ONCE(q->used.idx);
-}
-
-static struct used_elem take_used(struct vq *q)
-{
-	struct used_elem e = { READ_ONCE(q->used.ring[q->last_used % QSZ].id),
-			       READ_ONCE(q->used.ring[q->last_used % QSZ].len) };
-	q->last_used++;
-	return e;
-}
 
 static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
@@ -105,29 +73,13 @@ static bool same(const uint8_t *a, const uint8_t *b, unsigned n)
 
 static void post(unsigned qi, unsigned id)
 {
-	struct vq *q = &vqs[qi];
-	q->avail.ring[q->avail_idx % QSZ] = (uint16_t)id;
-	q->avail_idx++;
+	vq_post(&vqs[qi], id);
 	where[id] = qi == RXQ ? IN_RX : IN_TX;
 }
 
-/* Makes what was posted visible and kicks if the device asked for it (EVENT_IDX) or
- * did not say it polls. */
 static void publish(struct net *n, unsigned qi)
 {
-	struct vq *q = &vqs[qi];
-	if (q->avail_idx == q->published)
-		return;
-	uint16_t old = q->published;
-	barrier(); /* ring slots before the index (x86 keeps stores in order) */
-	WRITE_ONCE(q->avail.idx, q->avail_idx);
-	q->published = q->avail_idx;
-	mb(); /* publish idx before reading the device's suppression state */
-	bool kick = has(n, F_EVENT_IDX)
-		? need_event(READ_ONCE(q->used.avail_event), q->avail_idx, old)
-		: !(READ_ONCE(q->used.flags) & USED_F_NO_NOTIFY);
-	if (kick)
-		vw(n, VM_QUEUE_NOTIFY, qi);
+	vq_publish(&n->vd, &vqs[qi], qi, has(n, F_EVENT_IDX));
 }
 
 /* ---- frames ----------------------------------------------------------------------------- */
@@ -209,9 +161,9 @@ static bool rx_poll(struct net *n)
 {
 	struct vq *q = &vqs[RXQ];
 	bool worked = false;
-	while (q->last_used != used_idx(q)) {
+	while (q->last_used != vq_used_idx(q)) {
 		barrier(); /* the index before the entries (x86 keeps loads in order) */
-		struct used_elem e = take_used(q);
+		struct used_elem e = vq_take_used(q);
 		unsigned id = check_used(e, IN_RX, "rx");
 		uint8_t *b = bufs[id];
 		uint16_t nbuf = (uint16_t)(b[HDR_NUM_BUFFERS] | b[HDR_NUM_BUFFERS + 1] << 8);
@@ -226,10 +178,10 @@ static bool rx_poll(struct net *n)
 			n->ignored++;
 			post(RXQ, id);
 			for (unsigned k = 1; k < nbuf; k++) {
-				if (q->last_used == used_idx(q))
+				if (q->last_used == vq_used_idx(q))
 					tg_fail(TG_EXIT_REQUEST, "rx frame of %u buffers published "
 						"without all of them", nbuf);
-				post(RXQ, check_used(take_used(q), IN_RX, "rx"));
+				post(RXQ, check_used(vq_take_used(q), IN_RX, "rx"));
 			}
 			continue;
 		}
@@ -250,9 +202,9 @@ static bool tx_reclaim(void)
 {
 	struct vq *q = &vqs[TXQ];
 	bool worked = false;
-	while (q->last_used != used_idx(q)) {
+	while (q->last_used != vq_used_idx(q)) {
 		barrier();
-		post(RXQ, check_used(take_used(q), IN_TX, "tx"));
+		post(RXQ, check_used(vq_take_used(q), IN_TX, "tx"));
 		worked = true;
 	}
 	return worked;
@@ -260,42 +212,9 @@ static bool tx_reclaim(void)
 
 /* ---- set-up ----------------------------------------------------------------------------- */
 
-static void net_irq(void *arg)
-{
-	struct net *n = arg;
-	uint32_t st = vr(n, VM_INT_STATUS);
-	vw(n, VM_INT_ACK, st);
-	if (st & INT_CONFIG)
-		n->config_irqs = n->config_irqs + 1;
-}
-
-static void setup_queue(struct net *n, unsigned qi)
-{
-	struct vq *q = &vqs[qi];
-	vw(n, VM_QUEUE_SEL, qi);
-	if (vr(n, VM_QUEUE_READY) != 0)
-		tg_fail(TG_EXIT_TRANSPORT, "net queue %u is still ready after reset", qi);
-	uint32_t max = vr(n, VM_QUEUE_NUM_MAX);
-	if (max < QSZ)
-		tg_fail(TG_EXIT_TRANSPORT, "net queue %u: QueueNumMax %u, want at least %u", qi, max,
-			QSZ);
-	vw(n, VM_QUEUE_NUM, QSZ);
-	uint64_t desc = (uintptr_t)q->desc, avail = (uintptr_t)&q->avail;
-	uint64_t used = (uintptr_t)&q->used;
-	vw(n, VM_QUEUE_DESC_LO, (uint32_t)desc);
-	vw(n, VM_QUEUE_DESC_HI, (uint32_t)(desc >> 32));
-	vw(n, VM_QUEUE_AVAIL_LO, (uint32_t)avail);
-	vw(n, VM_QUEUE_AVAIL_HI, (uint32_t)(avail >> 32));
-	vw(n, VM_QUEUE_USED_LO, (uint32_t)used);
-	vw(n, VM_QUEUE_USED_HI, (uint32_t)(used >> 32));
-	vw(n, VM_QUEUE_READY, 1);
-	if (vr(n, VM_QUEUE_READY) != 1)
-		tg_fail(TG_EXIT_TRANSPORT, "net queue %u: QueueReady does not read back 1", qi);
-}
-
 static uint8_t config8(const struct net *n, unsigned off)
 {
-	return *(volatile uint8_t *)(uintptr_t)(n->dev->base + VM_CONFIG + off);
+	return *(volatile uint8_t *)(uintptr_t)(n->vd.dev->base + VM_CONFIG + off);
 }
 
 static bool link_up(const struct net *n)
@@ -307,25 +226,13 @@ static bool link_up(const struct net *n)
 
 static void net_init(struct net *n)
 {
-	vw(n, VM_STATUS, 0);
-	vw(n, VM_STATUS, ST_ACKNOWLEDGE);
-	vw(n, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER);
-	vw(n, VM_DEVICE_FEAT_SEL, 0);
-	uint64_t offered = vr(n, VM_DEVICE_FEATURES);
-	vw(n, VM_DEVICE_FEAT_SEL, 1);
-	offered |= (uint64_t)vr(n, VM_DEVICE_FEATURES) << 32;
+	uint64_t offered = vdev_begin(&n->vd);
 	if (!(offered & F_VERSION_1))
 		tg_fail(TG_EXIT_TRANSPORT, "virtio-net does not offer VIRTIO_F_VERSION_1");
 	n->features = offered & F_WANTED;
-	vw(n, VM_DRIVER_FEAT_SEL, 0);
-	vw(n, VM_DRIVER_FEATURES, (uint32_t)n->features);
-	vw(n, VM_DRIVER_FEAT_SEL, 1);
-	vw(n, VM_DRIVER_FEATURES, (uint32_t)(n->features >> 32));
-	vw(n, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK);
-	if (!(vr(n, VM_STATUS) & ST_FEATURES_OK))
-		tg_fail(TG_EXIT_TRANSPORT, "virtio-net refused features 0x%lx", n->features);
+	vdev_set_features(&n->vd, n->features);
 	tg_printf("net: virtio-net at 0x%lx irq %u: features offered 0x%lx, accepted 0x%lx\n",
-		  n->dev->base, n->dev->irq, offered, n->features);
+		  n->vd.dev->base, n->vd.dev->irq, offered, n->features);
 	if (has(n, F_NET_MAC)) {
 		for (unsigned i = 0; i < 6; i++)
 			n->mac[i] = config8(n, NET_CFG_MAC + i);
@@ -334,8 +241,8 @@ static void net_init(struct net *n)
 		copy(n->mac, fallback, 6);
 	}
 
-	setup_queue(n, RXQ);
-	setup_queue(n, TXQ);
+	vq_setup(&n->vd, &vqs[RXQ], RXQ, QSZ);
+	vq_setup(&n->vd, &vqs[TXQ], TXQ, QSZ);
 	/* Completions on the transmit queue need no interrupt: the loop reclaims them. */
 	vqs[TXQ].avail.flags = AVAIL_F_NO_INTERRUPT;
 	for (unsigned i = 0; i < QSZ; i++) {
@@ -343,11 +250,7 @@ static void net_init(struct net *n)
 						   DESC_F_WRITE, 0 };
 		post(RXQ, i);
 	}
-	tg_irq_route(n->dev->irq, net_irq, n);
-	vw(n, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
-	uint32_t st = vr(n, VM_STATUS);
-	if (st & (ST_NEEDS_RESET | ST_FAILED) || !(st & ST_DRIVER_OK))
-		tg_fail(TG_EXIT_TRANSPORT, "virtio-net status 0x%x after DRIVER_OK", st);
+	vdev_driver_ok(&n->vd);
 	publish(n, RXQ);
 }
 
@@ -420,11 +323,7 @@ void tg_net_run(const char *cmd, const struct tg_virtio_dev *devs, unsigned ndev
 	struct net *n = &net;
 	uint64_t seconds;
 	parse_options(n, cmd, &seconds);
-	for (unsigned i = 0; i < ndev && !n->dev; i++)
-		if (tg_virtio_probe(&devs[i]) == VIRTIO_ID_NET)
-			n->dev = &devs[i];
-	if (!n->dev)
-		tg_fail(TG_EXIT_NO_DEVICE, "mode net but no virtio-net device on the command line");
+	vdev_find(&n->vd, "net", VIRTIO_ID_NET, devs, ndev);
 	net_init(n);
 	tg_printf("net: mac %02x:%02x:%02x:%02x:%02x:%02x ip %u.%u.%u.%u, link %s, serving",
 		  n->mac[0], n->mac[1], n->mac[2], n->mac[3], n->mac[4], n->mac[5], n->ip[0],
@@ -441,27 +340,22 @@ void tg_net_run(const char *cmd, const struct tg_virtio_dev *devs, unsigned ndev
 		worked |= tx_reclaim();
 		publish(n, TXQ);
 		publish(n, RXQ);
-		if (n->config_irqs != n->config_seen) {
-			n->config_seen = n->config_irqs;
-			if (vr(n, VM_STATUS) & ST_NEEDS_RESET)
-				tg_fail(TG_EXIT_TRANSPORT, "virtio-net needs a reset (it found the "
-					"rings malformed)");
+		if (vdev_config_changed(&n->vd))
 			tg_printf("net: config change: link %s\n", link_up(n) ? "up" : "down");
-		}
 		if (worked)
 			continue;
 		if (seconds && tg_ticks() >= end)
 			break;
 		/* An interrupt for the next received frame; sent ones are reclaimed here. */
-		WRITE_ONCE(rx->avail.used_event, rx->last_used);
-		WRITE_ONCE(tx->avail.used_event, (uint16_t)(tx->last_used + 0x8000));
+		vq_set_used_event(rx, rx->last_used);
+		vq_set_used_event(tx, (uint16_t)(tx->last_used + 0x8000));
 		mb();
-		if (used_idx(rx) == rx->last_used && used_idx(tx) == tx->last_used)
+		if (vq_used_idx(rx) == rx->last_used && vq_used_idx(tx) == tx->last_used)
 			tg_wait_interrupt();
 	}
 	tg_printf("net: %lu frames in, %lu ARP replies, %lu echo replies, %lu ignored\n",
 		  n->frames, n->arp_replies, n->echo_replies, n->ignored);
-	vw(n, VM_STATUS, 0);
+	vdev_write(&n->vd, VM_STATUS, 0);
 	tg_printf("PASS\n");
 	tg_exit(TG_EXIT_PASS);
 }

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "firmware/testguest/tg.h"
+
 #define VM_MAGIC            0x000
 #define VM_VERSION          0x004
 #define VM_DEVICE_ID        0x008
@@ -67,5 +69,73 @@ static inline bool need_event(uint16_t event, uint16_t new_idx, uint16_t old)
 {
 	return (uint16_t)(new_idx - event - 1) < (uint16_t)(new_idx - old);
 }
+
+/* A split virtqueue of up to VQ_MAX entries in one block. The avail ring's used_event
+ * and the used ring's avail_event follow the size in use: ring[size] holds them. */
+#define VQ_MAX 64
+struct vq {
+	struct vdesc desc[VQ_MAX];
+	struct {
+		uint16_t flags, idx, ring[VQ_MAX + 1];
+	} avail;
+	struct {
+		uint16_t flags, idx;
+		union {
+			struct used_elem elem;
+			uint16_t avail_event;
+		} ring[VQ_MAX + 1];
+	} used __attribute__((aligned(4)));
+	uint16_t size;
+	uint16_t avail_idx;                /* next avail slot to fill */
+	uint16_t published;                /* avail idx the device has seen */
+	uint16_t last_used;                /* used entries consumed */
+} __attribute__((aligned(64)));
+
+/* A device the net and vsock modes drive; name ("net", "vsock") goes into messages. */
+struct vdev {
+	const struct tg_virtio_dev *dev;
+	const char *name;
+	volatile unsigned config_irqs;
+	unsigned config_seen;
+};
+
+static inline uint32_t vdev_read(const struct vdev *vd, unsigned off)
+{
+	return mmio_read32(vd->dev->base + off);
+}
+
+static inline void vdev_write(const struct vdev *vd, unsigned off, uint32_t v)
+{
+	mmio_write32(vd->dev->base + off, v);
+}
+
+/* The first device of type id, or the test fails. */
+void vdev_find(struct vdev *vd, const char *name, uint32_t id, const struct tg_virtio_dev *devs,
+	       unsigned ndev);
+/* Resets the device and says ACKNOWLEDGE and DRIVER; returns the features it offers. */
+uint64_t vdev_begin(const struct vdev *vd);
+void vdev_set_features(const struct vdev *vd, uint64_t features);
+void vq_setup(const struct vdev *vd, struct vq *q, unsigned qi, uint16_t size);
+/* Routes the device's interrupt (it counts configuration changes) and says DRIVER_OK. */
+void vdev_driver_ok(struct vdev *vd);
+/* Whether a configuration change came since the last call; fails the test when the
+ * device needs a reset (it found the rings malformed). */
+bool vdev_config_changed(struct vdev *vd);
+
+static inline uint16_t vq_used_idx(const struct vq *q)
+{
+	return READ_ONCE(q->used.idx);
+}
+
+static inline void vq_set_used_event(struct vq *q, uint16_t idx)
+{
+	WRITE_ONCE(q->avail.ring[q->size], idx);
+}
+
+struct used_elem vq_take_used(struct vq *q);
+void vq_post(struct vq *q, unsigned id);
+/* Makes what was posted visible and kicks if the device asked for it (event_idx) or did
+ * not say it polls. */
+void vq_publish(const struct vdev *vd, struct vq *q, unsigned qi, bool event_idx);
 
 #endif

@@ -55,21 +55,6 @@ struct hdr {
 } __attribute__((packed));
 #define HDR ((uint32_t)sizeof(struct hdr))
 
-struct vq {
-	struct vdesc desc[QSZ];
-	struct {
-		uint16_t flags, idx, ring[QSZ], used_event;
-	} avail;
-	struct {
-		uint16_t flags, idx;
-		struct used_elem ring[QSZ];
-		uint16_t avail_event;
-	} used __attribute__((aligned(4)));
-	uint16_t avail_idx;                /* next avail slot to fill */
-	uint16_t published;                /* avail idx the device has seen */
-	uint16_t last_used;                /* used entries consumed */
-} __attribute__((aligned(64)));
-
 /* Where a receive buffer is. */
 enum { IN_RX = 1, IN_FIFO, IN_TX };
 
@@ -86,12 +71,10 @@ struct conn {
 };
 
 struct vsock {
-	const struct tg_virtio_dev *dev;
+	struct vdev vd;
 	const struct tg_vsock_app *app; /* NULL: echo */
 	uint64_t cid;
 	uint32_t port;
-	volatile unsigned config_irqs;
-	unsigned config_seen;
 	unsigned connections, resets, dropped;
 	uint64_t echoed;
 	struct conn conns[MAX_CONNS];
@@ -112,8 +95,7 @@ static unsigned tx_nfree;
 static struct hdr ctl_hdr[QSZ];
 static uint32_t event_buf;
 
-static uint32_t vr(const struct vsock *v, unsigned off) { return mmio_read32(v->dev->base + off); }
-static void vw(const struct vsock *v, unsigned off, uint32_t x) { mmio_write32(v->dev->base + off, x); }
+static uint32_t vr(const struct vsock *v, unsigned off) { return vdev_read(&v->vd, off); }
 
 static uint8_t *buf(unsigned i)
 {
@@ -122,45 +104,15 @@ static uint8_t *buf(unsigned i)
 
 /* ---- rings ------------------------------------------------------------------------------ */
 
-static uint16_t used_idx(const struct vq *q)
-{
-	return READ_ONCE(q->used.idx);
-}
-
-static struct used_elem take_used(struct vq *q)
-{
-	struct used_elem e = { READ_ONCE(q->used.ring[q->last_used % QSZ].id),
-			       READ_ONCE(q->used.ring[q->last_used % QSZ].len) };
-	q->last_used++;
-	return e;
-}
-
-static void post(unsigned qi, unsigned id)
-{
-	struct vq *q = &vqs[qi];
-	q->avail.ring[q->avail_idx % QSZ] = (uint16_t)id;
-	q->avail_idx++;
-}
-
 static void post_rx(unsigned b)
 {
 	where[b] = IN_RX;
-	post(RXQ, b);
+	vq_post(&vqs[RXQ], b);
 }
 
-/* Makes what was posted visible and kicks if the device asked for it. */
 static void publish(struct vsock *v, unsigned qi)
 {
-	struct vq *q = &vqs[qi];
-	if (q->avail_idx == q->published)
-		return;
-	uint16_t old = q->published;
-	barrier(); /* ring slots before the index (x86 keeps stores in order) */
-	WRITE_ONCE(q->avail.idx, q->avail_idx);
-	q->published = q->avail_idx;
-	mb(); /* publish idx before reading the device's suppression state */
-	if (need_event(READ_ONCE(q->used.avail_event), q->avail_idx, old))
-		vw(v, VM_QUEUE_NOTIFY, qi);
+	vq_publish(&v->vd, &vqs[qi], qi, true);
 }
 
 /* ---- packets out ------------------------------------------------------------------------- */
@@ -177,7 +129,7 @@ static void send_desc(unsigned d, void *addr, uint32_t len, uint8_t owner)
 {
 	vqs[TXQ].desc[d] = (struct vdesc){ (uint64_t)(uintptr_t)addr, len, 0, 0 };
 	tx_owner[d] = owner;
-	post(TXQ, d);
+	vq_post(&vqs[TXQ], d);
 }
 
 /* A header-only packet; the caller made sure a transmit descriptor is free. */
@@ -307,7 +259,7 @@ static _Noreturn void quit(struct vsock *v)
 {
 	tg_printf("vsock: %u connection(s), %lu bytes echoed, %u transport reset(s), %u packet(s) "
 		  "dropped\n", v->connections, v->echoed, v->resets, v->dropped);
-	vw(v, VM_STATUS, 0);
+	vdev_write(&v->vd, VM_STATUS, 0);
 	tg_printf("PASS\n");
 	tg_exit(TG_EXIT_PASS);
 }
@@ -389,9 +341,9 @@ static bool rx_poll(struct vsock *v)
 	struct vq *q = &vqs[RXQ];
 	bool worked = false;
 	/* A packet may need a reply: leave the rest until a transmit descriptor frees up. */
-	while (q->last_used != used_idx(q) && tx_nfree) {
+	while (q->last_used != vq_used_idx(q) && tx_nfree) {
 		barrier(); /* the index before the entries (x86 keeps loads in order) */
-		struct used_elem e = take_used(q);
+		struct used_elem e = vq_take_used(q);
 		if (e.id >= NRX || where[e.id] != IN_RX || e.len > HDR + PAYLOAD)
 			tg_fail(TG_EXIT_REQUEST, "vsock rx used entry: buffer %u, len %u", e.id,
 				e.len);
@@ -407,9 +359,9 @@ static bool tx_reclaim(struct vsock *v)
 {
 	struct vq *q = &vqs[TXQ];
 	bool worked = false;
-	while (q->last_used != used_idx(q)) {
+	while (q->last_used != vq_used_idx(q)) {
 		barrier();
-		struct used_elem e = take_used(q);
+		struct used_elem e = vq_take_used(q);
 		if (e.id >= QSZ || tx_owner[e.id] == FREE)
 			tg_fail(TG_EXIT_REQUEST, "vsock tx used entry names descriptor %u, not one "
 				"in flight", e.id);
@@ -447,9 +399,9 @@ static bool event_poll(struct vsock *v)
 {
 	struct vq *q = &vqs[EVQ];
 	bool worked = false;
-	while (q->last_used != used_idx(q)) {
+	while (q->last_used != vq_used_idx(q)) {
 		barrier();
-		struct used_elem e = take_used(q);
+		struct used_elem e = vq_take_used(q);
 		if (e.id != 0 || e.len < sizeof(event_buf))
 			tg_fail(TG_EXIT_REQUEST, "vsock event used entry: descriptor %u, len %u",
 				e.id, e.len);
@@ -463,7 +415,7 @@ static bool event_poll(struct vsock *v)
 				  v->cid, v->port);
 		}
 		event_buf = 0xffffffffu;
-		post(EVQ, 0);
+		vq_post(&vqs[EVQ], 0);
 		worked = true;
 	}
 	return worked;
@@ -471,65 +423,19 @@ static bool event_poll(struct vsock *v)
 
 /* ---- set-up ------------------------------------------------------------------------------- */
 
-static void vsock_irq(void *arg)
-{
-	struct vsock *v = arg;
-	uint32_t st = vr(v, VM_INT_STATUS);
-	vw(v, VM_INT_ACK, st);
-	if (st & INT_CONFIG)
-		v->config_irqs = v->config_irqs + 1;
-}
-
-static void setup_queue(struct vsock *v, unsigned qi)
-{
-	struct vq *q = &vqs[qi];
-	vw(v, VM_QUEUE_SEL, qi);
-	if (vr(v, VM_QUEUE_READY) != 0)
-		tg_fail(TG_EXIT_TRANSPORT, "vsock queue %u is still ready after reset", qi);
-	uint32_t max = vr(v, VM_QUEUE_NUM_MAX);
-	if (max < QSZ)
-		tg_fail(TG_EXIT_TRANSPORT, "vsock queue %u: QueueNumMax %u, want at least %u", qi,
-			max, QSZ);
-	vw(v, VM_QUEUE_NUM, QSZ);
-	uint64_t desc = (uintptr_t)q->desc, avail = (uintptr_t)&q->avail;
-	uint64_t used = (uintptr_t)&q->used;
-	vw(v, VM_QUEUE_DESC_LO, (uint32_t)desc);
-	vw(v, VM_QUEUE_DESC_HI, (uint32_t)(desc >> 32));
-	vw(v, VM_QUEUE_AVAIL_LO, (uint32_t)avail);
-	vw(v, VM_QUEUE_AVAIL_HI, (uint32_t)(avail >> 32));
-	vw(v, VM_QUEUE_USED_LO, (uint32_t)used);
-	vw(v, VM_QUEUE_USED_HI, (uint32_t)(used >> 32));
-	vw(v, VM_QUEUE_READY, 1);
-	if (vr(v, VM_QUEUE_READY) != 1)
-		tg_fail(TG_EXIT_TRANSPORT, "vsock queue %u: QueueReady does not read back 1", qi);
-}
-
 static void vsock_init(struct vsock *v)
 {
-	vw(v, VM_STATUS, 0);
-	vw(v, VM_STATUS, ST_ACKNOWLEDGE);
-	vw(v, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER);
-	vw(v, VM_DEVICE_FEAT_SEL, 0);
-	uint64_t offered = vr(v, VM_DEVICE_FEATURES);
-	vw(v, VM_DEVICE_FEAT_SEL, 1);
-	offered |= (uint64_t)vr(v, VM_DEVICE_FEATURES) << 32;
+	uint64_t offered = vdev_begin(&v->vd);
 	if ((offered & F_WANTED) != F_WANTED)
 		tg_fail(TG_EXIT_TRANSPORT, "virtio-vsock offers 0x%lx, want VERSION_1 and EVENT_IDX",
 			offered);
-	vw(v, VM_DRIVER_FEAT_SEL, 0);
-	vw(v, VM_DRIVER_FEATURES, (uint32_t)F_WANTED);
-	vw(v, VM_DRIVER_FEAT_SEL, 1);
-	vw(v, VM_DRIVER_FEATURES, (uint32_t)(F_WANTED >> 32));
-	vw(v, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK);
-	if (!(vr(v, VM_STATUS) & ST_FEATURES_OK))
-		tg_fail(TG_EXIT_TRANSPORT, "virtio-vsock refused features 0x%lx",
-			(uint64_t)F_WANTED);
+	vdev_set_features(&v->vd, F_WANTED);
 	v->cid = config_cid(v);
 	tg_printf("vsock: virtio-vsock at 0x%lx irq %u: features offered 0x%lx, cid %lu\n",
-		  v->dev->base, v->dev->irq, offered, v->cid);
+		  v->vd.dev->base, v->vd.dev->irq, offered, v->cid);
 
 	for (unsigned qi = RXQ; qi <= EVQ; qi++)
-		setup_queue(v, qi);
+		vq_setup(&v->vd, &vqs[qi], qi, QSZ);
 	bufs = (uint8_t *)(((uintptr_t)__bss_end + 4095) & ~(uintptr_t)4095);
 	app_bufs = bufs + (uint64_t)NRX * BUF_STRIDE;
 	for (unsigned i = 0; i < NRX; i++) {
@@ -544,12 +450,8 @@ static void vsock_init(struct vsock *v)
 	vqs[EVQ].desc[0] = (struct vdesc){ (uint64_t)(uintptr_t)&event_buf, sizeof(event_buf),
 					   DESC_F_WRITE, 0 };
 	event_buf = 0xffffffffu;
-	post(EVQ, 0);
-	tg_irq_route(v->dev->irq, vsock_irq, v);
-	vw(v, VM_STATUS, ST_ACKNOWLEDGE | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
-	uint32_t st = vr(v, VM_STATUS);
-	if (st & (ST_NEEDS_RESET | ST_FAILED) || !(st & ST_DRIVER_OK))
-		tg_fail(TG_EXIT_TRANSPORT, "virtio-vsock status 0x%x after DRIVER_OK", st);
+	vq_post(&vqs[EVQ], 0);
+	vdev_driver_ok(&v->vd);
 	publish(v, RXQ);
 	publish(v, EVQ);
 }
@@ -570,9 +472,9 @@ bool tg_vsock_send(unsigned conn, const void *p, uint32_t len)
 			continue;
 		if (tg_ticks() > give_up)
 			tg_fail(TG_EXIT_TIMEOUT, "vsock: no transmit descriptor came back in 2 s");
-		WRITE_ONCE(vqs[TXQ].avail.used_event, vqs[TXQ].last_used);
+		vq_set_used_event(&vqs[TXQ], vqs[TXQ].last_used);
 		mb();
-		if (used_idx(&vqs[TXQ]) == vqs[TXQ].last_used)
+		if (vq_used_idx(&vqs[TXQ]) == vqs[TXQ].last_used)
 			tg_wait_interrupt();
 	}
 	unsigned d = tx_free[--tx_nfree];
@@ -599,11 +501,7 @@ void tg_vsock_serve(const struct tg_virtio_dev *devs, unsigned ndev, uint32_t po
 	struct vsock *v = &vsock;
 	v->port = port;
 	v->app = app;
-	for (unsigned i = 0; i < ndev && !v->dev; i++)
-		if (tg_virtio_probe(&devs[i]) == VIRTIO_ID_VSOCK)
-			v->dev = &devs[i];
-	if (!v->dev)
-		tg_fail(TG_EXIT_NO_DEVICE, "mode vsock but no virtio-vsock device on the command line");
+	vdev_find(&v->vd, "vsock", VIRTIO_ID_VSOCK, devs, ndev);
 	vsock_init(v);
 	tg_printf("vsock: listening on port %u\n", v->port);
 
@@ -619,21 +517,16 @@ void tg_vsock_serve(const struct tg_virtio_dev *devs, unsigned ndev, uint32_t po
 		publish(v, TXQ);
 		publish(v, RXQ);
 		publish(v, EVQ);
-		if (v->config_irqs != v->config_seen) {
-			v->config_seen = v->config_irqs;
-			if (vr(v, VM_STATUS) & ST_NEEDS_RESET)
-				tg_fail(TG_EXIT_TRANSPORT, "virtio-vsock needs a reset (it found the "
-					"rings malformed)");
-		}
+		vdev_config_changed(&v->vd);
 		if (worked)
 			continue;
 		/* An interrupt for the next entry on any queue. */
 		for (unsigned qi = RXQ; qi <= EVQ; qi++)
-			WRITE_ONCE(vqs[qi].avail.used_event, vqs[qi].last_used);
+			vq_set_used_event(&vqs[qi], vqs[qi].last_used);
 		mb();
 		bool idle = true;
 		for (unsigned qi = RXQ; qi <= EVQ; qi++)
-			idle &= used_idx(&vqs[qi]) == vqs[qi].last_used;
+			idle &= vq_used_idx(&vqs[qi]) == vqs[qi].last_used;
 		if (idle)
 			tg_wait_interrupt();
 	}

@@ -86,13 +86,17 @@ uint32_t ac_new_id(struct ac *c)
 	return c->next_id++;
 }
 
-/* Reads available bytes and queues complete frames; waits up to timeout_ms. */
-static int pump(struct ac *c, int timeout_ms)
+/* Reads available bytes and queues complete frames; waits until deadline at most.
+ * Returns 0 also when nothing came, -ETIMEDOUT only once the deadline has passed. */
+static int pump(struct ac *c, uint64_t deadline)
 {
-	struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
-	int r = poll(&pfd, 1, timeout_ms);
-	if (r == 0)
+	uint64_t now = now_ms();
+	if (now >= deadline)
 		return -ETIMEDOUT;
+	struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+	int r = poll(&pfd, 1, (int)(deadline - now));
+	if (r == 0)
+		return 0;
 	if (r < 0)
 		return -errno;
 	static uint8_t buf[256 * 1024];
@@ -148,11 +152,8 @@ int ac_recv(struct ac *c, uint32_t id, struct ac_frame **out, int timeout_ms)
 			*out = f;
 			return 0;
 		}
-		uint64_t now = now_ms();
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		int rc = pump(c, (int)(deadline - now));
-		if (rc && rc != -ETIMEDOUT)
+		int rc = pump(c, deadline);
+		if (rc)
 			return rc;
 	}
 }
@@ -171,11 +172,8 @@ int ac_write_data(struct ac *c, uint32_t id, const void *p, size_t n, bool fin, 
 	uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
 	do {
 		while (id < AC_MAX_STREAMS && !c->credit[id] && n) {
-			uint64_t now = now_ms();
-			if (now >= deadline)
-				return -ETIMEDOUT;
-			int rc = pump(c, (int)(deadline - now));
-			if (rc && rc != -ETIMEDOUT)
+			int rc = pump(c, deadline);
+			if (rc)
 				return rc;
 		}
 		size_t chunk = n < PROTO_DATA_CHUNK ? n : PROTO_DATA_CHUNK;

@@ -43,15 +43,41 @@ static inline int json_int(cJSON *j, const char *key)
 	return v->valueint;
 }
 
+/* A number in the END payload of r. */
+static inline int end_int(const struct ac_result *r, const char *key)
+{
+	cJSON *j = end_json(r);
+	int v = json_int(j, key);
+	cJSON_Delete(j);
+	return v;
+}
+
+/* Checks the END error code of r ("" for success), then frees r; what names the
+ * call in the failure message. */
+static inline void expect_end(struct ac_result *r, const char *code, const char *what)
+{
+	cJSON *j = end_json(r);
+	ck_assert_msg(!strcmp(end_error_code(j), code), "%s: expected '%s', got %s", what, code, r->end);
+	cJSON_Delete(j);
+	ac_result_free(r);
+}
+
 /* Runs one call and checks the END error code ("" for success). */
 static inline void call_expect(struct ac *c, const char *json, const char *code)
 {
 	struct ac_result r;
 	ck_assert_int_eq(ac_call(c, json, &r, T_SHORT), 0);
-	cJSON *j = end_json(&r);
-	ck_assert_msg(!strcmp(end_error_code(j), code), "%s: expected '%s', got %s", json, code, r.end);
-	cJSON_Delete(j);
-	ac_result_free(&r);
+	expect_end(&r, code, json);
+}
+
+/* The exit status of a suite's main(). */
+static inline int run_suite(Suite *s)
+{
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
 }
 
 #endif

@@ -163,10 +163,7 @@ START_TEST(code_timeout_and_busy)
 	ac_open(&c, id, "{\"op\":\"run_code\",\"code\":\"import time\\ntime.sleep(20)\",\"timeout_ms\":500}");
 	call_expect(&c, "{\"op\":\"run_code\",\"code\":\"2\"}", "busy");
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
-	cJSON *j = end_json(&r);
-	ck_assert_str_eq(end_error_code(j), "timeout");
-	cJSON_Delete(j);
-	ac_result_free(&r);
+	expect_end(&r, "timeout", "run_code past its timeout");
 	/* interrupted, not killed: the state survives */
 	run(&c, NULL, "n + 1", &r);
 	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"text/plain\": \"2\""));
@@ -208,9 +205,5 @@ int main(void)
 	tcase_add_test(tc, code_timeout_and_busy);
 	tcase_add_test(tc, code_stuck_kernel_is_replaced);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return run_suite(s);
 }

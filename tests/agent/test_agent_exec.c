@@ -107,9 +107,7 @@ START_TEST(exec_twenty_concurrent)
 		ck_assert_int_eq(ac_collect(&c, ids[i], &r, T_SHORT), 0);
 		snprintf(want, sizeof(want), "%d\n", 1000 + i);
 		ck_assert_str_eq((char *)r.ch[1].p, want);
-		cJSON *j = end_json(&r);
-		ck_assert_int_eq(json_int(j, "exit_code"), i);
-		cJSON_Delete(j);
+		ck_assert_int_eq(end_int(&r, "exit_code"), i);
 		ac_result_free(&r);
 	}
 	agent_down(&c);
@@ -156,9 +154,7 @@ START_TEST(exec_signal_and_event_kill)
 	snprintf(req, sizeof(req), "{\"op\":\"signal\",\"pid\":%d,\"signal\":\"SIGKILL\"}", pid);
 	call_expect(&c, req, "");
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
-	cJSON *j = end_json(&r);
-	ck_assert_int_eq(json_int(j, "signal"), SIGKILL);
-	cJSON_Delete(j);
+	ck_assert_int_eq(end_int(&r, "signal"), SIGKILL);
 	ac_result_free(&r);
 	/* the process is gone: E2B's kill() reports false on not_found */
 	call_expect(&c, req, "not_found");
@@ -169,9 +165,7 @@ START_TEST(exec_signal_and_event_kill)
 	const char *ev = "{\"signal\":15}";
 	ac_send(&c, PROTO_EVENT, 0, 0, id, ev, strlen(ev));
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
-	j = end_json(&r);
-	ck_assert_int_eq(json_int(j, "signal"), SIGTERM);
-	cJSON_Delete(j);
+	ck_assert_int_eq(end_int(&r, "signal"), SIGTERM);
 	ac_result_free(&r);
 	agent_down(&c);
 }
@@ -199,9 +193,7 @@ START_TEST(exec_background_reattach)
 	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
 	ck_assert_str_eq((char *)r.ch[1].p, "early\nlate\n");
 	ck_assert_str_eq((char *)r.ch[2].p, "warn\n");
-	cJSON *j = end_json(&r);
-	ck_assert_int_eq(json_int(j, "exit_code"), 0);
-	cJSON_Delete(j);
+	ck_assert_int_eq(end_int(&r, "exit_code"), 0);
 	ac_result_free(&r);
 	/* collected: it is gone now */
 	call_expect(&c, req, "not_found");
@@ -309,9 +301,7 @@ START_TEST(pty_echo_and_resize)
 	ck_assert_int_eq(ac_write_data(&c, id, in2, strlen(in2), false, T_SHORT), 0);
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
 	ck_assert_ptr_nonnull(strstr((char *)r.ch[1].p, "40 120"));
-	cJSON *j = end_json(&r);
-	ck_assert_int_eq(json_int(j, "exit_code"), 3);
-	cJSON_Delete(j);
+	ck_assert_int_eq(end_int(&r, "exit_code"), 3);
 	ac_result_free(&r);
 	free(out.p);
 	agent_down(&c);
@@ -329,9 +319,7 @@ START_TEST(pty_default_shell)
 	ck_assert_int_eq(ac_write_data(&c, id, in, strlen(in), false, T_SHORT), 0);
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
 	ck_assert_ptr_nonnull(strstr((char *)r.ch[1].p, "sum=5"));
-	cJSON *j = end_json(&r);
-	ck_assert_int_eq(json_int(j, "exit_code"), 4);
-	cJSON_Delete(j);
+	ck_assert_int_eq(end_int(&r, "exit_code"), 4);
 	ac_result_free(&r);
 	agent_down(&c);
 }
@@ -357,9 +345,5 @@ int main(void)
 	tcase_add_test(tc, pty_echo_and_resize);
 	tcase_add_test(tc, pty_default_shell);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return run_suite(s);
 }

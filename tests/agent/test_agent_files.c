@@ -234,10 +234,7 @@ START_TEST(files_error_codes)
 		ac_open(&c, id, req);
 		ac_write_data(&c, id, big, sizeof(big), true, 2000); /* may stop early: stream ended */
 		ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
-		cJSON *j = end_json(&r);
-		ck_assert_str_eq(end_error_code(j), "no_space");
-		cJSON_Delete(j);
-		ac_result_free(&r);
+		expect_end(&r, "no_space", "write to a full filesystem");
 		snprintf(cmd, sizeof(cmd), "umount %s", mnt);
 		ck_assert_int_eq(system(cmd), 0);
 	}
@@ -316,10 +313,7 @@ START_TEST(files_watch_recursive)
 	wait_event(&c, id, &seen, "\"name\":\"sub/c.txt\",\"type\":\"remove\"");
 	remove_dir(); /* the watched directory itself goes: the stream ends */
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
-	cJSON *j = end_json(&r);
-	ck_assert_str_eq(end_error_code(j), "not_found");
-	cJSON_Delete(j);
-	ac_result_free(&r);
+	expect_end(&r, "not_found", "watch of a removed directory");
 	free(seen.p);
 	call_expect(&c, "{\"op\":\"watch\",\"path\":\"/etc/passwd\"}", "not_a_directory");
 	call_expect(&c, "{\"op\":\"watch\",\"path\":\"/no/such/dir\"}", "not_found");
@@ -359,9 +353,5 @@ int main(void)
 	tcase_add_test(tc, files_watch_recursive);
 	tcase_add_test(tc, files_relative_to_home);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return run_suite(s);
 }

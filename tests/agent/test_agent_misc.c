@@ -169,10 +169,7 @@ START_TEST(bad_frames_leave_other_streams_alone)
 	uint32_t bad = ac_new_id(&c);
 	ac_send(&c, PROTO_OPEN, 0, 0, bad, "{nope", 5);
 	ck_assert_int_eq(ac_collect(&c, bad, &r, T_SHORT), 0);
-	cJSON *j = end_json(&r);
-	ck_assert_str_eq(end_error_code(j), "invalid_argument");
-	cJSON_Delete(j);
-	ac_result_free(&r);
+	expect_end(&r, "invalid_argument", "OPEN with garbage JSON");
 
 	/* a frame cut in two with a pause in between, followed by another frame */
 	uint32_t split = ac_new_id(&c);
@@ -192,9 +189,7 @@ START_TEST(bad_frames_leave_other_streams_alone)
 	/* the exec saw none of it */
 	ck_assert_int_eq(ac_collect(&c, live, &r, T_SHORT), 0);
 	ck_assert_str_eq((char *)r.ch[1].p, "still alive");
-	j = end_json(&r);
-	ck_assert_int_eq(json_int(j, "exit_code"), 0);
-	cJSON_Delete(j);
+	ck_assert_int_eq(end_int(&r, "exit_code"), 0);
 	ac_result_free(&r);
 
 	/* DATA beyond the window ends that stream only */
@@ -203,10 +198,7 @@ START_TEST(bad_frames_leave_other_streams_alone)
 	for (int i = 0; i < 5; i++)
 		ac_send(&c, PROTO_DATA, 0, 0, greedy, junk, PROTO_DATA_CHUNK);
 	ck_assert_int_eq(ac_collect(&c, greedy, &r, T_SHORT), 0);
-	j = end_json(&r);
-	ck_assert_str_eq(end_error_code(j), "protocol_error");
-	cJSON_Delete(j);
-	ac_result_free(&r);
+	expect_end(&r, "protocol_error", "DATA beyond the window");
 	call_expect(&c, "{\"op\":\"health\"}", "");
 	agent_down(&c);
 }
@@ -438,9 +430,5 @@ int main(void)
 	tcase_add_test(tc, events_pause_for_slow_reader);
 	tcase_add_test(tc, init_as_pid1_in_namespace);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return run_suite(s);
 }

@@ -31,10 +31,10 @@ void conn_out(struct conn *c, const void *p, size_t n)
 		out_head_len += k;
 	}
 	out_bytes += n;
-	c->oq += n;
+	c->out.bytes += n;
 }
 
-void conn_flush(struct conn *c) { c->oq = 0; }
+void conn_flush(struct conn *c) { c->out.bytes = 0; }
 void conn_close_after(struct conn *c) { c->close_after = true; }
 void conn_kick(struct conn *c) { (void)c; kicked = 1; }
 
@@ -156,7 +156,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		size_t n = size - off < piece ? size - off : piece;
 		pend_add(c, data + off, n);
 		drive(c);
-		c->oq = 0;
+		c->out.bytes = 0;
 	}
 	if (!c->close_after) {
 		c->read_eof = true;

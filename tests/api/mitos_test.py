@@ -1,6 +1,7 @@
 """Helpers for the API end-to-end tests: start a real `mitos-vmm serve` on an
 ephemeral port with a temporary state dir, and talk to it with raw sockets and
 http.client (stdlib only)."""
+import base64
 import http.client
 import json
 import os
@@ -163,6 +164,40 @@ def raw_exchange(port, payload, timeout=10, shut=False, read=True):
     return data
 
 
+def fork_one(s, sid, timeout=600):
+    """Sandbox sid forked from the python template (made first when missing)."""
+    s.request("POST", "/v1/templates", {"name": "python"})
+    st, r = s.request("POST", "/v1/fork", {"template": "python", "ids": [sid], "timeout": timeout})
+    eq(st, 201, "fork (%r)" % (r,))
+
+
+def exec_output(s, sid, msg):
+    """ExecStream of msg: what the command wrote on stdout (text) and the envelopes."""
+    c = s.conn()
+    c.request("POST", "/sandbox.v1.Sandbox/ExecStream", body=envelope(msg),
+              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
+    msgs = parse_envelopes(c.getresponse().read())
+    c.close()
+    return b"".join(base64.b64decode(m["stdout"]) for f, m in msgs if "stdout" in m).decode(), msgs
+
+
+def cgroup_dirs(pid, parent):
+    """The v1 memory/cpu or v2 cgroup directories of pid, when under serve's parent cgroup
+    (mitos-vms, mitos-sandboxes): {"memory": ..., "cpu": ...} or {"v2": ...}."""
+    dirs = {}
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            hid, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in ctrls.split(",") if ctrls else ["unified"]:
+                if c in ("memory", "cpu") and parent in path:
+                    dirs[c] = "/sys/fs/cgroup/%s%s" % (c, path)
+                elif c == "unified" and parent in path:
+                    for mnt in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                        if os.path.exists(mnt + path + "/memory.max"):
+                            dirs["v2"] = mnt + path
+    return dirs
+
+
 def status_of(raw):
     m = re.match(rb"HTTP/1\.1 (\d{3})", raw)
     return int(m.group(1)) if m else None
@@ -206,6 +241,21 @@ class Runner:
             return
         self.passed += 1
         print("ok   %s (%.2fs)" % (name, time.time() - t0), flush=True)
+
+    def run_all(self, tests, only, *args):
+        """Runs the (name, fn) tests whose name contains a word of only (all without any)."""
+        for name, fn in tests:
+            if not only or any(o in name for o in only):
+                self.run(name, fn, *args)
+
+    def stop_server(self, s):
+        """Stops and removes s: a serve that does not exit 0 fails the suite."""
+        rc = s.stop()
+        log = s.stderr()
+        s.cleanup()
+        if rc != 0:
+            print("serve exited with %r\n%s" % (rc, log))
+            self.failed += 1
 
     def finish(self):
         print("%d passed, %d failed, %d skipped" % (self.passed, self.failed, self.skipped), flush=True)

@@ -628,6 +628,9 @@ def t_restart_readopt_and_shutdown(env):
         s2 = Server(VMM, AGENT, state_dir=state)
         try:
             assert any("re-adopted 2" in l for l in s2.stdout), s2.stdout
+            # Re-adoption reconnects to the agent in the background: "starting" until then.
+            wait_until(lambda: s2.request("GET", "/v1/sandboxes/keeper")[1].get("state") == "running",
+                       10, "keeper running again")
             st, r = s2.request("GET", "/v1/sandboxes/keeper")
             eq((st, r["state"]), (200, "running"), "re-adopted")
             eq(read_file(s2, "keeper", "/workspace/note.md")[0], b"# findings", "its files")
@@ -694,9 +697,7 @@ def main():
            ("restart_readopt_and_shutdown", t_restart_readopt_and_shutdown),
            ("stale_state_cleaned", t_stale_state_cleaned)]
     try:
-        for name, fn in tests:
-            if not ONLY or any(o in name for o in ONLY):
-                r.run(name, fn, shared)
+        r.run_all(tests, ONLY, shared)
         eq(shared.proc.poll(), None, "serve is still running")
     finally:
         rc = shared.stop()
@@ -708,9 +709,7 @@ def main():
             print("FAIL sandboxes left after shutdown: %r" % leftovers)
             r.failed += 1
         shared.cleanup()
-    for name, fn in own:
-        if not ONLY or any(o in name for o in ONLY):
-            r.run(name, fn, None)
+    r.run_all(own, ONLY, None)
     return r.finish()
 
 

@@ -163,11 +163,9 @@ def t_real_image(vmm, agent):
 
 def main():
     run = Runner()
-    for name, fn in [("explicit_dir_without_image", t_explicit_dir_without_image),
-                     ("default_dir_falls_back", t_default_dir_falls_back), ("fake_image_root", t_fake_image_root),
-                     ("images_none", t_images_none), ("real_image", t_real_image)]:
-        if not ONLY or any(o in name for o in ONLY):
-            run.run(name, fn, VMM, AGENT)
+    run.run_all([("explicit_dir_without_image", t_explicit_dir_without_image),
+                 ("default_dir_falls_back", t_default_dir_falls_back), ("fake_image_root", t_fake_image_root),
+                 ("images_none", t_images_none), ("real_image", t_real_image)], ONLY, VMM, AGENT)
     sys.exit(run.finish())
 
 

@@ -23,7 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "pylib"))
-from mitos_test import Runner, Server, eq, wait_until  # noqa: E402
+from mitos_test import Runner, Server, cgroup_dirs, eq, wait_until  # noqa: E402
 from mitosvm import control_call  # noqa: E402
 
 VMM, AGENT, TESTGUEST, MKDISK = (os.path.abspath(a) for a in sys.argv[1:5])
@@ -100,22 +100,6 @@ def vm_pids(state_dir):
         if state_dir in cmd and "\0serve\0" not in cmd and alive(int(d)):
             out.append(int(d))
     return out
-
-
-def cgroup_dirs(pid):
-    """The VM's v1 memory/cpu or v2 cgroup directories."""
-    dirs = {}
-    with open("/proc/%d/cgroup" % pid) as f:
-        for line in f:
-            hid, ctrls, path = line.rstrip("\n").split(":", 2)
-            for c in ctrls.split(",") if ctrls else ["unified"]:
-                if c in ("memory", "cpu"):
-                    dirs[c] = "/sys/fs/cgroup/%s%s" % (c, path)
-                elif c == "unified" and "mitos-vms" in path:
-                    for mnt in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
-                        if os.path.exists(mnt + path + "/memory.max"):
-                            dirs["v2"] = mnt + path
-    return dirs
 
 
 def pool_ready(s):
@@ -247,10 +231,23 @@ def t_jail(s):
         if os.readlink("/proc/%d/ns/%s" % (pid, ns)) == os.readlink("/proc/self/ns/" + ns):
             raise AssertionError("the VM shares the host's %s namespace" % ns)
     with open("/proc/%d/status" % pid) as f:
-        if "NoNewPrivs:\t1" not in f.read():
-            raise AssertionError("no_new_privs is not set")
+        status = f.read()
+    if "NoNewPrivs:\t1" not in status:
+        raise AssertionError("no_new_privs is not set")
+    # mitos-vmm vm --seccomp: the allowlist filter of vmm/seccomp.c (mode 2: filter).
+    if "Seccomp:\t2" not in status:
+        raise AssertionError("the VM runs without its seccomp filter: %r" %
+                             [l for l in status.splitlines() if l.startswith("Seccomp")])
+    # No capabilities: uid 0 without privilege, and none to gain back (bounding set empty).
+    caps = {l.split(":")[0]: int(l.split()[1], 16) for l in status.splitlines()
+            if l.startswith(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))}
+    if any(caps.values()):
+        raise AssertionError("the VM process keeps capabilities: %r" % caps)
+    with open("/proc/%d/cmdline" % pid) as f:
+        if "\0--seccomp\0" not in f.read():
+            raise AssertionError("the VM was not started with --seccomp")
     out = "".join(s.stdout)
-    dirs = cgroup_dirs(pid)
+    dirs = cgroup_dirs(pid, "mitos-vms")
     if "; cgroup v2 " in out:
         with open(dirs["v2"] + "/memory.max") as f:
             eq(int(f.read()), (MEM + 96) << 20, "memory.max")
@@ -418,7 +415,7 @@ def t_restart_and_stop(_):
             eq(r["state"], "running", "resume after re-adoption")
             # A graceful stop leaves no VM, sandbox, layer, prepared VM or cgroup.
             pids = vm_pids(s2.state_dir)
-            cgs = [d for p in pids for d in cgroup_dirs(p).values()]
+            cgs = [d for p in pids for d in cgroup_dirs(p, "mitos-vms").values()]
             eq(s2.stop(), 0, "graceful stop")
             wait_until(lambda: not vm_pids(s2.state_dir), 5, "every VM to end")
             for sub in ("sandboxes", "kvm/pool", "kvm/layers"):
@@ -518,9 +515,7 @@ def main():
              ("fork_sandbox", t_fork_sandbox), ("unsupported_ops", t_unsupported_ops),
              ("expiry_and_crash", t_expiry_and_crash), ("many", t_many), ("latency", t_latency)]
     try:
-        for name, fn in tests:
-            if not ONLY or any(o in name for o in ONLY):
-                r.run(name, fn, shared)
+        r.run_all(tests, ONLY, shared)
         eq(shared.proc.poll(), None, "serve is still running")
     finally:
         state = shared.state_dir
@@ -534,9 +529,7 @@ def main():
             r.failed += 1
         shared.cleanup()
         subprocess.call(["rm", "-rf", state + "-disk"])
-    for name, fn in (("restart_and_stop", t_restart_and_stop), ("linux_guest", t_linux_guest)):
-        if not ONLY or any(o in name for o in ONLY):
-            r.run(name, fn, None)
+    r.run_all((("restart_and_stop", t_restart_and_stop), ("linux_guest", t_linux_guest)), ONLY, None)
     return r.finish()
 
 

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import (Runner, Server, envelope, eq, parse_envelopes, raw_exchange, status_of,  # noqa: E402
+from mitos_test import (Runner, Server, eq, exec_output, fork_one, raw_exchange, status_of,  # noqa: E402
                         wait_until)
 from wsclient import OP_BINARY, OP_CLOSE, OP_TEXT, HandshakeError, WebSocket  # noqa: E402
 
@@ -28,20 +28,14 @@ ctx = {}
 
 
 def sh(s, sid, cmd):
-    c = s.conn()
-    c.request("POST", "/sandbox.v1.Sandbox/ExecStream", body=envelope({"command": cmd, "timeout": 60}),
-              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
-    msgs = parse_envelopes(c.getresponse().read())
-    c.close()
+    out, msgs = exec_output(s, sid, {"command": cmd, "timeout": 60})
     end = [m["end"] for f, m in msgs if "end" in m]
     eq(end and end[0]["exitCode"], 0, "exit code of %r (%r)" % (cmd, msgs))
-    return b"".join(base64.b64decode(m["stdout"]) for f, m in msgs if "stdout" in m).decode()
+    return out
 
 
 def fork(s, sid):
-    s.request("POST", "/v1/templates", {"name": "python"})
-    st, r = s.request("POST", "/v1/fork", {"template": "python", "ids": [sid], "timeout": 900})
-    eq(st, 201, "fork (%r)" % (r,))
+    fork_one(s, sid, timeout=900)
 
 
 def setup(s):
@@ -391,18 +385,10 @@ def main():
         run.run("setup", setup, s)
         if run.failed:
             raise SystemExit(run.finish())
-        for name, fn in tests:
-            if not ONLY or any(o in name for o in ONLY):
-                run.run(name, fn, s)
+        run.run_all(tests, ONLY, s)
     finally:
-        rc = s.stop()
-        log = s.stderr()
-        s.cleanup()
-    if rc != 0:
-        print("serve exited with %r\n%s" % (rc, log))
-        run.failed += 1
-    if not ONLY or any(o in "token_server" for o in ONLY):
-        run.run("token_server", t_token_server, VMM, AGENT)
+        run.stop_server(s)
+    run.run_all([("token_server", t_token_server)], ONLY, VMM, AGENT)
     sys.exit(run.finish())
 
 

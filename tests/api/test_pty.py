@@ -3,7 +3,6 @@
 the process engine, driven by a hand-written stdlib WebSocket client.
 
 usage: test_pty.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]"""
-import base64
 import json
 import os
 import socket
@@ -11,27 +10,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import Runner, Server, envelope, eq, parse_envelopes  # noqa: E402
+from mitos_test import Runner, Server, eq, exec_output, fork_one  # noqa: E402
 from wsclient import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, HandshakeError, WebSocket,  # noqa: E402
                       frame)
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
-
-
-def new_sandbox(s, sid):
-    s.request("POST", "/v1/templates", {"name": "python"})
-    st, r = s.request("POST", "/v1/fork", {"template": "python", "ids": [sid], "timeout": 600})
-    eq(st, 201, "fork (%r)" % (r,))
-
-
-def sh(s, sid, cmd):
-    c = s.conn()
-    c.request("POST", "/sandbox.v1.Sandbox/ExecStream", body=envelope({"command": cmd}),
-              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
-    msgs = parse_envelopes(c.getresponse().read())
-    c.close()
-    return b"".join(base64.b64decode(m["stdout"]) for f, m in msgs if "stdout" in m).decode()
 
 
 def pty(s, query, **kw):
@@ -67,7 +51,7 @@ class Term:
 
 
 def t_echo_hi(s):
-    new_sandbox(s, "pty-echo")
+    fork_one(s, "pty-echo")
     t = Term(pty(s, "sandbox_id=pty-echo&cols=80&rows=24"))
     t.ws.send(b"echo hi-$((40+2))\n")
     # The echoed input holds "$((40+2))", so only the command's output has "hi-42".
@@ -80,7 +64,7 @@ def t_echo_hi(s):
 
 
 def t_resize(s):
-    new_sandbox(s, "pty-resize")
+    fork_one(s, "pty-resize")
     t = Term(pty(s, "sandbox_id=pty-resize&cols=80&rows=24"))
     t.ws.send(b"stty size\n")
     t.until(lambda t: b"24 80" in t.out, what="the initial size")
@@ -98,13 +82,13 @@ def t_resize(s):
 def count_procs(s, sid, marker):
     # Anchored: a shell running the command has it in its arguments too; '[x]'
     # keeps the pattern from matching the grep looking for it.
-    out = sh(s, sid, "for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline 2>/dev/null; echo; done | "
-                     "grep -c '^%s' || true" % marker)
+    out, _ = exec_output(s, sid, {"command": "for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline 2>/dev/null; "
+                                             "echo; done | grep -c '^%s' || true" % marker})
     return int(out.strip() or 0)
 
 
 def t_client_close_ends_pty(s):
-    new_sandbox(s, "pty-close")
+    fork_one(s, "pty-close")
     ws = pty(s, "sandbox_id=pty-close&cmd=" + "sleep%20424242")
     deadline = time.time() + 10
     while count_procs(s, "pty-close", "sleep [4]24242") != 1:
@@ -132,7 +116,7 @@ def t_client_close_ends_pty(s):
 
 
 def t_command_exit_closes(s):
-    new_sandbox(s, "pty-cmd")
+    fork_one(s, "pty-cmd")
     t = Term(pty(s, "sandbox_id=pty-cmd&cmd=" + "printf%20done-%25s%20ok%3B%20exit%207"))
     t.until(lambda t: t.closed is not None)
     assert b"done-ok" in t.out, t.out
@@ -141,7 +125,7 @@ def t_command_exit_closes(s):
 
 
 def t_framing(s):
-    new_sandbox(s, "pty-frames")
+    fork_one(s, "pty-frames")
     # A frame sent with the handshake, before the 101, is not lost.
     t = Term(pty(s, "sandbox_id=pty-frames", early=frame(OP_BINARY, b"echo early-$((1+1))\n")))
     t.until(lambda t: b"early-2" in t.out, what="input sent before the 101")
@@ -172,7 +156,7 @@ def t_framing(s):
 
 
 def t_protocol_errors(s):
-    new_sandbox(s, "pty-proto")
+    fork_one(s, "pty-proto")
     for what, payload, code in [("bad UTF-8 in a text frame", frame(OP_TEXT, b"\xff\xfe"), 1007),
                                 ("a message over 1 MiB", frame(OP_BINARY, b"z" * ((1 << 20) + 5)), 1009)]:
         t = Term(pty(s, "sandbox_id=pty-proto"))
@@ -182,7 +166,7 @@ def t_protocol_errors(s):
 
 
 def t_errors(s):
-    new_sandbox(s, "pty-err")
+    fork_one(s, "pty-err")
     st, r = s.request("GET", "/v1/pty?sandbox_id=pty-err")
     eq((st, r["error"]["code"]), (400, "invalid_argument"), "not a WebSocket")
     for q, want in [("sandbox_id=nope", (404, "not_found")), ("sandbox_id=bad%20id", (400, "invalid_sandbox_id")),
@@ -206,7 +190,7 @@ def t_errors(s):
 
 
 def t_sandbox_deleted(s):
-    new_sandbox(s, "pty-del")
+    fork_one(s, "pty-del")
     t = Term(pty(s, "sandbox_id=pty-del"))
     t.ws.send(b"echo ready\n")
     t.until(lambda t: b"ready\r\n" in t.out)
@@ -218,7 +202,7 @@ def t_sandbox_deleted(s):
 def t_auth(vmm, agent):
     s = Server(vmm, agent, token="pty-secret-token")
     try:
-        new_sandbox(s, "pty-auth")
+        fork_one(s, "pty-auth")
         try:
             WebSocket("127.0.0.1", s.port, "/v1/pty?sandbox_id=pty-auth")
             raise AssertionError("upgraded without a token")
@@ -240,18 +224,10 @@ def main():
              ("protocol_errors", t_protocol_errors), ("errors", t_errors),
              ("sandbox_deleted", t_sandbox_deleted)]
     try:
-        for name, fn in tests:
-            if not ONLY or any(o in name for o in ONLY):
-                run.run(name, fn, s)
+        run.run_all(tests, ONLY, s)
     finally:
-        rc = s.stop()
-        log = s.stderr()
-        s.cleanup()
-    if rc != 0:
-        print("serve exited with %r\n%s" % (rc, log))
-        run.failed += 1
-    if not ONLY or any(o in "auth" for o in ONLY):
-        run.run("auth", t_auth, VMM, AGENT)
+        run.stop_server(s)
+    run.run_all([("auth", t_auth)], ONLY, VMM, AGENT)
     sys.exit(run.finish())
 
 

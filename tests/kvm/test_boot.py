@@ -12,28 +12,19 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "pylib"))
+import mitosvm  # noqa: E402
+
 VMM, TESTGUEST, MKDISK = sys.argv[1:4]
 TIMEOUT = 120
 DISK_SECTORS = 2048  # 1 MiB
-
-failures = []
-passed = 0
+case = mitosvm.Cases()
 
 
 def run(args, timeout=TIMEOUT):
     p = subprocess.run([VMM, "run"] + args, stdin=subprocess.DEVNULL,
                        capture_output=True, timeout=timeout)
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-
-
-def case(name, ok, detail=""):
-    global passed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failures.append(name)
-        print(f"FAIL {name}\n{detail}")
 
 
 def elf(code, paddr=0x200000):
@@ -65,18 +56,8 @@ def file_bytes(path):
         return f.read()
 
 
-def kvm_available():
-    try:
-        fd = os.open(os.environ.get("MITOS_KVM_DEVICE", "/dev/kvm"), os.O_RDWR)
-        os.close(fd)
-        return True
-    except OSError as e:
-        print(f"SKIP: no usable /dev/kvm ({e.strerror}); the KVM integration suite needs one")
-        return False
-
-
 def main():
-    if not kvm_available():
+    if not mitosvm.kvm_usable("; the KVM integration suite needs one"):
         return 77
     tmp = []
 
@@ -163,8 +144,7 @@ def main():
 
     for t in tmp:
         os.unlink(t)
-    print(f"{passed} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    return case.finish()
 
 
 if __name__ == "__main__":

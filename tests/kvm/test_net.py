@@ -21,6 +21,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "pylib"))
+import mitosvm  # noqa: E402
+
 VMM, TESTGUEST = sys.argv[1:3]
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools",
                        "netns-sandbox")
@@ -31,21 +34,10 @@ INET_NS = f"mitostest-inet-{TAG}"
 GUEST_IP = "172.16.0.2"
 BOOT_TIMEOUT = 60
 
-failures = []
-passed = 0
+case = mitosvm.Cases()
 namespaces = []   # made here, deleted at the end
 sandboxes = []
 vms = []
-
-
-def case(name, ok, detail=""):
-    global passed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failures.append(name)
-        print(f"FAIL {name}\n{detail}")
 
 
 def sh(*args, check=True, timeout=60):
@@ -309,8 +301,7 @@ def main():
         policy_cases()
     finally:
         cleanup()
-    print(f"{passed} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    return case.finish()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The test guest's snap mode ticks at 100 Hz and prints "tick <seq> counter <n>" e
 50 ticks (n == 50 * seq); it takes commands on its serial port (w<c> mark, p RAM mark,
 r disk mark, q quit). Exits 77 where /dev/kvm is absent.
 """
+import functools
 import hashlib
 import json
 import os
@@ -14,30 +15,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "pylib"))
-from mitosvm import VM as _VM, wait_for_socket  # noqa: E402
+import mitosvm  # noqa: E402
+from mitosvm import wait_for_socket  # noqa: E402
 
 VMM, TESTGUEST, MKDISK = sys.argv[1:4]
-
-
-def VM(args, control=None):
-    return _VM(VMM, args, control)
-
+VM = functools.partial(mitosvm.VM, VMM)
 TICKS_PER_LINE = 50
-failures, passed = [], 0
-
-
-def case(name, ok, detail=""):
-    global passed
-    if ok:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failures.append(name)
-        print(f"FAIL {name}\n{detail}", flush=True)
+case = mitosvm.Cases()
 
 
 def sha(path):
@@ -73,18 +60,7 @@ def snapshot_of(vm, out):
 
 
 def main():
-    try:
-        os.close(os.open(os.environ.get("MITOS_KVM_DEVICE", "/dev/kvm"), os.O_RDWR))
-    except OSError as e:
-        print(f"SKIP: no usable /dev/kvm ({e.strerror})")
-        return 77
-    tmp = tempfile.mkdtemp(prefix="mitos-snap-")
-    try:
-        run_cases(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    return mitosvm.run_kvm_suite(case, "mitos-snap-", run_cases)
 
 
 def run_cases(tmp):

@@ -9,37 +9,24 @@ Firecracker's: connect to the VM's Unix socket, write "CONNECT <port>\\n", read
 "OK <host-port>\\n". Also snapshots the running VM and restores a copy, whose guest must
 see a transport reset and accept new connections. Exits 77 where /dev/kvm is absent.
 """
+import functools
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "pylib"))
-from mitosvm import VM as _VM, wait_for_socket  # noqa: E402
+import mitosvm  # noqa: E402
+from mitosvm import wait_for_socket  # noqa: E402
 
 VMM, TESTGUEST = sys.argv[1:3]
+VM = functools.partial(mitosvm.VM, VMM)
 PORT = 1234
 TIMEOUT = 60
-failures, passed = [], 0
-
-
-def VM(args, control=None):
-    return _VM(VMM, args, control)
-
-
-def case(name, ok, detail=""):
-    global passed
-    if ok:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failures.append(name)
-        print(f"FAIL {name}\n{detail}", flush=True)
+case = mitosvm.Cases()
 
 
 def connect(path, port=PORT):
@@ -248,19 +235,8 @@ def cli_cases(tmp):
 
 
 def main():
-    try:
-        os.close(os.open(os.environ.get("MITOS_KVM_DEVICE", "/dev/kvm"), os.O_RDWR))
-    except OSError as e:
-        print(f"SKIP: no usable /dev/kvm ({e.strerror}); the KVM integration suite needs one")
-        return 77
-    tmp = tempfile.mkdtemp(prefix="mitos-vsock-")
-    try:
-        run_cases(tmp)
-        cli_cases(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    return mitosvm.run_kvm_suite(case, "mitos-vsock-", run_cases, cli_cases,
+                                 skip_note="; the KVM integration suite needs one")
 
 
 if __name__ == "__main__":

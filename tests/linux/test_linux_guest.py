@@ -3,11 +3,14 @@
 
 usage: test_linux_guest.py MITOS_VMM MITOS_AGENT SOURCE_ROOT
 
-Builds (or takes from the cache) the guest kernel with firmware/build-kernel.sh, and an
-initramfs whose /init is mitos-agent with firmware/build-initramfs.sh. Boots it once
-under `mitos-vmm run` until the agent answers on vsock, snapshots it there, and starts
-children with `mitos-vmm restore`: exec (output and exit codes), files (write, read),
-run_code, post_fork, and two children that must not see each other's files.
+Builds (or takes from the cache) the guest kernel with firmware/build-kernel.sh and a
+read-only root image with firmware/build-rootfs.sh --python (mitos-agent as init,
+busybox, python3 + IPython). Boots it once under `mitos-vmm run` until the agent
+answers on vsock, warms run_code's IPython there, snapshots it, and starts children
+with `mitos-vmm restore`: exec (output and exit codes), files (write, read), run_code
+(values, state kept per child), post_fork, and two children that must see neither each
+other's files nor each other's Python state. Then boots the initramfs of
+firmware/build-initramfs.sh (the agent as /init) once to agent-ready.
 
 On emulation-only KVM (`mitos-vmm check`: nested PVM, no VT-x/AMD-V) it uses the "pvm"
 kernel variant and firmware/guest-pvm.cmdline; on hardware KVM the plain kernel.
@@ -35,8 +38,10 @@ from mitosvm import VM, wait_for_socket  # noqa: E402
 
 VMM, AGENT, ROOT = sys.argv[1:4]
 SKIP = 77
-BOOT_TIMEOUT = 600      # boot to agent-ready; about 20-40 s measured on PVM
-OP_TIMEOUT = 300
+BOOT_TIMEOUT = 600      # boot to agent-ready; about 20 s measured on PVM
+OP_TIMEOUT = 900        # the first run_code starts IPython: minutes on PVM
+ROOT_ARGS = ("root=/dev/vda ro rootfstype=ext4 init=/usr/bin/mitos-agent "
+             "-- --python-helper=/usr/share/mitos/mitos_kernel.py")
 failures, passed = [], 0
 t0 = time.time()
 
@@ -136,31 +141,37 @@ def main():
     return 1 if failures else 0
 
 
-def boot_parent(tmp, kernel, initrd, cmdline):
-    vsock, ctl = os.path.join(tmp, "parent.vsock"), os.path.join(tmp, "parent.ctl")
+def boot(tmp, name, kernel, cmdline, boot_args):
+    """Boots to agent-ready: (vm, seconds to init, seconds to agent-ready, agent)."""
+    vsock, ctl = os.path.join(tmp, f"{name}.vsock"), os.path.join(tmp, f"{name}.ctl")
     start = time.time()
-    vm = VM(VMM, ["run", "--kernel", kernel, "--initrd", initrd, "--mem", "128",
-                  "--cmdline", cmdline, "--vsock", vsock, "--control", ctl, "--stats"], ctl)
+    vm = VM(VMM, ["run", "--kernel", kernel, "--cmdline", cmdline, "--vsock", vsock,
+                  "--control", ctl, "--stats"] + boot_args, ctl)
     wait_for_socket(ctl)
-    m = vm.wait_for(r"Run /init as init process", timeout=BOOT_TIMEOUT)
+    m = vm.wait_for(r"Run \S+ as init process", timeout=BOOT_TIMEOUT)
     t_init = time.time() - start
-    case("kernel boots to /init", m is not None, "\n".join(vm.seen[-40:]))
+    case(f"{name}: kernel boots to init", m is not None, "\n".join(vm.seen[-40:]))
     if m is None:
-        return vm, None, None
-    log(f"/init after {t_init:.1f} s")
+        return vm, None, None, None
+    log(f"{name}: init after {t_init:.1f} s")
     try:
         a = Agent.connect(vsock, deadline=start + BOOT_TIMEOUT, timeout=OP_TIMEOUT)
     except AgentError as e:
         vm.drain()
-        case("agent answers on vsock", False, f"{e}\n" + "\n".join(vm.seen[-40:]))
-        return vm, None, None
+        case(f"{name}: agent answers on vsock", False, f"{e}\n" + "\n".join(vm.seen[-40:]))
+        return vm, None, None, None
     t_ready = time.time() - start
     health = a.call("health")
-    case("agent answers on vsock as PID 1", health.get("pid") == 1 and health.get("init") is True,
-         str(health))
-    log(f"agent ready after {t_ready:.1f} s (HELLO {a.hello.get('agent_version')})")
-    a.close()
-    return vm, t_init, t_ready
+    case(f"{name}: agent answers on vsock as PID 1",
+         health.get("pid") == 1 and health.get("init") is True, str(health))
+    log(f"{name}: agent ready after {t_ready:.1f} s")
+    return vm, t_init, t_ready, a
+
+
+def stop(vm):
+    vm.call({"cmd": "stop"})
+    rc, err = vm.finish(timeout=OP_TIMEOUT)
+    return rc, err
 
 
 def restore_child(tmp, snap, name):
@@ -172,30 +183,40 @@ def restore_child(tmp, snap, name):
     return vm, a, time.time() - start
 
 
+def main_value(events):
+    results = [e for e in events if e.get("type") == "result" and e.get("is_main_result")]
+    return results[0]["data"].get("text/plain") if results else None
+
+
 def run_suite(tmp, kernel, pvm):
-    initrd = os.path.join(tmp, "initrd.cpio")
-    subprocess.run([os.path.join(ROOT, "firmware", "build-initramfs.sh"), "--agent", AGENT,
-                    "--out", initrd], check=True, timeout=600)
-    cmdline = read_cmdline(os.path.join(ROOT, "firmware", "guest-pvm.cmdline")) if pvm else \
-        "console=ttyS0 panic=-1 reboot=k rdinit=/init"
+    rootfs = os.path.join(tmp, "rootfs.img")
+    subprocess.run([os.path.join(ROOT, "firmware", "build-rootfs.sh"), "--agent", AGENT,
+                    "--out", rootfs, "--python"], check=True, timeout=900)
+    tuning = read_cmdline(os.path.join(ROOT, "firmware", "guest-pvm.cmdline")) if pvm else \
+        "console=ttyS0 panic=-1 reboot=k"
     log(f"booting {kernel} ({'emulation-only KVM, pvm variant' if pvm else 'hardware KVM'})")
-    parent, t_init, t_ready = boot_parent(tmp, kernel, initrd, cmdline)
-    if t_ready is None:
-        parent.call({"cmd": "stop"})
-        rc, err = parent.finish()
-        print(err)
+    parent, t_init, t_ready, p = boot(tmp, "template", kernel, f"{tuning} {ROOT_ARGS}",
+                                      ["--mem", "256", "--disk", f"{rootfs},ro"])
+    if p is None:
+        print(stop(parent)[1])
         return
-    # The host connection is closed; give the guest a moment to retire it, so the
-    # snapshot holds a listening agent and nothing half-open.
+    t = time.time()
+    _, events, end = p.run_code("1 + 1")
+    t_ipython = time.time() - t
+    case("template: run_code starts IPython and returns a value", main_value(events) == "2",
+         f"{events} {end}")
+    log(f"template: IPython started and ran a cell in {t_ipython:.1f} s")
+    p.close()
+    # Let the guest retire the closed connection, so the snapshot holds a listening agent
+    # and nothing half-open.
     time.sleep(1)
     snap = os.path.join(tmp, "snap")
     r = subprocess.run([VMM, "snapshot", "--control", parent.control, "--out", snap],
                        capture_output=True, text=True, timeout=300)
-    case("snapshot at agent-ready", r.returncode == 0, r.stdout + r.stderr)
-    parent.call({"cmd": "stop"})
-    rc, err = parent.finish()
-    stats = "\n".join(ln for ln in err.splitlines() if ln.startswith("stats: e"))
-    log(f"parent stopped (exit {rc}); {stats}")
+    case("snapshot of the warm template", r.returncode == 0, r.stdout + r.stderr)
+    rc, err = stop(parent)
+    stats = "; ".join(ln for ln in err.splitlines() if ln.startswith("stats: e"))
+    log(f"template stopped (exit {rc}); {stats}")
     if r.returncode != 0:
         return
 
@@ -234,33 +255,47 @@ def run_suite(tmp, kernel, pvm):
     data, _ = b.read_file("/root/b.txt")
     case("each child keeps its own", data == b"only b\n", repr(data))
 
-    out, events, end = a.run_code("x = 6 * 7\nx")
-    results = [e for e in events if e.get("type") == "result" and e.get("is_main_result")]
-    if results:
-        case("run_code returns a value", results[0]["data"].get("text/plain") == "42", str(events))
-    else:
-        # The initramfs carries no Python: run_code needs a root image with python3 and
-        # IPython (firmware/PVM-STATUS.md). It must fail cleanly, not hang or crash.
-        case("run_code without Python fails cleanly", "error" in end, str(end))
-        log(f"run_code: not available in this guest ({end.get('error', {}).get('message', end)})")
+    t = time.time()
+    _, events, end = a.run_code("x = 6 * 7\nx")
+    t_code = time.time() - t
+    case("run_code returns a value", main_value(events) == "42", f"{events} {end}")
+    log(f"run_code in a child of the warm template: {t_code:.2f} s")
+    out, events, end = a.run_code("print('printed'); x + 1")
+    case("run_code keeps state and streams stdout", main_value(events) == "43" and out == b"printed\n",
+         f"{out!r} {events} {end}")
+    _, events, end = b.run_code("'x' in globals()")
+    case("the other child's Python state is its own", main_value(events) == "False", f"{events} {end}")
+    _, events, end = b.run_code("1 / 0")
+    errors = [e for e in events if e.get("type") == "error"]
+    case("run_code reports an exception", end.get("status") == "error" and errors
+         and errors[0].get("name") == "ZeroDivisionError", f"{events} {end}")
 
-    # Parent's state is intact for a third child after the others wrote.
     c_vm, c, _ = restore_child(tmp, snap, "child-c")
     ec = c.call("exists", path="/root/a.bin")
     case("a later child starts from the snapshot, not a sibling", ec.get("exists") is False, str(ec))
-    c.close()
-    c_vm.call({"cmd": "stop"})
-    c_vm.finish()
-
     # Not the agent's poweroff: without ACPI the guest kernel can only halt, which the
     # VMM cannot tell from idle (firmware/PVM-STATUS.md).
-    for conn, vm in ((a, a_vm), (b, b_vm)):
+    for conn, vm in ((a, a_vm), (b, b_vm), (c, c_vm)):
         conn.close()
-        vm.call({"cmd": "stop"})
-        rc, err = vm.finish(timeout=OP_TIMEOUT)
+        rc, err = stop(vm)
         case("a child stops through its control socket", rc == 0, err)
-    log(f"timings: /init {t_init:.1f} s, agent-ready {t_ready:.1f} s after `mitos-vmm run` started; "
-        f"restored children ready in {t_a * 1000:.0f} / {t_b * 1000:.0f} ms")
+
+    # The initramfs of build-initramfs.sh boots to the agent too.
+    initrd = os.path.join(tmp, "initrd.cpio")
+    subprocess.run([os.path.join(ROOT, "firmware", "build-initramfs.sh"), "--agent", AGENT,
+                    "--out", initrd], check=True, timeout=600)
+    vm, ti_init, ti_ready, i = boot(tmp, "initramfs", kernel, f"{tuning} rdinit=/init",
+                                     ["--mem", "128", "--initrd", initrd])
+    if i is not None:
+        out, _, end = i.exec(["echo", "from", "the", "initramfs"])
+        case("initramfs: exec echo", out == b"from the initramfs\n" and end.get("exit_code") == 0,
+             f"{out!r} {end}")
+        i.close()
+    stop(vm)
+    log(f"timings: template (root image) init {t_init:.1f} s, agent-ready {t_ready:.1f} s after "
+        f"`mitos-vmm run` started, IPython warm {t_ipython:.1f} s later; restored children "
+        f"ready in {t_a * 1000:.0f} / {t_b * 1000:.0f} ms; initramfs: init "
+        f"{ti_init or 0:.1f} s, agent-ready {ti_ready or 0:.1f} s")
 
 
 if __name__ == "__main__":

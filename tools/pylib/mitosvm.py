@@ -5,10 +5,58 @@ import json
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+
+
+class Cases:
+    """A suite's checks, each printed as it is decided (flushed: the VMs' output
+    interleaves): "ok   <name>", or "FAIL <name>" and what explains it."""
+
+    def __init__(self):
+        self.passed, self.failures = 0, []
+
+    def __call__(self, name, ok, detail=""):
+        if ok:
+            self.passed += 1
+            print(f"ok   {name}", flush=True)
+        else:
+            self.failures.append(name)
+            print(f"FAIL {name}\n{detail}", flush=True)
+
+    def finish(self):
+        """Prints the counts; returns the suite's exit status."""
+        print(f"{self.passed} passed, {len(self.failures)} failed")
+        return 1 if self.failures else 0
+
+
+def kvm_usable(skip_note=""):
+    """Whether /dev/kvm (or $MITOS_KVM_DEVICE) opens; if not, says SKIP and why."""
+    try:
+        os.close(os.open(os.environ.get("MITOS_KVM_DEVICE", "/dev/kvm"), os.O_RDWR))
+        return True
+    except OSError as e:
+        print(f"SKIP: no usable /dev/kvm ({e.strerror}){skip_note}")
+        return False
+
+
+def run_kvm_suite(cases, tmp_prefix, *bodies, skip_note=""):
+    """main() of a suite of VMs: 77 (skipped) without a usable /dev/kvm; else each
+    body(tmp) in one temporary directory, removed afterwards, then the counts; 1 when a
+    case failed."""
+    if not kvm_usable(skip_note):
+        return 77
+    tmp = tempfile.mkdtemp(prefix=tmp_prefix)
+    try:
+        for body in bodies:
+            body(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cases.finish()
 
 
 def control_call(path, request, timeout=60):

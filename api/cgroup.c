@@ -1,0 +1,393 @@
+#include "api/cgroup.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "api/registry.h"
+
+static enum cg_mode mode;
+static char parent[2][CG_PATH]; /* v2: [0]; v1: memory [0], cpu [1] */
+
+static int pathf(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int pathf(char *out, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(out, CG_PATH, fmt, ap);
+	va_end(ap);
+	return n < 0 || n >= CG_PATH ? -ENAMETOOLONG : 0;
+}
+
+static int write_str(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	/* cgroup v1's memory limit gives up with EINTR whenever the writer has work pending
+	 * (io_uring's task work counts), even with no signal in sight: retry. */
+	ssize_t n;
+	int tries = 0;
+	while ((n = write(fd, s, strlen(s))) < 0 && errno == EINTR && ++tries < 1000)
+		;
+	int rc = n == (ssize_t)strlen(s) ? 0 : n < 0 ? -errno : -EIO;
+	close(fd);
+	return rc;
+}
+
+/* Where the hierarchy holding `want` (a controller, or "" for v2) is mounted and where
+ * this process sits in it. */
+static int own_dir(bool v2, const char *want, char *out)
+{
+	char line[1024], rel[CG_PATH] = "", mnt[CG_PATH] = "", mroot[CG_PATH] = "";
+	bool found = false;
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	if (!f)
+		return -errno;
+	while (!found && fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = 0;
+		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+		if (!c2)
+			continue;
+		*c1 = *c2 = 0;
+		const char *ctrls = c1 + 1;
+		if (v2) {
+			found = !strcmp(line, "0") && !*ctrls;
+		} else {
+			char tmp[256];
+			snprintf(tmp, sizeof(tmp), "%s", ctrls);
+			for (char *s = tmp, *tok; (tok = strsep(&s, ","));)
+				if (!strcmp(tok, want))
+					found = true;
+		}
+		if (found)
+			snprintf(rel, sizeof(rel), "%s", c2 + 1);
+	}
+	fclose(f);
+	if (!found)
+		return -ENOENT;
+	f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return -errno;
+	found = false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		/* id parent maj:min root mountpoint opts... - fstype source superopts */
+		char *sep = strstr(line, " - ");
+		if (!sep)
+			continue;
+		char fstype[32], src[256], sopts[512], root[CG_PATH], mp[CG_PATH];
+		if (sscanf(sep + 3, "%31s %255s %511s", fstype, src, sopts) != 3 ||
+		    sscanf(line, "%*s %*s %*s %511s %511s", root, mp) != 2)
+			continue;
+		if (strcmp(fstype, v2 ? "cgroup2" : "cgroup"))
+			continue;
+		bool ok = v2;
+		for (char *s = sopts, *tok; !ok && (tok = strsep(&s, ","));)
+			if (!strcmp(tok, want))
+				ok = true;
+		if (ok) {
+			snprintf(mnt, sizeof(mnt), "%s", mp);
+			snprintf(mroot, sizeof(mroot), "%s", root);
+			found = true;
+		}
+	}
+	fclose(f);
+	if (!found)
+		return -ENOENT;
+	/* A mount of a subtree (cgroup namespaces, containers) shows paths below its root. */
+	const char *r = rel;
+	size_t rl = strlen(mroot);
+	if (strcmp(mroot, "/") && !strncmp(rel, mroot, rl))
+		r = rel + rl;
+	if (!strcmp(r, "/"))
+		r = "";
+	return pathf(out, "%s%s", mnt, r);
+}
+
+static bool has_token(const char *path, const char *tok)
+{
+	char buf[512];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = 0;
+	for (char *s = buf, *t; (t = strsep(&s, " \n"));)
+		if (!strcmp(t, tok))
+			return true;
+	return false;
+}
+
+static int setup_v2(const char *name, char *why, size_t whylen)
+{
+	char own[CG_PATH], p[CG_PATH];
+	if (own_dir(true, "", own)) {
+		snprintf(why, whylen, "no cgroup v2 hierarchy");
+		return -ENOENT;
+	}
+	if (pathf(p, "%s/cgroup.controllers", own) || !has_token(p, "memory") || !has_token(p, "cpu")) {
+		snprintf(why, whylen, "cgroup v2 at %.200s has no memory and cpu controllers", own);
+		return -ENOENT;
+	}
+	if (pathf(parent[0], "%s/%s", own, name))
+		return -ENAMETOOLONG;
+	if (mkdir(parent[0], 0755) < 0 && errno != EEXIST) {
+		snprintf(why, whylen, "cannot create %.200s: %s", parent[0], strerror(errno));
+		return -errno;
+	}
+	pathf(p, "%s/cgroup.subtree_control", own);
+	int rc = write_str(p, "+memory +cpu");
+	if (rc == -EBUSY) {
+		/* No controllers for children of a cgroup that has processes of its own (the
+		 * v2 rule): serve moves into a leaf of its own subtree first. */
+		char leaf[CG_PATH], procs[CG_PATH];
+		if (!pathf(leaf, "%s/mitos-serve", own) && (mkdir(leaf, 0755) == 0 || errno == EEXIST) &&
+		    !pathf(procs, "%s/cgroup.procs", leaf) && !write_str(procs, "0"))
+			rc = write_str(p, "+memory +cpu");
+	}
+	if (!rc) {
+		pathf(p, "%s/cgroup.subtree_control", parent[0]);
+		rc = write_str(p, "+memory +cpu");
+	}
+	if (rc) {
+		snprintf(why, whylen, "cannot enable the memory and cpu controllers under %.200s: %s", own,
+			 strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
+static int setup_v1(const char *name, char *why, size_t whylen)
+{
+	static const char *ctl[2] = { "memory", "cpu" };
+	for (int i = 0; i < 2; i++) {
+		char own[CG_PATH];
+		if (own_dir(false, ctl[i], own) || pathf(parent[i], "%s/%s", own, name)) {
+			snprintf(why, whylen, "no cgroup v1 %s hierarchy either", ctl[i]);
+			return -ENOENT;
+		}
+		if (mkdir(parent[i], 0755) < 0 && errno != EEXIST) {
+			snprintf(why, whylen, "cannot create %.200s: %s", parent[i], strerror(errno));
+			return -errno;
+		}
+	}
+	return 0;
+}
+
+/* Cgroups whose serve died (their names start with its pid, after an optional
+ * "vm-"/"tpl-") and that nothing runs in any more: a sandbox that ended while no serve
+ * ran, its record since removed. rmdir never removes a cgroup that has processes, and
+ * one a live serve made (its process may not have joined yet) is left alone. */
+static void sweep(const char *dir)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		const char *n = de->d_name;
+		while (*n && !isdigit((unsigned char)*n))
+			n++;
+		long pid = strtol(n, NULL, 10);
+		if (de->d_type != DT_DIR || de->d_name[0] == '.' || pid <= 0 || pid == getpid())
+			continue;
+		bool creator_gone = kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+		char p[CG_PATH];
+		if (creator_gone && !pathf(p, "%s/%s", dir, de->d_name))
+			rmdir(p);
+	}
+	closedir(d);
+}
+
+enum cg_mode cgroup_init(const char *name, bool allow_v1, char *info, size_t infolen)
+{
+	char why2[300] = "", why1[300] = "";
+	memset(parent, 0, sizeof(parent));
+	mode = CG_NONE;
+	if (!setup_v2(name, why2, sizeof(why2)))
+		mode = CG_V2;
+	else if (allow_v1 && !setup_v1(name, why1, sizeof(why1)))
+		mode = CG_V1;
+	else
+		memset(parent, 0, sizeof(parent));
+	for (int i = 0; i < 2; i++)
+		if (parent[i][0])
+			sweep(parent[i]);
+	if (mode == CG_V2)
+		snprintf(info, infolen, "cgroup v2 %s/<sandbox> with memory.max and cpu.max", parent[0]);
+	else if (mode == CG_V1)
+		snprintf(info, infolen, "cgroup v1 memory.limit_in_bytes and cpu.cfs_quota_us under %s and %s (%s)",
+			 parent[0], parent[1], why2);
+	else
+		snprintf(info, infolen, "NO memory or CPU limits (%s%s%s)", why2, why1[0] ? "; " : "",
+			 allow_v1 ? why1 : "cgroup v1 needs root");
+	return mode;
+}
+
+enum cg_mode cgroup_mode(void)
+{
+	return mode;
+}
+
+/* Every process left in one cgroup gets SIGKILL: v2 in one write, v1 one by one. */
+static void kill_members(const char *dir)
+{
+	char p[CG_PATH], buf[4096];
+	if (mode == CG_V2 && !pathf(p, "%s/cgroup.kill", dir) && !write_str(p, "1"))
+		return;
+	if (pathf(p, "%s/cgroup.procs", dir))
+		return;
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = 0;
+	for (char *s = buf, *t; (t = strsep(&s, "\n"));) {
+		long pid = strtol(t, NULL, 10);
+		if (pid > 0)
+			kill((pid_t)pid, SIGKILL);
+	}
+}
+
+void cgroup_remove(struct cg_set *cg)
+{
+	for (int i = 0; i < 2; i++) {
+		if (!cg->dir[i][0])
+			continue;
+		/* The last process may still be leaving the cgroup for a moment after its
+		 * exit (freeing its memory); one that is still running is killed. */
+		for (int tries = 0; tries < 500 && rmdir(cg->dir[i]) < 0 && errno == EBUSY; tries++) {
+			if (tries % 50 == 10)
+				kill_members(cg->dir[i]);
+			usleep(2000);
+		}
+		cg->dir[i][0] = 0;
+	}
+}
+
+void cgroup_entry_close(struct cg_entry *e)
+{
+	for (int i = 0; i < 2; i++)
+		if (e->v1fds[i] >= 0)
+			close(e->v1fds[i]), e->v1fds[i] = -1;
+	if (e->v2fd >= 0)
+		close(e->v2fd), e->v2fd = -1;
+}
+
+int cgroup_create(const char *name, const struct cg_limits *l, struct cg_set *cg, struct cg_entry *e)
+{
+	char p[CG_PATH], v[64];
+	memset(cg, 0, sizeof(*cg));
+	e->v2fd = e->v1fds[0] = e->v1fds[1] = -1;
+	if (mode == CG_NONE)
+		return 0;
+	uint64_t mem = (uint64_t)l->memory_max_mib << 20;
+	int n = mode == CG_V2 ? 1 : 2;
+	for (int i = 0; i < n; i++) {
+		if (pathf(cg->dir[i], "%s/%s", parent[i], name))
+			return -ENAMETOOLONG;
+		if (mkdir(cg->dir[i], 0755) < 0) {
+			int rc = -errno;
+			cg->dir[i][0] = 0;
+			cgroup_remove(cg);
+			return rc;
+		}
+	}
+	int rc;
+	snprintf(v, sizeof(v), "%" PRIu64, mem);
+	if (mode == CG_V2) {
+		pathf(p, "%s/memory.max", cg->dir[0]);
+		rc = write_str(p, v);
+		/* Without swap the limit is the limit (absent without swap support). */
+		pathf(p, "%s/memory.swap.max", cg->dir[0]);
+		write_str(p, "0");
+		snprintf(v, sizeof(v), "%u 100000", l->cpu_percent * 1000u);
+		pathf(p, "%s/cpu.max", cg->dir[0]);
+		if (!rc)
+			rc = write_str(p, v);
+		if (!rc && (e->v2fd = open(cg->dir[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+			rc = -errno;
+	} else {
+		pathf(p, "%s/memory.limit_in_bytes", cg->dir[0]);
+		rc = write_str(p, v);
+		pathf(p, "%s/memory.memsw.limit_in_bytes", cg->dir[0]);
+		write_str(p, v);
+		pathf(p, "%s/cpu.cfs_period_us", cg->dir[1]);
+		if (!rc)
+			rc = write_str(p, "100000");
+		snprintf(v, sizeof(v), "%u", l->cpu_percent * 1000u);
+		pathf(p, "%s/cpu.cfs_quota_us", cg->dir[1]);
+		if (!rc)
+			rc = write_str(p, v);
+		for (int i = 0; i < 2 && !rc; i++) {
+			pathf(p, "%s/cgroup.procs", cg->dir[i]);
+			if ((e->v1fds[i] = open(p, O_WRONLY | O_CLOEXEC)) < 0)
+				rc = -errno;
+		}
+	}
+	if (rc) {
+		cgroup_entry_close(e);
+		cgroup_remove(cg);
+	}
+	return rc;
+}
+
+void cgroup_enter_child(const struct cg_entry *e)
+{
+	for (int i = 0; i < 2; i++)
+		if (e->v1fds[i] >= 0)
+			syscall(SYS_write, e->v1fds[i], "0", 1);
+}
+
+void cgroup_record(const struct cg_set *cg, cJSON *o)
+{
+	cJSON *a = cJSON_AddArrayToObject(o, "cgroups");
+	for (int i = 0; i < 2; i++)
+		if (cg->dir[i][0])
+			cJSON_AddItemToArray(a, cJSON_CreateString(cg->dir[i]));
+}
+
+static bool owned(const char *dir)
+{
+	for (int i = 0; i < 2; i++) {
+		size_t n = strlen(parent[i]);
+		if (n && !strncmp(dir, parent[i], n) && dir[n] == '/' && !strstr(dir + n, "/.."))
+			return true;
+	}
+	return false;
+}
+
+void cgroup_from_record(const cJSON *o, struct cg_set *cg)
+{
+	memset(cg, 0, sizeof(*cg));
+	const cJSON *it;
+	int i = 0;
+	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(o, "cgroups"))
+		if (cJSON_IsString(it) && i < 2 && strlen(it->valuestring) < CG_PATH && owned(it->valuestring))
+			snprintf(cg->dir[i++], CG_PATH, "%s", it->valuestring);
+}
+
+int cgroup_limits_parse(const cJSON *spec, unsigned mem_min, const struct cg_limits *dflt, struct cg_limits *out,
+			char *err, size_t errlen)
+{
+	int rc = registry_uint_field(spec, "memory_max_mib", mem_min, 1u << 21, dflt->memory_max_mib,
+				     &out->memory_max_mib, err, errlen);
+	if (!rc)
+		rc = registry_uint_field(spec, "cpu_percent", 1, 6400, dflt->cpu_percent, &out->cpu_percent, err,
+					 errlen);
+	return rc;
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""The kvm engine's default `python` template: `POST /v1/templates {"name": "python"}`
+without a kernel or disk boots the python image's rootfs.ext4 (tools/build-image) with
+the agent as init under the firmware kernel from firmware/build-kernel.sh's cache (the
+pvm variant and firmware/guest-pvm.cmdline on emulation-only KVM), snapshots it, and a
+sandbox forked from it runs `python3 -c 'print(6*7)'`. Also: the engine_unavailable
+errors when the image or the kernel is not built. Stdlib only.
+
+usage: test_kvm_python.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
+Exits 77 without /dev/kvm or root. The boot test is skipped when the image or the kernel
+is not built (it never builds them: that takes minutes)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mitos_test import Runner, Server, Skip, eq, exec_output  # noqa: E402
+
+VMM, AGENT = sys.argv[1], sys.argv[2]
+ONLY = sys.argv[3:]
+
+
+def cache_dir():
+    return os.environ.get("MITOS_CACHE") or os.path.join(os.environ["HOME"], ".cache", "mitos")
+
+
+def emulated():
+    r = subprocess.run([VMM, "check", "--json"], capture_output=True, text=True, timeout=120)
+    return json.loads(r.stdout)["virtualization"] != "hardware"
+
+
+def kernel_path():
+    return os.path.join(cache_dir(), "kernel", "current-pvm" if emulated() else "current", "vmlinux")
+
+
+def kvm_server(cache, env=None):
+    return Server(VMM, AGENT, extra=["--engine", "kvm", "--kvm-pool", "1", "--images", os.path.join(cache, "images")],
+                  env=env)
+
+
+def t_unavailable_errors():
+    """Without the image, then without the kernel: 503 engine_unavailable saying what
+    to build."""
+    tmp = tempfile.mkdtemp(prefix="mitos-kvm-cache-", dir="/var/tmp")
+    try:
+        env = dict(os.environ, MITOS_CACHE=tmp)
+        s = kvm_server(tmp, env)
+        try:
+            if "no python image in" not in "".join(s.stdout):
+                raise AssertionError("no start-up line about the missing image: %r" % s.stdout)
+            st, r = s.request("POST", "/v1/templates", {"name": "python"})
+            eq((st, r["error"]["code"]), (503, "engine_unavailable"), "no image: %r" % r)
+            if "tools/build-image" not in r["error"]["message"]:
+                raise AssertionError("the error does not say how to build the image: %r" % r)
+            st, r = s.request("POST", "/v1/templates", {"name": "other"})
+            eq((st, r["error"]["code"]), (400, "invalid_argument"), "unknown image: %r" % r)
+        finally:
+            eq(s.stop(), 0, "serve's exit")
+            s.cleanup()
+        # An image (a stand-in ext4) but no kernel in the cache.
+        img = os.path.join(tmp, "images", "k1")
+        os.makedirs(img)
+        with open(os.path.join(img, "rootfs.ext4"), "wb") as f:
+            f.truncate(1 << 20)
+        os.symlink("k1", os.path.join(tmp, "images", "current-python"))
+        s = kvm_server(tmp, env)
+        try:
+            st, r = s.request("POST", "/v1/templates", {"name": "python"})
+            eq((st, r["error"]["code"]), (503, "engine_unavailable"), "no kernel: %r" % r)
+            msg = r["error"]["message"]
+            if "firmware/build-kernel.sh" not in msg or os.path.join(tmp, "kernel") not in msg:
+                raise AssertionError("the error does not name the kernel and its build: %r" % r)
+            if emulated() and "--variant pvm" not in msg:
+                raise AssertionError("the error does not name the pvm variant: %r" % r)
+            st, r = s.request("GET", "/v1/templates")
+            eq(r["templates"], [], "nothing left of the failed templates")
+        finally:
+            eq(s.stop(), 0, "serve's exit")
+            s.cleanup()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def t_python_template_exec():
+    disk = os.path.join(cache_dir(), "images", "current-python", "rootfs.ext4")
+    kernel = kernel_path()
+    for path, build in ((disk, "tools/build-image"),
+                        (kernel, "firmware/build-kernel.sh" + (" --variant pvm" if emulated() else ""))):
+        if not os.path.exists(path):
+            raise Skip("%s is not built (%s builds it)" % (path, build))
+    s = kvm_server(cache_dir())
+    try:
+        t0 = time.time()
+        st, r = s.request("POST", "/v1/templates", {"name": "python"})
+        if st != 201:
+            raise AssertionError("template: %s %r\n%s" % (st, r, s.stderr()[-3000:]))
+        t_tpl = time.time() - t0
+        spec = r["template"]["spec"]
+        eq(spec, {"image": "python"}, "the request kept as the spec")
+        with open(os.path.join(r["template"]["root"], "kvm.json")) as f:
+            kvm = json.load(f)
+        eq((kvm["kernel"], kvm["rootfs"]), (os.path.realpath(kernel), os.path.realpath(disk)), "kernel and disk")
+        for arg in ("root=/dev/vda", " ro", "init=/usr/sbin/init"):
+            if arg not in kvm["cmdline"]:
+                raise AssertionError("%r not in the command line %r" % (arg, kvm["cmdline"]))
+        if "rdinit=" in kvm["cmdline"]:
+            raise AssertionError("an initramfs option in a disk guest's command line: %r" % kvm["cmdline"])
+        t0 = time.time()
+        st, r = s.request("POST", "/v1/fork", {"template": "python", "ids": ["py1"]})
+        eq(st, 201, "fork (%r)" % (r,))
+        t_fork = time.time() - t0
+        t0 = time.time()
+        out, msgs = exec_output(s, "py1", {"command": "python3 -c 'print(6*7)'", "timeout": 300})
+        t_exec = time.time() - t0
+        eq(out, "42\n", "python3 in the guest (%r)" % msgs)
+        print("     template %.1f s (boot, agent, snapshot), sandbox %.2f s, python3 -c %.1f s" %
+              (t_tpl, t_fork, t_exec))
+        st, _ = s.request("DELETE", "/v1/sandboxes/py1")
+        eq(st, 200, "delete")
+    finally:
+        eq(s.stop(), 0, "serve's exit")
+        s.cleanup()
+
+
+def main():
+    r = Runner()
+    if os.geteuid() != 0:
+        print("SKIP: serve's kvm engine jails its VMs with namespaces: run as root")
+        return 77
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+    except OSError as e:
+        print("SKIP: no usable /dev/kvm (%s)" % e.strerror)
+        return 77
+    r.run_all([("unavailable_errors", t_unavailable_errors), ("python_template_exec", t_python_template_exec)],
+              ONLY)
+    return r.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

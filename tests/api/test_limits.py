@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Per-sandbox memory and CPU limits of the process engine (api/cgroup.c): the template's
+`memory_max_mib` and `cpu_percent` become a cgroup per sandbox (v2, or v1 on hybrid
+hosts) that the sandbox's init enters before it runs anything. A command over the memory
+limit is OOM-killed (ExecStream reports the signal), a busy loop is throttled, the cgroup
+outlives a restart of serve (re-adoption) and is gone after DELETE, expiry and a crash.
+Stdlib only.
+
+usage: test_limits.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
+Exits 77 when not root or when this host gives serve no writable cgroups (neither v2
+with the memory and cpu controllers nor v1)."""
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mitos_test import Runner, Server, cgroup_dirs, eq, exec_output, wait_until  # noqa: E402
+
+VMM, AGENT = sys.argv[1], sys.argv[2]
+ONLY = sys.argv[3:]
+PARENT = "mitos-sandboxes"
+MEM, CPU = 64, 20
+
+
+def limits_line(s):
+    return next((ln.strip() for ln in s.stdout if ln.startswith("sandbox limits: ")), "")
+
+
+def template(s, name="lim", **kw):
+    body = {"name": name, "image": "python", "memory_max_mib": MEM, "cpu_percent": CPU}
+    body.update(kw)
+    st, r = s.request("POST", "/v1/templates", body)
+    if st not in (200, 201):
+        raise AssertionError("template: %s %r" % (st, r))
+    return r["template"]
+
+
+def fork(s, sid, tpl="lim"):
+    st, r = s.request("POST", "/v1/fork", {"template": tpl, "ids": [sid]})
+    eq(st, 201, "fork (%r)" % (r,))
+
+
+def init_pid(s, sid):
+    with open(os.path.join(s.state_dir, "sandboxes", sid, "sandbox.json")) as f:
+        return json.load(f)["pid"]
+
+
+def run(s, sid, cmd, timeout=60):
+    out, msgs = exec_output(s, sid, {"command": cmd, "timeout": timeout})
+    ends = [m["end"] for f, m in msgs if "end" in m]
+    if not ends:
+        raise AssertionError("no end message: %r" % msgs)
+    return out, ends[0]
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def limit_files(dirs):
+    """(memory limit file, CPU limit file) of one sandbox's cgroups."""
+    if "v2" in dirs:
+        return dirs["v2"] + "/memory.max", dirs["v2"] + "/cpu.max", dirs["v2"] + "/cpu.stat"
+    return (dirs["memory"] + "/memory.limit_in_bytes", dirs["cpu"] + "/cpu.cfs_quota_us",
+            dirs["cpu"] + "/cpu.stat")
+
+
+def gone(dirs):
+    return not any(os.path.exists(d) for d in dirs.values())
+
+
+# ---------------------------------------------------------------- tests
+
+def t_template_fields(s):
+    t = template(s)
+    eq(t["spec"], {"memory_max_mib": MEM, "cpu_percent": CPU}, "spec kept")
+    st, r = s.request("POST", "/v1/templates", {"name": "dflt", "image": "python"})
+    eq(st, 201, "default template")
+    eq(r["template"]["spec"], {"memory_max_mib": 1024, "cpu_percent": 100}, "defaults")
+    for body in ({"memory_max_mib": 8}, {"memory_max_mib": "64"}, {"cpu_percent": 0},
+                 {"cpu_percent": 6401}, {"memory_max_mib": 64.5}):
+        body.update(name="bad", image="python")
+        st, r = s.request("POST", "/v1/templates", body)
+        eq((st, r["error"]["code"]), (400, "invalid_argument"), "template %r" % body)
+    st, r = s.request("GET", "/v1/templates")
+    eq(sorted(x["name"] for x in r["templates"]), ["dflt", "lim"], "listed")
+
+
+def t_init_in_cgroup(s):
+    fork(s, "in")
+    pid = init_pid(s, "in")
+    dirs = cgroup_dirs(pid, PARENT)
+    if not dirs:
+        raise AssertionError("the init %d is not in a %s cgroup: %s" % (pid, PARENT, read("/proc/%d/cgroup" % pid)))
+    mem, cpu, _ = limit_files(dirs)
+    eq(int(read(mem)), MEM << 20, mem)
+    eq(read(cpu).split()[0], str(CPU * 1000), cpu)
+    # Everything the sandbox runs is inside: its init, the agent, the command.
+    out, end = run(s, "in", "cat /proc/self/cgroup")
+    eq(end.get("exitCode"), 0, "cat")
+    for d in dirs.values():
+        rel = d.split(PARENT, 1)[1]
+        if rel not in out:
+            raise AssertionError("the command runs outside %s: %s" % (d, out))
+        procs = read(os.path.join(d, "cgroup.procs")).split()
+        if str(pid) not in procs or len(procs) < 2:
+            raise AssertionError("init %d and its agent should be in %s: %r" % (pid, d, procs))
+    s.request("DELETE", "/v1/sandboxes/in")
+
+
+def t_oom_kill(s):
+    fork(s, "oom")
+    out, end = run(s, "oom", "python3 -c 'x = bytearray(16 << 20); print(len(x))'")
+    eq((out.strip(), end.get("exitCode")), (str(16 << 20), 0), "16 MiB fits")
+    t0 = time.time()
+    out, end = run(s, "oom", "python3 -c 'x = bytearray(200 << 20); x[::4096] = b\"x\" * len(x[::4096]); "
+                             "print(len(x))'")
+    eq((end.get("exited"), end.get("signal")), (False, 9), "200 MiB under a 64 MiB limit: %r" % end)
+    print("     OOM-killed in %.2f s: %s" % (time.time() - t0, end.get("status")))
+    # The sandbox survives its command's OOM kill.
+    out, end = run(s, "oom", "echo alive")
+    eq(out, "alive\n", "the sandbox after the OOM kill")
+    s.request("DELETE", "/v1/sandboxes/oom")
+
+
+def t_cpu_throttled(s):
+    fork(s, "cpu")
+    dirs = cgroup_dirs(init_pid(s, "cpu"), PARENT)
+    _, _, stat = limit_files(dirs)
+    before = dict(ln.split() for ln in read(stat).splitlines())
+    t0 = time.time()
+    out, end = run(s, "cpu", "timeout 1 sh -c 'while :; do :; done'; cat /proc/$$/stat")
+    wall = time.time() - t0
+    # The CPU time of the shell's waited-for children: cutime and cstime (fields 16, 17).
+    fields = out.rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    after = dict(ln.split() for ln in read(stat).splitlines())
+    throttled = int(after["nr_throttled"]) - int(before["nr_throttled"])
+    print("     busy loop: %.2f s of CPU in %.2f s (limit %d%%), throttled %d times" % (cpu_s, wall, CPU, throttled))
+    if throttled <= 0:
+        raise AssertionError("never throttled: %r" % after)
+    if cpu_s > 0.6:
+        raise AssertionError("a 1 s busy loop got %.2f s of CPU under a %d%% limit" % (cpu_s, CPU))
+    s.request("DELETE", "/v1/sandboxes/cpu")
+
+
+def t_removed_on_delete_expiry_crash(s):
+    for sid in ("del", "exp", "crash"):
+        fork(s, sid)
+    dirs = {sid: cgroup_dirs(init_pid(s, sid), PARENT) for sid in ("del", "exp", "crash")}
+    for sid, d in dirs.items():
+        if not d or gone(d):
+            raise AssertionError("no cgroup for %s: %r" % (sid, d))
+    st, _ = s.request("DELETE", "/v1/sandboxes/del")
+    eq(st, 200, "delete")
+    if not gone(dirs["del"]):
+        raise AssertionError("cgroup left after DELETE: %r" % dirs["del"])
+    st, _ = s.request("POST", "/v1/set_timeout", {"sandbox_id": "exp", "timeout": 1})
+    eq(st, 200, "set_timeout")
+    os.kill(init_pid(s, "crash"), signal.SIGKILL)
+    wait_until(lambda: gone(dirs["exp"]) and gone(dirs["crash"]), 10, "cgroups of the expired and crashed sandboxes")
+    wait_until(lambda: s.request("GET", "/v1/sandboxes")[1]["sandboxes"] == [], 5, "no sandboxes")
+
+
+def t_readoption_keeps_cgroup():
+    st_dir = tempfile.mkdtemp(prefix="mitos-limits-", dir="/var/tmp")
+    s = Server(VMM, AGENT, state_dir=st_dir)
+    try:
+        template(s)
+        fork(s, "keep")
+        pid = init_pid(s, "keep")
+        dirs = cgroup_dirs(pid, PARENT)
+        s.stop(signal.SIGKILL)
+        s2 = Server(VMM, AGENT, state_dir=st_dir)
+        try:
+            wait_until(lambda: s2.request("GET", "/v1/sandboxes/keep")[1].get("state") == "running", 10,
+                       "re-adopted")
+            eq(cgroup_dirs(pid, PARENT), dirs, "the same cgroup after the restart")
+            out, end = run(s2, "keep", "python3 -c 'x = bytearray(200 << 20)'")
+            eq(end.get("signal"), 9, "still limited after re-adoption: %r" % end)
+            st, _ = s2.request("DELETE", "/v1/sandboxes/keep")
+            eq(st, 200, "delete")
+            if not gone(dirs):
+                raise AssertionError("cgroup left after DELETE of a re-adopted sandbox: %r" % dirs)
+            fork(s2, "last")
+            last = cgroup_dirs(init_pid(s2, "last"), PARENT)
+        finally:
+            eq(s2.stop(), 0, "graceful stop")
+        if not gone(last):
+            raise AssertionError("cgroup left after a graceful stop: %r" % last)
+    finally:
+        s.stop()
+        shutil.rmtree(st_dir, ignore_errors=True)
+
+
+def main():
+    r = Runner()
+    if os.geteuid() != 0:
+        print("SKIP: the process engine needs root")
+        return 77
+    s = Server(VMM, AGENT)
+    line = limits_line(s)
+    if "cgroup v2 " not in line and "cgroup v1 " not in line:
+        s.cleanup()
+        print("SKIP: serve has no writable cgroups here (neither cgroup v2 with the memory and cpu "
+              "controllers nor cgroup v1): %s" % (line or "no 'sandbox limits:' line at start"))
+        return 77
+    print("serve: %s" % line)
+    tests = [("template_fields", t_template_fields), ("init_in_cgroup", t_init_in_cgroup),
+             ("oom_kill", t_oom_kill), ("cpu_throttled", t_cpu_throttled),
+             ("removed_on_delete_expiry_crash", t_removed_on_delete_expiry_crash)]
+    try:
+        r.run_all(tests, ONLY, s)
+    finally:
+        r.stop_server(s)
+    r.run_all([("readoption_keeps_cgroup", t_readoption_keeps_cgroup)], ONLY)
+    return r.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+/* The VM process's seccomp filter (vmm/seccomp.c): what a VM needs still works, and
+ * anything else is refused, kills the process with status 159 and names the call on
+ * stderr. Each case runs in a child that installs the filter. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "vmm/seccomp.h"
+
+/* Runs fn in a filtered child: its exit status (or 1000 + signal), stderr in out. */
+static int filtered(void (*fn)(void), char *out, size_t outlen)
+{
+	int p[2];
+	ck_assert_int_eq(pipe(p), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		dup2(p[1], STDERR_FILENO);
+		close(p[0]);
+		char err[256];
+		if (vmm_seccomp_install(err, sizeof(err))) {
+			fprintf(stderr, "install: %s\n", err);
+			_exit(100);
+		}
+		fn();
+		_exit(0);
+	}
+	close(p[1]);
+	size_t n = 0;
+	ssize_t k;
+	while (n + 1 < outlen && (k = read(p[0], out + n, outlen - 1 - n)) > 0)
+		n += (size_t)k;
+	out[n] = 0;
+	close(p[0]);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 1000 + WTERMSIG(st);
+}
+
+static void allowed_calls(void)
+{
+	/* A Unix socket, a thread-style mapping, a file, a KVM ioctl on a non-KVM fd. */
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		_exit(10);
+	close(s);
+	void *m = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED || mprotect(m, 4096, PROT_READ) || munmap(m, 1 << 20))
+		_exit(11);
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		_exit(12);
+	if (ioctl(fd, KVM_GET_API_VERSION, 0) != -1)
+		_exit(13);
+	close(fd);
+	/* clone3 is refused softly, so that glibc falls back to clone (threads only). */
+	if (syscall(SYS_clone3, NULL, 0) != -1 || errno != ENOSYS)
+		_exit(14);
+}
+
+static void inet_socket(void) { socket(AF_INET, SOCK_STREAM, 0); }
+static void run_a_program(void) { execl("/bin/true", "true", (char *)NULL); }
+static void terminal_injection(void)
+{
+	char c = 'x';
+	ioctl(STDIN_FILENO, TIOCSTI, &c);
+}
+static void exec_mapping(void) { mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); }
+static void new_process(void) { syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0); }
+
+START_TEST(test_allowed)
+{
+	char out[512];
+	int st = filtered(allowed_calls, out, sizeof(out));
+	ck_assert_msg(st == 0, "status %d, stderr: %s", st, out);
+}
+END_TEST
+
+static void refused(void (*fn)(void), const char *name)
+{
+	char out[512], want[64];
+	int st = filtered(fn, out, sizeof(out));
+	ck_assert_msg(st == 128 + SIGSYS, "status %d for %s, stderr: %s", st, name, out);
+	snprintf(want, sizeof(want), "mitos-vmm: seccomp: system call %s (", name);
+	ck_assert_msg(strstr(out, want) && strstr(out, "the VM is killed"), "stderr for %s: %s", name, out);
+}
+
+START_TEST(test_refused)
+{
+	refused(inet_socket, "socket");
+	refused(run_a_program, "execve");
+	refused(terminal_injection, "ioctl");
+#ifndef VMM_SECCOMP_SANITIZED
+	refused(exec_mapping, "mmap");
+	refused(new_process, "clone");
+#else
+	(void)exec_mapping;
+	(void)new_process;
+#endif
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("seccomp");
+	TCase *tc = tcase_create("filter");
+	tcase_add_test(tc, test_allowed);
+	tcase_add_test(tc, test_refused);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	/* The cases fork their own children. */
+	srunner_set_fork_status(sr, CK_NOFORK);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
