@@ -2,6 +2,7 @@
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <linux/sched.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -390,4 +391,18 @@ int cgroup_limits_parse(const cJSON *spec, unsigned mem_min, const struct cg_lim
 		rc = registry_uint_field(spec, "cpu_percent", 1, 6400, dflt->cpu_percent, &out->cpu_percent, err,
 					 errlen);
 	return rc;
+}
+
+long cgroup_clone(const struct cg_entry *e, uint64_t flags, int *pidfd)
+{
+	struct clone_args ca;
+	memset(&ca, 0, sizeof(ca));
+	ca.flags = flags | CLONE_PIDFD;
+	if (e->v2fd >= 0) {
+		ca.flags |= CLONE_INTO_CGROUP;
+		ca.cgroup = (uint64_t)e->v2fd;
+	}
+	ca.pidfd = (uint64_t)(uintptr_t)pidfd;
+	ca.exit_signal = SIGCHLD;
+	return syscall(SYS_clone3, &ca, sizeof(ca));
 }

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct cJSON;
 
@@ -46,6 +47,9 @@ enum cg_mode cgroup_mode(void);
 int cgroup_create(const char *name, const struct cg_limits *l, struct cg_set *cg, struct cg_entry *e);
 /* In the child between clone3 and exec (a threaded parent: raw system calls only). */
 void cgroup_enter_child(const struct cg_entry *e);
+/* clone3() with `flags` (namespaces) into e's v2 cgroup where there is one, with a pidfd
+ * in *pidfd and SIGCHLD on exit: 0 in the child, the pid in the parent, -1 and errno. */
+long cgroup_clone(const struct cg_entry *e, uint64_t flags, int *pidfd);
 void cgroup_entry_close(struct cg_entry *e);
 /* Kills whatever still runs in cg (a process that escaped its sandbox's end), then
  * removes it. */

@@ -298,17 +298,9 @@ static int vm_spawn(char *const argv[], const char *console, const char *name, c
 			close(nullfd);
 		return rc;
 	}
-	struct clone_args ca;
-	memset(&ca, 0, sizeof(ca));
 	int pidfd = -1;
-	ca.flags = CLONE_PIDFD | (K.ns ? CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET : 0);
-	if (ce.v2fd >= 0) {
-		ca.flags |= CLONE_INTO_CGROUP;
-		ca.cgroup = (uint64_t)ce.v2fd;
-	}
-	ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
-	ca.exit_signal = SIGCHLD;
-	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+	long pid = cgroup_clone(&ce, K.ns ? CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
+				CLONE_NEWNET : 0, &pidfd);
 	if (pid == 0)
 		vm_child(argv, logfd, nullfd, &ce);
 	int e = errno;

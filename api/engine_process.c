@@ -557,16 +557,8 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, char 
 		return rc;
 	}
 	int pidfd = -1;
-	struct clone_args ca;
-	memset(&ca, 0, sizeof(ca));
-	ca.flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_PIDFD;
-	if (ce.v2fd >= 0) {
-		ca.flags |= CLONE_INTO_CGROUP;
-		ca.cgroup = (uint64_t)ce.v2fd;
-	}
-	ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
-	ca.exit_signal = SIGCHLD;
-	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+	long pid = cgroup_clone(&ce, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
+				CLONE_NEWNET, &pidfd);
 	if (pid == 0)
 		sandbox_child(s, &ce);
 	int e = errno;

@@ -4,6 +4,7 @@
 #define MITOS_KVM_VM_H
 
 #include <linux/kvm.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -15,6 +16,7 @@ struct kvm_vm {
 	int vcpu_mmap_size;
 	struct kvm_cpuid2 *supported_cpuid;  /* KVM_GET_SUPPORTED_CPUID, owned */
 	struct kvm_msr_list *msr_index_list; /* KVM_GET_MSR_INDEX_LIST, owned */
+	bool emulation_only;  /* the host runs guest kernel code in KVM's emulator */
 };
 
 /* Opens /dev/kvm (or $MITOS_KVM_DEVICE), checks the API version and the capabilities the

@@ -969,6 +969,7 @@ static int machine_alloc(struct machine **out, const struct machine_config *c, s
 	if (r)
 		return r;
 	r = kvm_vm_create(&m->vm, e);
+	m->vm.emulation_only = m->emulation_only;
 	phase(m, "create-vm");
 	return r;
 }

@@ -89,6 +89,23 @@ void vcpu_cpuid_adjust(struct kvm_cpuid2 *cpuid, unsigned id, unsigned ncpus)
 	}
 }
 
+#define CPUID_KVM_FEATURES       0x40000001
+#define KVM_FEATURE_PV_UNHALT    7
+#define KVM_FEATURE_PV_SEND_IPI  11
+#define KVM_FEATURE_PV_SCHED_YIELD 13
+
+/* On an emulation-only host a VMCALL from guest kernel mode hangs inside KVM (measured:
+ * every hypercall number tried), so SMP guests stall in the PV IPI and unhalt paths;
+ * without these features Linux uses plain IPIs and HLT. */
+static void hide_pv_hypercalls(struct kvm_cpuid2 *c)
+{
+	for (uint32_t i = 0; i < c->nent; i++)
+		if (c->entries[i].function == CPUID_KVM_FEATURES)
+			c->entries[i].eax &= ~((1U << KVM_FEATURE_PV_UNHALT) |
+					       (1U << KVM_FEATURE_PV_SEND_IPI) |
+					       (1U << KVM_FEATURE_PV_SCHED_YIELD));
+}
+
 static int setup_cpuid(struct kvm_vm *vm, struct vcpu *v, unsigned ncpus, struct mitos_err *e)
 {
 	size_t sz = sizeof(struct kvm_cpuid2) +
@@ -98,6 +115,8 @@ static int setup_cpuid(struct kvm_vm *vm, struct vcpu *v, unsigned ncpus, struct
 		return mitos_err_set(e, -ENOMEM, "out of memory");
 	memcpy(c, vm->supported_cpuid, sz);
 	vcpu_cpuid_adjust(c, v->id, ncpus);
+	if (vm->emulation_only)
+		hide_pv_hypercalls(c);
 	int r = ioctl(v->fd, KVM_SET_CPUID2, c) < 0 ? -errno : 0;
 	free(c);
 	return r ? mitos_err_set(e, r, "vCPU %u: KVM_SET_CPUID2: %s", v->id, strerror(-r)) : 0;
