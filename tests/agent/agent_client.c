@@ -289,8 +289,13 @@ int ac_connect_unix(struct ac *c, const char *path)
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
 		return -errno;
-	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		return -errno;
+	/* The socket file appears at bind(), a moment before listen(): a connect in
+	 * between is refused, so a just-started agent gets a few seconds. */
+	for (int i = 0; connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0; i++) {
+		if ((errno != ECONNREFUSED && errno != ENOENT) || i == 500)
+			return -errno;
+		usleep(10000);
+	}
 	return hello(c);
 }
 
