@@ -50,32 +50,9 @@ while (($#)); do
 done
 [[ -n $agent && -n $out ]] || { echo "build-initramfs: --agent and --out are required (see --help)" >&2; exit 2; }
 
-die() {
-	printf 'build-initramfs: error: %s\n' "$*" >&2
-	exit 1
-}
-
-ensure_packages() {
-	local p missing=() sudo=()
-	for p in "$@"; do
-		if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) != installed ]]; then
-			missing+=("$p")
-		fi
-	done
-	((${#missing[@]})) || return 0
-	if ((EUID != 0)); then
-		command -v sudo >/dev/null || die "missing packages: ${missing[*]} (run as root or install them)"
-		sudo=(sudo)
-	fi
-	echo "build-initramfs: installing with apt-get: ${missing[*]}" >&2
-	if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -q -y --no-install-recommends "${missing[@]}" >&2; then
-		"${sudo[@]}" apt-get update -q >&2
-		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -q -y --no-install-recommends "${missing[@]}" >&2 ||
-			die "could not install: ${missing[*]}"
-	fi
-}
+prog=build-initramfs
+# shellcheck source=firmware/lib-packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib-packages.sh"
 
 [[ -f $agent ]] || die "agent binary not found: $agent"
 packages=(cpio binutils)

@@ -50,32 +50,9 @@ done
 script_dir=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 helper=$script_dir/../agent/mitos_kernel.py
 
-die() {
-	printf 'build-rootfs: error: %s\n' "$*" >&2
-	exit 1
-}
-
-ensure_packages() {
-	local p missing=() sudo=()
-	for p in "$@"; do
-		if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) != installed ]]; then
-			missing+=("$p")
-		fi
-	done
-	((${#missing[@]})) || return 0
-	if ((EUID != 0)); then
-		command -v sudo >/dev/null || die "missing packages: ${missing[*]} (run as root or install them)"
-		sudo=(sudo)
-	fi
-	echo "build-rootfs: installing with apt-get: ${missing[*]}" >&2
-	if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -q -y --no-install-recommends "${missing[@]}" >&2; then
-		"${sudo[@]}" apt-get update -q >&2
-		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -q -y --no-install-recommends "${missing[@]}" >&2 ||
-			die "could not install: ${missing[*]}"
-	fi
-}
+prog=build-rootfs
+# shellcheck source=firmware/lib-packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib-packages.sh"
 
 is_static() {
 	! readelf -l "$1" | grep -q 'INTERP'
