@@ -17,6 +17,7 @@ static const struct route r_templates_list = { "templates.list", rest_templates_
 static const struct route r_fork = { "fork", rest_fork, false, false };
 static const struct route r_sandboxes_list = { "sandboxes.list", rest_sandboxes_list, false, false };
 static const struct route r_sandbox_get = { "sandboxes.get", rest_sandbox_get, false, false };
+static const struct route r_sandbox_fork = { "sandboxes.fork", rest_sandbox_fork, false, false };
 static const struct route r_sandbox_delete = { "sandboxes.delete", rest_sandbox_delete, false, false };
 static const struct route r_set_timeout = { "set_timeout", rest_set_timeout, false, false };
 static const struct route r_pause = { "pause", rest_pause, false, false };
@@ -80,12 +81,19 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 	if (!strcmp(p, "/v1/sandboxes") || !strcmp(p, "/v1/sandboxes/"))
 		return m == HTTP_GET ? &r_sandboxes_list : NULL;
 	if (!strncmp(p, "/v1/sandboxes/", 14)) {
-		const char *id = p + 14;
+		/* /v1/sandboxes/{id} and /v1/sandboxes/{id}/{action} */
+		const char *id = p + 14, *slash = strchr(id, '/');
+		size_t idlen = slash ? (size_t)(slash - id) : strlen(id);
 		*has_id = true;
-		snprintf(r->param, sizeof(r->param), "%s", id);
-		if (strlen(id) >= sizeof(r->param))
+		snprintf(r->param, sizeof(r->param), "%.*s", (int)(idlen < sizeof(r->param) ? idlen : 0), id);
+		if (idlen >= sizeof(r->param))
 			r->param[0] = '!'; /* too long: fails the id check */
-		return m == HTTP_GET ? &r_sandbox_get : m == HTTP_DELETE ? &r_sandbox_delete : NULL;
+		if (!slash)
+			return m == HTTP_GET ? &r_sandbox_get : m == HTTP_DELETE ? &r_sandbox_delete : NULL;
+		if (!strcmp(slash, "/fork"))
+			return m == HTTP_POST ? &r_sandbox_fork : NULL;
+		*known_path = false;
+		return NULL;
 	}
 	if (!strcmp(p, "/v1/set_timeout"))
 		return m == HTTP_POST ? &r_set_timeout : NULL;

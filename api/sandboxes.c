@@ -156,6 +156,7 @@ static void sb_save(const struct sandbox *sb)
 	cJSON_AddNumberToObject(o, "deadline_ms", (double)sb->deadline_ms);
 	cJSON_AddNumberToObject(o, "pid", sb->proc.pid);
 	cJSON_AddNumberToObject(o, "start_time", (double)sb->proc.start_time);
+	cJSON_AddNumberToObject(o, "fork_time_ms", sb->fork_time_ms);
 	char path[1200];
 	snprintf(path, sizeof(path), "%s/sandbox.json", sb->dir);
 	int rc = registry_write_json(path, o);
@@ -187,6 +188,7 @@ static int tpl_save(const struct template_rec *t)
 {
 	cJSON *o = template_json(t);
 	cJSON_AddNumberToObject(o, "created_ms", (double)t->created_ms);
+	cJSON_AddNumberToObject(o, "build_ms", t->build_ms);
 	char path[1300];
 	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
 	int rc = registry_write_json(path, o);
@@ -227,6 +229,7 @@ static void tpl_built(void *ctx, int rc, const char *why)
 {
 	struct template_rec *t = ctx;
 	t->building = false;
+	t->build_ms = (double)(ur_wall_ms() - t->created_ms);
 	struct tpl_waiter *ws = t->waiters;
 	t->waiters = NULL;
 	char msg[800];
@@ -414,6 +417,8 @@ static void templates_load(void)
 				snprintf(t->root, sizeof(t->root), "%s", root);
 				cJSON *cm = cJSON_GetObjectItem(o, "created_ms");
 				t->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
+				cJSON *bm = cJSON_GetObjectItem(o, "build_ms");
+				t->build_ms = cJSON_IsNumber(bm) ? bm->valuedouble : 0;
 				cJSON *sp = cJSON_GetObjectItem(o, "spec");
 				if (cJSON_IsObject(sp))
 					t->spec = cJSON_Duplicate(sp, 1);
@@ -491,6 +496,8 @@ static void sb_running(struct sandbox *sb)
 {
 	sb->state = SB_RUNNING;
 	sb->fail_reason[0] = 0; /* a connection retried on the way is history */
+	if (!sb->adopted)
+		sb->fork_time_ms = (double)(ur_now_ms() - sb->started_mono_ms);
 	if (sb->adopted) {
 		/* A re-adopted sandbox keeps the state it had. */
 		char path[1200];
@@ -1178,6 +1185,8 @@ static void adopt_all(void)
 		cJSON *cm = cJSON_GetObjectItem(o, "created_ms"), *dm = cJSON_GetObjectItem(o, "deadline_ms");
 		sb->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
 		sb->deadline_ms = cJSON_IsNumber(dm) ? (uint64_t)dm->valuedouble : ur_wall_ms();
+		cJSON *fm = cJSON_GetObjectItem(o, "fork_time_ms");
+		sb->fork_time_ms = cJSON_IsNumber(fm) ? fm->valuedouble : 0;
 		cJSON *md = cJSON_GetObjectItem(o, "metadata");
 		if (cJSON_IsObject(md))
 			sb->metadata = cJSON_Duplicate(md, 1);
