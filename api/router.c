@@ -103,8 +103,6 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 		return m == HTTP_POST ? &r_resume : NULL;
 	if (!strcmp(p, "/v1/preview"))
 		return m == HTTP_POST ? &r_preview_create : NULL;
-	if (!strcmp(p, "/v1/pty"))
-		return m == HTTP_GET ? &r_pty : NULL;
 	/* Any method: it is the sandbox's server that answers. */
 	if (!strncmp(p, "/preview/", 9))
 		return &r_preview_proxy;
@@ -116,7 +114,11 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 			return NULL;
 		}
 		snprintf(r->param, sizeof(r->param), "%s", meth);
-		r->connect_errors = true;
+		/* Exec's WebSocket form names the sandbox in the query, not a header. */
+		if (m == HTTP_GET && !strcmp(meth, "Exec")) {
+			r->connect_errors = false;
+			return &r_pty;
+		}
 		if (m != HTTP_POST)
 			return NULL;
 		return !strcmp(meth, "WriteFile") ? &r_rpc_write : &r_rpc;
