@@ -165,10 +165,13 @@ def raw_exchange(port, payload, timeout=10, shut=False, read=True):
 
 
 def fork_one(s, sid, timeout=600):
-    """Sandbox sid forked from the python template (made first when missing)."""
-    s.request("POST", "/v1/templates", {"name": "python"})
-    st, r = s.request("POST", "/v1/fork", {"template": "python", "ids": [sid], "timeout": timeout})
-    eq(st, 201, "fork (%r)" % (r,))
+    """Sandbox sid forked from the python template (made first when missing), with a
+    TTL of timeout seconds."""
+    s.request("POST", "/v1/templates", {"id": "python"})
+    st, r = s.request("POST", "/v1/fork", {"template": "python", "id": sid})
+    eq(st, 200, "fork (%r)" % (r,))
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid, "timeout_seconds": timeout})
+    eq(st, 200, "set_timeout (%r)" % (r,))
 
 
 def exec_output(s, sid, msg):
