@@ -398,6 +398,8 @@ static void pt_finish(struct pt *pt, enum api_err e, const char *msg)
 		cJSON_Delete(eos);
 		ws_envelope(pt, CONNECT_FLAG_END, j ? j : "{}");
 		free(j);
+		/* Out now: once a close is queued, wslay sends it ahead of queued messages. */
+		wslay_event_send(pt->ws);
 		static const char bye[] = "the terminal ended";
 		wslay_event_queue_close(pt->ws, WSLAY_CODE_NORMAL_CLOSURE, (const uint8_t *)bye, sizeof(bye) - 1);
 		wslay_event_send(pt->ws);
