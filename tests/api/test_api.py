@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mitos_test import (Runner, Server, body_of, envelope, eq, parse_envelopes,  # noqa: E402
-                        raw_exchange, server_sandbox_pids, status_of, wait_until)
+                        raw_exchange, server_sandbox_pids, status_of, wait_until, write_file)
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
@@ -49,24 +49,6 @@ def sh(s, sid, cmd, **kw):
     eos = msgs[-1]
     eq(eos[0], 2, "last envelope is end-of-stream")
     return out, err, end[0] if end else None, eos[1]
-
-
-def write_file(s, sid, path, data, chunks=1, mode=None):
-    """WriteFile as the contract streams it: {open: {path, mode}}, then {data} messages."""
-    step = max(1, (len(data) + chunks - 1) // chunks)
-    op = {"path": path}
-    if mode is not None:
-        op["mode"] = mode
-    body = envelope({"open": op})
-    for i in range(0, len(data), step):
-        body += envelope({"data": base64.b64encode(data[i:i + step]).decode()})
-    c = s.conn()
-    c.request("POST", "/sandbox.v1.Sandbox/WriteFile", body=body,
-              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
-    r = c.getresponse()
-    msgs = parse_envelopes(r.read())
-    c.close()
-    return r.status, msgs
 
 
 def read_file(s, sid, path):
