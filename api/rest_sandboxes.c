@@ -464,11 +464,16 @@ static struct sandbox *find_or_404(struct http_req *r, const char *id)
 	return sb;
 }
 
+/* Not a route of the contract: the contract's sandbox plus its state. */
 void rest_sandbox_get(struct http_req *r)
 {
 	struct sandbox *sb = find_or_404(r, r->sandbox_id);
-	if (sb)
-		handler_reply_cjson(r, 200, sandbox_info(r, sb));
+	if (!sb)
+		return;
+	cJSON *o = sandbox_info(r, sb);
+	cJSON_AddStringToObject(o, "state", sb->state == SB_STARTING ? "starting" : sb->state == SB_RUNNING ? "running"
+				: sb->state == SB_PAUSED ? "paused" : "stopping");
+	handler_reply_cjson(r, 200, o);
 }
 
 struct delete_ctx {

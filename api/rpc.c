@@ -607,15 +607,18 @@ static void exec_end(struct astream *s, cJSON *payload, const char *why)
 		int code = cJSON_IsTrue(exited) ? (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "exit_code"))
 						 : 128 + (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "signal"));
 		exit_msg(c, code, NULL);
-	} else if (cJSON_IsObject(err)) {
-		/* The command never ran (no such cwd, no such user): ExecExit.error says why. */
+	} else if (cJSON_IsObject(err) && map_agent_code(ecode, false) != AE_UNIMPLEMENTED &&
+		   map_agent_code(ecode, false) != AE_INTERNAL && map_agent_code(ecode, false) != AE_LIMIT_EXCEEDED) {
+		/* The command never ran (no such cwd, no such user): ExecExit.error says why.
+		 * An agent that cannot exec at all, or broke, fails the call instead. */
 		const char *emsg = cJSON_GetStringValue(cJSON_GetObjectItem(err, "message"));
 		char reason[400];
 		snprintf(reason, sizeof(reason), "%s (agent: %s)", emsg ? emsg : "the command could not start",
 			 ecode ? ecode : "unknown");
 		exit_msg(c, -1, reason);
 	} else {
-		call_fail(c, AE_INTERNAL, "the agent ended the command without an exit status", NULL);
+		if (!end_failed(c, payload, why))
+			call_fail(c, AE_INTERNAL, "the agent ended the command without an exit status", NULL);
 		return;
 	}
 	call_end(c, NULL, 0, NULL, NULL);
