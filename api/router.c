@@ -18,6 +18,8 @@ static const struct route r_fork = { "fork", rest_fork, false, false };
 static const struct route r_sandboxes_list = { "sandboxes.list", rest_sandboxes_list, false, false };
 static const struct route r_sandbox_get = { "sandboxes.get", rest_sandbox_get, false, false };
 static const struct route r_sandbox_fork = { "sandboxes.fork", rest_sandbox_fork, false, false };
+static const struct route r_sandbox_forward = { "sandboxes.forward", rest_sandbox_forward, false, false };
+static const struct route r_sandbox_expose = { "sandboxes.expose", rest_sandbox_expose, false, false };
 static const struct route r_sandbox_delete = { "sandboxes.delete", rest_sandbox_delete, false, false };
 static const struct route r_set_timeout = { "set_timeout", rest_set_timeout, false, false };
 static const struct route r_pause = { "pause", rest_pause, false, false };
@@ -92,6 +94,10 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 			return m == HTTP_GET ? &r_sandbox_get : m == HTTP_DELETE ? &r_sandbox_delete : NULL;
 		if (!strcmp(slash, "/fork"))
 			return m == HTTP_POST ? &r_sandbox_fork : NULL;
+		if (!strcmp(slash, "/forward"))
+			return m == HTTP_POST ? &r_sandbox_forward : NULL;
+		if (!strncmp(slash, "/expose/", 8))
+			return &r_sandbox_expose;
 		*known_path = false;
 		return NULL;
 	}

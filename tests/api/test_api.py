@@ -96,6 +96,23 @@ def t_templates(s):
     eq((st, r2["id"]), (200, "tpl-b"), "idempotent replay")
 
 
+def t_scenario(s):
+    """The Mitos SDKs' shared conformance scenario (sdk/conformance/scenario.json of the
+    public Mitos repository), step by step, with its normalization: stable keys only."""
+    st, r = s.request("POST", "/v1/templates", {"id": "conf-template", "init_wait_seconds": 1})
+    eq((st, r["id"], r["ready"]), (200, "conf-template", True), "create_template")
+    st, r = s.request("GET", "/v1/templates")
+    assert {"id": "conf-template", "ready": True} in [{k: t[k] for k in ("id", "ready")} for t in r], r
+    st, r = s.request("POST", "/v1/fork", {"template": "conf-template", "id": "conf-sandbox"})
+    eq((st, r["id"], bool(r["endpoint"])), (200, "conf-sandbox", True), "fork")
+    st, r = s.request("GET", "/v1/sandboxes")
+    assert {"id": "conf-sandbox", "template_id": "conf-template"} in [
+        {k: x[k] for k in ("id", "template_id")} for x in r], r
+    st, r = s.request("DELETE", "/v1/sandboxes/conf-sandbox")
+    eq(st, 200, "terminate")
+    assert "conf-sandbox" not in [x["id"] for x in s.request("GET", "/v1/sandboxes")[1]], "terminated"
+
+
 def t_fork_and_list(s):
     sbs = new_sandbox(s, n=2)
     for sb in sbs:
@@ -145,6 +162,12 @@ def t_fork_errors(s):
     eq((st, r["error"]["code"]), (404, "not_found"), "live fork of a missing sandbox")
     st, r = s.request("POST", "/v1/sandboxes/%s/fork" % sb["id"], {"id": "../x"})
     eq((st, r["error"]["code"]), (400, "invalid_input"), "live fork child id")
+    st, r = s.request("POST", "/v1/sandboxes/%s/forward" % sb["id"], {"guest_port": 8000})
+    eq((st, r["error"]["code"]), (501, "unimplemented"), "forward")
+    st, r = s.request("GET", "/v1/sandboxes/%s/expose/8000/x" % sb["id"])
+    eq((st, r["error"]["code"]), (501, "unimplemented"), "expose")
+    st, r = s.request("POST", "/v1/sandboxes/nope/forward", {"guest_port": 8000})
+    eq((st, r["error"]["code"]), (404, "not_found"), "forward of a missing sandbox")
     s.request("DELETE", "/v1/sandboxes/" + sb["id"])
 
 
@@ -736,7 +759,7 @@ def main():
     shared = Server(VMM, AGENT, extra=["--header-timeout-ms", "1500", "--keepalive-ms", "300",
                                        "--idle-timeout-ms", "20000"])
     tests = [
-        ("health", t_health), ("templates", t_templates), ("fork_and_list", t_fork_and_list),
+        ("health", t_health), ("scenario", t_scenario), ("templates", t_templates), ("fork_and_list", t_fork_and_list),
         ("fork_errors", t_fork_errors), ("bad_ids", t_bad_ids), ("set_timeout_expiry", t_set_timeout_expiry),
         ("pause_resume", t_pause_resume), ("delete_cleans_up", t_delete_cleans_up),
         ("exec", t_exec), ("exec_keepalive_and_deadline", t_exec_keepalive_and_deadline),
