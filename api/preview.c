@@ -740,7 +740,7 @@ void preview_proxy(struct http_req *r)
 					: "this preview needs a valid token",
 				 rc == -ETIME ? "token expired" : "the " PREVIEW_QUERY_PARAM " parameter or the "
 				 PREVIEW_COOKIE " cookie is missing, malformed, or not for this sandbox and port",
-				 "ask for a new preview URL: POST /v1/preview {\"sandbox_id\", \"port\"}");
+				 "ask for a new preview URL: POST /v1/preview {\"sandbox\", \"port\"}");
 		return;
 	}
 	if (!by_host && (!*path || *path == '?')) {
