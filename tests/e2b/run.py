@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Starts `mitos-vmm serve` (process engine) and runs the E2B SDK scenarios
+against it with only E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY set.
+usage: run.py MITOS_VMM MITOS_AGENT E2B_DIR [--token] [node --test args...]"""
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "api"))
+from mitos_test import Server  # noqa: E402
+
+vmm, agent, e2b_dir = sys.argv[1:4]
+rest = sys.argv[4:]
+if os.geteuid() != 0:
+    print("SKIP: the process engine needs root")
+    sys.exit(77)
+if not os.path.isdir(os.path.join(e2b_dir, "node_modules", "e2b")):
+    print("SKIP: run tools/setup (npm ci in tests/e2b) first")
+    sys.exit(77)
+token = "e2b-suite-token-0123456789"
+s = Server(vmm, agent, token=token)
+try:
+    url = "http://127.0.0.1:%d" % s.port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
+    env.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=token)
+    files = rest or sorted(f for f in os.listdir(e2b_dir) if f.startswith("test_") and f.endswith(".mjs"))
+    rc = subprocess.call(["node", "--test", "--test-concurrency=1"] + files, cwd=e2b_dir, env=env,
+                         timeout=1500)
+    if rc:
+        sys.stderr.write("--- serve's stderr ---\n" + s.stderr()[-20000:])
+finally:
+    s.cleanup()
+sys.exit(rc)
