@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "api/cgroup.h"
 #include "api/e2b/internal.h"
@@ -56,6 +57,40 @@ static int sandbox_cgroups(const struct sandbox *sb, struct cg_set *cg)
 	return -ENOENT;
 }
 
+/* CPU time of the processes in a cgroup, with their reaped children's: for a v1
+ * cpu hierarchy without cpuacct. A sandbox's init reaps what it starts, so work
+ * of exited processes is counted too. */
+static int procs_cpu_usec(const char *dir, unsigned long long *out)
+{
+	char path[CG_PATH + 32];
+	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	long tck = sysconf(_SC_CLK_TCK);
+	unsigned long long ticks = 0;
+	int pid;
+	while (fscanf(f, "%d", &pid) == 1) {
+		char sp[64], buf[1024];
+		snprintf(sp, sizeof(sp), "/proc/%d/stat", pid);
+		FILE *s = fopen(sp, "re");
+		if (!s)
+			continue;
+		size_t n = fread(buf, 1, sizeof(buf) - 1, s);
+		fclose(s);
+		buf[n] = 0;
+		/* Fields after the command name, which may hold spaces and parentheses. */
+		const char *p = strrchr(buf, ')');
+		unsigned long long v[4];
+		if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
+				&v[0], &v[1], &v[2], &v[3]) == 4)
+			ticks += v[0] + v[1] + v[2] + v[3];
+	}
+	fclose(f);
+	*out = tck > 0 ? ticks * 1000000ull / (unsigned long long)tck : 0;
+	return 0;
+}
+
 struct usage {
 	unsigned long long cpu_usec, mem, mem_max, cache;
 };
@@ -75,11 +110,12 @@ static int cgroup_usage(const struct cg_set *cg, struct usage *u)
 	}
 	unsigned long long ns = 0;
 	int rc = read_stat(cg->dir[0], "memory.usage_in_bytes", NULL, &u->mem);
-	if (!rc && cg->dir[1][0])
-		rc = read_stat(cg->dir[1], "cpuacct.usage", NULL, &ns);
 	if (rc)
 		return rc;
-	u->cpu_usec = ns / 1000;
+	if (cg->dir[1][0] && !read_stat(cg->dir[1], "cpuacct.usage", NULL, &ns))
+		u->cpu_usec = ns / 1000;
+	else if ((rc = procs_cpu_usec(cg->dir[0], &u->cpu_usec)))
+		return rc;
 	read_stat(cg->dir[0], "memory.limit_in_bytes", NULL, &u->mem_max);
 	read_stat(cg->dir[0], "memory.stat", "cache", &u->cache);
 	return 0;
