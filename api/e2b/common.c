@@ -76,15 +76,9 @@ bool e2b_token_ok(const char *presented, const char *expected)
 	return strlen(presented) == n && memeql_sec(presented, expected, n);
 }
 
-void e2b_reply_err(struct http_req *r, int status, const char *fmt, ...)
+/* Adds the redacted message to o (which holds the code) and sends it. */
+static void reply_code_msg(struct http_req *r, int status, cJSON *o, const char *msg)
 {
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddNumberToObject(o, "code", status);
 	char *red = api_redact(msg);
 	cJSON_AddStringToObject(o, "message", red ? red : "");
 	free(red);
@@ -94,6 +88,18 @@ void e2b_reply_err(struct http_req *r, int status, const char *fmt, ...)
 	http_reply(r, status, "application/json", s ? s : "{}", s ? strlen(s) : 2,
 		   status == 429 ? "Retry-After: 1\r\n" : NULL);
 	free(s);
+}
+
+void e2b_reply_err(struct http_req *r, int status, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddNumberToObject(o, "code", status);
+	reply_code_msg(r, status, o, msg);
 }
 
 static const struct { const char *code; int status; } connect_codes[] = {
@@ -116,13 +122,37 @@ void e2b_reply_connect_err(struct http_req *r, const char *code, const char *msg
 {
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "code", code);
-	char *red = api_redact(msg);
-	cJSON_AddStringToObject(o, "message", red ? red : "");
-	free(red);
-	char *s = cJSON_PrintUnformatted(o);
-	cJSON_Delete(o);
-	http_reply(r, e2b_connect_status(code), "application/json", s ? s : "{}", s ? strlen(s) : 2, NULL);
-	free(s);
+	reply_code_msg(r, e2b_connect_status(code), o, msg);
+}
+
+bool e2b_string_map(const cJSON *m)
+{
+	if (!m || cJSON_IsNull(m))
+		return true;
+	if (!cJSON_IsObject(m))
+		return false;
+	for (const cJSON *e = m->child; e; e = e->next)
+		if (!cJSON_IsString(e))
+			return false;
+	return true;
+}
+
+cJSON *e2b_fs_event(const cJSON *e)
+{
+	static const char *map[][2] = {
+		{ "create", "EVENT_TYPE_CREATE" }, { "write", "EVENT_TYPE_WRITE" }, { "remove", "EVENT_TYPE_REMOVE" },
+		{ "rename", "EVENT_TYPE_RENAME" }, { "chmod", "EVENT_TYPE_CHMOD" },
+	};
+	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(e, "type"));
+	const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(e, "name"));
+	for (size_t i = 0; type && name && i < sizeof(map) / sizeof(map[0]); i++)
+		if (!strcmp(map[i][0], type)) {
+			cJSON *o = cJSON_CreateObject();
+			cJSON_AddStringToObject(o, "name", name);
+			cJSON_AddStringToObject(o, "type", map[i][1]);
+			return o;
+		}
+	return NULL; /* "overflow", or something newer */
 }
 
 const char *e2b_agent_code(const char *c)

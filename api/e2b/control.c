@@ -116,18 +116,6 @@ static cJSON *json_body(struct http_req *r)
 	return o;
 }
 
-static bool string_map(const cJSON *m)
-{
-	if (!m || cJSON_IsNull(m))
-		return true;
-	if (!cJSON_IsObject(m))
-		return false;
-	for (const cJSON *e = m->child; e; e = e->next)
-		if (!cJSON_IsString(e))
-			return false;
-	return true;
-}
-
 /* "timeout" in whole seconds, clamped like E2B's API does; *present false when absent. */
 static int timeout_field(const cJSON *b, uint32_t *out, bool *present)
 {
@@ -249,8 +237,8 @@ void e2b_sandboxes_create(struct http_req *r)
 		bad = "templateID must name a template (^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$)";
 	else if (timeout_field(b, &timeout_s, &present))
 		bad = "timeout must be a number of seconds from 0 to 2592000";
-	else if (!string_map(cJSON_GetObjectItemCaseSensitive(b, "metadata")) ||
-		 !string_map(cJSON_GetObjectItemCaseSensitive(b, "envVars")))
+	else if (!e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "metadata")) ||
+		 !e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "envVars")))
 		bad = "metadata and envVars must map strings to strings";
 	if (bad) {
 		cJSON_Delete(b);

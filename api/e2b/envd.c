@@ -311,25 +311,13 @@ static uint64_t timeout_ms(const struct http_req *r)
 	return strtoull(to, NULL, 10);
 }
 
-static bool string_map(const cJSON *m)
-{
-	if (!m)
-		return true;
-	if (!cJSON_IsObject(m))
-		return false;
-	for (const cJSON *e = m->child; e; e = e->next)
-		if (!cJSON_IsString(e))
-			return false;
-	return true;
-}
-
 static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *req)
 {
 	const cJSON *proc = cJSON_GetObjectItemCaseSensitive(req, "process");
 	const char *cmd = str_field(proc, "cmd");
 	const cJSON *args = cJSON_GetObjectItemCaseSensitive(proc, "args");
 	const cJSON *envs = cJSON_GetObjectItemCaseSensitive(proc, "envs");
-	bool ok = cmd && *cmd && (!args || cJSON_IsArray(args)) && string_map(envs);
+	bool ok = cmd && *cmd && (!args || cJSON_IsArray(args)) && e2b_string_map(envs);
 	for (const cJSON *a = args ? args->child : NULL; ok && a; a = a->next)
 		ok = cJSON_IsString(a);
 	if (!ok) {
@@ -631,18 +619,6 @@ static void start_stream_input(struct envd_call *c, struct agent_conn *ac, const
 
 /* ---- filesystem.Filesystem/WatchDir ---- */
 
-const char *e2b_event_type(const char *agent_type)
-{
-	static const char *map[][2] = {
-		{ "create", "EVENT_TYPE_CREATE" }, { "write", "EVENT_TYPE_WRITE" }, { "remove", "EVENT_TYPE_REMOVE" },
-		{ "rename", "EVENT_TYPE_RENAME" }, { "chmod", "EVENT_TYPE_CHMOD" },
-	};
-	for (size_t i = 0; agent_type && i < sizeof(map) / sizeof(map[0]); i++)
-		if (!strcmp(map[i][0], agent_type))
-			return map[i][1];
-	return NULL;
-}
-
 static void watch_event(struct astream *s, cJSON *ev)
 {
 	struct envd_call *c = s->ctx;
@@ -654,14 +630,11 @@ static void watch_event(struct astream *s, cJSON *ev)
 	}
 	const cJSON *e;
 	cJSON_ArrayForEach(e, cJSON_GetObjectItem(ev, "events")) {
-		const char *type = e2b_event_type(cJSON_GetStringValue(cJSON_GetObjectItem(e, "type")));
-		const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(e, "name"));
-		if (!type || !name)
+		cJSON *fs = e2b_fs_event(e);
+		if (!fs)
 			continue;
 		cJSON *o = cJSON_CreateObject();
-		cJSON *fs = cJSON_AddObjectToObject(o, "filesystem");
-		cJSON_AddStringToObject(fs, "name", name);
-		cJSON_AddStringToObject(fs, "type", type);
+		cJSON_AddItemToObject(o, "filesystem", fs);
 		stream_msg(c, o);
 	}
 	c->base.next_ka = ur_now_ms() + srv_cfg.keepalive_ms;

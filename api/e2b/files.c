@@ -186,27 +186,29 @@ static void query_access(const struct http_req *r, struct access *a)
 	a->exp = http_query_get(r->query, "signature_expiration");
 }
 
+/* The query's access fields, the access check and the sandbox's agent; NULL
+ * after an error reply (a is then freed). */
+static struct agent_conn *files_begin(struct http_req *r, struct access *a, const char *op)
+{
+	query_access(r, a);
+	int status;
+	char msg[200];
+	struct agent_conn *ac = NULL;
+	if (!strcmp(op, "read") && (!a->path || !*a->path))
+		e2b_reply_err(r, 400, "the path query parameter is required");
+	else if (files_access(r, a, op) && !(ac = e2b_sandbox_agent(r->sandbox_id, &status, msg, sizeof(msg))))
+		e2b_reply_err(r, status, "%s", msg);
+	if (!ac)
+		access_free(a);
+	return ac;
+}
+
 void e2b_files_get(struct http_req *r)
 {
 	struct access a;
-	query_access(r, &a);
-	if (!a.path || !*a.path) {
-		e2b_reply_err(r, 400, "the path query parameter is required");
-		access_free(&a);
+	struct agent_conn *ac = files_begin(r, &a, "read");
+	if (!ac)
 		return;
-	}
-	if (!files_access(r, &a, "read")) {
-		access_free(&a);
-		return;
-	}
-	int status;
-	char msg[200];
-	struct agent_conn *ac = e2b_sandbox_agent(r->sandbox_id, &status, msg, sizeof(msg));
-	if (!ac) {
-		e2b_reply_err(r, status, "%s", msg);
-		access_free(&a);
-		return;
-	}
 	struct read_call *c = e2b_call_new(r, sizeof(*c), &read_vt);
 	if (!c) {
 		access_free(&a);
@@ -623,19 +625,9 @@ static int boundary_of(const char *ct, char *out, size_t outlen)
 void e2b_files_post(struct http_req *r)
 {
 	struct access a;
-	query_access(r, &a);
-	if (!files_access(r, &a, "write")) {
-		access_free(&a);
+	struct agent_conn *ac = files_begin(r, &a, "write");
+	if (!ac)
 		return;
-	}
-	int status;
-	char msg[200];
-	struct agent_conn *ac = e2b_sandbox_agent(r->sandbox_id, &status, msg, sizeof(msg));
-	if (!ac) {
-		access_free(&a);
-		e2b_reply_err(r, status, "%s", msg);
-		return;
-	}
 	const char *ct = http_req_header(r, "content-type");
 	const char *ce = http_req_header(r, "content-encoding");
 	char boundary[BOUNDARY_MAX + 1];

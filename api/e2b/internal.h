@@ -92,8 +92,10 @@ struct cJSON *e2b_entry_info(const struct cJSON *agent_entry);
 
 /* X-API-KEY (or a bearer token) against serve's token; true on a tokenless serve. */
 bool e2b_api_key_ok(const struct http_req *r);
-/* EVENT_TYPE_* of an agent watch event type, or NULL. */
-const char *e2b_event_type(const char *agent_type);
+/* filesystem.FilesystemEvent {name, type: EVENT_TYPE_*} of an agent watch event, or NULL. */
+struct cJSON *e2b_fs_event(const struct cJSON *agent_event);
+/* Absent, null, or an object of strings (metadata, envs). */
+bool e2b_string_map(const struct cJSON *m);
 /* CreateWatcher, GetWatcherEvents, RemoveWatcher (ac: the agent, for CreateWatcher). */
 void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const struct cJSON *req);
 

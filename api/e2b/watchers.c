@@ -69,18 +69,14 @@ static void w_event(struct astream *s, cJSON *ev)
 	}
 	const cJSON *e;
 	cJSON_ArrayForEach(e, cJSON_GetObjectItem(ev, "events")) {
-		const char *type = e2b_event_type(cJSON_GetStringValue(cJSON_GetObjectItem(e, "type")));
-		const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(e, "name"));
-		if (!type || !name)
+		cJSON *o = e2b_fs_event(e);
+		if (!o)
 			continue;
 		/* A client that never polls loses the oldest events, not our memory. */
 		if (w->nevents == WATCHER_MAX_EVENTS) {
 			cJSON_DeleteItemFromArray(w->events, 0);
 			w->nevents--;
 		}
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "name", name);
-		cJSON_AddStringToObject(o, "type", type);
 		cJSON_AddItemToArray(w->events, o);
 		w->nevents++;
 	}
