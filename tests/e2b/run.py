@@ -36,8 +36,12 @@ try:
         files = rest or sorted(f for f in os.listdir(e2b_dir) if f.startswith("test_") and f.endswith(".mjs"))
         cmd = ["node", "--test", "--test-concurrency=1"] + files
     rc = subprocess.call(cmd, cwd=e2b_dir, env=env, timeout=1500)
-    if rc:
-        sys.stderr.write("--- serve's stderr ---\n" + s.stderr()[-20000:])
 finally:
     s.cleanup()
+log = s.stderr()
+# A sanitizer build reports into serve's stderr; serve keeps running after UBSan's.
+if "ERROR: AddressSanitizer" in log or "ERROR: LeakSanitizer" in log or "runtime error:" in log:
+    rc = rc or 1
+if rc:
+    sys.stderr.write("--- serve's stderr ---\n" + log[-20000:])
 sys.exit(rc)
