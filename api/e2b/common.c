@@ -53,6 +53,11 @@ struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
 	return s;
 }
 
+struct e2b_sbx *e2b_sbx_first(void)
+{
+	return records;
+}
+
 void e2b_token_new(char *out, size_t outlen)
 {
 	uint8_t b[E2B_TOKEN_HEX];

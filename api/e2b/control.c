@@ -137,6 +137,39 @@ static struct sandbox *find_or_404(struct http_req *r)
 	return sb && sb->state != SB_STOPPING ? sb : NULL;
 }
 
+/* ---- lifecycle.onTimeout: "pause" ---- */
+
+/* Sandboxes that asked for it are paused just before the node's expiry would
+ * remove them, and then kept (paused) for as long as the node keeps any sandbox;
+ * connect resumes them. */
+#define AUTO_PAUSE_LEAD_MS 2000u
+
+static struct ur_ticker auto_pause_ticker;
+static bool auto_pause_ticking;
+
+static void auto_pause_tick(struct ur_ticker *t, uint64_t now)
+{
+	(void)t;
+	(void)now;
+	uint64_t wall = ur_wall_ms();
+	for (struct e2b_sbx *s = e2b_sbx_first(); s; s = s->next) {
+		struct sandbox *sb = s->auto_pause ? sandbox_find(s->id) : NULL;
+		if (!sb || sb->state != SB_RUNNING || sb->deadline_ms > wall + AUTO_PAUSE_LEAD_MS)
+			continue;
+		if (sandbox_pause(sb) == 0)
+			sandbox_set_timeout(sb, MAX_TIMEOUT_S);
+	}
+}
+
+static void auto_pause_watch(void)
+{
+	if (auto_pause_ticking)
+		return;
+	auto_pause_ticker.fn = auto_pause_tick;
+	ur_add_ticker(&auto_pause_ticker);
+	auto_pause_ticking = true;
+}
+
 /* ---- create ---- */
 
 struct create_ctx {
@@ -191,6 +224,8 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 	if (cJSON_IsObject(env))
 		s->env_vars = cJSON_Duplicate(env, 1);
 	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause"));
+	if (s->auto_pause)
+		auto_pause_watch();
 	const cJSON *net = cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access");
 	s->allow_internet = !cJSON_IsFalse(net);
 	mint_tokens(s, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "secure")));
@@ -310,8 +345,9 @@ static void connect_or_resume(struct http_req *r, bool legacy_resume)
 		}
 		resumed = true;
 	}
-	if (present)
-		sandbox_set_timeout(sb, secs);
+	/* A resumed sandbox starts a new time to live (E2B's default when none is given). */
+	if (present || resumed)
+		sandbox_set_timeout(sb, present ? secs : E2B_DEFAULT_TIMEOUT_S);
 	struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
 	if (!s) {
 		e2b_reply_err(r, 500, "out of memory");

@@ -35,6 +35,8 @@ struct e2b_sbx {
 
 /* The record for id (created when create is set), NULL when the sandbox is gone. */
 struct e2b_sbx *e2b_sbx_get(const char *id, bool create);
+/* Every record (some may name sandboxes that are gone: check with sandbox_find). */
+struct e2b_sbx *e2b_sbx_first(void);
 /* Fills out with a fresh random token (hex). */
 void e2b_token_new(char *out, size_t outlen);
 /* Constant-time equality of a presented token with the expected one. */

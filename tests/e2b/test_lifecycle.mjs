@@ -71,6 +71,23 @@ test("pause, list as paused, resume through connect keeps files", async () => {
   assert.equal(await again.files.read("/tmp/keep.txt"), "kept");
 });
 
+test("lifecycle onTimeout pause: the timeout pauses, connect resumes with the files", async () => {
+  const sbx = await create({ timeoutMs: 3000, lifecycle: { onTimeout: "pause" } });
+  await sbx.files.write("/opt/auto.txt", "survives");
+  const info = await sbx.getInfo();
+  assert.equal(info.lifecycle.onTimeout, "pause");
+  const deadline = Date.now() + 20000;
+  let state = "running";
+  while (state !== "paused" && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    state = (await Sandbox.getInfo(sbx.sandboxId)).state;
+  }
+  assert.equal(state, "paused");
+  const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 60000 });
+  assert.equal((await again.getInfo()).state, "running");
+  assert.equal(await again.files.read("/opt/auto.txt"), "survives");
+});
+
 test("metrics are real cgroup figures", async () => {
   const sbx = await create({});
   await sbx.commands.run("head -c 20000000 /dev/urandom | sha256sum > /dev/null");
