@@ -25,7 +25,7 @@ token = "e2b-suite-token-0123456789"
 bench = rest[:1] == ["--bench"]
 images = os.path.join(os.environ.get("MITOS_CACHE", os.path.expanduser("~/.cache/mitos")), "images")
 extra = ["--images", images] if bench and os.path.isdir(images) else []
-s = Server(vmm, agent, token=token, extra=extra)
+s = Server(vmm, agent, token=token, extra=extra + ["--max-sandboxes", "16"])
 try:
     url = "http://127.0.0.1:%d" % s.port
     env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
