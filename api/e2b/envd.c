@@ -36,10 +36,20 @@ struct envd_call {
 	struct e2b_call base;
 	const struct method *m;
 	bool pty;            /* Start with a pty: output is "pty" data */
-	bool timeout_kills;  /* Start: the agent kills at the deadline */
 	bool watch;          /* WatchDir: other message shapes */
 	cJSON *entries;      /* ListDir */
 	char user[64];
+	/* WatchDir with includeEntry: events wait, in order, for their entry's stat. */
+	struct agent_conn *ac;
+	char *watch_path;
+	struct pending_event *pend_head, *pend_tail;
+};
+
+struct pending_event {
+	struct envd_call *c;
+	struct astream *stat;  /* NULL once answered */
+	cJSON *fs;             /* the FilesystemEvent, entry added when there is one */
+	struct pending_event *next;
 };
 
 static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *req);
@@ -176,7 +186,17 @@ static void envd_tick(struct e2b_call *b, uint64_t now)
 
 static void envd_destroy(struct e2b_call *b)
 {
-	cJSON_Delete(((struct envd_call *)b)->entries);
+	struct envd_call *c = (struct envd_call *)b;
+	cJSON_Delete(c->entries);
+	while (c->pend_head) {
+		struct pending_event *p = c->pend_head;
+		c->pend_head = p->next;
+		if (p->stat)
+			agent_cancel(p->stat);
+		cJSON_Delete(p->fs);
+		free(p);
+	}
+	free(c->watch_path);
 }
 
 static const struct e2b_call_vt envd_vt = { envd_tick, envd_destroy };
@@ -619,6 +639,74 @@ static void start_stream_input(struct envd_call *c, struct agent_conn *ac, const
 
 /* ---- filesystem.Filesystem/WatchDir ---- */
 
+static void watch_send(struct envd_call *c, cJSON *fs)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddItemToObject(o, "filesystem", fs);
+	stream_msg(c, o);
+}
+
+/* Sends the answered events at the head of the queue, in the order they happened. */
+static void pending_flush(struct envd_call *c)
+{
+	while (c->pend_head && !c->pend_head->stat) {
+		struct pending_event *p = c->pend_head;
+		c->pend_head = p->next;
+		if (!c->pend_head)
+			c->pend_tail = NULL;
+		watch_send(c, p->fs);
+		free(p);
+	}
+}
+
+static void entry_end(struct astream *s, cJSON *payload, const char *why)
+{
+	(void)why;
+	struct pending_event *p = s->ctx;
+	p->stat = NULL;
+	/* A path already gone again (or a failed stat) goes without its entry. */
+	cJSON *e = e2b_entry_info(cJSON_GetObjectItem(payload, "entry"));
+	if (e)
+		cJSON_AddItemToObject(p->fs, "entry", e);
+	pending_flush(p->c);
+}
+
+static const struct astream_ops entry_ops = { NULL, NULL, entry_end, NULL };
+
+/* Queues fs behind a stat of its path; false when it can go out as it is. */
+static bool entry_lookup(struct envd_call *c, cJSON *fs)
+{
+	const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(fs, "name"));
+	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(fs, "type"));
+	if (!c->watch_path || !name || !strcmp(type, "EVENT_TYPE_REMOVE") || !strcmp(type, "EVENT_TYPE_RENAME"))
+		return false;
+	struct pending_event *p = calloc(1, sizeof(*p));
+	cJSON *open = cJSON_CreateObject();
+	char *path = NULL;
+	if (p && open && asprintf(&path, "%s/%s", c->watch_path, name) > 0) {
+		cJSON_AddStringToObject(open, "op", "stat");
+		cJSON_AddStringToObject(open, "path", path);
+		add_user(c, open);
+		char *js = cJSON_PrintUnformatted(open);
+		p->stat = js ? agent_open(c->ac, js, &entry_ops, p) : NULL;
+		free(js);
+	}
+	free(path);
+	cJSON_Delete(open);
+	if (!p || !p->stat) {
+		free(p);
+		return false;
+	}
+	p->c = c;
+	p->fs = fs;
+	if (c->pend_tail)
+		c->pend_tail->next = p;
+	else
+		c->pend_head = p;
+	c->pend_tail = p;
+	return true;
+}
+
 static void watch_event(struct astream *s, cJSON *ev)
 {
 	struct envd_call *c = s->ctx;
@@ -631,11 +719,22 @@ static void watch_event(struct astream *s, cJSON *ev)
 	const cJSON *e;
 	cJSON_ArrayForEach(e, cJSON_GetObjectItem(ev, "events")) {
 		cJSON *fs = e2b_fs_event(e);
-		if (!fs)
+		if (!fs || entry_lookup(c, fs))
 			continue;
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddItemToObject(o, "filesystem", fs);
-		stream_msg(c, o);
+		if (c->pend_head) {
+			/* Behind an event still waiting for its entry: keep the order. */
+			struct pending_event *p = calloc(1, sizeof(*p));
+			if (!p) {
+				cJSON_Delete(fs);
+				continue;
+			}
+			p->c = c;
+			p->fs = fs;
+			c->pend_tail->next = p;
+			c->pend_tail = p;
+			continue;
+		}
+		watch_send(c, fs);
 	}
 	c->base.next_ka = ur_now_ms() + srv_cfg.keepalive_ms;
 }
@@ -664,6 +763,11 @@ static void start_watch(struct envd_call *c, struct agent_conn *ac, const cJSON 
 	cJSON_AddStringToObject(open, "path", path);
 	cJSON_AddBoolToObject(open, "recursive", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "recursive")));
 	add_user(c, open);
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "includeEntry")) ||
+	    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "include_entry"))) {
+		c->ac = ac;
+		c->watch_path = strdup(path);
+	}
 	uint64_t ms = timeout_ms(c->base.r);
 	if (ms)
 		c->base.deadline = ur_now_ms() + ms;

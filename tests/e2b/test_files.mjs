@@ -114,6 +114,21 @@ test("watchDir reports create, write and remove", async () => {
   assert.ok(types.has(FilesystemEventType.REMOVE));
 });
 
+test("watchDir with includeEntry carries the entry of created files", async () => {
+  await sbx.files.makeDir("/tmp/e2b/entries");
+  const events = [];
+  const w = await sbx.files.watchDir("/tmp/e2b/entries", (e) => events.push(e), { includeEntry: true });
+  await sbx.files.write("/tmp/e2b/entries/e.txt", "12345");
+  const deadline = Date.now() + 10000;
+  while (!events.some((e) => e.entry?.size === 5) && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 100));
+  await w.stop();
+  const withEntry = events.find((e) => e.entry?.size === 5);
+  assert.ok(withEntry, JSON.stringify(events));
+  assert.equal(withEntry.entry.path, "/tmp/e2b/entries/e.txt");
+  assert.equal(withEntry.entry.type, "file");
+});
+
 test("signed upload and download URLs work without any sandbox header", async () => {
   const up = await sbx.uploadUrl("/tmp/e2b/signed.txt");
   assert.match(up, /signature=v1_/);
