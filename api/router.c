@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/e2b/e2b.h"
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
@@ -135,6 +136,8 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 
 void router_headers(struct http_req *r)
 {
+	if (e2b_route_headers(r))
+		return;
 	bool known = true, has_id = false;
 	/* A preview host is the sandbox's whole site, whatever the path. */
 	const struct route *rt = preview_host_matches(r) ? &r_preview_proxy : match(r, &known, &has_id);
