@@ -40,8 +40,16 @@
 #define CGROUP_RECORD "/cgroup.json"
 
 /* Limits of a template that names none: a python session with numpy and matplotlib
- * needs a few hundred MiB; one CPU keeps a busy sandbox from starving the node. */
-static const struct cg_limits default_limits = { .memory_max_mib = 1024, .cpu_percent = 100 };
+ * needs a few hundred MiB; one CPU keeps a busy sandbox from starving the node; a
+ * thousand processes and threads are plenty for a build and stop a fork bomb from
+ * taking every pid of the host (serve --pids-max changes it). */
+static struct cg_limits default_limits = { .memory_max_mib = 1024, .cpu_percent = 100,
+					   .pids_max = ENGINE_PROCESS_PIDS_MAX };
+
+void engine_process_set_pids_max(unsigned n)
+{
+	default_limits.pids_max = n;
+}
 
 static int agent_exe_fd = -1, init_exe_fd = -1;
 static char helper_path[4096];
@@ -196,6 +204,7 @@ static cJSON *proc_template_spec(const cJSON *spec, char *err, size_t errlen)
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddNumberToObject(o, "memory_max_mib", l.memory_max_mib);
 	cJSON_AddNumberToObject(o, "cpu_percent", l.cpu_percent);
+	cJSON_AddNumberToObject(o, "pids_max", l.pids_max);
 	return o;
 }
 
@@ -228,6 +237,7 @@ static int cgroup_prepare(const struct engine_start *s, struct cg_set *cg, struc
 	cgroup_record(cg, o);
 	cJSON_AddNumberToObject(o, "memory_max_mib", l.memory_max_mib);
 	cJSON_AddNumberToObject(o, "cpu_percent", l.cpu_percent);
+	cJSON_AddNumberToObject(o, "pids_max", l.pids_max);
 	snprintf(path, sizeof(path), "%s" CGROUP_RECORD, s->dir);
 	rc = registry_write_json(path, o);
 	cJSON_Delete(o);
