@@ -216,13 +216,13 @@ def exec_output(s, sid, msg):
 
 def cgroup_dirs(pid, parent):
     """The v1 memory/cpu or v2 cgroup directories of pid, when under serve's parent cgroup
-    (mitos-vms, mitos-sandboxes): {"memory": ..., "cpu": ...} or {"v2": ...}."""
+    (mitos-vms, mitos-sandboxes): {"memory": ..., "cpu": ..., "pids": ...} or {"v2": ...}."""
     dirs = {}
     with open("/proc/%d/cgroup" % pid) as f:
         for line in f:
             hid, ctrls, path = line.rstrip("\n").split(":", 2)
             for c in ctrls.split(",") if ctrls else ["unified"]:
-                if c in ("memory", "cpu") and parent in path:
+                if c in ("memory", "cpu", "pids") and parent in path:
                     dirs[c] = "/sys/fs/cgroup/%s%s" % (c, path)
                 elif c == "unified" and parent in path:
                     for mnt in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
