@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/cluster_list.h"
 #include "api/errors.h"
+#include "api/node.h"
 #include "api/handlers.h"
 #include "api/http.h"
 #include "api/listener.h"
@@ -77,7 +79,9 @@ static int get_seconds(const cJSON *o, const char *key, double lo, double hi, ui
 void rest_health(struct http_req *r)
 {
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "status", "ok");
+	cJSON_AddStringToObject(o, "status", node_draining() ? "draining" : "ok");
+	if (node_tag()[0])
+		cJSON_AddStringToObject(o, "node_id", node_tag());
 	cJSON_AddStringToObject(o, "engine", sandboxes_engine_name());
 	cJSON_AddNumberToObject(o, "sandboxes", sandboxes_count());
 	cJSON_AddNumberToObject(o, "connections", listener_conn_count());
@@ -311,7 +315,10 @@ void rest_sandboxes_list(struct http_req *r)
 		if (!tpl || !strcmp(tpl, sb->template_name))
 			cJSON_AddItemToArray(a, sandbox_json(sb));
 	free(tpl);
-	handler_reply_cjson(r, 200, o);
+	if (cluster_list_wanted(r))
+		cluster_list_start(r, o);
+	else
+		handler_reply_cjson(r, 200, o);
 }
 
 static struct sandbox *find_or_404(struct http_req *r, const char *id)
