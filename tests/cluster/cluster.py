@@ -264,6 +264,15 @@ class Cluster:
     def close(self):
         for nd in self.nodes:
             nd.stop()
+            # A node killed and never restarted left its sandboxes running: a node
+            # started on its state takes them over, and stopping it removes them.
+            if nd.proc and nd.proc.returncode not in (0, None) and os.listdir(
+                    os.path.join(nd.state_dir, "sandboxes")):
+                try:
+                    nd.start()
+                    nd.stop()
+                except (OSError, RuntimeError):
+                    pass
         if self.haproxy and self.haproxy.poll() is None:
             self.haproxy.terminate()
             try:
