@@ -79,7 +79,9 @@ static int get_seconds(const cJSON *o, const char *key, double lo, double hi, ui
 void rest_health(struct http_req *r)
 {
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "status", node_draining() ? "draining" : "ok");
+	/* A router sends creates only to nodes that say ok. */
+	cJSON_AddStringToObject(o, "status", node_draining() ? "draining"
+				: sandboxes_count() >= srv_cfg.max_sandboxes ? "full" : "ok");
 	if (node_tag()[0])
 		cJSON_AddStringToObject(o, "node_id", node_tag());
 	cJSON_AddStringToObject(o, "engine", sandboxes_engine_name());
