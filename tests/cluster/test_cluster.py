@@ -138,7 +138,7 @@ class Suite:
             self.sandboxes[kids[0]] = self.sandboxes[sid]
             self.pty(sid)
         # The cluster-wide list.
-        st, lst, resp = self.r.request("GET", "/v1/sandboxes", full=True)
+        st, lst, resp = self.r.request_full("GET", "/v1/sandboxes")
         eq(st, 200, "list")
         ids = {s["id"] for s in listed(lst)}
         assert set(self.sandboxes) <= ids, "missing from the list: %r" % (set(self.sandboxes) - ids)
@@ -241,7 +241,7 @@ class Suite:
         for sid in fresh:
             exec_ok(self.r, sid, "true")
             self.r.request("DELETE", "/v1/sandboxes/" + sid)
-        st, lst, resp = self.r.request("GET", "/v1/sandboxes", full=True)
+        st, lst, resp = self.r.request_full("GET", "/v1/sandboxes")
         eq(st, 200, "list with a node down")
         ids = {s["id"] for s in listed(lst)}
         assert {s for s in self.sandboxes if node_of(s) != "n2"} <= ids, "list lost live sandboxes"
