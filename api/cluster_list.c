@@ -23,6 +23,10 @@
 #define CL_MAX_RESPONSE (32u << 20)
 #define CL_DEADLINE_MS 3000
 #define CL_REQ_MAX 8192
+/* Each cluster list holds a thread and a socket per peer until its deadline. */
+#define CL_MAX_INFLIGHT 16
+
+static unsigned cl_inflight;
 
 struct cl_target {
 	char name[300];          /* host:port as written in the peers file */
@@ -234,6 +238,7 @@ static bool has_id(const cJSON *arr, const char *id)
 
 static void cl_free(struct cl_ctx *x)
 {
+	cl_inflight--;
 	for (unsigned i = 0; x->t && i < x->n; i++)
 		free(x->t[i].resp);
 	free(x->t);
@@ -311,6 +316,12 @@ static bool printable(const char *s, bool spaces)
 
 void cluster_list_start(struct http_req *r, cJSON *local)
 {
+	if (cl_inflight >= CL_MAX_INFLIGHT) {
+		cJSON_Delete(local);
+		http_reply_error(r, AE_UNAVAILABLE, "too many cluster-wide lists are running on this node", NULL,
+				 "retry in a moment");
+		return;
+	}
 	struct cl_ctx *x = calloc(1, sizeof(*x));
 	if (!x || !cJSON_IsArray(list_array(local)) || pipe2(x->pipe, O_CLOEXEC) < 0) {
 		free(x);
@@ -318,6 +329,7 @@ void cluster_list_start(struct http_req *r, cJSON *local)
 		http_reply_error(r, AE_INTERNAL, "cannot start the cluster list", NULL, NULL);
 		return;
 	}
+	cl_inflight++;
 	x->r = r;
 	x->local = local;
 	snprintf(x->peers_file, sizeof(x->peers_file), "%s", srv_cfg.peers_file);

@@ -143,6 +143,12 @@ class Suite:
         ids = {s["id"] for s in listed(lst)}
         assert set(self.sandboxes) <= ids, "missing from the list: %r" % (set(self.sandboxes) - ids)
         eq(resp.getheader("X-Mitos-Unreachable-Nodes"), None, "every node answered the list")
+        # A client-chosen id must name its node; the router sends it there.
+        st, e = self.c.node("n1").api.request("POST", "/v1/fork", {"template": "python", "ids": ["mine-n2"]})
+        eq((st, e["error"]["code"]), (400, "invalid_sandbox_id"), "an id naming another node, on n1")
+        eq(create(self.r, ids=["mine-n2"]), ["mine-n2"], "an id naming n2, through the router")
+        eq(self.c.node("n2").api.request("GET", "/v1/sandboxes/mine-n2")[0], 200, "mine-n2 on n2")
+        eq(self.r.request("DELETE", "/v1/sandboxes/mine-n2")[0], 200, "delete mine-n2")
         # Ids no node has.
         st, e = self.r.request("GET", "/v1/sandboxes/sb-0123456789abcdef-zz")
         eq((st, e["error"]["code"]), (404, "not_found"), "an id of no node")
