@@ -225,11 +225,18 @@ static cJSON *list_array(cJSON *doc)
 	return cJSON_IsArray(doc) ? doc : cJSON_GetObjectItem(doc, "sandboxes");
 }
 
+/* The Mitos list names a sandbox "id", E2B's "sandboxID". */
+static const char *item_id(const cJSON *it)
+{
+	const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(it, "id"));
+	return v ? v : cJSON_GetStringValue(cJSON_GetObjectItem(it, "sandboxID"));
+}
+
 static bool has_id(const cJSON *arr, const char *id)
 {
 	const cJSON *it;
 	cJSON_ArrayForEach(it, arr) {
-		const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(it, "id"));
+		const char *v = item_id(it);
 		if (v && !strcmp(v, id))
 			return true;
 	}
@@ -275,7 +282,7 @@ static void cl_done(struct uop *op, int res, uint32_t flags)
 		}
 		cJSON *it;
 		cJSON_ArrayForEach(it, items) {
-			const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(it, "id"));
+			const char *id = item_id(it);
 			if (id && !has_id(arr, id))
 				cJSON_AddItemToArray(arr, cJSON_Duplicate(it, 1));
 		}
@@ -314,7 +321,7 @@ static bool printable(const char *s, bool spaces)
 	return true;
 }
 
-void cluster_list_start(struct http_req *r, cJSON *local)
+void cluster_list_start(struct http_req *r, cJSON *local, const char *path)
 {
 	if (cl_inflight >= CL_MAX_INFLIGHT) {
 		cJSON_Delete(local);
@@ -339,8 +346,8 @@ void cluster_list_start(struct http_req *r, cJSON *local)
 		auth = NULL;
 	const char *q = r->query && *r->query && printable(r->query, false) ? r->query : NULL;
 	int n = snprintf(x->request, sizeof(x->request),
-			 "GET /v1/sandboxes%s%s HTTP/1.0\r\nHost: mitos-peer\r\n%s%s%sConnection: close\r\n\r\n",
-			 q ? "?" : "", q ? q : "", auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
+			 "GET %s%s%s HTTP/1.0\r\nHost: mitos-peer\r\n%s%s%sConnection: close\r\n\r\n",
+			 path, q ? "?" : "", q ? q : "", auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
 	x->reqlen = n > 0 && (size_t)n < sizeof(x->request) ? (size_t)n : 0;
 	x->done_op.fn = cl_done;
 	pthread_t th;

@@ -13,8 +13,10 @@ struct cJSON;
  * node has --peers. */
 bool cluster_list_wanted(const struct http_req *r);
 /* Takes local, this node's list in the shape the handler answers (a JSON array,
- * or an object whose "sandboxes" is one), adds the peers' sandboxes to it and
- * replies. Peers that did not answer are named in X-Mitos-Unreachable-Nodes. */
-void cluster_list_start(struct http_req *r, struct cJSON *local);
+ * or an object whose "sandboxes" is one), adds the peers' sandboxes to it (by
+ * "id", or E2B's "sandboxID") and replies. Peers that did not answer are named in
+ * X-Mitos-Unreachable-Nodes. Each peer is asked GET path (the same list endpoint,
+ * "/v1/sandboxes" or E2B's "/v2/sandboxes"), with the request's query string. */
+void cluster_list_start(struct http_req *r, struct cJSON *local, const char *path);
 
 #endif

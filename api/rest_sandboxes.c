@@ -318,7 +318,7 @@ void rest_sandboxes_list(struct http_req *r)
 			cJSON_AddItemToArray(a, sandbox_json(sb));
 	free(tpl);
 	if (cluster_list_wanted(r))
-		cluster_list_start(r, o);
+		cluster_list_start(r, o, "/v1/sandboxes");
 	else
 		handler_reply_cjson(r, 200, o);
 }
