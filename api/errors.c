@@ -54,6 +54,8 @@ static const struct err_info infos[AE_COUNT_] = {
 		"delete sandboxes you no longer need, or ask for fewer" },
 	[AE_UNAVAILABLE] = { "unavailable", 503, "unavailable",
 		"the server is shutting down; retry against a running server" },
+	[AE_NODE_DRAINING] = { "node_draining", 503, "unavailable",
+		"create the sandbox on another node; a cluster router retries there by itself" },
 	[AE_UNIMPLEMENTED] = { "unimplemented", 501, "unimplemented",
 		"this endpoint is not available in this version; see api/STATUS.md" },
 	[AE_INTERNAL] = { "internal", 500, "internal",

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/cluster_list.h"
 #include "api/errors.h"
+#include "api/node.h"
 #include "api/handlers.h"
 #include "api/http.h"
 #include "api/idempotency.h"
@@ -85,9 +87,14 @@ void rest_health(struct http_req *r)
 	for (struct template_rec *t = templates_first(); t; t = t->next)
 		ntpl++;
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "status", "ok");
+	/* The contract's fields; a router sends creates only to nodes that say ok
+	 * (a standalone server has neither draining nor full, so says ok). */
+	cJSON_AddStringToObject(o, "status", node_draining() ? "draining"
+				: sandboxes_count() >= srv_cfg.max_sandboxes ? "full" : "ok");
 	cJSON_AddBoolToObject(o, "mock", 0);
 	cJSON_AddNumberToObject(o, "templates", ntpl);
+	if (node_tag()[0])
+		cJSON_AddStringToObject(o, "node_id", node_tag());
 	cJSON_AddNumberToObject(o, "sandboxes", sandboxes_count());
 	cJSON_AddStringToObject(o, "engine", sandboxes_engine_name());
 	cJSON_AddNumberToObject(o, "connections", listener_conn_count());
@@ -468,7 +475,10 @@ void rest_sandboxes_list(struct http_req *r)
 	cJSON *a = cJSON_CreateArray();
 	for (struct sandbox *sb = sandboxes_first(); sb; sb = sb->next)
 		cJSON_AddItemToArray(a, sandbox_info(r, sb));
-	handler_reply_cjson(r, 200, a);
+	if (cluster_list_wanted(r))
+		cluster_list_start(r, a, "/v1/sandboxes");
+	else
+		handler_reply_cjson(r, 200, a);
 }
 
 static struct sandbox *find_or_404(struct http_req *r, const char *id)

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -16,6 +15,7 @@
 #include <unistd.h>
 
 #include "api/agent_client.h"
+#include "api/node.h"
 #include "api/images.h"
 #include "api/registry.h"
 #include "api/server.h"
@@ -816,17 +816,6 @@ void sb_job_detach(struct sb_job *job)
 		job->done = NULL;
 }
 
-static void random_id(char *out, size_t n)
-{
-	uint8_t b[8];
-	if (getrandom(b, sizeof(b), 0) != sizeof(b)) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		memcpy(b, &ts.tv_nsec, sizeof(b));
-	}
-	snprintf(out, n, "sb-%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
-}
-
 static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, char *err, size_t errlen)
 {
 	if (mkdir(sb->dir, 0700) < 0) {
@@ -867,6 +856,11 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		snprintf(msg, msglen, "the server is shutting down");
 		return -ESHUTDOWN;
 	}
+	if (node_draining()) {
+		*e = AE_NODE_DRAINING;
+		snprintf(msg, msglen, "node %s is draining: it takes no new sandboxes", node_tag()[0] ? node_tag() : "(standalone)");
+		return -EAGAIN;
+	}
 	if (!!fr->template_name == !!fr->sandbox_id) {
 		*e = AE_INVALID_ARGUMENT;
 		snprintf(msg, msglen, "give exactly one of \"template\" and \"sandbox_id\"");
@@ -886,6 +880,13 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		if (!api_valid_id(fr->ids[i])) {
 			*e = AE_INVALID_SANDBOX_ID;
 			snprintf(msg, msglen, "ids[%u] is not a valid sandbox id", i);
+			return -EINVAL;
+		}
+		if (!node_id_is_ours(fr->ids[i])) {
+			*e = AE_INVALID_SANDBOX_ID;
+			snprintf(msg, msglen, "ids[%u] does not name this node: on node %s a sandbox id ends in -%s "
+				 "(routers find a sandbox's node from its id); omit ids to let the node choose",
+				 i, node_tag(), node_tag());
 			return -EINVAL;
 		}
 		if (sandbox_find(fr->ids[i])) {
@@ -979,7 +980,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 			snprintf(id, sizeof(id), "%s", fr->ids[i]);
 		} else {
 			do
-				random_id(id, sizeof(id));
+				node_new_sandbox_id(id, sizeof(id));
 			while (sandbox_find(id));
 		}
 		struct sandbox *sb = sb_new(id);
