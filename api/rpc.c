@@ -60,7 +60,7 @@ struct rpc_call {
 	/* List */
 	cJSON *entries;
 	uint32_t page_size, page_off;
-	char *filter;
+	char *filter, *parent;
 	/* WriteFile */
 	struct connect_dec dec;
 	bool wf_opened, wf_body_done;
@@ -284,6 +284,7 @@ static void call_free(struct rpc_call *c)
 	connect_dec_free(&c->dec);
 	cJSON_Delete(c->entries);
 	free(c->filter);
+	free(c->parent);
 	bytebuf_free(&c->tx);
 	free(c);
 }
@@ -826,11 +827,34 @@ static int by_name(const void *a, const void *b)
 	return strcmp(x ? x : "", y ? y : "");
 }
 
+/* A parent that is a file lists as itself (as ls(1) does): the SDK's files.exists()
+ * lists the path it asks about. */
+static void list_file_end(struct astream *s, cJSON *payload, const char *why)
+{
+	struct rpc_call *c = s->ctx;
+	c->as = NULL;
+	if (end_failed(c, payload, why))
+		return;
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "entries"), file_info(cJSON_GetObjectItem(payload, "entry")));
+	call_end(c, o, 0, NULL, NULL);
+}
+
+static const struct astream_ops list_file_ops = { NULL, NULL, list_file_end, NULL };
+
 /* Pages are offsets into the listing sorted by name, so they hold still between calls. */
 static void list_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
 	c->as = NULL;
+	const char *ecode = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(payload, "error"), "code"));
+	if (ecode && !strcmp(ecode, "not_a_directory") && c->parent) {
+		cJSON *open = cJSON_CreateObject();
+		cJSON_AddStringToObject(open, "op", "stat");
+		cJSON_AddStringToObject(open, "path", c->parent);
+		call_open(c, open, &list_file_ops);
+		return;
+	}
 	if (end_failed(c, payload, why))
 		return;
 	size_t n = (size_t)cJSON_GetArraySize(c->entries);
@@ -894,6 +918,7 @@ static void list_start(struct rpc_call *c, cJSON *req)
 	if (!add_path(c, open, req, "parent"))
 		return;
 	c->entries = cJSON_CreateArray();
+	c->parent = strdup(jstr(req, "parent"));
 	call_open(c, open, &list_ops);
 }
 
