@@ -32,7 +32,8 @@ struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
 	/* Records of sandboxes that are gone (killed, expired) go on the way. */
 	for (struct e2b_sbx **pp = &records; *pp;) {
 		struct e2b_sbx *s = *pp;
-		if (!sandbox_find(s->id)) {
+		struct sandbox *sb = sandbox_find(s->id);
+		if (!sb || sb->created_ms != s->created_ms) {
 			*pp = s->next;
 			sbx_free(s);
 			continue;
@@ -41,12 +42,14 @@ struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
 			return s;
 		pp = &s->next;
 	}
-	if (!create || !sandbox_find(id))
+	struct sandbox *sb = create ? sandbox_find(id) : NULL;
+	if (!sb)
 		return NULL;
 	struct e2b_sbx *s = calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
 	snprintf(s->id, sizeof(s->id), "%s", id);
+	s->created_ms = sb->created_ms;
 	s->allow_internet = true;
 	s->next = records;
 	records = s;

@@ -22,6 +22,7 @@ struct http_req;
 /* What E2B's API knows about a sandbox beyond the Mitos record. */
 struct e2b_sbx {
 	char id[ID_MAX + 1];
+	uint64_t created_ms;                       /* tells a later sandbox with the same id apart */
 	char envd_token[E2B_TOKEN_HEX * 2 + 1];    /* "" when none was issued */
 	char traffic_token[E2B_TOKEN_HEX * 2 + 1];
 	struct cJSON *env_vars;                    /* sandbox-wide envs of commands and code */
