@@ -195,7 +195,7 @@ static void call_tick(struct ur_ticker *t, uint64_t now)
 	}
 }
 
-static void call_abort(struct http_req *r)
+void e2b_call_abort(struct http_req *r)
 {
 	struct e2b_call *c = r->ctx;
 	c->r = NULL;
@@ -203,7 +203,7 @@ static void call_abort(struct http_req *r)
 	e2b_call_free(c);
 }
 
-static void call_writable(struct http_req *r)
+void e2b_call_writable(struct http_req *r)
 {
 	struct e2b_call *c = r->ctx;
 	if (c->owed && c->as && http_stream_room(r)) {
@@ -212,25 +212,7 @@ static void call_writable(struct http_req *r)
 	}
 }
 
-static const struct http_req_ops plain_ops = { .writable = call_writable, .abort = call_abort };
-
-void e2b_call_set_body(struct e2b_call *c, void (*body)(struct http_req *, const uint8_t *, size_t),
-		       void (*body_end)(struct http_req *))
-{
-	/* One table per body handler pair; there are few (the /files upload). */
-	static struct http_req_ops tables[4];
-	static unsigned ntables;
-	for (unsigned i = 0; i < ntables; i++)
-		if (tables[i].body == body && tables[i].body_end == body_end) {
-			c->r->ops = &tables[i];
-			return;
-		}
-	if (ntables == sizeof(tables) / sizeof(tables[0]))
-		return;
-	tables[ntables] = (struct http_req_ops){ .body = body, .body_end = body_end,
-						 .writable = call_writable, .abort = call_abort };
-	c->r->ops = &tables[ntables++];
-}
+static const struct http_req_ops plain_ops = { .writable = e2b_call_writable, .abort = e2b_call_abort };
 
 void *e2b_call_new(struct http_req *r, size_t size, const struct e2b_call_vt *vt)
 {

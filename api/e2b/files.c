@@ -614,6 +614,9 @@ static void upload_body_end(struct http_req *r)
 	upload_maybe_done(u);
 }
 
+static const struct http_req_ops upload_ops = { .body = upload_body, .body_end = upload_body_end,
+						 .writable = e2b_call_writable, .abort = e2b_call_abort };
+
 /* boundary=... of a multipart Content-Type (quoted or not). */
 static int boundary_of(const char *ct, char *out, size_t outlen)
 {
@@ -663,7 +666,7 @@ void e2b_files_post(struct http_req *r)
 	}
 	u->a = a;
 	u->ac = ac;
-	e2b_call_set_body(&u->base, upload_body, upload_body_end);
+	r->ops = &upload_ops;
 	if (multipart) {
 		u->multipart = true;
 		u->dlen = (size_t)snprintf(u->delim, sizeof(u->delim), "\r\n--%s", boundary);
