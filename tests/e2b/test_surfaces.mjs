@@ -16,11 +16,14 @@ test("fork an E2B sandbox through /v1/fork and connect to the children", async (
   const sbx = await Sandbox.create();
   made.push(sbx.sandboxId);
   await sbx.files.write("/opt/parent.txt", "from the parent");
-  const res = await fetch(base + "/v1/fork", { method: "POST", headers: auth, body: JSON.stringify({ sandbox_id: sbx.sandboxId, n: 2 }) });
-  assert.equal(res.status, 201);
-  const kids = (await res.json()).sandboxes.map((s) => s.id);
+  const kids = [];
+  for (const n of [1, 2]) {
+    const res = await fetch(base + "/v1/sandboxes/" + sbx.sandboxId + "/fork", { method: "POST", headers: auth,
+      body: JSON.stringify({ id: `fork${n}-${process.pid}`, pause_source: true }) });
+    assert.equal(res.status, 200);
+    kids.push((await res.json()).id);
+  }
   made.push(...kids);
-  assert.equal(kids.length, 2);
   for (const id of kids) {
     const child = await Sandbox.connect(id);
     assert.equal(await child.files.read("/opt/parent.txt"), "from the parent");
@@ -30,10 +33,11 @@ test("fork an E2B sandbox through /v1/fork and connect to the children", async (
 });
 
 test("a sandbox made with the Mitos API is an E2B sandbox too", async () => {
-  await fetch(base + "/v1/templates", { method: "POST", headers: auth, body: JSON.stringify({ name: "python" }) });
-  const res = await fetch(base + "/v1/fork", { method: "POST", headers: auth, body: JSON.stringify({ template: "python" }) });
-  assert.equal(res.status, 201);
-  const id = (await res.json()).sandboxes[0].id;
+  await fetch(base + "/v1/templates", { method: "POST", headers: auth, body: JSON.stringify({ id: "python" }) });
+  const res = await fetch(base + "/v1/fork", { method: "POST", headers: auth,
+    body: JSON.stringify({ template: "python", id: `mitos-${process.pid}` }) });
+  assert.equal(res.status, 200);
+  const id = (await res.json()).id;
   made.push(id);
   const sbx = await Sandbox.connect(id);
   assert.equal((await sbx.commands.run("echo via-e2b")).stdout, "via-e2b\n");
