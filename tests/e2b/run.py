@@ -46,6 +46,18 @@ if kvm:
     extra += ["--engine", "kvm", "--kvm-pool", "1"]
 s = Server(vmm, agent, token=token, extra=extra + ["--max-sandboxes", "16"])
 try:
+    if kvm:
+        # The templates boot and snapshot a guest first (minutes under emulation):
+        # longer than any SDK call waits, so they are built before the SDK runs.
+        for tpl in ("base", "code-interpreter-v1"):
+            c = s.conn(timeout=1500)
+            c.request("POST", "/v1/templates", body=json.dumps({"id": tpl}),
+                      headers=s.headers({"Content-Type": "application/json"}))
+            r = c.getresponse()
+            body = r.read()
+            c.close()
+            if r.status != 200:
+                raise RuntimeError("template %s: %d %s" % (tpl, r.status, body[:300]))
     url = "http://127.0.0.1:%d" % s.port
     env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
     env.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=token)
