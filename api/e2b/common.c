@@ -32,7 +32,8 @@ struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
 	/* Records of sandboxes that are gone (killed, expired) go on the way. */
 	for (struct e2b_sbx **pp = &records; *pp;) {
 		struct e2b_sbx *s = *pp;
-		if (!sandbox_find(s->id)) {
+		struct sandbox *sb = sandbox_find(s->id);
+		if (!sb || sb->created_ms != s->created_ms) {
 			*pp = s->next;
 			sbx_free(s);
 			continue;
@@ -41,12 +42,14 @@ struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
 			return s;
 		pp = &s->next;
 	}
-	if (!create || !sandbox_find(id))
+	struct sandbox *sb = create ? sandbox_find(id) : NULL;
+	if (!sb)
 		return NULL;
 	struct e2b_sbx *s = calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
 	snprintf(s->id, sizeof(s->id), "%s", id);
+	s->created_ms = sb->created_ms;
 	s->allow_internet = true;
 	s->next = records;
 	records = s;
@@ -192,7 +195,7 @@ static void call_tick(struct ur_ticker *t, uint64_t now)
 	}
 }
 
-static void call_abort(struct http_req *r)
+void e2b_call_abort(struct http_req *r)
 {
 	struct e2b_call *c = r->ctx;
 	c->r = NULL;
@@ -200,7 +203,7 @@ static void call_abort(struct http_req *r)
 	e2b_call_free(c);
 }
 
-static void call_writable(struct http_req *r)
+void e2b_call_writable(struct http_req *r)
 {
 	struct e2b_call *c = r->ctx;
 	if (c->owed && c->as && http_stream_room(r)) {
@@ -209,25 +212,7 @@ static void call_writable(struct http_req *r)
 	}
 }
 
-static const struct http_req_ops plain_ops = { .writable = call_writable, .abort = call_abort };
-
-void e2b_call_set_body(struct e2b_call *c, void (*body)(struct http_req *, const uint8_t *, size_t),
-		       void (*body_end)(struct http_req *))
-{
-	/* One table per body handler pair; there are few (the /files upload). */
-	static struct http_req_ops tables[4];
-	static unsigned ntables;
-	for (unsigned i = 0; i < ntables; i++)
-		if (tables[i].body == body && tables[i].body_end == body_end) {
-			c->r->ops = &tables[i];
-			return;
-		}
-	if (ntables == sizeof(tables) / sizeof(tables[0]))
-		return;
-	tables[ntables] = (struct http_req_ops){ .body = body, .body_end = body_end,
-						 .writable = call_writable, .abort = call_abort };
-	c->r->ops = &tables[ntables++];
-}
+static const struct http_req_ops plain_ops = { .writable = e2b_call_writable, .abort = e2b_call_abort };
 
 void *e2b_call_new(struct http_req *r, size_t size, const struct e2b_call_vt *vt)
 {

@@ -154,7 +154,7 @@ static void auto_pause_tick(struct ur_ticker *t, uint64_t now)
 	uint64_t wall = ur_wall_ms();
 	for (struct e2b_sbx *s = e2b_sbx_first(); s; s = s->next) {
 		struct sandbox *sb = s->auto_pause ? sandbox_find(s->id) : NULL;
-		if (!sb || sb->state != SB_RUNNING || sb->deadline_ms > wall + AUTO_PAUSE_LEAD_MS)
+		if (!sb || sb->created_ms != s->created_ms || sb->state != SB_RUNNING || sb->deadline_ms > wall + AUTO_PAUSE_LEAD_MS)
 			continue;
 		if (sandbox_pause(sb) == 0)
 			sandbox_set_timeout(sb, MAX_TIMEOUT_S);

@@ -78,15 +78,14 @@ static bool signature_ok(const struct access *a, const char *op, const struct e2
 static bool files_access(struct http_req *r, const struct access *a, const char *op)
 {
 	if (!r->sandbox_id[0]) {
-		struct sandbox *only = NULL;
 		for (struct sandbox *sb = sandboxes_first(); sb; sb = sb->next) {
 			struct e2b_sbx *s = e2b_sbx_get(sb->id, false);
 			if (s && signature_ok(a, op, s)) {
 				snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%s", sb->id);
 				return true;
 			}
-			only = !only && sb == sandboxes_first() && !sb->next ? sb : NULL;
 		}
+		struct sandbox *only = sandboxes_count() == 1 ? sandboxes_first() : NULL;
 		/* Unsigned URLs carry no sandbox: only a node with one sandbox and no
 		 * tokens can tell which is meant. */
 		if (only && !a->sig && !e2b_sbx_get(only->id, false) && e2b_api_key_ok(r)) {
@@ -360,15 +359,17 @@ static struct wfile *wf_open(struct upload *u, const char *dest)
 	return f;
 }
 
-static void wf_add(struct upload *u, const uint8_t *p, size_t n)
+/* Returns false when the upload failed (u is then freed). */
+static bool wf_add(struct upload *u, const uint8_t *p, size_t n)
 {
 	if (!u->cur || !n)
-		return;
+		return true;
 	if (bytebuf_add(&u->cur->tx, p, n)) {
 		upload_fail(u, 500, "out of memory");
-		return;
+		return false;
 	}
 	wf_pump(u->cur);
+	return true;
 }
 
 static void wf_close(struct upload *u)
@@ -455,27 +456,31 @@ static char *disposition_param(const char *headers, const char *key)
 	return NULL;
 }
 
-static void part_begin(struct upload *u, const char *headers)
+/* Returns false when the upload failed (u is then freed). */
+static bool part_begin(struct upload *u, const char *headers)
 {
 	char *filename = disposition_param(headers, "filename");
 	char *name = disposition_param(headers, "name");
 	/* A single-file write names the destination in the query; several use the
 	 * parts' file names. */
 	const char *dest = u->a.path && *u->a.path ? u->a.path : filename;
-	if (!dest || !*dest || (name && strcmp(name, "file")))
+	bool ok = dest && *dest && (!name || !strcmp(name, "file"));
+	if (!ok)
 		upload_fail(u, 400, "each part must be a file field (name=\"file\") with a filename, or give ?path=");
-	else
-		u->cur = wf_open(u, dest);
+	struct wfile *f = ok ? wf_open(u, dest) : NULL;
+	if (f)
+		u->cur = f;  /* (on failure u is gone) */
+	ok = ok && f;
 	free(filename);
 	free(name);
+	return ok;
 }
 
-/* Consumes multipart input from u->pend; returns false once the upload failed. */
+/* Consumes multipart input from u->pend; returns false once the upload failed
+ * (u is then freed). */
 static bool multipart_step(struct upload *u)
 {
 	for (;;) {
-		if (u->base.done)
-			return false;
 		uint8_t *p = u->pend.p + u->pend.off;
 		size_t n = bytebuf_pending(&u->pend);
 		switch (u->st) {
@@ -521,14 +526,17 @@ static bool multipart_step(struct upload *u)
 			}
 			u->pend.off += (size_t)(e - p) + 4;
 			u->st = MP_DATA;
-			part_begin(u, h);
+			bool ok = part_begin(u, h);
 			free(h);
+			if (!ok)
+				return false;
 			break;
 		}
 		case MP_DATA: {
 			uint8_t *d = memmem(p, n, u->delim, u->dlen);
 			size_t take = d ? (size_t)(d - p) : n > u->dlen ? n - u->dlen : 0;
-			wf_add(u, p, take);
+			if (!wf_add(u, p, take))
+				return false;
 			u->pend.off += take;
 			if (!d)
 				return true;
@@ -544,23 +552,26 @@ static bool multipart_step(struct upload *u)
 	}
 }
 
-static void gzip_feed(struct upload *u, const uint8_t *p, size_t n)
+/* Returns false when the upload failed (u is then freed). */
+static bool gzip_feed(struct upload *u, const uint8_t *p, size_t n)
 {
 	uint8_t out[64 << 10];
 	u->z.next_in = (Bytef *)p;
 	u->z.avail_in = (uInt)n;
-	while (u->z.avail_in && !u->base.done) {
+	while (u->z.avail_in) {
 		u->z.next_out = out;
 		u->z.avail_out = sizeof(out);
 		int rc = inflate(&u->z, Z_NO_FLUSH);
 		if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
 			upload_fail(u, 400, "the body is not valid gzip");
-			return;
+			return false;
 		}
-		wf_add(u, out, sizeof(out) - u->z.avail_out);
+		if (!wf_add(u, out, sizeof(out) - u->z.avail_out))
+			return false;
 		if (rc == Z_STREAM_END || (rc == Z_BUF_ERROR && u->z.avail_out))
 			break;
 	}
+	return true;
 }
 
 static void upload_body(struct http_req *r, const uint8_t *p, size_t n)
@@ -582,12 +593,10 @@ static void upload_body(struct http_req *r, const uint8_t *p, size_t n)
 			u->pend.off = 0;
 			u->pend.len = left;
 		}
-	} else if (u->gzip) {
-		gzip_feed(u, p, n);
-	} else {
-		wf_add(u, p, n);
+	} else if (u->gzip ? !gzip_feed(u, p, n) : !wf_add(u, p, n)) {
+		return;
 	}
-	if (!u->base.done && tx_pending(u) > TX_PAUSE)
+	if (tx_pending(u) > TX_PAUSE)
 		http_req_pause_body(r);
 }
 
@@ -604,6 +613,9 @@ static void upload_body_end(struct http_req *r)
 	u->body_done = true;
 	upload_maybe_done(u);
 }
+
+static const struct http_req_ops upload_ops = { .body = upload_body, .body_end = upload_body_end,
+						 .writable = e2b_call_writable, .abort = e2b_call_abort };
 
 /* boundary=... of a multipart Content-Type (quoted or not). */
 static int boundary_of(const char *ct, char *out, size_t outlen)
@@ -654,7 +666,7 @@ void e2b_files_post(struct http_req *r)
 	}
 	u->a = a;
 	u->ac = ac;
-	e2b_call_set_body(&u->base, upload_body, upload_body_end);
+	r->ops = &upload_ops;
 	if (multipart) {
 		u->multipart = true;
 		u->dlen = (size_t)snprintf(u->delim, sizeof(u->delim), "\r\n--%s", boundary);
@@ -669,5 +681,7 @@ void e2b_files_post(struct http_req *r)
 		u->z_init = true;
 		u->gzip = true;
 	}
-	u->cur = wf_open(u, a.path);
+	struct wfile *f = wf_open(u, a.path);
+	if (f)
+		u->cur = f;
 }

@@ -22,6 +22,7 @@ struct http_req;
 /* What E2B's API knows about a sandbox beyond the Mitos record. */
 struct e2b_sbx {
 	char id[ID_MAX + 1];
+	uint64_t created_ms;                       /* tells a later sandbox with the same id apart */
 	char envd_token[E2B_TOKEN_HEX * 2 + 1];    /* "" when none was issued */
 	char traffic_token[E2B_TOKEN_HEX * 2 + 1];
 	struct cJSON *env_vars;                    /* sandbox-wide envs of commands and code */
@@ -81,9 +82,9 @@ bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, struct cJSON *open
 void e2b_call_consume(struct e2b_call *c, size_t n);
 /* Cancels the agent stream, detaches from the request, unlinks and frees. */
 void e2b_call_free(struct e2b_call *c);
-/* HTTP ops that route streamed bodies to these callbacks (NULL: none). */
-void e2b_call_set_body(struct e2b_call *c, void (*body)(struct http_req *, const uint8_t *, size_t),
-		       void (*body_end)(struct http_req *));
+/* The http_req_ops every call uses (files.c adds its body callbacks to them). */
+void e2b_call_writable(struct http_req *r);
+void e2b_call_abort(struct http_req *r);
 
 /* Connect envelopes on a started response stream. */
 void e2b_envelope(struct http_req *r, uint8_t flags, const char *json, size_t n);

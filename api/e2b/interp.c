@@ -334,7 +334,7 @@ void e2b_interp_execute(struct http_req *r)
 		cJSON_AddItemToArray(argv, cJSON_CreateString("-c"));
 		cJSON_AddItemToArray(argv, cJSON_CreateString(code));
 		const char *cwd = cJSON_GetStringValue(cJSON_GetObjectItem(bctx, "cwd"));
-		if (cwd)
+		if (cwd && strcmp(cwd, "~"))
 			cJSON_AddStringToObject(open, "cwd", cwd);
 	} else {
 		cJSON_AddStringToObject(open, "op", "run_code");
@@ -447,10 +447,11 @@ void e2b_interp_contexts(struct http_req *r)
 			char cid[E2B_TOKEN_HEX + 1];
 			e2b_token_new(cid, sizeof(cid));
 			cJSON *o = cJSON_CreateObject();
-			cJSON_AddStringToObject(o, "cwd", cwd ? cwd : "/home/user");
+			/* No cwd: the agent's user's home, whatever it is in this template. */
+			cJSON_AddStringToObject(o, "cwd", cwd ? cwd : "~");
 			cJSON_AddNumberToObject(o, "count", 0);
 			cJSON_AddItemToObject(s->bash_contexts, cid, o);
-			handler_reply_cjson(r, 200, context_obj(cid, "bash", cwd ? cwd : "/home/user"));
+			handler_reply_cjson(r, 200, context_obj(cid, "bash", cwd ? cwd : "~"));
 			cJSON_Delete(b);
 			return;
 		}

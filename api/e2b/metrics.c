@@ -93,11 +93,42 @@ static int procs_cpu_usec(const char *dir, unsigned long long *out)
 
 struct usage {
 	unsigned long long cpu_usec, mem, mem_max, cache;
+	unsigned cpus;  /* the CPU limit rounded up, or the host's CPUs without one */
 };
+
+static unsigned cpu_limit(const struct cg_set *cg)
+{
+	long long quota = -1, period = 0;
+	char path[CG_PATH + 32];
+	FILE *f = NULL;
+	if (cgroup_mode() == CG_V2) {
+		snprintf(path, sizeof(path), "%s/cpu.max", cg->dir[0]);
+		if ((f = fopen(path, "re"))) {
+			if (fscanf(f, "%lld %lld", &quota, &period) != 2)
+				quota = -1; /* "max 100000" */
+			fclose(f);
+		}
+	} else if (cg->dir[1][0]) {
+		unsigned long long p = 0;
+		snprintf(path, sizeof(path), "%s/cpu.cfs_quota_us", cg->dir[1]);
+		if ((f = fopen(path, "re"))) {
+			if (fscanf(f, "%lld", &quota) != 1)
+				quota = -1;
+			fclose(f);
+		}
+		if (!read_stat(cg->dir[1], "cpu.cfs_period_us", NULL, &p))
+			period = (long long)p;
+	}
+	long online = sysconf(_SC_NPROCESSORS_ONLN);
+	if (quota <= 0 || period <= 0)
+		return online > 0 ? (unsigned)online : 1;
+	return (unsigned)((quota + period - 1) / period);
+}
 
 static int cgroup_usage(const struct cg_set *cg, struct usage *u)
 {
 	memset(u, 0, sizeof(*u));
+	u->cpus = cpu_limit(cg);
 	if (cgroup_mode() == CG_V2) {
 		int rc = read_stat(cg->dir[0], "cpu.stat", "usage_usec", &u->cpu_usec);
 		if (!rc)
@@ -136,7 +167,6 @@ void e2b_sandbox_metrics(struct http_req *r)
 	if (!sandbox_cgroups(sb, &cg) && !cgroup_usage(&cg, &u)) {
 		struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
 		uint64_t now = ur_wall_ms();
-		unsigned cpus = 1;
 		unsigned long long since_usec = 0, span_ms = now > sb->created_ms ? now - sb->created_ms : 1;
 		/* Utilisation since the previous sample, or since the start for the first. */
 		if (s && s->cpu_sample_ms && now > s->cpu_sample_ms && u.cpu_usec >= s->cpu_usec) {
@@ -149,14 +179,15 @@ void e2b_sandbox_metrics(struct http_req *r)
 			s->cpu_usec = u.cpu_usec;
 			s->cpu_sample_ms = now;
 		}
-		double pct = span_ms ? (double)since_usec / 10.0 / (double)span_ms : 0;
+		/* Percent of the sandbox's CPUs, as E2B reports it. */
+		double pct = span_ms ? (double)since_usec / 10.0 / (double)span_ms / u.cpus : 0;
 		cJSON *m = cJSON_CreateObject();
 		char ts[40];
 		registry_rfc3339(now, ts, sizeof(ts));
 		cJSON_AddStringToObject(m, "timestamp", ts);
 		cJSON_AddNumberToObject(m, "timestampUnix", (double)(now / 1000));
 		cJSON_AddNumberToObject(m, "cpuUsedPct", pct);
-		cJSON_AddNumberToObject(m, "cpuCount", cpus);
+		cJSON_AddNumberToObject(m, "cpuCount", u.cpus);
 		cJSON_AddNumberToObject(m, "memUsed", (double)u.mem);
 		cJSON_AddNumberToObject(m, "memTotal", (double)(u.mem_max && u.mem_max < (1ull << 50) ? u.mem_max : 0));
 		cJSON_AddNumberToObject(m, "memCache", (double)u.cache);

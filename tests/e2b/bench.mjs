@@ -26,26 +26,29 @@ async function mitosExec(id) {
     headers: { ...auth, "Content-Type": "application/connect+json", "X-Sandbox-Id": id },
     // What the E2B SDK runs for commands.run("true"): a login shell, whose profile
     // scripts cost the same on both sides.
-    body: envelope({ argv: ["/bin/bash", "-l", "-c", "true"] }),
+    body: envelope({ command: "/bin/bash", args: ["-l", "-c", "true"] }),
   });
   const body = Buffer.from(await res.arrayBuffer());
-  // The last envelope is the end of stream: flags 2, payload {}.
-  let off = 0, last;
+  // An exit message without an exitCode (0 is omitted), then the end of stream {}.
+  let off = 0, exit, last;
   while (off + 5 <= body.length) {
     const n = body.readUInt32BE(off + 1);
     last = [body[off], body.subarray(off + 5, off + 5 + n).toString()];
+    if (last[0] === 0 && last[1].startsWith('{"exit"')) exit = JSON.parse(last[1]).exit;
     off += 5 + n;
   }
-  if (!last || last[0] !== 2 || last[1] !== "{}") throw new Error("exec failed: " + JSON.stringify(last));
+  if (!exit || exit.exitCode || !last || last[0] !== 2 || last[1] !== "{}")
+    throw new Error("exec failed: " + JSON.stringify([exit, last]));
 }
+let serial = 0;
 async function mitosCreate() {
   const res = await fetch(base + "/v1/fork", {
     method: "POST",
     headers: { ...auth, "Content-Type": "application/json" },
-    body: JSON.stringify({ template: "base" }),
+    body: JSON.stringify({ template: "base", id: `bench-${process.pid}-${++serial}` }),
   });
-  if (res.status !== 201) throw new Error("fork: " + res.status + " " + (await res.text()));
-  return (await res.json()).sandboxes[0].id;
+  if (res.status !== 200) throw new Error("fork: " + res.status + " " + (await res.text()));
+  return (await res.json()).id;
 }
 async function mitosKill(id) {
   await fetch(base + "/v1/sandboxes/" + id, { method: "DELETE", headers: auth });

@@ -115,3 +115,51 @@ test("code interpreter: bad requests", async () => {
   assert.equal(noTraffic.status, 401, "the interpreter wants the traffic token");
   await alive();
 });
+
+// A small mutation fuzzer over the multipart parser: truncations, flipped bytes and
+// random chunking of a valid body (a seeded PRNG, so a failure reproduces).
+test("multipart mutations and random chunking: 200 or a 4xx, and nothing breaks", async () => {
+  let seed = 12345;
+  const rnd = (n) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const valid = Buffer.from(
+    '--bnd\r\nContent-Disposition: form-data; name="file"; filename="/tmp/fz/a.txt"\r\nContent-Type: application/octet-stream\r\n\r\n' +
+      "A".repeat(300) + "\r\n--bnd\r\n" +
+      'Content-Disposition: form-data; name="file"; filename="/tmp/fz/b.txt"\r\n\r\n' + "B\r\n--bn".repeat(20) + "\r\n--bnd--\r\n",
+  );
+  for (let i = 0; i < 150; i++) {
+    let body = Buffer.from(valid);
+    const kind = i % 3;
+    if (kind === 1) body = body.subarray(0, rnd(body.length));
+    if (kind === 2) for (let k = 0; k < 1 + rnd(4); k++) body[rnd(body.length)] = rnd(256);
+    const chunks = [];
+    for (let off = 0; off < body.length; ) {
+      const n = 1 + rnd(40);
+      chunks.push(body.subarray(off, off + n));
+      off += n;
+    }
+    const stream = new ReadableStream({
+      pull(c) {
+        if (chunks.length) c.enqueue(chunks.shift());
+        else c.close();
+      },
+    });
+    const res = await fetch(url + "/files", {
+      method: "POST",
+      headers: envd({ "Content-Type": "multipart/form-data; boundary=bnd" }),
+      body: stream,
+      duplex: "half",
+    });
+    // A flipped byte may land in a path (a read-only directory: 403); never a 5xx.
+    assert.ok(res.status === 200 || (res.status >= 400 && res.status < 500), `case ${i} (kind ${kind}): ${res.status}`);
+    if (kind === 0) {
+      assert.equal(res.status, 200);
+      assert.equal(await sbx.files.read("/tmp/fz/b.txt"), "B\r\n--bn".repeat(20));
+    } else {
+      await res.arrayBuffer();
+    }
+  }
+  await alive();
+});

@@ -95,6 +95,8 @@ test("metrics are real cgroup figures", async () => {
   assert.ok(m.length >= 1);
   const last = m[m.length - 1];
   assert.ok(last.memUsed > 0, "memory in use");
+  assert.equal(last.cpuCount, 1, "the template's cpu_percent 100 is one CPU");
+  assert.equal(last.memTotal, 1024 * 1024 * 1024, "the template's memory_max_mib");
   assert.ok(last.cpuUsedPct >= 0);
   assert.ok(last.timestamp instanceof Date);
 });
