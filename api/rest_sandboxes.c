@@ -11,6 +11,7 @@
 #include "api/http.h"
 #include "api/listener.h"
 #include "api/registry.h"
+#include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
 
@@ -318,9 +319,10 @@ static struct sandbox *find_or_404(struct http_req *r, const char *id)
 {
 	struct sandbox *sb = sandbox_find(id);
 	if (!sb) {
-		char msg[120];
+		char msg[120], end[420];
 		snprintf(msg, sizeof(msg), "no sandbox %s", id);
-		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
+		bool ended = !sandbox_end_describe(id, end, sizeof(end));
+		http_reply_error(r, AE_NOT_FOUND, msg, ended ? end : NULL, NULL);
 	}
 	return sb;
 }

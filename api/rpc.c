@@ -17,6 +17,7 @@
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
 
@@ -324,8 +325,9 @@ static struct agent_conn *call_agent(struct rpc_call *c)
 	struct sandbox *sb = sandbox_find(c->r->sandbox_id);
 	char msg[160];
 	if (!sb) {
+		char end[420];
 		snprintf(msg, sizeof(msg), "no sandbox %s", c->r->sandbox_id);
-		call_fail(c, AE_NOT_FOUND, msg, NULL);
+		call_fail(c, AE_NOT_FOUND, msg, sandbox_end_describe(c->r->sandbox_id, end, sizeof(end)) ? NULL : end);
 		return NULL;
 	}
 	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {

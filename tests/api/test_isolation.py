@@ -314,6 +314,28 @@ def t_agent_socket_symlink_not_followed():
         s.cleanup()
 
 
+def t_end_recorded_init_spared(s):
+    """The OOM killer prefers anything in a sandbox to its init; a sandbox whose agent
+    dies ends with its cause in serve's log and in the answer to a request for it."""
+    sid = "iso-end"
+    fork(s, sid)
+    pids = host_pids_of(s, sid)
+    with open("/proc/%d/oom_score_adj" % pids[0]) as f:
+        init_adj = int(f.read())
+    with open("/proc/%d/oom_score_adj" % pids[1]) as f:
+        agent_adj = int(f.read())
+    assert init_adj < agent_adj, "init oom_score_adj %d, agent %d" % (init_adj, agent_adj)
+    # The command's parent is the agent.
+    sh(s, sid, "a=$PPID; setsid -f sh -c \"sleep 0.3; kill -9 $a\" >/dev/null 2>&1")
+    wait_until(lambda: s.request("GET", "/v1/sandboxes/" + sid)[0] == 404, 10, "the sandbox ends")
+    st, r = s.request("GET", "/v1/sandboxes/" + sid)
+    cause = r["error"]["cause"]
+    assert "ended at" in cause and "agent was killed" in cause, r
+    st, r = s.unary("Mkdir", sid, {"path": "/x"})
+    assert st == 404 and "agent was killed" in r["error"]["cause"], r
+    wait_until(lambda: "sandbox %s exited: its agent was killed" % sid in s.stderr(), 5, "the log line")
+
+
 def flood(s, req, seconds=3.0):
     """Sends req pipelined for `seconds` without reading a byte; serve's RSS growth (KiB)."""
     rss0 = s.rss_kib()
@@ -372,6 +394,7 @@ def main():
             ("kernel_log_and_keyrings_refused", t_kernel_log_and_keyrings_refused),
             ("ptrace_and_serve_out_of_reach", t_ptrace_and_serve_out_of_reach),
             ("fork_bomb_contained", t_fork_bomb_contained),
+            ("end_recorded_init_spared", t_end_recorded_init_spared),
         ], ONLY, s)
     finally:
         r.stop_server(s)
