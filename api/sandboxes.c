@@ -1129,8 +1129,9 @@ int sandboxes_init(char *err, size_t errlen)
 			       "(the test guest, the PVM kernel), slowly\n", pr.kvm_usable ? "no VT-x/AMD-V" : pr.kvm_error);
 		printf("kvm isolation: %s\n", jail);
 	} else {
-		printf("WARNING: the process engine isolates sandboxes with Linux namespaces and an overlay only, "
-		       "not a VM%s. Do not run untrusted code with it.\n", images_host_root()
+		printf("WARNING: the process engine isolates sandboxes as a container does (namespaces, an "
+		       "unprivileged user namespace, seccomp, cgroups), not a VM: they share this host's kernel, "
+		       "whose bugs are a way out%s. Run untrusted code on the kvm engine.\n", images_host_root()
 		       ? "; the 'python' template's root is this host's own / (read-only)" : "");
 		if (!images_host_root())
 			printf("template image: python = %s\n", images_root("python"));
