@@ -5,6 +5,7 @@
  * the process in the sandbox instead of growing our memory. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -759,9 +760,11 @@ static void read_event(struct astream *s, cJSON *ev)
 {
 	struct rpc_call *c = s->ctx;
 	cJSON *size = cJSON_GetObjectItem(ev, "size");
-	if (cJSON_IsNumber(size)) {
+	/* The agent is the sandbox's: a size that is not a file size (1e300, -1, NaN)
+	 * is dropped, never formatted past the buffer. */
+	if (cJSON_IsNumber(size) && size->valuedouble >= 0 && size->valuedouble <= 0x1p53) {
 		char buf[64];
-		int n = snprintf(buf, sizeof(buf), "{\"size\":%.0f}", size->valuedouble);
+		int n = snprintf(buf, sizeof(buf), "{\"size\":%" PRIu64 "}", (uint64_t)size->valuedouble);
 		stream_msg(c, buf, (size_t)n, 0);
 	}
 }
