@@ -11,6 +11,7 @@
 #include "api/http.h"
 #include "api/listener.h"
 #include "api/registry.h"
+#include "api/json_nul.h"
 #include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
@@ -21,6 +22,10 @@ cJSON *handler_json_body(struct http_req *r)
 {
 	if (!r->body_len) {
 		http_reply_error(r, AE_INVALID_ARGUMENT, "the request body must be a JSON object", "empty body", NULL);
+		return NULL;
+	}
+	if (json_text_has_nul(r->body, r->body_len)) {
+		http_reply_error(r, AE_INVALID_ARGUMENT, JSON_NUL_MESSAGE, NULL, NULL);
 		return NULL;
 	}
 	const char *end = NULL;

@@ -18,6 +18,7 @@
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/json_nul.h"
 #include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
@@ -927,9 +928,11 @@ static const struct astream_ops wf_agent_ops = { NULL, NULL, wf_end, as_writable
 static int wf_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 {
 	cJSON *m = cJSON_ParseWithLength((const char *)msg, len);
-	if (!cJSON_IsObject(m)) {
+	if (!cJSON_IsObject(m) || json_text_has_nul(msg, len)) {
+		bool nul = cJSON_IsObject(m);
 		cJSON_Delete(m);
-		call_fail(c, AE_INVALID_ARGUMENT, "each WriteFile message must be a JSON object", NULL);
+		call_fail(c, AE_INVALID_ARGUMENT, nul ? JSON_NUL_MESSAGE : "each WriteFile message must be a JSON object",
+			  NULL);
 		return -EINVAL;
 	}
 	if (!c->wf_opened) {
@@ -1081,6 +1084,7 @@ void rpc_dispatch(struct http_req *r)
 	const uint8_t *msg = r->body ? r->body : (const uint8_t *)"";
 	size_t len = r->body_len;
 	cJSON *req;
+	bool nul;
 	if (stream_ct) {
 		struct connect_dec d;
 		connect_dec_init(&d, (uint32_t)srv_cfg.max_json_body);
@@ -1094,13 +1098,17 @@ void rpc_dispatch(struct http_req *r)
 			return;
 		}
 		req = cJSON_ParseWithLength((const char *)msg, len);
+		nul = json_text_has_nul(msg, len);
 		connect_dec_free(&d);
 	} else {
 		req = len ? cJSON_ParseWithLength((const char *)msg, len) : cJSON_CreateObject();
+		nul = json_text_has_nul(msg, len);
 	}
-	if (!cJSON_IsObject(req)) {
+	if (!cJSON_IsObject(req) || nul) {
+		nul = cJSON_IsObject(req);
 		cJSON_Delete(req);
-		call_fail(c, AE_INVALID_ARGUMENT, "the request message must be a JSON object", NULL);
+		call_fail(c, AE_INVALID_ARGUMENT, nul ? JSON_NUL_MESSAGE : "the request message must be a JSON object",
+			  NULL);
 		return;
 	}
 	m->start(c, req);

@@ -336,6 +336,26 @@ def t_end_recorded_init_spared(s):
     wait_until(lambda: "sandbox %s exited: its agent was killed" % sid in s.stderr(), 5, "the log line")
 
 
+def t_nul_refused(s):
+    """A NUL in a path, command or env key is refused, never cut short."""
+    sid = "iso-nul"
+    fork(s, sid)
+    st, r = s.unary("Mkdir", sid, {"path": "/tmp/nul\u0000tail"})
+    eq((st, r.get("error", {}).get("code")), (400, "invalid_argument"), "Mkdir path with NUL (%r)" % (r,))
+    for msg in ({"command": "echo cut\u0000 short"}, {"command": "true", "env": {"K\u0000X": "v"}}):
+        st, ct, msgs = s.stream("ExecStream", sid, msg)
+        errs = [m["error"] for f, m in msgs if "error" in m]
+        assert errs and errs[0].get("mitos_code") == "invalid_argument", (msg, msgs)
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sid + "\u0000x", "timeout": 60})
+    eq((st, r["error"]["code"]), (400, "invalid_argument"), "REST body with NUL (%r)" % (r,))
+    out, _ = sh(s, sid, "ls /tmp")
+    assert "nul" not in out, "a truncated path was created: %r" % out
+    # An escaped backslash before u0000 is not a NUL.
+    st, r = s.unary("Mkdir", sid, {"path": "/tmp/back\\u0000slash"})
+    eq(st, 200, "Mkdir of a name with a backslash (%r)" % (r,))
+    healthy(s, sid)
+
+
 def sanitized(s):
     with open("/proc/%d/maps" % s.pid()) as f:
         return "libasan" in f.read()
@@ -403,6 +423,7 @@ def main():
             ("ptrace_and_serve_out_of_reach", t_ptrace_and_serve_out_of_reach),
             ("fork_bomb_contained", t_fork_bomb_contained),
             ("end_recorded_init_spared", t_end_recorded_init_spared),
+            ("nul_refused", t_nul_refused),
         ], ONLY, s)
     finally:
         r.stop_server(s)
