@@ -22,6 +22,8 @@
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/json_nul.h"
+#include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
 
@@ -354,8 +356,9 @@ static struct agent_conn *call_agent(struct rpc_call *c)
 	struct sandbox *sb = sandbox_find(c->r->sandbox_id);
 	char msg[160];
 	if (!sb) {
+		char end[420];
 		snprintf(msg, sizeof(msg), "no sandbox %s", c->r->sandbox_id);
-		call_fail(c, AE_NOT_FOUND, msg, NULL);
+		call_fail(c, AE_NOT_FOUND, msg, sandbox_end_describe(c->r->sandbox_id, end, sizeof(end)) ? NULL : end);
 		return NULL;
 	}
 	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
@@ -983,6 +986,7 @@ static int wf_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 	cJSON *m = cJSON_ParseWithLength((const char *)msg, len);
 	const cJSON *open = cJSON_GetObjectItem(m, "open"), *d = cJSON_GetObjectItem(m, "data");
 	const char *bad = !cJSON_IsObject(m) ? "each WriteFileRequest must be a JSON object"
+		: json_text_has_nul(msg, len) ? JSON_NUL_MESSAGE
 		: (open && d) ? "a WriteFileRequest carries open or data, not both"
 		: (!c->wf_opened && !open) ? "the first WriteFileRequest must carry the open oneof (path, mode)"
 		: (c->wf_opened && open) ? "only the first WriteFileRequest carries open"
@@ -1119,6 +1123,7 @@ void rpc_dispatch(struct http_req *r)
 	const uint8_t *msg = r->body ? r->body : (const uint8_t *)"";
 	size_t len = r->body_len;
 	cJSON *req;
+	bool nul;
 	if (stream_ct) {
 		struct connect_dec d;
 		connect_dec_init(&d, (uint32_t)srv_cfg.max_json_body);
@@ -1132,13 +1137,17 @@ void rpc_dispatch(struct http_req *r)
 			return;
 		}
 		req = cJSON_ParseWithLength((const char *)msg, len);
+		nul = json_text_has_nul(msg, len);
 		connect_dec_free(&d);
 	} else {
 		req = len ? cJSON_ParseWithLength((const char *)msg, len) : cJSON_CreateObject();
+		nul = json_text_has_nul(msg, len);
 	}
-	if (!cJSON_IsObject(req)) {
+	if (!cJSON_IsObject(req) || nul) {
+		nul = cJSON_IsObject(req);
 		cJSON_Delete(req);
-		call_fail(c, AE_INVALID_ARGUMENT, "the request message must be a JSON object", NULL);
+		call_fail(c, AE_INVALID_ARGUMENT, nul ? JSON_NUL_MESSAGE : "the request message must be a JSON object",
+			  NULL);
 		return;
 	}
 	m->start(c, req);
