@@ -523,6 +523,14 @@ static bool add_path(struct rpc_call *c, cJSON *open, const cJSON *req, const ch
 	return true;
 }
 
+/* A number the agent sent, as int64: 0 for what is not a number or does not fit (the
+ * agent is the sandbox's, and converting NaN or 1e300 to an integer is undefined). */
+static int64_t agent_int64(const cJSON *v)
+{
+	double d = cJSON_GetNumberValue(v);
+	return d == d && d >= -0x1p63 && d < 0x1p63 ? (int64_t)d : 0;
+}
+
 static void add_int64(cJSON *o, const char *key, int64_t v)
 {
 	char buf[24];
@@ -543,13 +551,11 @@ static cJSON *file_info(const cJSON *e)
 		cJSON_AddStringToObject(o, "path", path);
 	if (type && !strcmp(type, "dir"))
 		cJSON_AddBoolToObject(o, "isDir", 1);
-	add_int64(o, "size", (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(e, "size")));
+	add_int64(o, "size", agent_int64(cJSON_GetObjectItem(e, "size")));
 	double mode = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "mode"));
 	if (mode > 0 && mode < 4294967296.0)
 		cJSON_AddNumberToObject(o, "mode", mode);
-	double ns = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "mtime_ns"));
-	if (ns == ns)
-		add_int64(o, "modifiedAtUnix", (int64_t)floor(ns / 1e9));
+	add_int64(o, "modifiedAtUnix", agent_int64(cJSON_GetObjectItem(e, "mtime_ns")) / 1000000000);
 	return o;
 }
 
@@ -974,7 +980,7 @@ static void wf_end(struct astream *s, cJSON *payload, const char *why)
 	}
 	cJSON *o = cJSON_CreateObject();
 	cJSON *bytes = cJSON_GetObjectItem(payload, "bytes");
-	add_int64(o, "bytesWritten", cJSON_IsNumber(bytes) ? (int64_t)bytes->valuedouble : (int64_t)c->wf_bytes);
+	add_int64(o, "bytesWritten", cJSON_IsNumber(bytes) ? agent_int64(bytes) : (int64_t)c->wf_bytes);
 	call_end(c, o, 0, NULL, NULL);
 }
 
