@@ -404,6 +404,17 @@ static void drop_everything(void)
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
+static void say_end(int wst)
+{
+	if (WIFEXITED(wst))
+		dprintf(ERR_FD, "its agent exited with status %d", WEXITSTATUS(wst));
+	else if (WTERMSIG(wst) == SIGKILL)
+		dprintf(ERR_FD, "its agent was killed (SIGKILL: the out-of-memory killer at the sandbox's "
+				"memory limit, or a kill from inside)");
+	else
+		dprintf(ERR_FD, "its agent died of signal %d (%s)", WTERMSIG(wst), strsignal(WTERMSIG(wst)));
+}
+
 static void wait_ready(pid_t agent)
 {
 	for (int i = 0; i < 30000; i++) {
@@ -541,15 +552,17 @@ int main(int argc, char **argv)
 	close(AGENT_FD);
 	wait_ready(agent);
 	close(READY_FD);
-	close(ERR_FD);
 	drop_everything();
 	/* PID 1: reap everything; go when the agent goes (the kernel then kills whatever
-	 * is left in the namespace). */
+	 * is left in the namespace), saying why in start-error, which serve logs and keeps
+	 * as the sandbox's end. The file is only ever reached through this descriptor. */
 	for (;;) {
 		int wst;
 		pid_t w = wait(&wst);
-		if (w == agent)
+		if (w == agent) {
+			say_end(wst);
 			_exit(WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + WTERMSIG(wst));
+		}
 		if (w < 0 && errno == ECHILD)
 			_exit(0);
 	}

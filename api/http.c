@@ -621,6 +621,10 @@ void http_conn_process(struct conn *c)
 			break;
 		if (!c->pend_len)
 			break;
+		/* A client that sends requests without reading the answers: the next request
+		 * waits until its output drains (server.c then stops reading it too). */
+		if (!r && c->out.bytes >= HTTP_OUT_HIGH)
+			break;
 		if (!r && !c->hdr_deadline_ms)
 			c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;
 		size_t n = http_parser_execute(&c->parser, &settings, (const char *)c->pend + c->pend_off,

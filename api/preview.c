@@ -602,9 +602,15 @@ static int check_token(struct pv *pv, const struct http_req *r, const char *sid)
 	return rc;
 }
 
+static bool carries_node_token(const char *value)
+{
+	return srv_cfg.token && *srv_cfg.token && strstr(value, srv_cfg.token);
+}
+
 static bool hop_by_hop(const char *name, const char *connection)
 {
-	static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
+	static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "proxy-authorization",
+					   "te", "trailer",
 					   "transfer-encoding", "upgrade", "expect", "content-length", "host",
 					   "cookie", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix" };
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
@@ -641,11 +647,11 @@ static int build_request(struct pv *pv, struct http_req *r, const char *path, co
 		rc = rc ?: bytebuf_str(b, host);
 		rc = rc ?: bytebuf_str(b, "\r\n");
 	}
-	/* The node's own bearer token never reaches a sandbox. */
-	bool drop_auth = srv_cfg.token && router_authorized(r);
+	/* The node's own bearer token never reaches a sandbox, in whatever header and form
+	 * it comes (a tab after Bearer, a list, a second Authorization, bare, proxy). */
 	for (unsigned i = 0; i < r->nh && !rc; i++) {
 		const char *name = r->h[i].name, *v = r->h[i].value;
-		if (hop_by_hop(name, connection) || (drop_auth && !strcmp(name, "authorization")))
+		if (hop_by_hop(name, connection) || carries_node_token(v))
 			continue;
 		rc = bytebuf_str(b, name);
 		rc = rc ?: bytebuf_str(b, ": ");
@@ -653,7 +659,7 @@ static int build_request(struct pv *pv, struct http_req *r, const char *path, co
 		rc = rc ?: bytebuf_str(b, "\r\n");
 	}
 	for (unsigned i = 0; i < r->nh && !rc; i++) {
-		if (strcmp(r->h[i].name, "cookie"))
+		if (strcmp(r->h[i].name, "cookie") || carries_node_token(r->h[i].value))
 			continue;
 		char *c = cookies_without_ours(r->h[i].value);
 		if (c) {

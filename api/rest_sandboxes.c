@@ -16,6 +16,8 @@
 #include "api/idempotency.h"
 #include "api/listener.h"
 #include "api/registry.h"
+#include "api/json_nul.h"
+#include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
 
@@ -25,6 +27,10 @@ cJSON *handler_json_body(struct http_req *r)
 {
 	if (!r->body_len) {
 		http_reply_error(r, AE_INVALID_JSON, "the request body must be a JSON object", "empty body", NULL);
+		return NULL;
+	}
+	if (json_text_has_nul(r->body, r->body_len)) {
+		http_reply_error(r, AE_INVALID_ARGUMENT, JSON_NUL_MESSAGE, NULL, NULL);
 		return NULL;
 	}
 	const char *end = NULL;
@@ -485,9 +491,10 @@ static struct sandbox *find_or_404(struct http_req *r, const char *id)
 {
 	struct sandbox *sb = sandbox_find(id);
 	if (!sb) {
-		char msg[120];
+		char msg[120], end[420];
 		snprintf(msg, sizeof(msg), "sandbox \"%s\" not found", id);
-		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
+		bool ended = !sandbox_end_describe(id, end, sizeof(end));
+		http_reply_error(r, AE_NOT_FOUND, msg, ended ? end : NULL, NULL);
 	}
 	return sb;
 }

@@ -22,6 +22,8 @@
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/json_nul.h"
+#include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
 
@@ -60,7 +62,7 @@ struct rpc_call {
 	/* List */
 	cJSON *entries;
 	uint32_t page_size, page_off;
-	char *filter;
+	char *filter, *parent;
 	/* WriteFile */
 	struct connect_dec dec;
 	bool wf_opened, wf_body_done;
@@ -284,6 +286,7 @@ static void call_free(struct rpc_call *c)
 	connect_dec_free(&c->dec);
 	cJSON_Delete(c->entries);
 	free(c->filter);
+	free(c->parent);
 	bytebuf_free(&c->tx);
 	free(c);
 }
@@ -353,8 +356,9 @@ static struct agent_conn *call_agent(struct rpc_call *c)
 	struct sandbox *sb = sandbox_find(c->r->sandbox_id);
 	char msg[160];
 	if (!sb) {
+		char end[420];
 		snprintf(msg, sizeof(msg), "no sandbox %s", c->r->sandbox_id);
-		call_fail(c, AE_NOT_FOUND, msg, NULL);
+		call_fail(c, AE_NOT_FOUND, msg, sandbox_end_describe(c->r->sandbox_id, end, sizeof(end)) ? NULL : end);
 		return NULL;
 	}
 	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
@@ -519,6 +523,14 @@ static bool add_path(struct rpc_call *c, cJSON *open, const cJSON *req, const ch
 	return true;
 }
 
+/* A number the agent sent, as int64: 0 for what is not a number or does not fit (the
+ * agent is the sandbox's, and converting NaN or 1e300 to an integer is undefined). */
+static int64_t agent_int64(const cJSON *v)
+{
+	double d = cJSON_GetNumberValue(v);
+	return d == d && d >= -0x1p63 && d < 0x1p63 ? (int64_t)d : 0;
+}
+
 static void add_int64(cJSON *o, const char *key, int64_t v)
 {
 	char buf[24];
@@ -539,13 +551,11 @@ static cJSON *file_info(const cJSON *e)
 		cJSON_AddStringToObject(o, "path", path);
 	if (type && !strcmp(type, "dir"))
 		cJSON_AddBoolToObject(o, "isDir", 1);
-	add_int64(o, "size", (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItem(e, "size")));
+	add_int64(o, "size", agent_int64(cJSON_GetObjectItem(e, "size")));
 	double mode = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "mode"));
 	if (mode > 0 && mode < 4294967296.0)
 		cJSON_AddNumberToObject(o, "mode", mode);
-	double ns = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "mtime_ns"));
-	if (ns == ns)
-		add_int64(o, "modifiedAtUnix", (int64_t)floor(ns / 1e9));
+	add_int64(o, "modifiedAtUnix", agent_int64(cJSON_GetObjectItem(e, "mtime_ns")) / 1000000000);
 	return o;
 }
 
@@ -826,11 +836,34 @@ static int by_name(const void *a, const void *b)
 	return strcmp(x ? x : "", y ? y : "");
 }
 
+/* A parent that is a file lists as itself (as ls(1) does): the SDK's files.exists()
+ * lists the path it asks about. */
+static void list_file_end(struct astream *s, cJSON *payload, const char *why)
+{
+	struct rpc_call *c = s->ctx;
+	c->as = NULL;
+	if (end_failed(c, payload, why))
+		return;
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "entries"), file_info(cJSON_GetObjectItem(payload, "entry")));
+	call_end(c, o, 0, NULL, NULL);
+}
+
+static const struct astream_ops list_file_ops = { NULL, NULL, list_file_end, NULL };
+
 /* Pages are offsets into the listing sorted by name, so they hold still between calls. */
 static void list_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
 	c->as = NULL;
+	const char *ecode = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(payload, "error"), "code"));
+	if (ecode && !strcmp(ecode, "not_a_directory") && c->parent) {
+		cJSON *open = cJSON_CreateObject();
+		cJSON_AddStringToObject(open, "op", "stat");
+		cJSON_AddStringToObject(open, "path", c->parent);
+		call_open(c, open, &list_file_ops);
+		return;
+	}
 	if (end_failed(c, payload, why))
 		return;
 	size_t n = (size_t)cJSON_GetArraySize(c->entries);
@@ -894,6 +927,7 @@ static void list_start(struct rpc_call *c, cJSON *req)
 	if (!add_path(c, open, req, "parent"))
 		return;
 	c->entries = cJSON_CreateArray();
+	c->parent = strdup(jstr(req, "parent"));
 	call_open(c, open, &list_ops);
 }
 
@@ -946,7 +980,7 @@ static void wf_end(struct astream *s, cJSON *payload, const char *why)
 	}
 	cJSON *o = cJSON_CreateObject();
 	cJSON *bytes = cJSON_GetObjectItem(payload, "bytes");
-	add_int64(o, "bytesWritten", cJSON_IsNumber(bytes) ? (int64_t)bytes->valuedouble : (int64_t)c->wf_bytes);
+	add_int64(o, "bytesWritten", cJSON_IsNumber(bytes) ? agent_int64(bytes) : (int64_t)c->wf_bytes);
 	call_end(c, o, 0, NULL, NULL);
 }
 
@@ -958,6 +992,7 @@ static int wf_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 	cJSON *m = cJSON_ParseWithLength((const char *)msg, len);
 	const cJSON *open = cJSON_GetObjectItem(m, "open"), *d = cJSON_GetObjectItem(m, "data");
 	const char *bad = !cJSON_IsObject(m) ? "each WriteFileRequest must be a JSON object"
+		: json_text_has_nul(msg, len) ? JSON_NUL_MESSAGE
 		: (open && d) ? "a WriteFileRequest carries open or data, not both"
 		: (!c->wf_opened && !open) ? "the first WriteFileRequest must carry the open oneof (path, mode)"
 		: (c->wf_opened && open) ? "only the first WriteFileRequest carries open"
@@ -1094,6 +1129,7 @@ void rpc_dispatch(struct http_req *r)
 	const uint8_t *msg = r->body ? r->body : (const uint8_t *)"";
 	size_t len = r->body_len;
 	cJSON *req;
+	bool nul;
 	if (stream_ct) {
 		struct connect_dec d;
 		connect_dec_init(&d, (uint32_t)srv_cfg.max_json_body);
@@ -1107,13 +1143,17 @@ void rpc_dispatch(struct http_req *r)
 			return;
 		}
 		req = cJSON_ParseWithLength((const char *)msg, len);
+		nul = json_text_has_nul(msg, len);
 		connect_dec_free(&d);
 	} else {
 		req = len ? cJSON_ParseWithLength((const char *)msg, len) : cJSON_CreateObject();
+		nul = json_text_has_nul(msg, len);
 	}
-	if (!cJSON_IsObject(req)) {
+	if (!cJSON_IsObject(req) || nul) {
+		nul = cJSON_IsObject(req);
 		cJSON_Delete(req);
-		call_fail(c, AE_INVALID_ARGUMENT, "the request message must be a JSON object", NULL);
+		call_fail(c, AE_INVALID_ARGUMENT, nul ? JSON_NUL_MESSAGE : "the request message must be a JSON object",
+			  NULL);
 		return;
 	}
 	m->start(c, req);

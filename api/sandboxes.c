@@ -18,11 +18,15 @@
 #include "api/node.h"
 #include "api/images.h"
 #include "api/registry.h"
+#include "api/sandbox_ends.h"
 #include "api/server.h"
 #include "vmm/kvm_probe.h"
 
 #define START_TIMEOUT_MS 30000
 #define MAX_FORK_N 64
+/* A sandbox whose agent connection closed gets this long to end by itself (its init then
+ * says why: an agent killed by the OOM killer, say) before serve kills it. */
+#define AGENT_LOST_GRACE_MS 1000
 
 struct sb_job {
 	unsigned n, pending;
@@ -564,7 +568,8 @@ static void agent_closed(struct agent_conn *ac, void *ctx, const char *why)
 	}
 	if (sb->state != SB_STOPPING) {
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "agent connection lost: %s", why);
-		sb_kill(sb, sb->fail_reason);
+		sb->agent_lost = true;
+		sb->agent_lost_ms = ur_now_ms();
 	}
 }
 
@@ -676,14 +681,19 @@ static void sb_exit_done(struct uop *op, int res, uint32_t flags)
 		eng->exit_reason(sb->dir, why, sizeof(why));
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "the sandbox failed to start: %s",
 			 why[0] ? why : "it exited before its agent answered");
-	} else if (sb->state != SB_STOPPING && !sb->fail_reason[0]) {
-		/* A crash (a VM killed by its seccomp filter, say): its last words go to serve's
-		 * log, the one trace of it left once its directory is removed. */
-		eng->exit_reason(sb->dir, sb->fail_reason, sizeof(sb->fail_reason));
+	} else if ((sb->state != SB_STOPPING && !sb->fail_reason[0]) || sb->agent_lost) {
+		/* A crash (a VM killed by its seccomp filter, an agent killed by the OOM
+		 * killer): its last words go to serve's log and the sandbox's record, the
+		 * traces of it left once its directory is removed. */
+		char why[400];
+		eng->exit_reason(sb->dir, why, sizeof(why));
+		if (why[0])
+			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why);
 	}
-	if (sb->state != SB_STOPPING)
+	if (sb->state != SB_STOPPING || sb->agent_lost)
 		fprintf(stderr, "mitos-vmm serve: sandbox %s exited%s%s\n", sb->id, sb->fail_reason[0] ? ": " : "",
 			sb->fail_reason);
+	sandbox_end_record(sb->id, sb->fail_reason, ur_wall_ms());
 	sb->state = SB_STOPPING;
 	sb_finish(sb);
 }
@@ -1039,6 +1049,10 @@ static void sandboxes_tick(struct ur_ticker *tk, uint64_t now)
 			sb_kill(sb, "the agent did not answer within 30 s");
 			continue;
 		}
+		if (sb->agent_lost && now > sb->agent_lost_ms + AGENT_LOST_GRACE_MS) {
+			sb_kill(sb, sb->fail_reason);
+			continue;
+		}
 		if (wall >= sb->deadline_ms) {
 			fprintf(stderr, "mitos-vmm serve: sandbox %s expired\n", sb->id);
 			sb_kill(sb, "the sandbox expired");
@@ -1123,8 +1137,9 @@ int sandboxes_init(char *err, size_t errlen)
 			       "(the test guest, the PVM kernel), slowly\n", pr.kvm_usable ? "no VT-x/AMD-V" : pr.kvm_error);
 		printf("kvm isolation: %s\n", jail);
 	} else {
-		printf("WARNING: the process engine isolates sandboxes with Linux namespaces and an overlay only, "
-		       "not a VM%s. Do not run untrusted code with it.\n", images_host_root()
+		printf("WARNING: the process engine isolates sandboxes as a container does (namespaces, an "
+		       "unprivileged user namespace, seccomp, cgroups), not a VM: they share this host's kernel, "
+		       "whose bugs are a way out%s. Run untrusted code on the kvm engine.\n", images_host_root()
 		       ? "; the 'python' template's root is this host's own / (read-only)" : "");
 		if (!images_host_root())
 			printf("template image: python = %s\n", images_root("python"));

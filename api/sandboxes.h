@@ -61,6 +61,10 @@ struct sandbox {
 	char ready_byte;
 	unsigned inflight;
 	bool exited, adopted, freed_from_registry;
+	/* Its agent went away on its own: it ends by itself (an engine then says why) or is
+	 * killed at agent_lost_ms + AGENT_LOST_GRACE_MS. */
+	bool agent_lost;
+	uint64_t agent_lost_ms;
 	struct sb_job *job;
 	struct sb_waiter *stop_waiters;
 	char fail_reason[512];

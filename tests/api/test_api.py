@@ -355,6 +355,8 @@ def t_files(s):
     eq([e["name"] for e in r["entries"]], ["a.txt"], "filter")
     st, r = s.unary("List", sid, {"parent": "/workspace", "pageToken": "zz"})
     eq((st, r["code"]), (400, "invalid_argument"), "bad page token")
+    st, r = s.unary("List", sid, {"parent": "/workspace/a.txt"})
+    eq([(e["name"], e["path"]) for e in r["entries"]], [("a.txt", "/workspace/a.txt")], "a file lists as itself")
     st, r = s.unary("List", sid, {"parent": "/no/such/dir"})
     eq((st, r["code"]), (404, "not_found"), "list of a missing directory")
     st, r = s.unary("Stat", sid, {"path": "/workspace/a.txt"})

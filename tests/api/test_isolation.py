@@ -6,15 +6,19 @@ remounting /sys, a user namespace of its own), sysctl and other host knobs, bloc
 devices, cgroup escape, a scan of every visible process's memory, environment and
 command line for serve's bearer token, the host's kernel log and keyrings, ptrace of
 PID 1, serve's loopback port, a fork bomb (pids.max) and a symlinked agent socket after
-a restart of serve.
+a restart of serve. From the network side: a client that pipelines requests and never
+reads the answers, before and after authentication.
 
 usage: test_isolation.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
 Exits 77 when not root (the process engine needs it)."""
 import json
 import os
 import secrets
+import select
 import signal
+import socket
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mitos_test import Runner, Server, eq, exec_output, exit_of, wait_until  # noqa: E402
@@ -176,8 +180,9 @@ def t_host_knobs_refused(s):
     with open("/proc/sys/kernel/core_pattern") as f:
         before = f.read()
     refused(s, sid, [
-        "echo '|/tmp/x' > /proc/sys/kernel/core_pattern",
-        "echo 1 > /proc/sys/vm/drop_caches",
+        # Writes of the current value: a kernel that allowed it changes nothing.
+        "cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern",
+        "cat /proc/sys/vm/overcommit_memory > /proc/sys/vm/overcommit_memory",
         "sysctl -w kernel.hostname=escaped",
         "echo h > /proc/sysrq-trigger",
         "mknod /tmp/blk b 8 0",
@@ -259,14 +264,14 @@ def t_fork_bomb_contained(s):
     out, rc = py(s, sid, r'''
 import os, signal, time
 kids, err = [], None
-for _ in range(10000):
+for _ in range(1000):
     try:
         pid = os.fork()
     except OSError as e:
         err = e.errno
         break
     if pid == 0:
-        time.sleep(60)
+        time.sleep(30)
         os._exit(0)
     kids.append(pid)
 for k in kids:
@@ -309,6 +314,97 @@ def t_agent_socket_symlink_not_followed():
         s.cleanup()
 
 
+def t_end_recorded_init_spared(s):
+    """The OOM killer prefers anything in a sandbox to its init; a sandbox whose agent
+    dies ends with its cause in serve's log and in the answer to a request for it."""
+    sid = "iso-end"
+    fork(s, sid)
+    pids = host_pids_of(s, sid)
+    with open("/proc/%d/oom_score_adj" % pids[0]) as f:
+        init_adj = int(f.read())
+    with open("/proc/%d/oom_score_adj" % pids[1]) as f:
+        agent_adj = int(f.read())
+    assert init_adj < agent_adj, "init oom_score_adj %d, agent %d" % (init_adj, agent_adj)
+    # The command's parent is the agent.
+    sh(s, sid, "a=$PPID; setsid -f sh -c \"sleep 0.3; kill -9 $a\" >/dev/null 2>&1")
+    wait_until(lambda: s.request("GET", "/v1/sandboxes/" + sid)[0] == 404, 10, "the sandbox ends")
+    st, r = s.request("GET", "/v1/sandboxes/" + sid)
+    cause = r["error"]["cause"]
+    assert "ended at" in cause and "agent was killed" in cause, r
+    st, r = s.unary("Mkdir", sid, {"path": "/x"})
+    assert st == 404 and "agent was killed" in r["error"]["cause"], r
+    wait_until(lambda: "sandbox %s exited: its agent was killed" % sid in s.stderr(), 5, "the log line")
+
+
+def t_nul_refused(s):
+    """A NUL in a path, command or env key is refused, never cut short."""
+    sid = "iso-nul"
+    fork(s, sid)
+    st, r = s.unary("Mkdir", sid, {"path": "/tmp/nul\u0000tail"})
+    eq((st, r.get("code"), r.get("error", {}).get("code")), (400, "invalid_argument", "invalid_input"),
+       "Mkdir path with NUL (%r)" % (r,))
+    for msg in ({"command": "echo cut\u0000 short"}, {"command": "true", "env": {"K\u0000X": "v"}}):
+        st, ct, msgs = s.stream("ExecStream", sid, msg)
+        errs = [m["error"] for f, m in msgs if "error" in m]
+        assert errs and errs[0].get("mitos_code") == "invalid_input", (msg, msgs)
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid + "\u0000x", "timeout_seconds": 60})
+    eq((st, r["error"]["code"]), (400, "invalid_input"), "REST body with NUL (%r)" % (r,))
+    out, _ = sh(s, sid, "ls /tmp")
+    assert "nul" not in out, "a truncated path was created: %r" % out
+    # An escaped backslash before u0000 is not a NUL.
+    st, r = s.unary("Mkdir", sid, {"path": "/tmp/back\\u0000slash"})
+    eq(st, 200, "Mkdir of a name with a backslash (%r)" % (r,))
+    healthy(s, sid)
+
+
+def sanitized(s):
+    with open("/proc/%d/maps" % s.pid()) as f:
+        return "libasan" in f.read()
+
+
+def flood(s, req, seconds=3.0):
+    """Sends req pipelined for `seconds` without reading a byte: (serve's RSS growth in
+    KiB, bytes sent, the first bytes of the answers)."""
+    rss0 = s.rss_kib()
+    c = socket.create_connection(("127.0.0.1", s.port))
+    c.setblocking(False)
+    batch = req * 1024
+    sent, deadline = 0, time.time() + seconds
+    while time.time() < deadline:
+        try:
+            sent += c.send(batch)
+        except BlockingIOError:
+            select.select([], [c], [], 0.05)
+    time.sleep(0.3)
+    grown = s.rss_kib() - rss0
+    # Still served once it reads: the first answer is there.
+    c.setblocking(True)
+    c.settimeout(10)
+    head = c.recv(64)
+    c.close()
+    return grown, sent, head
+
+
+def t_unread_answers_bounded():
+    """Pipelined requests from a client that never reads: serve stops reading it once
+    its answers fill the connection's output, before and after authentication (each on
+    a fresh serve, so that one flood's freed memory does not hide the next)."""
+    for what, req in (("tokenless", b"GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\n\r\n"),
+                      ("authenticated", b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                       TOKEN.encode() + b"\r\n\r\n")):
+        s = Server(VMM, AGENT, token=TOKEN)
+        try:
+            grown, sent, head = flood(s, req)
+            print("     %s: %d KiB of requests sent unread, serve's RSS +%d KiB" % (what, sent >> 10, grown))
+            assert head.startswith(b"HTTP/1.1 "), head
+            # (AddressSanitizer's quarantine of freed memory makes RSS say nothing.)
+            if not sanitized(s):
+                assert grown < 12 << 10, "serve buffered %d KiB of answers for one client (%s)" % (grown, what)
+            eq(s.request("GET", "/v1/health")[0], 200, "serve healthy")
+        finally:
+            s.cleanup()
+
+
 def main():
     if os.geteuid() != 0:
         print("SKIP: the process engine needs root")
@@ -327,10 +423,13 @@ def main():
             ("kernel_log_and_keyrings_refused", t_kernel_log_and_keyrings_refused),
             ("ptrace_and_serve_out_of_reach", t_ptrace_and_serve_out_of_reach),
             ("fork_bomb_contained", t_fork_bomb_contained),
+            ("end_recorded_init_spared", t_end_recorded_init_spared),
+            ("nul_refused", t_nul_refused),
         ], ONLY, s)
     finally:
         r.stop_server(s)
-    r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed)], ONLY)
+    r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed),
+               ("unread_answers_bounded", t_unread_answers_bounded)], ONLY)
     return r.finish()
 
 

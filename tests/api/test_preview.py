@@ -350,6 +350,16 @@ def t_token_server(vmm, agent):
         eq(st, 200, "preview with the node's bearer")
         assert "authorization" not in json.loads(data)["headers"], data
         assert b"node-secret-token" not in data, data
+        # Every other form of it is dropped too: a tab, a list, bare, in another header,
+        # a second Authorization header, a cookie.
+        for extra in ("Authorization: Bearer\tnode-secret-token", "Authorization: Bearer node-secret-token, x",
+                      "Authorization: node-secret-token", "Proxy-Authorization: Bearer node-secret-token",
+                      "X-Api-Key: node-secret-token", "Cookie: a=node-secret-token",
+                      "Authorization: Basic dXNlcg==\r\nAuthorization: Bearer node-secret-token"):
+            raw = raw_exchange(s.port, ("GET /preview/pv-auth/8001/headers?mitos_token=%s HTTP/1.1\r\n"
+                                        "Host: x\r\n%s\r\nConnection: close\r\n\r\n" % (tok, extra)).encode())
+            eq(status_of(raw), 200, "preview with %r" % extra)
+            assert b"node-secret-token" not in raw.partition(b"\r\n\r\n")[2], (extra, raw)
         st, _, data = get(s, "/preview/pv-auth/8001/headers?mitos_token=" + tok, {"Authorization": "Basic dXNlcg=="})
         eq(json.loads(data)["headers"].get("authorization"), "Basic dXNlcg==", "the app's own Authorization")
         with open(os.path.join(state, "preview.key"), "rb") as f:
