@@ -316,11 +316,9 @@ void e2b_sandboxes_create(struct http_req *r)
 
 static void connect_or_resume(struct http_req *r, bool legacy_resume)
 {
-	struct sandbox *sb = r->sandbox_id[0] ? sandbox_find(r->sandbox_id) : NULL;
-	if (!sb || sb->state == SB_STOPPING) {
-		e2b_reply_err(r, 404, "sandbox %s not found", r->sandbox_id);
+	struct sandbox *sb = find_or_404(r);
+	if (!sb)
 		return;
-	}
 	cJSON *b = json_body(r);
 	if (!b)
 		return;

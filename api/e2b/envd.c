@@ -39,6 +39,8 @@ struct envd_call {
 	bool watch;          /* WatchDir: other message shapes */
 	cJSON *entries;      /* ListDir */
 	char user[64];
+	/* Start with a relative or "~" cwd: the exec waits for a stat to resolve it. */
+	cJSON *exec_open;
 	/* WatchDir with includeEntry: events wait, in order, for their entry's stat. */
 	struct agent_conn *ac;
 	char *watch_path;
@@ -188,6 +190,7 @@ static void envd_destroy(struct e2b_call *b)
 {
 	struct envd_call *c = (struct envd_call *)b;
 	cJSON_Delete(c->entries);
+	cJSON_Delete(c->exec_open);
 	while (c->pend_head) {
 		struct pending_event *p = c->pend_head;
 		c->pend_head = p->next;
@@ -331,6 +334,31 @@ static uint64_t timeout_ms(const struct http_req *r)
 	return strtoull(to, NULL, 10);
 }
 
+static void cwd_resolved(struct astream *s, cJSON *payload, const char *why)
+{
+	struct envd_call *c = s->ctx;
+	struct agent_conn *ac = s->ac;
+	c->base.as = NULL;
+	const cJSON *entry = cJSON_GetObjectItem(payload, "entry");
+	const char *path = cJSON_GetStringValue(cJSON_GetObjectItem(entry, "path"));
+	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(entry, "type"));
+	if (!payload) {
+		call_end(c, NULL, "unavailable", why ? why : "the sandbox stopped during the call");
+		return;
+	}
+	if (!path || !type || strcmp(type, "dir")) {
+		call_end(c, NULL, "invalid_argument", "the cwd is not a directory in the sandbox");
+		return;
+	}
+	cJSON *open = c->exec_open;
+	c->exec_open = NULL;
+	cJSON_AddStringToObject(open, "cwd", path);
+	if (!e2b_call_open(&c->base, ac, open, &proc_ops))
+		call_end(c, NULL, "unavailable", "cannot open a stream to the sandbox's agent");
+}
+
+static const struct astream_ops cwd_ops = { NULL, NULL, cwd_resolved, NULL };
+
 static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *req)
 {
 	const cJSON *proc = cJSON_GetObjectItemCaseSensitive(req, "process");
@@ -360,8 +388,6 @@ static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *
 			cJSON_AddStringToObject(env, e->string, e->valuestring);
 		}
 	const char *cwd = str_field(proc, "cwd");
-	if (cwd && *cwd)
-		cJSON_AddStringToObject(open, "cwd", cwd);
 	add_user(c, open);
 	/* A missing stdin is the legacy "open" (reference 3.4). */
 	cJSON_AddBoolToObject(open, "stdin", !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(req, "stdin")));
@@ -384,6 +410,20 @@ static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *
 		cJSON_AddNumberToObject(open, "timeout_ms", (double)ms);
 		c->base.deadline = ur_now_ms() + ms + DEADLINE_GRACE_MS;
 	}
+	if (cwd && *cwd && *cwd != '/') {
+		/* envd resolves a relative or "~" cwd against the user's home; the agent's
+		 * path resolution does that for file operations, so a stat resolves it. */
+		cJSON *st = cJSON_CreateObject();
+		cJSON_AddStringToObject(st, "op", "stat");
+		cJSON_AddStringToObject(st, "path", cwd);
+		add_user(c, st);
+		c->exec_open = open;
+		if (!e2b_call_open(&c->base, ac, st, &cwd_ops))
+			call_end(c, NULL, "unavailable", "cannot open a stream to the sandbox's agent");
+		return;
+	}
+	if (cwd && *cwd)
+		cJSON_AddStringToObject(open, "cwd", cwd);
 	if (!e2b_call_open(&c->base, ac, open, &proc_ops))
 		call_end(c, NULL, "unavailable", "cannot open a stream to the sandbox's agent");
 }

@@ -36,6 +36,15 @@ test("envs: sandbox-wide from create, per call wins; cwd", async () => {
   assert.equal(o.stdout, "override\n");
 });
 
+test("a relative or ~ cwd resolves against the home directory", async () => {
+  const home = (await sbx.commands.run("echo -n $HOME")).stdout.replace(/\/$/, "");
+  assert.equal((await sbx.commands.run("pwd", { cwd: "~" })).stdout, home + "\n");
+  await sbx.files.makeDir("proj/sub");
+  assert.equal((await sbx.commands.run("pwd", { cwd: "proj/sub" })).stdout, home + "/proj/sub\n");
+  assert.equal((await sbx.commands.run("pwd", { cwd: "~/proj" })).stdout, home + "/proj\n");
+  await assert.rejects(sbx.commands.run("pwd", { cwd: "no/such/dir" }));
+});
+
 test("streaming callbacks see output as it is produced", async () => {
   const seen = [];
   const t0 = Date.now();
