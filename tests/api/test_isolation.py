@@ -11,6 +11,7 @@ reads the answers, before and after authentication.
 
 usage: test_isolation.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
 Exits 77 when not root (the process engine needs it)."""
+import base64
 import json
 import os
 import secrets
@@ -21,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import Runner, Server, eq, exec_output, wait_until  # noqa: E402
+from mitos_test import Runner, Server, envelope, eq, exec_output, wait_until  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
@@ -356,6 +357,31 @@ def t_nul_refused(s):
     healthy(s, sid)
 
 
+def t_partial_write_leaves_old_file(s):
+    """A streaming WriteFile whose client goes away after 3 of 10 chunks leaves the old
+    file as it was, and no temporary file behind."""
+    sid = "iso-write"
+    fork(s, sid)
+    sh(s, sid, "printf old-content > /tmp/f")
+    c = socket.create_connection(("127.0.0.1", s.port))
+    c.sendall(("POST /sandbox.v1.Sandbox/WriteFile HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+               "Content-Type: application/connect+json\r\nX-Sandbox-Id: %s\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n" % (TOKEN, sid)).encode())
+    for i in range(3):
+        m = {"data": base64.b64encode(b"n" * 65536).decode()}
+        if i == 0:
+            m["path"] = "/tmp/f"
+        env = envelope(m)
+        c.sendall(b"%x\r\n%s\r\n" % (len(env), env))
+    time.sleep(0.5)
+    c.close()
+    wait_until(lambda: sh(s, sid, "ls -A /tmp | grep -c mitos-write || true")[0].strip() == "0", 5,
+               "the temporary file removed")
+    out, _ = sh(s, sid, "head -c 40 /tmp/f")
+    eq(out, "old-content", "the old file after an unfinished write")
+    healthy(s, sid)
+
+
 def sanitized(s):
     with open("/proc/%d/maps" % s.pid()) as f:
         return "libasan" in f.read()
@@ -424,6 +450,7 @@ def main():
             ("fork_bomb_contained", t_fork_bomb_contained),
             ("end_recorded_init_spared", t_end_recorded_init_spared),
             ("nul_refused", t_nul_refused),
+            ("partial_write_leaves_old_file", t_partial_write_leaves_old_file),
         ], ONLY, s)
     finally:
         r.stop_server(s)
