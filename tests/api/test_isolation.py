@@ -382,6 +382,28 @@ def t_partial_write_leaves_old_file(s):
     healthy(s, sid)
 
 
+def t_set_timeout_recorded_or_refused(s):
+    """set_timeout answers 200 only once the deadline is on disk (a full disk once got
+    200 and a restarted serve expired the sandbox early): here the record cannot be
+    written (its temporary name is a directory)."""
+    sid = "iso-timeout"
+    fork(s, sid)
+    before = s.request("GET", "/v1/sandboxes/" + sid)[1]["expires_at"]
+    blocker = os.path.join(s.state_dir, "sandboxes", sid, "sandbox.json.tmp")
+    os.mkdir(blocker)
+    try:
+        st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sid, "timeout": 3600})
+        eq((st, r["error"]["code"]), (500, "internal"), "set_timeout that cannot be recorded (%r)" % (r,))
+        eq(s.request("GET", "/v1/sandboxes/" + sid)[1]["expires_at"], before, "the old deadline stands")
+    finally:
+        os.rmdir(blocker)
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sid, "timeout": 3600})
+    eq(st, 200, "set_timeout once it can be recorded")
+    with open(os.path.join(s.state_dir, "sandboxes", sid, "sandbox.json")) as f:
+        eq(json.load(f)["deadline_ms"] // 1000, r["deadline"], "the recorded deadline")
+    healthy(s, sid)
+
+
 def sanitized(s):
     with open("/proc/%d/maps" % s.pid()) as f:
         return "libasan" in f.read()
@@ -451,6 +473,7 @@ def main():
             ("end_recorded_init_spared", t_end_recorded_init_spared),
             ("nul_refused", t_nul_refused),
             ("partial_write_leaves_old_file", t_partial_write_leaves_old_file),
+            ("set_timeout_recorded_or_refused", t_set_timeout_recorded_or_refused),
         ], ONLY, s)
     finally:
         r.stop_server(s)
