@@ -18,7 +18,9 @@ import secrets
 import select
 import signal
 import socket
+import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -404,6 +406,72 @@ def t_set_timeout_recorded_or_refused(s):
     healthy(s, sid)
 
 
+class HostileAgent(threading.Thread):
+    """Speaks the agent protocol (agent/PROTOCOL.md) on a Unix socket, answering every
+    ReadFile with a size no file has."""
+    HDR = struct.Struct(">IIBBBB")
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.lsock.bind(path)
+        self.lsock.listen(4)
+        self.lsock.settimeout(30)
+
+    def send(self, c, stream, typ, obj):
+        p = json.dumps(obj).encode()
+        c.sendall(self.HDR.pack(len(p), stream, typ, 0, 0, 0) + p)
+
+    def run(self):
+        try:
+            c, _ = self.lsock.accept()
+            buf = b""
+            while True:
+                while len(buf) < 12 or len(buf) < 12 + self.HDR.unpack(buf[:12])[0]:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                n, stream, typ = self.HDR.unpack(buf[:12])[:3]
+                payload, buf = buf[12:12 + n], buf[12 + n:]
+                if typ == 1:
+                    self.send(c, 0, 1, {"version": 1, "agent": "mitos-agent", "agent_version": "0.1.0",
+                                        "max_payload": 1048576, "window": 262144, "max_streams": 256})
+                elif typ == 2 and json.loads(payload).get("op") == "read":
+                    self.send(c, stream, 4, {"size": 1e300})
+                    self.send(c, stream, 6, {"bytes": 0})
+                elif typ == 2:
+                    self.send(c, stream, 6, {"error": {"code": "unsupported", "message": "hostile"}})
+        except OSError:
+            pass
+
+
+def t_hostile_agent_size():
+    """A sandbox's agent is the sandbox's: a ReadFile size of 1e300 once made serve send
+    310 bytes of its stack to the client."""
+    s = Server(VMM, AGENT, token=TOKEN)
+    s2 = None
+    try:
+        s.request("POST", "/v1/templates", {"name": "iso", "image": "python"})
+        fork(s, "iso-hostile")
+        s.stop(signal.SIGKILL)
+        sock = os.path.join(s.state_dir, "sandboxes", "iso-hostile", "run", "agent.sock")
+        os.unlink(sock)
+        fake = HostileAgent(sock)
+        fake.start()
+        s2 = Server(VMM, AGENT, state_dir=s.state_dir, token=TOKEN)
+        wait_until(lambda: s2.request("GET", "/v1/sandboxes/iso-hostile")[1].get("state") == "running", 10,
+                   "the sandbox re-adopted with the hostile agent")
+        st, ct, msgs = s2.stream("ReadFile", "iso-hostile", {"path": "/etc/hostname"})
+        sizes = [m["size"] for f, m in msgs if "size" in m]
+        assert all(isinstance(x, int) and 0 <= x < 1 << 53 for x in sizes), msgs
+        s2.request("DELETE", "/v1/sandboxes/iso-hostile")
+    finally:
+        if s2:
+            s2.cleanup()
+        s.cleanup()
+
+
 def sanitized(s):
     with open("/proc/%d/maps" % s.pid()) as f:
         return "libasan" in f.read()
@@ -478,6 +546,7 @@ def main():
     finally:
         r.stop_server(s)
     r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed),
+               ("hostile_agent_size", t_hostile_agent_size),
                ("unread_answers_bounded", t_unread_answers_bounded)], ONLY)
     return r.finish()
 
