@@ -433,6 +433,15 @@ void http_stream_finish(struct http_req *r)
 	req_finished(r);
 }
 
+void http_stream_abort(struct http_req *r)
+{
+	if (r->finished)
+		return;
+	/* No last chunk: the client sees a cut-off body, never a complete one. */
+	conn_close_after(r->c);
+	req_finished(r);
+}
+
 size_t http_stream_room(const struct http_req *r)
 {
 	const struct conn *c = r->c;

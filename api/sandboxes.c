@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -16,6 +15,7 @@
 #include <unistd.h>
 
 #include "api/agent_client.h"
+#include "api/node.h"
 #include "api/images.h"
 #include "api/registry.h"
 #include "api/sandbox_ends.h"
@@ -161,6 +161,7 @@ static int sb_save(const struct sandbox *sb)
 	cJSON_AddNumberToObject(o, "deadline_ms", (double)sb->deadline_ms);
 	cJSON_AddNumberToObject(o, "pid", sb->proc.pid);
 	cJSON_AddNumberToObject(o, "start_time", (double)sb->proc.start_time);
+	cJSON_AddNumberToObject(o, "fork_time_ms", sb->fork_time_ms);
 	char path[1200];
 	snprintf(path, sizeof(path), "%s/sandbox.json", sb->dir);
 	int rc = registry_write_json(path, o);
@@ -193,6 +194,7 @@ static int tpl_save(const struct template_rec *t)
 {
 	cJSON *o = template_json(t);
 	cJSON_AddNumberToObject(o, "created_ms", (double)t->created_ms);
+	cJSON_AddNumberToObject(o, "build_ms", t->build_ms);
 	char path[1300];
 	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
 	int rc = registry_write_json(path, o);
@@ -233,6 +235,7 @@ static void tpl_built(void *ctx, int rc, const char *why)
 {
 	struct template_rec *t = ctx;
 	t->building = false;
+	t->build_ms = (double)(ur_wall_ms() - t->created_ms);
 	struct tpl_waiter *ws = t->waiters;
 	t->waiters = NULL;
 	char msg[800];
@@ -420,6 +423,8 @@ static void templates_load(void)
 				snprintf(t->root, sizeof(t->root), "%s", root);
 				cJSON *cm = cJSON_GetObjectItem(o, "created_ms");
 				t->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
+				cJSON *bm = cJSON_GetObjectItem(o, "build_ms");
+				t->build_ms = cJSON_IsNumber(bm) ? bm->valuedouble : 0;
 				cJSON *sp = cJSON_GetObjectItem(o, "spec");
 				if (cJSON_IsObject(sp))
 					t->spec = cJSON_Duplicate(sp, 1);
@@ -497,6 +502,8 @@ static void sb_running(struct sandbox *sb)
 {
 	sb->state = SB_RUNNING;
 	sb->fail_reason[0] = 0; /* a connection retried on the way is history */
+	if (!sb->adopted)
+		sb->fork_time_ms = (double)(ur_now_ms() - sb->started_mono_ms);
 	if (sb->adopted) {
 		/* A re-adopted sandbox keeps the state it had. */
 		char path[1200];
@@ -831,17 +838,6 @@ void sb_job_detach(struct sb_job *job)
 		job->done = NULL;
 }
 
-static void random_id(char *out, size_t n)
-{
-	uint8_t b[8];
-	if (getrandom(b, sizeof(b), 0) != sizeof(b)) {
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		memcpy(b, &ts.tv_nsec, sizeof(b));
-	}
-	snprintf(out, n, "sb-%02x%02x%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
-}
-
 static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, char *err, size_t errlen)
 {
 	if (mkdir(sb->dir, 0700) < 0) {
@@ -882,6 +878,11 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		snprintf(msg, msglen, "the server is shutting down");
 		return -ESHUTDOWN;
 	}
+	if (node_draining()) {
+		*e = AE_NODE_DRAINING;
+		snprintf(msg, msglen, "node %s is draining: it takes no new sandboxes", node_tag()[0] ? node_tag() : "(standalone)");
+		return -EAGAIN;
+	}
 	if (!!fr->template_name == !!fr->sandbox_id) {
 		*e = AE_INVALID_ARGUMENT;
 		snprintf(msg, msglen, "give exactly one of \"template\" and \"sandbox_id\"");
@@ -901,6 +902,13 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		if (!api_valid_id(fr->ids[i])) {
 			*e = AE_INVALID_SANDBOX_ID;
 			snprintf(msg, msglen, "ids[%u] is not a valid sandbox id", i);
+			return -EINVAL;
+		}
+		if (!node_id_is_ours(fr->ids[i])) {
+			*e = AE_INVALID_SANDBOX_ID;
+			snprintf(msg, msglen, "ids[%u] does not name this node: on node %s a sandbox id ends in -%s "
+				 "(routers find a sandbox's node from its id); omit ids to let the node choose",
+				 i, node_tag(), node_tag());
 			return -EINVAL;
 		}
 		if (sandbox_find(fr->ids[i])) {
@@ -994,7 +1002,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 			snprintf(id, sizeof(id), "%s", fr->ids[i]);
 		} else {
 			do
-				random_id(id, sizeof(id));
+				node_new_sandbox_id(id, sizeof(id));
 			while (sandbox_find(id));
 		}
 		struct sandbox *sb = sb_new(id);
@@ -1205,6 +1213,8 @@ static void adopt_all(void)
 		cJSON *cm = cJSON_GetObjectItem(o, "created_ms"), *dm = cJSON_GetObjectItem(o, "deadline_ms");
 		sb->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
 		sb->deadline_ms = cJSON_IsNumber(dm) ? (uint64_t)dm->valuedouble : ur_wall_ms();
+		cJSON *fm = cJSON_GetObjectItem(o, "fork_time_ms");
+		sb->fork_time_ms = cJSON_IsNumber(fm) ? fm->valuedouble : 0;
 		cJSON *md = cJSON_GetObjectItem(o, "metadata");
 		if (cJSON_IsObject(md))
 			sb->metadata = cJSON_Duplicate(md, 1);

@@ -17,6 +17,7 @@
 #include "api/agent_client.h"
 #include "api/errors.h"
 #include "api/listener.h"
+#include "api/node.h"
 #include "api/preview.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
@@ -40,11 +41,11 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: mitos-vmm serve [--listen HOST:PORT] [--engine kvm|process] [--state-dir DIR]\n"
 		"                       [--token-file FILE] [--preview-domain DOMAIN] [--insecure-no-auth]\n"
-		"                       [--images DIR|none]\n"
+		"                       [--images DIR|none] [--node-id TAG] [--peers FILE]\n"
 		"\n"
 		"Runs the node's API server: the Mitos REST API (/v1/...), the Connect service\n"
-		"sandbox.v1.Sandbox, the preview proxy and /v1/pty, on one HTTP/1.1 listener\n"
-		"(api/API.md).\n"
+		"sandbox.v1.Sandbox (with its WebSocket Exec for terminals) and the preview proxy,\n"
+		"on one HTTP/1.1 listener: the Mitos SDK's contract (api/API.md).\n"
 		"\n"
 		"  --listen HOST:PORT   default 127.0.0.1:8080; port 0 picks a free port\n"
 		"  --engine NAME        kvm (microVMs) or process (namespaces); default: kvm where\n"
@@ -61,13 +62,20 @@ static void usage(FILE *f)
 		"                       ${MITOS_CACHE:-$HOME/.cache/mitos}/images); 'none': the python\n"
 		"                       template runs on this host's / (read-only)\n"
 		"  --agent PATH         mitos-agent binary (default: next to mitos-vmm)\n"
+		"  --node-id TAG        cluster node tag, 1-16 of [a-z0-9]: sandbox ids become\n"
+		"                       sb-<hex>-TAG so a router finds their node (docs/cluster.md)\n"
+		"  --peers FILE         the cluster's node list (tools/cluster-config format); a GET\n"
+		"                       /v1/sandboxes with X-Mitos-List-Scope: cluster lists them all\n"
+		"  --drain              start draining (see SIGUSR1)\n"
 		"  --header-timeout-ms N, --idle-timeout-ms N, --body-timeout-ms N,\n"
 		"  --keepalive-ms N     Connect stream keepalive interval (default 15000)\n"
 		"  --max-json-body N, --max-file-body N (bytes), --max-conns N, --max-sandboxes N\n"
 		"  --default-timeout S  sandbox TTL when a fork does not give one (default 300)\n"
 		"\n"
 		"On start it prints the address it listens on (\"listening on http://HOST:PORT\")\n"
-		"and the engine it runs, with the reason. SIGINT/SIGTERM stop it gracefully.\n");
+		"and the engine it runs, with the reason. SIGINT/SIGTERM stop it gracefully.\n"
+		"SIGUSR1 drains the node: creates get 503 node_draining, live sandboxes run on\n"
+		"until they end; SIGUSR2 takes creates again. /v1/health says \"draining\".\n");
 }
 
 static int parse_listen(const char *s)
@@ -210,8 +218,16 @@ static void arm_signal(void)
 static void signal_done(struct uop *op, int res, uint32_t flags)
 {
 	(void)op; (void)flags;
-	if (res == (int)sizeof(sig_info))
-		begin_shutdown(sig_info.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+	if (res == (int)sizeof(sig_info)) {
+		if (sig_info.ssi_signo == SIGUSR1 || sig_info.ssi_signo == SIGUSR2) {
+			node_set_draining(sig_info.ssi_signo == SIGUSR1);
+			fprintf(stderr, "mitos-vmm serve: %s\n", node_draining()
+				? "SIGUSR1: draining: refusing creates, live sandboxes run on"
+				: "SIGUSR2: taking creates again");
+		} else {
+			begin_shutdown(sig_info.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+		}
+	}
 	if (!ur_stopping())
 		arm_signal();
 }
@@ -242,6 +258,9 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_IMAGES 1010
 #define OPT_KVM_POOL 1011
 #define OPT_PIDS_MAX 1012
+#define OPT_NODE_ID 1013
+#define OPT_PEERS 1014
+#define OPT_DRAIN 1015
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -276,6 +295,9 @@ int cmd_serve(int argc, char **argv)
 		{ "images", required_argument, NULL, OPT_IMAGES },
 		{ "kvm-pool", required_argument, NULL, OPT_KVM_POOL },
 		{ "pids-max", required_argument, NULL, OPT_PIDS_MAX },
+		{ "node-id", required_argument, NULL, OPT_NODE_ID },
+		{ "peers", required_argument, NULL, OPT_PEERS },
+		{ "drain", no_argument, NULL, OPT_DRAIN },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -311,6 +333,9 @@ int cmd_serve(int argc, char **argv)
 		case 'i': srv_cfg.insecure_no_auth = true; break;
 		case OPT_AGENT: srv_cfg.agent_path = optarg; break;
 		case OPT_IMAGES: srv_cfg.images_dir = optarg; break;
+		case OPT_NODE_ID: bad = node_set_tag(optarg); break;
+		case OPT_PEERS: srv_cfg.peers_file = optarg; break;
+		case OPT_DRAIN: node_set_draining(true); break;
 		case OPT_KVM_POOL: bad = parse_u64(optarg, 0, 64, &v); srv_cfg.kvm_pool = (unsigned)v; break;
 		case OPT_PIDS_MAX:
 			bad = parse_u64(optarg, 16, 1u << 22, &v);
@@ -330,7 +355,8 @@ int cmd_serve(int argc, char **argv)
 		}
 		if (bad) {
 			fprintf(stderr, "mitos-vmm serve: bad value for --%s: '%s'\n",
-				c == 'l' ? "listen" : c == 'e' ? "engine" : "option", optarg);
+				c == 'l' ? "listen" : c == 'e' ? "engine" : c == OPT_NODE_ID ? "node-id (1-16 of a-z 0-9)" : "option",
+				optarg);
 			usage(stderr);
 			return EXIT_USAGE;
 		}
@@ -401,6 +427,8 @@ int cmd_serve(int argc, char **argv)
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGUSR1);
+	sigaddset(&mask, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	sig_fd = signalfd(-1, &mask, SFD_CLOEXEC);
 	sig_op.fn = signal_done;
@@ -420,6 +448,8 @@ int cmd_serve(int argc, char **argv)
 		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
 		port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 	}
+	if (node_tag()[0])
+		printf("node: %s%s\n", node_tag(), node_draining() ? " (draining)" : "");
 	printf("auth: %s\n", srv_cfg.token ? "bearer token required" :
 	       srv_cfg.loopback ? "none (loopback listener)" : "NONE (--insecure-no-auth)");
 	printf(ss.ss_family == AF_INET6 ? "listening on http://[%s]:%u\n" : "listening on http://%s:%u\n",

@@ -27,6 +27,7 @@ struct server_config {
 	const char *images_dir;   /* --images, or NULL for the default */
 	unsigned kvm_pool;        /* kvm: prepared VMs per VM shape */
 	const char *agent_path;
+	const char *peers_file;   /* --peers: the cluster's node list, or NULL */
 	bool insecure_no_auth;
 	bool loopback;
 	uint32_t header_timeout_ms;

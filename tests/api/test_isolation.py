@@ -24,7 +24,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import Runner, Server, envelope, eq, exec_output, wait_until  # noqa: E402
+from mitos_test import Runner, Server, envelope, eq, exec_output, exit_of, wait_until  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
@@ -34,11 +34,11 @@ PIDS_MAX = 64
 
 def sh(s, sid, cmd, timeout=60):
     """(stdout, exit code) of cmd run by bash in sandbox sid."""
-    out, msgs = exec_output(s, sid, {"command": cmd, "timeout": timeout})
-    ends = [m["end"] for f, m in msgs if "end" in m]
-    if not ends:
-        raise AssertionError("no end message: %r" % msgs)
-    return out, ends[0].get("exitCode", -1)
+    out, msgs = exec_output(s, sid, {"command": cmd, "timeoutSeconds": timeout})
+    end = exit_of(msgs)
+    if end is None:
+        raise AssertionError("no exit message: %r" % msgs)
+    return out, end["exitCode"]
 
 
 def py(s, sid, code, timeout=60):
@@ -46,8 +46,8 @@ def py(s, sid, code, timeout=60):
 
 
 def fork(s, sid, tpl="iso"):
-    st, r = s.request("POST", "/v1/fork", {"template": tpl, "ids": [sid]})
-    eq(st, 201, "fork (%r)" % (r,))
+    st, r = s.request("POST", "/v1/fork", {"template": tpl, "id": sid})
+    eq(st, 200, "fork (%r)" % (r,))
 
 
 def healthy(s, sid):
@@ -295,7 +295,7 @@ def t_agent_socket_symlink_not_followed():
     s = Server(VMM, AGENT, token=TOKEN)
     s2 = None
     try:
-        s.request("POST", "/v1/templates", {"name": "iso", "image": "python"})
+        s.request("POST", "/v1/templates", {"id": "iso"})
         fork(s, "iso-a")
         fork(s, "iso-b")
         sh(s, "iso-b", "echo b > /tmp/who")
@@ -344,13 +344,14 @@ def t_nul_refused(s):
     sid = "iso-nul"
     fork(s, sid)
     st, r = s.unary("Mkdir", sid, {"path": "/tmp/nul\u0000tail"})
-    eq((st, r.get("error", {}).get("code")), (400, "invalid_argument"), "Mkdir path with NUL (%r)" % (r,))
+    eq((st, r.get("code"), r.get("error", {}).get("code")), (400, "invalid_argument", "invalid_input"),
+       "Mkdir path with NUL (%r)" % (r,))
     for msg in ({"command": "echo cut\u0000 short"}, {"command": "true", "env": {"K\u0000X": "v"}}):
         st, ct, msgs = s.stream("ExecStream", sid, msg)
         errs = [m["error"] for f, m in msgs if "error" in m]
-        assert errs and errs[0].get("mitos_code") == "invalid_argument", (msg, msgs)
-    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sid + "\u0000x", "timeout": 60})
-    eq((st, r["error"]["code"]), (400, "invalid_argument"), "REST body with NUL (%r)" % (r,))
+        assert errs and errs[0].get("mitos_code") == "invalid_input", (msg, msgs)
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid + "\u0000x", "timeout_seconds": 60})
+    eq((st, r["error"]["code"]), (400, "invalid_input"), "REST body with NUL (%r)" % (r,))
     out, _ = sh(s, sid, "ls /tmp")
     assert "nul" not in out, "a truncated path was created: %r" % out
     # An escaped backslash before u0000 is not a NUL.
@@ -390,19 +391,23 @@ def t_set_timeout_recorded_or_refused(s):
     written (its temporary name is a directory)."""
     sid = "iso-timeout"
     fork(s, sid)
-    before = s.request("GET", "/v1/sandboxes/" + sid)[1]["expires_at"]
-    blocker = os.path.join(s.state_dir, "sandboxes", sid, "sandbox.json.tmp")
+    record = os.path.join(s.state_dir, "sandboxes", sid, "sandbox.json")
+
+    def recorded_deadline():
+        with open(record) as f:
+            return json.load(f)["deadline_ms"]
+    before = recorded_deadline()
+    blocker = record + ".tmp"
     os.mkdir(blocker)
     try:
-        st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sid, "timeout": 3600})
+        st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid, "timeout_seconds": 3600})
         eq((st, r["error"]["code"]), (500, "internal"), "set_timeout that cannot be recorded (%r)" % (r,))
-        eq(s.request("GET", "/v1/sandboxes/" + sid)[1]["expires_at"], before, "the old deadline stands")
     finally:
         os.rmdir(blocker)
-    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sid, "timeout": 3600})
-    eq(st, 200, "set_timeout once it can be recorded")
-    with open(os.path.join(s.state_dir, "sandboxes", sid, "sandbox.json")) as f:
-        eq(json.load(f)["deadline_ms"] // 1000, r["deadline"], "the recorded deadline")
+    eq(recorded_deadline(), before, "the old deadline stands")
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid, "timeout_seconds": 3600})
+    eq(st, 200, "set_timeout once it can be recorded (%r)" % (r,))
+    eq(recorded_deadline() // 1000, r["deadline_unix"], "the recorded deadline")
     healthy(s, sid)
 
 
@@ -452,7 +457,7 @@ def t_hostile_agent_size():
     s = Server(VMM, AGENT, token=TOKEN)
     s2 = None
     try:
-        s.request("POST", "/v1/templates", {"name": "iso", "image": "python"})
+        s.request("POST", "/v1/templates", {"id": "iso"})
         fork(s, "iso-hostile")
         s.stop(signal.SIGKILL)
         sock = os.path.join(s.state_dir, "sandboxes", "iso-hostile", "run", "agent.sock")
@@ -527,8 +532,8 @@ def main():
     r = Runner()
     s = Server(VMM, AGENT, token=TOKEN)
     try:
-        st, t = s.request("POST", "/v1/templates", {"name": "iso", "image": "python", "pids_max": PIDS_MAX})
-        eq(st in (200, 201), True, "template (%r)" % (t,))
+        st, t = s.request("POST", "/v1/templates", {"id": "iso", "pids_max": PIDS_MAX})
+        eq(st, 200, "template (%r)" % (t,))
         r.run_all([
             ("no_secret_of_serve_inside", t_no_secret_of_serve_inside),
             ("root_is_not_host_root", t_root_is_not_host_root),

@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""The cluster suite: three `mitos-vmm serve` nodes, each in its own network
+namespace, behind a real HAProxy configured by tools/cluster-config; everything
+goes through the router's one URL. The steps build on each other (the sandboxes
+made early are the ones checked after a node is killed), so the first failure
+ends the run. Needs root and haproxy.
+
+usage: test_cluster.py MITOS_VMM MITOS_AGENT"""
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "api"))
+from cluster import ROOT, Cluster, created_ids, envelopes, listed, node_of  # noqa: E402
+from wsclient import OP_BINARY, OP_CLOSE, OP_TEXT, WebSocket  # noqa: E402
+
+VMM, AGENT = sys.argv[1], sys.argv[2]
+TAGS = ["n1", "n2", "n3"]
+
+# End-to-end scenarios of the API surfaces, each a command given the router's URL
+# and the token file; it must exit 0. The E2B scenario (issue 13) joins here as
+# one more entry taking the same two options.
+SCENARIOS = [
+    ("mitos", [sys.executable, os.path.join(ROOT, "tools", "sample.py")]),
+]
+
+
+def eq(a, b, what):
+    if a != b:
+        raise AssertionError("%s: expected %r, got %r" % (what, b, a))
+
+
+def create(api, n=1, **kw):
+    body = {"template": "python", "timeout": 600}
+    body.update(kw)
+    body = {k: v for k, v in body.items() if v is not None}
+    if n > 1:
+        body["n"] = n
+    st, r = api.request("POST", "/v1/fork", body)
+    eq(st, 201, "create (%r)" % (r,))
+    ids = created_ids(r)
+    eq(len(ids), n, "ids created")
+    return ids
+
+
+def sh(api, sid, cmd):
+    """(HTTP status, stdout, the error envelope or None) of an ExecStream of cmd."""
+    st, ct, data = api.stream("ExecStream", sid, {"command": cmd})
+    if st != 200:
+        return st, b"", data
+    msgs = envelopes(data)
+    out = b"".join(base64.b64decode(m["stdout"]) for f, m in msgs if f == 0 and "stdout" in m)
+    eos = msgs[-1][1] if msgs and msgs[-1][0] == 2 else None
+    if eos and eos.get("error"):
+        return st, out, eos["error"]
+    ends = [m["end"] for f, m in msgs if f == 0 and "end" in m]
+    code = ends[0].get("exitCode") if ends else None
+    return st, out, None if code == 0 else {"exit_code": code}
+
+
+def exec_ok(api, sid, cmd):
+    st, out, err = sh(api, sid, cmd)
+    if st != 200 or err:
+        raise AssertionError("exec %r in %s: %r %r %r" % (cmd, sid, st, out, err))
+    return out
+
+
+class Suite:
+    def __init__(self, c):
+        self.c, self.r = c, c.router
+        self.sandboxes = {}  # id -> a marker written into it
+
+    # ---- steps
+
+    def templates_on_every_node(self):
+        # Templates are per node (built from the same image by content hash); the
+        # operator registers them on each node.
+        for nd in self.c.nodes:
+            st, _ = nd.api.request("POST", "/v1/templates", {"name": "python"})
+            assert st in (200, 201), st
+        st, h = self.r.request("GET", "/v1/health")
+        eq(st, 200, "health through the router")
+        assert h["node_id"] in TAGS, h
+
+    def scenarios_through_router(self):
+        for name, cmd in SCENARIOS:
+            p = subprocess.run(cmd + ["--url", "http://127.0.0.1:%d" % self.c.port, "--token-file",
+                                      self.c.token_file, "--out", os.path.join(self.c.dir, "plot.png")],
+                               capture_output=True, text=True, timeout=300)
+            if p.returncode:
+                raise AssertionError("scenario %s exited %d\n%s\n%s" % (name, p.returncode, p.stdout[-3000:],
+                                                                       p.stderr[-3000:]))
+
+    def creates_spread(self):
+        ids = [create(self.r)[0] for _ in range(9)]
+        eq(sorted(set(node_of(i) for i in ids)), TAGS, "nodes the creates landed on (%r)" % ids)
+        for sid in ids:
+            self.sandboxes[sid] = "marker-" + sid
+        # A batch lands on one node (a create is one request).
+        batch = create(self.r, n=3)
+        eq(len(set(node_of(i) for i in batch)), 1, "one node per batch")
+        for sid in batch:
+            self.sandboxes[sid] = "marker-" + sid
+
+    def every_call_reaches_its_node(self):
+        for sid, marker in self.sandboxes.items():
+            tag = node_of(sid)
+            # Exactly one node has it: the one its id names.
+            for nd in self.c.nodes:
+                st, _ = nd.api.request("GET", "/v1/sandboxes/" + sid)
+                eq(st, 200 if nd.tag == tag else 404, "%s on node %s" % (sid, nd.tag))
+            eq(self.r.request("GET", "/v1/sandboxes/" + sid)[0], 200, "GET by path through the router")
+            # X-Sandbox-Id (Connect): exec, and a file written then read back.
+            exec_ok(self.r, sid, "mkdir -p /workspace && echo %s > /workspace/marker" % marker)
+            eq(exec_ok(self.r, sid, "cat /workspace/marker"), (marker + "\n").encode(), "marker of " + sid)
+            # Ids in JSON bodies.
+            eq(self.r.request("POST", "/v1/set_timeout", {"sandbox_id": sid, "timeout": 900})[0], 200,
+               "set_timeout")
+        # Pause and resume, previews (body, then the path), fork of a running sandbox
+        # and a terminal, once per node.
+        for tag in TAGS:
+            sid = next(s for s in self.sandboxes if node_of(s) == tag)
+            eq(self.r.request("POST", "/v1/pause", {"sandbox_id": sid})[1].get("state"), "paused", "pause")
+            eq(self.r.request("POST", "/v1/resume", {"sandbox_id": sid})[1].get("state"), "running", "resume")
+            self.preview(sid)
+            kids = create(self.r, sandbox_id=sid, template=None)
+            eq(node_of(kids[0]), tag, "a fork of a running sandbox stays on its node")
+            eq(exec_ok(self.r, kids[0], "cat /workspace/marker"), (self.sandboxes[sid] + "\n").encode(),
+               "the fork has its parent's files")
+            self.sandboxes[kids[0]] = self.sandboxes[sid]
+            self.pty(sid)
+        # The cluster-wide list.
+        st, lst, resp = self.r.request_full("GET", "/v1/sandboxes")
+        eq(st, 200, "list")
+        ids = {s["id"] for s in listed(lst)}
+        assert set(self.sandboxes) <= ids, "missing from the list: %r" % (set(self.sandboxes) - ids)
+        eq(resp.getheader("X-Mitos-Unreachable-Nodes"), None, "every node answered the list")
+        # A client-chosen id must name its node; the router sends it there.
+        st, e = self.c.node("n1").api.request("POST", "/v1/fork", {"template": "python", "ids": ["mine-n2"]})
+        eq((st, e["error"]["code"]), (400, "invalid_sandbox_id"), "an id naming another node, on n1")
+        eq(create(self.r, ids=["mine-n2"]), ["mine-n2"], "an id naming n2, through the router")
+        eq(self.c.node("n2").api.request("GET", "/v1/sandboxes/mine-n2")[0], 200, "mine-n2 on n2")
+        eq(self.r.request("DELETE", "/v1/sandboxes/mine-n2")[0], 200, "delete mine-n2")
+        # Ids no node has.
+        st, e = self.r.request("GET", "/v1/sandboxes/sb-0123456789abcdef-zz")
+        eq((st, e["error"]["code"]), (404, "not_found"), "an id of no node")
+        st, e = self.r.request("GET", "/v1/sandboxes/sb-0123456789abcdef-n2")
+        eq((st, e["error"]["code"]), (404, "not_found"), "an id its node does not know")
+        st, e = self.r.request("GET", "/v1/sandboxes/bad.id")
+        eq((st, e["error"]["code"]), (400, "invalid_sandbox_id"), "a malformed id")
+
+    def preview(self, sid):
+        exec_ok(self.r, sid, "mkdir -p /tmp/site && echo served-by-%s > /tmp/site/index.html && "
+                "cd /tmp/site && (setsid python3 -m http.server 8000 >/dev/null 2>&1 </dev/null &)" % sid)
+        st, pv = self.r.request("POST", "/v1/preview", {"sandbox_id": sid, "port": 8000, "ttl": 600})
+        eq(st, 200, "preview create (%r)" % (pv,))
+        url = pv["path_url"]
+        path = url[url.index("/preview/"):]
+        deadline = time.time() + 20
+        while True:
+            c = self.r.conn()
+            c.request("GET", path)
+            resp = c.getresponse()
+            body = resp.read()
+            c.close()
+            if resp.status == 200 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        eq((resp.status, body.strip()), (200, ("served-by-" + sid).encode()), "preview through the router")
+
+    def pty(self, sid):
+        ws = WebSocket("127.0.0.1", self.c.port, "/v1/pty?sandbox_id=%s&cols=80&rows=24" % sid,
+                       headers=self.r.headers())
+        ws.send(b"echo pty-$((40+2))\n")
+        out, deadline = b"", time.time() + 15
+        ws.sock.settimeout(0.5)
+        while b"pty-42\r\n" not in out and time.time() < deadline:
+            try:
+                op, data = ws.recv()
+            except socket.timeout:
+                continue
+            if op == OP_BINARY:
+                out += data
+            elif op in (OP_CLOSE, OP_TEXT):
+                break
+        ws.sock.close()
+        assert b"pty-42\r\n" in out, "pty through the router: %r" % out[-300:]
+
+    def drain(self):
+        n3 = self.c.node("n3")
+        n3.kill(signal.SIGUSR1)
+        Cluster.wait(lambda: n3.api.request("GET", "/v1/health")[1]["status"] == "draining", 5, "n3 draining")
+        st, e = n3.api.request("POST", "/v1/fork", {"template": "python"})
+        eq((st, e["error"]["code"]), (503, "node_draining"), "a create on the draining node itself")
+        # Through the router creates succeed at once (a 503 is retried elsewhere) and
+        # never land on n3.
+        ids = [create(self.r)[0] for _ in range(6)]
+        assert all(node_of(i) != "n3" for i in ids), ids
+        # n3's sandboxes run on.
+        sid = next(s for s in self.sandboxes if node_of(s) == "n3")
+        eq(exec_ok(self.r, sid, "echo alive"), b"alive\n", "a draining node's sandbox")
+        for i in ids:
+            eq(self.r.request("DELETE", "/v1/sandboxes/" + i)[0] in (200, 204), True, "delete " + i)
+        n3.kill(signal.SIGUSR2)
+        Cluster.wait(lambda: self.c.server_states().get(("creates", "n3")) == "UP", 10, "n3 taking creates")
+
+    def node_killed(self):
+        n2 = self.c.node("n2")
+        victim = next(s for s in self.sandboxes if node_of(s) == "n2")
+        # A stream running on n2 when it dies ends, it does not hang.
+        result = {}
+
+        def long_exec():
+            try:
+                result["r"] = sh(self.r, victim, "sleep 30; echo never")
+            except Exception as e:  # the connection may be cut: that is a clean end too
+                result["r"] = e
+        t = threading.Thread(target=long_exec)
+        t.start()
+        time.sleep(1)
+        n2.stop(signal.SIGKILL)
+        # The router cuts it once it marks the node down (about 2 s).
+        t.join(20)
+        assert not t.is_alive(), "the stream to a killed node hung"
+        r = result.get("r")
+        assert isinstance(r, Exception) or b"never" not in r[1], r
+        # Once the router sees n2 down, its sandboxes are not_found, over REST and Connect.
+        Cluster.wait(lambda: self.c.server_states().get(("node_n2", "n2")) == "DOWN", 15, "n2 down at the router")
+        st, e = self.r.request("GET", "/v1/sandboxes/" + victim)
+        eq((st, e["error"]["code"]), (404, "not_found"), "a sandbox of the dead node")
+        st, _, err = sh(self.r, victim, "true")
+        eq(st, 404, "exec in a sandbox of the dead node")
+        # Everything else goes on: the other nodes' sandboxes, new creates, the list.
+        for sid, marker in self.sandboxes.items():
+            if node_of(sid) != "n2":
+                eq(exec_ok(self.r, sid, "cat /workspace/marker"), (marker + "\n").encode(), "after the kill: " + sid)
+        fresh = [create(self.r)[0] for _ in range(6)]
+        assert all(node_of(i) != "n2" for i in fresh), fresh
+        for sid in fresh:
+            exec_ok(self.r, sid, "true")
+            self.r.request("DELETE", "/v1/sandboxes/" + sid)
+        st, lst, resp = self.r.request_full("GET", "/v1/sandboxes")
+        eq(st, 200, "list with a node down")
+        ids = {s["id"] for s in listed(lst)}
+        assert {s for s in self.sandboxes if node_of(s) != "n2"} <= ids, "list lost live sandboxes"
+        assert not any(node_of(s) == "n2" for s in ids), ids
+        assert n2.ip in (resp.getheader("X-Mitos-Unreachable-Nodes") or ""), resp.getheaders()
+
+    def node_restarted(self):
+        n2 = self.c.node("n2")
+        n2.start()
+        assert any("re-adopted" in line for line in n2.stdout), n2.stdout
+        Cluster.wait(lambda: self.c.server_states().get(("node_n2", "n2")) == "UP", 15, "n2 up at the router")
+        for sid, marker in self.sandboxes.items():
+            if node_of(sid) != "n2":
+                continue
+            Cluster.wait(lambda: (self.r.request("GET", "/v1/sandboxes/" + sid)[1] or {}).get("state") == "running",
+                         15, "%s running again" % sid)
+            eq(exec_ok(self.r, sid, "cat /workspace/marker"), (marker + "\n").encode(), "re-adopted " + sid)
+        Cluster.wait(lambda: self.c.server_states().get(("creates", "n2")) == "UP", 15, "n2 taking creates")
+        landed = set()
+        for _ in range(9):
+            sid = create(self.r)[0]
+            landed.add(node_of(sid))
+            self.r.request("DELETE", "/v1/sandboxes/" + sid)
+            if "n2" in landed:
+                break
+        assert "n2" in landed, "no create reached the restarted node: %r" % landed
+
+    def delete_all(self):
+        for sid in self.sandboxes:
+            st, _ = self.r.request("DELETE", "/v1/sandboxes/" + sid)
+            assert st in (200, 204), (sid, st)
+        eq(listed(self.r.request("GET", "/v1/sandboxes")[1]), [], "nothing left")
+
+
+def main():
+    if os.geteuid() != 0:
+        print("SKIP: the cluster suite needs root (network namespaces)")
+        return 77
+    if not shutil.which("haproxy"):
+        print("SKIP: haproxy is not installed (tools/setup installs it)")
+        return 77
+    c = Cluster(VMM, AGENT)
+    s = Suite(c)
+    steps = ["templates_on_every_node", "scenarios_through_router", "creates_spread",
+             "every_call_reaches_its_node", "drain", "node_killed", "node_restarted", "delete_all"]
+    passed = 0
+    try:
+        for name in steps:
+            t0 = time.time()
+            try:
+                getattr(s, name)()
+            except Exception:
+                import traceback
+                print("FAIL %s (%.2fs)" % (name, time.time() - t0), flush=True)
+                traceback.print_exc()
+                print(c.logs())
+                break
+            passed += 1
+            print("ok   %s (%.2fs)" % (name, time.time() - t0), flush=True)
+    finally:
+        rcs = [nd.stop() for nd in c.nodes]
+        c.close()
+    failed = len(steps) - passed
+    if any(rc != 0 for rc in rcs):
+        print("a node did not stop cleanly: exit statuses %r" % rcs)
+        failed += 1
+    print("%d passed, %d failed" % (passed, failed), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
