@@ -165,12 +165,16 @@ struct file_op {
 	uint64_t remaining; /* read: bytes still to send */
 	uint64_t done;
 	char path[PATH_MAX];
+	char tmp[PATH_MAX];  /* write: the new content until it replaces path ("" in place) */
+	struct fs_ctx fc;    /* write: whose rename it is */
 };
 
 static void file_op_free(struct file_op *f)
 {
 	if (f->fd >= 0)
 		close(f->fd);
+	if (f->tmp[0])
+		unlink(f->tmp); /* a write that did not finish leaves the old file as it was */
 	free(f);
 }
 
@@ -288,6 +292,15 @@ out:
 
 /* ---- write ---- */
 
+#define WRITE_TEMP_MARK ".mitos-write-"
+
+bool op_write_is_temp(const char *name)
+{
+	const char *base = strrchr(name, '/');
+	base = base ? base + 1 : name;
+	return base[0] == '.' && strstr(base, WRITE_TEMP_MARK);
+}
+
 static void write_data(struct stream *s, uint8_t channel, bool fin, const uint8_t *p, size_t n)
 {
 	struct file_op *f = s->ctx;
@@ -310,7 +323,44 @@ static void write_data(struct stream *s, uint8_t channel, bool fin, const uint8_
 	int fd = f->fd;
 	f->fd = -1;
 	/* close() reports deferred write errors (quota, NFS-like filesystems). */
-	file_op_end(s, f, close(fd) < 0 ? -errno : 0, true);
+	int err = close(fd) < 0 ? -errno : 0;
+	if (!err && f->tmp[0]) {
+		fs_switch(&f->fc); /* as the writer: a sticky /tmp protects others' files */
+		err = rename(f->tmp, f->path) < 0 ? -errno : 0;
+		fs_leave(&f->fc);
+		if (!err)
+			f->tmp[0] = 0;
+	}
+	file_op_end(s, f, err, true);
+}
+
+/* A new file beside an existing path that replaces it on the last chunk, with the old
+ * file's mode and owner; -1 where that cannot be (the caller then writes in place). Only
+ * a regular file with one link is replaced: a new file is simply created, and a
+ * symlink, a device or a hard-linked file is written through, as before. */
+static int open_replacement(const char *path, char *tmp)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1)
+		return -1;
+	const char *slash = strrchr(path, '/');
+	if (!slash)
+		return -1;
+	static unsigned serial;
+	int n = snprintf(tmp, PATH_MAX, "%.*s/.%s" WRITE_TEMP_MARK "%d-%u", (int)(slash - path), path, slash + 1,
+			 (int)getpid(), ++serial);
+	if (n < 0 || n >= PATH_MAX)
+		return -1;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
+	if (fd < 0)
+		return -1;
+	if (fchown(fd, st.st_uid, st.st_gid) < 0 || fchmod(fd, st.st_mode & 07777) < 0) {
+		/* Not this writer's to give away: in place keeps the owner. */
+		close(fd);
+		unlink(tmp);
+		return -1;
+	}
+	return fd;
 }
 
 static const struct stream_ops write_ops = { .data = write_data, .cancel = file_cancel };
@@ -332,9 +382,16 @@ void op_write_open(struct stream *s, const struct json *req)
 		stream_end_errno(s, rc, "create parent directories");
 		goto out;
 	}
-	int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY;
-	flags |= json_get_bool(req, "append", false) ? O_APPEND : O_TRUNC;
-	int fd = open(fc.path, flags, (mode_t)mode);
+	bool append = json_get_bool(req, "append", false);
+	char tmp[PATH_MAX] = "";
+	/* Not appending over an existing file: the content lands whole or not at all (a
+	 * client that goes away after 3 of 10 chunks leaves the old file). */
+	int fd = append ? -1 : open_replacement(fc.path, tmp);
+	if (fd < 0) {
+		tmp[0] = 0;
+		fd = open(fc.path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | (append ? O_APPEND : O_TRUNC),
+			  (mode_t)mode);
+	}
 	if (fd < 0) {
 		stream_end_errno(s, -errno, fc.path);
 		goto out;
@@ -342,11 +399,15 @@ void op_write_open(struct stream *s, const struct json *req)
 	struct file_op *f = calloc(1, sizeof(*f));
 	if (!f) {
 		close(fd);
+		if (tmp[0])
+			unlink(tmp);
 		stream_end_errno(s, -ENOMEM, "write");
 		goto out;
 	}
 	f->fd = fd;
+	f->fc = fc;
 	snprintf(f->path, sizeof(f->path), "%s", fc.path);
+	snprintf(f->tmp, sizeof(f->tmp), "%s", tmp);
 	s->ctx = f;
 	s->ops = &write_ops;
 out:

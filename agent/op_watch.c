@@ -35,6 +35,7 @@ struct dirwatch {
 	struct watched_dir *dirs;
 	size_t ndirs, cap;
 	bool truncated; /* more directories than WATCH_MAX_DIRS */
+	uint32_t temp_cookie; /* a write's replacement moving over its target */
 };
 
 static void dirwatch_free(struct dirwatch *d)
@@ -147,6 +148,13 @@ static void watch_read(struct stream *s)
 			root_gone = true;
 		if (!rel || !type || !ev->len)
 			continue;
+		if (op_write_is_temp(ev->name)) {
+			if (ev->mask & IN_MOVED_FROM)
+				d->temp_cookie = ev->cookie;
+			continue;
+		}
+		if ((ev->mask & IN_MOVED_TO) && ev->cookie && ev->cookie == d->temp_cookie)
+			type = "write";
 		char name[PATH_MAX];
 		snprintf(name, sizeof(name), "%s%s%s", rel, *rel ? "/" : "", ev->name);
 		if (d->recursive && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)))

@@ -2,6 +2,8 @@
 #ifndef MITOS_AGENT_OPS_H
 #define MITOS_AGENT_OPS_H
 
+#include <stdbool.h>
+
 #include "agent/conn.h"
 
 void op_exec_open(struct stream *s, const struct json *req);
@@ -16,6 +18,9 @@ void exec_kill_all(void);
 
 void op_read_open(struct stream *s, const struct json *req);
 void op_write_open(struct stream *s, const struct json *req);
+/* A file name of a write in progress (it replaces its target when the write ends):
+ * watches report the replacement as a write of the target, never the name itself. */
+bool op_write_is_temp(const char *name);
 void op_stat_open(struct stream *s, const struct json *req);
 void op_exists_open(struct stream *s, const struct json *req);
 void op_list_open(struct stream *s, const struct json *req);

@@ -35,7 +35,6 @@
 #define MITOS_SOURCE_ROOT "."
 #endif
 
-#define SANDBOX_RUN "/run/mitos"
 #define AGENT_SOCK_NAME "agent.sock"
 #define CGROUP_RECORD "/cgroup.json"
 

@@ -41,6 +41,7 @@ struct pv {
 	char sid[ID_MAX + 1];
 	unsigned port;
 	bool connected, upgrade, chunked_in, set_cookie, head_done, fin_sent;
+	uint64_t instance; /* of the sandbox the token was made for */
 	char token[PREVIEW_TOKEN_MAX];
 	uint64_t expires_s;
 	char cookie_path[ID_MAX + 40];
@@ -188,7 +189,7 @@ void rest_preview_create(struct http_req *r)
 	unsigned p = (unsigned)port;
 	uint64_t exp = ur_wall_ms() / 1000 + (uint64_t)ttl;
 	char token[PREVIEW_TOKEN_MAX];
-	preview_token_make(sb->id, p, exp, token);
+	preview_token_make(sb->id, sb->created_ms, p, exp, token);
 
 	/* The path URL names this server as the client reached it. */
 	const char *host = http_req_header(r, "host");
@@ -569,7 +570,7 @@ static int check_token(struct pv *pv, const struct http_req *r, const char *sid)
 	char *qt = http_query_get(r->query, PREVIEW_QUERY_PARAM);
 	int rc = -EACCES;
 	if (qt) {
-		rc = preview_token_check(sid, pv->port, qt, now, &pv->expires_s);
+		rc = preview_token_check(sid, pv->port, qt, now, &pv->expires_s, &pv->instance);
 		if (!rc && strlen(qt) < sizeof(pv->token)) {
 			snprintf(pv->token, sizeof(pv->token), "%s", qt);
 			pv->set_cookie = true;
@@ -590,11 +591,14 @@ static int check_token(struct pv *pv, const struct http_req *r, const char *sid)
 				char t[PREVIEW_TOKEN_MAX];
 				memcpy(t, v + cl + 1, n - cl - 1);
 				t[n - cl - 1] = 0;
-				int k = preview_token_check(sid, pv->port, t, now, &pv->expires_s);
+				uint64_t inst = 0;
+				int k = preview_token_check(sid, pv->port, t, now, &pv->expires_s, &inst);
 				/* An expired cookie must not hide a valid one; report expiry
 				 * only if nothing better turns up. */
-				if (k == 0 || rc == -EACCES)
+				if (k == 0 || rc == -EACCES) {
 					rc = k;
+					pv->instance = inst;
+				}
 			}
 			v += n;
 		}
@@ -759,7 +763,8 @@ void preview_proxy(struct http_req *r)
 		return;
 	}
 	char msg[160];
-	if (!sb) {
+	/* A token for an earlier sandbox of the same id: that sandbox no longer exists. */
+	if (!sb || sb->created_ms != pv->instance) {
 		pv_free(pv);
 		snprintf(msg, sizeof(msg), "no sandbox %s", id);
 		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);

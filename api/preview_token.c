@@ -93,11 +93,11 @@ int preview_key_load(const char *state_dir, char *err, size_t errlen)
 	return rc;
 }
 
-static void mac_hex(const char *sandbox_id, unsigned port, uint64_t expires_s, char hex[65])
+static void mac_hex(const char *sandbox_id, uint64_t instance, unsigned port, uint64_t expires_s, char hex[65])
 {
-	char msg[160];
-	int n = snprintf(msg, sizeof(msg), "mitos-preview-v1\n%.64s\n%u\n%llu", sandbox_id, port,
-			 (unsigned long long)expires_s);
+	char msg[200];
+	int n = snprintf(msg, sizeof(msg), "mitos-preview-v2\n%.64s\n%llu\n%u\n%llu", sandbox_id,
+			 (unsigned long long)instance, port, (unsigned long long)expires_s);
 	struct hmac_sha256_ctx ctx;
 	uint8_t d[SHA256_DIGEST_SIZE];
 	hmac_sha256_set_key(&ctx, sizeof(secret), secret);
@@ -112,32 +112,46 @@ static void mac_hex(const char *sandbox_id, unsigned port, uint64_t expires_s, c
 	hex[64] = 0;
 }
 
-void preview_token_make(const char *sandbox_id, unsigned port, uint64_t expires_s, char out[PREVIEW_TOKEN_MAX])
+void preview_token_make(const char *sandbox_id, uint64_t instance, unsigned port, uint64_t expires_s,
+			char out[PREVIEW_TOKEN_MAX])
 {
 	char hex[65];
-	mac_hex(sandbox_id, port, expires_s, hex);
-	snprintf(out, PREVIEW_TOKEN_MAX, "%llu.%s", (unsigned long long)expires_s, hex);
+	mac_hex(sandbox_id, instance, port, expires_s, hex);
+	snprintf(out, PREVIEW_TOKEN_MAX, "%llu.%llu.%s", (unsigned long long)expires_s, (unsigned long long)instance,
+		 hex);
+}
+
+/* A run of 1..12 decimal digits ending at a '.': its value, and *p moved past the dot. */
+static int number_field(const char **p, uint64_t *v)
+{
+	size_t n = strspn(*p, "0123456789");
+	if (!n || n > 13 || (*p)[n] != '.')
+		return -EACCES;
+	*v = strtoull(*p, NULL, 10);
+	*p += n + 1;
+	return 0;
 }
 
 int preview_token_check(const char *sandbox_id, unsigned port, const char *token, uint64_t now_s,
-			uint64_t *expires_s)
+			uint64_t *expires_s, uint64_t *instance)
 {
 	if (!have_secret || !token)
 		return -EACCES;
-	const char *dot = strchr(token, '.');
-	size_t dl = dot ? (size_t)(dot - token) : 0;
-	if (!dl || dl > 12 || strspn(token, "0123456789") != dl || strlen(dot + 1) != 64)
+	const char *p = token;
+	uint64_t exp, inst;
+	if (number_field(&p, &exp) || number_field(&p, &inst) || strlen(p) != 64)
 		return -EACCES;
-	uint64_t exp = strtoull(token, NULL, 10);
 	char hex[65];
-	mac_hex(sandbox_id, port, exp, hex);
+	mac_hex(sandbox_id, inst, port, exp, hex);
 	/* Constant time: how much of a forged MAC is right must not show. */
 	unsigned char diff = 0;
 	for (size_t i = 0; i < 64; i++)
-		diff |= (unsigned char)(hex[i] ^ dot[1 + i]);
+		diff |= (unsigned char)(hex[i] ^ p[i]);
 	if (diff)
 		return -EACCES;
 	if (expires_s)
 		*expires_s = exp;
+	if (instance)
+		*instance = inst;
 	return exp <= now_s ? -ETIME : 0;
 }

@@ -599,7 +599,12 @@ void rest_set_timeout(struct http_req *r)
 		http_reply_error(r, AE_SANDBOX_NOT_RUNNING, "the sandbox is stopping", NULL, NULL);
 		return;
 	}
-	sandbox_set_timeout(sb, secs);
+	rc = sandbox_set_timeout(sb, secs);
+	if (rc) {
+		http_reply_error(r, AE_INTERNAL, "cannot record the new deadline; the old one stands", strerror(-rc),
+				 NULL);
+		return;
+	}
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "status", "ok");
 	cJSON_AddNumberToObject(o, "deadline_unix", (double)(sb->deadline_ms / 1000));

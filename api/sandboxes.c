@@ -153,7 +153,8 @@ cJSON *sandbox_json(const struct sandbox *sb)
 	return o;
 }
 
-static void sb_save(const struct sandbox *sb)
+/* 0, or -errno (a full disk) with the reason in serve's log. */
+static int sb_save(const struct sandbox *sb)
 {
 	cJSON *o = sandbox_json(sb);
 	cJSON_AddNumberToObject(o, "created_ms", (double)sb->created_ms);
@@ -167,6 +168,7 @@ static void sb_save(const struct sandbox *sb)
 	if (rc)
 		fprintf(stderr, "mitos-vmm serve: cannot save %s: %s\n", path, strerror(-rc));
 	cJSON_Delete(o);
+	return rc;
 }
 
 /* ---- templates ---- */
@@ -745,9 +747,13 @@ void sb_waiter_detach(struct sb_waiter *w)
 
 int sandbox_set_timeout(struct sandbox *sb, uint32_t seconds)
 {
+	/* Answered only once recorded: a restarted serve must not expire it early. */
+	uint64_t old = sb->deadline_ms;
 	sb->deadline_ms = ur_wall_ms() + (uint64_t)seconds * 1000u;
-	sb_save(sb);
-	return 0;
+	int rc = sb_save(sb);
+	if (rc)
+		sb->deadline_ms = old;
+	return rc;
 }
 
 int sandbox_pause(struct sandbox *sb)
@@ -760,8 +766,11 @@ int sandbox_pause(struct sandbox *sb)
 	if (rc)
 		return rc;
 	sb->state = SB_PAUSED;
-	sb_save(sb);
-	return 0;
+	if ((rc = sb_save(sb))) {
+		eng->resume(&sb->proc);
+		sb->state = SB_RUNNING;
+	}
+	return rc;
 }
 
 int sandbox_resume(struct sandbox *sb)
@@ -774,8 +783,11 @@ int sandbox_resume(struct sandbox *sb)
 	if (rc)
 		return rc;
 	sb->state = SB_RUNNING;
-	sb_save(sb);
-	return 0;
+	if ((rc = sb_save(sb))) {
+		eng->pause(&sb->proc);
+		sb->state = SB_PAUSED;
+	}
+	return rc;
 }
 
 /* ---- fork jobs ---- */

@@ -11,17 +11,20 @@ reads the answers, before and after authentication.
 
 usage: test_isolation.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
 Exits 77 when not root (the process engine needs it)."""
+import base64
 import json
 import os
 import secrets
 import select
 import signal
 import socket
+import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import Runner, Server, eq, exec_output, exit_of, wait_until  # noqa: E402
+from mitos_test import Runner, Server, envelope, eq, exec_output, exit_of, wait_until  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
@@ -357,6 +360,123 @@ def t_nul_refused(s):
     healthy(s, sid)
 
 
+def t_partial_write_leaves_old_file(s):
+    """A streaming WriteFile whose client goes away after 3 of 10 chunks leaves the old
+    file as it was, and no temporary file behind."""
+    sid = "iso-write"
+    fork(s, sid)
+    sh(s, sid, "printf old-content > /tmp/f")
+    c = socket.create_connection(("127.0.0.1", s.port))
+    c.sendall(("POST /sandbox.v1.Sandbox/WriteFile HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+               "Content-Type: application/connect+json\r\nX-Sandbox-Id: %s\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n" % (TOKEN, sid)).encode())
+    for i in range(3):
+        m = {"data": base64.b64encode(b"n" * 65536).decode()}
+        if i == 0:
+            m["path"] = "/tmp/f"
+        env = envelope(m)
+        c.sendall(b"%x\r\n%s\r\n" % (len(env), env))
+    time.sleep(0.5)
+    c.close()
+    wait_until(lambda: sh(s, sid, "ls -A /tmp | grep -c mitos-write || true")[0].strip() == "0", 5,
+               "the temporary file removed")
+    out, _ = sh(s, sid, "head -c 40 /tmp/f")
+    eq(out, "old-content", "the old file after an unfinished write")
+    healthy(s, sid)
+
+
+def t_set_timeout_recorded_or_refused(s):
+    """set_timeout answers 200 only once the deadline is on disk (a full disk once got
+    200 and a restarted serve expired the sandbox early): here the record cannot be
+    written (its temporary name is a directory)."""
+    sid = "iso-timeout"
+    fork(s, sid)
+    record = os.path.join(s.state_dir, "sandboxes", sid, "sandbox.json")
+
+    def recorded_deadline():
+        with open(record) as f:
+            return json.load(f)["deadline_ms"]
+    before = recorded_deadline()
+    blocker = record + ".tmp"
+    os.mkdir(blocker)
+    try:
+        st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid, "timeout_seconds": 3600})
+        eq((st, r["error"]["code"]), (500, "internal"), "set_timeout that cannot be recorded (%r)" % (r,))
+    finally:
+        os.rmdir(blocker)
+    eq(recorded_deadline(), before, "the old deadline stands")
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid, "timeout_seconds": 3600})
+    eq(st, 200, "set_timeout once it can be recorded (%r)" % (r,))
+    eq(recorded_deadline() // 1000, r["deadline_unix"], "the recorded deadline")
+    healthy(s, sid)
+
+
+class HostileAgent(threading.Thread):
+    """Speaks the agent protocol (agent/PROTOCOL.md) on a Unix socket, answering every
+    ReadFile with a size no file has."""
+    HDR = struct.Struct(">IIBBBB")
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.lsock.bind(path)
+        self.lsock.listen(4)
+        self.lsock.settimeout(30)
+
+    def send(self, c, stream, typ, obj):
+        p = json.dumps(obj).encode()
+        c.sendall(self.HDR.pack(len(p), stream, typ, 0, 0, 0) + p)
+
+    def run(self):
+        try:
+            c, _ = self.lsock.accept()
+            buf = b""
+            while True:
+                while len(buf) < 12 or len(buf) < 12 + self.HDR.unpack(buf[:12])[0]:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                n, stream, typ = self.HDR.unpack(buf[:12])[:3]
+                payload, buf = buf[12:12 + n], buf[12 + n:]
+                if typ == 1:
+                    self.send(c, 0, 1, {"version": 1, "agent": "mitos-agent", "agent_version": "0.1.0",
+                                        "max_payload": 1048576, "window": 262144, "max_streams": 256})
+                elif typ == 2 and json.loads(payload).get("op") == "read":
+                    self.send(c, stream, 4, {"size": 1e300})
+                    self.send(c, stream, 6, {"bytes": 0})
+                elif typ == 2:
+                    self.send(c, stream, 6, {"error": {"code": "unsupported", "message": "hostile"}})
+        except OSError:
+            pass
+
+
+def t_hostile_agent_size():
+    """A sandbox's agent is the sandbox's: a ReadFile size of 1e300 once made serve send
+    310 bytes of its stack to the client."""
+    s = Server(VMM, AGENT, token=TOKEN)
+    s2 = None
+    try:
+        s.request("POST", "/v1/templates", {"id": "iso"})
+        fork(s, "iso-hostile")
+        s.stop(signal.SIGKILL)
+        sock = os.path.join(s.state_dir, "sandboxes", "iso-hostile", "run", "agent.sock")
+        os.unlink(sock)
+        fake = HostileAgent(sock)
+        fake.start()
+        s2 = Server(VMM, AGENT, state_dir=s.state_dir, token=TOKEN)
+        wait_until(lambda: s2.request("GET", "/v1/sandboxes/iso-hostile")[1].get("state") == "running", 10,
+                   "the sandbox re-adopted with the hostile agent")
+        st, ct, msgs = s2.stream("ReadFile", "iso-hostile", {"path": "/etc/hostname"})
+        sizes = [m["size"] for f, m in msgs if "size" in m]
+        assert all(isinstance(x, int) and 0 <= x < 1 << 53 for x in sizes), msgs
+        s2.request("DELETE", "/v1/sandboxes/iso-hostile")
+    finally:
+        if s2:
+            s2.cleanup()
+        s.cleanup()
+
+
 def sanitized(s):
     with open("/proc/%d/maps" % s.pid()) as f:
         return "libasan" in f.read()
@@ -425,10 +545,13 @@ def main():
             ("fork_bomb_contained", t_fork_bomb_contained),
             ("end_recorded_init_spared", t_end_recorded_init_spared),
             ("nul_refused", t_nul_refused),
+            ("partial_write_leaves_old_file", t_partial_write_leaves_old_file),
+            ("set_timeout_recorded_or_refused", t_set_timeout_recorded_or_refused),
         ], ONLY, s)
     finally:
         r.stop_server(s)
     r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed),
+               ("hostile_agent_size", t_hostile_agent_size),
                ("unread_answers_bounded", t_unread_answers_bounded)], ONLY)
     return r.finish()
 

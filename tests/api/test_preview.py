@@ -156,12 +156,14 @@ def t_bad_tokens(s):
     r = mint(s)
     tok = r["token"]
     flipped = tok[:-1] + ("0" if tok[-1] != "0" else "1")
-    exp, mac = tok.split(".")
-    later = "%d.%s" % (int(exp) + 3600, mac)
+    exp, inst, mac = tok.split(".")
+    later = "%d.%s.%s" % (int(exp) + 3600, inst, mac)
+    other_instance = "%s.%d.%s" % (exp, int(inst) + 1, mac)
     other_port = mint(s, port=8001)["token"]
     base = "/preview/%s/8000/" % SID
     for what, target, h in [("tampered MAC", base + "?mitos_token=" + flipped, {}),
                             ("extended expiry", base + "?mitos_token=" + later, {}),
+                            ("another instance", base + "?mitos_token=" + other_instance, {}),
                             ("token of another port", base + "?mitos_token=" + other_port, {}),
                             ("garbage", base + "?mitos_token=xyz", {}),
                             ("empty", base + "?mitos_token=", {}),
@@ -198,6 +200,13 @@ def t_unknown_sandbox(s):
     eq((st, error_code(data)), (404, "not_found"), "deleted sandbox by path")
     st, _, data = get(s, path_of(r["host_url"]), {"Host": "pv-gone-8000." + DOMAIN})
     eq((st, error_code(data)), (404, "not_found"), "deleted sandbox by Host")
+    # A new sandbox with the same id: the old sandbox's token opens nothing of it.
+    fork(s, "pv-gone")
+    st, _, data = get(s, path_of(r["path_url"]))
+    eq((st, error_code(data)), (404, "not_found"), "a token of an earlier sandbox with the same id")
+    st, _, data = get(s, path_of(mint(s, sid="pv-gone")["path_url"]))
+    assert st != 404 and st != 401, "a token of the new sandbox: %r %r" % (st, data)
+    s.request("DELETE", "/v1/sandboxes/pv-gone")
 
 
 def t_no_listener(s):
