@@ -19,7 +19,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "api"))
-from cluster import ROOT, Cluster, created_ids, envelopes, listed, node_of  # noqa: E402
+from cluster import E2B_DOMAIN, PREVIEW_DOMAIN, ROOT, Cluster, created_ids, envelopes, listed, node_of  # noqa: E402
 from wsclient import OP_BINARY, OP_CLOSE, OP_TEXT, WebSocket  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
@@ -124,7 +124,14 @@ class Suite:
             # Ids in JSON bodies.
             eq(self.r.request("POST", "/v1/set_timeout", {"sandbox_id": sid, "timeout": 900})[0], 200,
                "set_timeout")
-        # Pause and resume, previews (body, then the path), fork of a running sandbox
+        # Where E2B carries the id (its header, its hosts), before the E2B surface
+        # exists: the node that answers says who it is.
+        for sid in list(self.sandboxes)[:3]:
+            for h in ({"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983"},
+                      {"Host": "49983-%s.%s" % (sid, E2B_DOMAIN)}):
+                st, hb = self.r.request("GET", "/v1/health", headers=h)
+                eq((st, hb.get("node_id")), (200, node_of(sid)), "routed by %r" % h)
+        # Pause and resume, previews (body, path and host), fork of a running sandbox
         # and a terminal, once per node.
         for tag in TAGS:
             sid = next(s for s in self.sandboxes if node_of(s) == tag)
@@ -175,6 +182,15 @@ class Suite:
                 break
             time.sleep(0.2)
         eq((resp.status, body.strip()), (200, ("served-by-" + sid).encode()), "preview through the router")
+        # By host: the URL names the sandbox in its host; the router reads it there.
+        host_url = pv["url"]
+        assert host_url.startswith("http://%s-8000.%s" % (sid, PREVIEW_DOMAIN)), host_url
+        c = self.r.conn()
+        c.request("GET", "/" + host_url.split("/", 3)[3], headers={"Host": host_url.split("/")[2]})
+        resp = c.getresponse()
+        body = resp.read()
+        c.close()
+        eq((resp.status, body.strip()), (200, ("served-by-" + sid).encode()), "preview by host through the router")
 
     def pty(self, sid):
         ws = WebSocket("127.0.0.1", self.c.port, "/v1/pty?sandbox_id=%s&cols=80&rows=24" % sid,
