@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -311,17 +312,29 @@ int agent_connect(const char *path, const struct agent_conn_cbs *cbs, void *ctx,
 int agent_connect_vsock(const char *path, uint32_t vsock_port, const struct agent_conn_cbs *cbs, void *ctx,
 			struct agent_conn **out)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
+	/* The socket's directory may be writable by the sandbox (the process engine binds
+	 * it in): its last component is opened without following a symlink, must be a
+	 * socket, and is connected to through the descriptor, never by its name again. */
+	int pfd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (pfd < 0)
 		return -errno;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS) {
-		int e = -errno;
+	struct stat st;
+	if (fstat(pfd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+		close(pfd);
+		return -ENOTSOCK;
+	}
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d", pfd);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		close(pfd);
+		return -errno;
+	}
+	int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS ? -errno : 0;
+	close(pfd);
+	if (rc) {
 		close(fd);
-		return e;
+		return rc;
 	}
 	struct agent_conn *ac = calloc(1, sizeof(*ac));
 	uint8_t *rbuf = malloc(AC_RBUF);

@@ -20,7 +20,8 @@
 #include "api/registry.h"
 
 static enum cg_mode mode;
-static char parent[2][CG_PATH]; /* v2: [0]; v1: memory [0], cpu [1] */
+static char parent[CG_N][CG_PATH]; /* v2: [0]; v1: memory [0], cpu [1], pids [2] */
+static bool v2_pids; /* the pids controller is enabled for v2 sandbox cgroups */
 
 static int pathf(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int pathf(char *out, const char *fmt, ...)
@@ -168,6 +169,11 @@ static int setup_v2(const char *name, char *why, size_t whylen)
 			 strerror(-rc));
 		return rc;
 	}
+	/* The PID limit where the host delegates the controller (else none, said at start). */
+	pathf(p, "%s/cgroup.subtree_control", own);
+	v2_pids = !write_str(p, "+pids");
+	pathf(p, "%s/cgroup.subtree_control", parent[0]);
+	v2_pids = v2_pids && !write_str(p, "+pids");
 	return 0;
 }
 
@@ -185,6 +191,11 @@ static int setup_v1(const char *name, char *why, size_t whylen)
 			return -errno;
 		}
 	}
+	/* The pids hierarchy is optional: without it, sandboxes have no PID limit. */
+	char own[CG_PATH];
+	if (own_dir(false, "pids", own) || pathf(parent[2], "%s/%s", own, name) ||
+	    (mkdir(parent[2], 0755) < 0 && errno != EEXIST))
+		parent[2][0] = 0;
 	return 0;
 }
 
@@ -218,20 +229,23 @@ enum cg_mode cgroup_init(const char *name, bool allow_v1, char *info, size_t inf
 	char why2[300] = "", why1[300] = "";
 	memset(parent, 0, sizeof(parent));
 	mode = CG_NONE;
+	v2_pids = false;
 	if (!setup_v2(name, why2, sizeof(why2)))
 		mode = CG_V2;
 	else if (allow_v1 && !setup_v1(name, why1, sizeof(why1)))
 		mode = CG_V1;
 	else
 		memset(parent, 0, sizeof(parent));
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < CG_N; i++)
 		if (parent[i][0])
 			sweep(parent[i]);
 	if (mode == CG_V2)
-		snprintf(info, infolen, "cgroup v2 %s/<sandbox> with memory.max and cpu.max", parent[0]);
+		snprintf(info, infolen, "cgroup v2 %s/<sandbox> with memory.max, cpu.max and %s", parent[0],
+			 v2_pids ? "pids.max" : "NO PID limit (the pids controller is not delegated)");
 	else if (mode == CG_V1)
-		snprintf(info, infolen, "cgroup v1 memory.limit_in_bytes and cpu.cfs_quota_us under %s and %s (%s)",
-			 parent[0], parent[1], why2);
+		snprintf(info, infolen, "cgroup v1 memory.limit_in_bytes, cpu.cfs_quota_us and %s under %s and %s "
+			 "(%s)", parent[2][0] ? "pids.max" : "NO PID limit (no v1 pids hierarchy)", parent[0],
+			 parent[1], why2);
 	else
 		snprintf(info, infolen, "NO memory or CPU limits (%s%s%s)", why2, why1[0] ? "; " : "",
 			 allow_v1 ? why1 : "cgroup v1 needs root");
@@ -266,7 +280,7 @@ static void kill_members(const char *dir)
 
 void cgroup_remove(struct cg_set *cg)
 {
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < CG_N; i++) {
 		if (!cg->dir[i][0])
 			continue;
 		/* The last process may still be leaving the cgroup for a moment after its
@@ -282,7 +296,7 @@ void cgroup_remove(struct cg_set *cg)
 
 void cgroup_entry_close(struct cg_entry *e)
 {
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < CG_N; i++)
 		if (e->v1fds[i] >= 0)
 			close(e->v1fds[i]), e->v1fds[i] = -1;
 	if (e->v2fd >= 0)
@@ -293,11 +307,13 @@ int cgroup_create(const char *name, const struct cg_limits *l, struct cg_set *cg
 {
 	char p[CG_PATH], v[64];
 	memset(cg, 0, sizeof(*cg));
-	e->v2fd = e->v1fds[0] = e->v1fds[1] = -1;
+	e->v2fd = -1;
+	for (int i = 0; i < CG_N; i++)
+		e->v1fds[i] = -1;
 	if (mode == CG_NONE)
 		return 0;
 	uint64_t mem = (uint64_t)l->memory_max_mib << 20;
-	int n = mode == CG_V2 ? 1 : 2;
+	int n = mode == CG_V2 ? 1 : parent[2][0] ? 3 : 2;
 	for (int i = 0; i < n; i++) {
 		if (pathf(cg->dir[i], "%s/%s", parent[i], name))
 			return -ENAMETOOLONG;
@@ -320,6 +336,10 @@ int cgroup_create(const char *name, const struct cg_limits *l, struct cg_set *cg
 		pathf(p, "%s/cpu.max", cg->dir[0]);
 		if (!rc)
 			rc = write_str(p, v);
+		pathf(p, "%s/pids.max", cg->dir[0]);
+		snprintf(v, sizeof(v), "%u", l->pids_max);
+		if (!rc && v2_pids && l->pids_max)
+			rc = write_str(p, v);
 		if (!rc && (e->v2fd = open(cg->dir[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
 			rc = -errno;
 	} else {
@@ -334,7 +354,11 @@ int cgroup_create(const char *name, const struct cg_limits *l, struct cg_set *cg
 		pathf(p, "%s/cpu.cfs_quota_us", cg->dir[1]);
 		if (!rc)
 			rc = write_str(p, v);
-		for (int i = 0; i < 2 && !rc; i++) {
+		snprintf(v, sizeof(v), "%u", l->pids_max);
+		pathf(p, "%s/pids.max", cg->dir[2]);
+		if (!rc && n > 2 && l->pids_max)
+			rc = write_str(p, v);
+		for (int i = 0; i < n && !rc; i++) {
 			pathf(p, "%s/cgroup.procs", cg->dir[i]);
 			if ((e->v1fds[i] = open(p, O_WRONLY | O_CLOEXEC)) < 0)
 				rc = -errno;
@@ -349,7 +373,7 @@ int cgroup_create(const char *name, const struct cg_limits *l, struct cg_set *cg
 
 void cgroup_enter_child(const struct cg_entry *e)
 {
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < CG_N; i++)
 		if (e->v1fds[i] >= 0)
 			syscall(SYS_write, e->v1fds[i], "0", 1);
 }
@@ -357,14 +381,14 @@ void cgroup_enter_child(const struct cg_entry *e)
 void cgroup_record(const struct cg_set *cg, cJSON *o)
 {
 	cJSON *a = cJSON_AddArrayToObject(o, "cgroups");
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < CG_N; i++)
 		if (cg->dir[i][0])
 			cJSON_AddItemToArray(a, cJSON_CreateString(cg->dir[i]));
 }
 
 static bool owned(const char *dir)
 {
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < CG_N; i++) {
 		size_t n = strlen(parent[i]);
 		if (n && !strncmp(dir, parent[i], n) && dir[n] == '/' && !strstr(dir + n, "/.."))
 			return true;
@@ -378,7 +402,7 @@ void cgroup_from_record(const cJSON *o, struct cg_set *cg)
 	const cJSON *it;
 	int i = 0;
 	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(o, "cgroups"))
-		if (cJSON_IsString(it) && i < 2 && strlen(it->valuestring) < CG_PATH && owned(it->valuestring))
+		if (cJSON_IsString(it) && i < CG_N && strlen(it->valuestring) < CG_PATH && owned(it->valuestring))
 			snprintf(cg->dir[i++], CG_PATH, "%s", it->valuestring);
 }
 
@@ -389,6 +413,9 @@ int cgroup_limits_parse(const cJSON *spec, unsigned mem_min, const struct cg_lim
 				     &out->memory_max_mib, err, errlen);
 	if (!rc)
 		rc = registry_uint_field(spec, "cpu_percent", 1, 6400, dflt->cpu_percent, &out->cpu_percent, err,
+					 errlen);
+	if (!rc)
+		rc = registry_uint_field(spec, "pids_max", 16, 1u << 22, dflt->pids_max, &out->pids_max, err,
 					 errlen);
 	return rc;
 }

@@ -15,24 +15,27 @@
 struct cJSON;
 
 #define CG_PATH 512
+#define CG_N 3 /* v1 hierarchies: memory, cpu, pids */
 
 enum cg_mode { CG_NONE, CG_V2, CG_V1 };
 
 struct cg_limits {
 	unsigned memory_max_mib;
 	unsigned cpu_percent; /* of one CPU */
+	unsigned pids_max;    /* processes and threads; 0: no limit */
 };
 
-/* The cgroups of one sandbox: v2 one directory; v1 memory [0] and cpu [1]. */
+/* The cgroups of one sandbox: v2 one directory; v1 memory [0], cpu [1] and, where the
+ * host has that hierarchy, pids [2]. */
 struct cg_set {
-	char dir[2][CG_PATH];
+	char dir[CG_N][CG_PATH];
 };
 
 /* How a new process enters its cgroups before it runs anything: v2 by
  * clone3(CLONE_INTO_CGROUP, v2fd); v1 by writing itself into v1fds (cgroup.procs). */
 struct cg_entry {
 	int v2fd;
-	int v1fds[2];
+	int v1fds[CG_N];
 };
 
 /* Creates this serve's parent cgroup `parent` (v1 only when allow_v1: it needs root)
@@ -59,8 +62,8 @@ void cgroup_remove(struct cg_set *cg);
 void cgroup_record(const struct cg_set *cg, struct cJSON *o);
 void cgroup_from_record(const struct cJSON *o, struct cg_set *cg);
 
-/* memory_max_mib (mem_min..2 TiB) and cpu_percent (1..6400) of a template request;
- * absent fields take dflt's values. -EINVAL with err filled when one is bad. */
+/* memory_max_mib (mem_min..2 TiB), cpu_percent (1..6400) and pids_max (16..4M) of a
+ * template request; absent fields take dflt's values. -EINVAL with err filled when one is bad. */
 int cgroup_limits_parse(const struct cJSON *spec, unsigned mem_min, const struct cg_limits *dflt,
 			struct cg_limits *out, char *err, size_t errlen);
 

@@ -95,6 +95,9 @@ int engine_process_available(char *why, size_t whylen);
 int engine_process_configure(const char *agent_path, const char *state_dir, const char *token_file,
 			     char *info, size_t infolen, char *err, size_t errlen);
 
+/* The PID limit of a process-engine sandbox whose template names none (pids_max). */
+#define ENGINE_PROCESS_PIDS_MAX 1024
+void engine_process_set_pids_max(unsigned n);
 /* Checks that the kvm engine can run here (/dev/kvm); fills why if not. */
 int engine_kvm_available(char *why, size_t whylen);
 /* The state dir and the number of prepared VMs kept per VM shape; emulated: KVM has no

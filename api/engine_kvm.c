@@ -948,6 +948,7 @@ static int shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_
 		sh->vcpus = (unsigned)c->valuedouble;
 		sh->lim.memory_max_mib = (unsigned)mm->valuedouble;
 		sh->lim.cpu_percent = (unsigned)cp->valuedouble;
+		sh->lim.pids_max = 0; /* a VM process's threads are the VMM's own */
 		snprintf(rootfs, rootfslen, "%s", r);
 	}
 	cJSON_Delete(o);
@@ -1116,8 +1117,10 @@ static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_d
 	}
 	if ((rc = registry_uint_field(spec, "mem_mib", 16, 1u << 20, g.mem_mib, &mem, err, errlen)) ||
 	    (rc = registry_uint_field(spec, "vcpus", 1, 64, 1, &vcpus, err, errlen)) ||
-	    (rc = cgroup_limits_parse(spec, mem, &(struct cg_limits){ mem + MEM_OVERHEAD_MIB, vcpus * 100 }, &lim,
-				      err, errlen)) ||
+	    (rc = cgroup_limits_parse(spec, mem,
+				      &(struct cg_limits){ .memory_max_mib = mem + MEM_OVERHEAD_MIB,
+							   .cpu_percent = vcpus * 100 },
+				      &lim, err, errlen)) ||
 	    (rc = registry_uint_field(spec, "boot_timeout", 1, 3600, g.boot_timeout_s, &boot_s, err, errlen)))
 		return rc;
 	const cJSON *jc = cJSON_GetObjectItemCaseSensitive(spec, "cmdline");

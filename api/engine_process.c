@@ -1,12 +1,14 @@
 /* The process engine: a sandbox is mitos-agent running as a host process in
- * fresh mount, pid, ipc, uts and net namespaces, on an overlay whose lower layer
- * is the template's root directory and whose upper layer is the sandbox's own
- * directory in the state dir. Its PID 1 is a small reaper (a fork of serve that
- * never execs); the agent is PID 2 and listens on a Unix socket that the host
- * reaches through a bind-mounted directory, so sandboxes outlive a restart of
- * serve and are re-adopted by the next one. Each sandbox has a cgroup with the
- * template's memory and CPU limits (api/cgroup.h); its init enters it before it runs
- * anything, so everything the sandbox starts is inside. */
+ * fresh mount, pid, ipc, uts, net and cgroup namespaces, as root of a user namespace
+ * whose ids map onto an unprivileged host range of the sandbox's own, under a seccomp
+ * filter, on an overlay whose lower layer is the template's root directory and whose
+ * upper layer is the sandbox's own directory in the state dir. The clone execs
+ * mitos-sandbox-init (agent/sandbox_init.c) at once, so no byte of serve's memory is
+ * in a sandbox; it is PID 1, builds the root and starts the agent as PID 2, which
+ * listens on a Unix socket that the host reaches through a bind-mounted directory, so
+ * sandboxes outlive a restart of serve and are re-adopted by the next one. Each
+ * sandbox has cgroups with the template's memory and CPU limits and a PID limit
+ * (api/cgroup.h), entered before anything runs. */
 
 #include "api/engine.h"
 
@@ -16,19 +18,13 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <linux/sched.h>
-#include <net/if.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,12 +40,19 @@
 #define CGROUP_RECORD "/cgroup.json"
 
 /* Limits of a template that names none: a python session with numpy and matplotlib
- * needs a few hundred MiB; one CPU keeps a busy sandbox from starving the node. */
-static const struct cg_limits default_limits = { .memory_max_mib = 1024, .cpu_percent = 100 };
+ * needs a few hundred MiB; one CPU keeps a busy sandbox from starving the node; a
+ * thousand processes and threads are plenty for a build and stop a fork bomb from
+ * taking every pid of the host (serve --pids-max changes it). */
+static struct cg_limits default_limits = { .memory_max_mib = 1024, .cpu_percent = 100,
+					   .pids_max = ENGINE_PROCESS_PIDS_MAX };
 
-static int agent_exe_fd = -1;
-static char *helper_buf;
-static size_t helper_len;
+void engine_process_set_pids_max(unsigned n)
+{
+	default_limits.pids_max = n;
+}
+
+static int agent_exe_fd = -1, init_exe_fd = -1;
+static char helper_path[4096];
 static char state_dir_real[4096];
 static char token_file_real[4096];
 
@@ -108,34 +111,6 @@ int engine_process_available(char *why, size_t whylen)
 	return 0;
 }
 
-static int read_file(const char *path, char **buf, size_t *len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(fd, &st) || st.st_size > (16 << 20)) {
-		close(fd);
-		return -EFBIG;
-	}
-	char *b = malloc((size_t)st.st_size + 1);
-	if (!b) {
-		close(fd);
-		return -ENOMEM;
-	}
-	size_t got = 0;
-	while (got < (size_t)st.st_size) {
-		ssize_t n = read(fd, b + got, (size_t)st.st_size - got);
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
-	close(fd);
-	*buf = b;
-	*len = got;
-	return 0;
-}
-
 static bool file_ok(const char *p, int mode)
 {
 	struct stat st;
@@ -187,10 +162,22 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 		strcpy(adir, ".");
 	const char *hc[3][2] = { { adir, "/mitos_kernel.py" }, { adir, "/../share/mitos/mitos_kernel.py" },
 				 { MITOS_SOURCE_ROOT, "/agent/mitos_kernel.py" } };
-	for (size_t i = 0; i < 3 && !helper_buf; i++) {
+	helper_path[0] = 0;
+	for (size_t i = 0; i < 3 && !helper_path[0]; i++) {
 		snprintf(path, sizeof(path), "%.2000s%s", hc[i][0], hc[i][1]);
-		if (file_ok(path, R_OK))
-			read_file(path, &helper_buf, &helper_len);
+		if (file_ok(path, R_OK) && !realpath(path, helper_path))
+			helper_path[0] = 0;
+	}
+	snprintf(path, sizeof(path), "%.4000s/mitos-sandbox-init", adir);
+	if (!file_ok(path, X_OK)) {
+		snprintf(err, errlen, "engine_unavailable: %s is missing (it is built and installed next to "
+			 "mitos-agent)", path);
+		return -ENOENT;
+	}
+	init_exe_fd = open(path, O_PATH | O_CLOEXEC);
+	if (init_exe_fd < 0) {
+		snprintf(err, errlen, "engine_unavailable: cannot open %s: %s", path, strerror(errno));
+		return -errno;
 	}
 	if (!realpath(state_dir, state_dir_real)) {
 		snprintf(err, errlen, "state dir %s: %s", state_dir, strerror(errno));
@@ -217,6 +204,7 @@ static cJSON *proc_template_spec(const cJSON *spec, char *err, size_t errlen)
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddNumberToObject(o, "memory_max_mib", l.memory_max_mib);
 	cJSON_AddNumberToObject(o, "cpu_percent", l.cpu_percent);
+	cJSON_AddNumberToObject(o, "pids_max", l.pids_max);
 	return o;
 }
 
@@ -228,285 +216,6 @@ static int proc_agent_socket(const char *dir, char *out, size_t outlen)
 static int proc_writable_layer(const char *dir, char *out, size_t outlen)
 {
 	return path_join(out, outlen, dir, "/upper");
-}
-
-/* ---- the sandbox side (runs in the child, never returns) ---- */
-
-struct child_ctx {
-	const struct engine_start *s;
-	int errfd, logfd;
-};
-
-static __attribute__((noreturn, format(printf, 3, 4))) void child_fail(struct child_ctx *c, int err,
-								       const char *fmt, ...)
-{
-	char msg[600];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		n = 0;
-	if (c->errfd >= 0) {
-		dprintf(c->errfd, "%s: %s", msg, strerror(err));
-		fsync(c->errfd);
-	}
-	_exit(126);
-}
-
-static int mkdir_p(const char *path, mode_t mode)
-{
-	char tmp[4096];
-	snprintf(tmp, sizeof(tmp), "%s", path);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
-static void bind_dev(struct child_ctx *c, const char *root, const char *name)
-{
-	char src[64], dst[4200];
-	snprintf(src, sizeof(src), "/dev/%s", name);
-	snprintf(dst, sizeof(dst), "%.1200s/dev/%s", root, name);
-	int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
-	if (fd >= 0)
-		close(fd);
-	if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
-		child_fail(c, errno, "bind %s", src);
-}
-
-static void copy_layer(struct child_ctx *c, const char *from, const char *to)
-{
-	char src[4200];
-	snprintf(src, sizeof(src), "%s/.", from);
-	pid_t pid = fork();
-	if (pid < 0)
-		child_fail(c, errno, "fork cp");
-	if (pid == 0) {
-		dup2(c->logfd, 1);
-		dup2(c->logfd, 2);
-		/* -a keeps the overlay's whiteouts (0:0 devices), xattrs and owners. */
-		execl("/bin/cp", "cp", "-a", "--reflink=auto", src, to, (char *)NULL);
-		_exit(127);
-	}
-	int st;
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
-	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		child_fail(c, EIO, "copy the parent's writable layer (cp -a %s %s)", from, to);
-}
-
-static void loopback_up(void)
-{
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return;
-	struct ifreq ifr;
-	memset(&ifr, 0, sizeof(ifr));
-	strcpy(ifr.ifr_name, "lo");
-	if (!ioctl(fd, SIOCGIFFLAGS, &ifr)) {
-		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-		ioctl(fd, SIOCSIFFLAGS, &ifr);
-	}
-	close(fd);
-}
-
-static __attribute__((noreturn)) void sandbox_child(const struct engine_start *s, const struct cg_entry *ce)
-{
-	struct child_ctx cc = { .s = s, .errfd = -1, .logfd = -1 };
-	struct child_ctx *c = &cc;
-	char p[4200], root[4200], upper[4200], work[4200], run[4200], opts[13000];
-
-	cgroup_enter_child(ce);
-
-	/* Nothing of serve's may stay open here: its listener would outlive it. */
-	int a = fcntl(agent_exe_fd, F_DUPFD_CLOEXEC, 100), r = fcntl(s->ready_fd, F_DUPFD_CLOEXEC, 100);
-	if (a < 0 || r < 0)
-		_exit(125);
-	dup2(a, 3);
-	dup2(r, 4);
-	agent_exe_fd = 3;
-	int ready_fd = 4;
-	fcntl(3, F_SETFD, FD_CLOEXEC);
-	fcntl(4, F_SETFD, FD_CLOEXEC);
-	syscall(SYS_close_range, 5, ~0U, 0);
-	sigset_t none;
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
-	signal(SIGPIPE, SIG_DFL);
-	signal(SIGINT, SIG_DFL);
-	signal(SIGTERM, SIG_DFL);
-	setsid();
-	prctl(PR_SET_NAME, "mitos-init", 0, 0, 0);
-
-	snprintf(p, sizeof(p), "%.1200s/start-error", s->dir);
-	cc.errfd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	snprintf(p, sizeof(p), "%.1200s/agent.log", s->dir);
-	cc.logfd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if (nullfd >= 0)
-		dup2(nullfd, 0);
-	if (cc.logfd >= 0) {
-		dup2(cc.logfd, 1);
-		dup2(cc.logfd, 2);
-	}
-
-	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-		child_fail(c, errno, "make mounts private");
-	snprintf(root, sizeof(root), "%s/root", s->dir);
-	snprintf(upper, sizeof(upper), "%s/upper", s->dir);
-	snprintf(work, sizeof(work), "%s/work", s->dir);
-	snprintf(run, sizeof(run), "%s/run", s->dir);
-	if (s->copy_from)
-		copy_layer(c, s->copy_from, upper);
-	snprintf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s,workdir=%s", s->template_root, upper, work);
-	if (mount("overlay", root, "overlay", 0, opts) < 0)
-		child_fail(c, errno, "mount overlay (%s)", opts);
-
-	snprintf(p, sizeof(p), "%.1200s/proc", root);
-	mkdir_p(p, 0555);
-	if (mount("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-		child_fail(c, errno, "mount /proc");
-	snprintf(p, sizeof(p), "%.1200s/sys", root);
-	mkdir_p(p, 0555);
-	mount("sysfs", p, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-	snprintf(p, sizeof(p), "%.1200s/tmp", root);
-	mkdir_p(p, 01777);
-	if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
-		child_fail(c, errno, "mount /tmp");
-	snprintf(p, sizeof(p), "%.1200s/run", root);
-	mkdir_p(p, 0755);
-	if (mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
-		child_fail(c, errno, "mount /run");
-	snprintf(p, sizeof(p), "%.1200s" SANDBOX_RUN, root);
-	mkdir_p(p, 0755);
-	if (mount(run, p, NULL, MS_BIND, NULL) < 0)
-		child_fail(c, errno, "bind %s", run);
-
-	/* A /dev with the harmless devices only, and a private devpts. */
-	snprintf(p, sizeof(p), "%.1200s/dev", root);
-	mkdir_p(p, 0755);
-	if (mount("tmpfs", p, "tmpfs", MS_NOSUID, "mode=0755") < 0)
-		child_fail(c, errno, "mount /dev");
-	static const char *devs[] = { "null", "zero", "full", "random", "urandom", "tty" };
-	for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++)
-		bind_dev(c, root, devs[i]);
-	snprintf(p, sizeof(p), "%.1200s/dev/pts", root);
-	mkdir_p(p, 0755);
-	if (mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0) {
-		snprintf(p, sizeof(p), "%.1200s/dev/ptmx", root);
-		symlink("pts/ptmx", p);
-	}
-	snprintf(p, sizeof(p), "%.1200s/dev/shm", root);
-	mkdir_p(p, 01777);
-	mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
-	static const char *links[][2] = { { "/proc/self/fd", "fd" }, { "/proc/self/fd/0", "stdin" },
-					  { "/proc/self/fd/1", "stdout" }, { "/proc/self/fd/2", "stderr" } };
-	for (size_t i = 0; i < 4; i++) {
-		snprintf(p, sizeof(p), "%.1200s/dev/%s", root, links[i][1]);
-		symlink(links[i][0], p);
-	}
-
-	/* The template is the host's own root for now: hide what is the server's. */
-	struct stat st;
-	snprintf(p, sizeof(p), "%.1200s%.2900s", root, state_dir_real);
-	if (!stat(p, &st) && S_ISDIR(st.st_mode))
-		if (mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0") < 0)
-			child_fail(c, errno, "hide the state dir");
-	if (token_file_real[0]) {
-		snprintf(p, sizeof(p), "%.1200s%.2900s", root, token_file_real);
-		if (!stat(p, &st) && mount("/dev/null", p, NULL, MS_BIND, NULL) < 0)
-			child_fail(c, errno, "hide the token file");
-	}
-
-	if (sethostname(s->id, strlen(s->id)) < 0)
-		child_fail(c, errno, "sethostname");
-	loopback_up();
-
-	if (chdir(root) < 0)
-		child_fail(c, errno, "chdir %s", root);
-	if (syscall(SYS_pivot_root, ".", ".") < 0)
-		child_fail(c, errno, "pivot_root");
-	if (umount2(".", MNT_DETACH) < 0)
-		child_fail(c, errno, "detach the old root");
-	if (chdir("/") < 0)
-		child_fail(c, errno, "chdir /");
-
-	if (helper_buf) {
-		int fd = open(SANDBOX_RUN "/mitos_kernel.py", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd >= 0) {
-			(void)!write(fd, helper_buf, helper_len);
-			close(fd);
-		}
-	}
-
-	pid_t agent = fork();
-	if (agent < 0)
-		child_fail(c, errno, "fork the agent");
-	if (agent == 0) {
-		setsid();
-		char *argv[] = { "mitos-agent", "--unix", SANDBOX_RUN "/" AGENT_SOCK_NAME,
-				 "--python", "/usr/bin/python3",
-				 "--python-helper", SANDBOX_RUN "/mitos_kernel.py", NULL };
-		char host[96];
-		snprintf(host, sizeof(host), "HOSTNAME=%s", s->id);
-		char *envp[12] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-				   "HOME=/root", "LANG=C.UTF-8", "TERM=xterm-256color", "USER=root", host, NULL };
-		int ne = 6;
-		static const char *pass[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS" };
-		char pbuf[3][1024];
-		for (int i = 0; i < 3; i++) {
-			const char *v = getenv(pass[i]);
-			if (v && ne < 11) {
-				snprintf(pbuf[i], sizeof(pbuf[i]), "%s=%s", pass[i], v);
-				envp[ne++] = pbuf[i];
-			}
-		}
-		envp[ne] = NULL;
-		if (!helper_buf)
-			argv[5] = NULL;
-		syscall(SYS_execveat, agent_exe_fd, "", argv, envp, AT_EMPTY_PATH);
-		child_fail(c, errno, "exec mitos-agent");
-	}
-	close(agent_exe_fd);
-	/* Tell serve when the agent accepts connections, so it never polls. */
-	for (int i = 0; i < 30000; i++) {
-		int st;
-		if (waitpid(agent, &st, WNOHANG) == agent)
-			child_fail(c, ECHILD, "mitos-agent exited at start (see agent.log)");
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		struct sockaddr_un sa = { .sun_family = AF_UNIX };
-		strcpy(sa.sun_path, SANDBOX_RUN "/" AGENT_SOCK_NAME);
-		int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-		if (fd >= 0)
-			close(fd);
-		if (ok) {
-			(void)!write(ready_fd, "R", 1);
-			break;
-		}
-		usleep(1000);
-	}
-	close(ready_fd);
-	if (cc.errfd >= 0)
-		close(cc.errfd);
-	/* PID 1: reap everything; go when the agent goes (the kernel then kills
-	 * whatever is left in the namespace). */
-	for (;;) {
-		int wst;
-		pid_t w = wait(&wst);
-		if (w == agent)
-			_exit(WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + WTERMSIG(wst));
-		if (w < 0 && errno == ECHILD)
-			_exit(0);
-	}
 }
 
 /* ---- the host side ---- */
@@ -528,6 +237,7 @@ static int cgroup_prepare(const struct engine_start *s, struct cg_set *cg, struc
 	cgroup_record(cg, o);
 	cJSON_AddNumberToObject(o, "memory_max_mib", l.memory_max_mib);
 	cJSON_AddNumberToObject(o, "cpu_percent", l.cpu_percent);
+	cJSON_AddNumberToObject(o, "pids_max", l.pids_max);
 	snprintf(path, sizeof(path), "%s" CGROUP_RECORD, s->dir);
 	rc = registry_write_json(path, o);
 	cJSON_Delete(o);
@@ -536,6 +246,115 @@ static int cgroup_prepare(const struct engine_start *s, struct cg_set *cg, struc
 		cgroup_remove(cg);
 	}
 	return rc;
+}
+
+/* Host uid/gid ranges of 65536 ids, one per live sandbox, from 2^30 up (above any
+ * ids a distribution hands out): slot N is taken by creating STATE/uid-slots/N, and the
+ * sandbox's dir records its base for cleanup. */
+#define UID_SLOTS 16384
+#define UID_FIRST 0x40000000UL
+#define UID_RECORD "/uid-base"
+
+static int uid_slot_path(char *out, size_t n, unsigned long base)
+{
+	int k = snprintf(out, n, "%s/uid-slots/%lu", state_dir_real, (base - UID_FIRST) >> 16);
+	return k < 0 || (size_t)k >= n ? -ENAMETOOLONG : 0;
+}
+
+static int uid_range_take(const struct engine_start *s, unsigned long *base)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/uid-slots", state_dir_real);
+	if (mkdir(path, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	uint32_t h = 2166136261u; /* FNV-1a of the id: where to start looking */
+	for (const char *c = s->id; *c; c++)
+		h = (h ^ (uint8_t)*c) * 16777619u;
+	for (unsigned i = 0; i < UID_SLOTS; i++) {
+		unsigned long b = UID_FIRST + ((unsigned long)((h + i) % UID_SLOTS) << 16);
+		if (uid_slot_path(path, sizeof(path), b))
+			return -ENAMETOOLONG;
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd < 0 && errno == EEXIST)
+			continue;
+		if (fd < 0)
+			return -errno;
+		close(fd);
+		char rec[4200], v[32];
+		snprintf(rec, sizeof(rec), "%s" UID_RECORD, s->dir);
+		snprintf(v, sizeof(v), "%lu\n", b);
+		int wfd = open(rec, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (wfd < 0 || write(wfd, v, strlen(v)) != (ssize_t)strlen(v)) {
+			int e = wfd < 0 ? -errno : -EIO;
+			if (wfd >= 0)
+				close(wfd);
+			unlink(path);
+			return e;
+		}
+		close(wfd);
+		*base = b;
+		return 0;
+	}
+	return -EUSERS;
+}
+
+static void uid_range_release(const char *dir)
+{
+	char rec[4200], path[4200], v[32];
+	snprintf(rec, sizeof(rec), "%s" UID_RECORD, dir);
+	int fd = open(rec, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, v, sizeof(v) - 1);
+	close(fd);
+	v[n > 0 ? n : 0] = 0;
+	unsigned long b = strtoul(v, NULL, 10);
+	if (b >= UID_FIRST && !((b - UID_FIRST) & 0xffff) && ((b - UID_FIRST) >> 16) < UID_SLOTS &&
+	    !uid_slot_path(path, sizeof(path), b))
+		unlink(path);
+	unlink(rec);
+}
+
+/* Between clone and exec in a threaded parent: raw system calls only. */
+static __attribute__((noreturn)) void exec_init(const struct cg_entry *ce, const int fds[4], char *const argv[])
+{
+	cgroup_enter_child(ce);
+	/* Above the range the init expects, then into place: 3 agent, 4 ready, 5 error, 6 log. */
+	int tmp[5];
+	for (int i = 0; i < 4; i++)
+		if ((tmp[i] = (int)syscall(SYS_fcntl, fds[i], F_DUPFD, 100 + i)) < 0)
+			_exit(125);
+	if ((tmp[4] = (int)syscall(SYS_fcntl, init_exe_fd, F_DUPFD_CLOEXEC, 110)) < 0)
+		_exit(125);
+	for (int i = 0; i < 4; i++)
+		syscall(SYS_dup2, tmp[i], 3 + i);
+	syscall(SYS_close_range, 7, tmp[4] - 1, 0);
+	syscall(SYS_close_range, tmp[4] + 1, ~0U, 0);
+	sigset_t none;
+	sigemptyset(&none);
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(long));
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	sigaction(SIGPIPE, &dfl, NULL);
+	syscall(SYS_setsid);
+	char *envp[5];
+	int ne = 0;
+	static const char *pass[] = { "ASAN_OPTIONS=", "UBSAN_OPTIONS=", "LSAN_OPTIONS=" };
+	for (char **e = environ; *e && ne < 3; e++)
+		for (int i = 0; i < 3; i++)
+			if (!strncmp(*e, pass[i], strlen(pass[i])))
+				envp[ne++] = *e;
+	envp[ne] = NULL;
+	syscall(SYS_execveat, tmp[4], "", argv, envp, AT_EMPTY_PATH);
+	static const char msg[] = "exec mitos-sandbox-init failed";
+	syscall(SYS_write, 5, msg, sizeof(msg) - 1);
+	_exit(126);
+}
+
+static int open_in(const char *dir, const char *name, int flags)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	return open(path, flags | O_NOFOLLOW | O_CLOEXEC, 0600);
 }
 
 static int proc_start(const struct engine_start *s, struct engine_proc *p, char *err, size_t errlen)
@@ -549,31 +368,67 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, char 
 			return -errno;
 		}
 	}
-	struct cg_set cg;
-	struct cg_entry ce;
-	int rc = cgroup_prepare(s, &cg, &ce);
+	unsigned long base = 0;
+	int rc = uid_range_take(s, &base);
 	if (rc) {
-		snprintf(err, errlen, "cannot create the sandbox's cgroup: %s", strerror(-rc));
+		snprintf(err, errlen, "no host uid range for the sandbox: %s", strerror(-rc));
 		return rc;
 	}
+	int fds[4] = { agent_exe_fd, s->ready_fd, open_in(s->dir, "start-error", O_WRONLY | O_CREAT | O_TRUNC),
+		       open_in(s->dir, "agent.log", O_WRONLY | O_CREAT | O_APPEND) };
+	char basestr[32];
+	snprintf(basestr, sizeof(basestr), "%lu", base);
+	char *argv[16] = { "mitos-sandbox-init", (char *)s->dir, (char *)s->id, (char *)s->template_root, basestr };
+	int na = 5;
+	if (s->copy_from) {
+		argv[na++] = "--copy-from";
+		argv[na++] = (char *)s->copy_from;
+	}
+	if (helper_path[0]) {
+		argv[na++] = "--helper";
+		argv[na++] = helper_path;
+	}
+	argv[na++] = "--hide";
+	argv[na++] = state_dir_real;
+	if (token_file_real[0]) {
+		argv[na++] = "--hide";
+		argv[na++] = token_file_real;
+	}
+	argv[na] = NULL;
+	struct cg_set cg;
+	struct cg_entry ce;
+	rc = fds[2] < 0 || fds[3] < 0 ? -errno : cgroup_prepare(s, &cg, &ce);
+	if (rc) {
+		snprintf(err, errlen, "cannot prepare the sandbox (log, cgroup): %s", strerror(-rc));
+		goto fail;
+	}
 	int pidfd = -1;
-	long pid = cgroup_clone(&ce, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
-				CLONE_NEWNET, &pidfd);
+	long pid = cgroup_clone(&ce, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
+				CLONE_NEWCGROUP, &pidfd);
 	if (pid == 0)
-		sandbox_child(s, &ce);
+		exec_init(&ce, fds, argv);
 	int e = errno;
 	cgroup_entry_close(&ce);
 	if (pid < 0) {
 		snprintf(err, errlen, "clone3 with new namespaces: %s", strerror(e));
 		cgroup_remove(&cg);
-		return -e;
+		rc = -e;
+		goto fail;
 	}
+	close(fds[2]);
+	close(fds[3]);
 	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
 	p->pid = (pid_t)pid;
 	p->pidfd = pidfd;
 	p->start_time = engine_proc_start_time(p->pid);
 	p->child = true;
 	return 0;
+fail:
+	for (int i = 2; i < 4; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	uid_range_release(s->dir);
+	return rc;
 }
 
 static int ns_inode(pid_t pid, ino_t *ino)
@@ -684,6 +539,7 @@ static int proc_cleanup(const char *dir)
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/root", dir);
 	umount2(path, MNT_DETACH);
+	uid_range_release(dir);
 	snprintf(path, sizeof(path), "%s" CGROUP_RECORD, dir);
 	cJSON *o = registry_read_json(path);
 	if (o) {

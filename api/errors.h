@@ -1,5 +1,6 @@
-/* Every failure a client can see: a stable code (what clients branch on), the
- * HTTP status and Connect code it maps to, and a default remediation. Bodies are
+/* Every failure a client can see: a stable code (what clients branch on; the
+ * names of the Mitos sandbox-server's catalogue), the HTTP status and Connect
+ * code it maps to, and a default remediation. Bodies are
  * {"error":{"code","message","cause","remediation"}}; every string in them goes
  * through api_redact() first, so a bearer token never comes back to a client. */
 #ifndef MITOS_API_ERRORS_H
@@ -11,6 +12,8 @@ enum api_err {
 	AE_NOT_FOUND,
 	AE_INVALID_SANDBOX_ID,
 	AE_INVALID_ARGUMENT,
+	AE_INVALID_JSON,
+	AE_TIMEOUT_TOO_LARGE,
 	AE_BAD_REQUEST,
 	AE_TIMEOUT,
 	AE_REQUEST_TIMEOUT,

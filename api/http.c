@@ -433,6 +433,15 @@ void http_stream_finish(struct http_req *r)
 	req_finished(r);
 }
 
+void http_stream_abort(struct http_req *r)
+{
+	if (r->finished)
+		return;
+	/* No last chunk: the client sees a cut-off body, never a complete one. */
+	conn_close_after(r->c);
+	req_finished(r);
+}
+
 size_t http_stream_room(const struct http_req *r)
 {
 	const struct conn *c = r->c;
@@ -611,6 +620,10 @@ void http_conn_process(struct conn *c)
 		if (c->close_after && !r)
 			break;
 		if (!c->pend_len)
+			break;
+		/* A client that sends requests without reading the answers: the next request
+		 * waits until its output drains (server.c then stops reading it too). */
+		if (!r && c->out.bytes >= HTTP_OUT_HIGH)
 			break;
 		if (!r && !c->hdr_deadline_ms)
 			c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;

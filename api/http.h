@@ -105,6 +105,9 @@ void http_stream_write(struct http_req *r, const void *p, size_t n);
 /* Two buffers as one chunk (an envelope header and its payload). */
 void http_stream_write2(struct http_req *r, const void *a, size_t an, const void *b, size_t bn);
 void http_stream_finish(struct http_req *r);
+/* Ends a chunked response without its last chunk and closes the connection, so
+ * the client sees the body was cut short. */
+void http_stream_abort(struct http_req *r);
 /* Bytes a producer may still queue before it should wait for writable(). */
 size_t http_stream_room(const struct http_req *r);
 

@@ -152,18 +152,15 @@ void rest_preview_create(struct http_req *r)
 	cJSON *b = handler_json_body(r);
 	if (!b)
 		return;
-	const cJSON *jid = cJSON_GetObjectItemCaseSensitive(b, "sandbox_id");
-	if (!jid)
-		jid = cJSON_GetObjectItemCaseSensitive(b, "sandbox");
-	const char *id = cJSON_IsString(jid) ? jid->valuestring : http_req_header(r, "x-sandbox-id");
+	/* The contract's {sandbox, port}; "ttl" (seconds) is this server's addition. */
+	const cJSON *jid = cJSON_GetObjectItemCaseSensitive(b, "sandbox");
+	const char *id = cJSON_IsString(jid) ? jid->valuestring : NULL;
 	const cJSON *jport = cJSON_GetObjectItemCaseSensitive(b, "port");
 	const cJSON *jttl = cJSON_GetObjectItemCaseSensitive(b, "ttl");
-	if (!jttl)
-		jttl = cJSON_GetObjectItemCaseSensitive(b, "ttl_seconds");
 	if (!id || !api_valid_id(id)) {
 		cJSON_Delete(b);
-		http_reply_error(r, AE_INVALID_SANDBOX_ID, id ? "sandbox_id is not a valid sandbox id"
-						      : "give sandbox_id (or the X-Sandbox-Id header)", NULL, NULL);
+		http_reply_error(r, AE_INVALID_SANDBOX_ID, id ? "sandbox is not a valid sandbox id"
+						      : "sandbox is required", NULL, NULL);
 		return;
 	}
 	double port = cJSON_IsNumber(jport) ? jport->valuedouble : -1;
@@ -182,7 +179,7 @@ void rest_preview_create(struct http_req *r)
 	struct sandbox *sb = sandbox_find(id);
 	char msg[160];
 	if (!sb) {
-		snprintf(msg, sizeof(msg), "no sandbox %.64s", id);
+		snprintf(msg, sizeof(msg), "sandbox \"%.64s\" not found", id);
 		cJSON_Delete(b);
 		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
 		return;
@@ -206,7 +203,7 @@ void rest_preview_create(struct http_req *r)
 	snprintf(path_url, sizeof(path_url), "http://%s" PV_PREFIX "%s/%u/?" PREVIEW_QUERY_PARAM "=%s", host, sb->id,
 		 p, token);
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "sandbox_id", sb->id);
+	cJSON_AddStringToObject(o, "sandbox", sb->id);
 	cJSON_AddNumberToObject(o, "port", p);
 	cJSON_AddStringToObject(o, "token", token);
 	if (srv_cfg.preview_domain) {
@@ -219,7 +216,7 @@ void rest_preview_create(struct http_req *r)
 		cJSON_AddStringToObject(o, "url", path_url);
 	}
 	cJSON_AddStringToObject(o, "path_url", path_url);
-	cJSON_AddNumberToObject(o, "expires", (double)exp);
+	cJSON_AddNumberToObject(o, "expires_unix", (double)exp);
 	registry_rfc3339(exp * 1000, ts, sizeof(ts));
 	cJSON_AddStringToObject(o, "expires_at", ts);
 	handler_reply_cjson(r, 200, o);
@@ -605,9 +602,15 @@ static int check_token(struct pv *pv, const struct http_req *r, const char *sid)
 	return rc;
 }
 
+static bool carries_node_token(const char *value)
+{
+	return srv_cfg.token && *srv_cfg.token && strstr(value, srv_cfg.token);
+}
+
 static bool hop_by_hop(const char *name, const char *connection)
 {
-	static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "te", "trailer",
+	static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "proxy-authorization",
+					   "te", "trailer",
 					   "transfer-encoding", "upgrade", "expect", "content-length", "host",
 					   "cookie", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix" };
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
@@ -644,11 +647,11 @@ static int build_request(struct pv *pv, struct http_req *r, const char *path, co
 		rc = rc ?: bytebuf_str(b, host);
 		rc = rc ?: bytebuf_str(b, "\r\n");
 	}
-	/* The node's own bearer token never reaches a sandbox. */
-	bool drop_auth = srv_cfg.token && router_authorized(r);
+	/* The node's own bearer token never reaches a sandbox, in whatever header and form
+	 * it comes (a tab after Bearer, a list, a second Authorization, bare, proxy). */
 	for (unsigned i = 0; i < r->nh && !rc; i++) {
 		const char *name = r->h[i].name, *v = r->h[i].value;
-		if (hop_by_hop(name, connection) || (drop_auth && !strcmp(name, "authorization")))
+		if (hop_by_hop(name, connection) || carries_node_token(v))
 			continue;
 		rc = bytebuf_str(b, name);
 		rc = rc ?: bytebuf_str(b, ": ");
@@ -656,7 +659,7 @@ static int build_request(struct pv *pv, struct http_req *r, const char *path, co
 		rc = rc ?: bytebuf_str(b, "\r\n");
 	}
 	for (unsigned i = 0; i < r->nh && !rc; i++) {
-		if (strcmp(r->h[i].name, "cookie"))
+		if (strcmp(r->h[i].name, "cookie") || carries_node_token(r->h[i].value))
 			continue;
 		char *c = cookies_without_ours(r->h[i].value);
 		if (c) {
@@ -743,7 +746,7 @@ void preview_proxy(struct http_req *r)
 					: "this preview needs a valid token",
 				 rc == -ETIME ? "token expired" : "the " PREVIEW_QUERY_PARAM " parameter or the "
 				 PREVIEW_COOKIE " cookie is missing, malformed, or not for this sandbox and port",
-				 "ask for a new preview URL: POST /v1/preview {\"sandbox_id\", \"port\"}");
+				 "ask for a new preview URL: POST /v1/preview {\"sandbox\", \"port\"}");
 		return;
 	}
 	if (!by_host && (!*path || *path == '?')) {

@@ -1,4 +1,9 @@
-/* /v1/pty: the agent's pty operation behind a WebSocket. Framing (masking,
+/* The WebSocket Exec of the Mitos contract (GET /sandbox.v1.Sandbox/Exec?sandbox=ID,
+ * subprotocol connect.sandbox.v1): each binary WebSocket message is one Connect
+ * envelope of the sandbox.v1 Exec bidi schema. The client sends ExecRequest
+ * ({open: {command, args, env, cwd, pty: {size}}} first, then {stdin}, {resize},
+ * {stdinClose}); the server sends ExecResponse ({stdout}, then {exit}) and an
+ * end-of-stream envelope. Behind it is the agent's pty operation. Framing (masking,
  * fragmentation, ping/pong, the close handshake, UTF-8 checks of text frames) is
  * libwslay's event API, fed from memory: its recv callback reads what the
  * connection handed us and its send callback appends to the connection's output
@@ -19,6 +24,7 @@
 #include "agent/proto.h"
 #include "api/agent_client.h"
 #include "api/bytebuf.h"
+#include "api/connect.h"
 #include "api/errors.h"
 #include "api/http.h"
 #include "api/sandboxes.h"
@@ -28,6 +34,7 @@
 #define PTY_TX_HIGH (1u << 20)
 #define PTY_DIM_MAX 1000
 #define PTY_CMD_MAX (64u << 10)
+#define WS_SUBPROTOCOL "connect.sandbox.v1"
 
 static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -37,7 +44,10 @@ struct pt {
 	wslay_event_context_ptr ws;
 	char accept[29];
 	char sid[ID_MAX + 1];
-	bool upgraded, finished;
+	bool upgraded, finished, subprotocol;
+	/* A client message that ended the exchange, seen inside a wslay callback. */
+	enum api_err fail_e;
+	char fail[200];
 	struct bytebuf in;  /* client bytes not yet taken by wslay */
 	struct bytebuf tx;  /* terminal input waiting for agent credit */
 	size_t owed;
@@ -126,43 +136,137 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 	return (ssize_t)len;
 }
 
-/* {"resize": {"cols": C, "rows": R}}; false when the text is terminal input. */
-static bool control_msg(struct pt *pt, const uint8_t *p, size_t n)
+static void pt_fail(struct pt *pt, enum api_err e, const char *msg)
 {
-	size_t i = 0;
-	while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'))
-		i++;
-	if (i == n || p[i] != '{' || n > 4096)
-		return false;
-	cJSON *o = cJSON_ParseWithLength((const char *)p, n);
-	cJSON *rs = o ? cJSON_GetObjectItemCaseSensitive(o, "resize") : NULL;
-	if (!cJSON_IsObject(rs)) {
-		cJSON_Delete(o);
-		return false;
+	if (!pt->fail[0]) {
+		pt->fail_e = e;
+		snprintf(pt->fail, sizeof(pt->fail), "%s", msg);
 	}
-	const cJSON *c = cJSON_GetObjectItemCaseSensitive(rs, "cols");
-	const cJSON *r = cJSON_GetObjectItemCaseSensitive(rs, "rows");
-	if (cJSON_IsNumber(c) && cJSON_IsNumber(r) && c->valuedouble >= 1 && c->valuedouble <= PTY_DIM_MAX &&
-	    r->valuedouble >= 1 && r->valuedouble <= PTY_DIM_MAX && pt->as) {
-		char ev[96];
-		snprintf(ev, sizeof(ev), "{\"resize\":{\"rows\":%d,\"cols\":%d}}", (int)r->valuedouble,
-			 (int)c->valuedouble);
-		agent_send_event(pt->as, ev);
+}
+
+/* One Connect envelope to the client as a binary WebSocket message. */
+static void ws_envelope(struct pt *pt, uint8_t flags, const char *json)
+{
+	size_t n = strlen(json);
+	uint8_t *buf = malloc(CONNECT_ENVELOPE + n);
+	if (!buf)
+		return;
+	connect_envelope_header(buf, flags, (uint32_t)n);
+	memcpy(buf + CONNECT_ENVELOPE, json, n);
+	struct wslay_event_msg m = { WSLAY_BINARY_FRAME, buf, CONNECT_ENVELOPE + n };
+	wslay_event_queue_msg(pt->ws, &m);
+	free(buf);
+}
+
+static const struct astream_ops pt_stream_ops;
+static void pt_close_error(struct pt *pt);
+
+/* ExecOpen: the agent's pty operation, its size and its command. */
+static void exec_open(struct pt *pt, const cJSON *open)
+{
+	struct sandbox *sb = sandbox_find(pt->sid);
+	if (!sb || sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
+		pt_fail(pt, sb ? AE_SANDBOX_NOT_RUNNING : AE_NOT_FOUND, "the sandbox is not running");
+		return;
+	}
+	const cJSON *size = cJSON_GetObjectItem(cJSON_GetObjectItem(open, "pty"), "size");
+	double cols = cJSON_GetNumberValue(cJSON_GetObjectItem(size, "cols"));
+	double rows = cJSON_GetNumberValue(cJSON_GetObjectItem(size, "rows"));
+	const char *cmd = cJSON_GetStringValue(cJSON_GetObjectItem(open, "command"));
+	const char *cwd = cJSON_GetStringValue(cJSON_GetObjectItem(open, "cwd"));
+	const cJSON *args = cJSON_GetObjectItem(open, "args");
+	if (!size) {
+		cols = 80;
+		rows = 24;
+	}
+	if (!(cols >= 1 && cols <= PTY_DIM_MAX && rows >= 1 && rows <= PTY_DIM_MAX) ||
+	    (cmd && strlen(cmd) > PTY_CMD_MAX) || cJSON_GetArraySize(args) > 0) {
+		pt_fail(pt, AE_INVALID_ARGUMENT, "pty.size cols and rows are from 1 to 1000; command is a shell "
+			"command line (args are not taken by a terminal)");
+		return;
+	}
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "op", "pty");
+	cJSON *sz = cJSON_AddObjectToObject(o, "size");
+	cJSON_AddNumberToObject(sz, "rows", (int)rows);
+	cJSON_AddNumberToObject(sz, "cols", (int)cols);
+	if (cmd && *cmd) {
+		/* The same shell as ExecStream's commands. */
+		cJSON_AddStringToObject(o, "cmd", cmd);
+		cJSON_AddStringToObject(o, "shell", "/bin/bash");
+	}
+	if (cwd && *cwd)
+		cJSON_AddStringToObject(o, "cwd", cwd);
+	char *text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	pt->as = text ? agent_open(sb->agent, text, &pt_stream_ops, pt) : NULL;
+	free(text);
+	if (!pt->as)
+		pt_fail(pt, AE_INTERNAL, "cannot open a stream to the sandbox's agent");
+}
+
+/* One ExecRequest from the client. */
+static void exec_request(struct pt *pt, const uint8_t *p, size_t n)
+{
+	cJSON *o = cJSON_ParseWithLength((const char *)p, n);
+	const cJSON *open = cJSON_GetObjectItem(o, "open"), *in = cJSON_GetObjectItem(o, "stdin");
+	const cJSON *rs = cJSON_GetObjectItem(o, "resize"), *sc = cJSON_GetObjectItem(o, "stdinClose");
+	if (!cJSON_IsObject(o)) {
+		pt_fail(pt, AE_INVALID_ARGUMENT, "each message must be a JSON ExecRequest");
+	} else if (!pt->as && !open) {
+		pt_fail(pt, AE_INVALID_ARGUMENT, "the first ExecRequest must carry open");
+	} else if (open) {
+		if (pt->as || !cJSON_IsObject(open))
+			pt_fail(pt, AE_INVALID_ARGUMENT, "only the first ExecRequest carries open, an object");
+		else
+			exec_open(pt, open);
+	} else if (in) {
+		const char *b = cJSON_GetStringValue(in);
+		size_t len = b ? strlen(b) : 0, k;
+		uint8_t *raw = b ? malloc(base64_decoded_max(len) + 1) : NULL;
+		if (!raw || base64_decode(b, len, raw, &k) || bytebuf_add(&pt->tx, raw, k))
+			pt_fail(pt, AE_INVALID_ARGUMENT, "stdin must be base64");
+		free(raw);
+	} else if (rs) {
+		double c = cJSON_GetNumberValue(cJSON_GetObjectItem(rs, "cols"));
+		double r = cJSON_GetNumberValue(cJSON_GetObjectItem(rs, "rows"));
+		if (c >= 1 && c <= PTY_DIM_MAX && r >= 1 && r <= PTY_DIM_MAX) {
+			char ev[96];
+			snprintf(ev, sizeof(ev), "{\"resize\":{\"rows\":%d,\"cols\":%d}}", (int)r, (int)c);
+			agent_send_event(pt->as, ev);
+		}
+	} else if (cJSON_IsTrue(sc)) {
+		/* End of input: the terminal reads ^D. */
+		agent_send_data(pt->as, PROTO_CH_MAIN, true, NULL, 0);
 	}
 	cJSON_Delete(o);
-	return true;
 }
 
 static void ws_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a, void *user)
 {
 	(void)ctx;
 	struct pt *pt = user;
-	if (a->opcode != WSLAY_TEXT_FRAME && a->opcode != WSLAY_BINARY_FRAME)
+	if (a->opcode != WSLAY_BINARY_FRAME && a->opcode != WSLAY_TEXT_FRAME)
 		return; /* ping, pong and close are wslay's */
-	if (a->opcode == WSLAY_TEXT_FRAME && control_msg(pt, a->msg, a->msg_length))
-		return;
-	if (bytebuf_add(&pt->tx, a->msg, a->msg_length))
-		wslay_event_shutdown_read(ctx);
+	struct connect_dec d;
+	connect_dec_init(&d, PTY_MAX_MSG);
+	const uint8_t *p = a->msg;
+	size_t n = a->msg_length;
+	while (n && !pt->fail[0]) {
+		uint8_t flags;
+		const uint8_t *msg;
+		size_t len;
+		int rc = connect_dec_feed(&d, &p, &n, &flags, &msg, &len);
+		if (rc < 0 || (rc == 0 && n == 0 && !connect_dec_idle(&d)))
+			pt_fail(pt, AE_INVALID_ARGUMENT, "each WebSocket message carries whole Connect envelopes");
+		else if (rc == 1)
+			exec_request(pt, msg, len);
+		else
+			break;
+	}
+	if (!connect_dec_idle(&d) && !pt->fail[0])
+		pt_fail(pt, AE_INVALID_ARGUMENT, "each WebSocket message carries whole Connect envelopes");
+	connect_dec_free(&d);
 }
 
 static const struct wslay_event_callbacks ws_cbs = {
@@ -179,6 +283,10 @@ static void pt_ws_pump(struct pt *pt)
 		return;
 	if (wslay_event_want_read(pt->ws) && bytebuf_pending(&pt->in) && wslay_event_recv(pt->ws)) {
 		pt_end(pt, AE_INTERNAL, NULL, NULL);
+		return;
+	}
+	if (pt->fail[0]) {
+		pt_close_error(pt);
 		return;
 	}
 	if (wslay_event_want_write(pt->ws) && wslay_event_send(pt->ws)) {
@@ -235,8 +343,16 @@ static void as_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p, s
 	(void)fin;
 	struct pt *pt = s->ctx;
 	if (n && pt->ws && (ch == PROTO_CH_STDOUT || ch == PROTO_CH_STDERR)) {
-		struct wslay_event_msg m = { WSLAY_BINARY_FRAME, p, n };
-		if (wslay_event_queue_msg(pt->ws, &m) == 0 && wslay_event_send(pt->ws)) {
+		size_t cap = base64_encoded_len(n) + 16;
+		char *json = malloc(cap);
+		if (json) {
+			memcpy(json, ch == PROTO_CH_STDOUT ? "{\"stdout\":\"" : "{\"stderr\":\"", 11);
+			base64_encode(p, n, json + 11);
+			strcpy(json + 11 + base64_encoded_len(n), "\"}");
+			ws_envelope(pt, 0, json);
+			free(json);
+		}
+		if (wslay_event_send(pt->ws)) {
 			pt_end(pt, AE_INTERNAL, NULL, NULL);
 			return;
 		}
@@ -255,20 +371,45 @@ static void upgrade(struct pt *pt)
 		return;
 	}
 	wslay_event_config_set_max_recv_msg_length(pt->ws, PTY_MAX_MSG);
-	char head[256];
+	char head[320];
 	int n = snprintf(head, sizeof(head), "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-			 "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", pt->accept);
+			 "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n", pt->accept,
+			 pt->subprotocol ? "Sec-WebSocket-Protocol: " WS_SUBPROTOCOL "\r\n" : "");
 	http_raw_begin(r);
 	http_raw_write(r, head, (size_t)n);
 	pt->upgraded = true;
 	http_raw_input(r);
 }
 
-static void as_event(struct astream *s, cJSON *ev)
+/* The end of the exchange: the end-of-stream envelope (with the error, if any),
+ * then the close handshake. */
+static void pt_finish(struct pt *pt, enum api_err e, const char *msg)
 {
-	struct pt *pt = s->ctx;
-	if (!pt->upgraded && cJSON_IsNumber(cJSON_GetObjectItem(ev, "pid")))
-		upgrade(pt);
+	if (pt->ws) {
+		cJSON *eos = cJSON_CreateObject();
+		if (msg) {
+			cJSON *err = cJSON_AddObjectToObject(eos, "error");
+			cJSON_AddStringToObject(err, "code", api_err_connect_code(e));
+			char *red = api_redact(msg);
+			cJSON_AddStringToObject(err, "message", red ? red : "");
+			free(red);
+		}
+		char *j = cJSON_PrintUnformatted(eos);
+		cJSON_Delete(eos);
+		ws_envelope(pt, CONNECT_FLAG_END, j ? j : "{}");
+		free(j);
+		/* Out now: once a close is queued, wslay sends it ahead of queued messages. */
+		wslay_event_send(pt->ws);
+		static const char bye[] = "the terminal ended";
+		wslay_event_queue_close(pt->ws, WSLAY_CODE_NORMAL_CLOSURE, (const uint8_t *)bye, sizeof(bye) - 1);
+		wslay_event_send(pt->ws);
+	}
+	pt_end(pt, AE_INTERNAL, NULL, NULL);
+}
+
+static void pt_close_error(struct pt *pt)
+{
+	pt_finish(pt, pt->fail_e, pt->fail);
 }
 
 static void as_end(struct astream *s, cJSON *payload, const char *why)
@@ -276,44 +417,25 @@ static void as_end(struct astream *s, cJSON *payload, const char *why)
 	struct pt *pt = s->ctx;
 	pt->as = NULL;
 	const cJSON *err = payload ? cJSON_GetObjectItem(payload, "error") : NULL;
-	const char *code = cJSON_GetStringValue(cJSON_GetObjectItem(err, "code"));
-	const char *emsg = cJSON_GetStringValue(cJSON_GetObjectItem(err, "message"));
-	if (!pt->upgraded) {
-		char cause[96];
-		snprintf(cause, sizeof(cause), "agent: %.60s", code ? code : why ? why : "ended");
-		pt_end(pt, !payload ? AE_SANDBOX_NOT_RUNNING : code && !strcmp(code, "invalid_argument")
-		       ? AE_INVALID_ARGUMENT : AE_EXEC_FAILED,
-		       emsg ? emsg : payload ? "the terminal could not be started" : "the sandbox stopped", cause);
+	const cJSON *exited = payload ? cJSON_GetObjectItem(payload, "exited") : NULL;
+	if (!payload || (!cJSON_IsBool(exited) && err)) {
+		const char *code = cJSON_GetStringValue(cJSON_GetObjectItem(err, "code"));
+		const char *emsg = cJSON_GetStringValue(cJSON_GetObjectItem(err, "message"));
+		char msg[300];
+		snprintf(msg, sizeof(msg), "%s (%s)", emsg ? emsg : payload ? "the terminal could not be started"
+			 : "the sandbox stopped", code ? code : why ? why : "ended");
+		pt_finish(pt, !payload ? AE_SANDBOX_NOT_RUNNING : code && !strcmp(code, "invalid_argument")
+			  ? AE_INVALID_ARGUMENT : AE_EXEC_FAILED, msg);
 		return;
 	}
-	if (pt->ws) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON *x = cJSON_AddObjectToObject(o, "exit");
-		const cJSON *exited = payload ? cJSON_GetObjectItem(payload, "exited") : NULL;
-		const cJSON *ec = payload ? cJSON_GetObjectItem(payload, "exit_code") : NULL;
-		const cJSON *sig = payload ? cJSON_GetObjectItem(payload, "signal") : NULL;
-		cJSON_AddBoolToObject(x, "exited", cJSON_IsTrue(exited));
-		cJSON_AddNumberToObject(x, "exit_code", cJSON_IsNumber(ec) ? ec->valuedouble : -1);
-		if (cJSON_IsNumber(sig))
-			cJSON_AddNumberToObject(x, "signal", sig->valuedouble);
-		if (!payload)
-			cJSON_AddStringToObject(x, "error", "the sandbox stopped");
-		char *j = cJSON_PrintUnformatted(o);
-		cJSON_Delete(o);
-		if (j) {
-			struct wslay_event_msg m = { WSLAY_TEXT_FRAME, (const uint8_t *)j, strlen(j) };
-			/* Sent now: wslay sends queued control frames (the close) first. */
-			if (!wslay_event_queue_msg(pt->ws, &m))
-				wslay_event_send(pt->ws);
-			free(j);
-		}
-		static const char bye[] = "the terminal ended";
-		static const char gone[] = "the sandbox stopped";
-		wslay_event_queue_close(pt->ws, payload ? WSLAY_CODE_NORMAL_CLOSURE : WSLAY_CODE_INTERNAL_SERVER_ERROR,
-					(const uint8_t *)(payload ? bye : gone), payload ? sizeof(bye) - 1 : sizeof(gone) - 1);
-		wslay_event_send(pt->ws);
-	}
-	pt_end(pt, AE_INTERNAL, NULL, NULL);
+	/* A signal death reads as a shell reports it: 128 + the signal. */
+	int code = cJSON_IsTrue(exited) ? (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "exit_code"))
+					 : 128 + (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "signal"));
+	char j[64];
+	snprintf(j, sizeof(j), code ? "{\"exit\":{\"exitCode\":%d}}" : "{\"exit\":{}}", code);
+	if (pt->ws)
+		ws_envelope(pt, 0, j);
+	pt_finish(pt, AE_INTERNAL, NULL);
 }
 
 static void as_writable(struct astream *s)
@@ -321,31 +443,14 @@ static void as_writable(struct astream *s)
 	pt_tx_pump(s->ctx);
 }
 
-static const struct astream_ops pt_stream_ops = { as_data, as_event, as_end, as_writable };
-
-static int query_dim(const struct http_req *r, const char *key, int def, int *out)
-{
-	char *v = http_query_get(r->query, key);
-	if (!v) {
-		*out = def;
-		return 0;
-	}
-	char *end;
-	long n = strtol(v, &end, 10);
-	bool ok = *v && !*end && n >= 1 && n <= PTY_DIM_MAX;
-	free(v);
-	*out = (int)n;
-	return ok ? 0 : -EINVAL;
-}
+static const struct astream_ops pt_stream_ops = { as_data, NULL, as_end, as_writable };
 
 void pty_handle(struct http_req *r)
 {
-	char *sid = http_query_get(r->query, "sandbox_id");
-	const char *hid = http_req_header(r, "x-sandbox-id");
-	const char *id = sid ? sid : hid;
-	if (!id || !api_valid_id(id)) {
-		http_reply_error(r, AE_INVALID_SANDBOX_ID, id ? "sandbox_id is not a valid sandbox id"
-						      : "give the sandbox_id query parameter", NULL, NULL);
+	char *sid = http_query_get(r->query, "sandbox");
+	if (!sid || !api_valid_id(sid)) {
+		http_reply_error(r, AE_INVALID_SANDBOX_ID, sid ? "sandbox is not a valid sandbox id"
+						       : "give the sandbox query parameter (?sandbox=ID)", NULL, NULL);
 		free(sid);
 		return;
 	}
@@ -355,61 +460,32 @@ void pty_handle(struct http_req *r)
 		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
 		return;
 	}
-	snprintf(pt->sid, sizeof(pt->sid), "%s", id);
+	snprintf(pt->sid, sizeof(pt->sid), "%s", sid);
 	free(sid);
 	const char *up = http_req_header(r, "upgrade");
 	const char *conn = http_req_header(r, "connection");
 	const char *ver = http_req_header(r, "sec-websocket-version");
+	const char *proto = http_req_header(r, "sec-websocket-protocol");
+	pt->subprotocol = proto && strstr(proto, WS_SUBPROTOCOL);
 	if (!up || strcasecmp(up, "websocket") || !conn || !strcasestr(conn, "upgrade") || !ver ||
 	    strcmp(ver, "13") || ws_accept_key(http_req_header(r, "sec-websocket-key"), pt->accept)) {
 		pt_free(pt);
-		http_reply_error(r, AE_INVALID_ARGUMENT, "GET /v1/pty is a WebSocket (RFC 6455, version 13)",
-				 "Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Version: 13 and a "
-				 "Sec-WebSocket-Key are required", NULL);
-		return;
-	}
-	int cols, rows;
-	char *cmd = http_query_get(r->query, "cmd");
-	if (query_dim(r, "cols", 80, &cols) || query_dim(r, "rows", 24, &rows) ||
-	    (cmd && (!*cmd || strlen(cmd) > PTY_CMD_MAX))) {
-		free(cmd);
-		pt_free(pt);
-		http_reply_error(r, AE_INVALID_ARGUMENT, "cols and rows are whole numbers from 1 to 1000; cmd is a "
-				 "non-empty command line", NULL, NULL);
+		http_reply_error(r, AE_INVALID_ARGUMENT, "GET /sandbox.v1.Sandbox/Exec is a WebSocket (RFC 6455, "
+				 "version 13)", "Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Version: 13 "
+				 "and a Sec-WebSocket-Key are required", NULL);
 		return;
 	}
 	struct sandbox *sb = sandbox_find(pt->sid);
-	char msg[160];
 	if (!sb || sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
-		free(cmd);
-		snprintf(msg, sizeof(msg), !sb ? "no sandbox %s" : "sandbox %s is not running", pt->sid);
+		char msg[160];
+		snprintf(msg, sizeof(msg), !sb ? "sandbox \"%s\" not found" : "sandbox %s is not running", pt->sid);
 		pt_free(pt);
 		http_reply_error(r, sb ? AE_SANDBOX_NOT_RUNNING : AE_NOT_FOUND, msg, NULL, NULL);
-		return;
-	}
-	cJSON *open = cJSON_CreateObject();
-	cJSON_AddStringToObject(open, "op", "pty");
-	cJSON *size = cJSON_AddObjectToObject(open, "size");
-	cJSON_AddNumberToObject(size, "rows", rows);
-	cJSON_AddNumberToObject(size, "cols", cols);
-	if (cmd) {
-		/* The same shell as ExecStream's commands. */
-		cJSON_AddStringToObject(open, "cmd", cmd);
-		cJSON_AddStringToObject(open, "shell", "/bin/bash");
-	}
-	free(cmd);
-	char *o = cJSON_PrintUnformatted(open);
-	cJSON_Delete(open);
-	pt->as = o ? agent_open(sb->agent, o, &pt_stream_ops, pt) : NULL;
-	free(o);
-	if (!pt->as) {
-		pt_free(pt);
-		http_reply_error(r, AE_INTERNAL, "cannot open a stream to the sandbox's agent", NULL, NULL);
 		return;
 	}
 	pt->r = r;
 	r->ctx = pt;
 	r->ops = &pty_ops;
-	/* The 101 waits for the agent to report the process started, so a command
-	 * that cannot start is an HTTP error, not a WebSocket that closes at once. */
+	/* The process starts with the client's first message (ExecOpen). */
+	upgrade(pt);
 }

@@ -1,4 +1,6 @@
-/* The /v1 REST surface: templates, fork, sandboxes, TTL, pause/resume. */
+/* The /v1 REST surface of the Mitos sandbox-server contract: health, templates,
+ * fork (of a template or of a running sandbox), sandboxes, TTL, pause/resume.
+ * Field names, answers and status codes are the contract's (api/API.md). */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -11,8 +13,11 @@
 #include "api/node.h"
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/idempotency.h"
 #include "api/listener.h"
 #include "api/registry.h"
+#include "api/json_nul.h"
+#include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
 
@@ -21,7 +26,11 @@
 cJSON *handler_json_body(struct http_req *r)
 {
 	if (!r->body_len) {
-		http_reply_error(r, AE_INVALID_ARGUMENT, "the request body must be a JSON object", "empty body", NULL);
+		http_reply_error(r, AE_INVALID_JSON, "the request body must be a JSON object", "empty body", NULL);
+		return NULL;
+	}
+	if (json_text_has_nul(r->body, r->body_len)) {
+		http_reply_error(r, AE_INVALID_ARGUMENT, JSON_NUL_MESSAGE, NULL, NULL);
 		return NULL;
 	}
 	const char *end = NULL;
@@ -31,7 +40,7 @@ cJSON *handler_json_body(struct http_req *r)
 		snprintf(cause, sizeof(cause), "JSON parse error near byte %zu",
 			 o ? (size_t)0 : end ? (size_t)(end - (const char *)r->body) : (size_t)0);
 		cJSON_Delete(o);
-		http_reply_error(r, AE_INVALID_ARGUMENT, "the request body must be a JSON object", cause, NULL);
+		http_reply_error(r, AE_INVALID_JSON, "the request body must be a JSON object", cause, NULL);
 		return NULL;
 	}
 	return o;
@@ -49,66 +58,156 @@ void handler_reply_cjson(struct http_req *r, int status, cJSON *o)
 	free(s);
 }
 
-static const char *get_str(const cJSON *o, const char *a, const char *b)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, a);
-	if (!v && b)
-		v = cJSON_GetObjectItemCaseSensitive(o, b);
-	return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-static bool has_key(const cJSON *o, const char *a)
-{
-	return cJSON_GetObjectItemCaseSensitive(o, a) != NULL;
-}
-
-/* Reads a whole number of seconds in [lo, hi]; *present false when absent. */
-static int get_seconds(const cJSON *o, const char *key, double lo, double hi, uint32_t *out, bool *present)
+/* Reads a whole number in [lo, hi]; *present false when absent. -EINVAL when it is
+ * not a whole number, -ERANGE when it is one outside [lo, hi]. */
+static int get_uint(const cJSON *o, const char *key, double lo, double hi, uint32_t *out, bool *present)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
 	*present = v != NULL;
 	if (!v)
 		return 0;
-	if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo ||
-	    v->valuedouble > hi)
+	if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
 		return -EINVAL;
+	if (v->valuedouble < lo || v->valuedouble > hi)
+		return -ERANGE;
 	*out = (uint32_t)v->valuedouble;
 	return 0;
 }
 
+/* A string field that must be a valid id; NULL after replying 400 when it is not. */
+static const char *body_id(struct http_req *r, const cJSON *b, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(b, key);
+	if (cJSON_IsString(v) && api_valid_id(v->valuestring))
+		return v->valuestring;
+	char msg[200];
+	snprintf(msg, sizeof(msg), "%s %s: must be 1-64 characters of [a-zA-Z0-9_-], starting with a letter "
+		 "or digit", v ? "invalid" : "missing", key);
+	http_reply_error(r, AE_INVALID_SANDBOX_ID, msg, NULL, NULL);
+	return NULL;
+}
+
 void rest_health(struct http_req *r)
 {
+	unsigned ntpl = 0;
+	for (struct template_rec *t = templates_first(); t; t = t->next)
+		ntpl++;
 	cJSON *o = cJSON_CreateObject();
-	/* A router sends creates only to nodes that say ok. */
+	/* The contract's fields; a router sends creates only to nodes that say ok
+	 * (a standalone server has neither draining nor full, so says ok). */
 	cJSON_AddStringToObject(o, "status", node_draining() ? "draining"
 				: sandboxes_count() >= srv_cfg.max_sandboxes ? "full" : "ok");
+	cJSON_AddBoolToObject(o, "mock", 0);
+	cJSON_AddNumberToObject(o, "templates", ntpl);
 	if (node_tag()[0])
 		cJSON_AddStringToObject(o, "node_id", node_tag());
-	cJSON_AddStringToObject(o, "engine", sandboxes_engine_name());
 	cJSON_AddNumberToObject(o, "sandboxes", sandboxes_count());
+	cJSON_AddStringToObject(o, "engine", sandboxes_engine_name());
 	cJSON_AddNumberToObject(o, "connections", listener_conn_count());
 	handler_reply_cjson(r, 200, o);
+}
+
+/* The network posture every sandbox of this node has: no network interface but
+ * loopback, so nothing goes out and nothing comes in. */
+static cJSON *network_json(void)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "egress", "deny");
+	cJSON_AddStringToObject(o, "inbound", "deny");
+	return o;
+}
+
+static cJSON *template_info(const struct template_rec *t)
+{
+	cJSON *o = cJSON_CreateObject();
+	char ts[40];
+	cJSON_AddStringToObject(o, "id", t->name);
+	cJSON_AddBoolToObject(o, "ready", !t->building);
+	registry_rfc3339(t->created_ms, ts, sizeof(ts));
+	cJSON_AddStringToObject(o, "created_at", ts);
+	cJSON_AddNumberToObject(o, "creation_time_ms", t->build_ms);
+	cJSON_AddItemToObject(o, "network", network_json());
+	return o;
+}
+
+/* The base URL a client reached this server at: the request's Host when it is a
+ * plain host[:port], else the listening address. */
+static void endpoint_of(const struct http_req *r, char *out, size_t n)
+{
+	const char *h = http_req_header(r, "host");
+	size_t len = h ? strlen(h) : 0;
+	bool ok = len > 0 && len < 200 && strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+						 "0123456789.-:[]") == len;
+	if (ok)
+		snprintf(out, n, "http://%.200s", h);
+	else
+		snprintf(out, n, "http://%.200s:%u", srv_cfg.listen_host, srv_cfg.listen_port);
+}
+
+static cJSON *sandbox_info(const struct http_req *r, const struct sandbox *sb)
+{
+	cJSON *o = cJSON_CreateObject();
+	char ts[40], ep[240];
+	cJSON_AddStringToObject(o, "id", sb->id);
+	cJSON_AddStringToObject(o, "template_id", sb->template_name);
+	endpoint_of(r, ep, sizeof(ep));
+	cJSON_AddStringToObject(o, "endpoint", ep);
+	registry_rfc3339(sb->created_ms, ts, sizeof(ts));
+	cJSON_AddStringToObject(o, "created_at", ts);
+	cJSON_AddNumberToObject(o, "fork_time_ms", sb->fork_time_ms);
+	cJSON_AddItemToObject(o, "network", network_json());
+	return o;
+}
+
+/* Checks a template's "network": every posture this node can give is accepted (deny
+ * egress, deny inbound, block); one that would let traffic through is refused rather
+ * than silently not applied. Returns a message, or NULL when it is acceptable. */
+static const char *network_refusal(const cJSON *net)
+{
+	if (!net || cJSON_IsNull(net))
+		return NULL;
+	if (!cJSON_IsObject(net))
+		return "network must be an object";
+	const cJSON *v;
+	cJSON_ArrayForEach(v, net) {
+		const char *k = v->string;
+		if (!strcmp(k, "block")) {
+			if (!cJSON_IsBool(v))
+				return "network.block must be a boolean";
+		} else if (!strcmp(k, "egress") || !strcmp(k, "inbound")) {
+			if (!cJSON_IsString(v) ||
+			    (strcmp(v->valuestring, "") && strcmp(v->valuestring, "deny") &&
+			     strcmp(v->valuestring, "allow")))
+				return "network.egress and network.inbound must be \"deny\" or \"allow\"";
+			if (!strcmp(v->valuestring, "allow"))
+				return "sandboxes on this node have no network interface besides loopback: "
+				       "\"allow\" cannot be honoured (leave egress and inbound at \"deny\")";
+		} else if (!strcmp(k, "allow_domains") || !strcmp(k, "allow_cidrs") || !strcmp(k, "inbound_cidrs")) {
+			if (!cJSON_IsArray(v))
+				return "network allowlists must be arrays of strings";
+			if (cJSON_GetArraySize(v))
+				return "sandboxes on this node have no network interface besides loopback: an "
+				       "allowlist cannot be honoured";
+		} else {
+			return "network has an unknown field (known: block, egress, allow_domains, allow_cidrs, "
+			       "inbound, inbound_cidrs)";
+		}
+	}
+	return NULL;
 }
 
 struct tpl_ctx {
 	struct http_req *r;
 	struct tpl_waiter *w;
-	bool created;
+	char idem[IDEM_KEY_MAX + 1];
 };
-
-static void tpl_reply(struct http_req *r, struct template_rec *t, bool created)
-{
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddItemToObject(o, "template", template_json(t));
-	cJSON_AddBoolToObject(o, "created", created);
-	handler_reply_cjson(r, created ? 201 : 200, o);
-}
 
 static void tpl_abort(struct http_req *r)
 {
 	struct tpl_ctx *tc = r->ctx;
 	/* The build goes on; only its answer has nobody to go to. */
 	tpl_waiter_detach(tc->w);
+	idem_release(tc->idem);
 	free(tc);
 	r->ctx = NULL;
 }
@@ -119,14 +218,46 @@ static void tpl_done(void *ctx, enum api_err err, const char *msg, struct templa
 {
 	struct tpl_ctx *tc = ctx;
 	struct http_req *r = tc->r;
-	bool created = tc->created;
 	r->ctx = NULL;
 	r->ops = NULL;
-	free(tc);
-	if (!t)
+	if (!t) {
+		idem_release(tc->idem);
 		http_reply_error(r, err, msg, NULL, NULL);
-	else
-		tpl_reply(r, t, created);
+	} else {
+		idem_record(tc->idem, IDEM_TEMPLATE, t->name);
+		handler_reply_cjson(r, 200, template_info(t));
+	}
+	free(tc);
+}
+
+/* The engine's template spec from the contract's request: "resources" sizes the VM
+ * (vcpus, mem_mib); the keys the contract names go; the engines' own keys stay. */
+static cJSON *template_spec(const cJSON *b, const char **bad)
+{
+	cJSON *sp = cJSON_Duplicate(b, 1);
+	if (!sp)
+		return NULL;
+	static const char *contract_keys[] = { "id", "init_wait_seconds", "network", "workload", "resources" };
+	for (size_t i = 0; i < sizeof(contract_keys) / sizeof(contract_keys[0]); i++)
+		cJSON_DeleteItemFromObjectCaseSensitive(sp, contract_keys[i]);
+	const cJSON *res = cJSON_GetObjectItemCaseSensitive(b, "resources");
+	if (res && !cJSON_IsNull(res)) {
+		uint32_t v;
+		bool present;
+		if (!cJSON_IsObject(res)) {
+			*bad = "resources must be an object {vcpu_count, mem_size_mib}";
+		} else if (get_uint(res, "vcpu_count", 0, 64, &v, &present)) {
+			*bad = "resources.vcpu_count must be a whole number from 0 (the default) to 64";
+		} else {
+			if (present && v)
+				cJSON_AddNumberToObject(sp, "vcpus", v);
+			if (get_uint(res, "mem_size_mib", 0, 1u << 20, &v, &present))
+				*bad = "resources.mem_size_mib must be a whole number of MiB (0: the default)";
+			else if (present && v)
+				cJSON_AddNumberToObject(sp, "mem_mib", v);
+		}
+	}
+	return sp;
 }
 
 void rest_templates_create(struct http_req *r)
@@ -134,50 +265,87 @@ void rest_templates_create(struct http_req *r)
 	cJSON *b = handler_json_body(r);
 	if (!b)
 		return;
-	const char *name = get_str(b, "name", "template");
-	const char *image = get_str(b, "image", NULL);
-	if (!name && image)
-		name = image;
-	if (!name) {
+	const char *id = body_id(r, b, "id");
+	if (!id) {
 		cJSON_Delete(b);
-		http_reply_error(r, AE_INVALID_ARGUMENT, "give the template's \"name\" (and optionally \"image\")", NULL, NULL);
 		return;
 	}
-	struct template_rec *t;
-	bool created;
-	enum api_err e;
-	char msg[700];
+	const char *bad = network_refusal(cJSON_GetObjectItemCaseSensitive(b, "network"));
+	uint32_t wait_s;
+	bool present;
+	if (!bad && get_uint(b, "init_wait_seconds", 0, 3600, &wait_s, &present))
+		bad = "init_wait_seconds must be a whole number of seconds from 0 to 3600";
+	const cJSON *wl = cJSON_GetObjectItemCaseSensitive(b, "workload");
+	if (!bad && wl && !cJSON_IsNull(wl)) {
+		cJSON_Delete(b);
+		http_reply_error(r, AE_UNIMPLEMENTED, "workload templates are not available on this node",
+				 "a template here is a root filesystem; no process is started before the fork",
+				 "omit \"workload\" and start the process with exec after create");
+		return;
+	}
+	cJSON *spec = bad ? NULL : template_spec(b, &bad);
+	if (bad || !spec) {
+		cJSON_Delete(spec);
+		cJSON_Delete(b);
+		http_reply_error(r, bad ? AE_INVALID_ARGUMENT : AE_INTERNAL, bad ? bad : "out of memory", NULL, NULL);
+		return;
+	}
+	char name[ID_MAX + 1];
+	snprintf(name, sizeof(name), "%s", id);
+	cJSON_Delete(b);
+	const char *key = http_req_header(r, "idempotency-key");
+	char bound[ID_MAX + 1];
+	int st = idem_begin(key, IDEM_TEMPLATE, bound, sizeof(bound));
+	struct template_rec *t = st == IDEM_REPLAY ? templates_find(bound) : NULL;
+	if (st < 0 || st == IDEM_IN_FLIGHT || t) {
+		cJSON_Delete(spec);
+		if (t)
+			handler_reply_cjson(r, 200, template_info(t));
+		else if (st < 0)
+			http_reply_error(r, AE_INVALID_ARGUMENT, "Idempotency-Key is longer than 255 bytes", NULL, NULL);
+		else
+			http_reply_error(r, AE_CONFLICT, "a create with this Idempotency-Key is already in progress; "
+					 "retry shortly", NULL, NULL);
+		return;
+	}
 	struct tpl_ctx *tc = calloc(1, sizeof(*tc));
 	if (!tc) {
-		cJSON_Delete(b);
+		cJSON_Delete(spec);
+		idem_release(key);
 		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
 		return;
 	}
-	int rc = templates_create(name, image, b, &t, &created, tpl_done, tc, &tc->w, &e, msg, sizeof(msg));
-	cJSON_Delete(b);
+	snprintf(tc->idem, sizeof(tc->idem), "%s", key ? key : "");
+	bool created;
+	enum api_err e;
+	char msg[700];
+	/* Every template is made from this node's one image, as the contract's server
+	 * makes every template from its one root filesystem. */
+	int rc = templates_create(name, "python", spec, &t, &created, tpl_done, tc, &tc->w, &e, msg, sizeof(msg));
+	cJSON_Delete(spec);
 	if (rc == 1) {
 		/* The engine builds it (kvm): the answer comes when it is ready. */
 		tc->r = r;
-		tc->created = created;
 		r->ctx = tc;
 		r->ops = &tpl_ops;
 		return;
 	}
 	free(tc);
 	if (rc) {
+		idem_release(key);
 		http_reply_error(r, e, msg, NULL, NULL);
 		return;
 	}
-	tpl_reply(r, t, created);
+	idem_record(key, IDEM_TEMPLATE, t->name);
+	handler_reply_cjson(r, 200, template_info(t));
 }
 
 void rest_templates_list(struct http_req *r)
 {
-	cJSON *o = cJSON_CreateObject();
-	cJSON *a = cJSON_AddArrayToObject(o, "templates");
+	cJSON *a = cJSON_CreateArray();
 	for (struct template_rec *t = templates_first(); t; t = t->next)
-		cJSON_AddItemToArray(a, template_json(t));
-	handler_reply_cjson(r, 200, o);
+		cJSON_AddItemToArray(a, template_info(t));
+	handler_reply_cjson(r, 200, a);
 }
 
 /* ---- fork ---- */
@@ -185,12 +353,14 @@ void rest_templates_list(struct http_req *r)
 struct fork_ctx {
 	struct http_req *r;
 	struct sb_job *job;
+	char idem[IDEM_KEY_MAX + 1];
 };
 
 static void fork_abort(struct http_req *r)
 {
 	struct fork_ctx *fc = r->ctx;
 	sb_job_detach(fc->job);
+	idem_release(fc->idem);
 	free(fc);
 	r->ctx = NULL;
 }
@@ -202,16 +372,56 @@ static void fork_done(void *ctx, enum api_err err, const char *msg, struct sandb
 	struct fork_ctx *fc = ctx;
 	struct http_req *r = fc->r;
 	r->ctx = NULL;
+	if (!sbs || n != 1) {
+		idem_release(fc->idem);
+		http_reply_error(r, sbs ? AE_INTERNAL : err, sbs ? "fork made no sandbox" : msg, NULL, NULL);
+	} else {
+		idem_record(fc->idem, IDEM_FORK, sbs[0]->id);
+		handler_reply_cjson(r, 200, sandbox_info(r, sbs[0]));
+	}
 	free(fc);
-	if (!sbs) {
-		http_reply_error(r, err, msg, NULL, NULL);
+}
+
+/* One new sandbox named child_id, from template tpl or from the running sandbox src. */
+static void fork_one(struct http_req *r, const char *tpl, const char *src, const char *child_id)
+{
+	const char *key = http_req_header(r, "idempotency-key");
+	char bound[ID_MAX + 1];
+	int st = idem_begin(key, IDEM_FORK, bound, sizeof(bound));
+	struct sandbox *prior = st == IDEM_REPLAY ? sandbox_find(bound) : NULL;
+	if (prior) {
+		handler_reply_cjson(r, 200, sandbox_info(r, prior));
 		return;
 	}
-	cJSON *o = cJSON_CreateObject();
-	cJSON *a = cJSON_AddArrayToObject(o, "sandboxes");
-	for (unsigned i = 0; i < n; i++)
-		cJSON_AddItemToArray(a, sandbox_json(sbs[i]));
-	handler_reply_cjson(r, 201, o);
+	if (st < 0 || st == IDEM_IN_FLIGHT) {
+		if (st < 0)
+			http_reply_error(r, AE_INVALID_ARGUMENT, "Idempotency-Key is longer than 255 bytes", NULL, NULL);
+		else
+			http_reply_error(r, AE_CONFLICT, "a fork with this Idempotency-Key is already in progress; "
+					 "retry shortly", NULL, NULL);
+		return;
+	}
+	const char *ids[1] = { child_id };
+	struct fork_req fr = { .template_name = tpl, .sandbox_id = src, .n = 1, .ids = ids };
+	struct fork_ctx *fc = calloc(1, sizeof(*fc));
+	if (!fc) {
+		idem_release(key);
+		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
+		return;
+	}
+	snprintf(fc->idem, sizeof(fc->idem), "%s", key ? key : "");
+	fc->r = r;
+	r->ctx = fc;
+	r->ops = &fork_ops;
+	enum api_err e = AE_INVALID_ARGUMENT;
+	char msg[600];
+	if (sandboxes_fork(&fr, fork_done, fc, &fc->job, &e, msg, sizeof(msg))) {
+		r->ctx = NULL;
+		r->ops = NULL;
+		free(fc);
+		idem_release(key);
+		http_reply_error(r, e, msg, NULL, NULL);
+	}
 }
 
 void rest_fork(struct http_req *r)
@@ -219,126 +429,86 @@ void rest_fork(struct http_req *r)
 	cJSON *b = handler_json_body(r);
 	if (!b)
 		return;
-	struct fork_req fr = { .n = 1 };
-	const char *ids[64];
-	char msg[600];
-	enum api_err e = AE_INVALID_ARGUMENT;
-	const char *bad = NULL;
-	/* Sandbox ids first: a malformed one is reported before anything else. */
-	const char *sid = get_str(b, "sandbox_id", "sandbox");
-	if (has_key(b, "sandbox_id") || has_key(b, "sandbox")) {
-		if (!sid || !api_valid_id(sid)) {
-			cJSON_Delete(b);
-			http_reply_error(r, AE_INVALID_SANDBOX_ID, "sandbox_id is not a valid sandbox id", NULL, NULL);
-			return;
-		}
-		fr.sandbox_id = sid;
-	}
-	const cJSON *jids = cJSON_GetObjectItemCaseSensitive(b, "ids");
-	const char *one_id = get_str(b, "id", NULL);
-	if (has_key(b, "id") && (!one_id || !api_valid_id(one_id))) {
-		cJSON_Delete(b);
-		http_reply_error(r, AE_INVALID_SANDBOX_ID, "id is not a valid sandbox id", NULL, NULL);
-		return;
-	}
-	if (jids) {
-		int k = cJSON_IsArray(jids) ? cJSON_GetArraySize(jids) : -1;
-		if (k < 1 || k > 64) {
-			bad = "ids must be an array of 1 to 64 sandbox ids";
-		} else {
-			for (int i = 0; i < k; i++) {
-				const cJSON *v = cJSON_GetArrayItem(jids, i);
-				if (!cJSON_IsString(v) || !api_valid_id(v->valuestring)) {
-					cJSON_Delete(b);
-					http_reply_error(r, AE_INVALID_SANDBOX_ID, "ids holds an invalid sandbox id", NULL, NULL);
-					return;
-				}
-				ids[i] = v->valuestring;
-			}
-			fr.ids = ids;
-			fr.n = (unsigned)k;
-		}
-	} else if (one_id) {
-		ids[0] = one_id;
-		fr.ids = ids;
-	}
-	fr.template_name = get_str(b, "template", "template_id");
-	if ((has_key(b, "template") || has_key(b, "template_id")) && !fr.template_name)
-		bad = "template must be a string";
-	const cJSON *jn = cJSON_GetObjectItemCaseSensitive(b, "n");
-	if (jn) {
-		if (!cJSON_IsNumber(jn) || jn->valuedouble != floor(jn->valuedouble) || jn->valuedouble < 1 ||
-		    jn->valuedouble > 64)
-			bad = "n must be an integer from 1 to 64";
-		else if (fr.ids && (unsigned)jn->valuedouble != fr.n)
-			bad = "n must match the number of ids";
-		else
-			fr.n = (unsigned)jn->valuedouble;
-	}
-	bool present;
-	if (get_seconds(b, "timeout", 1, MAX_TIMEOUT_S, &fr.timeout_s, &present))
-		bad = "timeout must be a whole number of seconds from 1 to 2592000";
-	const cJSON *md = cJSON_GetObjectItemCaseSensitive(b, "metadata");
-	if (md && !cJSON_IsObject(md) && !cJSON_IsNull(md))
-		bad = "metadata must be an object";
-	fr.metadata = cJSON_IsObject(md) ? md : NULL;
-	if (bad) {
-		cJSON_Delete(b);
-		http_reply_error(r, AE_INVALID_ARGUMENT, bad, NULL, NULL);
-		return;
-	}
-	struct fork_ctx *fc = calloc(1, sizeof(*fc));
-	if (!fc) {
-		cJSON_Delete(b);
-		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
-		return;
-	}
-	fc->r = r;
-	r->ctx = fc;
-	r->ops = &fork_ops;
-	int rc = sandboxes_fork(&fr, fork_done, fc, &fc->job, &e, msg, sizeof(msg));
+	const char *id = body_id(r, b, "id");
+	const char *tpl = id ? body_id(r, b, "template") : NULL;
+	if (tpl)
+		fork_one(r, tpl, NULL, id);
 	cJSON_Delete(b);
-	if (rc) {
-		r->ctx = NULL;
-		r->ops = NULL;
-		free(fc);
-		http_reply_error(r, e, msg, NULL, NULL);
+}
+
+void rest_sandbox_fork(struct http_req *r)
+{
+	cJSON *b = handler_json_body(r);
+	if (!b)
+		return;
+	const char *id = body_id(r, b, "id");
+	const cJSON *ps = cJSON_GetObjectItemCaseSensitive(b, "pause_source");
+	const cJSON *tpl = cJSON_GetObjectItemCaseSensitive(b, "template");
+	if (id && ps && !cJSON_IsBool(ps)) {
+		http_reply_error(r, AE_INVALID_ARGUMENT, "pause_source must be a boolean", NULL, NULL);
+	} else if (id && tpl && !cJSON_IsString(tpl)) {
+		http_reply_error(r, AE_INVALID_ARGUMENT, "template must be a string", NULL, NULL);
+	} else if (id) {
+		/* The child always descends from a paused source: the copy of its
+		 * writable layer must not change under the copy, whatever pause_source says. */
+		fork_one(r, NULL, r->sandbox_id, id);
 	}
+	cJSON_Delete(b);
+}
+
+static struct sandbox *find_or_404(struct http_req *r, const char *id);
+
+/* ---- forward and expose: routes of the contract this node does not serve yet ---- */
+
+void rest_sandbox_forward(struct http_req *r)
+{
+	if (find_or_404(r, r->sandbox_id))
+		http_reply_error(r, AE_UNIMPLEMENTED, "port forwarding to a host port is not available on this node",
+				 NULL, "reach a sandbox port through a preview URL: POST /v1/preview {sandbox, port}");
+}
+
+void rest_sandbox_expose(struct http_req *r)
+{
+	if (find_or_404(r, r->sandbox_id))
+		http_reply_error(r, AE_UNIMPLEMENTED, "/v1/sandboxes/{id}/expose/{port} is not available on this node",
+				 NULL, "reach a sandbox port through a preview URL: POST /v1/preview {sandbox, port}");
 }
 
 /* ---- sandboxes ---- */
 
 void rest_sandboxes_list(struct http_req *r)
 {
-	cJSON *o = cJSON_CreateObject();
-	cJSON *a = cJSON_AddArrayToObject(o, "sandboxes");
-	char *tpl = http_query_get(r->query, "template");
+	cJSON *a = cJSON_CreateArray();
 	for (struct sandbox *sb = sandboxes_first(); sb; sb = sb->next)
-		if (!tpl || !strcmp(tpl, sb->template_name))
-			cJSON_AddItemToArray(a, sandbox_json(sb));
-	free(tpl);
+		cJSON_AddItemToArray(a, sandbox_info(r, sb));
 	if (cluster_list_wanted(r))
-		cluster_list_start(r, o, "/v1/sandboxes");
+		cluster_list_start(r, a, "/v1/sandboxes");
 	else
-		handler_reply_cjson(r, 200, o);
+		handler_reply_cjson(r, 200, a);
 }
 
 static struct sandbox *find_or_404(struct http_req *r, const char *id)
 {
 	struct sandbox *sb = sandbox_find(id);
 	if (!sb) {
-		char msg[120];
-		snprintf(msg, sizeof(msg), "no sandbox %s", id);
-		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
+		char msg[120], end[420];
+		snprintf(msg, sizeof(msg), "sandbox \"%s\" not found", id);
+		bool ended = !sandbox_end_describe(id, end, sizeof(end));
+		http_reply_error(r, AE_NOT_FOUND, msg, ended ? end : NULL, NULL);
 	}
 	return sb;
 }
 
+/* Not a route of the contract: the contract's sandbox plus its state. */
 void rest_sandbox_get(struct http_req *r)
 {
 	struct sandbox *sb = find_or_404(r, r->sandbox_id);
-	if (sb)
-		handler_reply_cjson(r, 200, sandbox_json(sb));
+	if (!sb)
+		return;
+	cJSON *o = sandbox_info(r, sb);
+	cJSON_AddStringToObject(o, "state", sb->state == SB_STARTING ? "starting" : sb->state == SB_RUNNING ? "running"
+				: sb->state == SB_PAUSED ? "paused" : "stopping");
+	handler_reply_cjson(r, 200, o);
 }
 
 struct delete_ctx {
@@ -365,8 +535,8 @@ static void delete_done(void *ctx)
 	if (r) {
 		r->ctx = NULL;
 		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "status", "terminated");
 		cJSON_AddStringToObject(o, "id", dc->id);
-		cJSON_AddBoolToObject(o, "deleted", 1);
 		handler_reply_cjson(r, 200, o);
 	}
 	free(dc);
@@ -389,39 +559,15 @@ void rest_sandbox_delete(struct http_req *r)
 	sandbox_destroy(sb, "deleted by request", delete_done, dc, &dc->w);
 }
 
-/* set_timeout, pause and resume name the sandbox in the body ("sandbox_id"),
- * or in X-Sandbox-Id. */
+/* set_timeout, pause and resume name the sandbox in the body: {"sandbox": ID}. */
 static struct sandbox *body_sandbox(struct http_req *r, cJSON **bodyp)
 {
+	cJSON *b = handler_json_body(r);
 	*bodyp = NULL;
-	cJSON *b = NULL;
-	const char *id = NULL;
-	if (r->body_len) {
-		b = handler_json_body(r);
-		if (!b)
-			return NULL;
-		id = get_str(b, "sandbox_id", "id");
-		if ((has_key(b, "sandbox_id") || has_key(b, "id")) && (!id || !api_valid_id(id))) {
-			cJSON_Delete(b);
-			http_reply_error(r, AE_INVALID_SANDBOX_ID, "sandbox_id is not a valid sandbox id", NULL, NULL);
-			return NULL;
-		}
-	}
-	if (!id) {
-		const char *h = http_req_header(r, "x-sandbox-id");
-		if (h && !api_valid_id(h)) {
-			cJSON_Delete(b);
-			http_reply_error(r, AE_INVALID_SANDBOX_ID, "X-Sandbox-Id is not a valid sandbox id", NULL, NULL);
-			return NULL;
-		}
-		id = h;
-	}
-	if (!id) {
-		cJSON_Delete(b);
-		http_reply_error(r, AE_INVALID_SANDBOX_ID, "name the sandbox with \"sandbox_id\" in the body", NULL, NULL);
+	if (!b)
 		return NULL;
-	}
-	struct sandbox *sb = find_or_404(r, id);
+	const char *id = body_id(r, b, "sandbox");
+	struct sandbox *sb = id ? find_or_404(r, id) : NULL;
 	if (!sb) {
 		cJSON_Delete(b);
 		return NULL;
@@ -438,13 +584,15 @@ void rest_set_timeout(struct http_req *r)
 		return;
 	uint32_t secs = 0;
 	bool present;
-	int rc = b ? get_seconds(b, "timeout", 1, MAX_TIMEOUT_S, &secs, &present) : 0;
-	if (!rc && b && !present)
-		rc = get_seconds(b, "timeout_seconds", 1, MAX_TIMEOUT_S, &secs, &present);
+	const cJSON *jt = cJSON_GetObjectItemCaseSensitive(b, "timeout_seconds");
+	bool too_large = cJSON_IsNumber(jt) && jt->valuedouble > MAX_TIMEOUT_S;
+	int rc = get_uint(b, "timeout_seconds", 1, MAX_TIMEOUT_S, &secs, &present);
 	cJSON_Delete(b);
 	if (rc || !present) {
-		http_reply_error(r, AE_INVALID_ARGUMENT, "timeout must be a whole number of seconds from 1 to 2592000",
-				 NULL, NULL);
+		char msg[160];
+		snprintf(msg, sizeof(msg), too_large ? "timeout_seconds is over this server's ceiling of %u seconds"
+			 : "timeout_seconds must be a whole number of seconds from 1 to %u", MAX_TIMEOUT_S);
+		http_reply_error(r, too_large ? AE_TIMEOUT_TOO_LARGE : AE_INVALID_ARGUMENT, msg, NULL, NULL);
 		return;
 	}
 	if (sb->state == SB_STOPPING) {
@@ -453,12 +601,9 @@ void rest_set_timeout(struct http_req *r)
 	}
 	sandbox_set_timeout(sb, secs);
 	cJSON *o = cJSON_CreateObject();
-	char ts[40];
-	cJSON_AddStringToObject(o, "id", sb->id);
-	cJSON_AddNumberToObject(o, "timeout", secs);
-	cJSON_AddNumberToObject(o, "deadline", (double)(sb->deadline_ms / 1000));
-	registry_rfc3339(sb->deadline_ms, ts, sizeof(ts));
-	cJSON_AddStringToObject(o, "expires_at", ts);
+	cJSON_AddStringToObject(o, "status", "ok");
+	cJSON_AddNumberToObject(o, "deadline_unix", (double)(sb->deadline_ms / 1000));
+	cJSON_AddNumberToObject(o, "timeout_seconds", secs);
 	handler_reply_cjson(r, 200, o);
 }
 
@@ -482,8 +627,7 @@ static void pause_resume(struct http_req *r, bool pause)
 		return;
 	}
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "id", sb->id);
-	cJSON_AddStringToObject(o, "state", pause ? "paused" : "running");
+	cJSON_AddStringToObject(o, "status", pause ? "paused" : "running");
 	handler_reply_cjson(r, 200, o);
 }
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/e2b/e2b.h"
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
@@ -17,6 +18,9 @@ static const struct route r_templates_list = { "templates.list", rest_templates_
 static const struct route r_fork = { "fork", rest_fork, false, false };
 static const struct route r_sandboxes_list = { "sandboxes.list", rest_sandboxes_list, false, false };
 static const struct route r_sandbox_get = { "sandboxes.get", rest_sandbox_get, false, false };
+static const struct route r_sandbox_fork = { "sandboxes.fork", rest_sandbox_fork, false, false };
+static const struct route r_sandbox_forward = { "sandboxes.forward", rest_sandbox_forward, false, false };
+static const struct route r_sandbox_expose = { "sandboxes.expose", rest_sandbox_expose, false, false };
 static const struct route r_sandbox_delete = { "sandboxes.delete", rest_sandbox_delete, false, false };
 static const struct route r_set_timeout = { "set_timeout", rest_set_timeout, false, false };
 static const struct route r_pause = { "pause", rest_pause, false, false };
@@ -80,12 +84,23 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 	if (!strcmp(p, "/v1/sandboxes") || !strcmp(p, "/v1/sandboxes/"))
 		return m == HTTP_GET ? &r_sandboxes_list : NULL;
 	if (!strncmp(p, "/v1/sandboxes/", 14)) {
-		const char *id = p + 14;
+		/* /v1/sandboxes/{id} and /v1/sandboxes/{id}/{action} */
+		const char *id = p + 14, *slash = strchr(id, '/');
+		size_t idlen = slash ? (size_t)(slash - id) : strlen(id);
 		*has_id = true;
-		snprintf(r->param, sizeof(r->param), "%s", id);
-		if (strlen(id) >= sizeof(r->param))
+		snprintf(r->param, sizeof(r->param), "%.*s", (int)(idlen < sizeof(r->param) ? idlen : 0), id);
+		if (idlen >= sizeof(r->param))
 			r->param[0] = '!'; /* too long: fails the id check */
-		return m == HTTP_GET ? &r_sandbox_get : m == HTTP_DELETE ? &r_sandbox_delete : NULL;
+		if (!slash)
+			return m == HTTP_GET ? &r_sandbox_get : m == HTTP_DELETE ? &r_sandbox_delete : NULL;
+		if (!strcmp(slash, "/fork"))
+			return m == HTTP_POST ? &r_sandbox_fork : NULL;
+		if (!strcmp(slash, "/forward"))
+			return m == HTTP_POST ? &r_sandbox_forward : NULL;
+		if (!strncmp(slash, "/expose/", 8))
+			return &r_sandbox_expose;
+		*known_path = false;
+		return NULL;
 	}
 	if (!strcmp(p, "/v1/set_timeout"))
 		return m == HTTP_POST ? &r_set_timeout : NULL;
@@ -95,8 +110,6 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 		return m == HTTP_POST ? &r_resume : NULL;
 	if (!strcmp(p, "/v1/preview"))
 		return m == HTTP_POST ? &r_preview_create : NULL;
-	if (!strcmp(p, "/v1/pty"))
-		return m == HTTP_GET ? &r_pty : NULL;
 	/* Any method: it is the sandbox's server that answers. */
 	if (!strncmp(p, "/preview/", 9))
 		return &r_preview_proxy;
@@ -108,7 +121,11 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 			return NULL;
 		}
 		snprintf(r->param, sizeof(r->param), "%s", meth);
-		r->connect_errors = true;
+		/* Exec's WebSocket form names the sandbox in the query, not a header. */
+		if (m == HTTP_GET && !strcmp(meth, "Exec")) {
+			r->connect_errors = false;
+			return &r_pty;
+		}
 		if (m != HTTP_POST)
 			return NULL;
 		return !strcmp(meth, "WriteFile") ? &r_rpc_write : &r_rpc;
@@ -119,6 +136,8 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 
 void router_headers(struct http_req *r)
 {
+	if (e2b_route_headers(r))
+		return;
 	bool known = true, has_id = false;
 	/* A preview host is the sandbox's whole site, whatever the path. */
 	const struct route *rt = preview_host_matches(r) ? &r_preview_proxy : match(r, &known, &has_id);

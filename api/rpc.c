@@ -1,10 +1,15 @@
-/* The Connect service sandbox.v1.Sandbox (JSON codec): each call maps onto one
- * agent operation on the sandbox's agent connection. Server streams carry
+/* The Connect service sandbox.v1.Sandbox (JSON codec, protojson field names:
+ * lowerCamelCase, int64 as strings, bytes as base64, defaults omitted), as the
+ * Mitos sandbox-server answers it: each call maps onto one agent operation on
+ * the sandbox's agent connection. Server streams carry
  * envelopes, keepalives and an end-of-stream message; agent output is credited
  * back to the agent only as the HTTP client takes it, so a slow client pauses
  * the process in the sandbox instead of growing our memory. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,11 +22,15 @@
 #include "api/errors.h"
 #include "api/handlers.h"
 #include "api/http.h"
+#include "api/json_nul.h"
+#include "api/sandbox_ends.h"
 #include "api/sandboxes.h"
 #include "api/server.h"
 
 #define UNARY_DEFAULT_DEADLINE_MS 120000u
-#define EXEC_DEFAULT_TIMEOUT_S 30
+#define MAX_TIMEOUT_S 86400      /* the contract's default ceiling on exec and run_code timeouts */
+#define EXEC_TIMEOUT_EXIT_CODE 124 /* what a command killed at its timeout exits with, as timeout(1) */
+#define LIST_PAGE_DEFAULT 1000
 #define TX_PAUSE_BODY (1u << 20)   /* buffered upload bytes above which we stop reading */
 #define MAX_ENVELOPE (16u << 20)
 
@@ -35,6 +44,7 @@ struct rpc_method {
 	enum rpc_kind kind;
 	rpc_start_fn start;
 	bool file_op;
+	const char *unimplemented; /* why this node does not answer it, or NULL */
 };
 
 struct rpc_call {
@@ -48,13 +58,14 @@ struct rpc_call {
 	size_t owed;           /* agent bytes to credit once the client catches up */
 	struct bytebuf tx;     /* bytes for the agent waiting for credit */
 	bool tx_fin, tx_fin_sent;
-	uint8_t utf8_carry[2][4];
-	size_t utf8_carry_len[2];
-	cJSON *entries;        /* List */
+	uint64_t started_ms;   /* monotonic, for execTimeMs */
+	/* List */
+	cJSON *entries;
+	uint32_t page_size, page_off;
+	char *filter, *parent;
 	/* WriteFile */
 	struct connect_dec dec;
-	bool wf_unary, wf_opened, wf_body_done;
-	cJSON *wf_open;
+	bool wf_opened, wf_body_done;
 	uint64_t wf_bytes;
 	struct rpc_call *prev, *next;
 };
@@ -72,16 +83,35 @@ static void read_start(struct rpc_call *c, cJSON *req);
 static void list_start(struct rpc_call *c, cJSON *req);
 static void simple_start(struct rpc_call *c, cJSON *req);
 
+#define BIDI_HTTP1 "bidirectional streams need HTTP/2 and this server speaks HTTP/1.1: use ExecStream or " \
+	"the WebSocket Exec (GET /sandbox.v1.Sandbox/Exec?sandbox=ID), or RunCodeStream"
+#define NOT_HERE "this node does not provide it yet (api/STATUS.md)"
+
 static const struct rpc_method methods[] = {
-	{ "ExecStream", RPC_SERVER_STREAM, exec_start, false },
-	{ "RunCodeStream", RPC_SERVER_STREAM, run_code_start, false },
-	{ "ReadFile", RPC_SERVER_STREAM, read_start, true },
-	{ "WriteFile", RPC_CLIENT_STREAM, NULL, true },
-	{ "List", RPC_UNARY, list_start, true },
-	{ "Stat", RPC_UNARY, simple_start, true },
-	{ "Remove", RPC_UNARY, simple_start, true },
-	{ "Mkdir", RPC_UNARY, simple_start, true },
-	{ "Rename", RPC_UNARY, simple_start, true },
+	{ "ExecStream", RPC_SERVER_STREAM, exec_start, false, NULL },
+	{ "RunCodeStream", RPC_SERVER_STREAM, run_code_start, false, NULL },
+	{ "ReadFile", RPC_SERVER_STREAM, read_start, true, NULL },
+	{ "WriteFile", RPC_CLIENT_STREAM, NULL, true, NULL },
+	{ "List", RPC_UNARY, list_start, true, NULL },
+	{ "Stat", RPC_UNARY, simple_start, true, NULL },
+	{ "Remove", RPC_UNARY, simple_start, true, NULL },
+	{ "Mkdir", RPC_UNARY, simple_start, true, NULL },
+	{ "Exec", RPC_SERVER_STREAM, NULL, false, BIDI_HTTP1 },
+	{ "RunCode", RPC_SERVER_STREAM, NULL, false, BIDI_HTTP1 },
+	{ "PortForward", RPC_SERVER_STREAM, NULL, false, BIDI_HTTP1 },
+	{ "Archive", RPC_SERVER_STREAM, NULL, true, NOT_HERE },
+	{ "Watch", RPC_SERVER_STREAM, NULL, true, NOT_HERE },
+	{ "Vitals", RPC_SERVER_STREAM, NULL, false, NOT_HERE },
+	{ "Upload", RPC_UNARY, NULL, true, NOT_HERE },
+	{ "Processes", RPC_UNARY, NULL, false, NOT_HERE },
+	{ "Signal", RPC_UNARY, NULL, false, NOT_HERE },
+	/* Capability calls of the cluster control plane; a standalone node has none. */
+	{ "Fork", RPC_UNARY, NULL, false, "Fork is a cluster capability: on a standalone node fork with "
+	  "POST /v1/sandboxes/{id}/fork" },
+	{ "Checkpoint", RPC_UNARY, NULL, false, "Checkpoint is a cluster capability a standalone node does not have" },
+	{ "ExtendLifetime", RPC_UNARY, NULL, false, "ExtendLifetime is a cluster capability: on a standalone node "
+	  "use POST /v1/set_timeout" },
+	{ "Budget", RPC_UNARY, NULL, false, "Budget is a cluster capability a standalone node does not have" },
 };
 
 static const struct rpc_method *method_find(const char *name)
@@ -255,7 +285,8 @@ static void call_free(struct rpc_call *c)
 	}
 	connect_dec_free(&c->dec);
 	cJSON_Delete(c->entries);
-	cJSON_Delete(c->wf_open);
+	free(c->filter);
+	free(c->parent);
 	bytebuf_free(&c->tx);
 	free(c);
 }
@@ -285,7 +316,7 @@ static void rpc_tick(struct ur_ticker *t, uint64_t now)
 		if (c->envelopes && c->r && c->m->kind == RPC_SERVER_STREAM && now >= c->next_ka) {
 			c->next_ka = now + srv_cfg.keepalive_ms;
 			if (http_stream_room(c->r))
-				stream_msg(c, "{\"keepalive\":{}}", 16, 0);
+				stream_msg(c, "{}", 2, 0);
 		}
 	}
 }
@@ -300,7 +331,8 @@ static struct rpc_call *call_new(struct http_req *r, const struct rpc_method *m)
 	r->ctx = c;
 	r->abort_on_eof = m->kind == RPC_SERVER_STREAM;
 	r->ops = m->kind == RPC_CLIENT_STREAM ? &wf_ops : &call_ops;
-	c->next_ka = ur_now_ms() + srv_cfg.keepalive_ms;
+	c->started_ms = ur_now_ms();
+	c->next_ka = c->started_ms + srv_cfg.keepalive_ms;
 	const char *to = http_req_header(r, "connect-timeout-ms");
 	if (to && *to && strlen(to) <= 10 && strspn(to, "0123456789") == strlen(to))
 		c->deadline = ur_now_ms() + strtoull(to, NULL, 10);
@@ -324,8 +356,9 @@ static struct agent_conn *call_agent(struct rpc_call *c)
 	struct sandbox *sb = sandbox_find(c->r->sandbox_id);
 	char msg[160];
 	if (!sb) {
+		char end[420];
 		snprintf(msg, sizeof(msg), "no sandbox %s", c->r->sandbox_id);
-		call_fail(c, AE_NOT_FOUND, msg, NULL);
+		call_fail(c, AE_NOT_FOUND, msg, sandbox_end_describe(c->r->sandbox_id, end, sizeof(end)) ? NULL : end);
 		return NULL;
 	}
 	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
@@ -398,41 +431,87 @@ static void as_writable(struct astream *s)
 
 /* ---- request parsing helpers ---- */
 
-static const char *jstr(const cJSON *o, const char *a, const char *b)
+static const char *jstr(const cJSON *o, const char *key)
 {
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, a);
-	if (!v && b)
-		v = cJSON_GetObjectItemCaseSensitive(o, b);
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static bool bad_type(const cJSON *o, const char *key, int (*is)(const cJSON *))
+/* An integer field in [lo, hi]: protojson sends int64 as a string, int32 as a
+ * number, and either form is accepted for both. Absent: 0 and *out untouched;
+ * -EINVAL not an integer; -ERANGE outside [lo, hi]. */
+static int req_int(const cJSON *o, const char *key, double lo, double hi, double *out)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-	return v && !is(v);
+	double d;
+	if (!v || cJSON_IsNull(v))
+		return 0;
+	if (cJSON_IsNumber(v)) {
+		d = v->valuedouble;
+	} else if (cJSON_IsString(v) && v->valuestring[0] && strlen(v->valuestring) < 24 &&
+		   strspn(v->valuestring + (v->valuestring[0] == '-'), "0123456789") ==
+			   strlen(v->valuestring + (v->valuestring[0] == '-'))) {
+		d = strtod(v->valuestring, NULL);
+	} else {
+		return -EINVAL;
+	}
+	if (d != floor(d))
+		return -EINVAL;
+	if (d < lo || d > hi)
+		return -ERANGE;
+	*out = d;
+	return 0;
 }
 
-static int is_str(const cJSON *v) { return cJSON_IsString(v); }
-static int is_bool(const cJSON *v) { return cJSON_IsBool(v); }
-static int is_num(const cJSON *v) { return cJSON_IsNumber(v); }
-
-static bool env_ok(const cJSON *env)
+/* A requested timeout in whole seconds: honoured, or refused when over the
+ * ceiling (never silently reduced). False when the call failed. */
+static bool req_timeout(struct rpc_call *c, const cJSON *req, double *secs)
 {
-	if (!env)
-		return true;
-	if (!cJSON_IsObject(env))
+	double raw = 0;
+	*secs = 0;
+	if (req_int(req, "timeoutSeconds", -1e15, 1e15, &raw) || raw < 0) {
+		call_fail(c, AE_INVALID_ARGUMENT, "timeoutSeconds must be a whole number of seconds (0: none)", NULL);
 		return false;
-	for (const cJSON *e = env->child; e; e = e->next)
-		if (!cJSON_IsString(e))
-			return false;
+	}
+	if (raw > MAX_TIMEOUT_S) {
+		char msg[120];
+		snprintf(msg, sizeof(msg), "timeoutSeconds is over this server's ceiling of %d seconds", MAX_TIMEOUT_S);
+		call_fail(c, AE_TIMEOUT_TOO_LARGE, msg, NULL);
+		return false;
+	}
+	*secs = raw;
+	if (*secs > 0 && !c->deadline)
+		c->deadline = ur_now_ms() + (uint64_t)(*secs * 1000) + 10000; /* a backstop behind the agent's kill */
 	return true;
 }
 
-/* Copies the path argument, which must be a non-empty string without NUL. */
-static bool add_path(struct rpc_call *c, cJSON *open, const cJSON *req, const char *key, const char *alt,
-		     const char *as)
+/* The contract's env, a list of {key, value}, as the agent's object. NULL: invalid. */
+static cJSON *env_object(const cJSON *env)
 {
-	const char *p = jstr(req, key, alt);
+	cJSON *o = cJSON_CreateObject();
+	if (!env || cJSON_IsNull(env))
+		return o;
+	if (!cJSON_IsArray(env)) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	const cJSON *e;
+	cJSON_ArrayForEach(e, env) {
+		const char *k = jstr(e, "key"), *v = jstr(e, "value");
+		if (!cJSON_IsObject(e) || !k || !*k) {
+			cJSON_Delete(o);
+			return NULL;
+		}
+		cJSON_DeleteItemFromObjectCaseSensitive(o, k);
+		cJSON_AddStringToObject(o, k, v ? v : "");
+	}
+	return o;
+}
+
+/* Copies the path argument, which must be a non-empty string. */
+static bool add_path(struct rpc_call *c, cJSON *open, const cJSON *req, const char *key)
+{
+	const char *p = jstr(req, key);
 	if (!p || !*p) {
 		char msg[80];
 		snprintf(msg, sizeof(msg), "%s must be a non-empty string", key);
@@ -440,8 +519,44 @@ static bool add_path(struct rpc_call *c, cJSON *open, const cJSON *req, const ch
 		call_fail(c, AE_INVALID_ARGUMENT, msg, NULL);
 		return false;
 	}
-	cJSON_AddStringToObject(open, as, p);
+	cJSON_AddStringToObject(open, "path", p);
 	return true;
+}
+
+/* A number the agent sent, as int64: 0 for what is not a number or does not fit (the
+ * agent is the sandbox's, and converting NaN or 1e300 to an integer is undefined). */
+static int64_t agent_int64(const cJSON *v)
+{
+	double d = cJSON_GetNumberValue(v);
+	return d == d && d >= -0x1p63 && d < 0x1p63 ? (int64_t)d : 0;
+}
+
+static void add_int64(cJSON *o, const char *key, int64_t v)
+{
+	char buf[24];
+	if (!v)
+		return;
+	snprintf(buf, sizeof(buf), "%" PRId64, v);
+	cJSON_AddStringToObject(o, key, buf);
+}
+
+/* An agent ENTRY as the contract's FileInfo. */
+static cJSON *file_info(const cJSON *e)
+{
+	cJSON *o = cJSON_CreateObject();
+	const char *name = jstr(e, "name"), *path = jstr(e, "path"), *type = jstr(e, "type");
+	if (name && *name)
+		cJSON_AddStringToObject(o, "name", name);
+	if (path && *path)
+		cJSON_AddStringToObject(o, "path", path);
+	if (type && !strcmp(type, "dir"))
+		cJSON_AddBoolToObject(o, "isDir", 1);
+	add_int64(o, "size", agent_int64(cJSON_GetObjectItem(e, "size")));
+	double mode = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "mode"));
+	if (mode > 0 && mode < 4294967296.0)
+		cJSON_AddNumberToObject(o, "mode", mode);
+	add_int64(o, "modifiedAtUnix", agent_int64(cJSON_GetObjectItem(e, "mtime_ns")) / 1000000000);
+	return o;
 }
 
 /* ---- ExecStream ---- */
@@ -471,15 +586,17 @@ static void exec_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 	consume(c, n);
 }
 
-static void exec_event(struct astream *s, cJSON *ev)
+/* The terminal ExecExit: exit code, run time, and a spawn failure's reason. */
+static void exit_msg(struct rpc_call *c, int code, const char *error)
 {
-	struct rpc_call *c = s->ctx;
-	cJSON *pid = cJSON_GetObjectItem(ev, "pid");
-	if (cJSON_IsNumber(pid)) {
-		char buf[64];
-		int n = snprintf(buf, sizeof(buf), "{\"start\":{\"pid\":%d}}", pid->valueint);
-		stream_msg(c, buf, (size_t)n, 0);
-	}
+	cJSON *o = cJSON_CreateObject();
+	cJSON *x = cJSON_AddObjectToObject(o, "exit");
+	if (code)
+		cJSON_AddNumberToObject(x, "exitCode", code);
+	cJSON_AddNumberToObject(x, "execTimeMs", (double)(ur_now_ms() - c->started_ms));
+	if (error && *error)
+		cJSON_AddStringToObject(x, "error", error);
+	stream_msg_cjson(c, o);
 }
 
 static void exec_end(struct astream *s, cJSON *payload, const char *why)
@@ -491,199 +608,142 @@ static void exec_end(struct astream *s, cJSON *payload, const char *why)
 		return;
 	}
 	cJSON *exited = cJSON_GetObjectItem(payload, "exited");
-	cJSON *code = cJSON_GetObjectItem(payload, "exit_code");
-	cJSON *sig = cJSON_GetObjectItem(payload, "signal");
 	cJSON *err = cJSON_GetObjectItem(payload, "error");
 	const char *ecode = cJSON_GetStringValue(cJSON_GetObjectItem(err, "code"));
-	bool timed_out = ecode && !strcmp(ecode, "timeout");
-	if (cJSON_IsBool(exited)) {
-		cJSON *o = cJSON_CreateObject();
-		cJSON *end = cJSON_AddObjectToObject(o, "end");
-		int ec = cJSON_IsNumber(code) ? code->valueint : -1;
-		cJSON_AddNumberToObject(end, "exitCode", ec);
-		cJSON_AddBoolToObject(end, "exited", cJSON_IsTrue(exited));
-		char status[64];
-		if (cJSON_IsTrue(exited)) {
-			snprintf(status, sizeof(status), "exit status %d", ec);
-		} else {
-			int sn = cJSON_IsNumber(sig) ? sig->valueint : 0;
-			cJSON_AddNumberToObject(end, "signal", sn);
-			snprintf(status, sizeof(status), "signal: %s", sn == 9 ? "killed" : strsignal(sn));
-		}
-		cJSON_AddStringToObject(end, "status", status);
-		cJSON_AddBoolToObject(end, "timedOut", timed_out);
-		stream_msg_cjson(c, o);
-	}
-	if (timed_out) {
-		call_fail(c, AE_TIMEOUT, "the command was killed after its timeout", "agent: timeout");
+	if (ecode && !strcmp(ecode, "timeout")) {
+		exit_msg(c, EXEC_TIMEOUT_EXIT_CODE, NULL);
+	} else if (cJSON_IsBool(exited)) {
+		/* A signal death reads as a shell reports it: 128 + the signal. */
+		int code = cJSON_IsTrue(exited) ? (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "exit_code"))
+						 : 128 + (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "signal"));
+		exit_msg(c, code, NULL);
+	} else if (cJSON_IsObject(err) && map_agent_code(ecode, false) != AE_UNIMPLEMENTED &&
+		   map_agent_code(ecode, false) != AE_INTERNAL && map_agent_code(ecode, false) != AE_LIMIT_EXCEEDED) {
+		/* The command never ran (no such cwd, no such user): ExecExit.error says why.
+		 * An agent that cannot exec at all, or broke, fails the call instead. */
+		const char *emsg = cJSON_GetStringValue(cJSON_GetObjectItem(err, "message"));
+		char reason[400];
+		snprintf(reason, sizeof(reason), "%s (agent: %s)", emsg ? emsg : "the command could not start",
+			 ecode ? ecode : "unknown");
+		exit_msg(c, -1, reason);
+	} else {
+		if (!end_failed(c, payload, why))
+			call_fail(c, AE_INTERNAL, "the agent ended the command without an exit status", NULL);
 		return;
 	}
-	if (end_failed(c, payload, why))
-		return;
 	call_end(c, NULL, 0, NULL, NULL);
 }
 
-static const struct astream_ops exec_ops = { exec_data, exec_event, exec_end, as_writable };
+static const struct astream_ops exec_ops = { exec_data, NULL, exec_end, as_writable };
 
+/* ExecStreamRequest {command, args, env, cwd, timeoutSeconds}: with args, command
+ * is the program; without, a shell command line. */
 static void exec_start(struct rpc_call *c, cJSON *req)
 {
+	const char *cmd = jstr(req, "command");
+	const cJSON *args = cJSON_GetObjectItemCaseSensitive(req, "args");
+	cJSON *env = env_object(cJSON_GetObjectItemCaseSensitive(req, "env"));
+	bool args_ok = !args || cJSON_IsNull(args) || cJSON_IsArray(args);
+	for (const cJSON *a = cJSON_IsArray(args) ? args->child : NULL; a; a = a->next)
+		if (!cJSON_IsString(a))
+			args_ok = false;
+	if (!cmd || !*cmd || !args_ok || !env || cJSON_HasObjectItem(req, "cwd") != !!jstr(req, "cwd")) {
+		cJSON_Delete(env);
+		call_fail(c, AE_INVALID_ARGUMENT, "command must be a non-empty string; args a list of strings; env a "
+			  "list of {key, value}; cwd a string", NULL);
+		return;
+	}
+	double timeout;
+	if (!req_timeout(c, req, &timeout)) {
+		cJSON_Delete(env);
+		return;
+	}
 	cJSON *open = cJSON_CreateObject();
 	cJSON_AddStringToObject(open, "op", "exec");
-	const cJSON *argv = cJSON_GetObjectItemCaseSensitive(req, "argv");
-	const char *cmd = jstr(req, "command", "cmd");
-	if (argv) {
-		bool ok = cJSON_IsArray(argv) && cJSON_GetArraySize(argv) > 0;
-		for (const cJSON *a = ok ? argv->child : NULL; a; a = a->next)
-			if (!cJSON_IsString(a))
-				ok = false;
-		if (!ok) {
-			cJSON_Delete(open);
-			call_fail(c, AE_INVALID_ARGUMENT, "argv must be a non-empty array of strings", NULL);
-			return;
-		}
-		cJSON_AddItemToObject(open, "argv", cJSON_Duplicate(argv, 1));
-	} else if (cmd && *cmd) {
-		cJSON_AddStringToObject(open, "cmd", cmd);
-		const char *shell = jstr(req, "shell", NULL);
-		cJSON_AddStringToObject(open, "shell", shell ? shell : "/bin/bash");
+	if (cJSON_GetArraySize(args) > 0) {
+		cJSON *argv = cJSON_AddArrayToObject(open, "argv");
+		cJSON_AddItemToArray(argv, cJSON_CreateString(cmd));
+		for (const cJSON *a = args->child; a; a = a->next)
+			cJSON_AddItemToArray(argv, cJSON_CreateString(a->valuestring));
 	} else {
-		cJSON_Delete(open);
-		call_fail(c, AE_INVALID_ARGUMENT, "give \"command\" (a shell command line) or \"argv\"", NULL);
-		return;
+		cJSON_AddStringToObject(open, "cmd", cmd);
+		cJSON_AddStringToObject(open, "shell", "/bin/bash");
 	}
-	const cJSON *env = cJSON_GetObjectItemCaseSensitive(req, "envs");
-	if (!env)
-		env = cJSON_GetObjectItemCaseSensitive(req, "env");
-	if (!env_ok(env) || bad_type(req, "cwd", is_str) || bad_type(req, "user", is_str) ||
-	    bad_type(req, "stdin", is_str) || bad_type(req, "timeout", is_num)) {
-		cJSON_Delete(open);
-		call_fail(c, AE_INVALID_ARGUMENT,
-			  "envs must map strings to strings; cwd, user and stdin (base64) are strings; timeout is a number",
-			  NULL);
-		return;
-	}
-	if (env)
-		cJSON_AddItemToObject(open, "env", cJSON_Duplicate(env, 1));
-	const char *cwd = jstr(req, "cwd", NULL), *user = jstr(req, "user", NULL);
+	cJSON_AddItemToObject(open, "env", env);
+	const char *cwd = jstr(req, "cwd");
 	if (cwd && *cwd)
 		cJSON_AddStringToObject(open, "cwd", cwd);
-	if (user && *user)
-		cJSON_AddStringToObject(open, "user", user);
-	double timeout = EXEC_DEFAULT_TIMEOUT_S;
-	const cJSON *jt = cJSON_GetObjectItemCaseSensitive(req, "timeout");
-	if (cJSON_IsNumber(jt))
-		timeout = jt->valuedouble;
-	if (timeout < 0 || timeout > 86400.0 * 30) {
-		cJSON_Delete(open);
-		call_fail(c, AE_INVALID_ARGUMENT, "timeout must be between 0 (none) and 2592000 seconds", NULL);
-		return;
-	}
-	if (timeout > 0) {
-		cJSON_AddNumberToObject(open, "timeout_ms", (double)(uint64_t)(timeout * 1000));
-		/* Ours is a backstop behind the agent's own kill. */
-		if (!c->deadline)
-			c->deadline = ur_now_ms() + (uint64_t)(timeout * 1000) + 10000;
-	}
-	const char *in = jstr(req, "stdin", NULL);
-	if (in) {
-		size_t k;
-		if (tx_add_base64(c, in, &k)) {
-			cJSON_Delete(open);
-			call_fail(c, AE_INVALID_ARGUMENT, "stdin must be base64", NULL);
-			return;
-		}
-		c->tx_fin = true;
-		cJSON_AddBoolToObject(open, "stdin", 1);
-	}
-	if (call_open(c, open, &exec_ops))
-		tx_pump(c);
+	if (timeout > 0)
+		cJSON_AddNumberToObject(open, "timeout_ms", timeout * 1000);
+	call_open(c, open, &exec_ops);
 }
 
 /* ---- RunCodeStream ---- */
-
-/* Length of the longest prefix of p that does not end inside a UTF-8 sequence. */
-static size_t utf8_complete_prefix(const uint8_t *p, size_t n)
-{
-	size_t i = n;
-	for (size_t back = 0; back < 3 && i > 0; back++) {
-		uint8_t b = p[i - 1];
-		if ((b & 0xC0) != 0x80) {
-			size_t need = (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 1;
-			return back + 1 >= need ? n : i - 1;
-		}
-		i--;
-	}
-	return n;
-}
-
-static void text_msg(struct rpc_call *c, int idx, const char *key, const uint8_t *p, size_t n)
-{
-	size_t carry = c->utf8_carry_len[idx];
-	uint8_t *buf = malloc(carry + n + 1);
-	if (!buf)
-		return;
-	memcpy(buf, c->utf8_carry[idx], carry);
-	memcpy(buf + carry, p, n);
-	size_t total = carry + n;
-	size_t keep = utf8_complete_prefix(buf, total);
-	if (total - keep > 3)
-		keep = total;
-	c->utf8_carry_len[idx] = total - keep;
-	memcpy(c->utf8_carry[idx], buf + keep, total - keep);
-	buf[keep] = 0;
-	if (keep) {
-		/* cJSON copies bytes as they are: invalid UTF-8 is replaced first. */
-		cJSON *o = cJSON_CreateObject();
-		char *clean = malloc(keep * 3 + 1);
-		if (clean) {
-			size_t o2 = 0;
-			for (size_t i = 0; i < keep;) {
-				uint8_t b = buf[i];
-				size_t len = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 0;
-				bool ok = len && i + len <= keep && !(b == 0);
-				for (size_t k = 1; ok && k < len; k++)
-					if ((buf[i + k] & 0xC0) != 0x80)
-						ok = false;
-				if (ok) {
-					memcpy(clean + o2, buf + i, len);
-					o2 += len;
-					i += len;
-				} else {
-					memcpy(clean + o2, "\xEF\xBF\xBD", 3);
-					o2 += 3;
-					i++;
-				}
-			}
-			clean[o2] = 0;
-			cJSON_AddStringToObject(o, key, clean);
-			free(clean);
-			stream_msg_cjson(c, o);
-		} else {
-			cJSON_Delete(o);
-		}
-	}
-	free(buf);
-}
 
 static void code_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p, size_t n)
 {
 	(void)fin;
 	struct rpc_call *c = s->ctx;
 	if (n && (ch == PROTO_CH_STDOUT || ch == PROTO_CH_STDERR))
-		text_msg(c, ch - 1, ch == PROTO_CH_STDOUT ? "stdout" : "stderr", p, n);
+		data_msg(c, ch == PROTO_CH_STDOUT ? "stdout" : "stderr", p, n);
 	consume(c, n);
 }
 
+/* A kernel display value as protojson bytes: the value's text (a JSON value
+ * serialized), base64-encoded once. */
+static cJSON *mime_bytes(const cJSON *v)
+{
+	char *text = cJSON_IsString(v) ? NULL : cJSON_PrintUnformatted(v);
+	const char *t = cJSON_IsString(v) ? v->valuestring : text;
+	size_t n = t ? strlen(t) : 0;
+	char *b64 = malloc(base64_encoded_len(n) + 1);
+	cJSON *out = NULL;
+	if (b64) {
+		base64_encode((const uint8_t *)(t ? t : ""), n, b64);
+		b64[base64_encoded_len(n)] = 0;
+		out = cJSON_CreateString(b64);
+	}
+	free(b64);
+	free(text);
+	return out ? out : cJSON_CreateString("");
+}
+
+/* result -> RunResult {text, data: map<mime, bytes>}; error -> RunError {name,
+ * value, traceback: lines}. */
 static void code_event(struct astream *s, cJSON *ev)
 {
 	struct rpc_call *c = s->ctx;
-	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "type"));
-	if (!type)
-		return;
-	cJSON *body = cJSON_Duplicate(ev, 1);
-	cJSON_DeleteItemFromObject(body, "type");
+	const char *type = jstr(ev, "type");
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddItemToObject(o, !strcmp(type, "result") ? "result" : !strcmp(type, "error") ? "error" : type, body);
+	if (type && !strcmp(type, "result")) {
+		cJSON *res = cJSON_AddObjectToObject(o, "result");
+		const cJSON *data = cJSON_GetObjectItem(ev, "data");
+		const char *plain = jstr(data, "text/plain");
+		if (cJSON_IsTrue(cJSON_GetObjectItem(ev, "is_main_result")) && plain && *plain)
+			cJSON_AddStringToObject(res, "text", plain);
+		cJSON *map = cJSON_AddObjectToObject(res, "data");
+		const cJSON *v;
+		cJSON_ArrayForEach(v, data)
+			cJSON_AddItemToObject(map, v->string, mime_bytes(v));
+	} else if (type && !strcmp(type, "error")) {
+		cJSON *err = cJSON_AddObjectToObject(o, "error");
+		const char *name = jstr(ev, "name"), *value = jstr(ev, "value"), *tb = jstr(ev, "traceback");
+		cJSON_AddStringToObject(err, "name", name ? name : "");
+		cJSON_AddStringToObject(err, "value", value ? value : "");
+		cJSON *lines = cJSON_AddArrayToObject(err, "traceback");
+		for (const char *p = tb; p && *p;) {
+			const char *nl = strchr(p, '\n');
+			size_t len = nl ? (size_t)(nl - p) : strlen(p);
+			char *line = strndup(p, len);
+			if (line)
+				cJSON_AddItemToArray(lines, cJSON_CreateString(line));
+			free(line);
+			p += len + (nl != NULL);
+		}
+	} else {
+		cJSON_Delete(o);
+		return;
+	}
 	stream_msg_cjson(c, o);
 }
 
@@ -693,26 +753,21 @@ static void code_end(struct astream *s, cJSON *payload, const char *why)
 	c->as = NULL;
 	if (end_failed(c, payload, why))
 		return;
-	cJSON *o = cJSON_CreateObject();
-	cJSON *end = cJSON_AddObjectToObject(o, "end");
-	cJSON *ec = cJSON_GetObjectItem(payload, "execution_count");
-	if (cJSON_IsNumber(ec))
-		cJSON_AddNumberToObject(end, "executionCount", ec->valuedouble);
-	const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(payload, "status"));
-	cJSON_AddStringToObject(end, "status", st ? st : "ok");
-	stream_msg_cjson(c, o);
+	/* exitCode is a oneof member: protojson writes it even when 0. */
+	const char *st = jstr(payload, "status");
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "{\"exitCode\":%d}", st && !strcmp(st, "error") ? 1 : 0);
+	stream_msg(c, buf, (size_t)n, 0);
 	call_end(c, NULL, 0, NULL, NULL);
 }
 
 static const struct astream_ops code_ops = { code_data, code_event, code_end, NULL };
 
+/* RunCodeStreamRequest {code, language, timeoutSeconds}. */
 static void run_code_start(struct rpc_call *c, cJSON *req)
 {
-	const char *code = jstr(req, "code", NULL);
-	const char *lang = jstr(req, "language", NULL);
-	const cJSON *env = cJSON_GetObjectItemCaseSensitive(req, "envs");
-	if (!env)
-		env = cJSON_GetObjectItemCaseSensitive(req, "env");
+	const char *code = jstr(req, "code");
+	const char *lang = jstr(req, "language");
 	if (!code) {
 		call_fail(c, AE_INVALID_ARGUMENT, "code must be a string", NULL);
 		return;
@@ -721,24 +776,14 @@ static void run_code_start(struct rpc_call *c, cJSON *req)
 		call_fail(c, AE_INVALID_ARGUMENT, "language must be \"python\"", "only Python kernels exist");
 		return;
 	}
-	if (!env_ok(env) || bad_type(req, "timeout", is_num) || bad_type(req, "context", is_str)) {
-		call_fail(c, AE_INVALID_ARGUMENT, "envs must map strings to strings; context is a string; timeout a number", NULL);
+	double timeout;
+	if (!req_timeout(c, req, &timeout))
 		return;
-	}
 	cJSON *open = cJSON_CreateObject();
 	cJSON_AddStringToObject(open, "op", "run_code");
 	cJSON_AddStringToObject(open, "code", code);
-	const char *ctx = jstr(req, "context", "context_id");
-	if (ctx && *ctx)
-		cJSON_AddStringToObject(open, "context", ctx);
-	if (env)
-		cJSON_AddItemToObject(open, "env", cJSON_Duplicate(env, 1));
-	const cJSON *jt = cJSON_GetObjectItemCaseSensitive(req, "timeout");
-	if (cJSON_IsNumber(jt) && jt->valuedouble > 0) {
-		cJSON_AddNumberToObject(open, "timeout_ms", (double)(uint64_t)(jt->valuedouble * 1000));
-		if (!c->deadline)
-			c->deadline = ur_now_ms() + (uint64_t)(jt->valuedouble * 1000) + 10000;
-	}
+	if (timeout > 0)
+		cJSON_AddNumberToObject(open, "timeout_ms", timeout * 1000);
 	call_open(c, open, &code_ops);
 }
 
@@ -753,17 +798,6 @@ static void read_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 	consume(c, n);
 }
 
-static void read_event(struct astream *s, cJSON *ev)
-{
-	struct rpc_call *c = s->ctx;
-	cJSON *size = cJSON_GetObjectItem(ev, "size");
-	if (cJSON_IsNumber(size)) {
-		char buf[64];
-		int n = snprintf(buf, sizeof(buf), "{\"size\":%.0f}", size->valuedouble);
-		stream_msg(c, buf, (size_t)n, 0);
-	}
-}
-
 static void read_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
@@ -773,28 +807,14 @@ static void read_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, NULL, 0, NULL, NULL);
 }
 
-static const struct astream_ops read_ops = { read_data, read_event, read_end, NULL };
+static const struct astream_ops read_ops = { read_data, NULL, read_end, NULL };
 
 static void read_start(struct rpc_call *c, cJSON *req)
 {
 	cJSON *open = cJSON_CreateObject();
 	cJSON_AddStringToObject(open, "op", "read");
-	if (!add_path(c, open, req, "path", NULL, "path"))
-		return;
-	for (const char *k = "offset"; k; k = !strcmp(k, "offset") ? "length" : NULL) {
-		const cJSON *v = cJSON_GetObjectItemCaseSensitive(req, k);
-		if (v && (!cJSON_IsNumber(v) || v->valuedouble < 0)) {
-			cJSON_Delete(open);
-			call_fail(c, AE_INVALID_ARGUMENT, "offset and length must be non-negative numbers", NULL);
-			return;
-		}
-		if (v)
-			cJSON_AddNumberToObject(open, k, v->valuedouble);
-	}
-	const char *user = jstr(req, "user", NULL);
-	if (user)
-		cJSON_AddStringToObject(open, "user", user);
-	call_open(c, open, &read_ops);
+	if (add_path(c, open, req, "path"))
+		call_open(c, open, &read_ops);
 }
 
 /* ---- List and the other unary file calls ---- */
@@ -802,48 +822,112 @@ static void read_start(struct rpc_call *c, cJSON *req)
 static void list_event(struct astream *s, cJSON *ev)
 {
 	struct rpc_call *c = s->ctx;
-	cJSON *ents = cJSON_GetObjectItem(ev, "entries");
-	if (!cJSON_IsArray(ents))
-		return;
-	for (cJSON *e = ents->child; e; e = e->next) {
-		cJSON *d = cJSON_Duplicate(e, 1);
-		/* A double cannot carry nanoseconds since 1970; "mtime" has them. */
-		cJSON_DeleteItemFromObject(d, "mtime_ns");
-		cJSON_AddItemToArray(c->entries, d);
+	const cJSON *e;
+	cJSON_ArrayForEach(e, cJSON_GetObjectItem(ev, "entries")) {
+		const char *name = jstr(e, "name");
+		if (!c->filter || (name && !fnmatch(c->filter, name, 0)))
+			cJSON_AddItemToArray(c->entries, file_info(e));
 	}
 }
 
-static void list_end(struct astream *s, cJSON *payload, const char *why)
+static int by_name(const void *a, const void *b)
+{
+	const char *x = jstr(*(const cJSON *const *)a, "name"), *y = jstr(*(const cJSON *const *)b, "name");
+	return strcmp(x ? x : "", y ? y : "");
+}
+
+/* A parent that is a file lists as itself (as ls(1) does): the SDK's files.exists()
+ * lists the path it asks about. */
+static void list_file_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
 	c->as = NULL;
 	if (end_failed(c, payload, why))
 		return;
 	cJSON *o = cJSON_CreateObject();
-	cJSON_AddItemToObject(o, "entries", c->entries);
-	c->entries = NULL;
-	cJSON_AddBoolToObject(o, "truncated", cJSON_IsTrue(cJSON_GetObjectItem(payload, "truncated")));
+	cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "entries"), file_info(cJSON_GetObjectItem(payload, "entry")));
+	call_end(c, o, 0, NULL, NULL);
+}
+
+static const struct astream_ops list_file_ops = { NULL, NULL, list_file_end, NULL };
+
+/* Pages are offsets into the listing sorted by name, so they hold still between calls. */
+static void list_end(struct astream *s, cJSON *payload, const char *why)
+{
+	struct rpc_call *c = s->ctx;
+	c->as = NULL;
+	const char *ecode = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(payload, "error"), "code"));
+	if (ecode && !strcmp(ecode, "not_a_directory") && c->parent) {
+		cJSON *open = cJSON_CreateObject();
+		cJSON_AddStringToObject(open, "op", "stat");
+		cJSON_AddStringToObject(open, "path", c->parent);
+		call_open(c, open, &list_file_ops);
+		return;
+	}
+	if (end_failed(c, payload, why))
+		return;
+	size_t n = (size_t)cJSON_GetArraySize(c->entries);
+	cJSON **v = malloc((n ? n : 1) * sizeof(*v));
+	if (!v) {
+		call_fail(c, AE_INTERNAL, "out of memory", NULL);
+		return;
+	}
+	size_t i = 0;
+	for (cJSON *e = c->entries->child, *next; e; e = next, i++) {
+		next = e->next;
+		e->next = e->prev = NULL;
+		v[i] = e;
+	}
+	c->entries->child = NULL;
+	qsort(v, n, sizeof(*v), by_name);
+	cJSON *o = cJSON_CreateObject();
+	cJSON *page = cJSON_AddArrayToObject(o, "entries");
+	size_t end = c->page_off + (size_t)c->page_size;
+	for (i = 0; i < n; i++) {
+		if (i >= c->page_off && i < end)
+			cJSON_AddItemToArray(page, v[i]);
+		else
+			cJSON_Delete(v[i]);
+	}
+	free(v);
+	if (end < n) {
+		char tok[16];
+		snprintf(tok, sizeof(tok), "%zu", end);
+		cJSON_AddStringToObject(o, "nextPageToken", tok);
+	}
 	call_end(c, o, 0, NULL, NULL);
 }
 
 static const struct astream_ops list_ops = { NULL, list_event, list_end, NULL };
 
+/* ListRequest {parent, pageSize, pageToken, filter (a shell pattern on names)}. */
 static void list_start(struct rpc_call *c, cJSON *req)
 {
+	double size = LIST_PAGE_DEFAULT, off = 0;
+	const char *tok = jstr(req, "pageToken"), *filter = jstr(req, "filter");
+	if (req_int(req, "pageSize", 0, 100000, &size) || (cJSON_HasObjectItem(req, "filter") && !filter)) {
+		call_fail(c, AE_INVALID_ARGUMENT, "pageSize must be from 0 to 100000; filter a string", NULL);
+		return;
+	}
+	if ((tok && *tok && (strlen(tok) > 6 || strspn(tok, "0123456789") != strlen(tok))) ||
+	    (cJSON_HasObjectItem(req, "pageToken") && !tok)) {
+		call_fail(c, AE_INVALID_ARGUMENT, "pageToken is not one this server gave", NULL);
+		return;
+	}
+	if (tok && *tok)
+		off = strtod(tok, NULL);
+	c->page_size = size > 0 ? (uint32_t)size : LIST_PAGE_DEFAULT;
+	c->page_off = (uint32_t)off;
+	if (filter && *filter && !(c->filter = strdup(filter))) {
+		call_fail(c, AE_INTERNAL, "out of memory", NULL);
+		return;
+	}
 	cJSON *open = cJSON_CreateObject();
 	cJSON_AddStringToObject(open, "op", "list");
-	const char *path = jstr(req, "path", NULL);
-	cJSON_AddStringToObject(open, "path", path && *path ? path : "/");
-	const cJSON *d = cJSON_GetObjectItemCaseSensitive(req, "depth");
-	if (d) {
-		if (!cJSON_IsNumber(d) || d->valuedouble < 1 || d->valuedouble > 64) {
-			cJSON_Delete(open);
-			call_fail(c, AE_INVALID_ARGUMENT, "depth must be from 1 to 64", NULL);
-			return;
-		}
-		cJSON_AddNumberToObject(open, "depth", d->valuedouble);
-	}
+	if (!add_path(c, open, req, "parent"))
+		return;
 	c->entries = cJSON_CreateArray();
+	c->parent = strdup(jstr(req, "parent"));
 	call_open(c, open, &list_ops);
 }
 
@@ -851,48 +935,34 @@ static void simple_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
 	c->as = NULL;
-	if (end_failed(c, payload, why))
+	const char *ecode = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(payload, "error"), "code"));
+	/* Mkdir makes sure a directory is there, as mkdir -p: one that exists is success. */
+	bool mkdir_exists = !strcmp(c->m->name, "Mkdir") && ecode && !strcmp(ecode, "exists");
+	if (!mkdir_exists && end_failed(c, payload, why))
 		return;
-	cJSON *o = cJSON_Duplicate(payload, 1);
-	cJSON_DeleteItemFromObject(cJSON_GetObjectItem(o, "entry"), "mtime_ns");
-	call_end(c, o, 0, NULL, NULL);
+	bool stat = !strcmp(c->m->name, "Stat");
+	call_end(c, stat ? file_info(cJSON_GetObjectItem(payload, "entry")) : cJSON_CreateObject(), 0, NULL, NULL);
 }
 
 static const struct astream_ops simple_ops = { NULL, NULL, simple_end, NULL };
 
+/* Stat {path}, Remove {path, recursive}, Mkdir {path} (with its parents). */
 static void simple_start(struct rpc_call *c, cJSON *req)
 {
 	const char *name = c->m->name;
-	cJSON *open = cJSON_CreateObject();
-	if (!strcmp(name, "Rename")) {
-		cJSON_AddStringToObject(open, "op", "rename");
-		if (!add_path(c, open, req, "from", "source", "from"))
-			return;
-		if (!add_path(c, open, req, "to", "destination", "to"))
-			return;
-	} else {
-		cJSON_AddStringToObject(open, "op", !strcmp(name, "Stat") ? "stat" : !strcmp(name, "Remove") ? "remove" : "mkdir");
-		if (!add_path(c, open, req, "path", NULL, "path"))
-			return;
-		if (bad_type(req, "recursive", is_bool) || bad_type(req, "parents", is_bool) ||
-		    bad_type(req, "mode", is_num)) {
-			cJSON_Delete(open);
-			call_fail(c, AE_INVALID_ARGUMENT, "recursive and parents are booleans; mode is a number", NULL);
-			return;
-		}
-		const cJSON *v;
-		if (!strcmp(name, "Remove") && (v = cJSON_GetObjectItem(req, "recursive")))
-			cJSON_AddBoolToObject(open, "recursive", cJSON_IsTrue(v));
-		if (!strcmp(name, "Mkdir")) {
-			if ((v = cJSON_GetObjectItem(req, "parents")))
-				cJSON_AddBoolToObject(open, "parents", cJSON_IsTrue(v));
-			if ((v = cJSON_GetObjectItem(req, "mode")))
-				cJSON_AddNumberToObject(open, "mode", v->valuedouble);
-		}
+	const cJSON *rec = cJSON_GetObjectItem(req, "recursive");
+	if (rec && !cJSON_IsBool(rec)) {
+		call_fail(c, AE_INVALID_ARGUMENT, "recursive must be a boolean", NULL);
+		return;
 	}
-	const char *user = jstr(req, "user", NULL);
-	if (user)
-		cJSON_AddStringToObject(open, "user", user);
+	cJSON *open = cJSON_CreateObject();
+	cJSON_AddStringToObject(open, "op", !strcmp(name, "Stat") ? "stat" : !strcmp(name, "Remove") ? "remove" : "mkdir");
+	if (!add_path(c, open, req, "path"))
+		return;
+	if (!strcmp(name, "Remove"))
+		cJSON_AddBoolToObject(open, "recursive", cJSON_IsTrue(rec));
+	if (!strcmp(name, "Mkdir"))
+		cJSON_AddBoolToObject(open, "parents", 1);
 	call_open(c, open, &simple_ops);
 }
 
@@ -909,54 +979,47 @@ static void wf_end(struct astream *s, cJSON *payload, const char *why)
 		return;
 	}
 	cJSON *o = cJSON_CreateObject();
-	const char *path = cJSON_GetStringValue(cJSON_GetObjectItem(payload, "path"));
 	cJSON *bytes = cJSON_GetObjectItem(payload, "bytes");
-	cJSON_AddStringToObject(o, "path", path ? path : "");
-	cJSON_AddNumberToObject(o, "bytes", cJSON_IsNumber(bytes) ? bytes->valuedouble : (double)c->wf_bytes);
+	add_int64(o, "bytesWritten", cJSON_IsNumber(bytes) ? agent_int64(bytes) : (int64_t)c->wf_bytes);
 	call_end(c, o, 0, NULL, NULL);
 }
 
 static const struct astream_ops wf_agent_ops = { NULL, NULL, wf_end, as_writable };
 
-/* One request message: the first names the file, every one may carry data. */
+/* One WriteFileRequest: the oneof {open: {path, mode}} first, then {data} messages. */
 static int wf_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 {
 	cJSON *m = cJSON_ParseWithLength((const char *)msg, len);
-	if (!cJSON_IsObject(m)) {
+	const cJSON *open = cJSON_GetObjectItem(m, "open"), *d = cJSON_GetObjectItem(m, "data");
+	const char *bad = !cJSON_IsObject(m) ? "each WriteFileRequest must be a JSON object"
+		: json_text_has_nul(msg, len) ? JSON_NUL_MESSAGE
+		: (open && d) ? "a WriteFileRequest carries open or data, not both"
+		: (!c->wf_opened && !open) ? "the first WriteFileRequest must carry the open oneof (path, mode)"
+		: (c->wf_opened && open) ? "only the first WriteFileRequest carries open"
+		: (d && !cJSON_IsString(d)) ? "data must be base64 text" : NULL;
+	double mode = 0644;
+	if (!bad && open && (!cJSON_IsObject(open) || req_int(open, "mode", 0, 07777, &mode)))
+		bad = "open must be {path, mode} with mode a permission number up to 07777";
+	if (bad) {
 		cJSON_Delete(m);
-		call_fail(c, AE_INVALID_ARGUMENT, "each WriteFile message must be a JSON object", NULL);
+		call_fail(c, AE_INVALID_ARGUMENT, bad, NULL);
 		return -EINVAL;
 	}
-	if (!c->wf_opened) {
-		cJSON *open = cJSON_CreateObject();
-		cJSON_AddStringToObject(open, "op", "write");
-		if (!add_path(c, open, m, "path", NULL, "path")) {
+	if (open) {
+		cJSON *aopen = cJSON_CreateObject();
+		cJSON_AddStringToObject(aopen, "op", "write");
+		if (!add_path(c, aopen, open, "path")) {
 			cJSON_Delete(m);
 			return -EINVAL;
 		}
-		const cJSON *v;
-		if ((v = cJSON_GetObjectItem(m, "mode")) && cJSON_IsNumber(v))
-			cJSON_AddNumberToObject(open, "mode", v->valuedouble);
-		if ((v = cJSON_GetObjectItem(m, "append")) && cJSON_IsBool(v))
-			cJSON_AddBoolToObject(open, "append", cJSON_IsTrue(v));
-		if ((v = cJSON_GetObjectItem(m, "parents")) && cJSON_IsBool(v))
-			cJSON_AddBoolToObject(open, "parents", cJSON_IsTrue(v));
-		const char *user = jstr(m, "user", NULL);
-		if (user)
-			cJSON_AddStringToObject(open, "user", user);
+		cJSON_AddNumberToObject(aopen, "mode", mode ? mode : 0644);
 		c->wf_opened = true;
-		if (!call_open(c, open, &wf_agent_ops)) {
+		if (!call_open(c, aopen, &wf_agent_ops)) {
 			cJSON_Delete(m);
 			return -EIO;
 		}
 	}
-	const cJSON *d = cJSON_GetObjectItem(m, "data");
-	if (d && !cJSON_IsString(d) && !cJSON_IsNull(d)) {
-		cJSON_Delete(m);
-		call_fail(c, AE_INVALID_ARGUMENT, "data must be base64 text", NULL);
-		return -EINVAL;
-	}
-	if (cJSON_IsString(d) && *d->valuestring) {
+	if (d && *d->valuestring) {
 		size_t k;
 		int rc = tx_add_base64(c, d->valuestring, &k);
 		if (rc) {
@@ -977,12 +1040,6 @@ static void wf_body(struct http_req *r, const uint8_t *p, size_t n)
 	struct rpc_call *c = r->ctx;
 	if (!c || c->done)
 		return;
-	if (c->wf_unary) {
-		/* One JSON message: gather it whole (bounded by the body limit). */
-		if (bytebuf_add(&c->tx, p, n))
-			call_fail(c, AE_INTERNAL, "out of memory", NULL);
-		return;
-	}
 	while (n && !c->done) {
 		uint8_t flags;
 		const uint8_t *msg;
@@ -1009,18 +1066,11 @@ static void wf_body_end(struct http_req *r)
 	if (!c || c->done)
 		return;
 	c->wf_body_done = true;
-	if (c->wf_unary) {
-		struct bytebuf body = c->tx;
-		c->tx = (struct bytebuf){ 0 };
-		int rc = wf_message(c, body.p ? body.p : (const uint8_t *)"", body.len);
-		bytebuf_free(&body);
-		if (rc)
-			return;
-	} else if (!connect_dec_idle(&c->dec)) {
+	if (!connect_dec_idle(&c->dec)) {
 		call_fail(c, AE_INVALID_ARGUMENT, "the body ended inside a message envelope", NULL);
 		return;
 	} else if (!c->wf_opened) {
-		call_fail(c, AE_INVALID_ARGUMENT, "WriteFile needs at least one message naming the path", NULL);
+		call_fail(c, AE_INVALID_ARGUMENT, "the first WriteFileRequest must carry the open oneof (path, mode)", NULL);
 		return;
 	}
 	c->tx_fin = true;
@@ -1036,15 +1086,13 @@ void rpc_write_file(struct http_req *r)
 		return;
 	}
 	const char *ct = http_req_header(r, "content-type");
-	if (connect_ct_is_stream_json(ct)) {
-		c->envelopes = true;
-		connect_dec_init(&c->dec, MAX_ENVELOPE);
-	} else if (connect_ct_is_json(ct) || !ct) {
-		c->wf_unary = true;
-	} else {
-		call_fail(c, AE_UNSUPPORTED_MEDIA_TYPE, "WriteFile takes application/connect+json (stream) or application/json", NULL);
+	/* A client stream: its answer and errors are enveloped whatever was sent. */
+	c->envelopes = true;
+	if (!connect_ct_is_stream_json(ct)) {
+		call_fail(c, AE_UNSUPPORTED_MEDIA_TYPE, "WriteFile is a client stream: send application/connect+json", NULL);
 		return;
 	}
+	connect_dec_init(&c->dec, MAX_ENVELOPE);
 	/* Fail early, before the client sends megabytes for nothing. */
 	struct sandbox *sb = sandbox_find(r->sandbox_id);
 	if (!sb || sb->state != SB_RUNNING)
@@ -1063,6 +1111,11 @@ void rpc_dispatch(struct http_req *r)
 	}
 	const char *ct = http_req_header(r, "content-type");
 	bool stream_ct = connect_ct_is_stream_json(ct);
+	if (m->unimplemented) {
+		c->envelopes = m->kind != RPC_UNARY;
+		call_fail(c, AE_UNIMPLEMENTED, m->unimplemented, NULL);
+		return;
+	}
 	if (m->kind == RPC_SERVER_STREAM) {
 		c->envelopes = true;
 		if (!stream_ct && !connect_ct_is_json(ct)) {
@@ -1076,6 +1129,7 @@ void rpc_dispatch(struct http_req *r)
 	const uint8_t *msg = r->body ? r->body : (const uint8_t *)"";
 	size_t len = r->body_len;
 	cJSON *req;
+	bool nul;
 	if (stream_ct) {
 		struct connect_dec d;
 		connect_dec_init(&d, (uint32_t)srv_cfg.max_json_body);
@@ -1089,13 +1143,17 @@ void rpc_dispatch(struct http_req *r)
 			return;
 		}
 		req = cJSON_ParseWithLength((const char *)msg, len);
+		nul = json_text_has_nul(msg, len);
 		connect_dec_free(&d);
 	} else {
 		req = len ? cJSON_ParseWithLength((const char *)msg, len) : cJSON_CreateObject();
+		nul = json_text_has_nul(msg, len);
 	}
-	if (!cJSON_IsObject(req)) {
+	if (!cJSON_IsObject(req) || nul) {
+		nul = cJSON_IsObject(req);
 		cJSON_Delete(req);
-		call_fail(c, AE_INVALID_ARGUMENT, "the request message must be a JSON object", NULL);
+		call_fail(c, AE_INVALID_ARGUMENT, nul ? JSON_NUL_MESSAGE : "the request message must be a JSON object",
+			  NULL);
 		return;
 	}
 	m->start(c, req);

@@ -18,11 +18,15 @@
 #include "api/node.h"
 #include "api/images.h"
 #include "api/registry.h"
+#include "api/sandbox_ends.h"
 #include "api/server.h"
 #include "vmm/kvm_probe.h"
 
 #define START_TIMEOUT_MS 30000
 #define MAX_FORK_N 64
+/* A sandbox whose agent connection closed gets this long to end by itself (its init then
+ * says why: an agent killed by the OOM killer, say) before serve kills it. */
+#define AGENT_LOST_GRACE_MS 1000
 
 struct sb_job {
 	unsigned n, pending;
@@ -156,6 +160,7 @@ static void sb_save(const struct sandbox *sb)
 	cJSON_AddNumberToObject(o, "deadline_ms", (double)sb->deadline_ms);
 	cJSON_AddNumberToObject(o, "pid", sb->proc.pid);
 	cJSON_AddNumberToObject(o, "start_time", (double)sb->proc.start_time);
+	cJSON_AddNumberToObject(o, "fork_time_ms", sb->fork_time_ms);
 	char path[1200];
 	snprintf(path, sizeof(path), "%s/sandbox.json", sb->dir);
 	int rc = registry_write_json(path, o);
@@ -187,6 +192,7 @@ static int tpl_save(const struct template_rec *t)
 {
 	cJSON *o = template_json(t);
 	cJSON_AddNumberToObject(o, "created_ms", (double)t->created_ms);
+	cJSON_AddNumberToObject(o, "build_ms", t->build_ms);
 	char path[1300];
 	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
 	int rc = registry_write_json(path, o);
@@ -227,6 +233,7 @@ static void tpl_built(void *ctx, int rc, const char *why)
 {
 	struct template_rec *t = ctx;
 	t->building = false;
+	t->build_ms = (double)(ur_wall_ms() - t->created_ms);
 	struct tpl_waiter *ws = t->waiters;
 	t->waiters = NULL;
 	char msg[800];
@@ -414,6 +421,8 @@ static void templates_load(void)
 				snprintf(t->root, sizeof(t->root), "%s", root);
 				cJSON *cm = cJSON_GetObjectItem(o, "created_ms");
 				t->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
+				cJSON *bm = cJSON_GetObjectItem(o, "build_ms");
+				t->build_ms = cJSON_IsNumber(bm) ? bm->valuedouble : 0;
 				cJSON *sp = cJSON_GetObjectItem(o, "spec");
 				if (cJSON_IsObject(sp))
 					t->spec = cJSON_Duplicate(sp, 1);
@@ -491,6 +500,8 @@ static void sb_running(struct sandbox *sb)
 {
 	sb->state = SB_RUNNING;
 	sb->fail_reason[0] = 0; /* a connection retried on the way is history */
+	if (!sb->adopted)
+		sb->fork_time_ms = (double)(ur_now_ms() - sb->started_mono_ms);
 	if (sb->adopted) {
 		/* A re-adopted sandbox keeps the state it had. */
 		char path[1200];
@@ -557,7 +568,8 @@ static void agent_closed(struct agent_conn *ac, void *ctx, const char *why)
 	}
 	if (sb->state != SB_STOPPING) {
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "agent connection lost: %s", why);
-		sb_kill(sb, sb->fail_reason);
+		sb->agent_lost = true;
+		sb->agent_lost_ms = ur_now_ms();
 	}
 }
 
@@ -669,14 +681,19 @@ static void sb_exit_done(struct uop *op, int res, uint32_t flags)
 		eng->exit_reason(sb->dir, why, sizeof(why));
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "the sandbox failed to start: %s",
 			 why[0] ? why : "it exited before its agent answered");
-	} else if (sb->state != SB_STOPPING && !sb->fail_reason[0]) {
-		/* A crash (a VM killed by its seccomp filter, say): its last words go to serve's
-		 * log, the one trace of it left once its directory is removed. */
-		eng->exit_reason(sb->dir, sb->fail_reason, sizeof(sb->fail_reason));
+	} else if ((sb->state != SB_STOPPING && !sb->fail_reason[0]) || sb->agent_lost) {
+		/* A crash (a VM killed by its seccomp filter, an agent killed by the OOM
+		 * killer): its last words go to serve's log and the sandbox's record, the
+		 * traces of it left once its directory is removed. */
+		char why[400];
+		eng->exit_reason(sb->dir, why, sizeof(why));
+		if (why[0])
+			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why);
 	}
-	if (sb->state != SB_STOPPING)
+	if (sb->state != SB_STOPPING || sb->agent_lost)
 		fprintf(stderr, "mitos-vmm serve: sandbox %s exited%s%s\n", sb->id, sb->fail_reason[0] ? ": " : "",
 			sb->fail_reason);
+	sandbox_end_record(sb->id, sb->fail_reason, ur_wall_ms());
 	sb->state = SB_STOPPING;
 	sb_finish(sb);
 }
@@ -1032,6 +1049,10 @@ static void sandboxes_tick(struct ur_ticker *tk, uint64_t now)
 			sb_kill(sb, "the agent did not answer within 30 s");
 			continue;
 		}
+		if (sb->agent_lost && now > sb->agent_lost_ms + AGENT_LOST_GRACE_MS) {
+			sb_kill(sb, sb->fail_reason);
+			continue;
+		}
 		if (wall >= sb->deadline_ms) {
 			fprintf(stderr, "mitos-vmm serve: sandbox %s expired\n", sb->id);
 			sb_kill(sb, "the sandbox expired");
@@ -1116,8 +1137,9 @@ int sandboxes_init(char *err, size_t errlen)
 			       "(the test guest, the PVM kernel), slowly\n", pr.kvm_usable ? "no VT-x/AMD-V" : pr.kvm_error);
 		printf("kvm isolation: %s\n", jail);
 	} else {
-		printf("WARNING: the process engine isolates sandboxes with Linux namespaces and an overlay only, "
-		       "not a VM%s. Do not run untrusted code with it.\n", images_host_root()
+		printf("WARNING: the process engine isolates sandboxes as a container does (namespaces, an "
+		       "unprivileged user namespace, seccomp, cgroups), not a VM: they share this host's kernel, "
+		       "whose bugs are a way out%s. Run untrusted code on the kvm engine.\n", images_host_root()
 		       ? "; the 'python' template's root is this host's own / (read-only)" : "");
 		if (!images_host_root())
 			printf("template image: python = %s\n", images_root("python"));
@@ -1179,6 +1201,8 @@ static void adopt_all(void)
 		cJSON *cm = cJSON_GetObjectItem(o, "created_ms"), *dm = cJSON_GetObjectItem(o, "deadline_ms");
 		sb->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
 		sb->deadline_ms = cJSON_IsNumber(dm) ? (uint64_t)dm->valuedouble : ur_wall_ms();
+		cJSON *fm = cJSON_GetObjectItem(o, "fork_time_ms");
+		sb->fork_time_ms = cJSON_IsNumber(fm) ? fm->valuedouble : 0;
 		cJSON *md = cJSON_GetObjectItem(o, "metadata");
 		if (cJSON_IsObject(md))
 			sb->metadata = cJSON_Duplicate(md, 1);

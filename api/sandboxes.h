@@ -25,6 +25,7 @@ struct template_rec {
 	char image[ID_MAX + 1];
 	char root[1024];
 	uint64_t created_ms;
+	double build_ms;             /* how long the engine took to make it ready */
 	bool building;               /* the engine is still building it (kvm) */
 	struct cJSON *spec;          /* kvm: the request it was built from; process: its limits; or NULL */
 	struct tpl_waiter *waiters;  /* requests waiting for the build */
@@ -48,6 +49,7 @@ struct sandbox {
 	uint64_t deadline_ms;  /* wall clock; the server terminates it then */
 	uint64_t start_deadline_ms; /* monotonic; must be ready by then */
 	uint64_t started_mono_ms;
+	double fork_time_ms;   /* from the fork request to the agent's first answer */
 	struct cJSON *metadata;
 	struct engine_proc proc;
 	struct agent_conn *agent;
@@ -59,6 +61,10 @@ struct sandbox {
 	char ready_byte;
 	unsigned inflight;
 	bool exited, adopted, freed_from_registry;
+	/* Its agent went away on its own: it ends by itself (an engine then says why) or is
+	 * killed at agent_lost_ms + AGENT_LOST_GRACE_MS. */
+	bool agent_lost;
+	uint64_t agent_lost_ms;
 	struct sb_job *job;
 	struct sb_waiter *stop_waiters;
 	char fail_reason[512];

@@ -44,13 +44,15 @@ static void usage(FILE *f)
 		"                       [--images DIR|none] [--node-id TAG] [--peers FILE]\n"
 		"\n"
 		"Runs the node's API server: the Mitos REST API (/v1/...), the Connect service\n"
-		"sandbox.v1.Sandbox, the preview proxy and /v1/pty, on one HTTP/1.1 listener\n"
-		"(api/API.md).\n"
+		"sandbox.v1.Sandbox (with its WebSocket Exec for terminals) and the preview proxy,\n"
+		"on one HTTP/1.1 listener: the Mitos SDK's contract (api/API.md).\n"
 		"\n"
 		"  --listen HOST:PORT   default 127.0.0.1:8080; port 0 picks a free port\n"
 		"  --engine NAME        kvm (microVMs) or process (namespaces); default: kvm where\n"
 		"                       `mitos-vmm check` finds hardware virtualization, else process\n"
 		"  --kvm-pool N         kvm: VMs prepared ahead per VM shape (default 2, 0..64)\n"
+		"  --pids-max N         process: processes and threads per sandbox when its template\n"
+		"                       sets no pids_max (default 1024, 16..4194304)\n"
 		"  --state-dir DIR      sandbox registry and writable layers (default /var/lib/mitos)\n"
 		"  --token-file FILE    every request must carry Authorization: Bearer <token>\n"
 		"  --insecure-no-auth   allow a non-loopback listener without a token\n"
@@ -255,9 +257,10 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_DEF_TIMEOUT 1009
 #define OPT_IMAGES 1010
 #define OPT_KVM_POOL 1011
-#define OPT_NODE_ID 1012
-#define OPT_PEERS 1013
-#define OPT_DRAIN 1014
+#define OPT_PIDS_MAX 1012
+#define OPT_NODE_ID 1013
+#define OPT_PEERS 1014
+#define OPT_DRAIN 1015
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -291,6 +294,7 @@ int cmd_serve(int argc, char **argv)
 		{ "default-timeout", required_argument, NULL, OPT_DEF_TIMEOUT },
 		{ "images", required_argument, NULL, OPT_IMAGES },
 		{ "kvm-pool", required_argument, NULL, OPT_KVM_POOL },
+		{ "pids-max", required_argument, NULL, OPT_PIDS_MAX },
 		{ "node-id", required_argument, NULL, OPT_NODE_ID },
 		{ "peers", required_argument, NULL, OPT_PEERS },
 		{ "drain", no_argument, NULL, OPT_DRAIN },
@@ -333,6 +337,10 @@ int cmd_serve(int argc, char **argv)
 		case OPT_PEERS: srv_cfg.peers_file = optarg; break;
 		case OPT_DRAIN: node_set_draining(true); break;
 		case OPT_KVM_POOL: bad = parse_u64(optarg, 0, 64, &v); srv_cfg.kvm_pool = (unsigned)v; break;
+		case OPT_PIDS_MAX:
+			bad = parse_u64(optarg, 16, 1u << 22, &v);
+			engine_process_set_pids_max((unsigned)v);
+			break;
 		case OPT_HDR_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.header_timeout_ms = (uint32_t)v; break;
 		case OPT_IDLE_TIMEOUT: bad = parse_u64(optarg, 100, 86400000, &v); srv_cfg.idle_timeout_ms = (uint32_t)v; break;
 		case OPT_BODY_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.body_timeout_ms = (uint32_t)v; break;

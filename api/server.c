@@ -81,6 +81,7 @@ static void tx_done(struct uop *op, int res, uint32_t flags)
 		http_conn_writable(c);
 		if (c->dead)
 			return;
+		conn_kick(c); /* pipelined requests held back while the output was full */
 	}
 	conn_flush(c);
 }
@@ -229,6 +230,10 @@ static void conn_arm_rx(struct conn *c)
 			return;
 		if (c->pend_len >= HTTP_PEND_MAX)
 			return;
+		if (c->out.bytes >= HTTP_OUT_HIGH) {
+			c->was_writable_blocked = true; /* tx_done kicks reading again */
+			return;
+		}
 		if (c->req && c->req->body_paused)
 			return;
 	}

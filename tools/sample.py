@@ -48,18 +48,11 @@ class Client:
             raise ApiError(st, out.get("error", {}))
         return out
 
-    def unary(self, sid, method, msg):
-        st, data = self._send("POST", "/sandbox.v1.Sandbox/" + method, json.dumps(msg),
-                              {"Content-Type": "application/json", "X-Sandbox-Id": sid})
-        out = json.loads(data) if data else {}
-        if st >= 400:
-            raise ApiError(st, out.get("error", {}))
-        return out
-
-    def stream(self, sid, method, msg):
-        """A Connect server stream: the messages, then the end-of-stream error if any."""
-        body = json.dumps(msg).encode()
-        st, data = self._send("POST", "/sandbox.v1.Sandbox/" + method, struct.pack(">BI", 0, len(body)) + body,
+    def stream(self, sid, method, *msgs):
+        """A Connect stream (server or client): the request messages in, the answer's
+        messages out, then the end-of-stream error if any."""
+        body = b"".join(struct.pack(">BI", 0, len(m)) + m for m in (json.dumps(x).encode() for x in msgs))
+        st, data = self._send("POST", "/sandbox.v1.Sandbox/" + method, body,
                               {"Content-Type": "application/connect+json", "X-Sandbox-Id": sid})
         if st >= 400:
             raise ApiError(st, json.loads(data).get("error", {}))
@@ -96,22 +89,23 @@ def main():
         step("serve at %s runs the %s engine" % (a.url, health["engine"]))
 
         t0 = time.time()
-        tpl = api.rest("POST", "/v1/templates", {"name": "python"})["template"]
-        sb = api.rest("POST", "/v1/fork", {"template": "python", "timeout": 300})["sandboxes"][0]
+        api.rest("POST", "/v1/templates", {"id": "python"})
+        sb = api.rest("POST", "/v1/fork", {"template": "python", "id": "sample-%d" % os.getpid()})
         sid = sb["id"]
-        step("sandbox %s from template python (root %s) ready in %.0f ms" % (sid, tpl["root"],
-                                                                           (time.time() - t0) * 1000))
+        step("sandbox %s from template python ready in %.0f ms (fork %.1f ms)" % (sid, (time.time() - t0) * 1000,
+                                                                                 sb["fork_time_ms"]))
 
         step("exec")
         msgs = api.stream(sid, "ExecStream", {"command": "echo \"hello from $(hostname)\"; python3 --version; "
                                                          "grep PRETTY_NAME /etc/os-release"})
         sys.stdout.write("".join(base64.b64decode(m["stdout"]).decode() for m in msgs if "stdout" in m))
-        end = [m["end"] for m in msgs if "end" in m][0]
-        print("exit code %d" % end["exitCode"])
+        end = [m["exit"] for m in msgs if "exit" in m][0]
+        print("exit code %d" % end.get("exitCode", 0))
 
         step("write and read /workspace/notes.md")
         text = "# findings\nwritten by tools/sample.py at %s\n" % time.strftime("%H:%M:%S")
-        api.unary(sid, "WriteFile", {"path": "/workspace/notes.md", "data": base64.b64encode(text.encode()).decode()})
+        api.stream(sid, "WriteFile", {"open": {"path": "/workspace/notes.md"}},
+                   {"data": base64.b64encode(text.encode()).decode()})
         got = b"".join(base64.b64decode(m["data"]) for m in api.stream(sid, "ReadFile", {"path": "/workspace/notes.md"})
                        if "data" in m).decode()
         sys.stdout.write(got)
@@ -127,14 +121,15 @@ def main():
         msgs = api.stream(sid, "RunCodeStream", {"code": code})
         for m in msgs:
             if "stdout" in m:
-                sys.stdout.write(m["stdout"])
+                sys.stdout.write(base64.b64decode(m["stdout"]).decode())
             if "error" in m:
                 raise SystemExit("the code failed: %s: %s" % (m["error"]["name"], m["error"]["value"]))
         pngs = [m["result"]["data"]["image/png"] for m in msgs if "result" in m and "image/png" in m["result"]["data"]]
         if not pngs:
             raise SystemExit("run_code returned no image/png")
         with open(a.out, "wb") as f:
-            f.write(base64.b64decode(pngs[0]))
+            # A MIME value is the kernel's text as protojson bytes: base64 of the PNG's base64.
+            f.write(base64.b64decode(base64.b64decode(pngs[0])))
         print("plot saved to %s" % os.path.abspath(a.out))
 
         step("preview: a web server inside the sandbox")
@@ -143,7 +138,7 @@ def main():
                                                   "(setsid python3 -m http.server 8000 >/dev/null 2>&1 </dev/null &) && "
                                                   "for i in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8000) "
                                                   "2>/dev/null && break; sleep 0.1; done"})
-        pv = api.rest("POST", "/v1/preview", {"sandbox_id": sid, "port": 8000, "ttl": 600})
+        pv = api.rest("POST", "/v1/preview", {"sandbox": sid, "port": 8000, "ttl": 600})
         u = urllib.parse.urlsplit(pv["path_url"])
         st, page = api._send("GET", u.path + "?" + u.query)
         print("GET %s -> %d %s" % (pv["path_url"].split("?")[0] + "?mitos_token=...", st, page.decode().strip()))

@@ -1,5 +1,7 @@
-/* Entry from the 64-bit Linux boot protocol (long mode, paging on, RSI = boot_params)
- * and the interrupt stubs. */
+/* Entries: the 64-bit Linux boot protocol (_start: long mode, paging on, RSI =
+ * boot_params) as mitos-vmm boots a vmlinux, and PVH (pvh_start: 32-bit protected mode,
+ * paging off, EBX = hvm_start_info) as QEMU microvm, Firecracker and Cloud Hypervisor
+ * boot an uncompressed ELF. Then the interrupt stubs. */
 
 	.section .text.entry, "ax"
 	.code64
@@ -10,6 +12,8 @@ _start:
 	outb	%al, $0x80
 
 	movq	%rsi, %r12
+	movq	$tg_main, %r13
+common_64:
 	movq	$stack_top, %rsp
 	xorl	%ebp, %ebp
 	cld
@@ -23,11 +27,83 @@ _start:
 	addq	$8, %rdi
 	jmp	1b
 2:	movq	%r12, %rdi
-	call	tg_main
+	call	*%r13
 3:	cli
 	hlt
 	jmp	3b
 
+/* PVH: the loader leaves a flat 32-bit CS and data segments, CR0.PE on and paging off.
+ * Long mode needs paging, so switch to the identity map below (the first 4 GiB: the
+ * image, the MMIO of the LAPIC and IOAPIC), then continue on the common 64-bit path
+ * with the C hook that reads hvm_start_info. */
+	.code32
+	.globl	pvh_start
+pvh_start:
+	movb	$0x01, %al
+	outb	%al, $0x80
+	movl	%ebx, %esi
+	movl	$pvh_pml4, %eax
+	movl	%eax, %cr3
+	movl	%cr4, %eax
+	orl	$0x20, %eax		/* CR4.PAE */
+	movl	%eax, %cr4
+	movl	$0xc0000080, %ecx	/* IA32_EFER */
+	rdmsr
+	orl	$0x100, %eax		/* EFER.LME */
+	wrmsr
+	movl	%cr0, %eax
+	orl	$0x80000001, %eax	/* CR0.PG | CR0.PE */
+	movl	%eax, %cr0
+	lgdt	pvh_gdt_desc
+	ljmp	$0x08, $pvh_long
+	.code64
+pvh_long:
+	movl	$0x10, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	movl	%eax, %ss
+	movl	%eax, %fs
+	movl	%eax, %gs
+	movl	%esi, %r12d		/* zero-extends: hvm_start_info is below 4 GiB */
+	movq	$tg_pvh_main, %r13
+	jmp	common_64
+
+/* The PVH ELF note (XEN_ELFNOTE_PHYS32_ENTRY = 18): the 32-bit physical entry. */
+	.section .note.pvh, "a", @note
+	.p2align 2
+	.long	4, 4, 18
+	.asciz	"Xen"
+	.long	pvh_start
+
+/* Page tables and GDT for the PVH path, built by the assembler rather than by a loop so
+ * the emulated CPL0 start-up stays a handful of instructions. 2 MiB pages, RW+present. */
+	.section .data.pvh, "aw"
+	.p2align 12
+pvh_pml4:
+	.quad	pvh_pdpt + 0x03
+	.fill	511, 8, 0
+pvh_pdpt:
+	.quad	pvh_pd + 0x0000 + 0x03
+	.quad	pvh_pd + 0x1000 + 0x03
+	.quad	pvh_pd + 0x2000 + 0x03
+	.quad	pvh_pd + 0x3000 + 0x03
+	.fill	508, 8, 0
+pvh_pd:
+	.set	pde, 0
+	.rept	2048
+	.quad	(pde << 21) | 0x83
+	.set	pde, pde + 1
+	.endr
+	.p2align 3
+pvh_gdt:
+	.quad	0
+	.quad	0x00af9a000000ffff	/* 0x08: 64-bit code */
+	.quad	0x00cf92000000ffff	/* 0x10: data */
+pvh_gdt_desc:
+	.word	pvh_gdt_desc - pvh_gdt - 1
+	.long	pvh_gdt
+
+	.text
 /* One 16-byte slot per vector (a stub is at most 2+5+5 bytes), so the IDT code computes
  * stub addresses instead of reading a table. Vectors without a CPU error code push 0
  * to keep one frame layout. */

@@ -10,6 +10,8 @@
  *     b     spin forever writing port 0x80 between short delays, so that a copy restored
  *           from a snapshot of this state exits to the VMM within microseconds (the
  *           fork benchmark times restore to that first exit)
+ *     i     mask the LAPIC timer and halt for good: an idle tickless guest that costs
+ *           its VMM no exits, the state tools/bench-peers holds a thousand copies of
  *     q     PASS and exit 0 */
 #include "tg.h"
 #include "firmware/testguest/pattern.h"
@@ -21,6 +23,8 @@
 #define MARK_WORDS     512                   /* one 4 KiB page */
 #define COM1_LSR       (LAYOUT_COM1_PORT + 5)
 #define LSR_DATA_READY 0x01
+#define LAPIC_LVT_TIMER 0x320
+#define LVT_MASKED      (1u << 16)
 
 static uint64_t mark_page[MARK_WORDS] __attribute__((aligned(4096)));
 static uint64_t sector_buf[TG_WORDS_PER_SECTOR] __attribute__((aligned(512)));
@@ -110,6 +114,11 @@ _Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n)
 					for (volatile unsigned i = 0; i < 16; i++)
 						;
 				}
+			} else if (c == 'i') {
+				tg_printf("idle: timer masked, halted\n");
+				mmio_write32(LAYOUT_LAPIC_GPA + LAPIC_LVT_TIMER, LVT_MASKED);
+				for (;;)
+					tg_wait_interrupt();
 			} else if (c == 'q') {
 				tg_printf("PASS\n");
 				tg_exit(TG_EXIT_PASS);

@@ -165,10 +165,43 @@ def raw_exchange(port, payload, timeout=10, shut=False, read=True):
 
 
 def fork_one(s, sid, timeout=600):
-    """Sandbox sid forked from the python template (made first when missing)."""
-    s.request("POST", "/v1/templates", {"name": "python"})
-    st, r = s.request("POST", "/v1/fork", {"template": "python", "ids": [sid], "timeout": timeout})
-    eq(st, 201, "fork (%r)" % (r,))
+    """Sandbox sid forked from the python template (made first when missing), with a
+    TTL of timeout seconds."""
+    s.request("POST", "/v1/templates", {"id": "python"})
+    st, r = s.request("POST", "/v1/fork", {"template": "python", "id": sid})
+    eq(st, 200, "fork (%r)" % (r,))
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid, "timeout_seconds": timeout})
+    eq(st, 200, "set_timeout (%r)" % (r,))
+
+
+def write_file(s, sid, path, data, chunks=1, mode=None):
+    """WriteFile as the contract streams it: {open: {path, mode}}, then {data} messages."""
+    step = max(1, (len(data) + chunks - 1) // chunks)
+    op = {"path": path}
+    if mode is not None:
+        op["mode"] = mode
+    body = envelope({"open": op})
+    for i in range(0, len(data), step):
+        body += envelope({"data": base64.b64encode(data[i:i + step]).decode()})
+    c = s.conn()
+    c.request("POST", "/sandbox.v1.Sandbox/WriteFile", body=body,
+              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
+    r = c.getresponse()
+    msgs = parse_envelopes(r.read())
+    c.close()
+    return r.status, msgs
+
+
+def exit_of(msgs):
+    """The ExecExit of an ExecStream answer (exitCode 0 is omitted on the wire), or None."""
+    ends = [m["exit"] for f, m in msgs if f == 0 and "exit" in m]
+    return dict(ends[0], exitCode=ends[0].get("exitCode", 0)) if ends else None
+
+
+def wait_running(s, sid, timeout=10):
+    """Until sandbox sid answers an exec (after a restart re-adopts it, say)."""
+    wait_until(lambda: s.stream("ExecStream", sid, {"command": "true"})[2][-1] == (2, {}), timeout,
+               "%s running" % sid)
 
 
 def exec_output(s, sid, msg):
@@ -183,13 +216,13 @@ def exec_output(s, sid, msg):
 
 def cgroup_dirs(pid, parent):
     """The v1 memory/cpu or v2 cgroup directories of pid, when under serve's parent cgroup
-    (mitos-vms, mitos-sandboxes): {"memory": ..., "cpu": ...} or {"v2": ...}."""
+    (mitos-vms, mitos-sandboxes): {"memory": ..., "cpu": ..., "pids": ...} or {"v2": ...}."""
     dirs = {}
     with open("/proc/%d/cgroup" % pid) as f:
         for line in f:
             hid, ctrls, path = line.rstrip("\n").split(":", 2)
             for c in ctrls.split(",") if ctrls else ["unified"]:
-                if c in ("memory", "cpu") and parent in path:
+                if c in ("memory", "cpu", "pids") and parent in path:
                     dirs[c] = "/sys/fs/cgroup/%s%s" % (c, path)
                 elif c == "unified" and parent in path:
                     for mnt in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):

@@ -15,8 +15,8 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import (Runner, Server, eq, exec_output, fork_one, raw_exchange, status_of,  # noqa: E402
-                        wait_until)
+from mitos_test import (Runner, Server, eq, exec_output, exit_of, fork_one, raw_exchange, status_of,  # noqa: E402
+                        wait_running, wait_until, write_file)
 from wsclient import OP_BINARY, OP_CLOSE, OP_TEXT, HandshakeError, WebSocket  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
@@ -28,9 +28,9 @@ ctx = {}
 
 
 def sh(s, sid, cmd):
-    out, msgs = exec_output(s, sid, {"command": cmd, "timeout": 60})
-    end = [m["end"] for f, m in msgs if "end" in m]
-    eq(end and end[0]["exitCode"], 0, "exit code of %r (%r)" % (cmd, msgs))
+    out, msgs = exec_output(s, sid, {"command": cmd, "timeoutSeconds": 60})
+    end = exit_of(msgs)
+    eq(end and end["exitCode"], 0, "exit code of %r (%r)" % (cmd, msgs))
     return out
 
 
@@ -42,8 +42,8 @@ def setup(s):
     fork(s, SID)
     with open(os.path.join(HERE, "preview_app.py"), "rb") as f:
         app = f.read()
-    st, r = s.unary("WriteFile", SID, {"path": "/srv/app.py", "data": base64.b64encode(app).decode()})
-    eq(st, 200, "write app.py (%r)" % (r,))
+    st, msgs = write_file(s, SID, "/srv/app.py", app)
+    eq((st, msgs[-1]), (200, (2, {})), "write app.py (%r)" % (msgs,))
     out = sh(s, SID, "mkdir -p /srv/www && cd /srv/www && printf 'hello from the sandbox\\n' > index.html && "
                      "head -c 1048576 /dev/urandom > big.bin && sha256sum big.bin && "
                      "(setsid python3 -m http.server 8000 --bind 127.0.0.1 >/tmp/http.log 2>&1 </dev/null &) && "
@@ -54,7 +54,7 @@ def setup(s):
 
 
 def mint(s, sid=SID, port=8000, ttl=None, headers=None):
-    body = {"sandbox_id": sid, "port": port}
+    body = {"sandbox": sid, "port": port}
     if ttl is not None:
         body["ttl"] = ttl
     st, r = s.request("POST", "/v1/preview", body, headers=headers)
@@ -82,21 +82,21 @@ def path_of(url):
 
 def t_mint(s):
     r = mint(s, ttl=120)
-    for k in ("url", "path_url", "host_url", "token", "expires", "expires_at"):
+    for k in ("url", "path_url", "host_url", "token", "expires_unix", "expires_at"):
         assert k in r, (k, r)
     eq(r["port"], 8000, "port")
-    assert abs(r["expires"] - time.time() - 120) < 5, r
+    assert abs(r["expires_unix"] - time.time() - 120) < 5, r
     assert r["host_url"].startswith("http://%s-8000.%s:%d/?mitos_token=" % (SID, DOMAIN, s.port)), r
     assert r["path_url"] == "http://127.0.0.1:%d/preview/%s/8000/?mitos_token=%s" % (s.port, SID, r["token"]), r
     eq(r["url"], r["host_url"], "url is the host URL when --preview-domain is set")
-    cases = [({"sandbox_id": SID, "port": 0}, 400, "invalid_argument"),
-             ({"sandbox_id": SID, "port": 65536}, 400, "invalid_argument"),
-             ({"sandbox_id": SID, "port": "80"}, 400, "invalid_argument"),
-             ({"sandbox_id": SID, "port": 80, "ttl": 0}, 400, "invalid_argument"),
-             ({"sandbox_id": SID, "port": 80, "ttl": 10 ** 9}, 400, "invalid_argument"),
-             ({"sandbox_id": "no-such", "port": 80}, 404, "not_found"),
-             ({"sandbox_id": "bad id", "port": 80}, 400, "invalid_sandbox_id"),
-             ({"port": 80}, 400, "invalid_sandbox_id")]
+    cases = [({"sandbox": SID, "port": 0}, 400, "invalid_input"),
+             ({"sandbox": SID, "port": 65536}, 400, "invalid_input"),
+             ({"sandbox": SID, "port": "80"}, 400, "invalid_input"),
+             ({"sandbox": SID, "port": 80, "ttl": 0}, 400, "invalid_input"),
+             ({"sandbox": SID, "port": 80, "ttl": 10 ** 9}, 400, "invalid_input"),
+             ({"sandbox": "no-such", "port": 80}, 404, "not_found"),
+             ({"sandbox": "bad id", "port": 80}, 400, "invalid_input"),
+             ({"port": 80}, 400, "invalid_input")]
     for body, st, code in cases:
         got, r = s.request("POST", "/v1/preview", body)
         eq((got, r["error"]["code"]), (st, code), repr(body))
@@ -146,7 +146,7 @@ def t_by_host(s):
     st, _, data = get(s, "/index.html", {"Host": host.upper(), "Cookie": ck})
     eq(st, 200, "upper-case Host")
     st, _, data = get(s, "/", {"Host": "%s-8000.%s" % (SID, DOMAIN)})
-    eq((st, error_code(data)), (401, "unauthenticated"), "no token by Host")
+    eq((st, error_code(data)), (401, "unauthorized"), "no token by Host")
     for bad in ("%s.%s" % (SID, DOMAIN), "%s-0.%s" % (SID, DOMAIN), "x.%s-8000.%s" % (SID, DOMAIN)):
         st, _, data = get(s, "/", {"Host": bad, "Cookie": ck})
         assert st in (401, 404), (bad, st, data)
@@ -169,7 +169,7 @@ def t_bad_tokens(s):
                             ("tampered cookie", base, {"Cookie": "mitos_preview_token=" + flipped}),
                             ("bearer is not a preview token", base, {"Authorization": "Bearer " + tok})]:
         st, _, data = get(s, target, h)
-        eq((st, error_code(data)), (401, "unauthenticated"), what)
+        eq((st, error_code(data)), (401, "unauthorized"), what)
         assert tok not in data.decode(), "the token comes back in an error"
     # A token of another sandbox.
     fork(s, "pv-other")
@@ -183,7 +183,7 @@ def t_bad_tokens(s):
     eq(st, 200, "fresh short token")
     time.sleep(2.1)
     st, _, data = get(s, base + "?mitos_token=" + short)
-    eq((st, error_code(data)), (401, "unauthenticated"), "expired")
+    eq((st, error_code(data)), (401, "unauthorized"), "expired")
     assert "expired" in json.loads(data)["error"]["message"], data
     # A good cookie next to an expired one still works.
     st, _, _ = get(s, base, {"Cookie": "mitos_preview_token=%s; mitos_preview_token=%s" % (short, tok)})
@@ -307,12 +307,12 @@ def t_websocket(s):
 
 def t_paused(s):
     tok = mint(s)["token"]
-    s.request("POST", "/v1/pause", {"sandbox_id": SID})
+    s.request("POST", "/v1/pause", {"sandbox": SID})
     try:
         st, _, data = get(s, "/preview/%s/8000/?mitos_token=%s" % (SID, tok))
         eq((st, error_code(data)), (409, "sandbox_not_running"), "paused")
     finally:
-        s.request("POST", "/v1/resume", {"sandbox_id": SID})
+        s.request("POST", "/v1/resume", {"sandbox": SID})
     st, _, _ = get(s, "/preview/%s/8000/?mitos_token=%s" % (SID, tok))
     eq(st, 200, "resumed")
 
@@ -337,11 +337,11 @@ def t_token_server(vmm, agent):
         state = s.state_dir
         fork(s, "pv-auth")
         with open(os.path.join(HERE, "preview_app.py"), "rb") as f:
-            s.unary("WriteFile", "pv-auth", {"path": "/srv/app.py", "data": base64.b64encode(f.read()).decode()})
+            write_file(s, "pv-auth", "/srv/app.py", f.read())
         sh(s, "pv-auth", "(setsid python3 /srv/app.py 8001 >/dev/null 2>&1 </dev/null &); for i in $(seq 100); do "
                          "(exec 3<>/dev/tcp/127.0.0.1/8001) 2>/dev/null && break; sleep 0.1; done")
         c = s.conn()
-        c.request("POST", "/v1/preview", body=json.dumps({"sandbox_id": "pv-auth", "port": 8001}))
+        c.request("POST", "/v1/preview", body=json.dumps({"sandbox": "pv-auth", "port": 8001}))
         eq(c.getresponse().status, 401, "minting without the bearer token")
         c.close()
         tok = mint(s, sid="pv-auth", port=8001)["token"]
@@ -350,6 +350,16 @@ def t_token_server(vmm, agent):
         eq(st, 200, "preview with the node's bearer")
         assert "authorization" not in json.loads(data)["headers"], data
         assert b"node-secret-token" not in data, data
+        # Every other form of it is dropped too: a tab, a list, bare, in another header,
+        # a second Authorization header, a cookie.
+        for extra in ("Authorization: Bearer\tnode-secret-token", "Authorization: Bearer node-secret-token, x",
+                      "Authorization: node-secret-token", "Proxy-Authorization: Bearer node-secret-token",
+                      "X-Api-Key: node-secret-token", "Cookie: a=node-secret-token",
+                      "Authorization: Basic dXNlcg==\r\nAuthorization: Bearer node-secret-token"):
+            raw = raw_exchange(s.port, ("GET /preview/pv-auth/8001/headers?mitos_token=%s HTTP/1.1\r\n"
+                                        "Host: x\r\n%s\r\nConnection: close\r\n\r\n" % (tok, extra)).encode())
+            eq(status_of(raw), 200, "preview with %r" % extra)
+            assert b"node-secret-token" not in raw.partition(b"\r\n\r\n")[2], (extra, raw)
         st, _, data = get(s, "/preview/pv-auth/8001/headers?mitos_token=" + tok, {"Authorization": "Basic dXNlcg=="})
         eq(json.loads(data)["headers"].get("authorization"), "Basic dXNlcg==", "the app's own Authorization")
         with open(os.path.join(state, "preview.key"), "rb") as f:
@@ -361,8 +371,7 @@ def t_token_server(vmm, agent):
             with open(os.path.join(state, "preview.key"), "rb") as f:
                 eq(f.read(), key1, "the key survives a restart")
             # Re-adoption reconnects to the agent after serve starts listening.
-            wait_until(lambda: s2.request("GET", "/v1/sandboxes/pv-auth")[1].get("state") == "running", 10,
-                       "pv-auth re-adopted")
+            wait_running(s2, "pv-auth")
             st, _, data = get(s2, "/preview/pv-auth/8001/headers?mitos_token=" + tok)
             eq(st, 200, "a URL minted before the restart")
         finally:

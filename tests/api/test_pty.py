@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""End-to-end tests of GET /v1/pty (WebSocket) on a real `mitos-vmm serve` with
-the process engine, driven by a hand-written stdlib WebSocket client.
+"""End-to-end tests of the contract's WebSocket Exec (GET
+/sandbox.v1.Sandbox/Exec?sandbox=ID, subprotocol connect.sandbox.v1) on a real
+`mitos-vmm serve` with the process engine, driven by a hand-written stdlib
+WebSocket client: every binary message is one Connect envelope of the
+sandbox.v1 Exec schema, as the Mitos SDK's pty sends and reads them.
 
 usage: test_pty.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]"""
+import base64
 import json
 import os
 import socket
@@ -10,71 +14,100 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import Runner, Server, eq, exec_output, fork_one  # noqa: E402
+from mitos_test import Runner, Server, envelope, eq, exec_output, fork_one, parse_envelopes  # noqa: E402
 from wsclient import (OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, HandshakeError, WebSocket,  # noqa: E402
                       frame)
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
+SUBPROTOCOL = "connect.sandbox.v1"
 
 
-def pty(s, query, **kw):
-    return WebSocket("127.0.0.1", s.port, "/v1/pty?" + query, headers=s.headers(), **kw)
+def open_msg(cols=80, rows=24, command=None):
+    op = {"pty": {"size": {"cols": cols, "rows": rows}}}
+    if command:
+        op["command"] = command
+    return envelope({"open": op})
+
+
+def stdin(data):
+    return envelope({"stdin": base64.b64encode(data).decode()})
+
+
+def connect(s, sid, headers=None, **kw):
+    h = {"Sec-WebSocket-Protocol": SUBPROTOCOL}
+    h.update(s.headers(headers))
+    ws = WebSocket("127.0.0.1", s.port, "/sandbox.v1.Sandbox/Exec?sandbox=" + sid, headers=h, **kw)
+    eq(ws.headers.get("sec-websocket-protocol"), SUBPROTOCOL, "subprotocol")
+    return ws
 
 
 class Term:
-    """Collects terminal output until a condition holds."""
+    """Collects ExecResponse messages until a condition holds."""
 
     def __init__(self, ws):
-        self.ws, self.out, self.exit, self.closed = ws, b"", None, None
+        self.ws, self.out, self.exit, self.eos, self.closed = ws, b"", None, None, None
+
+    def send(self, env):
+        self.ws.send(env, OP_BINARY)
 
     def until(self, pred, timeout=15, what="output"):
         deadline = time.time() + timeout
         self.ws.sock.settimeout(0.5)
         while not pred(self):
             if time.time() > deadline:
-                raise AssertionError("timed out waiting for %s; got %r exit=%r" % (what, self.out[-400:],
-                                                                                 self.exit))
+                raise AssertionError("timed out waiting for %s; got %r exit=%r eos=%r" % (
+                    what, self.out[-400:], self.exit, self.eos))
             try:
                 op, data = self.ws.recv()
             except socket.timeout:
                 continue
             if op == OP_BINARY:
-                self.out += data
+                for flags, m in parse_envelopes(data):
+                    if flags & 2:
+                        self.eos = m
+                    elif "stdout" in m:
+                        self.out += base64.b64decode(m["stdout"])
+                    elif "exit" in m:
+                        self.exit = m["exit"]
             elif op == OP_TEXT:
-                self.exit = json.loads(data).get("exit")
+                raise AssertionError("a text message: %r" % data)
             elif op == OP_CLOSE:
                 self.closed = self.ws.close_code
-                self.close_reason = data[2:]
                 return
         return self
 
 
+def shell(s, sid, cols=80, rows=24, command=None):
+    t = Term(connect(s, sid))
+    t.send(open_msg(cols, rows, command))
+    return t
+
+
 def t_echo_hi(s):
     fork_one(s, "pty-echo")
-    t = Term(pty(s, "sandbox_id=pty-echo&cols=80&rows=24"))
-    t.ws.send(b"echo hi-$((40+2))\n")
+    t = shell(s, "pty-echo")
+    t.send(stdin(b"echo hi-$((40+2))\n"))
     # The echoed input holds "$((40+2))", so only the command's output has "hi-42".
     t.until(lambda t: b"hi-42\r\n" in t.out, what="hi-42 from the shell")
-    # Text frames that are not control messages are terminal input too.
-    t.ws.send("exit 3\n")
+    t.send(stdin(b"exit 3\n"))
     t.until(lambda t: t.closed is not None, what="the close after exit")
-    eq(t.exit, {"exited": True, "exit_code": 3}, "exit message")
+    eq((t.exit, t.eos), ({"exitCode": 3}, {}), "ExecExit, then a clean end of stream")
     eq(t.closed, 1000, "close code")
 
 
 def t_resize(s):
     fork_one(s, "pty-resize")
-    t = Term(pty(s, "sandbox_id=pty-resize&cols=80&rows=24"))
-    t.ws.send(b"stty size\n")
+    t = shell(s, "pty-resize", 80, 24)
+    t.send(stdin(b"stty size\n"))
     t.until(lambda t: b"24 80" in t.out, what="the initial size")
-    t.ws.send(json.dumps({"resize": {"cols": 132, "rows": 43}}))
-    t.ws.send(b"stty size\n")
+    t.send(envelope({"resize": {"cols": 132, "rows": 43}}))
+    t.send(stdin(b"stty size\n"))
     t.until(lambda t: b"43 132" in t.out, what="the new size")
     # Out-of-range sizes are ignored, not passed on.
-    t.ws.send(json.dumps({"resize": {"cols": 0, "rows": 99999}}))
+    t.send(envelope({"resize": {"cols": 0, "rows": 99999}}))
     t.out = b""
-    t.ws.send(b"stty size; exit\n")
+    t.send(stdin(b"stty size; exit\n"))
     t.until(lambda t: t.closed is not None)
     assert b"43 132" in t.out, t.out
 
@@ -89,27 +122,27 @@ def count_procs(s, sid, marker):
 
 def t_client_close_ends_pty(s):
     fork_one(s, "pty-close")
-    ws = pty(s, "sandbox_id=pty-close&cmd=" + "sleep%20424242")
+    t = shell(s, "pty-close", command="sleep 424242")
     deadline = time.time() + 10
     while count_procs(s, "pty-close", "sleep [4]24242") != 1:
         assert time.time() < deadline, "the pty command never ran"
         time.sleep(0.1)
-    ws.close(1000)
-    op, data = ws.recv()
+    t.ws.close(1000)
+    op, data = t.ws.recv()
     eq(op, OP_CLOSE, "the server answers the close")
-    eq(ws.close_code, 1000, "close code echoed")
-    ws.shut()
+    eq(t.ws.close_code, 1000, "close code echoed")
+    t.ws.shut()
     deadline = time.time() + 10
     while count_procs(s, "pty-close", "sleep [4]24242"):
         assert time.time() < deadline, "the pty command outlived its WebSocket"
         time.sleep(0.1)
     # A client that just drops the TCP connection ends it too.
-    ws = pty(s, "sandbox_id=pty-close&cmd=" + "sleep%20434343")
+    t = shell(s, "pty-close", command="sleep 434343")
     deadline = time.time() + 10
     while count_procs(s, "pty-close", "sleep [4]34343") != 1:
         assert time.time() < deadline, "the second pty command never ran"
         time.sleep(0.1)
-    ws.shut()
+    t.ws.shut()
     while count_procs(s, "pty-close", "sleep [4]34343"):
         assert time.time() < deadline + 10, "the pty command outlived its connection"
         time.sleep(0.1)
@@ -117,22 +150,28 @@ def t_client_close_ends_pty(s):
 
 def t_command_exit_closes(s):
     fork_one(s, "pty-cmd")
-    t = Term(pty(s, "sandbox_id=pty-cmd&cmd=" + "printf%20done-%25s%20ok%3B%20exit%207"))
+    t = shell(s, "pty-cmd", command="printf done-%s ok; exit 7")
     t.until(lambda t: t.closed is not None)
     assert b"done-ok" in t.out, t.out
-    eq(t.exit, {"exited": True, "exit_code": 7}, "exit")
+    eq((t.exit, t.eos), ({"exitCode": 7}, {}), "exit")
     eq(t.closed, 1000, "close code")
+    # stdinClose: the terminal reads end of input.
+    t = shell(s, "pty-cmd", command="cat; echo eof-seen")
+    t.send(envelope({"stdinClose": True}))
+    t.until(lambda t: t.closed is not None)
+    assert b"eof-seen" in t.out, t.out
 
 
 def t_framing(s):
     fork_one(s, "pty-frames")
-    # A frame sent with the handshake, before the 101, is not lost.
-    t = Term(pty(s, "sandbox_id=pty-frames", early=frame(OP_BINARY, b"echo early-$((1+1))\n")))
-    t.until(lambda t: b"early-2" in t.out, what="input sent before the 101")
-    # Fragmented input, a ping in between.
-    t.ws.send_raw(frame(OP_BINARY, b"echo fr", fin=False))
+    # The open sent with the handshake, before the 101, is not lost.
+    t = Term(connect(s, "pty-frames", early=frame(OP_BINARY, open_msg() + stdin(b"echo early-$((1+1))\n"))))
+    t.until(lambda t: b"early-2" in t.out, what="messages sent before the 101")
+    # One envelope fragmented over two WebSocket frames, a ping in between.
+    env = stdin(b"echo frag-$((2*3))\n")
+    t.ws.send_raw(frame(OP_BINARY, env[:9], fin=False))
     t.ws.send_raw(frame(9, b"are you there"))
-    t.ws.send_raw(frame(0, b"ag-$((2*3))\n", fin=True))
+    t.ws.send_raw(frame(0, env[9:], fin=True))
     pong = False
     t.ws.sock.settimeout(10)
     while b"frag-6\r\n" not in t.out:
@@ -141,13 +180,14 @@ def t_framing(s):
             eq(data, b"are you there", "pong payload")
             pong = True
         elif op == OP_BINARY:
-            t.out += data
+            for _, m in parse_envelopes(data):
+                t.out += base64.b64decode(m.get("stdout", ""))
     assert pong, "no pong"
     # 300 KB of input arrives whole (in lines: a terminal's line buffer holds 4 KiB).
-    t.ws.send(b"stty -echo; head -c 300000 | wc -c\n")
+    t.send(stdin(b"stty -echo; head -c 300000 | wc -c\n"))
     time.sleep(0.3)
     for i in range(30):
-        t.ws.send((b"y" * 99 + b"\n") * 100)
+        t.send(stdin((b"y" * 99 + b"\n") * 100))
     t.until(lambda t: b"300000" in t.out, timeout=30, what="300000 bytes counted")
     # An unmasked client frame is a protocol error: close 1002, and the pty ends.
     t.ws.send_raw(frame(OP_BINARY, b"x", mask=False))
@@ -159,44 +199,56 @@ def t_protocol_errors(s):
     fork_one(s, "pty-proto")
     for what, payload, code in [("bad UTF-8 in a text frame", frame(OP_TEXT, b"\xff\xfe"), 1007),
                                 ("a message over 1 MiB", frame(OP_BINARY, b"z" * ((1 << 20) + 5)), 1009)]:
-        t = Term(pty(s, "sandbox_id=pty-proto"))
+        t = Term(connect(s, "pty-proto"))
         t.ws.send_raw(payload)
         t.until(lambda t: t.closed is not None, what="close after " + what)
         eq(t.closed, code, what)
+    # Messages that are not the Exec schema end the stream with a Connect error.
+    for what, data in [("stdin before open", stdin(b"x")), ("not an envelope", b"\x00\x00"),
+                       ("not JSON", envelope({"open": 1})[:5] + b"{nope"),
+                       ("a size out of range", open_msg(cols=0)), ("args", envelope({"open": {"args": ["a"]}}))]:
+        t = Term(connect(s, "pty-proto"))
+        if what == "not JSON":
+            data = b"\x00" + len(b"{nope").to_bytes(4, "big") + b"{nope"
+        t.send(data)
+        t.until(lambda t: t.closed is not None, what="close after " + what)
+        eq((t.eos or {}).get("error", {}).get("code"), "invalid_argument", what)
+        eq(t.closed, 1000, "close code after " + what)
 
 
 def t_errors(s):
     fork_one(s, "pty-err")
-    st, r = s.request("GET", "/v1/pty?sandbox_id=pty-err")
-    eq((st, r["error"]["code"]), (400, "invalid_argument"), "not a WebSocket")
-    for q, want in [("sandbox_id=nope", (404, "not_found")), ("sandbox_id=bad%20id", (400, "invalid_sandbox_id")),
-                    ("", (400, "invalid_sandbox_id")), ("sandbox_id=pty-err&cols=0", (400, "invalid_argument")),
-                    ("sandbox_id=pty-err&rows=abc", (400, "invalid_argument")),
-                    ("sandbox_id=pty-err&cmd=", (400, "invalid_argument"))]:
+    st, r = s.request("GET", "/sandbox.v1.Sandbox/Exec?sandbox=pty-err")
+    eq((st, r["error"]["code"]), (400, "invalid_input"), "not a WebSocket")
+    for sid, want in [("nope", (404, "not_found")), ("bad%20id", (400, "invalid_input")), ("", (400, "invalid_input"))]:
         try:
-            pty(s, q)
-            raise AssertionError("%s: upgraded" % q)
+            WebSocket("127.0.0.1", s.port, "/sandbox.v1.Sandbox/Exec" + ("?sandbox=" + sid if sid else ""),
+                      headers=s.headers())
+            raise AssertionError("%s: upgraded" % sid)
         except HandshakeError as e:
-            eq((e.status, json.loads(e.body)["error"]["code"]), want, q)
-    st, r = s.request("POST", "/v1/pty")
-    eq(st, 405, "POST")
-    s.request("POST", "/v1/pause", {"sandbox_id": "pty-err"})
+            eq((e.status, json.loads(e.body)["error"]["code"]), want, sid)
+    s.request("POST", "/v1/pause", {"sandbox": "pty-err"})
     try:
-        pty(s, "sandbox_id=pty-err")
+        connect(s, "pty-err")
         raise AssertionError("paused: upgraded")
     except HandshakeError as e:
         eq((e.status, json.loads(e.body)["error"]["code"]), (409, "sandbox_not_running"), "paused")
-    s.request("POST", "/v1/resume", {"sandbox_id": "pty-err"})
+    s.request("POST", "/v1/resume", {"sandbox": "pty-err"})
+    # A terminal that cannot start says so in the end of stream.
+    t = Term(connect(s, "pty-err"))
+    t.send(envelope({"open": {"cwd": "/no/such/dir", "pty": {}}}))
+    t.until(lambda t: t.closed is not None)
+    assert t.eos and t.eos["error"]["message"], t.eos
 
 
 def t_sandbox_deleted(s):
     fork_one(s, "pty-del")
-    t = Term(pty(s, "sandbox_id=pty-del"))
-    t.ws.send(b"echo ready\n")
+    t = shell(s, "pty-del")
+    t.send(stdin(b"echo ready\n"))
     t.until(lambda t: b"ready\r\n" in t.out)
     eq(s.request("DELETE", "/v1/sandboxes/pty-del")[0], 200, "delete")
     t.until(lambda t: t.closed is not None, what="close after delete")
-    eq(t.closed, 1011, "close code")
+    eq(t.eos["error"]["code"], "failed_precondition", "the sandbox went away")
 
 
 def t_auth(vmm, agent):
@@ -204,13 +256,12 @@ def t_auth(vmm, agent):
     try:
         fork_one(s, "pty-auth")
         try:
-            WebSocket("127.0.0.1", s.port, "/v1/pty?sandbox_id=pty-auth")
+            WebSocket("127.0.0.1", s.port, "/sandbox.v1.Sandbox/Exec?sandbox=pty-auth")
             raise AssertionError("upgraded without a token")
         except HandshakeError as e:
             eq(e.status, 401, "no token")
-        t = Term(WebSocket("127.0.0.1", s.port, "/v1/pty?sandbox_id=pty-auth",
-                           headers={"Authorization": "Bearer pty-secret-token"}))
-        t.ws.send(b"exit\n")
+        t = shell(s, "pty-auth")
+        t.send(stdin(b"exit\n"))
         t.until(lambda t: t.closed is not None)
     finally:
         s.cleanup()

@@ -1,0 +1,569 @@
+/* mitos-sandbox-init: PID 1 of a process-engine sandbox.
+ *
+ * serve clones a process into fresh mount, pid, ipc, uts, net and cgroup namespaces
+ * (and the sandbox's cgroups) and that process execs this program at once, so nothing
+ * of serve's memory (its token, HMAC key, other sandboxes' data) exists in a sandbox.
+ * Running as host root in those namespaces, it builds the sandbox's root and then runs
+ * mitos-agent as root of a user namespace that maps 0..65535 onto an unprivileged host
+ * range of its own (the way rootless runc, crun and bubblewrap confine root):
+ *
+ *   1. a user namespace (held by a short-lived child) mapping 0..65535 to UID_BASE..;
+ *   2. idmapped mounts through it of the template's root (overlay lower) and of the
+ *      sandbox's directory (upper, work and run): on disk the files keep host ids 0..,
+ *      so forks copy layers as they are, while inside they belong to the sandbox's root;
+ *   3. the overlay, /proc (with /proc/sys and other host knobs read-only), a read-only
+ *      /sys, tmpfs /tmp, /run and /dev/shm owned by the sandbox's root, a /dev with
+ *      harmless devices, a private devpts, /run/mitos; the state dir and the token
+ *      file masked; then pivot_root;
+ *   4. the agent: joins the user namespace (so it owns no mount, net, uts, ipc or pid
+ *      namespace: none of them can be changed from inside), no_new_privs, a seccomp
+ *      filter refusing the calls that reach the host kernel's shared state (below), and
+ *      exec through the descriptor serve passed;
+ *   5. this process then drops every capability, marks itself non-dumpable and out of
+ *      the OOM killer's reach, and only reaps. It leaves when the agent does.
+ *
+ * usage (serve runs it; argv is trusted, fds: 3 mitos-agent (O_PATH), 4 readiness
+ * pipe, 5 start-error file, 6 agent log):
+ *   mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR] [--hide PATH]...
+ *                      [--helper FILE]
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <net/if.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fsuid.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <unistd.h>
+
+#define AGENT_FD 3
+#define READY_FD 4
+#define ERR_FD 5
+#define LOG_FD 6
+#define SANDBOX_RUN "/run/mitos"
+#define AGENT_SOCK SANDBOX_RUN "/agent.sock"
+#define ID_RANGE 65536
+#define MAX_HIDE 8
+/* The agent and all it starts (inherited): raising a score needs no privilege. */
+#define OOM_SCORE_ADJ_AGENT "500"
+
+static __attribute__((noreturn, format(printf, 2, 3))) void fail(int err, const char *fmt, ...)
+{
+	char msg[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	dprintf(ERR_FD, "%s: %s", msg, strerror(err));
+	fsync(ERR_FD);
+	_exit(126);
+}
+
+static void pathf(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void pathf(char *out, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int k = vsnprintf(out, n, fmt, ap);
+	va_end(ap);
+	if (k < 0 || (size_t)k >= n)
+		fail(ENAMETOOLONG, "path %.100s...", out);
+}
+
+static void mount_or_fail(const char *src, const char *dst, const char *type, unsigned long flags,
+			  const char *data)
+{
+	if (mount(src, dst, type, flags, data) < 0)
+		fail(errno, "mount %s on %s", type ? type : src ? src : "(remount)", dst);
+}
+
+static void write_file(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, s, strlen(s)) != (ssize_t)strlen(s))
+		fail(errno, "write %s", path);
+	close(fd);
+}
+
+/* ---- 1. the user namespace ---- */
+
+/* A child unshares a user namespace, this process (root outside) maps it, and the
+ * namespace outlives the child through the returned descriptor. */
+static int make_userns(unsigned long base)
+{
+	int up[2], down[2];
+	if (pipe2(up, O_CLOEXEC) || pipe2(down, O_CLOEXEC))
+		fail(errno, "pipe");
+	pid_t pid = fork();
+	if (pid < 0)
+		fail(errno, "fork");
+	if (pid == 0) {
+		char c = 0;
+		close(up[0]);
+		close(down[1]);
+		if (unshare(CLONE_NEWUSER) < 0)
+			_exit(1);
+		(void)!write(up[1], &c, 1);
+		(void)!read(down[0], &c, 1); /* until the parent has the namespace */
+		_exit(0);
+	}
+	close(up[1]);
+	close(down[0]);
+	char c, path[64], map[64];
+	if (read(up[0], &c, 1) != 1)
+		fail(EPERM, "unshare a user namespace (user namespaces disabled?)");
+	snprintf(map, sizeof(map), "0 %lu %d\n", base, ID_RANGE);
+	snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
+	write_file(path, map);
+	snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
+	write_file(path, map);
+	snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		fail(errno, "open %s", path);
+	close(down[1]);
+	close(up[0]);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	return fd;
+}
+
+/* ---- 2. idmapped layers ---- */
+
+static void idmapped_bind(const char *src, const char *dst, int userns)
+{
+	int t = open_tree(AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+	if (t < 0)
+		fail(errno, "open_tree %s", src);
+	struct mount_attr a = { .attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (unsigned)userns };
+	if (mount_setattr(t, "", AT_EMPTY_PATH, &a, sizeof(a)) < 0)
+		fail(errno, "idmap %s (the file system must support idmapped mounts)", src);
+	mkdir(dst, 0700);
+	if (move_mount(t, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		fail(errno, "move_mount %s", dst);
+	close(t);
+}
+
+/* Changing the fs ids to or from 0 drops or raises the file capabilities (see
+ * capabilities(7)); the effective set is made the permitted set again. */
+static void set_fsids(unsigned long id)
+{
+	setfsgid((gid_t)id);
+	setfsuid((uid_t)id);
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+	if (syscall(SYS_capget, &h, d) < 0)
+		fail(errno, "capget");
+	d[0].effective = d[0].permitted;
+	d[1].effective = d[1].permitted;
+	if (syscall(SYS_capset, &h, d) < 0)
+		fail(errno, "capset");
+	if (setfsuid((uid_t)-1) != (int)id)
+		fail(EPERM, "setfsuid %lu", id);
+}
+
+static void copy_layer(const char *from, const char *to)
+{
+	char src[4200];
+	pathf(src, sizeof(src), "%s/.", from);
+	pid_t pid = fork();
+	if (pid < 0)
+		fail(errno, "fork cp");
+	if (pid == 0) {
+		dup2(LOG_FD, 1);
+		dup2(LOG_FD, 2);
+		/* -a keeps the overlay's whiteouts (0:0 devices), xattrs and owners. */
+		execl("/bin/cp", "cp", "-a", "--reflink=auto", src, to, (char *)NULL);
+		_exit(127);
+	}
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		fail(EIO, "copy the parent's writable layer (cp -a %s %s)", from, to);
+}
+
+static void copy_file(const char *from, const char *to)
+{
+	char buf[65536];
+	int in = open(from, O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		return; /* run_code then says the helper is missing */
+	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	ssize_t n;
+	while (out >= 0 && (n = read(in, buf, sizeof(buf))) > 0)
+		if (write(out, buf, (size_t)n) != n)
+			break;
+	close(in);
+	if (out >= 0)
+		close(out);
+}
+
+/* ---- 3. the root ---- */
+
+/* root/name as an empty directory to mount on. A forked sandbox's layer comes from
+ * its parent, which may have left a symlink there that mount would follow into the
+ * host's tree: whatever is not a directory goes. */
+static void fresh_dir(char *out, size_t n, const char *root, const char *name, mode_t mode)
+{
+	struct stat st;
+	pathf(out, n, "%s/%s", root, name);
+	if (lstat(out, &st) == 0 && !S_ISDIR(st.st_mode) && unlink(out) < 0)
+		fail(errno, "unlink %s", out);
+	mkdir(out, mode);
+}
+
+static void bind_dev(const char *root, const char *name)
+{
+	char src[64], dst[4200];
+	snprintf(src, sizeof(src), "/dev/%s", name);
+	pathf(dst, sizeof(dst), "%s/dev/%s", root, name);
+	int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+	if (fd >= 0)
+		close(fd);
+	mount_or_fail(src, dst, NULL, MS_BIND, NULL);
+}
+
+static void readonly_bind(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		return; /* not on this kernel */
+	mount_or_fail(path, path, NULL, MS_BIND | MS_REC, NULL);
+	mount_or_fail(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+static void mount_proc_sys(const char *root)
+{
+	char p[4200];
+	fresh_dir(p, sizeof(p), root, "proc", 0555);
+	mount_or_fail("proc", p, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	/* Host-wide knobs that /proc shows to any pid namespace (owned by host root, so
+	 * the sandbox's root cannot write them anyway): read-only as a second wall. */
+	static const char *ro[] = { "sys", "sysrq-trigger", "irq", "bus", "fs" };
+	for (size_t i = 0; i < sizeof(ro) / sizeof(ro[0]); i++) {
+		pathf(p, sizeof(p), "%s/proc/%s", root, ro[i]);
+		readonly_bind(p);
+	}
+	fresh_dir(p, sizeof(p), root, "sys", 0555);
+	mount_or_fail("sysfs", p, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+static void mount_dev(const char *root, unsigned long base)
+{
+	char p[4200], opts[96];
+	fresh_dir(p, sizeof(p), root, "dev", 0755);
+	mount_or_fail("tmpfs", p, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k");
+	static const char *devs[] = { "null", "zero", "full", "random", "urandom", "tty" };
+	for (size_t i = 0; i < sizeof(devs) / sizeof(devs[0]); i++)
+		bind_dev(root, devs[i]);
+	pathf(p, sizeof(p), "%s/dev/pts", root);
+	mkdir(p, 0755);
+	if (mount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620") == 0) {
+		pathf(p, sizeof(p), "%s/dev/ptmx", root);
+		symlink("pts/ptmx", p);
+	}
+	pathf(p, sizeof(p), "%s/dev/shm", root);
+	mkdir(p, 01777);
+	snprintf(opts, sizeof(opts), "mode=1777,uid=%lu,gid=%lu", base, base);
+	mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, opts);
+	static const char *links[][2] = { { "/proc/self/fd", "fd" }, { "/proc/self/fd/0", "stdin" },
+					  { "/proc/self/fd/1", "stdout" }, { "/proc/self/fd/2", "stderr" } };
+	for (size_t i = 0; i < 4; i++) {
+		pathf(p, sizeof(p), "%s/dev/%s", root, links[i][1]);
+		symlink(links[i][0], p);
+	}
+}
+
+static void loopback_up(void)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "lo");
+	if (!ioctl(fd, SIOCGIFFLAGS, &ifr)) {
+		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+		ioctl(fd, SIOCSIFFLAGS, &ifr);
+	}
+	close(fd);
+}
+
+/* ---- 4. the agent's confinement ---- */
+
+/* What a sandbox's root may not do even in its own user namespace: new namespaces
+ * (a user namespace of its own would own new mount and cgroup namespaces: mounts of
+ * proc, sysfs or cgroupfs that reach the host), mounts, kernel keyrings, the kernel
+ * log, modules, kexec, BPF, perf events, swap, clocks, reboot, file handles (they
+ * name host inodes), userfaultfd, and clone3 (its flags cannot be inspected: ENOSYS
+ * makes the C library fall back to clone). Everything else keeps Linux semantics. */
+static void install_seccomp(void)
+{
+	scmp_filter_ctx f = seccomp_init(SCMP_ACT_ALLOW);
+	if (!f)
+		fail(ENOMEM, "seccomp_init");
+	static const int deny[] = {
+		SCMP_SYS(mount), SCMP_SYS(umount2), SCMP_SYS(pivot_root), SCMP_SYS(setns),
+		SCMP_SYS(fsopen), SCMP_SYS(fsconfig), SCMP_SYS(fsmount), SCMP_SYS(fspick),
+		SCMP_SYS(open_tree), SCMP_SYS(move_mount), SCMP_SYS(mount_setattr),
+		SCMP_SYS(keyctl), SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(syslog),
+		SCMP_SYS(init_module), SCMP_SYS(finit_module), SCMP_SYS(delete_module),
+		SCMP_SYS(kexec_load), SCMP_SYS(kexec_file_load), SCMP_SYS(bpf), SCMP_SYS(perf_event_open),
+		SCMP_SYS(swapon), SCMP_SYS(swapoff), SCMP_SYS(reboot), SCMP_SYS(acct), SCMP_SYS(quotactl),
+		SCMP_SYS(settimeofday), SCMP_SYS(clock_settime), SCMP_SYS(clock_adjtime), SCMP_SYS(adjtimex),
+		SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at), SCMP_SYS(userfaultfd),
+		SCMP_SYS(iopl), SCMP_SYS(ioperm), SCMP_SYS(lookup_dcookie), SCMP_SYS(uselib),
+		SCMP_SYS(personality), SCMP_SYS(vhangup), SCMP_SYS(nfsservctl),
+	};
+	int rc = 0;
+	for (size_t i = 0; i < sizeof(deny) / sizeof(deny[0]) && !rc; i++)
+		rc = seccomp_rule_add(f, SCMP_ACT_ERRNO(EPERM), deny[i], 0);
+	const unsigned long ns = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS |
+				 CLONE_NEWIPC | CLONE_NEWCGROUP | CLONE_NEWTIME;
+	for (unsigned long bit = 1; bit && !rc; bit <<= 1) {
+		if (!(ns & bit))
+			continue;
+		rc = seccomp_rule_add(f, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(unshare), 1,
+				      SCMP_A0(SCMP_CMP_MASKED_EQ, bit, bit));
+		if (!rc)
+			rc = seccomp_rule_add(f, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+					      SCMP_A0(SCMP_CMP_MASKED_EQ, bit, bit));
+	}
+	if (!rc)
+		rc = seccomp_rule_add(f, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+	if (!rc)
+		rc = seccomp_load(f);
+	seccomp_release(f);
+	if (rc)
+		fail(-rc, "load the seccomp filter");
+}
+
+static __attribute__((noreturn)) void exec_agent(const char *id, int userns, bool helper)
+{
+	write_file("/proc/self/oom_score_adj", OOM_SCORE_ADJ_AGENT);
+	if (setns(userns, CLONE_NEWUSER) < 0)
+		fail(errno, "join the sandbox's user namespace");
+	close(userns);
+	if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+		fail(errno, "become the sandbox's root");
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		fail(errno, "no_new_privs");
+	setsid();
+	char *argv[] = { "mitos-agent", "--unix", AGENT_SOCK, "--python", "/usr/bin/python3",
+			 "--python-helper", SANDBOX_RUN "/mitos_kernel.py", NULL };
+	if (!helper)
+		argv[5] = NULL;
+	char host[96];
+	snprintf(host, sizeof(host), "HOSTNAME=%s", id);
+	char *envp[12] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+			   "HOME=/root", "LANG=C.UTF-8", "TERM=xterm-256color", "USER=root", host, NULL };
+	int ne = 6;
+	static const char *pass[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS" };
+	char pbuf[3][1024];
+	for (int i = 0; i < 3; i++) {
+		const char *v = getenv(pass[i]);
+		if (v) {
+			snprintf(pbuf[i], sizeof(pbuf[i]), "%s=%s", pass[i], v);
+			envp[ne++] = pbuf[i];
+		}
+	}
+	envp[ne] = NULL;
+	install_seccomp();
+	syscall(SYS_execveat, AGENT_FD, "", argv, envp, AT_EMPTY_PATH);
+	fail(errno, "exec mitos-agent");
+}
+
+/* ---- 5. PID 1 ---- */
+
+static void drop_everything(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+	memset(d, 0, sizeof(d));
+	for (int cap = 0; cap <= CAP_LAST_CAP; cap++)
+		prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+	if (syscall(SYS_capset, &h, d) < 0)
+		fail(errno, "drop capabilities");
+	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+static void say_end(int wst)
+{
+	if (WIFEXITED(wst))
+		dprintf(ERR_FD, "its agent exited with status %d", WEXITSTATUS(wst));
+	else if (WTERMSIG(wst) == SIGKILL)
+		dprintf(ERR_FD, "its agent was killed (SIGKILL: the out-of-memory killer at the sandbox's "
+				"memory limit, or a kill from inside)");
+	else
+		dprintf(ERR_FD, "its agent died of signal %d (%s)", WTERMSIG(wst), strsignal(WTERMSIG(wst)));
+}
+
+static void wait_ready(pid_t agent)
+{
+	for (int i = 0; i < 30000; i++) {
+		int st;
+		if (waitpid(agent, &st, WNOHANG) == agent)
+			fail(ECHILD, "mitos-agent exited at start (see agent.log)");
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		strcpy(sa.sun_path, AGENT_SOCK);
+		int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+		if (fd >= 0)
+			close(fd);
+		if (ok) {
+			(void)!write(READY_FD, "R", 1);
+			return;
+		}
+		usleep(1000);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 5) {
+		fprintf(stderr, "usage: mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR] "
+				"[--hide PATH]... [--helper FILE]\n(run by `mitos-vmm serve`)\n");
+		return 2;
+	}
+	const char *dir = argv[1], *id = argv[2], *template_root = argv[3];
+	char *end;
+	unsigned long base = strtoul(argv[4], &end, 10);
+	const char *copy_from = NULL, *helper = NULL, *hide[MAX_HIDE];
+	int nhide = 0;
+	if (*end || base == 0 || base > 0xffffffffUL - ID_RANGE)
+		fail(EINVAL, "bad UID_BASE %s", argv[4]);
+	for (int i = 5; i + 1 < argc; i += 2) {
+		if (!strcmp(argv[i], "--copy-from"))
+			copy_from = argv[i + 1];
+		else if (!strcmp(argv[i], "--helper"))
+			helper = argv[i + 1];
+		else if (!strcmp(argv[i], "--hide") && nhide < MAX_HIDE)
+			hide[nhide++] = argv[i + 1];
+		else
+			fail(EINVAL, "unknown argument %s", argv[i]);
+	}
+	fcntl(AGENT_FD, F_SETFD, FD_CLOEXEC);
+	fcntl(READY_FD, F_SETFD, FD_CLOEXEC);
+	fcntl(ERR_FD, F_SETFD, FD_CLOEXEC);
+	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (nullfd >= 0)
+		dup2(nullfd, 0);
+	dup2(LOG_FD, 1);
+	dup2(LOG_FD, 2);
+	close(LOG_FD);
+	prctl(PR_SET_NAME, "mitos-init", 0, 0, 0);
+	/* The OOM killer picks a sandbox's biggest process, never its init: out of its
+	 * reach where this host grants CAP_SYS_RESOURCE, and everything else in the
+	 * sandbox is made a likelier victim (exec_agent) where it does not. */
+	int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+	if (oom >= 0) {
+		(void)!write(oom, "-1000", 5);
+		close(oom);
+	}
+
+	char p[4200], root[4200], rw[4200], lower[4200], opts[13000];
+	mount_or_fail(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+	/* The host's /proc shows host pids; the user namespace's helper is known by ours. */
+	mount_or_fail("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	pathf(root, sizeof(root), "%s/root", dir);
+	pathf(rw, sizeof(rw), "%s/.rw", dir);
+	pathf(lower, sizeof(lower), "%s/.lower", dir);
+	if (copy_from) {
+		pathf(p, sizeof(p), "%s/upper", dir);
+		copy_layer(copy_from, p);
+	}
+	int userns = make_userns(base);
+	idmapped_bind(template_root, lower, userns);
+	idmapped_bind(dir, rw, userns);
+	pathf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, rw, rw);
+	/* overlayfs creates its work files and copies up with its mounter's credentials:
+	 * they must map through the idmapped upper, so the mount is made as the sandbox's
+	 * root on the file system (fsuid, fsgid), with every capability kept. */
+	set_fsids(base);
+	mount_or_fail("overlay", root, "overlay", 0, opts);
+	set_fsids(0);
+
+	mount_proc_sys(root);
+	char tmpopts[96];
+	snprintf(tmpopts, sizeof(tmpopts), "mode=1777,uid=%lu,gid=%lu", base, base);
+	fresh_dir(p, sizeof(p), root, "tmp", 01777);
+	mount_or_fail("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, tmpopts);
+	snprintf(tmpopts, sizeof(tmpopts), "mode=0755,uid=%lu,gid=%lu", base, base);
+	fresh_dir(p, sizeof(p), root, "run", 0755);
+	mount_or_fail("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, tmpopts);
+	pathf(p, sizeof(p), "%s" SANDBOX_RUN, root);
+	mkdir(p, 0755);
+	char run[4200];
+	pathf(run, sizeof(run), "%s/run", rw);
+	mount_or_fail(run, p, NULL, MS_BIND, NULL);
+	mount_dev(root, base);
+	if (helper) {
+		pathf(p, sizeof(p), "%s/run/mitos_kernel.py", dir);
+		copy_file(helper, p);
+	}
+
+	if (sethostname(id, strlen(id)) < 0)
+		fail(errno, "sethostname");
+	loopback_up();
+	if (chdir(root) < 0)
+		fail(errno, "chdir %s", root);
+	if (syscall(SYS_pivot_root, ".", ".") < 0)
+		fail(errno, "pivot_root");
+	if (umount2(".", MNT_DETACH) < 0)
+		fail(errno, "detach the old root");
+	if (chdir("/") < 0)
+		fail(errno, "chdir /");
+	/* The template is the host's own root for now: hide what is the server's. After
+	 * pivot_root, so that a symlink a parent sandbox left resolves inside. */
+	struct stat st;
+	for (int i = 0; i < nhide; i++) {
+		if (lstat(hide[i], &st) < 0)
+			continue;
+		if (S_ISDIR(st.st_mode))
+			mount_or_fail("tmpfs", hide[i], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+				      "size=4k,mode=0755");
+		else if (S_ISREG(st.st_mode))
+			mount_or_fail("/dev/null", hide[i], NULL, MS_BIND, NULL);
+	}
+
+	pid_t agent = fork();
+	if (agent < 0)
+		fail(errno, "fork the agent");
+	if (agent == 0)
+		exec_agent(id, userns, helper != NULL);
+	close(userns);
+	close(AGENT_FD);
+	wait_ready(agent);
+	close(READY_FD);
+	drop_everything();
+	/* PID 1: reap everything; go when the agent goes (the kernel then kills whatever
+	 * is left in the namespace), saying why in start-error, which serve logs and keeps
+	 * as the sandbox's end. The file is only ever reached through this descriptor. */
+	for (;;) {
+		int wst;
+		pid_t w = wait(&wst);
+		if (w == agent) {
+			say_end(wst);
+			_exit(WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + WTERMSIG(wst));
+		}
+		if (w < 0 && errno == ECHILD)
+			_exit(0);
+	}
+}

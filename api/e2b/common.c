@@ -1,0 +1,343 @@
+/* The E2B surface's shared parts: its per-sandbox records, tokens, error
+ * replies, and the bridge between one HTTP request and one agent stream. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <nettle/memops.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "api/connect.h"
+#include "api/e2b/internal.h"
+#include "api/errors.h"
+#include "api/http.h"
+#include "api/server.h"
+#include "api/uring.h"
+
+static struct e2b_sbx *records;
+
+static void sbx_free(struct e2b_sbx *s)
+{
+	cJSON_Delete(s->env_vars);
+	cJSON_Delete(s->bash_contexts);
+	explicit_bzero(s->envd_token, sizeof(s->envd_token));
+	explicit_bzero(s->traffic_token, sizeof(s->traffic_token));
+	free(s);
+}
+
+struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
+{
+	/* Records of sandboxes that are gone (killed, expired) go on the way. */
+	for (struct e2b_sbx **pp = &records; *pp;) {
+		struct e2b_sbx *s = *pp;
+		struct sandbox *sb = sandbox_find(s->id);
+		if (!sb || sb->created_ms != s->created_ms) {
+			*pp = s->next;
+			sbx_free(s);
+			continue;
+		}
+		if (!strcmp(s->id, id))
+			return s;
+		pp = &s->next;
+	}
+	struct sandbox *sb = create ? sandbox_find(id) : NULL;
+	if (!sb)
+		return NULL;
+	struct e2b_sbx *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	snprintf(s->id, sizeof(s->id), "%s", id);
+	s->created_ms = sb->created_ms;
+	s->allow_internet = true;
+	s->next = records;
+	records = s;
+	return s;
+}
+
+struct e2b_sbx *e2b_sbx_first(void)
+{
+	return records;
+}
+
+void e2b_token_new(char *out, size_t outlen)
+{
+	uint8_t b[E2B_TOKEN_HEX];
+	if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b)) {
+		/* Without entropy there is no token worth issuing; an empty one is refused. */
+		out[0] = 0;
+		return;
+	}
+	size_t o = 0;
+	for (size_t i = 0; i < sizeof(b) && o + 2 < outlen; i++)
+		o += (size_t)snprintf(out + o, outlen - o, "%02x", b[i]);
+	explicit_bzero(b, sizeof(b));
+}
+
+bool e2b_token_ok(const char *presented, const char *expected)
+{
+	if (!presented || !expected || !*expected)
+		return false;
+	size_t n = strlen(expected);
+	/* The length is not secret (every token has the same one). */
+	return strlen(presented) == n && memeql_sec(presented, expected, n);
+}
+
+/* Adds the redacted message to o (which holds the code) and sends it. */
+static void reply_code_msg(struct http_req *r, int status, cJSON *o, const char *msg)
+{
+	char *red = api_redact(msg);
+	cJSON_AddStringToObject(o, "message", red ? red : "");
+	free(red);
+	char *s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	/* A 429 says when to retry: the SDK retries on an integer Retry-After. */
+	http_reply(r, status, "application/json", s ? s : "{}", s ? strlen(s) : 2,
+		   status == 429 ? "Retry-After: 1\r\n" : NULL);
+	free(s);
+}
+
+void e2b_reply_err(struct http_req *r, int status, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddNumberToObject(o, "code", status);
+	reply_code_msg(r, status, o, msg);
+}
+
+static const struct { const char *code; int status; } connect_codes[] = {
+	{ "canceled", 499 }, { "unknown", 500 }, { "invalid_argument", 400 }, { "deadline_exceeded", 504 },
+	{ "not_found", 404 }, { "already_exists", 409 }, { "permission_denied", 403 },
+	{ "resource_exhausted", 429 }, { "failed_precondition", 400 }, { "aborted", 409 },
+	{ "out_of_range", 400 }, { "unimplemented", 501 }, { "internal", 500 }, { "unavailable", 503 },
+	{ "data_loss", 500 }, { "unauthenticated", 401 },
+};
+
+int e2b_connect_status(const char *code)
+{
+	for (size_t i = 0; i < sizeof(connect_codes) / sizeof(connect_codes[0]); i++)
+		if (!strcmp(connect_codes[i].code, code))
+			return connect_codes[i].status;
+	return 500;
+}
+
+void e2b_reply_connect_err(struct http_req *r, const char *code, const char *msg)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "code", code);
+	reply_code_msg(r, e2b_connect_status(code), o, msg);
+}
+
+bool e2b_string_map(const cJSON *m)
+{
+	if (!m || cJSON_IsNull(m))
+		return true;
+	if (!cJSON_IsObject(m))
+		return false;
+	for (const cJSON *e = m->child; e; e = e->next)
+		if (!cJSON_IsString(e))
+			return false;
+	return true;
+}
+
+cJSON *e2b_fs_event(const cJSON *e)
+{
+	static const char *map[][2] = {
+		{ "create", "EVENT_TYPE_CREATE" }, { "write", "EVENT_TYPE_WRITE" }, { "remove", "EVENT_TYPE_REMOVE" },
+		{ "rename", "EVENT_TYPE_RENAME" }, { "chmod", "EVENT_TYPE_CHMOD" },
+	};
+	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(e, "type"));
+	const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(e, "name"));
+	for (size_t i = 0; type && name && i < sizeof(map) / sizeof(map[0]); i++)
+		if (!strcmp(map[i][0], type)) {
+			cJSON *o = cJSON_CreateObject();
+			cJSON_AddStringToObject(o, "name", name);
+			cJSON_AddStringToObject(o, "type", map[i][1]);
+			return o;
+		}
+	return NULL; /* "overflow", or something newer */
+}
+
+const char *e2b_agent_code(const char *c)
+{
+	static const char *map[][2] = {
+		{ "not_found", "not_found" }, { "exists", "already_exists" },
+		{ "invalid_argument", "invalid_argument" }, { "not_a_directory", "invalid_argument" },
+		{ "is_a_directory", "invalid_argument" }, { "not_empty", "failed_precondition" },
+		{ "permission_denied", "permission_denied" }, { "no_space", "resource_exhausted" },
+		{ "busy", "resource_exhausted" }, { "timeout", "deadline_exceeded" },
+		{ "unsupported", "unimplemented" }, { "connection_refused", "unavailable" },
+	};
+	for (size_t i = 0; c && i < sizeof(map) / sizeof(map[0]); i++)
+		if (!strcmp(map[i][0], c))
+			return map[i][1];
+	return "internal";
+}
+
+/* ---- calls ---- */
+
+static struct e2b_call *calls;
+static struct ur_ticker ticker;
+static bool ticker_added;
+
+static void call_tick(struct ur_ticker *t, uint64_t now)
+{
+	(void)t;
+	for (struct e2b_call *c = calls, *next; c; c = next) {
+		next = c->next;
+		if (c->vt->tick)
+			c->vt->tick(c, now);
+	}
+}
+
+void e2b_call_abort(struct http_req *r)
+{
+	struct e2b_call *c = r->ctx;
+	c->r = NULL;
+	r->ctx = NULL;
+	e2b_call_free(c);
+}
+
+void e2b_call_writable(struct http_req *r)
+{
+	struct e2b_call *c = r->ctx;
+	if (c->owed && c->as && http_stream_room(r)) {
+		agent_consumed(c->as, c->owed);
+		c->owed = 0;
+	}
+}
+
+static const struct http_req_ops plain_ops = { .writable = e2b_call_writable, .abort = e2b_call_abort };
+
+void *e2b_call_new(struct http_req *r, size_t size, const struct e2b_call_vt *vt)
+{
+	struct e2b_call *c = calloc(1, size);
+	if (!c) {
+		e2b_reply_err(r, 500, "out of memory");
+		return NULL;
+	}
+	c->r = r;
+	c->vt = vt;
+	r->ctx = c;
+	r->ops = &plain_ops;
+	c->next_ka = ur_now_ms() + srv_cfg.keepalive_ms;
+	c->next = calls;
+	if (calls)
+		calls->prev = c;
+	calls = c;
+	if (!ticker_added) {
+		ticker.fn = call_tick;
+		ur_add_ticker(&ticker);
+		ticker_added = true;
+	}
+	return c;
+}
+
+void e2b_call_free(struct e2b_call *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else if (calls == c)
+		calls = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	if (c->as) {
+		struct astream *as = c->as;
+		c->as = NULL;
+		agent_cancel(as);
+	}
+	if (c->r) {
+		c->r->ctx = NULL;
+		c->r->ops = NULL;
+	}
+	if (c->vt->destroy)
+		c->vt->destroy(c);
+	free(c);
+}
+
+struct agent_conn *e2b_sandbox_agent(const char *id, int *status, char *msg, size_t msglen)
+{
+	struct sandbox *sb = id && *id ? sandbox_find(id) : NULL;
+	if (!sb) {
+		/* What E2B's proxy answers for a sandbox that is not there: the SDK
+		 * turns 502 into "sandbox not running" / isRunning() false. */
+		*status = 502;
+		snprintf(msg, msglen, "The sandbox %s was not found", id && *id ? id : "(none given)");
+		return NULL;
+	}
+	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
+		*status = 502;
+		snprintf(msg, msglen, "The sandbox %s is %s", sb->id,
+			 sb->state == SB_PAUSED ? "paused" : sb->state == SB_STARTING ? "starting" : "stopping");
+		return NULL;
+	}
+	return sb->agent;
+}
+
+bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, cJSON *open, const struct astream_ops *ops)
+{
+	char *s = cJSON_PrintUnformatted(open);
+	cJSON_Delete(open);
+	c->as = s ? agent_open(ac, s, ops, c) : NULL;
+	free(s);
+	return c->as != NULL;
+}
+
+void e2b_call_consume(struct e2b_call *c, size_t n)
+{
+	if (!c->as)
+		return;
+	if (c->r && c->r->chunked && http_stream_room(c->r) == 0) {
+		c->owed += n;
+		return;
+	}
+	agent_consumed(c->as, c->owed + n);
+	c->owed = 0;
+}
+
+void e2b_envelope(struct http_req *r, uint8_t flags, const char *json, size_t n)
+{
+	uint8_t h[CONNECT_ENVELOPE];
+	connect_envelope_header(h, flags, (uint32_t)n);
+	http_stream_write2(r, h, sizeof(h), json, n);
+}
+
+void e2b_envelope_cjson(struct http_req *r, cJSON *o)
+{
+	char *s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	if (s)
+		e2b_envelope(r, 0, s, strlen(s));
+	free(s);
+}
+
+cJSON *e2b_entry_info(const cJSON *a)
+{
+	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(a, "type"));
+	const char *ft = !type ? NULL : !strcmp(type, "file") ? "FILE_TYPE_FILE" : !strcmp(type, "dir") ? "FILE_TYPE_DIRECTORY"
+		: !strcmp(type, "symlink") ? "FILE_TYPE_SYMLINK" : NULL;
+	if (!ft)
+		return NULL;
+	cJSON *e = cJSON_CreateObject();
+	static const char *same[] = { "name", "path", "permissions", "owner", "group" };
+	for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
+		const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(a, same[i]));
+		cJSON_AddStringToObject(e, same[i], v ? v : "");
+	}
+	cJSON_AddStringToObject(e, "type", ft);
+	const cJSON *size = cJSON_GetObjectItem(a, "size"), *mode = cJSON_GetObjectItem(a, "mode");
+	cJSON_AddNumberToObject(e, "size", cJSON_IsNumber(size) ? size->valuedouble : 0);
+	cJSON_AddNumberToObject(e, "mode", cJSON_IsNumber(mode) ? mode->valuedouble : 0);
+	const char *mt = cJSON_GetStringValue(cJSON_GetObjectItem(a, "mtime"));
+	if (mt)
+		cJSON_AddStringToObject(e, "modifiedTime", mt);
+	const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(a, "symlink_target"));
+	if (st)
+		cJSON_AddStringToObject(e, "symlinkTarget", st);
+	return e;
+}

@@ -1,0 +1,607 @@
+/* E2B's control plane (protocol reference 2.2): create, connect/resume, list with
+ * filters and paging, get, kill, timeout, pause, templates, on the node's own
+ * sandbox lifecycle. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/cgroup.h"
+#include "api/e2b/internal.h"
+#include "api/handlers.h"
+#include "api/http.h"
+#include "api/registry.h"
+#include "api/server.h"
+#include "api/uring.h"
+
+#define MAX_TIMEOUT_S (30u * 86400u)
+#define E2B_DEFAULT_TIMEOUT_S 300u
+#define LIST_DEFAULT_LIMIT 100
+#define LIST_MAX_LIMIT 1000
+
+/* E2B's stock templates run on the node's default image (bash, Python, IPython). */
+static const char *template_image(const char *name)
+{
+	if (!strcmp(name, "base") || !strcmp(name, "code-interpreter-v1") || !strcmp(name, "code-interpreter"))
+		return "python";
+	return name;
+}
+
+static void template_shape(const char *name, unsigned *cpus, unsigned *mem_mib)
+{
+	static const struct cg_limits dflt = { .memory_max_mib = 1024, .cpu_percent = 100 };
+	struct template_rec *t = templates_find(name);
+	struct cg_limits l = dflt;
+	char err[120];
+	if (t && cgroup_limits_parse(t->spec, 32, &dflt, &l, err, sizeof(err)))
+		l = dflt;
+	*cpus = (l.cpu_percent + 99) / 100;
+	*mem_mib = l.memory_max_mib;
+}
+
+static const char *e2b_state(const struct sandbox *sb)
+{
+	return sb->state == SB_PAUSED ? "paused" : "running";
+}
+
+/* The Sandbox / ListedSandbox / SandboxDetail object (one shape serves all three:
+ * the SDK ignores fields it does not read). */
+static cJSON *sandbox_obj(const struct sandbox *sb, const struct e2b_sbx *s, bool with_tokens)
+{
+	cJSON *o = cJSON_CreateObject();
+	char ts[40];
+	unsigned cpus, mem;
+	template_shape(sb->template_name, &cpus, &mem);
+	cJSON_AddStringToObject(o, "sandboxID", sb->id);
+	cJSON_AddStringToObject(o, "templateID", sb->template_name);
+	cJSON_AddStringToObject(o, "alias", sb->template_name);
+	cJSON_AddStringToObject(o, "clientID", "mitos");
+	cJSON_AddStringToObject(o, "envdVersion", E2B_ENVD_VERSION);
+	registry_rfc3339(sb->created_ms, ts, sizeof(ts));
+	cJSON_AddStringToObject(o, "startedAt", ts);
+	registry_rfc3339(sb->deadline_ms, ts, sizeof(ts));
+	cJSON_AddStringToObject(o, "endAt", ts);
+	cJSON_AddNumberToObject(o, "cpuCount", cpus);
+	cJSON_AddNumberToObject(o, "memoryMB", mem);
+	cJSON_AddNumberToObject(o, "diskSizeMB", 0);
+	cJSON_AddStringToObject(o, "state", e2b_state(sb));
+	cJSON_AddItemToObject(o, "metadata", sb->metadata ? cJSON_Duplicate(sb->metadata, 1) : cJSON_CreateObject());
+	cJSON_AddBoolToObject(o, "allowInternetAccess", s ? s->allow_internet : true);
+	cJSON *lc = cJSON_AddObjectToObject(o, "lifecycle");
+	cJSON_AddStringToObject(lc, "onTimeout", s && s->auto_pause ? "pause" : "kill");
+	cJSON_AddBoolToObject(lc, "autoResume", false);
+	cJSON_AddNullToObject(o, "domain");
+	if (with_tokens && s && s->envd_token[0])
+		cJSON_AddStringToObject(o, "envdAccessToken", s->envd_token);
+	if (with_tokens && s && s->traffic_token[0])
+		cJSON_AddStringToObject(o, "trafficAccessToken", s->traffic_token);
+	return o;
+}
+
+/* Tokens when the client asks for a secured sandbox, and always on a server with
+ * a token: envd then has to be as closed as the control plane. */
+static void mint_tokens(struct e2b_sbx *s, bool secure)
+{
+	if (s->envd_token[0] || (!secure && !srv_cfg.token))
+		return;
+	e2b_token_new(s->envd_token, sizeof(s->envd_token));
+	e2b_token_new(s->traffic_token, sizeof(s->traffic_token));
+}
+
+static int status_of(enum api_err e)
+{
+	switch (e) {
+	case AE_NOT_FOUND: return 404;
+	case AE_INVALID_ARGUMENT: case AE_INVALID_SANDBOX_ID: case AE_BAD_REQUEST: return 400;
+	case AE_CONFLICT: return 409;
+	case AE_LIMIT_EXCEEDED: return 429;
+	case AE_ENGINE_UNAVAILABLE: case AE_UNAVAILABLE: return 503;
+	case AE_UNAUTHENTICATED: return 401;
+	default: return 500;
+	}
+}
+
+static cJSON *json_body(struct http_req *r)
+{
+	if (!r->body_len)
+		return cJSON_CreateObject();
+	cJSON *o = cJSON_ParseWithLength((const char *)r->body, r->body_len);
+	if (!cJSON_IsObject(o)) {
+		cJSON_Delete(o);
+		e2b_reply_err(r, 400, "the request body must be a JSON object");
+		return NULL;
+	}
+	return o;
+}
+
+/* "timeout" in whole seconds, clamped like E2B's API does; *present false when absent. */
+static int timeout_field(const cJSON *b, uint32_t *out, bool *present)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(b, "timeout");
+	*present = v && !cJSON_IsNull(v);
+	if (!*present)
+		return 0;
+	if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > MAX_TIMEOUT_S)
+		return -EINVAL;
+	*out = v->valuedouble < 1 ? 1 : (uint32_t)ceil(v->valuedouble);
+	return 0;
+}
+
+static struct sandbox *find_or_404(struct http_req *r)
+{
+	struct sandbox *sb = r->sandbox_id[0] ? sandbox_find(r->sandbox_id) : NULL;
+	if (!sb || sb->state == SB_STOPPING)
+		e2b_reply_err(r, 404, "sandbox %s not found", r->sandbox_id[0] ? r->sandbox_id : "(invalid id)");
+	return sb && sb->state != SB_STOPPING ? sb : NULL;
+}
+
+/* ---- lifecycle.onTimeout: "pause" ---- */
+
+/* Sandboxes that asked for it are paused just before the node's expiry would
+ * remove them, and then kept (paused) for as long as the node keeps any sandbox;
+ * connect resumes them. */
+#define AUTO_PAUSE_LEAD_MS 2000u
+
+static struct ur_ticker auto_pause_ticker;
+static bool auto_pause_ticking;
+
+static void auto_pause_tick(struct ur_ticker *t, uint64_t now)
+{
+	(void)t;
+	(void)now;
+	uint64_t wall = ur_wall_ms();
+	for (struct e2b_sbx *s = e2b_sbx_first(); s; s = s->next) {
+		struct sandbox *sb = s->auto_pause ? sandbox_find(s->id) : NULL;
+		if (!sb || sb->created_ms != s->created_ms || sb->state != SB_RUNNING || sb->deadline_ms > wall + AUTO_PAUSE_LEAD_MS)
+			continue;
+		if (sandbox_pause(sb) == 0)
+			sandbox_set_timeout(sb, MAX_TIMEOUT_S);
+	}
+}
+
+static void auto_pause_watch(void)
+{
+	if (auto_pause_ticking)
+		return;
+	auto_pause_ticker.fn = auto_pause_tick;
+	ur_add_ticker(&auto_pause_ticker);
+	auto_pause_ticking = true;
+}
+
+/* ---- create ---- */
+
+struct create_ctx {
+	struct http_req *r;
+	struct tpl_waiter *tw;
+	struct sb_job *job;
+	char tpl[ID_MAX + 1];
+	uint32_t timeout_s;
+	cJSON *body;
+};
+
+static void create_free(struct create_ctx *cc)
+{
+	if (cc->r) {
+		cc->r->ctx = NULL;
+		cc->r->ops = NULL;
+	}
+	cJSON_Delete(cc->body);
+	free(cc);
+}
+
+static void create_abort(struct http_req *r)
+{
+	struct create_ctx *cc = r->ctx;
+	/* The build or fork goes on; its answer has nobody to go to. */
+	tpl_waiter_detach(cc->tw);
+	sb_job_detach(cc->job);
+	cc->r = NULL;
+	create_free(cc);
+}
+
+static const struct http_req_ops create_ops = { .abort = create_abort };
+
+static void create_done(void *ctx, enum api_err err, const char *msg, struct sandbox **sbs, unsigned n)
+{
+	struct create_ctx *cc = ctx;
+	struct http_req *r = cc->r;
+	cc->job = NULL;
+	if (!sbs || n != 1) {
+		e2b_reply_err(r, status_of(err), "%s", msg ? msg : "the sandbox did not start");
+		create_free(cc);
+		return;
+	}
+	struct e2b_sbx *s = e2b_sbx_get(sbs[0]->id, true);
+	if (!s) {
+		e2b_reply_err(r, 500, "out of memory");
+		create_free(cc);
+		return;
+	}
+	const cJSON *b = cc->body;
+	const cJSON *env = cJSON_GetObjectItemCaseSensitive(b, "envVars");
+	if (cJSON_IsObject(env))
+		s->env_vars = cJSON_Duplicate(env, 1);
+	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause"));
+	if (s->auto_pause)
+		auto_pause_watch();
+	const cJSON *net = cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access");
+	s->allow_internet = !cJSON_IsFalse(net);
+	mint_tokens(s, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "secure")));
+	handler_reply_cjson(r, 201, sandbox_obj(sbs[0], s, true));
+	create_free(cc);
+}
+
+static void create_fork(struct create_ctx *cc)
+{
+	struct fork_req fr = { .template_name = cc->tpl, .n = 1, .timeout_s = cc->timeout_s };
+	const cJSON *md = cJSON_GetObjectItemCaseSensitive(cc->body, "metadata");
+	fr.metadata = cJSON_IsObject(md) ? md : NULL;
+	enum api_err e = AE_INTERNAL;
+	char msg[600];
+	if (sandboxes_fork(&fr, create_done, cc, &cc->job, &e, msg, sizeof(msg))) {
+		e2b_reply_err(cc->r, status_of(e), "%s", msg);
+		create_free(cc);
+	}
+}
+
+static void create_tpl_done(void *ctx, enum api_err err, const char *msg, struct template_rec *t)
+{
+	struct create_ctx *cc = ctx;
+	cc->tw = NULL;
+	if (!t) {
+		e2b_reply_err(cc->r, status_of(err), "template %s: %s", cc->tpl, msg ? msg : "build failed");
+		create_free(cc);
+		return;
+	}
+	create_fork(cc);
+}
+
+void e2b_sandboxes_create(struct http_req *r)
+{
+	cJSON *b = json_body(r);
+	if (!b)
+		return;
+	const cJSON *tid = cJSON_GetObjectItemCaseSensitive(b, "templateID");
+	const char *tpl = cJSON_IsString(tid) ? tid->valuestring : "base";
+	uint32_t timeout_s = E2B_DEFAULT_TIMEOUT_S;
+	bool present;
+	const char *bad = NULL;
+	if ((tid && !cJSON_IsString(tid)) || !api_valid_id(tpl))
+		bad = "templateID must name a template (^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$)";
+	else if (timeout_field(b, &timeout_s, &present))
+		bad = "timeout must be a number of seconds from 0 to 2592000";
+	else if (!e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "metadata")) ||
+		 !e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "envVars")))
+		bad = "metadata and envVars must map strings to strings";
+	if (bad) {
+		cJSON_Delete(b);
+		e2b_reply_err(r, 400, "%s", bad);
+		return;
+	}
+	struct create_ctx *cc = calloc(1, sizeof(*cc));
+	if (!cc) {
+		cJSON_Delete(b);
+		e2b_reply_err(r, 500, "out of memory");
+		return;
+	}
+	cc->r = r;
+	cc->body = b;
+	cc->timeout_s = timeout_s;
+	snprintf(cc->tpl, sizeof(cc->tpl), "%s", tpl);
+	r->ctx = cc;
+	r->ops = &create_ops;
+	struct template_rec *t = templates_find(tpl);
+	if (t && !t->building) {
+		create_fork(cc);
+		return;
+	}
+	bool created;
+	enum api_err e = AE_INTERNAL;
+	char msg[700];
+	int rc = templates_create(tpl, template_image(tpl), NULL, &t, &created, create_tpl_done, cc, &cc->tw, &e, msg,
+				  sizeof(msg));
+	if (rc == 1)
+		return; /* the engine builds it (kvm); create_tpl_done goes on */
+	if (rc) {
+		e2b_reply_err(r, e == AE_INVALID_ARGUMENT ? 404 : status_of(e), "template %s not found: %s", tpl, msg);
+		create_free(cc);
+		return;
+	}
+	create_fork(cc);
+}
+
+/* ---- connect, get, kill, timeout, pause ---- */
+
+static void connect_or_resume(struct http_req *r, bool legacy_resume)
+{
+	struct sandbox *sb = r->sandbox_id[0] ? sandbox_find(r->sandbox_id) : NULL;
+	if (!sb || sb->state == SB_STOPPING) {
+		e2b_reply_err(r, 404, "sandbox %s not found", r->sandbox_id);
+		return;
+	}
+	cJSON *b = json_body(r);
+	if (!b)
+		return;
+	uint32_t secs = 0;
+	bool present;
+	int rc = timeout_field(b, &secs, &present);
+	cJSON_Delete(b);
+	if (rc) {
+		e2b_reply_err(r, 400, "timeout must be a number of seconds from 0 to 2592000");
+		return;
+	}
+	if (legacy_resume && sb->state != SB_PAUSED) {
+		e2b_reply_err(r, 409, "sandbox %s is already running", sb->id);
+		return;
+	}
+	bool resumed = false;
+	if (sb->state == SB_PAUSED) {
+		rc = sandbox_resume(sb);
+		if (rc) {
+			e2b_reply_err(r, 500, "cannot resume sandbox %s: %s", sb->id, strerror(-rc));
+			return;
+		}
+		resumed = true;
+	}
+	/* A resumed sandbox starts a new time to live (E2B's default when none is given). */
+	if (present || resumed)
+		sandbox_set_timeout(sb, present ? secs : E2B_DEFAULT_TIMEOUT_S);
+	struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
+	if (!s) {
+		e2b_reply_err(r, 500, "out of memory");
+		return;
+	}
+	mint_tokens(s, false);
+	handler_reply_cjson(r, resumed ? 201 : 200, sandbox_obj(sb, s, true));
+}
+
+void e2b_sandbox_connect(struct http_req *r) { connect_or_resume(r, false); }
+void e2b_sandbox_resume(struct http_req *r) { connect_or_resume(r, true); }
+
+void e2b_sandbox_get(struct http_req *r)
+{
+	struct sandbox *sb = find_or_404(r);
+	if (sb)
+		handler_reply_cjson(r, 200, sandbox_obj(sb, e2b_sbx_get(sb->id, false), false));
+}
+
+struct kill_ctx {
+	struct http_req *r;
+	struct sb_waiter *w;
+};
+
+static void kill_abort(struct http_req *r)
+{
+	struct kill_ctx *kc = r->ctx;
+	sb_waiter_detach(kc->w);
+	free(kc);
+	r->ctx = NULL;
+}
+
+static const struct http_req_ops kill_ops = { .abort = kill_abort };
+
+static void kill_done(void *ctx)
+{
+	struct kill_ctx *kc = ctx;
+	if (kc->r) {
+		kc->r->ctx = NULL;
+		kc->r->ops = NULL;
+		http_reply(kc->r, 204, NULL, NULL, 0, NULL);
+	}
+	free(kc);
+}
+
+void e2b_sandbox_kill(struct http_req *r)
+{
+	struct sandbox *sb = find_or_404(r);
+	if (!sb)
+		return;
+	struct kill_ctx *kc = calloc(1, sizeof(*kc));
+	if (!kc) {
+		e2b_reply_err(r, 500, "out of memory");
+		return;
+	}
+	kc->r = r;
+	r->ctx = kc;
+	r->ops = &kill_ops;
+	sandbox_destroy(sb, "killed through the E2B API", kill_done, kc, &kc->w);
+}
+
+void e2b_sandbox_timeout(struct http_req *r)
+{
+	struct sandbox *sb = find_or_404(r);
+	if (!sb)
+		return;
+	cJSON *b = json_body(r);
+	if (!b)
+		return;
+	uint32_t secs = 0;
+	bool present;
+	int rc = timeout_field(b, &secs, &present);
+	if (!rc && !present) {
+		/* POST /sandboxes/{id}/refreshes names it "duration". */
+		const cJSON *d = cJSON_GetObjectItemCaseSensitive(b, "duration");
+		present = cJSON_IsNumber(d) && d->valuedouble >= 0 && d->valuedouble <= MAX_TIMEOUT_S;
+		secs = present ? (uint32_t)fmax(1, ceil(d->valuedouble)) : 0;
+	}
+	cJSON_Delete(b);
+	if (rc || !present) {
+		e2b_reply_err(r, 400, "timeout must be a number of seconds from 0 to 2592000");
+		return;
+	}
+	sandbox_set_timeout(sb, secs);
+	http_reply(r, 204, NULL, NULL, 0, NULL);
+}
+
+void e2b_sandbox_pause(struct http_req *r)
+{
+	struct sandbox *sb = find_or_404(r);
+	if (!sb)
+		return;
+	if (sb->state == SB_PAUSED) {
+		e2b_reply_err(r, 409, "sandbox %s is already paused", sb->id);
+		return;
+	}
+	int rc = sandbox_pause(sb);
+	if (rc == -EBUSY)
+		e2b_reply_err(r, 409, "sandbox %s is starting; pause it once it runs", sb->id);
+	else if (rc)
+		e2b_reply_err(r, 500, "cannot pause sandbox %s: %s", sb->id, strerror(-rc));
+	else
+		http_reply(r, 204, NULL, NULL, 0, NULL);
+}
+
+/* ---- list ---- */
+
+/* The metadata filter arrives form-encoded and escaped once more (reference 2.2):
+ * "k=v&k2=v2" with each k and v percent-encoded. */
+static bool metadata_matches(const struct sandbox *sb, const char *filter)
+{
+	if (!filter || !*filter)
+		return true;
+	char *copy = strdup(filter);
+	if (!copy)
+		return false;
+	bool ok = true;
+	char *save = NULL;
+	for (char *kv = strtok_r(copy, "&", &save); kv && ok; kv = strtok_r(NULL, "&", &save)) {
+		char *eq = strchr(kv, '=');
+		char *v = eq ? eq + 1 : (char *)"";
+		if (eq)
+			*eq = 0;
+		for (char *q = kv; *q; q++)
+			if (*q == '+')
+				*q = ' ';
+		for (char *q = v; *q; q++)
+			if (*q == '+')
+				*q = ' ';
+		if (http_pct_decode(kv) || http_pct_decode(v) || http_pct_decode(kv) || http_pct_decode(v)) {
+			ok = false;
+			break;
+		}
+		const char *have = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(sb->metadata, kv));
+		ok = have && !strcmp(have, v);
+	}
+	free(copy);
+	return ok;
+}
+
+static bool state_matches(const struct sandbox *sb, const char *states)
+{
+	if (sb->state == SB_STOPPING)
+		return false;
+	if (!states || !*states)
+		return true;
+	const char *want = e2b_state(sb);
+	size_t n = strlen(want);
+	for (const char *p = states; *p;) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		if (len == n && !strncmp(p, want, n))
+			return true;
+		p += len + (comma ? 1 : 0);
+	}
+	return false;
+}
+
+static int by_start(const void *a, const void *b)
+{
+	const struct sandbox *x = *(struct sandbox *const *)a, *y = *(struct sandbox *const *)b;
+	if (x->created_ms != y->created_ms)
+		return x->created_ms < y->created_ms ? -1 : 1;
+	return strcmp(x->id, y->id);
+}
+
+void e2b_sandboxes_list(struct http_req *r)
+{
+	char *states = http_query_get(r->query, "state");
+	char *md = http_query_get(r->query, "metadata");
+	char *tpl = http_query_get(r->query, "template");
+	char *lim = http_query_get(r->query, "limit");
+	char *next = http_query_get(r->query, "nextToken");
+	char *order = http_query_get(r->query, "order");
+	long limit = lim ? strtol(lim, NULL, 10) : LIST_DEFAULT_LIMIT;
+	unsigned n = sandboxes_count(), k = 0;
+	struct sandbox **all = calloc(n ? n : 1, sizeof(*all));
+	if (!all || limit < 1 || limit > LIST_MAX_LIMIT) {
+		if (all)
+			e2b_reply_err(r, 400, "limit must be from 1 to %d", LIST_MAX_LIMIT);
+		else
+			e2b_reply_err(r, 500, "out of memory");
+		goto out;
+	}
+	for (struct sandbox *sb = sandboxes_first(); sb && k < n; sb = sb->next)
+		if (state_matches(sb, states) && metadata_matches(sb, md) && (!tpl || !strcmp(tpl, sb->template_name)))
+			all[k++] = sb;
+	qsort(all, k, sizeof(*all), by_start);
+	bool desc = order && !strcmp(order, "desc");
+	/* The token is the position key "<start ms>-<id>" of the next item: stable while
+	 * sandboxes come and go between pages. */
+	unsigned first = 0;
+	if (next && *next) {
+		unsigned long long ms = strtoull(next, NULL, 10);
+		const char *dash = strchr(next, '-');
+		const char *id = dash ? dash + 1 : "";
+		while (first < k) {
+			const struct sandbox *sb = all[desc ? k - 1 - first : first];
+			int c = sb->created_ms != ms ? (sb->created_ms < ms ? -1 : 1) : strcmp(sb->id, id);
+			if (desc ? c <= 0 : c >= 0)
+				break;
+			first++;
+		}
+	}
+	cJSON *a = cJSON_CreateArray();
+	unsigned i = first;
+	for (; i < k && i < first + (unsigned)limit; i++)
+		cJSON_AddItemToArray(a, sandbox_obj(all[desc ? k - 1 - i : i], e2b_sbx_get(all[desc ? k - 1 - i : i]->id, false), false));
+	char hdr[160] = "";
+	if (i < k) {
+		const struct sandbox *sb = all[desc ? k - 1 - i : i];
+		snprintf(hdr, sizeof(hdr), "X-Next-Token: %llu-%s\r\n", (unsigned long long)sb->created_ms, sb->id);
+	}
+	char *s = cJSON_PrintUnformatted(a);
+	cJSON_Delete(a);
+	if (s)
+		http_reply(r, 200, "application/json", s, strlen(s), hdr[0] ? hdr : NULL);
+	else
+		e2b_reply_err(r, 500, "out of memory");
+	free(s);
+out:
+	free(all);
+	free(states);
+	free(md);
+	free(tpl);
+	free(lim);
+	free(next);
+	free(order);
+}
+
+/* ---- templates ---- */
+
+void e2b_templates_list(struct http_req *r)
+{
+	cJSON *a = cJSON_CreateArray();
+	char ts[40];
+	for (struct template_rec *t = templates_first(); t; t = t->next) {
+		unsigned cpus, mem;
+		template_shape(t->name, &cpus, &mem);
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "templateID", t->name);
+		cJSON_AddStringToObject(o, "buildID", t->image);
+		cJSON_AddNumberToObject(o, "cpuCount", cpus);
+		cJSON_AddNumberToObject(o, "memoryMB", mem);
+		cJSON_AddNumberToObject(o, "diskSizeMB", 0);
+		cJSON_AddBoolToObject(o, "public", false);
+		cJSON *al = cJSON_AddArrayToObject(o, "aliases");
+		cJSON_AddItemToArray(al, cJSON_CreateString(t->name));
+		registry_rfc3339(t->created_ms, ts, sizeof(ts));
+		cJSON_AddStringToObject(o, "createdAt", ts);
+		cJSON_AddStringToObject(o, "updatedAt", ts);
+		cJSON_AddStringToObject(o, "envdVersion", E2B_ENVD_VERSION);
+		cJSON_AddStringToObject(o, "buildStatus", t->building ? "building" : "ready");
+		cJSON_AddItemToArray(a, o);
+	}
+	handler_reply_cjson(r, 200, a);
+}

@@ -1,0 +1,17 @@
+/* E2B wire compatibility (../shared/ref/e2b-protocol.md): the control plane, envd
+ * (port 49983) and the code interpreter (port 49999) on serve's one listener,
+ * translated onto the same sandboxes (api/sandboxes.h) and agent operations
+ * (api/agent_client.h) as the Mitos surface. */
+#ifndef MITOS_API_E2B_H
+#define MITOS_API_E2B_H
+
+#include <stdbool.h>
+
+struct http_req;
+
+/* At headers-complete, before the Mitos routes: claims the request when it is
+ * E2B's (an E2b-Sandbox-Port header, or a control-plane or /files path) and sets
+ * r->route, r->body_limit and r->body_streamed. */
+bool e2b_route_headers(struct http_req *r);
+
+#endif

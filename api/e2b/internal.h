@@ -1,0 +1,127 @@
+/* Shared by the parts of the E2B surface: per-sandbox E2B state, the call
+ * plumbing between an HTTP request and one agent stream, and the reply shapes. */
+#ifndef MITOS_API_E2B_INTERNAL_H
+#define MITOS_API_E2B_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api/agent_client.h"
+#include "api/sandboxes.h"
+
+struct cJSON;
+struct http_req;
+
+/* The envd version we report: its feature gates (protocol reference 3.8) are all built. */
+#define E2B_ENVD_VERSION "0.6.4"
+#define E2B_ENVD_PORT "49983"
+#define E2B_INTERP_PORT "49999"
+#define E2B_TOKEN_HEX 32
+
+/* What E2B's API knows about a sandbox beyond the Mitos record. */
+struct e2b_sbx {
+	char id[ID_MAX + 1];
+	uint64_t created_ms;                       /* tells a later sandbox with the same id apart */
+	char envd_token[E2B_TOKEN_HEX * 2 + 1];    /* "" when none was issued */
+	char traffic_token[E2B_TOKEN_HEX * 2 + 1];
+	struct cJSON *env_vars;                    /* sandbox-wide envs of commands and code */
+	bool auto_pause;
+	bool allow_internet;
+	uint64_t cpu_usec;                         /* last metrics sample */
+	uint64_t cpu_sample_ms;
+	struct cJSON *bash_contexts;               /* code-interpreter contexts run by bash */
+	struct e2b_sbx *next;
+};
+
+/* The record for id (created when create is set), NULL when the sandbox is gone. */
+struct e2b_sbx *e2b_sbx_get(const char *id, bool create);
+/* Every record (some may name sandboxes that are gone: check with sandbox_find). */
+struct e2b_sbx *e2b_sbx_first(void);
+/* Fills out with a fresh random token (hex). */
+void e2b_token_new(char *out, size_t outlen);
+/* Constant-time equality of a presented token with the expected one. */
+bool e2b_token_ok(const char *presented, const char *expected);
+
+/* Control-plane error body {"code":status,"message"}: the shape the SDK maps. */
+void e2b_reply_err(struct http_req *r, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Connect error (unary) {"code":<connect code>,"message"} with its HTTP status. */
+void e2b_reply_connect_err(struct http_req *r, const char *code, const char *msg);
+int e2b_connect_status(const char *code);
+/* The Connect code of an agent END error code. */
+const char *e2b_agent_code(const char *agent_code);
+
+/* ---- one HTTP request bridged to one agent stream ---- */
+
+struct e2b_call;
+struct e2b_call_vt {
+	void (*tick)(struct e2b_call *c, uint64_t now);  /* deadlines, keepalives */
+	void (*destroy)(struct e2b_call *c);             /* frees what the handler added */
+};
+
+struct e2b_call {
+	struct http_req *r;          /* NULL once the client is gone */
+	struct astream *as;          /* NULL once the agent stream ended */
+	const struct e2b_call_vt *vt;
+	size_t owed;                 /* agent bytes to credit once the client drains */
+	uint64_t deadline;           /* monotonic ms, 0: none */
+	uint64_t next_ka;
+	bool done;
+	struct e2b_call *prev, *next;
+};
+
+/* Allocates size bytes (a struct whose first member is struct e2b_call), links it
+ * and makes it r's handler. NULL (and an error reply) when out of memory. */
+void *e2b_call_new(struct http_req *r, size_t size, const struct e2b_call_vt *vt);
+/* The running sandbox's agent, or NULL with *status and msg saying why. */
+struct agent_conn *e2b_sandbox_agent(const char *id, int *status, char *msg, size_t msglen);
+/* Opens the agent stream; false when it could not (open is consumed). */
+bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, struct cJSON *open, const struct astream_ops *ops);
+/* Credits the agent for n bytes now, or once the client took our output. */
+void e2b_call_consume(struct e2b_call *c, size_t n);
+/* Cancels the agent stream, detaches from the request, unlinks and frees. */
+void e2b_call_free(struct e2b_call *c);
+/* The http_req_ops every call uses (files.c adds its body callbacks to them). */
+void e2b_call_writable(struct http_req *r);
+void e2b_call_abort(struct http_req *r);
+
+/* Connect envelopes on a started response stream. */
+void e2b_envelope(struct http_req *r, uint8_t flags, const char *json, size_t n);
+void e2b_envelope_cjson(struct http_req *r, struct cJSON *o);  /* consumes o */
+
+/* EntryInfo (filesystem.proto) of an agent ENTRY; NULL for an "other" type. */
+struct cJSON *e2b_entry_info(const struct cJSON *agent_entry);
+
+/* X-API-KEY (or a bearer token) against serve's token; true on a tokenless serve. */
+bool e2b_api_key_ok(const struct http_req *r);
+/* filesystem.FilesystemEvent {name, type: EVENT_TYPE_*} of an agent watch event, or NULL. */
+struct cJSON *e2b_fs_event(const struct cJSON *agent_event);
+/* Absent, null, or an object of strings (metadata, envs). */
+bool e2b_string_map(const struct cJSON *m);
+/* CreateWatcher, GetWatcherEvents, RemoveWatcher (ac: the agent, for CreateWatcher). */
+void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const struct cJSON *req);
+
+/* Handlers. */
+void e2b_sandboxes_create(struct http_req *r);
+void e2b_sandboxes_list(struct http_req *r);
+void e2b_sandbox_get(struct http_req *r);
+void e2b_sandbox_kill(struct http_req *r);
+void e2b_sandbox_connect(struct http_req *r);
+void e2b_sandbox_timeout(struct http_req *r);
+void e2b_sandbox_pause(struct http_req *r);
+void e2b_sandbox_resume(struct http_req *r);
+void e2b_sandbox_metrics(struct http_req *r);
+void e2b_templates_list(struct http_req *r);
+void e2b_envd_rpc(struct http_req *r);
+void e2b_envd_health(struct http_req *r);
+void e2b_files_get(struct http_req *r);
+void e2b_files_post(struct http_req *r);
+void e2b_interp_execute(struct http_req *r);
+void e2b_interp_contexts(struct http_req *r);
+bool e2b_envd_method_known(const char *service_method);
+
+/* Which sandbox and port a request is for, as routing decided. */
+const char *e2b_req_sandbox(const struct http_req *r);
+
+#endif

@@ -1,0 +1,190 @@
+/* envd's polled watchers: CreateWatcher opens an agent watch that outlives the
+ * request and queues its events; GetWatcherEvents drains them; RemoveWatcher
+ * ends it. */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/e2b/internal.h"
+#include "api/handlers.h"
+#include "api/http.h"
+
+#define WATCHER_MAX_EVENTS 10000
+#define WATCHERS_MAX 256
+
+struct watcher {
+	char id[E2B_TOKEN_HEX + 1];
+	char sandbox[ID_MAX + 1];
+	struct astream *as;
+	cJSON *events;
+	unsigned nevents;
+	struct http_req *pending;   /* CreateWatcher waiting for the watch to start */
+	struct watcher *next;
+};
+
+static struct watcher *watchers;
+static unsigned nwatchers;
+
+static void watcher_free(struct watcher *w)
+{
+	for (struct watcher **pp = &watchers; *pp; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			nwatchers--;
+			break;
+		}
+	if (w->as)
+		agent_cancel(w->as);
+	if (w->pending) {
+		w->pending->ctx = NULL;
+		w->pending->ops = NULL;
+	}
+	cJSON_Delete(w->events);
+	free(w);
+}
+
+static void pending_abort(struct http_req *r)
+{
+	struct watcher *w = r->ctx;
+	w->pending = NULL;
+	r->ctx = NULL;
+	watcher_free(w);
+}
+
+static const struct http_req_ops pending_ops = { .abort = pending_abort };
+
+static void w_event(struct astream *s, cJSON *ev)
+{
+	struct watcher *w = s->ctx;
+	if (cJSON_IsTrue(cJSON_GetObjectItem(ev, "started")) && w->pending) {
+		struct http_req *r = w->pending;
+		w->pending = NULL;
+		r->ctx = NULL;
+		r->ops = NULL;
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "watcherId", w->id);
+		handler_reply_cjson(r, 200, o);
+		return;
+	}
+	const cJSON *e;
+	cJSON_ArrayForEach(e, cJSON_GetObjectItem(ev, "events")) {
+		cJSON *o = e2b_fs_event(e);
+		if (!o)
+			continue;
+		/* A client that never polls loses the oldest events, not our memory. */
+		if (w->nevents == WATCHER_MAX_EVENTS) {
+			cJSON_DeleteItemFromArray(w->events, 0);
+			w->nevents--;
+		}
+		cJSON_AddItemToArray(w->events, o);
+		w->nevents++;
+	}
+}
+
+static void w_end(struct astream *s, cJSON *payload, const char *why)
+{
+	struct watcher *w = s->ctx;
+	w->as = NULL;
+	if (w->pending) {
+		const cJSON *err = cJSON_GetObjectItem(payload, "error");
+		const char *code = cJSON_GetStringValue(cJSON_GetObjectItem(err, "code"));
+		const char *msg = cJSON_GetStringValue(cJSON_GetObjectItem(err, "message"));
+		struct http_req *r = w->pending;
+		w->pending = NULL;
+		r->ctx = NULL;
+		r->ops = NULL;
+		e2b_reply_connect_err(r, payload ? e2b_agent_code(code) : "unavailable",
+				      msg ? msg : why ? why : "the watch ended");
+		watcher_free(w);
+	}
+	/* Otherwise it stays until RemoveWatcher; its queued events can still be read. */
+}
+
+static const struct astream_ops w_ops = { NULL, w_event, w_end, NULL };
+
+static struct watcher *find(const char *sandbox, const cJSON *req)
+{
+	const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "watcherId"));
+	if (!id)
+		id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "watcher_id"));
+	for (struct watcher *w = watchers; id && w; w = w->next)
+		if (!strcmp(w->id, id) && !strcmp(w->sandbox, sandbox))
+			return w;
+	return NULL;
+}
+
+static void create(struct http_req *r, struct agent_conn *ac, const cJSON *req)
+{
+	const char *path = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "path"));
+	if (!path || !*path) {
+		e2b_reply_connect_err(r, "invalid_argument", "path is required");
+		return;
+	}
+	if (nwatchers >= WATCHERS_MAX) {
+		e2b_reply_connect_err(r, "resource_exhausted", "too many watchers: remove some with RemoveWatcher");
+		return;
+	}
+	struct watcher *w = calloc(1, sizeof(*w));
+	cJSON *open = cJSON_CreateObject();
+	char *s = NULL;
+	if (w && open) {
+		cJSON_AddStringToObject(open, "op", "watch");
+		cJSON_AddStringToObject(open, "path", path);
+		cJSON_AddBoolToObject(open, "recursive", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "recursive")));
+		s = cJSON_PrintUnformatted(open);
+	}
+	cJSON_Delete(open);
+	if (!w || !s || !(w->events = cJSON_CreateArray())) {
+		free(s);
+		if (w)
+			free(w);
+		e2b_reply_connect_err(r, "internal", "out of memory");
+		return;
+	}
+	e2b_token_new(w->id, sizeof(w->id));
+	snprintf(w->sandbox, sizeof(w->sandbox), "%s", e2b_req_sandbox(r));
+	w->next = watchers;
+	watchers = w;
+	nwatchers++;
+	w->pending = r;
+	r->ctx = w;
+	r->ops = &pending_ops;
+	w->as = agent_open(ac, s, &w_ops, w);
+	free(s);
+	if (!w->as) {
+		w->pending = NULL;
+		r->ctx = NULL;
+		r->ops = NULL;
+		watcher_free(w);
+		e2b_reply_connect_err(r, "unavailable", "cannot open a stream to the sandbox's agent");
+	}
+}
+
+void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const cJSON *req)
+{
+	/* Watchers of sandboxes that are gone go first. */
+	for (struct watcher *w = watchers, *next; w; w = next) {
+		next = w->next;
+		if (!w->pending && !sandbox_find(w->sandbox))
+			watcher_free(w);
+	}
+	if (!strcmp(method, "CreateWatcher")) {
+		create(r, ac, req);
+		return;
+	}
+	struct watcher *w = find(e2b_req_sandbox(r), req);
+	if (!w) {
+		e2b_reply_connect_err(r, "not_found", "no such watcher");
+		return;
+	}
+	cJSON *o = cJSON_CreateObject();
+	if (!strcmp(method, "GetWatcherEvents")) {
+		cJSON_AddItemToObject(o, "events", w->events);
+		w->events = cJSON_CreateArray();
+		w->nevents = 0;
+	} else {
+		watcher_free(w);
+	}
+	handler_reply_cjson(r, 200, o);
+}

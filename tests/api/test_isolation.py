@@ -1,0 +1,436 @@
+#!/usr/bin/env python3
+"""Adversarial suite of the process engine (api/engine_process.c, agent/sandbox_init.c):
+from inside a sandbox, as its root, every known way out is tried and must be refused,
+with the sandbox and serve still healthy afterwards: mounts (tmpfs, proc, cgroup v1,
+remounting /sys, a user namespace of its own), sysctl and other host knobs, block
+devices, cgroup escape, a scan of every visible process's memory, environment and
+command line for serve's bearer token, the host's kernel log and keyrings, ptrace of
+PID 1, serve's loopback port, a fork bomb (pids.max) and a symlinked agent socket after
+a restart of serve. From the network side: a client that pipelines requests and never
+reads the answers, before and after authentication.
+
+usage: test_isolation.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
+Exits 77 when not root (the process engine needs it)."""
+import json
+import os
+import secrets
+import select
+import signal
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mitos_test import Runner, Server, eq, exec_output, exit_of, wait_until  # noqa: E402
+
+VMM, AGENT = sys.argv[1], sys.argv[2]
+ONLY = sys.argv[3:]
+TOKEN = "mitos-isolation-" + secrets.token_hex(16)
+PIDS_MAX = 64
+
+
+def sh(s, sid, cmd, timeout=60):
+    """(stdout, exit code) of cmd run by bash in sandbox sid."""
+    out, msgs = exec_output(s, sid, {"command": cmd, "timeoutSeconds": timeout})
+    end = exit_of(msgs)
+    if end is None:
+        raise AssertionError("no exit message: %r" % msgs)
+    return out, end["exitCode"]
+
+
+def py(s, sid, code, timeout=60):
+    return sh(s, sid, "python3 - <<'PYEOF'\n" + code + "\nPYEOF", timeout)
+
+
+def fork(s, sid, tpl="iso"):
+    st, r = s.request("POST", "/v1/fork", {"template": tpl, "id": sid})
+    eq(st, 200, "fork (%r)" % (r,))
+
+
+def healthy(s, sid):
+    """The sandbox still runs commands and serve still answers."""
+    out, code = sh(s, sid, "echo alive")
+    eq((out, code), ("alive\n", 0), "sandbox healthy")
+    st, r = s.request("GET", "/v1/sandboxes/" + sid)
+    eq((st, r.get("state")), (200, "running"), "serve healthy")
+
+
+def refused(s, sid, cmds):
+    """Runs each shell command; each must fail. Returns nothing, raises with the ones that worked."""
+    worked = []
+    for c in cmds:
+        out, code = sh(s, sid, c + " >/dev/null 2>&1; echo $?")
+        if out.strip() == "0":
+            worked.append(c)
+    if worked:
+        raise AssertionError("allowed inside a sandbox: %r" % worked)
+
+
+def host_pids_of(s, sid):
+    """Host pids of the sandbox's init and every process under it."""
+    with open(os.path.join(s.state_dir, "sandboxes", sid, "sandbox.json")) as f:
+        init = json.load(f)["pid"]
+    kids, found = {}, [init]
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    i = 0
+    while i < len(found):
+        found += kids.get(found[i], [])
+        i += 1
+    return found
+
+
+def status_field(pid, name):
+    with open("/proc/%d/status" % pid) as f:
+        for ln in f:
+            if ln.startswith(name + ":"):
+                return ln.split(":", 1)[1].split()
+    return []
+
+
+# ---------------------------------------------------------------- tests
+
+SCAN = r'''
+import os, re
+tok = os.environ["T"][::-1].encode()
+hits = []
+for d in os.listdir("/proc"):
+    if not d.isdigit():
+        continue
+    for name in ("environ", "cmdline"):
+        try:
+            if tok in open("/proc/%s/%s" % (d, name), "rb").read():
+                hits.append((d, name))
+        except OSError:
+            pass
+    try:
+        maps = open("/proc/%s/maps" % d).read().splitlines()
+        mem = open("/proc/%s/mem" % d, "rb", buffering=0)
+    except OSError:
+        continue
+    for ln in maps:
+        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) r", ln)
+        if not m or "[vvar" in ln or "[vsyscall" in ln:
+            continue
+        a, b = int(m.group(1), 16), int(m.group(2), 16)
+        try:
+            mem.seek(a)
+            if tok in mem.read(min(b - a, 1 << 28)):
+                hits.append((d, ln))
+        except (OSError, ValueError, OverflowError):
+            pass
+print("hits", hits)
+'''
+
+
+def t_no_secret_of_serve_inside(s):
+    sid = "iso-mem"
+    fork(s, sid)
+    # The scan is given the token reversed (so only its own process, which it skips,
+    # holds the token itself).
+    code = SCAN.replace('if not d.isdigit():', 'if not d.isdigit() or int(d) == os.getpid():')
+    out, rc = sh(s, sid, "T=%s python3 - <<'PYEOF'\n%s\nPYEOF" % (TOKEN[::-1], code))
+    eq((out.strip(), rc), ("hits []", 0), "serve's token found in a sandbox's memory")
+    healthy(s, sid)
+
+
+def t_root_is_not_host_root(s):
+    sid = "iso-root"
+    fork(s, sid)
+    out, _ = sh(s, sid, "id -u; head -1 /proc/self/uid_map; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status")
+    lines = out.split("\n")
+    eq(lines[0], "0", "root inside")
+    mapping = lines[1].split()
+    assert mapping[0] == "0" and int(mapping[1]) >= 65536, "root inside maps to %r outside" % mapping
+    assert "NoNewPrivs:\t1" in out and "Seccomp:\t2" in out, out
+    for pid in host_pids_of(s, sid)[1:]:
+        uid = status_field(pid, "Uid")
+        assert uid and int(uid[1]) != 0, "sandbox process %d runs as host uid %r" % (pid, uid)
+    healthy(s, sid)
+
+
+def t_mounts_refused(s):
+    sid = "iso-mount"
+    fork(s, sid)
+    refused(s, sid, [
+        "mount -t tmpfs none /mnt",
+        "mount -t proc proc /mnt",
+        "mount -t sysfs sys /mnt",
+        "mount -o remount,rw /sys",
+        "mount -o remount,rw /proc/sys",
+        "mkdir -p /tmp/cg && mount -t cgroup -o memory cg /tmp/cg",
+        "mkdir -p /tmp/cg2 && mount -t cgroup2 none /tmp/cg2",
+        "umount -l /run/mitos",
+        "unshare -Ur true",
+        "unshare -m true",
+        "unshare -C true",
+    ])
+    healthy(s, sid)
+
+
+def t_host_knobs_refused(s):
+    sid = "iso-sysctl"
+    fork(s, sid)
+    with open("/proc/sys/kernel/core_pattern") as f:
+        before = f.read()
+    refused(s, sid, [
+        # Writes of the current value: a kernel that allowed it changes nothing.
+        "cat /proc/sys/kernel/core_pattern > /proc/sys/kernel/core_pattern",
+        "cat /proc/sys/vm/overcommit_memory > /proc/sys/vm/overcommit_memory",
+        "sysctl -w kernel.hostname=escaped",
+        "echo h > /proc/sysrq-trigger",
+        "mknod /tmp/blk b 8 0",
+        "hostname escaped",
+        "ip link add dummy0 type dummy",
+    ])
+    with open("/proc/sys/kernel/core_pattern") as f:
+        eq(f.read(), before, "the host's core_pattern")
+    healthy(s, sid)
+
+
+def t_cgroup_escape_refused(s):
+    sid = "iso-cgroup"
+    fork(s, sid)
+    out, _ = sh(s, sid, "ls -A /sys/fs/cgroup | wc -l")
+    eq(out.strip(), "0", "no cgroup hierarchy inside")
+    refused(s, sid, ["for f in /sys/fs/cgroup/*/cgroup.procs; do echo $$ > $f || exit 1; done; test -e $f"])
+    with open(os.path.join(s.state_dir, "sandboxes", sid, "cgroup.json")) as f:
+        dirs = json.load(f)["cgroups"]
+    if dirs:
+        with open(os.path.join(dirs[0], "cgroup.procs")) as f:
+            members = {int(x) for x in f.read().split()}
+        for pid in host_pids_of(s, sid):
+            assert pid in members, "process %d left the sandbox's cgroup %s" % (pid, dirs[0])
+    healthy(s, sid)
+
+
+def t_kernel_log_and_keyrings_refused(s):
+    sid = "iso-dmesg"
+    fork(s, sid)
+    refused(s, sid, ["dmesg", "head -c1 /dev/kmsg", "head -c1 /proc/kmsg"])
+    out, _ = py(s, sid, r'''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(4096)
+res = {}
+res["syslog"] = libc.syscall(103, 3, buf, 4096)          # SYSLOG_ACTION_READ_ALL
+res["add_key"] = libc.syscall(248, b"user", b"k", b"v", 1, -2)  # KEY_SPEC_PROCESS_KEYRING
+res["keyctl"] = libc.syscall(250, 0, -3, 0)              # KEYCTL_GET_KEYRING_ID of the session
+res["bpf"] = libc.syscall(321, 0, None, 0)
+res["perf_event_open"] = libc.syscall(298, None, 0, -1, -1, 0)
+print(sorted(k for k, v in res.items() if v >= 0))
+''')
+    eq(out.strip(), "[]", "kernel log, keyrings, bpf, perf events")
+    healthy(s, sid)
+
+
+def t_ptrace_and_serve_out_of_reach(s):
+    sid = "iso-ptrace"
+    fork(s, sid)
+    out, _ = py(s, sid, r'''
+import ctypes, socket, os
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.ptrace(16, 1, None, None)                    # PTRACE_ATTACH to the sandbox's init
+print("ptrace-init", r)
+try:
+    open("/proc/1/mem", "rb").read(1)
+    print("init-mem readable")
+except OSError:
+    print("init-mem closed")
+c = socket.socket()
+c.settimeout(3)
+try:
+    c.connect(("127.0.0.1", %d))
+    print("serve reachable")
+except OSError:
+    print("serve unreachable")
+print("procs", len([d for d in os.listdir("/proc") if d.isdigit()]))
+''' % s.port)
+    lines = out.split("\n")
+    eq(lines[:3], ["ptrace-init -1", "init-mem closed", "serve unreachable"], "ptrace, /proc/1/mem, loopback")
+    assert int(lines[3].split()[1]) < 20, "the sandbox sees processes of the host: %s" % lines[3]
+    healthy(s, sid)
+
+
+def t_fork_bomb_contained(s):
+    sid = "iso-forkbomb"
+    fork(s, sid)
+    out, rc = py(s, sid, r'''
+import os, signal, time
+kids, err = [], None
+for _ in range(1000):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = e.errno
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    kids.append(pid)
+for k in kids:
+    os.kill(k, signal.SIGKILL)
+for k in kids:
+    os.waitpid(k, 0)
+print(len(kids), err)
+''', timeout=120)
+    n, err = out.split()
+    assert int(n) < PIDS_MAX and err == "11", "forked %s processes (EAGAIN expected below %d): %r" % (
+        n, PIDS_MAX, out)
+    healthy(s, sid)
+
+
+def t_agent_socket_symlink_not_followed():
+    """A sandbox replaces its agent.sock by a symlink to another sandbox's; after a
+    restart of serve the symlink must not be followed (it once redirected exec)."""
+    s = Server(VMM, AGENT, token=TOKEN)
+    s2 = None
+    try:
+        s.request("POST", "/v1/templates", {"id": "iso"})
+        fork(s, "iso-a")
+        fork(s, "iso-b")
+        sh(s, "iso-b", "echo b > /tmp/who")
+        b_sock = os.path.join(s.state_dir, "sandboxes", "iso-b", "run", "agent.sock")
+        # Inside A, /run/mitos is the host's STATE/sandboxes/iso-a/run.
+        sh(s, "iso-a", "ln -sf %s /run/mitos/agent.sock" % b_sock)
+        s.stop(signal.SIGKILL)  # a crash: the sandboxes stay, the next serve adopts them
+        s2 = Server(VMM, AGENT, state_dir=s.state_dir, token=TOKEN)
+        wait_until(lambda: s2.request("GET", "/v1/sandboxes/iso-b")[1].get("state") == "running", 10,
+                   "iso-b re-adopted")
+        out, msgs = exec_output(s2, "iso-a", {"command": "cat /tmp/who 2>/dev/null || echo a"})
+        assert out != "b\n", "serve followed iso-a's symlink into iso-b"
+        healthy(s2, "iso-b")
+        for sid in ("iso-a", "iso-b"):
+            s2.request("DELETE", "/v1/sandboxes/" + sid)
+    finally:
+        if s2:
+            s2.cleanup()
+        s.cleanup()
+
+
+def t_end_recorded_init_spared(s):
+    """The OOM killer prefers anything in a sandbox to its init; a sandbox whose agent
+    dies ends with its cause in serve's log and in the answer to a request for it."""
+    sid = "iso-end"
+    fork(s, sid)
+    pids = host_pids_of(s, sid)
+    with open("/proc/%d/oom_score_adj" % pids[0]) as f:
+        init_adj = int(f.read())
+    with open("/proc/%d/oom_score_adj" % pids[1]) as f:
+        agent_adj = int(f.read())
+    assert init_adj < agent_adj, "init oom_score_adj %d, agent %d" % (init_adj, agent_adj)
+    # The command's parent is the agent.
+    sh(s, sid, "a=$PPID; setsid -f sh -c \"sleep 0.3; kill -9 $a\" >/dev/null 2>&1")
+    wait_until(lambda: s.request("GET", "/v1/sandboxes/" + sid)[0] == 404, 10, "the sandbox ends")
+    st, r = s.request("GET", "/v1/sandboxes/" + sid)
+    cause = r["error"]["cause"]
+    assert "ended at" in cause and "agent was killed" in cause, r
+    st, r = s.unary("Mkdir", sid, {"path": "/x"})
+    assert st == 404 and "agent was killed" in r["error"]["cause"], r
+    wait_until(lambda: "sandbox %s exited: its agent was killed" % sid in s.stderr(), 5, "the log line")
+
+
+def t_nul_refused(s):
+    """A NUL in a path, command or env key is refused, never cut short."""
+    sid = "iso-nul"
+    fork(s, sid)
+    st, r = s.unary("Mkdir", sid, {"path": "/tmp/nul\u0000tail"})
+    eq((st, r.get("error", {}).get("code")), (400, "invalid_argument"), "Mkdir path with NUL (%r)" % (r,))
+    for msg in ({"command": "echo cut\u0000 short"}, {"command": "true", "env": {"K\u0000X": "v"}}):
+        st, ct, msgs = s.stream("ExecStream", sid, msg)
+        errs = [m["error"] for f, m in msgs if "error" in m]
+        assert errs and errs[0].get("mitos_code") == "invalid_argument", (msg, msgs)
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sid + "\u0000x", "timeout": 60})
+    eq((st, r["error"]["code"]), (400, "invalid_argument"), "REST body with NUL (%r)" % (r,))
+    out, _ = sh(s, sid, "ls /tmp")
+    assert "nul" not in out, "a truncated path was created: %r" % out
+    # An escaped backslash before u0000 is not a NUL.
+    st, r = s.unary("Mkdir", sid, {"path": "/tmp/back\\u0000slash"})
+    eq(st, 200, "Mkdir of a name with a backslash (%r)" % (r,))
+    healthy(s, sid)
+
+
+def sanitized(s):
+    with open("/proc/%d/maps" % s.pid()) as f:
+        return "libasan" in f.read()
+
+
+def flood(s, req, seconds=3.0):
+    """Sends req pipelined for `seconds` without reading a byte: (serve's RSS growth in
+    KiB, bytes sent, the first bytes of the answers)."""
+    rss0 = s.rss_kib()
+    c = socket.create_connection(("127.0.0.1", s.port))
+    c.setblocking(False)
+    batch = req * 1024
+    sent, deadline = 0, time.time() + seconds
+    while time.time() < deadline:
+        try:
+            sent += c.send(batch)
+        except BlockingIOError:
+            select.select([], [c], [], 0.05)
+    time.sleep(0.3)
+    grown = s.rss_kib() - rss0
+    # Still served once it reads: the first answer is there.
+    c.setblocking(True)
+    c.settimeout(10)
+    head = c.recv(64)
+    c.close()
+    return grown, sent, head
+
+
+def t_unread_answers_bounded():
+    """Pipelined requests from a client that never reads: serve stops reading it once
+    its answers fill the connection's output, before and after authentication (each on
+    a fresh serve, so that one flood's freed memory does not hide the next)."""
+    for what, req in (("tokenless", b"GET /v1/sandboxes HTTP/1.1\r\nHost: x\r\n\r\n"),
+                      ("authenticated", b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                       TOKEN.encode() + b"\r\n\r\n")):
+        s = Server(VMM, AGENT, token=TOKEN)
+        try:
+            grown, sent, head = flood(s, req)
+            print("     %s: %d KiB of requests sent unread, serve's RSS +%d KiB" % (what, sent >> 10, grown))
+            assert head.startswith(b"HTTP/1.1 "), head
+            # (AddressSanitizer's quarantine of freed memory makes RSS say nothing.)
+            if not sanitized(s):
+                assert grown < 12 << 10, "serve buffered %d KiB of answers for one client (%s)" % (grown, what)
+            eq(s.request("GET", "/v1/health")[0], 200, "serve healthy")
+        finally:
+            s.cleanup()
+
+
+def main():
+    if os.geteuid() != 0:
+        print("SKIP: the process engine needs root")
+        return 77
+    r = Runner()
+    s = Server(VMM, AGENT, token=TOKEN)
+    try:
+        st, t = s.request("POST", "/v1/templates", {"id": "iso", "pids_max": PIDS_MAX})
+        eq(st, 200, "template (%r)" % (t,))
+        r.run_all([
+            ("no_secret_of_serve_inside", t_no_secret_of_serve_inside),
+            ("root_is_not_host_root", t_root_is_not_host_root),
+            ("mounts_refused", t_mounts_refused),
+            ("host_knobs_refused", t_host_knobs_refused),
+            ("cgroup_escape_refused", t_cgroup_escape_refused),
+            ("kernel_log_and_keyrings_refused", t_kernel_log_and_keyrings_refused),
+            ("ptrace_and_serve_out_of_reach", t_ptrace_and_serve_out_of_reach),
+            ("fork_bomb_contained", t_fork_bomb_contained),
+            ("end_recorded_init_spared", t_end_recorded_init_spared),
+            ("nul_refused", t_nul_refused),
+        ], ONLY, s)
+    finally:
+        r.stop_server(s)
+    r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed),
+               ("unread_answers_bounded", t_unread_answers_bounded)], ONLY)
+    return r.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

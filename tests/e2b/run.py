@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Starts `mitos-vmm serve` (process engine) and runs the E2B SDK scenarios
+against it with only E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY set.
+usage: run.py MITOS_VMM MITOS_AGENT E2B_DIR [--kvm] [--bench RUNS | node --test args...]
+--bench runs bench.mjs for tools/bench-e2b instead of the scenarios. --kvm runs serve
+on the kvm engine with the built python image and firmware kernel (skips, 77, when
+either is missing): E2B's templates are then microVMs forked from a snapshot."""
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "api"))
+from mitos_test import Server  # noqa: E402
+
+vmm, agent, e2b_dir = sys.argv[1:4]
+rest = sys.argv[4:]
+kvm = rest[:1] == ["--kvm"]
+if kvm:
+    rest = rest[1:]
+if os.geteuid() != 0:
+    print("SKIP: the process engine needs root")
+    sys.exit(77)
+if not os.path.isdir(os.path.join(e2b_dir, "node_modules", "e2b")):
+    print("SKIP: run tools/setup (npm ci in tests/e2b) first")
+    sys.exit(77)
+token = "e2b-suite-token-0123456789"
+# The bench runs on the built template image when there is one (tools/build-image):
+# the host's own / is what the scenarios use, but its login-shell profile is not
+# what a sandbox costs.
+bench = rest[:1] == ["--bench"]
+cache = os.environ.get("MITOS_CACHE", os.path.expanduser("~/.cache/mitos"))
+images = os.path.join(cache, "images")
+extra = ["--images", images] if (bench or kvm) and os.path.isdir(images) else []
+if kvm:
+    if not os.path.exists("/dev/kvm") or not extra:
+        print("SKIP: the kvm engine needs /dev/kvm and the python image (tools/build-image)")
+        sys.exit(77)
+    check = json.loads(subprocess.run([vmm, "check", "--json"], capture_output=True, text=True,
+                                      timeout=120).stdout)
+    kernel = os.path.join(cache, "kernel", "current" if check["virtualization"] == "hardware" else "current-pvm",
+                          "vmlinux")
+    if not os.path.exists(kernel):
+        print("SKIP: no firmware kernel at %s (firmware/build-kernel.sh)" % kernel)
+        sys.exit(77)
+    extra += ["--engine", "kvm", "--kvm-pool", "1"]
+s = Server(vmm, agent, token=token, extra=extra + ["--max-sandboxes", "16"])
+try:
+    if kvm:
+        # The templates boot and snapshot a guest first (minutes under emulation):
+        # longer than any SDK call waits, so they are built before the SDK runs.
+        for tpl in ("base", "code-interpreter-v1"):
+            c = s.conn(timeout=1500)
+            c.request("POST", "/v1/templates", body=json.dumps({"id": tpl}),
+                      headers=s.headers({"Content-Type": "application/json"}))
+            r = c.getresponse()
+            body = r.read()
+            c.close()
+            if r.status != 200:
+                raise RuntimeError("template %s: %d %s" % (tpl, r.status, body[:300]))
+    url = "http://127.0.0.1:%d" % s.port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
+    env.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=token)
+    if bench:
+        cmd = ["node", "bench.mjs"] + rest[1:]
+    else:
+        files = rest or sorted(f for f in os.listdir(e2b_dir) if f.startswith("test_") and f.endswith(".mjs"))
+        cmd = ["node", "--test", "--test-concurrency=1"] + files
+    rc = subprocess.call(cmd, cwd=e2b_dir, env=env, timeout=1500)
+finally:
+    s.cleanup()
+log = s.stderr()
+# A sanitizer build reports into serve's stderr; serve keeps running after UBSan's.
+if "ERROR: AddressSanitizer" in log or "ERROR: LeakSanitizer" in log or "runtime error:" in log:
+    rc = rc or 1
+if rc:
+    sys.stderr.write("--- serve's stderr ---\n" + log[-20000:])
+sys.exit(rc)

@@ -1,0 +1,89 @@
+// run_code through the unmodified `@e2b/code-interpreter` SDK: state, streamed
+// stdout, errors, rich results, plots as png, contexts, bash.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { Sandbox } from "@e2b/code-interpreter";
+
+let sbx;
+before(async () => {
+  sbx = await Sandbox.create();
+});
+after(async () => {
+  if (sbx) await sbx.kill().catch(() => {});
+});
+
+test("state carries across cells; the last expression is the main result", async () => {
+  await sbx.runCode("x = 20");
+  const e = await sbx.runCode("x + 22");
+  assert.equal(e.text, "42");
+  assert.equal(e.results[0].isMainResult, true);
+  assert.equal(e.error, undefined);
+  assert.ok(e.executionCount >= 2);
+  const s = await sbx.runCode("'quoted'");
+  assert.equal(s.text, "quoted");
+});
+
+test("stdout and stderr stream through callbacks", async () => {
+  const out = [];
+  const err = [];
+  const e = await sbx.runCode("import sys, time\nprint('a', flush=True)\ntime.sleep(0.3)\nprint('b')\nprint('w', file=sys.stderr)", {
+    onStdout: (m) => out.push(m.line),
+    onStderr: (m) => err.push(m.line),
+  });
+  assert.equal(out.join(""), "a\nb\n");
+  assert.equal(err.join(""), "w\n");
+  assert.equal(e.logs.stdout.join(""), "a\nb\n");
+});
+
+test("an exception fills execution.error, it does not throw", async () => {
+  const e = await sbx.runCode("1/0");
+  assert.equal(e.error.name, "ZeroDivisionError");
+  assert.match(e.error.value, /division by zero/);
+  assert.match(e.error.traceback, /ZeroDivisionError/);
+});
+
+test("rich results: html, and a matplotlib plot as png", async () => {
+  const h = await sbx.runCode("from IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))");
+  assert.equal(h.results[0].html, "<b>bold</b>");
+  assert.equal(h.results[0].isMainResult, false);
+  // tools/setup installs python3-matplotlib (tools/debian-packages.txt).
+  const p = await sbx.runCode("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()");
+  const png = p.results.find((r) => r.png);
+  assert.ok(png, JSON.stringify(p.results.map((r) => r.formats())));
+  assert.equal(Buffer.from(png.png, "base64").subarray(1, 4).toString(), "PNG");
+});
+
+test("envs apply to one execution", async () => {
+  const e = await sbx.runCode("import os\nos.environ.get('ONLY_HERE')", { envs: { ONLY_HERE: "yes" } });
+  assert.equal(e.text, "yes");
+});
+
+test("contexts: create, run in it, list, restart, remove", async () => {
+  const ctx = await sbx.createCodeContext({ cwd: "/tmp" });
+  assert.ok(ctx.id);
+  assert.equal(ctx.language, "python");
+  await sbx.runCode("y = 5", { context: ctx });
+  assert.equal((await sbx.runCode("y", { context: ctx })).text, "5");
+  const inDefault = await sbx.runCode("y");
+  assert.equal(inDefault.error.name, "NameError", "contexts do not share state");
+  const cwd = await sbx.runCode("import os\nos.getcwd()", { context: ctx });
+  assert.equal(cwd.text, "/tmp");
+  const list = await sbx.listCodeContexts();
+  assert.ok(list.some((c) => c.id === ctx.id));
+  await sbx.restartCodeContext(ctx);
+  assert.equal((await sbx.runCode("y", { context: ctx })).error.name, "NameError");
+  await sbx.removeCodeContext(ctx);
+  assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === ctx.id));
+});
+
+test("bash: by language and in a bash context", async () => {
+  const e = await sbx.runCode("echo from-bash; echo oops >&2", { language: "bash" });
+  assert.equal(e.logs.stdout.join(""), "from-bash\n");
+  assert.equal(e.logs.stderr.join(""), "oops\n");
+  const ctx = await sbx.createCodeContext({ language: "bash", cwd: "/tmp" });
+  assert.equal(ctx.language, "bash");
+  const p = await sbx.runCode("pwd", { context: ctx });
+  assert.equal(p.logs.stdout.join(""), "/tmp\n");
+  const f = await sbx.runCode("exit 4", { context: ctx });
+  assert.match(f.error.value, /exit status 4/);
+});

@@ -1,0 +1,132 @@
+// Sandbox lifecycle through the unmodified `e2b` SDK: create, info, list filters
+// and paging, timeouts, pause/resume through connect, metrics, kill, auth errors.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { Sandbox, AuthenticationError, SandboxNotFoundError, NotFoundError } from "e2b";
+
+const made = [];
+async function create(opts) {
+  const sbx = await Sandbox.create(opts);
+  made.push(sbx);
+  return sbx;
+}
+after(async () => {
+  for (const s of made) await Sandbox.kill(s.sandboxId).catch(() => {});
+});
+
+test("create with metadata, envs and timeout; getInfo reflects them", async () => {
+  const sbx = await create({ metadata: { suite: "lifecycle", who: "a b&c=d" }, envs: { GREETING: "hi" }, timeoutMs: 120000 });
+  assert.match(sbx.sandboxId, /^[A-Za-z0-9][A-Za-z0-9_-]*$/);
+  const info = await sbx.getInfo();
+  assert.equal(info.sandboxId, sbx.sandboxId);
+  assert.equal(info.templateId, "base");
+  assert.equal(info.state, "running");
+  assert.deepEqual(info.metadata, { suite: "lifecycle", who: "a b&c=d" });
+  const left = info.endAt.getTime() - Date.now();
+  assert.ok(left > 100000 && left <= 121000, `endAt ${info.endAt.toISOString()} is about 120 s away`);
+  const r = await sbx.commands.run("echo $GREETING");
+  assert.equal(r.stdout, "hi\n");
+  assert.equal(await sbx.isRunning(), true);
+});
+
+test("list filters by metadata and state and pages with nextToken", async () => {
+  const tag = "page-" + Date.now();
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push((await create({ metadata: { tag, i: String(i) } })).sandboxId);
+  const one = await Sandbox.list({ query: { metadata: { tag, i: "1" } } }).nextItems();
+  assert.deepEqual(one.map((s) => s.sandboxId), [ids[1]]);
+  const pager = Sandbox.list({ query: { metadata: { tag }, state: ["running"] }, limit: 2 });
+  const p1 = await pager.nextItems();
+  assert.equal(p1.length, 2);
+  assert.equal(pager.hasNext, true);
+  const p2 = await pager.nextItems();
+  assert.equal(p2.length, 1);
+  assert.equal(pager.hasNext, false);
+  assert.deepEqual([...p1, ...p2].map((s) => s.sandboxId).sort(), [...ids].sort());
+  const paused = await Sandbox.list({ query: { metadata: { tag }, state: ["paused"] } }).nextItems();
+  assert.equal(paused.length, 0);
+});
+
+test("setTimeout moves endAt", async () => {
+  const sbx = await create({ timeoutMs: 60000 });
+  await sbx.setTimeout(600000);
+  const info = await sbx.getInfo();
+  assert.ok(info.endAt.getTime() - Date.now() > 500000);
+  await Sandbox.setTimeout(sbx.sandboxId, 30000);
+  const info2 = await Sandbox.getInfo(sbx.sandboxId);
+  assert.ok(info2.endAt.getTime() - Date.now() < 31000);
+});
+
+test("pause, list as paused, resume through connect keeps files", async () => {
+  const sbx = await create({});
+  await sbx.files.write("/tmp/keep.txt", "kept");
+  assert.equal(await sbx.pause(), true);
+  assert.equal(await sbx.pause(), false, "pausing a paused sandbox answers false (409)");
+  const info = await Sandbox.getInfo(sbx.sandboxId);
+  assert.equal(info.state, "paused");
+  const listed = await Sandbox.list({ query: { state: ["paused"] } }).nextItems();
+  assert.ok(listed.some((s) => s.sandboxId === sbx.sandboxId));
+  const again = await Sandbox.connect(sbx.sandboxId);
+  assert.equal((await again.getInfo()).state, "running");
+  assert.equal(await again.files.read("/tmp/keep.txt"), "kept");
+});
+
+test("lifecycle onTimeout pause: the timeout pauses, connect resumes with the files", async () => {
+  const sbx = await create({ timeoutMs: 3000, lifecycle: { onTimeout: "pause" } });
+  await sbx.files.write("/opt/auto.txt", "survives");
+  const info = await sbx.getInfo();
+  assert.equal(info.lifecycle.onTimeout, "pause");
+  const deadline = Date.now() + 20000;
+  let state = "running";
+  while (state !== "paused" && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    state = (await Sandbox.getInfo(sbx.sandboxId)).state;
+  }
+  assert.equal(state, "paused");
+  const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 60000 });
+  assert.equal((await again.getInfo()).state, "running");
+  assert.equal(await again.files.read("/opt/auto.txt"), "survives");
+});
+
+test("metrics are real cgroup figures", async () => {
+  const sbx = await create({});
+  await sbx.commands.run("head -c 20000000 /dev/urandom | sha256sum > /dev/null");
+  const m = await sbx.getMetrics();
+  assert.ok(m.length >= 1);
+  const last = m[m.length - 1];
+  assert.ok(last.memUsed > 0, "memory in use");
+  assert.equal(last.cpuCount, 1, "the template's cpu_percent 100 is one CPU");
+  assert.equal(last.memTotal, 1024 * 1024 * 1024, "the template's memory_max_mib");
+  assert.ok(last.cpuUsedPct >= 0);
+  assert.ok(last.timestamp instanceof Date);
+});
+
+test("kill: the sandbox is gone, a second kill is false, connect is a 404", async () => {
+  const sbx = await create({});
+  assert.equal(await Sandbox.kill(sbx.sandboxId), true);
+  assert.equal(await Sandbox.kill(sbx.sandboxId), false);
+  await assert.rejects(Sandbox.connect(sbx.sandboxId), SandboxNotFoundError);
+  await assert.rejects(Sandbox.getInfo(sbx.sandboxId), (e) => e instanceof SandboxNotFoundError || e instanceof NotFoundError);
+  assert.equal(await sbx.isRunning(), false);
+  await assert.rejects(sbx.commands.run("true"));
+});
+
+test("a wrong API key is an AuthenticationError", async () => {
+  await assert.rejects(Sandbox.create({ apiKey: "wrong" }), AuthenticationError);
+  await assert.rejects(Sandbox.list({ apiKey: "wrong" }).nextItems(), AuthenticationError);
+});
+
+test("a wrong envd access token is refused", async () => {
+  const sbx = await create({});
+  const info = await Sandbox.connect(sbx.sandboxId);
+  assert.ok(info.sandboxId);
+  const res = await fetch(process.env.E2B_SANDBOX_URL + "/health", { headers: { "E2b-Sandbox-Id": sbx.sandboxId, "E2b-Sandbox-Port": "49983" } });
+  assert.equal(res.status, 204);
+  const rpc = await fetch(process.env.E2B_SANDBOX_URL + "/process.Process/List", {
+    method: "POST",
+    headers: { "E2b-Sandbox-Id": sbx.sandboxId, "E2b-Sandbox-Port": "49983", "Content-Type": "application/json", "X-Access-Token": "nope" },
+    body: "{}",
+  });
+  assert.equal(rpc.status, 401);
+  assert.equal((await rpc.json()).code, "unauthenticated");
+});

@@ -1,0 +1,142 @@
+// One sandbox, two surfaces: an E2B sandbox is forked through the Mitos API and
+// its children are reached with Sandbox.connect; a Mitos sandbox is reached
+// through E2B; raw protocol details the SDK relies on.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { Sandbox } from "e2b";
+
+const base = process.env.E2B_API_URL;
+const auth = { Authorization: "Bearer " + process.env.E2B_API_KEY, "Content-Type": "application/json" };
+const made = [];
+after(async () => {
+  for (const id of made) await Sandbox.kill(id).catch(() => {});
+});
+
+test("fork an E2B sandbox through /v1/fork and connect to the children", async () => {
+  const sbx = await Sandbox.create();
+  made.push(sbx.sandboxId);
+  await sbx.files.write("/opt/parent.txt", "from the parent");
+  const kids = [];
+  for (const n of [1, 2]) {
+    const res = await fetch(base + "/v1/sandboxes/" + sbx.sandboxId + "/fork", { method: "POST", headers: auth,
+      body: JSON.stringify({ id: `fork${n}-${process.pid}`, pause_source: true }) });
+    assert.equal(res.status, 200);
+    kids.push((await res.json()).id);
+  }
+  made.push(...kids);
+  for (const id of kids) {
+    const child = await Sandbox.connect(id);
+    assert.equal(await child.files.read("/opt/parent.txt"), "from the parent");
+    await child.files.write("/opt/child.txt", id);
+  }
+  assert.equal(await sbx.files.exists("/opt/child.txt"), false, "children do not share files with the parent (the process engine forks the writable layer; /tmp is a tmpfs of its own)");
+});
+
+test("a sandbox made with the Mitos API is an E2B sandbox too", async () => {
+  await fetch(base + "/v1/templates", { method: "POST", headers: auth, body: JSON.stringify({ id: "python" }) });
+  const res = await fetch(base + "/v1/fork", { method: "POST", headers: auth,
+    body: JSON.stringify({ template: "python", id: `mitos-${process.pid}` }) });
+  assert.equal(res.status, 200);
+  const id = (await res.json()).id;
+  made.push(id);
+  const sbx = await Sandbox.connect(id);
+  assert.equal((await sbx.commands.run("echo via-e2b")).stdout, "via-e2b\n");
+  const info = await Sandbox.getInfo(id);
+  assert.equal(info.templateId, "python");
+});
+
+test("control-plane errors carry E2B's {code, message} body", async () => {
+  const key = { "X-API-KEY": process.env.E2B_API_KEY };
+  const missing = await fetch(base + "/sandboxes/no-such-sandbox", { headers: key });
+  assert.equal(missing.status, 404);
+  assert.deepEqual(Object.keys(await missing.json()).sort(), ["code", "message"]);
+  const badKey = await fetch(base + "/v2/sandboxes", { headers: { "X-API-KEY": "wrong" } });
+  assert.equal(badKey.status, 401);
+  assert.equal((await badKey.json()).code, 401);
+  const badBody = await fetch(base + "/v2/sandboxes", { method: "POST", headers: { ...key, "Content-Type": "application/json" }, body: "{\"timeout\": \"soon\"}" });
+  assert.equal(badBody.status, 400);
+  const noTpl = await Sandbox.create("no-such-template").then(() => null, (e) => e);
+  assert.ok(noTpl, "an unknown template is refused");
+});
+
+// The Python SDK's calls without a JS twin, on the wire: its polled watcher
+// (watch_dir / get_new_events / stop) and the client-stream StreamInput.
+async function envd(sbx, method, body, contentType = "application/json") {
+  const res = await fetch(process.env.E2B_SANDBOX_URL + "/" + method, {
+    method: "POST",
+    headers: {
+      "Content-Type": contentType,
+      "Connect-Protocol-Version": "1",
+      "E2b-Sandbox-Id": sbx.sandboxId,
+      "E2b-Sandbox-Port": "49983",
+      "X-Access-Token": await accessToken(sbx.sandboxId),
+    },
+    body,
+  });
+  return res;
+}
+async function accessToken(id) {
+  const res = await fetch(base + "/v2/sandboxes/" + id + "/connect", {
+    method: "POST",
+    headers: { "X-API-KEY": process.env.E2B_API_KEY, "Content-Type": "application/json" },
+    body: "{}",
+  });
+  return (await res.json()).envdAccessToken;
+}
+
+test("polled watcher: CreateWatcher, GetWatcherEvents, RemoveWatcher", async () => {
+  const sbx = await Sandbox.create();
+  made.push(sbx.sandboxId);
+  await sbx.files.makeDir("/tmp/polled");
+  const created = await envd(sbx, "filesystem.Filesystem/CreateWatcher", JSON.stringify({ path: "/tmp/polled" }));
+  assert.equal(created.status, 200);
+  const { watcherId } = await created.json();
+  assert.ok(watcherId);
+  await sbx.files.write("/tmp/polled/a.txt", "a");
+  let events = [];
+  const deadline = Date.now() + 10000;
+  while (!events.some((e) => e.name === "a.txt") && Date.now() < deadline) {
+    const got = await envd(sbx, "filesystem.Filesystem/GetWatcherEvents", JSON.stringify({ watcherId }));
+    assert.equal(got.status, 200);
+    events = events.concat((await got.json()).events);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(events.some((e) => e.name === "a.txt" && e.type === "EVENT_TYPE_CREATE"), JSON.stringify(events));
+  const removed = await envd(sbx, "filesystem.Filesystem/RemoveWatcher", JSON.stringify({ watcherId }));
+  assert.equal(removed.status, 200);
+  const gone = await envd(sbx, "filesystem.Filesystem/GetWatcherEvents", JSON.stringify({ watcherId }));
+  assert.equal(gone.status, 404);
+  assert.equal((await gone.json()).code, "not_found");
+});
+
+test("StreamInput feeds a process's stdin from a client stream", async () => {
+  const sbx = await Sandbox.create();
+  made.push(sbx.sandboxId);
+  const h = await sbx.commands.run("head -c 11", { background: true, stdin: true });
+  const env = (o) => {
+    const b = Buffer.from(JSON.stringify(o));
+    const head = Buffer.alloc(5);
+    head.writeUInt32BE(b.length, 1);
+    return Buffer.concat([head, b]);
+  };
+  const body = Buffer.concat([
+    env({ start: { process: { pid: h.pid } } }),
+    env({ data: { input: { stdin: Buffer.from("hello ").toString("base64") } } }),
+    env({ keepalive: {} }),
+    env({ data: { input: { stdin: Buffer.from("world").toString("base64") } } }),
+  ]);
+  const res = await envd(sbx, "process.Process/StreamInput", body, "application/connect+json");
+  assert.equal(res.status, 200);
+  const r = await h.wait();
+  assert.equal(r.stdout, "hello world");
+});
+
+test("a disconnected handle leaves the process running; connect re-attaches", async () => {
+  const sbx = await Sandbox.create();
+  made.push(sbx.sandboxId);
+  const h = await sbx.commands.run("sleep 1; echo done-late", { background: true });
+  await h.disconnect();
+  const again = await sbx.commands.connect(h.pid);
+  const r = await again.wait();
+  assert.equal(r.stdout, "done-late\n");
+});
