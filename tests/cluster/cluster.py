@@ -185,7 +185,8 @@ class Cluster:
                                             stderr=subprocess.STDOUT)
             self.router = Endpoint("127.0.0.1", self.port, token)
             self.wait(lambda: all(st == "UP" for st in self.server_states().values())
-                      and len(self.server_states()) == 3 * n, 20, "every router backend UP")
+                      and all(self.server_states().get(("node_" + nd.tag, nd.tag)) == "UP" for nd in self.nodes),
+                      20, "every router backend UP")
         except BaseException:
             sys.stderr.write(self.logs() + "\n")
             self.close()
