@@ -341,13 +341,14 @@ def t_nul_refused(s):
     sid = "iso-nul"
     fork(s, sid)
     st, r = s.unary("Mkdir", sid, {"path": "/tmp/nul\u0000tail"})
-    eq((st, r.get("error", {}).get("code")), (400, "invalid_argument"), "Mkdir path with NUL (%r)" % (r,))
+    eq((st, r.get("code"), r.get("error", {}).get("code")), (400, "invalid_argument", "invalid_input"),
+       "Mkdir path with NUL (%r)" % (r,))
     for msg in ({"command": "echo cut\u0000 short"}, {"command": "true", "env": {"K\u0000X": "v"}}):
         st, ct, msgs = s.stream("ExecStream", sid, msg)
         errs = [m["error"] for f, m in msgs if "error" in m]
-        assert errs and errs[0].get("mitos_code") == "invalid_argument", (msg, msgs)
-    st, r = s.request("POST", "/v1/set_timeout", {"sandbox_id": sid + "\u0000x", "timeout": 60})
-    eq((st, r["error"]["code"]), (400, "invalid_argument"), "REST body with NUL (%r)" % (r,))
+        assert errs and errs[0].get("mitos_code") == "invalid_input", (msg, msgs)
+    st, r = s.request("POST", "/v1/set_timeout", {"sandbox": sid + "\u0000x", "timeout_seconds": 60})
+    eq((st, r["error"]["code"]), (400, "invalid_input"), "REST body with NUL (%r)" % (r,))
     out, _ = sh(s, sid, "ls /tmp")
     assert "nul" not in out, "a truncated path was created: %r" % out
     # An escaped backslash before u0000 is not a NUL.
