@@ -46,12 +46,19 @@ void node_new_sandbox_id(char *out, size_t n)
 		 b[7], tag[0] ? "-" : "", tag);
 }
 
-bool node_id_is_ours(const char *id)
+static bool ends_in_tag(const char *id)
 {
-	if (!tag[0])
-		return true;
 	size_t n = strlen(id), tn = strlen(tag);
 	return n > tn + 1 && id[n - tn - 1] == '-' && !strcmp(id + n - tn, tag);
+}
+
+int node_sandbox_id_for(const char *requested, char *out, size_t n)
+{
+	bool keep = !tag[0] || ends_in_tag(requested);
+	int len = snprintf(out, n, "%s%s%s", requested, keep ? "" : "-", keep ? "" : tag);
+	if (len < 0 || (size_t)len >= n || len > 64)
+		return -ENAMETOOLONG;
+	return 0;
 }
 
 void node_set_draining(bool on)

@@ -18,9 +18,11 @@ const char *node_tag(void); /* "" when standalone */
 
 /* A fresh random id: sb-<16 hex> standalone, sb-<16 hex>-<tag> on a tagged node. */
 void node_new_sandbox_id(char *out, size_t n);
-/* Whether a client-chosen id routes here: always when standalone, else it must
- * end in -<tag>. */
-bool node_id_is_ours(const char *id);
+/* The id this node gives a sandbox whose client chose requested (a valid id): the
+ * same when standalone or when it already ends in -<tag>, else requested-<tag>, so
+ * a router still finds the node from it (clients use the id the server answers).
+ * -ENAMETOOLONG when that is over 64 characters or n. */
+int node_sandbox_id_for(const char *requested, char *out, size_t n);
 
 void node_set_draining(bool on);
 bool node_draining(void);

@@ -898,26 +898,27 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		snprintf(msg, msglen, "this server runs at most %u sandboxes (%u exist)", srv_cfg.max_sandboxes, nsandboxes);
 		return -ENOSPC;
 	}
+	/* On a cluster node the ids carry its tag. */
+	char ids[MAX_FORK_N][ID_MAX + 1];
 	for (unsigned i = 0; fr->ids && i < fr->n; i++) {
 		if (!api_valid_id(fr->ids[i])) {
 			*e = AE_INVALID_SANDBOX_ID;
 			snprintf(msg, msglen, "ids[%u] is not a valid sandbox id", i);
 			return -EINVAL;
 		}
-		if (!node_id_is_ours(fr->ids[i])) {
+		if (node_sandbox_id_for(fr->ids[i], ids[i], sizeof(ids[i]))) {
 			*e = AE_INVALID_SANDBOX_ID;
-			snprintf(msg, msglen, "ids[%u] does not name this node: on node %s a sandbox id ends in -%s "
-				 "(routers find a sandbox's node from its id); omit ids to let the node choose",
-				 i, node_tag(), node_tag());
+			snprintf(msg, msglen, "id %.64s is too long to carry this node's tag -%s: a sandbox id has at "
+				 "most 64 characters", fr->ids[i], node_tag());
 			return -EINVAL;
 		}
-		if (sandbox_find(fr->ids[i])) {
+		if (sandbox_find(ids[i])) {
 			*e = AE_CONFLICT;
-			snprintf(msg, msglen, "a sandbox with id %s exists", fr->ids[i]);
+			snprintf(msg, msglen, "a sandbox with id %s exists", ids[i]);
 			return -EEXIST;
 		}
 		for (unsigned j = 0; j < i; j++)
-			if (!strcmp(fr->ids[i], fr->ids[j])) {
+			if (!strcmp(ids[i], ids[j])) {
 				*e = AE_INVALID_ARGUMENT;
 				snprintf(msg, msglen, "ids must be distinct");
 				return -EINVAL;
@@ -999,7 +1000,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 	for (unsigned i = 0; i < fr->n; i++) {
 		char id[ID_MAX + 1];
 		if (fr->ids) {
-			snprintf(id, sizeof(id), "%s", fr->ids[i]);
+			snprintf(id, sizeof(id), "%s", ids[i]);
 		} else {
 			do
 				node_new_sandbox_id(id, sizeof(id));

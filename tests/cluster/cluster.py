@@ -18,6 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tests", "api"))
 from mitos_test import Server, envelope, parse_envelopes as envelopes  # noqa: E402,F401 (re-exported)
 NODE_PORT = 8080
+PREVIEW_DOMAIN = "preview.test"
+E2B_DOMAIN = "e2b.test"
 
 
 def sh(*cmd):
@@ -113,7 +115,8 @@ class Node:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, c.vmm, "serve", "--listen", "%s:%d" % (self.ip, NODE_PORT),
              "--state-dir", self.state_dir, "--agent", c.agent, "--images", "none", "--node-id", self.tag,
-             "--peers", c.nodes_file, "--token-file", c.token_file] + list(extra),
+             "--peers", c.nodes_file, "--token-file", c.token_file,
+             "--preview-domain", PREVIEW_DOMAIN] + list(extra),
             stdout=subprocess.PIPE, stderr=log)
         log.close()
         self.stdout = []
@@ -175,13 +178,15 @@ class Cluster:
             self.cfg = os.path.join(self.dir, "haproxy.cfg")
             subprocess.run([os.path.join(ROOT, "tools", "cluster-config"), "--nodes", self.nodes_file,
                             "--listen", "127.0.0.1:%d" % self.port, "--token-file", self.token_file,
-                            "--stats-socket", self.stats, "--out", self.cfg], check=True)
+                            "--stats-socket", self.stats, "--preview-domain", PREVIEW_DOMAIN,
+                            "--e2b-domain", E2B_DOMAIN, "--out", self.cfg], check=True)
             self.haproxy_log = open(os.path.join(self.dir, "haproxy.log"), "ab")
             self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", self.cfg], stdout=self.haproxy_log,
                                             stderr=subprocess.STDOUT)
             self.router = Endpoint("127.0.0.1", self.port, token)
             self.wait(lambda: all(st == "UP" for st in self.server_states().values())
-                      and len(self.server_states()) == 3 * n, 20, "every router backend UP")
+                      and all(self.server_states().get(("node_" + nd.tag, nd.tag)) == "UP" for nd in self.nodes),
+                      20, "every router backend UP")
         except BaseException:
             sys.stderr.write(self.logs() + "\n")
             self.close()

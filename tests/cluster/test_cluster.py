@@ -8,6 +8,7 @@ ends the run. Needs root and haproxy.
 usage: test_cluster.py MITOS_VMM MITOS_AGENT"""
 import base64
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,8 +20,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "api"))
-from cluster import ROOT, Cluster, created_ids, envelopes, listed, node_of  # noqa: E402
-from wsclient import OP_BINARY, OP_CLOSE, OP_TEXT, WebSocket  # noqa: E402
+from cluster import E2B_DOMAIN, PREVIEW_DOMAIN, ROOT, Cluster, created_ids, envelopes, listed, node_of  # noqa: E402
+from mitos_test import envelope, exit_of  # noqa: E402
+from wsclient import OP_BINARY, OP_CLOSE, WebSocket  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 TAGS = ["n1", "n2", "n3"]
@@ -38,16 +40,28 @@ def eq(a, b, what):
         raise AssertionError("%s: expected %r, got %r" % (what, b, a))
 
 
-def create(api, n=1, **kw):
-    body = {"template": "python", "timeout": 600}
-    body.update(kw)
-    body = {k: v for k, v in body.items() if v is not None}
-    if n > 1:
-        body["n"] = n
-    st, r = api.request("POST", "/v1/fork", body)
-    eq(st, 201, "create (%r)" % (r,))
+def new_id():
+    """An id as the SDK chooses one; the node answers it with its tag appended."""
+    return "sandbox-%08x" % random.getrandbits(32)
+
+
+def create(api, source=None, cid=None, headers=None):
+    """The id of a new sandbox (TTL 600 s), from the python template or forked from the
+    running sandbox source."""
+    cid = cid or new_id()
+    if source:
+        st, r = api.request("POST", "/v1/sandboxes/%s/fork" % source, {"id": cid, "pause_source": True},
+                            headers=headers)
+    else:
+        st, r = api.request("POST", "/v1/fork", {"template": "python", "id": cid}, headers=headers)
+    eq(st, 200, "create (%r)" % (r,))
     ids = created_ids(r)
-    eq(len(ids), n, "ids created")
+    eq(len(ids), 1, "ids created")
+    # The node's tag is appended unless the id carries it already.
+    assert ids[0] == cid if cid.endswith("-" + node_of(ids[0])) else ids[0] == cid + "-" + node_of(ids[0]), \
+        (cid, ids)
+    st, r = api.request("POST", "/v1/set_timeout", {"sandbox": ids[0], "timeout_seconds": 600})
+    eq(st, 200, "set_timeout (%r)" % (r,))
     return ids
 
 
@@ -61,9 +75,8 @@ def sh(api, sid, cmd):
     eos = msgs[-1][1] if msgs and msgs[-1][0] == 2 else None
     if eos and eos.get("error"):
         return st, out, eos["error"]
-    ends = [m["end"] for f, m in msgs if f == 0 and "end" in m]
-    code = ends[0].get("exitCode") if ends else None
-    return st, out, None if code == 0 else {"exit_code": code}
+    ex = exit_of(msgs)
+    return st, out, None if ex and ex["exitCode"] == 0 else ex
 
 
 def exec_ok(api, sid, cmd):
@@ -84,8 +97,8 @@ class Suite:
         # Templates are per node (built from the same image by content hash); the
         # operator registers them on each node.
         for nd in self.c.nodes:
-            st, _ = nd.api.request("POST", "/v1/templates", {"name": "python"})
-            assert st in (200, 201), st
+            st, _ = nd.api.request("POST", "/v1/templates", {"id": "python"})
+            eq(st, 200, "template on " + nd.tag)
         st, h = self.r.request("GET", "/v1/health")
         eq(st, 200, "health through the router")
         assert h["node_id"] in TAGS, h
@@ -104,11 +117,13 @@ class Suite:
         eq(sorted(set(node_of(i) for i in ids)), TAGS, "nodes the creates landed on (%r)" % ids)
         for sid in ids:
             self.sandboxes[sid] = "marker-" + sid
-        # A batch lands on one node (a create is one request).
-        batch = create(self.r, n=3)
-        eq(len(set(node_of(i) for i in batch)), 1, "one node per batch")
-        for sid in batch:
-            self.sandboxes[sid] = "marker-" + sid
+        # An Idempotency-Key replay reaches the node that made the sandbox, which
+        # answers the same sandbox.
+        key = {"Idempotency-Key": "key-" + new_id()}
+        cid = new_id()
+        first = create(self.r, cid=cid, headers=key)
+        eq(create(self.r, cid=cid, headers=key), first, "the replay's answer")
+        self.sandboxes[first[0]] = "marker-" + first[0]
 
     def every_call_reaches_its_node(self):
         for sid, marker in self.sandboxes.items():
@@ -122,16 +137,28 @@ class Suite:
             exec_ok(self.r, sid, "mkdir -p /workspace && echo %s > /workspace/marker" % marker)
             eq(exec_ok(self.r, sid, "cat /workspace/marker"), (marker + "\n").encode(), "marker of " + sid)
             # Ids in JSON bodies.
-            eq(self.r.request("POST", "/v1/set_timeout", {"sandbox_id": sid, "timeout": 900})[0], 200,
+            eq(self.r.request("POST", "/v1/set_timeout", {"sandbox": sid, "timeout_seconds": 900})[0], 200,
                "set_timeout")
-        # Pause and resume, previews (body, then the path), fork of a running sandbox
+        # Where E2B carries the id: its header (envd's /health answers only where the
+        # sandbox is) and its hosts (the node that answers says who it is).
+        for sid in list(self.sandboxes)[:3]:
+            envd = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983"}
+            st = self.r.request("GET", "/health", headers=envd)[0]
+            assert st in (200, 204), "envd health through the router: %d" % st
+            for nd in self.c.nodes:
+                if nd.tag != node_of(sid):
+                    st = nd.api.request("GET", "/health", headers=envd)[0]
+                    assert st not in (200, 204), "envd health of %s on %s: %d" % (sid, nd.tag, st)
+            st, hb = self.r.request("GET", "/v1/health", headers={"Host": "49983-%s.%s" % (sid, E2B_DOMAIN)})
+            eq((st, hb.get("node_id")), (200, node_of(sid)), "routed by an E2B host")
+        # Pause and resume, previews (body, path and host), fork of a running sandbox
         # and a terminal, once per node.
         for tag in TAGS:
             sid = next(s for s in self.sandboxes if node_of(s) == tag)
-            eq(self.r.request("POST", "/v1/pause", {"sandbox_id": sid})[1].get("state"), "paused", "pause")
-            eq(self.r.request("POST", "/v1/resume", {"sandbox_id": sid})[1].get("state"), "running", "resume")
+            eq(self.r.request("POST", "/v1/pause", {"sandbox": sid})[1].get("status"), "paused", "pause")
+            eq(self.r.request("POST", "/v1/resume", {"sandbox": sid})[1].get("status"), "running", "resume")
             self.preview(sid)
-            kids = create(self.r, sandbox_id=sid, template=None)
+            kids = create(self.r, source=sid)
             eq(node_of(kids[0]), tag, "a fork of a running sandbox stays on its node")
             eq(exec_ok(self.r, kids[0], "cat /workspace/marker"), (self.sandboxes[sid] + "\n").encode(),
                "the fork has its parent's files")
@@ -143,24 +170,22 @@ class Suite:
         ids = {s["id"] for s in listed(lst)}
         assert set(self.sandboxes) <= ids, "missing from the list: %r" % (set(self.sandboxes) - ids)
         eq(resp.getheader("X-Mitos-Unreachable-Nodes"), None, "every node answered the list")
-        # A client-chosen id must name its node; the router sends it there.
-        st, e = self.c.node("n1").api.request("POST", "/v1/fork", {"template": "python", "ids": ["mine-n2"]})
-        eq((st, e["error"]["code"]), (400, "invalid_sandbox_id"), "an id naming another node, on n1")
-        eq(create(self.r, ids=["mine-n2"]), ["mine-n2"], "an id naming n2, through the router")
-        eq(self.c.node("n2").api.request("GET", "/v1/sandboxes/mine-n2")[0], 200, "mine-n2 on n2")
-        eq(self.r.request("DELETE", "/v1/sandboxes/mine-n2")[0], 200, "delete mine-n2")
+        # A node keeps an id that already carries its tag.
+        eq(create(self.c.node("n1").api, cid="mine-n1"), ["mine-n1"], "an id with the node's tag")
+        eq(self.r.request("GET", "/v1/sandboxes/mine-n1")[0], 200, "mine-n1 through the router")
+        eq(self.r.request("DELETE", "/v1/sandboxes/mine-n1")[0], 200, "delete mine-n1")
         # Ids no node has.
         st, e = self.r.request("GET", "/v1/sandboxes/sb-0123456789abcdef-zz")
         eq((st, e["error"]["code"]), (404, "not_found"), "an id of no node")
         st, e = self.r.request("GET", "/v1/sandboxes/sb-0123456789abcdef-n2")
         eq((st, e["error"]["code"]), (404, "not_found"), "an id its node does not know")
         st, e = self.r.request("GET", "/v1/sandboxes/bad.id")
-        eq((st, e["error"]["code"]), (400, "invalid_sandbox_id"), "a malformed id")
+        eq((st, e["error"]["code"]), (400, "invalid_input"), "a malformed id")
 
     def preview(self, sid):
         exec_ok(self.r, sid, "mkdir -p /tmp/site && echo served-by-%s > /tmp/site/index.html && "
                 "cd /tmp/site && (setsid python3 -m http.server 8000 >/dev/null 2>&1 </dev/null &)" % sid)
-        st, pv = self.r.request("POST", "/v1/preview", {"sandbox_id": sid, "port": 8000, "ttl": 600})
+        st, pv = self.r.request("POST", "/v1/preview", {"sandbox": sid, "port": 8000, "ttl": 600})
         eq(st, 200, "preview create (%r)" % (pv,))
         url = pv["path_url"]
         path = url[url.index("/preview/"):]
@@ -175,11 +200,22 @@ class Suite:
                 break
             time.sleep(0.2)
         eq((resp.status, body.strip()), (200, ("served-by-" + sid).encode()), "preview through the router")
+        # By host: the URL names the sandbox in its host; the router reads it there.
+        host_url = pv["url"]
+        assert host_url.startswith("http://%s-8000.%s" % (sid, PREVIEW_DOMAIN)), host_url
+        c = self.r.conn()
+        c.request("GET", "/" + host_url.split("/", 3)[3], headers={"Host": host_url.split("/")[2]})
+        resp = c.getresponse()
+        body = resp.read()
+        c.close()
+        eq((resp.status, body.strip()), (200, ("served-by-" + sid).encode()), "preview by host through the router")
 
     def pty(self, sid):
-        ws = WebSocket("127.0.0.1", self.c.port, "/v1/pty?sandbox_id=%s&cols=80&rows=24" % sid,
-                       headers=self.r.headers())
-        ws.send(b"echo pty-$((40+2))\n")
+        # The WebSocket Exec, as the SDK's sandbox.pty() opens it.
+        ws = WebSocket("127.0.0.1", self.c.port, "/sandbox.v1.Sandbox/Exec?sandbox=" + sid,
+                       headers=self.r.headers({"Sec-WebSocket-Protocol": "connect.sandbox.v1"}))
+        ws.send(envelope({"open": {"pty": {"size": {"cols": 80, "rows": 24}}}}), OP_BINARY)
+        ws.send(envelope({"stdin": base64.b64encode(b"echo pty-$((40+2))\n").decode()}), OP_BINARY)
         out, deadline = b"", time.time() + 15
         ws.sock.settimeout(0.5)
         while b"pty-42\r\n" not in out and time.time() < deadline:
@@ -188,8 +224,8 @@ class Suite:
             except socket.timeout:
                 continue
             if op == OP_BINARY:
-                out += data
-            elif op in (OP_CLOSE, OP_TEXT):
+                out += b"".join(base64.b64decode(m["stdout"]) for f, m in envelopes(data) if "stdout" in m)
+            elif op == OP_CLOSE:
                 break
         ws.sock.close()
         assert b"pty-42\r\n" in out, "pty through the router: %r" % out[-300:]
@@ -198,7 +234,7 @@ class Suite:
         n3 = self.c.node("n3")
         n3.kill(signal.SIGUSR1)
         Cluster.wait(lambda: n3.api.request("GET", "/v1/health")[1]["status"] == "draining", 5, "n3 draining")
-        st, e = n3.api.request("POST", "/v1/fork", {"template": "python"})
+        st, e = n3.api.request("POST", "/v1/fork", {"template": "python", "id": new_id()})
         eq((st, e["error"]["code"]), (503, "node_draining"), "a create on the draining node itself")
         # Through the router creates succeed at once (a 503 is retried elsewhere) and
         # never land on n3.
@@ -208,7 +244,7 @@ class Suite:
         sid = next(s for s in self.sandboxes if node_of(s) == "n3")
         eq(exec_ok(self.r, sid, "echo alive"), b"alive\n", "a draining node's sandbox")
         for i in ids:
-            eq(self.r.request("DELETE", "/v1/sandboxes/" + i)[0] in (200, 204), True, "delete " + i)
+            eq(self.r.request("DELETE", "/v1/sandboxes/" + i)[0], 200, "delete " + i)
         n3.kill(signal.SIGUSR2)
         Cluster.wait(lambda: self.c.server_states().get(("creates", "n3")) == "UP", 10, "n3 taking creates")
 
@@ -277,8 +313,7 @@ class Suite:
 
     def delete_all(self):
         for sid in self.sandboxes:
-            st, _ = self.r.request("DELETE", "/v1/sandboxes/" + sid)
-            assert st in (200, 204), (sid, st)
+            eq(self.r.request("DELETE", "/v1/sandboxes/" + sid)[0], 200, "delete " + sid)
         eq(listed(self.r.request("GET", "/v1/sandboxes")[1]), [], "nothing left")
 
 

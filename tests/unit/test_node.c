@@ -1,6 +1,6 @@
 /* The node tag (api/node.c): which tags are accepted, the ids a node makes (valid
- * sandbox ids that end in their node's tag) and which client-chosen ids a tagged
- * node takes. The router (tools/cluster-config) relies on exactly these rules. */
+ * sandbox ids that end in their node's tag) and the ids it gives sandboxes whose
+ * client chose one. The router (tools/cluster-config) relies on exactly these rules. */
 #include <check.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -32,7 +32,9 @@ START_TEST(standalone_ids)
 	ck_assert_uint_eq(strlen(id), 19);
 	ck_assert(!strncmp(id, "sb-", 3));
 	ck_assert(api_valid_id(id));
-	ck_assert(node_id_is_ours("anything"));
+	char out[80];
+	ck_assert_int_eq(node_sandbox_id_for("sandbox-1a2b3c4d", out, sizeof(out)), 0);
+	ck_assert_str_eq(out, "sandbox-1a2b3c4d");
 }
 END_TEST
 
@@ -47,11 +49,25 @@ START_TEST(tagged_ids)
 	ck_assert_str_eq(a + 19, "-n2");
 	ck_assert(api_valid_id(a));
 	ck_assert_str_ne(a, b);
-	ck_assert(node_id_is_ours(a));
-	ck_assert(node_id_is_ours("mine-n2"));
-	const char *theirs[] = { "n2", "-n2", "mine-n1", "mine-xn2", "mine_n2", "mine-n2x", "mine-N2", "" };
-	for (size_t i = 0; i < sizeof(theirs) / sizeof(theirs[0]); i++)
-		ck_assert_msg(!node_id_is_ours(theirs[i]), "took %s", theirs[i]);
+	/* Client-chosen ids get the tag unless they carry it already. */
+	char out[80];
+	const char *in[][2] = { { "sandbox-1a2b3c4d", "sandbox-1a2b3c4d-n2" }, { "mine-n2", "mine-n2" },
+				{ "n2", "n2-n2" }, { "mine-n1", "mine-n1-n2" }, { "mine-xn2", "mine-xn2-n2" },
+				{ "mine_n2", "mine_n2-n2" } };
+	for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+		ck_assert_int_eq(node_sandbox_id_for(in[i][0], out, sizeof(out)), 0);
+		ck_assert_str_eq(out, in[i][1]);
+		ck_assert(api_valid_id(out));
+	}
+	/* 61 + "-n2" is 64: still an id; 62 + "-n2" is not. */
+	char longid[70];
+	memset(longid, 'a', 61);
+	longid[61] = 0;
+	ck_assert_int_eq(node_sandbox_id_for(longid, out, sizeof(out)), 0);
+	ck_assert_uint_eq(strlen(out), 64);
+	strcat(longid, "a");
+	ck_assert_int_eq(node_sandbox_id_for(longid, out, sizeof(out)), -ENAMETOOLONG);
+	ck_assert_int_eq(node_sandbox_id_for("abc", out, 5), -ENAMETOOLONG);
 	/* The longest tag still makes ids that fit a DNS label with "-65535". */
 	ck_assert_int_eq(node_set_tag("0123456789abcdef"), 0);
 	node_new_sandbox_id(a, sizeof(a));
