@@ -535,6 +535,13 @@ static int start_vcpus(struct machine *m, struct mitos_err *e)
 
 /* ---- pause, resume, snapshot ------------------------------------------------------- */
 
+/* The vCPUs for vm_state_save/restore, which index them as an array. */
+static void vcpu_list(struct machine *m, struct vcpu **out)
+{
+	for (unsigned i = 0; i < m->nvcpus; i++)
+		out[i] = &m->vcpus[i].vcpu;
+}
+
 int machine_pause(struct machine *m)
 {
 	if (m->paused)
@@ -656,8 +663,10 @@ int machine_snapshot(struct machine *m, const char *dir, struct mitos_err *e)
 	struct snapshot_config sc = { 0 };
 	if (!m->msrs.index && (r = vm_state_msr_set(&m->vm, &m->vcpus[0].vcpu, &m->msrs, e)))
 		goto out;
+	struct vcpu *vcpus[LAYOUT_MAX_VCPUS];
+	vcpu_list(m, vcpus);
 	if ((r = make_snapshot_dir(dir, e)) ||
-	    (r = vm_state_save(&m->vm, &m->vcpus[0].vcpu, m->nvcpus, &m->msrs, &w, e)) ||
+	    (r = vm_state_save(&m->vm, vcpus, m->nvcpus, &m->msrs, &w, e)) ||
 	    (r = save_devices(m, &w, e)) ||
 	    (r = memory_dirty_extents(&m->mem, &x, e)))
 		goto out;
@@ -1131,7 +1140,9 @@ int machine_load_snapshot(struct machine *m, const char *dir, const struct machi
 	if ((r = setup_virtio(m, e)) || (r = build_cmdline(m, e)))
 		goto out;
 	phase(m, "devices");
-	if ((r = vm_state_restore(&m->vm, &m->vcpus[0].vcpu, m->nvcpus, &b, e)) ||
+	struct vcpu *vcpus[LAYOUT_MAX_VCPUS];
+	vcpu_list(m, vcpus);
+	if ((r = vm_state_restore(&m->vm, vcpus, m->nvcpus, &b, e)) ||
 	    (r = restore_devices(m, &b, e)))
 		goto out;
 	phase(m, "restore-state");
