@@ -80,6 +80,10 @@ void *memcpy(void *d, const void *s, size_t n);
 /* Called from the interrupt handler for a device's IOAPIC pin. */
 typedef void (*tg_irq_handler)(void *arg);
 void tg_irq_route(unsigned irq, tg_irq_handler fn, void *arg);
+/* Calls fn(arg) for a vector outside the IOAPIC range (two at most). */
+void tg_vector_route(unsigned vector, tg_irq_handler fn, void *arg);
+/* Rebuilds the IDT with the current CS (after loading another GDT). */
+void tg_idt_reload(void);
 /* Sleeps (sti; hlt) until an interrupt arrives: a device's, or the LAPIC timer's, which
  * ticks every ~10 ms so that every wait can time out. */
 void tg_wait_interrupt(void);
@@ -104,6 +108,9 @@ void tg_blk_io(bool write, uint64_t sector, void *buf, uint32_t len);
 
 /* The snapshot mode (snap.c): runs until told to quit on the serial port. */
 _Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n);
+/* testguest.mode=regs (regs.c): loads every register it can, is snapshotted while it
+ * holds them, and checks them all after a 'c' on the serial port. */
+_Noreturn void tg_regs_run(void);
 /* The network mode (net.c): answers ARP and ping until the host ends the VM or for
  * testguest.net_seconds=N; reads its own options from the command line cmd. */
 _Noreturn void tg_net_run(const char *cmd, const struct tg_virtio_dev *devs, unsigned n);
