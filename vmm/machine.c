@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1016,7 +1017,12 @@ int machine_create(struct machine **out, const struct machine_config *c, struct 
 	struct kernel_image k;
 	if ((r = loader_load_kernel_file(&m->mem, c->kernel, &k, e)))
 		goto fail;
-	struct boot_config bc = { .ncpus = c->vcpus };
+	uint8_t seed[BOOT_RNG_SEED_BYTES];
+	if (getrandom(seed, sizeof(seed), 0) != (ssize_t)sizeof(seed)) {
+		r = mitos_err_set(e, -errno, "getrandom: %s", strerror(errno));
+		goto fail;
+	}
+	struct boot_config bc = { .ncpus = c->vcpus, .rng_seed = seed };
 	if (c->initrd && (r = loader_load_initrd_file(&m->mem, c->initrd, &k, &bc.initrd_gpa,
 						       &bc.initrd_size, e)))
 		goto fail;
