@@ -506,7 +506,8 @@ static int exec_xrstor(const struct emulate_insn *in, const struct kvm_regs *r,
 	memcpy(&comp, hdr + 8, 8);
 	if (comp & (1ULL << 63))
 		return -EOPNOTSUPP;   /* compacted: Linux uses it only with XSAVEC/XSAVES */
-	for (unsigned i = 8; i < XS_HEADER_BYTES; i++)
+	/* The standard form refuses only bytes 8-23 (XCOMP_BV and the next 8) not zero. */
+	for (unsigned i = 8; i < 24; i++)
 		if (hdr[i])
 			return -EINVAL;
 	if (bv & ~env->xcr0)

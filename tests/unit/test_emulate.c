@@ -666,6 +666,12 @@ START_TEST(test_exec_xrstor)
 	xsave_area(0x7, 0x1f80);
 	ram[512 + 20] = 1;
 	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), -EINVAL);
+	ram[512 + 20] = 0;
+	ram[512 + 40] = 1;      /* past byte 23: the standard form does not look */
+	memcpy(image, before, sizeof(image));
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), 0);
+	memcpy(image, before, sizeof(image));
+	r = xsave_regs(GVA_BASE, 0x7);
 	xsave_area(0x7, 0x1f80);
 	uint32_t bad_mask = 0xffbf;
 	memcpy(image + 28, &bad_mask, 4);
