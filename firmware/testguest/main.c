@@ -438,6 +438,7 @@ static struct {
 	tg_irq_handler fn;
 	void *arg;
 } vector_routes[2];
+static tg_exception_handler exception_handler;
 
 static uint32_t lapic_read(unsigned reg) { return mmio_read32(LAYOUT_LAPIC_GPA + reg); }
 static void lapic_write(unsigned reg, uint32_t v) { mmio_write32(LAYOUT_LAPIC_GPA + reg, v); }
@@ -479,6 +480,8 @@ void isr_dispatch(struct tg_frame *f);
 void isr_dispatch(struct tg_frame *f)
 {
 	unsigned v = (unsigned)f->vector;
+	if (v < 32 && exception_handler && exception_handler(v, f->error, &f->rip))
+		return;
 	if (v < 32) {
 		uint64_t cr2 = 0;
 		if (v == 14)
@@ -609,6 +612,11 @@ void tg_vector_route(unsigned vector, tg_irq_handler fn, void *arg)
 	vector_routes[i].vector = vector;
 	vector_routes[i].arg = arg;
 	vector_routes[i].fn = fn;
+}
+
+void tg_exception_route(tg_exception_handler fn)
+{
+	exception_handler = fn;
 }
 
 void tg_idt_reload(void)

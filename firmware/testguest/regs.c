@@ -19,7 +19,9 @@
  *   - the TSC: never behind the value read before the spin;
  *   - the TSC-deadline timer: not fired before its deadline, fires exactly once;
  *   - the pending interrupt (a self-IPI held back by CR8): delivered exactly once when
- *     CR8 drops to 0.
+ *     CR8 drops to 0;
+ *   - with XSAVE, that XSAVE64 faults as on hardware: #PF (write, not present, CR2 in
+ *     the operand) for an unmapped operand, #GP(0) for a misaligned one.
  * The test guest stays integer-only elsewhere: vector state is written and read only
  * through FXRSTOR/FXSAVE (and XRSTOR/XSAVE) images in memory. */
 #include "tg.h"
@@ -401,6 +403,47 @@ static bool cpu_has_xsave_avx(void)
 	return (c & (1u << 26)) && (c & (1u << 28));
 }
 
+/* XSAVE64 faults as on hardware, whoever performs it (the CPU, or the VMM's emulation
+ * assist on emulation-only KVM): #PF with CR2 and the write bit for an operand that is
+ * not mapped (nothing is above 4 GiB in the boot page tables), #GP(0) for one that is
+ * not 64-byte aligned. The handler steps over the 4-byte xsave64 (%rdi). */
+static volatile unsigned fault_vector, faults;
+static volatile uint64_t fault_error, fault_cr2;
+
+static bool on_expected_fault(unsigned vector, uint64_t error, uint64_t *rip)
+{
+	fault_vector = vector;
+	fault_error = error;
+	fault_cr2 = READ_CR(2);
+	faults = faults + 1;
+	*rip += 4;
+	return true;
+}
+
+static void xsave_at(uint64_t addr)
+{
+	__asm__ volatile(".byte 0x48, 0x0f, 0xae, 0x27" : : "D"(addr), "a"((uint32_t)XCR0_X87_SSE_AVX),
+			 "d"(0) : "memory");
+}
+
+static void check_xsave_faults(void)
+{
+	const uint64_t unmapped = 0x100000000ULL << 2;
+	tg_exception_route(on_expected_fault);
+	faults = 0;
+	xsave_at(unmapped);
+	check("xsave to an unmapped page faults once", faults, 1);
+	check("  ... with #PF", fault_vector, 14);
+	check("  ... for a write to a page not present", fault_error & 3, 2);
+	check("  ... at an address of the operand", fault_cr2 >= unmapped &&
+	      fault_cr2 < unmapped + XSAVE_BYTES, 1);
+	faults = 0;
+	xsave_at((uint64_t)(uintptr_t)xs_got + 8);
+	check("misaligned xsave faults once", faults, 1);
+	check("  ... with #GP(0)", fault_vector == 13 && fault_error == 0, 1);
+	tg_exception_route(NULL);
+}
+
 _Noreturn void tg_regs_run(void)
 {
 	bool xsave = cpu_has_xsave_avx();
@@ -446,6 +489,8 @@ _Noreturn void tg_regs_run(void)
 	check_system_state(&x);
 	check_vector_state(xsave);
 	check_timer_and_pending(tsc_before, deadline);
+	if (xsave)
+		check_xsave_faults();
 	tg_printf("regs: %u checks, %u differ\n", checks, differ);
 	tg_exit(differ ? TG_EXIT_DATA : TG_EXIT_PASS);
 }

@@ -82,6 +82,10 @@ typedef void (*tg_irq_handler)(void *arg);
 void tg_irq_route(unsigned irq, tg_irq_handler fn, void *arg);
 /* Calls fn(arg) for a vector outside the IOAPIC range (two at most). */
 void tg_vector_route(unsigned vector, tg_irq_handler fn, void *arg);
+/* Offered every CPU exception first: true when it handled it (and moved *rip past the
+ * instruction); NULL: none, every exception fails the test. */
+typedef bool (*tg_exception_handler)(unsigned vector, uint64_t error, uint64_t *rip);
+void tg_exception_route(tg_exception_handler fn);
 /* Rebuilds the IDT with the current CS (after loading another GDT). */
 void tg_idt_reload(void);
 /* Sleeps (sti; hlt) until an interrupt arrives: a device's, or the LAPIC timer's, which
