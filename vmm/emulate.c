@@ -465,15 +465,29 @@ static uint64_t xs_extent(const struct xs_range *x, unsigned n)
 	return end;
 }
 
+#define XS_MAX_RANGES (EMULATE_XFEATURES + 4)
+
+/* The operand of XSAVE/XRSTOR: its address (64-byte aligned, or -EINVAL: #GP), RFBM and
+ * the ranges it moves. */
+static int xs_operand(const struct emulate_insn *in, const struct kvm_regs *r,
+		      const struct emulate_env *env, uint64_t *gva, uint64_t *rfbm,
+		      struct xs_range *x, unsigned *n)
+{
+	*gva = emulate_address(in, r, env);
+	*rfbm = rfbm_of(r, env);
+	*n = xs_ranges(env, *rfbm, x);
+	return (*gva & 63) || !xs_ranges_fit(x, *n) ? -EINVAL : 0;
+}
+
 /* XSAVE64: every RFBM component from the image into memory; XSTATE_BV's RFBM bits from
  * the image, its other bits as memory had them. */
 static int exec_xsave(const struct emulate_insn *in, const struct kvm_regs *r,
 		      const struct emulate_env *env, const struct emulate_mem *mem)
 {
-	uint64_t gva = emulate_address(in, r, env), rfbm = rfbm_of(r, env);
-	struct xs_range x[EMULATE_XFEATURES + 4];
-	unsigned n = xs_ranges(env, rfbm, x);
-	if ((gva & 63) || !xs_ranges_fit(x, n))
+	uint64_t gva, rfbm;
+	struct xs_range x[XS_MAX_RANGES];
+	unsigned n;
+	if (xs_operand(in, r, env, &gva, &rfbm, x, &n))
 		return -EINVAL;
 	if (!range_writable(env, mem, gva, xs_extent(x, n)))
 		return -EFAULT;
@@ -492,10 +506,10 @@ static int exec_xsave(const struct emulate_insn *in, const struct kvm_regs *r,
 static int exec_xrstor(const struct emulate_insn *in, const struct kvm_regs *r,
 		       const struct emulate_env *env, const struct emulate_mem *mem)
 {
-	uint64_t gva = emulate_address(in, r, env), rfbm = rfbm_of(r, env);
-	struct xs_range x[EMULATE_XFEATURES + 4];
-	unsigned n = xs_ranges(env, rfbm, x);
-	if ((gva & 63) || !xs_ranges_fit(x, n))
+	uint64_t gva, rfbm;
+	struct xs_range x[XS_MAX_RANGES];
+	unsigned n;
+	if (xs_operand(in, r, env, &gva, &rfbm, x, &n))
 		return -EINVAL;
 	uint8_t hdr[XS_HEADER_BYTES];
 	int rc = read_or_fault(env, mem, gva + XS_HEADER, hdr, sizeof(hdr));

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -142,6 +143,22 @@ class Env:
             if vm.p.poll() is None:
                 vm.p.kill()
                 vm.p.wait()
+
+    def run(self, prefix, body):
+        """A suite's main(): body(tmp, kernel, pvm) in a temporary directory; 77 when
+        the host cannot run it (Skip), else None. Every VM is gone afterwards."""
+        tmp = tempfile.mkdtemp(prefix=prefix)
+        try:
+            self.check_host()
+            pvm = self.emulation_only()
+            body(tmp, self.kernel(pvm), pvm)
+        except Skip as e:
+            print(f"SKIP: {e}")
+            return 77
+        finally:
+            self.cleanup()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return None
 
 
 def stop(vm):

@@ -24,16 +24,14 @@ import ast
 import concurrent.futures
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "tools", "pylib"))
 from agent_client import AgentError, entropy  # noqa: E402
-from guest_env import OP_TIMEOUT, ROOT_ARGS, Env, Skip, main_value, stop  # noqa: E402
+from guest_env import OP_TIMEOUT, ROOT_ARGS, Env, main_value, stop  # noqa: E402
 from mitosvm import Cases  # noqa: E402
 
 ROUNDS = int(os.environ.get("MITOS_STRESS_ROUNDS", "5"))
@@ -93,17 +91,9 @@ json.dumps({"time_ns": mitos_t, "uuid": mitos_uuid, "threads": mitos_threads(2)}
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="mitos-stress-")
-    try:
-        env.check_host()
-        pvm = env.emulation_only()
-        run(tmp, env.kernel(pvm), pvm)
-    except Skip as e:
-        print(f"SKIP: {e}")
-        return 77
-    finally:
-        env.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+    skipped = env.run("mitos-stress-", run)
+    if skipped is not None:
+        return skipped
     print(f"({time.time() - env.t0:.0f} s)")
     return case.finish()
 

@@ -22,15 +22,13 @@ be built because Debian's linux-source-6.1 is not available here.
 """
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from agent_client import entropy  # noqa: E402
-from guest_env import OP_TIMEOUT, ROOT_ARGS, Env, Skip, main_value, stop  # noqa: E402
+from guest_env import OP_TIMEOUT, ROOT_ARGS, Env, main_value, stop  # noqa: E402
 
 env = Env(*sys.argv[1:4])
 log = env.log
@@ -48,17 +46,9 @@ def case(name, ok, detail=""):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="mitos-linux-")
-    try:
-        env.check_host()
-        pvm = env.emulation_only()
-        run_suite(tmp, env.kernel(pvm), pvm)
-    except Skip as e:
-        print(f"SKIP: {e}")
-        return 77
-    finally:
-        env.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+    skipped = env.run("mitos-linux-", run_suite)
+    if skipped is not None:
+        return skipped
     print(f"{passed} passed, {len(failures)} failed ({time.time() - env.t0:.0f} s)")
     return 1 if failures else 0
 
