@@ -6,7 +6,7 @@ set -euo pipefail
 
 usage() {
 	cat <<EOF
-Usage: firmware/build-rootfs.sh --agent PATH --out FILE [--python]
+Usage: firmware/build-rootfs.sh --agent PATH --out FILE [--python] [--numpy]
 
 Writes a raw ext4 image (no journal, no metadata checksums: it is mounted read-only and
 every guest kernel instruction may be emulated) holding
@@ -17,17 +17,19 @@ every guest kernel instruction may be emulated) holding
 With --python also Debian's python3 and python3-ipython with everything they depend
 on, copied from this host's installed packages (dpkg -L; documentation left out, the
 byte-compiled __pycache__ files kept), and mitos_kernel.py in /usr/share/mitos, so
-the agent's run_code works. The agent mounts a tmpfs overlay over the read-only root,
+the agent's run_code works. --numpy adds python3-numpy (implies --python; the fork stress
+suite computes with it). The agent mounts a tmpfs overlay over the read-only root,
 so every sandbox started from one image gets its own writable files.
 
 Missing packages (e2fsprogs, busybox-static, binutils, and with --python python3 and
-python3-ipython) are installed with apt-get (as root, or through sudo).
+python3-ipython, with --numpy python3-numpy) are installed with apt-get (as root, or through sudo).
 EOF
 }
 
 agent=""
 out=""
 python=0
+numpy=0
 while (($#)); do
 	case $1 in
 	--agent)
@@ -41,6 +43,7 @@ while (($#)); do
 		shift 2
 		;;
 	--python) python=1; shift ;;
+	--numpy) python=1; numpy=1; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "build-rootfs: unknown argument: $1 (see --help)" >&2; exit 2 ;;
 	esac
@@ -69,7 +72,9 @@ package_closure() {
 
 [[ -f $agent ]] || die "agent binary not found: $agent"
 packages=(e2fsprogs busybox-static binutils)
-((python)) && packages+=(python3 python3-ipython)
+python_packages=(python3 python3-ipython)
+((numpy)) && python_packages+=(python3-numpy)
+((python)) && packages+=("${python_packages[@]}")
 ensure_packages "${packages[@]}"
 is_static "$agent" || die "$agent is dynamically linked (a sanitizer build?); the image needs the static agent of a plain build"
 if [[ ! -x /bin/busybox ]] || ! is_static /bin/busybox; then
@@ -87,7 +92,7 @@ chmod 1777 "$stage/tmp" "$stage/var/tmp"
 chmod 0700 "$stage/root"
 
 if ((python)); then
-	mapfile -t closure < <(package_closure python3 python3-ipython)
+	mapfile -t closure < <(package_closure "${python_packages[@]}")
 	echo "build-rootfs: copying ${#closure[@]} packages: ${closure[*]}" >&2
 	files=$stage.files
 	pycache=$stage.pycache

@@ -110,7 +110,9 @@ static int write_extents(const char *dir, const struct mem_extents *x, struct mi
 	memcpy(h.magic, MEMORY_EXTENTS_MAGIC, 8);
 	uLong c = crc32(0L, Z_NULL, 0);
 	c = crc32(c, (const Bytef *)&h, sizeof(h));
-	c = crc32(c, (const Bytef *)x->e, (uInt)(x->n * sizeof(struct mem_extent)));
+	/* Not for a layer without changed pages: crc32() of a NULL buffer restarts at 0. */
+	if (x->n)
+		c = crc32(c, (const Bytef *)x->e, (uInt)(x->n * sizeof(struct mem_extent)));
 	uint32_t crc = (uint32_t)c;
 	int fd = open_in(dir, MEMORY_EXTENTS_NAME, O_WRONLY | O_CREAT | O_TRUNC, path, sizeof(path));
 	if (fd < 0)

@@ -188,8 +188,8 @@ static const struct { uint32_t chip; const char *name; } irqchips[] = {
 	{ KVM_IRQCHIP_IOAPIC, "IOAPIC" },
 };
 
-int vm_state_save(struct kvm_vm *vm, struct vcpu *vcpus, unsigned n, const struct msr_set *msrs,
-		  struct state_writer *w, struct mitos_err *e)
+int vm_state_save(struct kvm_vm *vm, struct vcpu *const *vcpus, unsigned n,
+		  const struct msr_set *msrs, struct state_writer *w, struct mitos_err *e)
 {
 	union {
 		struct kvm_clock_data clock;
@@ -214,7 +214,7 @@ int vm_state_save(struct kvm_vm *vm, struct vcpu *vcpus, unsigned n, const struc
 	state_add(w, SS_VM_PIT, 0, &u.pit, sizeof(u.pit));
 
 	for (unsigned c = 0; c < n; c++) {
-		struct vcpu *v = &vcpus[c];
+		struct vcpu *v = vcpus[c];
 		int r = save_cpuid(v, w, e);
 		if (r)
 			return r;
@@ -234,7 +234,7 @@ int vm_state_save(struct kvm_vm *vm, struct vcpu *vcpus, unsigned n, const struc
 	return w->err ? mitos_err_set(e, w->err, "out of memory building the state") : 0;
 }
 
-int vm_state_restore(struct kvm_vm *vm, struct vcpu *vcpus, unsigned n,
+int vm_state_restore(struct kvm_vm *vm, struct vcpu *const *vcpus, unsigned n,
 		     const struct state_blob *b, struct mitos_err *e)
 {
 	union {
@@ -265,7 +265,7 @@ int vm_state_restore(struct kvm_vm *vm, struct vcpu *vcpus, unsigned n,
 		return mitos_err_set(e, -errno, "KVM_SET_CLOCK: %s", strerror(errno));
 
 	for (unsigned c = 0; c < n; c++) {
-		struct vcpu *v = &vcpus[c];
+		struct vcpu *v = vcpus[c];
 		if ((r = restore_cpuid(v, b, e)))
 			return r;
 		for (size_t i = 0; i < N_VCPU_ITEMS; i++) {

@@ -21,10 +21,11 @@ int vm_state_msr_set(struct kvm_vm *vm, const struct vcpu *v, struct msr_set *s,
 		     struct mitos_err *e);
 void vm_state_msr_set_free(struct msr_set *s);
 
-/* vCPUs must be out of KVM_RUN (paused) for both. */
-int vm_state_save(struct kvm_vm *vm, struct vcpu *vcpus, unsigned n, const struct msr_set *msrs,
-		  struct state_writer *w, struct mitos_err *e);
-int vm_state_restore(struct kvm_vm *vm, struct vcpu *vcpus, unsigned n,
+/* vCPUs must be out of KVM_RUN (paused) for both. vcpus[i] is vCPU i: an array of
+ * pointers, since the vCPUs live inside their callers' own per-thread structures. */
+int vm_state_save(struct kvm_vm *vm, struct vcpu *const *vcpus, unsigned n,
+		  const struct msr_set *msrs, struct state_writer *w, struct mitos_err *e);
+int vm_state_restore(struct kvm_vm *vm, struct vcpu *const *vcpus, unsigned n,
 		     const struct state_blob *b, struct mitos_err *e);
 
 #endif

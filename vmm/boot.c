@@ -126,6 +126,21 @@ static void fill_zero_page(struct boot_params *bp, const struct guest_mem *m,
 	e820_fill(bp, m);
 }
 
+/* Linux mixes the seed into its RNG at setup_arch() and zeroes it (credited as entropy
+ * with random.trust_bootloader=on), so even its first random numbers differ per boot. */
+static int write_rng_seed(const struct guest_mem *m, const uint8_t *seed, struct boot_params *bp)
+{
+	struct {
+		struct setup_data hdr;
+		uint8_t seed[BOOT_RNG_SEED_BYTES];
+	} sd = { .hdr = { .next = 0, .type = SETUP_RNG_SEED, .len = BOOT_RNG_SEED_BYTES } };
+	memcpy(sd.seed, seed, sizeof(sd.seed));
+	int r = guest_mem_write(m, LAYOUT_SETUP_DATA_GPA, &sd, sizeof(sd));
+	if (!r)
+		bp->hdr.setup_data = LAYOUT_SETUP_DATA_GPA;
+	return r;
+}
+
 static int check_config(const struct guest_mem *m, const struct kernel_image *k,
 			const struct boot_config *c, size_t cmdline_len, struct mitos_err *e)
 {
@@ -168,6 +183,8 @@ int boot_write(const struct guest_mem *m, const struct kernel_image *k,
 
 	struct boot_params bp;
 	fill_zero_page(&bp, m, k, c);
+	if (c->rng_seed && (r = write_rng_seed(m, c->rng_seed, &bp)))
+		return mitos_err_set(e, r, "boot: cannot write the RNG seed");
 	if ((r = guest_mem_write(m, LAYOUT_ZERO_PAGE_GPA, &bp, sizeof(bp))))
 		return mitos_err_set(e, r, "boot: cannot write the zero page");
 	return 0;

@@ -16,10 +16,15 @@
 /* One zeroed 64-bit gate: any exception before the kernel loads its IDT shuts down. */
 #define BOOT_IDT_LIMIT   15
 
+/* Bytes of host randomness handed to the guest kernel at boot (SETUP_RNG_SEED). */
+#define BOOT_RNG_SEED_BYTES 32
+
 struct boot_config {
 	const char *cmdline;   /* NULL: empty */
 	uint64_t initrd_gpa, initrd_size;  /* size 0: no initrd */
 	unsigned ncpus;
+	/* A SETUP_RNG_SEED setup_data entry for the kernel's RNG; NULL: none. */
+	const uint8_t *rng_seed;
 };
 
 /* 0, or -E2BIG (command line too long), -EINVAL (RAM too small, initrd outside RAM, bad

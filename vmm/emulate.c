@@ -22,11 +22,29 @@
 #define REX_W 0x8
 
 #define VECTOR_BP 3
+#define VECTOR_GP 13
+#define VECTOR_PF 14
+#define PF_PRESENT 0x1U
+#define PF_WRITE   0x2U
+
+/* The XSAVE standard format: the legacy (FXSAVE) region, then the header. */
+#define XS_MXCSR        24     /* MXCSR and MXCSR_MASK, 8 bytes */
+#define XS_MXCSR_MASK   28
+#define XS_ST           32     /* ST0-ST7, 16 bytes each */
+#define XS_XMM          160    /* XMM0-XMM15, 16 bytes each */
+#define XS_XMM_END      416
+#define XS_HEADER       512
+#define XS_HEADER_BYTES 64
+#define XFEATURE_X87    0x1ULL
+#define XFEATURE_SSE    0x2ULL
+#define XFEATURE_AVX    0x4ULL
+#define X87_INIT_FCW    0x037f
 
 static const char *const kind_names[EMULATE_KINDS] = {
 	[EMULATE_INT3] = "int3", [EMULATE_CLAC] = "clac", [EMULATE_STAC] = "stac",
 	[EMULATE_FWAIT] = "fwait", [EMULATE_POPCNT] = "popcnt",
 	[EMULATE_CMPXCHG8B] = "cmpxchg8b", [EMULATE_CMPXCHG16B] = "cmpxchg16b",
+	[EMULATE_XSAVE] = "xsave", [EMULATE_XRSTOR] = "xrstor",
 };
 
 const char *emulate_kind_name(enum emulate_kind k)
@@ -175,6 +193,17 @@ opcode:
 			in.op_bytes = p.rex & REX_W ? 8 : p.opsize ? 2 : 4;
 			if ((r = decode_modrm(b, n, &pos, &p, &in)))
 				return r;
+		} else if (op2 == 0xae) {
+			/* Group 15: only the 64-bit XSAVE (/4) and XRSTOR (/5) with a memory
+			 * operand; the rest are fences, FXSAVE and friends KVM runs itself. */
+			if (p.rep || p.repne || p.opsize || p.lock || !(p.rex & REX_W))
+				return -EOPNOTSUPP;
+			if ((r = decode_modrm(b, n, &pos, &p, &in)))
+				return r;
+			if (!in.is_mem || ((in.reg & 7) != 4 && (in.reg & 7) != 5))
+				return -EOPNOTSUPP;
+			in.kind = (in.reg & 7) == 4 ? EMULATE_XSAVE : EMULATE_XRSTOR;
+			in.reg = 0;
 		} else if (op2 == 0xc7) {
 			if (p.rep || p.repne || p.opsize)
 				return -EOPNOTSUPP;
@@ -340,6 +369,192 @@ static int exec_cmpxchg(const struct emulate_insn *in, struct kvm_regs *r,
 	return 0;
 }
 
+/* Maps [gva, gva + len) page by page for writing; false (and env->fault) at the first
+ * page that cannot be, so nothing is written before a fault is known. */
+static bool range_writable(const struct emulate_env *env, const struct emulate_mem *mem,
+			   uint64_t gva, size_t len)
+{
+	for (uint64_t a = gva & ~(PAGE_SIZE - 1); a < gva + len; a += PAGE_SIZE) {
+		uint64_t at = a < gva ? gva : a;
+		if (!mem->map(mem->ctx, at, 1, true)) {
+			if (env->fault)
+				*env->fault = (struct emulate_fault){ .gva = at, .write = true };
+			return false;
+		}
+	}
+	return true;
+}
+
+static void mem_write(const struct emulate_mem *mem, uint64_t gva, const void *buf, size_t len)
+{
+	const uint8_t *in = buf;
+	while (len) {
+		size_t chunk = PAGE_SIZE - (gva & (PAGE_SIZE - 1));
+		if (chunk > len)
+			chunk = len;
+		memcpy(mem->map(mem->ctx, gva, chunk, true), in, chunk);
+		in += chunk;
+		gva += chunk;
+		len -= chunk;
+	}
+}
+
+static int read_or_fault(const struct emulate_env *env, const struct emulate_mem *mem,
+			 uint64_t gva, void *buf, size_t len)
+{
+	/* Page by page, to name the page that faulted. */
+	for (size_t done = 0; done < len;) {
+		size_t chunk = PAGE_SIZE - ((gva + done) & (PAGE_SIZE - 1));
+		if (chunk > len - done)
+			chunk = len - done;
+		if (mem_read(mem, gva + done, (uint8_t *)buf + done, chunk)) {
+			if (env->fault)
+				*env->fault = (struct emulate_fault){ .gva = gva + done, .write = false };
+			return -EFAULT;
+		}
+		done += chunk;
+	}
+	return 0;
+}
+
+/* The pieces of the standard format that XSAVE/XRSTOR move for RFBM, as byte ranges
+ * of the image (the header apart): x87 without MXCSR, MXCSR, XMM, then components 2+. */
+struct xs_range {
+	uint32_t offset, size;
+	uint64_t feature;      /* XSTATE_BV bit saying whether it is in use */
+};
+
+static unsigned xs_ranges(const struct emulate_env *env, uint64_t rfbm, struct xs_range *out)
+{
+	unsigned n = 0;
+	if (rfbm & XFEATURE_X87) {
+		out[n++] = (struct xs_range){ 0, XS_MXCSR, XFEATURE_X87 };
+		out[n++] = (struct xs_range){ XS_ST, XS_XMM - XS_ST, XFEATURE_X87 };
+	}
+	if (rfbm & (XFEATURE_SSE | XFEATURE_AVX))
+		out[n++] = (struct xs_range){ XS_MXCSR, 8, 0 };   /* always moved */
+	if (rfbm & XFEATURE_SSE)
+		out[n++] = (struct xs_range){ XS_XMM, XS_XMM_END - XS_XMM, XFEATURE_SSE };
+	for (unsigned i = 2; i < EMULATE_XFEATURES; i++)
+		if (rfbm & (1ULL << i))
+			out[n++] = (struct xs_range){ env->xcomp[i].offset, env->xcomp[i].size,
+						      1ULL << i };
+	return n;
+}
+
+static bool xs_ranges_fit(const struct xs_range *x, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (x[i].offset > EMULATE_XSAVE_BYTES || x[i].size > EMULATE_XSAVE_BYTES - x[i].offset ||
+		    (x[i].offset < XS_HEADER + XS_HEADER_BYTES && x[i].offset >= XS_HEADER))
+			return false;
+	return true;
+}
+
+static uint64_t rfbm_of(const struct kvm_regs *r, const struct emulate_env *env)
+{
+	return env->xcr0 & (((r->rdx & 0xffffffffULL) << 32) | (r->rax & 0xffffffffULL));
+}
+
+static uint64_t xs_extent(const struct xs_range *x, unsigned n)
+{
+	uint64_t end = XS_HEADER + XS_HEADER_BYTES;
+	for (unsigned i = 0; i < n; i++)
+		if (x[i].offset + x[i].size > end)
+			end = x[i].offset + x[i].size;
+	return end;
+}
+
+#define XS_MAX_RANGES (EMULATE_XFEATURES + 4)
+
+/* The operand of XSAVE/XRSTOR: its address (64-byte aligned, or -EINVAL: #GP), RFBM and
+ * the ranges it moves. */
+static int xs_operand(const struct emulate_insn *in, const struct kvm_regs *r,
+		      const struct emulate_env *env, uint64_t *gva, uint64_t *rfbm,
+		      struct xs_range *x, unsigned *n)
+{
+	*gva = emulate_address(in, r, env);
+	*rfbm = rfbm_of(r, env);
+	*n = xs_ranges(env, *rfbm, x);
+	return (*gva & 63) || !xs_ranges_fit(x, *n) ? -EINVAL : 0;
+}
+
+/* XSAVE64: every RFBM component from the image into memory; XSTATE_BV's RFBM bits from
+ * the image, its other bits as memory had them. */
+static int exec_xsave(const struct emulate_insn *in, const struct kvm_regs *r,
+		      const struct emulate_env *env, const struct emulate_mem *mem)
+{
+	uint64_t gva, rfbm;
+	struct xs_range x[XS_MAX_RANGES];
+	unsigned n;
+	if (xs_operand(in, r, env, &gva, &rfbm, x, &n))
+		return -EINVAL;
+	if (!range_writable(env, mem, gva, xs_extent(x, n)))
+		return -EFAULT;
+	uint64_t bv, img_bv;
+	mem_read(mem, gva + XS_HEADER, &bv, 8);
+	memcpy(&img_bv, env->xsave + XS_HEADER, 8);
+	bv = (bv & ~rfbm) | (img_bv & rfbm);
+	for (unsigned i = 0; i < n; i++)
+		mem_write(mem, gva + x[i].offset, env->xsave + x[i].offset, x[i].size);
+	mem_write(mem, gva + XS_HEADER, &bv, 8);
+	return 0;
+}
+
+/* XRSTOR64, standard format: RFBM components in use (XSTATE_BV) from memory, the other
+ * RFBM components to their initial state; MXCSR from memory when SSE or AVX is asked. */
+static int exec_xrstor(const struct emulate_insn *in, const struct kvm_regs *r,
+		       const struct emulate_env *env, const struct emulate_mem *mem)
+{
+	uint64_t gva, rfbm;
+	struct xs_range x[XS_MAX_RANGES];
+	unsigned n;
+	if (xs_operand(in, r, env, &gva, &rfbm, x, &n))
+		return -EINVAL;
+	uint8_t hdr[XS_HEADER_BYTES];
+	int rc = read_or_fault(env, mem, gva + XS_HEADER, hdr, sizeof(hdr));
+	if (rc)
+		return rc;
+	uint64_t bv, comp;
+	memcpy(&bv, hdr, 8);
+	memcpy(&comp, hdr + 8, 8);
+	if (comp & (1ULL << 63))
+		return -EOPNOTSUPP;   /* compacted: Linux uses it only with XSAVEC/XSAVES */
+	/* The standard form refuses only bytes 8-23 (XCOMP_BV and the next 8) not zero. */
+	for (unsigned i = 8; i < 24; i++)
+		if (hdr[i])
+			return -EINVAL;
+	if (bv & ~env->xcr0)
+		return -EINVAL;
+	uint8_t img[EMULATE_XSAVE_BYTES];
+	memcpy(img, env->xsave, sizeof(img));
+	for (unsigned i = 0; i < n; i++) {
+		uint8_t *dst = img + x[i].offset;
+		if (!x[i].feature || (bv & x[i].feature)) {
+			if ((rc = read_or_fault(env, mem, gva + x[i].offset, dst, x[i].size)))
+				return rc;
+		} else {
+			memset(dst, 0, x[i].size);
+			if (x[i].offset == 0)
+				*(uint16_t *)dst = X87_INIT_FCW;
+		}
+	}
+	if (rfbm & (XFEATURE_SSE | XFEATURE_AVX)) {
+		uint32_t mxcsr, mask;
+		memcpy(&mxcsr, img + XS_MXCSR, 4);
+		memcpy(&mask, env->xsave + XS_MXCSR_MASK, 4);
+		memcpy(img + XS_MXCSR_MASK, &mask, 4);   /* not loaded: the CPU's own */
+		if (mxcsr & ~(mask ? mask : 0xffbf))
+			return -EINVAL;
+	}
+	uint64_t img_bv;
+	memcpy(&img_bv, img + XS_HEADER, 8);
+	img_bv = (img_bv & ~rfbm) | (bv & rfbm);
+	memcpy(img + XS_HEADER, &img_bv, 8);
+	memcpy(env->xsave, img, sizeof(img));
+	return 0;
+}
+
 int emulate_execute(const struct emulate_insn *in, struct kvm_regs *r,
 		    const struct emulate_env *env, const struct emulate_mem *mem)
 {
@@ -364,6 +579,15 @@ int emulate_execute(const struct emulate_insn *in, struct kvm_regs *r,
 	case EMULATE_CMPXCHG8B:
 	case EMULATE_CMPXCHG16B:
 		rc = exec_cmpxchg(in, &n, env, mem);
+		break;
+	case EMULATE_XSAVE:
+	case EMULATE_XRSTOR:
+		if (env->cpl != 0)
+			return -EPERM;   /* KVM runs guest user mode natively: not ours */
+		if (!env->xsave || !env->xcomp)
+			return -EINVAL;
+		rc = in->kind == EMULATE_XSAVE ? exec_xsave(in, &n, env, mem) :
+			exec_xrstor(in, &n, env, mem);
 		break;
 	default:
 		return -EOPNOTSUPP;
@@ -409,7 +633,7 @@ static size_t fetch(const struct emulate_mem *mem, uint64_t rip, uint8_t *buf)
 	return n;
 }
 
-static int inject_bp(struct vcpu *v)
+static int inject_exception(struct vcpu *v, unsigned vector, bool has_error, uint32_t error)
 {
 	struct kvm_vcpu_events ev;
 	if (ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0)
@@ -417,13 +641,64 @@ static int inject_bp(struct vcpu *v)
 	if (ev.exception.injected)
 		return -EBUSY;
 	ev.exception.injected = 1;
-	ev.exception.nr = VECTOR_BP;
-	ev.exception.has_error_code = 0;
-	ev.exception.error_code = 0;
+	ev.exception.nr = (uint8_t)vector;
+	ev.exception.has_error_code = has_error;
+	ev.exception.error_code = error;
 	/* Only the exception: NMI pending state, SIPI vector, interrupt shadow and SMM
 	 * stay as KVM has them. */
 	ev.flags = 0;
 	return ioctl(v->fd, KVM_SET_VCPU_EVENTS, &ev) < 0 ? -errno : 0;
+}
+
+/* The standard-format layout of the state components, from this CPU (KVM's image
+ * uses the host's, and the guest's CPUID passes the same on). */
+static void xsave_layout(uint64_t xcr0, struct emulate_xcomp *c)
+{
+	for (unsigned i = 2; i < EMULATE_XFEATURES; i++) {
+		uint32_t a = 0, b = 0, cx = 0, d = 0;
+		if (xcr0 & (1ULL << i))
+			__asm__("cpuid" : "=a"(a), "=b"(b), "=c"(cx), "=d"(d) : "a"(0xd), "c"(i));
+		c[i] = (struct emulate_xcomp){ .offset = b, .size = a };
+	}
+}
+
+/* XSAVE/XRSTOR on KVM's copy of the FPU state; a fault or #GP goes to the guest, which
+ * handles it as on hardware (exception fixups around the signal-frame copies). */
+static int assist_xsave(struct vcpu *v, const struct emulate_insn *in, struct kvm_regs *r,
+			const struct kvm_sregs *s, const struct emulate_mem *mem)
+{
+	struct kvm_xcrs xcrs;
+	static __thread struct kvm_xsave img;
+	struct emulate_xcomp comp[EMULATE_XFEATURES];
+	struct emulate_fault fault = { 0 };
+	if (ioctl(v->fd, KVM_GET_XCRS, &xcrs) < 0 || ioctl(v->fd, KVM_GET_XSAVE, &img) < 0)
+		return -errno;
+	uint64_t xcr0 = 0;
+	for (uint32_t i = 0; i < xcrs.nr_xcrs; i++)
+		if (xcrs.xcrs[i].xcr == 0)
+			xcr0 = xcrs.xcrs[i].value;
+	xsave_layout(xcr0, comp);
+	struct emulate_env env = { .cpl = s->cs.selector & 3, .fs_base = s->fs.base,
+				   .gs_base = s->gs.base, .xcr0 = xcr0, .xcomp = comp,
+				   .xsave = (uint8_t *)img.region, .fault = &fault };
+	int rc = emulate_execute(in, r, &env, mem);
+	if (rc == -EFAULT) {
+		struct kvm_sregs fs = *s;
+		struct kvm_translation t = { .linear_address = fault.gva };
+		bool present = ioctl(v->fd, KVM_TRANSLATE, &t) == 0 && t.valid;
+		fs.cr2 = fault.gva;
+		if (ioctl(v->fd, KVM_SET_SREGS, &fs) < 0)
+			return -errno;
+		return inject_exception(v, VECTOR_PF, true, (present ? PF_PRESENT : 0) |
+					(fault.write ? PF_WRITE : 0));
+	}
+	if (rc == -EINVAL)
+		return inject_exception(v, VECTOR_GP, true, 0);
+	if (rc)
+		return rc;
+	if (in->kind == EMULATE_XRSTOR && ioctl(v->fd, KVM_SET_XSAVE, &img) < 0)
+		return -errno;
+	return ioctl(v->fd, KVM_SET_REGS, r) < 0 ? -errno : 0;
 }
 
 int emulate_assist(struct vcpu *v, const struct guest_mem *m, enum emulate_kind *kind)
@@ -441,10 +716,17 @@ int emulate_assist(struct vcpu *v, const struct guest_mem *m, enum emulate_kind 
 		return rc;
 	struct emulate_env env = { 0 };
 	bool segment = in.is_mem && in.mem.seg != EMULATE_SEG_NONE;
-	if (in.kind == EMULATE_CLAC || in.kind == EMULATE_STAC || segment) {
+	bool xsave = in.kind == EMULATE_XSAVE || in.kind == EMULATE_XRSTOR;
+	if (in.kind == EMULATE_CLAC || in.kind == EMULATE_STAC || segment || xsave) {
 		struct kvm_sregs s;
 		if (ioctl(v->fd, KVM_GET_SREGS, &s) < 0)
 			return -errno;
+		if (xsave) {
+			if ((rc = assist_xsave(v, &in, &r, &s, &mem)))
+				return rc;
+			*kind = in.kind;
+			return 0;
+		}
 		env = (struct emulate_env){ .cpl = s.cs.selector & 3, .fs_base = s.fs.base,
 					    .gs_base = s.gs.base };
 	}
@@ -452,7 +734,7 @@ int emulate_assist(struct vcpu *v, const struct guest_mem *m, enum emulate_kind 
 		return rc;
 	if (ioctl(v->fd, KVM_SET_REGS, &r) < 0)
 		return -errno;
-	if (in.kind == EMULATE_INT3 && (rc = inject_bp(v)))
+	if (in.kind == EMULATE_INT3 && (rc = inject_exception(v, VECTOR_BP, false, 0)))
 		return rc;
 	*kind = in.kind;
 	return 0;

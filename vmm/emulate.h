@@ -13,6 +13,16 @@
  *                                              RIP-relative, FS/GS, 67)
  *   CMPXCHG8B/16B m         [f0] [rex] 0f c7 /1  atomically on guest RAM (SLUB's
  *                                              cmpxchg_double), memory operands as above
+ *   XSAVE64 / XRSTOR64 m    48 0f ae /4, /5    the standard (uncompacted) format, on
+ *                                              KVM's copy of the vCPU's FPU state
+ *                                              (KVM_GET/SET_XSAVE): Linux's context
+ *                                              switch of user FPU, AVX and AVX-512 state
+ *                                              (with clearcpuid=xsaveopt,xsavec,xsaves
+ *                                              it uses no other form). A memory operand
+ *                                              that is not mapped becomes a #PF, a
+ *                                              misaligned one or a bad header a #GP, as
+ *                                              on hardware (the signal-frame paths rely
+ *                                              on both)
  *
  * Anything else (other opcodes, prefixes these instructions do not take, LOCK where it
  * is invalid, truncated bytes) is refused and the VM stops with the usual diagnostic.
@@ -40,6 +50,8 @@ enum emulate_kind {
 	EMULATE_POPCNT,
 	EMULATE_CMPXCHG8B,
 	EMULATE_CMPXCHG16B,
+	EMULATE_XSAVE,
+	EMULATE_XRSTOR,
 	EMULATE_KINDS
 };
 
@@ -78,16 +90,37 @@ struct emulate_mem {
 	void *ctx;
 };
 
+#define EMULATE_XSAVE_BYTES 4096   /* struct kvm_xsave: KVM's image, standard format */
+#define EMULATE_XFEATURES   64
+
+/* Where an XSAVE component lives in the standard format (CPUID 0xd, subleaf i). */
+struct emulate_xcomp {
+	uint32_t offset, size;
+};
+
+/* A memory access that faulted: the guest gets #PF for it. */
+struct emulate_fault {
+	uint64_t gva;
+	bool write;
+};
+
 /* What execution needs besides the general registers. */
 struct emulate_env {
 	unsigned cpl;
 	uint64_t fs_base, gs_base;
+	/* XSAVE/XRSTOR: XCR0, the component layout (entries 2..63), and the vCPU's FPU
+	 * state in KVM_GET_XSAVE's format, which XRSTOR rewrites. */
+	uint64_t xcr0;
+	const struct emulate_xcomp *xcomp;
+	uint8_t *xsave;
+	struct emulate_fault *fault;   /* set on -EFAULT when not NULL */
 };
 
 /* Performs `in` on r and guest memory and advances r->rip. 0; -EPERM for CLAC/STAC
- * outside CPL 0; -EFAULT when a memory operand is not mapped; -EINVAL for a
- * misaligned CMPXCHG16B operand (#GP on hardware). For INT3 the caller then injects
- * #BP. On error r is unchanged. */
+ * outside CPL 0; -EFAULT when a memory operand is not mapped (env->fault says where);
+ * -EINVAL for a misaligned CMPXCHG16B, XSAVE or XRSTOR operand or an XRSTOR header
+ * the CPU refuses (#GP on hardware). For INT3 the caller then injects #BP. On error r,
+ * guest memory and the XSAVE image are unchanged. */
 int emulate_execute(const struct emulate_insn *in, struct kvm_regs *r,
 		    const struct emulate_env *env, const struct emulate_mem *mem);
 

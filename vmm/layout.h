@@ -13,6 +13,7 @@
 #define LAYOUT_PD_GPA           0xb000ULL   /* 4 pages: identity map of the first 4 GiB */
 #define LAYOUT_CMDLINE_GPA      0x20000ULL
 #define LAYOUT_CMDLINE_MAX      4096ULL
+#define LAYOUT_SETUP_DATA_GPA   0x21000ULL  /* setup_data chain: the RNG seed */
 /* Reserved from here to 1 MiB (Linux reserves [0x9f000, 1 MiB) anyway). The MP config
  * table starts at EBDA_GPA; 1 KiB would hold it for only 37 CPUs. The floating pointer
  * sits in the last KiB under 640 KiB, one of the places Linux scans for "_MP_". */

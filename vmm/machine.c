@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -535,6 +536,13 @@ static int start_vcpus(struct machine *m, struct mitos_err *e)
 
 /* ---- pause, resume, snapshot ------------------------------------------------------- */
 
+/* The vCPUs for vm_state_save/restore, which index them as an array. */
+static void vcpu_list(struct machine *m, struct vcpu **out)
+{
+	for (unsigned i = 0; i < m->nvcpus; i++)
+		out[i] = &m->vcpus[i].vcpu;
+}
+
 int machine_pause(struct machine *m)
 {
 	if (m->paused)
@@ -656,8 +664,10 @@ int machine_snapshot(struct machine *m, const char *dir, struct mitos_err *e)
 	struct snapshot_config sc = { 0 };
 	if (!m->msrs.index && (r = vm_state_msr_set(&m->vm, &m->vcpus[0].vcpu, &m->msrs, e)))
 		goto out;
+	struct vcpu *vcpus[LAYOUT_MAX_VCPUS];
+	vcpu_list(m, vcpus);
 	if ((r = make_snapshot_dir(dir, e)) ||
-	    (r = vm_state_save(&m->vm, &m->vcpus[0].vcpu, m->nvcpus, &m->msrs, &w, e)) ||
+	    (r = vm_state_save(&m->vm, vcpus, m->nvcpus, &m->msrs, &w, e)) ||
 	    (r = save_devices(m, &w, e)) ||
 	    (r = memory_dirty_extents(&m->mem, &x, e)))
 		goto out;
@@ -1007,7 +1017,12 @@ int machine_create(struct machine **out, const struct machine_config *c, struct 
 	struct kernel_image k;
 	if ((r = loader_load_kernel_file(&m->mem, c->kernel, &k, e)))
 		goto fail;
-	struct boot_config bc = { .ncpus = c->vcpus };
+	uint8_t seed[BOOT_RNG_SEED_BYTES];
+	if (getrandom(seed, sizeof(seed), 0) != (ssize_t)sizeof(seed)) {
+		r = mitos_err_set(e, -errno, "getrandom: %s", strerror(errno));
+		goto fail;
+	}
+	struct boot_config bc = { .ncpus = c->vcpus, .rng_seed = seed };
 	if (c->initrd && (r = loader_load_initrd_file(&m->mem, c->initrd, &k, &bc.initrd_gpa,
 						       &bc.initrd_size, e)))
 		goto fail;
@@ -1131,7 +1146,9 @@ int machine_load_snapshot(struct machine *m, const char *dir, const struct machi
 	if ((r = setup_virtio(m, e)) || (r = build_cmdline(m, e)))
 		goto out;
 	phase(m, "devices");
-	if ((r = vm_state_restore(&m->vm, &m->vcpus[0].vcpu, m->nvcpus, &b, e)) ||
+	struct vcpu *vcpus[LAYOUT_MAX_VCPUS];
+	vcpu_list(m, vcpus);
+	if ((r = vm_state_restore(&m->vm, vcpus, m->nvcpus, &b, e)) ||
 	    (r = restore_devices(m, &b, e)))
 		goto out;
 	phase(m, "restore-state");

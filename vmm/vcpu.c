@@ -12,7 +12,12 @@
 #define CPUID_1_ECX_HYPERVISOR  (1U << 31)
 #define CPUID_1_EDX_HTT         (1U << 28)
 #define CPUID_LEAF_TOPOLOGY     0xb
+#define CPUID_LEAF_TOPOLOGY_V2  0x1f
 #define CPUID_LEAF_CACHE        0x4
+#define CPUID_AMD_SIZES         0x80000008
+#define CPUID_AMD_TOPOLOGY      0x8000001e
+/* Room for the topology subleaves a host's table may lack. */
+#define CPUID_EXTRA_ENTRIES     8
 
 #define APIC_LVT0          0x350
 #define APIC_LVT1          0x360
@@ -48,7 +53,61 @@ static unsigned bits_for(unsigned n)
 	return b;
 }
 
-void vcpu_cpuid_adjust(struct kvm_cpuid2 *cpuid, unsigned id, unsigned ncpus)
+/* The entry (fn, index), appended (zeroed, with the flags of its leaf's other
+ * entries) when missing and there is room; NULL otherwise. */
+static struct kvm_cpuid_entry2 *cpuid_subleaf(struct kvm_cpuid2 *c, uint32_t capacity,
+					      uint32_t fn, uint32_t index)
+{
+	struct kvm_cpuid_entry2 *leaf = NULL;
+	for (uint32_t i = 0; i < c->nent; i++) {
+		if (c->entries[i].function != fn)
+			continue;
+		if (c->entries[i].index == index)
+			return &c->entries[i];
+		leaf = &c->entries[i];
+	}
+	if (!leaf || c->nent == capacity)
+		return NULL;
+	struct kvm_cpuid_entry2 *e = &c->entries[c->nent++];
+	*e = (struct kvm_cpuid_entry2){ .function = fn, .index = index, .flags = leaf->flags };
+	return e;
+}
+
+/* Leaf 0xb (and 0x1f): an SMT level of one thread and a core level of ncpus cores, so
+ * every vCPU is a core of one package; then the terminating invalid level. */
+static void cpuid_topology_leaf(struct kvm_cpuid2 *c, uint32_t capacity, uint32_t fn,
+				unsigned id, unsigned ncpus)
+{
+	for (uint32_t level = 0; level < 3; level++) {
+		struct kvm_cpuid_entry2 *e = cpuid_subleaf(c, capacity, fn, level);
+		if (!e)
+			return;
+		e->edx = id;
+		if (level == 0) {
+			e->eax = 0;
+			e->ebx = 1;
+			e->ecx = (1 << 8) | 0;
+		} else if (level == 1) {
+			e->eax = bits_for(ncpus);
+			e->ebx = ncpus;
+			e->ecx = (2 << 8) | 1;
+		} else {
+			e->eax = e->ebx = 0;
+			e->ecx = level;
+		}
+	}
+	/* Levels past the terminator describe nothing. */
+	for (uint32_t i = 0; i < c->nent; i++) {
+		struct kvm_cpuid_entry2 *e = &c->entries[i];
+		if (e->function == fn && e->index > 2) {
+			e->eax = e->ebx = 0;
+			e->ecx = e->index;
+			e->edx = id;
+		}
+	}
+}
+
+void vcpu_cpuid_adjust(struct kvm_cpuid2 *cpuid, uint32_t capacity, unsigned id, unsigned ncpus)
 {
 	for (uint32_t i = 0; i < cpuid->nent; i++) {
 		struct kvm_cpuid_entry2 *en = &cpuid->entries[i];
@@ -68,25 +127,23 @@ void vcpu_cpuid_adjust(struct kvm_cpuid2 *cpuid, unsigned id, unsigned ncpus)
 			en->eax = (en->eax & 0x3fff) | (sharing << 14) | ((ncpus - 1) << 26);
 			break;
 		}
-		case CPUID_LEAF_TOPOLOGY:
-			en->edx = id;
-			if (en->index == 0) {         /* SMT level: one thread per core */
-				en->eax = 0;
-				en->ebx = 1;
-				en->ecx = (1 << 8) | 0;
-			} else if (en->index == 1) {  /* core level: ncpus cores */
-				en->eax = bits_for(ncpus);
-				en->ebx = ncpus;
-				en->ecx = (2 << 8) | 1;
-			} else {
-				en->eax = en->ebx = 0;
-				en->ecx = en->index;
-			}
+		case CPUID_AMD_SIZES:
+			/* Cores per package - 1, and the APIC id bits that number them. */
+			en->ecx = (en->ecx & ~0xf0ffU) | (bits_for(ncpus) << 12) | ((ncpus - 1) & 0xff);
+			break;
+		case CPUID_AMD_TOPOLOGY:
+			/* Extended APIC id, core id, one thread per core, node 0 of one. */
+			en->eax = id;
+			en->ebx = id & 0xff;
+			en->ecx = 0;
 			break;
 		default:
 			break;
 		}
 	}
+	/* Linux counts packages from these: without a core level every vCPU was one. */
+	cpuid_topology_leaf(cpuid, capacity, CPUID_LEAF_TOPOLOGY, id, ncpus);
+	cpuid_topology_leaf(cpuid, capacity, CPUID_LEAF_TOPOLOGY_V2, id, ncpus);
 }
 
 #define CPUID_KVM_FEATURES       0x40000001
@@ -108,13 +165,14 @@ static void hide_pv_hypercalls(struct kvm_cpuid2 *c)
 
 static int setup_cpuid(struct kvm_vm *vm, struct vcpu *v, unsigned ncpus, struct mitos_err *e)
 {
-	size_t sz = sizeof(struct kvm_cpuid2) +
-		    vm->supported_cpuid->nent * sizeof(struct kvm_cpuid_entry2);
-	struct kvm_cpuid2 *c = malloc(sz);
+	uint32_t n = vm->supported_cpuid->nent, capacity = n + CPUID_EXTRA_ENTRIES;
+	struct kvm_cpuid2 *c = calloc(1, sizeof(struct kvm_cpuid2) +
+				      capacity * sizeof(struct kvm_cpuid_entry2));
 	if (!c)
 		return mitos_err_set(e, -ENOMEM, "out of memory");
-	memcpy(c, vm->supported_cpuid, sz);
-	vcpu_cpuid_adjust(c, v->id, ncpus);
+	memcpy(c, vm->supported_cpuid, sizeof(struct kvm_cpuid2) +
+	       n * sizeof(struct kvm_cpuid_entry2));
+	vcpu_cpuid_adjust(c, capacity, v->id, ncpus);
 	if (vm->emulation_only)
 		hide_pv_hypercalls(c);
 	int r = ioctl(v->fd, KVM_SET_CPUID2, c) < 0 ? -errno : 0;

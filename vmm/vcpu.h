@@ -23,9 +23,11 @@ void vcpu_destroy(struct kvm_vm *vm, struct vcpu *v);
  * RSI at the zero page, long mode with the boot GDT and identity page tables. */
 int vcpu_set_boot_state(struct vcpu *v, uint64_t entry, struct mitos_err *e);
 
-/* Fills `cpuid` (a copy of the supported table) for vCPU `id` of `ncpus`. Exposed for
- * the unit tests. */
-void vcpu_cpuid_adjust(struct kvm_cpuid2 *cpuid, unsigned id, unsigned ncpus);
+/* Fills `cpuid` (a copy of the supported table, with room for `capacity` entries) for
+ * vCPU `id` of `ncpus`: its APIC ids, and a topology of one package of ncpus
+ * single-thread cores (leaves 1, 4, 0xb, 0x1f, 0x80000008, 0x8000001e), adding the
+ * topology subleaves the table lacks. Exposed for the unit tests. */
+void vcpu_cpuid_adjust(struct kvm_cpuid2 *cpuid, uint32_t capacity, unsigned id, unsigned ncpus);
 
 /* Reads up to 15 instruction bytes at the vCPU's RIP through KVM_TRANSLATE; returns how
  * many could be read, or -errno. */

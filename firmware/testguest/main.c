@@ -170,7 +170,8 @@ void *memcpy(void *d, const void *s, size_t n)
 #define BP_CMD_LINE_PTR     0x228
 #define MAX_DEVICES         LAYOUT_VIRTIO_MAX_DEVICES
 
-enum tg_mode { TG_MODE_BLK, TG_MODE_NONE, TG_MODE_SNAP, TG_MODE_NET, TG_MODE_VSOCK, TG_MODE_AGENT };
+enum tg_mode { TG_MODE_BLK, TG_MODE_NONE, TG_MODE_SNAP, TG_MODE_NET, TG_MODE_VSOCK, TG_MODE_AGENT,
+	       TG_MODE_REGS };
 
 struct config {
 	enum tg_mode mode;
@@ -298,9 +299,12 @@ static void parse_cmdline(struct config *cfg, const char *cmd)
 				cfg->mode = TG_MODE_VSOCK;
 			else if (has_prefix(v, p, "agent", &r) && r == p)
 				cfg->mode = TG_MODE_AGENT;
+			else if (has_prefix(v, p, "regs", &r) && r == p)
+				cfg->mode = TG_MODE_REGS;
 			else
-				tg_fail(TG_EXIT_CMDLINE,
-					"unknown testguest.mode (want blk, none, snap, net, vsock or agent)");
+				tg_fail(TG_EXIT_CMDLINE, "unknown testguest.mode (want blk, none, snap, "
+					"net, vsock, agent or regs)");
+
 		} else if (has_prefix(tok, p, "testguest.cpus=", &v)) {
 			uint64_t n;
 			if (!parse_u64(&v, p, 10, &n) || v != p || n == 0 || n > LAYOUT_MAX_VCPUS)
@@ -429,6 +433,12 @@ static struct {
 	tg_irq_handler fn;
 	void *arg;
 } irq_routes[24];
+static struct {
+	unsigned vector;
+	tg_irq_handler fn;
+	void *arg;
+} vector_routes[2];
+static tg_exception_handler exception_handler;
 
 static uint32_t lapic_read(unsigned reg) { return mmio_read32(LAYOUT_LAPIC_GPA + reg); }
 static void lapic_write(unsigned reg, uint32_t v) { mmio_write32(LAYOUT_LAPIC_GPA + reg, v); }
@@ -445,18 +455,6 @@ static void ioapic_write(unsigned reg, uint32_t v)
 	mmio_write32(LAYOUT_IOAPIC_GPA + IOAPIC_WIN, v);
 }
 
-static uint64_t rdmsr(uint32_t msr)
-{
-	uint32_t lo, hi;
-	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
-	return ((uint64_t)hi << 32) | lo;
-}
-
-static void wrmsr(uint32_t msr, uint64_t v)
-{
-	__asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
-}
-
 static const char *const exception_names[32] = {
 	"#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow",
 	"#BR bound range", "#UD invalid opcode", "#NM device not available",
@@ -470,6 +468,8 @@ void isr_dispatch(struct tg_frame *f);
 void isr_dispatch(struct tg_frame *f)
 {
 	unsigned v = (unsigned)f->vector;
+	if (v < 32 && exception_handler && exception_handler(v, f->error, &f->rip))
+		return;
 	if (v < 32) {
 		uint64_t cr2 = 0;
 		if (v == 14)
@@ -488,6 +488,10 @@ void isr_dispatch(struct tg_frame *f)
 	} else if (v >= TG_VECTOR_IRQ_BASE && v < TG_VECTOR_IRQ_BASE + 24 &&
 		   irq_routes[v - TG_VECTOR_IRQ_BASE].fn) {
 		irq_routes[v - TG_VECTOR_IRQ_BASE].fn(irq_routes[v - TG_VECTOR_IRQ_BASE].arg);
+	} else if (vector_routes[0].fn && v == vector_routes[0].vector) {
+		vector_routes[0].fn(vector_routes[0].arg);
+	} else if (vector_routes[1].fn && v == vector_routes[1].vector) {
+		vector_routes[1].fn(vector_routes[1].arg);
 	} else {
 		tg_fail(TG_EXIT_INTERRUPT, "unexpected interrupt vector 0x%x at RIP 0x%lx", v,
 			f->rip);
@@ -588,6 +592,26 @@ void tg_irq_route(unsigned irq, tg_irq_handler fn, void *arg)
 		tg_fail(TG_EXIT_INTERRUPT, "IOAPIC entry %u reads back 0x%x", irq, lo);
 }
 
+void tg_vector_route(unsigned vector, tg_irq_handler fn, void *arg)
+{
+	unsigned i = vector_routes[0].fn ? 1 : 0;
+	if (vector_routes[i].fn)
+		tg_fail(TG_EXIT_INTERRUPT, "more than two routed vectors");
+	vector_routes[i].vector = vector;
+	vector_routes[i].arg = arg;
+	vector_routes[i].fn = fn;
+}
+
+void tg_exception_route(tg_exception_handler fn)
+{
+	exception_handler = fn;
+}
+
+void tg_idt_reload(void)
+{
+	idt_init();
+}
+
 void tg_wait_interrupt(void)
 {
 	/* sti's one-instruction shadow makes sti;hlt atomic: an interrupt that became
@@ -640,6 +664,9 @@ void tg_main(const uint8_t *boot_params)
 	} else if (cfg.mode == TG_MODE_AGENT) {
 		interrupts_init();
 		tg_agent_run(cfg.dev, cfg.ndev);
+	} else if (cfg.mode == TG_MODE_REGS) {
+		interrupts_init();
+		tg_regs_run();
 	} else {
 		interrupts_init();
 		unsigned nblk = 0;

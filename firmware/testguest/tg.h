@@ -45,6 +45,18 @@ static inline void mmio_write32(uint64_t addr, uint32_t v)
 	*(volatile uint32_t *)(uintptr_t)addr = v;
 }
 
+static inline uint64_t rdmsr(uint32_t msr)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+static inline void wrmsr(uint32_t msr, uint64_t v)
+{
+	__asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
+}
+
 static inline void barrier(void)
 {
 	__asm__ volatile("" : : : "memory");
@@ -80,6 +92,14 @@ void *memcpy(void *d, const void *s, size_t n);
 /* Called from the interrupt handler for a device's IOAPIC pin. */
 typedef void (*tg_irq_handler)(void *arg);
 void tg_irq_route(unsigned irq, tg_irq_handler fn, void *arg);
+/* Calls fn(arg) for a vector outside the IOAPIC range (two at most). */
+void tg_vector_route(unsigned vector, tg_irq_handler fn, void *arg);
+/* Offered every CPU exception first: true when it handled it (and moved *rip past the
+ * instruction); NULL: none, every exception fails the test. */
+typedef bool (*tg_exception_handler)(unsigned vector, uint64_t error, uint64_t *rip);
+void tg_exception_route(tg_exception_handler fn);
+/* Rebuilds the IDT with the current CS (after loading another GDT). */
+void tg_idt_reload(void);
 /* Sleeps (sti; hlt) until an interrupt arrives: a device's, or the LAPIC timer's, which
  * ticks every ~10 ms so that every wait can time out. */
 void tg_wait_interrupt(void);
@@ -104,6 +124,9 @@ void tg_blk_io(bool write, uint64_t sector, void *buf, uint32_t len);
 
 /* The snapshot mode (snap.c): runs until told to quit on the serial port. */
 _Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n);
+/* testguest.mode=regs (regs.c): loads every register it can, is snapshotted while it
+ * holds them, and checks them all after a 'c' on the serial port. */
+_Noreturn void tg_regs_run(void);
 /* The network mode (net.c): answers ARP and ping until the host ends the VM or for
  * testguest.net_seconds=N; reads its own options from the command line cmd. */
 _Noreturn void tg_net_run(const char *cmd, const struct tg_virtio_dev *devs, unsigned n);

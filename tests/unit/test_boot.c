@@ -241,6 +241,38 @@ START_TEST(zero_page_elf_128m)
 }
 END_TEST
 
+/* The seed goes in one SETUP_RNG_SEED entry in usable RAM below the EBDA, named by
+ * hdr.setup_data; without a seed there is no chain. */
+START_TEST(rng_seed_setup_data)
+{
+	struct ram r;
+	ram_new(&r, 128 * MIB);
+	uint8_t seed[BOOT_RNG_SEED_BYTES];
+	for (unsigned i = 0; i < sizeof(seed); i++)
+		seed[i] = (uint8_t)(0xa5 ^ (i * 7));
+	struct boot_config c = { .ncpus = 1, .rng_seed = seed };
+	struct mitos_err e = { 0 };
+	ck_assert_int_eq(boot_write(&r.m, &elf_kernel, &c, &e), 0);
+	struct boot_params bp;
+	read_zero_page(&r, &bp);
+	ck_assert_uint_eq(bp.hdr.setup_data, LAYOUT_SETUP_DATA_GPA);
+	ck_assert(LAYOUT_SETUP_DATA_GPA >= LAYOUT_CMDLINE_GPA + LAYOUT_CMDLINE_MAX);
+	ck_assert(LAYOUT_SETUP_DATA_GPA + sizeof(struct setup_data) + sizeof(seed) <= LAYOUT_EBDA_GPA);
+	struct setup_data sd;
+	memcpy(&sd, gpa(&r, LAYOUT_SETUP_DATA_GPA, sizeof(sd)), sizeof(sd));
+	ck_assert_uint_eq(sd.next, 0);
+	ck_assert_uint_eq(sd.type, SETUP_RNG_SEED);
+	ck_assert_uint_eq(sd.len, sizeof(seed));
+	ck_assert_mem_eq(gpa(&r, LAYOUT_SETUP_DATA_GPA + sizeof(sd), sizeof(seed)), seed, sizeof(seed));
+
+	c.rng_seed = NULL;
+	ck_assert_int_eq(boot_write(&r.m, &elf_kernel, &c, &e), 0);
+	read_zero_page(&r, &bp);
+	ck_assert_uint_eq(bp.hdr.setup_data, 0);
+	ram_free(&r);
+}
+END_TEST
+
 START_TEST(zero_page_5g)
 {
 	struct ram r;
@@ -537,6 +569,7 @@ int main(void)
 	tcase_set_timeout(zp, 60);
 	tcase_add_test(zp, zero_page_elf_128m);
 	tcase_add_test(zp, zero_page_5g);
+	tcase_add_test(zp, rng_seed_setup_data);
 	tcase_add_test(zp, zero_page_bzimage);
 	tcase_add_test(zp, cmdline_limits);
 	tcase_add_test(zp, bad_ram_and_initrd);

@@ -106,7 +106,7 @@ START_TEST(test_decode_unknown)
 {
 	DECODE_FAILS(-EOPNOTSUPP, 0x90);                   /* nop */
 	DECODE_FAILS(-EOPNOTSUPP, 0x0f, 0x05);             /* syscall */
-	DECODE_FAILS(-EOPNOTSUPP, 0x48, 0x0f, 0xae, 0x2f); /* xrstor */
+	DECODE_FAILS(-EOPNOTSUPP, 0x48, 0x0f, 0xae, 0x37); /* xsaveopt */
 	DECODE_FAILS(-EOPNOTSUPP, 0x0f, 0x01, 0xc8);       /* monitor */
 	DECODE_FAILS(-EOPNOTSUPP, 0x0f, 0x01, 0xcc);
 	DECODE_FAILS(-EOPNOTSUPP, 0x0f, 0xb9, 0xc7);       /* ud1 */
@@ -501,6 +501,212 @@ START_TEST(test_exec_cmpxchg8b)
 }
 END_TEST
 
+/* ---- XSAVE64 / XRSTOR64 ------------------------------------------------------------- */
+
+START_TEST(test_decode_xsave)
+{
+	struct emulate_insn in;
+	DECODE_OK(in, 0x48, 0x0f, 0xae, 0x27);   /* xsave64 (%rdi) */
+	ck_assert_int_eq(in.kind, EMULATE_XSAVE);
+	ck_assert(in.is_mem);
+	ck_assert_int_eq(in.mem.base, 7);
+	DECODE_OK(in, 0x48, 0x0f, 0xae, 0x2f);   /* xrstor64 (%rdi) */
+	ck_assert_int_eq(in.kind, EMULATE_XRSTOR);
+	DECODE_OK(in, 0x49, 0x0f, 0xae, 0x6c, 0x24, 0x40);  /* 0x40(%r12) */
+	ck_assert_int_eq(in.kind, EMULATE_XRSTOR);
+	ck_assert_int_eq(in.mem.base, 12);
+	ck_assert_int_eq(in.mem.disp, 0x40);
+	static const uint8_t x64[] = { 0x48, 0x0f, 0xae, 0x27 };
+	assert_truncations(x64, sizeof(x64));
+	/* The 32-bit forms, XSAVEOPT (/6), FXSAVE (/0), fences (mod 3), prefixes: KVM's or
+	 * nobody's. */
+	DECODE_FAILS(-EOPNOTSUPP, 0x0f, 0xae, 0x27);
+	DECODE_FAILS(-EOPNOTSUPP, 0x48, 0x0f, 0xae, 0x37);
+	DECODE_FAILS(-EOPNOTSUPP, 0x48, 0x0f, 0xae, 0x07);
+	DECODE_FAILS(-EOPNOTSUPP, 0x48, 0x0f, 0xae, 0xf0);
+	DECODE_FAILS(-EOPNOTSUPP, 0x66, 0x48, 0x0f, 0xae, 0x27);
+	DECODE_FAILS(-EOPNOTSUPP, 0xf0, 0x48, 0x0f, 0xae, 0x27);
+}
+END_TEST
+
+#define AVX_OFFSET 576
+#define XS_END     (AVX_OFFSET + 256)
+
+static struct emulate_xcomp xcomp[EMULATE_XFEATURES];
+static uint8_t image[EMULATE_XSAVE_BYTES];
+static struct emulate_fault fault;
+
+/* XCR0 = x87|SSE|AVX, the AVX component where CPUs put it; a patterned image. */
+static struct emulate_env xsave_env(void)
+{
+	memset(xcomp, 0, sizeof(xcomp));
+	xcomp[2] = (struct emulate_xcomp){ .offset = AVX_OFFSET, .size = 256 };
+	for (unsigned i = 0; i < sizeof(image); i++)
+		image[i] = (uint8_t)(i * 7 + 3);
+	memset(image + 512, 0, 64);
+	image[512] = 0x7;                                    /* XSTATE_BV */
+	uint32_t mxcsr = 0x1f80, mask = 0xffff;
+	memcpy(image + 24, &mxcsr, 4);
+	memcpy(image + 28, &mask, 4);
+	memset(&fault, 0, sizeof(fault));
+	return (struct emulate_env){ .cpl = 0, .xcr0 = 0x7, .xcomp = xcomp, .xsave = image,
+				     .fault = &fault };
+}
+
+static struct kvm_regs xsave_regs(uint64_t addr, uint64_t rfbm)
+{
+	struct kvm_regs r = regs_with(0x1000);
+	r.rdi = addr;
+	r.rax = rfbm & 0xffffffff;
+	r.rdx = rfbm >> 32;
+	return r;
+}
+
+START_TEST(test_exec_xsave)
+{
+	struct emulate_env env = xsave_env();
+	memset(ram, 0xee, 4096);
+	uint64_t stale_bv = 0x2;      /* XSTATE_BV bits outside RFBM stay as memory had them */
+	memcpy(ram + 512, &stale_bv, 8);
+	struct kvm_regs r = xsave_regs(GVA_BASE, 0x5);           /* x87 and AVX, not SSE */
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), 0);
+	ck_assert_uint_eq(r.rip, 0x1004);
+	ck_assert_mem_eq(ram, image, 24);                        /* x87 control words */
+	ck_assert_mem_eq(ram + 24, image + 24, 8);              /* MXCSR: AVX asks for it */
+	ck_assert_mem_eq(ram + 32, image + 32, 128);            /* ST0-ST7 */
+	ck_assert_uint_eq(ram[160], 0xee);                      /* XMM: not asked */
+	ck_assert_mem_eq(ram + AVX_OFFSET, image + AVX_OFFSET, 256);
+	uint64_t bv;
+	memcpy(&bv, ram + 512, 8);
+	ck_assert_uint_eq(bv, 0x7);
+	ck_assert_uint_eq(ram[520], 0xee);                      /* rest of the header untouched */
+
+	r = xsave_regs(GVA_BASE, ~0ULL);                         /* RFBM is cut to XCR0 */
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), 0);
+	ck_assert_mem_eq(ram + 160, image + 160, 256);
+	ck_assert_uint_eq(ram[XS_END], 0xee);
+}
+END_TEST
+
+START_TEST(test_exec_xsave_faults)
+{
+	struct emulate_env env = xsave_env();
+	struct kvm_regs r = xsave_regs(GVA_BASE + 8, 0x7), before = r;
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), -EINVAL);   /* not 64-aligned */
+	ck_assert_mem_eq(&r, &before, sizeof(r));
+	/* Straddles into the read-only third page: nothing written, the fault named. */
+	r = xsave_regs(GVA_BASE + 2 * 4096 - 512, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), -EFAULT);
+	ck_assert_uint_eq(fault.gva, GVA_BASE + 2 * 4096);
+	ck_assert(fault.write);
+	ck_assert_uint_eq(ram[4096 + 3584], 0);
+	env.cpl = 3;
+	r = xsave_regs(GVA_BASE, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), -EPERM);
+}
+END_TEST
+
+/* An XSAVE area in guest memory: a pattern other than the image's, header bv. */
+static void xsave_area(uint64_t bv, uint32_t mxcsr)
+{
+	for (unsigned i = 0; i < XS_END; i++)
+		ram[i] = (uint8_t)(i * 13 + 1);
+	memset(ram + 512, 0, 64);
+	memcpy(ram + 512, &bv, 8);
+	memcpy(ram + 24, &mxcsr, 4);
+}
+
+START_TEST(test_exec_xrstor)
+{
+	struct emulate_env env = xsave_env();
+	uint8_t before[sizeof(image)];
+	xsave_area(0x7, 0x1fa0);
+	struct kvm_regs r = xsave_regs(GVA_BASE, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), 0);
+	ck_assert_uint_eq(r.rip, 0x1004);
+	ck_assert_mem_eq(image, ram, 24);
+	ck_assert_mem_eq(image + 24, ram + 24, 4);              /* MXCSR loaded ... */
+	uint32_t mask;
+	memcpy(&mask, image + 28, 4);
+	ck_assert_uint_eq(mask, 0xffff);                        /* ... its mask is the CPU's */
+	ck_assert_mem_eq(image + 32, ram + 32, 416 - 32);
+	ck_assert_mem_eq(image + AVX_OFFSET, ram + AVX_OFFSET, 256);
+
+	/* XSTATE_BV without SSE and AVX: those go to their initial state (zero), MXCSR
+	 * still comes from memory; x87 in use comes from memory. */
+	env = xsave_env();
+	xsave_area(0x1, 0x1f80);
+	r = xsave_regs(GVA_BASE, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), 0);
+	ck_assert_mem_eq(image + 32, ram + 32, 128);
+	for (unsigned i = 160; i < 416; i++)
+		ck_assert_uint_eq(image[i], 0);
+	for (unsigned i = AVX_OFFSET; i < XS_END; i++)
+		ck_assert_uint_eq(image[i], 0);
+	uint64_t bv;
+	memcpy(&bv, image + 512, 8);
+	ck_assert_uint_eq(bv, 0x1);
+
+	/* x87 not in use: FCW 0x37f, the rest zero. */
+	env = xsave_env();
+	xsave_area(0x0, 0x1f80);
+	r = xsave_regs(GVA_BASE, 0x1);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), 0);
+	ck_assert_uint_eq(image[0] | image[1] << 8, 0x37f);
+	ck_assert_uint_eq(image[2], 0);
+	ck_assert_uint_eq(image[160], (uint8_t)(160 * 7 + 3));  /* SSE not asked: kept */
+
+	/* What the CPU refuses (#GP): bits beyond XCR0, a dirty header, MXCSR reserved
+	 * bits, misalignment; the image stays as it was. */
+	env = xsave_env();
+	memcpy(before, image, sizeof(image));
+	xsave_area(0x8, 0x1f80);
+	r = xsave_regs(GVA_BASE, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), -EINVAL);
+	xsave_area(0x7, 0x1f80);
+	ram[512 + 20] = 1;
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), -EINVAL);
+	ram[512 + 20] = 0;
+	ram[512 + 40] = 1;      /* past byte 23: the standard form does not look */
+	memcpy(image, before, sizeof(image));
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), 0);
+	memcpy(image, before, sizeof(image));
+	r = xsave_regs(GVA_BASE, 0x7);
+	xsave_area(0x7, 0x1f80);
+	uint32_t bad_mask = 0xffbf;
+	memcpy(image + 28, &bad_mask, 4);
+	memcpy(before + 28, &bad_mask, 4);
+	xsave_area(0x7, 0x40 | 0x10000);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), -EINVAL);
+	r = xsave_regs(GVA_BASE + 32, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), -EINVAL);
+	ck_assert_mem_eq(image, before, sizeof(image));
+	/* Unmapped: the page named, for reading. */
+	r = xsave_regs(GVA_BASE + 3 * 4096, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), -EFAULT);
+	ck_assert_uint_eq(fault.gva, GVA_BASE + 3 * 4096 + 512);
+	ck_assert(!fault.write);
+}
+END_TEST
+
+START_TEST(test_exec_xsave_round_trip)
+{
+	struct emulate_env env = xsave_env();
+	uint8_t saved[sizeof(image)];
+	memcpy(saved, image, sizeof(image));
+	struct kvm_regs r = xsave_regs(GVA_BASE + 4096, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), 0);
+	memset(image, 0, sizeof(image));
+	memcpy(image + 28, saved + 28, 4);   /* the CPU's MXCSR_MASK */
+	r = xsave_regs(GVA_BASE + 4096, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x2f), 0);
+	/* Everything XSAVE covers: the legacy region up to XMM15, XSTATE_BV, AVX. */
+	ck_assert_mem_eq(image, saved, 416);
+	ck_assert_mem_eq(image + 512, saved + 512, 8);
+	ck_assert_mem_eq(image + AVX_OFFSET, saved + AVX_OFFSET, 256);
+}
+END_TEST
+
 START_TEST(test_kind_names)
 {
 	for (int k = 0; k < EMULATE_KINDS; k++)
@@ -530,6 +736,11 @@ static Suite *emulate_suite(void)
 	tcase_add_test(tc, test_exec_popcnt_memory_across_pages);
 	tcase_add_test(tc, test_exec_cmpxchg16b);
 	tcase_add_test(tc, test_exec_cmpxchg8b);
+	tcase_add_test(tc, test_decode_xsave);
+	tcase_add_test(tc, test_exec_xsave);
+	tcase_add_test(tc, test_exec_xsave_faults);
+	tcase_add_test(tc, test_exec_xrstor);
+	tcase_add_test(tc, test_exec_xsave_round_trip);
 	tcase_add_test(tc, test_kind_names);
 	suite_add_tcase(s, tc);
 	return s;

@@ -290,6 +290,25 @@ START_TEST(extents_round_trip_and_corruption)
 }
 END_TEST
 
+/* A layer of a VM that wrote nothing since its restore: no extents, and readable. */
+START_TEST(extents_empty_layer_reads_back)
+{
+	char dir[300], path[320];
+	snprintf(dir, sizeof(dir), "%s/empty", tmpdir);
+	struct guest_mem m;
+	ck_assert_int_eq(guest_mem_alloc(&m, MEM), 0);
+	write_snapshot_memory(dir, &m);
+	guest_mem_free(&m);
+	snprintf(path, sizeof(path), "%s/%s", dir, MEMORY_EXTENTS_NAME);
+	struct mem_extents x;
+	struct mitos_err e = { 0 };
+	ck_assert_int_eq(memory_extents_read(path, &x, &e), 0);
+	ck_assert_uint_eq(x.n, 0);
+	ck_assert_uint_eq(x.mem_size, MEM);
+	memory_extents_free(&x);
+}
+END_TEST
+
 static void fix_extents_crc(uint8_t *buf, size_t len)
 {
 	uint32_t c = (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf, (uInt)(len - 4));
@@ -399,6 +418,7 @@ int main(void)
 	tcase_add_test(tc, dirty_extents_follow_writes);
 	tcase_add_test(tc, chain_maps_copy_on_write);
 	tcase_add_test(tc, extents_round_trip_and_corruption);
+	tcase_add_test(tc, extents_empty_layer_reads_back);
 	tcase_add_test(tc, extents_out_of_order_or_outside_ram);
 	tcase_add_test(tc, config_parse_rejects_bad_input);
 	tcase_add_test(tc, chain_resolves_and_rejects_loops);
