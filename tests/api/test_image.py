@@ -136,8 +136,13 @@ def t_real_image(vmm, agent):
         raise Skip("no python image in %s (tools/build-image builds it)" % d)
     # A sanitizer build's agent is dynamic and cannot run in the image; the image
     # carries its own static agent.
+    # serve execs the host-side mitos-sandbox-init found next to the agent: the build's.
     if dynamic(agent):
-        agent = os.path.join(root, "usr/local/bin/mitos-agent")
+        pair = tempfile.mkdtemp(prefix="mitos-image-agent-")
+        os.symlink(os.path.join(root, "usr/local/bin/mitos-agent"), os.path.join(pair, "mitos-agent"))
+        os.symlink(os.path.join(os.path.dirname(os.path.abspath(agent)), "mitos-sandbox-init"),
+                   os.path.join(pair, "mitos-sandbox-init"))
+        agent = os.path.join(pair, "mitos-agent")
     s = Server(vmm, agent, extra=["--images", d])
     try:
         eq(template_root(s), os.path.realpath(root), "template root")
