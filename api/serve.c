@@ -14,14 +14,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "api/agent_client.h"
-#include "api/errors.h"
-#include "api/listener.h"
-#include "api/node.h"
-#include "api/preview.h"
-#include "api/sandboxes.h"
-#include "api/server.h"
-#include "api/uring.h"
+#include "api/sandbox/agent_client.h"
+#include "api/http/errors.h"
+#include "api/http/listener.h"
+#include "api/sandbox/node.h"
+#include "api/proxy/preview.h"
+#include "api/sandbox/sandboxes.h"
+#include "api/http/server.h"
+#include "api/http/uring.h"
 #include "vmm/commands.h"
 #include "vmm/kvm_probe.h"
 

@@ -9,12 +9,12 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "api/connect.h"
+#include "api/http/connect.h"
 #include "api/e2b/internal.h"
-#include "api/errors.h"
-#include "api/http.h"
-#include "api/server.h"
-#include "api/uring.h"
+#include "api/http/errors.h"
+#include "api/http/http.h"
+#include "api/http/server.h"
+#include "api/http/uring.h"
 
 static struct e2b_sbx *records;
 

@@ -8,13 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/cgroup.h"
+#include "api/engines/cgroup.h"
 #include "api/e2b/internal.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/registry.h"
-#include "api/server.h"
-#include "api/uring.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/sandbox/registry.h"
+#include "api/http/server.h"
+#include "api/http/uring.h"
 
 #define MAX_TIMEOUT_S (30u * 86400u)
 #define E2B_DEFAULT_TIMEOUT_S 300u

@@ -1,7 +1,7 @@
 /* E2B wire compatibility (../shared/ref/e2b-protocol.md): the control plane, envd
  * (port 49983) and the code interpreter (port 49999) on serve's one listener,
- * translated onto the same sandboxes (api/sandboxes.h) and agent operations
- * (api/agent_client.h) as the Mitos surface. */
+ * translated onto the same sandboxes (api/sandbox/sandboxes.h) and agent operations
+ * (api/sandbox/agent_client.h) as the Mitos surface. */
 #ifndef MITOS_API_E2B_H
 #define MITOS_API_E2B_H
 

@@ -10,12 +10,12 @@
 
 #include "agent/base64.h"
 #include "agent/proto.h"
-#include "api/connect.h"
+#include "api/http/connect.h"
 #include "api/e2b/internal.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/server.h"
-#include "api/uring.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/http/server.h"
+#include "api/http/uring.h"
 
 #define UNARY_DEADLINE_MS 120000u
 #define DEADLINE_GRACE_MS 5000u

@@ -14,11 +14,11 @@
 
 #include "agent/base64.h"
 #include "agent/proto.h"
-#include "api/bytebuf.h"
+#include "api/http/bytebuf.h"
 #include "api/e2b/internal.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/uring.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/http/uring.h"
 
 #define TX_PAUSE (1u << 20)        /* buffered upload bytes above which we stop reading */
 #define PART_HEADERS_MAX (8u << 10)

@@ -7,8 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "api/agent_client.h"
-#include "api/sandboxes.h"
+#include "api/sandbox/agent_client.h"
+#include "api/sandbox/sandboxes.h"
 
 struct cJSON;
 struct http_req;

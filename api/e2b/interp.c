@@ -9,11 +9,11 @@
 
 #include "agent/proto.h"
 #include "api/e2b/internal.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/registry.h"
-#include "api/server.h"
-#include "api/uring.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/sandbox/registry.h"
+#include "api/http/server.h"
+#include "api/http/uring.h"
 
 #define KEEPALIVE_LINE "{\"type\":\"keepalive\"}\n"
 

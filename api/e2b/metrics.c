@@ -8,12 +8,12 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "api/cgroup.h"
+#include "api/engines/cgroup.h"
 #include "api/e2b/internal.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/registry.h"
-#include "api/uring.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/sandbox/registry.h"
+#include "api/http/uring.h"
 
 /* The first number in dir/file after key (or the file's first number when key is NULL). */
 static int read_stat(const char *dir, const char *file, const char *key, unsigned long long *out)

@@ -8,10 +8,10 @@
 
 #include "api/e2b/e2b.h"
 #include "api/e2b/internal.h"
-#include "api/errors.h"
-#include "api/http.h"
-#include "api/router.h"
-#include "api/server.h"
+#include "api/http/errors.h"
+#include "api/http/http.h"
+#include "api/http/router.h"
+#include "api/http/server.h"
 
 enum guard { G_CONTROL, G_ENVD, G_FILES, G_INTERP, G_EXECUTE, G_NONE };
 

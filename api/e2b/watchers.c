@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "api/e2b/internal.h"
-#include "api/handlers.h"
-#include "api/http.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
 
 #define WATCHER_MAX_EVENTS 10000
 #define WATCHERS_MAX 256

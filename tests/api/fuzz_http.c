@@ -1,4 +1,4 @@
-/* Fuzz target of the HTTP parser glue (api/http.c): feeds arbitrary bytes, cut
+/* Fuzz target of the HTTP parser glue (api/http/http.c): feeds arbitrary bytes, cut
  * into arbitrary pieces, through the same path server.c uses, with the socket
  * layer and the router replaced by stubs. Built two ways:
  *  - with clang -fsanitize=fuzzer: a libFuzzer target (LLVMFuzzerTestOneInput);
@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/http.h"
-#include "api/router.h"
-#include "api/server.h"
+#include "api/http/http.h"
+#include "api/http/router.h"
+#include "api/http/server.h"
 
 struct server_config srv_cfg;
 

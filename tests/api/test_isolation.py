@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Adversarial suite of the process engine (api/engine_process.c, agent/sandbox_init.c):
+"""Adversarial suite of the process engine (api/engines/engine_process.c, agent/sandbox_init.c):
 from inside a sandbox, as its root, every known way out is tried and must be refused,
 with the sandbox and serve still healthy afterwards: mounts (tmpfs, proc, cgroup v1,
 remounting /sys, a user namespace of its own), sysctl and other host knobs, block

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Per-sandbox memory and CPU limits of the process engine (api/cgroup.c): the template's
+"""Per-sandbox memory and CPU limits of the process engine (api/engines/cgroup.c): the template's
 `memory_max_mib` and `cpu_percent` become a cgroup per sandbox (v2, or v1 on hybrid
 hosts) that the sandbox's init enters before it runs anything. A command over the memory
 limit is OOM-killed (ExecStream reports the signal), a busy loop is throttled, the cgroup

@@ -1,4 +1,4 @@
-/* The node tag (api/node.c): which tags are accepted, the ids a node makes (valid
+/* The node tag (api/sandbox/node.c): which tags are accepted, the ids a node makes (valid
  * sandbox ids that end in their node's tag) and the ids it gives sandboxes whose
  * client chose one. The router (tools/cluster-config) relies on exactly these rules. */
 #include <check.h>
@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/errors.h"
-#include "api/node.h"
+#include "api/http/errors.h"
+#include "api/sandbox/node.h"
 
 START_TEST(tags)
 {

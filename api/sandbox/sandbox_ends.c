@@ -1,10 +1,10 @@
-#include "api/sandbox_ends.h"
+#include "api/sandbox/sandbox_ends.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "api/registry.h"
+#include "api/sandbox/registry.h"
 
 struct sandbox_end {
 	char id[72];

@@ -8,9 +8,9 @@
  * listens on a Unix socket that the host reaches through a bind-mounted directory, so
  * sandboxes outlive a restart of serve and are re-adopted by the next one. Each
  * sandbox has cgroups with the template's memory and CPU limits and a PID limit
- * (api/cgroup.h), entered before anything runs. */
+ * (api/engines/cgroup.h), entered before anything runs. */
 
-#include "api/engine.h"
+#include "api/engines/engine.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -28,8 +28,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "api/cgroup.h"
-#include "api/registry.h"
+#include "api/engines/cgroup.h"
+#include "api/sandbox/registry.h"
 
 #ifndef MITOS_SOURCE_ROOT
 #define MITOS_SOURCE_ROOT "."

@@ -1,4 +1,4 @@
-#include "api/kvm_guest.h"
+#include "api/engines/kvm_guest.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "api/images.h"
+#include "api/engines/images.h"
 
 #ifndef MITOS_SOURCE_ROOT
 #define MITOS_SOURCE_ROOT "."

@@ -1,4 +1,4 @@
-#include "api/bytebuf.h"
+#include "api/http/bytebuf.h"
 
 #include <errno.h>
 

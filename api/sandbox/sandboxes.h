@@ -9,9 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "api/engine.h"
-#include "api/errors.h"
-#include "api/uring.h"
+#include "api/engines/engine.h"
+#include "api/http/errors.h"
+#include "api/http/uring.h"
 
 struct cJSON;
 struct agent_conn;

@@ -1,4 +1,4 @@
-#include "api/registry.h"
+#include "api/sandbox/registry.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-#include "api/connect.h"
+#include "api/http/connect.h"
 
 #include <errno.h>
 #include <stdlib.h>

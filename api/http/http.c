@@ -1,4 +1,4 @@
-#include "api/http.h"
+#include "api/http/http.h"
 
 #include <cjson/cJSON.h>
 
@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/bytebuf.h"
-#include "api/router.h"
-#include "api/server.h"
+#include "api/http/bytebuf.h"
+#include "api/http/router.h"
+#include "api/http/server.h"
 
 static const http_parser_settings settings;
 

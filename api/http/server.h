@@ -11,8 +11,8 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include "api/sendq.h"
-#include "api/uring.h"
+#include "api/http/sendq.h"
+#include "api/http/uring.h"
 
 struct http_req;
 

@@ -8,18 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/cluster_list.h"
-#include "api/errors.h"
-#include "api/node.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/idempotency.h"
-#include "api/listener.h"
-#include "api/registry.h"
-#include "api/json_nul.h"
-#include "api/sandbox_ends.h"
-#include "api/sandboxes.h"
-#include "api/server.h"
+#include "api/mitos/cluster_list.h"
+#include "api/http/errors.h"
+#include "api/sandbox/node.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/mitos/idempotency.h"
+#include "api/http/listener.h"
+#include "api/sandbox/registry.h"
+#include "api/http/json_nul.h"
+#include "api/sandbox/sandbox_ends.h"
+#include "api/sandbox/sandboxes.h"
+#include "api/http/server.h"
 
 #define MAX_TIMEOUT_S (30u * 86400u)
 

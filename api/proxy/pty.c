@@ -10,7 +10,7 @@
  * queue, so it never touches a socket and fits the io_uring loop. Terminal
  * output is credited to the agent only as the client takes it; input is read
  * from the client only as the agent takes it. */
-#include "api/pty.h"
+#include "api/proxy/pty.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -22,13 +22,13 @@
 
 #include "agent/base64.h"
 #include "agent/proto.h"
-#include "api/agent_client.h"
-#include "api/bytebuf.h"
-#include "api/connect.h"
-#include "api/errors.h"
-#include "api/http.h"
-#include "api/sandboxes.h"
-#include "api/server.h"
+#include "api/sandbox/agent_client.h"
+#include "api/http/bytebuf.h"
+#include "api/http/connect.h"
+#include "api/http/errors.h"
+#include "api/http/http.h"
+#include "api/sandbox/sandboxes.h"
+#include "api/http/server.h"
 
 #define PTY_MAX_MSG (1u << 20)
 #define PTY_TX_HIGH (1u << 20)

@@ -1,4 +1,4 @@
-#include "api/preview_token.h"
+#include "api/proxy/preview_token.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "api/json_nul.h"
+#include "api/http/json_nul.h"
 
 #include <string.h>
 

@@ -1,4 +1,4 @@
-#include "api/cluster_list.h"
+#include "api/mitos/cluster_list.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -14,10 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/server.h"
-#include "api/uring.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/http/server.h"
+#include "api/http/uring.h"
 
 #define CL_MAX_TARGETS 256
 #define CL_MAX_RESPONSE (32u << 20)

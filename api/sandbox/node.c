@@ -1,4 +1,4 @@
-#include "api/node.h"
+#include "api/sandbox/node.h"
 
 #include <errno.h>
 #include <stdint.h>

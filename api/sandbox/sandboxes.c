@@ -1,4 +1,4 @@
-#include "api/sandboxes.h"
+#include "api/sandbox/sandboxes.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -14,12 +14,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "api/agent_client.h"
-#include "api/node.h"
-#include "api/images.h"
-#include "api/registry.h"
-#include "api/sandbox_ends.h"
-#include "api/server.h"
+#include "api/sandbox/agent_client.h"
+#include "api/sandbox/node.h"
+#include "api/engines/images.h"
+#include "api/sandbox/registry.h"
+#include "api/sandbox/sandbox_ends.h"
+#include "api/http/server.h"
 #include "vmm/kvm_probe.h"
 
 #define START_TIMEOUT_MS 30000

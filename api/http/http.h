@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "api/errors.h"
-#include "api/uring.h"
+#include "api/http/errors.h"
+#include "api/http/uring.h"
 
 #define HTTP_MAX_HEADER_BYTES (16u << 10) /* request line + all headers */
 #define HTTP_MAX_HEADERS 100

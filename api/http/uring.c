@@ -1,4 +1,4 @@
-#include "api/uring.h"
+#include "api/http/uring.h"
 
 #include <errno.h>
 #include <stdlib.h>

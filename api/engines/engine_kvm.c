@@ -18,13 +18,13 @@
  * - Each VM process is jailed as far as the host allows: new mount (private, own /proc),
  *   pid, ipc, uts and net namespaces, no capabilities (uid 0 without privilege),
  *   no_new_privs, a seccomp allowlist it installs itself once prepared (`--seccomp`,
- *   vmm/seccomp.c), and a cgroup with memory and CPU limits (api/cgroup.c). What is
+ *   vmm/seccomp.c), and a cgroup with memory and CPU limits (api/engines/cgroup.c). What is
  *   missing is listed in api/API.md.
  *
  * Everything that waits on a guest (restore, layer snapshots, template boots) runs on a
  * few worker threads; they touch no state of the event loop and report back through an
  * eventfd. Spawning, the pool and reference counts belong to the loop thread. */
-#include "api/engine.h"
+#include "api/engines/engine.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -54,11 +54,11 @@
 
 #include "agent/base64.h"
 #include "agent/proto.h"
-#include "api/agent_client.h"
-#include "api/cgroup.h"
-#include "api/kvm_guest.h"
-#include "api/registry.h"
-#include "api/uring.h"
+#include "api/sandbox/agent_client.h"
+#include "api/engines/cgroup.h"
+#include "api/engines/kvm_guest.h"
+#include "api/sandbox/registry.h"
+#include "api/http/uring.h"
 #include "vmm/control.h"
 
 #define AGENT_PORT 52

@@ -1,4 +1,4 @@
-#include "api/agent_client.h"
+#include "api/sandbox/agent_client.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include "agent/proto.h"
-#include "api/bytebuf.h"
-#include "api/sendq.h"
-#include "api/uring.h"
+#include "api/http/bytebuf.h"
+#include "api/http/sendq.h"
+#include "api/http/uring.h"
 
 #define AC_RBUF (64u << 10)
 #define AC_WCHUNK (64u << 10)

@@ -1,10 +1,10 @@
-#include "api/idempotency.h"
+#include "api/mitos/idempotency.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "api/uring.h"
+#include "api/http/uring.h"
 
 #define IDEM_SLOTS 4096
 #define IDEM_TTL_MS (24ull * 3600 * 1000)

@@ -1,4 +1,4 @@
-#include "api/server.h"
+#include "api/http/server.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -9,9 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "api/bytebuf.h"
-#include "api/http.h"
-#include "api/listener.h"
+#include "api/http/bytebuf.h"
+#include "api/http/http.h"
+#include "api/http/listener.h"
 
 #define OBUF_MIN (16u << 10)
 #define LINGER_MS 2000u

@@ -7,7 +7,7 @@
  * relaying both ways after the upstream's 101. Bytes are credited to the agent
  * only as the client takes them, and read from the client only as the agent
  * takes them. */
-#include "api/preview.h"
+#include "api/proxy/preview.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -18,16 +18,16 @@
 #include <string.h>
 
 #include "agent/proto.h"
-#include "api/agent_client.h"
-#include "api/bytebuf.h"
-#include "api/errors.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/preview_token.h"
-#include "api/registry.h"
-#include "api/router.h"
-#include "api/sandboxes.h"
-#include "api/server.h"
+#include "api/sandbox/agent_client.h"
+#include "api/http/bytebuf.h"
+#include "api/http/errors.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/proxy/preview_token.h"
+#include "api/sandbox/registry.h"
+#include "api/http/router.h"
+#include "api/sandbox/sandboxes.h"
+#include "api/http/server.h"
 
 #define PV_HEAD_MAX (16u << 10)
 #define PV_TX_HIGH (1u << 20)       /* client bytes waiting for agent credit: stop reading */

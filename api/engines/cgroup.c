@@ -1,4 +1,4 @@
-#include "api/cgroup.h"
+#include "api/engines/cgroup.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -17,7 +17,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "api/registry.h"
+#include "api/sandbox/registry.h"
 
 static enum cg_mode mode;
 static char parent[CG_N][CG_PATH]; /* v2: [0]; v1: memory [0], cpu [1], pids [2] */

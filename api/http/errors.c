@@ -1,4 +1,4 @@
-#include "api/errors.h"
+#include "api/http/errors.h"
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>

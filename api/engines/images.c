@@ -1,4 +1,4 @@
-#include "api/images.h"
+#include "api/engines/images.h"
 
 #include <elf.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-#include "api/sendq.h"
+#include "api/http/sendq.h"
 
 #include <errno.h>
 #include <stdlib.h>

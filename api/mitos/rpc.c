@@ -16,16 +16,16 @@
 
 #include "agent/base64.h"
 #include "agent/proto.h"
-#include "api/agent_client.h"
-#include "api/bytebuf.h"
-#include "api/connect.h"
-#include "api/errors.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/json_nul.h"
-#include "api/sandbox_ends.h"
-#include "api/sandboxes.h"
-#include "api/server.h"
+#include "api/sandbox/agent_client.h"
+#include "api/http/bytebuf.h"
+#include "api/http/connect.h"
+#include "api/http/errors.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/http/json_nul.h"
+#include "api/sandbox/sandbox_ends.h"
+#include "api/sandbox/sandboxes.h"
+#include "api/http/server.h"
 
 #define UNARY_DEFAULT_DEADLINE_MS 120000u
 #define MAX_TIMEOUT_S 86400      /* the contract's default ceiling on exec and run_code timeouts */

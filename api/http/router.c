@@ -1,16 +1,16 @@
-#include "api/router.h"
+#include "api/http/router.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/e2b/e2b.h"
-#include "api/errors.h"
-#include "api/handlers.h"
-#include "api/http.h"
-#include "api/preview.h"
-#include "api/pty.h"
-#include "api/server.h"
+#include "api/http/errors.h"
+#include "api/mitos/handlers.h"
+#include "api/http/http.h"
+#include "api/proxy/preview.h"
+#include "api/proxy/pty.h"
+#include "api/http/server.h"
 
 static const struct route r_health = { "health", rest_health, false, false };
 static const struct route r_templates_create = { "templates.create", rest_templates_create, false, false };
