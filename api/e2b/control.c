@@ -10,6 +10,7 @@
 
 #include "api/engines/cgroup.h"
 #include "api/e2b/internal.h"
+#include "api/mitos/cluster_list.h"
 #include "api/mitos/handlers.h"
 #include "api/http/http.h"
 #include "api/sandbox/registry.h"
@@ -512,6 +513,29 @@ static int by_start(const void *a, const void *b)
 	return strcmp(x->id, y->id);
 }
 
+/* The list's query string with its limit replaced by limit (the peers of a cluster
+ * list are asked for one item more than the client's page). */
+static char *query_with_limit(const char *query, unsigned limit)
+{
+	size_t n = strlen(query ? query : "");
+	char *out = malloc(n + 32);
+	if (!out)
+		return NULL;
+	size_t o = (size_t)sprintf(out, "limit=%u", limit);
+	for (const char *p = query ? query : ""; *p;) {
+		const char *amp = strchr(p, '&');
+		size_t len = amp ? (size_t)(amp - p) : strlen(p);
+		if (len && strncmp(p, "limit=", 6) && !(len == 5 && !strncmp(p, "limit", 5))) {
+			out[o++] = '&';
+			memcpy(out + o, p, len);
+			o += len;
+		}
+		p += len + (amp ? 1 : 0);
+	}
+	out[o] = 0;
+	return out;
+}
+
 void e2b_sandboxes_list(struct http_req *r)
 {
 	char *states = http_query_get(r->query, "state");
@@ -550,10 +574,25 @@ void e2b_sandboxes_list(struct http_req *r)
 			first++;
 		}
 	}
+	/* Across a cluster every node answers one item more than the page, so the
+	 * merge knows the item the next page starts with (cluster_list.h). */
+	bool cluster = cluster_list_wanted(r);
+	unsigned take = (unsigned)limit + (cluster ? 1 : 0);
 	cJSON *a = cJSON_CreateArray();
 	unsigned i = first;
-	for (; i < k && i < first + (unsigned)limit; i++)
+	for (; i < k && i < first + take; i++)
 		cJSON_AddItemToArray(a, sandbox_obj(all[desc ? k - 1 - i : i], e2b_sbx_get(all[desc ? k - 1 - i : i]->id, false), false));
+	if (cluster) {
+		char *q = query_with_limit(r->query, take);
+		if (q) {
+			cluster_list_start(r, a, "/v2/sandboxes", q, &(struct cluster_page){ (unsigned)limit, desc });
+			free(q);
+		} else {
+			cJSON_Delete(a);
+			e2b_reply_err(r, 500, "out of memory");
+		}
+		goto out;
+	}
 	char hdr[160] = "";
 	if (i < k) {
 		const struct sandbox *sb = all[desc ? k - 1 - i : i];

@@ -51,6 +51,8 @@ struct cl_ctx {
 	int pipe[2];
 	char byte;
 	struct uop done_op;
+	bool paged;
+	struct cluster_page page;
 };
 
 bool cluster_list_wanted(const struct http_req *r)
@@ -243,6 +245,66 @@ static bool has_id(const cJSON *arr, const char *id)
 	return false;
 }
 
+/* E2B items carry "startedAt" as RFC 3339 with milliseconds (registry_rfc3339). */
+static uint64_t item_start_ms(const cJSON *it)
+{
+	const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(it, "startedAt"));
+	struct tm tm = { 0 };
+	const char *rest = v ? strptime(v, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+	unsigned ms = 0;
+	if (!rest || (*rest == '.' && sscanf(rest + 1, "%3u", &ms) != 1))
+		return 0;
+	return (uint64_t)timegm(&tm) * 1000u + ms;
+}
+
+struct keyed_item {
+	uint64_t start_ms;
+	const char *id;
+	cJSON *item;
+};
+
+static int by_key(const void *a, const void *b)
+{
+	const struct keyed_item *x = a, *y = b;
+	if (x->start_ms != y->start_ms)
+		return x->start_ms < y->start_ms ? -1 : 1;
+	return strcmp(x->id, y->id);
+}
+
+/* Sorts arr in the page's order, keeps its first limit items and writes the key of
+ * the next one ("<start ms>-<id>", the token each node's own list hands out) into
+ * next, or leaves next empty when nothing follows. */
+static int page_cut(cJSON *arr, const struct cluster_page *pg, char *next, size_t nextlen)
+{
+	next[0] = 0;
+	int n = cJSON_GetArraySize(arr);
+	if (n <= 0)
+		return 0;
+	struct keyed_item *k = calloc((size_t)n, sizeof(*k));
+	if (!k)
+		return -ENOMEM;
+	int i = 0;
+	for (cJSON *it = arr->child; it && i < n; it = it->next, i++) {
+		const char *id = item_id(it);
+		k[i] = (struct keyed_item){ item_start_ms(it), id ? id : "", it };
+	}
+	qsort(k, (size_t)n, sizeof(*k), by_key);
+	/* Rebuild the array in order: detach every item, then append the kept ones. */
+	arr->child = NULL;
+	for (i = 0; i < n; i++) {
+		const struct keyed_item *e = &k[pg->desc ? n - 1 - i : i];
+		e->item->next = e->item->prev = NULL;
+		if ((unsigned)i < pg->limit)
+			cJSON_AddItemToArray(arr, e->item);
+		else if ((unsigned)i == pg->limit)
+			snprintf(next, nextlen, "%llu-%s", (unsigned long long)e->start_ms, e->id);
+	}
+	for (i = (int)pg->limit; i < n; i++)
+		cJSON_Delete(k[pg->desc ? n - 1 - i : i].item);
+	free(k);
+	return 0;
+}
+
 static void cl_free(struct cl_ctx *x)
 {
 	cl_inflight--;
@@ -290,10 +352,19 @@ static void cl_done(struct uop *op, int res, uint32_t flags)
 	}
 	if (x->error[0] && ul + strlen(x->error) + 3 < sizeof(unreachable))
 		ul += (size_t)snprintf(unreachable + ul, sizeof(unreachable) - ul, "%s%s", ul ? ", " : "", x->error);
+	char next[200] = "";
+	if (x->paged && page_cut(arr, &x->page, next, sizeof(next))) {
+		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
+		cl_free(x);
+		return;
+	}
 	char *body = cJSON_PrintUnformatted(x->local);
-	char extra[600] = "";
+	char extra[900] = "";
+	size_t el = 0;
 	if (ul)
-		snprintf(extra, sizeof(extra), "X-Mitos-Unreachable-Nodes: %s\r\n", unreachable);
+		el += (size_t)snprintf(extra, sizeof(extra), "X-Mitos-Unreachable-Nodes: %s\r\n", unreachable);
+	if (next[0])
+		snprintf(extra + el, sizeof(extra) - el, "X-Next-Token: %s\r\n", next);
 	if (body)
 		http_reply(r, 200, "application/json", body, strlen(body), extra);
 	else
@@ -321,7 +392,18 @@ static bool printable(const char *s, bool spaces)
 	return true;
 }
 
-void cluster_list_start(struct http_req *r, cJSON *local, const char *path)
+/* A credential header of the client's, as "Name: value\r\n", or "" when absent or
+ * unfit for a header line. */
+static void pass_header(const struct http_req *r, const char *lname, const char *name, char *out, size_t n)
+{
+	const char *v = http_req_header(r, lname);
+	out[0] = 0;
+	if (v && printable(v, true))
+		snprintf(out, n, "%s: %s\r\n", name, v);
+}
+
+void cluster_list_start(struct http_req *r, cJSON *local, const char *path, const char *query,
+			const struct cluster_page *page)
 {
 	if (cl_inflight >= CL_MAX_INFLIGHT) {
 		cJSON_Delete(local);
@@ -340,14 +422,21 @@ void cluster_list_start(struct http_req *r, cJSON *local, const char *path)
 	x->r = r;
 	x->local = local;
 	snprintf(x->peers_file, sizeof(x->peers_file), "%s", srv_cfg.peers_file);
-	/* Peers check the client's own token: the nodes of a cluster share one. */
-	const char *auth = http_req_header(r, "authorization");
-	if (auth && !printable(auth, true))
-		auth = NULL;
-	const char *q = r->query && *r->query && printable(r->query, false) ? r->query : NULL;
+	/* Peers check the client's own token (Authorization, or E2B's X-API-KEY): the
+	 * nodes of a cluster share one. */
+	char auth[1100], apikey[1100];
+	pass_header(r, "authorization", "Authorization", auth, sizeof(auth));
+	pass_header(r, "x-api-key", "X-API-KEY", apikey, sizeof(apikey));
+	if (!query)
+		query = r->query;
+	const char *q = query && *query && printable(query, false) ? query : NULL;
 	int n = snprintf(x->request, sizeof(x->request),
-			 "GET %s%s%s HTTP/1.0\r\nHost: mitos-peer\r\n%s%s%sConnection: close\r\n\r\n",
-			 path, q ? "?" : "", q ? q : "", auth ? "Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "");
+			 "GET %s%s%s HTTP/1.0\r\nHost: mitos-peer\r\n%s%sConnection: close\r\n\r\n",
+			 path, q ? "?" : "", q ? q : "", auth, apikey);
+	if (page) {
+		x->paged = true;
+		x->page = *page;
+	}
 	x->reqlen = n > 0 && (size_t)n < sizeof(x->request) ? (size_t)n : 0;
 	x->done_op.fn = cl_done;
 	pthread_t th;

@@ -482,7 +482,7 @@ void rest_sandboxes_list(struct http_req *r)
 	for (struct sandbox *sb = sandboxes_first(); sb; sb = sb->next)
 		cJSON_AddItemToArray(a, sandbox_info(r, sb));
 	if (cluster_list_wanted(r))
-		cluster_list_start(r, a, "/v1/sandboxes");
+		cluster_list_start(r, a, "/v1/sandboxes", NULL, NULL);
 	else
 		handler_reply_cjson(r, 200, a);
 }

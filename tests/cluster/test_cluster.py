@@ -27,12 +27,32 @@ from wsclient import OP_BINARY, OP_CLOSE, WebSocket  # noqa: E402
 VMM, AGENT = sys.argv[1], sys.argv[2]
 TAGS = ["n1", "n2", "n3"]
 
-# End-to-end scenarios of the API surfaces, each a command given the router's URL
-# and the token file; it must exit 0. The E2B scenario (issue 13) joins here as
-# one more entry taking the same two options.
-SCENARIOS = [
-    ("mitos", [sys.executable, os.path.join(ROOT, "tools", "sample.py")]),
-]
+E2B_DIR = os.path.join(ROOT, "tests", "e2b")
+
+
+def mitos_scenario(url, token_file, out_dir):
+    return [sys.executable, os.path.join(ROOT, "tools", "sample.py"), "--url", url, "--token-file", token_file,
+            "--out", os.path.join(out_dir, "plot.png")], None, None
+
+
+def e2b_scenario(url, token_file, out_dir):
+    """The E2B SDK's scenarios (tests/e2b) that need nothing of one node's own: the
+    SDK reaches envd through the router by the E2b-Sandbox-Id header."""
+    del out_dir
+    with open(token_file) as f:
+        token = f.read().strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
+    env.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=token)
+    files = ["test_lifecycle.mjs", "test_commands.mjs", "test_files.mjs", "test_code.mjs"]
+    # Through a router E2B_SANDBOX_URL names no sandbox, which only the host of a
+    # signed /files URL would (the SDK builds it from E2B_DOMAIN): that case says so.
+    env["MITOS_E2B_VIA_ROUTER"] = "1"
+    return ["node", "--test", "--test-concurrency=1"] + files, env, E2B_DIR
+
+
+# End-to-end scenarios of the API surfaces: each builds (argv, env, cwd) from the
+# router's URL, the token file and a scratch folder, and must exit 0.
+SCENARIOS = [("mitos", mitos_scenario), ("e2b", e2b_scenario)]
 
 
 def eq(a, b, what):
@@ -104,13 +124,45 @@ class Suite:
         assert h["node_id"] in TAGS, h
 
     def scenarios_through_router(self):
-        for name, cmd in SCENARIOS:
-            p = subprocess.run(cmd + ["--url", "http://127.0.0.1:%d" % self.c.port, "--token-file",
-                                      self.c.token_file, "--out", os.path.join(self.c.dir, "plot.png")],
-                               capture_output=True, text=True, timeout=300)
+        for name, build in SCENARIOS:
+            if name == "e2b" and not os.path.isdir(os.path.join(E2B_DIR, "node_modules", "e2b")):
+                raise AssertionError("the E2B SDK is not installed: run tools/setup (npm ci in tests/e2b)")
+            cmd, env, cwd = build("http://127.0.0.1:%d" % self.c.port, self.c.token_file, self.c.dir)
+            p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
             if p.returncode:
                 raise AssertionError("scenario %s exited %d\n%s\n%s" % (name, p.returncode, p.stdout[-3000:],
                                                                        p.stderr[-3000:]))
+
+    def e2b_list_pages(self):
+        """E2B's list is paged and sorted by start time: through the router, pages of two
+        follow X-Next-Token across every node's sandboxes, each exactly once, in order."""
+        key = {"X-API-KEY": self.c.token}
+        made = []
+        for _ in range(7):
+            st, sb = self.r.request("POST", "/v2/sandboxes", {"templateID": "base", "timeout": 600}, headers=key)
+            eq(st, 201, "E2B create through the router (%r)" % (sb,))
+            made.append(sb["sandboxID"])
+        assert len(set(node_of(i) for i in made)) >= 2, "E2B creates landed on one node: %r" % made
+        seen, token, pages = [], None, 0
+        while True:
+            q = "/v2/sandboxes?limit=2" + ("&nextToken=" + token if token else "")
+            st, page, resp = self.r.request_full("GET", q, headers=key)
+            eq(st, 200, "E2B list page %d (%r)" % (pages, page))
+            eq(resp.getheader("X-Mitos-Unreachable-Nodes"), None, "every node answered the E2B list")
+            assert len(page) <= 2, page
+            seen += page
+            pages += 1
+            token = resp.getheader("X-Next-Token")
+            if not token:
+                break
+            assert pages < 50, "the pages do not end"
+        ids = [s["sandboxID"] for s in seen]
+        eq(len(ids), len(set(ids)), "each sandbox once across the pages (%r)" % ids)
+        assert set(made) <= set(ids), "missing from the E2B list: %r" % (set(made) - set(ids))
+        starts = [(s["startedAt"], s["sandboxID"]) for s in seen]
+        eq(starts, sorted(starts), "pages in start order")
+        for sid in made:
+            eq(self.r.request("DELETE", "/sandboxes/" + sid, headers=key)[0], 204, "E2B kill " + sid)
 
     def creates_spread(self):
         ids = [create(self.r)[0] for _ in range(9)]
@@ -326,7 +378,7 @@ def main():
         return 77
     c = Cluster(VMM, AGENT)
     s = Suite(c)
-    steps = ["templates_on_every_node", "scenarios_through_router", "creates_spread",
+    steps = ["templates_on_every_node", "scenarios_through_router", "e2b_list_pages", "creates_spread",
              "every_call_reaches_its_node", "drain", "node_killed", "node_restarted", "delete_all"]
     passed = 0
     try:

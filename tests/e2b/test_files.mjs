@@ -129,7 +129,11 @@ test("watchDir with includeEntry carries the entry of created files", async () =
   assert.equal(withEntry.entry.type, "file");
 });
 
-test("signed upload and download URLs work without any sandbox header", async () => {
+// Through the cluster router (tests/cluster) E2B_SANDBOX_URL carries no sandbox id:
+// a signed URL names its sandbox only in the host the SDK builds from E2B_DOMAIN.
+const viaRouter = process.env.MITOS_E2B_VIA_ROUTER === "1" &&
+  "a signed URL without the E2B_DOMAIN host names no sandbox the router could route by";
+test("signed upload and download URLs work without any sandbox header", { skip: viaRouter }, async () => {
   const up = await sbx.uploadUrl("/tmp/e2b/signed.txt");
   assert.match(up, /signature=v1_/);
   const form = new FormData();
