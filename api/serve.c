@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/e2b/e2b.h"
 #include "api/sandbox/agent_client.h"
 #include "api/http/errors.h"
 #include "api/http/listener.h"
@@ -438,6 +439,7 @@ int cmd_serve(int argc, char **argv)
 	main_ticker.fn = main_tick;
 	ur_add_ticker(&main_ticker);
 	sandboxes_start();
+	e2b_records_load();
 
 	char host[INET6_ADDRSTRLEN] = "?";
 	unsigned port = 0;

@@ -15,6 +15,7 @@
 #include "api/http/http.h"
 #include "api/http/server.h"
 #include "api/http/uring.h"
+#include "api/sandbox/registry.h"
 
 static struct e2b_sbx *records;
 
@@ -25,6 +26,82 @@ static void sbx_free(struct e2b_sbx *s)
 	explicit_bzero(s->envd_token, sizeof(s->envd_token));
 	explicit_bzero(s->traffic_token, sizeof(s->traffic_token));
 	free(s);
+}
+
+/* A sandbox's E2B settings live in its state dir beside sandbox.json, so a restarted
+ * serve (which re-adopts the sandbox) still knows the tokens its clients hold. */
+static int record_path(const struct sandbox *sb, char *out, size_t n)
+{
+	int w = snprintf(out, n, "%s/e2b.json", sb->dir);
+	return w > 0 && (size_t)w < n ? 0 : -ENAMETOOLONG;
+}
+
+int e2b_sbx_save(const struct e2b_sbx *s)
+{
+	struct sandbox *sb = sandbox_find(s->id);
+	char path[1100];
+	if (!sb || sb->created_ms != s->created_ms)
+		return -ENOENT;
+	if (record_path(sb, path, sizeof(path)))
+		return -ENAMETOOLONG;
+	cJSON *o = cJSON_CreateObject();
+	if (!o)
+		return -ENOMEM;
+	cJSON_AddNumberToObject(o, "created_ms", (double)s->created_ms);
+	cJSON_AddStringToObject(o, "envd_token", s->envd_token);
+	cJSON_AddStringToObject(o, "traffic_token", s->traffic_token);
+	if (s->env_vars)
+		cJSON_AddItemToObject(o, "env_vars", cJSON_Duplicate(s->env_vars, 1));
+	cJSON_AddBoolToObject(o, "auto_pause", s->auto_pause);
+	cJSON_AddBoolToObject(o, "allow_internet", s->allow_internet);
+	int rc = registry_write_json(path, o);
+	cJSON_Delete(o);
+	return rc;
+}
+
+/* A token as saved: empty, or exactly the hex a token is made of. */
+static bool token_copy(const cJSON *o, const char *key, char *out, size_t outlen)
+{
+	const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, key));
+	size_t n = v ? strlen(v) : 0;
+	if (!v || (n && n != outlen - 1) || strspn(v, "0123456789abcdef") != n)
+		return false;
+	memcpy(out, v, n + 1);
+	return true;
+}
+
+/* The record serve saved for sb, or NULL when there is none (a sandbox made
+ * through the Mitos surface) or it is not sb's own. */
+static struct e2b_sbx *sbx_load(const struct sandbox *sb)
+{
+	char path[1100];
+	if (record_path(sb, path, sizeof(path)))
+		return NULL;
+	cJSON *o = registry_read_json(path);
+	if (!o)
+		return NULL;
+	struct e2b_sbx *s = calloc(1, sizeof(*s));
+	const cJSON *ms = cJSON_GetObjectItemCaseSensitive(o, "created_ms");
+	const cJSON *env = cJSON_GetObjectItemCaseSensitive(o, "env_vars");
+	if (!s || !cJSON_IsNumber(ms) || (uint64_t)ms->valuedouble != sb->created_ms ||
+	    !token_copy(o, "envd_token", s->envd_token, sizeof(s->envd_token)) ||
+	    !token_copy(o, "traffic_token", s->traffic_token, sizeof(s->traffic_token)) ||
+	    (env && !cJSON_IsObject(env))) {
+		fprintf(stderr, "mitos-vmm serve: sandbox %s: ignoring its E2B record %s (not this sandbox's, or damaged)\n",
+			sb->id, path);
+		free(s);
+		cJSON_Delete(o);
+		return NULL;
+	}
+	snprintf(s->id, sizeof(s->id), "%s", sb->id);
+	s->created_ms = sb->created_ms;
+	s->env_vars = env ? cJSON_Duplicate(env, 1) : NULL;
+	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_pause"));
+	s->allow_internet = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "allow_internet"));
+	cJSON_Delete(o);
+	if (s->auto_pause)
+		e2b_auto_pause_watch();
+	return s;
 }
 
 struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
@@ -42,18 +119,29 @@ struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
 			return s;
 		pp = &s->next;
 	}
-	struct sandbox *sb = create ? sandbox_find(id) : NULL;
+	struct sandbox *sb = sandbox_find(id);
 	if (!sb)
 		return NULL;
-	struct e2b_sbx *s = calloc(1, sizeof(*s));
+	struct e2b_sbx *s = sbx_load(sb);
+	if (!s && create) {
+		s = calloc(1, sizeof(*s));
+		if (!s)
+			return NULL;
+		snprintf(s->id, sizeof(s->id), "%s", id);
+		s->created_ms = sb->created_ms;
+		s->allow_internet = true;
+	}
 	if (!s)
 		return NULL;
-	snprintf(s->id, sizeof(s->id), "%s", id);
-	s->created_ms = sb->created_ms;
-	s->allow_internet = true;
 	s->next = records;
 	records = s;
 	return s;
+}
+
+void e2b_records_load(void)
+{
+	for (struct sandbox *sb = sandboxes_first(); sb; sb = sb->next)
+		e2b_sbx_get(sb->id, false);
 }
 
 struct e2b_sbx *e2b_sbx_first(void)

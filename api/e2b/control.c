@@ -162,7 +162,7 @@ static void auto_pause_tick(struct ur_ticker *t, uint64_t now)
 	}
 }
 
-static void auto_pause_watch(void)
+void e2b_auto_pause_watch(void)
 {
 	if (auto_pause_ticking)
 		return;
@@ -226,11 +226,18 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 		s->env_vars = cJSON_Duplicate(env, 1);
 	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause"));
 	if (s->auto_pause)
-		auto_pause_watch();
+		e2b_auto_pause_watch();
 	const cJSON *net = cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access");
 	s->allow_internet = !cJSON_IsFalse(net);
 	mint_tokens(s, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "secure")));
-	handler_reply_cjson(r, 201, sandbox_obj(sbs[0], s, true));
+	/* Tokens a client is given survive a restart of serve, or are not given. */
+	int rc = e2b_sbx_save(s);
+	if (rc) {
+		e2b_reply_err(r, 500, "cannot save the sandbox's E2B record: %s", strerror(-rc));
+		sandbox_destroy(sbs[0], "its E2B record could not be saved", NULL, NULL, NULL);
+	} else {
+		handler_reply_cjson(r, 201, sandbox_obj(sbs[0], s, true));
+	}
 	create_free(cc);
 }
 
@@ -352,7 +359,14 @@ static void connect_or_resume(struct http_req *r, bool legacy_resume)
 		e2b_reply_err(r, 500, "out of memory");
 		return;
 	}
+	bool minted = !s->envd_token[0];
 	mint_tokens(s, false);
+	rc = minted && s->envd_token[0] ? e2b_sbx_save(s) : 0;
+	if (rc) {
+		s->envd_token[0] = s->traffic_token[0] = 0;
+		e2b_reply_err(r, 500, "cannot save the sandbox's E2B record: %s", strerror(-rc));
+		return;
+	}
 	handler_reply_cjson(r, resumed ? 201 : 200, sandbox_obj(sb, s, true));
 }
 

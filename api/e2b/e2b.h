@@ -13,5 +13,8 @@ struct http_req;
  * E2B's (an E2b-Sandbox-Port header, or a control-plane or /files path) and sets
  * r->route, r->body_limit and r->body_streamed. */
 bool e2b_route_headers(struct http_req *r);
+/* After re-adoption: loads the E2B records of the sandboxes a previous serve left
+ * (their tokens, envs and onTimeout), so its clients carry on. */
+void e2b_records_load(void);
 
 #endif

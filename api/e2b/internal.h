@@ -36,6 +36,10 @@ struct e2b_sbx {
 
 /* The record for id (created when create is set), NULL when the sandbox is gone. */
 struct e2b_sbx *e2b_sbx_get(const char *id, bool create);
+/* Saves s beside its sandbox's sandbox.json (tmp + rename): 0 or -errno. */
+int e2b_sbx_save(const struct e2b_sbx *s);
+/* Starts lifecycle.onTimeout "pause" checks (idempotent). */
+void e2b_auto_pause_watch(void);
 /* Every record (some may name sandboxes that are gone: check with sandbox_find). */
 struct e2b_sbx *e2b_sbx_first(void);
 /* Fills out with a fresh random token (hex). */

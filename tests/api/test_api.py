@@ -732,6 +732,40 @@ def t_restart_readopt_and_shutdown(env):
         s.cleanup()
 
 
+def t_e2b_record_survives_restart(env):
+    """The tokens, envs and onTimeout an E2B client was given live beside the sandbox:
+    after serve restarts (and re-adopts it) the same envd token opens it, and nothing
+    else does."""
+    token = "e2b-restart-token-0123456789"
+    s = Server(VMM, AGENT, token=token)
+    state = s.state_dir
+    key = {"X-API-KEY": token}
+    try:
+        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base", "secure": True,
+                                                    "envVars": {"GREETING": "hello"}, "autoPause": True},
+                           headers=key)
+        eq(st, 201, "E2B create (%r)" % (sb,))
+        sid, envd = sb["sandboxID"], sb["envdAccessToken"]
+        assert envd, sb
+        s.stop(signal.SIGKILL)
+        s2 = Server(VMM, AGENT, state_dir=state, token=token)
+        try:
+            def files(tok):
+                h = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983"}
+                if tok:
+                    h["X-Access-Token"] = tok
+                return s2.request("GET", "/files?path=/etc/hostname", headers=h, raw=True)[0]
+            wait_until(lambda: files(envd) == 200, 10, "the envd token opens the re-adopted sandbox")
+            eq(files("0" * len(envd)), 401, "another token")
+            eq(files(None), 401, "no token (serve's API key in Authorization only)")
+            st, info = s2.request("GET", "/sandboxes/" + sid, headers=key)
+            eq((st, info["lifecycle"]["onTimeout"]), (200, "pause"), "onTimeout kept")
+        finally:
+            s2.stop()
+    finally:
+        s.cleanup()
+
+
 def t_stale_state_cleaned(env):
     s = Server(VMM, AGENT)
     state = s.state_dir
@@ -776,6 +810,7 @@ def main():
     ]
     own = [("auth", t_auth), ("startup_checks", t_startup_checks),
            ("restart_readopt_and_shutdown", t_restart_readopt_and_shutdown),
+           ("e2b_record_survives_restart", t_e2b_record_survives_restart),
            ("stale_state_cleaned", t_stale_state_cleaned)]
     try:
         r.run_all(tests, ONLY, shared)
