@@ -22,6 +22,9 @@ struct kvm_guest {
 	char cmdline[2048];
 	unsigned mem_mib;
 	unsigned boot_timeout_s;
+	/* Run in the booted guest before the template's snapshot, so what a child's first
+	 * command needs is in the page cache it inherits ("" for nothing). */
+	char warm[256];
 };
 
 void kvm_guest_init(bool emulated);

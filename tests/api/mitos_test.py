@@ -204,9 +204,9 @@ def wait_running(s, sid, timeout=10):
                "%s running" % sid)
 
 
-def exec_output(s, sid, msg):
+def exec_output(s, sid, msg, timeout=30):
     """ExecStream of msg: what the command wrote on stdout (text) and the envelopes."""
-    c = s.conn()
+    c = s.conn(timeout)
     c.request("POST", "/sandbox.v1.Sandbox/ExecStream", body=envelope(msg),
               headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
     msgs = parse_envelopes(c.getresponse().read())

@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "api"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "pylib"))
+import budget  # noqa: E402
 from mitos_test import Server  # noqa: E402
 
 vmm, agent, e2b_dir = sys.argv[1:4]
@@ -49,8 +51,9 @@ try:
     if kvm:
         # The templates boot and snapshot a guest first (minutes under emulation):
         # longer than any SDK call waits, so they are built before the SDK runs.
+        wait = budget.seconds(vmm, 10, budget.TEMPLATE_MINSTR)
         for tpl in ("base", "code-interpreter-v1"):
-            c = s.conn(timeout=1500)
+            c = s.conn(timeout=wait)
             c.request("POST", "/v1/templates", body=json.dumps({"id": tpl}),
                       headers=s.headers({"Content-Type": "application/json"}))
             r = c.getresponse()

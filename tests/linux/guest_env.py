@@ -17,9 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tools", "pylib"))
 from agent_client import Agent, AgentError  # noqa: E402
 from mitosvm import VM, wait_for_socket  # noqa: E402
+import budget  # noqa: E402
 
-BOOT_TIMEOUT = 600      # boot to agent-ready; about 20 s measured on PVM
-OP_TIMEOUT = 900        # the first run_code starts IPython: minutes on PVM
 # What follows "--" goes to init: the agent finds mitos_kernel.py itself, so this only
 # checks that arguments reach it (mitos-vmm puts its virtio_mmio.device= entries before).
 ROOT_ARGS = ("root=/dev/vda ro rootfstype=ext4 init=/usr/bin/mitos-agent "
@@ -38,6 +37,10 @@ class Env:
         self.vmm, self.agent, self.root = vmm, agent, root
         self.t0 = time.time()
         self.vms = []
+        # This machine's budgets (tools/pylib/budget.py): boot to agent-ready, and the
+        # longest single operation (the first run_code starts IPython).
+        self.boot_timeout = budget.seconds(vmm, 10, budget.BOOT_MINSTR)
+        self.op_timeout = budget.seconds(vmm, 30, budget.IPYTHON_MINSTR)
 
     def log(self, msg):
         print(f"[{time.time() - self.t0:7.1f}s] {msg}", flush=True)
@@ -105,14 +108,14 @@ class Env:
         vm = self.start_vm(["run", "--kernel", kernel, "--cmdline", cmdline, "--vsock", vsock,
                             "--control", ctl, "--stats"] + boot_args, ctl)
         wait_for_socket(ctl)
-        m = vm.wait_for(r"Run \S+ as init process", timeout=BOOT_TIMEOUT)
+        m = vm.wait_for(r"Run \S+ as init process", timeout=self.boot_timeout)
         t_init = time.time() - start
         case(f"{name}: kernel boots to init", m is not None, "\n".join(vm.seen[-40:]))
         if m is None:
             return vm, None, None, None
         self.log(f"{name}: init after {t_init:.1f} s")
         try:
-            a = Agent.connect(vsock, deadline=start + BOOT_TIMEOUT, timeout=OP_TIMEOUT)
+            a = Agent.connect(vsock, deadline=start + self.boot_timeout, timeout=self.op_timeout)
         except AgentError as e:
             vm.drain()
             case(f"{name}: agent answers on vsock", False, f"{e}\n" + "\n".join(vm.seen[-40:]))
@@ -131,8 +134,12 @@ class Env:
         vm = self.start_vm(["restore", "--snapshot", snap, "--vsock", vsock, "--control", ctl],
                            ctl)
         wait_for_socket(ctl)
-        a = Agent.connect(vsock, deadline=start + OP_TIMEOUT, timeout=OP_TIMEOUT)
+        a = Agent.connect(vsock, deadline=start + self.op_timeout, timeout=self.op_timeout)
         return vm, a, time.time() - start
+
+    def stop(self, vm):
+        vm.call({"cmd": "stop"})
+        return vm.finish(timeout=self.op_timeout)
 
     def snapshot(self, vm, out):
         return subprocess.run([self.vmm, "snapshot", "--control", vm.control, "--out", out],
@@ -159,11 +166,6 @@ class Env:
             self.cleanup()
             shutil.rmtree(tmp, ignore_errors=True)
         return None
-
-
-def stop(vm):
-    vm.call({"cmd": "stop"})
-    return vm.finish(timeout=OP_TIMEOUT)
 
 
 def linux_source_available():

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "tools", "pylib"))
 from agent_client import AgentError, entropy  # noqa: E402
-from guest_env import OP_TIMEOUT, ROOT_ARGS, Env, main_value, stop  # noqa: E402
+from guest_env import ROOT_ARGS, Env, main_value  # noqa: E402
 from mitosvm import Cases  # noqa: E402
 
 ROUNDS = int(os.environ.get("MITOS_STRESS_ROUNDS", "5"))
@@ -125,7 +125,7 @@ def child(tmp, snap, name, reference):
         a.close()
     except (AgentError, OSError, ValueError) as e:
         problems.append(f"{type(e).__name__}: {e}")
-    rc, err = stop(vm)
+    rc, err = env.stop(vm)
     if rc != 0:
         problems.append(f"mitos-vmm exit {rc}: {err[-2000:]}")
     return name, problems, uuid, skew, t_ready
@@ -138,10 +138,10 @@ def run(tmp, kernel, pvm):
                                ["--mem", "256", "--vcpus", str(VCPUS), "--disk", f"{rootfs},ro"],
                                case)
     if p is None:
-        print(stop(parent)[1])
+        print(env.stop(parent)[1])
         return
     t = time.time()
-    p.s.settimeout(2 * OP_TIMEOUT)   # IPython and numpy start: many minutes when loaded
+    p.s.settimeout(2 * env.op_timeout)   # IPython and numpy start: many minutes when loaded
     try:
         _, events, end = p.run_code(DEFINE)
     except (AgentError, OSError) as e:
@@ -158,7 +158,7 @@ def run(tmp, kernel, pvm):
     snap = os.path.join(tmp, "snap")
     r = env.snapshot(parent, snap)
     case("snapshot of the warm template", r.returncode == 0, r.stdout + r.stderr)
-    stop(parent)
+    env.stop(parent)
     if r.returncode != 0:
         return
 

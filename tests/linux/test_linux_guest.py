@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from agent_client import entropy  # noqa: E402
-from guest_env import OP_TIMEOUT, ROOT_ARGS, Env, main_value, stop  # noqa: E402
+from guest_env import ROOT_ARGS, Env, main_value  # noqa: E402
 
 env = Env(*sys.argv[1:4])
 log = env.log
@@ -60,7 +60,7 @@ def run_suite(tmp, kernel, pvm):
     parent, t_init, t_ready, p = env.boot(tmp, "template", kernel, f"{tuning} {ROOT_ARGS}",
                                           ["--mem", "256", "--disk", f"{rootfs},ro"], case)
     if p is None:
-        print(stop(parent)[1])
+        print(env.stop(parent)[1])
         return
     t = time.time()
     _, events, end = p.run_code("1 + 1")
@@ -75,7 +75,7 @@ def run_suite(tmp, kernel, pvm):
     snap = os.path.join(tmp, "snap")
     r = env.snapshot(parent, snap)
     case("snapshot of the warm template", r.returncode == 0, r.stdout + r.stderr)
-    rc, err = stop(parent)
+    rc, err = env.stop(parent)
     stats = "; ".join(ln for ln in err.splitlines() if ln.startswith("stats: e"))
     log(f"template stopped (exit {rc}); {stats}")
     if r.returncode != 0:
@@ -136,11 +136,11 @@ def run_suite(tmp, kernel, pvm):
     case("a later child starts from the snapshot, not a sibling", ec.get("exists") is False, str(ec))
     end = a.call("poweroff")
     a.close()
-    rc, err = a_vm.finish(timeout=OP_TIMEOUT)
+    rc, err = a_vm.finish(timeout=env.op_timeout)
     case("poweroff through the agent ends the VM with 0", end == {} and rc == 0, f"{end} rc={rc} {err}")
     for conn, vm in ((b, b_vm), (c, c_vm)):
         conn.close()
-        rc, err = stop(vm)
+        rc, err = env.stop(vm)
         case("a child stops through its control socket", rc == 0, err)
 
     # The initramfs of build-initramfs.sh boots to the agent too.
@@ -154,7 +154,7 @@ def run_suite(tmp, kernel, pvm):
         case("initramfs: exec echo", out == b"from the initramfs\n" and end.get("exit_code") == 0,
              f"{out!r} {end}")
         i.close()
-    stop(vm)
+    env.stop(vm)
     log(f"timings: template (root image) init {t_init:.1f} s, agent-ready {t_ready:.1f} s after "
         f"`mitos-vmm run` started, IPython warm {t_ipython:.1f} s later; restored children "
         f"ready in {t_a * 1000:.0f} / {t_b * 1000:.0f} ms; initramfs: init "
