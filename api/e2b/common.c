@@ -294,10 +294,8 @@ void e2b_call_abort(struct http_req *r)
 void e2b_call_writable(struct http_req *r)
 {
 	struct e2b_call *c = r->ctx;
-	if (c->owed && c->as && http_stream_room(r)) {
-		agent_consumed(c->as, c->owed);
-		c->owed = 0;
-	}
+	if (c->as)
+		agent_room_changed(c->as);
 }
 
 static const struct http_req_ops plain_ops = { .writable = e2b_call_writable, .abort = e2b_call_abort };
@@ -376,16 +374,11 @@ bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, cJSON *open, const
 	return c->as != NULL;
 }
 
-void e2b_call_consume(struct e2b_call *c, size_t n)
+size_t e2b_call_room(struct astream *s)
 {
-	if (!c->as)
-		return;
-	if (c->r && c->r->chunked && http_stream_room(c->r) == 0) {
-		c->owed += n;
-		return;
-	}
-	agent_consumed(c->as, c->owed + n);
-	c->owed = 0;
+	const struct e2b_call *c = s->ctx;
+	/* A reply that is not streamed holds the whole answer until the end anyway. */
+	return c->r && c->r->chunked ? http_stream_room(c->r) : SIZE_MAX;
 }
 
 void e2b_envelope(struct http_req *r, uint8_t flags, const char *json, size_t n)

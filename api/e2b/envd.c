@@ -273,7 +273,6 @@ static void proc_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 	if (n && (ch == PROTO_CH_STDOUT || ch == PROTO_CH_STDERR))
 		data_event(c, c->pty ? "pty" : ch == PROTO_CH_STDOUT ? "stdout" : "stderr", p, n);
 	c->base.next_ka = ur_now_ms() + srv_cfg.keepalive_ms;
-	e2b_call_consume(&c->base, n);
 }
 
 static void proc_event(struct astream *s, cJSON *ev)
@@ -323,7 +322,7 @@ static void proc_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, NULL, NULL, NULL);
 }
 
-static const struct astream_ops proc_ops = { proc_data, proc_event, proc_end, NULL };
+static const struct astream_ops proc_ops = { proc_data, proc_event, proc_end, NULL, e2b_call_room };
 
 /* Connect-Timeout-Ms, or 0. */
 static uint64_t timeout_ms(const struct http_req *r)
@@ -357,7 +356,7 @@ static void cwd_resolved(struct astream *s, cJSON *payload, const char *why)
 		call_end(c, NULL, "unavailable", "cannot open a stream to the sandbox's agent");
 }
 
-static const struct astream_ops cwd_ops = { NULL, NULL, cwd_resolved, NULL };
+static const struct astream_ops cwd_ops = { NULL, NULL, cwd_resolved, NULL, NULL };
 
 static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *req)
 {
@@ -509,7 +508,7 @@ static void list_event(struct astream *s, cJSON *ev)
 	}
 }
 
-static const struct astream_ops unary_ops = { NULL, list_event, unary_end, NULL };
+static const struct astream_ops unary_ops = { NULL, list_event, unary_end, NULL, NULL };
 
 static int signal_number(const cJSON *v)
 {
@@ -711,7 +710,7 @@ static void entry_end(struct astream *s, cJSON *payload, const char *why)
 	pending_flush(p->c);
 }
 
-static const struct astream_ops entry_ops = { NULL, NULL, entry_end, NULL };
+static const struct astream_ops entry_ops = { NULL, NULL, entry_end, NULL, NULL };
 
 /* Queues fs behind a stat of its path; false when it can go out as it is. */
 static bool entry_lookup(struct envd_call *c, cJSON *fs)
@@ -788,7 +787,7 @@ static void watch_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, NULL, NULL, NULL);
 }
 
-static const struct astream_ops watch_ops = { NULL, watch_event, watch_end, NULL };
+static const struct astream_ops watch_ops = { NULL, watch_event, watch_end, NULL, NULL };
 
 static void start_watch(struct envd_call *c, struct agent_conn *ac, const cJSON *req)
 {

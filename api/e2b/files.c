@@ -149,7 +149,6 @@ static void read_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 			http_stream_start(r, 200, "application/octet-stream", NULL);
 		http_stream_write(r, p, n);
 	}
-	e2b_call_consume(&c->base, n);
 }
 
 static void read_event(struct astream *s, cJSON *ev)
@@ -174,7 +173,7 @@ static void read_end(struct astream *s, cJSON *payload, const char *why)
 	e2b_call_free(&c->base);
 }
 
-static const struct astream_ops read_ops = { read_data, read_event, read_end, NULL };
+static const struct astream_ops read_ops = { read_data, read_event, read_end, NULL, e2b_call_room };
 static const struct e2b_call_vt read_vt = { NULL, NULL };
 
 static void query_access(const struct http_req *r, struct access *a)
@@ -316,7 +315,7 @@ static void wf_end(struct astream *s, cJSON *payload, const char *why)
 	upload_maybe_done(u);
 }
 
-static const struct astream_ops wf_ops = { NULL, NULL, wf_end, wf_writable };
+static const struct astream_ops wf_ops = { NULL, NULL, wf_end, wf_writable, NULL };
 
 static struct wfile *wf_open(struct upload *u, const char *dest)
 {

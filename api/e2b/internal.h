@@ -68,7 +68,6 @@ struct e2b_call {
 	struct http_req *r;          /* NULL once the client is gone */
 	struct astream *as;          /* NULL once the agent stream ended */
 	const struct e2b_call_vt *vt;
-	size_t owed;                 /* agent bytes to credit once the client drains */
 	uint64_t deadline;           /* monotonic ms, 0: none */
 	uint64_t next_ka;
 	bool done;
@@ -82,8 +81,9 @@ void *e2b_call_new(struct http_req *r, size_t size, const struct e2b_call_vt *vt
 struct agent_conn *e2b_sandbox_agent(const char *id, int *status, char *msg, size_t msglen);
 /* Opens the agent stream; false when it could not (open is consumed). */
 bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, struct cJSON *open, const struct astream_ops *ops);
-/* Credits the agent for n bytes now, or once the client took our output. */
-void e2b_call_consume(struct e2b_call *c, size_t n);
+/* The room() of every call's agent stream (s->ctx is the call): what the client
+ * takes now, while its reply is streamed. */
+size_t e2b_call_room(struct astream *s);
 /* Cancels the agent stream, detaches from the request, unlinks and frees. */
 void e2b_call_free(struct e2b_call *c);
 /* The http_req_ops every call uses (files.c adds its body callbacks to them). */

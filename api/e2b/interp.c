@@ -119,7 +119,6 @@ static void exec_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 	struct exec_call *c = s->ctx;
 	if (n && (ch == PROTO_CH_STDOUT || ch == PROTO_CH_STDERR))
 		text_line(c, ch - 1, p, n);
-	e2b_call_consume(&c->base, n);
 }
 
 /* Jupyter MIME bundle -> E2B result keys (reference 4.2). */
@@ -267,7 +266,7 @@ static void exec_end(struct astream *s, cJSON *payload, const char *why)
 	exec_finish(c, 0, NULL);
 }
 
-static const struct astream_ops exec_ops = { exec_data, exec_event, exec_end, NULL };
+static const struct astream_ops exec_ops = { exec_data, exec_event, exec_end, NULL, e2b_call_room };
 
 static bool is_bash(const char *lang)
 {
@@ -396,7 +395,7 @@ static void ctx_end(struct astream *s, cJSON *payload, const char *why)
 	e2b_call_free(&c->base);
 }
 
-static const struct astream_ops ctx_ops = { NULL, NULL, ctx_end, NULL };
+static const struct astream_ops ctx_ops = { NULL, NULL, ctx_end, NULL, NULL };
 
 static void reply_text(struct http_req *r, int status, const char *msg)
 {

@@ -101,7 +101,7 @@ static void w_end(struct astream *s, cJSON *payload, const char *why)
 	/* Otherwise it stays until RemoveWatcher; its queued events can still be read. */
 }
 
-static const struct astream_ops w_ops = { NULL, w_event, w_end, NULL };
+static const struct astream_ops w_ops = { NULL, w_event, w_end, NULL, NULL };
 
 static struct watcher *find(const char *sandbox, const cJSON *req)
 {

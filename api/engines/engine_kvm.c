@@ -496,136 +496,10 @@ static int ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms
 	}
 }
 
-static int read_full(int fd, void *buf, size_t n, uint64_t deadline)
-{
-	uint8_t *p = buf;
-	while (n) {
-		int64_t left = (int64_t)(deadline - mono_ms());
-		struct pollfd pf = { .fd = fd, .events = POLLIN };
-		if (left <= 0 || poll(&pf, 1, (int)left) <= 0)
-			return -ETIMEDOUT;
-		ssize_t k = read(fd, p, n);
-		if (k == 0)
-			return -ECONNRESET;
-		if (k < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
-static size_t put_frame(uint8_t *out, uint8_t type, uint32_t stream, const char *json)
-{
-	struct proto_header h = { .length = (uint32_t)strlen(json), .stream = stream, .type = type };
-	proto_header_encode(&h, out);
-	memcpy(out + PROTO_HEADER_SIZE, json, h.length);
-	return PROTO_HEADER_SIZE + h.length;
-}
-
-/* Blocking: opens one stream with open_json on the agent behind a VM's vsock socket
- * and waits for its END, whose payload *end gets (the caller frees it). DATA is read
- * and dropped: what is called this way writes little, within the stream's first
- * window. -ENOENT, -ECONNREFUSED, -ECONNRESET: nobody answers yet; anything else is
- * an answer that is wrong. */
-static int agent_call(const char *vsock, const char *open_json, int timeout_ms, cJSON **end, char *err,
-		      size_t errlen)
-{
-	*end = NULL;
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(vsock) >= sizeof(sa.sun_path)) {
-		close(fd);
-		return -ENAMETOOLONG;
-	}
-	strcpy(sa.sun_path, vsock);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = -errno;
-		close(fd);
-		return e;
-	}
-	size_t cap = 128 + 2 * PROTO_HEADER_SIZE + strlen(open_json), n;
-	uint8_t *out = malloc(cap);
-	if (!out) {
-		close(fd);
-		return -ENOMEM;
-	}
-	n = (size_t)snprintf((char *)out, cap, "CONNECT %u\n", AGENT_PORT);
-	n += put_frame(out + n, PROTO_HELLO, 0, "{\"min_version\":1,\"max_version\":1}");
-	n += put_frame(out + n, PROTO_OPEN, 1, open_json);
-	uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
-	int rc = send(fd, out, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -ECONNRESET;
-	free(out);
-	char line[32];
-	size_t ll = 0;
-	while (!rc) {
-		char c;
-		if ((rc = read_full(fd, &c, 1, deadline)))
-			break;
-		if (c == '\n')
-			break;
-		if (ll + 1 >= sizeof(line)) {
-			rc = -EPROTO;
-			break;
-		}
-		line[ll++] = c;
-	}
-	line[ll] = 0;
-	if (!rc && strncmp(line, "OK ", 3))
-		rc = -ECONNREFUSED;
-	bool hello = false;
-	char *payload = NULL;
-	while (!rc) {
-		uint8_t hb[PROTO_HEADER_SIZE];
-		struct proto_header h;
-		if ((rc = read_full(fd, hb, sizeof(hb), deadline)))
-			break;
-		proto_header_decode(hb, &h);
-		if (h.length > PROTO_MAX_PAYLOAD) {
-			rc = -EPROTO;
-			snprintf(err, errlen, "the agent sent a %u-byte frame", h.length);
-			break;
-		}
-		free(payload);
-		payload = calloc(1, h.length + 1);
-		if (!payload) {
-			rc = -ENOMEM;
-			break;
-		}
-		if ((rc = read_full(fd, payload, h.length, deadline)))
-			break;
-		if (h.type == PROTO_HELLO) {
-			cJSON *j = cJSON_Parse(payload);
-			cJSON *v = cJSON_GetObjectItem(j, "version");
-			hello = cJSON_IsNumber(v) && v->valueint == PROTO_VERSION;
-			cJSON_Delete(j);
-			if (!hello) {
-				rc = -EPROTO;
-				snprintf(err, errlen, "the agent does not speak protocol version %d", PROTO_VERSION);
-			}
-		} else if (h.type == PROTO_END && h.stream == 1) {
-			*end = hello ? cJSON_Parse(payload) : NULL;
-			if (!*end) {
-				rc = -EPROTO;
-				snprintf(err, errlen, "the agent's answer is not JSON: %.200s", payload);
-			}
-			break;
-		}
-	}
-	free(payload);
-	close(fd);
-	return rc;
-}
-
 static int agent_health(const char *vsock, int timeout_ms, char *err, size_t errlen)
 {
 	cJSON *end;
-	int rc = agent_call(vsock, "{\"op\":\"health\"}", timeout_ms, &end, err, errlen);
+	int rc = agent_call_blocking(vsock, AGENT_PORT, "{\"op\":\"health\"}", timeout_ms, &end, err, errlen);
 	if (!rc && cJSON_GetObjectItem(end, "error")) {
 		char *t = cJSON_PrintUnformatted(end);
 		rc = -EPROTO;
@@ -650,7 +524,7 @@ static int guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *
 	if (!text)
 		return -ENOMEM;
 	cJSON *end;
-	int rc = agent_call(vsock, text, timeout_ms + 5000, &end, err, errlen);
+	int rc = agent_call_blocking(vsock, AGENT_PORT, text, timeout_ms + 5000, &end, err, errlen);
 	free(text);
 	if (!rc) {
 		const cJSON *code = cJSON_GetObjectItem(end, "exit_code");

@@ -55,7 +55,6 @@ struct rpc_call {
 	bool done;
 	uint64_t deadline;     /* monotonic ms, 0: none */
 	uint64_t next_ka;
-	size_t owed;           /* agent bytes to credit once the client catches up */
 	struct bytebuf tx;     /* bytes for the agent waiting for credit */
 	bool tx_fin, tx_fin_sent;
 	uint64_t started_ms;   /* monotonic, for execTimeMs */
@@ -253,10 +252,16 @@ static void call_abort(struct http_req *r)
 static void call_writable(struct http_req *r)
 {
 	struct rpc_call *c = r->ctx;
-	if (c->owed && c->as && http_stream_room(r)) {
-		agent_consumed(c->as, c->owed);
-		c->owed = 0;
-	}
+	if (c->as)
+		agent_room_changed(c->as);
+}
+
+/* The agent's output goes to the client as it comes: it gets credit back while the
+ * client keeps up (or once it is gone and the output is dropped). */
+static size_t call_room(struct astream *s)
+{
+	struct rpc_call *c = s->ctx;
+	return c->r ? http_stream_room(c->r) : SIZE_MAX;
 }
 
 static void wf_body(struct http_req *r, const uint8_t *p, size_t n);
@@ -289,19 +294,6 @@ static void call_free(struct rpc_call *c)
 	free(c->parent);
 	bytebuf_free(&c->tx);
 	free(c);
-}
-
-/* Credits the agent for n bytes now, or once the client has taken our output. */
-static void consume(struct rpc_call *c, size_t n)
-{
-	if (!c->as)
-		return;
-	if (c->r && http_stream_room(c->r) == 0) {
-		c->owed += n;
-		return;
-	}
-	agent_consumed(c->as, c->owed + n);
-	c->owed = 0;
 }
 
 static void rpc_tick(struct ur_ticker *t, uint64_t now)
@@ -583,7 +575,6 @@ static void exec_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 	struct rpc_call *c = s->ctx;
 	if (n && (ch == PROTO_CH_STDOUT || ch == PROTO_CH_STDERR))
 		data_msg(c, ch == PROTO_CH_STDOUT ? "stdout" : "stderr", p, n);
-	consume(c, n);
 }
 
 /* The terminal ExecExit: exit code, run time, and a spawn failure's reason. */
@@ -634,7 +625,7 @@ static void exec_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, NULL, 0, NULL, NULL);
 }
 
-static const struct astream_ops exec_ops = { exec_data, NULL, exec_end, as_writable };
+static const struct astream_ops exec_ops = { exec_data, NULL, exec_end, as_writable, call_room };
 
 /* ExecStreamRequest {command, args, env, cwd, timeoutSeconds}: with args, command
  * is the program; without, a shell command line. */
@@ -686,7 +677,6 @@ static void code_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 	struct rpc_call *c = s->ctx;
 	if (n && (ch == PROTO_CH_STDOUT || ch == PROTO_CH_STDERR))
 		data_msg(c, ch == PROTO_CH_STDOUT ? "stdout" : "stderr", p, n);
-	consume(c, n);
 }
 
 /* A kernel display value as protojson bytes: the value's text (a JSON value
@@ -761,7 +751,7 @@ static void code_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, NULL, 0, NULL, NULL);
 }
 
-static const struct astream_ops code_ops = { code_data, code_event, code_end, NULL };
+static const struct astream_ops code_ops = { code_data, code_event, code_end, NULL, call_room };
 
 /* RunCodeStreamRequest {code, language, timeoutSeconds}. */
 static void run_code_start(struct rpc_call *c, cJSON *req)
@@ -795,7 +785,6 @@ static void read_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 	struct rpc_call *c = s->ctx;
 	if (n)
 		data_msg(c, "data", p, n);
-	consume(c, n);
 }
 
 static void read_end(struct astream *s, cJSON *payload, const char *why)
@@ -807,7 +796,7 @@ static void read_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, NULL, 0, NULL, NULL);
 }
 
-static const struct astream_ops read_ops = { read_data, NULL, read_end, NULL };
+static const struct astream_ops read_ops = { read_data, NULL, read_end, NULL, call_room };
 
 static void read_start(struct rpc_call *c, cJSON *req)
 {
@@ -849,7 +838,7 @@ static void list_file_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, o, 0, NULL, NULL);
 }
 
-static const struct astream_ops list_file_ops = { NULL, NULL, list_file_end, NULL };
+static const struct astream_ops list_file_ops = { NULL, NULL, list_file_end, NULL, NULL };
 
 /* Pages are offsets into the listing sorted by name, so they hold still between calls. */
 static void list_end(struct astream *s, cJSON *payload, const char *why)
@@ -898,7 +887,7 @@ static void list_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, o, 0, NULL, NULL);
 }
 
-static const struct astream_ops list_ops = { NULL, list_event, list_end, NULL };
+static const struct astream_ops list_ops = { NULL, list_event, list_end, NULL, NULL };
 
 /* ListRequest {parent, pageSize, pageToken, filter (a shell pattern on names)}. */
 static void list_start(struct rpc_call *c, cJSON *req)
@@ -944,7 +933,7 @@ static void simple_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, stat ? file_info(cJSON_GetObjectItem(payload, "entry")) : cJSON_CreateObject(), 0, NULL, NULL);
 }
 
-static const struct astream_ops simple_ops = { NULL, NULL, simple_end, NULL };
+static const struct astream_ops simple_ops = { NULL, NULL, simple_end, NULL, NULL };
 
 /* Stat {path}, Remove {path, recursive}, Mkdir {path} (with its parents). */
 static void simple_start(struct rpc_call *c, cJSON *req)
@@ -984,7 +973,7 @@ static void wf_end(struct astream *s, cJSON *payload, const char *why)
 	call_end(c, o, 0, NULL, NULL);
 }
 
-static const struct astream_ops wf_agent_ops = { NULL, NULL, wf_end, as_writable };
+static const struct astream_ops wf_agent_ops = { NULL, NULL, wf_end, as_writable, NULL };
 
 /* One WriteFileRequest: the oneof {open: {path, mode}} first, then {data} messages. */
 static int wf_message(struct rpc_call *c, const uint8_t *msg, size_t len)

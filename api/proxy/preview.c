@@ -47,7 +47,6 @@ struct pv {
 	char cookie_path[ID_MAX + 40];
 	struct bytebuf head;  /* the upstream's response head, until complete */
 	struct bytebuf tx;    /* bytes for the upstream waiting for credit */
-	size_t owed;          /* upstream bytes to credit once the client catches up */
 };
 
 int preview_init(const char *state_dir, char *err, size_t errlen)
@@ -275,10 +274,8 @@ static void pv_abort(struct http_req *r)
 static void pv_writable(struct http_req *r)
 {
 	struct pv *pv = r->ctx;
-	if (pv->owed && pv->as && http_stream_room(r)) {
-		agent_consumed(pv->as, pv->owed);
-		pv->owed = 0;
-	}
+	if (pv->as)
+		agent_room_changed(pv->as);
 }
 
 static void pv_client_bytes(struct pv *pv, const uint8_t *p, size_t n)
@@ -459,10 +456,6 @@ static void as_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p, s
 		} else {
 			http_raw_write(pv->r, p, n);
 		}
-		if (http_stream_room(pv->r))
-			agent_consumed(s, n + pv->owed), pv->owed = 0;
-		else
-			pv->owed += n;
 	}
 	if (fin)
 		pv_end(pv, 502, AE_UNAVAILABLE, NULL, NULL);
@@ -509,7 +502,14 @@ static void as_writable(struct astream *s)
 	pv_tx_pump(s->ctx);
 }
 
-static const struct astream_ops pv_stream_ops = { as_data, as_event, as_end, as_writable };
+/* The upstream's bytes are credited back as the client takes them. */
+static size_t as_room(struct astream *s)
+{
+	struct pv *pv = s->ctx;
+	return pv->r ? http_stream_room(pv->r) : SIZE_MAX;
+}
+
+static const struct astream_ops pv_stream_ops = { as_data, as_event, as_end, as_writable, as_room };
 
 /* The query without our token parameter (malloc'd, possibly empty). */
 static char *query_without_token(const char *q)

@@ -50,7 +50,6 @@ struct pt {
 	char fail[200];
 	struct bytebuf in;  /* client bytes not yet taken by wslay */
 	struct bytebuf tx;  /* terminal input waiting for agent credit */
-	size_t owed;
 };
 
 int ws_accept_key(const char *key, char out[29])
@@ -321,10 +320,8 @@ static void pty_raw(struct http_req *r, const uint8_t *p, size_t n)
 static void pty_writable(struct http_req *r)
 {
 	struct pt *pt = r->ctx;
-	if (pt->owed && pt->as && http_stream_room(r)) {
-		agent_consumed(pt->as, pt->owed);
-		pt->owed = 0;
-	}
+	if (pt->as)
+		agent_room_changed(pt->as);
 }
 
 static void pty_abort(struct http_req *r)
@@ -357,10 +354,6 @@ static void as_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p, s
 			return;
 		}
 	}
-	if (pt->r && !http_stream_room(pt->r))
-		pt->owed += n;
-	else
-		agent_consumed(s, n + pt->owed), pt->owed = 0;
 }
 
 static void upgrade(struct pt *pt)
@@ -443,7 +436,14 @@ static void as_writable(struct astream *s)
 	pt_tx_pump(s->ctx);
 }
 
-static const struct astream_ops pt_stream_ops = { as_data, NULL, as_end, as_writable };
+/* Terminal output is credited back as the client takes it. */
+static size_t as_room(struct astream *s)
+{
+	struct pt *pt = s->ctx;
+	return pt->r ? http_stream_room(pt->r) : SIZE_MAX;
+}
+
+static const struct astream_ops pt_stream_ops = { as_data, NULL, as_end, as_writable, as_room };
 
 void pty_handle(struct http_req *r)
 {

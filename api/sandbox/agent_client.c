@@ -3,12 +3,14 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent/proto.h"
@@ -39,6 +41,8 @@ struct agent_conn {
 	struct msghdr msg;
 	struct astream *streams;
 	unsigned nstreams;
+	/* The stream whose data() runs now; NULL once the callback freed it. */
+	struct astream *delivering;
 	uint32_t next_id;
 	const struct agent_conn_cbs *cbs;
 	void *ctx;
@@ -126,6 +130,8 @@ static struct astream *find_stream(struct agent_conn *ac, uint32_t id)
 static void stream_unlink(struct astream *s)
 {
 	struct agent_conn *ac = s->ac;
+	if (ac->delivering == s)
+		ac->delivering = NULL;
 	for (struct astream **pp = &ac->streams; *pp; pp = &(*pp)->next)
 		if (*pp == s) {
 			*pp = s->next;
@@ -180,6 +186,49 @@ static uint32_t be32(const uint8_t *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+static void grant(struct astream *s)
+{
+	if (s->rx_held < AC_WINDOW_STEP || (s->ops && s->ops->room && !s->ops->room(s)))
+		return;
+	uint64_t n = s->rx_held;
+	uint8_t inc[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
+	s->rx_held = 0;
+	s->rx_window += n;
+	ac_frame(s->ac, PROTO_WINDOW, 0, 0, s->id, inc, 4);
+}
+
+/* DATA past the window granted: the agent ignores credit. Its stream is reset (the
+ * consumer sees the stream end with why) rather than buffered without bound. */
+static void data_past_window(struct agent_conn *ac, struct astream *s, uint32_t len)
+{
+	char why[160];
+	snprintf(why, sizeof(why), "the agent sent %u bytes with %llu of credit left (protocol violation): "
+		 "the stream was reset", len, (unsigned long long)s->rx_window);
+	uint32_t id = s->id;
+	stream_end(s, NULL, why);
+	ac_frame(ac, PROTO_CANCEL, 0, 0, id, NULL, 0);
+	if (ac->cbs && ac->cbs->violation)
+		ac->cbs->violation(ac, ac->ctx, why);
+}
+
+static void deliver(struct agent_conn *ac, struct astream *s, const struct proto_header *h, const uint8_t *p)
+{
+	if (h->length > s->rx_window) {
+		data_past_window(ac, s, h->length);
+		return;
+	}
+	s->rx_window -= h->length;
+	s->rx_held += h->length;
+	if (s->ops && s->ops->data) {
+		ac->delivering = s;
+		s->ops->data(s, h->channel, h->flags & PROTO_FLAG_FIN, p, h->length);
+		if (ac->delivering != s)
+			return; /* the consumer ended the stream */
+		ac->delivering = NULL;
+	}
+	grant(s);
+}
+
 static void dispatch(struct agent_conn *ac, const struct proto_header *h, const uint8_t *p)
 {
 	if (h->type == PROTO_HELLO) {
@@ -208,10 +257,7 @@ static void dispatch(struct agent_conn *ac, const struct proto_header *h, const 
 		return; /* raced with our CANCEL */
 	switch (h->type) {
 	case PROTO_DATA:
-		if (s->ops && s->ops->data)
-			s->ops->data(s, h->channel, h->flags & PROTO_FLAG_FIN, p, h->length);
-		else
-			agent_consumed(s, h->length);
+		deliver(ac, s, h, p);
 		break;
 	case PROTO_EVENT: {
 		cJSON *ev = cJSON_ParseWithLength((const char *)p, h->length);
@@ -392,6 +438,7 @@ struct astream *agent_open(struct agent_conn *ac, const char *open_json, const s
 	s->ops = ops;
 	s->ctx = ctx;
 	s->tx_credit = PROTO_INITIAL_WINDOW;
+	s->rx_window = PROTO_INITIAL_WINDOW;
 	s->next = ac->streams;
 	ac->streams = s;
 	ac->nstreams++;
@@ -435,15 +482,10 @@ void agent_send_event(struct astream *s, const char *json)
 	ac_frame(s->ac, PROTO_EVENT, 0, 0, s->id, json, strlen(json));
 }
 
-void agent_consumed(struct astream *s, size_t n)
+void agent_room_changed(struct astream *s)
 {
-	s->rx_unacked += n;
-	if (s->rx_unacked >= AC_WINDOW_STEP) {
-		uint8_t inc[4] = { (uint8_t)(s->rx_unacked >> 24), (uint8_t)(s->rx_unacked >> 16),
-				   (uint8_t)(s->rx_unacked >> 8), (uint8_t)s->rx_unacked };
-		ac_frame(s->ac, PROTO_WINDOW, 0, 0, s->id, inc, 4);
-		s->rx_unacked = 0;
-	}
+	if (!s->ac->dead)
+		grant(s);
 }
 
 void agent_cancel(struct astream *s)
@@ -463,4 +505,159 @@ void agent_conn_free_all(void)
 		ac->inflight = 0;
 		ac_maybe_free(ac);
 	}
+}
+
+/* ---- the blocking variant ---- */
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Some bytes from fd before deadline: >0, or -ETIMEDOUT / -ECONNRESET / -errno. */
+static ssize_t read_some(int fd, void *buf, size_t n, uint64_t deadline)
+{
+	for (;;) {
+		int64_t left = (int64_t)(deadline - mono_ms());
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		if (left <= 0 || poll(&pf, 1, (int)left) <= 0)
+			return -ETIMEDOUT;
+		ssize_t k = read(fd, buf, n);
+		if (k > 0)
+			return k;
+		if (k == 0)
+			return -ECONNRESET;
+		if (errno != EINTR)
+			return -errno;
+	}
+}
+
+static int send_all(int fd, const void *p, size_t n)
+{
+	return send(fd, p, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -ECONNRESET;
+}
+
+static int send_frame(int fd, uint8_t type, uint32_t stream, const void *p, size_t n)
+{
+	uint8_t hdr[PROTO_HEADER_SIZE];
+	struct proto_header h = { .length = (uint32_t)n, .stream = stream, .type = type };
+	proto_header_encode(&h, hdr);
+	int rc = send_all(fd, hdr, sizeof(hdr));
+	return rc || !n ? rc : send_all(fd, p, n);
+}
+
+/* The vsock host socket's "OK <port>" line, byte by byte so nothing after it is
+ * taken. */
+static int vsock_ok(int fd, uint64_t deadline)
+{
+	char line[32];
+	size_t ll = 0;
+	for (;;) {
+		char c;
+		ssize_t k = read_some(fd, &c, 1, deadline);
+		if (k < 0)
+			return (int)k;
+		if (c == '\n')
+			break;
+		if (ll + 1 >= sizeof(line))
+			return -EPROTO;
+		line[ll++] = c;
+	}
+	line[ll] = 0;
+	return strncmp(line, "OK ", 3) ? -ECONNREFUSED : 0;
+}
+
+static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON **end, char *err, size_t errlen)
+{
+	bool hello = false;
+	uint8_t buf[16384];
+	uint64_t unacked = 0;
+	for (;;) {
+		ssize_t k = read_some(fd, buf, sizeof(buf), deadline);
+		if (k < 0)
+			return (int)k;
+		const uint8_t *p = buf;
+		size_t len = (size_t)k;
+		while (len) {
+			struct proto_header h;
+			const uint8_t *payload = NULL;
+			enum proto_parse_event ev = proto_parse(pp, &p, &len, &h, &payload);
+			if (ev == PROTO_PARSE_OVERSIZED) {
+				snprintf(err, errlen, "the agent sent an oversized frame (%u bytes)", h.length);
+				return -EPROTO;
+			}
+			if (ev != PROTO_PARSE_FRAME)
+				continue;
+			if (h.type == PROTO_HELLO) {
+				cJSON *j = cJSON_ParseWithLength((const char *)payload, h.length);
+				cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "version");
+				hello = cJSON_IsNumber(v) && v->valueint == PROTO_VERSION;
+				cJSON_Delete(j);
+				if (!hello) {
+					snprintf(err, errlen, "the agent does not speak protocol version %d", PROTO_VERSION);
+					return -EPROTO;
+				}
+			} else if (h.type == PROTO_DATA && h.stream == 1) {
+				unacked += h.length;
+				if (unacked >= AC_WINDOW_STEP) {
+					uint8_t inc[4] = { (uint8_t)(unacked >> 24), (uint8_t)(unacked >> 16),
+							   (uint8_t)(unacked >> 8), (uint8_t)unacked };
+					if (send_frame(fd, PROTO_WINDOW, 1, inc, 4))
+						return -ECONNRESET;
+					unacked = 0;
+				}
+			} else if (h.type == PROTO_END && h.stream == 1) {
+				*end = hello ? cJSON_ParseWithLength((const char *)payload, h.length) : NULL;
+				if (!*end) {
+					snprintf(err, errlen, "the agent's answer is not JSON: %.*s",
+						 (int)(h.length > 200 ? 200 : h.length), (const char *)payload);
+					return -EPROTO;
+				}
+				return 0;
+			}
+		}
+	}
+}
+
+int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
+			cJSON **end, char *err, size_t errlen)
+{
+	*end = NULL;
+	uint64_t deadline = mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		close(fd);
+		return -ENAMETOOLONG;
+	}
+	strcpy(sa.sun_path, path);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	struct proto_parser pp;
+	if (proto_parser_init(&pp, PROTO_MAX_PAYLOAD)) {
+		close(fd);
+		return -ENOMEM;
+	}
+	static const char hello[] = "{\"min_version\":1,\"max_version\":1}";
+	char line[32];
+	int k = snprintf(line, sizeof(line), "CONNECT %u\n", vsock_port);
+	int rc = vsock_port ? send_all(fd, line, (size_t)k) : 0;
+	if (!rc)
+		rc = send_frame(fd, PROTO_HELLO, 0, hello, sizeof(hello) - 1);
+	if (!rc)
+		rc = send_frame(fd, PROTO_OPEN, 1, open_json, strlen(open_json));
+	if (!rc && vsock_port)
+		rc = vsock_ok(fd, deadline);
+	if (!rc)
+		rc = call_frames(fd, &pp, deadline, end, err, errlen);
+	proto_parser_free(&pp);
+	close(fd);
+	return rc;
 }

@@ -1,6 +1,10 @@
 /* The host side of the agent protocol (agent/PROTOCOL.md) on the server's
  * io_uring: one connection per sandbox, many streams on it, per-stream credit
- * in both directions. Stream callbacks run from the event loop. */
+ * in both directions. This is the one place that keeps the credit books: the agent
+ * may send a stream no more than the window this side granted (past it the stream
+ * is reset and the connection's owner told), and this side grants more only as the
+ * stream's consumer has room, so a slow client slows the guest instead of growing
+ * serve's buffers. Stream callbacks run from the event loop. */
 #ifndef MITOS_API_AGENT_CLIENT_H
 #define MITOS_API_AGENT_CLIENT_H
 
@@ -14,7 +18,8 @@ struct agent_conn;
 struct astream;
 
 struct astream_ops {
-	/* DATA from the agent; call agent_consumed() once the bytes are passed on. */
+	/* DATA from the agent. The agent gets credit for it back once room() says the
+	 * consumer can take more (at once without room()). */
 	void (*data)(struct astream *s, uint8_t channel, bool fin, const uint8_t *p, size_t n);
 	void (*event)(struct astream *s, struct cJSON *ev);
 	/* END (payload) or the connection died (payload NULL, why says what).
@@ -22,6 +27,9 @@ struct astream_ops {
 	void (*end)(struct astream *s, struct cJSON *payload, const char *why);
 	/* More send credit. */
 	void (*writable)(struct astream *s);
+	/* How much more the consumer can take now (0: hold the agent's credit); call
+	 * agent_room_changed() when it grows again. */
+	size_t (*room)(struct astream *s);
 };
 
 struct astream {
@@ -30,7 +38,8 @@ struct astream {
 	const struct astream_ops *ops;
 	void *ctx;
 	uint64_t tx_credit;
-	uint64_t rx_unacked;
+	uint64_t rx_window;   /* what the agent may still send us */
+	uint64_t rx_held;     /* delivered, not yet granted back */
 	struct astream *next;
 };
 
@@ -38,6 +47,9 @@ struct agent_conn_cbs {
 	void (*ready)(struct agent_conn *ac, void *ctx);
 	/* The connection failed or closed; ac is freed after this returns. */
 	void (*closed)(struct agent_conn *ac, void *ctx, const char *why);
+	/* The agent broke the protocol on a stream (it sent past its credit): that stream
+	 * was reset, the connection goes on. */
+	void (*violation)(struct agent_conn *ac, void *ctx, const char *why);
 };
 
 /* Connects to a Unix socket and says HELLO. -errno when nobody listens yet. */
@@ -62,8 +74,18 @@ void agent_send_data(struct astream *s, uint8_t channel, bool fin, const void *p
  * empties b carries FIN; returns whether one did. */
 bool agent_send_buffered(struct astream *s, uint8_t channel, struct bytebuf *b, bool fin);
 void agent_send_event(struct astream *s, const char *json);
-void agent_consumed(struct astream *s, size_t n);
+/* The stream's consumer has room again: grants the agent the credit held back. */
+void agent_room_changed(struct astream *s);
 /* Abandons the stream: CANCEL is sent, s is freed, no callback follows. */
 void agent_cancel(struct astream *s);
+
+/* Blocking, off the event loop (health checks while a VM boots, a template's
+ * warm-up, tests), on the same frame codec: connects (through a VM's vsock host
+ * socket when vsock_port is not 0), opens one stream with open_json and waits up to
+ * timeout_ms for its END, whose payload *end gets (the caller frees it). DATA is
+ * dropped and credited back. -ENOENT, -ECONNREFUSED, -ECONNRESET: nobody answers
+ * yet; -ETIMEDOUT; -EPROTO with err saying what was wrong. */
+int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
+			struct cJSON **end, char *err, size_t errlen);
 
 #endif

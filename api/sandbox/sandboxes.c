@@ -150,6 +150,8 @@ cJSON *sandbox_json(const struct sandbox *sb)
 	uint64_t now = ur_wall_ms();
 	cJSON_AddNumberToObject(o, "timeout", sb->deadline_ms > now ? (double)((sb->deadline_ms - now + 999) / 1000) : 0);
 	cJSON_AddItemToObject(o, "metadata", sb->metadata ? cJSON_Duplicate(sb->metadata, 1) : cJSON_CreateObject());
+	if (sb->agent_violations)
+		cJSON_AddNumberToObject(o, "agent_violations", sb->agent_violations);
 	return o;
 }
 
@@ -575,7 +577,18 @@ static void agent_closed(struct agent_conn *ac, void *ctx, const char *why)
 	}
 }
 
-static const struct agent_conn_cbs agent_cbs = { agent_ready, agent_closed };
+/* A guest that ignores flow control is not trusted to behave otherwise: said in the
+ * log and on the sandbox (GET shows agent_violations). */
+static void agent_violation(struct agent_conn *ac, void *ctx, const char *why)
+{
+	(void)ac;
+	struct sandbox *sb = ctx;
+	sb->agent_violations++;
+	fprintf(stderr, "mitos-vmm serve: sandbox %s: its agent broke the protocol (%u so far): %s\n", sb->id,
+		sb->agent_violations, why);
+}
+
+static const struct agent_conn_cbs agent_cbs = { agent_ready, agent_closed, agent_violation };
 
 static int sb_connect(struct sandbox *sb);
 

@@ -68,6 +68,8 @@ struct sandbox {
 	struct sb_job *job;
 	struct sb_waiter *stop_waiters;
 	char fail_reason[512];
+	/* Streams its agent broke (sent past its credit): each was reset. */
+	unsigned agent_violations;
 	struct sandbox *next;
 };
 
