@@ -40,23 +40,6 @@ static int read_stat(const char *dir, const char *file, const char *key, unsigne
 	return rc;
 }
 
-static int sandbox_cgroups(const struct sandbox *sb, struct cg_set *cg)
-{
-	static const char *records[] = { "cgroup.json", "vm.json" };
-	for (size_t i = 0; i < sizeof(records) / sizeof(records[0]); i++) {
-		char path[1200];
-		snprintf(path, sizeof(path), "%s/%s", sb->dir, records[i]);
-		cJSON *o = registry_read_json(path);
-		if (!o)
-			continue;
-		cgroup_from_record(o, cg);
-		cJSON_Delete(o);
-		if (cg->dir[0][0])
-			return 0;
-	}
-	return -ENOENT;
-}
-
 /* CPU time of the processes in a cgroup, with their reaped children's: for a v1
  * cpu hierarchy without cpuacct. A sandbox's init reaps what it starts, so work
  * of exited processes is counted too. */
@@ -164,7 +147,7 @@ void e2b_sandbox_metrics(struct http_req *r)
 	struct usage u;
 	/* No cgroup (a host without usable cgroups): no samples, as for a sandbox E2B
 	 * has not sampled yet. */
-	if (!sandbox_cgroups(sb, &cg) && !cgroup_usage(&cg, &u)) {
+	if (!cgroup_read_record(sb->dir, &cg) && !cgroup_usage(&cg, &u)) {
 		struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
 		uint64_t now = ur_wall_ms();
 		unsigned long long since_usec = 0, span_ms = now > sb->created_ms ? now - sb->created_ms : 1;

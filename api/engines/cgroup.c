@@ -20,7 +20,7 @@
 #include "api/sandbox/registry.h"
 
 static enum cg_mode mode;
-static char parent[CG_N][CG_PATH]; /* v2: [0]; v1: memory [0], cpu [1], pids [2] */
+static char parent[CG_N][CG_PATH]; /* v2: [0]; v1: memory [0], cpu [1], pids [2], freezer [3] */
 static bool v2_pids; /* the pids controller is enabled for v2 sandbox cgroups */
 
 static int pathf(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -191,11 +191,15 @@ static int setup_v1(const char *name, char *why, size_t whylen)
 			return -errno;
 		}
 	}
-	/* The pids hierarchy is optional: without it, sandboxes have no PID limit. */
-	char own[CG_PATH];
-	if (own_dir(false, "pids", own) || pathf(parent[2], "%s/%s", own, name) ||
-	    (mkdir(parent[2], 0755) < 0 && errno != EEXIST))
-		parent[2][0] = 0;
+	/* The pids and freezer hierarchies are optional: without them, sandboxes have no
+	 * PID limit, and pausing one stops its processes with signals. */
+	static const char *optional[2] = { "pids", "freezer" };
+	for (int i = 2; i < CG_N; i++) {
+		char own[CG_PATH];
+		if (own_dir(false, optional[i - 2], own) || pathf(parent[i], "%s/%s", own, name) ||
+		    (mkdir(parent[i], 0755) < 0 && errno != EEXIST))
+			parent[i][0] = 0;
+	}
 	return 0;
 }
 
@@ -280,6 +284,11 @@ static void kill_members(const char *dir)
 
 void cgroup_remove(struct cg_set *cg)
 {
+	/* Tasks frozen by v1's freezer die only once thawed: the signal goes first. */
+	if (mode == CG_V1 && cg->dir[3][0]) {
+		kill_members(cg->dir[3]);
+		cgroup_freeze(cg, false);
+	}
 	for (int i = 0; i < CG_N; i++) {
 		if (!cg->dir[i][0])
 			continue;
@@ -313,8 +322,10 @@ int cgroup_create(const char *name, const struct cg_limits *l, struct cg_set *cg
 	if (mode == CG_NONE)
 		return 0;
 	uint64_t mem = (uint64_t)l->memory_max_mib << 20;
-	int n = mode == CG_V2 ? 1 : parent[2][0] ? 3 : 2;
+	int n = mode == CG_V2 ? 1 : CG_N;
 	for (int i = 0; i < n; i++) {
+		if (!parent[i][0])
+			continue;
 		if (pathf(cg->dir[i], "%s/%s", parent[i], name))
 			return -ENAMETOOLONG;
 		if (mkdir(cg->dir[i], 0755) < 0) {
@@ -356,9 +367,11 @@ int cgroup_create(const char *name, const struct cg_limits *l, struct cg_set *cg
 			rc = write_str(p, v);
 		snprintf(v, sizeof(v), "%u", l->pids_max);
 		pathf(p, "%s/pids.max", cg->dir[2]);
-		if (!rc && n > 2 && l->pids_max)
+		if (!rc && cg->dir[2][0] && l->pids_max)
 			rc = write_str(p, v);
 		for (int i = 0; i < n && !rc; i++) {
+			if (!cg->dir[i][0])
+				continue;
 			pathf(p, "%s/cgroup.procs", cg->dir[i]);
 			if ((e->v1fds[i] = open(p, O_WRONLY | O_CLOEXEC)) < 0)
 				rc = -errno;
@@ -378,12 +391,16 @@ void cgroup_enter_child(const struct cg_entry *e)
 			syscall(SYS_write, e->v1fds[i], "0", 1);
 }
 
+/* Every slot in order, "" for a hierarchy the host lacks, so that each dir comes back
+ * to its own slot. */
 void cgroup_record(const struct cg_set *cg, cJSON *o)
 {
 	cJSON *a = cJSON_AddArrayToObject(o, "cgroups");
-	for (int i = 0; i < CG_N; i++)
-		if (cg->dir[i][0])
-			cJSON_AddItemToArray(a, cJSON_CreateString(cg->dir[i]));
+	int last = CG_N - 1;
+	while (last > 0 && !cg->dir[last][0])
+		last--;
+	for (int i = 0; i <= last; i++)
+		cJSON_AddItemToArray(a, cJSON_CreateString(cg->dir[i]));
 }
 
 static bool owned(const char *dir)
@@ -401,9 +418,47 @@ void cgroup_from_record(const cJSON *o, struct cg_set *cg)
 	memset(cg, 0, sizeof(*cg));
 	const cJSON *it;
 	int i = 0;
-	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(o, "cgroups"))
-		if (cJSON_IsString(it) && i < CG_N && strlen(it->valuestring) < CG_PATH && owned(it->valuestring))
-			snprintf(cg->dir[i++], CG_PATH, "%s", it->valuestring);
+	cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(o, "cgroups")) {
+		if (i == CG_N)
+			break;
+		if (cJSON_IsString(it) && strlen(it->valuestring) < CG_PATH && owned(it->valuestring))
+			snprintf(cg->dir[i], CG_PATH, "%s", it->valuestring);
+		i++;
+	}
+}
+
+int cgroup_read_record(const char *dir, struct cg_set *cg)
+{
+	static const char *records[] = { "cgroup.json", "vm.json" };
+	for (size_t i = 0; i < sizeof(records) / sizeof(records[0]); i++) {
+		char path[CG_PATH + 64];
+		if (pathf(path, "%s/%s", dir, records[i]))
+			return -ENAMETOOLONG;
+		cJSON *o = registry_read_json(path);
+		if (!o)
+			continue;
+		cgroup_from_record(o, cg);
+		cJSON_Delete(o);
+		if (cg->dir[0][0])
+			return 0;
+	}
+	return -ENOENT;
+}
+
+int cgroup_freeze(const struct cg_set *cg, bool frozen)
+{
+	char path[CG_PATH];
+	if (mode == CG_V2 && cg->dir[0][0]) {
+		if (pathf(path, "%s/cgroup.freeze", cg->dir[0]))
+			return -ENAMETOOLONG;
+		return write_str(path, frozen ? "1" : "0");
+	}
+	if (mode == CG_V1 && cg->dir[3][0]) {
+		if (pathf(path, "%s/freezer.state", cg->dir[3]))
+			return -ENAMETOOLONG;
+		return write_str(path, frozen ? "FROZEN" : "THAWED");
+	}
+	return -EOPNOTSUPP;
 }
 
 int cgroup_limits_parse(const cJSON *spec, unsigned mem_min, const struct cg_limits *dflt, struct cg_limits *out,

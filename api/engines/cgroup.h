@@ -15,7 +15,7 @@
 struct cJSON;
 
 #define CG_PATH 512
-#define CG_N 3 /* v1 hierarchies: memory, cpu, pids */
+#define CG_N 4 /* v1 hierarchies: memory, cpu, pids, freezer */
 
 enum cg_mode { CG_NONE, CG_V2, CG_V1 };
 
@@ -26,7 +26,7 @@ struct cg_limits {
 };
 
 /* The cgroups of one sandbox: v2 one directory; v1 memory [0], cpu [1] and, where the
- * host has that hierarchy, pids [2]. */
+ * host has those hierarchies, pids [2] and freezer [3] ("" where it has not). */
 struct cg_set {
 	char dir[CG_N][CG_PATH];
 };
@@ -57,6 +57,15 @@ void cgroup_entry_close(struct cg_entry *e);
 /* Kills whatever still runs in cg (a process that escaped its sandbox's end), then
  * removes it. */
 void cgroup_remove(struct cg_set *cg);
+
+/* The cgroups named by the record of the sandbox in dir (the process engine's
+ * cgroup.json, the kvm engine's vm.json): 0, or -ENOENT when it has none. */
+int cgroup_read_record(const char *dir, struct cg_set *cg);
+/* The cgroup freezer (v2's cgroup.freeze, or v1's freezer hierarchy): stops every task
+ * in cg at once (forks in flight included), or lets them run again. The write returns
+ * at once; the kernel completes the freeze as each task next leaves the kernel.
+ * -EOPNOTSUPP where cg has no freezer. */
+int cgroup_freeze(const struct cg_set *cg, bool frozen);
 
 /* "cgroups": [dirs] in a record, and back (dirs outside the parent are ignored). */
 void cgroup_record(const struct cg_set *cg, struct cJSON *o);

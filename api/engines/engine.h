@@ -44,9 +44,11 @@ struct engine_ops {
 	/* Where its writable layer is, for fork. */
 	int (*writable_layer)(const char *dir, char *out, size_t outlen);
 	int (*start)(const struct engine_start *s, struct engine_proc *p, char *err, size_t errlen);
-	int (*pause)(const struct engine_proc *p);
-	int (*resume)(const struct engine_proc *p);
-	int (*kill)(const struct engine_proc *p);
+	/* Stop and restart every process of the sandbox in dir; neither waits. */
+	int (*pause)(const char *dir, const struct engine_proc *p);
+	int (*resume)(const char *dir, const struct engine_proc *p);
+	/* SIGKILL to the sandbox in dir, paused or not. */
+	int (*kill)(const char *dir, const struct engine_proc *p);
 	/* After the sandbox exited: the reason it gave, if any (start errors). */
 	void (*exit_reason)(const char *dir, char *out, size_t outlen);
 	/* Removes dir and everything in it. */

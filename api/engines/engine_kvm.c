@@ -1298,11 +1298,12 @@ static int kvm_ctl(const struct engine_proc *p, const char *cmd)
 	return rc;
 }
 
-static int kvm_pause(const struct engine_proc *p) { return kvm_ctl(p, "pause"); }
-static int kvm_resume(const struct engine_proc *p) { return kvm_ctl(p, "resume"); }
+static int kvm_pause(const char *dir, const struct engine_proc *p) { (void)dir; return kvm_ctl(p, "pause"); }
+static int kvm_resume(const char *dir, const struct engine_proc *p) { (void)dir; return kvm_ctl(p, "resume"); }
 
-static int kvm_kill(const struct engine_proc *p)
+static int kvm_kill(const char *dir, const struct engine_proc *p)
 {
+	(void)dir;
 	if (p->pidfd >= 0 && syscall(SYS_pidfd_send_signal, p->pidfd, SIGKILL, NULL, 0) == 0)
 		return 0;
 	if (p->pid > 0 && engine_proc_start_time(p->pid) == p->start_time && kill(p->pid, SIGKILL) == 0)

@@ -467,9 +467,16 @@ static int signal_ns(const struct engine_proc *p, int sig)
 	return count;
 }
 
-static int proc_pause(const struct engine_proc *p)
+/* cgroup v2's freezer stops the whole sandbox at once, processes forked meanwhile
+ * included, without a scan and without touching signals the sandbox's own code may
+ * use (a SIGCONT would undo a job's own SIGSTOP). Without it (cgroup v1, no cgroups):
+ * SIGSTOP to every process in the sandbox's PID namespace until a pass finds no new
+ * one. */
+static int proc_pause(const char *dir, const struct engine_proc *p)
 {
-	/* Processes forked during a pass are caught by the next one. */
+	struct cg_set cg;
+	if (cgroup_read_record(dir, &cg) == 0 && cgroup_freeze(&cg, true) == 0)
+		return 0;
 	int prev = -1;
 	for (int i = 0; i < 8; i++) {
 		int n = signal_ns(p, SIGSTOP);
@@ -482,19 +489,28 @@ static int proc_pause(const struct engine_proc *p)
 	return 0;
 }
 
-static int proc_resume(const struct engine_proc *p)
+static int proc_resume(const char *dir, const struct engine_proc *p)
 {
+	struct cg_set cg;
+	if (cgroup_read_record(dir, &cg) == 0 && cgroup_freeze(&cg, false) == 0)
+		return 0;
 	int n = signal_ns(p, SIGCONT);
 	return n < 0 ? n : 0;
 }
 
-static int proc_kill(const struct engine_proc *p)
+static int proc_kill(const char *dir, const struct engine_proc *p)
 {
+	int rc = -ESRCH;
 	if (p->pidfd >= 0 && syscall(SYS_pidfd_send_signal, p->pidfd, SIGKILL, NULL, 0) == 0)
-		return 0;
-	if (p->pid > 0 && engine_proc_start_time(p->pid) == p->start_time && kill(p->pid, SIGKILL) == 0)
-		return 0;
-	return -ESRCH;
+		rc = 0;
+	else if (p->pid > 0 && engine_proc_start_time(p->pid) == p->start_time && kill(p->pid, SIGKILL) == 0)
+		rc = 0;
+	/* A task frozen by cgroup v1's freezer dies only once thawed: the signal is
+	 * pending first, so nothing of the sandbox runs again. */
+	struct cg_set cg;
+	if (!rc && cgroup_read_record(dir, &cg) == 0)
+		cgroup_freeze(&cg, false);
+	return rc;
 }
 
 void engine_start_error(const char *dir, char *out, size_t outlen)

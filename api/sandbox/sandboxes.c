@@ -514,7 +514,7 @@ static void sb_running(struct sandbox *sb)
 		const char *st = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "state")) : NULL;
 		bool paused = st && !strcmp(st, "paused");
 		cJSON_Delete(o);
-		if (paused && eng->pause(&sb->proc) == 0)
+		if (paused && eng->pause(sb->dir, &sb->proc) == 0)
 			sb->state = SB_PAUSED;
 	}
 	sb_save(sb);
@@ -725,7 +725,7 @@ static void sb_kill(struct sandbox *sb, const char *why)
 		sb->agent = NULL;
 		agent_conn_close(ac);
 	}
-	if (sb->proc.pidfd < 0 || eng->kill(&sb->proc) < 0) {
+	if (sb->proc.pidfd < 0 || eng->kill(sb->dir, &sb->proc) < 0) {
 		/* Already gone (or never started): finish now. */
 		if (!sb->exited && sb->proc.pidfd < 0)
 			sb_finish(sb);
@@ -775,12 +775,12 @@ int sandbox_pause(struct sandbox *sb)
 		return 0;
 	if (sb->state != SB_RUNNING)
 		return -EBUSY;
-	int rc = eng->pause(&sb->proc);
+	int rc = eng->pause(sb->dir, &sb->proc);
 	if (rc)
 		return rc;
 	sb->state = SB_PAUSED;
 	if ((rc = sb_save(sb))) {
-		eng->resume(&sb->proc);
+		eng->resume(sb->dir, &sb->proc);
 		sb->state = SB_RUNNING;
 	}
 	return rc;
@@ -792,12 +792,12 @@ int sandbox_resume(struct sandbox *sb)
 		return 0;
 	if (sb->state != SB_PAUSED)
 		return -EBUSY;
-	int rc = eng->resume(&sb->proc);
+	int rc = eng->resume(sb->dir, &sb->proc);
 	if (rc)
 		return rc;
 	sb->state = SB_RUNNING;
 	if ((rc = sb_save(sb))) {
-		eng->pause(&sb->proc);
+		eng->pause(sb->dir, &sb->proc);
 		sb->state = SB_PAUSED;
 	}
 	return rc;
@@ -1002,7 +1002,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		snprintf(job->parent_id, sizeof(job->parent_id), "%s", parent->id);
 		/* The copy must see one consistent state of the parent's files (an engine
 		 * with its own fork_source takes care of that itself). */
-		if (!eng->fork_source && parent->state == SB_RUNNING && eng->pause(&parent->proc) == 0) {
+		if (!eng->fork_source && parent->state == SB_RUNNING && eng->pause(parent->dir, &parent->proc) == 0) {
 			parent->state = SB_PAUSED;
 			job->resume_parent = true;
 		}
@@ -1207,7 +1207,7 @@ static void adopt_all(void)
 			}
 			struct engine_proc ep = { .pid = pid, .pidfd = -1, .start_time = st };
 			if (alive)
-				eng->kill(&ep);
+				eng->kill(dir, &ep);
 			eng->cleanup(dir);
 			cleaned++;
 			cJSON_Delete(o);
@@ -1252,7 +1252,7 @@ static void adopt_all(void)
 		}
 		/* A paused sandbox's agent cannot answer HELLO until it runs again;
 		 * agent_ready() pauses it again. */
-		eng->resume(&sb->proc);
+		eng->resume(sb->dir, &sb->proc);
 		rc = sb_connect(sb);
 		if (rc) {
 			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot reconnect to its agent: %s", strerror(-rc));
@@ -1299,7 +1299,7 @@ void sandboxes_exit(void)
 	while (sandboxes) {
 		struct sandbox *sb = sandboxes;
 		if (sb->proc.pidfd >= 0 || sb->proc.pid > 0) {
-			eng->kill(&sb->proc);
+			eng->kill(sb->dir, &sb->proc);
 			if (sb->proc.child && sb->proc.pidfd >= 0) {
 				siginfo_t si;
 				waitid(P_PIDFD, (id_t)sb->proc.pidfd, &si, WEXITED);

@@ -206,20 +206,47 @@ def t_set_timeout_expiry(s):
     wait_until(lambda: not os.path.exists(d), 5, "expired sandbox's files removed")
 
 
+def freezer_of(s, sid):
+    """(file, frozen value, thawed value) of the sandbox's cgroup freezer, or None."""
+    with open(os.path.join(s.state_dir, "sandboxes", sid, "cgroup.json")) as f:
+        dirs = json.load(f)["cgroups"]
+    for d in dirs:
+        if os.path.exists(os.path.join(d, "cgroup.freeze")):
+            return os.path.join(d, "cgroup.freeze"), "1", "0"
+        if os.path.exists(os.path.join(d, "freezer.state")):
+            return os.path.join(d, "freezer.state"), "FROZEN", "THAWED"
+    return None
+
+
 def t_pause_resume(s):
     sb = new_sandbox(s)[0]
     sid = sb["id"]
+    # A busy background job: pause must stop it too.
+    sh(s, sid, "(while :; do :; done) >/dev/null 2>&1 &")
     st, r = s.request("POST", "/v1/pause", {"sandbox": sid})
     eq((st, r), (200, {"status": "paused"}), "pause")
+    fz = freezer_of(s, sid)
+    host_freezer = os.path.isdir("/sys/fs/cgroup/freezer") or os.path.exists("/sys/fs/cgroup/cgroup.freeze") \
+        or os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    assert fz or not host_freezer, "the host has a cgroup freezer and the sandbox's cgroups have none"
+    if fz:
+        # The cgroup freezer stops the sandbox at once: no scan of processes, no signals.
+        wait_until(lambda: open(fz[0]).read().strip() == fz[1], 5, "the freezer says frozen")
     st, ct, msgs = s.stream("ExecStream", sid, {"command": "true"})
     eq(msgs[-1][1]["error"]["mitos_code"], "sandbox_not_running", "exec while paused")
     st, r = s.request("POST", "/v1/resume", {"sandbox": sid})
     eq((st, r), (200, {"status": "running"}), "resume")
+    if fz:
+        eq(open(fz[0]).read().strip(), fz[2], "the freezer says thawed")
     out, err, end, eos = sh(s, sid, "echo back")
     eq(out, b"back\n", "exec after resume")
     st, r = s.request("POST", "/v1/pause", {})
     eq((st, r["error"]["code"]), (400, "invalid_input"), "no sandbox named")
-    s.request("DELETE", "/v1/sandboxes/" + sid)
+    # A paused sandbox can be deleted: its frozen processes still die.
+    eq(s.request("POST", "/v1/pause", {"sandbox": sid})[0], 200, "pause again")
+    eq(s.request("DELETE", "/v1/sandboxes/" + sid)[0], 200, "delete while paused")
+    wait_until(lambda: not os.path.exists(os.path.join(s.state_dir, "sandboxes", sid)), 10,
+               "the paused sandbox's files removed")
 
 
 def t_delete_cleans_up(s):
