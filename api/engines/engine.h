@@ -110,6 +110,12 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 
 /* Reads field 22 of /proc/PID/stat (0 when the process is gone). */
 uint64_t engine_proc_start_time(pid_t pid);
+/* A pidfd of the process pid that started at start_time, or -ESRCH: the pidfd is
+ * taken first and the start time checked after, so a pid reused in between is never
+ * the one signalled or adopted. */
+int engine_pidfd_of(pid_t pid, uint64_t start_time);
+/* Sends sig to p through its pidfd, or one taken by engine_pidfd_of: 0 or -ESRCH. */
+int engine_proc_signal(const struct engine_proc *p, int sig);
 /* What a sandbox's start wrote into dir/start-error ("" when nothing). */
 void engine_start_error(const char *dir, char *out, size_t outlen);
 /* Removes dir and everything under it, not crossing mounts; -ENOTEMPTY if it stays. */

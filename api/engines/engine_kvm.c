@@ -367,17 +367,15 @@ static void vm_record_kill(const char *dir)
 	cJSON *jp = cJSON_GetObjectItem(o, "pid"), *js = cJSON_GetObjectItem(o, "start_time");
 	pid_t pid = cJSON_IsNumber(jp) ? (pid_t)jp->valuedouble : 0;
 	uint64_t st = cJSON_IsNumber(js) ? (uint64_t)js->valuedouble : 0;
-	if (pid > 0 && st && engine_proc_start_time(pid) == st) {
-		int fd = (int)syscall(SYS_pidfd_open, pid, 0);
-		if (fd >= 0) {
-			syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0);
-			struct pollfd pf = { .fd = fd, .events = POLLIN };
-			poll(&pf, 1, 2000);
-			/* Ours (a VM of this serve): reap it; otherwise init does. */
-			siginfo_t si;
-			waitid(P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG);
-			close(fd);
-		}
+	int fd = engine_pidfd_of(pid, st);
+	if (fd >= 0) {
+		syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0);
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		poll(&pf, 1, 2000);
+		/* Ours (a VM of this serve): reap it; otherwise init does. */
+		siginfo_t si;
+		waitid(P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG);
+		close(fd);
 	}
 	struct cg_set cg;
 	cgroup_from_record(o, &cg);
@@ -1304,11 +1302,7 @@ static int kvm_resume(const char *dir, const struct engine_proc *p) { (void)dir;
 static int kvm_kill(const char *dir, const struct engine_proc *p)
 {
 	(void)dir;
-	if (p->pidfd >= 0 && syscall(SYS_pidfd_send_signal, p->pidfd, SIGKILL, NULL, 0) == 0)
-		return 0;
-	if (p->pid > 0 && engine_proc_start_time(p->pid) == p->start_time && kill(p->pid, SIGKILL) == 0)
-		return 0;
-	return -ESRCH;
+	return engine_proc_signal(p, SIGKILL);
 }
 
 static void kvm_exit_reason(const char *dir, char *out, size_t outlen)

@@ -498,13 +498,35 @@ static int proc_resume(const char *dir, const struct engine_proc *p)
 	return n < 0 ? n : 0;
 }
 
+int engine_pidfd_of(pid_t pid, uint64_t start_time)
+{
+	if (pid <= 0 || !start_time)
+		return -ESRCH;
+	int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (fd < 0)
+		return -ESRCH;
+	if (engine_proc_start_time(pid) != start_time) {
+		close(fd);
+		return -ESRCH;
+	}
+	return fd;
+}
+
+int engine_proc_signal(const struct engine_proc *p, int sig)
+{
+	if (p->pidfd >= 0)
+		return syscall(SYS_pidfd_send_signal, p->pidfd, sig, NULL, 0) == 0 ? 0 : -ESRCH;
+	int fd = engine_pidfd_of(p->pid, p->start_time);
+	if (fd < 0)
+		return fd;
+	int rc = syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0) == 0 ? 0 : -ESRCH;
+	close(fd);
+	return rc;
+}
+
 static int proc_kill(const char *dir, const struct engine_proc *p)
 {
-	int rc = -ESRCH;
-	if (p->pidfd >= 0 && syscall(SYS_pidfd_send_signal, p->pidfd, SIGKILL, NULL, 0) == 0)
-		rc = 0;
-	else if (p->pid > 0 && engine_proc_start_time(p->pid) == p->start_time && kill(p->pid, SIGKILL) == 0)
-		rc = 0;
+	int rc = engine_proc_signal(p, SIGKILL);
 	/* A task frozen by cgroup v1's freezer dies only once thawed: the signal is
 	 * pending first, so nothing of the sandbox runs again. */
 	struct cg_set cg;

@@ -1198,16 +1198,13 @@ static void adopt_all(void)
 		cJSON *jst = o ? cJSON_GetObjectItem(o, "start_time") : NULL;
 		pid_t pid = cJSON_IsNumber(jpid) ? (pid_t)jpid->valuedouble : 0;
 		uint64_t st = cJSON_IsNumber(jst) ? (uint64_t)jst->valuedouble : 0;
-		bool alive = pid > 0 && st && engine_proc_start_time(pid) == st;
-		int pidfd = alive ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+		int pidfd = engine_pidfd_of(pid, st);
 		if (!id || strcmp(id, de->d_name) || !api_valid_id(id) || !tpl || pidfd < 0 || sandbox_find(id)) {
 			if (pidfd >= 0) {
-				syscall(SYS_pidfd_send_signal, pidfd, 9, NULL, 0);
+				struct engine_proc ep = { .pid = pid, .pidfd = pidfd, .start_time = st };
+				eng->kill(dir, &ep);
 				close(pidfd);
 			}
-			struct engine_proc ep = { .pid = pid, .pidfd = -1, .start_time = st };
-			if (alive)
-				eng->kill(dir, &ep);
 			eng->cleanup(dir);
 			cleaned++;
 			cJSON_Delete(o);
