@@ -7,6 +7,7 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "agent/conn.h"
 #include "agent/users.h"
@@ -26,5 +27,7 @@ void fs_leave(const struct fs_ctx *fc);
 /* Resolves req's member key into out (PATH_MAX bytes). Ends s on error. */
 int resolve_path(struct stream *s, const struct json *req, const char *key,
 		 const struct fs_ctx *fc, char *out);
+/* mkdir -p: path and its missing parents; 0 if path ends up a directory. */
+int fs_mkdir_parents(const char *path, mode_t mode);
 
 #endif

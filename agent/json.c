@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -509,6 +510,13 @@ void jw_int(struct jw *w, int64_t v)
 	char tmp[32];
 	before_value(w);
 	put(w, tmp, (size_t)snprintf(tmp, sizeof(tmp), "%" PRId64, v));
+}
+
+void jw_double(struct jw *w, double v)
+{
+	char tmp[40];
+	before_value(w);
+	put(w, tmp, (size_t)snprintf(tmp, sizeof(tmp), "%.15g", isfinite(v) ? v : 0.0));
 }
 
 void jw_bool(struct jw *w, bool v)

@@ -56,6 +56,8 @@ void jw_key(struct jw *w, const char *key);
 void jw_strn(struct jw *w, const char *s, size_t n);
 void jw_str(struct jw *w, const char *s);
 void jw_int(struct jw *w, int64_t v);
+/* A finite number (NaN and infinities are written as 0: JSON has neither). */
+void jw_double(struct jw *w, double v);
 void jw_bool(struct jw *w, bool v);
 void jw_null(struct jw *w);
 /* Writes a parsed value back out. */

@@ -20,26 +20,6 @@
 #define LIST_BATCH_BYTES (64u << 10)
 #define REMOVE_MAX_DEPTH 256
 
-static int mkdir_parents(const char *path, mode_t mode)
-{
-	char tmp[PATH_MAX];
-	snprintf(tmp, sizeof(tmp), "%s", path);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-		return -errno;
-	struct stat st;
-	if (stat(tmp, &st) < 0)
-		return -errno;
-	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
-}
-
 static int parent_dirs(const char *path)
 {
 	char dir[PATH_MAX];
@@ -48,7 +28,7 @@ static int parent_dirs(const char *path)
 	if (!slash || slash == dir)
 		return 0;
 	*slash = 0;
-	return mkdir_parents(dir, 0755);
+	return fs_mkdir_parents(dir, 0755);
 }
 
 /* ---- entries ---- */
@@ -674,10 +654,13 @@ void op_mkdir_open(struct stream *s, const struct json *req)
 		goto out;
 	}
 	if (lstat(fc.path, &st) == 0) {
-		stream_end_error(s, PERR_EXISTS, "%s already exists", fc.path);
+		if (S_ISDIR(st.st_mode))
+			stream_end_error(s, PERR_EXISTS, "%s already exists", fc.path);
+		else
+			stream_end_error(s, PERR_NOT_A_DIRECTORY, "%s exists and is not a directory", fc.path);
 		goto out;
 	}
-	int rc = json_get_bool(req, "parents", true) ? mkdir_parents(fc.path, (mode_t)mode)
+	int rc = json_get_bool(req, "parents", true) ? fs_mkdir_parents(fc.path, (mode_t)mode)
 						      : mkdir(fc.path, (mode_t)mode) < 0 ? -errno : 0;
 	if (rc)
 		stream_end_errno(s, rc, fc.path);

@@ -166,6 +166,10 @@ static void watch_read(struct stream *s)
 		jw_str(&w, type);
 		jw_key(&w, "is_dir");
 		jw_bool(&w, (ev->mask & IN_ISDIR) != 0);
+		if ((ev->mask & (IN_MOVED_FROM | IN_MOVED_TO)) && ev->cookie) {
+			jw_key(&w, "cookie"); /* a move's two halves share it */
+			jw_int(&w, ev->cookie);
+		}
 		jw_obj_end(&w);
 	}
 	jw_arr_end(&w);
@@ -232,6 +236,8 @@ void op_watch_open(struct stream *s, const struct json *req)
 	jw_obj(&w);
 	jw_key(&w, "started");
 	jw_bool(&w, true);
+	jw_key(&w, "path");
+	jw_str(&w, d->root);
 	jw_key(&w, "truncated");
 	jw_bool(&w, d->truncated);
 	jw_obj_end(&w);

@@ -13,6 +13,10 @@ void op_signal_open(struct stream *s, const struct json *req);
 void op_stdin_open(struct stream *s, const struct json *req);
 void op_resize_open(struct stream *s, const struct json *req);
 void op_list_processes_open(struct stream *s, const struct json *req);
+/* The guest's whole process table, from /proc. */
+void op_ps_open(struct stream *s, const struct json *req);
+void op_kill_open(struct stream *s, const struct json *req);
+void op_vitals_open(struct stream *s, const struct json *req);
 /* Kills every process the agent started (agent shutdown). */
 void exec_kill_all(void);
 
@@ -28,6 +32,8 @@ void op_remove_open(struct stream *s, const struct json *req);
 void op_mkdir_open(struct stream *s, const struct json *req);
 void op_rename_open(struct stream *s, const struct json *req);
 void op_watch_open(struct stream *s, const struct json *req);
+void op_archive_open(struct stream *s, const struct json *req);
+void op_untar_open(struct stream *s, const struct json *req);
 
 void op_run_code_open(struct stream *s, const struct json *req);
 void op_context_create_open(struct stream *s, const struct json *req);

@@ -26,7 +26,8 @@ static const struct route r_set_timeout = { "set_timeout", rest_set_timeout, fal
 static const struct route r_pause = { "pause", rest_pause, false, false };
 static const struct route r_resume = { "resume", rest_resume, false, false };
 static const struct route r_rpc = { "rpc", rpc_dispatch, false, false };
-static const struct route r_rpc_write = { "rpc.WriteFile", rpc_write_file, true, true };
+static const struct route r_rpc_write = { "rpc.WriteFile", rpc_client_stream, true, true };
+static const struct route r_rpc_upload = { "rpc.Upload", rpc_client_stream, true, true };
 static const struct route r_preview_create = { "preview.create", rest_preview_create, false, false };
 static const struct route r_preview_proxy = { "preview.proxy", preview_proxy, true, true };
 static const struct route r_pty = { "pty", pty_handle, false, false };
@@ -128,7 +129,7 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 		}
 		if (m != HTTP_POST)
 			return NULL;
-		return !strcmp(meth, "WriteFile") ? &r_rpc_write : &r_rpc;
+		return !strcmp(meth, "WriteFile") ? &r_rpc_write : !strcmp(meth, "Upload") ? &r_rpc_upload : &r_rpc;
 	}
 	*known_path = false;
 	return NULL;
@@ -150,7 +151,7 @@ void router_headers(struct http_req *r)
 			set_early(r, AE_INVALID_SANDBOX_ID, "the sandbox id in the path is not a valid sandbox id");
 		else
 			snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%.64s", r->param);
-	} else if (rt == &r_rpc || rt == &r_rpc_write) {
+	} else if (rt == &r_rpc || rt == &r_rpc_write || rt == &r_rpc_upload) {
 		if (!hid || !*hid)
 			set_early(r, AE_INVALID_SANDBOX_ID, "the X-Sandbox-Id header is required for sandbox.v1.Sandbox calls");
 		else if (!api_valid_id(hid))

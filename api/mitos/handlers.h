@@ -23,7 +23,8 @@ void rest_resume(struct http_req *r);
 
 bool rpc_method_known(const char *name);
 void rpc_dispatch(struct http_req *r);
-void rpc_write_file(struct http_req *r);
+/* WriteFile and Upload: client streams, their body read as it comes. */
+void rpc_client_stream(struct http_req *r);
 
 /* Shared by handlers: the body as a JSON object, or an error reply (NULL). */
 struct cJSON *handler_json_body(struct http_req *r);

@@ -174,22 +174,28 @@ def fork_one(s, sid, timeout=600):
     eq(st, 200, "set_timeout (%r)" % (r,))
 
 
-def write_file(s, sid, path, data, chunks=1, mode=None):
-    """WriteFile as the contract streams it: {open: {path, mode}}, then {data} messages."""
+def client_stream(s, sid, method, open_msg, key, data, chunks=1):
+    """A client-streaming call as the contract sends it: {open: open_msg}, then the bytes as
+    {key: base64} messages. Returns the status and the answer's envelopes."""
     step = max(1, (len(data) + chunks - 1) // chunks)
-    op = {"path": path}
-    if mode is not None:
-        op["mode"] = mode
-    body = envelope({"open": op})
+    body = envelope({"open": open_msg})
     for i in range(0, len(data), step):
-        body += envelope({"data": base64.b64encode(data[i:i + step]).decode()})
+        body += envelope({key: base64.b64encode(data[i:i + step]).decode()})
     c = s.conn()
-    c.request("POST", "/sandbox.v1.Sandbox/WriteFile", body=body,
+    c.request("POST", "/sandbox.v1.Sandbox/" + method, body=body,
               headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
     r = c.getresponse()
     msgs = parse_envelopes(r.read())
     c.close()
     return r.status, msgs
+
+
+def write_file(s, sid, path, data, chunks=1, mode=None):
+    """WriteFile: {open: {path, mode}}, then {data} messages."""
+    op = {"path": path}
+    if mode is not None:
+        op["mode"] = mode
+    return client_stream(s, sid, "WriteFile", op, "data", data, chunks)
 
 
 def exit_of(msgs):

@@ -5,6 +5,7 @@ auth, restart re-adoption and cleanup. Stdlib only.
 
 usage: test_api.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]"""
 import base64
+import io
 import json
 import os
 import random
@@ -14,10 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import (Runner, Server, body_of, envelope, eq, parse_envelopes,  # noqa: E402
+from mitos_test import (Runner, Server, body_of, client_stream, envelope, eq, parse_envelopes,  # noqa: E402
                         raw_exchange, server_sandbox_pids, status_of, wait_until, write_file)
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
@@ -355,6 +358,11 @@ def t_files(s):
     eq((st, r), (200, {}), "mkdir with parents")
     st, r = s.unary("Mkdir", sid, {"path": "/workspace"})
     eq((st, r), (200, {}), "mkdir of an existing directory")
+    write_file(s, sid, "/workspace/plain", b"f")
+    st, r = s.unary("Mkdir", sid, {"path": "/workspace/plain"})
+    eq((st, r["error"]["code"]), (400, "file_failed"), "mkdir over a file fails")
+    assert "not a directory" in r["message"], r
+    s.unary("Remove", sid, {"path": "/workspace/plain"})
     blob = bytes(range(256)) * 3 + os.urandom(3 * 1024 * 1024 + 17)
     st, msgs = write_file(s, sid, "/workspace/blob.bin", blob, chunks=7)
     eq(st, 200, "WriteFile status")
@@ -443,6 +451,178 @@ def t_path_traversal(s):
     st, msgs = write_file(s, sid, "/etc/passwd-mitos-test", b"y")
     assert not os.path.exists("/etc/passwd-mitos-test"), "writes land in the overlay"
     os.unlink(secret)
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def upload(s, sid, dest, tar_bytes, pieces=3):
+    """Upload: {open: {dest}}, then {chunk} messages of a tar."""
+    return client_stream(s, sid, "Upload", {"dest": dest}, "chunk", tar_bytes, pieces)
+
+
+def make_tar(members, fmt=tarfile.PAX_FORMAT):
+    """A tar written by Python's tarfile: (name, bytes) files, (name, None) directories,
+    (name, ("symlink", target)) links."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 1700000000
+            if data is None:
+                ti.type = tarfile.DIRTYPE
+                t.addfile(ti)
+            elif isinstance(data, tuple):
+                ti.type, ti.linkname = tarfile.SYMTYPE, data[1]
+                t.addfile(ti)
+            else:
+                ti.size = len(data)
+                t.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def t_archive_upload(s):
+    sid = new_sandbox(s)[0]["id"]
+    long_name = "l" * 120 + "/" + "m" * 150 + ".txt"
+    blob = os.urandom(200 * 1024 + 3)
+    members = [("proj", None), ("proj/a.txt", b"alpha\n"), ("proj/sub", None), ("proj/sub/blob.bin", blob),
+               ("proj/" + long_name, b"long"), ("proj/empty", b"")]
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):
+        data = make_tar(members if fmt != tarfile.USTAR_FORMAT else members[:4], fmt)
+        st, msgs = upload(s, sid, "/workspace/in-%d" % fmt, data, pieces=5)
+        eq((st, msgs[0][1]), (200, {"bytesWritten": str(len(data))}), "Upload answers bytesWritten (format %d)" % fmt)
+        eq(msgs[-1], (2, {}), "Upload eos")
+    eq(read_file(s, sid, "/workspace/in-%d/proj/sub/blob.bin" % tarfile.PAX_FORMAT)[0], blob, "uploaded content")
+    eq(read_file(s, sid, "/workspace/in-%d/proj/%s" % (tarfile.GNU_FORMAT, long_name))[0], b"long",
+       "a GNU long name")
+    st, r = s.unary("Stat", sid, {"path": "/workspace/in-%d/proj/a.txt" % tarfile.PAX_FORMAT})
+    eq(r["modifiedAtUnix"], "1700000000", "the member's mtime is kept")
+
+    # Archive: the tree back as a tar Python reads; the last Chunk says eof.
+    st, ct, msgs = s.stream("Archive", sid, {"path": "/workspace/in-%d/proj" % tarfile.PAX_FORMAT,
+                                             "direction": "DOWNLOAD"})
+    eq((st, ct), (200, "application/connect+json"), "Archive status")
+    eq(msgs[-2:], [(0, {"eof": True}), (2, {})], "the last chunk says eof")
+    tar = b"".join(base64.b64decode(m["data"]) for f, m in msgs if f == 0 and "data" in m)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        names = sorted(m.name for m in t.getmembers())
+        eq(names, sorted(["a.txt", long_name.split("/")[0], long_name, "empty", "sub", "sub/blob.bin"]),
+           "members, relative to the archived directory")
+        eq(t.extractfile("sub/blob.bin").read(), blob, "archived content")
+        assert t.getmember("sub").isdir() and oct(t.getmember("a.txt").mode) == oct(0o644), t.getmember("a.txt").mode
+    st, ct, msgs = s.stream("Archive", sid, {"path": "/workspace/in-%d/proj/a.txt" % tarfile.PAX_FORMAT,
+                                             "direction": 1})
+    tar = b"".join(base64.b64decode(m["data"]) for f, m in msgs if f == 0 and "data" in m)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        eq([(m.name, t.extractfile(m).read()) for m in t.getmembers()], [("a.txt", b"alpha\n")],
+           "one file archives under its own name")
+    out, _, _, _ = sh(s, sid, "ln -s /etc /workspace/in-%d/proj/link && mkfifo /workspace/in-%d/proj/fifo"
+                      % (tarfile.PAX_FORMAT, tarfile.PAX_FORMAT))
+    st, ct, msgs = s.stream("Archive", sid, {"path": "/workspace/in-%d/proj" % tarfile.PAX_FORMAT,
+                                             "direction": "DOWNLOAD"})
+    tar = b"".join(base64.b64decode(m["data"]) for f, m in msgs if f == 0 and "data" in m)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        assert not {"link", "fifo"} & set(t.getnames()), "symlinks and fifos are left out: %r" % t.getnames()
+    for bad in [{"path": "/workspace"}, {"path": "/workspace", "direction": "UNTAR"}]:
+        st, ct, msgs = s.stream("Archive", sid, bad)
+        eq(msgs[-1][1]["error"]["code"], "invalid_argument", "Archive direction %r" % bad.get("direction"))
+    st, ct, msgs = s.stream("Archive", sid, {"path": "/no/such", "direction": "DOWNLOAD"})
+    eq(msgs[-1][1]["error"]["code"], "not_found", "Archive of a missing path")
+
+    # Hostile archives: nothing lands outside dest, links and devices are refused.
+    marker = "escape-%d" % random.randrange(1 << 30)
+    hostile = [
+        ([("../" + marker, b"x")], "leads outside"),
+        ([("a/../../" + marker, b"x")], "leads outside"),
+        ([("/tmp/" + marker, b"x")], "leads outside"),
+        ([("ln", ("symlink", "/etc"))], "only files and directories"),
+    ]
+    for members_, why in hostile:
+        st, msgs = upload(s, sid, "/workspace/hostile/in", make_tar(members_, tarfile.GNU_FORMAT))
+        err = msgs[-1][1].get("error", {})
+        assert why in err.get("message", ""), (members_, msgs)
+    out, _, _, _ = sh(s, sid, "find /workspace /tmp /root -name '%s*' 2>/dev/null; ls -A /workspace/hostile/in" % marker)
+    eq(out, b"", "nothing was written by a refused archive")
+    assert not os.path.exists("/tmp/" + marker)
+    # A symlink already in dest is not followed.
+    sh(s, sid, "mkdir -p /workspace/sl && ln -s /etc /workspace/sl/etc")
+    st, msgs = upload(s, sid, "/workspace/sl", make_tar([("etc/" + marker, b"x")]))
+    assert "error" in msgs[-1][1], msgs
+    out, _, _, _ = sh(s, sid, "ls /etc | grep -c %s || true" % marker)
+    eq(out.strip(), b"0", "an upload does not write through a symlink")
+    for body, why in [(b"not a tar at all" * 64, "checksum"), (make_tar([("f", b"12345")])[:700], "ended inside")]:
+        st, msgs = upload(s, sid, "/workspace/junk", body)
+        assert why in msgs[-1][1]["error"]["message"], msgs
+    c = s.conn()
+    c.request("POST", "/sandbox.v1.Sandbox/Upload", body=envelope({"chunk": "eA=="}),
+              headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
+    msgs = parse_envelopes(c.getresponse().read())
+    c.close()
+    eq(msgs[-1][1]["error"]["code"], "invalid_argument", "Upload must open first")
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
+def t_guest_runtime(s):
+    sid = new_sandbox(s)[0]["id"]
+    sh(s, sid, "(exec -a mitos-sleeper sleep 300) > /dev/null 2>&1 &")
+    st, r = s.unary("Processes", sid, {})
+    eq(st, 200, "Processes status")
+    procs = r["processes"]
+    by_cmd = {p.get("command"): p for p in procs}
+    assert "sleep" in by_cmd or "mitos-sleeper" in by_cmd, procs
+    sleeper = by_cmd.get("sleep") or by_cmd.get("mitos-sleeper")
+    assert isinstance(sleeper["pid"], int) and sleeper["pid"] > 1 and sleeper["state"] in "RSD", sleeper
+    assert int(sleeper["rssBytes"]) > 0 and isinstance(sleeper["rssBytes"], str), sleeper
+    assert all(p["pid"] != 1 or "ppid" not in p for p in procs), "ppid 0 is omitted"
+    # Signal
+    st, r = s.unary("Signal", sid, {"pid": sleeper["pid"], "signal": 15})
+    eq((st, r), (200, {}), "Signal")
+    wait_until(lambda: all(p["pid"] != sleeper["pid"] for p in s.unary("Processes", sid, {})[1]["processes"]),
+               10, "the signalled process is gone")
+    st, r = s.unary("Signal", sid, {"pid": sleeper["pid"], "signal": 15})
+    eq((st, r["code"]), (404, "not_found"), "Signal of a gone process")
+    for bad in [{"pid": 1, "signal": 15}, {"pid": 0, "signal": 9}, {"pid": 5, "signal": 0}, {"pid": 5, "signal": 65},
+                {"pid": "x", "signal": 9}]:
+        st, r = s.unary("Signal", sid, bad)
+        eq((st, r["code"]), (400, "invalid_argument"), "Signal %r" % bad)
+    agent = [p for p in procs if p.get("command") == "mitos-agent"]
+    if agent:
+        st, r = s.unary("Signal", sid, {"pid": agent[0]["pid"], "signal": 9})
+        eq((st, r["code"]), (400, "invalid_argument"), "the agent does not kill itself")
+
+    # Vitals: a sample a second until the client goes (here, its deadline).
+    st, ct, msgs = s.stream("Vitals", sid, {"intervalSeconds": 1}, headers={"Connect-Timeout-Ms": "2600"})
+    samples = [m for f, m in msgs if f == 0 and "sampledAtUnix" in m]
+    assert 2 <= len(samples) <= 4, msgs
+    v = samples[0]
+    assert abs(int(v["sampledAtUnix"]) - time.time()) < 30, v
+    assert 0 < int(v["memUsedBytes"]) <= int(v["memTotalBytes"]), v
+    eq(v["memTotalBytes"], str(1 << 30), "a process-engine sandbox's memory is its cgroup's limit")
+    assert v["processCount"] >= 2, v
+    eq(msgs[-1][1]["error"]["code"], "deadline_exceeded", "the stream ends at the deadline")
+    st, ct, msgs = s.stream("Vitals", sid, {"intervalSeconds": 99999})
+    eq(msgs[-1][1]["error"]["code"], "invalid_argument", "interval over an hour")
+
+    # Watch: create, modify, rename (one event with newPath), delete, under a tree.
+    sh(s, sid, "mkdir -p /workspace/w/sub")
+    got = {}
+
+    def watch():
+        got["r"] = s.stream("Watch", sid, {"path": "/workspace/w", "recursive": True},
+                            headers={"Connect-Timeout-Ms": "3000"})
+    th = threading.Thread(target=watch)
+    th.start()
+    time.sleep(0.8)
+    sh(s, sid, "echo 1 > /workspace/w/sub/f; echo 2 >> /workspace/w/sub/f; mv /workspace/w/sub/f /workspace/w/g; "
+               "rm /workspace/w/g")
+    th.join(10)
+    st, ct, msgs = got["r"]
+    events = [m for f, m in msgs if f == 0 and "kind" in m]
+    eq(events[0], {"kind": "CREATE", "path": "/workspace/w/sub/f"}, "CREATE")
+    assert {"kind": "MODIFY", "path": "/workspace/w/sub/f"} in events, events
+    assert {"kind": "RENAME", "path": "/workspace/w/sub/f", "newPath": "/workspace/w/g"} in events, events
+    eq(events[-1], {"kind": "DELETE", "path": "/workspace/w/g"}, "DELETE")
+    assert not any(e["kind"] == "CREATE" and e["path"] == "/workspace/w/g" for e in events), events
+    st, ct, msgs = s.stream("Watch", sid, {"path": "/workspace/nope"})
+    eq(msgs[-1][1]["error"]["code"], "not_found", "Watch of a missing directory")
     s.request("DELETE", "/v1/sandboxes/" + sid)
 
 
@@ -830,6 +1010,7 @@ def main():
         ("pause_resume", t_pause_resume), ("delete_cleans_up", t_delete_cleans_up),
         ("exec", t_exec), ("exec_keepalive_and_deadline", t_exec_keepalive_and_deadline),
         ("run_code", t_run_code), ("files", t_files), ("path_traversal", t_path_traversal),
+        ("archive_upload", t_archive_upload), ("guest_runtime", t_guest_runtime),
         ("fork_sandbox", t_fork_sandbox), ("backpressure", t_backpressure),
         ("client_disconnect_mid_stream", t_client_disconnect_mid_stream),
         ("http_basics", t_http_basics), ("malformed", t_malformed), ("slowloris", t_slowloris),

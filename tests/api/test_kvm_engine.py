@@ -527,6 +527,18 @@ def t_linux_guest(_):
         eq([o[0] for o in outs], ["kept", "kept"], "children see the parent's files")
         if len({lines[1], outs[0][1], outs[1][1]}) != 3:
             raise AssertionError("clones share random numbers: %r %r" % (lines, outs))
+        # The guest as a whole: its process table, vitals from its own /proc, a tar of a tree.
+        st, r = s.unary("Processes", sb["id"], {})
+        eq(st, 200, "Processes in the guest (%r)" % (r,))
+        assert any(p.get("pid") == 1 for p in r["processes"]), r
+        st, ct, msgs = s.stream("Vitals", sb["id"], {"intervalSeconds": 1}, timeout=120,
+                                headers={"Connect-Timeout-Ms": "4000"})
+        v = [m for f, m in msgs if f == 0 and "sampledAtUnix" in m]
+        assert v and (32 << 20) < int(v[0]["memTotalBytes"]) <= (128 << 20), msgs
+        st, ct, msgs = s.stream("Archive", sb["id"], {"path": "/tmp", "direction": "DOWNLOAD"}, timeout=120)
+        tar = b"".join(__import__("base64").b64decode(m["data"]) for f, m in msgs if f == 0 and "data" in m)
+        with __import__("tarfile").open(fileobj=__import__("io").BytesIO(tar)) as t:
+            eq(t.extractfile("f").read(), b"kept\n", "Archive of the guest's /tmp")
         eq(s.stop(), 0, "graceful stop")
         eq(vm_pids(s.state_dir), [], "VMs after stop")
     finally:

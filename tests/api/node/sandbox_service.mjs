@@ -65,9 +65,12 @@ export const ListResponse = msg("ListResponse", [
   { no: 1, name: "entries", kind: "message", T: FileInfo, repeated: true }, str(2, "next_page_token"),
 ]);
 export const StatRequest = msg("StatRequest", [str(1, "path")]);
-export const ArchiveRequest = msg("ArchiveRequest", [str(1, "path"), { no: 2, name: "direction", kind: "scalar", T: T.INT32 }]);
+const enumType = (name, names) => proto3.makeEnumType("sandbox.v1." + name, names.map((n, no) => ({ no, name: n })));
+export const ArchiveDirection = enumType("ArchiveRequest.Direction", ["DIRECTION_UNSPECIFIED", "DOWNLOAD", "UNTAR"]);
+export const ArchiveRequest = msg("ArchiveRequest", [str(1, "path"), { no: 2, name: "direction", kind: "enum", T: ArchiveDirection }]);
 export const WatchRequest = msg("WatchRequest", [str(1, "path"), { no: 2, name: "recursive", kind: "scalar", T: T.BOOL }]);
-export const FsEvent = msg("FsEvent", [{ no: 1, name: "kind", kind: "scalar", T: T.INT32 }, str(2, "path"), str(3, "new_path")]);
+export const FsEventKind = enumType("FsEvent.Kind", ["KIND_UNSPECIFIED", "CREATE", "MODIFY", "DELETE", "RENAME"]);
+export const FsEvent = msg("FsEvent", [{ no: 1, name: "kind", kind: "enum", T: FsEventKind }, str(2, "path"), str(3, "new_path")]);
 export const ProcessesRequest = msg("ProcessesRequest", []);
 export const ProcessInfo = msg("ProcessInfo", [
   { no: 1, name: "pid", kind: "scalar", T: T.INT32 }, { no: 2, name: "ppid", kind: "scalar", T: T.INT32 },

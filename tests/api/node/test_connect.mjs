@@ -149,7 +149,7 @@ test("List (paged), Stat, Mkdir, Remove", async () => {
     (e) => e instanceof ConnectError && e.code === Code.NotFound);
 });
 
-test("errors carry Connect codes; the proto's other RPCs answer unimplemented", async () => {
+test("errors carry Connect codes; the cluster-only RPCs answer unimplemented", async () => {
   await assert.rejects(client.stat({ path: "/" }, forSandbox("no-such-sandbox")),
     (e) => e instanceof ConnectError && e.code === Code.NotFound);
   await assert.rejects(client.stat({ path: "/" }, forSandbox("bad id!")),
@@ -161,9 +161,86 @@ test("errors carry Connect codes; the proto's other RPCs answer unimplemented", 
     (e) => e instanceof ConnectError && e.code === Code.NotFound);
   await assert.rejects(client.budget({}, forSandbox(sid)),
     (e) => e instanceof ConnectError && e.code === Code.Unimplemented);
-  await assert.rejects(
-    (async () => {
-      for await (const _ of client.vitals({}, forSandbox(sid))) { /* drain */ }
-    })(),
-    (e) => e instanceof ConnectError && e.code === Code.Unimplemented);
+});
+
+test("Processes, Signal and Vitals decode as the proto's messages", async () => {
+  await execAll({ command: "(exec -a node-sleeper sleep 300) >/dev/null 2>&1 &" });
+  const list = await client.processes({}, forSandbox(sid));
+  const sleeper = list.processes.find((p) => p.command === "sleep" || p.command === "node-sleeper");
+  assert.ok(sleeper && sleeper.pid > 1 && typeof sleeper.rssBytes === "bigint", JSON.stringify(list.processes));
+  await client.signal({ pid: sleeper.pid, signal: 9 }, forSandbox(sid));
+  await assert.rejects(client.signal({ pid: 1, signal: 15 }, forSandbox(sid)),
+    (e) => e instanceof ConnectError && e.code === Code.InvalidArgument);
+  const ac = new AbortController();
+  const samples = [];
+  try {
+    for await (const v of client.vitals({ intervalSeconds: 1 }, { ...forSandbox(sid), signal: ac.signal })) {
+      samples.push(v);
+      if (samples.length === 2) ac.abort();
+    }
+  } catch (e) {
+    assert.ok(e instanceof ConnectError && e.code === Code.Canceled, String(e));
+  }
+  assert.equal(samples.length, 2);
+  assert.ok(samples[0].sampledAtUnix > 0n && samples[0].memTotalBytes >= samples[0].memUsedBytes);
+  assert.ok(samples[0].processCount >= 2);
+});
+
+test("Upload, Archive and Watch: a tree in as tar, back out as tar, its events by kind", async () => {
+  // A one-file ustar archive, built here from the format.
+  const header = Buffer.alloc(512);
+  header.write("note.txt", 0);
+  header.write("0000644\0", 100);
+  header.write("0000000\0", 108);
+  header.write("0000000\0", 116);
+  header.write("00000000005\0", 124);
+  header.write("14000000000\0", 136);
+  header.write("        ", 148);
+  header.write("0", 156);
+  header.write("ustar\u000000", 257);
+  let sum = 0;
+  for (const b of header) sum += b;
+  header.write(sum.toString(8).padStart(6, "0") + "\0 ", 148);
+  const body = Buffer.alloc(512);
+  body.write("hello");
+  const tar = Buffer.concat([header, body, Buffer.alloc(1024)]);
+  async function* requests() {
+    yield { msg: { case: "open", value: { dest: "/workspace/up" } } };
+    yield { msg: { case: "chunk", value: tar.subarray(0, 700) } };
+    yield { msg: { case: "chunk", value: tar.subarray(700) } };
+  }
+  const res = await client.upload(requests(), forSandbox(sid));
+  assert.equal(res.bytesWritten, BigInt(tar.length));
+
+  const chunks = [];
+  let eof = false;
+  for await (const c of client.archive({ path: "/workspace/up", direction: 1 }, forSandbox(sid))) {
+    chunks.push(Buffer.from(c.data));
+    eof = eof || c.eof;
+  }
+  const back = Buffer.concat(chunks);
+  assert.ok(eof, "the last chunk says eof");
+  assert.equal(back.subarray(0, 8).toString(), "note.txt");
+  assert.equal(back.subarray(512, 517).toString(), "hello");
+
+  const ac = new AbortController();
+  const events = [];
+  const watching = (async () => {
+    try {
+      for await (const ev of client.watch({ path: "/workspace/up", recursive: true },
+        { ...forSandbox(sid), signal: ac.signal })) {
+        events.push(ev);
+        if (ev.kind === 3) ac.abort(); // DELETE
+      }
+    } catch (e) {
+      assert.ok(e instanceof ConnectError && e.code === Code.Canceled, String(e));
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 500));
+  await execAll({ command: "mv /workspace/up/note.txt /workspace/up/moved.txt && rm /workspace/up/moved.txt" });
+  await watching;
+  assert.deepEqual(events.map((e) => [e.kind, e.path, e.newPath]), [
+    [4, "/workspace/up/note.txt", "/workspace/up/moved.txt"], // RENAME
+    [3, "/workspace/up/moved.txt", ""], // DELETE
+  ]);
 });
