@@ -13,7 +13,6 @@ void rest_templates_list(struct http_req *r);
 void rest_fork(struct http_req *r);
 void rest_sandbox_fork(struct http_req *r);
 void rest_sandbox_forward(struct http_req *r);
-void rest_sandbox_expose(struct http_req *r);
 void rest_sandboxes_list(struct http_req *r);
 void rest_sandbox_get(struct http_req *r);
 void rest_sandbox_delete(struct http_req *r);

@@ -467,13 +467,6 @@ void rest_sandbox_forward(struct http_req *r)
 				 NULL, "reach a sandbox port through a preview URL: POST /v1/preview {sandbox, port}");
 }
 
-void rest_sandbox_expose(struct http_req *r)
-{
-	if (find_or_404(r, r->sandbox_id))
-		http_reply_error(r, AE_UNIMPLEMENTED, "/v1/sandboxes/{id}/expose/{port} is not available on this node",
-				 NULL, "reach a sandbox port through a preview URL: POST /v1/preview {sandbox, port}");
-}
-
 /* ---- sandboxes ---- */
 
 void rest_sandboxes_list(struct http_req *r)

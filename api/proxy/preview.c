@@ -696,6 +696,43 @@ static int build_request(struct pv *pv, struct http_req *r, const char *path, co
 	return rc;
 }
 
+/* Opens the agent's forward stream to pv->port of sb and relays r over it: path
+ * (with its query) is what the upstream is asked for, prefix (or NULL) where the
+ * client sees it mounted. Takes pv. */
+static void pv_start(struct pv *pv, struct http_req *r, struct sandbox *sb, const char *path, const char *prefix)
+{
+	char msg[160];
+	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
+		pv_free(pv);
+		snprintf(msg, sizeof(msg), "sandbox %s is %s", sb->id, sb->state == SB_PAUSED ? "paused"
+				 : sb->state == SB_STARTING ? "starting" : "stopping");
+		http_reply_error(r, AE_SANDBOX_NOT_RUNNING, msg, NULL, NULL);
+		return;
+	}
+	size_t qpos = strcspn(path, "?");
+	char *p = strndup(path, qpos);
+	if (!p || build_request(pv, r, p, prefix)) {
+		free(p);
+		pv_free(pv);
+		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
+		return;
+	}
+	free(p);
+	char open[64];
+	snprintf(open, sizeof(open), "{\"op\":\"forward\",\"port\":%u}", pv->port);
+	pv->as = agent_open(sb->agent, open, &pv_stream_ops, pv);
+	if (!pv->as) {
+		pv_free(pv);
+		http_reply_error(r, AE_INTERNAL, "cannot open a stream to the sandbox's agent", NULL, NULL);
+		return;
+	}
+	pv->r = r;
+	r->ctx = pv;
+	r->ops = &pv_ops;
+	/* Nothing of the body is read until the upstream connection exists. */
+	http_req_pause_body(r);
+}
+
 void preview_proxy(struct http_req *r)
 {
 	struct pv *pv = calloc(1, sizeof(*pv));
@@ -770,39 +807,48 @@ void preview_proxy(struct http_req *r)
 		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
 		return;
 	}
-	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
-		pv_free(pv);
-		snprintf(msg, sizeof(msg), "sandbox %s is %s", sb->id, sb->state == SB_PAUSED ? "paused"
-				 : sb->state == SB_STARTING ? "starting" : "stopping");
-		http_reply_error(r, AE_SANDBOX_NOT_RUNNING, msg, NULL, NULL);
-		return;
-	}
-	size_t qpos = strcspn(path, "?");
-	char *p = strndup(path, qpos);
-	if (!p || build_request(pv, r, p, by_host ? NULL : prefix)) {
-		free(p);
-		pv_free(pv);
-		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
-		return;
-	}
-	free(p);
-	char open[64];
-	snprintf(open, sizeof(open), "{\"op\":\"forward\",\"port\":%u}", pv->port);
-	pv->as = agent_open(sb->agent, open, &pv_stream_ops, pv);
-	if (!pv->as) {
-		pv_free(pv);
-		http_reply_error(r, AE_INTERNAL, "cannot open a stream to the sandbox's agent", NULL, NULL);
-		return;
-	}
-	pv->r = r;
-	r->ctx = pv;
-	r->ops = &pv_ops;
-	/* Nothing of the body is read until the upstream connection exists. */
-	http_req_pause_body(r);
+	pv_start(pv, r, sb, path, by_host ? NULL : prefix);
 	return;
 
 not_found:
 	pv_free(pv);
 	http_reply_error(r, AE_NOT_FOUND, by_host ? "a preview host is <sandbox id>-<port>.<preview domain>"
 			 : "a preview path is /preview/<sandbox id>/<port>/...", NULL, NULL);
+}
+
+/* /v1/sandboxes/{id}/expose/{port}[/...]: the real server's authenticated guest
+ * proxy. The router has checked the node's bearer token (which never reaches the
+ * sandbox); everything after the port is the upstream's path. */
+void preview_expose(struct http_req *r)
+{
+	const char *u = r->arena;
+	size_t il = strlen("/v1/sandboxes/") + strlen(r->sandbox_id);
+	struct sandbox *sb = find_sandbox(r->sandbox_id);
+	char msg[160];
+	if (strncmp(u, "/v1/sandboxes/", 14) || strncmp(u + il, "/expose/", 8)) {
+		http_reply_error(r, AE_NOT_FOUND, "an expose path is /v1/sandboxes/<id>/expose/<port>/...", NULL, NULL);
+		return;
+	}
+	u += il + 8;
+	size_t pl = strspn(u, "0123456789");
+	unsigned long port = pl && pl <= 5 ? strtoul(u, NULL, 10) : 0;
+	if (!port || port > 65535 || (u[pl] && u[pl] != '/' && u[pl] != '?')) {
+		http_reply_error(r, AE_INVALID_ARGUMENT, "the guest port must be an integer in 1-65535", NULL, NULL);
+		return;
+	}
+	if (!sb) {
+		snprintf(msg, sizeof(msg), "no sandbox %s", r->sandbox_id);
+		http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
+		return;
+	}
+	struct pv *pv = calloc(1, sizeof(*pv));
+	if (!pv) {
+		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
+		return;
+	}
+	char prefix[ID_MAX + 40];
+	pv->port = (unsigned)port;
+	snprintf(pv->sid, sizeof(pv->sid), "%s", sb->id);
+	snprintf(prefix, sizeof(prefix), "/v1/sandboxes/%.64s/expose/%u", sb->id, pv->port);
+	pv_start(pv, r, sb, u + pl, prefix);
 }

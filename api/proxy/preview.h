@@ -24,5 +24,7 @@ bool preview_host_matches(const struct http_req *r);
 void rest_preview_create(struct http_req *r);
 /* The proxy; runs at headers-complete and streams the request body. */
 void preview_proxy(struct http_req *r);
+/* The same proxy at /v1/sandboxes/{id}/expose/{port}/..., for holders of the node's token. */
+void preview_expose(struct http_req *r);
 
 #endif

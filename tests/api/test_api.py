@@ -168,7 +168,7 @@ def t_fork_errors(s):
     st, r = s.request("POST", "/v1/sandboxes/%s/forward" % sb["id"], {"guest_port": 8000})
     eq((st, r["error"]["code"]), (501, "unimplemented"), "forward")
     st, r = s.request("GET", "/v1/sandboxes/%s/expose/8000/x" % sb["id"])
-    eq((st, r["error"]["code"]), (501, "unimplemented"), "expose")
+    eq((st, r["error"]["code"]), (502, "unavailable"), "expose of a port nothing listens on")
     st, r = s.request("POST", "/v1/sandboxes/nope/forward", {"guest_port": 8000})
     eq((st, r["error"]["code"]), (404, "not_found"), "forward of a missing sandbox")
     s.request("DELETE", "/v1/sandboxes/" + sb["id"])

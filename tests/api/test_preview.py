@@ -216,6 +216,29 @@ def t_no_listener(s):
     assert "8009" in json.loads(data)["error"]["message"], data
 
 
+def t_expose(s):
+    """/v1/sandboxes/{id}/expose/{port}/...: the same proxy for holders of the node's
+    token (this server has none), everything after the port the upstream's path."""
+    base = "/v1/sandboxes/%s/expose" % SID
+    st, _, data = get(s, base + "/8000/")
+    eq((st, data), (200, b"hello from the sandbox\n"), "index through expose")
+    st, _, data = get(s, base + "/8000")
+    eq((st, data), (200, b"hello from the sandbox\n"), "the port alone is the upstream's /")
+    st, _, data = get(s, base + "/8000/big.bin")
+    eq(hashlib.sha256(data).hexdigest(), ctx["big_sha"], "big.bin bytes")
+    st, _, data = get(s, base + "/8001/headers?a=1")
+    h = json.loads(data)
+    eq((h["path"], h["headers"].get("x-forwarded-prefix")), ("/headers?a=1", base + "/8001"), "path and prefix")
+    body = os.urandom(100000)
+    st, _, data = get(s, base + "/8001/echo", method="POST", body=body)
+    eq((st, data == body), (200, True), "POST through expose")
+    for bad, code in (("/0/", 400), ("/99999/", 400), ("/80x/", 400), ("/8009/", 502)):
+        st, _, data = get(s, base + bad)
+        eq(st, code, "expose %s (%r)" % (bad, data))
+    st, _, data = get(s, "/v1/sandboxes/no-such/expose/8000/")
+    eq((st, error_code(data)), (404, "not_found"), "expose of a missing sandbox")
+
+
 def timed_get(s, target, headers=""):
     """Sends a GET on a raw socket; returns [(seconds since sent, bytes)]."""
     sock = socket.create_connection(("127.0.0.1", s.port), timeout=20)
@@ -369,6 +392,11 @@ def t_token_server(vmm, agent):
                                         "Host: x\r\n%s\r\nConnection: close\r\n\r\n" % (tok, extra)).encode())
             eq(status_of(raw), 200, "preview with %r" % extra)
             assert b"node-secret-token" not in raw.partition(b"\r\n\r\n")[2], (extra, raw)
+        st, _, data = get(s, "/v1/sandboxes/pv-auth/expose/8001/headers")
+        eq(st, 401, "expose without the node's bearer token")
+        st, _, data = get(s, "/v1/sandboxes/pv-auth/expose/8001/headers", {"Authorization": "Bearer node-secret-token"})
+        eq(st, 200, "expose with the node's bearer token")
+        assert b"node-secret-token" not in data, data
         st, _, data = get(s, "/preview/pv-auth/8001/headers?mitos_token=" + tok, {"Authorization": "Basic dXNlcg=="})
         eq(json.loads(data)["headers"].get("authorization"), "Basic dXNlcg==", "the app's own Authorization")
         with open(os.path.join(state, "preview.key"), "rb") as f:
@@ -396,7 +424,8 @@ def main():
     run = Runner()
     s = Server(VMM, AGENT, extra=["--preview-domain", DOMAIN])
     tests = [("mint", t_mint), ("by_path", t_by_path), ("by_host", t_by_host), ("bad_tokens", t_bad_tokens),
-             ("unknown_sandbox", t_unknown_sandbox), ("no_listener", t_no_listener), ("streaming", t_streaming),
+             ("unknown_sandbox", t_unknown_sandbox), ("no_listener", t_no_listener), ("expose", t_expose),
+             ("streaming", t_streaming),
              ("post", t_post), ("headers", t_headers), ("websocket", t_websocket), ("paused", t_paused),
              ("key", t_key)]
     try:
