@@ -19,6 +19,7 @@
 #include "api/http/errors.h"
 #include "api/http/listener.h"
 #include "api/sandbox/node.h"
+#include "api/proxy/forward.h"
 #include "api/proxy/preview.h"
 #include "api/sandbox/sandboxes.h"
 #include "api/http/server.h"
@@ -459,6 +460,7 @@ int cmd_serve(int argc, char **argv)
 	fflush(stdout);
 
 	rc = ur_run();
+	forward_exit();
 	listener_close_all();
 	sandboxes_exit();
 	ur_exit();

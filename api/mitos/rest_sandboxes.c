@@ -458,15 +458,6 @@ void rest_sandbox_fork(struct http_req *r)
 
 static struct sandbox *find_or_404(struct http_req *r, const char *id);
 
-/* ---- forward and expose: routes of the contract this node does not serve yet ---- */
-
-void rest_sandbox_forward(struct http_req *r)
-{
-	if (find_or_404(r, r->sandbox_id))
-		http_reply_error(r, AE_UNIMPLEMENTED, "port forwarding to a host port is not available on this node",
-				 NULL, "reach a sandbox port through a preview URL: POST /v1/preview {sandbox, port}");
-}
-
 /* ---- sandboxes ---- */
 
 void rest_sandboxes_list(struct http_req *r)

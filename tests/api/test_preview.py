@@ -239,6 +239,70 @@ def t_expose(s):
     eq((st, error_code(data)), (404, "not_found"), "expose of a missing sandbox")
 
 
+def t_forward(s):
+    """POST /v1/sandboxes/{id}/forward: a loopback listener bridged to the guest port."""
+    import http.client
+    import threading
+    st, r = s.request("POST", "/v1/sandboxes/%s/forward" % SID, {"guest_port": 8000})
+    eq((st, r["guest_port"]), (200, 8000), "forward (%r)" % (r,))
+    host, port = r["host"].rsplit(":", 1)
+    eq(host, "127.0.0.1", "loopback only")
+    results = []
+
+    def fetch(path):
+        c = http.client.HTTPConnection(host, int(port), timeout=20)
+        c.request("GET", path)
+        resp = c.getresponse()
+        results.append((path, resp.status, resp.read()))
+        c.close()
+    threads = [threading.Thread(target=fetch, args=(p,)) for p in ("/", "/big.bin", "/big.bin", "/")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    eq(sorted((p, st) for p, st, _ in results), [("/", 200), ("/", 200), ("/big.bin", 200), ("/big.bin", 200)],
+       "four connections at once")
+    for p, _, data in results:
+        if p == "/big.bin":
+            eq(hashlib.sha256(data).hexdigest(), ctx["big_sha"], "big.bin through the forward")
+    st, r = s.request("POST", "/v1/sandboxes/%s/forward" % SID, {"guest_port": 8001})
+    c = http.client.HTTPConnection("127.0.0.1", int(r["host"].rsplit(":", 1)[1]), timeout=20)
+    body = os.urandom(2 * 1024 * 1024)
+    c.request("POST", "/echo", body=body)
+    eq(c.getresponse().read() == body, True, "2 MiB each way")
+    c.close()
+    st, r = s.request("POST", "/v1/sandboxes/%s/forward" % SID, {"guest_port": 8009})
+    sock = socket.create_connection(("127.0.0.1", int(r["host"].rsplit(":", 1)[1])), timeout=10)
+    sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    eq(sock.recv(100), b"", "nothing listens there: the connection closes")
+    sock.close()
+    for bad in ({"guest_port": 0}, {"guest_port": 70000}, {"guest_port": "80"}, {}):
+        st, r = s.request("POST", "/v1/sandboxes/%s/forward" % SID, bad)
+        eq(st, 400, "forward %r" % bad)
+    st, r = s.request("POST", "/v1/sandboxes/no-such/forward", {"guest_port": 80})
+    eq(st, 404, "forward of a missing sandbox")
+    # A sandbox's forwards are capped, and they go with it.
+    fork(s, "pv-fwd")
+    hosts = []
+    for i in range(16):
+        st, r = s.request("POST", "/v1/sandboxes/pv-fwd/forward", {"guest_port": 8000})
+        eq(st, 200, "forward %d" % i)
+        hosts.append(int(r["host"].rsplit(":", 1)[1]))
+    st, r = s.request("POST", "/v1/sandboxes/pv-fwd/forward", {"guest_port": 8000})
+    eq((st, r["error"]["code"]), (429, "quota_exceeded"), "the 17th forward")
+    s.request("DELETE", "/v1/sandboxes/pv-fwd")
+
+    def all_closed():
+        for p in hosts:
+            try:
+                socket.create_connection(("127.0.0.1", p), timeout=2).close()
+                return False
+            except OSError:
+                pass
+        return True
+    wait_until(all_closed, 10, "a deleted sandbox's listeners close")
+
+
 def timed_get(s, target, headers=""):
     """Sends a GET on a raw socket; returns [(seconds since sent, bytes)]."""
     sock = socket.create_connection(("127.0.0.1", s.port), timeout=20)
@@ -425,6 +489,7 @@ def main():
     s = Server(VMM, AGENT, extra=["--preview-domain", DOMAIN])
     tests = [("mint", t_mint), ("by_path", t_by_path), ("by_host", t_by_host), ("bad_tokens", t_bad_tokens),
              ("unknown_sandbox", t_unknown_sandbox), ("no_listener", t_no_listener), ("expose", t_expose),
+             ("forward", t_forward),
              ("streaming", t_streaming),
              ("post", t_post), ("headers", t_headers), ("websocket", t_websocket), ("paused", t_paused),
              ("key", t_key)]
