@@ -47,9 +47,25 @@ static const char *e2b_state(const struct sandbox *sb)
 	return sb->state == SB_PAUSED ? "paused" : "running";
 }
 
+/* The domain getHost(port) builds "<port>-<id>.<domain>" on: --preview-domain with
+ * the port the client reached us on, so the SDK's host names this server. */
+static void add_domain(cJSON *o, const struct http_req *r)
+{
+	const char *host = r ? http_req_header(r, "host") : NULL, *colon = host ? strrchr(host, ':') : NULL;
+	char dom[300];
+	if (!srv_cfg.preview_domain) {
+		cJSON_AddNullToObject(o, "domain");
+		return;
+	}
+	snprintf(dom, sizeof(dom), "%s%s", srv_cfg.preview_domain,
+		 colon && !strchr(colon, ']') && strlen(colon) <= 6 ? colon : "");
+	cJSON_AddStringToObject(o, "domain", dom);
+}
+
 /* The Sandbox / ListedSandbox / SandboxDetail object (one shape serves all three:
  * the SDK ignores fields it does not read). */
-static cJSON *sandbox_obj(const struct sandbox *sb, const struct e2b_sbx *s, bool with_tokens)
+static cJSON *sandbox_obj(const struct http_req *r, const struct sandbox *sb, const struct e2b_sbx *s,
+			  bool with_tokens)
 {
 	cJSON *o = cJSON_CreateObject();
 	char ts[40];
@@ -73,7 +89,7 @@ static cJSON *sandbox_obj(const struct sandbox *sb, const struct e2b_sbx *s, boo
 	cJSON *lc = cJSON_AddObjectToObject(o, "lifecycle");
 	cJSON_AddStringToObject(lc, "onTimeout", s && s->auto_pause ? "pause" : "kill");
 	cJSON_AddBoolToObject(lc, "autoResume", false);
-	cJSON_AddNullToObject(o, "domain");
+	add_domain(o, r);
 	if (with_tokens && s && s->envd_token[0])
 		cJSON_AddStringToObject(o, "envdAccessToken", s->envd_token);
 	if (with_tokens && s && s->traffic_token[0])
@@ -236,7 +252,7 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 		e2b_reply_err(r, 500, "cannot save the sandbox's E2B record: %s", strerror(-rc));
 		sandbox_destroy(sbs[0], "its E2B record could not be saved", NULL, NULL, NULL);
 	} else {
-		handler_reply_cjson(r, 201, sandbox_obj(sbs[0], s, true));
+		handler_reply_cjson(r, 201, sandbox_obj(r, sbs[0], s, true));
 	}
 	create_free(cc);
 }
@@ -367,7 +383,7 @@ static void connect_or_resume(struct http_req *r, bool legacy_resume)
 		e2b_reply_err(r, 500, "cannot save the sandbox's E2B record: %s", strerror(-rc));
 		return;
 	}
-	handler_reply_cjson(r, resumed ? 201 : 200, sandbox_obj(sb, s, true));
+	handler_reply_cjson(r, resumed ? 201 : 200, sandbox_obj(r, sb, s, true));
 }
 
 void e2b_sandbox_connect(struct http_req *r) { connect_or_resume(r, false); }
@@ -377,7 +393,7 @@ void e2b_sandbox_get(struct http_req *r)
 {
 	struct sandbox *sb = find_or_404(r);
 	if (sb)
-		handler_reply_cjson(r, 200, sandbox_obj(sb, e2b_sbx_get(sb->id, false), false));
+		handler_reply_cjson(r, 200, sandbox_obj(r, sb, e2b_sbx_get(sb->id, false), false));
 }
 
 struct kill_ctx {
@@ -595,7 +611,7 @@ void e2b_sandboxes_list(struct http_req *r)
 	cJSON *a = cJSON_CreateArray();
 	unsigned i = first;
 	for (; i < k && i < first + take; i++)
-		cJSON_AddItemToArray(a, sandbox_obj(all[desc ? k - 1 - i : i], e2b_sbx_get(all[desc ? k - 1 - i : i]->id, false), false));
+		cJSON_AddItemToArray(a, sandbox_obj(r, all[desc ? k - 1 - i : i], e2b_sbx_get(all[desc ? k - 1 - i : i]->id, false), false));
 	if (cluster) {
 		char *q = query_with_limit(r->query, take);
 		if (q) {

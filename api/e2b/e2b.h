@@ -16,5 +16,9 @@ bool e2b_route_headers(struct http_req *r);
 /* After re-adoption: loads the E2B records of the sandboxes a previous serve left
  * (their tokens, envs and onTimeout), so its clients carry on. */
 void e2b_records_load(void);
+/* Whether r may reach sandbox sid through an E2B getHost() host: a sandbox made
+ * through E2B, with its traffic access token when it has one (else serve's API
+ * key). */
+bool e2b_host_authorized(const struct http_req *r, const char *sid);
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "api/e2b/e2b.h"
 #include "api/e2b/internal.h"
+#include "api/proxy/preview.h"
 #include "api/http/errors.h"
 #include "api/http/http.h"
 #include "api/http/router.h"
@@ -181,10 +182,34 @@ static const struct route *interp_route(struct http_req *r)
 	return &r_unknown;
 }
 
+bool e2b_host_authorized(const struct http_req *r, const char *sid)
+{
+	struct e2b_sbx *s = e2b_sbx_get(sid, false);
+	if (!s)
+		return false; /* not made through E2B: its ports take a preview URL */
+	if (s->traffic_token[0])
+		return e2b_token_ok(http_req_header(r, "e2b-traffic-access-token"), s->traffic_token);
+	return e2b_api_key_ok(r);
+}
+
 bool e2b_route_headers(struct http_req *r)
 {
 	const char *port = http_req_header(r, "e2b-sandbox-port");
 	const struct route *rt;
+	char hid[ID_MAX + 1];
+	unsigned hport;
+	bool e2b_form;
+	/* A preview host is a sandbox's whole site, unless it is E2B's envd or interpreter
+	 * host (49983-<id>.<domain>, 49999-<id>...: the SDK's URLs without E2B_SANDBOX_URL). */
+	if (!port && preview_host_matches(r)) {
+		char pbuf[8] = "";
+		if (!preview_host_target(r, hid, &hport, &e2b_form) && e2b_form)
+			snprintf(pbuf, sizeof(pbuf), "%u", hport);
+		if (strcmp(pbuf, E2B_ENVD_PORT) && strcmp(pbuf, E2B_INTERP_PORT))
+			return false;
+		port = !strcmp(pbuf, E2B_ENVD_PORT) ? E2B_ENVD_PORT : E2B_INTERP_PORT;
+		snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%s", hid);
+	}
 	if (port) {
 		const char *sid = http_req_header(r, "e2b-sandbox-id");
 		if (sid && api_valid_id(sid))

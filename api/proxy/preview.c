@@ -19,6 +19,7 @@
 
 #include "agent/proto.h"
 #include "api/sandbox/agent_client.h"
+#include "api/e2b/e2b.h"
 #include "api/http/bytebuf.h"
 #include "api/http/errors.h"
 #include "api/mitos/handlers.h"
@@ -105,6 +106,30 @@ static int parse_label(const char *label, size_t n, char *id, unsigned *port)
 	return api_valid_id(id) ? 0 : -EINVAL;
 }
 
+static struct sandbox *find_sandbox(const char *id)
+{
+	struct sandbox *sb = sandbox_find(id);
+	for (struct sandbox *s = sandboxes_first(); s && !sb; s = s->next)
+		if (!strcasecmp(s->id, id))
+			sb = s;
+	return sb;
+}
+
+/* "<port>-<id>": the host E2B's getHost(port) builds. */
+static int parse_e2b_label(const char *label, size_t n, char *id, unsigned *port)
+{
+	size_t pl = 0;
+	unsigned p = 0;
+	while (pl < n && pl < 6 && isdigit((unsigned char)label[pl]))
+		p = p * 10 + (unsigned)(label[pl++] - '0');
+	if (!pl || pl > 5 || pl + 1 >= n || label[pl] != '-' || !p || p > 65535 || n - pl - 1 > ID_MAX)
+		return -EINVAL;
+	memcpy(id, label + pl + 1, n - pl - 1);
+	id[n - pl - 1] = 0;
+	*port = p;
+	return api_valid_id(id) ? 0 : -EINVAL;
+}
+
 /* The Host header without its port, and the length of that. */
 static const char *host_name(const struct http_req *r, size_t *n)
 {
@@ -130,20 +155,30 @@ static size_t host_label_len(const struct http_req *r)
 	return memchr(h, '.', ll) ? 0 : ll;
 }
 
+int preview_host_target(const struct http_req *r, char *id, unsigned *port, bool *e2b)
+{
+	size_t ll = host_label_len(r);
+	const char *h = http_req_header(r, "host");
+	char eid[ID_MAX + 1];
+	unsigned eport;
+	if (!ll)
+		return -EINVAL;
+	bool ours = !parse_label(h, ll, id, port), theirs = !parse_e2b_label(h, ll, eid, &eport);
+	/* Both forms can fit one label: the one that names a sandbox wins, ours first. */
+	*e2b = theirs && (!ours || (!find_sandbox(id) && find_sandbox(eid)));
+	if (*e2b) {
+		memcpy(id, eid, sizeof(eid));
+		*port = eport;
+	}
+	return ours || theirs ? 0 : -EINVAL;
+}
+
 bool preview_host_matches(const struct http_req *r)
 {
 	return host_label_len(r) > 0;
 }
 
 /* The sandbox with this id; hosts arrive lower-cased, so that is tried too. */
-static struct sandbox *find_sandbox(const char *id)
-{
-	struct sandbox *sb = sandbox_find(id);
-	for (struct sandbox *s = sandboxes_first(); s && !sb; s = s->next)
-		if (!strcasecmp(s->id, id))
-			sb = s;
-	return sb;
-}
 
 /* ---- POST /v1/preview ---- */
 
@@ -745,12 +780,10 @@ void preview_proxy(struct http_req *r)
 	char id[ID_MAX + 1];
 	const char *path = NULL;
 	char prefix[ID_MAX + 32];
-	bool by_host = false;
-	size_t ll = host_label_len(r);
-	if (ll) {
+	bool by_host = false, e2b_host = false;
+	if (host_label_len(r)) {
 		by_host = true;
-		const char *h = http_req_header(r, "host");
-		if (parse_label(h, ll, id, &pv->port))
+		if (preview_host_target(r, id, &pv->port, &e2b_host))
 			goto not_found;
 		path = r->arena;
 		snprintf(pv->cookie_path, sizeof(pv->cookie_path), "/");
@@ -779,6 +812,19 @@ void preview_proxy(struct http_req *r)
 	if (!by_host) {
 		snprintf(prefix, sizeof(prefix), PV_PREFIX "%.64s/%u", sid, pv->port);
 		snprintf(pv->cookie_path, sizeof(pv->cookie_path), "%s/", prefix);
+	}
+	if (e2b_host) {
+		/* E2B's getHost() URLs carry no token of ours: the sandbox's E2B traffic
+		 * token (when it has one) or the API key decides, as for its interpreter. */
+		if (!sb || !e2b_host_authorized(r, sb->id)) {
+			pv_free(pv);
+			http_reply_error(r, sb ? AE_UNAUTHENTICATED : AE_NOT_FOUND,
+					 sb ? "this sandbox host needs the sandbox's traffic access token" : "no such sandbox",
+					 NULL, sb ? "send the E2B-Traffic-Access-Token header the sandbox was created with" : NULL);
+			return;
+		}
+		pv_start(pv, r, sb, path, NULL);
+		return;
 	}
 	int rc = check_token(pv, r, sid);
 	if (rc) {
@@ -812,7 +858,8 @@ void preview_proxy(struct http_req *r)
 
 not_found:
 	pv_free(pv);
-	http_reply_error(r, AE_NOT_FOUND, by_host ? "a preview host is <sandbox id>-<port>.<preview domain>"
+	http_reply_error(r, AE_NOT_FOUND, by_host ? "a preview host is <sandbox id>-<port>.<preview domain> "
+			 "(or E2B's <port>-<sandbox id>.<preview domain>)"
 			 : "a preview path is /preview/<sandbox id>/<port>/...", NULL, NULL);
 }
 

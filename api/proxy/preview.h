@@ -20,6 +20,9 @@ void preview_exit(void);
 
 /* True when the Host header names a preview host of --preview-domain. */
 bool preview_host_matches(const struct http_req *r);
+/* The sandbox id and port a preview host names: "<id>-<port>" (ours) or
+ * "<port>-<id>" (E2B's getHost(); *e2b set). 0, or -EINVAL. */
+int preview_host_target(const struct http_req *r, char *id, unsigned *port, bool *e2b);
 
 void rest_preview_create(struct http_req *r);
 /* The proxy; runs at headers-complete and streams the request body. */

@@ -46,7 +46,7 @@ if kvm:
         print("SKIP: no firmware kernel at %s (firmware/build-kernel.sh)" % kernel)
         sys.exit(77)
     extra += ["--engine", "kvm", "--kvm-pool", "1"]
-s = Server(vmm, agent, token=token, extra=extra + ["--max-sandboxes", "16"])
+s = Server(vmm, agent, token=token, extra=extra + ["--max-sandboxes", "16", "--preview-domain", "e2b.test"])
 try:
     if kvm:
         # The templates boot and snapshot a guest first (minutes under emulation):

@@ -4,6 +4,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { Sandbox } from "e2b";
+import http from "node:http";
 
 const base = process.env.E2B_API_URL;
 const auth = { Authorization: "Bearer " + process.env.E2B_API_KEY, "Content-Type": "application/json" };
@@ -139,4 +140,39 @@ test("a disconnected handle leaves the process running; connect re-attaches", as
   const again = await sbx.commands.connect(h.pid);
   const r = await again.wait();
   assert.equal(r.stdout, "done-late\n");
+});
+
+// GET through serve with a Host of our choosing (the test has no wildcard DNS name).
+function getVia(host, headers = {}) {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, path: "/hello.txt", headers: { Host: host, ...headers } },
+      (res) => {
+        let body = "";
+        res.on("data", (d) => (body += d));
+        res.on("end", () => resolve({ status: res.statusCode, body }));
+      });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+test("getHost(port) names this server (<port>-<id>.<--preview-domain>), behind the traffic token", async () => {
+  const sbx = await Sandbox.create();
+  made.push(sbx.sandboxId);
+  await sbx.commands.run("mkdir -p /tmp/www && echo hi-from-8123 > /tmp/www/hello.txt && cd /tmp/www && " +
+    "(setsid python3 -m http.server 8123 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &) && " +
+    "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8123) 2>/dev/null && break; sleep 0.1; done");
+  const host = sbx.getHost(8123);
+  const port = new URL(base).port;
+  assert.equal(host, `8123-${sbx.sandboxId}.e2b.test:${port}`);
+  assert.ok(sbx.trafficAccessToken, "a server with a token mints a traffic token");
+  const ok = await getVia(host, { "E2B-Traffic-Access-Token": sbx.trafficAccessToken });
+  assert.deepEqual([ok.status, ok.body], [200, "hi-from-8123\n"]);
+  const denied = await getVia(host);
+  assert.equal(denied.status, 401, "no traffic token");
+  const wrong = await getVia(host, { "E2B-Traffic-Access-Token": "0".repeat(sbx.trafficAccessToken.length) });
+  assert.equal(wrong.status, 401, "a wrong traffic token");
+  const gone = await getVia(`8123-nosuchsandbox.e2b.test:${port}`, { "E2B-Traffic-Access-Token": sbx.trafficAccessToken });
+  assert.equal(gone.status, 404);
 });
