@@ -143,10 +143,10 @@ test("a disconnected handle leaves the process running; connect re-attaches", as
 });
 
 // GET through serve with a Host of our choosing (the test has no wildcard DNS name).
-function getVia(host, headers = {}) {
+function getVia(host, headers = {}, path = "/hello.txt") {
   const u = new URL(base);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: u.port, path: "/hello.txt", headers: { Host: host, ...headers } },
+    const req = http.request({ host: u.hostname, port: u.port, path, headers: { Host: host, ...headers } },
       (res) => {
         let body = "";
         res.on("data", (d) => (body += d));
@@ -175,4 +175,7 @@ test("getHost(port) names this server (<port>-<id>.<--preview-domain>), behind t
   assert.equal(wrong.status, 401, "a wrong traffic token");
   const gone = await getVia(`8123-nosuchsandbox.e2b.test:${port}`, { "E2B-Traffic-Access-Token": sbx.trafficAccessToken });
   assert.equal(gone.status, 404);
+  // The SDK's own hosts for envd and the interpreter (its URLs without E2B_SANDBOX_URL).
+  const envd = await getVia(`49983-${sbx.sandboxId}.e2b.test:${port}`, {}, "/health");
+  assert.ok(envd.status === 204 || envd.status === 200, `envd health by host: ${envd.status} ${envd.body}`);
 });
