@@ -33,6 +33,7 @@ static const struct {
 	{ "context_remove", op_context_remove_open },
 	{ "context_restart", op_context_restart_open },
 	{ "forward", op_forward_open },
+	{ "probe", op_probe_open },
 	{ "health", op_health_open },
 	{ "post_fork", op_post_fork_open },
 	{ "poweroff", op_poweroff_open },

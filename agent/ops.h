@@ -43,6 +43,7 @@ void op_context_restart_open(struct stream *s, const struct json *req);
 void code_kill_all(void);
 
 void op_forward_open(struct stream *s, const struct json *req);
+void op_probe_open(struct stream *s, const struct json *req);
 
 void op_health_open(struct stream *s, const struct json *req);
 void op_post_fork_open(struct stream *s, const struct json *req);

@@ -55,6 +55,7 @@
 #include "agent/base64.h"
 #include "agent/proto.h"
 #include "api/sandbox/agent_client.h"
+#include "api/sandbox/workload.h"
 #include "api/engines/cgroup.h"
 #include "api/engines/kvm_guest.h"
 #include "api/sandbox/registry.h"
@@ -884,6 +885,7 @@ struct build {
 	int pidfd;              /* the worker's own */
 	char dir[PLEN], vsock[PLEN], control[PLEN], snap[PLEN], console[PLEN];
 	char warm[sizeof(((struct kvm_guest *)0)->warm)];
+	cJSON *workload;        /* the template's, started before the snapshot, or NULL */
 	uint64_t boot_ms, warm_ms;
 	int rc;
 	char msg[700];
@@ -936,6 +938,12 @@ static void build_run(struct kjob *kj)
 			fprintf(stderr, "mitos-vmm serve: template %s: warm-up failed after %" PRIu64 " ms (its children "
 				"start cold): %s\n", b->dir, b->warm_ms, werr[0] ? werr : strerror(-wrc));
 	}
+	if (!rc && b->workload) {
+		/* Every fork wakes with it already serving. */
+		rc = workload_run_blocking(b->vsock, AGENT_PORT, b->workload, err, sizeof(err));
+		if (rc)
+			snprintf(b->msg, sizeof(b->msg), "%s", err);
+	}
 	if (!rc) {
 		/* Our health connection is closed: let the guest retire it, so the snapshot
 		 * holds a listening agent and nothing half-open. */
@@ -947,7 +955,7 @@ static void build_run(struct kjob *kj)
 		cJSON_Delete(req);
 		if (rc)
 			snprintf(b->msg, sizeof(b->msg), "the template's snapshot failed: %s", err);
-	} else {
+	} else if (!b->msg[0]) {
 		snprintf(b->msg, sizeof(b->msg), "%s", err);
 	}
 	/* The template VM has served its purpose either way. */
@@ -989,6 +997,7 @@ static void build_complete(struct kjob *kj)
 	}
 	if (b->done)
 		b->done(b->ctx, b->rc, b->msg);
+	cJSON_Delete(b->workload);
 	free(b);
 }
 
@@ -1126,6 +1135,8 @@ static int kvm_template_build(const char *dir, const cJSON *spec, engine_build_d
 	b->pidfd = fcntl(b->vp.pidfd, F_DUPFD_CLOEXEC, 3);
 	b->boot_ms = (uint64_t)boot_s * 1000u;
 	snprintf(b->warm, sizeof(b->warm), "%s", builtin ? g.warm : "");
+	const cJSON *wl = cJSON_GetObjectItemCaseSensitive(spec, "workload");
+	b->workload = wl ? cJSON_Duplicate(wl, 1) : NULL;
 	b->done = done;
 	b->ctx = ctx;
 	b->k.run = build_run;

@@ -204,6 +204,10 @@ static cJSON *proc_template_spec(const cJSON *spec, char *err, size_t errlen)
 	cJSON_AddNumberToObject(o, "memory_max_mib", l.memory_max_mib);
 	cJSON_AddNumberToObject(o, "cpu_percent", l.cpu_percent);
 	cJSON_AddNumberToObject(o, "pids_max", l.pids_max);
+	/* Started in every sandbox of the template (sandboxes.c: no memory to snapshot). */
+	const cJSON *wl = cJSON_GetObjectItemCaseSensitive(spec, "workload");
+	if (wl)
+		cJSON_AddItemToObject(o, "workload", cJSON_Duplicate(wl, 1));
 	return o;
 }
 

@@ -19,6 +19,7 @@
 #include "api/http/json_nul.h"
 #include "api/sandbox/sandbox_ends.h"
 #include "api/sandbox/sandboxes.h"
+#include "api/sandbox/workload.h"
 #include "api/http/server.h"
 
 #define MAX_TIMEOUT_S (30u * 86400u)
@@ -240,6 +241,18 @@ static cJSON *template_spec(const cJSON *b, const char **bad)
 	static const char *contract_keys[] = { "id", "init_wait_seconds", "network", "workload", "resources" };
 	for (size_t i = 0; i < sizeof(contract_keys) / sizeof(contract_keys[0]); i++)
 		cJSON_DeleteItemFromObjectCaseSensitive(sp, contract_keys[i]);
+	/* The contract's workload command: its engine copy, with the defaults filled in. */
+	const cJSON *wl = cJSON_GetObjectItemCaseSensitive(b, "workload");
+	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(wl, "command");
+	/* No command is no workload, as the real server reads it. */
+	if (wl && !cJSON_IsNull(wl) && (!cJSON_IsObject(wl) || (cmd && !(cJSON_IsArray(cmd) && !cJSON_GetArraySize(cmd))))) {
+		cJSON *w = workload_from_contract(wl, bad);
+		if (!w) {
+			cJSON_Delete(sp);
+			return NULL;
+		}
+		cJSON_AddItemToObject(sp, "workload", w);
+	}
 	const cJSON *res = cJSON_GetObjectItemCaseSensitive(b, "resources");
 	if (res && !cJSON_IsNull(res)) {
 		uint32_t v;
@@ -275,14 +288,6 @@ void rest_templates_create(struct http_req *r)
 	bool present;
 	if (!bad && get_uint(b, "init_wait_seconds", 0, 3600, &wait_s, &present))
 		bad = "init_wait_seconds must be a whole number of seconds from 0 to 3600";
-	const cJSON *wl = cJSON_GetObjectItemCaseSensitive(b, "workload");
-	if (!bad && wl && !cJSON_IsNull(wl)) {
-		cJSON_Delete(b);
-		http_reply_error(r, AE_UNIMPLEMENTED, "workload templates are not available on this node",
-				 "a template here is a root filesystem; no process is started before the fork",
-				 "omit \"workload\" and start the process with exec after create");
-		return;
-	}
 	cJSON *spec = bad ? NULL : template_spec(b, &bad);
 	if (bad || !spec) {
 		cJSON_Delete(spec);

@@ -569,7 +569,14 @@ static int vsock_ok(int fd, uint64_t deadline)
 	return strncmp(line, "OK ", 3) ? -ECONNREFUSED : 0;
 }
 
-static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON **end, char *err, size_t errlen)
+/* DATA of stream 1 kept for the caller (up to cap bytes), or dropped. */
+struct call_data {
+	uint8_t *p;
+	size_t cap, len;
+};
+
+static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON **end, struct call_data *cd,
+		       char *err, size_t errlen)
 {
 	bool hello = false;
 	uint8_t buf[16384];
@@ -600,6 +607,11 @@ static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON
 					return -EPROTO;
 				}
 			} else if (h.type == PROTO_DATA && h.stream == 1) {
+				if (cd && cd->len < cd->cap) {
+					size_t k2 = h.length < cd->cap - cd->len ? h.length : cd->cap - cd->len;
+					memcpy(cd->p + cd->len, payload, k2);
+					cd->len += k2;
+				}
 				unacked += h.length;
 				if (unacked >= AC_WINDOW_STEP) {
 					uint8_t inc[4] = { (uint8_t)(unacked >> 24), (uint8_t)(unacked >> 16),
@@ -621,8 +633,8 @@ static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON
 	}
 }
 
-int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
-			cJSON **end, char *err, size_t errlen)
+static int call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
+			 cJSON **end, struct call_data *cd, char *err, size_t errlen)
 {
 	*end = NULL;
 	uint64_t deadline = mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
@@ -656,8 +668,23 @@ int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_
 	if (!rc && vsock_port)
 		rc = vsock_ok(fd, deadline);
 	if (!rc)
-		rc = call_frames(fd, &pp, deadline, end, err, errlen);
+		rc = call_frames(fd, &pp, deadline, end, cd, err, errlen);
 	proto_parser_free(&pp);
 	close(fd);
+	return rc;
+}
+
+int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
+			cJSON **end, char *err, size_t errlen)
+{
+	return call_blocking(path, vsock_port, open_json, timeout_ms, end, NULL, err, errlen);
+}
+
+int agent_call_blocking_data(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
+			     cJSON **end, uint8_t *data, size_t cap, size_t *len, char *err, size_t errlen)
+{
+	struct call_data cd = { .p = data, .cap = cap };
+	int rc = call_blocking(path, vsock_port, open_json, timeout_ms, end, &cd, err, errlen);
+	*len = cd.len;
 	return rc;
 }

@@ -87,5 +87,8 @@ void agent_cancel(struct astream *s);
  * yet; -ETIMEDOUT; -EPROTO with err saying what was wrong. */
 int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
 			struct cJSON **end, char *err, size_t errlen);
+/* The same, keeping the stream's first cap bytes of DATA in data (*len of them). */
+int agent_call_blocking_data(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
+			     struct cJSON **end, uint8_t *data, size_t cap, size_t *len, char *err, size_t errlen);
 
 #endif

@@ -1,4 +1,5 @@
 #include "api/sandbox/sandboxes.h"
+#include "api/sandbox/workload.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -522,6 +523,43 @@ static void sb_running(struct sandbox *sb)
 		job_child_resolved(sb->job, sb, true, NULL);
 }
 
+static void workload_cancel(struct sandbox *sb)
+{
+	workload_run_cancel(sb->workload);
+	sb->workload = NULL;
+}
+
+static void workload_done(void *ctx, int rc, const char *why)
+{
+	struct sandbox *sb = ctx;
+	sb->workload = NULL;
+	if (sb->state != SB_STARTING)
+		return;
+	if (rc) {
+		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why ? why : strerror(-rc));
+		sb_kill(sb, sb->fail_reason);
+		return;
+	}
+	sb_running(sb);
+}
+
+/* The agent answers: the sandbox runs, once its template's workload serves. A kvm
+ * template ran it before its snapshot; a process-engine sandbox starts its own. */
+static void sb_connected(struct sandbox *sb)
+{
+	const struct template_rec *t = sb->adopted || eng->template_build ? NULL : templates_find(sb->template_name);
+	const cJSON *wl = t ? cJSON_GetObjectItemCaseSensitive(t->spec, "workload") : NULL;
+	if (!wl) {
+		sb_running(sb);
+		return;
+	}
+	const cJSON *to = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(wl, "ready"),
+							   "timeout_seconds");
+	sb->start_deadline_ms = ur_now_ms() + START_TIMEOUT_MS + (uint64_t)(cJSON_GetNumberValue(to) * 1000);
+	if (!(sb->workload = workload_run_start(sb->agent, wl, workload_done, sb)))
+		sb_kill(sb, "out of memory for the template's workload");
+}
+
 static void engine_connected(void *ctx, int rc, const char *why)
 {
 	struct sandbox *sb = ctx;
@@ -533,7 +571,7 @@ static void engine_connected(void *ctx, int rc, const char *why)
 		sb_kill(sb, sb->fail_reason);
 		return;
 	}
-	sb_running(sb);
+	sb_connected(sb);
 }
 
 static void agent_ready(struct agent_conn *ac, void *ctx)
@@ -549,7 +587,7 @@ static void agent_ready(struct agent_conn *ac, void *ctx)
 			engine_connected(sb, rc, "cannot send the agent its post-fork message");
 		return;
 	}
-	sb_running(sb);
+	sb_connected(sb);
 }
 
 static void agent_closed(struct agent_conn *ac, void *ctx, const char *why)
@@ -557,6 +595,7 @@ static void agent_closed(struct agent_conn *ac, void *ctx, const char *why)
 	(void)ac;
 	struct sandbox *sb = ctx;
 	sb->agent = NULL;
+	workload_cancel(sb);
 	/* A restored VM's guest drops a connection that raced its vsock transport reset:
 	 * connect again (backing off) until the start deadline. */
 	if (sb->state == SB_STARTING && eng->agent_vsock_port && !sb->exited) {
@@ -646,6 +685,7 @@ static void sb_ready_done(struct uop *op, int res, uint32_t flags)
 static void sb_finish(struct sandbox *sb)
 {
 	/* Everything of the sandbox is gone: files, registry, waiters. */
+	workload_cancel(sb);
 	if (sb->agent) {
 		struct agent_conn *ac = sb->agent;
 		sb->agent = NULL;
@@ -720,6 +760,7 @@ static void sb_kill(struct sandbox *sb, const char *why)
 	if (why && !sb->fail_reason[0])
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why);
 	sb->state = SB_STOPPING;
+	workload_cancel(sb);
 	if (sb->agent) {
 		struct agent_conn *ac = sb->agent;
 		sb->agent = NULL;

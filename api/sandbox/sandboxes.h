@@ -70,6 +70,8 @@ struct sandbox {
 	char fail_reason[512];
 	/* Streams its agent broke (sent past its credit): each was reset. */
 	unsigned agent_violations;
+	/* Its template's workload being started (process engine), or NULL. */
+	struct workload_run *workload;
 	struct sandbox *next;
 };
 

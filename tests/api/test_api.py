@@ -86,8 +86,11 @@ def t_templates(s):
         assert r["error"]["remediation"], "remediation present"
     st, r = s.request("POST", "/v1/templates", body="{nope", headers={"Content-Type": "application/json"})
     eq((st, r["error"]["code"]), (400, "invalid_json"), "not JSON")
-    st, r = s.request("POST", "/v1/templates", {"id": "x", "workload": {"command": ["srv"]}})
-    eq((st, r["error"]["code"]), (501, "unimplemented"), "workload")
+    for bad in ({"command": "srv"}, {"command": [1]}, {"command": ["srv"], "env": {"A": 1}},
+                {"command": ["srv"], "ready": {"port": 0}}, {"command": ["srv"], "ready": {"port": 80, "path": "x"}},
+                {"command": ["srv"], "ready": {"port": 80, "timeout_seconds": 99999}}, "srv"):
+        st, r = s.request("POST", "/v1/templates", {"id": "wl-bad", "workload": bad})
+        eq((st, r["error"]["code"]), (400, "invalid_input"), "workload %r" % (bad,))
     st, r = s.request("POST", "/v1/templates", {"id": "tpl-net", "network": {"block": True, "egress": "deny"}})
     eq(st, 200, "a deny posture is accepted")
     st, r = s.request("GET", "/v1/templates")
@@ -114,6 +117,50 @@ def t_scenario(s):
     st, r = s.request("DELETE", "/v1/sandboxes/conf-sandbox")
     eq(st, 200, "terminate")
     assert "conf-sandbox" not in [x["id"] for x in s.request("GET", "/v1/sandboxes")[1]], "terminated"
+
+
+def t_workload_template(s):
+    """A template's workload serves before anyone gets a sandbox: create returns once
+    GET ready.path on ready.port answers ready.expect."""
+    st, r = s.request("POST", "/v1/templates", {"id": "wl-http", "workload": {
+        "command": ["python3", "-m", "http.server", "8123", "--bind", "127.0.0.1", "--directory", "/etc"],
+        "env": {"MITOS_WL": "1"},
+        "ready": {"port": 8123, "path": "/hostname", "expect": 200, "timeout_seconds": 30}}})
+    eq((st, r["id"], r["ready"]), (200, "wl-http", True), "workload template (%r)" % (r,))
+    for _ in range(2):
+        sid = "wl-%08x" % random.randrange(1 << 32)
+        st, r = s.request("POST", "/v1/fork", {"template": "wl-http", "id": sid})
+        eq(st, 200, "fork of a workload template (%r)" % (r,))
+        # At once, with nothing waited for: the server answers.
+        st, _, data = s.request("GET", "/v1/sandboxes/%s/expose/8123/hostname" % sid, raw=True)
+        eq(st, 200, "the workload serves as soon as the sandbox exists (%r)" % (data,))
+        st, r = s.unary("Processes", sid, {})
+        assert any(p.get("command") == "python3" for p in r["processes"]), r
+        out, _, _, _ = sh(s, sid, "tr '\\0' '\\n' < /proc/$(pgrep -o -f http.server)/environ | grep MITOS_WL")
+        eq(out, b"MITOS_WL=1\n", "the workload's env")
+        s.request("DELETE", "/v1/sandboxes/" + sid)
+    # One that never serves: the create fails in its timeout, saying why, and leaves nothing.
+    s.request("POST", "/v1/templates", {"id": "wl-never", "workload": {
+        "command": ["sh", "-c", "echo starting up; echo it broke >&2; sleep 300"],
+        "ready": {"port": 8124, "timeout_seconds": 2}}})
+    t0 = time.time()
+    st, r = s.request("POST", "/v1/fork", {"template": "wl-never", "id": "wl-never-1"})
+    assert st >= 400 and time.time() - t0 < 20, (st, r)
+    msg = r["error"]["message"]
+    assert "did not answer GET / on port 8124" in msg and "it broke" in msg, msg
+    eq(s.request("GET", "/v1/sandboxes/wl-never-1")[0], 404, "the failed sandbox is gone")
+    # A program that does not exist: its log says so.
+    s.request("POST", "/v1/templates", {"id": "wl-missing", "workload": {
+        "command": ["/no/such/server"], "ready": {"port": 8125, "timeout_seconds": 1}}})
+    st, r = s.request("POST", "/v1/fork", {"template": "wl-missing", "id": "wl-missing-1"})
+    assert st >= 400 and "not found" in r["error"]["message"], r
+    # Without a ready check the sandbox is handed out once the program is launched.
+    s.request("POST", "/v1/templates", {"id": "wl-noready", "workload": {"command": ["sleep", "300"]}})
+    st, r = s.request("POST", "/v1/fork", {"template": "wl-noready", "id": "wl-noready-1"})
+    eq(st, 200, "workload without ready")
+    st, r = s.unary("Processes", "wl-noready-1", {})
+    assert any(p.get("command") == "sleep" for p in r["processes"]), r
+    s.request("DELETE", "/v1/sandboxes/wl-noready-1")
 
 
 def t_fork_and_list(s):
@@ -1005,7 +1052,8 @@ def main():
     shared = Server(VMM, AGENT, extra=["--header-timeout-ms", "1500", "--keepalive-ms", "300",
                                        "--idle-timeout-ms", "20000"])
     tests = [
-        ("health", t_health), ("scenario", t_scenario), ("templates", t_templates), ("fork_and_list", t_fork_and_list),
+        ("health", t_health), ("scenario", t_scenario), ("templates", t_templates),
+        ("workload_template", t_workload_template), ("fork_and_list", t_fork_and_list),
         ("fork_errors", t_fork_errors), ("bad_ids", t_bad_ids), ("set_timeout_expiry", t_set_timeout_expiry),
         ("pause_resume", t_pause_resume), ("delete_cleans_up", t_delete_cleans_up),
         ("exec", t_exec), ("exec_keepalive_and_deadline", t_exec_keepalive_and_deadline),

@@ -499,9 +499,14 @@ def t_linux_guest(_):
         # waits for it (and the snapshot after it).
         boot = int(budget.seconds(VMM, 5, budget.BOOT_MINSTR))
         c = s.conn(timeout=boot + 60)
+        # Its workload (the contract's): a web server started before the snapshot, so
+        # every child wakes with it serving.
+        workload = {"command": ["/bin/busybox", "sh", "-c", "echo hi-from-the-workload > /tmp/index.html && "
+                                "exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /tmp"],
+                    "ready": {"port": 8080, "path": "/", "expect": 200, "timeout_seconds": min(3600, boot)}}
         c.request("POST", "/v1/templates", body=json.dumps({
             "id": "linux", "kernel": kernel, "initrd": initrd, "cmdline": cmdline, "mem_mib": 128,
-            "boot_timeout": boot}), headers={"Content-Type": "application/json"})
+            "boot_timeout": boot, "workload": workload}), headers={"Content-Type": "application/json"})
         resp = c.getresponse()
         st, r = resp.status, json.loads(resp.read())
         c.close()
@@ -525,6 +530,9 @@ def t_linux_guest(_):
         kids = fork(s, sandbox_id=sb["id"], n=2)
         outs = [sh(k["id"], "cat /tmp/f; cat /proc/sys/kernel/random/uuid").split() for k in kids]
         eq([o[0] for o in outs], ["kept", "kept"], "children see the parent's files")
+        for k in kids:
+            st, _, data = s.request("GET", "/v1/sandboxes/%s/expose/8080/" % k["id"], raw=True)
+            eq((st, data), (200, b"hi-from-the-workload\n"), "the template's workload serves in a child")
         if len({lines[1], outs[0][1], outs[1][1]}) != 3:
             raise AssertionError("clones share random numbers: %r %r" % (lines, outs))
         # The guest as a whole: its process table, vitals from its own /proc, a tar of a tree.
