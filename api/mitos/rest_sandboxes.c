@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "api/mitos/cluster_list.h"
+#include "api/mitos/cluster_templates.h"
 #include "api/http/errors.h"
 #include "api/sandbox/node.h"
 #include "api/mitos/handlers.h"
@@ -19,6 +20,7 @@
 #include "api/http/json_nul.h"
 #include "api/sandbox/sandbox_ends.h"
 #include "api/sandbox/sandboxes.h"
+#include "api/sandbox/template_hash.h"
 #include "api/sandbox/workload.h"
 #include "api/http/server.h"
 
@@ -128,6 +130,10 @@ static cJSON *template_info(const struct template_rec *t)
 	cJSON_AddStringToObject(o, "created_at", ts);
 	cJSON_AddNumberToObject(o, "creation_time_ms", t->build_ms);
 	cJSON_AddItemToObject(o, "network", network_json());
+	/* Ours: what the template is made of (the cluster compares it across nodes). */
+	char hash[TEMPLATE_HASH_HEX];
+	template_content_hash(t, sandboxes_engine_name(), hash);
+	cJSON_AddStringToObject(o, "content_hash", hash);
 	return o;
 }
 
@@ -275,6 +281,10 @@ static cJSON *template_spec(const cJSON *b, const char **bad)
 
 void rest_templates_create(struct http_req *r)
 {
+	if (cluster_templates_wanted(r)) {
+		cluster_templates_start(r);
+		return;
+	}
 	cJSON *b = handler_json_body(r);
 	if (!b)
 		return;

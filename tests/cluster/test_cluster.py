@@ -114,11 +114,21 @@ class Suite:
     # ---- steps
 
     def templates_on_every_node(self):
-        # Templates are per node (built from the same image by content hash); the
-        # operator registers them on each node.
+        # One create through the router: the node it reaches makes the template on
+        # every node (serve --peers) and answers each node's content hash.
+        st, t = self.r.request("POST", "/v1/templates", {"id": "python", "init_wait_seconds": 1})
+        eq(st, 200, "template through the router (%r)" % (t,))
+        eq((t["id"], t["ready"], t["content_hash_consistent"]), ("python", True, True), "the cluster's template")
+        eq(sorted(n["status"] for n in t["nodes"]), [200] * len(self.c.nodes), "every node made it")
+        eq({n["content_hash"] for n in t["nodes"]}, {t["content_hash"]}, "one content hash")
         for nd in self.c.nodes:
-            st, _ = nd.api.request("POST", "/v1/templates", {"id": "python"})
-            eq(st, 200, "template on " + nd.tag)
+            st, lst = nd.api.request("GET", "/v1/templates")
+            mine = [x for x in lst if x["id"] == "python"]
+            eq((st, len(mine), mine and mine[0]["content_hash"]), (200, 1, t["content_hash"]),
+               "the template on node " + nd.tag)
+        # A bad request is refused as one node refuses it.
+        st, r = self.r.request("POST", "/v1/templates", {"id": "bad id!"})
+        eq((st, r["error"]["code"]), (400, "invalid_input"), "a bad template through the router")
         st, h = self.r.request("GET", "/v1/health")
         eq(st, 200, "health through the router")
         assert h["node_id"] in TAGS, h
