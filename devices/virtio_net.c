@@ -81,7 +81,7 @@ struct net {
 	uint64_t stash_cap;
 	struct rx_chain stash[VIRTIO_NET_QUEUE_SIZE];
 	struct iovec rx_iov[RX_MAX_IOV];
-	struct iovec tx_iov[VIRTQ_MAX_CHAIN];
+	struct iovec tx_iov[VIRTQ_MAX_CHAIN + 1];
 	struct virtq_used_elem used[VIRTIO_NET_QUEUE_SIZE];
 	struct virtq_chain chain;       /* virtq_pop's output: too big for the stack */
 	struct virtio_net_stats stats;
@@ -301,11 +301,18 @@ static void tx_send(struct net *n, const struct virtq_chain *c)
 		n->stats.tx_dropped++;
 		return;
 	}
+	/* The header goes out as checked, from our copy: the guest can rewrite its own
+	 * between the check and the write (another vCPU), the frame after it is its own. */
 	unsigned niov = 0;
-	for (unsigned i = 0; i < c->nbufs; i++)
-		if (c->bufs[i].len)
-			n->tx_iov[niov++] = (struct iovec){ .iov_base = c->bufs[i].host,
-							    .iov_len = c->bufs[i].len };
+	uint64_t skip = HDR_LEN;
+	n->tx_iov[niov++] = (struct iovec){ .iov_base = &h, .iov_len = HDR_LEN };
+	for (unsigned i = 0; i < c->nbufs; i++) {
+		uint64_t k = skip < c->bufs[i].len ? skip : c->bufs[i].len;
+		skip -= k;
+		if (c->bufs[i].len > k)
+			n->tx_iov[niov++] = (struct iovec){ .iov_base = c->bufs[i].host + k,
+							    .iov_len = c->bufs[i].len - k };
+	}
 	ssize_t r;
 	do
 		r = writev(n->fd, n->tx_iov, (int)niov);
