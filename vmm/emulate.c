@@ -26,6 +26,7 @@
 #define VECTOR_PF 14
 #define PF_PRESENT 0x1U
 #define PF_WRITE   0x2U
+#define PF_USER    0x4U
 
 /* The XSAVE standard format: the legacy (FXSAVE) region, then the header. */
 #define XS_MXCSR        24     /* MXCSR and MXCSR_MASK, 8 bytes */
@@ -604,13 +605,21 @@ int emulate_execute(const struct emulate_insn *in, struct kvm_regs *r,
 struct vcpu_mem {
 	struct vcpu *v;
 	const struct guest_mem *m;
+	unsigned cpl;
 };
+
+bool emulate_page_allowed(const struct kvm_translation *t, bool write, unsigned cpl)
+{
+	/* Guest user code reaches only user pages: the assist must not be a way into
+	 * the guest kernel's memory that the page tables forbid. */
+	return t->valid && (!write || t->writeable) && (cpl != 3 || t->usermode);
+}
 
 static void *vcpu_mem_map(void *ctx, uint64_t gva, size_t len, bool write)
 {
 	struct vcpu_mem *c = ctx;
 	struct kvm_translation t = { .linear_address = gva };
-	if (ioctl(c->v->fd, KVM_TRANSLATE, &t) < 0 || !t.valid || (write && !t.writeable))
+	if (ioctl(c->v->fd, KVM_TRANSLATE, &t) < 0 || !emulate_page_allowed(&t, write, c->cpl))
 		return NULL;
 	return guest_mem_ptr(c->m, t.physical_address, len);
 }
@@ -690,7 +699,7 @@ static int assist_xsave(struct vcpu *v, const struct emulate_insn *in, struct kv
 		if (ioctl(v->fd, KVM_SET_SREGS, &fs) < 0)
 			return -errno;
 		return inject_exception(v, VECTOR_PF, true, (present ? PF_PRESENT : 0) |
-					(fault.write ? PF_WRITE : 0));
+					(fault.write ? PF_WRITE : 0) | (env.cpl == 3 ? PF_USER : 0));
 	}
 	if (rc == -EINVAL)
 		return inject_exception(v, VECTOR_GP, true, 0);
@@ -706,8 +715,11 @@ int emulate_assist(struct vcpu *v, const struct guest_mem *m, enum emulate_kind 
 	struct vcpu_mem ctx = { .v = v, .m = m };
 	struct emulate_mem mem = { .map = vcpu_mem_map, .ctx = &ctx };
 	struct kvm_regs r;
-	if (ioctl(v->fd, KVM_GET_REGS, &r) < 0)
+	struct kvm_sregs s;
+	/* The privilege level first: even the instruction's bytes are read as its code may. */
+	if (ioctl(v->fd, KVM_GET_REGS, &r) < 0 || ioctl(v->fd, KVM_GET_SREGS, &s) < 0)
 		return -errno;
+	ctx.cpl = s.cs.selector & 3;
 	uint8_t bytes[EMULATE_MAX_INSN];
 	size_t n = fetch(&mem, r.rip, bytes);
 	struct emulate_insn in;
@@ -718,9 +730,6 @@ int emulate_assist(struct vcpu *v, const struct guest_mem *m, enum emulate_kind 
 	bool segment = in.is_mem && in.mem.seg != EMULATE_SEG_NONE;
 	bool xsave = in.kind == EMULATE_XSAVE || in.kind == EMULATE_XRSTOR;
 	if (in.kind == EMULATE_CLAC || in.kind == EMULATE_STAC || segment || xsave) {
-		struct kvm_sregs s;
-		if (ioctl(v->fd, KVM_GET_SREGS, &s) < 0)
-			return -errno;
 		if (xsave) {
 			if ((rc = assist_xsave(v, &in, &r, &s, &mem)))
 				return rc;

@@ -124,6 +124,10 @@ struct emulate_env {
 int emulate_execute(const struct emulate_insn *in, struct kvm_regs *r,
 		    const struct emulate_env *env, const struct emulate_mem *mem);
 
+/* Whether a translated page may be accessed (written, with write) by code at cpl:
+ * present, writable for a write, and a user page for user code (exposed for the tests). */
+bool emulate_page_allowed(const struct kvm_translation *t, bool write, unsigned cpl);
+
 /* The linear address of a memory operand (exposed for the tests). */
 uint64_t emulate_address(const struct emulate_insn *in, const struct kvm_regs *r,
 			 const struct emulate_env *env);

@@ -707,6 +707,24 @@ START_TEST(test_exec_xsave_round_trip)
 }
 END_TEST
 
+/* The assist reads and writes guest memory for the instruction it performs: guest user
+ * code must reach no page its page tables keep from user mode. */
+START_TEST(test_page_allowed_respects_user_supervisor)
+{
+	struct kvm_translation kernel_rw = { .valid = 1, .writeable = 1, .usermode = 0 };
+	struct kvm_translation user_ro = { .valid = 1, .writeable = 0, .usermode = 1 };
+	struct kvm_translation user_rw = { .valid = 1, .writeable = 1, .usermode = 1 };
+	struct kvm_translation absent = { .valid = 0, .writeable = 1, .usermode = 1 };
+	ck_assert(emulate_page_allowed(&kernel_rw, true, 0));
+	ck_assert(!emulate_page_allowed(&kernel_rw, false, 3));
+	ck_assert(!emulate_page_allowed(&kernel_rw, true, 3));
+	ck_assert(emulate_page_allowed(&user_ro, false, 3));
+	ck_assert(!emulate_page_allowed(&user_ro, true, 3));
+	ck_assert(emulate_page_allowed(&user_rw, true, 3));
+	ck_assert(!emulate_page_allowed(&absent, false, 0));
+}
+END_TEST
+
 START_TEST(test_kind_names)
 {
 	for (int k = 0; k < EMULATE_KINDS; k++)
@@ -741,6 +759,7 @@ static Suite *emulate_suite(void)
 	tcase_add_test(tc, test_exec_xsave_faults);
 	tcase_add_test(tc, test_exec_xrstor);
 	tcase_add_test(tc, test_exec_xsave_round_trip);
+	tcase_add_test(tc, test_page_allowed_respects_user_supervisor);
 	tcase_add_test(tc, test_kind_names);
 	suite_add_tcase(s, tc);
 	return s;
