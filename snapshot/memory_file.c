@@ -1,4 +1,5 @@
 #include "memory_file.h"
+#include "snapshot_open.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -98,6 +99,8 @@ static int open_in(const char *dir, const char *name, int flags, char *path, siz
 {
 	if (snprintf(path, plen, "%s/%s", dir, name) >= (int)plen)
 		return -ENAMETOOLONG;
+	if (flags == O_RDONLY)
+		return snapshot_open_read(path);
 	int fd = open(path, flags | O_CLOEXEC, 0444);
 	return fd < 0 ? -errno : fd;
 }
@@ -197,9 +200,9 @@ int memory_extents_parse(const char *name, const uint8_t *buf, size_t len, struc
 
 int memory_extents_read(const char *path, struct mem_extents *x, struct mitos_err *e)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = snapshot_open_read(path);
 	if (fd < 0)
-		return mitos_err_set(e, -errno, "%s: %s", path, strerror(errno));
+		return mitos_err_set(e, fd, "%s: %s", path, fd == -EINVAL ? "not a regular file" : strerror(-fd));
 	struct stat st;
 	size_t max = sizeof(struct extents_header) + MEMORY_MAX_EXTENTS * sizeof(struct mem_extent) + 4;
 	if (fstat(fd, &st) || (uint64_t)st.st_size > max) {

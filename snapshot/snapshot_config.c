@@ -1,4 +1,5 @@
 #include "snapshot_config.h"
+#include "snapshot_open.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -49,7 +50,11 @@ int snapshot_config_write(const char *dir, const struct snapshot_config *c, stru
 	cJSON_Delete(o);
 	if (!text)
 		return mitos_err_set(e, -ENOMEM, "out of memory");
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+	/* config.json marks the snapshot complete: it appears whole (tmp + rename) and
+	 * lasts (the directory is synced), or not at all. */
+	char tmp[PATH_MAX + 8];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
 	int r = fd < 0 ? -errno : 0;
 	size_t len = strlen(text);
 	if (!r && write(fd, text, len) != (ssize_t)len)
@@ -59,6 +64,15 @@ int snapshot_config_write(const char *dir, const struct snapshot_config *c, stru
 	if (fd >= 0)
 		close(fd);
 	free(text);
+	if (!r && rename(tmp, path))
+		r = -errno;
+	int dfd = r ? -1 : open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (!r && (dfd < 0 || fsync(dfd)))
+		r = -errno;
+	if (dfd >= 0)
+		close(dfd);
+	if (r)
+		unlink(tmp);
 	return r ? mitos_err_set(e, r, "%s: %s", path, strerror(-r)) : 0;
 }
 
@@ -167,10 +181,10 @@ int snapshot_config_read(const char *dir, struct snapshot_config *c, struct mito
 	char path[PATH_MAX];
 	if (config_path(dir, path, sizeof(path)))
 		return mitos_err_set(e, -ENAMETOOLONG, "%s: path too long", dir);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = snapshot_open_read(path);
 	if (fd < 0)
-		return mitos_err_set(e, -errno, "%s: %s%s", path, strerror(errno),
-				     errno == ENOENT ? " (not a snapshot directory?)" : "");
+		return mitos_err_set(e, fd, "%s: %s%s", path, fd == -EINVAL ? "not a regular file" : strerror(-fd),
+				     fd == -ENOENT ? " (not a snapshot directory?)" : "");
 	char *buf = malloc(CONFIG_MAX + 1);
 	ssize_t n = buf ? read(fd, buf, CONFIG_MAX + 1) : -1;
 	close(fd);

@@ -1,4 +1,5 @@
 #include "state_file.h"
+#include "snapshot_open.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -169,9 +170,9 @@ int state_blob_parse(const char *name, uint8_t *buf, size_t len, struct state_bl
 int state_file_read(const char *path, struct state_blob *b, struct mitos_err *e)
 {
 	memset(b, 0, sizeof(*b));
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = snapshot_open_read(path);
 	if (fd < 0)
-		return mitos_err_set(e, -errno, "%s: %s", path, strerror(errno));
+		return mitos_err_set(e, fd, "%s: %s", path, fd == -EINVAL ? "not a regular file" : strerror(-fd));
 	struct stat st;
 	if (fstat(fd, &st)) {
 		int r = -errno;

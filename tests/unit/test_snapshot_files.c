@@ -403,6 +403,46 @@ START_TEST(chain_resolves_and_rejects_loops)
 }
 END_TEST
 
+/* A FIFO or a device where a snapshot's file should be: refused at once, never waited
+ * on (a FIFO blocked restore forever). The test's own timeout catches a hang. */
+START_TEST(special_files_are_refused_at_once)
+{
+	static const char *const names[] = { "state", "memory.extents", SNAPSHOT_CONFIG_NAME };
+	char path[300];
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", tmpdir, names[i]);
+		ck_assert_int_eq(mkfifo(path, 0600), 0);
+	}
+	struct mitos_err e = { 0 };
+	struct state_blob b;
+	snprintf(path, sizeof(path), "%s/state", tmpdir);
+	ck_assert_int_eq(state_file_read(path, &b, &e), -EINVAL);
+	ck_assert(strstr(e.msg, "not a regular file"));
+	struct mem_extents x;
+	snprintf(path, sizeof(path), "%s/memory.extents", tmpdir);
+	ck_assert_int_eq(memory_extents_read(path, &x, &e), -EINVAL);
+	struct snapshot_config c;
+	ck_assert_int_eq(snapshot_config_read(tmpdir, &c, &e), -EINVAL);
+	ck_assert_int_eq(state_file_read("/dev/zero", &b, &e), -EINVAL);
+}
+END_TEST
+
+/* The completion marker appears whole or not at all: no temporary file is left. */
+START_TEST(config_lands_whole)
+{
+	struct snapshot_config c = { .mem_bytes = 1 << 20, .vcpus = 1 };
+	struct mitos_err e = { 0 };
+	ck_assert_int_eq(snapshot_config_write(tmpdir, &c, &e), 0);
+	char path[300];
+	snprintf(path, sizeof(path), "%s/%s.tmp", tmpdir, SNAPSHOT_CONFIG_NAME);
+	ck_assert_int_ne(access(path, F_OK), 0);
+	struct snapshot_config back;
+	ck_assert_int_eq(snapshot_config_read(tmpdir, &back, &e), 0);
+	ck_assert_uint_eq(back.mem_bytes, 1 << 20);
+	snapshot_config_free(&back);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("snapshot_files");
@@ -422,6 +462,8 @@ int main(void)
 	tcase_add_test(tc, extents_out_of_order_or_outside_ram);
 	tcase_add_test(tc, config_parse_rejects_bad_input);
 	tcase_add_test(tc, chain_resolves_and_rejects_loops);
+	tcase_add_test(tc, special_files_are_refused_at_once);
+	tcase_add_test(tc, config_lands_whole);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
