@@ -1,0 +1,349 @@
+/* Templates: booting a kernel and root image until the agent answers, warming it,
+ * starting its workload, and snapshotting it (on a worker thread). */
+#include "api/engines/kvm_internal.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/sched.h>
+#include <linux/securebits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/base64.h"
+#include "agent/proto.h"
+#include "api/sandbox/agent_client.h"
+#include "api/sandbox/workload.h"
+#include "api/engines/cgroup.h"
+#include "api/engines/kvm_guest.h"
+#include "api/sandbox/registry.h"
+#include "api/http/uring.h"
+#include "vmm/control.h"
+/* ---- templates ---- */
+
+int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t rootfslen)
+{
+	char path[PLEN];
+	if (kvm_pathf(path, "%s/kvm.json", tdir))
+		return -ENAMETOOLONG;
+	cJSON *o = registry_read_json(path);
+	if (!o)
+		return -ENOENT;
+	cJSON *m = cJSON_GetObjectItem(o, "mem_mib"), *c = cJSON_GetObjectItem(o, "vcpus");
+	cJSON *mm = cJSON_GetObjectItem(o, "memory_max_mib"), *cp = cJSON_GetObjectItem(o, "cpu_percent");
+	const char *r = cJSON_GetStringValue(cJSON_GetObjectItem(o, "rootfs"));
+	int rc = cJSON_IsNumber(m) && cJSON_IsNumber(c) && cJSON_IsNumber(mm) && cJSON_IsNumber(cp) && r ? 0 : -EINVAL;
+	if (!rc) {
+		sh->mem_mib = (unsigned)m->valuedouble;
+		sh->vcpus = (unsigned)c->valuedouble;
+		sh->lim.memory_max_mib = (unsigned)mm->valuedouble;
+		sh->lim.cpu_percent = (unsigned)cp->valuedouble;
+		sh->lim.pids_max = 0; /* a VM process's threads are the VMM's own */
+		snprintf(rootfs, rootfslen, "%s", r);
+	}
+	cJSON_Delete(o);
+	return rc;
+}
+
+struct build {
+	struct kjob k;
+	struct vm_proc vp;
+	int pidfd;              /* the worker's own */
+	char dir[PLEN], vsock[PLEN], control[PLEN], snap[PLEN], console[PLEN];
+	char warm[sizeof(((struct kvm_guest *)0)->warm)];
+	cJSON *workload;        /* the template's, started before the snapshot, or NULL */
+	uint64_t boot_ms, warm_ms;
+	int rc;
+	char msg[700];
+	engine_build_done_fn done;
+	void *ctx;
+	struct build *next;
+};
+
+static void build_run(struct kjob *kj)
+{
+	struct build *b = (struct build *)kj;
+	uint64_t t0 = kvm_mono_ms(), give_up = t0 + b->boot_ms;
+	char err[400] = "";
+	int rc;
+	for (;;) {
+		if (K.stopping) {
+			rc = -ESHUTDOWN;
+			snprintf(err, sizeof(err), "the server is shutting down");
+			break;
+		}
+		if (kvm_proc_exited(b->pidfd)) {
+			char tail[300];
+			kvm_console_tail(b->console, tail, sizeof(tail));
+			rc = -ECHILD;
+			snprintf(err, sizeof(err), "the guest stopped before its agent answered; its console ended "
+				 "with: %s", tail[0] ? tail : "(nothing)");
+			break;
+		}
+		err[0] = 0;
+		rc = kvm_agent_health(b->vsock, 2000, err, sizeof(err));
+		if (!rc)
+			break;
+		bool not_yet = rc == -ENOENT || rc == -ECONNREFUSED || rc == -ECONNRESET || rc == -ETIMEDOUT;
+		if (!not_yet)
+			break;
+		if (kvm_mono_ms() > give_up) {
+			rc = -ETIMEDOUT;
+			snprintf(err, sizeof(err), "no agent answered on vsock port %u within %" PRIu64 " s of boot "
+				 "(see %.200s)", AGENT_PORT, b->boot_ms / 1000, b->console);
+			break;
+		}
+		usleep(20000);
+	}
+	if (!rc && b->warm[0]) {
+		uint64_t w0 = kvm_mono_ms();
+		char werr[300] = "";
+		int wrc = kvm_guest_warm(b->vsock, b->warm, (int)(give_up > w0 ? give_up - w0 : 1000), werr, sizeof(werr));
+		b->warm_ms = kvm_mono_ms() - w0;
+		if (wrc)
+			fprintf(stderr, "mitos-vmm serve: template %s: warm-up failed after %" PRIu64 " ms (its children "
+				"start cold): %s\n", b->dir, b->warm_ms, werr[0] ? werr : strerror(-wrc));
+	}
+	if (!rc && b->workload) {
+		/* Every fork wakes with it already serving. */
+		rc = workload_run_blocking(b->vsock, AGENT_PORT, b->workload, err, sizeof(err));
+		if (rc)
+			snprintf(b->msg, sizeof(b->msg), "%s", err);
+	}
+	if (!rc) {
+		/* Our health connection is closed: let the guest retire it, so the snapshot
+		 * holds a listening agent and nothing half-open. */
+		usleep(100000);
+		cJSON *req = cJSON_CreateObject();
+		cJSON_AddStringToObject(req, "cmd", "snapshot");
+		cJSON_AddStringToObject(req, "dir", b->snap);
+		rc = kvm_ctl_request(b->control, req, SNAPSHOT_TIMEOUT_MS, 0, b->pidfd, err, sizeof(err));
+		cJSON_Delete(req);
+		if (rc)
+			snprintf(b->msg, sizeof(b->msg), "the template's snapshot failed: %s", err);
+	} else if (!b->msg[0]) {
+		snprintf(b->msg, sizeof(b->msg), "%s", err);
+	}
+	/* The template VM has served its purpose either way. */
+	cJSON *stop = cJSON_CreateObject();
+	cJSON_AddStringToObject(stop, "cmd", "stop");
+	char ignore[200];
+	kvm_ctl_request(b->control, stop, CTL_TIMEOUT_MS, 0, b->pidfd, ignore, sizeof(ignore));
+	cJSON_Delete(stop);
+	struct pollfd pf = { .fd = b->pidfd, .events = POLLIN };
+	if (poll(&pf, 1, 5000) <= 0)
+		syscall(SYS_pidfd_send_signal, b->pidfd, SIGKILL, NULL, 0);
+	close(b->pidfd);
+	b->pidfd = -1;
+	b->rc = rc;
+	if (!rc)
+		snprintf(b->msg, sizeof(b->msg), "booted, agent answered, warmed (%" PRIu64 " ms) and snapshotted in "
+			 "%" PRIu64 " ms", b->warm_ms, kvm_mono_ms() - t0);
+}
+
+static void build_complete(struct kjob *kj)
+{
+	struct build *b = (struct build *)kj;
+	for (struct build **pp = &K.builds; *pp; pp = &(*pp)->next)
+		if (*pp == b) {
+			*pp = b->next;
+			break;
+		}
+	kvm_vm_reap(&b->vp);
+	char p[PLEN];
+	static const char *leftovers[] = { "vsock", "control", "vm.json" };
+	for (size_t i = 0; i < sizeof(leftovers) / sizeof(leftovers[0]); i++)
+		if (!kvm_pathf(p, "%s/%s", b->dir, leftovers[i]))
+			unlink(p);
+	if (!b->rc) {
+		struct vm_shape sh;
+		char rootfs[PLEN];
+		if (!kvm_shape_read(b->dir, &sh, rootfs, sizeof(rootfs)) && kvm_pool_for(&sh, true))
+			ur_kick(&K.refill);
+	}
+	if (b->done)
+		b->done(b->ctx, b->rc, b->msg);
+	cJSON_Delete(b->workload);
+	free(b);
+}
+
+/* An absolute path of a readable file in spec[key] (absent: out "", an error unless
+ * optional). */
+static int spec_file(const cJSON *spec, const char *key, bool optional, char *out, char *err, size_t errlen)
+{
+	const cJSON *j = cJSON_GetObjectItemCaseSensitive(spec, key);
+	const char *v = cJSON_GetStringValue(j);
+	struct stat st;
+	out[0] = 0;
+	if (!j && optional)
+		return 0;
+	if (!v || v[0] != '/') {
+		snprintf(err, errlen, "the kvm engine builds a template from a guest kernel and a root "
+			 "filesystem image (or an initramfs): give \"kernel\" and \"rootfs\" (or \"initrd\") as "
+			 "absolute paths on this host");
+		return -EINVAL;
+	}
+	char real[PATH_MAX];
+	if (!realpath(v, real) || stat(real, &st) < 0 || !S_ISREG(st.st_mode) || access(real, R_OK)) {
+		snprintf(err, errlen, "%s %.300s: not a readable file", key, v);
+		return -ENOENT;
+	}
+	if (strlen(real) >= PLEN) {
+		snprintf(err, errlen, "%s: path too long", key);
+		return -ENAMETOOLONG;
+	}
+	strcpy(out, real);
+	return 0;
+}
+
+int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn done, void *ctx,
+			      char *err, size_t errlen)
+{
+	char kernel[PLEN], rootfs[PLEN], initrd[PLEN] = "";
+	unsigned mem, vcpus, boot_s;
+	struct cg_limits lim;
+	int rc;
+	/* A request that names no guest gets its image's (tools/build-image, build-kernel.sh). */
+	struct kvm_guest g = { .cmdline = KVM_GUEST_CMDLINE, .mem_mib = 256, .boot_timeout_s = BOOT_TIMEOUT_DEFAULT_S };
+	static const char *guest_keys[] = { "kernel", "rootfs", "initrd" };
+	bool builtin = true;
+	for (size_t i = 0; i < sizeof(guest_keys) / sizeof(guest_keys[0]); i++)
+		if (cJSON_GetObjectItemCaseSensitive(spec, guest_keys[i]))
+			builtin = false;
+	if (builtin) {
+		const char *image = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spec, "image"));
+		if ((rc = kvm_guest_default(image ? image : "", &g, err, errlen)))
+			return rc;
+		if (kvm_pathf(kernel, "%s", g.kernel) || kvm_pathf(rootfs, "%s", g.rootfs)) {
+			snprintf(err, errlen, "the image's kernel or disk path is too long");
+			return -ENAMETOOLONG;
+		}
+	} else if ((rc = spec_file(spec, "kernel", false, kernel, err, errlen)) ||
+		   (rc = spec_file(spec, "initrd", true, initrd, err, errlen)) ||
+		   (rc = spec_file(spec, "rootfs", initrd[0] != 0, rootfs, err, errlen))) {
+		return rc;
+	}
+	if ((rc = registry_uint_field(spec, "mem_mib", 16, 1u << 20, g.mem_mib, &mem, err, errlen)) ||
+	    (rc = registry_uint_field(spec, "vcpus", 1, 64, 1, &vcpus, err, errlen)) ||
+	    (rc = cgroup_limits_parse(spec, mem,
+				      &(struct cg_limits){ .memory_max_mib = mem + MEM_OVERHEAD_MIB,
+							   .cpu_percent = vcpus * 100 },
+				      &lim, err, errlen)) ||
+	    (rc = registry_uint_field(spec, "boot_timeout", 1, 3600, g.boot_timeout_s, &boot_s, err, errlen)))
+		return rc;
+	const cJSON *jc = cJSON_GetObjectItemCaseSensitive(spec, "cmdline");
+	if (jc && (!cJSON_IsString(jc) || strlen(jc->valuestring) > 2048)) {
+		snprintf(err, errlen, "cmdline must be a string of at most 2048 characters");
+		return -EINVAL;
+	}
+	const char *cmdline = jc ? jc->valuestring : g.cmdline;
+	struct build *b = calloc(1, sizeof(*b));
+	if (!b) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	b->pidfd = -1;
+	b->vp.pidfd = -1;
+	if (kvm_pathf(b->dir, "%s", dir) || kvm_pathf(b->vsock, "%s/vsock", dir) || kvm_pathf(b->control, "%s/control", dir) ||
+	    kvm_pathf(b->snap, "%s/snapshot", dir) || kvm_pathf(b->console, "%s/console.log", dir) ||
+	    strlen(b->vsock) + 12 > SOCK_MAX || strlen(b->control) > SOCK_MAX) {
+		snprintf(err, errlen, "the state dir's path is too long for the template's sockets");
+		free(b);
+		return -ENAMETOOLONG;
+	}
+	if (mkdir(dir, 0700) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot create %.300s: %s", dir, strerror(errno));
+		free(b);
+		return rc;
+	}
+	struct vm_shape sh = { .mem_mib = mem, .vcpus = vcpus, .lim = lim };
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "kernel", kernel);
+	cJSON_AddStringToObject(o, "rootfs", rootfs);
+	cJSON_AddStringToObject(o, "initrd", initrd);
+	cJSON_AddStringToObject(o, "cmdline", cmdline);
+	cJSON_AddNumberToObject(o, "mem_mib", mem);
+	cJSON_AddNumberToObject(o, "vcpus", vcpus);
+	cJSON_AddNumberToObject(o, "memory_max_mib", lim.memory_max_mib);
+	cJSON_AddNumberToObject(o, "cpu_percent", lim.cpu_percent);
+	char path[PLEN];
+	kvm_pathf(path, "%s/kvm.json", dir);
+	rc = registry_write_json(path, o);
+	cJSON_Delete(o);
+	char disk[PLEN + 4], mems[16], cpus[16], vsockarg[PLEN];
+	snprintf(disk, sizeof(disk), "%s,ro", rootfs);
+	snprintf(mems, sizeof(mems), "%u", mem);
+	snprintf(cpus, sizeof(cpus), "%u", vcpus);
+	snprintf(vsockarg, sizeof(vsockarg), "%s", b->vsock);
+	char *argv[24] = { "mitos-vmm", "run", "--seccomp", "--kernel", kernel, "--cmdline", (char *)cmdline,
+			   "--mem", mems, "--vcpus", cpus, "--vsock", vsockarg, "--control", b->control };
+	int argc = 15;
+	if (rootfs[0]) {
+		argv[argc++] = "--disk";
+		argv[argc++] = disk;
+	}
+	if (initrd[0]) {
+		argv[argc++] = "--initrd";
+		argv[argc++] = initrd;
+	}
+	argv[argc] = NULL;
+	char name[64];
+	snprintf(name, sizeof(name), "tpl-%d-%u", (int)getpid(), ++K.serial);
+	if (rc || (rc = kvm_vm_spawn(argv, b->console, name, &sh, &b->vp, err, errlen))) {
+		if (!err[0])
+			snprintf(err, errlen, "cannot write the template's files: %s", strerror(-rc));
+		engine_remove_tree(dir);
+		free(b);
+		return rc;
+	}
+	kvm_vm_record(dir, &b->vp, NULL, &sh);
+	b->pidfd = fcntl(b->vp.pidfd, F_DUPFD_CLOEXEC, 3);
+	b->boot_ms = (uint64_t)boot_s * 1000u;
+	snprintf(b->warm, sizeof(b->warm), "%s", builtin ? g.warm : "");
+	const cJSON *wl = cJSON_GetObjectItemCaseSensitive(spec, "workload");
+	b->workload = wl ? cJSON_Duplicate(wl, 1) : NULL;
+	b->done = done;
+	b->ctx = ctx;
+	b->k.run = build_run;
+	b->k.complete = build_complete;
+	b->next = K.builds;
+	K.builds = b;
+	kvm_submit(&b->k);
+	return 0;
+}
+
+bool kvm_template_usable(const char *dir)
+{
+	char p[PLEN], rootfs[PLEN];
+	struct vm_shape sh;
+	if (kvm_pathf(p, "%s/snapshot/config.json", dir) || access(p, R_OK) || kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs)))
+		return false;
+	/* The pool for its shape is filled once the loop runs. */
+	kvm_pool_for(&sh, true);
+	return true;
+}
+
+void kvm_builds_kill(void)
+{
+	for (struct build *b = K.builds; b; b = b->next)
+		syscall(SYS_pidfd_send_signal, b->vp.pidfd, SIGKILL, NULL, 0);
+}

@@ -1,0 +1,147 @@
+/* What the kvm engine's files share (engine_kvm.c: sandboxes, layers, start-up;
+ * kvm_proc.c: one mitos-vmm process, the worker threads and what they ask a VM;
+ * kvm_pool.c: prepared VMs; kvm_build.c: templates). One state, K, owned by the
+ * event loop except where a comment says otherwise. */
+#ifndef MITOS_API_KVM_INTERNAL_H
+#define MITOS_API_KVM_INTERNAL_H
+
+#include <cjson/cJSON.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "api/engines/cgroup.h"
+#include "api/engines/engine.h"
+#include "api/http/uring.h"
+
+#define AGENT_PORT 52
+#define WORKERS 4
+#define PLEN 512                     /* every path the engine builds */
+#define MAX_SHAPES 16
+#define MAX_POOL 64
+#define CTL_TIMEOUT_MS 5000          /* pause, resume, stop: the VMM answers at once */
+#define RESTORE_TIMEOUT_MS 30000
+#define SNAPSHOT_TIMEOUT_MS 120000
+#define PREPARE_TIMEOUT_MS 15000     /* a prepared VM's control socket must appear by then */
+#define BOOT_TIMEOUT_DEFAULT_S 120
+#define MEM_OVERHEAD_MIB 128         /* the VMM's own memory above guest RAM, for memory.max */
+#define SPAWN_PER_TICK 2             /* pool refills per 100 ms tick: the loop stays responsive */
+#define SOCK_MAX 107                 /* sun_path, less the NUL */
+
+struct vm_shape {
+	unsigned mem_mib, vcpus;
+	struct cg_limits lim;
+};
+
+/* One mitos-vmm process. */
+struct vm_proc {
+	pid_t pid;
+	int pidfd;
+	uint64_t start_time;
+	struct cg_set cg;      /* removed after it exits */
+};
+
+struct pool_vm {
+	struct vm_proc p;
+	char dir[PLEN];
+	struct pool_vm *next;
+};
+
+struct shape_pool {
+	bool used;
+	struct vm_shape sh;
+	struct pool_vm *idle;
+	unsigned nidle, fails;
+	uint64_t retry_at_ms;
+};
+
+struct kvm_layer {
+	unsigned refs;            /* loop thread only */
+	struct kvm_layer *parent; /* NULL when the parent is a template's snapshot */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int state;                /* 1 being written, 0 ready, -errno failed */
+	char err[400];
+	char dir[PLEN];
+	struct kvm_layer *next;
+};
+
+/* p->priv of a sandbox. */
+struct kvm_sb {
+	char dir[PLEN];
+	struct kvm_layer *base;
+};
+
+struct kjob {
+	void (*run)(struct kjob *j);      /* on a worker */
+	void (*complete)(struct kjob *j); /* on the loop; frees the job */
+	struct kjob *next;
+};
+
+struct build;
+
+struct kvm_state {
+	bool configured;
+	char state[PLEN], pool_dir[PLEN], layer_dir[PLEN];
+	int vmm_fd;
+	unsigned pool_size;
+	bool ns;                          /* namespaces: needs root */
+	unsigned serial;
+	_Atomic bool stopping;
+	struct shape_pool pools[MAX_SHAPES];
+	struct kvm_layer *layers;
+	struct ur_ticker ticker;
+	struct ur_kick refill;
+	/* workers */
+	pthread_t th[WORKERS];
+	unsigned nth;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct kjob *q_head, *q_tail, *d_head, *d_tail;
+	int efd;
+	uint64_t ebuf;
+	struct uop eop;
+	bool earmed;
+	struct build *builds;
+};
+
+extern struct kvm_state K;
+
+/* ---- kvm_proc.c ---- */
+int kvm_pathf(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+uint64_t kvm_mono_ms(void);
+bool kvm_is_socket(const char *path);
+bool kvm_proc_exited(int pidfd);
+void kvm_console_tail(const char *path, char *out, size_t outlen);
+void kvm_write_error_file(const char *dir, const char *msg);
+int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
+		    struct vm_proc *vp, char *err, size_t errlen);
+void kvm_vm_reap(struct vm_proc *vp);
+int kvm_vm_record(const char *dir, const struct vm_proc *vp, const char *base, const struct vm_shape *sh);
+void kvm_vm_record_kill(const char *dir);
+void *kvm_worker_main(void *arg);
+void kvm_submit(struct kjob *j);
+void kvm_run_completions(void);
+void kvm_arm_efd(void);
+int kvm_ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms, int pidfd, char *err, size_t errlen);
+int kvm_agent_health(const char *vsock, int timeout_ms, char *err, size_t errlen);
+int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *err, size_t errlen);
+
+/* ---- kvm_pool.c ---- */
+struct shape_pool *kvm_pool_for(const struct vm_shape *sh, bool add);
+void kvm_pool_drop(struct shape_pool *sp, struct pool_vm *pv);
+void kvm_pool_fill(void);
+void kvm_refill_kick(struct ur_kick *k);
+void kvm_pool_tick(struct ur_ticker *t, uint64_t now);
+int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *err, size_t errlen);
+
+/* ---- kvm_build.c ---- */
+int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t rootfslen);
+int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn done, void *ctx,
+			      char *err, size_t errlen);
+bool kvm_template_usable(const char *dir);
+void kvm_builds_kill(void);
+
+#endif

@@ -1,0 +1,229 @@
+/* Prepared VMs (`mitos-vmm vm`: a KVM VM, vCPUs and a RAM reservation made ahead),
+ * a small pool per VM shape, refilled from the event loop. */
+#include "api/engines/kvm_internal.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/sched.h>
+#include <linux/securebits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/base64.h"
+#include "agent/proto.h"
+#include "api/sandbox/agent_client.h"
+#include "api/sandbox/workload.h"
+#include "api/engines/cgroup.h"
+#include "api/engines/kvm_guest.h"
+#include "api/sandbox/registry.h"
+#include "api/http/uring.h"
+#include "vmm/control.h"
+/* ---- the pool of prepared VMs ---- */
+
+static bool shape_eq(const struct vm_shape *a, const struct vm_shape *b)
+{
+	return a->mem_mib == b->mem_mib && a->vcpus == b->vcpus && a->lim.memory_max_mib == b->lim.memory_max_mib &&
+	       a->lim.cpu_percent == b->lim.cpu_percent;
+}
+
+struct shape_pool *kvm_pool_for(const struct vm_shape *sh, bool add)
+{
+	struct shape_pool *free_slot = NULL;
+	for (int i = 0; i < MAX_SHAPES; i++) {
+		if (K.pools[i].used && shape_eq(&K.pools[i].sh, sh))
+			return &K.pools[i];
+		if (!K.pools[i].used && !free_slot)
+			free_slot = &K.pools[i];
+	}
+	if (!add || !free_slot)
+		return NULL;
+	memset(free_slot, 0, sizeof(*free_slot));
+	free_slot->used = true;
+	free_slot->sh = *sh;
+	return free_slot;
+}
+
+/* argv of `mitos-vmm vm` for sh, with its control socket and console in dir. */
+struct vm_argv {
+	char *v[14];
+	char ctl[PLEN], mem[16], cpus[16], console[PLEN];
+};
+
+static int vm_argv_make(struct vm_argv *a, const char *dir, const struct vm_shape *sh)
+{
+	if (kvm_pathf(a->ctl, "%s/control", dir) || kvm_pathf(a->console, "%s/console.log", dir) || strlen(a->ctl) > SOCK_MAX)
+		return -ENAMETOOLONG;
+	snprintf(a->mem, sizeof(a->mem), "%u", sh->mem_mib);
+	snprintf(a->cpus, sizeof(a->cpus), "%u", sh->vcpus);
+	char *v[] = { "mitos-vmm", "vm", "--seccomp", "--control", a->ctl, "--mem", a->mem, "--vcpus", a->cpus,
+		      "--console", a->console, NULL };
+	memcpy(a->v, v, sizeof(v));
+	return 0;
+}
+
+static int pool_spawn(struct shape_pool *sp, char *err, size_t errlen)
+{
+	struct pool_vm *pv = calloc(1, sizeof(*pv));
+	if (!pv)
+		return -ENOMEM;
+	unsigned serial = ++K.serial;
+	char name[64];
+	snprintf(name, sizeof(name), "vm-%d-%u", (int)getpid(), serial);
+	struct vm_argv a;
+	int rc = kvm_pathf(pv->dir, "%s/%s", K.pool_dir, name);
+	if (!rc)
+		rc = vm_argv_make(&a, pv->dir, &sp->sh);
+	if (!rc && mkdir(pv->dir, 0700) < 0)
+		rc = -errno;
+	if (rc) {
+		snprintf(err, errlen, "cannot make %.200s: %s", pv->dir, strerror(-rc));
+		free(pv);
+		return rc;
+	}
+	if ((rc = kvm_vm_spawn(a.v, a.console, name, &sp->sh, &pv->p, err, errlen))) {
+		engine_remove_tree(pv->dir);
+		free(pv);
+		return rc;
+	}
+	kvm_vm_record(pv->dir, &pv->p, NULL, &sp->sh);
+	/* Oldest first: it is the likeliest to be prepared when taken. */
+	struct pool_vm **pp = &sp->idle;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = pv;
+	sp->nidle++;
+	return 0;
+}
+
+void kvm_pool_drop(struct shape_pool *sp, struct pool_vm *pv)
+{
+	for (struct pool_vm **pp = &sp->idle; *pp; pp = &(*pp)->next)
+		if (*pp == pv) {
+			*pp = pv->next;
+			sp->nidle--;
+			break;
+		}
+	kvm_vm_reap(&pv->p);
+	engine_remove_tree(pv->dir);
+	free(pv);
+}
+
+/* Idle VMs that died (a host problem: /dev/kvm, memory) are replaced, with a growing
+ * pause between attempts so a broken host is not hammered. */
+static void pool_check(void)
+{
+	for (int i = 0; i < MAX_SHAPES; i++) {
+		struct shape_pool *sp = &K.pools[i];
+		for (struct pool_vm *pv = sp->idle, *n; sp->used && pv; pv = n) {
+			n = pv->next;
+			if (!kvm_proc_exited(pv->p.pidfd))
+				continue;
+			char path[PLEN], tail[300];
+			kvm_pathf(path, "%s/console.log", pv->dir);
+			kvm_console_tail(path, tail, sizeof(tail));
+			sp->fails++;
+			unsigned backoff = sp->fails > 5 ? 30000u : 500u << sp->fails;
+			sp->retry_at_ms = kvm_mono_ms() + backoff;
+			fprintf(stderr, "mitos-vmm serve: a prepared VM (%u MiB, %u vCPU) exited: %s\n",
+				sp->sh.mem_mib, sp->sh.vcpus, tail[0] ? tail : "no message");
+			kvm_pool_drop(sp, pv);
+		}
+	}
+}
+
+void kvm_pool_fill(void)
+{
+	if (K.stopping)
+		return;
+	unsigned spawned = 0;
+	uint64_t now = kvm_mono_ms();
+	for (int i = 0; i < MAX_SHAPES && spawned < SPAWN_PER_TICK; i++) {
+		struct shape_pool *sp = &K.pools[i];
+		while (sp->used && sp->nidle < K.pool_size && now >= sp->retry_at_ms && spawned < SPAWN_PER_TICK) {
+			char err[300];
+			if (pool_spawn(sp, err, sizeof(err))) {
+				fprintf(stderr, "mitos-vmm serve: cannot prepare a VM: %s\n", err);
+				sp->retry_at_ms = now + 5000;
+				break;
+			}
+			spawned++;
+		}
+	}
+}
+
+void kvm_refill_kick(struct ur_kick *k)
+{
+	(void)k;
+	kvm_pool_fill();
+}
+
+void kvm_pool_tick(struct ur_ticker *t, uint64_t now)
+{
+	(void)t; (void)now;
+	pool_check();
+	kvm_pool_fill();
+}
+
+/* A VM for a new sandbox in sbdir: a prepared one moved over (its control socket and
+ * console renamed into sbdir), or a new one started there. */
+int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *err, size_t errlen)
+{
+	struct shape_pool *sp = kvm_pool_for(sh, true);
+	for (struct pool_vm *pv = sp ? sp->idle : NULL, *n; pv; pv = n) {
+		n = pv->next;
+		char from[PLEN], to[PLEN], cfrom[PLEN], cto[PLEN];
+		kvm_pathf(from, "%s/control", pv->dir);
+		/* Still being prepared: leave it for the next one. */
+		if (!kvm_is_socket(from))
+			continue;
+		if (kvm_proc_exited(pv->p.pidfd)) {
+			kvm_pool_drop(sp, pv);
+			continue;
+		}
+		if (kvm_pathf(to, "%s/control", sbdir) || kvm_pathf(cfrom, "%s/console.log", pv->dir) ||
+		    kvm_pathf(cto, "%s/console.log", sbdir) || rename(from, to) < 0)
+			continue;
+		rename(cfrom, cto);
+		for (struct pool_vm **pp = &sp->idle; *pp; pp = &(*pp)->next)
+			if (*pp == pv) {
+				*pp = pv->next;
+				sp->nidle--;
+				break;
+			}
+		*vp = pv->p;
+		engine_remove_tree(pv->dir);
+		free(pv);
+		sp->fails = 0;
+		ur_kick(&K.refill);
+		return 0;
+	}
+	if (sp)
+		ur_kick(&K.refill);
+	struct vm_argv a;
+	if (vm_argv_make(&a, sbdir, sh)) {
+		snprintf(err, errlen, "the sandbox's path %.200s is too long for its sockets", sbdir);
+		return -ENAMETOOLONG;
+	}
+	char name[64];
+	snprintf(name, sizeof(name), "vm-%d-%u", (int)getpid(), ++K.serial);
+	return kvm_vm_spawn(a.v, a.console, name, sh, vp, err, errlen);
+}

@@ -1,0 +1,424 @@
+/* One mitos-vmm process: spawned jailed, recorded, reaped; the worker threads that
+ * wait on guests, and what they ask a VM (control requests, agent health, warm-up). */
+#include "api/engines/kvm_internal.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/sched.h>
+#include <linux/securebits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/base64.h"
+#include "agent/proto.h"
+#include "api/sandbox/agent_client.h"
+#include "api/sandbox/workload.h"
+#include "api/engines/cgroup.h"
+#include "api/engines/kvm_guest.h"
+#include "api/sandbox/registry.h"
+#include "api/http/uring.h"
+#include "vmm/control.h"
+/* ---- small helpers ---- */
+
+int kvm_pathf(char *out, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(out, PLEN, fmt, ap);
+	va_end(ap);
+	return n < 0 || n >= PLEN ? -ENAMETOOLONG : 0;
+}
+
+uint64_t kvm_mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+bool kvm_is_socket(const char *path)
+{
+	struct stat st;
+	return lstat(path, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+bool kvm_proc_exited(int pidfd)
+{
+	struct pollfd p = { .fd = pidfd, .events = POLLIN };
+	return pidfd < 0 || poll(&p, 1, 0) != 0;
+}
+
+/* The end of a console log, on one line: why a guest or a VMM gave up. */
+void kvm_console_tail(const char *path, char *out, size_t outlen)
+{
+	out[0] = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	char buf[400];
+	off_t end = lseek(fd, 0, SEEK_END);
+	off_t from = end > (off_t)sizeof(buf) - 1 ? end - (off_t)sizeof(buf) + 1 : 0;
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, from);
+	close(fd);
+	if (n <= 0)
+		return;
+	buf[n] = 0;
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = 0;
+	char *p = buf;
+	/* Whole lines only, at most the last three. */
+	unsigned lines = 0;
+	for (char *q = buf + n; q > buf; q--)
+		if (q[-1] == '\n' && ++lines == 3) {
+			p = q;
+			break;
+		}
+	if (p == buf && from > 0) {
+		char *nl = strchr(buf, '\n');
+		p = nl ? nl + 1 : buf;
+	}
+	size_t k = 0;
+	for (; *p && k + 1 < outlen; p++)
+		out[k++] = *p == '\n' ? '|' : (*p >= 32 && *p < 127) ? *p : '?';
+	out[k] = 0;
+}
+
+void kvm_write_error_file(const char *dir, const char *msg)
+{
+	char path[PLEN];
+	if (kvm_pathf(path, "%s/start-error", dir))
+		return;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd >= 0) {
+		(void)!write(fd, msg, strlen(msg));
+		close(fd);
+	}
+}
+
+/* ---- spawning a jailed mitos-vmm ---- */
+
+/* The VMM needs no privilege: /dev/kvm, the snapshots and the disks are root's files,
+ * which uid 0 reaches without capabilities. exec as root would grant every capability
+ * back unless root's special status is switched off first (securebits), and then the
+ * bounding and ambient sets are emptied for good. Raw system calls (see vm_child). */
+static void drop_capabilities(void)
+{
+	syscall(SYS_prctl, PR_SET_SECUREBITS,
+		SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
+		SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED, 0, 0, 0);
+	syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	/* Past the last capability this kernel knows, PR_CAPBSET_DROP fails harmlessly. */
+	for (int cap = 0; cap < 64; cap++)
+		syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0);
+}
+
+/* The child between clone3 and exec: serve has threads, so only raw system calls here. */
+static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, const struct cg_entry *ce)
+{
+	cgroup_enter_child(ce);
+	syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	if (K.ns) {
+		/* Nothing mounted here reaches the host; /proc shows this VM only. */
+		syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+		syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+		syscall(SYS_sethostname, "mitos-vm", 8);
+		drop_capabilities();
+	}
+	syscall(SYS_setsid);
+	syscall(SYS_dup2, nullfd, 0);
+	syscall(SYS_dup2, logfd, 1);
+	syscall(SYS_dup2, logfd, 2);
+	syscall(SYS_dup2, K.vmm_fd, 3);
+	syscall(SYS_close_range, 4, ~0U, 0);
+	sigset_t none;
+	sigemptyset(&none);
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(uint64_t));
+	/* serve ignores SIGPIPE; exec keeps ignored signals ignored. */
+	struct { void *handler; unsigned long flags; void *restorer; uint64_t mask; } dfl = { 0 };
+	syscall(SYS_rt_sigaction, SIGPIPE, &dfl, NULL, sizeof(uint64_t));
+	extern char **environ;
+	syscall(SYS_execveat, 3, "", argv, environ, AT_EMPTY_PATH);
+	static const char msg[] = "mitos-vmm serve: cannot exec mitos-vmm for a VM\n";
+	syscall(SYS_write, 2, msg, sizeof(msg) - 1);
+	syscall(SYS_exit_group, 127);
+	__builtin_unreachable();
+}
+
+/* Starts argv (mitos-vmm ...) jailed, its console and messages going to console. */
+int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
+		    struct vm_proc *vp, char *err, size_t errlen)
+{
+	memset(vp, 0, sizeof(*vp));
+	vp->pidfd = -1;
+	int logfd = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (logfd < 0) {
+		snprintf(err, errlen, "cannot create %s: %s", console, strerror(errno));
+		return -errno;
+	}
+	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	struct cg_entry ce;
+	int rc = cgroup_create(name, &sh->lim, &vp->cg, &ce);
+	if (rc) {
+		snprintf(err, errlen, "cannot create the VM's cgroup: %s", strerror(-rc));
+		close(logfd);
+		if (nullfd >= 0)
+			close(nullfd);
+		return rc;
+	}
+	int pidfd = -1;
+	long pid = cgroup_clone(&ce, K.ns ? CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
+				CLONE_NEWNET : 0, &pidfd);
+	if (pid == 0)
+		vm_child(argv, logfd, nullfd, &ce);
+	int e = errno;
+	close(logfd);
+	if (nullfd >= 0)
+		close(nullfd);
+	cgroup_entry_close(&ce);
+	if (pid < 0) {
+		snprintf(err, errlen, "cannot start mitos-vmm (clone3): %s", strerror(e));
+		cgroup_remove(&vp->cg);
+		return -e;
+	}
+	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+	vp->pid = (pid_t)pid;
+	vp->pidfd = pidfd;
+	vp->start_time = engine_proc_start_time(vp->pid);
+	return 0;
+}
+
+/* Kills and reaps one of our own VM processes and removes its cgroups. */
+void kvm_vm_reap(struct vm_proc *vp)
+{
+	if (vp->pidfd >= 0) {
+		syscall(SYS_pidfd_send_signal, vp->pidfd, SIGKILL, NULL, 0);
+		siginfo_t si;
+		waitid(P_PIDFD, (id_t)vp->pidfd, &si, WEXITED);
+		close(vp->pidfd);
+		vp->pidfd = -1;
+	}
+	cgroup_remove(&vp->cg);
+}
+
+/* vm.json: what a later serve needs to clean up after this VM (and re-adopt it). */
+int kvm_vm_record(const char *dir, const struct vm_proc *vp, const char *base, const struct vm_shape *sh)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddNumberToObject(o, "pid", vp->pid);
+	cJSON_AddNumberToObject(o, "start_time", (double)vp->start_time);
+	cgroup_record(&vp->cg, o);
+	if (base)
+		cJSON_AddStringToObject(o, "base", base);
+	if (sh) {
+		cJSON_AddNumberToObject(o, "mem_mib", sh->mem_mib);
+		cJSON_AddNumberToObject(o, "vcpus", sh->vcpus);
+	}
+	char path[PLEN];
+	int rc = kvm_pathf(path, "%s/vm.json", dir);
+	if (!rc)
+		rc = registry_write_json(path, o);
+	cJSON_Delete(o);
+	return rc;
+}
+
+/* Kills what a vm.json names if it still runs (pid and start time both match) and
+ * removes its cgroups: for whatever a crashed serve left behind. */
+void kvm_vm_record_kill(const char *dir)
+{
+	char path[PLEN];
+	if (kvm_pathf(path, "%s/vm.json", dir))
+		return;
+	cJSON *o = registry_read_json(path);
+	if (!o)
+		return;
+	cJSON *jp = cJSON_GetObjectItem(o, "pid"), *js = cJSON_GetObjectItem(o, "start_time");
+	pid_t pid = cJSON_IsNumber(jp) ? (pid_t)jp->valuedouble : 0;
+	uint64_t st = cJSON_IsNumber(js) ? (uint64_t)js->valuedouble : 0;
+	int fd = engine_pidfd_of(pid, st);
+	if (fd >= 0) {
+		syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0);
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		poll(&pf, 1, 2000);
+		/* Ours (a VM of this serve): reap it; otherwise init does. */
+		siginfo_t si;
+		waitid(P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG);
+		close(fd);
+	}
+	struct cg_set cg;
+	cgroup_from_record(o, &cg);
+	cgroup_remove(&cg);
+	cJSON_Delete(o);
+}
+
+/* ---- workers ---- */
+
+void *kvm_worker_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&K.mu);
+	for (;;) {
+		while (!K.q_head && !K.stopping)
+			pthread_cond_wait(&K.cv, &K.mu);
+		struct kjob *j = K.q_head;
+		if (!j)
+			break;
+		K.q_head = j->next;
+		if (!K.q_head)
+			K.q_tail = NULL;
+		pthread_mutex_unlock(&K.mu);
+		j->run(j);
+		pthread_mutex_lock(&K.mu);
+		j->next = NULL;
+		if (K.d_tail)
+			K.d_tail->next = j;
+		else
+			K.d_head = j;
+		K.d_tail = j;
+		uint64_t one = 1;
+		(void)!write(K.efd, &one, sizeof(one));
+	}
+	pthread_mutex_unlock(&K.mu);
+	return NULL;
+}
+
+void kvm_submit(struct kjob *j)
+{
+	j->next = NULL;
+	pthread_mutex_lock(&K.mu);
+	if (K.q_tail)
+		K.q_tail->next = j;
+	else
+		K.q_head = j;
+	K.q_tail = j;
+	pthread_cond_signal(&K.cv);
+	pthread_mutex_unlock(&K.mu);
+}
+
+void kvm_run_completions(void)
+{
+	pthread_mutex_lock(&K.mu);
+	struct kjob *j = K.d_head;
+	K.d_head = K.d_tail = NULL;
+	pthread_mutex_unlock(&K.mu);
+	while (j) {
+		struct kjob *n = j->next;
+		j->complete(j);
+		j = n;
+	}
+}
+
+void kvm_arm_efd(void);
+
+static void efd_done(struct uop *op, int res, uint32_t flags)
+{
+	(void)op; (void)res; (void)flags;
+	K.earmed = false;
+	kvm_run_completions();
+	kvm_arm_efd();
+}
+
+void kvm_arm_efd(void)
+{
+	if (K.earmed || ur_stopping())
+		return;
+	K.eop.fn = efd_done;
+	io_uring_prep_read(ur_sqe(&K.eop), K.efd, &K.ebuf, sizeof(K.ebuf), 0);
+	K.earmed = true;
+}
+
+/* ---- talking to VMs from a worker ---- */
+
+static bool ctl_reply_ok(cJSON *r, char *err, size_t errlen)
+{
+	if (r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")))
+		return true;
+	cJSON *e = r ? cJSON_GetObjectItem(r, "error") : NULL;
+	const char *m = cJSON_GetStringValue(cJSON_GetObjectItem(e, "message"));
+	snprintf(err, errlen, "%s", m ? m : "the VMM refused the request");
+	return false;
+}
+
+/* One control request; waits for the socket to appear while the VM is being prepared
+ * (pidfd says whether it is still alive). */
+int kvm_ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms, int pidfd, char *err, size_t errlen)
+{
+	uint64_t give_up = kvm_mono_ms() + (uint64_t)wait_ms;
+	for (;;) {
+		struct mitos_err e = { 0 };
+		cJSON *r = control_call(sock, req, timeout_ms, &e);
+		if (r) {
+			bool ok = ctl_reply_ok(r, err, errlen);
+			cJSON_Delete(r);
+			return ok ? 0 : -EIO;
+		}
+		bool not_yet = e.code == -ENOENT || e.code == -ECONNREFUSED;
+		if (!not_yet || kvm_mono_ms() > give_up || K.stopping || kvm_proc_exited(pidfd)) {
+			snprintf(err, errlen, "%.300s", not_yet && kvm_proc_exited(pidfd) ? "the VM process exited" :
+				 not_yet ? "the VM did not open its control socket in time" : e.msg);
+			return e.code ? e.code : -EIO;
+		}
+		usleep(500);
+	}
+}
+
+int kvm_agent_health(const char *vsock, int timeout_ms, char *err, size_t errlen)
+{
+	cJSON *end;
+	int rc = agent_call_blocking(vsock, AGENT_PORT, "{\"op\":\"health\"}", timeout_ms, &end, err, errlen);
+	if (!rc && cJSON_GetObjectItem(end, "error")) {
+		char *t = cJSON_PrintUnformatted(end);
+		rc = -EPROTO;
+		snprintf(err, errlen, "the agent's health check failed: %.200s", t ? t : "");
+		free(t);
+	}
+	cJSON_Delete(end);
+	return rc;
+}
+
+/* Runs the guest's warm-up command (struct kvm_guest) to its end: what it reads is
+ * then in the guest's page cache, which the template's snapshot keeps for every
+ * child. Its failure costs speed, not correctness: the caller logs it. */
+int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *err, size_t errlen)
+{
+	cJSON *op = cJSON_CreateObject();
+	cJSON_AddStringToObject(op, "op", "exec");
+	cJSON_AddStringToObject(op, "cmd", cmd);
+	cJSON_AddNumberToObject(op, "timeout_ms", timeout_ms);
+	char *text = cJSON_PrintUnformatted(op);
+	cJSON_Delete(op);
+	if (!text)
+		return -ENOMEM;
+	cJSON *end;
+	int rc = agent_call_blocking(vsock, AGENT_PORT, text, timeout_ms + 5000, &end, err, errlen);
+	free(text);
+	if (!rc) {
+		const cJSON *code = cJSON_GetObjectItem(end, "exit_code");
+		if (!cJSON_IsNumber(code) || code->valueint != 0) {
+			char *t = cJSON_PrintUnformatted(end);
+			rc = -ECANCELED;
+			snprintf(err, errlen, "the warm-up command ended with %.200s", t ? t : "");
+			free(t);
+		}
+	}
+	cJSON_Delete(end);
+	return rc;
+}
