@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +75,37 @@ static void owner_names(uid_t uid, gid_t gid, char *user, char *group, size_t le
 	snprintf(group, len, "%s", gname);
 }
 
+#define META_PREFIX "user.e2b."
+#define META_MAX 64          /* keys per file */
+#define META_KEY_MAX 200
+#define META_VALUE_MAX 4096
+
+/* "metadata": {key: value} of the file's user.e2b.* extended attributes (E2B's file
+ * metadata), when it has any. Symlinks are not followed. */
+static void write_metadata(struct jw *w, const char *path)
+{
+	char names[8192], value[META_VALUE_MAX + 1];
+	ssize_t n = llistxattr(path, names, sizeof(names));
+	bool any = false;
+	for (ssize_t off = 0; n > 0 && off < n; off += (ssize_t)strlen(names + off) + 1) {
+		const char *name = names + off;
+		if (strncmp(name, META_PREFIX, strlen(META_PREFIX)))
+			continue;
+		ssize_t vl = lgetxattr(path, name, value, sizeof(value) - 1);
+		if (vl < 0)
+			continue;
+		if (!any) {
+			jw_key(w, "metadata");
+			jw_obj(w);
+			any = true;
+		}
+		jw_key(w, name + strlen(META_PREFIX));
+		jw_strn(w, value, (size_t)vl);
+	}
+	if (any)
+		jw_obj_end(w);
+}
+
 static void write_entry(struct jw *w, const char *path, const struct stat *st)
 {
 	char perms[11], user[64], group[64], ts[64];
@@ -119,6 +151,7 @@ static void write_entry(struct jw *w, const char *path, const struct stat *st)
 			jw_strn(w, target, (size_t)tn);
 		}
 	}
+	write_metadata(w, path);
 	jw_obj_end(w);
 }
 
@@ -147,6 +180,8 @@ struct file_op {
 	char path[PATH_MAX];
 	char tmp[PATH_MAX];  /* write: the new content until it replaces path ("" in place) */
 	struct fs_ctx fc;    /* write: whose rename it is */
+	char *meta[META_MAX][2]; /* write: metadata set once the content is in place */
+	unsigned nmeta;
 };
 
 static void file_op_free(struct file_op *f)
@@ -155,7 +190,24 @@ static void file_op_free(struct file_op *f)
 		close(f->fd);
 	if (f->tmp[0])
 		unlink(f->tmp); /* a write that did not finish leaves the old file as it was */
+	for (unsigned i = 0; i < f->nmeta; i++) {
+		free(f->meta[i][0]);
+		free(f->meta[i][1]);
+	}
 	free(f);
+}
+
+/* The file's metadata as asked: a file system without user extended attributes
+ * (tmpfs before Linux 6.6) keeps the content and no metadata. */
+static int set_metadata(const struct file_op *f)
+{
+	for (unsigned i = 0; i < f->nmeta; i++) {
+		char name[sizeof(META_PREFIX) + META_KEY_MAX];
+		snprintf(name, sizeof(name), META_PREFIX "%s", f->meta[i][0]);
+		if (lsetxattr(f->path, name, f->meta[i][1], strlen(f->meta[i][1]), 0) < 0 && errno != ENOTSUP)
+			return -errno;
+	}
+	return 0;
 }
 
 /* Also frees f. A write's result names the file it wrote. */
@@ -311,6 +363,11 @@ static void write_data(struct stream *s, uint8_t channel, bool fin, const uint8_
 		if (!err)
 			f->tmp[0] = 0;
 	}
+	if (!err && f->nmeta) {
+		fs_switch(&f->fc);
+		err = set_metadata(f);
+		fs_leave(&f->fc);
+	}
 	file_op_end(s, f, err, true);
 }
 
@@ -387,6 +444,18 @@ void op_write_open(struct stream *s, const struct json *req)
 	f->fd = fd;
 	f->fc = fc;
 	snprintf(f->path, sizeof(f->path), "%s", fc.path);
+	const struct json *meta = json_get(req, "metadata");
+	for (size_t i = 0; meta && meta->kind == JSON_OBJ && i < meta->n && f->nmeta < META_MAX; i++) {
+		const struct json *v = meta->items[i];
+		const char *k = meta->keys[i];
+		if (v->kind != JSON_STR || !*k || strlen(k) > META_KEY_MAX || v->len > META_VALUE_MAX ||
+		    strlen(v->str) != v->len)
+			continue;
+		f->meta[f->nmeta][0] = strdup(k);
+		f->meta[f->nmeta][1] = strdup(v->str);
+		if (f->meta[f->nmeta][0] && f->meta[f->nmeta][1])
+			f->nmeta++;
+	}
 	snprintf(f->tmp, sizeof(f->tmp), "%s", tmp);
 	s->ctx = f;
 	s->ops = &write_ops;

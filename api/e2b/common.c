@@ -420,5 +420,8 @@ cJSON *e2b_entry_info(const cJSON *a)
 	const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(a, "symlink_target"));
 	if (st)
 		cJSON_AddStringToObject(e, "symlinkTarget", st);
+	const cJSON *meta = cJSON_GetObjectItem(a, "metadata");
+	if (cJSON_IsObject(meta) && meta->child)
+		cJSON_AddItemToObject(e, "metadata", cJSON_Duplicate(meta, 1));
 	return e;
 }

@@ -257,6 +257,7 @@ struct upload {
 	struct wfile *files[MAX_PARTS];
 	unsigned nfiles;
 	struct wfile *cur;
+	cJSON *metadata;   /* X-Metadata-<key>: value of the request, for every file */
 };
 
 static size_t tx_pending(const struct upload *u)
@@ -312,6 +313,8 @@ static void wf_end(struct astream *s, cJSON *payload, const char *why)
 	cJSON_AddStringToObject(f->result, "name", slash ? slash + 1 : path);
 	cJSON_AddStringToObject(f->result, "path", path);
 	cJSON_AddStringToObject(f->result, "type", "file");
+	if (u->metadata)
+		cJSON_AddItemToObject(f->result, "metadata", cJSON_Duplicate(u->metadata, 1));
 	upload_maybe_done(u);
 }
 
@@ -336,6 +339,8 @@ static struct wfile *wf_open(struct upload *u, const char *dest)
 		cJSON_AddStringToObject(open, "path", dest);
 		if (u->a.user && *u->a.user)
 			cJSON_AddStringToObject(open, "user", u->a.user);
+		if (u->metadata)
+			cJSON_AddItemToObject(open, "metadata", cJSON_Duplicate(u->metadata, 1));
 		s = cJSON_PrintUnformatted(open);
 	}
 	cJSON_Delete(open);
@@ -395,6 +400,7 @@ static void upload_destroy(struct e2b_call *b)
 	bytebuf_free(&u->pend);
 	if (u->z_init)
 		inflateEnd(&u->z);
+	cJSON_Delete(u->metadata);
 	access_free(&u->a);
 }
 
@@ -633,6 +639,32 @@ static int boundary_of(const char *ct, char *out, size_t outlen)
 	return 0;
 }
 
+#define METADATA_PREFIX "x-metadata-"
+#define METADATA_MAX 64
+
+/* envd >= 0.6.2: X-Metadata-<key> headers become the written files' metadata, keys
+ * lower-cased (header names are), values printable ASCII as the SDK sends them. */
+static int metadata_of(const struct http_req *r, cJSON **out)
+{
+	size_t pl = strlen(METADATA_PREFIX);
+	*out = NULL;
+	for (unsigned i = 0; i < r->nh; i++) {
+		const char *name = r->h[i].name, *v = r->h[i].value;
+		if (strncmp(name, METADATA_PREFIX, pl) || !name[pl])
+			continue;
+		for (const char *c = v; *c; c++)
+			if (*c < 0x20 || *c > 0x7e)
+				return -EINVAL;
+		if (!*out && !(*out = cJSON_CreateObject()))
+			return -ENOMEM;
+		if (cJSON_GetArraySize(*out) >= METADATA_MAX || strlen(name + pl) > 200 || strlen(v) > 4096)
+			return -E2BIG;
+		cJSON_DeleteItemFromObjectCaseSensitive(*out, name + pl);
+		cJSON_AddStringToObject(*out, name + pl, v);
+	}
+	return 0;
+}
+
 void e2b_files_post(struct http_req *r)
 {
 	struct access a;
@@ -658,13 +690,27 @@ void e2b_files_post(struct http_req *r)
 		e2b_reply_err(r, 400, "Content-Encoding %s is not supported (gzip is)", ce);
 		return;
 	}
+	cJSON *meta;
+	int mrc = metadata_of(r, &meta);
+	if (mrc) {
+		cJSON_Delete(meta);
+		access_free(&a);
+		if (mrc == -E2BIG)
+			e2b_reply_err(r, 400, "at most %d X-Metadata-* headers, keys up to 200 and values up to 4096 "
+				      "bytes", METADATA_MAX);
+		else
+			e2b_reply_err(r, 400, "X-Metadata-* values must be printable US-ASCII");
+		return;
+	}
 	struct upload *u = e2b_call_new(r, sizeof(*u), &upload_vt);
 	if (!u) {
+		cJSON_Delete(meta);
 		access_free(&a);
 		return;
 	}
 	u->a = a;
 	u->ac = ac;
+	u->metadata = meta;
 	r->ops = &upload_ops;
 	if (multipart) {
 		u->multipart = true;

@@ -87,6 +87,18 @@ test("list with depth, exists, getInfo", async () => {
   await assert.rejects(sbx.files.read("/tmp/e2b/tree/nope"), FileNotFoundError);
 });
 
+test("file metadata (X-Metadata-*, envd 0.6.2): kept on the file, shown by getInfo and list", async () => {
+  const res = await sbx.files.write("/tmp/e2b/meta.txt", "m", { metadata: { Owner: "alice", "build-id": "42" } });
+  assert.deepEqual(res.metadata, { owner: "alice", "build-id": "42" }, "keys lower-cased, as envd keeps them");
+  const info = await sbx.files.getInfo("/tmp/e2b/meta.txt");
+  assert.deepEqual(info.metadata, { owner: "alice", "build-id": "42" });
+  const listed = (await sbx.files.list("/tmp/e2b")).find((e) => e.name === "meta.txt");
+  assert.deepEqual(listed.metadata, { owner: "alice", "build-id": "42" });
+  await sbx.files.write("/tmp/e2b/meta.txt", "replaced");
+  assert.equal((await sbx.files.getInfo("/tmp/e2b/meta.txt")).metadata, undefined, "a new write is a new file");
+  assert.equal((await sbx.files.getInfo("/tmp/e2b/gz.txt")).metadata, undefined);
+});
+
 test("makeDir, rename, remove", async () => {
   assert.equal(await sbx.files.makeDir("/tmp/e2b/mk/a/b"), true);
   assert.equal(await sbx.files.makeDir("/tmp/e2b/mk/a/b"), false, "an existing dir answers false");
