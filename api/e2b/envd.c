@@ -324,13 +324,11 @@ static void proc_end(struct astream *s, cJSON *payload, const char *why)
 
 static const struct astream_ops proc_ops = { proc_data, proc_event, proc_end, NULL, e2b_call_room };
 
-/* Connect-Timeout-Ms, or 0. */
+/* Connect-Timeout-Ms, or 0 (e2b_envd_rpc refused a malformed one). */
 static uint64_t timeout_ms(const struct http_req *r)
 {
-	const char *to = http_req_header(r, "connect-timeout-ms");
-	if (!to || !*to || strlen(to) > 10 || strspn(to, "0123456789") != strlen(to))
-		return 0;
-	return strtoull(to, NULL, 10);
+	uint64_t ms = 0;
+	return connect_timeout_ms(http_req_header(r, "connect-timeout-ms"), &ms) == 1 ? ms : 0;
 }
 
 static void cwd_resolved(struct astream *s, cJSON *payload, const char *why)
@@ -862,6 +860,11 @@ void e2b_envd_rpc(struct http_req *r)
 	if (m->kind == UNARY)
 		c->base.deadline = ur_now_ms() + UNARY_DEADLINE_MS;
 	basic_user(r, c->user, sizeof(c->user));
+	uint64_t ignored;
+	if (connect_timeout_ms(http_req_header(r, "connect-timeout-ms"), &ignored) < 0) {
+		call_end(c, NULL, "invalid_argument", "Connect-Timeout-Ms must be 1 to 10 digits");
+		return;
+	}
 	if (m->kind == UNARY ? !connect_ct_is_json(ct) : !envelope && !connect_ct_is_json(ct)) {
 		call_end(c, NULL, "invalid_argument", "unsupported content type");
 		return;

@@ -41,6 +41,8 @@ int connect_dec_feed(struct connect_dec *d, const uint8_t **p, size_t *n, uint8_
 				  (uint32_t)d->hdr[3] << 8 | d->hdr[4];
 			if (d->flags & CONNECT_FLAG_COMPRESSED)
 				return -EPROTO;
+			if (d->flags)
+				return -EBADMSG;
 			if (d->need > d->max)
 				return -E2BIG;
 			free(d->buf);
@@ -66,6 +68,17 @@ int connect_dec_feed(struct connect_dec *d, const uint8_t **p, size_t *n, uint8_
 	*msg = d->buf;
 	*len = d->len;
 	d->hlen = 0;
+	return 1;
+}
+
+int connect_timeout_ms(const char *v, uint64_t *ms)
+{
+	if (!v)
+		return 0;
+	size_t n = strlen(v);
+	if (!n || n > 10 || strspn(v, "0123456789") != n)
+		return -EINVAL;
+	*ms = strtoull(v, NULL, 10);
 	return 1;
 }
 

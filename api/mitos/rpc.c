@@ -289,9 +289,11 @@ struct rpc_call *rpc_call_new(struct http_req *r, const struct rpc_method *m)
 	r->ops = &call_ops; /* a client stream's entry adds its body callbacks */
 	c->started_ms = ur_now_ms();
 	c->next_ka = c->started_ms + srv_cfg.keepalive_ms;
-	const char *to = http_req_header(r, "connect-timeout-ms");
-	if (to && *to && strlen(to) <= 10 && strspn(to, "0123456789") == strlen(to))
-		c->deadline = ur_now_ms() + strtoull(to, NULL, 10);
+	uint64_t to = 0;
+	int trc = connect_timeout_ms(http_req_header(r, "connect-timeout-ms"), &to);
+	c->bad_timeout = trc < 0;
+	if (trc == 1)
+		c->deadline = ur_now_ms() + to;
 	else if (m->kind == RPC_UNARY)
 		c->deadline = ur_now_ms() + UNARY_DEFAULT_DEADLINE_MS;
 	c->next = calls;
@@ -463,6 +465,11 @@ void rpc_dispatch(struct http_req *r)
 	}
 	const char *ct = http_req_header(r, "content-type");
 	bool stream_ct = connect_ct_is_stream_json(ct);
+	if (c->bad_timeout) {
+		c->envelopes = m->kind != RPC_UNARY && stream_ct;
+		rpc_call_fail(c, AE_INVALID_ARGUMENT, "Connect-Timeout-Ms must be 1 to 10 digits", NULL);
+		return;
+	}
 	if (m->unimplemented) {
 		c->envelopes = m->kind != RPC_UNARY;
 		rpc_call_fail(c, AE_UNIMPLEMENTED, m->unimplemented, NULL);

@@ -36,6 +36,7 @@ struct rpc_call {
 	const struct rpc_method *m;
 	bool envelopes;        /* response is application/connect+json */
 	bool done;
+	bool bad_timeout;      /* a malformed Connect-Timeout-Ms: refused before anything */
 	uint64_t deadline;     /* monotonic ms, 0: none */
 	uint64_t next_ka;
 	struct bytebuf tx;     /* bytes for the agent waiting for credit */

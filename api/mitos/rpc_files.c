@@ -319,8 +319,9 @@ static void wf_body(struct http_req *r, const uint8_t *p, size_t n)
 		int rc = connect_dec_feed(&c->dec, &p, &n, &flags, &msg, &len);
 		if (rc < 0) {
 			rpc_call_fail(c, rc == -E2BIG ? AE_PAYLOAD_TOO_LARGE : AE_INVALID_ARGUMENT,
-				      rc == -E2BIG ? "a message is over 16 MiB" : "compressed messages are not supported",
-				      NULL);
+				      rc == -E2BIG ? "a message is over 16 MiB"
+				      : rc == -EPROTO ? "compressed messages are not supported"
+				      : "a request message's envelope flags must be 0", NULL);
 			return;
 		}
 		if (rc == 0)
@@ -372,6 +373,10 @@ void rpc_client_stream(struct http_req *r)
 		return;
 	}
 	connect_dec_init(&c->dec, MAX_ENVELOPE);
+	if (c->bad_timeout) {
+		rpc_call_fail(c, AE_INVALID_ARGUMENT, "Connect-Timeout-Ms must be 1 to 10 digits", NULL);
+		return;
+	}
 	/* Fail early, before the client sends megabytes for nothing. */
 	struct sandbox *sb = sandbox_find(r->sandbox_id);
 	if (!sb || sb->state != SB_RUNNING)

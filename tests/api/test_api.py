@@ -789,6 +789,22 @@ def t_malformed(s):
     check(b"GET v1/health HTTP/1.1\r\n\r\n", 400)
     check(b"DELETE /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed")
     check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 200)
+    # Connect framing as the protocol has it: a timeout of 1-10 digits, request
+    # envelopes with no flags.
+    sid = new_sandbox(s)[0]["id"]
+    for to in ("abc", "-5", "12345678901", "1.5"):
+        st, r = s.request("POST", "/sandbox.v1.Sandbox/Stat", body=json.dumps({"path": "/"}),
+                          headers={"Content-Type": "application/json", "X-Sandbox-Id": sid,
+                                   "Connect-Timeout-Ms": to})
+        eq((st, r["code"]), (400, "invalid_argument"), "Connect-Timeout-Ms %r" % to)
+    for flags in (0x02, 0x80):
+        c = s.conn()
+        c.request("POST", "/sandbox.v1.Sandbox/WriteFile", body=envelope({"open": {"path": "/tmp/f"}}, flags),
+                  headers=s.headers({"Content-Type": "application/connect+json", "X-Sandbox-Id": sid}))
+        msgs = parse_envelopes(c.getresponse().read())
+        c.close()
+        eq(msgs[-1][1]["error"]["code"], "invalid_argument", "envelope flags 0x%02x" % flags)
+    s.request("DELETE", "/v1/sandboxes/" + sid)
 
 
 def t_slowloris(s):
