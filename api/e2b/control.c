@@ -12,6 +12,7 @@
 #include "api/e2b/internal.h"
 #include "api/mitos/cluster_list.h"
 #include "api/mitos/handlers.h"
+#include "api/http/json_request.h"
 #include "api/http/http.h"
 #include "api/sandbox/registry.h"
 #include "api/http/server.h"
@@ -124,7 +125,7 @@ static cJSON *json_body(struct http_req *r)
 {
 	if (!r->body_len)
 		return cJSON_CreateObject();
-	cJSON *o = cJSON_ParseWithLength((const char *)r->body, r->body_len);
+	cJSON *o = json_parse_request(r->body, r->body_len);
 	if (!cJSON_IsObject(o)) {
 		cJSON_Delete(o);
 		e2b_reply_err(r, 400, "the request body must be a JSON object");

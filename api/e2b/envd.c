@@ -10,6 +10,7 @@
 
 #include "agent/base64.h"
 #include "agent/proto.h"
+#include "api/http/json_request.h"
 #include "api/http/connect.h"
 #include "api/e2b/internal.h"
 #include "api/mitos/handlers.h"
@@ -630,7 +631,7 @@ static void start_stream_input(struct envd_call *c, struct agent_conn *ac, const
 			bad = "the body must be a sequence of envelopes";
 			break;
 		}
-		cJSON *m = cJSON_ParseWithLength((const char *)msg, len);
+		cJSON *m = json_parse_request(msg, len);
 		const cJSON *start = cJSON_GetObjectItemCaseSensitive(m, "start");
 		const cJSON *data = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "data"), "input");
 		if (start)
@@ -820,14 +821,14 @@ static cJSON *request_message(struct http_req *r, bool envelope)
 	const uint8_t *msg = r->body ? r->body : (const uint8_t *)"";
 	size_t len = r->body_len;
 	if (!envelope)
-		return len ? cJSON_ParseWithLength((const char *)msg, len) : cJSON_CreateObject();
+		return len ? json_parse_request(msg, len) : cJSON_CreateObject();
 	struct connect_dec d;
 	connect_dec_init(&d, (uint32_t)srv_cfg.max_json_body);
 	const uint8_t *p = msg;
 	size_t n = len;
 	uint8_t flags;
 	int rc = connect_dec_feed(&d, &p, &n, &flags, &msg, &len);
-	cJSON *o = rc == 1 && !n ? cJSON_ParseWithLength((const char *)msg, len) : NULL;
+	cJSON *o = rc == 1 && !n ? json_parse_request(msg, len) : NULL;
 	connect_dec_free(&d);
 	return o;
 }

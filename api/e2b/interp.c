@@ -10,6 +10,7 @@
 #include "agent/proto.h"
 #include "api/e2b/internal.h"
 #include "api/mitos/handlers.h"
+#include "api/http/json_request.h"
 #include "api/http/http.h"
 #include "api/sandbox/registry.h"
 #include "api/http/server.h"
@@ -292,7 +293,7 @@ static struct exec_call *begin(struct http_req *r, struct agent_conn **ac)
 
 void e2b_interp_execute(struct http_req *r)
 {
-	cJSON *b = r->body_len ? cJSON_ParseWithLength((const char *)r->body, r->body_len) : NULL;
+	cJSON *b = r->body_len ? json_parse_request(r->body, r->body_len) : NULL;
 	const char *code = cJSON_GetStringValue(cJSON_GetObjectItem(b, "code"));
 	const char *ctx = cJSON_GetStringValue(cJSON_GetObjectItem(b, "context_id"));
 	const char *lang = cJSON_GetStringValue(cJSON_GetObjectItem(b, "language"));
@@ -434,7 +435,7 @@ void e2b_interp_contexts(struct http_req *r)
 	cJSON *b = NULL;
 	const char *lang = NULL, *cwd = NULL;
 	if (!*id && r->method == HTTP_POST) {
-		b = r->body_len ? cJSON_ParseWithLength((const char *)r->body, r->body_len) : cJSON_CreateObject();
+		b = r->body_len ? json_parse_request(r->body, r->body_len) : cJSON_CreateObject();
 		lang = cJSON_GetStringValue(cJSON_GetObjectItem(b, "language"));
 		cwd = cJSON_GetStringValue(cJSON_GetObjectItem(b, "cwd"));
 		if (!cJSON_IsObject(b) || (!is_python(lang) && !is_bash(lang))) {

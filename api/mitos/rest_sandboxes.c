@@ -17,7 +17,7 @@
 #include "api/mitos/idempotency.h"
 #include "api/http/listener.h"
 #include "api/sandbox/registry.h"
-#include "api/http/json_nul.h"
+#include "api/http/json_request.h"
 #include "api/sandbox/sandbox_ends.h"
 #include "api/sandbox/sandboxes.h"
 #include "api/sandbox/template_hash.h"
@@ -36,14 +36,11 @@ cJSON *handler_json_body(struct http_req *r)
 		http_reply_error(r, AE_INVALID_ARGUMENT, JSON_NUL_MESSAGE, NULL, NULL);
 		return NULL;
 	}
-	const char *end = NULL;
-	cJSON *o = cJSON_ParseWithLengthOpts((const char *)r->body, r->body_len, &end, 0);
-	if (!o || !cJSON_IsObject(o)) {
-		char cause[80];
-		snprintf(cause, sizeof(cause), "JSON parse error near byte %zu",
-			 o ? (size_t)0 : end ? (size_t)(end - (const char *)r->body) : (size_t)0);
+	cJSON *o = json_parse_request(r->body, r->body_len);
+	if (!cJSON_IsObject(o)) {
 		cJSON_Delete(o);
-		http_reply_error(r, AE_INVALID_JSON, "the request body must be a JSON object", cause, NULL);
+		http_reply_error(r, AE_INVALID_JSON, "the request body must be one JSON object",
+				 "a syntax error, bytes after the object, or a key given twice", NULL);
 		return NULL;
 	}
 	return o;

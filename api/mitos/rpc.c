@@ -23,7 +23,7 @@
 #include "api/mitos/handlers.h"
 #include "api/mitos/rpc_call.h"
 #include "api/http/http.h"
-#include "api/http/json_nul.h"
+#include "api/http/json_request.h"
 #include "api/sandbox/sandbox_ends.h"
 #include "api/sandbox/sandboxes.h"
 #include "api/http/server.h"
@@ -501,11 +501,11 @@ void rpc_dispatch(struct http_req *r)
 			rpc_call_fail(c, AE_INVALID_ARGUMENT, "the request body must be exactly one envelope", NULL);
 			return;
 		}
-		req = cJSON_ParseWithLength((const char *)msg, len);
+		req = json_parse_request(msg, len);
 		nul = json_text_has_nul(msg, len);
 		connect_dec_free(&d);
 	} else {
-		req = len ? cJSON_ParseWithLength((const char *)msg, len) : cJSON_CreateObject();
+		req = len ? json_parse_request(msg, len) : cJSON_CreateObject();
 		nul = json_text_has_nul(msg, len);
 	}
 	if (!cJSON_IsObject(req) || nul) {

@@ -10,7 +10,7 @@
 
 #include "agent/proto.h"
 #include "api/http/http.h"
-#include "api/http/json_nul.h"
+#include "api/http/json_request.h"
 #include "api/mitos/handlers.h"
 #include "api/mitos/rpc_call.h"
 #include "api/sandbox/sandboxes.h"
@@ -256,7 +256,7 @@ static int wf_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 	const char *what = up ? "UploadRequest" : "WriteFileRequest", *dkey = up ? "chunk" : "data";
 	const char *fields = up ? "dest" : "path, mode";
 	char bad[200];
-	cJSON *m = cJSON_ParseWithLength((const char *)msg, len);
+	cJSON *m = json_parse_request(msg, len);
 	const cJSON *open = cJSON_GetObjectItem(m, "open"), *d = cJSON_GetObjectItem(m, dkey);
 	double mode = 0644;
 	bad[0] = 0;

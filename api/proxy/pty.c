@@ -23,6 +23,7 @@
 #include "agent/base64.h"
 #include "agent/proto.h"
 #include "api/sandbox/agent_client.h"
+#include "api/http/json_request.h"
 #include "api/http/bytebuf.h"
 #include "api/http/connect.h"
 #include "api/http/errors.h"
@@ -207,7 +208,7 @@ static void exec_open(struct pt *pt, const cJSON *open)
 /* One ExecRequest from the client. */
 static void exec_request(struct pt *pt, const uint8_t *p, size_t n)
 {
-	cJSON *o = cJSON_ParseWithLength((const char *)p, n);
+	cJSON *o = json_parse_request(p, n);
 	const cJSON *open = cJSON_GetObjectItem(o, "open"), *in = cJSON_GetObjectItem(o, "stdin");
 	const cJSON *rs = cJSON_GetObjectItem(o, "resize"), *sc = cJSON_GetObjectItem(o, "stdinClose");
 	if (!cJSON_IsObject(o)) {

@@ -789,9 +789,19 @@ def t_malformed(s):
     check(b"GET v1/health HTTP/1.1\r\n\r\n", 400)
     check(b"DELETE /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed")
     check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 200)
+    # One reading of a JSON body: no bytes after it, no key twice (a proxy that kept the
+    # first and a server that kept the last would act on different requests).
+    for body in (b'{"template":"python","id":"j1"} {"x":1}', b'{"template":"python","id":"j1","id":"j2"}',
+                 b'{"template":"python","id":"j1"}garbage', b'{"a":{"b":1,"b":2},"template":"python"}'):
+        check(b"POST /v1/fork HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body, 400,
+              "invalid_json")
+    check(b'POST /v1/templates HTTP/1.1\r\nHost: x\r\nContent-Length: 16\r\n\r\n {"id":"json"}\r\n ', 200)
     # Connect framing as the protocol has it: a timeout of 1-10 digits, request
     # envelopes with no flags.
     sid = new_sandbox(s)[0]["id"]
+    st, r = s.request("POST", "/sandbox.v1.Sandbox/Stat", body='{"path":"/etc","path":"/"}',
+                      headers={"Content-Type": "application/json", "X-Sandbox-Id": sid})
+    eq((st, r["code"]), (400, "invalid_argument"), "a Connect message with a key twice")
     for to in ("abc", "-5", "12345678901", "1.5"):
         st, r = s.request("POST", "/sandbox.v1.Sandbox/Stat", body=json.dumps({"path": "/"}),
                           headers={"Content-Type": "application/json", "X-Sandbox-Id": sid,
