@@ -15,6 +15,9 @@
 
 static const http_parser_settings settings;
 
+/* RFC 9110 tchar, lower case (names are lower-cased first). */
+#define TOKEN_CHARS "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+
 static void conn_note_err(struct conn *c, enum api_err e, const char *msg)
 {
 	if (c->err < 0) {
@@ -137,12 +140,28 @@ static int on_headers_complete(http_parser *p)
 		if (arena_nul(c, r))
 			return -1;
 	}
+	/* One reading of the request (RFC 9112), so a proxy in front cannot see another:
+	 * header names are tokens, no header continues on the next line (obs-fold), and
+	 * an HTTP/1.1 request names exactly one Host. */
+	unsigned hosts = 0;
+	const char *bad = p->http_major != 1 ? "only HTTP/1.0 and HTTP/1.1 are spoken here" : NULL;
 	for (unsigned i = 0; i < r->nh; i++) {
 		char *name = r->arena + r->hdr_off[i][0];
 		for (char *q = name; *q; q++)
 			*q = (char)tolower((unsigned char)*q);
 		r->h[i].name = name;
 		r->h[i].value = r->arena + r->hdr_off[i][1];
+		if (!*name || strspn(name, TOKEN_CHARS) != strlen(name))
+			bad = bad ? bad : "a header name holds a character a token may not (a space, a colon, a control byte)";
+		else if (strpbrk(r->h[i].value, "\r\n"))
+			bad = bad ? bad : "a header continued on the next line (obs-fold) is not accepted";
+		hosts += !strcmp(name, "host");
+	}
+	if (!bad && (hosts > 1 || (p->http_minor >= 1 && !hosts)))
+		bad = "an HTTP/1.1 request needs exactly one Host header";
+	if (bad) {
+		conn_note_err(c, AE_BAD_REQUEST, bad);
+		return -1;
 	}
 	r->method = p->method;
 	r->keep_alive = http_should_keep_alive(p);

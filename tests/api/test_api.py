@@ -788,6 +788,12 @@ def t_malformed(s):
     check(b"GET /v1/sandboxes/..%2f..%2fetc HTTP/1.1\r\n\r\n", 400)
     check(b"GET v1/health HTTP/1.1\r\n\r\n", 400)
     check(b"DELETE /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed")
+    # One reading of the request line and headers (RFC 9112).
+    check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", 400, "bad_request")
+    check(b"GET /v1/health HTTP/1.1\r\n\r\n", 400, "bad_request")
+    check(b"GET /v1/health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad_request")
+    check(b"GET /v1/health HTTP/2.0\r\nHost: x\r\n\r\n", 400, "bad_request")
+    check(b"GET /v1/health HTTP/1.0\r\n\r\n", 200)
     check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 200)
     # One reading of a JSON body: no bytes after it, no key twice (a proxy that kept the
     # first and a server that kept the last would act on different requests).
