@@ -227,9 +227,15 @@ bool e2b_string_map(const cJSON *m)
 		return true;
 	if (!cJSON_IsObject(m))
 		return false;
-	for (const cJSON *e = m->child; e; e = e->next)
-		if (!cJSON_IsString(e))
+	/* Kept with the sandbox (metadata) or given to every process (envs): bounded. */
+	size_t n = 0, bytes = 0;
+	for (const cJSON *e = m->child; e; e = e->next) {
+		if (!cJSON_IsString(e) || ++n > E2B_MAP_MAX_ENTRIES)
 			return false;
+		bytes += strlen(e->string) + strlen(e->valuestring);
+		if (bytes > E2B_MAP_MAX_BYTES)
+			return false;
+	}
 	return true;
 }
 

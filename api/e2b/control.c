@@ -299,7 +299,7 @@ void e2b_sandboxes_create(struct http_req *r)
 		bad = "timeout must be a number of seconds from 0 to 2592000";
 	else if (!e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "metadata")) ||
 		 !e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "envVars")))
-		bad = "metadata and envVars must map strings to strings";
+		bad = "metadata and envVars must map strings to strings, at most 256 entries and 64 KiB each";
 	if (bad) {
 		cJSON_Delete(b);
 		e2b_reply_err(r, 400, "%s", bad);

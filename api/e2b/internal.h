@@ -102,6 +102,10 @@ bool e2b_api_key_ok(const struct http_req *r);
 /* filesystem.FilesystemEvent {name, type: EVENT_TYPE_*} of an agent watch event, or NULL. */
 struct cJSON *e2b_fs_event(const struct cJSON *agent_event);
 /* Absent, null, or an object of strings (metadata, envs). */
+/* A map of strings to strings (metadata, envVars, envs) of at most these many
+ * entries and key and value bytes in all. */
+#define E2B_MAP_MAX_ENTRIES 256
+#define E2B_MAP_MAX_BYTES (64u << 10)
 bool e2b_string_map(const struct cJSON *m);
 /* CreateWatcher, GetWatcherEvents, RemoveWatcher (ac: the agent, for CreateWatcher). */
 void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const struct cJSON *req);

@@ -163,3 +163,17 @@ test("multipart mutations and random chunking: 200 or a 4xx, and nothing breaks"
   }
   await alive();
 });
+
+test("oversized metadata and envVars are refused at create", async () => {
+  const big = Object.fromEntries(Array.from({ length: 300 }, (_, i) => ["k" + i, "v"]));
+  const huge = { blob: "x".repeat(70 * 1024) };
+  for (const body of [{ metadata: big }, { metadata: huge }, { envVars: big }]) {
+    const res = await fetch(process.env.E2B_API_URL + "/sandboxes", {
+      method: "POST",
+      headers: { "X-API-KEY": process.env.E2B_API_KEY, "Content-Type": "application/json" },
+      body: JSON.stringify({ templateID: "base", ...body }),
+    });
+    assert.equal(res.status, 400, JSON.stringify(Object.keys(body)));
+  }
+  await alive();
+});
