@@ -120,12 +120,16 @@ static int start_result(const cJSON *end, char *why, size_t len)
 	return 0;
 }
 
-/* One probe's END: the status, or 0 with what went wrong in last. */
+/* One probe's END: the status, or 0 with what went wrong in last (printable: the
+ * sandbox's agent wrote it). */
 static int probe_status(const cJSON *end, char *last, size_t len)
 {
 	const cJSON *err = cJSON_GetObjectItemCaseSensitive(end, "error");
 	if (err) {
 		snprintf(last, len, "%s", cJSON_GetStringValue(cJSON_GetObjectItem(err, "message")) ?: "no answer");
+		for (char *c = last; *c; c++)
+			if (*c < 32 || *c >= 127)
+				*c = '?';
 		return 0;
 	}
 	int st = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(end, "status"));
@@ -133,13 +137,22 @@ static int probe_status(const cJSON *end, char *last, size_t len)
 	return st;
 }
 
+/* The end of the workload's output on one printable line: it goes into errors and
+ * serve's log, and the sandbox wrote it. */
 static void failure(const cJSON *wl, const char *last, const char *log, size_t log_len, char *why, size_t len)
 {
 	size_t from = log_len > 400 ? log_len - 400 : 0;
-	snprintf(why, len, "the template's workload did not answer GET %s on port %d with %d within %d s (last: %s)%s%.*s",
+	char tail[401];
+	size_t k = 0;
+	while (log_len > from && (log[log_len - 1] == '\n' || log[log_len - 1] == '\r'))
+		log_len--;
+	for (size_t i = from; i < log_len; i++)
+		tail[k++] = log[i] == '\n' ? '|' : (log[i] >= 32 && log[i] < 127) ? log[i] : '?';
+	tail[k] = 0;
+	snprintf(why, len, "the template's workload did not answer GET %s on port %d with %d within %d s (last: %s)%s%s",
 		 cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ready_of(wl), "path")), ready_int(wl, "port"),
 		 ready_int(wl, "expect"), ready_int(wl, "timeout_seconds"), last,
-		 log_len ? "; its output ends: " : "; it wrote nothing", (int)(log_len - from), log + from);
+		 k ? "; its output ends: " : "; it wrote nothing", tail);
 }
 
 /* ---- on the event loop ---- */
