@@ -99,19 +99,26 @@ static void conn_close(struct fwd_conn *c)
 	conn_try_free(c);
 }
 
+/* A completed receive or send on a closing connection frees it when it was the last;
+ * a failed one closes it. True when nothing is left to do with res. */
+static bool op_settled(struct fwd_conn *c, int res)
+{
+	if (c->closing)
+		conn_try_free(c);
+	else if (res < 0)
+		conn_close(c);
+	else
+		return false;
+	return true;
+}
+
 static void conn_rx_done(struct uop *op, int res, uint32_t flags)
 {
 	struct fwd_conn *c = (struct fwd_conn *)((char *)op - offsetof(struct fwd_conn, rx_op));
 	(void)flags;
 	c->rx_busy = false;
-	if (c->closing) {
-		conn_try_free(c);
+	if (op_settled(c, res))
 		return;
-	}
-	if (res < 0) {
-		conn_close(c);
-		return;
-	}
 	if (res == 0)
 		c->rx_eof = true;
 	else if (bytebuf_add(&c->to_agent, c->rbuf, (size_t)res)) {
@@ -138,14 +145,8 @@ static void conn_tx_done(struct uop *op, int res, uint32_t flags)
 	struct fwd_conn *c = (struct fwd_conn *)((char *)op - offsetof(struct fwd_conn, tx_op));
 	(void)flags;
 	c->tx_busy = false;
-	if (c->closing) {
-		conn_try_free(c);
+	if (op_settled(c, res))
 		return;
-	}
-	if (res < 0) {
-		conn_close(c);
-		return;
-	}
 	c->sending.off += (size_t)res;
 	if (c->as)
 		agent_room_changed(c->as);

@@ -243,15 +243,22 @@ static void log_end(struct astream *s, cJSON *payload, const char *why)
 
 static const struct astream_ops log_ops = { log_data, NULL, log_end, NULL, NULL };
 
+/* A stream's end without a payload: the sandbox (its agent) went away. */
+static bool stopped(struct workload_run *w, const cJSON *payload, const char *why)
+{
+	w->as = NULL;
+	if (payload)
+		return false;
+	snprintf(w->why, sizeof(w->why), "the sandbox stopped while its workload started: %s", why ? why : "");
+	finish(w, -ECONNRESET);
+	return true;
+}
+
 static void probe_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct workload_run *w = s->ctx;
-	w->as = NULL;
-	if (!payload) {
-		snprintf(w->why, sizeof(w->why), "the sandbox stopped while its workload started: %s", why ? why : "");
-		finish(w, -ECONNRESET);
+	if (stopped(w, payload, why))
 		return;
-	}
 	if (probe_status(payload, w->last, sizeof(w->last)) == ready_int(w->wl, "expect")) {
 		finish(w, 0);
 		return;
@@ -291,12 +298,8 @@ static void tick(struct ur_ticker *t, uint64_t now)
 static void start_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct workload_run *w = s->ctx;
-	w->as = NULL;
-	if (!payload) {
-		snprintf(w->why, sizeof(w->why), "the sandbox stopped while its workload started: %s", why ? why : "");
-		finish(w, -ECONNRESET);
+	if (stopped(w, payload, why))
 		return;
-	}
 	int rc = start_result(payload, w->why, sizeof(w->why));
 	if (rc || !ready_of(w->wl)) {
 		finish(w, rc);
