@@ -1,4 +1,5 @@
 #include "api/sandbox/sandboxes.h"
+#include "api/sandbox/templates.h"
 #include "api/sandbox/workload.h"
 
 #include <cjson/cJSON.h>
@@ -50,11 +51,10 @@ struct sb_waiter {
 static const struct engine_ops *eng;
 static struct sandbox *sandboxes;
 static unsigned nsandboxes;
-static struct template_rec *templates;
 static struct sandbox *zombies; /* freed sandboxes whose ring operations are still pending */
 static bool shutting_down;
 static struct ur_ticker ticker;
-static char sb_root[1100], tpl_root[1100];
+static char sb_root[1100];
 
 static void sb_exit_done(struct uop *op, int res, uint32_t flags);
 static void sb_ready_done(struct uop *op, int res, uint32_t flags);
@@ -66,15 +66,7 @@ const char *sandboxes_engine_name(void) { return eng ? eng->name : "none"; }
 
 /* ---- registry ---- */
 
-struct template_rec *templates_find(const char *name)
-{
-	for (struct template_rec *t = templates; t; t = t->next)
-		if (!strcmp(t->name, name))
-			return t;
-	return NULL;
-}
 
-struct template_rec *templates_first(void) { return templates; }
 
 struct sandbox *sandbox_find(const char *id)
 {
@@ -113,22 +105,6 @@ static const char *state_name(enum sb_state s)
 	case SB_STOPPING: return "stopping";
 	}
 	return "unknown";
-}
-
-cJSON *template_json(const struct template_rec *t)
-{
-	cJSON *o = cJSON_CreateObject();
-	char ts[40];
-	cJSON_AddStringToObject(o, "name", t->name);
-	cJSON_AddStringToObject(o, "image", t->image);
-	cJSON_AddStringToObject(o, "engine", eng->name);
-	cJSON_AddStringToObject(o, "root", t->root);
-	registry_rfc3339(t->created_ms, ts, sizeof(ts));
-	cJSON_AddStringToObject(o, "created_at", ts);
-	cJSON_AddStringToObject(o, "state", t->building ? "building" : "ready");
-	if (t->spec)
-		cJSON_AddItemToObject(o, "spec", cJSON_Duplicate(t->spec, 1));
-	return o;
 }
 
 cJSON *sandbox_json(const struct sandbox *sb)
@@ -172,285 +148,6 @@ static int sb_save(const struct sandbox *sb)
 		fprintf(stderr, "mitos-vmm serve: cannot save %s: %s\n", path, strerror(-rc));
 	cJSON_Delete(o);
 	return rc;
-}
-
-/* ---- templates ---- */
-
-static const char *image_root(const char *image)
-{
-	return images_root(image);
-}
-
-struct tpl_waiter {
-	tpl_done_fn done;
-	void *ctx;
-	struct tpl_waiter *next;
-};
-
-void tpl_waiter_detach(struct tpl_waiter *w)
-{
-	if (w)
-		w->done = NULL;
-}
-
-static int tpl_save(const struct template_rec *t)
-{
-	cJSON *o = template_json(t);
-	cJSON_AddNumberToObject(o, "created_ms", (double)t->created_ms);
-	cJSON_AddNumberToObject(o, "build_ms", t->build_ms);
-	char path[1300];
-	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
-	int rc = registry_write_json(path, o);
-	cJSON_Delete(o);
-	return rc;
-}
-
-static void tpl_free(struct template_rec *t)
-{
-	for (struct tpl_waiter *w = t->waiters, *n; w; w = n) {
-		n = w->next;
-		free(w);
-	}
-	cJSON_Delete(t->spec);
-	free(t);
-}
-
-static int tpl_wait(struct template_rec *t, tpl_done_fn done, void *ctx, struct tpl_waiter **wout,
-		    enum api_err *e, char *msg, size_t msglen)
-{
-	struct tpl_waiter *w = calloc(1, sizeof(*w));
-	if (!w) {
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "out of memory");
-		return -ENOMEM;
-	}
-	w->done = done;
-	w->ctx = ctx;
-	w->next = t->waiters;
-	t->waiters = w;
-	if (wout)
-		*wout = w;
-	return 1;
-}
-
-/* The engine finished building t (on the loop). */
-static void tpl_built(void *ctx, int rc, const char *why)
-{
-	struct template_rec *t = ctx;
-	t->building = false;
-	t->build_ms = (double)(ur_wall_ms() - t->created_ms);
-	struct tpl_waiter *ws = t->waiters;
-	t->waiters = NULL;
-	char msg[800];
-	if (!rc && (rc = tpl_save(t)))
-		why = "cannot save the template in the state dir";
-	if (rc) {
-		snprintf(msg, sizeof(msg), "building template %s failed: %s", t->name, why ? why : strerror(-rc));
-		fprintf(stderr, "mitos-vmm serve: %s\n", msg);
-		char path[1300];
-		snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
-		unlink(path);
-		eng->cleanup(t->root);
-		for (struct template_rec **pp = &templates; *pp; pp = &(*pp)->next)
-			if (*pp == t) {
-				*pp = t->next;
-				break;
-			}
-	} else {
-		printf("template %s: %s\n", t->name, why ? why : "ready");
-		fflush(stdout);
-	}
-	for (struct tpl_waiter *w = ws, *n; w; w = n) {
-		n = w->next;
-		if (w->done)
-			w->done(w->ctx, rc ? AE_ENGINE_UNAVAILABLE : 0, rc ? msg : NULL, rc ? NULL : t);
-		free(w);
-	}
-	if (rc)
-		tpl_free(t);
-}
-
-/* Engines that build templates (kvm): the record exists (state "building") from now on. */
-static int template_build(const char *name, const char *image, const cJSON *spec, struct template_rec **out,
-			  tpl_done_fn done, void *ctx, struct tpl_waiter **wout, enum api_err *e, char *msg,
-			  size_t msglen)
-{
-	struct template_rec *t = calloc(1, sizeof(*t));
-	cJSON *sp = spec ? cJSON_Duplicate(spec, 1) : cJSON_CreateObject();
-	if (!t || !sp) {
-		free(t);
-		cJSON_Delete(sp);
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "out of memory");
-		return -ENOMEM;
-	}
-	static const char *not_spec[] = { "name", "image", "template" };
-	for (size_t i = 0; i < sizeof(not_spec) / sizeof(not_spec[0]); i++)
-		cJSON_DeleteItemFromObjectCaseSensitive(sp, not_spec[i]);
-	/* The image names the engine's default guest when the request gives none. */
-	cJSON_AddStringToObject(sp, "image", image);
-	snprintf(t->name, sizeof(t->name), "%s", name);
-	snprintf(t->image, sizeof(t->image), "%.64s", image);
-	snprintf(t->root, sizeof(t->root), "%.900s/%s", tpl_root, name);
-	t->created_ms = ur_wall_ms();
-	t->building = true;
-	t->spec = sp;
-	char err[600] = "";
-	int rc = eng->template_build(t->root, sp, tpl_built, t, err, sizeof(err));
-	if (rc) {
-		*e = rc == -EINVAL || rc == -ENOENT || rc == -ENAMETOOLONG ? AE_INVALID_ARGUMENT : AE_ENGINE_UNAVAILABLE;
-		snprintf(msg, msglen, "%s", err[0] ? err : strerror(-rc));
-		tpl_free(t);
-		return rc;
-	}
-	t->next = templates;
-	templates = t;
-	tpl_save(t);
-	*out = t;
-	return tpl_wait(t, done, ctx, wout, e, msg, msglen);
-}
-
-int templates_create(const char *name, const char *image, const cJSON *spec, struct template_rec **out,
-		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **wout,
-		     enum api_err *e, char *msg, size_t msglen)
-{
-	*created = false;
-	if (wout)
-		*wout = NULL;
-	if (!api_valid_id(name)) {
-		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "template names match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$");
-		return -EINVAL;
-	}
-	if (!image)
-		image = name;
-	struct template_rec *t = templates_find(name);
-	if (t) {
-		if (strcmp(t->image, image)) {
-			*e = AE_CONFLICT;
-			snprintf(msg, msglen, "template %s exists with image %s", name, t->image);
-			return -EEXIST;
-		}
-		*out = t;
-		return t->building ? tpl_wait(t, done, ctx, wout, e, msg, msglen) : 0;
-	}
-	if (eng->template_build) {
-		int rc = template_build(name, image, spec, out, done, ctx, wout, e, msg, msglen);
-		*created = rc >= 0;
-		return rc;
-	}
-	const char *root = image_root(image);
-	if (!root) {
-		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "image '%.64s' is not available on the %s engine (available: python)", image,
-			 eng->name);
-		return -ENOENT;
-	}
-	char err[300] = "";
-	cJSON *kept = eng->template_spec ? eng->template_spec(spec, err, sizeof(err)) : NULL;
-	if (eng->template_spec && !kept) {
-		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "%s", err[0] ? err : "out of memory");
-		return -EINVAL;
-	}
-	t = calloc(1, sizeof(*t));
-	if (!t) {
-		cJSON_Delete(kept);
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "out of memory");
-		return -ENOMEM;
-	}
-	snprintf(t->name, sizeof(t->name), "%s", name);
-	snprintf(t->image, sizeof(t->image), "%.64s", image);
-	snprintf(t->root, sizeof(t->root), "%s", root);
-	t->created_ms = ur_wall_ms();
-	t->spec = kept;
-	int rc = tpl_save(t);
-	if (rc) {
-		tpl_free(t);
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "cannot save the template in the state dir: %s", strerror(-rc));
-		return rc;
-	}
-	t->next = templates;
-	templates = t;
-	*out = t;
-	*created = true;
-	return 0;
-}
-
-static void templates_load(void)
-{
-	DIR *d = opendir(tpl_root);
-	if (!d)
-		return;
-	struct dirent *de;
-	while ((de = readdir(d))) {
-		size_t n = strlen(de->d_name);
-		if (n < 6 || strcmp(de->d_name + n - 5, ".json"))
-			continue;
-		char path[1400];
-		snprintf(path, sizeof(path), "%s/%s", tpl_root, de->d_name);
-		cJSON *o = registry_read_json(path);
-		const char *name = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "name")) : NULL;
-		const char *image = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "image")) : NULL;
-		const char *ename = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "engine")) : NULL;
-		/* Another engine's templates stay on disk for it. */
-		if (ename && strcmp(ename, eng->name)) {
-			cJSON_Delete(o);
-			continue;
-		}
-		char built_root[1100] = "";
-		const char *root = NULL;
-		if (eng->template_build && name && api_valid_id(name) && n == strlen(name) + 5 &&
-		    !strncmp(de->d_name, name, n - 5)) {
-			snprintf(built_root, sizeof(built_root), "%.900s/%s", tpl_root, name);
-			const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(o, "state"));
-			if (st && !strcmp(st, "ready") && eng->template_usable(built_root)) {
-				root = built_root;
-			} else {
-				/* Its build never finished (serve stopped during it). */
-				fprintf(stderr, "mitos-vmm serve: removing template %s: %s\n", name,
-					st && !strcmp(st, "ready") ? "its snapshot is missing" : "it was never completed");
-				eng->cleanup(built_root);
-				unlink(path);
-			}
-		} else if (!eng->template_build) {
-			root = image ? image_root(image) : NULL;
-		}
-		if (name && image && root && api_valid_id(name) && !templates_find(name)) {
-			struct template_rec *t = calloc(1, sizeof(*t));
-			if (t) {
-				snprintf(t->name, sizeof(t->name), "%s", name);
-				snprintf(t->image, sizeof(t->image), "%.64s", image);
-				snprintf(t->root, sizeof(t->root), "%s", root);
-				cJSON *cm = cJSON_GetObjectItem(o, "created_ms");
-				t->created_ms = cJSON_IsNumber(cm) ? (uint64_t)cm->valuedouble : ur_wall_ms();
-				cJSON *bm = cJSON_GetObjectItem(o, "build_ms");
-				t->build_ms = cJSON_IsNumber(bm) ? bm->valuedouble : 0;
-				cJSON *sp = cJSON_GetObjectItem(o, "spec");
-				if (cJSON_IsObject(sp))
-					t->spec = cJSON_Duplicate(sp, 1);
-				t->next = templates;
-				templates = t;
-			}
-		}
-		cJSON_Delete(o);
-	}
-	closedir(d);
-	if (!eng->template_build)
-		return;
-	/* Directories of builds that left no record. */
-	d = opendir(tpl_root);
-	while (d && (de = readdir(d))) {
-		if (de->d_name[0] == '.' || de->d_type != DT_DIR || templates_find(de->d_name))
-			continue;
-		char dir[1400];
-		snprintf(dir, sizeof(dir), "%s/%s", tpl_root, de->d_name);
-		eng->cleanup(dir);
-	}
-	if (d)
-		closedir(d);
 }
 
 /* ---- sandbox lifecycle ---- */
@@ -1191,12 +888,11 @@ int sandboxes_init(char *err, size_t errlen)
 	if (!realpath(srv_cfg.state_dir, real))
 		snprintf(real, sizeof(real), "%s", srv_cfg.state_dir);
 	snprintf(sb_root, sizeof(sb_root), "%s/sandboxes", real);
-	snprintf(tpl_root, sizeof(tpl_root), "%s/templates", real);
-	if ((rc = mkdir_p(sb_root)) || (rc = mkdir_p(tpl_root))) {
-		snprintf(err, errlen, "cannot create %s: %s", sb_root, strerror(-rc));
+	if ((rc = mkdir_p(sb_root)) || (rc = templates_init(eng, real, err, errlen))) {
+		if (!err[0])
+			snprintf(err, errlen, "cannot create %s: %s", sb_root, strerror(-rc));
 		return rc;
 	}
-	templates_load();
 	printf("engine: %s (%s)\n", eng->name, why);
 	if (kvm) {
 		if (!pr.hardware)
@@ -1355,9 +1051,5 @@ void sandboxes_exit(void)
 	/* Builds still running end here, and call back while the templates exist. */
 	if (eng && eng->exit)
 		eng->exit();
-	for (struct template_rec *t = templates, *n; t; t = n) {
-		n = t->next;
-		tpl_free(t);
-	}
-	templates = NULL;
+	templates_exit();
 }
