@@ -1,6 +1,7 @@
 #include "api/http/json_request.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,11 +26,15 @@ static int by_key(const void *a, const void *b)
 	return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
 }
 
-/* Keys sorted, neighbours compared: O(n log n) however many keys a body holds. */
-static bool has_duplicate_keys(const cJSON *v, unsigned depth)
+/* Keys sorted, neighbours compared: O(n log n) however many keys a body holds. A
+ * number past a double's range (1e400: infinity here, an error or a big number for
+ * another parser) counts as ambiguous too. */
+static bool is_ambiguous(const cJSON *v, unsigned depth)
 {
 	if (depth > 64)
 		return true;
+	if (cJSON_IsNumber(v))
+		return !isfinite(v->valuedouble);
 	if (!cJSON_IsObject(v) && !cJSON_IsArray(v))
 		return false;
 	int n = cJSON_GetArraySize(v), i = 0;
@@ -38,7 +43,7 @@ static bool has_duplicate_keys(const cJSON *v, unsigned depth)
 	for (const cJSON *c = v->child; c && !dup; c = c->next) {
 		if (kids)
 			kids[i++] = c;
-		dup = has_duplicate_keys(c, depth + 1);
+		dup = is_ambiguous(c, depth + 1);
 	}
 	if (kids && !dup) {
 		qsort(kids, (size_t)i, sizeof(*kids), by_key);
@@ -60,7 +65,7 @@ cJSON *json_parse_request(const void *text, size_t len)
 			cJSON_Delete(v);
 			return NULL;
 		}
-	if (has_duplicate_keys(v, 0)) {
+	if (is_ambiguous(v, 0)) {
 		cJSON_Delete(v);
 		return NULL;
 	}

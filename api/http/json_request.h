@@ -15,7 +15,8 @@ bool json_text_has_nul(const void *text, size_t len);
 #define JSON_NUL_MESSAGE "strings in the request may not contain NUL (\\u0000)"
 
 /* The value of text, or NULL when it is not exactly one JSON value (whitespace
- * around it allowed) or one of its objects names a key twice. */
+ * around it allowed), one of its objects names a key twice, or a number is past a
+ * double's range. */
 struct cJSON *json_parse_request(const void *text, size_t len);
 
 #endif

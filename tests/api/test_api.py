@@ -798,7 +798,8 @@ def t_malformed(s):
     # One reading of a JSON body: no bytes after it, no key twice (a proxy that kept the
     # first and a server that kept the last would act on different requests).
     for body in (b'{"template":"python","id":"j1"} {"x":1}', b'{"template":"python","id":"j1","id":"j2"}',
-                 b'{"template":"python","id":"j1"}garbage', b'{"a":{"b":1,"b":2},"template":"python"}'):
+                 b'{"template":"python","id":"j1"}garbage', b'{"a":{"b":1,"b":2},"template":"python"}',
+                 b'{"template":"python","id":"j1","n":1e400}'):
         check(b"POST /v1/fork HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body, 400,
               "invalid_json")
     check(b'POST /v1/templates HTTP/1.1\r\nHost: x\r\nContent-Length: 16\r\n\r\n {"id":"json"}\r\n ', 200)
