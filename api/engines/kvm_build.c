@@ -125,8 +125,13 @@ static void build_run(struct kjob *kj)
 	if (!rc && b->workload) {
 		/* Every fork wakes with it already serving. */
 		rc = workload_run_blocking(b->vsock, AGENT_PORT, b->workload, err, sizeof(err));
-		if (rc)
-			snprintf(b->msg, sizeof(b->msg), "%s", err);
+		if (rc) {
+			/* The guest kernel's word on a process that died (a segfault, the OOM killer). */
+			char tail[200];
+			kvm_console_tail(b->console, tail, sizeof(tail));
+			snprintf(b->msg, sizeof(b->msg), "%.400s%s%.199s", err, tail[0] ? "; the guest's console ends: " : "",
+				 tail);
+		}
 	}
 	if (!rc) {
 		/* Our health connection is closed: let the guest retire it, so the snapshot

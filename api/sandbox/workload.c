@@ -139,7 +139,8 @@ static int probe_status(const cJSON *end, char *last, size_t len)
 
 /* The end of the workload's output on one printable line: it goes into errors and
  * serve's log, and the sandbox wrote it. */
-static void failure(const cJSON *wl, const char *last, const char *log, size_t log_len, char *why, size_t len)
+static void failure(const cJSON *wl, const char *last, const char *launch, const char *log, size_t log_len,
+		    char *why, size_t len)
 {
 	size_t from = log_len > 400 ? log_len - 400 : 0;
 	char tail[401];
@@ -149,10 +150,23 @@ static void failure(const cJSON *wl, const char *last, const char *log, size_t l
 	for (size_t i = from; i < log_len; i++)
 		tail[k++] = log[i] == '\n' ? '|' : (log[i] >= 32 && log[i] < 127) ? log[i] : '?';
 	tail[k] = 0;
-	snprintf(why, len, "the template's workload did not answer GET %s on port %d with %d within %d s (last: %s)%s%s",
+	snprintf(why, len, "the template's workload did not answer GET %s on port %d with %d within %d s (last: %s)%s%s%s%s",
 		 cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ready_of(wl), "path")), ready_int(wl, "port"),
 		 ready_int(wl, "expect"), ready_int(wl, "timeout_seconds"), last,
-		 k ? "; its output ends: " : "; it wrote nothing", tail);
+		 k ? "; its output ends: " : "; it wrote nothing", tail,
+		 launch && *launch ? "; its launcher said: " : "", launch ? launch : "");
+}
+
+/* What the launching shell printed (a redirection it could not make), on one
+ * printable line. */
+static void launcher_text(const uint8_t *p, size_t n, char *out, size_t outlen)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n && k + 1 < outlen; i++)
+		out[k++] = p[i] == '\n' ? '|' : (p[i] >= 32 && p[i] < 127) ? (char)p[i] : '?';
+	while (k && out[k - 1] == '|')
+		k--;
+	out[k] = 0;
 }
 
 /* ---- on the event loop ---- */
@@ -170,6 +184,7 @@ struct workload_run {
 	char last[160];
 	char log[LOG_TAIL];
 	size_t log_len;
+	char launch[300];
 	int rc;
 	char why[700];
 	struct ur_kick kick;
@@ -237,7 +252,7 @@ static void log_end(struct astream *s, cJSON *payload, const char *why)
 	struct workload_run *w = s->ctx;
 	(void)payload; (void)why;
 	w->as = NULL;
-	failure(w->wl, w->last, w->log, w->log_len, w->why, sizeof(w->why));
+	failure(w->wl, w->last, w->launch, w->log, w->log_len, w->why, sizeof(w->why));
 	finish(w, -ETIMEDOUT);
 }
 
@@ -266,7 +281,7 @@ static void probe_end(struct astream *s, cJSON *payload, const char *why)
 	if (ur_now_ms() >= w->deadline) {
 		w->phase = P_LOG;
 		if (!(w->as = agent_open(w->ac, log_open, &log_ops, w))) {
-			failure(w->wl, w->last, "", 0, w->why, sizeof(w->why));
+			failure(w->wl, w->last, w->launch, "", 0, w->why, sizeof(w->why));
 			finish(w, -ETIMEDOUT);
 		}
 		return;
@@ -310,8 +325,17 @@ static void start_end(struct astream *s, cJSON *payload, const char *why)
 	w->deadline = ur_now_ms() + (uint64_t)ready_int(w->wl, "timeout_seconds") * 1000;
 }
 
-/* Output of the launching shell (none: the workload's goes to its log). */
-static const struct astream_ops start_ops = { NULL, NULL, start_end, NULL, NULL };
+/* Output of the launching shell (the workload's own goes to its log). */
+static void start_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p, size_t n)
+{
+	struct workload_run *w = s->ctx;
+	(void)ch; (void)fin;
+	size_t have = strlen(w->launch);
+	if (n && have + 1 < sizeof(w->launch))
+		launcher_text(p, n, w->launch + have, sizeof(w->launch) - have);
+}
+
+static const struct astream_ops start_ops = { start_data, NULL, start_end, NULL, NULL };
 
 struct workload_run *workload_run_start(struct agent_conn *ac, const cJSON *wl, workload_done_fn done, void *ctx)
 {
@@ -360,9 +384,13 @@ int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl
 {
 	char *open = start_open(wl);
 	cJSON *end = NULL;
-	char e[200] = "";
-	int rc = open ? agent_call_blocking(path, vsock_port, open, START_TIMEOUT_MS, &end, e, sizeof(e)) : -ENOMEM;
+	char e[200] = "", launch[300];
+	uint8_t said[300];
+	size_t nsaid = 0;
+	int rc = open ? agent_call_blocking_data(path, vsock_port, open, START_TIMEOUT_MS, &end, said, sizeof(said),
+						 &nsaid, e, sizeof(e)) : -ENOMEM;
 	free(open);
+	launcher_text(said, nsaid, launch, sizeof(launch));
 	if (rc) {
 		snprintf(err, errlen, "cannot start the workload: %s", e[0] ? e : strerror(-rc));
 		return rc;
@@ -391,6 +419,6 @@ int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl
 				     &n, e, sizeof(e)))
 		n = 0;
 	cJSON_Delete(end);
-	failure(wl, last, log, n, err, errlen);
+	failure(wl, last, launch, log, n, err, errlen);
 	return -ETIMEDOUT;
 }
