@@ -81,7 +81,7 @@ struct build {
 static void build_run(struct kjob *kj)
 {
 	struct build *b = (struct build *)kj;
-	uint64_t t0 = kvm_mono_ms(), give_up = t0 + b->boot_ms;
+	uint64_t t0 = ur_mono_ms(), give_up = t0 + b->boot_ms;
 	char err[400] = "";
 	int rc;
 	for (;;) {
@@ -105,7 +105,7 @@ static void build_run(struct kjob *kj)
 		bool not_yet = rc == -ENOENT || rc == -ECONNREFUSED || rc == -ECONNRESET || rc == -ETIMEDOUT;
 		if (!not_yet)
 			break;
-		if (kvm_mono_ms() > give_up) {
+		if (ur_mono_ms() > give_up) {
 			rc = -ETIMEDOUT;
 			snprintf(err, sizeof(err), "no agent answered on vsock port %u within %" PRIu64 " s of boot "
 				 "(see %.200s)", AGENT_PORT, b->boot_ms / 1000, b->console);
@@ -114,10 +114,10 @@ static void build_run(struct kjob *kj)
 		usleep(20000);
 	}
 	if (!rc && b->warm[0]) {
-		uint64_t w0 = kvm_mono_ms();
+		uint64_t w0 = ur_mono_ms();
 		char werr[300] = "";
 		int wrc = kvm_guest_warm(b->vsock, b->warm, (int)(give_up > w0 ? give_up - w0 : 1000), werr, sizeof(werr));
-		b->warm_ms = kvm_mono_ms() - w0;
+		b->warm_ms = ur_mono_ms() - w0;
 		if (wrc)
 			fprintf(stderr, "mitos-vmm serve: template %s: warm-up failed after %" PRIu64 " ms (its children "
 				"start cold): %s\n", b->dir, b->warm_ms, werr[0] ? werr : strerror(-wrc));
@@ -161,7 +161,7 @@ static void build_run(struct kjob *kj)
 	b->rc = rc;
 	if (!rc)
 		snprintf(b->msg, sizeof(b->msg), "booted, agent answered, warmed (%" PRIu64 " ms) and snapshotted in "
-			 "%" PRIu64 " ms", b->warm_ms, kvm_mono_ms() - t0);
+			 "%" PRIu64 " ms", b->warm_ms, ur_mono_ms() - t0);
 }
 
 static void build_complete(struct kjob *kj)

@@ -111,7 +111,6 @@ extern struct kvm_state K;
 
 /* ---- kvm_proc.c ---- */
 int kvm_pathf(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-uint64_t kvm_mono_ms(void);
 bool kvm_is_socket(const char *path);
 bool kvm_proc_exited(int pidfd);
 void kvm_console_tail(const char *path, char *out, size_t outlen);

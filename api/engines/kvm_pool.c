@@ -142,7 +142,7 @@ static void pool_check(void)
 			kvm_console_tail(path, tail, sizeof(tail));
 			sp->fails++;
 			unsigned backoff = sp->fails > 5 ? 30000u : 500u << sp->fails;
-			sp->retry_at_ms = kvm_mono_ms() + backoff;
+			sp->retry_at_ms = ur_mono_ms() + backoff;
 			fprintf(stderr, "mitos-vmm serve: a prepared VM (%u MiB, %u vCPU) exited: %s\n",
 				sp->sh.mem_mib, sp->sh.vcpus, tail[0] ? tail : "no message");
 			kvm_pool_drop(sp, pv);
@@ -155,7 +155,7 @@ void kvm_pool_fill(void)
 	if (K.stopping)
 		return;
 	unsigned spawned = 0;
-	uint64_t now = kvm_mono_ms();
+	uint64_t now = ur_mono_ms();
 	for (int i = 0; i < MAX_SHAPES && spawned < SPAWN_PER_TICK; i++) {
 		struct shape_pool *sp = &K.pools[i];
 		while (sp->used && sp->nidle < K.pool_size && now >= sp->retry_at_ms && spawned < SPAWN_PER_TICK) {

@@ -48,13 +48,6 @@ int kvm_pathf(char *out, const char *fmt, ...)
 	return n < 0 || n >= PLEN ? -ENAMETOOLONG : 0;
 }
 
-uint64_t kvm_mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 bool kvm_is_socket(const char *path)
 {
 	struct stat st;
@@ -361,7 +354,7 @@ static bool ctl_reply_ok(cJSON *r, char *err, size_t errlen)
  * (pidfd says whether it is still alive). */
 int kvm_ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms, int pidfd, char *err, size_t errlen)
 {
-	uint64_t give_up = kvm_mono_ms() + (uint64_t)wait_ms;
+	uint64_t give_up = ur_mono_ms() + (uint64_t)wait_ms;
 	for (;;) {
 		struct mitos_err e = { 0 };
 		cJSON *r = control_call(sock, req, timeout_ms, &e);
@@ -371,7 +364,7 @@ int kvm_ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms, i
 			return ok ? 0 : -EIO;
 		}
 		bool not_yet = e.code == -ENOENT || e.code == -ECONNREFUSED;
-		if (!not_yet || kvm_mono_ms() > give_up || K.stopping || kvm_proc_exited(pidfd)) {
+		if (!not_yet || ur_mono_ms() > give_up || K.stopping || kvm_proc_exited(pidfd)) {
 			snprintf(err, errlen, "%.300s", not_yet && kvm_proc_exited(pidfd) ? "the VM process exited" :
 				 not_yet ? "the VM did not open its control socket in time" : e.msg);
 			return e.code ? e.code : -EIO;

@@ -30,6 +30,7 @@ static uint64_t clock_ms(clockid_t id)
 
 uint64_t ur_now_ms(void) { return now_ms; }
 uint64_t ur_wall_ms(void) { return clock_ms(CLOCK_REALTIME); }
+uint64_t ur_mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
 struct io_uring_sqe *ur_sqe(struct uop *op)
 {

@@ -30,6 +30,9 @@ void ur_stop(void);
 bool ur_stopping(void);
 uint64_t ur_now_ms(void);   /* monotonic, refreshed once per batch of completions */
 uint64_t ur_wall_ms(void);  /* realtime */
+/* Monotonic, read now: for code off the loop (workers, blocking calls) and waits that
+ * outlast a batch. */
+uint64_t ur_mono_ms(void);
 
 /* Provided buffers (group 0) for IOSQE_BUFFER_SELECT reads. */
 #define UR_BGID 0

@@ -50,13 +50,6 @@ struct fo_ctx {
 	void *ctx;
 };
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Every address of every HOST:PORT in the peers file ("TAG HOST:PORT" lines, '#'
  * comments): a DNS name of a headless service stands for all of its nodes. */
 static int fo_resolve(struct fo_ctx *x)
@@ -167,7 +160,7 @@ static void *fo_thread(void *arg)
 					  errno != EINPROGRESS))
 				fo_finish_target(t);
 		}
-		uint64_t deadline = mono_ms() + x->deadline_ms;
+		uint64_t deadline = ur_mono_ms() + x->deadline_ms;
 		struct pollfd *pf = calloc(x->n ? x->n : 1, sizeof(*pf));
 		for (;;) {
 			unsigned np = 0;
@@ -180,7 +173,7 @@ static void *fo_thread(void *arg)
 				pf[np].revents = 0;
 				np++;
 			}
-			uint64_t now = mono_ms();
+			uint64_t now = ur_mono_ms();
 			if (!np || now >= deadline)
 				break;
 			if (poll(pf, np, (int)(deadline - now)) < 0 && errno != EINTR)

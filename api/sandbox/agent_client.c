@@ -509,18 +509,11 @@ void agent_conn_free_all(void)
 
 /* ---- the blocking variant ---- */
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Some bytes from fd before deadline: >0, or -ETIMEDOUT / -ECONNRESET / -errno. */
 static ssize_t read_some(int fd, void *buf, size_t n, uint64_t deadline)
 {
 	for (;;) {
-		int64_t left = (int64_t)(deadline - mono_ms());
+		int64_t left = (int64_t)(deadline - ur_mono_ms());
 		struct pollfd pf = { .fd = fd, .events = POLLIN };
 		if (left <= 0 || poll(&pf, 1, (int)left) <= 0)
 			return -ETIMEDOUT;
@@ -637,7 +630,7 @@ static int call_blocking(const char *path, uint32_t vsock_port, const char *open
 			 cJSON **end, struct call_data *cd, char *err, size_t errlen)
 {
 	*end = NULL;
-	uint64_t deadline = mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+	uint64_t deadline = ur_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;

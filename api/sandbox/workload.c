@@ -373,13 +373,6 @@ void workload_run_cancel(struct workload_run *w)
 
 /* ---- off the loop ---- */
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl, char *err, size_t errlen)
 {
 	char *open = start_open(wl);
@@ -400,7 +393,7 @@ int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl
 	if (rc || !ready_of(wl))
 		return rc;
 	char last[160] = "no answer yet";
-	uint64_t deadline = mono_ms() + (uint64_t)ready_int(wl, "timeout_seconds") * 1000;
+	uint64_t deadline = ur_mono_ms() + (uint64_t)ready_int(wl, "timeout_seconds") * 1000;
 	for (;;) {
 		open = probe_open(wl);
 		rc = open ? agent_call_blocking(path, vsock_port, open, PROBE_TIMEOUT_MS * 4, &end, e, sizeof(e)) : -ENOMEM;
@@ -409,7 +402,7 @@ int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl
 		cJSON_Delete(end);
 		if (st == ready_int(wl, "expect"))
 			return 0;
-		if (mono_ms() >= deadline)
+		if (ur_mono_ms() >= deadline)
 			break;
 		nanosleep(&(struct timespec){ .tv_nsec = PROBE_EVERY_MS * 1000000L }, NULL);
 	}
