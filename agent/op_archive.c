@@ -228,11 +228,8 @@ void op_archive_open(struct stream *s, const struct json *req)
 	}
 	struct stat st;
 	int rc = 0;
-	if (resolve_path(s, req, "path", &a->fc, a->root)) {
-		fs_leave(&a->fc);
-		free(a);
-		return;
-	}
+	if (resolve_path(s, req, "path", &a->fc, a->root))
+		goto ended;
 	for (size_t n = strlen(a->root); n > 1 && a->root[n - 1] == '/'; n--)
 		a->root[n - 1] = 0;
 	if (stat(a->root, &st) < 0) {
@@ -241,9 +238,7 @@ void op_archive_open(struct stream *s, const struct json *req)
 		rc = push_dir(a, a->root, 0);
 	} else if (!S_ISREG(st.st_mode)) {
 		stream_end_error(s, PERR_INVALID_ARGUMENT, "%s is neither a directory nor a regular file", a->root);
-		fs_leave(&a->fc);
-		free(a);
-		return;
+		goto ended;
 	} else {
 		/* One file: an archive of that file under its own name. */
 		char *slash = strrchr(a->root, '/');
@@ -255,14 +250,16 @@ void op_archive_open(struct stream *s, const struct json *req)
 	}
 	if (rc) {
 		stream_end_errno(s, rc, a->root);
-		fs_leave(&a->fc);
-		archive_free(a);
-		return;
+		goto ended;
 	}
 	fs_leave(&a->fc);
 	s->ctx = a;
 	s->ops = &archive_ops;
 	archive_pump(s);
+	return;
+ended: /* s was ended with the reason */
+	fs_leave(&a->fc);
+	archive_free(a);
 }
 
 /* ---- untar ---- */

@@ -66,8 +66,6 @@ const char *sandboxes_engine_name(void) { return eng ? eng->name : "none"; }
 
 /* ---- registry ---- */
 
-
-
 struct sandbox *sandbox_find(const char *id)
 {
 	for (struct sandbox *sb = sandboxes; sb; sb = sb->next)
