@@ -58,6 +58,9 @@ static const struct err_info infos[AE_COUNT_] = {
 		"create the sandbox on another node; a cluster router retries there by itself" },
 	[AE_UNIMPLEMENTED] = { "unimplemented", 501, "unimplemented",
 		"this endpoint is not available in this version; see api/STATUS.md" },
+	[AE_HTTP_VERSION] = { "http_version_not_supported", 505, "unimplemented",
+		"bidirectional streams (Exec, RunCode, PortForward) take HTTP/2 without TLS (h2c, prior "
+		"knowledge); the WebSocket Exec and previews take HTTP/1.1" },
 	[AE_INTERNAL] = { "internal", 500, "internal",
 		"retry; if it persists, report it with the server's log" },
 };

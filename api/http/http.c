@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "api/http/bytebuf.h"
+#include "api/http/h2.h"
+#include "api/http/http_req.h"
 #include "api/http/router.h"
 #include "api/http/server.h"
 
@@ -26,7 +28,7 @@ static void conn_note_err(struct conn *c, enum api_err e, const char *msg)
 	}
 }
 
-static void req_free(struct http_req *r)
+void http_req_free(struct http_req *r)
 {
 	if (!r)
 		return;
@@ -37,21 +39,34 @@ static void req_free(struct http_req *r)
 	free(r);
 }
 
-static int arena_add(struct conn *c, struct http_req *r, const char *p, size_t n)
+int http_req_arena_add(struct http_req *r, const char *p, size_t n)
 {
-	if (r->alen + n + 1 > HTTP_MAX_HEADER_BYTES) {
-		conn_note_err(c, AE_HEADERS_TOO_LARGE, "request line and headers exceed 16 KiB");
-		return -1;
-	}
+	if (r->alen + n + 1 > HTTP_MAX_HEADER_BYTES)
+		return AE_HEADERS_TOO_LARGE;
 	char *na = buf_reserve(r->arena, &r->acap, r->alen + n + 1, 1024);
-	if (!na) {
-		conn_note_err(c, AE_INTERNAL, "out of memory");
-		return -1;
-	}
+	if (!na)
+		return AE_INTERNAL;
 	r->arena = na;
 	memcpy(r->arena + r->alen, p, n);
 	r->alen += n;
 	return 0;
+}
+
+const char *http_err_text(int e)
+{
+	switch (e) {
+	case AE_HEADERS_TOO_LARGE: return "request line and headers exceed 16 KiB, or more than 100 headers";
+	case AE_PAYLOAD_TOO_LARGE: return "request body exceeds the limit for this endpoint";
+	default: return "out of memory";
+	}
+}
+
+static int arena_add(struct conn *c, struct http_req *r, const char *p, size_t n)
+{
+	int e = http_req_arena_add(r, p, n);
+	if (e)
+		conn_note_err(c, (enum api_err)e, http_err_text(e));
+	return e ? -1 : 0;
 }
 
 static int arena_nul(struct conn *c, struct http_req *r)
@@ -61,18 +76,26 @@ static int arena_nul(struct conn *c, struct http_req *r)
 
 /* ---- parser callbacks ---- */
 
-static int on_message_begin(http_parser *p)
+struct http_req *http_req_new(struct conn *c)
 {
-	struct conn *c = p->data;
 	struct http_req *r = calloc(1, sizeof(*r));
-	if (!r) {
-		conn_note_err(c, AE_INTERNAL, "out of memory");
-		return -1;
-	}
+	if (!r)
+		return NULL;
 	r->c = c;
 	r->early_err = -1;
 	r->content_length = ULLONG_MAX;
 	r->start_ms = ur_now_ms();
+	return r;
+}
+
+static int on_message_begin(http_parser *p)
+{
+	struct conn *c = p->data;
+	struct http_req *r = http_req_new(c);
+	if (!r) {
+		conn_note_err(c, AE_INTERNAL, "out of memory");
+		return -1;
+	}
 	c->req = r;
 	return 0;
 }
@@ -172,34 +195,40 @@ static int on_headers_complete(http_parser *p)
 	return 0;
 }
 
-static int on_body(http_parser *p, const char *at, size_t n)
+int http_req_take_body(struct http_req *r, const uint8_t *at, size_t n)
 {
-	struct conn *c = p->data;
-	struct http_req *r = c->req;
 	r->body_seen += n;
-	if (r->body_seen > r->body_limit) {
-		conn_note_err(c, AE_PAYLOAD_TOO_LARGE, "request body exceeds the limit for this endpoint");
-		return -1;
-	}
+	if (r->body_seen > r->body_limit)
+		return AE_PAYLOAD_TOO_LARGE;
 	if (r->early_err >= 0 || r->finished)
 		return 0;
 	if (r->body_streamed) {
 		if (r->ops && r->ops->body)
-			r->ops->body(r, (const uint8_t *)at, n);
-		if (r->body_paused)
-			http_parser_pause(p, 1);
+			r->ops->body(r, at, n);
 		return 0;
 	}
 	/* + 1: the body is kept NUL-terminated. */
 	uint8_t *nb = buf_reserve(r->body, &r->body_cap, r->body_len + n + 1, 4096);
-	if (!nb) {
-		conn_note_err(c, AE_INTERNAL, "out of memory");
-		return -1;
-	}
+	if (!nb)
+		return AE_INTERNAL;
 	r->body = nb;
 	memcpy(r->body + r->body_len, at, n);
 	r->body_len += n;
 	r->body[r->body_len] = 0;
+	return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+	struct conn *c = p->data;
+	struct http_req *r = c->req;
+	int e = http_req_take_body(r, (const uint8_t *)at, n);
+	if (e) {
+		conn_note_err(c, (enum api_err)e, http_err_text(e));
+		return -1;
+	}
+	if (r->body_paused)
+		http_parser_pause(p, 1);
 	return 0;
 }
 
@@ -310,6 +339,7 @@ static const char *status_text(int s)
 	case 200: return "OK";
 	case 201: return "Created";
 	case 204: return "No Content";
+	case 308: return "Permanent Redirect";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
 	case 403: return "Forbidden";
@@ -326,6 +356,7 @@ static const char *status_text(int s)
 	case 501: return "Not Implemented";
 	case 503: return "Service Unavailable";
 	case 504: return "Gateway Timeout";
+	case 505: return "HTTP Version Not Supported";
 	default: return "Unknown";
 	}
 }
@@ -368,6 +399,10 @@ void http_reply(struct http_req *r, int status, const char *ctype, const void *b
 {
 	if (r->finished || r->resp_started)
 		return;
+	if (r->h2) {
+		h2_reply(r, status, ctype, body, n, extra);
+		return;
+	}
 	write_head(r, status, ctype, (long long)n, extra);
 	if (n)
 		conn_out(r->c, body, n);
@@ -418,8 +453,12 @@ void http_stream_start(struct http_req *r, int status, const char *ctype, const 
 {
 	if (r->finished || r->resp_started)
 		return;
-	write_head(r, status, ctype, -1, extra);
 	r->chunked = true;
+	if (r->h2) {
+		h2_stream_start(r, status, ctype, extra);
+		return;
+	}
+	write_head(r, status, ctype, -1, extra);
 	conn_flush(r->c);
 }
 
@@ -427,6 +466,10 @@ void http_stream_write2(struct http_req *r, const void *a, size_t an, const void
 {
 	if (r->finished || !r->chunked || !(an + bn))
 		return;
+	if (r->h2) {
+		h2_stream_write2(r, a, an, b, bn);
+		return;
+	}
 	char hdr[24];
 	int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", an + bn);
 	conn_out(r->c, hdr, (size_t)n);
@@ -447,6 +490,10 @@ void http_stream_finish(struct http_req *r)
 {
 	if (r->finished)
 		return;
+	if (r->h2) {
+		h2_stream_finish(r);
+		return;
+	}
 	if (r->chunked)
 		conn_out(r->c, "0\r\n\r\n", 5);
 	req_finished(r);
@@ -456,6 +503,10 @@ void http_stream_abort(struct http_req *r)
 {
 	if (r->finished)
 		return;
+	if (r->h2) {
+		h2_stream_abort(r);
+		return;
+	}
 	/* No last chunk: the client sees a cut-off body, never a complete one. */
 	conn_close_after(r->c);
 	req_finished(r);
@@ -466,6 +517,8 @@ size_t http_stream_room(const struct http_req *r)
 	const struct conn *c = r->c;
 	if (c->dead)
 		return 0;
+	if (r->h2)
+		return h2_stream_room(r);
 	return c->out.bytes >= HTTP_OUT_HIGH ? 0 : HTTP_OUT_HIGH - c->out.bytes;
 }
 
@@ -560,7 +613,7 @@ static void fail_conn(struct conn *c)
 	conn_close_after(c);
 }
 
-static void headers_ready(struct conn *c, struct http_req *r)
+int http_req_headers_ready(struct http_req *r)
 {
 	if (req_parse_target(r)) {
 		r->early_err = AE_BAD_REQUEST;
@@ -569,23 +622,29 @@ static void headers_ready(struct conn *c, struct http_req *r)
 	} else {
 		router_headers(r);
 	}
-	if (r->content_length != ULLONG_MAX && r->content_length > r->body_limit) {
-		conn_note_err(c, AE_PAYLOAD_TOO_LARGE, "Content-Length exceeds the limit for this endpoint");
-		fail_conn(c);
-		return;
-	}
+	if (r->content_length != ULLONG_MAX && r->content_length > r->body_limit)
+		return AE_PAYLOAD_TOO_LARGE;
 	if (r->early_err < 0) {
 		const char *expect = http_req_header(r, "expect");
-		if (expect && !strcasecmp(expect, "100-continue"))
-			conn_out(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		if (!r->h2 && expect && !strcasecmp(expect, "100-continue"))
+			conn_out(r->c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
 		if (r->body_streamed) {
 			r->dispatched = true;
 			router_dispatch(r);
 		}
 	}
+	return 0;
 }
 
-static void message_ready(struct http_req *r)
+static void headers_ready(struct conn *c, struct http_req *r)
+{
+	if (http_req_headers_ready(r)) {
+		conn_note_err(c, AE_PAYLOAD_TOO_LARGE, "Content-Length exceeds the limit for this endpoint");
+		fail_conn(c);
+	}
+}
+
+void http_req_message_ready(struct http_req *r)
 {
 	if (r->early_err >= 0) {
 		http_reply_error(r, (enum api_err)r->early_err, r->early_msg, NULL, NULL);
@@ -600,8 +659,37 @@ static void message_ready(struct http_req *r)
 	router_dispatch(r);
 }
 
+/* A connection speaks HTTP/2 when it opens with the client preface (h2c with
+ * prior knowledge, as the Connect clients and the real server do); else HTTP/1.x.
+ * False while too few bytes have come to tell. */
+static bool pick_protocol(struct conn *c)
+{
+	if (c->proto || !c->pend_len)
+		return c->proto != 0;
+	size_t n = c->pend_len < H2_PREFACE_LEN ? c->pend_len : H2_PREFACE_LEN;
+	if (memcmp(c->pend + c->pend_off, H2_PREFACE, n)) {
+		c->proto = 1;
+		return true;
+	}
+	if (n < H2_PREFACE_LEN)
+		return false;
+	if (h2_conn_start(c)) {
+		conn_close_after(c);
+		c->pend_len = 0;
+		return false;
+	}
+	c->proto = 2;
+	return true;
+}
+
 void http_conn_process(struct conn *c)
 {
+	if (!c->proto && !pick_protocol(c))
+		return;
+	if (c->h2) {
+		h2_conn_process(c);
+		return;
+	}
 	while (!c->dead) {
 		struct http_req *r = c->req;
 		if (r && r->raw_in && !r->finished) {
@@ -622,14 +710,14 @@ void http_conn_process(struct conn *c)
 		}
 		if (r && r->complete && !r->msg_handled_) {
 			r->msg_handled_ = true;
-			message_ready(r);
+			http_req_message_ready(r);
 			continue;
 		}
 		if (r && r->complete) {
 			if (!r->finished)
 				break;
 			c->req = NULL;
-			req_free(r);
+			http_req_free(r);
 			if (c->close_after)
 				break;
 			continue;
@@ -678,7 +766,7 @@ void http_conn_process(struct conn *c)
 void http_conn_eof(struct conn *c)
 {
 	struct http_req *r = c->req;
-	if (!r || r->complete)
+	if (c->h2 || !r || r->complete)
 		return;
 	/* Tells the parser the stream ended: a body cut short is an error. */
 	http_parser_execute(&c->parser, &settings, NULL, 0);
@@ -695,13 +783,32 @@ void http_conn_abort(struct conn *c)
 {
 	struct http_req *r = c->req;
 	c->req = NULL;
+	if (c->h2)
+		h2_conn_free(c);
 	if (r && r->dispatched && !r->finished && r->ops && r->ops->abort)
 		r->ops->abort(r);
-	req_free(r);
+	http_req_free(r);
+}
+
+bool http_conn_idle(const struct conn *c)
+{
+	return c->h2 ? h2_conn_idle(c) : !c->req && !c->out.bytes;
+}
+
+void http_conn_drain(struct conn *c)
+{
+	if (c->h2)
+		h2_conn_drain(c);
+	else
+		conn_close_after(c);
 }
 
 void http_conn_writable(struct conn *c)
 {
+	if (c->h2) {
+		h2_conn_writable(c);
+		return;
+	}
 	struct http_req *r = c->req;
 	if (r && r->dispatched && !r->finished && r->ops && r->ops->writable)
 		r->ops->writable(r);
@@ -709,6 +816,8 @@ void http_conn_writable(struct conn *c)
 
 bool http_conn_check_deadlines(struct conn *c, uint64_t now)
 {
+	if (c->h2)
+		return h2_conn_check_deadlines(c, now);
 	struct http_req *r = c->req;
 	if (c->hdr_deadline_ms && now > c->hdr_deadline_ms && (!r || !r->headers_done)) {
 		c->hdr_deadline_ms = 0;

@@ -20,6 +20,7 @@
 #define HTTP_PEND_MAX (64u << 10)         /* unparsed input held while a request runs */
 
 struct conn;
+struct h2_stream;
 struct http_req;
 struct route;
 
@@ -43,6 +44,7 @@ struct http_header {
 
 struct http_req {
 	struct conn *c;
+	struct h2_stream *h2;      /* an HTTP/2 stream's request (h2.c), or NULL: HTTP/1.x */
 	unsigned method;           /* enum http_method */
 	char *path;                /* decoded path, no query */
 	char *query;               /* raw query after '?', or "" */
@@ -86,6 +88,10 @@ void http_conn_process(struct conn *c);
 void http_conn_eof(struct conn *c);
 /* The connection is being torn down: abort the running handler. */
 void http_conn_abort(struct conn *c);
+/* No request in progress and nothing queued: a shutdown may close it now. */
+bool http_conn_idle(const struct conn *c);
+/* Shutdown: finish what runs, take nothing new, then close. */
+void http_conn_drain(struct conn *c);
 /* Tick: enforce header/body deadlines; returns true when c must close. */
 bool http_conn_check_deadlines(struct conn *c, uint64_t now_ms);
 void http_conn_writable(struct conn *c);

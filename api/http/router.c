@@ -28,6 +28,7 @@ static const struct route r_resume = { "resume", rest_resume, false, false };
 static const struct route r_rpc = { "rpc", rpc_dispatch, false, false };
 static const struct route r_rpc_write = { "rpc.WriteFile", rpc_client_stream, true, true };
 static const struct route r_rpc_upload = { "rpc.Upload", rpc_client_stream, true, true };
+static const struct route r_rpc_bidi = { "rpc.bidi", rpc_bidi, true, true };
 static const struct route r_preview_create = { "preview.create", rest_preview_create, false, false };
 static const struct route r_preview_proxy = { "preview.proxy", preview_proxy, true, true };
 static const struct route r_pty = { "pty", pty_handle, false, false };
@@ -129,6 +130,8 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 		}
 		if (m != HTTP_POST)
 			return NULL;
+		if (rpc_method_bidi(meth))
+			return &r_rpc_bidi;
 		return !strcmp(meth, "WriteFile") ? &r_rpc_write : !strcmp(meth, "Upload") ? &r_rpc_upload : &r_rpc;
 	}
 	*known_path = false;
@@ -151,7 +154,7 @@ void router_headers(struct http_req *r)
 			set_early(r, AE_INVALID_SANDBOX_ID, "the sandbox id in the path is not a valid sandbox id");
 		else
 			snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%.64s", r->param);
-	} else if (rt == &r_rpc || rt == &r_rpc_write || rt == &r_rpc_upload) {
+	} else if (rt == &r_rpc || rt == &r_rpc_write || rt == &r_rpc_upload || rt == &r_rpc_bidi) {
 		if (!hid || !*hid)
 			set_early(r, AE_INVALID_SANDBOX_ID, "the X-Sandbox-Id header is required for sandbox.v1.Sandbox calls");
 		else if (!api_valid_id(hid))
@@ -175,6 +178,9 @@ void router_headers(struct http_req *r)
 		return;
 	}
 	r->route = rt;
+	/* Upgrades and the proxy write HTTP/1.1 themselves. */
+	if (r->h2 && (rt == &r_pty || rt == &r_preview_proxy))
+		set_early(r, AE_HTTP_VERSION, "WebSockets and previews are served over HTTP/1.1, not HTTP/2");
 	if (r->early_err >= 0)
 		return;
 	if (rt->big_body)

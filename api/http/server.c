@@ -93,7 +93,7 @@ void conn_flush(struct conn *c)
 	if (c->out.bytes >= HTTP_OUT_HIGH)
 		c->was_writable_blocked = true;
 	if (!c->out.bytes) {
-		if (c->close_after && (!c->req || c->req->finished)) {
+		if (c->close_after && (!c->req || c->req->finished) && (!c->h2 || http_conn_idle(c))) {
 			/* Half-close, then read and drop what the client still sends, so
 			 * our response is not lost to a reset. */
 			if (!c->read_eof && shutdown(c->fd, SHUT_WR) == 0) {
@@ -166,6 +166,12 @@ static void rx_done(struct uop *op, int res, uint32_t flags)
 	if (res <= 0) {
 		if (has_buf)
 			ur_buf_return(bid);
+		if (res == 0 && c->h2) {
+			/* HTTP/2 has no half-close of the connection: nothing asked on it
+			 * can be delivered any more. */
+			conn_teardown(c);
+			return;
+		}
 		if (res == 0 && !conn_lingering(c)) {
 			struct http_req *r = c->req;
 			if (r && r->dispatched && !r->finished && r->abort_on_eof && r->complete) {
@@ -323,10 +329,10 @@ void listener_close_idle(void)
 {
 	for (struct conn *c = conns, *next; c; c = next) {
 		next = c->next;
-		if (!c->req && !c->out.bytes)
+		if (http_conn_idle(c))
 			conn_teardown(c);
 		else
-			conn_close_after(c);
+			http_conn_drain(c);
 	}
 }
 

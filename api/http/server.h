@@ -15,6 +15,7 @@
 #include "api/http/uring.h"
 
 struct http_req;
+struct h2_conn;
 
 struct server_config {
 	char listen_host[256];
@@ -54,6 +55,8 @@ struct conn {
 	bool close_after;  /* close once the queue drains */
 	bool read_eof;
 	bool rx_wait_buf;  /* a read failed for lack of provided buffers */
+	uint8_t proto;     /* 0: not known yet, 1: HTTP/1.x, 2: HTTP/2 */
+	struct h2_conn *h2;
 	struct sendq out;
 	struct iovec iov[CONN_IOV];
 	struct msghdr msg;

@@ -24,6 +24,9 @@ bool rpc_method_known(const char *name);
 void rpc_dispatch(struct http_req *r);
 /* WriteFile and Upload: client streams, their body read as it comes. */
 void rpc_client_stream(struct http_req *r);
+/* Exec, RunCode, PortForward: Connect bidi streams (HTTP/2 only; rpc_bidi.c). */
+bool rpc_method_bidi(const char *name);
+void rpc_bidi(struct http_req *r);
 
 /* Shared by handlers: the body as a JSON object, or an error reply (NULL). */
 struct cJSON *handler_json_body(struct http_req *r);

@@ -36,9 +36,6 @@ static bool ticker_added;
 
 static void call_free(struct rpc_call *c);
 
-#define BIDI_HTTP1 "bidirectional streams need HTTP/2 and this server speaks HTTP/1.1: use ExecStream or " \
-	"the WebSocket Exec (GET /sandbox.v1.Sandbox/Exec?sandbox=ID), or RunCodeStream"
-
 static const struct rpc_method methods[] = {
 	{ "ExecStream", RPC_SERVER_STREAM, rpc_exec_start, false, NULL },
 	{ "RunCodeStream", RPC_SERVER_STREAM, rpc_run_code_start, false, NULL },
@@ -48,9 +45,9 @@ static const struct rpc_method methods[] = {
 	{ "Stat", RPC_UNARY, rpc_file_start, true, NULL },
 	{ "Remove", RPC_UNARY, rpc_file_start, true, NULL },
 	{ "Mkdir", RPC_UNARY, rpc_file_start, true, NULL },
-	{ "Exec", RPC_SERVER_STREAM, NULL, false, BIDI_HTTP1 },
-	{ "RunCode", RPC_SERVER_STREAM, NULL, false, BIDI_HTTP1 },
-	{ "PortForward", RPC_SERVER_STREAM, NULL, false, BIDI_HTTP1 },
+	{ "Exec", RPC_BIDI, NULL, false, NULL },
+	{ "RunCode", RPC_BIDI, NULL, false, NULL },
+	{ "PortForward", RPC_BIDI, NULL, false, NULL },
 	{ "Archive", RPC_SERVER_STREAM, rpc_archive_start, true, NULL },
 	{ "Upload", RPC_CLIENT_STREAM, NULL, true, NULL },
 	{ "Watch", RPC_SERVER_STREAM, rpc_watch_start, true, NULL },
@@ -385,6 +382,45 @@ void rpc_tx_pump(struct rpc_call *c)
 void rpc_as_writable(struct astream *s)
 {
 	rpc_tx_pump(s->ctx);
+}
+
+void rpc_stream_body(struct http_req *r, const uint8_t *p, size_t n, rpc_msg_fn on_msg)
+{
+	struct rpc_call *c = r->ctx;
+	if (!c || c->done)
+		return;
+	while (n) {
+		uint8_t flags;
+		const uint8_t *msg;
+		size_t len;
+		int rc = connect_dec_feed(&c->dec, &p, &n, &flags, &msg, &len);
+		if (rc < 0) {
+			rpc_call_fail(c, rc == -E2BIG ? AE_PAYLOAD_TOO_LARGE : AE_INVALID_ARGUMENT,
+				      rc == -E2BIG ? "a message is over 16 MiB"
+				      : rc == -EPROTO ? "compressed messages are not supported"
+				      : "a request message's envelope flags must be 0", NULL);
+			return;
+		}
+		if (rc == 0)
+			break;
+		if (on_msg(c, msg, len))
+			return; /* the call ended: c is gone */
+	}
+	if (bytebuf_pending(&c->tx) > TX_PAUSE_BODY)
+		http_req_pause_body(r);
+}
+
+bool rpc_stream_body_end(struct rpc_call *c, bool opened, const char *no_open)
+{
+	if (!connect_dec_idle(&c->dec)) {
+		rpc_call_fail(c, AE_INVALID_ARGUMENT, "the body ended inside a message envelope", NULL);
+		return false;
+	}
+	if (!opened) {
+		rpc_call_fail(c, AE_INVALID_ARGUMENT, no_open, NULL);
+		return false;
+	}
+	return true;
 }
 
 /* ---- request parsing helpers ---- */

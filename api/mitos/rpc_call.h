@@ -16,8 +16,9 @@
 #include "api/sandbox/agent_client.h"
 
 #define TX_PAUSE_BODY (1u << 20) /* buffered upload bytes above which we stop reading */
+#define RPC_MAX_ENVELOPE (16u << 20) /* one message of a client stream */
 
-enum rpc_kind { RPC_UNARY, RPC_SERVER_STREAM, RPC_CLIENT_STREAM };
+enum rpc_kind { RPC_UNARY, RPC_SERVER_STREAM, RPC_CLIENT_STREAM, RPC_BIDI };
 
 struct rpc_call;
 typedef void (*rpc_start_fn)(struct rpc_call *c, cJSON *req);
@@ -52,6 +53,8 @@ struct rpc_call {
 	uint64_t wf_bytes;
 	/* Vitals */
 	uint64_t cpu_usec, cpu_at_ms;
+	/* bidirectional streams */
+	bool bidi_opened, pf_connected;
 	struct rpc_call *prev, *next;
 };
 
@@ -79,6 +82,14 @@ size_t rpc_call_room(struct astream *s);
 void rpc_as_writable(struct astream *s);
 int rpc_tx_add_base64(struct rpc_call *c, const char *text, size_t *added);
 void rpc_tx_pump(struct rpc_call *c);
+/* A client or bidirectional stream's body: each whole message to on_msg, which
+ * returns nonzero when it ended the call; reading pauses while bytes for the
+ * agent pile up. */
+typedef int (*rpc_msg_fn)(struct rpc_call *c, const uint8_t *msg, size_t len);
+void rpc_stream_body(struct http_req *r, const uint8_t *p, size_t n, rpc_msg_fn on_msg);
+/* The body ended: false (and the call failed) when it ended inside an envelope
+ * or before the first message carried open (no_open says so). */
+bool rpc_stream_body_end(struct rpc_call *c, bool opened, const char *no_open);
 
 /* ---- request and answer fields ---- */
 const char *rpc_jstr(const cJSON *o, const char *key);
@@ -89,6 +100,8 @@ void rpc_add_int64(cJSON *o, const char *key, int64_t v);
 
 /* ---- the methods' starts ---- */
 void rpc_exec_start(struct rpc_call *c, cJSON *req);
+/* Exec's ExecOpen: a command whose stdin the client feeds, or with pty a terminal. */
+void rpc_exec_open_interactive(struct rpc_call *c, const cJSON *open);
 void rpc_run_code_start(struct rpc_call *c, cJSON *req);
 void rpc_read_start(struct rpc_call *c, cJSON *req);
 void rpc_list_start(struct rpc_call *c, cJSON *req);

@@ -9,6 +9,7 @@
 #include "agent/proto.h"
 #include "api/http/uring.h"
 #include "api/mitos/rpc_call.h"
+#include "api/proxy/pty.h"
 
 #define MAX_TIMEOUT_S 86400      /* the contract's default ceiling on exec and run_code timeouts */
 #define EXEC_TIMEOUT_EXIT_CODE 124 /* what a command killed at its timeout exits with, as timeout(1) */
@@ -118,9 +119,10 @@ static void exec_end(struct astream *s, cJSON *payload, const char *why)
 
 static const struct astream_ops exec_ops = { exec_data, NULL, exec_end, rpc_as_writable, rpc_call_room };
 
-/* ExecStreamRequest {command, args, env, cwd, timeoutSeconds}: with args, command
- * is the program; without, a shell command line. */
-void rpc_exec_start(struct rpc_call *c, cJSON *req)
+/* The agent's exec operation for ExecStreamRequest / ExecOpen {command, args,
+ * env, cwd, timeoutSeconds}: with args, command is the program; without, a shell
+ * command line. NULL when the call failed. */
+static cJSON *exec_request(struct rpc_call *c, const cJSON *req)
 {
 	const char *cmd = rpc_jstr(req, "command");
 	const cJSON *args = cJSON_GetObjectItemCaseSensitive(req, "args");
@@ -133,12 +135,12 @@ void rpc_exec_start(struct rpc_call *c, cJSON *req)
 		cJSON_Delete(env);
 		rpc_call_fail(c, AE_INVALID_ARGUMENT, "command must be a non-empty string; args a list of strings; env a "
 			  "list of {key, value}; cwd a string", NULL);
-		return;
+		return NULL;
 	}
 	double timeout;
 	if (!req_timeout(c, req, &timeout)) {
 		cJSON_Delete(env);
-		return;
+		return NULL;
 	}
 	cJSON *open = cJSON_CreateObject();
 	cJSON_AddStringToObject(open, "op", "exec");
@@ -157,7 +159,49 @@ void rpc_exec_start(struct rpc_call *c, cJSON *req)
 		cJSON_AddStringToObject(open, "cwd", cwd);
 	if (timeout > 0)
 		cJSON_AddNumberToObject(open, "timeout_ms", timeout * 1000);
-	rpc_call_open(c, open, &exec_ops);
+	return open;
+}
+
+void rpc_exec_start(struct rpc_call *c, cJSON *req)
+{
+	cJSON *open = exec_request(c, req);
+	if (open)
+		rpc_call_open(c, open, &exec_ops);
+}
+
+/* A terminal: the agent's pty operation with ExecOpen's env, TERM and timeout. */
+static cJSON *pty_request(struct rpc_call *c, const cJSON *open)
+{
+	cJSON *env = env_object(cJSON_GetObjectItemCaseSensitive(open, "env"));
+	cJSON *o = env ? pty_agent_request(open) : NULL;
+	double timeout;
+	if (!o) {
+		cJSON_Delete(env);
+		rpc_call_fail(c, AE_INVALID_ARGUMENT, env ? PTY_OPEN_INVALID : "env must be a list of {key, value}", NULL);
+		return NULL;
+	}
+	if (!req_timeout(c, open, &timeout)) {
+		cJSON_Delete(env);
+		cJSON_Delete(o);
+		return NULL;
+	}
+	const char *term = rpc_jstr(cJSON_GetObjectItem(open, "pty"), "term");
+	if (!cJSON_HasObjectItem(env, "TERM"))
+		cJSON_AddStringToObject(env, "TERM", term && *term ? term : "xterm-256color");
+	cJSON_AddItemToObject(o, "env", env);
+	if (timeout > 0)
+		cJSON_AddNumberToObject(o, "timeout_ms", timeout * 1000);
+	return o;
+}
+
+void rpc_exec_open_interactive(struct rpc_call *c, const cJSON *open)
+{
+	const cJSON *pty = cJSON_GetObjectItemCaseSensitive(open, "pty");
+	cJSON *o = pty && !cJSON_IsNull(pty) ? pty_request(c, open) : exec_request(c, open);
+	if (!o)
+		return;
+	cJSON_AddBoolToObject(o, "stdin", true);
+	rpc_call_open(c, o, &exec_ops);
 }
 
 /* ---- RunCodeStream ---- */

@@ -16,7 +16,6 @@
 #include "api/sandbox/sandboxes.h"
 
 #define LIST_PAGE_DEFAULT 1000
-#define MAX_ENVELOPE (16u << 20)
 
 /* An agent ENTRY as the contract's FileInfo. */
 static cJSON *file_info(const cJSON *e)
@@ -309,28 +308,7 @@ static int wf_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 
 static void wf_body(struct http_req *r, const uint8_t *p, size_t n)
 {
-	struct rpc_call *c = r->ctx;
-	if (!c || c->done)
-		return;
-	while (n && !c->done) {
-		uint8_t flags;
-		const uint8_t *msg;
-		size_t len;
-		int rc = connect_dec_feed(&c->dec, &p, &n, &flags, &msg, &len);
-		if (rc < 0) {
-			rpc_call_fail(c, rc == -E2BIG ? AE_PAYLOAD_TOO_LARGE : AE_INVALID_ARGUMENT,
-				      rc == -E2BIG ? "a message is over 16 MiB"
-				      : rc == -EPROTO ? "compressed messages are not supported"
-				      : "a request message's envelope flags must be 0", NULL);
-			return;
-		}
-		if (rc == 0)
-			break;
-		if (wf_message(c, msg, len))
-			return;
-	}
-	if (!c->done && bytebuf_pending(&c->tx) > TX_PAUSE_BODY)
-		http_req_pause_body(r);
+	rpc_stream_body(r, p, n, wf_message);
 }
 
 static void wf_body_end(struct http_req *r)
@@ -339,14 +317,9 @@ static void wf_body_end(struct http_req *r)
 	if (!c || c->done)
 		return;
 	c->wf_body_done = true;
-	if (!connect_dec_idle(&c->dec)) {
-		rpc_call_fail(c, AE_INVALID_ARGUMENT, "the body ended inside a message envelope", NULL);
+	if (!rpc_stream_body_end(c, c->wf_opened, is_upload(c) ? "the first UploadRequest must carry the open oneof "
+				 "(dest)" : "the first WriteFileRequest must carry the open oneof (path, mode)"))
 		return;
-	} else if (!c->wf_opened) {
-		rpc_call_fail(c, AE_INVALID_ARGUMENT, is_upload(c) ? "the first UploadRequest must carry the open oneof (dest)"
-			      : "the first WriteFileRequest must carry the open oneof (path, mode)", NULL);
-		return;
-	}
 	c->tx_fin = true;
 	rpc_tx_pump(c);
 }
@@ -372,7 +345,7 @@ void rpc_client_stream(struct http_req *r)
 		rpc_call_fail(c, AE_UNSUPPORTED_MEDIA_TYPE, msg, NULL);
 		return;
 	}
-	connect_dec_init(&c->dec, MAX_ENVELOPE);
+	connect_dec_init(&c->dec, RPC_MAX_ENVELOPE);
 	if (c->bad_timeout) {
 		rpc_call_fail(c, AE_INVALID_ARGUMENT, "Connect-Timeout-Ms must be 1 to 10 digits", NULL);
 		return;

@@ -161,14 +161,8 @@ static void ws_envelope(struct pt *pt, uint8_t flags, const char *json)
 static const struct astream_ops pt_stream_ops;
 static void pt_close_error(struct pt *pt);
 
-/* ExecOpen: the agent's pty operation, its size and its command. */
-static void exec_open(struct pt *pt, const cJSON *open)
+cJSON *pty_agent_request(const cJSON *open)
 {
-	struct sandbox *sb = sandbox_find(pt->sid);
-	if (!sb || sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
-		pt_fail(pt, sb ? AE_SANDBOX_NOT_RUNNING : AE_NOT_FOUND, "the sandbox is not running");
-		return;
-	}
 	const cJSON *size = cJSON_GetObjectItem(cJSON_GetObjectItem(open, "pty"), "size");
 	double cols = cJSON_GetNumberValue(cJSON_GetObjectItem(size, "cols"));
 	double rows = cJSON_GetNumberValue(cJSON_GetObjectItem(size, "rows"));
@@ -180,11 +174,8 @@ static void exec_open(struct pt *pt, const cJSON *open)
 		rows = 24;
 	}
 	if (!(cols >= 1 && cols <= PTY_DIM_MAX && rows >= 1 && rows <= PTY_DIM_MAX) ||
-	    (cmd && strlen(cmd) > PTY_CMD_MAX) || cJSON_GetArraySize(args) > 0) {
-		pt_fail(pt, AE_INVALID_ARGUMENT, "pty.size cols and rows are from 1 to 1000; command is a shell "
-			"command line (args are not taken by a terminal)");
-		return;
-	}
+	    (cmd && strlen(cmd) > PTY_CMD_MAX) || cJSON_GetArraySize(args) > 0)
+		return NULL;
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "op", "pty");
 	cJSON *sz = cJSON_AddObjectToObject(o, "size");
@@ -197,6 +188,32 @@ static void exec_open(struct pt *pt, const cJSON *open)
 	}
 	if (cwd && *cwd)
 		cJSON_AddStringToObject(o, "cwd", cwd);
+	return o;
+}
+
+bool pty_resize_event(const cJSON *rs, char out[PTY_RESIZE_EVENT_MAX])
+{
+	double c = cJSON_GetNumberValue(cJSON_GetObjectItem(rs, "cols"));
+	double r = cJSON_GetNumberValue(cJSON_GetObjectItem(rs, "rows"));
+	if (!(c >= 1 && c <= PTY_DIM_MAX && r >= 1 && r <= PTY_DIM_MAX))
+		return false;
+	snprintf(out, PTY_RESIZE_EVENT_MAX, "{\"resize\":{\"rows\":%d,\"cols\":%d}}", (int)r, (int)c);
+	return true;
+}
+
+/* ExecOpen: the agent's pty operation, its size and its command. */
+static void exec_open(struct pt *pt, const cJSON *open)
+{
+	struct sandbox *sb = sandbox_find(pt->sid);
+	if (!sb || sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
+		pt_fail(pt, sb ? AE_SANDBOX_NOT_RUNNING : AE_NOT_FOUND, "the sandbox is not running");
+		return;
+	}
+	cJSON *o = pty_agent_request(open);
+	if (!o) {
+		pt_fail(pt, AE_INVALID_ARGUMENT, PTY_OPEN_INVALID);
+		return;
+	}
 	char *text = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	pt->as = text ? agent_open(sb->agent, text, &pt_stream_ops, pt) : NULL;
@@ -228,13 +245,9 @@ static void exec_request(struct pt *pt, const uint8_t *p, size_t n)
 			pt_fail(pt, AE_INVALID_ARGUMENT, "stdin must be base64");
 		free(raw);
 	} else if (rs) {
-		double c = cJSON_GetNumberValue(cJSON_GetObjectItem(rs, "cols"));
-		double r = cJSON_GetNumberValue(cJSON_GetObjectItem(rs, "rows"));
-		if (c >= 1 && c <= PTY_DIM_MAX && r >= 1 && r <= PTY_DIM_MAX) {
-			char ev[96];
-			snprintf(ev, sizeof(ev), "{\"resize\":{\"rows\":%d,\"cols\":%d}}", (int)r, (int)c);
+		char ev[PTY_RESIZE_EVENT_MAX];
+		if (pty_resize_event(rs, ev))
 			agent_send_event(pt->as, ev);
-		}
 	} else if (cJSON_IsTrue(sc)) {
 		/* End of input: the terminal reads ^D. */
 		agent_send_data(pt->as, PROTO_CH_MAIN, true, NULL, 0);

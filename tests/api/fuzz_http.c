@@ -1,6 +1,7 @@
-/* Fuzz target of the HTTP parser glue (api/http/http.c): feeds arbitrary bytes, cut
- * into arbitrary pieces, through the same path server.c uses, with the socket
- * layer and the router replaced by stubs. Built two ways:
+/* Fuzz target of the HTTP glue (api/http/http.c, and h2.c for input that opens
+ * with the HTTP/2 preface): feeds arbitrary bytes, cut into arbitrary pieces,
+ * through the same path server.c uses, with the socket layer and the router
+ * replaced by stubs. Built two ways:
  *  - with clang -fsanitize=fuzzer: a libFuzzer target (LLVMFuzzerTestOneInput);
  *  - with -DFUZZ_STANDALONE: a randomized test that mutates valid requests
  *    (argv[1] iterations, fixed seed), run by `meson test --suite api`. */
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/http/h2.h"
 #include "api/http/http.h"
 #include "api/http/router.h"
 #include "api/http/server.h"
@@ -165,8 +167,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			http_conn_eof(c);
 	}
 	http_conn_check_deadlines(c, 1000000);
-	if (out_head_len >= 9)
+	bool h2 = size >= H2_PREFACE_LEN && !memcmp(data, H2_PREFACE, H2_PREFACE_LEN);
+	if (out_head_len >= 9 && !h2)
 		assert(!memcmp(out_head, "HTTP/1.1 ", 9));
+	if (out_head_len >= 4 && h2)
+		assert(out_head[3] == 4); /* HTTP/2 answers open with its SETTINGS frame */
 	http_conn_abort(c);
 	free(c->pend);
 	free(c);
@@ -183,6 +188,23 @@ static const char *const seeds[] = {
 	"GET /plain?x=%41%42 HTTP/1.1\r\nA: b\r\nA: c\r\n\r\n",
 };
 
+/* HTTP/2: the preface, an empty SETTINGS, then per request a HEADERS frame (HPACK:
+ * :method POST or GET, :scheme http, :path as a literal) and DATA frames. */
+#define H2_FRAME(len, type, flags, id) 0, 0, (len), (type), (flags), 0, 0, 0, (id)
+static const uint8_t h2_seed[] = {
+	'P', 'R', 'I', ' ', '*', ' ', 'H', 'T', 'T', 'P', '/', '2', '.', '0', '\r', '\n', '\r', '\n',
+	'S', 'M', '\r', '\n', '\r', '\n',
+	H2_FRAME(0, 4, 0, 0),
+	H2_FRAME(10, 1, 4, 1), 0x83, 0x86, 0x04, 7, '/', 's', 't', 'r', 'e', 'a', 'm',
+	H2_FRAME(5, 0, 0, 1), 'h', 'e', 'l', 'l', 'o',
+	H2_FRAME(3, 0, 1, 1), 'a', 'b', 'c',
+	H2_FRAME(9, 1, 5, 3), 0x82, 0x86, 0x04, 6, '/', 'p', 'l', 'a', 'i', 'n',
+	H2_FRAME(11, 1, 5, 5), 0x82, 0x86, 0x04, 8, '/', 'c', 'h', 'u', 'n', 'k', 'e', 'd',
+	H2_FRAME(9, 1, 4, 7), 0x83, 0x86, 0x04, 6, '/', 'a', 's', 'y', 'n', 'c',
+	H2_FRAME(2, 0, 1, 7), '{', '}',
+	H2_FRAME(4, 3, 0, 5), 0, 0, 0, 8,
+};
+
 int main(int argc, char **argv)
 {
 	long iters = argc > 1 ? strtol(argv[1], NULL, 10) : 100000;
@@ -192,8 +214,9 @@ int main(int argc, char **argv)
 		x ^= x << 13;
 		x ^= x >> 7;
 		x ^= x << 17;
-		const char *s = seeds[x % (sizeof(seeds) / sizeof(seeds[0]))];
-		size_t n = strlen(s);
+		size_t pick = x % (sizeof(seeds) / sizeof(seeds[0]) + 1);
+		const uint8_t *s = pick < sizeof(seeds) / sizeof(seeds[0]) ? (const uint8_t *)seeds[pick] : h2_seed;
+		size_t n = s == h2_seed ? sizeof(h2_seed) : strlen((const char *)s);
 		buf[0] = (uint8_t)(x >> 8);
 		memcpy(buf + 1, s, n);
 		n++;
@@ -202,7 +225,9 @@ int main(int argc, char **argv)
 			x ^= x << 13;
 			x ^= x >> 7;
 			x ^= x << 17;
-			size_t pos = 1 + (x >> 20) % (n - 1);
+			/* The preface stays whole, so the HTTP/2 side is what gets mutated. */
+			size_t lo = s == h2_seed ? 1 + H2_PREFACE_LEN : 1;
+			size_t pos = lo + (x >> 20) % (n - lo);
 			switch ((x >> 4) % 4) {
 			case 0:
 				buf[pos] = (uint8_t)(x >> 32);

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Starts `mitos-vmm serve` and runs the Node Connect client test against it.
+"""Starts `mitos-vmm serve` and runs the Node Connect client tests against it: every
+RPC over HTTP/1.1 and again over HTTP/2 (h2c), then the bidirectional streams.
 usage: run_node.py MITOS_VMM MITOS_AGENT NODE_DIR"""
 import os
 import subprocess
@@ -17,8 +18,11 @@ if not os.path.isdir(os.path.join(node_dir, "node_modules", "@connectrpc")):
     sys.exit(77)
 s = Server(vmm, agent)
 try:
-    env = dict(os.environ, MITOS_BASE_URL="http://127.0.0.1:%d" % s.port)
-    rc = subprocess.call(["node", "--test", "test_connect.mjs"], cwd=node_dir, env=env, timeout=240)
+    rc = 0
+    for version, script in (("1.1", "test_connect.mjs"), ("2", "test_connect.mjs"), ("2", "test_h2.mjs")):
+        env = dict(os.environ, MITOS_BASE_URL="http://127.0.0.1:%d" % s.port, MITOS_HTTP_VERSION=version)
+        print("== %s over HTTP/%s" % (script, version), flush=True)
+        rc = subprocess.call(["node", "--test", script], cwd=node_dir, env=env, timeout=240) or rc
 finally:
     s.cleanup()
 sys.exit(rc)

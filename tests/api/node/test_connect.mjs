@@ -1,5 +1,6 @@
 // The Connect client for Node (connect-es + connect-node, JSON codec) against a
-// running `mitos-vmm serve` at $MITOS_BASE_URL (tests/api/run_node.py starts one).
+// running `mitos-vmm serve` at $MITOS_BASE_URL (tests/api/run_node.py starts one),
+// over HTTP/1.1 or, with MITOS_HTTP_VERSION=2, HTTP/2 without TLS (h2c).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
@@ -32,7 +33,7 @@ before(async () => {
   sid = r.body.id;
   const transport = createConnectTransport({
     baseUrl: base,
-    httpVersion: "1.1",
+    httpVersion: process.env.MITOS_HTTP_VERSION === "2" ? "2" : "1.1",
     useBinaryFormat: false,
   });
   client = createPromiseClient(SandboxService, transport);
