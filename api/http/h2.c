@@ -341,7 +341,8 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
 	size_t n = bytebuf_pending(&st->out);
 	if (n > len)
 		n = len;
-	memcpy(buf, st->out.p + st->out.off, n);
+	if (n)
+		memcpy(buf, st->out.p + st->out.off, n);
 	st->out.off += n;
 	if (!bytebuf_pending(&st->out)) {
 		st->out.off = st->out.len = 0;
