@@ -4,39 +4,15 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { createPromiseClient, ConnectError, Code } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import { SandboxService } from "./sandbox_service.mjs";
+import { ConnectError, Code } from "@connectrpc/connect";
+import { rest, forSandbox, newSandbox, sandboxClient } from "./serve_client.mjs";
 
-const base = process.env.MITOS_BASE_URL;
 let sid;
 let client;
 
-async function rest(method, path, body) {
-  const res = await fetch(base + path, {
-    method,
-    headers: { "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: res.status, body: await res.json() };
-}
-
-function forSandbox(id) {
-  return { headers: { "X-Sandbox-Id": id } };
-}
-
 before(async () => {
-  assert.ok(base, "MITOS_BASE_URL is set");
-  await rest("POST", "/v1/templates", { id: "python" });
-  const r = await rest("POST", "/v1/fork", { template: "python", id: "node-" + randomBytes(4).toString("hex") });
-  assert.equal(r.status, 200);
-  sid = r.body.id;
-  const transport = createConnectTransport({
-    baseUrl: base,
-    httpVersion: process.env.MITOS_HTTP_VERSION === "2" ? "2" : "1.1",
-    useBinaryFormat: false,
-  });
-  client = createPromiseClient(SandboxService, transport);
+  sid = await newSandbox("node");
+  client = sandboxClient(process.env.MITOS_HTTP_VERSION === "2" ? "2" : "1.1");
 });
 
 after(async () => {

@@ -6,37 +6,16 @@ import { test, before, after } from "node:test";
 import http2 from "node:http2";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { createPromiseClient, ConnectError, Code } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import { SandboxService } from "./sandbox_service.mjs";
+import { ConnectError, Code } from "@connectrpc/connect";
+import { base, rest, forSandbox, newSandbox, sandboxClient } from "./serve_client.mjs";
 
-const base = process.env.MITOS_BASE_URL;
 let sid;
 let client;
-
-async function rest(method, path, body) {
-  const res = await fetch(base + path, {
-    method,
-    headers: { "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  return { status: res.status, body: await res.json() };
-}
-
-const forSandbox = (id) => ({ headers: { "X-Sandbox-Id": id } });
 const text = (b) => Buffer.from(b).toString();
 
 before(async () => {
-  assert.ok(base, "MITOS_BASE_URL is set");
-  await rest("POST", "/v1/templates", { id: "python" });
-  const r = await rest("POST", "/v1/fork", { template: "python", id: "bidi-" + randomBytes(4).toString("hex") });
-  assert.equal(r.status, 200);
-  sid = r.body.id;
-  client = createPromiseClient(SandboxService, createConnectTransport({
-    baseUrl: base,
-    httpVersion: "2",
-    useBinaryFormat: false,
-  }));
+  sid = await newSandbox("bidi");
+  client = sandboxClient("2");
 });
 
 after(async () => {
