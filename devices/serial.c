@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum {
@@ -26,6 +27,7 @@ struct serial {
 	pthread_mutex_t lock;
 	struct serial_state r;
 	int out_fd;
+	uint64_t file_cap, file_bytes;
 	bool tx_stalled;  /* out_fd stayed full: drop without waiting until it drains */
 	void (*set_irq)(void *ctx, int level);
 	void *ctx;
@@ -85,15 +87,29 @@ static void update_irq(struct serial *s)
 		s->set_irq(s->ctx, level);
 }
 
+static void file_restart(struct serial *s)
+{
+	static const char note[] = "\n[mitos-vmm: the console log reached its cap and restarts here]\n";
+	/* The offset goes back too, for a file not opened O_APPEND. */
+	if (ftruncate(s->out_fd, 0) == 0 && lseek(s->out_fd, 0, SEEK_SET) == 0 &&
+	    write(s->out_fd, note, sizeof(note) - 1) > 0)
+		s->file_bytes = sizeof(note) - 1;
+	else
+		s->file_cap = 0; /* not a file we can cap after all */
+}
+
 static void tx_byte(struct serial *s, uint8_t b)
 {
 	bool waited = false;
 
+	if (s->file_cap && s->file_bytes >= s->file_cap)
+		file_restart(s);
 	for (;;) {
 		ssize_t n = write(s->out_fd, &b, 1);
 
 		if (n == 1) {
 			s->tx_stalled = false;
+			s->file_bytes++;
 			return;
 		}
 		if (n < 0 && errno == EINTR)
@@ -170,6 +186,15 @@ struct serial *serial_create(int out_fd, void (*set_irq)(void *ctx, int level), 
 	s->ctx = ctx;
 	s->r.msr = modem_inputs(0);
 	return s;
+}
+
+void serial_set_file_cap(struct serial *s, uint64_t max_bytes)
+{
+	struct stat st;
+	if (!max_bytes || fstat(s->out_fd, &st) || !S_ISREG(st.st_mode))
+		return;
+	s->file_cap = max_bytes;
+	s->file_bytes = (uint64_t)st.st_size;
 }
 
 void serial_destroy(struct serial *s)

@@ -31,6 +31,10 @@ struct serial_state {
  * only when the level changes; it may be NULL. Returns NULL with errno set on failure. */
 struct serial *serial_create(int out_fd, void (*set_irq)(void *ctx, int level), void *ctx);
 void serial_destroy(struct serial *s);
+/* A console log that a guest cannot grow without bound: once out_fd, a regular file,
+ * would pass max_bytes, it is emptied and restarts with a line saying so (its end,
+ * what a failure report reads, is kept). 0: no cap. */
+void serial_set_file_cap(struct serial *s, uint64_t max_bytes);
 
 /* Port accesses at offset 0..7 from the base; others read 0xff and ignore writes. */
 uint8_t serial_pio_read(struct serial *s, unsigned off);

@@ -46,6 +46,9 @@ static void usage(FILE *f)
 		"                     (tools/guest-profile maps them to kernel symbols)\n"
 		"  --seccomp          once the VM is built, allow only the system calls a VM\n"
 		"                     process needs (vmm/seccomp.c); any other kills it\n"
+		"  --console-max-mib N\n"
+		"                     when stdout is a file: past N MiB it is emptied and restarts,\n"
+		"                     so a guest cannot fill the disk with it (default: no cap)\n"
 		"  --help             this text\n"
 		"\n"
 		"On a terminal, Ctrl-A x ends the VM (Ctrl-A Ctrl-A sends a Ctrl-A).\n"
@@ -96,6 +99,7 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		{ "net", required_argument, NULL, 'N' },
 		{ "stats", no_argument, NULL, 's' },
 		{ "seccomp", no_argument, NULL, 'S' },
+		{ "console-max-mib", required_argument, NULL, 'M' },
 		{ "control", required_argument, NULL, 'C' },
 		{ "profile", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
@@ -149,6 +153,11 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 			break;
 		case 's': stats = true; break;
 		case 'S': filter = true; break;
+		case 'M':
+			if (cli_parse_uint("run", "--console-max-mib", optarg, 1, 1UL << 20, &v))
+				return EXIT_USAGE;
+			cfg.console_max = (uint64_t)v << 20;
+			break;
 		case 'C': cfg.control_path = optarg; break;
 		case 'P': cfg.profile_path = optarg; break;
 		case 'h': usage(stdout); return 0;

@@ -14,7 +14,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: mitos-vmm vm --control PATH [--mem MIB] [--vcpus N] [--console FILE] [--seccomp]\n"
-		"                    [--stats]\n"
+		"                    [--console-max-mib N] [--stats]\n"
 		"\n"
 		"One microVM, prepared ahead of need: creates the KVM VM, its vCPUs and guest RAM\n"
 		"of the given shape, then waits on its control socket. A request\n"
@@ -28,6 +28,9 @@ static void usage(FILE *f)
 		"  --mem MIB        guest RAM; must equal the snapshot's (default %d)\n"
 		"  --vcpus N        vCPUs; must equal the snapshot's (default 1)\n"
 		"  --console FILE   where the guest's serial output goes (default: stdout)\n"
+		"  --console-max-mib N\n"
+		"                   when that is a file: past N MiB it is emptied and restarts, so a\n"
+		"                   guest cannot fill the disk with it (default: no cap)\n"
 		"  --seccomp        once prepared, allow only the system calls a VM process needs\n"
 		"                   (vmm/seccomp.c); any other kills it, naming the call on stderr\n"
 		"  --stats          print timings and exit counts to stderr at the end\n",
@@ -43,6 +46,7 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 		{ "console", required_argument, NULL, 'o' },
 		{ "stats", no_argument, NULL, 's' },
 		{ "seccomp", no_argument, NULL, 'S' },
+		{ "console-max-mib", required_argument, NULL, 'M' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -72,6 +76,11 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 		case 'o': console = optarg; break;
 		case 's': stats = true; break;
 		case 'S': filter = true; break;
+		case 'M':
+			if (cli_parse_uint("vm", "--console-max-mib", optarg, 1, 1UL << 20, &v))
+				return EXIT_USAGE;
+			cfg.console_max = (uint64_t)v << 20;
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}

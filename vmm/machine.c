@@ -17,6 +17,7 @@
 #include "../snapshot/snapshot_config.h"
 #include "../snapshot/state_file.h"
 #include "../snapshot/vm_state.h"
+#include "seccomp.h"
 
 #include <errno.h>
 #include <ev.h>
@@ -772,8 +773,10 @@ static cJSON *control_restore(struct machine *m, const cJSON *req)
 	snapshot_config_free(&sc);
 	if (r)
 		return control_reply_error("restore_failed", "%s", e.msg);
-	/* From here a failure may leave the VM half-loaded: it is single-use, so it ends. */
-	if ((r = machine_load_snapshot(m, dir->valuestring, &c, &e)) || (r = start_vcpus(m, &e))) {
+	/* From here a failure may leave the VM half-loaded: it is single-use, so it ends.
+	 * Its disks' rings exist once it is loaded: none may be made after. */
+	if ((r = machine_load_snapshot(m, dir->valuestring, &c, &e)) ||
+	    (r = vmm_seccomp_seal_rings(e.msg, sizeof(e.msg))) || (r = start_vcpus(m, &e))) {
 		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e.msg);
 		return control_reply_error("restore_failed", "%s", e.msg);
 	}
@@ -887,6 +890,7 @@ static int setup_legacy(struct machine *m, struct mitos_err *e)
 	m->serial = serial_create(m->cfg.console_out, serial_set_irq, m);
 	if (!m->serial)
 		return mitos_err_set(e, -ENOMEM, "cannot create the serial port");
+	serial_set_file_cap(m->serial, m->cfg.console_max);
 	m->i8042 = (struct i8042){ .reset = i8042_reset, .ctx = m };
 	int r;
 	if ((r = io_bus_add(&m->pio, LAYOUT_COM1_PORT, 8, serial_pio, m->serial)) ||
@@ -1212,6 +1216,11 @@ int machine_run(struct machine *m, struct machine_result *res, struct mitos_err 
 	for (int k = 0; k < EMULATE_KINDS; k++)
 		res->emulated[k] = atomic_load(&m->emulated[k]);
 	return r;
+}
+
+bool machine_loaded(const struct machine *m)
+{
+	return m->loaded;
 }
 
 void machine_destroy(struct machine *m)

@@ -31,6 +31,7 @@ struct machine_config {
 	struct virtio_net_opts net;
 	int console_in;         /* guest serial input, -1 for none */
 	int console_out;        /* guest serial output */
+	uint64_t console_max;   /* console_out a file: bytes past which it restarts (0: no cap) */
 	bool console_escape;    /* Ctrl-A x on console_in ends the VM (interactive terminals) */
 	const char *control_path; /* JSON-lines control socket, NULL for none */
 	bool start_paused;      /* vCPUs wait for a "resume" on the control socket */
@@ -89,6 +90,8 @@ int machine_config_from_snapshot(const struct snapshot_config *sc, struct machin
 /* Runs the guest until it ends; the device loop runs on the calling thread. */
 int machine_run(struct machine *m, struct machine_result *r, struct mitos_err *e);
 void machine_destroy(struct machine *m);
+/* A guest is in RAM (booted, or restored into a prepared VM): its devices exist. */
+bool machine_loaded(const struct machine *m);
 
 const char *machine_exit_kind_name(enum machine_exit_kind k);
 

@@ -33,6 +33,8 @@ static const char *const allowed[] = {
 	/* the device loop */
 	"epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "eventfd2", "signalfd4",
 	"timerfd_create", "timerfd_settime", "io_uring_setup", "io_uring_enter", "io_uring_register",
+	/* only to add filters (vmm_seccomp_seal_rings): a filter can only take away */
+	"seccomp",
 	/* sockets: only AF_UNIX ones can be made (below) */
 	"bind", "listen", "accept4", "connect", "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown",
 	"getsockopt",
@@ -70,6 +72,8 @@ static const struct ioctl_rule ioctls[] = {
 	{ 0xffffffff, TCSETSW },
 	{ 0xffffffff, TCSETSF },
 };
+
+static bool installed;
 
 #define NAMES 512
 static char *names[NAMES]; /* resolved ahead: the SIGSYS handler must not allocate */
@@ -184,6 +188,30 @@ int vmm_seccomp_install(char *err, unsigned errlen)
 		seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1);
 	if (!rc && (rc = seccomp_load(ctx)))
 		snprintf(err, errlen, "cannot load the seccomp filter: %s", strerror(-rc));
+	seccomp_release(ctx);
+	installed = !rc;
+	return rc;
+}
+
+int vmm_seccomp_seal_rings(char *err, unsigned errlen)
+{
+	if (!installed)
+		return 0;
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+	if (!ctx) {
+		snprintf(err, errlen, "seccomp_init failed");
+		return -ENOMEM;
+	}
+	/* no_new_privs is set already, and prctl is not allowed any more. */
+	int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
+	if (!rc)
+		rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(io_uring_setup), 0);
+	if (!rc)
+		rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+	if (!rc)
+		rc = seccomp_load(ctx);
+	if (rc)
+		snprintf(err, errlen, "cannot seal io_uring creation: %s", strerror(-rc));
 	seccomp_release(ctx);
 	return rc;
 }

@@ -20,4 +20,10 @@
  * log under serve) and exits with status 159 (128 + SIGSYS). */
 int vmm_seccomp_install(char *err, unsigned errlen);
 
+/* Once every disk's ring exists (a prepared VM's restore, or before `run` and
+ * `restore` start), no io_uring can be made any more (EPERM): an attacker in the
+ * VMM would otherwise get a fresh ring, whose operations seccomp never sees. A
+ * no-op when vmm_seccomp_install() was not called. 0 or -errno. */
+int vmm_seccomp_seal_rings(char *err, unsigned errlen);
+
 #endif

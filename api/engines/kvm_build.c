@@ -56,7 +56,7 @@ int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t r
 		sh->vcpus = (unsigned)c->valuedouble;
 		sh->lim.memory_max_mib = (unsigned)mm->valuedouble;
 		sh->lim.cpu_percent = (unsigned)cp->valuedouble;
-		sh->lim.pids_max = 0; /* a VM process's threads are the VMM's own */
+		sh->lim.pids_max = VM_PIDS_MAX;
 		snprintf(rootfs, rootfslen, "%s", r);
 	}
 	cJSON_Delete(o);
@@ -280,6 +280,7 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 		free(b);
 		return rc;
 	}
+	lim.pids_max = VM_PIDS_MAX;
 	struct vm_shape sh = { .mem_mib = mem, .vcpus = vcpus, .lim = lim };
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "kernel", kernel);
@@ -299,9 +300,10 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	snprintf(mems, sizeof(mems), "%u", mem);
 	snprintf(cpus, sizeof(cpus), "%u", vcpus);
 	snprintf(vsockarg, sizeof(vsockarg), "%s", b->vsock);
-	char *argv[24] = { "mitos-vmm", "run", "--seccomp", "--kernel", kernel, "--cmdline", (char *)cmdline,
-			   "--mem", mems, "--vcpus", cpus, "--vsock", vsockarg, "--control", b->control };
-	int argc = 15;
+	char *argv[24] = { "mitos-vmm", "run", "--seccomp", "--console-max-mib", CONSOLE_MAX_MIB, "--kernel", kernel,
+			   "--cmdline", (char *)cmdline, "--mem", mems, "--vcpus", cpus, "--vsock", vsockarg,
+			   "--control", b->control };
+	int argc = 17;
 	if (rootfs[0]) {
 		argv[argc++] = "--disk";
 		argv[argc++] = disk;

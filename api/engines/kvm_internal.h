@@ -29,6 +29,10 @@
 #define MEM_OVERHEAD_MIB 128         /* the VMM's own memory above guest RAM, for memory.max */
 #define SPAWN_PER_TICK 2             /* pool refills per 100 ms tick: the loop stays responsive */
 #define SOCK_MAX 107                 /* sun_path, less the NUL */
+#define CONSOLE_MAX_MIB "8"          /* a guest's console log restarts past this (disk use) */
+/* Tasks of one VM process: its vCPUs, device loop and io_uring workers (up to a few
+ * hundred with eight busy disks) fit; a VMM taken over cannot exhaust the host's PIDs. */
+#define VM_PIDS_MAX 2048
 
 struct vm_shape {
 	unsigned mem_mib, vcpus;

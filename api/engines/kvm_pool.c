@@ -64,7 +64,7 @@ struct shape_pool *kvm_pool_for(const struct vm_shape *sh, bool add)
 
 /* argv of `mitos-vmm vm` for sh, with its control socket and console in dir. */
 struct vm_argv {
-	char *v[14];
+	char *v[16];
 	char ctl[PLEN], mem[16], cpus[16], console[PLEN];
 };
 
@@ -75,7 +75,7 @@ static int vm_argv_make(struct vm_argv *a, const char *dir, const struct vm_shap
 	snprintf(a->mem, sizeof(a->mem), "%u", sh->mem_mib);
 	snprintf(a->cpus, sizeof(a->cpus), "%u", sh->vcpus);
 	char *v[] = { "mitos-vmm", "vm", "--seccomp", "--control", a->ctl, "--mem", a->mem, "--vcpus", a->cpus,
-		      "--console", a->console, NULL };
+		      "--console", a->console, "--console-max-mib", CONSOLE_MAX_MIB, NULL };
 	memcpy(a->v, v, sizeof(v));
 	return 0;
 }

@@ -4,6 +4,7 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/io_uring.h>
 #include <linux/kvm.h>
 #include <sched.h>
 #include <signal.h>
@@ -113,12 +114,46 @@ START_TEST(test_refused)
 }
 END_TEST
 
+/* A ring can be made until the rings are sealed, and then not (EPERM, not a kill:
+ * a late restore fails with a message). */
+static void rings_then_sealed(void)
+{
+	struct io_uring_params p;
+	memset(&p, 0, sizeof(p));
+	int fd = (int)syscall(SYS_io_uring_setup, 4, &p);
+	if (fd < 0)
+		_exit(20);
+	close(fd);
+	char err[256];
+	if (vmm_seccomp_seal_rings(err, sizeof(err))) {
+		fprintf(stderr, "seal: %s\n", err);
+		_exit(21);
+	}
+	memset(&p, 0, sizeof(p));
+	if (syscall(SYS_io_uring_setup, 4, &p) != -1 || errno != EPERM)
+		_exit(22);
+	/* What the VM still does after the seal works. */
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		_exit(23);
+	close(s);
+}
+
+START_TEST(test_rings_sealed)
+{
+	char out[512];
+	int st = filtered(rings_then_sealed, out, sizeof(out));
+	ck_assert_msg(st == 0, "status %d, stderr: %s", st, out);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("seccomp");
 	TCase *tc = tcase_create("filter");
 	tcase_add_test(tc, test_allowed);
 	tcase_add_test(tc, test_refused);
+	tcase_add_test(tc, test_rings_sealed);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	/* The cases fork their own children. */

@@ -5,6 +5,8 @@
 #include <sched.h>
 #include <string.h>
 #include <time.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "devices/serial.h"
@@ -628,6 +630,34 @@ START_TEST(test_concurrent_rx)
 }
 END_TEST
 
+/* A console log the guest cannot grow without bound: past the cap the file restarts
+ * with a note, and what the guest wrote last is there. */
+START_TEST(test_file_cap)
+{
+	char path[] = "/tmp/mitos-serial-cap-XXXXXX";
+	int fd = mkstemp(path);
+	ck_assert_int_ge(fd, 0);
+	struct serial *sp = serial_create(fd, NULL, NULL);
+	ck_assert_ptr_nonnull(sp);
+	serial_set_file_cap(sp, 1000);
+	for (int i = 0; i < 5000; i++)
+		serial_pio_write(sp, THR, (uint8_t)('a' + i % 26));
+	serial_pio_write(sp, THR, 'Z');
+	struct stat st;
+	ck_assert_int_eq(fstat(fd, &st), 0);
+	ck_assert_int_le(st.st_size, 1000);
+	char buf[1100];
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	ck_assert_int_gt(n, 0);
+	buf[n] = 0;
+	ck_assert_ptr_nonnull(strstr(buf, "console log reached its cap"));
+	ck_assert_int_eq(buf[n - 1], 'Z');
+	serial_destroy(sp);
+	close(fd);
+	unlink(path);
+}
+END_TEST
+
 static Suite *serial_suite(void)
 {
 	Suite *s = suite_create("serial");
@@ -648,6 +678,7 @@ static Suite *serial_suite(void)
 	tcase_add_test(tc, test_offsets_out_of_range);
 	tcase_add_test(tc, test_linux_probe);
 	tcase_add_test(tc, test_concurrent_rx);
+	tcase_add_test(tc, test_file_cap);
 	suite_add_tcase(s, tc);
 	return s;
 }

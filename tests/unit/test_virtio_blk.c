@@ -1,7 +1,9 @@
 /* virtio-blk against the fake guest of fake_driver.h and a temporary image. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <liburing.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -566,6 +568,37 @@ START_TEST(test_create_errors)
 }
 END_TEST
 
+/* The device's io_uring is locked down: a process that takes over the VMM cannot
+ * register anything more on it (a personality, files), and its requests are
+ * limited to the disk (a restriction the kernel applies; registering is the part a
+ * test can reach without the ring's memory). */
+START_TEST(test_ring_locked_down)
+{
+	DIR *d = opendir("/proc/self/fd");
+	ck_assert_ptr_nonnull(d);
+	unsigned rings = 0;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		char link[300], target[64];
+		snprintf(link, sizeof(link), "/proc/self/fd/%s", de->d_name);
+		ssize_t n = readlink(link, target, sizeof(target) - 1);
+		if (n <= 0)
+			continue;
+		target[n] = 0;
+		if (strcmp(target, "anon_inode:[io_uring]"))
+			continue;
+		rings++;
+		int fd = atoi(de->d_name);
+		ck_assert_int_eq(io_uring_register(fd, IORING_REGISTER_PERSONALITY, NULL, 0), -EACCES);
+		int other = open("/dev/null", O_RDONLY);
+		ck_assert_int_eq(io_uring_register(fd, IORING_REGISTER_FILES_UPDATE, &other, 1), -EACCES);
+		close(other);
+	}
+	closedir(d);
+	ck_assert_uint_eq(rings, 1);
+}
+END_TEST
+
 static Suite *virtio_blk_suite(void)
 {
 	Suite *s = suite_create("virtio_blk");
@@ -593,6 +626,7 @@ static Suite *virtio_blk_suite(void)
 	tcase_add_test(rw, test_short_read);
 	tcase_add_test(rw, test_reset_with_io_in_flight);
 	tcase_add_test(rw, test_create_errors);
+	tcase_add_test(rw, test_ring_locked_down);
 	suite_add_tcase(s, rw);
 
 	TCase *ro = tcase_create("read_only");
