@@ -30,6 +30,7 @@ struct h2_stream {
 	bool in_end;         /* the client ended its side behind the held bytes */
 	bool discard;        /* an error was answered: the rest of the body is dropped */
 	bool closed;         /* the stream is gone: writes to it go nowhere */
+	char *path, *authority; /* pseudo-headers, until the arena takes them */
 	uint64_t opened_ms;
 	struct h2_stream *prev, *next;
 };
@@ -59,6 +60,8 @@ static void stream_unlink_free(struct h2_stream *st)
 	if (st->next)
 		st->next->prev = st->prev;
 	hc->nstreams--;
+	free(st->path);
+	free(st->authority);
 	bytebuf_free(&st->out);
 	bytebuf_free(&st->in);
 	free(st);
@@ -142,6 +145,22 @@ static void add_header(struct http_req *r, const char *name, const uint8_t *v, s
 		r->nh++;
 }
 
+/* The URL opens the arena, as HTTP/1.1's parser leaves it, then :authority as Host;
+ * the pseudo-headers may come in any order, but always before the others. */
+static void url_first(struct h2_stream *st)
+{
+	struct http_req *r = st->r;
+	if (r->url_done)
+		return;
+	r->url_done = true;
+	const char *url = st->path ? st->path : "";
+	int e = http_req_arena_add(r, url, strlen(url) + 1);
+	if (e && r->early_err < 0)
+		r->early_err = e;
+	if (st->authority)
+		add_header(r, "host", (const uint8_t *)st->authority, strlen(st->authority));
+}
+
 static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nn,
 		     const uint8_t *value, size_t vn, uint8_t flags, void *user)
 {
@@ -155,26 +174,13 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 	if (nn == 7 && !memcmp(name, ":method", 7)) {
 		r->method = method_of(value, vn);
 	} else if (nn == 5 && !memcmp(name, ":path", 5)) {
-		/* The URL opens the arena, as HTTP/1.1's parser leaves it. */
-		if (!r->url_done && !r->alen) {
-			int e = http_req_arena_add(r, (const char *)value, vn);
-			e = e ? e : http_req_arena_add(r, "", 1);
-			if (e)
-				r->early_err = e;
-			r->url_done = true;
-		}
+		if (!st->path && !(st->path = strndup((const char *)value, vn)))
+			r->early_err = AE_INTERNAL;
 	} else if (nn == 10 && !memcmp(name, ":authority", 10)) {
-		if (!r->url_done) {
-			/* Never before :path in the arena: the URL must come first. */
-			http_req_arena_add(r, "", 1);
-			r->url_done = true;
-		}
-		add_header(r, "host", value, vn);
+		if (!st->authority && !(st->authority = strndup((const char *)value, vn)))
+			r->early_err = AE_INTERNAL;
 	} else if (nn && name[0] != ':') {
-		if (!r->url_done) {
-			http_req_arena_add(r, "", 1);
-			r->url_done = true;
-		}
+		url_first(st);
 		char lname[128];
 		if (nn >= sizeof(lname)) {
 			r->early_err = r->early_err >= 0 ? r->early_err : AE_HEADERS_TOO_LARGE;
@@ -200,6 +206,7 @@ static void answer_early(struct h2_stream *st, int e, const char *msg)
 static void headers_in(struct h2_stream *st, bool end_stream)
 {
 	struct http_req *r = st->r;
+	url_first(st);
 	for (unsigned i = 0; i < r->nh; i++) {
 		r->h[i].name = r->arena + r->hdr_off[i][0];
 		r->h[i].value = r->arena + r->hdr_off[i][1];

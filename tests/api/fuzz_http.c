@@ -203,6 +203,8 @@ static const uint8_t h2_seed[] = {
 	H2_FRAME(9, 1, 4, 7), 0x83, 0x86, 0x04, 6, '/', 'a', 's', 'y', 'n', 'c',
 	H2_FRAME(2, 0, 1, 7), '{', '}',
 	H2_FRAME(4, 3, 0, 5), 0, 0, 0, 8,
+	/* :authority before :path, as HAProxy sends them */
+	H2_FRAME(13, 1, 5, 9), 0x82, 0x86, 0x01, 1, 'x', 0x04, 6, '/', 'p', 'l', 'a', 'i', 'n',
 };
 
 int main(int argc, char **argv)

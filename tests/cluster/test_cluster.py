@@ -28,6 +28,7 @@ VMM, AGENT = sys.argv[1], sys.argv[2]
 TAGS = ["n1", "n2", "n3"]
 
 E2B_DIR = os.path.join(ROOT, "tests", "e2b")
+CONNECT_DIR = os.path.join(ROOT, "tests", "api", "node")
 
 
 def mitos_scenario(url, token_file, out_dir):
@@ -50,9 +51,19 @@ def e2b_scenario(url, token_file, out_dir):
     return ["node", "--test", "--test-concurrency=1"] + files, env, E2B_DIR
 
 
+def connect_h2_scenario(url, token_file, out_dir):
+    """The Connect client's bidirectional streams over HTTP/2 (h2c): the router takes
+    the client's HTTP/2 and speaks HTTP/2 to the sandbox's node."""
+    del out_dir
+    with open(token_file) as f:
+        token = f.read().strip()
+    env = dict(os.environ, MITOS_BASE_URL=url, MITOS_TOKEN=token)
+    return ["node", "--test", "--test-name-pattern=^(Exec|RunCode|PortForward)", "test_h2.mjs"], env, CONNECT_DIR
+
+
 # End-to-end scenarios of the API surfaces: each builds (argv, env, cwd) from the
 # router's URL, the token file and a scratch folder, and must exit 0.
-SCENARIOS = [("mitos", mitos_scenario), ("e2b", e2b_scenario)]
+SCENARIOS = [("mitos", mitos_scenario), ("e2b", e2b_scenario), ("connect-h2", connect_h2_scenario)]
 
 
 def eq(a, b, what):
@@ -137,6 +148,8 @@ class Suite:
         for name, build in SCENARIOS:
             if name == "e2b" and not os.path.isdir(os.path.join(E2B_DIR, "node_modules", "e2b")):
                 raise AssertionError("the E2B SDK is not installed: run tools/setup (npm ci in tests/e2b)")
+            if name == "connect-h2" and not os.path.isdir(os.path.join(CONNECT_DIR, "node_modules", "@connectrpc")):
+                raise AssertionError("the Connect client is not installed: run tools/setup (npm ci in tests/api/node)")
             cmd, env, cwd = build("http://127.0.0.1:%d" % self.c.port, self.c.token_file, self.c.dir)
             p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
             if p.returncode:

@@ -7,17 +7,19 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { SandboxService } from "./sandbox_service.mjs";
 
 export const base = process.env.MITOS_BASE_URL;
+// A serve (or a cluster router) with a token: $MITOS_TOKEN.
+const auth = process.env.MITOS_TOKEN ? { Authorization: "Bearer " + process.env.MITOS_TOKEN } : {};
 
 export async function rest(method, path, body) {
   const res = await fetch(base + path, {
     method,
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", ...auth },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   return { status: res.status, body: await res.json() };
 }
 
-export const forSandbox = (id) => ({ headers: { "X-Sandbox-Id": id } });
+export const forSandbox = (id) => ({ headers: { "X-Sandbox-Id": id, ...auth } });
 
 // A new sandbox of the python template: its id.
 export async function newSandbox(prefix) {
