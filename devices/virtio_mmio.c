@@ -67,11 +67,14 @@ void virtio_device_config_changed(struct virtio_device *d)
 	raise_irq(d, VIRTIO_INT_CONFIG);
 }
 
+bool virtio_fail_quiet;
+
 void virtio_device_fail(struct virtio_device *d, const char *why)
 {
 	if (d->status & VIRTIO_STATUS_NEEDS_RESET)
 		return;
-	fprintf(stderr, "mitos-vmm: %s: device needs reset: %s\n", d->ops->name, why);
+	if (!virtio_fail_quiet)
+		fprintf(stderr, "mitos-vmm: %s: device needs reset: %s\n", d->ops->name, why);
 	d->status |= VIRTIO_STATUS_NEEDS_RESET;
 	if (d->status & VIRTIO_STATUS_DRIVER_OK)
 		virtio_device_config_changed(d);

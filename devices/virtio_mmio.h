@@ -170,5 +170,8 @@ int virtio_transport_restore(struct virtio_device *d, const struct virtio_transp
 void virtio_device_notify_used(struct virtio_device *d, unsigned q);
 void virtio_device_config_changed(struct virtio_device *d);
 void virtio_device_fail(struct virtio_device *d, const char *why);
+/* Set by the fuzz targets, whose hostile drivers make every device fail: no line
+ * on stderr per failure. */
+extern bool virtio_fail_quiet;
 
 #endif
