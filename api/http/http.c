@@ -682,6 +682,19 @@ static bool pick_protocol(struct conn *c)
 	return true;
 }
 
+/* A line of the head that starts with a space or a tab continues the header before
+ * it (obs-fold, RFC 9112 5.2): http_parser folds it into the value, a proxy in
+ * front may not, so it is refused. The last byte seen carries across reads. */
+static bool head_has_obs_fold(struct conn *c, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (c->head_lf && (p[i] == ' ' || p[i] == '\t'))
+			return true;
+		c->head_lf = p[i] == '\n';
+	}
+	return false;
+}
+
 void http_conn_process(struct conn *c)
 {
 	if (!c->proto && !pick_protocol(c))
@@ -734,10 +747,19 @@ void http_conn_process(struct conn *c)
 			break;
 		if (!r && !c->hdr_deadline_ms)
 			c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;
-		size_t n = http_parser_execute(&c->parser, &settings, (const char *)c->pend + c->pend_off,
-					       c->pend_len);
+		bool in_head = !r || !r->headers_done;
+		if (!r)
+			c->head_lf = false;
+		const uint8_t *at = c->pend + c->pend_off;
+		size_t n = http_parser_execute(&c->parser, &settings, (const char *)at, c->pend_len);
 		c->pend_off += n;
 		c->pend_len -= n;
+		/* The parser stops right after the headers, so what it took was head. */
+		if (in_head && head_has_obs_fold(c, at, n)) {
+			conn_note_err(c, AE_BAD_REQUEST, "a header continued on the next line (obs-fold) is not accepted");
+			fail_conn(c);
+			break;
+		}
 		enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
 		if (e == HPE_PAUSED) {
 			http_parser_pause(&c->parser, 0);

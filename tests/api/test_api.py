@@ -792,6 +792,8 @@ def t_malformed(s):
     check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", 400, "bad_request")
     check(b"GET /v1/health HTTP/1.1\r\n\r\n", 400, "bad_request")
     check(b"GET /v1/health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad_request")
+    check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\n\r\n", 400, "bad_request")  # obs-fold
+    check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: one\n\ttwo\r\n\r\n", 400, "bad_request")
     check(b"GET /v1/health HTTP/2.0\r\nHost: x\r\n\r\n", 400, "bad_request")
     check(b"GET /v1/health HTTP/1.0\r\n\r\n", 200)
     check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 200)
