@@ -165,6 +165,21 @@ static struct sandbox *find_or_404(struct http_req *r)
 static struct ur_ticker auto_pause_ticker;
 static bool auto_pause_ticking;
 
+struct auto_pause {
+	char id[ID_MAX + 1];
+	uint64_t created_ms;
+};
+
+/* Paused: kept for as long as the node keeps any sandbox. */
+static void auto_paused(void *ctx, int rc)
+{
+	struct auto_pause *ap = ctx;
+	struct sandbox *sb = rc ? NULL : sandbox_find(ap->id);
+	if (sb && sb->created_ms == ap->created_ms)
+		sandbox_set_timeout(sb, MAX_TIMEOUT_S);
+	free(ap);
+}
+
 static void auto_pause_tick(struct ur_ticker *t, uint64_t now)
 {
 	(void)t;
@@ -174,8 +189,12 @@ static void auto_pause_tick(struct ur_ticker *t, uint64_t now)
 		struct sandbox *sb = s->auto_pause ? sandbox_find(s->id) : NULL;
 		if (!sb || sb->created_ms != s->created_ms || sb->state != SB_RUNNING || sb->deadline_ms > wall + AUTO_PAUSE_LEAD_MS)
 			continue;
-		if (sandbox_pause(sb) == 0)
-			sandbox_set_timeout(sb, MAX_TIMEOUT_S);
+		struct auto_pause *ap = sb->ctl_busy ? NULL : calloc(1, sizeof(*ap));
+		if (!ap)
+			continue;
+		snprintf(ap->id, sizeof(ap->id), "%s", sb->id);
+		ap->created_ms = sb->created_ms;
+		sandbox_set_paused(sb, true, auto_paused, ap);
 	}
 }
 
@@ -339,6 +358,89 @@ void e2b_sandboxes_create(struct http_req *r)
 
 /* ---- connect, get, kill, timeout, pause ---- */
 
+/* A pause or resume of the E2B surface, on its way: the request waits for it. */
+struct ctl_call {
+	struct http_req *r;    /* NULL once the client left */
+	uint32_t secs;
+	bool present;          /* connect: a timeout was given */
+};
+
+static void ctl_abort(struct http_req *r)
+{
+	struct ctl_call *cc = r->ctx;
+	cc->r = NULL;
+	r->ctx = NULL;
+}
+
+static const struct http_req_ops ctl_ops = { .abort = ctl_abort };
+
+/* The request of a finished pause or resume, or NULL when its client left (cc is
+ * freed either way). */
+static struct http_req *ctl_call_end(struct ctl_call *cc)
+{
+	struct http_req *r = cc->r;
+	if (r) {
+		r->ctx = NULL;
+		r->ops = NULL;
+	}
+	free(cc);
+	return r;
+}
+
+static struct ctl_call *ctl_call_new(struct http_req *r)
+{
+	struct ctl_call *cc = calloc(1, sizeof(*cc));
+	if (!cc) {
+		e2b_reply_err(r, 500, "out of memory");
+		return NULL;
+	}
+	cc->r = r;
+	r->ctx = cc;
+	r->ops = &ctl_ops;
+	return cc;
+}
+
+static void connect_finish(struct http_req *r, struct sandbox *sb, bool resumed, bool present, uint32_t secs)
+{
+	/* A resumed sandbox starts a new time to live (E2B's default when none is given). */
+	if (present || resumed)
+		sandbox_set_timeout(sb, present ? secs : E2B_DEFAULT_TIMEOUT_S);
+	struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
+	if (!s) {
+		e2b_reply_err(r, 500, "out of memory");
+		return;
+	}
+	bool minted = !s->envd_token[0];
+	mint_tokens(s, false);
+	int rc = minted && s->envd_token[0] ? e2b_sbx_save(s) : 0;
+	if (rc) {
+		s->envd_token[0] = s->traffic_token[0] = 0;
+		e2b_reply_err(r, 500, "cannot save the sandbox's E2B record: %s", strerror(-rc));
+		return;
+	}
+	handler_reply_cjson(r, resumed ? 201 : 200, sandbox_obj(r, sb, s, true));
+}
+
+static void connect_resumed(void *ctx, int rc)
+{
+	struct ctl_call *cc = ctx;
+	bool present = cc->present;
+	uint32_t secs = cc->secs;
+	struct http_req *r = ctl_call_end(cc);
+	if (!r)
+		return;
+	struct sandbox *sb = sandbox_find(r->sandbox_id);
+	if (!rc && !sb)
+		rc = -ESRCH;
+	if (rc) {
+		e2b_reply_err(r, rc == -ESRCH ? 404 : rc == -EBUSY ? 409 : 500, "cannot resume sandbox %s: %s",
+			      r->sandbox_id, rc == -EBUSY ? "it is being paused, resumed or stopped"
+			      : rc == -ESRCH ? "it ended meanwhile" : strerror(-rc));
+		return;
+	}
+	connect_finish(r, sb, true, present, secs);
+}
+
 static void connect_or_resume(struct http_req *r, bool legacy_resume)
 {
 	struct sandbox *sb = find_or_404(r);
@@ -359,32 +461,16 @@ static void connect_or_resume(struct http_req *r, bool legacy_resume)
 		e2b_reply_err(r, 409, "sandbox %s is already running", sb->id);
 		return;
 	}
-	bool resumed = false;
-	if (sb->state == SB_PAUSED) {
-		rc = sandbox_resume(sb);
-		if (rc) {
-			e2b_reply_err(r, 500, "cannot resume sandbox %s: %s", sb->id, strerror(-rc));
-			return;
-		}
-		resumed = true;
-	}
-	/* A resumed sandbox starts a new time to live (E2B's default when none is given). */
-	if (present || resumed)
-		sandbox_set_timeout(sb, present ? secs : E2B_DEFAULT_TIMEOUT_S);
-	struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
-	if (!s) {
-		e2b_reply_err(r, 500, "out of memory");
+	if (sb->state != SB_PAUSED) {
+		connect_finish(r, sb, false, present, secs);
 		return;
 	}
-	bool minted = !s->envd_token[0];
-	mint_tokens(s, false);
-	rc = minted && s->envd_token[0] ? e2b_sbx_save(s) : 0;
-	if (rc) {
-		s->envd_token[0] = s->traffic_token[0] = 0;
-		e2b_reply_err(r, 500, "cannot save the sandbox's E2B record: %s", strerror(-rc));
+	struct ctl_call *cc = ctl_call_new(r);
+	if (!cc)
 		return;
-	}
-	handler_reply_cjson(r, resumed ? 201 : 200, sandbox_obj(r, sb, s, true));
+	cc->secs = secs;
+	cc->present = present;
+	sandbox_set_paused(sb, false, connect_resumed, cc);
 }
 
 void e2b_sandbox_connect(struct http_req *r) { connect_or_resume(r, false); }
@@ -465,6 +551,22 @@ void e2b_sandbox_timeout(struct http_req *r)
 	http_reply(r, 204, NULL, NULL, 0, NULL);
 }
 
+static void paused(void *ctx, int rc)
+{
+	struct http_req *r = ctl_call_end(ctx);
+	if (!r)
+		return;
+	if (rc == -EBUSY)
+		e2b_reply_err(r, 409, "sandbox %s is starting, stopping or being resumed; pause it once it runs",
+			      r->sandbox_id);
+	else if (rc == -ESRCH)
+		e2b_reply_err(r, 404, "sandbox %s ended while it was being paused", r->sandbox_id);
+	else if (rc)
+		e2b_reply_err(r, 500, "cannot pause sandbox %s: %s", r->sandbox_id, strerror(-rc));
+	else
+		http_reply(r, 204, NULL, NULL, 0, NULL);
+}
+
 void e2b_sandbox_pause(struct http_req *r)
 {
 	struct sandbox *sb = find_or_404(r);
@@ -474,13 +576,9 @@ void e2b_sandbox_pause(struct http_req *r)
 		e2b_reply_err(r, 409, "sandbox %s is already paused", sb->id);
 		return;
 	}
-	int rc = sandbox_pause(sb);
-	if (rc == -EBUSY)
-		e2b_reply_err(r, 409, "sandbox %s is starting; pause it once it runs", sb->id);
-	else if (rc)
-		e2b_reply_err(r, 500, "cannot pause sandbox %s: %s", sb->id, strerror(-rc));
-	else
-		http_reply(r, 204, NULL, NULL, 0, NULL);
+	struct ctl_call *cc = ctl_call_new(r);
+	if (cc)
+		sandbox_set_paused(sb, true, paused, cc);
 }
 
 /* ---- list ---- */

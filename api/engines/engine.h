@@ -34,6 +34,7 @@ struct engine_proc {
 /* Runs on the event loop once a template build has ended: rc 0 or -errno, msg says why. */
 typedef void (*engine_build_done_fn)(void *ctx, int rc, const char *msg);
 typedef void (*engine_connected_fn)(void *ctx, int rc, const char *why);
+typedef void (*engine_done_fn)(void *ctx, int rc);
 
 struct engine_ops {
 	const char *name;
@@ -47,6 +48,10 @@ struct engine_ops {
 	/* Stop and restart every process of the sandbox in dir; neither waits. */
 	int (*pause)(const char *dir, const struct engine_proc *p);
 	int (*resume)(const char *dir, const struct engine_proc *p);
+	/* Optional: the same without holding the loop (kvm: a VMM's answer); done runs
+	 * later, on the loop, with 0 or -errno, unless this fails at once. Where NULL,
+	 * pause() and resume() are quick enough to call on the loop. */
+	int (*pause_async)(const char *dir, const struct engine_proc *p, bool pause, engine_done_fn done, void *ctx);
 	/* SIGKILL to the sandbox in dir, paused or not. */
 	int (*kill)(const char *dir, const struct engine_proc *p);
 	/* After the sandbox exited: the reason it gave, if any (start errors). */

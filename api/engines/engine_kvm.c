@@ -327,7 +327,8 @@ static int kvm_ctl(const struct engine_proc *p, const char *cmd)
 	cJSON *req = cJSON_CreateObject();
 	cJSON_AddStringToObject(req, "cmd", cmd);
 	char err[300];
-	/* The VMM answers pause and resume at once; this blocks the loop that long. */
+	/* Blocks the loop while the VMM answers: only at start (re-adopting a paused VM)
+	 * and to undo a state that could not be saved; requests use kvm_pause_async. */
 	int rc = kvm_ctl_request(sock, req, CTL_TIMEOUT_MS, 0, p->pidfd, err, sizeof(err));
 	cJSON_Delete(req);
 	if (rc)
@@ -337,6 +338,63 @@ static int kvm_ctl(const struct engine_proc *p, const char *cmd)
 
 static int kvm_pause(const char *dir, const struct engine_proc *p) { (void)dir; return kvm_ctl(p, "pause"); }
 static int kvm_resume(const char *dir, const struct engine_proc *p) { (void)dir; return kvm_ctl(p, "resume"); }
+
+/* A pause or resume asked of the VMM from a worker: the loop goes on meanwhile. */
+struct ctl_job {
+	struct kjob k;
+	char sock[PLEN];
+	bool pause;
+	int pidfd;             /* its own copy: the sandbox may be killed and its fd closed */
+	int rc;
+	char err[300];
+	engine_done_fn done;
+	void *ctx;
+};
+
+static void ctl_run(struct kjob *k)
+{
+	struct ctl_job *j = (struct ctl_job *)k;
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "cmd", j->pause ? "pause" : "resume");
+	j->rc = kvm_ctl_request(j->sock, req, CTL_TIMEOUT_MS, 0, j->pidfd, j->err, sizeof(j->err));
+	cJSON_Delete(req);
+}
+
+static void ctl_complete(struct kjob *k)
+{
+	struct ctl_job *j = (struct ctl_job *)k;
+	if (j->rc)
+		fprintf(stderr, "mitos-vmm serve: %s of the VM at %s failed: %s\n", j->pause ? "pause" : "resume",
+			j->sock, j->err);
+	close(j->pidfd);
+	j->done(j->ctx, j->rc);
+	free(j);
+}
+
+static int kvm_pause_async(const char *dir, const struct engine_proc *p, bool pause, engine_done_fn done, void *ctx)
+{
+	(void)dir;
+	const struct kvm_sb *ksb = p->priv;
+	struct ctl_job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	if (!ksb || kvm_pathf(j->sock, "%s/control", ksb->dir)) {
+		free(j);
+		return -ESRCH;
+	}
+	j->pidfd = fcntl(p->pidfd, F_DUPFD_CLOEXEC, 0);
+	if (j->pidfd < 0) {
+		free(j);
+		return -errno;
+	}
+	j->pause = pause;
+	j->done = done;
+	j->ctx = ctx;
+	j->k.run = ctl_run;
+	j->k.complete = ctl_complete;
+	kvm_submit(&j->k);
+	return 0;
+}
 
 static int kvm_kill(const char *dir, const struct engine_proc *p)
 {
@@ -640,6 +698,7 @@ const struct engine_ops engine_kvm_ops = {
 	.start = kvm_start,
 	.pause = kvm_pause,
 	.resume = kvm_resume,
+	.pause_async = kvm_pause_async,
 	.kill = kvm_kill,
 	.exit_reason = kvm_exit_reason,
 	.cleanup = kvm_cleanup,

@@ -608,6 +608,48 @@ void rest_set_timeout(struct http_req *r)
 	handler_reply_cjson(r, 200, o);
 }
 
+struct pause_call {
+	struct http_req *r;    /* NULL once the client left */
+	bool pause;
+	char id[ID_MAX + 1];
+	char what[24];         /* "starting", "stopping" or "being paused or resumed" */
+};
+
+static void pause_call_abort(struct http_req *r)
+{
+	struct pause_call *pc = r->ctx;
+	pc->r = NULL;
+	r->ctx = NULL;
+}
+
+static const struct http_req_ops pause_call_ops = { .abort = pause_call_abort };
+
+static void pause_done(void *ctx, int rc)
+{
+	struct pause_call *pc = ctx;
+	struct http_req *r = pc->r;
+	if (r) {
+		r->ctx = NULL;
+		r->ops = NULL;
+		char msg[160];
+		if (rc == -EBUSY) {
+			snprintf(msg, sizeof(msg), "sandbox %s is %s", pc->id, pc->what);
+			http_reply_error(r, AE_SANDBOX_NOT_RUNNING, msg, NULL, NULL);
+		} else if (rc == -ESRCH) {
+			snprintf(msg, sizeof(msg), "sandbox %s ended while it was being %s", pc->id,
+				 pc->pause ? "paused" : "resumed");
+			http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
+		} else if (rc) {
+			http_reply_error(r, AE_INTERNAL, pc->pause ? "pause failed" : "resume failed", strerror(-rc), NULL);
+		} else {
+			cJSON *o = cJSON_CreateObject();
+			cJSON_AddStringToObject(o, "status", pc->pause ? "paused" : "running");
+			handler_reply_cjson(r, 200, o);
+		}
+	}
+	free(pc);
+}
+
 static void pause_resume(struct http_req *r, bool pause)
 {
 	cJSON *b;
@@ -615,21 +657,19 @@ static void pause_resume(struct http_req *r, bool pause)
 	if (!sb)
 		return;
 	cJSON_Delete(b);
-	int rc = pause ? sandbox_pause(sb) : sandbox_resume(sb);
-	if (rc == -EBUSY) {
-		char msg[120];
-		snprintf(msg, sizeof(msg), "sandbox %s is %s", sb->id,
-			 sb->state == SB_STARTING ? "starting" : "stopping");
-		http_reply_error(r, AE_SANDBOX_NOT_RUNNING, msg, NULL, NULL);
+	struct pause_call *pc = calloc(1, sizeof(*pc));
+	if (!pc) {
+		http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
 		return;
 	}
-	if (rc) {
-		http_reply_error(r, AE_INTERNAL, pause ? "pause failed" : "resume failed", strerror(-rc), NULL);
-		return;
-	}
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "status", pause ? "paused" : "running");
-	handler_reply_cjson(r, 200, o);
+	pc->r = r;
+	pc->pause = pause;
+	snprintf(pc->id, sizeof(pc->id), "%s", sb->id);
+	snprintf(pc->what, sizeof(pc->what), "%s", sb->ctl_busy ? "being paused or resumed"
+		 : sb->state == SB_STARTING ? "starting" : "stopping");
+	r->ctx = pc;
+	r->ops = &pause_call_ops;
+	sandbox_set_paused(sb, pause, pause_done, pc);
 }
 
 void rest_pause(struct http_req *r) { pause_resume(r, true); }

@@ -539,6 +539,70 @@ int sandbox_resume(struct sandbox *sb)
 	return rc;
 }
 
+struct pause_op {
+	char id[ID_MAX + 1];
+	uint64_t created_ms;   /* which sandbox of that id */
+	bool pause;
+	sandbox_paused_fn done;
+	void *ctx;
+};
+
+/* The engine has paused or resumed it: the state follows, saved, or is put back. */
+static void pause_op_done(void *arg, int rc)
+{
+	struct pause_op *op = arg;
+	struct sandbox *sb = sandbox_find(op->id);
+	if (!sb || sb->created_ms != op->created_ms) {
+		rc = -ESRCH;
+	} else {
+		sb->ctl_busy = false;
+		if (!rc && sb->state == (op->pause ? SB_RUNNING : SB_PAUSED)) {
+			sb->state = op->pause ? SB_PAUSED : SB_RUNNING;
+			if ((rc = sb_save(sb))) {
+				(op->pause ? eng->resume : eng->pause)(sb->dir, &sb->proc);
+				sb->state = op->pause ? SB_RUNNING : SB_PAUSED;
+			}
+		} else if (!rc) {
+			rc = -EBUSY; /* it started stopping meanwhile */
+		}
+	}
+	op->done(op->ctx, rc);
+	free(op);
+}
+
+void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, void *ctx)
+{
+	if (sb->state == (pause ? SB_PAUSED : SB_RUNNING) && !sb->ctl_busy) {
+		done(ctx, 0);
+		return;
+	}
+	if (sb->ctl_busy || sb->state != (pause ? SB_RUNNING : SB_PAUSED)) {
+		done(ctx, -EBUSY);
+		return;
+	}
+	if (!eng->pause_async) {
+		done(ctx, pause ? sandbox_pause(sb) : sandbox_resume(sb));
+		return;
+	}
+	struct pause_op *op = calloc(1, sizeof(*op));
+	if (!op) {
+		done(ctx, -ENOMEM);
+		return;
+	}
+	snprintf(op->id, sizeof(op->id), "%s", sb->id);
+	op->created_ms = sb->created_ms;
+	op->pause = pause;
+	op->done = done;
+	op->ctx = ctx;
+	sb->ctl_busy = true;
+	int rc = eng->pause_async(sb->dir, &sb->proc, pause, pause_op_done, op);
+	if (rc) {
+		sb->ctl_busy = false;
+		free(op);
+		done(ctx, rc);
+	}
+}
+
 /* ---- fork jobs ---- */
 
 static void job_finish(struct sb_job *job)

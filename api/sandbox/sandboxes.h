@@ -72,6 +72,8 @@ struct sandbox {
 	unsigned agent_violations;
 	/* Its template's workload being started (process engine), or NULL. */
 	struct workload_run *workload;
+	/* A pause or resume is on its way (sandbox_set_paused). */
+	bool ctl_busy;
 	struct sandbox *next;
 };
 
@@ -124,5 +126,11 @@ void sb_waiter_detach(struct sb_waiter *w);
 int sandbox_set_timeout(struct sandbox *sb, uint32_t seconds);
 int sandbox_pause(struct sandbox *sb);
 int sandbox_resume(struct sandbox *sb);
+/* The same for requests, without holding the loop while an engine waits on its VMM:
+ * done(ctx, rc) runs once, on the loop (at once when the engine is quick or nothing is
+ * to do), with 0, -EBUSY (starting, stopping, or another pause or resume of it on its
+ * way), -ESRCH (the sandbox ended meanwhile) or another -errno. */
+typedef void (*sandbox_paused_fn)(void *ctx, int rc);
+void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, void *ctx);
 
 #endif

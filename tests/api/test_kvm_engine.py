@@ -306,6 +306,31 @@ def t_pause_resume(s):
         st, r = s.request("POST", "/v1/" + action, {"sandbox": sb["id"]})
         eq((st, r["status"]), (200, want), action)
         eq(control_call(ctl, {"cmd": "status"})["state"], want, "the VM itself after " + action)
+    # A VMM that does not answer holds only its own pause: the server answers everything
+    # else meanwhile, and a second pause of it is told one is on its way.
+    pid = vm_pid(s, sb["id"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        first = {}
+
+        def pause():
+            first["r"] = s.request("POST", "/v1/pause", {"sandbox": sb["id"]})
+
+        t = threading.Thread(target=pause)
+        t.start()
+        time.sleep(0.3)
+        t0 = time.time()
+        st, _ = s.request("GET", "/v1/health")
+        took = time.time() - t0
+        eq(st, 200, "health while a VMM is stopped")
+        assert took < 1.0, "health took %.2f s behind a pause the VMM does not answer" % took
+        st, r = s.request("POST", "/v1/pause", {"sandbox": sb["id"]})
+        eq((st, r["error"]["code"]), (409, "sandbox_not_running"), "a second pause while one is on its way")
+        assert "being paused or resumed" in r["error"]["message"], r
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    t.join(10)
+    eq((first["r"][0], first["r"][1]["status"]), (200, "paused"), "the first pause, once the VMM answers")
     st, _ = s.request("DELETE", "/v1/sandboxes/" + sb["id"])
     eq(st, 200, "delete")
 
