@@ -2,9 +2,10 @@
  * lifecycle (`mitos-vmm serve --engine kvm`: boot a template, wait for its agent,
  * snapshot, fork, post-fork, pause, delete) runs on hosts where a real Linux guest cannot
  * boot. It speaks just enough of the agent protocol (agent/PROTOCOL.md) on vsock port 52:
- * HELLO, `health`, `post_fork` (acknowledged, nothing reseeded: the test guest has no
- * RNG or clock to set), and END `unsupported` for every other operation, so a request
- * the stub cannot serve fails cleanly instead of hanging. Frames of other types (DATA,
+ * HELLO, `health`, `post_fork` (its entropy stirred into the stub's one random state,
+ * which a clone inherits from its template as a kernel's pool would; the clock it
+ * carries is printed, there is no guest clock to set), and END `unsupported` for every
+ * other operation, so a request the stub cannot serve fails cleanly instead of hanging. Frames of other types (DATA,
  * WINDOW, EVENT, CANCEL) belong to streams it already ended and are dropped.
  *
  * The vsock driver is vsock.c's (tg_vsock_serve); this file only parses frames. Each
@@ -27,6 +28,7 @@ struct stub_conn {
 
 static struct stub_conn conns[TG_VSOCK_MAX_CONNS];
 static unsigned post_forks;
+static uint64_t rng_state = 0xcbf29ce484222325ull; /* the same in every clone until post_fork */
 
 /* ---- output ------------------------------------------------------------------------------- */
 
@@ -76,29 +78,61 @@ static void send_frame(unsigned conn, uint8_t type, uint32_t stream, const struc
 
 /* ---- requests ----------------------------------------------------------------------------- */
 
-/* The value of the first "op" member of a JSON object, copied into op (plain names
- * only: the operations have no escapes in their names). */
-static bool find_op(const uint8_t *p, uint32_t n, char *op, unsigned opmax)
+static bool space(uint8_t ch)
 {
-	for (uint32_t i = 0; i + 4 <= n; i++) {
-		if (p[i] != '"' || p[i + 1] != 'o' || p[i + 2] != 'p' || p[i + 3] != '"')
+	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
+}
+
+/* The value of the first member named key of a JSON object, copied into out: a
+ * string's characters (plain ones only: nothing the stub reads has escapes) or a
+ * number's digits. */
+static bool find_member(const uint8_t *p, uint32_t n, const char *key, char *out, unsigned max)
+{
+	unsigned kl = 0;
+	while (key[kl])
+		kl++;
+	for (uint32_t i = 0; i + kl + 2 <= n; i++) {
+		unsigned m = 0;
+		while (m < kl && p[i + 1 + m] == (uint8_t)key[m])
+			m++;
+		if (p[i] != '"' || m < kl || p[i + kl + 1] != '"')
 			continue;
-		uint32_t j = i + 4;
-		while (j < n && (p[j] == ' ' || p[j] == '\t' || p[j] == '\n' || p[j] == '\r'))
+		uint32_t j = i + kl + 2;
+		while (j < n && space(p[j]))
 			j++;
 		if (j >= n || p[j++] != ':')
 			continue;
-		while (j < n && (p[j] == ' ' || p[j] == '\t' || p[j] == '\n' || p[j] == '\r'))
+		while (j < n && space(p[j]))
 			j++;
-		if (j >= n || p[j++] != '"')
-			return false;
+		bool str = j < n && p[j] == '"';
+		j += str;
 		unsigned k = 0;
-		while (j < n && p[j] != '"' && p[j] != '\\' && k + 1 < opmax)
-			op[k++] = (char)p[j++];
-		op[k] = 0;
-		return j < n && p[j] == '"';
+		while (j < n && k + 1 < max && (str ? p[j] != '"' && p[j] != '\\' : p[j] >= '0' && p[j] <= '9'))
+			out[k++] = (char)p[j++];
+		out[k] = 0;
+		return str ? j < n && p[j] == '"' : k > 0;
 	}
 	return false;
+}
+
+/* post_fork: the entropy goes into the random state (FNV-1a), which the console line
+ * shows, with the clock the host sent; the host's tests compare them across clones. */
+static void post_fork(struct out *o, const struct stub_conn *c, uint32_t kept)
+{
+	char entropy[128], clock[24];
+	unsigned bytes = 0;
+	post_forks++;
+	if (find_member(c->payload, kept, "entropy", entropy, sizeof(entropy)))
+		for (const char *e = entropy; *e; e++, bytes++)
+			rng_state = (rng_state ^ (uint8_t)*e) * 0x100000001b3ull;
+	if (!find_member(c->payload, kept, "realtime_ns", clock, sizeof(clock)))
+		clock[0] = '0', clock[1] = 0;
+	tg_printf("agent-stub: post_fork %u rng %lx clock %s\n", post_forks, (unsigned long)rng_state, clock);
+	put(o, "{\"entropy_bytes\":");
+	put_u(o, bytes * 3 / 4);
+	put(o, ",\"reseeded\":");
+	put(o, bytes ? "true" : "false");
+	put(o, ",\"clock_set\":false,\"stub\":true}");
 }
 
 static bool same(const char *a, const char *b)
@@ -113,7 +147,7 @@ static void handle_open(unsigned conn, struct stub_conn *c)
 	char op[40];
 	struct out o = { .n = 0 };
 	uint32_t kept = c->len < KEEP_PAYLOAD ? c->len : KEEP_PAYLOAD;
-	if (!find_op(c->payload, kept, op, sizeof(op))) {
+	if (!find_member(c->payload, kept, "op", op, sizeof(op))) {
 		put(&o, "{\"error\":{\"code\":\"invalid_argument\",\"message\":\"OPEN needs "
 		    "{\\\"op\\\": NAME}\"}}");
 	} else if (same(op, "health")) {
@@ -123,10 +157,7 @@ static void handle_open(unsigned conn, struct stub_conn *c)
 		put_u(&o, post_forks);
 		put(&o, "}");
 	} else if (same(op, "post_fork")) {
-		/* Nothing to reseed or set here; the host learns that from the flags. */
-		post_forks++;
-		tg_printf("agent-stub: post_fork %u\n", post_forks);
-		put(&o, "{\"entropy_bytes\":0,\"reseeded\":false,\"clock_set\":false,\"stub\":true}");
+		post_fork(&o, c, kept);
 	} else {
 		put(&o, "{\"error\":{\"code\":\"unsupported\",\"message\":\"the test guest's agent stub "
 		    "answers only health and post_fork, not ");

@@ -408,6 +408,29 @@ def t_many(s):
     eq(os.listdir(os.path.join(s.state_dir, "sandboxes")), [], "all gone")
 
 
+def t_clone_uniqueness(s):
+    """100 clones of one snapshot: each has a random state of its own (the entropy serve
+    sent at post_fork, stirred into the state every clone inherits from the template),
+    and each was told the host's clock while it was being made."""
+    rng, ids = {}, []
+    for _ in range(4):
+        t0 = time.time()
+        batch = fork(s, template="tg", n=25)
+        t1 = time.time()
+        for x in batch:
+            ids.append(x["id"])
+            c = console(s, x["id"])
+            m = re.search(r"agent-stub: post_fork (\d+) rng ([0-9a-f]+) clock (\d+)", c)
+            assert m, "no post_fork line in %s's console:\n%s" % (x["id"], c[-600:])
+            eq(m.group(1), "1", "post_forks a clone of the template heard")
+            rng[x["id"]] = m.group(2)
+            clock = int(m.group(3)) / 1e9
+            assert t0 - 0.05 <= clock <= t1 + 0.05, "clock %.3f outside the fork's %.3f..%.3f" % (clock, t0, t1)
+    eq(len(set(rng.values())), 100, "distinct random states among 100 clones")
+    for sid in ids:
+        s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
 def percentile(v, p):
     v = sorted(v)
     return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
@@ -604,7 +627,8 @@ def main():
              ("template_errors", t_template_errors), ("concurrent_template", t_concurrent_template),
              ("fork_template", t_fork_template), ("jail", t_jail), ("pause_resume", t_pause_resume),
              ("fork_sandbox", t_fork_sandbox), ("unsupported_ops", t_unsupported_ops),
-             ("expiry_and_crash", t_expiry_and_crash), ("many", t_many), ("latency", t_latency)]
+             ("expiry_and_crash", t_expiry_and_crash), ("many", t_many), ("clone_uniqueness", t_clone_uniqueness),
+             ("latency", t_latency)]
     try:
         r.run_all(tests, ONLY, shared)
         eq(shared.proc.poll(), None, "serve is still running")
