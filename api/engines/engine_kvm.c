@@ -318,26 +318,33 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 	return 0;
 }
 
-static int kvm_ctl(const struct engine_proc *p, const char *cmd)
+/* {"cmd": pause or resume} to the VMM behind sock; logs a failure. */
+static int ctl_cmd(const char *sock, int pidfd, bool pause)
+{
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "cmd", pause ? "pause" : "resume");
+	char err[300];
+	int rc = kvm_ctl_request(sock, req, CTL_TIMEOUT_MS, 0, pidfd, err, sizeof(err));
+	cJSON_Delete(req);
+	if (rc)
+		fprintf(stderr, "mitos-vmm serve: %s of the VM at %s failed: %s\n", pause ? "pause" : "resume", sock,
+			err);
+	return rc;
+}
+
+/* Blocks the loop while the VMM answers: only at start (re-adopting a paused VM) and
+ * to undo a state that could not be saved; requests use kvm_pause_async. */
+static int kvm_ctl(const struct engine_proc *p, bool pause)
 {
 	const struct kvm_sb *ksb = p->priv;
 	char sock[PLEN];
 	if (!ksb || kvm_pathf(sock, "%s/control", ksb->dir))
 		return -ESRCH;
-	cJSON *req = cJSON_CreateObject();
-	cJSON_AddStringToObject(req, "cmd", cmd);
-	char err[300];
-	/* Blocks the loop while the VMM answers: only at start (re-adopting a paused VM)
-	 * and to undo a state that could not be saved; requests use kvm_pause_async. */
-	int rc = kvm_ctl_request(sock, req, CTL_TIMEOUT_MS, 0, p->pidfd, err, sizeof(err));
-	cJSON_Delete(req);
-	if (rc)
-		fprintf(stderr, "mitos-vmm serve: %s of the VM in %s failed: %s\n", cmd, ksb->dir, err);
-	return rc;
+	return ctl_cmd(sock, p->pidfd, pause);
 }
 
-static int kvm_pause(const char *dir, const struct engine_proc *p) { (void)dir; return kvm_ctl(p, "pause"); }
-static int kvm_resume(const char *dir, const struct engine_proc *p) { (void)dir; return kvm_ctl(p, "resume"); }
+static int kvm_pause(const char *dir, const struct engine_proc *p) { (void)dir; return kvm_ctl(p, true); }
+static int kvm_resume(const char *dir, const struct engine_proc *p) { (void)dir; return kvm_ctl(p, false); }
 
 /* A pause or resume asked of the VMM from a worker: the loop goes on meanwhile. */
 struct ctl_job {
@@ -346,7 +353,6 @@ struct ctl_job {
 	bool pause;
 	int pidfd;             /* its own copy: the sandbox may be killed and its fd closed */
 	int rc;
-	char err[300];
 	engine_done_fn done;
 	void *ctx;
 };
@@ -354,18 +360,12 @@ struct ctl_job {
 static void ctl_run(struct kjob *k)
 {
 	struct ctl_job *j = (struct ctl_job *)k;
-	cJSON *req = cJSON_CreateObject();
-	cJSON_AddStringToObject(req, "cmd", j->pause ? "pause" : "resume");
-	j->rc = kvm_ctl_request(j->sock, req, CTL_TIMEOUT_MS, 0, j->pidfd, j->err, sizeof(j->err));
-	cJSON_Delete(req);
+	j->rc = ctl_cmd(j->sock, j->pidfd, j->pause);
 }
 
 static void ctl_complete(struct kjob *k)
 {
 	struct ctl_job *j = (struct ctl_job *)k;
-	if (j->rc)
-		fprintf(stderr, "mitos-vmm serve: %s of the VM at %s failed: %s\n", j->pause ? "pause" : "resume",
-			j->sock, j->err);
 	close(j->pidfd);
 	j->done(j->ctx, j->rc);
 	free(j);

@@ -14,34 +14,7 @@
 #include "api/http/http.h"
 #include "api/http/router.h"
 #include "api/http/server.h"
-
-struct server_config srv_cfg;
-
-static size_t out_bytes;
-static char out_head[16];
-static size_t out_head_len;
-static int kicked;
-
-void conn_out(struct conn *c, const void *p, size_t n)
-{
-	(void)c;
-	if (out_head_len < sizeof(out_head)) {
-		size_t k = sizeof(out_head) - out_head_len;
-		if (k > n)
-			k = n;
-		memcpy(out_head + out_head_len, p, k);
-		out_head_len += k;
-	}
-	out_bytes += n;
-	c->out.bytes += n;
-}
-
-void conn_flush(struct conn *c) { c->out.bytes = 0; }
-void conn_close_after(struct conn *c) { c->close_after = true; }
-void conn_kick(struct conn *c) { (void)c; kicked = 1; }
-
-uint64_t ur_now_ms(void) { return 1000; }
-bool ur_stopping(void) { return false; }
+#include "tests/fuzz/http_stubs.h"
 
 /* A streamed-body handler that pauses after every chunk, and an async one. */
 static void sink_body(struct http_req *r, const uint8_t *p, size_t n)
@@ -102,28 +75,10 @@ void router_headers(struct http_req *r)
 
 void router_dispatch(struct http_req *r) { r->route->fn(r); }
 
-static void pend_add(struct conn *c, const uint8_t *p, size_t n)
-{
-	if (c->pend_off + c->pend_len + n > c->pend_cap) {
-		if (c->pend_off) {
-			memmove(c->pend, c->pend + c->pend_off, c->pend_len);
-			c->pend_off = 0;
-		}
-		size_t cap = c->pend_cap ? c->pend_cap : 64;
-		while (cap < c->pend_len + n)
-			cap *= 2;
-		c->pend = realloc(c->pend, cap);
-		assert(c->pend);
-		c->pend_cap = cap;
-	}
-	memcpy(c->pend + c->pend_off + c->pend_len, p, n);
-	c->pend_len += n;
-}
-
 static void drive(struct conn *c)
 {
 	for (int i = 0; i < 10000; i++) {
-		kicked = 0;
+		stub_kicked = 0;
 		http_conn_process(c);
 		if (c->req && c->req->body_paused)
 			http_req_resume_body(c->req);
@@ -132,7 +87,7 @@ static void drive(struct conn *c)
 			pending_async = NULL;
 			http_reply_json(r, 200, "{}");
 		}
-		if (!kicked)
+		if (!stub_kicked)
 			break;
 	}
 }
@@ -148,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct conn *c = calloc(1, sizeof(*c));
 	assert(c);
 	http_conn_init(c);
-	out_bytes = out_head_len = 0;
+	stub_out_head_len = 0;
 	pending_async = NULL;
 	/* The first byte picks how the rest is cut into reads. */
 	size_t piece = 1 + data[0] % 64;
@@ -156,7 +111,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size--;
 	for (size_t off = 0; off < size && !c->close_after; off += piece) {
 		size_t n = size - off < piece ? size - off : piece;
-		pend_add(c, data + off, n);
+		stub_conn_feed(c, data + off, n);
 		drive(c);
 		c->out.bytes = 0;
 	}
@@ -168,10 +123,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	http_conn_check_deadlines(c, 1000000);
 	bool h2 = size >= H2_PREFACE_LEN && !memcmp(data, H2_PREFACE, H2_PREFACE_LEN);
-	if (out_head_len >= 9 && !h2)
-		assert(!memcmp(out_head, "HTTP/1.1 ", 9));
-	if (out_head_len >= 4 && h2)
-		assert(out_head[3] == 4); /* HTTP/2 answers open with its SETTINGS frame */
+	if (stub_out_head_len >= 9 && !h2)
+		assert(!memcmp(stub_out_head, "HTTP/1.1 ", 9));
+	if (stub_out_head_len >= 4 && h2)
+		assert(stub_out_head[3] == 4); /* HTTP/2 answers open with its SETTINGS frame */
 	http_conn_abort(c);
 	free(c->pend);
 	free(c);

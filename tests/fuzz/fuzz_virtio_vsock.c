@@ -141,15 +141,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	run(&g, conns, &nconns);
 	struct fake_queue *tx = &g.q[VIRTIO_VSOCK_QUEUE_TX];
-	const uint8_t *p = data + 3 + line_len;
-	size_t n = size - 3 - line_len;
-	size_t k = n < DESC_BYTES ? n : DESC_BYTES;
-	memcpy(fake_host(&g, tx->desc), p, k);
-	p += k, n -= k;
-	k = n < AVAIL_BYTES ? n : AVAIL_BYTES;
-	memcpy(fake_host(&g, tx->avail), p, k);
-	p += k, n -= k;
-	memcpy(fake_host(&g, area), p, n < AREA ? n : AREA);
+	fake_queue_overwrite(tx, area, AREA, data + 3 + line_len, size - 3 - line_len);
 	tx->avail_idx = data[2];
 	fake_kick(tx);
 	run(&g, conns, &nconns);
@@ -198,9 +190,7 @@ void fuzz_seeds(void (*add)(const void *p, size_t n))
 		in[1] = (uint8_t)ll;
 		in[2] = (uint8_t)tx->avail_idx;
 		memcpy(in + 3, lines[l], ll);
-		memcpy(in + 3 + ll, fake_host(&g, tx->desc), DESC_BYTES);
-		memcpy(in + 3 + ll + DESC_BYTES, fake_host(&g, tx->avail), AVAIL_BYTES);
-		memcpy(in + 3 + ll + DESC_BYTES + AVAIL_BYTES, fake_host(&g, area), AREA);
+		fake_queue_dump(tx, area, AREA, in + 3 + ll);
 		add(in, n);
 		free(in);
 	}

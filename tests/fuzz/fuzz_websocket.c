@@ -23,24 +23,7 @@
 #include "api/sandbox/agent_client.h"
 #include "api/sandbox/sandboxes.h"
 #include "tests/fuzz/fuzz.h"
-
-struct server_config srv_cfg;
-
-/* ---- the socket layer: output counted, kicks noted ---- */
-
-static int kicked;
-
-void conn_out(struct conn *c, const void *p, size_t n)
-{
-	(void)p;
-	c->out.bytes += n;
-}
-
-void conn_flush(struct conn *c) { c->out.bytes = 0; }
-void conn_close_after(struct conn *c) { c->close_after = true; }
-void conn_kick(struct conn *c) { (void)c; kicked = 1; }
-uint64_t ur_now_ms(void) { return 1000; }
-bool ur_stopping(void) { return false; }
+#include "tests/fuzz/http_stubs.h"
 
 /* ---- every request is the WebSocket Exec ---- */
 
@@ -101,31 +84,14 @@ static const char upgrade[] =
 	"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 	"Sec-WebSocket-Protocol: connect.sandbox.v1\r\n\r\n";
 
-static void pend_add(struct conn *c, const uint8_t *p, size_t n)
-{
-	if (c->pend_off + c->pend_len + n > c->pend_cap) {
-		if (c->pend_len)
-			memmove(c->pend, c->pend + c->pend_off, c->pend_len);
-		c->pend_off = 0;
-		size_t cap = c->pend_cap ? c->pend_cap : 256;
-		while (cap < c->pend_len + n)
-			cap *= 2;
-		c->pend = realloc(c->pend, cap);
-		assert(c->pend);
-		c->pend_cap = cap;
-	}
-	memcpy(c->pend + c->pend_off + c->pend_len, p, n);
-	c->pend_len += n;
-}
-
 static void drive(struct conn *c)
 {
 	for (int i = 0; i < 1000 && !c->dead; i++) {
-		kicked = 0;
+		stub_kicked = 0;
 		http_conn_process(c);
 		if (c->req && c->req->body_paused)
 			http_req_resume_body(c->req);
-		if (!kicked)
+		if (!stub_kicked)
 			break;
 	}
 }
@@ -147,10 +113,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	assert(c);
 	http_conn_init(c);
 	stream_open = false;
-	pend_add(c, (const uint8_t *)upgrade, sizeof(upgrade) - 1);
+	stub_conn_feed(c, (const uint8_t *)upgrade, sizeof(upgrade) - 1);
 	drive(c);
 	for (size_t off = 0; off < in_len && !c->close_after; off += piece) {
-		pend_add(c, data + off, in_len - off < piece ? in_len - off : piece);
+		stub_conn_feed(c, data + off, in_len - off < piece ? in_len - off : piece);
 		drive(c);
 		c->out.bytes = 0;
 	}

@@ -211,6 +211,38 @@ uint16_t fake_queue_add_indirect(struct fake_queue *q, const struct fake_buf *b,
 	return head;
 }
 
+/* The three spans, in the order of the input. */
+static void queue_spans(struct fake_queue *q, uint64_t area, size_t area_len, uint64_t gpa[3], size_t len[3])
+{
+	gpa[0] = q->desc, len[0] = 16u * q->size;
+	gpa[1] = q->avail, len[1] = 6u + 2u * q->size;
+	gpa[2] = area, len[2] = area_len;
+}
+
+void fake_queue_overwrite(struct fake_queue *q, uint64_t area, size_t area_len, const uint8_t *p, size_t n)
+{
+	uint64_t gpa[3];
+	size_t len[3];
+	queue_spans(q, area, area_len, gpa, len);
+	for (int i = 0; i < 3 && n; i++) {
+		size_t k = n < len[i] ? n : len[i];
+		memcpy(fake_host(q->g, gpa[i]), p, k);
+		p += k, n -= k;
+	}
+}
+
+size_t fake_queue_dump(struct fake_queue *q, uint64_t area, size_t area_len, uint8_t *out)
+{
+	uint64_t gpa[3];
+	size_t len[3], n = 0;
+	queue_spans(q, area, area_len, gpa, len);
+	for (int i = 0; i < 3; i++) {
+		memcpy(out + n, fake_host(q->g, gpa[i]), len[i]);
+		n += len[i];
+	}
+	return n;
+}
+
 void fake_publish(struct fake_queue *q)
 {
 	__atomic_store_n((uint16_t *)fake_host(q->g, q->avail + 2), q->avail_idx,

@@ -91,6 +91,11 @@ void fake_desc_write(struct fake_guest *g, uint64_t gpa, uint64_t addr, uint32_t
 void fake_desc_put(struct fake_queue *q, uint16_t idx, uint64_t addr, uint32_t len,
 		   uint16_t flags, uint16_t next);
 void fake_avail_put(struct fake_queue *q, uint16_t head);
+/* The fuzz targets' hostile driver: q's descriptor table, then its available ring, then
+ * area_len bytes at area, overwritten with p (as far as n goes); and the reverse, those
+ * bytes of a queue a seed laid out, into out (which has room for them all). */
+void fake_queue_overwrite(struct fake_queue *q, uint64_t area, size_t area_len, const uint8_t *p, size_t n);
+size_t fake_queue_dump(struct fake_queue *q, uint64_t area, size_t area_len, uint8_t *out);
 
 void fake_publish(struct fake_queue *q);
 void fake_kick(struct fake_queue *q);
