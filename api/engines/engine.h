@@ -123,7 +123,5 @@ int engine_pidfd_of(pid_t pid, uint64_t start_time);
 int engine_proc_signal(const struct engine_proc *p, int sig);
 /* What a sandbox's start wrote into dir/start-error ("" when nothing). */
 void engine_start_error(const char *dir, char *out, size_t outlen);
-/* Removes dir and everything under it, not crossing mounts; -ENOTEMPTY if it stays. */
-int engine_remove_tree(const char *dir);
 
 #endif

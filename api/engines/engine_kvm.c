@@ -25,7 +25,8 @@
  * few worker threads; they touch no state of the event loop and report back through an
  * eventfd. Spawning, the pool and reference counts belong to the loop thread. */#include "api/engines/kvm_internal.h"
 
-struct kvm_state K = { .vmm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+struct kvm_state K = { .vmm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
+		       .lanes = { [LANE_SHORT].cv = PTHREAD_COND_INITIALIZER, [LANE_LONG].cv = PTHREAD_COND_INITIALIZER } };
 
 /* ---- layers ---- */
 #include "api/engines/kvm_internal.h"
@@ -106,7 +107,7 @@ static void layer_unref(struct kvm_layer *l)
 				*pp = l->next;
 				break;
 			}
-		engine_remove_tree(l->dir);
+		teardown_tree(l->dir, NULL);
 		pthread_mutex_destroy(&l->mu);
 		pthread_cond_destroy(&l->cv);
 		free(l);
@@ -314,7 +315,7 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 	p->priv = ksb;
 	j->k.run = restore_run;
 	j->k.complete = restore_complete;
-	kvm_submit(&j->k);
+	kvm_submit(&j->k, LANE_SHORT);
 	return 0;
 }
 
@@ -392,7 +393,7 @@ static int kvm_pause_async(const char *dir, const struct engine_proc *p, bool pa
 	j->ctx = ctx;
 	j->k.run = ctl_run;
 	j->k.complete = ctl_complete;
-	kvm_submit(&j->k);
+	kvm_submit(&j->k, LANE_SHORT);
 	return 0;
 }
 
@@ -416,8 +417,8 @@ static void kvm_exit_reason(const char *dir, char *out, size_t outlen)
 
 static int kvm_cleanup(const char *dir)
 {
-	kvm_vm_record_kill(dir);
-	return engine_remove_tree(dir);
+	teardown_tree(dir, kvm_vm_record_kill);
+	return 0;
 }
 
 static void kvm_release(struct engine_proc *p)
@@ -450,7 +451,7 @@ static int kvm_fork_source(const char *dir, const struct engine_proc *p, char *o
 	/* The VMM pauses the parent while it writes the pages it changed, and resumes it. */
 	j->k.run = snap_run;
 	j->k.complete = snap_complete;
-	kvm_submit(&j->k);
+	kvm_submit(&j->k, LANE_SHORT);
 	strcpy(out, ldir);
 	return 0;
 }
@@ -575,8 +576,7 @@ static void sweep_dir(const char *root, bool keep_adopted_layers)
 			continue;
 		if (keep_adopted_layers && layer_find(p))
 			continue;
-		kvm_vm_record_kill(p);
-		engine_remove_tree(p);
+		teardown_tree(p, kvm_vm_record_kill);
 	}
 	closedir(d);
 }
@@ -622,15 +622,7 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));
 		return -errno;
 	}
-	/* Signals are serve's main thread's business (its signalfd). */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	for (K.nth = 0; K.nth < WORKERS; K.nth++)
-		if (pthread_create(&K.th[K.nth], NULL, kvm_worker_main, NULL))
-			break;
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (K.nth < WORKERS) {
+	if (!kvm_workers_start()) {
 		snprintf(err, errlen, "cannot start the engine's threads");
 		return -EAGAIN;
 	}
@@ -663,9 +655,7 @@ static void kvm_shutdown(void)
 	K.stopping = true;
 	kvm_builds_kill();
 	kill_pools();
-	pthread_mutex_lock(&K.mu);
-	pthread_cond_broadcast(&K.cv);
-	pthread_mutex_unlock(&K.mu);
+	kvm_workers_wake();
 }
 
 static void kvm_exit(void)
@@ -673,9 +663,7 @@ static void kvm_exit(void)
 	if (!K.configured)
 		return;
 	kvm_shutdown();
-	for (unsigned i = 0; i < K.nth; i++)
-		pthread_join(K.th[i], NULL);
-	K.nth = 0;
+	kvm_workers_join();
 	kvm_run_completions();
 	while (K.layers) {
 		/* Only sandboxes hold layers now, and they are all gone. */

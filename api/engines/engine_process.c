@@ -16,7 +16,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <linux/sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +28,7 @@
 #include <unistd.h>
 
 #include "api/engines/cgroup.h"
+#include "api/engines/teardown.h"
 #include "api/sandbox/registry.h"
 
 #ifndef MITOS_SOURCE_ROOT
@@ -552,28 +552,6 @@ void engine_start_error(const char *dir, char *out, size_t outlen)
 	out[n > 0 ? n : 0] = 0;
 }
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st; (void)ftw;
-	if (flag == FTW_DP)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
-}
-
-int engine_remove_tree(const char *dir)
-{
-	struct stat st;
-	/* Again if something was created in it meanwhile (an engine's last word). */
-	for (int pass = 0; pass < 3; pass++) {
-		nftw(dir, rm_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-		if (lstat(dir, &st) < 0)
-			return 0;
-	}
-	return -ENOTEMPTY;
-}
-
 static int proc_cleanup(const char *dir)
 {
 	/* A mount left on the root (a crashed start) would stop the walk. */
@@ -589,7 +567,8 @@ static int proc_cleanup(const char *dir)
 		cgroup_remove(&cg);
 		cJSON_Delete(o);
 	}
-	return engine_remove_tree(dir);
+	teardown_tree(dir, NULL);
+	return 0;
 }
 
 const struct engine_ops engine_process_ops = {

@@ -318,7 +318,7 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	if (rc || (rc = kvm_vm_spawn(argv, b->console, name, &sh, &b->vp, err, errlen))) {
 		if (!err[0])
 			snprintf(err, errlen, "cannot write the template's files: %s", strerror(-rc));
-		engine_remove_tree(dir);
+		teardown_tree(dir, NULL);
 		free(b);
 		return rc;
 	}
@@ -334,7 +334,7 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	b->k.complete = build_complete;
 	b->next = K.builds;
 	K.builds = b;
-	kvm_submit(&b->k);
+	kvm_submit(&b->k, LANE_LONG);
 	return 0;
 }
 

@@ -14,10 +14,14 @@
 
 #include "api/engines/cgroup.h"
 #include "api/engines/engine.h"
+#include "api/engines/teardown.h"
 #include "api/http/uring.h"
 
 #define AGENT_PORT 52
-#define WORKERS 4
+/* Workers per lane: restores, control calls and fork snapshots (short) never wait
+ * behind template builds (long: up to a boot timeout each). */
+#define WORKERS_SHORT 4
+#define WORKERS_LONG 4
 #define PLEN 512                     /* every path the engine builds */
 #define MAX_SHAPES 16
 #define MAX_POOL 64
@@ -84,6 +88,13 @@ struct kjob {
 	struct kjob *next;
 };
 
+enum kvm_lane { LANE_SHORT, LANE_LONG, LANES };
+
+struct kvm_queue {
+	struct kjob *head, *tail;
+	pthread_cond_t cv;
+};
+
 struct build;
 
 struct kvm_state {
@@ -99,11 +110,11 @@ struct kvm_state {
 	struct ur_ticker ticker;
 	struct ur_kick refill;
 	/* workers */
-	pthread_t th[WORKERS];
+	pthread_t th[WORKERS_SHORT + WORKERS_LONG];
 	unsigned nth;
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct kjob *q_head, *q_tail, *d_head, *d_tail;
+	struct kvm_queue lanes[LANES];
+	struct kjob *d_head, *d_tail;     /* done, for the loop */
 	int efd;
 	uint64_t ebuf;
 	struct uop eop;
@@ -122,10 +133,18 @@ void kvm_write_error_file(const char *dir, const char *msg);
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
 		    struct vm_proc *vp, char *err, size_t errlen);
 void kvm_vm_reap(struct vm_proc *vp);
+/* The same, but only the kill now: the wait (as long as the kernel takes to free the
+ * VM's memory) and the cgroups' removal on the teardown thread. */
+void kvm_vm_reap_later(struct vm_proc *vp);
 int kvm_vm_record(const char *dir, const struct vm_proc *vp, const char *base, const struct vm_shape *sh);
 void kvm_vm_record_kill(const char *dir);
-void *kvm_worker_main(void *arg);
-void kvm_submit(struct kjob *j);
+/* Starts the workers of both lanes; false when a thread could not be made. */
+bool kvm_workers_start(void);
+/* With K.stopping set: idle workers leave, busy ones after their job (queued jobs
+ * still run); join waits for all of them. */
+void kvm_workers_wake(void);
+void kvm_workers_join(void);
+void kvm_submit(struct kjob *j, enum kvm_lane lane);
 void kvm_run_completions(void);
 void kvm_arm_efd(void);
 int kvm_ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms, int pidfd, char *err, size_t errlen);

@@ -100,7 +100,7 @@ static int pool_spawn(struct shape_pool *sp, char *err, size_t errlen)
 		return rc;
 	}
 	if ((rc = kvm_vm_spawn(a.v, a.console, name, &sp->sh, &pv->p, err, errlen))) {
-		engine_remove_tree(pv->dir);
+		teardown_tree(pv->dir, NULL);
 		free(pv);
 		return rc;
 	}
@@ -122,8 +122,8 @@ void kvm_pool_drop(struct shape_pool *sp, struct pool_vm *pv)
 			sp->nidle--;
 			break;
 		}
-	kvm_vm_reap(&pv->p);
-	engine_remove_tree(pv->dir);
+	kvm_vm_reap_later(&pv->p);
+	teardown_tree(pv->dir, NULL);
 	free(pv);
 }
 
@@ -210,7 +210,7 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 				break;
 			}
 		*vp = pv->p;
-		engine_remove_tree(pv->dir);
+		teardown_tree(pv->dir, NULL);
 		free(pv);
 		sp->fails = 0;
 		ur_kick(&K.refill);

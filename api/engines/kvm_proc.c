@@ -212,6 +212,26 @@ void kvm_vm_reap(struct vm_proc *vp)
 	cgroup_remove(&vp->cg);
 }
 
+static void reap_fn(void *arg)
+{
+	kvm_vm_reap(arg);
+	free(arg);
+}
+
+void kvm_vm_reap_later(struct vm_proc *vp)
+{
+	struct vm_proc *copy = malloc(sizeof(*copy));
+	if (vp->pidfd < 0 || !copy) {
+		free(copy);
+		kvm_vm_reap(vp);
+		return;
+	}
+	syscall(SYS_pidfd_send_signal, vp->pidfd, SIGKILL, NULL, 0);
+	*copy = *vp;
+	vp->pidfd = -1;
+	teardown_call(reap_fn, copy);
+}
+
 /* vm.json: what a later serve needs to clean up after this VM (and re-adopt it). */
 int kvm_vm_record(const char *dir, const struct vm_proc *vp, const char *base, const struct vm_shape *sh)
 {
@@ -264,19 +284,19 @@ void kvm_vm_record_kill(const char *dir)
 
 /* ---- workers ---- */
 
-void *kvm_worker_main(void *arg)
+static void *worker_main(void *arg)
 {
-	(void)arg;
+	struct kvm_queue *q = arg;
 	pthread_mutex_lock(&K.mu);
 	for (;;) {
-		while (!K.q_head && !K.stopping)
-			pthread_cond_wait(&K.cv, &K.mu);
-		struct kjob *j = K.q_head;
+		while (!q->head && !K.stopping)
+			pthread_cond_wait(&q->cv, &K.mu);
+		struct kjob *j = q->head;
 		if (!j)
 			break;
-		K.q_head = j->next;
-		if (!K.q_head)
-			K.q_tail = NULL;
+		q->head = j->next;
+		if (!q->head)
+			q->tail = NULL;
 		pthread_mutex_unlock(&K.mu);
 		j->run(j);
 		pthread_mutex_lock(&K.mu);
@@ -293,16 +313,51 @@ void *kvm_worker_main(void *arg)
 	return NULL;
 }
 
-void kvm_submit(struct kjob *j)
+bool kvm_workers_start(void)
 {
+	static const unsigned per_lane[LANES] = { [LANE_SHORT] = WORKERS_SHORT, [LANE_LONG] = WORKERS_LONG };
+	/* Signals are serve's main thread's business (its signalfd). */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	bool ok = true;
+	for (int l = 0; l < LANES && ok; l++)
+		for (unsigned i = 0; i < per_lane[l] && ok; i++)
+			if (pthread_create(&K.th[K.nth], NULL, worker_main, &K.lanes[l]))
+				ok = false;
+			else
+				K.nth++;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return ok;
+}
+
+void kvm_workers_wake(void)
+{
+	pthread_mutex_lock(&K.mu);
+	for (int l = 0; l < LANES; l++)
+		pthread_cond_broadcast(&K.lanes[l].cv);
+	pthread_mutex_unlock(&K.mu);
+}
+
+void kvm_workers_join(void)
+{
+	kvm_workers_wake();
+	for (unsigned i = 0; i < K.nth; i++)
+		pthread_join(K.th[i], NULL);
+	K.nth = 0;
+}
+
+void kvm_submit(struct kjob *j, enum kvm_lane lane)
+{
+	struct kvm_queue *q = &K.lanes[lane];
 	j->next = NULL;
 	pthread_mutex_lock(&K.mu);
-	if (K.q_tail)
-		K.q_tail->next = j;
+	if (q->tail)
+		q->tail->next = j;
 	else
-		K.q_head = j;
-	K.q_tail = j;
-	pthread_cond_signal(&K.cv);
+		q->head = j;
+	q->tail = j;
+	pthread_cond_signal(&q->cv);
 	pthread_mutex_unlock(&K.mu);
 }
 

@@ -19,6 +19,7 @@
 #include "api/sandbox/agent_client.h"
 #include "api/sandbox/node.h"
 #include "api/engines/images.h"
+#include "api/engines/teardown.h"
 #include "api/sandbox/registry.h"
 #include "api/sandbox/sandbox_ends.h"
 #include "api/http/server.h"
@@ -940,6 +941,8 @@ int sandboxes_init(char *err, size_t errlen)
 		snprintf(err, errlen, "cannot create the state dir %s: %s", srv_cfg.state_dir, strerror(-rc));
 		return rc;
 	}
+	if ((rc = teardown_init(srv_cfg.state_dir, err, errlen)))
+		return rc;
 	char jail[1000] = "";
 	rc = kvm ? engine_kvm_configure(srv_cfg.state_dir, srv_cfg.kvm_pool, !pr.hardware, jail, sizeof(jail), err, errlen)
 		 : engine_process_configure(srv_cfg.agent_path, srv_cfg.state_dir, srv_cfg.token_file, jail,
@@ -1114,4 +1117,6 @@ void sandboxes_exit(void)
 	if (eng && eng->exit)
 		eng->exit();
 	templates_exit();
+	/* Last: what the above queued is removed (and its VMs reaped) before serve exits. */
+	teardown_exit();
 }

@@ -321,6 +321,44 @@ def t_delete_cleans_up(s):
     wait_until(lambda: len(os.listdir("/proc/%d/fd" % s.pid())) <= fds, 5, "serve's descriptors back to %d" % fds)
 
 
+def t_delete_off_loop(s):
+    """A sandbox that leaves 100,000 files is deleted without holding serve's loop: its
+    tree is renamed into the trash at once and removed by the teardown thread (issue 11)."""
+    sid = new_sandbox(s)[0]["id"]
+    out, err, end, _ = sh(s, sid, "python3 -c \"import os\nos.makedirs('/home/big')\n"
+                          "for i in range(100000): open('/home/big/%d' % i, 'w').close()\nprint('made')\"",
+                          timeoutSeconds=120)
+    eq((out, end.get("exitCode", 0)), (b"made\n", 0), "100,000 files written (%r)" % err)
+    slow = []
+    stop = threading.Event()
+
+    def probe():
+        c = s.conn()
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            c.request("GET", "/v1/health")
+            c.getresponse().read()
+            slow.append((time.perf_counter() - t0) * 1000)
+        c.close()
+    th = threading.Thread(target=probe)
+    th.start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    st, r = s.request("DELETE", "/v1/sandboxes/" + sid)
+    took = (time.perf_counter() - t0) * 1000
+    time.sleep(0.3)
+    stop.set()
+    th.join()
+    eq(st, 200, "delete")
+    print("     delete of 100,000 files answered in %.0f ms; /v1/health at most %.1f ms meanwhile"
+          % (took, max(slow)))
+    if took > 500 or max(slow) > 500:
+        raise AssertionError("the loop waited for the removal: delete %.0f ms, health max %.0f ms"
+                             % (took, max(slow)))
+    trash = os.path.join(s.state_dir, "trash")
+    wait_until(lambda: os.listdir(trash) == [], 60, "the trash emptied")
+
+
 # ---------------------------------------------------------------- Connect
 
 def t_exec(s):
@@ -1091,6 +1129,7 @@ def main():
         ("workload_template", t_workload_template), ("fork_and_list", t_fork_and_list),
         ("fork_errors", t_fork_errors), ("bad_ids", t_bad_ids), ("set_timeout_expiry", t_set_timeout_expiry),
         ("pause_resume", t_pause_resume), ("delete_cleans_up", t_delete_cleans_up),
+        ("delete_off_loop", t_delete_off_loop),
         ("exec", t_exec), ("exec_keepalive_and_deadline", t_exec_keepalive_and_deadline),
         ("run_code", t_run_code), ("files", t_files), ("path_traversal", t_path_traversal),
         ("archive_upload", t_archive_upload), ("guest_runtime", t_guest_runtime),

@@ -462,6 +462,46 @@ def t_latency(s):
         s.request("DELETE", "/v1/sandboxes/" + x["id"])
 
 
+def t_builds_beside_starts(s):
+    """Four template builds in flight (guests whose agent never answers, so each holds
+    its build until the boot timeout) leave sandbox starts and deletes as fast as ever:
+    builds have their own workers (issue 11)."""
+    res = []
+
+    def post(i):
+        res.append(s.request("POST", "/v1/templates",
+                             spec(s, id="slow-%d" % i, boot_timeout=25,
+                                  cmdline="testguest.mode=vsock")))
+    th = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+    for t in th:
+        t.start()
+    wait_until(lambda: sum(1 for i in range(4) if os.path.exists(
+        os.path.join(s.state_dir, "templates", "slow-%d.json" % i))) == 4, 10, "four builds started")
+    time.sleep(1)
+    lat = []
+    for i in range(5):
+        wait_until(lambda: pool_ready(s) >= 1, 20, "a warm pool")
+        t0 = time.perf_counter()
+        st, r = s.request("POST", "/v1/fork", {"template": "tg", "id": "beside-%d" % i})
+        lat.append((time.perf_counter() - t0) * 1000)
+        eq(st, 200, "fork %d beside four builds (%r)" % (i, r))
+        t0 = time.perf_counter()
+        st, r = s.request("DELETE", "/v1/sandboxes/" + r["id"])
+        lat.append((time.perf_counter() - t0) * 1000)
+        eq(st, 200, "delete %d" % i)
+    building = sum(1 for t in th if t.is_alive())
+    print("     create and delete beside %d template builds: max %.1f ms" % (building, max(lat)))
+    if max(lat) > 3000:
+        raise AssertionError("a start or delete waited for the builds: %r ms" % lat)
+    eq(building, 4, "the four builds were in flight the whole time")
+    for t in th:
+        t.join()
+    eq(sorted(st for st, r in res if st != 200), [st for st, r in res], "the builds failed (%r)" % res)
+    for r in res:
+        if "agent" not in json.dumps(r[1]):
+            raise AssertionError("a build failed for another reason: %r" % (r,))
+
+
 def t_restart_and_stop(_):
     s = kvm_server()
     try:
@@ -631,7 +671,7 @@ def main():
              ("fork_template", t_fork_template), ("jail", t_jail), ("pause_resume", t_pause_resume),
              ("fork_sandbox", t_fork_sandbox), ("unsupported_ops", t_unsupported_ops),
              ("expiry_and_crash", t_expiry_and_crash), ("many", t_many), ("clone_uniqueness", t_clone_uniqueness),
-             ("latency", t_latency)]
+             ("latency", t_latency), ("builds_beside_starts", t_builds_beside_starts)]
     try:
         r.run_all(tests, ONLY, shared)
         eq(shared.proc.poll(), None, "serve is still running")

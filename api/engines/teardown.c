@@ -1,0 +1,208 @@
+/* Teardown off serve's event loop (teardown.h). A sandbox's writable layer can hold
+ * a million files and a fork layer gigabytes of memory: removing them, or waiting for
+ * a killed VM to free its memory, on the loop would stall every other request. */
+#include "api/engines/teardown.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct td_item {
+	void (*first)(const char *dir);   /* with a tree */
+	void (*fn)(void *arg);            /* or a call */
+	void *arg;
+	struct td_item *next;
+	char path[];                      /* the tree's place in the trash, "" for a call */
+};
+
+static struct {
+	char trash[1024];
+	pthread_t th;
+	bool running, stopping;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct td_item *head, *tail;
+	unsigned serial;
+} T = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st; (void)ftw;
+	if (flag == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+int teardown_remove_now(const char *dir)
+{
+	struct stat st;
+	/* Again if something was created in it meanwhile (a dying VM's last console line). */
+	for (int pass = 0; pass < 3; pass++) {
+		nftw(dir, rm_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+		if (lstat(dir, &st) < 0)
+			return 0;
+	}
+	return -ENOTEMPTY;
+}
+
+static void run_item(struct td_item *it)
+{
+	if (it->fn) {
+		it->fn(it->arg);
+		return;
+	}
+	if (it->first)
+		it->first(it->path);
+	if (teardown_remove_now(it->path))
+		fprintf(stderr, "mitos-vmm serve: cannot remove %s (it stays in the trash until the next start)\n",
+			it->path);
+}
+
+static void *td_main(void *unused)
+{
+	(void)unused;
+	pthread_mutex_lock(&T.mu);
+	for (;;) {
+		while (!T.head && !T.stopping)
+			pthread_cond_wait(&T.cv, &T.mu);
+		struct td_item *it = T.head;
+		if (!it)
+			break;
+		T.head = it->next;
+		if (!T.head)
+			T.tail = NULL;
+		pthread_mutex_unlock(&T.mu);
+		run_item(it);
+		free(it);
+		pthread_mutex_lock(&T.mu);
+	}
+	pthread_mutex_unlock(&T.mu);
+	return NULL;
+}
+
+/* Queues it, or runs it here when no thread takes it. */
+static void enqueue(struct td_item *it)
+{
+	pthread_mutex_lock(&T.mu);
+	bool queued = T.running && !T.stopping;
+	if (queued) {
+		it->next = NULL;
+		if (T.tail)
+			T.tail->next = it;
+		else
+			T.head = it;
+		T.tail = it;
+		pthread_cond_signal(&T.cv);
+	}
+	pthread_mutex_unlock(&T.mu);
+	if (!queued) {
+		run_item(it);
+		free(it);
+	}
+}
+
+static struct td_item *item_new(const char *path)
+{
+	size_t n = strlen(path) + 1;
+	struct td_item *it = calloc(1, sizeof(*it) + n);
+	if (it)
+		memcpy(it->path, path, n);
+	return it;
+}
+
+void teardown_tree(const char *dir, void (*first)(const char *dir))
+{
+	char to[1100];
+	struct stat st;
+	if (lstat(dir, &st) < 0)
+		return;
+	bool moved = false;
+	if (T.running && snprintf(to, sizeof(to), "%s/%d-%u", T.trash, (int)getpid(), ++T.serial) < (int)sizeof(to))
+		moved = rename(dir, to) == 0;
+	struct td_item *it = item_new(moved ? to : dir);
+	if (!it) {
+		if (first)
+			first(moved ? to : dir);
+		teardown_remove_now(moved ? to : dir);
+		return;
+	}
+	it->first = first;
+	if (moved)
+		enqueue(it);
+	else {
+		run_item(it);
+		free(it);
+	}
+}
+
+void teardown_call(void (*fn)(void *arg), void *arg)
+{
+	struct td_item *it = item_new("");
+	if (!it) {
+		fn(arg);
+		return;
+	}
+	it->fn = fn;
+	it->arg = arg;
+	enqueue(it);
+}
+
+int teardown_init(const char *state_dir, char *err, size_t errlen)
+{
+	if (snprintf(T.trash, sizeof(T.trash), "%s/trash", state_dir) >= (int)sizeof(T.trash)) {
+		snprintf(err, errlen, "the state dir's path is too long");
+		return -ENAMETOOLONG;
+	}
+	if (mkdir(T.trash, 0700) < 0 && errno != EEXIST) {
+		int rc = -errno;
+		snprintf(err, errlen, "cannot create %s: %s", T.trash, strerror(errno));
+		return rc;
+	}
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int rc = pthread_create(&T.th, NULL, td_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc) {
+		snprintf(err, errlen, "cannot start the teardown thread: %s", strerror(rc));
+		return -rc;
+	}
+	T.running = true;
+	T.stopping = false;
+	/* What a crashed serve renamed and never removed. */
+	DIR *d = opendir(T.trash);
+	struct dirent *de;
+	while (d && (de = readdir(d))) {
+		char p[1100];
+		if (de->d_name[0] == '.' || snprintf(p, sizeof(p), "%s/%s", T.trash, de->d_name) >= (int)sizeof(p))
+			continue;
+		struct td_item *it = item_new(p);
+		if (it)
+			enqueue(it);
+	}
+	if (d)
+		closedir(d);
+	return 0;
+}
+
+void teardown_exit(void)
+{
+	if (!T.running)
+		return;
+	pthread_mutex_lock(&T.mu);
+	T.stopping = true;
+	pthread_cond_signal(&T.cv);
+	pthread_mutex_unlock(&T.mu);
+	pthread_join(T.th, NULL);
+	T.running = false;
+}
