@@ -13,8 +13,8 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: mitos-vmm vm --control PATH [--mem MIB] [--vcpus N] [--console FILE] [--seccomp]\n"
-		"                    [--console-max-mib N] [--stats]\n"
+		"usage: mitos-vmm vm --control PATH [--mem MIB] [--vcpus N] [--arm DIR] [--console FILE]\n"
+		"                    [--seccomp] [--console-max-mib N] [--stats]\n"
 		"\n"
 		"One microVM, prepared ahead of need: creates the KVM VM, its vCPUs and guest RAM\n"
 		"of the given shape, then waits on its control socket. A request\n"
@@ -27,6 +27,10 @@ static void usage(FILE *f)
 		"  --control PATH   control socket (required)\n"
 		"  --mem MIB        guest RAM; must equal the snapshot's (default %d)\n"
 		"  --vcpus N        vCPUs; must equal the snapshot's (default 1)\n"
+		"  --arm DIR        read the snapshot in DIR and map its memory now, so that a\n"
+		"                   restore of DIR only restores registers and devices (a restore\n"
+		"                   of another snapshot, or of DIR rewritten since, reads it then);\n"
+		"                   a snapshot that cannot be read is said on stderr, not fatal\n"
 		"  --console FILE   where the guest's serial output goes (default: stdout)\n"
 		"  --console-max-mib N\n"
 		"                   when that is a file: past N MiB it is emptied and restarts, so a\n"
@@ -43,6 +47,7 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 		{ "control", required_argument, NULL, 'C' },
 		{ "mem", required_argument, NULL, 'm' },
 		{ "vcpus", required_argument, NULL, 'n' },
+		{ "arm", required_argument, NULL, 'a' },
 		{ "console", required_argument, NULL, 'o' },
 		{ "stats", no_argument, NULL, 's' },
 		{ "seccomp", no_argument, NULL, 'S' },
@@ -73,6 +78,7 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 				return EXIT_USAGE;
 			cfg.vcpus = (unsigned)v;
 			break;
+		case 'a': cfg.arm = optarg; break;
 		case 'o': console = optarg; break;
 		case 's': stats = true; break;
 		case 'S': filter = true; break;

@@ -93,6 +93,17 @@ struct machine {
 	 * later snapshot of this VM names as its parent. */
 	char *snapshot_parent;
 	unsigned snapshot_depth;
+	/* What a restore reads before it changes the VM, read (and RAM mapped) ahead of
+	 * the request when the VM is armed, so a fork does only what is per child. */
+	struct snapshot_read {
+		char *dir;                /* NULL: nothing read */
+		struct stat cfg;          /* its config.json then: rewritten since, it is read again */
+		struct snapshot_config sc;
+		char **chain;             /* base .. dir */
+		unsigned depth;
+		struct state_blob state;
+		bool mapped;              /* RAM holds the chain's memory */
+	} ahead;
 	struct msr_set msrs;
 	char cmdline[LAYOUT_CMDLINE_MAX];
 	bool loaded;            /* a guest is in RAM: booted, or restored into a prepared VM */
@@ -761,16 +772,15 @@ static cJSON *control_restore(struct machine *m, const cJSON *req)
 		overridden[idx->valueint] = true;
 	}
 	struct mitos_err e = { 0 };
-	struct snapshot_config sc;
-	if (snapshot_config_read(dir->valuestring, &sc, &e))
+	const struct snapshot_config *sc = machine_snapshot_config(m, dir->valuestring, &e);
+	if (!sc)
 		return control_reply_error("restore_failed", "%s", e.msg);
 	int r = 0;
 	for (unsigned i = 0; i < SNAPSHOT_MAX_DISKS && !r; i++)
-		if (overridden[i] && i >= sc.ndisks)
-			r = mitos_err_set(&e, -EINVAL, "disk %u: the snapshot has %u disk(s)", i, sc.ndisks);
+		if (overridden[i] && i >= sc->ndisks)
+			r = mitos_err_set(&e, -EINVAL, "disk %u: the snapshot has %u disk(s)", i, sc->ndisks);
 	if (!r)
-		r = machine_config_from_snapshot(&sc, &c, overridden, &e);
-	snapshot_config_free(&sc);
+		r = machine_config_from_snapshot(sc, &c, overridden, &e);
 	if (r)
 		return control_reply_error("restore_failed", "%s", e.msg);
 	/* From here a failure may leave the VM half-loaded: it is single-use, so it ends.
@@ -1060,6 +1070,14 @@ int machine_prepare(struct machine **out, const struct machine_config *c, struct
 		phase(m, "memslots");
 	if (!r && !(r = setup_legacy(m, e)) && !(r = create_vcpus(m, e)))
 		phase(m, "create-vcpus");
+	if (!r && c->arm) {
+		/* Not fatal: the VM still takes any snapshot, only slower. */
+		struct mitos_err ae = { 0 };
+		if (machine_arm(m, c->arm, &ae))
+			fprintf(stderr, "mitos-vmm: not armed with %s (restores read it then): %s\n", c->arm, ae.msg);
+		else
+			phase(m, "arm");
+	}
 	if (!r)
 		r = finish_setup(m, e);
 	if (r) {
@@ -1111,33 +1129,117 @@ int machine_config_from_snapshot(const struct snapshot_config *sc, struct machin
 	return 0;
 }
 
+static void ahead_drop(struct snapshot_read *a)
+{
+	if (!a->dir)
+		return;
+	free(a->dir);
+	snapshot_config_free(&a->sc);
+	snapshot_chain_free(a->chain, a->depth);
+	state_blob_free(&a->state);
+	memset(a, 0, sizeof(*a));
+}
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* m->ahead holds dir's snapshot: what was read before if its config.json is still the
+ * same file, else read now. Everything is checked before the first change to the VM. */
+static int ahead_read(struct machine *m, const char *dir, struct mitos_err *e)
+{
+	char path[PATH_MAX];
+	struct stat st = { 0 };
+	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_CONFIG_NAME);
+	bool known = stat(path, &st) == 0;
+	if (known && m->ahead.dir && !strcmp(m->ahead.dir, dir) && same_file(&st, &m->ahead.cfg))
+		return 0;
+	ahead_drop(&m->ahead);
+	struct snapshot_read a = { .cfg = st };
+	int r = snapshot_config_read(dir, &a.sc, e);
+	if (r)
+		return r;
+	if (a.sc.mem_bytes != m->mem.size || a.sc.vcpus != m->nvcpus) {
+		r = mitos_err_set(e, -EINVAL, "snapshot %s needs %llu MiB and %u vCPUs; this VM has %llu "
+				  "MiB and %u", dir, (unsigned long long)(a.sc.mem_bytes >> 20), a.sc.vcpus,
+				  (unsigned long long)(m->mem.size >> 20), m->nvcpus);
+		snapshot_config_free(&a.sc);
+		return r;
+	}
+	if ((r = snapshot_chain(dir, &a.chain, &a.depth, e))) {
+		snapshot_config_free(&a.sc);
+		return r;
+	}
+	snprintf(path, sizeof(path), "%s/%s", a.chain[a.depth - 1], SNAPSHOT_STATE_NAME);
+	a.dir = strdup(dir);
+	if (!a.dir)
+		r = mitos_err_set(e, -ENOMEM, "out of memory");
+	else
+		r = state_file_read(path, &a.state, e);
+	if (r) {
+		free(a.dir);
+		a.dir = NULL;
+		snapshot_config_free(&a.sc);
+		snapshot_chain_free(a.chain, a.depth);
+		return r;
+	}
+	m->ahead = a;
+	return 0;
+}
+
+static int ahead_map(struct machine *m, struct mitos_err *e)
+{
+	if (m->ahead.mapped)
+		return 0;
+	int r = memory_map_chain(&m->mem, m->mem.base, m->mem.size, m->ahead.chain, m->ahead.depth, e);
+	m->ahead.mapped = r == 0;
+	return r;
+}
+
+int machine_arm(struct machine *m, const char *dir, struct mitos_err *e)
+{
+	if (m->loaded)
+		return mitos_err_set(e, -EBUSY, "this VM already runs a guest");
+	int r = ahead_read(m, dir, e);
+	if (!r)
+		r = ahead_map(m, e);
+	if (r)
+		ahead_drop(&m->ahead);
+	return r;
+}
+
+const struct snapshot_config *machine_snapshot_config(struct machine *m, const char *dir, struct mitos_err *e)
+{
+	if (m->loaded) {
+		mitos_err_set(e, -EBUSY, "this VM already runs a guest");
+		return NULL;
+	}
+	return ahead_read(m, dir, e) ? NULL : &m->ahead.sc;
+}
+
 int machine_load_snapshot(struct machine *m, const char *dir, const struct machine_config *c,
 			  struct mitos_err *e)
 {
-	char **chain = NULL;
-	unsigned depth = 0;
-	struct state_blob b = { 0 };
+	int r;
 	if (m->loaded)
 		return mitos_err_set(e, -EBUSY, "this VM already runs a guest");
 	if (c->mem_bytes != m->mem.size || c->vcpus != m->nvcpus)
 		return mitos_err_set(e, -EINVAL, "snapshot %s needs %llu MiB and %u vCPUs; this VM "
 				     "has %llu MiB and %u", dir, (unsigned long long)(c->mem_bytes >> 20),
 				     c->vcpus, (unsigned long long)(m->mem.size >> 20), m->nvcpus);
-	int r = snapshot_chain(dir, &chain, &depth, e);
-	if (r)
-		return r;
-	char state_path[PATH_MAX];
-	snprintf(state_path, sizeof(state_path), "%s/%s", chain[depth - 1], SNAPSHOT_STATE_NAME);
-	/* Read and check everything before the first change to the VM. */
-	if ((r = state_file_read(state_path, &b, e)))
+	/* Read just before by machine_snapshot_config() (whose answer c may point into: it
+	 * is not read again), or now. */
+	if ((!m->ahead.dir || strcmp(m->ahead.dir, dir)) && (r = ahead_read(m, dir, e)))
 		goto out;
 	phase(m, "read-state");
-	if ((r = memory_map_chain(&m->mem, m->mem.base, m->mem.size, chain, depth, e)))
+	if ((r = ahead_map(m, e)))
 		goto out;
 	phase(m, "map-memory");
-	m->snapshot_parent = chain[depth - 1];
-	chain[depth - 1] = NULL;
-	m->snapshot_depth = depth - 1;
+	m->snapshot_parent = m->ahead.chain[m->ahead.depth - 1];
+	m->ahead.chain[m->ahead.depth - 1] = NULL;
+	m->snapshot_depth = m->ahead.depth - 1;
 	m->cfg.ndisks = c->ndisks;
 	for (unsigned i = 0; i < c->ndisks; i++)
 		m->cfg.disks[i] = (struct virtio_blk_opts){ .path = machine_keep(m, c->disks[i].path),
@@ -1152,8 +1254,8 @@ int machine_load_snapshot(struct machine *m, const char *dir, const struct machi
 	phase(m, "devices");
 	struct vcpu *vcpus[LAYOUT_MAX_VCPUS];
 	vcpu_list(m, vcpus);
-	if ((r = vm_state_restore(&m->vm, vcpus, m->nvcpus, &b, e)) ||
-	    (r = restore_devices(m, &b, e)))
+	if ((r = vm_state_restore(&m->vm, vcpus, m->nvcpus, &m->ahead.state, e)) ||
+	    (r = restore_devices(m, &m->ahead.state, e)))
 		goto out;
 	phase(m, "restore-state");
 	m->loaded = true;
@@ -1163,8 +1265,8 @@ out:
 		memcpy(msg, e->msg, sizeof(msg));
 		mitos_err_set(e, r, "restore %s: %.400s", dir, msg);
 	}
-	state_blob_free(&b);
-	snapshot_chain_free(chain, depth);
+	/* Used once: a VM that failed half-way ends. */
+	ahead_drop(&m->ahead);
 	return r;
 }
 
@@ -1243,6 +1345,7 @@ void machine_destroy(struct machine *m)
 	vm_state_msr_set_free(&m->msrs);
 	profile_close(&m->profile);
 	free(m->snapshot_parent);
+	ahead_drop(&m->ahead);
 	for (unsigned i = 0; i < m->nkept; i++)
 		free(m->kept[i]);
 	pthread_mutex_destroy(&m->result_lock);

@@ -36,6 +36,7 @@ struct machine_config {
 	const char *control_path; /* JSON-lines control socket, NULL for none */
 	bool start_paused;      /* vCPUs wait for a "resume" on the control socket */
 	const char *profile_path; /* sample vCPU RIPs into this file (profile.h), NULL: no */
+	const char *arm;        /* prepare(): the snapshot to arm with (machine_arm), NULL: none */
 };
 
 enum machine_end {
@@ -83,6 +84,14 @@ int machine_prepare(struct machine **out, const struct machine_config *c, struct
 int machine_load_snapshot(struct machine *m, const char *dir, const struct machine_config *c,
 			  struct mitos_err *e);
 struct snapshot_config;
+/* Before any request, reads the snapshot in dir (config, chain, state) and maps its
+ * memory into the prepared VM's RAM, so that load_snapshot() of the same dir does only
+ * what is per child. A snapshot rewritten in between (its config.json another file) is
+ * read again then; another dir replaces what was armed. */
+int machine_arm(struct machine *m, const char *dir, struct mitos_err *e);
+/* The config of the snapshot in dir (read now unless armed with it and still the
+ * same); load_snapshot() of dir then uses what this read. Valid until load_snapshot(). */
+const struct snapshot_config *machine_snapshot_config(struct machine *m, const char *dir, struct mitos_err *e);
 /* The machine a snapshot needs, with c's overrides for disks (overridden[i]) and its
  * vsock path: refuses to share a read-write disk, and a disk of another size. */
 int machine_config_from_snapshot(const struct snapshot_config *sc, struct machine_config *c,

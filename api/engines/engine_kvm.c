@@ -280,6 +280,9 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 			}
 		} else if (kvm_pathf(j->snapshot, "%s/snapshot", s->template_root)) {
 			rc = -ENAMETOOLONG;
+		} else {
+			/* The pool's next VMs expect the template asked last. */
+			kvm_pool_arm(&sh, j->snapshot);
 		}
 	}
 	struct vm_proc vp = { .pidfd = -1 };

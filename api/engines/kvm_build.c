@@ -181,8 +181,10 @@ static void build_complete(struct kjob *kj)
 	if (!b->rc) {
 		struct vm_shape sh;
 		char rootfs[PLEN];
-		if (!kvm_shape_read(b->dir, &sh, rootfs, sizeof(rootfs)) && kvm_pool_for(&sh, true))
+		if (!kvm_shape_read(b->dir, &sh, rootfs, sizeof(rootfs)) && kvm_pool_for(&sh, true)) {
+			kvm_pool_arm(&sh, b->snap);
 			ur_kick(&K.refill);
+		}
 	}
 	if (b->done)
 		b->done(b->ctx, b->rc, b->msg);
@@ -344,8 +346,9 @@ bool kvm_template_usable(const char *dir)
 	struct vm_shape sh;
 	if (kvm_pathf(p, "%s/snapshot/config.json", dir) || access(p, R_OK) || kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs)))
 		return false;
-	/* The pool for its shape is filled once the loop runs. */
-	kvm_pool_for(&sh, true);
+	/* The pool for its shape is filled (and armed with it) once the loop runs. */
+	if (!kvm_pathf(p, "%s/snapshot", dir))
+		kvm_pool_arm(&sh, p);
 	return true;
 }
 

@@ -60,6 +60,9 @@ struct pool_vm {
 struct shape_pool {
 	bool used;
 	struct vm_shape sh;
+	/* The template snapshot of this shape that was last built or forked: VMs spawned
+	 * for the pool are armed with it (read and mapped ahead), "" for none. */
+	char arm[PLEN];
 	struct pool_vm *idle;
 	unsigned nidle, fails;
 	uint64_t retry_at_ms;
@@ -153,6 +156,8 @@ int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *err
 
 /* ---- kvm_pool.c ---- */
 struct shape_pool *kvm_pool_for(const struct vm_shape *sh, bool add);
+/* The pool of sh (made if need be) arms its next VMs with snapshot. */
+void kvm_pool_arm(const struct vm_shape *sh, const char *snapshot);
 void kvm_pool_drop(struct shape_pool *sp, struct pool_vm *pv);
 void kvm_pool_fill(void);
 void kvm_refill_kick(struct ur_kick *k);

@@ -62,21 +62,33 @@ struct shape_pool *kvm_pool_for(const struct vm_shape *sh, bool add)
 	return free_slot;
 }
 
-/* argv of `mitos-vmm vm` for sh, with its control socket and console in dir. */
+void kvm_pool_arm(const struct vm_shape *sh, const char *snapshot)
+{
+	struct shape_pool *sp = kvm_pool_for(sh, true);
+	if (sp && strlen(snapshot) < sizeof(sp->arm))
+		strcpy(sp->arm, snapshot);
+}
+
+/* argv of `mitos-vmm vm` for sh, with its control socket and console in dir, armed with
+ * the snapshot arm ("" for none). */
 struct vm_argv {
-	char *v[16];
+	char *v[18];
 	char ctl[PLEN], mem[16], cpus[16], console[PLEN];
 };
 
-static int vm_argv_make(struct vm_argv *a, const char *dir, const struct vm_shape *sh)
+static int vm_argv_make(struct vm_argv *a, const char *dir, const struct vm_shape *sh, const char *arm)
 {
 	if (kvm_pathf(a->ctl, "%s/control", dir) || kvm_pathf(a->console, "%s/console.log", dir) || strlen(a->ctl) > SOCK_MAX)
 		return -ENAMETOOLONG;
 	snprintf(a->mem, sizeof(a->mem), "%u", sh->mem_mib);
 	snprintf(a->cpus, sizeof(a->cpus), "%u", sh->vcpus);
 	char *v[] = { "mitos-vmm", "vm", "--seccomp", "--control", a->ctl, "--mem", a->mem, "--vcpus", a->cpus,
-		      "--console", a->console, "--console-max-mib", CONSOLE_MAX_MIB, NULL };
+		      "--console", a->console, "--console-max-mib", CONSOLE_MAX_MIB, NULL, NULL, NULL };
 	memcpy(a->v, v, sizeof(v));
+	if (arm[0]) {
+		a->v[13] = "--arm";
+		a->v[14] = (char *)arm;
+	}
 	return 0;
 }
 
@@ -91,7 +103,7 @@ static int pool_spawn(struct shape_pool *sp, char *err, size_t errlen)
 	struct vm_argv a;
 	int rc = kvm_pathf(pv->dir, "%s/%s", K.pool_dir, name);
 	if (!rc)
-		rc = vm_argv_make(&a, pv->dir, &sp->sh);
+		rc = vm_argv_make(&a, pv->dir, &sp->sh, sp->arm);
 	if (!rc && mkdir(pv->dir, 0700) < 0)
 		rc = -errno;
 	if (rc) {
@@ -219,7 +231,8 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 	if (sp)
 		ur_kick(&K.refill);
 	struct vm_argv a;
-	if (vm_argv_make(&a, sbdir, sh)) {
+	/* Asked for now: arming ahead would gain nothing. */
+	if (vm_argv_make(&a, sbdir, sh, "")) {
 		snprintf(err, errlen, "the sandbox's path %.200s is too long for its sockets", sbdir);
 		return -ENAMETOOLONG;
 	}

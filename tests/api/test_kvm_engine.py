@@ -252,6 +252,21 @@ def t_fork_template(s):
         if alive(p):
             raise AssertionError("VM %d still runs after DELETE" % p)
     eq(os.listdir(os.path.join(s.state_dir, "sandboxes")), [], "sandbox dirs after DELETE")
+    # The pool's next VMs are armed with the template forked last (read and mapped ahead).
+    snap = os.path.join(registry(s, "tg")["root"], "snapshot")
+
+    def armed():
+        n = 0
+        for pid in vm_pids(s.state_dir):
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    argv = f.read().decode().split("\0")
+            except OSError:
+                continue
+            if "vm" in argv and "--arm" in argv and argv[argv.index("--arm") + 1] == snap:
+                n += 1
+        return n
+    wait_until(lambda: armed() >= 2, 30, "two prepared VMs armed with tg's snapshot")
 
 
 def t_jail(s):

@@ -161,8 +161,77 @@ def run_cases(tmp):
     case("50 children run at once", ticking == 50 and codes == [0] * 50,
          f"{ticking} ticking, exit codes {codes}")
 
-    # 5. Bad snapshots: a clear error naming the file, nothing starts.
+    # 5. Prepared VMs armed ahead (`vm --arm`): the armed snapshot, another one, and the
+    # armed one rewritten in between all restore what is on disk at the request.
+    armed_cases(tmp, base, last)
+
+    # 6. Bad snapshots: a clear error naming the file, nothing starts.
     bad_cases(tmp, base)
+
+
+def private_kib(pid, path):
+    """Private pages (KiB) of pid's mappings of path; None when it maps none of it."""
+    total, inside = None, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = line.rstrip().endswith(" " + path)
+                if inside and total is None:
+                    total = 0
+            elif inside and line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
+def armed_cases(tmp, base, last):
+    """The child of a snapshot prints as its first tick the one after the snapshot's: base's
+    is last + 1, and a layer taken three lines later prints a later one."""
+    vm = restore(tmp, base, "later-src", control=True)
+    vm.wait_for(rf"tick {last + 3} counter")
+    vm.call({"cmd": "pause"})
+    later = os.path.join(tmp, "later")
+    rc, out = snapshot_of(vm, later)
+    vm.call({"cmd": "stop"})
+    vm.finish()
+    case("a snapshot three tick lines after the base", rc == 0, out)
+
+    def prepared(name, arm):
+        ctl = os.path.join(tmp, f"{name}.sock")
+        vm = VM(["vm", "--control", ctl, "--mem", "64", "--arm", arm], ctl, stdin=False)
+        wait_for_socket(ctl)
+        return vm
+
+    def first_tick(vm, snap, name):
+        disk = os.path.join(tmp, f"{name}.img")
+        shutil.copyfile(os.path.join(tmp, "parent.img"), disk)
+        r = vm.call({"cmd": "restore", "snapshot": snap, "disks": [{"index": 0, "path": disk}]})
+        m = vm.wait_for(r"tick (\d+) counter") if r.get("ok") else None
+        vm.call({"cmd": "stop"})
+        return (int(m.group(1)) if m else None), r, vm.finish()[1]
+
+    vm = prepared("armed", base)
+    private = private_kib(vm.p.pid, os.path.join(base, "memory"))
+    case("an armed VM maps the snapshot's memory and owns none of it",
+         private is not None and private == 0, f"private {private} KiB")
+    tick, r, _ = first_tick(vm, base, "armed")
+    case("an armed VM restores the snapshot it was armed with",
+         tick == last + 1 and "arm" in {p["name"] for p in r.get("phases", [])}, f"{tick} {r} {vm.seen}")
+    vm = prepared("other", base)
+    tick, r, _ = first_tick(vm, later, "other")
+    case("an armed VM restores another snapshot it is asked for", tick is not None and tick > last + 3,
+         f"{tick} {r} {vm.seen}")
+    moved = os.path.join(tmp, "rewritten")
+    shutil.copytree(base, moved)
+    vm = prepared("rewritten", moved)
+    shutil.rmtree(moved)
+    shutil.copytree(later, moved)
+    tick, r, _ = first_tick(vm, moved, "rewritten")
+    case("a snapshot rewritten after arming is read again", tick is not None and tick > last + 3,
+         f"{tick} {r} {vm.seen}")
+    vm = prepared("missing", os.path.join(tmp, "no-such-snapshot"))
+    tick, r, err = first_tick(vm, base, "missing")
+    case("a VM whose arming failed says so and still restores",
+         tick == last + 1 and "not armed with" in err, f"{tick} {r} {err}")
 
 
 def corrupt_copy(tmp, base, name, mutate):
