@@ -1,6 +1,8 @@
 #include "commands.h"
 #include "control.h"
+#include "control_proto.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
@@ -69,25 +71,23 @@ int cmd_snapshot(int argc, char **argv)
 		strcat(abs, out);
 		out = abs;
 	}
-	cJSON *req = cJSON_CreateObject();
-	cJSON_AddStringToObject(req, "cmd", "snapshot");
-	cJSON_AddStringToObject(req, "dir", out);
+	cJSON *req = ctl_request_encode(&(struct ctl_request){ .cmd = CTL_SNAPSHOT, .dir = out });
 	struct mitos_err e = { 0 };
-	cJSON *reply = control_call(control, req, (int)timeout * 1000, &e);
+	cJSON *reply = req ? control_call(control, req, (int)timeout * 1000, &e) : NULL;
 	cJSON_Delete(req);
+	if (!req)
+		mitos_err_set(&e, -ENOMEM, "out of memory");
 	if (!reply) {
 		fprintf(stderr, "mitos-vmm snapshot: %s\n", e.msg);
 		return EXIT_VMM_ERROR;
 	}
 	int status = 0;
-	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
+	char why[600];
+	if (ctl_reply_ok(reply, why, sizeof(why))) {
 		const cJSON *ms = cJSON_GetObjectItemCaseSensitive(reply, "ms");
 		printf("snapshot written to %s in %.1f ms\n", out, cJSON_IsNumber(ms) ? ms->valuedouble : 0.0);
 	} else {
-		const cJSON *err = cJSON_GetObjectItemCaseSensitive(reply, "error");
-		const cJSON *msg = cJSON_GetObjectItemCaseSensitive(err, "message");
-		fprintf(stderr, "mitos-vmm snapshot: %s\n",
-			cJSON_IsString(msg) ? msg->valuestring : "the VM refused");
+		fprintf(stderr, "mitos-vmm snapshot: %s\n", why);
 		status = EXIT_VMM_ERROR;
 	}
 	cJSON_Delete(reply);

@@ -8,6 +8,7 @@
 #include "loader.h"
 #include "profile.h"
 #include "control.h"
+#include "control_proto.h"
 #include "vcpu.h"
 #include "../devices/i8042.h"
 #include "../devices/serial.h"
@@ -742,37 +743,21 @@ static cJSON *phases_json(const struct machine *m)
 	return a;
 }
 
-/* {"cmd":"restore","snapshot":DIR,"disks":[{"index":N,"path":P,"read_only":B}],
- *  "vsock":PATH}: a prepared VM (`mitos-vmm vm`) takes a snapshot and starts. */
-static cJSON *control_restore(struct machine *m, const cJSON *req)
+_Static_assert(CTL_MAX_DISKS == SNAPSHOT_MAX_DISKS, "a restore names any of the snapshot's disks");
+
+/* A prepared VM (`mitos-vmm vm`) takes a snapshot and starts. */
+static cJSON *control_restore(struct machine *m, const struct ctl_request *req)
 {
-	const cJSON *dir = cJSON_GetObjectItemCaseSensitive(req, "snapshot");
-	const cJSON *disks = cJSON_GetObjectItemCaseSensitive(req, "disks");
-	const cJSON *vsock = cJSON_GetObjectItemCaseSensitive(req, "vsock");
-	const cJSON *tap = cJSON_GetObjectItemCaseSensitive(req, "tap");
-	if (!cJSON_IsString(dir) || (disks && !cJSON_IsArray(disks)) ||
-	    (vsock && !cJSON_IsString(vsock)) || (tap && !cJSON_IsString(tap)))
-		return control_reply_error("invalid_request", "restore needs \"snapshot\", and "
-					   "optionally \"disks\" (array), \"vsock\" and \"tap\" (strings)");
-	struct machine_config c = { .vsock_path = vsock ? vsock->valuestring : NULL,
-				    .has_net = tap != NULL,
-				    .net = { .tap = tap ? tap->valuestring : NULL } };
+	struct machine_config c = { .vsock_path = req->vsock, .has_net = req->tap != NULL,
+				    .net = { .tap = req->tap } };
 	bool overridden[SNAPSHOT_MAX_DISKS] = { false };
-	const cJSON *d;
-	cJSON_ArrayForEach(d, disks) {
-		const cJSON *idx = cJSON_GetObjectItemCaseSensitive(d, "index");
-		const cJSON *path = cJSON_GetObjectItemCaseSensitive(d, "path");
-		const cJSON *ro = cJSON_GetObjectItemCaseSensitive(d, "read_only");
-		if (!cJSON_IsNumber(idx) || idx->valueint < 0 || idx->valueint >= SNAPSHOT_MAX_DISKS ||
-		    !cJSON_IsString(path))
-			return control_reply_error("invalid_request", "each disk needs \"index\" "
-						   "(0..%d) and \"path\"", SNAPSHOT_MAX_DISKS - 1);
-		c.disks[idx->valueint] = (struct virtio_blk_opts){ .path = path->valuestring,
-								   .read_only = cJSON_IsTrue(ro) };
-		overridden[idx->valueint] = true;
+	for (unsigned i = 0; i < req->ndisks; i++) {
+		const struct ctl_disk *d = &req->disks[i];
+		c.disks[d->index] = (struct virtio_blk_opts){ .path = d->path, .read_only = d->read_only };
+		overridden[d->index] = true;
 	}
 	struct mitos_err e = { 0 };
-	const struct snapshot_config *sc = machine_snapshot_config(m, dir->valuestring, &e);
+	const struct snapshot_config *sc = machine_snapshot_config(m, req->snapshot, &e);
 	if (!sc)
 		return control_reply_error("restore_failed", "%s", e.msg);
 	int r = 0;
@@ -785,7 +770,7 @@ static cJSON *control_restore(struct machine *m, const cJSON *req)
 		return control_reply_error("restore_failed", "%s", e.msg);
 	/* From here a failure may leave the VM half-loaded: it is single-use, so it ends.
 	 * Its disks' rings exist once it is loaded: none may be made after. */
-	if ((r = machine_load_snapshot(m, dir->valuestring, &c, &e)) ||
+	if ((r = machine_load_snapshot(m, req->snapshot, &c, &e)) ||
 	    (r = vmm_seccomp_seal_rings(e.msg, sizeof(e.msg))) || (r = start_vcpus(m, &e))) {
 		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e.msg);
 		return control_reply_error("restore_failed", "%s", e.msg);
@@ -796,15 +781,17 @@ static cJSON *control_restore(struct machine *m, const cJSON *req)
 	return o;
 }
 
-static cJSON *control_handle(void *ctx, const cJSON *req)
+static cJSON *control_handle(void *ctx, const cJSON *json)
 {
 	struct machine *m = ctx;
-	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(req, "cmd");
-	if (!cJSON_IsString(cmd))
-		return control_reply_error("invalid_request", "missing \"cmd\"");
-	const char *c = cmd->valuestring;
+	struct ctl_request req;
+	const char *code;
+	char msg[300];
+	if (ctl_request_decode(json, &req, &code, msg, sizeof(msg)))
+		return control_reply_error(code, "%s", msg);
 	struct mitos_err e = { 0 };
-	if (!strcmp(c, "status")) {
+	switch (req.cmd) {
+	case CTL_STATUS: {
 		cJSON *o = control_reply_ok();
 		cJSON_AddStringToObject(o, "state", m->paused ? "paused" : "running");
 		cJSON_AddNumberToObject(o, "vcpus", m->nvcpus);
@@ -816,44 +803,36 @@ static cJSON *control_handle(void *ctx, const cJSON *req)
 			cJSON_AddStringToObject(o, "restored_from", m->snapshot_parent);
 		return o;
 	}
-	if (!strcmp(c, "pause")) {
+	case CTL_PAUSE:
 		if (machine_pause(m))
 			return control_reply_error("stopping", "the VM is stopping");
 		return control_reply_ok();
-	}
-	if (!strcmp(c, "resume")) {
+	case CTL_RESUME:
 		machine_resume(m);
 		return control_reply_ok();
-	}
-	if (!strcmp(c, "stop")) {
+	case CTL_STOP:
 		machine_stop(m, MACHINE_END_HOST, 0, "stopped through the control socket");
 		return control_reply_ok();
-	}
-	if (!strcmp(c, "restore"))
-		return control_restore(m, req);
-	if (!strcmp(c, "link")) {
-		const cJSON *up = cJSON_GetObjectItemCaseSensitive(req, "up");
+	case CTL_RESTORE:
+		return control_restore(m, &req);
+	case CTL_LINK:
 		if (!m->net)
 			return control_reply_error("no_device", "this VM has no network device");
-		if (!cJSON_IsBool(up))
-			return control_reply_error("invalid_request", "link needs \"up\": true or false");
-		virtio_net_set_link(m->net, cJSON_IsTrue(up));
+		virtio_net_set_link(m->net, req.up);
 		return control_reply_ok();
-	}
-	if (!strcmp(c, "snapshot")) {
-		const cJSON *dir = cJSON_GetObjectItemCaseSensitive(req, "dir");
-		if (!cJSON_IsString(dir) || !dir->valuestring[0])
-			return control_reply_error("invalid_request", "snapshot needs \"dir\"");
+	case CTL_SNAPSHOT: {
 		uint64_t t0 = now_ns();
-		if (machine_snapshot(m, dir->valuestring, &e))
+		if (machine_snapshot(m, req.dir, &e))
 			return control_reply_error("snapshot_failed", "%s", e.msg);
 		cJSON *o = control_reply_ok();
-		cJSON_AddStringToObject(o, "dir", dir->valuestring);
+		cJSON_AddStringToObject(o, "dir", req.dir);
 		cJSON_AddNumberToObject(o, "ms", (double)(now_ns() - t0) / 1e6);
 		return o;
 	}
-	return control_reply_error("unknown_command", "unknown command \"%s\" (status, pause, "
-				   "resume, snapshot, stop, restore, link)", c);
+	case CTL_CMDS:
+		break;
+	}
+	return control_reply_error("unknown_command", "unknown command");
 }
 
 /* ---- assembly ---------------------------------------------------------------------- */

@@ -169,11 +169,8 @@ static void snap_run(struct kjob *kj)
 {
 	struct snap_job *j = (struct snap_job *)kj;
 	char err[400] = "";
-	cJSON *req = cJSON_CreateObject();
-	cJSON_AddStringToObject(req, "cmd", "snapshot");
-	cJSON_AddStringToObject(req, "dir", j->layer->dir);
-	int rc = kvm_ctl_request(j->control, req, SNAPSHOT_TIMEOUT_MS, 0, -1, err, sizeof(err));
-	cJSON_Delete(req);
+	struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = j->layer->dir };
+	int rc = kvm_ctl_request(j->control, &req, SNAPSHOT_TIMEOUT_MS, 0, -1, err, sizeof(err));
 	pthread_mutex_lock(&j->layer->mu);
 	j->layer->state = rc;
 	snprintf(j->layer->err, sizeof(j->layer->err), "%s", err);
@@ -202,22 +199,12 @@ static void restore_run(struct kjob *kj)
 	char err[500] = "";
 	int rc = j->layer ? layer_wait(j->layer, err, sizeof(err)) : 0;
 	if (!rc) {
-		cJSON *req = cJSON_CreateObject();
-		cJSON_AddStringToObject(req, "cmd", "restore");
-		cJSON_AddStringToObject(req, "snapshot", j->snapshot);
-		cJSON_AddStringToObject(req, "vsock", j->vsock);
-		cJSON *disks = cJSON_AddArrayToObject(req, "disks");
-		if (j->rootfs[0]) {
-			/* Shared by every sandbox: their writes go to the guest's overlay. */
-			cJSON *d = cJSON_CreateObject();
-			cJSON_AddNumberToObject(d, "index", 0);
-			cJSON_AddStringToObject(d, "path", j->rootfs);
-			cJSON_AddBoolToObject(d, "read_only", 1);
-			cJSON_AddItemToArray(disks, d);
-		}
+		/* The root disk is shared by every sandbox: their writes go to the guest's overlay. */
+		struct ctl_request req = { .cmd = CTL_RESTORE, .snapshot = j->snapshot, .vsock = j->vsock,
+					   .ndisks = j->rootfs[0] ? 1 : 0,
+					   .disks = { { .index = 0, .path = j->rootfs, .read_only = true } } };
 		char why[400] = "";
-		rc = kvm_ctl_request(j->control, req, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS, j->pidfd, why, sizeof(why));
-		cJSON_Delete(req);
+		rc = kvm_ctl_request(j->control, &req, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS, j->pidfd, why, sizeof(why));
 		if (rc)
 			snprintf(err, sizeof(err), "restore into a prepared VM failed: %s", why);
 	}
@@ -325,11 +312,9 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 /* {"cmd": pause or resume} to the VMM behind sock; logs a failure. */
 static int ctl_cmd(const char *sock, int pidfd, bool pause)
 {
-	cJSON *req = cJSON_CreateObject();
-	cJSON_AddStringToObject(req, "cmd", pause ? "pause" : "resume");
+	struct ctl_request req = { .cmd = pause ? CTL_PAUSE : CTL_RESUME };
 	char err[300];
-	int rc = kvm_ctl_request(sock, req, CTL_TIMEOUT_MS, 0, pidfd, err, sizeof(err));
-	cJSON_Delete(req);
+	int rc = kvm_ctl_request(sock, &req, CTL_TIMEOUT_MS, 0, pidfd, err, sizeof(err));
 	if (rc)
 		fprintf(stderr, "mitos-vmm serve: %s of the VM at %s failed: %s\n", pause ? "pause" : "resume", sock,
 			err);

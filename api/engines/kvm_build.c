@@ -137,22 +137,17 @@ static void build_run(struct kjob *kj)
 		/* Our health connection is closed: let the guest retire it, so the snapshot
 		 * holds a listening agent and nothing half-open. */
 		usleep(100000);
-		cJSON *req = cJSON_CreateObject();
-		cJSON_AddStringToObject(req, "cmd", "snapshot");
-		cJSON_AddStringToObject(req, "dir", b->snap);
-		rc = kvm_ctl_request(b->control, req, SNAPSHOT_TIMEOUT_MS, 0, b->pidfd, err, sizeof(err));
-		cJSON_Delete(req);
+		struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = b->snap };
+		rc = kvm_ctl_request(b->control, &req, SNAPSHOT_TIMEOUT_MS, 0, b->pidfd, err, sizeof(err));
 		if (rc)
 			snprintf(b->msg, sizeof(b->msg), "the template's snapshot failed: %s", err);
 	} else if (!b->msg[0]) {
 		snprintf(b->msg, sizeof(b->msg), "%s", err);
 	}
 	/* The template VM has served its purpose either way. */
-	cJSON *stop = cJSON_CreateObject();
-	cJSON_AddStringToObject(stop, "cmd", "stop");
 	char ignore[200];
-	kvm_ctl_request(b->control, stop, CTL_TIMEOUT_MS, 0, b->pidfd, ignore, sizeof(ignore));
-	cJSON_Delete(stop);
+	kvm_ctl_request(b->control, &(struct ctl_request){ .cmd = CTL_STOP }, CTL_TIMEOUT_MS, 0, b->pidfd, ignore,
+			sizeof(ignore));
 	struct pollfd pf = { .fd = b->pidfd, .events = POLLIN };
 	if (poll(&pf, 1, 5000) <= 0)
 		syscall(SYS_pidfd_send_signal, b->pidfd, SIGKILL, NULL, 0);

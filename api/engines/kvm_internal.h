@@ -16,6 +16,7 @@
 #include "api/engines/engine.h"
 #include "api/engines/teardown.h"
 #include "api/http/uring.h"
+#include "vmm/control_proto.h"
 
 #define AGENT_PORT 52
 /* Workers per lane: restores, control calls and fork snapshots (short) never wait
@@ -150,7 +151,8 @@ void kvm_workers_join(void);
 void kvm_submit(struct kjob *j, enum kvm_lane lane);
 void kvm_run_completions(void);
 void kvm_arm_efd(void);
-int kvm_ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms, int pidfd, char *err, size_t errlen);
+int kvm_ctl_request(const char *sock, const struct ctl_request *req, int timeout_ms, int wait_ms, int pidfd,
+		    char *err, size_t errlen);
 int kvm_agent_health(const char *vsock, int timeout_ms, char *err, size_t errlen);
 int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *err, size_t errlen);
 

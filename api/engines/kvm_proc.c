@@ -395,33 +395,31 @@ void kvm_arm_efd(void)
 
 /* ---- talking to VMs from a worker ---- */
 
-static bool ctl_reply_ok(cJSON *r, char *err, size_t errlen)
-{
-	if (r && cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")))
-		return true;
-	cJSON *e = r ? cJSON_GetObjectItem(r, "error") : NULL;
-	const char *m = cJSON_GetStringValue(cJSON_GetObjectItem(e, "message"));
-	snprintf(err, errlen, "%s", m ? m : "the VMM refused the request");
-	return false;
-}
-
 /* One control request; waits for the socket to appear while the VM is being prepared
  * (pidfd says whether it is still alive). */
-int kvm_ctl_request(const char *sock, cJSON *req, int timeout_ms, int wait_ms, int pidfd, char *err, size_t errlen)
+int kvm_ctl_request(const char *sock, const struct ctl_request *cr, int timeout_ms, int wait_ms, int pidfd,
+		    char *err, size_t errlen)
 {
 	uint64_t give_up = ur_mono_ms() + (uint64_t)wait_ms;
+	cJSON *req = ctl_request_encode(cr);
+	if (!req) {
+		snprintf(err, errlen, "cannot encode the %s request", ctl_cmd_name(cr->cmd));
+		return -EINVAL;
+	}
 	for (;;) {
 		struct mitos_err e = { 0 };
 		cJSON *r = control_call(sock, req, timeout_ms, &e);
 		if (r) {
 			bool ok = ctl_reply_ok(r, err, errlen);
 			cJSON_Delete(r);
+			cJSON_Delete(req);
 			return ok ? 0 : -EIO;
 		}
 		bool not_yet = e.code == -ENOENT || e.code == -ECONNREFUSED;
 		if (!not_yet || ur_mono_ms() > give_up || K.stopping || kvm_proc_exited(pidfd)) {
 			snprintf(err, errlen, "%.300s", not_yet && kvm_proc_exited(pidfd) ? "the VM process exited" :
 				 not_yet ? "the VM did not open its control socket in time" : e.msg);
+			cJSON_Delete(req);
 			return e.code ? e.code : -EIO;
 		}
 		usleep(500);

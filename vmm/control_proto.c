@@ -1,0 +1,162 @@
+/* The control protocol's spelling (control_proto.h). */
+#include "control_proto.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const names[CTL_CMDS] = {
+	[CTL_STATUS] = "status", [CTL_PAUSE] = "pause", [CTL_RESUME] = "resume", [CTL_STOP] = "stop",
+	[CTL_SNAPSHOT] = "snapshot", [CTL_RESTORE] = "restore", [CTL_LINK] = "link",
+};
+
+const char *ctl_cmd_name(enum ctl_cmd c)
+{
+	return (unsigned)c < CTL_CMDS ? names[c] : "?";
+}
+
+cJSON *ctl_request_encode(const struct ctl_request *r)
+{
+	if ((unsigned)r->cmd >= CTL_CMDS || r->ndisks > CTL_MAX_DISKS)
+		return NULL;
+	cJSON *o = cJSON_CreateObject();
+	bool ok = o && cJSON_AddStringToObject(o, "cmd", names[r->cmd]);
+	switch (r->cmd) {
+	case CTL_SNAPSHOT:
+		ok = ok && r->dir && cJSON_AddStringToObject(o, "dir", r->dir);
+		break;
+	case CTL_RESTORE: {
+		ok = ok && r->snapshot && cJSON_AddStringToObject(o, "snapshot", r->snapshot);
+		if (ok && r->vsock)
+			ok = cJSON_AddStringToObject(o, "vsock", r->vsock) != NULL;
+		if (ok && r->tap)
+			ok = cJSON_AddStringToObject(o, "tap", r->tap) != NULL;
+		cJSON *disks = ok ? cJSON_AddArrayToObject(o, "disks") : NULL;
+		ok = disks != NULL;
+		for (unsigned i = 0; ok && i < r->ndisks; i++) {
+			cJSON *d = cJSON_CreateObject();
+			ok = d && cJSON_AddItemToArray(disks, d) && r->disks[i].path &&
+			     cJSON_AddNumberToObject(d, "index", r->disks[i].index) &&
+			     cJSON_AddStringToObject(d, "path", r->disks[i].path) &&
+			     cJSON_AddBoolToObject(d, "read_only", r->disks[i].read_only);
+		}
+		break;
+	}
+	case CTL_LINK:
+		ok = ok && cJSON_AddBoolToObject(o, "up", r->up);
+		break;
+	default:
+		break;
+	}
+	if (!ok) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* A string field: absent is NULL when optional; anything but a non-empty string fails. */
+static int str_field(const cJSON *req, const char *key, bool optional, const char **out)
+{
+	const cJSON *j = cJSON_GetObjectItemCaseSensitive(req, key);
+	*out = NULL;
+	if (!j)
+		return optional ? 0 : -EINVAL;
+	if (!cJSON_IsString(j) || !j->valuestring[0])
+		return -EINVAL;
+	*out = j->valuestring;
+	return 0;
+}
+
+static int decode_disks(const cJSON *req, struct ctl_request *out, char *msg, size_t msglen)
+{
+	const cJSON *disks = cJSON_GetObjectItemCaseSensitive(req, "disks");
+	if (!disks)
+		return 0;
+	if (!cJSON_IsArray(disks) || cJSON_GetArraySize(disks) > CTL_MAX_DISKS) {
+		snprintf(msg, msglen, "\"disks\" must be an array of at most %d disks", CTL_MAX_DISKS);
+		return -EINVAL;
+	}
+	unsigned seen = 0;
+	const cJSON *d;
+	cJSON_ArrayForEach(d, disks) {
+		const cJSON *idx = cJSON_GetObjectItemCaseSensitive(d, "index");
+		const cJSON *ro = cJSON_GetObjectItemCaseSensitive(d, "read_only");
+		struct ctl_disk *x = &out->disks[out->ndisks];
+		if (!cJSON_IsNumber(idx) || idx->valuedouble < 0 || idx->valuedouble >= CTL_MAX_DISKS ||
+		    idx->valuedouble != (double)idx->valueint || str_field(d, "path", false, &x->path) ||
+		    (ro && !cJSON_IsBool(ro))) {
+			snprintf(msg, msglen, "each disk needs \"index\" (0..%d), \"path\" and optionally "
+				 "\"read_only\" (a boolean)", CTL_MAX_DISKS - 1);
+			return -EINVAL;
+		}
+		x->index = (unsigned)idx->valueint;
+		x->read_only = cJSON_IsTrue(ro);
+		if (seen & (1u << x->index)) {
+			snprintf(msg, msglen, "disk %u is given twice", x->index);
+			return -EINVAL;
+		}
+		seen |= 1u << x->index;
+		out->ndisks++;
+	}
+	return 0;
+}
+
+int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **code, char *msg, size_t msglen)
+{
+	memset(out, 0, sizeof(*out));
+	*code = "invalid_request";
+	const char *c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "cmd"));
+	if (!cJSON_IsObject(req) || !c) {
+		snprintf(msg, msglen, "missing \"cmd\"");
+		return -EINVAL;
+	}
+	int i = 0;
+	while (i < CTL_CMDS && strcmp(names[i], c))
+		i++;
+	if (i == CTL_CMDS) {
+		*code = "unknown_command";
+		snprintf(msg, msglen, "unknown command \"%.100s\" (status, pause, resume, snapshot, stop, "
+			 "restore, link)", c);
+		return -EINVAL;
+	}
+	out->cmd = (enum ctl_cmd)i;
+	switch (out->cmd) {
+	case CTL_SNAPSHOT:
+		if (str_field(req, "dir", false, &out->dir)) {
+			snprintf(msg, msglen, "snapshot needs \"dir\"");
+			return -EINVAL;
+		}
+		break;
+	case CTL_RESTORE:
+		if (str_field(req, "snapshot", false, &out->snapshot) || str_field(req, "vsock", true, &out->vsock) ||
+		    str_field(req, "tap", true, &out->tap)) {
+			snprintf(msg, msglen, "restore needs \"snapshot\", and optionally \"disks\" (array), "
+				 "\"vsock\" and \"tap\" (strings)");
+			return -EINVAL;
+		}
+		return decode_disks(req, out, msg, msglen);
+	case CTL_LINK: {
+		const cJSON *up = cJSON_GetObjectItemCaseSensitive(req, "up");
+		if (!cJSON_IsBool(up)) {
+			snprintf(msg, msglen, "link needs \"up\": true or false");
+			return -EINVAL;
+		}
+		out->up = cJSON_IsTrue(up);
+		break;
+	}
+	default:
+		break;
+	}
+	return 0;
+}
+
+bool ctl_reply_ok(const cJSON *reply, char *err, size_t errlen)
+{
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok")))
+		return true;
+	const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+	const char *m = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "message"));
+	snprintf(err, errlen, "%s", m ? m : "the VMM's answer is neither success nor an error");
+	return false;
+}
