@@ -17,7 +17,7 @@
 #include "../snapshot/memory_file.h"
 #include "../snapshot/snapshot_config.h"
 #include "../snapshot/state_file.h"
-#include "../snapshot/vm_state.h"
+#include "vm_state.h"
 #include "seccomp.h"
 
 #include <errno.h>

@@ -6,9 +6,9 @@
 #ifndef MITOS_VM_STATE_H
 #define MITOS_VM_STATE_H
 
-#include "state_file.h"
-#include "../vmm/kvm_vm.h"
-#include "../vmm/vcpu.h"
+#include "../snapshot/state_file.h"
+#include "kvm_vm.h"
+#include "vcpu.h"
 
 /* The MSRs this KVM lets us read on a vCPU: KVM_GET_MSR_INDEX_LIST plus the KVM
  * paravirtual range, without those that fail to read. Computed once per VM. */
