@@ -22,10 +22,15 @@
  *   5. this process then drops every capability, marks itself non-dumpable and out of
  *      the OOM killer's reach, and only reaps. It leaves when the agent does.
  *
+ * The writable layer (overlay upper and work) is a directory of DIR, or, with
+ * --disk-mib, an ext4 file system of that size of its own (the sandbox's disk quota):
+ * a sparse DIR/disk.img, formatted here (or copied from the parent's image for a fork),
+ * on a loop device that is released when this mount namespace ends.
+ *
  * usage (serve runs it; argv is trusted, fds: 3 mitos-agent (O_PATH), 4 readiness
  * pipe, 5 start-error file, 6 agent log):
- *   mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR] [--hide PATH]...
- *                      [--helper FILE]
+ *   mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR|IMAGE] [--disk-mib N]
+ *                      [--hide PATH]... [--helper FILE]
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +46,7 @@
 #include <string.h>
 #include <sys/fsuid.h>
 #include <sys/ioctl.h>
+#include <linux/loop.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -177,25 +183,111 @@ static void set_fsids(unsigned long id)
 		fail(EPERM, "setfsuid %lu", id);
 }
 
-static void copy_layer(const char *from, const char *to)
+/* Runs a host tool (argv[0] an absolute path) to its end; fails the start if it fails. */
+static void run_tool(char *const argv[], const char *what)
 {
-	char src[4200];
-	pathf(src, sizeof(src), "%s/.", from);
 	pid_t pid = fork();
 	if (pid < 0)
-		fail(errno, "fork cp");
+		fail(errno, "fork for %s", what);
 	if (pid == 0) {
 		dup2(LOG_FD, 1);
 		dup2(LOG_FD, 2);
-		/* -a keeps the overlay's whiteouts (0:0 devices), xattrs and owners. */
-		execl("/bin/cp", "cp", "-a", "--reflink=auto", src, to, (char *)NULL);
+		execv(argv[0], argv);
 		_exit(127);
 	}
 	int st;
 	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
 		;
 	if (!WIFEXITED(st) || WEXITSTATUS(st))
-		fail(EIO, "copy the parent's writable layer (cp -a %s %s)", from, to);
+		fail(EIO, "%s (%s exited with %d)", what, argv[0], WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+}
+
+static void copy_layer(const char *from, const char *to)
+{
+	char src[4200];
+	pathf(src, sizeof(src), "%s/.", from);
+	/* -a keeps the overlay's whiteouts (0:0 devices), xattrs and owners. */
+	run_tool((char *[]){ "/bin/cp", "-a", "--reflink=auto", src, (char *)to, NULL },
+		 "copy the parent's writable layer");
+}
+
+/* ---- the disk quota: the writable layer on a file system of its own ---- */
+
+/* A loop device over img, released (autoclear) once nothing holds it: the returned
+ * descriptor, then the mount this namespace makes, which goes with the sandbox. */
+static int loop_attach(const char *img, char *dev, size_t devlen)
+{
+	int fd = open(img, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		fail(errno, "open %s", img);
+	int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	if (ctl < 0)
+		fail(errno, "open /dev/loop-control (the loop module)");
+	/* Another process may take the free device between asking and configuring it. */
+	for (int tries = 0;; tries++) {
+		int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+		if (n < 0)
+			fail(errno, "no free loop device");
+		pathf(dev, devlen, "/dev/loop%d", n);
+		int lfd = open(dev, O_RDWR | O_CLOEXEC);
+		if (lfd < 0)
+			fail(errno, "open %s", dev);
+		struct loop_config cfg = { .fd = (unsigned)fd, .info = { .lo_flags = LO_FLAGS_AUTOCLEAR } };
+		if (ioctl(lfd, LOOP_CONFIGURE, &cfg) == 0) {
+			close(ctl);
+			close(fd);
+			return lfd;
+		}
+		int e = errno;
+		close(lfd);
+		if (e != EBUSY || tries == 16)
+			fail(e, "attach %s to %s", img, dev);
+	}
+}
+
+/* A new sparse image of mib MiB at img, formatted ext4: no reserved blocks (the quota
+ * is the sandbox's to use), tables initialized lazily (it takes milliseconds). serve
+ * makes spares ahead with `--format-disk`, so this is the one spelling of the format. */
+static void format_disk(const char *img, unsigned long mib)
+{
+	int fd = open(img, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0 || ftruncate(fd, (off_t)mib << 20) < 0)
+		fail(errno, "create %s", img);
+	close(fd);
+	run_tool((char *[]){ "/sbin/mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+			     "lazy_itable_init=1,lazy_journal_init=1,nodiscard", (char *)img, NULL },
+		 "format the sandbox's disk");
+}
+
+/* Mounts the sandbox's disk at mnt, with upper/ and work/ in it: DIR/disk.img as serve
+ * left it (a spare formatted ahead), else a new one of mib MiB, or a copy of the image
+ * copy_img (a fork: the parent is frozen, and sync() has put what its file system
+ * holds in the image, which ext4 replays on mount). */
+static void mount_disk(const char *dir, const char *mnt, unsigned long mib, const char *copy_img)
+{
+	char img[4200], dev[64], p[4300];
+	pathf(img, sizeof(img), "%s/disk.img", dir);
+	struct stat st;
+	if (copy_img) {
+		sync();
+		unlink(img);
+		run_tool((char *[]){ "/bin/cp", "--sparse=always", "--reflink=auto", (char *)copy_img, img, NULL },
+			 "copy the parent's disk");
+	} else if (lstat(img, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != (uint64_t)mib << 20) {
+		unlink(img);
+		format_disk(img, mib);
+	}
+	int lfd = loop_attach(img, dev, sizeof(dev));
+	mkdir(mnt, 0700);
+	/* discard: what the sandbox deletes is given back to the host's file system. */
+	mount_or_fail(dev, mnt, "ext4", MS_NOSUID | MS_NODEV, "discard");
+	close(lfd);
+	static const char *sub[] = { "upper", "work" };
+	for (int i = 0; i < 2; i++) {
+		pathf(p, sizeof(p), "%s/%s", mnt, sub[i]);
+		if (mkdir(p, 0755) < 0 && errno != EEXIST)
+			fail(errno, "mkdir %s", p);
+	}
 }
 
 static void copy_file(const char *from, const char *to)
@@ -437,15 +529,24 @@ static void wait_ready(pid_t agent)
 
 int main(int argc, char **argv)
 {
+	if (argc == 4 && !strcmp(argv[1], "--format-disk")) {
+		char *end;
+		unsigned long mib = strtoul(argv[3], &end, 10);
+		if (*end || !mib || mib >= (1ul << 24))
+			return 2;
+		format_disk(argv[2], mib);
+		return 0;
+	}
 	if (argc < 5) {
-		fprintf(stderr, "usage: mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR] "
-				"[--hide PATH]... [--helper FILE]\n(run by `mitos-vmm serve`)\n");
+		fprintf(stderr, "usage: mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR|IMAGE] "
+				"[--disk-mib N] [--hide PATH]... [--helper FILE]\n(run by `mitos-vmm serve`)\n");
 		return 2;
 	}
 	const char *dir = argv[1], *id = argv[2], *template_root = argv[3];
 	char *end;
 	unsigned long base = strtoul(argv[4], &end, 10);
 	const char *copy_from = NULL, *helper = NULL, *hide[MAX_HIDE];
+	unsigned long disk_mib = 0;
 	int nhide = 0;
 	if (*end || base == 0 || base > 0xffffffffUL - ID_RANGE)
 		fail(EINVAL, "bad UID_BASE %s", argv[4]);
@@ -454,6 +555,9 @@ int main(int argc, char **argv)
 			copy_from = argv[i + 1];
 		else if (!strcmp(argv[i], "--helper"))
 			helper = argv[i + 1];
+		else if (!strcmp(argv[i], "--disk-mib") && (disk_mib = strtoul(argv[i + 1], &end, 10)) && !*end &&
+			 disk_mib < (1ul << 24))
+			;
 		else if (!strcmp(argv[i], "--hide") && nhide < MAX_HIDE)
 			hide[nhide++] = argv[i + 1];
 		else
@@ -485,14 +589,29 @@ int main(int argc, char **argv)
 	pathf(root, sizeof(root), "%s/root", dir);
 	pathf(rw, sizeof(rw), "%s/.rw", dir);
 	pathf(lower, sizeof(lower), "%s/.lower", dir);
-	if (copy_from) {
-		pathf(p, sizeof(p), "%s/upper", dir);
+	/* A parent's image is copied as it is: the child keeps the parent's quota. */
+	struct stat cst;
+	bool copy_img = copy_from && stat(copy_from, &cst) == 0 && S_ISREG(cst.st_mode);
+	char layer[4200], disk[4200], rwdisk[4200];
+	pathf(layer, sizeof(layer), "%s", dir);
+	if (disk_mib || copy_img) {
+		pathf(disk, sizeof(disk), "%s/.disk", dir);
+		mount_disk(dir, disk, disk_mib, copy_img ? copy_from : NULL);
+		pathf(layer, sizeof(layer), "%s", disk);
+	}
+	if (copy_from && !copy_img) {
+		pathf(p, sizeof(p), "%s/upper", layer);
 		copy_layer(copy_from, p);
 	}
 	int userns = make_userns(base);
 	idmapped_bind(template_root, lower, userns);
 	idmapped_bind(dir, rw, userns);
-	pathf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, rw, rw);
+	pathf(rwdisk, sizeof(rwdisk), "%s", rw);
+	if (strcmp(layer, dir)) {
+		pathf(rwdisk, sizeof(rwdisk), "%s/.rwdisk", dir);
+		idmapped_bind(layer, rwdisk, userns);
+	}
+	pathf(opts, sizeof(opts), "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, rwdisk, rwdisk);
 	/* overlayfs creates its work files and copies up with its mounter's credentials:
 	 * they must map through the idmapped upper, so the mount is made as the sandbox's
 	 * root on the file system (fsuid, fsgid), with every capability kept. */

@@ -47,7 +47,7 @@ static void usage(FILE *f)
 		"\n"
 		"Runs the node's API server: the Mitos REST API (/v1/...), the Connect service\n"
 		"sandbox.v1.Sandbox (with its WebSocket Exec for terminals) and the preview proxy,\n"
-		"on one HTTP/1.1 listener: the Mitos SDK's contract (api/API.md).\n"
+		"on one listener speaking HTTP/1.1 and HTTP/2 (h2c): the Mitos SDK's contract (api/API.md).\n"
 		"\n"
 		"  --listen HOST:PORT   default 127.0.0.1:8080; port 0 picks a free port\n"
 		"  --engine NAME        kvm (microVMs) or process (namespaces); default: kvm where\n"
@@ -55,6 +55,9 @@ static void usage(FILE *f)
 		"  --kvm-pool N         kvm: VMs prepared ahead per VM shape (default 2, 0..64)\n"
 		"  --pids-max N         process: processes and threads per sandbox when its template\n"
 		"                       sets no pids_max (default 1024, 16..4194304)\n"
+		"  --sandbox-disk-mib N process: each sandbox's writable layer is an ext4 file system\n"
+		"                       of N MiB, its disk quota (a sparse image on a loop device;\n"
+		"                       default 5120; 0: a directory of the state dir, no quota)\n"
 		"  --state-dir DIR      sandbox registry and writable layers (default /var/lib/mitos)\n"
 		"  --token-file FILE    every request must carry Authorization: Bearer <token>\n"
 		"  --insecure-no-auth   allow a non-loopback listener without a token\n"
@@ -263,6 +266,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_NODE_ID 1013
 #define OPT_PEERS 1014
 #define OPT_DRAIN 1015
+#define OPT_DISK_MIB 1016
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -297,6 +301,7 @@ int cmd_serve(int argc, char **argv)
 		{ "images", required_argument, NULL, OPT_IMAGES },
 		{ "kvm-pool", required_argument, NULL, OPT_KVM_POOL },
 		{ "pids-max", required_argument, NULL, OPT_PIDS_MAX },
+		{ "sandbox-disk-mib", required_argument, NULL, OPT_DISK_MIB },
 		{ "node-id", required_argument, NULL, OPT_NODE_ID },
 		{ "peers", required_argument, NULL, OPT_PEERS },
 		{ "drain", no_argument, NULL, OPT_DRAIN },
@@ -342,6 +347,11 @@ int cmd_serve(int argc, char **argv)
 		case OPT_PIDS_MAX:
 			bad = parse_u64(optarg, 16, 1u << 22, &v);
 			engine_process_set_pids_max((unsigned)v);
+			break;
+		case OPT_DISK_MIB:
+			/* 0, or enough for ext4's own metadata and a little work. */
+			bad = parse_u64(optarg, 0, 1u << 24, &v) || (v && v < 64) ? -EINVAL : 0;
+			engine_process_set_disk_mib((unsigned)v);
 			break;
 		case OPT_HDR_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.header_timeout_ms = (uint32_t)v; break;
 		case OPT_IDLE_TIMEOUT: bad = parse_u64(optarg, 100, 86400000, &v); srv_cfg.idle_timeout_ms = (uint32_t)v; break;

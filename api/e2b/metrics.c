@@ -55,9 +55,13 @@ void e2b_sandbox_metrics(struct http_req *r)
 		cJSON_AddNumberToObject(m, "memUsed", (double)u.mem);
 		cJSON_AddNumberToObject(m, "memTotal", (double)(u.mem_max && u.mem_max < (1ull << 50) ? u.mem_max : 0));
 		cJSON_AddNumberToObject(m, "memCache", (double)u.cache);
+		/* The file system the sandbox's root writes to, seen through its init: a process-
+		 * engine sandbox's own disk (its quota); a VM's, the host's state dir. */
 		struct statvfs vfs;
 		double disk_total = 0, disk_used = 0;
-		if (!statvfs(sb->dir, &vfs)) {
+		char root[64];
+		snprintf(root, sizeof(root), "/proc/%d/root/", (int)sb->proc.pid);
+		if (sb->proc.pid > 0 ? !statvfs(root, &vfs) : !statvfs(sb->dir, &vfs)) {
 			disk_total = (double)vfs.f_blocks * (double)vfs.f_frsize;
 			disk_used = disk_total - (double)vfs.f_bfree * (double)vfs.f_frsize;
 		}

@@ -105,6 +105,11 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 /* The PID limit of a process-engine sandbox whose template names none (pids_max). */
 #define ENGINE_PROCESS_PIDS_MAX 1024
 void engine_process_set_pids_max(unsigned n);
+/* The disk quota of a process-engine sandbox: its writable layer is an ext4 file system
+ * of this many MiB (a sparse image on a loop device); 0: a directory of the state dir,
+ * no quota. */
+#define ENGINE_PROCESS_DISK_MIB 5120
+void engine_process_set_disk_mib(unsigned n);
 /* Checks that the kvm engine can run here (/dev/kvm); fills why if not. */
 int engine_kvm_available(char *why, size_t whylen);
 /* The state dir and the number of prepared VMs kept per VM shape; emulated: KVM has no

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "api/engines/cgroup.h"
+#include "api/engines/disk_spares.h"
 #include "api/engines/teardown.h"
 #include "api/sandbox/registry.h"
 
@@ -48,6 +49,31 @@ static struct cg_limits default_limits = { .memory_max_mib = 1024, .cpu_percent 
 void engine_process_set_pids_max(unsigned n)
 {
 	default_limits.pids_max = n;
+}
+
+static unsigned disk_mib = ENGINE_PROCESS_DISK_MIB;
+#define DISK_SPARES 2   /* formatted ahead: creates in a burst format their own */
+
+void engine_process_set_disk_mib(unsigned n)
+{
+	disk_mib = n;
+}
+
+/* Whether this host can give sandboxes a disk of their own (a loop device and
+ * mkfs.ext4 in the host's root); if not, why. */
+static bool disk_quota_available(char *why, size_t whylen)
+{
+	int fd = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(why, whylen, "/dev/loop-control: %s (load the loop module)", strerror(errno));
+		return false;
+	}
+	close(fd);
+	if (access("/sbin/mkfs.ext4", X_OK)) {
+		snprintf(why, whylen, "/sbin/mkfs.ext4 is missing (apt-get install e2fsprogs)");
+		return false;
+	}
+	return true;
 }
 
 static int agent_exe_fd = -1, init_exe_fd = -1;
@@ -167,15 +193,16 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 		if (file_ok(path, R_OK) && !realpath(path, helper_path))
 			helper_path[0] = 0;
 	}
-	snprintf(path, sizeof(path), "%.4000s/mitos-sandbox-init", adir);
-	if (!file_ok(path, X_OK)) {
+	char init_path[4096];
+	snprintf(init_path, sizeof(init_path), "%.4000s/mitos-sandbox-init", adir);
+	if (!file_ok(init_path, X_OK)) {
 		snprintf(err, errlen, "engine_unavailable: %s is missing (it is built and installed next to "
-			 "mitos-agent)", path);
+			 "mitos-agent)", init_path);
 		return -ENOENT;
 	}
-	init_exe_fd = open(path, O_PATH | O_CLOEXEC);
+	init_exe_fd = open(init_path, O_PATH | O_CLOEXEC);
 	if (init_exe_fd < 0) {
-		snprintf(err, errlen, "engine_unavailable: cannot open %s: %s", path, strerror(errno));
+		snprintf(err, errlen, "engine_unavailable: cannot open %s: %s", init_path, strerror(errno));
 		return -errno;
 	}
 	if (!realpath(state_dir, state_dir_real)) {
@@ -191,6 +218,19 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 	if (token_file && !realpath(token_file, token_file_real))
 		token_file_real[0] = 0;
 	cgroup_init("mitos-sandboxes", true, info, infolen);
+	size_t used = strlen(info);
+	char why[200];
+	if (disk_mib && !disk_quota_available(why, sizeof(why))) {
+		snprintf(info + used, infolen - used, "; NO disk quota: %s", why);
+		disk_mib = 0;
+	} else if (disk_mib) {
+		snprintf(info + used, infolen - used, "; disk %u MiB each (ext4 on a loop device)", disk_mib);
+		int rc = disk_spares_init(state_dir_real, init_path, disk_mib, DISK_SPARES, err, errlen);
+		if (rc)
+			return rc;
+	} else {
+		snprintf(info + used, infolen - used, "; no disk quota (--sandbox-disk-mib 0)");
+	}
 	return 0;
 }
 
@@ -216,8 +256,13 @@ static int proc_agent_socket(const char *dir, char *out, size_t outlen)
 	return path_join(out, outlen, dir, "/run/" AGENT_SOCK_NAME);
 }
 
+/* A sandbox with a disk of its own: its image, which a fork copies whole. */
 static int proc_writable_layer(const char *dir, char *out, size_t outlen)
 {
+	int rc = path_join(out, outlen, dir, "/disk.img");
+	struct stat st;
+	if (!rc && lstat(out, &st) == 0 && S_ISREG(st.st_mode))
+		return 0;
 	return path_join(out, outlen, dir, "/upper");
 }
 
@@ -390,6 +435,16 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, char 
 	if (helper_path[0]) {
 		argv[na++] = "--helper";
 		argv[na++] = helper_path;
+	}
+	char mibstr[16];
+	if (disk_mib) {
+		/* A spare formatted ahead, if one is ready: the init formats one otherwise. */
+		snprintf(path, sizeof(path), "%s/disk.img", s->dir);
+		if (!s->copy_from)
+			disk_spare_take(path);
+		snprintf(mibstr, sizeof(mibstr), "%u", disk_mib);
+		argv[na++] = "--disk-mib";
+		argv[na++] = mibstr;
 	}
 	argv[na++] = "--hide";
 	argv[na++] = state_dir_real;

@@ -323,7 +323,9 @@ def t_delete_cleans_up(s):
 
 def t_delete_off_loop(s):
     """A sandbox that leaves 100,000 files is deleted without holding serve's loop: its
-    tree is renamed into the trash at once and removed by the teardown thread (issue 11)."""
+    tree is renamed into the trash at once and removed by the teardown thread (issue 11).
+    The answer itself waits for the kernel to end the sandbox, its disk's unmount (the
+    writeback of those files' metadata) included: bounded here, not instant."""
     sid = new_sandbox(s)[0]["id"]
     out, err, end, _ = sh(s, sid, "python3 -c \"import os\nos.makedirs('/home/big')\n"
                           "for i in range(100000): open('/home/big/%d' % i, 'w').close()\nprint('made')\"",
@@ -352,9 +354,11 @@ def t_delete_off_loop(s):
     eq(st, 200, "delete")
     print("     delete of 100,000 files answered in %.0f ms; /v1/health at most %.1f ms meanwhile"
           % (took, max(slow)))
-    if took > 500 or max(slow) > 500:
+    if max(slow) > 500:
         raise AssertionError("the loop waited for the removal: delete %.0f ms, health max %.0f ms"
                              % (took, max(slow)))
+    if took > 5000:
+        raise AssertionError("the delete took %.0f ms" % took)
     trash = os.path.join(s.state_dir, "trash")
     wait_until(lambda: os.listdir(trash) == [], 60, "the trash emptied")
 

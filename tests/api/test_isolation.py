@@ -24,7 +24,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import Runner, Server, envelope, eq, exec_output, exit_of, wait_until  # noqa: E402
+from mitos_test import Runner, Server, Skip, envelope, eq, exec_output, exit_of, wait_until  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
@@ -505,6 +505,59 @@ def flood(s, req, seconds=3.0):
     return grown, sent, head
 
 
+def t_disk_quota():
+    """A sandbox that fills its disk gets ENOSPC at its quota (--sandbox-disk-mib): the
+    host's file system, other sandboxes, forks and serve go on; what it deletes goes back
+    to the host; its disk and loop device go with it."""
+    s = Server(VMM, AGENT, token=TOKEN, extra=["--sandbox-disk-mib", "64"])
+    try:
+        if "NO disk quota" in "".join(s.stdout):
+            raise Skip("this host gives sandboxes no disk of their own: %s" % "".join(s.stdout))
+        s.request("POST", "/v1/templates", {"id": "iso"})
+        fork(s, "iso-full")
+        fork(s, "iso-other")
+        out, rc = sh(s, "iso-full", "echo kept > /home/mark; dd if=/dev/zero of=/home/fill bs=1M count=200 2>&1; "
+                     "stat -c %s /home/fill; df -k / | tail -1", timeout=120)
+        assert "No space left on device" in out, out
+        size = int(out.strip().split("\n")[-2])
+        assert 40 << 20 < size <= 64 << 20, "filled %d bytes of a 64 MiB disk" % size
+        print("     a 64 MiB disk took %d MiB before ENOSPC" % (size >> 20))
+        img = os.path.join(s.state_dir, "sandboxes", "iso-full", "disk.img")
+        used = os.stat(img).st_blocks * 512
+        assert used <= 70 << 20, "the image takes %d bytes of the host" % used
+        out, rc = sh(s, "iso-other", "dd if=/dev/zero of=/home/f bs=1M count=10 2>&1 && echo wrote")
+        assert "wrote" in out, "another sandbox cannot write: %r" % out
+        st, m = s.request("GET", "/sandboxes/iso-full/metrics", headers={"X-API-KEY": TOKEN})
+        eq(st, 200, "E2B metrics (%r)" % (m,))
+        assert 40 << 20 < m[-1]["diskTotal"] <= 64 << 20 and m[-1]["diskUsed"] >= size, m
+        # A fork copies the full disk, and has the parent's quota and files.
+        fork_st, r = s.request("POST", "/v1/sandboxes/iso-full/fork", {"id": "iso-child"})
+        eq(fork_st, 200, "fork of the full sandbox (%r)" % (r,))
+        out, rc = sh(s, "iso-child", "cat /home/mark; rm /home/fill; dd if=/dev/zero of=/home/g bs=1M count=8 "
+                     "2>&1 >/dev/null && echo room")
+        assert "kept" in out and "room" in out, out
+        sh(s, "iso-full", "rm /home/fill; sync")
+        wait_until(lambda: os.stat(img).st_blocks * 512 < 16 << 20, 10, "the deleted file's blocks given back")
+        healthy(s, "iso-full")
+        st, r = s.request("DELETE", "/v1/sandboxes/iso-full")
+        eq(st, 200, "delete")
+
+        def loops_on(name):
+            out = []
+            for d in os.listdir("/sys/block"):
+                try:
+                    with open("/sys/block/%s/loop/backing_file" % d) as f:
+                        if name in f.read():
+                            out.append(d)
+                except OSError:
+                    pass
+            return out
+        wait_until(lambda: not loops_on("iso-full"), 10, "the deleted sandbox's loop device released")
+    finally:
+        s.stop()
+        s.cleanup()
+
+
 def t_unread_answers_bounded():
     """Pipelined requests from a client that never reads: serve stops reading it once
     its answers fill the connection's output, before and after authentication (each on
@@ -552,6 +605,7 @@ def main():
         r.stop_server(s)
     r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed),
                ("hostile_agent_size", t_hostile_agent_size),
+               ("disk_quota", t_disk_quota),
                ("unread_answers_bounded", t_unread_answers_bounded)], ONLY)
     return r.finish()
 
