@@ -428,6 +428,7 @@ static const struct virtio_device_ops blk_ops = {
 	.host_fds = blk_host_fds,
 	.host_fd_ready = blk_host_fd_ready,
 	.quiesce = blk_quiesce,
+	.state_version = 1,
 	.restore_state = blk_restore_state,
 	.destroy = virtio_blk_destroy,
 };

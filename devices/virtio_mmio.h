@@ -91,6 +91,9 @@ struct virtio_device_ops {
 	 * configuration, after the transport state, and resumes serving if DRIVER_OK.
 	 * All may be NULL for a device without host work or state of its own. */
 	int (*quiesce)(struct virtio_device *d);
+	/* The layout of save_state()'s payload: raised when it changes (restore_state()
+	 * then reads every layout up to it); 0 for a device without state of its own. */
+	uint32_t state_version;
 	int (*save_state)(struct virtio_device *d, void *buf, size_t len);
 	int (*restore_state)(struct virtio_device *d, const void *buf, size_t len);
 	/* Frees the device (and its priv) after the VM stopped. */

@@ -505,6 +505,7 @@ static const struct virtio_device_ops net_ops = {
 	.host_fds = net_host_fds,
 	.host_fd_ready = net_host_fd_ready,
 	.quiesce = net_quiesce,
+	.state_version = 1,
 	.save_state = net_save_state,
 	.restore_state = net_restore_state,
 	.destroy = virtio_net_destroy,

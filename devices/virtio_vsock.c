@@ -972,6 +972,7 @@ static const struct virtio_device_ops vsock_ops = {
 	.queue_notify = vsock_queue_notify,
 	.host_fds = vsock_host_fds,
 	.host_fd_ready = vsock_host_fd_ready,
+	.state_version = 1,
 	.save_state = vsock_save_state,
 	.restore_state = vsock_restore_state,
 	.destroy = virtio_vsock_destroy,

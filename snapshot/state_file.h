@@ -10,7 +10,8 @@
 #include "../vmm/error.h"
 
 #define STATE_FILE_MAGIC   "MITOSST1"
-#define STATE_FILE_VERSION 1
+/* 2: device sections carry their device's identity and layout (vmm/device_state.h). */
+#define STATE_FILE_VERSION 2
 #define STATE_FILE_MAX     (64u << 20)   /* refuse anything larger: no snapshot needs it */
 #define STATE_DEVICE_MAX   (1u << 20)    /* one device's own state */
 

@@ -18,6 +18,7 @@
 #include "../snapshot/snapshot_config.h"
 #include "../snapshot/state_file.h"
 #include "vm_state.h"
+#include "device_state.h"
 #include "seccomp.h"
 
 #include <errno.h>
@@ -596,53 +597,95 @@ bool machine_paused(const struct machine *m)
 	return m->paused;
 }
 
+/* Layouts of the serial port's and the virtio transport's state sections: raised when
+ * struct serial_state or struct virtio_transport_state change (device_state.h). */
+#define SERIAL_STATE_VERSION 1
+#define TRANSPORT_STATE_VERSION 1
+
+static const struct dev_identity serial_identity = {
+	.kind = DEV_KIND_SERIAL, .base = LAYOUT_COM1_PORT, .irq = LAYOUT_COM1_IRQ };
+
+static struct dev_identity virtio_identity(const struct virtio_slot *slot)
+{
+	return (struct dev_identity){ .kind = slot->dev->ops->device_id, .base = slot->dev->mmio_base,
+				      .irq = slot->dev->irq };
+}
+
 static int save_devices(struct machine *m, struct state_writer *w, struct mitos_err *e)
 {
 	struct serial_state ss;
 	serial_save(m->serial, &ss);
-	state_add(w, SS_DEV_SERIAL, 0, &ss, sizeof(ss));
+	dev_state_add(w, SS_DEV_SERIAL, 0, &serial_identity, SERIAL_STATE_VERSION, &ss, sizeof(ss));
 	uint8_t *buf = malloc(STATE_DEVICE_MAX);
 	if (!buf)
 		return mitos_err_set(e, -ENOMEM, "out of memory");
 	int r = 0;
 	for (unsigned i = 0; i < m->ndevs && !r; i++) {
 		struct virtio_device *d = m->devs[i].dev;
+		struct dev_identity who = virtio_identity(&m->devs[i]);
 		pthread_mutex_lock(&d->lock);
 		if (d->ops->quiesce && (r = d->ops->quiesce(d)))
 			mitos_err_set(e, r, "%s: cannot quiesce: %s", d->ops->name, strerror(-r));
 		struct virtio_transport_state ts;
 		virtio_transport_save(d, &ts);
-		state_add(w, SS_DEV_VIRTIO_TRANSPORT, i, &ts, sizeof(ts));
+		dev_state_add(w, SS_DEV_VIRTIO_TRANSPORT, i, &who, TRANSPORT_STATE_VERSION, &ts, sizeof(ts));
 		int len = !r && d->ops->save_state ? d->ops->save_state(d, buf, STATE_DEVICE_MAX) : 0;
 		if (len < 0)
 			r = mitos_err_set(e, len, "%s: cannot save its state: %s", d->ops->name, strerror(-len));
 		else if (len > 0)
-			state_add(w, SS_DEV_VIRTIO_DEVICE, i, buf, (size_t)len);
+			dev_state_add(w, SS_DEV_VIRTIO_DEVICE, i, &who, d->ops->state_version, buf, (size_t)len);
 		pthread_mutex_unlock(&d->lock);
 	}
 	free(buf);
 	return r;
 }
 
+/* A fixed-size section of the device who, copied into dst. */
+static int dev_state_copy(const struct state_blob *b, const char *name, uint32_t type, uint32_t id,
+			  const struct dev_identity *who, uint32_t max_version, void *dst, size_t size,
+			  struct mitos_err *e)
+{
+	uint32_t version;
+	size_t len;
+	const void *p;
+	int r = dev_state_get(b, name, type, id, who, max_version, false, &p, &len, &version, e);
+	if (r)
+		return r;
+	if (len != size)
+		return mitos_err_set(e, -EINVAL, "state file: the %s's state is %zu bytes, expected %zu", name, len,
+				     size);
+	memcpy(dst, p, size);
+	return 0;
+}
+
 static int restore_devices(struct machine *m, const struct state_blob *b, struct mitos_err *e)
 {
 	struct serial_state ss;
-	int r = state_get(b, "serial", SS_DEV_SERIAL, 0, &ss, sizeof(ss), e);
+	int r = dev_state_copy(b, "serial port", SS_DEV_SERIAL, 0, &serial_identity, SERIAL_STATE_VERSION, &ss,
+			       sizeof(ss), e);
 	if (r)
 		return r;
 	if (serial_restore(m->serial, &ss))
 		return mitos_err_set(e, -EINVAL, "state file: serial port state is invalid");
 	for (unsigned i = 0; i < m->ndevs && !r; i++) {
 		struct virtio_device *d = m->devs[i].dev;
+		struct dev_identity who = virtio_identity(&m->devs[i]);
+		char name[64];
+		snprintf(name, sizeof(name), "virtio device %u (%s)", i, d->ops->name);
 		struct virtio_transport_state ts;
-		if ((r = state_get(b, "virtio transport", SS_DEV_VIRTIO_TRANSPORT, i, &ts, sizeof(ts), e)))
+		if ((r = dev_state_copy(b, name, SS_DEV_VIRTIO_TRANSPORT, i, &who, TRANSPORT_STATE_VERSION, &ts,
+					sizeof(ts), e)))
 			break;
-		size_t len = 0;
-		const void *dev_state = state_find(b, SS_DEV_VIRTIO_DEVICE, i, &len);
+		uint32_t version;
+		size_t len;
+		const void *dev_state;
+		if ((r = dev_state_get(b, name, SS_DEV_VIRTIO_DEVICE, i, &who, d->ops->state_version, true, &dev_state,
+				       &len, &version, e)))
+			break;
 		pthread_mutex_lock(&d->lock);
 		if (virtio_transport_restore(d, &ts))
-			r = mitos_err_set(e, -EINVAL, "state file: virtio device %u (%s) does not match "
-					  "this machine's or its queues lie outside RAM", i, d->ops->name);
+			r = mitos_err_set(e, -EINVAL, "state file: %s does not match this machine's or its queues "
+					  "lie outside RAM", name);
 		else if (d->ops->restore_state && (r = d->ops->restore_state(d, dev_state, len)))
 			mitos_err_set(e, r, "state file: %s state rejected: %s", d->ops->name, strerror(-r));
 		pthread_mutex_unlock(&d->lock);

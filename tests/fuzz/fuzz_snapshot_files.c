@@ -14,6 +14,7 @@
 #include "snapshot/memory_file.h"
 #include "snapshot/snapshot_config.h"
 #include "snapshot/state_file.h"
+#include "vmm/device_state.h"
 #include "tests/fuzz/fuzz.h"
 #include <zlib.h>
 
@@ -74,6 +75,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					dst[k % sizeof(dst)] ^= p[k];
 				state_get(&b, "state", types[i], 0, dst, sizeof(dst), &e);
 			}
+			/* Device sections: identity and layout checked before the payload is used. */
+			static const struct dev_identity who = { .kind = DEV_KIND_SERIAL, .base = 0x3f8, .irq = 4 };
+			for (uint32_t t = SS_DEV_SERIAL; t <= SS_DEV_VIRTIO_DEVICE; t++) {
+				const void *payload;
+				size_t len;
+				uint32_t version;
+				if (dev_state_get(&b, "device", t, 0, &who, 2, t != SS_DEV_SERIAL, &payload, &len, &version,
+						  &e) == 0 && payload)
+					for (size_t k = 0; k < len; k++)
+						dst[k % sizeof(dst)] ^= ((const uint8_t *)payload)[k];
+			}
 			state_blob_free(&b);
 		} else {
 			free(buf);
@@ -127,7 +139,8 @@ void fuzz_seeds(void (*add)(const void *p, size_t n))
 	uint8_t regs[144] = { 1, 2, 3 }, serial[32] = { 4 };
 	state_add(&w, SS_VCPU_REGS, 0, regs, sizeof(regs));
 	state_add(&w, SS_VCPU_REGS, 1, regs, sizeof(regs));
-	state_add(&w, SS_DEV_SERIAL, 0, serial, sizeof(serial));
+	dev_state_add(&w, SS_DEV_SERIAL, 0, &(struct dev_identity){ .kind = DEV_KIND_SERIAL, .base = 0x3f8, .irq = 4 },
+		      1, serial, sizeof(serial));
 	snprintf(path, sizeof(path), "%s/state", dir);
 	if (state_file_write(path, &w, &e) == 0) {
 		add_file(add, 0, path);

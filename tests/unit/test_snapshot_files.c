@@ -15,6 +15,7 @@
 #include "snapshot/memory_file.h"
 #include "snapshot/snapshot_config.h"
 #include "snapshot/state_file.h"
+#include "vmm/device_state.h"
 
 static char tmpdir[256];
 
@@ -87,6 +88,56 @@ START_TEST(state_round_trip)
 }
 END_TEST
 
+/* Device sections are taken only for the device they were saved from, in a layout
+ * this build reads. */
+START_TEST(device_sections_carry_identity_and_layout)
+{
+	const struct dev_identity blk = { .kind = 2, .base = 0xd0000000, .irq = 5 };
+	struct state_writer w;
+	state_writer_init(&w);
+	dev_state_add(&w, 49, 0, &blk, 1, "queue state", 11);
+	dev_state_add(&w, 50, 0, &blk, 3, "newer", 5);
+	dev_state_add(&w, 50, 1, &blk, 1, "", 0);
+	state_add(&w, 49, 1, "short", 5);
+	char path[300];
+	snprintf(path, sizeof(path), "%s/state", tmpdir);
+	struct mitos_err e = { 0 };
+	ck_assert_int_eq(state_file_write(path, &w, &e), 0);
+	state_writer_free(&w);
+	size_t len;
+	uint8_t *buf = read_file(path, &len);
+	struct state_blob b;
+	ck_assert_int_eq(state_blob_parse("state", buf, len, &b, &e), 0);
+	const void *p;
+	size_t n;
+	uint32_t v;
+	ck_assert_int_eq(dev_state_get(&b, "disk", 49, 0, &blk, 1, false, &p, &n, &v, &e), 0);
+	ck_assert_uint_eq(n, 11);
+	ck_assert_uint_eq(v, 1);
+	ck_assert_int_eq(memcmp(p, "queue state", 11), 0);
+	/* Another device in that place, or the same kind elsewhere: refused, named. */
+	const struct dev_identity vsock = { .kind = 19, .base = 0xd0000000, .irq = 5 };
+	const struct dev_identity moved = { .kind = 2, .base = 0xd0001000, .irq = 6 };
+	ck_assert_int_eq(dev_state_get(&b, "vsock", 49, 0, &vsock, 1, false, &p, &n, &v, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "other devices"));
+	ck_assert_int_eq(dev_state_get(&b, "disk", 49, 0, &moved, 1, false, &p, &n, &v, &e), -EINVAL);
+	/* A layout from a newer build. */
+	ck_assert_int_eq(dev_state_get(&b, "disk", 50, 0, &blk, 2, true, &p, &n, &v, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "layout 3"));
+	ck_assert_int_eq(dev_state_get(&b, "disk", 50, 0, &blk, 3, true, &p, &n, &v, &e), 0);
+	ck_assert_uint_eq(v, 3);
+	/* Empty payload; missing optional; missing required; shorter than a header. */
+	ck_assert_int_eq(dev_state_get(&b, "disk", 50, 1, &blk, 1, false, &p, &n, &v, &e), 0);
+	ck_assert_uint_eq(n, 0);
+	ck_assert_int_eq(dev_state_get(&b, "disk", 50, 7, &blk, 1, true, &p, &n, &v, &e), 0);
+	ck_assert_ptr_null(p);
+	ck_assert_int_eq(dev_state_get(&b, "disk", 50, 7, &blk, 1, false, &p, &n, &v, &e), -ENOENT);
+	ck_assert_int_eq(dev_state_get(&b, "disk", 49, 1, &blk, 1, false, &p, &n, &v, &e), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(e.msg, "shorter than its header"));
+	state_blob_free(&b);
+}
+END_TEST
+
 START_TEST(state_every_truncation_fails)
 {
 	size_t len;
@@ -132,13 +183,15 @@ START_TEST(state_wrong_version_is_named)
 {
 	size_t len;
 	uint8_t *buf = sample_state(&len);
-	uint32_t v = 2;
+	uint32_t v = STATE_FILE_VERSION + 1;
 	memcpy(buf + 8, &v, 4);
 	fix_crcs(buf, len);
 	struct state_blob b;
 	struct mitos_err e = { 0 };
+	char want[32];
+	snprintf(want, sizeof(want), "version %u", v);
 	ck_assert_int_eq(state_blob_parse("state", buf, len, &b, &e), -EINVAL);
-	ck_assert_ptr_nonnull(strstr(e.msg, "version 2"));
+	ck_assert_ptr_nonnull(strstr(e.msg, want));
 	free(buf);
 }
 END_TEST
@@ -450,6 +503,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, state_round_trip);
+	tcase_add_test(tc, device_sections_carry_identity_and_layout);
 	tcase_add_test(tc, state_every_truncation_fails);
 	tcase_add_test(tc, state_every_flipped_byte_fails);
 	tcase_add_test(tc, state_wrong_version_is_named);
