@@ -14,6 +14,9 @@ struct agent_config {
 	const char *python_helper; /* path of mitos_kernel.py */
 	bool init;                 /* running as PID 1 of a guest */
 	uint64_t start_ms;         /* monotonic ms at start, for uptime */
+	/* post_forks heard: a clone's processes share their parent's user-space random
+	 * state, so each run_code kernel reseeds when this changes under it. */
+	uint64_t generation;
 };
 
 extern struct agent_config agent_cfg;

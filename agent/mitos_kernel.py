@@ -2,7 +2,11 @@
 
 The agent starts it with:
   fd 0  requests, frames of a 4-byte big-endian length + JSON:
-        {"id": N, "code": "...", "env": {"K": "V"}}
+        {"id": N, "generation": G, "code": "...", "env": {"K": "V"}}
+        G counts the post_forks the agent heard: when it changes under a running
+        kernel, the kernel is a clone's copy and reseeds its random generators
+        (random, numpy's global one) before the code runs, so clones of one
+        snapshot do not draw the same numbers.
   fd 1  raw stdout of the user's code (and of anything it spawns)
   fd 2  raw stderr
   fd 3  events, same framing, JSON with "id" of the request:
@@ -162,6 +166,22 @@ def _run(req):
     return "ok" if result.success else "error"
 
 
+_generation = None
+
+
+def _reseed_if_cloned(gen):
+    """A clone shares its parent's random state: seeded again from the (reseeded)
+    kernel pool. Python's hash seed stays the parent's: it cannot change in a process."""
+    global _generation
+    if _generation is not None and gen != _generation:
+        import random
+        random.seed()
+        np = sys.modules.get("numpy")
+        if np is not None:
+            np.random.seed()
+    _generation = gen
+
+
 def main():
     global _current_id
     while True:
@@ -173,6 +193,7 @@ def main():
             return
         req = json.loads(body)
         _current_id = req.get("id", 0)
+        _reseed_if_cloned(req.get("generation"))
         try:
             status = _run(req)
         except KeyboardInterrupt:

@@ -426,6 +426,8 @@ static int send_request(struct kernel *k, const struct json *req)
 	jw_obj(&w);
 	jw_key(&w, "id");
 	jw_int(&w, (int64_t)k->run_id);
+	jw_key(&w, "generation");
+	jw_int(&w, (int64_t)agent_cfg.generation);
 	jw_key(&w, "code");
 	jw_value(&w, code);
 	if (json_get(req, "env")) {

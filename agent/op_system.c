@@ -85,6 +85,7 @@ void op_post_fork_open(struct stream *s, const struct json *req)
 		return;
 	}
 	has_time = rc == 0;
+	agent_cfg.generation++;
 	if (n)
 		erc = add_entropy(buf, n, &credited);
 	if (has_time) {

@@ -88,6 +88,50 @@ START_TEST(code_state_and_isolation)
 }
 END_TEST
 
+/* The value of the main result of running code (which must print nothing) in ctx. */
+static char *value_of(struct ac *c, const char *code)
+{
+	struct ac_result r;
+	run(c, NULL, code, &r);
+	cJSON *evs = events(&r);
+	cJSON *data = main_result(evs);
+	ck_assert_msg(data != NULL, "no value from %s: %s", code, r.events.p ? (char *)r.events.p : "");
+	char *v = strdup(cJSON_GetObjectItem(data, "text/plain")->valuestring);
+	cJSON_Delete(evs);
+	ac_result_free(&r);
+	return v;
+}
+
+/* A kernel that lives on in a clone (a snapshot's warm kernel in every fork) draws
+ * new numbers after post_fork, not the ones its parent's state would give. */
+START_TEST(code_reseeds_after_post_fork)
+{
+	struct ac c;
+	agent_up(&c);
+	char *v = value_of(&c, "import random, numpy as np\nrandom.seed(7)\nnp.random.seed(7)\n"
+			       "a = [random.random() for _ in range(3)]\nb = np.random.rand(3)\n"
+			       "random.seed(7)\nnp.random.seed(7)\n[random.random() for _ in range(2)], "
+			       "np.random.rand(2)\nlen(a)");
+	ck_assert_str_eq(v, "3");
+	free(v);
+	/* Without a post_fork the state carries on: the next draws are the third ones. */
+	v = value_of(&c, "random.seed(7)\nnp.random.seed(7)\n_ = [random.random() for _ in range(2)], "
+		     "np.random.rand(2)\n(random.random() == a[2], np.random.rand() == b[2])");
+	ck_assert_str_eq(v, "(True, True)");
+	free(v);
+	v = value_of(&c, "random.seed(7)\nnp.random.seed(7)\n_ = [random.random() for _ in range(2)], "
+		     "np.random.rand(2)\n0");
+	free(v);
+	struct ac_result r;
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"post_fork\",\"entropy\":\"3q2+78r+ur4=\"}", &r, T_SHORT), 0);
+	ac_result_free(&r);
+	v = value_of(&c, "(random.random() == a[2], np.random.rand() == b[2])");
+	ck_assert_str_eq(v, "(False, False)");
+	free(v);
+	agent_down(&c);
+}
+END_TEST
+
 START_TEST(code_exception)
 {
 	struct ac c;
@@ -201,6 +245,7 @@ int main(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, code_state_and_isolation);
 	tcase_add_test(tc, code_exception);
+	tcase_add_test(tc, code_reseeds_after_post_fork);
 	tcase_add_test(tc, code_rich_results);
 	tcase_add_test(tc, code_timeout_and_busy);
 	tcase_add_test(tc, code_stuck_kernel_is_replaced);

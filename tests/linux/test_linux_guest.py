@@ -63,7 +63,8 @@ def run_suite(tmp, kernel, pvm):
         print(env.stop(parent)[1])
         return
     t = time.time()
-    _, events, end = p.run_code("1 + 1")
+    # random imported and seeded in the template: every child's kernel inherits its state.
+    _, events, end = p.run_code("import random\n1 + 1")
     t_ipython = time.time() - t
     case("template: run_code starts IPython and returns a value", main_value(events) == "2",
          f"{events} {end}")
@@ -87,6 +88,7 @@ def run_suite(tmp, kernel, pvm):
     pf = a.call("post_fork", entropy=entropy(), realtime_ns=time.time_ns())
     case("post_fork reseeds and sets the clock", pf.get("reseeded") is True and pf.get("clock_set") is True,
          str(pf))
+    pf_b = b.call("post_fork", entropy=entropy(), realtime_ns=time.time_ns())
 
     out, errout, end = a.exec(["echo", "hello", "from", "a", "child"])
     case("exec echo: output", out == b"hello from a child\n", repr(out) + repr(errout))
@@ -140,6 +142,11 @@ def run_suite(tmp, kernel, pvm):
          f"{out!r} {events} {end}")
     _, events, end = run_code(b, "'x' in globals()")
     case("the other child's Python state is its own", main_value(events) == "False", f"{events} {end}")
+    _, ev_a, end_a = run_code(a, "random.random()", setup="import random")
+    _, ev_b, end_b = run_code(b, "random.random()", setup="import random")
+    case("the template's warm kernel draws other numbers in each child (reseeded on post_fork)",
+         main_value(ev_a) is not None and main_value(ev_a) != main_value(ev_b),
+         f"{ev_a} {end_a} / {ev_b} {end_b} / {pf_b}")
     _, events, end = run_code(b, "1 / 0")
     errors = [e for e in events if e.get("type") == "error"]
     case("run_code reports an exception", end.get("status") == "error" and errors
