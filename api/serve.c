@@ -62,7 +62,10 @@ static void usage(FILE *f)
 		"  --token-file FILE    every request must carry Authorization: Bearer <token>\n"
 		"  --insecure-no-auth   allow a non-loopback listener without a token\n"
 		"  --preview-domain D   preview URLs are http://<id>-<port>.D/ (a wildcard DNS name\n"
-		"                       pointing here); without it, http://HOST/preview/<id>/<port>/\n"
+		"                       pointing here): an origin per sandbox. Without it they are\n"
+		"                       http://HOST/preview/<id>/<port>/, all sandboxes on one origin\n"
+		"  --preview-paths      with --preview-domain, serve the path form too (one origin\n"
+		"                       for all: a sandbox's page can read the others' previews)\n"
 		"  --images DIR         template images of tools/build-image (default\n"
 		"                       ${MITOS_CACHE:-$HOME/.cache/mitos}/images); 'none': the python\n"
 		"                       template runs on this host's / (read-only)\n"
@@ -267,6 +270,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_PEERS 1014
 #define OPT_DRAIN 1015
 #define OPT_DISK_MIB 1016
+#define OPT_PREVIEW_PATHS 1017
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -287,6 +291,7 @@ int cmd_serve(int argc, char **argv)
 		{ "state-dir", required_argument, NULL, 's' },
 		{ "token-file", required_argument, NULL, 't' },
 		{ "preview-domain", required_argument, NULL, 'p' },
+		{ "preview-paths", no_argument, NULL, OPT_PREVIEW_PATHS },
 		{ "insecure-no-auth", no_argument, NULL, 'i' },
 		{ "agent", required_argument, NULL, OPT_AGENT },
 		{ "header-timeout-ms", required_argument, NULL, OPT_HDR_TIMEOUT },
@@ -337,6 +342,7 @@ int cmd_serve(int argc, char **argv)
 		case 's': srv_cfg.state_dir = optarg; break;
 		case 't': srv_cfg.token_file = optarg; break;
 		case 'p': srv_cfg.preview_domain = optarg; break;
+		case OPT_PREVIEW_PATHS: srv_cfg.preview_paths = true; break;
 		case 'i': srv_cfg.insecure_no_auth = true; break;
 		case OPT_AGENT: srv_cfg.agent_path = optarg; break;
 		case OPT_IMAGES: srv_cfg.images_dir = optarg; break;
@@ -463,6 +469,13 @@ int cmd_serve(int argc, char **argv)
 	}
 	if (node_tag()[0])
 		printf("node: %s%s\n", node_tag(), node_draining() ? " (draining)" : "");
+	if (!srv_cfg.preview_domain)
+		srv_cfg.preview_paths = true;
+	if (srv_cfg.preview_paths)
+		printf("WARNING: previews by path (/preview/<id>/<port>/) put every sandbox on one origin: a page "
+		       "one sandbox serves can read the previews of others that the same browser has open. "
+		       "%s\n", srv_cfg.preview_domain ? "Drop --preview-paths to give each its own origin only."
+						   : "Set --preview-domain (a wildcard DNS name) for an origin per sandbox.");
 	printf("auth: %s\n", srv_cfg.token ? "bearer token required" :
 	       srv_cfg.loopback ? "none (loopback listener)" : "NONE (--insecure-no-auth)");
 	printf(ss.ss_family == AF_INET6 ? "listening on http://[%s]:%u\n" : "listening on http://%s:%u\n",

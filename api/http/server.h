@@ -25,6 +25,9 @@ struct server_config {
 	const char *token_file;
 	char *token;              /* loaded from token_file */
 	const char *preview_domain;
+	/* Previews by path (/preview/<id>/<port>/): every sandbox on one origin, so only
+	 * where there is no --preview-domain, or --preview-paths asks for them too. */
+	bool preview_paths;
 	const char *images_dir;   /* --images, or NULL for the default */
 	unsigned kvm_pool;        /* kvm: prepared VMs per VM shape */
 	const char *agent_path;

@@ -250,7 +250,8 @@ void rest_preview_create(struct http_req *r)
 	} else {
 		cJSON_AddStringToObject(o, "url", path_url);
 	}
-	cJSON_AddStringToObject(o, "path_url", path_url);
+	if (srv_cfg.preview_paths)
+		cJSON_AddStringToObject(o, "path_url", path_url);
 	cJSON_AddNumberToObject(o, "expires_unix", (double)exp);
 	registry_rfc3339(exp * 1000, ts, sizeof(ts));
 	cJSON_AddStringToObject(o, "expires_at", ts);
@@ -791,6 +792,14 @@ void preview_proxy(struct http_req *r)
 		const char *u = r->arena;
 		if (strncmp(u, PV_PREFIX, strlen(PV_PREFIX)))
 			goto not_found;
+		if (!srv_cfg.preview_paths) {
+			pv_free(pv);
+			http_reply_error(r, AE_NOT_FOUND, "previews by path are off on this node: each sandbox's "
+					 "previews have an origin of their own, http://<id>-<port>.<preview domain>/",
+					 NULL, "use the url POST /v1/preview answers (serve --preview-paths serves "
+					 "the shared-origin path form too)");
+			return;
+		}
 		u += strlen(PV_PREFIX);
 		size_t il = strcspn(u, "/?");
 		if (!il || il > ID_MAX || u[il] != '/')

@@ -428,7 +428,7 @@ def t_token_server(vmm, agent):
     """With a bearer token: minting needs it, previews do not, and it never reaches
     the sandbox; the key survives a restart, so do URLs."""
     state = None
-    s = Server(vmm, agent, token="node-secret-token", extra=["--preview-domain", DOMAIN])
+    s = Server(vmm, agent, token="node-secret-token", extra=["--preview-domain", DOMAIN, "--preview-paths"])
     try:
         state = s.state_dir
         fork(s, "pv-auth")
@@ -467,7 +467,8 @@ def t_token_server(vmm, agent):
             key1 = f.read()
         s.stop(sig=9)
         s.proc.wait()
-        s2 = Server(vmm, agent, token="node-secret-token", state_dir=state, extra=["--preview-domain", DOMAIN])
+        s2 = Server(vmm, agent, token="node-secret-token", state_dir=state,
+                    extra=["--preview-domain", DOMAIN, "--preview-paths"])
         try:
             with open(os.path.join(state, "preview.key"), "rb") as f:
                 eq(f.read(), key1, "the key survives a restart")
@@ -484,9 +485,39 @@ def t_token_server(vmm, agent):
             shutil.rmtree(state, ignore_errors=True)
 
 
+def t_origin_per_sandbox(vmm, agent):
+    """With a preview domain, each sandbox's previews have an origin of their own: the
+    shared-origin path form is off (unless --preview-paths), and not offered; without a
+    domain serve says at start that previews share one origin."""
+    s = Server(vmm, agent, extra=["--preview-domain", DOMAIN])
+    try:
+        assert "one origin" not in "".join(s.stdout), s.stdout
+        fork(s, "pv-origin")
+        sh(s, "pv-origin", "mkdir -p /srv/o && cd /srv/o && echo own-origin > index.html && "
+                           "(setsid python3 -m http.server 8002 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &) && "
+                           "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8002) 2>/dev/null && break; "
+                           "sleep 0.1; done")
+        r = mint(s, sid="pv-origin", port=8002)
+        assert "path_url" not in r and r["url"] == r["host_url"], r
+        st, _, data = get(s, "/preview/pv-origin/8002/?mitos_token=" + r["token"])
+        eq((st, error_code(data)), (404, "not_found"), "the path form")
+        assert b"origin of their own" in data, data
+        st, _, data = get(s, path_of(r["host_url"]), {"Host": "pv-origin-8002.%s:%d" % (DOMAIN, s.port)})
+        eq((st, data), (200, b"own-origin\n"), "the host form")
+    finally:
+        s.stop()
+        s.cleanup()
+    s = Server(vmm, agent)
+    try:
+        assert "one origin" in "".join(s.stdout), s.stdout
+    finally:
+        s.stop()
+        s.cleanup()
+
+
 def main():
     run = Runner()
-    s = Server(VMM, AGENT, extra=["--preview-domain", DOMAIN])
+    s = Server(VMM, AGENT, extra=["--preview-domain", DOMAIN, "--preview-paths"])
     tests = [("mint", t_mint), ("by_path", t_by_path), ("by_host", t_by_host), ("bad_tokens", t_bad_tokens),
              ("unknown_sandbox", t_unknown_sandbox), ("no_listener", t_no_listener), ("expose", t_expose),
              ("forward", t_forward),
@@ -500,7 +531,8 @@ def main():
         run.run_all(tests, ONLY, s)
     finally:
         run.stop_server(s)
-    run.run_all([("token_server", t_token_server)], ONLY, VMM, AGENT)
+    run.run_all([("token_server", t_token_server), ("origin_per_sandbox", t_origin_per_sandbox)], ONLY, VMM,
+                AGENT)
     sys.exit(run.finish())
 
 

@@ -118,7 +118,7 @@ class Node:
             ["nsenter", "--net=/run/netns/" + self.ns, "--", c.vmm, "serve", "--listen", "%s:%d" % (self.ip, NODE_PORT),
              "--state-dir", self.state_dir, "--agent", c.agent, "--images", "none", "--node-id", self.tag,
              "--peers", c.nodes_file, "--token-file", c.token_file,
-             "--preview-domain", PREVIEW_DOMAIN] + list(extra),
+             "--preview-domain", PREVIEW_DOMAIN, "--preview-paths"] + list(extra),
             stdout=subprocess.PIPE, stderr=log)
         log.close()
         self.stdout = []
