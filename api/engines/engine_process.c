@@ -16,11 +16,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/loop.h>
 #include <linux/sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -59,21 +61,41 @@ void engine_process_set_disk_mib(unsigned n)
 	disk_mib = n;
 }
 
-/* Whether this host can give sandboxes a disk of their own (a loop device and
- * mkfs.ext4 in the host's root); if not, why. */
-static bool disk_quota_available(char *why, size_t whylen)
+/* Whether this host can give sandboxes a disk of their own: mkfs.ext4 in the host's
+ * root, and a loop device that takes a file of the state dir (tried: a container may
+ * show /dev/loop-control and still refuse it); if not, why. */
+static bool disk_quota_available(const char *state_dir, char *why, size_t whylen)
 {
-	int fd = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(why, whylen, "/dev/loop-control: %s (load the loop module)", strerror(errno));
-		return false;
-	}
-	close(fd);
 	if (access("/sbin/mkfs.ext4", X_OK)) {
 		snprintf(why, whylen, "/sbin/mkfs.ext4 is missing (apt-get install e2fsprogs)");
 		return false;
 	}
-	return true;
+	char probe[4200], dev[32];
+	snprintf(probe, sizeof(probe), "%s/.loop-probe", state_dir);
+	int img = open(probe, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	int n = ctl >= 0 ? ioctl(ctl, LOOP_CTL_GET_FREE) : -1;
+	int e = errno;
+	snprintf(dev, sizeof(dev), "/dev/loop%d", n);
+	int lfd = n >= 0 ? open(dev, O_RDWR | O_CLOEXEC) : -1;
+	if (n >= 0 && lfd < 0)
+		e = errno;
+	struct loop_config cfg = { .fd = (unsigned)img, .info = { .lo_flags = LO_FLAGS_AUTOCLEAR } };
+	bool ok = img >= 0 && !ftruncate(img, 1 << 20) && lfd >= 0 && ioctl(lfd, LOOP_CONFIGURE, &cfg) == 0;
+	if (!ok && lfd >= 0)
+		e = errno;
+	/* Autoclear: the device is free again once these close. */
+	if (lfd >= 0)
+		close(lfd);
+	if (ctl >= 0)
+		close(ctl);
+	if (img >= 0)
+		close(img);
+	unlink(probe);
+	if (!ok)
+		snprintf(why, whylen, "%s: %s (the loop module, and a host that lets serve attach files)",
+			 ctl < 0 ? "/dev/loop-control" : n < 0 ? "no free loop device" : dev, strerror(e));
+	return ok;
 }
 
 static int agent_exe_fd = -1, init_exe_fd = -1;
@@ -219,8 +241,8 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 		token_file_real[0] = 0;
 	cgroup_init("mitos-sandboxes", true, info, infolen);
 	size_t used = strlen(info);
-	char why[200];
-	if (disk_mib && !disk_quota_available(why, sizeof(why))) {
+	char why[300];
+	if (disk_mib && !disk_quota_available(state_dir_real, why, sizeof(why))) {
 		snprintf(info + used, infolen - used, "; NO disk quota: %s", why);
 		disk_mib = 0;
 	} else if (disk_mib) {
