@@ -46,7 +46,6 @@
 #include <string.h>
 #include <sys/fsuid.h>
 #include <sys/ioctl.h>
-#include <linux/loop.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -56,6 +55,8 @@
 #include <sys/wait.h>
 #include <grp.h>
 #include <unistd.h>
+
+#include "agent/loop_dev.h"
 
 #define AGENT_FD 3
 #define READY_FD 4
@@ -220,29 +221,12 @@ static int loop_attach(const char *img, char *dev, size_t devlen)
 	int fd = open(img, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		fail(errno, "open %s", img);
-	int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
-	if (ctl < 0)
-		fail(errno, "open /dev/loop-control (the loop module)");
-	/* Another process may take the free device between asking and configuring it. */
-	for (int tries = 0;; tries++) {
-		int n = ioctl(ctl, LOOP_CTL_GET_FREE);
-		if (n < 0)
-			fail(errno, "no free loop device");
-		pathf(dev, devlen, "/dev/loop%d", n);
-		int lfd = open(dev, O_RDWR | O_CLOEXEC);
-		if (lfd < 0)
-			fail(errno, "open %s", dev);
-		struct loop_config cfg = { .fd = (unsigned)fd, .info = { .lo_flags = LO_FLAGS_AUTOCLEAR } };
-		if (ioctl(lfd, LOOP_CONFIGURE, &cfg) == 0) {
-			close(ctl);
-			close(fd);
-			return lfd;
-		}
-		int e = errno;
-		close(lfd);
-		if (e != EBUSY || tries == 16)
-			fail(e, "attach %s to %s", img, dev);
-	}
+	const char *step;
+	int lfd = loop_dev_attach(fd, dev, devlen, &step);
+	if (lfd < 0)
+		fail(-lfd, "%s for %s", step, img);
+	close(fd);
+	return lfd;
 }
 
 /* A new sparse image of mib MiB at img, formatted ext4: no reserved blocks (the quota

@@ -16,19 +16,18 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/loop.h>
 #include <linux/sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "agent/loop_dev.h"
 #include "api/engines/cgroup.h"
 #include "api/engines/disk_spares.h"
 #include "api/engines/teardown.h"
@@ -71,30 +70,20 @@ static bool disk_quota_available(const char *state_dir, char *why, size_t whylen
 		return false;
 	}
 	char probe[4200], dev[32];
+	const char *step = "create a probe file in the state dir";
 	snprintf(probe, sizeof(probe), "%s/.loop-probe", state_dir);
 	int img = open(probe, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-	int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
-	int n = ctl >= 0 ? ioctl(ctl, LOOP_CTL_GET_FREE) : -1;
-	int e = errno;
-	snprintf(dev, sizeof(dev), "/dev/loop%d", n);
-	int lfd = n >= 0 ? open(dev, O_RDWR | O_CLOEXEC) : -1;
-	if (n >= 0 && lfd < 0)
-		e = errno;
-	struct loop_config cfg = { .fd = (unsigned)img, .info = { .lo_flags = LO_FLAGS_AUTOCLEAR } };
-	bool ok = img >= 0 && !ftruncate(img, 1 << 20) && lfd >= 0 && ioctl(lfd, LOOP_CONFIGURE, &cfg) == 0;
-	if (!ok && lfd >= 0)
-		e = errno;
+	int rc = img < 0 || ftruncate(img, 1 << 20) < 0 ? -errno : loop_dev_attach(img, dev, sizeof(dev), &step);
 	/* Autoclear: the device is free again once these close. */
-	if (lfd >= 0)
-		close(lfd);
-	if (ctl >= 0)
-		close(ctl);
+	if (rc >= 0)
+		close(rc);
 	if (img >= 0)
 		close(img);
 	unlink(probe);
+	bool ok = rc >= 0;
 	if (!ok)
-		snprintf(why, whylen, "%s: %s (the loop module, and a host that lets serve attach files)",
-			 ctl < 0 ? "/dev/loop-control" : n < 0 ? "no free loop device" : dev, strerror(e));
+		snprintf(why, whylen, "%s: %s (the loop module, and a host that lets serve attach files)", step,
+			 strerror(-rc));
 	return ok;
 }
 
