@@ -1162,6 +1162,17 @@ static void ahead_drop(struct snapshot_read *a)
 	memset(a, 0, sizeof(*a));
 }
 
+/* A snapshot of mem_bytes of RAM and vcpus vCPUs fits only a VM of that shape. */
+static int shape_check(const struct machine *m, const char *dir, uint64_t mem_bytes, unsigned vcpus,
+		       struct mitos_err *e)
+{
+	if (mem_bytes == m->mem.size && vcpus == m->nvcpus)
+		return 0;
+	return mitos_err_set(e, -EINVAL, "snapshot %s needs %llu MiB and %u vCPUs; this VM has %llu MiB and %u",
+			     dir, (unsigned long long)(mem_bytes >> 20), vcpus,
+			     (unsigned long long)(m->mem.size >> 20), m->nvcpus);
+}
+
 static bool same_file(const struct stat *a, const struct stat *b)
 {
 	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
@@ -1183,10 +1194,7 @@ static int ahead_read(struct machine *m, const char *dir, struct mitos_err *e)
 	int r = snapshot_config_read(dir, &a.sc, e);
 	if (r)
 		return r;
-	if (a.sc.mem_bytes != m->mem.size || a.sc.vcpus != m->nvcpus) {
-		r = mitos_err_set(e, -EINVAL, "snapshot %s needs %llu MiB and %u vCPUs; this VM has %llu "
-				  "MiB and %u", dir, (unsigned long long)(a.sc.mem_bytes >> 20), a.sc.vcpus,
-				  (unsigned long long)(m->mem.size >> 20), m->nvcpus);
+	if ((r = shape_check(m, dir, a.sc.mem_bytes, a.sc.vcpus, e))) {
 		snapshot_config_free(&a.sc);
 		return r;
 	}
@@ -1247,10 +1255,8 @@ int machine_load_snapshot(struct machine *m, const char *dir, const struct machi
 	int r;
 	if (m->loaded)
 		return mitos_err_set(e, -EBUSY, "this VM already runs a guest");
-	if (c->mem_bytes != m->mem.size || c->vcpus != m->nvcpus)
-		return mitos_err_set(e, -EINVAL, "snapshot %s needs %llu MiB and %u vCPUs; this VM "
-				     "has %llu MiB and %u", dir, (unsigned long long)(c->mem_bytes >> 20),
-				     c->vcpus, (unsigned long long)(m->mem.size >> 20), m->nvcpus);
+	if ((r = shape_check(m, dir, c->mem_bytes, c->vcpus, e)))
+		return r;
 	/* Read just before by machine_snapshot_config() (whose answer c may point into: it
 	 * is not read again), or now. */
 	if ((!m->ahead.dir || strcmp(m->ahead.dir, dir)) && (r = ahead_read(m, dir, e)))

@@ -43,7 +43,8 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 	return 0;
 }
 
-int teardown_remove_now(const char *dir)
+/* dir and everything under it, not crossing mounts; -ENOTEMPTY if it stays. */
+static int remove_now(const char *dir)
 {
 	struct stat st;
 	/* Again if something was created in it meanwhile (a dying VM's last console line). */
@@ -63,7 +64,7 @@ static void run_item(struct td_item *it)
 	}
 	if (it->first)
 		it->first(it->path);
-	if (teardown_remove_now(it->path))
+	if (remove_now(it->path))
 		fprintf(stderr, "mitos-vmm serve: cannot remove %s (it stays in the trash until the next start)\n",
 			it->path);
 }
@@ -133,7 +134,7 @@ void teardown_tree(const char *dir, void (*first)(const char *dir))
 	if (!it) {
 		if (first)
 			first(moved ? to : dir);
-		teardown_remove_now(moved ? to : dir);
+		remove_now(moved ? to : dir);
 		return;
 	}
 	it->first = first;

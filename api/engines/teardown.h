@@ -23,8 +23,4 @@ void teardown_call(void (*fn)(void *arg), void *arg);
 /* Finishes what is queued, then stops the thread. */
 void teardown_exit(void);
 
-/* The synchronous removal the thread does: dir and everything under it, not crossing
- * mounts; -ENOTEMPTY if it stays. */
-int teardown_remove_now(const char *dir);
-
 #endif
