@@ -405,7 +405,11 @@ static void kvm_exit_reason(const char *dir, char *out, size_t outlen)
 
 static int kvm_cleanup(const char *dir)
 {
-	teardown_tree(dir, kvm_vm_record_kill);
+	/* The VM has exited by now, so this only removes its cgroups: at once, as the
+	 * process engine does, so that nothing of the sandbox is left when DELETE answers.
+	 * The files go on the teardown thread. */
+	kvm_vm_record_kill(dir);
+	teardown_tree(dir, NULL);
 	return 0;
 }
 
