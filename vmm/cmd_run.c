@@ -46,6 +46,8 @@ static void usage(FILE *f)
 		"                     (tools/guest-profile maps them to kernel symbols)\n"
 		"  --seccomp          once the VM is built, allow only the system calls a VM\n"
 		"                     process needs (vmm/seccomp.c); any other kills it\n"
+		"  --kvm-fd N         use descriptor N, open on /dev/kvm, instead of opening it\n"
+		"                     (a jailed VM process, which may not open it, is handed one)\n"
 		"  --console-max-mib N\n"
 		"                     when stdout is a file: past N MiB it is emptied and restarts,\n"
 		"                     so a guest cannot fill the disk with it (default: no cap)\n"
@@ -99,6 +101,7 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 		{ "net", required_argument, NULL, 'N' },
 		{ "stats", no_argument, NULL, 's' },
 		{ "seccomp", no_argument, NULL, 'S' },
+		{ "kvm-fd", required_argument, NULL, 'K' },
 		{ "console-max-mib", required_argument, NULL, 'M' },
 		{ "control", required_argument, NULL, 'C' },
 		{ "profile", required_argument, NULL, 'P' },
@@ -153,6 +156,11 @@ int cmd_run(int argc, char **argv, uint64_t process_start_ns)
 			break;
 		case 's': stats = true; break;
 		case 'S': filter = true; break;
+		case 'K':
+			if (cli_parse_uint("run", "--kvm-fd", optarg, 3, 1 << 20, &v))
+				return EXIT_USAGE;
+			cfg.kvm_fd = (int)v;
+			break;
 		case 'M':
 			if (cli_parse_uint("run", "--console-max-mib", optarg, 1, 1UL << 20, &v))
 				return EXIT_USAGE;

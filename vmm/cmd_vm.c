@@ -14,7 +14,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: mitos-vmm vm --control PATH [--mem MIB] [--vcpus N] [--arm DIR] [--console FILE]\n"
-		"                    [--seccomp] [--console-max-mib N] [--stats]\n"
+		"                    [--seccomp] [--kvm-fd N] [--console-max-mib N] [--stats]\n"
 		"\n"
 		"One microVM, prepared ahead of need: creates the KVM VM, its vCPUs and guest RAM\n"
 		"of the given shape, then waits on its control socket. A request\n"
@@ -37,6 +37,8 @@ static void usage(FILE *f)
 		"                   guest cannot fill the disk with it (default: no cap)\n"
 		"  --seccomp        once prepared, allow only the system calls a VM process needs\n"
 		"                   (vmm/seccomp.c); any other kills it, naming the call on stderr\n"
+		"  --kvm-fd N       use descriptor N, open on /dev/kvm, instead of opening it (a jailed\n"
+		"                   VM process, which may not open it itself, is handed one)\n"
 		"  --stats          print timings and exit counts to stderr at the end\n",
 		MACHINE_DEFAULT_MEM_MIB);
 }
@@ -51,6 +53,7 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 		{ "console", required_argument, NULL, 'o' },
 		{ "stats", no_argument, NULL, 's' },
 		{ "seccomp", no_argument, NULL, 'S' },
+		{ "kvm-fd", required_argument, NULL, 'K' },
 		{ "console-max-mib", required_argument, NULL, 'M' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -82,6 +85,11 @@ int cmd_vm(int argc, char **argv, uint64_t process_start_ns)
 		case 'o': console = optarg; break;
 		case 's': stats = true; break;
 		case 'S': filter = true; break;
+		case 'K':
+			if (cli_parse_uint("vm", "--kvm-fd", optarg, 3, 1 << 20, &v))
+				return EXIT_USAGE;
+			cfg.kvm_fd = (int)v;
+			break;
 		case 'M':
 			if (cli_parse_uint("vm", "--console-max-mib", optarg, 1, 1UL << 20, &v))
 				return EXIT_USAGE;

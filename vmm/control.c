@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/unix_connect.h"
+
 struct control_client {
 	struct control_server *srv;
 	ev_io io;
@@ -212,17 +214,11 @@ static long long now_ms(void)
 
 cJSON *control_call(const char *path, const cJSON *request, int timeout_ms, struct mitos_err *e)
 {
-	struct sockaddr_un a;
-	if (make_addr(path, &a)) {
-		mitos_err_set(e, -ENAMETOOLONG, "control socket path too long: %s", path);
-		return NULL;
-	}
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a))) {
-		mitos_err_set(e, -errno, "cannot connect to %s: %s (is the VM running with --control?)",
-			      path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
+	/* The socket lives in the VM process's own directory, which it may write. */
+	int fd = unix_connect_nofollow(path, SOCK_CLOEXEC);
+	if (fd < 0) {
+		mitos_err_set(e, fd, "cannot connect to %s: %s (is the VM running with --control?)", path,
+			      strerror(-fd));
 		return NULL;
 	}
 	char *text = cJSON_PrintUnformatted(request);

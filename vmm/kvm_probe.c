@@ -82,7 +82,7 @@ static int measure(struct kvm_probe_result *r)
 	struct kernel_image k = { .entry = LAYOUT_HIMEM_GPA };
 	struct boot_config bc = { .cmdline = "", .ncpus = 1 };
 	memcpy(guest_mem_ptr(&mem, LAYOUT_HIMEM_GPA, sizeof(code)), code, sizeof(code));
-	if ((ret = kvm_vm_create(&vm, &e))) {
+	if ((ret = kvm_vm_create(&vm, 0, &e))) {
 		snprintf(r->kvm_error, sizeof(r->kvm_error), "%s", e.msg);
 		guest_mem_free(&mem);
 		return ret;

@@ -65,12 +65,19 @@ int kvm_vm_has_msr(const struct kvm_vm *vm, uint32_t index)
 	return 0;
 }
 
-static int open_kvm(struct kvm_vm *vm, struct mitos_err *e)
+static int open_kvm(struct kvm_vm *vm, int kvm_fd, struct mitos_err *e)
 {
 	const char *dev = getenv("MITOS_KVM_DEVICE");
 	if (!dev || !*dev)
 		dev = "/dev/kvm";
-	vm->kvm_fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (kvm_fd > 0) {
+		/* Handed over by whoever started us (serve's jail): we may not open it. */
+		dev = "the --kvm-fd descriptor";
+		vm->kvm_fd = kvm_fd;
+		fcntl(kvm_fd, F_SETFD, FD_CLOEXEC);
+	} else {
+		vm->kvm_fd = open(dev, O_RDWR | O_CLOEXEC);
+	}
 	if (vm->kvm_fd < 0) {
 		int r = -errno;
 		return mitos_err_set(e, r, "cannot open %s: %s (%s)", dev, strerror(-r),
@@ -93,11 +100,11 @@ static int open_kvm(struct kvm_vm *vm, struct mitos_err *e)
 	return 0;
 }
 
-int kvm_vm_create(struct kvm_vm *vm, struct mitos_err *e)
+int kvm_vm_create(struct kvm_vm *vm, int kvm_fd, struct mitos_err *e)
 {
 	memset(vm, 0, sizeof(*vm));
 	vm->kvm_fd = vm->vm_fd = -1;
-	int r = open_kvm(vm, e);
+	int r = open_kvm(vm, kvm_fd, e);
 	if (r)
 		goto fail;
 	/* KVM_CREATE_VM can fail with EINTR when a signal arrives; it is safe to retry. */

@@ -1014,7 +1014,7 @@ static int machine_alloc(struct machine **out, const struct machine_config *c, s
 	int r = c->profile_path ? profile_open(&m->profile, c->profile_path, e) : 0;
 	if (r)
 		return r;
-	r = kvm_vm_create(&m->vm, e);
+	r = kvm_vm_create(&m->vm, c->kvm_fd, e);
 	m->vm.emulation_only = m->emulation_only;
 	phase(m, "create-vm");
 	return r;

@@ -37,6 +37,7 @@ struct machine_config {
 	bool start_paused;      /* vCPUs wait for a "resume" on the control socket */
 	const char *profile_path; /* sample vCPU RIPs into this file (profile.h), NULL: no */
 	const char *arm;        /* prepare(): the snapshot to arm with (machine_arm), NULL: none */
+	int kvm_fd;             /* > 2: open on /dev/kvm already (a jailed VM process); 0: open it */
 };
 
 enum machine_end {

@@ -17,6 +17,7 @@
 #include "api/http/bytebuf.h"
 #include "api/http/sendq.h"
 #include "api/http/uring.h"
+#include "lib/unix_connect.h"
 
 #define AC_RBUF (64u << 10)
 #define AC_WCHUNK (64u << 10)
@@ -358,30 +359,10 @@ int agent_connect(const char *path, const struct agent_conn_cbs *cbs, void *ctx,
 int agent_connect_vsock(const char *path, uint32_t vsock_port, const struct agent_conn_cbs *cbs, void *ctx,
 			struct agent_conn **out)
 {
-	/* The socket's directory may be writable by the sandbox (the process engine binds
-	 * it in): its last component is opened without following a symlink, must be a
-	 * socket, and is connected to through the descriptor, never by its name again. */
-	int pfd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (pfd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(pfd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
-		close(pfd);
-		return -ENOTSOCK;
-	}
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d", pfd);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		close(pfd);
-		return -errno;
-	}
-	int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS ? -errno : 0;
-	close(pfd);
-	if (rc) {
-		close(fd);
-		return rc;
-	}
+	/* The socket's directory may be writable by the sandbox or its VM process. */
+	int fd = unix_connect_nofollow(path, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd < 0)
+		return fd;
 	struct agent_conn *ac = calloc(1, sizeof(*ac));
 	uint8_t *rbuf = malloc(AC_RBUF);
 	if (!ac || !rbuf || proto_parser_init(&ac->parser, PROTO_MAX_PAYLOAD)) {
@@ -631,20 +612,9 @@ static int call_blocking(const char *path, uint32_t vsock_port, const char *open
 {
 	*end = NULL;
 	uint64_t deadline = ur_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = unix_connect_nofollow(path, SOCK_CLOEXEC);
 	if (fd < 0)
-		return -errno;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		close(fd);
-		return -ENAMETOOLONG;
-	}
-	strcpy(sa.sun_path, path);
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = -errno;
-		close(fd);
-		return e;
-	}
+		return fd;
 	struct proto_parser pp;
 	if (proto_parser_init(&pp, PROTO_MAX_PAYLOAD)) {
 		close(fd);

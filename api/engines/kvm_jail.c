@@ -1,0 +1,331 @@
+#include "api/engines/kvm_jail.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/mount.h>
+#include <linux/securebits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef MNT_DETACH
+#define MNT_DETACH 2 /* <sys/mount.h>, which cannot be included beside <linux/mount.h> */
+#endif
+
+/* What every jail holds of the host, found once at start: directories bound read-only
+ * and the top-level links into them (/lib64 -> usr/lib64 on merged-/usr systems),
+ * recreated as links. */
+#define SYS_MAX 10
+static struct {
+	char mnt[JAIL_PLEN];
+	unsigned nbind, nlink;
+	struct jail_path bind[SYS_MAX];
+	char link_name[SYS_MAX][32], link_to[SYS_MAX][JAIL_PLEN];
+} S;
+
+static _Atomic unsigned next_uid;
+
+int jail_init(const char *mountpoint, char *err, size_t errlen)
+{
+	memset(&S, 0, sizeof(S));
+	if (strlen(mountpoint) >= sizeof(S.mnt) || mountpoint[0] != '/') {
+		snprintf(err, errlen, "the jail's mount point %.200s is not an absolute path that fits", mountpoint);
+		return -ENAMETOOLONG;
+	}
+	if (mkdir(mountpoint, 0755) < 0 && errno != EEXIST) {
+		int e = errno;
+		snprintf(err, errlen, "cannot create %.200s: %s", mountpoint, strerror(e));
+		return -e;
+	}
+	strcpy(S.mnt, mountpoint);
+	/* The dynamic loader and libraries (a sanitizer build's runtime too), and its cache. */
+	static const char *const tops[] = { "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32" };
+	for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++) {
+		char host[64];
+		snprintf(host, sizeof(host), "/%s", tops[i]);
+		struct stat st;
+		if (lstat(host, &st) < 0)
+			continue;
+		if (S_ISLNK(st.st_mode) && S.nlink < SYS_MAX) {
+			ssize_t n = readlink(host, S.link_to[S.nlink], JAIL_PLEN - 1);
+			if (n <= 0)
+				continue;
+			S.link_to[S.nlink][n] = 0;
+			snprintf(S.link_name[S.nlink], sizeof(S.link_name[0]), "/%s", tops[i]);
+			S.nlink++;
+		} else if (S_ISDIR(st.st_mode) && S.nbind < SYS_MAX) {
+			snprintf(S.bind[S.nbind].path, JAIL_PLEN, "%s", host);
+			S.bind[S.nbind++].dir = true;
+		}
+	}
+	if (access("/etc/ld.so.cache", R_OK) == 0 && S.nbind < SYS_MAX)
+		snprintf(S.bind[S.nbind++].path, JAIL_PLEN, "/etc/ld.so.cache");
+	return 0;
+}
+
+void jail_new(struct jail *j)
+{
+	memset(j, 0, sizeof(*j));
+	j->uid = JAIL_UID_BASE + 1 + atomic_fetch_add(&next_uid, 1) % JAIL_UIDS;
+	j->gid = JAIL_UID_BASE;
+}
+
+int jail_add(struct jail *j, const char *path, bool rw)
+{
+	if (j->n >= JAIL_MAX_PATHS)
+		return -E2BIG;
+	if (path[0] != '/' || strlen(path) >= JAIL_PLEN || strlen(S.mnt) + strlen(path) >= 2 * JAIL_PLEN)
+		return -ENAMETOOLONG;
+	struct stat st;
+	if (stat(path, &st) < 0)
+		return -errno;
+	struct jail_path *p = &j->p[j->n++];
+	strcpy(p->path, path);
+	p->rw = rw;
+	p->dir = S_ISDIR(st.st_mode);
+	return 0;
+}
+
+int jail_give(const struct jail *j, const char *path)
+{
+	return lchown(path, j->uid, j->gid) < 0 ? -errno : 0;
+}
+
+/* ---- in the child: raw system calls, no allocation ---- */
+
+static __attribute__((noreturn)) void die(const char *what, const char *path)
+{
+	static const char pre[] = "mitos-vmm serve: cannot jail a VM process: ";
+	syscall(SYS_write, 2, pre, sizeof(pre) - 1);
+	syscall(SYS_write, 2, what, strlen(what));
+	if (path) {
+		syscall(SYS_write, 2, " ", 1);
+		syscall(SYS_write, 2, path, strlen(path));
+	}
+	syscall(SYS_write, 2, "\n", 1);
+	syscall(SYS_exit_group, 127);
+	__builtin_unreachable();
+}
+
+/* Makes every directory above path (inside the jail) and path itself, a directory or
+ * an empty file: a mount point. 0 or -errno. */
+static int make_mount_point(const char *path, bool dir)
+{
+	char t[2 * JAIL_PLEN];
+	size_t n = strlen(path);
+	if (n >= sizeof(t))
+		return -ENAMETOOLONG;
+	memcpy(t, path, n + 1);
+	for (size_t i = 1; i < n; i++) {
+		if (t[i] != '/')
+			continue;
+		t[i] = 0;
+		if (syscall(SYS_mkdir, t, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		t[i] = '/';
+	}
+	if (dir)
+		return syscall(SYS_mkdir, t, 0755) < 0 && errno != EEXIST ? -errno : 0;
+	long fd = syscall(SYS_openat, AT_FDCWD, t, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0)
+		return -errno;
+	syscall(SYS_close, fd);
+	return 0;
+}
+
+/* t = the jail's mount point, then tail (both fit: jail_init and jail_add checked). */
+static void in_root(char t[2 * JAIL_PLEN], const char *tail)
+{
+	size_t a = strlen(S.mnt), b = strlen(tail);
+	memcpy(t, S.mnt, a);
+	memcpy(t + a, tail, b + 1);
+}
+
+static void bind_into_root(const struct jail_path *p, unsigned long extra)
+{
+	char t[2 * JAIL_PLEN];
+	in_root(t, p->path);
+	if (make_mount_point(t, p->dir) < 0)
+		die("cannot make a mount point for", p->path);
+	if (syscall(SYS_mount, p->path, t, NULL, MS_BIND, NULL) < 0)
+		die("cannot bind", p->path);
+	unsigned long fl = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | extra | (p->rw ? 0 : MS_RDONLY);
+	if (syscall(SYS_mount, NULL, t, NULL, fl, NULL) < 0)
+		die("cannot make read-only or nosuid", p->path);
+}
+
+void jail_enter(const struct jail *j)
+{
+	char t[2 * JAIL_PLEN];
+	/* Root's own, a handful of inodes: the VM's uid can make nothing in it. */
+	if (syscall(SYS_mount, "tmpfs", S.mnt, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=512") < 0)
+		die("cannot mount its root on", S.mnt);
+	for (unsigned i = 0; i < S.nbind; i++)
+		bind_into_root(&S.bind[i], 0);
+	for (unsigned i = 0; i < S.nlink; i++) {
+		in_root(t, S.link_name[i]);
+		if (syscall(SYS_symlinkat, S.link_to[i], AT_FDCWD, t) < 0)
+			die("cannot link", S.link_name[i]);
+	}
+	for (unsigned i = 0; i < j->n; i++)
+		bind_into_root(&j->p[i], MS_NOEXEC);
+	/* Its own pid namespace's /proc (/proc/self/pagemap for snapshots), read-only: a
+	 * sysctl is writable by file mode alone, which a uid-0 process without
+	 * capabilities would pass. */
+	in_root(t, "/proc");
+	if (make_mount_point(t, true) < 0 ||
+	    syscall(SYS_mount, "proc", t, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) < 0)
+		die("cannot mount", "/proc");
+	/* Enter it, and leave nothing of the old root behind. */
+	if (syscall(SYS_chdir, S.mnt) < 0 || syscall(SYS_pivot_root, ".", ".") < 0 ||
+	    syscall(SYS_umount2, ".", MNT_DETACH) < 0 || syscall(SYS_chdir, "/") < 0)
+		die("cannot pivot_root into", S.mnt);
+	/* No capability may come back: not through the bounding set, ambient set, root's
+	 * special status (locked off), or by keeping them across the change of uid, which
+	 * clears them. */
+	for (int cap = 0; cap < 64; cap++)
+		syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0);
+	if (syscall(SYS_prctl, PR_SET_SECUREBITS,
+		    SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+		    SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED, 0, 0, 0) < 0)
+		die("cannot lock its securebits", NULL);
+	syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, j->gid, j->gid, j->gid) < 0 ||
+	    syscall(SYS_setresuid, j->uid, j->uid, j->uid) < 0)
+		die("cannot take its uid", NULL);
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2] = { 0 };
+	if (syscall(SYS_capset, &h, d) < 0)
+		die("cannot clear its capabilities", NULL);
+}
+
+/* ---- later mounts ---- */
+
+struct more_ctx {
+	int pidfd;
+	const struct jail *more;
+	const int *fds;
+	int step, err; /* what failed: -1 setns, else the path's index */
+};
+
+/* In a child sharing serve's memory (serve waits: vfork): enters the VM's mount
+ * namespace, whose root is the jail's, and attaches the detached copies there. */
+static int more_child(void *arg)
+{
+	struct more_ctx *c = arg;
+	if (syscall(SYS_setns, c->pidfd, CLONE_NEWNS) < 0) {
+		c->step = -1;
+		c->err = errno;
+		return 1;
+	}
+	for (unsigned i = 0; i < c->more->n; i++) {
+		const struct jail_path *p = &c->more->p[i];
+		struct statx sx;
+		if (syscall(SYS_statx, AT_FDCWD, p->path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &sx) == 0 &&
+		    (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+			continue;
+		int r = make_mount_point(p->path, p->dir);
+		if (r == 0 && syscall(SYS_move_mount, c->fds[i], "", AT_FDCWD, p->path, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+			r = -errno;
+		if (r) {
+			c->step = (int)i;
+			c->err = -r;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
+{
+	int fds[JAIL_MAX_PATHS];
+	unsigned n = 0;
+	int rc = 0;
+	for (; n < more->n; n++) {
+		const struct jail_path *p = &more->p[n];
+		fds[n] = (int)syscall(SYS_open_tree, AT_FDCWD, p->path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+		struct mount_attr a = { .attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC |
+						    (p->rw ? 0 : MOUNT_ATTR_RDONLY) };
+		if (fds[n] < 0 || syscall(SYS_mount_setattr, fds[n], "", AT_EMPTY_PATH, &a, sizeof(a)) < 0) {
+			rc = -errno;
+			snprintf(err, errlen, "cannot copy the mount of %.300s for a VM: %s", p->path, strerror(errno));
+			if (fds[n] >= 0)
+				close(fds[n]);
+			break;
+		}
+	}
+	if (!rc) {
+		struct more_ctx c = { .pidfd = pidfd, .more = more, .fds = fds };
+		size_t stack_size = 64 * 1024;
+		char *stack = malloc(stack_size);
+		pid_t pid = stack ? clone(more_child, stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &c) : -1;
+		int st = 0;
+		if (pid < 0) {
+			rc = stack ? -errno : -ENOMEM;
+			snprintf(err, errlen, "cannot start the helper that mounts into a VM's root: %s", strerror(-rc));
+		} else if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
+			rc = c.err ? -c.err : -EIO;
+			if (c.step < 0)
+				snprintf(err, errlen, "cannot enter the VM's mount namespace: %s", strerror(-rc));
+			else
+				snprintf(err, errlen, "cannot mount %.300s into the VM's root: %s", more->p[c.step].path,
+					 strerror(-rc));
+		}
+		free(stack);
+	}
+	for (unsigned i = 0; i < n; i++)
+		close(fds[i]);
+	return rc;
+}
+
+int jail_seal(const char *dir, char *err, size_t errlen)
+{
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	/* First the directory: from here on the VM can add or rename nothing in it. */
+	if (dfd < 0 || fchown(dfd, 0, 0) < 0 || fchmod(dfd, 0755) < 0) {
+		int e = errno;
+		snprintf(err, errlen, "cannot seal the snapshot %.300s: %s", dir, strerror(e));
+		if (dfd >= 0)
+			close(dfd);
+		return -e;
+	}
+	int rc = 0;
+	DIR *d = fdopendir(dup(dfd));
+	struct dirent *de;
+	while (d && !rc && (de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		struct stat st;
+		if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			rc = -errno;
+		} else if (!S_ISREG(st.st_mode)) {
+			rc = -EPERM;
+			snprintf(err, errlen, "the snapshot %.300s holds %.100s, which is not a regular file: the VM "
+				 "that wrote it is not trusted", dir, de->d_name);
+		} else if (fchownat(dfd, de->d_name, 0, 0, AT_SYMLINK_NOFOLLOW) < 0 ||
+			   fchmodat(dfd, de->d_name, 0444, 0) < 0) {
+			rc = -errno;
+		}
+		if (rc && rc != -EPERM)
+			snprintf(err, errlen, "cannot seal %.300s/%.100s: %s", dir, de->d_name, strerror(-rc));
+	}
+	if (!d) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot read the snapshot %.300s: %s", dir, strerror(errno));
+	} else {
+		closedir(d);
+	}
+	close(dfd);
+	return rc;
+}

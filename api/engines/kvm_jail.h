@@ -1,0 +1,66 @@
+/* The jail of a VM process, as Firecracker's jailer builds one, done by serve: an
+ * unprivileged uid of its own, and a root of its own that holds nothing of the host but
+ * the files it was given (same paths as on the host, so no request names change),
+ * /usr read-only for its libraries and a read-only /proc. /dev/kvm comes as a
+ * descriptor (`--kvm-fd`). What a VM needs later (a snapshot to restore, a layer to
+ * write) is mounted into its root while it runs (jail_bind_more).
+ *
+ * Only where serve is root (K.ns); otherwise a VM process runs as serve does. */
+#ifndef MITOS_API_KVM_JAIL_H
+#define MITOS_API_KVM_JAIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define JAIL_MAX_PATHS 12
+#define JAIL_PLEN 512
+/* uids JAIL_UID_BASE+1 .. JAIL_UID_BASE+JAIL_UIDS, one per VM process; their group is
+ * JAIL_UID_BASE. Far above any uid a distribution or a subuid range hands out. */
+#define JAIL_UID_BASE 1912000000u
+#define JAIL_UIDS 65535u
+
+struct jail_path {
+	char path[JAIL_PLEN];
+	bool rw, dir;
+};
+
+struct jail {
+	uid_t uid;
+	gid_t gid;
+	unsigned n;
+	struct jail_path p[JAIL_MAX_PATHS];
+};
+
+/* At start, as root: the jail's mount point (an empty directory in the state dir) and
+ * what of the host a VM process needs to start (/usr and the top-level links into it,
+ * the dynamic loader's cache). 0 or -errno with err. */
+int jail_init(const char *mountpoint, char *err, size_t errlen);
+
+/* A jail with the next uid and nothing in it. */
+void jail_new(struct jail *j);
+
+/* Adds a host file or directory, at the same path, writable or not (the uid's own
+ * permissions still apply). 0, -E2BIG when full, -errno when it is not there. */
+int jail_add(struct jail *j, const char *path, bool rw);
+
+/* Makes path (a directory or file serve made for this VM) the jail's uid's own. */
+int jail_give(const struct jail *j, const char *path);
+
+/* In the child between clone (new mount and pid namespaces) and exec, as root, raw
+ * system calls only: builds the root, enters it, becomes the jail's uid with no
+ * capability left. On any failure it says why on fd 2 and exits 127: a VM process
+ * never runs half jailed. */
+void jail_enter(const struct jail *j);
+
+/* Mounts more of the host into the running VM process behind pidfd (same paths;
+ * already mounted ones are skipped). Blocks briefly (a helper process): worker
+ * threads only. 0 or -errno with err. */
+int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen);
+
+/* A snapshot directory a VM wrote becomes root's and read-only to everyone: no VM
+ * (this one, or a later one given the same uid) may change what children restore.
+ * Everything in it must be a regular file. 0 or -errno with err. */
+int jail_seal(const char *dir, char *err, size_t errlen);
+
+#endif

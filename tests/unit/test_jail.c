@@ -1,0 +1,287 @@
+/* The jail of a VM process (api/engines/kvm_jail.c), tried from inside one: a process
+ * jailed as serve jails mitos-vmm checks what it is (its uid, no capability) and what
+ * it can reach (what it was given, read-only where asked; nothing else of the host;
+ * no sysctl, no mount), then what is mounted into it while it runs. Root only (the
+ * jail needs namespaces and mounts): skipped otherwise. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "api/engines/kvm_jail.h"
+
+static char T[128];
+static char path_ro[256], path_rw[256], path_secret[256], path_late[256], mnt[256];
+
+static void put(const char *path, const char *text, mode_t mode)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+}
+
+static void setup(void)
+{
+	snprintf(T, sizeof(T), "/tmp/mitos-jail-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(T));
+	chmod(T, 0700);
+	char p[300];
+	snprintf(path_ro, sizeof(path_ro), "%s/ro", T);
+	snprintf(path_rw, sizeof(path_rw), "%s/rw", T);
+	snprintf(path_secret, sizeof(path_secret), "%s/secret", T);
+	snprintf(path_late, sizeof(path_late), "%s/late", T);
+	snprintf(mnt, sizeof(mnt), "%s/jail", T);
+	ck_assert_int_eq(mkdir(path_ro, 0755), 0);
+	snprintf(p, sizeof(p), "%s/f", path_ro);
+	put(p, "hello", 0644);
+	ck_assert_int_eq(mkdir(path_rw, 0700), 0);
+	ck_assert_int_eq(mkdir(path_late, 0755), 0);
+	snprintf(p, sizeof(p), "%s/f", path_late);
+	put(p, "later", 0644);
+	put(path_secret, "token", 0644);
+	char err[300] = "";
+	ck_assert_msg(jail_init(mnt, err, sizeof(err)) == 0, "%s", err);
+}
+
+static void cleanup(void)
+{
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", T);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+/* ---- the jailed child: each check one line on fd 1 of the pipe, "ok" or why not ---- */
+
+static int out_fd, go_fd;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	char b[400];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(b, sizeof(b) - 1, fmt, ap);
+	va_end(ap);
+	b[n] = '\n';
+	(void)!write(out_fd, b, (size_t)n + 1);
+}
+
+static void expect(bool ok, const char *what)
+{
+	say("%s %s (errno %d)", ok ? "ok" : "FAIL", what, errno);
+}
+
+static uint64_t status_field(const char *name)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	uint64_t v = UINT64_MAX;
+	size_t n = strlen(name);
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, name, n) && line[n] == ':')
+			v = strtoull(line + n + 1, NULL, 16);
+	if (f)
+		fclose(f);
+	return v;
+}
+
+static bool reads(const char *path, const char *want)
+{
+	char b[32] = "";
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return false;
+	ssize_t n = read(fd, b, sizeof(b) - 1);
+	close(fd);
+	return n >= 0 && !strcmp(b, want);
+}
+
+static void jailed(const struct jail *j)
+{
+	if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		_exit(2);
+	jail_enter(j);
+	char p[300];
+	expect(getuid() == j->uid && geteuid() == j->uid, "runs as the jail's uid");
+	expect(getgid() == j->gid && getgroups(0, NULL) == 0, "runs as the jail's group and no other");
+	expect(status_field("CapEff") == 0 && status_field("CapPrm") == 0 && status_field("CapBnd") == 0 &&
+		       status_field("CapInh") == 0 && status_field("CapAmb") == 0,
+	       "holds no capability, bounding set empty");
+	snprintf(p, sizeof(p), "%s/f", path_ro);
+	expect(reads(p, "hello"), "reads what it was given");
+	errno = 0;
+	expect(open(p, O_WRONLY) < 0 && errno == EROFS, "cannot write what it was given read-only");
+	snprintf(p, sizeof(p), "%s/mine", path_rw);
+	int fd = open(p, O_WRONLY | O_CREAT, 0600);
+	expect(fd >= 0, "writes in its own directory");
+	if (fd >= 0)
+		close(fd);
+	struct stat st;
+	errno = 0;
+	expect(stat(path_secret, &st) < 0 && errno == ENOENT, "sees nothing of the host it was not given");
+	errno = 0;
+	expect(stat("/etc/passwd", &st) < 0 && stat("/root", &st) < 0 && stat("/dev/kvm", &st) < 0 &&
+		       stat("/sys/fs/cgroup", &st) < 0,
+	       "has no /etc, /root, /dev or /sys");
+	errno = 0;
+	expect(open("/proc/sys/kernel/core_pattern", O_WRONLY) < 0, "cannot write a sysctl");
+	errno = 0;
+	expect(syscall(SYS_mount, "tmpfs", path_rw, "tmpfs", 0, NULL) < 0 && errno == EPERM, "cannot mount");
+	errno = 0;
+	expect(mkdir("/x", 0755) < 0, "cannot make anything in its root");
+	pid_t pid = fork();
+	if (pid == 0) {
+		char *argv[] = { "true", NULL }, *envp[] = { NULL };
+		execve("/bin/true", argv, envp);
+		_exit(99);
+	}
+	int wst = -1;
+	waitpid(pid, &wst, 0);
+	expect(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "execs a dynamically linked program from /usr");
+	/* Now serve mounts more into it. */
+	say("waiting");
+	char c;
+	if (read(go_fd, &c, 1) != 1)
+		_exit(3);
+	snprintf(p, sizeof(p), "%s/f", path_late);
+	expect(reads(p, "later"), "reads what was mounted in later");
+	errno = 0;
+	expect(open(p, O_WRONLY) < 0 && errno == EROFS, "cannot write what was mounted in later read-only");
+	say("done");
+	_exit(0);
+}
+
+START_TEST(jailed_process_has_nothing_else)
+{
+	if (geteuid() != 0)
+		return;
+	struct jail j;
+	jail_new(&j);
+	ck_assert_uint_gt(j.uid, JAIL_UID_BASE);
+	ck_assert_int_eq(jail_add(&j, path_ro, false), 0);
+	ck_assert_int_eq(jail_add(&j, path_rw, true), 0);
+	ck_assert_int_eq(jail_give(&j, path_rw), 0);
+	/* Its own file, so that only the read-only mount stops a write. */
+	char own[300];
+	snprintf(own, sizeof(own), "%s/f", path_ro);
+	ck_assert_int_eq(chown(own, j.uid, j.gid), 0);
+	snprintf(own, sizeof(own), "%s/f", path_late);
+	ck_assert_int_eq(chown(own, j.uid, j.gid), 0);
+	int out[2], go[2];
+	ck_assert_int_eq(pipe(out), 0);
+	ck_assert_int_eq(pipe(go), 0);
+	int pidfd = -1;
+	struct clone_args ca = { .flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_PIDFD,
+				 .pidfd = (uint64_t)(uintptr_t)&pidfd, .exit_signal = SIGCHLD };
+	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		close(out[0]);
+		close(go[1]);
+		out_fd = out[1];
+		go_fd = go[0];
+		jailed(&j);
+	}
+	close(out[1]);
+	close(go[0]);
+	FILE *f = fdopen(out[0], "r");
+	char line[400];
+	int oks = 0;
+	bool done = false;
+	while (fgets(line, sizeof(line), f)) {
+		if (!strcmp(line, "waiting\n")) {
+			struct jail more;
+			jail_new(&more);
+			ck_assert_int_eq(jail_add(&more, path_late, false), 0);
+			char err[400] = "";
+			ck_assert_msg(jail_bind_more(pidfd, &more, err, sizeof(err)) == 0, "%s", err);
+			/* Twice: what is there already is left alone. */
+			ck_assert_msg(jail_bind_more(pidfd, &more, err, sizeof(err)) == 0, "%s", err);
+			ck_assert_int_eq(write(go[1], "g", 1), 1);
+			continue;
+		}
+		if (!strcmp(line, "done\n")) {
+			done = true;
+			continue;
+		}
+		ck_assert_msg(!strncmp(line, "ok ", 3), "in the jail: %s", line);
+		oks++;
+	}
+	fclose(f);
+	close(go[1]);
+	int st;
+	ck_assert_int_eq(waitpid((pid_t)pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the jailed process ended with %d", st);
+	ck_assert(done);
+	ck_assert_int_eq(oks, 14);
+	/* Its file on the host is its uid's. */
+	char p[300];
+	snprintf(p, sizeof(p), "%s/mine", path_rw);
+	struct stat s;
+	ck_assert_int_eq(stat(p, &s), 0);
+	ck_assert_uint_eq(s.st_uid, j.uid);
+	/* A missing path is refused when it is added, not when the VM starts. */
+	ck_assert_int_eq(jail_add(&j, "/nonexistent/mitos", false), -ENOENT);
+	close(pidfd);
+}
+END_TEST
+
+START_TEST(seal_makes_a_snapshot_roots_and_read_only)
+{
+	if (geteuid() != 0)
+		return;
+	char dir[300], p[400], err[400] = "";
+	snprintf(dir, sizeof(dir), "%s/snap", T);
+	ck_assert_int_eq(mkdir(dir, 0700), 0);
+	snprintf(p, sizeof(p), "%s/memory", dir);
+	put(p, "m", 0600);
+	ck_assert_int_eq(chown(p, JAIL_UID_BASE + 7, JAIL_UID_BASE), 0);
+	ck_assert_int_eq(chown(dir, JAIL_UID_BASE + 7, JAIL_UID_BASE), 0);
+	ck_assert_msg(jail_seal(dir, err, sizeof(err)) == 0, "%s", err);
+	struct stat st;
+	ck_assert_int_eq(stat(p, &st), 0);
+	ck_assert_uint_eq(st.st_uid, 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0444);
+	ck_assert_int_eq(stat(dir, &st), 0);
+	ck_assert_uint_eq(st.st_uid, 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0755);
+	/* A VM that left a link (to a host file, say) in its snapshot is not trusted. */
+	snprintf(p, sizeof(p), "%s/state", dir);
+	ck_assert_int_eq(symlink("/etc/shadow", p), 0);
+	ck_assert_int_eq(jail_seal(dir, err, sizeof(err)), -EPERM);
+	ck_assert_ptr_nonnull(strstr(err, "not a regular file"));
+}
+END_TEST
+
+int main(void)
+{
+	if (geteuid() != 0) {
+		fprintf(stderr, "test_jail: needs root (namespaces, mounts): skipped\n");
+		return 77;
+	}
+	Suite *s = suite_create("jail");
+	TCase *tc = tcase_create("jail");
+	tcase_add_checked_fixture(tc, setup, cleanup);
+	tcase_set_timeout(tc, 20);
+	tcase_add_test(tc, jailed_process_has_nothing_else);
+	tcase_add_test(tc, seal_makes_a_snapshot_roots_and_read_only);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
