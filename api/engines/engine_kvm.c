@@ -25,7 +25,7 @@
  * few worker threads; they touch no state of the event loop and report back through an
  * eventfd. Spawning, the pool and reference counts belong to the loop thread. */#include "api/engines/kvm_internal.h"
 
-struct kvm_state K = { .vmm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
+struct kvm_state K = { .vmm_fd = -1, .kvm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
 		       .lanes = { [LANE_SHORT].cv = PTHREAD_COND_INITIALIZER, [LANE_LONG].cv = PTHREAD_COND_INITIALIZER } };
 
 /* ---- layers ---- */
@@ -162,15 +162,45 @@ static int layer_wait(struct kvm_layer *l, char *err, size_t errlen)
 struct snap_job {
 	struct kjob k;
 	struct kvm_layer *layer;
+	pid_t pid;
+	int pidfd;          /* with K.jail: the parent's VM process, -1 otherwise */
 	char control[PLEN];
 };
+
+/* A jailed VM writes its layer in a directory serve makes for it, its uid's, mounted
+ * into its root. */
+static int layer_dir_for_jail(const struct snap_job *j, char *err, size_t errlen)
+{
+	char proc[64];
+	struct stat st;
+	snprintf(proc, sizeof(proc), "/proc/%d", (int)j->pid);
+	struct jail more;
+	more.n = 0;
+	int rc = stat(proc, &st) < 0 || kvm_proc_exited(j->pidfd) ? -ESRCH : 0;
+	if (!rc && mkdir(j->layer->dir, 0700) < 0)
+		rc = -errno;
+	if (!rc && chown(j->layer->dir, st.st_uid, st.st_gid) < 0)
+		rc = -errno;
+	if (!rc)
+		rc = jail_add(&more, j->layer->dir, true);
+	if (rc) {
+		snprintf(err, errlen, "cannot make the layer %.300s for the VM: %s", j->layer->dir, strerror(-rc));
+		return rc;
+	}
+	return jail_bind_more(j->pidfd, &more, err, errlen);
+}
 
 static void snap_run(struct kjob *kj)
 {
 	struct snap_job *j = (struct snap_job *)kj;
 	char err[400] = "";
 	struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = j->layer->dir };
-	int rc = kvm_ctl_request(j->control, &req, SNAPSHOT_TIMEOUT_MS, 0, -1, err, sizeof(err));
+	int rc = j->pidfd >= 0 ? layer_dir_for_jail(j, err, sizeof(err)) : 0;
+	if (!rc)
+		rc = kvm_ctl_request(j->control, &req, SNAPSHOT_TIMEOUT_MS, 0, -1, err, sizeof(err));
+	/* What children map is root's and read-only from here on. */
+	if (!rc && j->pidfd >= 0)
+		rc = jail_seal(j->layer->dir, err, sizeof(err));
 	pthread_mutex_lock(&j->layer->mu);
 	j->layer->state = rc;
 	snprintf(j->layer->err, sizeof(j->layer->err), "%s", err);
@@ -181,6 +211,8 @@ static void snap_run(struct kjob *kj)
 static void snap_complete(struct kjob *kj)
 {
 	struct snap_job *j = (struct snap_job *)kj;
+	if (j->pidfd >= 0)
+		close(j->pidfd);
 	layer_unref(j->layer);
 	free(j);
 }
@@ -191,23 +223,74 @@ struct restore_job {
 	struct kvm_layer *layer;   /* NULL: restoring a template */
 	int ready_fd, pidfd;
 	char dir[PLEN], control[PLEN], snapshot[PLEN], vsock[PLEN], rootfs[PLEN];
+	char vmdir[PLEN];          /* with K.jail: where the VM was started (kvm_vm_take) */
+	char tsnap[PLEN];          /* the template's snapshot, the base of every layer */
 };
+
+/* What a jailed VM restores is mounted into its root: the snapshot and every layer
+ * below it, and the root disk. From serve's own record of the chain, never from the
+ * layers' config.json, which VMs wrote. */
+static int restore_binds(const struct restore_job *j, char *err, size_t errlen)
+{
+	struct jail more;
+	more.n = 0;
+	int rc = jail_add(&more, j->tsnap, false);
+	for (const struct kvm_layer *l = j->layer; !rc && l; l = l->parent)
+		rc = jail_add(&more, l->dir, false);
+	if (!rc && j->rootfs[0])
+		rc = jail_add(&more, j->rootfs, false);
+	if (rc) {
+		snprintf(err, errlen, "cannot give the VM its snapshot: %s", strerror(-rc));
+		return rc;
+	}
+	return jail_bind_more(j->pidfd, &more, err, errlen);
+}
+
+/* The restored VM's sockets and console move to the sandbox's directory, which is
+ * serve's: nothing is reached through the VM's own any more. */
+static int restore_claim(const struct restore_job *j, char *err, size_t errlen)
+{
+	static const struct { const char *name; mode_t type; } files[] = {
+		{ "control", S_IFSOCK }, { "vsock", S_IFSOCK }, { "console.log", S_IFREG } };
+	char own[PLEN], from[PLEN], to[PLEN];
+	int rc = kvm_vm_files(j->vmdir, own);
+	for (size_t i = 0; !rc && i < sizeof(files) / sizeof(files[0]); i++) {
+		rc = kvm_pathf(from, "%s/%s", own, files[i].name) || kvm_pathf(to, "%s/%s", j->dir, files[i].name) ?
+			     -ENAMETOOLONG : 0;
+		if (!rc)
+			rc = kvm_claim(from, to, files[i].type, err, errlen);
+	}
+	return rc;
+}
 
 static void restore_run(struct kjob *kj)
 {
 	struct restore_job *j = (struct restore_job *)kj;
 	char err[500] = "";
 	int rc = j->layer ? layer_wait(j->layer, err, sizeof(err)) : 0;
+	char own[PLEN], control[PLEN], vsock[PLEN];
+	strcpy(control, j->control);
+	strcpy(vsock, j->vsock);
+	if (!rc && j->vmdir[0]) {
+		rc = kvm_vm_files(j->vmdir, own) || kvm_pathf(control, "%s/control", own) ||
+				     kvm_pathf(vsock, "%s/vsock", own) || strlen(vsock) + 12 > SOCK_MAX ? -ENAMETOOLONG : 0;
+		if (rc)
+			snprintf(err, sizeof(err), "the VM's path %.300s is too long for its sockets", own);
+		if (!rc)
+			rc = restore_binds(j, err, sizeof(err));
+	}
 	if (!rc) {
 		/* The root disk is shared by every sandbox: their writes go to the guest's overlay. */
-		struct ctl_request req = { .cmd = CTL_RESTORE, .snapshot = j->snapshot, .vsock = j->vsock,
+		struct ctl_request req = { .cmd = CTL_RESTORE, .snapshot = j->snapshot, .vsock = vsock,
 					   .ndisks = j->rootfs[0] ? 1 : 0,
 					   .disks = { { .index = 0, .path = j->rootfs, .read_only = true } } };
 		char why[400] = "";
-		rc = kvm_ctl_request(j->control, &req, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS, j->pidfd, why, sizeof(why));
+		rc = kvm_ctl_request(control, &req, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS, j->pidfd, why, sizeof(why));
 		if (rc)
 			snprintf(err, sizeof(err), "restore into a prepared VM failed: %s", why);
 	}
+	if (!rc && j->vmdir[0])
+		rc = restore_claim(j, err, sizeof(err));
 	if (!rc) {
 		/* The guest's listeners survived the snapshot: the agent takes connections now. */
 		(void)!write(j->ready_fd, "R", 1);
@@ -223,6 +306,8 @@ static void restore_run(struct kjob *kj)
 static void restore_complete(struct kjob *kj)
 {
 	struct restore_job *j = (struct restore_job *)kj;
+	if (j->vmdir[0])
+		teardown_tree(j->vmdir, NULL);
 	layer_unref(j->layer);
 	free(j);
 }
@@ -265,16 +350,19 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 				j->layer->refs += 2; /* the job's and the sandbox's */
 				ksb->base = j->layer;
 			}
-		} else if (kvm_pathf(j->snapshot, "%s/snapshot", s->template_root)) {
+		}
+		if (kvm_pathf(j->tsnap, "%s/snapshot", s->template_root)) {
 			rc = -ENAMETOOLONG;
-		} else {
+		} else if (!s->copy_from && kvm_pathf(j->snapshot, "%s", j->tsnap)) {
+			rc = -ENAMETOOLONG;
+		} else if (!s->copy_from) {
 			/* The pool's next VMs expect the template asked last. */
 			kvm_pool_arm(&sh, j->snapshot);
 		}
 	}
 	struct vm_proc vp = { .pidfd = -1 };
 	if (!rc)
-		rc = kvm_vm_take(&sh, s->dir, &vp, err, errlen);
+		rc = kvm_vm_take(&sh, s->dir, &vp, j->vmdir, err, errlen);
 	if (!rc) {
 		j->ready_fd = fcntl(s->ready_fd, F_DUPFD_CLOEXEC, 3);
 		j->pidfd = fcntl(vp.pidfd, F_DUPFD_CLOEXEC, 3);
@@ -285,6 +373,8 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 		}
 	}
 	if (rc) {
+		if (j->vmdir[0])
+			teardown_tree(j->vmdir, NULL);
 		if (j->ready_fd >= 0)
 			close(j->ready_fd);
 		if (j->pidfd >= 0)
@@ -440,6 +530,8 @@ static int kvm_fork_source(const char *dir, const struct engine_proc *p, char *o
 		snprintf(err, errlen, "cannot prepare a layer for the fork: %s", strerror(-rc));
 		return rc;
 	}
+	j->pidfd = K.jail ? fcntl(p->pidfd, F_DUPFD_CLOEXEC, 3) : -1;
+	j->pid = p->pid;
 	/* The VMM pauses the parent while it writes the pages it changed, and resumes it. */
 	j->k.run = snap_run;
 	j->k.complete = snap_complete;
@@ -573,6 +665,11 @@ static void sweep_dir(const char *root, bool keep_adopted_layers)
 	closedir(d);
 }
 
+void engine_kvm_set_jail(bool on)
+{
+	K.jail = on;
+}
+
 int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulated, char *info, size_t infolen,
 			 char *err, size_t errlen)
 {
@@ -604,11 +701,30 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 	K.pool_size = pool_size > MAX_POOL ? MAX_POOL : pool_size;
 	kvm_guest_init(emulated);
 	K.ns = geteuid() == 0;
-	char limits[700];
+	char limits[700], jail[300] = "";
 	cgroup_init("mitos-vms", K.ns, limits, sizeof(limits));
-	snprintf(info, infolen, "each VM: %s, no_new_privs, seccomp allowlist; %s",
-		 K.ns ? "own mount (private, own /proc), pid, ipc, uts and net namespaces, no capabilities"
-		      : "NO namespaces (serve is not root)", limits);
+	if (K.jail && !K.ns) {
+		K.jail = false;
+		snprintf(jail, sizeof(jail), "; NOT --vm-jail: it needs serve to be root");
+	} else if (K.jail) {
+		const char *dev = getenv("MITOS_KVM_DEVICE");
+		char mnt[PLEN], why[300] = "";
+		K.kvm_fd = open(dev && *dev ? dev : "/dev/kvm", O_RDWR | O_CLOEXEC);
+		int rc = K.kvm_fd < 0 ? -errno : 0;
+		if (rc)
+			snprintf(why, sizeof(why), "cannot open /dev/kvm: %s", strerror(-rc));
+		else if (!(rc = kvm_pathf(mnt, "%s/kvm/jail", real)))
+			rc = jail_init(mnt, "/proc/self/exe", why, sizeof(why));
+		if (rc) {
+			snprintf(err, errlen, "--vm-jail: %s", why);
+			return rc;
+		}
+		snprintf(jail, sizeof(jail), "; own uid (%u and up, group %u) and own root (pivot_root: its own files, "
+			 "/usr read-only, /proc read-only), /dev/kvm handed over", JAIL_UID_BASE + 1, JAIL_UID_BASE);
+	}
+	snprintf(info, infolen, "each VM: %s, no_new_privs, seccomp allowlist%s; %s",
+		 K.ns ? "own mount (private, read-only /proc), pid, ipc, uts and net namespaces, no capabilities"
+		      : "NO namespaces (serve is not root)", jail, limits);
 	K.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (K.efd < 0) {
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));
@@ -667,6 +783,9 @@ static void kvm_exit(void)
 		close(K.efd);
 	if (K.vmm_fd >= 0)
 		close(K.vmm_fd);
+	if (K.kvm_fd >= 0)
+		close(K.kvm_fd);
+	K.kvm_fd = -1;
 	K.efd = K.vmm_fd = -1;
 	K.configured = false;
 }

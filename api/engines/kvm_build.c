@@ -68,6 +68,7 @@ struct build {
 	struct vm_proc vp;
 	int pidfd;              /* the worker's own */
 	char dir[PLEN], vsock[PLEN], control[PLEN], snap[PLEN], console[PLEN];
+	char own[PLEN];         /* where the VM makes its files (kvm_vm_files) */
 	char warm[sizeof(((struct kvm_guest *)0)->warm)];
 	cJSON *workload;        /* the template's, started before the snapshot, or NULL */
 	uint64_t boot_ms, warm_ms;
@@ -137,8 +138,18 @@ static void build_run(struct kjob *kj)
 		/* Our health connection is closed: let the guest retire it, so the snapshot
 		 * holds a listening agent and nothing half-open. */
 		usleep(100000);
-		struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = b->snap };
+		char written[PLEN];
+		kvm_pathf(written, "%s/snapshot", b->own);
+		struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = written };
 		rc = kvm_ctl_request(b->control, &req, SNAPSHOT_TIMEOUT_MS, 0, b->pidfd, err, sizeof(err));
+		/* A jailed VM wrote it in its own directory: it becomes serve's, root's and
+		 * read-only, before any child maps it. */
+		if (!rc && K.jail && rename(written, b->snap) < 0) {
+			rc = -errno;
+			snprintf(err, sizeof(err), "cannot move the snapshot into the template: %s", strerror(errno));
+		}
+		if (!rc && K.jail)
+			rc = jail_seal(b->snap, err, sizeof(err));
 		if (rc)
 			snprintf(b->msg, sizeof(b->msg), "the template's snapshot failed: %s", err);
 	} else if (!b->msg[0]) {
@@ -173,6 +184,8 @@ static void build_complete(struct kjob *kj)
 	for (size_t i = 0; i < sizeof(leftovers) / sizeof(leftovers[0]); i++)
 		if (!kvm_pathf(p, "%s/%s", b->dir, leftovers[i]))
 			unlink(p);
+	if (K.jail)
+		teardown_tree(b->own, NULL);
 	if (!b->rc) {
 		struct vm_shape sh;
 		char rootfs[PLEN];
@@ -264,7 +277,8 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	}
 	b->pidfd = -1;
 	b->vp.pidfd = -1;
-	if (kvm_pathf(b->dir, "%s", dir) || kvm_pathf(b->vsock, "%s/vsock", dir) || kvm_pathf(b->control, "%s/control", dir) ||
+	if (kvm_pathf(b->dir, "%s", dir) || kvm_vm_files(dir, b->own) || kvm_pathf(b->vsock, "%s/vsock", b->own) ||
+	    kvm_pathf(b->control, "%s/control", b->own) ||
 	    kvm_pathf(b->snap, "%s/snapshot", dir) || kvm_pathf(b->console, "%s/console.log", dir) ||
 	    strlen(b->vsock) + 12 > SOCK_MAX || strlen(b->control) > SOCK_MAX) {
 		snprintf(err, errlen, "the state dir's path is too long for the template's sockets");
@@ -312,7 +326,14 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	argv[argc] = NULL;
 	char name[64];
 	snprintf(name, sizeof(name), "tpl-%d-%u", (int)getpid(), ++K.serial);
-	if (rc || (rc = kvm_vm_spawn(argv, b->console, name, &sh, &b->vp, err, errlen))) {
+	struct jail jl;
+	if (!rc && K.jail && !(rc = kvm_jail_prepare(dir, &jl, err, errlen))) {
+		const char *given[] = { kernel, rootfs, initrd };
+		for (size_t i = 0; !rc && i < sizeof(given) / sizeof(given[0]); i++)
+			if (given[i][0] && (rc = jail_add(&jl, given[i], false)))
+				snprintf(err, errlen, "cannot give the VM %.300s: %s", given[i], strerror(-rc));
+	}
+	if (rc || (rc = kvm_vm_spawn(argv, b->console, name, &sh, K.jail ? &jl : NULL, &b->vp, err, errlen))) {
 		if (!err[0])
 			snprintf(err, errlen, "cannot write the template's files: %s", strerror(-rc));
 		teardown_tree(dir, NULL);

@@ -14,6 +14,7 @@
 
 #include "api/engines/cgroup.h"
 #include "api/engines/engine.h"
+#include "api/engines/kvm_jail.h"
 #include "api/engines/teardown.h"
 #include "api/http/uring.h"
 #include "vmm/control_proto.h"
@@ -107,6 +108,8 @@ struct kvm_state {
 	int vmm_fd;
 	unsigned pool_size;
 	bool ns;                          /* namespaces: needs root */
+	bool jail;                        /* each VM under its own uid in its own root (kvm_jail.h) */
+	int kvm_fd;                       /* /dev/kvm, handed to jailed VMs */
 	unsigned serial;
 	_Atomic bool stopping;
 	struct shape_pool pools[MAX_SHAPES];
@@ -135,7 +138,10 @@ bool kvm_proc_exited(int pidfd);
 void kvm_console_tail(const char *path, char *out, size_t outlen);
 void kvm_write_error_file(const char *dir, const char *msg);
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
-		    struct vm_proc *vp, char *err, size_t errlen);
+		 const struct jail *jail, struct vm_proc *vp, char *err, size_t errlen);
+/* Renames what a VM made in its own directory (from) to serve's (to), and keeps it only
+ * if it is what it should be (S_IFSOCK, S_IFREG) and not a link to elsewhere. */
+int kvm_claim(const char *from, const char *to, mode_t type, char *err, size_t errlen);
 void kvm_vm_reap(struct vm_proc *vp);
 /* The same, but only the kill now: the wait (as long as the kernel takes to free the
  * VM's memory) and the cgroups' removal on the teardown thread. */
@@ -164,7 +170,17 @@ void kvm_pool_drop(struct shape_pool *sp, struct pool_vm *pv);
 void kvm_pool_fill(void);
 void kvm_refill_kick(struct ur_kick *k);
 void kvm_pool_tick(struct ur_ticker *t, uint64_t now);
-int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *err, size_t errlen);
+/* vmdir: with K.jail, the directory the VM was started in (its control socket, console
+ * and vsock are in kvm_vm_files(vmdir), claimed into sbdir by the restore, which
+ * then removes vmdir); "" otherwise. */
+int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *vmdir, char *err,
+		size_t errlen);
+/* Where the VM process of dir (a pool VM's, a sandbox's being restored, a template
+ * build's) makes its files: dir/vm, its own, with K.jail; dir otherwise. dir itself
+ * (its vm.json, the sandbox's record) stays serve's. */
+int kvm_vm_files(const char *dir, char *out);
+/* With K.jail: makes dir/vm, a new jail j whose uid owns it and which holds it. */
+int kvm_jail_prepare(const char *dir, struct jail *j, char *err, size_t errlen);
 
 /* ---- kvm_build.c ---- */
 int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t rootfslen);

@@ -36,9 +36,15 @@ static struct {
 
 static _Atomic unsigned next_uid;
 
-int jail_init(const char *mountpoint, char *err, size_t errlen)
+int jail_init(const char *mountpoint, const char *exe, char *err, size_t errlen)
 {
 	memset(&S, 0, sizeof(S));
+	if (!realpath(exe, S.bind[0].path)) {
+		int e = errno;
+		snprintf(err, errlen, "cannot find %.200s: %s", exe, strerror(e));
+		return -e;
+	}
+	S.nbind = 1;
 	if (strlen(mountpoint) >= sizeof(S.mnt) || mountpoint[0] != '/') {
 		snprintf(err, errlen, "the jail's mount point %.200s is not an absolute path that fits", mountpoint);
 		return -ENAMETOOLONG;
@@ -72,6 +78,11 @@ int jail_init(const char *mountpoint, char *err, size_t errlen)
 	if (access("/etc/ld.so.cache", R_OK) == 0 && S.nbind < SYS_MAX)
 		snprintf(S.bind[S.nbind++].path, JAIL_PLEN, "/etc/ld.so.cache");
 	return 0;
+}
+
+const char *jail_exe(void)
+{
+	return S.bind[0].path;
 }
 
 void jail_new(struct jail *j)

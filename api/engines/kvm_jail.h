@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define JAIL_MAX_PATHS 12
+#define JAIL_MAX_PATHS 72 /* a layer chain is at most 64 deep */
 #define JAIL_PLEN 512
 /* uids JAIL_UID_BASE+1 .. JAIL_UID_BASE+JAIL_UIDS, one per VM process; their group is
  * JAIL_UID_BASE. Far above any uid a distribution or a subuid range hands out. */
@@ -33,9 +33,14 @@ struct jail {
 };
 
 /* At start, as root: the jail's mount point (an empty directory in the state dir) and
- * what of the host a VM process needs to start (/usr and the top-level links into it,
- * the dynamic loader's cache). 0 or -errno with err. */
-int jail_init(const char *mountpoint, char *err, size_t errlen);
+ * what of the host a VM process needs to start: exe (the mitos-vmm binary, bound at
+ * its own path: the kernel does not execute a file of a mount outside the caller's
+ * namespace, so it cannot be executed through serve's descriptor), /usr and the
+ * top-level links into it, the dynamic loader's cache. 0 or -errno with err. */
+int jail_init(const char *mountpoint, const char *exe, char *err, size_t errlen);
+
+/* exe's path, inside the jail as outside. */
+const char *jail_exe(void);
 
 /* A jail with the next uid and nothing in it. */
 void jail_new(struct jail *j);

@@ -92,31 +92,48 @@ static int vm_argv_make(struct vm_argv *a, const char *dir, const struct vm_shap
 	return 0;
 }
 
+/* Makes dir and spawns a `mitos-vmm vm` of sh there, armed with arm ("" for none). */
+static int vm_start(const char *dir, const struct vm_shape *sh, const char *arm, struct vm_proc *vp, char *err,
+		    size_t errlen)
+{
+	char files[PLEN], name[64];
+	struct vm_argv a;
+	struct jail jl;
+	int rc = kvm_vm_files(dir, files);
+	if (!rc)
+		rc = vm_argv_make(&a, files, sh, arm);
+	if (rc) {
+		snprintf(err, errlen, "the path %.200s is too long for a VM's sockets", dir);
+		return rc;
+	}
+	if (mkdir(dir, 0700) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot make %.200s: %s", dir, strerror(-rc));
+		return rc;
+	}
+	if (K.jail && !(rc = kvm_jail_prepare(dir, &jl, err, errlen)) && arm[0] && (rc = jail_add(&jl, arm, false)))
+		snprintf(err, errlen, "cannot give a VM the snapshot %.200s: %s", arm, strerror(-rc));
+	snprintf(name, sizeof(name), "%s", strrchr(dir, '/') + 1);
+	if (rc || (rc = kvm_vm_spawn(a.v, a.console, name, sh, K.jail ? &jl : NULL, vp, err, errlen))) {
+		teardown_tree(dir, NULL);
+		return rc;
+	}
+	kvm_vm_record(dir, vp, NULL, sh);
+	return 0;
+}
+
 static int pool_spawn(struct shape_pool *sp, char *err, size_t errlen)
 {
 	struct pool_vm *pv = calloc(1, sizeof(*pv));
 	if (!pv)
 		return -ENOMEM;
-	unsigned serial = ++K.serial;
-	char name[64];
-	snprintf(name, sizeof(name), "vm-%d-%u", (int)getpid(), serial);
-	struct vm_argv a;
-	int rc = kvm_pathf(pv->dir, "%s/%s", K.pool_dir, name);
+	int rc = kvm_pathf(pv->dir, "%s/vm-%d-%u", K.pool_dir, (int)getpid(), ++K.serial);
 	if (!rc)
-		rc = vm_argv_make(&a, pv->dir, &sp->sh, sp->arm);
-	if (!rc && mkdir(pv->dir, 0700) < 0)
-		rc = -errno;
+		rc = vm_start(pv->dir, &sp->sh, sp->arm, &pv->p, err, errlen);
 	if (rc) {
-		snprintf(err, errlen, "cannot make %.200s: %s", pv->dir, strerror(-rc));
 		free(pv);
 		return rc;
 	}
-	if ((rc = kvm_vm_spawn(a.v, a.console, name, &sp->sh, &pv->p, err, errlen))) {
-		teardown_tree(pv->dir, NULL);
-		free(pv);
-		return rc;
-	}
-	kvm_vm_record(pv->dir, &pv->p, NULL, &sp->sh);
 	/* Oldest first: it is the likeliest to be prepared when taken. */
 	struct pool_vm **pp = &sp->idle;
 	while (*pp)
@@ -149,8 +166,9 @@ static void pool_check(void)
 			n = pv->next;
 			if (!kvm_proc_exited(pv->p.pidfd))
 				continue;
-			char path[PLEN], tail[300];
-			kvm_pathf(path, "%s/console.log", pv->dir);
+			char files[PLEN], path[PLEN], tail[300];
+			kvm_vm_files(pv->dir, files);
+			kvm_pathf(path, "%s/console.log", files);
 			kvm_console_tail(path, tail, sizeof(tail));
 			sp->fails++;
 			unsigned backoff = sp->fails > 5 ? 30000u : 500u << sp->fails;
@@ -196,14 +214,18 @@ void kvm_pool_tick(struct ur_ticker *t, uint64_t now)
 }
 
 /* A VM for a new sandbox in sbdir: a prepared one moved over (its control socket and
- * console renamed into sbdir), or a new one started there. */
-int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *err, size_t errlen)
+ * console renamed into sbdir, or with K.jail left in its own directory for the restore
+ * to claim), or a new one started there. */
+int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *vmdir, char *err,
+		size_t errlen)
 {
+	vmdir[0] = 0;
 	struct shape_pool *sp = kvm_pool_for(sh, true);
 	for (struct pool_vm *pv = sp ? sp->idle : NULL, *n; pv; pv = n) {
 		n = pv->next;
-		char from[PLEN], to[PLEN], cfrom[PLEN], cto[PLEN];
-		kvm_pathf(from, "%s/control", pv->dir);
+		char files[PLEN], from[PLEN], to[PLEN], cfrom[PLEN], cto[PLEN];
+		if (kvm_vm_files(pv->dir, files) || kvm_pathf(from, "%s/control", files))
+			continue;
 		/* Still being prepared: leave it for the next one. */
 		if (!kvm_is_socket(from))
 			continue;
@@ -211,10 +233,13 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 			kvm_pool_drop(sp, pv);
 			continue;
 		}
-		if (kvm_pathf(to, "%s/control", sbdir) || kvm_pathf(cfrom, "%s/console.log", pv->dir) ||
-		    kvm_pathf(cto, "%s/console.log", sbdir) || rename(from, to) < 0)
+		if (!K.jail && (kvm_pathf(to, "%s/control", sbdir) || kvm_pathf(cfrom, "%s/console.log", pv->dir) ||
+				kvm_pathf(cto, "%s/console.log", sbdir) || rename(from, to) < 0))
 			continue;
-		rename(cfrom, cto);
+		if (K.jail)
+			strcpy(vmdir, pv->dir);
+		else
+			rename(cfrom, cto);
 		for (struct pool_vm **pp = &sp->idle; *pp; pp = &(*pp)->next)
 			if (*pp == pv) {
 				*pp = pv->next;
@@ -222,7 +247,8 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 				break;
 			}
 		*vp = pv->p;
-		teardown_tree(pv->dir, NULL);
+		if (!K.jail)
+			teardown_tree(pv->dir, NULL);
 		free(pv);
 		sp->fails = 0;
 		ur_kick(&K.refill);
@@ -230,13 +256,21 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 	}
 	if (sp)
 		ur_kick(&K.refill);
-	struct vm_argv a;
 	/* Asked for now: arming ahead would gain nothing. */
-	if (vm_argv_make(&a, sbdir, sh, "")) {
-		snprintf(err, errlen, "the sandbox's path %.200s is too long for its sockets", sbdir);
-		return -ENAMETOOLONG;
+	if (!K.jail) {
+		struct vm_argv a;
+		char name[64];
+		if (vm_argv_make(&a, sbdir, sh, "")) {
+			snprintf(err, errlen, "the sandbox's path %.200s is too long for its sockets", sbdir);
+			return -ENAMETOOLONG;
+		}
+		snprintf(name, sizeof(name), "vm-%d-%u", (int)getpid(), ++K.serial);
+		return kvm_vm_spawn(a.v, a.console, name, sh, NULL, vp, err, errlen);
 	}
-	char name[64];
-	snprintf(name, sizeof(name), "vm-%d-%u", (int)getpid(), ++K.serial);
-	return kvm_vm_spawn(a.v, a.console, name, sh, vp, err, errlen);
+	int rc = kvm_pathf(vmdir, "%s/vm-%d-%u", K.pool_dir, (int)getpid(), ++K.serial);
+	if (!rc)
+		rc = vm_start(vmdir, sh, "", vp, err, errlen);
+	if (rc)
+		vmdir[0] = 0;
+	return rc;
 }

@@ -64,7 +64,13 @@ bool kvm_proc_exited(int pidfd)
 void kvm_console_tail(const char *path, char *out, size_t outlen)
 {
 	out[0] = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* A jailed VM owns its console's directory: no link or FIFO put in its place. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	struct stat st;
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+		close(fd);
+		fd = -1;
+	}
 	if (fd < 0)
 		return;
 	char buf[400];
@@ -125,23 +131,32 @@ static void drop_capabilities(void)
 }
 
 /* The child between clone3 and exec: serve has threads, so only raw system calls here. */
-static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, const struct cg_entry *ce)
+static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, const struct cg_entry *ce,
+					       const struct jail *jail)
 {
 	cgroup_enter_child(ce);
 	syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	if (K.ns) {
-		/* Nothing mounted here reaches the host; /proc shows this VM only. */
+		/* Nothing mounted here reaches the host. */
 		syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
-		syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 		syscall(SYS_sethostname, "mitos-vm", 8);
-		drop_capabilities();
+		if (jail) {
+			jail_enter(jail);
+		} else {
+			/* /proc shows this VM only, and read-only: a sysctl is writable by file
+			 * mode alone, which uid 0 without capabilities would pass. */
+			syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL);
+			drop_capabilities();
+		}
 	}
 	syscall(SYS_setsid);
 	syscall(SYS_dup2, nullfd, 0);
 	syscall(SYS_dup2, logfd, 1);
 	syscall(SYS_dup2, logfd, 2);
 	syscall(SYS_dup2, K.vmm_fd, 3);
-	syscall(SYS_close_range, 4, ~0U, 0);
+	if (jail)
+		syscall(SYS_dup2, K.kvm_fd, 4);
+	syscall(SYS_close_range, jail ? 5 : 4, ~0U, 0);
 	sigset_t none;
 	sigemptyset(&none);
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(uint64_t));
@@ -149,22 +164,39 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
 	struct { void *handler; unsigned long flags; void *restorer; uint64_t mask; } dfl = { 0 };
 	syscall(SYS_rt_sigaction, SIGPIPE, &dfl, NULL, sizeof(uint64_t));
 	extern char **environ;
-	syscall(SYS_execveat, 3, "", argv, environ, AT_EMPTY_PATH);
+	if (jail)
+		syscall(SYS_execve, jail_exe(), argv, environ);
+	else
+		syscall(SYS_execveat, 3, "", argv, environ, AT_EMPTY_PATH);
 	static const char msg[] = "mitos-vmm serve: cannot exec mitos-vmm for a VM\n";
 	syscall(SYS_write, 2, msg, sizeof(msg) - 1);
 	syscall(SYS_exit_group, 127);
 	__builtin_unreachable();
 }
 
-/* Starts argv (mitos-vmm ...) jailed, its console and messages going to console. */
+/* Starts argv (mitos-vmm SUBCOMMAND ...) jailed, its console and messages going to
+ * console; with jail (K.jail), under the jail's uid in its own root, /dev/kvm handed
+ * over as --kvm-fd 4. */
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
-		    struct vm_proc *vp, char *err, size_t errlen)
+		 const struct jail *jail, struct vm_proc *vp, char *err, size_t errlen)
 {
 	memset(vp, 0, sizeof(*vp));
 	vp->pidfd = -1;
-	int logfd = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	if (logfd < 0) {
+	char *av[40];
+	size_t n = 0;
+	for (size_t i = 0; argv[i] && n < sizeof(av) / sizeof(av[0]) - 3; i++) {
+		av[n++] = argv[i];
+		if (i == 1 && jail) {
+			av[n++] = "--kvm-fd";
+			av[n++] = "4";
+		}
+	}
+	av[n] = NULL;
+	int logfd = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (logfd < 0 || (jail && fchown(logfd, jail->uid, jail->gid) < 0)) {
 		snprintf(err, errlen, "cannot create %s: %s", console, strerror(errno));
+		if (logfd >= 0)
+			close(logfd);
 		return -errno;
 	}
 	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -181,7 +213,7 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 	long pid = cgroup_clone(&ce, K.ns ? CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
 				CLONE_NEWNET : 0, &pidfd);
 	if (pid == 0)
-		vm_child(argv, logfd, nullfd, &ce);
+		vm_child(av, logfd, nullfd, &ce, jail);
 	int e = errno;
 	close(logfd);
 	if (nullfd >= 0)
@@ -197,6 +229,43 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 	vp->pidfd = pidfd;
 	vp->start_time = engine_proc_start_time(vp->pid);
 	return 0;
+}
+
+int kvm_claim(const char *from, const char *to, mode_t type, char *err, size_t errlen)
+{
+	struct stat st;
+	if (rename(from, to) < 0 || lstat(to, &st) < 0) {
+		int e = errno;
+		snprintf(err, errlen, "cannot move %.200s to %.200s: %s", from, to, strerror(e));
+		return -e;
+	}
+	if ((st.st_mode & S_IFMT) != type) {
+		unlink(to);
+		snprintf(err, errlen, "the VM left something else than it should in %.300s", from);
+		return -EPERM;
+	}
+	return 0;
+}
+
+int kvm_vm_files(const char *dir, char *out)
+{
+	return K.jail ? kvm_pathf(out, "%s/vm", dir) : kvm_pathf(out, "%s", dir);
+}
+
+int kvm_jail_prepare(const char *dir, struct jail *j, char *err, size_t errlen)
+{
+	char own[PLEN];
+	int rc = kvm_pathf(own, "%s/vm", dir);
+	if (!rc && mkdir(own, 0700) < 0)
+		rc = -errno;
+	jail_new(j);
+	if (!rc)
+		rc = jail_give(j, own);
+	if (!rc)
+		rc = jail_add(j, own, true);
+	if (rc)
+		snprintf(err, errlen, "cannot make %.300s for a jailed VM: %s", own, strerror(-rc));
+	return rc;
 }
 
 /* Kills and reaps one of our own VM processes and removes its cgroups. */
