@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -77,6 +78,11 @@ int jail_init(const char *mountpoint, const char *exe, char *err, size_t errlen)
 	}
 	if (access("/etc/ld.so.cache", R_OK) == 0 && S.nbind < SYS_MAX)
 		snprintf(S.bind[S.nbind++].path, JAIL_PLEN, "/etc/ld.so.cache");
+	/* Anywhere in the range: VMs a previous serve left running (re-adopted) are
+	 * unlikely to share a uid with the next ones. */
+	unsigned seed = 0;
+	if (getrandom(&seed, sizeof(seed), 0) == sizeof(seed))
+		atomic_store(&next_uid, seed % JAIL_UIDS);
 	return 0;
 }
 
