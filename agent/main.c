@@ -9,7 +9,6 @@
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "agent/agent.h"
@@ -17,6 +16,7 @@
 #include "agent/init.h"
 #include "agent/loop.h"
 #include "agent/ops.h"
+#include "lib/unix_listen.h"
 
 #define DEFAULT_VSOCK_PORT 52
 
@@ -64,20 +64,8 @@ static int listen_vsock(unsigned port)
 
 static int listen_unix(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 16) < 0) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	return watch_add(&listen_watch, fd, EPOLLIN, on_accept);
+	int fd = unix_listen(path, 16, true);
+	return fd < 0 ? fd : watch_add(&listen_watch, fd, EPOLLIN, on_accept);
 }
 
 /* mitos_kernel.py lives next to the binary, or in ../share/mitos when installed. */

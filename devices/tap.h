@@ -6,7 +6,7 @@
 
 #include <stdbool.h>
 
-#include "../vmm/error.h"
+#include "lib/error.h"
 
 /* struct virtio_net_hdr_v1: what TUNSETVNETHDRSZ is set to. */
 #define TAP_VNET_HDR_LEN 12

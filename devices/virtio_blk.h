@@ -7,8 +7,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../vmm/error.h"
-#include "../vmm/guest_mem.h"
+#include "lib/error.h"
+#include "lib/guest_mem.h"
 #include "virtio_mmio.h"
 
 #define VIRTIO_ID_BLOCK 2

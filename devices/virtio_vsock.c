@@ -13,6 +13,8 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include "lib/clock.h"
+#include "lib/unix_listen.h"
 
 #define HDR_BYTES  ((uint32_t)sizeof(struct virtio_vsock_hdr))
 #define SHUT_BOTH  (VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND)
@@ -120,13 +122,6 @@ struct vsock_state {
 	uint64_t cid;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 static uint32_t min32(uint64_t a, uint64_t b)
 {
 	return (uint32_t)(a < b ? a : b);
@@ -158,7 +153,7 @@ static void timer_arm(struct vsock *v, bool on)
 
 static void conn_set_deadline(struct vsock *v, struct conn *c, uint64_t timeout)
 {
-	c->deadline = timeout ? now_ns() + timeout : 0;
+	c->deadline = timeout ? mono_ns() + timeout : 0;
 	if (timeout)
 		timer_arm(v, true);
 }
@@ -805,7 +800,7 @@ static void timer_tick(struct vsock *v)
 	uint64_t ticks;
 	ssize_t n = read(v->timer_fd, &ticks, sizeof(ticks));
 	(void)n;
-	uint64_t now = now_ns();
+	uint64_t now = mono_ns();
 	bool more = false;
 	for (unsigned i = 0; i < MAX_CONNS; i++) {
 		struct conn *c = v->conns[i];
@@ -997,23 +992,19 @@ static int vsock_open(struct vsock *v, struct mitos_err *e)
 {
 	v->epfd = epoll_create1(EPOLL_CLOEXEC);
 	v->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	v->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (v->epfd < 0 || v->timer_fd < 0 || v->listen_fd < 0)
+	if (v->epfd < 0 || v->timer_fd < 0)
 		return mitos_err_set(e, -errno, "virtio-vsock: %s", strerror(errno));
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	memcpy(a.sun_path, v->path, sizeof(a.sun_path));
-	if (bind(v->listen_fd, (struct sockaddr *)&a, sizeof(a))) {
-		int err = errno;
-		if (err == EADDRINUSE)
-			return mitos_err_set(e, -err, "vsock socket %s already exists: remove it (left "
-					     "over from a VM that ended?) or choose another path", v->path);
-		return mitos_err_set(e, -err, "vsock socket %s: bind: %s", v->path, strerror(err));
-	}
+	int fd = unix_listen(v->path, SOMAXCONN, false);
+	if (fd == -EADDRINUSE || fd == -EEXIST)
+		return mitos_err_set(e, fd, "vsock socket %s already exists: remove it (left over from a VM "
+				     "that ended?) or choose another path", v->path);
+	if (fd < 0)
+		return mitos_err_set(e, fd, "vsock socket %s: %s", v->path, strerror(-fd));
+	v->listen_fd = fd;
 	v->bound = true;
 	struct epoll_event lev = { .events = EPOLLIN, .data.u64 = EP_LISTEN };
 	struct epoll_event tev = { .events = EPOLLIN, .data.u64 = EP_TIMER };
-	if (listen(v->listen_fd, SOMAXCONN) ||
-	    epoll_ctl(v->epfd, EPOLL_CTL_ADD, v->listen_fd, &lev) ||
+	if (epoll_ctl(v->epfd, EPOLL_CTL_ADD, v->listen_fd, &lev) ||
 	    epoll_ctl(v->epfd, EPOLL_CTL_ADD, v->timer_fd, &tev))
 		return mitos_err_set(e, -errno, "vsock socket %s: %s", v->path, strerror(errno));
 	return 0;

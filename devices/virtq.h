@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#include "../vmm/guest_mem.h"
+#include "lib/guest_mem.h"
 
 #define VIRTQ_DESC_F_NEXT      1
 #define VIRTQ_DESC_F_WRITE     2

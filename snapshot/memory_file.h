@@ -9,8 +9,8 @@
 
 #include <stdint.h>
 
-#include "../vmm/error.h"
-#include "../vmm/guest_mem.h"
+#include "lib/error.h"
+#include "lib/guest_mem.h"
 
 #define MEMORY_FILE_NAME     "memory"
 #define MEMORY_EXTENTS_NAME  "memory.extents"

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../vmm/error.h"
+#include "lib/error.h"
 
 #define SNAPSHOT_CONFIG_NAME "config.json"
 #define SNAPSHOT_STATE_NAME  "state"

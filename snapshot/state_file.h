@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../vmm/error.h"
+#include "lib/error.h"
 
 #define STATE_FILE_MAGIC   "MITOSST1"
 /* 2: device sections carry their device's identity and layout (vmm/device_state.h). */

@@ -1,5 +1,5 @@
 #include "boot.h"
-#include "layout.h"
+#include "lib/layout.h"
 #include "mptable.h"
 
 #include <asm/e820.h>

@@ -3,8 +3,8 @@
 #ifndef MITOS_BOOT_H
 #define MITOS_BOOT_H
 
-#include "error.h"
-#include "guest_mem.h"
+#include "lib/error.h"
+#include "lib/guest_mem.h"
 #include "loader.h"
 
 #include <linux/kvm.h>

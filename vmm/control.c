@@ -9,11 +9,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "lib/unix_connect.h"
+#include "lib/unix_listen.h"
+#include "lib/clock.h"
 
 struct control_client {
 	struct control_server *srv;
@@ -51,16 +51,6 @@ cJSON *control_reply_error(const char *code, const char *fmt, ...)
 	cJSON_AddStringToObject(err, "code", code);
 	cJSON_AddStringToObject(err, "message", msg);
 	return o;
-}
-
-static int make_addr(const char *path, struct sockaddr_un *a)
-{
-	memset(a, 0, sizeof(*a));
-	a->sun_family = AF_UNIX;
-	if (strlen(path) >= sizeof(a->sun_path))
-		return -ENAMETOOLONG;
-	strcpy(a->sun_path, path);
-	return 0;
 }
 
 static void client_close(struct control_client *c)
@@ -157,23 +147,11 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 int control_server_start(struct control_server **out, struct ev_loop *loop, const char *path,
 			 control_handler_fn handler, void *ctx, struct mitos_err *e)
 {
-	struct sockaddr_un a;
-	if (make_addr(path, &a))
-		return mitos_err_set(e, -ENAMETOOLONG, "control socket path too long: %s", path);
-	struct stat st;
-	if (lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode))
-			return mitos_err_set(e, -EEXIST, "%s exists and is not a socket", path);
-		unlink(path);
-	}
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int fd = unix_listen(path, 16, true);
 	if (fd < 0)
-		return mitos_err_set(e, -errno, "socket: %s", strerror(errno));
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 16)) {
-		int r = -errno;
-		close(fd);
-		return mitos_err_set(e, r, "control socket %s: %s", path, strerror(-r));
-	}
+		return mitos_err_set(e, fd, "control socket %s: %s", path,
+				     fd == -ENAMETOOLONG ? "path too long" :
+				     fd == -EEXIST ? "exists and is not a socket" : strerror(-fd));
 	struct control_server *s = calloc(1, sizeof(*s));
 	if (!s || !(s->path = strdup(path))) {
 		free(s);
@@ -205,13 +183,6 @@ void control_server_stop(struct control_server *s)
 	free(s);
 }
 
-static long long now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 cJSON *control_call(const char *path, const cJSON *request, int timeout_ms, struct mitos_err *e)
 {
 	/* The socket lives in the VM process's own directory, which it may write. */
@@ -229,9 +200,9 @@ cJSON *control_call(const char *path, const cJSON *request, int timeout_ms, stru
 	char *buf = malloc(CONTROL_MAX_LINE + 1);
 	size_t have = 0;
 	cJSON *reply = NULL;
-	long long deadline = now_ms() + timeout_ms;
+	long long deadline = (long long)mono_ms() + timeout_ms;
 	while (sent && buf && have < CONTROL_MAX_LINE) {
-		long long left = deadline - now_ms();
+		long long left = deadline - (long long)mono_ms();
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
 			mitos_err_set(e, -ETIMEDOUT, "%s: no reply within %d ms", path, timeout_ms);

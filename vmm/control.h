@@ -7,7 +7,7 @@
 #include <cjson/cJSON.h>
 #include <ev.h>
 
-#include "error.h"
+#include "lib/error.h"
 
 #define CONTROL_MAX_LINE   (64 * 1024)
 #define CONTROL_MAX_CLIENTS 16

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #include "../snapshot/state_file.h"
-#include "error.h"
+#include "lib/error.h"
 
 /* Kinds: a virtio device's is its virtio device id (1..); the rest are above those. */
 #define DEV_KIND_SERIAL 0x10001u

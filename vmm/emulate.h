@@ -37,7 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "guest_mem.h"
+#include "lib/guest_mem.h"
 #include "vcpu.h"
 
 #define EMULATE_MAX_INSN 15

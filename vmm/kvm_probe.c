@@ -1,8 +1,8 @@
 #include "kvm_probe.h"
 #include "boot.h"
-#include "guest_mem.h"
+#include "lib/guest_mem.h"
 #include "kvm_vm.h"
-#include "layout.h"
+#include "lib/layout.h"
 #include "loader.h"
 #include "vcpu.h"
 

@@ -1,5 +1,5 @@
 #include "kvm_vm.h"
-#include "layout.h"
+#include "lib/layout.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -7,8 +7,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "error.h"
-#include "guest_mem.h"
+#include "lib/error.h"
+#include "lib/guest_mem.h"
 
 struct kvm_vm {
 	int kvm_fd;

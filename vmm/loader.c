@@ -1,5 +1,5 @@
 #include "loader.h"
-#include "layout.h"
+#include "lib/layout.h"
 
 #include <elf.h>
 #include <errno.h>

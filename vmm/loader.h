@@ -4,8 +4,8 @@
 #ifndef MITOS_LOADER_H
 #define MITOS_LOADER_H
 
-#include "error.h"
-#include "guest_mem.h"
+#include "lib/error.h"
+#include "lib/guest_mem.h"
 
 #include <asm/bootparam.h>
 #include <stdbool.h>

@@ -4,7 +4,7 @@
 #include "io_bus.h"
 #include "kvm_probe.h"
 #include "kvm_vm.h"
-#include "layout.h"
+#include "lib/layout.h"
 #include "loader.h"
 #include "profile.h"
 #include "control.h"
@@ -37,6 +37,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "lib/clock.h"
 
 #define MAX_HOST_FDS 4
 #define CONSOLE_ESCAPE 0x01 /* Ctrl-A, then 'x' */
@@ -120,13 +121,6 @@ struct machine {
 	struct machine_result result;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
-}
-
 const char *machine_exit_kind_name(enum machine_exit_kind k)
 {
 	static const char *names[MEXIT_KINDS] = {
@@ -138,7 +132,7 @@ const char *machine_exit_kind_name(enum machine_exit_kind k)
 static void phase(struct machine *m, const char *name)
 {
 	if (m->result.nphases < MACHINE_MAX_PHASES)
-		m->result.phases[m->result.nphases++] = (typeof(m->result.phases[0])){ name, now_ns() };
+		m->result.phases[m->result.nphases++] = (typeof(m->result.phases[0])){ name, mono_ns() };
 }
 
 /* Ends the VM once: the first reason wins. Safe from any thread. */
@@ -156,7 +150,7 @@ static void machine_stop(struct machine *m, enum machine_end how, int status, co
 	va_start(ap, fmt);
 	vsnprintf(m->result.why, sizeof(m->result.why), fmt, ap);
 	va_end(ap);
-	m->result.end_ns = now_ns();
+	m->result.end_ns = mono_ns();
 	pthread_mutex_unlock(&m->result_lock);
 	pthread_mutex_lock(&m->pause_lock);
 	pthread_cond_broadcast(&m->pause_cond);
@@ -366,7 +360,7 @@ static void count_exit(struct machine *m, enum machine_exit_kind k)
 {
 	uint_fast64_t zero = 0;
 	if (atomic_load_explicit(&m->first_exit_ns, memory_order_relaxed) == 0)
-		atomic_compare_exchange_strong(&m->first_exit_ns, &zero, now_ns());
+		atomic_compare_exchange_strong(&m->first_exit_ns, &zero, mono_ns());
 	atomic_fetch_add_explicit(&m->exits[k], 1, memory_order_relaxed);
 }
 
@@ -486,7 +480,7 @@ static void *vcpu_main(void *arg)
 			continue;
 		}
 		if (atomic_exchange(&t->sample_due, false))
-			profile_sample(&m->profile, &t->vcpu, now_ns());
+			profile_sample(&m->profile, &t->vcpu, mono_ns());
 		if (ioctl(t->vcpu.fd, KVM_RUN, 0) < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
@@ -520,7 +514,7 @@ static void on_profile_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 static int start_vcpus(struct machine *m, struct mitos_err *e)
 {
-	m->result.run_start_ns = now_ns();
+	m->result.run_start_ns = mono_ns();
 	struct sigaction sa = { .sa_handler = on_sigusr1 };  /* no SA_RESTART: KVM_RUN returns */
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGUSR1, &sa, NULL);
@@ -864,12 +858,12 @@ static cJSON *control_handle(void *ctx, const cJSON *json)
 		virtio_net_set_link(m->net, req.up);
 		return control_reply_ok();
 	case CTL_SNAPSHOT: {
-		uint64_t t0 = now_ns();
+		uint64_t t0 = mono_ns();
 		if (machine_snapshot(m, req.dir, &e))
 			return control_reply_error("snapshot_failed", "%s", e.msg);
 		cJSON *o = control_reply_ok();
 		cJSON_AddStringToObject(o, "dir", req.dir);
-		cJSON_AddNumberToObject(o, "ms", (double)(now_ns() - t0) / 1e6);
+		cJSON_AddNumberToObject(o, "ms", (double)(mono_ns() - t0) / 1e6);
 		return o;
 	}
 	case CTL_CMDS:

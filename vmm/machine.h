@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "emulate.h"
-#include "error.h"
+#include "lib/error.h"
 #include "../devices/virtio_blk.h"
 #include "../devices/virtio_net.h"
 

@@ -4,7 +4,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
+#include "lib/clock.h"
 
 #ifndef MITOS_VERSION
 #define MITOS_VERSION "0.1.0"
@@ -30,9 +30,7 @@ int main(int argc, char **argv)
 {
 	/* The console and sockets may be pipes whose reader left: report, don't die. */
 	signal(SIGPIPE, SIG_IGN);
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	uint64_t start_ns = (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+	uint64_t start_ns = mono_ns();
 
 	if (argc < 2) {
 		usage(stderr);

@@ -1,5 +1,5 @@
 #include "mptable.h"
-#include "layout.h"
+#include "lib/layout.h"
 
 #include <errno.h>
 #include <stdint.h>

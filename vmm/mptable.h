@@ -3,8 +3,8 @@
 #ifndef MITOS_MPTABLE_H
 #define MITOS_MPTABLE_H
 
-#include "error.h"
-#include "guest_mem.h"
+#include "lib/error.h"
+#include "lib/guest_mem.h"
 
 /* Config table at LAYOUT_EBDA_GPA, floating pointer at LAYOUT_MP_FLOAT_GPA. CPU i has
  * APIC ID i, CPU 0 boots; the IOAPIC has ID ncpus. ISA IRQ n goes to IOAPIC pin n, as

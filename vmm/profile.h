@@ -8,7 +8,7 @@
 
 #include <stdint.h>
 
-#include "error.h"
+#include "lib/error.h"
 #include "vcpu.h"
 
 #define PROFILE_HZ 100

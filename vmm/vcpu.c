@@ -1,6 +1,6 @@
 #include "vcpu.h"
 #include "boot.h"
-#include "layout.h"
+#include "lib/layout.h"
 
 #include <errno.h>
 #include <stdlib.h>

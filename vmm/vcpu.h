@@ -6,7 +6,7 @@
 #include <linux/kvm.h>
 #include <stdint.h>
 
-#include "error.h"
+#include "lib/error.h"
 #include "kvm_vm.h"
 
 struct vcpu {

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include "lib/clock.h"
 
 static struct io_uring ring;
 static bool stopping;
@@ -23,9 +24,7 @@ static struct __kernel_timespec tick_ts;
 
 static uint64_t clock_ms(clockid_t id)
 {
-	struct timespec ts;
-	clock_gettime(id, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return clock_ns_of(id) / 1000000u;
 }
 
 uint64_t ur_now_ms(void) { return now_ms; }

@@ -7,7 +7,7 @@
 #include <stdarg.h>
 
 #include "firmware/testguest/tg.h"
-#include "vmm/layout.h"
+#include "lib/layout.h"
 
 /* ---- console --------------------------------------------------------------------- */
 

@@ -9,7 +9,7 @@
  * testguest.net_seconds=N seconds and then prints its counts and PASS. */
 #include "firmware/testguest/tg.h"
 #include "firmware/testguest/virtio.h"
-#include "vmm/layout.h"
+#include "lib/layout.h"
 
 #define F_NET_MAC        (1ULL << 5)
 #define F_NET_MRG_RXBUF  (1ULL << 15)

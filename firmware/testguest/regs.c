@@ -25,7 +25,7 @@
  * The test guest stays integer-only elsewhere: vector state is written and read only
  * through FXRSTOR/FXSAVE (and XRSTOR/XSAVE) images in memory. */
 #include "tg.h"
-#include "vmm/layout.h"
+#include "lib/layout.h"
 
 #define NGPR            15
 #define FXSAVE_BYTES    512

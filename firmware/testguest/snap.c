@@ -15,7 +15,7 @@
  *     q     PASS and exit 0 */
 #include "tg.h"
 #include "firmware/testguest/pattern.h"
-#include "vmm/layout.h"
+#include "lib/layout.h"
 
 #define TICKS_PER_LINE 50
 #define MARK_SECTOR    100

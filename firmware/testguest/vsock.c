@@ -21,7 +21,7 @@
  * .bss, which the entry code would spend a second zeroing. */
 #include "firmware/testguest/tg.h"
 #include "firmware/testguest/virtio.h"
-#include "vmm/layout.h"
+#include "lib/layout.h"
 
 #define VIRTIO_ID_VSOCK  19
 #define F_WANTED         (F_EVENT_IDX | F_VERSION_1)

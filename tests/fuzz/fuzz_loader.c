@@ -3,7 +3,7 @@
 #include <elf.h>
 #include <string.h>
 
-#include "vmm/guest_mem.h"
+#include "lib/guest_mem.h"
 #include "vmm/loader.h"
 #include "tests/fuzz/fuzz.h"
 

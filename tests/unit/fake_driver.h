@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "devices/virtio_mmio.h"
-#include "vmm/guest_mem.h"
+#include "lib/guest_mem.h"
 
 /* One buffer of a chain, device-writable when w. */
 struct fake_buf {

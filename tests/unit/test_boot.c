@@ -1,7 +1,7 @@
 /* boot_write() and mptable_write() on fake guest RAM: zero page, e820 map, command line,
  * identity page tables, GDT against boot_segment(), MP table as Linux parses it. */
 #include "vmm/boot.h"
-#include "vmm/layout.h"
+#include "lib/layout.h"
 #include "vmm/mptable.h"
 
 #include <asm/e820.h>

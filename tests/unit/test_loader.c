@@ -1,6 +1,6 @@
 /* Kernel and initrd loaders: minimal ELF64 and bzImage images built here, loaded into fake
  * guest RAM, then every corruption a hostile file can carry. */
-#include "vmm/layout.h"
+#include "lib/layout.h"
 #include "vmm/loader.h"
 
 #include <check.h>

@@ -1,5 +1,5 @@
-#include "guest_mem.h"
-#include "layout.h"
+#include "lib/guest_mem.h"
+#include "lib/layout.h"
 
 #include <errno.h>
 #include <string.h>
