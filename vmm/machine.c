@@ -1,125 +1,24 @@
-#include "machine.h"
+/* One VM: assembly (RAM, vCPUs, devices, boot), the vCPU threads and their exits, the
+ * run loop, the devices' plumbing and the console. Pausing and snapshots are in
+ * machine_snapshot.c, the control socket's commands in machine_control.c. */
+#include "machine_internal.h"
+#include "lib/clock.h"
 #include "boot.h"
-#include "emulate.h"
-#include "io_bus.h"
 #include "kvm_probe.h"
-#include "kvm_vm.h"
-#include "lib/layout.h"
-#include "loader.h"
-#include "profile.h"
-#include "control.h"
-#include "control_proto.h"
-#include "vcpu.h"
-#include "../devices/i8042.h"
-#include "../devices/serial.h"
-#include "../devices/virtio_mmio.h"
 #include "../devices/virtio_vsock.h"
-#include "../snapshot/memory_file.h"
-#include "../snapshot/snapshot_config.h"
-#include "../snapshot/state_file.h"
-#include "vm_state.h"
-#include "device_state.h"
-#include "seccomp.h"
-
 #include <errno.h>
-#include <ev.h>
-#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
-#include "lib/clock.h"
 
-#define MAX_HOST_FDS 4
 #define CONSOLE_ESCAPE 0x01 /* Ctrl-A, then 'x' */
-
-struct machine;
-
-struct vcpu_thread {
-	struct machine *m;
-	struct vcpu vcpu;
-	pthread_t thread;
-	bool started;
-	atomic_bool sample_due; /* --profile: record RIP before the next KVM_RUN */
-};
-
-struct virtio_slot {
-	struct virtio_device *dev;
-	struct machine *m;
-	ev_io notify[VIRTIO_MAX_QUEUES];
-	ev_io host[MAX_HOST_FDS];
-	unsigned nhost;
-};
-
-struct machine {
-	struct machine_config cfg;
-	struct kvm_vm vm;
-	struct guest_mem mem;
-	unsigned nvcpus;
-	struct vcpu_thread vcpus[LAYOUT_MAX_VCPUS];
-	struct io_bus pio, mmio;
-	struct serial *serial;
-	struct i8042 i8042;
-	unsigned ndevs;
-	struct virtio_slot devs[LAYOUT_VIRTIO_MAX_DEVICES];
-	bool emulation_only;
-	struct profile profile;
-	ev_timer profile_timer;
-
-	struct ev_loop *loop;
-	ev_async stop_async;
-	ev_io console_io;
-	ev_timer console_retry;
-	ev_signal sigint, sigterm;
-	uint8_t console_pending[256];
-	size_t console_npending;
-	bool console_escape_seen;
-
-	atomic_bool stopping;
-	/* Pausing: vCPU threads park on `parked_cond` while pause_requested is set. */
-	pthread_mutex_t pause_lock;
-	pthread_cond_t pause_cond;
-	bool pause_requested;
-	unsigned nparked;
-	bool paused;
-	struct control_server *control;
-	/* Set when RAM is mapped from snapshot files: the directory it came from, which a
-	 * later snapshot of this VM names as its parent. */
-	char *snapshot_parent;
-	unsigned snapshot_depth;
-	/* What a restore reads before it changes the VM, read (and RAM mapped) ahead of
-	 * the request when the VM is armed, so a fork does only what is per child. */
-	struct snapshot_read {
-		char *dir;                /* NULL: nothing read */
-		struct stat cfg;          /* its config.json then: rewritten since, it is read again */
-		struct snapshot_config sc;
-		char **chain;             /* base .. dir */
-		unsigned depth;
-		struct state_blob state;
-		bool mapped;              /* RAM holds the chain's memory */
-	} ahead;
-	struct msr_set msrs;
-	char cmdline[LAYOUT_CMDLINE_MAX];
-	bool loaded;            /* a guest is in RAM: booted, or restored into a prepared VM */
-	struct virtio_device *net; /* the network device, if any (link state control) */
-	/* Strings the machine keeps for its config (paths that came in control requests). */
-	char *kept[MACHINE_MAX_DISKS + 2];   /* disks, vsock socket, TAP name */
-	unsigned nkept;
-	atomic_uint_fast64_t first_exit_ns;
-	atomic_uint_fast64_t exits[MEXIT_KINDS];
-	atomic_uint_fast64_t emulated[EMULATE_KINDS];
-	pthread_mutex_t result_lock;
-	struct machine_result result;
-};
 
 const char *machine_exit_kind_name(enum machine_exit_kind k)
 {
@@ -128,17 +27,13 @@ const char *machine_exit_kind_name(enum machine_exit_kind k)
 	return k < MEXIT_KINDS ? names[k] : "?";
 }
 
-/* Marks the end of a set-up phase, for --stats and the fork benchmark. */
-static void phase(struct machine *m, const char *name)
+void machine_phase(struct machine *m, const char *name)
 {
 	if (m->result.nphases < MACHINE_MAX_PHASES)
 		m->result.phases[m->result.nphases++] = (typeof(m->result.phases[0])){ name, mono_ns() };
 }
 
-/* Ends the VM once: the first reason wins. Safe from any thread. */
-static void machine_stop(struct machine *m, enum machine_end how, int status, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-static void machine_stop(struct machine *m, enum machine_end how, int status, const char *fmt, ...)
+void machine_stop(struct machine *m, enum machine_end how, int status, const char *fmt, ...)
 {
 	bool expected = false;
 	if (!atomic_compare_exchange_strong(&m->stopping, &expected, true))
@@ -512,7 +407,7 @@ static void on_profile_timer(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 }
 
-static int start_vcpus(struct machine *m, struct mitos_err *e)
+int machine_start_vcpus(struct machine *m, struct mitos_err *e)
 {
 	m->result.run_start_ns = mono_ns();
 	struct sigaction sa = { .sa_handler = on_sigusr1 };  /* no SA_RESTART: KVM_RUN returns */
@@ -542,341 +437,9 @@ static int start_vcpus(struct machine *m, struct mitos_err *e)
 	return r ? mitos_err_set(e, r, "cannot start vCPU thread: %s", strerror(-r)) : 0;
 }
 
-/* ---- pause, resume, snapshot ------------------------------------------------------- */
-
-/* The vCPUs for vm_state_save/restore, which index them as an array. */
-static void vcpu_list(struct machine *m, struct vcpu **out)
-{
-	for (unsigned i = 0; i < m->nvcpus; i++)
-		out[i] = &m->vcpus[i].vcpu;
-}
-
-int machine_pause(struct machine *m)
-{
-	if (m->paused)
-		return 0;
-	pthread_mutex_lock(&m->pause_lock);
-	__atomic_store_n(&m->pause_requested, true, __ATOMIC_RELEASE);
-	pthread_mutex_unlock(&m->pause_lock);
-	unsigned running = 0;
-	for (unsigned i = 0; i < m->nvcpus; i++) {
-		struct vcpu_thread *t = &m->vcpus[i];
-		if (!t->started)
-			continue;
-		running++;
-		t->vcpu.run->immediate_exit = 1;
-		pthread_kill(t->thread, SIGUSR1);
-	}
-	pthread_mutex_lock(&m->pause_lock);
-	while (m->nparked < running && !atomic_load(&m->stopping))
-		pthread_cond_wait(&m->pause_cond, &m->pause_lock);
-	pthread_mutex_unlock(&m->pause_lock);
-	if (atomic_load(&m->stopping))
-		return -ESHUTDOWN;
-	m->paused = true;
-	return 0;
-}
-
-void machine_resume(struct machine *m)
-{
-	pthread_mutex_lock(&m->pause_lock);
-	__atomic_store_n(&m->pause_requested, false, __ATOMIC_RELEASE);
-	pthread_cond_broadcast(&m->pause_cond);
-	pthread_mutex_unlock(&m->pause_lock);
-	m->paused = false;
-}
-
-bool machine_paused(const struct machine *m)
-{
-	return m->paused;
-}
-
-/* Layouts of the serial port's and the virtio transport's state sections: raised when
- * struct serial_state or struct virtio_transport_state change (device_state.h). */
-#define SERIAL_STATE_VERSION 1
-#define TRANSPORT_STATE_VERSION 1
-
-static const struct dev_identity serial_identity = {
-	.kind = DEV_KIND_SERIAL, .base = LAYOUT_COM1_PORT, .irq = LAYOUT_COM1_IRQ };
-
-static struct dev_identity virtio_identity(const struct virtio_slot *slot)
-{
-	return (struct dev_identity){ .kind = slot->dev->ops->device_id, .base = slot->dev->mmio_base,
-				      .irq = slot->dev->irq };
-}
-
-static int save_devices(struct machine *m, struct state_writer *w, struct mitos_err *e)
-{
-	struct serial_state ss;
-	serial_save(m->serial, &ss);
-	dev_state_add(w, SS_DEV_SERIAL, 0, &serial_identity, SERIAL_STATE_VERSION, &ss, sizeof(ss));
-	uint8_t *buf = malloc(STATE_DEVICE_MAX);
-	if (!buf)
-		return mitos_err_set(e, -ENOMEM, "out of memory");
-	int r = 0;
-	for (unsigned i = 0; i < m->ndevs && !r; i++) {
-		struct virtio_device *d = m->devs[i].dev;
-		struct dev_identity who = virtio_identity(&m->devs[i]);
-		pthread_mutex_lock(&d->lock);
-		if (d->ops->quiesce && (r = d->ops->quiesce(d)))
-			mitos_err_set(e, r, "%s: cannot quiesce: %s", d->ops->name, strerror(-r));
-		struct virtio_transport_state ts;
-		virtio_transport_save(d, &ts);
-		dev_state_add(w, SS_DEV_VIRTIO_TRANSPORT, i, &who, TRANSPORT_STATE_VERSION, &ts, sizeof(ts));
-		int len = !r && d->ops->save_state ? d->ops->save_state(d, buf, STATE_DEVICE_MAX) : 0;
-		if (len < 0)
-			r = mitos_err_set(e, len, "%s: cannot save its state: %s", d->ops->name, strerror(-len));
-		else if (len > 0)
-			dev_state_add(w, SS_DEV_VIRTIO_DEVICE, i, &who, d->ops->state_version, buf, (size_t)len);
-		pthread_mutex_unlock(&d->lock);
-	}
-	free(buf);
-	return r;
-}
-
-/* A fixed-size section of the device who, copied into dst. */
-static int dev_state_copy(const struct state_blob *b, const char *name, uint32_t type, uint32_t id,
-			  const struct dev_identity *who, uint32_t max_version, void *dst, size_t size,
-			  struct mitos_err *e)
-{
-	uint32_t version;
-	size_t len;
-	const void *p;
-	int r = dev_state_get(b, name, type, id, who, max_version, false, &p, &len, &version, e);
-	if (r)
-		return r;
-	if (len != size)
-		return mitos_err_set(e, -EINVAL, "state file: the %s's state is %zu bytes, expected %zu", name, len,
-				     size);
-	memcpy(dst, p, size);
-	return 0;
-}
-
-static int restore_devices(struct machine *m, const struct state_blob *b, struct mitos_err *e)
-{
-	struct serial_state ss;
-	int r = dev_state_copy(b, "serial port", SS_DEV_SERIAL, 0, &serial_identity, SERIAL_STATE_VERSION, &ss,
-			       sizeof(ss), e);
-	if (r)
-		return r;
-	if (serial_restore(m->serial, &ss))
-		return mitos_err_set(e, -EINVAL, "state file: serial port state is invalid");
-	for (unsigned i = 0; i < m->ndevs && !r; i++) {
-		struct virtio_device *d = m->devs[i].dev;
-		struct dev_identity who = virtio_identity(&m->devs[i]);
-		char name[64];
-		snprintf(name, sizeof(name), "virtio device %u (%s)", i, d->ops->name);
-		struct virtio_transport_state ts;
-		if ((r = dev_state_copy(b, name, SS_DEV_VIRTIO_TRANSPORT, i, &who, TRANSPORT_STATE_VERSION, &ts,
-					sizeof(ts), e)))
-			break;
-		uint32_t version;
-		size_t len;
-		const void *dev_state;
-		if ((r = dev_state_get(b, name, SS_DEV_VIRTIO_DEVICE, i, &who, d->ops->state_version, true, &dev_state,
-				       &len, &version, e)))
-			break;
-		pthread_mutex_lock(&d->lock);
-		if (virtio_transport_restore(d, &ts))
-			r = mitos_err_set(e, -EINVAL, "state file: %s does not match this machine's or its queues "
-					  "lie outside RAM", name);
-		else if (d->ops->restore_state && (r = d->ops->restore_state(d, dev_state, len)))
-			mitos_err_set(e, r, "state file: %s state rejected: %s", d->ops->name, strerror(-r));
-		pthread_mutex_unlock(&d->lock);
-	}
-	return r;
-}
-
-static int make_snapshot_dir(const char *dir, struct mitos_err *e)
-{
-	if (mkdir(dir, 0755) == 0)
-		return 0;
-	if (errno != EEXIST)
-		return mitos_err_set(e, -errno, "cannot create %s: %s", dir, strerror(errno));
-	char path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_CONFIG_NAME);
-	if (access(path, F_OK) == 0)
-		return mitos_err_set(e, -EEXIST, "%s already holds a snapshot; snapshots are never "
-				     "overwritten (children may be mapping its files): pick a new directory",
-				     dir);
-	return 0;
-}
-
-int machine_snapshot(struct machine *m, const char *dir, struct mitos_err *e)
-{
-	bool was_paused = m->paused;
-	int r = machine_pause(m);
-	if (r)
-		return mitos_err_set(e, r, "the VM is stopping");
-	struct state_writer w;
-	state_writer_init(&w);
-	struct mem_extents x = { 0 };
-	struct snapshot_config sc = { 0 };
-	if (!m->msrs.index && (r = vm_state_msr_set(&m->vm, &m->vcpus[0].vcpu, &m->msrs, e)))
-		goto out;
-	struct vcpu *vcpus[LAYOUT_MAX_VCPUS];
-	vcpu_list(m, vcpus);
-	if ((r = make_snapshot_dir(dir, e)) ||
-	    (r = vm_state_save(&m->vm, vcpus, m->nvcpus, &m->msrs, &w, e)) ||
-	    (r = save_devices(m, &w, e)) ||
-	    (r = memory_dirty_extents(&m->mem, &x, e)))
-		goto out;
-	if (x.n > MEMORY_MAX_EXTENTS) {
-		r = mitos_err_set(e, -E2BIG, "%llu changed memory extents: too fragmented for a layer",
-				  (unsigned long long)x.n);
-		goto out;
-	}
-	sc = (struct snapshot_config){
-		.mem_bytes = m->mem.size, .vcpus = m->nvcpus, .cmdline = m->cmdline,
-		.has_vsock = m->cfg.vsock_path != NULL,
-		.vsock_cid = m->cfg.vsock_cid, .has_net = m->cfg.has_net,
-		.parent = m->snapshot_parent,
-		.depth = m->snapshot_parent ? m->snapshot_depth + 1 : 0,
-	};
-	for (unsigned i = 0; i < m->cfg.ndisks; i++) {
-		struct stat st;
-		if (stat(m->cfg.disks[i].path, &st)) {
-			r = mitos_err_set(e, -errno, "disk %s: %s", m->cfg.disks[i].path, strerror(errno));
-			goto out;
-		}
-		/* Absolute, so the snapshot means the same from any working directory. */
-		char *abs = realpath(m->cfg.disks[i].path, NULL);
-		if (!abs) {
-			r = mitos_err_set(e, -errno, "disk %s: %s", m->cfg.disks[i].path, strerror(errno));
-			goto out;
-		}
-		sc.disks[i] = (struct snapshot_disk){ .path = abs, .read_only = m->cfg.disks[i].read_only,
-						      .bytes = (uint64_t)st.st_size };
-		sc.ndisks = i + 1;
-	}
-	char state_path[PATH_MAX];
-	snprintf(state_path, sizeof(state_path), "%s/%s", dir, SNAPSHOT_STATE_NAME);
-	/* config.json last: its presence says the snapshot is complete. */
-	if ((r = memory_file_write(dir, &m->mem, &x, e)) ||
-	    (r = state_file_write(state_path, &w, e)) ||
-	    (r = snapshot_config_write(dir, &sc, e)))
-		goto out;
-out:
-	for (unsigned i = 0; i < sc.ndisks; i++)
-		free(sc.disks[i].path);
-	memory_extents_free(&x);
-	state_writer_free(&w);
-	if (!was_paused)
-		machine_resume(m);
-	return r;
-}
-
-/* ---- control socket ---------------------------------------------------------------- */
-
-static cJSON *phases_json(const struct machine *m)
-{
-	cJSON *a = cJSON_CreateArray();
-	for (unsigned i = 0; i < m->result.nphases; i++) {
-		cJSON *p = cJSON_CreateObject();
-		cJSON_AddStringToObject(p, "name", m->result.phases[i].name);
-		cJSON_AddNumberToObject(p, "end_ns", (double)m->result.phases[i].end_ns);
-		cJSON_AddItemToArray(a, p);
-	}
-	return a;
-}
-
-_Static_assert(CTL_MAX_DISKS == SNAPSHOT_MAX_DISKS, "a restore names any of the snapshot's disks");
-
-/* A prepared VM (`mitos-vmm vm`) takes a snapshot and starts. */
-static cJSON *control_restore(struct machine *m, const struct ctl_request *req)
-{
-	struct machine_config c = { .vsock_path = req->vsock, .has_net = req->tap != NULL,
-				    .net = { .tap = req->tap } };
-	bool overridden[SNAPSHOT_MAX_DISKS] = { false };
-	for (unsigned i = 0; i < req->ndisks; i++) {
-		const struct ctl_disk *d = &req->disks[i];
-		c.disks[d->index] = (struct virtio_blk_opts){ .path = d->path, .read_only = d->read_only };
-		overridden[d->index] = true;
-	}
-	struct mitos_err e = { 0 };
-	const struct snapshot_config *sc = machine_snapshot_config(m, req->snapshot, &e);
-	if (!sc)
-		return control_reply_error("restore_failed", "%s", e.msg);
-	int r = 0;
-	for (unsigned i = 0; i < SNAPSHOT_MAX_DISKS && !r; i++)
-		if (overridden[i] && i >= sc->ndisks)
-			r = mitos_err_set(&e, -EINVAL, "disk %u: the snapshot has %u disk(s)", i, sc->ndisks);
-	if (!r)
-		r = machine_config_from_snapshot(sc, &c, overridden, &e);
-	if (r)
-		return control_reply_error("restore_failed", "%s", e.msg);
-	/* From here a failure may leave the VM half-loaded: it is single-use, so it ends.
-	 * Its disks' rings exist once it is loaded: none may be made after. */
-	if ((r = machine_load_snapshot(m, req->snapshot, &c, &e)) ||
-	    (r = vmm_seccomp_seal_rings(e.msg, sizeof(e.msg))) || (r = start_vcpus(m, &e))) {
-		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e.msg);
-		return control_reply_error("restore_failed", "%s", e.msg);
-	}
-	cJSON *o = control_reply_ok();
-	cJSON_AddItemToObject(o, "phases", phases_json(m));
-	cJSON_AddNumberToObject(o, "run_start_ns", (double)m->result.run_start_ns);
-	return o;
-}
-
-static cJSON *control_handle(void *ctx, const cJSON *json)
-{
-	struct machine *m = ctx;
-	struct ctl_request req;
-	const char *code;
-	char msg[300];
-	if (ctl_request_decode(json, &req, &code, msg, sizeof(msg)))
-		return control_reply_error(code, "%s", msg);
-	struct mitos_err e = { 0 };
-	switch (req.cmd) {
-	case CTL_STATUS: {
-		cJSON *o = control_reply_ok();
-		cJSON_AddStringToObject(o, "state", m->paused ? "paused" : "running");
-		cJSON_AddNumberToObject(o, "vcpus", m->nvcpus);
-		cJSON_AddNumberToObject(o, "mem_bytes", (double)m->mem.size);
-		cJSON_AddBoolToObject(o, "loaded", m->loaded);
-		cJSON_AddNumberToObject(o, "first_exit_ns", (double)atomic_load(&m->first_exit_ns));
-		cJSON_AddNumberToObject(o, "run_start_ns", (double)m->result.run_start_ns);
-		if (m->snapshot_parent)
-			cJSON_AddStringToObject(o, "restored_from", m->snapshot_parent);
-		return o;
-	}
-	case CTL_PAUSE:
-		if (machine_pause(m))
-			return control_reply_error("stopping", "the VM is stopping");
-		return control_reply_ok();
-	case CTL_RESUME:
-		machine_resume(m);
-		return control_reply_ok();
-	case CTL_STOP:
-		machine_stop(m, MACHINE_END_HOST, 0, "stopped through the control socket");
-		return control_reply_ok();
-	case CTL_RESTORE:
-		return control_restore(m, &req);
-	case CTL_LINK:
-		if (!m->net)
-			return control_reply_error("no_device", "this VM has no network device");
-		virtio_net_set_link(m->net, req.up);
-		return control_reply_ok();
-	case CTL_SNAPSHOT: {
-		uint64_t t0 = mono_ns();
-		if (machine_snapshot(m, req.dir, &e))
-			return control_reply_error("snapshot_failed", "%s", e.msg);
-		cJSON *o = control_reply_ok();
-		cJSON_AddStringToObject(o, "dir", req.dir);
-		cJSON_AddNumberToObject(o, "ms", (double)(mono_ns() - t0) / 1e6);
-		return o;
-	}
-	case CTL_CMDS:
-		break;
-	}
-	return control_reply_error("unknown_command", "unknown command");
-}
-
 /* ---- assembly ---------------------------------------------------------------------- */
 
-/* A copy of s that lives as long as the machine (NULL when out of room or memory: the
- * callers' paths then stay NULL and device creation reports it). */
-static const char *machine_keep(struct machine *m, const char *s)
+const char *machine_keep(struct machine *m, const char *s)
 {
 	if (m->nkept == sizeof(m->kept) / sizeof(m->kept[0]))
 		return NULL;
@@ -895,7 +458,7 @@ static size_t kernel_params_len(const char *s)
 	return strlen(s);
 }
 
-static int build_cmdline(struct machine *m, struct mitos_err *e)
+int machine_build_cmdline(struct machine *m, struct mitos_err *e)
 {
 	const char *base = m->cfg.cmdline ? m->cfg.cmdline : MACHINE_DEFAULT_CMDLINE;
 	size_t outlen = sizeof(m->cmdline), split = kernel_params_len(base);
@@ -948,9 +511,7 @@ static unsigned next_irq(const struct machine *m)
 	return LAYOUT_VIRTIO_IRQ_BASE + m->ndevs;
 }
 
-/* Devices in a fixed order (disks, then the rest) so a restored machine's device i is
- * the snapshotted machine's device i. */
-static int setup_virtio(struct machine *m, struct mitos_err *e)
+int machine_setup_virtio(struct machine *m, struct mitos_err *e)
 {
 	int r = 0;
 	for (unsigned i = 0; !r && i < m->cfg.ndisks; i++) {
@@ -1010,7 +571,7 @@ static int machine_alloc(struct machine **out, const struct machine_config *c, s
 		return r;
 	r = kvm_vm_create(&m->vm, c->kvm_fd, e);
 	m->vm.emulation_only = m->emulation_only;
-	phase(m, "create-vm");
+	machine_phase(m, "create-vm");
 	return r;
 }
 
@@ -1029,7 +590,7 @@ static int finish_setup(struct machine *m, struct mitos_err *e)
 	setup_console(m);
 	if (m->cfg.control_path)
 		return control_server_start(&m->control, m->loop, m->cfg.control_path,
-					    control_handle, m, e);
+					    machine_control_handle, m, e);
 	return 0;
 }
 
@@ -1057,7 +618,7 @@ int machine_create(struct machine **out, const struct machine_config *c, struct 
 						       &bc.initrd_size, e)))
 		goto fail;
 	if ((r = kvm_vm_map_memory(&m->vm, &m->mem, e)) || (r = setup_legacy(m, e)) ||
-	    (r = setup_virtio(m, e)) || (r = build_cmdline(m, e)))
+	    (r = machine_setup_virtio(m, e)) || (r = machine_build_cmdline(m, e)))
 		goto fail;
 	bc.cmdline = m->cmdline;
 	if ((r = boot_write(&m->mem, &k, &bc, e)) || (r = create_vcpus(m, e)))
@@ -1083,223 +644,20 @@ int machine_prepare(struct machine **out, const struct machine_config *c, struct
 		mitos_err_set(e, r, "cannot reserve %llu MiB of guest RAM: %s",
 			      (unsigned long long)(c->mem_bytes >> 20), strerror(-r));
 	if (!r && !(r = kvm_vm_map_memory(&m->vm, &m->mem, e)))
-		phase(m, "memslots");
+		machine_phase(m, "memslots");
 	if (!r && !(r = setup_legacy(m, e)) && !(r = create_vcpus(m, e)))
-		phase(m, "create-vcpus");
+		machine_phase(m, "create-vcpus");
 	if (!r && c->arm) {
 		/* Not fatal: the VM still takes any snapshot, only slower. */
 		struct mitos_err ae = { 0 };
 		if (machine_arm(m, c->arm, &ae))
 			fprintf(stderr, "mitos-vmm: not armed with %s (restores read it then): %s\n", c->arm, ae.msg);
 		else
-			phase(m, "arm");
+			machine_phase(m, "arm");
 	}
 	if (!r)
 		r = finish_setup(m, e);
 	if (r) {
-		machine_destroy(m);
-		return r;
-	}
-	*out = m;
-	return 0;
-}
-
-int machine_config_from_snapshot(const struct snapshot_config *sc, struct machine_config *c,
-				 const bool *overridden, struct mitos_err *e)
-{
-	c->mem_bytes = sc->mem_bytes;
-	c->vcpus = sc->vcpus;
-	c->ndisks = sc->ndisks;
-	for (unsigned i = 0; i < sc->ndisks; i++) {
-		if (!overridden[i]) {
-			if (!sc->disks[i].read_only)
-				return mitos_err_set(e, -EINVAL, "disk %u (%s) was attached read-write: "
-						     "restored VMs never share a writable disk. Give this one "
-						     "its own image with --disk %u=PATH (for example a copy made "
-						     "with cp --reflink=auto %s PATH)", i, sc->disks[i].path, i,
-						     sc->disks[i].path);
-			c->disks[i] = (struct virtio_blk_opts){ .path = sc->disks[i].path, .read_only = true };
-		}
-		struct stat st;
-		if (stat(c->disks[i].path, &st))
-			return mitos_err_set(e, -errno, "disk %u: %s: %s", i, c->disks[i].path,
-					     strerror(errno));
-		if ((uint64_t)st.st_size != sc->disks[i].bytes)
-			return mitos_err_set(e, -EINVAL, "disk %u: %s is %lld bytes, the snapshot's disk "
-					     "was %llu: the guest would see a different disk", i,
-					     c->disks[i].path, (long long)st.st_size,
-					     (unsigned long long)sc->disks[i].bytes);
-	}
-	if (sc->has_vsock && !c->vsock_path)
-		return mitos_err_set(e, -EINVAL, "the snapshot has a vsock device: give its host "
-				     "socket (--vsock PATH)");
-	if (!sc->has_vsock && c->vsock_path)
-		return mitos_err_set(e, -EINVAL, "the snapshot has no vsock device");
-	c->vsock_cid = sc->vsock_cid;
-	/* The MAC comes back with the device's state; only the TAP is the child's own. */
-	if (sc->has_net && !c->has_net)
-		return mitos_err_set(e, -EINVAL, "the snapshot has a network device: give the "
-				     "child its own TAP (--net tap=NAME)");
-	if (!sc->has_net && c->has_net)
-		return mitos_err_set(e, -EINVAL, "the snapshot has no network device");
-	return 0;
-}
-
-static void ahead_drop(struct snapshot_read *a)
-{
-	if (!a->dir)
-		return;
-	free(a->dir);
-	snapshot_config_free(&a->sc);
-	snapshot_chain_free(a->chain, a->depth);
-	state_blob_free(&a->state);
-	memset(a, 0, sizeof(*a));
-}
-
-/* A snapshot of mem_bytes of RAM and vcpus vCPUs fits only a VM of that shape. */
-static int shape_check(const struct machine *m, const char *dir, uint64_t mem_bytes, unsigned vcpus,
-		       struct mitos_err *e)
-{
-	if (mem_bytes == m->mem.size && vcpus == m->nvcpus)
-		return 0;
-	return mitos_err_set(e, -EINVAL, "snapshot %s needs %llu MiB and %u vCPUs; this VM has %llu MiB and %u",
-			     dir, (unsigned long long)(mem_bytes >> 20), vcpus,
-			     (unsigned long long)(m->mem.size >> 20), m->nvcpus);
-}
-
-static bool same_file(const struct stat *a, const struct stat *b)
-{
-	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
-	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
-}
-
-/* m->ahead holds dir's snapshot: what was read before if its config.json is still the
- * same file, else read now. Everything is checked before the first change to the VM. */
-static int ahead_read(struct machine *m, const char *dir, struct mitos_err *e)
-{
-	char path[PATH_MAX];
-	struct stat st = { 0 };
-	snprintf(path, sizeof(path), "%s/%s", dir, SNAPSHOT_CONFIG_NAME);
-	bool known = stat(path, &st) == 0;
-	if (known && m->ahead.dir && !strcmp(m->ahead.dir, dir) && same_file(&st, &m->ahead.cfg))
-		return 0;
-	ahead_drop(&m->ahead);
-	struct snapshot_read a = { .cfg = st };
-	int r = snapshot_config_read(dir, &a.sc, e);
-	if (r)
-		return r;
-	if ((r = shape_check(m, dir, a.sc.mem_bytes, a.sc.vcpus, e))) {
-		snapshot_config_free(&a.sc);
-		return r;
-	}
-	if ((r = snapshot_chain(dir, &a.chain, &a.depth, e))) {
-		snapshot_config_free(&a.sc);
-		return r;
-	}
-	snprintf(path, sizeof(path), "%s/%s", a.chain[a.depth - 1], SNAPSHOT_STATE_NAME);
-	a.dir = strdup(dir);
-	if (!a.dir)
-		r = mitos_err_set(e, -ENOMEM, "out of memory");
-	else
-		r = state_file_read(path, &a.state, e);
-	if (r) {
-		free(a.dir);
-		a.dir = NULL;
-		snapshot_config_free(&a.sc);
-		snapshot_chain_free(a.chain, a.depth);
-		return r;
-	}
-	m->ahead = a;
-	return 0;
-}
-
-static int ahead_map(struct machine *m, struct mitos_err *e)
-{
-	if (m->ahead.mapped)
-		return 0;
-	int r = memory_map_chain(&m->mem, m->mem.base, m->mem.size, m->ahead.chain, m->ahead.depth, e);
-	m->ahead.mapped = r == 0;
-	return r;
-}
-
-int machine_arm(struct machine *m, const char *dir, struct mitos_err *e)
-{
-	if (m->loaded)
-		return mitos_err_set(e, -EBUSY, "this VM already runs a guest");
-	int r = ahead_read(m, dir, e);
-	if (!r)
-		r = ahead_map(m, e);
-	if (r)
-		ahead_drop(&m->ahead);
-	return r;
-}
-
-const struct snapshot_config *machine_snapshot_config(struct machine *m, const char *dir, struct mitos_err *e)
-{
-	if (m->loaded) {
-		mitos_err_set(e, -EBUSY, "this VM already runs a guest");
-		return NULL;
-	}
-	return ahead_read(m, dir, e) ? NULL : &m->ahead.sc;
-}
-
-int machine_load_snapshot(struct machine *m, const char *dir, const struct machine_config *c,
-			  struct mitos_err *e)
-{
-	int r;
-	if (m->loaded)
-		return mitos_err_set(e, -EBUSY, "this VM already runs a guest");
-	if ((r = shape_check(m, dir, c->mem_bytes, c->vcpus, e)))
-		return r;
-	/* Read just before by machine_snapshot_config() (whose answer c may point into: it
-	 * is not read again), or now. */
-	if ((!m->ahead.dir || strcmp(m->ahead.dir, dir)) && (r = ahead_read(m, dir, e)))
-		goto out;
-	phase(m, "read-state");
-	if ((r = ahead_map(m, e)))
-		goto out;
-	phase(m, "map-memory");
-	m->snapshot_parent = m->ahead.chain[m->ahead.depth - 1];
-	m->ahead.chain[m->ahead.depth - 1] = NULL;
-	m->snapshot_depth = m->ahead.depth - 1;
-	m->cfg.ndisks = c->ndisks;
-	for (unsigned i = 0; i < c->ndisks; i++)
-		m->cfg.disks[i] = (struct virtio_blk_opts){ .path = machine_keep(m, c->disks[i].path),
-							    .read_only = c->disks[i].read_only };
-	m->cfg.vsock_path = c->vsock_path ? machine_keep(m, c->vsock_path) : NULL;
-	m->cfg.vsock_cid = c->vsock_cid;
-	m->cfg.has_net = c->has_net;
-	m->cfg.net = c->net;
-	m->cfg.net.tap = c->has_net ? machine_keep(m, c->net.tap) : NULL;
-	if ((r = setup_virtio(m, e)) || (r = build_cmdline(m, e)))
-		goto out;
-	phase(m, "devices");
-	struct vcpu *vcpus[LAYOUT_MAX_VCPUS];
-	vcpu_list(m, vcpus);
-	if ((r = vm_state_restore(&m->vm, vcpus, m->nvcpus, &m->ahead.state, e)) ||
-	    (r = restore_devices(m, &m->ahead.state, e)))
-		goto out;
-	phase(m, "restore-state");
-	m->loaded = true;
-out:
-	if (r && e && !strstr(e->msg, dir)) {
-		char msg[sizeof(e->msg)];
-		memcpy(msg, e->msg, sizeof(msg));
-		mitos_err_set(e, r, "restore %s: %.400s", dir, msg);
-	}
-	/* Used once: a VM that failed half-way ends. */
-	ahead_drop(&m->ahead);
-	return r;
-}
-
-int machine_restore(struct machine **out, const char *dir, const struct machine_config *c,
-		    struct mitos_err *e)
-{
-	struct machine *m;
-	int r = machine_prepare(&m, c, e);
-	if (r)
-		return r;
-	if ((r = machine_load_snapshot(m, dir, c, e))) {
 		machine_destroy(m);
 		return r;
 	}
@@ -1319,7 +677,7 @@ int machine_run(struct machine *m, struct machine_result *res, struct mitos_err 
 		m->pause_requested = true;
 		m->paused = true;
 	}
-	int r = m->loaded ? start_vcpus(m, e) : 0;
+	int r = m->loaded ? machine_start_vcpus(m, e) : 0;
 	if (r)
 		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e ? e->msg : "cannot start vCPUs");
 	else
@@ -1367,7 +725,7 @@ void machine_destroy(struct machine *m)
 	vm_state_msr_set_free(&m->msrs);
 	profile_close(&m->profile);
 	free(m->snapshot_parent);
-	ahead_drop(&m->ahead);
+	machine_ahead_drop(&m->ahead);
 	for (unsigned i = 0; i < m->nkept; i++)
 		free(m->kept[i]);
 	pthread_mutex_destroy(&m->result_lock);
