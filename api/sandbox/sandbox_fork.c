@@ -1,0 +1,272 @@
+/* Create by fork: a job of n children of a template or of a running sandbox, each
+ * started on the engine, the job answered once every child is ready or failed. */
+#include "api/sandbox/sandbox_internal.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/sandbox/node.h"
+#include "api/http/server.h"
+/* ---- fork jobs ---- */
+
+static void job_finish(struct sb_job *job)
+{
+	struct sandbox *parent = job->parent_id[0] ? sandbox_find(job->parent_id) : NULL;
+	if (job->resume_parent && parent && parent->state == SB_PAUSED)
+		sandbox_resume(parent);
+	if (job->failed) {
+		for (unsigned i = 0; i < job->n; i++)
+			if (job->sbs[i]) {
+				job->sbs[i]->job = NULL;
+				sb_kill(job->sbs[i], "a sibling of this fork failed");
+			}
+		if (job->done)
+			job->done(job->ctx, job->err, job->msg, NULL, 0);
+	} else if (job->done) {
+		job->done(job->ctx, 0, NULL, job->sbs, job->n);
+	}
+	for (unsigned i = 0; i < job->n; i++)
+		if (job->sbs[i])
+			job->sbs[i]->job = NULL;
+	free(job->sbs);
+	free(job);
+}
+
+void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const char *why)
+{
+	if (!ok) {
+		for (unsigned i = 0; i < job->n; i++)
+			if (job->sbs[i] == sb)
+				job->sbs[i] = NULL;
+		if (!job->failed) {
+			job->failed = true;
+			job->err = AE_ENGINE_UNAVAILABLE;
+			snprintf(job->msg, sizeof(job->msg), "sandbox %s: %s", sb->id, why ? why : "failed");
+		}
+	}
+	sb->job = NULL;
+	if (--job->pending == 0)
+		job_finish(job);
+}
+
+void sb_job_detach(struct sb_job *job)
+{
+	if (job)
+		job->done = NULL;
+}
+
+static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, char *err, size_t errlen)
+{
+	if (mkdir(sb->dir, 0700) < 0) {
+		snprintf(err, errlen, "mkdir %.300s: %s", sb->dir, strerror(errno));
+		return -errno;
+	}
+	int pfd[2];
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		sb_eng->cleanup(sb->dir);
+		return -errno;
+	}
+	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
+				   .copy_from = copy_from, .spec = t->spec, .ready_fd = pfd[1] };
+	int rc = sb_eng->start(&es, &sb->proc, err, errlen);
+	close(pfd[1]);
+	if (rc) {
+		close(pfd[0]);
+		sb_eng->cleanup(sb->dir);
+		return rc;
+	}
+	sb->ready_fd = pfd[0];
+	sb->state = SB_STARTING;
+	sb->started_mono_ms = ur_now_ms();
+	sb->start_deadline_ms = ur_now_ms() + START_TIMEOUT_MS;
+	io_uring_prep_read(ur_sqe(&sb->ready_op), sb->ready_fd, &sb->ready_byte, 1, 0);
+	sb->inflight++;
+	sb_arm_exit(sb);
+	return 0;
+}
+
+int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct sb_job **jobout,
+		   enum api_err *e, char *msg, size_t msglen)
+{
+	*jobout = NULL;
+	if (sb_shutting_down) {
+		*e = AE_UNAVAILABLE;
+		snprintf(msg, msglen, "the server is shutting down");
+		return -ESHUTDOWN;
+	}
+	if (node_draining()) {
+		*e = AE_NODE_DRAINING;
+		snprintf(msg, msglen, "node %s is draining: it takes no new sandboxes", node_tag()[0] ? node_tag() : "(standalone)");
+		return -EAGAIN;
+	}
+	if (!!fr->template_name == !!fr->sandbox_id) {
+		*e = AE_INVALID_ARGUMENT;
+		snprintf(msg, msglen, "give exactly one of \"template\" and \"sandbox_id\"");
+		return -EINVAL;
+	}
+	if (fr->n < 1 || fr->n > MAX_FORK_N) {
+		*e = AE_INVALID_ARGUMENT;
+		snprintf(msg, msglen, "n must be between 1 and %d", MAX_FORK_N);
+		return -EINVAL;
+	}
+	if (sb_count + fr->n > srv_cfg.max_sandboxes) {
+		*e = AE_LIMIT_EXCEEDED;
+		snprintf(msg, msglen, "this server runs at most %u sandboxes (%u exist)", srv_cfg.max_sandboxes, sb_count);
+		return -ENOSPC;
+	}
+	/* On a cluster node the ids carry its tag. */
+	char ids[MAX_FORK_N][ID_MAX + 1];
+	for (unsigned i = 0; fr->ids && i < fr->n; i++) {
+		if (!api_valid_id(fr->ids[i])) {
+			*e = AE_INVALID_SANDBOX_ID;
+			snprintf(msg, msglen, "ids[%u] is not a valid sandbox id", i);
+			return -EINVAL;
+		}
+		if (node_sandbox_id_for(fr->ids[i], ids[i], sizeof(ids[i]))) {
+			*e = AE_INVALID_SANDBOX_ID;
+			snprintf(msg, msglen, "id %.64s is too long to carry this node's tag -%s: a sandbox id has at "
+				 "most 64 characters", fr->ids[i], node_tag());
+			return -EINVAL;
+		}
+		if (sandbox_find(ids[i])) {
+			*e = AE_CONFLICT;
+			snprintf(msg, msglen, "a sandbox with id %s exists", ids[i]);
+			return -EEXIST;
+		}
+		for (unsigned j = 0; j < i; j++)
+			if (!strcmp(ids[i], ids[j])) {
+				*e = AE_INVALID_ARGUMENT;
+				snprintf(msg, msglen, "ids must be distinct");
+				return -EINVAL;
+			}
+	}
+	const struct template_rec *t;
+	struct sandbox *parent = NULL;
+	char layer[1200];
+	const char *copy_from = NULL;
+	if (fr->template_name) {
+		t = templates_find(fr->template_name);
+		if (!t) {
+			*e = AE_NOT_FOUND;
+			snprintf(msg, msglen, "no template named %s; create it with POST /v1/templates", fr->template_name);
+			return -ENOENT;
+		}
+		if (t->building) {
+			*e = AE_UNAVAILABLE;
+			snprintf(msg, msglen, "template %s is still being built; retry when POST /v1/templates "
+				 "has answered", t->name);
+			return -EAGAIN;
+		}
+	} else {
+		parent = sandbox_find(fr->sandbox_id);
+		if (!parent) {
+			*e = AE_NOT_FOUND;
+			snprintf(msg, msglen, "no sandbox %s", fr->sandbox_id);
+			return -ENOENT;
+		}
+		if (parent->state != SB_RUNNING && parent->state != SB_PAUSED) {
+			*e = AE_SANDBOX_NOT_RUNNING;
+			snprintf(msg, msglen, "sandbox %s is %s", parent->id, state_name(parent->state));
+			return -EBUSY;
+		}
+		t = templates_find(parent->template_name);
+		if (!t) {
+			*e = AE_INTERNAL;
+			snprintf(msg, msglen, "the template of sandbox %s is gone", parent->id);
+			return -ENOENT;
+		}
+		if (sb_eng->fork_source) {
+			char err[400];
+			int rc = sb_eng->fork_source(parent->dir, &parent->proc, layer, sizeof(layer), err, sizeof(err));
+			if (rc) {
+				*e = AE_ENGINE_UNAVAILABLE;
+				snprintf(msg, msglen, "cannot fork sandbox %s: %s", parent->id, err);
+				return rc;
+			}
+		} else {
+			sb_eng->writable_layer(parent->dir, layer, sizeof(layer));
+		}
+		copy_from = layer;
+	}
+	struct sb_job *job = calloc(1, sizeof(*job));
+	struct sandbox **sbs = calloc(fr->n, sizeof(*sbs));
+	if (!job || !sbs) {
+		free(job);
+		free(sbs);
+		*e = AE_INTERNAL;
+		snprintf(msg, msglen, "out of memory");
+		return -ENOMEM;
+	}
+	job->n = fr->n;
+	job->sbs = sbs;
+	job->done = done;
+	job->ctx = ctx;
+	if (parent) {
+		snprintf(job->parent_id, sizeof(job->parent_id), "%s", parent->id);
+		/* The copy must see one consistent state of the parent's files (an engine
+		 * with its own fork_source takes care of that itself). */
+		if (!sb_eng->fork_source && parent->state == SB_RUNNING && sb_eng->pause(parent->dir, &parent->proc) == 0) {
+			parent->state = SB_PAUSED;
+			job->resume_parent = true;
+		}
+	}
+	uint64_t now = ur_wall_ms();
+	uint32_t timeout_s = fr->timeout_s ? fr->timeout_s : srv_cfg.default_timeout_s;
+	unsigned started = 0;
+	for (unsigned i = 0; i < fr->n; i++) {
+		char id[ID_MAX + 1];
+		if (fr->ids) {
+			snprintf(id, sizeof(id), "%s", ids[i]);
+		} else {
+			do
+				node_new_sandbox_id(id, sizeof(id));
+			while (sandbox_find(id));
+		}
+		struct sandbox *sb = sb_new(id);
+		if (!sb) {
+			job->failed = true;
+			job->err = AE_INTERNAL;
+			snprintf(job->msg, sizeof(job->msg), "out of memory");
+			break;
+		}
+		snprintf(sb->template_name, sizeof(sb->template_name), "%s", t->name);
+		if (parent)
+			snprintf(sb->parent, sizeof(sb->parent), "%s", parent->id);
+		sb->created_ms = now;
+		sb->deadline_ms = now + (uint64_t)timeout_s * 1000u;
+		if (fr->metadata)
+			sb->metadata = cJSON_Duplicate(fr->metadata, 1);
+		char err[512];
+		int rc = sb_start(sb, t, copy_from, err, sizeof(err));
+		if (rc) {
+			job->failed = true;
+			job->err = AE_ENGINE_UNAVAILABLE;
+			snprintf(job->msg, sizeof(job->msg), "cannot start sandbox %s: %s", id, err);
+			sb_free(sb);
+			break;
+		}
+		sb_link(sb);
+		sb_save(sb);
+		sb->job = job;
+		sbs[i] = sb;
+		started++;
+	}
+	job->pending = started;
+	*jobout = job;
+	if (!started) {
+		*jobout = NULL;
+		job->done = NULL;
+		*e = job->err;
+		snprintf(msg, msglen, "%s", job->msg);
+		job_finish(job);
+		return -EIO;
+	}
+	return 0;
+}
+
