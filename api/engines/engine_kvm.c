@@ -258,7 +258,7 @@ static int restore_claim(const struct restore_job *j, char *err, size_t errlen)
 		rc = kvm_pathf(from, "%s/%s", own, files[i].name) || kvm_pathf(to, "%s/%s", j->dir, files[i].name) ?
 			     -ENAMETOOLONG : 0;
 		if (!rc)
-			rc = kvm_claim(from, to, files[i].type, err, errlen);
+			rc = jail_claim(from, to, files[i].type, err, errlen);
 	}
 	return rc;
 }

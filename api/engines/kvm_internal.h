@@ -139,9 +139,6 @@ void kvm_console_tail(const char *path, char *out, size_t outlen);
 void kvm_write_error_file(const char *dir, const char *msg);
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
 		 const struct jail *jail, struct vm_proc *vp, char *err, size_t errlen);
-/* Renames what a VM made in its own directory (from) to serve's (to), and keeps it only
- * if it is what it should be (S_IFSOCK, S_IFREG) and not a link to elsewhere. */
-int kvm_claim(const char *from, const char *to, mode_t type, char *err, size_t errlen);
 void kvm_vm_reap(struct vm_proc *vp);
 /* The same, but only the kill now: the wait (as long as the kernel takes to free the
  * VM's memory) and the cgroups' removal on the teardown thread. */

@@ -306,6 +306,24 @@ int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 	return rc;
 }
 
+int jail_claim(const char *from, const char *to, mode_t type, char *err, size_t errlen)
+{
+	struct stat st;
+	if (rename(from, to) < 0 || lstat(to, &st) < 0) {
+		int e = errno;
+		snprintf(err, errlen, "cannot move %.200s to %.200s: %s", from, to, strerror(e));
+		return -e;
+	}
+	if ((st.st_mode & S_IFMT) != type) {
+		/* Back where it came from (gone with the VM's directory), never kept in ours. */
+		if (rename(to, from) < 0)
+			unlink(to);
+		snprintf(err, errlen, "the VM left something else than it should in %.300s", from);
+		return -EPERM;
+	}
+	return 0;
+}
+
 int jail_seal(const char *dir, char *err, size_t errlen)
 {
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);

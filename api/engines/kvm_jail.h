@@ -63,6 +63,11 @@ void jail_enter(const struct jail *j);
  * threads only. 0 or -errno with err. */
 int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen);
 
+/* Renames what a VM made in its own directory (from) to serve's (to), and keeps it only
+ * if it is what it should be (S_IFSOCK, S_IFREG) and not a link to elsewhere. 0 or
+ * -errno with err (-EPERM: something else was there, and is gone). */
+int jail_claim(const char *from, const char *to, mode_t type, char *err, size_t errlen);
+
 /* A snapshot directory a VM wrote becomes root's and read-only to everyone: no VM
  * (this one, or a later one given the same uid) may change what children restore.
  * Everything in it must be a regular file. 0 or -errno with err. */

@@ -231,22 +231,6 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 	return 0;
 }
 
-int kvm_claim(const char *from, const char *to, mode_t type, char *err, size_t errlen)
-{
-	struct stat st;
-	if (rename(from, to) < 0 || lstat(to, &st) < 0) {
-		int e = errno;
-		snprintf(err, errlen, "cannot move %.200s to %.200s: %s", from, to, strerror(e));
-		return -e;
-	}
-	if ((st.st_mode & S_IFMT) != type) {
-		unlink(to);
-		snprintf(err, errlen, "the VM left something else than it should in %.300s", from);
-		return -EPERM;
-	}
-	return 0;
-}
-
 int kvm_vm_files(const char *dir, char *out)
 {
 	return K.jail ? kvm_pathf(out, "%s/vm", dir) : kvm_pathf(out, "%s", dir);

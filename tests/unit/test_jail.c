@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -271,6 +273,45 @@ START_TEST(seal_makes_a_snapshot_roots_and_read_only)
 }
 END_TEST
 
+/* What a VM made in its own directory moves to serve's only if it is what it should be. */
+START_TEST(claim_keeps_only_what_it_should)
+{
+	char from[300], to[300], err[400] = "";
+	snprintf(from, sizeof(from), "%s/control", path_rw);
+	snprintf(to, sizeof(to), "%s/control", T);
+	struct stat st;
+	/* A link to a socket elsewhere (serve would connect to it by name later). */
+	ck_assert_int_eq(symlink("/run/some.sock", from), 0);
+	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, err, sizeof(err)), -EPERM);
+	ck_assert_int_eq(lstat(to, &st), -1);
+	ck_assert_int_eq(unlink(from), 0);
+	/* A directory, a regular file: not a socket either. */
+	ck_assert_int_eq(mkdir(from, 0700), 0);
+	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, err, sizeof(err)), -EPERM);
+	ck_assert_int_eq(lstat(to, &st), -1);
+	ck_assert_int_eq(rmdir(from), 0);
+	put(from, "x", 0600);
+	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, err, sizeof(err)), -EPERM);
+	ck_assert_int_eq(lstat(to, &st), -1);
+	ck_assert_int_eq(jail_claim(from, to, S_IFREG, err, sizeof(err)), 0);
+	ck_assert_int_eq(lstat(to, &st), 0);
+	ck_assert(S_ISREG(st.st_mode));
+	ck_assert_int_eq(unlink(to), 0);
+	/* The socket it should be. */
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	ck_assert_uint_lt(strlen(from), sizeof(a.sun_path));
+	memcpy(a.sun_path, from, strlen(from) + 1);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_msg(jail_claim(from, to, S_IFSOCK, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(lstat(to, &st), 0);
+	ck_assert(S_ISSOCK(st.st_mode));
+	close(fd);
+	/* Nothing there: says so. */
+	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, err, sizeof(err)), -ENOENT);
+}
+END_TEST
+
 /* The VMM itself starts in a jail, as serve starts it: its binary and libraries (and a
  * sanitizer's runtime) from read-only mounts, /dev/kvm handed over as --kvm-fd. Another
  * file stands in for /dev/kvm here, so it gets as far as asking "KVM" for its API
@@ -331,6 +372,7 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, jailed_process_has_nothing_else);
 	tcase_add_test(tc, seal_makes_a_snapshot_roots_and_read_only);
 	tcase_add_test(tc, the_vmm_starts_in_a_jail);
+	tcase_add_test(tc, claim_keeps_only_what_it_should);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
