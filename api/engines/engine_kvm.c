@@ -15,207 +15,42 @@
  *   changed) and restores each child from it. Layers are reference-counted by the
  *   sandboxes restored from them and by their own child layers; the last one to go
  *   removes it.
- * - Each VM process is jailed as far as the host allows: new mount (private, own /proc),
- *   pid, ipc, uts and net namespaces, no capabilities (uid 0 without privilege),
+ * - Each VM process is jailed as far as the host allows: new mount (private, read-only
+ *   /proc), pid, ipc, uts and net namespaces, no capabilities (uid 0 without privilege),
  *   no_new_privs, a seccomp allowlist it installs itself once prepared (`--seccomp`,
- *   vmm/seccomp.c), and a cgroup with memory and CPU limits (api/engines/cgroup.c). What is
- *   missing is listed in api/API.md.
+ *   vmm/seccomp.c), and a cgroup with memory and CPU limits (api/engines/cgroup.c); with
+ *   --vm-jail also a uid and a root of its own (kvm_jail.c). api/API.md says what each
+ *   does and what is missing.
  *
  * Everything that waits on a guest (restore, layer snapshots, template boots) runs on a
  * few worker threads; they touch no state of the event loop and report back through an
- * eventfd. Spawning, the pool and reference counts belong to the loop thread. */#include "api/engines/kvm_internal.h"
-
-struct kvm_state K = { .vmm_fd = -1, .kvm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
-		       .lanes = { [LANE_SHORT].cv = PTHREAD_COND_INITIALIZER, [LANE_LONG].cv = PTHREAD_COND_INITIALIZER } };
-
-/* ---- layers ---- */
+ * eventfd. Spawning, the pool and reference counts belong to the loop thread. */
 #include "api/engines/kvm_internal.h"
 
-#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
-#include <linux/sched.h>
-#include <linux/securebits.h>
-#include <poll.h>
-#include <pthread.h>
+#include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/mount.h>
-#include <sys/prctl.h>
 #include <sys/random.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "agent/base64.h"
-#include "agent/proto.h"
 #include "api/sandbox/agent_client.h"
-#include "api/sandbox/workload.h"
-#include "api/engines/cgroup.h"
 #include "api/engines/kvm_guest.h"
 #include "api/sandbox/registry.h"
-#include "api/http/uring.h"
 #include "vmm/control.h"
-static struct kvm_layer *layer_find(const char *dir)
-{
-	for (struct kvm_layer *l = K.layers; l; l = l->next)
-		if (!strcmp(l->dir, dir))
-			return l;
-	return NULL;
-}
 
-static bool in_layer_dir(const char *dir)
-{
-	size_t n = strlen(K.layer_dir);
-	return !strncmp(dir, K.layer_dir, n) && dir[n] == '/';
-}
+struct kvm_state K = { .vmm_fd = -1, .kvm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
+		       .lanes = { [LANE_SHORT].cv = PTHREAD_COND_INITIALIZER, [LANE_LONG].cv = PTHREAD_COND_INITIALIZER } };
 
-static struct kvm_layer *layer_new(const char *dir, struct kvm_layer *parent, int state)
-{
-	struct kvm_layer *l = calloc(1, sizeof(*l));
-	if (!l)
-		return NULL;
-	pthread_mutex_init(&l->mu, NULL);
-	pthread_cond_init(&l->cv, NULL);
-	l->state = state;
-	l->refs = 1;
-	l->parent = parent;
-	if (parent)
-		parent->refs++;
-	snprintf(l->dir, sizeof(l->dir), "%s", dir);
-	l->next = K.layers;
-	K.layers = l;
-	return l;
-}
-
-static void layer_unref(struct kvm_layer *l)
-{
-	while (l && --l->refs == 0) {
-		struct kvm_layer *parent = l->parent;
-		for (struct kvm_layer **pp = &K.layers; *pp; pp = &(*pp)->next)
-			if (*pp == l) {
-				*pp = l->next;
-				break;
-			}
-		teardown_tree(l->dir, NULL);
-		pthread_mutex_destroy(&l->mu);
-		pthread_cond_destroy(&l->cv);
-		free(l);
-		l = parent;
-	}
-}
-
-/* A layer found on disk (a re-adopted sandbox restored from it): one more reference,
- * its parent layers linked in as well. */
-static struct kvm_layer *layer_adopt(const char *dir, unsigned depth)
-{
-	if (!in_layer_dir(dir) || depth > 64)
-		return NULL;
-	struct kvm_layer *l = layer_find(dir);
-	if (l) {
-		l->refs++;
-		return l;
-	}
-	char cfg[PLEN];
-	if (kvm_pathf(cfg, "%s/config.json", dir))
-		return NULL;
-	cJSON *o = registry_read_json(cfg);
-	const char *parent = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "parent")) : NULL;
-	struct kvm_layer *pl = parent ? layer_adopt(parent, depth + 1) : NULL;
-	cJSON_Delete(o);
-	l = layer_new(dir, pl, 0);
-	if (pl)
-		layer_unref(pl); /* layer_new took its own */
-	return l;
-}
-
-static int layer_wait(struct kvm_layer *l, char *err, size_t errlen)
-{
-	pthread_mutex_lock(&l->mu);
-	while (l->state == 1 && !K.stopping) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 100 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
-		pthread_cond_timedwait(&l->cv, &l->mu, &ts);
-	}
-	int st = l->state == 1 ? -ESHUTDOWN : l->state;
-	if (st)
-		snprintf(err, errlen, "the parent's snapshot failed: %s", l->err[0] ? l->err : strerror(-st));
-	pthread_mutex_unlock(&l->mu);
-	return st;
-}
-
-struct snap_job {
-	struct kjob k;
-	struct kvm_layer *layer;
-	pid_t pid;
-	int pidfd;          /* with K.jail: the parent's VM process, -1 otherwise */
-	char control[PLEN];
-};
-
-/* A jailed VM writes its layer in a directory serve makes for it, its uid's, mounted
- * into its root. */
-static int layer_dir_for_jail(const struct snap_job *j, char *err, size_t errlen)
-{
-	char proc[64];
-	struct stat st;
-	snprintf(proc, sizeof(proc), "/proc/%d", (int)j->pid);
-	struct jail more;
-	more.n = 0;
-	int rc = stat(proc, &st) < 0 || kvm_proc_exited(j->pidfd) ? -ESRCH : 0;
-	if (!rc && mkdir(j->layer->dir, 0700) < 0)
-		rc = -errno;
-	if (!rc && chown(j->layer->dir, st.st_uid, st.st_gid) < 0)
-		rc = -errno;
-	if (!rc)
-		rc = jail_add(&more, j->layer->dir, true);
-	if (rc) {
-		snprintf(err, errlen, "cannot make the layer %.300s for the VM: %s", j->layer->dir, strerror(-rc));
-		return rc;
-	}
-	return jail_bind_more(j->pidfd, &more, err, errlen);
-}
-
-static void snap_run(struct kjob *kj)
-{
-	struct snap_job *j = (struct snap_job *)kj;
-	char err[400] = "";
-	struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = j->layer->dir };
-	int rc = j->pidfd >= 0 ? layer_dir_for_jail(j, err, sizeof(err)) : 0;
-	if (!rc)
-		rc = kvm_ctl_request(j->control, &req, SNAPSHOT_TIMEOUT_MS, 0, -1, err, sizeof(err));
-	/* What children map is root's and read-only from here on. */
-	if (!rc && j->pidfd >= 0)
-		rc = jail_seal(j->layer->dir, err, sizeof(err));
-	pthread_mutex_lock(&j->layer->mu);
-	j->layer->state = rc;
-	snprintf(j->layer->err, sizeof(j->layer->err), "%s", err);
-	pthread_cond_broadcast(&j->layer->cv);
-	pthread_mutex_unlock(&j->layer->mu);
-}
-
-static void snap_complete(struct kjob *kj)
-{
-	struct snap_job *j = (struct snap_job *)kj;
-	if (j->pidfd >= 0)
-		close(j->pidfd);
-	layer_unref(j->layer);
-	free(j);
-}
 /* ---- sandboxes ---- */
 
 struct restore_job {
@@ -267,7 +102,7 @@ static void restore_run(struct kjob *kj)
 {
 	struct restore_job *j = (struct restore_job *)kj;
 	char err[500] = "";
-	int rc = j->layer ? layer_wait(j->layer, err, sizeof(err)) : 0;
+	int rc = j->layer ? kvm_layer_wait(j->layer, err, sizeof(err)) : 0;
 	char own[PLEN], control[PLEN], vsock[PLEN];
 	strcpy(control, j->control);
 	strcpy(vsock, j->vsock);
@@ -308,7 +143,7 @@ static void restore_complete(struct kjob *kj)
 	struct restore_job *j = (struct restore_job *)kj;
 	if (j->vmdir[0])
 		teardown_tree(j->vmdir, NULL);
-	layer_unref(j->layer);
+	kvm_layer_unref(j->layer);
 	free(j);
 }
 
@@ -341,7 +176,7 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 	}
 	if (!rc) {
 		if (s->copy_from) {
-			j->layer = layer_find(s->copy_from);
+			j->layer = kvm_layer_find(s->copy_from);
 			if (!j->layer) {
 				rc = -ENOENT;
 				snprintf(err, errlen, "no layer %.300s", s->copy_from);
@@ -380,8 +215,8 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 		if (j->pidfd >= 0)
 			close(j->pidfd);
 		if (j->layer) {
-			layer_unref(j->layer);
-			layer_unref(j->layer);
+			kvm_layer_unref(j->layer);
+			kvm_layer_unref(j->layer);
 		}
 		free(j);
 		free(ksb);
@@ -509,35 +344,8 @@ static void kvm_release(struct engine_proc *p)
 	p->priv = NULL;
 	if (!ksb)
 		return;
-	layer_unref(ksb->base);
+	kvm_layer_unref(ksb->base);
 	free(ksb);
-}
-
-static int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen,
-			   char *err, size_t errlen)
-{
-	struct kvm_sb *ksb = p->priv;
-	struct snap_job *j = calloc(1, sizeof(*j));
-	char ldir[PLEN];
-	int rc = !ksb || !j ? -ENOMEM : 0;
-	if (!rc && (kvm_pathf(j->control, "%s/control", dir) ||
-		    kvm_pathf(ldir, "%s/%d-%u", K.layer_dir, (int)getpid(), ++K.serial) || strlen(ldir) >= outlen))
-		rc = -ENAMETOOLONG;
-	if (!rc && !(j->layer = layer_new(ldir, ksb->base, 1)))
-		rc = -ENOMEM;
-	if (rc) {
-		free(j);
-		snprintf(err, errlen, "cannot prepare a layer for the fork: %s", strerror(-rc));
-		return rc;
-	}
-	j->pidfd = K.jail ? fcntl(p->pidfd, F_DUPFD_CLOEXEC, 3) : -1;
-	j->pid = p->pid;
-	/* The VMM pauses the parent while it writes the pages it changed, and resumes it. */
-	j->k.run = snap_run;
-	j->k.complete = snap_complete;
-	kvm_submit(&j->k, LANE_SHORT);
-	strcpy(out, ldir);
-	return 0;
 }
 
 /* ---- post_fork: the first thing a clone's agent hears ---- */
@@ -619,7 +427,7 @@ static int kvm_adopt(const char *dir, struct engine_proc *p, char *err, size_t e
 		rc = -ENOMEM;
 	if (!rc) {
 		snprintf(ksb->dir, sizeof(ksb->dir), "%s", dir);
-		if (in_layer_dir(base) && !(ksb->base = layer_adopt(base, 0))) {
+		if (kvm_in_layer_dir(base) && !(ksb->base = kvm_layer_adopt(base, 0))) {
 			snprintf(err, errlen, "the layer it was restored from (%.200s) is gone", base);
 			free(ksb);
 			rc = -ENOENT;
@@ -658,7 +466,7 @@ static void sweep_dir(const char *root, bool keep_adopted_layers)
 		char p[PLEN];
 		if (kvm_pathf(p, "%s/%s", root, de->d_name))
 			continue;
-		if (keep_adopted_layers && layer_find(p))
+		if (keep_adopted_layers && kvm_layer_find(p))
 			continue;
 		teardown_tree(p, kvm_vm_record_kill);
 	}
@@ -777,7 +585,7 @@ static void kvm_exit(void)
 		/* Only sandboxes hold layers now, and they are all gone. */
 		struct kvm_layer *l = K.layers;
 		l->refs = 1;
-		layer_unref(l);
+		kvm_layer_unref(l);
 	}
 	if (K.efd >= 0)
 		close(K.efd);

@@ -1,7 +1,8 @@
-/* What the kvm engine's files share (engine_kvm.c: sandboxes, layers, start-up;
- * kvm_proc.c: one mitos-vmm process, the worker threads and what they ask a VM;
- * kvm_pool.c: prepared VMs; kvm_build.c: templates). One state, K, owned by the
- * event loop except where a comment says otherwise. */
+/* What the kvm engine's files share (engine_kvm.c: sandboxes, start-up; kvm_layers.c:
+ * layers and writing one; kvm_proc.c: one mitos-vmm process, the worker threads and
+ * what they ask a VM; kvm_pool.c: prepared VMs; kvm_build.c: templates; kvm_jail.c:
+ * the jail of --vm-jail). One state, K, owned by the event loop except where a comment
+ * says otherwise. */
 #ifndef MITOS_API_KVM_INTERNAL_H
 #define MITOS_API_KVM_INTERNAL_H
 
@@ -158,6 +159,21 @@ int kvm_ctl_request(const char *sock, const struct ctl_request *req, int timeout
 		    char *err, size_t errlen);
 int kvm_agent_health(const char *vsock, int timeout_ms, char *err, size_t errlen);
 int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *err, size_t errlen);
+
+/* ---- kvm_layers.c ---- */
+struct kvm_layer *kvm_layer_find(const char *dir);
+/* Whether dir is in STATE/kvm/layers (a layer, not a template's snapshot). */
+bool kvm_in_layer_dir(const char *dir);
+/* One reference less; the last one removes the layer, then its parent's reference. */
+void kvm_layer_unref(struct kvm_layer *l);
+/* A layer found on disk (a re-adopted sandbox restored from it): one more reference,
+ * its parent layers linked in as well. NULL if dir is not a layer. */
+struct kvm_layer *kvm_layer_adopt(const char *dir, unsigned depth);
+/* Waits (a worker) until the layer is written: 0, or -errno with err. */
+int kvm_layer_wait(struct kvm_layer *l, char *err, size_t errlen);
+/* The engine's fork_source: a new layer of the running sandbox p, written by a job. */
+int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen, char *err,
+		    size_t errlen);
 
 /* ---- kvm_pool.c ---- */
 struct shape_pool *kvm_pool_for(const struct vm_shape *sh, bool add);

@@ -1,0 +1,192 @@
+/* Layers: what a fork of a running sandbox is restored from (STATE/kvm/layers/N, the
+ * pages its VM changed since its own restore), reference-counted by the sandboxes
+ * restored from them and by their child layers; and the job that writes one. */
+#include "api/engines/kvm_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/sandbox/registry.h"
+#include "vmm/control.h"
+
+struct kvm_layer *kvm_layer_find(const char *dir)
+{
+	for (struct kvm_layer *l = K.layers; l; l = l->next)
+		if (!strcmp(l->dir, dir))
+			return l;
+	return NULL;
+}
+
+bool kvm_in_layer_dir(const char *dir)
+{
+	size_t n = strlen(K.layer_dir);
+	return !strncmp(dir, K.layer_dir, n) && dir[n] == '/';
+}
+
+static struct kvm_layer *layer_new(const char *dir, struct kvm_layer *parent, int state)
+{
+	struct kvm_layer *l = calloc(1, sizeof(*l));
+	if (!l)
+		return NULL;
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->cv, NULL);
+	l->state = state;
+	l->refs = 1;
+	l->parent = parent;
+	if (parent)
+		parent->refs++;
+	snprintf(l->dir, sizeof(l->dir), "%s", dir);
+	l->next = K.layers;
+	K.layers = l;
+	return l;
+}
+
+void kvm_layer_unref(struct kvm_layer *l)
+{
+	while (l && --l->refs == 0) {
+		struct kvm_layer *parent = l->parent;
+		for (struct kvm_layer **pp = &K.layers; *pp; pp = &(*pp)->next)
+			if (*pp == l) {
+				*pp = l->next;
+				break;
+			}
+		teardown_tree(l->dir, NULL);
+		pthread_mutex_destroy(&l->mu);
+		pthread_cond_destroy(&l->cv);
+		free(l);
+		l = parent;
+	}
+}
+
+struct kvm_layer *kvm_layer_adopt(const char *dir, unsigned depth)
+{
+	if (!kvm_in_layer_dir(dir) || depth > 64)
+		return NULL;
+	struct kvm_layer *l = kvm_layer_find(dir);
+	if (l) {
+		l->refs++;
+		return l;
+	}
+	char cfg[PLEN];
+	if (kvm_pathf(cfg, "%s/config.json", dir))
+		return NULL;
+	cJSON *o = registry_read_json(cfg);
+	const char *parent = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "parent")) : NULL;
+	struct kvm_layer *pl = parent ? kvm_layer_adopt(parent, depth + 1) : NULL;
+	cJSON_Delete(o);
+	l = layer_new(dir, pl, 0);
+	if (pl)
+		kvm_layer_unref(pl); /* layer_new took its own */
+	return l;
+}
+
+int kvm_layer_wait(struct kvm_layer *l, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&l->mu);
+	while (l->state == 1 && !K.stopping) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+	}
+	int st = l->state == 1 ? -ESHUTDOWN : l->state;
+	if (st)
+		snprintf(err, errlen, "the parent's snapshot failed: %s", l->err[0] ? l->err : strerror(-st));
+	pthread_mutex_unlock(&l->mu);
+	return st;
+}
+
+struct snap_job {
+	struct kjob k;
+	struct kvm_layer *layer;
+	pid_t pid;
+	int pidfd;          /* with K.jail: the parent's VM process, -1 otherwise */
+	char control[PLEN];
+};
+
+/* A jailed VM writes its layer in a directory serve makes for it, its uid's, mounted
+ * into its root. */
+static int layer_dir_for_jail(const struct snap_job *j, char *err, size_t errlen)
+{
+	char proc[64];
+	struct stat st;
+	snprintf(proc, sizeof(proc), "/proc/%d", (int)j->pid);
+	struct jail more;
+	more.n = 0;
+	int rc = stat(proc, &st) < 0 || kvm_proc_exited(j->pidfd) ? -ESRCH : 0;
+	if (!rc && mkdir(j->layer->dir, 0700) < 0)
+		rc = -errno;
+	if (!rc && chown(j->layer->dir, st.st_uid, st.st_gid) < 0)
+		rc = -errno;
+	if (!rc)
+		rc = jail_add(&more, j->layer->dir, true);
+	if (rc) {
+		snprintf(err, errlen, "cannot make the layer %.300s for the VM: %s", j->layer->dir, strerror(-rc));
+		return rc;
+	}
+	return jail_bind_more(j->pidfd, &more, err, errlen);
+}
+
+static void snap_run(struct kjob *kj)
+{
+	struct snap_job *j = (struct snap_job *)kj;
+	char err[400] = "";
+	struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = j->layer->dir };
+	int rc = j->pidfd >= 0 ? layer_dir_for_jail(j, err, sizeof(err)) : 0;
+	if (!rc)
+		rc = kvm_ctl_request(j->control, &req, SNAPSHOT_TIMEOUT_MS, 0, -1, err, sizeof(err));
+	/* What children map is root's and read-only from here on. */
+	if (!rc && j->pidfd >= 0)
+		rc = jail_seal(j->layer->dir, err, sizeof(err));
+	pthread_mutex_lock(&j->layer->mu);
+	j->layer->state = rc;
+	snprintf(j->layer->err, sizeof(j->layer->err), "%s", err);
+	pthread_cond_broadcast(&j->layer->cv);
+	pthread_mutex_unlock(&j->layer->mu);
+}
+
+static void snap_complete(struct kjob *kj)
+{
+	struct snap_job *j = (struct snap_job *)kj;
+	if (j->pidfd >= 0)
+		close(j->pidfd);
+	kvm_layer_unref(j->layer);
+	free(j);
+}
+int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen,
+			   char *err, size_t errlen)
+{
+	struct kvm_sb *ksb = p->priv;
+	struct snap_job *j = calloc(1, sizeof(*j));
+	char ldir[PLEN];
+	int rc = !ksb || !j ? -ENOMEM : 0;
+	if (!rc && (kvm_pathf(j->control, "%s/control", dir) ||
+		    kvm_pathf(ldir, "%s/%d-%u", K.layer_dir, (int)getpid(), ++K.serial) || strlen(ldir) >= outlen))
+		rc = -ENAMETOOLONG;
+	if (!rc && !(j->layer = layer_new(ldir, ksb->base, 1)))
+		rc = -ENOMEM;
+	if (rc) {
+		free(j);
+		snprintf(err, errlen, "cannot prepare a layer for the fork: %s", strerror(-rc));
+		return rc;
+	}
+	j->pidfd = K.jail ? fcntl(p->pidfd, F_DUPFD_CLOEXEC, 3) : -1;
+	j->pid = p->pid;
+	/* The VMM pauses the parent while it writes the pages it changed, and resumes it. */
+	j->k.run = snap_run;
+	j->k.complete = snap_complete;
+	kvm_submit(&j->k, LANE_SHORT);
+	strcpy(out, ldir);
+	return 0;
+}
