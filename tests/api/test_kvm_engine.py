@@ -295,6 +295,18 @@ def t_jail(s):
     with open("/proc/%d/cmdline" % pid) as f:
         if "\0--seccomp\0" not in f.read():
             raise AssertionError("the VM was not started with --seccomp")
+    # Its /proc is read-only: a sysctl is writable by file mode alone.
+    with open("/proc/%d/mountinfo" % pid) as f:
+        procs = [l.split() for l in f if l.split()[4] == "/proc"]
+    if not procs or any("ro" not in m[5].split(",") for m in procs):
+        raise AssertionError("the VM's /proc is not read-only: %r" % procs)
+    if JAIL:
+        uid = [l.split()[1:] for l in status.splitlines() if l.startswith(("Uid:", "Gid:"))]
+        if any(int(v) == 0 for ids in uid for v in ids):
+            raise AssertionError("a jailed VM runs as root: %r" % uid)
+        seen = [p for p in ("etc/passwd", "dev", "sys", "home") if os.path.lexists("/proc/%d/root/%s" % (pid, p))]
+        if seen:
+            raise AssertionError("a jailed VM sees the host's %r" % seen)
     out = "".join(s.stdout)
     dirs = cgroup_dirs(pid, "mitos-vms")
     if "; cgroup v2 " in out:
