@@ -551,8 +551,10 @@ int main(int argc, char **argv)
 	fcntl(READY_FD, F_SETFD, FD_CLOEXEC);
 	fcntl(ERR_FD, F_SETFD, FD_CLOEXEC);
 	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if (nullfd >= 0)
+	if (nullfd > 0) {
 		dup2(nullfd, 0);
+		close(nullfd);
+	}
 	dup2(LOG_FD, 1);
 	dup2(LOG_FD, 2);
 	close(LOG_FD);
