@@ -58,6 +58,8 @@ static void usage(FILE *f)
 		"  --vm-jail            kvm: each VM process under a uid of its own (%u and up)\n"
 		"                       in a root of its own holding only its files (needs root;\n"
 		"                       not the default yet: see api/API.md, \"The VM jail\")\n"
+		"  --vm-uid-base N      --vm-jail: VMs get uids N+1..N+%u, group N (default %u;\n"
+		"                       refused if a user or group of this host is in the range)\n"
 		"  --pids-max N         process: processes and threads per sandbox when its template\n"
 		"                       sets no pids_max (default 1024, 16..4194304)\n"
 		"  --sandbox-disk-mib N process: each sandbox's writable layer is an ext4 file system\n"
@@ -89,7 +91,7 @@ static void usage(FILE *f)
 		"and the engine it runs, with the reason. SIGINT/SIGTERM stop it gracefully.\n"
 		"SIGUSR1 drains the node: creates get 503 node_draining, live sandboxes run on\n"
 		"until they end; SIGUSR2 takes creates again. /v1/health says \"draining\".\n",
-		JAIL_UID_BASE + 1);
+		JAIL_UID_BASE + 1, JAIL_UIDS, JAIL_UID_BASE);
 }
 
 static int parse_listen(const char *s)
@@ -278,6 +280,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_DISK_MIB 1016
 #define OPT_PREVIEW_PATHS 1017
 #define OPT_VM_JAIL 1018
+#define OPT_VM_UID_BASE 1019
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -313,6 +316,7 @@ int cmd_serve(int argc, char **argv)
 		{ "images", required_argument, NULL, OPT_IMAGES },
 		{ "kvm-pool", required_argument, NULL, OPT_KVM_POOL },
 		{ "vm-jail", no_argument, NULL, OPT_VM_JAIL },
+		{ "vm-uid-base", required_argument, NULL, OPT_VM_UID_BASE },
 		{ "pids-max", required_argument, NULL, OPT_PIDS_MAX },
 		{ "sandbox-disk-mib", required_argument, NULL, OPT_DISK_MIB },
 		{ "node-id", required_argument, NULL, OPT_NODE_ID },
@@ -358,6 +362,10 @@ int cmd_serve(int argc, char **argv)
 		case OPT_PEERS: srv_cfg.peers_file = optarg; break;
 		case OPT_DRAIN: node_set_draining(true); break;
 		case OPT_VM_JAIL: engine_kvm_set_jail(true); break;
+		case OPT_VM_UID_BASE:
+			bad = parse_u64(optarg, 1, UINT32_MAX - JAIL_UIDS - 1, &v);
+			jail_set_uid_base((uint32_t)v);
+			break;
 		case OPT_KVM_POOL: bad = parse_u64(optarg, 0, 64, &v); srv_cfg.kvm_pool = (unsigned)v; break;
 		case OPT_PIDS_MAX:
 			bad = parse_u64(optarg, 16, 1u << 22, &v);

@@ -528,7 +528,7 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 			return rc;
 		}
 		snprintf(jail, sizeof(jail), "; own uid (%u and up, group %u) and own root (pivot_root: its own files, "
-			 "/usr read-only, /proc read-only), /dev/kvm handed over", JAIL_UID_BASE + 1, JAIL_UID_BASE);
+			 "/usr read-only, /proc read-only), /dev/kvm handed over", jail_uid_base() + 1, jail_uid_base());
 	}
 	snprintf(info, infolen, "each VM: %s, no_new_privs, seccomp allowlist%s; %s",
 		 K.ns ? "own mount (private, read-only /proc), pid, ipc, uts and net namespaces, no capabilities"

@@ -3,9 +3,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/capability.h>
 #include <linux/mount.h>
 #include <linux/securebits.h>
+#include <pwd.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -36,10 +38,52 @@ static struct {
 } S;
 
 static _Atomic unsigned next_uid;
+static uint32_t uid_base = JAIL_UID_BASE;
+
+void jail_set_uid_base(uint32_t base)
+{
+	uid_base = base;
+}
+
+uint32_t jail_uid_base(void)
+{
+	return uid_base;
+}
+
+/* A user or group of this host in [uid_base, uid_base + JAIL_UIDS]: its files would be
+ * a VM's. The name into who, or "" if none. */
+static void range_taken(char *who, size_t wholen)
+{
+	who[0] = 0;
+	struct passwd *pw;
+	setpwent();
+	while (!who[0] && (pw = getpwent()))
+		if (pw->pw_uid >= uid_base && pw->pw_uid - uid_base <= JAIL_UIDS)
+			snprintf(who, wholen, "user %s (uid %u)", pw->pw_name, (unsigned)pw->pw_uid);
+	endpwent();
+	struct group *gr;
+	setgrent();
+	while (!who[0] && (gr = getgrent()))
+		if (gr->gr_gid >= uid_base && gr->gr_gid - uid_base <= JAIL_UIDS)
+			snprintf(who, wholen, "group %s (gid %u)", gr->gr_name, (unsigned)gr->gr_gid);
+	endgrent();
+}
 
 int jail_init(const char *mountpoint, const char *exe, char *err, size_t errlen)
 {
 	memset(&S, 0, sizeof(S));
+	char who[300];
+	if (uid_base == 0 || uid_base > UINT32_MAX - JAIL_UIDS - 1) {
+		snprintf(err, errlen, "the VM uid range %u..%u does not fit below 2^32-1 (or starts at root)",
+			 uid_base, uid_base + JAIL_UIDS);
+		return -ERANGE;
+	}
+	range_taken(who, sizeof(who));
+	if (who[0]) {
+		snprintf(err, errlen, "the VM uid range %u..%u holds this host's %s: pick another with "
+			 "--vm-uid-base", uid_base, uid_base + JAIL_UIDS, who);
+		return -EEXIST;
+	}
 	if (!realpath(exe, S.bind[0].path)) {
 		int e = errno;
 		snprintf(err, errlen, "cannot find %.200s: %s", exe, strerror(e));
@@ -94,8 +138,8 @@ const char *jail_exe(void)
 void jail_new(struct jail *j)
 {
 	memset(j, 0, sizeof(*j));
-	j->uid = JAIL_UID_BASE + 1 + atomic_fetch_add(&next_uid, 1) % JAIL_UIDS;
-	j->gid = JAIL_UID_BASE;
+	j->uid = uid_base + 1 + atomic_fetch_add(&next_uid, 1) % JAIL_UIDS;
+	j->gid = uid_base;
 }
 
 int jail_add(struct jail *j, const char *path, bool rw)

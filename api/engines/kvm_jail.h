@@ -11,12 +11,13 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #define JAIL_MAX_PATHS 72 /* a layer chain is at most 64 deep */
 #define JAIL_PLEN 512
-/* uids JAIL_UID_BASE+1 .. JAIL_UID_BASE+JAIL_UIDS, one per VM process; their group is
- * JAIL_UID_BASE. Far above any uid a distribution or a subuid range hands out. */
+/* uids base+1 .. base+JAIL_UIDS, one per VM process; their group is base. The default
+ * base is far above any uid a distribution or a subuid range hands out. */
 #define JAIL_UID_BASE 1912000000u
 #define JAIL_UIDS 65535u
 
@@ -38,6 +39,11 @@ struct jail {
  * namespace, so it cannot be executed through serve's descriptor), /usr and the
  * top-level links into it, the dynamic loader's cache. 0 or -errno with err. */
 int jail_init(const char *mountpoint, const char *exe, char *err, size_t errlen);
+
+/* The uid range's base (JAIL_UID_BASE unless set), before jail_init. jail_init refuses
+ * a range that a user or group of this host's passwd/group databases is in. */
+void jail_set_uid_base(uint32_t base);
+uint32_t jail_uid_base(void);
 
 /* exe's path, inside the jail as outside. */
 const char *jail_exe(void);

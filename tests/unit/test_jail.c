@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -275,6 +276,32 @@ START_TEST(seal_makes_a_snapshot_roots_and_read_only)
 }
 END_TEST
 
+/* The uid range may be moved, never onto root or onto this host's own users. */
+START_TEST(uid_range_refuses_root_and_host_users)
+{
+	char err[400] = "", m[300];
+	snprintf(m, sizeof(m), "%s/jail2", T);
+	jail_set_uid_base(0);
+	ck_assert_int_eq(jail_init(m, "/bin/true", err, sizeof(err)), -ERANGE);
+	jail_set_uid_base(UINT32_MAX - 10);
+	ck_assert_int_eq(jail_init(m, "/bin/true", err, sizeof(err)), -ERANGE);
+	/* A range with one of this host's users in it (nobody, on Debian). */
+	struct passwd *pw = getpwnam("nobody");
+	if (pw && pw->pw_uid > 100) {
+		jail_set_uid_base(pw->pw_uid - 100);
+		ck_assert_int_eq(jail_init(m, "/bin/true", err, sizeof(err)), -EEXIST);
+		ck_assert_msg(strstr(err, "--vm-uid-base") && strstr(err, "nobody"), "%s", err);
+	}
+	jail_set_uid_base(3000000000u);
+	ck_assert_msg(jail_init(m, "/bin/true", err, sizeof(err)) == 0, "%s", err);
+	struct jail j;
+	jail_new(&j);
+	ck_assert_uint_eq(j.gid, 3000000000u);
+	ck_assert(j.uid > 3000000000u && j.uid <= 3000000000u + JAIL_UIDS);
+	jail_set_uid_base(JAIL_UID_BASE);
+}
+END_TEST
+
 /* What a VM made in its own directory moves to serve's only if it is what it should be. */
 START_TEST(claim_keeps_only_what_it_should)
 {
@@ -375,6 +402,7 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, seal_makes_a_snapshot_roots_and_read_only);
 	tcase_add_test(tc, the_vmm_starts_in_a_jail);
 	tcase_add_test(tc, claim_keeps_only_what_it_should);
+	tcase_add_test(tc, uid_range_refuses_root_and_host_users);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
