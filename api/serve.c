@@ -342,7 +342,8 @@ int cmd_serve(int argc, char **argv)
 	optind = 1;
 	int c;
 	uint64_t v;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+	int li;
+	while ((li = -1, c = getopt_long(argc, argv, "h", opts, &li)) != -1) {
 		int bad = 0;
 		switch (c) {
 		case 'l': bad = parse_listen(optarg); break;
@@ -389,9 +390,8 @@ int cmd_serve(int argc, char **argv)
 		default: usage(stderr); return EXIT_USAGE;
 		}
 		if (bad) {
-			fprintf(stderr, "mitos-vmm serve: bad value for --%s: '%s'\n",
-				c == 'l' ? "listen" : c == 'e' ? "engine" : c == OPT_NODE_ID ? "node-id (1-16 of a-z 0-9)" : "option",
-				optarg);
+			fprintf(stderr, "mitos-vmm serve: bad value for --%s%s: '%s' (see --help)\n",
+				li >= 0 ? opts[li].name : "?", c == OPT_NODE_ID ? " (1-16 of a-z 0-9)" : "", optarg);
 			usage(stderr);
 			return EXIT_USAGE;
 		}
