@@ -231,12 +231,53 @@ static int map_file(uint8_t *at, uint64_t len, int fd, uint64_t off, bool fixed)
 	return p == MAP_FAILED ? -errno : 0;
 }
 
+int memory_chain_fits(char *const *dirs, unsigned n, uint64_t max_maps, struct mitos_err *e)
+{
+	char path[4096];
+	uint64_t extents = 0;
+	for (unsigned i = 1; i < n; i++) {
+		struct mem_extents x;
+		snprintf(path, sizeof(path), "%s/%s", dirs[i], MEMORY_EXTENTS_NAME);
+		int r = memory_extents_read(path, &x, e);
+		if (r)
+			return r;
+		extents += x.n;
+		memory_extents_free(&x);
+	}
+	if (2 * extents + 1 <= max_maps)
+		return 0;
+	return mitos_err_set(e, -E2BIG, "%s: its %u layers hold %llu memory extents, up to %llu mappings, "
+			     "more than the %llu this host lets a VM process make (vm.max_map_count less %u "
+			     "for the VMM itself): fork from a snapshot with fewer changed layers above it "
+			     "(a fresh template), or raise vm.max_map_count", dirs[n - 1], n - 1,
+			     (unsigned long long)extents, (unsigned long long)(2 * extents + 1),
+			     (unsigned long long)max_maps, MEMORY_MAP_HEADROOM);
+}
+
+/* vm.max_map_count less the VMM's own (the kernel's default when it cannot be read). */
+static uint64_t host_max_maps(void)
+{
+	uint64_t v = 65530;
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	char buf[32];
+	ssize_t k = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (k > 0) {
+		buf[k] = 0;
+		v = strtoull(buf, NULL, 10);
+	}
+	return v > MEMORY_MAP_HEADROOM ? v - MEMORY_MAP_HEADROOM : 0;
+}
+
 int memory_map_chain(struct guest_mem *m, uint8_t *at, uint64_t size, char *const *dirs,
 		     unsigned n, struct mitos_err *e)
 {
 	char path[4096];
 	uint8_t *base = NULL;
-	int r = 0;
+	int r = memory_chain_fits(dirs, n, host_max_maps(), e);
+	if (r)
+		return r;
 	for (unsigned i = 0; i < n && !r; i++) {
 		int fd = open_in(dirs[i], MEMORY_FILE_NAME, O_RDONLY, path, sizeof(path));
 		if (fd < 0)

@@ -307,6 +307,13 @@ START_TEST(chain_maps_copy_on_write)
 
 	ck_assert_int_eq(memory_map_chain(&m, NULL, MEM * 2, chain, 2, &e), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(e.msg, "memory"));
+
+	/* The layer's 2 extents split the base: up to 5 mappings. A host that allows
+	 * fewer is told so before anything is mapped, not by a failed mmap halfway. */
+	ck_assert_int_eq(memory_chain_fits(chain, 2, 5, &e), 0);
+	ck_assert_int_eq(memory_chain_fits(chain, 2, 4, &e), -E2BIG);
+	ck_assert_msg(strstr(e.msg, "vm.max_map_count") && strstr(e.msg, "2 memory extents"), "%s", e.msg);
+	ck_assert_int_eq(memory_chain_fits(chain, 1, 1, &e), 0);
 }
 END_TEST
 
