@@ -231,25 +231,18 @@ static int map_file(uint8_t *at, uint64_t len, int fd, uint64_t off, bool fixed)
 	return p == MAP_FAILED ? -errno : 0;
 }
 
-int memory_chain_fits(char *const *dirs, unsigned n, uint64_t max_maps, struct mitos_err *e)
+int memory_chain_fits(const char *top, const struct mem_extents *layers, unsigned nlayers, uint64_t max_maps,
+		      struct mitos_err *e)
 {
-	char path[4096];
 	uint64_t extents = 0;
-	for (unsigned i = 1; i < n; i++) {
-		struct mem_extents x;
-		snprintf(path, sizeof(path), "%s/%s", dirs[i], MEMORY_EXTENTS_NAME);
-		int r = memory_extents_read(path, &x, e);
-		if (r)
-			return r;
-		extents += x.n;
-		memory_extents_free(&x);
-	}
+	for (unsigned i = 0; i < nlayers; i++)
+		extents += layers[i].n;
 	if (2 * extents + 1 <= max_maps)
 		return 0;
 	return mitos_err_set(e, -E2BIG, "%s: its %u layers hold %llu memory extents, up to %llu mappings, "
 			     "more than the %llu this host lets a VM process make (vm.max_map_count less %u "
 			     "for the VMM itself): fork from a snapshot with fewer changed layers above it "
-			     "(a fresh template), or raise vm.max_map_count", dirs[n - 1], n - 1,
+			     "(a fresh template), or raise vm.max_map_count", top, nlayers,
 			     (unsigned long long)extents, (unsigned long long)(2 * extents + 1),
 			     (unsigned long long)max_maps, MEMORY_MAP_HEADROOM);
 }
@@ -275,13 +268,23 @@ int memory_map_chain(struct guest_mem *m, uint8_t *at, uint64_t size, char *cons
 {
 	char path[4096];
 	uint8_t *base = NULL;
-	int r = memory_chain_fits(dirs, n, host_max_maps(), e);
-	if (r)
-		return r;
+	/* Every layer's extents, read once: counted before anything is mapped, then mapped. */
+	struct mem_extents *xs = n > 1 ? calloc(n - 1, sizeof(*xs)) : NULL;
+	if (n > 1 && !xs)
+		return mitos_err_set(e, -ENOMEM, "out of memory");
+	int r = 0;
+	for (unsigned i = 1; i < n && !r; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dirs[i], MEMORY_EXTENTS_NAME);
+		r = memory_extents_read(path, &xs[i - 1], e);
+	}
+	if (!r && n > 1)
+		r = memory_chain_fits(dirs[n - 1], xs, n - 1, host_max_maps(), e);
 	for (unsigned i = 0; i < n && !r; i++) {
 		int fd = open_in(dirs[i], MEMORY_FILE_NAME, O_RDONLY, path, sizeof(path));
-		if (fd < 0)
-			return mitos_err_set(e, fd, "%s/%s: %s", dirs[i], MEMORY_FILE_NAME, strerror(-fd));
+		if (fd < 0) {
+			r = mitos_err_set(e, fd, "%s/%s: %s", dirs[i], MEMORY_FILE_NAME, strerror(-fd));
+			break;
+		}
 		struct stat st;
 		if (fstat(fd, &st))
 			r = mitos_err_set(e, -errno, "%s: %s", path, strerror(errno));
@@ -300,23 +303,24 @@ int memory_map_chain(struct guest_mem *m, uint8_t *at, uint64_t size, char *cons
 				base = NULL;
 			}
 		} else {
-			struct mem_extents x;
-			snprintf(path, sizeof(path), "%s/%s", dirs[i], MEMORY_EXTENTS_NAME);
-			r = memory_extents_read(path, &x, e);
-			if (!r && x.mem_size != size)
-				r = mitos_err_set(e, -EINVAL, "%s: RAM size %llu differs from its base's %llu",
-						  path, (unsigned long long)x.mem_size, (unsigned long long)size);
-			for (uint64_t k = 0; !r && k < x.n; k++) {
-				uint64_t off = x.e[k].first_page * MEMORY_PAGE;
-				r = map_file(base + off, x.e[k].npages * MEMORY_PAGE, fd, off, true);
+			const struct mem_extents *x = &xs[i - 1];
+			if (x->mem_size != size)
+				r = mitos_err_set(e, -EINVAL, "%s/%s: RAM size %llu differs from its base's %llu", dirs[i],
+						  MEMORY_EXTENTS_NAME, (unsigned long long)x->mem_size,
+						  (unsigned long long)size);
+			for (uint64_t k = 0; !r && k < x->n; k++) {
+				uint64_t off = x->e[k].first_page * MEMORY_PAGE;
+				r = map_file(base + off, x->e[k].npages * MEMORY_PAGE, fd, off, true);
 				if (r)
 					mitos_err_set(e, r, "%s/%s: mmap: %s", dirs[i], MEMORY_FILE_NAME,
 						      strerror(-r));
 			}
-			memory_extents_free(&x);
 		}
 		close(fd);
 	}
+	for (unsigned i = 0; xs && i < n - 1; i++)
+		memory_extents_free(&xs[i]);
+	free(xs);
 	if (r) {
 		/* A reservation stays reserved (the caller owns it) but holds nothing now. */
 		if (base && at)

@@ -49,11 +49,12 @@ void memory_extents_free(struct mem_extents *x);
  * regions) out of vm.max_map_count: the rest is what a chain may use. */
 #define MEMORY_MAP_HEADROOM 4096
 
-/* Whether the layers of a chain (dirs[1..n-1]) fit in max_maps mappings: each extent is
- * a mapping over the base and splits it, so a chain of T extents needs up to 2T + 1.
- * 0, or -E2BIG (or a bad extents file's error) with e saying what to do. Checked by
- * memory_map_chain before it maps anything, against this host's vm.max_map_count. */
-int memory_chain_fits(char *const *dirs, unsigned n, uint64_t max_maps, struct mitos_err *e);
+/* Whether a chain's layers (their extents; top names the chain in the message) fit in
+ * max_maps mappings: each extent is a mapping over the base and splits it, so T
+ * extents need up to 2T + 1. 0, or -E2BIG with e saying what to do. memory_map_chain
+ * checks it, against this host's vm.max_map_count, before it maps anything. */
+int memory_chain_fits(const char *top, const struct mem_extents *layers, unsigned nlayers, uint64_t max_maps,
+		      struct mitos_err *e);
 
 /* Maps RAM of `size` bytes from a chain of snapshot dirs, base first: the base's memory
  * file whole, then each layer's extents over it, all MAP_PRIVATE. Reads no page. With
