@@ -65,11 +65,15 @@ int kvm_vm_has_msr(const struct kvm_vm *vm, uint32_t index)
 	return 0;
 }
 
-static int open_kvm(struct kvm_vm *vm, int kvm_fd, struct mitos_err *e)
+const char *kvm_device_path(void)
 {
 	const char *dev = getenv("MITOS_KVM_DEVICE");
-	if (!dev || !*dev)
-		dev = "/dev/kvm";
+	return dev && *dev ? dev : "/dev/kvm";
+}
+
+static int open_kvm(struct kvm_vm *vm, int kvm_fd, struct mitos_err *e)
+{
+	const char *dev = kvm_device_path();
 	if (kvm_fd > 0) {
 		/* Handed over by whoever started us (serve's jail): we may not open it. */
 		dev = "the --kvm-fd descriptor";

@@ -19,7 +19,10 @@ struct kvm_vm {
 	bool emulation_only;  /* the host runs guest kernel code in KVM's emulator */
 };
 
-/* Opens /dev/kvm (or $MITOS_KVM_DEVICE; kvm_fd > 0: takes that descriptor, open on it,
+/* The KVM device: $MITOS_KVM_DEVICE, or /dev/kvm. */
+const char *kvm_device_path(void);
+
+/* Opens kvm_device_path() (kvm_fd > 0: takes that descriptor, open on it,
  * instead), checks the API version and the capabilities the VMM relies on, and creates
  * a VM with TSS, identity map, IOAPIC/PIC and PIT. */
 int kvm_vm_create(struct kvm_vm *vm, int kvm_fd, struct mitos_err *e);

@@ -47,6 +47,7 @@
 #include "api/engines/kvm_guest.h"
 #include "api/sandbox/registry.h"
 #include "vmm/control.h"
+#include "vmm/kvm_vm.h"
 
 struct kvm_state K = { .vmm_fd = -1, .kvm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
 		       .lanes = { [LANE_SHORT].cv = PTHREAD_COND_INITIALIZER, [LANE_LONG].cv = PTHREAD_COND_INITIALIZER } };
@@ -443,10 +444,10 @@ static int kvm_adopt(const char *dir, struct engine_proc *p, char *err, size_t e
 
 int engine_kvm_available(char *why, size_t whylen)
 {
-	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	int fd = open(kvm_device_path(), O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
-		snprintf(why, whylen, "cannot open /dev/kvm: %s (remediation: load kvm_intel or kvm_amd, or run "
-			 "serve as a user in the kvm group)", strerror(errno));
+		snprintf(why, whylen, "cannot open %s: %s (remediation: load kvm_intel or kvm_amd, or run "
+			 "serve as a user in the kvm group)", kvm_device_path(), strerror(errno));
 		return -errno;
 	}
 	close(fd);
@@ -515,12 +516,11 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 		K.jail = false;
 		snprintf(jail, sizeof(jail), "; NOT --vm-jail: it needs serve to be root");
 	} else if (K.jail) {
-		const char *dev = getenv("MITOS_KVM_DEVICE");
 		char mnt[PLEN], why[300] = "";
-		K.kvm_fd = open(dev && *dev ? dev : "/dev/kvm", O_RDWR | O_CLOEXEC);
+		K.kvm_fd = open(kvm_device_path(), O_RDWR | O_CLOEXEC);
 		int rc = K.kvm_fd < 0 ? -errno : 0;
 		if (rc)
-			snprintf(why, sizeof(why), "cannot open /dev/kvm: %s", strerror(-rc));
+			snprintf(why, sizeof(why), "cannot open %s: %s", kvm_device_path(), strerror(-rc));
 		else if (!(rc = kvm_pathf(mnt, "%s/kvm/jail", real)))
 			rc = jail_init(mnt, "/proc/self/exe", why, sizeof(why));
 		if (rc) {
