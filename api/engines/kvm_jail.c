@@ -217,6 +217,19 @@ static void in_root(char t[2 * JAIL_PLEN], const char *tail)
 	memcpy(t + a, tail, b + 1);
 }
 
+int jail_drop_capabilities(bool stays_root)
+{
+	/* Past the last capability this kernel knows, PR_CAPBSET_DROP fails harmlessly. */
+	for (int cap = 0; cap < 64; cap++)
+		syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0);
+	unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP_LOCKED |
+			     SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED |
+			     (stays_root ? SECBIT_NO_SETUID_FIXUP : 0);
+	long r = syscall(SYS_prctl, PR_SET_SECUREBITS, bits, 0, 0, 0);
+	syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	return r < 0 ? -1 : 0;
+}
+
 static void bind_into_root(const struct jail_path *p, unsigned long extra)
 {
 	char t[2 * JAIL_PLEN];
@@ -256,16 +269,9 @@ void jail_enter(const struct jail *j)
 	if (syscall(SYS_chdir, S.mnt) < 0 || syscall(SYS_pivot_root, ".", ".") < 0 ||
 	    syscall(SYS_umount2, ".", MNT_DETACH) < 0 || syscall(SYS_chdir, "/") < 0)
 		die("cannot pivot_root into", S.mnt);
-	/* No capability may come back: not through the bounding set, ambient set, root's
-	 * special status (locked off), or by keeping them across the change of uid, which
-	 * clears them. */
-	for (int cap = 0; cap < 64; cap++)
-		syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0);
-	if (syscall(SYS_prctl, PR_SET_SECUREBITS,
-		    SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
-		    SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED, 0, 0, 0) < 0)
+	/* The change of uid that follows clears what is left. */
+	if (jail_drop_capabilities(false) < 0)
 		die("cannot lock its securebits", NULL);
-	syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
 	if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, j->gid, j->gid, j->gid) < 0 ||
 	    syscall(SYS_setresuid, j->uid, j->uid, j->uid) < 0)
 		die("cannot take its uid", NULL);

@@ -64,6 +64,13 @@ int jail_give(const struct jail *j, const char *path);
  * never runs half jailed. */
 void jail_enter(const struct jail *j);
 
+/* Raw system calls, for a child before exec, as root: no capability may come back to
+ * it or to what it execs. The bounding and ambient sets are emptied and root's special
+ * status is switched off and locked, so exec grants nothing; stays_root: it keeps uid 0
+ * (the uid fixup is locked off too), else a change of uid follows, which clears the
+ * rest. 0, or -1 when the securebits could not be set. */
+int jail_drop_capabilities(bool stays_root);
+
 /* Mounts more of the host into the running VM process behind pidfd (same paths;
  * already mounted ones are skipped). Blocks briefly (a helper process): worker
  * threads only. 0 or -errno with err. */

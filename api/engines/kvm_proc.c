@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/sched.h>
-#include <linux/securebits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -115,21 +114,6 @@ void kvm_write_error_file(const char *dir, const char *msg)
 
 /* ---- spawning a jailed mitos-vmm ---- */
 
-/* The VMM needs no privilege: /dev/kvm, the snapshots and the disks are root's files,
- * which uid 0 reaches without capabilities. exec as root would grant every capability
- * back unless root's special status is switched off first (securebits), and then the
- * bounding and ambient sets are emptied for good. Raw system calls (see vm_child). */
-static void drop_capabilities(void)
-{
-	syscall(SYS_prctl, PR_SET_SECUREBITS,
-		SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
-		SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED, 0, 0, 0);
-	syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-	/* Past the last capability this kernel knows, PR_CAPBSET_DROP fails harmlessly. */
-	for (int cap = 0; cap < 64; cap++)
-		syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0);
-}
-
 /* The child between clone3 and exec: serve has threads, so only raw system calls here. */
 static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, const struct cg_entry *ce,
 					       const struct jail *jail)
@@ -146,7 +130,9 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
 			/* /proc shows this VM only, and read-only: a sysctl is writable by file
 			 * mode alone, which uid 0 without capabilities would pass. */
 			syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL);
-			drop_capabilities();
+			/* The VMM needs no privilege: /dev/kvm, the snapshots and the disks are
+			 * root's files, which uid 0 reaches without capabilities. */
+			jail_drop_capabilities(true);
 		}
 	}
 	syscall(SYS_setsid);

@@ -276,6 +276,41 @@ START_TEST(seal_makes_a_snapshot_roots_and_read_only)
 }
 END_TEST
 
+/* Without a jail (the default) a VM process stays uid 0; what it execs has no
+ * capability all the same. */
+START_TEST(root_without_capabilities_gains_none_by_exec)
+{
+	int out[2];
+	ck_assert_int_eq(pipe(out), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		dup2(out[1], 1);
+		if (jail_drop_capabilities(true) < 0)
+			_exit(3);
+		char *argv[] = { "cat", "/proc/self/status", NULL }, *envp[] = { NULL };
+		execve("/bin/cat", argv, envp);
+		_exit(99);
+	}
+	close(out[1]);
+	char buf[4096] = "";
+	size_t n = 0;
+	ssize_t r;
+	while (n < sizeof(buf) - 1 && (r = read(out[0], buf + n, sizeof(buf) - 1 - n)) > 0)
+		n += (size_t)r;
+	close(out[0]);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "ended with %d", st);
+	ck_assert_msg(strstr(buf, "Uid:\t0\t0\t0\t0"), "%s", buf);
+	static const char *const sets[] = { "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb" };
+	for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
+		const char *l = strstr(buf, sets[i]);
+		ck_assert_msg(l && strtoull(l + strlen(sets[i]) + 1, NULL, 16) == 0, "%s in: %s", sets[i], buf);
+	}
+}
+END_TEST
+
 /* The uid range may be moved, never onto root or onto this host's own users. */
 START_TEST(uid_range_refuses_root_and_host_users)
 {
@@ -403,6 +438,7 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, the_vmm_starts_in_a_jail);
 	tcase_add_test(tc, claim_keeps_only_what_it_should);
 	tcase_add_test(tc, uid_range_refuses_root_and_host_users);
+	tcase_add_test(tc, root_without_capabilities_gains_none_by_exec);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
