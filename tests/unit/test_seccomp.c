@@ -15,8 +15,10 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vmm/seccomp.h"
@@ -67,6 +69,13 @@ static void allowed_calls(void)
 	if (ioctl(fd, KVM_GET_API_VERSION, 0) != -1)
 		_exit(13);
 	close(fd);
+	/* The clocks as system calls, as the vDSO makes them where the clocksource has no
+	 * user-space path (hosts without a stable TSC). */
+	struct timespec ts;
+	struct timeval tv;
+	if (syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts) || syscall(SYS_clock_getres, CLOCK_MONOTONIC, &ts) ||
+	    syscall(SYS_gettimeofday, &tv, NULL) || syscall(SYS_time, NULL) <= 0)
+		_exit(15);
 	/* clone3 is refused softly, so that glibc falls back to clone (threads only). */
 	if (syscall(SYS_clone3, NULL, 0) != -1 || errno != ENOSYS)
 		_exit(14);
