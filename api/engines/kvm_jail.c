@@ -7,6 +7,7 @@
 #include <linux/capability.h>
 #include <linux/mount.h>
 #include <linux/securebits.h>
+#include <poll.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
@@ -18,13 +19,19 @@
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lib/clock.h"
+
 #ifndef MNT_DETACH
 #define MNT_DETACH 2 /* <sys/mount.h>, which cannot be included beside <linux/mount.h> */
 #endif
+/* How long jail_bind_more waits for a VM just started to be in its jail: generous, for
+ * hosts where a process start is slow (emulation, a loaded machine). */
+#define JAIL_ENTER_MS 10000
 
 /* What every jail holds of the host, found once at start: directories bound read-only
  * and the top-level links into them (/lib64 -> usr/lib64 on merged-/usr systems),
@@ -287,7 +294,9 @@ struct more_ctx {
 	int pidfd;
 	const struct jail *more;
 	const int *fds;
-	int step, err; /* what failed: -1 setns, else the path's index */
+	const struct stat *src; /* what each fd's tree is (its root's device and inode) */
+	dev_t host_root;        /* serve's root's device */
+	int step, err;          /* what failed: -1 setns, -2 not in its jail yet, else the path's index */
 };
 
 /* In a child sharing serve's memory (serve waits: vfork): enters the VM's mount
@@ -300,11 +309,24 @@ static int more_child(void *arg)
 		c->err = errno;
 		return 1;
 	}
+	/* A VM just cloned may still be on its way into its jail: what were mounted now
+	 * would land in the old root, which pivot_root then drops. */
+	struct statx root;
+	if (syscall(SYS_statx, AT_FDCWD, "/", 0, STATX_BASIC_STATS, &root) < 0 ||
+	    makedev(root.stx_dev_major, root.stx_dev_minor) == c->host_root) {
+		c->step = -2;
+		c->err = EAGAIN;
+		return 1;
+	}
 	for (unsigned i = 0; i < c->more->n; i++) {
 		const struct jail_path *p = &c->more->p[i];
+		/* Mounted there already and still the same object: nothing to do. A different
+		 * one (a template deleted and built again under its name while a prepared VM
+		 * held the old one) is covered by the new mount. */
 		struct statx sx;
 		if (syscall(SYS_statx, AT_FDCWD, p->path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &sx) == 0 &&
-		    (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		    (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) &&
+		    sx.stx_ino == c->src[i].st_ino && makedev(sx.stx_dev_major, sx.stx_dev_minor) == c->src[i].st_dev)
 			continue;
 		int r = make_mount_point(p->path, p->dir);
 		if (r == 0 && syscall(SYS_move_mount, c->fds[i], "", AT_FDCWD, p->path, MOVE_MOUNT_F_EMPTY_PATH) < 0)
@@ -318,9 +340,17 @@ static int more_child(void *arg)
 	return 0;
 }
 
+/* Whether the process behind pidfd has ended. */
+static bool pidfd_exited(int pidfd)
+{
+	struct pollfd pf = { .fd = pidfd, .events = POLLIN };
+	return poll(&pf, 1, 0) != 0;
+}
+
 int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 {
 	int fds[JAIL_MAX_PATHS];
+	struct stat src[JAIL_MAX_PATHS];
 	unsigned n = 0;
 	int rc = 0;
 	for (; n < more->n; n++) {
@@ -328,7 +358,8 @@ int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 		fds[n] = (int)syscall(SYS_open_tree, AT_FDCWD, p->path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
 		struct mount_attr a = { .attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC |
 						    (p->rw ? 0 : MOUNT_ATTR_RDONLY) };
-		if (fds[n] < 0 || syscall(SYS_mount_setattr, fds[n], "", AT_EMPTY_PATH, &a, sizeof(a)) < 0) {
+		if (fds[n] < 0 || syscall(SYS_mount_setattr, fds[n], "", AT_EMPTY_PATH, &a, sizeof(a)) < 0 ||
+		    fstat(fds[n], &src[n]) < 0) {
 			rc = -errno;
 			snprintf(err, errlen, "cannot copy the mount of %.300s for a VM: %s", p->path, strerror(errno));
 			if (fds[n] >= 0)
@@ -336,25 +367,45 @@ int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 			break;
 		}
 	}
-	if (!rc) {
-		struct more_ctx c = { .pidfd = pidfd, .more = more, .fds = fds };
-		size_t stack_size = 64 * 1024;
-		char *stack = malloc(stack_size);
-		pid_t pid = stack ? clone(more_child, stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &c) : -1;
+	struct stat host_root;
+	if (!rc && stat("/", &host_root) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "cannot stat /: %s", strerror(errno));
+	}
+	size_t stack_size = 64 * 1024;
+	char *stack = rc ? NULL : malloc(stack_size);
+	if (!rc && !stack) {
+		rc = -ENOMEM;
+		snprintf(err, errlen, "out of memory");
+	}
+	/* Until the VM is in its jail (a few ms after its clone), or for JAIL_ENTER_MS. */
+	uint64_t give_up = mono_ms() + JAIL_ENTER_MS;
+	while (stack) {
+		struct more_ctx c = { .pidfd = pidfd, .more = more, .fds = fds, .src = src, .host_root = host_root.st_dev };
+		pid_t pid = clone(more_child, stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &c);
 		int st = 0;
 		if (pid < 0) {
-			rc = stack ? -errno : -ENOMEM;
+			rc = -errno;
 			snprintf(err, errlen, "cannot start the helper that mounts into a VM's root: %s", strerror(-rc));
 		} else if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
 			rc = c.err ? -c.err : -EIO;
-			if (c.step < 0)
+			if (c.step == -2 && mono_ms() < give_up && !pidfd_exited(pidfd)) {
+				usleep(1000);
+				continue;
+			}
+			if (c.step == -2)
+				snprintf(err, errlen, "the VM did not enter its jail within %d ms", JAIL_ENTER_MS);
+			else if (c.step < 0)
 				snprintf(err, errlen, "cannot enter the VM's mount namespace: %s", strerror(-rc));
 			else
 				snprintf(err, errlen, "cannot mount %.300s into the VM's root: %s", more->p[c.step].path,
 					 strerror(-rc));
+		} else {
+			rc = 0;
 		}
-		free(stack);
+		break;
 	}
+	free(stack);
 	for (unsigned i = 0; i < n; i++)
 		close(fds[i]);
 	return rc;

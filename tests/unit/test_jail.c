@@ -167,6 +167,11 @@ static void jailed(const struct jail *j)
 	errno = 0;
 	expect(open(p, O_WRONLY) < 0 && errno == EROFS, "cannot write what was mounted in later read-only");
 	expect(reads(path_secret, "token"), "reads a file mounted in later (a disk image)");
+	/* The host's directory is replaced under the same name (a template built again). */
+	say("waiting");
+	if (read(go_fd, &c, 1) != 1)
+		_exit(3);
+	expect(reads(p, "again"), "reads what replaced a directory mounted in before");
 	say("done");
 	_exit(0);
 }
@@ -208,7 +213,23 @@ START_TEST(jailed_process_has_nothing_else)
 	char line[400];
 	int oks = 0;
 	bool done = false;
+	int waits = 0;
 	while (fgets(line, sizeof(line), f)) {
+		if (!strcmp(line, "waiting\n") && waits++) {
+			char old[300], fp[300];
+			snprintf(old, sizeof(old), "%s.old", path_late);
+			snprintf(fp, sizeof(fp), "%s/f", path_late);
+			ck_assert_int_eq(rename(path_late, old), 0);
+			ck_assert_int_eq(mkdir(path_late, 0755), 0);
+			put(fp, "again", 0644);
+			struct jail more;
+			jail_new(&more);
+			ck_assert_int_eq(jail_add(&more, path_late, false), 0);
+			char err[400] = "";
+			ck_assert_msg(jail_bind_more(pidfd, &more, err, sizeof(err)) == 0, "%s", err);
+			ck_assert_int_eq(write(go[1], "g", 1), 1);
+			continue;
+		}
 		if (!strcmp(line, "waiting\n")) {
 			struct jail more;
 			jail_new(&more);
@@ -236,7 +257,7 @@ START_TEST(jailed_process_has_nothing_else)
 	ck_assert_int_eq(waitpid((pid_t)pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the jailed process ended with %d", st);
 	ck_assert(done);
-	ck_assert_int_eq(oks, 15);
+	ck_assert_int_eq(oks, 16);
 	/* Its file on the host is its uid's. */
 	char p[300];
 	snprintf(p, sizeof(p), "%s/mine", path_rw);
@@ -245,6 +266,45 @@ START_TEST(jailed_process_has_nothing_else)
 	ck_assert_uint_eq(s.st_uid, j.uid);
 	/* A missing path is refused when it is added, not when the VM starts. */
 	ck_assert_int_eq(jail_add(&j, "/nonexistent/mitos", false), -ENOENT);
+	close(pidfd);
+}
+END_TEST
+
+/* serve mounts a restore's files into a VM started a moment ago: the mount must wait
+ * until the VM is in its jail, or it lands in the root pivot_root drops. */
+START_TEST(mounts_wait_for_the_jail)
+{
+	if (geteuid() != 0)
+		return;
+	struct jail j;
+	jail_new(&j);
+	int pidfd = -1;
+	struct clone_args ca = { .flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_PIDFD,
+				 .pidfd = (uint64_t)(uintptr_t)&pidfd, .exit_signal = SIGCHLD };
+	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+			_exit(2);
+		usleep(200000); /* a slow start */
+		jail_enter(&j);
+		for (int i = 0; i < 500; i++) {
+			char p[300];
+			snprintf(p, sizeof(p), "%s/f", path_late);
+			if (reads(p, "later"))
+				_exit(0);
+			usleep(10000);
+		}
+		_exit(4);
+	}
+	struct jail more;
+	jail_new(&more);
+	ck_assert_int_eq(jail_add(&more, path_late, false), 0);
+	char err[400] = "";
+	ck_assert_msg(jail_bind_more(pidfd, &more, err, sizeof(err)) == 0, "%s", err);
+	int st;
+	ck_assert_int_eq(waitpid((pid_t)pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the jailed process ended with %d", st);
 	close(pidfd);
 }
 END_TEST
@@ -434,6 +494,7 @@ int main(int argc, char **argv)
 	tcase_add_checked_fixture(tc, setup, cleanup);
 	tcase_set_timeout(tc, 20);
 	tcase_add_test(tc, jailed_process_has_nothing_else);
+	tcase_add_test(tc, mounts_wait_for_the_jail);
 	tcase_add_test(tc, seal_makes_a_snapshot_roots_and_read_only);
 	tcase_add_test(tc, the_vmm_starts_in_a_jail);
 	tcase_add_test(tc, claim_keeps_only_what_it_should);
