@@ -53,7 +53,8 @@ static const struct err_info infos[AE_COUNT_] = {
 	[AE_LIMIT_EXCEEDED] = { "quota_exceeded", 429, "resource_exhausted",
 		"delete sandboxes you no longer need, or ask for fewer" },
 	[AE_UNAVAILABLE] = { "unavailable", 503, "unavailable",
-		"the server is shutting down; retry against a running server" },
+		"retry in a moment: the message says what was not ready (a server shutting down, a template "
+		"still being built, a sandbox's own server)" },
 	[AE_NODE_DRAINING] = { "node_draining", 503, "unavailable",
 		"create the sandbox on another node; a cluster router retries there by itself" },
 	[AE_UNIMPLEMENTED] = { "unimplemented", 501, "unimplemented",

@@ -138,8 +138,10 @@ def vm_pids(state_dir):
 
 
 def pool_ready(s):
+    """Prepared VMs: their control sockets (a jailed VM's is in its own vm/)."""
     pool = os.path.join(s.state_dir, "kvm", "pool")
-    return sum(1 for d in os.listdir(pool) if os.path.exists(os.path.join(pool, d, "control")))
+    own = "vm/control" if JAIL else "control"
+    return sum(1 for d in os.listdir(pool) if os.path.exists(os.path.join(pool, d, own)))
 
 
 # ---------------------------------------------------------------- tests
