@@ -55,10 +55,11 @@ static void usage(FILE *f)
 		"  --engine NAME        kvm (microVMs) or process (namespaces); default: kvm where\n"
 		"                       `mitos-vmm check` finds hardware virtualization, else process\n"
 		"  --kvm-pool N         kvm: VMs prepared ahead per VM shape (default 2, 0..64)\n"
-		"  --vm-jail            kvm: each VM process under a uid of its own (%u and up)\n"
-		"                       in a root of its own holding only its files (needs root;\n"
-		"                       not the default yet: see api/API.md, \"The VM jail\")\n"
-		"  --vm-uid-base N      --vm-jail: VMs get uids N+1..N+%u, group N (default %u;\n"
+		"  --no-vm-jail         kvm: VM processes run as uid 0 (without capabilities) and\n"
+		"                       see the host's files; by default, where serve is root, each\n"
+		"                       runs under a uid of its own (%u and up) in a root of its\n"
+		"                       own holding only its files (api/API.md, \"The VM jail\")\n"
+		"  --vm-uid-base N      the jail's uids: N+1..N+%u, group N (default %u;\n"
 		"                       refused if a user or group of this host is in the range)\n"
 		"  --pids-max N         process: processes and threads per sandbox when its template\n"
 		"                       sets no pids_max (default 1024, 16..4194304)\n"
@@ -279,7 +280,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_DRAIN 1015
 #define OPT_DISK_MIB 1016
 #define OPT_PREVIEW_PATHS 1017
-#define OPT_VM_JAIL 1018
+#define OPT_NO_VM_JAIL 1018
 #define OPT_VM_UID_BASE 1019
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
@@ -315,7 +316,7 @@ int cmd_serve(int argc, char **argv)
 		{ "default-timeout", required_argument, NULL, OPT_DEF_TIMEOUT },
 		{ "images", required_argument, NULL, OPT_IMAGES },
 		{ "kvm-pool", required_argument, NULL, OPT_KVM_POOL },
-		{ "vm-jail", no_argument, NULL, OPT_VM_JAIL },
+		{ "no-vm-jail", no_argument, NULL, OPT_NO_VM_JAIL },
 		{ "vm-uid-base", required_argument, NULL, OPT_VM_UID_BASE },
 		{ "pids-max", required_argument, NULL, OPT_PIDS_MAX },
 		{ "sandbox-disk-mib", required_argument, NULL, OPT_DISK_MIB },
@@ -362,7 +363,7 @@ int cmd_serve(int argc, char **argv)
 		case OPT_NODE_ID: bad = node_set_tag(optarg); break;
 		case OPT_PEERS: srv_cfg.peers_file = optarg; break;
 		case OPT_DRAIN: node_set_draining(true); break;
-		case OPT_VM_JAIL: engine_kvm_set_jail(true); break;
+		case OPT_NO_VM_JAIL: engine_kvm_set_jail(false); break;
 		case OPT_VM_UID_BASE:
 			bad = parse_u64(optarg, 1, UINT32_MAX - JAIL_UIDS - 1, &v);
 			jail_set_uid_base((uint32_t)v);

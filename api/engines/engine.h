@@ -110,8 +110,8 @@ void engine_process_set_pids_max(unsigned n);
  * no quota. */
 #define ENGINE_PROCESS_DISK_MIB 5120
 void engine_process_set_disk_mib(unsigned n);
-/* Each VM process under a uid of its own in a root of its own (api/engines/kvm_jail.h);
- * needs root. Before engine_kvm_configure. */
+/* Each VM process under a uid of its own in a root of its own (api/engines/kvm_jail.h):
+ * on by default where serve is root (off: --no-vm-jail). Before engine_kvm_configure. */
 void engine_kvm_set_jail(bool on);
 /* Checks that the kvm engine can run here (/dev/kvm); fills why if not. */
 int engine_kvm_available(char *why, size_t whylen);

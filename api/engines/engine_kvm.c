@@ -18,8 +18,8 @@
  * - Each VM process is jailed as far as the host allows: new mount (private, read-only
  *   /proc), pid, ipc, uts and net namespaces, no capabilities (uid 0 without privilege),
  *   no_new_privs, a seccomp allowlist it installs itself once prepared (`--seccomp`,
- *   vmm/seccomp.c), and a cgroup with memory and CPU limits (api/engines/cgroup.c); with
- *   --vm-jail also a uid and a root of its own (kvm_jail.c). api/API.md says what each
+ *   vmm/seccomp.c), a cgroup with memory and CPU limits (api/engines/cgroup.c), and
+ *   unless --no-vm-jail a uid and a root of its own (kvm_jail.c). api/API.md says what each
  *   does and what is missing.
  *
  * Everything that waits on a guest (restore, layer snapshots, template boots) runs on a
@@ -49,7 +49,7 @@
 #include "vmm/control.h"
 #include "vmm/kvm_vm.h"
 
-struct kvm_state K = { .vmm_fd = -1, .kvm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
+struct kvm_state K = { .jail = true, .vmm_fd = -1, .kvm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
 		       .lanes = { [LANE_SHORT].cv = PTHREAD_COND_INITIALIZER, [LANE_LONG].cv = PTHREAD_COND_INITIALIZER } };
 
 /* ---- sandboxes ---- */
@@ -514,8 +514,11 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 	cgroup_init("mitos-vms", K.ns, limits, sizeof(limits));
 	if (K.jail && !K.ns) {
 		K.jail = false;
-		snprintf(jail, sizeof(jail), "; NOT --vm-jail: it needs serve to be root");
-	} else if (K.jail) {
+		snprintf(jail, sizeof(jail), "; NOT jailed: a uid and root of its own need serve to be root");
+	} else if (!K.jail) {
+		snprintf(jail, sizeof(jail), "; NOT jailed (--no-vm-jail): uid 0 without capabilities, the host's "
+			 "files visible");
+	} else {
 		char mnt[PLEN], why[300] = "";
 		K.kvm_fd = open(kvm_device_path(), O_RDWR | O_CLOEXEC);
 		int rc = K.kvm_fd < 0 ? -errno : 0;
@@ -524,7 +527,8 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 		else if (!(rc = kvm_pathf(mnt, "%s/kvm/jail", real)))
 			rc = jail_init(mnt, "/proc/self/exe", why, sizeof(why));
 		if (rc) {
-			snprintf(err, errlen, "--vm-jail: %s", why);
+			snprintf(err, errlen, "cannot set up the VM jail: %s (fix that, or start serve with "
+				 "--no-vm-jail to run VM processes as uid 0 without capabilities)", why);
 			return rc;
 		}
 		snprintf(jail, sizeof(jail), "; own uid (%u and up, group %u) and own root (pivot_root: its own files, "

@@ -1,7 +1,7 @@
 /* What the kvm engine's files share (engine_kvm.c: sandboxes, start-up; kvm_layers.c:
  * layers and writing one; kvm_proc.c: one mitos-vmm process, the worker threads and
  * what they ask a VM; kvm_pool.c: prepared VMs; kvm_build.c: templates; kvm_jail.c:
- * the jail of --vm-jail). One state, K, owned by the event loop except where a comment
+ * the jail of each VM). One state, K, owned by the event loop except where a comment
  * says otherwise. */
 #ifndef MITOS_API_KVM_INTERNAL_H
 #define MITOS_API_KVM_INTERNAL_H
