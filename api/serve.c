@@ -59,6 +59,7 @@ static void usage(FILE *f)
 		"                       see the host's files; by default, where serve is root, each\n"
 		"                       runs under a uid of its own (%u and up) in a root of its\n"
 		"                       own holding only its files (api/API.md, \"The VM jail\")\n"
+		"  --vm-jail            the default (kept for scripts written when it was not)\n"
 		"  --vm-uid-base N      the jail's uids: N+1..N+%u, group N (default %u;\n"
 		"                       refused if a user or group of this host is in the range)\n"
 		"  --pids-max N         process: processes and threads per sandbox when its template\n"
@@ -281,6 +282,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_DISK_MIB 1016
 #define OPT_PREVIEW_PATHS 1017
 #define OPT_NO_VM_JAIL 1018
+#define OPT_VM_JAIL 1020
 #define OPT_VM_UID_BASE 1019
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
@@ -317,6 +319,7 @@ int cmd_serve(int argc, char **argv)
 		{ "images", required_argument, NULL, OPT_IMAGES },
 		{ "kvm-pool", required_argument, NULL, OPT_KVM_POOL },
 		{ "no-vm-jail", no_argument, NULL, OPT_NO_VM_JAIL },
+		{ "vm-jail", no_argument, NULL, OPT_VM_JAIL }, /* the default now; kept for scripts */
 		{ "vm-uid-base", required_argument, NULL, OPT_VM_UID_BASE },
 		{ "pids-max", required_argument, NULL, OPT_PIDS_MAX },
 		{ "sandbox-disk-mib", required_argument, NULL, OPT_DISK_MIB },
@@ -364,6 +367,7 @@ int cmd_serve(int argc, char **argv)
 		case OPT_PEERS: srv_cfg.peers_file = optarg; break;
 		case OPT_DRAIN: node_set_draining(true); break;
 		case OPT_NO_VM_JAIL: engine_kvm_set_jail(false); break;
+		case OPT_VM_JAIL: engine_kvm_set_jail(true); break;
 		case OPT_VM_UID_BASE:
 			bad = parse_u64(optarg, 1, UINT32_MAX - JAIL_UIDS - 1, &v);
 			jail_set_uid_base((uint32_t)v);
