@@ -110,6 +110,18 @@ if ((python)); then
 	cat "$files" "$pycache" | tar -cf - --no-recursion -T - 2>/dev/null |
 		tar -xf - -C "$stage" --keep-directory-symlink
 	rm -f "$files" "$pycache"
+	# Links that postinst scripts make with update-alternatives are not listed by dpkg:
+	# without /usr/lib/x86_64-linux-gnu/libblas.so.3 (-> /etc/alternatives/... ->
+	# blas/libblas.so.3) numpy cannot load. Each alternative whose chosen file was copied
+	# gets its link, pointing at that file.
+	for alt in /etc/alternatives/*; do
+		target=$(readlink -f "$alt") || continue
+		[[ -e $stage$target ]] || continue
+		link=$(update-alternatives --query "${alt##*/}" 2>/dev/null | sed -n 's/^Link: //p')
+		[[ -n $link && ! -e $stage$link && ! -L $stage$link ]] || continue
+		mkdir -p "$stage$(dirname "$link")"
+		ln -s "$target" "$stage$link"
+	done
 	[[ -x $stage/usr/bin/python3 ]] || die "python3 did not make it into the image"
 	cp "$helper" "$stage/usr/share/mitos/mitos_kernel.py"
 fi
