@@ -115,6 +115,17 @@ static bool reads(const char *path, const char *want)
 	return n >= 0 && !strcmp(b, want);
 }
 
+/* A child in new mount and pid namespaces, as serve starts a VM process: its pid (0 in
+ * the child), its pidfd in *pidfd. */
+static long clone_into_namespaces(int *pidfd)
+{
+	struct clone_args ca = { .flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_PIDFD,
+				 .pidfd = (uint64_t)(uintptr_t)pidfd, .exit_signal = SIGCHLD };
+	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+	ck_assert_int_ge(pid, 0);
+	return pid;
+}
+
 static void jailed(const struct jail *j)
 {
 	if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
@@ -196,10 +207,7 @@ START_TEST(jailed_process_has_nothing_else)
 	ck_assert_int_eq(pipe(out), 0);
 	ck_assert_int_eq(pipe(go), 0);
 	int pidfd = -1;
-	struct clone_args ca = { .flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_PIDFD,
-				 .pidfd = (uint64_t)(uintptr_t)&pidfd, .exit_signal = SIGCHLD };
-	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
-	ck_assert_int_ge(pid, 0);
+	long pid = clone_into_namespaces(&pidfd);
 	if (pid == 0) {
 		close(out[0]);
 		close(go[1]);
@@ -279,10 +287,7 @@ START_TEST(mounts_wait_for_the_jail)
 	struct jail j;
 	jail_new(&j);
 	int pidfd = -1;
-	struct clone_args ca = { .flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_PIDFD,
-				 .pidfd = (uint64_t)(uintptr_t)&pidfd, .exit_signal = SIGCHLD };
-	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
-	ck_assert_int_ge(pid, 0);
+	long pid = clone_into_namespaces(&pidfd);
 	if (pid == 0) {
 		if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 			_exit(2);
