@@ -1,6 +1,6 @@
 /* Fuzz target: a client's JSON body as every handler reads it
  * (api/http/json_request.c): one value, nothing after it, no key twice. What it
- * accepts must print and read back to itself, unchanged. */
+ * accepts must print, read back and print again to the same text. */
 #include <assert.h>
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -15,10 +15,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cJSON *v = json_parse_request(data, size);
 	if (!v)
 		return 0;
+	/* Printed, read back and printed again, the same text. (Not cJSON_Compare: it
+	 * compares every object both ways at every level, 2^depth steps; a 1.2 KB input of
+	 * nested objects took 20 s and ran this target at 30 inputs a second.) */
 	char *text = cJSON_PrintUnformatted(v);
 	if (text) {
 		cJSON *again = json_parse_request(text, strlen(text));
-		assert(again && cJSON_Compare(v, again, 1));
+		assert(again);
+		char *text2 = cJSON_PrintUnformatted(again);
+		assert(!text2 || !strcmp(text, text2));
+		free(text2);
 		cJSON_Delete(again);
 		free(text);
 	}
