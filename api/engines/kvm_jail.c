@@ -393,7 +393,9 @@ int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 				usleep(1000);
 				continue;
 			}
-			if (c.step == -2)
+			if (c.step == -2 && pidfd_exited(pidfd))
+				snprintf(err, errlen, "the VM process exited before it was in its jail (its console says why)");
+			else if (c.step == -2)
 				snprintf(err, errlen, "the VM did not enter its jail within %d ms", JAIL_ENTER_MS);
 			else if (c.step < 0)
 				snprintf(err, errlen, "cannot enter the VM's mount namespace: %s", strerror(-rc));
