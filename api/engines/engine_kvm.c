@@ -130,7 +130,7 @@ static void restore_run(struct kjob *kj)
 	if (!rc) {
 		/* The guest's listeners survived the snapshot: the agent takes connections now. */
 		(void)!write(j->ready_fd, "R", 1);
-	} else if (!kvm_proc_exited(j->pidfd)) {
+	} else if (!pidfd_exited(j->pidfd)) {
 		/* Still ours to report (a sandbox killed meanwhile has its dir removed). */
 		kvm_write_error_file(j->dir, err);
 		syscall(SYS_pidfd_send_signal, j->pidfd, SIGKILL, NULL, 0);

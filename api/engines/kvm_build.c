@@ -91,7 +91,7 @@ static void build_run(struct kjob *kj)
 			snprintf(err, sizeof(err), "the server is shutting down");
 			break;
 		}
-		if (kvm_proc_exited(b->pidfd)) {
+		if (pidfd_exited(b->pidfd)) {
 			char tail[300];
 			kvm_console_tail(b->console, tail, sizeof(tail));
 			rc = -ECHILD;

@@ -16,6 +16,7 @@
 #include "api/engines/cgroup.h"
 #include "api/engines/engine.h"
 #include "api/engines/kvm_jail.h"
+#include "lib/pidfd.h"
 #include "api/engines/teardown.h"
 #include "api/http/uring.h"
 #include "vmm/control_proto.h"
@@ -135,7 +136,6 @@ extern struct kvm_state K;
 /* ---- kvm_proc.c ---- */
 int kvm_pathf(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool kvm_is_socket(const char *path);
-bool kvm_proc_exited(int pidfd);
 void kvm_console_tail(const char *path, char *out, size_t outlen);
 void kvm_write_error_file(const char *dir, const char *msg);
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,

@@ -7,7 +7,6 @@
 #include <linux/capability.h>
 #include <linux/mount.h>
 #include <linux/securebits.h>
-#include <poll.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
@@ -25,6 +24,7 @@
 #include <unistd.h>
 
 #include "lib/clock.h"
+#include "lib/pidfd.h"
 
 #ifndef MNT_DETACH
 #define MNT_DETACH 2 /* <sys/mount.h>, which cannot be included beside <linux/mount.h> */
@@ -338,13 +338,6 @@ static int more_child(void *arg)
 		}
 	}
 	return 0;
-}
-
-/* Whether the process behind pidfd has ended. */
-static bool pidfd_exited(int pidfd)
-{
-	struct pollfd pf = { .fd = pidfd, .events = POLLIN };
-	return poll(&pf, 1, 0) != 0;
 }
 
 int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)

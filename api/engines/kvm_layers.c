@@ -124,7 +124,7 @@ static int layer_dir_for_jail(const struct snap_job *j, char *err, size_t errlen
 	snprintf(proc, sizeof(proc), "/proc/%d", (int)j->pid);
 	struct jail more;
 	more.n = 0;
-	int rc = stat(proc, &st) < 0 || kvm_proc_exited(j->pidfd) ? -ESRCH : 0;
+	int rc = stat(proc, &st) < 0 || pidfd_exited(j->pidfd) ? -ESRCH : 0;
 	if (!rc && mkdir(j->layer->dir, 0700) < 0)
 		rc = -errno;
 	if (!rc && chown(j->layer->dir, st.st_uid, st.st_gid) < 0)

@@ -164,7 +164,7 @@ static void pool_check(void)
 		struct shape_pool *sp = &K.pools[i];
 		for (struct pool_vm *pv = sp->idle, *n; sp->used && pv; pv = n) {
 			n = pv->next;
-			if (!kvm_proc_exited(pv->p.pidfd))
+			if (!pidfd_exited(pv->p.pidfd))
 				continue;
 			char files[PLEN], path[PLEN], tail[300];
 			kvm_vm_files(pv->dir, files);
@@ -229,7 +229,7 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 		/* Still being prepared: leave it for the next one. */
 		if (!kvm_is_socket(from))
 			continue;
-		if (kvm_proc_exited(pv->p.pidfd)) {
+		if (pidfd_exited(pv->p.pidfd)) {
 			kvm_pool_drop(sp, pv);
 			continue;
 		}

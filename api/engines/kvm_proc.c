@@ -53,12 +53,6 @@ bool kvm_is_socket(const char *path)
 	return lstat(path, &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
-bool kvm_proc_exited(int pidfd)
-{
-	struct pollfd p = { .fd = pidfd, .events = POLLIN };
-	return pidfd < 0 || poll(&p, 1, 0) != 0;
-}
-
 /* The end of a console log, on one line: why a guest or a VMM gave up. */
 void kvm_console_tail(const char *path, char *out, size_t outlen)
 {
@@ -455,8 +449,8 @@ int kvm_ctl_request(const char *sock, const struct ctl_request *cr, int timeout_
 			return ok ? 0 : -EIO;
 		}
 		bool not_yet = e.code == -ENOENT || e.code == -ECONNREFUSED;
-		if (!not_yet || ur_mono_ms() > give_up || K.stopping || kvm_proc_exited(pidfd)) {
-			snprintf(err, errlen, "%.300s", not_yet && kvm_proc_exited(pidfd) ? "the VM process exited" :
+		if (!not_yet || ur_mono_ms() > give_up || K.stopping || pidfd_exited(pidfd)) {
+			snprintf(err, errlen, "%.300s", not_yet && pidfd_exited(pidfd) ? "the VM process exited" :
 				 not_yet ? "the VM did not open its control socket in time" : e.msg);
 			cJSON_Delete(req);
 			return e.code ? e.code : -EIO;
