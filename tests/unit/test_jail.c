@@ -115,6 +115,17 @@ static bool reads(const char *path, const char *want)
 	return n >= 0 && !strcmp(b, want);
 }
 
+/* What a child wrote to fd until it closed it, as a string (cut at len - 1); closes fd. */
+static void read_to_end(int fd, char *buf, size_t len)
+{
+	size_t n = 0;
+	ssize_t r;
+	while (n < len - 1 && (r = read(fd, buf + n, len - 1 - n)) > 0)
+		n += (size_t)r;
+	buf[n] = 0;
+	close(fd);
+}
+
 /* A child in new mount and pid namespaces, as serve starts a VM process: its pid (0 in
  * the child), its pidfd in *pidfd. */
 static long clone_into_namespaces(int *pidfd)
@@ -358,12 +369,8 @@ START_TEST(root_without_capabilities_gains_none_by_exec)
 		_exit(99);
 	}
 	close(out[1]);
-	char buf[4096] = "";
-	size_t n = 0;
-	ssize_t r;
-	while (n < sizeof(buf) - 1 && (r = read(out[0], buf + n, sizeof(buf) - 1 - n)) > 0)
-		n += (size_t)r;
-	close(out[0]);
+	char buf[4096];
+	read_to_end(out[0], buf, sizeof(buf));
 	int st;
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "ended with %d", st);
@@ -474,12 +481,8 @@ START_TEST(the_vmm_starts_in_a_jail)
 		_exit(98);
 	}
 	close(out[1]);
-	char buf[2000] = "";
-	size_t n = 0;
-	ssize_t r;
-	while (n < sizeof(buf) - 1 && (r = read(out[0], buf + n, sizeof(buf) - 1 - n)) > 0)
-		n += (size_t)r;
-	close(out[0]);
+	char buf[2000];
+	read_to_end(out[0], buf, sizeof(buf));
 	int st;
 	ck_assert_int_eq(waitpid((pid_t)pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "mitos-vmm ended with %d: %s", st, buf);
