@@ -1,6 +1,7 @@
 #include "api/http/errors.h"
 
 #include <cjson/cJSON.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,10 +67,27 @@ static const struct err_info infos[AE_COUNT_] = {
 		"retry; if it persists, report it with the server's log" },
 };
 
-const char *api_err_code(enum api_err e) { return infos[e].code; }
-int api_err_status(enum api_err e) { return infos[e].status; }
-const char *api_err_connect_code(enum api_err e) { return infos[e].connect; }
-const char *api_err_remediation(enum api_err e) { return infos[e].remediation; }
+/* A failure nobody classified is the server's own. */
+static const struct err_info *info(enum api_err e)
+{
+	return &infos[e == AE_NONE ? AE_INTERNAL : e];
+}
+
+const char *api_err_code(enum api_err e) { return info(e)->code; }
+int api_err_status(enum api_err e) { return info(e)->status; }
+const char *api_err_connect_code(enum api_err e) { return info(e)->connect; }
+const char *api_err_remediation(enum api_err e) { return info(e)->remediation; }
+
+int api_fail(struct mitos_err *e, int code, enum api_err kind, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	mitos_err_vset(e, code, fmt, ap);
+	va_end(ap);
+	if (e)
+		e->kind = kind;
+	return code;
+}
 
 static char *redact_token;
 
@@ -129,18 +147,19 @@ static void add_redacted(cJSON *obj, const char *key, const char *val)
 cJSON *api_error_object(enum api_err e, const char *message, const char *cause,
 			const char *remediation, int connect_style)
 {
+	const struct err_info *in = info(e);
 	cJSON *o = cJSON_CreateObject();
 	if (!o)
 		return NULL;
 	if (connect_style) {
-		cJSON_AddStringToObject(o, "code", infos[e].connect);
-		cJSON_AddStringToObject(o, "mitos_code", infos[e].code);
+		cJSON_AddStringToObject(o, "code", in->connect);
+		cJSON_AddStringToObject(o, "mitos_code", in->code);
 	} else {
-		cJSON_AddStringToObject(o, "code", infos[e].code);
+		cJSON_AddStringToObject(o, "code", in->code);
 	}
-	add_redacted(o, "message", message ? message : infos[e].code);
+	add_redacted(o, "message", message ? message : in->code);
 	add_redacted(o, "cause", cause ? cause : "");
-	add_redacted(o, "remediation", remediation ? remediation : infos[e].remediation);
+	add_redacted(o, "remediation", remediation ? remediation : in->remediation);
 	return o;
 }
 

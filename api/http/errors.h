@@ -8,7 +8,11 @@
 
 #include <stddef.h>
 
+#include "lib/error.h"
+
 enum api_err {
+	/* No class recorded (a zeroed struct mitos_err's kind): answered as AE_INTERNAL. */
+	AE_NONE = 0,
 	AE_NOT_FOUND,
 	AE_INVALID_SANDBOX_ID,
 	AE_INVALID_ARGUMENT,
@@ -40,6 +44,11 @@ const char *api_err_code(enum api_err e);
 int api_err_status(enum api_err e);
 const char *api_err_connect_code(enum api_err e);
 const char *api_err_remediation(enum api_err e);
+
+/* Records a failure whose meaning to a client is known: code (a negative errno), kind
+ * and a formatted message in e (if not NULL). Returns code. */
+int api_fail(struct mitos_err *e, int code, enum api_err kind, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
 
 /* Sets the secret that api_redact() removes (NULL: only "Bearer ..." patterns). */
 void api_redact_set_token(const char *token);

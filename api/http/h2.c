@@ -128,7 +128,7 @@ static void add_header(struct http_req *r, const char *name, const uint8_t *v, s
 {
 	if (r->early_err >= 0)
 		return;
-	int e = r->nh >= HTTP_MAX_HEADERS ? AE_HEADERS_TOO_LARGE : 0;
+	int e = r->nh >= HTTP_MAX_HEADERS ? AE_HEADERS_TOO_LARGE : AE_NONE;
 	if (!e) {
 		r->hdr_off[r->nh][0] = r->alen;
 		e = http_req_arena_add(r, name, strlen(name) + 1);

@@ -49,7 +49,7 @@ int http_req_arena_add(struct http_req *r, const char *p, size_t n)
 	r->arena = na;
 	memcpy(r->arena + r->alen, p, n);
 	r->alen += n;
-	return 0;
+	return AE_NONE;
 }
 
 const char *http_err_text(int e)
@@ -201,11 +201,11 @@ int http_req_take_body(struct http_req *r, const uint8_t *at, size_t n)
 	if (r->body_seen > r->body_limit)
 		return AE_PAYLOAD_TOO_LARGE;
 	if (r->early_err >= 0 || r->finished)
-		return 0;
+		return AE_NONE;
 	if (r->body_streamed) {
 		if (r->ops && r->ops->body)
 			r->ops->body(r, at, n);
-		return 0;
+		return AE_NONE;
 	}
 	/* + 1: the body is kept NUL-terminated. */
 	uint8_t *nb = buf_reserve(r->body, &r->body_cap, r->body_len + n + 1, 4096);
@@ -215,7 +215,7 @@ int http_req_take_body(struct http_req *r, const uint8_t *at, size_t n)
 	memcpy(r->body + r->body_len, at, n);
 	r->body_len += n;
 	r->body[r->body_len] = 0;
-	return 0;
+	return AE_NONE;
 }
 
 static int on_body(http_parser *p, const char *at, size_t n)

@@ -11,14 +11,14 @@
 
 struct http_req *http_req_new(struct conn *c);
 void http_req_free(struct http_req *r);
-/* Appends to the arena of URL and headers: 0, or the enum api_err refusing the
+/* Appends to the arena of URL and headers: AE_NONE, or the enum api_err refusing the
  * request (AE_HEADERS_TOO_LARGE past 16 KiB, AE_INTERNAL out of memory). */
 int http_req_arena_add(struct http_req *r, const char *p, size_t n);
 /* Headers are in (r->h, method, content_length set): routes the request and
  * starts a streamed-body handler. 0, or AE_PAYLOAD_TOO_LARGE when the declared
  * length is over the route's limit (nothing was dispatched). */
 int http_req_headers_ready(struct http_req *r);
-/* Body bytes: to the handler (streamed routes) or buffered. 0, or the enum
+/* Body bytes: to the handler (streamed routes) or buffered. AE_NONE, or the enum
  * api_err that ends the request. */
 int http_req_take_body(struct http_req *r, const uint8_t *p, size_t n);
 /* The request ended: runs a buffered route, or tells a streamed one. */

@@ -28,7 +28,7 @@ static void job_finish(struct sb_job *job)
 		if (job->done)
 			job->done(job->ctx, job->err, job->msg, NULL, 0);
 	} else if (job->done) {
-		job->done(job->ctx, 0, NULL, job->sbs, job->n);
+		job->done(job->ctx, AE_NONE, NULL, job->sbs, job->n);
 	}
 	for (unsigned i = 0; i < job->n; i++)
 		if (job->sbs[i])

@@ -133,7 +133,7 @@ static void tpl_built(void *ctx, int rc, const char *why)
 	for (struct tpl_waiter *w = ws, *n; w; w = n) {
 		n = w->next;
 		if (w->done)
-			w->done(w->ctx, rc ? AE_ENGINE_UNAVAILABLE : 0, rc ? msg : NULL, rc ? NULL : t);
+			w->done(w->ctx, rc ? AE_ENGINE_UNAVAILABLE : AE_NONE, rc ? msg : NULL, rc ? NULL : t);
 		free(w);
 	}
 	if (rc)
