@@ -441,16 +441,16 @@ int cmd_serve(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 
-	char engine_err[512];
-	int rc = sandboxes_init(engine_err, sizeof(engine_err));
+	struct mitos_err e = { 0 };
+	int rc = sandboxes_init(&e);
 	if (rc) {
-		fprintf(stderr, "mitos-vmm serve: %s\n", engine_err);
+		fprintf(stderr, "mitos-vmm serve: %s\n", e.msg);
 		close(listen_fd);
 		return EXIT_VMM_ERROR;
 	}
-	rc = preview_init(srv_cfg.state_dir, engine_err, sizeof(engine_err));
+	rc = preview_init(srv_cfg.state_dir, &e);
 	if (rc) {
-		fprintf(stderr, "mitos-vmm serve: %s\n", engine_err);
+		fprintf(stderr, "mitos-vmm serve: %s\n", e.msg);
 		sandboxes_exit();
 		close(listen_fd);
 		return EXIT_VMM_ERROR;

@@ -36,8 +36,7 @@ static void template_shape(const char *name, unsigned *cpus, unsigned *mem_mib)
 	static const struct cg_limits dflt = { .memory_max_mib = 1024, .cpu_percent = 100 };
 	struct template_rec *t = templates_find(name);
 	struct cg_limits l = dflt;
-	char err[120];
-	if (t && cgroup_limits_parse(t->spec, 32, &dflt, &l, err, sizeof(err)))
+	if (t && cgroup_limits_parse(t->spec, 32, &dflt, &l, NULL))
 		l = dflt;
 	*cpus = (l.cpu_percent + 99) / 100;
 	*mem_mib = l.memory_max_mib;

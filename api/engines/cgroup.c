@@ -133,23 +133,17 @@ static bool has_token(const char *path, const char *tok)
 	return false;
 }
 
-static int setup_v2(const char *name, char *why, size_t whylen)
+static int setup_v2(const char *name, struct mitos_err *e)
 {
 	char own[CG_PATH], p[CG_PATH];
-	if (own_dir(true, "", own)) {
-		snprintf(why, whylen, "no cgroup v2 hierarchy");
-		return -ENOENT;
-	}
-	if (pathf(p, "%s/cgroup.controllers", own) || !has_token(p, "memory") || !has_token(p, "cpu")) {
-		snprintf(why, whylen, "cgroup v2 at %.200s has no memory and cpu controllers", own);
-		return -ENOENT;
-	}
+	if (own_dir(true, "", own))
+		return mitos_err_set(e, -ENOENT, "no cgroup v2 hierarchy");
+	if (pathf(p, "%s/cgroup.controllers", own) || !has_token(p, "memory") || !has_token(p, "cpu"))
+		return mitos_err_set(e, -ENOENT, "cgroup v2 at %.200s has no memory and cpu controllers", own);
 	if (pathf(parent[0], "%s/%s", own, name))
 		return -ENAMETOOLONG;
-	if (mkdir(parent[0], 0755) < 0 && errno != EEXIST) {
-		snprintf(why, whylen, "cannot create %.200s: %s", parent[0], strerror(errno));
-		return -errno;
-	}
+	if (mkdir(parent[0], 0755) < 0 && errno != EEXIST)
+		return mitos_err_set(e, -errno, "cannot create %.200s: %s", parent[0], strerror(errno));
 	pathf(p, "%s/cgroup.subtree_control", own);
 	int rc = write_str(p, "+memory +cpu");
 	if (rc == -EBUSY) {
@@ -164,11 +158,9 @@ static int setup_v2(const char *name, char *why, size_t whylen)
 		pathf(p, "%s/cgroup.subtree_control", parent[0]);
 		rc = write_str(p, "+memory +cpu");
 	}
-	if (rc) {
-		snprintf(why, whylen, "cannot enable the memory and cpu controllers under %.200s: %s", own,
-			 strerror(-rc));
-		return rc;
-	}
+	if (rc)
+		return mitos_err_set(e, rc, "cannot enable the memory and cpu controllers under %.200s: %s", own,
+				     strerror(-rc));
 	/* The PID limit where the host delegates the controller (else none, said at start). */
 	pathf(p, "%s/cgroup.subtree_control", own);
 	v2_pids = !write_str(p, "+pids");
@@ -177,19 +169,15 @@ static int setup_v2(const char *name, char *why, size_t whylen)
 	return 0;
 }
 
-static int setup_v1(const char *name, char *why, size_t whylen)
+static int setup_v1(const char *name, struct mitos_err *e)
 {
 	static const char *ctl[2] = { "memory", "cpu" };
 	for (int i = 0; i < 2; i++) {
 		char own[CG_PATH];
-		if (own_dir(false, ctl[i], own) || pathf(parent[i], "%s/%s", own, name)) {
-			snprintf(why, whylen, "no cgroup v1 %s hierarchy either", ctl[i]);
-			return -ENOENT;
-		}
-		if (mkdir(parent[i], 0755) < 0 && errno != EEXIST) {
-			snprintf(why, whylen, "cannot create %.200s: %s", parent[i], strerror(errno));
-			return -errno;
-		}
+		if (own_dir(false, ctl[i], own) || pathf(parent[i], "%s/%s", own, name))
+			return mitos_err_set(e, -ENOENT, "no cgroup v1 %s hierarchy either", ctl[i]);
+		if (mkdir(parent[i], 0755) < 0 && errno != EEXIST)
+			return mitos_err_set(e, -errno, "cannot create %.200s: %s", parent[i], strerror(errno));
 	}
 	/* The pids and freezer hierarchies are optional: without them, sandboxes have no
 	 * PID limit, and pausing one stops its processes with signals. */
@@ -230,13 +218,13 @@ static void sweep(const char *dir)
 
 enum cg_mode cgroup_init(const char *name, bool allow_v1, char *info, size_t infolen)
 {
-	char why2[300] = "", why1[300] = "";
+	struct mitos_err v2 = { 0 }, v1 = { 0 };
 	memset(parent, 0, sizeof(parent));
 	mode = CG_NONE;
 	v2_pids = false;
-	if (!setup_v2(name, why2, sizeof(why2)))
+	if (!setup_v2(name, &v2))
 		mode = CG_V2;
-	else if (allow_v1 && !setup_v1(name, why1, sizeof(why1)))
+	else if (allow_v1 && !setup_v1(name, &v1))
 		mode = CG_V1;
 	else
 		memset(parent, 0, sizeof(parent));
@@ -249,10 +237,10 @@ enum cg_mode cgroup_init(const char *name, bool allow_v1, char *info, size_t inf
 	else if (mode == CG_V1)
 		snprintf(info, infolen, "cgroup v1 memory.limit_in_bytes, cpu.cfs_quota_us and %s under %s and %s "
 			 "(%s)", parent[2][0] ? "pids.max" : "NO PID limit (no v1 pids hierarchy)", parent[0],
-			 parent[1], why2);
+			 parent[1], v2.msg);
 	else
-		snprintf(info, infolen, "NO memory or CPU limits (%s%s%s)", why2, why1[0] ? "; " : "",
-			 allow_v1 ? why1 : "cgroup v1 needs root");
+		snprintf(info, infolen, "NO memory or CPU limits (%s%s%s)", v2.msg, v1.msg[0] ? "; " : "",
+			 allow_v1 ? v1.msg : "cgroup v1 needs root");
 	return mode;
 }
 
@@ -462,16 +450,14 @@ int cgroup_freeze(const struct cg_set *cg, bool frozen)
 }
 
 int cgroup_limits_parse(const cJSON *spec, unsigned mem_min, const struct cg_limits *dflt, struct cg_limits *out,
-			char *err, size_t errlen)
+			struct mitos_err *e)
 {
 	int rc = registry_uint_field(spec, "memory_max_mib", mem_min, 1u << 21, dflt->memory_max_mib,
-				     &out->memory_max_mib, err, errlen);
+				     &out->memory_max_mib, e);
 	if (!rc)
-		rc = registry_uint_field(spec, "cpu_percent", 1, 6400, dflt->cpu_percent, &out->cpu_percent, err,
-					 errlen);
+		rc = registry_uint_field(spec, "cpu_percent", 1, 6400, dflt->cpu_percent, &out->cpu_percent, e);
 	if (!rc)
-		rc = registry_uint_field(spec, "pids_max", 16, 1u << 22, dflt->pids_max, &out->pids_max, err,
-					 errlen);
+		rc = registry_uint_field(spec, "pids_max", 16, 1u << 22, dflt->pids_max, &out->pids_max, e);
 	return rc;
 }
 

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/error.h"
+
 struct cJSON;
 
 #define CG_PATH 512
@@ -72,8 +74,8 @@ void cgroup_record(const struct cg_set *cg, struct cJSON *o);
 void cgroup_from_record(const struct cJSON *o, struct cg_set *cg);
 
 /* memory_max_mib (mem_min..2 TiB), cpu_percent (1..6400) and pids_max (16..4M) of a
- * template request; absent fields take dflt's values. -EINVAL with err filled when one is bad. */
+ * template request; absent fields take dflt's values. -EINVAL with e filled when one is bad. */
 int cgroup_limits_parse(const struct cJSON *spec, unsigned mem_min, const struct cg_limits *dflt,
-			struct cg_limits *out, char *err, size_t errlen);
+			struct cg_limits *out, struct mitos_err *e);
 
 #endif

@@ -75,20 +75,15 @@ static void make_one(void *unused)
 }
 
 int disk_spares_init(const char *state_dir, const char *init_path, unsigned mib, unsigned keep,
-		     char *err, size_t errlen)
+		     struct mitos_err *e)
 {
 	if (snprintf(S.dir, sizeof(S.dir), "%s/disk-spares", state_dir) >= (int)sizeof(S.dir) ||
-	    snprintf(S.init, sizeof(S.init), "%s", init_path) >= (int)sizeof(S.init)) {
-		snprintf(err, errlen, "the state dir's path is too long");
-		return -ENAMETOOLONG;
-	}
+	    snprintf(S.init, sizeof(S.init), "%s", init_path) >= (int)sizeof(S.init))
+		return mitos_err_set(e, -ENAMETOOLONG, "the state dir's path is too long");
 	/* An earlier serve's may be of another size: made anew. */
 	teardown_tree(S.dir, NULL);
-	if (mkdir(S.dir, 0700) < 0) {
-		int rc = -errno;
-		snprintf(err, errlen, "cannot create %s: %s", S.dir, strerror(errno));
-		return rc;
-	}
+	if (mkdir(S.dir, 0700) < 0)
+		return mitos_err_set(e, -errno, "cannot create %s: %s", S.dir, strerror(errno));
 	S.mib = mib;
 	S.keep = keep < MAX_SPARES ? keep : MAX_SPARES;
 	for (unsigned i = 0; i < S.keep; i++)

@@ -4,13 +4,13 @@
 #ifndef MITOS_API_DISK_SPARES_H
 #define MITOS_API_DISK_SPARES_H
 
-#include <stddef.h>
+#include "lib/error.h"
 
 /* Keeps keep images of mib MiB ready, each formatted by `init_path --format-disk IMG
  * MIB` (mitos-sandbox-init: the one place the disk's format is spelled); removes what
  * an earlier serve left. */
 int disk_spares_init(const char *state_dir, const char *init_path, unsigned mib, unsigned keep,
-		     char *err, size_t errlen);
+		     struct mitos_err *e);
 
 /* Renames a ready image to path and orders another: 0, or -ENOENT when none is ready
  * (the sandbox's init then formats its own). */

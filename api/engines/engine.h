@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "lib/error.h"
+
 struct cJSON;
 struct agent_conn;
 
@@ -44,7 +46,7 @@ struct engine_ops {
 	int (*agent_socket)(const char *dir, char *out, size_t outlen);
 	/* Where its writable layer is, for fork. */
 	int (*writable_layer)(const char *dir, char *out, size_t outlen);
-	int (*start)(const struct engine_start *s, struct engine_proc *p, char *err, size_t errlen);
+	int (*start)(const struct engine_start *s, struct engine_proc *p, struct mitos_err *e);
 	/* Stop and restart every process of the sandbox in dir; neither waits. */
 	int (*pause)(const char *dir, const struct engine_proc *p);
 	int (*resume)(const char *dir, const struct engine_proc *p);
@@ -63,24 +65,24 @@ struct engine_ops {
 	/* What the children of a fork of the running sandbox in dir start from (their
 	 * engine_start.copy_from); replaces writable_layer() and pausing the parent. */
 	int (*fork_source)(const char *dir, const struct engine_proc *p, char *out, size_t outlen,
-			   char *err, size_t errlen);
+			   struct mitos_err *e);
 	/* On a new sandbox's first agent connection, before it counts as ready (kvm:
 	 * post_fork). done runs once, on the loop, also when the connection dies first. */
 	int (*after_connect)(struct engine_proc *p, struct agent_conn *ac, engine_connected_fn done, void *ctx);
 	/* A sandbox a previous serve left running (p has pid, pidfd and start time):
 	 * fills p->priv, or fails when it cannot be taken over. */
-	int (*adopt)(const char *dir, struct engine_proc *p, char *err, size_t errlen);
+	int (*adopt)(const char *dir, struct engine_proc *p, struct mitos_err *e);
 	/* After cleanup(): frees p->priv. */
 	void (*release)(struct engine_proc *p);
 	/* Templates the engine builds itself (kvm: boot, wait for the agent, snapshot):
 	 * validates spec (the POST /v1/templates body) and starts building into dir;
 	 * done runs later unless it fails at once. */
 	int (*template_build)(const char *dir, const struct cJSON *spec, engine_build_done_fn done, void *ctx,
-			      char *err, size_t errlen);
+			      struct mitos_err *e);
 	/* Engines whose templates are just records (process): checks spec (the POST
 	 * /v1/templates body) and returns what the template keeps, its defaults filled in
-	 * (resource limits); NULL with err filled when spec is invalid. */
-	struct cJSON *(*template_spec)(const struct cJSON *spec, char *err, size_t errlen);
+	 * (resource limits); NULL with e filled when spec is invalid. */
+	struct cJSON *(*template_spec)(const struct cJSON *spec, struct mitos_err *e);
 	/* A template of this engine found in the state dir at start: still usable? */
 	bool (*template_usable)(const char *dir);
 	/* The event loop runs and every sandbox left by a previous serve was adopted. */
@@ -94,13 +96,13 @@ struct engine_ops {
 extern const struct engine_ops engine_process_ops;
 extern const struct engine_ops engine_kvm_ops;
 
-/* Checks that the process engine can run here; fills why if not. */
-int engine_process_available(char *why, size_t whylen);
+/* Checks that the process engine can run here: 0, or -errno with e saying why not. */
+int engine_process_available(struct mitos_err *e);
 /* Sets the mitos-agent binary and its run_code helper, and the paths sandboxes
  * must not see (the state dir, the token file); prints (into info) what resource
  * limits sandboxes get on this host. */
 int engine_process_configure(const char *agent_path, const char *state_dir, const char *token_file,
-			     char *info, size_t infolen, char *err, size_t errlen);
+			     char *info, size_t infolen, struct mitos_err *e);
 
 /* The PID limit of a process-engine sandbox whose template names none (pids_max). */
 #define ENGINE_PROCESS_PIDS_MAX 1024
@@ -113,13 +115,13 @@ void engine_process_set_disk_mib(unsigned n);
 /* Each VM process under a uid of its own in a root of its own (api/engines/kvm_jail.h):
  * on by default where serve is root (off: --no-vm-jail). Before engine_kvm_configure. */
 void engine_kvm_set_jail(bool on);
-/* Checks that the kvm engine can run here (/dev/kvm); fills why if not. */
-int engine_kvm_available(char *why, size_t whylen);
+/* Checks that the kvm engine can run here (/dev/kvm): 0, or -errno with e saying why not. */
+int engine_kvm_available(struct mitos_err *e);
 /* The state dir and the number of prepared VMs kept per VM shape; emulated: KVM has no
  * hardware virtualization here (default templates boot the pvm kernel variant); prints
  * (into info) what the jail of each VM can and cannot do on this host. */
 int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulated, char *info, size_t infolen,
-			 char *err, size_t errlen);
+			 struct mitos_err *e);
 
 /* Reads field 22 of /proc/PID/stat (0 when the process is gone). */
 uint64_t engine_proc_start_time(pid_t pid);

@@ -66,7 +66,7 @@ struct restore_job {
 /* What a jailed VM restores is mounted into its root: the snapshot and every layer
  * below it, and the root disk. From serve's own record of the chain, never from the
  * layers' config.json, which VMs wrote. */
-static int restore_binds(const struct restore_job *j, char *err, size_t errlen)
+static int restore_binds(const struct restore_job *j, struct mitos_err *e)
 {
 	struct jail more;
 	more.n = 0;
@@ -75,16 +75,14 @@ static int restore_binds(const struct restore_job *j, char *err, size_t errlen)
 		rc = jail_add(&more, l->dir, false);
 	if (!rc && j->rootfs[0])
 		rc = jail_add(&more, j->rootfs, false);
-	if (rc) {
-		snprintf(err, errlen, "cannot give the VM its snapshot: %s", strerror(-rc));
-		return rc;
-	}
-	return jail_bind_more(j->pidfd, &more, err, errlen);
+	if (rc)
+		return mitos_err_set(e, rc, "cannot give the VM its snapshot: %s", strerror(-rc));
+	return jail_bind_more(j->pidfd, &more, e);
 }
 
 /* The restored VM's sockets and console move to the sandbox's directory, which is
  * serve's: nothing is reached through the VM's own any more. */
-static int restore_claim(const struct restore_job *j, char *err, size_t errlen)
+static int restore_claim(const struct restore_job *j, struct mitos_err *e)
 {
 	static const struct { const char *name; mode_t type; } files[] = {
 		{ "control", S_IFSOCK }, { "vsock", S_IFSOCK }, { "console.log", S_IFREG } };
@@ -94,7 +92,7 @@ static int restore_claim(const struct restore_job *j, char *err, size_t errlen)
 		rc = kvm_pathf(from, "%s/%s", own, files[i].name) || kvm_pathf(to, "%s/%s", j->dir, files[i].name) ?
 			     -ENAMETOOLONG : 0;
 		if (!rc)
-			rc = jail_claim(from, to, files[i].type, err, errlen);
+			rc = jail_claim(from, to, files[i].type, e);
 	}
 	return rc;
 }
@@ -102,8 +100,8 @@ static int restore_claim(const struct restore_job *j, char *err, size_t errlen)
 static void restore_run(struct kjob *kj)
 {
 	struct restore_job *j = (struct restore_job *)kj;
-	char err[500] = "";
-	int rc = j->layer ? kvm_layer_wait(j->layer, err, sizeof(err)) : 0;
+	struct mitos_err e = { 0 };
+	int rc = j->layer ? kvm_layer_wait(j->layer, &e) : 0;
 	char own[PLEN], control[PLEN], vsock[PLEN];
 	strcpy(control, j->control);
 	strcpy(vsock, j->vsock);
@@ -111,28 +109,28 @@ static void restore_run(struct kjob *kj)
 		rc = kvm_vm_files(j->vmdir, own) || kvm_pathf(control, "%s/control", own) ||
 				     kvm_pathf(vsock, "%s/vsock", own) || strlen(vsock) + 12 > SOCK_MAX ? -ENAMETOOLONG : 0;
 		if (rc)
-			snprintf(err, sizeof(err), "the VM's path %.300s is too long for its sockets", own);
+			mitos_err_set(&e, rc, "the VM's path %.300s is too long for its sockets", own);
 		if (!rc)
-			rc = restore_binds(j, err, sizeof(err));
+			rc = restore_binds(j, &e);
 	}
 	if (!rc) {
 		/* The root disk is shared by every sandbox: their writes go to the guest's overlay. */
 		struct ctl_request req = { .cmd = CTL_RESTORE, .snapshot = j->snapshot, .vsock = vsock,
 					   .ndisks = j->rootfs[0] ? 1 : 0,
 					   .disks = { { .index = 0, .path = j->rootfs, .read_only = true } } };
-		char why[400] = "";
-		rc = kvm_ctl_request(control, &req, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS, j->pidfd, why, sizeof(why));
+		struct mitos_err why = { 0 };
+		rc = kvm_ctl_request(control, &req, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS, j->pidfd, &why);
 		if (rc)
-			snprintf(err, sizeof(err), "restore into a prepared VM failed: %s", why);
+			mitos_err_set(&e, rc, "restore into a prepared VM failed: %s", why.msg);
 	}
 	if (!rc && j->vmdir[0])
-		rc = restore_claim(j, err, sizeof(err));
+		rc = restore_claim(j, &e);
 	if (!rc) {
 		/* The guest's listeners survived the snapshot: the agent takes connections now. */
 		(void)!write(j->ready_fd, "R", 1);
 	} else if (!pidfd_exited(j->pidfd)) {
 		/* Still ours to report (a sandbox killed meanwhile has its dir removed). */
-		kvm_write_error_file(j->dir, err);
+		kvm_write_error_file(j->dir, e.msg);
 		syscall(SYS_pidfd_send_signal, j->pidfd, SIGKILL, NULL, 0);
 	}
 	close(j->ready_fd);
@@ -154,7 +152,7 @@ static int kvm_agent_socket(const char *dir, char *out, size_t outlen)
 	return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
 }
 
-static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *err, size_t errlen)
+static int kvm_start(const struct engine_start *s, struct engine_proc *p, struct mitos_err *e)
 {
 	struct vm_shape sh;
 	struct restore_job *j = calloc(1, sizeof(*j));
@@ -162,25 +160,22 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 	if (!j || !ksb) {
 		free(j);
 		free(ksb);
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
+		return mitos_err_set(e, -ENOMEM, "out of memory");
 	}
 	j->ready_fd = j->pidfd = -1;
 	int rc = kvm_shape_read(s->template_root, &sh, j->rootfs, sizeof(j->rootfs));
 	if (rc)
-		snprintf(err, errlen, "the template in %.300s has no kvm.json", s->template_root);
+		mitos_err_set(e, rc, "the template in %.300s has no kvm.json", s->template_root);
 	if (!rc && (kvm_pathf(j->dir, "%s", s->dir) || kvm_pathf(j->control, "%s/control", s->dir) ||
 		    kvm_pathf(j->vsock, "%s/vsock", s->dir) || strlen(j->vsock) + 12 > SOCK_MAX ||
 		    kvm_pathf(ksb->dir, "%s", s->dir))) {
-		rc = -ENAMETOOLONG;
-		snprintf(err, errlen, "the sandbox's path %.300s is too long for its sockets", s->dir);
+		rc = mitos_err_set(e, -ENAMETOOLONG, "the sandbox's path %.300s is too long for its sockets", s->dir);
 	}
 	if (!rc) {
 		if (s->copy_from) {
 			j->layer = kvm_layer_find(s->copy_from);
 			if (!j->layer) {
-				rc = -ENOENT;
-				snprintf(err, errlen, "no layer %.300s", s->copy_from);
+				rc = mitos_err_set(e, -ENOENT, "no layer %.300s", s->copy_from);
 			} else {
 				kvm_pathf(j->snapshot, "%s", s->copy_from);
 				j->layer->refs += 2; /* the job's and the sandbox's */
@@ -198,13 +193,12 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 	}
 	struct vm_proc vp = { .pidfd = -1 };
 	if (!rc)
-		rc = kvm_vm_take(&sh, s->dir, &vp, j->vmdir, err, errlen);
+		rc = kvm_vm_take(&sh, s->dir, &vp, j->vmdir, e);
 	if (!rc) {
 		j->ready_fd = fcntl(s->ready_fd, F_DUPFD_CLOEXEC, 3);
 		j->pidfd = fcntl(vp.pidfd, F_DUPFD_CLOEXEC, 3);
 		if (j->ready_fd < 0 || j->pidfd < 0) {
-			rc = -errno;
-			snprintf(err, errlen, "out of file descriptors");
+			rc = mitos_err_set(e, -errno, "out of file descriptors");
 			kvm_vm_reap(&vp);
 		}
 	}
@@ -239,11 +233,11 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, char *
 static int ctl_cmd(const char *sock, int pidfd, bool pause)
 {
 	struct ctl_request req = { .cmd = pause ? CTL_PAUSE : CTL_RESUME };
-	char err[300];
-	int rc = kvm_ctl_request(sock, &req, CTL_TIMEOUT_MS, 0, pidfd, err, sizeof(err));
+	struct mitos_err e = { 0 };
+	int rc = kvm_ctl_request(sock, &req, CTL_TIMEOUT_MS, 0, pidfd, &e);
 	if (rc)
 		fprintf(stderr, "mitos-vmm serve: %s of the VM at %s failed: %s\n", pause ? "pause" : "resume", sock,
-			err);
+			e.msg);
 	return rc;
 }
 
@@ -403,25 +397,21 @@ static int kvm_after_connect(struct engine_proc *p, struct agent_conn *ac, engin
 
 /* ---- re-adoption after a restart of serve ---- */
 
-static int kvm_adopt(const char *dir, struct engine_proc *p, char *err, size_t errlen)
+static int kvm_adopt(const char *dir, struct engine_proc *p, struct mitos_err *e)
 {
 	char path[PLEN];
-	if (kvm_pathf(path, "%s/vm.json", dir)) {
-		snprintf(err, errlen, "path too long");
-		return -ENAMETOOLONG;
-	}
+	if (kvm_pathf(path, "%s/vm.json", dir))
+		return mitos_err_set(e, -ENAMETOOLONG, "path too long");
 	cJSON *o = registry_read_json(path);
 	cJSON *jp = o ? cJSON_GetObjectItem(o, "pid") : NULL;
 	const char *base = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "base")) : NULL;
 	int rc = 0;
 	if (!cJSON_IsNumber(jp) || (pid_t)jp->valuedouble != p->pid || !base) {
-		snprintf(err, errlen, "its vm.json is missing or names another process");
-		rc = -ENOENT;
+		rc = mitos_err_set(e, -ENOENT, "its vm.json is missing or names another process");
 	}
 	char ctl[PLEN];
 	if (!rc && (kvm_pathf(ctl, "%s/control", dir) || !kvm_is_socket(ctl))) {
-		snprintf(err, errlen, "its VM has no control socket");
-		rc = -ENOENT;
+		rc = mitos_err_set(e, -ENOENT, "its VM has no control socket");
 	}
 	struct kvm_sb *ksb = rc ? NULL : calloc(1, sizeof(*ksb));
 	if (!rc && !ksb)
@@ -429,9 +419,8 @@ static int kvm_adopt(const char *dir, struct engine_proc *p, char *err, size_t e
 	if (!rc) {
 		snprintf(ksb->dir, sizeof(ksb->dir), "%s", dir);
 		if (kvm_in_layer_dir(base) && !(ksb->base = kvm_layer_adopt(base, 0))) {
-			snprintf(err, errlen, "the layer it was restored from (%.200s) is gone", base);
+			rc = mitos_err_set(e, -ENOENT, "the layer it was restored from (%.200s) is gone", base);
 			free(ksb);
-			rc = -ENOENT;
 		}
 	}
 	cJSON_Delete(o);
@@ -442,14 +431,12 @@ static int kvm_adopt(const char *dir, struct engine_proc *p, char *err, size_t e
 
 /* ---- start-up, shutdown ---- */
 
-int engine_kvm_available(char *why, size_t whylen)
+int engine_kvm_available(struct mitos_err *e)
 {
 	int fd = open(kvm_device_path(), O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		snprintf(why, whylen, "cannot open %s: %s (remediation: load kvm_intel or kvm_amd, or run "
-			 "serve as a user in the kvm group)", kvm_device_path(), strerror(errno));
-		return -errno;
-	}
+	if (fd < 0)
+		return mitos_err_set(e, -errno, "cannot open %s: %s (remediation: load kvm_intel or kvm_amd, or "
+				     "run serve as a user in the kvm group)", kvm_device_path(), strerror(errno));
 	close(fd);
 	return 0;
 }
@@ -480,33 +467,25 @@ void engine_kvm_set_jail(bool on)
 }
 
 int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulated, char *info, size_t infolen,
-			 char *err, size_t errlen)
+			 struct mitos_err *e)
 {
 	char real[PATH_MAX];
-	if (!realpath(state_dir, real)) {
-		snprintf(err, errlen, "state dir %s: %s", state_dir, strerror(errno));
-		return -errno;
-	}
-	if (strlen(real) > 200) {
-		snprintf(err, errlen, "state dir %s: longer than 200 characters (the VMs' Unix sockets live "
-			 "under it)", real);
-		return -ENAMETOOLONG;
-	}
+	if (!realpath(state_dir, real))
+		return mitos_err_set(e, -errno, "state dir %s: %s", state_dir, strerror(errno));
+	if (strlen(real) > 200)
+		return mitos_err_set(e, -ENAMETOOLONG, "state dir %s: longer than 200 characters (the VMs' Unix "
+				     "sockets live under it)", real);
 	snprintf(K.state, sizeof(K.state), "%s", real);
 	kvm_pathf(K.pool_dir, "%s/kvm/pool", real);
 	kvm_pathf(K.layer_dir, "%s/kvm/layers", real);
 	char kdir[PLEN];
 	kvm_pathf(kdir, "%s/kvm", real);
 	if ((mkdir(kdir, 0700) < 0 && errno != EEXIST) || (mkdir(K.pool_dir, 0700) < 0 && errno != EEXIST) ||
-	    (mkdir(K.layer_dir, 0700) < 0 && errno != EEXIST)) {
-		snprintf(err, errlen, "cannot create %s: %s", kdir, strerror(errno));
-		return -errno;
-	}
+	    (mkdir(K.layer_dir, 0700) < 0 && errno != EEXIST))
+		return mitos_err_set(e, -errno, "cannot create %s: %s", kdir, strerror(errno));
 	K.vmm_fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
-	if (K.vmm_fd < 0) {
-		snprintf(err, errlen, "cannot open /proc/self/exe: %s", strerror(errno));
-		return -errno;
-	}
+	if (K.vmm_fd < 0)
+		return mitos_err_set(e, -errno, "cannot open /proc/self/exe: %s", strerror(errno));
 	K.pool_size = pool_size > MAX_POOL ? MAX_POOL : pool_size;
 	kvm_guest_init(emulated);
 	K.ns = geteuid() == 0;
@@ -519,18 +498,18 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 		snprintf(jail, sizeof(jail), "; NOT jailed (--no-vm-jail): uid 0 without capabilities, the host's "
 			 "files visible");
 	} else {
-		char mnt[PLEN], why[300] = "";
+		char mnt[PLEN];
+		struct mitos_err why = { 0 };
 		K.kvm_fd = open(kvm_device_path(), O_RDWR | O_CLOEXEC);
 		int rc = K.kvm_fd < 0 ? -errno : 0;
 		if (rc)
-			snprintf(why, sizeof(why), "cannot open %s: %s", kvm_device_path(), strerror(-rc));
+			mitos_err_set(&why, rc, "cannot open %s: %s", kvm_device_path(), strerror(-rc));
 		else if (!(rc = kvm_pathf(mnt, "%s/kvm/jail", real)))
-			rc = jail_init(mnt, "/proc/self/exe", why, sizeof(why));
-		if (rc) {
-			snprintf(err, errlen, "cannot set up the VM jail: %s (fix that, or start serve with "
-				 "--no-vm-jail to run VM processes as uid 0 without capabilities)", why);
-			return rc;
-		}
+			rc = jail_init(mnt, "/proc/self/exe", &why);
+		if (rc)
+			return mitos_err_set(e, rc, "cannot set up the VM jail: %s (fix that, or start serve with "
+					     "--no-vm-jail to run VM processes as uid 0 without capabilities)",
+					     why.msg);
 		snprintf(jail, sizeof(jail), "; own uid (%u and up, group %u) and own root (pivot_root: its own files, "
 			 "/usr read-only, /proc read-only), /dev/kvm handed over", jail_uid_base() + 1, jail_uid_base());
 	}
@@ -538,14 +517,10 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 		 K.ns ? "own mount (private, read-only /proc), pid, ipc, uts and net namespaces, no capabilities"
 		      : "NO namespaces (serve is not root)", jail, limits);
 	K.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (K.efd < 0) {
-		snprintf(err, errlen, "eventfd: %s", strerror(errno));
-		return -errno;
-	}
-	if (!kvm_workers_start()) {
-		snprintf(err, errlen, "cannot start the engine's threads");
-		return -EAGAIN;
-	}
+	if (K.efd < 0)
+		return mitos_err_set(e, -errno, "eventfd: %s", strerror(errno));
+	if (!kvm_workers_start())
+		return mitos_err_set(e, -EAGAIN, "cannot start the engine's threads");
 	/* Prepared VMs of a previous serve are nobody's now. */
 	sweep_dir(K.pool_dir, false);
 	K.configured = true;

@@ -62,13 +62,11 @@ void engine_process_set_disk_mib(unsigned n)
 
 /* Whether this host can give sandboxes a disk of their own: mkfs.ext4 in the host's
  * root, and a loop device that takes a file of the state dir (tried: a container may
- * show /dev/loop-control and still refuse it); if not, why. */
-static bool disk_quota_available(const char *state_dir, char *why, size_t whylen)
+ * show /dev/loop-control and still refuse it). 0, or -errno with why not. */
+static int disk_quota_available(const char *state_dir, struct mitos_err *e)
 {
-	if (access("/sbin/mkfs.ext4", X_OK)) {
-		snprintf(why, whylen, "/sbin/mkfs.ext4 is missing (apt-get install e2fsprogs)");
-		return false;
-	}
+	if (access("/sbin/mkfs.ext4", X_OK))
+		return mitos_err_set(e, -errno, "/sbin/mkfs.ext4 is missing (apt-get install e2fsprogs)");
 	char probe[4200], dev[32];
 	const char *step = "create a probe file in the state dir";
 	snprintf(probe, sizeof(probe), "%s/.loop-probe", state_dir);
@@ -80,11 +78,10 @@ static bool disk_quota_available(const char *state_dir, char *why, size_t whylen
 	if (img >= 0)
 		close(img);
 	unlink(probe);
-	bool ok = rc >= 0;
-	if (!ok)
-		snprintf(why, whylen, "%s: %s (the loop module, and a host that lets serve attach files)", step,
-			 strerror(-rc));
-	return ok;
+	if (rc < 0)
+		return mitos_err_set(e, rc, "%s: %s (the loop module, and a host that lets serve attach files)", step,
+				     strerror(-rc));
+	return 0;
 }
 
 static int agent_exe_fd = -1, init_exe_fd = -1;
@@ -124,13 +121,11 @@ uint64_t engine_proc_start_time(pid_t pid)
 	return strtoull(p, NULL, 10);
 }
 
-int engine_process_available(char *why, size_t whylen)
+int engine_process_available(struct mitos_err *e)
 {
-	if (geteuid() != 0) {
-		snprintf(why, whylen, "the process engine needs root (mount, pid and net namespaces, "
-			 "overlayfs); run `mitos-vmm serve` as root");
-		return -EPERM;
-	}
+	if (geteuid() != 0)
+		return mitos_err_set(e, -EPERM, "the process engine needs root (mount, pid and net namespaces, "
+				     "overlayfs); run `mitos-vmm serve` as root");
 	FILE *f = fopen("/proc/filesystems", "r");
 	bool overlay = false;
 	if (f) {
@@ -140,10 +135,8 @@ int engine_process_available(char *why, size_t whylen)
 				overlay = true;
 		fclose(f);
 	}
-	if (!overlay) {
-		snprintf(why, whylen, "overlayfs is not available; load it with `modprobe overlay`");
-		return -ENODEV;
-	}
+	if (!overlay)
+		return mitos_err_set(e, -ENODEV, "overlayfs is not available; load it with `modprobe overlay`");
 	return 0;
 }
 
@@ -154,7 +147,7 @@ static bool file_ok(const char *p, int mode)
 }
 
 int engine_process_configure(const char *agent_path, const char *state_dir, const char *token_file,
-			     char *info, size_t infolen, char *err, size_t errlen)
+			     char *info, size_t infolen, struct mitos_err *e)
 {
 	char exe[3072], path[4096];
 	char agent[4096];
@@ -173,21 +166,16 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 			if (file_ok(path, X_OK))
 				snprintf(agent, sizeof(agent), "%s", path);
 		}
-		if (!agent[0]) {
-			snprintf(err, errlen, "engine_unavailable: cannot find mitos-agent next to %s; "
-				 "pass --agent PATH", exe);
-			return -ENOENT;
-		}
+		if (!agent[0])
+			return mitos_err_set(e, -ENOENT, "engine_unavailable: cannot find mitos-agent next to %s; "
+					     "pass --agent PATH", exe);
 	}
-	if (!file_ok(agent, X_OK)) {
-		snprintf(err, errlen, "engine_unavailable: %s is not an executable file; pass --agent PATH", agent);
-		return -ENOENT;
-	}
+	if (!file_ok(agent, X_OK))
+		return mitos_err_set(e, -ENOENT, "engine_unavailable: %s is not an executable file; pass --agent PATH",
+				     agent);
 	agent_exe_fd = open(agent, O_PATH | O_CLOEXEC);
-	if (agent_exe_fd < 0) {
-		snprintf(err, errlen, "engine_unavailable: cannot open %s: %s", agent, strerror(errno));
-		return -errno;
-	}
+	if (agent_exe_fd < 0)
+		return mitos_err_set(e, -errno, "engine_unavailable: cannot open %s: %s", agent, strerror(errno));
 	/* mitos_kernel.py: next to the agent, installed, or in the source tree. */
 	char adir[4096];
 	snprintf(adir, sizeof(adir), "%s", agent);
@@ -206,37 +194,29 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 	}
 	char init_path[4096];
 	snprintf(init_path, sizeof(init_path), "%.4000s/mitos-sandbox-init", adir);
-	if (!file_ok(init_path, X_OK)) {
-		snprintf(err, errlen, "engine_unavailable: %s is missing (it is built and installed next to "
-			 "mitos-agent)", init_path);
-		return -ENOENT;
-	}
+	if (!file_ok(init_path, X_OK))
+		return mitos_err_set(e, -ENOENT, "engine_unavailable: %s is missing (it is built and installed next "
+				     "to mitos-agent)", init_path);
 	init_exe_fd = open(init_path, O_PATH | O_CLOEXEC);
-	if (init_exe_fd < 0) {
-		snprintf(err, errlen, "engine_unavailable: cannot open %s: %s", init_path, strerror(errno));
-		return -errno;
-	}
-	if (!realpath(state_dir, state_dir_real)) {
-		snprintf(err, errlen, "state dir %s: %s", state_dir, strerror(errno));
-		return -errno;
-	}
-	if (strpbrk(state_dir_real, ",:\\ ")) {
-		snprintf(err, errlen, "state dir %s: overlayfs cannot take a path with ',', ':', '\\' or spaces",
-			 state_dir_real);
-		return -EINVAL;
-	}
+	if (init_exe_fd < 0)
+		return mitos_err_set(e, -errno, "engine_unavailable: cannot open %s: %s", init_path, strerror(errno));
+	if (!realpath(state_dir, state_dir_real))
+		return mitos_err_set(e, -errno, "state dir %s: %s", state_dir, strerror(errno));
+	if (strpbrk(state_dir_real, ",:\\ "))
+		return mitos_err_set(e, -EINVAL, "state dir %s: overlayfs cannot take a path with ',', ':', '\\' or "
+				     "spaces", state_dir_real);
 	token_file_real[0] = 0;
 	if (token_file && !realpath(token_file, token_file_real))
 		token_file_real[0] = 0;
 	cgroup_init("mitos-sandboxes", true, info, infolen);
 	size_t used = strlen(info);
-	char why[300];
-	if (disk_mib && !disk_quota_available(state_dir_real, why, sizeof(why))) {
-		snprintf(info + used, infolen - used, "; NO disk quota: %s", why);
+	struct mitos_err why = { 0 };
+	if (disk_mib && disk_quota_available(state_dir_real, &why)) {
+		snprintf(info + used, infolen - used, "; NO disk quota: %s", why.msg);
 		disk_mib = 0;
 	} else if (disk_mib) {
 		snprintf(info + used, infolen - used, "; disk %u MiB each (ext4 on a loop device)", disk_mib);
-		int rc = disk_spares_init(state_dir_real, init_path, disk_mib, DISK_SPARES, err, errlen);
+		int rc = disk_spares_init(state_dir_real, init_path, disk_mib, DISK_SPARES, e);
 		if (rc)
 			return rc;
 	} else {
@@ -245,11 +225,11 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 	return 0;
 }
 
-static cJSON *proc_template_spec(const cJSON *spec, char *err, size_t errlen)
+static cJSON *proc_template_spec(const cJSON *spec, struct mitos_err *e)
 {
 	struct cg_limits l;
 	/* The agent and a python interpreter need some room before any user code runs. */
-	if (cgroup_limits_parse(spec, 32, &default_limits, &l, err, errlen))
+	if (cgroup_limits_parse(spec, 32, &default_limits, &l, e))
 		return NULL;
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddNumberToObject(o, "memory_max_mib", l.memory_max_mib);
@@ -285,8 +265,8 @@ static int cgroup_prepare(const struct engine_start *s, struct cg_set *cg, struc
 {
 	static unsigned serial;
 	struct cg_limits l;
-	char err[200], name[128], path[4200];
-	if (cgroup_limits_parse(s->spec, 32, &default_limits, &l, err, sizeof(err)))
+	char name[128], path[4200];
+	if (cgroup_limits_parse(s->spec, 32, &default_limits, &l, NULL))
 		l = default_limits;
 	snprintf(name, sizeof(name), "%d-%u-%s", (int)getpid(), ++serial, s->id);
 	int rc = cgroup_create(name, &l, cg, ce);
@@ -416,23 +396,19 @@ static int open_in(const char *dir, const char *name, int flags)
 	return open(path, flags | O_NOFOLLOW | O_CLOEXEC, 0600);
 }
 
-static int proc_start(const struct engine_start *s, struct engine_proc *p, char *err, size_t errlen)
+static int proc_start(const struct engine_start *s, struct engine_proc *p, struct mitos_err *e)
 {
 	char path[4200];
 	static const char *subdirs[] = { "/upper", "/work", "/root", "/run" };
 	for (size_t i = 0; i < 4; i++) {
 		snprintf(path, sizeof(path), "%s%s", s->dir, subdirs[i]);
-		if (mkdir(path, 0755) < 0 && errno != EEXIST) {
-			snprintf(err, errlen, "mkdir %s: %s", path, strerror(errno));
-			return -errno;
-		}
+		if (mkdir(path, 0755) < 0 && errno != EEXIST)
+			return mitos_err_set(e, -errno, "mkdir %s: %s", path, strerror(errno));
 	}
 	unsigned long base = 0;
 	int rc = uid_range_take(s, &base);
-	if (rc) {
-		snprintf(err, errlen, "no host uid range for the sandbox: %s", strerror(-rc));
-		return rc;
-	}
+	if (rc)
+		return mitos_err_set(e, rc, "no host uid range for the sandbox: %s", strerror(-rc));
 	int fds[4] = { agent_exe_fd, s->ready_fd, open_in(s->dir, "start-error", O_WRONLY | O_CREAT | O_TRUNC),
 		       open_in(s->dir, "agent.log", O_WRONLY | O_CREAT | O_APPEND) };
 	char basestr[32];
@@ -468,7 +444,7 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, char 
 	struct cg_entry ce;
 	rc = fds[2] < 0 || fds[3] < 0 ? -errno : cgroup_prepare(s, &cg, &ce);
 	if (rc) {
-		snprintf(err, errlen, "cannot prepare the sandbox (log, cgroup): %s", strerror(-rc));
+		mitos_err_set(e, rc, "cannot prepare the sandbox (log, cgroup): %s", strerror(-rc));
 		goto fail;
 	}
 	int pidfd = -1;
@@ -476,12 +452,11 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, char 
 				CLONE_NEWCGROUP, &pidfd);
 	if (pid == 0)
 		exec_init(&ce, fds, argv);
-	int e = errno;
+	int clone_errno = errno;
 	cgroup_entry_close(&ce);
 	if (pid < 0) {
-		snprintf(err, errlen, "clone3 with new namespaces: %s", strerror(e));
+		rc = mitos_err_set(e, -clone_errno, "clone3 with new namespaces: %s", strerror(clone_errno));
 		cgroup_remove(&cg);
-		rc = -e;
 		goto fail;
 	}
 	close(fds[2]);

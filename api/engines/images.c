@@ -111,7 +111,7 @@ static void init_disk(const char *dir)
 	fflush(stdout);
 }
 
-int images_init(const char *dir, const char *agent_path, bool disk, char *err, size_t errlen)
+int images_init(const char *dir, const char *agent_path, bool disk, struct mitos_err *e)
 {
 	bool explicit_dir = dir != NULL;
 	char def[PATH_MAX], path[PATH_MAX + 64], real[PATH_MAX];
@@ -136,11 +136,10 @@ int images_init(const char *dir, const char *agent_path, bool disk, char *err, s
 	bool ok = realpath(path, real) && !stat(real, &st) && S_ISDIR(st.st_mode);
 	snprintf(py, sizeof(py), "%s/usr/bin/python3", ok ? real : "");
 	if (!ok || lstat(py, &st)) {
-		if (explicit_dir) {
-			snprintf(err, errlen, "engine_unavailable: no python image in %s (remediation: "
-				 "tools/build-image --out %s, or --images none for the host's /)", dir, dir);
-			return -ENOENT;
-		}
+		if (explicit_dir)
+			return mitos_err_set(e, -ENOENT, "engine_unavailable: no python image in %s (remediation: "
+					     "tools/build-image --out %s, or --images none for the host's /)", dir,
+					     dir);
 		char why[PATH_MAX + 64];
 		snprintf(why, sizeof(why), "no python image in %.4000s", dir);
 		fall_back(why);
@@ -152,12 +151,11 @@ int images_init(const char *dir, const char *agent_path, bool disk, char *err, s
 		close(agent_fd);
 	if (dynamic) {
 		/* The image holds none of the libraries a sanitizer build links. */
-		if (explicit_dir) {
-			snprintf(err, errlen, "engine_unavailable: the mitos-agent binary is dynamically linked (a "
-				 "sanitizer build?) and cannot run in the image %s (remediation: --agent with the "
-				 "static agent of a plain build, e.g. %s/usr/local/bin/mitos-agent)", real, real);
-			return -ENOEXEC;
-		}
+		if (explicit_dir)
+			return mitos_err_set(e, -ENOEXEC, "engine_unavailable: the mitos-agent binary is dynamically "
+					     "linked (a sanitizer build?) and cannot run in the image %s (remediation: "
+					     "--agent with the static agent of a plain build, e.g. "
+					     "%s/usr/local/bin/mitos-agent)", real, real);
 		fall_back("the mitos-agent binary is dynamically linked (a sanitizer build?) and cannot run in "
 			  "the python image");
 		return 0;

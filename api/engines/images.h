@@ -8,13 +8,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "lib/error.h"
+
 /* dir: --images (NULL: ${MITOS_CACHE:-$HOME/.cache/mitos}/images; "none": no
  * images, the python template runs on the host's /). agent_path: --agent or NULL
  * (a dynamic agent, as sanitizer builds make, cannot run in the image). An image
  * missing from an explicit dir is an error; from the default dir, a warning and
  * the host's / as before. disk: for the kvm engine, which needs only the ext4 (it
  * boots the image's own agent): never an error, the python template is then missing. */
-int images_init(const char *dir, const char *agent_path, bool disk, char *err, size_t errlen);
+int images_init(const char *dir, const char *agent_path, bool disk, struct mitos_err *e);
 /* ${MITOS_CACHE:-$HOME/.cache/mitos}, where the image and kernel builders cache; -ENOENT
  * when neither is set. */
 int images_cache_dir(char *out, size_t outlen);

@@ -83,55 +83,52 @@ static void build_run(struct kjob *kj)
 {
 	struct build *b = (struct build *)kj;
 	uint64_t t0 = ur_mono_ms(), give_up = t0 + b->boot_ms;
-	char err[400] = "";
+	struct mitos_err e = { 0 };
 	int rc;
 	for (;;) {
 		if (K.stopping) {
-			rc = -ESHUTDOWN;
-			snprintf(err, sizeof(err), "the server is shutting down");
+			rc = mitos_err_set(&e, -ESHUTDOWN, "the server is shutting down");
 			break;
 		}
 		if (pidfd_exited(b->pidfd)) {
 			char tail[300];
 			kvm_console_tail(b->console, tail, sizeof(tail));
-			rc = -ECHILD;
-			snprintf(err, sizeof(err), "the guest stopped before its agent answered; its console ended "
-				 "with: %s", tail[0] ? tail : "(nothing)");
+			rc = mitos_err_set(&e, -ECHILD, "the guest stopped before its agent answered; its console "
+					   "ended with: %s", tail[0] ? tail : "(nothing)");
 			break;
 		}
-		err[0] = 0;
-		rc = kvm_agent_health(b->vsock, 2000, err, sizeof(err));
+		e = (struct mitos_err){ 0 };
+		rc = kvm_agent_health(b->vsock, 2000, &e);
 		if (!rc)
 			break;
 		bool not_yet = rc == -ENOENT || rc == -ECONNREFUSED || rc == -ECONNRESET || rc == -ETIMEDOUT;
 		if (!not_yet)
 			break;
 		if (ur_mono_ms() > give_up) {
-			rc = -ETIMEDOUT;
-			snprintf(err, sizeof(err), "no agent answered on vsock port %u within %" PRIu64 " s of boot "
-				 "(see %.200s)", AGENT_PORT, b->boot_ms / 1000, b->console);
+			rc = mitos_err_set(&e, -ETIMEDOUT, "no agent answered on vsock port %u within %" PRIu64 " s of "
+					   "boot (see %.200s)", AGENT_PORT, b->boot_ms / 1000, b->console);
 			break;
 		}
 		usleep(20000);
 	}
 	if (!rc && b->warm[0]) {
 		uint64_t w0 = ur_mono_ms();
-		char werr[300] = "";
-		int wrc = kvm_guest_warm(b->vsock, b->warm, (int)(give_up > w0 ? give_up - w0 : 1000), werr, sizeof(werr));
+		struct mitos_err werr = { 0 };
+		int wrc = kvm_guest_warm(b->vsock, b->warm, (int)(give_up > w0 ? give_up - w0 : 1000), &werr);
 		b->warm_ms = ur_mono_ms() - w0;
 		if (wrc)
 			fprintf(stderr, "mitos-vmm serve: template %s: warm-up failed after %" PRIu64 " ms (its children "
-				"start cold): %s\n", b->dir, b->warm_ms, werr[0] ? werr : strerror(-wrc));
+				"start cold): %s\n", b->dir, b->warm_ms, werr.msg[0] ? werr.msg : strerror(-wrc));
 	}
 	if (!rc && b->workload) {
 		/* Every fork wakes with it already serving. */
-		rc = workload_run_blocking(b->vsock, AGENT_PORT, b->workload, err, sizeof(err));
+		rc = workload_run_blocking(b->vsock, AGENT_PORT, b->workload, &e);
 		if (rc) {
 			/* The guest kernel's word on a process that died (a segfault, the OOM killer). */
 			char tail[200];
 			kvm_console_tail(b->console, tail, sizeof(tail));
-			snprintf(b->msg, sizeof(b->msg), "%.400s%s%.199s", err, tail[0] ? "; the guest's console ends: " : "",
-				 tail);
+			snprintf(b->msg, sizeof(b->msg), "%.400s%s%.199s", e.msg,
+				 tail[0] ? "; the guest's console ends: " : "", tail);
 		}
 	}
 	if (!rc) {
@@ -141,24 +138,21 @@ static void build_run(struct kjob *kj)
 		char written[PLEN];
 		kvm_pathf(written, "%s/snapshot", b->own);
 		struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = written };
-		rc = kvm_ctl_request(b->control, &req, SNAPSHOT_TIMEOUT_MS, 0, b->pidfd, err, sizeof(err));
+		rc = kvm_ctl_request(b->control, &req, SNAPSHOT_TIMEOUT_MS, 0, b->pidfd, &e);
 		/* A jailed VM wrote it in its own directory: it becomes serve's, root's and
 		 * read-only, before any child maps it. */
-		if (!rc && K.jail && rename(written, b->snap) < 0) {
-			rc = -errno;
-			snprintf(err, sizeof(err), "cannot move the snapshot into the template: %s", strerror(errno));
-		}
+		if (!rc && K.jail && rename(written, b->snap) < 0)
+			rc = mitos_err_set(&e, -errno, "cannot move the snapshot into the template: %s",
+					   strerror(errno));
 		if (!rc && K.jail)
-			rc = jail_seal(b->snap, err, sizeof(err));
+			rc = jail_seal(b->snap, &e);
 		if (rc)
-			snprintf(b->msg, sizeof(b->msg), "the template's snapshot failed: %s", err);
+			snprintf(b->msg, sizeof(b->msg), "the template's snapshot failed: %s", e.msg);
 	} else if (!b->msg[0]) {
-		snprintf(b->msg, sizeof(b->msg), "%s", err);
+		snprintf(b->msg, sizeof(b->msg), "%s", e.msg);
 	}
 	/* The template VM has served its purpose either way. */
-	char ignore[200];
-	kvm_ctl_request(b->control, &(struct ctl_request){ .cmd = CTL_STOP }, CTL_TIMEOUT_MS, 0, b->pidfd, ignore,
-			sizeof(ignore));
+	kvm_ctl_request(b->control, &(struct ctl_request){ .cmd = CTL_STOP }, CTL_TIMEOUT_MS, 0, b->pidfd, NULL);
 	struct pollfd pf = { .fd = b->pidfd, .events = POLLIN };
 	if (poll(&pf, 1, 5000) <= 0)
 		syscall(SYS_pidfd_send_signal, b->pidfd, SIGKILL, NULL, 0);
@@ -202,7 +196,7 @@ static void build_complete(struct kjob *kj)
 
 /* An absolute path of a readable file in spec[key] (absent: out "", an error unless
  * optional). */
-static int spec_file(const cJSON *spec, const char *key, bool optional, char *out, char *err, size_t errlen)
+static int spec_file(const cJSON *spec, const char *key, bool optional, char *out, struct mitos_err *e)
 {
 	const cJSON *j = cJSON_GetObjectItemCaseSensitive(spec, key);
 	const char *v = cJSON_GetStringValue(j);
@@ -210,27 +204,21 @@ static int spec_file(const cJSON *spec, const char *key, bool optional, char *ou
 	out[0] = 0;
 	if (!j && optional)
 		return 0;
-	if (!v || v[0] != '/') {
-		snprintf(err, errlen, "the kvm engine builds a template from a guest kernel and a root "
-			 "filesystem image (or an initramfs): give \"kernel\" and \"rootfs\" (or \"initrd\") as "
-			 "absolute paths on this host");
-		return -EINVAL;
-	}
+	if (!v || v[0] != '/')
+		return mitos_err_set(e, -EINVAL, "the kvm engine builds a template from a guest kernel and a root "
+				     "filesystem image (or an initramfs): give \"kernel\" and \"rootfs\" (or "
+				     "\"initrd\") as absolute paths on this host");
 	char real[PATH_MAX];
-	if (!realpath(v, real) || stat(real, &st) < 0 || !S_ISREG(st.st_mode) || access(real, R_OK)) {
-		snprintf(err, errlen, "%s %.300s: not a readable file", key, v);
-		return -ENOENT;
-	}
-	if (strlen(real) >= PLEN) {
-		snprintf(err, errlen, "%s: path too long", key);
-		return -ENAMETOOLONG;
-	}
+	if (!realpath(v, real) || stat(real, &st) < 0 || !S_ISREG(st.st_mode) || access(real, R_OK))
+		return mitos_err_set(e, -ENOENT, "%s %.300s: not a readable file", key, v);
+	if (strlen(real) >= PLEN)
+		return mitos_err_set(e, -ENAMETOOLONG, "%s: path too long", key);
 	strcpy(out, real);
 	return 0;
 }
 
 int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn done, void *ctx,
-			      char *err, size_t errlen)
+			      struct mitos_err *e)
 {
 	char kernel[PLEN], rootfs[PLEN], initrd[PLEN] = "";
 	unsigned mem, vcpus, boot_s;
@@ -245,49 +233,41 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 			builtin = false;
 	if (builtin) {
 		const char *image = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spec, "image"));
-		if ((rc = kvm_guest_default(image ? image : "", &g, err, errlen)))
+		if ((rc = kvm_guest_default(image ? image : "", &g, e)))
 			return rc;
-		if (kvm_pathf(kernel, "%s", g.kernel) || kvm_pathf(rootfs, "%s", g.rootfs)) {
-			snprintf(err, errlen, "the image's kernel or disk path is too long");
-			return -ENAMETOOLONG;
-		}
-	} else if ((rc = spec_file(spec, "kernel", false, kernel, err, errlen)) ||
-		   (rc = spec_file(spec, "initrd", true, initrd, err, errlen)) ||
-		   (rc = spec_file(spec, "rootfs", initrd[0] != 0, rootfs, err, errlen))) {
+		if (kvm_pathf(kernel, "%s", g.kernel) || kvm_pathf(rootfs, "%s", g.rootfs))
+			return mitos_err_set(e, -ENAMETOOLONG, "the image's kernel or disk path is too long");
+	} else if ((rc = spec_file(spec, "kernel", false, kernel, e)) ||
+		   (rc = spec_file(spec, "initrd", true, initrd, e)) ||
+		   (rc = spec_file(spec, "rootfs", initrd[0] != 0, rootfs, e))) {
 		return rc;
 	}
-	if ((rc = registry_uint_field(spec, "mem_mib", 16, 1u << 20, g.mem_mib, &mem, err, errlen)) ||
-	    (rc = registry_uint_field(spec, "vcpus", 1, 64, 1, &vcpus, err, errlen)) ||
+	if ((rc = registry_uint_field(spec, "mem_mib", 16, 1u << 20, g.mem_mib, &mem, e)) ||
+	    (rc = registry_uint_field(spec, "vcpus", 1, 64, 1, &vcpus, e)) ||
 	    (rc = cgroup_limits_parse(spec, mem,
 				      &(struct cg_limits){ .memory_max_mib = mem + MEM_OVERHEAD_MIB,
 							   .cpu_percent = vcpus * 100 },
-				      &lim, err, errlen)) ||
-	    (rc = registry_uint_field(spec, "boot_timeout", 1, 3600, g.boot_timeout_s, &boot_s, err, errlen)))
+				      &lim, e)) ||
+	    (rc = registry_uint_field(spec, "boot_timeout", 1, 3600, g.boot_timeout_s, &boot_s, e)))
 		return rc;
 	const cJSON *jc = cJSON_GetObjectItemCaseSensitive(spec, "cmdline");
-	if (jc && (!cJSON_IsString(jc) || strlen(jc->valuestring) > 2048)) {
-		snprintf(err, errlen, "cmdline must be a string of at most 2048 characters");
-		return -EINVAL;
-	}
+	if (jc && (!cJSON_IsString(jc) || strlen(jc->valuestring) > 2048))
+		return mitos_err_set(e, -EINVAL, "cmdline must be a string of at most 2048 characters");
 	const char *cmdline = jc ? jc->valuestring : g.cmdline;
 	struct build *b = calloc(1, sizeof(*b));
-	if (!b) {
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
+	if (!b)
+		return mitos_err_set(e, -ENOMEM, "out of memory");
 	b->pidfd = -1;
 	b->vp.pidfd = -1;
 	if (kvm_pathf(b->dir, "%s", dir) || kvm_vm_files(dir, b->own) || kvm_pathf(b->vsock, "%s/vsock", b->own) ||
 	    kvm_pathf(b->control, "%s/control", b->own) ||
 	    kvm_pathf(b->snap, "%s/snapshot", dir) || kvm_pathf(b->console, "%s/console.log", dir) ||
 	    strlen(b->vsock) + 12 > SOCK_MAX || strlen(b->control) > SOCK_MAX) {
-		snprintf(err, errlen, "the state dir's path is too long for the template's sockets");
 		free(b);
-		return -ENAMETOOLONG;
+		return mitos_err_set(e, -ENAMETOOLONG, "the state dir's path is too long for the template's sockets");
 	}
 	if (mkdir(dir, 0700) < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot create %.300s: %s", dir, strerror(errno));
+		rc = mitos_err_set(e, -errno, "cannot create %.300s: %s", dir, strerror(errno));
 		free(b);
 		return rc;
 	}
@@ -306,6 +286,8 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	kvm_pathf(path, "%s/kvm.json", dir);
 	rc = registry_write_json(path, o);
 	cJSON_Delete(o);
+	if (rc)
+		mitos_err_set(e, rc, "cannot write the template's files: %s", strerror(-rc));
 	char disk[PLEN + 4], mems[16], cpus[16], vsockarg[PLEN];
 	snprintf(disk, sizeof(disk), "%s,ro", rootfs);
 	snprintf(mems, sizeof(mems), "%u", mem);
@@ -327,15 +309,13 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	char name[64];
 	snprintf(name, sizeof(name), "tpl-%d-%u", (int)getpid(), ++K.serial);
 	struct jail jl;
-	if (!rc && K.jail && !(rc = kvm_jail_prepare(dir, &jl, err, errlen))) {
+	if (!rc && K.jail && !(rc = kvm_jail_prepare(dir, &jl, e))) {
 		const char *given[] = { kernel, rootfs, initrd };
 		for (size_t i = 0; !rc && i < sizeof(given) / sizeof(given[0]); i++)
 			if (given[i][0] && (rc = jail_add(&jl, given[i], false)))
-				snprintf(err, errlen, "cannot give the VM %.300s: %s", given[i], strerror(-rc));
+				mitos_err_set(e, rc, "cannot give the VM %.300s: %s", given[i], strerror(-rc));
 	}
-	if (rc || (rc = kvm_vm_spawn(argv, b->console, name, &sh, K.jail ? &jl : NULL, &b->vp, err, errlen))) {
-		if (!err[0])
-			snprintf(err, errlen, "cannot write the template's files: %s", strerror(-rc));
+	if (rc || (rc = kvm_vm_spawn(argv, b->console, name, &sh, K.jail ? &jl : NULL, &b->vp, e))) {
 		teardown_tree(dir, NULL);
 		free(b);
 		return rc;

@@ -38,7 +38,7 @@ static bool readable_file(const char *path)
 
 /* firmware/guest-pvm.cmdline: '#' lines are comments, the others joined with spaces.
  * Its rdinit= is for an initramfs guest; ours boots from the disk. */
-static int pvm_cmdline(char *out, size_t outlen, char *err, size_t errlen)
+static int pvm_cmdline(char *out, size_t outlen, struct mitos_err *e)
 {
 	char exe[PATH_MAX], path[PATH_MAX + 64];
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -53,11 +53,10 @@ static int pvm_cmdline(char *out, size_t outlen, char *err, size_t errlen)
 		snprintf(path, sizeof(path), "%s%s", cands[i][0], cands[i][1]);
 		f = fopen(path, "re");
 	}
-	if (!f) {
-		snprintf(err, errlen, "the pvm kernel's command line %s/firmware/guest-pvm.cmdline is missing "
-			 "(remediation: run serve from a build of the source tree)", MITOS_SOURCE_ROOT);
-		return -ENODEV;
-	}
+	if (!f)
+		return mitos_err_set(e, -ENODEV, "the pvm kernel's command line %s/firmware/guest-pvm.cmdline is "
+				     "missing (remediation: run serve from a build of the source tree)",
+				     MITOS_SOURCE_ROOT);
 	size_t len = 0;
 	char line[1024];
 	out[0] = 0;
@@ -70,8 +69,7 @@ static int pvm_cmdline(char *out, size_t outlen, char *err, size_t errlen)
 			int k = snprintf(out + len, outlen - len, "%s%s", len ? " " : "", tok);
 			if (k < 0 || (size_t)k >= outlen - len) {
 				fclose(f);
-				snprintf(err, errlen, "%s is too long", path);
-				return -E2BIG;
+				return mitos_err_set(e, -E2BIG, "%s is too long", path);
 			}
 			len += (size_t)k;
 		}
@@ -80,34 +78,27 @@ static int pvm_cmdline(char *out, size_t outlen, char *err, size_t errlen)
 	return 0;
 }
 
-int kvm_guest_default(const char *image, struct kvm_guest *g, char *err, size_t errlen)
+int kvm_guest_default(const char *image, struct kvm_guest *g, struct mitos_err *e)
 {
 	const char *disk = images_disk(image);
 	if (!disk) {
-		if (!images_root(image)) {
-			snprintf(err, errlen, "image '%.64s' is not available on the kvm engine (available: python); or "
-				 "give \"kernel\" and \"rootfs\" (or \"initrd\")", image);
-			return -ENOENT;
-		}
-		snprintf(err, errlen, "the python image's rootfs.ext4 is not built, or serve runs with --images "
-			 "none (remediation: tools/build-image, then restart serve)");
-		return -ENODEV;
+		if (!images_root(image))
+			return mitos_err_set(e, -ENOENT, "image '%.64s' is not available on the kvm engine (available: "
+					     "python); or give \"kernel\" and \"rootfs\" (or \"initrd\")", image);
+		return mitos_err_set(e, -ENODEV, "the python image's rootfs.ext4 is not built, or serve runs with "
+				     "--images none (remediation: tools/build-image, then restart serve)");
 	}
 	snprintf(g->rootfs, sizeof(g->rootfs), "%s", disk);
 	char cache[PATH_MAX - 64];
-	if (images_cache_dir(cache, sizeof(cache))) {
-		snprintf(err, errlen, "neither MITOS_CACHE nor HOME is set: no guest kernel cache");
-		return -ENODEV;
-	}
+	if (images_cache_dir(cache, sizeof(cache)))
+		return mitos_err_set(e, -ENODEV, "neither MITOS_CACHE nor HOME is set: no guest kernel cache");
 	char link[PATH_MAX];
 	snprintf(link, sizeof(link), "%s/kernel/%s/vmlinux", cache, emulated ? "current-pvm" : "current");
 	/* The build it names now: a rebuild later must not change what a template says it booted. */
-	if (!realpath(link, g->kernel) || !readable_file(g->kernel)) {
-		snprintf(err, errlen, "no guest kernel at %.300s (remediation: firmware/build-kernel.sh%s; about 7 "
-			 "minutes on 2 cores the first time)", link, emulated ? " --variant pvm, the variant for "
-			 "emulation-only KVM" : "");
-		return -ENODEV;
-	}
+	if (!realpath(link, g->kernel) || !readable_file(g->kernel))
+		return mitos_err_set(e, -ENODEV, "no guest kernel at %.300s (remediation: firmware/build-kernel.sh%s; "
+				     "about 7 minutes on 2 cores the first time)", link,
+				     emulated ? " --variant pvm, the variant for emulation-only KVM" : "");
 	g->mem_mib = MEM_MIB;
 	g->boot_timeout_s = emulated ? BOOT_TIMEOUT_EMULATED_S : BOOT_TIMEOUT_HW_S;
 	snprintf(g->warm, sizeof(g->warm), "%s", WARM_CMD);
@@ -115,7 +106,7 @@ int kvm_guest_default(const char *image, struct kvm_guest *g, char *err, size_t 
 		snprintf(g->cmdline, sizeof(g->cmdline), "%s init=/usr/sbin/init", KVM_GUEST_CMDLINE);
 		return 0;
 	}
-	int rc = pvm_cmdline(g->cmdline, sizeof(g->cmdline) - sizeof(ROOT_ARGS) - 1, err, errlen);
+	int rc = pvm_cmdline(g->cmdline, sizeof(g->cmdline) - sizeof(ROOT_ARGS) - 1, e);
 	if (!rc)
 		strcat(strcat(g->cmdline, " "), ROOT_ARGS);
 	return rc;

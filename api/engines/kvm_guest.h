@@ -9,7 +9,8 @@
 
 #include <limits.h>
 #include <stdbool.h>
-#include <stddef.h>
+
+#include "lib/error.h"
 
 /* Every guest without a command line of its own gets this (the VMM appends its
  * virtio_mmio.device= entries). */
@@ -29,7 +30,7 @@ struct kvm_guest {
 
 void kvm_guest_init(bool emulated);
 /* Fills g for image. -ENOENT: no such image; -ENODEV: the image or the kernel is not
- * built (err names the file and the command that builds it). */
-int kvm_guest_default(const char *image, struct kvm_guest *g, char *err, size_t errlen);
+ * built (e names the file and the command that builds it). */
+int kvm_guest_default(const char *image, struct kvm_guest *g, struct mitos_err *e);
 
 #endif

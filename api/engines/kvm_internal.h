@@ -78,7 +78,7 @@ struct kvm_layer {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	int state;                /* 1 being written, 0 ready, -errno failed */
-	char err[400];
+	struct mitos_err err;     /* why it failed */
 	char dir[PLEN];
 	struct kvm_layer *next;
 };
@@ -139,7 +139,7 @@ bool kvm_is_socket(const char *path);
 void kvm_console_tail(const char *path, char *out, size_t outlen);
 void kvm_write_error_file(const char *dir, const char *msg);
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
-		 const struct jail *jail, struct vm_proc *vp, char *err, size_t errlen);
+		 const struct jail *jail, struct vm_proc *vp, struct mitos_err *e);
 void kvm_vm_reap(struct vm_proc *vp);
 /* The same, but only the kill now: the wait (as long as the kernel takes to free the
  * VM's memory) and the cgroups' removal on the teardown thread. */
@@ -156,9 +156,9 @@ void kvm_submit(struct kjob *j, enum kvm_lane lane);
 void kvm_run_completions(void);
 void kvm_arm_efd(void);
 int kvm_ctl_request(const char *sock, const struct ctl_request *req, int timeout_ms, int wait_ms, int pidfd,
-		    char *err, size_t errlen);
-int kvm_agent_health(const char *vsock, int timeout_ms, char *err, size_t errlen);
-int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *err, size_t errlen);
+		    struct mitos_err *e);
+int kvm_agent_health(const char *vsock, int timeout_ms, struct mitos_err *e);
+int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, struct mitos_err *e);
 
 /* ---- kvm_layers.c ---- */
 struct kvm_layer *kvm_layer_find(const char *dir);
@@ -169,11 +169,10 @@ void kvm_layer_unref(struct kvm_layer *l);
 /* A layer found on disk (a re-adopted sandbox restored from it): one more reference,
  * its parent layers linked in as well. NULL if dir is not a layer. */
 struct kvm_layer *kvm_layer_adopt(const char *dir, unsigned depth);
-/* Waits (a worker) until the layer is written: 0, or -errno with err. */
-int kvm_layer_wait(struct kvm_layer *l, char *err, size_t errlen);
+/* Waits (a worker) until the layer is written: 0, or -errno with e. */
+int kvm_layer_wait(struct kvm_layer *l, struct mitos_err *e);
 /* The engine's fork_source: a new layer of the running sandbox p, written by a job. */
-int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen, char *err,
-		    size_t errlen);
+int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen, struct mitos_err *e);
 
 /* ---- kvm_pool.c ---- */
 struct shape_pool *kvm_pool_for(const struct vm_shape *sh, bool add);
@@ -186,19 +185,18 @@ void kvm_pool_tick(struct ur_ticker *t, uint64_t now);
 /* vmdir: with K.jail, the directory the VM was started in (its control socket, console
  * and vsock are in kvm_vm_files(vmdir), claimed into sbdir by the restore, which
  * then removes vmdir); "" otherwise. */
-int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *vmdir, char *err,
-		size_t errlen);
+int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *vmdir, struct mitos_err *e);
 /* Where the VM process of dir (a pool VM's, a sandbox's being restored, a template
  * build's) makes its files: dir/vm, its own, with K.jail; dir otherwise. dir itself
  * (its vm.json, the sandbox's record) stays serve's. */
 int kvm_vm_files(const char *dir, char *out);
 /* With K.jail: makes dir/vm, a new jail j whose uid owns it and which holds it. */
-int kvm_jail_prepare(const char *dir, struct jail *j, char *err, size_t errlen);
+int kvm_jail_prepare(const char *dir, struct jail *j, struct mitos_err *e);
 
 /* ---- kvm_build.c ---- */
 int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t rootfslen);
 int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn done, void *ctx,
-			      char *err, size_t errlen);
+			      struct mitos_err *e);
 bool kvm_template_usable(const char *dir);
 void kvm_builds_kill(void);
 

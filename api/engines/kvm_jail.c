@@ -76,36 +76,25 @@ static void range_taken(char *who, size_t wholen)
 	endgrent();
 }
 
-int jail_init(const char *mountpoint, const char *exe, char *err, size_t errlen)
+int jail_init(const char *mountpoint, const char *exe, struct mitos_err *e)
 {
 	memset(&S, 0, sizeof(S));
 	char who[300];
-	if (uid_base == 0 || uid_base > UINT32_MAX - JAIL_UIDS - 1) {
-		snprintf(err, errlen, "the VM uid range %u..%u does not fit below 2^32-1 (or starts at root)",
-			 uid_base, uid_base + JAIL_UIDS);
-		return -ERANGE;
-	}
+	if (uid_base == 0 || uid_base > UINT32_MAX - JAIL_UIDS - 1)
+		return mitos_err_set(e, -ERANGE, "the VM uid range %u..%u does not fit below 2^32-1 (or starts at "
+				     "root)", uid_base, uid_base + JAIL_UIDS);
 	range_taken(who, sizeof(who));
-	if (who[0]) {
-		snprintf(err, errlen, "the VM uid range %u..%u holds this host's %s: pick another with "
-			 "--vm-uid-base", uid_base, uid_base + JAIL_UIDS, who);
-		return -EEXIST;
-	}
-	if (!realpath(exe, S.bind[0].path)) {
-		int e = errno;
-		snprintf(err, errlen, "cannot find %.200s: %s", exe, strerror(e));
-		return -e;
-	}
+	if (who[0])
+		return mitos_err_set(e, -EEXIST, "the VM uid range %u..%u holds this host's %s: pick another with "
+				     "--vm-uid-base", uid_base, uid_base + JAIL_UIDS, who);
+	if (!realpath(exe, S.bind[0].path))
+		return mitos_err_set(e, -errno, "cannot find %.200s: %s", exe, strerror(errno));
 	S.nbind = 1;
-	if (strlen(mountpoint) >= sizeof(S.mnt) || mountpoint[0] != '/') {
-		snprintf(err, errlen, "the jail's mount point %.200s is not an absolute path that fits", mountpoint);
-		return -ENAMETOOLONG;
-	}
-	if (mkdir(mountpoint, 0755) < 0 && errno != EEXIST) {
-		int e = errno;
-		snprintf(err, errlen, "cannot create %.200s: %s", mountpoint, strerror(e));
-		return -e;
-	}
+	if (strlen(mountpoint) >= sizeof(S.mnt) || mountpoint[0] != '/')
+		return mitos_err_set(e, -ENAMETOOLONG, "the jail's mount point %.200s is not an absolute path that "
+				     "fits", mountpoint);
+	if (mkdir(mountpoint, 0755) < 0 && errno != EEXIST)
+		return mitos_err_set(e, -errno, "cannot create %.200s: %s", mountpoint, strerror(errno));
 	strcpy(S.mnt, mountpoint);
 	/* The dynamic loader and libraries (a sanitizer build's runtime too), and its cache. */
 	static const char *const tops[] = { "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32" };
@@ -340,7 +329,7 @@ static int more_child(void *arg)
 	return 0;
 }
 
-int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
+int jail_bind_more(int pidfd, const struct jail *more, struct mitos_err *e)
 {
 	int fds[JAIL_MAX_PATHS];
 	struct stat src[JAIL_MAX_PATHS];
@@ -353,24 +342,20 @@ int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 						    (p->rw ? 0 : MOUNT_ATTR_RDONLY) };
 		if (fds[n] < 0 || syscall(SYS_mount_setattr, fds[n], "", AT_EMPTY_PATH, &a, sizeof(a)) < 0 ||
 		    fstat(fds[n], &src[n]) < 0) {
-			rc = -errno;
-			snprintf(err, errlen, "cannot copy the mount of %.300s for a VM: %s", p->path, strerror(errno));
+			rc = mitos_err_set(e, -errno, "cannot copy the mount of %.300s for a VM: %s", p->path,
+					   strerror(errno));
 			if (fds[n] >= 0)
 				close(fds[n]);
 			break;
 		}
 	}
 	struct stat host_root;
-	if (!rc && stat("/", &host_root) < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot stat /: %s", strerror(errno));
-	}
+	if (!rc && stat("/", &host_root) < 0)
+		rc = mitos_err_set(e, -errno, "cannot stat /: %s", strerror(errno));
 	size_t stack_size = 64 * 1024;
 	char *stack = rc ? NULL : malloc(stack_size);
-	if (!rc && !stack) {
-		rc = -ENOMEM;
-		snprintf(err, errlen, "out of memory");
-	}
+	if (!rc && !stack)
+		rc = mitos_err_set(e, -ENOMEM, "out of memory");
 	/* Until the VM is in its jail (a few ms after its clone), or for JAIL_ENTER_MS. */
 	uint64_t give_up = mono_ms() + JAIL_ENTER_MS;
 	while (stack) {
@@ -378,8 +363,8 @@ int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 		pid_t pid = clone(more_child, stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &c);
 		int st = 0;
 		if (pid < 0) {
-			rc = -errno;
-			snprintf(err, errlen, "cannot start the helper that mounts into a VM's root: %s", strerror(-rc));
+			rc = mitos_err_set(e, -errno, "cannot start the helper that mounts into a VM's root: %s",
+					   strerror(errno));
 		} else if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
 			rc = c.err ? -c.err : -EIO;
 			if (c.step == -2 && mono_ms() < give_up && !pidfd_exited(pidfd)) {
@@ -387,14 +372,15 @@ int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 				continue;
 			}
 			if (c.step == -2 && pidfd_exited(pidfd))
-				snprintf(err, errlen, "the VM process exited before it was in its jail (its console says why)");
+				mitos_err_set(e, rc, "the VM process exited before it was in its jail (its console "
+					      "says why)");
 			else if (c.step == -2)
-				snprintf(err, errlen, "the VM did not enter its jail within %d ms", JAIL_ENTER_MS);
+				mitos_err_set(e, rc, "the VM did not enter its jail within %d ms", JAIL_ENTER_MS);
 			else if (c.step < 0)
-				snprintf(err, errlen, "cannot enter the VM's mount namespace: %s", strerror(-rc));
+				mitos_err_set(e, rc, "cannot enter the VM's mount namespace: %s", strerror(-rc));
 			else
-				snprintf(err, errlen, "cannot mount %.300s into the VM's root: %s", more->p[c.step].path,
-					 strerror(-rc));
+				mitos_err_set(e, rc, "cannot mount %.300s into the VM's root: %s", more->p[c.step].path,
+					      strerror(-rc));
 		} else {
 			rc = 0;
 		}
@@ -406,34 +392,29 @@ int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen)
 	return rc;
 }
 
-int jail_claim(const char *from, const char *to, mode_t type, char *err, size_t errlen)
+int jail_claim(const char *from, const char *to, mode_t type, struct mitos_err *e)
 {
 	struct stat st;
-	if (rename(from, to) < 0 || lstat(to, &st) < 0) {
-		int e = errno;
-		snprintf(err, errlen, "cannot move %.200s to %.200s: %s", from, to, strerror(e));
-		return -e;
-	}
+	if (rename(from, to) < 0 || lstat(to, &st) < 0)
+		return mitos_err_set(e, -errno, "cannot move %.200s to %.200s: %s", from, to, strerror(errno));
 	if ((st.st_mode & S_IFMT) != type) {
 		/* Back where it came from (gone with the VM's directory), never kept in ours. */
 		if (rename(to, from) < 0)
 			unlink(to);
-		snprintf(err, errlen, "the VM left something else than it should in %.300s", from);
-		return -EPERM;
+		return mitos_err_set(e, -EPERM, "the VM left something else than it should in %.300s", from);
 	}
 	return 0;
 }
 
-int jail_seal(const char *dir, char *err, size_t errlen)
+int jail_seal(const char *dir, struct mitos_err *e)
 {
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	/* First the directory: from here on the VM can add or rename nothing in it. */
 	if (dfd < 0 || fchown(dfd, 0, 0) < 0 || fchmod(dfd, 0755) < 0) {
-		int e = errno;
-		snprintf(err, errlen, "cannot seal the snapshot %.300s: %s", dir, strerror(e));
+		int rc = mitos_err_set(e, -errno, "cannot seal the snapshot %.300s: %s", dir, strerror(errno));
 		if (dfd >= 0)
 			close(dfd);
-		return -e;
+		return rc;
 	}
 	int rc = 0;
 	DIR *d = fdopendir(dup(dfd));
@@ -445,19 +426,17 @@ int jail_seal(const char *dir, char *err, size_t errlen)
 		if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
 			rc = -errno;
 		} else if (!S_ISREG(st.st_mode)) {
-			rc = -EPERM;
-			snprintf(err, errlen, "the snapshot %.300s holds %.100s, which is not a regular file: the VM "
-				 "that wrote it is not trusted", dir, de->d_name);
+			rc = mitos_err_set(e, -EPERM, "the snapshot %.300s holds %.100s, which is not a regular file: "
+					   "the VM that wrote it is not trusted", dir, de->d_name);
 		} else if (fchownat(dfd, de->d_name, 0, 0, AT_SYMLINK_NOFOLLOW) < 0 ||
 			   fchmodat(dfd, de->d_name, 0444, 0) < 0) {
 			rc = -errno;
 		}
 		if (rc && rc != -EPERM)
-			snprintf(err, errlen, "cannot seal %.300s/%.100s: %s", dir, de->d_name, strerror(-rc));
+			mitos_err_set(e, rc, "cannot seal %.300s/%.100s: %s", dir, de->d_name, strerror(-rc));
 	}
 	if (!d) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot read the snapshot %.300s: %s", dir, strerror(errno));
+		rc = mitos_err_set(e, -errno, "cannot read the snapshot %.300s: %s", dir, strerror(errno));
 	} else {
 		closedir(d);
 	}

@@ -10,9 +10,10 @@
 #define MITOS_API_KVM_JAIL_H
 
 #include <stdbool.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "lib/error.h"
 
 #define JAIL_MAX_PATHS 72 /* a layer chain is at most 64 deep */
 #define JAIL_PLEN 512
@@ -37,8 +38,8 @@ struct jail {
  * what of the host a VM process needs to start: exe (the mitos-vmm binary, bound at
  * its own path: the kernel does not execute a file of a mount outside the caller's
  * namespace, so it cannot be executed through serve's descriptor), /usr and the
- * top-level links into it, the dynamic loader's cache. 0 or -errno with err. */
-int jail_init(const char *mountpoint, const char *exe, char *err, size_t errlen);
+ * top-level links into it, the dynamic loader's cache. 0 or -errno with e. */
+int jail_init(const char *mountpoint, const char *exe, struct mitos_err *e);
 
 /* The uid range's base (JAIL_UID_BASE unless set), before jail_init. jail_init refuses
  * a range that a user or group of this host's passwd/group databases is in. */
@@ -73,17 +74,17 @@ int jail_drop_capabilities(bool stays_root);
 
 /* Mounts more of the host into the running VM process behind pidfd (same paths;
  * already mounted ones are skipped). Blocks briefly (a helper process): worker
- * threads only. 0 or -errno with err. */
-int jail_bind_more(int pidfd, const struct jail *more, char *err, size_t errlen);
+ * threads only. 0 or -errno with e. */
+int jail_bind_more(int pidfd, const struct jail *more, struct mitos_err *e);
 
 /* Renames what a VM made in its own directory (from) to serve's (to), and keeps it only
  * if it is what it should be (S_IFSOCK, S_IFREG) and not a link to elsewhere. 0 or
- * -errno with err (-EPERM: something else was there, and is gone). */
-int jail_claim(const char *from, const char *to, mode_t type, char *err, size_t errlen);
+ * -errno with e (-EPERM: something else was there, and is gone). */
+int jail_claim(const char *from, const char *to, mode_t type, struct mitos_err *e);
 
 /* A snapshot directory a VM wrote becomes root's and read-only to everyone: no VM
  * (this one, or a later one given the same uid) may change what children restore.
- * Everything in it must be a regular file. 0 or -errno with err. */
-int jail_seal(const char *dir, char *err, size_t errlen);
+ * Everything in it must be a regular file. 0 or -errno with e. */
+int jail_seal(const char *dir, struct mitos_err *e);
 
 #endif

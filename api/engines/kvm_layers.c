@@ -87,7 +87,7 @@ struct kvm_layer *kvm_layer_adopt(const char *dir, unsigned depth)
 	return l;
 }
 
-int kvm_layer_wait(struct kvm_layer *l, char *err, size_t errlen)
+int kvm_layer_wait(struct kvm_layer *l, struct mitos_err *e)
 {
 	pthread_mutex_lock(&l->mu);
 	while (l->state == 1 && !K.stopping) {
@@ -102,7 +102,7 @@ int kvm_layer_wait(struct kvm_layer *l, char *err, size_t errlen)
 	}
 	int st = l->state == 1 ? -ESHUTDOWN : l->state;
 	if (st)
-		snprintf(err, errlen, "the parent's snapshot failed: %s", l->err[0] ? l->err : strerror(-st));
+		mitos_err_set(e, st, "the parent's snapshot failed: %s", l->err.msg[0] ? l->err.msg : strerror(-st));
 	pthread_mutex_unlock(&l->mu);
 	return st;
 }
@@ -117,7 +117,7 @@ struct snap_job {
 
 /* A jailed VM writes its layer in a directory serve makes for it, its uid's, mounted
  * into its root. */
-static int layer_dir_for_jail(const struct snap_job *j, char *err, size_t errlen)
+static int layer_dir_for_jail(const struct snap_job *j, struct mitos_err *e)
 {
 	char proc[64];
 	struct stat st;
@@ -131,27 +131,26 @@ static int layer_dir_for_jail(const struct snap_job *j, char *err, size_t errlen
 		rc = -errno;
 	if (!rc)
 		rc = jail_add(&more, j->layer->dir, true);
-	if (rc) {
-		snprintf(err, errlen, "cannot make the layer %.300s for the VM: %s", j->layer->dir, strerror(-rc));
-		return rc;
-	}
-	return jail_bind_more(j->pidfd, &more, err, errlen);
+	if (rc)
+		return mitos_err_set(e, rc, "cannot make the layer %.300s for the VM: %s", j->layer->dir,
+				     strerror(-rc));
+	return jail_bind_more(j->pidfd, &more, e);
 }
 
 static void snap_run(struct kjob *kj)
 {
 	struct snap_job *j = (struct snap_job *)kj;
-	char err[400] = "";
+	struct mitos_err e = { 0 };
 	struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = j->layer->dir };
-	int rc = j->pidfd >= 0 ? layer_dir_for_jail(j, err, sizeof(err)) : 0;
+	int rc = j->pidfd >= 0 ? layer_dir_for_jail(j, &e) : 0;
 	if (!rc)
-		rc = kvm_ctl_request(j->control, &req, SNAPSHOT_TIMEOUT_MS, 0, -1, err, sizeof(err));
+		rc = kvm_ctl_request(j->control, &req, SNAPSHOT_TIMEOUT_MS, 0, -1, &e);
 	/* What children map is root's and read-only from here on. */
 	if (!rc && j->pidfd >= 0)
-		rc = jail_seal(j->layer->dir, err, sizeof(err));
+		rc = jail_seal(j->layer->dir, &e);
 	pthread_mutex_lock(&j->layer->mu);
 	j->layer->state = rc;
-	snprintf(j->layer->err, sizeof(j->layer->err), "%s", err);
+	j->layer->err = e;
 	pthread_cond_broadcast(&j->layer->cv);
 	pthread_mutex_unlock(&j->layer->mu);
 }
@@ -165,7 +164,7 @@ static void snap_complete(struct kjob *kj)
 	free(j);
 }
 int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen,
-			   char *err, size_t errlen)
+			   struct mitos_err *e)
 {
 	struct kvm_sb *ksb = p->priv;
 	struct snap_job *j = calloc(1, sizeof(*j));
@@ -178,8 +177,7 @@ int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, siz
 		rc = -ENOMEM;
 	if (rc) {
 		free(j);
-		snprintf(err, errlen, "cannot prepare a layer for the fork: %s", strerror(-rc));
-		return rc;
+		return mitos_err_set(e, rc, "cannot prepare a layer for the fork: %s", strerror(-rc));
 	}
 	j->pidfd = K.jail ? fcntl(p->pidfd, F_DUPFD_CLOEXEC, 3) : -1;
 	j->pid = p->pid;

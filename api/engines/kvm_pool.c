@@ -93,8 +93,8 @@ static int vm_argv_make(struct vm_argv *a, const char *dir, const struct vm_shap
 }
 
 /* Makes dir and spawns a `mitos-vmm vm` of sh there, armed with arm ("" for none). */
-static int vm_start(const char *dir, const struct vm_shape *sh, const char *arm, struct vm_proc *vp, char *err,
-		    size_t errlen)
+static int vm_start(const char *dir, const struct vm_shape *sh, const char *arm, struct vm_proc *vp,
+		    struct mitos_err *e)
 {
 	char files[PLEN], name[64];
 	struct vm_argv a;
@@ -102,19 +102,14 @@ static int vm_start(const char *dir, const struct vm_shape *sh, const char *arm,
 	int rc = kvm_vm_files(dir, files);
 	if (!rc)
 		rc = vm_argv_make(&a, files, sh, arm);
-	if (rc) {
-		snprintf(err, errlen, "the path %.200s is too long for a VM's sockets", dir);
-		return rc;
-	}
-	if (mkdir(dir, 0700) < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot make %.200s: %s", dir, strerror(-rc));
-		return rc;
-	}
-	if (K.jail && !(rc = kvm_jail_prepare(dir, &jl, err, errlen)) && arm[0] && (rc = jail_add(&jl, arm, false)))
-		snprintf(err, errlen, "cannot give a VM the snapshot %.200s: %s", arm, strerror(-rc));
+	if (rc)
+		return mitos_err_set(e, rc, "the path %.200s is too long for a VM's sockets", dir);
+	if (mkdir(dir, 0700) < 0)
+		return mitos_err_set(e, -errno, "cannot make %.200s: %s", dir, strerror(errno));
+	if (K.jail && !(rc = kvm_jail_prepare(dir, &jl, e)) && arm[0] && (rc = jail_add(&jl, arm, false)))
+		mitos_err_set(e, rc, "cannot give a VM the snapshot %.200s: %s", arm, strerror(-rc));
 	snprintf(name, sizeof(name), "%s", strrchr(dir, '/') + 1);
-	if (rc || (rc = kvm_vm_spawn(a.v, a.console, name, sh, K.jail ? &jl : NULL, vp, err, errlen))) {
+	if (rc || (rc = kvm_vm_spawn(a.v, a.console, name, sh, K.jail ? &jl : NULL, vp, e))) {
 		teardown_tree(dir, NULL);
 		return rc;
 	}
@@ -122,14 +117,14 @@ static int vm_start(const char *dir, const struct vm_shape *sh, const char *arm,
 	return 0;
 }
 
-static int pool_spawn(struct shape_pool *sp, char *err, size_t errlen)
+static int pool_spawn(struct shape_pool *sp, struct mitos_err *e)
 {
 	struct pool_vm *pv = calloc(1, sizeof(*pv));
 	if (!pv)
 		return -ENOMEM;
 	int rc = kvm_pathf(pv->dir, "%s/vm-%d-%u", K.pool_dir, (int)getpid(), ++K.serial);
 	if (!rc)
-		rc = vm_start(pv->dir, &sp->sh, sp->arm, &pv->p, err, errlen);
+		rc = vm_start(pv->dir, &sp->sh, sp->arm, &pv->p, e);
 	if (rc) {
 		free(pv);
 		return rc;
@@ -189,9 +184,9 @@ void kvm_pool_fill(void)
 	for (int i = 0; i < MAX_SHAPES && spawned < SPAWN_PER_TICK; i++) {
 		struct shape_pool *sp = &K.pools[i];
 		while (sp->used && sp->nidle < K.pool_size && now >= sp->retry_at_ms && spawned < SPAWN_PER_TICK) {
-			char err[300];
-			if (pool_spawn(sp, err, sizeof(err))) {
-				fprintf(stderr, "mitos-vmm serve: cannot prepare a VM: %s\n", err);
+			struct mitos_err e = { 0 };
+			if (pool_spawn(sp, &e)) {
+				fprintf(stderr, "mitos-vmm serve: cannot prepare a VM: %s\n", e.msg);
 				sp->retry_at_ms = now + 5000;
 				break;
 			}
@@ -216,8 +211,8 @@ void kvm_pool_tick(struct ur_ticker *t, uint64_t now)
 /* A VM for a new sandbox in sbdir: a prepared one moved over (its control socket and
  * console renamed into sbdir, or with K.jail left in its own directory for the restore
  * to claim), or a new one started there. */
-int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *vmdir, char *err,
-		size_t errlen)
+int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp, char *vmdir,
+		struct mitos_err *e)
 {
 	vmdir[0] = 0;
 	struct shape_pool *sp = kvm_pool_for(sh, true);
@@ -260,16 +255,15 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 	if (!K.jail) {
 		struct vm_argv a;
 		char name[64];
-		if (vm_argv_make(&a, sbdir, sh, "")) {
-			snprintf(err, errlen, "the sandbox's path %.200s is too long for its sockets", sbdir);
-			return -ENAMETOOLONG;
-		}
+		if (vm_argv_make(&a, sbdir, sh, ""))
+			return mitos_err_set(e, -ENAMETOOLONG, "the sandbox's path %.200s is too long for its sockets",
+					     sbdir);
 		snprintf(name, sizeof(name), "vm-%d-%u", (int)getpid(), ++K.serial);
-		return kvm_vm_spawn(a.v, a.console, name, sh, NULL, vp, err, errlen);
+		return kvm_vm_spawn(a.v, a.console, name, sh, NULL, vp, e);
 	}
 	int rc = kvm_pathf(vmdir, "%s/vm-%d-%u", K.pool_dir, (int)getpid(), ++K.serial);
 	if (!rc)
-		rc = vm_start(vmdir, sh, "", vp, err, errlen);
+		rc = vm_start(vmdir, sh, "", vp, e);
 	if (rc)
 		vmdir[0] = 0;
 	return rc;

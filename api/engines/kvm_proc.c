@@ -158,7 +158,7 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
  * console; with jail (K.jail), under the jail's uid in its own root, /dev/kvm handed
  * over as --kvm-fd 4. */
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
-		 const struct jail *jail, struct vm_proc *vp, char *err, size_t errlen)
+		 const struct jail *jail, struct vm_proc *vp, struct mitos_err *e)
 {
 	memset(vp, 0, sizeof(*vp));
 	vp->pidfd = -1;
@@ -174,16 +174,16 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 	av[n] = NULL;
 	int logfd = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (logfd < 0 || (jail && fchown(logfd, jail->uid, jail->gid) < 0)) {
-		snprintf(err, errlen, "cannot create %s: %s", console, strerror(errno));
+		int rc = mitos_err_set(e, -errno, "cannot create %s: %s", console, strerror(errno));
 		if (logfd >= 0)
 			close(logfd);
-		return -errno;
+		return rc;
 	}
 	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
 	struct cg_entry ce;
 	int rc = cgroup_create(name, &sh->lim, &vp->cg, &ce);
 	if (rc) {
-		snprintf(err, errlen, "cannot create the VM's cgroup: %s", strerror(-rc));
+		mitos_err_set(e, rc, "cannot create the VM's cgroup: %s", strerror(-rc));
 		close(logfd);
 		if (nullfd >= 0)
 			close(nullfd);
@@ -194,15 +194,15 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 				CLONE_NEWNET : 0, &pidfd);
 	if (pid == 0)
 		vm_child(av, logfd, nullfd, &ce, jail);
-	int e = errno;
+	int clone_errno = errno;
 	close(logfd);
 	if (nullfd >= 0)
 		close(nullfd);
 	cgroup_entry_close(&ce);
 	if (pid < 0) {
-		snprintf(err, errlen, "cannot start mitos-vmm (clone3): %s", strerror(e));
+		mitos_err_set(e, -clone_errno, "cannot start mitos-vmm (clone3): %s", strerror(clone_errno));
 		cgroup_remove(&vp->cg);
-		return -e;
+		return -clone_errno;
 	}
 	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
 	vp->pid = (pid_t)pid;
@@ -216,7 +216,7 @@ int kvm_vm_files(const char *dir, char *out)
 	return K.jail ? kvm_pathf(out, "%s/vm", dir) : kvm_pathf(out, "%s", dir);
 }
 
-int kvm_jail_prepare(const char *dir, struct jail *j, char *err, size_t errlen)
+int kvm_jail_prepare(const char *dir, struct jail *j, struct mitos_err *e)
 {
 	char own[PLEN];
 	int rc = kvm_pathf(own, "%s/vm", dir);
@@ -228,7 +228,7 @@ int kvm_jail_prepare(const char *dir, struct jail *j, char *err, size_t errlen)
 	if (!rc)
 		rc = jail_add(j, own, true);
 	if (rc)
-		snprintf(err, errlen, "cannot make %.300s for a jailed VM: %s", own, strerror(-rc));
+		mitos_err_set(e, rc, "cannot make %.300s for a jailed VM: %s", own, strerror(-rc));
 	return rc;
 }
 
@@ -431,42 +431,39 @@ void kvm_arm_efd(void)
 /* One control request; waits for the socket to appear while the VM is being prepared
  * (pidfd says whether it is still alive). */
 int kvm_ctl_request(const char *sock, const struct ctl_request *cr, int timeout_ms, int wait_ms, int pidfd,
-		    char *err, size_t errlen)
+		    struct mitos_err *e)
 {
 	uint64_t give_up = ur_mono_ms() + (uint64_t)wait_ms;
 	cJSON *req = ctl_request_encode(cr);
-	if (!req) {
-		snprintf(err, errlen, "cannot encode the %s request", ctl_cmd_name(cr->cmd));
-		return -EINVAL;
-	}
+	if (!req)
+		return mitos_err_set(e, -EINVAL, "cannot encode the %s request", ctl_cmd_name(cr->cmd));
 	for (;;) {
-		struct mitos_err e = { 0 };
-		cJSON *r = control_call(sock, req, timeout_ms, &e);
+		struct mitos_err ce = { 0 };
+		cJSON *r = control_call(sock, req, timeout_ms, &ce);
 		if (r) {
-			bool ok = ctl_reply_ok(r, err, errlen);
+			bool ok = ctl_reply_ok(r, ce.msg, sizeof(ce.msg));
 			cJSON_Delete(r);
 			cJSON_Delete(req);
-			return ok ? 0 : -EIO;
+			return ok ? 0 : mitos_err_set(e, -EIO, "%s", ce.msg);
 		}
-		bool not_yet = e.code == -ENOENT || e.code == -ECONNREFUSED;
+		bool not_yet = ce.code == -ENOENT || ce.code == -ECONNREFUSED;
 		if (!not_yet || ur_mono_ms() > give_up || K.stopping || pidfd_exited(pidfd)) {
-			snprintf(err, errlen, "%.300s", not_yet && pidfd_exited(pidfd) ? "the VM process exited" :
-				 not_yet ? "the VM did not open its control socket in time" : e.msg);
 			cJSON_Delete(req);
-			return e.code ? e.code : -EIO;
+			return mitos_err_set(e, ce.code ? ce.code : -EIO, "%.300s",
+					     not_yet && pidfd_exited(pidfd) ? "the VM process exited" :
+					     not_yet ? "the VM did not open its control socket in time" : ce.msg);
 		}
 		usleep(500);
 	}
 }
 
-int kvm_agent_health(const char *vsock, int timeout_ms, char *err, size_t errlen)
+int kvm_agent_health(const char *vsock, int timeout_ms, struct mitos_err *e)
 {
 	cJSON *end;
-	int rc = agent_call_blocking(vsock, AGENT_PORT, "{\"op\":\"health\"}", timeout_ms, &end, err, errlen);
+	int rc = agent_call_blocking(vsock, AGENT_PORT, "{\"op\":\"health\"}", timeout_ms, &end, e);
 	if (!rc && cJSON_GetObjectItem(end, "error")) {
 		char *t = cJSON_PrintUnformatted(end);
-		rc = -EPROTO;
-		snprintf(err, errlen, "the agent's health check failed: %.200s", t ? t : "");
+		rc = mitos_err_set(e, -EPROTO, "the agent's health check failed: %.200s", t ? t : "");
 		free(t);
 	}
 	cJSON_Delete(end);
@@ -476,7 +473,7 @@ int kvm_agent_health(const char *vsock, int timeout_ms, char *err, size_t errlen
 /* Runs the guest's warm-up command (struct kvm_guest) to its end: what it reads is
  * then in the guest's page cache, which the template's snapshot keeps for every
  * child. Its failure costs speed, not correctness: the caller logs it. */
-int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *err, size_t errlen)
+int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, struct mitos_err *e)
 {
 	cJSON *op = cJSON_CreateObject();
 	cJSON_AddStringToObject(op, "op", "exec");
@@ -487,14 +484,13 @@ int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, char *err
 	if (!text)
 		return -ENOMEM;
 	cJSON *end;
-	int rc = agent_call_blocking(vsock, AGENT_PORT, text, timeout_ms + 5000, &end, err, errlen);
+	int rc = agent_call_blocking(vsock, AGENT_PORT, text, timeout_ms + 5000, &end, e);
 	free(text);
 	if (!rc) {
 		const cJSON *code = cJSON_GetObjectItem(end, "exit_code");
 		if (!cJSON_IsNumber(code) || code->valueint != 0) {
 			char *t = cJSON_PrintUnformatted(end);
-			rc = -ECANCELED;
-			snprintf(err, errlen, "the warm-up command ended with %.200s", t ? t : "");
+			rc = mitos_err_set(e, -ECANCELED, "the warm-up command ended with %.200s", t ? t : "");
 			free(t);
 		}
 	}

@@ -158,26 +158,19 @@ void teardown_call(void (*fn)(void *arg), void *arg)
 	enqueue(it);
 }
 
-int teardown_init(const char *state_dir, char *err, size_t errlen)
+int teardown_init(const char *state_dir, struct mitos_err *e)
 {
-	if (snprintf(T.trash, sizeof(T.trash), "%s/trash", state_dir) >= (int)sizeof(T.trash)) {
-		snprintf(err, errlen, "the state dir's path is too long");
-		return -ENAMETOOLONG;
-	}
-	if (mkdir(T.trash, 0700) < 0 && errno != EEXIST) {
-		int rc = -errno;
-		snprintf(err, errlen, "cannot create %s: %s", T.trash, strerror(errno));
-		return rc;
-	}
+	if (snprintf(T.trash, sizeof(T.trash), "%s/trash", state_dir) >= (int)sizeof(T.trash))
+		return mitos_err_set(e, -ENAMETOOLONG, "the state dir's path is too long");
+	if (mkdir(T.trash, 0700) < 0 && errno != EEXIST)
+		return mitos_err_set(e, -errno, "cannot create %s: %s", T.trash, strerror(errno));
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
 	int rc = pthread_create(&T.th, NULL, td_main, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (rc) {
-		snprintf(err, errlen, "cannot start the teardown thread: %s", strerror(rc));
-		return -rc;
-	}
+	if (rc)
+		return mitos_err_set(e, -rc, "cannot start the teardown thread: %s", strerror(rc));
 	T.running = true;
 	T.stopping = false;
 	/* What a crashed serve renamed and never removed. */

@@ -8,9 +8,11 @@
 
 #include <stddef.h>
 
+#include "lib/error.h"
+
 /* Starts the thread and queues the trash an earlier serve left. Before it (and after
  * teardown_exit), everything below runs at once on the caller's thread. */
-int teardown_init(const char *state_dir, char *err, size_t errlen);
+int teardown_init(const char *state_dir, struct mitos_err *e);
 
 /* Removes dir and everything in it. first, if not NULL, runs on the thread before the
  * removal with the path dir now has (a VM's record kill: it may wait). Where dir

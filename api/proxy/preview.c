@@ -50,9 +50,9 @@ struct pv {
 	struct bytebuf tx;    /* bytes for the upstream waiting for credit */
 };
 
-int preview_init(const char *state_dir, char *err, size_t errlen)
+int preview_init(const char *state_dir, struct mitos_err *e)
 {
-	return preview_key_load(state_dir, err, errlen);
+	return preview_key_load(state_dir, e);
 }
 
 void preview_exit(void)

@@ -7,7 +7,8 @@
 #define MITOS_API_PREVIEW_H
 
 #include <stdbool.h>
-#include <stddef.h>
+
+#include "lib/error.h"
 
 struct http_req;
 
@@ -15,7 +16,7 @@ struct http_req;
 #define PREVIEW_COOKIE "mitos_preview_token"
 
 /* Loads or creates the signing key in the state dir. */
-int preview_init(const char *state_dir, char *err, size_t errlen);
+int preview_init(const char *state_dir, struct mitos_err *e);
 void preview_exit(void);
 
 /* True when the Host header names a preview host of --preview-domain. */

@@ -39,57 +39,49 @@ static int read_key(int fd)
 	return 0;
 }
 
-int preview_key_load(const char *state_dir, char *err, size_t errlen)
+int preview_key_load(const char *state_dir, struct mitos_err *e)
 {
 	char path[4096];
-	if (snprintf(path, sizeof(path), "%s/preview.key", state_dir) >= (int)sizeof(path)) {
-		snprintf(err, errlen, "state dir path too long");
-		return -ENAMETOOLONG;
-	}
+	if (snprintf(path, sizeof(path), "%s/preview.key", state_dir) >= (int)sizeof(path))
+		return mitos_err_set(e, -ENAMETOOLONG, "state dir path too long");
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd >= 0) {
 		uint8_t k[PREVIEW_KEY_BYTES];
 		if (getrandom(k, sizeof(k), 0) != (ssize_t)sizeof(k) || write(fd, k, sizeof(k)) != (ssize_t)sizeof(k) ||
 		    fsync(fd)) {
-			int e = errno ? errno : EIO;
+			int err = errno ? errno : EIO;
 			explicit_bzero(k, sizeof(k));
 			close(fd);
 			unlink(path);
-			snprintf(err, errlen, "cannot create the preview key %s: %s", path, strerror(e));
-			return -e;
+			return mitos_err_set(e, -err, "cannot create the preview key %s: %s", path, strerror(err));
 		}
 		preview_key_set(k);
 		explicit_bzero(k, sizeof(k));
 		close(fd);
 		return 0;
 	}
-	if (errno != EEXIST) {
-		int e = errno;
-		snprintf(err, errlen, "cannot create the preview key %s: %s", path, strerror(e));
-		return -e;
-	}
+	if (errno != EEXIST)
+		return mitos_err_set(e, -errno, "cannot create the preview key %s: %s", path, strerror(errno));
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st)) {
-		int e = errno;
+		int err = errno;
 		if (fd >= 0)
 			close(fd);
-		snprintf(err, errlen, "cannot read the preview key %s: %s", path, strerror(e));
-		return -e;
+		return mitos_err_set(e, -err, "cannot read the preview key %s: %s", path, strerror(err));
 	}
 	/* Anyone who can read the key can mint preview URLs. */
 	if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
 		close(fd);
-		snprintf(err, errlen, "the preview key %s must be a regular file owned by this user with mode 0600 "
-			 "(remediation: chmod 600 it, or delete it to make a new one; existing preview URLs then stop "
-			 "working)", path);
-		return -EPERM;
+		return mitos_err_set(e, -EPERM, "the preview key %s must be a regular file owned by this user with "
+				     "mode 0600 (remediation: chmod 600 it, or delete it to make a new one; existing "
+				     "preview URLs then stop working)", path);
 	}
 	int rc = read_key(fd);
 	close(fd);
 	if (rc)
-		snprintf(err, errlen, "the preview key %s is not %d bytes (remediation: delete it; serve makes a new "
-			 "one and existing preview URLs stop working)", path, PREVIEW_KEY_BYTES);
+		mitos_err_set(e, rc, "the preview key %s is not %d bytes (remediation: delete it; serve makes a new "
+			      "one and existing preview URLs stop working)", path, PREVIEW_KEY_BYTES);
 	return rc;
 }
 

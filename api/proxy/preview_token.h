@@ -6,14 +6,15 @@
 #ifndef MITOS_API_PREVIEW_TOKEN_H
 #define MITOS_API_PREVIEW_TOKEN_H
 
-#include <stddef.h>
 #include <stdint.h>
+
+#include "lib/error.h"
 
 #define PREVIEW_KEY_BYTES 32
 #define PREVIEW_TOKEN_MAX 96 /* with the NUL */
 
 /* Loads STATE_DIR/preview.key, creating it (0600, random) when missing. */
-int preview_key_load(const char *state_dir, char *err, size_t errlen);
+int preview_key_load(const char *state_dir, struct mitos_err *e);
 /* For tests: use this secret instead. */
 void preview_key_set(const uint8_t key[PREVIEW_KEY_BYTES]);
 void preview_key_wipe(void);

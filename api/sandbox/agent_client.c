@@ -550,7 +550,7 @@ struct call_data {
 };
 
 static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON **end, struct call_data *cd,
-		       char *err, size_t errlen)
+		       struct mitos_err *e)
 {
 	bool hello = false;
 	uint8_t buf[16384];
@@ -565,10 +565,9 @@ static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON
 			struct proto_header h;
 			const uint8_t *payload = NULL;
 			enum proto_parse_event ev = proto_parse(pp, &p, &len, &h, &payload);
-			if (ev == PROTO_PARSE_OVERSIZED) {
-				snprintf(err, errlen, "the agent sent an oversized frame (%u bytes)", h.length);
-				return -EPROTO;
-			}
+			if (ev == PROTO_PARSE_OVERSIZED)
+				return mitos_err_set(e, -EPROTO, "the agent sent an oversized frame (%u bytes)",
+						     h.length);
 			if (ev != PROTO_PARSE_FRAME)
 				continue;
 			if (h.type == PROTO_HELLO) {
@@ -576,10 +575,9 @@ static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON
 				cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "version");
 				hello = cJSON_IsNumber(v) && v->valueint == PROTO_VERSION;
 				cJSON_Delete(j);
-				if (!hello) {
-					snprintf(err, errlen, "the agent does not speak protocol version %d", PROTO_VERSION);
-					return -EPROTO;
-				}
+				if (!hello)
+					return mitos_err_set(e, -EPROTO, "the agent does not speak protocol version %d",
+							     PROTO_VERSION);
 			} else if (h.type == PROTO_DATA && h.stream == 1) {
 				if (cd && cd->len < cd->cap) {
 					size_t k2 = h.length < cd->cap - cd->len ? h.length : cd->cap - cd->len;
@@ -596,11 +594,10 @@ static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON
 				}
 			} else if (h.type == PROTO_END && h.stream == 1) {
 				*end = hello ? cJSON_ParseWithLength((const char *)payload, h.length) : NULL;
-				if (!*end) {
-					snprintf(err, errlen, "the agent's answer is not JSON: %.*s",
-						 (int)(h.length > 200 ? 200 : h.length), (const char *)payload);
-					return -EPROTO;
-				}
+				if (!*end)
+					return mitos_err_set(e, -EPROTO, "the agent's answer is not JSON: %.*s",
+							     (int)(h.length > 200 ? 200 : h.length),
+							     (const char *)payload);
 				return 0;
 			}
 		}
@@ -608,7 +605,7 @@ static int call_frames(int fd, struct proto_parser *pp, uint64_t deadline, cJSON
 }
 
 static int call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
-			 cJSON **end, struct call_data *cd, char *err, size_t errlen)
+			 cJSON **end, struct call_data *cd, struct mitos_err *e)
 {
 	*end = NULL;
 	uint64_t deadline = ur_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
@@ -631,23 +628,23 @@ static int call_blocking(const char *path, uint32_t vsock_port, const char *open
 	if (!rc && vsock_port)
 		rc = vsock_ok(fd, deadline);
 	if (!rc)
-		rc = call_frames(fd, &pp, deadline, end, cd, err, errlen);
+		rc = call_frames(fd, &pp, deadline, end, cd, e);
 	proto_parser_free(&pp);
 	close(fd);
 	return rc;
 }
 
 int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
-			cJSON **end, char *err, size_t errlen)
+			cJSON **end, struct mitos_err *e)
 {
-	return call_blocking(path, vsock_port, open_json, timeout_ms, end, NULL, err, errlen);
+	return call_blocking(path, vsock_port, open_json, timeout_ms, end, NULL, e);
 }
 
 int agent_call_blocking_data(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
-			     cJSON **end, uint8_t *data, size_t cap, size_t *len, char *err, size_t errlen)
+			     cJSON **end, uint8_t *data, size_t cap, size_t *len, struct mitos_err *e)
 {
 	struct call_data cd = { .p = data, .cap = cap };
-	int rc = call_blocking(path, vsock_port, open_json, timeout_ms, end, &cd, err, errlen);
+	int rc = call_blocking(path, vsock_port, open_json, timeout_ms, end, &cd, e);
 	*len = cd.len;
 	return rc;
 }

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/error.h"
+
 struct bytebuf;
 struct cJSON;
 struct agent_conn;
@@ -84,11 +86,11 @@ void agent_cancel(struct astream *s);
  * socket when vsock_port is not 0), opens one stream with open_json and waits up to
  * timeout_ms for its END, whose payload *end gets (the caller frees it). DATA is
  * dropped and credited back. -ENOENT, -ECONNREFUSED, -ECONNRESET: nobody answers
- * yet; -ETIMEDOUT; -EPROTO with err saying what was wrong. */
+ * yet; -ETIMEDOUT; -EPROTO with e saying what was wrong. */
 int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
-			struct cJSON **end, char *err, size_t errlen);
+			struct cJSON **end, struct mitos_err *e);
 /* The same, keeping the stream's first cap bytes of DATA in data (*len of them). */
 int agent_call_blocking_data(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
-			     struct cJSON **end, uint8_t *data, size_t cap, size_t *len, char *err, size_t errlen);
+			     struct cJSON **end, uint8_t *data, size_t cap, size_t *len, struct mitos_err *e);
 
 #endif

@@ -86,7 +86,7 @@ void registry_rfc3339(uint64_t wall_ms, char *out, size_t n)
 }
 
 int registry_uint_field(const cJSON *o, const char *key, unsigned lo, unsigned hi, unsigned dflt, unsigned *out,
-			char *err, size_t errlen)
+			struct mitos_err *e)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
 	if (!v) {
@@ -94,10 +94,8 @@ int registry_uint_field(const cJSON *o, const char *key, unsigned lo, unsigned h
 		return 0;
 	}
 	if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi ||
-	    v->valuedouble != (double)(unsigned)v->valuedouble) {
-		snprintf(err, errlen, "%s must be a whole number from %u to %u", key, lo, hi);
-		return -EINVAL;
-	}
+	    v->valuedouble != (double)(unsigned)v->valuedouble)
+		return mitos_err_set(e, -EINVAL, "%s must be a whole number from %u to %u", key, lo, hi);
 	*out = (unsigned)v->valuedouble;
 	return 0;
 }

@@ -7,15 +7,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/error.h"
+
 struct cJSON;
 
 int registry_write_json(const char *path, const struct cJSON *o);
 /* NULL when missing or not a JSON object. */
 struct cJSON *registry_read_json(const char *path);
-/* A whole number in [lo, hi] at o[key] (dflt when absent); -EINVAL with err filled
+/* A whole number in [lo, hi] at o[key] (dflt when absent); -EINVAL with e filled
  * when it is something else. For the fields of API requests. */
 int registry_uint_field(const struct cJSON *o, const char *key, unsigned lo, unsigned hi, unsigned dflt,
-			unsigned *out, char *err, size_t errlen);
+			unsigned *out, struct mitos_err *e);
 /* "2024-01-02T03:04:05.123Z" */
 void registry_rfc3339(uint64_t wall_ms, char *out, size_t n);
 

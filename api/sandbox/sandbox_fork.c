@@ -60,21 +60,19 @@ void sb_job_detach(struct sb_job *job)
 		job->done = NULL;
 }
 
-static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, char *err, size_t errlen)
+static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, struct mitos_err *e)
 {
-	if (mkdir(sb->dir, 0700) < 0) {
-		snprintf(err, errlen, "mkdir %.300s: %s", sb->dir, strerror(errno));
-		return -errno;
-	}
+	if (mkdir(sb->dir, 0700) < 0)
+		return mitos_err_set(e, -errno, "mkdir %.300s: %s", sb->dir, strerror(errno));
 	int pfd[2];
 	if (pipe2(pfd, O_CLOEXEC) < 0) {
-		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		int rc = mitos_err_set(e, -errno, "pipe: %s", strerror(errno));
 		sb_eng->cleanup(sb->dir);
-		return -errno;
+		return rc;
 	}
 	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
 				   .copy_from = copy_from, .spec = t->spec, .ready_fd = pfd[1] };
-	int rc = sb_eng->start(&es, &sb->proc, err, errlen);
+	int rc = sb_eng->start(&es, &sb->proc, e);
 	close(pfd[1]);
 	if (rc) {
 		close(pfd[0]);
@@ -182,11 +180,11 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 			return -ENOENT;
 		}
 		if (sb_eng->fork_source) {
-			char err[400];
-			int rc = sb_eng->fork_source(parent->dir, &parent->proc, layer, sizeof(layer), err, sizeof(err));
+			struct mitos_err fe = { 0 };
+			int rc = sb_eng->fork_source(parent->dir, &parent->proc, layer, sizeof(layer), &fe);
 			if (rc) {
 				*e = AE_ENGINE_UNAVAILABLE;
-				snprintf(msg, msglen, "cannot fork sandbox %s: %s", parent->id, err);
+				snprintf(msg, msglen, "cannot fork sandbox %s: %s", parent->id, fe.msg);
 				return rc;
 			}
 		} else {
@@ -242,12 +240,12 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		sb->deadline_ms = now + (uint64_t)timeout_s * 1000u;
 		if (fr->metadata)
 			sb->metadata = cJSON_Duplicate(fr->metadata, 1);
-		char err[512];
-		int rc = sb_start(sb, t, copy_from, err, sizeof(err));
+		struct mitos_err se = { 0 };
+		int rc = sb_start(sb, t, copy_from, &se);
 		if (rc) {
 			job->failed = true;
 			job->err = AE_ENGINE_UNAVAILABLE;
-			snprintf(job->msg, sizeof(job->msg), "cannot start sandbox %s: %s", id, err);
+			snprintf(job->msg, sizeof(job->msg), "cannot start sandbox %s: %s", id, se.msg);
 			sb_free(sb);
 			break;
 		}

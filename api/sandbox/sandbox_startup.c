@@ -38,9 +38,10 @@ static int mkdir_p(const char *path)
 	return 0;
 }
 
-int sandboxes_init(char *err, size_t errlen)
+int sandboxes_init(struct mitos_err *e)
 {
-	char why[700], unavail[400];
+	char why[700];
+	struct mitos_err unavail = { 0 };
 	bool kvm = srv_cfg.engine && !strcmp(srv_cfg.engine, "kvm");
 	struct kvm_probe_result pr;
 	memset(&pr, 0, sizeof(pr));
@@ -49,47 +50,42 @@ int sandboxes_init(char *err, size_t errlen)
 	if (kvm) {
 		snprintf(why, sizeof(why), "requested with --engine kvm");
 	} else if (!srv_cfg.engine && pr.hardware) {
-		if (!engine_kvm_available(unavail, sizeof(unavail))) {
+		if (!engine_kvm_available(&unavail)) {
 			kvm = true;
 			snprintf(why, sizeof(why), "KVM runs guests on hardware here");
 		} else {
-			snprintf(why, sizeof(why), "KVM runs guests on hardware here, but %s", unavail);
+			snprintf(why, sizeof(why), "KVM runs guests on hardware here, but %s", unavail.msg);
 		}
 	} else if (!srv_cfg.engine) {
 		snprintf(why, sizeof(why), "%s", pr.reason);
 	} else {
 		snprintf(why, sizeof(why), "requested with --engine process");
 	}
-	if (kvm ? engine_kvm_available(unavail, sizeof(unavail)) : engine_process_available(unavail, sizeof(unavail))) {
-		snprintf(err, errlen, "engine_unavailable: %s", unavail);
-		return -ENODEV;
-	}
+	if (kvm ? engine_kvm_available(&unavail) : engine_process_available(&unavail))
+		return mitos_err_set(e, -ENODEV, "engine_unavailable: %s", unavail.msg);
 	sb_eng = kvm ? &engine_kvm_ops : &engine_process_ops;
-	int rc = images_init(srv_cfg.images_dir, srv_cfg.agent_path, kvm, err, errlen);
+	int rc = images_init(srv_cfg.images_dir, srv_cfg.agent_path, kvm, e);
 	if (rc)
 		return rc;
 	rc = mkdir_p(srv_cfg.state_dir);
-	if (rc) {
-		snprintf(err, errlen, "cannot create the state dir %s: %s", srv_cfg.state_dir, strerror(-rc));
-		return rc;
-	}
-	if ((rc = teardown_init(srv_cfg.state_dir, err, errlen)))
+	if (rc)
+		return mitos_err_set(e, rc, "cannot create the state dir %s: %s", srv_cfg.state_dir, strerror(-rc));
+	if ((rc = teardown_init(srv_cfg.state_dir, e)))
 		return rc;
 	char jail[1000] = "";
-	rc = kvm ? engine_kvm_configure(srv_cfg.state_dir, srv_cfg.kvm_pool, !pr.hardware, jail, sizeof(jail), err, errlen)
+	rc = kvm ? engine_kvm_configure(srv_cfg.state_dir, srv_cfg.kvm_pool, !pr.hardware, jail, sizeof(jail), e)
 		 : engine_process_configure(srv_cfg.agent_path, srv_cfg.state_dir, srv_cfg.token_file, jail,
-					    sizeof(jail), err, errlen);
+					    sizeof(jail), e);
 	if (rc)
 		return rc;
 	char real[1024];
 	if (!realpath(srv_cfg.state_dir, real))
 		snprintf(real, sizeof(real), "%s", srv_cfg.state_dir);
 	snprintf(sb_root, sizeof(sb_root), "%s/sandboxes", real);
-	if ((rc = mkdir_p(sb_root)) || (rc = templates_init(sb_eng, real, err, errlen))) {
-		if (!err[0])
-			snprintf(err, errlen, "cannot create %s: %s", sb_root, strerror(-rc));
+	if ((rc = mkdir_p(sb_root)))
+		return mitos_err_set(e, rc, "cannot create %s: %s", sb_root, strerror(-rc));
+	if ((rc = templates_init(sb_eng, real, e)))
 		return rc;
-	}
 	printf("engine: %s (%s)\n", sb_eng->name, why);
 	if (kvm) {
 		if (!pr.hardware)
@@ -173,10 +169,10 @@ static void adopt_all(void)
 		cJSON_Delete(o);
 		sb_link(sb);
 		sb_arm_exit(sb);
-		char why[300];
+		struct mitos_err why = { 0 };
 		int rc;
-		if (sb_eng->adopt && (rc = sb_eng->adopt(dir, &sb->proc, why, sizeof(why)))) {
-			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot re-adopt it: %s", why);
+		if (sb_eng->adopt && (rc = sb_eng->adopt(dir, &sb->proc, &why))) {
+			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot re-adopt it: %.300s", why.msg);
 			sb_kill(sb, sb->fail_reason);
 			cleaned++;
 			continue;

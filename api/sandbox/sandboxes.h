@@ -89,7 +89,7 @@ struct fork_req {
 };
 
 /* Startup, before and after the event loop exists. */
-int sandboxes_init(char *err, size_t errlen);
+int sandboxes_init(struct mitos_err *e);
 void sandboxes_start(void);
 void sandboxes_shutdown(void);
 bool sandboxes_idle(void);

@@ -165,11 +165,11 @@ static int template_build(const char *name, const char *image, const cJSON *spec
 	t->created_ms = ur_wall_ms();
 	t->building = true;
 	t->spec = sp;
-	char err[600] = "";
-	int rc = eng->template_build(t->root, sp, tpl_built, t, err, sizeof(err));
+	struct mitos_err be = { 0 };
+	int rc = eng->template_build(t->root, sp, tpl_built, t, &be);
 	if (rc) {
 		*e = rc == -EINVAL || rc == -ENOENT || rc == -ENAMETOOLONG ? AE_INVALID_ARGUMENT : AE_ENGINE_UNAVAILABLE;
-		snprintf(msg, msglen, "%s", err[0] ? err : strerror(-rc));
+		snprintf(msg, msglen, "%s", be.msg[0] ? be.msg : strerror(-rc));
 		tpl_free(t);
 		return rc;
 	}
@@ -216,11 +216,11 @@ int templates_create(const char *name, const char *image, const cJSON *spec, str
 			 eng->name);
 		return -ENOENT;
 	}
-	char err[300] = "";
-	cJSON *kept = eng->template_spec ? eng->template_spec(spec, err, sizeof(err)) : NULL;
+	struct mitos_err se = { 0 };
+	cJSON *kept = eng->template_spec ? eng->template_spec(spec, &se) : NULL;
 	if (eng->template_spec && !kept) {
 		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "%s", err[0] ? err : "out of memory");
+		snprintf(msg, msglen, "%s", se.msg[0] ? se.msg : "out of memory");
 		return -EINVAL;
 	}
 	t = calloc(1, sizeof(*t));
@@ -323,15 +323,12 @@ static void templates_load(void)
 		closedir(d);
 }
 
-int templates_init(const struct engine_ops *e, const char *state, char *err, size_t errlen)
+int templates_init(const struct engine_ops *ops, const char *state, struct mitos_err *e)
 {
-	eng = e;
+	eng = ops;
 	snprintf(tpl_root, sizeof(tpl_root), "%s/templates", state);
-	if (mkdir(tpl_root, 0700) < 0 && errno != EEXIST) {
-		int rc = -errno;
-		snprintf(err, errlen, "cannot create %s: %s", tpl_root, strerror(errno));
-		return rc;
-	}
+	if (mkdir(tpl_root, 0700) < 0 && errno != EEXIST)
+		return mitos_err_set(e, -errno, "cannot create %s: %s", tpl_root, strerror(errno));
 	templates_load();
 	return 0;
 }

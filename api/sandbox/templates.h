@@ -4,13 +4,11 @@
 #ifndef MITOS_API_TEMPLATES_H
 #define MITOS_API_TEMPLATES_H
 
-#include <stddef.h>
-
 #include "api/engines/engine.h"
 
 /* The engine templates are made with, and STATE (its real path); loads the records a
- * previous serve left. 0, or -errno with err. */
-int templates_init(const struct engine_ops *e, const char *state, char *err, size_t errlen);
+ * previous serve left. 0, or -errno with e. */
+int templates_init(const struct engine_ops *ops, const char *state, struct mitos_err *e);
 /* After the engine stopped: frees every record (builds still running have ended). */
 void templates_exit(void);
 

@@ -105,18 +105,15 @@ static char *probe_open(const cJSON *wl)
 static const char log_open[] = "{\"op\":\"read\",\"path\":\"" WORKLOAD_LOG "\",\"length\":" "4096" "}";
 
 /* What the start's END says: 0, or -EIO and why. */
-static int start_result(const cJSON *end, char *why, size_t len)
+static int start_result(const cJSON *end, struct mitos_err *e)
 {
 	const cJSON *err = cJSON_GetObjectItemCaseSensitive(end, "error");
-	if (err) {
-		snprintf(why, len, "the workload could not be started: %s",
-			 cJSON_GetStringValue(cJSON_GetObjectItem(err, "message")) ?: "the agent refused");
-		return -EIO;
-	}
-	if (!cJSON_IsTrue(cJSON_GetObjectItem(end, "exited")) || cJSON_GetNumberValue(cJSON_GetObjectItem(end, "exit_code"))) {
-		snprintf(why, len, "the workload could not be started (/bin/sh in the image launches it)");
-		return -EIO;
-	}
+	if (err)
+		return mitos_err_set(e, -EIO, "the workload could not be started: %s",
+				     cJSON_GetStringValue(cJSON_GetObjectItem(err, "message")) ?: "the agent refused");
+	if (!cJSON_IsTrue(cJSON_GetObjectItem(end, "exited")) ||
+	    cJSON_GetNumberValue(cJSON_GetObjectItem(end, "exit_code")))
+		return mitos_err_set(e, -EIO, "the workload could not be started (/bin/sh in the image launches it)");
 	return 0;
 }
 
@@ -137,10 +134,10 @@ static int probe_status(const cJSON *end, char *last, size_t len)
 	return st;
 }
 
-/* The end of the workload's output on one printable line: it goes into errors and
- * serve's log, and the sandbox wrote it. */
-static void failure(const cJSON *wl, const char *last, const char *launch, const char *log, size_t log_len,
-		    char *why, size_t len)
+/* The workload never served: -ETIMEDOUT, with the end of its output on one printable line
+ * (it goes into errors and serve's log, and the sandbox wrote it). */
+static int failure(const cJSON *wl, const char *last, const char *launch, const char *log, size_t log_len,
+		   struct mitos_err *e)
 {
 	size_t from = log_len > 400 ? log_len - 400 : 0;
 	char tail[401];
@@ -150,11 +147,12 @@ static void failure(const cJSON *wl, const char *last, const char *launch, const
 	for (size_t i = from; i < log_len; i++)
 		tail[k++] = log[i] == '\n' ? '|' : (log[i] >= 32 && log[i] < 127) ? log[i] : '?';
 	tail[k] = 0;
-	snprintf(why, len, "the template's workload did not answer GET %s on port %d with %d within %d s (last: %s)%s%s%s%s",
-		 cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ready_of(wl), "path")), ready_int(wl, "port"),
-		 ready_int(wl, "expect"), ready_int(wl, "timeout_seconds"), last,
-		 k ? "; its output ends: " : "; it wrote nothing", tail,
-		 launch && *launch ? "; its launcher said: " : "", launch ? launch : "");
+	return mitos_err_set(e, -ETIMEDOUT, "the template's workload did not answer GET %s on port %d with %d within "
+			     "%d s (last: %s)%s%s%s%s",
+			     cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ready_of(wl), "path")),
+			     ready_int(wl, "port"), ready_int(wl, "expect"), ready_int(wl, "timeout_seconds"), last,
+			     k ? "; its output ends: " : "; it wrote nothing", tail,
+			     launch && *launch ? "; its launcher said: " : "", launch ? launch : "");
 }
 
 /* What the launching shell printed (a redirection it could not make), on one
@@ -185,8 +183,7 @@ struct workload_run {
 	char log[LOG_TAIL];
 	size_t log_len;
 	char launch[300];
-	int rc;
-	char why[700];
+	struct mitos_err err;   /* what done is told: code 0 is success */
 	struct ur_kick kick;
 	struct workload_run *next;
 };
@@ -222,18 +219,16 @@ static void kicked(struct ur_kick *k)
 	struct workload_run *w = (struct workload_run *)((char *)k - offsetof(struct workload_run, kick));
 	workload_done_fn done = w->done;
 	void *ctx = w->ctx;
-	int rc = w->rc;
-	char why[sizeof(w->why)];
-	memcpy(why, w->why, sizeof(why));
+	struct mitos_err err = w->err;
 	run_free(w);
-	done(ctx, rc, rc ? why : NULL);
+	done(ctx, err.code, err.code ? err.msg : NULL);
 }
 
-/* The answer goes out after this batch of completions, never from a stream callback. */
-static void finish(struct workload_run *w, int rc)
+/* The answer (w->err) goes out after this batch of completions, never from a stream
+ * callback. */
+static void finish(struct workload_run *w)
 {
 	w->phase = P_DONE;
-	w->rc = rc;
 	w->kick.fn = kicked;
 	ur_kick(&w->kick);
 }
@@ -252,8 +247,8 @@ static void log_end(struct astream *s, cJSON *payload, const char *why)
 	struct workload_run *w = s->ctx;
 	(void)payload; (void)why;
 	w->as = NULL;
-	failure(w->wl, w->last, w->launch, w->log, w->log_len, w->why, sizeof(w->why));
-	finish(w, -ETIMEDOUT);
+	failure(w->wl, w->last, w->launch, w->log, w->log_len, &w->err);
+	finish(w);
 }
 
 static const struct astream_ops log_ops = { log_data, NULL, log_end, NULL, NULL };
@@ -264,8 +259,8 @@ static bool stopped(struct workload_run *w, const cJSON *payload, const char *wh
 	w->as = NULL;
 	if (payload)
 		return false;
-	snprintf(w->why, sizeof(w->why), "the sandbox stopped while its workload started: %s", why ? why : "");
-	finish(w, -ECONNRESET);
+	mitos_err_set(&w->err, -ECONNRESET, "the sandbox stopped while its workload started: %s", why ? why : "");
+	finish(w);
 	return true;
 }
 
@@ -275,14 +270,14 @@ static void probe_end(struct astream *s, cJSON *payload, const char *why)
 	if (stopped(w, payload, why))
 		return;
 	if (probe_status(payload, w->last, sizeof(w->last)) == ready_int(w->wl, "expect")) {
-		finish(w, 0);
+		finish(w);
 		return;
 	}
 	if (ur_now_ms() >= w->deadline) {
 		w->phase = P_LOG;
 		if (!(w->as = agent_open(w->ac, log_open, &log_ops, w))) {
-			failure(w->wl, w->last, w->launch, "", 0, w->why, sizeof(w->why));
-			finish(w, -ETIMEDOUT);
+			failure(w->wl, w->last, w->launch, "", 0, &w->err);
+			finish(w);
 		}
 		return;
 	}
@@ -302,8 +297,8 @@ static void tick(struct ur_ticker *t, uint64_t now)
 		w->as = open ? agent_open(w->ac, open, &probe_ops, w) : NULL;
 		free(open);
 		if (!w->as) {
-			snprintf(w->why, sizeof(w->why), "cannot reach the sandbox's agent to check its workload");
-			finish(w, -EIO);
+			mitos_err_set(&w->err, -EIO, "cannot reach the sandbox's agent to check its workload");
+			finish(w);
 			continue;
 		}
 		w->phase = P_PROBE;
@@ -315,9 +310,8 @@ static void start_end(struct astream *s, cJSON *payload, const char *why)
 	struct workload_run *w = s->ctx;
 	if (stopped(w, payload, why))
 		return;
-	int rc = start_result(payload, w->why, sizeof(w->why));
-	if (rc || !ready_of(w->wl)) {
-		finish(w, rc);
+	if (start_result(payload, &w->err) || !ready_of(w->wl)) {
+		finish(w);
 		return;
 	}
 	w->phase = P_WAIT;
@@ -359,8 +353,8 @@ struct workload_run *workload_run_start(struct agent_conn *ac, const cJSON *wl, 
 	w->as = agent_open(ac, open, &start_ops, w);
 	free(open);
 	if (!w->as) {
-		snprintf(w->why, sizeof(w->why), "cannot reach the sandbox's agent to start its workload");
-		finish(w, -EIO);
+		mitos_err_set(&w->err, -EIO, "cannot reach the sandbox's agent to start its workload");
+		finish(w);
 	}
 	return w;
 }
@@ -373,22 +367,21 @@ void workload_run_cancel(struct workload_run *w)
 
 /* ---- off the loop ---- */
 
-int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl, char *err, size_t errlen)
+int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl, struct mitos_err *e)
 {
 	char *open = start_open(wl);
 	cJSON *end = NULL;
-	char e[200] = "", launch[300];
+	struct mitos_err call = { 0 };
+	char launch[300];
 	uint8_t said[300];
 	size_t nsaid = 0;
 	int rc = open ? agent_call_blocking_data(path, vsock_port, open, START_TIMEOUT_MS, &end, said, sizeof(said),
-						 &nsaid, e, sizeof(e)) : -ENOMEM;
+						 &nsaid, &call) : -ENOMEM;
 	free(open);
 	launcher_text(said, nsaid, launch, sizeof(launch));
-	if (rc) {
-		snprintf(err, errlen, "cannot start the workload: %s", e[0] ? e : strerror(-rc));
-		return rc;
-	}
-	rc = start_result(end, err, errlen);
+	if (rc)
+		return mitos_err_set(e, rc, "cannot start the workload: %s", call.msg[0] ? call.msg : strerror(-rc));
+	rc = start_result(end, e);
 	cJSON_Delete(end);
 	if (rc || !ready_of(wl))
 		return rc;
@@ -396,7 +389,7 @@ int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl
 	uint64_t deadline = ur_mono_ms() + (uint64_t)ready_int(wl, "timeout_seconds") * 1000;
 	for (;;) {
 		open = probe_open(wl);
-		rc = open ? agent_call_blocking(path, vsock_port, open, PROBE_TIMEOUT_MS * 4, &end, e, sizeof(e)) : -ENOMEM;
+		rc = open ? agent_call_blocking(path, vsock_port, open, PROBE_TIMEOUT_MS * 4, &end, NULL) : -ENOMEM;
 		free(open);
 		int st = rc ? 0 : probe_status(end, last, sizeof(last));
 		cJSON_Delete(end);
@@ -409,9 +402,8 @@ int workload_run_blocking(const char *path, uint32_t vsock_port, const cJSON *wl
 	char log[LOG_TAIL];
 	size_t n = 0;
 	if (agent_call_blocking_data(path, vsock_port, log_open, PROBE_TIMEOUT_MS * 4, &end, (uint8_t *)log, sizeof(log),
-				     &n, e, sizeof(e)))
+				     &n, NULL))
 		n = 0;
 	cJSON_Delete(end);
-	failure(wl, last, launch, log, n, err, errlen);
-	return -ETIMEDOUT;
+	return failure(wl, last, launch, log, n, e);
 }

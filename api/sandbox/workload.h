@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/error.h"
+
 struct cJSON;
 struct agent_conn;
 
@@ -30,8 +32,7 @@ struct workload_run *workload_run_start(struct agent_conn *ac, const struct cJSO
 void workload_run_cancel(struct workload_run *w);
 
 /* The same off the event loop (a kvm template's build), through the agent's socket
- * (a VM's vsock host socket with vsock_port). 0, or -errno and why in err. */
-int workload_run_blocking(const char *path, uint32_t vsock_port, const struct cJSON *wl, char *err,
-			  size_t errlen);
+ * (a VM's vsock host socket with vsock_port). 0, or -errno and why in e. */
+int workload_run_blocking(const char *path, uint32_t vsock_port, const struct cJSON *wl, struct mitos_err *e);
 
 #endif

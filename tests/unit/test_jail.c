@@ -58,8 +58,8 @@ static void setup(void)
 	snprintf(p, sizeof(p), "%s/f", path_late);
 	put(p, "later", 0644);
 	put(path_secret, "token", 0644);
-	char err[300] = "";
-	ck_assert_msg(jail_init(mnt, vmm_path ? vmm_path : "/bin/true", err, sizeof(err)) == 0, "%s", err);
+	struct mitos_err e = { 0 };
+	ck_assert_msg(jail_init(mnt, vmm_path ? vmm_path : "/bin/true", &e) == 0, "%s", e.msg);
 }
 
 static void cleanup(void)
@@ -244,8 +244,8 @@ START_TEST(jailed_process_has_nothing_else)
 			struct jail more;
 			jail_new(&more);
 			ck_assert_int_eq(jail_add(&more, path_late, false), 0);
-			char err[400] = "";
-			ck_assert_msg(jail_bind_more(pidfd, &more, err, sizeof(err)) == 0, "%s", err);
+			struct mitos_err e = { 0 };
+			ck_assert_msg(jail_bind_more(pidfd, &more, &e) == 0, "%s", e.msg);
 			ck_assert_int_eq(write(go[1], "g", 1), 1);
 			continue;
 		}
@@ -256,10 +256,10 @@ START_TEST(jailed_process_has_nothing_else)
 			ck_assert_int_eq(jail_add(&more, path_secret, false), 0);
 			/* Already in every jail (under /usr, read-only): mounted on as it is. */
 			ck_assert_int_eq(jail_add(&more, "/bin/true", false), 0);
-			char err[400] = "";
-			ck_assert_msg(jail_bind_more(pidfd, &more, err, sizeof(err)) == 0, "%s", err);
+			struct mitos_err e = { 0 };
+			ck_assert_msg(jail_bind_more(pidfd, &more, &e) == 0, "%s", e.msg);
 			/* Twice: what is there already is left alone. */
-			ck_assert_msg(jail_bind_more(pidfd, &more, err, sizeof(err)) == 0, "%s", err);
+			ck_assert_msg(jail_bind_more(pidfd, &more, &e) == 0, "%s", e.msg);
 			ck_assert_int_eq(write(go[1], "g", 1), 1);
 			continue;
 		}
@@ -316,8 +316,8 @@ START_TEST(mounts_wait_for_the_jail)
 	struct jail more;
 	jail_new(&more);
 	ck_assert_int_eq(jail_add(&more, path_late, false), 0);
-	char err[400] = "";
-	ck_assert_msg(jail_bind_more(pidfd, &more, err, sizeof(err)) == 0, "%s", err);
+	struct mitos_err e = { 0 };
+	ck_assert_msg(jail_bind_more(pidfd, &more, &e) == 0, "%s", e.msg);
 	int st;
 	ck_assert_int_eq(waitpid((pid_t)pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the jailed process ended with %d", st);
@@ -329,14 +329,15 @@ START_TEST(seal_makes_a_snapshot_roots_and_read_only)
 {
 	if (geteuid() != 0)
 		return;
-	char dir[300], p[400], err[400] = "";
+	char dir[300], p[400];
+	struct mitos_err e = { 0 };
 	snprintf(dir, sizeof(dir), "%s/snap", T);
 	ck_assert_int_eq(mkdir(dir, 0700), 0);
 	snprintf(p, sizeof(p), "%s/memory", dir);
 	put(p, "m", 0600);
 	ck_assert_int_eq(chown(p, JAIL_UID_BASE + 7, JAIL_UID_BASE), 0);
 	ck_assert_int_eq(chown(dir, JAIL_UID_BASE + 7, JAIL_UID_BASE), 0);
-	ck_assert_msg(jail_seal(dir, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(jail_seal(dir, &e) == 0, "%s", e.msg);
 	struct stat st;
 	ck_assert_int_eq(stat(p, &st), 0);
 	ck_assert_uint_eq(st.st_uid, 0);
@@ -347,8 +348,8 @@ START_TEST(seal_makes_a_snapshot_roots_and_read_only)
 	/* A VM that left a link (to a host file, say) in its snapshot is not trusted. */
 	snprintf(p, sizeof(p), "%s/state", dir);
 	ck_assert_int_eq(symlink("/etc/shadow", p), 0);
-	ck_assert_int_eq(jail_seal(dir, err, sizeof(err)), -EPERM);
-	ck_assert_ptr_nonnull(strstr(err, "not a regular file"));
+	ck_assert_int_eq(jail_seal(dir, &e), -EPERM);
+	ck_assert_ptr_nonnull(strstr(e.msg, "not a regular file"));
 }
 END_TEST
 
@@ -386,21 +387,22 @@ END_TEST
 /* The uid range may be moved, never onto root or onto this host's own users. */
 START_TEST(uid_range_refuses_root_and_host_users)
 {
-	char err[400] = "", m[300];
+	char m[300];
+	struct mitos_err e = { 0 };
 	snprintf(m, sizeof(m), "%s/jail2", T);
 	jail_set_uid_base(0);
-	ck_assert_int_eq(jail_init(m, "/bin/true", err, sizeof(err)), -ERANGE);
+	ck_assert_int_eq(jail_init(m, "/bin/true", &e), -ERANGE);
 	jail_set_uid_base(UINT32_MAX - 10);
-	ck_assert_int_eq(jail_init(m, "/bin/true", err, sizeof(err)), -ERANGE);
+	ck_assert_int_eq(jail_init(m, "/bin/true", &e), -ERANGE);
 	/* A range with one of this host's users in it (nobody, on Debian). */
 	struct passwd *pw = getpwnam("nobody");
 	if (pw && pw->pw_uid > 100) {
 		jail_set_uid_base(pw->pw_uid - 100);
-		ck_assert_int_eq(jail_init(m, "/bin/true", err, sizeof(err)), -EEXIST);
-		ck_assert_msg(strstr(err, "--vm-uid-base") && strstr(err, "nobody"), "%s", err);
+		ck_assert_int_eq(jail_init(m, "/bin/true", &e), -EEXIST);
+		ck_assert_msg(strstr(e.msg, "--vm-uid-base") && strstr(e.msg, "nobody"), "%s", e.msg);
 	}
 	jail_set_uid_base(3000000000u);
-	ck_assert_msg(jail_init(m, "/bin/true", err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(jail_init(m, "/bin/true", &e) == 0, "%s", e.msg);
 	struct jail j;
 	jail_new(&j);
 	ck_assert_uint_eq(j.gid, 3000000000u);
@@ -412,24 +414,25 @@ END_TEST
 /* What a VM made in its own directory moves to serve's only if it is what it should be. */
 START_TEST(claim_keeps_only_what_it_should)
 {
-	char from[300], to[300], err[400] = "";
+	char from[300], to[300];
+	struct mitos_err e = { 0 };
 	snprintf(from, sizeof(from), "%s/control", path_rw);
 	snprintf(to, sizeof(to), "%s/control", T);
 	struct stat st;
 	/* A link to a socket elsewhere (serve would connect to it by name later). */
 	ck_assert_int_eq(symlink("/run/some.sock", from), 0);
-	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, err, sizeof(err)), -EPERM);
+	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, &e), -EPERM);
 	ck_assert_int_eq(lstat(to, &st), -1);
 	ck_assert_int_eq(unlink(from), 0);
 	/* A directory, a regular file: not a socket either. */
 	ck_assert_int_eq(mkdir(from, 0700), 0);
-	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, err, sizeof(err)), -EPERM);
+	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, &e), -EPERM);
 	ck_assert_int_eq(lstat(to, &st), -1);
 	ck_assert_int_eq(rmdir(from), 0);
 	put(from, "x", 0600);
-	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, err, sizeof(err)), -EPERM);
+	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, &e), -EPERM);
 	ck_assert_int_eq(lstat(to, &st), -1);
-	ck_assert_int_eq(jail_claim(from, to, S_IFREG, err, sizeof(err)), 0);
+	ck_assert_int_eq(jail_claim(from, to, S_IFREG, &e), 0);
 	ck_assert_int_eq(lstat(to, &st), 0);
 	ck_assert(S_ISREG(st.st_mode));
 	ck_assert_int_eq(unlink(to), 0);
@@ -439,12 +442,12 @@ START_TEST(claim_keeps_only_what_it_should)
 	ck_assert_uint_lt(strlen(from), sizeof(a.sun_path));
 	memcpy(a.sun_path, from, strlen(from) + 1);
 	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	ck_assert_msg(jail_claim(from, to, S_IFSOCK, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(jail_claim(from, to, S_IFSOCK, &e) == 0, "%s", e.msg);
 	ck_assert_int_eq(lstat(to, &st), 0);
 	ck_assert(S_ISSOCK(st.st_mode));
 	close(fd);
 	/* Nothing there: says so. */
-	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, err, sizeof(err)), -ENOENT);
+	ck_assert_int_eq(jail_claim(from, to, S_IFSOCK, &e), -ENOENT);
 }
 END_TEST
 
