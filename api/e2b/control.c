@@ -281,10 +281,9 @@ static void create_fork(struct create_ctx *cc)
 	struct fork_req fr = { .template_name = cc->tpl, .n = 1, .timeout_s = cc->timeout_s };
 	const cJSON *md = cJSON_GetObjectItemCaseSensitive(cc->body, "metadata");
 	fr.metadata = cJSON_IsObject(md) ? md : NULL;
-	enum api_err e = AE_INTERNAL;
-	char msg[600];
-	if (sandboxes_fork(&fr, create_done, cc, &cc->job, &e, msg, sizeof(msg))) {
-		e2b_reply_err(cc->r, status_of(e), "%s", msg);
+	struct mitos_err e = { 0 };
+	if (sandboxes_fork(&fr, create_done, cc, &cc->job, &e)) {
+		e2b_reply_err(cc->r, status_of(e.kind), "%s", e.msg);
 		create_free(cc);
 	}
 }
@@ -341,14 +340,13 @@ void e2b_sandboxes_create(struct http_req *r)
 		return;
 	}
 	bool created;
-	enum api_err e = AE_INTERNAL;
-	char msg[700];
-	int rc = templates_create(tpl, template_image(tpl), NULL, &t, &created, create_tpl_done, cc, &cc->tw, &e, msg,
-				  sizeof(msg));
+	struct mitos_err e = { 0 };
+	int rc = templates_create(tpl, template_image(tpl), NULL, &t, &created, create_tpl_done, cc, &cc->tw, &e);
 	if (rc == 1)
 		return; /* the engine builds it (kvm); create_tpl_done goes on */
 	if (rc) {
-		e2b_reply_err(r, e == AE_INVALID_ARGUMENT ? 404 : status_of(e), "template %s not found: %s", tpl, msg);
+		e2b_reply_err(r, e.kind == AE_INVALID_ARGUMENT ? 404 : status_of(e.kind), "template %s not found: %s",
+			      tpl, e.msg);
 		create_free(cc);
 		return;
 	}

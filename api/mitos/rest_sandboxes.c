@@ -329,11 +329,10 @@ void rest_templates_create(struct http_req *r)
 	}
 	snprintf(tc->idem, sizeof(tc->idem), "%s", key ? key : "");
 	bool created;
-	enum api_err e;
-	char msg[700];
+	struct mitos_err e = { 0 };
 	/* Every template is made from this node's one image, as the contract's server
 	 * makes every template from its one root filesystem. */
-	int rc = templates_create(name, "python", spec, &t, &created, tpl_done, tc, &tc->w, &e, msg, sizeof(msg));
+	int rc = templates_create(name, "python", spec, &t, &created, tpl_done, tc, &tc->w, &e);
 	cJSON_Delete(spec);
 	if (rc == 1) {
 		/* The engine builds it (kvm): the answer comes when it is ready. */
@@ -345,7 +344,7 @@ void rest_templates_create(struct http_req *r)
 	free(tc);
 	if (rc) {
 		idem_release(key);
-		http_reply_error(r, e, msg, NULL, NULL);
+		http_reply_error(r, e.kind, e.msg, NULL, NULL);
 		return;
 	}
 	idem_record(key, IDEM_TEMPLATE, t->name);
@@ -425,14 +424,13 @@ static void fork_one(struct http_req *r, const char *tpl, const char *src, const
 	fc->r = r;
 	r->ctx = fc;
 	r->ops = &fork_ops;
-	enum api_err e = AE_INVALID_ARGUMENT;
-	char msg[600];
-	if (sandboxes_fork(&fr, fork_done, fc, &fc->job, &e, msg, sizeof(msg))) {
+	struct mitos_err e = { 0 };
+	if (sandboxes_fork(&fr, fork_done, fc, &fc->job, &e)) {
 		r->ctx = NULL;
 		r->ops = NULL;
 		free(fc);
 		idem_release(key);
-		http_reply_error(r, e, msg, NULL, NULL);
+		http_reply_error(r, e.kind, e.msg, NULL, NULL);
 	}
 }
 

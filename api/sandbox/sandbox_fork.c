@@ -19,14 +19,14 @@ static void job_finish(struct sb_job *job)
 	struct sandbox *parent = job->parent_id[0] ? sandbox_find(job->parent_id) : NULL;
 	if (job->resume_parent && parent && parent->state == SB_PAUSED)
 		sandbox_resume(parent);
-	if (job->failed) {
+	if (job->err.code) {
 		for (unsigned i = 0; i < job->n; i++)
 			if (job->sbs[i]) {
 				job->sbs[i]->job = NULL;
 				sb_kill(job->sbs[i], "a sibling of this fork failed");
 			}
 		if (job->done)
-			job->done(job->ctx, job->err, job->msg, NULL, 0);
+			job->done(job->ctx, job->err.kind, job->err.msg, NULL, 0);
 	} else if (job->done) {
 		job->done(job->ctx, AE_NONE, NULL, job->sbs, job->n);
 	}
@@ -43,11 +43,9 @@ void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const c
 		for (unsigned i = 0; i < job->n; i++)
 			if (job->sbs[i] == sb)
 				job->sbs[i] = NULL;
-		if (!job->failed) {
-			job->failed = true;
-			job->err = AE_ENGINE_UNAVAILABLE;
-			snprintf(job->msg, sizeof(job->msg), "sandbox %s: %s", sb->id, why ? why : "failed");
-		}
+		if (!job->err.code)
+			api_fail(&job->err, -ECHILD, AE_ENGINE_UNAVAILABLE, "sandbox %s: %s", sb->id,
+				 why ? why : "failed");
 	}
 	sb->job = NULL;
 	if (--job->pending == 0)
@@ -90,59 +88,34 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 }
 
 int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct sb_job **jobout,
-		   enum api_err *e, char *msg, size_t msglen)
+		   struct mitos_err *e)
 {
 	*jobout = NULL;
-	if (sb_shutting_down) {
-		*e = AE_UNAVAILABLE;
-		snprintf(msg, msglen, "the server is shutting down");
-		return -ESHUTDOWN;
-	}
-	if (node_draining()) {
-		*e = AE_NODE_DRAINING;
-		snprintf(msg, msglen, "node %s is draining: it takes no new sandboxes", node_tag()[0] ? node_tag() : "(standalone)");
-		return -EAGAIN;
-	}
-	if (!!fr->template_name == !!fr->sandbox_id) {
-		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "give exactly one of \"template\" and \"sandbox_id\"");
-		return -EINVAL;
-	}
-	if (fr->n < 1 || fr->n > MAX_FORK_N) {
-		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "n must be between 1 and %d", MAX_FORK_N);
-		return -EINVAL;
-	}
-	if (sb_count + fr->n > srv_cfg.max_sandboxes) {
-		*e = AE_LIMIT_EXCEEDED;
-		snprintf(msg, msglen, "this server runs at most %u sandboxes (%u exist)", srv_cfg.max_sandboxes, sb_count);
-		return -ENOSPC;
-	}
+	if (sb_shutting_down)
+		return api_fail(e, -ESHUTDOWN, AE_UNAVAILABLE, "the server is shutting down");
+	if (node_draining())
+		return api_fail(e, -EAGAIN, AE_NODE_DRAINING, "node %s is draining: it takes no new sandboxes",
+				node_tag()[0] ? node_tag() : "(standalone)");
+	if (!!fr->template_name == !!fr->sandbox_id)
+		return api_fail(e, -EINVAL, AE_INVALID_ARGUMENT, "give exactly one of \"template\" and \"sandbox_id\"");
+	if (fr->n < 1 || fr->n > MAX_FORK_N)
+		return api_fail(e, -EINVAL, AE_INVALID_ARGUMENT, "n must be between 1 and %d", MAX_FORK_N);
+	if (sb_count + fr->n > srv_cfg.max_sandboxes)
+		return api_fail(e, -ENOSPC, AE_LIMIT_EXCEEDED, "this server runs at most %u sandboxes (%u exist)",
+				srv_cfg.max_sandboxes, sb_count);
 	/* On a cluster node the ids carry its tag. */
 	char ids[MAX_FORK_N][ID_MAX + 1];
 	for (unsigned i = 0; fr->ids && i < fr->n; i++) {
-		if (!api_valid_id(fr->ids[i])) {
-			*e = AE_INVALID_SANDBOX_ID;
-			snprintf(msg, msglen, "ids[%u] is not a valid sandbox id", i);
-			return -EINVAL;
-		}
-		if (node_sandbox_id_for(fr->ids[i], ids[i], sizeof(ids[i]))) {
-			*e = AE_INVALID_SANDBOX_ID;
-			snprintf(msg, msglen, "id %.64s is too long to carry this node's tag -%s: a sandbox id has at "
-				 "most 64 characters", fr->ids[i], node_tag());
-			return -EINVAL;
-		}
-		if (sandbox_find(ids[i])) {
-			*e = AE_CONFLICT;
-			snprintf(msg, msglen, "a sandbox with id %s exists", ids[i]);
-			return -EEXIST;
-		}
+		if (!api_valid_id(fr->ids[i]))
+			return api_fail(e, -EINVAL, AE_INVALID_SANDBOX_ID, "ids[%u] is not a valid sandbox id", i);
+		if (node_sandbox_id_for(fr->ids[i], ids[i], sizeof(ids[i])))
+			return api_fail(e, -EINVAL, AE_INVALID_SANDBOX_ID, "id %.64s is too long to carry this node's "
+					"tag -%s: a sandbox id has at most 64 characters", fr->ids[i], node_tag());
+		if (sandbox_find(ids[i]))
+			return api_fail(e, -EEXIST, AE_CONFLICT, "a sandbox with id %s exists", ids[i]);
 		for (unsigned j = 0; j < i; j++)
-			if (!strcmp(ids[i], ids[j])) {
-				*e = AE_INVALID_ARGUMENT;
-				snprintf(msg, msglen, "ids must be distinct");
-				return -EINVAL;
-			}
+			if (!strcmp(ids[i], ids[j]))
+				return api_fail(e, -EINVAL, AE_INVALID_ARGUMENT, "ids must be distinct");
 	}
 	const struct template_rec *t;
 	struct sandbox *parent = NULL;
@@ -150,43 +123,28 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 	const char *copy_from = NULL;
 	if (fr->template_name) {
 		t = templates_find(fr->template_name);
-		if (!t) {
-			*e = AE_NOT_FOUND;
-			snprintf(msg, msglen, "no template named %s; create it with POST /v1/templates", fr->template_name);
-			return -ENOENT;
-		}
-		if (t->building) {
-			*e = AE_UNAVAILABLE;
-			snprintf(msg, msglen, "template %s is still being built; retry when POST /v1/templates "
-				 "has answered", t->name);
-			return -EAGAIN;
-		}
+		if (!t)
+			return api_fail(e, -ENOENT, AE_NOT_FOUND, "no template named %s; create it with POST "
+					"/v1/templates", fr->template_name);
+		if (t->building)
+			return api_fail(e, -EAGAIN, AE_UNAVAILABLE, "template %s is still being built; retry when POST "
+					"/v1/templates has answered", t->name);
 	} else {
 		parent = sandbox_find(fr->sandbox_id);
-		if (!parent) {
-			*e = AE_NOT_FOUND;
-			snprintf(msg, msglen, "no sandbox %s", fr->sandbox_id);
-			return -ENOENT;
-		}
-		if (parent->state != SB_RUNNING && parent->state != SB_PAUSED) {
-			*e = AE_SANDBOX_NOT_RUNNING;
-			snprintf(msg, msglen, "sandbox %s is %s", parent->id, state_name(parent->state));
-			return -EBUSY;
-		}
+		if (!parent)
+			return api_fail(e, -ENOENT, AE_NOT_FOUND, "no sandbox %s", fr->sandbox_id);
+		if (parent->state != SB_RUNNING && parent->state != SB_PAUSED)
+			return api_fail(e, -EBUSY, AE_SANDBOX_NOT_RUNNING, "sandbox %s is %s", parent->id,
+					state_name(parent->state));
 		t = templates_find(parent->template_name);
-		if (!t) {
-			*e = AE_INTERNAL;
-			snprintf(msg, msglen, "the template of sandbox %s is gone", parent->id);
-			return -ENOENT;
-		}
+		if (!t)
+			return api_fail(e, -ENOENT, AE_INTERNAL, "the template of sandbox %s is gone", parent->id);
 		if (sb_eng->fork_source) {
 			struct mitos_err fe = { 0 };
 			int rc = sb_eng->fork_source(parent->dir, &parent->proc, layer, sizeof(layer), &fe);
-			if (rc) {
-				*e = AE_ENGINE_UNAVAILABLE;
-				snprintf(msg, msglen, "cannot fork sandbox %s: %s", parent->id, fe.msg);
-				return rc;
-			}
+			if (rc)
+				return api_fail(e, rc, AE_ENGINE_UNAVAILABLE, "cannot fork sandbox %s: %s", parent->id,
+						fe.msg);
 		} else {
 			sb_eng->writable_layer(parent->dir, layer, sizeof(layer));
 		}
@@ -197,9 +155,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 	if (!job || !sbs) {
 		free(job);
 		free(sbs);
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "out of memory");
-		return -ENOMEM;
+		return api_fail(e, -ENOMEM, AE_INTERNAL, "out of memory");
 	}
 	job->n = fr->n;
 	job->sbs = sbs;
@@ -228,9 +184,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		}
 		struct sandbox *sb = sb_new(id);
 		if (!sb) {
-			job->failed = true;
-			job->err = AE_INTERNAL;
-			snprintf(job->msg, sizeof(job->msg), "out of memory");
+			api_fail(&job->err, -ENOMEM, AE_INTERNAL, "out of memory");
 			break;
 		}
 		snprintf(sb->template_name, sizeof(sb->template_name), "%s", t->name);
@@ -243,9 +197,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		struct mitos_err se = { 0 };
 		int rc = sb_start(sb, t, copy_from, &se);
 		if (rc) {
-			job->failed = true;
-			job->err = AE_ENGINE_UNAVAILABLE;
-			snprintf(job->msg, sizeof(job->msg), "cannot start sandbox %s: %s", id, se.msg);
+			api_fail(&job->err, rc, AE_ENGINE_UNAVAILABLE, "cannot start sandbox %s: %s", id, se.msg);
 			sb_free(sb);
 			break;
 		}
@@ -261,9 +213,8 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		*jobout = NULL;
 		job->done = NULL;
 		*e = job->err;
-		snprintf(msg, msglen, "%s", job->msg);
 		job_finish(job);
-		return -EIO;
+		return e->code;
 	}
 	return 0;
 }

@@ -17,9 +17,7 @@
 struct sb_job {
 	unsigned n, pending;
 	struct sandbox **sbs;
-	bool failed;
-	enum api_err err;
-	char msg[600];
+	struct mitos_err err;   /* the first failure: code 0 while there is none */
 	char parent_id[ID_MAX + 1];
 	bool resume_parent;
 	sb_done_fn done;

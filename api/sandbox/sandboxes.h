@@ -100,10 +100,10 @@ struct template_rec *templates_find(const char *name);
 struct template_rec *templates_first(void);
 /* *created tells a new template from an existing one with the same name. spec is the
  * request (engines that build templates read it). Returns 1 when the template is being
- * built: done runs once it is ready or failed (detach *w if the requester goes away). */
+ * built: done runs once it is ready or failed (detach *w if the requester goes away);
+ * -errno with e and its kind, the answer for the client, when it cannot be made. */
 int templates_create(const char *name, const char *image, const struct cJSON *spec, struct template_rec **out,
-		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **w,
-		     enum api_err *e, char *msg, size_t msglen);
+		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **w, struct mitos_err *e);
 void tpl_waiter_detach(struct tpl_waiter *w);
 struct cJSON *template_json(const struct template_rec *t);
 
@@ -113,9 +113,10 @@ unsigned sandboxes_count(void);
 struct cJSON *sandbox_json(const struct sandbox *sb);
 
 /* Starts n sandboxes; done runs once all are ready, or with an error once one
- * failed (the others are then removed). Returns a job handle. */
+ * failed (the others are then removed). Returns a job handle, or -errno with e and its
+ * kind when none could start. */
 int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct sb_job **job,
-		   enum api_err *e, char *msg, size_t msglen);
+		   struct mitos_err *e);
 /* The requester is gone: the job completes without calling done. */
 void sb_job_detach(struct sb_job *job);
 

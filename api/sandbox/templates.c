@@ -86,14 +86,11 @@ static void tpl_free(struct template_rec *t)
 }
 
 static int tpl_wait(struct template_rec *t, tpl_done_fn done, void *ctx, struct tpl_waiter **wout,
-		    enum api_err *e, char *msg, size_t msglen)
+		    struct mitos_err *e)
 {
 	struct tpl_waiter *w = calloc(1, sizeof(*w));
-	if (!w) {
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "out of memory");
-		return -ENOMEM;
-	}
+	if (!w)
+		return api_fail(e, -ENOMEM, AE_INTERNAL, "out of memory");
 	w->done = done;
 	w->ctx = ctx;
 	w->next = t->waiters;
@@ -142,17 +139,14 @@ static void tpl_built(void *ctx, int rc, const char *why)
 
 /* Engines that build templates (kvm): the record exists (state "building") from now on. */
 static int template_build(const char *name, const char *image, const cJSON *spec, struct template_rec **out,
-			  tpl_done_fn done, void *ctx, struct tpl_waiter **wout, enum api_err *e, char *msg,
-			  size_t msglen)
+			  tpl_done_fn done, void *ctx, struct tpl_waiter **wout, struct mitos_err *e)
 {
 	struct template_rec *t = calloc(1, sizeof(*t));
 	cJSON *sp = spec ? cJSON_Duplicate(spec, 1) : cJSON_CreateObject();
 	if (!t || !sp) {
 		free(t);
 		cJSON_Delete(sp);
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "out of memory");
-		return -ENOMEM;
+		return api_fail(e, -ENOMEM, AE_INTERNAL, "out of memory");
 	}
 	static const char *not_spec[] = { "name", "image", "template" };
 	for (size_t i = 0; i < sizeof(not_spec) / sizeof(not_spec[0]); i++)
@@ -168,67 +162,54 @@ static int template_build(const char *name, const char *image, const cJSON *spec
 	struct mitos_err be = { 0 };
 	int rc = eng->template_build(t->root, sp, tpl_built, t, &be);
 	if (rc) {
-		*e = rc == -EINVAL || rc == -ENOENT || rc == -ENAMETOOLONG ? AE_INVALID_ARGUMENT : AE_ENGINE_UNAVAILABLE;
-		snprintf(msg, msglen, "%s", be.msg[0] ? be.msg : strerror(-rc));
 		tpl_free(t);
-		return rc;
+		/* The engine's refusals of the request itself are the client's to fix. */
+		bool bad_request = rc == -EINVAL || rc == -ENOENT || rc == -ENAMETOOLONG;
+		return api_fail(e, rc, bad_request ? AE_INVALID_ARGUMENT : AE_ENGINE_UNAVAILABLE, "%s",
+				be.msg[0] ? be.msg : strerror(-rc));
 	}
 	t->next = templates;
 	templates = t;
 	tpl_save(t);
 	*out = t;
-	return tpl_wait(t, done, ctx, wout, e, msg, msglen);
+	return tpl_wait(t, done, ctx, wout, e);
 }
 
 int templates_create(const char *name, const char *image, const cJSON *spec, struct template_rec **out,
-		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **wout,
-		     enum api_err *e, char *msg, size_t msglen)
+		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **wout, struct mitos_err *e)
 {
 	*created = false;
 	if (wout)
 		*wout = NULL;
-	if (!api_valid_id(name)) {
-		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "template names match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$");
-		return -EINVAL;
-	}
+	if (!api_valid_id(name))
+		return api_fail(e, -EINVAL, AE_INVALID_ARGUMENT,
+				"template names match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$");
 	if (!image)
 		image = name;
 	struct template_rec *t = templates_find(name);
 	if (t) {
-		if (strcmp(t->image, image)) {
-			*e = AE_CONFLICT;
-			snprintf(msg, msglen, "template %s exists with image %s", name, t->image);
-			return -EEXIST;
-		}
+		if (strcmp(t->image, image))
+			return api_fail(e, -EEXIST, AE_CONFLICT, "template %s exists with image %s", name, t->image);
 		*out = t;
-		return t->building ? tpl_wait(t, done, ctx, wout, e, msg, msglen) : 0;
+		return t->building ? tpl_wait(t, done, ctx, wout, e) : 0;
 	}
 	if (eng->template_build) {
-		int rc = template_build(name, image, spec, out, done, ctx, wout, e, msg, msglen);
+		int rc = template_build(name, image, spec, out, done, ctx, wout, e);
 		*created = rc >= 0;
 		return rc;
 	}
 	const char *root = image_root(image);
-	if (!root) {
-		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "image '%.64s' is not available on the %s engine (available: python)", image,
-			 eng->name);
-		return -ENOENT;
-	}
+	if (!root)
+		return api_fail(e, -ENOENT, AE_INVALID_ARGUMENT, "image '%.64s' is not available on the %s engine "
+				"(available: python)", image, eng->name);
 	struct mitos_err se = { 0 };
 	cJSON *kept = eng->template_spec ? eng->template_spec(spec, &se) : NULL;
-	if (eng->template_spec && !kept) {
-		*e = AE_INVALID_ARGUMENT;
-		snprintf(msg, msglen, "%s", se.msg[0] ? se.msg : "out of memory");
-		return -EINVAL;
-	}
+	if (eng->template_spec && !kept)
+		return api_fail(e, -EINVAL, AE_INVALID_ARGUMENT, "%s", se.msg[0] ? se.msg : "out of memory");
 	t = calloc(1, sizeof(*t));
 	if (!t) {
 		cJSON_Delete(kept);
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "out of memory");
-		return -ENOMEM;
+		return api_fail(e, -ENOMEM, AE_INTERNAL, "out of memory");
 	}
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	snprintf(t->image, sizeof(t->image), "%.64s", image);
@@ -238,9 +219,7 @@ int templates_create(const char *name, const char *image, const cJSON *spec, str
 	int rc = tpl_save(t);
 	if (rc) {
 		tpl_free(t);
-		*e = AE_INTERNAL;
-		snprintf(msg, msglen, "cannot save the template in the state dir: %s", strerror(-rc));
-		return rc;
+		return api_fail(e, rc, AE_INTERNAL, "cannot save the template in the state dir: %s", strerror(-rc));
 	}
 	t->next = templates;
 	templates = t;
