@@ -352,23 +352,26 @@ void e2b_call_free(struct e2b_call *c)
 	free(c);
 }
 
-struct agent_conn *e2b_sandbox_agent(const char *id, int *status, char *msg, size_t msglen)
+struct agent_conn *e2b_sandbox_agent(const char *id, struct mitos_err *e)
 {
 	struct sandbox *sb = id && *id ? sandbox_find(id) : NULL;
 	if (!sb) {
-		/* What E2B's proxy answers for a sandbox that is not there: the SDK
-		 * turns 502 into "sandbox not running" / isRunning() false. */
-		*status = 502;
-		snprintf(msg, msglen, "The sandbox %s was not found", id && *id ? id : "(none given)");
+		api_fail(e, -ENOENT, AE_NOT_FOUND, "The sandbox %s was not found", id && *id ? id : "(none given)");
 		return NULL;
 	}
 	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
-		*status = 502;
-		snprintf(msg, msglen, "The sandbox %s is %s", sb->id,
+		api_fail(e, -EBUSY, AE_SANDBOX_NOT_RUNNING, "The sandbox %s is %s", sb->id,
 			 sb->state == SB_PAUSED ? "paused" : sb->state == SB_STARTING ? "starting" : "stopping");
 		return NULL;
 	}
 	return sb->agent;
+}
+
+int e2b_agent_status(enum api_err kind)
+{
+	/* What E2B's proxy answers for a sandbox that is not there or not running: the SDK
+	 * turns 502 into "sandbox not running" / isRunning() false. */
+	return kind == AE_NOT_FOUND || kind == AE_SANDBOX_NOT_RUNNING ? 502 : api_err_status(kind);
 }
 
 bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, cJSON *open, const struct astream_ops *ops)

@@ -840,14 +840,13 @@ void e2b_envd_rpc(struct http_req *r)
 	bool envelope = connect_ct_is_stream_json(ct);
 	if (!m->start) {
 		cJSON *req = request_message(r, false);
-		int status;
-		char msg[200];
+		struct mitos_err e = { 0 };
 		struct agent_conn *ac = strcmp(m->name, "filesystem.Filesystem/CreateWatcher")
-			? NULL : e2b_sandbox_agent(e2b_req_sandbox(r), &status, msg, sizeof(msg));
+			? NULL : e2b_sandbox_agent(e2b_req_sandbox(r), &e);
 		if (!cJSON_IsObject(req))
 			e2b_reply_connect_err(r, "invalid_argument", "the request message must be a JSON object");
 		else if (!ac && !strcmp(m->name, "filesystem.Filesystem/CreateWatcher"))
-			e2b_reply_connect_err(r, "unavailable", msg);
+			e2b_reply_connect_err(r, "unavailable", e.msg);
 		else
 			e2b_watcher_start(r, strchr(m->name, '/') + 1, ac, req);
 		cJSON_Delete(req);
@@ -876,14 +875,12 @@ void e2b_envd_rpc(struct http_req *r)
 		call_end(c, NULL, "invalid_argument", "the request message must be a JSON object");
 		return;
 	}
-	int status;
-	char msg[200];
-	struct agent_conn *ac = e2b_sandbox_agent(e2b_req_sandbox(r), &status, msg, sizeof(msg));
+	struct mitos_err e = { 0 };
+	struct agent_conn *ac = e2b_sandbox_agent(e2b_req_sandbox(r), &e);
 	if (!ac) {
 		cJSON_Delete(req);
-		/* E2B's proxy answers 502 for a sandbox that is gone; the SDK maps it. */
 		c->base.done = true;
-		e2b_reply_err(r, status, "%s", msg);
+		e2b_reply_err(r, e2b_agent_status(e.kind), "%s", e.msg);
 		e2b_call_free(&c->base);
 		return;
 	}
@@ -893,10 +890,9 @@ void e2b_envd_rpc(struct http_req *r)
 
 void e2b_envd_health(struct http_req *r)
 {
-	int status;
-	char msg[200];
-	if (e2b_sandbox_agent(e2b_req_sandbox(r), &status, msg, sizeof(msg)))
+	struct mitos_err e = { 0 };
+	if (e2b_sandbox_agent(e2b_req_sandbox(r), &e))
 		http_reply(r, 204, NULL, NULL, 0, NULL);
 	else
-		e2b_reply_err(r, status, "%s", msg);
+		e2b_reply_err(r, e2b_agent_status(e.kind), "%s", e.msg);
 }

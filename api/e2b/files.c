@@ -189,13 +189,12 @@ static void query_access(const struct http_req *r, struct access *a)
 static struct agent_conn *files_begin(struct http_req *r, struct access *a, const char *op)
 {
 	query_access(r, a);
-	int status;
-	char msg[200];
+	struct mitos_err e = { 0 };
 	struct agent_conn *ac = NULL;
 	if (!strcmp(op, "read") && (!a->path || !*a->path))
 		e2b_reply_err(r, 400, "the path query parameter is required");
-	else if (files_access(r, a, op) && !(ac = e2b_sandbox_agent(r->sandbox_id, &status, msg, sizeof(msg))))
-		e2b_reply_err(r, status, "%s", msg);
+	else if (files_access(r, a, op) && !(ac = e2b_sandbox_agent(r->sandbox_id, &e)))
+		e2b_reply_err(r, e2b_agent_status(e.kind), "%s", e.msg);
 	if (!ac)
 		access_free(a);
 	return ac;

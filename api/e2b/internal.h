@@ -77,8 +77,11 @@ struct e2b_call {
 /* Allocates size bytes (a struct whose first member is struct e2b_call), links it
  * and makes it r's handler. NULL (and an error reply) when out of memory. */
 void *e2b_call_new(struct http_req *r, size_t size, const struct e2b_call_vt *vt);
-/* The running sandbox's agent, or NULL with *status and msg saying why. */
-struct agent_conn *e2b_sandbox_agent(const char *id, int *status, char *msg, size_t msglen);
+/* The running sandbox's agent, or NULL with e saying why (AE_NOT_FOUND, or
+ * AE_SANDBOX_NOT_RUNNING). */
+struct agent_conn *e2b_sandbox_agent(const char *id, struct mitos_err *e);
+/* The HTTP status of envd's answer to a request e2b_sandbox_agent refused. */
+int e2b_agent_status(enum api_err kind);
 /* Opens the agent stream; false when it could not (open is consumed). */
 bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, struct cJSON *open, const struct astream_ops *ops);
 /* The room() of every call's agent stream (s->ctx is the call): what the client

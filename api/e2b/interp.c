@@ -281,11 +281,10 @@ static bool is_python(const char *lang)
 
 static struct exec_call *begin(struct http_req *r, struct agent_conn **ac)
 {
-	int status;
-	char msg[200];
-	*ac = e2b_sandbox_agent(e2b_req_sandbox(r), &status, msg, sizeof(msg));
+	struct mitos_err e = { 0 };
+	*ac = e2b_sandbox_agent(e2b_req_sandbox(r), &e);
 	if (!*ac) {
-		http_reply(r, status, "text/plain", msg, strlen(msg), NULL);
+		http_reply(r, e2b_agent_status(e.kind), "text/plain", e.msg, strlen(e.msg), NULL);
 		return NULL;
 	}
 	return e2b_call_new(r, sizeof(struct exec_call), &exec_vt);
