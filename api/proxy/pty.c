@@ -46,9 +46,8 @@ struct pt {
 	char accept[29];
 	char sid[ID_MAX + 1];
 	bool upgraded, finished, subprotocol;
-	/* A client message that ended the exchange, seen inside a wslay callback. */
-	enum api_err fail_e;
-	char fail[200];
+	/* What ended the exchange, seen inside a wslay callback: the first failure. */
+	struct mitos_err fail;
 	struct bytebuf in;  /* client bytes not yet taken by wslay */
 	struct bytebuf tx;  /* terminal input waiting for agent credit */
 };
@@ -136,12 +135,10 @@ static ssize_t ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 	return (ssize_t)len;
 }
 
-static void pt_fail(struct pt *pt, enum api_err e, const char *msg)
+static void pt_fail(struct pt *pt, int code, enum api_err kind, const char *msg)
 {
-	if (!pt->fail[0]) {
-		pt->fail_e = e;
-		snprintf(pt->fail, sizeof(pt->fail), "%s", msg);
-	}
+	if (!pt->fail.code)
+		api_fail(&pt->fail, code, kind, "%s", msg);
 }
 
 /* One Connect envelope to the client as a binary WebSocket message. */
@@ -206,12 +203,13 @@ static void exec_open(struct pt *pt, const cJSON *open)
 {
 	struct sandbox *sb = sandbox_find(pt->sid);
 	if (!sb || sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
-		pt_fail(pt, sb ? AE_SANDBOX_NOT_RUNNING : AE_NOT_FOUND, "the sandbox is not running");
+		pt_fail(pt, sb ? -EBUSY : -ENOENT, sb ? AE_SANDBOX_NOT_RUNNING : AE_NOT_FOUND,
+			"the sandbox is not running");
 		return;
 	}
 	cJSON *o = pty_agent_request(open);
 	if (!o) {
-		pt_fail(pt, AE_INVALID_ARGUMENT, PTY_OPEN_INVALID);
+		pt_fail(pt, -EINVAL, AE_INVALID_ARGUMENT, PTY_OPEN_INVALID);
 		return;
 	}
 	char *text = cJSON_PrintUnformatted(o);
@@ -219,7 +217,7 @@ static void exec_open(struct pt *pt, const cJSON *open)
 	pt->as = text ? agent_open(sb->agent, text, &pt_stream_ops, pt) : NULL;
 	free(text);
 	if (!pt->as)
-		pt_fail(pt, AE_INTERNAL, "cannot open a stream to the sandbox's agent");
+		pt_fail(pt, -EIO, AE_INTERNAL, "cannot open a stream to the sandbox's agent");
 }
 
 /* One ExecRequest from the client. */
@@ -229,12 +227,12 @@ static void exec_request(struct pt *pt, const uint8_t *p, size_t n)
 	const cJSON *open = cJSON_GetObjectItem(o, "open"), *in = cJSON_GetObjectItem(o, "stdin");
 	const cJSON *rs = cJSON_GetObjectItem(o, "resize"), *sc = cJSON_GetObjectItem(o, "stdinClose");
 	if (!cJSON_IsObject(o)) {
-		pt_fail(pt, AE_INVALID_ARGUMENT, "each message must be a JSON ExecRequest");
+		pt_fail(pt, -EINVAL, AE_INVALID_ARGUMENT, "each message must be a JSON ExecRequest");
 	} else if (!pt->as && !open) {
-		pt_fail(pt, AE_INVALID_ARGUMENT, "the first ExecRequest must carry open");
+		pt_fail(pt, -EINVAL, AE_INVALID_ARGUMENT, "the first ExecRequest must carry open");
 	} else if (open) {
 		if (pt->as || !cJSON_IsObject(open))
-			pt_fail(pt, AE_INVALID_ARGUMENT, "only the first ExecRequest carries open, an object");
+			pt_fail(pt, -EINVAL, AE_INVALID_ARGUMENT, "only the first ExecRequest carries open, an object");
 		else
 			exec_open(pt, open);
 	} else if (in) {
@@ -242,7 +240,7 @@ static void exec_request(struct pt *pt, const uint8_t *p, size_t n)
 		size_t len = b ? strlen(b) : 0, k;
 		uint8_t *raw = b ? malloc(base64_decoded_max(len) + 1) : NULL;
 		if (!raw || base64_decode(b, len, raw, &k) || bytebuf_add(&pt->tx, raw, k))
-			pt_fail(pt, AE_INVALID_ARGUMENT, "stdin must be base64");
+			pt_fail(pt, -EINVAL, AE_INVALID_ARGUMENT, "stdin must be base64");
 		free(raw);
 	} else if (rs) {
 		char ev[PTY_RESIZE_EVENT_MAX];
@@ -265,20 +263,21 @@ static void ws_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 	connect_dec_init(&d, PTY_MAX_MSG);
 	const uint8_t *p = a->msg;
 	size_t n = a->msg_length;
-	while (n && !pt->fail[0]) {
+	while (n && !pt->fail.code) {
 		uint8_t flags;
 		const uint8_t *msg;
 		size_t len;
 		int rc = connect_dec_feed(&d, &p, &n, &flags, &msg, &len);
 		if (rc < 0 || (rc == 0 && n == 0 && !connect_dec_idle(&d)))
-			pt_fail(pt, AE_INVALID_ARGUMENT, "each WebSocket message carries whole Connect envelopes");
+			pt_fail(pt, -EINVAL, AE_INVALID_ARGUMENT,
+				"each WebSocket message carries whole Connect envelopes");
 		else if (rc == 1)
 			exec_request(pt, msg, len);
 		else
 			break;
 	}
-	if (!connect_dec_idle(&d) && !pt->fail[0])
-		pt_fail(pt, AE_INVALID_ARGUMENT, "each WebSocket message carries whole Connect envelopes");
+	if (!connect_dec_idle(&d) && !pt->fail.code)
+		pt_fail(pt, -EINVAL, AE_INVALID_ARGUMENT, "each WebSocket message carries whole Connect envelopes");
 	connect_dec_free(&d);
 }
 
@@ -298,7 +297,7 @@ static void pt_ws_pump(struct pt *pt)
 		pt_end(pt, AE_INTERNAL, NULL, NULL);
 		return;
 	}
-	if (pt->fail[0]) {
+	if (pt->fail.code) {
 		pt_close_error(pt);
 		return;
 	}
@@ -416,7 +415,7 @@ static void pt_finish(struct pt *pt, enum api_err e, const char *msg)
 
 static void pt_close_error(struct pt *pt)
 {
-	pt_finish(pt, pt->fail_e, pt->fail);
+	pt_finish(pt, pt->fail.kind, pt->fail.msg);
 }
 
 static void as_end(struct astream *s, cJSON *payload, const char *why)
