@@ -177,8 +177,7 @@ int cli_run_machine(const char *cmd, struct machine *m, bool seccomp, bool stats
 {
 	struct mitos_err e = { 0 };
 	struct machine_result res;
-	if (seccomp && (vmm_seccomp_install(e.msg, sizeof(e.msg)) || (machine_loaded(m) &&
-			vmm_seccomp_seal_rings(e.msg, sizeof(e.msg))))) {
+	if (seccomp && (vmm_seccomp_install(&e) || (machine_loaded(m) && vmm_seccomp_seal_rings(&e)))) {
 		fprintf(stderr, "mitos-vmm %s: %s\n", cmd, e.msg);
 		machine_destroy(m);
 		return EXIT_VMM_ERROR;

@@ -47,7 +47,7 @@ static cJSON *control_restore(struct machine *m, const struct ctl_request *req)
 	/* From here a failure may leave the VM half-loaded: it is single-use, so it ends.
 	 * Its disks' rings exist once it is loaded: none may be made after. */
 	if ((r = machine_load_snapshot(m, req->snapshot, &c, &e)) ||
-	    (r = vmm_seccomp_seal_rings(e.msg, sizeof(e.msg))) || (r = machine_start_vcpus(m, &e))) {
+	    (r = vmm_seccomp_seal_rings(&e)) || (r = machine_start_vcpus(m, &e))) {
 		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e.msg);
 		return control_reply_error("restore_failed", "%s", e.msg);
 	}
