@@ -114,7 +114,7 @@ static int vm_start(const char *dir, const struct vm_shape *sh, const char *arm,
 	if (K.jail && !(rc = kvm_jail_prepare(dir, &jl, err, errlen)) && arm[0] && (rc = jail_add(&jl, arm, false)))
 		snprintf(err, errlen, "cannot give a VM the snapshot %.200s: %s", arm, strerror(-rc));
 	snprintf(name, sizeof(name), "%s", strrchr(dir, '/') + 1);
-	if (rc || (rc = kvm_vm_spawn(a.v, a.console, name, sh, K.jail ? &jl : NULL, vp, err, errlen))) {
+	if (rc || (rc = kvm_vm_spawn(a.v, a.console, name, sh, K.jail ? &jl : NULL, -1, vp, err, errlen))) {
 		teardown_tree(dir, NULL);
 		return rc;
 	}
@@ -265,7 +265,7 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 			return -ENAMETOOLONG;
 		}
 		snprintf(name, sizeof(name), "vm-%d-%u", (int)getpid(), ++K.serial);
-		return kvm_vm_spawn(a.v, a.console, name, sh, NULL, vp, err, errlen);
+		return kvm_vm_spawn(a.v, a.console, name, sh, NULL, -1, vp, err, errlen);
 	}
 	int rc = kvm_pathf(vmdir, "%s/vm-%d-%u", K.pool_dir, (int)getpid(), ++K.serial);
 	if (!rc)
