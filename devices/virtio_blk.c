@@ -493,11 +493,19 @@ struct virtio_device *virtio_blk_create(const struct guest_mem *mem, uint64_t mm
 					unsigned irq, const struct virtio_blk_opts *o,
 					struct mitos_err *e)
 {
-	int fd = open(o->path, (o->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	int fd = o->has_fd ? fcntl(o->fd, F_DUPFD_CLOEXEC, 3) :
+			     open(o->path, (o->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	if (fd < 0) {
 		int err = errno;
-		mitos_err_set(e, -err, "cannot open disk image %s: %s", o->path, strerror(err));
+		mitos_err_set(e, -err, "cannot open disk image %s%s: %s", o->path,
+			      o->has_fd ? " (its descriptor)" : "", strerror(err));
 		return NULL;
+	}
+	/* Otherwise the guest's first write would fail as an I/O error. */
+	if (!o->read_only && (fcntl(fd, F_GETFL) & O_ACCMODE) != O_RDWR) {
+		mitos_err_set(e, -EBADF, "disk image %s: its descriptor is not open for writing; attach it "
+			      "read-only (,ro) or pass a read-write one", o->path);
+		goto err_fd;
 	}
 	struct stat st;
 	uint64_t size;

@@ -43,9 +43,14 @@
 struct virtio_blk_opts {
 	const char *path;
 	bool read_only;   /* the image is opened O_RDONLY and the guest sees VIRTIO_BLK_F_RO */
+	/* The image as a descriptor its owner opened (the device keeps a copy; the caller
+	 * keeps fd): a jailed VM never sees the image's path, and path only names it.
+	 * Opened read-only, it serves only a read_only disk. */
+	bool has_fd;
+	int fd;
 };
 
-/* Opens the image, sizes it, sets up an io_uring with a completion eventfd and returns
+/* Opens the image (or copies its descriptor), sizes it, sets up an io_uring with a completion eventfd and returns
  * the transport object whose ops are virtio-blk's; NULL and a message in e on failure
  * (missing file, not a regular file or block device, size not a multiple of 512,
  * io_uring unavailable). */

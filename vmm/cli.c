@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,21 +31,32 @@ int cli_parse_uint(const char *cmd, const char *flag, const char *s, unsigned lo
 	return 0;
 }
 
-/* Splits PATH[,ro] in place (argv strings are ours to modify). */
+/* Splits PATH[,ro][,fd=N] in place (argv strings are ours to modify). */
 int cli_parse_disk(const char *cmd, char *arg, struct virtio_blk_opts *d)
 {
-	char *comma = strchr(arg, ',');
-	d->read_only = false;
-	if (comma) {
-		if (strcmp(comma + 1, "ro")) {
-			fprintf(stderr, "mitos-vmm %s: --disk %s: unknown option '%s' (only 'ro')\n",
-				cmd, arg, comma + 1);
+	*d = (struct virtio_blk_opts){ .path = arg, .fd = -1 };
+	char *opt = strchr(arg, ',');
+	if (opt)
+		*opt++ = '\0';
+	while (opt) {
+		char *next = strchr(opt, ',');
+		if (next)
+			*next++ = '\0';
+		unsigned long fd;
+		if (!strcmp(opt, "ro")) {
+			d->read_only = true;
+		} else if (!strncmp(opt, "fd=", 3)) {
+			if (cli_parse_uint(cmd, "--disk fd=", opt + 3, 0, INT_MAX, &fd))
+				return -EINVAL;
+			d->has_fd = true;
+			d->fd = (int)fd;
+		} else {
+			fprintf(stderr, "mitos-vmm %s: --disk %s: unknown option '%s' (only 'ro' and 'fd=N')\n",
+				cmd, arg, opt);
 			return -EINVAL;
 		}
-		d->read_only = true;
-		*comma = '\0';
+		opt = next;
 	}
-	d->path = arg;
 	if (!d->path[0]) {
 		fprintf(stderr, "mitos-vmm %s: --disk needs a path\n", cmd);
 		return -EINVAL;
@@ -177,8 +189,7 @@ int cli_run_machine(const char *cmd, struct machine *m, bool seccomp, bool stats
 {
 	struct mitos_err e = { 0 };
 	struct machine_result res;
-	if (seccomp && (vmm_seccomp_install(e.msg, sizeof(e.msg)) || (machine_loaded(m) &&
-			vmm_seccomp_seal_rings(e.msg, sizeof(e.msg))))) {
+	if (seccomp && (vmm_seccomp_install(&e) || (machine_loaded(m) && vmm_seccomp_seal_rings(&e)))) {
 		fprintf(stderr, "mitos-vmm %s: %s\n", cmd, e.msg);
 		machine_destroy(m);
 		return EXIT_VMM_ERROR;

@@ -21,7 +21,9 @@ static void usage(FILE *f)
 		"snapshot's files never change.\n"
 		"\n"
 		"  --snapshot DIR       the snapshot directory (required)\n"
-		"  --disk N=PATH[,ro]   give disk N its own image. A disk snapshotted read-write must\n"
+		"  --disk N=PATH[,ro][,fd=M]\n"
+		"                       give disk N its own image (',fd=M': the inherited descriptor\n"
+		"                       M, PATH only naming it). A disk snapshotted read-write must\n"
 		"                       get one: children never share a writable disk (copy it first,\n"
 		"                       e.g. cp --reflink=auto). Read-only disks reopen their path.\n"
 		"  --vsock PATH         host socket of the virtio-vsock device (required when the\n"
@@ -44,7 +46,7 @@ static int parse_disk_override(char *arg, unsigned *index, struct virtio_blk_opt
 	char *eq = strchr(arg, '=');
 	unsigned long n;
 	if (!eq) {
-		fprintf(stderr, "mitos-vmm restore: --disk wants N=PATH[,ro], not '%s'\n", arg);
+		fprintf(stderr, "mitos-vmm restore: --disk wants N=PATH[,ro][,fd=M], not '%s'\n", arg);
 		return -EINVAL;
 	}
 	*eq = '\0';

@@ -73,7 +73,7 @@ int cmd_snapshot(int argc, char **argv)
 	}
 	cJSON *req = ctl_request_encode(&(struct ctl_request){ .cmd = CTL_SNAPSHOT, .dir = out });
 	struct mitos_err e = { 0 };
-	cJSON *reply = req ? control_call(control, req, (int)timeout * 1000, &e) : NULL;
+	cJSON *reply = req ? control_call(control, req, NULL, (int)timeout * 1000, &e) : NULL;
 	cJSON_Delete(req);
 	if (!req)
 		mitos_err_set(&e, -ENOMEM, "out of memory");

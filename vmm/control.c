@@ -18,6 +18,8 @@
 struct control_client {
 	struct control_server *srv;
 	ev_io io;
+	struct control_fds fds;   /* those of the line being read */
+	bool too_many_fds;
 	size_t len;
 	char buf[CONTROL_MAX_LINE + 1];
 };
@@ -53,9 +55,17 @@ cJSON *control_reply_error(const char *code, const char *fmt, ...)
 	return o;
 }
 
+static void fds_close(struct control_fds *f)
+{
+	for (unsigned i = 0; i < f->n; i++)
+		close(f->fd[i]);
+	f->n = 0;
+}
+
 static void client_close(struct control_client *c)
 {
 	struct control_server *s = c->srv;
+	fds_close(&c->fds);
 	ev_io_stop(s->loop, &c->io);
 	close(c->io.fd);
 	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
@@ -82,21 +92,59 @@ static bool handle_line(struct control_client *c, char *line)
 {
 	cJSON *req = cJSON_Parse(line);
 	cJSON *reply;
-	if (!req || !cJSON_IsObject(req))
+	if (c->too_many_fds)
+		reply = control_reply_error("invalid_request", "more than %d descriptors with one request",
+					    CONTROL_MAX_FDS);
+	else if (!req || !cJSON_IsObject(req))
 		reply = control_reply_error("invalid_request", "each line must be one JSON object");
 	else
-		reply = c->srv->handler(c->srv->ctx, req);
+		reply = c->srv->handler(c->srv->ctx, req, &c->fds);
 	cJSON_Delete(req);
+	fds_close(&c->fds);
+	c->too_many_fds = false;
 	return client_send(c, reply);
+}
+
+/* Keeps the descriptors a message carried for the line they arrived with; any beyond
+ * the limit (or of a truncated control message) are closed and fail that line. */
+static void take_fds(struct control_client *c, struct msghdr *mh)
+{
+	if (mh->msg_flags & MSG_CTRUNC)
+		c->too_many_fds = true;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		const unsigned char *data = CMSG_DATA(cm);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+			memcpy(&fd, data + i * sizeof(int), sizeof(int));
+			if (c->fds.n < CONTROL_MAX_FDS) {
+				c->fds.fd[c->fds.n++] = fd;
+			} else {
+				close(fd);
+				c->too_many_fds = true;
+			}
+		}
+	}
 }
 
 static void on_client(struct ev_loop *loop, ev_io *w, int revents)
 {
 	(void)loop; (void)revents;
 	struct control_client *c = w->data;
-	ssize_t n = recv(w->fd, c->buf + c->len, CONTROL_MAX_LINE - c->len, MSG_DONTWAIT);
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(CONTROL_MAX_FDS * sizeof(int))];
+	} ctl;
+	struct iovec iov = { c->buf + c->len, CONTROL_MAX_LINE - c->len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+			     .msg_controllen = sizeof(ctl.buf) };
+	ssize_t n = recvmsg(w->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
+	if (n > 0)
+		take_fds(c, &mh);
 	if (n <= 0) {
 		client_close(c);
 		return;
@@ -183,7 +231,45 @@ void control_server_stop(struct control_server *s)
 	free(s);
 }
 
-cJSON *control_call(const char *path, const cJSON *request, int timeout_ms, struct mitos_err *e)
+/* The request line in one message, so the descriptors travel with its first byte. */
+static bool send_request(int fd, const cJSON *request, const struct control_fds *fds)
+{
+	char *text = cJSON_PrintUnformatted(request);
+	if (!text)
+		return false;
+	size_t len = strlen(text);
+	text[len] = '\n';  /* overwrites the terminator; length is known */
+	struct iovec iov = { text, len + 1 };
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(CONTROL_MAX_FDS * sizeof(int))];
+	} ctl;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (fds && fds->n) {
+		if (fds->n > CONTROL_MAX_FDS) {
+			free(text);
+			return false;
+		}
+		memset(&ctl, 0, sizeof(ctl));
+		mh.msg_control = ctl.buf;
+		mh.msg_controllen = CMSG_SPACE(fds->n * sizeof(int));
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(fds->n * sizeof(int));
+		memcpy(CMSG_DATA(cm), fds->fd, fds->n * sizeof(int));
+	}
+	ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+	/* A short send left the rest of the line (the descriptors went with the first). */
+	size_t off = n > 0 ? (size_t)n : 0;
+	while (n > 0 && off < len + 1 && (n = send(fd, text + off, len + 1 - off, MSG_NOSIGNAL)) > 0)
+		off += (size_t)n;
+	free(text);
+	return off == len + 1;
+}
+
+cJSON *control_call(const char *path, const cJSON *request, const struct control_fds *fds,
+		    int timeout_ms, struct mitos_err *e)
 {
 	/* The socket lives in the VM process's own directory, which it may write. */
 	int fd = unix_connect_nofollow(path, SOCK_CLOEXEC);
@@ -192,11 +278,7 @@ cJSON *control_call(const char *path, const cJSON *request, int timeout_ms, stru
 			      strerror(-fd));
 		return NULL;
 	}
-	char *text = cJSON_PrintUnformatted(request);
-	size_t len = text ? strlen(text) : 0;
-	bool sent = text && send(fd, text, len, MSG_NOSIGNAL) == (ssize_t)len &&
-		    send(fd, "\n", 1, MSG_NOSIGNAL) == 1;
-	free(text);
+	bool sent = send_request(fd, request, fds);
 	char *buf = malloc(CONTROL_MAX_LINE + 1);
 	size_t have = 0;
 	cJSON *reply = NULL;

@@ -33,12 +33,13 @@ cJSON *ctl_request_encode(const struct ctl_request *r)
 			ok = cJSON_AddStringToObject(o, "tap", r->tap) != NULL;
 		cJSON *disks = ok ? cJSON_AddArrayToObject(o, "disks") : NULL;
 		ok = disks != NULL;
-		for (unsigned i = 0; ok && i < r->ndisks; i++) {
+		for (unsigned i = 0, fds = 0; ok && i < r->ndisks; i++) {
 			cJSON *d = cJSON_CreateObject();
 			ok = d && cJSON_AddItemToArray(disks, d) && r->disks[i].path &&
 			     cJSON_AddNumberToObject(d, "index", r->disks[i].index) &&
 			     cJSON_AddStringToObject(d, "path", r->disks[i].path) &&
-			     cJSON_AddBoolToObject(d, "read_only", r->disks[i].read_only);
+			     cJSON_AddBoolToObject(d, "read_only", r->disks[i].read_only) &&
+			     (!r->disks[i].by_fd || cJSON_AddNumberToObject(d, "fd", fds++));
 		}
 		break;
 	}
@@ -68,6 +69,13 @@ static int str_field(const cJSON *req, const char *key, bool optional, const cha
 	return 0;
 }
 
+/* A whole number in 0..limit-1. */
+static bool small_uint(const cJSON *j, unsigned limit)
+{
+	return cJSON_IsNumber(j) && j->valuedouble >= 0 && j->valuedouble < limit &&
+	       j->valuedouble == (double)j->valueint;
+}
+
 static int decode_disks(const cJSON *req, struct ctl_request *out, char *msg, size_t msglen)
 {
 	const cJSON *disks = cJSON_GetObjectItemCaseSensitive(req, "disks");
@@ -82,16 +90,19 @@ static int decode_disks(const cJSON *req, struct ctl_request *out, char *msg, si
 	cJSON_ArrayForEach(d, disks) {
 		const cJSON *idx = cJSON_GetObjectItemCaseSensitive(d, "index");
 		const cJSON *ro = cJSON_GetObjectItemCaseSensitive(d, "read_only");
+		const cJSON *fd = cJSON_GetObjectItemCaseSensitive(d, "fd");
 		struct ctl_disk *x = &out->disks[out->ndisks];
-		if (!cJSON_IsNumber(idx) || idx->valuedouble < 0 || idx->valuedouble >= CTL_MAX_DISKS ||
-		    idx->valuedouble != (double)idx->valueint || str_field(d, "path", false, &x->path) ||
-		    (ro && !cJSON_IsBool(ro))) {
+		if (!small_uint(idx, CTL_MAX_DISKS) || str_field(d, "path", false, &x->path) ||
+		    (ro && !cJSON_IsBool(ro)) || (fd && !small_uint(fd, CTL_MAX_DISKS))) {
 			snprintf(msg, msglen, "each disk needs \"index\" (0..%d), \"path\" and optionally "
-				 "\"read_only\" (a boolean)", CTL_MAX_DISKS - 1);
+				 "\"read_only\" (a boolean) and \"fd\" (which of the descriptors sent with the "
+				 "request, 0..%d)", CTL_MAX_DISKS - 1, CTL_MAX_DISKS - 1);
 			return -EINVAL;
 		}
 		x->index = (unsigned)idx->valueint;
 		x->read_only = cJSON_IsTrue(ro);
+		x->by_fd = fd != NULL;
+		x->fd = fd ? (unsigned)fd->valueint : 0;
 		if (seen & (1u << x->index)) {
 			snprintf(msg, msglen, "disk %u is given twice", x->index);
 			return -EINVAL;

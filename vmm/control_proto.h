@@ -25,8 +25,13 @@ enum ctl_cmd {
 
 struct ctl_disk {
 	unsigned index;
-	const char *path;
+	const char *path;      /* names the image; opened by the VM unless by_fd */
 	bool read_only;
+	/* The image travels as a descriptor with the request (control_call's fds): the
+	 * encoder numbers the by_fd disks 0, 1, ... in order, which is the order of the
+	 * descriptors it must pass; the decoder gives each its number in fd. */
+	bool by_fd;
+	unsigned fd;
 };
 
 struct ctl_request {

@@ -5,6 +5,7 @@
 #include "lib/clock.h"
 #include "boot.h"
 #include "kvm_probe.h"
+#include "seccomp.h"
 #include "../devices/virtio_vsock.h"
 #include <errno.h>
 #include <pthread.h>
@@ -369,6 +370,11 @@ static void *vcpu_main(void *arg)
 {
 	struct vcpu_thread *t = arg;
 	struct machine *m = t->m;
+	struct mitos_err e = { 0 };
+	if (vmm_seccomp_enter_vcpu(&e)) {
+		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "vCPU %u: %s", t->vcpu.id, e.msg);
+		return NULL;
+	}
 	while (!atomic_load(&m->stopping)) {
 		if (__atomic_load_n(&m->pause_requested, __ATOMIC_ACQUIRE)) {
 			vcpu_park(m, t);

@@ -22,14 +22,20 @@ static cJSON *phases_json(const struct machine *m)
 _Static_assert(CTL_MAX_DISKS == SNAPSHOT_MAX_DISKS, "a restore names any of the snapshot's disks");
 
 /* A prepared VM (`mitos-vmm vm`) takes a snapshot and starts. */
-static cJSON *control_restore(struct machine *m, const struct ctl_request *req)
+static cJSON *control_restore(struct machine *m, const struct ctl_request *req,
+			      const struct control_fds *fds)
 {
 	struct machine_config c = { .vsock_path = req->vsock, .has_net = req->tap != NULL,
 				    .net = { .tap = req->tap } };
 	bool overridden[SNAPSHOT_MAX_DISKS] = { false };
 	for (unsigned i = 0; i < req->ndisks; i++) {
 		const struct ctl_disk *d = &req->disks[i];
-		c.disks[d->index] = (struct virtio_blk_opts){ .path = d->path, .read_only = d->read_only };
+		if (d->by_fd && d->fd >= fds->n)
+			return control_reply_error("invalid_request", "disk %u names descriptor %u; %u came "
+						   "with the request", d->index, d->fd, fds->n);
+		c.disks[d->index] = (struct virtio_blk_opts){ .path = d->path, .read_only = d->read_only,
+							      .has_fd = d->by_fd,
+							      .fd = d->by_fd ? fds->fd[d->fd] : -1 };
 		overridden[d->index] = true;
 	}
 	struct mitos_err e = { 0 };
@@ -47,7 +53,7 @@ static cJSON *control_restore(struct machine *m, const struct ctl_request *req)
 	/* From here a failure may leave the VM half-loaded: it is single-use, so it ends.
 	 * Its disks' rings exist once it is loaded: none may be made after. */
 	if ((r = machine_load_snapshot(m, req->snapshot, &c, &e)) ||
-	    (r = vmm_seccomp_seal_rings(e.msg, sizeof(e.msg))) || (r = machine_start_vcpus(m, &e))) {
+	    (r = vmm_seccomp_seal_rings(&e)) || (r = machine_start_vcpus(m, &e))) {
 		machine_stop(m, MACHINE_END_VMM_ERROR, 0, "%s", e.msg);
 		return control_reply_error("restore_failed", "%s", e.msg);
 	}
@@ -57,7 +63,7 @@ static cJSON *control_restore(struct machine *m, const struct ctl_request *req)
 	return o;
 }
 
-cJSON *machine_control_handle(void *ctx, const cJSON *json)
+cJSON *machine_control_handle(void *ctx, const cJSON *json, const struct control_fds *fds)
 {
 	struct machine *m = ctx;
 	struct ctl_request req;
@@ -90,7 +96,7 @@ cJSON *machine_control_handle(void *ctx, const cJSON *json)
 		machine_stop(m, MACHINE_END_HOST, 0, "stopped through the control socket");
 		return control_reply_ok();
 	case CTL_RESTORE:
-		return control_restore(m, &req);
+		return control_restore(m, &req, fds);
 	case CTL_LINK:
 		if (!m->net)
 			return control_reply_error("no_device", "this VM has no network device");

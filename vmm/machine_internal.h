@@ -127,6 +127,6 @@ void machine_ahead_drop(struct snapshot_read *a);
 
 /* ---- machine_control.c ---- */
 /* The control socket's handler (control_server_start): one request, its reply. */
-cJSON *machine_control_handle(void *ctx, const cJSON *json);
+cJSON *machine_control_handle(void *ctx, const cJSON *json, const struct control_fds *fds);
 
 #endif

@@ -256,7 +256,7 @@ int machine_config_from_snapshot(const struct snapshot_config *sc, struct machin
 			c->disks[i] = (struct virtio_blk_opts){ .path = sc->disks[i].path, .read_only = true };
 		}
 		struct stat st;
-		if (stat(c->disks[i].path, &st))
+		if (c->disks[i].has_fd ? fstat(c->disks[i].fd, &st) : stat(c->disks[i].path, &st))
 			return mitos_err_set(e, -errno, "disk %u: %s: %s", i, c->disks[i].path,
 					     strerror(errno));
 		if ((uint64_t)st.st_size != sc->disks[i].bytes)
@@ -400,7 +400,8 @@ int machine_load_snapshot(struct machine *m, const char *dir, const struct machi
 	m->cfg.ndisks = c->ndisks;
 	for (unsigned i = 0; i < c->ndisks; i++)
 		m->cfg.disks[i] = (struct virtio_blk_opts){ .path = machine_keep(m, c->disks[i].path),
-							    .read_only = c->disks[i].read_only };
+							    .read_only = c->disks[i].read_only,
+							    .has_fd = c->disks[i].has_fd, .fd = c->disks[i].fd };
 	m->cfg.vsock_path = c->vsock_path ? machine_keep(m, c->vsock_path) : NULL;
 	m->cfg.vsock_cid = c->vsock_cid;
 	m->cfg.has_net = c->has_net;

@@ -1,4 +1,5 @@
 #include "seccomp.h"
+#include "lib/error.h"
 
 #include <errno.h>
 #include <linux/fs.h>
@@ -75,7 +76,23 @@ static const struct ioctl_rule ioctls[] = {
 	{ 0xffffffff, TCSETSF },
 };
 
+/* What only the device loop does. A vCPU thread runs the guest and handles the exits
+ * it takes (virtio-mmio registers, serial, i8042, emulation assists): it signals the
+ * device loop, injects interrupts, writes the console (and truncates it at its cap)
+ * and, on a device's activation or reset, uses that device's descriptors. It never names a file, writes a snapshot,
+ * makes a thread, a ring, a descriptor of the device loop's kinds or a listening
+ * socket, or changes filters: a guest that takes over a register handler loses those
+ * too, beyond what the process filter already refuses. */
+static const char *const loop_only[] = {
+	"openat", "mkdir", "mkdirat", "unlink", "unlinkat", "rename", "renameat", "renameat2",
+	"readlink", "readlinkat", "fsync", "fdatasync",
+	"clone", "io_uring_setup", "io_uring_register", "epoll_create1", "eventfd2", "signalfd4",
+	"timerfd_create", "bind", "listen", "accept4", "seccomp",
+};
+
 static bool installed;
+/* Which filter this thread runs under, for the SIGSYS message. */
+static __thread const char *thread_kind = "VM process";
 
 #define NAMES 512
 static char *names[NAMES]; /* resolved ahead: the SIGSYS handler must not allocate */
@@ -113,7 +130,9 @@ static void on_sigsys(int sig, siginfo_t *si, void *uc)
 	put(msg, &n, sizeof(msg), nr >= 0 && nr < NAMES && names[nr] ? names[nr] : "?");
 	put(msg, &n, sizeof(msg), " (");
 	put_num(msg, &n, sizeof(msg), nr);
-	put(msg, &n, sizeof(msg), ") is not allowed in a VM process; thread ");
+	put(msg, &n, sizeof(msg), ") is not allowed in a ");
+	put(msg, &n, sizeof(msg), thread_kind);
+	put(msg, &n, sizeof(msg), "; thread ");
 	put_num(msg, &n, sizeof(msg), syscall(SYS_gettid));
 	put(msg, &n, sizeof(msg), "; the VM is killed\n");
 	(void)!write(STDERR_FILENO, msg, n);
@@ -161,59 +180,74 @@ static int build(scmp_filter_ctx ctx)
 	return rc;
 }
 
-int vmm_seccomp_install(char *err, unsigned errlen)
+int vmm_seccomp_install(struct mitos_err *e)
 {
 	for (int i = 0; i < NAMES; i++)
 		if (!names[i])
 			names[i] = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, i);
 	struct sigaction sa = { .sa_sigaction = on_sigsys, .sa_flags = SA_SIGINFO };
 	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGSYS, &sa, NULL) < 0) {
-		snprintf(err, errlen, "cannot handle SIGSYS: %s", strerror(errno));
-		return -errno;
-	}
+	if (sigaction(SIGSYS, &sa, NULL) < 0)
+		return mitos_err_set(e, -errno, "cannot handle SIGSYS: %s", strerror(errno));
 	/* SCMP_ACT_TRAP: the refused call never runs, and the handler names it. */
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_TRAP);
-	if (!ctx) {
-		snprintf(err, errlen, "seccomp_init failed");
-		return -ENOMEM;
-	}
+	if (!ctx)
+		return mitos_err_set(e, -ENOMEM, "seccomp_init failed");
 	int rc = build(ctx);
 	if (rc)
-		snprintf(err, errlen, "cannot build the seccomp filter: %s", strerror(-rc));
+		mitos_err_set(e, rc, "cannot build the seccomp filter: %s", strerror(-rc));
 	/* Every thread, including the ones libraries started before us. */
 	if (!rc && (rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1)))
-		snprintf(err, errlen, "seccomp: thread synchronisation unavailable: %s", strerror(-rc));
+		mitos_err_set(e, rc, "seccomp: thread synchronisation unavailable: %s", strerror(-rc));
 	/* The kernel's audit log records refusals too (type=1326), where the VM process
 	 * cannot tamper with it; kernels without the flag just do not. */
 	if (!rc)
 		seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1);
 	if (!rc && (rc = seccomp_load(ctx)))
-		snprintf(err, errlen, "cannot load the seccomp filter: %s", strerror(-rc));
+		mitos_err_set(e, rc, "cannot load the seccomp filter: %s", strerror(-rc));
 	seccomp_release(ctx);
 	installed = !rc;
 	return rc;
 }
 
-int vmm_seccomp_seal_rings(char *err, unsigned errlen)
+/* A filter over the process filter: allow everything but the listed calls, which then
+ * stay refused for the threads that load it (filters only ever take away). */
+static int load_refusals(const char *const *calls, size_t n, int action, bool all_threads)
 {
-	if (!installed)
-		return 0;
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
-	if (!ctx) {
-		snprintf(err, errlen, "seccomp_init failed");
+	if (!ctx)
 		return -ENOMEM;
-	}
 	/* no_new_privs is set already, and prctl is not allowed any more. */
 	int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
-	if (!rc)
-		rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(io_uring_setup), 0);
-	if (!rc)
+	for (size_t i = 0; i < n && !rc; i++) {
+		int nr = seccomp_syscall_resolve_name(calls[i]);
+		if (nr != __NR_SCMP_ERROR)
+			rc = seccomp_rule_add(ctx, action, nr, 0);
+	}
+	if (!rc && all_threads)
 		rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
 	if (!rc)
 		rc = seccomp_load(ctx);
-	if (rc)
-		snprintf(err, errlen, "cannot seal io_uring creation: %s", strerror(-rc));
 	seccomp_release(ctx);
 	return rc;
+}
+
+int vmm_seccomp_seal_rings(struct mitos_err *e)
+{
+	if (!installed)
+		return 0;
+	static const char *const ring_setup[] = { "io_uring_setup" };
+	int rc = load_refusals(ring_setup, 1, SCMP_ACT_ERRNO(EPERM), true);
+	return rc ? mitos_err_set(e, rc, "cannot seal io_uring creation: %s", strerror(-rc)) : 0;
+}
+
+int vmm_seccomp_enter_vcpu(struct mitos_err *e)
+{
+	if (!installed)
+		return 0;
+	int rc = load_refusals(loop_only, sizeof(loop_only) / sizeof(loop_only[0]), SCMP_ACT_TRAP, false);
+	if (rc)
+		return mitos_err_set(e, rc, "cannot load the vCPU thread's seccomp filter: %s", strerror(-rc));
+	thread_kind = "vCPU thread";
+	return 0;
 }

@@ -64,8 +64,8 @@ struct restore_job {
 };
 
 /* What a jailed VM restores is mounted into its root: the snapshot and every layer
- * below it, and the root disk. From serve's own record of the chain, never from the
- * layers' config.json, which VMs wrote. */
+ * below it (the root disk goes as a descriptor). From serve's own record of the
+ * chain, never from the layers' config.json, which VMs wrote. */
 static int restore_binds(const struct restore_job *j, struct mitos_err *e)
 {
 	struct jail more;
@@ -73,8 +73,6 @@ static int restore_binds(const struct restore_job *j, struct mitos_err *e)
 	int rc = jail_add(&more, j->tsnap, false);
 	for (const struct kvm_layer *l = j->layer; !rc && l; l = l->parent)
 		rc = jail_add(&more, l->dir, false);
-	if (!rc && j->rootfs[0])
-		rc = jail_add(&more, j->rootfs, false);
 	if (rc)
 		return mitos_err_set(e, rc, "cannot give the VM its snapshot: %s", strerror(-rc));
 	return jail_bind_more(j->pidfd, &more, e);
@@ -113,16 +111,23 @@ static void restore_run(struct kjob *kj)
 		if (!rc)
 			rc = restore_binds(j, &e);
 	}
+	/* The root disk is shared by every sandbox (their writes go to the guest's
+	 * overlay), and handed over open: the VM never sees the image's path. */
+	struct control_fds disk = { .n = 1, .fd = { j->rootfs[0] ? open(j->rootfs, O_RDONLY | O_CLOEXEC) : -1 } };
+	if (!rc && j->rootfs[0] && disk.fd[0] < 0)
+		rc = mitos_err_set(&e, -errno, "cannot open the root disk %.300s: %s", j->rootfs, strerror(errno));
 	if (!rc) {
-		/* The root disk is shared by every sandbox: their writes go to the guest's overlay. */
 		struct ctl_request req = { .cmd = CTL_RESTORE, .snapshot = j->snapshot, .vsock = vsock,
 					   .ndisks = j->rootfs[0] ? 1 : 0,
-					   .disks = { { .index = 0, .path = j->rootfs, .read_only = true } } };
+					   .disks = { { .index = 0, .path = j->rootfs, .read_only = true, .by_fd = true } } };
 		struct mitos_err why = { 0 };
-		rc = kvm_ctl_request(control, &req, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS, j->pidfd, &why);
+		rc = kvm_ctl_request(control, &req, j->rootfs[0] ? &disk : NULL, RESTORE_TIMEOUT_MS,
+				     PREPARE_TIMEOUT_MS, j->pidfd, &why);
 		if (rc)
 			mitos_err_set(&e, rc, "restore into a prepared VM failed: %s", why.msg);
 	}
+	if (disk.fd[0] >= 0)
+		close(disk.fd[0]);
 	if (!rc && j->vmdir[0])
 		rc = restore_claim(j, &e);
 	if (!rc) {
@@ -234,7 +239,7 @@ static int ctl_cmd(const char *sock, int pidfd, bool pause)
 {
 	struct ctl_request req = { .cmd = pause ? CTL_PAUSE : CTL_RESUME };
 	struct mitos_err e = { 0 };
-	int rc = kvm_ctl_request(sock, &req, CTL_TIMEOUT_MS, 0, pidfd, &e);
+	int rc = kvm_ctl_request(sock, &req, NULL, CTL_TIMEOUT_MS, 0, pidfd, &e);
 	if (rc)
 		fprintf(stderr, "mitos-vmm serve: %s of the VM at %s failed: %s\n", pause ? "pause" : "resume", sock,
 			e.msg);

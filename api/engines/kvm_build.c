@@ -138,7 +138,7 @@ static void build_run(struct kjob *kj)
 		char written[PLEN];
 		kvm_pathf(written, "%s/snapshot", b->own);
 		struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = written };
-		rc = kvm_ctl_request(b->control, &req, SNAPSHOT_TIMEOUT_MS, 0, b->pidfd, &e);
+		rc = kvm_ctl_request(b->control, &req, NULL, SNAPSHOT_TIMEOUT_MS, 0, b->pidfd, &e);
 		/* A jailed VM wrote it in its own directory: it becomes serve's, root's and
 		 * read-only, before any child maps it. */
 		if (!rc && K.jail && rename(written, b->snap) < 0)
@@ -152,7 +152,7 @@ static void build_run(struct kjob *kj)
 		snprintf(b->msg, sizeof(b->msg), "%s", e.msg);
 	}
 	/* The template VM has served its purpose either way. */
-	kvm_ctl_request(b->control, &(struct ctl_request){ .cmd = CTL_STOP }, CTL_TIMEOUT_MS, 0, b->pidfd, NULL);
+	kvm_ctl_request(b->control, &(struct ctl_request){ .cmd = CTL_STOP }, NULL, CTL_TIMEOUT_MS, 0, b->pidfd, NULL);
 	struct pollfd pf = { .fd = b->pidfd, .events = POLLIN };
 	if (poll(&pf, 1, 5000) <= 0)
 		syscall(SYS_pidfd_send_signal, b->pidfd, SIGKILL, NULL, 0);
@@ -288,8 +288,12 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	cJSON_Delete(o);
 	if (rc)
 		mitos_err_set(e, rc, "cannot write the template's files: %s", strerror(-rc));
-	char disk[PLEN + 4], mems[16], cpus[16], vsockarg[PLEN];
-	snprintf(disk, sizeof(disk), "%s,ro", rootfs);
+	/* The image goes open, as in every restore: the VM never sees its path. */
+	char disk[PLEN + 16], mems[16], cpus[16], vsockarg[PLEN];
+	snprintf(disk, sizeof(disk), "%s,ro,fd=%d", rootfs, VM_DISK_FD);
+	int disk_fd = rootfs[0] ? open(rootfs, O_RDONLY | O_CLOEXEC) : -1;
+	if (!rc && rootfs[0] && disk_fd < 0)
+		rc = mitos_err_set(e, -errno, "cannot open the root disk %.300s: %s", rootfs, strerror(errno));
 	snprintf(mems, sizeof(mems), "%u", mem);
 	snprintf(cpus, sizeof(cpus), "%u", vcpus);
 	snprintf(vsockarg, sizeof(vsockarg), "%s", b->vsock);
@@ -310,12 +314,16 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	snprintf(name, sizeof(name), "tpl-%d-%u", (int)getpid(), ++K.serial);
 	struct jail jl;
 	if (!rc && K.jail && !(rc = kvm_jail_prepare(dir, &jl, e))) {
-		const char *given[] = { kernel, rootfs, initrd };
+		const char *given[] = { kernel, initrd };
 		for (size_t i = 0; !rc && i < sizeof(given) / sizeof(given[0]); i++)
 			if (given[i][0] && (rc = jail_add(&jl, given[i], false)))
 				mitos_err_set(e, rc, "cannot give the VM %.300s: %s", given[i], strerror(-rc));
 	}
-	if (rc || (rc = kvm_vm_spawn(argv, b->console, name, &sh, K.jail ? &jl : NULL, &b->vp, e))) {
+	if (!rc)
+		rc = kvm_vm_spawn(argv, b->console, name, &sh, K.jail ? &jl : NULL, disk_fd, &b->vp, e);
+	if (disk_fd >= 0)
+		close(disk_fd);
+	if (rc) {
 		teardown_tree(dir, NULL);
 		free(b);
 		return rc;

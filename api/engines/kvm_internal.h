@@ -19,6 +19,7 @@
 #include "lib/pidfd.h"
 #include "api/engines/teardown.h"
 #include "api/http/uring.h"
+#include "vmm/control.h"
 #include "vmm/control_proto.h"
 
 #define AGENT_PORT 52
@@ -138,8 +139,13 @@ int kvm_pathf(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 
 bool kvm_is_socket(const char *path);
 void kvm_console_tail(const char *path, char *out, size_t outlen);
 void kvm_write_error_file(const char *dir, const char *msg);
+/* Starts argv (mitos-vmm SUBCOMMAND ...) jailed, its console and messages going to
+ * console; with jail (K.jail), under the jail's uid in its own root, /dev/kvm handed
+ * over as --kvm-fd 4. disk_fd (or -1) becomes the VM's VM_DISK_FD, which argv names
+ * (--disk PATH,ro,fd=5). */
+#define VM_DISK_FD 5
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
-		 const struct jail *jail, struct vm_proc *vp, struct mitos_err *e);
+		 const struct jail *jail, int disk_fd, struct vm_proc *vp, struct mitos_err *e);
 void kvm_vm_reap(struct vm_proc *vp);
 /* The same, but only the kill now: the wait (as long as the kernel takes to free the
  * VM's memory) and the cgroups' removal on the teardown thread. */
@@ -155,8 +161,8 @@ void kvm_workers_join(void);
 void kvm_submit(struct kjob *j, enum kvm_lane lane);
 void kvm_run_completions(void);
 void kvm_arm_efd(void);
-int kvm_ctl_request(const char *sock, const struct ctl_request *req, int timeout_ms, int wait_ms, int pidfd,
-		    struct mitos_err *e);
+int kvm_ctl_request(const char *sock, const struct ctl_request *req, const struct control_fds *fds,
+		    int timeout_ms, int wait_ms, int pidfd, struct mitos_err *e);
 int kvm_agent_health(const char *vsock, int timeout_ms, struct mitos_err *e);
 int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, struct mitos_err *e);
 

@@ -144,7 +144,7 @@ static void snap_run(struct kjob *kj)
 	struct ctl_request req = { .cmd = CTL_SNAPSHOT, .dir = j->layer->dir };
 	int rc = j->pidfd >= 0 ? layer_dir_for_jail(j, &e) : 0;
 	if (!rc)
-		rc = kvm_ctl_request(j->control, &req, SNAPSHOT_TIMEOUT_MS, 0, -1, &e);
+		rc = kvm_ctl_request(j->control, &req, NULL, SNAPSHOT_TIMEOUT_MS, 0, -1, &e);
 	/* What children map is root's and read-only from here on. */
 	if (!rc && j->pidfd >= 0)
 		rc = jail_seal(j->layer->dir, &e);

@@ -109,8 +109,8 @@ void kvm_write_error_file(const char *dir, const char *msg)
 /* ---- spawning a jailed mitos-vmm ---- */
 
 /* The child between clone3 and exec: serve has threads, so only raw system calls here. */
-static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, const struct cg_entry *ce,
-					       const struct jail *jail)
+static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, int disk_fd,
+					       const struct cg_entry *ce, const struct jail *jail)
 {
 	cgroup_enter_child(ce);
 	syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
@@ -136,7 +136,11 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
 	syscall(SYS_dup2, K.vmm_fd, 3);
 	if (jail)
 		syscall(SYS_dup2, K.kvm_fd, 4);
-	syscall(SYS_close_range, jail ? 5 : 4, ~0U, 0);
+	else
+		syscall(SYS_close, 4);
+	if (disk_fd >= 0)
+		syscall(SYS_dup2, disk_fd, VM_DISK_FD);
+	syscall(SYS_close_range, disk_fd >= 0 ? VM_DISK_FD + 1 : VM_DISK_FD, ~0U, 0);
 	sigset_t none;
 	sigemptyset(&none);
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(uint64_t));
@@ -154,11 +158,8 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
 	__builtin_unreachable();
 }
 
-/* Starts argv (mitos-vmm SUBCOMMAND ...) jailed, its console and messages going to
- * console; with jail (K.jail), under the jail's uid in its own root, /dev/kvm handed
- * over as --kvm-fd 4. */
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
-		 const struct jail *jail, struct vm_proc *vp, struct mitos_err *e)
+		 const struct jail *jail, int disk_fd, struct vm_proc *vp, struct mitos_err *e)
 {
 	memset(vp, 0, sizeof(*vp));
 	vp->pidfd = -1;
@@ -180,24 +181,30 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 		return rc;
 	}
 	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	/* Above the numbers the child moves descriptors to, so none is overwritten first. */
+	int disk = disk_fd >= 0 ? fcntl(disk_fd, F_DUPFD_CLOEXEC, VM_DISK_FD + 1) : -1;
 	struct cg_entry ce;
-	int rc = cgroup_create(name, &sh->lim, &vp->cg, &ce);
+	int rc = disk_fd >= 0 && disk < 0 ? -errno : cgroup_create(name, &sh->lim, &vp->cg, &ce);
 	if (rc) {
 		mitos_err_set(e, rc, "cannot create the VM's cgroup: %s", strerror(-rc));
 		close(logfd);
 		if (nullfd >= 0)
 			close(nullfd);
+		if (disk >= 0)
+			close(disk);
 		return rc;
 	}
 	int pidfd = -1;
 	long pid = cgroup_clone(&ce, K.ns ? CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
 				CLONE_NEWNET : 0, &pidfd);
 	if (pid == 0)
-		vm_child(av, logfd, nullfd, &ce, jail);
+		vm_child(av, logfd, nullfd, disk, &ce, jail);
 	int clone_errno = errno;
 	close(logfd);
 	if (nullfd >= 0)
 		close(nullfd);
+	if (disk >= 0)
+		close(disk);
 	cgroup_entry_close(&ce);
 	if (pid < 0) {
 		mitos_err_set(e, -clone_errno, "cannot start mitos-vmm (clone3): %s", strerror(clone_errno));
@@ -430,8 +437,8 @@ void kvm_arm_efd(void)
 
 /* One control request; waits for the socket to appear while the VM is being prepared
  * (pidfd says whether it is still alive). */
-int kvm_ctl_request(const char *sock, const struct ctl_request *cr, int timeout_ms, int wait_ms, int pidfd,
-		    struct mitos_err *e)
+int kvm_ctl_request(const char *sock, const struct ctl_request *cr, const struct control_fds *fds,
+		    int timeout_ms, int wait_ms, int pidfd, struct mitos_err *e)
 {
 	uint64_t give_up = ur_mono_ms() + (uint64_t)wait_ms;
 	cJSON *req = ctl_request_encode(cr);
@@ -439,7 +446,7 @@ int kvm_ctl_request(const char *sock, const struct ctl_request *cr, int timeout_
 		return mitos_err_set(e, -EINVAL, "cannot encode the %s request", ctl_cmd_name(cr->cmd));
 	for (;;) {
 		struct mitos_err ce = { 0 };
-		cJSON *r = control_call(sock, req, timeout_ms, &ce);
+		cJSON *r = control_call(sock, req, fds, timeout_ms, &ce);
 		if (r) {
 			bool ok = ctl_reply_ok(r, ce.msg, sizeof(ce.msg));
 			cJSON_Delete(r);

@@ -46,6 +46,8 @@ def make_disk(d):
     path = os.path.join(d, "rootfs.img")
     if not os.path.exists(path):
         subprocess.check_call([MKDISK, path, "64"])
+        # Root's alone: a jailed VM gets its disk as a descriptor from serve.
+        os.chmod(path, 0o600)
     return path
 
 
@@ -311,6 +313,12 @@ def t_jail(s):
         seen = [p for p in ("etc/passwd", "dev", "sys", "home") if os.path.lexists("/proc/%d/root/%s" % (pid, p))]
         if seen:
             raise AssertionError("a jailed VM sees the host's %r" % seen)
+        disk = spec(s)["rootfs"]
+        if os.path.lexists("/proc/%d/root%s" % (pid, disk)):
+            raise AssertionError("a jailed VM sees its disk image at %s" % disk)
+        held = [os.readlink("/proc/%d/fd/%s" % (pid, fd)) for fd in os.listdir("/proc/%d/fd" % pid)]
+        if disk not in held:
+            raise AssertionError("the VM does not hold its disk %s open: %r" % (disk, held))
     out = "".join(s.stdout)
     dirs = cgroup_dirs(pid, "mitos-vms")
     if "; cgroup v2 " in out:

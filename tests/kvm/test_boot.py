@@ -21,9 +21,9 @@ DISK_SECTORS = 2048  # 1 MiB
 case = mitosvm.Cases()
 
 
-def run(args, timeout=TIMEOUT):
+def run(args, timeout=TIMEOUT, pass_fds=()):
     p = subprocess.run([VMM, "run"] + args, stdin=subprocess.DEVNULL,
-                       capture_output=True, timeout=timeout)
+                       capture_output=True, timeout=timeout, pass_fds=pass_fds)
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
@@ -81,6 +81,22 @@ def main():
     case("testguest finds 2 CPUs in the MP table", rc == 0 and "testguest: PASS" in out,
          out + err)
 
+    # As serve runs VMs: under the seccomp filters (the process's, and each vCPU
+    # thread's own), with the disk handed over open (its path only names it).
+    fd = os.open(disk, os.O_RDWR | os.O_CLOEXEC)
+    rc, out, err = run(["--kernel", TESTGUEST, "--seccomp", "--vcpus", "2",
+                        "--cmdline", "testguest.cpus=2",
+                        "--disk", f"/nonexistent/by-descriptor.img,fd={fd}"], pass_fds=(fd,))
+    os.close(fd)
+    case("testguest rw disk passes under seccomp, 2 vCPUs, disk as a descriptor",
+         rc == 0 and "testguest: PASS" in out and "seccomp" not in err, out + err)
+    case("the disk it was handed is restored too", file_bytes(disk) == before)
+    fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
+    rc, out, err = run(["--kernel", TESTGUEST, "--disk", f"{disk},fd={fd}"], pass_fds=(fd,))
+    os.close(fd)
+    case("a read-only descriptor for a read-write disk is refused before boot",
+         rc != 0 and "not open for writing" in err, f"rc={rc} {err}")
+
     rc, out, err = run(["--kernel", TESTGUEST, "--vcpus", "3",
                         "--cmdline", "testguest.mode=none testguest.cpus=2"])
     case("testguest notices a wrong CPU count", rc not in (0, 1, 2, 3) and "FAIL" in out,
@@ -96,6 +112,9 @@ def main():
     tmp.append(k)
     rc, out, err = run(["--kernel", k])
     case("i8042 reset ends the VM with 0", rc == 0, f"rc={rc} {err}")
+    # The vCPU thread that takes the reset ends the VM under its own filter.
+    rc, out, err = run(["--kernel", k, "--seccomp"])
+    case("i8042 reset under seccomp ends the VM with 0", rc == 0, f"rc={rc} {err}")
 
     k = write_tmp(elf(bytes([0x0f, 0x0b])), ".elf")  # ud2 with no IDT: triple fault
     tmp.append(k)

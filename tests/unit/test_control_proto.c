@@ -31,7 +31,11 @@ START_TEST(test_round_trip)
 		{ .cmd = CTL_SNAPSHOT, .dir = "/s/layer" },
 		{ .cmd = CTL_LINK, .up = true }, { .cmd = CTL_LINK, .up = false },
 		{ .cmd = CTL_RESTORE, .snapshot = "/t/snapshot", .vsock = "/sb/vsock", .tap = "tap7", .ndisks = 2,
-		  .disks = { { 0, "/img/root", true }, { 3, "/img/data", false } } },
+		  .disks = { { 0, "/img/root", true, false, 0 }, { 3, "/img/data", false, false, 0 } } },
+		/* Descriptors are numbered in the order of the disks that come as one. */
+		{ .cmd = CTL_RESTORE, .snapshot = "/t/snapshot", .ndisks = 3,
+		  .disks = { { 2, "/img/a", true, true, 0 }, { 0, "/img/b", true, false, 0 },
+			     { 1, "/img/c", false, true, 1 } } },
 		{ .cmd = CTL_RESTORE, .snapshot = "/t/snapshot" },
 	};
 	for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
@@ -53,6 +57,8 @@ START_TEST(test_round_trip)
 			ck_assert_uint_eq(out.disks[d].index, in[i].disks[d].index);
 			ck_assert_str_eq(out.disks[d].path, in[i].disks[d].path);
 			ck_assert_int_eq(out.disks[d].read_only, in[i].disks[d].read_only);
+			ck_assert_int_eq(out.disks[d].by_fd, in[i].disks[d].by_fd);
+			ck_assert_uint_eq(out.disks[d].fd, in[i].disks[d].fd);
 		}
 		cJSON_Delete(o);
 	}
@@ -100,6 +106,10 @@ START_TEST(test_bad_requests)
 		  "invalid_request", "disk 1 is given twice" },
 		{ "{\"cmd\":\"restore\",\"snapshot\":\"/s\",\"disks\":[1,2,3,4,5,6,7,8,9]}", "invalid_request",
 		  "at most 8" },
+		{ "{\"cmd\":\"restore\",\"snapshot\":\"/s\",\"disks\":[{\"index\":0,\"path\":\"/d\",\"fd\":8}]}",
+		  "invalid_request", "\"fd\"" },
+		{ "{\"cmd\":\"restore\",\"snapshot\":\"/s\",\"disks\":[{\"index\":0,\"path\":\"/d\",\"fd\":true}]}",
+		  "invalid_request", "\"fd\"" },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct ctl_request r;

@@ -1,22 +1,26 @@
-/* The VM process's seccomp filter (vmm/seccomp.c): what a VM needs still works, and
+/* The VM process's seccomp filters (vmm/seccomp.c): what a VM needs still works, and
  * anything else is refused, kills the process with status 159 and names the call on
- * stderr. Each case runs in a child that installs the filter. */
+ * stderr; a vCPU thread's own filter refuses what only the device loop does. Each case
+ * runs in a child that installs the process filter. */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <linux/kvm.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <stdint.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -33,9 +37,9 @@ static int filtered(void (*fn)(void), char *out, size_t outlen)
 	if (pid == 0) {
 		dup2(p[1], STDERR_FILENO);
 		close(p[0]);
-		char err[256];
-		if (vmm_seccomp_install(err, sizeof(err))) {
-			fprintf(stderr, "install: %s\n", err);
+		struct mitos_err e = { 0 };
+		if (vmm_seccomp_install(&e)) {
+			fprintf(stderr, "install: %s\n", e.msg);
 			_exit(100);
 		}
 		fn();
@@ -133,9 +137,9 @@ static void rings_then_sealed(void)
 	if (fd < 0)
 		_exit(20);
 	close(fd);
-	char err[256];
-	if (vmm_seccomp_seal_rings(err, sizeof(err))) {
-		fprintf(stderr, "seal: %s\n", err);
+	struct mitos_err e = { 0 };
+	if (vmm_seccomp_seal_rings(&e)) {
+		fprintf(stderr, "seal: %s\n", e.msg);
 		_exit(21);
 	}
 	memset(&p, 0, sizeof(p));
@@ -156,6 +160,84 @@ START_TEST(test_rings_sealed)
 }
 END_TEST
 
+/* A vCPU thread does what its exits need (an eventfd signal, a KVM ioctl, memory,
+ * the clock, the console restarted at its cap); the device loop keeps opening files
+ * after a vCPU thread narrowed its own filter. */
+struct vcpu_fds {
+	int efd, console;
+};
+
+static void *vcpu_work(void *arg)
+{
+	const struct vcpu_fds *fds = arg;
+	struct mitos_err e = { 0 };
+	if (vmm_seccomp_enter_vcpu(&e)) {
+		fprintf(stderr, "enter: %s\n", e.msg);
+		_exit(30);
+	}
+	uint64_t one = 1;
+	struct timespec ts;
+	void *m = malloc(1 << 20);
+	if (write(fds->efd, &one, sizeof(one)) != sizeof(one) || ioctl(fds->efd, KVM_GET_API_VERSION, 0) != -1 ||
+	    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts) || !m || ftruncate(fds->console, 0) ||
+	    lseek(fds->console, 0, SEEK_SET) != 0)
+		_exit(31);
+	free(m);
+	return NULL;
+}
+
+static void vcpu_then_loop(void)
+{
+	struct vcpu_fds fds = { eventfd(0, EFD_CLOEXEC), open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600) };
+	pthread_t t;
+	if (fds.efd < 0 || fds.console < 0 || pthread_create(&t, NULL, vcpu_work, &fds) ||
+	    pthread_join(t, NULL))
+		_exit(32);
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		_exit(33);
+	close(fd);
+}
+
+START_TEST(test_vcpu_allowed)
+{
+	char out[512];
+	int st = filtered(vcpu_then_loop, out, sizeof(out));
+	ck_assert_msg(st == 0, "status %d, stderr: %s", st, out);
+}
+END_TEST
+
+/* What only the device loop does kills a vCPU thread's process, naming the thread. */
+static void *vcpu_opens(void *arg)
+{
+	(void)arg;
+	struct mitos_err e = { 0 };
+	if (vmm_seccomp_enter_vcpu(&e)) {
+		fprintf(stderr, "enter: %s\n", e.msg);
+		_exit(40);
+	}
+	open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return NULL;
+}
+
+static void vcpu_open(void)
+{
+	pthread_t t;
+	if (pthread_create(&t, NULL, vcpu_opens, NULL) == 0)
+		pthread_join(t, NULL);
+	_exit(41);
+}
+
+START_TEST(test_vcpu_refused)
+{
+	char out[512];
+	int st = filtered(vcpu_open, out, sizeof(out));
+	ck_assert_msg(st == 128 + SIGSYS, "status %d, stderr: %s", st, out);
+	ck_assert_msg(strstr(out, "system call openat (") && strstr(out, "not allowed in a vCPU thread"),
+		      "stderr: %s", out);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("seccomp");
@@ -163,6 +245,8 @@ int main(void)
 	tcase_add_test(tc, test_allowed);
 	tcase_add_test(tc, test_refused);
 	tcase_add_test(tc, test_rings_sealed);
+	tcase_add_test(tc, test_vcpu_allowed);
+	tcase_add_test(tc, test_vcpu_refused);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	/* The cases fork their own children. */

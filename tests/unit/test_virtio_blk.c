@@ -568,6 +568,40 @@ START_TEST(test_create_errors)
 }
 END_TEST
 
+/* A disk handed over open: the device reads it through its own copy of the
+ * descriptor (the caller's may close at once), never by path; a read-only
+ * descriptor serves only a read-only disk. */
+START_TEST(test_by_descriptor)
+{
+	struct mitos_err e = { 0 };
+	int fd = open(img_path, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	struct virtio_blk_opts rw = { .path = "/nonexistent/named-only.img", .has_fd = true, .fd = fd };
+	ck_assert_ptr_null(virtio_blk_create(&G.mem, 0xd0001000, 6, &rw, &e));
+	ck_assert_int_eq(e.code, -EBADF);
+	ck_assert_msg(strstr(e.msg, "not open for writing"), "%s", e.msg);
+
+	struct virtio_blk_opts ro = rw;
+	ro.read_only = true;
+	struct virtio_device *d = virtio_blk_create(&G.mem, 0xd0001000, 6, &ro, &e);
+	ck_assert_msg(d != NULL, "%s", e.msg);
+	close(fd);
+	struct virtio_device *mine = G.dev;
+	G.dev = d;
+	negotiate(256);
+	struct req r = simple_req(VIRTIO_BLK_T_IN, 5, 512);
+	ck_assert_uint_eq(run1(r.head), 513);
+	ck_assert_uint_eq(status_of(&r), VIRTIO_BLK_S_OK);
+	check_pattern(r.data, 5 * 512, 512);
+	G.dev = mine;
+	virtio_blk_destroy(d);
+
+	/* A closed descriptor is an error, not a disk. */
+	ck_assert_ptr_null(virtio_blk_create(&G.mem, 0xd0001000, 6, &ro, &e));
+	ck_assert_int_eq(e.code, -EBADF);
+}
+END_TEST
+
 /* The device's io_uring is locked down: a process that takes over the VMM cannot
  * register anything more on it (a personality, files), and its requests are
  * limited to the disk (a restriction the kernel applies; registering is the part a
@@ -606,6 +640,7 @@ static Suite *virtio_blk_suite(void)
 	tcase_add_checked_fixture(rw, setup_rw, teardown);
 	tcase_set_timeout(rw, 30);
 	tcase_add_test(rw, test_identity_and_config);
+	tcase_add_test(rw, test_by_descriptor);
 	tcase_add_test(rw, test_read);
 	tcase_add_test(rw, test_write_read_back);
 	tcase_add_test(rw, test_flush);
