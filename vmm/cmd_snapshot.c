@@ -82,12 +82,12 @@ int cmd_snapshot(int argc, char **argv)
 		return EXIT_VMM_ERROR;
 	}
 	int status = 0;
-	char why[600];
-	if (ctl_reply_ok(reply, why, sizeof(why))) {
+	struct mitos_err why = { 0 };
+	if (ctl_reply_ok(reply, &why)) {
 		const cJSON *ms = cJSON_GetObjectItemCaseSensitive(reply, "ms");
 		printf("snapshot written to %s in %.1f ms\n", out, cJSON_IsNumber(ms) ? ms->valuedouble : 0.0);
 	} else {
-		fprintf(stderr, "mitos-vmm snapshot: %s\n", why);
+		fprintf(stderr, "mitos-vmm snapshot: %s\n", why.msg);
 		status = EXIT_VMM_ERROR;
 	}
 	cJSON_Delete(reply);

@@ -76,13 +76,13 @@ static bool small_uint(const cJSON *j, unsigned limit)
 	       j->valuedouble == (double)j->valueint;
 }
 
-static int decode_disks(const cJSON *req, struct ctl_request *out, char *msg, size_t msglen)
+static int decode_disks(const cJSON *req, struct ctl_request *out, struct mitos_err *e)
 {
 	const cJSON *disks = cJSON_GetObjectItemCaseSensitive(req, "disks");
 	if (!disks)
 		return 0;
 	if (!cJSON_IsArray(disks) || cJSON_GetArraySize(disks) > CTL_MAX_DISKS) {
-		snprintf(msg, msglen, "\"disks\" must be an array of at most %d disks", CTL_MAX_DISKS);
+		mitos_err_set(e, -EINVAL, "\"disks\" must be an array of at most %d disks", CTL_MAX_DISKS);
 		return -EINVAL;
 	}
 	unsigned seen = 0;
@@ -94,7 +94,7 @@ static int decode_disks(const cJSON *req, struct ctl_request *out, char *msg, si
 		struct ctl_disk *x = &out->disks[out->ndisks];
 		if (!small_uint(idx, CTL_MAX_DISKS) || str_field(d, "path", false, &x->path) ||
 		    (ro && !cJSON_IsBool(ro)) || (fd && !small_uint(fd, CTL_MAX_DISKS))) {
-			snprintf(msg, msglen, "each disk needs \"index\" (0..%d), \"path\" and optionally "
+			mitos_err_set(e, -EINVAL, "each disk needs \"index\" (0..%d), \"path\" and optionally "
 				 "\"read_only\" (a boolean) and \"fd\" (which of the descriptors sent with the "
 				 "request, 0..%d)", CTL_MAX_DISKS - 1, CTL_MAX_DISKS - 1);
 			return -EINVAL;
@@ -104,7 +104,7 @@ static int decode_disks(const cJSON *req, struct ctl_request *out, char *msg, si
 		x->by_fd = fd != NULL;
 		x->fd = fd ? (unsigned)fd->valueint : 0;
 		if (seen & (1u << x->index)) {
-			snprintf(msg, msglen, "disk %u is given twice", x->index);
+			mitos_err_set(e, -EINVAL, "disk %u is given twice", x->index);
 			return -EINVAL;
 		}
 		seen |= 1u << x->index;
@@ -113,13 +113,13 @@ static int decode_disks(const cJSON *req, struct ctl_request *out, char *msg, si
 	return 0;
 }
 
-int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **code, char *msg, size_t msglen)
+int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **code, struct mitos_err *e)
 {
 	memset(out, 0, sizeof(*out));
 	*code = "invalid_request";
 	const char *c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "cmd"));
 	if (!cJSON_IsObject(req) || !c) {
-		snprintf(msg, msglen, "missing \"cmd\"");
+		mitos_err_set(e, -EINVAL, "missing \"cmd\"");
 		return -EINVAL;
 	}
 	int i = 0;
@@ -127,7 +127,7 @@ int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **c
 		i++;
 	if (i == CTL_CMDS) {
 		*code = "unknown_command";
-		snprintf(msg, msglen, "unknown command \"%.100s\" (status, pause, resume, snapshot, stop, "
+		mitos_err_set(e, -EINVAL, "unknown command \"%.100s\" (status, pause, resume, snapshot, stop, "
 			 "restore, link)", c);
 		return -EINVAL;
 	}
@@ -135,22 +135,22 @@ int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **c
 	switch (out->cmd) {
 	case CTL_SNAPSHOT:
 		if (str_field(req, "dir", false, &out->dir)) {
-			snprintf(msg, msglen, "snapshot needs \"dir\"");
+			mitos_err_set(e, -EINVAL, "snapshot needs \"dir\"");
 			return -EINVAL;
 		}
 		break;
 	case CTL_RESTORE:
 		if (str_field(req, "snapshot", false, &out->snapshot) || str_field(req, "vsock", true, &out->vsock) ||
 		    str_field(req, "tap", true, &out->tap)) {
-			snprintf(msg, msglen, "restore needs \"snapshot\", and optionally \"disks\" (array), "
+			mitos_err_set(e, -EINVAL, "restore needs \"snapshot\", and optionally \"disks\" (array), "
 				 "\"vsock\" and \"tap\" (strings)");
 			return -EINVAL;
 		}
-		return decode_disks(req, out, msg, msglen);
+		return decode_disks(req, out, e);
 	case CTL_LINK: {
 		const cJSON *up = cJSON_GetObjectItemCaseSensitive(req, "up");
 		if (!cJSON_IsBool(up)) {
-			snprintf(msg, msglen, "link needs \"up\": true or false");
+			mitos_err_set(e, -EINVAL, "link needs \"up\": true or false");
 			return -EINVAL;
 		}
 		out->up = cJSON_IsTrue(up);
@@ -162,12 +162,12 @@ int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **c
 	return 0;
 }
 
-bool ctl_reply_ok(const cJSON *reply, char *err, size_t errlen)
+bool ctl_reply_ok(const cJSON *reply, struct mitos_err *e)
 {
 	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok")))
 		return true;
-	const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
-	const char *m = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "message"));
-	snprintf(err, errlen, "%s", m ? m : "the VMM's answer is neither success nor an error");
+	const cJSON *err = cJSON_GetObjectItemCaseSensitive(reply, "error");
+	const char *m = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(err, "message"));
+	mitos_err_set(e, -EIO, "%s", m ? m : "the VMM's answer is neither success nor an error");
 	return false;
 }

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "lib/error.h"
+
 #define CTL_MAX_DISKS 8   /* = SNAPSHOT_MAX_DISKS */
 
 enum ctl_cmd {
@@ -50,11 +52,11 @@ const char *ctl_cmd_name(enum ctl_cmd c);
 cJSON *ctl_request_encode(const struct ctl_request *r);
 
 /* Decodes req into out (strings point into req): 0, or -EINVAL with the reply's error
- * code ("invalid_request" or "unknown_command") in *code and a message in msg. */
-int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **code, char *msg, size_t msglen);
+ * code ("invalid_request" or "unknown_command") in *code and a message in e. */
+int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **code, struct mitos_err *e);
 
 /* Whether reply is {"ok":true}; if not, its error message (or what was wrong with it)
- * into err. */
-bool ctl_reply_ok(const cJSON *reply, char *err, size_t errlen);
+ * into e (-EIO). */
+bool ctl_reply_ok(const cJSON *reply, struct mitos_err *e);
 
 #endif

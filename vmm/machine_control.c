@@ -68,10 +68,9 @@ cJSON *machine_control_handle(void *ctx, const cJSON *json, const struct control
 	struct machine *m = ctx;
 	struct ctl_request req;
 	const char *code;
-	char msg[300];
-	if (ctl_request_decode(json, &req, &code, msg, sizeof(msg)))
-		return control_reply_error(code, "%s", msg);
 	struct mitos_err e = { 0 };
+	if (ctl_request_decode(json, &req, &code, &e))
+		return control_reply_error(code, "%s", e.msg);
 	switch (req.cmd) {
 	case CTL_STATUS: {
 		cJSON *o = control_reply_ok();

@@ -448,10 +448,10 @@ int kvm_ctl_request(const char *sock, const struct ctl_request *cr, const struct
 		struct mitos_err ce = { 0 };
 		cJSON *r = control_call(sock, req, fds, timeout_ms, &ce);
 		if (r) {
-			bool ok = ctl_reply_ok(r, ce.msg, sizeof(ce.msg));
+			bool ok = ctl_reply_ok(r, e);
 			cJSON_Delete(r);
 			cJSON_Delete(req);
-			return ok ? 0 : mitos_err_set(e, -EIO, "%s", ce.msg);
+			return ok ? 0 : e ? e->code : -EIO;
 		}
 		bool not_yet = ce.code == -ENOENT || ce.code == -ECONNREFUSED;
 		if (!not_yet || ur_mono_ms() > give_up || K.stopping || pidfd_exited(pidfd)) {

@@ -16,10 +16,10 @@ static cJSON *parse(const char *text)
 }
 
 /* Decodes text: the return value, and the code and message through the pointers. */
-static int decode(const char *text, struct ctl_request *r, const char **code, char *msg, size_t msglen)
+static int decode(const char *text, struct ctl_request *r, const char **code, struct mitos_err *e)
 {
 	cJSON *o = parse(text);
-	int rc = ctl_request_decode(o, r, code, msg, msglen);
+	int rc = ctl_request_decode(o, r, code, e);
 	cJSON_Delete(o);
 	return rc;
 }
@@ -43,8 +43,8 @@ START_TEST(test_round_trip)
 		ck_assert_ptr_nonnull(o);
 		struct ctl_request out;
 		const char *code;
-		char msg[200];
-		ck_assert_int_eq(ctl_request_decode(o, &out, &code, msg, sizeof(msg)), 0);
+		struct mitos_err e = { 0 };
+		ck_assert_int_eq(ctl_request_decode(o, &out, &code, &e), 0);
 		ck_assert_int_eq(out.cmd, in[i].cmd);
 		ck_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(o, "cmd")), ctl_cmd_name(in[i].cmd));
 		ck_assert_int_eq(out.up, in[i].up);
@@ -114,29 +114,30 @@ START_TEST(test_bad_requests)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct ctl_request r;
 		const char *code = NULL;
-		char msg[300] = "";
-		ck_assert_msg(decode(cases[i].text, &r, &code, msg, sizeof(msg)) == -EINVAL, "%s", cases[i].text);
+		struct mitos_err e = { 0 };
+		ck_assert_msg(decode(cases[i].text, &r, &code, &e) == -EINVAL, "%s", cases[i].text);
 		ck_assert_msg(!strcmp(code, cases[i].code), "%s: code %s", cases[i].text, code);
-		ck_assert_msg(strstr(msg, cases[i].says), "%s: says %s", cases[i].text, msg);
+		ck_assert_msg(strstr(e.msg, cases[i].says) && e.code == -EINVAL, "%s: says %s", cases[i].text, e.msg);
 	}
 }
 END_TEST
 
 START_TEST(test_reply_verdict)
 {
-	char err[100];
+	struct mitos_err err = { 0 };
 	cJSON *o = parse("{\"ok\":true,\"ms\":3}");
-	ck_assert(ctl_reply_ok(o, err, sizeof(err)));
+	ck_assert(ctl_reply_ok(o, &err));
 	cJSON_Delete(o);
 	o = parse("{\"ok\":false,\"error\":{\"code\":\"restore_failed\",\"message\":\"no such snapshot\"}}");
-	ck_assert(!ctl_reply_ok(o, err, sizeof(err)));
-	ck_assert_str_eq(err, "no such snapshot");
+	ck_assert(!ctl_reply_ok(o, &err));
+	ck_assert_str_eq(err.msg, "no such snapshot");
+	ck_assert_int_eq(err.code, -EIO);
 	cJSON_Delete(o);
 	o = parse("{\"ok\":1}");
-	ck_assert(!ctl_reply_ok(o, err, sizeof(err)));
-	ck_assert(strstr(err, "neither success nor an error"));
+	ck_assert(!ctl_reply_ok(o, &err));
+	ck_assert(strstr(err.msg, "neither success nor an error"));
 	cJSON_Delete(o);
-	ck_assert(!ctl_reply_ok(NULL, err, sizeof(err)));
+	ck_assert(!ctl_reply_ok(NULL, &err));
 }
 END_TEST
 
