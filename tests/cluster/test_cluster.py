@@ -311,6 +311,10 @@ class Suite:
         Cluster.wait(lambda: n3.api.request("GET", "/v1/health")[1]["status"] == "draining", 5, "n3 draining")
         st, e = n3.api.request("POST", "/v1/fork", {"template": "python", "id": new_id()})
         eq((st, e["error"]["code"]), (503, "node_draining"), "a create on the draining node itself")
+        # E2B's create too: a 503, which the router retries elsewhere (a 500 it would not).
+        st, e = n3.api.request("POST", "/v2/sandboxes", {"templateID": "base", "timeout": 60},
+                               headers={"X-API-KEY": self.c.token})
+        eq(st, 503, "an E2B create on the draining node itself (%r)" % (e,))
         # Through the router creates succeed at once (a 503 is retried elsewhere) and
         # never land on n3.
         ids = [create(self.r)[0] for _ in range(6)]
