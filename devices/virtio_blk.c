@@ -565,6 +565,12 @@ err_fd:
 	return NULL;
 }
 
+uint64_t virtio_blk_bytes(const struct virtio_device *d)
+{
+	const struct blk *b = d->priv;
+	return b->capacity * SECTOR;
+}
+
 void virtio_blk_destroy(struct virtio_device *d)
 {
 	if (!d)

@@ -57,6 +57,8 @@ struct virtio_blk_opts {
 struct virtio_device *virtio_blk_create(const struct guest_mem *mem, uint64_t mmio_base,
 					unsigned irq, const struct virtio_blk_opts *o,
 					struct mitos_err *e);
+/* The disk's size in bytes, as its guest sees it. */
+uint64_t virtio_blk_bytes(const struct virtio_device *d);
 /* Waits for in-flight I/O, then frees everything; d may be NULL. */
 void virtio_blk_destroy(struct virtio_device *d);
 

@@ -206,20 +206,21 @@ int machine_snapshot(struct machine *m, const char *dir, struct mitos_err *e)
 		.parent = m->snapshot_parent,
 		.depth = m->snapshot_parent ? m->snapshot_depth + 1 : 0,
 	};
+	/* Disks are the first devices (machine_setup_virtio). */
 	for (unsigned i = 0; i < m->cfg.ndisks; i++) {
-		struct stat st;
-		if (stat(m->cfg.disks[i].path, &st)) {
-			r = mitos_err_set(e, -errno, "disk %s: %s", m->cfg.disks[i].path, strerror(errno));
-			goto out;
-		}
-		/* Absolute, so the snapshot means the same from any working directory. */
-		char *abs = realpath(m->cfg.disks[i].path, NULL);
+		const struct virtio_blk_opts *d = &m->cfg.disks[i];
+		/* Absolute, so the snapshot means the same from any working directory. A disk
+		 * handed over open may not be visible here (a jailed VM): its name is kept as
+		 * given, which must be absolute already. */
+		char *abs = d->has_fd ? (d->path[0] == '/' ? strdup(d->path) : NULL) : realpath(d->path, NULL);
 		if (!abs) {
-			r = mitos_err_set(e, -errno, "disk %s: %s", m->cfg.disks[i].path, strerror(errno));
+			r = d->has_fd ? mitos_err_set(e, -EINVAL, "disk %s came as a descriptor named by a relative "
+						      "path: a snapshot needs its absolute path", d->path)
+				      : mitos_err_set(e, -errno, "disk %s: %s", d->path, strerror(errno));
 			goto out;
 		}
-		sc.disks[i] = (struct snapshot_disk){ .path = abs, .read_only = m->cfg.disks[i].read_only,
-						      .bytes = (uint64_t)st.st_size };
+		sc.disks[i] = (struct snapshot_disk){ .path = abs, .read_only = d->read_only,
+						      .bytes = virtio_blk_bytes(m->devs[i].dev) };
 		sc.ndisks = i + 1;
 	}
 	char state_path[PATH_MAX];
@@ -259,7 +260,8 @@ int machine_config_from_snapshot(const struct snapshot_config *sc, struct machin
 		if (c->disks[i].has_fd ? fstat(c->disks[i].fd, &st) : stat(c->disks[i].path, &st))
 			return mitos_err_set(e, -errno, "disk %u: %s: %s", i, c->disks[i].path,
 					     strerror(errno));
-		if ((uint64_t)st.st_size != sc->disks[i].bytes)
+		/* A block device's size is not in st_size; virtio-blk sizes it when it opens. */
+		if (S_ISREG(st.st_mode) && (uint64_t)st.st_size != sc->disks[i].bytes)
 			return mitos_err_set(e, -EINVAL, "disk %u: %s is %lld bytes, the snapshot's disk "
 					     "was %llu: the guest would see a different disk", i,
 					     c->disks[i].path, (long long)st.st_size,

@@ -168,6 +168,50 @@ def run_cases(tmp):
     # 6. Bad snapshots: a clear error naming the file, nothing starts.
     bad_cases(tmp, base)
 
+    # 7. Disks handed over open, as serve does for a jailed VM.
+    descriptor_cases(tmp)
+
+
+def descriptor_cases(tmp):
+    """The snapshot of a VM whose disk came as a descriptor records the name it was given
+    (the VM may not see that path) and the size the device has; a child gets its own
+    copy the same way; a relative name cannot go into a snapshot."""
+    disk = os.path.join(tmp, "byfd.img")
+    subprocess.run([MKDISK, disk, "2048"], check=True)
+    name = "/nonexistent/by-descriptor.img"
+    for given, snap in ((name, os.path.join(tmp, "byfd-snap")), ("relative.img", os.path.join(tmp, "byfd-rel"))):
+        fd = os.open(disk, os.O_RDWR | os.O_CLOEXEC)
+        ctl = os.path.join(tmp, "byfd.sock")
+        vm = VM(["run", "--kernel", TESTGUEST, "--disk", f"{given},fd={fd}", "--mem", "64", "--control", ctl,
+                 "--cmdline", "testguest.mode=snap"], ctl, pass_fds=(fd,))
+        os.close(fd)
+        ticking = vm.wait_for(r"tick 2 counter") is not None
+        rc, out = snapshot_of(vm, snap)
+        vm.call({"cmd": "stop"})
+        vm.finish()
+        if given == name:
+            cfg = {}
+            if rc == 0:
+                with open(os.path.join(snap, "config.json")) as f:
+                    cfg = json.load(f)
+            case("a snapshot of a VM whose disk came as a descriptor keeps its name and size",
+                 ticking and rc == 0 and cfg["disks"][0]["path"] == name and
+                 cfg["disks"][0]["bytes"] == 2048 * 512, f"{out} {cfg}")
+        else:
+            case("a disk handed over with a relative name: the snapshot says why it cannot",
+                 ticking and rc != 0 and "relative" in out, out)
+    copy = os.path.join(tmp, "byfd-child.img")
+    shutil.copyfile(disk, copy)
+    fd = os.open(copy, os.O_RDWR | os.O_CLOEXEC)
+    c = VM(["restore", "--snapshot", os.path.join(tmp, "byfd-snap"), "--disk", f"0={name},fd={fd}"],
+           pass_fds=(fd,))
+    os.close(fd)
+    ok = c.wait_for(r"tick \d+ counter") is not None
+    c.send("q")
+    rc, err = c.finish()
+    case("its child restores with its own copy handed over the same way", ok and rc == 0,
+         "\n".join(c.seen) + err)
+
 
 def private_kib(pid, path):
     """Private pages (KiB) of pid's mappings of path; None when it maps none of it."""

@@ -586,6 +586,7 @@ START_TEST(test_by_descriptor)
 	struct virtio_device *d = virtio_blk_create(&G.mem, 0xd0001000, 6, &ro, &e);
 	ck_assert_msg(d != NULL, "%s", e.msg);
 	close(fd);
+	ck_assert_uint_eq(virtio_blk_bytes(d), IMG_BYTES);
 	struct virtio_device *mine = G.dev;
 	G.dev = d;
 	negotiate(256);

@@ -86,10 +86,10 @@ def wait_for_socket(path, timeout=30):
 class VM:
     """A mitos-vmm process (run, restore or vm) with its console on pipes."""
 
-    def __init__(self, vmm, args, control=None, stdin=True):
+    def __init__(self, vmm, args, control=None, stdin=True, pass_fds=()):
         self.control = control
         self.p = subprocess.Popen([vmm] + args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=pass_fds)
         self.lines = queue.Queue()
         self.seen = []
         threading.Thread(target=self._read, daemon=True).start()
