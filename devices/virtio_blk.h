@@ -50,8 +50,9 @@ struct virtio_blk_opts {
 	int fd;
 };
 
-/* Opens the image (or copies its descriptor), sizes it, sets up an io_uring with a completion eventfd and returns
- * the transport object whose ops are virtio-blk's; NULL and a message in e on failure
+/* Opens the image (or copies its descriptor), sizes it, sets up an io_uring with a
+ * completion eventfd and returns the transport object whose ops are virtio-blk's; NULL
+ * and a message in e on failure
  * (missing file, not a regular file or block device, size not a multiple of 512,
  * io_uring unavailable). */
 struct virtio_device *virtio_blk_create(const struct guest_mem *mem, uint64_t mmio_base,

@@ -79,10 +79,10 @@ static const struct ioctl_rule ioctls[] = {
 /* What only the device loop does. A vCPU thread runs the guest and handles the exits
  * it takes (virtio-mmio registers, serial, i8042, emulation assists): it signals the
  * device loop, injects interrupts, writes the console (and truncates it at its cap)
- * and, on a device's activation or reset, uses that device's descriptors. It never names a file, writes a snapshot,
- * makes a thread, a ring, a descriptor of the device loop's kinds or a listening
- * socket, or changes filters: a guest that takes over a register handler loses those
- * too, beyond what the process filter already refuses. */
+ * and, on a device's activation or reset, uses that device's descriptors. It never
+ * names a file, writes a snapshot, makes a thread, a ring, a descriptor of the device
+ * loop's kinds or a listening socket, or changes filters: a guest that takes over a
+ * register handler loses those too, beyond what the process filter already refuses. */
 static const char *const loop_only[] = {
 	"openat", "mkdir", "mkdirat", "unlink", "unlinkat", "rename", "renameat", "renameat2",
 	"readlink", "readlinkat", "fsync", "fdatasync",
@@ -139,43 +139,46 @@ static void on_sigsys(int sig, siginfo_t *si, void *uc)
 	syscall(SYS_exit_group, 128 + SIGSYS);
 }
 
-static int add(scmp_filter_ctx ctx, const char *name, unsigned nargs, const struct scmp_arg_cmp *args)
+/* A rule for the call named name; nothing to do where it is not a system call of this
+ * architecture. */
+static int rule(scmp_filter_ctx ctx, uint32_t action, const char *name, unsigned nargs,
+		const struct scmp_arg_cmp *args)
 {
 	int nr = seccomp_syscall_resolve_name(name);
 	if (nr == __NR_SCMP_ERROR)
-		return 0; /* not a system call on this architecture: nothing to allow */
-	return seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, nargs, args);
+		return 0;
+	return seccomp_rule_add_array(ctx, action, nr, nargs, args);
 }
 
 static int build(scmp_filter_ctx ctx)
 {
 	int rc = 0;
 	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]) && !rc; i++)
-		rc = add(ctx, allowed[i], 0, NULL);
+		rc = rule(ctx, SCMP_ACT_ALLOW, allowed[i], 0, NULL);
 #ifdef VMM_SECCOMP_SANITIZED
 	for (size_t i = 0; i < sizeof(allowed_sanitizer) / sizeof(allowed_sanitizer[0]) && !rc; i++)
-		rc = add(ctx, allowed_sanitizer[i], 0, NULL);
+		rc = rule(ctx, SCMP_ACT_ALLOW, allowed_sanitizer[i], 0, NULL);
 #else
 	/* New code cannot be mapped (a guest that took over a device cannot load more). */
 	struct scmp_arg_cmp noexec = SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0);
 	if (!rc)
-		rc = add(ctx, "mmap", 1, &noexec);
+		rc = rule(ctx, SCMP_ACT_ALLOW, "mmap", 1, &noexec);
 	if (!rc)
-		rc = add(ctx, "mprotect", 1, &noexec);
+		rc = rule(ctx, SCMP_ACT_ALLOW, "mprotect", 1, &noexec);
 	/* Threads only: no new processes. */
 	struct scmp_arg_cmp thread = SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD);
 	if (!rc)
-		rc = add(ctx, "clone", 1, &thread);
+		rc = rule(ctx, SCMP_ACT_ALLOW, "clone", 1, &thread);
 #endif
 	/* clone3's flags are behind a pointer seccomp cannot follow: glibc falls back to clone. */
 	if (!rc)
 		rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
 	struct scmp_arg_cmp unix_only = SCMP_A0(SCMP_CMP_EQ, AF_UNIX);
 	if (!rc)
-		rc = add(ctx, "socket", 1, &unix_only);
+		rc = rule(ctx, SCMP_ACT_ALLOW, "socket", 1, &unix_only);
 	for (size_t i = 0; i < sizeof(ioctls) / sizeof(ioctls[0]) && !rc; i++) {
 		struct scmp_arg_cmp req = SCMP_A1(SCMP_CMP_MASKED_EQ, ioctls[i].mask, ioctls[i].value);
-		rc = add(ctx, "ioctl", 1, &req);
+		rc = rule(ctx, SCMP_ACT_ALLOW, "ioctl", 1, &req);
 	}
 	return rc;
 }
@@ -212,18 +215,15 @@ int vmm_seccomp_install(struct mitos_err *e)
 
 /* A filter over the process filter: allow everything but the listed calls, which then
  * stay refused for the threads that load it (filters only ever take away). */
-static int load_refusals(const char *const *calls, size_t n, int action, bool all_threads)
+static int load_refusals(const char *const *calls, size_t n, uint32_t action, bool all_threads)
 {
 	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
 	if (!ctx)
 		return -ENOMEM;
 	/* no_new_privs is set already, and prctl is not allowed any more. */
 	int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
-	for (size_t i = 0; i < n && !rc; i++) {
-		int nr = seccomp_syscall_resolve_name(calls[i]);
-		if (nr != __NR_SCMP_ERROR)
-			rc = seccomp_rule_add(ctx, action, nr, 0);
-	}
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = rule(ctx, action, calls[i], 0, NULL);
 	if (!rc && all_threads)
 		rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
 	if (!rc)
