@@ -516,7 +516,7 @@ int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulate
 					     "--no-vm-jail to run VM processes as uid 0 without capabilities)",
 					     why.msg);
 		snprintf(jail, sizeof(jail), "; own uid (%u and up, group %u) and own root (pivot_root: its own files, "
-			 "/usr read-only, /proc read-only), /dev/kvm handed over", jail_uid_base() + 1, jail_uid_base());
+			 "the VMM's binary and libraries read-only, /proc read-only), /dev/kvm handed over", jail_uid_base() + 1, jail_uid_base());
 	}
 	snprintf(info, infolen, "each VM: %s, no_new_privs, seccomp allowlist%s; %s",
 		 K.ns ? "own mount (private, read-only /proc), pid, ipc, uts and net namespaces, no capabilities"

@@ -1,15 +1,18 @@
 #include "api/engines/kvm_jail.h"
 
 #include <dirent.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <linux/capability.h>
 #include <linux/mount.h>
 #include <linux/securebits.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,6 +20,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
@@ -33,15 +37,20 @@
  * hosts where a process start is slow (emulation, a loaded machine). */
 #define JAIL_ENTER_MS 10000
 
-/* What every jail holds of the host, found once at start: directories bound read-only
- * and the top-level links into them (/lib64 -> usr/lib64 on merged-/usr systems),
- * recreated as links. */
-#define SYS_MAX 10
+/* What every jail holds of the host, found once at start: the VMM binary, its dynamic
+ * loader and libraries (each opened then, so every VM gets the very files serve started
+ * with, whatever a package upgrade renames over them later) and the loader's cache, at
+ * their own paths; and the top-level links the loader's names go through (/lib64 ->
+ * usr/lib64 on merged-/usr systems), recreated as links. */
 static struct {
 	char mnt[JAIL_PLEN];
-	unsigned nbind, nlink;
-	struct jail_path bind[SYS_MAX];
-	char link_name[SYS_MAX][32], link_to[SYS_MAX][JAIL_PLEN];
+	unsigned nsys, nlink;
+	int sysfd; /* serve's directory of what the VMs are given */
+	struct {
+		char at[JAIL_PLEN]; /* no link in it: mount points are made along it */
+		int fd;             /* O_PATH */
+	} sys[JAIL_SYS_MAX];
+	char link_name[4][16], link_to[4][JAIL_PLEN];
 } S;
 
 static _Atomic unsigned next_uid;
@@ -76,9 +85,179 @@ static void range_taken(char *who, size_t wholen)
 	endgrent();
 }
 
+/* f's contents into a new file name in dfd (mode 0555). 0 or -errno. */
+static int copy_into(int f, int dfd, const char *name)
+{
+	int out = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0555);
+	if (out < 0)
+		return -errno;
+	/* copy_file_range shares blocks where the file system can (xfs, btrfs); between file
+	 * systems of different kinds it may refuse, and sendfile copies. */
+	ssize_t n;
+	bool copied = false;
+	while ((n = copy_file_range(f, NULL, out, NULL, 1 << 30, 0)) > 0)
+		copied = true;
+	if (n < 0 && !copied && (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS))
+		while ((n = sendfile(out, f, NULL, 1 << 30)) > 0)
+			;
+	int rc = n < 0 ? -errno : 0;
+	close(out);
+	return rc;
+}
+
+/* Adds a file every jail holds: at = its directory's real path and its own name (the
+ * name the loader asks for, the loader's cache). What is mounted is a copy taken now in
+ * serve's own directory: a file renamed over the host's later (a package upgrade) changes
+ * nothing for VMs of this serve, and a deleted file could not be mounted. A hard link
+ * would be cheaper, and would hand the host's own file to whatever changes the state
+ * dir (a chown -R of it would chown libc). */
+static int add_sys(const char *name, struct mitos_err *e)
+{
+	char dir[JAIL_PLEN], at[JAIL_PLEN], dreal[PATH_MAX], real[PATH_MAX];
+	const char *base = strrchr(name, '/');
+	if (!base || base == name || (size_t)(base - name) >= sizeof(dir))
+		return mitos_err_set(e, -EINVAL, "%.200s is not an absolute path to a file in a directory", name);
+	memcpy(dir, name, (size_t)(base - name));
+	dir[base - name] = 0;
+	if (!realpath(dir, dreal) || !realpath(name, real))
+		return mitos_err_set(e, -errno, "cannot find %.200s: %s", name, strerror(errno));
+	if (snprintf(at, sizeof(at), "%s%s", strcmp(dreal, "/") ? dreal : "", base) >= (int)sizeof(at))
+		return mitos_err_set(e, -ENAMETOOLONG, "%.200s: path too long", name);
+	for (unsigned i = 0; i < S.nsys; i++)
+		if (!strcmp(S.sys[i].at, at))
+			return 0;
+	if (S.nsys >= JAIL_SYS_MAX)
+		return mitos_err_set(e, -E2BIG, "the VMM needs more than %d files of the host", JAIL_SYS_MAX);
+	char mine[16];
+	snprintf(mine, sizeof(mine), "%u", S.nsys);
+	int src = open(real, O_RDONLY | O_CLOEXEC), rc = 0;
+	struct stat st;
+	if (src < 0 || fstat(src, &st) < 0)
+		rc = -errno;
+	else if (!S_ISREG(st.st_mode))
+		rc = -EINVAL;
+	else
+		rc = copy_into(src, S.sysfd, mine);
+	if (src >= 0)
+		close(src);
+	int fd = rc ? -1 : openat(S.sysfd, mine, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (rc || fd < 0)
+		return mitos_err_set(e, rc ? rc : -errno, "cannot keep %.200s for the VMs: %s", real,
+				     rc == -EINVAL ? "not a regular file" : strerror(rc ? -rc : errno));
+	strcpy(S.sys[S.nsys].at, at);
+	S.sys[S.nsys++].fd = fd;
+	return 0;
+}
+
+/* Empties (or makes) dir, serve's own, for the files the VMs are given. */
+static int open_sysdir(const char *dir, struct mitos_err *e)
+{
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return mitos_err_set(e, -errno, "cannot create %.200s: %s", dir, strerror(errno));
+	S.sysfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	DIR *d = S.sysfd < 0 ? NULL : fdopendir(dup(S.sysfd));
+	if (!d)
+		return mitos_err_set(e, -errno, "cannot open %.200s: %s", dir, strerror(errno));
+	struct dirent *de;
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+			unlinkat(S.sysfd, de->d_name, 0);
+	closedir(d);
+	return 0;
+}
+
+/* exe's program interpreter (PT_INTERP) into interp, or "" for a static executable. */
+static int read_interp(const char *exe, char *interp, size_t len, struct mitos_err *e)
+{
+	interp[0] = 0;
+	int fd = open(exe, O_RDONLY | O_CLOEXEC);
+	Elf64_Ehdr eh;
+	int rc = 0;
+	if (fd < 0 || pread(fd, &eh, sizeof(eh), 0) != (ssize_t)sizeof(eh) || memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
+	    eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 256)
+		rc = mitos_err_set(e, fd < 0 ? -errno : -ENOEXEC, "cannot read %.200s as a 64-bit ELF executable: %s",
+				   exe, fd < 0 ? strerror(errno) : "not one");
+	for (unsigned i = 0; !rc && i < eh.e_phnum; i++) {
+		Elf64_Phdr ph;
+		if (pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + i * sizeof(ph))) != (ssize_t)sizeof(ph)) {
+			rc = mitos_err_set(e, -ENOEXEC, "%.200s: truncated program headers", exe);
+		} else if (ph.p_type == PT_INTERP) {
+			if (ph.p_filesz < 2 || ph.p_filesz > len ||
+			    pread(fd, interp, ph.p_filesz, (off_t)ph.p_offset) != (ssize_t)ph.p_filesz ||
+			    interp[ph.p_filesz - 1] != 0 || interp[0] != '/')
+				rc = mitos_err_set(e, -ENOEXEC, "%.200s: a bad program interpreter", exe);
+			break;
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+/* Every library exe loads, as its loader resolves them here (`ld.so --list`, what ldd
+ * runs; nothing of exe runs), into the jail's files. */
+static int add_libraries(const char *exe, const char *interp, struct mitos_err *e)
+{
+	int pipefd[2];
+	if (pipe2(pipefd, O_CLOEXEC) < 0)
+		return mitos_err_set(e, -errno, "pipe: %s", strerror(errno));
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+	char *argv[] = { (char *)interp, "--list", (char *)exe, NULL };
+	extern char **environ;
+	pid_t pid;
+	int rc = posix_spawn(&pid, interp, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pipefd[1]);
+	if (rc) {
+		close(pipefd[0]);
+		return mitos_err_set(e, -rc, "cannot run %.200s to list the libraries of %.200s: %s", interp, exe,
+				     strerror(rc));
+	}
+	static char out[16384];
+	size_t n = 0;
+	ssize_t r;
+	while (n < sizeof(out) - 1 && (r = read(pipefd[0], out + n, sizeof(out) - 1 - n)) != 0)
+		if (r > 0)
+			n += (size_t)r;
+		else if (errno != EINTR)
+			break;
+	out[n] = 0;
+	close(pipefd[0]);
+	int st = 0;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (!WIFEXITED(st) || WEXITSTATUS(st) || n == sizeof(out) - 1)
+		return mitos_err_set(e, -ENOEXEC, "%.200s --list %.200s failed (status %d): %.200s", interp, exe, st,
+				     out);
+	/* "\tlibev.so.4 => /lib/x86_64-linux-gnu/libev.so.4 (0x...)", "\t/lib64/ld-linux-x86-64.so.2
+	 * (0x...)", "\tlinux-vdso.so.1 (0x...)" (the kernel's, not a file). */
+	for (char *save = NULL, *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		line += strspn(line, " \t");
+		char *arrow = strstr(line, " => ");
+		char *path = arrow ? arrow + 4 : line;
+		if (arrow && !strncmp(path, "not found", 9))
+			return mitos_err_set(e, -ENOENT, "%.200s needs %.*s, which the dynamic loader does not find",
+					     exe, (int)(arrow - line), line);
+		char *end = strstr(path, " (0x");
+		if (path[0] != '/' || !end)
+			continue;
+		*end = 0;
+		if ((rc = add_sys(path, e)))
+			return rc;
+	}
+	return 0;
+}
+
 int jail_init(const char *mountpoint, const char *exe, struct mitos_err *e)
 {
+	for (unsigned i = 0; i < S.nsys; i++)
+		close(S.sys[i].fd);
+	if (S.mnt[0] && S.sysfd >= 0)
+		close(S.sysfd);
 	memset(&S, 0, sizeof(S));
+	S.sysfd = -1;
 	char who[300];
 	if (uid_base == 0 || uid_base > UINT32_MAX - JAIL_UIDS - 1)
 		return mitos_err_set(e, -ERANGE, "the VM uid range %u..%u does not fit below 2^32-1 (or starts at "
@@ -87,37 +266,40 @@ int jail_init(const char *mountpoint, const char *exe, struct mitos_err *e)
 	if (who[0])
 		return mitos_err_set(e, -EEXIST, "the VM uid range %u..%u holds this host's %s: pick another with "
 				     "--vm-uid-base", uid_base, uid_base + JAIL_UIDS, who);
-	if (!realpath(exe, S.bind[0].path))
-		return mitos_err_set(e, -errno, "cannot find %.200s: %s", exe, strerror(errno));
-	S.nbind = 1;
 	if (strlen(mountpoint) >= sizeof(S.mnt) || mountpoint[0] != '/')
 		return mitos_err_set(e, -ENAMETOOLONG, "the jail's mount point %.200s is not an absolute path that "
 				     "fits", mountpoint);
 	if (mkdir(mountpoint, 0755) < 0 && errno != EEXIST)
 		return mitos_err_set(e, -errno, "cannot create %.200s: %s", mountpoint, strerror(errno));
 	strcpy(S.mnt, mountpoint);
-	/* The dynamic loader and libraries (a sanitizer build's runtime too), and its cache. */
-	static const char *const tops[] = { "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32" };
+	char real[JAIL_PLEN], interp[JAIL_PLEN], sysdir[JAIL_PLEN + 8];
+	if (!realpath(exe, real))
+		return mitos_err_set(e, -errno, "cannot find %.200s: %s", exe, strerror(errno));
+	snprintf(sysdir, sizeof(sysdir), "%s-files", mountpoint);
+	int rc = open_sysdir(sysdir, e);
+	if (!rc)
+		rc = add_sys(real, e);
+	if (!rc)
+		rc = read_interp(real, interp, sizeof(interp), e);
+	if (!rc && interp[0])
+		rc = add_libraries(real, interp, e);
+	if (!rc && interp[0] && access("/etc/ld.so.cache", R_OK) == 0)
+		rc = add_sys("/etc/ld.so.cache", e);
+	if (rc)
+		return rc;
+	static const char *const tops[] = { "lib", "lib32", "lib64", "libx32" };
 	for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++) {
-		char host[64];
+		char host[16];
 		snprintf(host, sizeof(host), "/%s", tops[i]);
 		struct stat st;
-		if (lstat(host, &st) < 0)
+		if (lstat(host, &st) < 0 || !S_ISLNK(st.st_mode))
 			continue;
-		if (S_ISLNK(st.st_mode) && S.nlink < SYS_MAX) {
-			ssize_t n = readlink(host, S.link_to[S.nlink], JAIL_PLEN - 1);
-			if (n <= 0)
-				continue;
-			S.link_to[S.nlink][n] = 0;
-			snprintf(S.link_name[S.nlink], sizeof(S.link_name[0]), "/%s", tops[i]);
-			S.nlink++;
-		} else if (S_ISDIR(st.st_mode) && S.nbind < SYS_MAX) {
-			snprintf(S.bind[S.nbind].path, JAIL_PLEN, "%s", host);
-			S.bind[S.nbind++].dir = true;
-		}
+		ssize_t n = readlink(host, S.link_to[S.nlink], JAIL_PLEN - 1);
+		if (n <= 0)
+			continue;
+		S.link_to[S.nlink][n] = 0;
+		strcpy(S.link_name[S.nlink++], host);
 	}
-	if (access("/etc/ld.so.cache", R_OK) == 0 && S.nbind < SYS_MAX)
-		snprintf(S.bind[S.nbind++].path, JAIL_PLEN, "/etc/ld.so.cache");
 	/* Anywhere in the range: VMs a previous serve left running (re-adopted) are
 	 * unlikely to share a uid with the next ones. */
 	unsigned seed = 0;
@@ -126,9 +308,35 @@ int jail_init(const char *mountpoint, const char *exe, struct mitos_err *e)
 	return 0;
 }
 
+int jail_system_open(struct jail_system *sys, struct mitos_err *e)
+{
+	sys->n = 0;
+	for (unsigned i = 0; i < S.nsys; i++) {
+		int fd = (int)syscall(SYS_open_tree, S.sys[i].fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+		struct mount_attr a = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+		if (fd < 0 || syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &a, sizeof(a)) < 0) {
+			int rc = mitos_err_set(e, -errno, "cannot copy the mount of %.300s for a VM: %s", S.sys[i].at,
+					       strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			jail_system_close(sys);
+			return rc;
+		}
+		sys->fd[sys->n++] = fd;
+	}
+	return 0;
+}
+
+void jail_system_close(struct jail_system *sys)
+{
+	for (unsigned i = 0; i < sys->n; i++)
+		close(sys->fd[i]);
+	sys->n = 0;
+}
+
 const char *jail_exe(void)
 {
-	return S.bind[0].path;
+	return S.sys[0].at;
 }
 
 void jail_new(struct jail *j)
@@ -194,8 +402,8 @@ static int make_mount_point(const char *path, bool dir)
 	}
 	if (dir)
 		return syscall(SYS_mkdir, t, 0755) < 0 && errno != EEXIST ? -errno : 0;
-	/* There already (a file under /usr, which is in every jail, read-only): mounted on
-	 * as it is; opening it to create it would fail on the read-only mount. */
+	/* There already (one of the VMM's files, or mounted before): mounted on as it is;
+	 * opening it to create it would fail on a read-only mount. */
 	if (syscall(SYS_faccessat, AT_FDCWD, t, F_OK) == 0)
 		return 0;
 	long fd = syscall(SYS_openat, AT_FDCWD, t, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
@@ -226,7 +434,7 @@ int jail_drop_capabilities(bool stays_root)
 	return r < 0 ? -1 : 0;
 }
 
-static void bind_into_root(const struct jail_path *p, unsigned long extra)
+static void bind_into_root(const struct jail_path *p)
 {
 	char t[2 * JAIL_PLEN];
 	in_root(t, p->path);
@@ -234,26 +442,32 @@ static void bind_into_root(const struct jail_path *p, unsigned long extra)
 		die("cannot make a mount point for", p->path);
 	if (syscall(SYS_mount, p->path, t, NULL, MS_BIND, NULL) < 0)
 		die("cannot bind", p->path);
-	unsigned long fl = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | extra | (p->rw ? 0 : MS_RDONLY);
+	unsigned long fl = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC | (p->rw ? 0 : MS_RDONLY);
 	if (syscall(SYS_mount, NULL, t, NULL, fl, NULL) < 0)
 		die("cannot make read-only or nosuid", p->path);
 }
 
-void jail_enter(const struct jail *j)
+void jail_enter(const struct jail *j, const struct jail_system *sys)
 {
 	char t[2 * JAIL_PLEN];
 	/* Root's own, a handful of inodes: the VM's uid can make nothing in it. */
 	if (syscall(SYS_mount, "tmpfs", S.mnt, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=512") < 0)
 		die("cannot mount its root on", S.mnt);
-	for (unsigned i = 0; i < S.nbind; i++)
-		bind_into_root(&S.bind[i], 0);
+	if (sys->n != S.nsys)
+		die("was not given the VMM's files", NULL);
+	for (unsigned i = 0; i < S.nsys; i++) {
+		in_root(t, S.sys[i].at);
+		if (make_mount_point(t, false) < 0 ||
+		    syscall(SYS_move_mount, sys->fd[i], "", AT_FDCWD, t, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+			die("cannot mount", S.sys[i].at);
+	}
 	for (unsigned i = 0; i < S.nlink; i++) {
 		in_root(t, S.link_name[i]);
 		if (syscall(SYS_symlinkat, S.link_to[i], AT_FDCWD, t) < 0)
 			die("cannot link", S.link_name[i]);
 	}
 	for (unsigned i = 0; i < j->n; i++)
-		bind_into_root(&j->p[i], MS_NOEXEC);
+		bind_into_root(&j->p[i]);
 	/* Its own pid namespace's /proc (/proc/self/pagemap for snapshots), read-only: a
 	 * sysctl is writable by file mode alone, which a uid-0 process without
 	 * capabilities would pass. */

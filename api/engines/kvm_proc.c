@@ -110,7 +110,8 @@ void kvm_write_error_file(const char *dir, const char *msg)
 
 /* The child between clone3 and exec: serve has threads, so only raw system calls here. */
 static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, int disk_fd,
-					       const struct cg_entry *ce, const struct jail *jail)
+					       const struct cg_entry *ce, const struct jail *jail,
+					       const struct jail_system *sys)
 {
 	cgroup_enter_child(ce);
 	syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
@@ -119,7 +120,7 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
 		syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
 		syscall(SYS_sethostname, "mitos-vm", 8);
 		if (jail) {
-			jail_enter(jail);
+			jail_enter(jail, sys);
 		} else {
 			/* /proc shows this VM only, and read-only: a sysctl is writable by file
 			 * mode alone, which uid 0 without capabilities would pass. */
@@ -184,9 +185,16 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 	/* Above the numbers the child moves descriptors to, so none is overwritten first. */
 	int disk = disk_fd >= 0 ? fcntl(disk_fd, F_DUPFD_CLOEXEC, VM_DISK_FD + 1) : -1;
 	struct cg_entry ce;
-	int rc = disk_fd >= 0 && disk < 0 ? -errno : cgroup_create(name, &sh->lim, &vp->cg, &ce);
-	if (rc) {
+	struct jail_system sys = { 0 };
+	int rc = 0;
+	if (disk_fd >= 0 && disk < 0)
+		rc = mitos_err_set(e, -errno, "cannot duplicate the VM's disk descriptor: %s", strerror(errno));
+	if (!rc && jail)
+		rc = jail_system_open(&sys, e);
+	if (!rc && (rc = cgroup_create(name, &sh->lim, &vp->cg, &ce)))
 		mitos_err_set(e, rc, "cannot create the VM's cgroup: %s", strerror(-rc));
+	if (rc) {
+		jail_system_close(&sys);
 		close(logfd);
 		if (nullfd >= 0)
 			close(nullfd);
@@ -198,8 +206,9 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 	long pid = cgroup_clone(&ce, K.ns ? CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
 				CLONE_NEWNET : 0, &pidfd);
 	if (pid == 0)
-		vm_child(av, logfd, nullfd, disk, &ce, jail);
+		vm_child(av, logfd, nullfd, disk, &ce, jail, &sys);
 	int clone_errno = errno;
+	jail_system_close(&sys);
 	close(logfd);
 	if (nullfd >= 0)
 		close(nullfd);

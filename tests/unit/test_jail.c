@@ -26,7 +26,7 @@
 #include "api/engines/kvm_jail.h"
 
 extern char **environ;
-static const char *vmm_path;
+static const char *vmm_path, *static_path;
 
 static char T[128];
 static char path_ro[256], path_rw[256], path_secret[256], path_late[256], mnt[256];
@@ -137,11 +137,11 @@ static long clone_into_namespaces(int *pidfd)
 	return pid;
 }
 
-static void jailed(const struct jail *j)
+static void jailed(const struct jail *j, const struct jail_system *sys)
 {
 	if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		_exit(2);
-	jail_enter(j);
+	jail_enter(j, sys);
 	char p[300];
 	expect(getuid() == j->uid && geteuid() == j->uid, "runs as the jail's uid");
 	expect(getgid() == j->gid && getgroups(0, NULL) == 0, "runs as the jail's group and no other");
@@ -170,15 +170,27 @@ static void jailed(const struct jail *j)
 	expect(syscall(SYS_mount, "tmpfs", path_rw, "tmpfs", 0, NULL) < 0 && errno == EPERM, "cannot mount");
 	errno = 0;
 	expect(mkdir("/x", 0755) < 0, "cannot make anything in its root");
+	errno = 0;
+	expect(stat("/bin/sh", &st) < 0 && stat("/usr/share", &st) < 0 && stat("/usr/lib/os-release", &st) < 0,
+	       "has no program or other file of the host's /usr");
+	int sink[2]; /* what it prints (the version) is not read, and fits in the pipe */
+	if (pipe(sink) < 0)
+		_exit(4);
 	pid_t pid = fork();
 	if (pid == 0) {
-		char *argv[] = { "true", NULL }, *envp[] = { NULL };
-		execve("/bin/true", argv, envp);
+		char *argv[] = { "vmm", "--version", NULL }, *envp[] = { NULL };
+		dup2(sink[1], 1);
+		execve(jail_exe(), argv, envp);
 		_exit(99);
 	}
 	int wst = -1;
 	waitpid(pid, &wst, 0);
-	expect(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "execs a dynamically linked program from /usr");
+	close(sink[0]);
+	close(sink[1]);
+	expect(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "executes the VMM: its loader and libraries are there");
+	snprintf(p, sizeof(p), "%s", jail_exe());
+	errno = 0;
+	expect(open(p, O_WRONLY) < 0 && (errno == EACCES || errno == EROFS), "cannot write the VMM's binary");
 	/* Now serve mounts more into it. */
 	say("waiting");
 	char c;
@@ -217,6 +229,9 @@ START_TEST(jailed_process_has_nothing_else)
 	int out[2], go[2];
 	ck_assert_int_eq(pipe(out), 0);
 	ck_assert_int_eq(pipe(go), 0);
+	struct jail_system sys;
+	struct mitos_err se = { 0 };
+	ck_assert_msg(jail_system_open(&sys, &se) == 0, "%s", se.msg);
 	int pidfd = -1;
 	long pid = clone_into_namespaces(&pidfd);
 	if (pid == 0) {
@@ -224,8 +239,9 @@ START_TEST(jailed_process_has_nothing_else)
 		close(go[1]);
 		out_fd = out[1];
 		go_fd = go[0];
-		jailed(&j);
+		jailed(&j, &sys);
 	}
+	jail_system_close(&sys);
 	close(out[1]);
 	close(go[0]);
 	FILE *f = fdopen(out[0], "r");
@@ -254,8 +270,8 @@ START_TEST(jailed_process_has_nothing_else)
 			jail_new(&more);
 			ck_assert_int_eq(jail_add(&more, path_late, false), 0);
 			ck_assert_int_eq(jail_add(&more, path_secret, false), 0);
-			/* Already in every jail (under /usr, read-only): mounted on as it is. */
-			ck_assert_int_eq(jail_add(&more, "/bin/true", false), 0);
+			/* Already in every jail (the VMM's binary, read-only): left as it is. */
+			ck_assert_int_eq(jail_add(&more, jail_exe(), false), 0);
 			struct mitos_err e = { 0 };
 			ck_assert_msg(jail_bind_more(pidfd, &more, &e) == 0, "%s", e.msg);
 			/* Twice: what is there already is left alone. */
@@ -276,7 +292,7 @@ START_TEST(jailed_process_has_nothing_else)
 	ck_assert_int_eq(waitpid((pid_t)pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the jailed process ended with %d", st);
 	ck_assert(done);
-	ck_assert_int_eq(oks, 16);
+	ck_assert_int_eq(oks, 18);
 	/* Its file on the host is its uid's. */
 	char p[300];
 	snprintf(p, sizeof(p), "%s/mine", path_rw);
@@ -289,6 +305,77 @@ START_TEST(jailed_process_has_nothing_else)
 }
 END_TEST
 
+/* Runs the jail's binary (jail_init'ed) in a jail with arg, its output not read (it
+ * fits in a pipe); bare: exits 3 first if the root holds any /lib64, /usr or /etc. Its
+ * wait status. */
+static int exec_jailed(char *arg, bool bare)
+{
+	struct mitos_err e = { 0 };
+	struct jail j;
+	jail_new(&j);
+	struct jail_system sys;
+	ck_assert_msg(jail_system_open(&sys, &e) == 0, "%s", e.msg);
+	int pidfd = -1;
+	long pid = clone_into_namespaces(&pidfd);
+	if (pid == 0) {
+		if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+			_exit(2);
+		jail_enter(&j, &sys);
+		struct stat st;
+		if (bare && (stat("/lib64", &st) == 0 || stat("/usr", &st) == 0 || stat("/etc", &st) == 0))
+			_exit(3);
+		int sink[2];
+		if (pipe(sink) < 0 || dup2(sink[1], 1) < 0)
+			_exit(4);
+		char *argv[] = { "vmm", arg, NULL }, *envp[] = { NULL };
+		execve(jail_exe(), argv, envp);
+		_exit(99);
+	}
+	jail_system_close(&sys);
+	int st;
+	ck_assert_int_eq(waitpid((pid_t)pid, &st, 0), pid);
+	close(pidfd);
+	return st;
+}
+
+/* A VM runs the binary serve started with, not one replaced on disk since (a package
+ * upgrade renames a new file over the old name): here `true` is started with, and
+ * `false` renamed over it. */
+START_TEST(a_binary_replaced_on_disk_never_reaches_a_vm)
+{
+	if (geteuid() != 0)
+		return;
+	char exe[300], repl[300], cmd[800];
+	snprintf(exe, sizeof(exe), "%s/vmm", T);
+	snprintf(repl, sizeof(repl), "%s/vmm.new", T);
+	snprintf(cmd, sizeof(cmd), "cp /bin/true '%s' && cp /bin/false '%s'", exe, repl);
+	ck_assert_int_eq(system(cmd), 0);
+	struct mitos_err e = { 0 };
+	ck_assert_msg(jail_init(mnt, exe, &e) == 0, "%s", e.msg);
+	ck_assert_int_eq(rename(repl, exe), 0);
+	int st = exec_jailed(NULL, false);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the VM ran the replaced binary (status %d)", st);
+}
+END_TEST
+
+/* A statically linked binary is given alone: no loader, no library. */
+START_TEST(a_static_binary_needs_nothing_else)
+{
+	if (geteuid() != 0 || !static_path)
+		return;
+	struct mitos_err e = { 0 };
+	ck_assert_msg(jail_init(mnt, static_path, &e) == 0, "%s", e.msg);
+	struct jail_system sys;
+	ck_assert_msg(jail_system_open(&sys, &e) == 0, "%s", e.msg);
+	unsigned files = sys.n;
+	jail_system_close(&sys);
+	if (files > 1) /* a sanitized build links the agent dynamically */
+		return;
+	int st = exec_jailed("--help", true);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "ended with %d", st);
+}
+END_TEST
+
 /* serve mounts a restore's files into a VM started a moment ago: the mount must wait
  * until the VM is in its jail, or it lands in the root pivot_root drops. */
 START_TEST(mounts_wait_for_the_jail)
@@ -297,13 +384,16 @@ START_TEST(mounts_wait_for_the_jail)
 		return;
 	struct jail j;
 	jail_new(&j);
+	struct jail_system sys;
+	struct mitos_err se = { 0 };
+	ck_assert_msg(jail_system_open(&sys, &se) == 0, "%s", se.msg);
 	int pidfd = -1;
 	long pid = clone_into_namespaces(&pidfd);
 	if (pid == 0) {
 		if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 			_exit(2);
 		usleep(200000); /* a slow start */
-		jail_enter(&j);
+		jail_enter(&j, &sys);
 		for (int i = 0; i < 500; i++) {
 			char p[300];
 			snprintf(p, sizeof(p), "%s/f", path_late);
@@ -313,6 +403,7 @@ START_TEST(mounts_wait_for_the_jail)
 		}
 		_exit(4);
 	}
+	jail_system_close(&sys);
 	struct jail more;
 	jail_new(&more);
 	ck_assert_int_eq(jail_add(&more, path_late, false), 0);
@@ -465,13 +556,16 @@ START_TEST(the_vmm_starts_in_a_jail)
 	ck_assert_int_eq(jail_give(&j, path_rw), 0);
 	int out[2];
 	ck_assert_int_eq(pipe(out), 0);
+	struct jail_system sys;
+	struct mitos_err se = { 0 };
+	ck_assert_msg(jail_system_open(&sys, &se) == 0, "%s", se.msg);
 	struct clone_args ca = { .flags = CLONE_NEWNS | CLONE_NEWPID, .exit_signal = SIGCHLD };
 	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
 		if (syscall(SYS_mount, NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 			_exit(2);
-		jail_enter(&j);
+		jail_enter(&j, &sys);
 		int null = open("/proc/self/fd/0", O_RDONLY); /* anything but KVM */
 		dup2(out[1], 1);
 		dup2(out[1], 2);
@@ -483,6 +577,7 @@ START_TEST(the_vmm_starts_in_a_jail)
 		dprintf(1, "cannot exec: %s\n", strerror(errno));
 		_exit(98);
 	}
+	jail_system_close(&sys);
 	close(out[1]);
 	char buf[2000];
 	read_to_end(out[0], buf, sizeof(buf));
@@ -496,6 +591,7 @@ END_TEST
 int main(int argc, char **argv)
 {
 	vmm_path = argc > 1 ? argv[1] : NULL;
+	static_path = argc > 2 ? argv[2] : NULL; /* a statically linked program (the agent) */
 	if (geteuid() != 0) {
 		fprintf(stderr, "test_jail: needs root (namespaces, mounts): skipped\n");
 		return 77;
@@ -506,6 +602,8 @@ int main(int argc, char **argv)
 	tcase_set_timeout(tc, 20);
 	tcase_add_test(tc, jailed_process_has_nothing_else);
 	tcase_add_test(tc, mounts_wait_for_the_jail);
+	tcase_add_test(tc, a_binary_replaced_on_disk_never_reaches_a_vm);
+	tcase_add_test(tc, a_static_binary_needs_nothing_else);
 	tcase_add_test(tc, seal_makes_a_snapshot_roots_and_read_only);
 	tcase_add_test(tc, the_vmm_starts_in_a_jail);
 	tcase_add_test(tc, claim_keeps_only_what_it_should);
