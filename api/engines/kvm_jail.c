@@ -54,6 +54,7 @@ static struct {
 } S;
 
 static _Atomic unsigned next_uid;
+static _Atomic bool lease_warned;
 static uint32_t uid_base = JAIL_UID_BASE;
 
 void jail_set_uid_base(uint32_t base)
@@ -620,6 +621,24 @@ int jail_claim(const char *from, const char *to, mode_t type, struct mitos_err *
 	return 0;
 }
 
+/* Whether anything still holds name (in dfd) open for writing: a descriptor, a shared
+ * mapping, a file in an io_uring's table. The kernel grants a read lease only on a file
+ * nobody has open for writing. 0: nobody; -EBUSY: someone; 1: the file system or a
+ * sysctl (fs.leases-enable) refuses leases, so this cannot tell. */
+static int open_for_writing(int dfd, const char *name)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = 0;
+	if (fcntl(fd, F_SETLEASE, F_RDLCK) < 0)
+		r = errno == EAGAIN ? -EBUSY : 1;
+	else
+		fcntl(fd, F_SETLEASE, F_UNLCK);
+	close(fd);
+	return r;
+}
+
 int jail_seal(const char *dir, struct mitos_err *e)
 {
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -630,7 +649,7 @@ int jail_seal(const char *dir, struct mitos_err *e)
 			close(dfd);
 		return rc;
 	}
-	int rc = 0;
+	int rc = 0, w;
 	DIR *d = fdopendir(dup(dfd));
 	struct dirent *de;
 	while (d && !rc && (de = readdir(d))) {
@@ -645,6 +664,16 @@ int jail_seal(const char *dir, struct mitos_err *e)
 		} else if (fchownat(dfd, de->d_name, 0, 0, AT_SYMLINK_NOFOLLOW) < 0 ||
 			   fchmodat(dfd, de->d_name, 0444, 0) < 0) {
 			rc = -errno;
+		} else if ((w = open_for_writing(dfd, de->d_name)) == -EBUSY) {
+			/* Root's and 0444 now, so it cannot be opened for writing again: what
+			 * holds it writable now is all there is, and the VM keeps running. */
+			rc = mitos_err_set(e, -EPERM, "the VM that wrote the snapshot %.300s still holds %.100s open "
+					   "for writing: it is not trusted", dir, de->d_name);
+		} else if (w < 0) {
+			rc = w;
+		} else if (w > 0 && !atomic_exchange(&lease_warned, true)) {
+			fprintf(stderr, "mitos-vmm serve: the file system of %s grants no leases: a VM that kept a "
+				"file of its snapshot open for writing cannot be detected\n", dir);
 		}
 		if (rc && rc != -EPERM)
 			mitos_err_set(e, rc, "cannot seal %.300s/%.100s: %s", dir, de->d_name, strerror(-rc));

@@ -100,7 +100,9 @@ int jail_claim(const char *from, const char *to, mode_t type, struct mitos_err *
 
 /* A snapshot directory a VM wrote becomes root's and read-only to everyone: no VM
  * (this one, or a later one given the same uid) may change what children restore.
- * Everything in it must be a regular file. 0 or -errno with e. */
+ * Everything in it must be a regular file, and no longer open for writing (a VM that
+ * kept a descriptor or a shared mapping of it, and runs on, could change it later):
+ * -EPERM for either. 0 or -errno with e. */
 int jail_seal(const char *dir, struct mitos_err *e);
 
 #endif

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -444,6 +445,60 @@ START_TEST(seal_makes_a_snapshot_roots_and_read_only)
 }
 END_TEST
 
+/* A VM that still holds a file of its snapshot writable after writing it, and runs on,
+ * could change it under children restored later: by a descriptor, or by a shared
+ * mapping of one it closed (which mprotect could make writable). Sealing refuses both. */
+START_TEST(seal_refuses_a_file_still_open_for_writing)
+{
+	if (geteuid() != 0)
+		return;
+	char dir[300], p[400];
+	struct mitos_err e = { 0 };
+	snprintf(dir, sizeof(dir), "%s/layer", T);
+	ck_assert_int_eq(mkdir(dir, 0700), 0);
+	snprintf(p, sizeof(p), "%s/memory", dir);
+	put(p, "pages", 0600);
+	for (int how = 0; how < 2; how++) {
+		int ready[2], done[2];
+		ck_assert_int_eq(pipe(ready), 0);
+		ck_assert_int_eq(pipe(done), 0);
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			int fd = open(p, how ? O_RDWR : O_WRONLY);
+			if (fd < 0)
+				_exit(2);
+			if (how) {
+				if (mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED)
+					_exit(3);
+				close(fd);
+			}
+			char c = 'r';
+			(void)!write(ready[1], &c, 1);
+			(void)!read(done[0], &c, 1);
+			_exit(0);
+		}
+		char c;
+		ck_assert_int_eq(read(ready[0], &c, 1), 1);
+		ck_assert_int_eq(jail_seal(dir, &e), -EPERM);
+		ck_assert_msg(strstr(e.msg, "still holds memory open for writing"), "%s", e.msg);
+		ck_assert_int_eq(write(done[1], "d", 1), 1);
+		int st;
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the writer ended with %d", st);
+		close(ready[0]);
+		close(ready[1]);
+		close(done[0]);
+		close(done[1]);
+	}
+	/* Its writer gone, and a reader left: sealed. */
+	int rd = open(p, O_RDONLY);
+	ck_assert_int_ge(rd, 0);
+	ck_assert_msg(jail_seal(dir, &e) == 0, "%s", e.msg);
+	close(rd);
+}
+END_TEST
+
 /* Without a jail (the default) a VM process stays uid 0; what it execs has no
  * capability all the same. */
 START_TEST(root_without_capabilities_gains_none_by_exec)
@@ -605,6 +660,7 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, a_binary_replaced_on_disk_never_reaches_a_vm);
 	tcase_add_test(tc, a_static_binary_needs_nothing_else);
 	tcase_add_test(tc, seal_makes_a_snapshot_roots_and_read_only);
+	tcase_add_test(tc, seal_refuses_a_file_still_open_for_writing);
 	tcase_add_test(tc, the_vmm_starts_in_a_jail);
 	tcase_add_test(tc, claim_keeps_only_what_it_should);
 	tcase_add_test(tc, uid_range_refuses_root_and_host_users);
