@@ -634,17 +634,29 @@ static int call_blocking(const char *path, uint32_t vsock_port, const char *open
 	return rc;
 }
 
+/* call_blocking, with a message for every failure (connect and timeouts set none). */
+static int call_said(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms, cJSON **end,
+		     struct call_data *cd, struct mitos_err *e)
+{
+	int rc = call_blocking(path, vsock_port, open_json, timeout_ms, end, cd, e);
+	if (rc == -ETIMEDOUT && e && !e->code)
+		mitos_err_set(e, rc, "the agent did not answer within %d ms", timeout_ms);
+	else if (rc && e && !e->code)
+		mitos_err_set(e, rc, "cannot reach the agent through %.300s: %s", path, strerror(-rc));
+	return rc;
+}
+
 int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
 			cJSON **end, struct mitos_err *e)
 {
-	return call_blocking(path, vsock_port, open_json, timeout_ms, end, NULL, e);
+	return call_said(path, vsock_port, open_json, timeout_ms, end, NULL, e);
 }
 
 int agent_call_blocking_data(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
 			     cJSON **end, uint8_t *data, size_t cap, size_t *len, struct mitos_err *e)
 {
 	struct call_data cd = { .p = data, .cap = cap };
-	int rc = call_blocking(path, vsock_port, open_json, timeout_ms, end, &cd, e);
+	int rc = call_said(path, vsock_port, open_json, timeout_ms, end, &cd, e);
 	*len = cd.len;
 	return rc;
 }

@@ -86,7 +86,7 @@ void agent_cancel(struct astream *s);
  * socket when vsock_port is not 0), opens one stream with open_json and waits up to
  * timeout_ms for its END, whose payload *end gets (the caller frees it). DATA is
  * dropped and credited back. -ENOENT, -ECONNREFUSED, -ECONNRESET: nobody answers
- * yet; -ETIMEDOUT; -EPROTO with e saying what was wrong. */
+ * yet; -ETIMEDOUT; -EPROTO: what it sent was wrong. e (may be NULL) says which. */
 int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
 			struct cJSON **end, struct mitos_err *e);
 /* The same, keeping the stream's first cap bytes of DATA in data (*len of them). */

@@ -202,12 +202,37 @@ START_TEST(credit_enforced_both_ways)
 }
 END_TEST
 
+/* The blocking call says why it failed, for the failures it meets before any frame:
+ * nobody listening, and an agent that accepts and never answers. */
+START_TEST(blocking_call_says_why)
+{
+	struct mitos_err e = { 0 };
+	cJSON *end = NULL;
+	snprintf(sock_path, sizeof(sock_path), "/tmp/mitos-ac-%d.sock", (int)getpid());
+	unlink(sock_path);
+	ck_assert_int_eq(agent_call_blocking(sock_path, 0, "{}", 1000, &end, &e), -ENOENT);
+	ck_assert_msg(strstr(e.msg, "cannot reach the agent through") && strstr(e.msg, sock_path), "%s", e.msg);
+	int l = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	strcpy(a.sun_path, sock_path);
+	ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(l, 1), 0);
+	e = (struct mitos_err){ 0 };
+	ck_assert_int_eq(agent_call_blocking(sock_path, 0, "{}", 200, &end, &e), -ETIMEDOUT);
+	ck_assert_msg(strstr(e.msg, "did not answer within 200 ms"), "%s", e.msg);
+	ck_assert_ptr_null(end);
+	close(l);
+	unlink(sock_path);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("agent_client");
 	TCase *tc = tcase_create("credit");
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, credit_enforced_both_ways);
+	tcase_add_test(tc, blocking_call_says_why);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
