@@ -99,6 +99,21 @@ void api_redact_set_token(const char *token)
 
 static const char REDACTED[] = "[REDACTED]";
 
+/* serve's own words after "bearer" in its messages ("requires a bearer token", "send
+ * Authorization: Bearer <token>"): no credential, and redacting them garbled the
+ * message that tells a client what to send. */
+static bool placeholder(const char *p, size_t n)
+{
+	static const char *const words[] = { "token", "<token>" };
+	for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
+		size_t k = strlen(words[w]);
+		if (n >= k && !strncasecmp(p, words[w], k) &&
+		    (n == k || strchr(" .,;:)\"'\r\n", p[k])))
+			return true;
+	}
+	return false;
+}
+
 char *api_redact(const char *s)
 {
 	if (!s)
@@ -122,7 +137,7 @@ char *api_redact(const char *s)
 			i += 7;
 			while (i < n && s[i] == ' ')
 				i++;
-			if (i < n && s[i] != '"' && s[i] != '\'') {
+			if (i < n && s[i] != '"' && s[i] != '\'' && !placeholder(s + i, n - i)) {
 				memcpy(out + o, REDACTED, sizeof(REDACTED) - 1);
 				o += sizeof(REDACTED) - 1;
 				while (i < n && s[i] != ' ' && s[i] != '"' && s[i] != '\'' && s[i] != ',' &&

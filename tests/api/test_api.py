@@ -965,6 +965,11 @@ def t_auth(env):
         s.token = None
         st, r = s.request("GET", "/v1/health")
         eq((st, r["error"]["code"]), (401, "unauthorized"), "no token")
+        # The redaction of bearer words leaves serve's own advice readable.
+        eq(r["error"]["message"], "this server requires a bearer token", "message")
+        assert "Bearer <token> with the token" in r["error"]["remediation"], r
+        st, r = s.request("GET", "/v1/health", headers={"Authorization": "Bearer token"})
+        eq(st, 401, "the word token")
         st, r = s.request("GET", "/v1/health", headers={"Authorization": "Bearer wrong-" + token})
         eq((st, r["error"]["code"]), (401, "unauthorized"), "wrong token")
         st, r = s.request("GET", "/v1/health", headers={"Authorization": "Bearer " + token[:-1]})
