@@ -45,7 +45,7 @@
 static struct {
 	char mnt[JAIL_PLEN];
 	unsigned nsys, nlink;
-	int sysfd; /* serve's directory of what the VMs are given */
+	int sysfd; /* serve's directory of what the VMs are given, while jail_init fills it */
 	struct {
 		char at[JAIL_PLEN]; /* no link in it: mount points are made along it */
 		int fd;             /* O_PATH */
@@ -255,8 +255,6 @@ int jail_init(const char *mountpoint, const char *exe, struct mitos_err *e)
 {
 	for (unsigned i = 0; i < S.nsys; i++)
 		close(S.sys[i].fd);
-	if (S.mnt[0] && S.sysfd >= 0)
-		close(S.sysfd);
 	memset(&S, 0, sizeof(S));
 	S.sysfd = -1;
 	char who[300];
@@ -286,6 +284,10 @@ int jail_init(const char *mountpoint, const char *exe, struct mitos_err *e)
 		rc = add_libraries(real, interp, e);
 	if (!rc && interp[0] && access("/etc/ld.so.cache", R_OK) == 0)
 		rc = add_sys("/etc/ld.so.cache", e);
+	/* The copies are kept open by S.sys[].fd; their directory is not needed again. */
+	if (S.sysfd >= 0)
+		close(S.sysfd);
+	S.sysfd = -1;
 	if (rc)
 		return rc;
 	static const char *const tops[] = { "lib", "lib32", "lib64", "libx32" };

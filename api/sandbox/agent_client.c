@@ -611,11 +611,11 @@ static int call_blocking(const char *path, uint32_t vsock_port, const char *open
 	uint64_t deadline = ur_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
 	int fd = unix_connect_nofollow(path, SOCK_CLOEXEC);
 	if (fd < 0)
-		return fd;
+		return mitos_err_set(e, fd, "cannot reach the agent through %.300s: %s", path, strerror(-fd));
 	struct proto_parser pp;
 	if (proto_parser_init(&pp, PROTO_MAX_PAYLOAD)) {
 		close(fd);
-		return -ENOMEM;
+		return mitos_err_set(e, -ENOMEM, "out of memory");
 	}
 	static const char hello[] = "{\"min_version\":1,\"max_version\":1}";
 	char line[32];
@@ -631,14 +631,7 @@ static int call_blocking(const char *path, uint32_t vsock_port, const char *open
 		rc = call_frames(fd, &pp, deadline, end, cd, e);
 	proto_parser_free(&pp);
 	close(fd);
-	return rc;
-}
-
-/* call_blocking, with a message for every failure (connect and timeouts set none). */
-static int call_said(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms, cJSON **end,
-		     struct call_data *cd, struct mitos_err *e)
-{
-	int rc = call_blocking(path, vsock_port, open_json, timeout_ms, end, cd, e);
+	/* call_frames words what the agent sent wrong; the rest is said here. */
 	if (rc == -ETIMEDOUT && e && !e->code)
 		mitos_err_set(e, rc, "the agent did not answer within %d ms", timeout_ms);
 	else if (rc && e && !e->code)
@@ -649,14 +642,14 @@ static int call_said(const char *path, uint32_t vsock_port, const char *open_jso
 int agent_call_blocking(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
 			cJSON **end, struct mitos_err *e)
 {
-	return call_said(path, vsock_port, open_json, timeout_ms, end, NULL, e);
+	return call_blocking(path, vsock_port, open_json, timeout_ms, end, NULL, e);
 }
 
 int agent_call_blocking_data(const char *path, uint32_t vsock_port, const char *open_json, int timeout_ms,
 			     cJSON **end, uint8_t *data, size_t cap, size_t *len, struct mitos_err *e)
 {
 	struct call_data cd = { .p = data, .cap = cap };
-	int rc = call_said(path, vsock_port, open_json, timeout_ms, end, &cd, e);
+	int rc = call_blocking(path, vsock_port, open_json, timeout_ms, end, &cd, e);
 	*len = cd.len;
 	return rc;
 }
