@@ -10,6 +10,7 @@
 
 #include "api/http/bytebuf.h"
 #include "api/http/http.h"
+#include "api/http/router.h"
 #include "api/http/http_req.h"
 #include "api/http/server.h"
 
@@ -200,7 +201,7 @@ static void answer_early(struct h2_stream *st, int e, const char *msg)
 	struct http_req *r = st->r;
 	st->discard = true;
 	r->early_err = -1;
-	http_reply_error(r, (enum api_err)e, msg ? msg : http_err_text(e), NULL, NULL);
+	router_refuse(r, (enum api_err)e, msg ? msg : http_err_text(e));
 }
 
 static void headers_in(struct h2_stream *st, bool end_stream)

@@ -647,7 +647,7 @@ static void headers_ready(struct conn *c, struct http_req *r)
 void http_req_message_ready(struct http_req *r)
 {
 	if (r->early_err >= 0) {
-		http_reply_error(r, (enum api_err)r->early_err, r->early_msg, NULL, NULL);
+		router_refuse(r, (enum api_err)r->early_err, r->early_msg);
 		return;
 	}
 	if (r->body_streamed) {

@@ -59,6 +59,7 @@ struct http_req {
 	bool headers_done, dispatched, complete, finished;
 	bool body_paused, body_streamed;
 	bool connect_errors;       /* error bodies also carry Connect's code/message */
+	bool connect_stream;       /* a Connect streaming call: refused in its stream */
 	bool abort_on_eof;         /* the client closing means nobody wants the rest */
 	bool raw_in;               /* bytes after the request go to ops->raw (upgrades) */
 	uint64_t content_length;   /* ULLONG_MAX when absent */

@@ -130,6 +130,7 @@ static const struct route *match(struct http_req *r, bool *known_path, bool *has
 		}
 		if (m != HTTP_POST)
 			return NULL;
+		r->connect_stream = rpc_method_streams(meth);
 		if (rpc_method_bidi(meth))
 			return &r_rpc_bidi;
 		return !strcmp(meth, "WriteFile") ? &r_rpc_write : !strcmp(meth, "Upload") ? &r_rpc_upload : &r_rpc;
@@ -186,6 +187,14 @@ void router_headers(struct http_req *r)
 	if (rt->big_body)
 		r->body_limit = srv_cfg.max_file_body;
 	r->body_streamed = rt->stream_body;
+}
+
+void router_refuse(struct http_req *r, enum api_err e, const char *msg)
+{
+	if (r->connect_stream)
+		rpc_stream_refuse(r, e, msg);
+	else
+		http_reply_error(r, e, msg, NULL, NULL);
 }
 
 void router_dispatch(struct http_req *r)

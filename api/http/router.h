@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "api/http/errors.h"
+
 struct http_req;
 
 typedef void (*route_fn)(struct http_req *r);
@@ -21,6 +23,9 @@ struct route {
  * r->early_err (answered once the body has been read and discarded). */
 void router_headers(struct http_req *r);
 void router_dispatch(struct http_req *r);
+/* Answers a request refused before its handler: an HTTP error, or for a Connect
+ * streaming call (as connect-go does) 200 and the error as end of stream. */
+void router_refuse(struct http_req *r, enum api_err e, const char *msg);
 
 /* Checks Authorization against srv_cfg.token in constant time. */
 bool router_authorized(const struct http_req *r);

@@ -4,6 +4,8 @@
 
 #include <stdbool.h>
 
+#include "api/http/errors.h"
+
 struct http_req;
 struct cJSON;
 
@@ -21,6 +23,9 @@ void rest_pause(struct http_req *r);
 void rest_resume(struct http_req *r);
 
 bool rpc_method_known(const char *name);
+/* Server, client and bidi streams: their errors travel in the stream. */
+bool rpc_method_streams(const char *name);
+void rpc_stream_refuse(struct http_req *r, enum api_err e, const char *msg);
 void rpc_dispatch(struct http_req *r);
 /* WriteFile and Upload: client streams, their body read as it comes. */
 void rpc_client_stream(struct http_req *r);

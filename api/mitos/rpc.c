@@ -76,6 +76,12 @@ bool rpc_method_known(const char *name)
 	return rpc_method_find(name) != NULL;
 }
 
+bool rpc_method_streams(const char *name)
+{
+	const struct rpc_method *m = rpc_method_find(name);
+	return m && m->kind != RPC_UNARY;
+}
+
 /* ---- responses ---- */
 
 static void stream_begin(struct rpc_call *c)
@@ -84,14 +90,41 @@ static void stream_begin(struct rpc_call *c)
 		http_stream_start(c->r, 200, "application/connect+json", NULL);
 }
 
+static void write_envelope(struct http_req *r, const char *json, size_t n, uint8_t flags)
+{
+	uint8_t h[CONNECT_ENVELOPE];
+	connect_envelope_header(h, flags, (uint32_t)n);
+	http_stream_write2(r, h, sizeof(h), json, n);
+}
+
 void rpc_stream_msg(struct rpc_call *c, const char *json, size_t n, uint8_t flags)
 {
 	if (!c->r)
 		return;
 	stream_begin(c);
-	uint8_t h[CONNECT_ENVELOPE];
-	connect_envelope_header(h, flags, (uint32_t)n);
-	http_stream_write2(c->r, h, sizeof(h), json, n);
+	write_envelope(c->r, json, n, flags);
+}
+
+/* The end-of-stream message's text: {} after success, else {"error":{...}}. */
+static char *end_of_stream_text(enum api_err e, const char *msg, const char *cause)
+{
+	cJSON *eos = cJSON_CreateObject();
+	if (eos && msg)
+		cJSON_AddItemToObject(eos, "error", api_error_object(e, msg, cause, NULL, 1));
+	char *s = eos ? cJSON_PrintUnformatted(eos) : NULL;
+	cJSON_Delete(eos);
+	return s;
+}
+
+/* connect-go refuses a streaming call in its interceptors, before the handler,
+ * and still answers 200 with the error as the end-of-stream message. */
+void rpc_stream_refuse(struct http_req *r, enum api_err e, const char *msg)
+{
+	char *s = end_of_stream_text(e, msg ? msg : api_err_code(e), NULL);
+	http_stream_start(r, 200, "application/connect+json", NULL);
+	write_envelope(r, s ? s : "{}", s ? strlen(s) : 2, CONNECT_FLAG_END);
+	http_stream_finish(r);
+	free(s);
 }
 
 void rpc_stream_msg_cjson(struct rpc_call *c, cJSON *o)
@@ -132,13 +165,9 @@ void rpc_call_end(struct rpc_call *c, cJSON *unary_result, enum api_err e, const
 	struct http_req *r = c->r;
 	bool failed = msg != NULL;
 	if (r && c->envelopes) {
-		cJSON *eos = cJSON_CreateObject();
-		if (failed)
-			cJSON_AddItemToObject(eos, "error", api_error_object(e, msg, cause, NULL, 1));
-		else if (unary_result)
+		if (!failed && unary_result)
 			rpc_stream_msg_cjson(c, unary_result), unary_result = NULL;
-		char *s = cJSON_PrintUnformatted(eos);
-		cJSON_Delete(eos);
+		char *s = end_of_stream_text(e, msg, cause);
 		rpc_stream_msg(c, s ? s : "{}", s ? strlen(s) : 2, CONNECT_FLAG_END);
 		free(s);
 		http_stream_finish(r);

@@ -234,6 +234,17 @@ def t_bad_ids(s):
     eq((st, r["code"]), (400, "invalid_argument"), "X-Sandbox-Id checked (Connect code)")
     st, r = s.request("POST", "/sandbox.v1.Sandbox/Stat", body="{}", headers={"Content-Type": "application/json"})
     eq((st, r["code"]), (400, "invalid_argument"), "X-Sandbox-Id required")
+    # A streaming call is refused as connect-go's interceptors refuse it: 200, and
+    # the error as the end of the stream (unary calls keep their HTTP status).
+    for sid, what in (("bad id", "checked"), ("", "required")):
+        st, ct, msgs = s.stream("ExecStream", sid, {"command": ["true"]})
+        eq((st, ct, len(msgs), msgs[-1][0]), (200, "application/connect+json", 1, 2),
+           "streaming call, X-Sandbox-Id " + what)
+        eq((msgs[0][1]["error"]["code"], msgs[0][1]["error"]["mitos_code"]),
+           ("invalid_argument", "invalid_input"), "its end-of-stream error, X-Sandbox-Id " + what)
+    st, ct, msgs = s.stream("WriteFile", "bad id", {"path": "/tmp/x"})
+    eq((st, msgs[-1][0], msgs[-1][1]["error"]["code"]), (200, 2, "invalid_argument"),
+       "client-streaming call, bad X-Sandbox-Id")
 
 
 def t_set_timeout_expiry(s):
@@ -968,6 +979,11 @@ def t_auth(env):
         # The redaction of bearer words leaves serve's own advice readable.
         eq(r["error"]["message"], "this server requires a bearer token", "message")
         assert "Bearer <token> with the token" in r["error"]["remediation"], r
+        st, ct, msgs = s.stream("ExecStream", "sb-1", {"command": ["true"]})
+        eq((st, msgs[-1][0], msgs[-1][1]["error"]["code"]), (200, 2, "unauthenticated"),
+           "no token, streaming call: refused in the stream")
+        st, r = s.unary("Stat", "sb-1", {"path": "/"})
+        eq((st, r["code"]), (401, "unauthenticated"), "no token, unary call")
         st, r = s.request("GET", "/v1/health", headers={"Authorization": "Bearer token"})
         eq(st, 401, "the word token")
         st, r = s.request("GET", "/v1/health", headers={"Authorization": "Bearer wrong-" + token})

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/http/http.h"
+#include "api/http/router.h"
 #include "api/http/server.h"
 
 struct server_config srv_cfg;
@@ -43,4 +45,10 @@ void stub_conn_feed(struct conn *c, const uint8_t *p, size_t n)
 	}
 	memcpy(c->pend + c->pend_off + c->pend_len, p, n);
 	c->pend_len += n;
+}
+
+/* The router's refusals: the Connect-stream form is rpc.c's, not the parser's. */
+void router_refuse(struct http_req *r, enum api_err e, const char *msg)
+{
+	http_reply_error(r, e, msg, NULL, NULL);
 }
