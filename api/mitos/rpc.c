@@ -84,10 +84,10 @@ bool rpc_method_streams(const char *name)
 
 /* ---- responses ---- */
 
-static void stream_begin(struct rpc_call *c)
+static void stream_begin(struct http_req *r)
 {
-	if (c->r && !c->r->resp_started)
-		http_stream_start(c->r, 200, "application/connect+json", NULL);
+	if (!r->resp_started)
+		http_stream_start(r, 200, "application/connect+json", NULL);
 }
 
 static void write_envelope(struct http_req *r, const char *json, size_t n, uint8_t flags)
@@ -101,30 +101,30 @@ void rpc_stream_msg(struct rpc_call *c, const char *json, size_t n, uint8_t flag
 {
 	if (!c->r)
 		return;
-	stream_begin(c);
+	stream_begin(c->r);
 	write_envelope(c->r, json, n, flags);
 }
 
-/* The end-of-stream message's text: {} after success, else {"error":{...}}. */
-static char *end_of_stream_text(enum api_err e, const char *msg, const char *cause)
+/* The end-of-stream message, {} after success, else {"error":{...}}, and the
+ * stream's end. */
+static void finish_stream(struct http_req *r, enum api_err e, const char *msg, const char *cause)
 {
 	cJSON *eos = cJSON_CreateObject();
 	if (eos && msg)
 		cJSON_AddItemToObject(eos, "error", api_error_object(e, msg, cause, NULL, 1));
 	char *s = eos ? cJSON_PrintUnformatted(eos) : NULL;
 	cJSON_Delete(eos);
-	return s;
+	stream_begin(r);
+	write_envelope(r, s ? s : "{}", s ? strlen(s) : 2, CONNECT_FLAG_END);
+	http_stream_finish(r);
+	free(s);
 }
 
 /* connect-go refuses a streaming call in its interceptors, before the handler,
  * and still answers 200 with the error as the end-of-stream message. */
 void rpc_stream_refuse(struct http_req *r, enum api_err e, const char *msg)
 {
-	char *s = end_of_stream_text(e, msg ? msg : api_err_code(e), NULL);
-	http_stream_start(r, 200, "application/connect+json", NULL);
-	write_envelope(r, s ? s : "{}", s ? strlen(s) : 2, CONNECT_FLAG_END);
-	http_stream_finish(r);
-	free(s);
+	finish_stream(r, e, msg ? msg : api_err_code(e), NULL);
 }
 
 void rpc_stream_msg_cjson(struct rpc_call *c, cJSON *o)
@@ -167,10 +167,7 @@ void rpc_call_end(struct rpc_call *c, cJSON *unary_result, enum api_err e, const
 	if (r && c->envelopes) {
 		if (!failed && unary_result)
 			rpc_stream_msg_cjson(c, unary_result), unary_result = NULL;
-		char *s = end_of_stream_text(e, msg, cause);
-		rpc_stream_msg(c, s ? s : "{}", s ? strlen(s) : 2, CONNECT_FLAG_END);
-		free(s);
-		http_stream_finish(r);
+		finish_stream(r, e, msg, cause);
 	} else if (r) {
 		if (failed) {
 			cJSON *o = cJSON_CreateObject();
