@@ -20,6 +20,11 @@
 #define LAYOUT_EBDA_GPA         0x9f000ULL
 #define LAYOUT_MP_FLOAT_GPA     0x9fc00ULL
 #define LAYOUT_EBDA_END         0xa0000ULL
+/* ACPI tables (RSDP first, found through boot_params.acpi_rsdp_addr), then the 16-byte
+ * VM generation ID in a page of its own: both in the reserved range under 1 MiB. */
+#define LAYOUT_ACPI_GPA         0xe0000ULL
+#define LAYOUT_ACPI_MAX         0x1000ULL
+#define LAYOUT_VMGENID_GPA      0xe1000ULL
 #define LAYOUT_HIMEM_GPA        0x100000ULL /* first byte of "high" memory: 1 MiB */
 #define LAYOUT_BZIMAGE_LOAD_GPA 0x100000ULL /* protected-mode kernel of a bzImage */
 
@@ -43,6 +48,9 @@
 #define LAYOUT_VIRTIO_MMIO_STRIDE 0x1000ULL
 #define LAYOUT_VIRTIO_IRQ_BASE    5
 #define LAYOUT_VIRTIO_MAX_DEVICES 16  /* IRQ 5..20, under the IOAPIC's 24 pins */
+/* The ACPI Generic Event Device's interrupt: tells a restored guest its generation ID
+ * changed. The IOAPIC's last pin, above every virtio device's. */
+#define LAYOUT_GED_IRQ            23
 
 /* Legacy ports. */
 #define LAYOUT_COM1_PORT        0x3f8

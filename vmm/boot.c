@@ -1,4 +1,5 @@
 #include "boot.h"
+#include "acpi.h"
 #include "lib/layout.h"
 #include "mptable.h"
 
@@ -123,6 +124,7 @@ static void fill_zero_page(struct boot_params *bp, const struct guest_mem *m,
 	bp->ext_ramdisk_image = (uint32_t)(c->initrd_gpa >> 32);
 	bp->hdr.ramdisk_size = (uint32_t)c->initrd_size;
 	bp->ext_ramdisk_size = (uint32_t)(c->initrd_size >> 32);
+	bp->acpi_rsdp_addr = LAYOUT_ACPI_GPA;
 	e820_fill(bp, m);
 }
 
@@ -170,7 +172,7 @@ int boot_write(const struct guest_mem *m, const struct kernel_image *k,
 	int r = check_config(m, k, c, cmdline_len, e);
 	if (r)
 		return r;
-	if ((r = mptable_write(m, c->ncpus, e)))
+	if ((r = mptable_write(m, c->ncpus, e)) || (r = acpi_write(m, e)))
 		return r;
 	if ((r = write_tables(m)))
 		return mitos_err_set(e, r, "boot: cannot write the GDT and page tables");

@@ -1,5 +1,6 @@
 /* The memory a kernel expects at its 64-bit entry (Linux x86 boot protocol): GDT,
- * identity page tables, zero page with the e820 map, command line and MP table. */
+ * identity page tables, zero page with the e820 map, command line, MP table and ACPI
+ * tables (vmm/acpi.h). */
 #ifndef MITOS_BOOT_H
 #define MITOS_BOOT_H
 

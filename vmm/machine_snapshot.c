@@ -2,6 +2,7 @@
  * and restoring it into a prepared VM. */
 #include "machine_internal.h"
 #include "../snapshot/memory_file.h"
+#include "acpi.h"
 #include "device_state.h"
 #include <errno.h>
 #include <limits.h>
@@ -380,6 +381,19 @@ const struct snapshot_config *machine_snapshot_config(struct machine *m, const c
 	return ahead_read(m, dir, e) ? NULL : &m->ahead.sc;
 }
 
+/* Every restore is a clone: a new VM generation ID, and the Generic Event Device's
+ * edge (after the IOAPIC's state is back, which would otherwise drop it) so the guest
+ * reads it before it runs much: Linux then reseeds its RNG (add_vmfork_randomness). */
+static int new_generation(struct machine *m, struct mitos_err *e)
+{
+	int r = acpi_new_generation(&m->mem, e);
+	if (!r && ((r = kvm_vm_irq_line(&m->vm, LAYOUT_GED_IRQ, 1)) ||
+		   (r = kvm_vm_irq_line(&m->vm, LAYOUT_GED_IRQ, 0))))
+		mitos_err_set(e, r, "VM generation ID: KVM_IRQ_LINE %d: %s", LAYOUT_GED_IRQ,
+			      strerror(-r));
+	return r;
+}
+
 int machine_load_snapshot(struct machine *m, const char *dir, const struct machine_config *c,
 			  struct mitos_err *e)
 {
@@ -415,7 +429,7 @@ int machine_load_snapshot(struct machine *m, const char *dir, const struct machi
 	struct vcpu *vcpus[LAYOUT_MAX_VCPUS];
 	vcpu_list(m, vcpus);
 	if ((r = vm_state_restore(&m->vm, vcpus, m->nvcpus, &m->ahead.state, e)) ||
-	    (r = restore_devices(m, &m->ahead.state, e)))
+	    (r = restore_devices(m, &m->ahead.state, e)) || (r = new_generation(m, e)))
 		goto out;
 	machine_phase(m, "restore-state");
 	m->loaded = true;

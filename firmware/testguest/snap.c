@@ -7,6 +7,7 @@
  *     w<c>  put mark <c> in RAM (a page of words derived from it) and on disk sector 100
  *     p     print the RAM mark and check the page still matches it
  *     r     read sector 100 back and print the disk mark
+ *     g     print the VM generation ID (ACPI VMGenID), which every restore must change
  *     b     spin forever writing port 0x80 between short delays, so that a copy restored
  *           from a snapshot of this state exits to the VMM within microseconds (the
  *           fork benchmark times restore to that first exit)
@@ -107,6 +108,9 @@ _Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n)
 				print_ram_mark();
 			} else if (c == 'r') {
 				print_disk_mark();
+			} else if (c == 'g') {
+				const volatile uint64_t *id = (const volatile uint64_t *)LAYOUT_VMGENID_GPA;
+				tg_printf("generation %016lx%016lx\n", id[0], id[1]);
 			} else if (c == 'b') {
 				tg_printf("spinning on port 0x80\n");
 				for (;;) {

@@ -53,6 +53,12 @@ def restore(tmp, snap, name, control=False, extra=()):
     return vm
 
 
+def generation(vm):
+    vm.send("g")
+    m = vm.wait_for(r"generation ([0-9a-f]{32})")
+    return m.group(1) if m else None
+
+
 def snapshot_of(vm, out):
     r = subprocess.run([VMM, "snapshot", "--control", vm.control, "--out", out],
                        capture_output=True, timeout=120)
@@ -73,6 +79,8 @@ def run_cases(tmp):
          "\n".join(parent.seen))
     parent.send("wP")
     case("parent writes its mark", parent.wait_for(r"wrote mark P") is not None)
+    parent_gen = generation(parent)
+    case("parent has a VM generation ID", parent_gen not in (None, "0" * 32), str(parent_gen))
     # Pause, note the last tick printed, snapshot while paused, stop: the child must print
     # exactly the next tick.
     case("pause", parent.call({"cmd": "pause"}).get("ok") is True)
@@ -105,6 +113,9 @@ def run_cases(tmp):
          "\n".join(c.seen))
     c.send("r")
     case("child's disk copy has the parent's mark", c.wait_for(r"disk mark P") is not None)
+    gen = generation(c)
+    case("child has a new VM generation ID", gen is not None and gen != parent_gen,
+         f"parent {parent_gen}, child {gen}")
     c.send("q")
     rc, err = c.finish()
     case("child quits with 0", rc == 0, err)
@@ -147,6 +158,9 @@ def run_cases(tmp):
     top.send("p")
     case("restoring a depth-3 chain sees the newest mark",
          top.wait_for(r"ram mark 3 counter \d+ page ok") is not None, "\n".join(top.seen))
+    gen = generation(top)
+    case("depth-3 child has a new VM generation ID", gen is not None and gen != parent_gen,
+         f"parent {parent_gen}, child {gen}")
     top.send("q")
     rc, err = top.finish()
     case("depth-3 child quits with 0", rc == 0, err)
@@ -155,6 +169,9 @@ def run_cases(tmp):
     # 4. Fifty children of one snapshot at once.
     kids = [restore(tmp, base, f"k{i}") for i in range(50)]
     ticking = sum(1 for k in kids if k.wait_for(r"tick \d+ counter", timeout=120))
+    gens = {generation(k) for k in kids}
+    case("50 children have 50 distinct VM generation IDs, none the parent's",
+         len(gens) == 50 and None not in gens and parent_gen not in gens, f"{len(gens)} distinct")
     for i, k in enumerate(kids):
         k.send("w" + chr(ord("a") + i % 26) + "q")
     codes = [k.finish(timeout=120)[0] for k in kids]

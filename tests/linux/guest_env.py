@@ -21,6 +21,9 @@ import budget  # noqa: E402
 
 # What follows "--" goes to init: the agent finds mitos_kernel.py itself, so this only
 # checks that arguments reach it (mitos-vmm puts its virtio_mmio.device= entries before).
+# What Linux prints when its vmgenid driver sees the VM generation ID change
+# (add_vmfork_randomness): once in every restored child, never in a fresh boot.
+VMFORK_LINE = "crng reseeded due to virtual machine fork"
 ROOT_ARGS = ("root=/dev/vda ro rootfstype=ext4 init=/usr/bin/mitos-agent "
              "-- --python-helper=/usr/share/mitos/mitos_kernel.py")
 

@@ -13,8 +13,10 @@ PARALLEL at a time; each child, after post_fork, computes the same values in two
 threads of the restored IPython kernel at once (so the guest switches between tasks in
 the middle of vector code) and must match the template bit for bit, with no crash.
 Each child also reports /proc/sys/kernel/random/uuid and its wall clock: every uuid
-must differ (the guest RNG is reseeded before the sandbox is ready) and the clock must
-be within 50 ms of the host's around that first run_code.
+must differ (the guest RNG is reseeded before the sandbox is ready), the clock must
+be within 50 ms of the host's around that first run_code, and its kernel must have
+reseeded once for a VM fork (the new VM generation ID; not on the pvm kernel, which
+has no ACPI).
 
 Exits 77 where test_linux_guest.py does (no /dev/kvm, sanitizer build, no kernel
 source), and on emulation-only KVM, where the pvm guest still lets vector registers
@@ -35,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "tools", "pylib"))
 from agent_client import AgentError, entropy  # noqa: E402
-from guest_env import ROOT_ARGS, Env, Skip, main_value  # noqa: E402
+from guest_env import ROOT_ARGS, VMFORK_LINE, Env, Skip, main_value  # noqa: E402
 from mitosvm import Cases  # noqa: E402
 
 ROUNDS = int(os.environ.get("MITOS_STRESS_ROUNDS", "5"))
@@ -102,9 +104,11 @@ repr(mitos_topo)
 CHECK = """
 mitos_t = time.time_ns()
 mitos_uuid = open('/proc/sys/kernel/random/uuid').read().strip()
+import subprocess
+mitos_vmfork = subprocess.run(['dmesg'], capture_output=True, text=True).stdout.count(%r)
 json.dumps({"time_ns": mitos_t, "uuid": mitos_uuid, "cpus": len(os.sched_getaffinity(0)),
-            "threads": mitos_threads(2)})
-"""
+            "threads": mitos_threads(2), "vmfork": mitos_vmfork})
+""" % VMFORK_LINE
 
 
 def main():
@@ -115,8 +119,9 @@ def main():
     return case.finish()
 
 
-def child(tmp, snap, name, reference):
-    """One child: a list of problems (empty when it matched), its uuid, its clock skew."""
+def child(tmp, snap, name, reference, vmforks):
+    """One child: a list of problems (empty when it matched), its uuid, its clock skew.
+    vmforks: how often its kernel must say it reseeded for a VM fork (0: no ACPI)."""
     vm, a, t_ready = env.restore_child(tmp, snap, name)
     problems = []
     uuid = skew = None
@@ -136,6 +141,8 @@ def child(tmp, snap, name, reference):
             g = got["time_ns"]
             skew = 0 if before - CLOCK_SLACK_NS <= g <= after + CLOCK_SLACK_NS else \
                 min(abs(g - before), abs(g - after))
+            if got["vmfork"] != vmforks:
+                problems.append(f"the kernel reseeded for a VM fork {got['vmfork']} times")
             if got["cpus"] != VCPUS:
                 problems.append(f"{got['cpus']} CPUs online, not {VCPUS}")
             for i, t in enumerate(got["threads"]):
@@ -197,7 +204,7 @@ def run(tmp, kernel, pvm):
     for rnd in range(1, ROUNDS + 1):
         t = time.time()
         with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
-            futures = [pool.submit(child, tmp, snap, f"r{rnd}c{i}", reference)
+            futures = [pool.submit(child, tmp, snap, f"r{rnd}c{i}", reference, 0 if pvm else 1)
                        for i in range(CHILDREN)]
             results = [f.result() for f in futures]
         for name, problems, uuid, skew, t_ready in results:

@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from agent_client import entropy  # noqa: E402
-from guest_env import ROOT_ARGS, Env, main_value  # noqa: E402
+from guest_env import ROOT_ARGS, VMFORK_LINE, Env, main_value  # noqa: E402
 
 env = Env(*sys.argv[1:4])
 log = env.log
@@ -69,6 +69,10 @@ def run_suite(tmp, kernel, pvm):
     case("template: run_code starts IPython and returns a value", main_value(events) == "2",
          f"{events} {end}")
     log(f"template: IPython started and ran a cell in {t_ipython:.1f} s")
+    if not pvm:
+        out, _, _ = p.exec(cmd="ls /sys/bus/acpi/drivers/vmgenid/")
+        case("template: Linux's vmgenid driver has the VMM's VM generation ID device",
+             b"MTOS0001:00" in out.split(), repr(out))
     p.close()
     # Let the guest retire the closed connection, so the snapshot holds a listening agent
     # and nothing half-open.
@@ -90,6 +94,14 @@ def run_suite(tmp, kernel, pvm):
          str(pf))
     pf_b = b.call("post_fork", entropy=entropy(), realtime_ns=time.time_ns())
 
+    if pvm:
+        log("pvm kernel: no ACPI, so no VM generation ID to check")
+    else:
+        # The notification runs in a kernel thread after the interrupt: wait up to 5 s.
+        out, _, _ = a.exec(cmd=f"for i in $(seq 50); do dmesg | grep -q '{VMFORK_LINE}' && break;"
+                               f" sleep 0.1; done; dmesg | grep -c '{VMFORK_LINE}'")
+        case("a child's kernel saw its new VM generation ID and reseeded (vmgenid, ACPI GED)",
+             out.strip() == b"1", repr(out))
     out, errout, end = a.exec(["echo", "hello", "from", "a", "child"])
     case("exec echo: output", out == b"hello from a child\n", repr(out) + repr(errout))
     case("exec echo: exit code 0", end.get("exited") is True and end.get("exit_code") == 0, str(end))

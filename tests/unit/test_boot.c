@@ -1,12 +1,15 @@
-/* boot_write() and mptable_write() on fake guest RAM: zero page, e820 map, command line,
- * identity page tables, GDT against boot_segment(), MP table as Linux parses it. */
+/* boot_write(), mptable_write() and acpi_write() on fake guest RAM: zero page, e820 map,
+ * command line, identity page tables, GDT against boot_segment(), MP table as Linux
+ * parses it, ACPI tables as ACPICA's disassembler reads them. */
 #include "vmm/boot.h"
 #include "lib/layout.h"
+#include "vmm/acpi.h"
 #include "vmm/mptable.h"
 
 #include <asm/e820.h>
 #include <check.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -228,6 +231,8 @@ START_TEST(zero_page_elf_128m)
 	ck_assert_uint_eq(bp.ext_ramdisk_image, 0);
 	ck_assert_uint_eq(bp.ext_ramdisk_size, 0);
 	ck_assert_str_eq((const char *)gpa(&r, LAYOUT_CMDLINE_GPA, LAYOUT_CMDLINE_MAX), cmdline);
+	ck_assert_uint_eq(bp.acpi_rsdp_addr, LAYOUT_ACPI_GPA);
+	ck_assert_mem_eq(gpa(&r, LAYOUT_ACPI_GPA, 8), "RSD PTR ", 8);
 
 	check_e820_sane(&r, &bp);
 	const struct boot_e820_entry want[] = {
@@ -562,6 +567,153 @@ START_TEST(bad_ram_and_initrd)
 }
 END_TEST
 
+
+static uint8_t sum(const uint8_t *p, size_t len)
+{
+	uint8_t s = 0;
+	for (size_t i = 0; i < len; i++)
+		s += p[i];
+	return s;
+}
+
+static uint32_t rd32(struct ram *r, uint64_t addr)
+{
+	uint32_t v;
+	memcpy(&v, gpa(r, addr, 4), 4);
+	return v;
+}
+
+/* A table named by `addr`: its signature, and the checksum over its own length. */
+static uint32_t check_table(struct ram *r, uint64_t addr, const char *sig)
+{
+	ck_assert_mem_eq(gpa(r, addr, 4), sig, 4);
+	uint32_t len = rd32(r, addr + 4);
+	ck_assert_uint_ge(len, 36);
+	ck_assert_uint_eq(sum(gpa(r, addr, len), len), 0);
+	return len;
+}
+
+/* RSDP -> XSDT -> FADT -> DSDT, the way ACPICA walks them, every checksum right; the
+ * FADT hardware-reduced with no FACS; the generation ID non-zero. Returns the DSDT's
+ * address. */
+static uint64_t check_acpi(struct ram *r)
+{
+	const uint8_t *rsdp = gpa(r, LAYOUT_ACPI_GPA, 36);
+	ck_assert_mem_eq(rsdp, "RSD PTR ", 8);
+	ck_assert_uint_eq(sum(rsdp, 20), 0);
+	ck_assert_uint_eq(sum(rsdp, 36), 0);
+	ck_assert_uint_eq(rsdp[15], 2);
+	ck_assert_uint_eq(rd32(r, LAYOUT_ACPI_GPA + 20), 36);
+	uint64_t xsdt = rd64(r, LAYOUT_ACPI_GPA + 24);
+	ck_assert_uint_eq(check_table(r, xsdt, "XSDT"), 36 + 8);
+	uint64_t fadt = rd64(r, xsdt + 36);
+	ck_assert_uint_eq(check_table(r, fadt, "FACP"), 276);
+	ck_assert_uint_eq(*gpa(r, fadt + 8, 1), 6);
+	ck_assert_uint_eq(rd32(r, fadt + 112), 1U << 20);    /* HW_REDUCED_ACPI */
+	ck_assert_uint_eq(rd32(r, fadt + 36), 0);            /* no FACS */
+	ck_assert_uint_eq(rd64(r, fadt + 132), 0);
+	uint64_t dsdt = rd64(r, fadt + 140);
+	ck_assert_uint_eq(rd32(r, fadt + 40), dsdt);
+	check_table(r, dsdt, "DSDT");
+	ck_assert(rd64(r, LAYOUT_VMGENID_GPA) | rd64(r, LAYOUT_VMGENID_GPA + 8));
+	return dsdt;
+}
+
+START_TEST(acpi_tables)
+{
+	struct ram r;
+	ram_new(&r, 128 * MIB);
+	struct mitos_err e = { 0 };
+	struct boot_config c = { .ncpus = 1 };
+	ck_assert_int_eq(boot_write(&r.m, &elf_kernel, &c, &e), 0);
+	check_acpi(&r);
+	ram_free(&r);
+}
+END_TEST
+
+/* Each call draws a new ID; nothing else in the tables moves. */
+START_TEST(acpi_new_generation_changes_only_the_id)
+{
+	struct ram r;
+	ram_new(&r, 128 * MIB);
+	struct mitos_err e = { 0 };
+	ck_assert_int_eq(acpi_write(&r.m, &e), 0);
+	uint8_t tables[LAYOUT_ACPI_MAX], id[ACPI_VMGENID_BYTES];
+	memcpy(tables, gpa(&r, LAYOUT_ACPI_GPA, sizeof(tables)), sizeof(tables));
+	memcpy(id, gpa(&r, LAYOUT_VMGENID_GPA, sizeof(id)), sizeof(id));
+	for (int i = 0; i < 100; i++) {
+		ck_assert_int_eq(acpi_new_generation(&r.m, &e), 0);
+		ck_assert(memcmp(id, gpa(&r, LAYOUT_VMGENID_GPA, sizeof(id)), sizeof(id)) != 0);
+		memcpy(id, gpa(&r, LAYOUT_VMGENID_GPA, sizeof(id)), sizeof(id));
+	}
+	ck_assert_mem_eq(tables, gpa(&r, LAYOUT_ACPI_GPA, sizeof(tables)), sizeof(tables));
+	ram_free(&r);
+}
+END_TEST
+
+START_TEST(acpi_ram_too_small)
+{
+	struct ram r;
+	ram_new(&r, 0x80000);
+	struct mitos_err e = { 0 };
+	ck_assert_int_eq(acpi_write(&r.m, &e), -EFAULT);
+	ck_assert_ptr_nonnull(strstr(e.msg, "ACPI"));
+	ram_free(&r);
+}
+END_TEST
+
+/* ACPICA's own disassembler (iasl, Debian's acpica-tools, installed by tools/setup)
+ * reads the DSDT back: the AML must decode, without errors, into exactly the devices
+ * Linux's vmgenid and GED drivers look for. */
+START_TEST(acpi_dsdt_disassembles)
+{
+	struct ram r;
+	ram_new(&r, 128 * MIB);
+	struct mitos_err e = { 0 };
+	ck_assert_int_eq(acpi_write(&r.m, &e), 0);
+	uint64_t dsdt = check_acpi(&r);
+	char dir[] = "/tmp/mitos-acpi-XXXXXX";
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	char path[128], cmd[512];
+	snprintf(path, sizeof(path), "%s/dsdt.dat", dir);
+	FILE *f = fopen(path, "wb");
+	ck_assert_ptr_nonnull(f);
+	uint32_t len = rd32(&r, dsdt + 4);
+	ck_assert_uint_eq(fwrite(gpa(&r, dsdt, len), 1, len, f), len);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd), "cd %s && iasl -d dsdt.dat > iasl.log 2>&1", dir);
+	int rc = system(cmd);
+	if (rc != 0) {
+		snprintf(cmd, sizeof(cmd), "cat %s/iasl.log >&2; command -v iasl >/dev/null || "
+			 "echo 'iasl is missing: run tools/setup (Debian package acpica-tools)' >&2", dir);
+		ck_assert_int_eq(system(cmd), 0);
+	}
+	ck_assert_int_eq(rc, 0);
+	snprintf(path, sizeof(path), "%s/dsdt.dsl", dir);
+	f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	static char dsl[16384];
+	size_t n = fread(dsl, 1, sizeof(dsl) - 1, f);
+	fclose(f);
+	dsl[n] = 0;
+	char addr[64];
+	snprintf(addr, sizeof(addr), "0x%08llX", LAYOUT_VMGENID_GPA);
+	static const char *const want[] = {
+		"Scope (\\_SB)", "Device (VGEN)", "Name (_CID, \"VM_GEN_COUNTER\")",
+		"Name (ADDR, Package (0x02)", "Device (GED)", "Name (_HID, \"ACPI0013\"",
+		"Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+		"0x00000017,", "Method (_EVT, 1, NotSerialized)", "Notify (\\_SB.VGEN, 0x80)",
+	};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+		ck_assert_msg(strstr(dsl, want[i]), "no \"%s\" in:\n%s", want[i], dsl);
+	ck_assert_msg(strstr(dsl, addr), "no %s in:\n%s", addr, dsl);
+	ck_assert_msg(!strstr(dsl, "Error") && !strstr(dsl, "AE_"), "%s", dsl);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	ck_assert_int_eq(system(cmd), 0);
+	ram_free(&r);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("boot");
@@ -584,6 +736,13 @@ int main(void)
 	tcase_add_loop_test(mp, mptable_cpus, 0, sizeof(mp_counts) / sizeof(mp_counts[0]));
 	tcase_add_test(mp, mptable_bad_counts);
 	suite_add_tcase(s, mp);
+	TCase *acpi = tcase_create("acpi");
+	tcase_set_timeout(acpi, 60);
+	tcase_add_test(acpi, acpi_tables);
+	tcase_add_test(acpi, acpi_new_generation_changes_only_the_id);
+	tcase_add_test(acpi, acpi_ram_too_small);
+	tcase_add_test(acpi, acpi_dsdt_disassembles);
+	suite_add_tcase(s, acpi);
 
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
