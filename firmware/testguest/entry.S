@@ -3,6 +3,22 @@
  * paging off, EBX = hvm_start_info) as QEMU microvm, Firecracker and Cloud Hypervisor
  * boot an uncompressed ELF. Then the interrupt stubs. */
 
+/* From paging off to long mode on the page tables in CR3: PAE, EFER.LME, then CR0.PE
+ * and PG at once. The same text serves the 32-bit PVH entry and the 16-bit AP
+ * trampoline (the assembler adds the operand-size prefixes there). */
+	.macro	long_mode_on
+	movl	%cr4, %eax
+	orl	$0x20, %eax		/* CR4.PAE */
+	movl	%eax, %cr4
+	movl	$0xc0000080, %ecx	/* IA32_EFER */
+	rdmsr
+	orl	$0x100, %eax		/* EFER.LME */
+	wrmsr
+	movl	%cr0, %eax
+	orl	$0x80000001, %eax	/* CR0.PG | CR0.PE */
+	movl	%eax, %cr0
+	.endm
+
 	.section .text.entry, "ax"
 	.code64
 	.globl _start
@@ -44,16 +60,7 @@ pvh_start:
 	movl	%ebx, %esi
 	movl	$pvh_pml4, %eax
 	movl	%eax, %cr3
-	movl	%cr4, %eax
-	orl	$0x20, %eax		/* CR4.PAE */
-	movl	%eax, %cr4
-	movl	$0xc0000080, %ecx	/* IA32_EFER */
-	rdmsr
-	orl	$0x100, %eax		/* EFER.LME */
-	wrmsr
-	movl	%cr0, %eax
-	orl	$0x80000001, %eax	/* CR0.PG | CR0.PE */
-	movl	%eax, %cr0
+	long_mode_on
 	lgdt	pvh_gdt_desc
 	ljmp	$0x08, $pvh_long
 	.code64
@@ -102,6 +109,46 @@ pvh_gdt:
 pvh_gdt_desc:
 	.word	pvh_gdt_desc - pvh_gdt - 1
 	.long	pvh_gdt
+
+/* An application processor's way in (smp.c copies this below 1 MiB, fills ap_params
+ * and sends INIT/SIPI): real mode at CS = copy >> 4, IP 0; straight to long mode on
+ * the caller's page tables (PAE, EFER.LME, then CR0.PE and PG at once), a far jump to
+ * 64-bit code, then the C entry on its own stack. Only CS-relative and RIP-relative
+ * addressing, so the copy runs wherever it lands; the absolute addresses it needs are
+ * in ap_params. */
+	.section .rodata.ap, "a"
+	.globl	ap_trampoline, ap_trampoline_end, ap_gdt, ap_long, ap_params
+	.code16
+ap_trampoline:
+	cli
+	lgdtl	%cs:(ap_params - ap_trampoline)
+	movl	%cs:(ap_params + 12 - ap_trampoline), %eax
+	movl	%eax, %cr3
+	long_mode_on
+	ljmpl	*%cs:(ap_params + 6 - ap_trampoline)
+	.code64
+ap_long:
+	movl	$0x10, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	movl	%eax, %ss
+	movq	ap_params + 16(%rip), %rsp
+	movq	ap_params + 24(%rip), %rax
+	call	*%rax
+1:	cli
+	hlt
+	jmp	1b
+	.p2align 3
+ap_gdt:
+	.quad	0
+	.quad	0x00af9a000000ffff	/* 0x08: 64-bit code */
+	.quad	0x00cf92000000ffff	/* 0x10: data */
+/* struct ap_params (smp.c): GDT limit and base, far pointer to ap_long, CR3, stack,
+ * entry. */
+	.p2align 3
+ap_params:
+	.fill	32, 1, 0
+ap_trampoline_end:
 
 	.text
 /* One 16-byte slot per vector (a stub is at most 2+5+5 bytes), so the IDT code computes

@@ -127,6 +127,11 @@ _Noreturn void tg_snap_run(const struct tg_virtio_dev *devs, unsigned n);
 /* testguest.mode=regs (regs.c): loads every register it can, is snapshotted while it
  * holds them, and checks them all after a 'c' on the serial port. */
 _Noreturn void tg_regs_run(void);
+
+/* smp.c: the CPUs the VMM's MP table lists, and starting one of the others: it runs
+ * fn on stack_top in long mode with interrupts off (fn must not return). */
+unsigned tg_mp_cpus(void);
+void tg_start_ap(uint8_t apic_id, void (*fn)(void), void *stack_top);
 /* The network mode (net.c): answers ARP and ping until the host ends the VM or for
  * testguest.net_seconds=N; reads its own options from the command line cmd. */
 _Noreturn void tg_net_run(const char *cmd, const struct tg_virtio_dev *devs, unsigned n);
