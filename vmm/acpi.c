@@ -11,7 +11,8 @@
 #define RSDP_OFF  0x000
 #define XSDT_OFF  0x040
 #define FADT_OFF  0x080
-#define DSDT_OFF  0x200
+#define MADT_OFF  0x200
+#define DSDT_OFF  0x480
 #define DSDT_MAX  (LAYOUT_ACPI_MAX - DSDT_OFF)
 
 #define FADT_REVISION        6      /* ACPI 6.0: the table is 276 bytes */
@@ -43,8 +44,36 @@ struct rsdp {
 
 struct xsdt {
 	struct acpi_header hdr;
-	uint64_t entry[1];        /* the FADT; the DSDT is found through it */
+	uint64_t entry[2];        /* FADT and MADT; the DSDT is found through the FADT */
 } __attribute__((packed));
+
+/* The CPUs only. Linux forgets the MP table when ACPI has no MADT, and takes the IOAPIC
+ * and its interrupt routing from the MP table when the MADT lists none. */
+#define MADT_REVISION      3
+#define MADT_LAPIC         0
+#define MADT_LAPIC_NMI     4
+#define MADT_ENABLED       1
+#define MADT_ALL_CPUS      0xff
+
+struct madt {
+	struct acpi_header hdr;
+	uint32_t lapic_addr;
+	uint32_t flags;           /* 0: no 8259 pair (a hardware-reduced machine) */
+} __attribute__((packed));
+
+struct madt_lapic {
+	uint8_t type, length, processor_uid, apic_id;
+	uint32_t flags;
+} __attribute__((packed));
+
+struct madt_lapic_nmi {
+	uint8_t type, length, processor_uid;
+	uint16_t flags;           /* 0: the bus's polarity and trigger */
+	uint8_t lint;
+} __attribute__((packed));
+
+#define MADT_SIZE(ncpus) \
+	(sizeof(struct madt) + (ncpus) * sizeof(struct madt_lapic) + sizeof(struct madt_lapic_nmi))
 
 /* Hardware-reduced: no PM timer, SCI, fixed-event or GPE blocks and no FACS, so every
  * field but these stays zero. */
@@ -66,9 +95,12 @@ _Static_assert(sizeof(struct acpi_header) == 36 && sizeof(struct rsdp) == 36 &&
 	       sizeof(struct fadt) == 276 && offsetof(struct fadt, boot_arch) == 109 &&
 	       offsetof(struct fadt, flags) == 112 && offsetof(struct fadt, x_dsdt) == 140,
 	       "ACPI 6.0 table layouts");
+_Static_assert(sizeof(struct madt) == 44 && sizeof(struct madt_lapic) == 8 &&
+	       sizeof(struct madt_lapic_nmi) == 6, "ACPI 6.0 MADT layouts");
 _Static_assert(RSDP_OFF + sizeof(struct rsdp) <= XSDT_OFF &&
 	       XSDT_OFF + sizeof(struct xsdt) <= FADT_OFF &&
-	       FADT_OFF + sizeof(struct fadt) <= DSDT_OFF, "ACPI tables overlap");
+	       FADT_OFF + sizeof(struct fadt) <= MADT_OFF &&
+	       MADT_OFF + MADT_SIZE(LAYOUT_MAX_VCPUS) <= DSDT_OFF, "ACPI tables overlap");
 _Static_assert(LAYOUT_ACPI_GPA + LAYOUT_ACPI_MAX <= LAYOUT_VMGENID_GPA &&
 	       LAYOUT_VMGENID_GPA + ACPI_VMGENID_BYTES <= LAYOUT_HIMEM_GPA &&
 	       LAYOUT_ACPI_GPA >= LAYOUT_EBDA_END,
@@ -241,6 +273,29 @@ static void ged_device(struct aml *a)
 	close_pkg(a, dev);
 }
 
+/* Processor UID and APIC ID i for CPU i, as the MP table numbers them; NMI on every
+ * CPU's LINT1. */
+static size_t build_madt(uint8_t *p, unsigned ncpus)
+{
+	struct madt h = { .lapic_addr = (uint32_t)LAYOUT_LAPIC_GPA };
+	size_t off = sizeof(h);
+	for (unsigned i = 0; i < ncpus; i++) {
+		struct madt_lapic l = { .type = MADT_LAPIC, .length = sizeof(l),
+					.processor_uid = (uint8_t)i, .apic_id = (uint8_t)i,
+					.flags = MADT_ENABLED };
+		memcpy(p + off, &l, sizeof(l));
+		off += sizeof(l);
+	}
+	struct madt_lapic_nmi nmi = { .type = MADT_LAPIC_NMI, .length = sizeof(nmi),
+				      .processor_uid = MADT_ALL_CPUS, .lint = 1 };
+	memcpy(p + off, &nmi, sizeof(nmi));
+	off += sizeof(nmi);
+	header(&h.hdr, "APIC", (uint32_t)off, MADT_REVISION);
+	memcpy(p, &h, sizeof(h));
+	p[offsetof(struct acpi_header, checksum)] = checksum(p, off);
+	return off;
+}
+
 /* The DSDT's definition block: Scope (\_SB_) { VGEN, GED_ }. */
 static size_t build_dsdt(struct aml *a)
 {
@@ -261,8 +316,11 @@ static size_t build_dsdt(struct aml *a)
 	return a->n;
 }
 
-int acpi_write(const struct guest_mem *m, struct mitos_err *e)
+int acpi_write(const struct guest_mem *m, unsigned ncpus, struct mitos_err *e)
 {
+	if (ncpus == 0 || ncpus > LAYOUT_MAX_VCPUS)
+		return mitos_err_set(e, -EINVAL, "ACPI: %u CPUs, must be 1 to %d", ncpus,
+				     LAYOUT_MAX_VCPUS);
 	uint8_t area[LAYOUT_ACPI_MAX] = { 0 };
 	struct aml dsdt = { .n = 0 };
 	size_t dsdt_len = build_dsdt(&dsdt);
@@ -270,6 +328,7 @@ int acpi_write(const struct guest_mem *m, struct mitos_err *e)
 		return mitos_err_set(e, -E2BIG, "ACPI: the DSDT does not fit in %u bytes",
 				     (unsigned)DSDT_MAX);
 	memcpy(area + DSDT_OFF, dsdt.b, dsdt_len);
+	build_madt(area + MADT_OFF, ncpus);
 
 	struct fadt f = {
 		.dsdt = (uint32_t)(LAYOUT_ACPI_GPA + DSDT_OFF),
@@ -282,7 +341,7 @@ int acpi_write(const struct guest_mem *m, struct mitos_err *e)
 	f.hdr.checksum = checksum(&f, sizeof(f));
 	memcpy(area + FADT_OFF, &f, sizeof(f));
 
-	struct xsdt x = { .entry = { LAYOUT_ACPI_GPA + FADT_OFF } };
+	struct xsdt x = { .entry = { LAYOUT_ACPI_GPA + FADT_OFF, LAYOUT_ACPI_GPA + MADT_OFF } };
 	header(&x.hdr, "XSDT", sizeof(x), 1);
 	x.hdr.checksum = checksum(&x, sizeof(x));
 	memcpy(area + XSDT_OFF, &x, sizeof(x));

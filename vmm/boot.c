@@ -172,7 +172,7 @@ int boot_write(const struct guest_mem *m, const struct kernel_image *k,
 	int r = check_config(m, k, c, cmdline_len, e);
 	if (r)
 		return r;
-	if ((r = mptable_write(m, c->ncpus, e)) || (r = acpi_write(m, e)))
+	if ((r = mptable_write(m, c->ncpus, e)) || (r = acpi_write(m, c->ncpus, e)))
 		return r;
 	if ((r = write_tables(m)))
 		return mitos_err_set(e, r, "boot: cannot write the GDT and page tables");

@@ -593,10 +593,40 @@ static uint32_t check_table(struct ram *r, uint64_t addr, const char *sig)
 	return len;
 }
 
-/* RSDP -> XSDT -> FADT -> DSDT, the way ACPICA walks them, every checksum right; the
- * FADT hardware-reduced with no FACS; the generation ID non-zero. Returns the DSDT's
- * address. */
-static uint64_t check_acpi(struct ram *r)
+/* The MADT lists CPUs 0..ncpus-1 (processor UID = APIC ID = index, enabled) and one
+ * LINT1 NMI for all, and no IOAPIC: that stays in the MP table. */
+static void check_madt(struct ram *r, uint64_t madt, unsigned ncpus)
+{
+	uint32_t len = check_table(r, madt, "APIC");
+	ck_assert_uint_eq(rd32(r, madt + 36), LAYOUT_LAPIC_GPA);
+	ck_assert_uint_eq(rd32(r, madt + 40), 0);
+	unsigned cpus = 0, nmis = 0;
+	for (uint64_t a = madt + 44; a < madt + len;) {
+		const uint8_t *e = gpa(r, a, 2);
+		ck_assert_uint_ge(e[1], 2);
+		if (e[0] == 0) {
+			ck_assert_uint_eq(e[1], 8);
+			ck_assert_uint_eq(e[2], cpus);
+			ck_assert_uint_eq(e[3], cpus);
+			ck_assert_uint_eq(rd32(r, a + 4), 1);
+			cpus++;
+		} else {
+			ck_assert_uint_eq(e[0], 4);
+			ck_assert_uint_eq(e[1], 6);
+			ck_assert_uint_eq(e[2], 0xff);
+			ck_assert_uint_eq(e[5], 1);
+			nmis++;
+		}
+		a += e[1];
+	}
+	ck_assert_uint_eq(cpus, ncpus);
+	ck_assert_uint_eq(nmis, 1);
+}
+
+/* RSDP -> XSDT -> FADT -> DSDT and the MADT, the way ACPICA walks them, every checksum
+ * right; the FADT hardware-reduced with no FACS; the generation ID non-zero. Returns
+ * the DSDT's address. */
+static uint64_t check_acpi(struct ram *r, unsigned ncpus)
 {
 	const uint8_t *rsdp = gpa(r, LAYOUT_ACPI_GPA, 36);
 	ck_assert_mem_eq(rsdp, "RSD PTR ", 8);
@@ -605,8 +635,9 @@ static uint64_t check_acpi(struct ram *r)
 	ck_assert_uint_eq(rsdp[15], 2);
 	ck_assert_uint_eq(rd32(r, LAYOUT_ACPI_GPA + 20), 36);
 	uint64_t xsdt = rd64(r, LAYOUT_ACPI_GPA + 24);
-	ck_assert_uint_eq(check_table(r, xsdt, "XSDT"), 36 + 8);
+	ck_assert_uint_eq(check_table(r, xsdt, "XSDT"), 36 + 16);
 	uint64_t fadt = rd64(r, xsdt + 36);
+	check_madt(r, rd64(r, xsdt + 44), ncpus);
 	ck_assert_uint_eq(check_table(r, fadt, "FACP"), 276);
 	ck_assert_uint_eq(*gpa(r, fadt + 8, 1), 6);
 	ck_assert_uint_eq(rd32(r, fadt + 112), 1U << 20);    /* HW_REDUCED_ACPI */
@@ -624,9 +655,13 @@ START_TEST(acpi_tables)
 	struct ram r;
 	ram_new(&r, 128 * MIB);
 	struct mitos_err e = { 0 };
-	struct boot_config c = { .ncpus = 1 };
+	/* A bigger MADT first: a smaller one must not leave its entries behind. */
+	ck_assert_int_eq(acpi_write(&r.m, LAYOUT_MAX_VCPUS, &e), 0);
+	struct boot_config c = { .ncpus = mp_counts[_i] };
 	ck_assert_int_eq(boot_write(&r.m, &elf_kernel, &c, &e), 0);
-	check_acpi(&r);
+	check_acpi(&r, mp_counts[_i]);
+	ck_assert_int_eq(acpi_write(&r.m, 0, &e), -EINVAL);
+	ck_assert_int_eq(acpi_write(&r.m, LAYOUT_MAX_VCPUS + 1, &e), -EINVAL);
 	ram_free(&r);
 }
 END_TEST
@@ -637,7 +672,7 @@ START_TEST(acpi_new_generation_changes_only_the_id)
 	struct ram r;
 	ram_new(&r, 128 * MIB);
 	struct mitos_err e = { 0 };
-	ck_assert_int_eq(acpi_write(&r.m, &e), 0);
+	ck_assert_int_eq(acpi_write(&r.m, 1, &e), 0);
 	uint8_t tables[LAYOUT_ACPI_MAX], id[ACPI_VMGENID_BYTES];
 	memcpy(tables, gpa(&r, LAYOUT_ACPI_GPA, sizeof(tables)), sizeof(tables));
 	memcpy(id, gpa(&r, LAYOUT_VMGENID_GPA, sizeof(id)), sizeof(id));
@@ -656,7 +691,7 @@ START_TEST(acpi_ram_too_small)
 	struct ram r;
 	ram_new(&r, 0x80000);
 	struct mitos_err e = { 0 };
-	ck_assert_int_eq(acpi_write(&r.m, &e), -EFAULT);
+	ck_assert_int_eq(acpi_write(&r.m, 1, &e), -EFAULT);
 	ck_assert_ptr_nonnull(strstr(e.msg, "ACPI"));
 	ram_free(&r);
 }
@@ -670,8 +705,8 @@ START_TEST(acpi_dsdt_disassembles)
 	struct ram r;
 	ram_new(&r, 128 * MIB);
 	struct mitos_err e = { 0 };
-	ck_assert_int_eq(acpi_write(&r.m, &e), 0);
-	uint64_t dsdt = check_acpi(&r);
+	ck_assert_int_eq(acpi_write(&r.m, 1, &e), 0);
+	uint64_t dsdt = check_acpi(&r, 1);
 	char dir[] = "/tmp/mitos-acpi-XXXXXX";
 	ck_assert_ptr_nonnull(mkdtemp(dir));
 	char path[128], cmd[512];
@@ -738,7 +773,7 @@ int main(void)
 	suite_add_tcase(s, mp);
 	TCase *acpi = tcase_create("acpi");
 	tcase_set_timeout(acpi, 60);
-	tcase_add_test(acpi, acpi_tables);
+	tcase_add_loop_test(acpi, acpi_tables, 0, sizeof(mp_counts) / sizeof(mp_counts[0]));
 	tcase_add_test(acpi, acpi_new_generation_changes_only_the_id);
 	tcase_add_test(acpi, acpi_ram_too_small);
 	tcase_add_test(acpi, acpi_dsdt_disassembles);
