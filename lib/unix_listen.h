@@ -5,10 +5,11 @@
 
 #include <stdbool.h>
 
-/* The listening fd (SOCK_NONBLOCK | SOCK_CLOEXEC) or -errno: -ENAMETOOLONG past
- * sun_path, -EEXIST when something that is not a socket is at path (never removed),
- * -EADDRINUSE when a socket is there and replace_stale is false (a socket left by a
- * process that ended is removed first when it is true). */
+/* The listening fd (SOCK_NONBLOCK | SOCK_CLOEXEC) or -errno: -ENAMETOOLONG when path
+ * and one more byte do not fit in sun_path, -EEXIST when something that is not a socket
+ * is at path (never removed), -EADDRINUSE when a socket is there and replace_stale is
+ * false (a socket left by a process that ended is replaced when it is true). path
+ * appears only once the socket listens (it is bound as "path~" and moved there). */
 int unix_listen(const char *path, int backlog, bool replace_stale);
 
 #endif

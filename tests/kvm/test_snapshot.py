@@ -54,7 +54,11 @@ def restore(tmp, snap, name, control=False, extra=()):
 
 
 def generation(vm):
-    vm.send("g")
+    """The VM generation ID the test guest prints, or None (no answer, or it is gone)."""
+    try:
+        vm.send("g")
+    except OSError:
+        return None
     m = vm.wait_for(r"generation ([0-9a-f]{32})")
     return m.group(1) if m else None
 
@@ -169,14 +173,20 @@ def run_cases(tmp):
     # 4. Fifty children of one snapshot at once.
     kids = [restore(tmp, base, f"k{i}") for i in range(50)]
     ticking = sum(1 for k in kids if k.wait_for(r"tick \d+ counter", timeout=120))
-    gens = {generation(k) for k in kids}
+    gens = [generation(k) for k in kids]
     case("50 children have 50 distinct VM generation IDs, none the parent's",
-         len(gens) == 50 and None not in gens and parent_gen not in gens, f"{len(gens)} distinct")
+         len(set(gens)) == 50 and None not in gens and parent_gen not in gens,
+         f"{len(set(gens))} distinct, {gens.count(None)} without an answer")
     for i, k in enumerate(kids):
-        k.send("w" + chr(ord("a") + i % 26) + "q")
-    codes = [k.finish(timeout=120)[0] for k in kids]
+        try:
+            k.send("w" + chr(ord("a") + i % 26) + "q")
+        except OSError:
+            pass
+    ends = [k.finish(timeout=120) for k in kids]
+    codes = [rc for rc, _ in ends]
     case("50 children run at once", ticking == 50 and codes == [0] * 50,
-         f"{ticking} ticking, exit codes {codes}")
+         f"{ticking} ticking, exit codes {codes}; "
+         + "; ".join(f"child {i}: {err.strip()[-300:]}" for i, (rc, err) in enumerate(ends) if rc))
 
     # 5. Prepared VMs armed ahead (`vm --arm`): the armed snapshot, another one, and the
     # armed one rewritten in between all restore what is on disk at the request.
