@@ -1,5 +1,6 @@
 #include "acpi.h"
 #include "lib/layout.h"
+#include "table_checksum.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -105,15 +106,6 @@ _Static_assert(LAYOUT_ACPI_GPA + LAYOUT_ACPI_MAX <= LAYOUT_VMGENID_GPA &&
 	       LAYOUT_VMGENID_GPA + ACPI_VMGENID_BYTES <= LAYOUT_HIMEM_GPA &&
 	       LAYOUT_ACPI_GPA >= LAYOUT_EBDA_END,
 	       "ACPI tables and the generation ID belong in the reserved range under 1 MiB");
-
-static uint8_t checksum(const void *p, size_t len)
-{
-	const uint8_t *b = p;
-	uint8_t sum = 0;
-	for (size_t i = 0; i < len; i++)
-		sum += b[i];
-	return (uint8_t)-sum;
-}
 
 static void header(struct acpi_header *h, const char *sig, uint32_t len, uint8_t rev)
 {
@@ -292,7 +284,7 @@ static size_t build_madt(uint8_t *p, unsigned ncpus)
 	off += sizeof(nmi);
 	header(&h.hdr, "APIC", (uint32_t)off, MADT_REVISION);
 	memcpy(p, &h, sizeof(h));
-	p[offsetof(struct acpi_header, checksum)] = checksum(p, off);
+	p[offsetof(struct acpi_header, checksum)] = table_checksum(p, off);
 	return off;
 }
 
@@ -312,7 +304,7 @@ static size_t build_dsdt(struct aml *a)
 	struct acpi_header h = { 0 };
 	header(&h, "DSDT", (uint32_t)a->n, 2);  /* revision 2: 64-bit integers */
 	memcpy(a->b, &h, sizeof(h));
-	a->b[offsetof(struct acpi_header, checksum)] = checksum(a->b, a->n);
+	a->b[offsetof(struct acpi_header, checksum)] = table_checksum(a->b, a->n);
 	return a->n;
 }
 
@@ -338,20 +330,20 @@ int acpi_write(const struct guest_mem *m, unsigned ncpus, struct mitos_err *e)
 		.hypervisor_id = "MITOSVMM",
 	};
 	header(&f.hdr, "FACP", sizeof(f), FADT_REVISION);
-	f.hdr.checksum = checksum(&f, sizeof(f));
+	f.hdr.checksum = table_checksum(&f, sizeof(f));
 	memcpy(area + FADT_OFF, &f, sizeof(f));
 
 	struct xsdt x = { .entry = { LAYOUT_ACPI_GPA + FADT_OFF, LAYOUT_ACPI_GPA + MADT_OFF } };
 	header(&x.hdr, "XSDT", sizeof(x), 1);
-	x.hdr.checksum = checksum(&x, sizeof(x));
+	x.hdr.checksum = table_checksum(&x, sizeof(x));
 	memcpy(area + XSDT_OFF, &x, sizeof(x));
 
 	struct rsdp p = {
 		.signature = "RSD PTR ", .oem_id = "MITOS ", .revision = 2,
 		.length = sizeof(p), .xsdt_addr = LAYOUT_ACPI_GPA + XSDT_OFF,
 	};
-	p.checksum = checksum(&p, offsetof(struct rsdp, length));
-	p.ext_checksum = checksum(&p, sizeof(p));
+	p.checksum = table_checksum(&p, offsetof(struct rsdp, length));
+	p.ext_checksum = table_checksum(&p, sizeof(p));
 	memcpy(area + RSDP_OFF, &p, sizeof(p));
 
 	int r = guest_mem_write(m, LAYOUT_ACPI_GPA, area, sizeof(area));

@@ -1,5 +1,6 @@
 #include "mptable.h"
 #include "lib/layout.h"
+#include "table_checksum.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -90,14 +91,6 @@ _Static_assert(LAYOUT_EBDA_GPA + MP_CONFIG_SIZE(LAYOUT_MAX_VCPUS) <= LAYOUT_MP_F
 	       LAYOUT_MP_FLOAT_GPA + sizeof(struct mp_float) <= LAYOUT_EBDA_END,
 	       "the MP table for LAYOUT_MAX_VCPUS CPUs must fit in the EBDA");
 
-static uint8_t checksum(const uint8_t *p, size_t len)
-{
-	uint8_t sum = 0;
-	for (size_t i = 0; i < len; i++)
-		sum += p[i];
-	return (uint8_t)-sum;
-}
-
 /* Appends one entry to the config table and counts it. */
 static void put(uint8_t *table, size_t *off, const void *entry, size_t len)
 {
@@ -156,7 +149,7 @@ static size_t build_config(uint8_t *table, unsigned ncpus)
 
 	struct mp_config *cfg = (struct mp_config *)table;
 	cfg->length = (uint16_t)off;
-	cfg->checksum = checksum(table, off);
+	cfg->checksum = table_checksum(table, off);
 	return off;
 }
 
@@ -172,7 +165,7 @@ int mptable_write(const struct guest_mem *m, unsigned ncpus, struct mitos_err *e
 		.signature = "_MP_", .physptr = (uint32_t)LAYOUT_EBDA_GPA,
 		.length = sizeof(fp) / 16, .spec_rev = MP_SPEC_REV,
 	};
-	fp.checksum = checksum((const uint8_t *)&fp, sizeof(fp));
+	fp.checksum = table_checksum(&fp, sizeof(fp));
 	memcpy(ebda + (LAYOUT_MP_FLOAT_GPA - LAYOUT_EBDA_GPA), &fp, sizeof(fp));
 	int r = guest_mem_write(m, LAYOUT_EBDA_GPA, ebda, sizeof(ebda));
 	if (r)
