@@ -267,7 +267,7 @@ static void ged_device(struct aml *a)
 
 /* Processor UID and APIC ID i for CPU i, as the MP table numbers them; NMI on every
  * CPU's LINT1. */
-static size_t build_madt(uint8_t *p, unsigned ncpus)
+static void build_madt(uint8_t *p, unsigned ncpus)
 {
 	struct madt h = { .lapic_addr = (uint32_t)LAYOUT_LAPIC_GPA };
 	size_t off = sizeof(h);
@@ -285,7 +285,6 @@ static size_t build_madt(uint8_t *p, unsigned ncpus)
 	header(&h.hdr, "APIC", (uint32_t)off, MADT_REVISION);
 	memcpy(p, &h, sizeof(h));
 	p[offsetof(struct acpi_header, checksum)] = table_checksum(p, off);
-	return off;
 }
 
 /* The DSDT's definition block: Scope (\_SB_) { VGEN, GED_ }. */
