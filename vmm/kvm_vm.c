@@ -38,6 +38,22 @@ static int get_supported_cpuid(struct kvm_vm *vm, struct mitos_err *e)
 	return 0;
 }
 
+#define CPUID_1_ECX_TSC_DEADLINE (1U << 24)
+
+/* KVM's in-kernel LAPIC has emulated the TSC-deadline timer on every host since Linux
+ * 3.2, but KVM_GET_SUPPORTED_CPUID reports it only from 6.15 on: userspace is meant to
+ * add it on KVM_CAP_TSC_DEADLINE_TIMER (QEMU does). Without the bit KVM also refuses
+ * the LVT timer's TSC-deadline mode: guests are left the one-shot timer, and a guest
+ * that arms the deadline MSR anyway gets no interrupt. */
+static void add_tsc_deadline(struct kvm_vm *vm)
+{
+	if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) <= 0)
+		return;
+	for (uint32_t i = 0; i < vm->supported_cpuid->nent; i++)
+		if (vm->supported_cpuid->entries[i].function == 1)
+			vm->supported_cpuid->entries[i].ecx |= CPUID_1_ECX_TSC_DEADLINE;
+}
+
 static int get_msr_index_list(struct kvm_vm *vm, struct mitos_err *e)
 {
 	struct kvm_msr_list probe = { .nmsrs = 0 };
@@ -138,6 +154,7 @@ int kvm_vm_create(struct kvm_vm *vm, int kvm_fd, struct mitos_err *e)
 	}
 	if ((r = get_supported_cpuid(vm, e)) || (r = get_msr_index_list(vm, e)))
 		goto fail;
+	add_tsc_deadline(vm);
 	return 0;
 fail:
 	kvm_vm_destroy(vm);

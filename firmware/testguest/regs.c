@@ -382,8 +382,17 @@ static void check_vector_state(unsigned cpu, bool xsave)
 			    xs_load + YMM_HI_OFFSET + 16 * i, 16);
 }
 
+static uint32_t cpuid1_ecx(void)
+{
+	uint32_t a = 1, b, c = 0, d;
+	__asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+	return c;
+}
+
 static void check_timer_and_pending(uint64_t tsc_before, uint64_t deadline)
 {
+	/* CPUID.1:ECX[24]: without it KVM keeps the LVT timer out of TSC-deadline mode. */
+	check("cpuid offers the tsc deadline timer", (cpuid1_ecx() >> 24) & 1, 1);
 	uint64_t now = rdtsc();
 	check("tsc not behind its value before the snapshot", now >= tsc_before, 1);
 	/* Armed, or expired (the MSR reads 0) with its interrupt delivered or waiting for
@@ -412,8 +421,7 @@ static void check_timer_and_pending(uint64_t tsc_before, uint64_t deadline)
 /* CPUID.1:ECX: XSAVE (26) and AVX (28). */
 static bool cpu_has_xsave_avx(void)
 {
-	uint32_t a = 1, b, c = 0, d;
-	__asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+	uint32_t c = cpuid1_ecx();
 	return (c & (1u << 26)) && (c & (1u << 28));
 }
 
