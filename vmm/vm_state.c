@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <x86intrin.h>
 
+#define MSR_IA32_TSC     0x10
 #define KVM_PV_MSR_FIRST 0x4b564d00
 #define KVM_PV_MSR_LAST  0x4b564d07
 #define MAX_CPUID_ENTRIES 256
@@ -125,17 +127,20 @@ static int save_msrs(struct vcpu *v, const struct msr_set *s, struct state_write
 	return r;
 }
 
-static int restore_msrs(struct vcpu *v, const struct state_blob *sb, struct mitos_err *e)
+/* with_tsc false: MSR_IA32_TSC stays out (its offset is set already, set_tsc_offset). */
+static int restore_msrs(struct vcpu *v, const struct state_blob *sb, bool with_tsc,
+			struct mitos_err *e)
 {
 	size_t len;
-	const void *p = state_find(sb, SS_VCPU_MSRS, v->id, &len);
+	const struct kvm_msr_entry *p = state_find(sb, SS_VCPU_MSRS, v->id, &len);
 	if (!p || len % sizeof(struct kvm_msr_entry) || len / sizeof(struct kvm_msr_entry) > MAX_MSRS)
 		return mitos_err_set(e, -EINVAL, "state file: vCPU %u MSRs missing or malformed", v->id);
 	struct msrs_buf *b = calloc(1, sizeof(*b));
 	if (!b)
 		return mitos_err_set(e, -ENOMEM, "out of memory");
-	b->hdr.nmsrs = (uint32_t)(len / sizeof(struct kvm_msr_entry));
-	memcpy(b->e, p, len);
+	for (size_t i = 0; i < len / sizeof(*p); i++)
+		if (with_tsc || p[i].index != MSR_IA32_TSC)
+			b->e[b->hdr.nmsrs++] = p[i];
 	int set = ioctl(v->fd, KVM_SET_MSRS, b);
 	int r = 0;
 	if (set < 0 || (uint32_t)set != b->hdr.nmsrs)
@@ -145,6 +150,34 @@ static int restore_msrs(struct vcpu *v, const struct state_blob *sb, struct mito
 				  set, b->hdr.nmsrs);
 	free(b);
 	return r;
+}
+
+/* vCPU 0's TSC in the state (every vCPU shared one offset in the parent). */
+static bool saved_tsc(const struct state_blob *b, uint64_t *tsc)
+{
+	size_t len;
+	const struct kvm_msr_entry *m = state_find(b, SS_VCPU_MSRS, 0, &len);
+	for (size_t i = 0; m && i < len / sizeof(*m); i++)
+		if (m[i].index == MSR_IA32_TSC) {
+			*tsc = m[i].data;
+			return true;
+		}
+	return false;
+}
+
+/* KVM takes a host write of MSR_IA32_TSC that lands within a second of the TSC it
+ * expects as an attempt to line vCPUs up, and keeps the offset it had instead. A new
+ * vCPU's TSC starts at 0, so a snapshot taken in the guest's first second came back with
+ * its TSC near 0: behind the value before the snapshot and behind any TSC deadline the
+ * guest had armed (measured: the register test's children). KVM_VCPU_TSC_OFFSET (Linux
+ * 5.16) sets the offset as given, the same for every vCPU. False where KVM lacks it;
+ * the MSR write is then the only way. */
+static bool set_tsc_offset(struct vcpu *v, int64_t offset)
+{
+	struct kvm_device_attr a = {
+		.group = KVM_VCPU_TSC_CTRL, .attr = KVM_VCPU_TSC_OFFSET, .addr = (uintptr_t)&offset,
+	};
+	return ioctl(v->fd, KVM_HAS_DEVICE_ATTR, &a) == 0 && ioctl(v->fd, KVM_SET_DEVICE_ATTR, &a) == 0;
 }
 
 static int save_cpuid(struct vcpu *v, struct state_writer *w, struct mitos_err *e)
@@ -264,6 +297,10 @@ int vm_state_restore(struct kvm_vm *vm, struct vcpu *const *vcpus, unsigned n,
 	if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &u.clock) < 0)
 		return mitos_err_set(e, -errno, "KVM_SET_CLOCK: %s", strerror(errno));
 
+	uint64_t tsc = 0;
+	bool have_tsc = saved_tsc(b, &tsc);
+	/* From here the guest's TSC runs on from its saved value as the host's runs. */
+	int64_t tsc_offset = (int64_t)(tsc - __rdtsc());
 	for (unsigned c = 0; c < n; c++) {
 		struct vcpu *v = vcpus[c];
 		if ((r = restore_cpuid(v, b, e)))
@@ -272,7 +309,10 @@ int vm_state_restore(struct kvm_vm *vm, struct vcpu *const *vcpus, unsigned n,
 			const struct vcpu_item *it = &vcpu_items[i];
 			if (!item_applies(vm, it))
 				continue;
-			if (it->section == MSRS_BEFORE && (r = restore_msrs(v, b, e)))
+			/* The offset before the MSRs: the TSC deadline among them is armed
+			 * against the TSC as it is then. */
+			if (it->section == MSRS_BEFORE &&
+			    (r = restore_msrs(v, b, !(have_tsc && set_tsc_offset(v, tsc_offset)), e)))
 				return r;
 			if ((r = state_get(b, it->name, it->section, v->id, u.raw, it->size, e)))
 				return r;
