@@ -24,7 +24,6 @@
 #define APIC_MODE_NMI      0x4
 #define APIC_MODE_EXTINT   0x7
 
-#define MSR_IA32_TSC            0x10
 #define MSR_IA32_SYSENTER_CS    0x174
 #define MSR_IA32_SYSENTER_ESP   0x175
 #define MSR_IA32_SYSENTER_EIP   0x176

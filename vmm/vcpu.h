@@ -9,6 +9,9 @@
 #include "lib/error.h"
 #include "kvm_vm.h"
 
+/* Set to 0 at boot (vcpu.c); left out of a restore's MSR write (vm_state.c). */
+#define MSR_IA32_TSC 0x10
+
 struct vcpu {
 	unsigned id;
 	int fd;

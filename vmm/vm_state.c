@@ -6,7 +6,6 @@
 #include <sys/ioctl.h>
 #include <x86intrin.h>
 
-#define MSR_IA32_TSC     0x10
 #define KVM_PV_MSR_FIRST 0x4b564d00
 #define KVM_PV_MSR_LAST  0x4b564d07
 #define MAX_CPUID_ENTRIES 256
@@ -170,14 +169,15 @@ static bool saved_tsc(const struct state_blob *b, uint64_t *tsc)
  * vCPU's TSC starts at 0, so a snapshot taken in the guest's first second came back with
  * its TSC near 0: behind the value before the snapshot and behind any TSC deadline the
  * guest had armed (measured: the register test's children). KVM_VCPU_TSC_OFFSET (Linux
- * 5.16) sets the offset as given, the same for every vCPU. False where KVM lacks it;
- * the MSR write is then the only way. */
+ * 5.16) sets the offset as given, the same for every vCPU. False where KVM lacks it
+ * (ENXIO; no separate KVM_HAS_DEVICE_ATTR on the restore path): the MSR write is then
+ * the only way. */
 static bool set_tsc_offset(struct vcpu *v, int64_t offset)
 {
 	struct kvm_device_attr a = {
 		.group = KVM_VCPU_TSC_CTRL, .attr = KVM_VCPU_TSC_OFFSET, .addr = (uintptr_t)&offset,
 	};
-	return ioctl(v->fd, KVM_HAS_DEVICE_ATTR, &a) == 0 && ioctl(v->fd, KVM_SET_DEVICE_ATTR, &a) == 0;
+	return ioctl(v->fd, KVM_SET_DEVICE_ATTR, &a) == 0;
 }
 
 static int save_cpuid(struct vcpu *v, struct state_writer *w, struct mitos_err *e)
