@@ -280,6 +280,26 @@ static void report_emulation_failure(struct machine *m, struct vcpu *v, struct k
 		     "hardware KVM; `mitos-vmm check` explains" : "");
 }
 
+/* KVM on AMD reinitializes a vCPU that shuts down (its VMCB is undefined after the
+ * intercept), so there the registers read back are the reset state's, not the crash's;
+ * say so rather than name the reset vector as where the guest died. */
+static void report_shutdown(struct machine *m, struct vcpu *v)
+{
+	struct kvm_regs r = { 0 };
+	struct kvm_sregs sr = { 0 };
+	ioctl(v->fd, KVM_GET_REGS, &r);
+	ioctl(v->fd, KVM_GET_SREGS, &sr);
+	if (r.rip == 0xfff0 && sr.cs.base == 0xffff0000)
+		machine_stop(m, MACHINE_END_CRASH, 0,
+			     "vCPU %u: guest triple fault (shutdown); where is unknown: KVM reset the vCPU "
+			     "on it (AMD does), see the guest console", v->id);
+	else
+		machine_stop(m, MACHINE_END_CRASH, 0,
+			     "vCPU %u: guest triple fault (shutdown) near RIP 0x%llx (RSP 0x%llx, CR2 0x%llx)",
+			     v->id, (unsigned long long)r.rip, (unsigned long long)r.rsp,
+			     (unsigned long long)sr.cr2);
+}
+
 static void handle_exit(struct machine *m, struct vcpu *v)
 {
 	struct kvm_run *run = v->run;
@@ -302,14 +322,10 @@ static void handle_exit(struct machine *m, struct vcpu *v)
 		count_exit(m, MEXIT_HLT);
 		machine_stop(m, MACHINE_END_POWEROFF, 0, "vCPU %u halted", v->id);
 		break;
-	case KVM_EXIT_SHUTDOWN: {
+	case KVM_EXIT_SHUTDOWN:
 		count_exit(m, MEXIT_SHUTDOWN);
-		struct kvm_regs r = { 0 };
-		ioctl(v->fd, KVM_GET_REGS, &r);
-		machine_stop(m, MACHINE_END_CRASH, 0, "vCPU %u: guest triple fault (shutdown) near RIP 0x%llx",
-			     v->id, (unsigned long long)r.rip);
+		report_shutdown(m, v);
 		break;
-	}
 	case KVM_EXIT_SYSTEM_EVENT:
 		count_exit(m, MEXIT_SYSTEM_EVENT);
 		if (run->system_event.type == KVM_SYSTEM_EVENT_RESET)

@@ -154,6 +154,8 @@ def child(tmp, snap, name, reference, vmforks):
     rc, err = env.stop(vm)
     if rc != 0:
         problems.append(f"mitos-vmm exit {rc}: {err[-2000:]}")
+    if problems:
+        problems.append("its console ends:\n  " + "\n  ".join(vm.tail(30)))
     return name, problems, uuid, skew, t_ready
 
 

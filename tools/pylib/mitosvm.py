@@ -122,6 +122,12 @@ class VM:
             if line is not None:
                 self.seen.append(line)
 
+    def tail(self, n, timeout=5):
+        """The last n console lines, once the process has closed its console (or after
+        timeout seconds): for a report on a VM that ended."""
+        self.wait_for(r"(?!)", timeout)   # a pattern that never matches: read to the end
+        return self.seen[-n:]
+
     def send(self, text):
         self.p.stdin.write(text.encode())
         self.p.stdin.flush()
