@@ -13,8 +13,6 @@
 #include "api/e2b/internal.h"
 #include "api/http/errors.h"
 #include "api/http/http.h"
-#include "api/http/server.h"
-#include "api/http/uring.h"
 #include "api/sandbox/registry.h"
 
 static struct e2b_sbx *records;
@@ -275,81 +273,15 @@ const char *e2b_agent_code(const char *c)
 
 /* ---- calls ---- */
 
-static struct e2b_call *calls;
-static struct ur_ticker ticker;
-static bool ticker_added;
-
-static void call_tick(struct ur_ticker *t, uint64_t now)
+void *e2b_call_new(struct http_req *r, size_t size, const struct agent_call_vt *vt)
 {
-	(void)t;
-	for (struct e2b_call *c = calls, *next; c; c = next) {
-		next = c->next;
-		if (c->vt->tick)
-			c->vt->tick(c, now);
-	}
-}
-
-void e2b_call_abort(struct http_req *r)
-{
-	struct e2b_call *c = r->ctx;
-	c->r = NULL;
-	r->ctx = NULL;
-	e2b_call_free(c);
-}
-
-void e2b_call_writable(struct http_req *r)
-{
-	struct e2b_call *c = r->ctx;
-	if (c->as)
-		agent_room_changed(c->as);
-}
-
-static const struct http_req_ops plain_ops = { .writable = e2b_call_writable, .abort = e2b_call_abort };
-
-void *e2b_call_new(struct http_req *r, size_t size, const struct e2b_call_vt *vt)
-{
-	struct e2b_call *c = calloc(1, size);
+	struct agent_call *c = calloc(1, size);
 	if (!c) {
 		e2b_reply_err(r, 500, "out of memory");
 		return NULL;
 	}
-	c->r = r;
-	c->vt = vt;
-	r->ctx = c;
-	r->ops = &plain_ops;
-	c->next_ka = ur_now_ms() + srv_cfg.keepalive_ms;
-	c->next = calls;
-	if (calls)
-		calls->prev = c;
-	calls = c;
-	if (!ticker_added) {
-		ticker.fn = call_tick;
-		ur_add_ticker(&ticker);
-		ticker_added = true;
-	}
+	agent_call_start(c, r, vt);
 	return c;
-}
-
-void e2b_call_free(struct e2b_call *c)
-{
-	if (c->prev)
-		c->prev->next = c->next;
-	else if (calls == c)
-		calls = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	if (c->as) {
-		struct astream *as = c->as;
-		c->as = NULL;
-		agent_cancel(as);
-	}
-	if (c->r) {
-		c->r->ctx = NULL;
-		c->r->ops = NULL;
-	}
-	if (c->vt->destroy)
-		c->vt->destroy(c);
-	free(c);
 }
 
 struct agent_conn *e2b_sandbox_agent(const char *id, struct mitos_err *e)
@@ -374,7 +306,7 @@ int e2b_agent_status(enum api_err kind)
 	return kind == AE_NOT_FOUND || kind == AE_SANDBOX_NOT_RUNNING ? 502 : api_err_status(kind);
 }
 
-bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, cJSON *open, const struct astream_ops *ops)
+bool e2b_call_open(struct agent_call *c, struct agent_conn *ac, cJSON *open, const struct astream_ops *ops)
 {
 	char *s = cJSON_PrintUnformatted(open);
 	cJSON_Delete(open);
@@ -385,7 +317,7 @@ bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, cJSON *open, const
 
 size_t e2b_call_room(struct astream *s)
 {
-	const struct e2b_call *c = s->ctx;
+	const struct agent_call *c = s->ctx;
 	/* A reply that is not streamed holds the whole answer until the end anyway. */
 	return c->r && c->r->chunked ? http_stream_room(c->r) : SIZE_MAX;
 }

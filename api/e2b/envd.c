@@ -34,7 +34,7 @@ struct method {
 };
 
 struct envd_call {
-	struct e2b_call base;
+	struct agent_call base;
 	const struct method *m;
 	bool pty;            /* Start with a pty: output is "pty" data */
 	bool watch;          /* WatchDir: other message shapes */
@@ -109,7 +109,7 @@ static void call_end(struct envd_call *c, cJSON *result, const char *code, const
 	struct http_req *r = c->base.r;
 	if (c->base.done || !r) {
 		cJSON_Delete(result);
-		e2b_call_free(&c->base);
+		agent_call_free(&c->base);
 		return;
 	}
 	c->base.done = true;
@@ -137,7 +137,7 @@ static void call_end(struct envd_call *c, cJSON *result, const char *code, const
 	} else {
 		handler_reply_cjson(r, 200, result ? result : cJSON_CreateObject());
 	}
-	e2b_call_free(&c->base);
+	agent_call_free(&c->base);
 }
 
 /* An agent END that failed (or a dead connection): ends the call, returns true. */
@@ -168,7 +168,7 @@ static void stream_msg(struct envd_call *c, cJSON *o)
 	e2b_envelope_cjson(r, o);
 }
 
-static void envd_tick(struct e2b_call *b, uint64_t now)
+static void envd_tick(struct agent_call *b, uint64_t now)
 {
 	struct envd_call *c = (struct envd_call *)b;
 	if (b->deadline && now > b->deadline) {
@@ -187,7 +187,7 @@ static void envd_tick(struct e2b_call *b, uint64_t now)
 	}
 }
 
-static void envd_destroy(struct e2b_call *b)
+static void envd_destroy(struct agent_call *b)
 {
 	struct envd_call *c = (struct envd_call *)b;
 	cJSON_Delete(c->entries);
@@ -203,7 +203,7 @@ static void envd_destroy(struct e2b_call *b)
 	free(c->watch_path);
 }
 
-static const struct e2b_call_vt envd_vt = { envd_tick, envd_destroy };
+static const struct agent_call_vt envd_vt = { envd_tick, envd_destroy };
 
 /* ---- request fields ---- */
 
@@ -881,7 +881,7 @@ void e2b_envd_rpc(struct http_req *r)
 		cJSON_Delete(req);
 		c->base.done = true;
 		e2b_reply_err(r, e2b_agent_status(e.kind), "%s", e.msg);
-		e2b_call_free(&c->base);
+		agent_call_free(&c->base);
 		return;
 	}
 	m->start(c, ac, req);

@@ -135,7 +135,7 @@ static void reply_agent_err(struct http_req *r, const cJSON *payload, const char
 /* ---- GET /files ---- */
 
 struct read_call {
-	struct e2b_call base;
+	struct agent_call base;
 };
 
 static void read_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p, size_t n)
@@ -170,11 +170,11 @@ static void read_end(struct astream *s, cJSON *payload, const char *why)
 		http_stream_finish(r);
 	else if (r)
 		http_stream_abort(r); /* a file cut short must not look complete */
-	e2b_call_free(&c->base);
+	agent_call_free(&c->base);
 }
 
 static const struct astream_ops read_ops = { read_data, read_event, read_end, NULL, e2b_call_room };
-static const struct e2b_call_vt read_vt = { NULL, NULL };
+static const struct agent_call_vt read_vt = { NULL, NULL };
 
 static void query_access(const struct http_req *r, struct access *a)
 {
@@ -220,7 +220,7 @@ void e2b_files_get(struct http_req *r)
 	access_free(&a);
 	if (!e2b_call_open(&c->base, ac, open, &read_ops)) {
 		e2b_reply_err(r, 502, "cannot open a stream to the sandbox's agent");
-		e2b_call_free(&c->base);
+		agent_call_free(&c->base);
 	}
 }
 
@@ -241,7 +241,7 @@ struct wfile {
 };
 
 struct upload {
-	struct e2b_call base;
+	struct agent_call base;
 	struct agent_conn *ac;
 	struct access a;
 	bool multipart, gzip, body_done, failed;
@@ -384,7 +384,7 @@ static void wf_close(struct upload *u)
 	u->cur = NULL;
 }
 
-static void upload_destroy(struct e2b_call *b)
+static void upload_destroy(struct agent_call *b)
 {
 	struct upload *u = (struct upload *)b;
 	for (unsigned i = 0; i < u->nfiles; i++) {
@@ -403,7 +403,7 @@ static void upload_destroy(struct e2b_call *b)
 	access_free(&u->a);
 }
 
-static const struct e2b_call_vt upload_vt = { NULL, upload_destroy };
+static const struct agent_call_vt upload_vt = { NULL, upload_destroy };
 
 /* Replies (status 0: a reply was sent already) and frees the upload. */
 static void upload_fail(struct upload *u, int status, const char *msg)
@@ -414,7 +414,7 @@ static void upload_fail(struct upload *u, int status, const char *msg)
 	if (u->base.r && status && !u->failed)
 		e2b_reply_err(u->base.r, status, "%s", msg);
 	u->failed = true;
-	e2b_call_free(&u->base);
+	agent_call_free(&u->base);
 }
 
 static void upload_maybe_done(struct upload *u)
@@ -438,7 +438,7 @@ static void upload_maybe_done(struct upload *u)
 		handler_reply_cjson(u->base.r, 200, a);
 	else
 		cJSON_Delete(a);
-	e2b_call_free(&u->base);
+	agent_call_free(&u->base);
 }
 
 /* filename="..." (or name=) of a part's Content-Disposition. */
@@ -619,7 +619,7 @@ static void upload_body_end(struct http_req *r)
 }
 
 static const struct http_req_ops upload_ops = { .body = upload_body, .body_end = upload_body_end,
-						 .writable = e2b_call_writable, .abort = e2b_call_abort };
+						 .writable = agent_call_writable, .abort = agent_call_abort };
 
 /* boundary=... of a multipart Content-Type (quoted or not). */
 static int boundary_of(const char *ct, char *out, size_t outlen)

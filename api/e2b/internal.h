@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "api/sandbox/agent_call.h"
 #include "api/sandbox/agent_client.h"
 #include "api/sandbox/sandboxes.h"
 
@@ -58,40 +59,19 @@ const char *e2b_agent_code(const char *agent_code);
 
 /* ---- one HTTP request bridged to one agent stream ---- */
 
-struct e2b_call;
-struct e2b_call_vt {
-	void (*tick)(struct e2b_call *c, uint64_t now);  /* deadlines, keepalives */
-	void (*destroy)(struct e2b_call *c);             /* frees what the handler added */
-};
-
-struct e2b_call {
-	struct http_req *r;          /* NULL once the client is gone */
-	struct astream *as;          /* NULL once the agent stream ended */
-	const struct e2b_call_vt *vt;
-	uint64_t deadline;           /* monotonic ms, 0: none */
-	uint64_t next_ka;
-	bool done;
-	struct e2b_call *prev, *next;
-};
-
-/* Allocates size bytes (a struct whose first member is struct e2b_call), links it
+/* Allocates size bytes (a struct whose first member is struct agent_call), links it
  * and makes it r's handler. NULL (and an error reply) when out of memory. */
-void *e2b_call_new(struct http_req *r, size_t size, const struct e2b_call_vt *vt);
+void *e2b_call_new(struct http_req *r, size_t size, const struct agent_call_vt *vt);
 /* The running sandbox's agent, or NULL with e saying why (AE_NOT_FOUND, or
  * AE_SANDBOX_NOT_RUNNING). */
 struct agent_conn *e2b_sandbox_agent(const char *id, struct mitos_err *e);
 /* The HTTP status of envd's answer to a request e2b_sandbox_agent refused. */
 int e2b_agent_status(enum api_err kind);
 /* Opens the agent stream; false when it could not (open is consumed). */
-bool e2b_call_open(struct e2b_call *c, struct agent_conn *ac, struct cJSON *open, const struct astream_ops *ops);
+bool e2b_call_open(struct agent_call *c, struct agent_conn *ac, struct cJSON *open, const struct astream_ops *ops);
 /* The room() of every call's agent stream (s->ctx is the call): what the client
  * takes now, while its reply is streamed. */
 size_t e2b_call_room(struct astream *s);
-/* Cancels the agent stream, detaches from the request, unlinks and frees. */
-void e2b_call_free(struct e2b_call *c);
-/* The http_req_ops every call uses (files.c adds its body callbacks to them). */
-void e2b_call_writable(struct http_req *r);
-void e2b_call_abort(struct http_req *r);
 
 /* Connect envelopes on a started response stream. */
 void e2b_envelope(struct http_req *r, uint8_t flags, const char *json, size_t n);

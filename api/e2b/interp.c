@@ -19,7 +19,7 @@
 #define KEEPALIVE_LINE "{\"type\":\"keepalive\"}\n"
 
 struct exec_call {
-	struct e2b_call base;
+	struct agent_call base;
 	bool bash;
 	bool unary;                /* a /contexts call */
 	char bash_ctx[ID_MAX + 1]; /* bash: the context whose count goes up */
@@ -57,10 +57,10 @@ static void exec_finish(struct exec_call *c, int http_status, const char *msg)
 			http_stream_finish(r);
 	}
 	c->base.done = true;
-	e2b_call_free(&c->base);
+	agent_call_free(&c->base);
 }
 
-static void exec_tick(struct e2b_call *b, uint64_t now)
+static void exec_tick(struct agent_call *b, uint64_t now)
 {
 	struct http_req *r = b->r;
 	if (r && r->resp_started && now >= b->next_ka && http_stream_room(r)) {
@@ -69,12 +69,12 @@ static void exec_tick(struct e2b_call *b, uint64_t now)
 	}
 }
 
-static void exec_destroy(struct e2b_call *b)
+static void exec_destroy(struct agent_call *b)
 {
 	cJSON_Delete(((struct exec_call *)b)->contexts);
 }
 
-static const struct e2b_call_vt exec_vt = { exec_tick, exec_destroy };
+static const struct agent_call_vt exec_vt = { exec_tick, exec_destroy };
 
 /* Bytes of p that end on a whole UTF-8 sequence. */
 static size_t utf8_whole(const uint8_t *p, size_t n)
@@ -392,7 +392,7 @@ static void ctx_end(struct astream *s, cJSON *payload, const char *why)
 		handler_reply_cjson(r, 200, out);
 	else
 		cJSON_Delete(out);
-	e2b_call_free(&c->base);
+	agent_call_free(&c->base);
 }
 
 static const struct astream_ops ctx_ops = { NULL, NULL, ctx_end, NULL, NULL };

@@ -30,12 +30,6 @@
 
 #define UNARY_DEFAULT_DEADLINE_MS 120000u
 
-static struct rpc_call *calls;
-static struct ur_ticker rpc_ticker;
-static bool ticker_added;
-
-static void call_free(struct rpc_call *c);
-
 static const struct rpc_method methods[] = {
 	{ "ExecStream", RPC_SERVER_STREAM, rpc_exec_start, false, NULL },
 	{ "RunCodeStream", RPC_SERVER_STREAM, rpc_run_code_start, false, NULL },
@@ -99,10 +93,10 @@ static void write_envelope(struct http_req *r, const char *json, size_t n, uint8
 
 void rpc_stream_msg(struct rpc_call *c, const char *json, size_t n, uint8_t flags)
 {
-	if (!c->r)
+	if (!c->base.r)
 		return;
-	stream_begin(c->r);
-	write_envelope(c->r, json, n, flags);
+	stream_begin(c->base.r);
+	write_envelope(c->base.r, json, n, flags);
 }
 
 /* The end-of-stream message, {} after success, else {"error":{...}}, and the
@@ -157,12 +151,12 @@ void rpc_data_msg(struct rpc_call *c, const char *key, const uint8_t *p, size_t 
 void rpc_call_end(struct rpc_call *c, cJSON *unary_result, enum api_err e, const char *msg,
 		     const char *cause)
 {
-	if (c->done) {
+	if (c->base.done) {
 		cJSON_Delete(unary_result);
 		return;
 	}
-	c->done = true;
-	struct http_req *r = c->r;
+	c->base.done = true;
+	struct http_req *r = c->base.r;
 	bool failed = msg != NULL;
 	if (r && c->envelopes) {
 		if (!failed && unary_result)
@@ -183,7 +177,7 @@ void rpc_call_end(struct rpc_call *c, cJSON *unary_result, enum api_err e, const
 		}
 	}
 	cJSON_Delete(unary_result);
-	call_free(c);
+	agent_call_free(&c->base);
 }
 
 void rpc_call_fail(struct rpc_call *c, enum api_err e, const char *msg, const char *cause)
@@ -233,113 +227,68 @@ bool rpc_end_failed(struct rpc_call *c, cJSON *payload, const char *why)
 
 /* ---- call lifecycle ---- */
 
-void rpc_call_abort(struct http_req *r)
-{
-	struct rpc_call *c = r->ctx;
-	c->r = NULL;
-	r->ctx = NULL;
-	call_free(c);
-}
-
-void rpc_call_writable(struct http_req *r)
-{
-	struct rpc_call *c = r->ctx;
-	if (c->as)
-		agent_room_changed(c->as);
-}
-
 /* The agent's output goes to the client as it comes: it gets credit back while the
  * client keeps up (or once it is gone and the output is dropped). */
 size_t rpc_call_room(struct astream *s)
 {
 	struct rpc_call *c = s->ctx;
-	return c->r ? http_stream_room(c->r) : SIZE_MAX;
+	return c->base.r ? http_stream_room(c->base.r) : SIZE_MAX;
 }
 
-static const struct http_req_ops call_ops = { .writable = rpc_call_writable, .abort = rpc_call_abort };
-
-static void call_free(struct rpc_call *c)
+static void call_destroy(struct agent_call *b)
 {
-	if (c->prev)
-		c->prev->next = c->next;
-	else if (calls == c)
-		calls = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	if (c->as) {
-		struct astream *as = c->as;
-		c->as = NULL;
-		agent_cancel(as);
-	}
-	if (c->r) {
-		c->r->ctx = NULL;
-		c->r->ops = NULL;
-	}
+	struct rpc_call *c = (struct rpc_call *)b;
 	connect_dec_free(&c->dec);
 	cJSON_Delete(c->entries);
 	free(c->filter);
 	free(c->parent);
 	bytebuf_free(&c->tx);
-	free(c);
 }
 
-static void rpc_tick(struct ur_ticker *t, uint64_t now)
+static void call_tick(struct agent_call *b, uint64_t now)
 {
-	(void)t;
-	for (struct rpc_call *c = calls, *next; c; c = next) {
-		next = c->next;
-		if (c->deadline && now > c->deadline) {
-			rpc_call_fail(c, AE_TIMEOUT, "deadline exceeded", "the call took longer than its timeout");
-			continue;
-		}
-		if (c->envelopes && c->r && c->m->kind == RPC_SERVER_STREAM && now >= c->next_ka) {
-			c->next_ka = now + srv_cfg.keepalive_ms;
-			if (http_stream_room(c->r))
-				rpc_stream_msg(c, "{}", 2, 0);
-		}
+	struct rpc_call *c = (struct rpc_call *)b;
+	if (b->deadline && now > b->deadline) {
+		rpc_call_fail(c, AE_TIMEOUT, "deadline exceeded", "the call took longer than its timeout");
+		return;
+	}
+	if (c->envelopes && b->r && c->m->kind == RPC_SERVER_STREAM && now >= b->next_ka) {
+		b->next_ka = now + srv_cfg.keepalive_ms;
+		if (http_stream_room(b->r))
+			rpc_stream_msg(c, "{}", 2, 0);
 	}
 }
+
+static const struct agent_call_vt call_vt = { call_tick, call_destroy };
 
 struct rpc_call *rpc_call_new(struct http_req *r, const struct rpc_method *m)
 {
 	struct rpc_call *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
-	c->r = r;
 	c->m = m;
-	r->ctx = c;
 	r->abort_on_eof = m->kind == RPC_SERVER_STREAM;
-	r->ops = &call_ops; /* a client stream's entry adds its body callbacks */
+	agent_call_start(&c->base, r, &call_vt);
 	c->started_ms = ur_now_ms();
-	c->next_ka = c->started_ms + srv_cfg.keepalive_ms;
 	uint64_t to = 0;
 	int trc = connect_timeout_ms(http_req_header(r, "connect-timeout-ms"), &to);
 	c->bad_timeout = trc < 0;
 	if (trc == 1)
-		c->deadline = ur_now_ms() + to;
+		c->base.deadline = ur_now_ms() + to;
 	else if (m->kind == RPC_UNARY)
-		c->deadline = ur_now_ms() + UNARY_DEFAULT_DEADLINE_MS;
-	c->next = calls;
-	if (calls)
-		calls->prev = c;
-	calls = c;
-	if (!ticker_added) {
-		rpc_ticker.fn = rpc_tick;
-		ur_add_ticker(&rpc_ticker);
-		ticker_added = true;
-	}
+		c->base.deadline = ur_now_ms() + UNARY_DEFAULT_DEADLINE_MS;
 	return c;
 }
 
 /* The sandbox must exist and run, with its agent connected. */
 struct agent_conn *rpc_call_agent(struct rpc_call *c)
 {
-	struct sandbox *sb = sandbox_find(c->r->sandbox_id);
+	struct sandbox *sb = sandbox_find(c->base.r->sandbox_id);
 	char msg[160];
 	if (!sb) {
 		char end[420];
-		snprintf(msg, sizeof(msg), "no sandbox %s", c->r->sandbox_id);
-		rpc_call_fail(c, AE_NOT_FOUND, msg, sandbox_end_describe(c->r->sandbox_id, end, sizeof(end)) ? NULL : end);
+		snprintf(msg, sizeof(msg), "no sandbox %s", c->base.r->sandbox_id);
+		rpc_call_fail(c, AE_NOT_FOUND, msg, sandbox_end_describe(c->base.r->sandbox_id, end, sizeof(end)) ? NULL : end);
 		return NULL;
 	}
 	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
@@ -365,9 +314,9 @@ bool rpc_call_open(struct rpc_call *c, cJSON *open, const struct astream_ops *op
 		rpc_call_fail(c, AE_INTERNAL, "out of memory", NULL);
 		return false;
 	}
-	c->as = agent_open(ac, s, ops, c);
+	c->base.as = agent_open(ac, s, ops, c);
 	free(s);
-	if (!c->as) {
+	if (!c->base.as) {
 		rpc_call_fail(c, AE_INTERNAL, "cannot open a stream to the sandbox's agent", NULL);
 		return false;
 	}
@@ -393,16 +342,16 @@ int rpc_tx_add_base64(struct rpc_call *c, const char *text, size_t *added)
 
 void rpc_tx_pump(struct rpc_call *c)
 {
-	if (!c->as)
+	if (!c->base.as)
 		return;
-	if (agent_send_buffered(c->as, PROTO_CH_MAIN, &c->tx, c->tx_fin))
+	if (agent_send_buffered(c->base.as, PROTO_CH_MAIN, &c->tx, c->tx_fin))
 		c->tx_fin_sent = true;
 	if (c->tx_fin && !c->tx_fin_sent && !bytebuf_pending(&c->tx)) {
-		agent_send_data(c->as, PROTO_CH_MAIN, true, NULL, 0);
+		agent_send_data(c->base.as, PROTO_CH_MAIN, true, NULL, 0);
 		c->tx_fin_sent = true;
 	}
-	if (c->r && c->r->body_paused && bytebuf_pending(&c->tx) < TX_PAUSE_BODY / 4)
-		http_req_resume_body(c->r);
+	if (c->base.r && c->base.r->body_paused && bytebuf_pending(&c->tx) < TX_PAUSE_BODY / 4)
+		http_req_resume_body(c->base.r);
 }
 
 void rpc_as_writable(struct astream *s)
@@ -413,7 +362,7 @@ void rpc_as_writable(struct astream *s)
 void rpc_stream_body(struct http_req *r, const uint8_t *p, size_t n, rpc_msg_fn on_msg)
 {
 	struct rpc_call *c = r->ctx;
-	if (!c || c->done)
+	if (!c || c->base.done)
 		return;
 	while (n) {
 		uint8_t flags;

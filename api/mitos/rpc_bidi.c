@@ -56,7 +56,7 @@ static void pf_event(struct astream *s, cJSON *ev)
 static void pf_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (!c->pf_connected) {
 		const char *m = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(payload, "error"), "message"));
 		char msg[300];
@@ -145,7 +145,7 @@ static int bidi_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 			return bidi_fail(c, m, bad);
 		}
 		c->bidi_opened = true;
-		struct http_req *r = c->r;
+		struct http_req *r = c->base.r;
 		if (is(c, "Exec"))
 			rpc_exec_open_interactive(c, open);
 		else if (is(c, "RunCode"))
@@ -167,11 +167,11 @@ static int bidi_message(struct rpc_call *c, const uint8_t *msg, size_t len)
 	const cJSON *end = cJSON_GetObjectItemCaseSensitive(m, is(c, "Exec") ? "stdinClose" : "close");
 	if (in && take_bytes(c, m, in, is(c, "Exec") ? "stdin" : "data"))
 		return -EINVAL;
-	if (rs && is(c, "Exec") && c->as) {
+	if (rs && is(c, "Exec") && c->base.as) {
 		char ev[PTY_RESIZE_EVENT_MAX];
 		if (!pty_resize_event(rs, ev))
 			return bidi_fail(c, m, "resize cols and rows are from 1 to 1000");
-		agent_send_event(c->as, ev);
+		agent_send_event(c->base.as, ev);
 	}
 	if (cJSON_IsTrue(end))
 		close_input(c);
@@ -191,7 +191,7 @@ static void bidi_body(struct http_req *r, const uint8_t *p, size_t n)
 static void bidi_body_end(struct http_req *r)
 {
 	struct rpc_call *c = r->ctx;
-	if (!c || c->done)
+	if (!c || c->base.done)
 		return;
 	char what[120];
 	snprintf(what, sizeof(what), "%s stream closed before the opening message: the first message must carry "
@@ -201,7 +201,7 @@ static void bidi_body_end(struct http_req *r)
 }
 
 static const struct http_req_ops bidi_ops = { .body = bidi_body, .body_end = bidi_body_end,
-					      .writable = rpc_call_writable, .abort = rpc_call_abort };
+					      .writable = agent_call_writable, .abort = agent_call_abort };
 
 bool rpc_method_bidi(const char *name)
 {

@@ -13,6 +13,7 @@
 #include "api/http/bytebuf.h"
 #include "api/http/connect.h"
 #include "api/http/errors.h"
+#include "api/sandbox/agent_call.h"
 #include "api/sandbox/agent_client.h"
 
 #define TX_PAUSE_BODY (1u << 20) /* buffered upload bytes above which we stop reading */
@@ -32,14 +33,10 @@ struct rpc_method {
 };
 
 struct rpc_call {
-	struct http_req *r;
-	struct astream *as;
+	struct agent_call base;
 	const struct rpc_method *m;
 	bool envelopes;        /* response is application/connect+json */
-	bool done;
 	bool bad_timeout;      /* a malformed Connect-Timeout-Ms: refused before anything */
-	uint64_t deadline;     /* monotonic ms, 0: none */
-	uint64_t next_ka;
 	struct bytebuf tx;     /* bytes for the agent waiting for credit */
 	bool tx_fin, tx_fin_sent;
 	uint64_t started_ms;   /* monotonic, for execTimeMs */
@@ -55,14 +52,11 @@ struct rpc_call {
 	uint64_t cpu_usec, cpu_at_ms;
 	/* bidirectional streams */
 	bool bidi_opened, pf_connected;
-	struct rpc_call *prev, *next;
 };
 
 /* ---- a call's life (rpc.c) ---- */
 struct rpc_call *rpc_call_new(struct http_req *r, const struct rpc_method *m);
 const struct rpc_method *rpc_method_find(const char *name);
-void rpc_call_writable(struct http_req *r);
-void rpc_call_abort(struct http_req *r);
 /* The sandbox must exist and run, with its agent connected; else the call fails. */
 struct agent_conn *rpc_call_agent(struct rpc_call *c);
 /* Opens the agent stream (takes open). False when the call failed (and is freed). */

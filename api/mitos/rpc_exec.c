@@ -31,8 +31,8 @@ static bool req_timeout(struct rpc_call *c, const cJSON *req, double *secs)
 		return false;
 	}
 	*secs = raw;
-	if (*secs > 0 && !c->deadline)
-		c->deadline = ur_now_ms() + (uint64_t)(*secs * 1000) + 10000; /* a backstop behind the agent's kill */
+	if (*secs > 0 && !c->base.deadline)
+		c->base.deadline = ur_now_ms() + (uint64_t)(*secs * 1000) + 10000; /* a backstop behind the agent's kill */
 	return true;
 }
 
@@ -85,7 +85,7 @@ static void exit_msg(struct rpc_call *c, int code, const char *error)
 static void exec_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (!payload) {
 		rpc_call_fail(c, AE_SANDBOX_NOT_RUNNING, "the sandbox stopped during the call", why);
 		return;
@@ -275,7 +275,7 @@ static void code_event(struct astream *s, cJSON *ev)
 static void code_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (rpc_end_failed(c, payload, why))
 		return;
 	/* exitCode is a oneof member: protojson writes it even when 0. */

@@ -49,7 +49,7 @@ static void read_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 static void read_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (rpc_end_failed(c, payload, why))
 		return;
 	rpc_call_end(c, NULL, 0, NULL, NULL);
@@ -89,7 +89,7 @@ static int by_name(const void *a, const void *b)
 static void list_file_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (rpc_end_failed(c, payload, why))
 		return;
 	cJSON *o = cJSON_CreateObject();
@@ -103,7 +103,7 @@ static const struct astream_ops list_file_ops = { NULL, NULL, list_file_end, NUL
 static void list_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	const char *ecode = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(payload, "error"), "code"));
 	if (ecode && !strcmp(ecode, "not_a_directory") && c->parent) {
 		cJSON *open = cJSON_CreateObject();
@@ -182,7 +182,7 @@ void rpc_list_start(struct rpc_call *c, cJSON *req)
 static void simple_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	const char *ecode = cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(payload, "error"), "code"));
 	/* Mkdir makes sure a directory is there, as mkdir -p: one that exists is success. */
 	bool mkdir_exists = !strcmp(c->m->name, "Mkdir") && ecode && !strcmp(ecode, "exists");
@@ -227,7 +227,7 @@ static bool is_upload(const struct rpc_call *c)
 static void wf_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (rpc_end_failed(c, payload, why))
 		return;
 	if (!c->wf_body_done) {
@@ -314,7 +314,7 @@ static void wf_body(struct http_req *r, const uint8_t *p, size_t n)
 static void wf_body_end(struct http_req *r)
 {
 	struct rpc_call *c = r->ctx;
-	if (!c || c->done)
+	if (!c || c->base.done)
 		return;
 	c->wf_body_done = true;
 	if (!rpc_stream_body_end(c, c->wf_opened, is_upload(c) ? "the first UploadRequest must carry the open oneof "
@@ -325,7 +325,7 @@ static void wf_body_end(struct http_req *r)
 }
 
 static const struct http_req_ops client_stream_ops = { .body = wf_body, .body_end = wf_body_end,
-						       .writable = rpc_call_writable, .abort = rpc_call_abort };
+						       .writable = agent_call_writable, .abort = agent_call_abort };
 
 void rpc_client_stream(struct http_req *r)
 {
@@ -369,7 +369,7 @@ static void archive_data(struct astream *s, uint8_t ch, bool fin, const uint8_t 
 static void archive_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (rpc_end_failed(c, payload, why))
 		return;
 	rpc_stream_msg(c, "{\"eof\":true}", 12, 0);

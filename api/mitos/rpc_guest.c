@@ -19,7 +19,7 @@
 static void processes_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (rpc_end_failed(c, payload, why))
 		return;
 	cJSON *o = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(o, "processes");
@@ -62,7 +62,7 @@ void rpc_processes_start(struct rpc_call *c, cJSON *req)
 static void signal_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (!rpc_end_failed(c, payload, why))
 		rpc_call_end(c, cJSON_CreateObject(), 0, NULL, NULL);
 }
@@ -92,7 +92,7 @@ void rpc_signal_start(struct rpc_call *c, cJSON *req)
 static bool cgroup_sample(struct rpc_call *c, struct cg_usage *u)
 {
 	struct cg_set cg;
-	struct sandbox *sb = c->r ? sandbox_find(c->r->sandbox_id) : NULL;
+	struct sandbox *sb = c->base.r ? sandbox_find(c->base.r->sandbox_id) : NULL;
 	return sb && !strcmp(sandboxes_engine_name(), "process") && !cgroup_read_record(sb->dir, &cg) &&
 	       !cgroup_usage(&cg, u);
 }
@@ -134,7 +134,7 @@ static void vitals_event(struct astream *s, cJSON *ev)
 static void stream_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct rpc_call *c = s->ctx;
-	c->as = NULL;
+	c->base.as = NULL;
 	if (!rpc_end_failed(c, payload, why))
 		rpc_call_end(c, NULL, 0, NULL, NULL);
 }

@@ -1,0 +1,41 @@
+/* An HTTP request answered by one agent stream: the calls of both front ends (the
+ * Connect service sandbox.v1.Sandbox, E2B's envd) begin with one of these, so their
+ * life is kept in one place. Either side may end first: the client going away
+ * cancels the agent stream, the agent stream ending leaves the reply to the call. */
+#ifndef MITOS_API_SANDBOX_AGENT_CALL_H
+#define MITOS_API_SANDBOX_AGENT_CALL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct agent_call;
+struct http_req;
+struct astream;
+
+struct agent_call_vt {
+	void (*tick)(struct agent_call *c, uint64_t now);  /* deadlines, keepalives; may free c */
+	void (*destroy)(struct agent_call *c);             /* frees what the front end added */
+};
+
+struct agent_call {
+	struct http_req *r;          /* NULL once the client is gone */
+	struct astream *as;          /* NULL once the agent stream ended */
+	const struct agent_call_vt *vt;
+	uint64_t deadline;           /* monotonic ms, 0: none */
+	uint64_t next_ka;            /* the next keepalive, monotonic ms */
+	bool done;
+	struct agent_call *prev, *next;
+};
+
+/* c is the zeroed first member of the front end's call: links it (every live call
+ * gets vt->tick each UR_TICK_MS), makes it r's handler (a call that reads a request
+ * body then puts ops of its own with agent_call_abort and agent_call_writable in
+ * r->ops) and sets its first keepalive one interval from now. */
+void agent_call_start(struct agent_call *c, struct http_req *r, const struct agent_call_vt *vt);
+/* Cancels the agent stream, detaches from the request, unlinks, destroys and frees. */
+void agent_call_free(struct agent_call *c);
+/* http_req_ops for every call: the client went away; the client took some output. */
+void agent_call_abort(struct http_req *r);
+void agent_call_writable(struct http_req *r);
+
+#endif
