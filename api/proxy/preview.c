@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "agent/proto.h"
+#include "api/sandbox/agent_call.h"
 #include "api/sandbox/agent_client.h"
 #include "api/e2b/e2b.h"
 #include "api/http/bytebuf.h"
@@ -264,15 +265,7 @@ static void pv_tx_pump(struct pv *pv);
 
 static void pv_free(struct pv *pv)
 {
-	if (pv->as) {
-		struct astream *as = pv->as;
-		pv->as = NULL;
-		agent_cancel(as);
-	}
-	if (pv->r) {
-		pv->r->ctx = NULL;
-		pv->r->ops = NULL;
-	}
+	agent_bridge_release(&pv->r, &pv->as);
 	bytebuf_free(&pv->head);
 	bytebuf_free(&pv->tx);
 	explicit_bzero(pv->token, sizeof(pv->token));

@@ -22,6 +22,7 @@
 
 #include "agent/base64.h"
 #include "agent/proto.h"
+#include "api/sandbox/agent_call.h"
 #include "api/sandbox/agent_client.h"
 #include "api/http/json_request.h"
 #include "api/http/bytebuf.h"
@@ -71,15 +72,7 @@ int ws_accept_key(const char *key, char out[29])
 
 static void pt_free(struct pt *pt)
 {
-	if (pt->as) {
-		struct astream *as = pt->as;
-		pt->as = NULL;
-		agent_cancel(as);
-	}
-	if (pt->r) {
-		pt->r->ctx = NULL;
-		pt->r->ops = NULL;
-	}
+	agent_bridge_release(&pt->r, &pt->as);
 	if (pt->ws)
 		wslay_event_context_free(pt->ws);
 	bytebuf_free(&pt->in);

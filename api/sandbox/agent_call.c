@@ -41,6 +41,21 @@ void agent_call_start(struct agent_call *c, struct http_req *r, const struct age
 	}
 }
 
+void agent_bridge_release(struct http_req **r, struct astream **as)
+{
+	if (*as) {
+		/* Cleared first: the cancel may call back into the bridge. */
+		struct astream *s = *as;
+		*as = NULL;
+		agent_cancel(s);
+	}
+	if (*r) {
+		(*r)->ctx = NULL;
+		(*r)->ops = NULL;
+		*r = NULL;
+	}
+}
+
 void agent_call_free(struct agent_call *c)
 {
 	if (c->prev)
@@ -49,15 +64,7 @@ void agent_call_free(struct agent_call *c)
 		calls = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	if (c->as) {
-		struct astream *as = c->as;
-		c->as = NULL;
-		agent_cancel(as);
-	}
-	if (c->r) {
-		c->r->ctx = NULL;
-		c->r->ops = NULL;
-	}
+	agent_bridge_release(&c->r, &c->as);
 	if (c->vt->destroy)
 		c->vt->destroy(c);
 	free(c);

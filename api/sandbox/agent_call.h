@@ -34,6 +34,10 @@ struct agent_call {
 void agent_call_start(struct agent_call *c, struct http_req *r, const struct agent_call_vt *vt);
 /* Cancels the agent stream, detaches from the request, unlinks, destroys and frees. */
 void agent_call_free(struct agent_call *c);
+/* The two ends of a request bridged to an agent stream let go of each other: *as is
+ * cancelled and *r no longer calls its handler; both become NULL. The release of
+ * agent_call_free, and of the bridges that are not agent_calls (preview, terminal). */
+void agent_bridge_release(struct http_req **r, struct astream **as);
 /* http_req_ops for every call: the client went away; the client took some output. */
 void agent_call_abort(struct http_req *r);
 void agent_call_writable(struct http_req *r);

@@ -8,6 +8,7 @@
 #include "api/http/http.h"
 #include "api/http/router.h"
 #include "api/http/server.h"
+#include "api/http/uring.h"
 
 struct server_config srv_cfg;
 char stub_out_head[16];
@@ -29,6 +30,8 @@ void conn_close_after(struct conn *c) { c->close_after = true; }
 void conn_kick(struct conn *c) { (void)c; stub_kicked = 1; }
 uint64_t ur_now_ms(void) { return 1000; }
 bool ur_stopping(void) { return false; }
+/* Calls are not ticked here: a target ends each exchange itself. */
+void ur_add_ticker(struct ur_ticker *t) { (void)t; }
 
 void stub_conn_feed(struct conn *c, const uint8_t *p, size_t n)
 {
