@@ -470,7 +470,9 @@ int cmd_serve(int argc, char **argv)
 	sigaddset(&mask, SIGUSR1);
 	sigaddset(&mask, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
-	sig_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+	/* Non-blocking, so the ring polls it rather than parking an io-wq thread on it
+	 * (see sb_ready_done). */
+	sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	sig_op.fn = signal_done;
 	arm_signal();
 	accept_op.fn = accept_done;

@@ -232,8 +232,13 @@ static void parse_reply(const struct fo_target *t, struct fanout_reply *out)
 
 static void fo_done(struct uop *op, int res, uint32_t flags)
 {
-	(void)res; (void)flags;
+	(void)flags;
 	struct fo_ctx *x = (struct fo_ctx *)((char *)op - offsetof(struct fo_ctx, done_op));
+	if (res < 0) {
+		/* A cancelled read (see cluster_fanout): the thread still owns x until it writes. */
+		io_uring_prep_read(ur_sqe(&x->done_op), x->pipe[0], &x->byte, 1, 0);
+		return;
+	}
 	struct http_req *r = x->r;
 	if (r) {
 		r->ctx = NULL;
@@ -289,7 +294,7 @@ int cluster_fanout(struct http_req *r, const char *request, size_t len, uint64_t
 	if (fo_inflight >= FO_MAX_INFLIGHT)
 		return -EBUSY;
 	struct fo_ctx *x = calloc(1, sizeof(*x));
-	if (!x || !(x->request = malloc(len)) || pipe2(x->pipe, O_CLOEXEC) < 0) {
+	if (!x || !(x->request = malloc(len)) || pipe2(x->pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
 		if (x)
 			free(x->request);
 		free(x);
@@ -316,6 +321,9 @@ int cluster_fanout(struct http_req *r, const char *request, size_t len, uint64_t
 	}
 	r->ctx = x;
 	r->ops = &fo_ops;
+	/* Non-blocking, so the ring polls it: a blocking pipe's read goes to an io-wq
+	 * thread, which Linux 6.1 fails to create while a SIGCHLD is pending, and the
+	 * read ends cancelled. */
 	io_uring_prep_read(ur_sqe(&x->done_op), x->pipe[0], &x->byte, 1, 0);
 	return 0;
 }

@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,9 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 		sb_eng->cleanup(sb->dir);
 		return rc;
 	}
+	/* Ours non-blocking, so the ring polls it (see sb_ready_done); the engine's end
+	 * stays as engines expect it. */
+	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
 	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
 				   .copy_from = copy_from, .spec = t->spec, .ready_fd = pfd[1] };
 	int rc = sb_eng->start(&es, &sb->proc, e);

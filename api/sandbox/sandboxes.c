@@ -328,7 +328,16 @@ static void sb_ready_done(struct uop *op, int res, uint32_t flags)
 	}
 	if (sb->exited)
 		return;
-	if (res == 1 && sb->state == SB_STARTING) {
+	if (res < 0 && sb->state == SB_STARTING) {
+		/* Serve's own failure, not the sandbox's, and nothing else would end its wait.
+		 * Seen as -ECANCELED on Linux 6.1 while the pipe was blocking: its read went to
+		 * an io-wq thread, whose creation fails (-ERESTARTNOINTR, three tries) while a
+		 * SIGCHLD is pending, as it is after any child of a worker thread exits. */
+		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot read its engine's start signal: %s",
+			 strerror(-res));
+		fprintf(stderr, "mitos-vmm serve: sandbox %s: %s\n", sb->id, sb->fail_reason);
+		sb_kill(sb, sb->fail_reason);
+	} else if (res == 1 && sb->state == SB_STARTING) {
 		int rc = sb_connect(sb);
 		if (rc) {
 			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot connect to the agent: %s", strerror(-rc));
@@ -402,9 +411,15 @@ static void sb_exit_done(struct uop *op, int res, uint32_t flags)
 		if (why[0])
 			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why);
 	}
-	if (sb->state != SB_STOPPING || sb->agent_lost)
+	if (sb->start_timed_out) {
+		/* Killed while starting: its state said nothing of it. */
+		char why[400];
+		sb_eng->exit_reason(sb->dir, why, sizeof(why));
+		fprintf(stderr, "mitos-vmm serve: sandbox %s: %s%s%s\n", sb->id, sb->fail_reason, why[0] ? "; " : "", why);
+	} else if (sb->state != SB_STOPPING || sb->agent_lost) {
 		fprintf(stderr, "mitos-vmm serve: sandbox %s exited%s%s\n", sb->id, sb->fail_reason[0] ? ": " : "",
 			sb->fail_reason);
+	}
 	sandbox_end_record(sb->id, sb->fail_reason, ur_wall_ms());
 	sb->state = SB_STOPPING;
 	sb_finish(sb);
@@ -567,6 +582,24 @@ void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, 
 
 /* ---- ticks: expiry, start deadlines ---- */
 
+/* Said in the answer and, with the console's last words, in the log (sb_exit_done). */
+static void sb_start_timed_out(struct sandbox *sb, uint64_t now)
+{
+	const char *step = sb->ready_fd >= 0 ? "the engine had not finished starting it (restore or boot)" :
+			   !sb->agent	     ? "its agent took no connection" :
+			   sb->workload	     ? "its template's workload was not ready" :
+					       "its agent connected but did not finish the start handshake";
+	/* The first connection is made once the engine is done; each retry counts. */
+	unsigned connections = sb->ready_fd >= 0 ? 0 : 1 + sb->connect_tries;
+	char last[sizeof(sb->fail_reason)];
+	snprintf(last, sizeof(last), "%s", sb->fail_reason);
+	snprintf(sb->fail_reason, sizeof(sb->fail_reason),
+		 "it did not start within %.1f s: %s (%u agent connections)%s%.200s",
+		 (double)(now - sb->started_mono_ms) / 1000.0, step, connections, last[0] ? "; last: " : "", last);
+	sb->start_timed_out = true;
+	sb_kill(sb, NULL);
+}
+
 void sb_tick(struct ur_ticker *tk, uint64_t now)
 {
 	(void)tk;
@@ -576,7 +609,7 @@ void sb_tick(struct ur_ticker *tk, uint64_t now)
 		if (sb->state == SB_STOPPING)
 			continue;
 		if (sb->state == SB_STARTING && now > sb->start_deadline_ms) {
-			sb_kill(sb, "the agent did not answer within 30 s");
+			sb_start_timed_out(sb, now);
 			continue;
 		}
 		if (sb->agent_lost && now > sb->agent_lost_ms + AGENT_LOST_GRACE_MS) {

@@ -103,6 +103,20 @@ class Server:
     def pid(self):
         return self.proc.pid
 
+    def io_workers(self):
+        """serve's io-wq threads: none, as every descriptor its ring reads is polled. A
+        blocking one parks a thread per read, and on Linux 6.1 its read is cancelled
+        when the thread cannot be made (while a SIGCHLD is pending)."""
+        task = "/proc/%d/task" % self.proc.pid
+        names = []
+        for t in os.listdir(task):
+            try:
+                with open(os.path.join(task, t, "comm")) as f:
+                    names.append(f.read().strip())
+            except OSError:
+                pass
+        return [n for n in names if n.startswith("iou-wrk")]
+
     def rss_kib(self):
         with open("/proc/%d/status" % self.proc.pid) as f:
             for line in f:

@@ -165,6 +165,7 @@ def t_workload_template(s):
 
 def t_fork_and_list(s):
     sbs = new_sandbox(s, n=2)
+    eq(s.io_workers(), [], "io-wq threads in serve")
     for sb in sbs:
         eq(sorted(sb), ["created_at", "endpoint", "fork_time_ms", "id", "network", "template_id"], "fork keys")
         eq((sb["template_id"], sb["endpoint"]), ("python", "http://127.0.0.1:%d" % s.port), "fork answer")
@@ -1113,7 +1114,7 @@ def t_e2b_record_survives_restart(env):
             st, info = s2.request("GET", "/sandboxes/" + sid, headers=key)
             eq((st, info["lifecycle"]["onTimeout"]), (200, "pause"), "onTimeout kept")
         finally:
-            s2.stop()
+            s2.cleanup()
     finally:
         s.cleanup()
 

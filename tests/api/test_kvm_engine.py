@@ -244,6 +244,7 @@ def t_concurrent_template(s):
 def t_fork_template(s):
     sbs = fork(s, template="tg", n=3)
     eq([x["state"] for x in sbs], ["running"] * 3, "states")
+    eq(s.io_workers(), [], "io-wq threads in serve")
     pids = set()
     for x in sbs:
         # The guest heard post_fork before the sandbox counted as ready.

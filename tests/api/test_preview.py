@@ -477,7 +477,7 @@ def t_token_server(vmm, agent):
             st, _, data = get(s2, "/preview/pv-auth/8001/headers?mitos_token=" + tok)
             eq(st, 200, "a URL minted before the restart")
         finally:
-            s2.stop()
+            s2.cleanup()
     finally:
         s.cleanup()
         if state:
