@@ -418,6 +418,15 @@ int cmd_serve(int argc, char **argv)
 	}
 
 	signal(SIGPIPE, SIG_IGN);
+	/* SIGCHLD blocked, never read (children are watched through pidfds). Deliverable, a
+	 * child's exit leaves it pending on this thread, and io_uring task_work run then
+	 * cannot create an io-wq thread (copy_process: -ERESTARTNOINTR): Linux 6.1 cancels
+	 * the request that waited for one. Children start with an empty mask (kvm_proc.c,
+	 * engine_process.c). */
+	sigset_t chld;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL);
 	struct rlimit rl;
 	if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
