@@ -29,6 +29,9 @@ class Server:
         # Tests choose their template root; a built image must not change them.
         if "--images" not in extra:
             args += ["--images", "none"]
+        # And their engine: serve's default is kvm wherever /dev/kvm works.
+        if "--engine" not in extra:
+            args += ["--engine", "process"]
         if token:
             fd, self.token_file = tempfile.mkstemp(prefix="mitos-token-", dir="/var/tmp")
             os.write(fd, (token + "\n").encode())

@@ -34,8 +34,8 @@ def dynamic(path):
 def start_fails(args, env=None):
     state = tempfile.mkdtemp(prefix="mitos-img-test-", dir="/var/tmp")
     try:
-        p = subprocess.run([VMM, "serve", "--listen", "127.0.0.1:0", "--state-dir", state] + args,
-                           capture_output=True, text=True, timeout=30, env=env)
+        argv = [VMM, "serve", "--engine", "process", "--listen", "127.0.0.1:0", "--state-dir", state] + args
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
         return p.returncode, p.stdout + p.stderr
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -73,7 +73,8 @@ def t_default_dir_falls_back(vmm, agent):
     try:
         # Server() pins --images none; this starts serve without the flag.
         state = tempfile.mkdtemp(prefix="mitos-img-test-", dir="/var/tmp")
-        p = subprocess.Popen([vmm, "serve", "--listen", "127.0.0.1:0", "--state-dir", state, "--agent", agent],
+        p = subprocess.Popen([vmm, "serve", "--engine", "process", "--listen", "127.0.0.1:0", "--state-dir", state,
+                              "--agent", agent],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
         lines = []
         for line in p.stdout:

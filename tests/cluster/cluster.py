@@ -116,7 +116,8 @@ class Node:
             # nsenter, not `ip netns exec`: that one mounts a fresh /sys without the
             # cgroup hierarchy, and a node's sandboxes need their cgroups.
             ["nsenter", "--net=/run/netns/" + self.ns, "--", c.vmm, "serve", "--listen", "%s:%d" % (self.ip, NODE_PORT),
-             "--state-dir", self.state_dir, "--agent", c.agent, "--images", "none", "--node-id", self.tag,
+             "--state-dir", self.state_dir, "--agent", c.agent, "--engine", "process", "--images", "none",
+             "--node-id", self.tag,
              "--peers", c.nodes_file, "--token-file", c.token_file,
              "--preview-domain", PREVIEW_DOMAIN, "--preview-paths"] + list(extra),
             stdout=subprocess.PIPE, stderr=log)
