@@ -126,17 +126,13 @@ int engine_process_available(struct mitos_err *e)
 	if (geteuid() != 0)
 		return mitos_err_set(e, -EPERM, "the process engine needs root (mount, pid and net namespaces, "
 				     "overlayfs); run `mitos-vmm serve` as root");
-	FILE *f = fopen("/proc/filesystems", "r");
-	bool overlay = false;
-	if (f) {
-		char line[128];
-		while (fgets(line, sizeof(line), f))
-			if (strstr(line, "\toverlay\n"))
-				overlay = true;
-		fclose(f);
-	}
-	if (!overlay)
-		return mitos_err_set(e, -ENODEV, "overlayfs is not available; load it with `modprobe overlay`");
+	/* fsopen, not /proc/filesystems: like a mount it loads the module, which a stock
+	 * Debian kernel has overlayfs as, and nothing else loads at boot. */
+	int fd = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+	if (fd < 0)
+		return mitos_err_set(e, -ENODEV, "overlayfs is not available (%s); load it with `modprobe overlay`",
+				     strerror(errno));
+	close(fd);
 	return 0;
 }
 
