@@ -114,7 +114,8 @@ static int status_of(enum api_err e)
 	case AE_INVALID_ARGUMENT: case AE_INVALID_SANDBOX_ID: case AE_BAD_REQUEST: return 400;
 	case AE_CONFLICT: return 409;
 	case AE_LIMIT_EXCEEDED: return 429;
-	case AE_ENGINE_UNAVAILABLE: case AE_UNAVAILABLE: case AE_NODE_DRAINING: return 503;
+	case AE_ENGINE_UNAVAILABLE: case AE_START_FAILED: case AE_UNAVAILABLE: case AE_NODE_DRAINING:
+		return 503;
 	case AE_UNAUTHENTICATED: return 401;
 	default: return 500;
 	}

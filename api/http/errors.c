@@ -39,6 +39,10 @@ static const struct err_info infos[AE_COUNT_] = {
 		"send Authorization: Bearer <token> with the token from the server's --token-file" },
 	[AE_ENGINE_UNAVAILABLE] = { "engine_unavailable", 503, "unavailable",
 		"run `mitos-vmm check` to see which engines this host supports" },
+	[AE_START_FAILED] = { "engine_unavailable", 503, "unavailable",
+		"the message says why the sandbox did not start (its template's workload output, its VM's "
+		"last console lines, the step a start deadline stopped at; serve's log has it too): fix "
+		"the template, or retry if the host was overloaded" },
 	[AE_PAYLOAD_TOO_LARGE] = { "body_too_large", 413, "resource_exhausted",
 		"send a smaller body; file writes take up to the server's --max-file-body" },
 	[AE_HEADERS_TOO_LARGE] = { "body_too_large", 431, "resource_exhausted",

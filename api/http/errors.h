@@ -25,6 +25,9 @@ enum api_err {
 	AE_EXEC_FAILED,
 	AE_UNAUTHENTICATED,
 	AE_ENGINE_UNAVAILABLE,
+	/* A sandbox that failed on its way to ready: the same code, a remediation about the
+	 * sandbox (its template, its console), not the host's engines. */
+	AE_START_FAILED,
 	AE_PAYLOAD_TOO_LARGE,
 	AE_HEADERS_TOO_LARGE,
 	AE_METHOD_NOT_ALLOWED,

@@ -45,7 +45,7 @@ void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const c
 			if (job->sbs[i] == sb)
 				job->sbs[i] = NULL;
 		if (!job->err.code)
-			api_fail(&job->err, -ECHILD, AE_ENGINE_UNAVAILABLE, "sandbox %s: %s", sb->id,
+			api_fail(&job->err, -ECHILD, AE_START_FAILED, "sandbox %s: %s", sb->id,
 				 why ? why : "failed");
 	}
 	sb->job = NULL;

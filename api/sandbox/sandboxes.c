@@ -21,6 +21,14 @@ bool sb_shutting_down;
 struct ur_ticker sb_ticker;
 char sb_root[1100];
 
+/* The client hears why its create failed; the operator reads it here, with the engine's
+ * account of the exit (a VM's last console lines) when there is one. */
+static void log_start_failed(const struct sandbox *sb, const char *exit_why)
+{
+	fprintf(stderr, "mitos-vmm serve: sandbox %s: start failed: %s%s%s\n", sb->id,
+		sb->fail_reason[0] ? sb->fail_reason : "killed", exit_why[0] ? "; " : "", exit_why);
+}
+
 static void sb_exit_done(struct uop *op, int res, uint32_t flags);
 static void sb_ready_done(struct uop *op, int res, uint32_t flags);
 static void sb_retry_done(struct uop *op, int res, uint32_t flags);
@@ -335,7 +343,6 @@ static void sb_ready_done(struct uop *op, int res, uint32_t flags)
 		 * SIGCHLD is pending, as it is after any child of a worker thread exits. */
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "cannot read its engine's start signal: %s",
 			 strerror(-res));
-		fprintf(stderr, "mitos-vmm serve: sandbox %s: %s\n", sb->id, sb->fail_reason);
 		sb_kill(sb, sb->fail_reason);
 	} else if (res == 1 && sb->state == SB_STARTING) {
 		int rc = sb_connect(sb);
@@ -411,11 +418,10 @@ static void sb_exit_done(struct uop *op, int res, uint32_t flags)
 		if (why[0])
 			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why);
 	}
-	if (sb->start_timed_out) {
-		/* Killed while starting: its state said nothing of it. */
+	if (sb->killed_starting) {
 		char why[400];
 		sb_eng->exit_reason(sb->dir, why, sizeof(why));
-		fprintf(stderr, "mitos-vmm serve: sandbox %s: %s%s%s\n", sb->id, sb->fail_reason, why[0] ? "; " : "", why);
+		log_start_failed(sb, why);
 	} else if (sb->state != SB_STOPPING || sb->agent_lost) {
 		fprintf(stderr, "mitos-vmm serve: sandbox %s exited%s%s\n", sb->id, sb->fail_reason[0] ? ": " : "",
 			sb->fail_reason);
@@ -431,6 +437,7 @@ void sb_kill(struct sandbox *sb, const char *why)
 		return;
 	if (why && !sb->fail_reason[0])
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why);
+	sb->killed_starting = sb->state == SB_STARTING;
 	sb->state = SB_STOPPING;
 	workload_cancel(sb);
 	if (sb->agent) {
@@ -440,8 +447,11 @@ void sb_kill(struct sandbox *sb, const char *why)
 	}
 	if (sb->proc.pidfd < 0 || sb_eng->kill(sb->dir, &sb->proc) < 0) {
 		/* Already gone (or never started): finish now. */
-		if (!sb->exited && sb->proc.pidfd < 0)
+		if (!sb->exited && sb->proc.pidfd < 0) {
+			if (sb->killed_starting)
+				log_start_failed(sb, "");
 			sb_finish(sb);
+		}
 	}
 	/* A stopped process dies of SIGKILL too; nothing else to do. */
 }
@@ -582,7 +592,7 @@ void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, 
 
 /* ---- ticks: expiry, start deadlines ---- */
 
-/* Said in the answer and, with the console's last words, in the log (sb_exit_done). */
+/* Said in the answer and, with the console's last words, in the log. */
 static void sb_start_timed_out(struct sandbox *sb, uint64_t now)
 {
 	const char *step = sb->ready_fd >= 0 ? "the engine had not finished starting it (restore or boot)" :
@@ -596,7 +606,6 @@ static void sb_start_timed_out(struct sandbox *sb, uint64_t now)
 	snprintf(sb->fail_reason, sizeof(sb->fail_reason),
 		 "it did not start within %.1f s: %s (%u agent connections)%s%.200s",
 		 (double)(now - sb->started_mono_ms) / 1000.0, step, connections, last[0] ? "; last: " : "", last);
-	sb->start_timed_out = true;
 	sb_kill(sb, NULL);
 }
 

@@ -61,7 +61,8 @@ struct sandbox {
 	char ready_byte;
 	unsigned inflight;
 	bool exited, adopted, freed_from_registry;
-	bool start_timed_out; /* killed by its start deadline (sb_tick) */
+	/* Killed by serve while starting: its state no longer says so, its exit is logged. */
+	bool killed_starting;
 	/* Its agent went away on its own: it ends by itself (an engine then says why) or is
 	 * killed at agent_lost_ms + AGENT_LOST_GRACE_MS. */
 	bool agent_lost;

@@ -148,7 +148,12 @@ def t_workload_template(s):
     assert st >= 400 and time.time() - t0 < 20, (st, r)
     msg = r["error"]["message"]
     assert "did not answer GET / on port 8124" in msg and "it broke" in msg, msg
+    # The template's fault, not the host's: the advice says so.
+    assert "fix the template" in r["error"]["remediation"], r
     eq(s.request("GET", "/v1/sandboxes/wl-never-1")[0], 404, "the failed sandbox is gone")
+    # The operator's log says it too.
+    wait_until(lambda: re.search(r"sandbox wl-never-1: start failed: .*did not answer GET / on port 8124",
+                                 s.stderr()), 5, "the log line")
     # A program that does not exist: its log says so.
     s.request("POST", "/v1/templates", {"id": "wl-missing", "workload": {
         "command": ["/no/such/server"], "ready": {"port": 8125, "timeout_seconds": 1}}})
