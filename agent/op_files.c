@@ -75,21 +75,33 @@ static void owner_names(uid_t uid, gid_t gid, char *user, char *group, size_t le
 	snprintf(group, len, "%s", gname);
 }
 
-#define META_PREFIX "user.e2b."
+/* E2B's file metadata is kept as envd keeps it, in user.e2b.* extended attributes. A
+ * file system without user xattrs (tmpfs, and an overlay whose upper layer is tmpfs,
+ * before Linux 6.6: the whole root of a kvm guest) takes trusted.e2b.* instead, which
+ * only an agent that is root of its kernel may set and read, as in a microVM. */
+static const char *const meta_prefixes[] = { "user.e2b.", "trusted.e2b." };
 #define META_MAX 64          /* keys per file */
 #define META_KEY_MAX 200
 #define META_VALUE_MAX 4096
 
-/* "metadata": {key: value} of the file's user.e2b.* extended attributes (E2B's file
- * metadata), when it has any. Symlinks are not followed. */
+static const char *meta_key(const char *xattr)
+{
+	for (size_t i = 0; i < sizeof(meta_prefixes) / sizeof(meta_prefixes[0]); i++)
+		if (!strncmp(xattr, meta_prefixes[i], strlen(meta_prefixes[i])))
+			return xattr + strlen(meta_prefixes[i]);
+	return NULL;
+}
+
+/* "metadata": {key: value} of the file's E2B metadata, when it has any. Symlinks are
+ * not followed. */
 static void write_metadata(struct jw *w, const char *path)
 {
 	char names[8192], value[META_VALUE_MAX + 1];
 	ssize_t n = llistxattr(path, names, sizeof(names));
 	bool any = false;
 	for (ssize_t off = 0; n > 0 && off < n; off += (ssize_t)strlen(names + off) + 1) {
-		const char *name = names + off;
-		if (strncmp(name, META_PREFIX, strlen(META_PREFIX)))
+		const char *name = names + off, *key = meta_key(name);
+		if (!key)
 			continue;
 		ssize_t vl = lgetxattr(path, name, value, sizeof(value) - 1);
 		if (vl < 0)
@@ -99,7 +111,7 @@ static void write_metadata(struct jw *w, const char *path)
 			jw_obj(w);
 			any = true;
 		}
-		jw_key(w, name + strlen(META_PREFIX));
+		jw_key(w, key);
 		jw_strn(w, value, (size_t)vl);
 	}
 	if (any)
@@ -180,8 +192,6 @@ struct file_op {
 	char path[PATH_MAX];
 	char tmp[PATH_MAX];  /* write: the new content until it replaces path ("" in place) */
 	struct fs_ctx fc;    /* write: whose rename it is */
-	char *meta[META_MAX][2]; /* write: metadata set once the content is in place */
-	unsigned nmeta;
 };
 
 static void file_op_free(struct file_op *f)
@@ -190,24 +200,7 @@ static void file_op_free(struct file_op *f)
 		close(f->fd);
 	if (f->tmp[0])
 		unlink(f->tmp); /* a write that did not finish leaves the old file as it was */
-	for (unsigned i = 0; i < f->nmeta; i++) {
-		free(f->meta[i][0]);
-		free(f->meta[i][1]);
-	}
 	free(f);
-}
-
-/* The file's metadata as asked: a file system without user extended attributes
- * (tmpfs before Linux 6.6) keeps the content and no metadata. */
-static int set_metadata(const struct file_op *f)
-{
-	for (unsigned i = 0; i < f->nmeta; i++) {
-		char name[sizeof(META_PREFIX) + META_KEY_MAX];
-		snprintf(name, sizeof(name), META_PREFIX "%s", f->meta[i][0]);
-		if (lsetxattr(f->path, name, f->meta[i][1], strlen(f->meta[i][1]), 0) < 0 && errno != ENOTSUP)
-			return -errno;
-	}
-	return 0;
 }
 
 /* Also frees f. A write's result names the file it wrote. */
@@ -363,11 +356,6 @@ static void write_data(struct stream *s, uint8_t channel, bool fin, const uint8_
 		if (!err)
 			f->tmp[0] = 0;
 	}
-	if (!err && f->nmeta) {
-		fs_switch(&f->fc);
-		err = set_metadata(f);
-		fs_leave(&f->fc);
-	}
 	file_op_end(s, f, err, true);
 }
 
@@ -402,6 +390,51 @@ static int open_replacement(const char *path, char *tmp)
 
 static const struct stream_ops write_ops = { .data = write_data, .cancel = file_cancel };
 
+/* Sets the request's metadata on the open file before any content, so that a write
+ * whose metadata cannot be kept is refused and changes nothing. Keys or values out of
+ * bounds are refused too (E2B's side checks them first). On failure, fills why with
+ * what the client is told once the caller has undone its open. */
+static int set_metadata(int fd, const struct json *meta, const char *path, enum proto_err *code, char *why,
+			size_t len)
+{
+	*code = PERR_INVALID_ARGUMENT;
+	if (meta->n > META_MAX) {
+		snprintf(why, len, "at most %d metadata keys per file", META_MAX);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < meta->n; i++) {
+		const struct json *v = meta->items[i];
+		const char *k = meta->keys[i];
+		if (v->kind != JSON_STR || !*k || strlen(k) > META_KEY_MAX || v->len > META_VALUE_MAX ||
+		    strlen(v->str) != v->len) {
+			snprintf(why, len, "metadata %.64s: keys are 1..%d bytes and values strings of up to %d bytes, "
+				 "without NUL", k, META_KEY_MAX, META_VALUE_MAX);
+			return -EINVAL;
+		}
+		int err = ENOTSUP;
+		for (size_t p = 0; err == ENOTSUP && p < sizeof(meta_prefixes) / sizeof(meta_prefixes[0]); p++) {
+			char name[32 + META_KEY_MAX];
+			snprintf(name, sizeof(name), "%s%s", meta_prefixes[p], k);
+			err = fsetxattr(fd, name, v->str, v->len, 0) < 0 ? errno : 0;
+			/* Not root of this kernel: trusted.* is not ours to use. */
+			if (err == EPERM && p > 0)
+				err = ENOTSUP;
+		}
+		if (err == ENOTSUP) {
+			snprintf(why, len, "%s: this file system keeps no metadata for the sandbox (tmpfs before "
+				 "Linux 6.6 has no user extended attributes); write the file elsewhere or without "
+				 "metadata", path);
+			return -ENOTSUP;
+		}
+		if (err) {
+			*code = proto_err_from_errno(-err);
+			snprintf(why, len, "%s: %s", path, strerror(err));
+			return -err;
+		}
+	}
+	return 0;
+}
+
 void op_write_open(struct stream *s, const struct json *req)
 {
 	struct fs_ctx fc;
@@ -420,18 +453,49 @@ void op_write_open(struct stream *s, const struct json *req)
 		goto out;
 	}
 	bool append = json_get_bool(req, "append", false);
+	const struct json *meta = json_get(req, "metadata");
+	bool with_meta = meta && meta->kind == JSON_OBJ && meta->n;
 	char tmp[PATH_MAX] = "";
 	/* Not appending over an existing file: the content lands whole or not at all (a
 	 * client that goes away after 3 of 10 chunks leaves the old file). */
 	int fd = append ? -1 : open_replacement(fc.path, tmp);
+	bool created = false;
 	if (fd < 0) {
 		tmp[0] = 0;
-		fd = open(fc.path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | (append ? O_APPEND : O_TRUNC),
-			  (mode_t)mode);
+		int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | (append ? O_APPEND : 0);
+		/* With metadata the truncation waits until the metadata is on (a refusal
+		 * changes nothing), and a file this write made is removed again. */
+		if (!append && !with_meta)
+			flags |= O_TRUNC;
+		fd = with_meta ? open(fc.path, flags | O_EXCL, (mode_t)mode) : -1;
+		created = fd >= 0;
+		if (fd < 0)
+			fd = open(fc.path, flags, (mode_t)mode);
 	}
 	if (fd < 0) {
 		stream_end_errno(s, -errno, fc.path);
 		goto out;
+	}
+	if (with_meta) {
+		struct stat st;
+		enum proto_err code;
+		char why[PATH_MAX + 200];
+		int err = set_metadata(fd, meta, fc.path, &code, why, sizeof(why));
+		if (!err && !append && !tmp[0] && !fstat(fd, &st) && S_ISREG(st.st_mode) && ftruncate(fd, 0) < 0) {
+			err = -errno;
+			code = proto_err_from_errno(err);
+			snprintf(why, sizeof(why), "%s: %s", fc.path, strerror(-err));
+		}
+		if (err) {
+			/* Undone before the answer: a client that looks next finds nothing. */
+			close(fd);
+			if (tmp[0])
+				unlink(tmp);
+			if (created)
+				unlink(fc.path);
+			stream_end_error(s, code, "%s", why);
+			goto out;
+		}
 	}
 	struct file_op *f = calloc(1, sizeof(*f));
 	if (!f) {
@@ -444,18 +508,6 @@ void op_write_open(struct stream *s, const struct json *req)
 	f->fd = fd;
 	f->fc = fc;
 	snprintf(f->path, sizeof(f->path), "%s", fc.path);
-	const struct json *meta = json_get(req, "metadata");
-	for (size_t i = 0; meta && meta->kind == JSON_OBJ && i < meta->n && f->nmeta < META_MAX; i++) {
-		const struct json *v = meta->items[i];
-		const char *k = meta->keys[i];
-		if (v->kind != JSON_STR || !*k || strlen(k) > META_KEY_MAX || v->len > META_VALUE_MAX ||
-		    strlen(v->str) != v->len)
-			continue;
-		f->meta[f->nmeta][0] = strdup(k);
-		f->meta[f->nmeta][1] = strdup(v->str);
-		if (f->meta[f->nmeta][0] && f->meta[f->nmeta][1])
-			f->nmeta++;
-	}
 	snprintf(f->tmp, sizeof(f->tmp), "%s", tmp);
 	s->ctx = f;
 	s->ops = &write_ops;

@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { Sandbox, FileNotFoundError, FilesystemEventType } from "e2b";
+import { Sandbox, FileNotFoundError, FilesystemEventType, InvalidArgumentError } from "e2b";
 
 let sbx;
 before(async () => {
@@ -88,15 +88,25 @@ test("list with depth, exists, getInfo", async () => {
 });
 
 test("file metadata (X-Metadata-*, envd 0.6.2): kept on the file, shown by getInfo and list", async () => {
-  const res = await sbx.files.write("/tmp/e2b/meta.txt", "m", { metadata: { Owner: "alice", "build-id": "42" } });
+  // In the home directory, on the sandbox's own disk: kept on every kernel.
+  const res = await sbx.files.write("e2b-meta/meta.txt", "m", { metadata: { Owner: "alice", "build-id": "42" } });
   assert.deepEqual(res.metadata, { owner: "alice", "build-id": "42" }, "keys lower-cased, as envd keeps them");
-  const info = await sbx.files.getInfo("/tmp/e2b/meta.txt");
+  const info = await sbx.files.getInfo("e2b-meta/meta.txt");
   assert.deepEqual(info.metadata, { owner: "alice", "build-id": "42" });
-  const listed = (await sbx.files.list("/tmp/e2b")).find((e) => e.name === "meta.txt");
+  const listed = (await sbx.files.list("e2b-meta")).find((e) => e.name === "meta.txt");
   assert.deepEqual(listed.metadata, { owner: "alice", "build-id": "42" });
-  await sbx.files.write("/tmp/e2b/meta.txt", "replaced");
-  assert.equal((await sbx.files.getInfo("/tmp/e2b/meta.txt")).metadata, undefined, "a new write is a new file");
+  await sbx.files.write("e2b-meta/meta.txt", "replaced");
+  assert.equal((await sbx.files.getInfo("e2b-meta/meta.txt")).metadata, undefined, "a new write is a new file");
   assert.equal((await sbx.files.getInfo("/tmp/e2b/gz.txt")).metadata, undefined);
+  // /tmp is a tmpfs, which has no user extended attributes before Linux 6.6: there the
+  // write is refused whole, never answered as kept and then lost.
+  try {
+    await sbx.files.write("/tmp/e2b/meta.txt", "m", { metadata: { owner: "bob" } });
+    assert.deepEqual((await sbx.files.getInfo("/tmp/e2b/meta.txt")).metadata, { owner: "bob" });
+  } catch (e) {
+    assert.ok(e instanceof InvalidArgumentError && /keeps no metadata/.test(e.message), String(e));
+    assert.equal(await sbx.files.exists("/tmp/e2b/meta.txt"), false, "a refused write leaves nothing");
+  }
 });
 
 test("makeDir, rename, remove", async () => {
