@@ -21,6 +21,11 @@
 #define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | \
 		    IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 
+/* inotify queues a move's two halves one after the other, and a read may come between
+ * them (inotify(7)): a read that ends with a move's first half holds it this long for
+ * the second, so that both reach the client in one batch, where it pairs them. */
+#define MOVE_PAIR_MS 50
+
 struct watched_dir {
 	int wd;
 	char *rel; /* path relative to the watched root, "" for the root */
@@ -36,10 +41,17 @@ struct dirwatch {
 	size_t ndirs, cap;
 	bool truncated; /* more directories than WATCH_MAX_DIRS */
 	uint32_t temp_cookie; /* a write's replacement moving over its target */
+	struct {
+		char name[PATH_MAX]; /* "" when nothing is held */
+		bool is_dir;
+		uint32_t cookie;
+		struct timer timer;
+	} held;
 };
 
 static void dirwatch_free(struct dirwatch *d)
 {
+	timer_disarm(&d->held.timer);
 	watch_del(&d->w);
 	close(d->fd);
 	for (size_t i = 0; i < d->ndirs; i++)
@@ -115,6 +127,60 @@ static const char *event_type(uint32_t mask)
 	return NULL;
 }
 
+static void put_event(struct jw *w, const char *name, const char *type, bool is_dir, uint32_t cookie)
+{
+	jw_obj(w);
+	jw_key(w, "name");
+	jw_str(w, name);
+	jw_key(w, "type");
+	jw_str(w, type);
+	jw_key(w, "is_dir");
+	jw_bool(w, is_dir);
+	if (cookie) {
+		jw_key(w, "cookie"); /* a move's two halves share it */
+		jw_int(w, cookie);
+	}
+	jw_obj_end(w);
+}
+
+/* Puts the held first half of a move, if any, into w; returns whether it did. */
+static bool put_held(struct dirwatch *d, struct jw *w)
+{
+	if (!d->held.name[0])
+		return false;
+	timer_disarm(&d->held.timer);
+	put_event(w, d->held.name, "rename", d->held.is_dir, d->held.cookie);
+	d->held.name[0] = 0;
+	return true;
+}
+
+static void batch_begin(struct jw *w)
+{
+	jw_init(w);
+	jw_obj(w);
+	jw_key(w, "events");
+	jw_arr(w);
+}
+
+static void batch_send(struct stream *s, struct jw *w, unsigned count)
+{
+	jw_arr_end(w);
+	jw_obj_end(w);
+	if (count)
+		stream_event_jw(s, w);
+	else
+		jw_free(w);
+}
+
+/* Its second half did not come: the thing moved out of the watched tree. */
+static void held_expired(struct timer *t)
+{
+	struct dirwatch *d = (struct dirwatch *)((char *)t - offsetof(struct dirwatch, held.timer));
+	struct jw w;
+	batch_begin(&w);
+	batch_send(d->s, &w, put_held(d, &w));
+}
+
 static void watch_read(struct stream *s)
 {
 	struct dirwatch *d = s->ctx;
@@ -129,10 +195,8 @@ static void watch_read(struct stream *s)
 	if (n <= 0)
 		return;
 	struct jw w;
-	jw_init(&w);
-	jw_obj(&w);
-	jw_key(&w, "events");
-	jw_arr(&w);
+	batch_begin(&w);
+	unsigned count = put_held(d, &w);
 	for (char *p = buf; p < buf + n;) {
 		struct inotify_event *ev = (struct inotify_event *)p;
 		p += sizeof(*ev) + ev->len;
@@ -141,6 +205,7 @@ static void watch_read(struct stream *s)
 			jw_key(&w, "type");
 			jw_str(&w, "overflow");
 			jw_obj_end(&w);
+			count++;
 			continue;
 		}
 		const char *rel = rel_of(d, ev->wd), *type = event_type(ev->mask);
@@ -159,22 +224,18 @@ static void watch_read(struct stream *s)
 		snprintf(name, sizeof(name), "%s%s%s", rel, *rel ? "/" : "", ev->name);
 		if (d->recursive && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)))
 			add_tree(d, name, 1);
-		jw_obj(&w);
-		jw_key(&w, "name");
-		jw_str(&w, name);
-		jw_key(&w, "type");
-		jw_str(&w, type);
-		jw_key(&w, "is_dir");
-		jw_bool(&w, (ev->mask & IN_ISDIR) != 0);
-		if ((ev->mask & (IN_MOVED_FROM | IN_MOVED_TO)) && ev->cookie) {
-			jw_key(&w, "cookie"); /* a move's two halves share it */
-			jw_int(&w, ev->cookie);
+		uint32_t cookie = ev->mask & (IN_MOVED_FROM | IN_MOVED_TO) ? ev->cookie : 0;
+		if ((ev->mask & IN_MOVED_FROM) && cookie && p >= buf + n && !root_gone) {
+			snprintf(d->held.name, sizeof(d->held.name), "%s", name);
+			d->held.is_dir = (ev->mask & IN_ISDIR) != 0;
+			d->held.cookie = cookie;
+			timer_arm(&d->held.timer, loop_now_ms() + MOVE_PAIR_MS, held_expired);
+			continue;
 		}
-		jw_obj_end(&w);
+		put_event(&w, name, type, (ev->mask & IN_ISDIR) != 0, cookie);
+		count++;
 	}
-	jw_arr_end(&w);
-	jw_obj_end(&w);
-	stream_event_jw(s, &w);
+	batch_send(s, &w, count);
 	if (root_gone) {
 		dirwatch_free(d);
 		stream_end_error(s, PERR_NOT_FOUND, "the watched directory was removed or moved");
