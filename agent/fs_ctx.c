@@ -62,12 +62,18 @@ int resolve_path(struct stream *s, const struct json *req, const char *key,
 	int n;
 	if (!home || !*home)
 		home = "/";
+	/* A home of "/" (a kvm guest's PID 1 gets HOME=/ from the kernel) gives "/x", not "//x". */
+	int hl = (int)strlen(home);
+	while (hl > 1 && home[hl - 1] == '/')
+		hl--;
+	if (home[hl - 1] == '/')
+		hl--;
 	if (p[0] == '/')
 		n = snprintf(out, PATH_MAX, "%s", p);
 	else if (p[0] == '~' && (p[1] == 0 || p[1] == '/'))
-		n = snprintf(out, PATH_MAX, "%s%s", home, p + 1);
+		n = snprintf(out, PATH_MAX, "%.*s%s", hl, home, p[1] ? p + 1 : hl ? "" : "/");
 	else
-		n = snprintf(out, PATH_MAX, "%s/%s", home, p);
+		n = snprintf(out, PATH_MAX, "%.*s/%s", hl, home, p);
 	if (n < 0 || n >= PATH_MAX) {
 		stream_end_error(s, PERR_INVALID_ARGUMENT, "%s is too long", key);
 		return -ENAMETOOLONG;

@@ -1,7 +1,9 @@
 /* File operations: streamed read/write (binary, 100 MiB), metadata, errors. */
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,20 +24,33 @@ static void remove_dir(void)
 	ck_assert_int_eq(system(cmd), 0);
 }
 
-static void write_file(struct ac *c, const char *path, const void *p, size_t n)
+/* Writes path with E2B metadata (a JSON object, NULL for none) and returns the error
+ * code of the write's end ("" when it worked) in code. */
+static void write_meta(struct ac *c, const char *path, const char *meta, const void *p, size_t n, char *code,
+		       size_t len)
 {
-	char req[512];
+	char req[8192];
 	struct ac_result r;
 	uint32_t id = ac_new_id(c);
-	snprintf(req, sizeof(req), "{\"op\":\"write\",\"path\":\"%s\"}", path);
+	snprintf(req, sizeof(req), "{\"op\":\"write\",\"path\":\"%s\"%s%s}", path, meta ? ",\"metadata\":" : "",
+		 meta ? meta : "");
 	ac_open(c, id, req);
-	ck_assert_int_eq(ac_write_data(c, id, p, n, true, T_LONG), 0);
+	/* A refused write ends before its data is taken. */
+	ac_write_data(c, id, p, n, true, T_LONG);
 	ck_assert_int_eq(ac_collect(c, id, &r, T_LONG), 0);
 	cJSON *j = end_json(&r);
-	ck_assert_msg(!*end_error_code(j), "write failed: %s", r.end);
-	ck_assert_int_eq(json_int(j, "bytes"), (int)n);
+	snprintf(code, len, "%s", end_error_code(j));
+	if (!*code)
+		ck_assert_int_eq(json_int(j, "bytes"), (int)n);
 	cJSON_Delete(j);
 	ac_result_free(&r);
+}
+
+static void write_file(struct ac *c, const char *path, const void *p, size_t n)
+{
+	char code[64];
+	write_meta(c, path, NULL, p, n, code, sizeof(code));
+	ck_assert_msg(!*code, "write of %s failed: %s", path, code);
 }
 
 START_TEST(files_binary_roundtrip)
@@ -194,6 +209,82 @@ START_TEST(files_metadata_ops)
 }
 END_TEST
 
+static void expect_content(const char *path, const char *want)
+{
+	char got[64] = "";
+	int fd = open(path, O_RDONLY);
+	ck_assert_msg(fd >= 0, "%s is gone", path);
+	ck_assert_int_ge(read(fd, got, sizeof(got) - 1), 0);
+	close(fd);
+	ck_assert_str_eq(got, want);
+}
+
+/* E2B's file metadata: kept with the file where the file system can, and where it
+ * cannot, the write is refused whole (no new file, the old content untouched). */
+START_TEST(files_e2b_metadata)
+{
+	struct ac c;
+	struct ac_result r;
+	char req[512], path[192], code[64];
+	make_dir();
+	/* ramfs keeps no extended attributes at all; mounted in a mount namespace of this
+	 * test's own, which the agent inherits. */
+	char ram[128];
+	snprintf(ram, sizeof(ram), "%s/ram", dir);
+	ck_assert_int_eq(mkdir(ram, 0755), 0);
+	bool have_ram = !unshare(CLONE_NEWNS) && !mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) &&
+			!mount("ramfs", ram, "ramfs", 0, "mode=0755");
+	agent_up(&c);
+	snprintf(path, sizeof(path), "%s/m.txt", dir);
+	write_meta(&c, path, "{\"owner\":\"alice\",\"build-id\":\"42\"}", "m", 1, code, sizeof(code));
+	ck_assert_msg(!*code, "write with metadata: %s", code);
+	snprintf(req, sizeof(req), "{\"op\":\"stat\",\"path\":\"%s\"}", path);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_msg(strstr(r.end, "\"metadata\":{\"owner\":\"alice\",\"build-id\":\"42\"}") ||
+		      strstr(r.end, "\"metadata\":{\"build-id\":\"42\",\"owner\":\"alice\"}"), "%s", r.end);
+	ac_result_free(&r);
+	/* A new write is a new file: no metadata unless it brings its own. */
+	write_file(&c, path, "n", 1);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	ck_assert_msg(!strstr(r.end, "metadata"), "%s", r.end);
+	ac_result_free(&r);
+	/* Out of bounds: refused, not dropped. */
+	write_meta(&c, path, "{\"k\":7}", "x", 1, code, sizeof(code));
+	ck_assert_str_eq(code, "invalid_argument");
+	expect_content(path, "n");
+
+	if (!have_ram) {
+		printf("files_e2b_metadata: no ramfs here (not root?): the refusal is not checked\n");
+	} else {
+		char old[192], linked[192];
+		/* A new file, an existing one (replaced through a temporary file) and a
+		 * hard-linked one (written in place): each refused, each as it was. */
+		snprintf(path, sizeof(path), "%s/new.txt", ram);
+		write_meta(&c, path, "{\"owner\":\"alice\"}", "m", 1, code, sizeof(code));
+		ck_assert_str_eq(code, "invalid_argument");
+		ck_assert_int_ne(access(path, F_OK), 0);
+		snprintf(old, sizeof(old), "%s/old.txt", ram);
+		write_file(&c, old, "old", 3);
+		write_meta(&c, old, "{\"owner\":\"alice\"}", "new", 3, code, sizeof(code));
+		ck_assert_str_eq(code, "invalid_argument");
+		expect_content(old, "old");
+		snprintf(linked, sizeof(linked), "%s/linked.txt", ram);
+		ck_assert_int_eq(link(old, linked), 0);
+		write_meta(&c, old, "{\"owner\":\"alice\"}", "new", 3, code, sizeof(code));
+		ck_assert_str_eq(code, "invalid_argument");
+		expect_content(linked, "old");
+		snprintf(req, sizeof(req), "{\"op\":\"list\",\"path\":\"%s\"}", ram);
+		ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+		ck_assert_msg(strstr(r.end, "\"count\":2"), "only old.txt and linked.txt: %s %s", r.end,
+			      (char *)r.events.p);
+		ac_result_free(&r);
+		umount2(ram, MNT_DETACH);
+	}
+	agent_down(&c);
+	remove_dir();
+}
+END_TEST
+
 START_TEST(files_error_codes)
 {
 	struct ac c;
@@ -307,10 +398,24 @@ START_TEST(files_watch_recursive)
 	write_file(&c, path, "y", 1); /* inside a directory created after the start */
 	wait_event(&c, id, &seen, "\"name\":\"sub/b.txt\",\"type\":\"create\"");
 	snprintf(path2, sizeof(path2), "%s/sub/c.txt", dir);
+	/* A move inside the tree: its two halves in one batch, side by side (how a client
+	 * pairs them). */
 	ck_assert_int_eq(rename(path, path2), 0);
-	wait_event(&c, id, &seen, "\"name\":\"sub/b.txt\",\"type\":\"rename\"");
-	unlink(path2);
-	wait_event(&c, id, &seen, "\"name\":\"sub/c.txt\",\"type\":\"remove\"");
+	wait_event(&c, id, &seen, "\"name\":\"sub/c.txt\",\"type\":\"create\"");
+	const char *half = strstr((char *)seen.p, "\"name\":\"sub/b.txt\",\"type\":\"rename\"");
+	ck_assert_ptr_nonnull(half);
+	static const char second[] = "},{\"name\":\"sub/c.txt\",\"type\":\"create\"";
+	ck_assert_msg(!strncmp(strchr(half, '}'), second, strlen(second)), "a move's halves apart: %s",
+		      (char *)seen.p);
+	/* Out of the tree: no second half comes, the first goes out alone. */
+	char out[96];
+	snprintf(out, sizeof(out), "%s-out", dir);
+	ck_assert_int_eq(rename(path2, out), 0);
+	wait_event(&c, id, &seen, "\"name\":\"sub/c.txt\",\"type\":\"rename\"");
+	unlink(out);
+	snprintf(path, sizeof(path), "%s/a.txt", dir);
+	unlink(path);
+	wait_event(&c, id, &seen, "\"name\":\"a.txt\",\"type\":\"remove\"");
 	remove_dir(); /* the watched directory itself goes: the stream ends */
 	ck_assert_int_eq(ac_collect(&c, id, &r, T_SHORT), 0);
 	expect_end(&r, "not_found", "watch of a removed directory");
@@ -340,6 +445,26 @@ START_TEST(files_relative_to_home)
 }
 END_TEST
 
+/* A home of "/" (a kvm guest's PID 1 has HOME=/): relative paths are "/x", not "//x". */
+START_TEST(files_relative_to_root_home)
+{
+	struct ac c;
+	struct ac_result r;
+	setenv("HOME", "/", 1);
+	agent_up(&c);
+	static const char *const cases[][2] = { { "tmp", "/tmp" }, { "~/tmp", "/tmp" }, { "~", "/" } };
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char req[128], want[64];
+		snprintf(req, sizeof(req), "{\"op\":\"stat\",\"path\":\"%s\"}", cases[i][0]);
+		ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+		snprintf(want, sizeof(want), "\"path\":\"%s\"", cases[i][1]);
+		ck_assert_msg(strstr(r.end, want), "%s: %s", cases[i][0], r.end);
+		ac_result_free(&r);
+	}
+	agent_down(&c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("agent_files");
@@ -348,10 +473,12 @@ int main(void)
 	tcase_add_test(tc, files_binary_roundtrip);
 	tcase_add_test(tc, files_100mib_streamed);
 	tcase_add_test(tc, files_metadata_ops);
+	tcase_add_test(tc, files_e2b_metadata);
 	tcase_add_test(tc, files_error_codes);
 	tcase_add_test(tc, files_list_many_batches);
 	tcase_add_test(tc, files_watch_recursive);
 	tcase_add_test(tc, files_relative_to_home);
+	tcase_add_test(tc, files_relative_to_root_home);
 	suite_add_tcase(s, tc);
 	return run_suite(s);
 }
