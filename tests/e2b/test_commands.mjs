@@ -69,9 +69,10 @@ test("background: handle, list, connect, stdin, kill", async () => {
   assert.ok(mine, "listed");
   assert.equal(mine.cmd, "/bin/bash");
   assert.deepEqual(mine.args, ["-l", "-c", "cat"]);
-  await sbx.commands.sendStdin(h.pid, "hello stdin\n");
+  // Connected first: like envd, connect streams what the command prints from then on.
   const got = [];
   const again = await sbx.commands.connect(h.pid, { onStdout: (d) => got.push(d) });
+  await sbx.commands.sendStdin(h.pid, "hello stdin\n");
   await sbx.commands.closeStdin(h.pid);
   const res = await again.wait();
   assert.equal(res.exitCode, 0);
