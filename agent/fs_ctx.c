@@ -17,9 +17,18 @@ void fs_switch(const struct fs_ctx *fc)
 	}
 }
 
+const char *request_user(const struct json *req)
+{
+	const char *name = json_get_str(req, "user"), *fallback = json_get_str(req, "default_user");
+	struct user_info ui;
+	if (!name && fallback && !user_lookup(fallback, &ui))
+		name = fallback;
+	return name;
+}
+
 int fs_enter(struct stream *s, const struct json *req, struct fs_ctx *fc)
 {
-	const char *name = json_get_str(req, "user");
+	const char *name = request_user(req);
 	memset(fc, 0, sizeof(*fc));
 	if (name) {
 		if (user_lookup(name, &fc->user)) {

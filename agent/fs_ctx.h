@@ -19,7 +19,11 @@ struct fs_ctx {
 	char path[PATH_MAX];
 };
 
-/* Looks up req's "user" and takes on its identity. Ends s on error. */
+/* The user a request runs as: its "user"; else its "default_user" when this system
+ * has that account (E2B's default user, "user" in its templates); else NULL, the
+ * agent's own. */
+const char *request_user(const struct json *req);
+/* Looks up request_user(req) and takes on its identity. Ends s on error. */
 int fs_enter(struct stream *s, const struct json *req, struct fs_ctx *fc);
 /* Takes on fc's identity again, for work resumed from the event loop. */
 void fs_switch(const struct fs_ctx *fc);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
+#include "agent/fs_ctx.h"
 #include "agent/ops.h"
 #include "agent/relay.h"
 #include "agent/spawn.h"
@@ -300,7 +301,7 @@ static void context_free(struct kernel *k)
 static struct kernel *context_create(struct stream *s, const struct json *req, const char *id)
 {
 	static unsigned seq;
-	const char *cwd = json_get_str(req, "cwd"), *user = json_get_str(req, "user");
+	const char *cwd = json_get_str(req, "cwd"), *user = request_user(req);
 	const char *lang = json_get_str(req, "language");
 	if (lang && strcmp(lang, "python") && strcmp(lang, "python3")) {
 		stream_end_error(s, PERR_UNSUPPORTED, "language '%s' is not supported (python only)", lang);

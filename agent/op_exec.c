@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "agent/base64.h"
+#include "agent/fs_ctx.h"
 #include "agent/ops.h"
 #include "agent/relay.h"
 #include "agent/spawn.h"
@@ -532,7 +533,7 @@ static struct proc *proc_start(struct stream *s, const struct json *req, struct 
 static void exec_start(struct stream *s, const struct json *req, bool pty)
 {
 	struct exec_args a = { .pty = pty };
-	const char *user = json_get_str(req, "user");
+	const char *user = request_user(req);
 	int64_t timeout_ms = 0;
 	int rc;
 

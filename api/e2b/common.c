@@ -255,6 +255,14 @@ cJSON *e2b_fs_event(const cJSON *e)
 	return NULL; /* "overflow", or something newer */
 }
 
+void e2b_add_user(cJSON *open, const char *user)
+{
+	if (user && *user)
+		cJSON_AddStringToObject(open, "user", user);
+	else
+		cJSON_AddStringToObject(open, "default_user", "user");
+}
+
 const char *e2b_agent_code(const char *c)
 {
 	static const char *map[][2] = {

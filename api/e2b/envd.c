@@ -246,12 +246,6 @@ static void basic_user(const struct http_req *r, char *out, size_t outlen)
 		snprintf(out, outlen, "%s", (char *)buf);
 }
 
-static void add_user(struct envd_call *c, cJSON *open)
-{
-	if (c->user[0])
-		cJSON_AddStringToObject(open, "user", c->user);
-}
-
 /* ---- process.Process/Start and Connect ---- */
 
 static void data_event(struct envd_call *c, const char *key, const uint8_t *p, size_t n)
@@ -386,7 +380,7 @@ static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *
 			cJSON_AddStringToObject(env, e->string, e->valuestring);
 		}
 	const char *cwd = str_field(proc, "cwd");
-	add_user(c, open);
+	e2b_add_user(open, c->user);
 	/* A missing stdin is the legacy "open" (reference 3.4). */
 	cJSON_AddBoolToObject(open, "stdin", !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(req, "stdin")));
 	/* envd's processes outlive the request; Connect re-attaches. */
@@ -414,7 +408,7 @@ static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *
 		cJSON *st = cJSON_CreateObject();
 		cJSON_AddStringToObject(st, "op", "stat");
 		cJSON_AddStringToObject(st, "path", cwd);
-		add_user(c, st);
+		e2b_add_user(st, c->user);
 		c->exec_open = open;
 		if (!e2b_call_open(&c->base, ac, st, &cwd_ops))
 			call_end(c, NULL, "unavailable", "cannot open a stream to the sandbox's agent");
@@ -563,7 +557,7 @@ static cJSON *unary_open(struct envd_call *c, const cJSON *req)
 			bad = "source and destination are required";
 		cJSON_AddStringToObject(open, "from", from ? from : "");
 		cJSON_AddStringToObject(open, "to", to ? to : "");
-		add_user(c, open);
+		e2b_add_user(open, c->user);
 	} else {
 		const char *path = str_field(req, "path");
 		if (!path || !*path)
@@ -573,7 +567,7 @@ static cJSON *unary_open(struct envd_call *c, const cJSON *req)
 			cJSON_AddBoolToObject(open, "recursive", 1);
 		if (!strcmp(name, "MakeDir"))
 			cJSON_AddBoolToObject(open, "parents", 1);
-		add_user(c, open);
+		e2b_add_user(open, c->user);
 	}
 	if (bad) {
 		cJSON_Delete(open);
@@ -603,7 +597,7 @@ static void start_list_dir(struct envd_call *c, struct agent_conn *ac, const cJS
 	cJSON_AddStringToObject(open, "op", "list");
 	cJSON_AddStringToObject(open, "path", path);
 	cJSON_AddNumberToObject(open, "depth", (int)d);
-	add_user(c, open);
+	e2b_add_user(open, c->user);
 	c->entries = cJSON_CreateArray();
 	if (!e2b_call_open(&c->base, ac, open, &unary_ops))
 		call_end(c, NULL, "unavailable", "cannot open a stream to the sandbox's agent");
@@ -724,7 +718,7 @@ static bool entry_lookup(struct envd_call *c, cJSON *fs)
 	if (p && open && asprintf(&path, "%s/%s", c->watch_path, name) > 0) {
 		cJSON_AddStringToObject(open, "op", "stat");
 		cJSON_AddStringToObject(open, "path", path);
-		add_user(c, open);
+		e2b_add_user(open, c->user);
 		char *js = cJSON_PrintUnformatted(open);
 		p->stat = js ? agent_open(c->ac, js, &entry_ops, p) : NULL;
 		free(js);
@@ -800,7 +794,7 @@ static void start_watch(struct envd_call *c, struct agent_conn *ac, const cJSON 
 	cJSON_AddStringToObject(open, "op", "watch");
 	cJSON_AddStringToObject(open, "path", path);
 	cJSON_AddBoolToObject(open, "recursive", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "recursive")));
-	add_user(c, open);
+	e2b_add_user(open, c->user);
 	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "includeEntry")) ||
 	    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "include_entry"))) {
 		c->ac = ac;

@@ -215,8 +215,7 @@ void e2b_files_get(struct http_req *r)
 	cJSON *open = cJSON_CreateObject();
 	cJSON_AddStringToObject(open, "op", "read");
 	cJSON_AddStringToObject(open, "path", a.path);
-	if (a.user && *a.user)
-		cJSON_AddStringToObject(open, "user", a.user);
+	e2b_add_user(open, a.user);
 	access_free(&a);
 	if (!e2b_call_open(&c->base, ac, open, &read_ops)) {
 		e2b_reply_err(r, 502, "cannot open a stream to the sandbox's agent");
@@ -336,8 +335,7 @@ static struct wfile *wf_open(struct upload *u, const char *dest)
 	if (f && open && (f->dest = strdup(dest))) {
 		cJSON_AddStringToObject(open, "op", "write");
 		cJSON_AddStringToObject(open, "path", dest);
-		if (u->a.user && *u->a.user)
-			cJSON_AddStringToObject(open, "user", u->a.user);
+		e2b_add_user(open, u->a.user);
 		if (u->metadata)
 			cJSON_AddItemToObject(open, "metadata", cJSON_Duplicate(u->metadata, 1));
 		s = cJSON_PrintUnformatted(open);

@@ -84,6 +84,10 @@ struct cJSON *e2b_entry_info(const struct cJSON *agent_entry);
 bool e2b_api_key_ok(const struct http_req *r);
 /* filesystem.FilesystemEvent {name, type: EVENT_TYPE_*} of an agent watch event, or NULL. */
 struct cJSON *e2b_fs_event(const struct cJSON *agent_event);
+/* Who an envd call runs as: the user the SDK named (Basic auth, ?username=), else
+ * E2B's default user "user" where the sandbox has that account (the agent falls
+ * back to its own identity where it has not). */
+void e2b_add_user(struct cJSON *open, const char *user);
 /* Absent, null, or an object of strings (metadata, envs). */
 /* A map of strings to strings (metadata, envVars, envs) of at most these many
  * entries and key and value bytes in all. */

@@ -51,6 +51,21 @@ START_TEST(exec_as_user)
 	ck_assert_int_eq(ac_call(&c, "{\"op\":\"exec\",\"argv\":[\"id\",\"-u\"],\"user\":\"nobody\"}", &r, T_SHORT), 0);
 	ck_assert_str_eq((char *)r.ch[1].p, "65534\n");
 	ac_result_free(&r);
+	/* A default user (E2B's "user") where the system has it; the agent's own where it
+	 * has not; a named user wins over it. Files and code follow the same rule. */
+	static const char *const cases[][2] = {
+		{ "\"default_user\":\"nobody\"", "65534\n" },
+		{ "\"default_user\":\"no-such-user-xyz\"", "0\n" },
+		{ "\"user\":\"root\",\"default_user\":\"nobody\"", "0\n" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char req[256];
+		snprintf(req, sizeof(req), "{\"op\":\"exec\",\"argv\":[\"id\",\"-u\"],%s}", cases[i][0]);
+		ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+		ck_assert_msg(r.ch[1].p && !strcmp((char *)r.ch[1].p, cases[i][1]), "%s: %s", cases[i][0],
+			      r.ch[1].p ? (char *)r.ch[1].p : r.end);
+		ac_result_free(&r);
+	}
 	agent_down(&c);
 }
 END_TEST

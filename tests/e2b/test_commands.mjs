@@ -104,6 +104,16 @@ test("binary output and large output arrive whole", async () => {
   assert.equal(big.stdout.split("\n").length, 200001);
 });
 
+test("without a user, E2B's default user \"user\" where the sandbox has it, else root", async () => {
+  const has = (await sbx.commands.run("getent passwd user || true", { user: "root" })).stdout.trim() !== "";
+  assert.equal((await sbx.commands.run("id -un")).stdout.trim(), has ? "user" : "root");
+  const home = (await sbx.commands.run("echo -n $HOME")).stdout;
+  if (has) assert.equal(home, "/home/user");
+  const info = await sbx.files.write("default-user.txt", "mine");
+  assert.equal(info.path, home.replace(/\/$/, "") + "/default-user.txt", "files and commands share the home");
+  assert.equal((await sbx.commands.run("stat -c %U \"$HOME/default-user.txt\"")).stdout.trim(), has ? "user" : "root");
+});
+
 test("user root runs as root", async () => {
   const r = await sbx.commands.run("id -u", { user: "root" });
   assert.equal(r.stdout, "0\n");
