@@ -561,6 +561,10 @@ static void exec_start(struct stream *s, const struct json *req, bool pty)
 		return;
 	}
 	a.cwd = json_get_str(req, "cwd");
+	const char *fallback = json_get_str(req, "default_cwd");
+	struct stat dst;
+	if (!a.cwd && fallback && stat(fallback, &dst) == 0 && S_ISDIR(dst.st_mode))
+		a.cwd = fallback; /* the Mitos contract's /workspace, where there is one */
 	if (!a.cwd && a.has_user) {
 		struct stat st;
 		a.cwd = stat(a.user.home, &st) == 0 && S_ISDIR(st.st_mode) ? a.user.home : "/";

@@ -154,9 +154,7 @@ static cJSON *exec_request(struct rpc_call *c, const cJSON *req)
 		cJSON_AddStringToObject(open, "shell", "/bin/bash");
 	}
 	cJSON_AddItemToObject(open, "env", env);
-	const char *cwd = rpc_jstr(req, "cwd");
-	if (cwd && *cwd)
-		cJSON_AddStringToObject(open, "cwd", cwd);
+	exec_cwd(open, rpc_jstr(req, "cwd"));
 	if (timeout > 0)
 		cJSON_AddNumberToObject(open, "timeout_ms", timeout * 1000);
 	return open;

@@ -176,9 +176,16 @@ cJSON *pty_agent_request(const cJSON *open)
 		cJSON_AddStringToObject(o, "cmd", cmd);
 		cJSON_AddStringToObject(o, "shell", "/bin/bash");
 	}
-	if (cwd && *cwd)
-		cJSON_AddStringToObject(o, "cwd", cwd);
+	exec_cwd(o, cwd);
 	return o;
+}
+
+void exec_cwd(cJSON *agent_open, const char *cwd)
+{
+	if (cwd && *cwd)
+		cJSON_AddStringToObject(agent_open, "cwd", cwd);
+	else
+		cJSON_AddStringToObject(agent_open, "default_cwd", "/workspace");
 }
 
 bool pty_resize_event(const cJSON *rs, char out[PTY_RESIZE_EVENT_MAX])

@@ -14,6 +14,9 @@ void pty_handle(struct http_req *r);
 
 #define PTY_OPEN_INVALID "pty.size cols and rows are from 1 to 1000; command is a shell command line (args are " \
 	"not taken by a terminal)"
+/* ExecOpen's cwd for an agent exec or pty request: an empty one is the contract's
+ * /workspace, where the sandbox has it (elsewhere the agent keeps its own default). */
+void exec_cwd(cJSON *agent_open, const char *cwd);
 /* The agent's pty operation for an ExecOpen (its pty.size, command, cwd), or
  * NULL when they are out of range (PTY_OPEN_INVALID says how). */
 cJSON *pty_agent_request(const cJSON *open);

@@ -34,6 +34,18 @@ START_TEST(exec_argv_env_cwd)
 	ck_assert_str_eq((char *)r.ch[1].p, "bar baz\n/tmp\n");
 	ac_result_free(&r);
 	call_expect(&c, "{\"op\":\"exec\",\"argv\":[\"true\"],\"cwd\":\"/nonexistent-dir\"}", "invalid_argument");
+	/* default_cwd (the Mitos contract's /workspace) where it is a directory, else as without. */
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"exec\",\"argv\":[\"pwd\"],\"default_cwd\":\"/tmp\"}", &r, T_SHORT), 0);
+	ck_assert_str_eq((char *)r.ch[1].p, "/tmp\n");
+	ac_result_free(&r);
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"exec\",\"argv\":[\"true\"],\"default_cwd\":\"/nonexistent-dir\"}", &r,
+				 T_SHORT), 0);
+	ck_assert_msg(!strstr(r.end, "\"error\""), "%s", r.end);
+	ac_result_free(&r);
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"exec\",\"argv\":[\"pwd\"],\"cwd\":\"/\",\"default_cwd\":\"/tmp\"}", &r,
+				 T_SHORT), 0);
+	ck_assert_str_eq((char *)r.ch[1].p, "/\n");
+	ac_result_free(&r);
 	call_expect(&c, "{\"op\":\"exec\",\"argv\":[\"/no/such/binary\"]}", "not_found");
 	call_expect(&c, "{\"op\":\"exec\"}", "invalid_argument");
 	call_expect(&c, "{\"op\":\"exec\",\"argv\":[\"true\"],\"user\":\"no-such-user-xyz\"}", "invalid_argument");

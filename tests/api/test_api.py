@@ -460,8 +460,13 @@ def t_run_code(s):
 
 def t_files(s):
     sid = new_sandbox(s)[0]["id"]
+    out, _, _, _ = sh(s, sid, "pwd")
+    assert out != b"/workspace\n", "this template has no /workspace yet"
     st, r = s.unary("Mkdir", sid, {"path": "/workspace/deep/er"})
     eq((st, r), (200, {}), "mkdir with parents")
+    # The contract: an empty cwd is /workspace, once the sandbox has one.
+    eq(sh(s, sid, "pwd")[0], b"/workspace\n", "exec's default cwd")
+    eq(sh(s, sid, "pwd", cwd="/tmp")[0], b"/tmp\n", "a cwd given")
     st, r = s.unary("Mkdir", sid, {"path": "/workspace"})
     eq((st, r), (200, {}), "mkdir of an existing directory")
     write_file(s, sid, "/workspace/plain", b"f")
