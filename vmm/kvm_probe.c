@@ -15,6 +15,7 @@
 
 #define PROBE_MEM (2ULL << 20)
 #define PROBE_LOOPS 100000   /* two instructions each: dec ecx; jnz */
+#define PROBE_PASSES_MAX 5
 
 static void read_cpu_flags(struct kvm_probe_result *r)
 {
@@ -60,8 +61,38 @@ static double seconds_since(const struct timespec *t0)
 	return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
+/* One pass of the probe guest from its entry to its exit port: its time in *seconds. */
+static int run_once(struct vcpu *v, uint64_t entry, struct kvm_probe_result *r, struct mitos_err *e,
+		    double *seconds)
+{
+	int ret = vcpu_set_boot_state(v, entry, e);
+	if (ret)
+		return ret;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (v->run->exit_reason == KVM_EXIT_IO && v->run->io.port == LAYOUT_DEBUG_EXIT_PORT) {
+			*seconds = seconds_since(&t0);
+			return 0;
+		}
+		if (v->run->exit_reason != KVM_EXIT_IO && v->run->exit_reason != KVM_EXIT_INTR) {
+			snprintf(r->kvm_error, sizeof(r->kvm_error),
+				 "probe guest stopped with KVM exit reason %u", v->run->exit_reason);
+			return -EIO;
+		}
+	}
+}
+
 /* Times a tight loop of guest kernel-mode code in a throwaway VM entered exactly like a
- * real guest (64-bit, boot page tables). */
+ * real guest (64-bit, boot page tables). Being preempted only ever adds time, so the
+ * best of a few passes is the speed: a loaded hardware host whose first pass was
+ * interrupted is not taken for an emulator (a clear verdict either way takes one pass;
+ * an emulator's pass, a fifth of a second, is not repeated). */
 static int measure(struct kvm_probe_result *r)
 {
 	static const uint8_t code[] = {
@@ -90,29 +121,19 @@ static int measure(struct kvm_probe_result *r)
 	r->kvm_usable = true;
 	r->api_version = ioctl(vm.kvm_fd, KVM_GET_API_VERSION, 0);
 	if ((ret = kvm_vm_map_memory(&vm, &mem, &e)) || (ret = boot_write(&mem, &k, &bc, &e)) ||
-	    (ret = vcpu_create(&vm, 0, 1, &v, &e)) || (ret = vcpu_set_boot_state(&v, k.entry, &e)))
+	    (ret = vcpu_create(&vm, 0, 1, &v, &e)))
 		goto out;
-	struct timespec t0;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	for (;;) {
-		if (ioctl(v.fd, KVM_RUN, 0) < 0) {
-			if (errno == EINTR)
-				continue;
-			ret = -errno;
+	for (int pass = 0; pass < PROBE_PASSES_MAX; pass++) {
+		double seconds = 0;
+		if ((ret = run_once(&v, k.entry, r, &e, &seconds)))
 			break;
-		}
-		if (v.run->exit_reason == KVM_EXIT_IO && v.run->io.port == LAYOUT_DEBUG_EXIT_PORT) {
-			r->measure_seconds = seconds_since(&t0);
-			r->kernel_mips = 2.0 * PROBE_LOOPS / r->measure_seconds / 1e6;
+		if (!r->measured || seconds < r->measure_seconds) {
+			r->measure_seconds = seconds;
+			r->kernel_mips = 2.0 * PROBE_LOOPS / seconds / 1e6;
 			r->measured = true;
-			break;
 		}
-		if (v.run->exit_reason != KVM_EXIT_IO && v.run->exit_reason != KVM_EXIT_INTR) {
-			snprintf(r->kvm_error, sizeof(r->kvm_error),
-				 "probe guest stopped with KVM exit reason %u", v.run->exit_reason);
-			ret = -EIO;
+		if (r->kernel_mips >= KVM_PROBE_HW_MIPS_THRESHOLD || r->kernel_mips < KVM_PROBE_HW_MIPS_THRESHOLD / 20)
 			break;
-		}
 	}
 out:
 	if (ret && !r->kvm_error[0])
