@@ -73,7 +73,8 @@ test("pause, list as paused, resume through connect keeps files", async () => {
 
 test("lifecycle onTimeout pause: the timeout pauses, connect resumes with the files", async () => {
   const sbx = await create({ timeoutMs: 3000, lifecycle: { onTimeout: "pause" } });
-  await sbx.files.write("/opt/auto.txt", "survives");
+  // On the sandbox's disk (/tmp is a tmpfs), as root: E2B's default user may not write /opt.
+  await sbx.files.write("/opt/auto.txt", "survives", { user: "root" });
   const info = await sbx.getInfo();
   assert.equal(info.lifecycle.onTimeout, "pause");
   const deadline = Date.now() + 20000;
