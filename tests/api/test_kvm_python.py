@@ -136,6 +136,9 @@ def t_python_template_exec():
         print("     template %.1f s (boot, agent, warm-up, snapshot), sandbox %.2f s, first python3 -c %.1f s "
               "reading %d sectors" % (t_tpl, t_fork, t_exec, read))
         eq(read, 0, "sectors the child's first python3 read from disk")
+        # The contract's default cwd, which the image has.
+        out, msgs = exec_output(s, "py1", {"command": "pwd"}, timeout=60)
+        eq(out, "/workspace\n", "exec's default cwd (%r)" % msgs)
         st, _ = s.request("DELETE", "/v1/sandboxes/py1")
         eq(st, 200, "delete")
     finally:
