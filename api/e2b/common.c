@@ -255,6 +255,13 @@ cJSON *e2b_fs_event(const cJSON *e)
 	return NULL; /* "overflow", or something newer */
 }
 
+void e2b_template_shape(const char *name, unsigned *cpus, unsigned *mem_mib)
+{
+	struct template_rec *t = templates_find(name);
+	if (!t || templates_shape(t, cpus, mem_mib))
+		*cpus = *mem_mib = 0;
+}
+
 void e2b_add_user(cJSON *open, const char *user)
 {
 	if (user && *user)

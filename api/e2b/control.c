@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/engines/cgroup.h"
 #include "api/e2b/internal.h"
 #include "api/mitos/cluster_list.h"
 #include "api/mitos/handlers.h"
@@ -31,16 +30,6 @@ static const char *template_image(const char *name)
 	return name;
 }
 
-static void template_shape(const char *name, unsigned *cpus, unsigned *mem_mib)
-{
-	static const struct cg_limits dflt = { .memory_max_mib = 1024, .cpu_percent = 100 };
-	struct template_rec *t = templates_find(name);
-	struct cg_limits l = dflt;
-	if (t && cgroup_limits_parse(t->spec, 32, &dflt, &l, NULL))
-		l = dflt;
-	*cpus = (l.cpu_percent + 99) / 100;
-	*mem_mib = l.memory_max_mib;
-}
 
 static const char *e2b_state(const struct sandbox *sb)
 {
@@ -70,7 +59,7 @@ static cJSON *sandbox_obj(const struct http_req *r, const struct sandbox *sb, co
 	cJSON *o = cJSON_CreateObject();
 	char ts[40];
 	unsigned cpus, mem;
-	template_shape(sb->template_name, &cpus, &mem);
+	e2b_template_shape(sb->template_name, &cpus, &mem);
 	cJSON_AddStringToObject(o, "sandboxID", sb->id);
 	cJSON_AddStringToObject(o, "templateID", sb->template_name);
 	cJSON_AddStringToObject(o, "alias", sb->template_name);
@@ -750,7 +739,7 @@ void e2b_templates_list(struct http_req *r)
 	char ts[40];
 	for (struct template_rec *t = templates_first(); t; t = t->next) {
 		unsigned cpus, mem;
-		template_shape(t->name, &cpus, &mem);
+		e2b_template_shape(t->name, &cpus, &mem);
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "templateID", t->name);
 		cJSON_AddStringToObject(o, "buildID", t->image);

@@ -88,6 +88,9 @@ struct cJSON *e2b_fs_event(const struct cJSON *agent_event);
  * E2B's default user "user" where the sandbox has that account (the agent falls
  * back to its own identity where it has not). */
 void e2b_add_user(struct cJSON *open, const char *user);
+/* E2B's cpuCount and memoryMB of a template: what its sandboxes see (a VM's vCPUs and
+ * RAM); 0 when the template is gone or the engine cannot tell. */
+void e2b_template_shape(const char *name, unsigned *cpus, unsigned *mem_mib);
 /* Absent, null, or an object of strings (metadata, envs). */
 /* A map of strings to strings (metadata, envVars, envs) of at most these many
  * entries and key and value bytes in all. */

@@ -52,8 +52,13 @@ void e2b_sandbox_metrics(struct http_req *r)
 		cJSON_AddNumberToObject(m, "timestampUnix", (double)(now / 1000));
 		cJSON_AddNumberToObject(m, "cpuUsedPct", pct);
 		cJSON_AddNumberToObject(m, "cpuCount", u.cpus);
-		cJSON_AddNumberToObject(m, "memUsed", (double)u.mem);
-		cJSON_AddNumberToObject(m, "memTotal", (double)(u.mem_max && u.mem_max < (1ull << 50) ? u.mem_max : 0));
+		/* The memory the sandbox has, as getInfo's memoryMB says (a VM's RAM, not its
+		 * cgroup's, which also holds the VMM); in use, what its cgroup holds of it. */
+		unsigned tcpus, tmem;
+		e2b_template_shape(sb->template_name, &tcpus, &tmem);
+		double total = (double)tmem * 1024 * 1024, used = (double)u.mem;
+		cJSON_AddNumberToObject(m, "memUsed", total && used > total ? total : used);
+		cJSON_AddNumberToObject(m, "memTotal", total);
 		cJSON_AddNumberToObject(m, "memCache", (double)u.cache);
 		/* The file system the sandbox's root writes to, seen through its init: a process-
 		 * engine sandbox's own disk (its quota); a VM's, the host's state dir. */

@@ -85,6 +85,9 @@ struct engine_ops {
 	struct cJSON *(*template_spec)(const struct cJSON *spec, struct mitos_err *e);
 	/* A template of this engine found in the state dir at start: still usable? */
 	bool (*template_usable)(const char *dir);
+	/* What a sandbox of the template in dir (spec as the template keeps it) gets: its
+	 * CPUs and memory as the sandbox sees them (a VM: its vCPUs and RAM). */
+	int (*template_shape)(const char *dir, const struct cJSON *spec, unsigned *cpus, unsigned *mem_mib);
 	/* The event loop runs and every sandbox left by a previous serve was adopted. */
 	void (*started)(void);
 	/* Graceful stop: ends template builds and prepared VMs. */

@@ -599,6 +599,7 @@ const struct engine_ops engine_kvm_ops = {
 	.release = kvm_release,
 	.template_build = kvm_template_build,
 	.template_usable = kvm_template_usable,
+	.template_shape = kvm_template_shape,
 	.started = kvm_started,
 	.shutdown = kvm_shutdown,
 	.exit = kvm_exit,

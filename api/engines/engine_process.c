@@ -221,6 +221,18 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 	return 0;
 }
 
+static int proc_template_shape(const char *dir, const cJSON *spec, unsigned *cpus, unsigned *mem_mib)
+{
+	(void)dir;
+	struct cg_limits l;
+	int rc = cgroup_limits_parse(spec, 32, &default_limits, &l, NULL);
+	if (!rc) {
+		*cpus = l.cpu_percent ? (l.cpu_percent + 99) / 100 : 1;
+		*mem_mib = l.memory_max_mib;
+	}
+	return rc;
+}
+
 static cJSON *proc_template_spec(const cJSON *spec, struct mitos_err *e)
 {
 	struct cg_limits l;
@@ -619,4 +631,5 @@ const struct engine_ops engine_process_ops = {
 	.exit_reason = engine_start_error,
 	.cleanup = proc_cleanup,
 	.template_spec = proc_template_spec,
+	.template_shape = proc_template_shape,
 };

@@ -356,6 +356,19 @@ bool kvm_template_usable(const char *dir)
 	return true;
 }
 
+int kvm_template_shape(const char *dir, const cJSON *spec, unsigned *cpus, unsigned *mem_mib)
+{
+	(void)spec;
+	char rootfs[PLEN];
+	struct vm_shape sh;
+	int rc = kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs));
+	if (!rc) {
+		*cpus = sh.vcpus;
+		*mem_mib = sh.mem_mib;
+	}
+	return rc;
+}
+
 void kvm_builds_kill(void)
 {
 	for (struct build *b = K.builds; b; b = b->next)

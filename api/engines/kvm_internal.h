@@ -204,6 +204,7 @@ int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t r
 int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn done, void *ctx,
 			      struct mitos_err *e);
 bool kvm_template_usable(const char *dir);
+int kvm_template_shape(const char *dir, const cJSON *spec, unsigned *cpus, unsigned *mem_mib);
 void kvm_builds_kill(void);
 
 #endif

@@ -100,6 +100,9 @@ const char *sandboxes_engine_name(void);
 
 struct template_rec *templates_find(const char *name);
 struct template_rec *templates_first(void);
+/* The CPUs and memory a sandbox of t sees (engine_ops.template_shape); -errno when
+ * the engine cannot tell (a template still building). */
+int templates_shape(const struct template_rec *t, unsigned *cpus, unsigned *mem_mib);
 /* *created tells a new template from an existing one with the same name. spec is the
  * request (engines that build templates read it). Returns 1 when the template is being
  * built: done runs once it is ready or failed (detach *w if the requester goes away);

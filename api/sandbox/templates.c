@@ -28,6 +28,11 @@ struct template_rec *templates_find(const char *name)
 
 struct template_rec *templates_first(void) { return templates; }
 
+int templates_shape(const struct template_rec *t, unsigned *cpus, unsigned *mem_mib)
+{
+	return eng->template_shape ? eng->template_shape(t->root, t->spec, cpus, mem_mib) : -ENOTSUP;
+}
+
 cJSON *template_json(const struct template_rec *t)
 {
 	cJSON *o = cJSON_CreateObject();
