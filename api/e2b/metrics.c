@@ -1,5 +1,6 @@
-/* GET /sandboxes/{id}/metrics: CPU and memory of the sandbox's own cgroup (the
- * engine records it in the sandbox's dir), in E2B's SandboxMetric shape. */
+/* GET /sandboxes/{id}/metrics: CPU and memory in use from the sandbox's own cgroup
+ * (the engine records it in the sandbox's dir), out of what the sandbox has (its
+ * template's shape, as getInfo says), in E2B's SandboxMetric shape. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
