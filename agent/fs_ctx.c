@@ -73,9 +73,7 @@ int resolve_path(struct stream *s, const struct json *req, const char *key,
 		home = "/";
 	/* A home of "/" (a kvm guest's PID 1 gets HOME=/ from the kernel) gives "/x", not "//x". */
 	int hl = (int)strlen(home);
-	while (hl > 1 && home[hl - 1] == '/')
-		hl--;
-	if (home[hl - 1] == '/')
+	while (hl && home[hl - 1] == '/')
 		hl--;
 	if (p[0] == '/')
 		n = snprintf(out, PATH_MAX, "%s", p);

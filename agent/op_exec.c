@@ -530,6 +530,12 @@ static struct proc *proc_start(struct stream *s, const struct json *req, struct 
 	return p;
 }
 
+static bool is_dir(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 static void exec_start(struct stream *s, const struct json *req, bool pty)
 {
 	struct exec_args a = { .pty = pty };
@@ -562,13 +568,10 @@ static void exec_start(struct stream *s, const struct json *req, bool pty)
 	}
 	a.cwd = json_get_str(req, "cwd");
 	const char *fallback = json_get_str(req, "default_cwd");
-	struct stat dst;
-	if (!a.cwd && fallback && stat(fallback, &dst) == 0 && S_ISDIR(dst.st_mode))
+	if (!a.cwd && fallback && is_dir(fallback))
 		a.cwd = fallback; /* the Mitos contract's /workspace, where there is one */
-	if (!a.cwd && a.has_user) {
-		struct stat st;
-		a.cwd = stat(a.user.home, &st) == 0 && S_ISDIR(st.st_mode) ? a.user.home : "/";
-	}
+	if (!a.cwd && a.has_user)
+		a.cwd = is_dir(a.user.home) ? a.user.home : "/";
 	if ((rc = parse_argv(req, pty, a.has_user ? &a.user : NULL, &a.argv))) {
 		stream_end_error(s, PERR_INVALID_ARGUMENT, "need argv (array of strings) or cmd (string)");
 		return;

@@ -227,7 +227,7 @@ static int proc_template_shape(const char *dir, const cJSON *spec, unsigned *cpu
 	struct cg_limits l;
 	int rc = cgroup_limits_parse(spec, 32, &default_limits, &l, NULL);
 	if (!rc) {
-		*cpus = l.cpu_percent ? (l.cpu_percent + 99) / 100 : 1;
+		*cpus = (l.cpu_percent + 99) / 100; /* cpu_percent is at least 1 */
 		*mem_mib = l.memory_max_mib;
 	}
 	return rc;

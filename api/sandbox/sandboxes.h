@@ -28,6 +28,7 @@ struct template_rec {
 	double build_ms;             /* how long the engine took to make it ready */
 	bool building;               /* the engine is still building it (kvm) */
 	struct cJSON *spec;          /* kvm: the request it was built from; process: its limits; or NULL */
+	unsigned shape_cpus, shape_mem_mib; /* templates_shape's answer once known (0: not yet) */
 	struct tpl_waiter *waiters;  /* requests waiting for the build */
 	struct template_rec *next;
 };
@@ -102,7 +103,7 @@ struct template_rec *templates_find(const char *name);
 struct template_rec *templates_first(void);
 /* The CPUs and memory a sandbox of t sees (engine_ops.template_shape); -errno when
  * the engine cannot tell (a template still building). */
-int templates_shape(const struct template_rec *t, unsigned *cpus, unsigned *mem_mib);
+int templates_shape(struct template_rec *t, unsigned *cpus, unsigned *mem_mib);
 /* *created tells a new template from an existing one with the same name. spec is the
  * request (engines that build templates read it). Returns 1 when the template is being
  * built: done runs once it is ready or failed (detach *w if the requester goes away);

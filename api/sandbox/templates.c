@@ -28,9 +28,18 @@ struct template_rec *templates_find(const char *name)
 
 struct template_rec *templates_first(void) { return templates; }
 
-int templates_shape(const struct template_rec *t, unsigned *cpus, unsigned *mem_mib)
+/* Read once: E2B asks for every sandbox it lists, and a kvm template's shape is a file. */
+int templates_shape(struct template_rec *t, unsigned *cpus, unsigned *mem_mib)
 {
-	return eng->template_shape ? eng->template_shape(t->root, t->spec, cpus, mem_mib) : -ENOTSUP;
+	if (!t->shape_mem_mib) {
+		int rc = eng->template_shape ? eng->template_shape(t->root, t->spec, &t->shape_cpus, &t->shape_mem_mib)
+					     : -ENOTSUP;
+		if (rc)
+			return rc;
+	}
+	*cpus = t->shape_cpus;
+	*mem_mib = t->shape_mem_mib;
+	return 0;
 }
 
 cJSON *template_json(const struct template_rec *t)
