@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End to end with a real Linux guest: mitos-agent inside the firmware kernel, over vsock.
 
-usage: test_linux_guest.py MITOS_VMM MITOS_AGENT SOURCE_ROOT
+usage: test_linux_guest.py MITOS_VMM MITOS_AGENT SOURCE_ROOT [VECTOR_LEAK]
 
 Builds (or takes from the cache) the guest kernel with firmware/build-kernel.sh and a
 read-only root image with firmware/build-rootfs.sh --python (mitos-agent as init,
@@ -9,7 +9,9 @@ busybox, python3 + IPython). Boots it once under `mitos-vmm run` until the agent
 answers on vsock, warms run_code's IPython there, snapshots it, and starts children
 with `mitos-vmm restore`: exec (output and exit codes), files (write, read), run_code
 (values, state kept per child), post_fork, and two children that must see neither each
-other's files nor each other's Python state. Then boots the initramfs of
+other's files nor each other's Python state; VECTOR_LEAK (tests/linux/vector_leak.c, static)
+checks in the template and in a child that the guest kernel keeps each task's vector
+registers across context switches. Then boots the initramfs of
 firmware/build-initramfs.sh (the agent as /init) once to agent-ready.
 
 On emulation-only KVM (`mitos-vmm check`: nested PVM, no VT-x/AMD-V) it uses the "pvm"
@@ -31,6 +33,7 @@ from agent_client import entropy  # noqa: E402
 from guest_env import ROOT_ARGS, VMFORK_LINE, Env, main_value  # noqa: E402
 
 env = Env(*sys.argv[1:4])
+VECTOR_LEAK = sys.argv[4] if len(sys.argv) > 4 else ""
 log = env.log
 failures, passed = [], 0
 
@@ -43,6 +46,20 @@ def case(name, ok, detail=""):
     else:
         failures.append(name)
         print(f"FAIL {name}\n{detail}", flush=True)
+
+
+def vector_registers_kept(agent, where):
+    """Runs vector-leak in the guest: two tasks on one CPU must each keep their own YMM,
+    ZMM and opmask values across a few thousand switches."""
+    if not VECTOR_LEAK:
+        log(f"{where}: vector-leak not built (sanitizer build): vector registers not checked")
+        return
+    with open(VECTOR_LEAK, "rb") as f:
+        w = agent.write_file("/tmp/vector-leak", f.read(), mode=0o755)
+    out, err, end = agent.exec(cmd="/tmp/vector-leak; rc=$?; rm -f /tmp/vector-leak; exit $rc")
+    case(f"{where}: every task keeps its own vector registers across context switches",
+         end.get("exit_code") == 0, f"{w} {out!r} {err!r} {end}")
+    log(f"{where}: {out.decode(errors='replace').strip()}")
 
 
 def main():
@@ -69,14 +86,17 @@ def run_suite(tmp, kernel, pvm):
     case("template: run_code starts IPython and returns a value", main_value(events) == "2",
          f"{events} {end}")
     log(f"template: IPython started and ran a cell in {t_ipython:.1f} s")
+    vector_registers_kept(p, "template")
     if not pvm:
         out, _, _ = p.exec(cmd="ls /sys/bus/acpi/drivers/vmgenid/")
         case("template: Linux's vmgenid driver has the VMM's VM generation ID device",
              b"MTOS0001:00" in out.split(), repr(out))
-        # KVM before Linux 6.15 leaves the bit for the VMM to add (vmm/kvm_vm.c).
-        out, _, _ = p.exec(cmd="grep -m1 ^flags /proc/cpuinfo")
-        case("template: CPUID offers the TSC-deadline timer", b"tsc_deadline_timer" in out.split(),
-             repr(out))
+    # KVM before Linux 6.15 leaves the bit for the VMM to add (vmm/kvm_vm.c); with it the
+    # guest's clock events come from the LAPIC's TSC-deadline mode.
+    out, _, _ = p.exec(cmd="grep -m1 ^flags /proc/cpuinfo; "
+                           "cat /sys/devices/system/clockevents/clockevent0/current_device")
+    case("template: CPUID offers the TSC-deadline timer and the kernel ticks with it",
+         b"tsc_deadline_timer" in out.split() and out.split()[-1:] == [b"lapic-deadline"], repr(out))
     p.close()
     # Let the guest retire the closed connection, so the snapshot holds a listening agent
     # and nothing half-open.
@@ -106,6 +126,7 @@ def run_suite(tmp, kernel, pvm):
                                f" sleep 0.1; done; dmesg | grep -c '{VMFORK_LINE}'")
         case("a child's kernel saw its new VM generation ID and reseeded (vmgenid, ACPI GED)",
              out.strip() == b"1", repr(out))
+    vector_registers_kept(a, "child")
     out, errout, end = a.exec(["echo", "hello", "from", "a", "child"])
     case("exec echo: output", out == b"hello from a child\n", repr(out) + repr(errout))
     case("exec echo: exit code 0", end.get("exited") is True and end.get("exit_code") == 0, str(end))
@@ -134,36 +155,22 @@ def run_suite(tmp, kernel, pvm):
     data, _ = b.read_file("/root/b.txt")
     case("each child keeps its own", data == b"only b\n", repr(data))
 
-    def run_code(child, code, setup=None):
-        """A cell; on emulation-only KVM a kernel that a SIGSEGV ended is the host's
-        known defect (PVM runs guest user mode with the host's XCR0, so vector state
-        leaks between guest tasks: snapshot/README.md, issue 10), said and tried once
-        more in a fresh kernel (after setup, the state the cell needs). On hardware KVM
-        the first answer stands."""
-        out, events, end = child.run_code(code)
-        if pvm and "killed by signal 11" in str(end):
-            log(f"NOTE: the python kernel died of SIGSEGV on this emulation-only host (PVM defect): {end}")
-            if setup:
-                child.run_code(setup)
-            out, events, end = child.run_code(code)
-        return out, events, end
-
     t = time.time()
-    _, events, end = run_code(a, "x = 6 * 7\nx")
+    _, events, end = a.run_code("x = 6 * 7\nx")
     t_code = time.time() - t
     case("run_code returns a value", main_value(events) == "42", f"{events} {end}")
     log(f"run_code in a child of the warm template: {t_code:.2f} s")
-    out, events, end = run_code(a, "print('printed'); x + 1", setup="x = 6 * 7")
+    out, events, end = a.run_code("print('printed'); x + 1")
     case("run_code keeps state and streams stdout", main_value(events) == "43" and out == b"printed\n",
          f"{out!r} {events} {end}")
-    _, events, end = run_code(b, "'x' in globals()")
+    _, events, end = b.run_code("'x' in globals()")
     case("the other child's Python state is its own", main_value(events) == "False", f"{events} {end}")
-    _, ev_a, end_a = run_code(a, "random.random()", setup="import random")
-    _, ev_b, end_b = run_code(b, "random.random()", setup="import random")
+    _, ev_a, end_a = a.run_code("random.random()")
+    _, ev_b, end_b = b.run_code("random.random()")
     case("the template's warm kernel draws other numbers in each child (reseeded on post_fork)",
          main_value(ev_a) is not None and main_value(ev_a) != main_value(ev_b),
          f"{ev_a} {end_a} / {ev_b} {end_b} / {pf_b}")
-    _, events, end = run_code(b, "1 / 0")
+    _, events, end = b.run_code("1 / 0")
     errors = [e for e in events if e.get("type") == "error"]
     case("run_code reports an exception", end.get("status") == "error" and errors
          and errors[0].get("name") == "ZeroDivisionError", f"{events} {end}")
