@@ -115,6 +115,9 @@ static void build_run(struct kjob *kj)
 		uint64_t w0 = ur_mono_ms();
 		struct mitos_err werr = { 0 };
 		int wrc = kvm_guest_warm(b->vsock, b->warm, (int)(give_up > w0 ? give_up - w0 : 1000), &werr);
+		uint64_t w1 = ur_mono_ms();
+		if (!wrc)
+			wrc = kvm_guest_warm_code(b->vsock, (int)(give_up > w1 ? give_up - w1 : 1000), &werr);
 		b->warm_ms = ur_mono_ms() - w0;
 		if (wrc)
 			fprintf(stderr, "mitos-vmm serve: template %s: warm-up failed after %" PRIu64 " ms (its children "

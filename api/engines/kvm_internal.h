@@ -165,6 +165,7 @@ int kvm_ctl_request(const char *sock, const struct ctl_request *req, const struc
 		    int timeout_ms, int wait_ms, int pidfd, struct mitos_err *e);
 int kvm_agent_health(const char *vsock, int timeout_ms, struct mitos_err *e);
 int kvm_guest_warm(const char *vsock, const char *cmd, int timeout_ms, struct mitos_err *e);
+int kvm_guest_warm_code(const char *vsock, int timeout_ms, struct mitos_err *e);
 
 /* ---- kvm_layers.c ---- */
 struct kvm_layer *kvm_layer_find(const char *dir);

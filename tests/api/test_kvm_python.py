@@ -4,7 +4,8 @@ without a kernel or disk boots the python image's rootfs.ext4 (tools/build-image
 the agent as init under the firmware kernel from firmware/build-kernel.sh's cache (the
 pvm variant and firmware/guest-pvm.cmdline on emulation-only KVM), snapshots it, and a
 sandbox forked from it runs `python3 -c 'print(6*7)'` without reading its disk (the
-template warmed python3 into the page cache before its snapshot). Also: the engine_unavailable
+template warmed python3 into the page cache before its snapshot), and that run_code's
+kernel is already running there (started by the warm-up too). Also: the engine_unavailable
 errors when the image or the kernel is not built. Stdlib only.
 
 usage: test_kvm_python.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
@@ -136,6 +137,18 @@ def t_python_template_exec():
         print("     template %.1f s (boot, agent, warm-up, snapshot), sandbox %.2f s, first python3 -c %.1f s "
               "reading %d sectors" % (t_tpl, t_fork, t_exec, read))
         eq(read, 0, "sectors the child's first python3 read from disk")
+        # The template also started run_code's IPython kernel (an empty cell) before its
+        # snapshot: the child has it running before its first run_code, which then does
+        # not wait for IPython to start.
+        out, msgs = exec_output(s, "py1", {"command": "grep -l 'mitos_kerne[l]' /proc/[0-9]*/cmdline | wc -l"},
+                                timeout=60)
+        eq(out.strip() not in ("", "0"), True, "a Python kernel runs before the first run_code (%r)" % (out,))
+        t0 = time.time()
+        code = {"code": "6 * 7", "language": "python", "timeoutSeconds": 120}
+        st, _, msgs = s.stream("RunCodeStream", "py1", code, timeout=150)
+        res = [m["result"]["text"] for f, m in msgs if f == 0 and "result" in m]
+        eq(res, ["42"], "the first run_code (%r)" % (msgs,))
+        print("     first run_code %.2f s" % (time.time() - t0))
         # The contract's default cwd, which the image has.
         out, msgs = exec_output(s, "py1", {"command": "pwd"}, timeout=60)
         eq(out, "/workspace\n", "exec's default cwd (%r)" % msgs)

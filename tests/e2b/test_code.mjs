@@ -4,9 +4,15 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Sandbox } from "@e2b/code-interpreter";
 
+// Under emulation-only KVM (run.py --kvm sets it) a new IPython kernel takes over a
+// minute to start, beyond the SDK's 60 s: the contexts scenario waits longer there, and
+// the sandbox lives long enough for it.
+const slow = process.env.MITOS_E2B_SLOW_GUEST === "1";
+const newKernel = slow ? { requestTimeoutMs: 600_000, timeoutMs: 600_000 } : {};
+
 let sbx;
 before(async () => {
-  sbx = await Sandbox.create();
+  sbx = await Sandbox.create(slow ? { timeoutMs: 1_800_000 } : {});
 });
 after(async () => {
   if (sbx) await sbx.kill().catch(() => {});
@@ -62,7 +68,7 @@ test("contexts: create, run in it, list, restart, remove", async () => {
   const ctx = await sbx.createCodeContext({ cwd: "/tmp" });
   assert.ok(ctx.id);
   assert.equal(ctx.language, "python");
-  await sbx.runCode("y = 5", { context: ctx });
+  await sbx.runCode("y = 5", { context: ctx, ...newKernel });
   assert.equal((await sbx.runCode("y", { context: ctx })).text, "5");
   const inDefault = await sbx.runCode("y");
   assert.equal(inDefault.error.name, "NameError", "contexts do not share state");
@@ -71,7 +77,7 @@ test("contexts: create, run in it, list, restart, remove", async () => {
   const list = await sbx.listCodeContexts();
   assert.ok(list.some((c) => c.id === ctx.id));
   await sbx.restartCodeContext(ctx);
-  assert.equal((await sbx.runCode("y", { context: ctx })).error.name, "NameError");
+  assert.equal((await sbx.runCode("y", { context: ctx, ...newKernel })).error.name, "NameError");
   await sbx.removeCodeContext(ctx);
   assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === ctx.id));
 });
