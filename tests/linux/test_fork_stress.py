@@ -22,8 +22,8 @@ Exits 77 where test_linux_guest.py does (no /dev/kvm, sanitizer build, no kernel
 source). MITOS_STRESS_ROUNDS, MITOS_STRESS_CHILDREN, MITOS_STRESS_PARALLEL and
 MITOS_STRESS_VCPUS change the shape: 5, 20, 4, 2 by default on hardware KVM; on
 emulation-only KVM, where every child's kernel work runs through KVM's instruction
-emulator, 1 round of 8 children, 2 at a time (4 minutes; the full shape would take about
-20 there: set the variables for it). With more than one vCPU the
+emulator, 1 round of 8 children, 2 at a time (4 minutes; the full shape took 28.5 there:
+set the variables for it). With more than one vCPU the
 template must see them as cores of one package (the CPUID topology of vmm/vcpu.c), and
 every child all of them online.
 """
