@@ -79,6 +79,13 @@ struct build {
 	struct build *next;
 };
 
+/* What is left of the boot budget for the warm-up, at least a second. */
+static int ms_left(uint64_t deadline)
+{
+	uint64_t now = ur_mono_ms();
+	return (int)(deadline > now ? deadline - now : 1000);
+}
+
 static void build_run(struct kjob *kj)
 {
 	struct build *b = (struct build *)kj;
@@ -114,10 +121,9 @@ static void build_run(struct kjob *kj)
 	if (!rc && b->warm[0]) {
 		uint64_t w0 = ur_mono_ms();
 		struct mitos_err werr = { 0 };
-		int wrc = kvm_guest_warm(b->vsock, b->warm, (int)(give_up > w0 ? give_up - w0 : 1000), &werr);
-		uint64_t w1 = ur_mono_ms();
+		int wrc = kvm_guest_warm(b->vsock, b->warm, ms_left(give_up), &werr);
 		if (!wrc)
-			wrc = kvm_guest_warm_code(b->vsock, (int)(give_up > w1 ? give_up - w1 : 1000), &werr);
+			wrc = kvm_guest_warm_code(b->vsock, ms_left(give_up), &werr);
 		b->warm_ms = ur_mono_ms() - w0;
 		if (wrc)
 			fprintf(stderr, "mitos-vmm serve: template %s: warm-up failed after %" PRIu64 " ms (its children "

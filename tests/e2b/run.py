@@ -39,10 +39,7 @@ if kvm:
     if not os.path.exists("/dev/kvm") or not extra:
         print("SKIP: the kvm engine needs /dev/kvm and the python image (tools/build-image)")
         sys.exit(77)
-    check = json.loads(subprocess.run([vmm, "check", "--json"], capture_output=True, text=True,
-                                      timeout=120).stdout)
-    kernel = os.path.join(cache, "kernel", "current" if check["virtualization"] == "hardware" else "current-pvm",
-                          "vmlinux")
+    kernel = os.path.join(cache, "kernel", "current-pvm" if budget.emulated(vmm) else "current", "vmlinux")
     if not os.path.exists(kernel):
         print("SKIP: no firmware kernel at %s (firmware/build-kernel.sh)" % kernel)
         sys.exit(77)
