@@ -35,6 +35,7 @@
 #include "api/engines/cgroup.h"
 #include "api/engines/kvm_guest.h"
 #include "api/sandbox/registry.h"
+#include "api/sandbox/template_hash.h"
 #include "api/http/uring.h"
 #include "vmm/control.h"
 /* ---- templates ---- */
@@ -173,6 +174,17 @@ static void build_run(struct kjob *kj)
 			 "%" PRIu64 " ms", b->warm_ms, ur_mono_ms() - t0);
 }
 
+/* The prepared VMs of the template's shape restore its snapshot next. */
+static void arm_pool(const char *dir, const char *snap)
+{
+	struct vm_shape sh;
+	char rootfs[PLEN];
+	if (!kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs)) && kvm_pool_for(&sh, true)) {
+		kvm_pool_arm(&sh, snap);
+		ur_kick(&K.refill);
+	}
+}
+
 static void build_complete(struct kjob *kj)
 {
 	struct build *b = (struct build *)kj;
@@ -189,18 +201,75 @@ static void build_complete(struct kjob *kj)
 			unlink(p);
 	if (K.jail)
 		teardown_tree(b->own, NULL);
-	if (!b->rc) {
-		struct vm_shape sh;
-		char rootfs[PLEN];
-		if (!kvm_shape_read(b->dir, &sh, rootfs, sizeof(rootfs)) && kvm_pool_for(&sh, true)) {
-			kvm_pool_arm(&sh, b->snap);
-			ur_kick(&K.refill);
-		}
-	}
+	if (!b->rc)
+		arm_pool(b->dir, b->snap);
 	if (b->done)
 		b->done(b->ctx, b->rc, b->msg);
 	cJSON_Delete(b->workload);
 	free(b);
+}
+
+bool kvm_building(const char *dir)
+{
+	for (struct build *b = K.builds; b; b = b->next)
+		if (!strcmp(b->dir, dir))
+			return true;
+	return false;
+}
+
+/* A template that takes the snapshot of an earlier one of the same build (kvm_share.c). */
+struct share {
+	struct kjob k;
+	char dir[PLEN], from[PLEN], snap[PLEN];
+	uint64_t t0;
+	int rc;
+	char msg[700];
+	engine_build_done_fn done;
+	void *ctx;
+};
+
+static void share_run(struct kjob *kj)
+{
+	struct share *s = (struct share *)kj;
+	struct mitos_err e = { 0 };
+	s->rc = kvm_share_link(s->from, s->snap, &e);
+	if (s->rc)
+		snprintf(s->msg, sizeof(s->msg), "%s", e.msg);
+	else
+		snprintf(s->msg, sizeof(s->msg), "the same build as %.400s: its snapshot shared in %" PRIu64 " ms",
+			 s->from, ur_mono_ms() - s->t0);
+}
+
+static void share_complete(struct kjob *kj)
+{
+	struct share *s = (struct share *)kj;
+	if (!s->rc)
+		arm_pool(s->dir, s->snap);
+	if (s->done)
+		s->done(s->ctx, s->rc, s->msg);
+	free(s);
+}
+
+/* 1 when a finished template of the same build lends dir its snapshot (done is called
+ * when the links are made), 0 when there is none to share. */
+static int share_start(const char *dir, const char *key, engine_build_done_fn done, void *ctx)
+{
+	char donor[PLEN];
+	struct share *s;
+	if (!kvm_share_donor(dir, key, donor, sizeof(donor)) || !(s = calloc(1, sizeof(*s))))
+		return 0;
+	if (kvm_pathf(s->dir, "%s", dir) || kvm_pathf(s->from, "%s/snapshot", donor) ||
+	    kvm_pathf(s->snap, "%s/snapshot", dir)) {
+		free(s);
+		return 0;
+	}
+	s->t0 = ur_mono_ms();
+	s->done = done;
+	s->ctx = ctx;
+	s->k.run = share_run;
+	s->k.complete = share_complete;
+	kvm_submit(&s->k, LANE_SHORT);
+	return 1;
 }
 
 /* An absolute path of a readable file in spec[key] (absent: out "", an error unless
@@ -291,12 +360,19 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	cJSON_AddNumberToObject(o, "vcpus", vcpus);
 	cJSON_AddNumberToObject(o, "memory_max_mib", lim.memory_max_mib);
 	cJSON_AddNumberToObject(o, "cpu_percent", lim.cpu_percent);
+	char key[TEMPLATE_HASH_HEX];
+	if (!kvm_build_key(o, spec, builtin ? g.warm : "", key))
+		cJSON_AddStringToObject(o, "build_key", key);
 	char path[PLEN];
 	kvm_pathf(path, "%s/kvm.json", dir);
 	rc = registry_write_json(path, o);
 	cJSON_Delete(o);
 	if (rc)
 		mitos_err_set(e, rc, "cannot write the template's files: %s", strerror(-rc));
+	if (!rc && share_start(dir, key, done, ctx)) {
+		free(b);
+		return 0;
+	}
 	/* The image goes open, as in every restore: the VM never sees its path. */
 	char disk[PLEN + 16], mems[16], cpus[16], vsockarg[PLEN];
 	snprintf(disk, sizeof(disk), "%s,ro,fd=%d", rootfs, VM_DISK_FD);

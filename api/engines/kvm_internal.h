@@ -207,5 +207,18 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 bool kvm_template_usable(const char *dir);
 int kvm_template_shape(const char *dir, const cJSON *spec, unsigned *cpus, unsigned *mem_mib);
 void kvm_builds_kill(void);
+/* Whether dir is a template build in flight. */
+bool kvm_building(const char *dir);
+
+/* ---- kvm_share.c ---- */
+/* What makes two builds alike, from kvm.json, the engine's spec and the warm-up
+ * (TEMPLATE_HASH_HEX bytes; "" and -ENOMEM when it could not be made whole). */
+int kvm_build_key(const cJSON *kvm, const cJSON *spec, const char *warm, char *out);
+/* A finished template beside dir whose kvm.json has build_key key: its directory
+ * into donor (on the loop: a scan of the templates' kvm.json). */
+bool kvm_share_donor(const char *dir, const char *key, char *donor, size_t n);
+/* to (a new directory) gets hard links of the snapshot from's files, sealed as a
+ * build's own snapshot is (on a worker). */
+int kvm_share_link(const char *from, const char *to, struct mitos_err *e);
 
 #endif

@@ -66,10 +66,25 @@ static void feed_file(struct sha256_ctx *h, const char *path)
 	feed(h, prev ? prev + 1 : real);
 }
 
+static void hex_digest(struct sha256_ctx *h, char out[TEMPLATE_HASH_HEX])
+{
+	uint8_t d[SHA256_DIGEST_SIZE];
+	sha256_digest(h, sizeof(d), d);
+	for (size_t i = 0; i < sizeof(d); i++)
+		snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+void json_digest_hex(const cJSON *v, char out[TEMPLATE_HASH_HEX])
+{
+	struct sha256_ctx h;
+	sha256_init(&h);
+	feed_json(&h, v);
+	hex_digest(&h, out);
+}
+
 void template_content_hash(const struct template_rec *t, const char *engine, char out[TEMPLATE_HASH_HEX])
 {
 	struct sha256_ctx h;
-	uint8_t d[SHA256_DIGEST_SIZE];
 	sha256_init(&h);
 	feed(&h, "mitos-template-v1");
 	feed(&h, engine);
@@ -90,7 +105,5 @@ void template_content_hash(const struct template_rec *t, const char *engine, cha
 		feed_file(&h, t->root);
 	}
 	feed_json(&h, t->spec);
-	sha256_digest(&h, sizeof(d), d);
-	for (size_t i = 0; i < sizeof(d); i++)
-		snprintf(out + 2 * i, 3, "%02x", d[i]);
+	hex_digest(&h, out);
 }

@@ -5,6 +5,7 @@
 #define MITOS_API_TEMPLATE_HASH_H
 
 struct template_rec;
+struct cJSON;
 
 #define TEMPLATE_HASH_HEX 65
 
@@ -12,5 +13,9 @@ struct template_rec;
  * addressed cache paths: images/<key>/..., kernel/<key>/...), the kvm guest's
  * shape, and the spec with its keys sorted; lower-case hex into out. */
 void template_content_hash(const struct template_rec *t, const char *engine, char out[TEMPLATE_HASH_HEX]);
+
+/* SHA-256 of a JSON value with every object's keys sorted (equal values hash alike
+ * whatever their key order), lower-case hex into out. */
+void json_digest_hex(const struct cJSON *v, char out[TEMPLATE_HASH_HEX]);
 
 #endif

@@ -241,6 +241,35 @@ def t_concurrent_template(s):
     eq(sorted(x["id"] for x in r), ["tg", "tg2"], "both listed")
 
 
+def t_shared_snapshot(s):
+    """A template of the same build as tg (other name, same guest, shape, spec) takes tg's
+    snapshot as hard links instead of booting its own; one that differs builds."""
+    snap = lambda name: os.path.join(registry(s, name)["root"], "snapshot")
+    files = ("memory", "state", "config.json")
+    ino = lambda name: [(os.stat(os.path.join(snap(name), f)).st_dev, os.stat(os.path.join(snap(name), f)).st_ino)
+                        for f in files]
+    template(s, id="tg3")
+    eq(registry(s, "tg3")["state"], "ready", "tg3's state")
+    eq(ino("tg3"), ino("tg"), "tg3's snapshot files are tg's")
+    if os.path.exists(snap("tg3") + ".new"):
+        raise AssertionError("the shared snapshot's temporary directory is left")
+    if JAIL:
+        st = os.stat(snap("tg3"))
+        eq((st.st_uid, oct(st.st_mode & 0o7777)), (0, "0o755"), "tg3's snapshot directory sealed")
+        for f in files:
+            st = os.stat(os.path.join(snap("tg3"), f))
+            eq((st.st_uid, oct(st.st_mode & 0o7777)), (0, "0o444"), "tg3's %s sealed" % f)
+    # Another shape is another build.
+    template(s, id="tg4", cpu_percent=60)
+    if set(ino("tg4")) & set(ino("tg")):
+        raise AssertionError("tg4 (cpu_percent 60) shares tg's snapshot")
+    (sb,) = fork(s, template="tg3")
+    eq(sb["state"], "running", "a sandbox of tg3")
+    if "agent-stub: post_fork 1" not in console(s, sb["id"]):
+        raise AssertionError("no post_fork in the tg3 child's console:\n%s" % console(s, sb["id"]))
+    eq(s.request("DELETE", "/v1/sandboxes/" + sb["id"])[0], 200, "delete")
+
+
 def t_fork_template(s):
     sbs = fork(s, template="tg", n=3)
     eq([x["state"] for x in sbs], ["running"] * 3, "states")
@@ -556,6 +585,7 @@ def t_restart_and_stop(_):
     s = kvm_server()
     try:
         template(s)
+        template(s, id="tg3")  # tg's snapshot, shared (t_shared_snapshot)
         a, b, c = fork(s, template="tg", n=3)
         s.request("POST", "/v1/pause", {"sandbox": b["id"]})
         (k,) = fork(s, sandbox_id=a["id"])
@@ -597,9 +627,10 @@ def t_restart_and_stop(_):
         s3 = kvm_server(state_dir=s.state_dir)
         try:
             st, r = s3.request("GET", "/v1/templates")
-            eq([(x["id"], x["ready"]) for x in r], [("tg", True)], "template after restart")
-            (x,) = fork(s3, template="tg")
-            eq(x["state"], "running", "fork after restart")
+            eq(sorted((x["id"], x["ready"]) for x in r), [("tg", True), ("tg3", True)], "templates after restart")
+            for name in ("tg", "tg3"):
+                (x,) = fork(s3, template=name)
+                eq(x["state"], "running", "fork of %s after restart" % name)
             eq(s3.stop(), 0, "graceful stop")
         finally:
             s3.stop()
@@ -718,6 +749,7 @@ def main():
     shared = kvm_server()
     tests = [("startup_message", t_startup_message), ("template_build", t_template_build),
              ("template_errors", t_template_errors), ("concurrent_template", t_concurrent_template),
+             ("shared_snapshot", t_shared_snapshot),
              ("fork_template", t_fork_template), ("jail", t_jail), ("pause_resume", t_pause_resume),
              ("fork_sandbox", t_fork_sandbox), ("unsupported_ops", t_unsupported_ops),
              ("expiry_and_crash", t_expiry_and_crash), ("many", t_many), ("clone_uniqueness", t_clone_uniqueness),
