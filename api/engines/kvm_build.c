@@ -64,6 +64,8 @@ int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t r
 	return rc;
 }
 
+struct share;
+
 struct build {
 	struct kjob k;
 	struct vm_proc vp;
@@ -77,6 +79,8 @@ struct build {
 	char msg[700];
 	engine_build_done_fn done;
 	void *ctx;
+	char key[TEMPLATE_HASH_HEX]; /* kvm_build_key's */
+	struct share *followers;     /* templates of the same build, waiting for this one */
 	struct build *next;
 };
 
@@ -185,6 +189,8 @@ static void arm_pool(const char *dir, const char *snap)
 	}
 }
 
+static void followers_go(struct build *b);
+
 static void build_complete(struct kjob *kj)
 {
 	struct build *b = (struct build *)kj;
@@ -205,6 +211,7 @@ static void build_complete(struct kjob *kj)
 		arm_pool(b->dir, b->snap);
 	if (b->done)
 		b->done(b->ctx, b->rc, b->msg);
+	followers_go(b);
 	cJSON_Delete(b->workload);
 	free(b);
 }
@@ -226,6 +233,7 @@ struct share {
 	char msg[700];
 	engine_build_done_fn done;
 	void *ctx;
+	struct share *next; /* followers of one build */
 };
 
 static void share_run(struct kjob *kj)
@@ -250,16 +258,52 @@ static void share_complete(struct kjob *kj)
 	free(s);
 }
 
-/* 1 when a finished template of the same build lends dir its snapshot (done is called
- * when the links are made), 0 when there is none to share. */
+/* The build b led is over: the templates that waited for it link its snapshot, or fail
+ * as it did (the same inputs would fail the same way). */
+static void followers_go(struct build *b)
+{
+	for (struct share *s = b->followers, *n; s; s = n) {
+		n = s->next;
+		if (!b->rc && !K.stopping) {
+			s->t0 = ur_mono_ms();
+			kvm_submit(&s->k, LANE_SHORT);
+			continue;
+		}
+		s->rc = b->rc ? b->rc : -ESHUTDOWN;
+		snprintf(s->msg, sizeof(s->msg), "the same build as %.300s failed: %.350s", b->dir,
+			 b->rc ? b->msg : "the server is shutting down");
+		share_complete(&s->k);
+	}
+	b->followers = NULL;
+}
+
+static struct build *build_of_key(const char *key)
+{
+	for (struct build *b = K.builds; key[0] && b; b = b->next)
+		if (!strcmp(b->key, key))
+			return b;
+	return NULL;
+}
+
+/* 1 when a template of the same build lends dir its snapshot: a finished one at once, one
+ * being built when it is done (done is called when the links are made); 0 when there is
+ * none, and dir is built. */
 static int share_start(const char *dir, const char *key, engine_build_done_fn done, void *ctx)
 {
-	char donor[PLEN];
+	char donor[PLEN], from[PLEN];
+	struct build *lead = NULL;
 	struct share *s;
-	if (!kvm_share_donor(dir, key, donor, sizeof(donor)) || !(s = calloc(1, sizeof(*s))))
+	if (kvm_share_donor(dir, key, donor, sizeof(donor))) {
+		if (kvm_pathf(from, "%s/snapshot", donor))
+			return 0;
+	} else if ((lead = build_of_key(key))) {
+		snprintf(from, sizeof(from), "%s", lead->snap);
+	} else {
 		return 0;
-	if (kvm_pathf(s->dir, "%s", dir) || kvm_pathf(s->from, "%s/snapshot", donor) ||
-	    kvm_pathf(s->snap, "%s/snapshot", dir)) {
+	}
+	if (!(s = calloc(1, sizeof(*s))))
+		return 0;
+	if (kvm_pathf(s->dir, "%s", dir) || kvm_pathf(s->from, "%s", from) || kvm_pathf(s->snap, "%s/snapshot", dir)) {
 		free(s);
 		return 0;
 	}
@@ -268,7 +312,12 @@ static int share_start(const char *dir, const char *key, engine_build_done_fn do
 	s->ctx = ctx;
 	s->k.run = share_run;
 	s->k.complete = share_complete;
-	kvm_submit(&s->k, LANE_SHORT);
+	if (lead) {
+		s->next = lead->followers;
+		lead->followers = s;
+	} else {
+		kvm_submit(&s->k, LANE_SHORT);
+	}
 	return 1;
 }
 
@@ -421,6 +470,7 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	b->workload = wl ? cJSON_Duplicate(wl, 1) : NULL;
 	b->done = done;
 	b->ctx = ctx;
+	snprintf(b->key, sizeof(b->key), "%s", key);
 	b->k.run = build_run;
 	b->k.complete = build_complete;
 	b->next = K.builds;

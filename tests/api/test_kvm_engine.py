@@ -270,6 +270,55 @@ def t_shared_snapshot(s):
     eq(s.request("DELETE", "/v1/sandboxes/" + sb["id"])[0], 200, "delete")
 
 
+def t_shared_while_building(s):
+    """Three names of one build asked for at once: one boots, the two that came while it
+    was building wait for it and take its snapshot."""
+    res = {}
+
+    def post(name):
+        res[name] = s.request("POST", "/v1/templates", spec(s, id=name, cpu_percent=70))
+    th = [threading.Thread(target=post, args=(n,)) for n in ("tg5", "tg6", "tg7")]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    eq(sorted((n, st) for n, (st, r) in res.items()), [("tg5", 200), ("tg6", 200), ("tg7", 200)],
+       "three templates (%r)" % res)
+    inodes = {}
+    for name in res:
+        snap = os.path.join(registry(s, name)["root"], "snapshot")
+        inodes[name] = [os.stat(os.path.join(snap, f)).st_ino for f in ("memory", "state", "config.json")]
+        if os.path.exists(snap + ".new"):
+            raise AssertionError(name + ": the shared snapshot's temporary directory is left")
+    eq(len({tuple(v) for v in inodes.values()}), 1, "one snapshot for the three (%r)" % inodes)
+    (sb,) = fork(s, template="tg6")
+    eq(sb["state"], "running", "a sandbox of tg6")
+    eq(s.request("DELETE", "/v1/sandboxes/" + sb["id"])[0], 200, "delete")
+    # A build that fails (no agent on the port in 2 s) fails the names that waited for
+    # it too, with its reason, and leaves none of them.
+    bad = {}
+
+    def post_bad(name):
+        bad[name] = s.request("POST", "/v1/templates",
+                              spec(s, id=name, cmdline="testguest.mode=vsock", boot_timeout=2))
+    th = [threading.Thread(target=post_bad, args=(n,)) for n in ("deaf1", "deaf2", "deaf3")]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    eq(sorted((st, r["error"]["code"]) for st, r in bad.values()), [(503, "engine_unavailable")] * 3,
+       "three failed (%r)" % bad)
+    msgs = [r["error"]["message"] for st, r in bad.values()]
+    eq(sum("within 2 s" in m for m in msgs), 3, "each says why (%r)" % msgs)
+    eq(sum("the same build as" in m for m in msgs), 2, "two waited for the one that failed (%r)" % msgs)
+    st, r = s.request("GET", "/v1/templates")
+    eq([x["id"] for x in r if x["id"].startswith("deaf")], [], "failed templates are gone")
+    for n in bad:
+        for p in (n, n + ".json"):
+            if os.path.exists(os.path.join(s.state_dir, "templates", p)):
+                raise AssertionError("left " + p)
+
+
 def t_fork_template(s):
     sbs = fork(s, template="tg", n=3)
     eq([x["state"] for x in sbs], ["running"] * 3, "states")
@@ -749,7 +798,7 @@ def main():
     shared = kvm_server()
     tests = [("startup_message", t_startup_message), ("template_build", t_template_build),
              ("template_errors", t_template_errors), ("concurrent_template", t_concurrent_template),
-             ("shared_snapshot", t_shared_snapshot),
+             ("shared_snapshot", t_shared_snapshot), ("shared_while_building", t_shared_while_building),
              ("fork_template", t_fork_template), ("jail", t_jail), ("pause_resume", t_pause_resume),
              ("fork_sandbox", t_fork_sandbox), ("unsupported_ops", t_unsupported_ops),
              ("expiry_and_crash", t_expiry_and_crash), ("many", t_many), ("clone_uniqueness", t_clone_uniqueness),
