@@ -21,7 +21,7 @@
 #include "api/sandbox/template_hash.h"
 
 /* A file as it is now: a disk or kernel rebuilt in place is another build. */
-static void add_identity(cJSON *o, const char *key, const char *path)
+static bool add_identity(cJSON *o, const char *key, const char *path)
 {
 	struct stat st;
 	char id[128] = "";
@@ -29,7 +29,7 @@ static void add_identity(cJSON *o, const char *key, const char *path)
 		snprintf(id, sizeof(id), "%llu:%llu:%lld:%lld.%09ld", (unsigned long long)st.st_dev,
 			 (unsigned long long)st.st_ino, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
 			 st.st_mtim.tv_nsec);
-	cJSON_AddStringToObject(o, key, path[0] ? id : "");
+	return cJSON_AddStringToObject(o, key, id) != NULL;
 }
 
 int kvm_build_key(const cJSON *kvm, const cJSON *spec, const char *warm, char *out)
@@ -40,16 +40,17 @@ int kvm_build_key(const cJSON *kvm, const cJSON *spec, const char *warm, char *o
 		return -ENOMEM;
 	static const char *const files[] = { "kernel", "rootfs", "initrd" };
 	char key[32];
+	/* A key missing a part could match another build's: none, then. */
+	bool whole = true;
 	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
 		const char *p = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(kvm, files[i]));
 		snprintf(key, sizeof(key), "%s_file", files[i]);
-		add_identity(o, key, p ? p : "");
+		whole = whole && add_identity(o, key, p ? p : "");
 	}
-	bool whole = cJSON_AddItemToObject(o, "kvm", cJSON_Duplicate(kvm, 1)) &&
-		     cJSON_AddItemToObject(o, "spec", spec ? cJSON_Duplicate(spec, 1) : cJSON_CreateObject()) &&
-		     cJSON_AddStringToObject(o, "warm", warm);
-	/* A key missing a part could match another build's: none, then. */
-	if (whole && cJSON_GetArraySize(o) == 6)
+	whole = whole && cJSON_AddItemToObject(o, "kvm", cJSON_Duplicate(kvm, 1)) &&
+		cJSON_AddItemToObject(o, "spec", spec ? cJSON_Duplicate(spec, 1) : cJSON_CreateObject()) &&
+		cJSON_AddStringToObject(o, "warm", warm);
+	if (whole)
 		json_digest_hex(o, out);
 	cJSON_Delete(o);
 	return out[0] ? 0 : -ENOMEM;

@@ -241,27 +241,37 @@ def t_concurrent_template(s):
     eq(sorted(x["id"] for x in r), ["tg", "tg2"], "both listed")
 
 
+SNAPSHOT_FILES = ("memory", "state", "config.json")
+
+
+def snapshot_dir(s, name):
+    return os.path.join(registry(s, name)["root"], "snapshot")
+
+
+def snapshot_inodes(s, name):
+    """(device, inode) of each of the template's snapshot files, with a check that no
+    temporary directory of a shared one is left: equal lists are one snapshot."""
+    snap = snapshot_dir(s, name)
+    if os.path.exists(snap + ".new"):
+        raise AssertionError(name + ": the shared snapshot's temporary directory is left")
+    return [(st.st_dev, st.st_ino) for st in (os.stat(os.path.join(snap, f)) for f in SNAPSHOT_FILES)]
+
+
 def t_shared_snapshot(s):
     """A template of the same build as tg (other name, same guest, shape, spec) takes tg's
     snapshot as hard links instead of booting its own; one that differs builds."""
-    snap = lambda name: os.path.join(registry(s, name)["root"], "snapshot")
-    files = ("memory", "state", "config.json")
-    ino = lambda name: [(os.stat(os.path.join(snap(name), f)).st_dev, os.stat(os.path.join(snap(name), f)).st_ino)
-                        for f in files]
     template(s, id="tg3")
     eq(registry(s, "tg3")["state"], "ready", "tg3's state")
-    eq(ino("tg3"), ino("tg"), "tg3's snapshot files are tg's")
-    if os.path.exists(snap("tg3") + ".new"):
-        raise AssertionError("the shared snapshot's temporary directory is left")
+    eq(snapshot_inodes(s, "tg3"), snapshot_inodes(s, "tg"), "tg3's snapshot files are tg's")
     if JAIL:
-        st = os.stat(snap("tg3"))
+        st = os.stat(snapshot_dir(s, "tg3"))
         eq((st.st_uid, oct(st.st_mode & 0o7777)), (0, "0o755"), "tg3's snapshot directory sealed")
-        for f in files:
-            st = os.stat(os.path.join(snap("tg3"), f))
+        for f in SNAPSHOT_FILES:
+            st = os.stat(os.path.join(snapshot_dir(s, "tg3"), f))
             eq((st.st_uid, oct(st.st_mode & 0o7777)), (0, "0o444"), "tg3's %s sealed" % f)
     # Another shape is another build.
     template(s, id="tg4", cpu_percent=60)
-    if set(ino("tg4")) & set(ino("tg")):
+    if set(snapshot_inodes(s, "tg4")) & set(snapshot_inodes(s, "tg")):
         raise AssertionError("tg4 (cpu_percent 60) shares tg's snapshot")
     (sb,) = fork(s, template="tg3")
     eq(sb["state"], "running", "a sandbox of tg3")
@@ -284,12 +294,7 @@ def t_shared_while_building(s):
         t.join()
     eq(sorted((n, st) for n, (st, r) in res.items()), [("tg5", 200), ("tg6", 200), ("tg7", 200)],
        "three templates (%r)" % res)
-    inodes = {}
-    for name in res:
-        snap = os.path.join(registry(s, name)["root"], "snapshot")
-        inodes[name] = [os.stat(os.path.join(snap, f)).st_ino for f in ("memory", "state", "config.json")]
-        if os.path.exists(snap + ".new"):
-            raise AssertionError(name + ": the shared snapshot's temporary directory is left")
+    inodes = {name: snapshot_inodes(s, name) for name in res}
     eq(len({tuple(v) for v in inodes.values()}), 1, "one snapshot for the three (%r)" % inodes)
     (sb,) = fork(s, template="tg6")
     eq(sb["state"], "running", "a sandbox of tg6")
