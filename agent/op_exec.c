@@ -317,6 +317,8 @@ static void proc_attach(struct proc *p, struct stream *s)
 	jw_int(&w, p->pid);
 	jw_key(&w, "running");
 	jw_bool(&w, !p->exited);
+	jw_key(&w, "pty");
+	jw_bool(&w, p->pty);
 	jw_key(&w, "dropped");
 	jw_int(&w, (int64_t)(p->out[0].dropped + (p->nout > 1 ? p->out[1].dropped : 0)));
 	jw_obj_end(&w);
@@ -570,8 +572,11 @@ static void exec_start(struct stream *s, const struct json *req, bool pty)
 	const char *fallback = json_get_str(req, "default_cwd");
 	if (!a.cwd && fallback && is_dir(fallback))
 		a.cwd = fallback; /* the Mitos contract's /workspace, where there is one */
+	const char *home = getenv("HOME");
 	if (!a.cwd && a.has_user)
 		a.cwd = is_dir(a.user.home) ? a.user.home : "/";
+	else if (!a.cwd && json_get_str(req, "default_user") && home && is_dir(home))
+		a.cwd = home; /* E2B's default user is missing: start where its fallback's paths resolve */
 	if ((rc = parse_argv(req, pty, a.has_user ? &a.user : NULL, &a.argv))) {
 		stream_end_error(s, PERR_INVALID_ARGUMENT, "need argv (array of strings) or cmd (string)");
 		return;

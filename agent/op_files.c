@@ -118,7 +118,7 @@ static void write_metadata(struct jw *w, const char *path)
 		jw_obj_end(w);
 }
 
-static void write_entry(struct jw *w, const char *path, const struct stat *st)
+void op_write_entry(struct jw *w, const char *path, const struct stat *st)
 {
 	char perms[11], user[64], group[64], ts[64];
 	const char *name = strrchr(path, '/');
@@ -156,11 +156,17 @@ static void write_entry(struct jw *w, const char *path, const struct stat *st)
 	jw_key(w, "mtime_ns");
 	jw_int(w, (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
 	if (S_ISLNK(st->st_mode)) {
+		/* As envd: the link fully resolved (itself when that fails), and what it is. */
 		char target[PATH_MAX];
-		ssize_t tn = readlink(path, target, sizeof(target) - 1);
-		if (tn >= 0) {
-			jw_key(w, "symlink_target");
-			jw_strn(w, target, (size_t)tn);
+		struct stat ts;
+		bool resolved = realpath(path, target) != NULL;
+		jw_key(w, "symlink_target");
+		jw_str(w, resolved ? target : path);
+		if (resolved && stat(target, &ts) == 0) {
+			jw_key(w, "target_type");
+			jw_str(w, type_name(ts.st_mode));
+			jw_key(w, "target_mode");
+			jw_int(w, ts.st_mode & 07777);
 		}
 	}
 	write_metadata(w, path);
@@ -178,7 +184,7 @@ static void end_with_entry(struct stream *s, const char *path)
 	jw_init(&w);
 	jw_obj(&w);
 	jw_key(&w, "entry");
-	write_entry(&w, path, &st);
+	op_write_entry(&w, path, &st);
 	jw_obj_end(&w);
 	stream_end_jw(s, &w);
 }
@@ -554,6 +560,14 @@ void op_exists_open(struct stream *s, const struct json *req)
 	fs_leave(&fc);
 }
 
+/* One directory of a listing: its names in byte order, as envd's walk (and the
+ * Mitos List) gives them. */
+struct list_level {
+	struct dirent **names;
+	int n, next;
+	size_t plen; /* fc.path length at this level */
+};
+
 /* A listing walks the tree from the loop and pauses whenever the connection is
  * congested, so a huge tree never piles up in the output buffer. */
 struct lister {
@@ -562,15 +576,22 @@ struct lister {
 	size_t count;
 	bool truncated;
 	int max_depth;
-	int depth;            /* open directories in dirs[] */
-	DIR *dirs[LIST_MAX_DEPTH];
-	size_t plen[LIST_MAX_DEPTH]; /* fc.path length at each level */
+	int depth;            /* levels in lv[] */
+	struct list_level lv[LIST_MAX_DEPTH];
 };
+
+static void list_pop(struct lister *l)
+{
+	struct list_level *lv = &l->lv[--l->depth];
+	for (int i = 0; i < lv->n; i++)
+		free(lv->names[i]);
+	free(lv->names);
+}
 
 static void lister_free(struct lister *l)
 {
 	while (l->depth)
-		closedir(l->dirs[--l->depth]);
+		list_pop(l);
 	jw_free(&l->batch);
 	free(l);
 }
@@ -592,19 +613,32 @@ static void list_add(struct stream *s, struct lister *l, const char *path, const
 		jw_key(&l->batch, "entries");
 		jw_arr(&l->batch);
 	}
-	write_entry(&l->batch, path, st);
+	op_write_entry(&l->batch, path, st);
 	l->count++;
 	if (l->batch.len >= LIST_BATCH_BYTES)
 		list_flush(s, l);
 }
 
+static int not_dots(const struct dirent *e)
+{
+	return strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+}
+
+static int by_bytes(const struct dirent **a, const struct dirent **b)
+{
+	return strcmp((*a)->d_name, (*b)->d_name);
+}
+
 static int list_push(struct lister *l)
 {
-	DIR *d = opendir(l->fc.path);
-	if (!d)
+	struct list_level *lv = &l->lv[l->depth];
+	int n = scandir(l->fc.path, &lv->names, not_dots, by_bytes);
+	if (n < 0)
 		return -errno;
-	l->plen[l->depth] = strlen(l->fc.path);
-	l->dirs[l->depth++] = d;
+	lv->n = n;
+	lv->next = 0;
+	lv->plen = strlen(l->fc.path);
+	l->depth++;
 	return 0;
 }
 
@@ -613,25 +647,24 @@ static void list_step(struct stream *s)
 	struct lister *l = s->ctx;
 	fs_switch(&l->fc);
 	while (l->depth && !stream_congested(s)) {
-		struct dirent *e = readdir(l->dirs[l->depth - 1]);
-		size_t base = l->plen[l->depth - 1];
-		if (!e) {
-			closedir(l->dirs[--l->depth]);
+		struct list_level *lv = &l->lv[l->depth - 1];
+		size_t base = lv->plen;
+		if (lv->next == lv->n) {
+			list_pop(l);
 			if (l->depth)
-				l->fc.path[l->plen[l->depth - 1]] = 0;
+				l->fc.path[l->lv[l->depth - 1].plen] = 0;
 			continue;
 		}
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
+		const char *name = lv->names[lv->next++]->d_name;
 		if (l->count >= LIST_MAX_ENTRIES) {
 			l->truncated = true;
 			while (l->depth)
-				closedir(l->dirs[--l->depth]);
+				list_pop(l);
 			break;
 		}
 		struct stat st;
 		l->fc.path[base] = 0;
-		int n = snprintf(l->fc.path + base, PATH_MAX - base, "%s%s", base > 1 ? "/" : "", e->d_name);
+		int n = snprintf(l->fc.path + base, PATH_MAX - base, "%s%s", base > 1 ? "/" : "", name);
 		if (n < 0 || (size_t)n >= PATH_MAX - base || lstat(l->fc.path, &st) < 0) {
 			l->fc.path[base] = 0;
 			continue; /* too long, or vanished while listing */

@@ -36,6 +36,7 @@ struct dirwatch {
 	int fd;
 	struct watch w;
 	bool recursive;
+	bool entries; /* events carry the ENTRY of what they name */
 	char root[PATH_MAX];
 	struct watched_dir *dirs;
 	size_t ndirs, cap;
@@ -127,7 +128,8 @@ static const char *event_type(uint32_t mask)
 	return NULL;
 }
 
-static void put_event(struct jw *w, const char *name, const char *type, bool is_dir, uint32_t cookie)
+static void put_event(struct jw *w, const struct dirwatch *d, const char *name, const char *type, bool is_dir,
+		      uint32_t cookie)
 {
 	jw_obj(w);
 	jw_key(w, "name");
@@ -140,6 +142,16 @@ static void put_event(struct jw *w, const char *name, const char *type, bool is_
 		jw_key(w, "cookie"); /* a move's two halves share it */
 		jw_int(w, cookie);
 	}
+	/* Not for a removal or a move's old name: that path names something else by now,
+	 * or nothing. */
+	char path[PATH_MAX];
+	struct stat st;
+	if (d->entries && strcmp(type, "remove") && strcmp(type, "rename") &&
+	    snprintf(path, sizeof(path), "%s%s%s", d->root, strcmp(d->root, "/") ? "/" : "", name) < PATH_MAX &&
+	    lstat(path, &st) == 0) {
+		jw_key(w, "entry");
+		op_write_entry(w, path, &st);
+	}
 	jw_obj_end(w);
 }
 
@@ -149,7 +161,7 @@ static bool put_held(struct dirwatch *d, struct jw *w)
 	if (!d->held.name[0])
 		return false;
 	timer_disarm(&d->held.timer);
-	put_event(w, d->held.name, "rename", d->held.is_dir, d->held.cookie);
+	put_event(w, d, d->held.name, "rename", d->held.is_dir, d->held.cookie);
 	d->held.name[0] = 0;
 	return true;
 }
@@ -232,7 +244,7 @@ static void watch_read(struct stream *s)
 			timer_arm(&d->held.timer, loop_now_ms() + MOVE_PAIR_MS, held_expired);
 			continue;
 		}
-		put_event(&w, name, type, (ev->mask & IN_ISDIR) != 0, cookie);
+		put_event(&w, d, name, type, (ev->mask & IN_ISDIR) != 0, cookie);
 		count++;
 	}
 	batch_send(s, &w, count);
@@ -282,6 +294,7 @@ void op_watch_open(struct stream *s, const struct json *req)
 	}
 	d->s = s;
 	d->recursive = json_get_bool(req, "recursive", false);
+	d->entries = json_get_bool(req, "entries", false);
 	snprintf(d->root, sizeof(d->root), "%s", fc.path);
 	for (size_t n = strlen(d->root); n > 1 && d->root[n - 1] == '/'; n--)
 		d->root[n - 1] = 0;

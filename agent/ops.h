@@ -3,6 +3,7 @@
 #define MITOS_AGENT_OPS_H
 
 #include <stdbool.h>
+#include <sys/stat.h>
 
 #include "agent/conn.h"
 
@@ -26,6 +27,8 @@ void op_write_open(struct stream *s, const struct json *req);
  * watches report the replacement as a write of the target, never the name itself. */
 bool op_write_is_temp(const char *name);
 void op_stat_open(struct stream *s, const struct json *req);
+/* The ENTRY object (PROTOCOL.md) of path, whose lstat is st. */
+void op_write_entry(struct jw *w, const char *path, const struct stat *st);
 void op_exists_open(struct stream *s, const struct json *req);
 void op_list_open(struct stream *s, const struct json *req);
 void op_remove_open(struct stream *s, const struct json *req);

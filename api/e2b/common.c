@@ -250,9 +250,27 @@ cJSON *e2b_fs_event(const cJSON *e)
 			cJSON *o = cJSON_CreateObject();
 			cJSON_AddStringToObject(o, "name", name);
 			cJSON_AddStringToObject(o, "type", map[i][1]);
+			const cJSON *entry = cJSON_GetObjectItem(e, "entry");
+			if (entry)
+				cJSON_AddItemToObject(o, "entry", e2b_entry_info(entry));
 			return o;
 		}
 	return NULL; /* "overflow", or something newer */
+}
+
+cJSON *e2b_watch_open(const cJSON *req, const char *user)
+{
+	const cJSON *path = cJSON_GetObjectItemCaseSensitive(req, "path");
+	if (!cJSON_IsString(path) || !*path->valuestring)
+		return NULL;
+	cJSON *open = cJSON_CreateObject();
+	cJSON_AddStringToObject(open, "op", "watch");
+	cJSON_AddStringToObject(open, "path", path->valuestring);
+	cJSON_AddBoolToObject(open, "recursive", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "recursive")));
+	cJSON_AddBoolToObject(open, "entries", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "includeEntry")) ||
+			      cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "include_entry")));
+	e2b_add_user(open, user);
+	return open;
 }
 
 void e2b_template_shape(const char *name, unsigned *cpus, unsigned *mem_mib)
@@ -353,23 +371,58 @@ void e2b_envelope_cjson(struct http_req *r, cJSON *o)
 	free(s);
 }
 
+/* envd's permissions: Go's os.FileMode.String() ("dtrwxrwxrwx" for /tmp, "Lrwxrwxrwx"
+ * for a link), from the agent's ls-style string (its first letter: the file type)
+ * and mode bits. */
+static void go_mode_string(const char *ls, unsigned mode, char out[24])
+{
+	char t = ls && *ls ? ls[0] : '-';
+	const struct { char c; bool on; } letters[] = {
+		{ 'd', t == 'd' }, { 'L', t == 'l' }, { 'D', t == 'b' || t == 'c' }, { 'p', t == 'p' },
+		{ 'S', t == 's' }, { 'u', mode & 04000 }, { 'g', mode & 02000 }, { 'c', t == 'c' },
+		{ 't', mode & 01000 },
+	};
+	size_t n = 0;
+	for (size_t i = 0; i < sizeof(letters) / sizeof(letters[0]); i++)
+		if (letters[i].on)
+			out[n++] = letters[i].c;
+	if (!n)
+		out[n++] = '-';
+	for (int i = 0; i < 9; i++)
+		out[n++] = mode & (1u << (8 - i)) ? "rwxrwxrwx"[i] : '-';
+	out[n] = 0;
+}
+
+static const char *file_type(const char *agent_type)
+{
+	return !agent_type ? NULL : !strcmp(agent_type, "file") ? "FILE_TYPE_FILE"
+		: !strcmp(agent_type, "dir") ? "FILE_TYPE_DIRECTORY" : "FILE_TYPE_UNSPECIFIED";
+}
+
 cJSON *e2b_entry_info(const cJSON *a)
 {
 	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(a, "type"));
-	const char *ft = !type ? NULL : !strcmp(type, "file") ? "FILE_TYPE_FILE" : !strcmp(type, "dir") ? "FILE_TYPE_DIRECTORY"
-		: !strcmp(type, "symlink") ? "FILE_TYPE_SYMLINK" : NULL;
-	if (!ft)
+	if (!type)
 		return NULL;
+	/* envd reports a link as what it leads to (unspecified when it leads nowhere). */
+	bool link = !strcmp(type, "symlink");
+	const char *ft = file_type(link ? cJSON_GetStringValue(cJSON_GetObjectItem(a, "target_type")) : type);
+	const cJSON *mode = cJSON_GetObjectItem(a, link ? "target_mode" : "mode");
+	unsigned bits = cJSON_IsNumber(mode) ? (unsigned)mode->valuedouble & 0777 : 0; /* Go's Perm() */
 	cJSON *e = cJSON_CreateObject();
-	static const char *same[] = { "name", "path", "permissions", "owner", "group" };
+	static const char *same[] = { "name", "path", "owner", "group" };
 	for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
 		const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(a, same[i]));
 		cJSON_AddStringToObject(e, same[i], v ? v : "");
 	}
-	cJSON_AddStringToObject(e, "type", ft);
-	const cJSON *size = cJSON_GetObjectItem(a, "size"), *mode = cJSON_GetObjectItem(a, "mode");
+	cJSON_AddStringToObject(e, "type", ft ? ft : "FILE_TYPE_UNSPECIFIED");
+	const cJSON *size = cJSON_GetObjectItem(a, "size"), *own = cJSON_GetObjectItem(a, "mode");
+	char perms[24];
+	go_mode_string(cJSON_GetStringValue(cJSON_GetObjectItem(a, "permissions")),
+		       cJSON_IsNumber(own) ? (unsigned)own->valuedouble & 07777 : 0, perms);
+	cJSON_AddStringToObject(e, "permissions", perms);
 	cJSON_AddNumberToObject(e, "size", cJSON_IsNumber(size) ? size->valuedouble : 0);
-	cJSON_AddNumberToObject(e, "mode", cJSON_IsNumber(mode) ? mode->valuedouble : 0);
+	cJSON_AddNumberToObject(e, "mode", bits);
 	const char *mt = cJSON_GetStringValue(cJSON_GetObjectItem(a, "mtime"));
 	if (mt)
 		cJSON_AddStringToObject(e, "modifiedTime", mt);

@@ -229,6 +229,29 @@ static void create_abort(struct http_req *r)
 
 static const struct http_req_ops create_ops = { .abort = create_abort };
 
+/* The E2B record of a sandbox just made, from like's envs and lifecycle, with tokens
+ * when secure (or serve has a token), saved: tokens a client is given survive a
+ * restart of serve, or are not given. 0, or -errno once sb is on its way out. */
+static int record_new(struct sandbox *sb, const struct e2b_sbx *like, bool secure, struct e2b_sbx **out)
+{
+	struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
+	int rc = s ? 0 : -ENOMEM;
+	if (s) {
+		if (cJSON_IsObject(like->env_vars))
+			s->env_vars = cJSON_Duplicate(like->env_vars, 1);
+		s->auto_pause = like->auto_pause;
+		if (s->auto_pause)
+			e2b_auto_pause_watch();
+		s->allow_internet = like->allow_internet;
+		mint_tokens(s, secure);
+		rc = e2b_sbx_save(s);
+	}
+	if (rc)
+		sandbox_destroy(sb, "its E2B record could not be saved", NULL, NULL, NULL);
+	*out = s;
+	return rc;
+}
+
 static void create_done(void *ctx, enum api_err err, const char *msg, struct sandbox **sbs, unsigned n)
 {
 	struct create_ctx *cc = ctx;
@@ -239,30 +262,18 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 		create_free(cc);
 		return;
 	}
-	struct e2b_sbx *s = e2b_sbx_get(sbs[0]->id, true);
-	if (!s) {
-		e2b_reply_err(r, 500, "out of memory");
-		create_free(cc);
-		return;
-	}
 	const cJSON *b = cc->body;
-	const cJSON *env = cJSON_GetObjectItemCaseSensitive(b, "envVars");
-	if (cJSON_IsObject(env))
-		s->env_vars = cJSON_Duplicate(env, 1);
-	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause"));
-	if (s->auto_pause)
-		e2b_auto_pause_watch();
-	const cJSON *net = cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access");
-	s->allow_internet = !cJSON_IsFalse(net);
-	mint_tokens(s, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "secure")));
-	/* Tokens a client is given survive a restart of serve, or are not given. */
-	int rc = e2b_sbx_save(s);
-	if (rc) {
+	struct e2b_sbx rec = {
+		.env_vars = (cJSON *)cJSON_GetObjectItemCaseSensitive(b, "envVars"),
+		.auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")),
+		.allow_internet = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access")),
+	};
+	struct e2b_sbx *s;
+	int rc = record_new(sbs[0], &rec, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "secure")), &s);
+	if (rc)
 		e2b_reply_err(r, 500, "cannot save the sandbox's E2B record: %s", strerror(-rc));
-		sandbox_destroy(sbs[0], "its E2B record could not be saved", NULL, NULL, NULL);
-	} else {
+	else
 		handler_reply_cjson(r, 201, sandbox_obj(r, sbs[0], s, true));
-	}
 	create_free(cc);
 }
 
@@ -389,9 +400,12 @@ static struct ctl_call *ctl_call_new(struct http_req *r)
 
 static void connect_finish(struct http_req *r, struct sandbox *sb, bool resumed, bool present, uint32_t secs)
 {
-	/* A resumed sandbox starts a new time to live (E2B's default when none is given). */
-	if (present || resumed)
+	/* A resumed sandbox starts a new time to live (E2B's default when none is given);
+	 * a running one's is only ever extended. */
+	if (resumed)
 		sandbox_set_timeout(sb, present ? secs : E2B_DEFAULT_TIMEOUT_S);
+	else if (present && ur_wall_ms() + (uint64_t)secs * 1000u > sb->deadline_ms)
+		sandbox_set_timeout(sb, secs);
 	struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
 	if (!s) {
 		e2b_reply_err(r, 500, "out of memory");
@@ -566,6 +580,100 @@ void e2b_sandbox_pause(struct http_req *r)
 	struct ctl_call *cc = ctl_call_new(r);
 	if (cc)
 		sandbox_set_paused(sb, true, paused, cc);
+}
+
+/* ---- fork ---- */
+
+/* POST /sandboxes/{id}/fork: count live forks of a running sandbox, each a new E2B
+ * sandbox with the source's envs, network and security. The node forks all or
+ * none, so a fork that fails fails the request (no per-fork errors in the 201). */
+#define FORK_MAX 100u
+#define FORK_DEFAULT_TIMEOUT_S 15u
+
+struct fork_call {
+	struct http_req *r;
+	struct sb_job *job;
+	char src[ID_MAX + 1];
+};
+
+static void fork_call_abort(struct http_req *r)
+{
+	struct fork_call *fc = r->ctx;
+	sb_job_detach(fc->job); /* the children start and stay: the client may list them */
+	free(fc);
+	r->ctx = NULL;
+}
+
+static const struct http_req_ops fork_call_ops = { .abort = fork_call_abort };
+
+static void forked(void *ctx, enum api_err err, const char *msg, struct sandbox **sbs, unsigned n)
+{
+	struct fork_call *fc = ctx;
+	struct http_req *r = fc->r;
+	r->ctx = NULL;
+	r->ops = NULL;
+	const struct e2b_sbx *src = e2b_sbx_get(fc->src, false);
+	struct e2b_sbx like = { .allow_internet = true };
+	if (src)
+		like = (struct e2b_sbx){ .env_vars = src->env_vars, .allow_internet = src->allow_internet };
+	cJSON *out = sbs ? cJSON_CreateArray() : NULL;
+	for (unsigned i = 0; out && i < n; i++) {
+		struct e2b_sbx *s;
+		cJSON *one = cJSON_CreateObject();
+		int rc = record_new(sbs[i], &like, src && src->envd_token[0], &s);
+		if (rc) {
+			cJSON *e = cJSON_AddObjectToObject(one, "error");
+			cJSON_AddNumberToObject(e, "code", 500);
+			cJSON_AddStringToObject(e, "message", "the fork's E2B record could not be saved");
+		} else {
+			cJSON_AddItemToObject(one, "sandbox", sandbox_obj(r, sbs[i], s, true));
+		}
+		cJSON_AddItemToArray(out, one);
+	}
+	if (out)
+		handler_reply_cjson(r, 201, out);
+	else
+		e2b_reply_err(r, sbs ? 500 : status_of(err), "cannot fork sandbox %s: %s", fc->src,
+			      sbs ? "out of memory" : msg ? msg : "the fork did not start");
+	free(fc);
+}
+
+void e2b_sandbox_fork(struct http_req *r)
+{
+	struct sandbox *sb = find_or_404(r);
+	if (!sb)
+		return;
+	cJSON *b = json_body(r);
+	if (!b)
+		return;
+	uint32_t timeout_s = FORK_DEFAULT_TIMEOUT_S;
+	bool present;
+	int rc = timeout_field(b, &timeout_s, &present);
+	const cJSON *count = cJSON_GetObjectItemCaseSensitive(b, "count");
+	double n = count && !cJSON_IsNull(count) ? (cJSON_IsNumber(count) ? count->valuedouble : -1) : 1;
+	cJSON_Delete(b);
+	if (rc || n < 1 || n > FORK_MAX || n != floor(n)) {
+		e2b_reply_err(r, 400, rc ? "timeout must be a number of seconds from 0 to 2592000"
+			      : "count must be a whole number from 1 to 100");
+		return;
+	}
+	struct fork_call *fc = calloc(1, sizeof(*fc));
+	if (!fc) {
+		e2b_reply_err(r, 500, "out of memory");
+		return;
+	}
+	fc->r = r;
+	snprintf(fc->src, sizeof(fc->src), "%s", sb->id);
+	struct fork_req fr = { .sandbox_id = sb->id, .n = (unsigned)n, .timeout_s = timeout_s, .metadata = sb->metadata };
+	struct mitos_err e = { 0 };
+	r->ctx = fc;
+	r->ops = &fork_call_ops;
+	if (sandboxes_fork(&fr, forked, fc, &fc->job, &e)) {
+		r->ctx = NULL;
+		r->ops = NULL;
+		free(fc);
+		e2b_reply_err(r, status_of(e.kind), "cannot fork sandbox %s: %s", sb->id, e.msg);
+	}
 }
 
 /* ---- list ---- */

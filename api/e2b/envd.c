@@ -42,17 +42,6 @@ struct envd_call {
 	char user[64];
 	/* Start with a relative or "~" cwd: the exec waits for a stat to resolve it. */
 	cJSON *exec_open;
-	/* WatchDir with includeEntry: events wait, in order, for their entry's stat. */
-	struct agent_conn *ac;
-	char *watch_path;
-	struct pending_event *pend_head, *pend_tail;
-};
-
-struct pending_event {
-	struct envd_call *c;
-	struct astream *stat;  /* NULL once answered */
-	cJSON *fs;             /* the FilesystemEvent, entry added when there is one */
-	struct pending_event *next;
 };
 
 static void start_exec(struct envd_call *c, struct agent_conn *ac, const cJSON *req);
@@ -143,6 +132,15 @@ static void call_end(struct envd_call *c, cJSON *result, const char *code, const
 /* An agent END that failed (or a dead connection): ends the call, returns true. */
 static bool end_failed(struct envd_call *c, const cJSON *payload, const char *why)
 {
+	struct http_req *r = c->base.r;
+	if (!payload && streaming(c) && r && r->resp_started && !c->base.done) {
+		/* The sandbox went away under a stream: cut it as envd's end would, so that
+		 * the SDKs ask /health and tell the user it was killed or timed out. */
+		c->base.done = true;
+		http_stream_abort(r);
+		agent_call_free(&c->base);
+		return true;
+	}
 	if (!payload) {
 		call_end(c, NULL, "unavailable", why ? why : "the sandbox stopped during the call");
 		return true;
@@ -192,15 +190,6 @@ static void envd_destroy(struct agent_call *b)
 	struct envd_call *c = (struct envd_call *)b;
 	cJSON_Delete(c->entries);
 	cJSON_Delete(c->exec_open);
-	while (c->pend_head) {
-		struct pending_event *p = c->pend_head;
-		c->pend_head = p->next;
-		if (p->stat)
-			agent_cancel(p->stat);
-		cJSON_Delete(p->fs);
-		free(p);
-	}
-	free(c->watch_path);
 }
 
 static const struct agent_call_vt envd_vt = { envd_tick, envd_destroy };
@@ -276,6 +265,9 @@ static void proc_event(struct astream *s, cJSON *ev)
 	const cJSON *pid = cJSON_GetObjectItem(ev, "pid");
 	if (!cJSON_IsNumber(pid))
 		return;
+	/* Connect to a terminal: its output goes out as pty data, as from Start. */
+	if (cJSON_IsTrue(cJSON_GetObjectItem(ev, "pty")))
+		c->pty = true;
 	cJSON *o = cJSON_CreateObject();
 	cJSON *st = cJSON_AddObjectToObject(cJSON_AddObjectToObject(o, "event"), "start");
 	cJSON_AddNumberToObject(st, "pid", pid->valuedouble);
@@ -465,11 +457,19 @@ static cJSON *process_info(const cJSON *p)
 	return o;
 }
 
+/* envd removes with os.RemoveAll: a path that is not there is removed already. */
+static bool removed_already(const struct envd_call *c, const cJSON *payload)
+{
+	const cJSON *err = cJSON_GetObjectItemCaseSensitive(payload, "error");
+	const char *code = cJSON_GetStringValue(cJSON_GetObjectItem(err, "code"));
+	return !strcmp(c->m->op, "remove") && code && !strcmp(code, "not_found");
+}
+
 static void unary_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct envd_call *c = s->ctx;
 	c->base.as = NULL;
-	if (end_failed(c, payload, why))
+	if (!removed_already(c, payload) && end_failed(c, payload, why))
 		return;
 	const char *op = c->m->op;
 	cJSON *result = cJSON_CreateObject();
@@ -678,67 +678,6 @@ static void watch_send(struct envd_call *c, cJSON *fs)
 	stream_msg(c, o);
 }
 
-/* Sends the answered events at the head of the queue, in the order they happened. */
-static void pending_flush(struct envd_call *c)
-{
-	while (c->pend_head && !c->pend_head->stat) {
-		struct pending_event *p = c->pend_head;
-		c->pend_head = p->next;
-		if (!c->pend_head)
-			c->pend_tail = NULL;
-		watch_send(c, p->fs);
-		free(p);
-	}
-}
-
-static void entry_end(struct astream *s, cJSON *payload, const char *why)
-{
-	(void)why;
-	struct pending_event *p = s->ctx;
-	p->stat = NULL;
-	/* A path already gone again (or a failed stat) goes without its entry. */
-	cJSON *e = e2b_entry_info(cJSON_GetObjectItem(payload, "entry"));
-	if (e)
-		cJSON_AddItemToObject(p->fs, "entry", e);
-	pending_flush(p->c);
-}
-
-static const struct astream_ops entry_ops = { NULL, NULL, entry_end, NULL, NULL };
-
-/* Queues fs behind a stat of its path; false when it can go out as it is. */
-static bool entry_lookup(struct envd_call *c, cJSON *fs)
-{
-	const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(fs, "name"));
-	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(fs, "type"));
-	if (!c->watch_path || !name || !strcmp(type, "EVENT_TYPE_REMOVE") || !strcmp(type, "EVENT_TYPE_RENAME"))
-		return false;
-	struct pending_event *p = calloc(1, sizeof(*p));
-	cJSON *open = cJSON_CreateObject();
-	char *path = NULL;
-	if (p && open && asprintf(&path, "%s/%s", c->watch_path, name) > 0) {
-		cJSON_AddStringToObject(open, "op", "stat");
-		cJSON_AddStringToObject(open, "path", path);
-		e2b_add_user(open, c->user);
-		char *js = cJSON_PrintUnformatted(open);
-		p->stat = js ? agent_open(c->ac, js, &entry_ops, p) : NULL;
-		free(js);
-	}
-	free(path);
-	cJSON_Delete(open);
-	if (!p || !p->stat) {
-		free(p);
-		return false;
-	}
-	p->c = c;
-	p->fs = fs;
-	if (c->pend_tail)
-		c->pend_tail->next = p;
-	else
-		c->pend_head = p;
-	c->pend_tail = p;
-	return true;
-}
-
 static void watch_event(struct astream *s, cJSON *ev)
 {
 	struct envd_call *c = s->ctx;
@@ -751,22 +690,8 @@ static void watch_event(struct astream *s, cJSON *ev)
 	const cJSON *e;
 	cJSON_ArrayForEach(e, cJSON_GetObjectItem(ev, "events")) {
 		cJSON *fs = e2b_fs_event(e);
-		if (!fs || entry_lookup(c, fs))
-			continue;
-		if (c->pend_head) {
-			/* Behind an event still waiting for its entry: keep the order. */
-			struct pending_event *p = calloc(1, sizeof(*p));
-			if (!p) {
-				cJSON_Delete(fs);
-				continue;
-			}
-			p->c = c;
-			p->fs = fs;
-			c->pend_tail->next = p;
-			c->pend_tail = p;
-			continue;
-		}
-		watch_send(c, fs);
+		if (fs)
+			watch_send(c, fs);
 	}
 	c->base.next_ka = ur_now_ms() + srv_cfg.keepalive_ms;
 }
@@ -784,22 +709,12 @@ static const struct astream_ops watch_ops = { NULL, watch_event, watch_end, NULL
 
 static void start_watch(struct envd_call *c, struct agent_conn *ac, const cJSON *req)
 {
-	const char *path = str_field(req, "path");
-	if (!path || !*path) {
+	cJSON *open = e2b_watch_open(req, c->user);
+	if (!open) {
 		call_end(c, NULL, "invalid_argument", "path is required");
 		return;
 	}
 	c->watch = true;
-	cJSON *open = cJSON_CreateObject();
-	cJSON_AddStringToObject(open, "op", "watch");
-	cJSON_AddStringToObject(open, "path", path);
-	cJSON_AddBoolToObject(open, "recursive", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "recursive")));
-	e2b_add_user(open, c->user);
-	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "includeEntry")) ||
-	    cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "include_entry"))) {
-		c->ac = ac;
-		c->watch_path = strdup(path);
-	}
 	uint64_t ms = timeout_ms(c->base.r);
 	if (ms)
 		c->base.deadline = ur_now_ms() + ms;
@@ -841,8 +756,11 @@ void e2b_envd_rpc(struct http_req *r)
 			e2b_reply_connect_err(r, "invalid_argument", "the request message must be a JSON object");
 		else if (!ac && !strcmp(m->name, "filesystem.Filesystem/CreateWatcher"))
 			e2b_reply_connect_err(r, "unavailable", e.msg);
-		else
-			e2b_watcher_start(r, strchr(m->name, '/') + 1, ac, req);
+		else {
+			char user[64];
+			basic_user(r, user, sizeof(user));
+			e2b_watcher_start(r, strchr(m->name, '/') + 1, ac, req, user);
+		}
 		cJSON_Delete(req);
 		return;
 	}

@@ -62,15 +62,18 @@ static void access_free(struct access *a)
 	free(a->exp);
 }
 
-static bool signature_ok(const struct access *a, const char *op, const struct e2b_sbx *s)
+enum sig_check { SIG_NONE, SIG_EXPIRED, SIG_OK };
+
+/* As envd: the signature first, then its expiry. */
+static enum sig_check signature_check(const struct access *a, const char *op, const struct e2b_sbx *s)
 {
 	if (!a->sig || !a->path || !s->envd_token[0])
-		return false;
-	if (a->exp && *a->exp && strtoll(a->exp, NULL, 10) < (long long)time(NULL))
-		return false;
+		return SIG_NONE;
 	char want[80];
 	signature(a->path, op, a->user, s->envd_token, a->exp, want, sizeof(want));
-	return e2b_token_ok(a->sig, want);
+	if (!e2b_token_ok(a->sig, want))
+		return SIG_NONE;
+	return a->exp && *a->exp && strtoll(a->exp, NULL, 10) < (long long)time(NULL) ? SIG_EXPIRED : SIG_OK;
 }
 
 /* Names the sandbox (a header, or the one whose token signed the URL) and checks
@@ -80,7 +83,12 @@ static bool files_access(struct http_req *r, const struct access *a, const char 
 	if (!r->sandbox_id[0]) {
 		for (struct sandbox *sb = sandboxes_first(); sb; sb = sb->next) {
 			struct e2b_sbx *s = e2b_sbx_get(sb->id, false);
-			if (s && signature_ok(a, op, s)) {
+			enum sig_check sc = s ? signature_check(a, op, s) : SIG_NONE;
+			if (sc == SIG_EXPIRED) {
+				e2b_reply_err(r, 401, "signature is already expired");
+				return false;
+			}
+			if (sc == SIG_OK) {
 				snprintf(r->sandbox_id, sizeof(r->sandbox_id), "%s", sb->id);
 				return true;
 			}
@@ -98,9 +106,13 @@ static bool files_access(struct http_req *r, const struct access *a, const char 
 	}
 	struct e2b_sbx *s = e2b_sbx_get(r->sandbox_id, false);
 	if (s && s->envd_token[0]) {
-		if (e2b_token_ok(http_req_header(r, "x-access-token"), s->envd_token) || signature_ok(a, op, s))
+		if (e2b_token_ok(http_req_header(r, "x-access-token"), s->envd_token))
 			return true;
-		e2b_reply_err(r, 401, "the access token or URL signature does not match this sandbox");
+		enum sig_check sc = signature_check(a, op, s);
+		if (sc == SIG_OK)
+			return true;
+		e2b_reply_err(r, 401, "%s", sc == SIG_EXPIRED ? "signature is already expired"
+			      : "the access token or URL signature does not match this sandbox");
 		return false;
 	}
 	if (e2b_api_key_ok(r))

@@ -77,13 +77,18 @@ size_t e2b_call_room(struct astream *s);
 void e2b_envelope(struct http_req *r, uint8_t flags, const char *json, size_t n);
 void e2b_envelope_cjson(struct http_req *r, struct cJSON *o);  /* consumes o */
 
-/* EntryInfo (filesystem.proto) of an agent ENTRY; NULL for an "other" type. */
+/* EntryInfo (filesystem.proto) of an agent ENTRY, as envd makes it (a symlink as what it
+ * leads to); NULL when it is not an entry. */
 struct cJSON *e2b_entry_info(const struct cJSON *agent_entry);
 
 /* X-API-KEY (or a bearer token) against serve's token; true on a tokenless serve. */
 bool e2b_api_key_ok(const struct http_req *r);
-/* filesystem.FilesystemEvent {name, type: EVENT_TYPE_*} of an agent watch event, or NULL. */
+/* filesystem.FilesystemEvent {name, type: EVENT_TYPE_*, entry?} of an agent watch event,
+ * or NULL. */
 struct cJSON *e2b_fs_event(const struct cJSON *agent_event);
+/* The agent's watch for a WatchDir or CreateWatcher request (path, recursive,
+ * includeEntry) as user; NULL without a path. */
+struct cJSON *e2b_watch_open(const struct cJSON *req, const char *user);
 /* Who an envd call runs as: the user the SDK named (Basic auth, ?username=), else
  * E2B's default user "user" where the sandbox has that account (the agent falls
  * back to its own identity where it has not). */
@@ -98,7 +103,8 @@ void e2b_template_shape(const char *name, unsigned *cpus, unsigned *mem_mib);
 #define E2B_MAP_MAX_BYTES (64u << 10)
 bool e2b_string_map(const struct cJSON *m);
 /* CreateWatcher, GetWatcherEvents, RemoveWatcher (ac: the agent, for CreateWatcher). */
-void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const struct cJSON *req);
+void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const struct cJSON *req,
+		       const char *user);
 
 /* Handlers. */
 void e2b_sandboxes_create(struct http_req *r);
@@ -109,6 +115,7 @@ void e2b_sandbox_connect(struct http_req *r);
 void e2b_sandbox_timeout(struct http_req *r);
 void e2b_sandbox_pause(struct http_req *r);
 void e2b_sandbox_resume(struct http_req *r);
+void e2b_sandbox_fork(struct http_req *r);
 void e2b_sandbox_metrics(struct http_req *r);
 void e2b_templates_list(struct http_req *r);
 void e2b_envd_rpc(struct http_req *r);

@@ -73,6 +73,7 @@ GUARDED(e2b_sandbox_connect, G_CONTROL)
 GUARDED(e2b_sandbox_timeout, G_CONTROL)
 GUARDED(e2b_sandbox_pause, G_CONTROL)
 GUARDED(e2b_sandbox_resume, G_CONTROL)
+GUARDED(e2b_sandbox_fork, G_CONTROL)
 GUARDED(e2b_sandbox_metrics, G_CONTROL)
 GUARDED(e2b_templates_list, G_CONTROL)
 GUARDED(e2b_envd_rpc, G_ENVD)
@@ -145,6 +146,8 @@ static const struct route *control_route(struct http_req *r, bool *claimed)
 		return &r_e2b_sandbox_pause;
 	if (m == HTTP_POST && !strcmp(tail, "/resume"))
 		return &r_e2b_sandbox_resume;
+	if (m == HTTP_POST && !strcmp(tail, "/fork"))
+		return &r_e2b_sandbox_fork;
 	if (m == HTTP_POST && !strcmp(tail, "/refreshes"))
 		return &r_e2b_sandbox_timeout;
 	if (m == HTTP_GET && !strcmp(tail, "/metrics"))

@@ -114,26 +114,20 @@ static struct watcher *find(const char *sandbox, const cJSON *req)
 	return NULL;
 }
 
-static void create(struct http_req *r, struct agent_conn *ac, const cJSON *req)
+static void create(struct http_req *r, struct agent_conn *ac, const cJSON *req, const char *user)
 {
-	const char *path = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "path"));
-	if (!path || !*path) {
+	cJSON *open = e2b_watch_open(req, user);
+	if (!open) {
 		e2b_reply_connect_err(r, "invalid_argument", "path is required");
 		return;
 	}
 	if (nwatchers >= WATCHERS_MAX) {
+		cJSON_Delete(open);
 		e2b_reply_connect_err(r, "resource_exhausted", "too many watchers: remove some with RemoveWatcher");
 		return;
 	}
 	struct watcher *w = calloc(1, sizeof(*w));
-	cJSON *open = cJSON_CreateObject();
-	char *s = NULL;
-	if (w && open) {
-		cJSON_AddStringToObject(open, "op", "watch");
-		cJSON_AddStringToObject(open, "path", path);
-		cJSON_AddBoolToObject(open, "recursive", cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "recursive")));
-		s = cJSON_PrintUnformatted(open);
-	}
+	char *s = w ? cJSON_PrintUnformatted(open) : NULL;
 	cJSON_Delete(open);
 	if (!w || !s || !(w->events = cJSON_CreateArray())) {
 		free(s);
@@ -161,7 +155,8 @@ static void create(struct http_req *r, struct agent_conn *ac, const cJSON *req)
 	}
 }
 
-void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const cJSON *req)
+void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const cJSON *req,
+		       const char *user)
 {
 	/* Watchers of sandboxes that are gone go first. */
 	for (struct watcher *w = watchers, *next; w; w = next) {
@@ -170,7 +165,7 @@ void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn
 			watcher_free(w);
 	}
 	if (!strcmp(method, "CreateWatcher")) {
-		create(r, ac, req);
+		create(r, ac, req, user);
 		return;
 	}
 	struct watcher *w = find(e2b_req_sandbox(r), req);

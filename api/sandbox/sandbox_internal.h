@@ -8,7 +8,7 @@
 #include "api/sandbox/sandboxes.h"
 
 #define START_TIMEOUT_MS 30000
-#define MAX_FORK_N 64
+#define MAX_FORK_N 100
 /* A sandbox whose agent connection closed gets this long to end by itself (its init then
  * says why: an agent killed by the OOM killer, say) before serve kills it. */
 #define AGENT_LOST_GRACE_MS 1000

@@ -133,3 +133,23 @@ test("pty: create, send input, resize, kill", async () => {
   assert.match(text, /40 100/);
   assert.equal(await sbx.pty.kill(pty.pid), true);
 });
+
+test("pty: a reconnected terminal's output arrives as terminal data", async () => {
+  const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: () => {}, envs: { FOO: "bar" } });
+  await pty.disconnect();
+  const chunks = [];
+  const again = await sbx.pty.connect(pty.pid, { onData: (d) => chunks.push(Buffer.from(d)) });
+  await sbx.pty.sendInput(pty.pid, new TextEncoder().encode("echo foo-is-$FOO; exit\n"));
+  const r = await again.wait();
+  assert.equal(r.exitCode, 0);
+  assert.match(Buffer.concat(chunks).toString(), /foo-is-bar/);
+});
+
+test("killing the sandbox under a running command cuts the stream: the SDK reports it killed", async () => {
+  const own = await Sandbox.create();
+  const h = await own.commands.run("sleep 60", { background: true });
+  await own.kill();
+  const err = await h.wait().then(() => null, (e) => e);
+  assert.ok(err instanceof TimeoutError, String(err));
+  assert.match(err.message, /killed or reached its end of life/);
+});

@@ -73,13 +73,17 @@ test("gzip and octet-stream uploads", async () => {
 });
 
 test("list with depth, exists, getInfo", async () => {
+  // Made out of name order: tmpfs reads a directory back newest first.
+  await sbx.files.write("/tmp/e2b/tree/top.txt", "top");
   await sbx.files.makeDir("/tmp/e2b/tree/x/y");
   await sbx.files.write("/tmp/e2b/tree/x/y/deep.txt", "deep");
-  await sbx.files.write("/tmp/e2b/tree/top.txt", "top");
   const one = await sbx.files.list("/tmp/e2b/tree");
-  assert.deepEqual(one.map((e) => e.name).sort(), ["top.txt", "x"]);
+  assert.deepEqual(one.map((e) => e.name), ["top.txt", "x"]);
+  await sbx.files.makeDir("/tmp/e2b/tree/b");
   const three = await sbx.files.list("/tmp/e2b/tree", { depth: 3 });
-  assert.deepEqual(three.map((e) => e.path).sort(), ["/tmp/e2b/tree/top.txt", "/tmp/e2b/tree/x", "/tmp/e2b/tree/x/y", "/tmp/e2b/tree/x/y/deep.txt"]);
+  // envd's walk: depth first, each directory in byte order.
+  assert.deepEqual(three.map((e) => e.path), ["/tmp/e2b/tree/b", "/tmp/e2b/tree/top.txt", "/tmp/e2b/tree/x",
+    "/tmp/e2b/tree/x/y", "/tmp/e2b/tree/x/y/deep.txt"]);
   const dir = three.find((e) => e.name === "x");
   assert.equal(dir.type, "dir");
   assert.equal(await sbx.files.exists("/tmp/e2b/tree/top.txt"), true);
@@ -115,6 +119,22 @@ test("file metadata (X-Metadata-*, envd 0.6.2): kept on the file, shown by getIn
   }
 });
 
+test("a symlink's info is what it leads to, with the link resolved, as envd gives it", async () => {
+  await sbx.files.write("/tmp/e2b/ln/target.txt", "t");
+  await sbx.commands.run("cd /tmp/e2b/ln && ln -s target.txt link && ln -s . here && ln -s nowhere dangling");
+  const link = await sbx.files.getInfo("/tmp/e2b/ln/link");
+  assert.equal(link.type, "file");
+  assert.equal(link.symlinkTarget, "/tmp/e2b/ln/target.txt");
+  assert.match(link.permissions, /^Lrwx/, "Go's mode string");
+  assert.equal((await sbx.files.getInfo("/tmp/e2b/ln/here")).type, "dir");
+  const dangling = await sbx.files.getInfo("/tmp/e2b/ln/dangling");
+  assert.equal(dangling.type, undefined, "a link to nothing has no type");
+  assert.equal(dangling.symlinkTarget, "/tmp/e2b/ln/dangling");
+  // The SDK leaves out entries of no type (the dangling link).
+  const names = (await sbx.files.list("/tmp/e2b/ln")).map((e) => [e.name, e.type]);
+  assert.deepEqual(names, [["here", "dir"], ["link", "file"], ["target.txt", "file"]]);
+});
+
 test("makeDir, rename, remove", async () => {
   assert.equal(await sbx.files.makeDir("/tmp/e2b/mk/a/b"), true);
   assert.equal(await sbx.files.makeDir("/tmp/e2b/mk/a/b"), false, "an existing dir answers false");
@@ -124,6 +144,7 @@ test("makeDir, rename, remove", async () => {
   assert.equal(await sbx.files.exists("/tmp/e2b/mk/f.txt"), false);
   await sbx.files.remove("/tmp/e2b/mk");
   assert.equal(await sbx.files.exists("/tmp/e2b/mk"), false);
+  await sbx.files.remove("/tmp/e2b/mk"); // envd removes with RemoveAll: nothing there is no error
 });
 
 test("watchDir reports create, write and remove", async () => {
@@ -176,4 +197,7 @@ test("signed upload and download URLs work without any sandbox header", { skip: 
   // whenever the signature already starts with it (1 in 64).
   const bad = await fetch(down.replace(/signature=v1_(.)/, (_, c) => "signature=v1_" + (c === "Z" ? "Y" : "Z")));
   assert.equal(bad.status, 401);
+  const expired = await fetch(await sbx.downloadUrl("/tmp/e2b/signed.txt", { useSignatureExpiration: -120 }));
+  assert.equal(expired.status, 401);
+  assert.deepEqual(await expired.json(), { code: 401, message: "signature is already expired" });
 });

@@ -59,6 +59,42 @@ test("setTimeout moves endAt", async () => {
   assert.ok(info2.endAt.getTime() - Date.now() < 31000);
 });
 
+test("connect extends a running sandbox's timeout, never shortens it", async () => {
+  const sbx = await create({ timeoutMs: 300000 });
+  const before = (await sbx.getInfo()).endAt.getTime();
+  await Sandbox.connect(sbx.sandboxId, { timeoutMs: 10000 });
+  assert.equal((await sbx.getInfo()).endAt.getTime(), before);
+  await Sandbox.connect(sbx.sandboxId, { timeoutMs: 600000 });
+  assert.ok((await sbx.getInfo()).endAt.getTime() > before + 200000);
+});
+
+test("fork: each child continues the parent's files, envs and metadata; the parent runs on", async () => {
+  const sbx = await create({ metadata: { suite: "fork" }, envs: { FROM: "parent" } });
+  await sbx.files.write("/opt/state.txt", "before fork", { user: "root" });
+  const forks = await sbx.fork({ count: 2, timeoutMs: 60000 });
+  assert.equal(forks.length, 2);
+  for (const f of forks) {
+    assert.ok(f instanceof Sandbox, String(f));
+    made.push(f);
+  }
+  const [a, b] = forks;
+  assert.notEqual(a.sandboxId, b.sandboxId);
+  assert.ok(![a.sandboxId, b.sandboxId].includes(sbx.sandboxId));
+  await a.files.write("/opt/state.txt", "changed in a", { user: "root" });
+  assert.equal(await b.files.read("/opt/state.txt"), "before fork");
+  assert.equal(await sbx.files.read("/opt/state.txt"), "before fork");
+  assert.equal((await b.commands.run("echo $FROM")).stdout, "parent\n");
+  const info = await a.getInfo();
+  assert.deepEqual(info.metadata, { suite: "fork" });
+  const left = info.endAt.getTime() - Date.now();
+  assert.ok(left > 30000 && left <= 61000, `the child's own timeout: ${left} ms`);
+  assert.equal(await sbx.isRunning(), true);
+  const [byId] = await Sandbox.fork(sbx.sandboxId);
+  assert.ok(byId instanceof Sandbox, String(byId));
+  made.push(byId);
+  await assert.rejects(Sandbox.fork("sb-no-such"), SandboxNotFoundError);
+});
+
 test("pause, list as paused, resume through connect keeps files", async () => {
   const sbx = await create({});
   await sbx.files.write("/tmp/keep.txt", "kept");

@@ -110,6 +110,24 @@ test("polled watcher: CreateWatcher, GetWatcherEvents, RemoveWatcher", async () 
   const gone = await envd(sbx, "filesystem.Filesystem/GetWatcherEvents", JSON.stringify({ watcherId }));
   assert.equal(gone.status, 404);
   assert.equal((await gone.json()).code, "not_found");
+  // The Python SDK's watch_dir("rel", include_entry=True): a relative path is the
+  // default user's, as for every other call, and events carry their entries.
+  await sbx.files.makeDir("polled-rel");
+  const home = (await sbx.commands.run("pwd")).stdout.trim(); // where relative paths resolve too
+  const rel = await envd(sbx, "filesystem.Filesystem/CreateWatcher", JSON.stringify({ path: "polled-rel", includeEntry: true }));
+  assert.equal(rel.status, 200, await rel.clone().text());
+  const relId = (await rel.json()).watcherId;
+  await sbx.files.write("polled-rel/b.txt", "bb");
+  let withEntry;
+  const until = Date.now() + 10000;
+  while (!withEntry && Date.now() < until) {
+    const got = await envd(sbx, "filesystem.Filesystem/GetWatcherEvents", JSON.stringify({ watcherId: relId }));
+    withEntry = (await got.json()).events.find((e) => e.name === "b.txt" && e.entry?.size === 2);
+    if (!withEntry) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(withEntry, "a write of b.txt with its entry");
+  assert.equal(withEntry.entry.path, home + "/polled-rel/b.txt");
+  assert.equal(withEntry.entry.type, "FILE_TYPE_FILE");
 });
 
 test("StreamInput feeds a process's stdin from a client stream", async () => {
