@@ -17,6 +17,25 @@
 #include "api/sandbox/registry.h"
 #include "api/http/uring.h"
 
+/* E2B samples in 5 s buckets: a sample taken within one of the interval's end is in it. */
+#define BUCKET_S 5
+
+/* The query's ?start= or ?end= (Unix seconds): 0 and *v untouched when absent, -1 when
+ * it is not a number. */
+static int query_seconds(const struct http_req *r, const char *key, long long *v)
+{
+	char *s = http_query_get(r->query, key), *end;
+	if (!s)
+		return 0;
+	errno = 0;
+	long long n = strtoll(s, &end, 10);
+	int rc = !*s || *end || errno ? -1 : 0;
+	free(s);
+	if (!rc)
+		*v = n;
+	return rc;
+}
+
 void e2b_sandbox_metrics(struct http_req *r)
 {
 	struct sandbox *sb = r->sandbox_id[0] ? sandbox_find(r->sandbox_id) : NULL;
@@ -24,14 +43,21 @@ void e2b_sandbox_metrics(struct http_req *r)
 		e2b_reply_err(r, 404, "sandbox %s not found", r->sandbox_id);
 		return;
 	}
+	uint64_t now = ur_wall_ms();
+	long long start = 0, end = (long long)(now / 1000);
+	if (query_seconds(r, "start", &start) || query_seconds(r, "end", &end)) {
+		e2b_reply_err(r, 400, "start and end are Unix times in seconds");
+		return;
+	}
 	cJSON *a = cJSON_CreateArray();
 	struct cg_set cg;
 	struct cg_usage u;
-	/* No cgroup (a host without usable cgroups): no samples, as for a sandbox E2B
-	 * has not sampled yet. */
-	if (!cgroup_read_record(sb->dir, &cg) && !cgroup_usage(&cg, &u)) {
+	long long now_s = (long long)(now / 1000);
+	/* The one sample there is, now's: none for an interval that ended before it.
+	 * No cgroup (a host without usable cgroups): no samples, as for a sandbox E2B has
+	 * not sampled yet. */
+	if (now_s >= start && now_s <= end + BUCKET_S && !cgroup_read_record(sb->dir, &cg) && !cgroup_usage(&cg, &u)) {
 		struct e2b_sbx *s = e2b_sbx_get(sb->id, true);
-		uint64_t now = ur_wall_ms();
 		unsigned long long since_usec = 0, span_ms = now > sb->created_ms ? now - sb->created_ms : 1;
 		/* Utilisation since the previous sample, or since the start for the first. */
 		if (s && s->cpu_sample_ms && now > s->cpu_sample_ms && u.cpu_usec >= s->cpu_usec) {

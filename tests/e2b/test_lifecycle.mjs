@@ -147,6 +147,10 @@ test("metrics are real cgroup figures", async () => {
   assert.ok(last.memUsed <= last.memTotal, "in use within it");
   assert.ok(last.cpuUsedPct >= 0);
   assert.ok(last.timestamp instanceof Date);
+  const hourAgo = Date.now() - 3600000;
+  const none = await sbx.getMetrics({ start: new Date(hourAgo), end: new Date(hourAgo + 1800000) });
+  assert.equal(none.length, 0, "nothing in an interval that ended before the sandbox began");
+  assert.ok((await sbx.getMetrics({ start: new Date(hourAgo), end: new Date() })).length >= 1);
 });
 
 test("kill: the sandbox is gone, a second kill is false, connect is a 404", async () => {
