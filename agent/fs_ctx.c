@@ -88,6 +88,12 @@ int resolve_path(struct stream *s, const struct json *req, const char *key,
 	return 0;
 }
 
+bool fs_is_dir(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 int fs_mkdir_parents(const char *path, mode_t mode)
 {
 	char tmp[PATH_MAX];

@@ -32,6 +32,8 @@ void fs_leave(const struct fs_ctx *fc);
 int resolve_path(struct stream *s, const struct json *req, const char *key,
 		 const struct fs_ctx *fc, char *out);
 /* mkdir -p: path and its missing parents; 0 if path ends up a directory. */
+/* Whether path is a directory (following links). */
+bool fs_is_dir(const char *path);
 int fs_mkdir_parents(const char *path, mode_t mode);
 
 #endif

@@ -13,13 +13,15 @@ The agent starts it with:
         {"type": "result", "is_main_result": bool, "data": {mime: value}, "metadata": {...}}
         {"type": "error", "name": str, "value": str, "traceback": str}
         {"type": "done", "execution_count": int, "status": "ok" | "error"}
-Binary MIME values (image/png, image/jpeg, application/pdf) are base64 text.
+Binary MIME values (image/png, image/jpeg, application/pdf) are base64 text. A
+pandas DataFrame also gives "e2b/data", its columns as lists (E2B's Result.data).
 Everything the code prints is written before the event that follows it, so the
 agent can drain fd 1/2 when an event arrives and keep output in order.
 """
 
 import base64
 import json
+import math
 import os
 import struct
 import sys
@@ -79,8 +81,10 @@ def _jsonable(data):
 
 
 from IPython.core.displayhook import DisplayHook  # noqa: E402
+from IPython.core.formatters import BaseFormatter  # noqa: E402
 from IPython.core.displaypub import DisplayPublisher  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
+from traitlets import ObjectName, Unicode  # noqa: E402
 
 
 class _Hook(DisplayHook):
@@ -128,6 +132,30 @@ def _png_of_figure(fig):
 # Registered by name: matplotlib is imported only when the user's code does.
 shell.display_formatter.formatters["image/png"].for_type_by_name(
     "matplotlib.figure", "Figure", _png_of_figure)
+
+
+class _ColumnsFormatter(BaseFormatter):
+    """A pandas DataFrame as {column: [values]}, the "e2b/data" output E2B's Result.data
+    reads; nothing for any other object (no print method to fall back on)."""
+    format_type = Unicode("e2b/data")
+    print_method = ObjectName("_repr_e2b_data_")
+    _return_type = dict
+
+
+def _plain(value):
+    # JSON has no NaN or infinity; times go as ISO 8601 text.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _columns(frame):
+    return {str(name): [_plain(v) for v in values] for name, values in frame.to_dict(orient="list").items()}
+
+
+_data_formatter = _ColumnsFormatter(parent=shell.display_formatter)
+_data_formatter.for_type_by_name("pandas.core.frame", "DataFrame", _columns)
+shell.display_formatter.formatters["e2b/data"] = _data_formatter
 
 
 def _flush_figures(*args, **kwargs):

@@ -301,7 +301,7 @@ static void context_free(struct kernel *k)
 static struct kernel *context_create(struct stream *s, const struct json *req, const char *id)
 {
 	static unsigned seq;
-	const char *cwd = json_get_str(req, "cwd"), *user = request_user(req);
+	const char *cwd = json_get_str(req, "cwd"), *user = request_user(req), *fallback = json_get_str(req, "default_cwd");
 	const char *lang = json_get_str(req, "language");
 	if (lang && strcmp(lang, "python") && strcmp(lang, "python3")) {
 		stream_end_error(s, PERR_UNSUPPORTED, "language '%s' is not supported (python only)", lang);
@@ -322,8 +322,8 @@ static struct kernel *context_create(struct stream *s, const struct json *req, c
 		snprintf(k->id, sizeof(k->id), "ctx-%u", ++seq);
 	if (user)
 		snprintf(k->user, sizeof(k->user), "%s", user);
-	if (cwd) {
-		snprintf(k->cwd, sizeof(k->cwd), "%s", cwd);
+	if (cwd || (fallback && fs_is_dir(fallback))) {
+		snprintf(k->cwd, sizeof(k->cwd), "%s", cwd ? cwd : fallback);
 	} else {
 		/* the user's home, as for exec; else wherever the agent runs */
 		struct user_info ui;

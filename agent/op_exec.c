@@ -532,12 +532,6 @@ static struct proc *proc_start(struct stream *s, const struct json *req, struct 
 	return p;
 }
 
-static bool is_dir(const char *path)
-{
-	struct stat st;
-	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 static void exec_start(struct stream *s, const struct json *req, bool pty)
 {
 	struct exec_args a = { .pty = pty };
@@ -570,12 +564,12 @@ static void exec_start(struct stream *s, const struct json *req, bool pty)
 	}
 	a.cwd = json_get_str(req, "cwd");
 	const char *fallback = json_get_str(req, "default_cwd");
-	if (!a.cwd && fallback && is_dir(fallback))
+	if (!a.cwd && fallback && fs_is_dir(fallback))
 		a.cwd = fallback; /* the Mitos contract's /workspace, where there is one */
 	const char *home = getenv("HOME");
 	if (!a.cwd && a.has_user)
-		a.cwd = is_dir(a.user.home) ? a.user.home : "/";
-	else if (!a.cwd && json_get_str(req, "default_user") && home && is_dir(home))
+		a.cwd = fs_is_dir(a.user.home) ? a.user.home : "/";
+	else if (!a.cwd && json_get_str(req, "default_user") && home && fs_is_dir(home))
 		a.cwd = home; /* E2B's default user is missing: start where its fallback's paths resolve */
 	if ((rc = parse_argv(req, pty, a.has_user ? &a.user : NULL, &a.argv))) {
 		stream_end_error(s, PERR_INVALID_ARGUMENT, "need argv (array of strings) or cmd (string)");

@@ -348,6 +348,17 @@ bool e2b_call_open(struct agent_call *c, struct agent_conn *ac, cJSON *open, con
 	return c->as != NULL;
 }
 
+bool e2b_call_cut(struct agent_call *c)
+{
+	struct http_req *r = c->r;
+	if (!r || !r->resp_started || c->done)
+		return false;
+	c->done = true;
+	http_stream_abort(r);
+	agent_call_free(c);
+	return true;
+}
+
 size_t e2b_call_room(struct astream *s)
 {
 	const struct agent_call *c = s->ctx;

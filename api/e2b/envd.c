@@ -132,15 +132,8 @@ static void call_end(struct envd_call *c, cJSON *result, const char *code, const
 /* An agent END that failed (or a dead connection): ends the call, returns true. */
 static bool end_failed(struct envd_call *c, const cJSON *payload, const char *why)
 {
-	struct http_req *r = c->base.r;
-	if (!payload && streaming(c) && r && r->resp_started && !c->base.done) {
-		/* The sandbox went away under a stream: cut it as envd's end would, so that
-		 * the SDKs ask /health and tell the user it was killed or timed out. */
-		c->base.done = true;
-		http_stream_abort(r);
-		agent_call_free(&c->base);
+	if (!payload && streaming(c) && e2b_call_cut(&c->base))
 		return true;
-	}
 	if (!payload) {
 		call_end(c, NULL, "unavailable", why ? why : "the sandbox stopped during the call");
 		return true;

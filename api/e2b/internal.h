@@ -69,6 +69,11 @@ struct agent_conn *e2b_sandbox_agent(const char *id, struct mitos_err *e);
 int e2b_agent_status(enum api_err kind);
 /* Opens the agent stream; false when it could not (open is consumed). */
 bool e2b_call_open(struct agent_call *c, struct agent_conn *ac, struct cJSON *open, const struct astream_ops *ops);
+/* The sandbox went away under a streamed answer: cut it (no clean end), as the
+ * cloud's connection to a killed sandbox is cut, so that the SDKs ask whether the
+ * sandbox runs and report it killed. False, doing nothing, before the answer began;
+ * c is freed otherwise. */
+bool e2b_call_cut(struct agent_call *c);
 /* The room() of every call's agent stream (s->ctx is the call): what the client
  * takes now, while its reply is streamed. */
 size_t e2b_call_room(struct astream *s);

@@ -17,6 +17,9 @@
 #include "api/http/uring.h"
 
 #define KEEPALIVE_LINE "{\"type\":\"keepalive\"}\n"
+/* Where E2B's code interpreter runs code that names no directory (its Jupyter's
+ * root_dir), where the template has it. */
+#define E2B_INTERP_CWD "/home/user"
 
 struct exec_call {
 	struct agent_call base;
@@ -234,11 +237,20 @@ static void exec_end(struct astream *s, cJSON *payload, const char *why)
 	const cJSON *err = cJSON_GetObjectItem(payload, "error");
 	const char *code = cJSON_GetStringValue(cJSON_GetObjectItem(err, "code"));
 	const char *msg = cJSON_GetStringValue(cJSON_GetObjectItem(err, "message"));
+	struct http_req *r = c->base.r;
+	if (!payload && r && !c->base.done) {
+		/* The interpreter answers an execution at once and streams it; one quiet
+		 * until the sandbox went away still began. */
+		if (!r->resp_started)
+			http_stream_start(r, 200, "application/x-ndjson", NULL);
+		e2b_call_cut(&c->base);
+		return;
+	}
 	if (!payload) {
 		exec_finish(c, 502, why ? why : "the sandbox stopped during the execution");
 		return;
 	}
-	if (code && !strcmp(code, "not_found") && c->base.r && !c->base.r->resp_started) {
+	if (code && !strcmp(code, "not_found") && r && !r->resp_started) {
 		exec_finish(c, 404, msg ? msg : "no such context");
 		return;
 	}
@@ -297,6 +309,8 @@ void e2b_interp_execute(struct http_req *r)
 	const char *ctx = cJSON_GetStringValue(cJSON_GetObjectItem(b, "context_id"));
 	const char *lang = cJSON_GetStringValue(cJSON_GetObjectItem(b, "language"));
 	const cJSON *env = cJSON_GetObjectItem(b, "env_vars");
+	if (cJSON_IsNull(env))
+		env = NULL; /* the Python SDK sends every field, null when not given */
 	const char *bad = !code ? "code (a string) is required"
 		: ctx && lang ? "give context_id or language, not both"
 		: !is_python(lang) && !is_bash(lang) ? "only the python and bash languages run here"
@@ -340,6 +354,7 @@ void e2b_interp_execute(struct http_req *r)
 		cJSON_AddStringToObject(open, "code", code);
 		cJSON_AddStringToObject(open, "context", ctx ? ctx : "default");
 	}
+	cJSON_AddStringToObject(open, "default_cwd", E2B_INTERP_CWD);
 	cJSON_AddItemToObject(open, "env", envs);
 	cJSON_Delete(b);
 	if (!e2b_call_open(&c->base, ac, open, &exec_ops))
@@ -472,6 +487,7 @@ void e2b_interp_contexts(struct http_req *r)
 		}
 	} else if (!*id) {
 		cJSON_AddStringToObject(open, "op", "context_create");
+		cJSON_AddStringToObject(open, "default_cwd", E2B_INTERP_CWD);
 		if (cwd) {
 			cJSON_AddStringToObject(open, "cwd", cwd);
 			snprintf(c->cwd, sizeof(c->cwd), "%s", cwd);

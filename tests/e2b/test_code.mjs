@@ -59,6 +59,22 @@ test("rich results: html, and a matplotlib plot as png", async () => {
   assert.equal(Buffer.from(png.png, "base64").subarray(1, 4).toString(), "PNG");
 });
 
+test("a DataFrame result carries its columns as data", async () => {
+  const e = await sbx.runCode("import pandas as pd\npd.DataFrame({'a': [1, 2, None], 'when': pd.to_datetime(['2024-01-02'] * 3)})");
+  assert.deepEqual(e.results[0].data, { a: [1, 2, null], when: ["2024-01-02T00:00:00", "2024-01-02T00:00:00", "2024-01-02T00:00:00"] });
+  const plain = await sbx.runCode("1 + 1");
+  assert.equal(plain.results[0].data, undefined, "other results have no data");
+});
+
+test("killing the sandbox under a running cell cuts the stream: the SDK reports it killed", async () => {
+  const own = await Sandbox.create(slow ? { timeoutMs: 1_800_000 } : {});
+  await own.runCode("1", newKernel); // the kernel is up: what follows is the cell alone
+  setTimeout(() => own.kill().catch(() => {}), 1500);
+  const err = await own.runCode("import time\ntime.sleep(300)", { timeoutMs: 300_000 }).then(() => null, (x) => x);
+  assert.ok(err, "the execution does not succeed");
+  assert.match(err.message, /killed while the request was in progress/);
+});
+
 test("envs apply to one execution", async () => {
   const e = await sbx.runCode("import os\nos.environ.get('ONLY_HERE')", { envs: { ONLY_HERE: "yes" } });
   assert.equal(e.text, "yes");

@@ -78,13 +78,16 @@ async function envd(sbx, method, body, contentType = "application/json") {
   });
   return res;
 }
-async function accessToken(id) {
+async function tokens(id) {
   const res = await fetch(base + "/v2/sandboxes/" + id + "/connect", {
     method: "POST",
     headers: { "X-API-KEY": process.env.E2B_API_KEY, "Content-Type": "application/json" },
     body: "{}",
   });
-  return (await res.json()).envdAccessToken;
+  return res.json();
+}
+async function accessToken(id) {
+  return (await tokens(id)).envdAccessToken;
 }
 
 test("polled watcher: CreateWatcher, GetWatcherEvents, RemoveWatcher", async () => {
@@ -128,6 +131,25 @@ test("polled watcher: CreateWatcher, GetWatcherEvents, RemoveWatcher", async () 
   assert.ok(withEntry, "a write of b.txt with its entry");
   assert.equal(withEntry.entry.path, home + "/polled-rel/b.txt");
   assert.equal(withEntry.entry.type, "FILE_TYPE_FILE");
+});
+
+test("the Python SDK's execute: every field sent, null when not given", async () => {
+  const sbx = await Sandbox.create();
+  made.push(sbx.sandboxId);
+  const res = await fetch(process.env.E2B_SANDBOX_URL + "/execute", {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      "E2b-Sandbox-Id": sbx.sandboxId,
+      "E2b-Sandbox-Port": "49999",
+      "X-Access-Token": (await tokens(sbx.sandboxId)).envdAccessToken,
+      "E2B-Traffic-Access-Token": (await tokens(sbx.sandboxId)).trafficAccessToken,
+    },
+    body: JSON.stringify({ code: "6 * 7", context_id: null, language: null, env_vars: null }),
+  });
+  assert.equal(res.status, 200, await res.clone().text());
+  const lines = (await res.text()).trim().split("\n").map((l) => JSON.parse(l));
+  assert.ok(lines.some((l) => l.type === "result" && l.text === "42"), JSON.stringify(lines));
 });
 
 test("StreamInput feeds a process's stdin from a client stream", async () => {
