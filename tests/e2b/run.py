@@ -27,7 +27,8 @@ if os.geteuid() != 0:
 if not os.path.isdir(os.path.join(e2b_dir, "node_modules", "e2b")):
     print("SKIP: run tools/setup (npm ci in tests/e2b) first")
     sys.exit(77)
-token = "e2b-suite-token-0123456789"
+# The form the SDKs check before sending a key: "e2b_" and hex.
+token = "e2b_" + "5eed0123" * 5
 # The bench runs on the built template image when there is one (tools/build-image):
 # the host's own / is what the scenarios use, but its login-shell profile is not
 # what a sandbox costs.

@@ -164,8 +164,10 @@ test("kill: the sandbox is gone, a second kill is false, connect is a 404", asyn
 });
 
 test("a wrong API key is an AuthenticationError", async () => {
-  await assert.rejects(Sandbox.create({ apiKey: "wrong" }), AuthenticationError);
-  await assert.rejects(Sandbox.list({ apiKey: "wrong" }).nextItems(), AuthenticationError);
+  // Of the form SDKs check before sending ("e2b_" and hex), so that serve answers it.
+  const wrong = "e2b_" + "0".repeat(40);
+  await assert.rejects(Sandbox.create({ apiKey: wrong }), AuthenticationError);
+  await assert.rejects(Sandbox.list({ apiKey: wrong }).nextItems(), AuthenticationError);
 });
 
 test("a wrong envd access token is refused", async () => {
