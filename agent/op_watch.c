@@ -18,6 +18,7 @@
 
 #define WATCH_MAX_DIRS 8192
 #define WATCH_MAX_DEPTH 64
+#define WATCH_BATCH_BYTES (64u << 10)
 #define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | \
 		    IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 
@@ -246,6 +247,13 @@ static void watch_read(struct stream *s)
 		}
 		put_event(&w, d, name, type, (ev->mask & IN_ISDIR) != 0, cookie);
 		count++;
+		/* Entries make events big: a batch stays far below a frame's limit (never
+		 * between a move's two halves, which the client pairs within a batch). */
+		if (w.len >= WATCH_BATCH_BYTES && !(ev->mask & IN_MOVED_FROM)) {
+			batch_send(s, &w, count);
+			batch_begin(&w);
+			count = 0;
+		}
 	}
 	batch_send(s, &w, count);
 	if (root_gone) {

@@ -585,8 +585,9 @@ void e2b_sandbox_pause(struct http_req *r)
 /* ---- fork ---- */
 
 /* POST /sandboxes/{id}/fork: count live forks of a running sandbox, each a new E2B
- * sandbox with the source's envs, network and security. The node forks all or
- * none, so a fork that fails fails the request (no per-fork errors in the 201). */
+ * sandbox with the source's envs, network and security. The node starts all or
+ * none, so a fork that does not start fails the request; the 201's per-fork error
+ * is only for a child whose E2B record could not be saved (and which is removed). */
 #define FORK_MAX 100u
 #define FORK_DEFAULT_TIMEOUT_S 15u
 

@@ -426,6 +426,85 @@ START_TEST(files_watch_recursive)
 }
 END_TEST
 
+/* What envd's clients are given: listings depth first in byte order, a symlink
+ * resolved with what it leads to, watch events carrying their entries. */
+START_TEST(files_envd_shapes)
+{
+	struct ac c;
+	struct ac_result r;
+	struct ac_buf seen = { 0 };
+	char req[512], path[160];
+	make_dir();
+	static const char *const names[] = { "c", "a", "b" }; /* made out of order */
+	for (int i = 0; i < 3; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		ck_assert_int_eq(mkdir(path, 0755), 0);
+	}
+	snprintf(path, sizeof(path), "%s/a/z", dir);
+	close(open(path, O_CREAT | O_WRONLY, 0644));
+	snprintf(path, sizeof(path), "%s/b/link", dir);
+	ck_assert_int_eq(symlink("../a/z", path), 0);
+	agent_up(&c);
+	snprintf(req, sizeof(req), "{\"op\":\"list\",\"path\":\"%s\",\"depth\":2}", dir);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	const char *order[] = { "\"name\":\"a\"", "\"name\":\"z\"", "\"name\":\"b\"", "\"name\":\"link\"",
+				"\"name\":\"c\"" };
+	const char *at = (char *)r.events.p;
+	for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+		const char *next = strstr(at, order[i]);
+		ck_assert_msg(next, "%s not after the entries before it in %s", order[i], (char *)r.events.p);
+		at = next;
+	}
+	ac_result_free(&r);
+	snprintf(req, sizeof(req), "{\"op\":\"stat\",\"path\":\"%s/b/link\"}", dir);
+	ck_assert_int_eq(ac_call(&c, req, &r, T_SHORT), 0);
+	cJSON *j = end_json(&r);
+	cJSON *e = cJSON_GetObjectItem(j, "entry");
+	snprintf(path, sizeof(path), "%s/a/z", dir);
+	ck_assert_str_eq(cJSON_GetObjectItem(e, "type")->valuestring, "symlink");
+	ck_assert_str_eq(cJSON_GetObjectItem(e, "symlink_target")->valuestring, path);
+	ck_assert_str_eq(cJSON_GetObjectItem(e, "target_type")->valuestring, "file");
+	ck_assert_int_eq(json_int(e, "target_mode"), 0644);
+	cJSON_Delete(j);
+	ac_result_free(&r);
+
+	uint32_t id = ac_new_id(&c);
+	snprintf(req, sizeof(req), "{\"op\":\"watch\",\"path\":\"%s\",\"entries\":true}", dir);
+	ac_open(&c, id, req);
+	wait_event(&c, id, &seen, "\"started\":true");
+	snprintf(path, sizeof(path), "%s/new.txt", dir);
+	write_file(&c, path, "12345", 5);
+	wait_event(&c, id, &seen, "\"size\":5");
+	ck_assert_ptr_nonnull(strstr((char *)seen.p, "\"name\":\"new.txt\",\"type\":\"create\",\"is_dir\":false,\"entry\":{"));
+	unlink(path);
+	wait_event(&c, id, &seen, "\"name\":\"new.txt\",\"type\":\"remove\",\"is_dir\":false}");
+	/* Many at once: batches stay small, each a whole JSON object. */
+	for (int i = 0; i < 1000; i++) {
+		snprintf(path, sizeof(path), "%s/a-file-with-a-name-long-enough-to-add-up-%04d", dir, i);
+		close(open(path, O_CREAT | O_WRONLY, 0644));
+	}
+	bool last = false;
+	while (!last) {
+		struct ac_frame *f;
+		ck_assert_int_eq(ac_recv(&c, id, &f, T_SHORT), 0);
+		ck_assert_int_eq(f->h.type, PROTO_EVENT);
+		ck_assert_uint_lt(f->h.length, 128u << 10);
+		cJSON *batch = cJSON_ParseWithLength((const char *)f->p, f->h.length);
+		ck_assert_ptr_nonnull(batch);
+		cJSON_Delete(batch);
+		ac_buf_put(&seen, f->p, f->h.length);
+		ac_buf_put(&seen, "", 1);
+		static const char final[] = "up-0999\",\"type\":\"create\"";
+		last = memmem(f->p, f->h.length, final, sizeof(final) - 1) != NULL;
+		ac_frame_free(f);
+	}
+	free(seen.p);
+	ac_send(&c, PROTO_CANCEL, 0, 0, id, NULL, 0);
+	agent_down(&c);
+	remove_dir();
+}
+END_TEST
+
 START_TEST(files_relative_to_home)
 {
 	struct ac c;
@@ -477,6 +556,7 @@ int main(void)
 	tcase_add_test(tc, files_error_codes);
 	tcase_add_test(tc, files_list_many_batches);
 	tcase_add_test(tc, files_watch_recursive);
+	tcase_add_test(tc, files_envd_shapes);
 	tcase_add_test(tc, files_relative_to_home);
 	tcase_add_test(tc, files_relative_to_root_home);
 	suite_add_tcase(s, tc);
