@@ -96,20 +96,6 @@ static void mint_tokens(struct e2b_sbx *s, bool secure)
 	e2b_token_new(s->traffic_token, sizeof(s->traffic_token));
 }
 
-static int status_of(enum api_err e)
-{
-	switch (e) {
-	case AE_NOT_FOUND: return 404;
-	case AE_INVALID_ARGUMENT: case AE_INVALID_SANDBOX_ID: case AE_BAD_REQUEST: return 400;
-	case AE_CONFLICT: return 409;
-	case AE_LIMIT_EXCEEDED: return 429;
-	case AE_ENGINE_UNAVAILABLE: case AE_START_FAILED: case AE_UNAVAILABLE: case AE_NODE_DRAINING:
-		return 503;
-	case AE_UNAUTHENTICATED: return 401;
-	default: return 500;
-	}
-}
-
 static cJSON *json_body(struct http_req *r)
 {
 	if (!r->body_len)
@@ -258,7 +244,7 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 	struct http_req *r = cc->r;
 	cc->job = NULL;
 	if (!sbs || n != 1) {
-		e2b_reply_err(r, status_of(err), "%s", msg ? msg : "the sandbox did not start");
+		e2b_reply_err(r, api_err_status(err), "%s", msg ? msg : "the sandbox did not start");
 		create_free(cc);
 		return;
 	}
@@ -284,7 +270,7 @@ static void create_fork(struct create_ctx *cc)
 	fr.metadata = cJSON_IsObject(md) ? md : NULL;
 	struct mitos_err e = { 0 };
 	if (sandboxes_fork(&fr, create_done, cc, &cc->job, &e)) {
-		e2b_reply_err(cc->r, status_of(e.kind), "%s", e.msg);
+		e2b_reply_err(cc->r, api_err_status(e.kind), "%s", e.msg);
 		create_free(cc);
 	}
 }
@@ -294,7 +280,7 @@ static void create_tpl_done(void *ctx, enum api_err err, const char *msg, struct
 	struct create_ctx *cc = ctx;
 	cc->tw = NULL;
 	if (!t) {
-		e2b_reply_err(cc->r, status_of(err), "template %s: %s", cc->tpl, msg ? msg : "build failed");
+		e2b_reply_err(cc->r, api_err_status(err), "template %s: %s", cc->tpl, msg ? msg : "build failed");
 		create_free(cc);
 		return;
 	}
@@ -346,7 +332,7 @@ void e2b_sandboxes_create(struct http_req *r)
 	if (rc == 1)
 		return; /* the engine builds it (kvm); create_tpl_done goes on */
 	if (rc) {
-		e2b_reply_err(r, e.kind == AE_INVALID_ARGUMENT ? 404 : status_of(e.kind), "template %s not found: %s",
+		e2b_reply_err(r, e.kind == AE_INVALID_ARGUMENT ? 404 : api_err_status(e.kind), "template %s not found: %s",
 			      tpl, e.msg);
 		create_free(cc);
 		return;
@@ -634,7 +620,7 @@ static void forked(void *ctx, enum api_err err, const char *msg, struct sandbox 
 	if (out)
 		handler_reply_cjson(r, 201, out);
 	else
-		e2b_reply_err(r, sbs ? 500 : status_of(err), "cannot fork sandbox %s: %s", fc->src,
+		e2b_reply_err(r, sbs ? 500 : api_err_status(err), "cannot fork sandbox %s: %s", fc->src,
 			      sbs ? "out of memory" : msg ? msg : "the fork did not start");
 	free(fc);
 }
@@ -673,7 +659,7 @@ void e2b_sandbox_fork(struct http_req *r)
 		r->ctx = NULL;
 		r->ops = NULL;
 		free(fc);
-		e2b_reply_err(r, status_of(e.kind), "cannot fork sandbox %s: %s", sb->id, e.msg);
+		e2b_reply_err(r, api_err_status(e.kind), "cannot fork sandbox %s: %s", sb->id, e.msg);
 	}
 }
 

@@ -5,8 +5,8 @@ import assert from "node:assert/strict";
 import { Sandbox } from "@e2b/code-interpreter";
 
 // Under emulation-only KVM (run.py --kvm sets it) a new IPython kernel takes over a
-// minute to start, beyond the SDK's 60 s: the contexts scenario waits longer there, and
-// the sandbox lives long enough for it.
+// minute to start, beyond the SDK's 60 s (so does importing pandas): those scenarios
+// wait longer there, and the sandbox lives long enough for them.
 const slow = process.env.MITOS_E2B_SLOW_GUEST === "1";
 const newKernel = slow ? { requestTimeoutMs: 600_000, timeoutMs: 600_000 } : {};
 
@@ -60,7 +60,8 @@ test("rich results: html, and a matplotlib plot as png", async () => {
 });
 
 test("a DataFrame result carries its columns as data", async () => {
-  const e = await sbx.runCode("import pandas as pd\npd.DataFrame({'a': [1, 2, None], 'when': pd.to_datetime(['2024-01-02'] * 3)})");
+  // Importing pandas under emulation-only KVM takes over a minute, as a new kernel does.
+  const e = await sbx.runCode("import pandas as pd\npd.DataFrame({'a': [1, 2, None], 'when': pd.to_datetime(['2024-01-02'] * 3)})", newKernel);
   assert.deepEqual(e.results[0].data, { a: [1, 2, null], when: ["2024-01-02T00:00:00", "2024-01-02T00:00:00", "2024-01-02T00:00:00"] });
   const plain = await sbx.runCode("1 + 1");
   assert.equal(plain.results[0].data, undefined, "other results have no data");
