@@ -755,21 +755,25 @@ void e2b_sandboxes_list(struct http_req *r)
 	char *lim = http_query_get(r->query, "limit");
 	char *next = http_query_get(r->query, "nextToken");
 	char *order = http_query_get(r->query, "order");
+	char *after = http_query_get(r->query, "startedAfter");
 	long limit = lim ? strtol(lim, NULL, 10) : LIST_DEFAULT_LIMIT;
+	uint64_t after_ms = 0;
 	unsigned n = sandboxes_count(), k = 0;
 	struct sandbox **all = calloc(n ? n : 1, sizeof(*all));
-	if (!all || limit < 1 || limit > LIST_MAX_LIMIT) {
-		if (all)
-			e2b_reply_err(r, 400, "limit must be from 1 to %d", LIST_MAX_LIMIT);
-		else
-			e2b_reply_err(r, 500, "out of memory");
+	const char *bad = limit < 1 || limit > LIST_MAX_LIMIT ? "limit must be from 1 to 1000"
+		: order && strcmp(order, "asc") && strcmp(order, "desc") ? "order must be asc or desc"
+		: after && registry_parse_rfc3339(after, &after_ms) ? "startedAfter must be an RFC 3339 date-time"
+		: NULL;
+	if (!all || bad) {
+		e2b_reply_err(r, all ? 400 : 500, "%s", all ? bad : "out of memory");
 		goto out;
 	}
 	for (struct sandbox *sb = sandboxes_first(); sb && k < n; sb = sb->next)
-		if (state_matches(sb, states) && metadata_matches(sb, md) && (!tpl || !strcmp(tpl, sb->template_name)))
+		if (state_matches(sb, states) && metadata_matches(sb, md) && (!tpl || !strcmp(tpl, sb->template_name)) &&
+		    sb->created_ms >= after_ms)
 			all[k++] = sb;
 	qsort(all, k, sizeof(*all), by_start);
-	bool desc = order && !strcmp(order, "desc");
+	bool desc = !order || !strcmp(order, "desc"); /* E2B's default: newest first */
 	/* The token is the position key "<start ms>-<id>" of the next item: stable while
 	 * sandboxes come and go between pages. */
 	unsigned first = 0;
@@ -824,6 +828,7 @@ out:
 	free(lim);
 	free(next);
 	free(order);
+	free(after);
 }
 
 /* ---- templates ---- */

@@ -10,6 +10,7 @@
 
 #include "api/mitos/cluster_fanout.h"
 #include "api/mitos/handlers.h"
+#include "api/sandbox/registry.h"
 #include "api/http/http.h"
 #include "api/http/server.h"
 #include "api/http/uring.h"
@@ -55,13 +56,8 @@ static bool has_id(const cJSON *arr, const char *id)
 /* E2B items carry "startedAt" as RFC 3339 with milliseconds (registry_rfc3339). */
 static uint64_t item_start_ms(const cJSON *it)
 {
-	const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(it, "startedAt"));
-	struct tm tm = { 0 };
-	const char *rest = v ? strptime(v, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
-	unsigned ms = 0;
-	if (!rest || (*rest == '.' && sscanf(rest + 1, "%3u", &ms) != 1))
-		return 0;
-	return (uint64_t)timegm(&tm) * 1000u + ms;
+	uint64_t ms;
+	return registry_parse_rfc3339(cJSON_GetStringValue(cJSON_GetObjectItem(it, "startedAt")), &ms) ? 0 : ms;
 }
 
 struct keyed_item {

@@ -85,6 +85,36 @@ void registry_rfc3339(uint64_t wall_ms, char *out, size_t n)
 	snprintf(out, n, "%s.%03uZ", base, (unsigned)(wall_ms % 1000));
 }
 
+int registry_parse_rfc3339(const char *s, uint64_t *wall_ms)
+{
+	struct tm tm = { 0 };
+	const char *p = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+	if (!p)
+		return -EINVAL;
+	unsigned ms = 0, digits = 0;
+	if (*p == '.') /* a fraction of any length: its milliseconds count */
+		for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+			if (digits < 3)
+				ms = ms * 10 + (unsigned)(*p - '0');
+	for (; digits && digits < 3; digits++)
+		ms *= 10;
+	long offset = 0;
+	unsigned oh, om;
+	if (*p == 'Z' || *p == 'z')
+		p++;
+	else if ((*p == '+' || *p == '-') && sscanf(p + 1, "%2u:%2u", &oh, &om) == 2 && oh < 24 && om < 60) {
+		offset = (*p == '-' ? -1 : 1) * (long)(oh * 3600 + om * 60);
+		p += 6;
+	} else {
+		return -EINVAL;
+	}
+	time_t t = timegm(&tm);
+	if (*p || t == (time_t)-1 || t - offset < 0)
+		return -EINVAL;
+	*wall_ms = (uint64_t)(t - offset) * 1000u + ms;
+	return 0;
+}
+
 int registry_uint_field(const cJSON *o, const char *key, unsigned lo, unsigned hi, unsigned dflt, unsigned *out,
 			struct mitos_err *e)
 {

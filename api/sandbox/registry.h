@@ -20,5 +20,8 @@ int registry_uint_field(const struct cJSON *o, const char *key, unsigned lo, uns
 			unsigned *out, struct mitos_err *e);
 /* "2024-01-02T03:04:05.123Z" */
 void registry_rfc3339(uint64_t wall_ms, char *out, size_t n);
+/* RFC 3339 with "Z" or a "+HH:MM" offset and any fraction ("...05Z", "...05.123456+02:00")
+ * into *wall_ms: 0, or -EINVAL. */
+int registry_parse_rfc3339(const char *s, uint64_t *wall_ms);
 
 #endif

@@ -157,8 +157,9 @@ class Suite:
                                                                        p.stderr[-3000:]))
 
     def e2b_list_pages(self):
-        """E2B's list is paged and sorted by start time: through the router, pages of two
-        follow X-Next-Token across every node's sandboxes, each exactly once, in order."""
+        """E2B's list is paged and sorted by start time, newest first: through the router,
+        pages of two follow X-Next-Token across every node's sandboxes, each exactly once,
+        in order."""
         key = {"X-API-KEY": self.c.token}
         made = []
         for _ in range(7):
@@ -183,7 +184,7 @@ class Suite:
         eq(len(ids), len(set(ids)), "each sandbox once across the pages (%r)" % ids)
         assert set(made) <= set(ids), "missing from the E2B list: %r" % (set(made) - set(ids))
         starts = [(s["startedAt"], s["sandboxID"]) for s in seen]
-        eq(starts, sorted(starts), "pages in start order")
+        eq(starts, sorted(starts, reverse=True), "pages newest first (E2B's default order)")
         for sid in made:
             eq(self.r.request("DELETE", "/sandboxes/" + sid, headers=key)[0], 204, "E2B kill " + sid)
 

@@ -46,6 +46,16 @@ test("list filters by metadata and state and pages with nextToken", async () => 
   assert.deepEqual([...p1, ...p2].map((s) => s.sandboxId).sort(), [...ids].sort());
   const paused = await Sandbox.list({ query: { metadata: { tag }, state: ["paused"] } }).nextItems();
   assert.equal(paused.length, 0);
+  // E2B's order: newest first unless asked; startedAfter and template narrow it.
+  const byStart = (await Sandbox.list({ query: { metadata: { tag } } }).nextItems()).map((s) => s.sandboxId);
+  assert.deepEqual(byStart, [...ids].reverse(), "newest first by default");
+  const asc = (await Sandbox.list({ query: { metadata: { tag } }, order: "asc" }).nextItems()).map((s) => s.sandboxId);
+  assert.deepEqual(asc, ids);
+  const second = (await Sandbox.getInfo(ids[1])).startedAt;
+  const after = await Sandbox.list({ query: { metadata: { tag }, startedAfter: second }, order: "asc" }).nextItems();
+  assert.deepEqual(after.map((s) => s.sandboxId), ids.slice(1), "started at or after the second");
+  assert.equal((await Sandbox.list({ query: { metadata: { tag }, template: "base" } }).nextItems()).length, 3);
+  assert.equal((await Sandbox.list({ query: { metadata: { tag }, template: "no-such" } }).nextItems()).length, 0);
 });
 
 test("setTimeout moves endAt", async () => {

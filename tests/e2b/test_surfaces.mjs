@@ -58,6 +58,17 @@ test("control-plane errors carry E2B's {code, message} body", async () => {
   assert.equal((await badKey.json()).code, 401);
   const badBody = await fetch(base + "/v2/sandboxes", { method: "POST", headers: { ...key, "Content-Type": "application/json" }, body: "{\"timeout\": \"soon\"}" });
   assert.equal(badBody.status, 400);
+  // startedAfter as the Python SDK sends it (an aware datetime's isoformat), and refused.
+  const future = encodeURIComponent("2999-01-02T03:04:05.123456+02:00");
+  const none = await fetch(base + "/v2/sandboxes?startedAfter=" + future, { headers: key });
+  assert.equal(none.status, 200);
+  assert.deepEqual(await none.json(), []);
+  const all = await fetch(base + "/v2/sandboxes?startedAfter=" + encodeURIComponent("2000-01-01T00:00:00+00:00"), { headers: key });
+  assert.ok((await all.json()).length >= 1);
+  for (const q of ["startedAfter=yesterday", "order=sideways"]) {
+    const bad = await fetch(base + "/v2/sandboxes?" + q, { headers: key });
+    assert.equal(bad.status, 400, q);
+  }
   const noTpl = await Sandbox.create("no-such-template").then(() => null, (e) => e);
   assert.ok(noTpl, "an unknown template is refused");
 });
