@@ -1,5 +1,6 @@
 #include "agent/fs_ctx.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,4 +113,40 @@ int fs_mkdir_parents(const char *path, mode_t mode)
 	if (stat(tmp, &st) < 0)
 		return -errno;
 	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+static int not_dots(const struct dirent *e)
+{
+	return strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+}
+
+static int by_bytes(const struct dirent **a, const struct dirent **b)
+{
+	return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+int sorted_dir_open(struct sorted_dir *d, const char *path)
+{
+	d->next = 0;
+	d->n = scandir(path, &d->names, not_dots, by_bytes);
+	if (d->n >= 0)
+		return 0;
+	int rc = -errno;
+	d->names = NULL;
+	d->n = 0;
+	return rc;
+}
+
+const char *sorted_dir_next(struct sorted_dir *d)
+{
+	return d->next < d->n ? d->names[d->next++]->d_name : NULL;
+}
+
+void sorted_dir_close(struct sorted_dir *d)
+{
+	for (int i = 0; i < d->n; i++)
+		free(d->names[i]);
+	free(d->names);
+	d->names = NULL;
+	d->n = d->next = 0;
 }

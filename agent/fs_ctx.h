@@ -31,9 +31,21 @@ void fs_leave(const struct fs_ctx *fc);
 /* Resolves req's member key into out (PATH_MAX bytes). Ends s on error. */
 int resolve_path(struct stream *s, const struct json *req, const char *key,
 		 const struct fs_ctx *fc, char *out);
-/* mkdir -p: path and its missing parents; 0 if path ends up a directory. */
 /* Whether path is a directory (following links). */
 bool fs_is_dir(const char *path);
+/* mkdir -p: path and its missing parents; 0 if path ends up a directory. */
 int fs_mkdir_parents(const char *path, mode_t mode);
+
+/* A directory's entries but "." and "..", in byte order (envd's listings, an
+ * archive's members): read whole when opened, handed out one at a time. */
+struct sorted_dir {
+	struct dirent **names;
+	int n, next;
+};
+/* 0, or -errno (and nothing to close). */
+int sorted_dir_open(struct sorted_dir *d, const char *path);
+/* The next name (valid until sorted_dir_close), NULL after the last. */
+const char *sorted_dir_next(struct sorted_dir *d);
+void sorted_dir_close(struct sorted_dir *d);
 
 #endif

@@ -4,7 +4,6 @@
  * memory. Only directories and regular files travel: symlinks and special
  * files are left out of an archive and refused in one, so extraction can never
  * be steered outside its destination. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -22,8 +21,7 @@
 /* ---- archive ---- */
 
 struct level {
-	struct dirent **names;
-	int n, i;
+	struct sorted_dir dir;
 	size_t rel_len; /* length of the directory's own relative path */
 };
 
@@ -43,34 +41,19 @@ struct archive {
 
 static void archive_free(struct archive *a)
 {
-	for (int d = 0; d < a->depth; d++) {
-		for (int i = 0; i < a->lv[d].n; i++)
-			free(a->lv[d].names[i]);
-		free(a->lv[d].names);
-	}
+	for (int d = 0; d < a->depth; d++)
+		sorted_dir_close(&a->lv[d].dir);
 	if (a->fd >= 0)
 		close(a->fd);
 	free(a);
 }
 
-static int not_dots(const struct dirent *e)
-{
-	return strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-}
-
-static int by_bytes(const struct dirent **x, const struct dirent **y)
-{
-	return strcmp((*x)->d_name, (*y)->d_name);
-}
-
 static int push_dir(struct archive *a, const char *path, size_t rel_len)
 {
 	struct level *l = &a->lv[a->depth];
-	int n = scandir(path, &l->names, not_dots, by_bytes);
-	if (n < 0)
-		return -errno;
-	l->n = n;
-	l->i = 0;
+	int rc = sorted_dir_open(&l->dir, path);
+	if (rc)
+		return rc;
 	l->rel_len = rel_len;
 	a->depth++;
 	return 0;
@@ -82,15 +65,14 @@ static int next_member(struct archive *a)
 {
 	while (a->depth > 0) {
 		struct level *l = &a->lv[a->depth - 1];
-		if (l->i == l->n) {
-			free(l->names);
+		const char *name = sorted_dir_next(&l->dir);
+		if (!name) {
+			sorted_dir_close(&l->dir);
 			a->depth--;
 			continue;
 		}
-		struct dirent *e = l->names[l->i++];
 		int k = snprintf(a->rel + l->rel_len, sizeof(a->rel) - l->rel_len, "%s%s", l->rel_len ? "/" : "",
-				 e->d_name);
-		free(e);
+				 name);
 		char path[PATH_MAX];
 		if (k < 0 || (size_t)k >= sizeof(a->rel) - l->rel_len - 1 ||
 		    snprintf(path, sizeof(path), "%s/%s", a->root, a->rel) >= (int)sizeof(path))

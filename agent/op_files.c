@@ -563,8 +563,7 @@ void op_exists_open(struct stream *s, const struct json *req)
 /* One directory of a listing: its names in byte order, as envd's walk (and the
  * Mitos List) gives them. */
 struct list_level {
-	struct dirent **names;
-	int n, next;
+	struct sorted_dir dir;
 	size_t plen; /* fc.path length at this level */
 };
 
@@ -582,10 +581,7 @@ struct lister {
 
 static void list_pop(struct lister *l)
 {
-	struct list_level *lv = &l->lv[--l->depth];
-	for (int i = 0; i < lv->n; i++)
-		free(lv->names[i]);
-	free(lv->names);
+	sorted_dir_close(&l->lv[--l->depth].dir);
 }
 
 static void lister_free(struct lister *l)
@@ -619,24 +615,12 @@ static void list_add(struct stream *s, struct lister *l, const char *path, const
 		list_flush(s, l);
 }
 
-static int not_dots(const struct dirent *e)
-{
-	return strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
-}
-
-static int by_bytes(const struct dirent **a, const struct dirent **b)
-{
-	return strcmp((*a)->d_name, (*b)->d_name);
-}
-
 static int list_push(struct lister *l)
 {
 	struct list_level *lv = &l->lv[l->depth];
-	int n = scandir(l->fc.path, &lv->names, not_dots, by_bytes);
-	if (n < 0)
-		return -errno;
-	lv->n = n;
-	lv->next = 0;
+	int rc = sorted_dir_open(&lv->dir, l->fc.path);
+	if (rc)
+		return rc;
 	lv->plen = strlen(l->fc.path);
 	l->depth++;
 	return 0;
@@ -649,13 +633,13 @@ static void list_step(struct stream *s)
 	while (l->depth && !stream_congested(s)) {
 		struct list_level *lv = &l->lv[l->depth - 1];
 		size_t base = lv->plen;
-		if (lv->next == lv->n) {
+		const char *name = sorted_dir_next(&lv->dir);
+		if (!name) {
 			list_pop(l);
 			if (l->depth)
 				l->fc.path[l->lv[l->depth - 1].plen] = 0;
 			continue;
 		}
-		const char *name = lv->names[lv->next++]->d_name;
 		if (l->count >= LIST_MAX_ENTRIES) {
 			l->truncated = true;
 			while (l->depth)
