@@ -130,6 +130,23 @@ static struct sandbox *find_or_404(struct http_req *r)
 	return sb && sb->state != SB_STOPPING ? sb : NULL;
 }
 
+/* The sandbox a request names, its body, and the body's "timeout" (*secs untouched
+ * when absent); NULL after an error answer. The caller deletes *body. */
+static struct sandbox *sandbox_and_timeout(struct http_req *r, cJSON **body, uint32_t *secs, bool *present)
+{
+	struct sandbox *sb = find_or_404(r);
+	cJSON *b = sb ? json_body(r) : NULL;
+	if (!b)
+		return NULL;
+	if (timeout_field(b, secs, present)) {
+		cJSON_Delete(b);
+		e2b_reply_err(r, 400, "timeout must be a number of seconds from 0 to 2592000");
+		return NULL;
+	}
+	*body = b;
+	return sb;
+}
+
 /* ---- lifecycle.onTimeout: "pause" ---- */
 
 /* Sandboxes that asked for it are paused just before the node's expiry would
@@ -430,20 +447,13 @@ static void connect_resumed(void *ctx, int rc)
 
 static void connect_or_resume(struct http_req *r, bool legacy_resume)
 {
-	struct sandbox *sb = find_or_404(r);
-	if (!sb)
-		return;
-	cJSON *b = json_body(r);
-	if (!b)
-		return;
+	cJSON *b;
 	uint32_t secs = 0;
 	bool present;
-	int rc = timeout_field(b, &secs, &present);
-	cJSON_Delete(b);
-	if (rc) {
-		e2b_reply_err(r, 400, "timeout must be a number of seconds from 0 to 2592000");
+	struct sandbox *sb = sandbox_and_timeout(r, &b, &secs, &present);
+	if (!sb)
 		return;
-	}
+	cJSON_Delete(b);
 	if (legacy_resume && sb->state != SB_PAUSED) {
 		e2b_reply_err(r, 409, "sandbox %s is already running", sb->id);
 		return;
@@ -514,23 +524,20 @@ void e2b_sandbox_kill(struct http_req *r)
 
 void e2b_sandbox_timeout(struct http_req *r)
 {
-	struct sandbox *sb = find_or_404(r);
-	if (!sb)
-		return;
-	cJSON *b = json_body(r);
-	if (!b)
-		return;
+	cJSON *b;
 	uint32_t secs = 0;
 	bool present;
-	int rc = timeout_field(b, &secs, &present);
-	if (!rc && !present) {
+	struct sandbox *sb = sandbox_and_timeout(r, &b, &secs, &present);
+	if (!sb)
+		return;
+	if (!present) {
 		/* POST /sandboxes/{id}/refreshes names it "duration". */
 		const cJSON *d = cJSON_GetObjectItemCaseSensitive(b, "duration");
 		present = cJSON_IsNumber(d) && d->valuedouble >= 0 && d->valuedouble <= MAX_TIMEOUT_S;
 		secs = present ? (uint32_t)fmax(1, ceil(d->valuedouble)) : 0;
 	}
 	cJSON_Delete(b);
-	if (rc || !present) {
+	if (!present) {
 		e2b_reply_err(r, 400, "timeout must be a number of seconds from 0 to 2592000");
 		return;
 	}
@@ -627,21 +634,17 @@ static void forked(void *ctx, enum api_err err, const char *msg, struct sandbox 
 
 void e2b_sandbox_fork(struct http_req *r)
 {
-	struct sandbox *sb = find_or_404(r);
-	if (!sb)
-		return;
-	cJSON *b = json_body(r);
-	if (!b)
-		return;
+	cJSON *b;
 	uint32_t timeout_s = FORK_DEFAULT_TIMEOUT_S;
 	bool present;
-	int rc = timeout_field(b, &timeout_s, &present);
+	struct sandbox *sb = sandbox_and_timeout(r, &b, &timeout_s, &present);
+	if (!sb)
+		return;
 	const cJSON *count = cJSON_GetObjectItemCaseSensitive(b, "count");
 	double n = count && !cJSON_IsNull(count) ? (cJSON_IsNumber(count) ? count->valuedouble : -1) : 1;
 	cJSON_Delete(b);
-	if (rc || n < 1 || n > FORK_MAX || n != floor(n)) {
-		e2b_reply_err(r, 400, rc ? "timeout must be a number of seconds from 0 to 2592000"
-			      : "count must be a whole number from 1 to 100");
+	if (n < 1 || n > FORK_MAX || n != floor(n)) {
+		e2b_reply_err(r, 400, "count must be a whole number from 1 to 100");
 		return;
 	}
 	struct fork_call *fc = calloc(1, sizeof(*fc));

@@ -44,7 +44,7 @@ void e2b_sandbox_metrics(struct http_req *r)
 		return;
 	}
 	uint64_t now = ur_wall_ms();
-	long long start = 0, end = (long long)(now / 1000);
+	long long now_s = (long long)(now / 1000), start = 0, end = now_s;
 	if (query_seconds(r, "start", &start) || query_seconds(r, "end", &end)) {
 		e2b_reply_err(r, 400, "start and end are Unix times in seconds");
 		return;
@@ -52,7 +52,6 @@ void e2b_sandbox_metrics(struct http_req *r)
 	cJSON *a = cJSON_CreateArray();
 	struct cg_set cg;
 	struct cg_usage u;
-	long long now_s = (long long)(now / 1000);
 	/* The one sample there is, now's: none for an interval that ended before it.
 	 * No cgroup (a host without usable cgroups): no samples, as for a sandbox E2B has
 	 * not sampled yet. */
