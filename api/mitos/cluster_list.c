@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "api/mitos/cluster_fanout.h"
 #include "api/mitos/handlers.h"
