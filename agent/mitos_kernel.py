@@ -2,7 +2,7 @@
 
 The agent starts it with:
   fd 0  requests, frames of a 4-byte big-endian length + JSON:
-        {"id": N, "generation": G, "code": "...", "env": {"K": "V"}}
+        {"id": N, "generation": G, "code": "...", "env": {"K": "V"}, "e2b_data": bool}
         G counts the post_forks the agent heard: when it changes under a running
         kernel, the kernel is a clone's copy and reseeds its random generators
         (random, numpy's global one) before the code runs, so clones of one
@@ -13,8 +13,9 @@ The agent starts it with:
         {"type": "result", "is_main_result": bool, "data": {mime: value}, "metadata": {...}}
         {"type": "error", "name": str, "value": str, "traceback": str}
         {"type": "done", "execution_count": int, "status": "ok" | "error"}
-Binary MIME values (image/png, image/jpeg, application/pdf) are base64 text. A
-pandas DataFrame also gives "e2b/data", its columns as lists (E2B's Result.data).
+Binary MIME values (image/png, image/jpeg, application/pdf) are base64 text. With
+"e2b_data", a pandas DataFrame also gives "e2b/data", its columns as lists (E2B's
+Result.data), left out of an event it would make too big.
 Everything the code prints is written before the event that follows it, so the
 agent can drain fd 1/2 when an event arrives and keep output in order.
 """
@@ -48,6 +49,10 @@ _current_id = 0
 def _send(obj):
     obj["id"] = _current_id
     data = json.dumps(obj, default=repr).encode()
+    if len(data) > MAX_EVENT and "e2b/data" in obj.get("data", {}):
+        # A big frame's columns: its rendering (bounded by pandas) still goes.
+        del obj["data"]["e2b/data"]
+        data = json.dumps(obj, default=repr).encode()
     if len(data) > MAX_EVENT:
         data = json.dumps({"id": _current_id, "type": obj.get("type", "result"),
                            "is_main_result": obj.get("is_main_result", False),
@@ -153,7 +158,7 @@ def _columns(frame):
     return {str(name): [_plain(v) for v in values] for name, values in frame.to_dict(orient="list").items()}
 
 
-_data_formatter = _ColumnsFormatter(parent=shell.display_formatter)
+_data_formatter = _ColumnsFormatter(parent=shell.display_formatter, enabled=False)
 _data_formatter.for_type_by_name("pandas.core.frame", "DataFrame", _columns)
 shell.display_formatter.formatters["e2b/data"] = _data_formatter
 
@@ -180,6 +185,8 @@ def _run(req):
     for key, value in (req.get("env") or {}).items():
         saved[key] = os.environ.get(key)
         os.environ[key] = str(value)
+    # Only E2B's surface asks for the columns (a frame's whole data).
+    _data_formatter.enabled = bool(req.get("e2b_data"))
     try:
         _patch_pyplot_show()
         result = shell.run_cell(req.get("code", ""), store_history=True)

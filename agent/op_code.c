@@ -435,6 +435,10 @@ static int send_request(struct kernel *k, const struct json *req)
 		jw_key(&w, "env");
 		jw_value(&w, json_get(req, "env"));
 	}
+	if (json_get_bool(req, "e2b_data", false)) {
+		jw_key(&w, "e2b_data");
+		jw_bool(&w, true);
+	}
 	jw_obj_end(&w);
 	int rc = jw_finish(&w, &out, &n);
 	if (!rc) {

@@ -353,6 +353,7 @@ void e2b_interp_execute(struct http_req *r)
 		cJSON_AddStringToObject(open, "op", "run_code");
 		cJSON_AddStringToObject(open, "code", code);
 		cJSON_AddStringToObject(open, "context", ctx ? ctx : "default");
+		cJSON_AddBoolToObject(open, "e2b_data", true); /* Result.data of DataFrames */
 	}
 	cJSON_AddStringToObject(open, "default_cwd", E2B_INTERP_CWD);
 	cJSON_AddItemToObject(open, "env", envs);

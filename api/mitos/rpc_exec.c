@@ -247,8 +247,7 @@ static void code_event(struct astream *s, cJSON *ev)
 		cJSON *map = cJSON_AddObjectToObject(res, "data");
 		const cJSON *v;
 		cJSON_ArrayForEach(v, data)
-			if (strncmp(v->string, "e2b/", 4)) /* E2B's own outputs (a DataFrame's columns) */
-				cJSON_AddItemToObject(map, v->string, mime_bytes(v));
+			cJSON_AddItemToObject(map, v->string, mime_bytes(v));
 	} else if (type && !strcmp(type, "error")) {
 		cJSON *err = cJSON_AddObjectToObject(o, "error");
 		const char *name = rpc_jstr(ev, "name"), *value = rpc_jstr(ev, "value"), *tb = rpc_jstr(ev, "traceback");

@@ -455,6 +455,10 @@ def t_run_code(s):
     eq([m for f, m in msgs if f == 0][-1], {"exitCode": 1}, "an exception exits 1")
     st, ct, msgs = s.stream("RunCodeStream", sid, {"code": "1", "language": "cobol"})
     eq(msgs[-1][1]["error"]["code"], "invalid_argument", "language")
+    # A DataFrame: its renderings, not E2B's e2b/data columns (only E2B's surface asks).
+    st, ct, msgs = s.stream("RunCodeStream", sid, {"code": "import pandas as pd\npd.DataFrame({'a': [1, 2]})"})
+    res = [m["result"] for f, m in msgs if "result" in m]
+    assert res and "text/html" in res[0]["data"] and "e2b/data" not in res[0]["data"], res
     s.request("DELETE", "/v1/sandboxes/" + sid)
 
 

@@ -65,6 +65,10 @@ test("a DataFrame result carries its columns as data", async () => {
   assert.deepEqual(e.results[0].data, { a: [1, 2, null], when: ["2024-01-02T00:00:00", "2024-01-02T00:00:00", "2024-01-02T00:00:00"] });
   const plain = await sbx.runCode("1 + 1");
   assert.equal(plain.results[0].data, undefined, "other results have no data");
+  // Columns too big for one event are left out; the frame's rendering still comes.
+  const big = await sbx.runCode("pd.DataFrame({'x': range(300000)})", newKernel);
+  assert.equal(big.results[0].data, undefined);
+  assert.match(big.results[0].html, /300000 rows/);
 });
 
 test("killing the sandbox under a running cell cuts the stream: the SDK reports it killed", async () => {
