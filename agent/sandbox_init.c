@@ -31,6 +31,8 @@
  * pipe, 5 start-error file, 6 agent log):
  *   mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR|IMAGE] [--disk-mib N]
  *                      [--hide PATH]... [--helper FILE]
+ *   mitos-sandbox-init --format-disk IMG MIB     (a spare disk, made ahead)
+ *   mitos-sandbox-init --copy-layer FROM TO      (a snapshot's copy of a frozen sandbox)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -272,6 +274,25 @@ static void mount_disk(const char *dir, const char *mnt, unsigned long mib, cons
 		if (mkdir(p, 0755) < 0 && errno != EEXIST)
 			fail(errno, "mkdir %s", p);
 	}
+}
+
+/* `--copy-layer FROM TO` (fds: 5 error file, 6 log): a snapshot that outlives its
+ * sandbox (frozen meanwhile) gets its disk image or writable layer, copied as a
+ * fork's child copies its parent's; the snapshot's sandboxes copy it again. */
+static void copy_for_snapshot(const char *from, const char *to)
+{
+	struct stat st;
+	if (stat(from, &st) < 0)
+		fail(errno, "stat %s", from);
+	if (S_ISREG(st.st_mode)) {
+		sync();
+		run_tool((char *[]){ "/bin/cp", "--sparse=always", "--reflink=auto", (char *)from, (char *)to, NULL },
+			 "copy the sandbox's disk");
+		return;
+	}
+	if (mkdir(to, 0755) < 0)
+		fail(errno, "mkdir %s", to);
+	copy_layer(from, to);
 }
 
 static void copy_file(const char *from, const char *to)
@@ -519,6 +540,10 @@ int main(int argc, char **argv)
 		if (*end || !mib || mib >= (1ul << 24))
 			return 2;
 		format_disk(argv[2], mib);
+		return 0;
+	}
+	if (argc == 4 && !strcmp(argv[1], "--copy-layer")) {
+		copy_for_snapshot(argv[2], argv[3]);
 		return 0;
 	}
 	if (argc < 5) {

@@ -184,6 +184,20 @@ static void reply_code_msg(struct http_req *r, int status, cJSON *o, const char 
 	free(s);
 }
 
+void e2b_reply_page(struct http_req *r, struct cJSON *a, uint64_t next_ms, const char *next_key)
+{
+	char hdr[160] = "";
+	if (next_key)
+		snprintf(hdr, sizeof(hdr), "X-Next-Token: %llu-%.64s\r\n", (unsigned long long)next_ms, next_key);
+	char *s = cJSON_PrintUnformatted(a);
+	cJSON_Delete(a);
+	if (s)
+		http_reply(r, 200, "application/json", s, strlen(s), hdr[0] ? hdr : NULL);
+	else
+		e2b_reply_err(r, 500, "out of memory");
+	free(s);
+}
+
 void e2b_reply_err(struct http_req *r, int status, const char *fmt, ...)
 {
 	char msg[512];

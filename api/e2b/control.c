@@ -96,7 +96,7 @@ static void mint_tokens(struct e2b_sbx *s, bool secure)
 	e2b_token_new(s->traffic_token, sizeof(s->traffic_token));
 }
 
-static cJSON *json_body(struct http_req *r)
+cJSON *e2b_json_body(struct http_req *r)
 {
 	if (!r->body_len)
 		return cJSON_CreateObject();
@@ -122,7 +122,7 @@ static int timeout_field(const cJSON *b, uint32_t *out, bool *present)
 	return 0;
 }
 
-static struct sandbox *find_or_404(struct http_req *r)
+struct sandbox *e2b_find_or_404(struct http_req *r)
 {
 	struct sandbox *sb = r->sandbox_id[0] ? sandbox_find(r->sandbox_id) : NULL;
 	if (!sb || sb->state == SB_STOPPING)
@@ -134,8 +134,8 @@ static struct sandbox *find_or_404(struct http_req *r)
  * when absent); NULL after an error answer. The caller deletes *body. */
 static struct sandbox *sandbox_and_timeout(struct http_req *r, cJSON **body, uint32_t *secs, bool *present)
 {
-	struct sandbox *sb = find_or_404(r);
-	cJSON *b = sb ? json_body(r) : NULL;
+	struct sandbox *sb = e2b_find_or_404(r);
+	cJSON *b = sb ? e2b_json_body(r) : NULL;
 	if (!b)
 		return NULL;
 	if (timeout_field(b, secs, present)) {
@@ -306,16 +306,17 @@ static void create_tpl_done(void *ctx, enum api_err err, const char *msg, struct
 
 void e2b_sandboxes_create(struct http_req *r)
 {
-	cJSON *b = json_body(r);
+	cJSON *b = e2b_json_body(r);
 	if (!b)
 		return;
 	const cJSON *tid = cJSON_GetObjectItemCaseSensitive(b, "templateID");
-	const char *tpl = cJSON_IsString(tid) ? tid->valuestring : "base";
+	char tpl[ID_MAX + 1];
 	uint32_t timeout_s = E2B_DEFAULT_TIMEOUT_S;
 	bool present;
 	const char *bad = NULL;
-	if ((tid && !cJSON_IsString(tid)) || !api_valid_id(tpl))
-		bad = "templateID must name a template (^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$)";
+	if ((tid && !cJSON_IsString(tid)) || !e2b_template_name(tid ? tid->valuestring : "base", tpl, sizeof(tpl)))
+		bad = "templateID must name a template or snapshot (^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$, with no tag or "
+		      "the tag default)";
 	else if (timeout_field(b, &timeout_s, &present))
 		bad = "timeout must be a number of seconds from 0 to 2592000";
 	else if (!e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "metadata")) ||
@@ -475,7 +476,7 @@ void e2b_sandbox_resume(struct http_req *r) { connect_or_resume(r, true); }
 
 void e2b_sandbox_get(struct http_req *r)
 {
-	struct sandbox *sb = find_or_404(r);
+	struct sandbox *sb = e2b_find_or_404(r);
 	if (sb)
 		handler_reply_cjson(r, 200, sandbox_obj(r, sb, e2b_sbx_get(sb->id, false), false));
 }
@@ -508,7 +509,7 @@ static void kill_done(void *ctx)
 
 void e2b_sandbox_kill(struct http_req *r)
 {
-	struct sandbox *sb = find_or_404(r);
+	struct sandbox *sb = e2b_find_or_404(r);
 	if (!sb)
 		return;
 	struct kill_ctx *kc = calloc(1, sizeof(*kc));
@@ -563,7 +564,7 @@ static void paused(void *ctx, int rc)
 
 void e2b_sandbox_pause(struct http_req *r)
 {
-	struct sandbox *sb = find_or_404(r);
+	struct sandbox *sb = e2b_find_or_404(r);
 	if (!sb)
 		return;
 	if (sb->state == SB_PAUSED) {
@@ -811,18 +812,8 @@ void e2b_sandboxes_list(struct http_req *r)
 		}
 		goto out;
 	}
-	char hdr[160] = "";
-	if (i < k) {
-		const struct sandbox *sb = all[desc ? k - 1 - i : i];
-		snprintf(hdr, sizeof(hdr), "X-Next-Token: %llu-%s\r\n", (unsigned long long)sb->created_ms, sb->id);
-	}
-	char *s = cJSON_PrintUnformatted(a);
-	cJSON_Delete(a);
-	if (s)
-		http_reply(r, 200, "application/json", s, strlen(s), hdr[0] ? hdr : NULL);
-	else
-		e2b_reply_err(r, 500, "out of memory");
-	free(s);
+	const struct sandbox *nx = i < k ? all[desc ? k - 1 - i : i] : NULL;
+	e2b_reply_page(r, a, nx ? nx->created_ms : 0, nx ? nx->id : NULL);
 out:
 	free(all);
 	free(states);

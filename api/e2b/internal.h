@@ -51,6 +51,9 @@ bool e2b_token_ok(const char *presented, const char *expected);
 /* Control-plane error body {"code":status,"message"}: the shape the SDK maps. */
 void e2b_reply_err(struct http_req *r, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/* 200 with the page a (consumed) of a list and, where it goes on, X-Next-Token: the
+ * position "<ms>-<key>" of the next item (next_key NULL: the last page). */
+void e2b_reply_page(struct http_req *r, struct cJSON *a, uint64_t next_ms, const char *next_key);
 /* Connect error (unary) {"code":<connect code>,"message"} with its HTTP status. */
 void e2b_reply_connect_err(struct http_req *r, const char *code, const char *msg);
 int e2b_connect_status(const char *code);
@@ -111,6 +114,11 @@ bool e2b_string_map(const struct cJSON *m);
 void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn *ac, const struct cJSON *req,
 		       const char *user);
 
+/* The request's JSON object body ({} when empty); NULL after a 400. */
+struct cJSON *e2b_json_body(struct http_req *r);
+/* The sandbox the path names; NULL after a 404 (also for one being removed). */
+struct sandbox *e2b_find_or_404(struct http_req *r);
+
 /* Handlers. */
 void e2b_sandboxes_create(struct http_req *r);
 void e2b_sandboxes_list(struct http_req *r);
@@ -123,6 +131,12 @@ void e2b_sandbox_resume(struct http_req *r);
 void e2b_sandbox_fork(struct http_req *r);
 void e2b_sandbox_metrics(struct http_req *r);
 void e2b_templates_list(struct http_req *r);
+void e2b_snapshot_create(struct http_req *r);
+void e2b_snapshots_list(struct http_req *r);
+void e2b_template_delete(struct http_req *r);
+/* A templateID as E2B spells it (NAME or NAME:default) as this node's template name,
+ * into out; false when it is none (another tag, a team namespace, a bad name). */
+bool e2b_template_name(const char *id, char *out, size_t outlen);
 void e2b_envd_rpc(struct http_req *r);
 void e2b_envd_health(struct http_req *r);
 void e2b_files_get(struct http_req *r);

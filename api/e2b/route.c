@@ -76,6 +76,9 @@ GUARDED(e2b_sandbox_resume, G_CONTROL)
 GUARDED(e2b_sandbox_fork, G_CONTROL)
 GUARDED(e2b_sandbox_metrics, G_CONTROL)
 GUARDED(e2b_templates_list, G_CONTROL)
+GUARDED(e2b_snapshot_create, G_CONTROL)
+GUARDED(e2b_snapshots_list, G_CONTROL)
+GUARDED(e2b_template_delete, G_CONTROL)
 GUARDED(e2b_envd_rpc, G_ENVD)
 GUARDED(e2b_envd_health, G_NONE)
 GUARDED(e2b_files_get, G_FILES)
@@ -124,6 +127,12 @@ static const struct route *control_route(struct http_req *r, bool *claimed)
 		return m == HTTP_POST ? &r_e2b_sandboxes_create : m == HTTP_GET ? &r_e2b_sandboxes_list : &r_unknown;
 	if (!strcmp(p, "/templates") || !strcmp(p, "/v2/templates"))
 		return m == HTTP_GET ? &r_e2b_templates_list : &r_unknown;
+	if (!strcmp(p, "/snapshots"))
+		return m == HTTP_GET ? &r_e2b_snapshots_list : &r_unknown;
+	int end = 0;
+	_Static_assert(sizeof(r->param) == 128, "the width below");
+	if (m == HTTP_DELETE && sscanf(p, "/templates/%127[^/]%n", r->param, &end) == 1 && !p[end])
+		return &r_e2b_template_delete;
 	const char *rest = NULL;
 	if (!strncmp(p, "/v2/sandboxes/", 14))
 		rest = p + 14;
@@ -148,6 +157,8 @@ static const struct route *control_route(struct http_req *r, bool *claimed)
 		return &r_e2b_sandbox_resume;
 	if (m == HTTP_POST && !strcmp(tail, "/fork"))
 		return &r_e2b_sandbox_fork;
+	if (m == HTTP_POST && !strcmp(tail, "/snapshots"))
+		return &r_e2b_snapshot_create;
 	if (m == HTTP_POST && !strcmp(tail, "/refreshes"))
 		return &r_e2b_sandbox_timeout;
 	if (m == HTTP_GET && !strcmp(tail, "/metrics"))

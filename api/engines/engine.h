@@ -66,6 +66,17 @@ struct engine_ops {
 	 * engine_start.copy_from); replaces writable_layer() and pausing the parent. */
 	int (*fork_source)(const char *dir, const struct engine_proc *p, char *out, size_t outlen,
 			   struct mitos_err *e);
+	/* Snapshots that outlive their sandbox (E2B's createSnapshot); all three or none.
+	 * snapshot_take writes into out what sandboxes started from it get as copy_from
+	 * (in snapdir, a new directory the engine may fill, or the engine's own: kvm, a
+	 * layer); done runs on the loop once it is complete or failed, unless this fails
+	 * at once. An engine without fork_source needs the sandbox paused until done. */
+	int (*snapshot_take)(const char *dir, const struct engine_proc *p, const char *snapdir, char *out,
+			     size_t outlen, engine_done_fn done, void *ctx, struct mitos_err *e);
+	/* A complete snapshot's source is held from now on (at start: one a previous serve
+	 * kept; -errno when it is gone) / no longer: its sandboxes may still use it. */
+	int (*snapshot_keep)(const char *source);
+	void (*snapshot_drop)(const char *source);
 	/* On a new sandbox's first agent connection, before it counts as ready (kvm:
 	 * post_fork). done runs once, on the loop, also when the connection dies first. */
 	int (*after_connect)(struct engine_proc *p, struct agent_conn *ac, engine_connected_fn done, void *ctx);

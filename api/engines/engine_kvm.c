@@ -565,12 +565,8 @@ static void kvm_exit(void)
 	kvm_shutdown();
 	kvm_workers_join();
 	kvm_run_completions();
-	while (K.layers) {
-		/* Only sandboxes hold layers now, and they are all gone. */
-		struct kvm_layer *l = K.layers;
-		l->refs = 1;
-		kvm_layer_unref(l);
-	}
+	/* Only snapshots hold layers now: the sandboxes are all gone. */
+	kvm_layers_exit();
 	if (K.efd >= 0)
 		close(K.efd);
 	if (K.vmm_fd >= 0)
@@ -594,6 +590,9 @@ const struct engine_ops engine_kvm_ops = {
 	.exit_reason = kvm_exit_reason,
 	.cleanup = kvm_cleanup,
 	.fork_source = kvm_fork_source,
+	.snapshot_take = kvm_snapshot_take,
+	.snapshot_keep = kvm_snapshot_keep,
+	.snapshot_drop = kvm_snapshot_drop,
 	.after_connect = kvm_after_connect,
 	.adopt = kvm_adopt,
 	.release = kvm_release,

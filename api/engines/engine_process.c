@@ -30,6 +30,7 @@
 #include "agent/loop_dev.h"
 #include "api/engines/cgroup.h"
 #include "api/engines/disk_spares.h"
+#include "api/engines/process_snapshot.h"
 #include "api/engines/teardown.h"
 #include "api/sandbox/registry.h"
 
@@ -86,6 +87,7 @@ static int disk_quota_available(const char *state_dir, struct mitos_err *e)
 
 static int agent_exe_fd = -1, init_exe_fd = -1;
 static char helper_path[4096];
+static char init_path[4096];
 static char state_dir_real[4096];
 static char token_file_real[4096];
 
@@ -188,7 +190,6 @@ int engine_process_configure(const char *agent_path, const char *state_dir, cons
 		if (file_ok(path, R_OK) && !realpath(path, helper_path))
 			helper_path[0] = 0;
 	}
-	char init_path[4096];
 	snprintf(init_path, sizeof(init_path), "%.4000s/mitos-sandbox-init", adir);
 	if (!file_ok(init_path, X_OK))
 		return mitos_err_set(e, -ENOENT, "engine_unavailable: %s is missing (it is built and installed next "
@@ -263,6 +264,28 @@ static int proc_writable_layer(const char *dir, char *out, size_t outlen)
 	if (!rc && lstat(out, &st) == 0 && S_ISREG(st.st_mode))
 		return 0;
 	return path_join(out, outlen, dir, "/upper");
+}
+
+static int proc_snapshot_take(const char *dir, const struct engine_proc *p, const char *snapdir, char *out,
+			      size_t outlen, engine_done_fn done, void *ctx, struct mitos_err *e)
+{
+	(void)p;
+	char from[4200];
+	if (proc_writable_layer(dir, from, sizeof(from)))
+		return mitos_err_set(e, -ENAMETOOLONG, "the sandbox's path is too long");
+	return process_snapshot_copy(init_path, from, snapdir, out, outlen, done, ctx, e);
+}
+
+/* The copy is in the snapshot's own directory, which goes with it. */
+static int proc_snapshot_keep(const char *source)
+{
+	struct stat st;
+	return lstat(source, &st) < 0 ? -errno : 0;
+}
+
+static void proc_snapshot_drop(const char *source)
+{
+	(void)source;
 }
 
 /* ---- the host side ---- */
@@ -630,6 +653,9 @@ const struct engine_ops engine_process_ops = {
 	.kill = proc_kill,
 	.exit_reason = engine_start_error,
 	.cleanup = proc_cleanup,
+	.snapshot_take = proc_snapshot_take,
+	.snapshot_keep = proc_snapshot_keep,
+	.snapshot_drop = proc_snapshot_drop,
 	.template_spec = proc_template_spec,
 	.template_shape = proc_template_shape,
 };

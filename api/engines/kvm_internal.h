@@ -75,6 +75,7 @@ struct shape_pool {
 
 struct kvm_layer {
 	unsigned refs;            /* loop thread only */
+	unsigned kept;            /* of refs, the snapshots' that outlive serve: on disk at exit */
 	struct kvm_layer *parent; /* NULL when the parent is a template's snapshot */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -180,6 +181,13 @@ struct kvm_layer *kvm_layer_adopt(const char *dir, unsigned depth);
 int kvm_layer_wait(struct kvm_layer *l, struct mitos_err *e);
 /* The engine's fork_source: a new layer of the running sandbox p, written by a job. */
 int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen, struct mitos_err *e);
+/* engine_ops' snapshot hooks: a snapshot is a layer it holds. */
+int kvm_snapshot_take(const char *dir, const struct engine_proc *p, const char *snapdir, char *out, size_t outlen,
+		      engine_done_fn done, void *ctx, struct mitos_err *e);
+int kvm_snapshot_keep(const char *source);
+void kvm_snapshot_drop(const char *source);
+/* At exit: frees every layer, removing those no snapshot holds. */
+void kvm_layers_exit(void);
 
 /* ---- kvm_pool.c ---- */
 struct shape_pool *kvm_pool_for(const struct vm_shape *sh, bool add);

@@ -110,6 +110,8 @@ int kvm_layer_wait(struct kvm_layer *l, struct mitos_err *e)
 struct snap_job {
 	struct kjob k;
 	struct kvm_layer *layer;
+	engine_done_fn done;  /* a snapshot's, or NULL */
+	void *ctx;
 	pid_t pid;
 	int pidfd;          /* with K.jail: the parent's VM process, -1 otherwise */
 	char control[PLEN];
@@ -160,11 +162,17 @@ static void snap_complete(struct kjob *kj)
 	struct snap_job *j = (struct snap_job *)kj;
 	if (j->pidfd >= 0)
 		close(j->pidfd);
+	if (j->done) {
+		if (j->layer->state)
+			fprintf(stderr, "mitos-vmm serve: a snapshot's layer failed: %s\n", j->layer->err.msg);
+		j->done(j->ctx, j->layer->state);
+	}
 	kvm_layer_unref(j->layer);
 	free(j);
 }
-int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen,
-			   struct mitos_err *e)
+
+static int layer_snapshot(const char *dir, const struct engine_proc *p, char *out, size_t outlen,
+			  engine_done_fn done, void *ctx, struct mitos_err *e)
 {
 	struct kvm_sb *ksb = p->priv;
 	struct snap_job *j = calloc(1, sizeof(*j));
@@ -181,10 +189,73 @@ int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, siz
 	}
 	j->pidfd = K.jail ? fcntl(p->pidfd, F_DUPFD_CLOEXEC, 3) : -1;
 	j->pid = p->pid;
+	j->done = done;
+	j->ctx = ctx;
 	/* The VMM pauses the parent while it writes the pages it changed, and resumes it. */
 	j->k.run = snap_run;
 	j->k.complete = snap_complete;
 	kvm_submit(&j->k, LANE_SHORT);
 	strcpy(out, ldir);
 	return 0;
+}
+
+int kvm_fork_source(const char *dir, const struct engine_proc *p, char *out, size_t outlen, struct mitos_err *e)
+{
+	return layer_snapshot(dir, p, out, outlen, NULL, NULL, e);
+}
+
+/* The snapshot's reference is taken now: its sandboxes may start before the layer is
+ * written (they wait for it, as a fork's children do). */
+int kvm_snapshot_take(const char *dir, const struct engine_proc *p, const char *snapdir, char *out, size_t outlen,
+		      engine_done_fn done, void *ctx, struct mitos_err *e)
+{
+	(void)snapdir;
+	int rc = layer_snapshot(dir, p, out, outlen, done, ctx, e);
+	struct kvm_layer *l = rc ? NULL : kvm_layer_find(out);
+	if (l) {
+		l->refs++;
+		l->kept++;
+	}
+	return rc;
+}
+
+int kvm_snapshot_keep(const char *source)
+{
+	char cfg[PLEN];
+	struct stat st;
+	if (kvm_pathf(cfg, "%s/config.json", source))
+		return -ENAMETOOLONG;
+	if (stat(cfg, &st) < 0)
+		return -errno;
+	struct kvm_layer *l = kvm_layer_adopt(source, 0);
+	if (!l)
+		return -ENOENT;
+	l->kept++;
+	return 0;
+}
+
+void kvm_snapshot_drop(const char *source)
+{
+	struct kvm_layer *l = kvm_layer_find(source);
+	if (l && l->kept) {
+		l->kept--;
+		kvm_layer_unref(l);
+	}
+}
+
+void kvm_layers_exit(void)
+{
+	/* A kept layer needs its parents. */
+	for (struct kvm_layer *l = K.layers; l; l = l->next)
+		for (struct kvm_layer *a = l->kept ? l->parent : NULL; a && !a->kept; a = a->parent)
+			a->kept = 1;
+	while (K.layers) {
+		struct kvm_layer *l = K.layers;
+		K.layers = l->next;
+		if (!l->kept)
+			teardown_tree(l->dir, NULL);
+		pthread_mutex_destroy(&l->mu);
+		pthread_cond_destroy(&l->cv);
+		free(l);
+	}
 }

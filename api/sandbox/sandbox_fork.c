@@ -133,6 +133,8 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		if (t->building)
 			return api_fail(e, -EAGAIN, AE_UNAVAILABLE, "template %s is still being built; retry when POST "
 					"/v1/templates has answered", t->name);
+		if (t->source[0])
+			copy_from = t->source;
 	} else {
 		parent = sandbox_find(fr->sandbox_id);
 		if (!parent)

@@ -30,6 +30,13 @@ struct template_rec {
 	struct cJSON *spec;          /* kvm: the request it was built from; process: its limits; or NULL */
 	unsigned shape_cpus, shape_mem_mib; /* templates_shape's answer once known (0: not yet) */
 	struct tpl_waiter *waiters;  /* requests waiting for the build */
+	/* A snapshot (snapshots.c): its sandboxes start from source, a copy of sandbox
+	 * snap_of's state (engine_start.copy_from), on the root of the template that
+	 * sandbox ran; snap_dir is its own. All "" for a template. */
+	char source[1100];
+	char snap_dir[1100];
+	char snap_of[ID_MAX + 1];
+	bool snap_named;             /* named by its taker, not given an id */
 	struct template_rec *next;
 };
 
@@ -112,6 +119,23 @@ int templates_create(const char *name, const char *image, const struct cJSON *sp
 		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **w, struct mitos_err *e);
 void tpl_waiter_detach(struct tpl_waiter *w);
 struct cJSON *template_json(const struct template_rec *t);
+
+/* Snapshots that outlive their sandbox (E2B's createSnapshot). */
+struct snap_take;
+/* A snapshot taken: t, or err and msg say why not. */
+typedef void (*snap_done_fn)(void *ctx, enum api_err err, const char *msg, struct template_rec *t);
+/* Takes a snapshot of the running or paused sandbox sb: a template named name whose
+ * sandboxes start from sb's state as it is now (kvm: memory and disk; process: its
+ * files), replacing the snapshot of that name once complete. sb goes on as it was (a
+ * process-engine sandbox is paused while its files are copied); named: the taker
+ * named it (E2B lists its name), rather than took the id it was given. 0 and done later
+ * (detach *out if the requester goes away), or -errno with e. */
+int snapshots_take(struct sandbox *sb, const char *name, bool named, snap_done_fn done, void *ctx, struct snap_take **out,
+		   struct mitos_err *e);
+void snap_take_detach(struct snap_take *st);
+/* Removes the snapshot name (its sandboxes go on): 0, or -errno with e (AE_NOT_FOUND;
+ * AE_INVALID_ARGUMENT for a template that is no snapshot; AE_CONFLICT while taken). */
+int snapshots_delete(const char *name, struct mitos_err *e);
 
 struct sandbox *sandbox_find(const char *id);
 struct sandbox *sandboxes_first(void);

@@ -55,6 +55,8 @@ cJSON *template_json(const struct template_rec *t)
 	cJSON_AddStringToObject(o, "state", t->building ? "building" : "ready");
 	if (t->spec)
 		cJSON_AddItemToObject(o, "spec", cJSON_Duplicate(t->spec, 1));
+	if (t->source[0])
+		cJSON_AddStringToObject(o, "snapshot_of", t->snap_of);
 	return o;
 }
 
@@ -77,11 +79,16 @@ void tpl_waiter_detach(struct tpl_waiter *w)
 		w->done = NULL;
 }
 
-static int tpl_save(const struct template_rec *t)
+int template_save(const struct template_rec *t)
 {
 	cJSON *o = template_json(t);
 	cJSON_AddNumberToObject(o, "created_ms", (double)t->created_ms);
 	cJSON_AddNumberToObject(o, "build_ms", t->build_ms);
+	if (t->source[0]) {
+		cJSON_AddStringToObject(o, "snapshot_source", t->source);
+		cJSON_AddStringToObject(o, "snapshot_dir", t->snap_dir);
+		cJSON_AddBoolToObject(o, "snapshot_named", t->snap_named);
+	}
 	char path[1300];
 	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
 	int rc = registry_write_json(path, o);
@@ -89,7 +96,29 @@ static int tpl_save(const struct template_rec *t)
 	return rc;
 }
 
-static void tpl_free(struct template_rec *t)
+void template_forget(const struct template_rec *t)
+{
+	char path[1300];
+	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
+	unlink(path);
+}
+
+void templates_link(struct template_rec *t)
+{
+	t->next = templates;
+	templates = t;
+}
+
+void templates_unlink(struct template_rec *t)
+{
+	for (struct template_rec **pp = &templates; *pp; pp = &(*pp)->next)
+		if (*pp == t) {
+			*pp = t->next;
+			return;
+		}
+}
+
+void template_free(struct template_rec *t)
 {
 	for (struct tpl_waiter *w = t->waiters, *n; w; w = n) {
 		n = w->next;
@@ -123,7 +152,7 @@ static void tpl_built(void *ctx, int rc, const char *why)
 	struct tpl_waiter *ws = t->waiters;
 	t->waiters = NULL;
 	char msg[800];
-	if (!rc && (rc = tpl_save(t)))
+	if (!rc && (rc = template_save(t)))
 		why = "cannot save the template in the state dir";
 	if (rc) {
 		snprintf(msg, sizeof(msg), "building template %s failed: %s", t->name, why ? why : strerror(-rc));
@@ -132,11 +161,7 @@ static void tpl_built(void *ctx, int rc, const char *why)
 		snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
 		unlink(path);
 		eng->cleanup(t->root);
-		for (struct template_rec **pp = &templates; *pp; pp = &(*pp)->next)
-			if (*pp == t) {
-				*pp = t->next;
-				break;
-			}
+		templates_unlink(t);
 	} else {
 		printf("template %s: %s\n", t->name, why ? why : "ready");
 		fflush(stdout);
@@ -148,7 +173,7 @@ static void tpl_built(void *ctx, int rc, const char *why)
 		free(w);
 	}
 	if (rc)
-		tpl_free(t);
+		template_free(t);
 }
 
 /* Engines that build templates (kvm): the record exists (state "building") from now on. */
@@ -176,15 +201,14 @@ static int template_build(const char *name, const char *image, const cJSON *spec
 	struct mitos_err be = { 0 };
 	int rc = eng->template_build(t->root, sp, tpl_built, t, &be);
 	if (rc) {
-		tpl_free(t);
+		template_free(t);
 		/* The engine's refusals of the request itself are the client's to fix. */
 		bool bad_request = rc == -EINVAL || rc == -ENOENT || rc == -ENAMETOOLONG;
 		return api_fail(e, rc, bad_request ? AE_INVALID_ARGUMENT : AE_ENGINE_UNAVAILABLE, "%s",
 				be.msg[0] ? be.msg : strerror(-rc));
 	}
-	t->next = templates;
-	templates = t;
-	tpl_save(t);
+	templates_link(t);
+	template_save(t);
 	*out = t;
 	return tpl_wait(t, done, ctx, wout, e);
 }
@@ -230,13 +254,12 @@ int templates_create(const char *name, const char *image, const cJSON *spec, str
 	snprintf(t->root, sizeof(t->root), "%s", root);
 	t->created_ms = ur_wall_ms();
 	t->spec = kept;
-	int rc = tpl_save(t);
+	int rc = template_save(t);
 	if (rc) {
-		tpl_free(t);
+		template_free(t);
 		return api_fail(e, rc, AE_INTERNAL, "cannot save the template in the state dir: %s", strerror(-rc));
 	}
-	t->next = templates;
-	templates = t;
+	templates_link(t);
 	*out = t;
 	*created = true;
 	return 0;
@@ -258,8 +281,8 @@ static void templates_load(void)
 		const char *name = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "name")) : NULL;
 		const char *image = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "image")) : NULL;
 		const char *ename = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "engine")) : NULL;
-		/* Another engine's templates stay on disk for it. */
-		if (ename && strcmp(ename, eng->name)) {
+		/* Another engine's templates stay on disk for it; snapshots are loaded next. */
+		if ((ename && strcmp(ename, eng->name)) || cJSON_GetObjectItem(o, "snapshot_source")) {
 			cJSON_Delete(o);
 			continue;
 		}
@@ -294,8 +317,7 @@ static void templates_load(void)
 				cJSON *sp = cJSON_GetObjectItem(o, "spec");
 				if (cJSON_IsObject(sp))
 					t->spec = cJSON_Duplicate(sp, 1);
-				t->next = templates;
-				templates = t;
+				templates_link(t);
 			}
 		}
 		cJSON_Delete(o);
@@ -323,6 +345,7 @@ int templates_init(const struct engine_ops *ops, const char *state, struct mitos
 	if (mkdir(tpl_root, 0700) < 0 && errno != EEXIST)
 		return mitos_err_set(e, -errno, "cannot create %s: %s", tpl_root, strerror(errno));
 	templates_load();
+	snapshots_load(state);
 	return 0;
 }
 
@@ -330,7 +353,7 @@ void templates_exit(void)
 {
 	for (struct template_rec *t = templates, *n; t; t = n) {
 		n = t->next;
-		tpl_free(t);
+		template_free(t);
 	}
 	templates = NULL;
 }

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mitos_test import (Runner, Server, body_of, client_stream, envelope, eq, parse_envelopes,  # noqa: E402
-                        raw_exchange, server_sandbox_pids, status_of, wait_until, write_file)
+                        exec_output, raw_exchange, server_sandbox_pids, status_of, wait_until, write_file)
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
@@ -1133,6 +1133,45 @@ def t_e2b_record_survives_restart(env):
         s.cleanup()
 
 
+def t_snapshot_survives_restart(env):
+    """An E2B snapshot outlives its sandbox and serve: after a restart sandboxes still
+    start from it with its files; a copy an unfinished take left is removed at start;
+    deleting the snapshot removes its copy from the state dir."""
+    token = "e2b-snapshot-token-0123456789"
+    key = {"X-API-KEY": token}
+    s = Server(VMM, AGENT, token=token)
+    state = s.state_dir
+    snaps = os.path.join(state, "snapshots")
+    try:
+        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base"}, headers=key)
+        eq(st, 201, "E2B create (%r)" % (sb,))
+        sid = sb["sandboxID"]
+        eq(write_file(s, sid, "/root/kept.txt", b"in the snapshot")[0], 200, "write")
+        st, info = s.request("POST", "/sandboxes/%s/snapshots" % sid, {"name": "kept"}, headers=key)
+        eq((st, info), (201, {"snapshotID": "kept:default", "names": ["kept"]}), "snapshot")
+        eq(s.stop(), 0, "serve stops")
+        eq(len(os.listdir(snaps)), 1, "the snapshot's copy stays on disk")
+        os.mkdir(os.path.join(snaps, "cut-short-1-1"))
+        s2 = Server(VMM, AGENT, state_dir=state, token=token)
+        try:
+            st, listed = s2.request("GET", "/snapshots", headers=key)
+            eq((st, listed), (200, [{"snapshotID": "kept:default", "names": ["kept"]}]), "listed after restart")
+            eq(len(os.listdir(snaps)), 1, "the unfinished copy is gone")
+            st, sb2 = s2.request("POST", "/sandboxes", {"templateID": "kept:default"}, headers=key)
+            eq(st, 201, "create from the snapshot (%r)" % (sb2,))
+            out, _ = exec_output(s2, sb2["sandboxID"], {"command": "cat /root/kept.txt"})
+            eq(out, "in the snapshot", "its files")
+            st, _ = s2.request("DELETE", "/templates/kept:default", headers=key)
+            eq(st, 204, "delete")
+            wait_until(lambda: not os.listdir(snaps), 10, "the copy removed")
+            out, _ = exec_output(s2, sb2["sandboxID"], {"command": "cat /root/kept.txt"})
+            eq(out, "in the snapshot", "its sandbox goes on")
+        finally:
+            s2.cleanup()
+    finally:
+        s.cleanup()
+
+
 def t_stale_state_cleaned(env):
     s = Server(VMM, AGENT)
     state = s.state_dir
@@ -1181,6 +1220,7 @@ def main():
     own = [("auth", t_auth), ("startup_checks", t_startup_checks),
            ("restart_readopt_and_shutdown", t_restart_readopt_and_shutdown),
            ("e2b_record_survives_restart", t_e2b_record_survives_restart),
+           ("snapshot_survives_restart", t_snapshot_survives_restart),
            ("stale_state_cleaned", t_stale_state_cleaned)]
     try:
         r.run_all(tests, ONLY, shared)

@@ -105,6 +105,58 @@ test("fork: each child continues the parent's files, envs and metadata; the pare
   await assert.rejects(Sandbox.fork("sb-no-such"), SandboxNotFoundError);
 });
 
+test("snapshots: sandboxes start from one, it outlives its sandbox, lists, a name is replaced, delete", async () => {
+  const sbx = await create({ metadata: { suite: "snapshot" } });
+  await sbx.files.write("/home/user/snap.txt", "at the snapshot");
+  const snap = await sbx.createSnapshot();
+  assert.match(snap.snapshotId, /^[a-z0-9]{20}:default$/);
+  assert.deepEqual(snap.names, []);
+  await sbx.files.write("/home/user/snap.txt", "after the snapshot");
+  assert.equal(await sbx.isRunning(), true, "the source runs on");
+  const [a, b] = [await create({ template: snap.snapshotId }), await create({ template: snap.snapshotId })];
+  assert.equal(await a.files.read("/home/user/snap.txt"), "at the snapshot");
+  await a.files.write("/home/user/snap.txt", "changed in a");
+  assert.equal(await b.files.read("/home/user/snap.txt"), "at the snapshot");
+  assert.equal((await a.getInfo()).templateId, snap.snapshotId.split(":")[0]);
+
+  const mine = await sbx.listSnapshots().nextItems();
+  assert.deepEqual(mine.map((s) => s.snapshotId), [snap.snapshotId]);
+  const name = `snap-${process.pid}`;
+  const named = await Sandbox.createSnapshot(sbx.sandboxId, { name });
+  assert.deepEqual([named.snapshotId, named.names], [`${name}:default`, [name]]);
+  const page1 = Sandbox.listSnapshots({ sandboxId: sbx.sandboxId, limit: 1 });
+  const first = await page1.nextItems();
+  assert.deepEqual(first.map((s) => s.snapshotId), [named.snapshotId], "newest first");
+  assert.equal(page1.hasNext, true);
+  assert.deepEqual((await page1.nextItems()).map((s) => s.snapshotId), [snap.snapshotId]);
+  assert.equal(page1.hasNext, false);
+  for (const q of [name, `${name}:default`, `team/${name}`])
+    assert.deepEqual((await Sandbox.listSnapshots({ name: q }).nextItems()).map((s) => s.snapshotId),
+      [named.snapshotId], q);
+  assert.deepEqual(await Sandbox.listSnapshots({ name: `${name}:v2` }).nextItems(), []);
+
+  // The same name again: the newer state replaces it (E2B: a new build of the template).
+  await sbx.files.write("/home/user/snap.txt", "second take");
+  await sbx.createSnapshot({ name });
+  const c = await create({ template: name });
+  assert.equal(await c.files.read("/home/user/snap.txt"), "second take");
+
+  // The source goes; its snapshots stay.
+  await sbx.kill();
+  const d = await create({ template: snap.snapshotId });
+  assert.equal(await d.files.read("/home/user/snap.txt"), "at the snapshot");
+  assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true);
+  assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false, "deleting twice is false (404)");
+  assert.equal(await a.files.read("/home/user/snap.txt"), "changed in a", "its sandboxes go on");
+  await assert.rejects(create({ template: snap.snapshotId }), /not found/i);
+  assert.equal(await Sandbox.deleteSnapshot(named.snapshotId), true);
+  await assert.rejects(Sandbox.createSnapshot("sb-no-such"), SandboxNotFoundError);
+  await assert.rejects(a.createSnapshot({ name: "x:v2" }), /tag default/);
+  await assert.rejects(a.createSnapshot({ name: "base" }), /names a template/);
+  await assert.rejects(Sandbox.deleteSnapshot("base"), /not a snapshot/);
+  for (const s of [a, b, c, d]) await s.kill(); // the suite's serve runs at most 16
+});
+
 test("pause, list as paused, resume through connect keeps files", async () => {
   const sbx = await create({});
   await sbx.files.write("/tmp/keep.txt", "kept");

@@ -1,0 +1,99 @@
+/* The process engine's snapshots that outlive their sandbox (process_snapshot.h): a
+ * copy of the frozen sandbox's disk image or writable layer, made by
+ * `mitos-sandbox-init --copy-layer` (the one place a layer's copy is spelled) in a
+ * process of its own, so the loop never waits for a disk's worth of copying. */
+#include "api/engines/process_snapshot.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "api/http/uring.h"
+
+struct copy_job {
+	struct uop op;
+	pid_t pid;
+	int pidfd;
+	char err_path[4200];
+	engine_done_fn done;
+	void *ctx;
+};
+
+static void copy_exited(struct uop *op, int res, uint32_t flags)
+{
+	(void)res;
+	(void)flags;
+	struct copy_job *j = (struct copy_job *)op;
+	siginfo_t si = { 0 };
+	int rc = waitid(P_PIDFD, (id_t)j->pidfd, &si, WEXITED) < 0 ? -errno : 0;
+	if (!rc && (si.si_code != CLD_EXITED || si.si_status != 0)) {
+		char msg[900] = "";
+		int fd = open(j->err_path, O_RDONLY | O_CLOEXEC);
+		ssize_t n = fd >= 0 ? read(fd, msg, sizeof(msg) - 1) : -1;
+		if (fd >= 0)
+			close(fd);
+		msg[n > 0 ? n : 0] = 0;
+		fprintf(stderr, "mitos-vmm serve: a snapshot's copy failed: %s\n", msg[0] ? msg : "(no reason given)");
+		rc = -EIO;
+	} else if (!rc) {
+		unlink(j->err_path);
+	}
+	close(j->pidfd);
+	j->done(j->ctx, rc);
+	free(j);
+}
+
+int process_snapshot_copy(const char *init_path, const char *from, const char *snapdir, char *out, size_t outlen,
+			  engine_done_fn done, void *ctx, struct mitos_err *e)
+{
+	const char *base = strrchr(from, '/');
+	int n = snprintf(out, outlen, "%s%s", snapdir, base ? base : "/layer");
+	struct copy_job *j = calloc(1, sizeof(*j));
+	if (!j || n < 0 || (size_t)n >= outlen) {
+		free(j);
+		return mitos_err_set(e, j ? -ENAMETOOLONG : -ENOMEM, "cannot prepare the snapshot's copy");
+	}
+	snprintf(j->err_path, sizeof(j->err_path), "%s/copy-error", snapdir);
+	int efd = open(j->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (efd < 0) {
+		int rc = mitos_err_set(e, -errno, "cannot create %.300s: %s", j->err_path, strerror(errno));
+		free(j);
+		return rc;
+	}
+	/* fds as the init expects them: 5 its error file, 6 its tools' output. */
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	for (int fd = 0; fd < 3; fd++)
+		posix_spawn_file_actions_addopen(&fa, fd, "/dev/null", O_RDWR, 0);
+	posix_spawn_file_actions_adddup2(&fa, efd, 5);
+	posix_spawn_file_actions_adddup2(&fa, efd, 6);
+	char *argv[] = { "mitos-sandbox-init", "--copy-layer", (char *)from, out, NULL };
+	char *envp[] = { NULL };
+	int rc = -posix_spawn(&j->pid, init_path, &fa, NULL, argv, envp);
+	posix_spawn_file_actions_destroy(&fa);
+	close(efd);
+	j->pidfd = rc ? -1 : (int)syscall(SYS_pidfd_open, j->pid, 0);
+	if (!rc && j->pidfd < 0) {
+		rc = -errno;
+		kill(j->pid, SIGKILL);
+		waitpid(j->pid, NULL, 0);
+	}
+	if (rc) {
+		free(j);
+		return mitos_err_set(e, rc, "cannot start the snapshot's copy: %s", strerror(-rc));
+	}
+	j->op.fn = copy_exited;
+	j->done = done;
+	j->ctx = ctx;
+	io_uring_prep_poll_add(ur_sqe(&j->op), j->pidfd, POLLIN);
+	return 0;
+}
