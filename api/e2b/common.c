@@ -13,6 +13,7 @@
 #include "api/e2b/internal.h"
 #include "api/http/errors.h"
 #include "api/http/http.h"
+#include "api/mitos/cluster_list.h"
 #include "api/sandbox/registry.h"
 
 static struct e2b_sbx *records;
@@ -182,6 +183,41 @@ static void reply_code_msg(struct http_req *r, int status, cJSON *o, const char 
 	http_reply(r, status, "application/json", s ? s : "{}", s ? strlen(s) : 2,
 		   status == 429 ? "Retry-After: 1\r\n" : NULL);
 	free(s);
+}
+
+/* The list's query string with its limit replaced by limit (the peers of a cluster
+ * list are asked for one item more than the client's page). */
+static char *query_with_limit(const char *query, unsigned limit)
+{
+	size_t n = strlen(query ? query : "");
+	char *out = malloc(n + 32);
+	if (!out)
+		return NULL;
+	size_t o = (size_t)sprintf(out, "limit=%u", limit);
+	for (const char *p = query ? query : ""; *p;) {
+		const char *amp = strchr(p, '&');
+		size_t len = amp ? (size_t)(amp - p) : strlen(p);
+		if (len && strncmp(p, "limit=", 6) && !(len == 5 && !strncmp(p, "limit", 5))) {
+			out[o++] = '&';
+			memcpy(out + o, p, len);
+			o += len;
+		}
+		p += len + (amp ? 1 : 0);
+	}
+	out[o] = 0;
+	return out;
+}
+
+void e2b_cluster_page(struct http_req *r, struct cJSON *a, const char *path, unsigned limit, bool desc)
+{
+	char *q = query_with_limit(r->query, limit + 1);
+	if (q) {
+		cluster_list_start(r, a, path, q, &(struct cluster_page){ limit, desc });
+		free(q);
+	} else {
+		cJSON_Delete(a);
+		e2b_reply_err(r, 500, "out of memory");
+	}
 }
 
 void e2b_reply_page(struct http_req *r, struct cJSON *a, uint64_t next_ms, const char *next_key)

@@ -339,7 +339,9 @@ void e2b_sandboxes_create(struct http_req *r)
 	snprintf(cc->tpl, sizeof(cc->tpl), "%s", tpl);
 	r->ctx = cc;
 	r->ops = &create_ops;
-	struct template_rec *t = templates_find(tpl);
+	struct template_rec *t = snapshots_find(tpl);
+	if (t)
+		snprintf(cc->tpl, sizeof(cc->tpl), "%s", t->name);
 	if (t && !t->building) {
 		create_fork(cc);
 		return;
@@ -728,29 +730,6 @@ static int by_start(const void *a, const void *b)
 	return strcmp(x->id, y->id);
 }
 
-/* The list's query string with its limit replaced by limit (the peers of a cluster
- * list are asked for one item more than the client's page). */
-static char *query_with_limit(const char *query, unsigned limit)
-{
-	size_t n = strlen(query ? query : "");
-	char *out = malloc(n + 32);
-	if (!out)
-		return NULL;
-	size_t o = (size_t)sprintf(out, "limit=%u", limit);
-	for (const char *p = query ? query : ""; *p;) {
-		const char *amp = strchr(p, '&');
-		size_t len = amp ? (size_t)(amp - p) : strlen(p);
-		if (len && strncmp(p, "limit=", 6) && !(len == 5 && !strncmp(p, "limit", 5))) {
-			out[o++] = '&';
-			memcpy(out + o, p, len);
-			o += len;
-		}
-		p += len + (amp ? 1 : 0);
-	}
-	out[o] = 0;
-	return out;
-}
-
 void e2b_sandboxes_list(struct http_req *r)
 {
 	char *states = http_query_get(r->query, "state");
@@ -802,14 +781,7 @@ void e2b_sandboxes_list(struct http_req *r)
 	for (; i < k && i < first + take; i++)
 		cJSON_AddItemToArray(a, sandbox_obj(r, all[desc ? k - 1 - i : i], e2b_sbx_get(all[desc ? k - 1 - i : i]->id, false), false));
 	if (cluster) {
-		char *q = query_with_limit(r->query, take);
-		if (q) {
-			cluster_list_start(r, a, "/v2/sandboxes", q, &(struct cluster_page){ (unsigned)limit, desc });
-			free(q);
-		} else {
-			cJSON_Delete(a);
-			e2b_reply_err(r, 500, "out of memory");
-		}
+		e2b_cluster_page(r, a, "/v2/sandboxes", (unsigned)limit, desc);
 		goto out;
 	}
 	const struct sandbox *nx = i < k ? all[desc ? k - 1 - i : i] : NULL;

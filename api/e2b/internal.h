@@ -54,6 +54,9 @@ void e2b_reply_err(struct http_req *r, int status, const char *fmt, ...)
 /* 200 with the page a (consumed) of a list and, where it goes on, X-Next-Token: the
  * position "<ms>-<key>" of the next item (next_key NULL: the last page). */
 void e2b_reply_page(struct http_req *r, struct cJSON *a, uint64_t next_ms, const char *next_key);
+/* Through a cluster router (cluster_list_wanted): a, this node's first limit + 1 items
+ * of the list at path, merged with every peer's and cut to a page (consumed). */
+void e2b_cluster_page(struct http_req *r, struct cJSON *a, const char *path, unsigned limit, bool desc);
 /* Connect error (unary) {"code":<connect code>,"message"} with its HTTP status. */
 void e2b_reply_connect_err(struct http_req *r, const char *code, const char *msg);
 int e2b_connect_status(const char *code);

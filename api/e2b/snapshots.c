@@ -13,10 +13,14 @@
 
 #include "api/http/errors.h"
 #include "api/http/http.h"
+#include "api/mitos/cluster_list.h"
 #include "api/mitos/handlers.h"
+#include "api/sandbox/node.h"
+#include "api/sandbox/registry.h"
 
 #define E2B_TAG ":default"
-#define SNAP_LIST_MAX 100
+#define SNAP_LIST_DEFAULT 100
+#define SNAP_LIST_MAX 1000  /* as the sandbox list's: a cluster's peers are asked one more */
 
 bool e2b_template_name(const char *id, char *out, size_t outlen)
 {
@@ -111,15 +115,24 @@ void e2b_snapshot_create(struct http_req *r)
 	r->ops = &snap_call_ops;
 }
 
+/* A snapshot in a list: ordered newest first by (created ms, snapshotID), the key a
+ * page token names ("<ms>-<snapshotID>") and a cluster's merge sorts by too. */
+struct snap_item {
+	uint64_t ms;
+	char id[ID_MAX + sizeof(E2B_TAG)];
+	const struct template_rec *t;
+};
+
 static int by_newest(const void *a, const void *b)
 {
-	const struct template_rec *x = *(const struct template_rec *const *)a, *y = *(const struct template_rec *const *)b;
-	if (x->created_ms != y->created_ms)
-		return x->created_ms > y->created_ms ? -1 : 1;
-	return strcmp(x->name, y->name);
+	const struct snap_item *x = a, *y = b;
+	if (x->ms != y->ms)
+		return x->ms > y->ms ? -1 : 1;
+	return -strcmp(x->id, y->id);
 }
 
-/* Whether t passes ?name= (NAME, NAMESPACE/NAME, NAME:TAG) and ?sandboxID=. */
+/* Whether t passes ?name= (NAME, NAMESPACE/NAME, NAME:TAG; on a tagged node NAME also
+ * finds NAME-TAG, the name it took) and ?sandboxID=. */
 static bool snapshot_matches(const struct template_rec *t, const char *name, const char *sbid)
 {
 	if (sbid && strcmp(t->snap_of, sbid))
@@ -127,8 +140,10 @@ static bool snapshot_matches(const struct template_rec *t, const char *name, con
 	if (!name)
 		return true;
 	const char *slash = strrchr(name, '/');
-	char want[ID_MAX + 1];
-	return e2b_template_name(slash ? slash + 1 : name, want, sizeof(want)) && !strcmp(want, t->name);
+	char want[ID_MAX + 1], tagged[ID_MAX + 1];
+	if (!e2b_template_name(slash ? slash + 1 : name, want, sizeof(want)))
+		return false;
+	return !strcmp(want, t->name) || (!node_sandbox_id_for(want, tagged, sizeof(tagged)) && !strcmp(tagged, t->name));
 }
 
 void e2b_snapshots_list(struct http_req *r)
@@ -138,11 +153,11 @@ void e2b_snapshots_list(struct http_req *r)
 	char *lim = http_query_get(r->query, "limit");
 	char *next = http_query_get(r->query, "nextToken");
 	char *end = NULL;
-	long limit = lim ? strtol(lim, &end, 10) : SNAP_LIST_MAX;
+	long limit = lim ? strtol(lim, &end, 10) : SNAP_LIST_DEFAULT;
 	unsigned n = 0, k = 0;
 	for (const struct template_rec *t = templates_first(); t; t = t->next)
 		n++;
-	const struct template_rec **all = calloc(n ? n : 1, sizeof(*all));
+	struct snap_item *all = calloc(n ? n : 1, sizeof(*all));
 	cJSON *a = cJSON_CreateArray();
 	if (!all || !a) {
 		e2b_reply_err(r, 500, "out of memory");
@@ -153,23 +168,32 @@ void e2b_snapshots_list(struct http_req *r)
 		goto out;
 	}
 	for (const struct template_rec *t = templates_first(); t; t = t->next)
-		if (t->source[0] && snapshot_matches(t, name, sbid))
-			all[k++] = t;
+		if (t->source[0] && snapshot_matches(t, name, sbid)) {
+			all[k] = (struct snap_item){ .ms = t->created_ms, .t = t };
+			snprintf(all[k++].id, sizeof(all[0].id), "%s" E2B_TAG, t->name);
+		}
 	qsort(all, k, sizeof(*all), by_newest);
-	/* The token is the position "<created ms>-<name>" of the next item. */
 	unsigned i = 0;
 	if (next && *next) {
-		unsigned long long ms = strtoull(next, NULL, 10);
+		struct snap_item key = { .ms = strtoull(next, NULL, 10) };
 		const char *dash = strchr(next, '-');
-		struct template_rec key = { .created_ms = ms };
-		snprintf(key.name, sizeof(key.name), "%s", dash ? dash + 1 : "");
-		const struct template_rec *kp = &key;
-		while (i < k && by_newest(&all[i], &kp) < 0)
+		snprintf(key.id, sizeof(key.id), "%s", dash ? dash + 1 : "");
+		while (i < k && by_newest(&all[i], &key) < 0)
 			i++;
 	}
-	for (unsigned taken = 0; i < k && taken < (unsigned)limit; i++, taken++)
-		cJSON_AddItemToArray(a, snapshot_info(all[i]));
-	e2b_reply_page(r, a, i < k ? all[i]->created_ms : 0, i < k ? all[i]->name : NULL);
+	/* Through a cluster router, one more: the merge learns where the next page starts. */
+	bool cluster = cluster_list_wanted(r);
+	for (unsigned taken = 0; i < k && taken < (unsigned)limit + cluster; i++, taken++) {
+		char ts[40];
+		cJSON *o = snapshot_info(all[i].t);
+		registry_rfc3339(all[i].ms, ts, sizeof(ts));
+		cJSON_AddStringToObject(o, "createdAt", ts);
+		cJSON_AddItemToArray(a, o);
+	}
+	if (cluster)
+		e2b_cluster_page(r, a, "/snapshots", (unsigned)limit, true);
+	else
+		e2b_reply_page(r, a, i < k ? all[i].ms : 0, i < k ? all[i].id : NULL);
 	a = NULL;
 out:
 	cJSON_Delete(a);

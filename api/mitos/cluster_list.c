@@ -34,11 +34,13 @@ static cJSON *list_array(cJSON *doc)
 	return cJSON_IsArray(doc) ? doc : cJSON_GetObjectItem(doc, "sandboxes");
 }
 
-/* The Mitos list names a sandbox "id", E2B's "sandboxID". */
+/* The Mitos list names a sandbox "id", E2B's "sandboxID", E2B's snapshots "snapshotID". */
 static const char *item_id(const cJSON *it)
 {
 	const char *v = cJSON_GetStringValue(cJSON_GetObjectItem(it, "id"));
-	return v ? v : cJSON_GetStringValue(cJSON_GetObjectItem(it, "sandboxID"));
+	if (!v)
+		v = cJSON_GetStringValue(cJSON_GetObjectItem(it, "sandboxID"));
+	return v ? v : cJSON_GetStringValue(cJSON_GetObjectItem(it, "snapshotID"));
 }
 
 static bool has_id(const cJSON *arr, const char *id)
@@ -52,11 +54,15 @@ static bool has_id(const cJSON *arr, const char *id)
 	return false;
 }
 
-/* E2B items carry "startedAt" as RFC 3339 with milliseconds (registry_rfc3339). */
+/* E2B items carry "startedAt" (sandboxes) or "createdAt" (snapshots) as RFC 3339 with
+ * milliseconds (registry_rfc3339). */
 static uint64_t item_start_ms(const cJSON *it)
 {
 	uint64_t ms;
-	return registry_parse_rfc3339(cJSON_GetStringValue(cJSON_GetObjectItem(it, "startedAt")), &ms) ? 0 : ms;
+	const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(it, "startedAt"));
+	if (!t)
+		t = cJSON_GetStringValue(cJSON_GetObjectItem(it, "createdAt"));
+	return registry_parse_rfc3339(t, &ms) ? 0 : ms;
 }
 
 struct keyed_item {

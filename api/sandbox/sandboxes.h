@@ -126,14 +126,18 @@ struct snap_take;
 typedef void (*snap_done_fn)(void *ctx, enum api_err err, const char *msg, struct template_rec *t);
 /* Takes a snapshot of the running or paused sandbox sb: a template named name whose
  * sandboxes start from sb's state as it is now (kvm: memory and disk; process: its
- * files), replacing the snapshot of that name once complete. sb goes on as it was (a
+ * files), replacing the snapshot of that name once complete; on a cluster node the
+ * name gets the node's tag (name-TAG) unless it ends in it. sb goes on as it was (a
  * process-engine sandbox is paused while its files are copied); named: the taker
  * named it (E2B lists its name), rather than took the id it was given. 0 and done later
  * (detach *out if the requester goes away), or -errno with e. */
 int snapshots_take(struct sandbox *sb, const char *name, bool named, snap_done_fn done, void *ctx, struct snap_take **out,
 		   struct mitos_err *e);
 void snap_take_detach(struct snap_take *st);
-/* Removes the snapshot name (its sandboxes go on): 0, or -errno with e (AE_NOT_FOUND;
+/* The template or snapshot name; on a cluster node also the snapshot name-TAG that a
+ * take of name made (NULL: neither). */
+struct template_rec *snapshots_find(const char *name);
+/* Removes the snapshot name or name-TAG (its sandboxes go on): 0, or -errno with e (AE_NOT_FOUND;
  * AE_INVALID_ARGUMENT for a template that is no snapshot; AE_CONFLICT while taken). */
 int snapshots_delete(const char *name, struct mitos_err *e);
 

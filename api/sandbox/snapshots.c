@@ -18,6 +18,7 @@
 
 #include "api/engines/teardown.h"
 #include "api/http/uring.h"
+#include "api/sandbox/node.h"
 #include "api/sandbox/registry.h"
 #include "api/sandbox/templates.h"
 
@@ -109,6 +110,13 @@ int snapshots_take(struct sandbox *sb, const char *name, bool named, snap_done_f
 		return api_fail(e, -ENOTSUP, AE_UNIMPLEMENTED, "the %s engine keeps no snapshots", sb_eng->name);
 	if (!api_valid_id(name))
 		return api_fail(e, -EINVAL, AE_INVALID_ARGUMENT, "snapshot names match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$");
+	/* On a cluster node the name carries its tag, as a sandbox id does: a router sends
+	 * the sandboxes started from it here. */
+	char tagged[ID_MAX + 1];
+	if (node_sandbox_id_for(name, tagged, sizeof(tagged)))
+		return api_fail(e, -EINVAL, AE_INVALID_ARGUMENT, "snapshot name %.64s is too long to carry this node's "
+				"tag -%s: at most 64 characters in all", name, node_tag());
+	name = tagged;
 	const struct template_rec *old = templates_find(name);
 	if (old && !old->source[0])
 		return api_fail(e, -EEXIST, AE_CONFLICT, "%s names a template, not a snapshot", name);
@@ -177,16 +185,25 @@ fail:
 	return rc;
 }
 
-int snapshots_delete(const char *name, struct mitos_err *e)
+struct template_rec *snapshots_find(const char *name)
 {
 	struct template_rec *t = templates_find(name);
+	char tagged[ID_MAX + 1];
+	if (!t && !node_sandbox_id_for(name, tagged, sizeof(tagged)) && (t = templates_find(tagged)) && !t->source[0])
+		t = NULL;
+	return t;
+}
+
+int snapshots_delete(const char *name, struct mitos_err *e)
+{
+	struct template_rec *t = snapshots_find(name);
 	if (!t)
 		return api_fail(e, -ENOENT, AE_NOT_FOUND, "no snapshot %s", name);
 	if (!t->source[0])
 		return api_fail(e, -EINVAL, AE_INVALID_ARGUMENT, "%s is a template, not a snapshot: only snapshots are "
 				"deleted here", name);
-	if (take_of(name))
-		return api_fail(e, -EBUSY, AE_CONFLICT, "a snapshot named %s is being taken", name);
+	if (take_of(t->name))
+		return api_fail(e, -EBUSY, AE_CONFLICT, "a snapshot named %s is being taken", t->name);
 	templates_unlink(t);
 	template_forget(t);
 	snap_remove(t);
