@@ -131,8 +131,12 @@ static const struct route *control_route(struct http_req *r, bool *claimed)
 		return m == HTTP_GET ? &r_e2b_snapshots_list : &r_unknown;
 	int end = 0;
 	_Static_assert(sizeof(r->param) == 128, "the width below");
-	if (m == HTTP_DELETE && sscanf(p, "/templates/%127[^/]%n", r->param, &end) == 1 && !p[end])
+	if (m == HTTP_DELETE && !strncmp(p, "/templates/", 11)) {
+		/* What is not one template id is no snapshot's. */
+		if (sscanf(p, "/templates/%127[^/]%n", r->param, &end) != 1 || p[end])
+			r->param[0] = 0;
 		return &r_e2b_template_delete;
+	}
 	const char *rest = NULL;
 	if (!strncmp(p, "/v2/sandboxes/", 14))
 		rest = p + 14;

@@ -36,6 +36,7 @@ struct template_rec {
 	char source[1100];
 	char snap_dir[1100];
 	char snap_of[ID_MAX + 1];
+	char snap_base[ID_MAX + 1];  /* the template under it: its sandboxes' once it is deleted */
 	bool snap_named;             /* named by its taker, not given an id */
 	struct template_rec *next;
 };
@@ -137,7 +138,8 @@ void snap_take_detach(struct snap_take *st);
 /* The template or snapshot name; on a cluster node also the snapshot name-TAG that a
  * take of name made (NULL: neither). */
 struct template_rec *snapshots_find(const char *name);
-/* Removes the snapshot name or name-TAG (its sandboxes go on): 0, or -errno with e (AE_NOT_FOUND;
+/* Removes the snapshot name or name-TAG (its sandboxes go on, as sandboxes of the
+ * template under it): 0, or -errno with e (AE_NOT_FOUND;
  * AE_INVALID_ARGUMENT for a template that is no snapshot; AE_CONFLICT while taken). */
 int snapshots_delete(const char *name, struct mitos_err *e);
 

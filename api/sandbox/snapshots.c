@@ -141,6 +141,7 @@ int snapshots_take(struct sandbox *sb, const char *name, bool named, snap_done_f
 	snprintf(t->image, sizeof(t->image), "%s", base->image);
 	snprintf(t->root, sizeof(t->root), "%s", base->root);
 	snprintf(t->snap_of, sizeof(t->snap_of), "%s", sb->id);
+	snprintf(t->snap_base, sizeof(t->snap_base), "%s", base->source[0] ? base->snap_base : base->name);
 	t->snap_named = named;
 	t->spec = base->spec ? cJSON_Duplicate(base->spec, 1) : NULL;
 	t->created_ms = ur_wall_ms();
@@ -204,6 +205,13 @@ int snapshots_delete(const char *name, struct mitos_err *e)
 				"deleted here", name);
 	if (take_of(t->name))
 		return api_fail(e, -EBUSY, AE_CONFLICT, "a snapshot named %s is being taken", t->name);
+	/* What its sandboxes need of a template (root, limits; a fork, the shape) is the
+	 * template's under it. */
+	for (struct sandbox *sb = sandboxes_first(); sb; sb = sb->next)
+		if (!strcmp(sb->template_name, t->name)) {
+			snprintf(sb->template_name, sizeof(sb->template_name), "%s", t->snap_base);
+			sb_save(sb);
+		}
 	templates_unlink(t);
 	template_forget(t);
 	snap_remove(t);
@@ -219,9 +227,11 @@ static void load_one(cJSON *o, const char *path)
 	const char *src = cJSON_GetStringValue(cJSON_GetObjectItem(o, "snapshot_source"));
 	const char *dir = cJSON_GetStringValue(cJSON_GetObjectItem(o, "snapshot_dir"));
 	const char *of = cJSON_GetStringValue(cJSON_GetObjectItem(o, "snapshot_of"));
+	const char *under = cJSON_GetStringValue(cJSON_GetObjectItem(o, "snapshot_base"));
 	const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(o, "state"));
 	size_t nr = strlen(snap_root);
-	bool ok = name && image && root && src && dir && of && api_valid_id(name) && strlen(image) <= ID_MAX &&
+	bool ok = name && image && root && src && dir && of && under && api_valid_id(name) && api_valid_id(under) &&
+		  strlen(image) <= ID_MAX &&
 		  strlen(root) < sizeof(((struct template_rec *)0)->root) && strlen(src) < 1100 &&
 		  strlen(of) <= ID_MAX && !strncmp(dir, snap_root, nr) && dir[nr] == '/' && strlen(dir) < 1100 &&
 		  st && !strcmp(st, "ready") && !templates_find(name);
@@ -241,6 +251,7 @@ static void load_one(cJSON *o, const char *path)
 	snprintf(t->source, sizeof(t->source), "%s", src);
 	snprintf(t->snap_dir, sizeof(t->snap_dir), "%s", dir);
 	snprintf(t->snap_of, sizeof(t->snap_of), "%s", of);
+	snprintf(t->snap_base, sizeof(t->snap_base), "%s", under);
 	t->snap_named = cJSON_IsTrue(cJSON_GetObjectItem(o, "snapshot_named"));
 	cJSON *cm = cJSON_GetObjectItem(o, "created_ms"), *bm = cJSON_GetObjectItem(o, "build_ms");
 	cJSON *sp = cJSON_GetObjectItem(o, "spec");

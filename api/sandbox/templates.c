@@ -88,6 +88,7 @@ int template_save(const struct template_rec *t)
 		cJSON_AddStringToObject(o, "snapshot_source", t->source);
 		cJSON_AddStringToObject(o, "snapshot_dir", t->snap_dir);
 		cJSON_AddBoolToObject(o, "snapshot_named", t->snap_named);
+		cJSON_AddStringToObject(o, "snapshot_base", t->snap_base);
 	}
 	char path[1300];
 	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);

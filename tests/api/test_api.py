@@ -1155,7 +1155,9 @@ def t_snapshot_survives_restart(env):
         s2 = Server(VMM, AGENT, state_dir=state, token=token)
         try:
             st, listed = s2.request("GET", "/snapshots", headers=key)
-            eq((st, listed), (200, [{"snapshotID": "kept:default", "names": ["kept"]}]), "listed after restart")
+            eq((st, [(x["snapshotID"], x["names"]) for x in listed]), (200, [("kept:default", ["kept"])]),
+               "listed after restart")
+            assert listed[0]["createdAt"].endswith("Z"), listed
             eq(len(os.listdir(snaps)), 1, "the unfinished copy is gone")
             st, sb2 = s2.request("POST", "/sandboxes", {"templateID": "kept:default"}, headers=key)
             eq(st, 201, "create from the snapshot (%r)" % (sb2,))

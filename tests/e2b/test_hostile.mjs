@@ -177,3 +177,26 @@ test("oversized metadata and envVars are refused at create", async () => {
   }
   await alive();
 });
+
+test("snapshot names, templateIDs and ids that are not ones: 400s and 404s, nothing taken", async () => {
+  const api = (method, path, body) => fetch(process.env.E2B_API_URL + path, {
+    method,
+    headers: { "X-API-KEY": process.env.E2B_API_KEY, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+  });
+  const snap = "/sandboxes/" + sbx.sandboxId + "/snapshots";
+  for (const body of [{ name: 123 }, { name: "../../etc" }, { name: "a/b" }, { name: "x".repeat(65) },
+    { name: "ok:v1" }, { name: "" }, { name: "a:" }, "[1]", "{bad json"]) {
+    const res = await api("POST", snap, body);
+    assert.equal(res.status, 400, JSON.stringify(body));
+    assert.equal(typeof (await res.json()).message, "string");
+  }
+  for (const tid of ["../x", "base:v2", "base:", ":default", "a/b:default", "x".repeat(65)])
+    assert.equal((await api("POST", "/sandboxes", { templateID: tid })).status, 400, tid);
+  for (const id of ["no-such:default", "%2e%2e%2fetc", "a%2Fb", "x".repeat(120)])
+    assert.equal((await api("DELETE", "/templates/" + id)).status, 404, id);
+  for (const q of ["limit=0", "limit=1001", "limit=x", "limit=1x"])
+    assert.equal((await api("GET", "/snapshots?" + q)).status, 400, q);
+  assert.deepEqual(await (await api("GET", "/snapshots?sandboxID=" + sbx.sandboxId)).json(), []);
+  await alive();
+});

@@ -152,6 +152,10 @@ test("snapshots: sandboxes start from one, it outlives its sandbox, lists, a nam
   assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true);
   assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false, "deleting twice is false (404)");
   assert.equal(await a.files.read("/home/user/snap.txt"), "changed in a", "its sandboxes go on");
+  assert.equal((await a.getInfo()).templateId, "base", "as sandboxes of the template under it");
+  const [af] = await a.fork();
+  assert.equal(await af.files.read("/home/user/snap.txt"), "changed in a", "and fork");
+  await af.kill();
   await assert.rejects(create({ template: snap.snapshotId }), /not found/i);
   assert.equal(await Sandbox.deleteSnapshot(named.snapshotId), true);
   // An id of no sandbox on a node that exists (a cluster router answers an unknown
