@@ -29,10 +29,10 @@
  *
  * usage (serve runs it; argv is trusted, fds: 3 mitos-agent (O_PATH), 4 readiness
  * pipe, 5 start-error file, 6 agent log):
- *   mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR|IMAGE] [--disk-mib N]
+ *   mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from[-settled] DIR|IMAGE] [--disk-mib N]
  *                      [--hide PATH]... [--helper FILE]
  *   mitos-sandbox-init --format-disk IMG MIB     (a spare disk, made ahead)
- *   mitos-sandbox-init --copy-layer FROM TO      (a snapshot's copy of a frozen sandbox)
+ *   mitos-sandbox-init --copy-layer FROM TO [ROOT]  (a snapshot's copy of a frozen sandbox)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -248,14 +248,16 @@ static void format_disk(const char *img, unsigned long mib)
 /* Mounts the sandbox's disk at mnt, with upper/ and work/ in it: DIR/disk.img as serve
  * left it (a spare formatted ahead), else a new one of mib MiB, or a copy of the image
  * copy_img (a fork: the parent is frozen, and sync() has put what its file system
- * holds in the image, which ext4 replays on mount). */
-static void mount_disk(const char *dir, const char *mnt, unsigned long mib, const char *copy_img)
+ * holds in the image, which ext4 replays on mount; settled, a snapshot's copy, mounted
+ * nowhere, needs no sync). */
+static void mount_disk(const char *dir, const char *mnt, unsigned long mib, const char *copy_img, bool settled)
 {
 	char img[4200], dev[64], p[4300];
 	pathf(img, sizeof(img), "%s/disk.img", dir);
 	struct stat st;
 	if (copy_img) {
-		sync();
+		if (!settled)
+			sync();
 		unlink(img);
 		run_tool((char *[]){ "/bin/cp", "--sparse=always", "--reflink=auto", (char *)copy_img, img, NULL },
 			 "copy the parent's disk");
@@ -276,16 +278,22 @@ static void mount_disk(const char *dir, const char *mnt, unsigned long mib, cons
 	}
 }
 
-/* `--copy-layer FROM TO` (fds: 5 error file, 6 log): a snapshot that outlives its
- * sandbox (frozen meanwhile) gets its disk image or writable layer, copied as a
- * fork's child copies its parent's; the snapshot's sandboxes copy it again. */
-static void copy_for_snapshot(const char *from, const char *to)
+/* `--copy-layer FROM TO [ROOT]` (fds: 5 error file, 6 log): a snapshot that outlives
+ * its sandbox (frozen meanwhile) gets its disk image or writable layer, copied as a
+ * fork's child copies its parent's; the snapshot's sandboxes copy it again. ROOT, the
+ * sandbox's root (/proc/PID/root), is synced alone: its overlay syncs the file system
+ * in the image, where a sync() would wait for every sandbox's writes to reach the disk. */
+static void copy_for_snapshot(const char *from, const char *to, const char *root)
 {
 	struct stat st;
 	if (stat(from, &st) < 0)
 		fail(errno, "stat %s", from);
 	if (S_ISREG(st.st_mode)) {
-		sync();
+		int fd = root ? open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+		if (fd < 0 || syncfs(fd) < 0)
+			sync();
+		if (fd >= 0)
+			close(fd);
 		run_tool((char *[]){ "/bin/cp", "--sparse=always", "--reflink=auto", (char *)from, (char *)to, NULL },
 			 "copy the sandbox's disk");
 		return;
@@ -542,12 +550,12 @@ int main(int argc, char **argv)
 		format_disk(argv[2], mib);
 		return 0;
 	}
-	if (argc == 4 && !strcmp(argv[1], "--copy-layer")) {
-		copy_for_snapshot(argv[2], argv[3]);
+	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "--copy-layer")) {
+		copy_for_snapshot(argv[2], argv[3], argc == 5 ? argv[4] : NULL);
 		return 0;
 	}
 	if (argc < 5) {
-		fprintf(stderr, "usage: mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from DIR|IMAGE] "
+		fprintf(stderr, "usage: mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from[-settled] DIR|IMAGE] "
 				"[--disk-mib N] [--hide PATH]... [--helper FILE]\n(run by `mitos-vmm serve`)\n");
 		return 2;
 	}
@@ -555,6 +563,7 @@ int main(int argc, char **argv)
 	char *end;
 	unsigned long base = strtoul(argv[4], &end, 10);
 	const char *copy_from = NULL, *helper = NULL, *hide[MAX_HIDE];
+	bool settled = false;
 	unsigned long disk_mib = 0;
 	int nhide = 0;
 	if (*end || base == 0 || base > 0xffffffffUL - ID_RANGE)
@@ -562,6 +571,8 @@ int main(int argc, char **argv)
 	for (int i = 5; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--copy-from"))
 			copy_from = argv[i + 1];
+		else if (!strcmp(argv[i], "--copy-from-settled"))
+			copy_from = argv[i + 1], settled = true;
 		else if (!strcmp(argv[i], "--helper"))
 			helper = argv[i + 1];
 		else if (!strcmp(argv[i], "--disk-mib") && (disk_mib = strtoul(argv[i + 1], &end, 10)) && !*end &&
@@ -607,7 +618,7 @@ int main(int argc, char **argv)
 	pathf(layer, sizeof(layer), "%s", dir);
 	if (disk_mib || copy_img) {
 		pathf(disk, sizeof(disk), "%s/.disk", dir);
-		mount_disk(dir, disk, disk_mib, copy_img ? copy_from : NULL);
+		mount_disk(dir, disk, disk_mib, copy_img ? copy_from : NULL, settled);
 		pathf(layer, sizeof(layer), "%s", disk);
 	}
 	if (copy_from && !copy_img) {

@@ -269,11 +269,10 @@ static int proc_writable_layer(const char *dir, char *out, size_t outlen)
 static int proc_snapshot_take(const char *dir, const struct engine_proc *p, const char *snapdir, char *out,
 			      size_t outlen, engine_done_fn done, void *ctx, struct mitos_err *e)
 {
-	(void)p;
 	char from[4200];
 	if (proc_writable_layer(dir, from, sizeof(from)))
 		return mitos_err_set(e, -ENAMETOOLONG, "the sandbox's path is too long");
-	return process_snapshot_copy(init_path, from, snapdir, out, outlen, done, ctx, e);
+	return process_snapshot_copy(init_path, from, p->pid, snapdir, out, outlen, done, ctx, e);
 }
 
 /* The copy is in the snapshot's own directory, which goes with it. */
@@ -447,7 +446,7 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, struc
 	char *argv[16] = { "mitos-sandbox-init", (char *)s->dir, (char *)s->id, (char *)s->template_root, basestr };
 	int na = 5;
 	if (s->copy_from) {
-		argv[na++] = "--copy-from";
+		argv[na++] = s->copy_settled ? "--copy-from-settled" : "--copy-from";
 		argv[na++] = (char *)s->copy_from;
 	}
 	if (helper_path[0]) {

@@ -52,9 +52,11 @@ static void copy_exited(struct uop *op, int res, uint32_t flags)
 	free(j);
 }
 
-int process_snapshot_copy(const char *init_path, const char *from, const char *snapdir, char *out, size_t outlen,
-			  engine_done_fn done, void *ctx, struct mitos_err *e)
+int process_snapshot_copy(const char *init_path, const char *from, pid_t pid, const char *snapdir, char *out,
+			  size_t outlen, engine_done_fn done, void *ctx, struct mitos_err *e)
 {
+	char root[64];
+	snprintf(root, sizeof(root), "/proc/%d/root", (int)pid);
 	const char *base = strrchr(from, '/');
 	int n = snprintf(out, outlen, "%s%s", snapdir, base ? base : "/layer");
 	struct copy_job *j = calloc(1, sizeof(*j));
@@ -76,7 +78,7 @@ int process_snapshot_copy(const char *init_path, const char *from, const char *s
 		posix_spawn_file_actions_addopen(&fa, fd, "/dev/null", O_RDWR, 0);
 	posix_spawn_file_actions_adddup2(&fa, efd, 5);
 	posix_spawn_file_actions_adddup2(&fa, efd, 6);
-	char *argv[] = { "mitos-sandbox-init", "--copy-layer", (char *)from, out, NULL };
+	char *argv[] = { "mitos-sandbox-init", "--copy-layer", (char *)from, out, root, NULL };
 	char *envp[] = { NULL };
 	int rc = -posix_spawn(&j->pid, init_path, &fa, NULL, argv, envp);
 	posix_spawn_file_actions_destroy(&fa);

@@ -73,7 +73,8 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 	 * stays as engines expect it. */
 	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
 	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
-				   .copy_from = copy_from, .spec = t->spec, .ready_fd = pfd[1] };
+				   .copy_from = copy_from, .copy_settled = copy_from && copy_from == t->source,
+				   .spec = t->spec, .ready_fd = pfd[1] };
 	int rc = sb_eng->start(&es, &sb->proc, e);
 	close(pfd[1]);
 	if (rc) {

@@ -82,4 +82,24 @@ report("mitos-create-to-first-command", mitos);
 report("e2b-command", e2bCmd);
 report("mitos-command", mitosCmd);
 console.log(`e2b-sdk-overhead-p50: ${(pct(e2b, 50) - pct(mitos, 50)).toFixed(3)} ms`);
+
+// Snapshots of a sandbox holding 64 MiB of its own data: the take (the process engine
+// pauses the sandbox meanwhile) and a sandbox started from it to its first command.
+const src = await Sandbox.create();
+await src.commands.run("head -c 64M /dev/urandom > /home/user/blob");
+const snapTake = [], snapStart = [];
+for (let i = 0; i < runs; i++) {
+  let t = performance.now();
+  const snap = await src.createSnapshot();
+  snapTake.push(performance.now() - t);
+  t = performance.now();
+  const sbx = await Sandbox.create(snap.snapshotId);
+  await sbx.commands.run("true");
+  snapStart.push(performance.now() - t);
+  await sbx.kill();
+  await Sandbox.deleteSnapshot(snap.snapshotId);
+}
+await src.kill();
+report("e2b-snapshot-64mib", snapTake);
+report("e2b-create-from-snapshot-to-first-command", snapStart);
 console.log(`runs: ${runs}`);
