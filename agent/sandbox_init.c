@@ -30,7 +30,7 @@
  * usage (serve runs it; argv is trusted, fds: 3 mitos-agent (O_PATH), 4 readiness
  * pipe, 5 start-error file, 6 agent log):
  *   mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from[-settled] DIR|IMAGE] [--disk-mib N]
- *                      [--hide PATH]... [--helper FILE]
+ *                      [--parent-root /proc/PID/root] [--hide PATH]... [--helper FILE]
  *   mitos-sandbox-init --format-disk IMG MIB     (a spare disk, made ahead)
  *   mitos-sandbox-init --copy-layer FROM TO [ROOT]  (a snapshot's copy of a frozen sandbox)
  */
@@ -247,16 +247,18 @@ static void format_disk(const char *img, unsigned long mib)
 
 /* Mounts the sandbox's disk at mnt, with upper/ and work/ in it: DIR/disk.img as serve
  * left it (a spare formatted ahead), else a new one of mib MiB, or a copy of the image
- * copy_img (a fork: the parent is frozen, and sync() has put what its file system
- * holds in the image, which ext4 replays on mount; settled, a snapshot's copy, mounted
- * nowhere, needs no sync). */
-static void mount_disk(const char *dir, const char *mnt, unsigned long mib, const char *copy_img, bool settled)
+ * copy_img (a fork: the parent is frozen, and a sync has put what its file system holds
+ * in the image, which ext4 replays on mount: syncfs of parent_root, the parent's root,
+ * whose overlay syncs the file system in its image, else sync(), which waits for every
+ * sandbox's writes; settled, a snapshot's copy, mounted nowhere, needs neither). */
+static void mount_disk(const char *dir, const char *mnt, unsigned long mib, const char *copy_img, bool settled,
+		       int parent_root)
 {
 	char img[4200], dev[64], p[4300];
 	pathf(img, sizeof(img), "%s/disk.img", dir);
 	struct stat st;
 	if (copy_img) {
-		if (!settled)
+		if (!settled && (parent_root < 0 || syncfs(parent_root) < 0))
 			sync();
 		unlink(img);
 		run_tool((char *[]){ "/bin/cp", "--sparse=always", "--reflink=auto", (char *)copy_img, img, NULL },
@@ -556,7 +558,7 @@ int main(int argc, char **argv)
 	}
 	if (argc < 5) {
 		fprintf(stderr, "usage: mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from[-settled] DIR|IMAGE] "
-				"[--disk-mib N] [--hide PATH]... [--helper FILE]\n(run by `mitos-vmm serve`)\n");
+				"[--disk-mib N] [--parent-root DIR] [--hide PATH]... [--helper FILE]\n(run by `mitos-vmm serve`)\n");
 		return 2;
 	}
 	const char *dir = argv[1], *id = argv[2], *template_root = argv[3];
@@ -564,6 +566,7 @@ int main(int argc, char **argv)
 	unsigned long base = strtoul(argv[4], &end, 10);
 	const char *copy_from = NULL, *helper = NULL, *hide[MAX_HIDE];
 	bool settled = false;
+	const char *parent_root_path = NULL;
 	unsigned long disk_mib = 0;
 	int nhide = 0;
 	if (*end || base == 0 || base > 0xffffffffUL - ID_RANGE)
@@ -573,6 +576,8 @@ int main(int argc, char **argv)
 			copy_from = argv[i + 1];
 		else if (!strcmp(argv[i], "--copy-from-settled"))
 			copy_from = argv[i + 1], settled = true;
+		else if (!strcmp(argv[i], "--parent-root"))
+			parent_root_path = argv[i + 1];
 		else if (!strcmp(argv[i], "--helper"))
 			helper = argv[i + 1];
 		else if (!strcmp(argv[i], "--disk-mib") && (disk_mib = strtoul(argv[i + 1], &end, 10)) && !*end &&
@@ -606,6 +611,8 @@ int main(int argc, char **argv)
 
 	char p[4200], root[4200], rw[4200], lower[4200], opts[13000];
 	mount_or_fail(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+	/* The parent's root (/proc/PID/root) is reached through the host's /proc. */
+	int parent_root = parent_root_path ? open(parent_root_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
 	/* The host's /proc shows host pids; the user namespace's helper is known by ours. */
 	mount_or_fail("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	pathf(root, sizeof(root), "%s/root", dir);
@@ -618,9 +625,12 @@ int main(int argc, char **argv)
 	pathf(layer, sizeof(layer), "%s", dir);
 	if (disk_mib || copy_img) {
 		pathf(disk, sizeof(disk), "%s/.disk", dir);
-		mount_disk(dir, disk, disk_mib, copy_img ? copy_from : NULL, settled);
+		mount_disk(dir, disk, disk_mib, copy_img ? copy_from : NULL, settled, parent_root);
 		pathf(layer, sizeof(layer), "%s", disk);
 	}
+	/* It would pin the parent's mounts for as long as this sandbox lives. */
+	if (parent_root >= 0)
+		close(parent_root);
 	if (copy_from && !copy_img) {
 		pathf(p, sizeof(p), "%s/upper", layer);
 		copy_layer(copy_from, p);

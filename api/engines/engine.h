@@ -22,6 +22,7 @@ struct engine_start {
 	const char *template_root; /* process: read-only lower layer; kvm: the template's dir */
 	const char *copy_from;     /* what fork_source() gave for the parent, or NULL */
 	bool copy_settled;         /* copy_from is a snapshot's: written and closed, not live */
+	pid_t copy_pid;            /* else the running parent's init (0: none), whose writes the copy must see */
 	const struct cJSON *spec;  /* what template_spec() kept for the template, or NULL */
 	int ready_fd;              /* gets one byte once the agent accepts connections */
 };

@@ -443,11 +443,17 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, struc
 		       open_in(s->dir, "agent.log", O_WRONLY | O_CREAT | O_APPEND) };
 	char basestr[32];
 	snprintf(basestr, sizeof(basestr), "%lu", base);
-	char *argv[16] = { "mitos-sandbox-init", (char *)s->dir, (char *)s->id, (char *)s->template_root, basestr };
+	char *argv[24] = { "mitos-sandbox-init", (char *)s->dir, (char *)s->id, (char *)s->template_root, basestr };
 	int na = 5;
+	char parent_root[64];
 	if (s->copy_from) {
 		argv[na++] = s->copy_settled ? "--copy-from-settled" : "--copy-from";
 		argv[na++] = (char *)s->copy_from;
+	}
+	if (s->copy_from && s->copy_pid > 0) {
+		snprintf(parent_root, sizeof(parent_root), "/proc/%d/root", (int)s->copy_pid);
+		argv[na++] = "--parent-root";
+		argv[na++] = parent_root;
 	}
 	if (helper_path[0]) {
 		argv[na++] = "--helper";

@@ -59,7 +59,8 @@ void sb_job_detach(struct sb_job *job)
 		job->done = NULL;
 }
 
-static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, struct mitos_err *e)
+static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, pid_t copy_pid,
+		    struct mitos_err *e)
 {
 	if (mkdir(sb->dir, 0700) < 0)
 		return mitos_err_set(e, -errno, "mkdir %.300s: %s", sb->dir, strerror(errno));
@@ -74,7 +75,7 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
 	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
 				   .copy_from = copy_from, .copy_settled = copy_from && copy_from == t->source,
-				   .spec = t->spec, .ready_fd = pfd[1] };
+				   .copy_pid = copy_pid, .spec = t->spec, .ready_fd = pfd[1] };
 	int rc = sb_eng->start(&es, &sb->proc, e);
 	close(pfd[1]);
 	if (rc) {
@@ -202,7 +203,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		if (fr->metadata)
 			sb->metadata = cJSON_Duplicate(fr->metadata, 1);
 		struct mitos_err se = { 0 };
-		int rc = sb_start(sb, t, copy_from, &se);
+		int rc = sb_start(sb, t, copy_from, parent ? parent->proc.pid : 0, &se);
 		if (rc) {
 			api_fail(&job->err, rc, AE_ENGINE_UNAVAILABLE, "cannot start sandbox %s: %s", id, se.msg);
 			sb_free(sb);
