@@ -354,6 +354,12 @@ class Suite:
         eq((st, e["error"]["code"]), (404, "not_found"), "a sandbox of the dead node")
         st, _, err = sh(self.r, victim, "true")
         eq(st, 404, "exec in a sandbox of the dead node")
+        # E2B's control plane in its own shape: its SDKs read the 404 from "code".
+        key = {"X-API-KEY": self.c.token}
+        for method, path in (("GET", "/sandboxes/" + victim), ("DELETE", "/sandboxes/" + victim),
+                             ("POST", "/sandboxes/%s/snapshots" % victim), ("GET", "/sandboxes/sb-1-nosuchnode")):
+            st, e = self.r.request(method, path, body={} if method == "POST" else None, headers=key)
+            eq((st, e["code"]), (404, 404), "E2B %s %s" % (method, path))
         # Everything else goes on: the other nodes' sandboxes, new creates, the list.
         for sid, marker in self.sandboxes.items():
             if node_of(sid) != "n2":
