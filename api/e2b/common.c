@@ -52,6 +52,8 @@ int e2b_sbx_save(const struct e2b_sbx *s)
 	if (s->env_vars)
 		cJSON_AddItemToObject(o, "env_vars", cJSON_Duplicate(s->env_vars, 1));
 	cJSON_AddBoolToObject(o, "auto_pause", s->auto_pause);
+	cJSON_AddBoolToObject(o, "auto_resume", s->auto_resume);
+	cJSON_AddNumberToObject(o, "resume_timeout_s", s->resume_timeout_s);
 	cJSON_AddBoolToObject(o, "allow_internet", s->allow_internet);
 	int rc = registry_write_json(path, o);
 	cJSON_Delete(o);
@@ -96,6 +98,10 @@ static struct e2b_sbx *sbx_load(const struct sandbox *sb)
 	s->created_ms = sb->created_ms;
 	s->env_vars = env ? cJSON_Duplicate(env, 1) : NULL;
 	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_pause"));
+	s->auto_resume = s->auto_pause && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_resume"));
+	const cJSON *rt = cJSON_GetObjectItemCaseSensitive(o, "resume_timeout_s");
+	s->resume_timeout_s = cJSON_IsNumber(rt) && rt->valuedouble >= 1 && rt->valuedouble <= 30 * 86400
+				      ? (uint32_t)rt->valuedouble : 300;
 	s->allow_internet = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "allow_internet"));
 	cJSON_Delete(o);
 	if (s->auto_pause)

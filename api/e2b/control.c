@@ -77,7 +77,7 @@ static cJSON *sandbox_obj(const struct http_req *r, const struct sandbox *sb, co
 	cJSON_AddBoolToObject(o, "allowInternetAccess", s ? s->allow_internet : true);
 	cJSON *lc = cJSON_AddObjectToObject(o, "lifecycle");
 	cJSON_AddStringToObject(lc, "onTimeout", s && s->auto_pause ? "pause" : "kill");
-	cJSON_AddBoolToObject(lc, "autoResume", false);
+	cJSON_AddBoolToObject(lc, "autoResume", s && s->auto_resume);
 	add_domain(o, r);
 	if (with_tokens && s && s->envd_token[0])
 		cJSON_AddStringToObject(o, "envdAccessToken", s->envd_token);
@@ -201,6 +201,16 @@ void e2b_auto_pause_watch(void)
 
 /* ---- create ---- */
 
+/* autoResume {"enabled": bool}: 1 on, 0 off or absent, -1 malformed. */
+static int auto_resume_field(const cJSON *b)
+{
+	const cJSON *ar = cJSON_GetObjectItemCaseSensitive(b, "autoResume");
+	if (!ar || cJSON_IsNull(ar))
+		return 0;
+	const cJSON *en = cJSON_IsObject(ar) ? cJSON_GetObjectItemCaseSensitive(ar, "enabled") : NULL;
+	return cJSON_IsBool(en) ? cJSON_IsTrue(en) : -1;
+}
+
 struct create_ctx {
 	struct http_req *r;
 	struct tpl_waiter *tw;
@@ -243,6 +253,8 @@ static int record_new(struct sandbox *sb, const struct e2b_sbx *like, bool secur
 		if (cJSON_IsObject(like->env_vars))
 			s->env_vars = cJSON_Duplicate(like->env_vars, 1);
 		s->auto_pause = like->auto_pause;
+		s->auto_resume = like->auto_resume;
+		s->resume_timeout_s = like->resume_timeout_s;
 		if (s->auto_pause)
 			e2b_auto_pause_watch();
 		s->allow_internet = like->allow_internet;
@@ -269,6 +281,8 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 	struct e2b_sbx rec = {
 		.env_vars = (cJSON *)cJSON_GetObjectItemCaseSensitive(b, "envVars"),
 		.auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")),
+		.auto_resume = auto_resume_field(b) == 1,
+		.resume_timeout_s = cc->timeout_s,
 		.allow_internet = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access")),
 	};
 	struct e2b_sbx *s;
@@ -322,6 +336,10 @@ void e2b_sandboxes_create(struct http_req *r)
 	else if (!e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "metadata")) ||
 		 !e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "envVars")))
 		bad = "metadata and envVars must map strings to strings, at most 256 entries and 64 KiB each";
+	else if (auto_resume_field(b) < 0)
+		bad = "autoResume must be {\"enabled\": true or false}";
+	else if (auto_resume_field(b) == 1 && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")))
+		bad = "autoResume needs autoPause (lifecycle onTimeout \"pause\"): only a paused sandbox resumes";
 	if (bad) {
 		cJSON_Delete(b);
 		e2b_reply_err(r, 400, "%s", bad);

@@ -20,5 +20,10 @@ void e2b_records_load(void);
  * through E2B, with its traffic access token when it has one (else serve's API
  * key). */
 bool e2b_host_authorized(const struct http_req *r, const char *sid);
+/* Authorized traffic for the sandbox sid, which paused at its timeout and auto-resumes
+ * (lifecycle.autoResume): starts its resume (once) and, with fn, serves r with fn once
+ * it runs (true: r is taken, fn may have run already). False, doing nothing, for any
+ * other sandbox. */
+bool e2b_wake(struct http_req *r, const char *sid, void (*fn)(struct http_req *r));
 
 #endif

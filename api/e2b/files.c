@@ -15,6 +15,7 @@
 #include "agent/base64.h"
 #include "agent/proto.h"
 #include "api/http/bytebuf.h"
+#include "api/e2b/e2b.h"
 #include "api/e2b/internal.h"
 #include "api/mitos/handlers.h"
 #include "api/http/http.h"
@@ -198,14 +199,19 @@ static void query_access(const struct http_req *r, struct access *a)
 
 /* The query's access fields, the access check and the sandbox's agent; NULL
  * after an error reply (a is then freed). */
-static struct agent_conn *files_begin(struct http_req *r, struct access *a, const char *op)
+/* The sandbox's agent for an allowed request, or NULL after an answer; a sandbox that
+ * auto-resumes is woken, and r served again with again once it runs (NULL: an upload,
+ * whose body streams: it goes on if the engine resumed at once). */
+static struct agent_conn *files_begin(struct http_req *r, struct access *a, const char *op,
+				      void (*again)(struct http_req *r))
 {
 	query_access(r, a);
 	struct mitos_err e = { 0 };
 	struct agent_conn *ac = NULL;
 	if (!strcmp(op, "read") && (!a->path || !*a->path))
 		e2b_reply_err(r, 400, "the path query parameter is required");
-	else if (files_access(r, a, op) && !(ac = e2b_sandbox_agent(r->sandbox_id, &e)))
+	else if (files_access(r, a, op) && !e2b_wake(r, r->sandbox_id, again) &&
+		 !(ac = e2b_sandbox_agent(r->sandbox_id, &e)))
 		e2b_reply_err(r, e2b_agent_status(e.kind), "%s", e.msg);
 	if (!ac)
 		access_free(a);
@@ -215,7 +221,7 @@ static struct agent_conn *files_begin(struct http_req *r, struct access *a, cons
 void e2b_files_get(struct http_req *r)
 {
 	struct access a;
-	struct agent_conn *ac = files_begin(r, &a, "read");
+	struct agent_conn *ac = files_begin(r, &a, "read", e2b_files_get);
 	if (!ac)
 		return;
 	struct read_call *c = e2b_call_new(r, sizeof(*c), &read_vt);
@@ -677,7 +683,7 @@ static int metadata_of(const struct http_req *r, cJSON **out)
 void e2b_files_post(struct http_req *r)
 {
 	struct access a;
-	struct agent_conn *ac = files_begin(r, &a, "write");
+	struct agent_conn *ac = files_begin(r, &a, "write", NULL);
 	if (!ac)
 		return;
 	const char *ct = http_req_header(r, "content-type");

@@ -28,6 +28,8 @@ struct e2b_sbx {
 	char traffic_token[E2B_TOKEN_HEX * 2 + 1];
 	struct cJSON *env_vars;                    /* sandbox-wide envs of commands and code */
 	bool auto_pause;
+	bool auto_resume;                          /* lifecycle.autoResume: traffic resumes it (wake.c) */
+	uint32_t resume_timeout_s;                 /* the timeout it was created with, again on a wake */
 	bool allow_internet;
 	uint64_t cpu_usec;                         /* last metrics sample */
 	uint64_t cpu_sample_ms;

@@ -61,8 +61,11 @@ static bool guard_ok(struct http_req *r, enum guard g)
 	return false;
 }
 
+/* Traffic to a sandbox's envd or interpreter (not its health, which the SDKs ask of a
+ * sandbox they think is gone) wakes one that auto-resumes; files.c wakes its own. */
+#define WAKES(g) ((g) == G_ENVD || (g) == G_INTERP || (g) == G_EXECUTE)
 #define GUARDED(fn, g) \
-	static void g_##fn(struct http_req *r) { if (guard_ok(r, g)) fn(r); } \
+	static void g_##fn(struct http_req *r) { if (guard_ok(r, g) && !(WAKES(g) && e2b_wake(r, r->sandbox_id, fn))) fn(r); } \
 	static const struct route r_##fn = { "e2b." #fn, g_##fn, false, false };
 
 GUARDED(e2b_sandboxes_create, G_CONTROL)

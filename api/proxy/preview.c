@@ -825,6 +825,7 @@ void preview_proxy(struct http_req *r)
 					 NULL, sb ? "send the E2B-Traffic-Access-Token header the sandbox was created with" : NULL);
 			return;
 		}
+		e2b_wake(r, sb->id, NULL);
 		pv_start(pv, r, sb, path, NULL);
 		return;
 	}

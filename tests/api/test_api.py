@@ -1109,7 +1109,8 @@ def t_e2b_record_survives_restart(env):
     key = {"X-API-KEY": token}
     try:
         st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base", "secure": True,
-                                                    "envVars": {"GREETING": "hello"}, "autoPause": True},
+                                                    "envVars": {"GREETING": "hello"}, "autoPause": True,
+                                                    "autoResume": {"enabled": True}},
                            headers=key)
         eq(st, 201, "E2B create (%r)" % (sb,))
         sid, envd = sb["sandboxID"], sb["envdAccessToken"]
@@ -1126,7 +1127,7 @@ def t_e2b_record_survives_restart(env):
             eq(files("0" * len(envd)), 401, "another token")
             eq(files(None), 401, "no token (serve's API key in Authorization only)")
             st, info = s2.request("GET", "/sandboxes/" + sid, headers=key)
-            eq((st, info["lifecycle"]["onTimeout"]), (200, "pause"), "onTimeout kept")
+            eq((st, info["lifecycle"]), (200, {"onTimeout": "pause", "autoResume": True}), "lifecycle kept")
         finally:
             s2.cleanup()
     finally:

@@ -200,3 +200,17 @@ test("snapshot names, templateIDs and ids that are not ones: 400s and 404s, noth
   assert.deepEqual(await (await api("GET", "/snapshots?sandboxID=" + sbx.sandboxId)).json(), []);
   await alive();
 });
+
+test("autoResume that is not {enabled: bool}, or without autoPause, is refused at create", async () => {
+  for (const body of [{ autoResume: true }, { autoResume: { enabled: "yes" } }, { autoResume: [] },
+    { autoResume: {} }, { autoResume: { enabled: true } }, { autoResume: { enabled: true }, autoPause: false }]) {
+    const res = await fetch(process.env.E2B_API_URL + "/sandboxes", {
+      method: "POST",
+      headers: { "X-API-KEY": process.env.E2B_API_KEY, "Content-Type": "application/json" },
+      body: JSON.stringify({ templateID: "base", ...body }),
+    });
+    assert.equal(res.status, 400, JSON.stringify(body));
+    assert.match((await res.json()).message, /autoResume/);
+  }
+  await alive();
+});

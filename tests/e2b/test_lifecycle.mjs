@@ -198,6 +198,45 @@ test("lifecycle onTimeout pause: the timeout pauses, connect resumes with the fi
   assert.equal(await again.files.read("/opt/auto.txt"), "survives");
 });
 
+async function pausedByTimeout(id) {
+  const deadline = Date.now() + 40000;
+  let state = "running";
+  while (state !== "paused" && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    state = (await Sandbox.getInfo(id)).state;
+  }
+  assert.equal(state, "paused");
+}
+
+test("lifecycle autoResume: traffic wakes a sandbox its timeout paused, with its timeout again", async () => {
+  // Long enough for a command to end before the timeout pauses it again (a guest under
+  // KVM's emulator takes seconds for one).
+  const timeoutMs = process.env.MITOS_E2B_SLOW_GUEST === "1" ? 15000 : 3000;
+  const sbx = await create({ timeoutMs, lifecycle: { onTimeout: "pause", autoResume: true } });
+  await sbx.files.write("/opt/wake.txt", "awake", { user: "root" });
+  assert.deepEqual((await sbx.getInfo()).lifecycle, { onTimeout: "pause", autoResume: true });
+  await pausedByTimeout(sbx.sandboxId);
+  // A command, with no connect first: the sandbox resumes and runs it.
+  assert.equal((await sbx.commands.run("cat /opt/wake.txt", { user: "root" })).stdout, "awake");
+  const info = await sbx.getInfo();
+  assert.equal(info.state, "running");
+  const left = info.endAt.getTime() - Date.now();
+  assert.ok(left > 0 && left <= timeoutMs + 500, `the timeout it was created with: ${left} ms`);
+  // Paused again by that timeout; a file read wakes it too.
+  await pausedByTimeout(sbx.sandboxId);
+  assert.equal(await sbx.files.read("/opt/wake.txt", { user: "root" }), "awake");
+  // A request the sandbox's token refuses wakes nothing.
+  await pausedByTimeout(sbx.sandboxId);
+  const res = await fetch(process.env.E2B_SANDBOX_URL + "/files?path=/opt/wake.txt", {
+    headers: { "E2b-Sandbox-Id": sbx.sandboxId, "E2b-Sandbox-Port": "49983", "X-Access-Token": "0".repeat(64) },
+  });
+  await res.arrayBuffer();
+  if (sbx.envdAccessToken) assert.equal(res.status, 401);
+  assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, sbx.envdAccessToken ? "paused" : "running");
+  await assert.rejects(Sandbox.create({ lifecycle: { onTimeout: "kill", autoResume: true } }), /autoResume/);
+  await sbx.kill();
+});
+
 test("metrics are real cgroup figures", async () => {
   const sbx = await create({});
   // Some CPU time to measure; /dev/urandom is guest-kernel work, emulated under
