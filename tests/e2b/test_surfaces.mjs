@@ -210,6 +210,23 @@ function getVia(host, headers = {}, path = "/hello.txt") {
   });
 }
 
+// E2B's test_auto_resume_wakes_on_http_request, over plain HTTP with a Host of our choosing.
+test("getHost traffic wakes a sandbox its timeout paused (lifecycle autoResume)", async () => {
+  const timeoutMs = process.env.MITOS_E2B_SLOW_GUEST === "1" ? 15000 : 3000;
+  const sbx = await Sandbox.create({ timeoutMs, lifecycle: { onTimeout: "pause", autoResume: true } });
+  made.push(sbx.sandboxId);
+  await sbx.commands.run("mkdir -p /tmp/www && echo awake > /tmp/www/hello.txt && cd /tmp/www && " +
+    "(setsid python3 -m http.server 8124 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &) && " +
+    "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8124) 2>/dev/null && break; sleep 0.1; done");
+  const deadline = Date.now() + 40000;
+  while ((await Sandbox.getInfo(sbx.sandboxId)).state !== "paused" && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 250));
+  assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, "paused");
+  const res = await getVia(sbx.getHost(8124), { "E2B-Traffic-Access-Token": sbx.trafficAccessToken });
+  assert.deepEqual([res.status, res.body], [200, "awake\n"]);
+  assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, "running");
+});
+
 test("getHost(port) names this server (<port>-<id>.<--preview-domain>), behind the traffic token", async () => {
   const sbx = await Sandbox.create();
   made.push(sbx.sandboxId);
