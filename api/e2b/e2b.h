@@ -25,5 +25,7 @@ bool e2b_host_authorized(const struct http_req *r, const char *sid);
  * it runs (true: r is taken, fn may have run already). False, doing nothing, for any
  * other sandbox. */
 bool e2b_wake(struct http_req *r, const char *sid, void (*fn)(struct http_req *r));
+/* Whether e2b_wake would take a request for sid now. */
+bool e2b_would_wake(const char *sid);
 
 #endif

@@ -56,12 +56,15 @@ static void woke(void *ctx, int rc)
 	struct e2b_sbx *s = sb && sb->created_ms == w->created_ms ? e2b_sbx_get(w->id, false) : NULL;
 	if (!rc && s)
 		sandbox_set_timeout(sb, s->resume_timeout_s);
-	/* Each is served now as it would have been: it finds the sandbox running, or why not. */
+	/* Each is served now as it would have been: it finds the sandbox running, or why not.
+	 * Its body (a proxied upload) was held meanwhile; the handler holds it again if it
+	 * must (the body is read on the loop's next turn). */
 	for (struct wake_wait *ww = w->waiting, *n; ww; ww = n) {
 		n = ww->next;
 		if (ww->r) {
 			ww->r->ctx = NULL;
 			ww->r->ops = NULL;
+			http_req_resume_body(ww->r);
 			ww->fn(ww->r);
 		}
 		free(ww);
@@ -69,12 +72,25 @@ static void woke(void *ctx, int rc)
 	free(w);
 }
 
+/* The sandbox's resume on its way, or sb itself when traffic would start one. */
+static bool would_wake(struct sandbox *sb, struct wake **w)
+{
+	struct e2b_sbx *s = sb ? e2b_sbx_get(sb->id, false) : NULL;
+	*w = sb ? wake_of(sb->id) : NULL;
+	return *w || (s && s->auto_resume && sb->state == SB_PAUSED && !sb->ctl_busy);
+}
+
+bool e2b_would_wake(const char *sid)
+{
+	struct wake *w;
+	return would_wake(sid && sid[0] ? sandbox_find(sid) : NULL, &w);
+}
+
 bool e2b_wake(struct http_req *r, const char *sid, void (*fn)(struct http_req *r))
 {
 	struct sandbox *sb = sid && sid[0] ? sandbox_find(sid) : NULL;
-	struct e2b_sbx *s = sb ? e2b_sbx_get(sid, false) : NULL;
-	struct wake *w = sb ? wake_of(sid) : NULL;
-	if (!w && (!s || !s->auto_resume || sb->state != SB_PAUSED || sb->ctl_busy))
+	struct wake *w;
+	if (!would_wake(sb, &w))
 		return false;
 	struct wake_wait *ww = fn ? calloc(1, sizeof(*ww)) : NULL;
 	bool start = !w;
@@ -91,10 +107,13 @@ bool e2b_wake(struct http_req *r, const char *sid, void (*fn)(struct http_req *r
 	if (ww) {
 		ww->r = r;
 		ww->fn = fn;
-		ww->next = w->waiting;
-		w->waiting = ww;
+		struct wake_wait **tail = &w->waiting; /* served in the order they came */
+		while (*tail)
+			tail = &(*tail)->next;
+		*tail = ww;
 		r->ctx = ww;
 		r->ops = &wait_ops;
+		http_req_pause_body(r);
 	}
 	/* The process engine resumes at once: woke() runs, and serves r, in here. */
 	if (start)

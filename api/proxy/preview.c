@@ -825,7 +825,13 @@ void preview_proxy(struct http_req *r)
 					 NULL, sb ? "send the E2B-Traffic-Access-Token header the sandbox was created with" : NULL);
 			return;
 		}
-		e2b_wake(r, sb->id, NULL);
+		if (e2b_would_wake(sb->id)) {
+			/* Served from the start again once its sandbox runs. */
+			pv_free(pv);
+			if (!e2b_wake(r, sb->id, preview_proxy))
+				http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
+			return;
+		}
 		pv_start(pv, r, sb, path, NULL);
 		return;
 	}

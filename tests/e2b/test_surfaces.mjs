@@ -212,12 +212,13 @@ function getVia(host, headers = {}, path = "/hello.txt") {
 
 // E2B's test_auto_resume_wakes_on_http_request, over plain HTTP with a Host of our choosing.
 test("getHost traffic wakes a sandbox its timeout paused (lifecycle autoResume)", async () => {
-  const timeoutMs = process.env.MITOS_E2B_SLOW_GUEST === "1" ? 15000 : 3000;
-  const sbx = await Sandbox.create({ timeoutMs, lifecycle: { onTimeout: "pause", autoResume: true } });
+  const sbx = await Sandbox.create({ timeoutMs: 300000, lifecycle: { onTimeout: "pause", autoResume: true } });
   made.push(sbx.sandboxId);
   await sbx.commands.run("mkdir -p /tmp/www && echo awake > /tmp/www/hello.txt && cd /tmp/www && " +
     "(setsid python3 -m http.server 8124 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &) && " +
-    "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8124) 2>/dev/null && break; sleep 0.1; done");
+    "for i in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/8124) 2>/dev/null && break; sleep 0.1; done");
+  // Serving now (a guest under KVM's emulator takes seconds to start python): time out soon.
+  await sbx.setTimeout(3000);
   const deadline = Date.now() + 40000;
   while ((await Sandbox.getInfo(sbx.sandboxId)).state !== "paused" && Date.now() < deadline)
     await new Promise((r) => setTimeout(r, 250));
