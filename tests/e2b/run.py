@@ -46,6 +46,7 @@ if kvm:
         sys.exit(77)
     extra += ["--engine", "kvm", "--kvm-pool", "1"]
 s = Server(vmm, agent, token=token, extra=extra + ["--max-sandboxes", "16", "--preview-domain", "e2b.test"])
+rc = None
 try:
     if kvm:
         # The templates boot and snapshot a guest first (minutes under emulation):
@@ -75,7 +76,12 @@ try:
         cmd = ["node", "--test", "--test-concurrency=1"] + files
     rc = subprocess.call(cmd, cwd=e2b_dir, env=env, timeout=1500)
 finally:
+    # A run cut short (a template build refused, serve gone) says what serve said.
+    died = s.proc.poll()
     s.cleanup()
+    if rc is None:
+        sys.stderr.write("--- the run stopped early; serve %s; its stderr ---\n%s" % (
+            "was running" if died is None else "had exited with %s" % died, s.stderr()[-20000:]))
 log = s.stderr()
 # A sanitizer build reports into serve's stderr; serve keeps running after UBSan's.
 if "ERROR: AddressSanitizer" in log or "ERROR: LeakSanitizer" in log or "runtime error:" in log:
