@@ -200,8 +200,8 @@ static void query_access(const struct http_req *r, struct access *a)
 /* The query's access fields, the access check and the sandbox's agent; NULL
  * after an error reply (a is then freed). */
 /* The sandbox's agent for an allowed request, or NULL after an answer; a sandbox that
- * auto-resumes is woken, and r served again with again once it runs (NULL: an upload,
- * whose body streams: it goes on if the engine resumed at once). */
+ * auto-resumes is woken, and r served again with again once it runs (an upload's body
+ * is held meanwhile). */
 static struct agent_conn *files_begin(struct http_req *r, struct access *a, const char *op,
 				      void (*again)(struct http_req *r))
 {
@@ -683,7 +683,7 @@ static int metadata_of(const struct http_req *r, cJSON **out)
 void e2b_files_post(struct http_req *r)
 {
 	struct access a;
-	struct agent_conn *ac = files_begin(r, &a, "write", NULL);
+	struct agent_conn *ac = files_begin(r, &a, "write", e2b_files_post);
 	if (!ac)
 		return;
 	const char *ct = http_req_header(r, "content-type");

@@ -222,9 +222,12 @@ test("lifecycle autoResume: traffic wakes a sandbox its timeout paused, with its
   assert.equal(info.state, "running");
   const left = info.endAt.getTime() - Date.now();
   assert.ok(left > 0 && left <= timeoutMs + 500, `the timeout it was created with: ${left} ms`);
-  // Paused again by that timeout; a file read wakes it too.
+  // Paused again by that timeout; a file read wakes it too, and an upload.
   await pausedByTimeout(sbx.sandboxId);
   assert.equal(await sbx.files.read("/opt/wake.txt", { user: "root" }), "awake");
+  await pausedByTimeout(sbx.sandboxId);
+  await sbx.files.write("/opt/wake.txt", "written awake", { user: "root" });
+  assert.equal(await sbx.files.read("/opt/wake.txt", { user: "root" }), "written awake");
   // A request the sandbox's token refuses wakes nothing.
   await pausedByTimeout(sbx.sandboxId);
   const res = await fetch(process.env.E2B_SANDBOX_URL + "/files?path=/opt/wake.txt", {
