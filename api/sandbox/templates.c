@@ -158,9 +158,7 @@ static void tpl_built(void *ctx, int rc, const char *why)
 	if (rc) {
 		snprintf(msg, sizeof(msg), "building template %s failed: %s", t->name, why ? why : strerror(-rc));
 		fprintf(stderr, "mitos-vmm serve: %s\n", msg);
-		char path[1300];
-		snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
-		unlink(path);
+		template_forget(t);
 		eng->cleanup(t->root);
 		templates_unlink(t);
 	} else {
@@ -282,8 +280,13 @@ static void templates_load(void)
 		const char *name = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "name")) : NULL;
 		const char *image = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "image")) : NULL;
 		const char *ename = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "engine")) : NULL;
-		/* Another engine's templates stay on disk for it; snapshots are loaded next. */
-		if ((ename && strcmp(ename, eng->name)) || cJSON_GetObjectItem(o, "snapshot_source")) {
+		if (o && cJSON_GetObjectItem(o, "snapshot_source")) {
+			snapshot_loaded(o, path);
+			cJSON_Delete(o);
+			continue;
+		}
+		/* Another engine's templates stay on disk for it. */
+		if (ename && strcmp(ename, eng->name)) {
 			cJSON_Delete(o);
 			continue;
 		}
@@ -345,8 +348,9 @@ int templates_init(const struct engine_ops *ops, const char *state, struct mitos
 	snprintf(tpl_root, sizeof(tpl_root), "%s/templates", state);
 	if (mkdir(tpl_root, 0700) < 0 && errno != EEXIST)
 		return mitos_err_set(e, -errno, "cannot create %s: %s", tpl_root, strerror(errno));
+	snapshots_init(state);
 	templates_load();
-	snapshots_load(state);
+	snapshots_sweep();
 	return 0;
 }
 
