@@ -245,12 +245,20 @@ static void format_disk(const char *img, unsigned long mib)
 		 "format the sandbox's disk");
 }
 
+/* A disk image copied whole, sparse. Unless settled (a snapshot's copy, mounted
+ * nowhere), it is a frozen sandbox's, whose file system is first synced into it, which
+ * ext4 replays on mount: syncfs of root_fd, the sandbox's root, whose overlay syncs the
+ * file system in its image; without one, sync(), which waits for every sandbox's writes. */
+static void copy_image(const char *from, const char *to, bool settled, int root_fd, const char *what)
+{
+	if (!settled && (root_fd < 0 || syncfs(root_fd) < 0))
+		sync();
+	run_tool((char *[]){ "/bin/cp", "--sparse=always", "--reflink=auto", (char *)from, (char *)to, NULL }, what);
+}
+
 /* Mounts the sandbox's disk at mnt, with upper/ and work/ in it: DIR/disk.img as serve
  * left it (a spare formatted ahead), else a new one of mib MiB, or a copy of the image
- * copy_img (a fork: the parent is frozen, and a sync has put what its file system holds
- * in the image, which ext4 replays on mount: syncfs of parent_root, the parent's root,
- * whose overlay syncs the file system in its image, else sync(), which waits for every
- * sandbox's writes; settled, a snapshot's copy, mounted nowhere, needs neither). */
+ * copy_img (a fork's parent's, whose root is parent_root, or a snapshot's, settled). */
 static void mount_disk(const char *dir, const char *mnt, unsigned long mib, const char *copy_img, bool settled,
 		       int parent_root)
 {
@@ -258,11 +266,8 @@ static void mount_disk(const char *dir, const char *mnt, unsigned long mib, cons
 	pathf(img, sizeof(img), "%s/disk.img", dir);
 	struct stat st;
 	if (copy_img) {
-		if (!settled && (parent_root < 0 || syncfs(parent_root) < 0))
-			sync();
 		unlink(img);
-		run_tool((char *[]){ "/bin/cp", "--sparse=always", "--reflink=auto", (char *)copy_img, img, NULL },
-			 "copy the parent's disk");
+		copy_image(copy_img, img, settled, parent_root, "copy the parent's disk");
 	} else if (lstat(img, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != (uint64_t)mib << 20) {
 		unlink(img);
 		format_disk(img, mib);
@@ -281,10 +286,9 @@ static void mount_disk(const char *dir, const char *mnt, unsigned long mib, cons
 }
 
 /* `--copy-layer FROM TO [ROOT]` (fds: 5 error file, 6 log): a snapshot that outlives
- * its sandbox (frozen meanwhile) gets its disk image or writable layer, copied as a
- * fork's child copies its parent's; the snapshot's sandboxes copy it again. ROOT, the
- * sandbox's root (/proc/PID/root), is synced alone: its overlay syncs the file system
- * in the image, where a sync() would wait for every sandbox's writes to reach the disk. */
+ * its sandbox (frozen meanwhile, its root ROOT: /proc/PID/root) gets its disk image or
+ * writable layer, copied as a fork's child copies its parent's; the snapshot's
+ * sandboxes copy it again. */
 static void copy_for_snapshot(const char *from, const char *to, const char *root)
 {
 	struct stat st;
@@ -292,12 +296,9 @@ static void copy_for_snapshot(const char *from, const char *to, const char *root
 		fail(errno, "stat %s", from);
 	if (S_ISREG(st.st_mode)) {
 		int fd = root ? open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-		if (fd < 0 || syncfs(fd) < 0)
-			sync();
+		copy_image(from, to, false, fd, "copy the sandbox's disk");
 		if (fd >= 0)
 			close(fd);
-		run_tool((char *[]){ "/bin/cp", "--sparse=always", "--reflink=auto", (char *)from, (char *)to, NULL },
-			 "copy the sandbox's disk");
 		return;
 	}
 	if (mkdir(to, 0755) < 0)
