@@ -23,7 +23,7 @@ struct copy_job {
 	struct uop op;
 	pid_t pid;
 	int pidfd;
-	char err_path[4200];
+	char dir[4200];            /* the snapshot's: the init's error file (fd 5) is its start-error */
 	engine_done_fn done;
 	void *ctx;
 };
@@ -36,16 +36,14 @@ static void copy_exited(struct uop *op, int res, uint32_t flags)
 	siginfo_t si = { 0 };
 	int rc = waitid(P_PIDFD, (id_t)j->pidfd, &si, WEXITED) < 0 ? -errno : 0;
 	if (!rc && (si.si_code != CLD_EXITED || si.si_status != 0)) {
-		char msg[900] = "";
-		int fd = open(j->err_path, O_RDONLY | O_CLOEXEC);
-		ssize_t n = fd >= 0 ? read(fd, msg, sizeof(msg) - 1) : -1;
-		if (fd >= 0)
-			close(fd);
-		msg[n > 0 ? n : 0] = 0;
+		char msg[900];
+		engine_start_error(j->dir, msg, sizeof(msg));
 		fprintf(stderr, "mitos-vmm serve: a snapshot's copy failed: %s\n", msg[0] ? msg : "(no reason given)");
 		rc = -EIO;
 	} else if (!rc) {
-		unlink(j->err_path);
+		char err[4300];
+		snprintf(err, sizeof(err), "%s/start-error", j->dir);
+		unlink(err);
 	}
 	close(j->pidfd);
 	j->done(j->ctx, rc);
@@ -64,10 +62,12 @@ int process_snapshot_copy(const char *init_path, const char *from, pid_t pid, co
 		free(j);
 		return mitos_err_set(e, j ? -ENAMETOOLONG : -ENOMEM, "cannot prepare the snapshot's copy");
 	}
-	snprintf(j->err_path, sizeof(j->err_path), "%s/copy-error", snapdir);
-	int efd = open(j->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	char err[4300];
+	snprintf(j->dir, sizeof(j->dir), "%s", snapdir);
+	snprintf(err, sizeof(err), "%s/start-error", snapdir);
+	int efd = open(err, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (efd < 0) {
-		int rc = mitos_err_set(e, -errno, "cannot create %.300s: %s", j->err_path, strerror(errno));
+		int rc = mitos_err_set(e, -errno, "cannot create %.300s: %s", err, strerror(errno));
 		free(j);
 		return rc;
 	}
