@@ -261,46 +261,47 @@ static void load_one(cJSON *o, const char *path)
 	templates_link(t);
 }
 
-void snapshots_load(const char *state)
+/* The directories of another engine's snapshots, found at start: they stay on disk for
+ * it, as its templates do. */
+static cJSON *others;
+
+void snapshots_init(const char *state)
 {
 	snprintf(snap_root, sizeof(snap_root), "%.1000s/snapshots", state);
 	mkdir(snap_root, 0700);
-	char tdir[1200], path[1500];
-	snprintf(tdir, sizeof(tdir), "%.1000s/templates", state);
-	/* The directories of the snapshots kept: this engine's, and another's, which stay
-	 * on disk for it as its templates do. */
-	cJSON *kept = cJSON_CreateObject();
-	DIR *d = opendir(tdir);
-	struct dirent *de;
-	while (d && (de = readdir(d))) {
-		size_t n = strlen(de->d_name);
-		if (n < 6 || strcmp(de->d_name + n - 5, ".json"))
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", tdir, de->d_name);
-		cJSON *o = registry_read_json(path);
-		const char *ename = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "engine")) : NULL;
-		const char *dir = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "snapshot_dir")) : NULL;
-		if (o && cJSON_GetObjectItem(o, "snapshot_source") && ename && !strcmp(ename, sb_eng->name))
-			load_one(o, path);
-		else if (dir && kept)
-			cJSON_AddTrueToObject(kept, dir);
-		cJSON_Delete(o);
-	}
-	if (d)
-		closedir(d);
-	for (struct template_rec *t = templates_first(); t && kept; t = t->next)
+	others = cJSON_CreateObject();
+}
+
+void snapshot_loaded(cJSON *o, const char *path)
+{
+	const char *ename = cJSON_GetStringValue(cJSON_GetObjectItem(o, "engine"));
+	const char *dir = cJSON_GetStringValue(cJSON_GetObjectItem(o, "snapshot_dir"));
+	if (ename && !strcmp(ename, sb_eng->name))
+		load_one(o, path);
+	else if (dir && others)
+		cJSON_AddTrueToObject(others, dir);
+}
+
+void snapshots_sweep(void)
+{
+	if (!others)
+		return;
+	for (struct template_rec *t = templates_first(); t; t = t->next)
 		if (t->snap_dir[0])
-			cJSON_AddTrueToObject(kept, t->snap_dir);
+			cJSON_AddTrueToObject(others, t->snap_dir);
 	/* What no record names: a take cut short by the end of serve. */
-	d = kept ? opendir(snap_root) : NULL;
+	DIR *d = opendir(snap_root);
+	struct dirent *de;
+	char path[1500];
 	while (d && (de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", snap_root, de->d_name);
-		if (!cJSON_GetObjectItemCaseSensitive(kept, path))
+		if (!cJSON_GetObjectItemCaseSensitive(others, path))
 			teardown_tree(path, NULL);
 	}
 	if (d)
 		closedir(d);
-	cJSON_Delete(kept);
+	cJSON_Delete(others);
+	others = NULL;
 }

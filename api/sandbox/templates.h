@@ -7,6 +7,7 @@
 #include "api/engines/engine.h"
 
 struct template_rec;
+struct cJSON;
 
 /* The engine templates are made with, and STATE (its real path); loads the records a
  * previous serve left. 0, or -errno with e. */
@@ -20,8 +21,12 @@ void templates_unlink(struct template_rec *t);
 int template_save(const struct template_rec *t);
 void template_forget(const struct template_rec *t);
 void template_free(struct template_rec *t);
-/* The snapshot records a previous serve kept: their sources held again, or the
- * records removed (snapshots.c; called by templates_init). */
-void snapshots_load(const char *state);
+/* The snapshot records a previous serve kept (snapshots.c), as templates_init reads
+ * STATE/templates: init first; each record with a snapshot_source, of any engine (this
+ * engine's: its source held again, or the record removed); then the sweep, which
+ * removes the snapshot directories no record names. */
+void snapshots_init(const char *state);
+void snapshot_loaded(struct cJSON *o, const char *path);
+void snapshots_sweep(void);
 
 #endif
