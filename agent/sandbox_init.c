@@ -31,9 +31,11 @@
  * pipe, 5 start-error file, 6 agent log):
  *   mitos-sandbox-init DIR ID TEMPLATE_ROOT UID_BASE [--copy-from[-settled] DIR|IMAGE] [--disk-mib N]
  *                      [--parent-root /proc/PID/root] [--hide PATH]... [--helper FILE]
+ *                      [--net HOST_DEV,HOST_ADDR,SANDBOX_ADDR --host-netns /proc/PID/ns/net]
  *   mitos-sandbox-init --format-disk IMG MIB     (a spare disk, made ahead)
  *   mitos-sandbox-init --copy-layer FROM TO [ROOT]  (a snapshot's copy of a frozen sandbox)
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -58,6 +60,7 @@
 #include <grp.h>
 #include <unistd.h>
 
+#include "agent/init_net.h"
 #include "agent/loop_dev.h"
 
 #define AGENT_FD 3
@@ -413,6 +416,68 @@ static void loopback_up(void)
 	close(fd);
 }
 
+/* serve --egress (api/engines/sandbox_net.h): the host's table for the sandbox
+ * (DIR/net.nft) is loaded before the pair exists, so nothing the sandbox sends
+ * passes unfiltered; then the pair, the host's end addressed, the sandbox's eth0
+ * addressed and routed through it. Runs before /proc is this namespace's own. */
+static void net_setup(const char *dir, const char *spec, const char *host_netns)
+{
+	char dev[IF_NAMESIZE], host[16], sb[16];
+	struct in_addr ha, sa;
+	if (sscanf(spec, "%15[^,],%15[^,],%15s", dev, host, sb) != 3 || inet_pton(AF_INET, host, &ha) != 1 ||
+	    inet_pton(AF_INET, sb, &sa) != 1)
+		fail(EINVAL, "bad --net %s", spec);
+	int hostns = open(host_netns, O_RDONLY | O_CLOEXEC);
+	int own = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (hostns < 0 || own < 0)
+		fail(errno, "open the network namespaces");
+	init_net_no_ipv6("all");
+	init_net_no_ipv6("default");
+	if (setns(hostns, CLONE_NEWNET) < 0)
+		fail(errno, "enter the host's network namespace");
+	char rules[4200];
+	pathf(rules, sizeof(rules), "%s/net.nft", dir);
+	char nft[] = "/usr/sbin/nft", nft_old[] = "/sbin/nft";
+	char *argv[] = { access(nft, X_OK) == 0 ? nft : nft_old, "-f", rules, NULL };
+	run_tool(argv, "load the sandbox's firewall table (nft)");
+	int rc = init_net_host_side(dev, ntohl(ha.s_addr), own);
+	if (rc)
+		fail(-rc, "make the sandbox's network interface %s", dev);
+	if (setns(own, CLONE_NEWNET) < 0)
+		fail(errno, "return to the sandbox's network namespace");
+	close(hostns);
+	close(own);
+	rc = init_net_sandbox_side(ntohl(sa.s_addr), ntohl(ha.s_addr));
+	if (rc)
+		fail(-rc, "address the sandbox's eth0");
+}
+
+/* The node's resolvers as the sandbox's /etc/resolv.conf, its root's file. */
+static void install_resolv(const char *dir, const char *root, unsigned long base)
+{
+	char src[4200], dst[4200], text[512];
+	pathf(src, sizeof(src), "%s/resolv.conf", dir);
+	int fd = open(src, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	ssize_t n = read(fd, text, sizeof(text));
+	close(fd);
+	pathf(dst, sizeof(dst), "%s/etc", root);
+	struct stat st;
+	if (n <= 0 || stat(dst, &st) < 0 || !S_ISDIR(st.st_mode))
+		return;
+	pathf(dst, sizeof(dst), "%s/etc/resolv.conf", root);
+	set_fsids(base);
+	unlink(dst);
+	fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	int err = fd < 0 || write(fd, text, (size_t)n) != n ? errno : 0;
+	if (fd >= 0)
+		close(fd);
+	set_fsids(0);
+	if (err)
+		fail(err, "write the sandbox's /etc/resolv.conf");
+}
+
 /* ---- 4. the agent's confinement ---- */
 
 /* What a sandbox's root may not do even in its own user namespace: new namespaces
@@ -567,7 +632,7 @@ int main(int argc, char **argv)
 	unsigned long base = strtoul(argv[4], &end, 10);
 	const char *copy_from = NULL, *helper = NULL, *hide[MAX_HIDE];
 	bool settled = false;
-	const char *parent_root_path = NULL;
+	const char *parent_root_path = NULL, *net = NULL, *host_netns = NULL;
 	unsigned long disk_mib = 0;
 	int nhide = 0;
 	if (*end || base == 0 || base > 0xffffffffUL - ID_RANGE)
@@ -581,6 +646,10 @@ int main(int argc, char **argv)
 			parent_root_path = argv[i + 1];
 		else if (!strcmp(argv[i], "--helper"))
 			helper = argv[i + 1];
+		else if (!strcmp(argv[i], "--net"))
+			net = argv[i + 1];
+		else if (!strcmp(argv[i], "--host-netns"))
+			host_netns = argv[i + 1];
 		else if (!strcmp(argv[i], "--disk-mib") && (disk_mib = strtoul(argv[i + 1], &end, 10)) && !*end &&
 			 disk_mib < (1ul << 24))
 			;
@@ -609,6 +678,11 @@ int main(int argc, char **argv)
 		(void)!write(oom, "-1000", 5);
 		close(oom);
 	}
+
+	if (net && !host_netns)
+		fail(EINVAL, "--net needs --host-netns");
+	if (net)
+		net_setup(dir, net, host_netns);
 
 	char p[4200], root[4200], rw[4200], lower[4200], opts[13000];
 	mount_or_fail(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
@@ -651,6 +725,8 @@ int main(int argc, char **argv)
 	set_fsids(base);
 	mount_or_fail("overlay", root, "overlay", 0, opts);
 	set_fsids(0);
+	if (net)
+		install_resolv(dir, root, base);
 
 	mount_proc_sys(root);
 	char tmpopts[96];

@@ -67,6 +67,14 @@ static void usage(FILE *f)
 		"  --sandbox-disk-mib N process: each sandbox's writable layer is an ext4 file system\n"
 		"                       of N MiB, its disk quota (a sparse image on a loop device;\n"
 		"                       default 5120; 0: a directory of the state dir, no quota)\n"
+		"  --egress             process: sandboxes whose policy lets anything through get\n"
+		"                       an interface (10.201.0.0/16, NAT through this host; turns\n"
+		"                       on IPv4 forwarding): E2B's allowInternetAccess (default on),\n"
+		"                       allowOut and denyOut, a Mitos template's network.egress and\n"
+		"                       allow_cidrs. Never this host, other sandboxes, IPv6, or\n"
+		"                       private ranges unless allowed. Without it: loopback only\n"
+		"  --dns IP             with --egress: the sandboxes' resolver (up to 3; default:\n"
+		"                       this host's IPv4 resolvers), always reachable from them\n"
 		"  --state-dir DIR      sandbox registry and writable layers (default /var/lib/mitos)\n"
 		"  --token-file FILE    every request must carry Authorization: Bearer <token>\n"
 		"  --insecure-no-auth   allow a non-loopback listener without a token\n"
@@ -284,6 +292,8 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_NO_VM_JAIL 1018
 #define OPT_VM_JAIL 1020
 #define OPT_VM_UID_BASE 1019
+#define OPT_EGRESS 1021
+#define OPT_DNS 1022
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -323,6 +333,8 @@ int cmd_serve(int argc, char **argv)
 		{ "vm-uid-base", required_argument, NULL, OPT_VM_UID_BASE },
 		{ "pids-max", required_argument, NULL, OPT_PIDS_MAX },
 		{ "sandbox-disk-mib", required_argument, NULL, OPT_DISK_MIB },
+		{ "egress", no_argument, NULL, OPT_EGRESS },
+		{ "dns", required_argument, NULL, OPT_DNS },
 		{ "node-id", required_argument, NULL, OPT_NODE_ID },
 		{ "peers", required_argument, NULL, OPT_PEERS },
 		{ "drain", no_argument, NULL, OPT_DRAIN },
@@ -381,6 +393,13 @@ int cmd_serve(int argc, char **argv)
 			/* 0, or enough for ext4's own metadata and a little work. */
 			bad = parse_u64(optarg, 0, 1u << 24, &v) || (v && v < 64) ? -EINVAL : 0;
 			engine_process_set_disk_mib((unsigned)v);
+			break;
+		case OPT_EGRESS: srv_cfg.egress = true; break;
+		case OPT_DNS:
+			if (srv_cfg.ndns == 3)
+				bad = -E2BIG;
+			else
+				srv_cfg.dns[srv_cfg.ndns++] = optarg;
 			break;
 		case OPT_HDR_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.header_timeout_ms = (uint32_t)v; break;
 		case OPT_IDLE_TIMEOUT: bad = parse_u64(optarg, 100, 86400000, &v); srv_cfg.idle_timeout_ms = (uint32_t)v; break;

@@ -54,7 +54,6 @@ int e2b_sbx_save(const struct e2b_sbx *s)
 	cJSON_AddBoolToObject(o, "auto_pause", s->auto_pause);
 	cJSON_AddBoolToObject(o, "auto_resume", s->auto_resume);
 	cJSON_AddNumberToObject(o, "resume_timeout_s", s->resume_timeout_s);
-	cJSON_AddBoolToObject(o, "allow_internet", s->allow_internet);
 	int rc = registry_write_json(path, o);
 	cJSON_Delete(o);
 	return rc;
@@ -102,7 +101,6 @@ static struct e2b_sbx *sbx_load(const struct sandbox *sb)
 	const cJSON *rt = cJSON_GetObjectItemCaseSensitive(o, "resume_timeout_s");
 	s->resume_timeout_s = cJSON_IsNumber(rt) && rt->valuedouble >= 1 && rt->valuedouble <= 30 * 86400
 				      ? (uint32_t)rt->valuedouble : 300;
-	s->allow_internet = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "allow_internet"));
 	cJSON_Delete(o);
 	if (s->auto_pause)
 		e2b_auto_pause_watch();
@@ -134,7 +132,6 @@ struct e2b_sbx *e2b_sbx_get(const char *id, bool create)
 			return NULL;
 		snprintf(s->id, sizeof(s->id), "%s", id);
 		s->created_ms = sb->created_ms;
-		s->allow_internet = true;
 	}
 	if (!s)
 		return NULL;

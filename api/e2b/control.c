@@ -13,6 +13,7 @@
 #include "api/mitos/handlers.h"
 #include "api/http/json_request.h"
 #include "api/http/http.h"
+#include "api/sandbox/net_policy.h"
 #include "api/sandbox/registry.h"
 #include "api/http/server.h"
 #include "api/http/uring.h"
@@ -74,7 +75,10 @@ static cJSON *sandbox_obj(const struct http_req *r, const struct sandbox *sb, co
 	cJSON_AddNumberToObject(o, "diskSizeMB", 0);
 	cJSON_AddStringToObject(o, "state", e2b_state(sb));
 	cJSON_AddItemToObject(o, "metadata", sb->metadata ? cJSON_Duplicate(sb->metadata, 1) : cJSON_CreateObject());
-	cJSON_AddBoolToObject(o, "allowInternetAccess", s ? s->allow_internet : true);
+	/* What the sandbox has, which is less than asked on a node without --egress. */
+	cJSON_AddBoolToObject(o, "allowInternetAccess", sb->net && sb->net->internet);
+	static const struct net_policy none;
+	cJSON_AddItemToObject(o, "network", net_policy_e2b_json(sb->net ? sb->net : &none));
 	cJSON *lc = cJSON_AddObjectToObject(o, "lifecycle");
 	cJSON_AddStringToObject(lc, "onTimeout", s && s->auto_pause ? "pause" : "kill");
 	cJSON_AddBoolToObject(lc, "autoResume", s && s->auto_resume);
@@ -218,6 +222,7 @@ struct create_ctx {
 	char tpl[ID_MAX + 1];
 	uint32_t timeout_s;
 	cJSON *body;
+	struct net_policy net;
 };
 
 static void create_free(struct create_ctx *cc)
@@ -257,7 +262,6 @@ static int record_new(struct sandbox *sb, const struct e2b_sbx *like, bool secur
 		s->resume_timeout_s = like->resume_timeout_s;
 		if (s->auto_pause)
 			e2b_auto_pause_watch();
-		s->allow_internet = like->allow_internet;
 		mint_tokens(s, secure);
 		rc = e2b_sbx_save(s);
 	}
@@ -283,7 +287,6 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 		.auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")),
 		.auto_resume = auto_resume_field(b) == 1,
 		.resume_timeout_s = cc->timeout_s,
-		.allow_internet = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access")),
 	};
 	struct e2b_sbx *s;
 	int rc = record_new(sbs[0], &rec, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "secure")), &s);
@@ -296,7 +299,7 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 
 static void create_fork(struct create_ctx *cc)
 {
-	struct fork_req fr = { .template_name = cc->tpl, .n = 1, .timeout_s = cc->timeout_s };
+	struct fork_req fr = { .template_name = cc->tpl, .n = 1, .timeout_s = cc->timeout_s, .net = &cc->net };
 	const cJSON *md = cJSON_GetObjectItemCaseSensitive(cc->body, "metadata");
 	fr.metadata = cJSON_IsObject(md) ? md : NULL;
 	struct mitos_err e = { 0 };
@@ -328,6 +331,7 @@ void e2b_sandboxes_create(struct http_req *r)
 	uint32_t timeout_s = E2B_DEFAULT_TIMEOUT_S;
 	bool present;
 	const char *bad = NULL;
+	struct net_policy net;
 	if ((tid && !cJSON_IsString(tid)) || !e2b_template_name(tid ? tid->valuestring : "base", tpl, sizeof(tpl)))
 		bad = "templateID must name a template or snapshot (^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$, with no tag or "
 		      "the tag default)";
@@ -340,6 +344,16 @@ void e2b_sandboxes_create(struct http_req *r)
 		bad = "autoResume must be {\"enabled\": true or false}";
 	else if (auto_resume_field(b) == 1 && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")))
 		bad = "autoResume needs autoPause (lifecycle onTimeout \"pause\"): only a paused sandbox resumes";
+	else if (!(bad = net_policy_from_e2b(cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access"),
+					     cJSON_GetObjectItemCaseSensitive(b, "network"), &net)) &&
+		 !sandboxes_network()) {
+		/* Internet by default is E2B's default, not a demand: the sandbox reports what it
+		 * got. An allowlist is a demand. */
+		if (net.nallow)
+			bad = "network.allowOut cannot be honoured: sandboxes on this node have no network but "
+			      "loopback (serve runs without --egress, or on the kvm engine)";
+		memset(&net, 0, sizeof(net));
+	}
 	if (bad) {
 		cJSON_Delete(b);
 		e2b_reply_err(r, 400, "%s", bad);
@@ -354,6 +368,7 @@ void e2b_sandboxes_create(struct http_req *r)
 	cc->r = r;
 	cc->body = b;
 	cc->timeout_s = timeout_s;
+	cc->net = net;
 	snprintf(cc->tpl, sizeof(cc->tpl), "%s", tpl);
 	r->ctx = cc;
 	r->ops = &create_ops;
@@ -628,9 +643,9 @@ static void forked(void *ctx, enum api_err err, const char *msg, struct sandbox 
 	r->ctx = NULL;
 	r->ops = NULL;
 	const struct e2b_sbx *src = e2b_sbx_get(fc->src, false);
-	struct e2b_sbx like = { .allow_internet = true };
+	struct e2b_sbx like = { 0 };
 	if (src)
-		like = (struct e2b_sbx){ .env_vars = src->env_vars, .allow_internet = src->allow_internet };
+		like = (struct e2b_sbx){ .env_vars = src->env_vars };
 	cJSON *out = sbs ? cJSON_CreateArray() : NULL;
 	for (unsigned i = 0; out && i < n; i++) {
 		struct e2b_sbx *s;

@@ -30,7 +30,6 @@ struct e2b_sbx {
 	bool auto_pause;
 	bool auto_resume;                          /* lifecycle.autoResume: traffic resumes it (wake.c) */
 	uint32_t resume_timeout_s;                 /* the timeout it was created with, again on a wake */
-	bool allow_internet;
 	uint64_t cpu_usec;                         /* last metrics sample */
 	uint64_t cpu_sample_ms;
 	struct cJSON *bash_contexts;               /* code-interpreter contexts run by bash */

@@ -15,6 +15,7 @@
 
 struct cJSON;
 struct agent_conn;
+struct net_policy;
 
 struct engine_start {
 	const char *id;
@@ -25,6 +26,7 @@ struct engine_start {
 	pid_t copy_pid;            /* else the running parent's init (0: none), whose writes the copy must see */
 	const struct cJSON *spec;  /* what template_spec() kept for the template, or NULL */
 	int ready_fd;              /* gets one byte once the agent accepts connections */
+	const struct net_policy *net; /* what it may reach; NULL: nothing (engine_ops.network) */
 };
 
 struct engine_proc {
@@ -64,6 +66,8 @@ struct engine_ops {
 	int (*cleanup)(const char *dir);
 
 	/* Optional hooks; NULL where an engine has nothing to do. */
+	/* Sandboxes may be given a network (engine_start.net); NULL: never. */
+	bool (*network)(void);
 	/* What the children of a fork of the running sandbox in dir start from (their
 	 * engine_start.copy_from); replaces writable_layer() and pausing the parent. */
 	int (*fork_source)(const char *dir, const struct engine_proc *p, char *out, size_t outlen,

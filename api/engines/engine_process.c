@@ -31,6 +31,8 @@
 #include "api/engines/cgroup.h"
 #include "api/engines/disk_spares.h"
 #include "api/engines/process_snapshot.h"
+#include "api/engines/sandbox_net.h"
+#include "api/sandbox/net_policy.h"
 #include "api/engines/teardown.h"
 #include "api/sandbox/registry.h"
 
@@ -469,6 +471,17 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, struc
 		argv[na++] = "--disk-mib";
 		argv[na++] = mibstr;
 	}
+	char net[64], host_netns[48];
+	if (net_policy_any(s->net)) {
+		rc = sandbox_net_prepare(s->dir, s->net, net, sizeof(net), e);
+		if (rc)
+			goto fail;
+		snprintf(host_netns, sizeof(host_netns), "/proc/%d/ns/net", (int)getpid());
+		argv[na++] = "--net";
+		argv[na++] = net;
+		argv[na++] = "--host-netns";
+		argv[na++] = host_netns;
+	}
 	argv[na++] = "--hide";
 	argv[na++] = state_dir_real;
 	if (token_file_real[0]) {
@@ -636,6 +649,7 @@ static int proc_cleanup(const char *dir)
 	snprintf(path, sizeof(path), "%s/root", dir);
 	umount2(path, MNT_DETACH);
 	uid_range_release(dir);
+	sandbox_net_release(dir);
 	snprintf(path, sizeof(path), "%s" CGROUP_RECORD, dir);
 	cJSON *o = registry_read_json(path);
 	if (o) {
@@ -658,6 +672,7 @@ const struct engine_ops engine_process_ops = {
 	.kill = proc_kill,
 	.exit_reason = engine_start_error,
 	.cleanup = proc_cleanup,
+	.network = sandbox_net_enabled,
 	.snapshot_take = proc_snapshot_take,
 	.snapshot_keep = proc_snapshot_keep,
 	.snapshot_drop = proc_snapshot_drop,

@@ -32,6 +32,9 @@ struct server_config {
 	unsigned kvm_pool;        /* kvm: prepared VMs per VM shape */
 	const char *agent_path;
 	const char *peers_file;   /* --peers: the cluster's node list, or NULL */
+	bool egress;              /* --egress: sandboxes may reach the network as their policy allows */
+	const char *dns[3];       /* --dns: their resolvers (default: this host's) */
+	unsigned ndns;
 	bool insecure_no_auth;
 	bool loopback;
 	uint32_t header_timeout_ms;

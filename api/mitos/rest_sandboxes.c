@@ -11,6 +11,7 @@
 #include "api/mitos/cluster_list.h"
 #include "api/mitos/cluster_templates.h"
 #include "api/http/errors.h"
+#include "api/sandbox/net_policy.h"
 #include "api/sandbox/node.h"
 #include "api/mitos/handlers.h"
 #include "api/http/http.h"
@@ -107,16 +108,6 @@ void rest_health(struct http_req *r)
 	handler_reply_cjson(r, 200, o);
 }
 
-/* The network posture every sandbox of this node has: no network interface but
- * loopback, so nothing goes out and nothing comes in. */
-static cJSON *network_json(void)
-{
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "egress", "deny");
-	cJSON_AddStringToObject(o, "inbound", "deny");
-	return o;
-}
-
 static cJSON *template_info(const struct template_rec *t)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -126,7 +117,7 @@ static cJSON *template_info(const struct template_rec *t)
 	registry_rfc3339(t->created_ms, ts, sizeof(ts));
 	cJSON_AddStringToObject(o, "created_at", ts);
 	cJSON_AddNumberToObject(o, "creation_time_ms", t->build_ms);
-	cJSON_AddItemToObject(o, "network", network_json());
+	cJSON_AddItemToObject(o, "network", net_policy_mitos_json(t->net));
 	/* Ours: what the template is made of (the cluster compares it across nodes). */
 	char hash[TEMPLATE_HASH_HEX];
 	template_content_hash(t, sandboxes_engine_name(), hash);
@@ -159,45 +150,20 @@ static cJSON *sandbox_info(const struct http_req *r, const struct sandbox *sb)
 	registry_rfc3339(sb->created_ms, ts, sizeof(ts));
 	cJSON_AddStringToObject(o, "created_at", ts);
 	cJSON_AddNumberToObject(o, "fork_time_ms", sb->fork_time_ms);
-	cJSON_AddItemToObject(o, "network", network_json());
+	cJSON_AddItemToObject(o, "network", net_policy_mitos_json(sb->net));
 	return o;
 }
 
-/* Checks a template's "network": every posture this node can give is accepted (deny
- * egress, deny inbound, block); one that would let traffic through is refused rather
- * than silently not applied. Returns a message, or NULL when it is acceptable. */
+/* Checks a template's "network": what this node cannot honour is refused rather than
+ * silently not applied. Returns a message, or NULL when it is acceptable. */
 static const char *network_refusal(const cJSON *net)
 {
-	if (!net || cJSON_IsNull(net))
-		return NULL;
-	if (!cJSON_IsObject(net))
-		return "network must be an object";
-	const cJSON *v;
-	cJSON_ArrayForEach(v, net) {
-		const char *k = v->string;
-		if (!strcmp(k, "block")) {
-			if (!cJSON_IsBool(v))
-				return "network.block must be a boolean";
-		} else if (!strcmp(k, "egress") || !strcmp(k, "inbound")) {
-			if (!cJSON_IsString(v) ||
-			    (strcmp(v->valuestring, "") && strcmp(v->valuestring, "deny") &&
-			     strcmp(v->valuestring, "allow")))
-				return "network.egress and network.inbound must be \"deny\" or \"allow\"";
-			if (!strcmp(v->valuestring, "allow"))
-				return "sandboxes on this node have no network interface besides loopback: "
-				       "\"allow\" cannot be honoured (leave egress and inbound at \"deny\")";
-		} else if (!strcmp(k, "allow_domains") || !strcmp(k, "allow_cidrs") || !strcmp(k, "inbound_cidrs")) {
-			if (!cJSON_IsArray(v))
-				return "network allowlists must be arrays of strings";
-			if (cJSON_GetArraySize(v))
-				return "sandboxes on this node have no network interface besides loopback: an "
-				       "allowlist cannot be honoured";
-		} else {
-			return "network has an unknown field (known: block, egress, allow_domains, allow_cidrs, "
-			       "inbound, inbound_cidrs)";
-		}
-	}
-	return NULL;
+	struct net_policy p;
+	const char *bad = net_policy_from_mitos(net, &p);
+	if (!bad && net_policy_any(&p) && !sandboxes_network())
+		bad = "sandboxes on this node have no network interface besides loopback (serve runs without "
+		      "--egress, or on the kvm engine): egress \"allow\" and allow_cidrs cannot be honoured";
+	return bad;
 }
 
 struct tpl_ctx {
@@ -256,6 +222,11 @@ static cJSON *template_spec(const cJSON *b, const char **bad)
 		}
 		cJSON_AddItemToObject(sp, "workload", w);
 	}
+	/* Only a network that lets anything through is kept: the template gets it. */
+	const cJSON *net = cJSON_GetObjectItemCaseSensitive(b, "network");
+	struct net_policy np;
+	if (!net_policy_from_mitos(net, &np) && net_policy_any(&np))
+		cJSON_AddItemToObject(sp, "network", cJSON_Duplicate(net, 1));
 	const cJSON *res = cJSON_GetObjectItemCaseSensitive(b, "resources");
 	if (res && !cJSON_IsNull(res)) {
 		uint32_t v;

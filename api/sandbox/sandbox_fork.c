@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/sandbox/net_policy.h"
 #include "api/sandbox/node.h"
 #include "api/http/server.h"
 /* ---- fork jobs ---- */
@@ -75,7 +76,7 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
 	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
 				   .copy_from = copy_from, .copy_settled = copy_from && copy_from == t->source,
-				   .copy_pid = copy_pid, .spec = t->spec, .ready_fd = pfd[1] };
+				   .copy_pid = copy_pid, .spec = t->spec, .ready_fd = pfd[1], .net = sb->net };
 	int rc = sb_eng->start(&es, &sb->proc, e);
 	close(pfd[1]);
 	if (rc) {
@@ -158,6 +159,11 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		}
 		copy_from = layer;
 	}
+	const struct net_policy *net = fr->net ? fr->net : parent ? parent->net : t->net;
+	if (net_policy_any(net) && !sandboxes_network())
+		return api_fail(e, -ENOTSUP, AE_INVALID_ARGUMENT, "sandboxes of this node have no network but "
+				"loopback (%s): ask for none", sb_eng->network ? "serve runs without --egress"
+				: "the kvm engine gives them no interface yet");
 	struct sb_job *job = calloc(1, sizeof(*job));
 	struct sandbox **sbs = calloc(fr->n, sizeof(*sbs));
 	if (!job || !sbs) {
@@ -202,6 +208,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		sb->deadline_ms = now + (uint64_t)timeout_s * 1000u;
 		if (fr->metadata)
 			sb->metadata = cJSON_Duplicate(fr->metadata, 1);
+		sb->net = net_policy_dup(net);
 		struct mitos_err se = { 0 };
 		int rc = sb_start(sb, t, copy_from, parent ? parent->proc.pid : 0, &se);
 		if (rc) {

@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include "api/engines/images.h"
+#include "api/engines/sandbox_net.h"
+#include "api/sandbox/net_policy.h"
 #include "api/engines/teardown.h"
 #include "api/sandbox/registry.h"
 #include "api/http/server.h"
@@ -81,6 +83,12 @@ int sandboxes_init(struct mitos_err *e)
 	char real[1024];
 	if (!realpath(srv_cfg.state_dir, real))
 		snprintf(real, sizeof(real), "%s", srv_cfg.state_dir);
+	char net[300] = "";
+	if (kvm && srv_cfg.egress)
+		return mitos_err_set(e, -ENOTSUP, "--egress: the kvm engine gives sandboxes no network interface yet "
+				     "(only the process engine does)");
+	if (!kvm && (rc = sandbox_net_configure(real, srv_cfg.egress, srv_cfg.dns, srv_cfg.ndns, net, sizeof(net), e)))
+		return rc;
 	snprintf(sb_root, sizeof(sb_root), "%s/sandboxes", real);
 	if ((rc = mkdir_p(sb_root)))
 		return mitos_err_set(e, rc, "cannot create %s: %s", sb_root, strerror(-rc));
@@ -100,6 +108,7 @@ int sandboxes_init(struct mitos_err *e)
 		if (!images_host_root())
 			printf("template image: python = %s\n", images_root("python"));
 		printf("sandbox limits: %s\n", jail);
+		printf("sandbox network: %s\n", net[0] ? net : "loopback only (--egress gives them more)");
 	}
 	printf("state dir: %s\n", real);
 	fflush(stdout);
@@ -159,6 +168,9 @@ static void adopt_all(void)
 		cJSON *md = cJSON_GetObjectItem(o, "metadata");
 		if (cJSON_IsObject(md))
 			sb->metadata = cJSON_Duplicate(md, 1);
+		struct net_policy np;
+		if (!net_policy_from_json(cJSON_GetObjectItem(o, "network_policy"), &np))
+			sb->net = net_policy_dup(&np);
 		sb->proc.pid = pid;
 		sb->proc.pidfd = pidfd;
 		sb->proc.start_time = st;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "api/sandbox/agent_client.h"
+#include "api/sandbox/net_policy.h"
 #include "api/sandbox/registry.h"
 #include "api/sandbox/sandbox_ends.h"
 const struct engine_ops *sb_eng;
@@ -100,6 +101,11 @@ cJSON *sandbox_json(const struct sandbox *sb)
 	return o;
 }
 
+bool sandboxes_network(void)
+{
+	return sb_eng && sb_eng->network && sb_eng->network();
+}
+
 /* 0, or -errno (a full disk) with the reason in serve's log. */
 int sb_save(const struct sandbox *sb)
 {
@@ -109,6 +115,8 @@ int sb_save(const struct sandbox *sb)
 	cJSON_AddNumberToObject(o, "pid", sb->proc.pid);
 	cJSON_AddNumberToObject(o, "start_time", (double)sb->proc.start_time);
 	cJSON_AddNumberToObject(o, "fork_time_ms", sb->fork_time_ms);
+	if (sb->net)
+		cJSON_AddItemToObject(o, "network_policy", net_policy_json(sb->net));
 	char path[1200];
 	snprintf(path, sizeof(path), "%s/sandbox.json", sb->dir);
 	int rc = registry_write_json(path, o);
@@ -143,6 +151,7 @@ void sb_free(struct sandbox *sb)
 		return;
 	}
 	cJSON_Delete(sb->metadata);
+	free(sb->net);
 	free(sb);
 }
 

@@ -15,6 +15,7 @@
 
 struct cJSON;
 struct agent_conn;
+struct net_policy;
 
 #define ID_MAX 64
 
@@ -38,6 +39,7 @@ struct template_rec {
 	char snap_of[ID_MAX + 1];
 	char snap_base[ID_MAX + 1];  /* the template under it: its sandboxes' once it is deleted */
 	bool snap_named;             /* named by its taker, not given an id */
+	struct net_policy *net;      /* what its sandboxes may reach (NULL: nothing) */
 	struct template_rec *next;
 };
 
@@ -83,6 +85,8 @@ struct sandbox {
 	unsigned agent_violations;
 	/* Its template's workload being started (process engine), or NULL. */
 	struct workload_run *workload;
+	/* What it may reach (NULL: nothing; net_policy.h). */
+	struct net_policy *net;
 	/* A pause or resume is on its way (sandbox_set_paused). */
 	bool ctl_busy;
 	struct sandbox *next;
@@ -97,6 +101,8 @@ struct fork_req {
 	uint32_t timeout_s;
 	const char *const *ids;     /* NULL or n explicit ids */
 	const struct cJSON *metadata;
+	/* What they may reach; NULL: a fork's parent's, or its template's. */
+	const struct net_policy *net;
 };
 
 /* Startup, before and after the event loop exists. */
@@ -120,6 +126,8 @@ int templates_create(const char *name, const char *image, const struct cJSON *sp
 		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **w, struct mitos_err *e);
 void tpl_waiter_detach(struct tpl_waiter *w);
 struct cJSON *template_json(const struct template_rec *t);
+/* Sandboxes of this node can be given a network (serve --egress, an engine that can). */
+bool sandboxes_network(void);
 
 /* Snapshots that outlive their sandbox (E2B's createSnapshot). */
 struct snap_take;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "api/engines/images.h"
+#include "api/sandbox/net_policy.h"
 #include "api/http/uring.h"
 #include "api/sandbox/registry.h"
 #include "api/sandbox/sandboxes.h"
@@ -90,6 +91,8 @@ int template_save(const struct template_rec *t)
 		cJSON_AddBoolToObject(o, "snapshot_named", t->snap_named);
 		cJSON_AddStringToObject(o, "snapshot_base", t->snap_base);
 	}
+	if (t->net)
+		cJSON_AddItemToObject(o, "network_policy", net_policy_json(t->net));
 	char path[1300];
 	snprintf(path, sizeof(path), "%s/%s.json", tpl_root, t->name);
 	int rc = registry_write_json(path, o);
@@ -126,7 +129,17 @@ void template_free(struct template_rec *t)
 		free(w);
 	}
 	cJSON_Delete(t->spec);
+	free(t->net);
 	free(t);
+}
+
+/* A template's network as its request gave it (checked by the API before). */
+static struct net_policy *spec_net(const cJSON *spec)
+{
+	struct net_policy p;
+	if (net_policy_from_mitos(cJSON_GetObjectItemCaseSensitive(spec, "network"), &p))
+		return NULL;
+	return net_policy_dup(&p);
 }
 
 static int tpl_wait(struct template_rec *t, tpl_done_fn done, void *ctx, struct tpl_waiter **wout,
@@ -197,6 +210,7 @@ static int template_build(const char *name, const char *image, const cJSON *spec
 	t->created_ms = ur_wall_ms();
 	t->building = true;
 	t->spec = sp;
+	t->net = spec_net(spec);
 	struct mitos_err be = { 0 };
 	int rc = eng->template_build(t->root, sp, tpl_built, t, &be);
 	if (rc) {
@@ -253,6 +267,7 @@ int templates_create(const char *name, const char *image, const cJSON *spec, str
 	snprintf(t->root, sizeof(t->root), "%s", root);
 	t->created_ms = ur_wall_ms();
 	t->spec = kept;
+	t->net = spec_net(spec);
 	int rc = template_save(t);
 	if (rc) {
 		template_free(t);
@@ -321,6 +336,9 @@ static void templates_load(void)
 				cJSON *sp = cJSON_GetObjectItem(o, "spec");
 				if (cJSON_IsObject(sp))
 					t->spec = cJSON_Duplicate(sp, 1);
+				struct net_policy np;
+				if (!net_policy_from_json(cJSON_GetObjectItem(o, "network_policy"), &np))
+					t->net = net_policy_dup(&np);
 				templates_link(t);
 			}
 		}

@@ -1,0 +1,46 @@
+/* Egress for process-engine sandboxes (serve --egress). A sandbox whose policy
+ * (api/sandbox/net_policy.h) lets anything through gets one end of a veth pair as its
+ * eth0, on a /30 of its own out of 10.201.0.0/16; the other end (msbN) stays on this
+ * host, which routes and masquerades the sandbox's IPv4 traffic through an nftables
+ * table of its own (inet mitos-sbN) that lets through, in order: its DNS queries to
+ * the node's resolvers; what its allowlist names; not what its denylist names; public
+ * addresses when it may reach the internet. This host itself, other sandboxes,
+ * private and special ranges (unless allowed) and all IPv6 are refused, and nothing
+ * reaches the sandbox that does not answer its own connection. A sandbox without
+ * such a policy has no interface but loopback.
+ *
+ * serve writes the table (STATE/sandboxes/ID/net.nft) and the sandbox's resolv.conf;
+ * mitos-sandbox-init loads the table before it makes the pair, so the pair never
+ * exists without its rules. The slot (STATE/net-slots/N) is freed only once the table
+ * is gone and the pair with it. */
+#ifndef MITOS_API_SANDBOX_NET_H
+#define MITOS_API_SANDBOX_NET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "lib/error.h"
+
+struct net_policy;
+
+#define SANDBOX_NET_DNS_MAX 3
+
+/* At start, egress or not (sandboxes an earlier serve gave a network are released by
+ * this one). egress, serve --egress [--dns IP]...: checks that this host can do it
+ * (root, nft, the subnet free, IPv4 forwarding: turned on if off, and said so in
+ * info); without dns the sandboxes get the IPv4 resolvers of /etc/resolv.conf (or
+ * systemd-resolved's upstreams). */
+int sandbox_net_configure(const char *state_dir, bool egress, const char *const *dns, unsigned ndns, char *info,
+			  size_t infolen, struct mitos_err *e);
+bool sandbox_net_enabled(void);
+
+/* A sandbox starting in dir with policy p: takes its slot, writes dir/net.nft and
+ * dir/resolv.conf, and fills arg ("msbN,HOST_ADDR,SANDBOX_ADDR") for
+ * mitos-sandbox-init --net. */
+int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, size_t arglen, struct mitos_err *e);
+
+/* The sandbox in dir is gone (whichever serve started it): its table and slot are
+ * removed on the teardown thread. Nothing when it had no network. */
+void sandbox_net_release(const char *dir);
+
+#endif

@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""Sandbox egress (serve --egress, api/engines/sandbox_net.c) against a stand-in
+internet and LAN. Everything runs inside network namespaces this suite makes and
+deletes, so the machine's own network, routes and firewall are never touched:
+
+  netns H (serve, its sandboxes, this script)
+    up0  5.5.5.1/24, default route  ->  netns I ("internet"): 5.5.5.5, 1.1.1.1, 8.8.8.8
+    lan0 10.99.0.1/24               ->  netns L ("LAN"): 10.99.0.2 (HTTP), 10.99.0.53 (DNS)
+    a service of H itself on :9999
+
+I and L answer HTTP on port 80 with the address asked and the client's address; L's DNS
+answers NAME.test with 1.1.1.1. Checked: E2B's allowInternetAccess, allowOut and
+denyOut, a Mitos template's egress and allow_cidrs; DNS; NAT; that H, the LAN (unless
+allowed), other sandboxes and IPv6 stay out of reach and that nothing reaches a sandbox
+from outside; forks, a restart of serve, cleanup of every interface, table and slot;
+the refusals of what a node cannot honour.
+
+usage: test_egress.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
+Exits 77 when not root or without ip and nft."""
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mitos_test import Runner, Server, eq, exec_output, exit_of, wait_until  # noqa: E402
+
+VMM, AGENT = sys.argv[1], sys.argv[2]
+ONLY = sys.argv[3:]
+TOKEN = "mitos-egress-" + secrets.token_hex(16)
+KEY = {"X-API-KEY": TOKEN}
+DNS = "10.99.0.53"
+HOST_PORT = 9999
+
+# An HTTP server answering "<address asked> <client address>", and a DNS server
+# answering every NAME.test with 1.1.1.1 (one A record, UDP).
+STANDIN = r'''
+import socket, struct, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = ("%s %s" % (self.connection.getsockname()[0], self.client_address[0])).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(b))); self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a): pass
+def dns(addr):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((addr, 53))
+    while True:
+        q, peer = s.recvfrom(512)
+        i = 12; labels = []
+        while q[i]:
+            labels.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
+        qend = i + 5
+        ok = labels and labels[-1] == "test"
+        hdr = q[:2] + struct.pack(">HHHHH", 0x8180 if ok else 0x8183, 1, 1 if ok else 0, 0, 0)
+        ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton("1.1.1.1") if ok else b""
+        s.sendto(hdr + q[12:qend] + ans, peer)
+if len(sys.argv) > 1:
+    threading.Thread(target=dns, args=(sys.argv[1],), daemon=True).start()
+ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
+'''
+
+# Run in a sandbox: every probe's answer, as JSON (at once: a refused one waits 3 s).
+PROBE = r'''
+import json, socket, threading, urllib.request
+def get(u):
+    try:
+        return urllib.request.urlopen(u, timeout=3).read().decode()
+    except Exception as e:
+        return "ERR " + type(e).__name__
+def tcp(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return "open"
+    except Exception as e:
+        return "ERR " + type(e).__name__
+def name(n):
+    try:
+        return socket.gethostbyname(n)
+    except Exception as e:
+        return "ERR " + type(e).__name__
+out = {}
+def one(k, v):
+    out[k] = get(v) if v.startswith("http") else name(v[5:]) if v.startswith("name:") else tcp(*v.split(":"))
+ts = [threading.Thread(target=one, args=kv) for kv in TARGETS.items()]
+for t in ts: t.start()
+for t in ts: t.join()
+print(json.dumps(out))
+'''
+
+
+def sh(s, sid, cmd, timeout=60):
+    out, msgs = exec_output(s, sid, {"command": cmd, "timeoutSeconds": timeout}, timeout=timeout + 10)
+    end = exit_of(msgs)
+    if end is None:
+        raise AssertionError("no exit message: %r" % msgs)
+    return out, end["exitCode"]
+
+
+def probe(s, sid, **targets):
+    code = PROBE.replace("TARGETS", repr(targets))
+    out, rc = sh(s, sid, "python3 - <<'PYEOF'\n" + code + "\nPYEOF")
+    eq(rc, 0, "probe ran (%r)" % out)
+    return json.loads(out)
+
+
+def ifaces(s, sid):
+    out, _ = sh(s, sid, "ls /sys/class/net")
+    return sorted(out.split())
+
+
+def e2b_create(s, body=None):
+    st, sb = s.request("POST", "/v2/sandboxes", dict({"templateID": "base"}, **(body or {})), headers=KEY)
+    eq(st, 201, "E2B create (%r)" % (sb,))
+    return sb["sandboxID"]
+
+
+def e2b_refused(s, body, what):
+    st, r = s.request("POST", "/v2/sandboxes", dict({"templateID": "base"}, **body), headers=KEY)
+    eq(st, 400, "%s refused (%r)" % (what, r))
+
+
+def egress_server(extra=(), state_dir=None):
+    return Server(VMM, AGENT, extra=["--egress", "--dns", DNS] + list(extra), state_dir=state_dir, token=TOKEN)
+
+
+def net_leftovers():
+    """msb* interfaces and mitos-sb* tables in this namespace."""
+    links = [x for x in os.listdir("/sys/class/net") if x.startswith("msb")]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return links + [t for t in tables.split() if t.startswith("mitos-sb")]
+
+
+def gone_clean(s):
+    wait_until(lambda: not net_leftovers(), 10, "no sandbox interface or table left (%r)" % (net_leftovers(),))
+    slots = os.path.join(s.state_dir, "net-slots")
+    wait_until(lambda: not os.listdir(slots), 10, "every network slot freed")
+
+
+def t_e2b_default_internet(s):
+    """E2B's default: the internet, through NAT, names through the node's resolver; not
+    this host, not the LAN, not IPv6."""
+    sid = e2b_create(s)
+    r = probe(s, sid, one="http://1.1.1.1/", eight="http://8.8.8.8/", name="name:svc.test",
+              byname="http://svc.test/", lan="http://10.99.0.2/", host_up=f"5.5.5.1:{HOST_PORT}",
+              host_lan=f"10.99.0.1:{HOST_PORT}", dns_host=f"{DNS}:80")
+    eq(r["one"], "1.1.1.1 5.5.5.1", "1.1.1.1, seen from the host's address")
+    eq(r["eight"], "8.8.8.8 5.5.5.1", "8.8.8.8")
+    eq(r["name"], "1.1.1.1", "a name through the node's resolver")
+    eq(r["byname"], "1.1.1.1 5.5.5.1", "by name")
+    for k in ("lan", "host_up", "host_lan", "dns_host"):
+        assert r[k].startswith("ERR"), (k, r)
+    eq(ifaces(s, sid), ["eth0", "lo"], "interfaces")
+    out, _ = sh(s, sid, "cat /etc/resolv.conf; cat /proc/net/if_inet6 | wc -l")
+    assert "nameserver %s" % DNS in out and out.rstrip().endswith("0"), out
+    st, info = s.request("GET", "/sandboxes/" + sid, headers=KEY)
+    eq((st, info["allowInternetAccess"], info["network"]), (200, True, {}), "getInfo")
+    s.request("DELETE", "/sandboxes/" + sid, headers=KEY)
+    gone_clean(s)
+
+
+def t_e2b_no_internet(s):
+    """allow_internet_access false: loopback only, as denyOut 0.0.0.0/0 is."""
+    for body in ({"allow_internet_access": False}, {"network": {"denyOut": ["0.0.0.0/0"]}}):
+        sid = e2b_create(s, body)
+        eq(ifaces(s, sid), ["lo"], "interfaces of %r" % body)
+        st, info = s.request("GET", "/sandboxes/" + sid, headers=KEY)
+        eq((info["allowInternetAccess"], info["network"]), (False, {"denyOut": ["0.0.0.0/0"]}), "getInfo")
+        s.request("DELETE", "/sandboxes/" + sid, headers=KEY)
+
+
+def t_e2b_allow_deny(s):
+    """denyOut closes what it names; allowOut opens what it names, private ranges too,
+    and wins over denyOut, as on E2B."""
+    sid = e2b_create(s, {"network": {"denyOut": ["8.8.8.8"]}})
+    r = probe(s, sid, one="http://1.1.1.1/", eight="http://8.8.8.8/")
+    assert r["one"].startswith("1.1.1.1") and r["eight"].startswith("ERR"), r
+    sid2 = e2b_create(s, {"network": {"denyOut": ["0.0.0.0/0"], "allowOut": ["1.1.1.1"]}})
+    r = probe(s, sid2, one="http://1.1.1.1/", eight="http://8.8.8.8/", name="name:x.test")
+    assert r["one"].startswith("1.1.1.1") and r["eight"].startswith("ERR"), r
+    eq(r["name"], "1.1.1.1", "DNS with everything else denied")
+    st, info = s.request("GET", "/sandboxes/" + sid2, headers=KEY)
+    eq(info["network"], {"allowOut": ["1.1.1.1/32"], "denyOut": ["0.0.0.0/0"]}, "getInfo network")
+    sid3 = e2b_create(s, {"allow_internet_access": False, "network": {"allowOut": ["10.99.0.0/24"]}})
+    r = probe(s, sid3, lan="http://10.99.0.2/", one="http://1.1.1.1/", host=f"10.99.0.1:{HOST_PORT}")
+    eq(r["lan"], "10.99.0.2 10.99.0.1", "the LAN, allowed")
+    assert r["one"].startswith("ERR") and r["host"].startswith("ERR"), r
+    for x in (sid, sid2, sid3):
+        s.request("DELETE", "/sandboxes/" + x, headers=KEY)
+    gone_clean(s)
+
+
+def t_mitos_templates(s):
+    """A Mitos template's network posture: echoed, and what its sandboxes get."""
+    st, t = s.request("POST", "/v1/templates", {"id": "net-allow", "network": {"egress": "allow"}})
+    eq((st, t["network"]), (200, {"egress": "allow", "inbound": "deny"}), "template")
+    st, t = s.request("POST", "/v1/templates", {"id": "net-cidr", "network": {"allow_cidrs": ["8.8.8.0/24"]}})
+    eq((st, t["network"]), (200, {"egress": "deny", "inbound": "deny", "allow_cidrs": ["8.8.8.0/24"]}), "cidrs")
+    st, t = s.request("POST", "/v1/templates", {"id": "net-none"})
+    eq((st, t["network"]), (200, {"egress": "deny", "inbound": "deny"}), "default")
+    for sid, tpl in (("na", "net-allow"), ("nc", "net-cidr"), ("nn", "net-none")):
+        st, sb = s.request("POST", "/v1/fork", {"template": tpl, "id": sid})
+        eq(st, 200, "fork %s (%r)" % (tpl, sb))
+    eq(s.request("GET", "/v1/sandboxes/na")[1]["network"]["egress"], "allow", "sandbox posture")
+    r = probe(s, "na", one="http://1.1.1.1/", lan="http://10.99.0.2/")
+    assert r["one"].startswith("1.1.1.1") and r["lan"].startswith("ERR"), r
+    r = probe(s, "nc", one="http://1.1.1.1/", eight="http://8.8.8.8/")
+    assert r["eight"].startswith("8.8.8.8") and r["one"].startswith("ERR"), r
+    eq(ifaces(s, "nn"), ["lo"], "no network")
+    # A fork of a sandbox keeps its network, with an address of its own.
+    st, kids = s.request("POST", "/v1/sandboxes/na/fork", {"id": "na-kid"})
+    eq(st, 200, "fork of a running sandbox (%r)" % (kids,))
+    r = probe(s, "na-kid", one="http://1.1.1.1/")
+    assert r["one"].startswith("1.1.1.1"), r
+    addr = {x: sh(s, x, "cat /proc/net/fib_trie | grep -m1 -o '10\\.201\\.[0-9.]*'")[0] for x in ("na", "na-kid")}
+    assert addr["na"] != addr["na-kid"], addr
+    for x in ("na", "nc", "nn", "na-kid"):
+        s.request("DELETE", "/v1/sandboxes/" + x)
+    gone_clean(s)
+
+
+def t_isolation(s):
+    """Nothing reaches a sandbox from outside (another sandbox, this host); its root
+    cannot change its address or routes; the host's table refuses a forged source."""
+    a, b = e2b_create(s), e2b_create(s)
+    sh(s, a, "nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+    ip_a = sh(s, a, "cat /proc/net/fib_trie | grep -m1 -o '10\\.201\\.[0-9.]*'")[0].strip()
+    assert ip_a.startswith("10.201."), ip_a
+    wait_until(lambda: probe(s, a, me=f"127.0.0.1:8000")["me"] == "open", 10, "the server in a")
+    eq(probe(s, b, other=f"{ip_a}:8000")["other"][:3], "ERR", "sandbox to sandbox")
+    c = socket.socket()
+    c.settimeout(2)
+    try:
+        c.connect((ip_a, 8000))
+        raise AssertionError("this host reached a sandbox's port")
+    except OSError:
+        pass
+    finally:
+        c.close()
+    out, _ = sh(s, a, "python3 -c \"import fcntl,socket,struct;s=socket.socket();"
+                "print(fcntl.ioctl(s,0x8916,struct.pack('16sH2s4s8s',b'eth0',2,b'',socket.inet_aton('1.1.1.9'),b'')))\""
+                " 2>&1 | tail -1")
+    assert "PermissionError" in out or "Operation not permitted" in out, out
+    for x in (a, b):
+        s.request("DELETE", "/sandboxes/" + x, headers=KEY)
+    gone_clean(s)
+
+
+def t_restart(s):
+    """A sandbox keeps its network across a restart of serve; the next serve releases it."""
+    sid = e2b_create(s)
+    state = s.state_dir
+    s.stop(signal.SIGKILL)
+    s2 = egress_server(state_dir=state)
+    try:
+        wait_until(lambda: s2.request("GET", "/sandboxes/" + sid, headers=KEY)[0] == 200, 10, "re-adopted")
+        r = probe(s2, sid, one="http://1.1.1.1/")
+        assert r["one"].startswith("1.1.1.1"), r
+        st, info = s2.request("GET", "/sandboxes/" + sid, headers=KEY)
+        eq(info["allowInternetAccess"], True, "getInfo after a restart")
+        s2.request("DELETE", "/sandboxes/" + sid, headers=KEY)
+        gone_clean(s2)
+    finally:
+        s2.cleanup()
+
+
+def t_refusals(s):
+    """What a node cannot honour is a 400, never silently ignored."""
+    for body, what in (({"network": {"allowOut": ["example.com"]}}, "a host name"),
+                       ({"network": {"allowOut": ["::1"]}}, "IPv6"),
+                       ({"network": {"denyOut": ["1.2.3.4/33"]}}, "a bad prefix"),
+                       ({"network": {"allowOut": ["01.2.3.4"]}}, "an octal-looking address"),
+                       ({"network": {"allowOut": ["1.1.1.%d" % i for i in range(65)]}}, "65 entries"),
+                       ({"network": {"rules": {"x.com": [{"transform": {"headers": {"a": "b"}}}]}}}, "transforms"),
+                       ({"network": "all"}, "a string"),
+                       ({"allow_internet_access": "yes"}, "a string allow_internet_access")):
+        e2b_refused(s, body, what)
+    for net in ({"inbound": "allow"}, {"allow_domains": ["pypi.org"]}, {"allow_cidrs": ["x"]},
+                {"egress": "maybe"}):
+        st, r = s.request("POST", "/v1/templates", {"id": "bad-net", "network": net})
+        eq(st, 400, "template network %r (%r)" % (net, r))
+
+
+def t_without_egress(_s):
+    """Without --egress: E2B's default internet is reported as not given, an allowlist
+    or a Mitos egress allow is refused, and sandboxes have loopback only."""
+    s = Server(VMM, AGENT, token=TOKEN)
+    try:
+        sid = e2b_create(s)
+        eq(ifaces(s, sid), ["lo"], "loopback only")
+        st, info = s.request("GET", "/sandboxes/" + sid, headers=KEY)
+        eq(info["allowInternetAccess"], False, "reported as it is")
+        e2b_refused(s, {"network": {"allowOut": ["1.1.1.1"]}}, "an allowlist")
+        st, r = s.request("POST", "/v1/templates", {"id": "net", "network": {"egress": "allow"}})
+        eq(st, 400, "egress allow (%r)" % (r,))
+        assert "--egress" in r["error"]["message"], r
+        assert not os.path.exists(os.path.join(s.state_dir, "net-slots")) or not os.listdir(
+            os.path.join(s.state_dir, "net-slots"))
+    finally:
+        s.cleanup()
+
+
+def host_service():
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", HOST_PORT))
+    ls.listen(16)
+
+    def loop():
+        while True:
+            c, _ = ls.accept()
+            c.close()
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def inside():
+    host_service()
+    r = Runner()
+    for name, fn in (("e2b_default_internet", t_e2b_default_internet), ("e2b_no_internet", t_e2b_no_internet),
+                     ("e2b_allow_deny", t_e2b_allow_deny), ("mitos_templates", t_mitos_templates),
+                     ("isolation", t_isolation), ("refusals", t_refusals), ("restart", t_restart),
+                     ("without_egress", t_without_egress)):
+        if ONLY and not any(o in name for o in ONLY):
+            continue
+        s = egress_server() if name != "without_egress" else None
+        try:
+            r.run(name, fn, s)
+        finally:
+            if s:
+                # restart leaves s stopped; its state dir goes either way
+                s.cleanup()
+    return r.finish()
+
+
+def ip(*args, ns=None):
+    cmd = ["ip"] + (["-n", ns] if ns else []) + list(args)
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def main():
+    if os.environ.get("MITOS_EGRESS_INSIDE"):
+        return inside()
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"):
+        print("SKIP: needs root, ip (iproute2) and nft (nftables)")
+        return 77
+    tag = secrets.token_hex(3)
+    h, i, l = "mte-h-" + tag, "mte-i-" + tag, "mte-l-" + tag
+    servers = []
+    try:
+        for ns in (h, i, l):
+            ip("netns", "add", ns)
+            ip("link", "set", "lo", "up", ns=ns)
+        ip("link", "add", "up0", "netns", h, "type", "veth", "peer", "name", "wan0", "netns", i)
+        ip("link", "add", "lan0", "netns", h, "type", "veth", "peer", "name", "eth0", "netns", l)
+        for ns, dev, addr in ((h, "up0", "5.5.5.1/24"), (i, "wan0", "5.5.5.5/24"), (h, "lan0", "10.99.0.1/24"),
+                              (l, "eth0", "10.99.0.2/24"), (l, "eth0", DNS + "/24"),
+                              (i, "lo", "1.1.1.1/32"), (i, "lo", "8.8.8.8/32")):
+            ip("addr", "add", addr, "dev", dev, ns=ns)
+            ip("link", "set", dev, "up", ns=ns)
+        ip("route", "add", "default", "via", "5.5.5.5", ns=h)
+        for ns, dns in ((i, None), (l, DNS)):
+            servers.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", STANDIN]
+                                            + ([dns] if dns else [])))
+        time.sleep(0.5)
+        env = dict(os.environ, MITOS_EGRESS_INSIDE="1")
+        return subprocess.run(["ip", "netns", "exec", h, sys.executable] + sys.argv, env=env).returncode
+    finally:
+        for p in servers:
+            p.kill()
+            p.wait()
+        for ns in (h, i, l):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
