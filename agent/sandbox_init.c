@@ -416,10 +416,10 @@ static void loopback_up(void)
 	close(fd);
 }
 
-/* serve --egress (api/engines/sandbox_net.h): the host's table for the sandbox
- * (DIR/net.nft) is loaded before the pair exists, so nothing the sandbox sends
- * passes unfiltered; then the pair, the host's end addressed, the sandbox's eth0
- * addressed and routed through it. Runs before /proc is this namespace's own. */
+/* serve --egress (api/engines/sandbox_net.h): the sandbox's elements of the host's
+ * table (DIR/net.nft) are added before the pair exists; then the pair, the host's end
+ * addressed, the sandbox's eth0 addressed and routed through it. Runs before /proc is
+ * this namespace's own. */
 static void net_setup(const char *dir, const char *spec, const char *host_netns)
 {
 	char dev[IF_NAMESIZE], host[16], sb[16];
@@ -439,7 +439,7 @@ static void net_setup(const char *dir, const char *spec, const char *host_netns)
 	pathf(rules, sizeof(rules), "%s/net.nft", dir);
 	char nft[] = "/usr/sbin/nft", nft_old[] = "/sbin/nft";
 	char *argv[] = { access(nft, X_OK) == 0 ? nft : nft_old, "-f", rules, NULL };
-	run_tool(argv, "load the sandbox's firewall table (nft)");
+	run_tool(argv, "add the sandbox's firewall rules (nft)");
 	int rc = init_net_host_side(dev, ntohl(ha.s_addr), own);
 	if (rc)
 		fail(-rc, "make the sandbox's network interface %s", dev);

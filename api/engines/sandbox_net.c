@@ -1,6 +1,7 @@
 #include "api/engines/sandbox_net.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -112,6 +113,115 @@ static int subnet_clash(char *ifname, size_t n)
 	return clash;
 }
 
+#define TABLE "inet mitos-egress"
+
+/* The one table of every sandbox's rules, made (or brought up to date, its sets'
+ * elements kept) at start: what a sandbox may reach is elements of its sets, keyed by
+ * its address, so a create or a delete adds or removes a few elements whatever the
+ * number of sandboxes, and a packet costs set lookups, not a chain per sandbox. An
+ * msb* interface whose sandbox has no elements yet (or any more) gets nothing through. */
+static int write_base(const char *path)
+{
+	FILE *f = fopen(path, "we");
+	if (!f)
+		return -errno;
+	fprintf(f, "table " TABLE " {\n"
+		   "\tset dns { type ipv4_addr; }\n"
+		   "\tset special { type ipv4_addr; flags interval; }\n"
+		   "\tset src { type ifname . ipv4_addr; }\n"
+		   "\tset internet { type ipv4_addr; }\n"
+		   "\tset allow { type ipv4_addr . ipv4_addr; flags interval; }\n"
+		   "\tset deny { type ipv4_addr . ipv4_addr; flags interval; }\n"
+		   "\tchain input { type filter hook input priority filter; policy accept; }\n"
+		   "\tchain forward { type filter hook forward priority filter; policy accept; }\n"
+		   "\tchain output { type filter hook output priority filter; policy accept; }\n"
+		   "\tchain postrouting { type nat hook postrouting priority srcnat; policy accept; }\n"
+		   "\tchain sandbox_out { }\n}\n");
+	static const char *chains[] = { "input", "forward", "output", "postrouting", "sandbox_out" };
+	for (size_t i = 0; i < 5; i++)
+		fprintf(f, "flush chain " TABLE " %s\n", chains[i]);
+	fprintf(f, "flush set " TABLE " dns\nflush set " TABLE " special\n");
+	for (unsigned i = 0; i < ndns; i++)
+		fprintf(f, "add element " TABLE " dns { %s }\n", dns[i]);
+	fprintf(f, "add element " TABLE " special { " SPECIAL4 " }\n");
+	static const char *rules[] = {
+		/* To this host: only DNS, where the resolver is this host. */
+		"input iifname \"msb*\" ct state established,related accept",
+		"input iifname \"msb*\" ip daddr @dns meta l4proto { tcp, udp } th dport 53 accept",
+		"input iifname \"msb*\" drop",
+		/* Into a sandbox: only answers to its own connections. */
+		"forward oifname \"msb*\" ct state established,related accept",
+		"forward oifname \"msb*\" drop",
+		"forward iifname \"msb*\" jump sandbox_out",
+		"output oifname \"msb*\" ct state established,related accept",
+		"output oifname \"msb*\" drop",
+		/* Out of one, in this order. */
+		"sandbox_out meta nfproto != ipv4 drop",
+		"sandbox_out iifname . ip saddr != @src drop",
+		"sandbox_out ip daddr @dns meta l4proto { tcp, udp } th dport 53 accept",
+		"sandbox_out ip saddr . ip daddr @allow accept",
+		"sandbox_out ip saddr . ip daddr @deny drop",
+		"sandbox_out ip daddr @special drop",
+		"sandbox_out ip saddr @internet accept",
+		"sandbox_out drop",
+		"postrouting ip saddr 10.201.0.0/16 oifname != \"msb*\" masquerade",
+	};
+	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
+		fprintf(f, "add rule " TABLE " %s\n", rules[i]);
+	int rc = ferror(f) ? -EIO : 0;
+	if (fclose(f) && !rc)
+		rc = -errno;
+	return rc;
+}
+
+static void cidr_elements(FILE *f, const char *verb, const char *set, const char *sb, const struct net_cidr *c,
+			  unsigned n)
+{
+	if (!n)
+		return;
+	fprintf(f, "%s element " TABLE " %s { ", verb, set);
+	for (unsigned i = 0; i < n; i++) {
+		char s[24];
+		net_cidr_format(&c[i], s, sizeof(s));
+		fprintf(f, "%s%s . %s", i ? ", " : "", sb, s);
+	}
+	fprintf(f, " }\n");
+}
+
+/* verb ("add" or "delete") every element of the sandbox at address sb on dev. */
+static void sandbox_elements(FILE *f, const char *verb, const char *dev, const char *sb, const struct net_policy *p)
+{
+	fprintf(f, "%s element " TABLE " src { \"%s\" . %s }\n", verb, dev, sb);
+	if (p->internet)
+		fprintf(f, "%s element " TABLE " internet { %s }\n", verb, sb);
+	cidr_elements(f, verb, "allow", sb, p->allow, p->nallow);
+	cidr_elements(f, verb, "deny", sb, p->deny, p->ndeny);
+}
+
+static int write_resolv(const char *path)
+{
+	FILE *f = fopen(path, "we");
+	if (!f)
+		return -errno;
+	fprintf(f, "# written by mitos-vmm serve: this node's resolvers\n");
+	for (unsigned i = 0; i < ndns; i++)
+		fprintf(f, "nameserver %s\n", dns[i]);
+	return fclose(f) ? -errno : 0;
+}
+
+static bool slots_in_use(void)
+{
+	DIR *d = opendir(slots_dir);
+	if (!d)
+		return false;
+	struct dirent *de;
+	bool used = false;
+	while (!used && (de = readdir(d)))
+		used = de->d_name[0] != '.';
+	closedir(d);
+	return used;
+}
+
 int sandbox_net_configure(const char *state_dir, bool egress, const char *const *dnsv, unsigned n, char *info,
 			  size_t infolen, struct mitos_err *e)
 {
@@ -122,8 +232,12 @@ int sandbox_net_configure(const char *state_dir, bool egress, const char *const 
 	for (size_t i = 0; i < 2 && !nft_path[0]; i++)
 		if (access(cands[i], X_OK) == 0)
 			snprintf(nft_path, sizeof(nft_path), "%s", cands[i]);
-	if (!egress)
+	if (!egress) {
+		/* Rules no sandbox needs any more are not left on the host. */
+		if (!slots_in_use())
+			run_nft("delete", "table", "inet", "mitos-egress");
 		return 0;
+	}
 	if (geteuid() != 0)
 		return mitos_err_set(e, -EPERM, "--egress needs serve to run as root (it makes each sandbox's "
 				     "network interface and firewall table)");
@@ -173,6 +287,14 @@ int sandbox_net_configure(const char *state_dir, bool egress, const char *const 
 	if (k < infolen)
 		snprintf(info + k, infolen - k, "sandboxes may reach the network as their policy allows "
 			 "(10.201.0.0/16, NAT through this host), DNS: %s", ndns ? list : "none found (--dns IP)");
+	char base[4300];
+	snprintf(base, sizeof(base), "%s/net-egress.nft", state_dir);
+	int rc = write_base(base);
+	if (rc)
+		return mitos_err_set(e, rc, "--egress: cannot write %s: %s", base, strerror(-rc));
+	if ((rc = run_nft("-f", base, NULL, NULL)) != 0)
+		return mitos_err_set(e, -EIO, "--egress: nft -f %s failed (exit %d): this kernel lacks an nftables "
+				     "feature the sandboxes' table needs (sets of concatenated intervals, NAT)", base, rc);
 	enabled = true;
 	return 0;
 }
@@ -205,79 +327,23 @@ static void slot_free(unsigned slot)
 	unlink(path);
 }
 
-static void cidr_elements(FILE *f, const char *name, const struct net_cidr *c, unsigned n)
+/* Writes what sandbox_elements gives into path. */
+static int write_elements(const char *path, int flags, const char *verb, const char *dev, const char *sb,
+			  const struct net_policy *p)
 {
-	fprintf(f, "\tset %s {\n\t\ttype ipv4_addr; flags interval; auto-merge;\n", name);
-	for (unsigned i = 0; i < n; i++) {
-		char s[24];
-		net_cidr_format(&c[i], s, sizeof(s));
-		fprintf(f, "%s%s", i ? ", " : "\t\telements = { ", s);
+	int fd = open(path, flags | O_WRONLY | O_CLOEXEC, 0600);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+	if (!f) {
+		int err = errno;
+		if (fd >= 0)
+			close(fd);
+		return -err;
 	}
-	fprintf(f, "%s\t}\n", n ? " }\n" : "");
-}
-
-/* This host's side of the sandbox's rules, replacing whatever table of the name a
- * crash left (the first two lines make it exist so the delete succeeds). */
-static int write_rules(const char *path, unsigned slot, const struct net_policy *p)
-{
-	FILE *f = fopen(path, "we");
-	if (!f)
-		return -errno;
-	char sb[16], dev[16];
-	addr_str(slot_addr(slot, 2), sb, sizeof(sb));
-	snprintf(dev, sizeof(dev), "msb%u", slot);
-	fprintf(f, "table inet mitos-sb%u\ndelete table inet mitos-sb%u\ntable inet mitos-sb%u {\n", slot, slot, slot);
-	fprintf(f, "\tset dns {\n\t\ttype ipv4_addr;\n");
-	for (unsigned i = 0; i < ndns; i++)
-		fprintf(f, "%s%s", i ? ", " : "\t\telements = { ", dns[i]);
-	fprintf(f, "%s\t}\n", ndns ? " }\n" : "");
-	cidr_elements(f, "allow", p->allow, p->nallow);
-	cidr_elements(f, "deny", p->deny, p->ndeny);
-	fprintf(f, "\tset special {\n\t\ttype ipv4_addr; flags interval;\n\t\telements = { " SPECIAL4 " }\n\t}\n");
-	/* To this host: only DNS, if the resolver is here. */
-	fprintf(f,
-		"\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n"
-		"\t\tiifname \"%s\" ct state established,related accept\n"
-		"\t\tiifname \"%s\" ip daddr @dns meta l4proto { tcp, udp } th dport 53 accept\n"
-		"\t\tiifname \"%s\" drop\n\t}\n",
-		dev, dev, dev);
-	fprintf(f,
-		"\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n"
-		"\t\toifname \"%s\" ct state established,related accept\n"
-		"\t\toifname \"%s\" drop\n"
-		"\t\tiifname \"%s\" meta nfproto != ipv4 drop\n"
-		"\t\tiifname \"%s\" ip saddr != %s drop\n"
-		"\t\tiifname \"%s\" ip daddr @dns meta l4proto { tcp, udp } th dport 53 accept\n"
-		"\t\tiifname \"%s\" ip daddr @allow accept\n"
-		"\t\tiifname \"%s\" ip daddr @deny drop\n"
-		"\t\tiifname \"%s\" ip daddr @special drop\n"
-		"\t\tiifname \"%s\" %s\n\t}\n",
-		dev, dev, dev, dev, sb, dev, dev, dev, dev, dev, p->internet ? "accept" : "drop");
-	/* Nothing of this host opens a connection into the sandbox either. */
-	fprintf(f,
-		"\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n"
-		"\t\toifname \"%s\" ct state established,related accept\n"
-		"\t\toifname \"%s\" drop\n\t}\n",
-		dev, dev);
-	fprintf(f,
-		"\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-		"\t\tip saddr %s oifname != \"%s\" masquerade\n\t}\n}\n",
-		sb, dev);
+	sandbox_elements(f, verb, dev, sb, p);
 	int rc = ferror(f) ? -EIO : 0;
 	if (fclose(f) && !rc)
 		rc = -errno;
 	return rc;
-}
-
-static int write_resolv(const char *path)
-{
-	FILE *f = fopen(path, "we");
-	if (!f)
-		return -errno;
-	fprintf(f, "# written by mitos-vmm serve: this node's resolvers\n");
-	for (unsigned i = 0; i < ndns; i++)
-		fprintf(f, "nameserver %s\n", dns[i]);
-	return fclose(f) ? -errno : 0;
 }
 
 int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, size_t arglen, struct mitos_err *e)
@@ -296,37 +362,65 @@ int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, 
 		slot_free(slot);
 		return mitos_err_set(e, rc ? rc : -EIO, "cannot record the sandbox's network slot: %s", strerror(-rc));
 	}
-	snprintf(path, sizeof(path), "%s/net.nft", dir);
-	rc = write_rules(path, slot, p);
+	char host[16], sb[16], dev[16];
+	addr_str(slot_addr(slot, 1), host, sizeof(host));
+	addr_str(slot_addr(slot, 2), sb, sizeof(sb));
+	snprintf(dev, sizeof(dev), "msb%u", slot);
+	/* The slot holds its undoing: whichever serve frees it removes these. */
+	snprintf(path, sizeof(path), "%s/%u", slots_dir, slot);
+	rc = write_elements(path, O_TRUNC, "delete", dev, sb, p);
+	if (!rc) {
+		snprintf(path, sizeof(path), "%s/net.nft", dir);
+		rc = write_elements(path, O_CREAT | O_TRUNC, "add", dev, sb, p);
+	}
 	if (!rc) {
 		snprintf(path, sizeof(path), "%s/resolv.conf", dir);
 		rc = write_resolv(path);
 	}
 	if (rc)
 		return mitos_err_set(e, rc, "cannot write the sandbox's network rules: %s", strerror(-rc));
-	char host[16], sb[16];
-	addr_str(slot_addr(slot, 1), host, sizeof(host));
-	addr_str(slot_addr(slot, 2), sb, sizeof(sb));
-	snprintf(arg, arglen, "msb%u,%s,%s", slot, host, sb);
+	snprintf(arg, arglen, "%s,%s,%s", dev, host, sb);
 	return 0;
+}
+
+/* Whether the table still holds the sandbox on dev (its src element). */
+static bool table_holds(const char *dev)
+{
+	char cmd[128], line[512], want[32];
+	snprintf(cmd, sizeof(cmd), "%s list set " TABLE " src 2>/dev/null", nft_path);
+	snprintf(want, sizeof(want), "\"%s\" .", dev);
+	FILE *f = popen(cmd, "re");
+	if (!f)
+		return true;
+	bool held = false;
+	while (fgets(line, sizeof(line), f))
+		held |= strstr(line, want) != NULL;
+	return pclose(f) == 0 && held;
 }
 
 static void release_slot(void *arg)
 {
 	unsigned slot = (unsigned)(uintptr_t)arg;
-	char table[32], dev[16];
-	snprintf(table, sizeof(table), "mitos-sb%u", slot);
+	char dev[16], path[4300];
 	snprintf(dev, sizeof(dev), "msb%u", slot);
+	snprintf(path, sizeof(path), "%s/%u", slots_dir, slot);
 	/* The pair goes with the sandbox's network namespace, which the kernel frees a
-	 * little after its last process: the slot is free once both are gone. */
-	struct timespec ts = { 0, 10 * 1000 * 1000 };
-	for (int i = 0; i < 300 && if_nametoindex(dev); i++)
+	 * little after its last process. */
+	struct timespec ts = { 0, 5 * 1000 * 1000 };
+	for (int i = 0; i < 600 && if_nametoindex(dev); i++)
 		nanosleep(&ts, NULL);
-	/* Fails harmlessly where a start ended before loading it. */
-	run_nft("delete", "table", "inet", table);
-	/* A pair still there keeps its slot taken rather than shared. */
-	if (!if_nametoindex(dev))
-		slot_free(slot);
+	if (if_nametoindex(dev)) {
+		fprintf(stderr, "mitos-vmm serve: %s outlived its sandbox: its address stays taken\n", dev);
+		return;
+	}
+	/* The delete fails whole where the elements are not there (a start that ended
+	 * before loading them, a table made anew since): then there is nothing to undo.
+	 * Elements left behind would be a later sandbox's at this address. */
+	if (run_nft("-f", path, NULL, NULL) != 0 && table_holds(dev)) {
+		fprintf(stderr, "mitos-vmm serve: cannot remove the rules of %s: its address stays taken\n", dev);
+		return;
+	}
+	slot_free(slot);
 }
 
 void sandbox_net_release(const char *dir)

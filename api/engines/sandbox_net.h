@@ -1,18 +1,20 @@
 /* Egress for process-engine sandboxes (serve --egress). A sandbox whose policy
  * (api/sandbox/net_policy.h) lets anything through gets one end of a veth pair as its
  * eth0, on a /30 of its own out of 10.201.0.0/16; the other end (msbN) stays on this
- * host, which routes and masquerades the sandbox's IPv4 traffic through an nftables
- * table of its own (inet mitos-sbN) that lets through, in order: its DNS queries to
- * the node's resolvers; what its allowlist names; not what its denylist names; public
- * addresses when it may reach the internet. This host itself, other sandboxes,
- * private and special ranges (unless allowed) and all IPv6 are refused, and nothing
- * reaches the sandbox that does not answer its own connection. A sandbox without
- * such a policy has no interface but loopback.
+ * host, which routes and masquerades the sandbox's IPv4 traffic through one nftables
+ * table for all sandboxes (inet mitos-egress) that lets through, in order: its DNS
+ * queries to the node's resolvers; what its allowlist names; not what its denylist
+ * names; public addresses when it may reach the internet. This host itself, other
+ * sandboxes, private and special ranges (unless allowed), a forged source and all
+ * IPv6 are refused, and nothing reaches the sandbox that does not answer its own
+ * connection. A sandbox without such a policy has no interface but loopback.
  *
- * serve writes the table (STATE/sandboxes/ID/net.nft) and the sandbox's resolv.conf;
- * mitos-sandbox-init loads the table before it makes the pair, so the pair never
- * exists without its rules. The slot (STATE/net-slots/N) is freed only once the table
- * is gone and the pair with it. */
+ * The table's rules are fixed; a sandbox is elements of its sets, keyed by its address
+ * (and its interface, for the source check), so an msb* interface without elements
+ * gets nothing through, and a create costs the same with 1 or 1000 sandboxes. serve
+ * writes the elements (STATE/sandboxes/ID/net.nft) and the sandbox's resolv.conf;
+ * mitos-sandbox-init adds them before it makes the pair. The slot (STATE/net-slots/N)
+ * holds their removal and is freed once they and the pair are gone. */
 #ifndef MITOS_API_SANDBOX_NET_H
 #define MITOS_API_SANDBOX_NET_H
 

@@ -66,6 +66,27 @@ static cJSON *cidrs_json(const struct net_cidr *c, unsigned n)
 	return arr;
 }
 
+static bool contains(const struct net_cidr *a, const struct net_cidr *b)
+{
+	uint32_t mask = a->len ? ~0u << (32 - a->len) : 0;
+	return a->len <= b->len && (b->addr & mask) == a->addr;
+}
+
+/* Two CIDRs are nested or disjoint: without the ones another holds, the list is
+ * disjoint (what an interval set takes) and means the same. */
+static void cidrs_normalize(struct net_cidr *c, unsigned *n)
+{
+	unsigned k = 0;
+	for (unsigned i = 0; i < *n; i++) {
+		bool held = false;
+		for (unsigned j = 0; j < *n && !held; j++)
+			held = j != i && contains(&c[j], &c[i]) && (c[j].len != c[i].len || j < i);
+		if (!held)
+			c[k++] = c[i];
+	}
+	*n = k;
+}
+
 /* Appends the strings of arr (NULL: nothing) to c; a message on the first bad one. */
 static const char *cidrs_add(const cJSON *arr, const char *what, struct net_cidr *c, unsigned *n)
 {
@@ -90,6 +111,7 @@ static const char *cidrs_add(const cJSON *arr, const char *what, struct net_cidr
 		}
 		(*n)++;
 	}
+	cidrs_normalize(c, n);
 	return NULL;
 }
 

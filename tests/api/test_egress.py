@@ -130,11 +130,16 @@ def egress_server(extra=(), state_dir=None):
     return Server(VMM, AGENT, extra=["--egress", "--dns", DNS] + list(extra), state_dir=state_dir, token=TOKEN)
 
 
+def nft(*args):
+    return subprocess.run(["nft"] + list(args), capture_output=True, text=True).stdout
+
+
 def net_leftovers():
-    """msb* interfaces and mitos-sb* tables in this namespace."""
+    """msb* interfaces and sandbox elements of the egress table in this namespace."""
     links = [x for x in os.listdir("/sys/class/net") if x.startswith("msb")]
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    return links + [t for t in tables.split() if t.startswith("mitos-sb")]
+    elements = [x for x in ("src", "internet", "allow", "deny")
+                if "elements" in nft("list", "set", "inet", "mitos-egress", x)]
+    return links + elements
 
 
 def gone_clean(s):
@@ -300,8 +305,8 @@ def t_without_egress(_s):
         st, r = s.request("POST", "/v1/templates", {"id": "net", "network": {"egress": "allow"}})
         eq(st, 400, "egress allow (%r)" % (r,))
         assert "--egress" in r["error"]["message"], r
-        assert not os.path.exists(os.path.join(s.state_dir, "net-slots")) or not os.listdir(
-            os.path.join(s.state_dir, "net-slots"))
+        assert "mitos-egress" not in nft("list", "tables"), "a serve without --egress and no sandbox " \
+            "needing it leaves no table"
     finally:
         s.cleanup()
 
