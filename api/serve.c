@@ -420,6 +420,10 @@ int cmd_serve(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
+	if (srv_cfg.ndns && !srv_cfg.egress) {
+		fprintf(stderr, "mitos-vmm serve: --dns needs --egress (without it sandboxes have loopback only)\n");
+		return EXIT_USAGE;
+	}
 	if (optind < argc) {
 		fprintf(stderr, "mitos-vmm serve: unexpected argument '%s'\n", argv[optind]);
 		usage(stderr);
