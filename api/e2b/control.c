@@ -611,6 +611,53 @@ void e2b_sandbox_pause(struct http_req *r)
 		sandbox_set_paused(sb, true, paused, cc);
 }
 
+/* PUT /sandboxes/{id}/network: the egress rules replaced whole (a field left out is
+ * cleared, so {} is E2B's default: the internet), in force once it answers 204. */
+static void network_set(void *ctx, int rc, const char *msg)
+{
+	struct http_req *r = ctl_call_end(ctx);
+	if (!r)
+		return;
+	if (rc == -ENOENT)
+		e2b_reply_err(r, 409, "sandbox %s has no network interface (%s): create a sandbox that may reach the "
+			      "network instead", r->sandbox_id, msg ? msg : "it cannot be given one");
+	else if (rc == -EBUSY)
+		e2b_reply_err(r, 409, "sandbox %s is starting or stopping, or its network is being changed; retry",
+			      r->sandbox_id);
+	else if (rc == -ESRCH)
+		e2b_reply_err(r, 404, "sandbox %s ended while its network was being changed", r->sandbox_id);
+	else if (rc)
+		e2b_reply_err(r, 500, "cannot change the network of sandbox %s: %s", r->sandbox_id,
+			      msg ? msg : strerror(-rc));
+	else
+		http_reply(r, 204, NULL, NULL, 0, NULL);
+}
+
+void e2b_sandbox_network(struct http_req *r)
+{
+	struct sandbox *sb = e2b_find_or_404(r);
+	if (!sb)
+		return;
+	cJSON *b = e2b_json_body(r);
+	if (!b)
+		return;
+	struct net_policy net;
+	const char *bad = cJSON_IsObject(b) ? net_policy_from_e2b(cJSON_GetObjectItemCaseSensitive(b,
+				"allow_internet_access"), b, &net) : "the body must be a JSON object";
+	cJSON_Delete(b);
+	if (bad) {
+		e2b_reply_err(r, 400, "%s", bad);
+		return;
+	}
+	if (!sb->net && !net_policy_any(&net)) {
+		http_reply(r, 204, NULL, NULL, 0, NULL); /* nothing, as it has */
+		return;
+	}
+	struct ctl_call *cc = ctl_call_new(r);
+	if (cc)
+		sandbox_set_network(sb, &net, network_set, cc);
+}
+
 /* ---- fork ---- */
 
 /* POST /sandboxes/{id}/fork: count live forks of a running sandbox, each a new E2B

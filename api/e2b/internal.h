@@ -133,6 +133,7 @@ void e2b_sandbox_timeout(struct http_req *r);
 void e2b_sandbox_pause(struct http_req *r);
 void e2b_sandbox_resume(struct http_req *r);
 void e2b_sandbox_fork(struct http_req *r);
+void e2b_sandbox_network(struct http_req *r);
 void e2b_sandbox_metrics(struct http_req *r);
 void e2b_templates_list(struct http_req *r);
 void e2b_snapshot_create(struct http_req *r);

@@ -77,6 +77,7 @@ GUARDED(e2b_sandbox_timeout, G_CONTROL)
 GUARDED(e2b_sandbox_pause, G_CONTROL)
 GUARDED(e2b_sandbox_resume, G_CONTROL)
 GUARDED(e2b_sandbox_fork, G_CONTROL)
+GUARDED(e2b_sandbox_network, G_CONTROL)
 GUARDED(e2b_sandbox_metrics, G_CONTROL)
 GUARDED(e2b_templates_list, G_CONTROL)
 GUARDED(e2b_snapshot_create, G_CONTROL)
@@ -170,6 +171,8 @@ static const struct route *control_route(struct http_req *r, bool *claimed)
 		return &r_e2b_sandbox_timeout;
 	if (m == HTTP_GET && !strcmp(tail, "/metrics"))
 		return &r_e2b_sandbox_metrics;
+	if (m == HTTP_PUT && !strcmp(tail, "/network"))
+		return &r_e2b_sandbox_network;
 	return &r_unknown;
 }
 

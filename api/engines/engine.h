@@ -68,6 +68,10 @@ struct engine_ops {
 	/* Optional hooks; NULL where an engine has nothing to do. */
 	/* Sandboxes may be given a network (engine_start.net); NULL: never. */
 	bool (*network)(void);
+	/* Replaces what the running sandbox in dir may reach; done runs on the loop unless
+	 * this fails at once (-ENOENT: it has no interface). */
+	int (*network_update)(const char *dir, const struct net_policy *p, engine_done_fn done, void *ctx,
+			      struct mitos_err *e);
 	/* What the children of a fork of the running sandbox in dir start from (their
 	 * engine_start.copy_from); replaces writable_layer() and pausing the parent. */
 	int (*fork_source)(const char *dir, const struct engine_proc *p, char *out, size_t outlen,

@@ -673,6 +673,7 @@ const struct engine_ops engine_process_ops = {
 	.exit_reason = engine_start_error,
 	.cleanup = proc_cleanup,
 	.network = sandbox_net_enabled,
+	.network_update = sandbox_net_update,
 	.snapshot_take = proc_snapshot_take,
 	.snapshot_keep = proc_snapshot_keep,
 	.snapshot_drop = proc_snapshot_drop,

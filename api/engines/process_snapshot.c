@@ -6,36 +6,25 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "api/http/uring.h"
+#include "api/engines/spawn_watch.h"
 
 struct copy_job {
-	struct uop op;
-	pid_t pid;
-	int pidfd;
 	char dir[4200];            /* the snapshot's: the init's error file (fd 5) is its start-error */
 	engine_done_fn done;
 	void *ctx;
 };
 
-static void copy_exited(struct uop *op, int res, uint32_t flags)
+static void copy_exited(void *ctx, int status)
 {
-	(void)res;
-	(void)flags;
-	struct copy_job *j = (struct copy_job *)op;
-	siginfo_t si = { 0 };
-	int rc = waitid(P_PIDFD, (id_t)j->pidfd, &si, WEXITED) < 0 ? -errno : 0;
-	if (!rc && (si.si_code != CLD_EXITED || si.si_status != 0)) {
+	struct copy_job *j = ctx;
+	int rc = status < 0 ? status : 0;
+	if (!rc && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
 		char msg[900];
 		engine_start_error(j->dir, msg, sizeof(msg));
 		fprintf(stderr, "mitos-vmm serve: a snapshot's copy failed: %s\n", msg[0] ? msg : "(no reason given)");
@@ -45,7 +34,6 @@ static void copy_exited(struct uop *op, int res, uint32_t flags)
 		snprintf(err, sizeof(err), "%s/start-error", j->dir);
 		unlink(err);
 	}
-	close(j->pidfd);
 	j->done(j->ctx, rc);
 	free(j);
 }
@@ -71,31 +59,16 @@ int process_snapshot_copy(const char *init_path, const char *from, pid_t pid, co
 		free(j);
 		return rc;
 	}
+	j->done = done;
+	j->ctx = ctx;
 	/* fds as the init expects them: 5 its error file, 6 its tools' output. */
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	for (int fd = 0; fd < 3; fd++)
-		posix_spawn_file_actions_addopen(&fa, fd, "/dev/null", O_RDWR, 0);
-	posix_spawn_file_actions_adddup2(&fa, efd, 5);
-	posix_spawn_file_actions_adddup2(&fa, efd, 6);
+	static const int at[] = { 5, 6 };
 	char *argv[] = { "mitos-sandbox-init", "--copy-layer", (char *)from, out, root, NULL };
-	char *envp[] = { NULL };
-	int rc = -posix_spawn(&j->pid, init_path, &fa, NULL, argv, envp);
-	posix_spawn_file_actions_destroy(&fa);
+	int rc = spawn_watch(init_path, argv, efd, at, 2, copy_exited, j);
 	close(efd);
-	j->pidfd = rc ? -1 : (int)syscall(SYS_pidfd_open, j->pid, 0);
-	if (!rc && j->pidfd < 0) {
-		rc = -errno;
-		kill(j->pid, SIGKILL);
-		waitpid(j->pid, NULL, 0);
-	}
 	if (rc) {
 		free(j);
 		return mitos_err_set(e, rc, "cannot start the snapshot's copy: %s", strerror(-rc));
 	}
-	j->op.fn = copy_exited;
-	j->done = done;
-	j->ctx = ctx;
-	io_uring_prep_poll_add(ur_sqe(&j->op), j->pidfd, POLLIN);
 	return 0;
 }

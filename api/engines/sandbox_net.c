@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/engines/spawn_watch.h"
 #include "api/engines/teardown.h"
 #include "api/sandbox/net_policy.h"
 
@@ -191,6 +192,9 @@ static void cidr_elements(FILE *f, const char *verb, const char *set, const char
 /* verb ("add" or "delete") every element of the sandbox at address sb on dev. */
 static void sandbox_elements(FILE *f, const char *verb, const char *dev, const char *sb, const struct net_policy *p)
 {
+	/* Nothing at all: not even DNS, nor its source address. */
+	if (!net_policy_any(p))
+		return;
 	fprintf(f, "%s element " TABLE " src { \"%s\" . %s }\n", verb, dev, sb);
 	if (p->internet)
 		fprintf(f, "%s element " TABLE " internet { %s }\n", verb, sb);
@@ -383,6 +387,93 @@ int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, 
 	return 0;
 }
 
+struct net_update {
+	unsigned slot;
+	engine_done_fn done;
+	void *ctx;
+};
+
+static void update_path(char *out, size_t n, unsigned slot, const char *what)
+{
+	snprintf(out, n, "%s/.%u.%s", slots_dir, slot, what);
+}
+
+static void update_exited(void *ctx, int status)
+{
+	struct net_update *u = ctx;
+	char next[4300], slot[4300], cmds[4300];
+	update_path(next, sizeof(next), u->slot, "next");
+	update_path(cmds, sizeof(cmds), u->slot, "nft");
+	snprintf(slot, sizeof(slot), "%s/%u", slots_dir, u->slot);
+	int rc = status < 0 ? status : WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+	/* The slot's undoing follows the rules in force. */
+	if (!rc && rename(next, slot) < 0)
+		rc = -errno;
+	unlink(next);
+	unlink(cmds);
+	u->done(u->ctx, rc);
+	free(u);
+}
+
+int sandbox_net_update(const char *dir, const struct net_policy *p, engine_done_fn done, void *ctx,
+		       struct mitos_err *e)
+{
+	char path[4300], cmds[4300], next[4300];
+	snprintf(path, sizeof(path), "%s" SLOT_RECORD, dir);
+	FILE *f = fopen(path, "re");
+	unsigned slot = NET_SLOTS;
+	if (f) {
+		if (fscanf(f, "%u", &slot) != 1)
+			slot = NET_SLOTS;
+		fclose(f);
+	}
+	if (slot >= NET_SLOTS)
+		return mitos_err_set(e, -ENOENT, "it was started without a network interface");
+	if (!nft_path[0])
+		return mitos_err_set(e, -ENOTSUP, "nft is not installed");
+	char sb[16], dev[16];
+	addr_str(slot_addr(slot, 2), sb, sizeof(sb));
+	snprintf(dev, sizeof(dev), "msb%u", slot);
+	/* One transaction: the rules in force out, the new ones in. */
+	snprintf(path, sizeof(path), "%s/%u", slots_dir, slot);
+	update_path(cmds, sizeof(cmds), slot, "nft");
+	update_path(next, sizeof(next), slot, "next");
+	int rc = 0;
+	FILE *in = fopen(path, "re"), *out = fopen(cmds, "we");
+	if (!in || !out) {
+		rc = -errno;
+	} else {
+		char buf[4096];
+		size_t n;
+		while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+			fwrite(buf, 1, n, out);
+		sandbox_elements(out, "add", dev, sb, p);
+		if (ferror(in) || ferror(out))
+			rc = -EIO;
+	}
+	if (in)
+		fclose(in);
+	if (out && fclose(out) && !rc)
+		rc = -errno;
+	if (!rc)
+		rc = write_elements(next, O_CREAT | O_TRUNC, "delete", dev, sb, p);
+	struct net_update *u = rc ? NULL : calloc(1, sizeof(*u));
+	if (!rc && !u)
+		rc = -ENOMEM;
+	if (!rc) {
+		*u = (struct net_update){ .slot = slot, .done = done, .ctx = ctx };
+		char *argv[] = { nft_path, "-f", cmds, NULL };
+		rc = spawn_watch(nft_path, argv, -1, NULL, 0, update_exited, u);
+	}
+	if (rc) {
+		free(u);
+		unlink(cmds);
+		unlink(next);
+		return mitos_err_set(e, rc, "cannot update its rules: %s", strerror(-rc));
+	}
+	return 0;
+}
+
 /* Whether the table still holds the sandbox on dev (its src element). */
 static bool table_holds(const char *dev)
 {
@@ -415,12 +506,17 @@ static void release_slot(void *arg)
 	}
 	/* The delete fails whole where the elements are not there (a start that ended
 	 * before loading them, a table made anew since): then there is nothing to undo.
-	 * Elements left behind would be a later sandbox's at this address. */
-	if (run_nft("-f", path, NULL, NULL) != 0 && table_holds(dev)) {
-		fprintf(stderr, "mitos-vmm serve: cannot remove the rules of %s: its address stays taken\n", dev);
-		return;
+	 * Elements left behind would be a later sandbox's at this address. A change of
+	 * its rules that was on its way replaces this file when it ends: read again. */
+	for (int i = 0; i < 3; i++) {
+		if (run_nft("-f", path, NULL, NULL) == 0 || !table_holds(dev)) {
+			slot_free(slot);
+			return;
+		}
+		struct timespec wait = { 0, 100 * 1000 * 1000 };
+		nanosleep(&wait, NULL);
 	}
-	slot_free(slot);
+	fprintf(stderr, "mitos-vmm serve: cannot remove the rules of %s: its address stays taken\n", dev);
 }
 
 void sandbox_net_release(const char *dir)

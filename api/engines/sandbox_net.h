@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "api/engines/engine.h"
 #include "lib/error.h"
 
 struct net_policy;
@@ -40,6 +41,12 @@ bool sandbox_net_enabled(void);
  * dir/resolv.conf, and fills arg ("msbN,HOST_ADDR,SANDBOX_ADDR") for
  * mitos-sandbox-init --net. */
 int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, size_t arglen, struct mitos_err *e);
+
+/* Replaces the rules of the running sandbox in dir by p's, in one nftables
+ * transaction off the loop; done runs on the loop with 0 or -errno, unless this fails
+ * at once: -ENOENT when it has no interface (started with nothing allowed). */
+int sandbox_net_update(const char *dir, const struct net_policy *p, engine_done_fn done, void *ctx,
+		       struct mitos_err *e);
 
 /* The sandbox in dir is gone (whichever serve started it): its table and slot are
  * removed on the teardown thread. Nothing when it had no network. */

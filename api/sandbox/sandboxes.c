@@ -599,6 +599,58 @@ void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, 
 	}
 }
 
+struct net_op {
+	char id[ID_MAX + 1];
+	uint64_t created_ms;       /* tells a later sandbox with the same id apart */
+	struct net_policy p;
+	sandbox_net_fn done;
+	void *ctx;
+};
+
+static void net_op_done(void *arg, int rc)
+{
+	struct net_op *op = arg;
+	struct sandbox *sb = sandbox_find(op->id);
+	if (!sb || sb->created_ms != op->created_ms) {
+		rc = -ESRCH;
+	} else {
+		sb->net_busy = false;
+		if (!rc) {
+			free(sb->net);
+			sb->net = net_policy_dup(&op->p);
+			sb_save(sb);
+		}
+	}
+	op->done(op->ctx, rc, rc == -EIO ? "nft refused the new rules" : NULL);
+	free(op);
+}
+
+void sandbox_set_network(struct sandbox *sb, const struct net_policy *p, sandbox_net_fn done, void *ctx)
+{
+	if (sb->net_busy || (sb->state != SB_RUNNING && sb->state != SB_PAUSED)) {
+		done(ctx, -EBUSY, NULL);
+		return;
+	}
+	struct net_op *op = calloc(1, sizeof(*op));
+	if (!op) {
+		done(ctx, -ENOMEM, NULL);
+		return;
+	}
+	snprintf(op->id, sizeof(op->id), "%s", sb->id);
+	op->created_ms = sb->created_ms;
+	op->p = *p;
+	op->done = done;
+	op->ctx = ctx;
+	struct mitos_err e = { 0 };
+	int rc = sb_eng->network_update ? sb_eng->network_update(sb->dir, p, net_op_done, op, &e) : -ENOENT;
+	if (rc) {
+		free(op);
+		done(ctx, rc, e.msg[0] ? e.msg : NULL);
+		return;
+	}
+	sb->net_busy = true;
+}
+
 /* ---- ticks: expiry, start deadlines ---- */
 
 /* Said in the answer and, with the console's last words, in the log. */

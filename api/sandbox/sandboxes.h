@@ -87,6 +87,8 @@ struct sandbox {
 	struct workload_run *workload;
 	/* What it may reach (NULL: nothing; net_policy.h). */
 	struct net_policy *net;
+	/* A change of what it may reach is on its way (sandbox_set_network). */
+	bool net_busy;
 	/* A pause or resume is on its way (sandbox_set_paused). */
 	bool ctl_busy;
 	struct sandbox *next;
@@ -177,5 +179,12 @@ int sandbox_resume(struct sandbox *sb);
  * way), -ESRCH (the sandbox ended meanwhile) or another -errno. */
 typedef void (*sandbox_paused_fn)(void *ctx, int rc);
 void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, void *ctx);
+/* Replaces what sb may reach by p (its engine's rules, then sb->net): done(ctx, rc)
+ * runs once, on the loop, with 0, -ENOENT (sb has no network interface: it was
+ * started with nothing allowed, or on an engine or serve that gives none), -EBUSY
+ * (another change on its way, or sb starting or stopping), -ESRCH (it ended
+ * meanwhile) or another -errno; msg (may be NULL) says why. */
+typedef void (*sandbox_net_fn)(void *ctx, int rc, const char *msg);
+void sandbox_set_network(struct sandbox *sb, const struct net_policy *p, sandbox_net_fn done, void *ctx);
 
 #endif

@@ -10,7 +10,8 @@ deletes, so the machine's own network, routes and firewall are never touched:
 
 I and L answer HTTP on port 80 with the address asked and the client's address; L's DNS
 answers NAME.test with 1.1.1.1. Checked: E2B's allowInternetAccess, allowOut and
-denyOut, a Mitos template's egress and allow_cidrs; DNS; NAT; that H, the LAN (unless
+denyOut, at create and replaced on a running sandbox (PUT /sandboxes/{id}/network), a
+Mitos template's egress and allow_cidrs; DNS; NAT; that H, the LAN (unless
 allowed), other sandboxes and IPv6 stay out of reach and that nothing reaches a sandbox
 from outside; forks, a restart of serve, cleanup of every interface, table and slot;
 the refusals of what a node cannot honour.
@@ -66,17 +67,17 @@ if len(sys.argv) > 1:
 ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
 '''
 
-# Run in a sandbox: every probe's answer, as JSON (at once: a refused one waits 3 s).
+# Run in a sandbox: every probe's answer, as JSON (at once: a refused one waits 2 s).
 PROBE = r'''
 import json, socket, threading, urllib.request
 def get(u):
     try:
-        return urllib.request.urlopen(u, timeout=3).read().decode()
+        return urllib.request.urlopen(u, timeout=2).read().decode()
     except Exception as e:
         return "ERR " + type(e).__name__
 def tcp(host, port):
     try:
-        socket.create_connection((host, port), timeout=3).close()
+        socket.create_connection((host, port), timeout=2).close()
         return "open"
     except Exception as e:
         return "ERR " + type(e).__name__
@@ -202,6 +203,41 @@ def t_e2b_allow_deny(s):
     for x in (sid, sid2, sid3):
         s.request("DELETE", "/sandboxes/" + x, headers=KEY)
     gone_clean(s)
+
+
+def t_e2b_update(s):
+    """PUT /sandboxes/{id}/network (the SDK's update_network) replaces the rules of a
+    running sandbox whole: in force when it answers, {} back to the internet."""
+    sid = e2b_create(s)
+
+    def put(body):
+        return s.request("PUT", "/sandboxes/%s/network" % sid, body, headers=KEY)[0]
+    eq(put({"denyOut": ["8.8.8.8"]}), 204, "deny 8.8.8.8")
+    r = probe(s, sid, one="http://1.1.1.1/", eight="http://8.8.8.8/")
+    assert r["one"].startswith("1.1.1.1") and r["eight"].startswith("ERR"), r
+    eq(s.request("GET", "/sandboxes/" + sid, headers=KEY)[1]["network"], {"denyOut": ["8.8.8.8/32"]}, "getInfo")
+    eq(put({"allow_internet_access": False, "allowOut": ["10.99.0.2"]}), 204, "the LAN only")
+    r = probe(s, sid, one="http://1.1.1.1/", lan="http://10.99.0.2/")
+    assert r["one"].startswith("ERR") and r["lan"].startswith("10.99.0.2"), r
+    eq(put({"allow_internet_access": False}), 204, "nothing")
+    r = probe(s, sid, one="http://1.1.1.1/", name="name:a.test", lan="http://10.99.0.2/")
+    assert all(v.startswith("ERR") for v in r.values()), r
+    eq(s.request("GET", "/sandboxes/" + sid, headers=KEY)[1]["allowInternetAccess"], False, "getInfo")
+    eq(put({}), 204, "cleared: E2B's default")
+    r = probe(s, sid, one="http://1.1.1.1/", eight="http://8.8.8.8/")
+    assert r["one"].startswith("1.1.1.1") and r["eight"].startswith("8.8.8.8"), r
+    for body in ({"allowOut": ["pypi.org"]}, {"denyOut": "8.8.8.8"}, [1]):
+        eq(put(body), 400, "bad body %r" % (body,))
+    eq(s.request("PUT", "/sandboxes/sb-nope/network", {}, headers=KEY)[0], 404, "unknown sandbox")
+    closed = e2b_create(s, {"allow_internet_access": False})
+    st, r = s.request("PUT", "/sandboxes/%s/network" % closed, {}, headers=KEY)
+    eq(st, 409, "a sandbox started without an interface gets none (%r)" % (r,))
+    eq(s.request("PUT", "/sandboxes/%s/network" % closed, {"allow_internet_access": False}, headers=KEY)[0],
+       204, "nothing stays nothing")
+    for x in (sid, closed):
+        s.request("DELETE", "/sandboxes/" + x, headers=KEY)
+    gone_clean(s)
+    eq([f for f in os.listdir(os.path.join(s.state_dir, "net-slots"))], [], "no update's files left")
 
 
 def t_mitos_templates(s):
@@ -332,7 +368,8 @@ def inside():
     host_service()
     r = Runner()
     for name, fn in (("e2b_default_internet", t_e2b_default_internet), ("e2b_no_internet", t_e2b_no_internet),
-                     ("e2b_allow_deny", t_e2b_allow_deny), ("mitos_templates", t_mitos_templates),
+                     ("e2b_allow_deny", t_e2b_allow_deny), ("e2b_update", t_e2b_update),
+                     ("mitos_templates", t_mitos_templates),
                      ("isolation", t_isolation), ("refusals", t_refusals), ("restart", t_restart),
                      ("without_egress", t_without_egress)):
         if ONLY and not any(o in name for o in ONLY):
