@@ -452,24 +452,29 @@ static void net_setup(const char *dir, const char *spec, const char *host_netns)
 		fail(-rc, "address the sandbox's eth0");
 }
 
-/* The node's resolvers as the sandbox's /etc/resolv.conf, its root's file. */
-static void install_resolv(const char *dir, const char *root, unsigned long base)
+/* The node's resolvers (DIR/resolv.conf), read while the state dir is reachable. */
+static ssize_t read_resolv(const char *dir, char *text, size_t n)
 {
-	char src[4200], dst[4200], text[512];
+	char src[4200];
 	pathf(src, sizeof(src), "%s/resolv.conf", dir);
 	int fd = open(src, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return;
-	ssize_t n = read(fd, text, sizeof(text));
+		fail(errno, "open %s", src);
+	ssize_t k = read(fd, text, n);
 	close(fd);
-	pathf(dst, sizeof(dst), "%s/etc", root);
+	return k;
+}
+
+/* ... written as the sandbox's /etc/resolv.conf, its root's file. Only once the root is
+ * the sandbox's own: /etc may be a link its parent left, which must resolve inside. */
+static void install_resolv(const char *text, ssize_t n, unsigned long base)
+{
 	struct stat st;
-	if (n <= 0 || stat(dst, &st) < 0 || !S_ISDIR(st.st_mode))
+	if (n <= 0 || stat("/etc", &st) < 0 || !S_ISDIR(st.st_mode))
 		return;
-	pathf(dst, sizeof(dst), "%s/etc/resolv.conf", root);
 	set_fsids(base);
-	unlink(dst);
-	fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	unlink("/etc/resolv.conf");
+	int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	int err = fd < 0 || write(fd, text, (size_t)n) != n ? errno : 0;
 	if (fd >= 0)
 		close(fd);
@@ -681,8 +686,12 @@ int main(int argc, char **argv)
 
 	if (net && !host_netns)
 		fail(EINVAL, "--net needs --host-netns");
-	if (net)
+	char resolv[512];
+	ssize_t resolv_len = 0;
+	if (net) {
 		net_setup(dir, net, host_netns);
+		resolv_len = read_resolv(dir, resolv, sizeof(resolv));
+	}
 
 	char p[4200], root[4200], rw[4200], lower[4200], opts[13000];
 	mount_or_fail(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
@@ -725,8 +734,6 @@ int main(int argc, char **argv)
 	set_fsids(base);
 	mount_or_fail("overlay", root, "overlay", 0, opts);
 	set_fsids(0);
-	if (net)
-		install_resolv(dir, root, base);
 
 	mount_proc_sys(root);
 	char tmpopts[96];
@@ -758,6 +765,8 @@ int main(int argc, char **argv)
 		fail(errno, "detach the old root");
 	if (chdir("/") < 0)
 		fail(errno, "chdir /");
+	if (net)
+		install_resolv(resolv, resolv_len, base);
 	/* The template is the host's own root for now: hide what is the server's. After
 	 * pivot_root, so that a symlink a parent sandbox left resolves inside. */
 	struct stat st;

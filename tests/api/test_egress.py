@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -296,6 +297,26 @@ def t_isolation(s):
     gone_clean(s)
 
 
+def t_hostile_etc(s):
+    """A sandbox that makes its /etc a link to a path of this host: its forks' resolv.conf
+    is still written inside them (the link once resolved on the host, before the
+    child's root was its own, and the child's start wrote the host's file)."""
+    canary = tempfile.mkdtemp(prefix="mte-canary-", dir="/tmp")
+    try:
+        st, t = s.request("POST", "/v1/templates", {"id": "net-h", "network": {"egress": "allow"}})
+        eq(st, 200, "template")
+        eq(s.request("POST", "/v1/fork", {"template": "net-h", "id": "evil"})[0], 200, "fork")
+        out, rc = sh(s, "evil", f"mv /etc /etc.orig && ln -s {canary} /etc && ls -ld /etc")
+        eq(rc, 0, "the link (%r)" % out)
+        st, r = s.request("POST", "/v1/sandboxes/evil/fork", {"id": "evil-kid"})
+        eq(os.listdir(canary), [], "nothing written on the host (fork answered %d)" % st)
+        for x in ("evil", "evil-kid"):
+            s.request("DELETE", "/v1/sandboxes/" + x)
+        gone_clean(s)
+    finally:
+        shutil.rmtree(canary, ignore_errors=True)
+
+
 def t_restart(s):
     """A sandbox keeps its network across a restart of serve; the next serve releases it."""
     sid = e2b_create(s)
@@ -370,7 +391,8 @@ def inside():
     for name, fn in (("e2b_default_internet", t_e2b_default_internet), ("e2b_no_internet", t_e2b_no_internet),
                      ("e2b_allow_deny", t_e2b_allow_deny), ("e2b_update", t_e2b_update),
                      ("mitos_templates", t_mitos_templates),
-                     ("isolation", t_isolation), ("refusals", t_refusals), ("restart", t_restart),
+                     ("isolation", t_isolation), ("hostile_etc", t_hostile_etc), ("refusals", t_refusals),
+                     ("restart", t_restart),
                      ("without_egress", t_without_egress)):
         if ONLY and not any(o in name for o in ONLY):
             continue
