@@ -31,11 +31,13 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mitos_test import Runner, Server, eq, exec_output, exit_of, wait_until  # noqa: E402
+from mitos_test import Runner, Server, Skip, eq, exec_output, exit_of, wait_until  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
 ONLY = sys.argv[3:]
-TOKEN = "mitos-egress-" + secrets.token_hex(16)
+# The form the E2B SDKs check before sending a key: "e2b_" and hex.
+TOKEN = "e2b_" + secrets.token_hex(20)
+E2B_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2b")
 KEY = {"X-API-KEY": TOKEN}
 DNS = "10.99.0.53"
 HOST_PORT = 9999
@@ -317,6 +319,20 @@ def t_hostile_etc(s):
         shutil.rmtree(canary, ignore_errors=True)
 
 
+def t_npm_e2b_sdk(s):
+    """The unmodified npm e2b SDK's network options (tests/e2b/egress_sdk.mjs)."""
+    if not shutil.which("node") or not os.path.isdir(os.path.join(E2B_DIR, "node_modules", "e2b")):
+        raise Skip("needs node and tools/setup's npm ci in tests/e2b")
+    url = "http://127.0.0.1:%d" % s.port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
+    env.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=TOKEN)
+    p = subprocess.run(["node", "--test", "--test-concurrency=1", "egress_sdk.mjs"], cwd=E2B_DIR, env=env,
+                       capture_output=True, text=True, timeout=300)
+    if p.returncode:
+        raise AssertionError("egress_sdk.mjs failed:\n" + p.stdout[-6000:] + p.stderr[-2000:])
+    gone_clean(s)
+
+
 def t_restart(s):
     """A sandbox keeps its network across a restart of serve; the next serve releases it."""
     sid = e2b_create(s)
@@ -391,7 +407,8 @@ def inside():
     for name, fn in (("e2b_default_internet", t_e2b_default_internet), ("e2b_no_internet", t_e2b_no_internet),
                      ("e2b_allow_deny", t_e2b_allow_deny), ("e2b_update", t_e2b_update),
                      ("mitos_templates", t_mitos_templates),
-                     ("isolation", t_isolation), ("hostile_etc", t_hostile_etc), ("refusals", t_refusals),
+                     ("npm_e2b_sdk", t_npm_e2b_sdk), ("isolation", t_isolation), ("hostile_etc", t_hostile_etc),
+                     ("refusals", t_refusals),
                      ("restart", t_restart),
                      ("without_egress", t_without_egress)):
         if ONLY and not any(o in name for o in ONLY):
