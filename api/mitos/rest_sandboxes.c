@@ -262,6 +262,9 @@ void rest_templates_create(struct http_req *r)
 		return;
 	}
 	const char *bad = network_refusal(cJSON_GetObjectItemCaseSensitive(b, "network"));
+	struct net_policy net;
+	if (!bad)
+		net_policy_from_mitos(cJSON_GetObjectItemCaseSensitive(b, "network"), &net);
 	uint32_t wait_s;
 	bool present;
 	if (!bad && get_uint(b, "init_wait_seconds", 0, 3600, &wait_s, &present))
@@ -316,6 +319,13 @@ void rest_templates_create(struct http_req *r)
 	if (rc) {
 		idem_release(key);
 		http_reply_error(r, e.kind, e.msg, NULL, NULL);
+		return;
+	}
+	/* The contract's server makes the template anew, posture and all: a sandbox of a
+	 * later fork gets what the last create asked for, never an older, wider one. */
+	if (!created && !t->source[0] && (rc = templates_set_network(t, &net))) {
+		idem_release(key);
+		http_reply_error(r, AE_INTERNAL, "cannot save the template's network posture", NULL, NULL);
 		return;
 	}
 	idem_record(key, IDEM_TEMPLATE, t->name);

@@ -128,6 +128,8 @@ int templates_create(const char *name, const char *image, const struct cJSON *sp
 		     bool *created, tpl_done_fn done, void *ctx, struct tpl_waiter **w, struct mitos_err *e);
 void tpl_waiter_detach(struct tpl_waiter *w);
 struct cJSON *template_json(const struct template_rec *t);
+/* What t's sandboxes may reach from now on (theirs so far keep theirs): 0 or -errno. */
+int templates_set_network(struct template_rec *t, const struct net_policy *p);
 /* Sandboxes of this node can be given a network (serve --egress, an engine that can). */
 bool sandboxes_network(void);
 

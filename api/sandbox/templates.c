@@ -133,6 +133,20 @@ void template_free(struct template_rec *t)
 	free(t);
 }
 
+int templates_set_network(struct template_rec *t, const struct net_policy *p)
+{
+	struct net_policy *old = t->net;
+	t->net = net_policy_dup(p);
+	int rc = net_policy_any(p) && !t->net ? -ENOMEM : template_save(t);
+	if (rc) {
+		free(t->net);
+		t->net = old;
+		return rc;
+	}
+	free(old);
+	return 0;
+}
+
 /* A template's network as its request gave it (checked by the API before). */
 static struct net_policy *spec_net(const cJSON *spec)
 {

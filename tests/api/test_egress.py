@@ -267,7 +267,16 @@ def t_mitos_templates(s):
     assert r["one"].startswith("1.1.1.1"), r
     addr = {x: sh(s, x, "cat /proc/net/fib_trie | grep -m1 -o '10\\.201\\.[0-9.]*'")[0] for x in ("na", "na-kid")}
     assert addr["na"] != addr["na-kid"], addr
-    for x in ("na", "nc", "nn", "na-kid"):
+    # A create of an existing template makes it anew, posture and all (as the
+    # contract's server does): later forks get the new one, earlier sandboxes keep theirs.
+    st, t = s.request("POST", "/v1/templates", {"id": "net-allow", "network": {"block": True}})
+    eq((st, t["network"]), (200, {"egress": "deny", "inbound": "deny"}), "template made anew")
+    eq(s.request("POST", "/v1/fork", {"template": "net-allow", "id": "na2"})[0], 200, "fork")
+    eq(ifaces(s, "na2"), ["lo"], "the new posture")
+    assert probe(s, "na", one="http://1.1.1.1/")["one"].startswith("1.1.1.1"), "an earlier sandbox keeps its own"
+    st, t = s.request("POST", "/v1/templates", {"id": "net-none", "network": {"egress": "allow"}})
+    eq(t["network"]["egress"], "allow", "and the other way")
+    for x in ("na", "nc", "nn", "na-kid", "na2"):
         s.request("DELETE", "/v1/sandboxes/" + x)
     gone_clean(s)
 
