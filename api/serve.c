@@ -16,6 +16,7 @@
 
 #include "api/engines/engine.h"
 #include "api/engines/kvm_jail.h"
+#include "api/engines/sandbox_net.h"
 #include "api/e2b/e2b.h"
 #include "api/sandbox/agent_client.h"
 #include "api/http/errors.h"
@@ -75,6 +76,8 @@ static void usage(FILE *f)
 		"                       private ranges unless allowed. Without it: loopback only\n"
 		"  --dns IP             with --egress: the sandboxes' resolver (up to 3; default:\n"
 		"                       this host's IPv4 resolvers), always reachable from them\n"
+		"  --egress-conns N     with --egress: connections each sandbox may have open at\n"
+		"                       once (default 4096, 16..1048576); more are dropped\n"
 		"  --state-dir DIR      sandbox registry and writable layers (default /var/lib/mitos)\n"
 		"  --token-file FILE    every request must carry Authorization: Bearer <token>\n"
 		"  --insecure-no-auth   allow a non-loopback listener without a token\n"
@@ -294,6 +297,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_VM_UID_BASE 1019
 #define OPT_EGRESS 1021
 #define OPT_DNS 1022
+#define OPT_EGRESS_CONNS 1023
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -335,6 +339,7 @@ int cmd_serve(int argc, char **argv)
 		{ "sandbox-disk-mib", required_argument, NULL, OPT_DISK_MIB },
 		{ "egress", no_argument, NULL, OPT_EGRESS },
 		{ "dns", required_argument, NULL, OPT_DNS },
+		{ "egress-conns", required_argument, NULL, OPT_EGRESS_CONNS },
 		{ "node-id", required_argument, NULL, OPT_NODE_ID },
 		{ "peers", required_argument, NULL, OPT_PEERS },
 		{ "drain", no_argument, NULL, OPT_DRAIN },
@@ -356,6 +361,7 @@ int cmd_serve(int argc, char **argv)
 	srv_cfg.default_timeout_s = 300;
 	srv_cfg.kvm_pool = 2;
 	optind = 1;
+	bool conns_given = false;
 	int c;
 	uint64_t v;
 	int li;
@@ -401,6 +407,11 @@ int cmd_serve(int argc, char **argv)
 			else
 				srv_cfg.dns[srv_cfg.ndns++] = optarg;
 			break;
+		case OPT_EGRESS_CONNS:
+			conns_given = true;
+			bad = parse_u64(optarg, 16, 1u << 20, &v);
+			sandbox_net_set_max_conns((unsigned)v);
+			break;
 		case OPT_HDR_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.header_timeout_ms = (uint32_t)v; break;
 		case OPT_IDLE_TIMEOUT: bad = parse_u64(optarg, 100, 86400000, &v); srv_cfg.idle_timeout_ms = (uint32_t)v; break;
 		case OPT_BODY_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.body_timeout_ms = (uint32_t)v; break;
@@ -420,8 +431,9 @@ int cmd_serve(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
-	if (srv_cfg.ndns && !srv_cfg.egress) {
-		fprintf(stderr, "mitos-vmm serve: --dns needs --egress (without it sandboxes have loopback only)\n");
+	if ((srv_cfg.ndns || conns_given) && !srv_cfg.egress) {
+		fprintf(stderr, "mitos-vmm serve: --dns and --egress-conns need --egress (without it sandboxes have "
+			"loopback only)\n");
 		return EXIT_USAGE;
 	}
 	if (optind < argc) {

@@ -36,6 +36,12 @@ static char nft_path[64];
 static unsigned ndns;
 static char dns[SANDBOX_NET_DNS_MAX][16];
 static unsigned cursor;
+static unsigned max_conns = SANDBOX_NET_CONNS;
+
+void sandbox_net_set_max_conns(unsigned n)
+{
+	max_conns = n;
+}
 
 bool sandbox_net_enabled(void)
 {
@@ -133,6 +139,7 @@ static int write_base(const char *path)
 		   "\tset internet { type ipv4_addr; }\n"
 		   "\tset allow { type ipv4_addr . ipv4_addr; flags interval; }\n"
 		   "\tset deny { type ipv4_addr . ipv4_addr; flags interval; }\n"
+		   "\tset conns { type ipv4_addr; flags dynamic; size 65536; }\n"
 		   "\tchain input { type filter hook input priority filter; policy accept; }\n"
 		   "\tchain forward { type filter hook forward priority filter; policy accept; }\n"
 		   "\tchain output { type filter hook output priority filter; policy accept; }\n"
@@ -145,7 +152,10 @@ static int write_base(const char *path)
 	for (unsigned i = 0; i < ndns; i++)
 		fprintf(f, "add element " TABLE " dns { %s }\n", dns[i]);
 	fprintf(f, "add element " TABLE " special { " SPECIAL4 " }\n");
-	static const char *rules[] = {
+	char conns[96];
+	snprintf(conns, sizeof(conns), "sandbox_out ct state new add @conns { ip saddr ct count over %u } drop",
+		 max_conns);
+	const char *rules[] = {
 		/* To this host: only DNS, where the resolver is this host. */
 		"input iifname \"msb*\" ct state established,related accept",
 		"input iifname \"msb*\" ip daddr @dns meta l4proto { tcp, udp } th dport 53 accept",
@@ -159,6 +169,7 @@ static int write_base(const char *path)
 		/* Out of one, in this order. */
 		"sandbox_out meta nfproto != ipv4 drop",
 		"sandbox_out iifname . ip saddr != @src drop",
+		conns,
 		"sandbox_out ip daddr @dns meta l4proto { tcp, udp } th dport 53 accept",
 		"sandbox_out ip saddr . ip daddr @allow accept",
 		"sandbox_out ip saddr . ip daddr @deny drop",
@@ -290,7 +301,8 @@ int sandbox_net_configure(const char *state_dir, bool egress, const char *const 
 		snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? " " : "", dns[i]);
 	if (k < infolen)
 		snprintf(info + k, infolen - k, "sandboxes may reach the network as their policy allows "
-			 "(10.201.0.0/16, NAT through this host), DNS: %s", ndns ? list : "none found (--dns IP)");
+			 "(10.201.0.0/16, NAT through this host, %u connections each), DNS: %s", max_conns,
+			 ndns ? list : "none found (--dns IP)");
 	char base[4300];
 	snprintf(base, sizeof(base), "%s/net-egress.nft", state_dir);
 	int rc = write_base(base);

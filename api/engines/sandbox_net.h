@@ -27,6 +27,11 @@
 struct net_policy;
 
 #define SANDBOX_NET_DNS_MAX 3
+/* Connections a sandbox may have open through this host at once (its conntrack
+ * entries): one tenant cannot fill the host's table, which every sandbox and the host
+ * itself need. serve --egress-conns. */
+#define SANDBOX_NET_CONNS 4096
+void sandbox_net_set_max_conns(unsigned n);
 
 /* At start, egress or not (sandboxes an earlier serve gave a network are released by
  * this one). egress, serve --egress [--dns IP]...: checks that this host can do it

@@ -342,6 +342,36 @@ def t_npm_e2b_sdk(s):
     gone_clean(s)
 
 
+def t_conn_limit(_s):
+    """--egress-conns: a sandbox's open connections through this host are capped (its
+    conntrack entries: one tenant cannot fill the host's table); closed ones free their
+    place."""
+    s = egress_server(["--egress-conns", "16"])
+    try:
+        sid = e2b_create(s)
+        out, rc = sh(s, sid, "python3 - <<'PYEOF'\n"
+                     "import socket, time\n"
+                     "held = []\n"
+                     "for i in range(40):\n"
+                     "    try:\n"
+                     "        held.append(socket.create_connection(('1.1.1.1', 80), timeout=0.3))\n"
+                     "    except OSError:\n"
+                     "        pass\n"
+                     "print(len(held))\n"
+                     "for c in held:\n"
+                     "    c.close()\n"
+                     "time.sleep(0.5)\n"
+                     "socket.create_connection(('1.1.1.1', 80), timeout=2).close()\n"
+                     "print('again')\n"
+                     "PYEOF")
+        n, again = out.split()
+        assert 12 <= int(n) <= 16 and again == "again", out
+        s.request("DELETE", "/sandboxes/" + sid, headers=KEY)
+        gone_clean(s)
+    finally:
+        s.cleanup()
+
+
 def t_restart(s):
     """A sandbox keeps its network across a restart of serve; the next serve releases it."""
     sid = e2b_create(s)
@@ -417,12 +447,12 @@ def inside():
                      ("e2b_allow_deny", t_e2b_allow_deny), ("e2b_update", t_e2b_update),
                      ("mitos_templates", t_mitos_templates),
                      ("npm_e2b_sdk", t_npm_e2b_sdk), ("isolation", t_isolation), ("hostile_etc", t_hostile_etc),
-                     ("refusals", t_refusals),
+                     ("refusals", t_refusals), ("conn_limit", t_conn_limit),
                      ("restart", t_restart),
                      ("without_egress", t_without_egress)):
         if ONLY and not any(o in name for o in ONLY):
             continue
-        s = egress_server() if name != "without_egress" else None
+        s = egress_server() if name not in ("without_egress", "conn_limit") else None
         try:
             r.run(name, fn, s)
         finally:
