@@ -531,6 +531,13 @@ static void release_slot(void *arg)
 	fprintf(stderr, "mitos-vmm serve: cannot remove the rules of %s: its address stays taken\n", dev);
 }
 
+void sandbox_net_exit(void)
+{
+	if (enabled && !slots_in_use())
+		run_nft("delete", "table", "inet", "mitos-egress");
+	enabled = false;
+}
+
 void sandbox_net_release(const char *dir)
 {
 	char path[4300];

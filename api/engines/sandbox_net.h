@@ -53,6 +53,10 @@ int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, 
 int sandbox_net_update(const char *dir, const struct net_policy *p, engine_done_fn done, void *ctx,
 		       struct mitos_err *e);
 
+/* At exit, once every sandbox's release ran: the table goes when no sandbox (of a
+ * crash, say) still needs it. */
+void sandbox_net_exit(void);
+
 /* The sandbox in dir is gone (whichever serve started it): its table and slot are
  * removed on the teardown thread. Nothing when it had no network. */
 void sandbox_net_release(const char *dir);

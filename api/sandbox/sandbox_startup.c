@@ -250,6 +250,7 @@ void sandboxes_exit(void)
 	for (struct sandbox *z = sb_zombies, *n; z; z = n) {
 		n = z->next;
 		cJSON_Delete(z->metadata);
+		free(z->net);
 		free(z);
 	}
 	sb_zombies = NULL;
@@ -259,5 +260,6 @@ void sandboxes_exit(void)
 	templates_exit();
 	/* Last: what the above queued is removed (and its VMs reaped) before serve exits. */
 	teardown_exit();
+	sandbox_net_exit();
 }
 

@@ -407,6 +407,19 @@ def t_refusals(s):
         eq(st, 400, "template network %r (%r)" % (net, r))
 
 
+def t_stop_removes_table(_s):
+    """A serve with --egress that stops leaves no table behind once no sandbox needs it."""
+    s = egress_server()
+    try:
+        sid = e2b_create(s)
+        assert "mitos-egress" in nft("list", "tables"), "the table while serve runs"
+        eq(s.stop(), 0, "a graceful stop")
+        eq(nft("list", "tables").count("mitos-egress"), 0, "no table after it")
+        assert not net_leftovers(), net_leftovers()
+    finally:
+        s.cleanup()
+
+
 def t_without_egress(_s):
     """Without --egress: E2B's default internet is reported as not given, an allowlist
     or a Mitos egress allow is refused, and sandboxes have loopback only."""
@@ -448,11 +461,11 @@ def inside():
                      ("mitos_templates", t_mitos_templates),
                      ("npm_e2b_sdk", t_npm_e2b_sdk), ("isolation", t_isolation), ("hostile_etc", t_hostile_etc),
                      ("refusals", t_refusals), ("conn_limit", t_conn_limit),
-                     ("restart", t_restart),
+                     ("restart", t_restart), ("stop_removes_table", t_stop_removes_table),
                      ("without_egress", t_without_egress)):
         if ONLY and not any(o in name for o in ONLY):
             continue
-        s = egress_server() if name not in ("without_egress", "conn_limit") else None
+        s = egress_server() if name not in ("without_egress", "conn_limit", "stop_removes_table") else None
         try:
             r.run(name, fn, s)
         finally:
