@@ -23,6 +23,8 @@
  * reaped by the event loop's SIGCHLD handler (waitpid(-1)). */
 #include "agent/init.h"
 
+#include <arpa/inet.h>
+
 #include <errno.h>
 #include <stdbool.h>
 #include <fcntl.h>
@@ -38,6 +40,8 @@
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "agent/init_net.h"
 
 static int first_err;
 
@@ -59,7 +63,9 @@ static int mount_fs(const char *src, const char *target, const char *type, unsig
 	return 0;
 }
 
-static bool cmdline_has(const char *word)
+/* The value of KEY=value on the kernel command line (out gets it), or of the bare word
+ * KEY (out ""): true when there. */
+static bool cmdline_get(const char *key, char *out, size_t outlen)
 {
 	char buf[4096];
 	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
@@ -70,10 +76,44 @@ static bool cmdline_has(const char *word)
 	if (n <= 0)
 		return false;
 	buf[n] = 0;
+	size_t k = strlen(key);
 	for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n"))
-		if (!strcmp(tok, word))
+		if (!strncmp(tok, key, k) && (!tok[k] || tok[k] == '=')) {
+			snprintf(out, outlen, "%s", tok[k] ? tok + k + 1 : "");
 			return true;
+		}
 	return false;
+}
+
+static bool cmdline_has(const char *word)
+{
+	char v[8];
+	return cmdline_get(word, v, sizeof(v)) && !v[0];
+}
+
+/* serve --egress on the kvm engine: mitos.net=GUEST,GATEWAY (eth0 on a /30, the
+ * default route through the host's end) and mitos.dns=A[,B...] (resolv.conf). */
+static int guest_net(void)
+{
+	char net[64], dns[128], guest[16], gw[16];
+	struct in_addr g, r;
+	if (!cmdline_get("mitos.net", net, sizeof(net)))
+		return 0;
+	if (sscanf(net, "%15[^,],%15s", guest, gw) != 2 || inet_pton(AF_INET, guest, &g) != 1 ||
+	    inet_pton(AF_INET, gw, &r) != 1)
+		return -EINVAL;
+	init_net_no_ipv6("all");
+	init_net_no_ipv6("default");
+	init_net_no_ipv6("eth0");
+	int rc = init_net_sandbox_side(ntohl(g.s_addr), ntohl(r.s_addr));
+	if (rc || !cmdline_get("mitos.dns", dns, sizeof(dns)))
+		return rc;
+	FILE *f = fopen("/etc/resolv.conf", "we");
+	if (!f)
+		return -errno;
+	for (char *s = strtok(dns, ","); s; s = strtok(NULL, ","))
+		fprintf(f, "nameserver %s\n", s);
+	return fclose(f) ? -errno : 0;
 }
 
 static bool root_is_writable(void)
@@ -164,6 +204,7 @@ int init_setup(void)
 	if (lstat("/dev/ptmx", &st) == 0 && !S_ISLNK(st.st_mode))
 		mount("/dev/pts/ptmx", "/dev/ptmx", NULL, MS_BIND, NULL);
 	note(loopback_up(), "loopback up");
+	note(guest_net(), "eth0 (mitos.net)");
 	if (!getenv("PATH"))
 		setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
 	if (!getenv("HOME"))

@@ -143,6 +143,11 @@ int init_net_host_side(const char *host_dev, uint32_t host_addr, int sandbox_ns)
 	return with_inet_socket(host_up, host_dev, host_addr, 0);
 }
 
+int init_net_addr_up(const char *dev, uint32_t addr)
+{
+	return with_inet_socket(host_up, dev, addr, 0);
+}
+
 int init_net_sandbox_side(uint32_t addr, uint32_t gw)
 {
 	return with_inet_socket(sandbox_up, SANDBOX_DEV, addr, gw);

@@ -13,6 +13,9 @@ int init_net_host_side(const char *host_dev, uint32_t host_addr, int sandbox_ns)
 /* In the sandbox's namespace: eth0 gets addr/30, up, and the default route via gw. */
 int init_net_sandbox_side(uint32_t addr, uint32_t gw);
 
+/* dev gets addr/30 and is brought up (a TAP's or a pair's end). */
+int init_net_addr_up(const char *dev, uint32_t addr);
+
 /* IPv6 off for dev ("all" and "default" too): IPv6 is not routed to sandboxes. */
 void init_net_no_ipv6(const char *dev);
 

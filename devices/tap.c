@@ -40,6 +40,37 @@ static int attach_error(const char *name, int err, struct mitos_err *e)
 	}
 }
 
+/* What an attached TAP needs before a guest negotiates anything. */
+static int tap_ready(int fd, const char *name, struct mitos_err *e)
+{
+	int hdr = TAP_VNET_HDR_LEN;
+	if (ioctl(fd, TUNSETVNETHDRSZ, &hdr))
+		return mitos_err_set(e, -errno, "TAP %s: TUNSETVNETHDRSZ %d: %s", name, hdr, strerror(errno));
+	/* A TAP left attached by a previous owner may still have offloads on; the guest
+	 * has negotiated nothing yet. */
+	int r = tap_set_offload(fd, 0);
+	return r ? mitos_err_set(e, r, "TAP %s: TUNSETOFFLOAD: %s", name, strerror(-r)) : 0;
+}
+
+int tap_adopt(int fd, struct mitos_err *e)
+{
+	int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (own < 0)
+		return mitos_err_set(e, -errno, "the TAP's descriptor: %s", strerror(errno));
+	int flags = fcntl(own, F_GETFL);
+	int r = flags < 0 || fcntl(own, F_SETFL, flags | O_NONBLOCK) < 0 ? -errno : 0;
+	if (r)
+		mitos_err_set(e, r, "the TAP's descriptor: %s", strerror(-r));
+	if (!r)
+		r = tap_ready(own, "(given as a descriptor)", e);
+	if (r) {
+		close(own);
+		return r == -ENOTTY || r == -EBADFD ? mitos_err_set(e, -EINVAL, "the network device's descriptor "
+								     "is not an attached TAP") : r;
+	}
+	return own;
+}
+
 int tap_open(const char *name, struct mitos_err *e)
 {
 	if (!name || !tap_name_valid(name))
@@ -62,14 +93,8 @@ int tap_open(const char *name, struct mitos_err *e)
 	int r = 0;
 	if (ioctl(fd, TUNSETIFF, &ifr))
 		r = attach_error(name, errno, e);
-	int hdr = TAP_VNET_HDR_LEN;
-	if (!r && ioctl(fd, TUNSETVNETHDRSZ, &hdr))
-		r = mitos_err_set(e, -errno, "TAP %s: TUNSETVNETHDRSZ %d: %s", name, hdr,
-				  strerror(errno));
-	/* A TAP left attached by a previous owner may still have offloads on; the guest
-	 * has negotiated nothing yet. */
-	if (!r && (r = tap_set_offload(fd, 0)))
-		mitos_err_set(e, r, "TAP %s: TUNSETOFFLOAD: %s", name, strerror(-r));
+	if (!r)
+		r = tap_ready(fd, name, e);
 	if (r) {
 		close(fd);
 		return r;

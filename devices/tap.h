@@ -23,6 +23,11 @@ bool tap_name_valid(const char *name);
  * attached elsewhere, -EPERM not allowed. */
 int tap_open(const char *name, struct mitos_err *e);
 
+/* The same for a TAP another process attached (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+ * and handed over as fd: a non-blocking close-on-exec duplicate, set up as tap_open
+ * sets up its own; -EINVAL when fd is no attached TAP. */
+int tap_adopt(int fd, struct mitos_err *e);
+
 /* TUN_F_* offloads the reader can take (TUN_F_CSUM: partially checksummed frames;
  * TUN_F_TSO4/6/_ECN: TCP segments up to 64 KiB, which need TUN_F_CSUM). 0 or -errno:
  * -EINVAL when the kernel lacks one of them, -ENOTTY (or similar) when fd is not a TAP. */

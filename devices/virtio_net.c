@@ -559,7 +559,7 @@ struct virtio_device *virtio_net_create(const struct guest_mem *mem, uint64_t mm
 					unsigned irq, const struct virtio_net_opts *o,
 					struct mitos_err *e)
 {
-	int fd = tap_open(o->tap, e);
+	int fd = o->has_fd ? tap_adopt(o->fd, e) : tap_open(o->tap, e);
 	if (fd < 0)
 		return NULL;
 	return virtio_net_create_fd(mem, mmio_base, irq, fd, o->mac, e);

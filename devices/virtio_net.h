@@ -50,7 +50,9 @@
 #define VIRTIO_NET_DEFAULT_MAC { 0x06, 0x00, 0xac, 0x10, 0x00, 0x02 }
 
 struct virtio_net_opts {
-	const char *tap;                 /* name of an existing TAP in this netns */
+	const char *tap;                 /* name of an existing TAP in this netns, or NULL */
+	bool has_fd;                     /* or an attached TAP, given open (the device dups it) */
+	int fd;
 	uint8_t mac[VIRTIO_NET_MAC_LEN];
 };
 

@@ -8,6 +8,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -76,13 +77,15 @@ static int parse_mac(const char *s, uint8_t mac[VIRTIO_NET_MAC_LEN])
 	return 0;
 }
 
-/* Splits tap=NAME[,mac=MAC] in place. */
+/* Splits tap=NAME[,mac=MAC] (or fd=N for tap=) in place. */
 int cli_parse_net(const char *cmd, char *arg, bool allow_mac, struct virtio_net_opts *o)
 {
 	static const uint8_t default_mac[] = VIRTIO_NET_DEFAULT_MAC;
-	const char *form = allow_mac ? "tap=NAME[,mac=MAC]" : "tap=NAME";
+	const char *form = allow_mac ? "tap=NAME|fd=N[,mac=MAC]" : "tap=NAME|fd=N";
 	bool have_mac = false;
 	o->tap = NULL;
+	o->has_fd = false;
+	o->fd = -1;
 	memcpy(o->mac, default_mac, sizeof(o->mac));
 	for (char *kv; (kv = strsep(&arg, ","));) {
 		if (!strncmp(kv, "tap=", 4) && !o->tap) {
@@ -92,6 +95,16 @@ int cli_parse_net(const char *cmd, char *arg, bool allow_mac, struct virtio_net_
 					"to 15 characters, no '/', ':' or spaces)\n", cmd, o->tap);
 				return -EINVAL;
 			}
+		} else if (!strncmp(kv, "fd=", 3) && !o->tap && !o->has_fd) {
+			char *end;
+			long fd = strtol(kv + 3, &end, 10);
+			if (!kv[3] || *end || fd < 3 || fd > 1 << 20 || fcntl((int)fd, F_GETFD) < 0) {
+				fprintf(stderr, "mitos-vmm %s: --net: fd=%s: want an open descriptor (3 or "
+					"more) of an attached TAP\n", cmd, kv + 3);
+				return -EINVAL;
+			}
+			o->has_fd = true;
+			o->fd = (int)fd;
 		} else if (!strncmp(kv, "mac=", 4) && allow_mac && !have_mac) {
 			have_mac = true;
 			if (parse_mac(kv + 4, o->mac) || (o->mac[0] & 1) ||
@@ -107,7 +120,7 @@ int cli_parse_net(const char *cmd, char *arg, bool allow_mac, struct virtio_net_
 			return -EINVAL;
 		}
 	}
-	if (!o->tap) {
+	if (!o->tap && !o->has_fd) {
 		fprintf(stderr, "mitos-vmm %s: --net wants %s: tap= is missing\n", cmd, form);
 		return -EINVAL;
 	}

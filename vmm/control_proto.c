@@ -1,5 +1,6 @@
 /* The control protocol's spelling (control_proto.h). */
 #include "control_proto.h"
+#include "control.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -31,6 +32,8 @@ cJSON *ctl_request_encode(const struct ctl_request *r)
 			ok = cJSON_AddStringToObject(o, "vsock", r->vsock) != NULL;
 		if (ok && r->tap)
 			ok = cJSON_AddStringToObject(o, "tap", r->tap) != NULL;
+		if (ok && r->tap_by_fd)
+			ok = cJSON_AddNumberToObject(o, "tap_fd", r->tap_fd) != NULL;
 		cJSON *disks = ok ? cJSON_AddArrayToObject(o, "disks") : NULL;
 		ok = disks != NULL;
 		for (unsigned i = 0, fds = 0; ok && i < r->ndisks; i++) {
@@ -146,6 +149,14 @@ int ctl_request_decode(const cJSON *req, struct ctl_request *out, const char **c
 				 "\"vsock\" and \"tap\" (strings)");
 			return -EINVAL;
 		}
+		const cJSON *tfd = cJSON_GetObjectItemCaseSensitive(req, "tap_fd");
+		if (tfd && (!small_uint(tfd, CONTROL_MAX_FDS) || out->tap)) {
+			mitos_err_set(e, -EINVAL, "\"tap_fd\" is which of the descriptors sent with the request is "
+				 "the TAP (0..%d), instead of \"tap\"", CONTROL_MAX_FDS - 1);
+			return -EINVAL;
+		}
+		out->tap_by_fd = tfd != NULL;
+		out->tap_fd = tfd ? (unsigned)tfd->valueint : 0;
 		return decode_disks(req, out, e);
 	case CTL_LINK: {
 		const cJSON *up = cJSON_GetObjectItemCaseSensitive(req, "up");

@@ -41,6 +41,8 @@ struct ctl_request {
 	const char *dir;                 /* snapshot: the directory to write */
 	const char *snapshot;            /* restore: the snapshot to take */
 	const char *vsock, *tap;         /* restore: the child's own; NULL for none */
+	bool tap_by_fd;                  /* restore: the TAP comes attached, as descriptor tap_fd */
+	unsigned tap_fd;                 /*   (which of those sent with the request) */
 	unsigned ndisks;                 /* restore: disks replacing the snapshot's */
 	struct ctl_disk disks[CTL_MAX_DISKS];
 	bool up;                         /* link */

@@ -25,8 +25,12 @@ _Static_assert(CTL_MAX_DISKS == SNAPSHOT_MAX_DISKS, "a restore names any of the 
 static cJSON *control_restore(struct machine *m, const struct ctl_request *req,
 			      const struct control_fds *fds)
 {
-	struct machine_config c = { .vsock_path = req->vsock, .has_net = req->tap != NULL,
-				    .net = { .tap = req->tap } };
+	if (req->tap_by_fd && req->tap_fd >= fds->n)
+		return control_reply_error("invalid_request", "tap_fd names descriptor %u; %u came with the "
+					   "request", req->tap_fd, fds->n);
+	struct machine_config c = { .vsock_path = req->vsock, .has_net = req->tap || req->tap_by_fd,
+				    .net = { .tap = req->tap, .has_fd = req->tap_by_fd,
+					     .fd = req->tap_by_fd ? fds->fd[req->tap_fd] : -1 } };
 	bool overridden[SNAPSHOT_MAX_DISKS] = { false };
 	for (unsigned i = 0; i < req->ndisks; i++) {
 		const struct ctl_disk *d = &req->disks[i];

@@ -277,7 +277,7 @@ int machine_config_from_snapshot(const struct snapshot_config *sc, struct machin
 	/* The MAC comes back with the device's state; only the TAP is the child's own. */
 	if (sc->has_net && !c->has_net)
 		return mitos_err_set(e, -EINVAL, "the snapshot has a network device: give the "
-				     "child its own TAP (--net tap=NAME)");
+				     "child its own TAP (--net tap=NAME or fd=N)");
 	if (!sc->has_net && c->has_net)
 		return mitos_err_set(e, -EINVAL, "the snapshot has no network device");
 	return 0;
@@ -422,7 +422,7 @@ int machine_load_snapshot(struct machine *m, const char *dir, const struct machi
 	m->cfg.vsock_cid = c->vsock_cid;
 	m->cfg.has_net = c->has_net;
 	m->cfg.net = c->net;
-	m->cfg.net.tap = c->has_net ? machine_keep(m, c->net.tap) : NULL;
+	m->cfg.net.tap = c->has_net && c->net.tap ? machine_keep(m, c->net.tap) : NULL;
 	if ((r = machine_setup_virtio(m, e)) || (r = machine_build_cmdline(m, e)))
 		goto out;
 	machine_phase(m, "devices");

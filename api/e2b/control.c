@@ -299,6 +299,11 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 
 static void create_fork(struct create_ctx *cc)
 {
+	/* E2B's default internet on a template that cannot have it (a kvm template built
+	 * before --egress) is reported as not given, as on a node without --egress. */
+	const struct template_rec *t = templates_find(cc->tpl);
+	if (t && !sandboxes_network_for(t) && !cc->net.nallow)
+		memset(&cc->net, 0, sizeof(cc->net));
 	struct fork_req fr = { .template_name = cc->tpl, .n = 1, .timeout_s = cc->timeout_s, .net = &cc->net };
 	const cJSON *md = cJSON_GetObjectItemCaseSensitive(cc->body, "metadata");
 	fr.metadata = cJSON_IsObject(md) ? md : NULL;

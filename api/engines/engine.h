@@ -72,6 +72,9 @@ struct engine_ops {
 	 * this fails at once (-ENOENT: it has no interface). */
 	int (*network_update)(const char *dir, const struct net_policy *p, engine_done_fn done, void *ctx,
 			      struct mitos_err *e);
+	/* Whether sandboxes of the template in dir can be given one (kvm: it was built
+	 * with a network device); NULL: all can. */
+	bool (*template_network)(const char *dir);
 	/* What the children of a fork of the running sandbox in dir start from (their
 	 * engine_start.copy_from); replaces writable_layer() and pausing the parent. */
 	int (*fork_source)(const char *dir, const struct engine_proc *p, char *out, size_t outlen,

@@ -45,6 +45,8 @@
 #include "agent/base64.h"
 #include "api/sandbox/agent_client.h"
 #include "api/engines/kvm_guest.h"
+#include "api/engines/sandbox_net.h"
+#include "api/sandbox/net_policy.h"
 #include "api/sandbox/registry.h"
 #include "vmm/control.h"
 #include "vmm/kvm_vm.h"
@@ -61,6 +63,9 @@ struct restore_job {
 	char dir[PLEN], control[PLEN], snapshot[PLEN], vsock[PLEN], rootfs[PLEN];
 	char vmdir[PLEN];          /* with K.jail: where the VM was started (kvm_vm_take) */
 	char tsnap[PLEN];          /* the template's snapshot, the base of every layer */
+	bool tap;                  /* its template has a network device: the VM gets a TAP */
+	bool has_net;              /* and what it may reach through it */
+	struct net_policy net;
 };
 
 /* What a jailed VM restores is mounted into its root: the snapshot and every layer
@@ -113,21 +118,31 @@ static void restore_run(struct kjob *kj)
 	}
 	/* The root disk is shared by every sandbox (their writes go to the guest's
 	 * overlay), and handed over open: the VM never sees the image's path. */
-	struct control_fds disk = { .n = 1, .fd = { j->rootfs[0] ? open(j->rootfs, O_RDONLY | O_CLOEXEC) : -1 } };
-	if (!rc && j->rootfs[0] && disk.fd[0] < 0)
+	struct control_fds fds = { .n = 0 };
+	int disk = j->rootfs[0] ? open(j->rootfs, O_RDONLY | O_CLOEXEC) : -1;
+	if (!rc && j->rootfs[0] && disk < 0)
 		rc = mitos_err_set(&e, -errno, "cannot open the root disk %.300s: %s", j->rootfs, strerror(errno));
+	if (disk >= 0)
+		fds.fd[fds.n++] = disk;
+	/* Its TAP, in a network namespace of its own, comes open too. */
+	int tap = -1;
+	if (!rc && j->tap && (tap = sandbox_net_vm_tap(j->dir, j->has_net ? &j->net : NULL, &e)) < 0)
+		rc = tap;
+	if (tap >= 0)
+		fds.fd[fds.n++] = tap;
 	if (!rc) {
 		struct ctl_request req = { .cmd = CTL_RESTORE, .snapshot = j->snapshot, .vsock = vsock,
-					   .ndisks = j->rootfs[0] ? 1 : 0,
+					   .ndisks = j->rootfs[0] ? 1 : 0, .tap_by_fd = tap >= 0,
+					   .tap_fd = disk >= 0 ? 1 : 0,
 					   .disks = { { .index = 0, .path = j->rootfs, .read_only = true, .by_fd = true } } };
 		struct mitos_err why = { 0 };
-		rc = kvm_ctl_request(control, &req, j->rootfs[0] ? &disk : NULL, RESTORE_TIMEOUT_MS,
-				     PREPARE_TIMEOUT_MS, j->pidfd, &why);
+		rc = kvm_ctl_request(control, &req, fds.n ? &fds : NULL, RESTORE_TIMEOUT_MS, PREPARE_TIMEOUT_MS,
+				     j->pidfd, &why);
 		if (rc)
 			mitos_err_set(&e, rc, "restore into a prepared VM failed: %s", why.msg);
 	}
-	if (disk.fd[0] >= 0)
-		close(disk.fd[0]);
+	for (unsigned i = 0; i < fds.n; i++)
+		close(fds.fd[i]);
 	if (!rc && j->vmdir[0])
 		rc = restore_claim(j, &e);
 	if (!rc) {
@@ -171,6 +186,14 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, struct
 	int rc = kvm_shape_read(s->template_root, &sh, j->rootfs, sizeof(j->rootfs));
 	if (rc)
 		mitos_err_set(e, rc, "the template in %.300s has no kvm.json", s->template_root);
+	j->tap = !rc && kvm_template_net(s->template_root);
+	if (!rc && net_policy_any(s->net) && !j->tap)
+		rc = mitos_err_set(e, -ENOTSUP, "its template was built without a network device (before serve ran "
+				   "with --egress): make the template anew");
+	if (!rc && net_policy_any(s->net)) {
+		j->has_net = true;
+		j->net = *s->net;
+	}
 	if (!rc && (kvm_pathf(j->dir, "%s", s->dir) || kvm_pathf(j->control, "%s/control", s->dir) ||
 		    kvm_pathf(j->vsock, "%s/vsock", s->dir) || strlen(j->vsock) + 12 > SOCK_MAX ||
 		    kvm_pathf(ksb->dir, "%s", s->dir))) {
@@ -334,6 +357,7 @@ static int kvm_cleanup(const char *dir)
 	 * process engine does, so that nothing of the sandbox is left when DELETE answers.
 	 * The files go on the teardown thread. */
 	kvm_vm_record_kill(dir);
+	sandbox_net_release(dir);
 	teardown_tree(dir, NULL);
 	return 0;
 }
@@ -589,6 +613,9 @@ const struct engine_ops engine_kvm_ops = {
 	.kill = kvm_kill,
 	.exit_reason = kvm_exit_reason,
 	.cleanup = kvm_cleanup,
+	.network = sandbox_net_enabled,
+	.network_update = sandbox_net_update,
+	.template_network = kvm_template_net,
 	.fork_source = kvm_fork_source,
 	.snapshot_take = kvm_snapshot_take,
 	.snapshot_keep = kvm_snapshot_keep,

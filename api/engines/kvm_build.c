@@ -1,6 +1,7 @@
 /* Templates: booting a kernel and root image until the agent answers, warming it,
  * starting its workload, and snapshotting it (on a worker thread). */
 #include "api/engines/kvm_internal.h"
+#include "api/engines/sandbox_net.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -62,6 +63,17 @@ int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t r
 	}
 	cJSON_Delete(o);
 	return rc;
+}
+
+bool kvm_template_net(const char *tdir)
+{
+	char path[PLEN];
+	if (kvm_pathf(path, "%s/kvm.json", tdir))
+		return false;
+	cJSON *o = registry_read_json(path);
+	bool net = cJSON_IsTrue(cJSON_GetObjectItem(o, "net"));
+	cJSON_Delete(o);
+	return net;
 }
 
 struct share;
@@ -380,7 +392,16 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	const cJSON *jc = cJSON_GetObjectItemCaseSensitive(spec, "cmdline");
 	if (jc && (!cJSON_IsString(jc) || strlen(jc->valuestring) > 2048))
 		return mitos_err_set(e, -EINVAL, "cmdline must be a string of at most 2048 characters");
-	const char *cmdline = jc ? jc->valuestring : g.cmdline;
+	/* With --egress every template gets a network device, and its guest its address:
+	 * a sandbox's VM then gets a TAP of its own at restore (sandbox_net.h). */
+	bool net = sandbox_net_enabled();
+	char cmdline[2048 + 256];
+	snprintf(cmdline, sizeof(cmdline), "%s", jc ? jc->valuestring : g.cmdline);
+	if (net) {
+		size_t k = strlen(cmdline);
+		cmdline[k++] = ' ';
+		sandbox_net_vm_cmdline(cmdline + k, sizeof(cmdline) - k);
+	}
 	struct build *b = calloc(1, sizeof(*b));
 	if (!b)
 		return mitos_err_set(e, -ENOMEM, "out of memory");
@@ -409,6 +430,7 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	cJSON_AddNumberToObject(o, "vcpus", vcpus);
 	cJSON_AddNumberToObject(o, "memory_max_mib", lim.memory_max_mib);
 	cJSON_AddNumberToObject(o, "cpu_percent", lim.cpu_percent);
+	cJSON_AddBoolToObject(o, "net", net);
 	char key[TEMPLATE_HASH_HEX];
 	if (!kvm_build_key(o, spec, builtin ? g.warm : "", key))
 		cJSON_AddStringToObject(o, "build_key", key);
@@ -432,9 +454,17 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 	snprintf(cpus, sizeof(cpus), "%u", vcpus);
 	snprintf(vsockarg, sizeof(vsockarg), "%s", b->vsock);
 	char *argv[24] = { "mitos-vmm", "run", "--seccomp", "--console-max-mib", CONSOLE_MAX_MIB, "--kernel", kernel,
-			   "--cmdline", (char *)cmdline, "--mem", mems, "--vcpus", cpus, "--vsock", vsockarg,
+			   "--cmdline", cmdline, "--mem", mems, "--vcpus", cpus, "--vsock", vsockarg,
 			   "--control", b->control };
 	int argc = 17;
+	/* The build's TAP leads nowhere: only the device goes into the snapshot. */
+	int tap_fd = -1;
+	if (!rc && net && (tap_fd = sandbox_net_vm_tap(NULL, NULL, e)) < 0)
+		rc = tap_fd;
+	if (net) {
+		argv[argc++] = "--net";
+		argv[argc++] = "fd=" VM_TAP_FD_STR;
+	}
 	if (rootfs[0]) {
 		argv[argc++] = "--disk";
 		argv[argc++] = disk;
@@ -454,9 +484,11 @@ int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn 
 				mitos_err_set(e, rc, "cannot give the VM %.300s: %s", given[i], strerror(-rc));
 	}
 	if (!rc)
-		rc = kvm_vm_spawn(argv, b->console, name, &sh, K.jail ? &jl : NULL, disk_fd, &b->vp, e);
+		rc = kvm_vm_spawn(argv, b->console, name, &sh, K.jail ? &jl : NULL, disk_fd, tap_fd, &b->vp, e);
 	if (disk_fd >= 0)
 		close(disk_fd);
+	if (tap_fd >= 0)
+		close(tap_fd);
 	if (rc) {
 		teardown_tree(dir, NULL);
 		free(b);

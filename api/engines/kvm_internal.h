@@ -143,10 +143,14 @@ void kvm_write_error_file(const char *dir, const char *msg);
 /* Starts argv (mitos-vmm SUBCOMMAND ...) jailed, its console and messages going to
  * console; with jail (K.jail), under the jail's uid in its own root, /dev/kvm handed
  * over as --kvm-fd 4. disk_fd (or -1) becomes the VM's VM_DISK_FD, which argv names
- * (--disk PATH,ro,fd=5). */
+ * (--disk PATH,ro,fd=5), tap_fd (or -1) its VM_TAP_FD (--net fd=6). */
+/* The template in tdir was built with a network device (serve --egress). */
+bool kvm_template_net(const char *tdir);
 #define VM_DISK_FD 5
+#define VM_TAP_FD 6
+#define VM_TAP_FD_STR "6"
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
-		 const struct jail *jail, int disk_fd, struct vm_proc *vp, struct mitos_err *e);
+		 const struct jail *jail, int disk_fd, int tap_fd, struct vm_proc *vp, struct mitos_err *e);
 void kvm_vm_reap(struct vm_proc *vp);
 /* The same, but only the kill now: the wait (as long as the kernel takes to free the
  * VM's memory) and the cgroups' removal on the teardown thread. */

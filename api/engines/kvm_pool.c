@@ -109,7 +109,7 @@ static int vm_start(const char *dir, const struct vm_shape *sh, const char *arm,
 	if (K.jail && !(rc = kvm_jail_prepare(dir, &jl, e)) && arm[0] && (rc = jail_add(&jl, arm, false)))
 		mitos_err_set(e, rc, "cannot give a VM the snapshot %.200s: %s", arm, strerror(-rc));
 	snprintf(name, sizeof(name), "%s", strrchr(dir, '/') + 1);
-	if (rc || (rc = kvm_vm_spawn(a.v, a.console, name, sh, K.jail ? &jl : NULL, -1, vp, e))) {
+	if (rc || (rc = kvm_vm_spawn(a.v, a.console, name, sh, K.jail ? &jl : NULL, -1, -1, vp, e))) {
 		teardown_tree(dir, NULL);
 		return rc;
 	}
@@ -259,7 +259,7 @@ int kvm_vm_take(const struct vm_shape *sh, const char *sbdir, struct vm_proc *vp
 			return mitos_err_set(e, -ENAMETOOLONG, "the sandbox's path %.200s is too long for its sockets",
 					     sbdir);
 		snprintf(name, sizeof(name), "vm-%d-%u", (int)getpid(), ++K.serial);
-		return kvm_vm_spawn(a.v, a.console, name, sh, NULL, -1, vp, e);
+		return kvm_vm_spawn(a.v, a.console, name, sh, NULL, -1, -1, vp, e);
 	}
 	int rc = kvm_pathf(vmdir, "%s/vm-%d-%u", K.pool_dir, (int)getpid(), ++K.serial);
 	if (!rc)

@@ -110,7 +110,7 @@ void kvm_write_error_file(const char *dir, const char *msg)
 
 /* The child between clone3 and exec: serve has threads, so only raw system calls here. */
 static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, int nullfd, int disk_fd,
-					       const struct cg_entry *ce, const struct jail *jail,
+					       int tap_fd, const struct cg_entry *ce, const struct jail *jail,
 					       const struct jail_system *sys)
 {
 	cgroup_enter_child(ce);
@@ -141,7 +141,11 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
 		syscall(SYS_close, 4);
 	if (disk_fd >= 0)
 		syscall(SYS_dup2, disk_fd, VM_DISK_FD);
-	syscall(SYS_close_range, disk_fd >= 0 ? VM_DISK_FD + 1 : VM_DISK_FD, ~0U, 0);
+	else
+		syscall(SYS_close, VM_DISK_FD);
+	if (tap_fd >= 0)
+		syscall(SYS_dup2, tap_fd, VM_TAP_FD);
+	syscall(SYS_close_range, tap_fd >= 0 ? VM_TAP_FD + 1 : VM_TAP_FD, ~0U, 0);
 	sigset_t none;
 	sigemptyset(&none);
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(uint64_t));
@@ -160,7 +164,7 @@ static __attribute__((noreturn)) void vm_child(char *const argv[], int logfd, in
 }
 
 int kvm_vm_spawn(char *const argv[], const char *console, const char *name, const struct vm_shape *sh,
-		 const struct jail *jail, int disk_fd, struct vm_proc *vp, struct mitos_err *e)
+		 const struct jail *jail, int disk_fd, int tap_fd, struct vm_proc *vp, struct mitos_err *e)
 {
 	memset(vp, 0, sizeof(*vp));
 	vp->pidfd = -1;
@@ -183,12 +187,13 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 	}
 	int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
 	/* Above the numbers the child moves descriptors to, so none is overwritten first. */
-	int disk = disk_fd >= 0 ? fcntl(disk_fd, F_DUPFD_CLOEXEC, VM_DISK_FD + 1) : -1;
+	int disk = disk_fd >= 0 ? fcntl(disk_fd, F_DUPFD_CLOEXEC, VM_TAP_FD + 1) : -1;
+	int tap = tap_fd >= 0 ? fcntl(tap_fd, F_DUPFD_CLOEXEC, VM_TAP_FD + 1) : -1;
 	struct cg_entry ce;
 	struct jail_system sys = { 0 };
 	int rc = 0;
-	if (disk_fd >= 0 && disk < 0)
-		rc = mitos_err_set(e, -errno, "cannot duplicate the VM's disk descriptor: %s", strerror(errno));
+	if ((disk_fd >= 0 && disk < 0) || (tap_fd >= 0 && tap < 0))
+		rc = mitos_err_set(e, -errno, "cannot duplicate the VM's disk or TAP descriptor: %s", strerror(errno));
 	if (!rc && jail)
 		rc = jail_system_open(&sys, e);
 	if (!rc && (rc = cgroup_create(name, &sh->lim, &vp->cg, &ce)))
@@ -200,13 +205,15 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 			close(nullfd);
 		if (disk >= 0)
 			close(disk);
+		if (tap >= 0)
+			close(tap);
 		return rc;
 	}
 	int pidfd = -1;
 	long pid = cgroup_clone(&ce, K.ns ? CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
 				CLONE_NEWNET : 0, &pidfd);
 	if (pid == 0)
-		vm_child(av, logfd, nullfd, disk, &ce, jail, &sys);
+		vm_child(av, logfd, nullfd, disk, tap, &ce, jail, &sys);
 	int clone_errno = errno;
 	jail_system_close(&sys);
 	close(logfd);
@@ -214,6 +221,8 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 		close(nullfd);
 	if (disk >= 0)
 		close(disk);
+	if (tap >= 0)
+		close(tap);
 	cgroup_entry_close(&ce);
 	if (pid < 0) {
 		mitos_err_set(e, -clone_errno, "cannot start mitos-vmm (clone3): %s", strerror(clone_errno));

@@ -5,17 +5,21 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
+#include <linux/if_tun.h>
 #include <net/if.h>
+#include <sched.h>
 #include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/init_net.h"
 #include "api/engines/spawn_watch.h"
 #include "api/engines/teardown.h"
 #include "api/sandbox/net_policy.h"
@@ -318,15 +322,17 @@ int sandbox_net_configure(const char *state_dir, bool egress, const char *const 
 static int slot_take(unsigned *slot)
 {
 	char path[4300];
+	/* Round robin: a slot just freed is taken last, after its conntrack entries have
+	 * had time to expire. kvm workers take slots too: the cursor is only a hint, the
+	 * file's O_EXCL decides. */
+	unsigned from = __atomic_load_n(&cursor, __ATOMIC_RELAXED);
 	for (unsigned i = 0; i < NET_SLOTS; i++) {
-		/* Round robin: a slot just freed is taken last, after its conntrack entries
-		 * have had time to expire. */
-		unsigned s = (cursor + i) % NET_SLOTS;
+		unsigned s = (from + i) % NET_SLOTS;
 		snprintf(path, sizeof(path), "%s/%u", slots_dir, s);
 		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd >= 0) {
 			close(fd);
-			cursor = s + 1;
+			__atomic_store_n(&cursor, s + 1, __ATOMIC_RELAXED);
 			*slot = s;
 			return 0;
 		}
@@ -484,6 +490,121 @@ int sandbox_net_update(const char *dir, const struct net_policy *p, engine_done_
 		return mitos_err_set(e, rc, "cannot update its rules: %s", strerror(-rc));
 	}
 	return 0;
+}
+
+/* ---- kvm: a VM's TAP in a network namespace of its own ---- */
+
+#define VM_GUEST 0xac100002u   /* 172.16.0.2: every guest (children wake up with it) */
+#define VM_GATEWAY 0xac100001u /* 172.16.0.1: the TAP's end */
+
+void sandbox_net_vm_cmdline(char *out, size_t n)
+{
+	int k = snprintf(out, n, "mitos.net=172.16.0.2,172.16.0.1");
+	for (unsigned i = 0; i < ndns && k > 0 && (size_t)k < n; i++)
+		k += snprintf(out + k, n - (size_t)k, "%s%s", i ? "," : " mitos.dns=", dns[i]);
+}
+
+static int tap_create(void)
+{
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR };
+	strcpy(ifr.ifr_name, "tap0");
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+		int err = errno;
+		close(fd);
+		return -err;
+	}
+	return fd;
+}
+
+/* Inside the VM's namespace: its guest's traffic forwarded out through the pair and
+ * masqueraded to the pair's address, the host's table doing the rest as for a
+ * process sandbox; nothing forwarded in but answers. */
+static int vm_nat(const char *dir)
+{
+	char path[4300];
+	snprintf(path, sizeof(path), "%s/vm-net.nft", dir);
+	FILE *f = fopen(path, "we");
+	if (!f)
+		return -errno;
+	fprintf(f, "table ip mitos-vm {\n"
+		   "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n"
+		   "\t\tiifname \"tap0\" oifname \"eth0\" ip saddr 172.16.0.2 accept\n"
+		   "\t\tiifname \"eth0\" oifname \"tap0\" ct state established,related accept\n\t}\n"
+		   "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+		   "\t\toifname \"eth0\" masquerade\n\t}\n}\n");
+	if (fclose(f))
+		return -errno;
+	int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
+	int rc = fd < 0 || write(fd, "1", 1) != 1 ? -errno : 0;
+	if (fd >= 0)
+		close(fd);
+	return rc ? rc : run_nft("-f", path, NULL, NULL) ? -EIO : 0;
+}
+
+int sandbox_net_vm_tap(const char *dir, const struct net_policy *p, struct mitos_err *e)
+{
+	int here = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (here < 0)
+		return mitos_err_set(e, -errno, "cannot open this thread's network namespace: %s", strerror(errno));
+	if (unshare(CLONE_NEWNET) < 0) {
+		int err = errno;
+		close(here);
+		return mitos_err_set(e, -err, "cannot make the VM's network namespace: %s", strerror(err));
+	}
+	int vmns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	int tap = vmns < 0 ? -errno : tap_create();
+	int rc = tap < 0 ? tap : 0;
+	const char *step = "make its TAP";
+	if (!rc) {
+		init_net_no_ipv6("all");
+		init_net_no_ipv6("default");
+		init_net_no_ipv6("tap0");
+		step = "address its TAP";
+		rc = init_net_addr_up("tap0", VM_GATEWAY);
+	}
+	if (!rc && net_policy_any(p)) {
+		char arg[64], dev[16], host[16], sb[16], path[4300];
+		struct in_addr ha, sa;
+		step = "give it an address";
+		rc = sandbox_net_prepare(dir, p, arg, sizeof(arg), e) ? -EIO : 0;
+		if (!rc && (sscanf(arg, "%15[^,],%15[^,],%15s", dev, host, sb) != 3 || inet_pton(AF_INET, host, &ha) != 1 ||
+			    inet_pton(AF_INET, sb, &sa) != 1))
+			rc = -EINVAL;
+		/* The host's side: its elements, then the pair. */
+		if (!rc && setns(here, CLONE_NEWNET) < 0)
+			rc = -errno;
+		snprintf(path, sizeof(path), "%s/net.nft", dir);
+		if (!rc && run_nft("-f", path, NULL, NULL) != 0)
+			step = "add its rules to this host's table", rc = -EIO;
+		if (!rc && (rc = init_net_host_side(dev, ntohl(ha.s_addr), vmns)))
+			step = "make its pair";
+		if (!rc && setns(vmns, CLONE_NEWNET) < 0)
+			rc = -errno;
+		if (!rc && (rc = init_net_sandbox_side(ntohl(sa.s_addr), ntohl(ha.s_addr))))
+			step = "address its end of the pair";
+		if (!rc && (rc = vm_nat(dir)))
+			step = "forward and masquerade its guest";
+	}
+	/* Whatever happened, this thread goes back where it was. */
+	if (setns(here, CLONE_NEWNET) < 0) {
+		fprintf(stderr, "mitos-vmm serve: a kvm worker cannot return to its network namespace: %s\n",
+			strerror(errno));
+		abort();
+	}
+	close(here);
+	if (vmns >= 0)
+		close(vmns);
+	if (rc) {
+		if (tap >= 0)
+			close(tap);
+		if (!e->msg[0])
+			mitos_err_set(e, rc, "cannot %s: %s", step, strerror(-rc));
+		return rc;
+	}
+	return tap;
 }
 
 /* Whether the table still holds the sandbox on dev (its src element). */

@@ -47,6 +47,18 @@ bool sandbox_net_enabled(void);
  * mitos-sandbox-init --net. */
 int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, size_t arglen, struct mitos_err *e);
 
+/* kvm: the guest's side on the kernel command line of a template built with a network
+ * device ("mitos.net=GUEST,GATEWAY mitos.dns=..."; agent/init.c reads it). */
+void sandbox_net_vm_cmdline(char *out, size_t n);
+
+/* kvm, on a worker thread: a network namespace for one VM holding its TAP (returned
+ * attached, for the VMM to adopt) with the guest's gateway; with p letting anything
+ * through, also a pair to this host from a slot recorded in dir, as a process
+ * sandbox's, and the guest masqueraded to its end. The namespace lives as long as the
+ * TAP's descriptor. dir and p may be NULL: a TAP that leads nowhere (a template's
+ * build, a sandbox allowed nothing). -errno with e on failure. */
+int sandbox_net_vm_tap(const char *dir, const struct net_policy *p, struct mitos_err *e);
+
 /* Replaces the rules of the running sandbox in dir by p's, in one nftables
  * transaction off the loop; done runs on the loop with 0 or -errno, unless this fails
  * at once: -ENOENT when it has no interface (started with nothing allowed). */

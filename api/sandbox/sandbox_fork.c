@@ -160,10 +160,11 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 		copy_from = layer;
 	}
 	const struct net_policy *net = fr->net ? fr->net : parent ? parent->net : t->net;
-	if (net_policy_any(net) && !sandboxes_network())
-		return api_fail(e, -ENOTSUP, AE_INVALID_ARGUMENT, "sandboxes of this node have no network but "
-				"loopback (%s): ask for none", sb_eng->network ? "serve runs without --egress"
-				: "the kvm engine gives them no interface yet");
+	if (net_policy_any(net) && !sandboxes_network_for(t))
+		return api_fail(e, -ENOTSUP, AE_INVALID_ARGUMENT, "sandboxes of %s have no network but loopback (%s): "
+				"ask for none", t->name, !sandboxes_network() ? "serve runs without --egress"
+				: "its VM was built without a network device, before serve ran with --egress: make "
+				  "the template anew");
 	struct sb_job *job = calloc(1, sizeof(*job));
 	struct sandbox **sbs = calloc(fr->n, sizeof(*sbs));
 	if (!job || !sbs) {

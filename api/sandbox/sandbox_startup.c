@@ -84,10 +84,7 @@ int sandboxes_init(struct mitos_err *e)
 	if (!realpath(srv_cfg.state_dir, real))
 		snprintf(real, sizeof(real), "%s", srv_cfg.state_dir);
 	char net[300] = "";
-	if (kvm && srv_cfg.egress)
-		return mitos_err_set(e, -ENOTSUP, "--egress: the kvm engine gives sandboxes no network interface yet "
-				     "(only the process engine does)");
-	if (!kvm && (rc = sandbox_net_configure(real, srv_cfg.egress, srv_cfg.dns, srv_cfg.ndns, net, sizeof(net), e)))
+	if ((rc = sandbox_net_configure(real, srv_cfg.egress, srv_cfg.dns, srv_cfg.ndns, net, sizeof(net), e)))
 		return rc;
 	snprintf(sb_root, sizeof(sb_root), "%s/sandboxes", real);
 	if ((rc = mkdir_p(sb_root)))
@@ -108,8 +105,8 @@ int sandboxes_init(struct mitos_err *e)
 		if (!images_host_root())
 			printf("template image: python = %s\n", images_root("python"));
 		printf("sandbox limits: %s\n", jail);
-		printf("sandbox network: %s\n", net[0] ? net : "loopback only (--egress gives them more)");
 	}
+	printf("sandbox network: %s\n", net[0] ? net : "loopback only (--egress gives them more)");
 	printf("state dir: %s\n", real);
 	fflush(stdout);
 	return 0;

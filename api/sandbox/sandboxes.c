@@ -106,6 +106,11 @@ bool sandboxes_network(void)
 	return sb_eng && sb_eng->network && sb_eng->network();
 }
 
+bool sandboxes_network_for(const struct template_rec *t)
+{
+	return sandboxes_network() && (!sb_eng->template_network || sb_eng->template_network(t->root));
+}
+
 /* 0, or -errno (a full disk) with the reason in serve's log. */
 int sb_save(const struct sandbox *sb)
 {

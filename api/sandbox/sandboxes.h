@@ -132,6 +132,8 @@ struct cJSON *template_json(const struct template_rec *t);
 int templates_set_network(struct template_rec *t, const struct net_policy *p);
 /* Sandboxes of this node can be given a network (serve --egress, an engine that can). */
 bool sandboxes_network(void);
+/* ... and those of template t (a kvm template built before --egress has no device). */
+bool sandboxes_network_for(const struct template_rec *t);
 
 /* Snapshots that outlive their sandbox (E2B's createSnapshot). */
 struct snap_take;
