@@ -68,7 +68,7 @@ static void usage(FILE *f)
 		"  --sandbox-disk-mib N process: each sandbox's writable layer is an ext4 file system\n"
 		"                       of N MiB, its disk quota (a sparse image on a loop device;\n"
 		"                       default 5120; 0: a directory of the state dir, no quota)\n"
-		"  --egress             process: sandboxes whose policy lets anything through get\n"
+		"  --egress             sandboxes whose policy lets anything through get\n"
 		"                       an interface (10.201.0.0/16, NAT through this host; turns\n"
 		"                       on IPv4 forwarding): E2B's allowInternetAccess (default on),\n"
 		"                       allowOut and denyOut, a Mitos template's network.egress and\n"

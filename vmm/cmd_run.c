@@ -41,6 +41,8 @@ static void usage(FILE *f)
 		"                     a virtio-net device on the existing TAP NAME of this network\n"
 		"                     namespace (see tools/netns-sandbox); MAC defaults to\n"
 		"                     06:00:ac:10:00:02\n"
+		"  --net fd=N[,mac=MAC]  the same on a TAP another process attached\n"
+		"                     (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) and passed as descriptor N\n"
 		"  --control PATH     serve a JSON-lines control socket at PATH (pause, resume,\n"
 		"                     snapshot, status, stop; see `mitos-vmm snapshot`)\n"
 		"  --stats            print exit counts, instructions the VMM emulated for KVM\n"

@@ -1,4 +1,4 @@
-/* Egress for process-engine sandboxes (serve --egress). A sandbox whose policy
+/* Egress for sandboxes (serve --egress). A process sandbox whose policy
  * (api/sandbox/net_policy.h) lets anything through gets one end of a veth pair as its
  * eth0, on a /30 of its own out of 10.201.0.0/16; the other end (msbN) stays on this
  * host, which routes and masquerades the sandbox's IPv4 traffic through one nftables
@@ -14,7 +14,12 @@
  * gets nothing through, and a create costs the same with 1 or 1000 sandboxes. serve
  * writes the elements (STATE/sandboxes/ID/net.nft) and the sandbox's resolv.conf;
  * mitos-sandbox-init adds them before it makes the pair. The slot (STATE/net-slots/N)
- * holds their removal and is freed once they and the pair are gone. */
+ * holds their removal and is freed once they and the pair are gone.
+ *
+ * A kvm sandbox's VM gets the same, one step further out: its guest (172.16.0.2, as
+ * every guest restored from its template) sits behind a TAP in a network namespace
+ * serve makes for that VM, which is what the pair joins to this host and where the
+ * guest is masqueraded to the pair's end (sandbox_net_vm_tap). */
 #ifndef MITOS_API_SANDBOX_NET_H
 #define MITOS_API_SANDBOX_NET_H
 

@@ -162,7 +162,7 @@ static const char *network_refusal(const cJSON *net)
 	const char *bad = net_policy_from_mitos(net, &p);
 	if (!bad && net_policy_any(&p) && !sandboxes_network())
 		bad = "sandboxes on this node have no network interface besides loopback (serve runs without "
-		      "--egress, or on the kvm engine): egress \"allow\" and allow_cidrs cannot be honoured";
+		      "--egress): egress \"allow\" and allow_cidrs cannot be honoured";
 	return bad;
 }
 
@@ -323,6 +323,12 @@ void rest_templates_create(struct http_req *r)
 	}
 	/* The contract's server makes the template anew, posture and all: a sandbox of a
 	 * later fork gets what the last create asked for, never an older, wider one. */
+	if (!created && net_policy_any(&net) && !sandboxes_network_for(t)) {
+		idem_release(key);
+		http_reply_error(r, AE_INVALID_ARGUMENT, "template exists, built without a network device (before serve "
+				 "ran with --egress): delete it or use another id to have it made with one", NULL, NULL);
+		return;
+	}
 	if (!created && !t->source[0] && (rc = templates_set_network(t, &net))) {
 		idem_release(key);
 		http_reply_error(r, AE_INTERNAL, "cannot save the template's network posture", NULL, NULL);

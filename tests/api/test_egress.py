@@ -11,7 +11,8 @@ deletes, so the machine's own network, routes and firewall are never touched:
 I and L answer HTTP on port 80 with the address asked and the client's address; L's DNS
 answers NAME.test with 1.1.1.1. Checked: E2B's allowInternetAccess, allowOut and
 denyOut, at create and replaced on a running sandbox (PUT /sandboxes/{id}/network), a
-Mitos template's egress and allow_cidrs; DNS; NAT; that H, the LAN (unless
+Mitos template's egress and allow_cidrs, on both engines (the kvm case boots the python
+image under the firmware kernel, minutes where KVM only emulates); DNS; NAT; that H, the LAN (unless
 allowed), other sandboxes and IPv6 stay out of reach and that nothing reaches a sandbox
 from outside; forks, a restart of serve, cleanup of every interface, table and slot;
 the refusals of what a node cannot honour.
@@ -31,6 +32,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "pylib"))
+import budget  # noqa: E402
 from mitos_test import Runner, Server, Skip, eq, exec_output, exit_of, wait_until  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
@@ -100,6 +103,7 @@ print(json.dumps(out))
 
 
 def sh(s, sid, cmd, timeout=60):
+    """(stdout, exit code) of cmd run by bash in sandbox sid."""
     out, msgs = exec_output(s, sid, {"command": cmd, "timeoutSeconds": timeout}, timeout=timeout + 10)
     end = exit_of(msgs)
     if end is None:
@@ -372,6 +376,47 @@ def t_conn_limit(_s):
         s.cleanup()
 
 
+def t_kvm_linux_guest(_s):
+    """The kvm engine: a template built on an --egress serve has a network device and
+    its guest an address (mitos.net); each sandbox's VM gets a TAP in a network
+    namespace of its own, paired with this host when its policy lets anything out
+    (nothing reaches it otherwise), and updateNetwork replaces its rules. The python
+    image under the firmware kernel (minutes where KVM only emulates)."""
+    cache = os.environ.get("MITOS_CACHE") or os.path.join(os.environ["HOME"], ".cache", "mitos")
+    kernel = os.path.join(cache, "kernel", "current-pvm" if budget.emulated(VMM) else "current", "vmlinux")
+    disk = os.path.join(cache, "images", "current-python", "rootfs.ext4")
+    if not os.path.exists("/dev/kvm") or not os.path.exists(kernel) or not os.path.exists(disk):
+        raise Skip("needs /dev/kvm, the python image and the firmware kernel (tools/build-guests)")
+    s = egress_server(["--engine", "kvm", "--kvm-pool", "1", "--images", os.path.join(cache, "images")])
+    try:
+        wait = budget.seconds(VMM, 10, budget.TEMPLATE_MINSTR)
+        c = s.conn(timeout=wait)
+        c.request("POST", "/v1/templates", body=json.dumps({"id": "base"}),
+                  headers=s.headers({"Content-Type": "application/json"}))
+        r = c.getresponse()
+        eq(r.status, 200, "the template (%r)" % r.read()[:300])
+        c.close()
+        slow = int(budget.seconds(VMM, 10, 30))
+        sid = e2b_create(s)
+
+        def curl(x, url):
+            out, rc = sh(s, x, "curl -sS --max-time 5 %s || echo refused" % url, timeout=slow)
+            return out.strip()
+        eq(curl(sid, "http://1.1.1.1/"), "1.1.1.1 5.5.5.1", "the internet, masqueraded twice")
+        eq(curl(sid, "http://svc.test/"), "1.1.1.1 5.5.5.1", "a name through the node's resolver")
+        eq(curl(sid, "http://10.99.0.2/"), "refused", "the LAN")
+        closed = e2b_create(s, {"allow_internet_access": False})
+        eq(curl(closed, "http://1.1.1.1/"), "refused", "a VM allowed nothing")
+        eq(s.request("PUT", "/sandboxes/%s/network" % sid, {"denyOut": ["1.1.1.1"]}, headers=KEY)[0], 204, "update")
+        eq(curl(sid, "http://1.1.1.1/"), "refused", "denied now")
+        eq(curl(sid, "http://8.8.8.8/"), "8.8.8.8 5.5.5.1", "the rest still open")
+        for x in (sid, closed):
+            s.request("DELETE", "/sandboxes/" + x, headers=KEY)
+        gone_clean(s)
+    finally:
+        s.cleanup()
+
+
 def t_restart(s):
     """A sandbox keeps its network across a restart of serve; the next serve releases it."""
     sid = e2b_create(s)
@@ -462,10 +507,12 @@ def inside():
                      ("npm_e2b_sdk", t_npm_e2b_sdk), ("isolation", t_isolation), ("hostile_etc", t_hostile_etc),
                      ("refusals", t_refusals), ("conn_limit", t_conn_limit),
                      ("restart", t_restart), ("stop_removes_table", t_stop_removes_table),
+                     ("kvm_linux_guest", t_kvm_linux_guest),
                      ("without_egress", t_without_egress)):
         if ONLY and not any(o in name for o in ONLY):
             continue
-        s = egress_server() if name not in ("without_egress", "conn_limit", "stop_removes_table") else None
+        own = ("without_egress", "conn_limit", "stop_removes_table", "kvm_linux_guest")
+        s = egress_server() if name not in own else None
         try:
             r.run(name, fn, s)
         finally:

@@ -37,6 +37,9 @@ START_TEST(test_round_trip)
 		  .disks = { { 2, "/img/a", true, true, 0 }, { 0, "/img/b", true, false, 0 },
 			     { 1, "/img/c", false, true, 1 } } },
 		{ .cmd = CTL_RESTORE, .snapshot = "/t/snapshot" },
+		/* The TAP as a descriptor, after the disk's (serve's kvm restore with --egress). */
+		{ .cmd = CTL_RESTORE, .snapshot = "/t/snapshot", .vsock = "/sb/vsock", .tap_by_fd = true, .tap_fd = 1,
+		  .ndisks = 1, .disks = { { 0, "/img/root", true, true, 0 } } },
 	};
 	for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
 		cJSON *o = ctl_request_encode(&in[i]);
@@ -53,6 +56,8 @@ START_TEST(test_round_trip)
 		ck_assert_pstr_eq(out.snapshot, in[i].snapshot);
 		ck_assert_pstr_eq(out.vsock, in[i].vsock);
 		ck_assert_pstr_eq(out.tap, in[i].tap);
+		ck_assert_int_eq(out.tap_by_fd, in[i].tap_by_fd);
+		ck_assert_uint_eq(out.tap_fd, in[i].tap_fd);
 		for (unsigned d = 0; d < out.ndisks; d++) {
 			ck_assert_uint_eq(out.disks[d].index, in[i].disks[d].index);
 			ck_assert_str_eq(out.disks[d].path, in[i].disks[d].path);
@@ -110,6 +115,11 @@ START_TEST(test_bad_requests)
 		  "invalid_request", "\"fd\"" },
 		{ "{\"cmd\":\"restore\",\"snapshot\":\"/s\",\"disks\":[{\"index\":0,\"path\":\"/d\",\"fd\":true}]}",
 		  "invalid_request", "\"fd\"" },
+		{ "{\"cmd\":\"restore\",\"snapshot\":\"/s\",\"tap_fd\":8}", "invalid_request", "\"tap_fd\"" },
+		{ "{\"cmd\":\"restore\",\"snapshot\":\"/s\",\"tap_fd\":-1}", "invalid_request", "\"tap_fd\"" },
+		{ "{\"cmd\":\"restore\",\"snapshot\":\"/s\",\"tap_fd\":\"0\"}", "invalid_request", "\"tap_fd\"" },
+		{ "{\"cmd\":\"restore\",\"snapshot\":\"/s\",\"tap\":\"t0\",\"tap_fd\":0}", "invalid_request",
+		  "instead of \"tap\"" },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct ctl_request r;
