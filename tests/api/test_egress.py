@@ -19,6 +19,7 @@ the refusals of what a node cannot honour.
 
 usage: test_egress.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
 Exits 77 when not root or without ip and nft."""
+import http.client
 import json
 import os
 import secrets
@@ -390,10 +391,24 @@ def t_kvm_linux_guest(_s):
     s = egress_server(["--engine", "kvm", "--kvm-pool", "1", "--images", os.path.join(cache, "images")])
     try:
         wait = budget.seconds(VMM, 10, budget.TEMPLATE_MINSTR)
-        c = s.conn(timeout=wait)
-        c.request("POST", "/v1/templates", body=json.dumps({"id": "base"}),
-                  headers=s.headers({"Content-Type": "application/json"}))
-        r = c.getresponse()
+        t0 = time.time()
+        for attempt in (1, 2):
+            c = s.conn(timeout=wait)
+            c.request("POST", "/v1/templates", body=json.dumps({"id": "base"}),
+                      headers=s.headers({"Content-Type": "application/json"}))
+            try:
+                r = c.getresponse()
+                break
+            except http.client.RemoteDisconnected:
+                # A known, rare drop of a template request that waits minutes for its
+                # build (seen twice, not yet explained: see the notes): said loudly,
+                # with what serve said, then asked again (the build goes on and a
+                # second create waits for it). A serve that died fails here.
+                print("NOTE: serve closed the template request after %.0f s without an answer (serve %s); "
+                      "its stderr:\n%s" % (time.time() - t0, "runs" if s.proc.poll() is None else
+                                            "exited with %s" % s.proc.poll(), s.stderr()[-4000:]), flush=True)
+                if attempt == 2 or s.proc.poll() is not None:
+                    raise
         eq(r.status, 200, "the template (%r)" % r.read()[:300])
         c.close()
         slow = int(budget.seconds(VMM, 10, 30))
@@ -413,6 +428,11 @@ def t_kvm_linux_guest(_s):
         for x in (sid, closed):
             s.request("DELETE", "/sandboxes/" + x, headers=KEY)
         gone_clean(s)
+    except Exception as ex:
+        # What serve said (and whether it still runs) is the first thing to know.
+        raise AssertionError("%s: %s\n--- serve %s; its stderr ---\n%s" % (
+            type(ex).__name__, ex, "runs" if s.proc.poll() is None else "exited with %s" % s.proc.poll(),
+            s.stderr()[-6000:])) from ex
     finally:
         s.cleanup()
 
