@@ -55,6 +55,17 @@ void conn_out(struct conn *c, const void *p, size_t n)
 		conn_teardown(c);
 }
 
+/* A connection closed for an error of its own, not its client's: said, so that a
+ * request that never got its answer (a kvm template's, seen twice) says why. */
+static void conn_note_failure(const struct conn *c, const char *what, int res)
+{
+	if (res == -ECONNRESET || res == -EPIPE)
+		return;
+	const struct http_req *r = c->req;
+	fprintf(stderr, "mitos-vmm serve: a connection's %s failed (%s)%s: closed\n", what, strerror(-res),
+		r && r->dispatched && !r->finished ? " while its request waited for its answer" : "");
+}
+
 static void tx_done(struct uop *op, int res, uint32_t flags)
 {
 	(void)flags;
@@ -70,6 +81,7 @@ static void tx_done(struct uop *op, int res, uint32_t flags)
 			conn_flush(c);
 			return;
 		}
+		conn_note_failure(c, "send", res);
 		conn_teardown(c);
 		return;
 	}
@@ -193,6 +205,7 @@ static void rx_done(struct uop *op, int res, uint32_t flags)
 			conn_flush(c);
 			return;
 		}
+		conn_note_failure(c, "receive", res);
 		conn_teardown(c);
 		return;
 	}
