@@ -59,7 +59,7 @@ void conn_out(struct conn *c, const void *p, size_t n)
  * request that never got its answer (a kvm template's, seen twice) says why. */
 static void conn_note_failure(const struct conn *c, const char *what, int res)
 {
-	if (res == -ECONNRESET || res == -EPIPE)
+	if (res >= 0 || res == -ECONNRESET || res == -EPIPE)
 		return;
 	const struct http_req *r = c->req;
 	fprintf(stderr, "mitos-vmm serve: a connection's %s failed (%s)%s: closed\n", what, strerror(-res),
