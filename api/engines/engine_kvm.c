@@ -183,10 +183,9 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, struct
 		return mitos_err_set(e, -ENOMEM, "out of memory");
 	}
 	j->ready_fd = j->pidfd = -1;
-	int rc = kvm_shape_read(s->template_root, &sh, j->rootfs, sizeof(j->rootfs));
+	int rc = kvm_shape_read(s->template_root, &sh, j->rootfs, sizeof(j->rootfs), &j->tap);
 	if (rc)
 		mitos_err_set(e, rc, "the template in %.300s has no kvm.json", s->template_root);
-	j->tap = !rc && kvm_template_net(s->template_root);
 	if (!rc && net_policy_any(s->net) && !j->tap)
 		rc = mitos_err_set(e, -ENOTSUP, "its template was built without a network device (before serve ran "
 				   "with --egress): make the template anew");

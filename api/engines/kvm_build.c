@@ -41,7 +41,7 @@
 #include "vmm/control.h"
 /* ---- templates ---- */
 
-int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t rootfslen)
+int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t rootfslen, bool *net)
 {
 	char path[PLEN];
 	if (kvm_pathf(path, "%s/kvm.json", tdir))
@@ -60,6 +60,8 @@ int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t r
 		sh->lim.cpu_percent = (unsigned)cp->valuedouble;
 		sh->lim.pids_max = VM_PIDS_MAX;
 		snprintf(rootfs, rootfslen, "%s", r);
+		if (net)
+			*net = cJSON_IsTrue(cJSON_GetObjectItem(o, "net"));
 	}
 	cJSON_Delete(o);
 	return rc;
@@ -67,13 +69,10 @@ int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t r
 
 bool kvm_template_net(const char *tdir)
 {
-	char path[PLEN];
-	if (kvm_pathf(path, "%s/kvm.json", tdir))
-		return false;
-	cJSON *o = registry_read_json(path);
-	bool net = cJSON_IsTrue(cJSON_GetObjectItem(o, "net"));
-	cJSON_Delete(o);
-	return net;
+	struct vm_shape sh;
+	char rootfs[PLEN];
+	bool net = false;
+	return kvm_shape_read(tdir, &sh, rootfs, sizeof(rootfs), &net) == 0 && net;
 }
 
 struct share;
@@ -195,7 +194,7 @@ static void arm_pool(const char *dir, const char *snap)
 {
 	struct vm_shape sh;
 	char rootfs[PLEN];
-	if (!kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs)) && kvm_pool_for(&sh, true)) {
+	if (!kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs), NULL) && kvm_pool_for(&sh, true)) {
 		kvm_pool_arm(&sh, snap);
 		ur_kick(&K.refill);
 	}
@@ -515,7 +514,7 @@ bool kvm_template_usable(const char *dir)
 {
 	char p[PLEN], rootfs[PLEN];
 	struct vm_shape sh;
-	if (kvm_pathf(p, "%s/snapshot/config.json", dir) || access(p, R_OK) || kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs)))
+	if (kvm_pathf(p, "%s/snapshot/config.json", dir) || access(p, R_OK) || kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs), NULL))
 		return false;
 	/* The pool for its shape is filled (and armed with it) once the loop runs. */
 	if (!kvm_pathf(p, "%s/snapshot", dir))
@@ -528,7 +527,7 @@ int kvm_template_shape(const char *dir, const cJSON *spec, unsigned *cpus, unsig
 	(void)spec;
 	char rootfs[PLEN];
 	struct vm_shape sh;
-	int rc = kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs));
+	int rc = kvm_shape_read(dir, &sh, rootfs, sizeof(rootfs), NULL);
 	if (!rc) {
 		*cpus = sh.vcpus;
 		*mem_mib = sh.mem_mib;

@@ -213,7 +213,9 @@ int kvm_vm_files(const char *dir, char *out);
 int kvm_jail_prepare(const char *dir, struct jail *j, struct mitos_err *e);
 
 /* ---- kvm_build.c ---- */
-int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t rootfslen);
+/* A template's kvm.json: its VM shape, root disk and (net, may be NULL) whether it
+ * was built with a network device. */
+int kvm_shape_read(const char *tdir, struct vm_shape *sh, char *rootfs, size_t rootfslen, bool *net);
 int kvm_template_build(const char *dir, const cJSON *spec, engine_build_done_fn done, void *ctx,
 			      struct mitos_err *e);
 bool kvm_template_usable(const char *dir);

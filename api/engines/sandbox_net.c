@@ -319,6 +319,27 @@ int sandbox_net_configure(const char *state_dir, bool egress, const char *const 
 	return 0;
 }
 
+/* STATE/net-slots/N: the slot, holding the removal of its sandbox's elements. */
+static void slot_path(char *out, size_t n, unsigned slot)
+{
+	snprintf(out, n, "%s/%u", slots_dir, slot);
+}
+
+/* The slot the sandbox in dir was given (DIR/net-slot), or NET_SLOTS when none. */
+static unsigned slot_of(const char *dir)
+{
+	char path[4300];
+	snprintf(path, sizeof(path), "%s" SLOT_RECORD, dir);
+	FILE *f = fopen(path, "re");
+	unsigned slot = NET_SLOTS;
+	if (f) {
+		if (fscanf(f, "%u", &slot) != 1 || slot >= NET_SLOTS)
+			slot = NET_SLOTS;
+		fclose(f);
+	}
+	return slot;
+}
+
 static int slot_take(unsigned *slot)
 {
 	char path[4300];
@@ -328,7 +349,7 @@ static int slot_take(unsigned *slot)
 	unsigned from = __atomic_load_n(&cursor, __ATOMIC_RELAXED);
 	for (unsigned i = 0; i < NET_SLOTS; i++) {
 		unsigned s = (from + i) % NET_SLOTS;
-		snprintf(path, sizeof(path), "%s/%u", slots_dir, s);
+		slot_path(path, sizeof(path), s);
 		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd >= 0) {
 			close(fd);
@@ -345,7 +366,7 @@ static int slot_take(unsigned *slot)
 static void slot_free(unsigned slot)
 {
 	char path[4300];
-	snprintf(path, sizeof(path), "%s/%u", slots_dir, slot);
+	slot_path(path, sizeof(path), slot);
 	unlink(path);
 }
 
@@ -368,7 +389,9 @@ static int write_elements(const char *path, int flags, const char *verb, const c
 	return rc;
 }
 
-int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, size_t arglen, struct mitos_err *e)
+/* The sandbox in dir gets a slot: recorded in dir, the slot holding the removal of
+ * its elements, dir/net.nft their addition. */
+static int slot_prepare(const char *dir, const struct net_policy *p, unsigned *out, struct mitos_err *e)
 {
 	if (!enabled)
 		return mitos_err_set(e, -ENOTSUP, "this serve gives sandboxes no network (start it with --egress)");
@@ -384,24 +407,36 @@ int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, 
 		slot_free(slot);
 		return mitos_err_set(e, rc ? rc : -EIO, "cannot record the sandbox's network slot: %s", strerror(-rc));
 	}
-	char host[16], sb[16], dev[16];
-	addr_str(slot_addr(slot, 1), host, sizeof(host));
+	char sb[16], dev[16];
 	addr_str(slot_addr(slot, 2), sb, sizeof(sb));
 	snprintf(dev, sizeof(dev), "msb%u", slot);
 	/* The slot holds its undoing: whichever serve frees it removes these. */
-	snprintf(path, sizeof(path), "%s/%u", slots_dir, slot);
+	slot_path(path, sizeof(path), slot);
 	rc = write_elements(path, O_TRUNC, "delete", dev, sb, p);
 	if (!rc) {
 		snprintf(path, sizeof(path), "%s/net.nft", dir);
 		rc = write_elements(path, O_CREAT | O_TRUNC, "add", dev, sb, p);
 	}
-	if (!rc) {
-		snprintf(path, sizeof(path), "%s/resolv.conf", dir);
-		rc = write_resolv(path);
-	}
 	if (rc)
 		return mitos_err_set(e, rc, "cannot write the sandbox's network rules: %s", strerror(-rc));
-	snprintf(arg, arglen, "%s,%s,%s", dev, host, sb);
+	*out = slot;
+	return 0;
+}
+
+int sandbox_net_prepare(const char *dir, const struct net_policy *p, char *arg, size_t arglen, struct mitos_err *e)
+{
+	unsigned slot;
+	int rc = slot_prepare(dir, p, &slot, e);
+	char path[4300];
+	snprintf(path, sizeof(path), "%s/resolv.conf", dir);
+	if (!rc && (rc = write_resolv(path)))
+		return mitos_err_set(e, rc, "cannot write the sandbox's resolv.conf: %s", strerror(-rc));
+	if (rc)
+		return rc;
+	char host[16], sb[16];
+	addr_str(slot_addr(slot, 1), host, sizeof(host));
+	addr_str(slot_addr(slot, 2), sb, sizeof(sb));
+	snprintf(arg, arglen, "msb%u,%s,%s", slot, host, sb);
 	return 0;
 }
 
@@ -422,7 +457,7 @@ static void update_exited(void *ctx, int status)
 	char next[4300], slot[4300], cmds[4300];
 	update_path(next, sizeof(next), u->slot, "next");
 	update_path(cmds, sizeof(cmds), u->slot, "nft");
-	snprintf(slot, sizeof(slot), "%s/%u", slots_dir, u->slot);
+	slot_path(slot, sizeof(slot), u->slot);
 	int rc = status < 0 ? status : WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
 	/* The slot's undoing follows the rules in force. */
 	if (!rc && rename(next, slot) < 0)
@@ -437,14 +472,7 @@ int sandbox_net_update(const char *dir, const struct net_policy *p, engine_done_
 		       struct mitos_err *e)
 {
 	char path[4300], cmds[4300], next[4300];
-	snprintf(path, sizeof(path), "%s" SLOT_RECORD, dir);
-	FILE *f = fopen(path, "re");
-	unsigned slot = NET_SLOTS;
-	if (f) {
-		if (fscanf(f, "%u", &slot) != 1)
-			slot = NET_SLOTS;
-		fclose(f);
-	}
+	unsigned slot = slot_of(dir);
 	if (slot >= NET_SLOTS)
 		return mitos_err_set(e, -ENOENT, "it was started without a network interface");
 	if (!nft_path[0])
@@ -453,7 +481,7 @@ int sandbox_net_update(const char *dir, const struct net_policy *p, engine_done_
 	addr_str(slot_addr(slot, 2), sb, sizeof(sb));
 	snprintf(dev, sizeof(dev), "msb%u", slot);
 	/* One transaction: the rules in force out, the new ones in. */
-	snprintf(path, sizeof(path), "%s/%u", slots_dir, slot);
+	slot_path(path, sizeof(path), slot);
 	update_path(cmds, sizeof(cmds), slot, "nft");
 	update_path(next, sizeof(next), slot, "next");
 	int rc = 0;
@@ -499,7 +527,10 @@ int sandbox_net_update(const char *dir, const struct net_policy *p, engine_done_
 
 void sandbox_net_vm_cmdline(char *out, size_t n)
 {
-	int k = snprintf(out, n, "mitos.net=172.16.0.2,172.16.0.1");
+	char guest[16], gw[16];
+	addr_str(VM_GUEST, guest, sizeof(guest));
+	addr_str(VM_GATEWAY, gw, sizeof(gw));
+	int k = snprintf(out, n, "mitos.net=%s,%s", guest, gw);
 	for (unsigned i = 0; i < ndns && k > 0 && (size_t)k < n; i++)
 		k += snprintf(out + k, n - (size_t)k, "%s%s", i ? "," : " mitos.dns=", dns[i]);
 }
@@ -529,12 +560,14 @@ static int vm_nat(const char *dir)
 	FILE *f = fopen(path, "we");
 	if (!f)
 		return -errno;
+	char guest[16];
+	addr_str(VM_GUEST, guest, sizeof(guest));
 	fprintf(f, "table ip mitos-vm {\n"
 		   "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n"
-		   "\t\tiifname \"tap0\" oifname \"eth0\" ip saddr 172.16.0.2 accept\n"
+		   "\t\tiifname \"tap0\" oifname \"eth0\" ip saddr %s accept\n"
 		   "\t\tiifname \"eth0\" oifname \"tap0\" ct state established,related accept\n\t}\n"
 		   "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-		   "\t\toifname \"eth0\" masquerade\n\t}\n}\n");
+		   "\t\toifname \"eth0\" masquerade\n\t}\n}\n", guest);
 	if (fclose(f))
 		return -errno;
 	int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);
@@ -566,24 +599,22 @@ int sandbox_net_vm_tap(const char *dir, const struct net_policy *p, struct mitos
 		rc = init_net_addr_up("tap0", VM_GATEWAY);
 	}
 	if (!rc && net_policy_any(p)) {
-		char arg[64], dev[16], host[16], sb[16], path[4300];
-		struct in_addr ha, sa;
+		char dev[16], path[4300];
+		unsigned slot = 0;
 		step = "give it an address";
-		rc = sandbox_net_prepare(dir, p, arg, sizeof(arg), e) ? -EIO : 0;
-		if (!rc && (sscanf(arg, "%15[^,],%15[^,],%15s", dev, host, sb) != 3 || inet_pton(AF_INET, host, &ha) != 1 ||
-			    inet_pton(AF_INET, sb, &sa) != 1))
-			rc = -EINVAL;
+		rc = slot_prepare(dir, p, &slot, e);
+		snprintf(dev, sizeof(dev), "msb%u", slot);
 		/* The host's side: its elements, then the pair. */
 		if (!rc && setns(here, CLONE_NEWNET) < 0)
 			rc = -errno;
 		snprintf(path, sizeof(path), "%s/net.nft", dir);
 		if (!rc && run_nft("-f", path, NULL, NULL) != 0)
 			step = "add its rules to this host's table", rc = -EIO;
-		if (!rc && (rc = init_net_host_side(dev, ntohl(ha.s_addr), vmns)))
+		if (!rc && (rc = init_net_host_side(dev, slot_addr(slot, 1), vmns)))
 			step = "make its pair";
 		if (!rc && setns(vmns, CLONE_NEWNET) < 0)
 			rc = -errno;
-		if (!rc && (rc = init_net_sandbox_side(ntohl(sa.s_addr), ntohl(ha.s_addr))))
+		if (!rc && (rc = init_net_sandbox_side(slot_addr(slot, 2), slot_addr(slot, 1))))
 			step = "address its end of the pair";
 		if (!rc && (rc = vm_nat(dir)))
 			step = "forward and masquerade its guest";
@@ -627,7 +658,7 @@ static void release_slot(void *arg)
 	unsigned slot = (unsigned)(uintptr_t)arg;
 	char dev[16], path[4300];
 	snprintf(dev, sizeof(dev), "msb%u", slot);
-	snprintf(path, sizeof(path), "%s/%u", slots_dir, slot);
+	slot_path(path, sizeof(path), slot);
 	/* The pair goes with the sandbox's network namespace, which the kernel frees a
 	 * little after its last process. */
 	struct timespec ts = { 0, 5 * 1000 * 1000 };
@@ -661,16 +692,10 @@ void sandbox_net_exit(void)
 
 void sandbox_net_release(const char *dir)
 {
+	unsigned slot = slot_of(dir);
 	char path[4300];
 	snprintf(path, sizeof(path), "%s" SLOT_RECORD, dir);
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return;
-	unsigned slot;
-	int ok = fscanf(f, "%u", &slot) == 1 && slot < NET_SLOTS;
-	fclose(f);
 	unlink(path);
-	if (!ok)
-		return;
-	teardown_call(release_slot, (void *)(uintptr_t)slot);
+	if (slot < NET_SLOTS)
+		teardown_call(release_slot, (void *)(uintptr_t)slot);
 }

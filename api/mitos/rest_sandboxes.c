@@ -154,13 +154,12 @@ static cJSON *sandbox_info(const struct http_req *r, const struct sandbox *sb)
 	return o;
 }
 
-/* Checks a template's "network": what this node cannot honour is refused rather than
- * silently not applied. Returns a message, or NULL when it is acceptable. */
-static const char *network_refusal(const cJSON *net)
+/* Reads a template's "network" into p: what this node cannot honour is refused rather
+ * than silently not applied. Returns a message, or NULL when it is acceptable. */
+static const char *network_refusal(const cJSON *net, struct net_policy *p)
 {
-	struct net_policy p;
-	const char *bad = net_policy_from_mitos(net, &p);
-	if (!bad && net_policy_any(&p) && !sandboxes_network())
+	const char *bad = net_policy_from_mitos(net, p);
+	if (!bad && net_policy_any(p) && !sandboxes_network())
 		bad = "sandboxes on this node have no network interface besides loopback (serve runs without "
 		      "--egress): egress \"allow\" and allow_cidrs cannot be honoured";
 	return bad;
@@ -202,7 +201,7 @@ static void tpl_done(void *ctx, enum api_err err, const char *msg, struct templa
 
 /* The engine's template spec from the contract's request: "resources" sizes the VM
  * (vcpus, mem_mib); the keys the contract names go; the engines' own keys stay. */
-static cJSON *template_spec(const cJSON *b, const char **bad)
+static cJSON *template_spec(const cJSON *b, const struct net_policy *net, const char **bad)
 {
 	cJSON *sp = cJSON_Duplicate(b, 1);
 	if (!sp)
@@ -223,10 +222,9 @@ static cJSON *template_spec(const cJSON *b, const char **bad)
 		cJSON_AddItemToObject(sp, "workload", w);
 	}
 	/* Only a network that lets anything through is kept: the template gets it. */
-	const cJSON *net = cJSON_GetObjectItemCaseSensitive(b, "network");
-	struct net_policy np;
-	if (!net_policy_from_mitos(net, &np) && net_policy_any(&np))
-		cJSON_AddItemToObject(sp, "network", cJSON_Duplicate(net, 1));
+	if (net_policy_any(net))
+		cJSON_AddItemToObject(sp, "network",
+				      cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(b, "network"), 1));
 	const cJSON *res = cJSON_GetObjectItemCaseSensitive(b, "resources");
 	if (res && !cJSON_IsNull(res)) {
 		uint32_t v;
@@ -261,15 +259,13 @@ void rest_templates_create(struct http_req *r)
 		cJSON_Delete(b);
 		return;
 	}
-	const char *bad = network_refusal(cJSON_GetObjectItemCaseSensitive(b, "network"));
 	struct net_policy net;
-	if (!bad)
-		net_policy_from_mitos(cJSON_GetObjectItemCaseSensitive(b, "network"), &net);
+	const char *bad = network_refusal(cJSON_GetObjectItemCaseSensitive(b, "network"), &net);
 	uint32_t wait_s;
 	bool present;
 	if (!bad && get_uint(b, "init_wait_seconds", 0, 3600, &wait_s, &present))
 		bad = "init_wait_seconds must be a whole number of seconds from 0 to 3600";
-	cJSON *spec = bad ? NULL : template_spec(b, &bad);
+	cJSON *spec = bad ? NULL : template_spec(b, &net, &bad);
 	if (bad || !spec) {
 		cJSON_Delete(spec);
 		cJSON_Delete(b);
