@@ -1,21 +1,15 @@
 #!/usr/bin/env python3
 """Sandbox egress (serve --egress, api/engines/sandbox_net.c) against a stand-in
-internet and LAN. Everything runs inside network namespaces this suite makes and
-deletes, so the machine's own network, routes and firewall are never touched:
-
-  netns H (serve, its sandboxes, this script)
-    up0  5.5.5.1/24, default route  ->  netns I ("internet"): 5.5.5.5, 1.1.1.1, 8.8.8.8
-    lan0 10.99.0.1/24               ->  netns L ("LAN"): 10.99.0.2 (HTTP), 10.99.0.53 (DNS)
-    a service of H itself on :9999
-
-I and L answer HTTP on port 80 with the address asked and the client's address; L's DNS
-answers NAME.test with 1.1.1.1. Checked: E2B's allowInternetAccess, allowOut and
-denyOut, at create and replaced on a running sandbox (PUT /sandboxes/{id}/network), a
-Mitos template's egress and allow_cidrs, on both engines (the kvm case boots the python
-image under the firmware kernel, minutes where KVM only emulates); DNS; NAT; that H, the LAN (unless
-allowed), other sandboxes and IPv6 stay out of reach and that nothing reaches a sandbox
-from outside; forks, a restart of serve, cleanup of every interface, table and slot;
-the refusals of what a node cannot honour.
+internet and LAN (netlab.py: serve runs in a network namespace of its own, H, with the
+internet's 1.1.1.1 and 8.8.8.8 and a LAN with HTTP and DNS behind it, so the machine's
+own network, routes and firewall are never touched; H runs a service of its own on
+:9999). Checked: E2B's allowInternetAccess, allowOut and denyOut, at create and replaced
+on a running sandbox (PUT /sandboxes/{id}/network), a Mitos template's egress and
+allow_cidrs, on both engines (the kvm case boots the python image under the firmware
+kernel, minutes where KVM only emulates); DNS; NAT; that H, the LAN (unless allowed),
+other sandboxes and IPv6 stay out of reach and that nothing reaches a sandbox from
+outside; forks, a restart of serve, cleanup of every interface, table and slot; the
+refusals of what a node cannot honour.
 
 usage: test_egress.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
 Exits 77 when not root or without ip and nft."""
@@ -35,6 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "pylib"))
 import budget  # noqa: E402
+import netlab  # noqa: E402
 from mitos_test import Runner, Server, Skip, eq, exec_output, exit_of, wait_until  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
@@ -43,36 +38,8 @@ ONLY = sys.argv[3:]
 TOKEN = "e2b_" + secrets.token_hex(20)
 E2B_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2b")
 KEY = {"X-API-KEY": TOKEN}
-DNS = "10.99.0.53"
+DNS = netlab.DNS
 HOST_PORT = 9999
-
-# An HTTP server answering "<address asked> <client address>", and a DNS server
-# answering every NAME.test with 1.1.1.1 (one A record, UDP).
-STANDIN = r'''
-import socket, struct, sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        b = ("%s %s" % (self.connection.getsockname()[0], self.client_address[0])).encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(b))); self.end_headers()
-        self.wfile.write(b)
-    def log_message(self, *a): pass
-def dns(addr):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((addr, 53))
-    while True:
-        q, peer = s.recvfrom(512)
-        i = 12; labels = []
-        while q[i]:
-            labels.append(q[i + 1:i + 1 + q[i]].decode()); i += 1 + q[i]
-        qend = i + 5
-        ok = labels and labels[-1] == "test"
-        hdr = q[:2] + struct.pack(">HHHHH", 0x8180 if ok else 0x8183, 1, 1 if ok else 0, 0, 0)
-        ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton("1.1.1.1") if ok else b""
-        s.sendto(hdr + q[12:qend] + ans, peer)
-if len(sys.argv) > 1:
-    threading.Thread(target=dns, args=(sys.argv[1],), daemon=True).start()
-ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
-'''
 
 # Run in a sandbox: every probe's answer, as JSON (at once: a refused one waits 2 s).
 PROBE = r'''
@@ -545,44 +512,13 @@ def inside():
     return r.finish()
 
 
-def ip(*args, ns=None):
-    cmd = ["ip"] + (["-n", ns] if ns else []) + list(args)
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
 def main():
-    if os.environ.get("MITOS_EGRESS_INSIDE"):
+    if netlab.inside():
         return inside()
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"):
         print("SKIP: needs root, ip (iproute2) and nft (nftables)")
         return 77
-    tag = secrets.token_hex(3)
-    h, i, l = "mte-h-" + tag, "mte-i-" + tag, "mte-l-" + tag
-    servers = []
-    try:
-        for ns in (h, i, l):
-            ip("netns", "add", ns)
-            ip("link", "set", "lo", "up", ns=ns)
-        ip("link", "add", "up0", "netns", h, "type", "veth", "peer", "name", "wan0", "netns", i)
-        ip("link", "add", "lan0", "netns", h, "type", "veth", "peer", "name", "eth0", "netns", l)
-        for ns, dev, addr in ((h, "up0", "5.5.5.1/24"), (i, "wan0", "5.5.5.5/24"), (h, "lan0", "10.99.0.1/24"),
-                              (l, "eth0", "10.99.0.2/24"), (l, "eth0", DNS + "/24"),
-                              (i, "lo", "1.1.1.1/32"), (i, "lo", "8.8.8.8/32")):
-            ip("addr", "add", addr, "dev", dev, ns=ns)
-            ip("link", "set", dev, "up", ns=ns)
-        ip("route", "add", "default", "via", "5.5.5.5", ns=h)
-        for ns, dns in ((i, None), (l, DNS)):
-            servers.append(subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", STANDIN]
-                                            + ([dns] if dns else [])))
-        time.sleep(0.5)
-        env = dict(os.environ, MITOS_EGRESS_INSIDE="1")
-        return subprocess.run(["ip", "netns", "exec", h, sys.executable] + sys.argv, env=env).returncode
-    finally:
-        for p in servers:
-            p.kill()
-            p.wait()
-        for ns in (h, i, l):
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+    return netlab.run_in_lab("mte", lan=True)
 
 
 if __name__ == "__main__":
