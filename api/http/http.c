@@ -106,10 +106,15 @@ static int on_url(http_parser *p, const char *at, size_t n)
 	return arena_add(c, c->req, at, n);
 }
 
+/* The parser hands a chunked body's trailer fields to the header callbacks too, after
+ * the headers were taken apart (r->h points into the arena): they are dropped, as RFC
+ * 9110 6.5.1 lets a recipient do; none of ours is read from a trailer. */
 static int on_header_field(http_parser *p, const char *at, size_t n)
 {
 	struct conn *c = p->data;
 	struct http_req *r = c->req;
+	if (r->headers_done)
+		return 0;
 	if (!r->url_done) {
 		if (arena_nul(c, r))
 			return -1;
@@ -134,6 +139,8 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 {
 	struct conn *c = p->data;
 	struct http_req *r = c->req;
+	if (r->headers_done)
+		return 0;
 	if (!r->nh)
 		return -1;
 	if (!r->last_was_value) {

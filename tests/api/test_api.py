@@ -13,6 +13,7 @@ import re
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -20,6 +21,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import h2mini  # noqa: E402
 from mitos_test import (Runner, Server, body_of, client_stream, envelope, eq, parse_envelopes,  # noqa: E402
                         exec_output, raw_exchange, server_sandbox_pids, status_of, wait_until, write_file)
 
@@ -825,6 +827,18 @@ def t_http_basics(s):
     raw = raw_exchange(s.port, b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                        b"Connection: close\r\n\r\n" + chunked + b"0\r\n\r\n")
     eq(status_of(raw), 200, "chunked body: %r" % raw[:200])
+    # Trailer fields after a chunked body are dropped: they came through the header
+    # callbacks after the headers were taken apart, and a route that read a header then
+    # (E2B's key check, the cluster's scope) read freed memory or NULL and serve died.
+    for trailer in (b"X-T: y\r\n", b"X-T: " + b"b" * 3000 + b"\r\nHost: other\r\n"):
+        raw = raw_exchange(s.port, b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                           b"X-Pad: " + b"a" * 900 + b"\r\nConnection: close\r\n\r\n" + chunked + b"0\r\n" + trailer
+                           + b"\r\n")
+        eq(status_of(raw), 200, "chunked body with a trailer: %r" % raw[:200])
+        raw = raw_exchange(s.port, b"POST /v2/sandboxes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                           b"Connection: close\r\n\r\ne\r\n{\"timeout\":-1}\r\n0\r\n" + trailer + b"\r\n")
+        assert status_of(raw) in (400, 401), raw[:200]
+    eq(s.request("GET", "/v1/health")[0], 200, "serve is up after trailers")
     # HTTP/1.0 without keep-alive is answered and closed.
     raw = raw_exchange(s.port, b"GET /v1/health HTTP/1.0\r\n\r\n")
     eq(status_of(raw), 200, "HTTP/1.0")
@@ -1198,6 +1212,45 @@ def t_stale_state_cleaned(env):
         s.cleanup()
 
 
+def t_h2_stream_deadlines(_):
+    """HTTP/2 streams get HTTP/1.1's deadlines, per stream: a body that stops is answered
+    408 and the stream reset; a response whose window the client keeps shut is reset
+    (each held up to the body and output limits, 100 streams a connection); the
+    connection serves on. :authority and a different host are refused, as two Host
+    headers are."""
+    s = Server(VMM, AGENT, extra=["--body-timeout-ms", "1000", "--idle-timeout-ms", "2000"])
+    try:
+        c = h2mini.H2(s.port)
+        c.request(1, "POST", "/v1/templates", [("content-type", "application/json")], end=False)
+        c.send(h2mini.DATA, 0, 1, b'{"id":')
+        t0 = time.time()
+        frames = c.until(1, 10)
+        assert b"request body stalled" in h2mini.body_of(frames), frames
+        assert 0.9 < time.time() - t0 < 5, time.time() - t0
+        frames = c.until(1, 10)
+        eq([f[:3] for f in frames], [(h2mini.RST_STREAM, 0, 1)], "then reset (NO_ERROR: the answer was whole)")
+        eq(frames[0][3], struct.pack(">I", 0), "RST_STREAM NO_ERROR")
+        c.request(3, "GET", "/v1/health")
+        assert b'"ok"' in h2mini.body_of(c.until(3, 10)), "the connection serves on"
+        c.close()
+        # A window of 0: the answer waits in serve until the client's idle deadline.
+        c = h2mini.H2(s.port, settings=[(h2mini.SETTINGS_INITIAL_WINDOW_SIZE, 0)])
+        c.request(1, "GET", "/v1/templates")
+        frames = c.until(1, 10, want=h2mini.RST_STREAM)
+        eq([f[0] for f in frames], [h2mini.HEADERS, h2mini.RST_STREAM], "headers, no body, then reset")
+        eq(frames[-1][3], struct.pack(">I", 8), "RST_STREAM CANCEL")
+        c.close()
+        c = h2mini.H2(s.port)
+        c.request(1, "GET", "/v1/health", [("host", "other")])
+        assert b"different targets" in h2mini.body_of(c.until(1, 10)), "a second target refused"
+        c.request(3, "GET", "/v1/health", [("host", "x")])
+        assert b'"ok"' in h2mini.body_of(c.until(3, 10)), "the same one twice is one target"
+        c.close()
+        eq(s.request("GET", "/v1/health")[0], 200, "serve up")
+    finally:
+        s.cleanup()
+
+
 def main():
     r = Runner()
     if os.geteuid() != 0:
@@ -1220,7 +1273,7 @@ def main():
         ("http_basics", t_http_basics), ("malformed", t_malformed), ("slowloris", t_slowloris),
         ("many_connections", t_many_connections), ("fuzz_requests", t_fuzz_requests),
     ]
-    own = [("auth", t_auth), ("startup_checks", t_startup_checks),
+    own = [("auth", t_auth), ("startup_checks", t_startup_checks), ("h2_stream_deadlines", t_h2_stream_deadlines),
            ("restart_readopt_and_shutdown", t_restart_readopt_and_shutdown),
            ("e2b_record_survives_restart", t_e2b_record_survives_restart),
            ("snapshot_survives_restart", t_snapshot_survives_restart),
