@@ -33,6 +33,8 @@ struct h2_stream {
 	bool closed;         /* the stream is gone: writes to it go nowhere */
 	char *path, *authority; /* pseudo-headers, until the arena takes them */
 	uint64_t opened_ms;
+	uint64_t last_in_ms;  /* the request's body last moved */
+	uint64_t last_out_ms; /* the response last moved, or began to wait */
 	struct h2_stream *prev, *next;
 };
 
@@ -109,7 +111,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *us
 	}
 	st->hc = hc;
 	st->id = f->hd.stream_id;
-	st->opened_ms = ur_now_ms();
+	st->opened_ms = st->last_in_ms = st->last_out_ms = ur_now_ms();
 	st->r = r;
 	r->h2 = st;
 	r->keep_alive = true;
@@ -189,6 +191,16 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 		}
 		memcpy(lname, name, nn);
 		lname[nn] = 0;
+		if (!strcmp(lname, "host") && st->authority &&
+		    (strlen(st->authority) != vn || memcmp(st->authority, value, vn))) {
+			/* Two names of the target: a proxy in front may have routed by the other
+			 * (RFC 9113 8.3.1), as HTTP/1.1 refuses two Host headers. */
+			if (r->early_err < 0) {
+				r->early_err = AE_BAD_REQUEST;
+				r->early_msg = strdup(":authority and host name different targets");
+			}
+			return 0;
+		}
 		add_header(r, lname, value, vn);
 	}
 	return 0;
@@ -215,7 +227,7 @@ static void headers_in(struct h2_stream *st, bool end_stream)
 	r->headers_done = true;
 	r->complete = end_stream;
 	if (r->early_err >= 0) {
-		answer_early(st, r->early_err, NULL);
+		answer_early(st, r->early_err, r->early_msg);
 		return;
 	}
 	if (r->method == UINT_MAX) {
@@ -291,6 +303,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
 	struct h2_stream *st = stream_of(hc, id);
 	/* The connection's window reopens at once; the stream's as the bytes are taken. */
 	nghttp2_session_consume_connection(s, n);
+	if (st)
+		st->last_in_ms = ur_now_ms();
 	if (!st || !st->r || st->discard || st->r->finished) {
 		nghttp2_session_consume_stream(s, id, n);
 		return 0;
@@ -349,8 +363,10 @@ static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
 	size_t n = bytebuf_pending(&st->out);
 	if (n > len)
 		n = len;
-	if (n)
+	if (n) {
 		memcpy(buf, st->out.p + st->out.off, n);
+		st->last_out_ms = ur_now_ms();
+	}
 	st->out.off += n;
 	if (!bytebuf_pending(&st->out)) {
 		st->out.off = st->out.len = 0;
@@ -424,6 +440,14 @@ static void submit_head(struct http_req *r, int status, const char *ctype, long 
 		nghttp2_submit_rst_stream(st->hc->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
 }
 
+/* Bytes for the client: a stall is counted from when they began to wait. */
+static int out_add(struct h2_stream *st, const void *p, size_t n)
+{
+	if (!bytebuf_pending(&st->out))
+		st->last_out_ms = ur_now_ms();
+	return bytebuf_add(&st->out, p, n);
+}
+
 static void out_changed(struct h2_stream *st)
 {
 	if (st->deferred) {
@@ -447,7 +471,7 @@ void h2_reply(struct http_req *r, int status, const char *ctype, const void *bod
 		return;
 	}
 	bool has_body = n && r->method != HTTP_HEAD;
-	if (has_body && bytebuf_add(&st->out, body, n)) {
+	if (has_body && out_add(st, body, n)) {
 		h2_stream_abort(r);
 		return;
 	}
@@ -469,7 +493,7 @@ void h2_stream_write2(struct http_req *r, const void *a, size_t an, const void *
 	struct h2_stream *st = r->h2;
 	if (st->closed)
 		return;
-	if ((an && bytebuf_add(&st->out, a, an)) || (bn && bytebuf_add(&st->out, b, bn))) {
+	if ((an && out_add(st, a, an)) || (bn && out_add(st, b, bn))) {
 		h2_stream_abort(r);
 		return;
 	}
@@ -675,6 +699,34 @@ void h2_conn_drain(struct conn *c)
 	conn_kick(c);
 }
 
+static void stream_reset(struct h2_stream *st, uint32_t code)
+{
+	st->closed = true;
+	nghttp2_submit_rst_stream(st->hc->s, NGHTTP2_FLAG_NONE, st->id, code);
+	conn_kick(st->hc->c);
+}
+
+/* A stream's deadlines, as HTTP/1.1 has them per connection: a body that stopped coming
+ * is answered 408 when nothing was answered yet, then (once that answer went out) reset;
+ * a response the client stopped taking (its window kept shut) is reset. Either holds
+ * what was buffered for it, up to the body and output limits, per stream. */
+static void stream_deadlines(struct h2_stream *st, uint64_t now)
+{
+	struct http_req *r = st->r;
+	if (bytebuf_pending(&st->out)) {
+		if (now - st->last_out_ms > srv_cfg.idle_timeout_ms)
+			stream_reset(st, NGHTTP2_CANCEL);
+		return;
+	}
+	if (!r->headers_done || r->complete || r->body_paused || bytebuf_pending(&st->in) ||
+	    now - st->last_in_ms <= srv_cfg.body_timeout_ms)
+		return;
+	if (!r->dispatched && !r->resp_started)
+		answer_early(st, AE_REQUEST_TIMEOUT, "request body stalled");
+	else
+		stream_reset(st, NGHTTP2_NO_ERROR);
+}
+
 bool h2_conn_check_deadlines(struct conn *c, uint64_t now)
 {
 	/* A client that stopped reading what it asked for. */
@@ -685,6 +737,11 @@ bool h2_conn_check_deadlines(struct conn *c, uint64_t now)
 	for (const struct h2_stream *st = c->h2->streams; st; st = st->next)
 		if (st->r && !st->r->headers_done && now - st->opened_ms > srv_cfg.header_timeout_ms)
 			return true;
+	for (struct h2_stream *st = c->h2->streams, *next; st; st = next) {
+		next = st->next;
+		if (st->r && !st->closed)
+			stream_deadlines(st, now);
+	}
 	return !c->h2->nstreams && now - c->last_rx_ms > srv_cfg.idle_timeout_ms &&
 	       now - c->last_tx_ms > srv_cfg.idle_timeout_ms;
 }
