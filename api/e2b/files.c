@@ -19,6 +19,7 @@
 #include "api/e2b/internal.h"
 #include "api/mitos/handlers.h"
 #include "api/http/http.h"
+#include "api/http/server.h"
 #include "api/http/uring.h"
 
 #define TX_PAUSE (1u << 20)        /* buffered upload bytes above which we stop reading */
@@ -266,10 +267,11 @@ struct upload {
 	enum mp_state st;
 	char delim[BOUNDARY_MAX + 8];  /* "\r\n--" boundary */
 	size_t dlen;
-	struct bytebuf pend;
+	struct bytebuf pend;           /* multipart: the unparsed rest; gzip: input not inflated yet */
 	/* gzip */
 	z_stream z;
-	bool z_init;
+	bool z_init, z_end, inflating, body_ended;
+	uint64_t inflated;
 	struct wfile *files[MAX_PARTS];
 	unsigned nfiles;
 	struct wfile *cur;
@@ -286,6 +288,7 @@ static size_t tx_pending(const struct upload *u)
 
 static void upload_fail(struct upload *u, int status, const char *msg);
 static void upload_maybe_done(struct upload *u);
+static void upload_drained(struct upload *u);
 
 static void wf_pump(struct wfile *f)
 {
@@ -297,9 +300,7 @@ static void wf_pump(struct wfile *f)
 		agent_send_data(f->as, PROTO_CH_MAIN, true, NULL, 0);
 		f->fin_sent = true;
 	}
-	struct http_req *r = f->u->base.r;
-	if (r && r->body_paused && tx_pending(f->u) < TX_PAUSE / 4)
-		http_req_resume_body(r);
+	upload_drained(f->u);
 }
 
 static void wf_writable(struct astream *s)
@@ -572,13 +573,17 @@ static bool multipart_step(struct upload *u)
 	}
 }
 
-/* Returns false when the upload failed (u is then freed). */
-static bool gzip_feed(struct upload *u, const uint8_t *p, size_t n)
+/* Inflates held input while the agent keeps up: a few KiB of gzip may be gigabytes,
+ * so what waits for the agent stays about TX_PAUSE, not a chunk's whole expansion.
+ * Returns false when the upload failed (u is then freed). */
+static bool gzip_step(struct upload *u)
 {
 	uint8_t out[64 << 10];
-	u->z.next_in = (Bytef *)p;
-	u->z.avail_in = (uInt)n;
-	while (u->z.avail_in) {
+	u->inflating = true;
+	while (bytebuf_pending(&u->pend) && !u->z_end && tx_pending(u) <= TX_PAUSE) {
+		size_t n = bytebuf_pending(&u->pend);
+		u->z.next_in = (Bytef *)(u->pend.p + u->pend.off);
+		u->z.avail_in = (uInt)(n < (1u << 30) ? n : 1u << 30);
 		u->z.next_out = out;
 		u->z.avail_out = sizeof(out);
 		int rc = inflate(&u->z, Z_NO_FLUSH);
@@ -586,12 +591,50 @@ static bool gzip_feed(struct upload *u, const uint8_t *p, size_t n)
 			upload_fail(u, 400, "the body is not valid gzip");
 			return false;
 		}
-		if (!wf_add(u, out, sizeof(out) - u->z.avail_out))
+		size_t made = sizeof(out) - u->z.avail_out;
+		u->pend.off += n - u->z.avail_in;
+		u->inflated += made;
+		if (u->inflated > srv_cfg.max_file_body) {
+			upload_fail(u, 413, "the body, decompressed, exceeds the limit for a file (--max-file-body)");
 			return false;
-		if (rc == Z_STREAM_END || (rc == Z_BUF_ERROR && u->z.avail_out))
+		}
+		if (!wf_add(u, out, made))
+			return false;
+		/* After the gzip stream nothing is read (as before: trailing bytes are ignored). */
+		u->z_end = rc == Z_STREAM_END;
+		if (rc == Z_BUF_ERROR && !made)
 			break;
 	}
+	if (u->z_end || !bytebuf_pending(&u->pend))
+		bytebuf_free(&u->pend);
+	u->inflating = false;
 	return true;
+}
+
+/* The body is all in and inflated: the file ends. */
+static void upload_finish(struct upload *u)
+{
+	wf_close(u);
+	u->body_done = true;
+	upload_maybe_done(u);
+}
+
+/* The agent took bytes: held input is inflated on, then the body read again. */
+static void upload_drained(struct upload *u)
+{
+	if (u->inflating || u->base.done || tx_pending(u) >= TX_PAUSE / 4)
+		return;
+	if (u->gzip && bytebuf_pending(&u->pend)) {
+		if (!gzip_step(u) || bytebuf_pending(&u->pend))
+			return;
+		if (u->body_ended) {
+			upload_finish(u);
+			return;
+		}
+	}
+	struct http_req *r = u->base.r;
+	if (r && r->body_paused)
+		http_req_resume_body(r);
 }
 
 static void upload_body(struct http_req *r, const uint8_t *p, size_t n)
@@ -613,10 +656,17 @@ static void upload_body(struct http_req *r, const uint8_t *p, size_t n)
 			u->pend.off = 0;
 			u->pend.len = left;
 		}
-	} else if (u->gzip ? !gzip_feed(u, p, n) : !wf_add(u, p, n)) {
+	} else if (u->gzip) {
+		if (bytebuf_add(&u->pend, p, n)) {
+			upload_fail(u, 500, "out of memory");
+			return;
+		}
+		if (!gzip_step(u))
+			return;
+	} else if (!wf_add(u, p, n)) {
 		return;
 	}
-	if (tx_pending(u) > TX_PAUSE)
+	if (tx_pending(u) > TX_PAUSE || (u->gzip && bytebuf_pending(&u->pend)))
 		http_req_pause_body(r);
 }
 
@@ -629,9 +679,10 @@ static void upload_body_end(struct http_req *r)
 		upload_fail(u, 400, "the multipart body ended before its closing boundary");
 		return;
 	}
-	wf_close(u);
-	u->body_done = true;
-	upload_maybe_done(u);
+	/* Input still held for the agent to catch up: the file ends after it. */
+	u->body_ended = true;
+	if (!(u->gzip && bytebuf_pending(&u->pend)))
+		upload_finish(u);
 }
 
 static const struct http_req_ops upload_ops = { .body = upload_body, .body_end = upload_body_end,

@@ -66,6 +66,21 @@ test("two parts for the same file, bad gzip, unknown encodings", async () => {
   await alive();
 });
 
+test("gzip uploads inflate as the sandbox takes them, up to the file limit", async () => {
+  // 48 MiB of zeros in about 48 KiB: inflated as the agent writes, not all at once in
+  // serve's memory; the file is whole.
+  const mib = 1 << 20;
+  let res = await fetch(url + "/files?path=/tmp/zeros.bin", { method: "POST", headers: envd({ "Content-Type": "application/octet-stream", "Content-Encoding": "gzip" }), body: gzipSync(Buffer.alloc(48 * mib)) });
+  assert.equal(res.status, 200, await res.text());
+  assert.equal((await sbx.commands.run("stat -c %s /tmp/zeros.bin && tr -d '\\0' < /tmp/zeros.bin | wc -c")).stdout, `${48 * mib}\n0\n`);
+  // Past the file limit (serve's --max-file-body, 64 MiB) once inflated: a 413.
+  res = await fetch(url + "/files?path=/tmp/bomb.bin", { method: "POST", headers: envd({ "Content-Type": "application/octet-stream", "Content-Encoding": "gzip" }), body: gzipSync(Buffer.alloc(80 * mib)) });
+  assert.equal(res.status, 413);
+  assert.match((await res.json()).message, /decompressed/);
+  await sbx.commands.run("rm -f /tmp/zeros.bin /tmp/bomb.bin");
+  await alive();
+});
+
 test("Connect calls with bad bodies, envelopes and content types", async () => {
   const post = (m, body, ct = "application/json") =>
     fetch(url + "/" + m, { method: "POST", headers: envd({ "Content-Type": ct, "Connect-Protocol-Version": "1" }), body });
