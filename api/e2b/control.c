@@ -297,13 +297,31 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 	create_free(cc);
 }
 
+/* Internet by default is E2B's default, not a demand: where it cannot be had (serve
+ * without --egress; t, when known, a kvm template built before it) the sandbox reports
+ * it was not given. An allowlist is a demand: the reason it is refused, or NULL. */
+static const char *net_fit(const struct template_rec *t, struct net_policy *net)
+{
+	if (t ? sandboxes_network_for(t) : sandboxes_network())
+		return NULL;
+	if (net->nallow)
+		return t && sandboxes_network() ? "network.allowOut cannot be honoured: the template was built without "
+						 "a network device (before serve ran with --egress): make it anew"
+					       : "network.allowOut cannot be honoured: sandboxes on this node have no "
+						 "network but loopback (serve runs without --egress)";
+	memset(net, 0, sizeof(*net));
+	return NULL;
+}
+
 static void create_fork(struct create_ctx *cc)
 {
-	/* E2B's default internet on a template that cannot have it (a kvm template built
-	 * before --egress) is reported as not given, as on a node without --egress. */
 	const struct template_rec *t = templates_find(cc->tpl);
-	if (t && !sandboxes_network_for(t) && !cc->net.nallow)
-		memset(&cc->net, 0, sizeof(cc->net));
+	const char *bad = t ? net_fit(t, &cc->net) : NULL;
+	if (bad) {
+		e2b_reply_err(cc->r, 400, "%s", bad);
+		create_free(cc);
+		return;
+	}
 	struct fork_req fr = { .template_name = cc->tpl, .n = 1, .timeout_s = cc->timeout_s, .net = &cc->net };
 	const cJSON *md = cJSON_GetObjectItemCaseSensitive(cc->body, "metadata");
 	fr.metadata = cJSON_IsObject(md) ? md : NULL;
@@ -350,15 +368,8 @@ void e2b_sandboxes_create(struct http_req *r)
 	else if (auto_resume_field(b) == 1 && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")))
 		bad = "autoResume needs autoPause (lifecycle onTimeout \"pause\"): only a paused sandbox resumes";
 	else if (!(bad = net_policy_from_e2b(cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access"),
-					     cJSON_GetObjectItemCaseSensitive(b, "network"), &net)) &&
-		 !sandboxes_network()) {
-		/* Internet by default is E2B's default, not a demand: the sandbox reports what it
-		 * got. An allowlist is a demand. */
-		if (net.nallow)
-			bad = "network.allowOut cannot be honoured: sandboxes on this node have no network but "
-			      "loopback (serve runs without --egress, or on the kvm engine)";
-		memset(&net, 0, sizeof(net));
-	}
+					     cJSON_GetObjectItemCaseSensitive(b, "network"), &net)))
+		bad = net_fit(NULL, &net); /* now, not after minutes of a template's build */
 	if (bad) {
 		cJSON_Delete(b);
 		e2b_reply_err(r, 400, "%s", bad);

@@ -100,6 +100,7 @@ def e2b_create(s, body=None):
 def e2b_refused(s, body, what):
     st, r = s.request("POST", "/v2/sandboxes", dict({"templateID": "base"}, **body), headers=KEY)
     eq(st, 400, "%s refused (%r)" % (what, r))
+    return r["message"]
 
 
 def egress_server(extra=(), state_dir=None):
@@ -404,6 +405,45 @@ def t_kvm_linux_guest(_s):
         s.cleanup()
 
 
+def t_kvm_template_before_egress(_s):
+    """A kvm template built by a serve without --egress has no network device: a later
+    --egress serve reports E2B's default internet as not given for it and refuses an
+    allowlist or a Mitos egress allow with the way out (make it anew). The test guest
+    stands in for the guest (its agent mode answers the agent's hello)."""
+    guest, mkdisk = os.environ.get("MITOS_TESTGUEST"), os.environ.get("MITOS_TESTGUEST_MKDISK")
+    if not os.path.exists("/dev/kvm") or not guest or not mkdisk:
+        raise Skip("needs /dev/kvm and the test guest (MITOS_TESTGUEST, MITOS_TESTGUEST_MKDISK)")
+    state = tempfile.mkdtemp(prefix="mte-kvm-", dir="/var/tmp")
+    disk = state + ".img"
+    subprocess.check_call([mkdisk, disk, "64"])
+    os.chmod(disk, 0o600)
+    kvm = ["--engine", "kvm", "--kvm-pool", "0"]
+    servers = [Server(VMM, AGENT, extra=kvm, state_dir=state, token=TOKEN)]
+    try:
+        st, r = servers[0].request("POST", "/v1/templates", {
+            "id": "plain", "kernel": guest, "rootfs": disk, "cmdline": "testguest.mode=agent", "mem_mib": 32})
+        eq(st, 200, "the template, without --egress (%r)" % (r,))
+        servers[0].stop()
+        servers.append(egress_server(kvm, state_dir=state))
+        s = servers[1]
+        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "plain"}, headers=KEY)
+        eq(st, 201, "E2B's default on it (%r)" % (sb,))
+        st, info = s.request("GET", "/sandboxes/" + sb["sandboxID"], headers=KEY)
+        eq(info["allowInternetAccess"], False, "reported as not given")
+        st, r = s.request("POST", "/v2/sandboxes", {"templateID": "plain", "network": {"allowOut": ["1.1.1.1"]}},
+                          headers=KEY)
+        eq(st, 400, "an allowlist (%r)" % (r,))
+        assert "anew" in r["message"], r
+        st, r = s.request("POST", "/v1/templates", {"id": "plain", "network": {"egress": "allow"}})
+        eq(st, 400, "a Mitos egress allow (%r)" % (r,))
+        assert "network device" in r["error"]["message"], r
+    finally:
+        for x in servers:
+            x.cleanup()
+        shutil.rmtree(state, ignore_errors=True)
+        os.unlink(disk)
+
+
 def t_restart(s):
     """A sandbox keeps its network across a restart of serve; the next serve releases it."""
     sid = e2b_create(s)
@@ -462,7 +502,8 @@ def t_without_egress(_s):
         eq(ifaces(s, sid), ["lo"], "loopback only")
         st, info = s.request("GET", "/sandboxes/" + sid, headers=KEY)
         eq(info["allowInternetAccess"], False, "reported as it is")
-        e2b_refused(s, {"network": {"allowOut": ["1.1.1.1"]}}, "an allowlist")
+        why = e2b_refused(s, {"network": {"allowOut": ["1.1.1.1"]}}, "an allowlist")
+        assert "--egress" in why, why
         st, r = s.request("POST", "/v1/templates", {"id": "net", "network": {"egress": "allow"}})
         eq(st, 400, "egress allow (%r)" % (r,))
         assert "--egress" in r["error"]["message"], r
@@ -494,11 +535,13 @@ def inside():
                      ("npm_e2b_sdk", t_npm_e2b_sdk), ("isolation", t_isolation), ("hostile_etc", t_hostile_etc),
                      ("refusals", t_refusals), ("conn_limit", t_conn_limit),
                      ("restart", t_restart), ("stop_removes_table", t_stop_removes_table),
+                     ("kvm_template_before_egress", t_kvm_template_before_egress),
                      ("kvm_linux_guest", t_kvm_linux_guest),
                      ("without_egress", t_without_egress)):
         if ONLY and not any(o in name for o in ONLY):
             continue
-        own = ("without_egress", "conn_limit", "stop_removes_table", "kvm_linux_guest")
+        own = ("without_egress", "conn_limit", "stop_removes_table", "kvm_template_before_egress",
+               "kvm_linux_guest")
         s = egress_server() if name not in own else None
         try:
             r.run(name, fn, s)
