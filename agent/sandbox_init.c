@@ -19,7 +19,12 @@
  *      namespace: none of them can be changed from inside), no_new_privs, a seccomp
  *      filter refusing the calls that reach the host kernel's shared state (below), and
  *      exec through the descriptor serve passed;
- *   5. this process then drops every capability, marks itself non-dumpable and out of
+ *   5. once the agent listens, /run/mitos (its socket, on the host's file system)
+ *      becomes read-only, nosuid, nodev and noexec inside: nothing the sandbox writes
+ *      lands outside its quota. The agent's output (its root may ptrace it: it is the
+ *      sandbox's) reaches the host's agent.log through a pipe and a copier that keeps
+ *      the first AGENT_LOG_MAX bytes;
+ *   6. this process then drops every capability, marks itself non-dumpable and out of
  *      the OOM killer's reach, and only reaps. It leaves when the agent does.
  *
  * The writable layer (overlay upper and work) is a directory of DIR, or, with
@@ -67,6 +72,7 @@
 #define READY_FD 4
 #define ERR_FD 5
 #define LOG_FD 6
+#define AGENT_LOG_MAX (4u << 20)
 #define SANDBOX_RUN "/run/mitos"
 #define AGENT_SOCK SANDBOX_RUN "/agent.sock"
 #define ID_RANGE 65536
@@ -605,11 +611,51 @@ static void wait_ready(pid_t agent)
 		int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
 		if (fd >= 0)
 			close(fd);
-		if (ok) {
-			(void)!write(READY_FD, "R", 1);
+		if (ok)
 			return;
-		}
 		usleep(1000);
+	}
+}
+
+/* The copier of the agent's output: the first AGENT_LOG_MAX bytes to agent.log (its
+ * stdout), the rest read and dropped, so a sandbox cannot grow a host file. It runs as
+ * the host's nobody, not dumpable, outside the sandbox's uids: out of its reach. */
+static int start_log_copier(void)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		fail(errno, "pipe for the agent's log");
+	pid_t pid = fork();
+	if (pid < 0)
+		fail(errno, "fork the log copier");
+	if (pid) {
+		close(p[0]);
+		return p[1];
+	}
+	/* Its input on 0, agent.log on 1 and 2, nothing else: not the readiness pipe (its
+	 * end tells serve this init died), not the user namespace. */
+	dup2(p[0], 0);
+	syscall(SYS_close_range, 3, ~0U, 0);
+	prctl(PR_SET_NAME, "mitos-log", 0, 0, 0);
+	if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0)
+		_exit(1);
+	drop_everything();
+	char buf[16384];
+	size_t kept = 0;
+	for (;;) {
+		ssize_t n = read(0, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			_exit(0);
+		if (kept == AGENT_LOG_MAX)
+			continue;
+		size_t take = (size_t)n < AGENT_LOG_MAX - kept ? (size_t)n : AGENT_LOG_MAX - kept;
+		(void)!write(1, buf, take);
+		kept += take;
+		if (kept == AGENT_LOG_MAX)
+			dprintf(1, "\n[mitos-sandbox-init: agent.log reached %u MiB: the rest is dropped]\n",
+				AGENT_LOG_MAX >> 20);
 	}
 }
 
@@ -780,14 +826,23 @@ int main(int argc, char **argv)
 			mount_or_fail("/dev/null", hide[i], NULL, MS_BIND, NULL);
 	}
 
+	int logw = start_log_copier();
 	pid_t agent = fork();
 	if (agent < 0)
 		fail(errno, "fork the agent");
-	if (agent == 0)
+	if (agent == 0) {
+		dup2(logw, 1);
+		dup2(logw, 2);
 		exec_agent(id, userns, helper != NULL);
+	}
+	close(logw);
 	close(userns);
 	close(AGENT_FD);
 	wait_ready(agent);
+	/* Before serve is told: no command has run in the sandbox yet. */
+	mount_or_fail(NULL, SANDBOX_RUN, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+		      NULL);
+	(void)!write(READY_FD, "R", 1);
 	close(READY_FD);
 	drop_everything();
 	/* PID 1: reap everything; go when the agent goes (the kernel then kills whatever

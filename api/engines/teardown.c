@@ -5,7 +5,7 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -33,14 +33,45 @@ static struct {
 	unsigned serial;
 } T = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+/* Empties top's child name (a directory) by one level: its files go, its empty
+ * directories go, a fuller one is moved up into top to be emptied in its turn, so no
+ * path is ever longer than two names (a sandbox can make a tree deeper than PATH_MAX,
+ * which path-based removal cannot reach) and no descent deeper than one. Nothing on
+ * another file system than dev is touched. True when it moved something into top. */
+static bool flatten_child(int top, const char *name, dev_t dev)
 {
-	(void)st; (void)ftw;
-	if (flag == FTW_DP)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
+	int fd = openat(top, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0 || st.st_dev != dev) {
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return false;
+	}
+	bool moved = false;
+	struct dirent *de;
+	while ((de = readdir(d))) {
+		const char *n = de->d_name;
+		if (!strcmp(n, ".") || !strcmp(n, "..") || !unlinkat(fd, n, 0) || errno != EISDIR ||
+		    !unlinkat(fd, n, AT_REMOVEDIR))
+			continue;
+		/* Either thread may remove a tree (the loop when none is queued). */
+		static unsigned serial;
+		char up[32];
+		int rc;
+		do {
+			snprintf(up, sizeof(up), ".flat-%u", __atomic_add_fetch(&serial, 1, __ATOMIC_RELAXED));
+			rc = renameat2(fd, n, top, up, RENAME_NOREPLACE);
+		} while (rc < 0 && errno == EEXIST);
+		moved |= rc == 0;
+	}
+	closedir(d);
+	unlinkat(top, name, AT_REMOVEDIR);
+	return moved;
 }
 
 /* dir and everything under it, not crossing mounts; -ENOTEMPTY if it stays. */
@@ -49,8 +80,30 @@ static int remove_now(const char *dir)
 	struct stat st;
 	/* Again if something was created in it meanwhile (a dying VM's last console line). */
 	for (int pass = 0; pass < 3; pass++) {
-		nftw(dir, rm_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-		if (lstat(dir, &st) < 0)
+		if (!unlink(dir) || errno == ENOENT)
+			return 0;
+		int top = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (top < 0 || fstat(top, &st) < 0) {
+			if (top >= 0)
+				close(top);
+			return -errno;
+		}
+		/* Until a whole pass over top moves nothing up into it. */
+		for (bool again = true; again;) {
+			again = false;
+			DIR *d = fdopendir(dup(top));
+			struct dirent *de;
+			if (d)
+				rewinddir(d); /* the copy shares top's offset, left at the end by the last pass */
+			while (d && (de = readdir(d)))
+				if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
+				    (unlinkat(top, de->d_name, 0) < 0 && errno == EISDIR))
+					again |= flatten_child(top, de->d_name, st.st_dev);
+			if (d)
+				closedir(d);
+		}
+		close(top);
+		if (!rmdir(dir) || errno == ENOENT)
 			return 0;
 	}
 	return -ENOTEMPTY;

@@ -325,7 +325,8 @@ def t_end_recorded_init_spared(s):
     pids = host_pids_of(s, sid)
     with open("/proc/%d/oom_score_adj" % pids[0]) as f:
         init_adj = int(f.read())
-    with open("/proc/%d/oom_score_adj" % pids[1]) as f:
+    agent = [p for p in pids if open("/proc/%d/comm" % p).read().strip() == "mitos-agent"][0]
+    with open("/proc/%d/oom_score_adj" % agent) as f:
         agent_adj = int(f.read())
     assert init_adj < agent_adj, "init oom_score_adj %d, agent %d" % (init_adj, agent_adj)
     # The command's parent is the agent.
@@ -505,6 +506,57 @@ def flood(s, req, seconds=3.0):
     return grown, sent, head
 
 
+def t_host_files_bounded(s):
+    """What a sandbox can write that lands on the host's file system is bounded and goes
+    with it: /run/mitos (the agent's socket, a host directory) is read-only inside; the
+    agent's output (its root can take the agent's descriptors) stops at 4 MiB of
+    agent.log; a tree deeper than PATH_MAX is removed at DELETE."""
+    sid = "iso-host-files"
+    fork(s, sid)
+    out, _ = sh(s, sid, "touch /run/mitos/x 2>&1; mount | grep ' /run/mitos '")
+    assert "Read-only file system" in out and "ro," in out and "nosuid" in out, out
+    code = r'''
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+agent = [p for p in os.listdir("/proc") if p.isdigit() and open("/proc/%s/comm" % p).read().strip() == "mitos-agent"][0]
+fd = libc.syscall(438, os.pidfd_open(int(agent)), 1, 0)
+assert fd >= 0, ctypes.get_errno()
+chunk = b"x" * (1 << 20)
+for _ in range(12):
+    os.write(fd, chunk)
+print("done")
+'''
+    out, rc = sh(s, sid, "python3 - <<'PYEOF'\n%s\nPYEOF" % code, timeout=60)
+    eq((out.strip(), rc), ("done", 0), "the writes (%r)" % out)
+    log = os.path.join(s.state_dir, "sandboxes", sid, "agent.log")
+    size = os.path.getsize(log)
+    assert size <= (4 << 20) + 4096, "agent.log grew to %d bytes" % size
+    with open(log, "rb") as f:
+        f.seek(-200, 2)
+        assert b"the rest is dropped" in f.read(), "the cap is said"
+    healthy(s, sid)
+
+
+def t_deep_tree_removed():
+    """A writable layer on the host's file system (no disk quota) holding a tree deeper
+    than PATH_MAX, and a mount of it kept open by nothing: DELETE removes it all."""
+    s = Server(VMM, AGENT, token=TOKEN, extra=["--sandbox-disk-mib", "0"])
+    try:
+        s.request("POST", "/v1/templates", {"id": "iso"})
+        sid = "iso-deep"
+        fork(s, sid)
+        out, rc = sh(s, sid, "python3 -c \"import os\nos.chdir('/home')\nfor i in range(60):\n"
+                     "    os.mkdir('d' * 200); os.chdir('d' * 200)\nopen('bottom', 'w').write('y')\n"
+                     "print(len(os.getcwd()))\"", timeout=60)
+        assert rc == 0 and int(out) > 4096, out
+        eq(s.request("DELETE", "/v1/sandboxes/" + sid)[0], 200, "delete")
+        trash = os.path.join(s.state_dir, "trash")
+        wait_until(lambda: not os.listdir(trash), 10, "the trash emptied (%r)" % os.listdir(trash))
+        assert "cannot remove" not in s.stderr(), s.stderr()[-2000:]
+    finally:
+        s.cleanup()
+
+
 def t_disk_quota():
     """A sandbox that fills its disk gets ENOSPC at its quota (--sandbox-disk-mib): the
     host's file system, other sandboxes, forks and serve go on; what it deletes goes back
@@ -600,12 +652,13 @@ def main():
             ("nul_refused", t_nul_refused),
             ("partial_write_leaves_old_file", t_partial_write_leaves_old_file),
             ("set_timeout_recorded_or_refused", t_set_timeout_recorded_or_refused),
+            ("host_files_bounded", t_host_files_bounded),
         ], ONLY, s)
     finally:
         r.stop_server(s)
     r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed),
                ("hostile_agent_size", t_hostile_agent_size),
-               ("disk_quota", t_disk_quota),
+               ("disk_quota", t_disk_quota), ("deep_tree_removed", t_deep_tree_removed),
                ("unread_answers_bounded", t_unread_answers_bounded)], ONLY)
     return r.finish()
 
