@@ -674,6 +674,11 @@ static void watch_send(struct envd_call *c, cJSON *fs)
 static void watch_event(struct astream *s, cJSON *ev)
 {
 	struct envd_call *c = s->ctx;
+	if (c->base.r && http_stream_queued(c->base.r) > HTTP_EVENTS_UNREAD_MAX) {
+		call_end(c, NULL, "resource_exhausted", "the client left more than 4 MiB of watch events unread: "
+			 "the watch ended");
+		return;
+	}
 	if (cJSON_IsTrue(cJSON_GetObjectItem(ev, "started"))) {
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddObjectToObject(o, "start");

@@ -531,6 +531,11 @@ size_t h2_stream_room(const struct http_req *r)
 	return n >= HTTP_OUT_HIGH ? 0 : HTTP_OUT_HIGH - n;
 }
 
+size_t h2_stream_queued(const struct http_req *r)
+{
+	return bytebuf_pending(&r->h2->out);
+}
+
 /* ---- the connection ---- */
 
 int h2_conn_start(struct conn *c)

@@ -37,5 +37,6 @@ void h2_stream_write2(struct http_req *r, const void *a, size_t an, const void *
 void h2_stream_finish(struct http_req *r);
 void h2_stream_abort(struct http_req *r);
 size_t h2_stream_room(const struct http_req *r);
+size_t h2_stream_queued(const struct http_req *r);
 
 #endif

@@ -529,6 +529,11 @@ size_t http_stream_room(const struct http_req *r)
 	return c->out.bytes >= HTTP_OUT_HIGH ? 0 : HTTP_OUT_HIGH - c->out.bytes;
 }
 
+size_t http_stream_queued(const struct http_req *r)
+{
+	return r->h2 ? h2_stream_queued(r) : r->c->out.bytes;
+}
+
 void http_req_pause_body(struct http_req *r)
 {
 	r->body_paused = true;

@@ -17,6 +17,9 @@
 #define HTTP_MAX_HEADERS 100
 #define HTTP_OUT_HIGH (256u << 10)        /* queued output above which producers pause */
 #define HTTP_OUT_LOW (64u << 10)
+/* Events a client may leave unread on a stream whose source has no flow control (a
+ * file watch: the sandbox makes them as fast as it likes): past it the stream ends. */
+#define HTTP_EVENTS_UNREAD_MAX (4u << 20)
 #define HTTP_PEND_MAX (64u << 10)         /* unparsed input held while a request runs */
 
 struct conn;
@@ -117,6 +120,8 @@ void http_stream_finish(struct http_req *r);
 void http_stream_abort(struct http_req *r);
 /* Bytes a producer may still queue before it should wait for writable(). */
 size_t http_stream_room(const struct http_req *r);
+/* Bytes of r's response waiting for its client (its connection's, in HTTP/1.1). */
+size_t http_stream_queued(const struct http_req *r);
 
 void http_req_pause_body(struct http_req *r);
 void http_req_resume_body(struct http_req *r);

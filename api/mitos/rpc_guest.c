@@ -189,6 +189,11 @@ static void add_abs(struct rpc_call *c, cJSON *o, const char *key, const char *r
 static void watch_event(struct astream *s, cJSON *ev)
 {
 	struct rpc_call *c = s->ctx;
+	if (c->base.r && http_stream_queued(c->base.r) > HTTP_EVENTS_UNREAD_MAX) {
+		rpc_call_fail(c, AE_LIMIT_EXCEEDED, "the client left more than 4 MiB of watch events unread: "
+			      "the watch ended", NULL);
+		return;
+	}
 	const char *root = rpc_jstr(ev, "path");
 	if (root && !c->parent) {
 		c->parent = strdup(root);

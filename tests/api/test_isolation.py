@@ -630,6 +630,54 @@ def t_unread_answers_bounded():
             s.cleanup()
 
 
+def t_unread_watch_bounded():
+    """A file watch whose client does not read: the sandbox makes events as fast as it
+    likes (no flow control reaches it), so past 4 MiB unread the watch ends with
+    resource_exhausted, on the Mitos and the E2B surface, instead of serve holding them
+    all (hundreds of MB in seconds before)."""
+    s = Server(VMM, AGENT)
+    try:
+        s.request("POST", "/v1/templates", {"id": "iso"})
+        sid = "iso-watch"
+        fork(s, sid)
+        sh(s, sid, "mkdir -p /tmp/w")
+        body = json.dumps({"path": "/tmp/w", "recursive": True}).encode()
+        heads = [b"POST /sandbox.v1.Sandbox/Watch HTTP/1.1\r\nHost: x\r\nContent-Type: application/connect+json"
+                 b"\r\nX-Sandbox-Id: " + sid.encode(),
+                 b"POST /filesystem.Filesystem/WatchDir HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                 b"application/connect+json\r\nE2b-Sandbox-Id: " + sid.encode() + b"\r\nE2b-Sandbox-Port: 49983"]
+        watchers = []
+        for head in heads:
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.connect(("127.0.0.1", s.port))
+            env = envelope(body)
+            c.sendall(head + b"\r\nContent-Length: %d\r\n\r\n" % len(env) + env)
+            watchers.append(c)
+        time.sleep(0.5)
+        rss0 = s.rss_kib()
+        py(s, sid, "import os, time\nt = time.time() + 6\nwhile time.time() < t:\n    for i in range(200):\n"
+                   "        p = '/tmp/w/f%d' % i\n        open(p, 'w').close(); os.rename(p, p + 'x'); os.unlink(p + 'x')",
+           timeout=60)
+        grown = s.rss_kib() - rss0
+        print("     serve's RSS +%d KiB with two watches unread" % grown)
+        if not sanitized(s):
+            assert grown < 40 << 10, "serve held %d KiB of watch events" % grown
+        for c in watchers:
+            c.settimeout(10)
+            data = b""
+            while b"resource_exhausted" not in data[-400:]:
+                got = c.recv(1 << 20)
+                if not got:
+                    break
+                data += got
+            assert b"resource_exhausted" in data[-400:], data[-400:]
+            c.close()
+        healthy(s, sid)
+    finally:
+        s.cleanup()
+
+
 def main():
     if os.geteuid() != 0:
         print("SKIP: the process engine needs root")
@@ -659,7 +707,8 @@ def main():
     r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed),
                ("hostile_agent_size", t_hostile_agent_size),
                ("disk_quota", t_disk_quota), ("deep_tree_removed", t_deep_tree_removed),
-               ("unread_answers_bounded", t_unread_answers_bounded)], ONLY)
+               ("unread_answers_bounded", t_unread_answers_bounded),
+               ("unread_watch_bounded", t_unread_watch_bounded)], ONLY)
     return r.finish()
 
 
