@@ -30,6 +30,7 @@
 #include "agent/loop_dev.h"
 #include "api/engines/cgroup.h"
 #include "api/engines/disk_spares.h"
+#include "api/engines/kvm_jail.h"
 #include "api/engines/process_snapshot.h"
 #include "api/engines/sandbox_net.h"
 #include "api/sandbox/net_policy.h"
@@ -332,6 +333,18 @@ static int uid_slot_path(char *out, size_t n, unsigned long base)
 	return k < 0 || (size_t)k >= n ? -ENAMETOOLONG : 0;
 }
 
+/* The kvm engine's jail uses a range of its own (the default and this serve's, which
+ * may differ) inside this space: a slot there would give a sandbox the uid of a VM
+ * process of a kvm serve on the same host (one could signal the other). */
+static bool uid_slot_is_jails(unsigned long b)
+{
+	const unsigned long jails[] = { JAIL_UID_BASE, jail_uid_base() };
+	for (size_t i = 0; i < sizeof(jails) / sizeof(jails[0]); i++)
+		if (b <= jails[i] + JAIL_UIDS && jails[i] < b + 0x10000)
+			return true;
+	return false;
+}
+
 static int uid_range_take(const struct engine_start *s, unsigned long *base)
 {
 	char path[4200];
@@ -343,6 +356,8 @@ static int uid_range_take(const struct engine_start *s, unsigned long *base)
 		h = (h ^ (uint8_t)*c) * 16777619u;
 	for (unsigned i = 0; i < UID_SLOTS; i++) {
 		unsigned long b = UID_FIRST + ((unsigned long)((h + i) % UID_SLOTS) << 16);
+		if (uid_slot_is_jails(b))
+			continue;
 		if (uid_slot_path(path, sizeof(path), b))
 			return -ENAMETOOLONG;
 		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

@@ -158,6 +158,19 @@ def t_root_is_not_host_root(s):
     healthy(s, sid)
 
 
+def t_uids_apart_from_vm_jail(s):
+    """A sandbox's host uids never fall in the kvm engine's VM jail range (1912000000
+    and up by default), which lies in the process engine's slot space: this id's slot
+    is one of the two that meet it, so it gets another."""
+    sid = "ov24201"
+    fork(s, sid)
+    with open(os.path.join(s.state_dir, "sandboxes", sid, "uid-base")) as f:
+        base = int(f.read())
+    assert not (base <= 1912000000 + 65535 and 1912000000 < base + 65536), base
+    healthy(s, sid)
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
 def t_mounts_refused(s):
     sid = "iso-mount"
     fork(s, sid)
@@ -690,6 +703,7 @@ def main():
         r.run_all([
             ("no_secret_of_serve_inside", t_no_secret_of_serve_inside),
             ("root_is_not_host_root", t_root_is_not_host_root),
+            ("uids_apart_from_vm_jail", t_uids_apart_from_vm_jail),
             ("mounts_refused", t_mounts_refused),
             ("host_knobs_refused", t_host_knobs_refused),
             ("cgroup_escape_refused", t_cgroup_escape_refused),
