@@ -368,44 +368,84 @@ static void pv_tx_pump(struct pv *pv)
 		http_req_resume_body(pv->r);
 }
 
-/* Header lines of a response head that go to the client: hop-by-hop ones are
- * ours to set, except on a 101 where they carry the upgrade. */
-static bool resp_header_dropped(const char *line, size_t n, bool upgrade101)
+static bool header_is(const char *line, size_t n, const char *name)
+{
+	size_t k = strlen(name);
+	return n > k && line[k] == ':' && !strncasecmp(line, name, k);
+}
+
+/* Header lines of a response head that go to the client: hop-by-hop ones are ours to
+ * set, except on a 101 where they carry the upgrade; a Content-Length beside a
+ * Transfer-Encoding goes (RFC 9112 6.3: an intermediary removes it). */
+static bool resp_header_dropped(const char *line, size_t n, bool upgrade101, bool chunked)
 {
 	static const char *const drop[] = { "connection", "keep-alive", "proxy-connection" };
 	if (upgrade101)
 		return false;
-	const char *colon = memchr(line, ':', n);
-	size_t nl = colon ? (size_t)(colon - line) : n;
 	for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
-		if (nl == strlen(drop[i]) && !strncasecmp(line, drop[i], nl))
+		if (header_is(line, n, drop[i]))
 			return true;
-	return false;
+	return chunked && header_is(line, n, "content-length");
 }
 
-/* Sends the complete response head h[0..n) (ending in CRLF CRLF) to the client. */
-static int pv_send_head(struct pv *pv, const uint8_t *h, size_t n, int status)
+/* The upstream's head read as a proxy in front of serve will read it, with one framing
+ * only: lines end in CRLF, none is folded, names are tokens, a Content-Length has one
+ * value however often it is given, a Transfer-Encoding ends in chunked (*chunked).
+ * NULL, or what is wrong. */
+static const char *head_refusal(const char *s, const char *end, bool *chunked)
+{
+	char cl[24] = "";
+	*chunked = false;
+	for (const char *l = s; l < end;) {
+		const char *nl = memchr(l, '\n', (size_t)(end - l));
+		size_t len = nl ? (size_t)(nl - l) : (size_t)(end - l);
+		if (!nl || !len || l[len - 1] != '\r')
+			return "a line of its head does not end in CRLF";
+		len--;
+		if (l != s) {
+			const char *colon = memchr(l, ':', len);
+			size_t k = 0;
+			while (colon && l + k < colon && (isalnum((unsigned char)l[k]) || strchr("!#$%&'*+-.^_`|~", l[k])))
+				k++;
+			if (!colon || !k || l + k != colon)
+				return "a header of its head is folded or its name is not a token";
+			const char *v = colon + 1, *ve = l + len;
+			while (v < ve && (*v == ' ' || *v == '\t'))
+				v++;
+			while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+				ve--;
+			size_t vn = (size_t)(ve - v);
+			if (header_is(l, len, "content-length")) {
+				if (!vn || vn >= sizeof(cl) || strspn(v, "0123456789") < vn || (cl[0] && strncmp(cl, v, vn)))
+					return "its Content-Length is not one number";
+				memcpy(cl, v, vn);
+				cl[vn] = 0;
+			} else if (header_is(l, len, "transfer-encoding")) {
+				*chunked = vn >= 7 && !strncasecmp(ve - 7, "chunked", 7) && (vn == 7 || strchr(", \t", ve[-8]));
+				if (!*chunked)
+					return "its Transfer-Encoding does not end in chunked";
+			}
+		}
+		l += len + 2;
+	}
+	return NULL;
+}
+
+/* Sends the complete response head h[0..n) (ending in CRLF CRLF, checked) to the client. */
+static int pv_send_head(struct pv *pv, const uint8_t *h, size_t n, int status, bool chunked)
 {
 	struct http_req *r = pv->r;
 	bool is101 = status == 101;
-	struct bytebuf out = { 0 };
 	const char *s = (const char *)h;
 	const char *end = s + n - 2; /* the last CRLF ends the head */
+	struct bytebuf out = { 0 };
 	const char *eol = memchr(s, '\n', (size_t)(end - s));
 	int rc = bytebuf_add(&out, s, (size_t)(eol - s + 1));
-	bool dropping = false;
 	for (const char *l = eol + 1; !rc && l < end;) {
 		const char *nl = memchr(l, '\n', (size_t)(end - l));
-		size_t len = nl ? (size_t)(nl - l + 1) : (size_t)(end - l);
-		if (*l == ' ' || *l == '\t') {
-			/* A folded continuation belongs to the line before it. */
-			if (!dropping)
-				rc = bytebuf_add(&out, l, len);
-		} else {
-			dropping = resp_header_dropped(l, len, is101);
-			if (!dropping)
-				rc = bytebuf_add(&out, l, len);
-		}
+		size_t len = (size_t)(nl - l + 1);
+		if (!resp_header_dropped(l, len, is101, chunked))
+			rc = bytebuf_add(&out, l, len);
 		l += len;
 	}
 	if (!rc && !is101)
@@ -455,6 +495,14 @@ static int pv_head_bytes(struct pv *pv, const uint8_t *p, size_t n)
 			pv_end(pv, 502, AE_UNAVAILABLE, "the preview's server did not answer with HTTP/1.x", NULL);
 			return -1;
 		}
+		bool chunked;
+		const char *why = head_refusal((const char *)h, (const char *)h + headlen - 2, &chunked);
+		if (why) {
+			char msg[160];
+			snprintf(msg, sizeof(msg), "the preview's server sent a head a proxy could read two ways: %s", why);
+			pv_end(pv, 502, AE_UNAVAILABLE, msg, NULL);
+			return -1;
+		}
 		if (status < 200 && status != 101) {
 			/* Interim answers (103 Early Hints...) go through as they are. */
 			http_raw_begin(pv->r);
@@ -462,7 +510,7 @@ static int pv_head_bytes(struct pv *pv, const uint8_t *p, size_t n)
 			pv->head.off += headlen;
 			continue;
 		}
-		if (pv_send_head(pv, h, headlen, status)) {
+		if (pv_send_head(pv, h, headlen, status, chunked)) {
 			pv_end(pv, 500, AE_INTERNAL, "out of memory", NULL);
 			return -1;
 		}

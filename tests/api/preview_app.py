@@ -54,6 +54,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = json.dumps({"path": self.path, "method": self.command,
                                "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
             self.reply(200, body, "application/json")
+        elif self.path.startswith("/rawhead/"):
+            # Heads a proxy in front could read two ways (and one it can read one way).
+            heads = [b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                     b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 2\r\n",
+                     b"HTTP/1.1 200 OK\r\nX-A: one\nContent-Length: 2\r\n",
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n",
+                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n",
+                     b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 2\r\n",
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n"]
+            self.wfile.write(heads[int(self.path.split("/")[2])] + b"\r\n2\r\nok\r\n0\r\n\r\n")
+            self.wfile.flush()
+            self.close_connection = True
         elif self.path.startswith("/ws"):
             self.websocket()
         else:

@@ -386,6 +386,22 @@ def ws_echo(ws):
     ws.shut()
 
 
+def t_upstream_framing(s):
+    """An upstream head a proxy in front of serve could read two ways (two lengths, a
+    length beside chunking, folded or bare-LF lines, a non-token name, an encoding not
+    ending in chunked) is a 502; a length beside chunking is dropped, as RFC 9112 6.3
+    has an intermediary do."""
+    tok = mint(s, port=8001)["token"]
+    base = "/preview/%s/8001/rawhead/%%d?mitos_token=%s" % (SID, tok)
+    for i in range(6):
+        st, _, data = get(s, base % i)
+        eq(st, 502, "head %d (%r)" % (i, data[:200]))
+        assert b"two ways" in data, data
+    st, r, data = get(s, base % 6)
+    eq((st, data), (200, b"ok"), "chunked, its length dropped")
+    eq(r.getheader("Content-Length"), None, "no Content-Length beside chunking")
+
+
 def t_websocket(s):
     tok = mint(s, port=8001)["token"]
     ws = WebSocket("127.0.0.1", s.port, "/preview/%s/8001/ws?mitos_token=%s" % (SID, tok))
@@ -522,7 +538,7 @@ def main():
              ("unknown_sandbox", t_unknown_sandbox), ("no_listener", t_no_listener), ("expose", t_expose),
              ("forward", t_forward),
              ("streaming", t_streaming),
-             ("post", t_post), ("headers", t_headers), ("websocket", t_websocket), ("paused", t_paused),
+             ("post", t_post), ("headers", t_headers), ("upstream_framing", t_upstream_framing), ("websocket", t_websocket), ("paused", t_paused),
              ("key", t_key)]
     try:
         run.run("setup", setup, s)
