@@ -174,7 +174,7 @@ static int on_headers_complete(http_parser *p)
 	 * header names are tokens, no header continues on the next line (obs-fold), and
 	 * an HTTP/1.1 request names exactly one Host. */
 	unsigned hosts = 0;
-	const char *bad = p->http_major != 1 ? "only HTTP/1.0 and HTTP/1.1 are spoken here" : NULL;
+	const char *bad = p->http_major != 1 || p->http_minor > 1 ? "only HTTP/1.0 and HTTP/1.1 are spoken here" : NULL;
 	for (unsigned i = 0; i < r->nh; i++) {
 		char *name = r->arena + r->hdr_off[i][0];
 		for (char *q = name; *q; q++)
@@ -636,9 +636,17 @@ int http_req_headers_ready(struct http_req *r)
 	}
 	if (r->content_length != ULLONG_MAX && r->content_length > r->body_limit)
 		return AE_PAYLOAD_TOO_LARGE;
+	const char *expect = r->h2 ? NULL : http_req_header(r, "expect");
+	bool waits = expect && !strcasecmp(expect, "100-continue");
+	if (r->early_err >= 0 && waits) {
+		/* The client waits for our word before its body: the refusal now (RFC 9110
+		 * 10.1.1), then the connection closes, the body unread. */
+		r->keep_alive = false;
+		router_refuse(r, (enum api_err)r->early_err, r->early_msg);
+		return 0;
+	}
 	if (r->early_err < 0) {
-		const char *expect = http_req_header(r, "expect");
-		if (!r->h2 && expect && !strcasecmp(expect, "100-continue"))
+		if (waits)
 			conn_out(r->c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
 		if (r->body_streamed) {
 			r->dispatched = true;
@@ -658,6 +666,8 @@ static void headers_ready(struct conn *c, struct http_req *r)
 
 void http_req_message_ready(struct http_req *r)
 {
+	if (r->finished)
+		return; /* answered before its body came (a refusal to Expect: 100-continue) */
 	if (r->early_err >= 0) {
 		router_refuse(r, (enum api_err)r->early_err, r->early_msg);
 		return;
@@ -694,17 +704,20 @@ static bool pick_protocol(struct conn *c)
 	return true;
 }
 
-/* A line of the head that starts with a space or a tab continues the header before
- * it (obs-fold, RFC 9112 5.2): http_parser folds it into the value, a proxy in
- * front may not, so it is refused. The last byte seen carries across reads. */
-static bool head_has_obs_fold(struct conn *c, const uint8_t *p, size_t n)
+/* One reading of the head for us and any proxy in front (RFC 9112 2.2, 5.2): every
+ * line ends in CRLF (http_parser takes a bare LF too), and none starts with a space or
+ * a tab (obs-fold, which http_parser folds into the value before it). The last byte
+ * seen carries across reads. NULL, or what is wrong. */
+static const char *head_refusal(struct conn *c, const uint8_t *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (c->head_lf && (p[i] == ' ' || p[i] == '\t'))
-			return true;
-		c->head_lf = p[i] == '\n';
+		if (p[i] == '\n' && c->head_prev != '\r')
+			return "a line of the request head ends in a bare LF, not CRLF";
+		if (c->head_prev == '\n' && (p[i] == ' ' || p[i] == '\t'))
+			return "a header continued on the next line (obs-fold) is not accepted";
+		c->head_prev = p[i];
 	}
-	return false;
+	return NULL;
 }
 
 void http_conn_process(struct conn *c)
@@ -761,14 +774,15 @@ void http_conn_process(struct conn *c)
 			c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;
 		bool in_head = !r || !r->headers_done;
 		if (!r)
-			c->head_lf = false;
+			c->head_prev = 0;
 		const uint8_t *at = c->pend + c->pend_off;
 		size_t n = http_parser_execute(&c->parser, &settings, (const char *)at, c->pend_len);
 		c->pend_off += n;
 		c->pend_len -= n;
 		/* The parser stops right after the headers, so what it took was head. */
-		if (in_head && head_has_obs_fold(c, at, n)) {
-			conn_note_err(c, AE_BAD_REQUEST, "a header continued on the next line (obs-fold) is not accepted");
+		const char *bad = in_head ? head_refusal(c, at, n) : NULL;
+		if (bad) {
+			conn_note_err(c, AE_BAD_REQUEST, bad);
 			fail_conn(c);
 			break;
 		}

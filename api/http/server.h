@@ -62,7 +62,7 @@ struct conn {
 	bool read_eof;
 	bool rx_wait_buf;  /* a read failed for lack of provided buffers */
 	uint8_t proto;     /* 0: not known yet, 1: HTTP/1.x, 2: HTTP/2 */
-	bool head_lf;      /* the request head read so far ends with a line feed */
+	uint8_t head_prev; /* the last byte of the request head read so far */
 	struct h2_conn *h2;
 	struct sendq out;
 	struct iovec iov[CONN_IOV];

@@ -877,6 +877,16 @@ def t_malformed(s):
     check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: one\r\n two\r\n\r\n", 400, "bad_request")  # obs-fold
     check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-A: one\n\ttwo\r\n\r\n", 400, "bad_request")
     check(b"GET /v1/health HTTP/2.0\r\nHost: x\r\n\r\n", 400, "bad_request")
+    check(b"GET /v1/health HTTP/1.2\r\nHost: x\r\n\r\n", 400, "bad_request")
+    check(b"GET /v1/health HTTP/1.1\nHost: x\r\n\r\n", 400, "bad_request")  # a bare LF
+    check(b"GET /v1/health HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", 400, "bad_request")
+    # A refused request whose client waits to send its body (Expect: 100-continue) is
+    # answered at once, not when a body that will not come has timed out.
+    t0 = time.time()
+    raw = raw_exchange(s.port, b"POST /v1/sandboxes/%2e%2e/fork HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 100000\r\n\r\n", timeout=5)
+    eq(status_of(raw), 400, "refused before its body (%r)" % raw[:200])
+    assert time.time() - t0 < 2, "answered after %.1f s" % (time.time() - t0)
     check(b"GET /v1/health HTTP/1.0\r\n\r\n", 200)
     check(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", 200)
     # One reading of a JSON body: no bytes after it, no key twice (a proxy that kept the
