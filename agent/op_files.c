@@ -17,7 +17,6 @@
 #include "agent/users.h"
 
 #define LIST_MAX_DEPTH 64
-#define LIST_MAX_ENTRIES 100000
 #define LIST_BATCH_BYTES (64u << 10)
 #define REMOVE_MAX_DEPTH 256
 
@@ -640,7 +639,7 @@ static void list_step(struct stream *s)
 				l->fc.path[l->lv[l->depth - 1].plen] = 0;
 			continue;
 		}
-		if (l->count >= LIST_MAX_ENTRIES) {
+		if (l->count >= PROTO_LIST_MAX_ENTRIES) {
 			l->truncated = true;
 			while (l->depth)
 				list_pop(l);

@@ -11,6 +11,7 @@
 #define PROTO_VERSION 1
 #define PROTO_HEADER_SIZE 12
 #define PROTO_MAX_PAYLOAD (1u << 20)       /* hard limit for any frame payload */
+#define PROTO_LIST_MAX_ENTRIES 100000u     /* entries of one list; more are left out */
 #define PROTO_DATA_CHUNK (64u << 10)       /* senders cut DATA into chunks this big */
 #define PROTO_INITIAL_WINDOW (256u << 10)  /* per stream, per direction */
 #define PROTO_MAX_STREAM_ID 0x7fffffffu

@@ -39,6 +39,7 @@ struct envd_call {
 	bool pty;            /* Start with a pty: output is "pty" data */
 	bool watch;          /* WatchDir: other message shapes */
 	cJSON *entries;      /* ListDir */
+	struct list_budget lb;
 	char user[64];
 	/* Start with a relative or "~" cwd: the exec waits for a stat to resolve it. */
 	cJSON *exec_open;
@@ -255,6 +256,10 @@ static void proc_data(struct astream *s, uint8_t ch, bool fin, const uint8_t *p,
 static void proc_event(struct astream *s, cJSON *ev)
 {
 	struct envd_call *c = s->ctx;
+	if (agent_call_backlogged(&c->base, EVENTS_UNREAD_MAX)) {
+		call_end(c, NULL, "resource_exhausted", BACKLOG_MSG);
+		return;
+	}
 	const cJSON *pid = cJSON_GetObjectItem(ev, "pid");
 	if (!cJSON_IsNumber(pid))
 		return;
@@ -488,6 +493,10 @@ static void list_event(struct astream *s, cJSON *ev)
 	struct envd_call *c = s->ctx;
 	const cJSON *e;
 	cJSON_ArrayForEach(e, cJSON_GetObjectItem(ev, "entries")) {
+		if (!list_budget_take(&c->lb, e)) {
+			call_end(c, NULL, "internal", "the sandbox's agent listed more than 100000 entries or 64 MiB");
+			return;
+		}
 		cJSON *info = e2b_entry_info(e);
 		if (info)
 			cJSON_AddItemToArray(c->entries, info);
@@ -674,9 +683,8 @@ static void watch_send(struct envd_call *c, cJSON *fs)
 static void watch_event(struct astream *s, cJSON *ev)
 {
 	struct envd_call *c = s->ctx;
-	if (c->base.r && http_stream_queued(c->base.r) > HTTP_EVENTS_UNREAD_MAX) {
-		call_end(c, NULL, "resource_exhausted", "the client left more than 4 MiB of watch events unread: "
-			 "the watch ended");
+	if (agent_call_backlogged(&c->base, EVENTS_UNREAD_MAX)) {
+		call_end(c, NULL, "resource_exhausted", BACKLOG_MSG);
 		return;
 	}
 	if (cJSON_IsTrue(cJSON_GetObjectItem(ev, "started"))) {

@@ -322,6 +322,11 @@ static void wf_end(struct astream *s, cJSON *payload, const char *why)
 		upload_fail(u, 0, NULL);
 		return;
 	}
+	if (!f->fin_sent) {
+		/* A success before the file's end was sent: the rest would wait forever. */
+		upload_fail(u, 502, "the sandbox's agent ended the write before the file's end");
+		return;
+	}
 	const char *path = cJSON_GetStringValue(cJSON_GetObjectItem(payload, "path"));
 	if (!path)
 		path = f->dest;

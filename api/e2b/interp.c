@@ -143,6 +143,10 @@ static const char *mime_key(const char *mime)
 static void exec_event(struct astream *s, cJSON *ev)
 {
 	struct exec_call *c = s->ctx;
+	if (agent_call_backlogged(&c->base, OUTPUT_UNREAD_MAX)) {
+		exec_finish(c, 429, BACKLOG_MSG);
+		return;
+	}
 	const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(ev, "type"));
 	if (!type)
 		return;
@@ -150,8 +154,8 @@ static void exec_event(struct astream *s, cJSON *ev)
 	cJSON_AddStringToObject(o, "type", type);
 	if (!strcmp(type, "result")) {
 		cJSON_AddBoolToObject(o, "is_main_result", cJSON_IsTrue(cJSON_GetObjectItem(ev, "is_main_result")));
-		const cJSON *d;
-		cJSON_ArrayForEach(d, cJSON_GetObjectItem(ev, "data")) {
+		const cJSON *d, *data = cJSON_GetObjectItem(ev, "data");
+		cJSON_ArrayForEach(d, (cJSON_IsObject(data) ? data : NULL)) {
 			const char *key = mime_key(d->string);
 			cJSON *v = cJSON_Duplicate(d, 1);
 			/* The reference server strips the quotes of a str's repr. */
@@ -171,21 +175,23 @@ static void exec_event(struct astream *s, cJSON *ev)
 			const cJSON *v = cJSON_GetObjectItem(ev, keys[i]);
 			if (cJSON_IsArray(v)) {
 				/* Jupyter tracebacks are lists of lines. */
-				char *joined = NULL;
-				size_t len = 0;
+				size_t len = 1;
 				const cJSON *l;
 				cJSON_ArrayForEach(l, v) {
 					const char *t = cJSON_GetStringValue(l);
-					size_t tl = t ? strlen(t) : 0;
-					char *nj = realloc(joined, len + tl + 2);
-					if (!nj)
-						break;
-					joined = nj;
-					memcpy(joined + len, t ? t : "", tl);
-					len += tl;
-					joined[len++] = '\n';
-					joined[len] = 0;
+					len += (t ? strlen(t) : 0) + 1;
 				}
+				char *joined = malloc(len);
+				size_t at = 0;
+				cJSON_ArrayForEach(l, (joined ? v : NULL)) {
+					const char *t = cJSON_GetStringValue(l);
+					size_t tl = t ? strlen(t) : 0;
+					memcpy(joined + at, t ? t : "", tl);
+					at += tl;
+					joined[at++] = '\n';
+				}
+				if (joined)
+					joined[at] = 0;
 				cJSON_AddStringToObject(o, keys[i], joined ? joined : "");
 				free(joined);
 			} else {

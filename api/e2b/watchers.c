@@ -11,6 +11,7 @@
 #include "api/http/http.h"
 
 #define WATCHER_MAX_EVENTS 10000
+#define WATCHER_MAX_BYTES (4u << 20)
 #define WATCHERS_MAX 256
 
 struct watcher {
@@ -19,12 +20,27 @@ struct watcher {
 	struct astream *as;
 	cJSON *events;
 	unsigned nevents;
+	size_t bytes;               /* what the queued events' strings hold */
 	struct http_req *pending;   /* CreateWatcher waiting for the watch to start */
 	struct watcher *next;
 };
 
 static struct watcher *watchers;
 static unsigned nwatchers;
+
+/* The bytes of an event's strings, its entry's included. */
+static size_t event_bytes(const cJSON *o)
+{
+	size_t n = 64;
+	const cJSON *f, *g;
+	cJSON_ArrayForEach(f, o) {
+		if (cJSON_IsString(f))
+			n += strlen(f->valuestring);
+		cJSON_ArrayForEach(g, (cJSON_IsObject(f) ? f : NULL))
+			n += cJSON_IsString(g) ? strlen(g->valuestring) : 16;
+	}
+	return n;
+}
 
 static void watcher_free(struct watcher *w)
 {
@@ -72,13 +88,16 @@ static void w_event(struct astream *s, cJSON *ev)
 		cJSON *o = e2b_fs_event(e);
 		if (!o)
 			continue;
-		/* A client that never polls loses the oldest events, not our memory. */
-		if (w->nevents == WATCHER_MAX_EVENTS) {
+		/* A client that never polls loses the oldest events, not our memory: at most
+		 * so many, and so many bytes (an agent may send names of any length). */
+		w->bytes += event_bytes(o);
+		cJSON_AddItemToArray(w->events, o);
+		w->nevents++;
+		while (w->nevents > WATCHER_MAX_EVENTS || w->bytes > WATCHER_MAX_BYTES) {
+			w->bytes -= event_bytes(w->events->child);
 			cJSON_DeleteItemFromArray(w->events, 0);
 			w->nevents--;
 		}
-		cJSON_AddItemToArray(w->events, o);
-		w->nevents++;
 	}
 }
 
@@ -178,6 +197,7 @@ void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn
 		cJSON_AddItemToObject(o, "events", w->events);
 		w->events = cJSON_CreateArray();
 		w->nevents = 0;
+		w->bytes = 0;
 	} else {
 		watcher_free(w);
 	}

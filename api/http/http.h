@@ -17,9 +17,6 @@
 #define HTTP_MAX_HEADERS 100
 #define HTTP_OUT_HIGH (256u << 10)        /* queued output above which producers pause */
 #define HTTP_OUT_LOW (64u << 10)
-/* Events a client may leave unread on a stream whose source has no flow control (a
- * file watch: the sandbox makes them as fast as it likes): past it the stream ends. */
-#define HTTP_EVENTS_UNREAD_MAX (4u << 20)
 #define HTTP_PEND_MAX (64u << 10)         /* unparsed input held while a request runs */
 
 struct conn;

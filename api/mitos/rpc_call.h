@@ -42,6 +42,7 @@ struct rpc_call {
 	uint64_t started_ms;   /* monotonic, for execTimeMs */
 	/* List */
 	cJSON *entries;
+	struct list_budget lb;
 	uint32_t page_size, page_off;
 	char *filter, *parent;
 	/* client streams (WriteFile, Upload) */

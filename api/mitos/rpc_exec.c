@@ -96,10 +96,7 @@ static void exec_end(struct astream *s, cJSON *payload, const char *why)
 	if (ecode && !strcmp(ecode, "timeout")) {
 		exit_msg(c, EXEC_TIMEOUT_EXIT_CODE, NULL);
 	} else if (cJSON_IsBool(exited)) {
-		/* A signal death reads as a shell reports it: 128 + the signal. */
-		int code = cJSON_IsTrue(exited) ? (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "exit_code"))
-						 : 128 + (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "signal"));
-		exit_msg(c, code, NULL);
+		exit_msg(c, agent_exit_code(payload), NULL);
 	} else if (cJSON_IsObject(err) && rpc_map_agent_code(ecode, false) != AE_UNIMPLEMENTED &&
 		   rpc_map_agent_code(ecode, false) != AE_INTERNAL && rpc_map_agent_code(ecode, false) != AE_LIMIT_EXCEEDED) {
 		/* The command never ran (no such cwd, no such user): ExecExit.error says why.
@@ -236,6 +233,10 @@ static cJSON *mime_bytes(const cJSON *v)
 static void code_event(struct astream *s, cJSON *ev)
 {
 	struct rpc_call *c = s->ctx;
+	if (agent_call_backlogged(&c->base, OUTPUT_UNREAD_MAX)) {
+		rpc_call_fail(c, AE_LIMIT_EXCEEDED, BACKLOG_MSG, NULL);
+		return;
+	}
 	const char *type = rpc_jstr(ev, "type");
 	cJSON *o = cJSON_CreateObject();
 	if (type && !strcmp(type, "result")) {
@@ -246,7 +247,7 @@ static void code_event(struct astream *s, cJSON *ev)
 			cJSON_AddStringToObject(res, "text", plain);
 		cJSON *map = cJSON_AddObjectToObject(res, "data");
 		const cJSON *v;
-		cJSON_ArrayForEach(v, data)
+		cJSON_ArrayForEach(v, (cJSON_IsObject(data) ? data : NULL))
 			cJSON_AddItemToObject(map, v->string, mime_bytes(v));
 	} else if (type && !strcmp(type, "error")) {
 		cJSON *err = cJSON_AddObjectToObject(o, "error");

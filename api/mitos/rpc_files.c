@@ -72,6 +72,10 @@ static void list_event(struct astream *s, cJSON *ev)
 	struct rpc_call *c = s->ctx;
 	const cJSON *e;
 	cJSON_ArrayForEach(e, cJSON_GetObjectItem(ev, "entries")) {
+		if (!list_budget_take(&c->lb, e)) {
+			rpc_call_fail(c, AE_INTERNAL, "the sandbox's agent listed more than 100000 entries or 64 MiB", NULL);
+			return;
+		}
 		const char *name = rpc_jstr(e, "name");
 		if (!c->filter || (name && !fnmatch(c->filter, name, 0)))
 			cJSON_AddItemToArray(c->entries, file_info(e));

@@ -100,6 +100,10 @@ static bool cgroup_sample(struct rpc_call *c, struct cg_usage *u)
 static void vitals_event(struct astream *s, cJSON *ev)
 {
 	struct rpc_call *c = s->ctx;
+	if (agent_call_backlogged(&c->base, EVENTS_UNREAD_MAX)) {
+		rpc_call_fail(c, AE_LIMIT_EXCEEDED, BACKLOG_MSG, NULL);
+		return;
+	}
 	cJSON *o = cJSON_CreateObject();
 	rpc_add_int64(o, "sampledAtUnix", rpc_agent_int64(cJSON_GetObjectItem(ev, "sampled_at_unix")));
 	double cpu = cJSON_GetNumberValue(cJSON_GetObjectItem(ev, "cpu_percent")),
@@ -185,13 +189,16 @@ static void add_abs(struct rpc_call *c, cJSON *o, const char *key, const char *r
 }
 
 /* FsEvent {kind, path, newPath}, paths absolute. A move inside the watched tree
- * comes from the agent as a rename and a create with one cookie: one RENAME. */
+ * comes from the agent as a rename and a create with one cookie, next to each other
+ * (inotify's MOVED_FROM and MOVED_TO): one RENAME. Its pair is looked for among the
+ * next few events only: a frame of tens of thousands of unpaired renames (the agent
+ * may be the sandbox's) must not cost their square on serve's loop. */
+#define RENAME_PAIR_WINDOW 8
 static void watch_event(struct astream *s, cJSON *ev)
 {
 	struct rpc_call *c = s->ctx;
-	if (c->base.r && http_stream_queued(c->base.r) > HTTP_EVENTS_UNREAD_MAX) {
-		rpc_call_fail(c, AE_LIMIT_EXCEEDED, "the client left more than 4 MiB of watch events unread: "
-			      "the watch ended", NULL);
+	if (agent_call_backlogged(&c->base, EVENTS_UNREAD_MAX)) {
+		rpc_call_fail(c, AE_LIMIT_EXCEEDED, BACKLOG_MSG, NULL);
 		return;
 	}
 	const char *root = rpc_jstr(ev, "path");
@@ -214,7 +221,8 @@ static void watch_event(struct astream *s, cJSON *ev)
 		add_abs(c, o, "path", name);
 		double cookie = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "cookie"));
 		int j = i + 1;
-		for (const cJSON *to = e->next; !strcmp(kind, "RENAME") && cookie > 0 && to; to = to->next, j++) {
+		for (const cJSON *to = e->next; !strcmp(kind, "RENAME") && cookie > 0 && to && j <= i + RENAME_PAIR_WINDOW;
+		     to = to->next, j++) {
 			const char *tname = rpc_jstr(to, "name"), *ttype = rpc_jstr(to, "type");
 			if (!paired[j] && tname && ttype && !strcmp(ttype, "create") &&
 			    cJSON_GetNumberValue(cJSON_GetObjectItem(to, "cookie")) == cookie) {

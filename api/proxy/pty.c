@@ -434,9 +434,7 @@ static void as_end(struct astream *s, cJSON *payload, const char *why)
 			  ? AE_INVALID_ARGUMENT : AE_EXEC_FAILED, msg);
 		return;
 	}
-	/* A signal death reads as a shell reports it: 128 + the signal. */
-	int code = cJSON_IsTrue(exited) ? (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "exit_code"))
-					 : 128 + (int)cJSON_GetNumberValue(cJSON_GetObjectItem(payload, "signal"));
+	int code = agent_exit_code(payload);
 	char j[64];
 	snprintf(j, sizeof(j), code ? "{\"exit\":{\"exitCode\":%d}}" : "{\"exit\":{}}", code);
 	if (pt->ws)

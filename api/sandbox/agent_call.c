@@ -1,7 +1,10 @@
 #include "api/sandbox/agent_call.h"
 
+#include <cjson/cJSON.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "agent/proto.h"
 #include "api/http/http.h"
 #include "api/http/server.h"
 #include "api/http/uring.h"
@@ -78,9 +81,38 @@ void agent_call_abort(struct http_req *r)
 	agent_call_free(c);
 }
 
+bool agent_call_backlogged(const struct agent_call *c, size_t max)
+{
+	return c->r && http_stream_queued(c->r) > max;
+}
+
 void agent_call_writable(struct http_req *r)
 {
 	struct agent_call *c = r->ctx;
 	if (c->as)
 		agent_room_changed(c->as);
+}
+
+static int clamp_int(const cJSON *v, int lo, int hi)
+{
+	/* cJSON keeps valueint within int for any number. */
+	int x = cJSON_IsNumber(v) ? v->valueint : lo;
+	return x < lo ? lo : x > hi ? hi : x;
+}
+
+int agent_exit_code(const cJSON *end)
+{
+	if (cJSON_IsTrue(cJSON_GetObjectItem(end, "exited")))
+		return clamp_int(cJSON_GetObjectItem(end, "exit_code"), 0, 255);
+	return 128 + clamp_int(cJSON_GetObjectItem(end, "signal"), 1, 127);
+}
+
+bool list_budget_take(struct list_budget *b, const cJSON *e)
+{
+	size_t n = 64;
+	const cJSON *f;
+	cJSON_ArrayForEach(f, e)
+		n += (f->string ? strlen(f->string) : 0) + (cJSON_IsString(f) ? strlen(f->valuestring) : 16);
+	b->bytes += n;
+	return ++b->entries <= PROTO_LIST_MAX_ENTRIES && b->bytes <= LIST_MAX_BYTES;
 }

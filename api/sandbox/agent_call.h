@@ -6,11 +6,13 @@
 #define MITOS_API_SANDBOX_AGENT_CALL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct agent_call;
 struct http_req;
 struct astream;
+struct cJSON;
 
 struct agent_call_vt {
 	void (*tick)(struct agent_call *c, uint64_t now);  /* deadlines, keepalives; may free c */
@@ -41,5 +43,27 @@ void agent_bridge_release(struct http_req **r, struct astream **as);
 /* http_req_ops for every call: the client went away; the client took some output. */
 void agent_call_abort(struct http_req *r);
 void agent_call_writable(struct http_req *r);
+/* An exec's END ({exited, exit_code | signal}) as a shell reports it: the exit code,
+ * or 128 + the signal that ended it. The agent may be the sandbox's own: numbers out
+ * of range are brought into it (exit codes 0..255, signals 1..127). */
+int agent_exit_code(const struct cJSON *end);
+
+/* The client left more than max of c's answer unread: a call fed by agent events (which
+ * have no flow control: the sandbox makes them as fast as it likes) then ends,
+ * resource_exhausted, rather than hold them all. */
+bool agent_call_backlogged(const struct agent_call *c, size_t max);
+#define EVENTS_UNREAD_MAX (4u << 20)   /* watch events, vitals, process notices */
+#define OUTPUT_UNREAD_MAX (32u << 20)  /* a program's output where it comes as events (run_code) */
+#define BACKLOG_MSG "the client left too much of the answer unread (a slow or stopped reader): the call ended"
+
+/* What one listing may bring from an agent (the sandbox's own, maybe): the entries the
+ * protocol has (PROTO_LIST_MAX_ENTRIES) and LIST_MAX_BYTES of their strings. */
+#define LIST_MAX_BYTES (64u << 20)
+struct list_budget {
+	uint32_t entries;
+	size_t bytes;
+};
+/* Counts entry e: false once the budget is spent (the listing is then refused). */
+bool list_budget_take(struct list_budget *b, const struct cJSON *e);
 
 #endif

@@ -48,7 +48,11 @@ struct agent_conn {
 	const struct agent_conn_cbs *cbs;
 	void *ctx;
 	struct agent_conn *all_prev, *all_next;
+	unsigned notices;   /* ERROR frames logged */
+	char where[96];     /* the end of the socket's path, to say whose notice it is */
 };
+
+#define NOTICES_MAX 20
 
 static struct agent_conn *all_conns;
 
@@ -249,8 +253,19 @@ static void dispatch(struct agent_conn *ac, const struct proto_header *h, const 
 		return;
 	}
 	if (h->type == PROTO_ERROR) {
-		fprintf(stderr, "mitos-vmm serve: agent notice: %.*s\n", (int)(h->length > 300 ? 300 : h->length),
-			(const char *)p);
+		/* The agent may be the sandbox's own: its words are printable only, a line, a
+		 * few of them, and said to be whose. */
+		if (ac->notices++ >= NOTICES_MAX) {
+			if (ac->notices == NOTICES_MAX + 1)
+				fprintf(stderr, "mitos-vmm serve: agent at %s: more notices, not logged\n", ac->where);
+			return;
+		}
+		char text[301];
+		size_t n = h->length < sizeof(text) - 1 ? h->length : sizeof(text) - 1;
+		for (size_t i = 0; i < n; i++)
+			text[i] = p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '?';
+		text[n] = 0;
+		fprintf(stderr, "mitos-vmm serve: agent at %s: notice: %s\n", ac->where, text);
 		return;
 	}
 	struct astream *s = h->stream ? find_stream(ac, h->stream) : NULL;
@@ -373,6 +388,9 @@ int agent_connect_vsock(const char *path, uint32_t vsock_port, const struct agen
 	}
 	ac->fd = fd;
 	ac->rbuf = rbuf;
+	size_t pl = strlen(path);
+	snprintf(ac->where, sizeof(ac->where), "%s%s", pl >= sizeof(ac->where) ? "..." : "",
+		 path + (pl >= sizeof(ac->where) ? pl - sizeof(ac->where) + 4 : 0));
 	ac->rx_op.fn = rx_done;
 	ac->tx_op.fn = tx_done;
 	ac->cbs = cbs;

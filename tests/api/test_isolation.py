@@ -426,19 +426,22 @@ def t_set_timeout_recorded_or_refused(s):
 
 
 class HostileAgent(threading.Thread):
-    """Speaks the agent protocol (agent/PROTOCOL.md) on a Unix socket, answering every
-    ReadFile with a size no file has."""
+    """Speaks the agent protocol (agent/PROTOCOL.md) on a Unix socket, answering each
+    OPEN with answer(agent, conn, stream, request): what a sandbox's root can make its
+    agent say (it may ptrace it)."""
     HDR = struct.Struct(">IIBBBB")
+    EVENT, END, ERROR = 4, 6, 8
 
-    def __init__(self, path):
+    def __init__(self, path, answer):
         super().__init__(daemon=True)
+        self.answer = answer
         self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.lsock.bind(path)
         self.lsock.listen(4)
         self.lsock.settimeout(30)
 
     def send(self, c, stream, typ, obj):
-        p = json.dumps(obj).encode()
+        p = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
         c.sendall(self.HDR.pack(len(p), stream, typ, 0, 0, 0) + p)
 
     def run(self):
@@ -456,38 +459,101 @@ class HostileAgent(threading.Thread):
                 if typ == 1:
                     self.send(c, 0, 1, {"version": 1, "agent": "mitos-agent", "agent_version": "0.1.0",
                                         "max_payload": 1048576, "window": 262144, "max_streams": 256})
-                elif typ == 2 and json.loads(payload).get("op") == "read":
-                    self.send(c, stream, 4, {"size": 1e300})
-                    self.send(c, stream, 6, {"bytes": 0})
                 elif typ == 2:
-                    self.send(c, stream, 6, {"error": {"code": "unsupported", "message": "hostile"}})
+                    self.answer(self, c, stream, json.loads(payload))
         except OSError:
             pass
+
+
+def hostile_sandbox(answer):
+    """(serve, sandbox id) with the sandbox's agent replaced by a HostileAgent: serve
+    is killed, the agent's socket taken over, and a new serve re-adopts the sandbox."""
+    s = Server(VMM, AGENT, token=TOKEN)
+    s.request("POST", "/v1/templates", {"id": "iso"})
+    fork(s, "iso-hostile")
+    s.stop(signal.SIGKILL)
+    sock = os.path.join(s.state_dir, "sandboxes", "iso-hostile", "run", "agent.sock")
+    os.unlink(sock)
+    HostileAgent(sock, answer).start()
+    s2 = Server(VMM, AGENT, state_dir=s.state_dir, token=TOKEN)
+    s2.own_state = True
+    wait_until(lambda: s2.request("GET", "/v1/sandboxes/iso-hostile")[1].get("state") == "running", 10,
+               "the sandbox re-adopted with the hostile agent")
+    return s2, "iso-hostile"
 
 
 def t_hostile_agent_size():
     """A sandbox's agent is the sandbox's: a ReadFile size of 1e300 once made serve send
     310 bytes of its stack to the client."""
-    s = Server(VMM, AGENT, token=TOKEN)
-    s2 = None
+    def answer(a, c, stream, req):
+        if req.get("op") == "read":
+            a.send(c, stream, a.EVENT, {"size": 1e300})
+            a.send(c, stream, a.END, {"bytes": 0})
+        else:
+            a.send(c, stream, a.END, {"error": {"code": "unsupported", "message": "hostile"}})
+    s, sid = hostile_sandbox(answer)
     try:
-        s.request("POST", "/v1/templates", {"id": "iso"})
-        fork(s, "iso-hostile")
-        s.stop(signal.SIGKILL)
-        sock = os.path.join(s.state_dir, "sandboxes", "iso-hostile", "run", "agent.sock")
-        os.unlink(sock)
-        fake = HostileAgent(sock)
-        fake.start()
-        s2 = Server(VMM, AGENT, state_dir=s.state_dir, token=TOKEN)
-        wait_until(lambda: s2.request("GET", "/v1/sandboxes/iso-hostile")[1].get("state") == "running", 10,
-                   "the sandbox re-adopted with the hostile agent")
-        st, ct, msgs = s2.stream("ReadFile", "iso-hostile", {"path": "/etc/hostname"})
+        st, ct, msgs = s.stream("ReadFile", sid, {"path": "/etc/hostname"})
         sizes = [m["size"] for f, m in msgs if "size" in m]
         assert all(isinstance(x, int) and 0 <= x < 1 << 53 for x in sizes), msgs
-        s2.request("DELETE", "/v1/sandboxes/iso-hostile")
+        s.request("DELETE", "/v1/sandboxes/" + sid)
     finally:
-        if s2:
-            s2.cleanup()
+        s.cleanup()
+
+
+def t_hostile_agent_frames():
+    """What a sandbox's root can make its agent say must not crash, stall or swell serve
+    (an adversarial run found each): a result whose data is an array (a NULL key: serve
+    died; on the Mitos side a leak), 20,000 unpaired renames in one watch frame (the
+    pairing was quadratic: seconds of a frozen loop), a listing past 100,000 entries (all
+    held), exit codes out of range (undefined behaviour), a write that ends before the
+    file (an upload that waited forever), notices with control bytes by the hundred (log
+    injection, unbounded log)."""
+    def answer(a, c, stream, req):
+        op = req.get("op")
+        if op == "run_code":
+            a.send(c, stream, a.EVENT, {"type": "result", "is_main_result": True, "data": [1, "x", {}]})
+            a.send(c, stream, a.END, {"status": "ok", "execution_count": 1})
+        elif op == "watch":
+            a.send(c, stream, a.EVENT, {"path": "/w"})
+            a.send(c, stream, a.EVENT, {"events": [{"type": "rename", "name": "r", "cookie": 1}] * 20000})
+            a.send(c, stream, a.END, {})
+        elif op == "list":
+            for _ in range(4):
+                a.send(c, stream, a.EVENT, {"entries": [{"name": "n", "type": "file"}] * 30000})
+            a.send(c, stream, a.END, {})
+        elif op == "exec":
+            for _ in range(100):
+                a.send(c, 0, a.ERROR, b"x\nmitos-vmm serve: FORGED \x1b[31m" + b"E" * 200)
+            a.send(c, stream, a.END, {"exited": False, "signal": 2147483647})
+        else:
+            a.send(c, stream, a.END, {})
+    s, sid = hostile_sandbox(answer)
+    try:
+        key = {"X-API-KEY": TOKEN}
+        st, r, data = s.request("POST", "/execute", {"code": "1"}, raw=True,
+                                headers=dict(key, **{"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49999"}))
+        eq(st, 200, "E2B execute with array data (%r)" % data[:200])
+        st, ct, msgs = s.stream("RunCodeStream", sid, {"code": "1"})
+        eq(msgs[-1], (2, {}), "Mitos run_code with array data")
+        t0 = time.time()
+        st, ct, msgs = s.stream("Watch", sid, {"path": "/w"})
+        assert time.time() - t0 < 2, "20,000 renames took %.1f s" % (time.time() - t0)
+        st, r = s.unary("List", sid, {"parent": "/"})
+        assert st != 200 and "100000 entries" in json.dumps(r), (st, r)
+        st, ct, msgs = s.stream("ExecStream", sid, {"command": "true"})
+        codes = [m["exit"].get("exitCode", 0) for f, m in msgs if f == 0 and "exit" in m]
+        eq(codes, [255], "a signal out of range reads as 128 + 127")
+        st, r, data = s.request("POST", "/files?path=/tmp/x", b"y" * (5 << 20), raw=True,
+                                headers=dict(key, **{"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983",
+                                                     "Content-Type": "application/octet-stream"}))
+        eq(st, 502, "a write ended early (%r)" % data[:200])
+        err = s.stderr()
+        assert "FORGED" not in err.replace("notice: x?mitos-vmm serve: FORGED ?[31m", ""), err[-2000:]
+        assert err.count("notice:") == 20 and "more notices, not logged" in err, err[-2000:]
+        eq(s.request("GET", "/v1/health")[0], 200, "serve up")
+        s.request("DELETE", "/v1/sandboxes/" + sid)
+    finally:
         s.cleanup()
 
 
@@ -720,6 +786,7 @@ def main():
         r.stop_server(s)
     r.run_all([("agent_socket_symlink_not_followed", t_agent_socket_symlink_not_followed),
                ("hostile_agent_size", t_hostile_agent_size),
+               ("hostile_agent_frames", t_hostile_agent_frames),
                ("disk_quota", t_disk_quota), ("deep_tree_removed", t_deep_tree_removed),
                ("unread_answers_bounded", t_unread_answers_bounded),
                ("unread_watch_bounded", t_unread_watch_bounded)], ONLY)
