@@ -370,34 +370,52 @@ static int exec_cmpxchg(const struct emulate_insn *in, struct kvm_regs *r,
 	return 0;
 }
 
+static bool write_fault(const struct emulate_env *env, uint64_t gva)
+{
+	if (env->fault)
+		*env->fault = (struct emulate_fault){ .gva = gva, .write = true };
+	return false;
+}
+
 /* Maps [gva, gva + len) page by page for writing; false (and env->fault) at the first
- * page that cannot be, so nothing is written before a fault is known. */
+ * page that cannot be, so nothing is written before a fault is known. A range that
+ * wraps past 2^64 faults at its start. */
 static bool range_writable(const struct emulate_env *env, const struct emulate_mem *mem,
 			   uint64_t gva, size_t len)
 {
-	for (uint64_t a = gva & ~(PAGE_SIZE - 1); a < gva + len; a += PAGE_SIZE) {
+	uint64_t last = gva + len - 1;
+	if (!len || last < gva)
+		return !len || write_fault(env, gva);
+	for (uint64_t a = gva & ~(uint64_t)(PAGE_SIZE - 1);; a += PAGE_SIZE) {
 		uint64_t at = a < gva ? gva : a;
-		if (!mem->map(mem->ctx, at, 1, true)) {
-			if (env->fault)
-				*env->fault = (struct emulate_fault){ .gva = at, .write = true };
-			return false;
-		}
+		if (!mem->map(mem->ctx, at, 1, true))
+			return write_fault(env, at);
+		if (a == (last & ~(uint64_t)(PAGE_SIZE - 1)))
+			return true;
 	}
-	return true;
 }
 
-static void mem_write(const struct emulate_mem *mem, uint64_t gva, const void *buf, size_t len)
+/* Writes [gva, gva + len) page by page, each mapped again as it is written: the guest's
+ * page tables are the guest's to change meanwhile (by another vCPU, or by this very
+ * write), so a page checked by range_writable may be gone. The write then stops there
+ * with a fault, as real hardware may leave an XSAVE. */
+static bool write_or_fault(const struct emulate_env *env, const struct emulate_mem *mem, uint64_t gva,
+			   const void *buf, size_t len)
 {
 	const uint8_t *in = buf;
 	while (len) {
 		size_t chunk = PAGE_SIZE - (gva & (PAGE_SIZE - 1));
 		if (chunk > len)
 			chunk = len;
-		memcpy(mem->map(mem->ctx, gva, chunk, true), in, chunk);
+		void *p = mem->map(mem->ctx, gva, chunk, true);
+		if (!p)
+			return write_fault(env, gva);
+		memcpy(p, in, chunk);
 		in += chunk;
 		gva += chunk;
 		len -= chunk;
 	}
+	return true;
 }
 
 static int read_or_fault(const struct emulate_env *env, const struct emulate_mem *mem,
@@ -493,13 +511,14 @@ static int exec_xsave(const struct emulate_insn *in, const struct kvm_regs *r,
 	if (!range_writable(env, mem, gva, xs_extent(x, n)))
 		return -EFAULT;
 	uint64_t bv, img_bv;
-	mem_read(mem, gva + XS_HEADER, &bv, 8);
+	if (read_or_fault(env, mem, gva + XS_HEADER, &bv, 8))
+		return -EFAULT;
 	memcpy(&img_bv, env->xsave + XS_HEADER, 8);
 	bv = (bv & ~rfbm) | (img_bv & rfbm);
 	for (unsigned i = 0; i < n; i++)
-		mem_write(mem, gva + x[i].offset, env->xsave + x[i].offset, x[i].size);
-	mem_write(mem, gva + XS_HEADER, &bv, 8);
-	return 0;
+		if (!write_or_fault(env, mem, gva + x[i].offset, env->xsave + x[i].offset, x[i].size))
+			return -EFAULT;
+	return write_or_fault(env, mem, gva + XS_HEADER, &bv, 8) ? 0 : -EFAULT;
 }
 
 /* XRSTOR64, standard format: RFBM components in use (XSTATE_BV) from memory, the other

@@ -14,11 +14,17 @@
 #define NPAGES 3
 static uint8_t ram[NPAGES * 4096] __attribute__((aligned(4096)));
 static int maps, crossings;
+/* >= 0: mappings for writing granted before the second page goes (the guest's page
+ * tables changed under the instruction, by another vCPU or by its own write). */
+static int write_maps_left = -1;
 
 static void *fake_map(void *ctx, uint64_t gva, size_t len, bool write)
 {
 	(void)ctx;
 	maps++;
+	if (write && write_maps_left >= 0 && gva >= GVA_BASE + 4096 && gva < GVA_BASE + 2 * 4096 &&
+	    write_maps_left-- == 0)
+		return NULL;
 	if ((gva & 4095) + len > 4096)
 		crossings++;
 	if (gva < GVA_BASE || gva + len > GVA_BASE + sizeof(ram))
@@ -603,6 +609,19 @@ START_TEST(test_exec_xsave_faults)
 	env.cpl = 3;
 	r = xsave_regs(GVA_BASE, 0x7);
 	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), -EPERM);
+	/* An operand whose end wraps past 2^64: a fault at its start, not a write through
+	 * the wrapped address (the VMM wrote to NULL). */
+	env.cpl = 0;
+	r = xsave_regs(0xffffffffffffffc0ULL, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), -EFAULT);
+	ck_assert_uint_eq(fault.gva, 0xffffffffffffffc0ULL);
+	/* Its second page goes after the check (its page tables rewritten meanwhile): the
+	 * write stops there with a fault (it wrote through NULL). */
+	write_maps_left = 1;
+	r = xsave_regs(GVA_BASE + 4096 - 512, 0x7);
+	ck_assert_int_eq(RUN(&r, &env, 0x48, 0x0f, 0xae, 0x27), -EFAULT);
+	ck_assert_uint_eq(fault.gva & ~4095ULL, GVA_BASE + 4096);
+	write_maps_left = -1;
 }
 END_TEST
 
