@@ -150,6 +150,7 @@ static void driver_ok(struct virtio_device *d)
 
 static void status_write(struct virtio_device *d, uint32_t val)
 {
+	val &= 0xff; /* the register's width: more would be kept, and refused at a restore */
 	if (val == 0) {
 		device_reset(d);
 		return;
@@ -297,8 +298,11 @@ void virtio_transport_save(const struct virtio_device *d, struct virtio_transpor
 
 int virtio_transport_restore(struct virtio_device *d, const struct virtio_transport_state *s)
 {
+	/* Features are the device's only once accepted (FEATURES_OK); before, a driver may
+	 * have written any bits, which the next negotiation refuses as it would have. */
+	bool accepted = s->status & VIRTIO_STATUS_FEATURES_OK;
 	if (s->device_id != d->ops->device_id || s->num_queues != d->ops->num_queues ||
-	    (s->driver_features & ~virtio_device_features(d)) || (s->status & ~0xffU))
+	    (accepted && (s->driver_features & ~virtio_device_features(d))) || (s->status & ~0xffU))
 		return -EINVAL;
 	struct virtq vqs[VIRTIO_MAX_QUEUES];
 	memset(vqs, 0, sizeof(vqs));
