@@ -230,17 +230,20 @@ static void blk_start(struct blk *b, struct blk_batch *bt, const struct virtq_ch
 	}
 }
 
-/* Takes every available chain, but never more requests in flight than the queue has
- * entries: a driver that republishes heads still in flight cannot make us queue
- * without bound. */
+/* Takes the available chains, but never more requests in flight than the queue has
+ * entries (a driver that republishes heads still in flight cannot make us queue
+ * without bound), nor more than a budget per kick (the rest on the next one). */
 static void blk_pop_all(struct blk *b, struct blk_batch *bt)
 {
 	struct virtq *q = &b->dev.vqs[0];
+	unsigned budget = VIRTIO_CHAIN_BUDGET;
 	b->stalled = false;
 	do {
 		for (;;) {
-			if (b->broken)
+			/* Requests answered at once (GET_ID, errors) never count as in flight. */
+			if (b->broken || (!budget && virtio_device_kick_again(&b->dev, 0)))
 				return;
+			budget -= budget > 0;
 			if (blk_inflight(b) >= q->size) {
 				b->stalled = true;
 				return;

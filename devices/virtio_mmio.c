@@ -266,6 +266,11 @@ void virtio_device_kick(struct virtio_device *d, unsigned q)
 	pthread_mutex_unlock(&d->lock);
 }
 
+bool virtio_device_kick_again(struct virtio_device *d, unsigned q)
+{
+	return q < d->ops->num_queues && d->notify_fd[q] >= 0 && eventfd_write(d->notify_fd[q], 1) == 0;
+}
+
 void virtio_device_host_fd_ready(struct virtio_device *d, unsigned i)
 {
 	pthread_mutex_lock(&d->lock);

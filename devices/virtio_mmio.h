@@ -143,6 +143,12 @@ void virtio_mmio_write(struct virtio_device *d, uint64_t off, const void *data, 
 
 /* A kick for queue q arrived (device loop; takes the lock). */
 void virtio_device_kick(struct virtio_device *d, unsigned q);
+/* Queue q's kick comes again from the device loop (its ioeventfd written): a device
+ * that stops after a budget of chains (VIRTIO_CHAIN_BUDGET) lets the loop's other work
+ * (the control socket, signals, other devices) run between, however fast the guest
+ * refills the ring. False without an ioeventfd (a unit test's driver): go on then. */
+bool virtio_device_kick_again(struct virtio_device *d, unsigned q);
+#define VIRTIO_CHAIN_BUDGET 256
 /* Host fd i of the device's host_fds() became readable (device loop; takes the lock). */
 void virtio_device_host_fd_ready(struct virtio_device *d, unsigned i);
 

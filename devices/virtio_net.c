@@ -333,8 +333,12 @@ static void tx_frames(struct net *n)
 {
 	struct virtq *q = &n->dev.vqs[VIRTIO_NET_TXQ];
 	bool pushed = false;
+	unsigned budget = VIRTIO_CHAIN_BUDGET;
 	do {
 		for (;;) {
+			if (!budget && virtio_device_kick_again(&n->dev, VIRTIO_NET_TXQ))
+				goto out;
+			budget -= budget > 0;
 			int r = virtq_pop(q, n->dev.mem, &n->chain);
 			if (r == 0)
 				break;
@@ -351,6 +355,7 @@ static void tx_frames(struct net *n)
 			pushed = true;
 		}
 	} while (virtq_arm_and_recheck(q, n->dev.mem));
+out:
 	if (pushed)
 		virtio_device_notify_used(&n->dev, VIRTIO_NET_TXQ);
 }

@@ -700,10 +700,12 @@ static void tx_process(struct vsock *v)
 {
 	struct virtq *q = &v->dev.vqs[VIRTIO_VSOCK_QUEUE_TX];
 	bool pushed = false;
+	unsigned budget = VIRTIO_CHAIN_BUDGET;
 	do {
 		for (;;) {
-			if (v->broken)
+			if (v->broken || (!budget && virtio_device_kick_again(&v->dev, VIRTIO_VSOCK_QUEUE_TX)))
 				goto out;
+			budget -= budget > 0;
 			int r = virtq_pop(q, v->dev.mem, &v->chain);
 			if (r == 0)
 				break;
