@@ -23,6 +23,7 @@ static struct conn *zombies; /* torn down, waiting for their ring operations */
 static void conn_arm_rx(struct conn *c);
 static void conn_teardown(struct conn *c);
 static void conn_free_kick(struct ur_kick *k);
+static void conn_note_failure(const struct conn *c, const char *what, int res);
 
 unsigned listener_conn_count(void) { return nconns; }
 
@@ -51,19 +52,23 @@ void conn_out(struct conn *c, const void *p, size_t n)
 {
 	if (c->dead || !n)
 		return;
-	if (sendq_append(&c->out, p, n, OBUF_MIN))
+	if (sendq_append(&c->out, p, n, OBUF_MIN)) {
+		conn_note_failure(c, "output", -ENOMEM);
 		conn_teardown(c);
+	}
 }
 
-/* A connection closed for an error of its own, not its client's: said, so that a
- * request that never got its answer (a kvm template's, seen twice) says why. */
+/* A connection closed for an error of its own, or with a request still waiting for its
+ * answer (then even a reset: the answer is lost), is said: a kvm template's request was
+ * seen dropped without an answer and without a word, three times. */
 static void conn_note_failure(const struct conn *c, const char *what, int res)
 {
-	if (res >= 0 || res == -ECONNRESET || res == -EPIPE)
-		return;
 	const struct http_req *r = c->req;
-	fprintf(stderr, "mitos-vmm serve: a connection's %s failed (%s)%s: closed\n", what, strerror(-res),
-		r && r->dispatched && !r->finished ? " while its request waited for its answer" : "");
+	bool waiting = r && r->dispatched && !r->finished;
+	if (res >= 0 || (!waiting && (res == -ECONNRESET || res == -EPIPE)))
+		return;
+	fprintf(stderr, "mitos-vmm serve: a connection's %s failed (%s)%s%s: closed\n", what, strerror(-res),
+		waiting ? " while its request waited for its answer" : "", c->read_eof ? ", its client had ended" : "");
 }
 
 static void tx_done(struct uop *op, int res, uint32_t flags)
@@ -326,6 +331,7 @@ void listener_tick(uint64_t now)
 			conn_arm_rx(c);
 		}
 		if (http_conn_check_deadlines(c, now)) {
+			conn_note_failure(c, "deadline", -ETIMEDOUT);
 			conn_teardown(c);
 			continue;
 		}
