@@ -24,10 +24,54 @@ struct kvm_layer *kvm_layer_find(const char *dir)
 	return NULL;
 }
 
+/* A layer's directory: one name right under STATE/kvm/layers, never a way out of it. */
 bool kvm_in_layer_dir(const char *dir)
 {
 	size_t n = strlen(K.layer_dir);
-	return !strncmp(dir, K.layer_dir, n) && dir[n] == '/';
+	const char *name = dir + n + 1;
+	return !strncmp(dir, K.layer_dir, n) && dir[n] == '/' && *name && !strchr(name, '/') &&
+	       strcmp(name, ".") && strcmp(name, "..");
+}
+
+/* serve's own record of a layer's parent, written once the layer is sealed (the VM
+ * can then add nothing to the directory): the chain a later serve adopts. The VM's
+ * config.json names a parent too, but what a VM wrote decides nothing here. */
+#define LAYER_RECORD "layer.json"
+
+static int layer_record_write(const struct kvm_layer *l, struct mitos_err *e)
+{
+	char path[PLEN];
+	if (kvm_pathf(path, "%s/" LAYER_RECORD, l->dir))
+		return mitos_err_set(e, -ENAMETOOLONG, "the layer's path is too long");
+	cJSON *o = cJSON_CreateObject();
+	if (l->parent)
+		cJSON_AddStringToObject(o, "parent", l->parent->dir);
+	char *text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	/* O_EXCL: a file of that name can only be the VM's, left before the seal. */
+	int fd = text ? open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444) : -1;
+	int rc = fd < 0 ? -errno : write(fd, text, strlen(text)) == (ssize_t)strlen(text) ? 0 : -EIO;
+	if (fd >= 0 && close(fd) < 0 && !rc)
+		rc = -errno;
+	free(text);
+	if (rc)
+		mitos_err_set(e, rc, "cannot record the layer %.300s%s: %s", l->dir,
+			      rc == -EEXIST ? " (its VM left a file of serve's record's name)" : "", strerror(-rc));
+	return rc;
+}
+
+/* The parent a layer was made on: serve's record, or, for a layer from before it, the
+ * VM's config.json, taken only when it names a layer's directory. */
+static char *layer_parent(const char *dir)
+{
+	char path[PLEN];
+	cJSON *o = kvm_pathf(path, "%s/" LAYER_RECORD, dir) ? NULL : registry_read_json(path);
+	if (!o && !kvm_pathf(path, "%s/config.json", dir))
+		o = registry_read_json(path);
+	const char *parent = cJSON_GetStringValue(cJSON_GetObjectItem(o, "parent"));
+	char *out = parent && kvm_in_layer_dir(parent) ? strdup(parent) : NULL;
+	cJSON_Delete(o);
+	return out;
 }
 
 static struct kvm_layer *layer_new(const char *dir, struct kvm_layer *parent, int state)
@@ -74,13 +118,9 @@ struct kvm_layer *kvm_layer_adopt(const char *dir, unsigned depth)
 		l->refs++;
 		return l;
 	}
-	char cfg[PLEN];
-	if (kvm_pathf(cfg, "%s/config.json", dir))
-		return NULL;
-	cJSON *o = registry_read_json(cfg);
-	const char *parent = o ? cJSON_GetStringValue(cJSON_GetObjectItem(o, "parent")) : NULL;
+	char *parent = layer_parent(dir);
 	struct kvm_layer *pl = parent ? kvm_layer_adopt(parent, depth + 1) : NULL;
-	cJSON_Delete(o);
+	free(parent);
 	l = layer_new(dir, pl, 0);
 	if (pl)
 		kvm_layer_unref(pl); /* layer_new took its own */
@@ -150,6 +190,8 @@ static void snap_run(struct kjob *kj)
 	/* What children map is root's and read-only from here on. */
 	if (!rc && j->pidfd >= 0)
 		rc = jail_seal(j->layer->dir, &e);
+	if (!rc)
+		rc = layer_record_write(j->layer, &e);
 	pthread_mutex_lock(&j->layer->mu);
 	j->layer->state = rc;
 	j->layer->err = e;

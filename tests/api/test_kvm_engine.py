@@ -734,6 +734,44 @@ def t_snapshot_outlives(_):
         subprocess.call(["rm", "-rf", s.state_dir + "-disk"])
 
 
+def t_layer_chain_is_serves(_):
+    """A layer's chain is serve's own record (layer.json, written after the seal), never
+    what its VM wrote: a config.json naming a parent out of the layers (as an escaped
+    VMM could write it before the seal) once made a later serve remove that directory
+    with the layer."""
+    s = kvm_server()
+    layers = os.path.join(s.state_dir, "kvm", "layers")
+    victim = os.path.join(s.state_dir, "victim")
+    try:
+        template(s)
+        (a,) = fork(s, template="tg")
+        st, r = s.request("POST", "/sandboxes/%s/snapshots" % a["id"], {"name": "snap"})
+        eq(st, 201, "snapshot (%r)" % (r,))
+        s.request("DELETE", "/v1/sandboxes/" + a["id"])
+        eq(s.stop(), 0, "graceful stop")
+        (layer,) = os.listdir(layers)
+        assert "layer.json" in os.listdir(os.path.join(layers, layer)), os.listdir(os.path.join(layers, layer))
+        os.makedirs(victim)
+        open(os.path.join(victim, "kept"), "w").close()
+        cfg = os.path.join(layers, layer, "config.json")
+        with open(cfg) as f:
+            c = json.load(f)
+        c["parent"] = layers + "/../../victim"
+        os.chmod(cfg, 0o644)
+        with open(cfg, "w") as f:
+            json.dump(c, f)
+        s2 = kvm_server(state_dir=s.state_dir)
+        try:
+            eq(s2.request("DELETE", "/templates/snap:default")[0], 204, "delete")
+            wait_until(lambda: not os.listdir(layers), 10, "the layer removed")
+            eq(os.listdir(victim), ["kept"], "a parent its VM named is nothing of serve's")
+        finally:
+            s2.stop()
+    finally:
+        s.cleanup()
+        subprocess.call(["rm", "-rf", s.state_dir + "-disk"])
+
+
 def t_linux_guest(_):
     """The same lifecycle with a real Linux guest and mitos-agent as its init, when a guest
     kernel is already built (firmware/build-kernel.sh; not built here: it takes minutes)."""
@@ -869,6 +907,7 @@ def main():
         shared.cleanup()
         subprocess.call(["rm", "-rf", state + "-disk"])
     r.run_all((("restart_and_stop", t_restart_and_stop), ("snapshot_outlives", t_snapshot_outlives),
+               ("layer_chain_is_serves", t_layer_chain_is_serves),
                ("linux_guest", t_linux_guest)), ONLY, None)
     return r.finish()
 
