@@ -33,20 +33,38 @@ static struct {
 	unsigned serial;
 } T = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
+/* Entries one removal handles at most: a tree that a live VM (its directories are its
+ * uid's) keeps filling must not hold the one teardown thread, and every other tenant's
+ * teardown behind it, for as long as the VM likes. What is left stays in the trash. */
+#define REMOVE_BUDGET (4u << 20)
+
+/* A directory about to be emptied becomes root's and 0700 first: from then on nobody
+ * else adds to it, not even through a descriptor held since before (where the file
+ * system lets root do so; else it is emptied as it is, within the budget). */
+static int open_frozen(int at, const char *name, dev_t dev, struct stat *st)
+{
+	int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0 && (fstat(fd, st) < 0 || (dev && st->st_dev != dev))) {
+		close(fd);
+		return -1;
+	}
+	if (fd >= 0 && (st->st_uid || st->st_gid || (st->st_mode & 0077)) && !fchown(fd, 0, 0))
+		(void)!fchmod(fd, 0700);
+	return fd;
+}
+
 /* Empties top's child name (a directory) by one level: its files go, its empty
  * directories go, a fuller one is moved up into top to be emptied in its turn, so no
  * path is ever longer than two names (a sandbox can make a tree deeper than PATH_MAX,
  * which path-based removal cannot reach) and no descent deeper than one. Nothing on
- * another file system than dev is touched. True when it moved something into top. */
-static bool flatten_child(int top, const char *name, dev_t dev)
+ * another file system than dev is touched. True when it moved something into top;
+ * *budget counts the entries handled. */
+static bool flatten_child(int top, const char *name, dev_t dev, unsigned *budget)
 {
-	int fd = openat(top, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0 || st.st_dev != dev) {
-		if (fd >= 0)
-			close(fd);
+	int fd = open_frozen(top, name, dev, &st);
+	if (fd < 0)
 		return false;
-	}
 	DIR *d = fdopendir(fd);
 	if (!d) {
 		close(fd);
@@ -54,7 +72,8 @@ static bool flatten_child(int top, const char *name, dev_t dev)
 	}
 	bool moved = false;
 	struct dirent *de;
-	while ((de = readdir(d))) {
+	while (*budget && (de = readdir(d))) {
+		--*budget;
 		const char *n = de->d_name;
 		if (!strcmp(n, ".") || !strcmp(n, "..") || !unlinkat(fd, n, 0) || errno != EISDIR ||
 		    !unlinkat(fd, n, AT_REMOVEDIR))
@@ -82,25 +101,29 @@ static int remove_now(const char *dir)
 	for (int pass = 0; pass < 3; pass++) {
 		if (!unlink(dir) || errno == ENOENT)
 			return 0;
-		int top = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		if (top < 0 || fstat(top, &st) < 0) {
-			if (top >= 0)
-				close(top);
+		int top = open_frozen(AT_FDCWD, dir, 0, &st);
+		if (top < 0)
 			return -errno;
-		}
-		/* Until a whole pass over top moves nothing up into it. */
-		for (bool again = true; again;) {
+		/* Until a whole pass over top moves nothing up into it, or the budget is spent. */
+		unsigned budget = REMOVE_BUDGET;
+		for (bool again = true; again && budget;) {
 			again = false;
 			DIR *d = fdopendir(dup(top));
 			struct dirent *de;
 			if (d)
 				rewinddir(d); /* the copy shares top's offset, left at the end by the last pass */
-			while (d && (de = readdir(d)))
+			while (d && budget && (de = readdir(d))) {
+				budget--;
 				if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") &&
 				    (unlinkat(top, de->d_name, 0) < 0 && errno == EISDIR))
-					again |= flatten_child(top, de->d_name, st.st_dev);
+					again |= flatten_child(top, de->d_name, st.st_dev, &budget);
+			}
 			if (d)
 				closedir(d);
+		}
+		if (!budget) {
+			close(top);
+			return -EBUSY;
 		}
 		close(top);
 		if (!rmdir(dir) || errno == ENOENT)

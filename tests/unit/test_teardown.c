@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "api/engines/teardown.h"
@@ -131,6 +132,57 @@ START_TEST(without_the_thread_it_happens_now)
 }
 END_TEST
 
+/* A writer of another uid (a VM's, whose directories these are) holding a directory of
+ * the tree open and filling it as fast as it can: the removal still ends, and soon
+ * (each directory becomes root's 0700 before it is emptied), deep chains included. */
+static volatile int writer_stop;
+static int writer_made;
+
+static void *writer(void *arg)
+{
+	int fd = *(int *)arg;
+	/* This thread only (the raw call): the rest of the test stays root. */
+	if (syscall(SYS_setresgid, 4242, 4242, 4242) || syscall(SYS_setresuid, 4242, 4242, 4242))
+		return NULL;
+	char name[32];
+	for (unsigned i = 0; !writer_stop; i++) {
+		snprintf(name, sizeof(name), "x%u", i);
+		if (mkdirat(fd, name, 0700) == 0)
+			writer_made++;
+		int sub = openat(fd, name, O_RDONLY | O_DIRECTORY);
+		if (sub >= 0) {
+			(void)!mkdirat(sub, "deeper", 0700);
+			close(sub);
+		}
+	}
+	return NULL;
+}
+
+START_TEST(a_writer_cannot_hold_the_removal)
+{
+	char dir[300], sub[320];
+	snprintf(dir, sizeof(dir), "%s/vm", state);
+	snprintf(sub, sizeof(sub), "%s/sub", dir);
+	make_tree(dir, 10);
+	ck_assert_int_eq(chown(dir, 4242, 4242), 0);
+	ck_assert_int_eq(chown(sub, 4242, 4242), 0);
+	int fd = open(sub, O_RDONLY | O_DIRECTORY);
+	ck_assert_int_ge(fd, 0);
+	writer_stop = 0;
+	writer_made = 0;
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, writer, &fd), 0);
+	while (writer_made < 100)
+		usleep(1000);
+	teardown_tree(dir, NULL);
+	struct stat st;
+	ck_assert_int_eq(lstat(dir, &st), -1);
+	writer_stop = 1;
+	pthread_join(th, NULL);
+	close(fd);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("teardown");
@@ -139,6 +191,7 @@ int main(void)
 	tcase_add_test(tc, tree_name_free_at_once_and_removed_later);
 	tcase_add_test(tc, leftover_trash_goes_at_start);
 	tcase_add_test(tc, without_the_thread_it_happens_now);
+	tcase_add_test(tc, a_writer_cannot_hold_the_removal);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
