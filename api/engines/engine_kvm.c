@@ -52,7 +52,8 @@
 #include "vmm/kvm_vm.h"
 
 struct kvm_state K = { .jail = true, .vmm_fd = -1, .kvm_fd = -1, .efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER,
-		       .lanes = { [LANE_SHORT].cv = PTHREAD_COND_INITIALIZER, [LANE_LONG].cv = PTHREAD_COND_INITIALIZER } };
+		       .lanes = { [LANE_SHORT].cv = PTHREAD_COND_INITIALIZER, [LANE_LONG].cv = PTHREAD_COND_INITIALIZER,
+			  [LANE_VM].cv = PTHREAD_COND_INITIALIZER } };
 
 /* ---- sandboxes ---- */
 
@@ -252,7 +253,16 @@ static int kvm_start(const struct engine_start *s, struct engine_proc *p, struct
 	p->priv = ksb;
 	j->k.run = restore_run;
 	j->k.complete = restore_complete;
-	kvm_submit(&j->k, LANE_SHORT);
+	/* A fork's child waits for its parent's layer, which a VM that does not answer
+	 * holds: it waits on the lane of the calls into VMs (queued after the snapshot it
+	 * waits for), never in the way of other sandboxes' restores. */
+	bool waits = false;
+	if (j->layer) {
+		pthread_mutex_lock(&j->layer->mu);
+		waits = j->layer->state == 1;
+		pthread_mutex_unlock(&j->layer->mu);
+	}
+	kvm_submit(&j->k, waits ? LANE_VM : LANE_SHORT);
 	return 0;
 }
 
@@ -328,7 +338,7 @@ static int kvm_pause_async(const char *dir, const struct engine_proc *p, bool pa
 	j->ctx = ctx;
 	j->k.run = ctl_run;
 	j->k.complete = ctl_complete;
-	kvm_submit(&j->k, LANE_SHORT);
+	kvm_submit(&j->k, LANE_VM);
 	return 0;
 }
 

@@ -23,10 +23,13 @@
 #include "vmm/control_proto.h"
 
 #define AGENT_PORT 52
-/* Workers per lane: restores, control calls and fork snapshots (short) never wait
- * behind template builds (long: up to a boot timeout each). */
+/* Workers per lane: restores (short) never wait behind template builds (long: up to a
+ * boot timeout each), nor behind calls into running VMs (vm: fork snapshots, pause and
+ * resume), which a VM that does not answer, as an escaped VMM may not, holds for their
+ * timeout (up to two minutes): one tenant cannot stall another's starts. */
 #define WORKERS_SHORT 4
 #define WORKERS_LONG 4
+#define WORKERS_VM 4
 #define PLEN 512                     /* every path the engine builds */
 #define MAX_SHAPES 16
 #define MAX_POOL 64
@@ -97,7 +100,7 @@ struct kjob {
 	struct kjob *next;
 };
 
-enum kvm_lane { LANE_SHORT, LANE_LONG, LANES };
+enum kvm_lane { LANE_SHORT, LANE_LONG, LANE_VM, LANES };
 
 struct kvm_queue {
 	struct kjob *head, *tail;
@@ -121,7 +124,7 @@ struct kvm_state {
 	struct ur_ticker ticker;
 	struct ur_kick refill;
 	/* workers */
-	pthread_t th[WORKERS_SHORT + WORKERS_LONG];
+	pthread_t th[WORKERS_SHORT + WORKERS_LONG + WORKERS_VM];
 	unsigned nth;
 	pthread_mutex_t mu;
 	struct kvm_queue lanes[LANES];

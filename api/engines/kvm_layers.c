@@ -236,7 +236,7 @@ static int layer_snapshot(const char *dir, const struct engine_proc *p, char *ou
 	/* The VMM pauses the parent while it writes the pages it changed, and resumes it. */
 	j->k.run = snap_run;
 	j->k.complete = snap_complete;
-	kvm_submit(&j->k, LANE_SHORT);
+	kvm_submit(&j->k, LANE_VM);
 	strcpy(out, ldir);
 	return 0;
 }

@@ -373,7 +373,8 @@ static void *worker_main(void *arg)
 
 bool kvm_workers_start(void)
 {
-	static const unsigned per_lane[LANES] = { [LANE_SHORT] = WORKERS_SHORT, [LANE_LONG] = WORKERS_LONG };
+	static const unsigned per_lane[LANES] = { [LANE_SHORT] = WORKERS_SHORT, [LANE_LONG] = WORKERS_LONG,
+						  [LANE_VM] = WORKERS_VM };
 	/* Signals are serve's main thread's business (its signalfd). */
 	sigset_t all, old;
 	sigfillset(&all);
