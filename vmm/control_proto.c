@@ -180,5 +180,10 @@ bool ctl_reply_ok(const cJSON *reply, struct mitos_err *e)
 	const cJSON *err = cJSON_GetObjectItemCaseSensitive(reply, "error");
 	const char *m = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(err, "message"));
 	mitos_err_set(e, -EIO, "%s", m ? m : "the VMM's answer is neither success nor an error");
+	/* The VMM may be the guest's (escaped): its words reach logs and clients printable
+	 * only, so it cannot forge lines of serve's log. */
+	for (char *c = e ? e->msg : NULL; c && *c; c++)
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
+			*c = '?';
 	return false;
 }

@@ -148,6 +148,11 @@ START_TEST(test_reply_verdict)
 	ck_assert(strstr(err.msg, "neither success nor an error"));
 	cJSON_Delete(o);
 	ck_assert(!ctl_reply_ok(NULL, &err));
+	/* A VMM's words reach serve's log printable only: no forged line, no escapes. */
+	o = parse("{\"ok\":false,\"error\":{\"message\":\"x\\nmitos-vmm serve: forged \\u001b[31m\"}}");
+	ck_assert(!ctl_reply_ok(o, &err));
+	ck_assert_str_eq(err.msg, "x?mitos-vmm serve: forged ?[31m");
+	cJSON_Delete(o);
 }
 END_TEST
 
