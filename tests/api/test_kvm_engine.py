@@ -595,6 +595,23 @@ def t_latency(s):
         s.request("DELETE", "/v1/sandboxes/" + x["id"])
 
 
+def starts_beside(s, n, prefix, what, deletes=False):
+    """Milliseconds each of n forks of tg on a warm pool took (and each delete, with
+    deletes), while something else is in flight."""
+    lat = []
+    for i in range(n):
+        wait_until(lambda: pool_ready(s) >= 1, 20, "a warm pool")
+        t0 = time.perf_counter()
+        st, r = s.request("POST", "/v1/fork", {"template": "tg", "id": "%s-%d" % (prefix, i)})
+        lat.append((time.perf_counter() - t0) * 1000)
+        eq(st, 200, "fork %d %s (%r)" % (i, what, r))
+        t0 = time.perf_counter()
+        eq(s.request("DELETE", "/v1/sandboxes/" + r["id"])[0], 200, "delete %d" % i)
+        if deletes:
+            lat.append((time.perf_counter() - t0) * 1000)
+    return lat
+
+
 def t_builds_beside_starts(s):
     """Four template builds in flight (guests whose agent never answers, so each holds
     its build until the boot timeout) leave sandbox starts and deletes as fast as ever:
@@ -611,17 +628,7 @@ def t_builds_beside_starts(s):
     wait_until(lambda: sum(1 for i in range(4) if os.path.exists(
         os.path.join(s.state_dir, "templates", "slow-%d.json" % i))) == 4, 10, "four builds started")
     time.sleep(1)
-    lat = []
-    for i in range(5):
-        wait_until(lambda: pool_ready(s) >= 1, 20, "a warm pool")
-        t0 = time.perf_counter()
-        st, r = s.request("POST", "/v1/fork", {"template": "tg", "id": "beside-%d" % i})
-        lat.append((time.perf_counter() - t0) * 1000)
-        eq(st, 200, "fork %d beside four builds (%r)" % (i, r))
-        t0 = time.perf_counter()
-        st, r = s.request("DELETE", "/v1/sandboxes/" + r["id"])
-        lat.append((time.perf_counter() - t0) * 1000)
-        eq(st, 200, "delete %d" % i)
+    lat = starts_beside(s, 5, "beside", "beside four builds", deletes=True)
     building = sum(1 for t in th if t.is_alive())
     print("     create and delete beside %d template builds: max %.1f ms" % (building, max(lat)))
     if max(lat) > 3000:
@@ -650,14 +657,7 @@ def t_unanswering_vm_beside_starts(s):
         for t in th:
             t.start()
         time.sleep(2)
-        lat = []
-        for i in range(3):
-            wait_until(lambda: pool_ready(s) >= 1, 20, "a warm pool")
-            t0 = time.perf_counter()
-            st, r = s.request("POST", "/v1/fork", {"template": "tg", "id": "free-%d" % i})
-            lat.append((time.perf_counter() - t0) * 1000)
-            eq(st, 200, "fork %d beside the stuck ones (%r)" % (i, r))
-            s.request("DELETE", "/v1/sandboxes/" + r["id"])
+        lat = starts_beside(s, 3, "free", "beside the stuck ones")
         print("     starts beside four forks of a VM that does not answer: max %.1f ms" % max(lat))
         if max(lat) > 3000:
             raise AssertionError("a start waited for the stuck VM: %r ms" % lat)
