@@ -5,8 +5,11 @@
 #include <fcntl.h>
 #include <linux/loop.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
+
+#define LOOP_ATTACH_TRIES 500
 
 int loop_dev_attach(int fd, char *dev, size_t devlen, const char **step)
 {
@@ -37,10 +40,15 @@ int loop_dev_attach(int fd, char *dev, size_t devlen, const char **step)
 		}
 		rc = -errno;
 		close(lfd);
-		if (rc != -EBUSY || tries == 16) {
+		/* Another sandbox took the same free device first (they are handed out to all
+		 * who ask at once), or it is still being released: again, after a while that
+		 * grows and differs per process, so that racers spread out. About 5 s in all. */
+		if (rc != -EBUSY || tries == LOOP_ATTACH_TRIES) {
 			*step = "attach the file to the loop device";
 			break;
 		}
+		unsigned seed = (unsigned)getpid() * 2654435761u + (unsigned)tries;
+		usleep(500u * (unsigned)(tries < 20 ? tries + 1 : 20) + rand_r(&seed) % 1000u);
 	}
 	close(ctl);
 	return rc;

@@ -618,7 +618,7 @@ void e2b_sandbox_pause(struct http_req *r)
 	struct sandbox *sb = e2b_find_or_404(r);
 	if (!sb)
 		return;
-	if (sb->state == SB_PAUSED) {
+	if (sandbox_user_paused(sb)) {
 		e2b_reply_err(r, 409, "sandbox %s is already paused", sb->id);
 		return;
 	}

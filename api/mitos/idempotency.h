@@ -1,5 +1,7 @@
 /* Idempotency-Key on creating calls (template create, fork): a retry with the same
- * key gets the resource the first call made, never a second one. Keys are bound
+ * key gets the resource the first call made, never a second one while it lives (once
+ * it is deleted, a retry makes it anew and the key is bound to that, as the contract's
+ * sandbox-server does). Keys are bound
  * per kind for 24 hours, in memory (a restart of serve forgets them, as the Mitos
  * sandbox-server does); the table is bounded and forgets its oldest binding first. */
 #ifndef MITOS_API_IDEMPOTENCY_H

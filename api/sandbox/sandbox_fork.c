@@ -19,8 +19,8 @@
 static void job_finish(struct sb_job *job)
 {
 	struct sandbox *parent = job->parent_id[0] ? sandbox_find(job->parent_id) : NULL;
-	if (job->resume_parent && parent && parent->state == SB_PAUSED)
-		sandbox_resume(parent);
+	if (job->holds_parent && parent)
+		sb_copy_release(parent);
 	if (job->err.code) {
 		for (unsigned i = 0; i < job->n; i++)
 			if (job->sbs[i]) {
@@ -179,11 +179,10 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 	if (parent) {
 		snprintf(job->parent_id, sizeof(job->parent_id), "%s", parent->id);
 		/* The copy must see one consistent state of the parent's files (an engine
-		 * with its own fork_source takes care of that itself). */
-		if (!sb_eng->fork_source && parent->state == SB_RUNNING && sb_eng->pause(parent->dir, &parent->proc) == 0) {
-			parent->state = SB_PAUSED;
-			job->resume_parent = true;
-		}
+		 * with its own fork_source takes care of that itself): frozen until the last
+		 * copy of it ends, whatever is asked of it meanwhile. */
+		if (!sb_eng->fork_source)
+			job->holds_parent = sb_copy_hold(parent) == 1;
 	}
 	uint64_t now = ur_wall_ms();
 	uint32_t timeout_s = fr->timeout_s ? fr->timeout_s : srv_cfg.default_timeout_s;

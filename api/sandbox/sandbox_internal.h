@@ -19,7 +19,7 @@ struct sb_job {
 	struct sandbox **sbs;
 	struct mitos_err err;   /* the first failure: code 0 while there is none */
 	char parent_id[ID_MAX + 1];
-	bool resume_parent;
+	bool holds_parent;    /* a copy hold of the parent (sb_copy_hold) */
 	sb_done_fn done;
 	void *ctx;
 };
@@ -44,6 +44,11 @@ void sb_free(struct sandbox *sb);
 void sb_link(struct sandbox *sb);
 /* 0, or -errno (a full disk) with the reason in serve's log. */
 int sb_save(const struct sandbox *sb);
+/* Freezes sb for a copy of its files: 1 held (release it with sb_copy_release), 0 not
+ * needed (its user paused it), -errno. Never recorded: a serve that dies meanwhile
+ * leaves it as its user had it. */
+int sb_copy_hold(struct sandbox *sb);
+void sb_copy_release(struct sandbox *sb);
 const char *state_name(enum sb_state s);
 /* Watches for the sandbox's end (its pidfd). */
 void sb_arm_exit(struct sandbox *sb);

@@ -115,6 +115,9 @@ bool sandboxes_network_for(const struct template_rec *t)
 int sb_save(const struct sandbox *sb)
 {
 	cJSON *o = sandbox_json(sb);
+	/* The state its user gave it, not a copy's freeze. */
+	if (sb->copy_holds && sb->resume_after_copy)
+		cJSON_ReplaceItemInObjectCaseSensitive(o, "state", cJSON_CreateString(state_name(SB_RUNNING)));
 	cJSON_AddNumberToObject(o, "created_ms", (double)sb->created_ms);
 	cJSON_AddNumberToObject(o, "deadline_ms", (double)sb->deadline_ms);
 	cJSON_AddNumberToObject(o, "pid", sb->proc.pid);
@@ -506,8 +509,50 @@ int sandbox_set_timeout(struct sandbox *sb, uint32_t seconds)
 	return rc;
 }
 
+bool sandbox_user_paused(const struct sandbox *sb)
+{
+	return sb->state == SB_PAUSED && !(sb->copy_holds && sb->resume_after_copy);
+}
+
+int sb_copy_hold(struct sandbox *sb)
+{
+	if (sb->copy_holds) {
+		sb->copy_holds++;
+		return 1;
+	}
+	if (sb->state == SB_PAUSED)
+		return 0;
+	if (sb->state != SB_RUNNING)
+		return -EBUSY;
+	int rc = sb_eng->pause(sb->dir, &sb->proc);
+	if (rc)
+		return rc;
+	sb->state = SB_PAUSED;
+	sb->copy_holds = 1;
+	sb->resume_after_copy = true;
+	return 1;
+}
+
+void sb_copy_release(struct sandbox *sb)
+{
+	if (!sb->copy_holds || --sb->copy_holds)
+		return;
+	if (sb->resume_after_copy && sb->state == SB_PAUSED && sb_eng->resume(sb->dir, &sb->proc) == 0)
+		sb->state = SB_RUNNING;
+	sb->resume_after_copy = false;
+}
+
+/* While a copy holds it, a pause or resume is what happens when the copies end. */
+static int copy_held_set(struct sandbox *sb, bool pause)
+{
+	sb->resume_after_copy = !pause;
+	return sb_save(sb);
+}
+
 int sandbox_pause(struct sandbox *sb)
 {
+	if (sb->copy_holds)
+		return copy_held_set(sb, true);
 	if (sb->state == SB_PAUSED)
 		return 0;
 	if (sb->state != SB_RUNNING)
@@ -525,6 +570,8 @@ int sandbox_pause(struct sandbox *sb)
 
 int sandbox_resume(struct sandbox *sb)
 {
+	if (sb->copy_holds)
+		return copy_held_set(sb, false);
 	if (sb->state == SB_RUNNING)
 		return 0;
 	if (sb->state != SB_PAUSED)
@@ -573,6 +620,10 @@ static void pause_op_done(void *arg, int rc)
 
 void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, void *ctx)
 {
+	if (sb->copy_holds) {
+		done(ctx, copy_held_set(sb, pause));
+		return;
+	}
 	if (sb->state == (pause ? SB_PAUSED : SB_RUNNING) && !sb->ctl_busy) {
 		done(ctx, 0);
 		return;

@@ -91,6 +91,11 @@ struct sandbox {
 	bool net_busy;
 	/* A pause or resume is on its way (sandbox_set_paused). */
 	bool ctl_busy;
+	/* Frozen for copies of its files (forks, a snapshot), not by its user: how many
+	 * hold it, and whether it runs again when the last ends (a user's pause or resume
+	 * meanwhile changes that, and only that). */
+	unsigned copy_holds;
+	bool resume_after_copy;
 	struct sandbox *next;
 };
 
@@ -177,6 +182,8 @@ void sb_waiter_detach(struct sb_waiter *w);
 int sandbox_set_timeout(struct sandbox *sb, uint32_t seconds);
 int sandbox_pause(struct sandbox *sb);
 int sandbox_resume(struct sandbox *sb);
+/* Paused by its user (not only frozen for a copy). */
+bool sandbox_user_paused(const struct sandbox *sb);
 /* The same for requests, without holding the loop while an engine waits on its VMM:
  * done(ctx, rc) runs once, on the loop (at once when the engine is quick or nothing is
  * to do), with 0, -EBUSY (starting, stopping, or another pause or resume of it on its

@@ -28,7 +28,7 @@ struct snap_take {
 	struct template_rec *t;    /* the record, linked once complete */
 	char sb_id[ID_MAX + 1];
 	uint64_t sb_created_ms;    /* which sandbox of that id */
-	bool resume;               /* we paused it */
+	bool held;                 /* a copy hold of the sandbox (sb_copy_hold) */
 	snap_done_fn done;
 	void *ctx;
 	struct snap_take *next;
@@ -71,8 +71,8 @@ static void taken(void *ctx, int rc)
 	struct sandbox *sb = sandbox_find(st->sb_id);
 	if (sb && sb->created_ms == st->sb_created_ms) {
 		sb->ctl_busy = false;
-		if (st->resume)
-			sandbox_resume(sb);
+		if (st->held)
+			sb_copy_release(sb);
 	}
 	struct template_rec *t = st->t;
 	t->building = false;
@@ -154,19 +154,17 @@ int snapshots_take(struct sandbox *sb, const char *name, bool named, snap_done_f
 		goto fail;
 	}
 	/* An engine that copies files needs them still (fork_source: it pauses by itself). */
-	if (!sb_eng->fork_source && sb->state == SB_RUNNING) {
-		if ((rc = sandbox_pause(sb))) {
-			api_fail(e, rc, AE_INTERNAL, "cannot pause sandbox %s for its snapshot: %s", sb->id, strerror(-rc));
-			goto fail;
-		}
-		st->resume = true;
+	if (!sb_eng->fork_source && (rc = sb_copy_hold(sb)) < 0) {
+		api_fail(e, rc, AE_INTERNAL, "cannot pause sandbox %s for its snapshot: %s", sb->id, strerror(-rc));
+		goto fail;
 	}
+	st->held = rc == 1;
 	struct mitos_err ee = { 0 };
 	rc = sb_eng->snapshot_take(sb->dir, &sb->proc, t->snap_dir, t->source, sizeof(t->source), taken, st, &ee);
 	if (rc) {
 		t->source[0] = 0;
-		if (st->resume)
-			sandbox_resume(sb);
+		if (st->held)
+			sb_copy_release(sb);
 		api_fail(e, rc, AE_ENGINE_UNAVAILABLE, "cannot snapshot sandbox %s: %s", sb->id, ee.msg);
 		goto fail;
 	}

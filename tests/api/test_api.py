@@ -770,6 +770,38 @@ def t_fork_sandbox(s):
         s.request("DELETE", "/v1/sandboxes/" + x)
 
 
+def t_fork_copy_holds(s):
+    """A fork of a running sandbox freezes it while its files are copied, and nothing
+    asked of it meanwhile thaws it: a resume (the child once got a torn copy of a file
+    the parent rewrote) takes effect when the copy ends; a pause asked meanwhile is
+    kept (it was lost when the copy ended)."""
+    sid = new_sandbox(s)[0]["id"]
+    sh(s, sid, "head -c 400000000 /dev/zero > /workspace/big")
+    res = {}
+
+    def forker(cid):
+        res[cid] = s.request("POST", "/v1/sandboxes/%s/fork" % sid, {"id": cid})
+    for cid, last in (("held-a", "resume"), ("held-b", "pause")):
+        t = threading.Thread(target=forker, args=(cid,))
+        t.start()
+        wait_until(lambda: os.path.exists(os.path.join(s.state_dir, "sandboxes", cid)), 10, "the fork started")
+        st, r = s.request("POST", "/v1/" + last, {"sandbox": sid})
+        eq(st, 200, "%s during the copy (%r)" % (last, r))
+        if last == "resume":
+            # Runs once the copy ends; it must not change what the child copies (a byte
+            # every 10 MB, some of them surely past where a copy would be by then).
+            sh(s, sid, "for i in $(seq 0 39); do printf '\\377' | dd of=/workspace/big bs=1 seek=$((i * 10000000)) "
+                       "conv=notrunc status=none; done")
+        t.join()
+        eq(res[cid][0], 200, "fork %s (%r)" % (cid, res[cid]))
+        out = sh(s, cid, "tr -d '\\000' < /workspace/big | wc -c")[0]
+        eq(out.strip(), b"0", "the child's copy is the parent's file as it was")
+        st, r = s.request("GET", "/v1/sandboxes/" + sid)
+        eq(r["state"], "running" if last == "resume" else "paused", "the parent after a %s during the copy" % last)
+        s.request("DELETE", "/v1/sandboxes/" + cid)
+    s.request("DELETE", "/v1/sandboxes/" + sid)
+
+
 def t_backpressure(s):
     sid = new_sandbox(s)[0]["id"]
     total = 64 * 1024 * 1024
@@ -1278,7 +1310,7 @@ def main():
         ("exec", t_exec), ("exec_keepalive_and_deadline", t_exec_keepalive_and_deadline),
         ("run_code", t_run_code), ("files", t_files), ("path_traversal", t_path_traversal),
         ("archive_upload", t_archive_upload), ("guest_runtime", t_guest_runtime),
-        ("fork_sandbox", t_fork_sandbox), ("backpressure", t_backpressure),
+        ("fork_sandbox", t_fork_sandbox), ("fork_copy_holds", t_fork_copy_holds), ("backpressure", t_backpressure),
         ("client_disconnect_mid_stream", t_client_disconnect_mid_stream),
         ("http_basics", t_http_basics), ("malformed", t_malformed), ("slowloris", t_slowloris),
         ("many_connections", t_many_connections), ("fuzz_requests", t_fuzz_requests),
