@@ -181,6 +181,10 @@ static int on_headers_complete(http_parser *p)
 			*q = (char)tolower((unsigned char)*q);
 		r->h[i].name = name;
 		r->h[i].value = r->arena + r->hdr_off[i][1];
+		/* A field's value has no whitespace at its ends (RFC 9110 5.5): a Host with a
+		 * trailing space names the host a proxy in front would route by. */
+		for (char *v = (char *)r->h[i].value, *e = v + strlen(v); e > v && (e[-1] == ' ' || e[-1] == '\t');)
+			*--e = 0;
 		if (!*name || strspn(name, TOKEN_CHARS) != strlen(name))
 			bad = bad ? bad : "a header name holds a character a token may not (a space, a colon, a control byte)";
 		else if (strpbrk(r->h[i].value, "\r\n"))

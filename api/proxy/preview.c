@@ -431,6 +431,29 @@ static const char *head_refusal(const char *s, const char *end, bool *chunked)
 	return NULL;
 }
 
+/* A Set-Cookie line without its Domain attribute: the cookie stays with the host that
+ * set it. Sandboxes share the preview domain (<id>-<port>.D); one that set a cookie for
+ * all of D would send it to every other sandbox's pages in the client's browser
+ * (cookie tossing, a cookie bomb that makes every preview a 431). */
+static int add_host_only_cookie(struct bytebuf *out, const char *line, size_t len)
+{
+	const char *end = line + len - 2; /* CRLF */
+	const char *a = memchr(line, ';', (size_t)(end - line));
+	int rc = bytebuf_add(out, line, (size_t)((a ? a : end) - line));
+	while (!rc && a) {
+		const char *next = memchr(a + 1, ';', (size_t)(end - a - 1));
+		const char *name = a + 1;
+		while (name < end && (*name == ' ' || *name == '\t'))
+			name++;
+		size_t alen = (size_t)((next ? next : end) - a);
+		if (!((size_t)(end - name) >= 6 && !strncasecmp(name, "domain", 6) &&
+		      (name + 6 == end || name[6] == '=' || name[6] == ' ' || name[6] == ';' || name[6] == '\t')))
+			rc = bytebuf_add(out, a, alen);
+		a = next;
+	}
+	return rc ? rc : bytebuf_str(out, "\r\n");
+}
+
 /* Sends the complete response head h[0..n) (ending in CRLF CRLF, checked) to the client. */
 static int pv_send_head(struct pv *pv, const uint8_t *h, size_t n, int status, bool chunked)
 {
@@ -444,7 +467,9 @@ static int pv_send_head(struct pv *pv, const uint8_t *h, size_t n, int status, b
 	for (const char *l = eol + 1; !rc && l < end;) {
 		const char *nl = memchr(l, '\n', (size_t)(end - l));
 		size_t len = (size_t)(nl - l + 1);
-		if (!resp_header_dropped(l, len, is101, chunked))
+		if (header_is(l, len, "set-cookie"))
+			rc = add_host_only_cookie(&out, l, len);
+		else if (!resp_header_dropped(l, len, is101, chunked))
 			rc = bytebuf_add(&out, l, len);
 		l += len;
 	}
@@ -693,7 +718,9 @@ static bool hop_by_hop(const char *name, const char *connection)
 	static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "proxy-authorization",
 					   "te", "trailer",
 					   "transfer-encoding", "upgrade", "expect", "content-length", "host",
-					   "cookie", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix" };
+					   "cookie", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix",
+					   /* E2B's tokens are the client's to serve, never the sandbox's */
+					   "e2b-traffic-access-token", "x-access-token" };
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
 		if (!strcmp(name, hop[i]))
 			return true;

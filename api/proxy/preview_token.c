@@ -113,11 +113,12 @@ void preview_token_make(const char *sandbox_id, uint64_t instance, unsigned port
 		 hex);
 }
 
-/* A run of 1..12 decimal digits ending at a '.': its value, and *p moved past the dot. */
+/* A run of 1..13 decimal digits (an instance is a time in ms) ending at a '.', without
+ * a leading zero (one spelling per token): its value, and *p moved past the dot. */
 static int number_field(const char **p, uint64_t *v)
 {
 	size_t n = strspn(*p, "0123456789");
-	if (!n || n > 13 || (*p)[n] != '.')
+	if (!n || n > 13 || (*p)[n] != '.' || (n > 1 && **p == '0'))
 		return -EACCES;
 	*v = strtoull(*p, NULL, 10);
 	*p += n + 1;

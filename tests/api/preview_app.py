@@ -54,6 +54,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = json.dumps({"path": self.path, "method": self.command,
                                "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
             self.reply(200, body, "application/json")
+        elif self.path.startswith("/cookies"):
+            self.send_response(200)
+            self.send_header("Set-Cookie", "a=1; Domain=preview.test; Path=/; HttpOnly")
+            self.send_header("Set-Cookie", "b=2; path=/x; domain=.preview.test")
+            self.send_header("Set-Cookie", "c=3; Domainish=x")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
         elif self.path.startswith("/rawhead/"):
             # Heads a proxy in front could read two ways (and one it can read one way).
             heads = [b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",

@@ -142,6 +142,11 @@ def t_by_host(s):
     eq((st, data), (200, b"hello from the sandbox\n"), "cookie by Host")
     st, _, data = get(s, "/v1/health", {"Host": host, "Cookie": ck})
     eq(st, 404, "/v1/health on a preview host is the upstream's")
+    # A Host with whitespace after it is the same host (RFC 9110 5.5), as a proxy in
+    # front reads it.
+    raw = raw_exchange(s.port, ("GET /index.html HTTP/1.1\r\nHost: %s \r\nCookie: %s\r\n"
+                                "Connection: close\r\n\r\n" % (host, ck)).encode())
+    assert raw.endswith(b"hello from the sandbox\n"), raw[-200:]
     # Hosts are case-insensitive.
     st, _, data = get(s, "/index.html", {"Host": host.upper(), "Cookie": ck})
     eq(st, 200, "upper-case Host")
@@ -357,7 +362,8 @@ def t_headers(s):
     tok = mint(s, port=8001)["token"]
     st, _, data = get(s, "/preview/%s/8001/headers?x=1&mitos_token=%s&y=%%2F" % (SID, tok),
                       {"Cookie": "a=1; mitos_preview_token=%s; b=2" % tok, "X-Custom": "kept",
-                       "Connection": "close, X-Drop-Me", "X-Drop-Me": "hop-by-hop"})
+                       "Connection": "close, X-Drop-Me", "X-Drop-Me": "hop-by-hop",
+                       "X-Access-Token": "envd-secret", "E2B-Traffic-Access-Token": "traffic-secret"})
     eq(st, 200, "headers")
     r = json.loads(data)
     eq(r["path"], "/headers?x=1&y=%2F", "upstream path: prefix and token gone, escapes kept")
@@ -367,6 +373,7 @@ def t_headers(s):
     eq(h.get("x-forwarded-prefix"), "/preview/%s/8001" % SID, "prefix")
     eq(h.get("connection"), "close", "upstream connection")
     assert "x-drop-me" not in h, h
+    assert "x-access-token" not in h and "e2b-traffic-access-token" not in h, "E2B's tokens reached the sandbox"
     assert tok not in json.dumps(r), "the token reached the sandbox"
     st, _, data = get(s, "/headers?mitos_token=" + tok, {"Host": "%s-8001.%s" % (SID, DOMAIN)})
     h = json.loads(data)["headers"]
@@ -390,7 +397,7 @@ def t_upstream_framing(s):
     """An upstream head a proxy in front of serve could read two ways (two lengths, a
     length beside chunking, folded or bare-LF lines, a non-token name, an encoding not
     ending in chunked) is a 502; a length beside chunking is dropped, as RFC 9112 6.3
-    has an intermediary do."""
+    has an intermediary do; a cookie's Domain attribute is dropped."""
     tok = mint(s, port=8001)["token"]
     base = "/preview/%s/8001/rawhead/%%d?mitos_token=%s" % (SID, tok)
     for i in range(6):
@@ -400,6 +407,11 @@ def t_upstream_framing(s):
     st, r, data = get(s, base % 6)
     eq((st, data), (200, b"ok"), "chunked, its length dropped")
     eq(r.getheader("Content-Length"), None, "no Content-Length beside chunking")
+    # A sandbox's cookies stay with its host: one set for the whole preview domain would
+    # go to every other sandbox's pages (cookie tossing, a cookie bomb).
+    st, r, data = get(s, "/preview/%s/8001/cookies?mitos_token=%s" % (SID, tok))
+    cookies = [c for c in r.msg.get_all("Set-Cookie") if not c.startswith("mitos_preview_token")]
+    eq(cookies, ["a=1; Path=/; HttpOnly", "b=2; path=/x", "c=3; Domainish=x"], "Domain attributes removed")
 
 
 def t_websocket(s):
