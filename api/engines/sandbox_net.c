@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -37,6 +38,7 @@ extern char **environ;
 static bool enabled;
 static char slots_dir[4200];
 static char nft_path[64];
+static char conntrack_path[64];
 static unsigned ndns;
 static char dns[SANDBOX_NET_DNS_MAX][16];
 static unsigned cursor;
@@ -62,18 +64,18 @@ static uint32_t slot_addr(unsigned slot, unsigned k)
 	return NET_BASE + slot * 4 + k;
 }
 
-/* Runs nft with args to its end: its exit status, or -errno. */
-static int run_nft(const char *a1, const char *a2, const char *a3, const char *a4)
+/* Runs tool (nft, conntrack) with args to its end: its exit status, or -errno. */
+static int run_tool(char *tool, const char *a1, const char *a2, const char *a3, const char *a4)
 {
-	if (!nft_path[0])
+	if (!tool[0])
 		return -ENOENT;
-	char *argv[] = { nft_path, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL };
+	char *argv[] = { tool, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL };
 	posix_spawn_file_actions_t fa;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
 	pid_t pid;
-	int rc = posix_spawn(&pid, nft_path, &fa, NULL, argv, environ);
+	int rc = posix_spawn(&pid, tool, &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	if (rc)
 		return -rc;
@@ -82,6 +84,23 @@ static int run_nft(const char *a1, const char *a2, const char *a3, const char *a
 		if (errno != EINTR)
 			return -errno;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int run_nft(const char *a1, const char *a2, const char *a3, const char *a4)
+{
+	return run_tool(nft_path, a1, a2, a3, a4);
+}
+
+/* Forgets the host's connection tracking of a sandbox's address, both ways: a flow it
+ * had would otherwise still let answers in (the forward rule takes established flows)
+ * to the next sandbox at that address, or past a change of its rules that forbids
+ * their source (an outside sender keeps a UDP flow alive as long as it likes). */
+static void forget_flows(unsigned slot)
+{
+	char a[16];
+	addr_str(slot_addr(slot, 2), a, sizeof(a));
+	run_tool(conntrack_path, "-D", "-s", a, NULL);
+	run_tool(conntrack_path, "-D", "-d", a, NULL);
 }
 
 /* IPv4 resolvers of a resolv.conf other than loopback ones (a stub on this host is
@@ -247,10 +266,18 @@ int sandbox_net_configure(const char *state_dir, bool egress, const char *const 
 	info[0] = 0;
 	/* Sandboxes an earlier serve started with --egress are released by this one too. */
 	snprintf(slots_dir, sizeof(slots_dir), "%s/net-slots", state_dir);
-	const char *cands[] = { "/usr/sbin/nft", "/sbin/nft" };
-	for (size_t i = 0; i < 2 && !nft_path[0]; i++)
-		if (access(cands[i], X_OK) == 0)
+	const char *cands[] = { "/usr/sbin/nft", "/sbin/nft" }, *ccands[] = { "/usr/sbin/conntrack", "/sbin/conntrack" };
+	for (size_t i = 0; i < 2; i++) {
+		if (!nft_path[0] && access(cands[i], X_OK) == 0)
 			snprintf(nft_path, sizeof(nft_path), "%s", cands[i]);
+		if (!conntrack_path[0] && access(ccands[i], X_OK) == 0)
+			snprintf(conntrack_path, sizeof(conntrack_path), "%s", ccands[i]);
+	}
+	/* Slots are taken round robin from here (a freed one last): a serve that starts
+	 * again does not start where the last began, with the addresses freed latest. */
+	unsigned r = 0;
+	if (getrandom(&r, sizeof(r), 0) == sizeof(r))
+		cursor = r % NET_SLOTS;
 	if (!egress) {
 		/* Rules no sandbox needs any more are not left on the host. */
 		if (!slots_in_use())
@@ -451,6 +478,11 @@ static void update_path(char *out, size_t n, unsigned slot, const char *what)
 	snprintf(out, n, "%s/.%u.%s", slots_dir, slot, what);
 }
 
+static void forget_flows_call(void *arg)
+{
+	forget_flows((unsigned)(uintptr_t)arg);
+}
+
 static void update_exited(void *ctx, int status)
 {
 	struct net_update *u = ctx;
@@ -462,6 +494,9 @@ static void update_exited(void *ctx, int status)
 	/* The slot's undoing follows the rules in force. */
 	if (!rc && rename(next, slot) < 0)
 		rc = -errno;
+	/* Flows the old rules let in end (the new rules replace them whole), off the loop. */
+	if (!rc)
+		teardown_call(forget_flows_call, (void *)(uintptr_t)u->slot);
 	unlink(next);
 	unlink(cmds);
 	u->done(u->ctx, rc);
@@ -674,6 +709,7 @@ static void release_slot(void *arg)
 	 * its rules that was on its way replaces this file when it ends: read again. */
 	for (int i = 0; i < 3; i++) {
 		if (run_nft("-f", path, NULL, NULL) == 0 || !table_holds(dev)) {
+			forget_flows(slot);
 			slot_free(slot);
 			return;
 		}

@@ -7,8 +7,9 @@ are never touched:
     lan0 10.99.0.1/24               ->  netns L ("LAN", lan=True): 10.99.0.2 (HTTP),
                                         10.99.0.53 (DNS)
 
-I and L answer HTTP on port 80 with the address asked and the client's address; L's DNS
-answers NAME.test with 1.1.1.1 (one A record) and refuses other names."""
+I and L answer HTTP on port 80 with the address asked and the client's address, and I's
+1.1.1.1 UDP on 7001 with a "tick" every 200 ms for 30 s to whoever says anything; L's DNS answers
+NAME.test with 1.1.1.1 (one A record) and refuses other names."""
 import os
 import secrets
 import subprocess
@@ -19,7 +20,7 @@ DNS = "10.99.0.53"
 _INSIDE = "MITOS_NETLAB_INSIDE"
 
 STANDIN = r'''
-import socket, struct, sys, threading
+import socket, struct, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -39,8 +40,24 @@ def dns(addr):
         hdr = q[:2] + struct.pack(">HHHHH", 0x8180 if ok else 0x8183, 1, 1 if ok else 0, 0, 0)
         ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton("1.1.1.1") if ok else b""
         s.sendto(hdr + q[12:qend] + ans, peer)
+def ticker():
+    # UDP 1.1.1.1:7001 (its own address, so that answers come from it): a client that
+    # says anything gets "tick" 5 times a second for 30 s, as an outside sender keeps a
+    # flow alive.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("1.1.1.1", 7001))
+    except OSError:
+        return
+    def tick(peer):
+        for _ in range(150):
+            s.sendto(b"tick", peer); time.sleep(0.2)
+    while True:
+        _, peer = s.recvfrom(64)
+        threading.Thread(target=tick, args=(peer,), daemon=True).start()
 if len(sys.argv) > 1:
     threading.Thread(target=dns, args=(sys.argv[1],), daemon=True).start()
+threading.Thread(target=ticker, daemon=True).start()
 ThreadingHTTPServer(("0.0.0.0", 80), H).serve_forever()
 '''
 
