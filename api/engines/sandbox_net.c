@@ -289,6 +289,10 @@ int sandbox_net_configure(const char *state_dir, bool egress, const char *const 
 				     "network interface and firewall table)");
 	if (!nft_path[0])
 		return mitos_err_set(e, -ENOENT, "--egress needs nft: apt-get install nftables");
+	if (!conntrack_path[0])
+		fprintf(stderr, "mitos-vmm serve: --egress without conntrack (apt-get install conntrack): the tracked "
+			"flows of a freed sandbox address are not forgotten, and answers on them may reach the next "
+			"sandbox there\n");
 	if (run_nft("list", "tables", NULL, NULL) != 0)
 		return mitos_err_set(e, -ENOTSUP, "--egress: `nft list tables` fails: this kernel has no nftables "
 				     "(nf_tables) support");
