@@ -514,6 +514,17 @@ bool sandbox_user_paused(const struct sandbox *sb)
 	return sb->state == SB_PAUSED && !(sb->copy_holds && sb->resume_after_copy);
 }
 
+/* The engine pauses sb, which runs: 0, -EBUSY (it does not run), or -errno. */
+static int pause_running(struct sandbox *sb)
+{
+	if (sb->state != SB_RUNNING)
+		return -EBUSY;
+	int rc = sb_eng->pause(sb->dir, &sb->proc);
+	if (!rc)
+		sb->state = SB_PAUSED;
+	return rc;
+}
+
 int sb_copy_hold(struct sandbox *sb)
 {
 	if (sb->copy_holds) {
@@ -522,12 +533,9 @@ int sb_copy_hold(struct sandbox *sb)
 	}
 	if (sb->state == SB_PAUSED)
 		return 0;
-	if (sb->state != SB_RUNNING)
-		return -EBUSY;
-	int rc = sb_eng->pause(sb->dir, &sb->proc);
+	int rc = pause_running(sb);
 	if (rc)
 		return rc;
-	sb->state = SB_PAUSED;
 	sb->copy_holds = 1;
 	sb->resume_after_copy = true;
 	return 1;
@@ -555,12 +563,9 @@ int sandbox_pause(struct sandbox *sb)
 		return copy_held_set(sb, true);
 	if (sb->state == SB_PAUSED)
 		return 0;
-	if (sb->state != SB_RUNNING)
-		return -EBUSY;
-	int rc = sb_eng->pause(sb->dir, &sb->proc);
+	int rc = pause_running(sb);
 	if (rc)
 		return rc;
-	sb->state = SB_PAUSED;
 	if ((rc = sb_save(sb))) {
 		sb_eng->resume(sb->dir, &sb->proc);
 		sb->state = SB_RUNNING;
