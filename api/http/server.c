@@ -58,13 +58,17 @@ void conn_out(struct conn *c, const void *p, size_t n)
 	}
 }
 
+static bool conn_waiting(const struct conn *c)
+{
+	return c->req && c->req->dispatched && !c->req->finished;
+}
+
 /* A connection closed for an error of its own, or with a request still waiting for its
  * answer (then even a reset: the answer is lost), is said: a kvm template's request was
  * seen dropped without an answer and without a word, three times. */
 static void conn_note_failure(const struct conn *c, const char *what, int res)
 {
-	const struct http_req *r = c->req;
-	bool waiting = r && r->dispatched && !r->finished;
+	bool waiting = conn_waiting(c);
 	if (res >= 0 || (!waiting && (res == -ECONNRESET || res == -EPIPE)))
 		return;
 	fprintf(stderr, "mitos-vmm serve: a connection's %s failed (%s)%s%s: closed\n", what, strerror(-res),
@@ -331,7 +335,9 @@ void listener_tick(uint64_t now)
 			conn_arm_rx(c);
 		}
 		if (http_conn_check_deadlines(c, now)) {
-			conn_note_failure(c, "deadline", -ETIMEDOUT);
+			/* An idle connection's end is no news; a waiting request's is. */
+			if (conn_waiting(c))
+				conn_note_failure(c, "deadline", -ETIMEDOUT);
 			conn_teardown(c);
 			continue;
 		}

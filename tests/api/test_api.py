@@ -1287,6 +1287,15 @@ def t_h2_stream_deadlines(_):
         assert b"different targets" in h2mini.body_of(c.until(1, 10)), "a second target refused"
         c.request(3, "GET", "/v1/health", [("host", "x")])
         assert b'"ok"' in h2mini.body_of(c.until(3, 10)), "the same one twice is one target"
+        # A body its handler takes as it comes (a client stream; a terminal's input may
+        # rest for minutes) is not the body deadline's: it rests past it and ends well.
+        sid = new_sandbox(s)[0]["id"]
+        c.request(5, "POST", "/sandbox.v1.Sandbox/WriteFile", [("content-type", "application/connect+json"),
+                                                              ("x-sandbox-id", sid)], end=False)
+        c.send(h2mini.DATA, 0, 5, envelope({"open": {"path": "/tmp/rested"}}))
+        time.sleep(1.6)
+        c.send(h2mini.DATA, h2mini.END_STREAM, 5, envelope({"data": base64.b64encode(b"hi").decode()}))
+        assert b"bytesWritten" in h2mini.body_of(c.until(5, 10)), "a client stream that rested"
         c.close()
         eq(s.request("GET", "/v1/health")[0], 200, "serve up")
     finally:
