@@ -839,9 +839,15 @@ int main(int argc, char **argv)
 	close(userns);
 	close(AGENT_FD);
 	wait_ready(agent);
-	/* Before serve is told: no command has run in the sandbox yet. */
-	mount_or_fail(NULL, SANDBOX_RUN, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-		      NULL);
+	/* Before serve is told: no command has run in the sandbox yet. EBUSY while a write
+	 * on the mount is still in progress (the agent's socket moving into place, a
+	 * stale one of a copied sandbox going): again, for up to a second. */
+	for (int i = 0; mount(NULL, SANDBOX_RUN, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV |
+			      MS_NOEXEC, NULL) < 0; i++) {
+		if (errno != EBUSY || i == 200)
+			fail(errno, "mount (remount) read-only on %s", SANDBOX_RUN);
+		usleep(5000);
+	}
 	(void)!write(READY_FD, "R", 1);
 	close(READY_FD);
 	drop_everything();
