@@ -1,6 +1,7 @@
 /* The control protocol's spelling (control_proto.h). */
 #include "control_proto.h"
 #include "control.h"
+#include "lib/printable.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -182,8 +183,7 @@ bool ctl_reply_ok(const cJSON *reply, struct mitos_err *e)
 	mitos_err_set(e, -EIO, "%s", m ? m : "the VMM's answer is neither success nor an error");
 	/* The VMM may be the guest's (escaped): its words reach logs and clients printable
 	 * only, so it cannot forge lines of serve's log. */
-	for (char *c = e ? e->msg : NULL; c && *c; c++)
-		if ((unsigned char)*c < 0x20 || *c == 0x7f)
-			*c = '?';
+	if (e)
+		printable_copy(e->msg, sizeof(e->msg), e->msg, sizeof(e->msg), 0);
 	return false;
 }

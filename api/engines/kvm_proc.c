@@ -33,6 +33,7 @@
 #include "api/sandbox/workload.h"
 #include "api/engines/cgroup.h"
 #include "api/engines/kvm_guest.h"
+#include "lib/printable.h"
 #include "api/sandbox/registry.h"
 #include "api/http/uring.h"
 #include "vmm/control.h"
@@ -88,10 +89,7 @@ void kvm_console_tail(const char *path, char *out, size_t outlen)
 		char *nl = strchr(buf, '\n');
 		p = nl ? nl + 1 : buf;
 	}
-	size_t k = 0;
-	for (; *p && k + 1 < outlen; p++)
-		out[k++] = *p == '\n' ? '|' : (*p >= 32 && *p < 127) ? *p : '?';
-	out[k] = 0;
+	printable_copy(out, outlen, p, strlen(p), '|');
 }
 
 void kvm_write_error_file(const char *dir, const char *msg)

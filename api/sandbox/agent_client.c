@@ -17,6 +17,7 @@
 #include "api/http/bytebuf.h"
 #include "api/http/sendq.h"
 #include "api/http/uring.h"
+#include "lib/printable.h"
 #include "lib/unix_connect.h"
 
 #define AC_RBUF (64u << 10)
@@ -261,10 +262,7 @@ static void dispatch(struct agent_conn *ac, const struct proto_header *h, const 
 			return;
 		}
 		char text[301];
-		size_t n = h->length < sizeof(text) - 1 ? h->length : sizeof(text) - 1;
-		for (size_t i = 0; i < n; i++)
-			text[i] = p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '?';
-		text[n] = 0;
+		printable_copy(text, sizeof(text), p, h->length, 0);
 		fprintf(stderr, "mitos-vmm serve: agent at %s: notice: %s\n", ac->where, text);
 		return;
 	}

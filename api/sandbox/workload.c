@@ -9,6 +9,7 @@
 
 #include "api/http/uring.h"
 #include "api/sandbox/agent_client.h"
+#include "lib/printable.h"
 
 #define PROBE_EVERY_MS 250
 #define PROBE_TIMEOUT_MS 2000
@@ -123,10 +124,8 @@ static int probe_status(const cJSON *end, char *last, size_t len)
 {
 	const cJSON *err = cJSON_GetObjectItemCaseSensitive(end, "error");
 	if (err) {
-		snprintf(last, len, "%s", cJSON_GetStringValue(cJSON_GetObjectItem(err, "message")) ?: "no answer");
-		for (char *c = last; *c; c++)
-			if (*c < 32 || *c >= 127)
-				*c = '?';
+		const char *m = cJSON_GetStringValue(cJSON_GetObjectItem(err, "message")) ?: "no answer";
+		printable_copy(last, len, m, strlen(m), 0);
 		return 0;
 	}
 	int st = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(end, "status"));
@@ -141,12 +140,9 @@ static int failure(const cJSON *wl, const char *last, const char *launch, const 
 {
 	size_t from = log_len > 400 ? log_len - 400 : 0;
 	char tail[401];
-	size_t k = 0;
 	while (log_len > from && (log[log_len - 1] == '\n' || log[log_len - 1] == '\r'))
 		log_len--;
-	for (size_t i = from; i < log_len; i++)
-		tail[k++] = log[i] == '\n' ? '|' : (log[i] >= 32 && log[i] < 127) ? log[i] : '?';
-	tail[k] = 0;
+	size_t k = printable_copy(tail, sizeof(tail), log + from, log_len - from, '|');
 	return mitos_err_set(e, -ETIMEDOUT, "the template's workload did not answer GET %s on port %d with %d within "
 			     "%d s (last: %s)%s%s%s%s",
 			     cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ready_of(wl), "path")),
@@ -159,12 +155,9 @@ static int failure(const cJSON *wl, const char *last, const char *launch, const 
  * printable line. */
 static void launcher_text(const uint8_t *p, size_t n, char *out, size_t outlen)
 {
-	size_t k = 0;
-	for (size_t i = 0; i < n && k + 1 < outlen; i++)
-		out[k++] = p[i] == '\n' ? '|' : (p[i] >= 32 && p[i] < 127) ? (char)p[i] : '?';
+	size_t k = printable_copy(out, outlen, p, n, '|');
 	while (k && out[k - 1] == '|')
-		k--;
-	out[k] = 0;
+		out[--k] = 0;
 }
 
 /* ---- on the event loop ---- */
