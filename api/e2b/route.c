@@ -66,7 +66,7 @@ static bool guard_ok(struct http_req *r, enum guard g)
 #define WAKES(g) ((g) == G_ENVD || (g) == G_INTERP || (g) == G_EXECUTE)
 #define GUARDED(fn, g) \
 	static void g_##fn(struct http_req *r) { if (guard_ok(r, g) && !(WAKES(g) && e2b_wake(r, r->sandbox_id, fn))) fn(r); } \
-	static const struct route r_##fn = { "e2b." #fn, g_##fn, false, false };
+	static const struct route r_##fn = { "e2b." #fn, g_##fn, false, false, false };
 
 GUARDED(e2b_sandboxes_create, G_CONTROL)
 GUARDED(e2b_sandboxes_list, G_CONTROL)
@@ -96,10 +96,10 @@ static void unknown_endpoint(struct http_req *r)
 	else
 		e2b_reply_err(r, 404, "no such endpoint: %s", r->path);
 }
-static const struct route r_unknown = { "e2b.unknown", unknown_endpoint, false, false };
+static const struct route r_unknown = { "e2b.unknown", unknown_endpoint, false, false, false };
 
 /* Streamed (large) bodies: the handler runs at headers-complete and checks itself. */
-static const struct route r_files_post = { "e2b.files_post", e2b_files_post, true, true };
+static const struct route r_files_post = { "e2b.files_post", e2b_files_post, true, true, false };
 
 const char *e2b_req_sandbox(const struct http_req *r)
 {

@@ -711,10 +711,10 @@ static void stream_reset(struct h2_stream *st, uint32_t code)
 	conn_kick(st->hc->c);
 }
 
-/* A stream's deadlines, as HTTP/1.1 has them per connection: a buffered body that stopped
- * coming is answered 408 when nothing was answered yet, then (once that answer went out) reset;
- * a response the client stopped taking (its window kept shut) is reset. Either holds
- * what was buffered for it, up to the body and output limits, per stream. */
+/* A stream's deadlines, as HTTP/1.1 has them per connection: a body that stopped coming
+ * is answered 408 when nothing was answered yet, else reset; a response the client
+ * stopped taking (its window kept shut) is reset. Either holds what was buffered for
+ * it, up to the body and output limits, and an upload its sandbox's agent stream. */
 static void stream_deadlines(struct h2_stream *st, uint64_t now)
 {
 	struct http_req *r = st->r;
@@ -723,16 +723,13 @@ static void stream_deadlines(struct h2_stream *st, uint64_t now)
 			stream_reset(st, NGHTTP2_CANCEL);
 		return;
 	}
-	/* A body a handler takes as it comes (a Connect client or bidirectional stream: a
-	 * terminal's input may rest for minutes; an upload) is the handler's to time, and
-	 * flow control bounds what it holds; a buffered one is not. */
-	if (!r->headers_done || r->complete || r->body_streamed || r->body_paused || bytebuf_pending(&st->in) ||
-	    now - st->last_in_ms <= srv_cfg.body_timeout_ms)
+	/* Input the handler has not taken yet is not the client's stall. */
+	if (bytebuf_pending(&st->in) || !http_body_stalled(r, st->last_in_ms, now))
 		return;
 	if (!r->dispatched && !r->resp_started)
 		answer_early(st, AE_REQUEST_TIMEOUT, "request body stalled");
-	else
-		stream_reset(st, NGHTTP2_NO_ERROR);
+	else /* answered: the rest is not needed; else a handler's upload, told by the close */
+		stream_reset(st, r->resp_started ? NGHTTP2_NO_ERROR : NGHTTP2_CANCEL);
 }
 
 bool h2_conn_check_deadlines(struct conn *c, uint64_t now)

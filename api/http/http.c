@@ -538,6 +538,12 @@ size_t http_stream_queued(const struct http_req *r)
 	return r->h2 ? h2_stream_queued(r) : r->c->out.bytes;
 }
 
+bool http_body_stalled(const struct http_req *r, uint64_t last_rx_ms, uint64_t now)
+{
+	return r->headers_done && !r->complete && !r->body_paused && !r->body_rests &&
+	       now - last_rx_ms > srv_cfg.body_timeout_ms;
+}
+
 void http_req_pause_body(struct http_req *r)
 {
 	r->body_paused = true;
@@ -561,7 +567,9 @@ void http_raw_begin(struct http_req *r)
 
 void http_raw_write(struct http_req *r, const void *p, size_t n)
 {
-	if (r->finished || !r->resp_started)
+	/* Never onto an HTTP/2 connection: those bytes (an upstream's, the sandbox's) would
+	 * be frames of the client's other streams. The router refuses raw routes there. */
+	if (r->finished || !r->resp_started || r->h2)
 		return;
 	conn_out(r->c, p, n);
 	conn_flush(r->c);
@@ -879,8 +887,7 @@ bool http_conn_check_deadlines(struct conn *c, uint64_t now)
 		fail_conn(c);
 		return false;
 	}
-	if (r && r->headers_done && !r->complete && !r->body_paused &&
-	    now - c->last_rx_ms > srv_cfg.body_timeout_ms) {
+	if (r && http_body_stalled(r, c->last_rx_ms, now)) {
 		if (r->resp_started)
 			return true;
 		conn_note_err(c, AE_REQUEST_TIMEOUT, "request body stalled");

@@ -58,6 +58,7 @@ struct http_req {
 	bool keep_alive;
 	bool headers_done, dispatched, complete, finished;
 	bool body_paused, body_streamed;
+	bool body_rests;           /* its body may pause for long (a bidirectional stream's input) */
 	bool connect_errors;       /* error bodies also carry Connect's code/message */
 	bool connect_stream;       /* a Connect streaming call: refused in its stream */
 	bool abort_on_eof;         /* the client closing means nobody wants the rest */
@@ -120,6 +121,11 @@ size_t http_stream_room(const struct http_req *r);
 /* Bytes of r's response waiting for its client (its connection's, in HTTP/1.1). */
 size_t http_stream_queued(const struct http_req *r);
 
+/* The client stopped sending r's body: it has not all come, its handler has not paused
+ * it, it may not rest, and nothing of it came since last_rx_ms for --body-timeout. The
+ * one rule of both protocols (HTTP/1.1 times a connection by it, HTTP/2 each stream). */
+bool http_body_stalled(const struct http_req *r, uint64_t last_rx_ms, uint64_t now);
+
 void http_req_pause_body(struct http_req *r);
 void http_req_resume_body(struct http_req *r);
 
@@ -127,7 +133,8 @@ void http_req_resume_body(struct http_req *r);
  * line, headers and body bytes itself, and the connection closes once
  * http_raw_finish() was called and the output drained. http_raw_input() hands
  * every later client byte to ops->raw (pause it with http_req_pause_body()); the
- * client closing its side then aborts the request. */
+ * client closing its side then aborts the request. HTTP/1.1 only: routes that use
+ * them are raw_http1 (api/http/router.h), refused over HTTP/2. */
 void http_raw_begin(struct http_req *r);
 void http_raw_write(struct http_req *r, const void *p, size_t n);
 void http_raw_input(struct http_req *r);

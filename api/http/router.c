@@ -12,26 +12,26 @@
 #include "api/proxy/pty.h"
 #include "api/http/server.h"
 
-static const struct route r_health = { "health", rest_health, false, false };
-static const struct route r_templates_create = { "templates.create", rest_templates_create, false, false };
-static const struct route r_templates_list = { "templates.list", rest_templates_list, false, false };
-static const struct route r_fork = { "fork", rest_fork, false, false };
-static const struct route r_sandboxes_list = { "sandboxes.list", rest_sandboxes_list, false, false };
-static const struct route r_sandbox_get = { "sandboxes.get", rest_sandbox_get, false, false };
-static const struct route r_sandbox_fork = { "sandboxes.fork", rest_sandbox_fork, false, false };
-static const struct route r_sandbox_forward = { "sandboxes.forward", rest_sandbox_forward, false, false };
-static const struct route r_sandbox_expose = { "sandboxes.expose", preview_expose, true, true };
-static const struct route r_sandbox_delete = { "sandboxes.delete", rest_sandbox_delete, false, false };
-static const struct route r_set_timeout = { "set_timeout", rest_set_timeout, false, false };
-static const struct route r_pause = { "pause", rest_pause, false, false };
-static const struct route r_resume = { "resume", rest_resume, false, false };
-static const struct route r_rpc = { "rpc", rpc_dispatch, false, false };
-static const struct route r_rpc_write = { "rpc.WriteFile", rpc_client_stream, true, true };
-static const struct route r_rpc_upload = { "rpc.Upload", rpc_client_stream, true, true };
-static const struct route r_rpc_bidi = { "rpc.bidi", rpc_bidi, true, true };
-static const struct route r_preview_create = { "preview.create", rest_preview_create, false, false };
-static const struct route r_preview_proxy = { "preview.proxy", preview_proxy, true, true };
-static const struct route r_pty = { "pty", pty_handle, false, false };
+static const struct route r_health = { "health", rest_health, false, false, false };
+static const struct route r_templates_create = { "templates.create", rest_templates_create, false, false, false };
+static const struct route r_templates_list = { "templates.list", rest_templates_list, false, false, false };
+static const struct route r_fork = { "fork", rest_fork, false, false, false };
+static const struct route r_sandboxes_list = { "sandboxes.list", rest_sandboxes_list, false, false, false };
+static const struct route r_sandbox_get = { "sandboxes.get", rest_sandbox_get, false, false, false };
+static const struct route r_sandbox_fork = { "sandboxes.fork", rest_sandbox_fork, false, false, false };
+static const struct route r_sandbox_forward = { "sandboxes.forward", rest_sandbox_forward, false, false, false };
+static const struct route r_sandbox_expose = { "sandboxes.expose", preview_expose, true, true, true };
+static const struct route r_sandbox_delete = { "sandboxes.delete", rest_sandbox_delete, false, false, false };
+static const struct route r_set_timeout = { "set_timeout", rest_set_timeout, false, false, false };
+static const struct route r_pause = { "pause", rest_pause, false, false, false };
+static const struct route r_resume = { "resume", rest_resume, false, false, false };
+static const struct route r_rpc = { "rpc", rpc_dispatch, false, false, false };
+static const struct route r_rpc_write = { "rpc.WriteFile", rpc_client_stream, true, true, false };
+static const struct route r_rpc_upload = { "rpc.Upload", rpc_client_stream, true, true, false };
+static const struct route r_rpc_bidi = { "rpc.bidi", rpc_bidi, true, true, false };
+static const struct route r_preview_create = { "preview.create", rest_preview_create, false, false, false };
+static const struct route r_preview_proxy = { "preview.proxy", preview_proxy, true, true, true };
+static const struct route r_pty = { "pty", pty_handle, false, false, true };
 
 #define RPC_PREFIX "/sandbox.v1.Sandbox/"
 
@@ -179,9 +179,8 @@ void router_headers(struct http_req *r)
 		return;
 	}
 	r->route = rt;
-	/* Upgrades and the proxy write HTTP/1.1 themselves. */
-	if (r->h2 && (rt == &r_pty || rt == &r_preview_proxy))
-		set_early(r, AE_HTTP_VERSION, "WebSockets and previews are served over HTTP/1.1, not HTTP/2");
+	if (r->h2 && rt->raw_http1)
+		set_early(r, AE_HTTP_VERSION, "WebSockets, previews and expose are served over HTTP/1.1, not HTTP/2");
 	if (r->early_err >= 0)
 		return;
 	if (rt->big_body)

@@ -17,6 +17,7 @@ struct route {
 	route_fn fn;
 	bool stream_body;     /* fn runs at headers-complete and installs body ops */
 	bool big_body;        /* body limit is --max-file-body instead of --max-json-body */
+	bool raw_http1;       /* fn writes HTTP/1.1 itself (a proxy, an upgrade): refused over HTTP/2 */
 };
 
 /* At headers-complete: sets r->route, r->body_limit, r->body_streamed, or

@@ -226,6 +226,8 @@ void rpc_bidi(struct http_req *r)
 		return;
 	}
 	r->ops = &bidi_ops;
+	/* A terminal's input may rest for minutes; flow control bounds what it holds. */
+	r->body_rests = true;
 	c->envelopes = true;
 	if (!connect_ct_is_stream_json(http_req_header(r, "content-type"))) {
 		rpc_call_fail(c, AE_UNSUPPORTED_MEDIA_TYPE, "bidirectional streams take application/connect+json", NULL);

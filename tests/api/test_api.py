@@ -1256,10 +1256,10 @@ def t_stale_state_cleaned(env):
 
 def t_h2_stream_deadlines(_):
     """HTTP/2 streams get HTTP/1.1's deadlines, per stream: a body that stops is answered
-    408 and the stream reset; a response whose window the client keeps shut is reset
-    (each held up to the body and output limits, 100 streams a connection); the
-    connection serves on. :authority and a different host are refused, as two Host
-    headers are."""
+    408 and the stream reset (an upload already with its handler: reset); a response whose
+    window the client keeps shut is reset (each held up to the body and output limits,
+    100 streams a connection); the connection serves on; a bidirectional stream's input
+    may rest. :authority and a different host are refused, as two Host headers are."""
     s = Server(VMM, AGENT, extra=["--body-timeout-ms", "1000", "--idle-timeout-ms", "2000"])
     try:
         c = h2mini.H2(s.port)
@@ -1287,15 +1287,26 @@ def t_h2_stream_deadlines(_):
         assert b"different targets" in h2mini.body_of(c.until(1, 10)), "a second target refused"
         c.request(3, "GET", "/v1/health", [("host", "x")])
         assert b'"ok"' in h2mini.body_of(c.until(3, 10)), "the same one twice is one target"
-        # A body its handler takes as it comes (a client stream; a terminal's input may
-        # rest for minutes) is not the body deadline's: it rests past it and ends well.
+        # An upload that stops (a client stream) is timed as over HTTP/1.1: reset
+        # (CANCEL, nothing was answered), its handler told.
         sid = new_sandbox(s)[0]["id"]
         c.request(5, "POST", "/sandbox.v1.Sandbox/WriteFile", [("content-type", "application/connect+json"),
                                                               ("x-sandbox-id", sid)], end=False)
-        c.send(h2mini.DATA, 0, 5, envelope({"open": {"path": "/tmp/rested"}}))
+        c.send(h2mini.DATA, 0, 5, envelope({"open": {"path": "/tmp/stalled"}}))
+        t0 = time.time()
+        frames = c.until(5, 10, want=h2mini.RST_STREAM)
+        assert 0.9 < time.time() - t0 < 5, time.time() - t0
+        eq([f[0] for f in frames if f[0] != h2mini.WINDOW_UPDATE], [h2mini.RST_STREAM], "a stalled upload reset (%r)" % (frames,))
+        eq(frames[-1][3], struct.pack(">I", 8), "RST_STREAM CANCEL")
+        # A bidirectional stream's input (a terminal's) may rest for minutes: it rests
+        # past the body deadline and ends well.
+        c.request(7, "POST", "/sandbox.v1.Sandbox/Exec", [("content-type", "application/connect+json"),
+                                                         ("x-sandbox-id", sid)], end=False)
+        c.send(h2mini.DATA, 0, 7, envelope({"open": {"command": "read a; echo got:$a"}}))
         time.sleep(1.6)
-        c.send(h2mini.DATA, h2mini.END_STREAM, 5, envelope({"data": base64.b64encode(b"hi").decode()}))
-        assert b"bytesWritten" in h2mini.body_of(c.until(5, 10)), "a client stream that rested"
+        c.send(h2mini.DATA, h2mini.END_STREAM, 7, envelope({"stdin": base64.b64encode(b"one\n").decode()}))
+        body = h2mini.body_of(c.until(7, 10))
+        assert base64.b64encode(b"got:one\n") in body, "a bidirectional stream that rested (%r)" % (body,)
         c.close()
         eq(s.request("GET", "/v1/health")[0], 200, "serve up")
     finally:

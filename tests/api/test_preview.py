@@ -17,6 +17,7 @@ import urllib.parse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mitos_test import (Runner, Server, eq, exec_output, exit_of, fork_one, raw_exchange, status_of,  # noqa: E402
                         wait_running, wait_until, write_file)
+import h2mini  # noqa: E402
 from wsclient import OP_BINARY, OP_CLOSE, OP_TEXT, HandshakeError, WebSocket  # noqa: E402
 
 VMM, AGENT = sys.argv[1], sys.argv[2]
@@ -242,6 +243,18 @@ def t_expose(s):
         eq(st, code, "expose %s (%r)" % (bad, data))
     st, _, data = get(s, "/v1/sandboxes/no-such/expose/8000/")
     eq((st, error_code(data)), (404, "not_found"), "expose of a missing sandbox")
+    # The proxy writes HTTP/1.1 itself: over HTTP/2 the upstream's bytes would land
+    # raw on the client's connection (frames of its other streams, the sandbox's to
+    # forge). Refused; the connection serves on.
+    c = h2mini.H2(s.port)
+    try:
+        c.request(1, "GET", base + "/8000/")
+        body = h2mini.body_of(c.until(1, 10))
+        assert b"http_version_not_supported" in body and b"hello" not in body, body
+        c.request(3, "GET", "/v1/health")
+        assert b'"ok"' in h2mini.body_of(c.until(3, 10)), "the connection serves on"
+    finally:
+        c.close()
 
 
 def t_forward(s):

@@ -46,10 +46,10 @@ static void h_chunked(struct http_req *r)
 	http_stream_finish(r);
 }
 
-static const struct route rt_plain = { "plain", h_plain, false, false };
-static const struct route rt_stream = { "stream", h_stream, true, true };
-static const struct route rt_async = { "async", h_async, false, false };
-static const struct route rt_chunked = { "chunked", h_chunked, false, false };
+static const struct route rt_plain = { "plain", h_plain, false, false, false };
+static const struct route rt_stream = { "stream", h_stream, true, true, false };
+static const struct route rt_async = { "async", h_async, false, false, false };
+static const struct route rt_chunked = { "chunked", h_chunked, false, false, false };
 
 void router_headers(struct http_req *r)
 {

@@ -27,7 +27,7 @@
 
 /* ---- every request is the WebSocket Exec ---- */
 
-static const struct route rt_pty = { "pty", pty_handle, false, false };
+static const struct route rt_pty = { "pty", pty_handle, false, false, true };
 
 void router_headers(struct http_req *r)
 {
