@@ -78,6 +78,9 @@ static void usage(FILE *f)
 		"                       this host's IPv4 resolvers), always reachable from them\n"
 		"  --egress-conns N     with --egress: connections each sandbox may have open at\n"
 		"                       once (default 4096, 16..1048576); more are dropped\n"
+		"  --egress-rate N      with --egress: new connections and UDP flows (DNS queries\n"
+		"                       too) each sandbox may open per second, N of them at once\n"
+		"                       (default 200, 1..1000000); more are dropped\n"
 		"  --state-dir DIR      sandbox registry and writable layers (default /var/lib/mitos)\n"
 		"  --token-file FILE    every request must carry Authorization: Bearer <token>\n"
 		"  --insecure-no-auth   allow a non-loopback listener without a token\n"
@@ -298,6 +301,7 @@ static void main_tick(struct ur_ticker *t, uint64_t now)
 #define OPT_EGRESS 1021
 #define OPT_DNS 1022
 #define OPT_EGRESS_CONNS 1023
+#define OPT_EGRESS_RATE 1030
 
 static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
@@ -340,6 +344,7 @@ int cmd_serve(int argc, char **argv)
 		{ "egress", no_argument, NULL, OPT_EGRESS },
 		{ "dns", required_argument, NULL, OPT_DNS },
 		{ "egress-conns", required_argument, NULL, OPT_EGRESS_CONNS },
+		{ "egress-rate", required_argument, NULL, OPT_EGRESS_RATE },
 		{ "node-id", required_argument, NULL, OPT_NODE_ID },
 		{ "peers", required_argument, NULL, OPT_PEERS },
 		{ "drain", no_argument, NULL, OPT_DRAIN },
@@ -361,7 +366,7 @@ int cmd_serve(int argc, char **argv)
 	srv_cfg.default_timeout_s = 300;
 	srv_cfg.kvm_pool = 2;
 	optind = 1;
-	bool conns_given = false;
+	bool egress_tuned = false;
 	int c;
 	uint64_t v;
 	int li;
@@ -408,9 +413,14 @@ int cmd_serve(int argc, char **argv)
 				srv_cfg.dns[srv_cfg.ndns++] = optarg;
 			break;
 		case OPT_EGRESS_CONNS:
-			conns_given = true;
+			egress_tuned = true;
 			bad = parse_u64(optarg, 16, 1u << 20, &v);
 			sandbox_net_set_max_conns((unsigned)v);
+			break;
+		case OPT_EGRESS_RATE:
+			egress_tuned = true;
+			bad = parse_u64(optarg, 1, 1000000, &v);
+			sandbox_net_set_rate((unsigned)v);
 			break;
 		case OPT_HDR_TIMEOUT: bad = parse_u64(optarg, 100, 3600000, &v); srv_cfg.header_timeout_ms = (uint32_t)v; break;
 		case OPT_IDLE_TIMEOUT: bad = parse_u64(optarg, 100, 86400000, &v); srv_cfg.idle_timeout_ms = (uint32_t)v; break;
@@ -431,9 +441,9 @@ int cmd_serve(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 	}
-	if ((srv_cfg.ndns || conns_given) && !srv_cfg.egress) {
-		fprintf(stderr, "mitos-vmm serve: --dns and --egress-conns need --egress (without it sandboxes have "
-			"loopback only)\n");
+	if ((srv_cfg.ndns || egress_tuned) && !srv_cfg.egress) {
+		fprintf(stderr, "mitos-vmm serve: --dns, --egress-conns and --egress-rate need --egress (without it "
+			"sandboxes have loopback only)\n");
 		return EXIT_USAGE;
 	}
 	if (optind < argc) {

@@ -43,10 +43,33 @@ static unsigned ndns;
 static char dns[SANDBOX_NET_DNS_MAX][16];
 static unsigned cursor;
 static unsigned max_conns = SANDBOX_NET_CONNS;
+static unsigned rate = SANDBOX_NET_RATE;
 
 void sandbox_net_set_max_conns(unsigned n)
 {
 	max_conns = n;
+}
+
+void sandbox_net_set_rate(unsigned per_second)
+{
+	rate = per_second;
+}
+
+/* The conntrack timeouts of sandboxes' flows (in a table's block) and the rules that
+ * give them to what comes in on ifname (a prerouting chain after conntrack's: a flow's
+ * entry takes them while it is new, not yet confirmed). */
+static void timeout_policies(FILE *f)
+{
+	fprintf(f, "\tct timeout sandbox_tcp { protocol tcp; l3proto ip; policy = { time_wait: %u }; }\n"
+		   "\tct timeout sandbox_udp { protocol udp; l3proto ip; policy = { unreplied: %u }; }\n",
+		SANDBOX_NET_TIME_WAIT_S, SANDBOX_NET_UDP_UNREPLIED_S);
+}
+
+static void timeout_rules(FILE *f, const char *table, const char *ifname)
+{
+	fprintf(f, "add rule %s prerouting iifname \"%s\" meta l4proto tcp ct timeout set \"sandbox_tcp\"\n"
+		   "add rule %s prerouting iifname \"%s\" meta l4proto udp ct timeout set \"sandbox_udp\"\n",
+		table, ifname, table, ifname);
 }
 
 bool sandbox_net_enabled(void)
@@ -163,24 +186,38 @@ static int write_base(const char *path)
 		   "\tset allow { type ipv4_addr . ipv4_addr; flags interval; }\n"
 		   "\tset deny { type ipv4_addr . ipv4_addr; flags interval; }\n"
 		   "\tset conns { type ipv4_addr; flags dynamic; size 65536; }\n"
+		   "\tset rate { type ipv4_addr; flags dynamic, timeout; timeout 1m; size 65536; }\n");
+	timeout_policies(f);
+	fprintf(f, "\tchain prerouting { type filter hook prerouting priority filter; policy accept; }\n"
 		   "\tchain input { type filter hook input priority filter; policy accept; }\n"
 		   "\tchain forward { type filter hook forward priority filter; policy accept; }\n"
 		   "\tchain output { type filter hook output priority filter; policy accept; }\n"
 		   "\tchain postrouting { type nat hook postrouting priority srcnat; policy accept; }\n"
-		   "\tchain sandbox_out { }\n}\n");
-	static const char *chains[] = { "input", "forward", "output", "postrouting", "sandbox_out" };
-	for (size_t i = 0; i < 5; i++)
+		   "\tchain sandbox_checks { }\n\tchain sandbox_out { }\n}\n");
+	static const char *chains[] = { "prerouting", "input", "forward", "output", "postrouting", "sandbox_checks",
+					"sandbox_out" };
+	for (size_t i = 0; i < sizeof(chains) / sizeof(chains[0]); i++)
 		fprintf(f, "flush chain " TABLE " %s\n", chains[i]);
 	fprintf(f, "flush set " TABLE " dns\nflush set " TABLE " special\n");
 	for (unsigned i = 0; i < ndns; i++)
 		fprintf(f, "add element " TABLE " dns { %s }\n", dns[i]);
 	fprintf(f, "add element " TABLE " special { " SPECIAL4 " }\n");
-	char conns[96];
-	snprintf(conns, sizeof(conns), "sandbox_out ct state new add @conns { ip saddr ct count over %u } drop",
+	char conns[96], new_rate[128];
+	snprintf(conns, sizeof(conns), "sandbox_checks ct state new add @conns { ip saddr ct count over %u } drop",
 		 max_conns);
+	snprintf(new_rate, sizeof(new_rate),
+		 "sandbox_checks ct state new add @rate { ip saddr limit rate over %u/second burst %u packets } drop",
+		 rate, rate);
 	const char *rules[] = {
+		/* Whatever a sandbox sends: its own address, and new flows within its count
+		 * and rate (DNS too: each query is one). */
+		"sandbox_checks meta nfproto != ipv4 drop",
+		"sandbox_checks iifname . ip saddr != @src drop",
+		conns,
+		new_rate,
 		/* To this host: only DNS, where the resolver is this host. */
 		"input iifname \"msb*\" ct state established,related accept",
+		"input iifname \"msb*\" jump sandbox_checks",
 		"input iifname \"msb*\" ip daddr @dns meta l4proto { tcp, udp } th dport 53 accept",
 		"input iifname \"msb*\" drop",
 		/* Into a sandbox: only answers to its own connections. */
@@ -190,9 +227,7 @@ static int write_base(const char *path)
 		"output oifname \"msb*\" ct state established,related accept",
 		"output oifname \"msb*\" drop",
 		/* Out of one, in this order. */
-		"sandbox_out meta nfproto != ipv4 drop",
-		"sandbox_out iifname . ip saddr != @src drop",
-		conns,
+		"sandbox_out jump sandbox_checks",
 		"sandbox_out ip daddr @dns meta l4proto { tcp, udp } th dport 53 accept",
 		"sandbox_out ip saddr . ip daddr @allow accept",
 		"sandbox_out ip saddr . ip daddr @deny drop",
@@ -203,6 +238,7 @@ static int write_base(const char *path)
 	};
 	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
 		fprintf(f, "add rule " TABLE " %s\n", rules[i]);
+	timeout_rules(f, TABLE, "msb*");
 	int rc = ferror(f) ? -EIO : 0;
 	if (fclose(f) && !rc)
 		rc = -errno;
@@ -591,7 +627,9 @@ static int tap_create(void)
 
 /* Inside the VM's namespace: its guest's traffic forwarded out through the pair and
  * masqueraded to the pair's address, the host's table doing the rest as for a
- * process sandbox; nothing forwarded in but answers. */
+ * process sandbox; nothing forwarded in but answers. This namespace tracks the guest's
+ * flows too, those the host then drops among them: the same rate and timeouts bound
+ * what it holds. */
 static int vm_nat(const char *dir)
 {
 	char path[4300];
@@ -601,12 +639,19 @@ static int vm_nat(const char *dir)
 		return -errno;
 	char guest[16];
 	addr_str(VM_GUEST, guest, sizeof(guest));
-	fprintf(f, "table ip mitos-vm {\n"
+	fprintf(f, "table ip mitos-vm {\n");
+	timeout_policies(f);
+	/* Nothing of this namespace is the guest's to reach (no flow of it tracked here). */
+	fprintf(f, "\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; policy accept;\n\t}\n"
+		   "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n"
+		   "\t\tiifname \"tap0\" drop\n\t}\n"
 		   "\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n"
+		   "\t\tiifname \"tap0\" ct state new limit rate over %u/second burst %u packets drop\n"
 		   "\t\tiifname \"tap0\" oifname \"eth0\" ip saddr %s accept\n"
 		   "\t\tiifname \"eth0\" oifname \"tap0\" ct state established,related accept\n\t}\n"
 		   "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-		   "\t\toifname \"eth0\" masquerade\n\t}\n}\n", guest);
+		   "\t\toifname \"eth0\" masquerade\n\t}\n}\n", rate, rate, guest);
+	timeout_rules(f, "ip mitos-vm", "tap0");
 	if (fclose(f))
 		return -errno;
 	int fd = open("/proc/sys/net/ipv4/ip_forward", O_WRONLY | O_CLOEXEC);

@@ -8,7 +8,7 @@ on a running sandbox (PUT /sandboxes/{id}/network), a Mitos template's egress an
 allow_cidrs, on both engines (the kvm case boots the python image under the firmware
 kernel, minutes where KVM only emulates); DNS; NAT; that H, the LAN (unless allowed),
 other sandboxes and IPv6 stay out of reach and that nothing reaches a sandbox from
-outside; forks, a restart of serve, cleanup of every interface, table and slot; the
+outside; its connection count and rate, and how long the host tracks its closed flows; forks, a restart of serve, cleanup of every interface, table and slot; the
 refusals of what a node cannot honour.
 
 usage: test_egress.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]
@@ -373,6 +373,46 @@ def t_conn_limit(_s):
         s.cleanup()
 
 
+def t_conn_rate(_s):
+    """--egress-rate: a sandbox's new connections (UDP flows too) per second are capped,
+    as many at once; and the host forgets its closed flows soon (TCP's TIME_WAIT
+    and unanswered UDP after 10 s, not minutes): a sandbox that opens and closes
+    connections fast holds a bounded part of the host's conntrack table."""
+    s = egress_server(["--egress-rate", "20"])
+    try:
+        sid = e2b_create(s)
+        # 120 connects at once to a port nothing listens on: 20 SYNs pass and are
+        # refused (up to 40 on kernels whose bucket holds the rate and the burst), the rest are dropped (and retried by the sandbox's kernel after a
+        # second, so counted before that).
+        out, rc = sh(s, sid, "python3 - <<'PYEOF'\n"
+                     "import errno, socket, time\n"
+                     "socks = []\n"
+                     "for i in range(120):\n"
+                     "    c = socket.socket()\n"
+                     "    c.setblocking(False)\n"
+                     "    c.connect_ex(('1.1.1.1', 81))\n"
+                     "    socks.append(c)\n"
+                     "time.sleep(0.8)\n"
+                     "print(sum(c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED for c in socks))\n"
+                     "PYEOF")
+        assert 18 <= int(out) <= 42, out
+        time.sleep(2.5)  # the bucket fills again
+        addr = addr_of(s, sid)
+        out, rc = sh(s, sid, "curl -sS --max-time 5 http://1.1.1.1/ && python3 -c \"import socket;"
+                     "socket.socket(2, 2).sendto(b'x', ('1.1.1.1', 9))\"")
+        eq(rc, 0, "a connection and a datagram (%r)" % out)
+        flows = subprocess.run(["conntrack", "-L", "-s", addr], capture_output=True, text=True).stdout.splitlines()
+        tw = [f for f in flows if " TIME_WAIT " in f]
+        udp = [f for f in flows if f.startswith("udp") and "dport=9 " in f]
+        assert tw and udp, flows
+        for f in tw + udp:
+            assert int(f.split()[2]) <= 10, f
+        s.request("DELETE", "/sandboxes/" + sid, headers=KEY)
+        gone_clean(s)
+    finally:
+        s.cleanup()
+
+
 def t_kvm_linux_guest(_s):
     """The kvm engine: a template built on an --egress serve has a network device and
     its guest an address (mitos.net); each sandbox's VM gets a TAP in a network
@@ -562,14 +602,14 @@ def inside():
                      ("flows_forgotten", t_flows_forgotten),
                      ("mitos_templates", t_mitos_templates),
                      ("npm_e2b_sdk", t_npm_e2b_sdk), ("isolation", t_isolation), ("hostile_etc", t_hostile_etc),
-                     ("refusals", t_refusals), ("conn_limit", t_conn_limit),
+                     ("refusals", t_refusals), ("conn_limit", t_conn_limit), ("conn_rate", t_conn_rate),
                      ("restart", t_restart), ("stop_removes_table", t_stop_removes_table),
                      ("kvm_template_before_egress", t_kvm_template_before_egress),
                      ("kvm_linux_guest", t_kvm_linux_guest),
                      ("without_egress", t_without_egress)):
         if ONLY and not any(o in name for o in ONLY):
             continue
-        own = ("without_egress", "conn_limit", "stop_removes_table", "kvm_template_before_egress",
+        own = ("without_egress", "conn_limit", "conn_rate", "stop_removes_table", "kvm_template_before_egress",
                "kvm_linux_guest")
         s = egress_server() if name not in own else None
         try:
