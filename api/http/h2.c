@@ -77,8 +77,7 @@ static void stream_drop_request(struct h2_stream *st)
 	if (!r)
 		return;
 	st->closed = true;
-	if (r->dispatched && !r->finished && r->ops && r->ops->abort)
-		r->ops->abort(r);
+	http_req_abort_handler(r);
 	st->r = NULL;
 	http_req_free(r);
 }
@@ -290,7 +289,10 @@ static bool deliver(struct h2_stream *st, const uint8_t *p, size_t n)
 		return false;
 	nghttp2_session_consume_stream(hc->s, id, n);
 	if (e) {
-		answer_early(st, e, NULL);
+		/* A streamed body's handler holds the request: it lets go before the refusal. */
+		http_req_abort_handler(st->r);
+		if (stream_of(hc, id) == st && st->r)
+			answer_early(st, e, NULL);
 		return false;
 	}
 	return st->r && !st->r->body_paused;
@@ -691,6 +693,14 @@ bool h2_conn_idle(const struct conn *c)
 	const struct h2_conn *hc = c->h2;
 	bool over = !nghttp2_session_want_read(hc->s) && !nghttp2_session_want_write(hc->s);
 	return (!hc->nstreams || over) && !c->out.bytes;
+}
+
+bool h2_conn_waiting(const struct conn *c)
+{
+	for (const struct h2_stream *st = c->h2->streams; st; st = st->next)
+		if (st->r && st->r->dispatched && !st->r->finished)
+			return true;
+	return false;
 }
 
 void h2_conn_drain(struct conn *c)

@@ -26,6 +26,7 @@ void h2_conn_writable(struct conn *c);
 /* Aborts every running handler and frees the session. */
 void h2_conn_free(struct conn *c);
 bool h2_conn_idle(const struct conn *c);
+bool h2_conn_waiting(const struct conn *c);
 /* GOAWAY: streams that run finish, no new ones start; closes when all ended. */
 void h2_conn_drain(struct conn *c);
 bool h2_conn_check_deadlines(struct conn *c, uint64_t now_ms);

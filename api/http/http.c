@@ -415,7 +415,8 @@ void http_reply(struct http_req *r, int status, const char *ctype, const void *b
 		return;
 	}
 	write_head(r, status, ctype, (long long)n, extra);
-	if (n)
+	/* A HEAD's answer is its head (the length said what a GET's body would be). */
+	if (n && r->method != HTTP_HEAD)
 		conn_out(r->c, body, n);
 	req_finished(r);
 }
@@ -607,18 +608,22 @@ void http_conn_init(struct conn *c)
 	c->err = -1;
 }
 
+void http_req_abort_handler(struct http_req *r)
+{
+	if (r->dispatched && !r->finished && r->ops && r->ops->abort)
+		r->ops->abort(r);
+	r->ops = NULL;
+	r->ctx = NULL;
+}
+
 static void fail_conn(struct conn *c)
 {
 	enum api_err e = c->err >= 0 ? (enum api_err)c->err : AE_BAD_REQUEST;
 	const char *msg = c->err >= 0 ? c->err_msg : http_errno_description(HTTP_PARSER_ERRNO(&c->parser));
 	struct http_req *r = c->req;
 	c->pend_len = 0;
-	if (r && r->dispatched && !r->finished && r->ops && r->ops->abort) {
-		/* The handler owns a response in progress: it cannot also get an error
-		 * response, so it is told the request is gone. */
-		r->ops->abort(r);
-		r->ops = NULL;
-	}
+	if (r)
+		http_req_abort_handler(r);
 	if (!r || !r->resp_started) {
 		if (!r) {
 			r = calloc(1, sizeof(*r));
@@ -632,7 +637,8 @@ static void fail_conn(struct conn *c)
 		r->keep_alive = false;
 		r->finished = false;
 		r->complete = false;
-		http_reply_error(r, e, msg, NULL, NULL);
+		/* A Connect stream hears it in its stream, as over HTTP/2. */
+		router_refuse(r, e, msg);
 	}
 	conn_close_after(c);
 }
@@ -845,14 +851,19 @@ void http_conn_abort(struct conn *c)
 	c->req = NULL;
 	if (c->h2)
 		h2_conn_free(c);
-	if (r && r->dispatched && !r->finished && r->ops && r->ops->abort)
-		r->ops->abort(r);
+	if (r)
+		http_req_abort_handler(r);
 	http_req_free(r);
 }
 
 bool http_conn_idle(const struct conn *c)
 {
 	return c->h2 ? h2_conn_idle(c) : !c->req && !c->out.bytes;
+}
+
+bool http_conn_waiting(const struct conn *c)
+{
+	return c->h2 ? h2_conn_waiting(c) : c->req && c->req->dispatched && !c->req->finished;
 }
 
 void http_conn_drain(struct conn *c)

@@ -92,6 +92,8 @@ void http_conn_eof(struct conn *c);
 void http_conn_abort(struct conn *c);
 /* No request in progress and nothing queued: a shutdown may close it now. */
 bool http_conn_idle(const struct conn *c);
+/* A request of c (HTTP/2: of any stream) is with its handler and not yet answered. */
+bool http_conn_waiting(const struct conn *c);
 /* Shutdown: finish what runs, take nothing new, then close. */
 void http_conn_drain(struct conn *c);
 /* Tick: enforce header/body deadlines; returns true when c must close. */

@@ -23,6 +23,11 @@ int http_req_headers_ready(struct http_req *r);
 int http_req_take_body(struct http_req *r, const uint8_t *p, size_t n);
 /* The request ended: runs a buffered route, or tells a streamed one. */
 void http_req_message_ready(struct http_req *r);
+/* A handler that holds r (dispatched, not finished) is told the request is gone and
+ * let go of: r may then be refused with an error, or freed. Both protocols end a
+ * request this way before answering for the handler (a body over its limit, a broken
+ * connection): a handler must never hold a request it did not finish. */
+void http_req_abort_handler(struct http_req *r);
 /* The message for an error code the functions above return. */
 const char *http_err_text(int e);
 

@@ -58,17 +58,12 @@ void conn_out(struct conn *c, const void *p, size_t n)
 	}
 }
 
-static bool conn_waiting(const struct conn *c)
-{
-	return c->req && c->req->dispatched && !c->req->finished;
-}
-
 /* A connection closed for an error of its own, or with a request still waiting for its
  * answer (then even a reset: the answer is lost), is said: a kvm template's request was
  * seen dropped without an answer and without a word, three times. */
 static void conn_note_failure(const struct conn *c, const char *what, int res)
 {
-	bool waiting = conn_waiting(c);
+	bool waiting = http_conn_waiting(c);
 	if (res >= 0 || (!waiting && (res == -ECONNRESET || res == -EPIPE)))
 		return;
 	fprintf(stderr, "mitos-vmm serve: a connection's %s failed (%s)%s%s: closed\n", what, strerror(-res),
@@ -336,7 +331,7 @@ void listener_tick(uint64_t now)
 		}
 		if (http_conn_check_deadlines(c, now)) {
 			/* An idle connection's end is no news; a waiting request's is. */
-			if (conn_waiting(c))
+			if (http_conn_waiting(c))
 				conn_note_failure(c, "deadline", -ETIMEDOUT);
 			conn_teardown(c);
 			continue;

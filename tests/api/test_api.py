@@ -853,6 +853,12 @@ def t_http_basics(s):
                        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     codes = [int(x) for x in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
     eq(codes, [200, 404, 200], "pipelined")
+    # A HEAD's answer (here a refusal) is its head only: a body after it would be read
+    # as the start of the next answer on the connection.
+    raw = raw_exchange(s.port, b"HEAD /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+                       b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, rest = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 405 ") and rest.startswith(b"HTTP/1.1 200 "), raw[:400]
     # A chunked request body.
     body = json.dumps({"id": "chunked"}).encode()
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 5]), body[i:i + 5]) for i in range(0, len(body), 5))
@@ -1260,7 +1266,8 @@ def t_h2_stream_deadlines(_):
     window the client keeps shut is reset (each held up to the body and output limits,
     100 streams a connection); the connection serves on; a bidirectional stream's input
     may rest. :authority and a different host are refused, as two Host headers are."""
-    s = Server(VMM, AGENT, extra=["--body-timeout-ms", "1000", "--idle-timeout-ms", "2000"])
+    s = Server(VMM, AGENT, extra=["--body-timeout-ms", "1000", "--idle-timeout-ms", "2000", "--max-file-body",
+                                  "50000"])
     try:
         c = h2mini.H2(s.port)
         c.request(1, "POST", "/v1/templates", [("content-type", "application/json")], end=False)
@@ -1307,6 +1314,20 @@ def t_h2_stream_deadlines(_):
         c.send(h2mini.DATA, h2mini.END_STREAM, 7, envelope({"stdin": base64.b64encode(b"one\n").decode()}))
         body = h2mini.body_of(c.until(7, 10))
         assert base64.b64encode(b"got:one\n") in body, "a bidirectional stream that rested (%r)" % (body,)
+        # An upload past --max-file-body is refused in its stream, and its handler lets
+        # go of the request first: it used to keep it, freed with the stream, and read it
+        # every tick (ASan: heap-use-after-free), then write to it at its end.
+        c.request(9, "POST", "/sandbox.v1.Sandbox/WriteFile", [("content-type", "application/connect+json"),
+                                                              ("x-sandbox-id", sid)], end=False)
+        c.send(h2mini.DATA, 0, 9, envelope({"open": {"path": "/tmp/big"}}))
+        big = envelope({"data": base64.b64encode(b"A" * 45000).decode()})  # 60 kB: over the limit
+        for i in range(0, len(big), 16384):  # frames of the default largest size
+            c.send(h2mini.DATA, 0, 9, big[i:i + 16384])
+        frames = c.until(9, 10)
+        assert b"body_too_large" in h2mini.body_of(frames), frames
+        c.send(h2mini.DATA, h2mini.END_STREAM, 9, b"")  # the stream closes: its request is freed
+        time.sleep(1.5)  # ticks
+        eq(s.request("DELETE", "/v1/sandboxes/" + sid)[0], 200, "the sandbox, deleted after")
         c.close()
         eq(s.request("GET", "/v1/health")[0], 200, "serve up")
     finally:
