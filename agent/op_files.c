@@ -472,10 +472,21 @@ void op_write_open(struct stream *s, const struct json *req)
 		 * changes nothing), and a file this write made is removed again. */
 		if (!append && !with_meta)
 			flags |= O_TRUNC;
-		fd = with_meta ? open(fc.path, flags | O_EXCL, (mode_t)mode) : -1;
+		fd = open(fc.path, flags | O_EXCL, (mode_t)mode);
 		created = fd >= 0;
-		if (fd < 0)
+		if (fd < 0 && errno == EEXIST)
 			fd = open(fc.path, flags, (mode_t)mode);
+		/* envd gives a file it creates to its user (a chown after the open), so
+		 * E2B's watchers see create, chmod, write; a chown to the owner it already
+		 * has is that same event here. */
+		struct stat own;
+		if (created && !fstat(fd, &own) && fchown(fd, own.st_uid, own.st_gid) < 0) {
+			int err = -errno;
+			close(fd);
+			unlink(fc.path);
+			stream_end_errno(s, err, fc.path);
+			goto out;
+		}
 	}
 	if (fd < 0) {
 		stream_end_errno(s, -errno, fc.path);
