@@ -401,7 +401,11 @@ static void write_head(struct http_req *r, int status, const char *ctype, long l
 static void req_finished(struct http_req *r)
 {
 	r->finished = true;
-	conn_flush(r->c);
+	/* With nothing left to send, a flush of a connection that is to close tears it
+	 * down and frees r under the caller (a handler cutting its stream then lets go of
+	 * r): that one is the kick's. */
+	if (r->c->out.bytes)
+		conn_flush(r->c);
 	conn_kick(r->c);
 }
 
