@@ -649,6 +649,10 @@ static void fail_conn(struct conn *c)
 
 int http_req_headers_ready(struct http_req *r)
 {
+	/* Refused while its head was read (a malformed header): no route may take it, or
+	 * its handler would hold a request the connection's end frees without telling it. */
+	if (r->finished)
+		return 0;
 	if (req_parse_target(r)) {
 		r->early_err = AE_BAD_REQUEST;
 		r->early_msg = strdup("request target must be an absolute path");

@@ -13,6 +13,35 @@
 #include "tests/fuzz/fuzz.h"
 #include "tests/fuzz/http_stubs.h"
 
+/* Requests a streamed-body handler holds: until it answers one or is told it is gone
+ * (abort), the request must stay alive; drive() reads each after every step, so a
+ * protocol that frees one under its handler is a use after free ASan reports. */
+#define HELD_MAX 128
+static struct http_req *held[HELD_MAX];
+
+static void hold(struct http_req *r)
+{
+	for (size_t i = 0; i < HELD_MAX; i++)
+		if (!held[i]) {
+			held[i] = r;
+			return;
+		}
+}
+
+static void let_go(struct http_req *r)
+{
+	for (size_t i = 0; i < HELD_MAX; i++)
+		if (held[i] == r)
+			held[i] = NULL;
+}
+
+static void touch_held(void)
+{
+	for (size_t i = 0; i < HELD_MAX; i++)
+		if (held[i])
+			assert(!held[i]->finished); /* answered by the protocol, not let go of */
+}
+
 /* A streamed-body handler that pauses after every chunk, and an async one. */
 static void sink_body(struct http_req *r, const uint8_t *p, size_t n)
 {
@@ -23,17 +52,26 @@ static void sink_body(struct http_req *r, const uint8_t *p, size_t n)
 
 static void sink_end(struct http_req *r)
 {
+	let_go(r);
 	http_reply_json(r, 200, "{}");
 }
 
-static void abort_cb(struct http_req *r) { r->ctx = NULL; }
+static void abort_cb(struct http_req *r)
+{
+	let_go(r);
+	r->ctx = NULL;
+}
 
 static const struct http_req_ops sink_ops = { .body = sink_body, .body_end = sink_end, .abort = abort_cb };
 static const struct http_req_ops async_ops = { .abort = abort_cb };
 static struct http_req *pending_async;
 
 static void h_plain(struct http_req *r) { http_reply_json(r, 200, "{\"ok\":true}"); }
-static void h_stream(struct http_req *r) { r->ops = &sink_ops; }
+static void h_stream(struct http_req *r)
+{
+	r->ops = &sink_ops;
+	hold(r);
+}
 static void h_async(struct http_req *r)
 {
 	r->ops = &async_ops;
@@ -55,8 +93,9 @@ void router_headers(struct http_req *r)
 {
 	r->body_limit = 4096;
 	if (!strncmp(r->path, "/stream", 7)) {
+		/* Small, so that bodies past the limit come often. */
 		r->route = &rt_stream;
-		r->body_limit = 1 << 20;
+		r->body_limit = 64;
 		r->body_streamed = true;
 	} else if (!strncmp(r->path, "/async", 6)) {
 		r->route = &rt_async;
@@ -77,8 +116,11 @@ static void drive(struct conn *c)
 	for (int i = 0; i < 10000; i++) {
 		stub_kicked = 0;
 		http_conn_process(c);
-		if (c->req && c->req->body_paused)
-			http_req_resume_body(c->req);
+		touch_held();
+		/* The sink takes the next chunk (HTTP/2: on any stream). */
+		for (size_t i = 0; i < HELD_MAX; i++)
+			if (held[i] && held[i]->body_paused)
+				http_req_resume_body(held[i]);
 		if (pending_async && c->req == pending_async && !pending_async->finished) {
 			struct http_req *r = pending_async;
 			pending_async = NULL;
@@ -102,6 +144,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	http_conn_init(c);
 	stub_out_head_len = 0;
 	pending_async = NULL;
+	memset(held, 0, sizeof(held));
 	/* The first byte picks how the rest is cut into reads. */
 	size_t piece = 1 + data[0] % 64;
 	data++;
@@ -119,6 +162,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			http_conn_eof(c);
 	}
 	http_conn_check_deadlines(c, 1000000);
+	touch_held();
 	bool h2 = size >= H2_PREFACE_LEN && !memcmp(data, H2_PREFACE, H2_PREFACE_LEN);
 	if (stub_out_head_len >= 9 && !h2)
 		assert(!memcmp(stub_out_head, "HTTP/1.1 ", 9));
@@ -137,25 +181,43 @@ static const char *const seeds[] = {
 	"POST /async HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /err HTTP/1.1\r\n\r\nGET /plain HTTP/1.0\r\n\r\n",
 	"POST /err HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
 	"GET /plain?x=%41%42 HTTP/1.1\r\nA: b\r\nA: c\r\n\r\n",
+	/* A streamed body past its limit (64 bytes), and one refused in its head. */
+	("POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n"
+	 "01234567890123456789012345678901234567890123456789012345678901234567890123456789\r\n0\r\n\r\n"),
+	"POST /stream HTTP/1.1\r\nX: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
 };
 
 /* HTTP/2: the preface, an empty SETTINGS, then per request a HEADERS frame (HPACK:
- * :method POST or GET, :scheme http, :path as a literal) and DATA frames. */
+ * :method POST or GET, :scheme http, :authority and :path as literals; nghttp2 resets a
+ * stream without :authority or host) and DATA frames. */
 #define H2_FRAME(len, type, flags, id) 0, 0, (len), (type), (flags), 0, 0, 0, (id)
 static const uint8_t h2_seed[] = {
 	'P', 'R', 'I', ' ', '*', ' ', 'H', 'T', 'T', 'P', '/', '2', '.', '0', '\r', '\n', '\r', '\n',
 	'S', 'M', '\r', '\n', '\r', '\n',
 	H2_FRAME(0, 4, 0, 0),
-	H2_FRAME(10, 1, 4, 1), 0x83, 0x86, 0x04, 7, '/', 's', 't', 'r', 'e', 'a', 'm',
+	H2_FRAME(14, 1, 4, 1), 0x83, 0x86, 0x01, 1, 'x', 0x04, 7, '/', 's', 't', 'r', 'e', 'a', 'm',
 	H2_FRAME(5, 0, 0, 1), 'h', 'e', 'l', 'l', 'o',
 	H2_FRAME(3, 0, 1, 1), 'a', 'b', 'c',
-	H2_FRAME(9, 1, 5, 3), 0x82, 0x86, 0x04, 6, '/', 'p', 'l', 'a', 'i', 'n',
-	H2_FRAME(11, 1, 5, 5), 0x82, 0x86, 0x04, 8, '/', 'c', 'h', 'u', 'n', 'k', 'e', 'd',
-	H2_FRAME(9, 1, 4, 7), 0x83, 0x86, 0x04, 6, '/', 'a', 's', 'y', 'n', 'c',
+	H2_FRAME(13, 1, 5, 3), 0x82, 0x86, 0x01, 1, 'x', 0x04, 6, '/', 'p', 'l', 'a', 'i', 'n',
+	H2_FRAME(15, 1, 5, 5), 0x82, 0x86, 0x01, 1, 'x', 0x04, 8, '/', 'c', 'h', 'u', 'n', 'k', 'e', 'd',
+	H2_FRAME(13, 1, 4, 7), 0x83, 0x86, 0x01, 1, 'x', 0x04, 6, '/', 'a', 's', 'y', 'n', 'c',
 	H2_FRAME(2, 0, 1, 7), '{', '}',
 	H2_FRAME(4, 3, 0, 5), 0, 0, 0, 8,
 	/* :authority before :path, as HAProxy sends them */
 	H2_FRAME(13, 1, 5, 9), 0x82, 0x86, 0x01, 1, 'x', 0x04, 6, '/', 'p', 'l', 'a', 'i', 'n',
+};
+
+/* HTTP/2: a streamed body past its limit, in two DATA frames, the stream then ended. */
+static const uint8_t h2_over_seed[] = {
+	'P', 'R', 'I', ' ', '*', ' ', 'H', 'T', 'T', 'P', '/', '2', '.', '0', '\r', '\n', '\r', '\n',
+	'S', 'M', '\r', '\n', '\r', '\n',
+	H2_FRAME(0, 4, 0, 0),
+	H2_FRAME(14, 1, 4, 1), 0x83, 0x86, 0x01, 1, 'x', 0x04, 7, '/', 's', 't', 'r', 'e', 'a', 'm',
+	H2_FRAME(40, 0, 0, 1), '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '0', '1', '2', '3', '4', '5', '6',
+	'7', '8', '9', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9',
+	H2_FRAME(40, 0, 1, 1), '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '0', '1', '2', '3', '4', '5', '6',
+	'7', '8', '9', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9',
+	H2_FRAME(13, 1, 5, 3), 0x82, 0x86, 0x01, 1, 'x', 0x04, 6, '/', 'p', 'l', 'a', 'i', 'n',
 };
 
 void fuzz_seeds(void (*add)(const void *p, size_t n))
@@ -170,4 +232,6 @@ void fuzz_seeds(void (*add)(const void *p, size_t n))
 	buf[0] = 63;
 	memcpy(buf + 1, h2_seed, sizeof(h2_seed));
 	add(buf, sizeof(h2_seed) + 1);
+	memcpy(buf + 1, h2_over_seed, sizeof(h2_over_seed));
+	add(buf, sizeof(h2_over_seed) + 1);
 }
