@@ -38,11 +38,12 @@ struct net_policy;
 #define SANDBOX_NET_CONNS 4096
 void sandbox_net_set_max_conns(unsigned n);
 /* New connections (and UDP flows: DNS queries too) a sandbox may open per second, as
- * many at once (a burst of the rate); more are dropped. The count above leaves out closed ones, which the
- * host tracks for a while yet (its TCP TIME_WAIT, held to SANDBOX_NET_TIME_WAIT_S for
- * sandboxes' flows, and unanswered UDP, SANDBOX_NET_UDP_UNREPLIED_S): without a rate a
- * sandbox that opens and closes connections fast could fill the host's table all the
- * same. What it can hold is then about conns + rate x 10 s. serve --egress-rate. */
+ * many at once (a burst of the rate); more are dropped. The count above leaves out
+ * closed ones, which the host tracks for a while yet (its TCP TIME_WAIT, held to
+ * SANDBOX_NET_TIME_WAIT_S for sandboxes' flows, and unanswered UDP,
+ * SANDBOX_NET_UDP_UNREPLIED_S): without a rate a sandbox that opens and closes
+ * connections fast could fill the host's table all the same. What it can hold is then
+ * about conns + rate x 10 s. serve --egress-rate. */
 #define SANDBOX_NET_RATE 200
 #define SANDBOX_NET_TIME_WAIT_S 10
 #define SANDBOX_NET_UDP_UNREPLIED_S 10

@@ -607,7 +607,7 @@ static void run_writable(struct h2_conn *hc)
 		if (!st->was_high || bytebuf_pending(&st->out) >= HTTP_OUT_LOW)
 			continue;
 		st->was_high = false;
-		if (r && r->dispatched && !r->finished && r->ops && r->ops->writable) {
+		if (http_req_waiting(r) && r->ops && r->ops->writable) {
 			int32_t id = st->id;
 			r->ops->writable(r);
 			if (hc->c->dead)
@@ -698,7 +698,7 @@ bool h2_conn_idle(const struct conn *c)
 bool h2_conn_waiting(const struct conn *c)
 {
 	for (const struct h2_stream *st = c->h2->streams; st; st = st->next)
-		if (st->r && st->r->dispatched && !st->r->finished)
+		if (http_req_waiting(st->r))
 			return true;
 	return false;
 }

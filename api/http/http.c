@@ -612,9 +612,14 @@ void http_conn_init(struct conn *c)
 	c->err = -1;
 }
 
+bool http_req_waiting(const struct http_req *r)
+{
+	return r && r->dispatched && !r->finished;
+}
+
 void http_req_abort_handler(struct http_req *r)
 {
-	if (r->dispatched && !r->finished && r->ops && r->ops->abort)
+	if (http_req_waiting(r) && r->ops && r->ops->abort)
 		r->ops->abort(r);
 	r->ops = NULL;
 	r->ctx = NULL;
@@ -871,7 +876,7 @@ bool http_conn_idle(const struct conn *c)
 
 bool http_conn_waiting(const struct conn *c)
 {
-	return c->h2 ? h2_conn_waiting(c) : c->req && c->req->dispatched && !c->req->finished;
+	return c->h2 ? h2_conn_waiting(c) : http_req_waiting(c->req);
 }
 
 void http_conn_drain(struct conn *c)
@@ -889,7 +894,7 @@ void http_conn_writable(struct conn *c)
 		return;
 	}
 	struct http_req *r = c->req;
-	if (r && r->dispatched && !r->finished && r->ops && r->ops->writable)
+	if (http_req_waiting(r) && r->ops && r->ops->writable)
 		r->ops->writable(r);
 }
 

@@ -92,7 +92,10 @@ void http_conn_eof(struct conn *c);
 void http_conn_abort(struct conn *c);
 /* No request in progress and nothing queued: a shutdown may close it now. */
 bool http_conn_idle(const struct conn *c);
-/* A request of c (HTTP/2: of any stream) is with its handler and not yet answered. */
+/* r (which may be NULL) is with its handler and not yet answered: the handler holds it
+ * and is told if it goes. */
+bool http_req_waiting(const struct http_req *r);
+/* A request of c (HTTP/2: of any stream) is waiting. */
 bool http_conn_waiting(const struct conn *c);
 /* Shutdown: finish what runs, take nothing new, then close. */
 void http_conn_drain(struct conn *c);

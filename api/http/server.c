@@ -190,7 +190,7 @@ static void rx_done(struct uop *op, int res, uint32_t flags)
 		}
 		if (res == 0 && !conn_lingering(c)) {
 			struct http_req *r = c->req;
-			if (r && r->dispatched && !r->finished && r->abort_on_eof && r->complete) {
+			if (http_req_waiting(r) && r->abort_on_eof && r->complete) {
 				/* A stream whose reader left: stop the work behind it now,
 				 * not at the next failed write. */
 				conn_teardown(c);
