@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -87,6 +88,33 @@ const char *kvm_device_path(void)
 	return dev && *dev ? dev : "/dev/kvm";
 }
 
+/* Three hosts without /dev/kvm look alike from open() alone. */
+static const char *no_kvm_hint(char *buf, size_t n)
+{
+	unsigned maj, min;
+	FILE *f = fopen("/sys/class/misc/kvm/dev", "re");
+	int got = f ? fscanf(f, "%u:%u", &maj, &min) : 0;
+	if (f)
+		fclose(f);
+	if (got == 2)
+		snprintf(buf, n, "the kernel has KVM (device %u:%u) but this file system has no node for it: "
+			 "`mknod /dev/kvm c %u %u`, or pass /dev/kvm into this container", maj, min, maj, min);
+	else if (access("/sys/module/kvm", F_OK) == 0)
+		snprintf(buf, n, "the kvm module is loaded but no vendor module registered /dev/kvm: "
+			 "see `dmesg | grep -i kvm`; in a virtual machine, its hypervisor must offer "
+			 "nested virtualization");
+	else
+		snprintf(buf, n, "this host has no KVM: load kvm_intel or kvm_amd, or run on a machine "
+			 "with hardware virtualization");
+	return buf;
+}
+
+const char *kvm_open_hint(int err, char *buf, size_t n)
+{
+	return err == ENOENT ? no_kvm_hint(buf, n) :
+	       err == EACCES ? "run as root or add your user to the kvm group" : "see `mitos-vmm check`";
+}
+
 static int open_kvm(struct kvm_vm *vm, int kvm_fd, struct mitos_err *e)
 {
 	const char *dev = kvm_device_path();
@@ -100,11 +128,9 @@ static int open_kvm(struct kvm_vm *vm, int kvm_fd, struct mitos_err *e)
 	}
 	if (vm->kvm_fd < 0) {
 		int r = -errno;
+		char hint[256];
 		return mitos_err_set(e, r, "cannot open %s: %s (%s)", dev, strerror(-r),
-			r == -ENOENT ? "this host has no KVM: load kvm_intel or kvm_amd, or run "
-				       "on a machine with hardware virtualization" :
-			r == -EACCES ? "run as root or add your user to the kvm group" :
-				       "see `mitos-vmm check`");
+				     kvm_open_hint(-r, hint, sizeof(hint)));
 	}
 	int v = ioctl(vm->kvm_fd, KVM_GET_API_VERSION, 0);
 	if (v != KVM_API_VERSION)

@@ -21,6 +21,9 @@ struct kvm_vm {
 
 /* The KVM device: $MITOS_KVM_DEVICE, or /dev/kvm. */
 const char *kvm_device_path(void);
+/* What a user does when opening it failed with errno err (composed into buf when
+ * need be). */
+const char *kvm_open_hint(int err, char *buf, size_t n);
 
 /* Opens kvm_device_path() (kvm_fd > 0: takes that descriptor, open on it,
  * instead), checks the API version and the capabilities the VMM relies on, and creates

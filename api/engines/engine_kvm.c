@@ -472,9 +472,12 @@ static int kvm_adopt(const char *dir, struct engine_proc *p, struct mitos_err *e
 int engine_kvm_available(struct mitos_err *e)
 {
 	int fd = open(kvm_device_path(), O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return mitos_err_set(e, -errno, "cannot open %s: %s (remediation: load kvm_intel or kvm_amd, or "
-				     "run serve as a user in the kvm group)", kvm_device_path(), strerror(errno));
+	if (fd < 0) {
+		int err = errno;
+		char hint[256];
+		return mitos_err_set(e, -err, "cannot open %s: %s (%s)", kvm_device_path(), strerror(err),
+				     kvm_open_hint(err, hint, sizeof(hint)));
+	}
 	close(fd);
 	return 0;
 }
