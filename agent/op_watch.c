@@ -38,6 +38,7 @@ struct dirwatch {
 	struct watch w;
 	bool recursive;
 	bool entries; /* events carry the ENTRY of what they name */
+	bool sync_due; /* the client asked for a sync: answer once the queue is empty */
 	char root[PATH_MAX];
 	struct watched_dir *dirs;
 	size_t ndirs, cap;
@@ -194,19 +195,15 @@ static void held_expired(struct timer *t)
 	batch_send(d->s, &w, put_held(d, &w));
 }
 
-static void watch_read(struct stream *s)
+/* Reads one buffer of the kernel's queue and sends its events: 1 when it read some,
+ * 0 when the queue was empty, -1 when the watch ended (d is freed). */
+static int read_events(struct stream *s, struct dirwatch *d)
 {
-	struct dirwatch *d = s->ctx;
 	char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
 	bool root_gone = false;
-	if (stream_congested(s)) {
-		watch_set(&d->w, 0); /* events wait in the kernel queue; writable resumes */
-		return;
-	}
-	watch_set(&d->w, EPOLLIN);
 	ssize_t n = read(d->fd, buf, sizeof(buf));
 	if (n <= 0)
-		return;
+		return 0;
 	struct jw w;
 	batch_begin(&w);
 	unsigned count = put_held(d, &w);
@@ -259,7 +256,51 @@ static void watch_read(struct stream *s)
 	if (root_gone) {
 		dirwatch_free(d);
 		stream_end_error(s, PERR_NOT_FOUND, "the watched directory was removed or moved");
+		return -1;
 	}
+	return 1;
+}
+
+/* The kernel queues a change's event before the system call that made it returns, so
+ * once the queue is empty every change made before the sync was asked for has been
+ * sent. A move's first half still held then has no second half in the tree. */
+static void send_synced(struct stream *s, struct dirwatch *d)
+{
+	struct jw w;
+	batch_begin(&w);
+	put_held(d, &w);
+	jw_arr_end(&w);
+	jw_key(&w, "synced");
+	jw_bool(&w, true);
+	jw_obj_end(&w);
+	stream_event_jw(s, &w);
+	d->sync_due = false;
+}
+
+static void watch_read(struct stream *s)
+{
+	struct dirwatch *d = s->ctx;
+	int rc;
+	do {
+		if (stream_congested(s)) {
+			watch_set(&d->w, 0); /* events wait in the kernel queue; writable resumes */
+			return;
+		}
+		watch_set(&d->w, EPOLLIN);
+		rc = read_events(s, d);
+	} while (rc > 0 && d->sync_due);
+	if (rc == 0 && d->sync_due)
+		send_synced(s, d);
+}
+
+/* EVENT {"sync": true}: see send_synced. */
+static void watch_event(struct stream *s, const struct json *ev)
+{
+	struct dirwatch *d = s->ctx;
+	if (!json_get_bool(ev, "sync", false))
+		return;
+	d->sync_due = true;
+	watch_read(s);
 }
 
 static void watch_cancel(struct stream *s)
@@ -267,7 +308,7 @@ static void watch_cancel(struct stream *s)
 	dirwatch_free(s->ctx);
 }
 
-static const struct stream_ops watch_ops = { .writable = watch_read, .cancel = watch_cancel };
+static const struct stream_ops watch_ops = { .event = watch_event, .writable = watch_read, .cancel = watch_cancel };
 
 static void watch_readable(struct watch *w, uint32_t events)
 {
@@ -322,6 +363,8 @@ void op_watch_open(struct stream *s, const struct json *req)
 	jw_str(&w, d->root);
 	jw_key(&w, "truncated");
 	jw_bool(&w, d->truncated);
+	jw_key(&w, "sync");
+	jw_bool(&w, true);
 	jw_obj_end(&w);
 	stream_event_jw(s, &w);
 out:

@@ -1,6 +1,7 @@
 /* envd's polled watchers: CreateWatcher opens an agent watch that outlives the
  * request and queues its events; GetWatcherEvents drains them; RemoveWatcher
- * ends it. */
+ * ends it. A poll first asks the agent for a sync (agent/PROTOCOL.md, watch), so
+ * it sees every change made before it, a write the client just made included. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,10 +10,14 @@
 #include "api/e2b/internal.h"
 #include "api/mitos/handlers.h"
 #include "api/http/http.h"
+#include "api/http/uring.h"
 
 #define WATCHER_MAX_EVENTS 10000
 #define WATCHER_MAX_BYTES (4u << 20)
 #define WATCHERS_MAX 256
+/* An agent that does not answer a sync (the sandbox's own, busy or hostile) delays a
+ * poll no longer than this; it then gets what is queued. */
+#define SYNC_WAIT_MS 2000
 
 struct watcher {
 	char id[E2B_TOKEN_HEX + 1];
@@ -22,11 +27,16 @@ struct watcher {
 	unsigned nevents;
 	size_t bytes;               /* what the queued events' strings hold */
 	struct http_req *pending;   /* CreateWatcher waiting for the watch to start */
+	struct http_req *polling;   /* GetWatcherEvents waiting for the agent's sync */
+	uint64_t polling_until;
+	bool can_sync;              /* the agent takes {"sync": true} */
 	struct watcher *next;
 };
 
 static struct watcher *watchers;
 static unsigned nwatchers;
+static struct ur_ticker ticker;
+static bool ticker_added;
 
 /* The bytes of an event's strings, its entry's included. */
 static size_t event_bytes(const cJSON *o)
@@ -42,6 +52,41 @@ static size_t event_bytes(const cJSON *o)
 	return n;
 }
 
+static void detach(struct http_req *r)
+{
+	r->ctx = NULL;
+	r->ops = NULL;
+}
+
+/* Answers a poll with the events queued so far. */
+static void reply_events(struct watcher *w, struct http_req *r)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddItemToObject(o, "events", w->events);
+	w->events = cJSON_CreateArray();
+	w->nevents = 0;
+	w->bytes = 0;
+	handler_reply_cjson(r, 200, o);
+}
+
+static void poll_done(struct watcher *w)
+{
+	struct http_req *r = w->polling;
+	if (!r)
+		return;
+	w->polling = NULL;
+	detach(r);
+	reply_events(w, r);
+}
+
+static void sync_tick(struct ur_ticker *t, uint64_t now)
+{
+	(void)t;
+	for (struct watcher *w = watchers; w; w = w->next)
+		if (w->polling && now >= w->polling_until)
+			poll_done(w);
+}
+
 static void watcher_free(struct watcher *w)
 {
 	for (struct watcher **pp = &watchers; *pp; pp = &(*pp)->next)
@@ -52,10 +97,9 @@ static void watcher_free(struct watcher *w)
 		}
 	if (w->as)
 		agent_cancel(w->as);
-	if (w->pending) {
-		w->pending->ctx = NULL;
-		w->pending->ops = NULL;
-	}
+	if (w->pending)
+		detach(w->pending);
+	poll_done(w);
 	cJSON_Delete(w->events);
 	free(w);
 }
@@ -70,14 +114,23 @@ static void pending_abort(struct http_req *r)
 
 static const struct http_req_ops pending_ops = { .abort = pending_abort };
 
+static void polling_abort(struct http_req *r)
+{
+	struct watcher *w = r->ctx;
+	w->polling = NULL;
+	detach(r);
+}
+
+static const struct http_req_ops polling_ops = { .abort = polling_abort };
+
 static void w_event(struct astream *s, cJSON *ev)
 {
 	struct watcher *w = s->ctx;
 	if (cJSON_IsTrue(cJSON_GetObjectItem(ev, "started")) && w->pending) {
 		struct http_req *r = w->pending;
 		w->pending = NULL;
-		r->ctx = NULL;
-		r->ops = NULL;
+		detach(r);
+		w->can_sync = cJSON_IsTrue(cJSON_GetObjectItem(ev, "sync"));
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "watcherId", w->id);
 		handler_reply_cjson(r, 200, o);
@@ -99,20 +152,22 @@ static void w_event(struct astream *s, cJSON *ev)
 			w->nevents--;
 		}
 	}
+	if (cJSON_IsTrue(cJSON_GetObjectItem(ev, "synced")))
+		poll_done(w);
 }
 
 static void w_end(struct astream *s, cJSON *payload, const char *why)
 {
 	struct watcher *w = s->ctx;
 	w->as = NULL;
+	poll_done(w);
 	if (w->pending) {
 		const cJSON *err = cJSON_GetObjectItem(payload, "error");
 		const char *code = cJSON_GetStringValue(cJSON_GetObjectItem(err, "code"));
 		const char *msg = cJSON_GetStringValue(cJSON_GetObjectItem(err, "message"));
 		struct http_req *r = w->pending;
 		w->pending = NULL;
-		r->ctx = NULL;
-		r->ops = NULL;
+		detach(r);
 		e2b_reply_connect_err(r, payload ? e2b_agent_code(code) : "unavailable",
 				      msg ? msg : why ? why : "the watch ended");
 		watcher_free(w);
@@ -167,8 +222,7 @@ static void create(struct http_req *r, struct agent_conn *ac, const cJSON *req, 
 	free(s);
 	if (!w->as) {
 		w->pending = NULL;
-		r->ctx = NULL;
-		r->ops = NULL;
+		detach(r);
 		watcher_free(w);
 		e2b_reply_connect_err(r, "unavailable", "cannot open a stream to the sandbox's agent");
 	}
@@ -192,14 +246,24 @@ void e2b_watcher_start(struct http_req *r, const char *method, struct agent_conn
 		e2b_reply_connect_err(r, "not_found", "no such watcher");
 		return;
 	}
-	cJSON *o = cJSON_CreateObject();
-	if (!strcmp(method, "GetWatcherEvents")) {
-		cJSON_AddItemToObject(o, "events", w->events);
-		w->events = cJSON_CreateArray();
-		w->nevents = 0;
-		w->bytes = 0;
-	} else {
+	if (strcmp(method, "GetWatcherEvents")) {
 		watcher_free(w);
+		handler_reply_cjson(r, 200, cJSON_CreateObject());
+		return;
 	}
-	handler_reply_cjson(r, 200, o);
+	/* One poll at a time waits for a sync; another one meanwhile takes what is queued. */
+	if (!w->can_sync || !w->as || w->polling) {
+		reply_events(w, r);
+		return;
+	}
+	w->polling = r;
+	w->polling_until = ur_now_ms() + SYNC_WAIT_MS;
+	r->ctx = w;
+	r->ops = &polling_ops;
+	if (!ticker_added) {
+		ticker.fn = sync_tick;
+		ur_add_ticker(&ticker);
+		ticker_added = true;
+	}
+	agent_send_event(w->as, "{\"sync\":true}");
 }

@@ -432,6 +432,40 @@ START_TEST(files_watch_recursive)
 }
 END_TEST
 
+/* A sync answers only once every change made before it was sent: a poll right after
+ * a write sees it (E2B's GetWatcherEvents), a move out of the tree included. */
+START_TEST(files_watch_sync)
+{
+	struct ac c;
+	struct ac_buf seen = { 0 };
+	char req[256], path[160], out[96];
+	make_dir();
+	agent_up(&c);
+	uint32_t id = ac_new_id(&c);
+	snprintf(req, sizeof(req), "{\"op\":\"watch\",\"path\":\"%s\"}", dir);
+	ac_open(&c, id, req);
+	wait_event(&c, id, &seen, "\"sync\":true}");
+	for (int i = 0; i < 200; i++) {
+		snprintf(path, sizeof(path), "%s/f%03d", dir, i);
+		close(open(path, O_CREAT | O_WRONLY, 0644));
+	}
+	snprintf(out, sizeof(out), "%s-out", dir);
+	ck_assert_int_eq(rename(path, out), 0); /* its first half alone: held for a second half */
+	static const char sync[] = "{\"sync\":true}";
+	ck_assert_int_eq(ac_send(&c, PROTO_EVENT, 0, 0, id, sync, sizeof(sync) - 1), 0);
+	wait_event(&c, id, &seen, "\"synced\":true");
+	for (int i = 0; i < 200; i++) {
+		snprintf(path, sizeof(path), "\"name\":\"f%03d\",\"type\":\"create\"", i);
+		ck_assert_msg(strstr((char *)seen.p, path), "%s not before the sync's answer", path);
+	}
+	ck_assert_ptr_nonnull(strstr((char *)seen.p, "\"name\":\"f199\",\"type\":\"rename\""));
+	unlink(out);
+	free(seen.p);
+	agent_down(&c);
+	remove_dir();
+}
+END_TEST
+
 /* What envd's clients are given: listings depth first in byte order, a symlink
  * resolved with what it leads to, watch events carrying their entries. */
 START_TEST(files_envd_shapes)
@@ -600,6 +634,7 @@ int main(void)
 	tcase_add_test(tc, files_error_codes);
 	tcase_add_test(tc, files_list_many_batches);
 	tcase_add_test(tc, files_watch_recursive);
+	tcase_add_test(tc, files_watch_sync);
 	tcase_add_test(tc, files_envd_shapes);
 	tcase_add_test(tc, files_archive_cancelled_midway);
 	tcase_add_test(tc, files_relative_to_home);
