@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "api/http/bytebuf.h"
+#include "api/http/chunk_framing.h"
 #include "api/http/h2.h"
 #include "api/http/http_req.h"
 #include "api/http/router.h"
@@ -751,6 +752,19 @@ static const char *head_refusal(struct conn *c, const uint8_t *p, size_t n)
 	return NULL;
 }
 
+static const char *body_refusal(struct conn *c, const uint8_t *p, size_t n)
+{
+	/* The parser pauses on the head's last LF and takes it with what follows. */
+	if (n && c->head_prev == '\r') {
+		if (*p != '\n')
+			return "the request head does not end in an empty line (CRLF)";
+		c->head_prev = '\n';
+		p++;
+		n--;
+	}
+	return c->parser.flags & F_CHUNKED ? chunk_framing_feed(&c->chunks, p, n) : NULL;
+}
+
 void http_conn_process(struct conn *c)
 {
 	if (!c->proto && !pick_protocol(c))
@@ -804,20 +818,24 @@ void http_conn_process(struct conn *c)
 		if (!r && !c->hdr_deadline_ms)
 			c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;
 		bool in_head = !r || !r->headers_done;
-		if (!r)
+		if (!r) {
 			c->head_prev = 0;
+			chunk_framing_reset(&c->chunks);
+		}
 		const uint8_t *at = c->pend + c->pend_off;
 		size_t n = http_parser_execute(&c->parser, &settings, (const char *)at, c->pend_len);
 		c->pend_off += n;
 		c->pend_len -= n;
-		/* The parser stops right after the headers, so what it took was head. */
-		const char *bad = in_head ? head_refusal(c, at, n) : NULL;
+		enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+		/* The parser stops right after the headers, so what it took was head; after
+		 * them, body (where its own refusal, a body too large, says more). */
+		const char *bad = in_head ? head_refusal(c, at, n)
+			: e == HPE_OK || e == HPE_PAUSED ? body_refusal(c, at, n) : NULL;
 		if (bad) {
 			conn_note_err(c, AE_BAD_REQUEST, bad);
 			fail_conn(c);
 			break;
 		}
-		enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
 		if (e == HPE_PAUSED) {
 			http_parser_pause(&c->parser, 0);
 			continue;

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "api/http/chunk_framing.h"
 #include "api/http/sendq.h"
 #include "api/http/uring.h"
 
@@ -63,6 +64,7 @@ struct conn {
 	bool rx_wait_buf;  /* a read failed for lack of provided buffers */
 	uint8_t proto;     /* 0: not known yet, 1: HTTP/1.x, 2: HTTP/2 */
 	uint8_t head_prev; /* the last byte of the request head read so far */
+	struct chunk_framing chunks; /* the request body's, when it is chunked */
 	struct h2_conn *h2;
 	struct sendq out;
 	struct iovec iov[CONN_IOV];

@@ -185,6 +185,9 @@ static const char *const seeds[] = {
 	("POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n"
 	 "01234567890123456789012345678901234567890123456789012345678901234567890123456789\r\n0\r\n\r\n"),
 	"POST /stream HTTP/1.1\r\nX: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
+	/* Chunk framing: an extension and a trailer, then two bytes after data that are not CRLF. */
+	"POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n0\r\nT: v\r\n\r\nGET /plain HTTP/1.1\r\n\r\n",
+	"POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\nGET /plain HTTP/1.1\r\n\r\n",
 };
 
 /* HTTP/2: the preface, an empty SETTINGS, then per request a HEADERS frame (HPACK:
