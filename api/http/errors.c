@@ -53,6 +53,9 @@ static const struct err_info infos[AE_COUNT_] = {
 		"send Content-Type: application/json (unary) or application/connect+json (streams)" },
 	[AE_CONFLICT] = { "conflict", 409, "already_exists",
 		"pick another id, or delete the existing object first" },
+	[AE_DELETED_STARTING] = { "conflict", 409, "aborted",
+		"the sandbox was deleted (DELETE, or E2B's kill) before it was ready: create another if it "
+		"is still wanted" },
 	[AE_SANDBOX_NOT_RUNNING] = { "sandbox_not_running", 409, "failed_precondition",
 		"resume the sandbox (POST /v1/resume) or create a new one" },
 	[AE_LIMIT_EXCEEDED] = { "quota_exceeded", 429, "resource_exhausted",

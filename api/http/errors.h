@@ -33,6 +33,8 @@ enum api_err {
 	AE_METHOD_NOT_ALLOWED,
 	AE_UNSUPPORTED_MEDIA_TYPE,
 	AE_CONFLICT,
+	/* A sandbox deleted by its user while it started: its create is not to be retried. */
+	AE_DELETED_STARTING,
 	AE_SANDBOX_NOT_RUNNING,
 	AE_LIMIT_EXCEEDED,
 	AE_UNAVAILABLE,

@@ -45,7 +45,11 @@ void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const c
 		for (unsigned i = 0; i < job->n; i++)
 			if (job->sbs[i] == sb)
 				job->sbs[i] = NULL;
-		if (!job->err.code)
+		/* Not a failure to retry when its own user deleted it meanwhile. */
+		if (!job->err.code && sb->deleted_starting)
+			api_fail(&job->err, -ECANCELED, AE_DELETED_STARTING, "sandbox %s was deleted while it was starting (%s)",
+				 sb->id, why ? why : "deleted");
+		else if (!job->err.code)
 			api_fail(&job->err, -ECHILD, AE_START_FAILED, "sandbox %s: %s", sb->id,
 				 why ? why : "failed");
 	}

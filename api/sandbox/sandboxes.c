@@ -489,6 +489,7 @@ void sandbox_destroy(struct sandbox *sb, const char *why, void (*done)(void *ctx
 				*wout = w;
 		}
 	}
+	sb->deleted_starting = sb->state == SB_STARTING;
 	sb_kill(sb, why);
 }
 

@@ -74,6 +74,7 @@ struct sandbox {
 	bool exited, adopted, freed_from_registry;
 	/* Killed by serve while starting: its state no longer says so, its exit is logged. */
 	bool killed_starting;
+	bool deleted_starting; /* deleted on request while it started: its create says so */
 	/* Its agent went away on its own: it ends by itself (an engine then says why) or is
 	 * killed at agent_lost_ms + AGENT_LOST_GRACE_MS. */
 	bool agent_lost;

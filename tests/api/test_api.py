@@ -156,6 +156,20 @@ def t_workload_template(s):
     # The operator's log says it too.
     wait_until(lambda: re.search(r"sandbox wl-never-1: start failed: .*did not answer GET / on port 8124",
                                  s.stderr()), 5, "the log line")
+    # Deleted by its user while it starts: the create says so, a conflict (not a failure
+    # to retry).
+    s.request("POST", "/v1/templates", {"id": "wl-slow", "workload": {
+        "command": ["sleep", "300"], "ready": {"port": 8126, "timeout_seconds": 30}}})
+    res = {}
+    th = threading.Thread(target=lambda: res.update(
+        r=s.request("POST", "/v1/fork", {"template": "wl-slow", "id": "wl-slow-1"})))
+    th.start()
+    wait_until(lambda: s.request("GET", "/v1/sandboxes/wl-slow-1")[0] == 200, 10, "the starting sandbox")
+    eq(s.request("DELETE", "/v1/sandboxes/wl-slow-1")[0], 200, "delete while it starts")
+    th.join(20)
+    st, r = res["r"]
+    eq((st, r["error"]["code"]), (409, "conflict"), "a create whose sandbox was deleted (%r)" % (r,))
+    assert "deleted while it was starting" in r["error"]["message"], r
     # A program that does not exist: its log says so.
     s.request("POST", "/v1/templates", {"id": "wl-missing", "workload": {
         "command": ["/no/such/server"], "ready": {"port": 8125, "timeout_seconds": 1}}})
