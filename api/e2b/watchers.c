@@ -12,9 +12,13 @@
 #include "api/http/http.h"
 #include "api/http/uring.h"
 
+/* Events wait here, on the host, for a client to poll: what one sandbox can make serve
+ * hold is bounded (its watchers times their queues), and one sandbox's watchers leave
+ * room for the others'. */
 #define WATCHER_MAX_EVENTS 10000
-#define WATCHER_MAX_BYTES (4u << 20)
-#define WATCHERS_MAX 256
+#define WATCHER_MAX_BYTES (1u << 20)
+#define WATCHERS_PER_SANDBOX 16
+#define WATCHERS_MAX 4096
 /* An agent that does not answer a sync (the sandbox's own, busy or hostile) delays a
  * poll no longer than this; it then gets what is queued. */
 #define SYNC_WAIT_MS 2000
@@ -195,9 +199,14 @@ static void create(struct http_req *r, struct agent_conn *ac, const cJSON *req, 
 		e2b_reply_connect_err(r, "invalid_argument", "path is required");
 		return;
 	}
-	if (nwatchers >= WATCHERS_MAX) {
+	unsigned mine = 0;
+	for (struct watcher *o = watchers; o; o = o->next)
+		mine += !strcmp(o->sandbox, e2b_req_sandbox(r));
+	if (mine >= WATCHERS_PER_SANDBOX || nwatchers >= WATCHERS_MAX) {
 		cJSON_Delete(open);
-		e2b_reply_connect_err(r, "resource_exhausted", "too many watchers: remove some with RemoveWatcher");
+		e2b_reply_connect_err(r, "resource_exhausted",
+				      mine >= WATCHERS_PER_SANDBOX ? "this sandbox has 16 watchers: remove some with RemoveWatcher"
+								   : "this server holds too many watchers: retry later");
 		return;
 	}
 	struct watcher *w = calloc(1, sizeof(*w));
