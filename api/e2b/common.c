@@ -54,6 +54,7 @@ int e2b_sbx_save(const struct e2b_sbx *s)
 	cJSON_AddBoolToObject(o, "auto_pause", s->auto_pause);
 	cJSON_AddBoolToObject(o, "auto_resume", s->auto_resume);
 	cJSON_AddNumberToObject(o, "resume_timeout_s", s->resume_timeout_s);
+	cJSON_AddBoolToObject(o, "public_traffic", s->public_traffic);
 	int rc = registry_write_json(path, o);
 	cJSON_Delete(o);
 	return rc;
@@ -98,6 +99,7 @@ static struct e2b_sbx *sbx_load(const struct sandbox *sb)
 	s->env_vars = env ? cJSON_Duplicate(env, 1) : NULL;
 	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_pause"));
 	s->auto_resume = s->auto_pause && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_resume"));
+	s->public_traffic = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "public_traffic"));
 	const cJSON *rt = cJSON_GetObjectItemCaseSensitive(o, "resume_timeout_s");
 	s->resume_timeout_s = cJSON_IsNumber(rt) && rt->valuedouble >= 1 && rt->valuedouble <= 30 * 86400
 				      ? (uint32_t)rt->valuedouble : 300;

@@ -78,7 +78,10 @@ static cJSON *sandbox_obj(const struct http_req *r, const struct sandbox *sb, co
 	/* What the sandbox has, which is less than asked on a node without --egress. */
 	cJSON_AddBoolToObject(o, "allowInternetAccess", sb->net && sb->net->internet);
 	static const struct net_policy none;
-	cJSON_AddItemToObject(o, "network", net_policy_e2b_json(sb->net ? sb->net : &none));
+	cJSON *net = net_policy_e2b_json(sb->net ? sb->net : &none);
+	if (s)
+		cJSON_AddBoolToObject(net, "allowPublicTraffic", s->public_traffic);
+	cJSON_AddItemToObject(o, "network", net);
 	cJSON *lc = cJSON_AddObjectToObject(o, "lifecycle");
 	cJSON_AddStringToObject(lc, "onTimeout", s && s->auto_pause ? "pause" : "kill");
 	cJSON_AddBoolToObject(lc, "autoResume", s && s->auto_resume);
@@ -206,6 +209,16 @@ void e2b_auto_pause_watch(void)
 /* ---- create ---- */
 
 /* autoResume {"enabled": bool}: 1 on, 0 off or absent, -1 malformed. */
+static const cJSON *public_traffic_field(const cJSON *body)
+{
+	return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(body, "network"), "allowPublicTraffic");
+}
+
+static bool public_traffic_ok(const cJSON *v)
+{
+	return !v || cJSON_IsNull(v) || cJSON_IsBool(v);
+}
+
 static int auto_resume_field(const cJSON *b)
 {
 	const cJSON *ar = cJSON_GetObjectItemCaseSensitive(b, "autoResume");
@@ -260,6 +273,7 @@ static int record_new(struct sandbox *sb, const struct e2b_sbx *like, bool secur
 		s->auto_pause = like->auto_pause;
 		s->auto_resume = like->auto_resume;
 		s->resume_timeout_s = like->resume_timeout_s;
+		s->public_traffic = like->public_traffic;
 		if (s->auto_pause)
 			e2b_auto_pause_watch();
 		mint_tokens(s, secure);
@@ -287,6 +301,7 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 		.auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")),
 		.auto_resume = auto_resume_field(b) == 1,
 		.resume_timeout_s = cc->timeout_s,
+		.public_traffic = !cJSON_IsFalse(public_traffic_field(b)),
 	};
 	struct e2b_sbx *s;
 	int rc = record_new(sbs[0], &rec, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "secure")), &s);
@@ -363,6 +378,8 @@ void e2b_sandboxes_create(struct http_req *r)
 	else if (!e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "metadata")) ||
 		 !e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "envVars")))
 		bad = "metadata and envVars must map strings to strings, at most 256 entries and 64 KiB each";
+	else if (!public_traffic_ok(public_traffic_field(b)))
+		bad = "network.allowPublicTraffic must be a boolean";
 	else if (auto_resume_field(b) < 0)
 		bad = "autoResume must be {\"enabled\": true or false}";
 	else if (auto_resume_field(b) == 1 && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")))
@@ -708,7 +725,7 @@ static void forked(void *ctx, enum api_err err, const char *msg, struct sandbox 
 	const struct e2b_sbx *src = e2b_sbx_get(fc->src, false);
 	struct e2b_sbx like = { 0 };
 	if (src)
-		like = (struct e2b_sbx){ .env_vars = src->env_vars };
+		like = (struct e2b_sbx){ .env_vars = src->env_vars, .public_traffic = src->public_traffic };
 	cJSON *out = sbs ? cJSON_CreateArray() : NULL;
 	for (unsigned i = 0; out && i < n; i++) {
 		struct e2b_sbx *s;

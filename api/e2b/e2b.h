@@ -17,8 +17,8 @@ bool e2b_route_headers(struct http_req *r);
  * (their tokens, envs and onTimeout), so its clients carry on. */
 void e2b_records_load(void);
 /* Whether r may reach sandbox sid through an E2B getHost() host: a sandbox made
- * through E2B, with its traffic access token when it has one (else serve's API
- * key). */
+ * through E2B, with public traffic (allowPublicTraffic, E2B's default) or with its
+ * traffic access token when it has one (else serve's API key). */
 bool e2b_host_authorized(const struct http_req *r, const char *sid);
 /* Authorized traffic for the sandbox sid, which paused at its timeout and auto-resumes
  * (lifecycle.autoResume): starts its resume (once) and, with fn, serves r with fn once

@@ -29,6 +29,9 @@ struct e2b_sbx {
 	struct cJSON *env_vars;                    /* sandbox-wide envs of commands and code */
 	bool auto_pause;
 	bool auto_resume;                          /* lifecycle.autoResume: traffic resumes it (wake.c) */
+	/* network.allowPublicTraffic (E2B's default): its getHost ports take no token. Only
+	 * for a sandbox E2B made (an id of serve's choosing), never one it connected to. */
+	bool public_traffic;
 	uint32_t resume_timeout_s;                 /* the timeout it was created with, again on a wake */
 	uint64_t cpu_usec;                         /* last metrics sample */
 	uint64_t cpu_sample_ms;

@@ -211,6 +211,8 @@ bool e2b_host_authorized(const struct http_req *r, const char *sid)
 	struct e2b_sbx *s = e2b_sbx_get(sid, false);
 	if (!s)
 		return false; /* not made through E2B: its ports take a preview URL */
+	if (s->public_traffic)
+		return true;
 	if (s->traffic_token[0])
 		return e2b_token_ok(http_req_header(r, "e2b-traffic-access-token"), s->traffic_token);
 	return e2b_api_key_ok(r);

@@ -37,6 +37,8 @@ static const struct err_info infos[AE_COUNT_] = {
 		"check that the command exists inside the sandbox and the cwd is a directory" },
 	[AE_UNAUTHENTICATED] = { "unauthorized", 401, "unauthenticated",
 		"send Authorization: Bearer <token> with the token from the server's --token-file" },
+	[AE_FORBIDDEN] = { "forbidden", 403, "permission_denied",
+		"send the credential the message names" },
 	[AE_ENGINE_UNAVAILABLE] = { "engine_unavailable", 503, "unavailable",
 		"run `mitos-vmm check` to see which engines this host supports" },
 	[AE_START_FAILED] = { "engine_unavailable", 503, "unavailable",

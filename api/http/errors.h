@@ -24,6 +24,8 @@ enum api_err {
 	AE_FILE_FAILED,
 	AE_EXEC_FAILED,
 	AE_UNAUTHENTICATED,
+	/* Known, and not for this caller (E2B: a sandbox host without its traffic token). */
+	AE_FORBIDDEN,
 	AE_ENGINE_UNAVAILABLE,
 	/* A sandbox that failed on its way to ready: the same code, a remediation about the
 	 * sandbox (its template, its console), not the host's engines. */

@@ -891,13 +891,15 @@ void preview_proxy(struct http_req *r)
 		snprintf(pv->cookie_path, sizeof(pv->cookie_path), "%s/", prefix);
 	}
 	if (e2b_host) {
-		/* E2B's getHost() URLs carry no token of ours: the sandbox's E2B traffic
-		 * token (when it has one) or the API key decides, as for its interpreter. */
+		/* E2B's getHost() URLs carry no token of ours: a sandbox created with public
+		 * traffic (E2B's default) takes none; else its E2B traffic token (when it has
+		 * one) or the API key decides, as for its interpreter. */
 		if (!sb || !e2b_host_authorized(r, sb->id)) {
 			pv_free(pv);
-			http_reply_error(r, sb ? AE_UNAUTHENTICATED : AE_NOT_FOUND,
-					 sb ? "this sandbox host needs the sandbox's traffic access token" : "no such sandbox",
-					 NULL, sb ? "send the E2B-Traffic-Access-Token header the sandbox was created with" : NULL);
+			http_reply_error(r, sb ? AE_FORBIDDEN : AE_NOT_FOUND,
+					 sb ? "this sandbox's URLs need its traffic access token (it was created with "
+					      "network.allowPublicTraffic false, or reached through connect)" : "no such sandbox",
+					 NULL, sb ? "send the E2B-Traffic-Access-Token header with the sandbox's trafficAccessToken" : NULL);
 			return;
 		}
 		if (e2b_would_wake(sb->id)) {

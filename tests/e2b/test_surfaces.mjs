@@ -138,6 +138,25 @@ test("polled watcher: CreateWatcher, GetWatcherEvents, RemoveWatcher", async () 
   assert.equal(withEntry.entry.type, "FILE_TYPE_FILE");
 });
 
+test("polled watchers: 16 per sandbox, so one sandbox cannot take every other's", async () => {
+  const [a, b] = [await Sandbox.create(), await Sandbox.create()];
+  made.push(a.sandboxId, b.sandboxId);
+  const create = (sbx) => envd(sbx, "filesystem.Filesystem/CreateWatcher", JSON.stringify({ path: "/tmp" }));
+  const ids = [];
+  for (let i = 0; i < 16; i++) {
+    const res = await create(a);
+    assert.equal(res.status, 200, await res.clone().text());
+    ids.push((await res.json()).watcherId);
+  }
+  const over = await create(a);
+  assert.equal(over.status, 429);
+  assert.equal((await over.json()).code, "resource_exhausted");
+  assert.equal((await create(b)).status, 200, "another sandbox still gets one");
+  const removed = await envd(a, "filesystem.Filesystem/RemoveWatcher", JSON.stringify({ watcherId: ids[0] }));
+  assert.equal(removed.status, 200);
+  assert.equal((await create(a)).status, 200, "room again after a RemoveWatcher");
+});
+
 test("the Python SDK's execute: every field sent, null when not given", async () => {
   const sbx = await Sandbox.create();
   made.push(sbx.sandboxId);
@@ -222,12 +241,23 @@ test("getHost traffic wakes a sandbox its timeout paused (lifecycle autoResume)"
   assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, "running");
 });
 
-test("getHost(port) names this server (<port>-<id>.<--preview-domain>), behind the traffic token", async () => {
-  const sbx = await Sandbox.create();
+test("getHost(port) names this server (<port>-<id>.<--preview-domain>); allowPublicTraffic false puts it behind the traffic token", async () => {
+  const serve = async (sbx) => {
+    await sbx.commands.run("mkdir -p /tmp/www && echo hi-from-8123 > /tmp/www/hello.txt && cd /tmp/www && " +
+      "(setsid python3 -m http.server 8123 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &) && " +
+      "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8123) 2>/dev/null && break; sleep 0.1; done");
+  };
+  // E2B's default: public traffic, no token needed.
+  const pub = await Sandbox.create();
+  made.push(pub.sandboxId);
+  await serve(pub);
+  const open = await getVia(pub.getHost(8123));
+  assert.deepEqual([open.status, open.body], [200, "hi-from-8123\n"], "public traffic by default");
+  assert.equal((await Sandbox.getInfo(pub.sandboxId)).network?.allowPublicTraffic, true);
+  const sbx = await Sandbox.create({ network: { allowPublicTraffic: false } });
   made.push(sbx.sandboxId);
-  await sbx.commands.run("mkdir -p /tmp/www && echo hi-from-8123 > /tmp/www/hello.txt && cd /tmp/www && " +
-    "(setsid python3 -m http.server 8123 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &) && " +
-    "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8123) 2>/dev/null && break; sleep 0.1; done");
+  await serve(sbx);
+  assert.equal((await Sandbox.getInfo(sbx.sandboxId)).network?.allowPublicTraffic, false);
   const host = sbx.getHost(8123);
   const port = new URL(base).port;
   assert.equal(host, `8123-${sbx.sandboxId}.e2b.test:${port}`);
@@ -235,9 +265,12 @@ test("getHost(port) names this server (<port>-<id>.<--preview-domain>), behind t
   const ok = await getVia(host, { "E2B-Traffic-Access-Token": sbx.trafficAccessToken });
   assert.deepEqual([ok.status, ok.body], [200, "hi-from-8123\n"]);
   const denied = await getVia(host);
-  assert.equal(denied.status, 401, "no traffic token");
+  assert.equal(denied.status, 403, "no traffic token");
   const wrong = await getVia(host, { "E2B-Traffic-Access-Token": "0".repeat(sbx.trafficAccessToken.length) });
-  assert.equal(wrong.status, 401, "a wrong traffic token");
+  assert.equal(wrong.status, 403, "a wrong traffic token");
+  const badField = await fetch(base + "/sandboxes", { method: "POST", headers: { "X-API-KEY": process.env.E2B_API_KEY,
+    "Content-Type": "application/json" }, body: JSON.stringify({ templateID: "base", network: { allowPublicTraffic: "no" } }) });
+  assert.equal(badField.status, 400);
   const gone = await getVia(`8123-nosuchsandbox.e2b.test:${port}`, { "E2B-Traffic-Access-Token": sbx.trafficAccessToken });
   assert.equal(gone.status, 404);
   // The SDK's own hosts for envd and the interpreter (its URLs without E2B_SANDBOX_URL).
