@@ -55,6 +55,7 @@ int e2b_sbx_save(const struct e2b_sbx *s)
 	cJSON_AddBoolToObject(o, "auto_resume", s->auto_resume);
 	cJSON_AddNumberToObject(o, "resume_timeout_s", s->resume_timeout_s);
 	cJSON_AddBoolToObject(o, "public_traffic", s->public_traffic);
+	cJSON_AddStringToObject(o, "mask_host", s->mask_host);
 	int rc = registry_write_json(path, o);
 	cJSON_Delete(o);
 	return rc;
@@ -100,6 +101,9 @@ static struct e2b_sbx *sbx_load(const struct sandbox *sb)
 	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_pause"));
 	s->auto_resume = s->auto_pause && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_resume"));
 	s->public_traffic = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "public_traffic"));
+	const char *mask = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "mask_host"));
+	if (mask && e2b_mask_host_ok(mask))
+		snprintf(s->mask_host, sizeof(s->mask_host), "%s", mask);
 	const cJSON *rt = cJSON_GetObjectItemCaseSensitive(o, "resume_timeout_s");
 	s->resume_timeout_s = cJSON_IsNumber(rt) && rt->valuedouble >= 1 && rt->valuedouble <= 30 * 86400
 				      ? (uint32_t)rt->valuedouble : 300;

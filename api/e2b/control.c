@@ -81,6 +81,8 @@ static cJSON *sandbox_obj(const struct http_req *r, const struct sandbox *sb, co
 	cJSON *net = net_policy_e2b_json(sb->net ? sb->net : &none);
 	if (s)
 		cJSON_AddBoolToObject(net, "allowPublicTraffic", s->public_traffic);
+	if (s && s->mask_host[0])
+		cJSON_AddStringToObject(net, "maskRequestHost", s->mask_host);
 	cJSON_AddItemToObject(o, "network", net);
 	cJSON *lc = cJSON_AddObjectToObject(o, "lifecycle");
 	cJSON_AddStringToObject(lc, "onTimeout", s && s->auto_pause ? "pause" : "kill");
@@ -219,6 +221,16 @@ static bool public_traffic_ok(const cJSON *v)
 	return !v || cJSON_IsNull(v) || cJSON_IsBool(v);
 }
 
+static const cJSON *mask_host_field(const cJSON *body)
+{
+	return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(body, "network"), "maskRequestHost");
+}
+
+static bool mask_host_field_ok(const cJSON *v)
+{
+	return !v || cJSON_IsNull(v) || (cJSON_IsString(v) && e2b_mask_host_ok(v->valuestring));
+}
+
 static int auto_resume_field(const cJSON *b)
 {
 	const cJSON *ar = cJSON_GetObjectItemCaseSensitive(b, "autoResume");
@@ -274,6 +286,7 @@ static int record_new(struct sandbox *sb, const struct e2b_sbx *like, bool secur
 		s->auto_resume = like->auto_resume;
 		s->resume_timeout_s = like->resume_timeout_s;
 		s->public_traffic = like->public_traffic;
+		memcpy(s->mask_host, like->mask_host, sizeof(s->mask_host));
 		if (s->auto_pause)
 			e2b_auto_pause_watch();
 		mint_tokens(s, secure);
@@ -303,6 +316,9 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 		.resume_timeout_s = cc->timeout_s,
 		.public_traffic = !cJSON_IsFalse(public_traffic_field(b)),
 	};
+	const char *mask = cJSON_GetStringValue(mask_host_field(b));
+	if (mask)
+		snprintf(rec.mask_host, sizeof(rec.mask_host), "%s", mask);
 	struct e2b_sbx *s;
 	int rc = record_new(sbs[0], &rec, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "secure")), &s);
 	if (rc)
@@ -380,6 +396,9 @@ void e2b_sandboxes_create(struct http_req *r)
 		bad = "metadata and envVars must map strings to strings, at most 256 entries and 64 KiB each";
 	else if (!public_traffic_ok(public_traffic_field(b)))
 		bad = "network.allowPublicTraffic must be a boolean";
+	else if (!mask_host_field_ok(mask_host_field(b)))
+		bad = "network.maskRequestHost must be a host name, with a :port or ${PORT} in it if wanted (at most "
+		      "253 characters of letters, digits, '.', '-', '_' and ':')";
 	else if (auto_resume_field(b) < 0)
 		bad = "autoResume must be {\"enabled\": true or false}";
 	else if (auto_resume_field(b) == 1 && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")))
@@ -724,8 +743,10 @@ static void forked(void *ctx, enum api_err err, const char *msg, struct sandbox 
 	r->ops = NULL;
 	const struct e2b_sbx *src = e2b_sbx_get(fc->src, false);
 	struct e2b_sbx like = { 0 };
-	if (src)
+	if (src) {
 		like = (struct e2b_sbx){ .env_vars = src->env_vars, .public_traffic = src->public_traffic };
+		memcpy(like.mask_host, src->mask_host, sizeof(like.mask_host));
+	}
 	cJSON *out = sbs ? cJSON_CreateArray() : NULL;
 	for (unsigned i = 0; out && i < n; i++) {
 		struct e2b_sbx *s;

@@ -6,6 +6,7 @@
 #define MITOS_API_E2B_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct http_req;
 
@@ -20,6 +21,11 @@ void e2b_records_load(void);
  * through E2B, with public traffic (allowPublicTraffic, E2B's default) or with its
  * traffic access token when it has one (else serve's API key). */
 bool e2b_host_authorized(const struct http_req *r, const char *sid);
+/* The Host that sandbox sid's getHost traffic to port reaches it with (its
+ * network.maskRequestHost, ${PORT} replaced: never longer than the mask) in out, or
+ * NULL to keep the client's. */
+#define E2B_MASK_HOST_MAX 253
+const char *e2b_host_mask(const char *sid, unsigned port, char *out, size_t outlen);
 /* Authorized traffic for the sandbox sid, which paused at its timeout and auto-resumes
  * (lifecycle.autoResume): starts its resume (once) and, with fn, serves r with fn once
  * it runs (true: r is taken, fn may have run already). False, doing nothing, for any

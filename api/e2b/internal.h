@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "api/e2b/e2b.h"
 #include "api/sandbox/agent_call.h"
 #include "api/sandbox/agent_client.h"
 #include "api/sandbox/sandboxes.h"
@@ -21,6 +22,9 @@ struct http_req;
 #define E2B_TOKEN_HEX 32
 
 /* What E2B's API knows about a sandbox beyond the Mitos record. */
+/* A network.maskRequestHost as the API takes it (E2B_MASK_HOST_MAX, e2b.h). */
+bool e2b_mask_host_ok(const char *mask);
+
 struct e2b_sbx {
 	char id[ID_MAX + 1];
 	uint64_t created_ms;                       /* tells a later sandbox with the same id apart */
@@ -32,6 +36,7 @@ struct e2b_sbx {
 	/* network.allowPublicTraffic (E2B's default): its getHost ports take no token. Only
 	 * for a sandbox E2B made (an id of serve's choosing), never one it connected to. */
 	bool public_traffic;
+	char mask_host[E2B_MASK_HOST_MAX + 1]; /* network.maskRequestHost, "" when none */
 	uint32_t resume_timeout_s;                 /* the timeout it was created with, again on a wake */
 	uint64_t cpu_usec;                         /* last metrics sample */
 	uint64_t cpu_sample_ms;

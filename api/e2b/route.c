@@ -3,6 +3,7 @@
  * Every handler runs behind the check its service needs: the API key (serve's
  * token) on the control plane, the sandbox's access tokens on envd and the
  * interpreter. */
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -204,6 +205,45 @@ static const struct route *interp_route(struct http_req *r)
 	if (!strcmp(p, "/health"))
 		return &r_e2b_envd_health;
 	return &r_unknown;
+}
+
+#define PORT_VAR "${PORT}"
+
+bool e2b_mask_host_ok(const char *mask)
+{
+	size_t n = strlen(mask);
+	if (!n || n > E2B_MASK_HOST_MAX)
+		return false;
+	for (const char *p = mask; *p;) {
+		if (!strncmp(p, PORT_VAR, strlen(PORT_VAR)))
+			p += strlen(PORT_VAR);
+		else if (isalnum((unsigned char)*p) || strchr(".-_:", *p))
+			p++;
+		else
+			return false;
+	}
+	return true;
+}
+
+const char *e2b_host_mask(const char *sid, unsigned port, char *out, size_t outlen)
+{
+	const struct e2b_sbx *s = e2b_sbx_get(sid, false);
+	if (!s || !s->mask_host[0])
+		return NULL;
+	size_t o = 0;
+	for (const char *p = s->mask_host; *p && o + 1 < outlen;) {
+		if (!strncmp(p, PORT_VAR, strlen(PORT_VAR))) {
+			int k = snprintf(out + o, outlen - o, "%u", port);
+			if (k < 0 || (size_t)k >= outlen - o)
+				return NULL;
+			o += (size_t)k;
+			p += strlen(PORT_VAR);
+		} else {
+			out[o++] = *p++;
+		}
+	}
+	out[o] = 0;
+	return out;
 }
 
 bool e2b_host_authorized(const struct http_req *r, const char *sid)

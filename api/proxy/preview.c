@@ -47,6 +47,7 @@ struct pv {
 	char token[PREVIEW_TOKEN_MAX];
 	uint64_t expires_s;
 	char cookie_path[ID_MAX + 40];
+	char host_mask[E2B_MASK_HOST_MAX + 1]; /* the Host the upstream gets instead of the client's, or "" */
 	struct bytebuf head;  /* the upstream's response head, until complete */
 	struct bytebuf tx;    /* bytes for the upstream waiting for credit */
 };
@@ -750,7 +751,7 @@ static int build_request(struct pv *pv, struct http_req *r, const char *path, co
 	const char *host = http_req_header(r, "host");
 	if (host) {
 		rc = rc ?: bytebuf_str(b, "Host: ");
-		rc = rc ?: bytebuf_str(b, host);
+		rc = rc ?: bytebuf_str(b, pv->host_mask[0] ? pv->host_mask : host);
 		rc = rc ?: bytebuf_str(b, "\r\nX-Forwarded-Host: ");
 		rc = rc ?: bytebuf_str(b, host);
 		rc = rc ?: bytebuf_str(b, "\r\n");
@@ -909,6 +910,8 @@ void preview_proxy(struct http_req *r)
 				http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
 			return;
 		}
+		if (!e2b_host_mask(sb->id, pv->port, pv->host_mask, sizeof(pv->host_mask)))
+			pv->host_mask[0] = 0;
 		pv_start(pv, r, sb, path, NULL);
 		return;
 	}

@@ -268,9 +268,26 @@ test("getHost(port) names this server (<port>-<id>.<--preview-domain>); allowPub
   assert.equal(denied.status, 403, "no traffic token");
   const wrong = await getVia(host, { "E2B-Traffic-Access-Token": "0".repeat(sbx.trafficAccessToken.length) });
   assert.equal(wrong.status, 403, "a wrong traffic token");
-  const badField = await fetch(base + "/sandboxes", { method: "POST", headers: { "X-API-KEY": process.env.E2B_API_KEY,
-    "Content-Type": "application/json" }, body: JSON.stringify({ templateID: "base", network: { allowPublicTraffic: "no" } }) });
-  assert.equal(badField.status, 400);
+  for (const network of [{ allowPublicTraffic: "no" }, { maskRequestHost: "a b" }, { maskRequestHost: "x\r\nInjected: 1" }]) {
+    const badField = await fetch(base + "/sandboxes", { method: "POST", headers: { "X-API-KEY": process.env.E2B_API_KEY,
+      "Content-Type": "application/json" }, body: JSON.stringify({ templateID: "base", network }) });
+    assert.equal(badField.status, 400, JSON.stringify(network));
+  }
+  // maskRequestHost: the Host the sandbox's server sees, ${PORT} its port.
+  const masked = await Sandbox.create({ network: { maskRequestHost: "custom-host.example.com:${PORT}" } });
+  made.push(masked.sandboxId);
+  await masked.files.write("/tmp/echo_host.py", "import http.server as h\n" +
+    "class H(h.BaseHTTPRequestHandler):\n" +
+    "    def do_GET(s):\n" +
+    "        b = s.headers['Host'].encode()\n" +
+    "        s.send_response(200); s.send_header('Content-Length', str(len(b))); s.end_headers(); s.wfile.write(b)\n" +
+    "    def log_message(s, *a): pass\n" +
+    "h.HTTPServer(('127.0.0.1', 8125), H).serve_forever()\n");
+  await masked.commands.run("(setsid python3 /tmp/echo_host.py >/dev/null 2>&1 </dev/null &) && " +
+    "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8125) 2>/dev/null && break; sleep 0.1; done");
+  const seen = await getVia(masked.getHost(8125));
+  assert.deepEqual([seen.status, seen.body], [200, "custom-host.example.com:8125"]);
+  assert.equal((await Sandbox.getInfo(masked.sandboxId)).network?.maskRequestHost, "custom-host.example.com:${PORT}");
   const gone = await getVia(`8123-nosuchsandbox.e2b.test:${port}`, { "E2B-Traffic-Access-Token": sbx.trafficAccessToken });
   assert.equal(gone.status, 404);
   // The SDK's own hosts for envd and the interpreter (its URLs without E2B_SANDBOX_URL).
