@@ -3,6 +3,7 @@
  * process for bash; /contexts manages contexts (the agent's for Python, ours for
  * bash, which keeps no state beyond a working directory). */
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,8 @@
 /* Where E2B's code interpreter runs code that names no directory (its Jupyter's
  * root_dir), where the template has it. */
 #define E2B_INTERP_CWD "/home/user"
+
+#define BASH_CONTEXTS_MAX 32
 
 struct exec_call {
 	struct agent_call base;
@@ -465,6 +468,15 @@ void e2b_interp_contexts(struct http_req *r)
 			return;
 		}
 		if (is_bash(lang)) {
+			/* Kept in serve's memory, not the sandbox's: as many as the agent keeps
+			 * python kernels, each with a path's worth of cwd. */
+			bool too_long = cwd && strlen(cwd) >= PATH_MAX;
+			if (too_long || cJSON_GetArraySize(s->bash_contexts) >= BASH_CONTEXTS_MAX) {
+				cJSON_Delete(b);
+				reply_text(r, too_long ? 400 : 429, too_long ? "cwd is longer than a path may be"
+					   : "too many bash contexts (at most 32): remove some");
+				return;
+			}
 			char cid[E2B_TOKEN_HEX + 1];
 			e2b_token_new(cid, sizeof(cid));
 			cJSON *o = cJSON_CreateObject();

@@ -128,6 +128,18 @@ test("code interpreter: bad requests", async () => {
   }
   const noTraffic = await fetch(url + "/contexts", { headers: { "E2b-Sandbox-Id": sbx.sandboxId, "E2b-Sandbox-Port": "49999" } });
   assert.equal(noTraffic.status, 401, "the interpreter wants the traffic token");
+  // Bash contexts live in serve's memory: a bounded number, each with a path-sized cwd.
+  const huge = await ci("/contexts", JSON.stringify({ language: "bash", cwd: "/" + "a".repeat(5000) }));
+  assert.equal(huge.status, 400, "a cwd longer than a path");
+  const ids = [];
+  let last;
+  for (let i = 0; i < 40 && (last = await ci("/contexts", JSON.stringify({ language: "bash", cwd: "/tmp" }))).status === 200; i++)
+    ids.push((await last.json()).id);
+  assert.equal(ids.length, 32, "32 bash contexts");
+  assert.equal(last.status, 429);
+  for (const id of ids)
+    assert.equal((await ci("/contexts/" + id, undefined, "DELETE")).status, 200);
+  assert.equal((await ci("/contexts", JSON.stringify({ language: "bash" }))).status, 200, "room again");
   await alive();
 });
 
