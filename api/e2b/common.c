@@ -376,11 +376,16 @@ void *e2b_call_new(struct http_req *r, size_t size, const struct agent_call_vt *
 	return c;
 }
 
+int e2b_fail_not_found(struct mitos_err *e, const char *id)
+{
+	return api_fail(e, -ENOENT, AE_NOT_FOUND, "The sandbox %s was not found", id && *id ? id : "(none given)");
+}
+
 struct agent_conn *e2b_sandbox_agent(const char *id, struct mitos_err *e)
 {
 	struct sandbox *sb = id && *id ? sandbox_find(id) : NULL;
 	if (!sb) {
-		api_fail(e, -ENOENT, AE_NOT_FOUND, "The sandbox %s was not found", id && *id ? id : "(none given)");
+		e2b_fail_not_found(e, id);
 		return NULL;
 	}
 	if (sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {

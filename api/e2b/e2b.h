@@ -17,6 +17,9 @@ bool e2b_route_headers(struct http_req *r);
 /* After re-adoption: loads the E2B records of the sandboxes a previous serve left
  * (their tokens, envs and onTimeout), so its clients carry on. */
 void e2b_records_load(void);
+/* Whether E2B made or connected to sandbox sid: one it did not (a Mitos API sandbox,
+ * whose id its user may have chosen) is, to E2B's unauthenticated hosts, not there. */
+bool e2b_sandbox_known(const char *sid);
 /* Whether r may reach sandbox sid through an E2B getHost() host: a sandbox made
  * through E2B, with public traffic (allowPublicTraffic, E2B's default) or with its
  * traffic access token when it has one (else serve's API key). */

@@ -808,9 +808,15 @@ void e2b_envd_rpc(struct http_req *r)
 
 void e2b_envd_health(struct http_req *r)
 {
+	/* Asked without credentials, as of envd: a sandbox E2B neither made nor connected
+	 * to (one of the Mitos API, whose id its user may have chosen) is not there. */
+	const char *id = e2b_req_sandbox(r);
 	struct mitos_err e = { 0 };
-	if (e2b_sandbox_agent(e2b_req_sandbox(r), &e))
+	if (!e2b_sbx_get(id, false))
+		e2b_fail_not_found(&e, id);
+	else if (e2b_sandbox_agent(id, &e)) {
 		http_reply(r, 204, NULL, NULL, 0, NULL);
-	else
-		e2b_reply_err(r, e2b_agent_status(e.kind), "%s", e.msg);
+		return;
+	}
+	e2b_reply_err(r, e2b_agent_status(e.kind), "%s", e.msg);
 }

@@ -77,6 +77,8 @@ const char *e2b_agent_code(const char *agent_code);
 /* Allocates size bytes (a struct whose first member is struct agent_call), links it
  * and makes it r's handler. NULL (and an error reply) when out of memory. */
 void *e2b_call_new(struct http_req *r, size_t size, const struct agent_call_vt *vt);
+/* Fills e as for a sandbox that is not there (AE_NOT_FOUND): -ENOENT. */
+int e2b_fail_not_found(struct mitos_err *e, const char *id);
 /* The running sandbox's agent, or NULL with e saying why (AE_NOT_FOUND, or
  * AE_SANDBOX_NOT_RUNNING). */
 struct agent_conn *e2b_sandbox_agent(const char *id, struct mitos_err *e);

@@ -246,6 +246,11 @@ const char *e2b_host_mask(const char *sid, unsigned port, char *out, size_t outl
 	return out;
 }
 
+bool e2b_sandbox_known(const char *sid)
+{
+	return e2b_sbx_get(sid, false) != NULL;
+}
+
 bool e2b_host_authorized(const struct http_req *r, const char *sid)
 {
 	struct e2b_sbx *s = e2b_sbx_get(sid, false);

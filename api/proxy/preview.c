@@ -895,12 +895,14 @@ void preview_proxy(struct http_req *r)
 		/* E2B's getHost() URLs carry no token of ours: a sandbox created with public
 		 * traffic (E2B's default) takes none; else its E2B traffic token (when it has
 		 * one) or the API key decides, as for its interpreter. */
-		if (!sb || !e2b_host_authorized(r, sb->id)) {
+		bool known = sb && e2b_sandbox_known(sb->id);
+		if (!known || !e2b_host_authorized(r, sb->id)) {
 			pv_free(pv);
-			http_reply_error(r, sb ? AE_FORBIDDEN : AE_NOT_FOUND,
-					 sb ? "this sandbox's URLs need its traffic access token (it was created with "
-					      "network.allowPublicTraffic false, or reached through connect)" : "no such sandbox",
-					 NULL, sb ? "send the E2B-Traffic-Access-Token header with the sandbox's trafficAccessToken" : NULL);
+			http_reply_error(r, known ? AE_FORBIDDEN : AE_NOT_FOUND,
+					 known ? "this sandbox's URLs need its traffic access token (it was created with "
+						 "network.allowPublicTraffic false, or reached through connect)" : "no such sandbox",
+					 NULL, known ? "send the E2B-Traffic-Access-Token header with the sandbox's trafficAccessToken"
+						     : NULL);
 			return;
 		}
 		if (e2b_would_wake(sb->id)) {

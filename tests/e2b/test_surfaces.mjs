@@ -290,6 +290,20 @@ test("getHost(port) names this server (<port>-<id>.<--preview-domain>); allowPub
   assert.equal((await Sandbox.getInfo(masked.sandboxId)).network?.maskRequestHost, "custom-host.example.com:${PORT}");
   const gone = await getVia(`8123-nosuchsandbox.e2b.test:${port}`, { "E2B-Traffic-Access-Token": sbx.trafficAccessToken });
   assert.equal(gone.status, 404);
+  // A sandbox of the Mitos API, its id chosen by its user, is not there to E2B's
+  // unauthenticated hosts until E2B connects to it: they tell nobody it exists.
+  const chosen = await fetch(base + "/v1/fork", { method: "POST", headers: { Authorization: "Bearer " + process.env.E2B_API_KEY,
+    "Content-Type": "application/json" }, body: JSON.stringify({ template: "base", id: "chosen-name" }) });
+  assert.equal(chosen.status, 200, await chosen.clone().text());
+  made.push("chosen-name");
+  const nobody = await getVia(`49983-nobody-here.e2b.test:${port}`, {}, "/health");
+  for (const [h, path, want] of [[`8123-chosen-name.e2b.test:${port}`, "/hello.txt", gone], [`49983-chosen-name.e2b.test:${port}`, "/health", nobody]]) {
+    const res = await getVia(h, {}, path);
+    assert.deepEqual([res.status, res.body.replaceAll("chosen-name", "X")], [want.status, want.body.replaceAll(/nosuchsandbox|nobody-here/g, "X")], h);
+  }
+  await Sandbox.connect("chosen-name");
+  const known = await getVia(`49983-chosen-name.e2b.test:${port}`, {}, "/health");
+  assert.equal(known.status, 204, "connected: envd answers");
   // The SDK's own hosts for envd and the interpreter (its URLs without E2B_SANDBOX_URL).
   const envd = await getVia(`49983-${sbx.sandboxId}.e2b.test:${port}`, {}, "/health");
   assert.ok(envd.status === 204 || envd.status === 200, `envd health by host: ${envd.status} ${envd.body}`);
