@@ -4,7 +4,8 @@
 
 enum {
 	CF_SIZE_FIRST,   /* the first hex digit of a chunk size */
-	CF_SIZE,         /* more digits, an extension, or CR */
+	CF_SIZE,         /* more digits, whitespace, an extension, or CR */
+	CF_SIZE_WS,      /* whitespace (BWS) after the size: more, an extension, or CR */
 	CF_EXT,          /* ;name=value up to CR */
 	CF_SIZE_LF,
 	CF_DATA,
@@ -54,7 +55,9 @@ static uint8_t step(struct chunk_framing *f, uint8_t ch)
 		}
 		if (f->state == CF_SIZE_FIRST)
 			return CF_BAD;
-		return ch == '\r' ? CF_SIZE_LF : ch == ';' || ch == ' ' || ch == '\t' ? CF_EXT : CF_BAD;
+		/* fall through */
+	case CF_SIZE_WS:
+		return ch == '\r' ? CF_SIZE_LF : ch == ';' ? CF_EXT : ch == ' ' || ch == '\t' ? CF_SIZE_WS : CF_BAD;
 	case CF_EXT:
 		return ch == '\r' ? CF_SIZE_LF : ext_byte_ok(ch) ? CF_EXT : CF_BAD;
 	case CF_SIZE_LF:

@@ -174,7 +174,7 @@ static int on_headers_complete(http_parser *p)
 	/* One reading of the request (RFC 9112), so a proxy in front cannot see another:
 	 * header names are tokens, no header continues on the next line (obs-fold), and
 	 * an HTTP/1.1 request names exactly one Host. */
-	unsigned hosts = 0;
+	unsigned hosts = 0, codings = 0;
 	const char *bad = p->http_major != 1 || p->http_minor > 1 ? "only HTTP/1.0 and HTTP/1.1 are spoken here" : NULL;
 	for (unsigned i = 0; i < r->nh; i++) {
 		char *name = r->arena + r->hdr_off[i][0];
@@ -191,9 +191,22 @@ static int on_headers_complete(http_parser *p)
 		else if (strpbrk(r->h[i].value, "\r\n"))
 			bad = bad ? bad : "a header continued on the next line (obs-fold) is not accepted";
 		hosts += !strcmp(name, "host");
+		if (!strcmp(name, "transfer-encoding"))
+			codings += strcasecmp(r->h[i].value, "chunked") ? 2 : 1;
 	}
 	if (!bad && (hosts > 1 || (p->http_minor >= 1 && !hosts)))
 		bad = "an HTTP/1.1 request needs exactly one Host header";
+	/* Only "chunked", once: a body framed by a coding this server does not decode, or
+	 * by two, is read one way here and maybe another by a proxy in front; HTTP/1.0
+	 * has no Transfer-Encoding (RFC 9112 6.1). */
+	if (!bad && codings && (codings > 1 || p->http_minor == 0))
+		bad = "Transfer-Encoding must be exactly \"chunked\", once, and only on HTTP/1.1";
+	/* CONNECT's body would be read as the next request (http_parser stops at its head
+	 * as at a protocol switch): this server is no proxy. */
+	if (!bad && p->method == HTTP_CONNECT) {
+		conn_note_err(c, AE_METHOD_NOT_ALLOWED, "CONNECT is not served here: this is not a proxy");
+		return -1;
+	}
 	if (bad) {
 		conn_note_err(c, AE_BAD_REQUEST, bad);
 		return -1;
@@ -606,8 +619,19 @@ void http_raw_finish(struct http_req *r)
 
 /* ---- connection driving ---- */
 
+enum { LINE_METHOD, LINE_TARGET, LINE_VERSION, LINE_HEADERS };
+
+/* The next request's head starts: nothing of it read yet. */
+static void head_reset(struct conn *c)
+{
+	c->head_prev = 0;
+	c->line_part = LINE_METHOD;
+	c->line_pos = 0;
+}
+
 void http_conn_init(struct conn *c)
 {
+	head_reset(c);
 	http_parser_init(&c->parser, HTTP_REQUEST);
 	c->parser.data = c;
 	c->err = -1;
@@ -740,14 +764,59 @@ static bool pick_protocol(struct conn *c)
  * line ends in CRLF (http_parser takes a bare LF too), and none starts with a space or
  * a tab (obs-fold, which http_parser folds into the value before it). The last byte
  * seen carries across reads. NULL, or what is wrong. */
+/* The request line as RFC 9112 3 has it, "METHOD SP target SP HTTP/d.d" (one space, no
+ * control byte or space in the target), after any empty lines (2.2): http_parser takes
+ * more (runs of spaces, a tab in the target, any four bytes for "TTP/"). Raw UTF-8 in a
+ * target, which some clients send unescaped, is let through: it frames nothing. */
+static bool request_line_byte(struct conn *c, uint8_t ch)
+{
+	static const char version[] = "HTTP/d.d";
+	switch (c->line_part) {
+	case LINE_METHOD:
+		if (!c->line_pos && (ch == '\r' || ch == '\n'))
+			return true;
+		if (ch == ' ' && c->line_pos) {
+			c->line_part = LINE_TARGET;
+			c->line_pos = 0;
+			return true;
+		}
+		c->line_pos = c->line_pos < UINT16_MAX ? c->line_pos + 1 : c->line_pos;
+		return ch && strchr(TOKEN_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZ", ch);
+	case LINE_TARGET:
+		if (ch == ' ' && c->line_pos) {
+			c->line_part = LINE_VERSION;
+			c->line_pos = 0;
+			return true;
+		}
+		c->line_pos = c->line_pos < UINT16_MAX ? c->line_pos + 1 : c->line_pos;
+		return ch > 0x20 && ch != 0x7f;
+	case LINE_VERSION:
+		if (c->line_pos == sizeof(version) - 1) {
+			c->line_part = LINE_HEADERS;
+			return ch == '\r';
+		}
+		char want = version[c->line_pos++];
+		return want == 'd' ? ch >= '0' && ch <= '9' : ch == (uint8_t)want;
+	default:
+		return true;
+	}
+}
+
 static const char *head_refusal(struct conn *c, const uint8_t *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (p[i] == '\n' && c->head_prev != '\r')
+		uint8_t ch = p[i];
+		if (ch == '\n' && c->head_prev != '\r')
 			return "a line of the request head ends in a bare LF, not CRLF";
-		if (c->head_prev == '\n' && (p[i] == ' ' || p[i] == '\t'))
+		if (c->head_prev == '\r' && ch != '\n')
+			return "the request head holds a CR not followed by LF";
+		if (c->head_prev == '\n' && (ch == ' ' || ch == '\t') && c->line_part == LINE_HEADERS)
 			return "a header continued on the next line (obs-fold) is not accepted";
-		c->head_prev = p[i];
+		if ((ch < 0x20 && ch != '\r' && ch != '\n' && ch != '\t') || ch == 0x7f)
+			return "the request head holds a control byte";
+		if (!request_line_byte(c, ch))
+			return "the request line is not METHOD SP target SP HTTP/x.y (RFC 9112 3)";
+		c->head_prev = ch;
 	}
 	return NULL;
 }
@@ -801,6 +870,7 @@ void http_conn_process(struct conn *c)
 				break;
 			c->req = NULL;
 			http_req_free(r);
+			head_reset(c);
 			if (c->close_after)
 				break;
 			continue;
@@ -818,10 +888,8 @@ void http_conn_process(struct conn *c)
 		if (!r && !c->hdr_deadline_ms)
 			c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;
 		bool in_head = !r || !r->headers_done;
-		if (!r) {
-			c->head_prev = 0;
+		if (!r)
 			chunk_framing_reset(&c->chunks);
-		}
 		const uint8_t *at = c->pend + c->pend_off;
 		size_t n = http_parser_execute(&c->parser, &settings, (const char *)at, c->pend_len);
 		c->pend_off += n;

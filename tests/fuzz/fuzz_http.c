@@ -188,6 +188,10 @@ static const char *const seeds[] = {
 	/* Chunk framing: an extension and a trailer, then two bytes after data that are not CRLF. */
 	"POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n0\r\nT: v\r\n\r\nGET /plain HTTP/1.1\r\n\r\n",
 	"POST /stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\nGET /plain HTTP/1.1\r\n\r\n",
+	/* What http_parser reads leniently: CONNECT's body, a bare CR, a list of codings. */
+	"CONNECT x:1 HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\nGET /plain HTTP/1.1\r\n\r\n",
+	"\r\nGET /plain HTTP/1.1\r\nFoo:\rXContent-Length: 3\r\n\r\nabc",
+	"POST /stream HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
 };
 
 /* HTTP/2: the preface, an empty SETTINGS, then per request a HEADERS frame (HPACK:

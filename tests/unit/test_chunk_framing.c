@@ -40,6 +40,7 @@ START_TEST(refused)
 	ck_assert_ptr_nonnull(feed("5\nhello\r\n"));
 	ck_assert_ptr_nonnull(feed("5;a\nb\r\nhello\r\n"));
 	ck_assert_ptr_nonnull(feed("x\r\n"));
+	ck_assert_ptr_nonnull(feed("1 0\r\nx\r\n")); /* only whitespace, then ';', after a size */
 	ck_assert_ptr_nonnull(feed("\r\n"));
 	ck_assert_ptr_nonnull(feed("10000000000000000\r\n")); /* 17 digits */
 	ck_assert_ptr_nonnull(feed("0\r\nBad: x\n\r\n"));
