@@ -154,7 +154,7 @@ def t_e2b_default_internet(s):
     out, _ = sh(s, sid, "cat /etc/resolv.conf; cat /proc/net/if_inet6 | wc -l")
     assert "nameserver %s" % DNS in out and out.rstrip().endswith("0"), out
     st, info = s.request("GET", "/sandboxes/" + sid, headers=KEY)
-    eq((st, info["allowInternetAccess"], info["network"]), (200, True, {}), "getInfo")
+    eq((st, info["allowInternetAccess"], info["network"]), (200, True, {"allowPublicTraffic": True}), "getInfo")
     s.request("DELETE", "/sandboxes/" + sid, headers=KEY)
     gone_clean(s)
 
@@ -165,7 +165,7 @@ def t_e2b_no_internet(s):
         sid = e2b_create(s, body)
         eq(ifaces(s, sid), ["lo"], "interfaces of %r" % body)
         st, info = s.request("GET", "/sandboxes/" + sid, headers=KEY)
-        eq((info["allowInternetAccess"], info["network"]), (False, {"denyOut": ["0.0.0.0/0"]}), "getInfo")
+        eq((info["allowInternetAccess"], info["network"]), (False, {"denyOut": ["0.0.0.0/0"], "allowPublicTraffic": True}), "getInfo")
         s.request("DELETE", "/sandboxes/" + sid, headers=KEY)
 
 
@@ -180,7 +180,8 @@ def t_e2b_allow_deny(s):
     assert r["one"].startswith("1.1.1.1") and r["eight"].startswith("ERR"), r
     eq(r["name"], "1.1.1.1", "DNS with everything else denied")
     st, info = s.request("GET", "/sandboxes/" + sid2, headers=KEY)
-    eq(info["network"], {"allowOut": ["1.1.1.1/32"], "denyOut": ["0.0.0.0/0"]}, "getInfo network")
+    eq(info["network"], {"allowOut": ["1.1.1.1/32"], "denyOut": ["0.0.0.0/0"], "allowPublicTraffic": True},
+       "getInfo network")
     sid3 = e2b_create(s, {"allow_internet_access": False, "network": {"allowOut": ["10.99.0.0/24"]}})
     r = probe(s, sid3, lan="http://10.99.0.2/", one="http://1.1.1.1/", host=f"10.99.0.1:{HOST_PORT}")
     eq(r["lan"], "10.99.0.2 10.99.0.1", "the LAN, allowed")
@@ -200,7 +201,8 @@ def t_e2b_update(s):
     eq(put({"denyOut": ["8.8.8.8"]}), 204, "deny 8.8.8.8")
     r = probe(s, sid, one="http://1.1.1.1/", eight="http://8.8.8.8/")
     assert r["one"].startswith("1.1.1.1") and r["eight"].startswith("ERR"), r
-    eq(s.request("GET", "/sandboxes/" + sid, headers=KEY)[1]["network"], {"denyOut": ["8.8.8.8/32"]}, "getInfo")
+    eq(s.request("GET", "/sandboxes/" + sid, headers=KEY)[1]["network"],
+       {"denyOut": ["8.8.8.8/32"], "allowPublicTraffic": True}, "getInfo")
     eq(put({"allow_internet_access": False, "allowOut": ["10.99.0.2"]}), 204, "the LAN only")
     r = probe(s, sid, one="http://1.1.1.1/", lan="http://10.99.0.2/")
     assert r["one"].startswith("ERR") and r["lan"].startswith("10.99.0.2"), r

@@ -216,9 +216,15 @@ class Suite:
             eq(self.r.request("POST", "/v1/set_timeout", {"sandbox": sid, "timeout_seconds": 900})[0], 200,
                "set_timeout")
         # Where E2B carries the id: its header (envd's /health answers only where the
-        # sandbox is) and its hosts (the node that answers says who it is).
+        # sandbox is, and only once E2B connected to it: these were made by the Mitos
+        # API) and its hosts (the node that answers says who it is).
         for sid in list(self.sandboxes)[:3]:
             envd = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983"}
+            st = self.r.request("GET", "/health", headers=envd)[0]
+            assert st not in (200, 204), "envd health of %s before E2B connected to it: %d" % (sid, st)
+            st = self.r.request("POST", "/sandboxes/%s/connect" % sid, {"timeout": 900},
+                                headers={"X-API-KEY": self.c.token})[0]
+            assert st in (200, 201), "E2B connect through the router: %d" % st
             st = self.r.request("GET", "/health", headers=envd)[0]
             assert st in (200, 204), "envd health through the router: %d" % st
             for nd in self.c.nodes:
