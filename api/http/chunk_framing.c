@@ -1,5 +1,6 @@
 #include "api/http/chunk_framing.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 enum {
@@ -12,14 +13,16 @@ enum {
 	CF_DATA_CR,
 	CF_DATA_LF,
 	CF_TRAILER_START, /* a trailer field's first byte, or the CR of the empty line */
-	CF_TRAILER,
+	CF_TRAILER_NAME,
+	CF_TRAILER_VALUE,
 	CF_TRAILER_LF,
 	CF_END_LF,
 	CF_DONE,
 	CF_BAD,
 };
 
-static const char *const bad_msg = "the chunked body's framing is wrong (RFC 9112 7.1: each chunk's size line and data end in CRLF)";
+static const char *const bad_msg = "the chunked body's framing is wrong (RFC 9112 7.1: a chunk's size line and its "
+				   "data end in CRLF; trailer fields are name: value lines)";
 
 void chunk_framing_reset(struct chunk_framing *f)
 {
@@ -34,10 +37,17 @@ static int hexval(uint8_t ch)
 	return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
 }
 
-/* A chunk extension is tokens, quoted strings and whitespace: no control byte but HTAB. */
+/* A chunk extension or a field value is tokens, quoted strings and whitespace: no
+ * control byte but HTAB. */
 static int ext_byte_ok(uint8_t ch)
 {
 	return ch == '\t' || (ch >= 0x20 && ch != 0x7f);
+}
+
+static bool tchar(uint8_t ch)
+{
+	return (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') ||
+	       (ch && strchr("!#$%&'*+-.^_`|~", ch));
 }
 
 static uint8_t step(struct chunk_framing *f, uint8_t ch)
@@ -70,10 +80,12 @@ static uint8_t step(struct chunk_framing *f, uint8_t ch)
 	case CF_DATA_LF:
 		return ch == '\n' ? CF_SIZE_FIRST : CF_BAD;
 	case CF_TRAILER_START:
-		/* A field continued on the next line (obs-fold) is refused here too. */
-		return ch == '\r' ? CF_END_LF : ch == '\n' || ch == ' ' || ch == '\t' ? CF_BAD : CF_TRAILER;
-	case CF_TRAILER:
-		return ch == '\r' ? CF_TRAILER_LF : ch == '\n' ? CF_BAD : CF_TRAILER;
+		/* A field as in a head (name ":" value): no obs-fold, no space before the colon. */
+		return ch == '\r' ? CF_END_LF : tchar(ch) ? CF_TRAILER_NAME : CF_BAD;
+	case CF_TRAILER_NAME:
+		return ch == ':' ? CF_TRAILER_VALUE : tchar(ch) ? CF_TRAILER_NAME : CF_BAD;
+	case CF_TRAILER_VALUE:
+		return ch == '\r' ? CF_TRAILER_LF : ext_byte_ok(ch) ? CF_TRAILER_VALUE : CF_BAD;
 	case CF_TRAILER_LF:
 		return ch == '\n' ? CF_TRAILER_START : CF_BAD;
 	case CF_END_LF:

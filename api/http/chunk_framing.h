@@ -1,6 +1,6 @@
 /* A chunked request body's framing (RFC 9112 7.1), checked beside http_parser, which
- * as Debian builds it (not strict) takes any two bytes after a chunk's data and any
- * byte after a chunk-size line's CR. A proxy in front that reads those strictly finds
+ * as Debian builds it (not strict) takes any two bytes after a chunk's data, any
+ * byte after a chunk-size line's CR, and trailer lines of any shape. A proxy in front that reads those strictly finds
  * a different end of the body, and takes the bytes after it for another request: one
  * reading of a body, as of a head (http.c's head_refusal). */
 #ifndef MITOS_API_HTTP_CHUNK_FRAMING_H

@@ -959,7 +959,9 @@ def t_malformed(s):
                  b"GET /v1/health Hello1.1\r\nHost: x\r\n\r\n",
                  b"GET  /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
                  b"GET /v1/he\talth HTTP/1.1\r\nHost: x\r\n\r\n",
-                 b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1 0\r\nx\r\n0\r\n\r\n"):
+                 b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1 0\r\nx\r\n0\r\n\r\n",
+                 b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX : y\r\n\r\n",
+                 b"POST /v1/templates HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: \x00\r\n\r\n"):
         raw = raw_exchange(s.port, head + follow)
         codes = re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)
         assert len(codes) == 1 and codes[0] in (b"400", b"405"), (head, raw[:300])

@@ -45,6 +45,9 @@ START_TEST(refused)
 	ck_assert_ptr_nonnull(feed("10000000000000000\r\n")); /* 17 digits */
 	ck_assert_ptr_nonnull(feed("0\r\nBad: x\n\r\n"));
 	ck_assert_ptr_nonnull(feed("0\r\nA: x\r\n folded\r\n\r\n"));
+	ck_assert_ptr_nonnull(feed("0\r\nX : y\r\n\r\n")); /* a space before the colon */
+	ck_assert_ptr_nonnull(feed("0\r\nX: \x01\r\n\r\n"));
+	ck_assert_ptr_nonnull(feed("0\r\nno-colon\r\n\r\n"));
 	ck_assert_ptr_nonnull(feed("0\r\n\r\r"));
 	ck_assert_ptr_nonnull(feed("0\r\n\n"));
 	/* Once wrong, it stays wrong. */
