@@ -222,7 +222,7 @@ static void conn_start(struct fwd *f, int fd)
 {
 	struct sandbox *sb = sandbox_find(f->sid);
 	struct fwd_conn *c = f->nconns < FWD_CONNS ? calloc(1, sizeof(*c)) : NULL;
-	if (!c || !sb || sb->state != SB_RUNNING || !agent_conn_ready(sb->agent)) {
+	if (!c || !sb || sb->state != SB_RUNNING || !agent_conn_ready(sb->agent) || !agent_relay_room(sb->agent)) {
 		free(c);
 		close(fd); /* the client sees the connection closed: nothing to reach now */
 		return;

@@ -814,6 +814,13 @@ static void pv_start(struct pv *pv, struct http_req *r, struct sandbox *sb, cons
 		http_reply_error(r, AE_SANDBOX_NOT_RUNNING, msg, NULL, NULL);
 		return;
 	}
+	if (!agent_relay_room(sb->agent)) {
+		pv_free(pv);
+		snprintf(msg, sizeof(msg), "sandbox %s relays as many connections as it may (%u): retry when some close",
+			 sb->id, AGENT_RELAY_STREAMS_MAX);
+		http_reply_error(r, AE_LIMIT_EXCEEDED, msg, NULL, NULL);
+		return;
+	}
 	size_t qpos = strcspn(path, "?");
 	char *p = strndup(path, qpos);
 	if (!p || build_request(pv, r, p, prefix)) {

@@ -423,6 +423,11 @@ unsigned agent_conn_streams(const struct agent_conn *ac)
 	return ac ? ac->nstreams : 0;
 }
 
+bool agent_relay_room(const struct agent_conn *ac)
+{
+	return agent_conn_streams(ac) < AGENT_RELAY_STREAMS_MAX;
+}
+
 struct astream *agent_open(struct agent_conn *ac, const char *open_json, const struct astream_ops *ops, void *ctx)
 {
 	if (!agent_conn_ready(ac) || ac->next_id > PROTO_MAX_STREAM_ID)

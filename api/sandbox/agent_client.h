@@ -67,6 +67,11 @@ bool agent_conn_ready(const struct agent_conn *ac);
 /* After the ring is gone: frees every connection. */
 void agent_conn_free_all(void);
 unsigned agent_conn_streams(const struct agent_conn *ac);
+/* Streams that relay connections to a sandbox's own servers (previews, E2B hosts,
+ * forwards), which whoever holds a URL may open, stop short of the agent's limit
+ * (256 a connection), so that its owner's calls always find room. */
+#define AGENT_RELAY_STREAMS_MAX 192
+bool agent_relay_room(const struct agent_conn *ac);
 
 /* Opens a stream with {"op":...} JSON; NULL when the connection is not usable. */
 struct astream *agent_open(struct agent_conn *ac, const char *open_json, const struct astream_ops *ops, void *ctx);

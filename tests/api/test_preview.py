@@ -556,6 +556,35 @@ def t_origin_per_sandbox(vmm, agent):
         s.cleanup()
 
 
+def t_relay_limit(s):
+    """Whoever holds a preview URL may open connections through it: they take at most 192
+    of the agent's 256 streams, so the sandbox's owner can still run commands."""
+    sh(s, SID, "(setsid python3 -c 'import socket, time; l = socket.socket(); l.bind((\"127.0.0.1\", 8010)); "
+               "l.listen(1024); time.sleep(600)' >/dev/null 2>&1 </dev/null &) && "
+               "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8010) 2>/dev/null && break; sleep 0.1; done")
+    path = path_of(mint(s, port=8010)["path_url"])
+    held = []
+    try:
+        for _ in range(200):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            held.append(c)
+        time.sleep(1)
+        refused = 0
+        for c in held:
+            c.setblocking(False)
+            try:
+                refused += c.recv(4096).startswith(b"HTTP/1.1 429 ")
+            except BlockingIOError:
+                pass
+        assert 8 <= refused <= 10, "relayed connections past the limit refused: %d of 200" % refused
+        eq(sh(s, SID, "echo still-mine"), "still-mine\n", "the owner's command with the relays full")
+    finally:
+        for c in held:
+            c.close()
+    sh(s, SID, "pkill -f 'l.listen(1024)' || true")
+
+
 def main():
     run = Runner()
     s = Server(VMM, AGENT, extra=["--preview-domain", DOMAIN, "--preview-paths"])
@@ -564,7 +593,7 @@ def main():
              ("forward", t_forward),
              ("streaming", t_streaming),
              ("post", t_post), ("headers", t_headers), ("upstream_framing", t_upstream_framing), ("websocket", t_websocket), ("paused", t_paused),
-             ("key", t_key)]
+             ("key", t_key), ("relay_limit", t_relay_limit)]
     try:
         run.run("setup", setup, s)
         if run.failed:
