@@ -277,9 +277,14 @@ static void send_synced(struct stream *s, struct dirwatch *d)
 	d->sync_due = false;
 }
 
+/* A sync reads on until the queue is empty, but a few buffers at a time: a sandbox that
+ * keeps changing files must not hold the agent's loop (EPOLLIN brings it back). */
+#define SYNC_READS_AT_ONCE 16
+
 static void watch_read(struct stream *s)
 {
 	struct dirwatch *d = s->ctx;
+	unsigned reads = 0;
 	int rc;
 	do {
 		if (stream_congested(s)) {
@@ -288,7 +293,7 @@ static void watch_read(struct stream *s)
 		}
 		watch_set(&d->w, EPOLLIN);
 		rc = read_events(s, d);
-	} while (rc > 0 && d->sync_due);
+	} while (rc > 0 && d->sync_due && ++reads < SYNC_READS_AT_ONCE);
 	if (rc == 0 && d->sync_due)
 		send_synced(s, d);
 }

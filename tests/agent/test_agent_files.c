@@ -1,5 +1,6 @@
 /* File operations: streamed read/write (binary, 100 MiB), metadata, errors. */
 #include <fcntl.h>
+#include <limits.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -460,6 +461,21 @@ START_TEST(files_watch_sync)
 	}
 	ck_assert_ptr_nonnull(strstr((char *)seen.p, "\"name\":\"f199\",\"type\":\"rename\""));
 	unlink(out);
+	/* More than the sync reads at once (16 x 64 KiB of events): it answers all the same,
+	 * after the last of them. */
+	free(seen.p);
+	memset(&seen, 0, sizeof(seen));
+	char name[101], big[PATH_MAX];
+	memset(name, 'n', 100);
+	name[100] = 0;
+	for (int i = 0; i < 12000; i++) {
+		snprintf(big, sizeof(big), "%s/%s%05d", dir, name, i);
+		close(open(big, O_CREAT | O_WRONLY, 0644));
+	}
+	ck_assert_int_eq(ac_send(&c, PROTO_EVENT, 0, 0, id, sync, sizeof(sync) - 1), 0);
+	wait_event(&c, id, &seen, "\"synced\":true");
+	snprintf(big, sizeof(big), "\"name\":\"%s11999\",\"type\":\"create\"", name);
+	ck_assert_msg(strstr((char *)seen.p, big), "the last of 12000 not before the sync's answer");
 	free(seen.p);
 	agent_down(&c);
 	remove_dir();
