@@ -210,7 +210,6 @@ void e2b_auto_pause_watch(void)
 
 /* ---- create ---- */
 
-/* autoResume {"enabled": bool}: 1 on, 0 off or absent, -1 malformed. */
 static const cJSON *public_traffic_field(const cJSON *body)
 {
 	return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(body, "network"), "allowPublicTraffic");
@@ -231,6 +230,7 @@ static bool mask_host_field_ok(const cJSON *v)
 	return !v || cJSON_IsNull(v) || (cJSON_IsString(v) && e2b_mask_host_ok(v->valuestring));
 }
 
+/* autoResume {"enabled": bool}: 1 on, 0 off or absent, -1 malformed. */
 static int auto_resume_field(const cJSON *b)
 {
 	const cJSON *ar = cJSON_GetObjectItemCaseSensitive(b, "autoResume");

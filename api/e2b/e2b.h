@@ -17,18 +17,17 @@ bool e2b_route_headers(struct http_req *r);
 /* After re-adoption: loads the E2B records of the sandboxes a previous serve left
  * (their tokens, envs and onTimeout), so its clients carry on. */
 void e2b_records_load(void);
-/* Whether E2B made or connected to sandbox sid: one it did not (a Mitos API sandbox,
- * whose id its user may have chosen) is, to E2B's unauthenticated hosts, not there. */
-bool e2b_sandbox_known(const char *sid);
-/* Whether r may reach sandbox sid through an E2B getHost() host: a sandbox made
- * through E2B, with public traffic (allowPublicTraffic, E2B's default) or with its
- * traffic access token when it has one (else serve's API key). */
-bool e2b_host_authorized(const struct http_req *r, const char *sid);
-/* The Host that sandbox sid's getHost traffic to port reaches it with (its
- * network.maskRequestHost, ${PORT} replaced: never longer than the mask) in out, or
- * NULL to keep the client's. */
+/* How E2B's getHost() host of sandbox sid's port takes r. NOT_FOUND: E2B neither made
+ * nor connected to it (a Mitos API sandbox, whose id its user may have chosen, is not
+ * there to these unauthenticated hosts). FORBIDDEN: it was made without public traffic
+ * (allowPublicTraffic, E2B's default) and r lacks its traffic access token (or, with
+ * none, serve's API key). ADMITTED: host gets the Host header its server is to see
+ * (network.maskRequestHost with ${PORT} replaced, never longer than the mask; "" to
+ * keep the client's). */
 #define E2B_MASK_HOST_MAX 253
-const char *e2b_host_mask(const char *sid, unsigned port, char *out, size_t outlen);
+enum e2b_host_verdict { E2B_HOST_NOT_FOUND, E2B_HOST_FORBIDDEN, E2B_HOST_ADMITTED };
+enum e2b_host_verdict e2b_host_admit(const struct http_req *r, const char *sid, unsigned port, char *host,
+				     size_t hostlen);
 /* Authorized traffic for the sandbox sid, which paused at its timeout and auto-resumes
  * (lifecycle.autoResume): starts its resume (once) and, with fn, serves r with fn once
  * it runs (true: r is taken, fn may have run already). False, doing nothing, for any

@@ -21,10 +21,10 @@ struct http_req;
 #define E2B_INTERP_PORT "49999"
 #define E2B_TOKEN_HEX 32
 
-/* What E2B's API knows about a sandbox beyond the Mitos record. */
 /* A network.maskRequestHost as the API takes it (E2B_MASK_HOST_MAX, e2b.h). */
 bool e2b_mask_host_ok(const char *mask);
 
+/* What E2B's API knows about a sandbox beyond the Mitos record. */
 struct e2b_sbx {
 	char id[ID_MAX + 1];
 	uint64_t created_ms;                       /* tells a later sandbox with the same id apart */

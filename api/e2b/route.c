@@ -225,17 +225,15 @@ bool e2b_mask_host_ok(const char *mask)
 	return true;
 }
 
-const char *e2b_host_mask(const char *sid, unsigned port, char *out, size_t outlen)
+/* s's mask with port in it, into out (outlen > 0). */
+static void mask_expand(const struct e2b_sbx *s, unsigned port, char *out, size_t outlen)
 {
-	const struct e2b_sbx *s = e2b_sbx_get(sid, false);
-	if (!s || !s->mask_host[0])
-		return NULL;
 	size_t o = 0;
 	for (const char *p = s->mask_host; *p && o + 1 < outlen;) {
 		if (!strncmp(p, PORT_VAR, strlen(PORT_VAR))) {
 			int k = snprintf(out + o, outlen - o, "%u", port);
 			if (k < 0 || (size_t)k >= outlen - o)
-				return NULL;
+				break;
 			o += (size_t)k;
 			p += strlen(PORT_VAR);
 		} else {
@@ -243,24 +241,21 @@ const char *e2b_host_mask(const char *sid, unsigned port, char *out, size_t outl
 		}
 	}
 	out[o] = 0;
-	return out;
 }
 
-bool e2b_sandbox_known(const char *sid)
-{
-	return e2b_sbx_get(sid, false) != NULL;
-}
-
-bool e2b_host_authorized(const struct http_req *r, const char *sid)
+enum e2b_host_verdict e2b_host_admit(const struct http_req *r, const char *sid, unsigned port, char *host,
+				     size_t hostlen)
 {
 	struct e2b_sbx *s = e2b_sbx_get(sid, false);
 	if (!s)
-		return false; /* not made through E2B: its ports take a preview URL */
-	if (s->public_traffic)
-		return true;
-	if (s->traffic_token[0])
-		return e2b_token_ok(http_req_header(r, "e2b-traffic-access-token"), s->traffic_token);
-	return e2b_api_key_ok(r);
+		return E2B_HOST_NOT_FOUND; /* not made through E2B: its ports take a preview URL */
+	const char *token = http_req_header(r, "e2b-traffic-access-token");
+	bool ok = s->public_traffic ||
+		  (s->traffic_token[0] ? e2b_token_ok(token, s->traffic_token) : e2b_api_key_ok(r));
+	if (!ok)
+		return E2B_HOST_FORBIDDEN;
+	mask_expand(s, port, host, hostlen);
+	return E2B_HOST_ADMITTED;
 }
 
 bool e2b_route_headers(struct http_req *r)

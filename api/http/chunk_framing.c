@@ -1,7 +1,8 @@
 #include "api/http/chunk_framing.h"
 
-#include <stdbool.h>
 #include <string.h>
+
+#include "api/http/http_chars.h"
 
 enum {
 	CF_SIZE_FIRST,   /* the first hex digit of a chunk size */
@@ -29,34 +30,13 @@ void chunk_framing_reset(struct chunk_framing *f)
 	memset(f, 0, sizeof(*f));
 }
 
-static int hexval(uint8_t ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	ch |= 0x20;
-	return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
-}
-
-/* A chunk extension or a field value is tokens, quoted strings and whitespace: no
- * control byte but HTAB. */
-static int ext_byte_ok(uint8_t ch)
-{
-	return ch == '\t' || (ch >= 0x20 && ch != 0x7f);
-}
-
-static bool tchar(uint8_t ch)
-{
-	return (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') ||
-	       (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
 static uint8_t step(struct chunk_framing *f, uint8_t ch)
 {
 	int h;
 	switch (f->state) {
 	case CF_SIZE_FIRST:
 	case CF_SIZE:
-		if ((h = hexval(ch)) >= 0) {
+		if ((h = http_hexval(ch)) >= 0) {
 			/* 16 digits hold any size; http_parser refuses a larger one itself. */
 			if (++f->size_digits > 16)
 				return CF_BAD;
@@ -69,7 +49,7 @@ static uint8_t step(struct chunk_framing *f, uint8_t ch)
 	case CF_SIZE_WS:
 		return ch == '\r' ? CF_SIZE_LF : ch == ';' ? CF_EXT : ch == ' ' || ch == '\t' ? CF_SIZE_WS : CF_BAD;
 	case CF_EXT:
-		return ch == '\r' ? CF_SIZE_LF : ext_byte_ok(ch) ? CF_EXT : CF_BAD;
+		return ch == '\r' ? CF_SIZE_LF : http_field_byte(ch) ? CF_EXT : CF_BAD;
 	case CF_SIZE_LF:
 		if (ch != '\n')
 			return CF_BAD;
@@ -81,11 +61,11 @@ static uint8_t step(struct chunk_framing *f, uint8_t ch)
 		return ch == '\n' ? CF_SIZE_FIRST : CF_BAD;
 	case CF_TRAILER_START:
 		/* A field as in a head (name ":" value): no obs-fold, no space before the colon. */
-		return ch == '\r' ? CF_END_LF : tchar(ch) ? CF_TRAILER_NAME : CF_BAD;
+		return ch == '\r' ? CF_END_LF : http_tchar(ch) ? CF_TRAILER_NAME : CF_BAD;
 	case CF_TRAILER_NAME:
-		return ch == ':' ? CF_TRAILER_VALUE : tchar(ch) ? CF_TRAILER_NAME : CF_BAD;
+		return ch == ':' ? CF_TRAILER_VALUE : http_tchar(ch) ? CF_TRAILER_NAME : CF_BAD;
 	case CF_TRAILER_VALUE:
-		return ch == '\r' ? CF_TRAILER_LF : ext_byte_ok(ch) ? CF_TRAILER_VALUE : CF_BAD;
+		return ch == '\r' ? CF_TRAILER_LF : http_field_byte(ch) ? CF_TRAILER_VALUE : CF_BAD;
 	case CF_TRAILER_LF:
 		return ch == '\n' ? CF_TRAILER_START : CF_BAD;
 	case CF_END_LF:

@@ -12,14 +12,21 @@
 #include "api/http/bytebuf.h"
 #include "api/http/chunk_framing.h"
 #include "api/http/h2.h"
+#include "api/http/http_chars.h"
 #include "api/http/http_req.h"
 #include "api/http/router.h"
 #include "api/http/server.h"
 
 static const http_parser_settings settings;
 
-/* RFC 9110 tchar, lower case (names are lower-cased first). */
-#define TOKEN_CHARS "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+/* A field name: one or more tchars. */
+static bool is_token(const char *s)
+{
+	const char *p = s;
+	while (*p && http_tchar((uint8_t)*p))
+		p++;
+	return p != s && !*p;
+}
 
 static void conn_note_err(struct conn *c, enum api_err e, const char *msg)
 {
@@ -186,7 +193,7 @@ static int on_headers_complete(http_parser *p)
 		 * trailing space names the host a proxy in front would route by. */
 		for (char *v = (char *)r->h[i].value, *e = v + strlen(v); e > v && (e[-1] == ' ' || e[-1] == '\t');)
 			*--e = 0;
-		if (!*name || strspn(name, TOKEN_CHARS) != strlen(name))
+		if (!is_token(name))
 			bad = bad ? bad : "a header name holds a character a token may not (a space, a colon, a control byte)";
 		else if (strpbrk(r->h[i].value, "\r\n"))
 			bad = bad ? bad : "a header continued on the next line (obs-fold) is not accepted";
@@ -285,23 +292,12 @@ const char *http_req_header(const struct http_req *r, const char *lname)
 	return NULL;
 }
 
-static int hexval(int ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 int http_pct_decode(char *s)
 {
 	char *o = s;
 	for (char *i = s; *i; i++) {
 		if (*i == '%') {
-			int hi = hexval((unsigned char)i[1]), lo = hi < 0 ? -1 : hexval((unsigned char)i[2]);
+			int hi = http_hexval((uint8_t)i[1]), lo = hi < 0 ? -1 : http_hexval((uint8_t)i[2]);
 			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
 				return -EINVAL;
 			*o++ = (char)(hi << 4 | lo);
@@ -621,17 +617,18 @@ void http_raw_finish(struct http_req *r)
 
 enum { LINE_METHOD, LINE_TARGET, LINE_VERSION, LINE_HEADERS };
 
-/* The next request's head starts: nothing of it read yet. */
-static void head_reset(struct conn *c)
+/* The next request starts: nothing of its head or body read yet. */
+static void request_reset(struct conn *c)
 {
 	c->head_prev = 0;
 	c->line_part = LINE_METHOD;
 	c->line_pos = 0;
+	chunk_framing_reset(&c->chunks);
 }
 
 void http_conn_init(struct conn *c)
 {
-	head_reset(c);
+	request_reset(c);
 	http_parser_init(&c->parser, HTTP_REQUEST);
 	c->parser.data = c;
 	c->err = -1;
@@ -760,10 +757,6 @@ static bool pick_protocol(struct conn *c)
 	return true;
 }
 
-/* One reading of the head for us and any proxy in front (RFC 9112 2.2, 5.2): every
- * line ends in CRLF (http_parser takes a bare LF too), and none starts with a space or
- * a tab (obs-fold, which http_parser folds into the value before it). The last byte
- * seen carries across reads. NULL, or what is wrong. */
 /* The request line as RFC 9112 3 has it, "METHOD SP target SP HTTP/d.d" (one space, no
  * control byte or space in the target), after any empty lines (2.2): http_parser takes
  * more (runs of spaces, a tab in the target, any four bytes for "TTP/"). Raw UTF-8 in a
@@ -780,15 +773,15 @@ static bool request_line_byte(struct conn *c, uint8_t ch)
 			c->line_pos = 0;
 			return true;
 		}
-		c->line_pos = c->line_pos < UINT16_MAX ? c->line_pos + 1 : c->line_pos;
-		return ch && strchr(TOKEN_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZ", ch);
+		c->line_pos = 1; /* not empty */
+		return http_tchar(ch);
 	case LINE_TARGET:
 		if (ch == ' ' && c->line_pos) {
 			c->line_part = LINE_VERSION;
 			c->line_pos = 0;
 			return true;
 		}
-		c->line_pos = c->line_pos < UINT16_MAX ? c->line_pos + 1 : c->line_pos;
+		c->line_pos = 1;
 		return ch > 0x20 && ch != 0x7f;
 	case LINE_VERSION:
 		if (c->line_pos == sizeof(version) - 1) {
@@ -802,6 +795,11 @@ static bool request_line_byte(struct conn *c, uint8_t ch)
 	}
 }
 
+/* One reading of the head for us and any proxy in front (RFC 9112 2.2, 3, 5.2): every
+ * line ends in CRLF (http_parser takes a bare LF, and a bare CR after an empty value,
+ * too), none starts with a space or a tab (obs-fold, which http_parser folds into the
+ * value before it), no control byte but HTAB, and the request line as above. What was
+ * seen carries across reads. NULL, or what is wrong. */
 static const char *head_refusal(struct conn *c, const uint8_t *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -812,7 +810,7 @@ static const char *head_refusal(struct conn *c, const uint8_t *p, size_t n)
 			return "the request head holds a CR not followed by LF";
 		if (c->head_prev == '\n' && (ch == ' ' || ch == '\t') && c->line_part == LINE_HEADERS)
 			return "a header continued on the next line (obs-fold) is not accepted";
-		if ((ch < 0x20 && ch != '\r' && ch != '\n' && ch != '\t') || ch == 0x7f)
+		if (!http_field_byte(ch) && ch != '\r' && ch != '\n')
 			return "the request head holds a control byte";
 		if (!request_line_byte(c, ch))
 			return "the request line is not METHOD SP target SP HTTP/x.y (RFC 9112 3)";
@@ -870,7 +868,7 @@ void http_conn_process(struct conn *c)
 				break;
 			c->req = NULL;
 			http_req_free(r);
-			head_reset(c);
+			request_reset(c);
 			if (c->close_after)
 				break;
 			continue;
@@ -888,8 +886,6 @@ void http_conn_process(struct conn *c)
 		if (!r && !c->hdr_deadline_ms)
 			c->hdr_deadline_ms = ur_now_ms() + srv_cfg.header_timeout_ms;
 		bool in_head = !r || !r->headers_done;
-		if (!r)
-			chunk_framing_reset(&c->chunks);
 		const uint8_t *at = c->pend + c->pend_off;
 		size_t n = http_parser_execute(&c->parser, &settings, (const char *)at, c->pend_len);
 		c->pend_off += n;

@@ -65,7 +65,7 @@ struct conn {
 	uint8_t proto;     /* 0: not known yet, 1: HTTP/1.x, 2: HTTP/2 */
 	uint8_t head_prev; /* the last byte of the request head read so far */
 	uint8_t line_part; /* of the request line: method, target, version, then headers */
-	uint16_t line_pos; /* bytes into that part */
+	uint8_t line_pos;  /* method, target: 1 once not empty; version: bytes into it */
 	struct chunk_framing chunks; /* the request body's, when it is chunked */
 	struct h2_conn *h2;
 	struct sendq out;

@@ -902,8 +902,10 @@ void preview_proxy(struct http_req *r)
 		/* E2B's getHost() URLs carry no token of ours: a sandbox created with public
 		 * traffic (E2B's default) takes none; else its E2B traffic token (when it has
 		 * one) or the API key decides, as for its interpreter. */
-		bool known = sb && e2b_sandbox_known(sb->id);
-		if (!known || !e2b_host_authorized(r, sb->id)) {
+		enum e2b_host_verdict v = sb ? e2b_host_admit(r, sb->id, pv->port, pv->host_mask, sizeof(pv->host_mask))
+					     : E2B_HOST_NOT_FOUND;
+		if (v != E2B_HOST_ADMITTED) {
+			bool known = v == E2B_HOST_FORBIDDEN;
 			pv_free(pv);
 			http_reply_error(r, known ? AE_FORBIDDEN : AE_NOT_FOUND,
 					 known ? "this sandbox's URLs need its traffic access token (it was created with "
@@ -919,8 +921,6 @@ void preview_proxy(struct http_req *r)
 				http_reply_error(r, AE_INTERNAL, "out of memory", NULL, NULL);
 			return;
 		}
-		if (!e2b_host_mask(sb->id, pv->port, pv->host_mask, sizeof(pv->host_mask)))
-			pv->host_mask[0] = 0;
 		pv_start(pv, r, sb, path, NULL);
 		return;
 	}
