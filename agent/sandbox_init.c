@@ -11,7 +11,8 @@
  *   2. idmapped mounts through it of the template's root (overlay lower) and of the
  *      sandbox's directory (upper, work and run): on disk the files keep host ids 0..,
  *      so forks copy layers as they are, while inside they belong to the sandbox's root;
- *   3. the overlay, /proc (with /proc/sys and other host knobs read-only), a read-only
+ *   3. the overlay, /proc (with /proc/sys and other host knobs read-only, and a boot id
+ *      of its own), a read-only
  *      /sys, tmpfs /tmp, /run and /dev/shm owned by the sandbox's root, a /dev with
  *      harmless devices, a private devpts, /run/mitos; the state dir and the token
  *      file masked; then pivot_root;
@@ -49,6 +50,7 @@
 #include <seccomp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +59,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -379,6 +382,34 @@ static void mount_proc_sys(const char *root)
 	}
 	fresh_dir(p, sizeof(p), root, "sys", 0555);
 	mount_or_fail("sysfs", p, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+/* Every boot of a sandbox (its first start, and each after a filesystem-only pause)
+ * has a boot id of its own, as a VM's kernel would: /proc shows the host's to every
+ * pid namespace. A file of DIR/run (its /run/mitos) is bound over it, read-only. */
+static void own_boot_id(const char *dir, const char *root)
+{
+	uint8_t u[16];
+	if (getrandom(u, sizeof(u), 0) != (ssize_t)sizeof(u))
+		fail(errno, "getrandom");
+	u[6] = (uint8_t)((u[6] & 0x0f) | 0x40); /* version 4 */
+	u[8] = (uint8_t)((u[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+	char id[40], src[4200], dst[4200];
+	int n = 0;
+	for (int i = 0; i < 16; i++)
+		n += snprintf(id + n, sizeof(id) - (size_t)n, "%s%02x", i == 4 || i == 6 || i == 8 || i == 10 ? "-" : "",
+			      u[i]);
+	id[n++] = '\n';
+	id[n] = 0;
+	pathf(src, sizeof(src), "%s/run/boot_id", dir);
+	unlink(src);
+	int fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444);
+	if (fd < 0 || write(fd, id, (size_t)n) != n)
+		fail(errno, "write %s", src);
+	close(fd);
+	pathf(dst, sizeof(dst), "%s/proc/sys/kernel/random/boot_id", root);
+	mount_or_fail(src, dst, NULL, MS_BIND, NULL);
+	mount_or_fail(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
 static void mount_dev(const char *root, unsigned long base)
@@ -782,6 +813,7 @@ int main(int argc, char **argv)
 	set_fsids(0);
 
 	mount_proc_sys(root);
+	own_boot_id(dir, root);
 	char tmpopts[96];
 	snprintf(tmpopts, sizeof(tmpopts), "mode=1777,uid=%lu,gid=%lu", base, base);
 	fresh_dir(p, sizeof(p), root, "tmp", 01777);

@@ -52,6 +52,7 @@ int e2b_sbx_save(const struct e2b_sbx *s)
 	if (s->env_vars)
 		cJSON_AddItemToObject(o, "env_vars", cJSON_Duplicate(s->env_vars, 1));
 	cJSON_AddBoolToObject(o, "auto_pause", s->auto_pause);
+	cJSON_AddBoolToObject(o, "auto_pause_files_only", s->auto_pause_files_only);
 	cJSON_AddBoolToObject(o, "auto_resume", s->auto_resume);
 	cJSON_AddNumberToObject(o, "resume_timeout_s", s->resume_timeout_s);
 	cJSON_AddBoolToObject(o, "public_traffic", s->public_traffic);
@@ -99,6 +100,7 @@ static struct e2b_sbx *sbx_load(const struct sandbox *sb)
 	s->created_ms = sb->created_ms;
 	s->env_vars = env ? cJSON_Duplicate(env, 1) : NULL;
 	s->auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_pause"));
+	s->auto_pause_files_only = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_pause_files_only"));
 	s->auto_resume = s->auto_pause && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "auto_resume"));
 	s->public_traffic = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "public_traffic"));
 	const char *mask = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "mask_host"));

@@ -195,7 +195,10 @@ static void auto_pause_tick(struct ur_ticker *t, uint64_t now)
 			continue;
 		snprintf(ap->id, sizeof(ap->id), "%s", sb->id);
 		ap->created_ms = sb->created_ms;
-		sandbox_set_paused(sb, true, auto_paused, ap);
+		if (s->auto_pause_files_only)
+			sandbox_pause_files_only(sb, auto_paused, ap);
+		else
+			sandbox_set_paused(sb, true, auto_paused, ap);
 	}
 }
 
@@ -215,7 +218,8 @@ static const cJSON *public_traffic_field(const cJSON *body)
 	return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(body, "network"), "allowPublicTraffic");
 }
 
-static bool public_traffic_ok(const cJSON *v)
+/* A boolean field the SDK may leave out or send as null (its default then). */
+static bool optional_bool_ok(const cJSON *v)
 {
 	return !v || cJSON_IsNull(v) || cJSON_IsBool(v);
 }
@@ -283,6 +287,7 @@ static int record_new(struct sandbox *sb, const struct e2b_sbx *like, bool secur
 		if (cJSON_IsObject(like->env_vars))
 			s->env_vars = cJSON_Duplicate(like->env_vars, 1);
 		s->auto_pause = like->auto_pause;
+		s->auto_pause_files_only = like->auto_pause_files_only;
 		s->auto_resume = like->auto_resume;
 		s->resume_timeout_s = like->resume_timeout_s;
 		s->public_traffic = like->public_traffic;
@@ -312,6 +317,7 @@ static void create_done(void *ctx, enum api_err err, const char *msg, struct san
 	struct e2b_sbx rec = {
 		.env_vars = (cJSON *)cJSON_GetObjectItemCaseSensitive(b, "envVars"),
 		.auto_pause = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")),
+		.auto_pause_files_only = cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(b, "autoPauseMemory")),
 		.auto_resume = auto_resume_field(b) == 1,
 		.resume_timeout_s = cc->timeout_s,
 		.public_traffic = !cJSON_IsFalse(public_traffic_field(b)),
@@ -394,7 +400,7 @@ void e2b_sandboxes_create(struct http_req *r)
 	else if (!e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "metadata")) ||
 		 !e2b_string_map(cJSON_GetObjectItemCaseSensitive(b, "envVars")))
 		bad = "metadata and envVars must map strings to strings, at most 256 entries and 64 KiB each";
-	else if (!public_traffic_ok(public_traffic_field(b)))
+	else if (!optional_bool_ok(public_traffic_field(b)))
 		bad = "network.allowPublicTraffic must be a boolean";
 	else if (!mask_host_field_ok(mask_host_field(b)))
 		bad = "network.maskRequestHost must be a host name, with a :port or ${PORT} in it if wanted (at most "
@@ -403,6 +409,11 @@ void e2b_sandboxes_create(struct http_req *r)
 		bad = "autoResume must be {\"enabled\": true or false}";
 	else if (auto_resume_field(b) == 1 && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "autoPause")))
 		bad = "autoResume needs autoPause (lifecycle onTimeout \"pause\"): only a paused sandbox resumes";
+	else if (!optional_bool_ok(cJSON_GetObjectItemCaseSensitive(b, "autoPauseMemory")))
+		bad = "autoPauseMemory must be a boolean";
+	else if (auto_resume_field(b) == 1 && cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(b, "autoPauseMemory")))
+		bad = "autoResume cannot be combined with autoPauseMemory false: a filesystem-only pause is resumed "
+		      "by connect only";
 	else if (!(bad = net_policy_from_e2b(cJSON_GetObjectItemCaseSensitive(b, "allow_internet_access"),
 					     cJSON_GetObjectItemCaseSensitive(b, "network"), &net)))
 		bad = net_fit(NULL, &net); /* now, not after minutes of a template's build */
@@ -522,8 +533,13 @@ static void connect_resumed(void *ctx, int rc)
 	if (!r)
 		return;
 	struct sandbox *sb = sandbox_find(r->sandbox_id);
-	if (!rc && !sb)
-		rc = -ESRCH;
+	if (!sb && rc != -EBUSY)
+		rc = -ESRCH; /* deleted, or expired, while it booted */
+	if (rc == -ECHILD) {
+		e2b_reply_err(r, 500, "cannot resume sandbox %s: it did not boot again from its files (%s); it stays "
+			      "paused, with its files", r->sandbox_id, sb->fail_reason[0] ? sb->fail_reason : "it exited");
+		return;
+	}
 	if (rc) {
 		e2b_reply_err(r, rc == -ESRCH ? 404 : rc == -EBUSY ? 409 : 500, "cannot resume sandbox %s: %s",
 			      r->sandbox_id, rc == -EBUSY ? "it is being paused, resumed or stopped"
@@ -649,17 +665,28 @@ static void paused(void *ctx, int rc)
 		http_reply(r, 204, NULL, NULL, 0, NULL);
 }
 
+/* {"memory": false}: a filesystem-only pause; its resume boots the sandbox afresh. */
 void e2b_sandbox_pause(struct http_req *r)
 {
 	struct sandbox *sb = e2b_find_or_404(r);
-	if (!sb)
+	cJSON *b = sb ? e2b_json_body(r) : NULL;
+	if (!b)
 		return;
+	const cJSON *mem = cJSON_GetObjectItemCaseSensitive(b, "memory");
+	bool files_only = cJSON_IsFalse(mem), ok = optional_bool_ok(mem);
+	cJSON_Delete(b);
+	if (!ok) {
+		e2b_reply_err(r, 400, "memory must be a boolean");
+		return;
+	}
 	if (sandbox_user_paused(sb)) {
 		e2b_reply_err(r, 409, "sandbox %s is already paused", sb->id);
 		return;
 	}
 	struct ctl_call *cc = ctl_call_new(r);
-	if (cc)
+	if (cc && files_only)
+		sandbox_pause_files_only(sb, paused, cc);
+	else if (cc)
 		sandbox_set_paused(sb, true, paused, cc);
 }
 

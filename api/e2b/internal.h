@@ -32,6 +32,7 @@ struct e2b_sbx {
 	char traffic_token[E2B_TOKEN_HEX * 2 + 1];
 	struct cJSON *env_vars;                    /* sandbox-wide envs of commands and code */
 	bool auto_pause;
+	bool auto_pause_files_only;                /* autoPauseMemory false: the pause keeps files only */
 	bool auto_resume;                          /* lifecycle.autoResume: traffic resumes it (wake.c) */
 	/* network.allowPublicTraffic (E2B's default): its getHost ports take no token. Only
 	 * for a sandbox E2B made (an id of serve's choosing), never one it connected to. */

@@ -77,7 +77,8 @@ static bool would_wake(struct sandbox *sb, struct wake **w)
 {
 	struct e2b_sbx *s = sb ? e2b_sbx_get(sb->id, false) : NULL;
 	*w = sb ? wake_of(sb->id) : NULL;
-	return *w || (s && s->auto_resume && sb->state == SB_PAUSED && !sb->ctl_busy);
+	/* A filesystem-only pause is resumed by connect only (E2B's rule). */
+	return *w || (s && s->auto_resume && sb->state == SB_PAUSED && !sb->ctl_busy && !sb->cold);
 }
 
 bool e2b_would_wake(const char *sid)

@@ -23,6 +23,7 @@ struct engine_start {
 	const char *template_root; /* process: read-only lower layer; kvm: the template's dir */
 	const char *copy_from;     /* what fork_source() gave for the parent, or NULL */
 	bool copy_settled;         /* copy_from is a snapshot's: written and closed, not live */
+	bool again;                /* dir holds its files from an earlier start (stop_keep_files) */
 	pid_t copy_pid;            /* else the running parent's init (0: none), whose writes the copy must see */
 	const struct cJSON *spec;  /* what template_spec() kept for the template, or NULL */
 	int ready_fd;              /* gets one byte once the agent accepts connections */
@@ -64,6 +65,11 @@ struct engine_ops {
 	void (*exit_reason)(const char *dir, char *out, size_t outlen);
 	/* Removes dir and everything in it. */
 	int (*cleanup)(const char *dir);
+	/* Optional: after the sandbox in dir exited for a filesystem-only pause, gives back
+	 * what only a running sandbox holds (process: its cgroup, uid range, network) and
+	 * keeps its files, from which start() (the same dir, no copy_from) boots it afresh.
+	 * NULL: the engine pauses its sandboxes with their memory only (kvm). */
+	void (*stop_keep_files)(const char *dir);
 
 	/* Optional hooks; NULL where an engine has nothing to do. */
 	/* Sandboxes may be given a network (engine_start.net); NULL: never. */

@@ -477,12 +477,18 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, struc
 		argv[na++] = helper_path;
 	}
 	char mibstr[16];
-	if (disk_mib) {
+	unsigned mib = disk_mib;
+	snprintf(path, sizeof(path), "%s/disk.img", s->dir);
+	struct stat st;
+	/* Booted again, it keeps the disk it had, whatever the quota is now (the init
+	 * formats anew an image of another size). */
+	if (s->again)
+		mib = lstat(path, &st) == 0 && S_ISREG(st.st_mode) ? (unsigned)(st.st_size >> 20) : 0;
+	if (mib) {
 		/* A spare formatted ahead, if one is ready: the init formats one otherwise. */
-		snprintf(path, sizeof(path), "%s/disk.img", s->dir);
-		if (!s->copy_from)
+		if (!s->copy_from && !s->again)
 			disk_spare_take(path);
-		snprintf(mibstr, sizeof(mibstr), "%u", disk_mib);
+		snprintf(mibstr, sizeof(mibstr), "%u", mib);
 		argv[na++] = "--disk-mib";
 		argv[na++] = mibstr;
 	}
@@ -657,9 +663,9 @@ void engine_start_error(const char *dir, char *out, size_t outlen)
 	out[n > 0 ? n : 0] = 0;
 }
 
-static int proc_cleanup(const char *dir)
+static void proc_stop_keep_files(const char *dir)
 {
-	/* A mount left on the root (a crashed start) would stop the walk. */
+	/* A mount left on the root (a crashed start) would stop a removal's walk. */
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/root", dir);
 	umount2(path, MNT_DETACH);
@@ -672,7 +678,13 @@ static int proc_cleanup(const char *dir)
 		cgroup_from_record(o, &cg);
 		cgroup_remove(&cg);
 		cJSON_Delete(o);
+		unlink(path);
 	}
+}
+
+static int proc_cleanup(const char *dir)
+{
+	proc_stop_keep_files(dir);
 	teardown_tree(dir, NULL);
 	return 0;
 }
@@ -687,6 +699,7 @@ const struct engine_ops engine_process_ops = {
 	.kill = proc_kill,
 	.exit_reason = engine_start_error,
 	.cleanup = proc_cleanup,
+	.stop_keep_files = proc_stop_keep_files,
 	.network = sandbox_net_enabled,
 	.network_update = sandbox_net_update,
 	.snapshot_take = proc_snapshot_take,

@@ -613,6 +613,9 @@ static void pause_done(void *ctx, int rc)
 		r->ctx = NULL;
 		r->ops = NULL;
 		char msg[160];
+		const struct sandbox *sb = sandbox_find(pc->id);
+		if (rc == -ECHILD && !sb)
+			rc = -ESRCH; /* deleted, or expired, while it booted */
 		if (rc == -EBUSY) {
 			snprintf(msg, sizeof(msg), "sandbox %s is %s", pc->id, pc->what);
 			http_reply_error(r, AE_SANDBOX_NOT_RUNNING, msg, NULL, NULL);
@@ -621,7 +624,10 @@ static void pause_done(void *ctx, int rc)
 				 pc->pause ? "paused" : "resumed");
 			http_reply_error(r, AE_NOT_FOUND, msg, NULL, NULL);
 		} else if (rc) {
-			http_reply_error(r, AE_INTERNAL, pc->pause ? "pause failed" : "resume failed", strerror(-rc), NULL);
+			snprintf(msg, sizeof(msg), "it did not boot again from its files (%.100s); it stays paused",
+				 sb ? sb->fail_reason : "");
+			http_reply_error(r, AE_INTERNAL, pc->pause ? "pause failed" : "resume failed",
+					 rc == -ECHILD ? msg : strerror(-rc), NULL);
 		} else {
 			cJSON *o = cJSON_CreateObject();
 			cJSON_AddStringToObject(o, "status", pc->pause ? "paused" : "running");

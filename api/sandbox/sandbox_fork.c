@@ -64,15 +64,25 @@ void sb_job_detach(struct sb_job *job)
 		job->done = NULL;
 }
 
-static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, pid_t copy_pid,
-		    struct mitos_err *e)
+/* A start fails: what it made goes, and so does dir unless it held the sandbox's files. */
+static void sb_start_undo(struct sandbox *sb, bool again)
 {
-	if (mkdir(sb->dir, 0700) < 0)
+	if (again)
+		sb_eng->stop_keep_files(sb->dir);
+	else
+		sb_eng->cleanup(sb->dir);
+}
+
+/* again: sb's dir holds its files, from which it boots afresh (sb_boot_again). */
+static int sb_start(struct sandbox *sb, const struct template_rec *t, const char *copy_from, pid_t copy_pid,
+		    bool again, struct mitos_err *e)
+{
+	if (!again && mkdir(sb->dir, 0700) < 0)
 		return mitos_err_set(e, -errno, "mkdir %.300s: %s", sb->dir, strerror(errno));
 	int pfd[2];
 	if (pipe2(pfd, O_CLOEXEC) < 0) {
 		int rc = mitos_err_set(e, -errno, "pipe: %s", strerror(errno));
-		sb_eng->cleanup(sb->dir);
+		sb_start_undo(sb, again);
 		return rc;
 	}
 	/* Ours non-blocking, so the ring polls it (see sb_ready_done); the engine's end
@@ -80,12 +90,13 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
 	struct engine_start es = { .id = sb->id, .dir = sb->dir, .template_root = t->root,
 				   .copy_from = copy_from, .copy_settled = copy_from && copy_from == t->source,
-				   .copy_pid = copy_pid, .spec = t->spec, .ready_fd = pfd[1], .net = sb->net };
+				   .again = again, .copy_pid = copy_pid, .spec = t->spec, .ready_fd = pfd[1],
+				   .net = sb->net };
 	int rc = sb_eng->start(&es, &sb->proc, e);
 	close(pfd[1]);
 	if (rc) {
 		close(pfd[0]);
-		sb_eng->cleanup(sb->dir);
+		sb_start_undo(sb, again);
 		return rc;
 	}
 	sb->ready_fd = pfd[0];
@@ -96,6 +107,65 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 	sb->inflight++;
 	sb_arm_exit(sb);
 	return 0;
+}
+
+/* ---- a cold boot after a filesystem-only pause ---- */
+
+struct boot_again {
+	sandbox_paused_fn done;
+	void *ctx;
+};
+
+static void booted_again(void *ctx, enum api_err err, const char *msg, struct sandbox **sbs, unsigned n)
+{
+	(void)err;
+	(void)msg; /* the sandbox's fail_reason keeps it */
+	struct boot_again *ba = ctx;
+	if (sbs && n == 1)
+		sbs[0]->ctl_busy = false; /* else sb_stopped_keeping_files() cleared it */
+	ba->done(ba->ctx, sbs && n == 1 ? 0 : -ECHILD);
+	free(ba);
+}
+
+void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
+{
+	const struct template_rec *t = templates_find(sb->template_name);
+	struct sb_job *job = calloc(1, sizeof(*job));
+	struct sandbox **sbs = calloc(1, sizeof(*sbs));
+	struct boot_again *ba = calloc(1, sizeof(*ba));
+	struct mitos_err e = { 0 };
+	/* Ring operations of its last start still pending would be submitted twice. */
+	int rc = sb->inflight ? -EBUSY : !job || !sbs || !ba ? -ENOMEM : 0;
+	if (!rc && !t)
+		rc = mitos_err_set(&e, -ECHILD, "its template %s is gone", sb->template_name);
+	else if (!rc && sb_start(sb, t, NULL, 0, true, &e))
+		rc = -ECHILD;
+	if (rc) {
+		if (rc == -ECHILD) {
+			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", e.msg);
+			fprintf(stderr, "mitos-vmm serve: sandbox %s: cannot boot it again from its files: %s\n", sb->id,
+				e.msg);
+		}
+		free(job);
+		free(sbs);
+		free(ba);
+		done(ctx, rc);
+		return;
+	}
+	sb->cold = false;
+	sb->ctl_busy = sb->keep_files = true;
+	sb->fail_reason[0] = 0;
+	sb_save(sb);
+	/* A job of one: its start's end (running, or failed: then paused with its files
+	 * again, sb_stopped_keeping_files) is told as a fork child's is. */
+	ba->done = done;
+	ba->ctx = ctx;
+	sbs[0] = sb;
+	job->n = job->pending = 1;
+	job->sbs = sbs;
+	job->done = booted_again;
+	job->ctx = ba;
+	sb->job = job;
 }
 
 int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct sb_job **jobout,
@@ -214,7 +284,7 @@ int sandboxes_fork(const struct fork_req *fr, sb_done_fn done, void *ctx, struct
 			sb->metadata = cJSON_Duplicate(fr->metadata, 1);
 		sb->net = net_policy_dup(net);
 		struct mitos_err se = { 0 };
-		int rc = sb_start(sb, t, copy_from, parent ? parent->proc.pid : 0, &se);
+		int rc = sb_start(sb, t, copy_from, parent ? parent->proc.pid : 0, false, &se);
 		if (rc) {
 			api_fail(&job->err, rc, AE_ENGINE_UNAVAILABLE, "cannot start sandbox %s: %s", id, se.msg);
 			sb_free(sb);

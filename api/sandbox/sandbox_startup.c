@@ -135,7 +135,12 @@ static void adopt_all(void)
 		pid_t pid = cJSON_IsNumber(jpid) ? (pid_t)jpid->valuedouble : 0;
 		uint64_t st = cJSON_IsNumber(jst) ? (uint64_t)jst->valuedouble : 0;
 		int pidfd = engine_pidfd_of(pid, st);
-		if (!id || strcmp(id, de->d_name) || !api_valid_id(id) || !tpl || pidfd < 0 || sandbox_find(id)) {
+		/* Paused without its processes (or on its way there, or back): its files are
+		 * all there is of it. */
+		bool cold = pidfd < 0 && cJSON_IsTrue(o ? cJSON_GetObjectItem(o, "cold") : NULL) &&
+			    sb_eng->stop_keep_files;
+		if (!id || strcmp(id, de->d_name) || !api_valid_id(id) || !tpl || (pidfd < 0 && !cold) ||
+		    sandbox_find(id)) {
 			if (pidfd >= 0) {
 				struct engine_proc ep = { .pid = pid, .pidfd = pidfd, .start_time = st };
 				sb_eng->kill(dir, &ep);
@@ -146,10 +151,12 @@ static void adopt_all(void)
 			cJSON_Delete(o);
 			continue;
 		}
-		fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+		if (pidfd >= 0)
+			fcntl(pidfd, F_SETFD, FD_CLOEXEC);
 		struct sandbox *sb = sb_new(id);
 		if (!sb) {
-			close(pidfd);
+			if (pidfd >= 0)
+				close(pidfd);
 			cJSON_Delete(o);
 			continue;
 		}
@@ -168,6 +175,15 @@ static void adopt_all(void)
 		struct net_policy np;
 		if (!net_policy_from_json(cJSON_GetObjectItem(o, "network_policy"), &np))
 			sb->net = net_policy_dup(&np);
+		if (cold) {
+			sb_eng->stop_keep_files(dir); /* what a serve that died meanwhile left */
+			sb->state = SB_PAUSED;
+			sb->cold = true;
+			cJSON_Delete(o);
+			sb_link(sb);
+			adopted++;
+			continue;
+		}
 		sb->proc.pid = pid;
 		sb->proc.pidfd = pidfd;
 		sb->proc.start_time = st;
@@ -220,6 +236,7 @@ void sandboxes_shutdown(void)
 		sb_eng->shutdown();
 	for (struct sandbox *sb = sb_list, *next; sb; sb = next) {
 		next = sb->next;
+		sb->keep_files = false;
 		sb_kill(sb, "the server is shutting down");
 	}
 }

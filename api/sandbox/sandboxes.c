@@ -123,6 +123,8 @@ int sb_save(const struct sandbox *sb)
 	cJSON_AddNumberToObject(o, "pid", sb->proc.pid);
 	cJSON_AddNumberToObject(o, "start_time", (double)sb->proc.start_time);
 	cJSON_AddNumberToObject(o, "fork_time_ms", sb->fork_time_ms);
+	if (sb->cold || sb->keep_files)
+		cJSON_AddBoolToObject(o, "cold", true);
 	if (sb->net)
 		cJSON_AddItemToObject(o, "network_policy", net_policy_json(sb->net));
 	char path[1200];
@@ -186,6 +188,7 @@ void sb_arm_exit(struct sandbox *sb)
 static void sb_running(struct sandbox *sb)
 {
 	sb->state = SB_RUNNING;
+	sb->keep_files = false;
 	sb->fail_reason[0] = 0; /* a connection retried on the way is history */
 	if (!sb->adopted)
 		sb->fork_time_ms = (double)(ur_now_ms() - sb->started_mono_ms);
@@ -372,6 +375,23 @@ static void sb_ready_done(struct uop *op, int res, uint32_t flags)
 	 * watch reports why. */
 }
 
+struct cold_op {
+	sandbox_paused_fn done;
+	void *ctx;
+};
+
+/* A filesystem-only pause ends: its requester hears rc. */
+static void cold_op_end(struct sandbox *sb, int rc)
+{
+	struct cold_op *op = sb->cold_op;
+	if (!op)
+		return;
+	sb->cold_op = NULL;
+	sb->ctl_busy = false;
+	op->done(op->ctx, rc);
+	free(op);
+}
+
 void sb_finish(struct sandbox *sb)
 {
 	/* Everything of the sandbox is gone: files, registry, waiters. */
@@ -403,7 +423,28 @@ void sb_finish(struct sandbox *sb)
 		free(w);
 	}
 	sb->stop_waiters = NULL;
+	cold_op_end(sb, -ESRCH);
 	sb_free(sb);
+}
+
+/* Its processes ended for a filesystem-only pause, or its boot from its files failed:
+ * it stays, paused, with its files. */
+static void sb_stopped_keeping_files(struct sandbox *sb)
+{
+	close(sb->proc.pidfd);
+	sb->proc = (struct engine_proc){ .pidfd = -1 };
+	sb->exited = sb->killed_starting = sb->agent_lost = sb->keep_files = false;
+	sb_eng->stop_keep_files(sb->dir);
+	sb->state = SB_PAUSED;
+	sb->cold = true;
+	int rc = sb_save(sb);
+	if (sb->job) {
+		fprintf(stderr, "mitos-vmm serve: sandbox %s did not boot again from its files; it stays paused: %s\n",
+			sb->id, sb->fail_reason[0] ? sb->fail_reason : "it exited");
+		sb->ctl_busy = false;
+		job_child_resolved(sb->job, sb, false, sb->fail_reason);
+	}
+	cold_op_end(sb, rc);
 }
 
 static void sb_exit_done(struct uop *op, int res, uint32_t flags)
@@ -420,6 +461,10 @@ static void sb_exit_done(struct uop *op, int res, uint32_t flags)
 		siginfo_t si;
 		memset(&si, 0, sizeof(si));
 		waitid(P_PIDFD, (id_t)sb->proc.pidfd, &si, WEXITED | WNOHANG);
+	}
+	if (sb->keep_files) {
+		sb_stopped_keeping_files(sb);
+		return;
 	}
 	if (sb->state == SB_STARTING && !sb->fail_reason[0]) {
 		char why[400];
@@ -490,6 +535,7 @@ void sandbox_destroy(struct sandbox *sb, const char *why, void (*done)(void *ctx
 		}
 	}
 	sb->deleted_starting = sb->state == SB_STARTING;
+	sb->keep_files = false;
 	sb_kill(sb, why);
 }
 
@@ -624,8 +670,52 @@ static void pause_op_done(void *arg, int rc)
 	free(op);
 }
 
+void sandbox_pause_files_only(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
+{
+	if (!sb_eng->stop_keep_files) {
+		sandbox_set_paused(sb, true, done, ctx);
+		return;
+	}
+	if (sb->cold && !sb->ctl_busy) {
+		done(ctx, 0);
+		return;
+	}
+	/* A copy of its files on its way (a fork, a snapshot) must end first. */
+	if (sb->ctl_busy || sb->copy_holds || (sb->state != SB_RUNNING && sb->state != SB_PAUSED)) {
+		done(ctx, -EBUSY);
+		return;
+	}
+	struct cold_op *op = calloc(1, sizeof(*op));
+	if (!op) {
+		done(ctx, -ENOMEM);
+		return;
+	}
+	int rc = sb_eng->kill(sb->dir, &sb->proc);
+	if (rc) {
+		free(op);
+		done(ctx, rc);
+		return;
+	}
+	op->done = done;
+	op->ctx = ctx;
+	sb->cold_op = op;
+	sb->ctl_busy = sb->keep_files = true;
+	sb_save(sb); /* a serve that dies before its end keeps its files too */
+	workload_cancel(sb);
+	if (sb->agent) {
+		struct agent_conn *ac = sb->agent;
+		sb->agent = NULL;
+		agent_conn_close(ac);
+	}
+	/* sb_exit_done() goes on once its init is gone. */
+}
+
 void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, void *ctx)
 {
+	if (!pause && sb->cold && !sb->ctl_busy) {
+		sb_boot_again(sb, done, ctx);
+		return;
+	}
 	if (sb->copy_holds) {
 		done(ctx, copy_held_set(sb, pause));
 		return;
@@ -689,8 +779,25 @@ static void net_op_done(void *arg, int rc)
 
 void sandbox_set_network(struct sandbox *sb, const struct net_policy *p, sandbox_net_fn done, void *ctx)
 {
-	if (sb->net_busy || (sb->state != SB_RUNNING && sb->state != SB_PAUSED)) {
+	if (sb->net_busy || sb->cold_op || (sb->state != SB_RUNNING && sb->state != SB_PAUSED)) {
 		done(ctx, -EBUSY, NULL);
+		return;
+	}
+	if (sb->cold && !sb->net) {
+		/* As when it ran: started with nothing allowed, it has no interface. */
+		done(ctx, -ENOENT, NULL);
+		return;
+	}
+	if (sb->cold) {
+		/* Nothing runs to apply it to: its next boot starts with it. */
+		struct net_policy *np = net_policy_dup(p);
+		if (!np && net_policy_any(p)) {
+			done(ctx, -ENOMEM, NULL);
+			return;
+		}
+		free(sb->net);
+		sb->net = np;
+		done(ctx, sb_save(sb), NULL);
 		return;
 	}
 	struct net_op *op = calloc(1, sizeof(*op));
@@ -750,6 +857,7 @@ void sb_tick(struct ur_ticker *tk, uint64_t now)
 		}
 		if (wall >= sb->deadline_ms) {
 			fprintf(stderr, "mitos-vmm serve: sandbox %s expired\n", sb->id);
+			sb->keep_files = false;
 			sb_kill(sb, "the sandbox expired");
 		}
 	}

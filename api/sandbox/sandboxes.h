@@ -92,6 +92,15 @@ struct sandbox {
 	bool net_busy;
 	/* A pause or resume is on its way (sandbox_set_paused). */
 	bool ctl_busy;
+	/* Paused without its processes (sandbox_pause_files_only): a resume boots it
+	 * afresh from its files. */
+	bool cold;
+	/* Whom a filesystem-only pause tells once done. */
+	struct cold_op *cold_op;
+	/* Once its init exits it stays, paused with its files (cold): it is being paused
+	 * so, or booted again from them (a failed boot leaves it as it was). Whatever ends
+	 * it for good (delete, expiry, shutdown) clears it first. */
+	bool keep_files;
 	/* Frozen for copies of its files (forks, a snapshot), not by its user: how many
 	 * hold it, and whether it runs again when the last ends (a user's pause or resume
 	 * meanwhile changes that, and only that). */
@@ -188,9 +197,16 @@ bool sandbox_user_paused(const struct sandbox *sb);
 /* The same for requests, without holding the loop while an engine waits on its VMM:
  * done(ctx, rc) runs once, on the loop (at once when the engine is quick or nothing is
  * to do), with 0, -EBUSY (starting, stopping, or another pause or resume of it on its
- * way), -ESRCH (the sandbox ended meanwhile) or another -errno. */
+ * way), -ESRCH (the sandbox ended meanwhile), -ECHILD (paused without its processes,
+ * it did not boot again: it stays so, sb->fail_reason says why) or another -errno. */
 typedef void (*sandbox_paused_fn)(void *ctx, int rc);
 void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, void *ctx);
+/* A filesystem-only pause (E2B's pause with memory false): every process of sb, which
+ * runs or is paused, ends, and what it held while running is given back; its files stay.
+ * sandbox_set_paused() resumes it by booting it afresh from them (its processes, a new
+ * boot id). An engine without stop_keep_files (kvm) pauses it with its memory. done
+ * as sandbox_set_paused's. */
+void sandbox_pause_files_only(struct sandbox *sb, sandbox_paused_fn done, void *ctx);
 /* Replaces what sb may reach by p (its engine's rules, then sb->net): done(ctx, rc)
  * runs once, on the loop, with 0, -ENOENT (sb has no network interface: it was
  * started with nothing allowed, or on an engine or serve that gives none), -EBUSY

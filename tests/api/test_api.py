@@ -1253,6 +1253,61 @@ def t_e2b_record_survives_restart(env):
         s.cleanup()
 
 
+def t_files_only_pause(env):
+    """E2B's pause with memory false: the sandbox's processes end, its files stay, and
+    it stays paused across a restart of serve; connect boots it afresh from its files
+    (a new boot id). A boot that fails leaves it paused, with its files, saying why."""
+    token = "e2b-cold-token-0123456789"
+    s = Server(VMM, AGENT, token=token)
+    state = s.state_dir
+    key = {"X-API-KEY": token}
+    try:
+        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base", "secure": True}, headers=key)
+        eq(st, 201, "E2B create (%r)" % (sb,))
+        sid = sb["sandboxID"]
+        boot_id = "/proc/sys/kernel/random/boot_id"
+        write_file(s, sid, "/opt/cold.txt", b"kept")
+        boot = read_file(s, sid, boot_id)[0]
+        pids = server_sandbox_pids(state)
+        eq(len(pids), 1, "one sandbox init")
+        eq(s.request("POST", "/sandboxes/%s/pause" % sid, {"memory": "no"}, headers=key)[0], 400, "memory: a boolean")
+        eq(s.request("POST", "/sandboxes/%s/pause" % sid, {"memory": False}, headers=key)[0], 204, "pause")
+        wait_until(lambda: process_gone(pids[0]), 5, "its init gone")
+        eq(s.request("GET", "/sandboxes/" + sid, headers=key)[1]["state"], "paused", "paused")
+        s.stop(signal.SIGKILL)
+        s2 = Server(VMM, AGENT, state_dir=state, token=token)
+        try:
+            assert any("re-adopted 1" in l for l in s2.stdout), s2.stdout
+            eq(s2.request("GET", "/sandboxes/" + sid, headers=key)[1]["state"], "paused", "paused after a restart")
+            # Its disk unreadable: the boot fails, it stays paused and says why.
+            img = os.path.join(state, "sandboxes", sid, "disk.img")
+            with open(img, "r+b") as f:
+                f.seek(1024)
+                superblock = f.read(1024)
+                f.seek(1024)
+                f.write(b"\0" * 1024)
+            st, r = s2.request("POST", "/sandboxes/%s/connect" % sid, {"timeout": 60}, headers=key)
+            eq(st, 500, "a failed boot (%r)" % (r,))
+            assert "did not boot again" in r["message"] and "stays paused" in r["message"], r
+            eq(s2.request("GET", "/sandboxes/" + sid, headers=key)[1]["state"], "paused", "still paused")
+            with open(img, "r+b") as f:
+                f.seek(1024)
+                f.write(superblock)
+            st, r = s2.request("POST", "/sandboxes/%s/connect" % sid, {"timeout": 60}, headers=key)
+            eq(st, 201, "connect boots it (%r)" % (r,))
+            eq(read_file(s2, sid, "/opt/cold.txt")[0], b"kept", "its files")
+            boot2 = read_file(s2, sid, boot_id)[0]
+            assert boot2 != boot and len(boot2) == 37, (boot, boot2)
+            # A graceful stop removes it, paused so or not, as every sandbox.
+            eq(s2.request("POST", "/sandboxes/%s/pause" % sid, {"memory": False}, headers=key)[0], 204, "pause")
+            eq(s2.stop(signal.SIGTERM), 0, "exit status after SIGTERM")
+            eq(os.listdir(os.path.join(state, "sandboxes")), [], "no sandbox left in the state dir")
+        finally:
+            s2.cleanup()
+    finally:
+        s.cleanup()
+
+
 def t_shutdown_cuts_streams(env):
     """SIGTERM while an E2B /execute streams over HTTP/1.1: its sandbox goes, its stream
     is cut (no last chunk: the client cannot take it for a whole answer) and serve exits
@@ -1449,6 +1504,7 @@ def main():
     own = [("auth", t_auth), ("startup_checks", t_startup_checks), ("h2_stream_deadlines", t_h2_stream_deadlines),
            ("restart_readopt_and_shutdown", t_restart_readopt_and_shutdown),
            ("e2b_record_survives_restart", t_e2b_record_survives_restart),
+           ("files_only_pause", t_files_only_pause),
            ("shutdown_cuts_streams", t_shutdown_cuts_streams),
            ("snapshot_survives_restart", t_snapshot_survives_restart),
            ("stale_state_cleaned", t_stale_state_cleaned)]

@@ -69,6 +69,7 @@ try:
     # or move less there (they say where).
     if kvm and budget.emulated(vmm):
         env["MITOS_E2B_SLOW_GUEST"] = "1"
+    env["MITOS_E2B_ENGINE"] = "kvm" if kvm else "process"
     if bench:
         cmd = ["node", "bench.mjs"] + rest[1:]
     else:

@@ -179,6 +179,58 @@ test("pause, list as paused, resume through connect keeps files", async () => {
   assert.equal(await again.files.read("/tmp/keep.txt"), "kept");
 });
 
+const bootId = "/proc/sys/kernel/random/boot_id";
+// The kvm engine pauses with memory only, keepMemory false too (README: E2B's gaps).
+const filesOnly = { skip: process.env.MITOS_E2B_ENGINE === "kvm" && "the kvm engine has no filesystem-only pause" };
+
+test("a memory pause keeps processes and the boot id; a filesystem-only pause boots afresh from the files", filesOnly, async () => {
+  const sbx = await create({});
+  await sbx.files.write("/opt/fs-only.txt", "persisted", { user: "root" });
+  const boot = (await sbx.files.read(bootId)).trim();
+  assert.match(boot, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  const sleeper = await sbx.commands.run("sleep 600", { background: true });
+  // A pause with its memory: the same boot, its processes still there.
+  assert.equal(await sbx.pause(), true);
+  const kept = await Sandbox.connect(sbx.sandboxId);
+  assert.equal((await kept.files.read(bootId)).trim(), boot);
+  assert.ok((await kept.commands.list()).some((p) => p.pid === sleeper.pid), "a memory pause keeps processes");
+  // Filesystem-only: no process left, a new boot, the files as they were.
+  assert.equal(await kept.pause({ keepMemory: false }), true);
+  assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, "paused");
+  assert.equal(await kept.isRunning(), false);
+  assert.equal(await kept.pause({ keepMemory: false }), false, "already paused (409)");
+  // Its files can be read only once it runs: E2B's envd is not there meanwhile.
+  await assert.rejects(kept.commands.run("true"));
+  const booted = await Sandbox.connect(sbx.sandboxId);
+  assert.equal(booted.sandboxId, sbx.sandboxId);
+  assert.equal(await booted.files.read("/opt/fs-only.txt", { user: "root" }), "persisted");
+  const boot2 = (await booted.files.read(bootId)).trim();
+  assert.notEqual(boot2, boot);
+  const procs = await booted.commands.list();
+  assert.ok(!procs.some((p) => p.args.join(" ").includes("sleep 600")), "no process outlives it");
+  assert.equal((await booted.commands.run("echo $((6*7))")).stdout, "42\n");
+  // The token it had is still the one it takes.
+  if (sbx.envdAccessToken) assert.equal(booted.envdAccessToken, sbx.envdAccessToken);
+  // Each sandbox boots with a boot id of its own.
+  const other = await create({});
+  assert.notEqual((await other.files.read(bootId)).trim(), boot2);
+  await other.kill();
+  await assert.rejects(Sandbox.create({ lifecycle: { onTimeout: { action: "pause", keepMemory: false }, autoResume: true } }),
+    /autoResume/);
+});
+
+test("lifecycle onTimeout pause without memory: the timeout stops it, connect boots it from its files", filesOnly, async () => {
+  const sbx = await create({ timeoutMs: 3000, lifecycle: { onTimeout: { action: "pause", keepMemory: false } } });
+  await sbx.files.write("/opt/auto-fs.txt", "kept", { user: "root" });
+  const boot = (await sbx.files.read(bootId)).trim();
+  await pausedByTimeout(sbx.sandboxId);
+  const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 60000 });
+  assert.equal((await again.getInfo()).state, "running");
+  assert.equal(await again.files.read("/opt/auto-fs.txt", { user: "root" }), "kept");
+  assert.notEqual((await again.files.read(bootId)).trim(), boot);
+  await again.kill();
+});
+
 test("lifecycle onTimeout pause: the timeout pauses, connect resumes with the files", async () => {
   const sbx = await create({ timeoutMs: 3000, lifecycle: { onTimeout: "pause" } });
   // On the sandbox's disk (/tmp is a tmpfs), as root: E2B's default user may not write /opt.
