@@ -159,9 +159,11 @@ static struct sandbox *sandbox_and_timeout(struct http_req *r, cJSON **body, uin
 /* ---- lifecycle.onTimeout: "pause" ---- */
 
 /* Sandboxes that asked for it are paused just before the node's expiry would
- * remove them, and then kept (paused) for as long as the node keeps any sandbox;
- * connect resumes them. */
-#define AUTO_PAUSE_LEAD_MS 2000u
+ * remove them (three of its ticks: an expiry waits for a pause on its way), and then
+ * kept (paused) for as long as the node keeps any sandbox; connect resumes them. Two
+ * seconds ahead took most of a short timeout: a command run just after a wake was
+ * frozen halfway. */
+#define AUTO_PAUSE_LEAD_MS 300u
 
 static struct ur_ticker auto_pause_ticker;
 static bool auto_pause_ticking;

@@ -855,7 +855,9 @@ void sb_tick(struct ur_ticker *tk, uint64_t now)
 			sb_kill(sb, sb->fail_reason);
 			continue;
 		}
-		if (wall >= sb->deadline_ms) {
+		/* An expiry waits for a pause or resume on its way: E2B's onTimeout pauses a
+		 * sandbox instead of ending it. */
+		if (wall >= sb->deadline_ms && !sb->ctl_busy) {
 			fprintf(stderr, "mitos-vmm serve: sandbox %s expired\n", sb->id);
 			sb->keep_files = false;
 			sb_kill(sb, "the sandbox expired");
