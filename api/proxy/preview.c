@@ -841,6 +841,10 @@ static void pv_start(struct pv *pv, struct http_req *r, struct sandbox *sb, cons
 	pv->r = r;
 	r->ctx = pv;
 	r->ops = &pv_ops;
+	/* A client that leaves while it waits (for an upstream that never answers) gives
+	 * its relay back, as a proxy's would: the stream counted against the sandbox's
+	 * relays until serve's next write to it, which may never come. */
+	r->abort_on_eof = true;
 	/* Nothing of the body is read until the upstream connection exists. */
 	http_req_pause_body(r);
 }

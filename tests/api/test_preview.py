@@ -579,6 +579,55 @@ def t_relay_limit(s):
                 pass
         assert 8 <= refused <= 10, "relayed connections past the limit refused: %d of 200" % refused
         eq(sh(s, SID, "echo still-mine"), "still-mine\n", "the owner's command with the relays full")
+        # Clients that leave while they wait give their relays back.
+        for c in held:
+            c.close()
+        held = []
+        time.sleep(0.5)
+        for _ in range(150):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+            held.append(c)
+        time.sleep(1)
+        for c in held:
+            c.setblocking(False)
+            try:
+                got = c.recv(4096)
+            except BlockingIOError:
+                got = b""
+            assert not got.startswith(b"HTTP/1.1 429 "), "a relay of a client that left was kept: %r" % got[:200]
+    finally:
+        for c in held:
+            c.close()
+    sh(s, SID, "pkill -f 'l.listen(1024)' || true")
+
+
+def t_forward_relay_limit(s):
+    """Port forwards are relays too: 4 forwards x 60 connections ask for 240 agent streams;
+    past 192 in all a connection is closed at once, and the owner's command still runs."""
+    sh(s, SID, "(setsid python3 -c 'import socket, time; l = socket.socket(); l.bind((\"127.0.0.1\", 8011)); "
+               "l.listen(1024); time.sleep(600)' >/dev/null 2>&1 </dev/null &) && "
+               "for i in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8011) 2>/dev/null && break; sleep 0.1; done")
+    ports = []
+    for _ in range(4):
+        st, r = s.request("POST", "/v1/sandboxes/%s/forward" % SID, {"guest_port": 8011})
+        eq(st, 200, "forward (%r)" % (r,))
+        ports.append(int(r["host"].rsplit(":", 1)[1]))
+    held = []
+    try:
+        for port in ports:
+            for _ in range(60):
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(1)
+        closed = 0
+        for c in held:
+            c.setblocking(False)
+            try:
+                closed += c.recv(4096) == b""
+            except BlockingIOError:
+                pass
+        assert 48 <= closed <= 60, "forwarded connections past the limit closed: %d of 240" % closed
+        eq(sh(s, SID, "echo still-mine"), "still-mine\n", "the owner's command with the relays full")
     finally:
         for c in held:
             c.close()
@@ -593,7 +642,7 @@ def main():
              ("forward", t_forward),
              ("streaming", t_streaming),
              ("post", t_post), ("headers", t_headers), ("upstream_framing", t_upstream_framing), ("websocket", t_websocket), ("paused", t_paused),
-             ("key", t_key), ("relay_limit", t_relay_limit)]
+             ("key", t_key), ("relay_limit", t_relay_limit), ("forward_relay_limit", t_forward_relay_limit)]
     try:
         run.run("setup", setup, s)
         if run.failed:
