@@ -564,7 +564,8 @@ static void connect_or_resume(struct http_req *r, bool legacy_resume)
 		e2b_reply_err(r, 409, "sandbox %s is already running", sb->id);
 		return;
 	}
-	if (sb->state != SB_PAUSED) {
+	/* A sandbox booting again after a filesystem-only pause runs once that is done. */
+	if (sb->state != SB_PAUSED && !sandbox_booting_again(sb)) {
 		connect_finish(r, sb, false, present, secs);
 		return;
 	}

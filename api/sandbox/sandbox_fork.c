@@ -111,28 +111,46 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 
 /* ---- a cold boot after a filesystem-only pause ---- */
 
+/* Whoever asked for the boot on its way (a first resume, connects meanwhile), in order. */
 struct boot_again {
 	sandbox_paused_fn done;
 	void *ctx;
+	struct boot_again *next;
 };
 
 static void booted_again(void *ctx, enum api_err err, const char *msg, struct sandbox **sbs, unsigned n)
 {
 	(void)err;
 	(void)msg; /* the sandbox's fail_reason keeps it */
-	struct boot_again *ba = ctx;
 	if (sbs && n == 1)
 		sbs[0]->ctl_busy = false; /* else sb_stopped_keeping_files() cleared it */
-	ba->done(ba->ctx, sbs && n == 1 ? 0 : -ECHILD);
-	free(ba);
+	for (struct boot_again *ba = ctx, *next; ba; ba = next) {
+		next = ba->next;
+		ba->done(ba->ctx, sbs && n == 1 ? 0 : -ECHILD);
+		free(ba);
+	}
+}
+
+bool sandbox_booting_again(const struct sandbox *sb)
+{
+	return sb->job && sb->job->done == booted_again;
 }
 
 void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
 {
+	struct boot_again *ba = calloc(1, sizeof(*ba));
+	if (ba && sandbox_booting_again(sb)) {
+		struct boot_again *last = sb->job->ctx; /* the first, never NULL */
+		while (last->next)
+			last = last->next;
+		ba->done = done;
+		ba->ctx = ctx;
+		last->next = ba;
+		return;
+	}
 	const struct template_rec *t = templates_find(sb->template_name);
 	struct sb_job *job = calloc(1, sizeof(*job));
 	struct sandbox **sbs = calloc(1, sizeof(*sbs));
-	struct boot_again *ba = calloc(1, sizeof(*ba));
 	struct mitos_err e = { 0 };
 	/* Ring operations of its last start still pending would be submitted twice. */
 	int rc = sb->inflight ? -EBUSY : !job || !sbs || !ba ? -ENOMEM : 0;

@@ -60,9 +60,10 @@ void sb_tick(struct ur_ticker *tk, uint64_t now);
 
 /* ---- sandbox_fork.c ---- */
 void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const char *why);
-/* Boots sb, paused without its processes (sb->cold), afresh from its files; done(ctx,
- * rc) once it runs, or with -ECHILD once it failed to (it then stays as it was, and
- * sb->fail_reason says why), -EBUSY or -ENOMEM. */
+/* Boots sb, paused without its processes (sb->cold), afresh from its files, or waits
+ * for its boot on its way (sandbox_booting_again); done(ctx, rc) once it runs, or with
+ * -ECHILD once it failed to (it then stays as it was, and sb->fail_reason says why),
+ * -EBUSY or -ENOMEM. */
 void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx);
 
 #endif

@@ -712,7 +712,7 @@ void sandbox_pause_files_only(struct sandbox *sb, sandbox_paused_fn done, void *
 
 void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, void *ctx)
 {
-	if (!pause && sb->cold && !sb->ctl_busy) {
+	if (!pause && ((sb->cold && !sb->ctl_busy) || sandbox_booting_again(sb))) {
 		sb_boot_again(sb, done, ctx);
 		return;
 	}

@@ -201,6 +201,9 @@ bool sandbox_user_paused(const struct sandbox *sb);
  * it did not boot again: it stays so, sb->fail_reason says why) or another -errno. */
 typedef void (*sandbox_paused_fn)(void *ctx, int rc);
 void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, void *ctx);
+/* sb, paused without its processes, is being booted again from its files: it starts,
+ * and a resume (sandbox_set_paused) waits for it. */
+bool sandbox_booting_again(const struct sandbox *sb);
 /* A filesystem-only pause (E2B's pause with memory false): every process of sb, which
  * runs or is paused, ends, and what it held while running is given back; its files stay.
  * sandbox_set_paused() resumes it by booting it afresh from them (its processes, a new

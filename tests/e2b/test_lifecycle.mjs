@@ -201,7 +201,10 @@ test("a memory pause keeps processes and the boot id; a filesystem-only pause bo
   assert.equal(await kept.pause({ keepMemory: false }), false, "already paused (409)");
   // Its files can be read only once it runs: E2B's envd is not there meanwhile.
   await assert.rejects(kept.commands.run("true"));
-  const booted = await Sandbox.connect(sbx.sandboxId);
+  // Two connects at once: each answers once it runs (one waits for the other's boot).
+  const [booted, up] = await Promise.all([Sandbox.connect(sbx.sandboxId),
+    Sandbox.connect(sbx.sandboxId).then((s) => s.commands.run("echo up"))]);
+  assert.equal(up.stdout, "up\n");
   assert.equal(booted.sandboxId, sbx.sandboxId);
   assert.equal(await booted.files.read("/opt/fs-only.txt", { user: "root" }), "persisted");
   const boot2 = (await booted.files.read(bootId)).trim();
