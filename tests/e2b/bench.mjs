@@ -102,4 +102,24 @@ for (let i = 0; i < runs; i++) {
 await src.kill();
 report("e2b-snapshot-64mib", snapTake);
 report("e2b-create-from-snapshot-to-first-command", snapStart);
+
+// Pause, then connect to the first command: with memory (a freeze and a thaw) and
+// filesystem-only (its processes end; connect boots it afresh from its files).
+for (const keepMemory of [true, false]) {
+  const sbx = await Sandbox.create();
+  const pause = [], resume = [];
+  for (let i = 0; i < runs; i++) {
+    let t = performance.now();
+    await sbx.pause({ keepMemory });
+    pause.push(performance.now() - t);
+    t = performance.now();
+    const again = await Sandbox.connect(sbx.sandboxId);
+    await again.commands.run("true");
+    resume.push(performance.now() - t);
+  }
+  await sbx.kill();
+  const kind = keepMemory ? "memory" : "files-only";
+  report(`e2b-pause-${kind}`, pause);
+  report(`e2b-connect-after-pause-${kind}-to-first-command`, resume);
+}
 console.log(`runs: ${runs}`);
