@@ -1308,6 +1308,57 @@ def t_files_only_pause(env):
         s.cleanup()
 
 
+def agent_pid_of(init):
+    """The mitos-agent under a process-engine sandbox's init (host pids)."""
+    with open("/proc/%d/task/%d/children" % (init, init)) as f:
+        kids = [int(p) for p in f.read().split()]
+    for pid in kids:
+        with open("/proc/%d/comm" % pid) as f:
+            if f.read().strip() == "mitos-agent":
+                return pid
+    raise AssertionError("no mitos-agent under init %d: %r" % (init, kids))
+
+
+def t_watcher_poll_unanswered_sync(env):
+    """E2B's GetWatcherEvents first asks the agent's watch for a sync, so a poll right
+    after a write sees it; an agent that does not answer (here: stopped) delays a poll
+    2 s at most, then the poll gets what is queued."""
+    token = "e2b-sync-token-0123456789"
+    s = Server(VMM, AGENT, token=token)
+    try:
+        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base", "secure": True},
+                           headers={"X-API-KEY": token})
+        eq(st, 201, "E2B create (%r)" % (sb,))
+        sid = sb["sandboxID"]
+        h = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983", "X-Access-Token": sb["envdAccessToken"],
+             "Connect-Protocol-Version": "1", "Content-Type": "application/json"}
+        sh(s, sid, "mkdir -p /tmp/polled")
+        st, w = s.request("POST", "/filesystem.Filesystem/CreateWatcher", {"path": "/tmp/polled"}, headers=h)
+        eq(st, 200, "CreateWatcher (%r)" % (w,))
+
+        def poll():
+            t = time.monotonic()
+            st, r = s.request("POST", "/filesystem.Filesystem/GetWatcherEvents", {"watcherId": w["watcherId"]},
+                              headers=h)
+            eq(st, 200, "GetWatcherEvents (%r)" % (r,))
+            return [e["name"] for e in r.get("events", [])], time.monotonic() - t
+        write_file(s, sid, "/tmp/polled/a.txt", b"a")
+        names, _ = poll()
+        assert "a.txt" in names, names
+        agent = agent_pid_of(server_sandbox_pids(s.state_dir)[0])
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            names, took = poll()
+            assert 1.5 <= took <= 4, "a poll the agent does not sync took %.2f s" % took
+        finally:
+            os.kill(agent, signal.SIGCONT)
+        write_file(s, sid, "/tmp/polled/b.txt", b"b")
+        names, took = poll()
+        assert "b.txt" in names and took < 1.5, (names, took)
+    finally:
+        s.cleanup()
+
+
 def t_shutdown_cuts_streams(env):
     """SIGTERM while an E2B /execute streams over HTTP/1.1: its sandbox goes, its stream
     is cut (no last chunk: the client cannot take it for a whole answer) and serve exits
@@ -1505,6 +1556,7 @@ def main():
            ("restart_readopt_and_shutdown", t_restart_readopt_and_shutdown),
            ("e2b_record_survives_restart", t_e2b_record_survives_restart),
            ("files_only_pause", t_files_only_pause),
+           ("watcher_poll_unanswered_sync", t_watcher_poll_unanswered_sync),
            ("shutdown_cuts_streams", t_shutdown_cuts_streams),
            ("snapshot_survives_restart", t_snapshot_survives_restart),
            ("stale_state_cleaned", t_stale_state_cleaned)]
