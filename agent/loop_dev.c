@@ -1,12 +1,15 @@
 /* Loop devices for process-engine sandbox disks (loop_dev.h). */
 #include "agent/loop_dev.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/loop.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define LOOP_ATTACH_TRIES 500
@@ -52,4 +55,29 @@ int loop_dev_attach(int fd, char *dev, size_t devlen, const char **step)
 	}
 	close(ctl);
 	return rc;
+}
+
+bool loop_dev_backs(int fd)
+{
+	struct stat st;
+	DIR *d = fstat(fd, &st) == 0 ? opendir("/sys/block") : NULL;
+	if (!d)
+		return false;
+	bool found = false;
+	struct dirent *de;
+	while (!found && (de = readdir(d))) {
+		char path[300];
+		if (strncmp(de->d_name, "loop", 4))
+			continue;
+		snprintf(path, sizeof(path), "/dev/%s", de->d_name);
+		int lfd = open(path, O_RDONLY | O_CLOEXEC);
+		struct loop_info64 info;
+		/* ENXIO: nothing attached. */
+		if (lfd >= 0 && ioctl(lfd, LOOP_GET_STATUS64, &info) == 0)
+			found = info.lo_inode == st.st_ino && info.lo_device == st.st_dev;
+		if (lfd >= 0)
+			close(lfd);
+	}
+	closedir(d);
+	return found;
 }

@@ -4,6 +4,7 @@
 #ifndef MITOS_AGENT_LOOP_DEV_H
 #define MITOS_AGENT_LOOP_DEV_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Attaches the open file fd to a free loop device (its path into dev), released
@@ -11,5 +12,8 @@
  * whatever mounts it. -errno on failure, *step naming what failed. Another process
  * taking the free device first is retried. */
 int loop_dev_attach(int fd, char *dev, size_t devlen, const char **step);
+
+/* Whether a loop device is attached to the open file fd (its inode). */
+bool loop_dev_backs(int fd);
 
 #endif

@@ -235,6 +235,14 @@ static int loop_attach(const char *img, char *dev, size_t devlen)
 	int fd = open(img, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		fail(errno, "open %s", img);
+	/* Two mounts of one ext4 image corrupt it: a boot after a filesystem-only pause
+	 * waits for the last one's device to go (it goes with that boot's mount
+	 * namespace, by the time serve hears of its end). */
+	for (int i = 0; loop_dev_backs(fd); i++) {
+		if (i == 50)
+			fail(EBUSY, "%s is still attached to a loop device (an earlier boot of the sandbox holds it)", img);
+		usleep(100 * 1000);
+	}
 	const char *step;
 	int lfd = loop_dev_attach(fd, dev, devlen, &step);
 	if (lfd < 0)

@@ -1289,10 +1289,20 @@ def t_files_only_pause(env):
             st, r = s2.request("POST", "/sandboxes/%s/connect" % sid, {"timeout": 60}, headers=key)
             eq(st, 500, "a failed boot (%r)" % (r,))
             assert "did not boot again" in r["message"] and "stays paused" in r["message"], r
+            assert "mount" in r["message"], "the init's reason (%r)" % (r,)
             eq(s2.request("GET", "/sandboxes/" + sid, headers=key)[1]["state"], "paused", "still paused")
             with open(img, "r+b") as f:
                 f.seek(1024)
                 f.write(superblock)
+            # Its disk still attached elsewhere (as by a boot that has not ended): no
+            # second mount of it, the boot waits 5 s, then fails and it stays paused.
+            dev = subprocess.check_output(["losetup", "-f", "--show", img], text=True).strip()
+            try:
+                st, r = s2.request("POST", "/sandboxes/%s/connect" % sid, {"timeout": 60}, headers=key)
+                eq(st, 500, "a boot while its disk is attached (%r)" % (r,))
+                assert "still attached" in r["message"], r
+            finally:
+                subprocess.call(["losetup", "-d", dev])
             st, r = s2.request("POST", "/sandboxes/%s/connect" % sid, {"timeout": 60}, headers=key)
             eq(st, 201, "connect boots it (%r)" % (r,))
             eq(read_file(s2, sid, "/opt/cold.txt")[0], b"kept", "its files")
