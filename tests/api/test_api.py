@@ -1180,6 +1180,14 @@ def process_gone(pid):
         return True
 
 
+def e2b_create(s, token, **fields):
+    """An E2B sandbox of the base template (secure: with an envd token), checked made."""
+    st, sb = s.request("POST", "/v2/sandboxes", dict({"templateID": "base", "secure": True}, **fields),
+                       headers={"X-API-KEY": token})
+    eq(st, 201, "E2B create (%r)" % (sb,))
+    return sb
+
+
 def t_restart_readopt_and_shutdown(env):
     s = Server(VMM, AGENT)
     state = s.state_dir
@@ -1227,11 +1235,7 @@ def t_e2b_record_survives_restart(env):
     state = s.state_dir
     key = {"X-API-KEY": token}
     try:
-        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base", "secure": True,
-                                                    "envVars": {"GREETING": "hello"}, "autoPause": True,
-                                                    "autoResume": {"enabled": True}},
-                           headers=key)
-        eq(st, 201, "E2B create (%r)" % (sb,))
+        sb = e2b_create(s, token, envVars={"GREETING": "hello"}, autoPause=True, autoResume={"enabled": True})
         sid, envd = sb["sandboxID"], sb["envdAccessToken"]
         assert envd, sb
         s.stop(signal.SIGKILL)
@@ -1262,8 +1266,7 @@ def t_files_only_pause(env):
     state = s.state_dir
     key = {"X-API-KEY": token}
     try:
-        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base", "secure": True}, headers=key)
-        eq(st, 201, "E2B create (%r)" % (sb,))
+        sb = e2b_create(s, token)
         sid = sb["sandboxID"]
         boot_id = "/proc/sys/kernel/random/boot_id"
         write_file(s, sid, "/opt/cold.txt", b"kept")
@@ -1336,9 +1339,7 @@ def t_watcher_poll_unanswered_sync(env):
     token = "e2b-sync-token-0123456789"
     s = Server(VMM, AGENT, token=token)
     try:
-        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base", "secure": True},
-                           headers={"X-API-KEY": token})
-        eq(st, 201, "E2B create (%r)" % (sb,))
+        sb = e2b_create(s, token)
         sid = sb["sandboxID"]
         h = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983", "X-Access-Token": sb["envdAccessToken"],
              "Connect-Protocol-Version": "1", "Content-Type": "application/json"}
@@ -1378,9 +1379,7 @@ def t_shutdown_cuts_streams(env):
     token = "e2b-shutdown-token-0123456789"
     s = Server(VMM, AGENT, token=token)
     try:
-        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base", "secure": True},
-                           headers={"X-API-KEY": token})
-        eq(st, 201, "E2B create (%r)" % (sb,))
+        sb = e2b_create(s, token)
         body = json.dumps({"code": "echo started; sleep 60", "language": "bash"}).encode()
         c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
         c.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -1412,9 +1411,7 @@ def t_snapshot_survives_restart(env):
     state = s.state_dir
     snaps = os.path.join(state, "snapshots")
     try:
-        st, sb = s.request("POST", "/v2/sandboxes", {"templateID": "base"}, headers=key)
-        eq(st, 201, "E2B create (%r)" % (sb,))
-        sid = sb["sandboxID"]
+        sid = e2b_create(s, token, secure=False)["sandboxID"]
         eq(write_file(s, sid, "/root/kept.txt", b"in the snapshot")[0], 200, "write")
         st, info = s.request("POST", "/sandboxes/%s/snapshots" % sid, {"name": "kept"}, headers=key)
         eq((st, info), (201, {"snapshotID": "kept:default", "names": ["kept"]}), "snapshot")
