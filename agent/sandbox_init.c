@@ -11,9 +11,9 @@
  *   2. idmapped mounts through it of the template's root (overlay lower) and of the
  *      sandbox's directory (upper, work and run): on disk the files keep host ids 0..,
  *      so forks copy layers as they are, while inside they belong to the sandbox's root;
- *   3. the overlay, /proc (with /proc/sys and other host knobs read-only, and a boot id
- *      of its own), a read-only
- *      /sys, tmpfs /tmp, /run and /dev/shm owned by the sandbox's root, a /dev with
+ *   3. the overlay (its /tmp a directory of the writable layer), /proc (with /proc/sys
+ *      and other host knobs read-only, and a boot id of its own), a read-only
+ *      /sys, tmpfs /run and /dev/shm owned by the sandbox's root, a /dev with
  *      harmless devices, a private devpts, /run/mitos; the state dir and the token
  *      file masked; then pivot_root;
  *   4. the agent: joins the user namespace (so it owns no mount, net, uts, ipc or pid
@@ -65,6 +65,7 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <grp.h>
 #include <unistd.h>
 
@@ -343,6 +344,22 @@ static void copy_file(const char *from, const char *to)
 }
 
 /* ---- 3. the root ---- */
+
+/* The sandbox's /tmp is a directory of its writable layer, as on a VM's disk (E2B's):
+ * a fork, a snapshot and a filesystem-only pause keep it, and it counts against the
+ * disk quota. Opaque, so the template's own /tmp (the host's, for a template that is
+ * the host's root) stays unseen; made again if the sandbox removed it. */
+static void disk_tmp(const char *upper)
+{
+	char p[4200];
+	pathf(p, sizeof(p), "%s/tmp", upper);
+	struct stat st;
+	if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
+		return;
+	unlink(p); /* a whiteout: the sandbox removed its /tmp */
+	if (mkdir(p, 01777) < 0 || chmod(p, 01777) < 0 || setxattr(p, "trusted.overlay.opaque", "y", 1, 0) < 0)
+		fail(errno, "make %s", p);
+}
 
 /* root/name as an empty directory to mount on. A forked sandbox's layer comes from
  * its parent, which may have left a symlink there that mount would follow into the
@@ -804,6 +821,8 @@ int main(int argc, char **argv)
 		pathf(p, sizeof(p), "%s/upper", layer);
 		copy_layer(copy_from, p);
 	}
+	pathf(p, sizeof(p), "%s/upper", layer);
+	disk_tmp(p);
 	int userns = make_userns(base);
 	idmapped_bind(template_root, lower, userns);
 	idmapped_bind(dir, rw, userns);
@@ -823,9 +842,6 @@ int main(int argc, char **argv)
 	mount_proc_sys(root);
 	own_boot_id(dir, root);
 	char tmpopts[96];
-	snprintf(tmpopts, sizeof(tmpopts), "mode=1777,uid=%lu,gid=%lu", base, base);
-	fresh_dir(p, sizeof(p), root, "tmp", 01777);
-	mount_or_fail("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, tmpopts);
 	snprintf(tmpopts, sizeof(tmpopts), "mode=0755,uid=%lu,gid=%lu", base, base);
 	fresh_dir(p, sizeof(p), root, "run", 0755);
 	mount_or_fail("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, tmpopts);

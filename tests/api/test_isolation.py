@@ -143,6 +143,25 @@ def t_no_secret_of_serve_inside(s):
     healthy(s, sid)
 
 
+def t_host_tmp_unseen(s):
+    """A sandbox's /tmp is its own (a directory of its writable layer), even where its
+    template is the host's root: nothing of the host's /tmp shows through, and what
+    the sandbox writes there stays in its layer."""
+    mark = "/tmp/mitos-host-tmp-%d" % os.getpid()
+    with open(mark, "w") as f:
+        f.write("host")
+    try:
+        sid = "iso-tmp"
+        fork(s, sid)
+        out, _ = sh(s, sid, "ls -A /tmp; stat -c %%a /tmp; echo mine > /tmp/own; test -e %s && echo SEEN" % mark)
+        assert "SEEN" not in out and os.path.basename(mark) not in out, out
+        assert "1777" in out, out
+        assert not os.path.exists("/tmp/own") or open("/tmp/own").read() != "mine\n", "the sandbox wrote the host's /tmp"
+        healthy(s, sid)
+    finally:
+        os.unlink(mark)
+
+
 def t_root_is_not_host_root(s):
     sid = "iso-root"
     fork(s, sid)
@@ -768,6 +787,7 @@ def main():
         eq(st, 200, "template (%r)" % (t,))
         r.run_all([
             ("no_secret_of_serve_inside", t_no_secret_of_serve_inside),
+            ("host_tmp_unseen", t_host_tmp_unseen),
             ("root_is_not_host_root", t_root_is_not_host_root),
             ("uids_apart_from_vm_jail", t_uids_apart_from_vm_jail),
             ("mounts_refused", t_mounts_refused),

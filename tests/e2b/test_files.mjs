@@ -73,7 +73,7 @@ test("gzip and octet-stream uploads", async () => {
 });
 
 test("list with depth, exists, getInfo", async () => {
-  // Made out of name order: tmpfs reads a directory back newest first.
+  // Made out of name order: a directory does not read back in name order.
   await sbx.files.write("/tmp/e2b/tree/top.txt", "top");
   await sbx.files.makeDir("/tmp/e2b/tree/x/y");
   await sbx.files.write("/tmp/e2b/tree/x/y/deep.txt", "deep");
@@ -108,8 +108,8 @@ test("file metadata (X-Metadata-*, envd 0.6.2): kept on the file, shown by getIn
   await sbx.files.write("e2b-meta/meta.txt", "replaced");
   assert.equal((await sbx.files.getInfo("e2b-meta/meta.txt")).metadata, undefined, "a new write is a new file");
   assert.equal((await sbx.files.getInfo("/tmp/e2b/gz.txt")).metadata, undefined);
-  // /tmp is a tmpfs, which has no user extended attributes before Linux 6.6: there the
-  // write is refused whole, never answered as kept and then lost.
+  // Where /tmp is a tmpfs (a kvm guest's root), it has no user extended attributes
+  // before Linux 6.6: there the write is refused whole, never answered as kept and lost.
   try {
     await sbx.files.write("/tmp/e2b/meta.txt", "m", { metadata: { owner: "bob" } });
     assert.deepEqual((await sbx.files.getInfo("/tmp/e2b/meta.txt")).metadata, { owner: "bob" });

@@ -186,6 +186,7 @@ const filesOnly = { skip: process.env.MITOS_E2B_ENGINE === "kvm" && "the kvm eng
 test("a memory pause keeps processes and the boot id; a filesystem-only pause boots afresh from the files", filesOnly, async () => {
   const sbx = await create({});
   await sbx.files.write("/opt/fs-only.txt", "persisted", { user: "root" });
+  await sbx.files.write("/tmp/fs-only.txt", "on its disk too");
   const boot = (await sbx.files.read(bootId)).trim();
   assert.match(boot, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   const sleeper = await sbx.commands.run("sleep 600", { background: true });
@@ -207,6 +208,7 @@ test("a memory pause keeps processes and the boot id; a filesystem-only pause bo
   assert.equal(up.stdout, "up\n");
   assert.equal(booted.sandboxId, sbx.sandboxId);
   assert.equal(await booted.files.read("/opt/fs-only.txt", { user: "root" }), "persisted");
+  assert.equal(await booted.files.read("/tmp/fs-only.txt"), "on its disk too");
   const boot2 = (await booted.files.read(bootId)).trim();
   assert.notEqual(boot2, boot);
   const procs = await booted.commands.list();
@@ -236,7 +238,7 @@ test("lifecycle onTimeout pause without memory: the timeout stops it, connect bo
 
 test("lifecycle onTimeout pause: the timeout pauses, connect resumes with the files", async () => {
   const sbx = await create({ timeoutMs: 3000, lifecycle: { onTimeout: "pause" } });
-  // On the sandbox's disk (/tmp is a tmpfs), as root: E2B's default user may not write /opt.
+  // As root: E2B's default user may not write /opt.
   await sbx.files.write("/opt/auto.txt", "survives", { user: "root" });
   const info = await sbx.getInfo();
   assert.ok(info.cpuCount >= 1 && info.memoryMB >= 128, JSON.stringify(info));

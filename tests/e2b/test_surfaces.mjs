@@ -16,9 +16,10 @@ after(async () => {
 test("fork an E2B sandbox through /v1/fork and connect to the children", async () => {
   const sbx = await Sandbox.create();
   made.push(sbx.sandboxId);
-  // On the sandbox's disk, which a fork copies (/tmp is a tmpfs), as root: E2B's default
-  // user may not write /opt.
+  // On the sandbox's disk, which a fork copies, as root: E2B's default user may not
+  // write /opt.
   await sbx.files.write("/opt/parent.txt", "from the parent", { user: "root" });
+  await sbx.files.write("/tmp/parent.txt", "in /tmp too");
   const kids = [];
   for (const n of [1, 2]) {
     const res = await fetch(base + "/v1/sandboxes/" + sbx.sandboxId + "/fork", { method: "POST", headers: auth,
@@ -30,9 +31,10 @@ test("fork an E2B sandbox through /v1/fork and connect to the children", async (
   for (const id of kids) {
     const child = await Sandbox.connect(id);
     assert.equal(await child.files.read("/opt/parent.txt"), "from the parent");
+    assert.equal(await child.files.read("/tmp/parent.txt"), "in /tmp too");
     await child.files.write("/opt/child.txt", id, { user: "root" });
   }
-  assert.equal(await sbx.files.exists("/opt/child.txt"), false, "children do not share files with the parent (the process engine forks the writable layer; /tmp is a tmpfs of its own)");
+  assert.equal(await sbx.files.exists("/opt/child.txt"), false, "children do not share files with the parent (the process engine forks the writable layer)");
 });
 
 test("a sandbox made with the Mitos API is an E2B sandbox too", async () => {
