@@ -438,14 +438,15 @@ static void sb_stopped_keeping_files(struct sandbox *sb)
 	sb->state = SB_PAUSED;
 	sb->cold = true;
 	int rc = sb_save(sb);
-	if (sb->job && !sb->fail_reason[0]) {
-		char why[400];
-		sb_eng->exit_reason(sb->dir, why, sizeof(why));
-		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why[0] ? why : "it exited before its agent answered");
-	}
 	if (sb->job) {
+		char why[400];
+		if (!sb->fail_reason[0]) {
+			sb_eng->exit_reason(sb->dir, why, sizeof(why));
+			snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s",
+				 why[0] ? why : "it exited before its agent answered");
+		}
 		fprintf(stderr, "mitos-vmm serve: sandbox %s did not boot again from its files; it stays paused: %s\n",
-			sb->id, sb->fail_reason[0] ? sb->fail_reason : "it exited");
+			sb->id, sb->fail_reason);
 		sb->ctl_busy = false;
 		job_child_resolved(sb->job, sb, false, sb->fail_reason);
 	}
