@@ -564,8 +564,9 @@ static void connect_or_resume(struct http_req *r, bool legacy_resume)
 		e2b_reply_err(r, 409, "sandbox %s is already running", sb->id);
 		return;
 	}
-	/* A sandbox booting again after a filesystem-only pause runs once that is done. */
-	if (sb->state != SB_PAUSED && !sandbox_booting_again(sb)) {
+	/* A sandbox on its way to or back from a filesystem-only pause runs once both are
+	 * done. */
+	if (sb->state != SB_PAUSED && !sandbox_booting_again(sb) && !sandbox_stopping_files_only(sb)) {
 		connect_finish(r, sb, false, present, secs);
 		return;
 	}

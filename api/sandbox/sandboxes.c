@@ -375,13 +375,22 @@ static void sb_ready_done(struct uop *op, int res, uint32_t flags)
 	 * watch reports why. */
 }
 
+/* A resume asked for while a filesystem-only pause is on its way: a boot follows it. */
+struct resume_wait {
+	sandbox_paused_fn done;
+	void *ctx;
+	struct resume_wait *next;
+};
+
 struct cold_op {
 	sandbox_paused_fn done;
 	void *ctx;
+	struct resume_wait *resumes; /* in the order they came */
 };
 
-/* A filesystem-only pause ends: its requester hears rc. */
-static void cold_op_end(struct sandbox *sb, int rc)
+/* A filesystem-only pause ends: its requester hears rc; the resumes that waited for
+ * it boot the sandbox again, or hear -ESRCH when it is gone. */
+static void cold_op_end(struct sandbox *sb, int rc, bool gone)
 {
 	struct cold_op *op = sb->cold_op;
 	if (!op)
@@ -389,6 +398,14 @@ static void cold_op_end(struct sandbox *sb, int rc)
 	sb->cold_op = NULL;
 	sb->ctl_busy = false;
 	op->done(op->ctx, rc);
+	for (struct resume_wait *w = op->resumes, *next; w; w = next) {
+		next = w->next;
+		if (gone)
+			w->done(w->ctx, -ESRCH);
+		else
+			sb_boot_again(sb, w->done, w->ctx);
+		free(w);
+	}
 	free(op);
 }
 
@@ -423,7 +440,7 @@ void sb_finish(struct sandbox *sb)
 		free(w);
 	}
 	sb->stop_waiters = NULL;
-	cold_op_end(sb, -ESRCH);
+	cold_op_end(sb, -ESRCH, true);
 	sb_free(sb);
 }
 
@@ -450,7 +467,7 @@ static void sb_stopped_keeping_files(struct sandbox *sb)
 		sb->ctl_busy = false;
 		job_child_resolved(sb->job, sb, false, sb->fail_reason);
 	}
-	cold_op_end(sb, rc);
+	cold_op_end(sb, rc, false);
 }
 
 static void sb_exit_done(struct uop *op, int res, uint32_t flags)
@@ -676,6 +693,11 @@ static void pause_op_done(void *arg, int rc)
 	free(op);
 }
 
+bool sandbox_stopping_files_only(const struct sandbox *sb)
+{
+	return sb->cold_op != NULL;
+}
+
 void sandbox_pause_files_only(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
 {
 	if (!sb_eng->stop_keep_files) {
@@ -720,6 +742,19 @@ void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, 
 {
 	if (!pause && ((sb->cold && !sb->ctl_busy) || sandbox_booting_again(sb))) {
 		sb_boot_again(sb, done, ctx);
+		return;
+	}
+	if (!pause && sb->cold_op) {
+		struct resume_wait *w = calloc(1, sizeof(*w)), **tail = &sb->cold_op->resumes;
+		if (!w) {
+			done(ctx, -ENOMEM);
+			return;
+		}
+		w->done = done;
+		w->ctx = ctx;
+		while (*tail)
+			tail = &(*tail)->next;
+		*tail = w;
 		return;
 	}
 	if (sb->copy_holds) {

@@ -204,6 +204,8 @@ void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, 
 /* sb, paused without its processes, is being booted again from its files: it starts,
  * and a resume (sandbox_set_paused) waits for it. */
 bool sandbox_booting_again(const struct sandbox *sb);
+/* A filesystem-only pause of sb is on its way: a resume waits for it, then boots sb. */
+bool sandbox_stopping_files_only(const struct sandbox *sb);
 /* A filesystem-only pause (E2B's pause with memory false): every process of sb, which
  * runs or is paused, ends, and what it held while running is given back; its files stay.
  * sandbox_set_paused() resumes it by booting it afresh from them (its processes, a new

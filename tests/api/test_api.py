@@ -1311,6 +1311,20 @@ def t_files_only_pause(env):
             eq(read_file(s2, sid, "/opt/cold.txt")[0], b"kept", "its files")
             boot2 = read_file(s2, sid, boot_id)[0]
             assert boot2 != boot and len(boot2) == 37, (boot, boot2)
+            # A connect that comes while the pause is on its way waits for it, then boots
+            # the sandbox: it answers once it runs.
+            for _ in range(3):
+                c = socket.create_connection(("127.0.0.1", s2.port), timeout=30)
+                body = b'{"memory": false}'
+                c.sendall(b"POST /sandboxes/%s/pause HTTP/1.1\r\nHost: x\r\nX-API-KEY: %s\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                          % (sid.encode(), token.encode(), len(body), body))
+                time.sleep(0.002)
+                st, r = s2.request("POST", "/sandboxes/%s/connect" % sid, {"timeout": 60}, headers=key)
+                assert c.recv(100).startswith(b"HTTP/1.1 204"), "the pause"
+                c.close()
+                assert st in (200, 201), (st, r)
+                eq(sh(s2, sid, "echo up")[0], b"up\n", "a command right after the connect")
             # A graceful stop removes it, paused so or not, as every sandbox.
             eq(s2.request("POST", "/sandboxes/%s/pause" % sid, {"memory": False}, headers=key)[0], 204, "pause")
             eq(s2.stop(signal.SIGTERM), 0, "exit status after SIGTERM")
