@@ -111,23 +111,17 @@ static int sb_start(struct sandbox *sb, const struct template_rec *t, const char
 
 /* ---- a cold boot after a filesystem-only pause ---- */
 
-/* Whoever asked for the boot on its way (a first resume, connects meanwhile), in order. */
-struct boot_again {
-	sandbox_paused_fn done;
-	void *ctx;
-	struct boot_again *next;
-};
-
+/* The job's ctx: whoever asked for the boot (a first resume, connects meanwhile). */
 static void booted_again(void *ctx, enum api_err err, const char *msg, struct sandbox **sbs, unsigned n)
 {
 	(void)err;
 	(void)msg; /* the sandbox's fail_reason keeps it */
 	if (sbs && n == 1)
 		sbs[0]->ctl_busy = false; /* else sb_stopped_keeping_files() cleared it */
-	for (struct boot_again *ba = ctx, *next; ba; ba = next) {
-		next = ba->next;
-		ba->done(ba->ctx, sbs && n == 1 ? 0 : -ECHILD);
-		free(ba);
+	for (struct resume_wait *w = ctx, *next; w; w = next) {
+		next = w->next;
+		w->done(w->ctx, sbs && n == 1 ? 0 : -ECHILD);
+		free(w);
 	}
 }
 
@@ -138,14 +132,14 @@ bool sandbox_booting_again(const struct sandbox *sb)
 
 void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
 {
-	struct boot_again *ba = calloc(1, sizeof(*ba));
-	if (ba && sandbox_booting_again(sb)) {
-		struct boot_again *last = sb->job->ctx; /* the first, never NULL */
+	struct resume_wait *w = calloc(1, sizeof(*w));
+	if (w && sandbox_booting_again(sb)) {
+		struct resume_wait *last = sb->job->ctx; /* the first, never NULL */
 		while (last->next)
 			last = last->next;
-		ba->done = done;
-		ba->ctx = ctx;
-		last->next = ba;
+		w->done = done;
+		w->ctx = ctx;
+		last->next = w;
 		return;
 	}
 	const struct template_rec *t = templates_find(sb->template_name);
@@ -153,7 +147,7 @@ void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
 	struct sandbox **sbs = calloc(1, sizeof(*sbs));
 	struct mitos_err e = { 0 };
 	/* Ring operations of its last start still pending would be submitted twice. */
-	int rc = sb->inflight ? -EBUSY : !job || !sbs || !ba ? -ENOMEM : 0;
+	int rc = sb->inflight ? -EBUSY : !job || !sbs || !w ? -ENOMEM : 0;
 	if (!rc && !t)
 		rc = mitos_err_set(&e, -ECHILD, "its template %s is gone", sb->template_name);
 	else if (!rc && sb_start(sb, t, NULL, 0, true, &e))
@@ -166,7 +160,7 @@ void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
 		}
 		free(job);
 		free(sbs);
-		free(ba);
+		free(w);
 		done(ctx, rc);
 		return;
 	}
@@ -176,13 +170,13 @@ void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
 	sb_save(sb);
 	/* A job of one: its start's end (running, or failed: then paused with its files
 	 * again, sb_stopped_keeping_files) is told as a fork child's is. */
-	ba->done = done;
-	ba->ctx = ctx;
+	w->done = done;
+	w->ctx = ctx;
 	sbs[0] = sb;
 	job->n = job->pending = 1;
 	job->sbs = sbs;
 	job->done = booted_again;
-	job->ctx = ba;
+	job->ctx = w;
 	sb->job = job;
 }
 

@@ -58,6 +58,13 @@ void sb_finish(struct sandbox *sb);
 /* Expiry and start deadlines, every tick. */
 void sb_tick(struct ur_ticker *tk, uint64_t now);
 
+/* Who waits for a pause's or a boot's end to hear of its resume (a list, in order). */
+struct resume_wait {
+	sandbox_paused_fn done;
+	void *ctx;
+	struct resume_wait *next;
+};
+
 /* ---- sandbox_fork.c ---- */
 void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const char *why);
 /* Boots sb, paused without its processes (sb->cold), afresh from its files, or waits

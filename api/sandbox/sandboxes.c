@@ -375,17 +375,10 @@ static void sb_ready_done(struct uop *op, int res, uint32_t flags)
 	 * watch reports why. */
 }
 
-/* A resume asked for while a filesystem-only pause is on its way: a boot follows it. */
-struct resume_wait {
-	sandbox_paused_fn done;
-	void *ctx;
-	struct resume_wait *next;
-};
-
 struct cold_op {
 	sandbox_paused_fn done;
 	void *ctx;
-	struct resume_wait *resumes; /* in the order they came */
+	struct resume_wait *resumes; /* asked for meanwhile: a boot follows the pause */
 };
 
 /* A filesystem-only pause ends: its requester hears rc; the resumes that waited for
