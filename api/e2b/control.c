@@ -539,7 +539,7 @@ static void connect_resumed(void *ctx, int rc)
 		rc = -ESRCH; /* deleted, or expired, while it booted */
 	if (rc == -ECHILD) {
 		e2b_reply_err(r, 500, "cannot resume sandbox %s: it did not boot again from its files (%s); it stays "
-			      "paused, with its files", r->sandbox_id, sb->fail_reason[0] ? sb->fail_reason : "it exited");
+			      "paused, with its files", r->sandbox_id, sb->fail_reason);
 		return;
 	}
 	if (rc) {

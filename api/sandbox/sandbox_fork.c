@@ -130,24 +130,34 @@ bool sandbox_booting_again(const struct sandbox *sb)
 	return sb->job && sb->job->done == booted_again;
 }
 
-void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
+int resume_wait_add(struct resume_wait **list, sandbox_paused_fn done, void *ctx)
 {
 	struct resume_wait *w = calloc(1, sizeof(*w));
-	if (w && sandbox_booting_again(sb)) {
-		struct resume_wait *last = sb->job->ctx; /* the first, never NULL */
-		while (last->next)
-			last = last->next;
-		w->done = done;
-		w->ctx = ctx;
-		last->next = w;
+	if (!w)
+		return -ENOMEM;
+	w->done = done;
+	w->ctx = ctx;
+	while (*list)
+		list = &(*list)->next;
+	*list = w;
+	return 0;
+}
+
+void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
+{
+	if (sandbox_booting_again(sb)) {
+		struct resume_wait *first = sb->job->ctx; /* never NULL: it is appended to */
+		if (resume_wait_add(&first, done, ctx))
+			done(ctx, -ENOMEM);
 		return;
 	}
 	const struct template_rec *t = templates_find(sb->template_name);
 	struct sb_job *job = calloc(1, sizeof(*job));
 	struct sandbox **sbs = calloc(1, sizeof(*sbs));
+	struct resume_wait *w = NULL;
 	struct mitos_err e = { 0 };
 	/* Ring operations of its last start still pending would be submitted twice. */
-	int rc = sb->inflight ? -EBUSY : !job || !sbs || !w ? -ENOMEM : 0;
+	int rc = sb->inflight ? -EBUSY : !job || !sbs || resume_wait_add(&w, done, ctx) ? -ENOMEM : 0;
 	if (!rc && !t)
 		rc = mitos_err_set(&e, -ECHILD, "its template %s is gone", sb->template_name);
 	else if (!rc && sb_start(sb, t, NULL, 0, true, &e))
@@ -170,8 +180,6 @@ void sb_boot_again(struct sandbox *sb, sandbox_paused_fn done, void *ctx)
 	sb_save(sb);
 	/* A job of one: its start's end (running, or failed: then paused with its files
 	 * again, sb_stopped_keeping_files) is told as a fork child's is. */
-	w->done = done;
-	w->ctx = ctx;
 	sbs[0] = sb;
 	job->n = job->pending = 1;
 	job->sbs = sbs;

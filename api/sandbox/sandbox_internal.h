@@ -64,6 +64,8 @@ struct resume_wait {
 	void *ctx;
 	struct resume_wait *next;
 };
+/* Appends a waiter to *list: 0, or -ENOMEM. */
+int resume_wait_add(struct resume_wait **list, sandbox_paused_fn done, void *ctx);
 
 /* ---- sandbox_fork.c ---- */
 void job_child_resolved(struct sb_job *job, struct sandbox *sb, bool ok, const char *why);

@@ -214,6 +214,18 @@ static void workload_cancel(struct sandbox *sb)
 	sb->workload = NULL;
 }
 
+/* Nothing more of sb runs through serve: its workload's start and its agent connection
+ * end (ending, pausing without its processes, or gone). */
+static void sb_disconnect(struct sandbox *sb)
+{
+	workload_cancel(sb);
+	if (sb->agent) {
+		struct agent_conn *ac = sb->agent;
+		sb->agent = NULL;
+		agent_conn_close(ac);
+	}
+}
+
 static void workload_done(void *ctx, int rc, const char *why)
 {
 	struct sandbox *sb = ctx;
@@ -405,12 +417,7 @@ static void cold_op_end(struct sandbox *sb, int rc, bool gone)
 void sb_finish(struct sandbox *sb)
 {
 	/* Everything of the sandbox is gone: files, registry, waiters. */
-	workload_cancel(sb);
-	if (sb->agent) {
-		struct agent_conn *ac = sb->agent;
-		sb->agent = NULL;
-		agent_conn_close(ac);
-	}
+	sb_disconnect(sb);
 	if (sb->proc.pidfd >= 0) {
 		close(sb->proc.pidfd);
 		sb->proc.pidfd = -1;
@@ -517,12 +524,7 @@ void sb_kill(struct sandbox *sb, const char *why)
 		snprintf(sb->fail_reason, sizeof(sb->fail_reason), "%s", why);
 	sb->killed_starting = sb->state == SB_STARTING;
 	sb->state = SB_STOPPING;
-	workload_cancel(sb);
-	if (sb->agent) {
-		struct agent_conn *ac = sb->agent;
-		sb->agent = NULL;
-		agent_conn_close(ac);
-	}
+	sb_disconnect(sb);
 	if (sb->proc.pidfd < 0 || sb_eng->kill(sb->dir, &sb->proc) < 0) {
 		/* Already gone (or never started): finish now. */
 		if (!sb->exited && sb->proc.pidfd < 0) {
@@ -722,12 +724,7 @@ void sandbox_pause_files_only(struct sandbox *sb, sandbox_paused_fn done, void *
 	sb->cold_op = op;
 	sb->ctl_busy = sb->keep_files = true;
 	sb_save(sb); /* a serve that dies before its end keeps its files too */
-	workload_cancel(sb);
-	if (sb->agent) {
-		struct agent_conn *ac = sb->agent;
-		sb->agent = NULL;
-		agent_conn_close(ac);
-	}
+	sb_disconnect(sb);
 	/* sb_exit_done() goes on once its init is gone. */
 }
 
@@ -738,16 +735,8 @@ void sandbox_set_paused(struct sandbox *sb, bool pause, sandbox_paused_fn done, 
 		return;
 	}
 	if (!pause && sb->cold_op) {
-		struct resume_wait *w = calloc(1, sizeof(*w)), **tail = &sb->cold_op->resumes;
-		if (!w) {
+		if (resume_wait_add(&sb->cold_op->resumes, done, ctx))
 			done(ctx, -ENOMEM);
-			return;
-		}
-		w->done = done;
-		w->ctx = ctx;
-		while (*tail)
-			tail = &(*tail)->next;
-		*tail = w;
 		return;
 	}
 	if (sb->copy_holds) {
