@@ -12,6 +12,8 @@
 struct agent_config {
 	const char *python;        /* interpreter for run_code kernels */
 	const char *python_helper; /* path of mitos_kernel.py */
+	const char *node;          /* interpreter for JavaScript and TypeScript contexts */
+	const char *js_helper;     /* mitos_kernel.js, beside mitos_kernel.py */
 	bool init;                 /* running as PID 1 of a guest */
 	uint64_t start_ms;         /* monotonic ms at start, for uptime */
 	/* post_forks heard: a clone's processes share their parent's user-space random

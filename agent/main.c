@@ -31,7 +31,9 @@ static void usage(FILE *f)
 		"  --fd N                serve the connected socket N, exit when it closes\n"
 		"  --init                act as the guest's PID 1 (implied when pid is 1)\n"
 		"  --python PATH         interpreter for run_code (default /usr/bin/python3)\n"
-		"  --python-helper PATH  mitos_kernel.py (default: next to the binary)\n"
+		"  --python-helper PATH  mitos_kernel.py (default: next to the binary); mitos_kernel.js,\n"
+		"                        the JavaScript kernel, is looked for beside it\n"
+		"  --node PATH           interpreter of JavaScript/TypeScript contexts (default /usr/bin/node)\n"
 		"As PID 1 with no transport given, listens on vsock port %d.\n",
 		DEFAULT_VSOCK_PORT);
 }
@@ -92,9 +94,20 @@ static char *find_helper(void)
 	return NULL;
 }
 
+/* The other kernels live in the Python one's directory. */
+static char *beside_helper(const char *name)
+{
+	static char path[4096];
+	const char *h = agent_cfg.python_helper;
+	const char *slash = h ? strrchr(h, '/') : NULL;
+	int dir = slash ? (int)(slash - h) : 1;
+	int n = snprintf(path, sizeof(path), "%.*s/%s", dir, slash ? h : ".", name);
+	return h && n > 0 && (size_t)n < sizeof(path) && access(path, R_OK) == 0 ? path : NULL;
+}
+
 int main(int argc, char **argv)
 {
-	enum { OPT_VSOCK = 1, OPT_UNIX, OPT_FD, OPT_INIT, OPT_PYTHON, OPT_HELPER, OPT_HELP };
+	enum { OPT_VSOCK = 1, OPT_UNIX, OPT_FD, OPT_INIT, OPT_PYTHON, OPT_HELPER, OPT_NODE, OPT_HELP };
 	static const struct option opts[] = {
 		{ "vsock", required_argument, NULL, OPT_VSOCK },
 		{ "unix", required_argument, NULL, OPT_UNIX },
@@ -102,6 +115,7 @@ int main(int argc, char **argv)
 		{ "init", no_argument, NULL, OPT_INIT },
 		{ "python", required_argument, NULL, OPT_PYTHON },
 		{ "python-helper", required_argument, NULL, OPT_HELPER },
+		{ "node", required_argument, NULL, OPT_NODE },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ 0 },
 	};
@@ -109,6 +123,7 @@ int main(int argc, char **argv)
 	const char *unix_path = NULL;
 	int c;
 	agent_cfg.python = "/usr/bin/python3";
+	agent_cfg.node = "/usr/bin/node";
 	agent_cfg.init = getpid() == 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -118,6 +133,7 @@ int main(int argc, char **argv)
 		case OPT_INIT: agent_cfg.init = true; break;
 		case OPT_PYTHON: agent_cfg.python = optarg; break;
 		case OPT_HELPER: agent_cfg.python_helper = optarg; break;
+		case OPT_NODE: agent_cfg.node = optarg; break;
 		case OPT_HELP: usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -133,6 +149,7 @@ int main(int argc, char **argv)
 	 * the root it switches to is where the helper lives. */
 	if (!agent_cfg.python_helper)
 		agent_cfg.python_helper = find_helper();
+	agent_cfg.js_helper = beside_helper("mitos_kernel.js");
 	if ((vsock_port >= 0) + (fd >= 0) + (unix_path != NULL) != 1) {
 		usage(stderr);
 		return 2;

@@ -1,5 +1,6 @@
-/* run_code and code contexts: stateful Python, one mitos_kernel.py process per
- * context (see the helper's docstring for the pipe protocol). */
+/* run_code and code contexts: stateful Python, JavaScript or TypeScript, one kernel
+ * process per context: mitos_kernel.py, or mitos_kernel.js beside it (see their
+ * docstrings for the pipe protocol). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -27,8 +28,45 @@
  * the kernel is killed (and restarted, empty, on next use). */
 #define INTERRUPT_GRACE_MS 3000
 
+enum code_lang { LANG_PYTHON, LANG_JAVASCRIPT, LANG_TYPESCRIPT, LANG_COUNT };
+
+static const char *const lang_names[LANG_COUNT] = { "python", "javascript", "typescript" };
+/* The context a run_code without one goes to, one per language. */
+static const char *const default_ids[LANG_COUNT] = { "default", "default-javascript", "default-typescript" };
+
+/* The language whose default context id is, or -1. */
+static int default_lang(const char *id)
+{
+	for (int i = 0; i < LANG_COUNT; i++)
+		if (!strcmp(id, default_ids[i]))
+			return i;
+	return -1;
+}
+
+/* NULL and "" are python; -1 for a language no kernel here speaks. */
+static int lang_parse(const char *s)
+{
+	if (!s || !*s || !strcmp(s, "python") || !strcmp(s, "python3"))
+		return LANG_PYTHON;
+	if (!strcmp(s, "javascript") || !strcmp(s, "js"))
+		return LANG_JAVASCRIPT;
+	if (!strcmp(s, "typescript") || !strcmp(s, "ts"))
+		return LANG_TYPESCRIPT;
+	return -1;
+}
+
+static int lang_or_end(struct stream *s, const char *name)
+{
+	int lang = lang_parse(name);
+	if (lang < 0)
+		stream_end_error(s, PERR_UNSUPPORTED, "language '%s' is not supported (python, javascript, typescript)",
+				 name);
+	return lang;
+}
+
 struct kernel {
 	char id[64];
+	enum code_lang lang;
 	char cwd[PATH_MAX];
 	char user[64];
 	pid_t pid;           /* 0 when not running */
@@ -111,9 +149,11 @@ static void kernel_exited(struct child *c, int status)
 	struct kernel *k = (struct kernel *)((char *)c - offsetof(struct kernel, child));
 	char why[96];
 	if (WIFSIGNALED(status))
-		snprintf(why, sizeof(why), "python kernel killed by signal %d; context state is lost", WTERMSIG(status));
+		snprintf(why, sizeof(why), "%s kernel killed by signal %d; context state is lost", lang_names[k->lang],
+			 WTERMSIG(status));
 	else
-		snprintf(why, sizeof(why), "python kernel exited with status %d; context state is lost", WEXITSTATUS(status));
+		snprintf(why, sizeof(why), "%s kernel exited with status %d; context state is lost", lang_names[k->lang],
+			 WEXITSTATUS(status));
 	for (int i = 0; k->s && i < 2; i++) /* a dying kernel's last words: the traceback */
 		if (!k->out[i].eof)
 			relay_out_drain(&k->out[i]);
@@ -212,7 +252,7 @@ static void kernel_read_events(struct watch *w, uint32_t events)
 			continue;
 		uint32_t len = be32(k->evbuf);
 		if (len > KERNEL_EVENT_MAX) {
-			kernel_stop(k, "python kernel sent an oversized event", false);
+			kernel_stop(k, "kernel sent an oversized event", false);
 			return;
 		}
 		if (k->evlen == 4 + (size_t)len) {
@@ -224,18 +264,25 @@ static void kernel_read_events(struct watch *w, uint32_t events)
 	}
 }
 
+/* -ENOENT: no helper; -ENOEXEC: no interpreter; -EINVAL: no such user. */
 static int kernel_spawn(struct kernel *k)
 {
 	struct user_info ui;
 	bool has_user = k->user[0] != 0;
-	if (!agent_cfg.python_helper)
+	bool python = k->lang == LANG_PYTHON;
+	const char *helper = python ? agent_cfg.python_helper : agent_cfg.js_helper;
+	const char *interp = python ? agent_cfg.python : agent_cfg.node;
+	if (!helper)
 		return -ENOENT;
+	if (access(interp, X_OK) < 0)
+		return -ENOEXEC;
 	if (has_user && user_lookup(k->user, &ui))
 		return -EINVAL;
 	int req[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, ev[2] = { -1, -1 };
+	int devnull = -1;
 	int rc = 0;
 	if (pipe2(req, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 ||
-	    pipe2(ev, O_CLOEXEC) < 0)
+	    pipe2(ev, O_CLOEXEC) < 0 || (!python && (devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0))
 		rc = -errno;
 	k->evbuf = malloc(4 + KERNEL_EVENT_MAX);
 	if (!rc && !k->evbuf)
@@ -246,17 +293,23 @@ static int kernel_spawn(struct kernel *k)
 		rc = envp ? 0 : -ENOMEM;
 	}
 	if (!rc) {
-		char *argv[] = { (char *)agent_cfg.python, (char *)agent_cfg.python_helper, NULL };
+		char *argv[] = { (char *)interp, (char *)helper, NULL };
 		struct spawn_req sr = {
 			.argv = argv, .envp = envp, .cwd = k->cwd[0] ? k->cwd : NULL,
 			.user = has_user ? &ui : NULL, .fds = { req[0], out[1], err[1], ev[1] }, .nfds = 4,
 		};
+		if (!python) { /* Node cannot move its requests off fd 0 as Python does: fd 4 */
+			int fds[] = { devnull, out[1], err[1], ev[1], req[0] };
+			_Static_assert(sizeof(fds) <= sizeof(sr.fds), "spawn_req takes five descriptors");
+			memcpy(sr.fds, fds, sizeof(fds));
+			sr.nfds = 5;
+		}
 		const char *failed;
 		rc = spawn_process(&sr, &k->pid, &failed);
 	}
 	spawn_env_free(envp);
-	int child_ends[] = { req[0], out[1], err[1], ev[1] };
-	for (int i = 0; i < 4; i++)
+	int child_ends[] = { req[0], out[1], err[1], ev[1], devnull };
+	for (int i = 0; i < 5; i++)
 		if (child_ends[i] >= 0)
 			close(child_ends[i]);
 	if (rc) {
@@ -297,16 +350,26 @@ static void context_free(struct kernel *k)
 	free(k);
 }
 
-/* Creates a context from req's "cwd"/"user" (and "id" when given). */
-static struct kernel *context_create(struct stream *s, const struct json *req, const char *id)
+static void kernel_spawn_failed(struct stream *s, const struct kernel *k, int rc)
+{
+	bool python = k->lang == LANG_PYTHON;
+	if (rc == -ENOENT)
+		stream_end_error(s, PERR_UNSUPPORTED, "%s not found (it belongs beside mitos_kernel.py; use --python-helper)",
+				 python ? "mitos_kernel.py" : "mitos_kernel.js");
+	else if (rc == -ENOEXEC)
+		stream_end_error(s, PERR_UNSUPPORTED, "%s needs %s in the sandbox's image: %s is not there", lang_names[k->lang],
+				 python ? "Python" : "Node.js", python ? agent_cfg.python : agent_cfg.node);
+	else if (rc == -EINVAL)
+		stream_end_error(s, PERR_INVALID_ARGUMENT, "unknown user '%s'", k->user);
+	else
+		stream_end_errno(s, rc, "start the kernel");
+}
+
+/* Creates a context of language lang from req's "cwd"/"user" (and "id" when given). */
+static struct kernel *context_create(struct stream *s, const struct json *req, const char *id, enum code_lang lang)
 {
 	static unsigned seq;
 	const char *cwd = json_get_str(req, "cwd"), *user = request_user(req), *fallback = json_get_str(req, "default_cwd");
-	const char *lang = json_get_str(req, "language");
-	if (lang && strcmp(lang, "python") && strcmp(lang, "python3")) {
-		stream_end_error(s, PERR_UNSUPPORTED, "language '%s' is not supported (python only)", lang);
-		return NULL;
-	}
 	if (nkernels >= MAX_CONTEXTS) {
 		stream_end_error(s, PERR_BUSY, "too many code contexts (max %d)", MAX_CONTEXTS);
 		return NULL;
@@ -316,6 +379,7 @@ static struct kernel *context_create(struct stream *s, const struct json *req, c
 		stream_end_errno(s, -ENOMEM, "context");
 		return NULL;
 	}
+	k->lang = lang;
 	if (id)
 		snprintf(k->id, sizeof(k->id), "%s", id);
 	else
@@ -334,17 +398,15 @@ static struct kernel *context_create(struct stream *s, const struct json *req, c
 	}
 	int rc = kernel_spawn(k);
 	if (rc) {
+		kernel_spawn_failed(s, k, rc);
 		free(k);
-		if (rc == -ENOENT && !agent_cfg.python_helper)
-			stream_end_error(s, PERR_UNSUPPORTED, "mitos_kernel.py not found (use --python-helper)");
-		else if (rc == -EINVAL)
-			stream_end_error(s, PERR_INVALID_ARGUMENT, "unknown user '%s'", user);
-		else
-			stream_end_errno(s, rc, "start python kernel");
 		return NULL;
 	}
-	k->next = kernels;
-	kernels = k;
+	/* at the tail: context_list gives them in the order they were made */
+	struct kernel **tail = &kernels;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = k;
 	nkernels++;
 	return k;
 }
@@ -355,7 +417,7 @@ static void write_context(struct jw *w, const struct kernel *k)
 	jw_key(w, "id");
 	jw_str(w, k->id);
 	jw_key(w, "language");
-	jw_str(w, "python");
+	jw_str(w, lang_names[k->lang]);
 	jw_key(w, "cwd");
 	jw_str(w, k->cwd);
 	jw_key(w, "running");
@@ -399,7 +461,7 @@ static const struct stream_ops code_ops = {
 static void kernel_kill_stuck(struct timer *t)
 {
 	struct kernel *k = (struct kernel *)((char *)t - offsetof(struct kernel, kill_timer));
-	kernel_stop(k, "python kernel did not stop after an interrupt", false);
+	kernel_stop(k, "kernel did not stop after an interrupt", false);
 }
 
 static void run_timeout(struct timer *t)
@@ -439,6 +501,10 @@ static int send_request(struct kernel *k, const struct json *req)
 		jw_key(&w, "e2b_data");
 		jw_bool(&w, true);
 	}
+	if (k->lang == LANG_TYPESCRIPT) {
+		jw_key(&w, "typescript");
+		jw_bool(&w, true);
+	}
 	jw_obj_end(&w);
 	int rc = jw_finish(&w, &out, &n);
 	if (!rc) {
@@ -466,13 +532,24 @@ void op_run_code_open(struct stream *s, const struct json *req)
 		stream_end_error(s, PERR_INVALID_ARGUMENT, "timeout_ms must be a non-negative integer");
 		return;
 	}
-	struct kernel *k = kernel_find(id ? id : "default");
-	if (!k && id && strcmp(id, "default")) {
+	const char *lname = json_get_str(req, "language");
+	int lang = lang_or_end(s, lname);
+	if (lang < 0)
+		return;
+	/* A default context is made on first use; any other must exist. */
+	int dflt = default_lang(id ? id : default_ids[lang]);
+	struct kernel *k = kernel_find(id ? id : default_ids[lang]);
+	if (!k && dflt < 0) {
 		stream_end_error(s, PERR_NOT_FOUND, "no code context '%s'", id);
 		return;
 	}
-	if (!k && !(k = context_create(s, req, "default")))
+	if (!k && !(k = context_create(s, req, default_ids[dflt], (enum code_lang)dflt)))
 		return;
+	if (lname && *lname && (int)k->lang != lang) {
+		stream_end_error(s, PERR_INVALID_ARGUMENT, "context '%s' runs %s, not %s", k->id, lang_names[k->lang],
+				 lang_names[lang]);
+		return;
+	}
 	if (k->s) {
 		stream_end_error(s, PERR_BUSY, "context '%s' is running another execution", k->id);
 		return;
@@ -480,7 +557,7 @@ void op_run_code_open(struct stream *s, const struct json *req)
 	if (!k->pid) {
 		int rc = kernel_spawn(k);
 		if (rc) {
-			stream_end_errno(s, rc, "restart python kernel");
+			kernel_spawn_failed(s, k, rc);
 			return;
 		}
 	}
@@ -516,7 +593,11 @@ void op_context_create_open(struct stream *s, const struct json *req)
 		stream_end_error(s, PERR_EXISTS, "code context '%s' exists", id);
 		return;
 	}
-	struct kernel *k = context_create(s, req, id);
+	const char *lname = json_get_str(req, "language");
+	int lang = lang_or_end(s, lname);
+	if (lang < 0)
+		return;
+	struct kernel *k = context_create(s, req, id, (enum code_lang)lang);
 	if (!k)
 		return;
 	struct jw w;
@@ -540,11 +621,15 @@ void op_context_list_open(struct stream *s, const struct json *req)
 	stream_end_jw(s, &w);
 }
 
+/* The context req names; NULL when the stream has ended: with not_found, or done when
+ * it is a default context not made yet (nothing to remove or restart). */
 static struct kernel *context_or_end(struct stream *s, const struct json *req)
 {
 	const char *id = json_get_str(req, "id");
 	struct kernel *k = id ? kernel_find(id) : NULL;
-	if (!k)
+	if (!k && id && default_lang(id) >= 0)
+		stream_end_ok(s);
+	else if (!k)
 		stream_end_error(s, PERR_NOT_FOUND, "no code context '%s'", id ? id : "");
 	return k;
 }
@@ -566,7 +651,7 @@ void op_context_restart_open(struct stream *s, const struct json *req)
 	kernel_stop(k, "context restarted", false);
 	int rc = kernel_spawn(k);
 	if (rc)
-		stream_end_errno(s, rc, "restart python kernel");
+		kernel_spawn_failed(s, k, rc);
 	else
 		stream_end_ok(s);
 }

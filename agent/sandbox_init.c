@@ -854,6 +854,12 @@ int main(int argc, char **argv)
 	if (helper) {
 		pathf(p, sizeof(p), "%s/run/mitos_kernel.py", dir);
 		copy_file(helper, p);
+		/* the JavaScript kernel lives beside it */
+		char js[4200];
+		const char *slash = strrchr(helper, '/');
+		pathf(js, sizeof(js), "%.*s/mitos_kernel.js", slash ? (int)(slash - helper) : 1, slash ? helper : ".");
+		pathf(p, sizeof(p), "%s/run/mitos_kernel.js", dir);
+		copy_file(js, p);
 	}
 
 	if (sethostname(id, strlen(id)) < 0)

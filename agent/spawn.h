@@ -9,7 +9,7 @@
 
 #include "agent/users.h"
 
-#define SPAWN_MAX_FDS 4
+#define SPAWN_MAX_FDS 5
 
 struct spawn_req {
 	char *const *argv;

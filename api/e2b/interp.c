@@ -1,7 +1,8 @@
 /* The code interpreter (port 49999, protocol reference 4): POST /execute streams
- * NDJSON lines from the agent's run_code (IPython) for Python, or from a bash
- * process for bash; /contexts manages contexts (the agent's for Python, ours for
- * bash, which keeps no state beyond a working directory). */
+ * NDJSON lines from the agent's run_code for Python (IPython), JavaScript and
+ * TypeScript (Node), or from a bash process for bash; /contexts manages contexts (the
+ * agent's kernels, and ours for bash, which keeps no state beyond a working
+ * directory). */
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <stdio.h>
@@ -32,7 +33,6 @@ struct exec_call {
 	uint8_t carry[2][4];       /* a UTF-8 sequence split across reads */
 	size_t carry_len[2];
 	cJSON *contexts;           /* GET /contexts: bash contexts to add */
-	char language[16];
 	char cwd[256];
 };
 
@@ -290,15 +290,34 @@ static void exec_end(struct astream *s, cJSON *payload, const char *why)
 
 static const struct astream_ops exec_ops = { exec_data, exec_event, exec_end, NULL, e2b_call_room };
 
-static bool is_bash(const char *lang)
+/* A language as E2B's server names it (trimmed, lower case, js and ts spelled out;
+ * none is python) into out; false for one that nothing here runs. */
+static bool lang_normalize(const char *in, char out[16])
 {
-	return lang && (!strcmp(lang, "bash") || !strcmp(lang, "sh"));
+	static const char *const names[][2] = { { "", "python" }, { "python", "python" }, { "python3", "python" },
+						{ "js", "javascript" }, { "javascript", "javascript" },
+						{ "ts", "typescript" }, { "typescript", "typescript" },
+						{ "bash", "bash" }, { "sh", "bash" } };
+	char low[16];
+	size_t n = 0;
+	while (in && *in == ' ')
+		in++;
+	for (; in && *in && n < sizeof(low) - 1; in++)
+		low[n++] = (char)(*in >= 'A' && *in <= 'Z' ? *in + 32 : *in);
+	while (n && low[n - 1] == ' ')
+		n--;
+	low[n] = 0;
+	if (in && *in)
+		return false; /* longer than any name */
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!strcmp(low, names[i][0])) {
+			strcpy(out, names[i][1]);
+			return true;
+		}
+	return false;
 }
 
-static bool is_python(const char *lang)
-{
-	return !lang || !*lang || !strcmp(lang, "python") || !strcmp(lang, "python3");
-}
+#define LANGUAGES_MSG "only the python, javascript, typescript and bash languages run here"
 
 static struct exec_call *begin(struct http_req *r, struct agent_conn **ac)
 {
@@ -320,9 +339,10 @@ void e2b_interp_execute(struct http_req *r)
 	const cJSON *env = cJSON_GetObjectItem(b, "env_vars");
 	if (cJSON_IsNull(env))
 		env = NULL; /* the Python SDK sends every field, null when not given */
+	char language[16];
 	const char *bad = !code ? "code (a string) is required"
 		: ctx && lang ? "give context_id or language, not both"
-		: !is_python(lang) && !is_bash(lang) ? "only the python and bash languages run here"
+		: !lang_normalize(lang, language) ? LANGUAGES_MSG
 		: env && !cJSON_IsObject(env) ? "env_vars must be an object" : NULL;
 	if (bad) {
 		http_reply(r, 400, "text/plain", bad, strlen(bad), NULL);
@@ -347,7 +367,7 @@ void e2b_interp_execute(struct http_req *r)
 				cJSON_DeleteItemFromObjectCaseSensitive(envs, e->string);
 				cJSON_AddStringToObject(envs, e->string, e->valuestring);
 			}
-	if (bctx || is_bash(lang)) {
+	if (bctx || !strcmp(language, "bash")) {
 		c->bash = true;
 		snprintf(c->bash_ctx, sizeof(c->bash_ctx), "%s", bctx ? ctx : "");
 		cJSON_AddStringToObject(open, "op", "exec");
@@ -361,7 +381,8 @@ void e2b_interp_execute(struct http_req *r)
 	} else {
 		cJSON_AddStringToObject(open, "op", "run_code");
 		cJSON_AddStringToObject(open, "code", code);
-		cJSON_AddStringToObject(open, "context", ctx ? ctx : "default");
+		/* Without a context: the agent's default one of the language. */
+		cJSON_AddStringToObject(open, ctx ? "context" : "language", ctx ? ctx : language);
 		cJSON_AddBoolToObject(open, "e2b_data", true); /* Result.data of DataFrames */
 	}
 	cJSON_AddStringToObject(open, "default_cwd", E2B_INTERP_CWD);
@@ -398,19 +419,36 @@ static void ctx_end(struct astream *s, cJSON *payload, const char *why)
 	cJSON *out;
 	const cJSON *list = cJSON_GetObjectItem(payload, "contexts");
 	if (cJSON_IsArray(list)) {
-		out = c->contexts ? c->contexts : cJSON_CreateArray();
-		c->contexts = NULL;
+		/* E2B's server starts a python and a javascript context with the sandbox; the
+		 * agent makes its defaults on first use: listed from the start all the same. */
+		static const char *const defaults[][2] = { { "default", "python" }, { "default-javascript", "javascript" } };
+		out = cJSON_CreateArray();
+		for (size_t i = 0; i < 2; i++) {
+			bool made = false;
+			const cJSON *e;
+			cJSON_ArrayForEach(e, list) {
+				const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(e, "id"));
+				made = made || (id && !strcmp(id, defaults[i][0]));
+			}
+			if (!made)
+				cJSON_AddItemToArray(out, context_obj(defaults[i][0], defaults[i][1], E2B_INTERP_CWD));
+		}
 		const cJSON *e;
 		cJSON_ArrayForEach(e, list) {
 			const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(e, "id"));
+			const char *lang = cJSON_GetStringValue(cJSON_GetObjectItem(e, "language"));
 			const char *cwd = cJSON_GetStringValue(cJSON_GetObjectItem(e, "cwd"));
 			if (id)
-				cJSON_AddItemToArray(out, context_obj(id, "python", cwd ? cwd : ""));
+				cJSON_AddItemToArray(out, context_obj(id, lang ? lang : "python", cwd ? cwd : ""));
 		}
+		/* then the bash contexts, ours */
+		while (c->contexts && c->contexts->child)
+			cJSON_AddItemToArray(out, cJSON_DetachItemViaPointer(c->contexts, c->contexts->child));
 	} else {
 		const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(payload, "id"));
+		const char *lang = cJSON_GetStringValue(cJSON_GetObjectItem(payload, "language"));
 		const char *cwd = cJSON_GetStringValue(cJSON_GetObjectItem(payload, "cwd"));
-		out = id ? context_obj(id, "python", cwd ? cwd : c->cwd) : cJSON_CreateObject();
+		out = id ? context_obj(id, lang ? lang : "python", cwd ? cwd : c->cwd) : cJSON_CreateObject();
 	}
 	c->base.done = true;
 	if (r)
@@ -457,17 +495,17 @@ void e2b_interp_contexts(struct http_req *r)
 		return;
 	}
 	cJSON *b = NULL;
-	const char *lang = NULL, *cwd = NULL;
+	const char *cwd = NULL;
+	char language[16] = "python";
 	if (!*id && r->method == HTTP_POST) {
 		b = r->body_len ? json_parse_request(r->body, r->body_len) : cJSON_CreateObject();
-		lang = cJSON_GetStringValue(cJSON_GetObjectItem(b, "language"));
 		cwd = cJSON_GetStringValue(cJSON_GetObjectItem(b, "cwd"));
-		if (!cJSON_IsObject(b) || (!is_python(lang) && !is_bash(lang))) {
+		if (!cJSON_IsObject(b) || !lang_normalize(cJSON_GetStringValue(cJSON_GetObjectItem(b, "language")), language)) {
 			cJSON_Delete(b);
-			reply_text(r, 400, "contexts are python or bash");
+			reply_text(r, 400, LANGUAGES_MSG);
 			return;
 		}
-		if (is_bash(lang)) {
+		if (!strcmp(language, "bash")) {
 			/* Kept in serve's memory, not the sandbox's: as many as the agent keeps
 			 * python kernels, each with a path's worth of cwd. */
 			bool too_long = cwd && strlen(cwd) >= PATH_MAX;
@@ -506,6 +544,7 @@ void e2b_interp_contexts(struct http_req *r)
 		}
 	} else if (!*id) {
 		cJSON_AddStringToObject(open, "op", "context_create");
+		cJSON_AddStringToObject(open, "language", language);
 		cJSON_AddStringToObject(open, "default_cwd", E2B_INTERP_CWD);
 		if (cwd) {
 			cJSON_AddStringToObject(open, "cwd", cwd);

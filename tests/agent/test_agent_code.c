@@ -1,23 +1,32 @@
-/* run_code: IPython state, context isolation, rich results, errors. The kernel
- * imports IPython (and matplotlib when asked), so these take seconds. */
+/* run_code: IPython state, context isolation, rich results, errors; JavaScript and
+ * TypeScript through Node. The Python kernel imports IPython (and matplotlib when
+ * asked), so these take seconds. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "agent_test.h"
 
-/* Runs code in ctx and returns the collected stream (END must be "done"). */
-static void run(struct ac *c, const char *ctx, const char *code, struct ac_result *r)
+/* Runs code of language lang (NULL: the request names none) in ctx and returns the
+ * collected stream. */
+static void run_lang(struct ac *c, const char *ctx, const char *lang, const char *code, struct ac_result *r)
 {
 	cJSON *req = cJSON_CreateObject();
 	cJSON_AddStringToObject(req, "op", "run_code");
 	cJSON_AddStringToObject(req, "code", code);
 	if (ctx)
 		cJSON_AddStringToObject(req, "context", ctx);
+	if (lang)
+		cJSON_AddStringToObject(req, "language", lang);
 	char *s = cJSON_PrintUnformatted(req);
 	ck_assert_int_eq(ac_call(c, s, r, T_LONG), 0);
 	free(s);
 	cJSON_Delete(req);
+}
+
+static void run(struct ac *c, const char *ctx, const char *code, struct ac_result *r)
+{
+	run_lang(c, ctx, NULL, code, r);
 }
 
 /* The events of r as a JSON array. */
@@ -238,6 +247,137 @@ START_TEST(code_stuck_kernel_is_replaced)
 }
 END_TEST
 
+/* The text/plain of the main result of code in JavaScript's default context ("" when
+ * there is none); checks the cell's status. */
+static char *js_value(struct ac *c, const char *code, const char *status)
+{
+	struct ac_result r;
+	run_lang(c, NULL, "javascript", code, &r);
+	cJSON *end = end_json(&r);
+	ck_assert_msg(!strcmp(cJSON_GetObjectItem(end, "status")->valuestring, status), "%s: %s", code, r.end);
+	cJSON_Delete(end);
+	cJSON *evs = events(&r);
+	cJSON *data = main_result(evs);
+	char *v = strdup(data ? cJSON_GetObjectItem(data, "text/plain")->valuestring : "");
+	cJSON_Delete(evs);
+	ac_result_free(&r);
+	return v;
+}
+
+#define assert_js(c, code, want)                   \
+	do {                                       \
+		char *v_ = js_value(c, code, "ok"); \
+		ck_assert_str_eq(v_, want);        \
+		free(v_);                          \
+	} while (0)
+
+START_TEST(code_javascript)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	run_lang(&c, NULL, "js", "console.log('Hello, World!')", &r);
+	ck_assert_str_eq((char *)r.ch[1].p, "Hello, World!\n");
+	ck_assert_ptr_null(r.events.p); /* undefined is no result */
+	ck_assert_int_eq(end_int(&r, "execution_count"), 1);
+	ac_result_free(&r);
+	/* Declarations outlive their cell, and a cell can run again. */
+	assert_js(&c, "const x = 41; x + 1", "42");
+	assert_js(&c, "const x = 41; x + 1", "42");
+	assert_js(&c, "class A { f() { return x } }; new A().f()", "41");
+	/* What a plain script refuses: top-level await (its declarations stay too),
+	 * static imports resolved as Node would, import() */
+	assert_js(&c, "\n    await Promise.resolve('Hello World!')\n    ", "'Hello World!'");
+	assert_js(&c, "let { a, b: [y] } = await Promise.resolve({ a: 1, b: [2] }); a + y", "3");
+	assert_js(&c, "a * 10 + y", "12");
+	run_lang(&c, NULL, "javascript", "import { readFileSync } from 'fs'\nimport * as p from 'path'\n"
+		 "console.log(typeof readFileSync, p.join('a', 'b'))", &r);
+	ck_assert_str_eq((char *)r.ch[1].p, "function a/b\n");
+	ac_result_free(&r);
+	assert_js(&c, "(await import('os')).platform()", "'linux'");
+	assert_js(&c, "require('path').sep", "'/'");
+	/* Errors: the name and message, a traceback of the user's frames */
+	run_lang(&c, NULL, "javascript", "function f() { throw new TypeError('bad') }\nf()", &r);
+	cJSON *evs = events(&r);
+	cJSON *err = cJSON_GetArrayItem(evs, 0);
+	ck_assert_str_eq(cJSON_GetObjectItem(err, "name")->valuestring, "TypeError");
+	ck_assert_str_eq(cJSON_GetObjectItem(err, "value")->valuestring, "bad");
+	const char *tb = cJSON_GetObjectItem(err, "traceback")->valuestring;
+	ck_assert_msg(strstr(tb, "at f (cell-") && !strstr(tb, "mitos_kernel"), "traceback: %s", tb);
+	cJSON_Delete(evs);
+	ac_result_free(&r);
+	char *v = js_value(&c, "let z = (", "error");
+	free(v);
+	/* env for one execution only */
+	run_lang(&c, NULL, "javascript", "", &r);
+	ac_result_free(&r);
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"run_code\",\"language\":\"javascript\",\"code\":\"process.env.FOO\","
+			 "\"env\":{\"FOO\":\"bar\"}}", &r, T_LONG), 0);
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "'bar'"));
+	ac_result_free(&r);
+	assert_js(&c, "process.env.FOO || 'default'", "'default'");
+
+	/* Contexts say their language; a context runs only its own. */
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"context_list\"}", &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "{\"id\":\"default-javascript\",\"language\":\"javascript\""));
+	ac_result_free(&r);
+	call_expect(&c, "{\"op\":\"run_code\",\"code\":\"1\",\"context\":\"default-javascript\",\"language\":\"python\"}",
+		    "invalid_argument");
+	call_expect(&c, "{\"op\":\"run_code\",\"code\":\"1\",\"language\":\"cobol\"}", "unsupported");
+	call_expect(&c, "{\"op\":\"context_create\",\"language\":\"cobol\"}", "unsupported");
+
+	/* TypeScript: types stripped, then as JavaScript */
+	call_expect(&c, "{\"op\":\"context_create\",\"id\":\"ts\",\"language\":\"ts\"}", "");
+	run_lang(&c, "ts", NULL, "interface P { x: number }\nconst m: string = 'Hello'; const pt: P = { x: 2 };\n"
+		 "console.log(m); pt.x * 21", &r);
+	ck_assert_str_eq((char *)r.ch[1].p, "Hello\n");
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"text/plain\":\"42\""));
+	ac_result_free(&r);
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"context_list\"}", &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "{\"id\":\"ts\",\"language\":\"typescript\""));
+	ac_result_free(&r);
+	agent_down(&c);
+}
+END_TEST
+
+/* An interrupt (here a timeout's) stops a JavaScript cell computing or waiting; the
+ * kernel and its state live on. */
+START_TEST(code_javascript_interrupt)
+{
+	struct ac c;
+	struct ac_result r;
+	agent_up(&c);
+	assert_js(&c, "let n = 1", "");
+	call_expect(&c, "{\"op\":\"run_code\",\"language\":\"javascript\",\"code\":\"while (true) {}\",\"timeout_ms\":500}",
+		    "timeout");
+	assert_js(&c, "n + 1", "2");
+	call_expect(&c, "{\"op\":\"run_code\",\"language\":\"javascript\",\"code\":\"await new Promise(() => {})\","
+		    "\"timeout_ms\":500}", "timeout");
+	assert_js(&c, "n + 2", "3");
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"context_list\"}", &r, T_SHORT), 0);
+	ck_assert_ptr_null(strstr(r.end, "\"running\":false"));
+	ac_result_free(&r);
+	agent_down(&c);
+}
+END_TEST
+
+/* Without Node in the image JavaScript says so and Python goes on. */
+START_TEST(code_javascript_without_node)
+{
+	struct ac c;
+	struct ac_result r;
+	const char *args[] = { "--node", "/nonexistent/node", NULL };
+	ck_assert_int_eq(ac_start(&c, args), 0);
+	ck_assert_int_eq(ac_call(&c, "{\"op\":\"run_code\",\"language\":\"javascript\",\"code\":\"1\"}", &r, T_SHORT), 0);
+	ck_assert_ptr_nonnull(strstr(r.end, "needs Node.js in the sandbox's image: /nonexistent/node"));
+	expect_end(&r, "unsupported", "javascript without node");
+	run(&c, NULL, "1 + 1", &r);
+	ck_assert_ptr_nonnull(strstr((char *)r.events.p, "\"text/plain\": \"2\""));
+	ac_result_free(&r);
+	agent_down(&c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("agent_code");
@@ -249,6 +389,9 @@ int main(void)
 	tcase_add_test(tc, code_rich_results);
 	tcase_add_test(tc, code_timeout_and_busy);
 	tcase_add_test(tc, code_stuck_kernel_is_replaced);
+	tcase_add_test(tc, code_javascript);
+	tcase_add_test(tc, code_javascript_interrupt);
+	tcase_add_test(tc, code_javascript_without_node);
 	suite_add_tcase(s, tc);
 	return run_suite(s);
 }

@@ -1,5 +1,5 @@
 // run_code through the unmodified `@e2b/code-interpreter` SDK: state, streamed
-// stdout, errors, rich results, plots as png, contexts, bash.
+// stdout, errors, rich results, plots as png, contexts, JavaScript, TypeScript, bash.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Sandbox } from "@e2b/code-interpreter";
@@ -101,6 +101,35 @@ test("contexts: create, run in it, list, restart, remove", async () => {
   assert.equal((await sbx.runCode("y", { context: ctx, ...newKernel })).error.name, "NameError");
   await sbx.removeCodeContext(ctx);
   assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === ctx.id));
+});
+
+test("javascript and typescript run in Node kernels, as E2B's defaults", async () => {
+  const hello = await sbx.runCode("console.log('Hello, World!')", { language: "js", ...newKernel });
+  assert.deepEqual(hello.logs.stdout, ["Hello, World!\n"]);
+  assert.deepEqual(hello.results, [], "undefined is no result");
+  const esm = await sbx.runCode("\n    import { readFileSync } from 'fs'\n    console.log(typeof readFileSync)\n    ", { language: "js" });
+  assert.deepEqual(esm.logs.stdout, ["function\n"]);
+  assert.equal((await sbx.runCode("\n    await Promise.resolve('Hello World!')\n    ", { language: "javascript" })).text, "Hello World!");
+  await sbx.runCode("const base = 40; let { more } = await Promise.resolve({ more: 2 })", { language: "js" });
+  assert.equal((await sbx.runCode("base + more", { language: "js" })).text, "42", "declarations outlive their cell");
+  const env = await sbx.runCode("process.env.FOO", { language: "js", envs: { FOO: "bar" } });
+  assert.equal(env.text, "bar");
+  assert.equal((await sbx.runCode("process.env.FOO || 'default'", { language: "js" })).text, "default");
+  const err = await sbx.runCode("null.x", { language: "js" });
+  assert.equal(err.error.name, "TypeError");
+  assert.match(err.error.value, /Cannot read properties of null/);
+  const ts = await sbx.runCode("const message: string = 'Hello, World!'; console.log(message)", { language: "ts", ...newKernel });
+  assert.deepEqual(ts.logs.stdout, ["Hello, World!\n"]);
+
+  const ctx = await sbx.createCodeContext({ language: "javascript", cwd: "/tmp" });
+  assert.equal(ctx.language, "javascript");
+  assert.equal((await sbx.runCode("process.cwd()", { context: ctx })).text, "/tmp");
+  assert.equal((await sbx.runCode("typeof base", { context: ctx })).text, "undefined", "contexts do not share state");
+  const langs = (await sbx.listCodeContexts()).map((c) => c.language);
+  assert.ok(langs.includes("python") && langs.includes("javascript"), langs.join());
+  assert.equal((await sbx.listCodeContexts()).at(-1).id, ctx.id, "the newest context is listed last");
+  await assert.rejects(sbx.runCode("1", { context: ctx, language: "python" }));
+  await sbx.removeCodeContext(ctx);
 });
 
 test("bash: by language and in a bash context", async () => {
