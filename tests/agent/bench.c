@@ -1,5 +1,5 @@
 /* agent-bench: latency of agent operations over a socketpair (tools/bench-agent).
- * Prints "name: value unit" lines. Usage: agent-bench [exec_runs] [file_runs] */
+ * Prints "name: value unit" lines. Usage: agent-bench [exec_runs] [file_runs] [kernel_starts] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,12 +38,53 @@ static int call_ok(struct ac *c, const char *json, struct ac_result *r)
 	return 0;
 }
 
+/* run_code per language: a new context to its first value (the kernel's start),
+ * then a cell's round trip in a warm one. */
+static int bench_code(struct ac *c, const char *lang, int starts, int runs, double *t)
+{
+	char req[256];
+	struct ac_result r;
+	for (int i = 0; i < starts; i++) {
+		double t0 = now_us();
+		snprintf(req, sizeof(req), "{\"op\":\"context_create\",\"id\":\"bench-%s\",\"language\":\"%s\"}", lang, lang);
+		if (call_ok(c, req, &r))
+			return -1;
+		ac_result_free(&r);
+		snprintf(req, sizeof(req), "{\"op\":\"run_code\",\"context\":\"bench-%s\",\"code\":\"1 + 1\"}", lang);
+		if (call_ok(c, req, &r))
+			return -1;
+		t[i] = now_us() - t0;
+		ac_result_free(&r);
+		if (i < starts - 1) {
+			snprintf(req, sizeof(req), "{\"op\":\"context_remove\",\"id\":\"bench-%s\"}", lang);
+			if (call_ok(c, req, &r))
+				return -1;
+			ac_result_free(&r);
+		}
+	}
+	char name[64];
+	snprintf(name, sizeof(name), "run_code_%s_start", lang);
+	report(name, t, starts, 1000, "ms");
+	snprintf(req, sizeof(req), "{\"op\":\"run_code\",\"context\":\"bench-%s\",\"code\":\"1 + 1\"}", lang);
+	for (int i = 0; i < runs; i++) {
+		double t0 = now_us();
+		if (call_ok(c, req, &r) || !r.events.p || !strstr((char *)r.events.p, "2"))
+			return -1;
+		t[i] = now_us() - t0;
+		ac_result_free(&r);
+	}
+	snprintf(name, sizeof(name), "run_code_%s_roundtrip", lang);
+	report(name, t, runs, 1000, "ms");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int exec_runs = argc > 1 ? atoi(argv[1]) : 500;
 	int file_runs = argc > 2 ? atoi(argv[2]) : 50;
-	if (exec_runs < 1 || file_runs < 1) {
-		fprintf(stderr, "usage: agent-bench [exec_runs] [file_runs]\n");
+	int starts = argc > 3 ? atoi(argv[3]) : 5;
+	if (exec_runs < 1 || file_runs < 1 || starts < 1) {
+		fprintf(stderr, "usage: agent-bench [exec_runs] [file_runs] [kernel_starts]\n");
 		return 2;
 	}
 	struct ac c;
@@ -106,6 +147,12 @@ int main(int argc, char **argv)
 	report("file_1mib_write_read", t, file_runs, 1000, "ms");
 	qsort(t, (size_t)file_runs, sizeof(double), cmp_double);
 	printf("file_1mib_write_read_throughput: %.0f MiB/s\n", 2.0 * 1e6 / t[file_runs / 2]);
+	free(t);
+	t = calloc((size_t)(exec_runs > starts ? exec_runs : starts), sizeof(double));
+	const char *langs[] = { "python", "javascript", "typescript" };
+	for (size_t i = 0; i < 3; i++)
+		if (bench_code(&c, langs[i], starts, exec_runs / 5 ? exec_runs / 5 : 1, t))
+			return 1;
 	ac_stop(&c);
 	return 0;
 }
