@@ -12,7 +12,7 @@
  *      sandbox's directory (upper, work and run): on disk the files keep host ids 0..,
  *      so forks copy layers as they are, while inside they belong to the sandbox's root;
  *   3. the overlay (its /tmp a directory of the writable layer), /proc (with /proc/sys
- *      and other host knobs read-only, and a boot id of its own), a read-only
+ *      and other host knobs read-only, a boot id and an uptime of its own), a read-only
  *      /sys, tmpfs /run and /dev/shm owned by the sandbox's root, a /dev with
  *      harmless devices, a private devpts, /run/mitos; the state dir and the token
  *      file masked; then pivot_root;
@@ -66,6 +66,7 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <grp.h>
 #include <unistd.h>
 
@@ -435,6 +436,29 @@ static void own_boot_id(const char *dir, const char *root)
 	pathf(dst, sizeof(dst), "%s/proc/sys/kernel/random/boot_id", root);
 	mount_or_fail(src, dst, NULL, MS_BIND, NULL);
 	mount_or_fail(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+/* And an uptime of its own, from zero at each boot: the processes started after this
+ * live in a time namespace whose boot and monotonic clocks start now (/proc/uptime,
+ * the start times ps shows, CLOCK_MONOTONIC), not at the host's boot. A kernel built
+ * without time namespaces (EINVAL) leaves the host's. */
+static void own_uptime(void)
+{
+	if (unshare(CLONE_NEWTIME) < 0) {
+		if (errno == EINVAL)
+			return;
+		fail(errno, "unshare a time namespace");
+	}
+	struct timespec mono, boot;
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	clock_gettime(CLOCK_BOOTTIME, &boot);
+	char offsets[96];
+	int n = snprintf(offsets, sizeof(offsets), "monotonic %lld 0\nboottime %lld 0\n", -(long long)mono.tv_sec,
+			 -(long long)boot.tv_sec);
+	int fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, offsets, (size_t)n) != n)
+		fail(errno, "set the time namespace's offsets");
+	close(fd);
 }
 
 static void mount_dev(const char *root, unsigned long base)
@@ -889,6 +913,7 @@ int main(int argc, char **argv)
 	}
 
 	int logw = start_log_copier();
+	own_uptime();
 	pid_t agent = fork();
 	if (agent < 0)
 		fail(errno, "fork the agent");

@@ -162,6 +162,27 @@ def t_host_tmp_unseen(s):
         os.unlink(mark)
 
 
+def t_uptime_of_its_own(s):
+    """A sandbox's uptime counts from its start, not the host's boot (a time
+    namespace per boot): /proc/uptime, the start time of its processes, its
+    CLOCK_MONOTONIC."""
+    sid = "iso-uptime"
+    t0 = time.monotonic()
+    fork(s, sid)
+    out, code = py(s, sid, "import os, time\n"
+                   "up = float(open('/proc/uptime').read().split()[0])\n"
+                   "start = int(open('/proc/1/stat').read().rsplit(')', 1)[1].split()[19]) / os.sysconf('SC_CLK_TCK')\n"
+                   "print(up, start, time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME))")
+    eq(code, 0, "read the clocks: " + out)
+    up, start, mono, boot = map(float, out.split())
+    lived = time.monotonic() - t0 + 1
+    host_up = float(open("/proc/uptime").read().split()[0])
+    assert host_up > lived + 30, "this host booted too recently to tell (%.0f s)" % host_up
+    assert 0 <= up <= lived and 0 <= mono <= lived and 0 <= boot <= lived, (out, lived)
+    assert 0 <= start <= up, (out, "its PID 1 started before its uptime began")
+    healthy(s, sid)
+
+
 def t_root_is_not_host_root(s):
     sid = "iso-root"
     fork(s, sid)
@@ -788,6 +809,7 @@ def main():
         r.run_all([
             ("no_secret_of_serve_inside", t_no_secret_of_serve_inside),
             ("host_tmp_unseen", t_host_tmp_unseen),
+            ("uptime_of_its_own", t_uptime_of_its_own),
             ("root_is_not_host_root", t_root_is_not_host_root),
             ("uids_apart_from_vm_jail", t_uids_apart_from_vm_jail),
             ("mounts_refused", t_mounts_refused),
