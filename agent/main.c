@@ -16,6 +16,7 @@
 #include "agent/init.h"
 #include "agent/loop.h"
 #include "agent/ops.h"
+#include "agent/sudo.h"
 #include "lib/unix_listen.h"
 
 #define DEFAULT_VSOCK_PORT 52
@@ -34,6 +35,8 @@ static void usage(FILE *f)
 		"  --python-helper PATH  mitos_kernel.py (default: next to the binary); mitos_kernel.js,\n"
 		"                        the JavaScript kernel, is looked for beside it\n"
 		"  --node PATH           interpreter of JavaScript/TypeScript contexts (default /usr/bin/node)\n"
+		"  --sudo-socket PATH    serve sudo requests there (a process-engine sandbox, whose\n"
+		"                        /usr/bin/sudo is this binary: run as `sudo`, it asks the agent)\n"
 		"As PID 1 with no transport given, listens on vsock port %d.\n",
 		DEFAULT_VSOCK_PORT);
 }
@@ -107,7 +110,7 @@ static char *beside_helper(const char *name)
 
 int main(int argc, char **argv)
 {
-	enum { OPT_VSOCK = 1, OPT_UNIX, OPT_FD, OPT_INIT, OPT_PYTHON, OPT_HELPER, OPT_NODE, OPT_HELP };
+	enum { OPT_VSOCK = 1, OPT_UNIX, OPT_FD, OPT_INIT, OPT_PYTHON, OPT_HELPER, OPT_NODE, OPT_SUDO, OPT_HELP };
 	static const struct option opts[] = {
 		{ "vsock", required_argument, NULL, OPT_VSOCK },
 		{ "unix", required_argument, NULL, OPT_UNIX },
@@ -116,11 +119,15 @@ int main(int argc, char **argv)
 		{ "python", required_argument, NULL, OPT_PYTHON },
 		{ "python-helper", required_argument, NULL, OPT_HELPER },
 		{ "node", required_argument, NULL, OPT_NODE },
+		{ "sudo-socket", required_argument, NULL, OPT_SUDO },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ 0 },
 	};
+	const char *self = strrchr(argv[0], '/');
+	if (!strcmp(self ? self + 1 : argv[0], "sudo"))
+		return sudo_shim_main(argc, argv, SUDO_SOCKET);
 	long vsock_port = -1, fd = -1;
-	const char *unix_path = NULL;
+	const char *unix_path = NULL, *sudo_path = NULL;
 	int c;
 	agent_cfg.python = "/usr/bin/python3";
 	agent_cfg.node = "/usr/bin/node";
@@ -134,6 +141,7 @@ int main(int argc, char **argv)
 		case OPT_PYTHON: agent_cfg.python = optarg; break;
 		case OPT_HELPER: agent_cfg.python_helper = optarg; break;
 		case OPT_NODE: agent_cfg.node = optarg; break;
+		case OPT_SUDO: sudo_path = optarg; break;
 		case OPT_HELP: usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -163,7 +171,11 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	agent_cfg.start_ms = loop_now_ms();
-	if (vsock_port >= 0)
+	/* Before the agent's own socket: a process-engine init takes that one listening as
+	 * the agent ready, and makes their directory read-only. */
+	if (sudo_path && (rc = sudo_listen(sudo_path)))
+		fprintf(stderr, "mitos-agent: sudo socket %s: ", sudo_path);
+	else if (vsock_port >= 0)
 		rc = listen_vsock((unsigned)vsock_port);
 	else if (unix_path)
 		rc = listen_unix(unix_path);

@@ -14,8 +14,10 @@
  *   3. the overlay (its /tmp a directory of the writable layer), /proc (with /proc/sys
  *      and other host knobs read-only, a boot id and an uptime of its own), a read-only
  *      /sys, tmpfs /run and /dev/shm owned by the sandbox's root, a /dev with
- *      harmless devices, a private devpts, /run/mitos; the state dir and the token
- *      file masked; then pivot_root;
+ *      harmless devices, a private devpts, /run/mitos, the agent's binary over the
+ *      template's /usr/bin/sudo (a setuid sudo, which no_new_privs voids: run as sudo,
+ *      it asks the agent, agent/sudo.h); the state dir and the token file masked;
+ *      then pivot_root;
  *   4. the agent: joins the user namespace (so it owns no mount, net, uts, ipc or pid
  *      namespace: none of them can be changed from inside), no_new_privs, a seccomp
  *      filter refusing the calls that reach the host kernel's shared state (below), and
@@ -72,6 +74,7 @@
 
 #include "agent/init_net.h"
 #include "agent/loop_dev.h"
+#include "agent/sudo.h"
 
 #define AGENT_FD 3
 #define READY_FD 4
@@ -461,6 +464,26 @@ static void own_uptime(void)
 	close(fd);
 }
 
+/* The template's sudo is setuid, which no_new_privs (on everything in the sandbox)
+ * voids: the agent's binary takes its place and, run as sudo, asks the agent
+ * (agent/sudo.h). Not over a symlink a sandbox left there. By the agent's path: its
+ * descriptor belongs to serve's mount namespace, which a bind cannot take from. A
+ * sandbox whose agent binary was replaced since serve opened it keeps the refusing
+ * sudo rather than failing to start. */
+static void sudo_by_agent(const char *root)
+{
+	char p[4200], self[64], agent[4096];
+	struct stat st;
+	pathf(p, sizeof(p), "%s/usr/bin/sudo", root);
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", AGENT_FD);
+	ssize_t n = readlink(self, agent, sizeof(agent) - 1);
+	if (n <= 0 || lstat(p, &st) < 0 || !S_ISREG(st.st_mode))
+		return;
+	agent[n] = 0;
+	if (mount(agent, p, NULL, MS_BIND, NULL) == 0)
+		mount_or_fail(NULL, p, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+}
+
 static void mount_dev(const char *root, unsigned long base)
 {
 	char p[4200], opts[96];
@@ -629,10 +652,10 @@ static __attribute__((noreturn)) void exec_agent(const char *id, int userns, boo
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		fail(errno, "no_new_privs");
 	setsid();
-	char *argv[] = { "mitos-agent", "--unix", AGENT_SOCK, "--python", "/usr/bin/python3",
-			 "--python-helper", SANDBOX_RUN "/mitos_kernel.py", NULL };
+	char *argv[] = { "mitos-agent", "--unix", AGENT_SOCK, "--sudo-socket", SUDO_SOCKET, "--python",
+			 "/usr/bin/python3", "--python-helper", SANDBOX_RUN "/mitos_kernel.py", NULL };
 	if (!helper)
-		argv[5] = NULL;
+		argv[7] = NULL;
 	char host[96];
 	snprintf(host, sizeof(host), "HOSTNAME=%s", id);
 	char *envp[12] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -875,6 +898,7 @@ int main(int argc, char **argv)
 	pathf(run, sizeof(run), "%s/run", rw);
 	mount_or_fail(run, p, NULL, MS_BIND, NULL);
 	mount_dev(root, base);
+	sudo_by_agent(root);
 	if (helper) {
 		pathf(p, sizeof(p), "%s/run/mitos_kernel.py", dir);
 		copy_file(helper, p);

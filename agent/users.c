@@ -105,3 +105,25 @@ void group_name(gid_t gid, char *buf, size_t len)
 	free(line);
 	fclose(f);
 }
+
+bool user_in_group(const struct user_info *u, const char *group)
+{
+	FILE *f = fopen("/etc/group", "re");
+	if (!f)
+		return false;
+	char *line = NULL;
+	size_t cap = 0;
+	bool in = false;
+	while (!in && getline(&line, &cap, f) > 0) {
+		char *fl[4];
+		unsigned long g;
+		if (split_fields(line, fl, 4) < 4 || strcmp(fl[0], group) || !parse_id(fl[2], &g))
+			continue;
+		in = g == u->gid;
+		for (char *m = strtok(fl[3], ","); m && !in; m = strtok(NULL, ","))
+			in = !strcmp(m, u->name);
+	}
+	free(line);
+	fclose(f);
+	return in;
+}

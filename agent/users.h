@@ -3,6 +3,7 @@
 #ifndef MITOS_AGENT_USERS_H
 #define MITOS_AGENT_USERS_H
 
+#include <stdbool.h>
 #include <sys/types.h>
 
 struct user_info {
@@ -18,5 +19,7 @@ int user_lookup(const char *name, struct user_info *out);
 int user_by_uid(uid_t uid, struct user_info *out);
 /* Writes the group's name, or its number when /etc/group has no entry. */
 void group_name(gid_t gid, char *buf, size_t len);
+/* Whether u belongs to the group of that name (its primary group or a member). */
+bool user_in_group(const struct user_info *u, const char *group);
 
 #endif

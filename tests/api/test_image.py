@@ -9,6 +9,7 @@ usage: test_image.py MITOS_VMM MITOS_AGENT [TEST-NAME-SUBSTRING...]"""
 import base64
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,7 +131,8 @@ def exec_out(s, sid, cmd):
     return end[0]["exitCode"] if end else None, out, err
 
 
-def t_real_image(vmm, agent):
+def image_server(vmm, agent):
+    """serve on the built python image (Skip without one) and a sandbox img-1 of it."""
     d = images_dir()
     root = os.path.join(d, "current-python", "rootfs")
     if not os.path.isdir(root):
@@ -149,13 +151,24 @@ def t_real_image(vmm, agent):
         eq(template_root(s), os.path.realpath(root), "template root")
         st, r = s.request("POST", "/v1/fork", {"template": "python", "id": "img-1"})
         eq(st, 200, "fork (%r)" % (r,))
+    except BaseException:
+        s.cleanup()
+        raise
+    return s
+
+
+def t_real_image(vmm, agent):
+    s = image_server(vmm, agent)
+    try:
         rc, out, err = exec_out(s, "img-1", "grep VERSION_CODENAME /etc/os-release; "
                                 "python3 -c 'import IPython, matplotlib, numpy; print(\"imports ok\")'; "
                                 "test -e /work || echo no-host-files; test -d /workspace && echo workspace; "
-                                "getent passwd user | cut -d: -f1,3,6")
+                                "getent passwd user | cut -d: -f1,3,6; "
+                                "node -e \"for (const m of ['acorn', 'acorn-walk', 'typescript']) "
+                                "require('/usr/share/nodejs/' + m); console.log('node', process.version.split('.')[0])\"")
         eq(rc, 0, "exec (%s)" % err)
-        eq(out.split("\n")[:5], ["VERSION_CODENAME=bookworm", "imports ok", "no-host-files", "workspace",
-                                 "user:1000:/home/user"], "inside the image")
+        eq(out.split("\n")[:6], ["VERSION_CODENAME=bookworm", "imports ok", "no-host-files", "workspace",
+                                 "user:1000:/home/user", "node v18"], "inside the image")
         c = s.conn(120)
         code = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('image test')\n"
         c.request("POST", "/sandbox.v1.Sandbox/RunCodeStream", body=envelope({"code": code}),
@@ -171,11 +184,66 @@ def t_real_image(vmm, agent):
         s.cleanup()
 
 
+def t_image_sudo(vmm, agent):
+    """The image's user has sudo, as on E2B: under the process engine no_new_privs voids
+    the setuid sudo, so the agent runs the command (agent/sudo.h), for a caller
+    sudoers gives NOPASSWD: ALL and no one else; the command is the caller's: its
+    stdin, output, exit status, and its end when the caller is killed."""
+    s = image_server(vmm, agent)
+    as_user = "cd /tmp && su user -c %s"
+    try:
+        for cmd, want in [("sudo id -un", (0, "root\n")), ("sudo -u user id -un", (0, "user\n")),
+                          ("echo in | sudo cat", (0, "in\n")), ("sudo sh -c 'exit 7'", (7, "")),
+                          ("sudo sh -c 'echo $HOME $SUDO_USER; pwd'", (0, "/root user\n/tmp\n")),
+                          ("FOO=1 sudo sh -c 'echo [$FOO]'; FOO=1 sudo -E sh -c 'echo [$FOO]'", (0, "[]\n[1]\n")),
+                          ("sudo -i pwd", (0, "/root\n"))]:
+            rc, out, err = exec_out(s, "img-1", as_user % shlex.quote(cmd))
+            eq((rc, out), want, "%s (%s)" % (cmd, err))
+        rc, out, err = exec_out(s, "img-1", as_user % shlex.quote("sudo no-such-command"))
+        eq((rc, err), (1, "sudo: no-such-command: command not found\n"), "a missing command")
+        rc, out, err = exec_out(s, "img-1", "useradd bob && su bob -c 'sudo id' 2>&1")
+        eq(rc, 1, "bob is no sudoer (%s)" % out)
+        assert "bob is not in the sudoers file" in out, out
+        # Anyone may talk to the socket: what is not a request is answered or dropped,
+        # idle connections are capped and closed, and sudo still works after.
+        probe = ("import socket, array, os\n"
+                 "def conn():\n"
+                 "    c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); c.connect('/run/mitos/sudo.sock'); return c\n"
+                 "import time\n"
+                 "idle = [conn() for _ in range(100)]\n"
+                 "time.sleep(0.5)\n"
+                 "def closed(c):\n"
+                 "    try: return c.recv(1, socket.MSG_DONTWAIT) == b''\n"
+                 "    except BlockingIOError: return False\n"
+                 "print(sum(map(closed, idle)))\n"
+                 "time.sleep(5.5)\n"
+                 "print(sum(map(closed, idle)))\n"
+                 "c = conn(); c.send(b'garbage'); print(c.recv(600))\n"
+                 "c = conn(); c.send(b'MITOS-SUDO 1\\0arg=id\\0'); print(c.recv(600))\n"
+                 "c = conn(); fds = array.array('i', [0, 1, 2])\n"
+                 "c.sendmsg([b'MITOS-SUDO 1\\0shell=bogus\\0'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]); print(c.recv(600))\n"
+                 "c = conn(); c.sendmsg([b'x' * 200000], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]); print(c.recv(600))\n")
+        rc, out, err = exec_out(s, "img-1", as_user % shlex.quote("python3 -c %s; sudo id -un" % shlex.quote(probe)))
+        eq(rc, 0, "hostile requests (%s)" % err)
+        assert not err, err
+        lines = out.split("\n")
+        eq(lines[:2], ["36", "100"], "idle connections: beyond 64 closed at once, the rest after 5 s")
+        assert all(l.startswith("b'error=") or l == "b''" for l in lines[2:6]), out
+        eq(lines[6], "root", "sudo after them")
+        # The caller killed: the root command it asked for goes too.
+        rc, out, err = exec_out(s, "img-1", as_user % shlex.quote("sudo sleep 300 & sleep 0.5; kill -9 $!; sleep 0.5; "
+                                                                "grep -l '^sleep$' /proc/[0-9]*/comm | wc -l"))
+        eq((rc, out), (0, "0\n"), "the command outlived its caller (%s)" % err)
+    finally:
+        s.cleanup()
+
+
 def main():
     run = Runner()
     run.run_all([("explicit_dir_without_image", t_explicit_dir_without_image),
                  ("default_dir_falls_back", t_default_dir_falls_back), ("fake_image_root", t_fake_image_root),
-                 ("images_none", t_images_none), ("real_image", t_real_image)], ONLY, VMM, AGENT)
+                 ("images_none", t_images_none), ("real_image", t_real_image), ("image_sudo", t_image_sudo)],
+                ONLY, VMM, AGENT)
     sys.exit(run.finish())
 
 
