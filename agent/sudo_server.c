@@ -155,9 +155,15 @@ static void command_exited(struct child *ch, int status)
 struct request {
 	const char *user, *shell, *cwd;
 	bool keepenv;
-	const char *env[1024], *arg[1024];
+	const char **env, **arg; /* as many as the message has fields, at most */
 	int nenv, narg;
 };
+
+static void request_free(struct request *r)
+{
+	free(r->env);
+	free(r->arg);
+}
 
 static int parse_request(char *p, size_t n, struct request *r)
 {
@@ -165,6 +171,13 @@ static int parse_request(char *p, size_t n, struct request *r)
 	r->user = "root";
 	r->shell = "none";
 	if (n < sizeof(SUDO_MAGIC) || memcmp(p, SUDO_MAGIC, sizeof(SUDO_MAGIC)) || p[n - 1])
+		return -1;
+	size_t fields = 0;
+	for (size_t i = sizeof(SUDO_MAGIC); i < n; i++)
+		fields += !p[i];
+	r->env = calloc(fields + 1, sizeof(char *));
+	r->arg = calloc(fields + 1, sizeof(char *));
+	if (!r->env || !r->arg)
 		return -1;
 	for (char *f = p + sizeof(SUDO_MAGIC); f < p + n; f += strlen(f) + 1) {
 		if (!strncmp(f, "user=", 5))
@@ -175,9 +188,9 @@ static int parse_request(char *p, size_t n, struct request *r)
 			r->cwd = f + 4;
 		else if (!strncmp(f, "keepenv=", 8))
 			r->keepenv = f[8] == '1';
-		else if (!strncmp(f, "env=", 4) && strchr(f + 4, '=') && r->nenv < 1023)
+		else if (!strncmp(f, "env=", 4) && strchr(f + 4, '='))
 			r->env[r->nenv++] = f + 4;
-		else if (!strncmp(f, "arg=", 4) && r->narg < 1023)
+		else if (!strncmp(f, "arg=", 4))
 			r->arg[r->narg++] = f + 4;
 		else
 			return -1;
@@ -257,15 +270,13 @@ static char **command_env(const struct request *r, const struct user_info *t, co
 	return env;
 }
 
-/* Runs the request of c with fds; answers an error itself. */
-static void run_request(struct sudo_conn *c, char *p, size_t n, const int fds[3])
+static void run_parsed(struct sudo_conn *c, const struct request *r, const int fds[3])
 {
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
-	struct request r;
 	struct user_info caller, target;
-	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || parse_request(p, n, &r)) {
-		reply(c, "error=a request this agent does not understand");
+	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+		reply(c, "error=who is asking: %s", strerror(errno));
 		return;
 	}
 	user_by_uid(cred.uid, &caller);
@@ -274,43 +285,47 @@ static void run_request(struct sudo_conn *c, char *p, size_t n, const int fds[3]
 		      caller.name);
 		return;
 	}
-	if (!r.narg && !strcmp(r.shell, "none")) { /* sudo -v */
+	if (!r->narg && !strcmp(r->shell, "none")) { /* sudo -v */
 		reply(c, "status=0");
 		return;
 	}
-	if (user_lookup(r.user, &target)) {
-		reply(c, "error=unknown user %s", r.user);
+	if (user_lookup(r->user, &target)) {
+		reply(c, "error=unknown user %s", r->user);
 		return;
 	}
-	char *cmd = shell_command(&r);
-	const char *argv[1027];
+	char *cmd = shell_command(r);
+	const char **argv = calloc((size_t)r->narg + 4, sizeof(char *));
 	int na = 0;
-	if (!strcmp(r.shell, "none")) {
-		for (int i = 0; i < r.narg; i++)
-			argv[na++] = r.arg[i];
+	if (!argv) {
+		free(cmd);
+		reply(c, "error=out of memory");
+		return;
+	}
+	if (!strcmp(r->shell, "none")) {
+		for (int i = 0; i < r->narg; i++)
+			argv[na++] = r->arg[i];
 	} else {
 		argv[na++] = target.shell;
-		if (!strcmp(r.shell, "login"))
+		if (!strcmp(r->shell, "login"))
 			argv[na++] = "-l";
-		if (r.narg) {
+		if (r->narg) {
 			argv[na++] = "-c";
 			argv[na++] = cmd;
 		}
 	}
 	argv[na] = NULL;
-	char **envp = cmd ? command_env(&r, &target, &caller, cmd) : NULL;
+	char **envp = cmd ? command_env(r, &target, &caller, cmd) : NULL;
 	int rc = -ENOMEM;
 	const char *failed = "memory";
 	if (envp) {
 		struct spawn_req sr = {
 			.argv = (char *const *)argv, .envp = envp,
-			.cwd = !strcmp(r.shell, "login") ? target.home : r.cwd,
+			.cwd = !strcmp(r->shell, "login") ? target.home : r->cwd,
 			.user = &target, .fds = { fds[0], fds[1], fds[2] }, .nfds = 3,
 		};
 		rc = spawn_process(&sr, &c->pid, &failed);
 	}
 	spawn_env_free(envp);
-	free(cmd);
 	if (rc == -ENOENT && !strcmp(failed, "exec"))
 		reply(c, "error=%s: command not found", argv[0]);
 	else if (rc)
@@ -319,6 +334,19 @@ static void run_request(struct sudo_conn *c, char *p, size_t n, const int fds[3]
 		child_watch(&c->child, c->pid, command_exited);
 	if (rc)
 		c->pid = 0;
+	free(cmd);
+	free(argv);
+}
+
+/* Runs the request of c with fds; answers an error itself. */
+static void run_request(struct sudo_conn *c, char *p, size_t n, const int fds[3])
+{
+	struct request r;
+	if (parse_request(p, n, &r))
+		reply(c, "error=a request this agent does not understand");
+	else
+		run_parsed(c, &r, fds);
+	request_free(&r);
 }
 
 static void conn_readable(struct watch *w, uint32_t events)

@@ -79,6 +79,30 @@ START_TEST(sudo_runs_with_callers_descriptors)
 	fds[1] = fds[2] = null;
 	static const char missing[] = REQ("arg=/no/such/command");
 	ck_assert_str_eq(ask(missing, sizeof(missing), fds, 3), "error=/no/such/command: command not found");
+	/* as many arguments as a message holds (xargs makes such commands) */
+	size_t cap = 120000, len = sizeof(SUDO_MAGIC_TEXT);
+	char *many = malloc(cap);
+	memcpy(many, SUDO_MAGIC_TEXT, len);
+	len += (size_t)sprintf(many + len, "arg=sh") + 1;
+	len += (size_t)sprintf(many + len, "arg=-c") + 1;
+	len += (size_t)sprintf(many + len, "arg=echo $#") + 1;
+	len += (size_t)sprintf(many + len, "arg=sh") + 1;
+	int args = 0;
+	while (len + 8 < cap) {
+		len += (size_t)sprintf(many + len, "arg=%d", args % 10) + 1;
+		args++;
+	}
+	int out2[2];
+	ck_assert_int_eq(pipe(out2), 0);
+	int fds2[3] = { null, out2[1], out2[1] };
+	ck_assert_str_eq(ask(many, len, fds2, 3), "status=0");
+	close(out2[1]);
+	memset(buf, 0, sizeof(buf));
+	ck_assert_int_gt(read(out2[0], buf, sizeof(buf) - 1), 0);
+	ck_assert_int_eq(atoi(buf), args);
+	ck_assert_int_gt(args, 15000);
+	close(out2[0]);
+	free(many);
 	static const char validate[] = REQ("");
 	ck_assert_str_eq(ask(validate, sizeof(validate) - 1, fds, 3), "status=0");
 	close(null);
