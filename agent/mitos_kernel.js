@@ -230,12 +230,12 @@ function prepare(code, ts, filename) {
 					assigns.push(`(${text(d.id)} = ${d.init ? text(d.init) : "undefined"})`);
 			}
 			edit(node.start, node.end, assigns.length ? `void (${assigns.join(", ")});` : ";");
-		} else if (node.type === "ClassDeclaration") {
+		} else if (node.type === "ClassDeclaration" && node.id) {
 			if (isAsync)
 				hoisted.push(node.id.name);
 			edit(node.start, node.start, `${isAsync ? "" : "var "}${node.id.name} = `);
 			edit(node.end, node.end, ";");
-		} else if (node.type === "FunctionDeclaration" && isAsync) {
+		} else if (node.type === "FunctionDeclaration" && node.id && isAsync) {
 			globalsOfFunctions.push(node.id.name);
 		}
 	};
