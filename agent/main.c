@@ -31,7 +31,7 @@ static void usage(FILE *f)
 		"  --unix PATH           listen on a Unix socket at PATH\n"
 		"  --fd N                serve the connected socket N, exit when it closes\n"
 		"  --init                act as the guest's PID 1 (implied when pid is 1)\n"
-		"  --python PATH         interpreter for run_code (default /usr/bin/python3)\n"
+		"  --python PATH         interpreter of Python contexts (run_code; default /usr/bin/python3)\n"
 		"  --python-helper PATH  mitos_kernel.py (default: next to the binary); mitos_kernel.js,\n"
 		"                        the JavaScript kernel, is looked for beside it\n"
 		"  --node PATH           interpreter of JavaScript/TypeScript contexts (default /usr/bin/node)\n"
