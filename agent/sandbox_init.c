@@ -441,12 +441,31 @@ static void own_boot_id(const char *dir, const char *root)
 	mount_or_fail(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
+/* The second of the host's boot clock this process started in. */
+static long long started_at(void)
+{
+	char stat[1024];
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, stat, sizeof(stat) - 1);
+	if (fd >= 0)
+		close(fd);
+	unsigned long long ticks = 0;
+	char *paren = n > 0 ? (stat[n] = 0, strrchr(stat, ')')) : NULL;
+	/* after the name: state is field 3, starttime field 22 */
+	if (!paren || sscanf(paren + 2, "%*c %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %llu",
+			     &ticks) != 1)
+		fail(EINVAL, "read this process's start time");
+	return (long long)(ticks / (unsigned long long)sysconf(_SC_CLK_TCK));
+}
+
 /* And an uptime of its own, from zero at each boot: the processes started after this
- * live in a time namespace whose boot and monotonic clocks start now (/proc/uptime,
- * the start times ps shows, CLOCK_MONOTONIC), not at the host's boot. A kernel built
- * without time namespaces (EINVAL) leaves the host's. */
+ * live in a time namespace whose boot and monotonic clocks start with this init (the
+ * whole second it started in: so its own start time, PID 1's, is not before the
+ * sandbox's boot), for /proc/uptime, the start times ps shows, CLOCK_MONOTONIC; not at
+ * the host's boot. A kernel built without time namespaces (EINVAL) leaves the host's. */
 static void own_uptime(void)
 {
+	long long start = started_at();
 	if (unshare(CLONE_NEWTIME) < 0) {
 		if (errno == EINVAL)
 			return;
@@ -455,9 +474,11 @@ static void own_uptime(void)
 	struct timespec mono, boot;
 	clock_gettime(CLOCK_MONOTONIC, &mono);
 	clock_gettime(CLOCK_BOOTTIME, &boot);
+	/* Both from the init's start: the host's monotonic clock is behind its boot clock by
+	 * the time it was suspended; inside, as on a machine just booted, they agree. */
+	long long lag = (long long)boot.tv_sec - (long long)mono.tv_sec;
 	char offsets[96];
-	int n = snprintf(offsets, sizeof(offsets), "monotonic %lld 0\nboottime %lld 0\n", -(long long)mono.tv_sec,
-			 -(long long)boot.tv_sec);
+	int n = snprintf(offsets, sizeof(offsets), "monotonic %lld 0\nboottime %lld 0\n", lag - start, -start);
 	int fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
 	if (fd < 0 || write(fd, offsets, (size_t)n) != n)
 		fail(errno, "set the time namespace's offsets");
