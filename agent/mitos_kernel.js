@@ -57,6 +57,8 @@ const EMPTY = Symbol("no value");
 let currentId = 0;
 let executionCount = 0;
 
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
 function writeAll(fd, buf) {
 	for (let off = 0; off < buf.length;) {
 		try {
@@ -64,6 +66,7 @@ function writeAll(fd, buf) {
 		} catch (e) {
 			if (e.code !== "EAGAIN")
 				throw e;
+			Atomics.wait(pause, 0, 0, 1); /* the pipe is full (made non-blocking by the cell): wait, do not spin */
 		}
 	}
 }
@@ -311,9 +314,20 @@ process.on("SIGINT", () => {
 	}
 });
 
+/* The agent is gone (it closed our pipes): so are we. Saying so would only fail again. */
+function orphaned(e) {
+	return e && (e.code === "EPIPE" || e.code === "EBADF");
+}
+for (const s of [process.stdout, process.stderr])
+	s.on("error", (e) => orphaned(e) && process.exit(0));
+
 /* A callback or a promise the cell left behind failed after the cell: said on stderr,
  * as a notebook does, and the kernel goes on. */
-process.on("uncaughtException", (e) => process.stderr.write(`Uncaught ${util.inspect(e)}\n`));
+process.on("uncaughtException", (e) => {
+	if (orphaned(e))
+		process.exit(0);
+	process.stderr.write(`Uncaught ${util.inspect(e)}\n`);
+});
 process.on("unhandledRejection", (e) => process.stderr.write(`Uncaught (in promise) ${util.inspect(e)}\n`));
 
 Object.defineProperty(globalThis, IMPORT, { value: importFromCwd });
@@ -400,7 +414,10 @@ function main() {
 			queue = queue.then(() => serve(req)); /* cells run one after another */
 		}
 	});
-	requests.on("end", () => queue.then(() => process.exit(0)));
+	/* The agent closes our requests only when it is done with us: a cell still
+	 * running has no one to answer. */
+	requests.on("end", () => process.exit(0));
+	requests.on("error", () => process.exit(0));
 }
 
 main();
