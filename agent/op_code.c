@@ -537,8 +537,9 @@ void op_run_code_open(struct stream *s, const struct json *req)
 	if (lang < 0)
 		return;
 	/* A default context is made on first use; any other must exist. */
-	int dflt = default_lang(id ? id : default_ids[lang]);
-	struct kernel *k = kernel_find(id ? id : default_ids[lang]);
+	const char *want = id ? id : default_ids[lang];
+	int dflt = default_lang(want);
+	struct kernel *k = kernel_find(want);
 	if (!k && dflt < 0) {
 		stream_end_error(s, PERR_NOT_FOUND, "no code context '%s'", id);
 		return;

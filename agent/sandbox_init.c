@@ -75,6 +75,7 @@
 #include "agent/init_net.h"
 #include "agent/loop_dev.h"
 #include "agent/sudo.h"
+#include "lib/proc_start.h"
 
 #define AGENT_FD 3
 #define READY_FD 4
@@ -441,23 +442,6 @@ static void own_boot_id(const char *dir, const char *root)
 	mount_or_fail(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
-/* The second of the host's boot clock this process started in. */
-static long long started_at(void)
-{
-	char stat[1024];
-	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd < 0 ? -1 : read(fd, stat, sizeof(stat) - 1);
-	if (fd >= 0)
-		close(fd);
-	unsigned long long ticks = 0;
-	char *paren = n > 0 ? (stat[n] = 0, strrchr(stat, ')')) : NULL;
-	/* after the name: state is field 3, starttime field 22 */
-	if (!paren || sscanf(paren + 2, "%*c %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %llu",
-			     &ticks) != 1)
-		fail(EINVAL, "read this process's start time");
-	return (long long)(ticks / (unsigned long long)sysconf(_SC_CLK_TCK));
-}
-
 /* And an uptime of its own, from zero at each boot: the processes started after this
  * live in a time namespace whose boot and monotonic clocks start with this init (the
  * whole second it started in: so its own start time, PID 1's, is not before the
@@ -465,7 +449,11 @@ static long long started_at(void)
  * the host's boot. A kernel built without time namespaces (EINVAL) leaves the host's. */
 static void own_uptime(void)
 {
-	long long start = started_at();
+	/* the second of the host's boot clock this init started in */
+	uint64_t ticks = proc_start_time(getpid());
+	if (!ticks)
+		fail(EINVAL, "read this process's start time");
+	long long start = (long long)(ticks / (uint64_t)sysconf(_SC_CLK_TCK));
 	if (unshare(CLONE_NEWTIME) < 0) {
 		if (errno == EINVAL)
 			return;

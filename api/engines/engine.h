@@ -156,8 +156,6 @@ int engine_kvm_available(struct mitos_err *e);
 int engine_kvm_configure(const char *state_dir, unsigned pool_size, bool emulated, char *info, size_t infolen,
 			 struct mitos_err *e);
 
-/* Reads field 22 of /proc/PID/stat (0 when the process is gone). */
-uint64_t engine_proc_start_time(pid_t pid);
 /* A pidfd of the process pid that started at start_time, or -ESRCH: the pidfd is
  * taken first and the start time checked after, so a pid reused in between is never
  * the one signalled or adopted. */

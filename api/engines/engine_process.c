@@ -36,6 +36,7 @@
 #include "api/sandbox/net_policy.h"
 #include "api/engines/teardown.h"
 #include "api/sandbox/registry.h"
+#include "lib/proc_start.h"
 
 #ifndef MITOS_SOURCE_ROOT
 #define MITOS_SOURCE_ROOT "."
@@ -98,32 +99,6 @@ static int path_join(char *out, size_t n, const char *a, const char *b)
 {
 	int k = snprintf(out, n, "%s%s", a, b);
 	return k < 0 || (size_t)k >= n ? -ENAMETOOLONG : 0;
-}
-
-uint64_t engine_proc_start_time(pid_t pid)
-{
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
-	/* The command name may hold spaces and parentheses: count from the last ')'. */
-	char *p = strrchr(buf, ')');
-	if (!p)
-		return 0;
-	/* A zombie is gone too: nothing of it can be re-adopted or signalled. */
-	if (p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
-		return 0;
-	int field = 2;
-	for (p++; *p && field < 22; p++)
-		if (*p == ' ')
-			field++;
-	return strtoull(p, NULL, 10);
 }
 
 int engine_process_available(struct mitos_err *e)
@@ -534,7 +509,7 @@ static int proc_start(const struct engine_start *s, struct engine_proc *p, struc
 	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
 	p->pid = (pid_t)pid;
 	p->pidfd = pidfd;
-	p->start_time = engine_proc_start_time(p->pid);
+	p->start_time = proc_start_time(p->pid);
 	p->child = true;
 	return 0;
 fail:
@@ -620,7 +595,7 @@ int engine_pidfd_of(pid_t pid, uint64_t start_time)
 	int fd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (fd < 0)
 		return -ESRCH;
-	if (engine_proc_start_time(pid) != start_time) {
+	if (proc_start_time(pid) != start_time) {
 		close(fd);
 		return -ESRCH;
 	}

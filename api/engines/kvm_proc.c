@@ -34,6 +34,7 @@
 #include "api/engines/cgroup.h"
 #include "api/engines/kvm_guest.h"
 #include "lib/printable.h"
+#include "lib/proc_start.h"
 #include "api/sandbox/registry.h"
 #include "api/http/uring.h"
 #include "vmm/control.h"
@@ -230,7 +231,7 @@ int kvm_vm_spawn(char *const argv[], const char *console, const char *name, cons
 	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
 	vp->pid = (pid_t)pid;
 	vp->pidfd = pidfd;
-	vp->start_time = engine_proc_start_time(vp->pid);
+	vp->start_time = proc_start_time(vp->pid);
 	return 0;
 }
 
